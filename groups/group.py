@@ -1,0 +1,321 @@
+"""The decision group: a state machine with no I/O and no clock of its own.
+
+The shell feeds it actions (``connect``, ``disconnect``, ``receive``, ``tick``, ``start``,
+``end``) each with an explicit ``now`` (seconds since the epoch) and gets back the events to
+persist and send, in order. ``next_deadline()`` says when the shell must call ``tick`` next.
+
+A game subclasses :class:`DecisionGroup` and overrides the hooks::
+
+    class Chicken(DecisionGroup):
+        name = "chicken"
+
+        def validate_decision(self, participant, decision):
+            if decision not in ("swerve", "straight"):
+                raise InvalidDecision(f"expected 'swerve' or 'straight', got {decision!r}")
+            return decision
+
+        def initial_decision(self, participant):
+            return "swerve"
+
+        def payoff(self, participant, decisions):
+            ...
+
+Hooks may call :meth:`DecisionGroup.send` to add events to the action's output.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .exceptions import (
+    ConfigError,
+    InvalidDecision,
+    InvalidState,
+    NotAMember,
+    NotRunning,
+    UnknownChannel,
+)
+from .messages import NOBODY, Event
+
+DECISIONS = "decisions"
+GROUP_DECISIONS = "group_decisions"
+STATE = "state"
+PERIOD_START = "period_start"
+PERIOD_END = "period_end"
+
+
+class Phase(enum.Enum):
+    """Where a group is in its period."""
+
+    WAITING = "waiting"  # not every member has connected yet
+    RUNNING = "running"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """A block's clock settings: ``period_length`` in seconds (``None``: no end)."""
+
+    period_length: float | None = None
+    num_subperiods: int | None = None
+    rate_limit: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.period_length is not None and not self.period_length > 0:
+            raise ConfigError("period_length", f"expected a number > 0, got {self.period_length!r}")
+        if self.num_subperiods is not None and self.num_subperiods < 1:
+            raise ConfigError(
+                "num_subperiods", f"expected an integer >= 1 or null, got {self.num_subperiods!r}"
+            )
+        if self.num_subperiods is not None and self.period_length is None:
+            raise ConfigError("num_subperiods", "subperiods need a period_length")
+        if self.rate_limit is not None and not self.rate_limit > 0:
+            raise ConfigError("rate_limit", f"expected a number > 0 or null, got {self.rate_limit!r}")
+
+
+@dataclass(slots=True)
+class GroupState:
+    """Everything about a group that is persisted and restored (a snapshot is a copy)."""
+
+    phase: Phase = Phase.WAITING
+    decisions: dict[str, Any] = field(default_factory=dict)
+    started_at: float | None = None
+    ends_at: float | None = None
+    ended_at: float | None = None
+    #: game-specific values; kept JSON-serialisable by the game
+    vars: dict[str, Any] = field(default_factory=dict)
+
+    def copy(self) -> GroupState:
+        return GroupState(
+            phase=self.phase,
+            decisions=dict(self.decisions),
+            started_at=self.started_at,
+            ends_at=self.ends_at,
+            ended_at=self.ended_at,
+            vars=copy.deepcopy(self.vars) if self.vars else {},
+        )
+
+
+class DecisionGroup:
+    """A group of participants who decide together; the base class of every game.
+
+    Override the hooks, not the actions. Class attributes a game sets:
+
+    - ``name``: how experimenters name the game in ``POST /api/experiments``.
+    - ``group_sizes``: the smallest and largest group (``None``: no upper bound).
+    - ``channels``: extra client channels the game accepts; each needs ``on_<channel>``.
+    - ``config_schema`` and ``default_config``: the game's own settings (JSON Schema), checked
+      by :meth:`validate_config` when the experiment is created.
+    """
+
+    name: ClassVar[str] = ""
+    group_sizes: ClassVar[tuple[int, int | None]] = (1, None)
+    channels: ClassVar[frozenset[str]] = frozenset()
+    config_schema: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}}
+    default_config: ClassVar[dict[str, Any]] = {}
+
+    def __init__(
+        self,
+        members: Sequence[str],
+        *,
+        timing: Timing | None = None,
+        config: Mapping[str, Any] | None = None,
+        state: GroupState | None = None,
+    ) -> None:
+        if not members:
+            raise ConfigError("members", "a group needs at least one member")
+        if len(set(members)) != len(members):
+            raise ConfigError("members", f"members must be distinct, got {list(members)!r}")
+        self.check_group_size(len(members))
+        self.members: tuple[str, ...] = tuple(members)
+        self.timing = timing or Timing()
+        self.config: dict[str, Any] = self.validate_config(config or {})
+        self.state = state.copy() if state is not None else GroupState()
+        self.connected: set[str] = set()
+        self.now: float = 0.0
+        self._outbox: list[Event] = []
+
+    # ------------------------------------------------------------------ game hooks
+
+    @classmethod
+    def validate_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Return the complete config (defaults filled in) or raise :class:`ConfigError`."""
+        unknown = set(config) - set(cls.default_config)
+        if unknown:
+            raise ConfigError(
+                f"config.{sorted(unknown)[0]}",
+                f"unknown setting; {cls.name or cls.__name__} takes {sorted(cls.default_config)}",
+            )
+        return {**copy.deepcopy(cls.default_config), **config}
+
+    @classmethod
+    def check_group_size(cls, size: int) -> None:
+        """Raise :class:`ConfigError` unless the game is played in groups of ``size``."""
+        low, high = cls.group_sizes
+        if size < low or (high is not None and size > high):
+            expected = f"exactly {low}" if low == high else f"{low} to {high or 'any number of'}"
+            raise ConfigError(
+                "group_size", f"{cls.name or cls.__name__} is played by {expected} members, got {size}"
+            )
+
+    def role(self, participant: str) -> str | None:
+        """The participant's role in the group, shown in ``hello`` (default: none)."""
+        return None
+
+    def initial_decision(self, participant: str) -> Any:
+        """Each member's decision when the period starts."""
+        return None
+
+    def validate_decision(self, participant: str, decision: Any) -> Any:
+        """Return the decision to store, or raise :class:`InvalidDecision`."""
+        return decision
+
+    def payoff(self, participant: str, decisions: Mapping[str, Any]) -> float:
+        """The flow payoff of ``participant`` when the group's decisions are ``decisions``."""
+        return 0.0
+
+    def when_all_players_ready(self) -> None:
+        """Runs exactly once, when the period starts (decisions are already initialised)."""
+
+    def when_player_disconnects(self, participant: str) -> None:
+        """Runs when a member's last connection closes."""
+
+    # ------------------------------------------------------------------ for hooks
+
+    def send(self, channel: str, payload: Any, *, to: Sequence[str] | None = None) -> None:
+        """Broadcast ``payload`` on ``channel`` to the group (or to the members in ``to``)."""
+        recipients = None if to is None else frozenset(to)
+        if recipients is not None and not recipients <= set(self.members):
+            raise NotAMember(f"send to {sorted(recipients - set(self.members))}: not members")
+        self._outbox.append(Event(channel, payload, None, recipients))
+
+    @property
+    def group_decisions(self) -> dict[str, Any]:
+        """The current decision of every member (a copy)."""
+        return dict(self.state.decisions)
+
+    @property
+    def phase(self) -> Phase:
+        return self.state.phase
+
+    # ------------------------------------------------------------------ actions
+
+    def connect(self, participant: str, now: float) -> list[Event]:
+        """A member's connection opened; starts the period once every member is here."""
+        self._begin(participant, now)
+        self.connected.add(participant)
+        if self.state.phase is Phase.WAITING and self.connected >= set(self.members):
+            self._start_period()
+        return self._flush()
+
+    def disconnect(self, participant: str, now: float) -> list[Event]:
+        """A member's connection closed."""
+        self._begin(participant, now)
+        self.connected.discard(participant)
+        self.when_player_disconnects(participant)
+        return self._flush()
+
+    def start(self, now: float) -> list[Event]:
+        """Start the period now, whoever is connected (the experimenter forces it)."""
+        self._begin(None, now)
+        if self.state.phase is not Phase.WAITING:
+            raise InvalidState(f"start: the group is {self.state.phase.value}, not waiting")
+        self._start_period()
+        return self._flush()
+
+    def end(self, now: float) -> list[Event]:
+        """End the period now (the experimenter ends it); a no-op once ended."""
+        self._begin(None, now)
+        if self.state.phase is not Phase.ENDED:
+            self._end_period()
+        return self._flush()
+
+    def receive(self, participant: str, channel: str, payload: Any, now: float) -> list[Event]:
+        """A frame from a member on ``channel``; refused frames raise and change nothing."""
+        self._begin(participant, now)
+        if channel == DECISIONS:
+            return self._decide(participant, payload)
+        if channel not in self.channels:
+            accepted = sorted({DECISIONS, *self.channels})
+            raise UnknownChannel(f"expected a channel in {accepted}, got {channel!r}")
+        handler = getattr(self, f"on_{channel}", None)
+        if handler is None:
+            raise UnknownChannel(f"the game declares {channel!r} but has no on_{channel}")
+        self._outbox.append(Event(channel, payload, participant, NOBODY))
+        try:
+            handler(participant, payload)
+        except BaseException:
+            self._outbox.clear()
+            raise
+        return self._flush()
+
+    def tick(self, now: float) -> list[Event]:
+        """Apply whatever is due at ``now``: the end of the period."""
+        self._begin(None, now)
+        ends_at = self.state.ends_at
+        if self.state.phase is Phase.RUNNING and ends_at is not None and now >= ends_at:
+            self._end_period()
+        return self._flush()
+
+    def next_deadline(self) -> float | None:
+        """When ``tick`` must be called next, or ``None`` when nothing is scheduled."""
+        if self.state.phase is Phase.RUNNING:
+            return self.state.ends_at
+        return None
+
+    def restore(self, state: GroupState) -> None:
+        """Return to an earlier snapshot (after a failed commit); connections are kept."""
+        self.state = state.copy()
+
+    # ------------------------------------------------------------------ internals
+
+    def _begin(self, participant: str | None, now: float) -> None:
+        if participant is not None and participant not in self.members:
+            raise NotAMember(f"expected a member of {list(self.members)}, got {participant!r}")
+        self.now = now
+        self._outbox.clear()
+
+    def _flush(self) -> list[Event]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def _decide(self, participant: str, decision: Any) -> list[Event]:
+        if self.state.phase is not Phase.RUNNING:
+            raise NotRunning(
+                f"decisions are accepted while the period runs; the group is {self.state.phase.value}"
+            )
+        value = self.validate_decision(participant, decision)
+        self.state.decisions[participant] = value
+        self._outbox.append(Event(DECISIONS, value, participant, NOBODY))
+        self._outbox.append(Event(GROUP_DECISIONS, self.group_decisions))
+        return self._flush()
+
+    def _start_period(self) -> None:
+        state = self.state
+        state.phase = Phase.RUNNING
+        state.started_at = self.now
+        length = self.timing.period_length
+        state.ends_at = None if length is None else self.now + length
+        state.decisions = {p: self.initial_decision(p) for p in self.members}
+        self._outbox.append(Event(STATE, PERIOD_START))
+        self._outbox.append(Event(GROUP_DECISIONS, self.group_decisions))
+        self.when_all_players_ready()
+
+    def _end_period(self) -> None:
+        self.state.phase = Phase.ENDED
+        self.state.ended_at = self.now
+        self._outbox.append(Event(STATE, PERIOD_END))
+
+
+def require_number(decision: Any, low: float, high: float) -> float:
+    """A helper for ``validate_decision``: ``decision`` as a float in ``[low, high]``."""
+    if isinstance(decision, bool) or not isinstance(decision, int | float):
+        raise InvalidDecision(f"expected a number in [{low}, {high}], got {decision!r}")
+    value = float(decision)
+    if not low <= value <= high:  # also refuses NaN
+        raise InvalidDecision(f"expected a number in [{low}, {high}], got {decision!r}")
+    return value

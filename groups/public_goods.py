@@ -1,0 +1,48 @@
+"""A linear public goods game: each member contributes part of an endowment."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from .exceptions import ConfigError
+from .group import DecisionGroup, require_number
+
+
+class PublicGoods(DecisionGroup):
+    name = "public_goods"
+    group_sizes = (2, None)
+    config_schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {
+            "endowment": {"type": "number", "exclusiveMinimum": 0},
+            "mpcr": {"type": "number", "minimum": 0, "description": "marginal per-capita return"},
+        },
+        "additionalProperties": False,
+    }
+    default_config: ClassVar[dict[str, Any]] = {"endowment": 10, "mpcr": 0.5}
+
+    @classmethod
+    def validate_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        merged = super().validate_config(config)
+        for key, low in (("endowment", 0.0), ("mpcr", 0.0)):
+            value = merged[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
+                raise ConfigError(f"config.{key}", f"expected a number >= {low}, got {value!r}")
+        if merged["endowment"] == 0:
+            raise ConfigError("config.endowment", "expected a number > 0, got 0")
+        return merged
+
+    def role(self, participant: str) -> str:
+        return "player"
+
+    def initial_decision(self, participant: str) -> float:
+        return 0.0
+
+    def validate_decision(self, participant: str, decision: Any) -> float:
+        return require_number(decision, 0.0, float(self.config["endowment"]))
+
+    def payoff(self, participant: str, decisions: Mapping[str, Any]) -> float:
+        endowment = float(self.config["endowment"])
+        total = sum(float(decisions[m]) for m in self.members)
+        return endowment - float(decisions[participant]) + float(self.config["mpcr"]) * total
