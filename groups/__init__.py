@@ -27,6 +27,7 @@ from .group import (
     GroupState,
     Phase,
     Timing,
+    is_number,
     require_number,
 )
 from .messages import NOBODY, Event
@@ -58,6 +59,7 @@ __all__ = [
     "UnknownGame",
     "available_games",
     "game_name",
+    "is_number",
     "load_game",
     "require_number",
 ]

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from .exceptions import ConfigError
-from .group import DecisionGroup, require_number
+from .group import DecisionGroup, is_number, require_number
 
 PRISONERS_DILEMMA = {"AA": [3, 3], "AB": [0, 5], "BA": [5, 0], "BB": [1, 1]}
 _CELLS = ("AA", "AB", "BA", "BB")
@@ -51,7 +51,7 @@ class Bimatrix(DecisionGroup):
             if (
                 not isinstance(pair, list)
                 or len(pair) != 2
-                or any(isinstance(x, bool) or not isinstance(x, int | float) for x in pair)
+                or not all(is_number(x) for x in pair)
             ):
                 raise ConfigError(f"config.payoffs.{cell}", f"expected [row, col] numbers, got {pair!r}")
         initial = merged["initial_decision"]

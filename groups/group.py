@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -65,16 +66,24 @@ class Timing:
     rate_limit: float | None = None
 
     def __post_init__(self) -> None:
-        if self.period_length is not None and not self.period_length > 0:
+        if self.period_length is not None and not _positive(self.period_length):
             raise ConfigError("period_length", f"expected a number > 0, got {self.period_length!r}")
-        if self.num_subperiods is not None and self.num_subperiods < 1:
+        if self.num_subperiods is not None and (
+            isinstance(self.num_subperiods, bool)
+            or not isinstance(self.num_subperiods, int)
+            or self.num_subperiods < 1
+        ):
             raise ConfigError(
                 "num_subperiods", f"expected an integer >= 1 or null, got {self.num_subperiods!r}"
             )
         if self.num_subperiods is not None and self.period_length is None:
             raise ConfigError("num_subperiods", "subperiods need a period_length")
-        if self.rate_limit is not None and not self.rate_limit > 0:
+        if self.rate_limit is not None and not _positive(self.rate_limit):
             raise ConfigError("rate_limit", f"expected a number > 0 or null, got {self.rate_limit!r}")
+
+
+def _positive(value: object) -> bool:
+    return is_number(value) and value > 0  # type: ignore[operator]
 
 
 @dataclass(slots=True)
@@ -157,7 +166,12 @@ class DecisionGroup:
         """Raise :class:`ConfigError` unless the game is played in groups of ``size``."""
         low, high = cls.group_sizes
         if size < low or (high is not None and size > high):
-            expected = f"exactly {low}" if low == high else f"{low} to {high or 'any number of'}"
+            if low == high:
+                expected = f"exactly {low}"
+            elif high is None:
+                expected = f"at least {low}"
+            else:
+                expected = f"{low} to {high}"
             raise ConfigError(
                 "group_size", f"{cls.name or cls.__name__} is played by {expected} members, got {size}"
             )
@@ -307,13 +321,20 @@ class DecisionGroup:
 
     def _end_period(self) -> None:
         self.state.phase = Phase.ENDED
-        self.state.ended_at = self.now
+        ends_at = self.state.ends_at
+        # a late tick ends the period when it was due, not when the tick ran
+        self.state.ended_at = ends_at if ends_at is not None and self.now >= ends_at else self.now
         self._outbox.append(Event(STATE, PERIOD_END))
+
+
+def is_number(value: object) -> bool:
+    """A finite int or float, and not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def require_number(decision: Any, low: float, high: float) -> float:
     """A helper for ``validate_decision``: ``decision`` as a float in ``[low, high]``."""
-    if isinstance(decision, bool) or not isinstance(decision, int | float):
+    if not is_number(decision):
         raise InvalidDecision(f"expected a number in [{low}, {high}], got {decision!r}")
     value = float(decision)
     if not low <= value <= high:  # also refuses NaN

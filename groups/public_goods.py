@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from .exceptions import ConfigError
-from .group import DecisionGroup, require_number
+from .group import DecisionGroup, is_number, require_number
 
 
 class PublicGoods(DecisionGroup):
@@ -27,7 +27,7 @@ class PublicGoods(DecisionGroup):
         merged = super().validate_config(config)
         for key, low in (("endowment", 0.0), ("mpcr", 0.0)):
             value = merged[key]
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
+            if not is_number(value) or value < low:
                 raise ConfigError(f"config.{key}", f"expected a number >= {low}, got {value!r}")
         if merged["endowment"] == 0:
             raise ConfigError("config.endowment", "expected a number > 0, got 0")

@@ -31,7 +31,7 @@ def available_games() -> dict[str, type[DecisionGroup]]:
             continue
         try:
             games[point.name] = _checked(point.load(), point.value)
-        except (ImportError, AttributeError, UnknownGame):
+        except Exception:
             continue  # a broken plug-in must not hide the others; load_game reports it
     return games
 
@@ -43,13 +43,15 @@ def load_game(name: str) -> type[DecisionGroup]:
     for point in entry_points(group=ENTRY_POINT_GROUP, name=name):
         try:
             return _checked(point.load(), point.value)
-        except (ImportError, AttributeError) as exc:
+        except UnknownGame:
+            raise
+        except Exception as exc:
             raise UnknownGame(f"game {name!r}: entry point {point.value!r} failed: {exc}") from exc
     if ":" in name:
         module_name, _, attribute = name.partition(":")
         try:
             target = getattr(importlib.import_module(module_name), attribute)
-        except (ImportError, AttributeError, ValueError) as exc:
+        except Exception as exc:
             raise UnknownGame(f"game {name!r}: cannot import it: {exc}") from exc
         return _checked(target, name)
     known = sorted(available_games())
@@ -58,9 +60,9 @@ def load_game(name: str) -> type[DecisionGroup]:
 
 def game_name(game: type[DecisionGroup]) -> str:
     """The name a game is stored under: its registered name or its import path."""
-    if BUNDLED.get(game.name) is game:
+    if game.name and available_games().get(game.name) is game:
         return game.name
-    return game.name or f"{game.__module__}:{game.__qualname__}"
+    return f"{game.__module__}:{game.__qualname__}"
 
 
 def _checked(target: object, where: str) -> type[DecisionGroup]:

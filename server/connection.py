@@ -1,0 +1,244 @@
+"""One participant WebSocket: a receiver loop and a sender task fed by a bounded queue.
+
+Limits (see :class:`server.settings.Settings`): a frame over ``max_frame_bytes`` is refused;
+frames beyond ``frames_per_second`` (with a ``frame_burst`` allowance) are refused, and a client
+that keeps sending after a whole burst was refused is cut off (4029); a client that does not
+read its frames is cut off once ``send_queue_frames`` are waiting (4008). A slow or hostile
+client never holds up its group: publishing only appends to this queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+from groups import RefusedAction
+
+from .database import ConnectionChange, Seat
+from .exceptions import (
+    WS_1011_INTERNAL_ERROR,
+    WS_4000_REPLACED,
+    WS_4003_FORBIDDEN,
+    WS_4008_TOO_SLOW,
+    WS_4029_FLOODING,
+    WS_4404_UNKNOWN,
+    FrameError,
+    NotPersisted,
+)
+from .live import LiveGroup, LiveGroups, consume
+from .settings import Settings
+from .wire import encode, error, ms, parse, redwood_ping
+
+log = logging.getLogger("synclab.connection")
+
+SYNCLAB = "synclab"
+REDWOOD = "redwood"
+
+
+class ClientConnection:
+    """A participant's socket; the hub delivers group frames to it through :meth:`deliver`."""
+
+    def __init__(self, websocket: WebSocket, group: LiveGroup, participant: str, settings: Settings, route: str) -> None:
+        self.id = str(uuid.uuid4())
+        self.websocket = websocket
+        self.group = group
+        self.participant = participant
+        self.route = route
+        self.close_code: int | None = None
+        self._close_reason = ""
+        self._settings = settings
+        self._out: deque[str] = deque()
+        self._ready = asyncio.Event()
+        self._tokens = float(settings.frame_burst)
+        self._refilled = time.monotonic()
+        self._refused_in_a_row = 0
+
+    # ------------------------------------------------------------------ sending
+
+    def deliver(self, to: frozenset[str] | None, data: str) -> None:
+        if to is None or self.participant in to:
+            self.send(data)
+
+    def send(self, data: str) -> None:
+        if self.close_code is not None:
+            return
+        if len(self._out) >= self._settings.send_queue_frames:
+            self._out.clear()
+            self.close(WS_4008_TOO_SLOW, "too slow: the send queue is full")
+            return
+        self._out.append(data)
+        self._ready.set()
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Close after the frame being sent; frames still queued are dropped."""
+        if self.close_code is None:
+            self.close_code = code
+            self._close_reason = reason
+            self._ready.set()
+
+    async def _sender(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while self._out and self.close_code is None:
+                await self.websocket.send_text(self._out.popleft())
+            if self.close_code is not None:
+                await self.websocket.close(self.close_code, self._close_reason)
+                return
+
+    # ------------------------------------------------------------------ receiving
+
+    async def run(self) -> None:
+        """Serve until the client goes away or is cut off."""
+        sender = asyncio.create_task(self._sender())
+        receiver = asyncio.create_task(self._receiver())
+        try:
+            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if sender.done() and not receiver.done():
+                # we closed the socket: give the client a moment to answer the close frame
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(receiver), 2.0)
+        finally:
+            for task in (sender, receiver):
+                task.cancel()
+            for task in (sender, receiver):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _receiver(self) -> None:
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                if self.close_code is None:
+                    self.close_code = int(message.get("code") or 1005)
+                return
+            text = message.get("text")
+            if text is None:
+                self.send(error("bad_frame", "expected a JSON text frame, got a binary frame"))
+                continue
+            self.handle(text)
+
+    def handle(self, text: str) -> None:
+        """Answer one client frame; nothing a client sends can raise out of here."""
+        if not self._take_token():
+            return
+        frame_id: str | None = None
+        try:
+            frame = parse(text, self._settings.max_frame_bytes)
+            frame_id = frame.id
+            if frame.channel == "ping":
+                self._pong(frame.payload, frame.timestamp)
+                return
+            future = self.group.receive(self.participant, frame.channel, frame.payload, frame.id)
+        except FrameError as exc:
+            self.send(error(exc.code, exc.message))
+            return
+        except RefusedAction as exc:
+            self.send(error(exc.code, exc.message, frame_id))
+            return
+        except Exception as exc:  # a fault in a game's hook: refuse the frame, keep serving
+            log.exception("game %s failed on a frame", self.group.game)
+            self.send(error("game_error", f"the game failed on this frame: {type(exc).__name__}", frame_id))
+            return
+        future.add_done_callback(lambda f: self._stored(f, frame_id))
+
+    def _stored(self, future: asyncio.Future[list[int]], frame_id: str | None) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if isinstance(exc, NotPersisted):
+            self.send(error(exc.code, str(exc), frame_id))
+        elif exc is not None:
+            self.send(error("internal", f"the frame failed: {type(exc).__name__}", frame_id))
+        elif frame_id is not None:
+            self.send(encode("ack", {"id": frame_id, "seq": future.result()[0]}))
+
+    def _pong(self, payload: Any, timestamp: Any) -> None:
+        if self.route == REDWOOD:  # otree-redwood echoes the timestamp beside the channel
+            self.send(redwood_ping(timestamp))
+            return
+        echo = dict(payload) if isinstance(payload, dict) else {"value": payload}
+        echo["server_time"] = ms(time.time())
+        self.send(encode("ping", echo))
+
+    def _take_token(self) -> bool:
+        now = time.monotonic()
+        rate, burst = self._settings.frames_per_second, self._settings.frame_burst
+        self._tokens = min(float(burst), self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            self._refused_in_a_row = 0
+            return True
+        self._refused_in_a_row += 1
+        if self._refused_in_a_row > burst:
+            self.close(WS_4029_FLOODING, "flooding: far over the frame rate")
+        else:
+            self.send(error("rate_limited", f"expected at most {rate:g} frames per second (burst {burst}); this frame was dropped"))
+        return False
+
+
+async def serve(websocket: WebSocket, groups: LiveGroups, settings: Settings, route: str) -> None:
+    """The participant socket, for ``/ws/p/{code}`` and the otree-redwood route."""
+    code = str(websocket.path_params["code"])
+    seated = await groups.seat(code)
+    if seated is None:
+        await websocket.close(WS_4404_UNKNOWN, "unknown participant code")  # before accept: HTTP 403
+        return
+    seat, group = seated
+    if route == REDWOOD and not _redwood_path_matches(websocket, seat):
+        await websocket.close(WS_4003_FORBIDDEN, "the URL names another game or group")
+        return
+    await websocket.accept()
+    conn = ClientConnection(websocket, group, code, settings, route)
+    change = ConnectionChange(
+        conn.id,
+        seat.participant_id,
+        seat.experiment_id,
+        opened=groups.clock(),
+        user_agent=websocket.headers.get("user-agent"),
+        address=websocket.client.host if websocket.client else None,
+        route=route,
+    )
+    # From here to group.connect nothing awaits: the replayed state and the subscription
+    # start at the same committed point, so no frame is missed or repeated.
+    older = group.current.get(code)
+    group.current[code] = conn
+    if older is not None:
+        older.close(WS_4000_REPLACED, "replaced by a newer connection of the same participant")
+    groups.hub.subscribe(group.topic, conn)
+    if route == SYNCLAB:
+        conn.send(encode("hello", group.hello(code)))
+    for frame in group.replay():
+        conn.send(frame)
+    try:
+        group.connect(code, change).add_done_callback(consume)
+    except Exception:
+        log.exception("connect failed")
+        conn.close(WS_1011_INTERNAL_ERROR, "internal error")
+    try:
+        await conn.run()
+    finally:
+        groups.hub.unsubscribe(group.topic, conn)
+        closed = ConnectionChange(
+            conn.id, seat.participant_id, seat.experiment_id, closed=groups.clock(), close_code=conn.close_code
+        )
+        if group.current.get(code) is conn:
+            del group.current[code]
+            group.disconnect(code, closed).add_done_callback(consume)
+        else:  # replaced: the participant is still connected through the newer socket
+            group.act(list, connection=closed).add_done_callback(consume)
+
+
+def _redwood_path_matches(websocket: WebSocket, seat: Seat) -> bool:
+    return (
+        str(websocket.path_params.get("app")) == seat.game
+        and str(websocket.path_params.get("group")) == str(seat.group_id)
+    )

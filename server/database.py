@@ -1,0 +1,608 @@
+"""The one module that speaks SQL.
+
+Every function here is synchronous and runs on a worker thread (:class:`Database` hands it to
+an executor), never on the event loop. Writes of events go through :func:`commit_batch`, called
+by the writer with many writes at once: one transaction, one ``executemany`` per table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import orjson
+from sqlalchemy import (
+    Engine,
+    Table,
+    and_,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.schema import CreateIndex, CreateTable
+from sqlmodel import SQLModel
+
+from . import models
+
+T = TypeVar("T")
+
+experiments = models.Experiment.__table__
+blocks = models.Block.__table__
+participants = models.Participant.__table__
+groups = models.Group.__table__
+memberships = models.Membership.__table__
+connections = models.Connection.__table__
+events = models.Event.__table__
+meta = models.Meta.__table__
+
+assert isinstance(events, Table)  # for mypy: SQLModel types __table__ loosely
+
+
+# --------------------------------------------------------------------------- time
+
+
+def to_datetime(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
+def to_epoch(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite hands back naive values; we only ever store UTC
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+def iso(value: datetime | None) -> str | None:
+    """A stored time as ISO 8601 UTC with microseconds, as the REST API gives it."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------- engine and schema
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def normalise_url(url: str) -> URL:
+    """``postgresql://`` means psycopg 3 here; anything else is passed to SQLAlchemy as given."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def make_engine(url: str, **options: Any) -> Engine:
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(
+            parsed,
+            json_serializer=_json_dumps,
+            json_deserializer=orjson.loads,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            **options,
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(
+        parsed,
+        json_serializer=_json_dumps,
+        json_deserializer=orjson.loads,
+        pool_pre_ping=True,
+        pool_size=8,
+        **options,
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL: readers never block the writer. synchronous=FULL: a commit survives power loss;
+    # the writer's group commit pays one fsync per batch, not per event.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+_SCHEMA_LOCK = 0x5C1AB  # PostgreSQL advisory lock key for schema creation
+
+
+def create_schema(engine: Engine) -> None:
+    """Create every table and index that is missing; safe when processes start together.
+
+    Each statement is ``IF NOT EXISTS``; on PostgreSQL an advisory lock also serialises the
+    whole run, since concurrent ``CREATE TABLE IF NOT EXISTS`` can still collide there.
+    """
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+        for table in SQLModel.metadata.sorted_tables:
+            conn.execute(CreateTable(table, if_not_exists=True))
+            for index in sorted(table.indexes, key=lambda i: str(i.name)):
+                conn.execute(CreateIndex(index, if_not_exists=True))
+
+
+def drop_schema(engine: Engine) -> None:
+    """Drop every table (tests only)."""
+    SQLModel.metadata.drop_all(engine)
+
+
+# --------------------------------------------------------------------------- meta
+
+
+def get_or_create_meta(engine: Engine, key: str, make: Callable[[], str]) -> tuple[str, bool]:
+    """The stored value of ``key``, creating it with ``make()`` when absent: ``(value, created)``."""
+    with engine.begin() as conn:
+        row = conn.execute(select(meta.c.value).where(meta.c.key == key)).first()
+        if row is not None:
+            return str(row[0]), False
+        value = make()
+        try:
+            with conn.begin_nested():
+                conn.execute(insert(meta).values(key=key, value=value))
+        except IntegrityError:  # another process created it first: use theirs
+            stored = conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar_one()
+            return str(stored), False
+        return value, True
+
+
+# --------------------------------------------------------------------------- experiments
+
+
+@dataclass(slots=True)
+class NewBlock:
+    index: int
+    period_length: float | None
+    num_subperiods: int | None
+    rate_limit: float | None
+    bonus_points: float
+    matching: str
+    #: participant indexes per group, in member order
+    groups: list[list[int]]
+
+
+@dataclass(slots=True)
+class NewExperiment:
+    code: str
+    game: str
+    config: dict[str, Any]
+    group_size: int
+    participant_codes: list[str]
+    blocks: list[NewBlock]
+    created_at: float
+
+
+def insert_experiment(engine: Engine, spec: NewExperiment) -> int:
+    """Store an experiment with its blocks, participants and groups; returns its id."""
+    with engine.begin() as conn:
+        experiment_id = conn.execute(
+            insert(experiments)
+            .values(
+                code=spec.code,
+                game=spec.game,
+                status="pending",
+                config=spec.config,
+                num_participants=len(spec.participant_codes),
+                group_size=spec.group_size,
+                num_blocks=len(spec.blocks),
+                created_at=to_datetime(spec.created_at),
+                last_seq=0,
+            )
+            .returning(experiments.c.id)
+        ).scalar_one()
+        participant_ids = [
+            conn.execute(
+                insert(participants)
+                .values(experiment_id=experiment_id, code=code, label=f"P{i + 1}", index=i)
+                .returning(participants.c.id)
+            ).scalar_one()
+            for i, code in enumerate(spec.participant_codes)
+        ]
+        for block in spec.blocks:
+            block_id = conn.execute(
+                insert(blocks)
+                .values(
+                    experiment_id=experiment_id,
+                    index=block.index,
+                    period_length=block.period_length,
+                    num_subperiods=block.num_subperiods,
+                    rate_limit=block.rate_limit,
+                    bonus_points=block.bonus_points,
+                    matching=block.matching,
+                    status="pending",
+                )
+                .returning(blocks.c.id)
+            ).scalar_one()
+            for g, members in enumerate(block.groups):
+                group_id = conn.execute(
+                    insert(groups)
+                    .values(experiment_id=experiment_id, block_id=block_id, index=g, phase="waiting", last_seq=0)
+                    .returning(groups.c.id)
+                ).scalar_one()
+                conn.execute(
+                    insert(memberships),
+                    [
+                        {"group_id": group_id, "participant_id": participant_ids[p], "block_id": block_id, "position": pos}
+                        for pos, p in enumerate(members)
+                    ],
+                )
+        return int(experiment_id)
+
+
+def experiment_row(engine: Engine, code: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(select(experiments).where(experiments.c.code == code)).mappings().first()
+        return None if row is None else dict(row)
+
+
+def experiment_participants(engine: Engine, experiment_id: int) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(participants.c.code, participants.c.label, participants.c.index)
+            .where(participants.c.experiment_id == experiment_id)
+            .order_by(participants.c.index)
+        ).mappings()
+        return [dict(r) for r in rows]
+
+
+# --------------------------------------------------------------------------- a participant's seat
+
+
+@dataclass(slots=True)
+class Seat:
+    """What a connecting participant needs: who, which experiment, which group, its state."""
+
+    participant_id: int
+    participant_code: str
+    experiment_id: int
+    experiment_code: str
+    experiment_status: str
+    game: str
+    config: dict[str, Any]
+    group_id: int
+    group_index: int
+    block_index: int
+    period_length: float | None
+    num_subperiods: int | None
+    rate_limit: float | None
+    #: member codes in order, and their participant ids
+    members: list[str]
+    member_ids: dict[str, int]
+    group: dict[str, Any]
+    last_state: dict[str, Any] | None
+
+
+def load_seat(engine: Engine, code: str) -> Seat | None:
+    """The participant ``code``'s current seat: its first group not yet ended (else its last)."""
+    with engine.connect() as conn:
+        me = conn.execute(
+            select(participants.c.id, participants.c.experiment_id).where(participants.c.code == code)
+        ).first()
+        if me is None:
+            return None
+        participant_id, experiment_id = me
+        exp = conn.execute(select(experiments).where(experiments.c.id == experiment_id)).mappings().one()
+        rows = conn.execute(
+            select(groups, blocks.c.index.label("block_index"), blocks.c.period_length,
+                   blocks.c.num_subperiods, blocks.c.rate_limit)
+            .join(memberships, memberships.c.group_id == groups.c.id)
+            .join(blocks, blocks.c.id == groups.c.block_id)
+            .where(memberships.c.participant_id == participant_id)
+            .order_by(blocks.c.index)
+        ).mappings().all()
+        current = next((r for r in rows if r["phase"] != "ended"), rows[-1])
+        members = conn.execute(
+            select(participants.c.code, participants.c.id)
+            .join(memberships, memberships.c.participant_id == participants.c.id)
+            .where(memberships.c.group_id == current["id"])
+            .order_by(memberships.c.position)
+        ).all()
+        state = conn.execute(
+            select(events.c.seq, events.c.timestamp, events.c.value)
+            .where(and_(events.c.group_id == current["id"], events.c.channel == "state"))
+            .order_by(events.c.seq.desc())
+            .limit(1)
+        ).first()
+        return Seat(
+            participant_id=participant_id,
+            participant_code=code,
+            experiment_id=experiment_id,
+            experiment_code=exp["code"],
+            experiment_status=exp["status"],
+            game=exp["game"],
+            config=exp["config"] or {},
+            group_id=current["id"],
+            group_index=current["index"],
+            block_index=current["block_index"],
+            period_length=current["period_length"],
+            num_subperiods=current["num_subperiods"],
+            rate_limit=current["rate_limit"],
+            members=[m[0] for m in members],
+            member_ids={m[0]: m[1] for m in members},
+            group=dict(current),
+            last_state=None if state is None else {
+                "seq": state[0], "ts": to_epoch(state[1]), "value": state[2]
+            },
+        )
+
+
+def client_ids(engine: Engine, participant_id: int) -> dict[str, int]:
+    """Every client frame id this participant sent that is stored, with its ``seq``."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(events.c.client_id, events.c.seq).where(
+                and_(events.c.participant_id == participant_id, events.c.client_id.is_not(None))
+            )
+        )
+        return {str(cid): int(seq) for cid, seq in rows}
+
+
+# --------------------------------------------------------------------------- the writer's batch
+
+
+@dataclass(slots=True)
+class NewEvent:
+    channel: str
+    value: Any
+    timestamp: float
+    group_id: int | None = None
+    participant_id: int | None = None
+    client_id: str | None = None
+
+
+@dataclass(slots=True)
+class GroupUpdate:
+    group_id: int
+    phase: str
+    started_at: float | None
+    ends_at: float | None
+    ended_at: float | None
+    decisions: dict[str, Any]
+    vars: dict[str, Any]
+
+
+@dataclass(slots=True)
+class ConnectionChange:
+    """A connection opened (``opened`` set) or closed (``closed`` set)."""
+
+    id: str
+    participant_id: int
+    experiment_id: int
+    opened: float | None = None
+    closed: float | None = None
+    user_agent: str | None = None
+    address: str | None = None
+    route: str = "synclab"
+    close_code: int | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Write:
+    """One unit the writer commits: events that get consecutive ``seq``s, and state to store."""
+
+    experiment_id: int
+    events: list[NewEvent] = field(default_factory=list)
+    group: GroupUpdate | None = None
+    connection: ConnectionChange | None = None
+    #: set by :func:`commit_batch`: the ``seq`` of each event, in order
+    seqs: list[int] = field(default_factory=list)
+
+
+def commit_batch(engine: Engine, writes: Sequence[Write]) -> None:
+    """Commit ``writes`` in one transaction, giving each event its ``seq``.
+
+    ``seq`` is taken from ``experiments.last_seq`` inside the transaction, so it is strictly
+    increasing and gap-free per experiment even with several writer processes: a failed batch
+    rolls its numbers back with everything else.
+    """
+    counts: dict[int, int] = {}
+    for write in writes:
+        if write.events:
+            counts[write.experiment_id] = counts.get(write.experiment_id, 0) + len(write.events)
+    with engine.begin() as conn:
+        next_seq: dict[int, int] = {}
+        for experiment_id, count in sorted(counts.items()):  # sorted: a fixed lock order
+            last = conn.execute(
+                update(experiments)
+                .where(experiments.c.id == experiment_id)
+                .values(last_seq=experiments.c.last_seq + count)
+                .returning(experiments.c.last_seq)
+            ).scalar_one()
+            next_seq[experiment_id] = int(last) - count + 1
+        rows: list[dict[str, Any]] = []
+        starting: dict[int, float] = {}
+        for write in writes:
+            seq = next_seq.get(write.experiment_id, 0)
+            write.seqs = list(range(seq, seq + len(write.events)))
+            next_seq[write.experiment_id] = seq + len(write.events)
+            for ev, s in zip(write.events, write.seqs, strict=True):
+                rows.append({
+                    "experiment_id": write.experiment_id,
+                    "seq": s,
+                    "timestamp": to_datetime(ev.timestamp),
+                    "group_id": ev.group_id,
+                    "participant_id": ev.participant_id,
+                    "channel": ev.channel,
+                    "value": ev.value,
+                    "client_id": ev.client_id,
+                })
+                if ev.channel == "state" and ev.value == "period_start":
+                    starting.setdefault(write.experiment_id, ev.timestamp)
+        if rows:
+            conn.execute(insert(events), rows)
+        _store_group_states(conn, writes)
+        _store_connections(conn, [w.connection for w in writes if w.connection is not None])
+        for experiment_id, at in starting.items():
+            conn.execute(
+                update(experiments)
+                .where(and_(experiments.c.id == experiment_id, experiments.c.status == "pending"))
+                .values(status="running", started_at=to_datetime(at))
+            )
+
+
+def _store_group_states(conn: Connection, writes: Iterable[Write]) -> None:
+    latest: dict[int, tuple[GroupUpdate, int | None]] = {}
+    for write in writes:
+        if write.group is not None:
+            last = write.seqs[-1] if write.seqs else None
+            previous = latest.get(write.group.group_id)
+            if last is None and previous is not None:
+                last = previous[1]
+            latest[write.group.group_id] = (write.group, last)
+    if not latest:
+        return
+    params = [
+        {
+            "gid": g.group_id,
+            "phase": g.phase,
+            "started_at": to_datetime(g.started_at),
+            "ends_at": to_datetime(g.ends_at),
+            "ended_at": to_datetime(g.ended_at),
+            "decisions": g.decisions,
+            "vars": g.vars,
+            "last_seq": last,
+        }
+        for g, last in latest.values()
+    ]
+    conn.execute(
+        update(groups)
+        .where(groups.c.id == bindparam("gid"))
+        .values(
+            phase=bindparam("phase"),
+            started_at=bindparam("started_at"),
+            ends_at=bindparam("ends_at"),
+            ended_at=bindparam("ended_at"),
+            decisions=bindparam("decisions"),
+            vars=bindparam("vars"),
+            last_seq=func.coalesce(bindparam("last_seq"), groups.c.last_seq),
+        ),
+        params,
+    )
+
+
+def _store_connections(conn: Connection, changes: Sequence[ConnectionChange]) -> None:
+    opened = [c for c in changes if c.opened is not None]
+    if opened:
+        conn.execute(
+            insert(connections),
+            [
+                {
+                    "id": c.id,
+                    "participant_id": c.participant_id,
+                    "experiment_id": c.experiment_id,
+                    "connected_at": to_datetime(c.opened),
+                    "user_agent": (c.user_agent or "")[:512] or None,
+                    "address": c.address,
+                    "route": c.route,
+                }
+                for c in opened
+            ],
+        )
+    for c in changes:
+        if c.closed is not None:
+            conn.execute(
+                update(connections)
+                .where(connections.c.id == c.id)
+                .values(disconnected_at=to_datetime(c.closed), close_code=c.close_code)
+            )
+
+
+# --------------------------------------------------------------------------- reading events
+
+
+def count_events(engine: Engine, experiment_id: int, after_seq: int) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                select(func.count())
+                .select_from(events)
+                .where(and_(events.c.experiment_id == experiment_id, events.c.seq > after_seq))
+            ).scalar_one()
+        )
+
+
+def list_events(engine: Engine, experiment_id: int, after_seq: int, offset: int, limit: int) -> list[dict[str, Any]]:
+    """Events of an experiment in ``seq`` order, with participant codes and group ids."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                events.c.seq,
+                events.c.timestamp,
+                events.c.group_id,
+                participants.c.code.label("participant"),
+                events.c.channel,
+                events.c.value,
+            )
+            .select_from(events.outerjoin(participants, participants.c.id == events.c.participant_id))
+            .where(and_(events.c.experiment_id == experiment_id, events.c.seq > after_seq))
+            .order_by(events.c.seq)
+            .offset(offset)
+            .limit(limit)
+        ).mappings()
+        return [
+            {
+                "seq": r["seq"],
+                "timestamp": iso(r["timestamp"]),
+                "group": r["group_id"],
+                "participant": r["participant"],
+                "channel": r["channel"],
+                "value": r["value"],
+            }
+            for r in rows
+        ]
+
+
+# --------------------------------------------------------------------------- async facade
+
+
+class Database:
+    """The engine, with a single writer thread and a small pool of reader threads."""
+
+    def __init__(self, url: str, *, readers: int = 4) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="synclab-writer")
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="synclab-reader")
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(engine, *args)`` on a reader thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, fn, self.engine, *args)
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(engine, *args)`` on the writer thread, in order with the event batches."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, fn, self.engine, *args)
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        self.engine.dispose()
+
+
+def new_code(nbytes: int = 18) -> str:
+    """An unguessable URL-safe code (``nbytes`` * 8 bits of randomness; 144 by default)."""
+    return secrets.token_urlsafe(nbytes)
+

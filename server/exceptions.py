@@ -1,0 +1,84 @@
+"""Every exception of the shell, and the one place they map to HTTP statuses and close codes.
+
+    SynclabError             base class
+    ├── SettingsError        a bad environment value; the process refuses to start
+    ├── ApiError             a refused HTTP request: ``status``, ``field``, ``message``
+    │   ├── BadRequest       400, names the bad field
+    │   ├── Unauthorized     401, no token
+    │   ├── Forbidden        403, a wrong token or somebody else's data
+    │   └── NotFound         404, an unknown experiment or participant
+    ├── FrameError           a refused client frame: an ``error`` frame, the socket stays open
+    └── NotPersisted         the writer could not commit; the frames of that batch are refused
+
+Pure-core refusals (:class:`groups.RefusedAction`) become ``error`` frames with their own code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# WebSocket close codes (RFC 6455 and the 4000-4999 private range).
+WS_1000_NORMAL = 1000
+WS_1001_GOING_AWAY = 1001
+WS_1008_POLICY_VIOLATION = 1008
+WS_1011_INTERNAL_ERROR = 1011
+WS_1013_TRY_AGAIN_LATER = 1013
+WS_4000_REPLACED = 4000  # the same participant connected again; this connection is the older one
+WS_4003_FORBIDDEN = 4003  # the redwood URL names another game or group than the participant's
+WS_4008_TOO_SLOW = 4008  # the connection's send queue overflowed: the client does not read
+WS_4029_FLOODING = 4029  # the client kept sending far over its frame rate
+WS_4404_UNKNOWN = 4404  # unknown participant code
+
+
+class SynclabError(Exception):
+    """Base class of the shell's exceptions."""
+
+
+class SettingsError(SynclabError):
+    """An environment value is refused."""
+
+
+class ApiError(SynclabError):
+    status = 400
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+
+class Forbidden(ApiError):
+    status = 403
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class FrameError(SynclabError):
+    """A client frame refused before it reached the group."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class NotPersisted(SynclabError):
+    """The writer's transaction failed; nothing of the batch was stored or sent."""
+
+    code = "not_persisted"

@@ -1,0 +1,136 @@
+"""Creating an experiment: the request body checked field by field, then the rows built."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from groups import ConfigError, DecisionGroup, Timing, UnknownGame, game_name, load_game
+
+from .database import NewBlock, NewExperiment, new_code
+from .exceptions import BadRequest
+
+MAX_PARTICIPANTS = 10_000
+MAX_BLOCKS = 1_000
+MATCHINGS = ("fixed", "random")
+
+_FIELDS = {
+    "game", "participants", "group_size", "blocks", "period_length", "num_subperiods",
+    "rate_limit", "bonus_points", "matching", "config",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentRequest:
+    game: type[DecisionGroup]
+    participants: int
+    group_size: int
+    blocks: int
+    timing: Timing
+    bonus_points: float
+    matching: str
+    config: dict[str, Any]
+
+
+def _integer(body: dict[str, Any], name: str, default: int | None, low: int, high: int) -> int:
+    value = body.get(name, default)
+    if value is None:
+        raise BadRequest(f"{name}: expected an integer from {low} to {high}, got nothing", field=name)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BadRequest(f"{name}: expected an integer from {low} to {high}, got {value!r}", field=name)
+    return value
+
+
+def _number(body: dict[str, Any], name: str, default: float | None, *, positive: bool, nullable: bool) -> float | None:
+    value = body.get(name, default)
+    if value is None:
+        if nullable:
+            return None
+        raise BadRequest(f"{name}: expected a number, got null", field=name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or abs(value) == float("inf"):
+        raise BadRequest(f"{name}: expected a number{' or null' if nullable else ''}, got {value!r}", field=name)
+    if positive and value <= 0:
+        raise BadRequest(f"{name}: expected a number > 0, got {value!r}", field=name)
+    return float(value)
+
+
+def parse_request(body: Any) -> ExperimentRequest:
+    """Check every field of ``POST /api/experiments``; a :class:`BadRequest` names the first bad one."""
+    if not isinstance(body, dict):
+        raise BadRequest(f"expected a JSON object, got {type(body).__name__}")
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise BadRequest(f"{unknown[0]}: unknown field; expected some of {sorted(_FIELDS)}", field=unknown[0])
+    name = body.get("game")
+    if not isinstance(name, str):
+        raise BadRequest(f"game: expected a game name, got {name!r}", field="game")
+    try:
+        game = load_game(name)
+    except UnknownGame as exc:
+        raise BadRequest(f"game: {exc}", field="game") from None
+    participants = _integer(body, "participants", None, 1, MAX_PARTICIPANTS)
+    group_size = _integer(body, "group_size", None, 1, MAX_PARTICIPANTS)
+    try:
+        game.check_group_size(group_size)
+    except ConfigError as exc:
+        raise BadRequest(str(exc), field="group_size") from None
+    if participants % group_size:
+        raise BadRequest(
+            f"participants: expected a multiple of group_size {group_size}, got {participants}", field="participants"
+        )
+    blocks = _integer(body, "blocks", 1, 1, MAX_BLOCKS)
+    period_length = _number(body, "period_length", 60.0, positive=True, nullable=False)
+    num_subperiods = body.get("num_subperiods")
+    if num_subperiods is not None:
+        num_subperiods = _integer(body, "num_subperiods", None, 1, 100_000)
+    rate_limit = _number(body, "rate_limit", None, positive=True, nullable=True)
+    bonus_points = _number(body, "bonus_points", 0.0, positive=False, nullable=False)
+    matching = body.get("matching", "fixed")
+    if matching not in MATCHINGS:
+        raise BadRequest(f"matching: expected one of {list(MATCHINGS)}, got {matching!r}", field="matching")
+    config = body.get("config") or {}
+    if not isinstance(config, dict):
+        raise BadRequest(f"config: expected an object, got {config!r}", field="config")
+    try:
+        timing = Timing(period_length, num_subperiods, rate_limit)
+        config = game.validate_config(config)
+    except ConfigError as exc:
+        raise BadRequest(str(exc), field=exc.field) from None
+    return ExperimentRequest(game, participants, group_size, blocks, timing, bonus_points or 0.0, matching, config)
+
+
+def plan(request: ExperimentRequest, *, seed: int | None = None) -> NewExperiment:
+    """The rows of a new experiment: codes, blocks, and the groups of every block.
+
+    Block 0 groups participants in order; later blocks keep those groups (``fixed``) or
+    shuffle everyone into new ones (``random``).
+    """
+    n, size = request.participants, request.group_size
+    rng = random.Random(seed)
+    order = list(range(n))
+    blocks = []
+    for index in range(request.blocks):
+        if index > 0 and request.matching == "random":
+            rng.shuffle(order)
+        blocks.append(
+            NewBlock(
+                index=index,
+                period_length=request.timing.period_length,
+                num_subperiods=request.timing.num_subperiods,
+                rate_limit=request.timing.rate_limit,
+                bonus_points=request.bonus_points,
+                matching=request.matching,
+                groups=[order[g : g + size] for g in range(0, n, size)],
+            )
+        )
+    return NewExperiment(
+        code=new_code(12),
+        game=game_name(request.game),
+        config=request.config,
+        group_size=size,
+        participant_codes=[new_code() for _ in range(n)],
+        blocks=blocks,
+        created_at=time.time(),
+    )

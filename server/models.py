@@ -1,0 +1,178 @@
+"""The tables: one per word of the contract (experiment, block, participant, group, connection,
+event, session, result) plus group membership, subperiod ticks and a key-value ``meta`` table.
+
+Times are UTC. Rows are written through :mod:`server.database`, never with an ORM session on
+the event loop.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; elsewhere event ids are 64-bit.
+_BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _json(nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(JSON, nullable=nullable))
+
+
+def _time(nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=nullable, index=index))
+
+
+class Meta(SQLModel, table=True):
+    """Server-wide values, e.g. the generated experimenter token."""
+
+    __tablename__ = "meta"
+    key: str = Field(primary_key=True, max_length=64)
+    value: str
+
+
+class Experiment(SQLModel, table=True):
+    __tablename__ = "experiments"
+    id: int | None = Field(default=None, primary_key=True)
+    code: str = Field(unique=True, max_length=64)
+    game: str = Field(max_length=200)
+    status: str = Field(default="pending", max_length=16)
+    config: dict[str, Any] | None = _json()
+    num_participants: int
+    group_size: int
+    num_blocks: int
+    created_at: datetime = _time(nullable=False)
+    started_at: datetime | None = _time()
+    finished_at: datetime | None = _time()
+    #: the last ``seq`` handed out; advanced inside the writer's transaction, so gap-free
+    last_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+
+
+class Block(SQLModel, table=True):
+    __tablename__ = "blocks"
+    __table_args__ = (UniqueConstraint("experiment_id", "index"),)
+    id: int | None = Field(default=None, primary_key=True)
+    experiment_id: int = Field(foreign_key="experiments.id", index=True)
+    index: int
+    period_length: float | None = None
+    num_subperiods: int | None = None
+    rate_limit: float | None = None
+    bonus_points: float = 0.0
+    matching: str = Field(default="fixed", max_length=16)
+    status: str = Field(default="pending", max_length=16)
+
+
+class Participant(SQLModel, table=True):
+    __tablename__ = "participants"
+    id: int | None = Field(default=None, primary_key=True)
+    experiment_id: int = Field(foreign_key="experiments.id", index=True)
+    code: str = Field(unique=True, max_length=64)
+    label: str = Field(max_length=64)
+    index: int
+
+
+class Group(SQLModel, table=True):
+    """The participants who play one block together, and the group's persisted state."""
+
+    __tablename__ = "groups"
+    __table_args__ = (UniqueConstraint("block_id", "index"),)
+    id: int | None = Field(default=None, primary_key=True)
+    experiment_id: int = Field(foreign_key="experiments.id", index=True)
+    block_id: int = Field(foreign_key="blocks.id", index=True)
+    index: int
+    phase: str = Field(default="waiting", max_length=16)
+    started_at: datetime | None = _time()
+    ends_at: datetime | None = _time()
+    ended_at: datetime | None = _time()
+    decisions: dict[str, Any] | None = _json()
+    vars: dict[str, Any] | None = _json()
+    last_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+
+
+class Membership(SQLModel, table=True):
+    """A participant's place in a group, in member order (the first member is row in bimatrix)."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (UniqueConstraint("group_id", "position"), UniqueConstraint("participant_id", "block_id"))
+    id: int | None = Field(default=None, primary_key=True)
+    group_id: int = Field(foreign_key="groups.id", index=True)
+    participant_id: int = Field(foreign_key="participants.id", index=True)
+    block_id: int = Field(foreign_key="blocks.id")
+    position: int
+
+
+class Connection(SQLModel, table=True):
+    """One WebSocket's lifetime."""
+
+    __tablename__ = "connections"
+    id: str = Field(primary_key=True, max_length=36)
+    participant_id: int = Field(foreign_key="participants.id", index=True)
+    experiment_id: int = Field(foreign_key="experiments.id", index=True)
+    connected_at: datetime = _time(nullable=False)
+    disconnected_at: datetime | None = _time()
+    user_agent: str | None = Field(default=None, max_length=512)
+    address: str | None = Field(default=None, max_length=64)
+    route: str = Field(default="synclab", max_length=16)
+    close_code: int | None = None
+
+
+class Event(SQLModel, table=True):
+    """One message in or out, persisted before anyone sees it."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "seq"),
+        Index("ix_events_client_id", "participant_id", "client_id", unique=True),
+    )
+    id: int | None = Field(default=None, sa_column=Column(_BIG_ID, primary_key=True, autoincrement=True))
+    experiment_id: int = Field(foreign_key="experiments.id")
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    timestamp: datetime = _time(nullable=False)
+    group_id: int | None = Field(default=None, foreign_key="groups.id", index=True)
+    participant_id: int | None = Field(default=None, foreign_key="participants.id")
+    channel: str = Field(max_length=64)
+    value: Any = _json()
+    client_id: str | None = Field(default=None, max_length=64)
+
+
+class Session(SQLModel, table=True):
+    """One participant in one block (after MUSCLE's Session)."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (UniqueConstraint("participant_id", "block_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    participant_id: int = Field(foreign_key="participants.id", index=True)
+    block_id: int = Field(foreign_key="blocks.id", index=True)
+    group_id: int = Field(foreign_key="groups.id")
+    started_at: datetime | None = _time()
+    finished_at: datetime | None = _time()
+    json_data: dict[str, Any] | None = _json()
+    final_score: float = 0.0
+
+
+class Result(SQLModel, table=True):
+    """One scored outcome of a session: one per subperiod, or one per continuous period."""
+
+    __tablename__ = "results"
+    __table_args__ = (UniqueConstraint("session_id", "subperiod"),)
+    id: int | None = Field(default=None, primary_key=True)
+    session_id: int = Field(foreign_key="sessions.id", index=True)
+    subperiod: int | None = None
+    decision: Any = _json()
+    score: float = 0.0
+
+
+class Tick(SQLModel, table=True):
+    """A timed tick of a group: when it was due and when it ran, with the decisions snapshot."""
+
+    __tablename__ = "ticks"
+    __table_args__ = (UniqueConstraint("group_id", "kind", "index"),)
+    id: int | None = Field(default=None, primary_key=True)
+    group_id: int = Field(foreign_key="groups.id", index=True)
+    kind: str = Field(max_length=16)
+    index: int
+    scheduled_at: datetime = _time(nullable=False)
+    actual_at: datetime = _time(nullable=False)
+    snapshot: dict[str, Any] | None = _json()

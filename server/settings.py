@@ -1,0 +1,67 @@
+"""Settings from the environment (a ``.env`` file in the working directory is read too)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from .exceptions import SettingsError
+
+
+def _environ() -> dict[str, str]:
+    values = {k: v for k, v in dotenv_values(Path(".env")).items() if v is not None}
+    values.update(os.environ)
+    return values
+
+
+def _number(env: dict[str, str], name: str, default: float, *, minimum: float = 0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: expected a number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name}: expected a number >= {minimum}, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Every setting of a server process. Build it with :meth:`from_env` or by hand in tests."""
+
+    database_url: str = "sqlite:///./synclab.db"
+    redis_url: str | None = None
+    admin_token: str | None = None
+    port: int = 8000
+    #: a client frame larger than this is refused with an ``error`` frame
+    max_frame_bytes: int = 16 * 1024
+    #: frames a connection may send per second, sustained, and in a burst
+    frames_per_second: float = 50.0
+    frame_burst: int = 100
+    #: frames queued for one connection before it is cut off as too slow
+    send_queue_frames: int = 2048
+    #: the writer commits at most this many events in one transaction
+    writer_max_batch: int = 2000
+    #: seconds a reconnecting participant's old connection may linger, for logging only
+    hello_history: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = _environ() if env is None else env
+        return cls(
+            database_url=env.get("DATABASE_URL") or cls.database_url,
+            redis_url=env.get("REDIS_URL") or None,
+            admin_token=env.get("SYNCLAB_ADMIN_TOKEN") or None,
+            port=int(_number(env, "PORT", 8000, minimum=0)),
+            max_frame_bytes=int(_number(env, "SYNCLAB_MAX_FRAME_BYTES", 16 * 1024, minimum=64)),
+            frames_per_second=_number(env, "SYNCLAB_FRAMES_PER_SECOND", 50.0, minimum=0.1),
+            frame_burst=int(_number(env, "SYNCLAB_FRAME_BURST", 100, minimum=1)),
+            send_queue_frames=int(_number(env, "SYNCLAB_SEND_QUEUE", 2048, minimum=16)),
+            writer_max_batch=int(_number(env, "SYNCLAB_WRITER_MAX_BATCH", 2000, minimum=1)),
+        )

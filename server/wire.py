@@ -1,0 +1,70 @@
+"""Frames on the wire: ``{"channel", "payload"}`` JSON text, plus ``seq``/``ts`` and ``id``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .exceptions import FrameError
+
+MAX_CLIENT_ID = 64
+
+
+def ms(epoch: float) -> int:
+    """Seconds since the epoch as whole milliseconds, the unit of every time in a frame."""
+    return math.floor(epoch * 1000 + 0.5)
+
+
+def encode(channel: str, payload: Any, *, seq: int | None = None, ts: float | None = None) -> str:
+    """One server frame, encoded once and shared by every recipient."""
+    frame: dict[str, Any] = {"channel": channel, "payload": payload}
+    if seq is not None:
+        frame["seq"] = seq
+    if ts is not None:
+        frame["ts"] = ms(ts)
+    return orjson.dumps(frame).decode()
+
+
+def redwood_ping(timestamp: Any) -> str:
+    """otree-redwood's ping answer: the client's ``timestamp`` beside the channel."""
+    return orjson.dumps({"channel": "ping", "timestamp": timestamp}).decode()
+
+
+def error(code: str, message: str, frame_id: str | None = None) -> str:
+    payload: dict[str, Any] = {"code": code, "message": message}
+    if frame_id is not None:
+        payload["id"] = frame_id
+    return encode("error", payload)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientFrame:
+    channel: str
+    payload: Any
+    id: str | None
+    #: otree-redwood's ping puts ``timestamp`` beside ``channel``, with no payload
+    timestamp: Any = None
+
+
+def parse(text: str, max_bytes: int) -> ClientFrame:
+    """A client's text frame, or :class:`FrameError` saying what was expected."""
+    if len(text) > max_bytes or (len(text) * 4 > max_bytes and len(text.encode()) > max_bytes):
+        raise FrameError("too_large", f"expected a frame of at most {max_bytes} bytes, got {len(text.encode())}")
+    try:
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise FrameError("bad_json", f"expected a JSON text frame, got invalid JSON: {exc}") from None
+    if not isinstance(frame, dict):
+        raise FrameError("bad_frame", f'expected an object {{"channel", "payload"}}, got {type(frame).__name__}')
+    channel = frame.get("channel")
+    if not isinstance(channel, str) or not channel:
+        raise FrameError("bad_frame", f"expected a non-empty string 'channel', got {channel!r}")
+    if "payload" not in frame and channel != "ping":
+        raise FrameError("bad_frame", "expected a 'payload' member, got none")
+    frame_id = frame.get("id")
+    if frame_id is not None and (not isinstance(frame_id, str) or not 0 < len(frame_id) <= MAX_CLIENT_ID):
+        raise FrameError("bad_id", f"expected 'id' to be a string of 1 to {MAX_CLIENT_ID} characters, got {frame_id!r}")
+    return ClientFrame(channel, frame.get("payload"), frame_id, frame.get("timestamp"))
