@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 import orjson
 from sqlalchemy import (
     Engine,
-    Table,
     and_,
     bindparam,
     create_engine,
@@ -38,16 +37,15 @@ from . import models
 
 T = TypeVar("T")
 
-experiments = models.Experiment.__table__
-blocks = models.Block.__table__
-participants = models.Participant.__table__
-groups = models.Group.__table__
-memberships = models.Membership.__table__
-connections = models.Connection.__table__
-events = models.Event.__table__
-meta = models.Meta.__table__
-
-assert isinstance(events, Table)  # for mypy: SQLModel types __table__ loosely
+_tables = SQLModel.metadata.tables
+experiments = _tables[models.Experiment.__tablename__]
+blocks = _tables[models.Block.__tablename__]
+participants = _tables[models.Participant.__tablename__]
+groups = _tables[models.Group.__tablename__]
+memberships = _tables[models.Membership.__tablename__]
+connections = _tables[models.Connection.__tablename__]
+events = _tables[models.Event.__tablename__]
+meta = _tables[models.Meta.__tablename__]
 
 
 # --------------------------------------------------------------------------- time
@@ -81,6 +79,11 @@ def _json_dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def _json_loads(value: Any) -> Any:
+    # SQLite gives a JSON column NUMERIC affinity: a stored "0.5" comes back as the float 0.5
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
 def normalise_url(url: str) -> URL:
     """``postgresql://`` means psycopg 3 here; anything else is passed to SQLAlchemy as given."""
     parsed = make_url(url)
@@ -95,7 +98,7 @@ def make_engine(url: str, **options: Any) -> Engine:
         engine = create_engine(
             parsed,
             json_serializer=_json_dumps,
-            json_deserializer=orjson.loads,
+            json_deserializer=_json_loads,
             connect_args={"check_same_thread": False, "timeout": 30},
             **options,
         )
@@ -104,7 +107,7 @@ def make_engine(url: str, **options: Any) -> Engine:
     return create_engine(
         parsed,
         json_serializer=_json_dumps,
-        json_deserializer=orjson.loads,
+        json_deserializer=_json_loads,
         pool_pre_ping=True,
         pool_size=8,
         **options,

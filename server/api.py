@@ -1,0 +1,192 @@
+"""The REST API: JSON over HTTP, experimenter endpoints behind a bearer token."""
+
+from __future__ import annotations
+
+import hmac
+import math
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from groups import available_games
+
+from .database import (
+    count_events,
+    experiment_participants,
+    experiment_row,
+    insert_experiment,
+    iso,
+    list_events,
+)
+from .exceptions import ApiError, BadRequest, Forbidden, NotFound, Unauthorized
+from .experiments import parse_request, plan
+from .runtime import Runtime
+
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+def require_admin(request: Request) -> None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("expected 'Authorization: Bearer <SYNCLAB_ADMIN_TOKEN>', got none")
+    if not hmac.compare_digest(token.strip().encode(), runtime(request).admin_token.encode()):
+        raise Forbidden("the experimenter token is wrong")
+
+
+def query_int(request: Request, name: str, default: int, low: int, high: int | None = None) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name}: expected an integer, got {raw!r}", field=name) from None
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"from {low} to {high}"
+        raise BadRequest(f"{name}: expected an integer {bounds}, got {value}", field=name)
+    return value
+
+
+def paginated(request: Request, count: int, page: int, page_size: int, results: list[Any]) -> dict[str, Any]:
+    """The edx-style page: ``count, num_pages, current_page, next, previous, results``."""
+    num_pages = max(1, math.ceil(count / page_size))
+
+    def link(number: int) -> str | None:
+        if not 1 <= number <= num_pages:
+            return None
+        return str(request.url.include_query_params(page=number, page_size=page_size))
+
+    return {
+        "count": count,
+        "num_pages": num_pages,
+        "current_page": page,
+        "next": link(page + 1),
+        "previous": link(page - 1),
+        "results": results,
+    }
+
+
+def page_params(request: Request) -> tuple[int, int]:
+    page = query_int(request, "page", 1, 1)
+    page_size = query_int(request, "page_size", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
+    return page, page_size
+
+
+async def _experiment(request: Request) -> dict[str, Any]:
+    code = request.path_params["code"]
+    row = await runtime(request).database.read(experiment_row, code)
+    if row is None:
+        raise NotFound(f"no experiment with code {code!r}")
+    return row
+
+
+def _experiment_body(request: Request, row: dict[str, Any], people: list[dict[str, Any]]) -> dict[str, Any]:
+    base = str(request.base_url).rstrip("/")
+    return {
+        "code": row["code"],
+        "game": row["game"],
+        "status": row["status"],
+        "config": row["config"],
+        "group_size": row["group_size"],
+        "num_participants": row["num_participants"],
+        "blocks": row["num_blocks"],
+        "created_at": iso(row["created_at"]),
+        "started_at": iso(row["started_at"]),
+        "finished_at": iso(row["finished_at"]),
+        "last_seq": row["last_seq"],
+        "participants": [
+            {"code": p["code"], "label": p["label"], "url": f"{base}/p/{p['code']}"} for p in people
+        ],
+        "monitor_url": f"{base}/monitor?experiment={row['code']}",
+    }
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+async def healthz(request: Request) -> Response:
+    return JSON({"status": "ok"})
+
+
+async def games(request: Request) -> Response:
+    return JSON(
+        {
+            "results": [
+                {
+                    "name": name,
+                    "group_sizes": list(game.group_sizes),
+                    "channels": sorted({"decisions", *game.channels}),
+                    "config_schema": game.config_schema,
+                    "default_config": game.default_config,
+                    "doc": (game.__doc__ or "").strip(),
+                }
+                for name, game in sorted(available_games().items())
+            ]
+        }
+    )
+
+
+async def create_experiment(request: Request) -> Response:
+    require_admin(request)
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"expected a JSON body, got invalid JSON: {exc}") from None
+    spec = plan(parse_request(body))
+    db = runtime(request).database
+    await db.write(insert_experiment, spec)
+    row = await db.read(experiment_row, spec.code)
+    assert row is not None
+    people = await db.read(experiment_participants, row["id"])
+    return JSON(_experiment_body(request, row, people), status_code=201)
+
+
+async def experiment_detail(request: Request) -> Response:
+    require_admin(request)
+    row = await _experiment(request)
+    people = await runtime(request).database.read(experiment_participants, row["id"])
+    return JSON(_experiment_body(request, row, people))
+
+
+async def events(request: Request) -> Response:
+    require_admin(request)
+    row = await _experiment(request)
+    after_seq = query_int(request, "after_seq", 0, 0)
+    page, page_size = page_params(request)
+    db = runtime(request).database
+    count = await db.read(count_events, row["id"], after_seq)
+    results = await db.read(list_events, row["id"], after_seq, (page - 1) * page_size, page_size)
+    if page > 1 and not results:
+        raise NotFound(f"page {page} is past the last page")
+    return JSON(paginated(request, count, page, page_size, results))
+
+
+def api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return JSON(exc.body(), status_code=exc.status)
+
+
+routes = [
+    Route("/healthz", healthz),
+    Route("/api/games", games),
+    Route("/api/experiments", create_experiment, methods=["POST"]),
+    Route("/api/experiments/{code}", experiment_detail),
+    Route("/api/experiments/{code}/events", events),
+]

@@ -1,0 +1,70 @@
+"""The Starlette application: routes, the lifespan that owns every resource, error mapping.
+
+``uvicorn server.app:app`` serves it with settings from the environment; tests and the CLI
+build their own with :func:`create_app`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
+
+from . import api
+from .connection import REDWOOD, SYNCLAB, serve
+from .exceptions import ApiError
+from .runtime import Runtime
+from .settings import Settings
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+
+async def participant_page(request: Request) -> Response:
+    return FileResponse(STATIC / "participant.html")
+
+
+async def monitor_page(request: Request) -> Response:
+    return FileResponse(STATIC / "monitor.html")
+
+
+async def participant_socket(websocket: WebSocket) -> None:
+    rt: Runtime = websocket.app.state.runtime
+    await serve(websocket, rt.groups, rt.settings, SYNCLAB)
+
+
+async def redwood_socket(websocket: WebSocket) -> None:
+    rt: Runtime = websocket.app.state.runtime
+    await serve(websocket, rt.groups, rt.settings, REDWOOD)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """An app; its settings are read from the environment at start unless given."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        rt = await Runtime.open(settings or Settings.from_env())
+        app.state.runtime = rt
+        try:
+            yield
+        finally:
+            await rt.close()
+
+    routes = [
+        *api.routes,
+        Route("/p/{code}", participant_page),
+        Route("/monitor", monitor_page),
+        WebSocketRoute("/ws/p/{code}", participant_socket),
+        WebSocketRoute("/redwood/app-name/{app}/group/{group}/participant/{code}/", redwood_socket),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={ApiError: api.api_error})
+
+
+app = create_app()

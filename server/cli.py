@@ -1,0 +1,97 @@
+"""The ``synclab`` command: ``serve`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from .database import (
+    create_schema,
+    experiment_participants,
+    experiment_row,
+    insert_experiment,
+    make_engine,
+)
+from .exceptions import SettingsError
+from .experiments import parse_request, plan
+from .runtime import admin_token
+from .settings import Settings
+
+#: uvicorn closes a socket with 1009 past this; below it our own limit answers with an error frame
+WS_MAX_SIZE = 1024 * 1024
+
+
+def _prepare(settings: Settings) -> str:
+    """Create the schema and return the experimenter token (before the server starts)."""
+    engine = make_engine(settings.database_url)
+    try:
+        create_schema(engine)
+        token, created = admin_token(engine, settings)
+    finally:
+        engine.dispose()
+    if created:
+        print("synclab: generated an experimenter token and stored it in the database", flush=True)
+    return token
+
+
+def _base_url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{shown}:{port}"
+
+
+def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
+    if workers > 1:
+        raise SettingsError(
+            f"--workers {workers}: several processes need the Redis hub (REDIS_URL), which this "
+            "version does not have yet; run one worker"
+        )
+    uvicorn.run(
+        "server.app:app",
+        host=host,
+        port=port,
+        ws_max_size=WS_MAX_SIZE,
+        ws_per_message_deflate=False,
+        log_level="info",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="synclab", description="A real-time multiplayer experiment server.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("serve", "serve the app"), ("demo", "serve, with a demo experiment")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--host", default="127.0.0.1")
+        sub.add_argument("--port", type=int, default=None)
+        sub.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        port = settings.port if args.port is None else args.port
+        token = _prepare(settings)
+        base = _base_url(args.host, port)
+        print(f"synclab: monitor at {base}/monitor?token={token}", flush=True)
+        if args.command == "demo":
+            _demo(settings, base)
+        _serve(settings, args.host, port, args.workers)
+    except SettingsError as exc:
+        print(f"synclab: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _demo(settings: Settings, base: str) -> None:
+    spec = plan(parse_request({"game": "bimatrix", "participants": 4, "group_size": 2, "period_length": 120}))
+    engine = make_engine(settings.database_url)
+    try:
+        insert_experiment(engine, spec)
+        row = experiment_row(engine, spec.code)
+        assert row is not None
+        people = experiment_participants(engine, row["id"])
+    finally:
+        engine.dispose()
+    print(f"synclab: demo experiment {spec.code} (bimatrix, 2 groups of 2, 120 s)", flush=True)
+    for person in people:
+        print(f"  {person['label']}: {base}/p/{person['code']}", flush=True)
