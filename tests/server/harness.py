@@ -1,0 +1,144 @@
+"""A real server on port 0, real WebSocket clients, and an HTTP client for the REST API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+import uvicorn
+from websockets.asyncio.client import ClientConnection, connect
+
+from server.app import create_app
+from server.cli import WS_MAX_SIZE
+from server.runtime import Runtime
+from server.settings import Settings
+
+TOKEN = "test-admin-token"
+#: every wait in the tests scales by this factor (slow machines: SYNCLAB_TEST_TIMEOUT_FACTOR=3)
+FACTOR = float(os.environ.get("SYNCLAB_TEST_TIMEOUT_FACTOR", "1"))
+
+
+def timeout(seconds: float) -> float:
+    return seconds * FACTOR
+
+
+class Client:
+    """A participant's WebSocket that collects frames as they come."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.frames: list[dict[str, Any]] = []
+        self._cursor = 0
+
+    async def send(self, channel: str, payload: Any, frame_id: str | None = None) -> None:
+        frame: dict[str, Any] = {"channel": channel, "payload": payload}
+        if frame_id is not None:
+            frame["id"] = frame_id
+        await self.ws.send(orjson.dumps(frame).decode())
+
+    async def send_raw(self, data: str | bytes) -> None:
+        await self.ws.send(data)
+
+    async def next(self, wait: float = 5.0) -> dict[str, Any]:
+        """The next frame not yet returned."""
+        if self._cursor < len(self.frames):
+            self._cursor += 1
+            return self.frames[self._cursor - 1]
+        raw = await asyncio.wait_for(self.ws.recv(), timeout(wait))
+        frame: dict[str, Any] = orjson.loads(raw)
+        self.frames.append(frame)
+        self._cursor += 1
+        return frame
+
+    async def expect(self, channel: str, wait: float = 5.0) -> dict[str, Any]:
+        """Skip frames until one on ``channel`` arrives."""
+        async with asyncio.timeout(timeout(wait)):
+            while True:
+                frame = await self.next(wait)
+                if frame["channel"] == channel:
+                    return frame
+
+    async def silent(self, wait: float = 0.3) -> bool:
+        """True when no frame arrives within ``wait`` seconds."""
+        try:
+            await self.next(wait)
+        except TimeoutError:
+            return True
+        self._cursor -= 1
+        return False
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+@dataclass
+class Harness:
+    base: str
+    runtime: Runtime
+    http: httpx.AsyncClient
+    clients: list[Client] = field(default_factory=list)
+
+    @property
+    def ws_base(self) -> str:
+        return self.base.replace("http://", "ws://")
+
+    async def create(self, **body: Any) -> dict[str, Any]:
+        body.setdefault("game", "bimatrix")
+        body.setdefault("participants", 2)
+        body.setdefault("group_size", 2)
+        response = await self.http.post("/api/experiments", json=body)
+        assert response.status_code == 201, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def connect(self, code: str, path: str | None = None) -> Client:
+        ws = await connect(f"{self.ws_base}{path or '/ws/p/' + code}", max_size=WS_MAX_SIZE, open_timeout=timeout(5))
+        client = Client(ws)
+        self.clients.append(client)
+        return client
+
+    async def events(self, code: str) -> list[dict[str, Any]]:
+        """Every stored event of experiment ``code``, through the API."""
+        rows: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            response = await self.http.get(f"/api/experiments/{code}/events", params={"page": page, "page_size": 1000})
+            assert response.status_code == 200, response.text
+            body = response.json()
+            rows.extend(body["results"])
+            if body["next"] is None:
+                return rows
+            page += 1
+
+
+@contextlib.asynccontextmanager
+async def running_server(database_url: str, **settings: Any) -> AsyncIterator[Harness]:
+    app = create_app(Settings(database_url=database_url, admin_token=TOKEN, **settings))
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", ws_max_size=WS_MAX_SIZE, ws_per_message_deflate=False
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(timeout(10)):
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        harness = Harness(base, app.state.runtime, http)
+        try:
+            yield harness
+        finally:
+            for client in harness.clients:
+                with contextlib.suppress(Exception):
+                    await client.close()
+            server.should_exit = True
+            await task
