@@ -98,7 +98,13 @@ class Harness:
         return result
 
     async def connect(self, code: str, path: str | None = None) -> Client:
-        ws = await connect(f"{self.ws_base}{path or '/ws/p/' + code}", max_size=WS_MAX_SIZE, open_timeout=timeout(5))
+        ws = await connect(
+            f"{self.ws_base}{path or '/ws/p/' + code}",
+            max_size=WS_MAX_SIZE,
+            max_queue=None,  # never pause reading: a close must not wait behind unread frames
+            open_timeout=timeout(5),
+            close_timeout=timeout(2),
+        )
         client = Client(ws)
         self.clients.append(client)
         return client

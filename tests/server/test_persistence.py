@@ -1,0 +1,160 @@
+"""Persist before broadcast, nothing lost or duplicated, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import Engine, inspect, select, text
+
+from server.database import events as events_table
+from server.database import make_engine
+from tests.server.harness import Client, Harness, timeout
+
+
+def _stored_seqs(engine: Engine, seqs: list[int]) -> set[int]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(events_table.c.seq).where(events_table.c.seq.in_(seqs)))
+        return {int(r[0]) for r in rows}
+
+
+async def _start(harness: Harness, exp: dict[str, Any]) -> list[Client]:
+    clients = [await harness.connect(p["code"]) for p in exp["participants"]]
+    for client in clients:
+        assert (await client.expect("state"))["payload"] == "period_start"
+    return clients
+
+
+async def test_a_receiver_never_sees_a_decision_that_is_not_stored(any_server: Harness, database_url: str) -> None:
+    """Every broadcast a member receives is already in the database when it arrives."""
+    exp = await any_server.create(participants=2, group_size=2)
+    a, b = await _start(any_server, exp)
+    engine = make_engine(database_url)
+    try:
+        for i in range(30):
+            await a.send("decisions", (i % 10) / 10)
+            await b.send("decisions", ((i + 5) % 10) / 10)
+        seen: list[int] = []
+        async with asyncio.timeout(timeout(10)):
+            while len(seen) < 60:
+                frame = await b.expect("group_decisions")
+                # checked at once, on the frame's arrival, by another connection
+                assert _stored_seqs(engine, [frame["seq"]]) == {frame["seq"]}
+                seen.append(frame["seq"])
+        assert seen == sorted(seen)
+    finally:
+        engine.dispose()
+
+
+async def test_a_failed_commit_broadcasts_nothing_and_answers_with_an_error(
+    any_server: Harness, database_url: str
+) -> None:
+    """With the events table gone, a decision is refused, nobody hears it, and nothing changes."""
+    exp = await any_server.create(participants=2, group_size=2)
+    a, b = await _start(any_server, exp)
+    a_code = exp["participants"][0]["code"]
+    await b.expect("group_decisions")
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE events RENAME TO events_away"))
+        await a.send("decisions", 0.9, frame_id="lost")
+        refused = await a.expect("error")
+        assert refused["payload"]["code"] == "not_persisted"
+        assert refused["payload"]["id"] == "lost"
+        assert await b.silent(0.5), "the other member heard a decision that was not stored"
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE events_away RENAME TO events"))
+        await a.send("decisions", 0.2, frame_id="kept")
+        frame = await b.expect("group_decisions")
+        assert frame["payload"][a_code] == 0.2
+        assert (await a.expect("ack"))["payload"]["id"] == "kept"
+        # the refused id may be retried and is stored then
+        await a.send("decisions", 0.9, frame_id="lost")
+        assert (await b.expect("group_decisions"))["payload"][a_code] == 0.9
+    finally:
+        engine.dispose()
+    stored = await any_server.events(exp["code"])
+    decisions = [e["value"] for e in stored if e["channel"] == "decisions"]
+    assert decisions == [0.2, 0.9]
+    assert [e["seq"] for e in stored] == list(range(1, len(stored) + 1))
+
+
+async def test_fifty_participants_deciding_at_once_lose_and_duplicate_nothing(any_server: Harness) -> None:
+    """50 participants in groups of 5 send 20 decisions each as fast as they can."""
+    n, size, per = 50, 5, 20
+    exp = await any_server.create(game="public_goods", participants=n, group_size=size, period_length=600)
+    clients = await _start(any_server, exp)
+    codes = [p["code"] for p in exp["participants"]]
+
+    async def play(index: int, client: Client) -> None:
+        for k in range(per):
+            await client.send("decisions", float(k % 10), frame_id=f"{index}-{k}")
+
+    await asyncio.gather(*(play(i, c) for i, c in enumerate(clients)))
+
+    async def collect(client: Client) -> list[int]:
+        seqs: list[int] = []
+        async with asyncio.timeout(timeout(30)):
+            while len(seqs) < size * per + 1:  # +1: the broadcast of period_start
+                frame = await client.next()
+                if frame["channel"] == "group_decisions" and frame["seq"] > 0:
+                    seqs.append(frame["seq"])
+                elif frame["channel"] == "error":
+                    raise AssertionError(frame)
+        return seqs
+
+    received = await asyncio.gather(*(collect(c) for c in clients))
+    stored = await any_server.events(exp["code"])
+    broadcasts: dict[int, list[int]] = {}
+    for e in stored:
+        if e["channel"] == "group_decisions":
+            broadcasts.setdefault(e["group"], []).append(e["seq"])
+    assert len(broadcasts) == n // size
+    for g, seqs in enumerate(broadcasts.values()):
+        assert len(seqs) == size * per + 1
+        for member in received[g * size : (g + 1) * size]:
+            assert member == seqs, "a member missed, repeated or reordered a broadcast"
+
+    assert [e["seq"] for e in stored] == list(range(1, len(stored) + 1)), "seq has gaps"
+    decisions = [e for e in stored if e["channel"] == "decisions"]
+    assert len(decisions) == n * per
+    assert Counter(e["participant"] for e in decisions) == {code: per for code in codes}
+    runtime = any_server.runtime
+    assert runtime.writer.batches < runtime.writer.committed, "no group commit happened"
+
+
+async def test_acks_arrive_for_every_frame_with_an_id(any_server: Harness) -> None:
+    """A participant that sends 50 frames with ids gets 50 acks with increasing seqs."""
+    exp = await any_server.create(participants=2, group_size=2)
+    a, _ = await _start(any_server, exp)
+    for k in range(50):
+        await a.send("decisions", k / 50, frame_id=f"k{k}")
+    acks = []
+    async with asyncio.timeout(timeout(10)):
+        while len(acks) < 50:
+            acks.append((await a.expect("ack"))["payload"])
+    assert [x["id"] for x in acks] == [f"k{k}" for k in range(50)]
+    seqs = [x["seq"] for x in acks]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 50
+
+
+def test_two_processes_creating_the_schema_together_both_succeed(database_url: str) -> None:
+    """Two processes that start on an empty database at once both come up."""
+    script = "import sys; from server.database import make_engine, create_schema; create_schema(make_engine(sys.argv[1]))"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, database_url], stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=timeout(60))
+        assert proc.returncode == 0, err
+    engine = make_engine(database_url)
+    try:
+        names = set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    assert {"experiments", "events", "groups", "sessions", "results", "connections"} <= names
