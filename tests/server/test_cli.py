@@ -1,0 +1,360 @@
+"""The ``synclab`` console command, run for real in a subprocess (contract section 1)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.server.harness import timeout
+
+#: the console script's entry point, run by this interpreter (``server.cli`` has no ``__main__``)
+SYNCLAB = [sys.executable, "-c", "from server.cli import main; raise SystemExit(main())"]
+#: variables of the developer's shell that would change what the command does
+CLEARED = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "PORT",
+    "SYNCLAB_ADMIN_TOKEN",
+    "SYNCLAB_MAX_FRAME_BYTES",
+    "SYNCLAB_FRAMES_PER_SECOND",
+    "SYNCLAB_FRAME_BURST",
+    "SYNCLAB_SEND_QUEUE",
+    "SYNCLAB_WRITER_MAX_BATCH",
+)
+PARTICIPANT_LINK = re.compile(r"^\s+(\S+): (http://\S+/p/([A-Za-z0-9_-]+))$")
+MONITOR_LINE = re.compile(r"monitor at (http://\S+/monitor\?\S*token=([A-Za-z0-9_-]+))")
+DEMO_LINE = re.compile(r"demo experiment ([A-Za-z0-9_-]+)")
+
+
+def free_port() -> int:
+    """A port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def environment(tmp_path: Path, **values: str) -> dict[str, str]:
+    """This process's environment without synclab settings, on a SQLite file in ``tmp_path``."""
+    env = {k: v for k, v in os.environ.items() if k not in CLEARED}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path}/synclab.db"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(values)
+    return env
+
+
+def run(tmp_path: Path, *args: str, wait: float = 30, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``synclab ARGS`` to its end, in ``tmp_path`` (so no stray ``.env`` is read)."""
+    return subprocess.run(
+        [*SYNCLAB, *args],
+        cwd=tmp_path,
+        env=environment(tmp_path, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout(wait),
+        check=False,
+    )
+
+
+@dataclass
+class Running:
+    """A ``synclab`` process whose stdout lines are read by a thread, so no read ever blocks."""
+
+    process: subprocess.Popen[str]
+    stderr_path: Path
+    lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
+    seen: list[str] = field(default_factory=list)
+
+    def read_lines(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, pattern: re.Pattern[str], wait: float = 15) -> re.Match[str]:
+        """The first stdout line (from now on) that matches ``pattern``."""
+        deadline = time.monotonic() + timeout(wait)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no line matching {pattern.pattern!r} in {self.seen!r}; {self.stderr()}")
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError(
+                    f"synclab exited ({self.process.poll()}) before printing {pattern.pattern!r}: "
+                    f"{self.seen!r}; {self.stderr()}"
+                )
+            self.seen.append(line)
+            match = pattern.search(line)
+            if match:
+                return match
+
+    def stderr(self) -> str:
+        return f"stderr: {self.stderr_path.read_text(errors='replace')[-2000:]!r}"
+
+
+@contextlib.contextmanager
+def started(tmp_path: Path, *args: str, **env: str) -> Iterator[Running]:
+    """Start ``synclab ARGS``; on exit, SIGTERM then (after a bounded wait) SIGKILL it."""
+    stderr_path = tmp_path / "stderr.txt"
+    with stderr_path.open("w") as stderr:
+        process = subprocess.Popen(
+            [*SYNCLAB, *args],
+            cwd=tmp_path,
+            env=environment(tmp_path, **env),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    running = Running(process, stderr_path)
+    reader = threading.Thread(target=running.read_lines, daemon=True)
+    reader.start()
+    try:
+        yield running
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout(10))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout(10))
+        reader.join(timeout(5))
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def wait_until_healthy(base: str, wait: float = 15) -> httpx.Response:
+    """Poll ``/healthz`` until it answers (the links are printed before the server listens)."""
+    deadline = time.monotonic() + timeout(wait)
+    while True:
+        try:
+            return httpx.get(f"{base}/healthz", timeout=timeout(2))
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@dataclass
+class Demo:
+    base: str
+    token: str
+    experiment: str
+    links: list[str]
+
+
+def start_demo(running: Running, port: int) -> Demo:
+    """The demo's monitor URL token, experiment code and participant links, read from stdout."""
+    monitor = running.wait_for(MONITOR_LINE)
+    experiment = running.wait_for(DEMO_LINE)[1]
+    links = [running.wait_for(PARTICIPANT_LINK)[2] for _ in range(4)]
+    base = f"http://127.0.0.1:{port}"
+    assert monitor[1].startswith(f"{base}/monitor?")
+    for link in links:
+        assert link.startswith(f"{base}/p/")
+    return Demo(base, monitor[2], experiment, links)
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def test_demo_prints_a_monitor_url_with_a_token_and_four_links_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    """``synclab demo`` prints the monitor URL with its token and 4 links, serves, and exits on SIGTERM."""
+    port = free_port()
+    with started(tmp_path, "demo", "--port", str(port)) as running:
+        demo = start_demo(running, port)
+        codes = [link.rsplit("/", 1)[1] for link in demo.links]
+        assert len(set(codes)) == 4
+        assert all(len(code) >= 22 for code in codes)
+
+        health = wait_until_healthy(demo.base)
+        assert health.status_code == 200
+        assert health.json() == {"status": "ok"}
+
+        # the printed token is this server's experimenter token, and the demo experiment exists
+        detail = httpx.get(
+            f"{demo.base}/api/experiments/{demo.experiment}",
+            headers={"Authorization": f"Bearer {demo.token}"},
+            timeout=timeout(5),
+        )
+        assert detail.status_code == 200, detail.text
+        assert sorted(p["code"] for p in detail.json()["participants"]) == sorted(codes)
+        assert detail.json()["status"] == "pending"
+
+        started_at = time.monotonic()
+        running.process.send_signal(signal.SIGTERM)
+        try:
+            code = running.process.wait(timeout(10))
+        except subprocess.TimeoutExpired:
+            pytest.fail("synclab demo did not exit within 10 s of SIGTERM")
+        assert time.monotonic() - started_at < timeout(10)
+        assert code in (0, -signal.SIGTERM), running.stderr()
+
+
+def test_demo_generates_an_admin_token_and_keeps_it_for_the_next_start(tmp_path: Path) -> None:
+    """Without SYNCLAB_ADMIN_TOKEN the demo prints a generated token, the same one on the next start."""
+    tokens = []
+    for _ in range(2):
+        port = free_port()
+        with started(tmp_path, "demo", "--port", str(port)) as running:
+            tokens.append(start_demo(running, port).token)
+    assert len(tokens[0]) >= 22
+    assert tokens[0] == tokens[1]
+
+
+def test_demo_prints_the_configured_admin_token(tmp_path: Path) -> None:
+    """With SYNCLAB_ADMIN_TOKEN set, the monitor URL carries that token and the API accepts it."""
+    port = free_port()
+    with started(tmp_path, "demo", "--port", str(port), SYNCLAB_ADMIN_TOKEN="lab-secret") as running:
+        demo = start_demo(running, port)
+        assert demo.token == "lab-secret"
+        wait_until_healthy(demo.base)
+        response = httpx.post(
+            f"{demo.base}/api/experiments",
+            json={"game": "bimatrix", "participants": 2, "group_size": 2},
+            headers={"Authorization": "Bearer lab-secret"},
+            timeout=timeout(5),
+        )
+        assert response.status_code == 201, response.text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: server/app.py:30 serves static/participant.html, which is not in the repository: "
+    "GET /p/{code} is a 500",
+)
+def test_a_demo_participant_link_serves_the_participant_page(tmp_path: Path) -> None:
+    """A participant link printed by ``synclab demo`` answers 200 with the participant page."""
+    port = free_port()
+    with started(tmp_path, "demo", "--port", str(port)) as running:
+        demo = start_demo(running, port)
+        wait_until_healthy(demo.base)
+        response = httpx.get(demo.links[0], timeout=timeout(5))
+        assert response.status_code == 200
+        assert "html" in response.headers["content-type"]
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_serve_with_several_workers_is_refused_naming_redis_url(tmp_path: Path) -> None:
+    """``synclab serve --workers 2`` exits 2 with a message on stderr that names REDIS_URL."""
+    result = run(tmp_path, "serve", "--port", str(free_port()), "--workers", "2")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "REDIS_URL" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+BAD_ENVIRONMENT = [
+    pytest.param("SYNCLAB_MAX_FRAME_BYTES", "abc", id="max-frame-bytes-abc"),
+    pytest.param("SYNCLAB_MAX_FRAME_BYTES", "10", id="max-frame-bytes-below-minimum"),
+    pytest.param("SYNCLAB_FRAMES_PER_SECOND", "fast", id="frames-per-second-word"),
+    pytest.param("SYNCLAB_FRAMES_PER_SECOND", "0", id="frames-per-second-0"),
+    pytest.param("SYNCLAB_FRAME_BURST", "0", id="frame-burst-0"),
+    pytest.param("SYNCLAB_SEND_QUEUE", "-5", id="send-queue-negative"),
+    pytest.param("SYNCLAB_WRITER_MAX_BATCH", "many", id="writer-max-batch-word"),
+    pytest.param("PORT", "abc", id="port-abc"),
+    pytest.param("PORT", "-1", id="port-negative"),
+    pytest.param(
+        "SYNCLAB_FRAME_BURST",
+        "inf",
+        id="frame-burst-inf",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="BUG: server/settings.py:177 float() accepts 'inf'/'nan'; int(inf) raises "
+            "OverflowError outside the SettingsError handler: a traceback and exit 1",
+        ),
+    ),
+    pytest.param(
+        "SYNCLAB_MAX_FRAME_BYTES",
+        "nan",
+        id="max-frame-bytes-nan",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="BUG: server/settings.py:180 'nan' passes `value < minimum`; int(nan) raises "
+            "ValueError outside the SettingsError handler: a traceback and exit 1",
+        ),
+    ),
+    pytest.param(
+        "DATABASE_URL",
+        "not a database url",
+        id="database-url-garbage",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="BUG: server/settings.py:210 DATABASE_URL is not checked; make_url raises "
+            "sqlalchemy ArgumentError in cli._prepare: a traceback and exit 1",
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_ENVIRONMENT)
+def test_a_bad_environment_value_exits_2_naming_the_variable(
+    tmp_path: Path, name: str, value: str
+) -> None:
+    """A refused environment value stops ``synclab serve`` with exit 2 and a message naming it."""
+    env = {name: value}
+    args = ["serve"] if name == "PORT" else ["serve", "--port", str(free_port())]
+    try:
+        result = run(tmp_path, *args, wait=8, **env)
+    except subprocess.TimeoutExpired as exc:
+        # it started serving instead of refusing; the subprocess was killed by run()
+        pytest.fail(f"synclab served with {name}={value!r}: {exc.stdout!r}")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert name in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: server/settings.py:213 PORT has no upper bound; PORT=N+65536 reaches uvicorn, "
+    "which binds port N (the 16-bit wrap) and prints a URL with the impossible port",
+)
+def test_a_port_above_65535_exits_2_naming_port(tmp_path: Path) -> None:
+    """PORT=70000-ish is refused with exit 2 naming PORT instead of serving on a wrapped port."""
+    wrapped = free_port()
+    with started(tmp_path, "serve", PORT=str(wrapped + 65536)) as running:
+        deadline = time.monotonic() + timeout(8)
+        while running.process.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                httpx.get(f"http://127.0.0.1:{wrapped}/healthz", timeout=timeout(1))
+                pytest.fail(f"synclab served on port {wrapped} for PORT={wrapped + 65536}")
+            time.sleep(0.05)
+        assert running.process.poll() == 2, running.stderr()
+        assert "PORT" in running.stderr_path.read_text()
+
+
+def test_a_bad_value_in_a_dotenv_file_is_refused_too(tmp_path: Path) -> None:
+    """Settings are read from ``.env`` in the working directory as well; a bad one there exits 2."""
+    (tmp_path / ".env").write_text("SYNCLAB_MAX_FRAME_BYTES=abc\n")
+    result = run(tmp_path, "serve", "--port", str(free_port()))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "SYNCLAB_MAX_FRAME_BYTES" in result.stderr
+
+
+def test_an_unknown_command_exits_2_with_usage(tmp_path: Path) -> None:
+    """``synclab`` with no or an unknown command prints usage on stderr and exits 2."""
+    for args in ((), ("fly",)):
+        result = run(tmp_path, *args)
+        assert result.returncode == 2
+        assert "usage: synclab" in result.stderr
