@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from dotenv import dotenv_values
@@ -47,9 +47,6 @@ class Settings:
     send_queue_frames: int = 2048
     #: the writer commits at most this many events in one transaction
     writer_max_batch: int = 2000
-    #: seconds a reconnecting participant's old connection may linger, for logging only
-    hello_history: int = 0
-    extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:

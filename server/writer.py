@@ -16,11 +16,13 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .database import Database, Write, commit_batch
 from .exceptions import NotPersisted
 
 log = logging.getLogger("synclab.writer")
+A = TypeVar("A")
 
 
 @dataclass(slots=True, eq=False)
@@ -89,12 +91,12 @@ class EventWriter:
                 batch.extend(self._queue)
                 self._queue.clear()
                 for pending in batch:
-                    self._call(pending.on_fail, failed)
+                    _safely(pending.on_fail, failed)
                 continue
             self.batches += 1
             self.committed += sum(len(p.write.events) for p in batch)
             for pending in batch:
-                self._call(pending.on_commit, pending.write)
+                _safely(pending.on_commit, pending.write)
 
     def _take(self) -> list[_Pending]:
         batch: list[_Pending] = []
@@ -105,9 +107,9 @@ class EventWriter:
             batch.append(pending)
         return batch
 
-    @staticmethod
-    def _call(callback: Callable[[Write], None] | Callable[[NotPersisted], None], arg: object) -> None:
-        try:
-            callback(arg)  # type: ignore[arg-type]
-        except Exception:  # a failing callback must not stop the writer
-            log.exception("writer callback failed")
+
+def _safely(callback: Callable[[A], None], arg: A) -> None:
+    try:
+        callback(arg)
+    except Exception:  # a failing callback must not stop the writer
+        log.exception("writer callback failed")

@@ -158,3 +158,28 @@ def test_two_processes_creating_the_schema_together_both_succeed(database_url: s
     finally:
         engine.dispose()
     assert {"experiments", "events", "groups", "sessions", "results", "connections"} <= names
+
+
+async def test_each_connection_is_stored_with_its_times_and_user_agent(any_server: Harness, database_url: str) -> None:
+    """A connection's row has connected/disconnected times, user agent and close code."""
+    exp = await any_server.create(participants=2, group_size=2)
+    a = await any_server.connect(exp["participants"][0]["code"])
+    await a.expect("hello")
+    await a.close()
+    engine = make_engine(database_url)
+    try:
+        async with asyncio.timeout(timeout(5)):
+            while True:
+                with engine.connect() as conn:
+                    rows = conn.execute(
+                        text("SELECT connected_at, disconnected_at, user_agent, close_code FROM connections")
+                    ).all()
+                if rows and rows[0][1] is not None:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        engine.dispose()
+    (connected_at, disconnected_at, user_agent, close_code), = rows
+    assert connected_at is not None and disconnected_at >= connected_at
+    assert "websockets" in user_agent.lower() or "python" in user_agent.lower()
+    assert close_code == 1000
