@@ -25,6 +25,8 @@ from .exceptions import ApiError, BadRequest, Forbidden, NotFound, Unauthorized
 from .experiments import parse_request, plan
 from .runtime import Runtime
 
+#: the largest integer a query value may be: a 64-bit column holds it
+MAX_QUERY_INT = 2**63 - 1
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 
@@ -50,7 +52,7 @@ def require_admin(request: Request) -> None:
         raise Forbidden("the experimenter token is wrong")
 
 
-def query_int(request: Request, name: str, default: int, low: int, high: int | None = None) -> int:
+def query_int(request: Request, name: str, default: int, low: int, high: int = MAX_QUERY_INT) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
@@ -58,9 +60,8 @@ def query_int(request: Request, name: str, default: int, low: int, high: int | N
         value = int(raw)
     except ValueError:
         raise BadRequest(f"{name}: expected an integer, got {raw!r}", field=name) from None
-    if value < low or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"from {low} to {high}"
-        raise BadRequest(f"{name}: expected an integer {bounds}, got {value}", field=name)
+    if not low <= value <= high:
+        raise BadRequest(f"{name}: expected an integer from {low} to {high}, got {raw}", field=name)
     return value
 
 

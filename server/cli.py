@@ -70,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         port = settings.port if args.port is None else args.port
+        if not 0 <= port <= 65535:
+            raise SettingsError(f"--port: expected a port from 0 to 65535, got {port}")
         token = _prepare(settings)
         base = _base_url(args.host, port)
         print(f"synclab: monitor at {base}/monitor?token={token}", flush=True)

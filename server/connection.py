@@ -119,6 +119,8 @@ class ClientConnection:
                 if self.close_code is None:
                     self.close_code = int(message.get("code") or 1005)
                 return
+            if not self._take_token():
+                continue
             text = message.get("text")
             if text is None:
                 self.send(error("bad_frame", "expected a JSON text frame, got a binary frame"))
@@ -127,8 +129,6 @@ class ClientConnection:
 
     def handle(self, text: str) -> None:
         """Answer one client frame; nothing a client sends can raise out of here."""
-        if not self._take_token():
-            return
         frame_id: str | None = None
         try:
             frame = parse(text, self._settings.max_frame_bytes)

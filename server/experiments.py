@@ -90,7 +90,9 @@ def parse_request(body: Any) -> ExperimentRequest:
     matching = body.get("matching", "fixed")
     if matching not in MATCHINGS:
         raise BadRequest(f"matching: expected one of {list(MATCHINGS)}, got {matching!r}", field="matching")
-    config = body.get("config") or {}
+    config = body.get("config")
+    if config is None:
+        config = {}
     if not isinstance(config, dict):
         raise BadRequest(f"config: expected an object, got {config!r}", field="config")
     try:

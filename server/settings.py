@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from dotenv import dotenv_values
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from .exceptions import SettingsError
 
@@ -17,7 +20,9 @@ def _environ() -> dict[str, str]:
     return values
 
 
-def _number(env: dict[str, str], name: str, default: float, *, minimum: float = 0) -> float:
+def _number(
+    env: dict[str, str], name: str, default: float, *, minimum: float = 0, maximum: float = 1e12
+) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -25,9 +30,18 @@ def _number(env: dict[str, str], name: str, default: float, *, minimum: float = 
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name}: expected a number, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name}: expected a number >= {minimum}, got {raw!r}")
+    if not (math.isfinite(value) and minimum <= value <= maximum):
+        raise SettingsError(f"{name}: expected a number from {minimum:g} to {maximum:g}, got {raw!r}")
     return value
+
+
+def _database_url(env: dict[str, str]) -> str:
+    url = env.get("DATABASE_URL") or Settings.database_url
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise SettingsError(f"DATABASE_URL: expected an SQLAlchemy URL such as sqlite:///./synclab.db, got {url!r}") from None
+    return url
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,10 +66,10 @@ class Settings:
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = _environ() if env is None else env
         return cls(
-            database_url=env.get("DATABASE_URL") or cls.database_url,
+            database_url=_database_url(env),
             redis_url=env.get("REDIS_URL") or None,
             admin_token=env.get("SYNCLAB_ADMIN_TOKEN") or None,
-            port=int(_number(env, "PORT", 8000, minimum=0)),
+            port=int(_number(env, "PORT", 8000, minimum=0, maximum=65535)),
             max_frame_bytes=int(_number(env, "SYNCLAB_MAX_FRAME_BYTES", 16 * 1024, minimum=64)),
             frames_per_second=_number(env, "SYNCLAB_FRAMES_PER_SECOND", 50.0, minimum=0.1),
             frame_burst=int(_number(env, "SYNCLAB_FRAME_BURST", 100, minimum=1)),
