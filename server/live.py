@@ -72,7 +72,8 @@ class LiveGroup:
         self.current: dict[str, Any] = {}
         self._writer = writer
         self._hub = hub
-        self._clock = clock
+        # stored times have microseconds: a frame's ts must equal what a restart reads back
+        self._clock: Clock = lambda: round(clock(), 6)
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
         self._reschedule()
