@@ -84,6 +84,12 @@ def paginated(request: Request, count: int, page: int, page_size: int, results: 
     }
 
 
+def _check_page(page: int, count: int, page_size: int) -> None:
+    last = max(1, math.ceil(count / page_size))
+    if page > last:
+        raise NotFound(f"page: expected a page from 1 to {last}, got {page}")
+
+
 def page_params(request: Request) -> tuple[int, int]:
     page = query_int(request, "page", 1, 1)
     page_size = query_int(request, "page_size", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
@@ -173,15 +179,15 @@ async def events(request: Request) -> Response:
     page, page_size = page_params(request)
     db = runtime(request).database
     count = await db.read(count_events, row["id"], after_seq)
+    _check_page(page, count, page_size)
     results = await db.read(list_events, row["id"], after_seq, (page - 1) * page_size, page_size)
-    if page > 1 and not results:
-        raise NotFound(f"page {page} is past the last page")
     return JSON(paginated(request, count, page, page_size, results))
 
 
 def api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return JSON(exc.body(), status_code=exc.status)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    return JSON(exc.body(), status_code=exc.status, headers=headers)
 
 
 routes = [

@@ -125,7 +125,8 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def running_server(database_url: str, **settings: Any) -> AsyncIterator[Harness]:
-    app = create_app(Settings(database_url=database_url, admin_token=TOKEN, **settings))
+    settings.setdefault("admin_token", TOKEN)
+    app = create_app(Settings(database_url=database_url, **settings))
     config = uvicorn.Config(
         app, host="127.0.0.1", port=0, log_level="warning", ws_max_size=WS_MAX_SIZE, ws_per_message_deflate=False
     )
@@ -138,7 +139,8 @@ async def running_server(database_url: str, **settings: Any) -> AsyncIterator[Ha
             await asyncio.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     base = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+    token = app.state.runtime.admin_token
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {token}"}) as http:
         harness = Harness(base, app.state.runtime, http)
         try:
             yield harness

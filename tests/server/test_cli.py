@@ -238,11 +238,6 @@ def test_demo_prints_the_configured_admin_token(tmp_path: Path) -> None:
         assert response.status_code == 201, response.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: server/app.py:30 serves static/participant.html, which is not in the repository: "
-    "GET /p/{code} is a 500",
-)
 def test_a_demo_participant_link_serves_the_participant_page(tmp_path: Path) -> None:
     """A participant link printed by ``synclab demo`` answers 200 with the participant page."""
     port = free_port()
@@ -275,36 +270,9 @@ BAD_ENVIRONMENT = [
     pytest.param("SYNCLAB_WRITER_MAX_BATCH", "many", id="writer-max-batch-word"),
     pytest.param("PORT", "abc", id="port-abc"),
     pytest.param("PORT", "-1", id="port-negative"),
-    pytest.param(
-        "SYNCLAB_FRAME_BURST",
-        "inf",
-        id="frame-burst-inf",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG: server/settings.py:177 float() accepts 'inf'/'nan'; int(inf) raises "
-            "OverflowError outside the SettingsError handler: a traceback and exit 1",
-        ),
-    ),
-    pytest.param(
-        "SYNCLAB_MAX_FRAME_BYTES",
-        "nan",
-        id="max-frame-bytes-nan",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG: server/settings.py:180 'nan' passes `value < minimum`; int(nan) raises "
-            "ValueError outside the SettingsError handler: a traceback and exit 1",
-        ),
-    ),
-    pytest.param(
-        "DATABASE_URL",
-        "not a database url",
-        id="database-url-garbage",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG: server/settings.py:210 DATABASE_URL is not checked; make_url raises "
-            "sqlalchemy ArgumentError in cli._prepare: a traceback and exit 1",
-        ),
-    ),
+    pytest.param("SYNCLAB_FRAME_BURST", "inf", id="frame-burst-inf"),
+    pytest.param("SYNCLAB_MAX_FRAME_BYTES", "nan", id="max-frame-bytes-nan"),
+    pytest.param("DATABASE_URL", "not a database url", id="database-url-garbage"),
 ]
 
 
@@ -325,11 +293,6 @@ def test_a_bad_environment_value_exits_2_naming_the_variable(
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: server/settings.py:213 PORT has no upper bound; PORT=N+65536 reaches uvicorn, "
-    "which binds port N (the 16-bit wrap) and prints a URL with the impossible port",
-)
 def test_a_port_above_65535_exits_2_naming_port(tmp_path: Path) -> None:
     """PORT=70000-ish is refused with exit 2 naming PORT instead of serving on a wrapped port."""
     wrapped = free_port()
@@ -342,6 +305,14 @@ def test_a_port_above_65535_exits_2_naming_port(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert running.process.poll() == 2, running.stderr()
         assert "PORT" in running.stderr_path.read_text()
+
+
+def test_a_port_option_above_65535_exits_2_naming_the_option(tmp_path: Path) -> None:
+    """``--port 70000`` is refused with exit 2 and a message naming --port."""
+    result = run(tmp_path, "serve", "--port", "70000", wait=8)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "--port" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_a_bad_value_in_a_dotenv_file_is_refused_too(tmp_path: Path) -> None:
