@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import Engine, func, select
 
-from server.app import create_app
-from server.cli import WS_MAX_SIZE
 from server.database import experiments, make_engine
 from server.runtime import Runtime, admin_token
 from server.settings import Settings
-from tests.server.harness import TOKEN, Client, Harness, timeout
+from tests.server.harness import TOKEN, Client, Harness, running_server, timeout
 
 ISO_UTC_MICROSECONDS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 URL_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -85,29 +80,6 @@ def assert_refused(response: httpx.Response, field: str) -> str:
     message = body["error"]
     assert isinstance(message, str) and message
     return message
-
-
-@contextlib.asynccontextmanager
-async def uvicorn_app(settings: Settings) -> AsyncIterator[tuple[str, Runtime]]:
-    """A real server for ``settings`` on port 0 (the harness always passes its own token)."""
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", ws_max_size=WS_MAX_SIZE, ws_per_message_deflate=False
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(timeout(10)):
-            while not server.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}", app.state.runtime
-    finally:
-        server.should_exit = True
-        async with asyncio.timeout(timeout(10)):
-            await task
 
 
 # --------------------------------------------------------------------------- health and games
@@ -629,18 +601,17 @@ async def test_a_server_without_a_configured_token_accepts_its_generated_one_acr
     sqlite_url: str,
 ) -> None:
     """A server with no token setting guards the API with the generated token, the same after a restart."""
-    settings = Settings(database_url=sqlite_url, admin_token=None)
-    async with uvicorn_app(settings) as (base, rt):
-        token = rt.admin_token
-        async with httpx.AsyncClient(base_url=base, timeout=timeout(5)) as http:
+    async with running_server(sqlite_url, admin_token=None) as first:
+        token = first.runtime.admin_token
+        async with httpx.AsyncClient(base_url=first.base, timeout=timeout(5)) as http:
             good = {"Authorization": f"Bearer {token}"}
             created = await http.post("/api/experiments", json=VALID, headers=good)
             assert created.status_code == 201, created.text
             code = created.json()["code"]
             bad = await http.post("/api/experiments", json=VALID, headers={"Authorization": f"Bearer {TOKEN}"})
             assert bad.status_code == 403
-    async with uvicorn_app(settings) as (base, rt):
-        assert rt.admin_token == token
-        async with httpx.AsyncClient(base_url=base, timeout=timeout(5)) as http:
+    async with running_server(sqlite_url, admin_token=None) as second:
+        assert second.runtime.admin_token == token
+        async with httpx.AsyncClient(base_url=second.base, timeout=timeout(5)) as http:
             response = await http.get(f"/api/experiments/{code}", headers={"Authorization": f"Bearer {token}"})
             assert response.status_code == 200, response.text
