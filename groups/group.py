@@ -45,6 +45,7 @@ from .messages import NOBODY, Event
 DECISIONS = "decisions"
 GROUP_DECISIONS = "group_decisions"
 STATE = "state"
+SUBPERIOD = "subperiod"
 PERIOD_START = "period_start"
 PERIOD_END = "period_end"
 
@@ -95,6 +96,8 @@ class GroupState:
     started_at: float | None = None
     ends_at: float | None = None
     ended_at: float | None = None
+    #: how many subperiods have been ticked (0 .. num_subperiods)
+    subperiod: int = 0
     #: game-specific values; kept JSON-serialisable by the game
     vars: dict[str, Any] = field(default_factory=dict)
 
@@ -105,6 +108,7 @@ class GroupState:
             started_at=self.started_at,
             ends_at=self.ends_at,
             ended_at=self.ended_at,
+            subperiod=self.subperiod,
             vars=copy.deepcopy(self.vars) if self.vars else {},
         )
 
@@ -268,18 +272,43 @@ class DecisionGroup:
         return self._flush()
 
     def tick(self, now: float) -> list[Event]:
-        """Apply whatever is due at ``now``: the end of the period."""
+        """Apply everything due at ``now``, in order: subperiod ticks, then the period's end.
+
+        A late call applies every tick it missed; deadlines stay where they were scheduled.
+        """
         self._begin(None, now)
-        ends_at = self.state.ends_at
-        if self.state.phase is Phase.RUNNING and ends_at is not None and now >= ends_at:
-            self._end_period()
+        state = self.state
+        while state.phase is Phase.RUNNING:
+            due = self.next_deadline()
+            if due is None or now < due:
+                break
+            if self._subperiods_left():
+                self._end_subperiod()
+            else:
+                self._end_period()
         return self._flush()
 
     def next_deadline(self) -> float | None:
-        """When ``tick`` must be called next, or ``None`` when nothing is scheduled."""
-        if self.state.phase is Phase.RUNNING:
+        """When ``tick`` must be called next, or ``None`` when nothing is scheduled.
+
+        Deadlines are absolute: subperiod ``k`` ends at ``started_at + k * period_length / N``
+        (the last one is the period's end itself and comes before ``period_end``).
+        """
+        state = self.state
+        if state.phase is not Phase.RUNNING:
+            return None
+        if self._subperiods_left():
+            return self.subperiod_deadline(state.subperiod + 1)
+        return state.ends_at
+
+    def subperiod_deadline(self, k: int) -> float:
+        """When subperiod ``k`` (1-based) of the running period ends."""
+        n, length, start = self.timing.num_subperiods, self.timing.period_length, self.state.started_at
+        if n is None or length is None or start is None:
+            raise InvalidState("subperiod_deadline: the period has no subperiods or has not started")
+        if k >= n and self.state.ends_at is not None:
             return self.state.ends_at
-        return None
+        return start + length * k / n
 
     def restore(self, state: GroupState) -> None:
         """Return to an earlier snapshot (after a failed commit); connections are kept."""
@@ -318,6 +347,17 @@ class DecisionGroup:
         self._outbox.append(Event(STATE, PERIOD_START))
         self._outbox.append(Event(GROUP_DECISIONS, self.group_decisions))
         self.when_all_players_ready()
+
+    def _subperiods_left(self) -> bool:
+        n = self.timing.num_subperiods
+        return n is not None and self.state.subperiod < n
+
+    def _end_subperiod(self) -> None:
+        snapshot = self.group_decisions
+        index = self.state.subperiod
+        self.state.subperiod = index + 1
+        self._outbox.append(Event(SUBPERIOD, {"index": index, "group_decisions": snapshot}))
+        self._outbox.append(Event(GROUP_DECISIONS, snapshot))
 
     def _end_period(self) -> None:
         self.state.phase = Phase.ENDED

@@ -237,7 +237,9 @@ def insert_experiment(engine: Engine, spec: NewExperiment) -> int:
             for g, members in enumerate(block.groups):
                 group_id = conn.execute(
                     insert(groups)
-                    .values(experiment_id=experiment_id, block_id=block_id, index=g, phase="waiting", last_seq=0)
+                    .values(
+                        experiment_id=experiment_id, block_id=block_id, index=g, phase="waiting", subperiod=0, last_seq=0
+                    )
                     .returning(groups.c.id)
                 ).scalar_one()
                 conn.execute(
@@ -378,6 +380,7 @@ class GroupUpdate:
     started_at: float | None
     ends_at: float | None
     ended_at: float | None
+    subperiod: int
     decisions: dict[str, Any]
     vars: dict[str, Any]
 
@@ -479,6 +482,7 @@ def _store_group_states(conn: Connection, writes: Iterable[Write]) -> None:
             "started_at": to_datetime(g.started_at),
             "ends_at": to_datetime(g.ends_at),
             "ended_at": to_datetime(g.ended_at),
+            "subperiod": g.subperiod,
             "decisions": g.decisions,
             "vars": g.vars,
             "last_seq": last,
@@ -493,6 +497,7 @@ def _store_group_states(conn: Connection, writes: Iterable[Write]) -> None:
             started_at=bindparam("started_at"),
             ends_at=bindparam("ends_at"),
             ended_at=bindparam("ended_at"),
+            subperiod=bindparam("subperiod"),
             decisions=bindparam("decisions"),
             vars=bindparam("vars"),
             last_seq=func.coalesce(bindparam("last_seq"), groups.c.last_seq),

@@ -41,6 +41,7 @@ def _state_from_row(row: dict[str, Any]) -> GroupState:
         started_at=to_epoch(row["started_at"]),
         ends_at=to_epoch(row["ends_at"]),
         ended_at=to_epoch(row["ended_at"]),
+        subperiod=int(row["subperiod"] or 0),
         vars=dict(row["vars"] or {}),
     )
 
@@ -118,6 +119,7 @@ class LiveGroup:
                 snapshot.started_at,
                 snapshot.ends_at,
                 snapshot.ended_at,
+                snapshot.subperiod,
                 snapshot.decisions,
                 snapshot.vars,
             ),
@@ -188,7 +190,7 @@ class LiveGroup:
             period = {
                 "started_at": ms(state.started_at),
                 "ends_at": None if state.ends_at is None else ms(state.ends_at),
-                "subperiod": None,
+                "subperiod": state.subperiod if self.core.timing.num_subperiods else None,
                 "num_subperiods": self.core.timing.num_subperiods,
             }
         return {

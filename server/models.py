@@ -86,6 +86,7 @@ class Group(SQLModel, table=True):
     started_at: datetime | None = _time()
     ends_at: datetime | None = _time()
     ended_at: datetime | None = _time()
+    subperiod: int = 0
     decisions: dict[str, Any] | None = _json()
     vars: dict[str, Any] | None = _json()
     last_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))

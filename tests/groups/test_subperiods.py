@@ -1,0 +1,99 @@
+"""Subperiod ticks: absolute deadlines, late wake-ups, and the last tick before period_end."""
+
+from __future__ import annotations
+
+import pytest
+
+from groups import GROUP_DECISIONS, PERIOD_END, STATE, SUBPERIOD, Event, PublicGoods, Timing
+
+T0 = 1_000_000.0
+
+
+def _running(length: float, n: int | None) -> PublicGoods:
+    group = PublicGoods(["a", "b"], timing=Timing(period_length=length, num_subperiods=n))
+    group.connect("a", T0 - 1)
+    group.connect("b", T0)
+    return group
+
+
+def _channels(events: list[Event]) -> list[str]:
+    return [e.channel for e in events]
+
+
+@pytest.mark.parametrize(("length", "n"), [(3.0, 3), (60.0, 7), (10.0, 1), (0.9, 4), (120.0, 120)])
+def test_subperiod_deadlines_are_start_plus_k_times_the_interval(length: float, n: int) -> None:
+    """Deadline k is started_at + k·L/N for k = 1..N, the last one exactly the period's end."""
+    group = _running(length, n)
+    seen = []
+    for _ in range(n):
+        due = group.next_deadline()
+        assert due is not None
+        seen.append(due)
+        group.tick(due)
+    assert seen == pytest.approx([T0 + length * k / n for k in range(1, n + 1)], abs=1e-9)
+    assert seen[-1] == T0 + length
+    assert group.phase.value == "ended"
+    assert group.next_deadline() is None
+
+
+def test_a_tick_snapshots_the_decisions_and_broadcasts_them() -> None:
+    """Each subperiod tick sends `subperiod` {index, group_decisions} and `group_decisions`."""
+    group = _running(3.0, 3)
+    group.receive("a", "decisions", 4, T0 + 0.5)
+    events = group.tick(T0 + 1.0)
+    assert _channels(events) == [SUBPERIOD, GROUP_DECISIONS]
+    assert events[0].payload == {"index": 0, "group_decisions": {"a": 4.0, "b": 0.0}}
+    assert events[1].payload == {"a": 4.0, "b": 0.0}
+    assert group.state.subperiod == 1
+
+
+def test_the_last_subperiod_comes_before_period_end_in_the_same_tick() -> None:
+    """At the period's end the last subperiod is applied first, then `state: period_end`."""
+    group = _running(3.0, 3)
+    group.tick(T0 + 1.0)
+    group.tick(T0 + 2.0)
+    events = group.tick(T0 + 3.0)
+    assert _channels(events) == [SUBPERIOD, GROUP_DECISIONS, STATE]
+    assert events[0].payload["index"] == 2
+    assert events[2].payload == PERIOD_END
+
+
+def test_a_late_wake_up_applies_every_missed_tick_without_shifting_later_ones() -> None:
+    """Waking 2.5 intervals late applies ticks 1 and 2; tick 3 stays at its own deadline."""
+    group = _running(4.0, 4)
+    events = group.tick(T0 + 2.5)
+    assert [e.payload["index"] for e in events if e.channel == SUBPERIOD] == [0, 1]
+    assert group.next_deadline() == T0 + 3.0
+    assert group.tick(T0 + 2.9) == []
+
+
+def test_a_wake_up_after_the_whole_period_ends_it_with_every_subperiod() -> None:
+    """A tick long after the end applies all subperiods, then ends at the scheduled time."""
+    group = _running(3.0, 3)
+    events = group.tick(T0 + 100)
+    assert _channels(events) == [SUBPERIOD, GROUP_DECISIONS] * 3 + [STATE]
+    assert group.state.ended_at == T0 + 3.0
+
+
+def test_an_early_tick_changes_nothing() -> None:
+    """A tick before the first deadline emits nothing."""
+    group = _running(3.0, 3)
+    assert group.tick(T0 + 0.999) == []
+    assert group.state.subperiod == 0
+
+
+def test_continuous_time_has_only_the_period_end() -> None:
+    """Without num_subperiods the only deadline is the end of the period."""
+    group = _running(5.0, None)
+    assert group.next_deadline() == T0 + 5.0
+    assert _channels(group.tick(T0 + 5.0)) == [STATE]
+
+
+def test_restore_returns_the_subperiod_count() -> None:
+    """A snapshot taken before a tick restores the subperiod counter too."""
+    group = _running(3.0, 3)
+    snapshot = group.state.copy()
+    group.tick(T0 + 1.0)
+    group.restore(snapshot)
+    assert group.state.subperiod == 0
+    assert group.next_deadline() == T0 + 1.0
