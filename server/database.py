@@ -143,11 +143,6 @@ def create_schema(engine: Engine) -> None:
                 conn.execute(CreateIndex(index, if_not_exists=True))
 
 
-def drop_schema(engine: Engine) -> None:
-    """Drop every table (tests only)."""
-    SQLModel.metadata.drop_all(engine)
-
-
 # --------------------------------------------------------------------------- meta
 
 
@@ -589,10 +584,6 @@ class Database:
         self.engine = make_engine(url)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="synclab-writer")
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="synclab-reader")
-
-    @property
-    def dialect(self) -> str:
-        return self.engine.dialect.name
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(engine, *args)`` on a reader thread."""

@@ -44,9 +44,6 @@ class MemoryHub:
         for subscriber in list(self._topics.get(topic, {}).values()):
             subscriber.deliver(to, data)
 
-    def subscribers(self, topic: str) -> int:
-        return len(self._topics.get(topic, ()))
-
 
 def group_topic(group_id: int) -> str:
     return f"group:{group_id}"

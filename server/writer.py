@@ -70,10 +70,6 @@ class EventWriter:
         self._queue.append(_Pending(write, on_commit, on_fail))
         self._wakeup.set()
 
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
-
     async def _run(self) -> None:
         while True:
             if not self._queue:
