@@ -44,6 +44,7 @@ class EventWriter:
         self._closing = False
         #: counters for the monitor and the benchmark
         self.batches = 0
+        self.writes = 0
         self.committed = 0
 
     def start(self) -> None:
@@ -90,6 +91,7 @@ class EventWriter:
                     _safely(pending.on_fail, failed)
                 continue
             self.batches += 1
+            self.writes += len(batch)
             self.committed += sum(len(p.write.events) for p in batch)
             for pending in batch:
                 _safely(pending.on_commit, pending.write)

@@ -124,7 +124,9 @@ async def test_fifty_participants_deciding_at_once_lose_and_duplicate_nothing(an
     assert len(decisions) == n * per
     assert Counter(e["participant"] for e in decisions) == {code: per for code in codes}
     runtime = any_server.runtime
-    assert runtime.writer.batches < runtime.writer.committed, "no group commit happened"
+    writer = runtime.writer
+    # 1000 decisions sent at once: a transaction per write would mean no group commit
+    assert writer.batches * 2 < writer.writes, "no group commit happened"
 
 
 async def test_acks_arrive_for_every_frame_with_an_id(any_server: Harness) -> None:
