@@ -6,6 +6,7 @@ Everything a game author needs is importable from here.
 from __future__ import annotations
 
 from .bimatrix import Bimatrix
+from .blocks import FIXED, MATCHINGS, RANDOM, current_block, plan_groups
 from .exceptions import (
     ConfigError,
     GroupError,
@@ -20,8 +21,12 @@ from .exceptions import (
 from .group import (
     DECISIONS,
     GROUP_DECISIONS,
+    PAUSED_BY_DISCONNECT,
+    PAUSED_BY_EXPERIMENTER,
+    PERIOD,
     PERIOD_END,
     PERIOD_START,
+    RESULT,
     STATE,
     SUBPERIOD,
     DecisionGroup,
@@ -31,16 +36,24 @@ from .group import (
     is_number,
     require_number,
 )
-from .messages import NOBODY, Event
+from .messages import LATE_AFTER, NOBODY, Event, Tick
 from .public_goods import PublicGoods
 from .registry import available_games, game_name, load_game
 
 __all__ = [
     "DECISIONS",
+    "FIXED",
     "GROUP_DECISIONS",
+    "LATE_AFTER",
+    "MATCHINGS",
     "NOBODY",
+    "PAUSED_BY_DISCONNECT",
+    "PAUSED_BY_EXPERIMENTER",
+    "PERIOD",
     "PERIOD_END",
     "PERIOD_START",
+    "RANDOM",
+    "RESULT",
     "STATE",
     "SUBPERIOD",
     "Bimatrix",
@@ -56,12 +69,15 @@ __all__ = [
     "Phase",
     "PublicGoods",
     "RefusedAction",
+    "Tick",
     "Timing",
     "UnknownChannel",
     "UnknownGame",
     "available_games",
+    "current_block",
     "game_name",
     "is_number",
     "load_game",
+    "plan_groups",
     "require_number",
 ]

@@ -40,14 +40,19 @@ from .exceptions import (
     NotRunning,
     UnknownChannel,
 )
-from .messages import NOBODY, Event
+from .messages import NOBODY, Event, Tick
 
 DECISIONS = "decisions"
 GROUP_DECISIONS = "group_decisions"
 STATE = "state"
 SUBPERIOD = "subperiod"
+RESULT = "result"
+PERIOD = "period"
 PERIOD_START = "period_start"
 PERIOD_END = "period_end"
+#: who paused a period: the experimenter, or a member's disconnect (see ``pause_when_disconnected``)
+PAUSED_BY_EXPERIMENTER = "experimenter"
+PAUSED_BY_DISCONNECT = "disconnect"
 
 
 class Phase(enum.Enum):
@@ -55,6 +60,7 @@ class Phase(enum.Enum):
 
     WAITING = "waiting"  # not every member has connected yet
     RUNNING = "running"
+    PAUSED = "paused"  # the clock is stopped; deadlines move by the pause's length
     ENDED = "ended"
 
 
@@ -82,6 +88,11 @@ class Timing:
         if self.rate_limit is not None and not _positive(self.rate_limit):
             raise ConfigError("rate_limit", f"expected a number > 0 or null, got {self.rate_limit!r}")
 
+    @property
+    def continuous(self) -> bool:
+        """Scored once per period by the time-weighted flow payoff (no subperiods)."""
+        return self.num_subperiods is None
+
 
 def _positive(value: object) -> bool:
     return is_number(value) and value > 0  # type: ignore[operator]
@@ -94,12 +105,24 @@ class GroupState:
     phase: Phase = Phase.WAITING
     decisions: dict[str, Any] = field(default_factory=dict)
     started_at: float | None = None
+    #: when the period ends: ``started_at + paused_for + period_length``
     ends_at: float | None = None
     ended_at: float | None = None
     #: how many subperiods have been ticked (0 .. num_subperiods)
     subperiod: int = 0
     #: game-specific values; kept JSON-serialisable by the game
     vars: dict[str, Any] = field(default_factory=dict)
+    #: the current pause: since when, and who asked for it
+    paused_at: float | None = None
+    paused_by: str | None = None
+    #: seconds the period has been paused in all (every deadline moves by it)
+    paused_for: float = 0.0
+    #: continuous time: the integral of each member's flow payoff up to ``flow_at``
+    flow: dict[str, float] = field(default_factory=dict)
+    flow_at: float | None = None
+    #: rate limit: when ``group_decisions`` was last broadcast, and whether a newer one waits
+    broadcast_at: float | None = None
+    broadcast_due: bool = False
 
     def copy(self) -> GroupState:
         return GroupState(
@@ -110,7 +133,37 @@ class GroupState:
             ended_at=self.ended_at,
             subperiod=self.subperiod,
             vars=copy.deepcopy(self.vars) if self.vars else {},
+            paused_at=self.paused_at,
+            paused_by=self.paused_by,
+            paused_for=self.paused_for,
+            flow=dict(self.flow),
+            flow_at=self.flow_at,
+            broadcast_at=self.broadcast_at,
+            broadcast_due=self.broadcast_due,
         )
+
+    def clock(self) -> dict[str, Any]:
+        """The timing fields beyond phase and period, as JSON (the shell stores them as one value)."""
+        return {
+            "paused_at": self.paused_at,
+            "paused_by": self.paused_by,
+            "paused_for": self.paused_for,
+            "flow": dict(self.flow),
+            "flow_at": self.flow_at,
+            "broadcast_at": self.broadcast_at,
+            "broadcast_due": self.broadcast_due,
+        }
+
+    def set_clock(self, stored: Mapping[str, Any] | None) -> None:
+        """The inverse of :meth:`clock`."""
+        stored = stored or {}
+        self.paused_at = stored.get("paused_at")
+        self.paused_by = stored.get("paused_by")
+        self.paused_for = float(stored.get("paused_for") or 0.0)
+        self.flow = {str(k): float(v) for k, v in (stored.get("flow") or {}).items()}
+        self.flow_at = stored.get("flow_at")
+        self.broadcast_at = stored.get("broadcast_at")
+        self.broadcast_due = bool(stored.get("broadcast_due"))
 
 
 class DecisionGroup:
@@ -123,6 +176,8 @@ class DecisionGroup:
     - ``channels``: extra client channels the game accepts; each needs ``on_<channel>``.
     - ``config_schema`` and ``default_config``: the game's own settings (JSON Schema), checked
       by :meth:`validate_config` when the experiment is created.
+    - ``pause_when_disconnected``: ``True`` stops the period's clock while a member is away
+      (default ``False``: the period runs on).
     """
 
     name: ClassVar[str] = ""
@@ -130,6 +185,8 @@ class DecisionGroup:
     channels: ClassVar[frozenset[str]] = frozenset()
     config_schema: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}}
     default_config: ClassVar[dict[str, Any]] = {}
+    #: when a member disconnects mid-period, stop the clock until every member is back
+    pause_when_disconnected: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -221,26 +278,37 @@ class DecisionGroup:
         return self.state.phase
 
     # ------------------------------------------------------------------ actions
+    #
+    # Every action first applies what fell due before ``now`` (a subperiod tick, the period's
+    # end, a rate-limited broadcast), so a decision that arrives after a deadline never lands
+    # in the snapshot before it. A refused action raises and adds nothing of its own; what it
+    # applied first stays in the output of the next action.
 
     def connect(self, participant: str, now: float) -> list[Event]:
         """A member's connection opened; starts the period once every member is here."""
         self._begin(participant, now)
         self.connected.add(participant)
-        if self.state.phase is Phase.WAITING and self.connected >= set(self.members):
+        everyone = self.connected >= set(self.members)
+        if self.state.phase is Phase.WAITING and everyone:
             self._start_period()
+        elif self.state.phase is Phase.PAUSED and self.state.paused_by == PAUSED_BY_DISCONNECT and everyone:
+            self._resume()
         return self._flush()
 
     def disconnect(self, participant: str, now: float) -> list[Event]:
-        """A member's connection closed."""
+        """A member's connection closed; pauses the period if the game says so."""
         self._begin(participant, now)
         self.connected.discard(participant)
         self.when_player_disconnects(participant)
+        if self.pause_when_disconnected and self.state.phase is Phase.RUNNING:
+            self._pause(PAUSED_BY_DISCONNECT)
         return self._flush()
 
     def start(self, now: float) -> list[Event]:
         """Start the period now, whoever is connected (the experimenter forces it)."""
-        self._begin(None, now)
+        mark = self._begin(None, now)
         if self.state.phase is not Phase.WAITING:
+            self._refuse(mark)
             raise InvalidState(f"start: the group is {self.state.phase.value}, not waiting")
         self._start_period()
         return self._flush()
@@ -249,25 +317,44 @@ class DecisionGroup:
         """End the period now (the experimenter ends it); a no-op once ended."""
         self._begin(None, now)
         if self.state.phase is not Phase.ENDED:
-            self._end_period()
+            self._end_period(None)
+        return self._flush()
+
+    def pause(self, now: float) -> list[Event]:
+        """Stop the period's clock (the experimenter pauses it)."""
+        mark = self._begin(None, now)
+        if self.state.phase is not Phase.RUNNING:
+            self._refuse(mark)
+            raise InvalidState(f"pause: the group is {self.state.phase.value}, not running")
+        self._pause(PAUSED_BY_EXPERIMENTER)
+        return self._flush()
+
+    def resume(self, now: float) -> list[Event]:
+        """Restart a paused period's clock; every later deadline moves by the pause's length."""
+        mark = self._begin(None, now)
+        if self.state.phase is not Phase.PAUSED:
+            self._refuse(mark)
+            raise InvalidState(f"resume: the group is {self.state.phase.value}, not paused")
+        self._resume()
         return self._flush()
 
     def receive(self, participant: str, channel: str, payload: Any, now: float) -> list[Event]:
         """A frame from a member on ``channel``; refused frames raise and change nothing."""
-        self._begin(participant, now)
-        if channel == DECISIONS:
-            return self._decide(participant, payload)
-        if channel not in self.channels:
-            accepted = sorted({DECISIONS, *self.channels})
-            raise UnknownChannel(f"expected a channel in {accepted}, got {channel!r}")
-        handler = getattr(self, f"on_{channel}", None)
-        if handler is None:
-            raise UnknownChannel(f"the game declares {channel!r} but has no on_{channel}")
-        self._outbox.append(Event(channel, payload, participant, NOBODY))
+        mark = self._begin(participant, now)
         try:
+            if channel == DECISIONS:
+                self._decide(participant, payload)
+                return self._flush()
+            if channel not in self.channels:
+                accepted = sorted({DECISIONS, *self.channels})
+                raise UnknownChannel(f"expected a channel in {accepted}, got {channel!r}")
+            handler = getattr(self, f"on_{channel}", None)
+            if handler is None:
+                raise UnknownChannel(f"the game declares {channel!r} but has no on_{channel}")
+            self._outbox.append(Event(channel, payload, participant, NOBODY))
             handler(participant, payload)
         except BaseException:
-            self._outbox.clear()
+            self._refuse(mark)
             raise
         return self._flush()
 
@@ -277,29 +364,24 @@ class DecisionGroup:
         A late call applies every tick it missed; deadlines stay where they were scheduled.
         """
         self._begin(None, now)
-        state = self.state
-        while state.phase is Phase.RUNNING:
-            due = self.next_deadline()
-            if due is None or now < due:
-                break
-            if self._subperiods_left():
-                self._end_subperiod()
-            else:
-                self._end_period()
         return self._flush()
 
     def next_deadline(self) -> float | None:
         """When ``tick`` must be called next, or ``None`` when nothing is scheduled.
 
-        Deadlines are absolute: subperiod ``k`` ends at ``started_at + k * period_length / N``
-        (the last one is the period's end itself and comes before ``period_end``).
+        Deadlines are absolute: subperiod ``k`` ends at ``started_at + paused_for + k *
+        period_length / N`` (the last one is the period's end itself and comes before
+        ``period_end``). A rate-limited broadcast that waits is due ``rate_limit`` after the
+        last one.
         """
         state = self.state
         if state.phase is not Phase.RUNNING:
             return None
-        if self._subperiods_left():
-            return self.subperiod_deadline(state.subperiod + 1)
-        return state.ends_at
+        scheduled = self.subperiod_deadline(state.subperiod + 1) if self._subperiods_left() else state.ends_at
+        flush = self._broadcast_deadline()
+        if flush is not None and (scheduled is None or flush < scheduled):
+            return flush
+        return scheduled
 
     def subperiod_deadline(self, k: int) -> float:
         """When subperiod ``k`` (1-based) of the running period ends."""
@@ -308,34 +390,68 @@ class DecisionGroup:
             raise InvalidState("subperiod_deadline: the period has no subperiods or has not started")
         if k >= n and self.state.ends_at is not None:
             return self.state.ends_at
-        return start + length * k / n
+        return start + self.state.paused_for + length * k / n
 
     def restore(self, state: GroupState) -> None:
         """Return to an earlier snapshot (after a failed commit); connections are kept."""
         self.state = state.copy()
+        self._outbox.clear()
 
     # ------------------------------------------------------------------ internals
 
-    def _begin(self, participant: str | None, now: float) -> None:
+    def _begin(self, participant: str | None, now: float) -> int:
+        """Start an action at ``now``: apply what is due; returns where the action's own output starts."""
         if participant is not None and participant not in self.members:
             raise NotAMember(f"expected a member of {list(self.members)}, got {participant!r}")
         self.now = now
-        self._outbox.clear()
+        self._catch_up()
+        return len(self._outbox)
+
+    def _refuse(self, mark: int) -> None:
+        del self._outbox[mark:]
 
     def _flush(self) -> list[Event]:
         out, self._outbox = self._outbox, []
         return out
 
-    def _decide(self, participant: str, decision: Any) -> list[Event]:
+    def _catch_up(self) -> None:
+        now = self.now
+        while self.state.phase is Phase.RUNNING:
+            due = self.next_deadline()
+            if due is None or now < due:
+                return
+            if due == self._broadcast_deadline():
+                self._broadcast()
+            elif self._subperiods_left():
+                self._end_subperiod(due)
+            else:
+                self._end_period(due)
+
+    def _decide(self, participant: str, decision: Any) -> None:
         if self.state.phase is not Phase.RUNNING:
             raise NotRunning(
                 f"decisions are accepted while the period runs; the group is {self.state.phase.value}"
             )
         value = self.validate_decision(participant, decision)
+        self._accrue()
         self.state.decisions[participant] = value
         self._outbox.append(Event(DECISIONS, value, participant, NOBODY))
+        state, limit = self.state, self.timing.rate_limit
+        if limit is None or state.broadcast_at is None or self.now >= state.broadcast_at + limit:
+            self._broadcast()
+        else:
+            state.broadcast_due = True
+
+    def _broadcast(self) -> None:
+        self.state.broadcast_at = self.now
+        self.state.broadcast_due = False
         self._outbox.append(Event(GROUP_DECISIONS, self.group_decisions))
-        return self._flush()
+
+    def _broadcast_deadline(self) -> float | None:
+        state, limit = self.state, self.timing.rate_limit
+        if not state.broadcast_due or limit is None or state.broadcast_at is None:
+            return None
+        return state.broadcast_at + limit
 
     def _start_period(self) -> None:
         state = self.state
@@ -344,27 +460,107 @@ class DecisionGroup:
         length = self.timing.period_length
         state.ends_at = None if length is None else self.now + length
         state.decisions = {p: self.initial_decision(p) for p in self.members}
+        if self.timing.continuous:
+            state.flow = dict.fromkeys(self.members, 0.0)
+            state.flow_at = self.now
         self._outbox.append(Event(STATE, PERIOD_START))
-        self._outbox.append(Event(GROUP_DECISIONS, self.group_decisions))
+        self._broadcast()
         self.when_all_players_ready()
 
     def _subperiods_left(self) -> bool:
         n = self.timing.num_subperiods
         return n is not None and self.state.subperiod < n
 
-    def _end_subperiod(self) -> None:
+    def _end_subperiod(self, due: float) -> None:
         snapshot = self.group_decisions
         index = self.state.subperiod
         self.state.subperiod = index + 1
-        self._outbox.append(Event(SUBPERIOD, {"index": index, "group_decisions": snapshot}))
-        self._outbox.append(Event(GROUP_DECISIONS, snapshot))
+        tick = Tick(SUBPERIOD, index, due, self.now)
+        self._outbox.append(Event(SUBPERIOD, {"index": index, "group_decisions": snapshot}, tick=tick))
+        self._broadcast()
+        n = self.timing.num_subperiods or 1
+        for p in self.members:
+            score = float(self.payoff(p, snapshot)) / n
+            self._result(p, index, snapshot[p], score)
 
-    def _end_period(self) -> None:
-        self.state.phase = Phase.ENDED
-        ends_at = self.state.ends_at
-        # a late tick ends the period when it was due, not when the tick ran
-        self.state.ended_at = ends_at if ends_at is not None and self.now >= ends_at else self.now
-        self._outbox.append(Event(STATE, PERIOD_END))
+    def _end_period(self, due: float | None) -> None:
+        """End the period: at its deadline ``due``, or now when the experimenter ends it."""
+        state = self.state
+        if state.broadcast_due:  # the group's last word is the latest decisions
+            self._broadcast()
+        if state.phase is Phase.PAUSED:
+            self._resume_clock()
+        ended_at = self.now if due is None else due  # a late tick ends the period when it was due
+        self._accrue(ended_at)
+        state.phase = Phase.ENDED
+        state.ended_at = ended_at
+        if self.timing.continuous and state.started_at is not None:
+            length = self.timing.period_length or (ended_at - state.started_at - state.paused_for)
+            for p in self.members:
+                score = state.flow.get(p, 0.0) / length if length > 0 else 0.0
+                self._result(p, None, state.decisions.get(p), score)
+        tick = None if due is None else Tick(PERIOD_END, 0, due, self.now)
+        self._outbox.append(Event(STATE, PERIOD_END, tick=tick))
+
+    def _result(self, participant: str, subperiod: int | None, decision: Any, score: float) -> None:
+        payload = {"subperiod": subperiod, "decision": decision, "score": score}
+        self._outbox.append(Event(RESULT, payload, None, frozenset((participant,))))
+
+    def _accrue(self, until: float | None = None) -> None:
+        """Continuous time: add each member's flow payoff since ``flow_at`` to its integral."""
+        state = self.state
+        if not self.timing.continuous or state.flow_at is None or state.phase is not Phase.RUNNING:
+            return
+        until = self.now if until is None else until
+        elapsed = until - state.flow_at
+        if elapsed > 0:
+            decisions = state.decisions
+            for p in self.members:
+                state.flow[p] = state.flow.get(p, 0.0) + float(self.payoff(p, decisions)) * elapsed
+        state.flow_at = until
+
+    def _pause(self, by: str) -> None:
+        state = self.state
+        if state.broadcast_due:
+            self._broadcast()
+        self._accrue()
+        state.phase = Phase.PAUSED
+        state.paused_at = self.now
+        state.paused_by = by
+        self._outbox.append(Event(PERIOD, self._period("paused")))
+
+    def _resume(self) -> None:
+        self._resume_clock()
+        self._outbox.append(Event(PERIOD, self._period("running")))
+
+    def _resume_clock(self) -> None:
+        state = self.state
+        if state.paused_at is not None:
+            pause = max(0.0, self.now - state.paused_at)
+            state.paused_for += pause
+            if state.ends_at is not None:
+                state.ends_at += pause
+        state.phase = Phase.RUNNING
+        state.paused_at = None
+        state.paused_by = None
+        if state.flow_at is not None:
+            state.flow_at = self.now
+
+    def _period(self, status: str) -> dict[str, Any]:
+        state = self.state
+        return {
+            "status": status,
+            "paused_by": state.paused_by,
+            "started_at": _ms(state.started_at),
+            "ends_at": _ms(state.ends_at),
+            "subperiod": state.subperiod if self.timing.num_subperiods else None,
+            "num_subperiods": self.timing.num_subperiods,
+        }
+
+
+def _ms(epoch: float | None) -> int | None:
+    """Seconds since the epoch as whole milliseconds, the unit of times in a frame."""
+    return None if epoch is None else math.floor(epoch * 1000 + 0.5)
 
 
 def is_number(value: object) -> bool:

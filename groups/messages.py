@@ -10,18 +10,42 @@ NOBODY: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
+class Tick:
+    """A timed tick the core applied: what was due, when it was due, and when it ran.
+
+    ``kind`` is ``"subperiod"`` (``index`` 0-based) or ``"period_end"`` (``index`` 0).
+    ``late`` is set when it ran more than :data:`LATE_AFTER` seconds after it was due.
+    """
+
+    kind: str
+    index: int
+    scheduled_at: float
+    actual_at: float
+
+    @property
+    def late(self) -> bool:
+        return self.actual_at - self.scheduled_at > LATE_AFTER
+
+
+#: seconds after its schedule from which a tick counts as late
+LATE_AFTER = 0.05
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """One message in or out of a group, to be persisted and then delivered.
 
     ``participant`` is the sender's code, or ``None`` when the server sent it.
     ``to`` is ``None`` for the whole group, or the set of participant codes that receive
-    it (``NOBODY`` records the event without sending it).
+    it (``NOBODY`` records the event without sending it). ``tick`` is set on the event a
+    scheduled tick produced (``subperiod``, and the ``state`` of a period's timed end).
     """
 
     channel: str
     payload: Any
     participant: str | None = None
     to: frozenset[str] | None = None
+    tick: Tick | None = None
 
     @property
     def broadcast(self) -> bool:

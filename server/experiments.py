@@ -7,14 +7,22 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from groups import ConfigError, DecisionGroup, Timing, UnknownGame, game_name, load_game
+from groups import (
+    MATCHINGS,
+    ConfigError,
+    DecisionGroup,
+    Timing,
+    UnknownGame,
+    game_name,
+    load_game,
+    plan_groups,
+)
 
 from .database import NewBlock, NewExperiment, new_code
 from .exceptions import BadRequest
 
 MAX_PARTICIPANTS = 10_000
 MAX_BLOCKS = 1_000
-MATCHINGS = ("fixed", "random")
 
 _FIELDS = {
     "game", "participants", "group_size", "blocks", "period_length", "num_subperiods",
@@ -110,23 +118,19 @@ def plan(request: ExperimentRequest, *, seed: int | None = None) -> NewExperimen
     shuffle everyone into new ones (``random``).
     """
     n, size = request.participants, request.group_size
-    rng = random.Random(seed)
-    order = list(range(n))
-    blocks = []
-    for index in range(request.blocks):
-        if index > 0 and request.matching == "random":
-            rng.shuffle(order)
-        blocks.append(
-            NewBlock(
-                index=index,
-                period_length=request.timing.period_length,
-                num_subperiods=request.timing.num_subperiods,
-                rate_limit=request.timing.rate_limit,
-                bonus_points=request.bonus_points,
-                matching=request.matching,
-                groups=[order[g : g + size] for g in range(0, n, size)],
-            )
+    grouping = plan_groups(n, size, request.blocks, request.matching, random.Random(seed))
+    blocks = [
+        NewBlock(
+            index=index,
+            period_length=request.timing.period_length,
+            num_subperiods=request.timing.num_subperiods,
+            rate_limit=request.timing.rate_limit,
+            bonus_points=request.bonus_points,
+            matching=request.matching,
+            groups=groups,
         )
+        for index, groups in enumerate(grouping)
+    ]
     return NewExperiment(
         code=new_code(12),
         game=game_name(request.game),

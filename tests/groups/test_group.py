@@ -15,6 +15,7 @@ from groups import (
     NOBODY,
     PERIOD_END,
     PERIOD_START,
+    RESULT,
     STATE,
     ConfigError,
     DecisionGroup,
@@ -26,6 +27,7 @@ from groups import (
     NotRunning,
     Phase,
     RefusedAction,
+    Tick,
     Timing,
     UnknownChannel,
     require_number,
@@ -424,7 +426,9 @@ def test_disconnect_while_waiting_calls_the_hook_and_emits_no_state() -> None:
 def test_end_emits_period_end_once() -> None:
     """end returns period_end the first time and nothing afterwards."""
     group = running(make(period_length=60.0))
-    assert group.end(10.0) == [Event(STATE, PERIOD_END)]
+    events = group.end(10.0)
+    assert [e for e in events if e.channel != RESULT] == [Event(STATE, PERIOD_END)]
+    assert sorted(e.to for e in events if e.channel == RESULT) == [frozenset(m) for m in MEMBERS]
     assert group.phase is Phase.ENDED
     assert group.state.ended_at == 10.0
     assert group.end(11.0) == []
@@ -450,7 +454,8 @@ def test_tick_ends_the_period_exactly_at_started_at_plus_period_length() -> None
     assert group.tick(100.0) == []
     assert group.tick(ends_at - 0.001) == []
     assert group.phase is Phase.RUNNING
-    assert group.tick(ends_at) == [Event(STATE, PERIOD_END)]
+    timed_end = Event(STATE, PERIOD_END, tick=Tick("period_end", 0, ends_at, ends_at))
+    assert [e for e in group.tick(ends_at) if e.channel != RESULT] == [timed_end]
     assert group.phase is Phase.ENDED
     assert group.state.ended_at == ends_at
     assert group.tick(ends_at + 1.0) == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from groups import GROUP_DECISIONS, PERIOD_END, STATE, SUBPERIOD, Event, PublicGoods, Timing
+from groups import GROUP_DECISIONS, PERIOD_END, RESULT, STATE, SUBPERIOD, Event, PublicGoods, Timing
 
 T0 = 1_000_000.0
 
@@ -41,7 +41,7 @@ def test_a_tick_snapshots_the_decisions_and_broadcasts_them() -> None:
     group = _running(3.0, 3)
     group.receive("a", "decisions", 4, T0 + 0.5)
     events = group.tick(T0 + 1.0)
-    assert _channels(events) == [SUBPERIOD, GROUP_DECISIONS]
+    assert _channels(events) == [SUBPERIOD, GROUP_DECISIONS, RESULT, RESULT]
     assert events[0].payload == {"index": 0, "group_decisions": {"a": 4.0, "b": 0.0}}
     assert events[1].payload == {"a": 4.0, "b": 0.0}
     assert group.state.subperiod == 1
@@ -53,9 +53,9 @@ def test_the_last_subperiod_comes_before_period_end_in_the_same_tick() -> None:
     group.tick(T0 + 1.0)
     group.tick(T0 + 2.0)
     events = group.tick(T0 + 3.0)
-    assert _channels(events) == [SUBPERIOD, GROUP_DECISIONS, STATE]
+    assert _channels(events) == [SUBPERIOD, GROUP_DECISIONS, RESULT, RESULT, STATE]
     assert events[0].payload["index"] == 2
-    assert events[2].payload == PERIOD_END
+    assert events[-1].payload == PERIOD_END
 
 
 def test_a_late_wake_up_applies_every_missed_tick_without_shifting_later_ones() -> None:
@@ -71,7 +71,7 @@ def test_a_wake_up_after_the_whole_period_ends_it_with_every_subperiod() -> None
     """A tick long after the end applies all subperiods, then ends at the scheduled time."""
     group = _running(3.0, 3)
     events = group.tick(T0 + 100)
-    assert _channels(events) == [SUBPERIOD, GROUP_DECISIONS] * 3 + [STATE]
+    assert _channels(events) == [SUBPERIOD, GROUP_DECISIONS, RESULT, RESULT] * 3 + [STATE]
     assert group.state.ended_at == T0 + 3.0
 
 
@@ -86,7 +86,7 @@ def test_continuous_time_has_only_the_period_end() -> None:
     """Without num_subperiods the only deadline is the end of the period."""
     group = _running(5.0, None)
     assert group.next_deadline() == T0 + 5.0
-    assert _channels(group.tick(T0 + 5.0)) == [STATE]
+    assert _channels(group.tick(T0 + 5.0)) == [RESULT, RESULT, STATE]
 
 
 def test_restore_returns_the_subperiod_count() -> None:
