@@ -277,6 +277,11 @@ class DecisionGroup:
     def phase(self) -> Phase:
         return self.state.phase
 
+    @property
+    def carried(self) -> bool:
+        """Whether a refused action left events that fell due before it (``tick`` returns them)."""
+        return bool(self._outbox)
+
     # ------------------------------------------------------------------ actions
     #
     # Every action first applies what fell due before ``now`` (a subperiod tick, the period's

@@ -15,11 +15,14 @@ from groups import available_games
 
 from .database import (
     count_events,
+    count_rows,
     experiment_participants,
     experiment_row,
     insert_experiment,
     iso,
     list_events,
+    list_results,
+    list_sessions,
 )
 from .exceptions import ApiError, BadRequest, Forbidden, NotFound, Unauthorized
 from .experiments import parse_request, plan
@@ -114,6 +117,7 @@ def _experiment_body(request: Request, row: dict[str, Any], people: list[dict[st
         "group_size": row["group_size"],
         "num_participants": row["num_participants"],
         "blocks": row["num_blocks"],
+        "block_pause": row["block_pause"],
         "created_at": iso(row["created_at"]),
         "started_at": iso(row["started_at"]),
         "finished_at": iso(row["finished_at"]),
@@ -184,6 +188,27 @@ async def events(request: Request) -> Response:
     return JSON(paginated(request, count, page, page_size, results))
 
 
+async def _listing(request: Request, table: str, lister: Any) -> Response:
+    require_admin(request)
+    row = await _experiment(request)
+    page, page_size = page_params(request)
+    db = runtime(request).database
+    count = await db.read(count_rows, table, row["id"])
+    _check_page(page, count, page_size)
+    results = await db.read(lister, row["id"], (page - 1) * page_size, page_size)
+    return JSON(paginated(request, count, page, page_size, results))
+
+
+async def sessions(request: Request) -> Response:
+    """Sessions: one per participant and block, planned at creation, finished with the period."""
+    return await _listing(request, "sessions", list_sessions)
+
+
+async def results(request: Request) -> Response:
+    """Results in the order they were scored."""
+    return await _listing(request, "results", list_results)
+
+
 def api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
@@ -196,4 +221,6 @@ routes = [
     Route("/api/experiments", create_experiment, methods=["POST"]),
     Route("/api/experiments/{code}", experiment_detail),
     Route("/api/experiments/{code}/events", events),
+    Route("/api/experiments/{code}/sessions", sessions),
+    Route("/api/experiments/{code}/results", results),
 ]

@@ -21,10 +21,9 @@ from starlette.websockets import WebSocket
 
 from groups import RefusedAction
 
-from .database import ConnectionChange, Seat
+from .database import ConnectionChange
 from .exceptions import (
     WS_1011_INTERNAL_ERROR,
-    WS_4000_REPLACED,
     WS_4003_FORBIDDEN,
     WS_4008_TOO_SLOW,
     WS_4029_FLOODING,
@@ -32,7 +31,7 @@ from .exceptions import (
     FrameError,
     NotPersisted,
 )
-from .live import LiveGroup, LiveGroups, consume
+from .live import LiveGroup, LiveGroups
 from .settings import Settings
 from .wire import encode, error, ms, parse, redwood_ping
 
@@ -193,7 +192,7 @@ async def serve(websocket: WebSocket, groups: LiveGroups, settings: Settings, ro
         await websocket.close(WS_4404_UNKNOWN, "unknown participant code")  # before accept: HTTP 403
         return
     seat, group = seated
-    if route == REDWOOD and not _redwood_path_matches(websocket, seat):
+    if route == REDWOOD and not _redwood_path_matches(websocket, group):
         await websocket.close(WS_4003_FORBIDDEN, "the URL names another game or group")
         return
     await websocket.accept()
@@ -207,38 +206,22 @@ async def serve(websocket: WebSocket, groups: LiveGroups, settings: Settings, ro
         address=websocket.client.host if websocket.client else None,
         route=route,
     )
-    # From here to group.connect nothing awaits: the replayed state and the subscription
-    # start at the same committed point, so no frame is missed or repeated.
-    older = group.current.get(code)
-    group.current[code] = conn
-    if older is not None:
-        older.close(WS_4000_REPLACED, "replaced by a newer connection of the same participant")
-    groups.hub.subscribe(group.topic, conn)
-    if route == SYNCLAB:
-        conn.send(encode("hello", group.hello(code)))
-    for frame in group.replay():
-        conn.send(frame)
     try:
-        group.connect(code, change).add_done_callback(consume)
+        group.attach(code, conn, change, hello=route == SYNCLAB)
     except Exception:
         log.exception("connect failed")
         conn.close(WS_1011_INTERNAL_ERROR, "internal error")
     try:
         await conn.run()
     finally:
-        groups.hub.unsubscribe(group.topic, conn)
         closed = ConnectionChange(
             conn.id, seat.participant_id, seat.experiment_id, closed=groups.clock(), close_code=conn.close_code
         )
-        if group.current.get(code) is conn:
-            del group.current[code]
-            group.disconnect(code, closed).add_done_callback(consume)
-        else:  # replaced: the participant is still connected through the newer socket
-            group.act(list, connection=closed).add_done_callback(consume)
+        conn.group.detach(code, conn, closed)  # the group it is in now: it may have moved on
 
 
-def _redwood_path_matches(websocket: WebSocket, seat: Seat) -> bool:
+def _redwood_path_matches(websocket: WebSocket, group: LiveGroup) -> bool:
     return (
-        str(websocket.path_params.get("app")) == seat.game
-        and str(websocket.path_params.get("group")) == str(seat.group_id)
+        str(websocket.path_params.get("app")) == group.game
+        and str(websocket.path_params.get("group")) == str(group.id)
     )

@@ -33,6 +33,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import SQLModel
 
+from groups import Phase, current_block
+
 from . import models
 
 T = TypeVar("T")
@@ -46,6 +48,9 @@ memberships = _tables[models.Membership.__tablename__]
 connections = _tables[models.Connection.__tablename__]
 events = _tables[models.Event.__tablename__]
 meta = _tables[models.Meta.__tablename__]
+sessions = _tables[models.Session.__tablename__]
+results = _tables[models.Result.__tablename__]
+ticks = _tables[models.Tick.__tablename__]
 
 
 # --------------------------------------------------------------------------- time
@@ -186,6 +191,7 @@ class NewExperiment:
     participant_codes: list[str]
     blocks: list[NewBlock]
     created_at: float
+    block_pause: float = 5.0
 
 
 def insert_experiment(engine: Engine, spec: NewExperiment) -> int:
@@ -201,6 +207,7 @@ def insert_experiment(engine: Engine, spec: NewExperiment) -> int:
                 num_participants=len(spec.participant_codes),
                 group_size=spec.group_size,
                 num_blocks=len(spec.blocks),
+                block_pause=spec.block_pause,
                 created_at=to_datetime(spec.created_at),
                 last_seq=0,
             )
@@ -244,6 +251,21 @@ def insert_experiment(engine: Engine, spec: NewExperiment) -> int:
                         for pos, p in enumerate(members)
                     ],
                 )
+                # every session is planned with its group: unstarted until the period starts
+                conn.execute(
+                    insert(sessions),
+                    [
+                        {
+                            "experiment_id": experiment_id,
+                            "participant_id": participant_ids[p],
+                            "block_id": block_id,
+                            "group_id": group_id,
+                            "json_data": {},
+                            "final_score": 0.0,
+                        }
+                        for p in members
+                    ],
+                )
         return int(experiment_id)
 
 
@@ -267,31 +289,111 @@ def experiment_participants(engine: Engine, experiment_id: int) -> list[dict[str
 
 
 @dataclass(slots=True)
-class Seat:
-    """What a connecting participant needs: who, which experiment, which group, its state."""
+class GroupSpec:
+    """Everything a live group is built from: its experiment, block, members and stored state."""
 
-    participant_id: int
-    participant_code: str
+    group_id: int
+    group_index: int
     experiment_id: int
     experiment_code: str
     experiment_status: str
     game: str
     config: dict[str, Any]
-    group_id: int
-    group_index: int
+    block_id: int
     block_index: int
+    num_blocks: int
+    block_pause: float
     period_length: float | None
     num_subperiods: int | None
     rate_limit: float | None
-    #: member codes in order, and their participant ids
+    bonus_points: float
+    #: member codes in order, their participant ids, and their sessions in this block
     members: list[str]
     member_ids: dict[str, int]
+    session_ids: dict[str, int]
+    #: the ``groups`` row
     group: dict[str, Any]
+    #: the group's last ``state`` event: ``{"seq", "ts", "value"}``
     last_state: dict[str, Any] | None
 
+    @property
+    def last_block(self) -> bool:
+        return self.block_index >= self.num_blocks - 1
 
-def load_seat(engine: Engine, code: str) -> Seat | None:
-    """The participant ``code``'s current seat: its first group not yet ended (else its last)."""
+
+@dataclass(slots=True)
+class Seat:
+    """Who a connecting participant is, and the group it is in now."""
+
+    participant_id: int
+    participant_code: str
+    experiment_id: int
+    group_id: int
+
+
+def load_group(engine: Engine, group_id: int) -> GroupSpec | None:
+    with engine.connect() as conn:
+        return _group_spec(conn, group_id)
+
+
+def _group_spec(conn: Connection, group_id: int) -> GroupSpec | None:
+    row = conn.execute(
+        select(
+            groups,
+            blocks.c.index.label("block_index"),
+            blocks.c.period_length,
+            blocks.c.num_subperiods,
+            blocks.c.rate_limit,
+            blocks.c.bonus_points,
+        )
+        .join(blocks, blocks.c.id == groups.c.block_id)
+        .where(groups.c.id == group_id)
+    ).mappings().first()
+    if row is None:
+        return None
+    exp = conn.execute(select(experiments).where(experiments.c.id == row["experiment_id"])).mappings().one()
+    members = conn.execute(
+        select(participants.c.code, participants.c.id, sessions.c.id)
+        .join(memberships, memberships.c.participant_id == participants.c.id)
+        .join(
+            sessions,
+            and_(sessions.c.participant_id == participants.c.id, sessions.c.block_id == memberships.c.block_id),
+        )
+        .where(memberships.c.group_id == group_id)
+        .order_by(memberships.c.position)
+    ).all()
+    state = conn.execute(
+        select(events.c.seq, events.c.timestamp, events.c.value)
+        .where(and_(events.c.group_id == group_id, events.c.channel == "state"))
+        .order_by(events.c.seq.desc())
+        .limit(1)
+    ).first()
+    return GroupSpec(
+        group_id=group_id,
+        group_index=row["index"],
+        experiment_id=exp["id"],
+        experiment_code=exp["code"],
+        experiment_status=exp["status"],
+        game=exp["game"],
+        config=exp["config"] or {},
+        block_id=row["block_id"],
+        block_index=row["block_index"],
+        num_blocks=exp["num_blocks"],
+        block_pause=float(exp["block_pause"] or 0.0),
+        period_length=row["period_length"],
+        num_subperiods=row["num_subperiods"],
+        rate_limit=row["rate_limit"],
+        bonus_points=float(row["bonus_points"] or 0.0),
+        members=[m[0] for m in members],
+        member_ids={m[0]: m[1] for m in members},
+        session_ids={m[0]: m[2] for m in members},
+        group=dict(row),
+        last_state=None if state is None else {"seq": state[0], "ts": to_epoch(state[1]), "value": state[2]},
+    )
+
+
+def load_seat(engine: Engine, code: str, now: float) -> Seat | None:
+    """The participant ``code``'s group at ``now`` (see :func:`groups.current_block`)."""
     with engine.connect() as conn:
         me = conn.execute(
             select(participants.c.id, participants.c.experiment_id).where(participants.c.code == code)
@@ -299,49 +401,18 @@ def load_seat(engine: Engine, code: str) -> Seat | None:
         if me is None:
             return None
         participant_id, experiment_id = me
-        exp = conn.execute(select(experiments).where(experiments.c.id == experiment_id)).mappings().one()
+        block_pause = conn.execute(
+            select(experiments.c.block_pause).where(experiments.c.id == experiment_id)
+        ).scalar_one()
         rows = conn.execute(
-            select(groups, blocks.c.index.label("block_index"), blocks.c.period_length,
-                   blocks.c.num_subperiods, blocks.c.rate_limit)
+            select(groups.c.id, groups.c.phase, groups.c.ended_at)
             .join(memberships, memberships.c.group_id == groups.c.id)
             .join(blocks, blocks.c.id == groups.c.block_id)
             .where(memberships.c.participant_id == participant_id)
             .order_by(blocks.c.index)
-        ).mappings().all()
-        current = next((r for r in rows if r["phase"] != "ended"), rows[-1])
-        members = conn.execute(
-            select(participants.c.code, participants.c.id)
-            .join(memberships, memberships.c.participant_id == participants.c.id)
-            .where(memberships.c.group_id == current["id"])
-            .order_by(memberships.c.position)
         ).all()
-        state = conn.execute(
-            select(events.c.seq, events.c.timestamp, events.c.value)
-            .where(and_(events.c.group_id == current["id"], events.c.channel == "state"))
-            .order_by(events.c.seq.desc())
-            .limit(1)
-        ).first()
-        return Seat(
-            participant_id=participant_id,
-            participant_code=code,
-            experiment_id=experiment_id,
-            experiment_code=exp["code"],
-            experiment_status=exp["status"],
-            game=exp["game"],
-            config=exp["config"] or {},
-            group_id=current["id"],
-            group_index=current["index"],
-            block_index=current["block_index"],
-            period_length=current["period_length"],
-            num_subperiods=current["num_subperiods"],
-            rate_limit=current["rate_limit"],
-            members=[m[0] for m in members],
-            member_ids={m[0]: m[1] for m in members},
-            group=dict(current),
-            last_state=None if state is None else {
-                "seq": state[0], "ts": to_epoch(state[1]), "value": state[2]
-            },
-        )
+        index = current_block([(Phase(r[1]), to_epoch(r[2])) for r in rows], now, float(block_pause or 0.0))
+        return Seat(participant_id, code, experiment_id, rows[index][0])
 
 
 def client_ids(engine: Engine, participant_id: int) -> dict[str, int]:
@@ -378,6 +449,29 @@ class GroupUpdate:
     subperiod: int
     decisions: dict[str, Any]
     vars: dict[str, Any]
+    clock: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class NewResult:
+    """A scored outcome, stored with the ``result`` event at ``event`` (an index in the write)."""
+
+    event: int
+    session_id: int
+    subperiod: int | None
+    decision: Any
+    score: float
+
+
+@dataclass(slots=True)
+class NewTick:
+    group_id: int
+    kind: str
+    index: int
+    scheduled_at: float
+    actual_at: float
+    late: bool
+    snapshot: dict[str, Any] | None
 
 
 @dataclass(slots=True)
@@ -403,6 +497,8 @@ class Write:
     events: list[NewEvent] = field(default_factory=list)
     group: GroupUpdate | None = None
     connection: ConnectionChange | None = None
+    results: list[NewResult] = field(default_factory=list)
+    ticks: list[NewTick] = field(default_factory=list)
     #: set by :func:`commit_batch`: the ``seq`` of each event, in order
     seqs: list[int] = field(default_factory=list)
 
@@ -430,6 +526,8 @@ def commit_batch(engine: Engine, writes: Sequence[Write]) -> None:
             next_seq[experiment_id] = int(last) - count + 1
         rows: list[dict[str, Any]] = []
         starting: dict[int, float] = {}
+        started: list[tuple[int, float | None]] = []
+        ended: list[tuple[int, int, float | None]] = []
         for write in writes:
             seq = next_seq.get(write.experiment_id, 0)
             write.seqs = list(range(seq, seq + len(write.events)))
@@ -445,18 +543,98 @@ def commit_batch(engine: Engine, writes: Sequence[Write]) -> None:
                     "value": ev.value,
                     "client_id": ev.client_id,
                 })
-                if ev.channel == "state" and ev.value == "period_start":
-                    starting.setdefault(write.experiment_id, ev.timestamp)
+                if ev.channel == "state" and ev.group_id is not None:
+                    g = write.group
+                    if ev.value == "period_start":
+                        starting.setdefault(write.experiment_id, ev.timestamp)
+                        started.append((ev.group_id, g.started_at if g else ev.timestamp))
+                    elif ev.value == "period_end":
+                        ended.append((write.experiment_id, ev.group_id, g.ended_at if g else ev.timestamp))
         if rows:
             conn.execute(insert(events), rows)
         _store_group_states(conn, writes)
         _store_connections(conn, [w.connection for w in writes if w.connection is not None])
+        _store_results(conn, writes)
         for experiment_id, at in starting.items():
             conn.execute(
                 update(experiments)
                 .where(and_(experiments.c.id == experiment_id, experiments.c.status == "pending"))
                 .values(status="running", started_at=to_datetime(at))
             )
+        for group_id, started_at in started:
+            _period_started(conn, group_id, started_at)
+        for experiment_id, group_id, ended_at in ended:
+            _period_ended(conn, experiment_id, group_id, ended_at)
+
+
+def _store_results(conn: Connection, writes: Sequence[Write]) -> None:
+    scored = [
+        {
+            "session_id": r.session_id,
+            "experiment_id": w.experiment_id,
+            "seq": w.seqs[r.event],
+            "subperiod": r.subperiod,
+            "decision": r.decision,
+            "score": r.score,
+        }
+        for w in writes
+        for r in w.results
+    ]
+    if scored:
+        conn.execute(insert(results), scored)
+    timed = [
+        {
+            "group_id": t.group_id,
+            "kind": t.kind,
+            "index": t.index,
+            "scheduled_at": to_datetime(t.scheduled_at),
+            "actual_at": to_datetime(t.actual_at),
+            "late": t.late,
+            "snapshot": t.snapshot,
+        }
+        for w in writes
+        for t in w.ticks
+    ]
+    if timed:
+        conn.execute(insert(ticks), timed)
+
+
+def _period_started(conn: Connection, group_id: int, at: float | None) -> None:
+    conn.execute(
+        update(sessions)
+        .where(and_(sessions.c.group_id == group_id, sessions.c.started_at.is_(None)))
+        .values(started_at=to_datetime(at))
+    )
+    block_id = select(groups.c.block_id).where(groups.c.id == group_id).scalar_subquery()
+    conn.execute(
+        update(blocks).where(and_(blocks.c.id == block_id, blocks.c.status == "pending")).values(status="running")
+    )
+
+
+def _period_ended(conn: Connection, experiment_id: int, group_id: int, at: float | None) -> None:
+    """Finish the group's sessions (final_score = bonus + Σ results); close its block and experiment when all ended."""
+    total = (
+        select(func.coalesce(func.sum(results.c.score), 0.0))
+        .where(results.c.session_id == sessions.c.id)
+        .scalar_subquery()
+    )
+    bonus = select(blocks.c.bonus_points).where(blocks.c.id == sessions.c.block_id).scalar_subquery()
+    conn.execute(
+        update(sessions)
+        .where(and_(sessions.c.group_id == group_id, sessions.c.started_at.is_not(None)))
+        .values(finished_at=to_datetime(at), final_score=bonus + total)
+    )
+    block_id = conn.execute(select(groups.c.block_id).where(groups.c.id == group_id)).scalar_one()
+    others = select(groups.c.id).where(and_(groups.c.block_id == block_id, groups.c.phase != "ended")).exists()
+    conn.execute(update(blocks).where(and_(blocks.c.id == block_id, ~others)).values(status="done"))
+    unfinished = (
+        select(groups.c.id).where(and_(groups.c.experiment_id == experiment_id, groups.c.phase != "ended")).exists()
+    )
+    conn.execute(
+        update(experiments)
+        .where(and_(experiments.c.id == experiment_id, experiments.c.status.in_(("pending", "running")), ~unfinished))
+        .values(status="done", finished_at=to_datetime(at))
+    )
 
 
 def _store_group_states(conn: Connection, writes: Iterable[Write]) -> None:
@@ -480,6 +658,7 @@ def _store_group_states(conn: Connection, writes: Iterable[Write]) -> None:
             "subperiod": g.subperiod,
             "decisions": g.decisions,
             "vars": g.vars,
+            "clock": g.clock,
             "last_seq": last,
         }
         for g, last in latest.values()
@@ -495,6 +674,7 @@ def _store_group_states(conn: Connection, writes: Iterable[Write]) -> None:
             subperiod=bindparam("subperiod"),
             decisions=bindparam("decisions"),
             vars=bindparam("vars"),
+            clock=bindparam("clock"),
             last_seq=func.coalesce(bindparam("last_seq"), groups.c.last_seq),
         ),
         params,
@@ -569,6 +749,150 @@ def list_events(engine: Engine, experiment_id: int, after_seq: int, offset: int,
                 "channel": r["channel"],
                 "value": r["value"],
             }
+            for r in rows
+        ]
+
+
+# --------------------------------------------------------------------------- groups to resume or control
+
+
+def live_group_ids(engine: Engine) -> list[int]:
+    """Groups whose period runs or is paused, in experiments still going: resumed at start-up."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(groups.c.id)
+            .join(experiments, experiments.c.id == groups.c.experiment_id)
+            .where(and_(groups.c.phase.in_(("running", "paused")), experiments.c.status.in_(("pending", "running"))))
+            .order_by(groups.c.id)
+        )
+        return [int(r[0]) for r in rows]
+
+
+@dataclass(slots=True)
+class GroupPlace:
+    """A group of an experiment, for choosing which ones an experimenter's action touches."""
+
+    group_id: int
+    block_index: int
+    phase: Phase
+    ended_at: float | None
+    members: list[int]
+
+
+def experiment_groups(engine: Engine, experiment_id: int) -> list[GroupPlace]:
+    """Every group of an experiment in block order, with its members' participant ids."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(groups.c.id, blocks.c.index, groups.c.phase, groups.c.ended_at, memberships.c.participant_id)
+            .join(blocks, blocks.c.id == groups.c.block_id)
+            .join(memberships, memberships.c.group_id == groups.c.id)
+            .where(groups.c.experiment_id == experiment_id)
+            .order_by(blocks.c.index, groups.c.index, memberships.c.position)
+        ).all()
+    places: dict[int, GroupPlace] = {}
+    for gid, block_index, phase, ended_at, pid in rows:
+        place = places.get(gid)
+        if place is None:
+            place = places[gid] = GroupPlace(gid, block_index, Phase(phase), to_epoch(ended_at), [])
+        place.members.append(pid)
+    return list(places.values())
+
+
+def set_experiment_status(engine: Engine, experiment_id: int, status: str, at: float | None = None) -> None:
+    with engine.begin() as conn:
+        values: dict[str, Any] = {"status": status}
+        if at is not None:
+            values["finished_at"] = to_datetime(at)
+        conn.execute(update(experiments).where(experiments.c.id == experiment_id).values(**values))
+
+
+# --------------------------------------------------------------------------- sessions and results
+
+
+def _session_query() -> Any:
+    return (
+        select(
+            sessions.c.id,
+            participants.c.code.label("participant"),
+            blocks.c.index.label("block"),
+            sessions.c.group_id.label("group"),
+            sessions.c.started_at,
+            sessions.c.finished_at,
+            sessions.c.final_score,
+            sessions.c.json_data,
+        )
+        .join(participants, participants.c.id == sessions.c.participant_id)
+        .join(blocks, blocks.c.id == sessions.c.block_id)
+    )
+
+
+def _session_row(r: Any) -> dict[str, Any]:
+    return {
+        "participant": r["participant"],
+        "block": r["block"],
+        "group": r["group"],
+        "started_at": iso(r["started_at"]),
+        "finished_at": iso(r["finished_at"]),
+        "final_score": r["final_score"],
+        "json_data": r["json_data"] or {},
+    }
+
+
+def count_rows(engine: Engine, table_name: str, experiment_id: int) -> int:
+    table = {"sessions": sessions, "results": results}[table_name]
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                select(func.count()).select_from(table).where(table.c.experiment_id == experiment_id)
+            ).scalar_one()
+        )
+
+
+def list_sessions(engine: Engine, experiment_id: int, offset: int, limit: int) -> list[dict[str, Any]]:
+    """Sessions in block order, then participant order."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            _session_query()
+            .where(sessions.c.experiment_id == experiment_id)
+            .order_by(blocks.c.index, participants.c.index)
+            .offset(offset)
+            .limit(limit)
+        ).mappings()
+        return [_session_row(r) for r in rows]
+
+
+def list_results(engine: Engine, experiment_id: int, offset: int, limit: int) -> list[dict[str, Any]]:
+    """Results in the order they were scored (their ``result`` event's ``seq``)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                participants.c.code.label("participant"),
+                blocks.c.index.label("block"),
+                results.c.subperiod,
+                results.c.decision,
+                results.c.score,
+                results.c.seq,
+            )
+            .select_from(results)
+            .join(sessions, sessions.c.id == results.c.session_id)
+            .join(participants, participants.c.id == sessions.c.participant_id)
+            .join(blocks, blocks.c.id == sessions.c.block_id)
+            .where(results.c.experiment_id == experiment_id)
+            .order_by(results.c.seq)
+            .offset(offset)
+            .limit(limit)
+        ).mappings()
+        return [dict(r) for r in rows]
+
+
+def list_ticks(engine: Engine, group_id: int) -> list[dict[str, Any]]:
+    """A group's ticks in the order they were due, with scheduled and actual times (epoch seconds)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(ticks).where(ticks.c.group_id == group_id).order_by(ticks.c.scheduled_at, ticks.c.kind.desc())
+        ).mappings()
+        return [
+            {**dict(r), "scheduled_at": to_epoch(r["scheduled_at"]), "actual_at": to_epoch(r["actual_at"])}
             for r in rows
         ]
 

@@ -26,8 +26,9 @@ MAX_BLOCKS = 1_000
 
 _FIELDS = {
     "game", "participants", "group_size", "blocks", "period_length", "num_subperiods",
-    "rate_limit", "bonus_points", "matching", "config",
+    "rate_limit", "bonus_points", "matching", "config", "block_pause",
 }
+MAX_BLOCK_PAUSE = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,7 @@ class ExperimentRequest:
     bonus_points: float
     matching: str
     config: dict[str, Any]
+    block_pause: float = 5.0
 
 
 def _integer(body: dict[str, Any], name: str, default: int | None, low: int, high: int) -> int:
@@ -94,6 +96,9 @@ def parse_request(body: Any) -> ExperimentRequest:
     if num_subperiods is not None:
         num_subperiods = _integer(body, "num_subperiods", None, 1, 100_000)
     rate_limit = _number(body, "rate_limit", None, positive=True, nullable=True)
+    block_pause = _number(body, "block_pause", 5.0, positive=False, nullable=False) or 0.0
+    if not 0 <= block_pause <= MAX_BLOCK_PAUSE:
+        raise BadRequest(f"block_pause: expected seconds from 0 to {MAX_BLOCK_PAUSE:g}, got {block_pause!r}", field="block_pause")
     bonus_points = _number(body, "bonus_points", 0.0, positive=False, nullable=False)
     matching = body.get("matching", "fixed")
     if matching not in MATCHINGS:
@@ -108,7 +113,9 @@ def parse_request(body: Any) -> ExperimentRequest:
         config = game.validate_config(config)
     except ConfigError as exc:
         raise BadRequest(str(exc), field=exc.field) from None
-    return ExperimentRequest(game, participants, group_size, blocks, timing, bonus_points or 0.0, matching, config)
+    return ExperimentRequest(
+        game, participants, group_size, blocks, timing, bonus_points or 0.0, matching, config, block_pause
+    )
 
 
 def plan(request: ExperimentRequest, *, seed: int | None = None) -> NewExperiment:
@@ -139,4 +146,5 @@ def plan(request: ExperimentRequest, *, seed: int | None = None) -> NewExperimen
         participant_codes=[new_code() for _ in range(n)],
         blocks=blocks,
         created_at=time.time(),
+        block_pause=request.block_pause,
     )

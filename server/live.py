@@ -5,37 +5,79 @@ synchronously on the event loop (so actions of one group are ordered), hands the
 writer, and publishes them only from the writer's commit callback. It keeps the *committed*
 state beside the core's: ``hello`` is built from it, so a participant never sees anything that
 is not stored, and a failed commit rolls the core back to it.
+
+:class:`LiveGroups` holds every live group of the process. It is the runner of the design: each
+group's next deadline is one ``loop.call_at`` on the absolute time the core names; at start-up
+it reloads every running period from the database, so a deadline missed while the server was
+down is applied at once (and recorded late). When a period ends it moves the members on to their
+next block's group after the experiment's ``block_pause``. Its :meth:`LiveGroups.control` is the
+Python API for the experimenter's ``start``, ``pause``, ``resume`` and ``end``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from groups import STATE, DecisionGroup, Event, GroupState, Phase, Timing, load_game
+from groups import (
+    RESULT,
+    STATE,
+    DecisionGroup,
+    Event,
+    GroupState,
+    InvalidState,
+    Phase,
+    Timing,
+    current_block,
+    load_game,
+)
 
 from .database import (
     ConnectionChange,
     Database,
+    GroupSpec,
     GroupUpdate,
     NewEvent,
+    NewResult,
+    NewTick,
     Seat,
     Write,
     client_ids,
+    experiment_groups,
+    experiment_row,
+    live_group_ids,
+    load_group,
     load_seat,
+    set_experiment_status,
     to_epoch,
 )
-from .exceptions import NotPersisted
+from .exceptions import WS_4000_REPLACED, NotPersisted
 from .hub import Hub, group_topic
 from .wire import encode, ms
 
+log = logging.getLogger("synclab.live")
 Clock = Callable[[], float]
+ACTIONS = ("start", "pause", "resume", "end")
+
+
+class Member(Protocol):
+    """A participant's connection as a live group sees it (see :class:`server.connection.ClientConnection`)."""
+
+    group: LiveGroup
+    close_code: int | None
+
+    def send(self, data: str) -> None: ...
+
+    def close(self, code: int, reason: str = "") -> None: ...
+
+    def deliver(self, to: frozenset[str] | None, data: str) -> None: ...
 
 
 def _state_from_row(row: dict[str, Any]) -> GroupState:
-    return GroupState(
+    state = GroupState(
         phase=Phase(row["phase"]),
         decisions=dict(row["decisions"] or {}),
         started_at=to_epoch(row["started_at"]),
@@ -44,35 +86,48 @@ def _state_from_row(row: dict[str, Any]) -> GroupState:
         subperiod=int(row["subperiod"] or 0),
         vars=dict(row["vars"] or {}),
     )
+    state.set_clock(row.get("clock"))
+    return state
 
 
 class LiveGroup:
     """One group's authority in this process."""
 
-    def __init__(self, seat: Seat, game: type[DecisionGroup], writer: Any, hub: Hub, clock: Clock) -> None:
-        self.id = seat.group_id
-        self.experiment_id = seat.experiment_id
-        self.experiment_code = seat.experiment_code
-        self.game = seat.game
-        self.block_index = seat.block_index
-        self.member_ids = dict(seat.member_ids)
+    def __init__(
+        self,
+        spec: GroupSpec,
+        game: type[DecisionGroup],
+        writer: Any,
+        hub: Hub,
+        clock: Clock,
+        on_ended: Callable[[LiveGroup], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.id = spec.group_id
+        self.experiment_id = spec.experiment_id
+        self.experiment_code = spec.experiment_code
+        self.game = spec.game
+        self.block_index = spec.block_index
+        self.member_ids = dict(spec.member_ids)
+        self.session_ids = dict(spec.session_ids)
         self.topic = group_topic(self.id)
         self.core = game(
-            seat.members,
-            timing=Timing(seat.period_length, seat.num_subperiods, seat.rate_limit),
-            config=seat.config,
-            state=_state_from_row(seat.group),
+            spec.members,
+            timing=Timing(spec.period_length, spec.num_subperiods, spec.rate_limit),
+            config=spec.config,
+            state=_state_from_row(spec.group),
         )
         self.committed = self.core.state.copy()
-        self.last_seq: int = int(seat.group["last_seq"] or 0)
+        self.last_seq: int = int(spec.group["last_seq"] or 0)
         #: the last ``state`` event: ``{"seq", "ts", "value"}``, repeated to every new connection
-        self.last_state = seat.last_state
+        self.last_state = spec.last_state
         #: per member: client frame id -> its seq, or the future of a frame still being stored
         self.client_ids: dict[str, dict[str, int | asyncio.Future[list[int]]]] = {}
         #: per member: its current connection (the newest replaces the older)
-        self.current: dict[str, Any] = {}
+        self.current: dict[str, Member] = {}
         self._writer = writer
         self._hub = hub
+        self._on_ended = on_ended
         # stored times have microseconds: a frame's ts must equal what a restart reads back
         self._clock: Clock = lambda: round(clock(), 6)
         self._timer: asyncio.TimerHandle | None = None
@@ -93,38 +148,23 @@ class LiveGroup:
         Raises what the core raises (a refused action changes nothing). The future resolves
         to the events' ``seq``s after the commit, or fails with :class:`NotPersisted`.
         """
-        events = action()
+        try:
+            events = action()
+        except BaseException:
+            if self.core.carried:  # what fell due before the refusal is stored all the same
+                self.act(lambda: self.core.tick(self.core.now)).add_done_callback(consume)
+            else:
+                self._reschedule()
+            raise
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         if not events and connection is None:
             future.set_result([])
+            self._reschedule()
             return future
         now = self.core.now
         snapshot = self.core.state.copy()
-        write = Write(
-            self.experiment_id,
-            [
-                NewEvent(
-                    ev.channel,
-                    ev.payload,
-                    now,
-                    self.id,
-                    None if ev.participant is None else self.member_ids[ev.participant],
-                    client_id if ev.participant is not None else None,
-                )
-                for ev in events
-            ],
-            GroupUpdate(
-                self.id,
-                snapshot.phase.value,
-                snapshot.started_at,
-                snapshot.ends_at,
-                snapshot.ended_at,
-                snapshot.subperiod,
-                snapshot.decisions,
-                snapshot.vars,
-            ),
-            connection,
-        )
+        write = self._write(events, now, snapshot, client_id, connection)
+        was_ended = self.committed.phase is Phase.ENDED
 
         def committed(stored: Write) -> None:
             self.committed = snapshot
@@ -135,6 +175,8 @@ class LiveGroup:
                 if ev.to is None or ev.to:  # NOBODY (empty): recorded, not sent
                     self._hub.publish(self.topic, encode(ev.channel, ev.payload, seq=seq, ts=now), ev.to)
             future.set_result(stored.seqs)
+            if not was_ended and snapshot.phase is Phase.ENDED and self._on_ended is not None:
+                self._on_ended(self)
 
         def failed(exc: NotPersisted) -> None:
             self.core.restore(self.committed)
@@ -144,6 +186,67 @@ class LiveGroup:
         self._writer.submit(write, committed, failed)
         self._reschedule()
         return future
+
+    def _write(
+        self,
+        events: list[Event],
+        now: float,
+        snapshot: GroupState,
+        client_id: str | None,
+        connection: ConnectionChange | None,
+    ) -> Write:
+        stored = [
+            NewEvent(
+                ev.channel,
+                ev.payload,
+                now,
+                self.id,
+                None if ev.participant is None else self.member_ids[ev.participant],
+                client_id if ev.participant is not None else None,
+            )
+            for ev in events
+        ]
+        scored = [
+            NewResult(
+                i,
+                self.session_ids[next(iter(ev.to))],
+                ev.payload["subperiod"],
+                ev.payload["decision"],
+                float(ev.payload["score"]),
+            )
+            for i, ev in enumerate(events)
+            if ev.channel == RESULT and ev.to and ev.participant is None
+        ]
+        timed = [
+            NewTick(
+                self.id,
+                ev.tick.kind,
+                ev.tick.index,
+                ev.tick.scheduled_at,
+                ev.tick.actual_at,
+                ev.tick.late,
+                ev.payload["group_decisions"] if isinstance(ev.payload, dict) else dict(snapshot.decisions),
+            )
+            for ev in events
+            if ev.tick is not None
+        ]
+        for tick in timed:
+            if tick.late:
+                log.warning(
+                    "group %s: %s %d ran %.3f s late", self.id, tick.kind, tick.index, tick.actual_at - tick.scheduled_at
+                )
+        group = GroupUpdate(
+            self.id,
+            snapshot.phase.value,
+            snapshot.started_at,
+            snapshot.ends_at,
+            snapshot.ended_at,
+            snapshot.subperiod,
+            snapshot.decisions,
+            snapshot.vars,
+            snapshot.clock(),
+        )
+        return Write(self.experiment_id, stored, group, connection, scored, timed)
 
     def receive(self, participant: str, channel: str, payload: Any, client_id: str | None) -> asyncio.Future[list[int]]:
         """A client frame on a game channel; a repeated ``client_id`` is answered, not stored."""
@@ -168,10 +271,10 @@ class LiveGroup:
             future.add_done_callback(settle)
         return future
 
-    def connect(self, participant: str, connection: ConnectionChange) -> asyncio.Future[list[int]]:
+    def connect(self, participant: str, connection: ConnectionChange | None) -> asyncio.Future[list[int]]:
         return self.act(lambda: self.core.connect(participant, self._clock()), connection=connection)
 
-    def disconnect(self, participant: str, connection: ConnectionChange) -> asyncio.Future[list[int]]:
+    def disconnect(self, participant: str, connection: ConnectionChange | None) -> asyncio.Future[list[int]]:
         return self.act(lambda: self.core.disconnect(participant, self._clock()), connection=connection)
 
     def start(self) -> asyncio.Future[list[int]]:
@@ -180,10 +283,45 @@ class LiveGroup:
     def end(self) -> asyncio.Future[list[int]]:
         return self.act(lambda: self.core.end(self._clock()))
 
+    def pause(self) -> asyncio.Future[list[int]]:
+        return self.act(lambda: self.core.pause(self._clock()))
+
+    def resume(self) -> asyncio.Future[list[int]]:
+        return self.act(lambda: self.core.resume(self._clock()))
+
+    # ------------------------------------------------------------------ members' connections
+
+    def attach(self, participant: str, member: Member, change: ConnectionChange | None, *, hello: bool) -> None:
+        """Make ``member`` the participant's connection to this group and bring it up to date.
+
+        Nothing here awaits: the replayed state and the subscription start at the same
+        committed point, so no frame is missed or repeated.
+        """
+        older = self.current.get(participant)
+        self.current[participant] = member
+        member.group = self
+        if older is not None and older is not member:
+            older.close(WS_4000_REPLACED, "replaced by a newer connection of the same participant")
+        self._hub.subscribe(self.topic, member)
+        if hello:
+            member.send(encode("hello", self.hello(participant)))
+        for frame in self.replay():
+            member.send(frame)
+        self.connect(participant, change).add_done_callback(consume)
+
+    def detach(self, participant: str, member: Member, change: ConnectionChange | None) -> None:
+        """``member`` leaves this group (closed, or moved on to the next block)."""
+        self._hub.unsubscribe(self.topic, member)
+        if self.current.get(participant) is member:
+            del self.current[participant]
+            self.disconnect(participant, change).add_done_callback(consume)
+        elif change is not None:  # replaced: the participant is still here through the newer socket
+            self.act(list, connection=change).add_done_callback(consume)
+
     # ------------------------------------------------------------------ what a new connection sees
 
     def hello(self, participant: str) -> dict[str, Any]:
-        """The whole committed state, for the first frame of a connection."""
+        """The whole committed state, for the first frame of a connection (and of a new block)."""
         state = self.committed
         period = None
         if state.started_at is not None:
@@ -192,6 +330,7 @@ class LiveGroup:
                 "ends_at": None if state.ends_at is None else ms(state.ends_at),
                 "subperiod": state.subperiod if self.core.timing.num_subperiods else None,
                 "num_subperiods": self.core.timing.num_subperiods,
+                "paused_for": state.paused_for,
             }
         return {
             "participant": participant,
@@ -199,6 +338,7 @@ class LiveGroup:
             "members": list(self.core.members),
             "role": self.core.role(participant),
             "block": self.block_index,
+            "num_blocks": self.spec.num_blocks,
             "phase": state.phase.value,
             "group_decisions": dict(state.decisions) if state.phase is not Phase.WAITING else None,
             "period": period,
@@ -234,7 +374,11 @@ class LiveGroup:
     def _due(self) -> None:
         self._timer = None
         self._deadline = None
-        future = self.act(lambda: self.core.tick(self._clock()))
+        try:
+            future = self.act(lambda: self.core.tick(self._clock()))
+        except Exception:
+            log.exception("group %s: the game failed on a tick", self.id)
+            return
         future.add_done_callback(consume)
 
     def close(self) -> None:
@@ -249,7 +393,7 @@ def consume(future: asyncio.Future[Any]) -> None:
 
 
 class LiveGroups:
-    """Every live group of this process, loaded on first use."""
+    """Every live group of this process, loaded on first use (or at start-up if its period runs)."""
 
     def __init__(self, database: Database, writer: Any, hub: Hub, clock: Clock = time.time) -> None:
         self.database = database
@@ -258,27 +402,135 @@ class LiveGroups:
         self.clock = clock
         self.groups: dict[int, LiveGroup] = {}
         self._loading: dict[int, asyncio.Lock] = {}
+        self._moves: dict[int, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def seat(self, code: str) -> tuple[Seat, LiveGroup] | None:
+    async def resume_all(self) -> int:
+        """Load every group whose period runs or is paused; their timers apply what is overdue."""
+        ids = await self.database.read(live_group_ids)
+        for group_id in ids:
+            await self.group(group_id)
+        return len(ids)
+
+    async def group(self, group_id: int) -> LiveGroup:
+        """The live group ``group_id``, loaded once."""
+        group = self.groups.get(group_id)
+        if group is not None:
+            return group
+        lock = self._loading.setdefault(group_id, asyncio.Lock())
+        async with lock:
+            group = self.groups.get(group_id)
+            if group is None:
+                spec = await self.database.read(load_group, group_id)
+                if spec is None:
+                    raise LookupError(f"no group {group_id}")
+                group = LiveGroup(spec, load_game(spec.game), self.writer, self.hub, self.clock, self._ended)
+                self.groups[group_id] = group
+                if group.committed.phase is Phase.ENDED:
+                    self._ended(group)
+        self._loading.pop(group_id, None)
+        return group
+
+    async def seat(self, code: str, now: float | None = None) -> tuple[Seat, LiveGroup] | None:
         """The participant's seat and its live group, or ``None`` for an unknown code."""
-        seat = await self.database.read(load_seat, code)
+        seat = await self.database.read(load_seat, code, self.clock() if now is None else now)
         if seat is None:
             return None
-        group = self.groups.get(seat.group_id)
-        if group is None:
-            lock = self._loading.setdefault(seat.group_id, asyncio.Lock())
-            async with lock:
-                group = self.groups.get(seat.group_id)
-                if group is None:
-                    group = LiveGroup(seat, load_game(seat.game), self.writer, self.hub, self.clock)
-                    self.groups[seat.group_id] = group
-            self._loading.pop(seat.group_id, None)
+        group = await self.group(seat.group_id)
         if code not in group.client_ids:
             ids = await self.database.read(client_ids, seat.participant_id)
             group.client_ids.setdefault(code, dict(ids))
         return seat, group
 
+    # ------------------------------------------------------------------ blocks
+
+    def _ended(self, group: LiveGroup) -> None:
+        """A period ended: after the pause, move whoever is connected on to the next block."""
+        if group.spec.last_block or group.id in self._moves:
+            return
+        ended_at = group.committed.ended_at or self.clock()
+        due = ended_at + group.spec.block_pause
+        loop = asyncio.get_running_loop()
+        self._moves[group.id] = loop.call_at(
+            loop.time() + max(0.0, due - self.clock()), lambda: self._spawn(self._move_on(group, due))
+        )
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _move_on(self, group: LiveGroup, due: float) -> None:
+        self._moves.pop(group.id, None)
+        try:
+            row = await self.database.read(experiment_row, group.experiment_code)
+            if row is None or row["status"] == "cancelled":
+                return
+            for code, member in list(group.current.items()):
+                seated = await self.seat(code, max(self.clock(), due))
+                if seated is None or seated[1] is group:
+                    continue
+                if group.current.get(code) is not member or member.close_code is not None:
+                    continue  # gone or replaced while we looked the next group up
+                group.detach(code, member, None)
+                seated[1].attach(code, member, None, hello=getattr(member, "route", "synclab") == "synclab")
+        except Exception:
+            log.exception("group %s: moving members to the next block failed", group.id)
+
+    # ------------------------------------------------------------------ the experimenter
+
+    async def control(self, experiment_code: str, action: str, group_id: int | None = None) -> list[int]:
+        """``start``, ``pause``, ``resume`` or ``end`` an experiment (or one of its groups).
+
+        ``start`` forces the waiting groups that are every member's current group; ``pause``
+        and ``resume`` take the running and paused ones; ``end`` ends every period not ended
+        (a whole experiment ended this way is ``cancelled``). Returns the groups acted on,
+        once their events are stored. Raises :class:`LookupError` for an unknown experiment
+        or group and :class:`ValueError` for an unknown action.
+        """
+        if action not in ACTIONS:
+            raise ValueError(f"expected an action in {list(ACTIONS)}, got {action!r}")
+        row = await self.database.read(experiment_row, experiment_code)
+        if row is None:
+            raise LookupError(f"no experiment with code {experiment_code!r}")
+        places = await self.database.read(experiment_groups, row["id"])
+        if group_id is not None:
+            places = [p for p in places if p.group_id == group_id]
+            if not places:
+                raise LookupError(f"no group {group_id} in experiment {experiment_code!r}")
+        now = self.clock()
+        if action == "start":
+            every = await self.database.read(experiment_groups, row["id"])
+            here: dict[int, list[Any]] = {}
+            for p in every:
+                for member in p.members:
+                    here.setdefault(member, []).append(p)
+            current = {m: gs[current_block([(g.phase, g.ended_at) for g in gs], now, 0.0)].group_id
+                       for m, gs in here.items()}
+            targets = [p for p in places if p.phase is Phase.WAITING and all(current[m] == p.group_id for m in p.members)]
+        elif action == "pause":
+            targets = [p for p in places if p.phase is Phase.RUNNING]
+        elif action == "resume":
+            targets = [p for p in places if p.phase is Phase.PAUSED]
+        else:
+            targets = [p for p in places if p.phase is not Phase.ENDED]
+            if group_id is None and row["status"] in ("pending", "running"):
+                await self.database.write(set_experiment_status, row["id"], "cancelled", now)
+        done: list[int] = []
+        for place in targets:
+            live = await self.group(place.group_id)
+            try:
+                future = getattr(live, action)()
+            except InvalidState:
+                continue  # it changed since we looked: nothing to do for it
+            await future
+            done.append(place.group_id)
+        return done
+
     def close(self) -> None:
+        for handle in self._moves.values():
+            handle.cancel()
+        for task in self._tasks:
+            task.cancel()
         for group in self.groups.values():
             group.close()
-

@@ -43,6 +43,8 @@ class Experiment(SQLModel, table=True):
     num_participants: int
     group_size: int
     num_blocks: int
+    #: seconds between the end of a group's period and its members' next block
+    block_pause: float = 5.0
     created_at: datetime = _time(nullable=False)
     started_at: datetime | None = _time()
     finished_at: datetime | None = _time()
@@ -89,6 +91,8 @@ class Group(SQLModel, table=True):
     subperiod: int = 0
     decisions: dict[str, Any] | None = _json()
     vars: dict[str, Any] | None = _json()
+    #: the rest of the core's clock: pauses, the flow integral, the rate limit (``GroupState.clock``)
+    clock: dict[str, Any] | None = _json()
     last_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
 
 
@@ -144,6 +148,7 @@ class Session(SQLModel, table=True):
     __tablename__ = "sessions"
     __table_args__ = (UniqueConstraint("participant_id", "block_id"),)
     id: int | None = Field(default=None, primary_key=True)
+    experiment_id: int = Field(foreign_key="experiments.id", index=True)
     participant_id: int = Field(foreign_key="participants.id", index=True)
     block_id: int = Field(foreign_key="blocks.id", index=True)
     group_id: int = Field(foreign_key="groups.id")
@@ -160,6 +165,9 @@ class Result(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("session_id", "subperiod"),)
     id: int | None = Field(default=None, primary_key=True)
     session_id: int = Field(foreign_key="sessions.id", index=True)
+    experiment_id: int = Field(foreign_key="experiments.id", index=True)
+    #: the ``result`` event that reported it to the participant
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
     subperiod: int | None = None
     decision: Any = _json()
     score: float = 0.0
@@ -176,4 +184,6 @@ class Tick(SQLModel, table=True):
     index: int
     scheduled_at: datetime = _time(nullable=False)
     actual_at: datetime = _time(nullable=False)
+    #: ran more than ``groups.LATE_AFTER`` after it was due (e.g. applied after a restart)
+    late: bool = False
     snapshot: dict[str, Any] | None = _json()

@@ -47,7 +47,11 @@ class Runtime:
         writer = EventWriter(database, max_batch=settings.writer_max_batch)
         writer.start()
         hub = MemoryHub()
-        return cls(settings, database, writer, hub, LiveGroups(database, writer, hub), token)
+        groups = LiveGroups(database, writer, hub)
+        resumed = await groups.resume_all()
+        if resumed:
+            log.warning("synclab: resumed %d running periods from the database", resumed)
+        return cls(settings, database, writer, hub, groups, token)
 
     async def close(self) -> None:
         self.groups.close()

@@ -131,7 +131,9 @@ def test_a_decision_after_the_end_is_refused_and_the_end_is_still_reported() -> 
         group.receive("row", DECISIONS, 1.0, T0 + 10.5)
     assert group.phase is Phase.ENDED
     assert group.state.ended_at == T0 + 10
+    assert group.carried
     carried = group.tick(T0 + 10.6)
+    assert not group.carried
     assert [e.channel for e in carried] == [RESULT, RESULT, STATE]
     assert carried[-1].payload == PERIOD_END
 
