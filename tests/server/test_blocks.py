@@ -1,0 +1,229 @@
+"""Blocks, scores and the experimenter's controls on a real server and a real clock."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from server.database import list_ticks
+from tests.server.harness import Client, Harness, timeout
+
+PD = {"AA": [3, 3], "AB": [0, 5], "BA": [5, 0], "BB": [1, 1]}
+
+
+async def until_state(client: Client, value: str, wait: float = 10.0) -> dict[str, Any]:
+    async with asyncio.timeout(timeout(wait)):
+        while True:
+            frame = await client.expect("state", wait)
+            if frame["payload"] == value:
+                return frame
+
+
+async def get(server: Harness, path: str) -> Any:
+    response = await server.http.get(path, params={"page_size": 1000})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def decide(client: Client, value: Any, frame_id: str) -> int:
+    await client.send("decisions", value, frame_id)
+    ack = await client.expect("ack")
+    assert ack["payload"]["id"] == frame_id
+    seq: int = ack["payload"]["seq"]
+    return seq
+
+
+def epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+async def test_two_blocks_back_to_back_score_by_the_payoff_table(server: Harness) -> None:
+    """Block 0: row A, col B (row 0, col 5 per unit); block 1: both A (3 each). N = 2, bonus 1.5.
+
+    Each subperiod scores payoff / 2, so block 0 ends row 0 + 1.5, col 5 + 1.5; block 1 ends
+    3 + 1.5 each. Members move on after the 0.3 s pause with a new hello, and the experiment is done.
+    """
+    exp = await server.create(
+        participants=2, group_size=2, blocks=2, period_length=2, num_subperiods=2, bonus_points=1.5,
+        block_pause=0.3, config={"payoffs": PD},
+    )
+    code = exp["code"]
+    row, col = [await server.connect(p["code"]) for p in exp["participants"]]
+    for client in (row, col):
+        hello = (await client.expect("hello"))["payload"]
+        assert hello["block"] == 0 and hello["num_blocks"] == 2
+    await until_state(row, "period_start")
+    await decide(row, 1.0, "r0")
+    await decide(col, 0.0, "c0")
+    end0 = await until_state(row, "period_end")
+    moved = await row.expect("hello")
+    assert moved["payload"]["block"] == 1
+    assert moved["payload"]["server_time"] - end0["ts"] >= 300 - 5
+    await until_state(row, "period_start")
+    await until_state(col, "period_start")
+    await decide(row, 1.0, "r1")
+    await decide(col, 1.0, "c1")
+    await until_state(row, "period_end")
+    await until_state(col, "period_end")
+
+    private = [f["payload"] for f in row.frames if f["channel"] == "result"]
+    assert [(r["subperiod"], r["score"]) for r in private] == [(0, 0.0), (1, 0.0), (0, 1.5), (1, 1.5)]
+    assert [f["payload"]["score"] for f in col.frames if f["channel"] == "result"] == [2.5, 2.5, 1.5, 1.5]
+
+    async with asyncio.timeout(timeout(5)):
+        while (await get(server, f"/api/experiments/{code}"))["status"] != "done":
+            await asyncio.sleep(0.05)
+    sessions = (await get(server, f"/api/experiments/{code}/sessions"))["results"]
+    rc = {p["code"]: p["label"] for p in exp["participants"]}
+    scores = {(rc[s["participant"]], s["block"]): s["final_score"] for s in sessions}
+    assert scores == {("P1", 0): 1.5, ("P2", 0): 6.5, ("P1", 1): 4.5, ("P2", 1): 4.5}
+    assert all(s["started_at"] and s["finished_at"] for s in sessions)
+    results = (await get(server, f"/api/experiments/{code}/results"))
+    assert results["count"] == 8
+    for s in sessions:
+        mine = [r for r in results["results"] if r["participant"] == s["participant"] and r["block"] == s["block"]]
+        assert len(mine) == 2 and s["final_score"] == pytest.approx(sum(r["score"] for r in mine) + 1.5)
+
+    for group_id in {moved["payload"]["group"], (row.frames[0]["payload"])["group"]}:
+        ticks = await server.runtime.database.read(list_ticks, group_id)
+        assert [(t["kind"], t["index"]) for t in ticks] == [("subperiod", 0), ("subperiod", 1), ("period_end", 0)]
+        assert all(abs(t["actual_at"] - t["scheduled_at"]) <= 0.05 and not t["late"] for t in ticks)
+
+
+async def test_continuous_time_scores_the_integral_of_the_decision_events(any_server: Harness) -> None:
+    """One result per member: the time-weighted flow payoff, recomputed here from the stored events."""
+    server = any_server
+    exp = await server.create(participants=2, group_size=2, period_length=1.5, config={"payoffs": PD})
+    row, col = [await server.connect(p["code"]) for p in exp["participants"]]
+    await until_state(row, "period_start")
+    await asyncio.sleep(0.2)
+    await decide(row, 1.0, "r")
+    await asyncio.sleep(0.3)
+    await decide(col, 0.25, "c")
+    await until_state(row, "period_end")
+    await until_state(col, "period_end")
+
+    events = await server.events(exp["code"])
+    start = next(epoch(e["timestamp"]) for e in events if e["value"] == "period_start")
+    end = start + 1.5
+    codes = [p["code"] for p in exp["participants"]]
+    decisions = {codes[0]: 0.5, codes[1]: 0.5}
+    integral = dict.fromkeys(codes, 0.0)
+    at = start
+    changes = [(epoch(e["timestamp"]), e["participant"], e["value"]) for e in events if e["channel"] == "decisions"]
+    for t, who, value in [*changes, (end, None, None)]:
+        p, q = decisions[codes[0]], decisions[codes[1]]
+        flows = {
+            codes[0]: 3 * p * q + 0 * p * (1 - q) + 5 * (1 - p) * q + 1 * (1 - p) * (1 - q),
+            codes[1]: 3 * p * q + 5 * p * (1 - q) + 0 * (1 - p) * q + 1 * (1 - p) * (1 - q),
+        }
+        for c in codes:
+            integral[c] += flows[c] * (t - at)
+        at = t
+        if who is not None:
+            decisions[who] = value
+    results = (await get(server, f"/api/experiments/{exp['code']}/results"))["results"]
+    assert len(results) == 2
+    for r in results:
+        assert r["subperiod"] is None
+        assert r["score"] == pytest.approx(integral[r["participant"]] / 1.5, abs=1e-6)
+    assert {r["participant"]: r["decision"] for r in results} == {codes[0]: 1.0, codes[1]: 0.25}
+
+
+async def test_the_rate_limit_coalesces_broadcasts_and_ends_with_the_latest(server: Harness) -> None:
+    """rate_limit 0.5 s: five quick decisions are all stored, but the partner sees one broadcast of the last."""
+    exp = await server.create(participants=2, group_size=2, period_length=3, rate_limit=0.5)
+    row, col = [await server.connect(p["code"]) for p in exp["participants"]]
+    start = await until_state(col, "period_start")
+    first = await col.expect("group_decisions")
+    for i, value in enumerate((0.1, 0.2, 0.3, 0.4, 0.9)):
+        await decide(row, value, f"d{i}")
+    flushed = await col.expect("group_decisions")
+    assert flushed["payload"][exp["participants"][0]["code"]] == 0.9
+    assert flushed["ts"] - first["ts"] >= 500 - 1, "sooner than the rate limit"
+    assert flushed["ts"] - start["ts"] <= 500 + 50, "the waiting broadcast came late"
+    assert await col.silent(0.7)  # nothing more to say until somebody decides
+    stored = [e for e in await server.events(exp["code"]) if e["channel"] == "decisions"]
+    assert [e["value"] for e in stored] == [0.1, 0.2, 0.3, 0.4, 0.9]
+
+
+async def test_pause_and_resume_move_the_end_by_the_pause(server: Harness) -> None:
+    """Paused 0.6 s: decisions are refused meanwhile, and period_end comes 0.6 s later than planned."""
+    exp = await server.create(participants=2, group_size=2, period_length=1.5)
+    code = exp["code"]
+    row, col = [await server.connect(p["code"]) for p in exp["participants"]]
+    start = await until_state(row, "period_start")
+    assert await server.runtime.groups.control(code, "pause") != []
+    paused = await row.expect("period")
+    assert paused["payload"]["status"] == "paused"
+    await row.send("decisions", 1.0, "refused")
+    refused = await row.expect("error")
+    assert refused["payload"]["code"] == "not_running" and refused["payload"]["id"] == "refused"
+    assert (await get(server, f"/api/experiments/{code}"))["status"] == "running"
+    await asyncio.sleep(0.6)
+    assert await server.runtime.groups.control(code, "resume") != []
+    resumed = (await row.expect("period"))["payload"]
+    pause = (resumed["ends_at"] - start["ts"] - 1500) / 1000
+    assert pause == pytest.approx(0.6, abs=0.1)
+    end = await until_state(row, "period_end")
+    assert abs(end["ts"] - resumed["ends_at"]) <= 50
+    hello = (await (await server.connect(exp["participants"][1]["code"])).expect("hello"))["payload"]
+    assert hello["period"]["ends_at"] == resumed["ends_at"]
+
+
+async def test_ending_an_experiment_cancels_it_and_nobody_moves_on(server: Harness) -> None:
+    """end: period_end now, the experiment `cancelled`, sessions of the played block finished, no block 1."""
+    exp = await server.create(participants=2, group_size=2, blocks=2, period_length=30, block_pause=0.1)
+    code = exp["code"]
+    row, col = [await server.connect(p["code"]) for p in exp["participants"]]
+    await until_state(row, "period_start")
+    ended = await server.runtime.groups.control(code, "end")
+    assert len(ended) == 2  # the running group and the waiting group of block 1
+    await until_state(row, "period_end")
+    assert await row.silent(0.4)  # no hello for block 1
+    detail = await get(server, f"/api/experiments/{code}")
+    assert detail["status"] == "cancelled" and detail["finished_at"]
+    sessions = (await get(server, f"/api/experiments/{code}/sessions"))["results"]
+    assert [(s["block"], bool(s["finished_at"])) for s in sessions] == [(0, True), (0, True), (1, False), (1, False)]
+    with pytest.raises(ValueError):
+        await server.runtime.groups.control(code, "explode")
+    with pytest.raises(LookupError):
+        await server.runtime.groups.control("nope", "end")
+
+
+async def test_start_forces_a_group_whose_member_is_missing(server: Harness) -> None:
+    """One of two members connects; start begins the period; the latecomer joins it running."""
+    exp = await server.create(participants=2, group_size=2, period_length=5)
+    row = await server.connect(exp["participants"][0]["code"])
+    assert (await row.expect("hello"))["payload"]["phase"] == "waiting"
+    assert len(await server.runtime.groups.control(exp["code"], "start")) == 1
+    await until_state(row, "period_start")
+    assert await server.runtime.groups.control(exp["code"], "start") == []  # nothing waits any more
+    late = await server.connect(exp["participants"][1]["code"])
+    assert (await late.expect("hello"))["payload"]["phase"] == "running"
+
+
+async def test_random_matching_regroups_everyone_each_block_until_done(server: Harness) -> None:
+    """4 participants in pairs, 3 blocks: every block's hellos form a partition, and all 12 sessions finish."""
+    exp = await server.create(
+        game="public_goods", participants=4, group_size=2, blocks=3, period_length=0.4, matching="random",
+        block_pause=0,
+    )
+    clients = [await server.connect(p["code"]) for p in exp["participants"]]
+    for client in clients:
+        for _ in range(3):
+            await until_state(client, "period_end")
+    for block in range(3):
+        hellos = [next(f["payload"] for f in c.frames if f["channel"] == "hello" and f["payload"]["block"] == block)
+                  for c in clients]
+        groups = {h["group"]: tuple(h["members"]) for h in hellos}
+        assert sorted(p for members in groups.values() for p in members) == sorted(p["code"] for p in exp["participants"])
+        assert all(h["participant"] in groups[h["group"]] for h in hellos)
+    async with asyncio.timeout(timeout(5)):
+        while (await get(server, f"/api/experiments/{exp['code']}"))["status"] != "done":
+            await asyncio.sleep(0.05)
+    sessions = (await get(server, f"/api/experiments/{exp['code']}/sessions"))
+    assert sessions["count"] == 12 and all(s["finished_at"] for s in sessions["results"])
