@@ -36,6 +36,15 @@ async def decide(client: Client, value: Any, frame_id: str) -> int:
     return seq
 
 
+async def wait_for_status(server: Harness, code: str, status: str, wait: float = 5.0) -> None:
+    """Poll the experiment until its status is ``status`` (at most ``wait`` seconds)."""
+    for _ in range(int(timeout(wait) / 0.05)):
+        if (await get(server, f"/api/experiments/{code}"))["status"] == status:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"experiment {code} never became {status}")
+
+
 def epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
@@ -73,9 +82,7 @@ async def test_two_blocks_back_to_back_score_by_the_payoff_table(server: Harness
     assert [(r["subperiod"], r["score"]) for r in private] == [(0, 0.0), (1, 0.0), (0, 1.5), (1, 1.5)]
     assert [f["payload"]["score"] for f in col.frames if f["channel"] == "result"] == [2.5, 2.5, 1.5, 1.5]
 
-    async with asyncio.timeout(timeout(5)):
-        while (await get(server, f"/api/experiments/{code}"))["status"] != "done":
-            await asyncio.sleep(0.05)
+    await wait_for_status(server, code, "done")
     sessions = (await get(server, f"/api/experiments/{code}/sessions"))["results"]
     rc = {p["code"]: p["label"] for p in exp["participants"]}
     scores = {(rc[s["participant"]], s["block"]): s["final_score"] for s in sessions}
@@ -154,7 +161,7 @@ async def test_pause_and_resume_move_the_end_by_the_pause(server: Harness) -> No
     """Paused 0.6 s: decisions are refused meanwhile, and period_end comes 0.6 s later than planned."""
     exp = await server.create(participants=2, group_size=2, period_length=1.5)
     code = exp["code"]
-    row, col = [await server.connect(p["code"]) for p in exp["participants"]]
+    row, _col = [await server.connect(p["code"]) for p in exp["participants"]]
     start = await until_state(row, "period_start")
     assert await server.runtime.groups.control(code, "pause") != []
     paused = await row.expect("period")
@@ -178,7 +185,7 @@ async def test_ending_an_experiment_cancels_it_and_nobody_moves_on(server: Harne
     """end: period_end now, the experiment `cancelled`, sessions of the played block finished, no block 1."""
     exp = await server.create(participants=2, group_size=2, blocks=2, period_length=30, block_pause=0.1)
     code = exp["code"]
-    row, col = [await server.connect(p["code"]) for p in exp["participants"]]
+    row, _col = [await server.connect(p["code"]) for p in exp["participants"]]
     await until_state(row, "period_start")
     ended = await server.runtime.groups.control(code, "end")
     assert len(ended) == 2  # the running group and the waiting group of block 1
@@ -222,8 +229,6 @@ async def test_random_matching_regroups_everyone_each_block_until_done(server: H
         groups = {h["group"]: tuple(h["members"]) for h in hellos}
         assert sorted(p for members in groups.values() for p in members) == sorted(p["code"] for p in exp["participants"])
         assert all(h["participant"] in groups[h["group"]] for h in hellos)
-    async with asyncio.timeout(timeout(5)):
-        while (await get(server, f"/api/experiments/{exp['code']}"))["status"] != "done":
-            await asyncio.sleep(0.05)
+    await wait_for_status(server, exp["code"], "done")
     sessions = (await get(server, f"/api/experiments/{exp['code']}/sessions"))
     assert sessions["count"] == 12 and all(s["finished_at"] for s in sessions["results"])
