@@ -897,6 +897,52 @@ def list_ticks(engine: Engine, group_id: int) -> list[dict[str, Any]]:
         ]
 
 
+# --------------------------------------------------------------------------- one session (the MUSCLE helpers)
+
+
+def find_session(engine: Engine, participant_code: str, block: int) -> dict[str, Any] | None:
+    """The session of participant ``participant_code`` in block ``block`` (its index), with its block's bonus."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            _session_query()
+            .add_columns(sessions.c.block_id, blocks.c.bonus_points)
+            .where(and_(participants.c.code == participant_code, blocks.c.index == block))
+        ).mappings().first()
+        return None if row is None else {**_session_row(row), "id": row["id"], "block_id": row["block_id"],
+                                         "bonus_points": row["bonus_points"]}
+
+
+def session_results(engine: Engine, session_id: int) -> list[dict[str, Any]]:
+    """A session's results in the order they were scored."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(results.c.seq, results.c.subperiod, results.c.decision, results.c.score)
+            .where(results.c.session_id == session_id)
+            .order_by(results.c.seq)
+        ).mappings()
+        return [dict(r) for r in rows]
+
+
+def block_final_scores(engine: Engine, block_id: int, finished_only: bool) -> list[float]:
+    """The final scores of every session of a block (only finished ones if asked)."""
+    with engine.connect() as conn:
+        query = select(sessions.c.final_score).where(sessions.c.block_id == block_id)
+        if finished_only:
+            query = query.where(sessions.c.finished_at.is_not(None))
+        return [float(r[0]) for r in conn.execute(query)]
+
+
+def merge_session_json(engine: Engine, session_id: int, data: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``data`` into a session's ``json_data`` (its keys win) in one transaction; returns the result."""
+    with engine.begin() as conn:
+        current = conn.execute(
+            select(sessions.c.json_data).where(sessions.c.id == session_id).with_for_update()
+        ).scalar_one()
+        merged = {**(current or {}), **data}
+        conn.execute(update(sessions).where(sessions.c.id == session_id).values(json_data=merged))
+        return merged
+
+
 # --------------------------------------------------------------------------- async facade
 
 

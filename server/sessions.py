@@ -1,0 +1,94 @@
+"""A participant's session in a block, with MUSCLE's helpers, for Python code beside the server.
+
+Every method reads or writes the database, synchronously: call them from a thread (e.g.
+``await runtime.database.read(lambda engine: SessionRecord.load(engine, code, 0).rank())``),
+never on the event loop::
+
+    record = SessionRecord.load(engine, participant_code, block=0)
+    record.total_score()           # bonus_points + the sum of its results' scores
+    record.rank()                  # 1 for the best final_score of the block (ties share a rank)
+    record.percentile_rank(exclude_unfinished=True)
+    record.last_result()           # the latest result, or None
+    record.save_json_data({"survey": {...}})   # merged into json_data
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+
+from .database import block_final_scores, find_session, merge_session_json, session_results
+
+
+@dataclass
+class SessionRecord:
+    """One participant in one block: ``started_at``, ``finished_at``, ``json_data``, ``final_score``."""
+
+    engine: Engine = field(repr=False)
+    id: int
+    participant: str
+    block: int
+    block_id: int
+    group: int
+    started_at: str | None
+    finished_at: str | None
+    final_score: float
+    bonus_points: float
+    json_data: dict[str, Any]
+
+    @classmethod
+    def load(cls, engine: Engine, participant: str, block: int) -> SessionRecord | None:
+        """The session of ``participant`` (its code) in block ``block`` (its index), or ``None``."""
+        row = find_session(engine, participant, block)
+        if row is None:
+            return None
+        return cls(
+            engine=engine,
+            id=row["id"],
+            participant=row["participant"],
+            block=row["block"],
+            block_id=row["block_id"],
+            group=row["group"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            final_score=float(row["final_score"]),
+            bonus_points=float(row["bonus_points"] or 0.0),
+            json_data=dict(row["json_data"] or {}),
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+    def results(self) -> list[dict[str, Any]]:
+        """Its results in the order they were scored: ``seq, subperiod, decision, score``."""
+        return session_results(self.engine, self.id)
+
+    def total_score(self) -> float:
+        """``bonus_points`` plus the sum of its results' scores (``final_score`` once finished)."""
+        return self.bonus_points + sum(float(r["score"]) for r in self.results())
+
+    def rank(self) -> int:
+        """1 + how many distinct final scores of the block are higher (MUSCLE's dense rank)."""
+        higher = {s for s in block_final_scores(self.engine, self.block_id, False) if s > self.final_score}
+        return len(higher) + 1
+
+    def percentile_rank(self, exclude_unfinished: bool) -> float:
+        """The percentage of the block's sessions scoring below it, ties counted half (0 for none)."""
+        scores = block_final_scores(self.engine, self.block_id, exclude_unfinished)
+        if not scores:
+            return 0.0
+        lower_or_equal = sum(s <= self.final_score for s in scores)
+        equal = sum(s == self.final_score for s in scores)
+        return 100.0 * (lower_or_equal - 0.5 * equal) / len(scores)
+
+    def last_result(self) -> dict[str, Any] | None:
+        """Its latest result, or ``None`` before the first."""
+        results = self.results()
+        return results[-1] if results else None
+
+    def save_json_data(self, data: dict[str, Any]) -> None:
+        """Merge ``data`` into ``json_data`` (its keys overwrite) and store it."""
+        self.json_data = merge_session_json(self.engine, self.id, data)

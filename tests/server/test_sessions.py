@@ -1,0 +1,97 @@
+"""Sessions with MUSCLE's helpers: total_score, rank, percentile_rank, last_result, save_json_data."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, update
+
+from server.database import create_schema, insert_experiment, make_engine, sessions, to_datetime
+from server.experiments import parse_request, plan
+from server.sessions import SessionRecord
+from tests.server.harness import Harness
+from tests.server.test_blocks import until_state, wait_for_status
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    create_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+def scored(engine: Engine, scores: list[float | None]) -> list[str]:
+    """A one-block experiment whose sessions have these final scores (None: not finished)."""
+    spec = plan(parse_request({"game": "public_goods", "participants": len(scores), "group_size": 2}),
+                seed=random.randrange(1000))
+    experiment_id = insert_experiment(engine, spec)
+    with engine.begin() as conn:
+        rows = conn.execute(
+            sessions.select().where(sessions.c.experiment_id == experiment_id).order_by(sessions.c.participant_id)
+        ).mappings().all()
+        for row, score in zip(rows, scores, strict=True):
+            if score is not None:
+                conn.execute(
+                    update(sessions).where(sessions.c.id == row["id"]).values(
+                        final_score=score, started_at=to_datetime(1.0), finished_at=to_datetime(2.0)
+                    )
+                )
+    return spec.participant_codes
+
+
+def test_rank_is_dense_and_ties_share_it(engine: Engine) -> None:
+    """Scores 9, 7, 7, 3: ranks 1, 2, 2, 3 (MUSCLE counts distinct higher scores)."""
+    codes = scored(engine, [9.0, 7.0, 7.0, 3.0])
+    ranks = [SessionRecord.load(engine, c, 0).rank() for c in codes]  # type: ignore[union-attr]
+    assert ranks == [1, 2, 2, 3]
+
+
+def test_percentile_rank_counts_ties_half_and_may_leave_out_the_unfinished(engine: Engine) -> None:
+    """Scores 9, 7, 7 and one unfinished (0): 7 is above 1 of 4 plus half of 2 ties → 50; of 3 finished → 33.3."""
+    codes = scored(engine, [9.0, 7.0, 7.0, None])
+    seven = SessionRecord.load(engine, codes[1], 0)
+    assert seven is not None and seven.finished
+    assert seven.percentile_rank(exclude_unfinished=False) == pytest.approx(100 * (3 - 1) / 4)
+    assert seven.percentile_rank(exclude_unfinished=True) == pytest.approx(100 * (2 - 1) / 3)
+    nine = SessionRecord.load(engine, codes[0], 0)
+    assert nine is not None and nine.percentile_rank(exclude_unfinished=True) == pytest.approx(100 * 2.5 / 3)
+    unfinished = SessionRecord.load(engine, codes[3], 0)
+    assert unfinished is not None and not unfinished.finished and unfinished.last_result() is None
+
+
+def test_save_json_data_merges_and_stores(engine: Engine) -> None:
+    """Later keys overwrite, others stay; a fresh load sees the merged value."""
+    code = scored(engine, [1.0, 1.0])[0]
+    record = SessionRecord.load(engine, code, 0)
+    assert record is not None and record.json_data == {}
+    record.save_json_data({"a": 1, "b": {"x": 1}})
+    record.save_json_data({"b": 2, "c": [3]})
+    assert record.json_data == {"a": 1, "b": 2, "c": [3]}
+    assert SessionRecord.load(engine, code, 0).json_data == {"a": 1, "b": 2, "c": [3]}  # type: ignore[union-attr]
+    assert SessionRecord.load(engine, code, 5) is None
+    assert SessionRecord.load(engine, "nobody", 0) is None
+
+
+async def test_a_played_session_totals_its_results(server: Harness) -> None:
+    """After a 3-subperiod period, total_score() equals the stored final_score and last_result is subperiod 2."""
+    exp = await server.create(
+        game="public_goods", participants=2, group_size=2, period_length=0.6, num_subperiods=3, bonus_points=2
+    )
+    a, _b = [await server.connect(p["code"]) for p in exp["participants"]]
+    await until_state(a, "period_start")
+    await a.send("decisions", 4, "x")
+    await until_state(a, "period_end")
+    await wait_for_status(server, exp["code"], "done")
+
+    def check(engine: Engine) -> tuple[float, float, dict[str, object] | None, int]:
+        record = SessionRecord.load(engine, exp["participants"][0]["code"], 0)
+        assert record is not None
+        return record.total_score(), record.final_score, record.last_result(), record.rank()
+
+    total, final, last, rank = await server.runtime.database.read(check)
+    assert total == pytest.approx(final) and final > 2
+    assert last is not None and last["subperiod"] == 2
+    assert rank == 2  # the one who contributed earns less than the one who kept everything
