@@ -15,7 +15,7 @@ from .database import (
     insert_experiment,
     make_engine,
 )
-from .exceptions import SettingsError
+from .exceptions import SchemaError, SettingsError
 from .experiments import parse_request, plan
 from .runtime import admin_token
 from .settings import Settings
@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             _demo(settings, base)
         _serve(settings, args.host, port, args.workers)
-    except SettingsError as exc:
+    except (SettingsError, SchemaError) as exc:
         print(f"synclab: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -24,6 +24,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
     text,
     update,
@@ -36,6 +37,7 @@ from sqlmodel import SQLModel
 from groups import Phase, current_block
 
 from . import models
+from .exceptions import SchemaError
 
 T = TypeVar("T")
 
@@ -146,6 +148,15 @@ def create_schema(engine: Engine) -> None:
             conn.execute(CreateTable(table, if_not_exists=True))
             for index in sorted(table.indexes, key=lambda i: str(i.name)):
                 conn.execute(CreateIndex(index, if_not_exists=True))
+        stored = inspect(conn)
+        for table in SQLModel.metadata.sorted_tables:
+            have = {c["name"] for c in stored.get_columns(table.name)}
+            missing = [c.name for c in table.columns if c.name not in have]
+            if missing:
+                raise SchemaError(
+                    f"the database {engine.url.render_as_string(hide_password=True)} was made by an older synclab: "
+                    f"table {table.name!r} lacks {missing}. There are no migrations yet; use a new database."
+                )
 
 
 # --------------------------------------------------------------------------- meta

@@ -38,6 +38,10 @@ class SettingsError(SynclabError):
     """An environment value is refused."""
 
 
+class SchemaError(SynclabError):
+    """The database holds tables of another synclab version (there are no migrations yet)."""
+
+
 class ApiError(SynclabError):
     status = 400
 
