@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
+from groups import PublicGoods
 from server.database import list_ticks
 from tests.server.harness import Client, Harness, timeout
 
@@ -232,3 +233,27 @@ async def test_random_matching_regroups_everyone_each_block_until_done(server: H
     await wait_for_status(server, exp["code"], "done")
     sessions = (await get(server, f"/api/experiments/{exp['code']}/sessions"))
     assert sessions["count"] == 12 and all(s["finished_at"] for s in sessions["results"])
+
+
+class Patient(PublicGoods):
+    """public_goods that waits for anyone who drops out (found by its import path)."""
+
+    pause_when_disconnected: ClassVar[bool] = True
+
+
+async def test_a_game_that_pauses_on_disconnect_waits_for_the_member(server: Harness) -> None:
+    """A member leaves: the partner sees `period` paused; the member is back 0.5 s later: resumed, end moved."""
+    exp = await server.create(game="tests.server.test_blocks:Patient", participants=2, group_size=2, period_length=2)
+    a, b = [await server.connect(p["code"]) for p in exp["participants"]]
+    start = await until_state(a, "period_start")
+    await b.close()
+    paused = (await a.expect("period"))["payload"]
+    assert paused == {**paused, "status": "paused", "paused_by": "disconnect"}
+    await asyncio.sleep(0.5)
+    back = await server.connect(exp["participants"][1]["code"])
+    assert (await back.expect("hello"))["payload"]["phase"] == "paused"  # the state before it came back
+    resumed = (await a.expect("period"))["payload"]
+    assert resumed["status"] == "running"
+    assert resumed["ends_at"] - start["ts"] - 2000 == pytest.approx(500, abs=100)
+    end = await until_state(back, "period_end")
+    assert abs(end["ts"] - resumed["ends_at"]) <= 50
