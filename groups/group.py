@@ -311,10 +311,8 @@ class DecisionGroup:
 
     def start(self, now: float) -> list[Event]:
         """Start the period now, whoever is connected (the experimenter forces it)."""
-        mark = self._begin(None, now)
-        if self.state.phase is not Phase.WAITING:
-            self._refuse(mark)
-            raise InvalidState(f"start: the group is {self.state.phase.value}, not waiting")
+        self._begin(None, now)
+        self._expect("start", Phase.WAITING)
         self._start_period()
         return self._flush()
 
@@ -327,19 +325,15 @@ class DecisionGroup:
 
     def pause(self, now: float) -> list[Event]:
         """Stop the period's clock (the experimenter pauses it)."""
-        mark = self._begin(None, now)
-        if self.state.phase is not Phase.RUNNING:
-            self._refuse(mark)
-            raise InvalidState(f"pause: the group is {self.state.phase.value}, not running")
+        self._begin(None, now)
+        self._expect("pause", Phase.RUNNING)
         self._pause(PAUSED_BY_EXPERIMENTER)
         return self._flush()
 
     def resume(self, now: float) -> list[Event]:
         """Restart a paused period's clock; every later deadline moves by the pause's length."""
-        mark = self._begin(None, now)
-        if self.state.phase is not Phase.PAUSED:
-            self._refuse(mark)
-            raise InvalidState(f"resume: the group is {self.state.phase.value}, not paused")
+        self._begin(None, now)
+        self._expect("resume", Phase.PAUSED)
         self._resume()
         return self._flush()
 
@@ -414,6 +408,10 @@ class DecisionGroup:
 
     def _refuse(self, mark: int) -> None:
         del self._outbox[mark:]
+
+    def _expect(self, action: str, phase: Phase) -> None:
+        if self.state.phase is not phase:
+            raise InvalidState(f"{action}: the group is {self.state.phase.value}, not {phase.value}")
 
     def _flush(self) -> list[Event]:
         out, self._outbox = self._outbox, []
