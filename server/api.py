@@ -26,6 +26,7 @@ from .database import (
 )
 from .exceptions import ApiError, BadRequest, Forbidden, NotFound, Unauthorized
 from .experiments import parse_request, plan
+from .live import ACTIONS
 from .runtime import Runtime
 
 #: the largest integer a query value may be: a 64-bit column holds it
@@ -209,6 +210,23 @@ async def results(request: Request) -> Response:
     return await _listing(request, "results", list_results)
 
 
+async def experiment_action(request: Request) -> Response:
+    """``start``, ``pause``, ``resume`` or ``end`` the experiment, or with ``?group=`` one of its groups."""
+    require_admin(request)
+    row = await _experiment(request)
+    action = request.path_params["action"]
+    if action not in ACTIONS:
+        raise NotFound(f"no action {action!r}; expected one of {list(ACTIONS)}")
+    group = query_int(request, "group", 0, 1) or None
+    try:
+        done = await runtime(request).groups.control(row["code"], action, group)
+    except LookupError as exc:
+        raise NotFound(str(exc).strip("'\"")) from None
+    after = await runtime(request).database.read(experiment_row, row["code"])
+    assert after is not None
+    return JSON({"action": action, "groups": done, "status": after["status"]})
+
+
 def api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
@@ -223,4 +241,5 @@ routes = [
     Route("/api/experiments/{code}/events", events),
     Route("/api/experiments/{code}/sessions", sessions),
     Route("/api/experiments/{code}/results", results),
+    Route("/api/experiments/{code}/{action}", experiment_action, methods=["POST"]),
 ]

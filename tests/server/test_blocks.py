@@ -257,3 +257,32 @@ async def test_a_game_that_pauses_on_disconnect_waits_for_the_member(server: Har
     assert resumed["ends_at"] - start["ts"] - 2000 == pytest.approx(500, abs=100)
     end = await until_state(back, "period_end")
     assert abs(end["ts"] - resumed["ends_at"]) <= 50
+
+
+async def test_the_action_endpoints_drive_the_same_controls(server: Harness) -> None:
+    """POST …/pause and …/resume over HTTP; bad token, unknown experiment, action or group are refused."""
+    exp = await server.create(participants=2, group_size=2, period_length=30)
+    code = exp["code"]
+    row, _col = [await server.connect(p["code"]) for p in exp["participants"]]
+    await until_state(row, "period_start")
+    paused = await server.http.post(f"/api/experiments/{code}/pause")
+    assert paused.status_code == 200, paused.text
+    assert paused.json()["action"] == "pause" and len(paused.json()["groups"]) == 1
+    assert (await row.expect("period"))["payload"]["status"] == "paused"
+    again = await server.http.post(f"/api/experiments/{code}/pause")
+    assert again.json()["groups"] == []  # nothing running to pause
+    group = paused.json()["groups"][0]
+    resumed = await server.http.post(f"/api/experiments/{code}/resume", params={"group": group})
+    assert resumed.json()["groups"] == [group]
+    assert (await row.expect("period"))["payload"]["status"] == "running"
+    assert (await server.http.post(f"/api/experiments/{code}/jump")).status_code == 404
+    assert (await server.http.post("/api/experiments/nope/pause")).status_code == 404
+    assert (await server.http.post(f"/api/experiments/{code}/pause", params={"group": 999999})).status_code == 404
+    assert (await server.http.post(f"/api/experiments/{code}/pause", params={"group": "x"})).status_code == 400
+    bare = await server.http.post(f"/api/experiments/{code}/pause", headers={"Authorization": ""})
+    assert bare.status_code == 401
+    wrong = await server.http.post(f"/api/experiments/{code}/pause", headers={"Authorization": "Bearer wrong"})
+    assert wrong.status_code == 403
+    ended = await server.http.post(f"/api/experiments/{code}/end")
+    assert ended.json()["status"] == "cancelled"
+    assert (await until_state(row, "period_end"))["payload"] == "period_end"
