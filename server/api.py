@@ -221,7 +221,7 @@ async def experiment_action(request: Request) -> Response:
     try:
         done = await runtime(request).groups.control(row["code"], action, group)
     except LookupError as exc:
-        raise NotFound(str(exc).strip("'\"")) from None
+        raise NotFound(str(exc)) from None
     after = await runtime(request).database.read(experiment_row, row["code"])
     assert after is not None
     return JSON({"action": action, "groups": done, "status": after["status"]})

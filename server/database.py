@@ -407,14 +407,13 @@ def load_seat(engine: Engine, code: str, now: float) -> Seat | None:
     """The participant ``code``'s group at ``now`` (see :func:`groups.current_block`)."""
     with engine.connect() as conn:
         me = conn.execute(
-            select(participants.c.id, participants.c.experiment_id).where(participants.c.code == code)
+            select(participants.c.id, participants.c.experiment_id, experiments.c.block_pause)
+            .join(experiments, experiments.c.id == participants.c.experiment_id)
+            .where(participants.c.code == code)
         ).first()
         if me is None:
             return None
-        participant_id, experiment_id = me
-        block_pause = conn.execute(
-            select(experiments.c.block_pause).where(experiments.c.id == experiment_id)
-        ).scalar_one()
+        participant_id, experiment_id, block_pause = me
         rows = conn.execute(
             select(groups.c.id, groups.c.phase, groups.c.ended_at)
             .join(memberships, memberships.c.group_id == groups.c.id)
@@ -919,8 +918,10 @@ def find_session(engine: Engine, participant_code: str, block: int) -> dict[str,
             .add_columns(sessions.c.block_id, blocks.c.bonus_points)
             .where(and_(participants.c.code == participant_code, blocks.c.index == block))
         ).mappings().first()
-        return None if row is None else {**_session_row(row), "id": row["id"], "block_id": row["block_id"],
-                                         "bonus_points": row["bonus_points"]}
+        if row is None:
+            return None
+        return {**_session_row(row), "id": row["id"], "block_id": row["block_id"],
+                "bonus_points": float(row["bonus_points"] or 0.0)}
 
 
 def session_results(engine: Engine, session_id: int) -> list[dict[str, Any]]:

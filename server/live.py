@@ -493,14 +493,12 @@ class LiveGroups:
         row = await self.database.read(experiment_row, experiment_code)
         if row is None:
             raise LookupError(f"no experiment with code {experiment_code!r}")
-        places = await self.database.read(experiment_groups, row["id"])
-        if group_id is not None:
-            places = [p for p in places if p.group_id == group_id]
-            if not places:
-                raise LookupError(f"no group {group_id} in experiment {experiment_code!r}")
+        every = await self.database.read(experiment_groups, row["id"])
+        places = every if group_id is None else [p for p in every if p.group_id == group_id]
+        if not places:
+            raise LookupError(f"no group {group_id} in experiment {experiment_code!r}")
         now = self.clock()
         if action == "start":
-            every = await self.database.read(experiment_groups, row["id"])
             here: dict[int, list[Any]] = {}
             for p in every:
                 for member in p.members:

@@ -42,21 +42,7 @@ class SessionRecord:
     def load(cls, engine: Engine, participant: str, block: int) -> SessionRecord | None:
         """The session of ``participant`` (its code) in block ``block`` (its index), or ``None``."""
         row = find_session(engine, participant, block)
-        if row is None:
-            return None
-        return cls(
-            engine=engine,
-            id=row["id"],
-            participant=row["participant"],
-            block=row["block"],
-            block_id=row["block_id"],
-            group=row["group"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            final_score=float(row["final_score"]),
-            bonus_points=float(row["bonus_points"] or 0.0),
-            json_data=dict(row["json_data"] or {}),
-        )
+        return None if row is None else cls(engine=engine, **row)
 
     @property
     def finished(self) -> bool:
