@@ -15,24 +15,35 @@ from groups import available_games
 
 from .database import (
     count_events,
+    count_experiments,
     count_rows,
     experiment_participants,
     experiment_row,
     insert_experiment,
     iso,
     list_events,
+    list_experiments,
     list_results,
     list_sessions,
 )
 from .exceptions import ApiError, BadRequest, Forbidden, NotFound, Unauthorized
 from .experiments import parse_request, plan
 from .live import ACTIONS
+from .progress import (
+    Filter,
+    group_in_experiment,
+    participant_id,
+    participant_progress,
+    participant_sessions,
+    stats,
+)
 from .runtime import Runtime
 
 #: the largest integer a query value may be: a 64-bit column holds it
 MAX_QUERY_INT = 2**63 - 1
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
+STATUSES = ("pending", "running", "done", "cancelled", "failed")
 
 
 class JSON(Response):
@@ -108,7 +119,7 @@ async def _experiment(request: Request) -> dict[str, Any]:
     return row
 
 
-def _experiment_body(request: Request, row: dict[str, Any], people: list[dict[str, Any]]) -> dict[str, Any]:
+def _experiment_summary(request: Request, row: dict[str, Any]) -> dict[str, Any]:
     base = str(request.base_url).rstrip("/")
     return {
         "code": row["code"],
@@ -123,11 +134,59 @@ def _experiment_body(request: Request, row: dict[str, Any], people: list[dict[st
         "started_at": iso(row["started_at"]),
         "finished_at": iso(row["finished_at"]),
         "last_seq": row["last_seq"],
+        "monitor_url": f"{base}/monitor?experiment={row['code']}",
+    }
+
+
+def _experiment_body(request: Request, row: dict[str, Any], people: list[dict[str, Any]]) -> dict[str, Any]:
+    base = str(request.base_url).rstrip("/")
+    return {
+        **_experiment_summary(request, row),
         "participants": [
             {"code": p["code"], "label": p["label"], "url": f"{base}/p/{p['code']}"} for p in people
         ],
-        "monitor_url": f"{base}/monitor?experiment={row['code']}",
     }
+
+
+async def _viewer(request: Request, row: dict[str, Any], own: str | None = None) -> str | None:
+    """Who reads a participant's progress: the experimenter, or a participant with its own code.
+
+    The experimenter sends the token; ``?participant=`` is then only a filter. Without a token,
+    ``?participant=`` is the credential: a participant of this experiment, reading only itself
+    (``own`` is the one a detail asks for). Returns the participant the answer is limited to.
+    """
+    code = request.query_params.get("participant") or None
+    if request.headers.get("authorization") is not None:
+        require_admin(request)
+        return code
+    if code is None:
+        raise Unauthorized(
+            "expected 'Authorization: Bearer <SYNCLAB_ADMIN_TOKEN>', or a participant's own code as ?participant="
+        )
+    if await runtime(request).database.read(participant_id, row["id"], code) is None:
+        raise Forbidden(f"participant: {code!r} is not a participant of experiment {row['code']!r}")
+    if own is not None and own != code:
+        raise Forbidden("participant: a participant may read only its own progress")
+    return code
+
+
+def query_bool(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return False
+    value = raw.lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise BadRequest(f"{name}: expected true or false, got {raw!r}", field=name)
+
+
+async def _group_filter(request: Request, row: dict[str, Any]) -> int | None:
+    group = query_int(request, "group", 0, 1) or None
+    if group is not None and not await runtime(request).database.read(group_in_experiment, row["id"], group):
+        raise NotFound(f"group: no group {group} in experiment {row['code']!r}")
+    return group
 
 
 # --------------------------------------------------------------------------- endpoints
@@ -168,6 +227,63 @@ async def create_experiment(request: Request) -> Response:
     assert row is not None
     people = await db.read(experiment_participants, row["id"])
     return JSON(_experiment_body(request, row, people), status_code=201)
+
+
+async def experiments_list(request: Request) -> Response:
+    """Every experiment, the newest first; ``?status=`` filters."""
+    require_admin(request)
+    status = request.query_params.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise BadRequest(f"status: expected one of {list(STATUSES)}, got {status!r}", field="status")
+    page, page_size = page_params(request)
+    db = runtime(request).database
+    count = await db.read(count_experiments, status)
+    _check_page(page, count, page_size)
+    rows = await db.read(list_experiments, status, (page - 1) * page_size, page_size)
+    return JSON(paginated(request, count, page, page_size, [_experiment_summary(request, r) for r in rows]))
+
+
+async def participants_list(request: Request) -> Response:
+    """Progress per participant; a participant's own code shows only itself."""
+    row = await _experiment(request)
+    only = await _viewer(request, row)
+    group = await _group_filter(request, row)
+    page, page_size = page_params(request)
+    db = runtime(request).database
+    if only is not None and await db.read(participant_id, row["id"], only) is None:
+        raise NotFound(f"participant: no participant {only!r} in experiment {row['code']!r}")
+    rows = await db.read(
+        participant_progress, row["id"], Filter(only, group, query_bool(request, "exclude_unfinished"))
+    )
+    _check_page(page, len(rows), page_size)
+    shown = rows[(page - 1) * page_size : page * page_size]
+    return JSON(paginated(request, len(rows), page, page_size, shown))
+
+
+async def participant_detail(request: Request) -> Response:
+    """One participant's progress and its sessions with their results."""
+    row = await _experiment(request)
+    code = request.path_params["participant"]
+    await _viewer(request, row, own=code)
+    db = runtime(request).database
+    pid = await db.read(participant_id, row["id"], code)
+    if pid is None:
+        raise NotFound(f"no participant {code!r} in experiment {row['code']!r}")
+    found = await db.read(
+        participant_progress, row["id"], Filter(code, None, query_bool(request, "exclude_unfinished"))
+    )
+    return JSON({**found[0], "sessions": await db.read(participant_sessions, pid)})
+
+
+async def experiment_stats(request: Request) -> Response:
+    """``mean_completion`` and ``mean_score`` with counts; ``?exclude_unfinished=``, ``?group=``."""
+    require_admin(request)
+    row = await _experiment(request)
+    exclude = query_bool(request, "exclude_unfinished")
+    group = await _group_filter(request, row)
+    rows = await runtime(request).database.read(participant_progress, row["id"], Filter(None, group, exclude))
+    return JSON({"experiment": row["code"], "status": row["status"], "group": group,
+                 "last_seq": row["last_seq"], **stats(rows, exclude)})
 
 
 async def experiment_detail(request: Request) -> Response:
@@ -236,8 +352,12 @@ def api_error(request: Request, exc: Exception) -> Response:
 routes = [
     Route("/healthz", healthz),
     Route("/api/games", games),
+    Route("/api/experiments", experiments_list, methods=["GET"]),
     Route("/api/experiments", create_experiment, methods=["POST"]),
     Route("/api/experiments/{code}", experiment_detail),
+    Route("/api/experiments/{code}/participants", participants_list),
+    Route("/api/experiments/{code}/participants/{participant}", participant_detail),
+    Route("/api/experiments/{code}/stats", experiment_stats),
     Route("/api/experiments/{code}/events", events),
     Route("/api/experiments/{code}/sessions", sessions),
     Route("/api/experiments/{code}/results", results),

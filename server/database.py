@@ -286,6 +286,23 @@ def experiment_row(engine: Engine, code: str) -> dict[str, Any] | None:
         return None if row is None else dict(row)
 
 
+def count_experiments(engine: Engine, status: str | None) -> int:
+    query = select(func.count()).select_from(experiments)
+    if status is not None:
+        query = query.where(experiments.c.status == status)
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def list_experiments(engine: Engine, status: str | None, offset: int, limit: int) -> list[dict[str, Any]]:
+    """Experiments, the newest first."""
+    query = select(experiments).order_by(experiments.c.id.desc()).offset(offset).limit(limit)
+    if status is not None:
+        query = query.where(experiments.c.status == status)
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+
 def experiment_participants(engine: Engine, experiment_id: int) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(

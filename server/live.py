@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from groups import (
+    NOBODY,
     RESULT,
     STATE,
     DecisionGroup,
@@ -61,6 +62,8 @@ from .wire import encode, ms
 log = logging.getLogger("synclab.live")
 Clock = Callable[[], float]
 ACTIONS = ("start", "pause", "resume", "end")
+#: the channel of an experimenter's action, recorded (not sent) before what it caused
+CONTROL = "control"
 
 
 class Member(Protocol):
@@ -282,6 +285,18 @@ class LiveGroup:
 
     def end(self) -> asyncio.Future[list[int]]:
         return self.act(lambda: self.core.end(self._clock()))
+
+    def control(self, action: str, scope: str) -> asyncio.Future[list[int]]:
+        """An experimenter's ``start``, ``pause``, ``resume`` or ``end``, stored as a ``control`` event.
+
+        The event is recorded with what the action caused, in the same transaction; a refused
+        action (:class:`groups.InvalidState`) records nothing.
+        """
+        if action not in ACTIONS:
+            raise ValueError(f"expected an action in {list(ACTIONS)}, got {action!r}")
+        step: Callable[[float], list[Event]] = getattr(self.core, action)
+        record = Event(CONTROL, {"action": action, "scope": scope}, None, NOBODY)
+        return self.act(lambda: [record, *step(self._clock())])
 
     def pause(self) -> asyncio.Future[list[int]]:
         return self.act(lambda: self.core.pause(self._clock()))
@@ -518,7 +533,7 @@ class LiveGroups:
         for place in targets:
             live = await self.group(place.group_id)
             try:
-                future = getattr(live, action)()
+                future = live.control(action, "experiment" if group_id is None else "group")
             except InvalidState:
                 continue  # it changed since we looked: nothing to do for it
             await future

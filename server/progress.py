@@ -1,0 +1,218 @@
+"""Participants' progress, after edx's completion API: completion, scores, ranks and means.
+
+Everything is computed from the stored rows in one read (a handful of queries), so the REST API,
+the exports and the monitor agree. Ranks are over the whole experiment: ``rank`` is MUSCLE's dense
+rank of ``final_score`` (1 = best, ties share), ``percentile_rank`` the percentage of the
+participants compared who score below, ties counted half.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import fmean
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, select
+
+from groups import Phase
+
+from .database import (
+    blocks,
+    connections,
+    experiments,
+    groups,
+    iso,
+    memberships,
+    participants,
+    results,
+    sessions,
+    to_epoch,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Which participants a list or the stats take in."""
+
+    #: only this participant (its code)
+    participant: str | None = None
+    #: only the members of this group
+    group: int | None = None
+    #: means and percentiles over finished participants only (completion ratio 1)
+    exclude_unfinished: bool = False
+
+
+def participant_progress(engine: Engine, experiment_id: int, only: Filter | None = None) -> list[dict[str, Any]]:
+    """One row per participant in participant order (see :func:`_rows`), filtered by ``only``."""
+    only = only or Filter()
+    with engine.connect() as conn:
+        rows = _rows(conn, experiment_id)
+        members = _group_members(conn, only.group) if only.group is not None else None
+    _rank(rows, only.exclude_unfinished)
+    return [
+        r
+        for r in rows
+        if (only.participant is None or r["code"] == only.participant) and (members is None or r["code"] in members)
+    ]
+
+
+def participant_sessions(engine: Engine, participant_id: int) -> list[dict[str, Any]]:
+    """A participant's sessions in block order, each with its results in scoring order."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                sessions.c.id,
+                blocks.c.index.label("block"),
+                sessions.c.group_id.label("group"),
+                sessions.c.started_at,
+                sessions.c.finished_at,
+                sessions.c.final_score,
+                sessions.c.json_data,
+            )
+            .join(blocks, blocks.c.id == sessions.c.block_id)
+            .where(sessions.c.participant_id == participant_id)
+            .order_by(blocks.c.index)
+        ).mappings().all()
+        scored = conn.execute(
+            select(results.c.session_id, results.c.subperiod, results.c.decision, results.c.score, results.c.seq)
+            .where(results.c.session_id.in_([r["id"] for r in rows]))
+            .order_by(results.c.seq)
+        ).mappings().all()
+    by_session: dict[int, list[dict[str, Any]]] = {}
+    for s in scored:
+        by_session.setdefault(s["session_id"], []).append(
+            {"subperiod": s["subperiod"], "decision": s["decision"], "score": s["score"], "seq": s["seq"]}
+        )
+    return [
+        {
+            "block": r["block"],
+            "group": r["group"],
+            "started_at": iso(r["started_at"]),
+            "finished_at": iso(r["finished_at"]),
+            "final_score": r["final_score"],
+            "json_data": r["json_data"] or {},
+            "results": by_session.get(r["id"], []),
+        }
+        for r in rows
+    ]
+
+
+def participant_id(engine: Engine, experiment_id: int, code: str) -> int | None:
+    with engine.connect() as conn:
+        found = conn.execute(
+            select(participants.c.id).where(
+                and_(participants.c.experiment_id == experiment_id, participants.c.code == code)
+            )
+        ).scalar()
+        return None if found is None else int(found)
+
+
+def group_in_experiment(engine: Engine, experiment_id: int, group_id: int) -> bool:
+    with engine.connect() as conn:
+        found = conn.execute(
+            select(groups.c.id).where(and_(groups.c.id == group_id, groups.c.experiment_id == experiment_id))
+        ).scalar()
+        return found is not None
+
+
+def stats(rows: list[dict[str, Any]], exclude_unfinished: bool) -> dict[str, Any]:
+    """``mean_completion``, ``mean_score`` and counts over ``rows`` (from :func:`participant_progress`)."""
+    finished = [r for r in rows if r["completion"]["ratio"] >= 1.0]
+    taken = finished if exclude_unfinished else rows
+    return {
+        "mean_completion": fmean(r["completion"]["ratio"] for r in taken) if taken else None,
+        "mean_score": fmean(r["final_score"] for r in taken) if taken else None,
+        "count": len(taken),
+        "participants": len(rows),
+        "finished": len(finished),
+        "connected": sum(bool(r["connected"]) for r in rows),
+        "exclude_unfinished": exclude_unfinished,
+    }
+
+
+# --------------------------------------------------------------------------- the reads
+
+
+def _rows(conn: Any, experiment_id: int) -> list[dict[str, Any]]:
+    num_blocks = conn.execute(select(experiments.c.num_blocks).where(experiments.c.id == experiment_id)).scalar_one()
+    people = conn.execute(
+        select(
+            participants.c.id,
+            participants.c.code,
+            participants.c.label,
+            func.count(sessions.c.finished_at).label("finished"),
+            func.coalesce(func.sum(sessions.c.final_score), 0.0).label("score"),
+        )
+        .outerjoin(sessions, sessions.c.participant_id == participants.c.id)
+        .where(participants.c.experiment_id == experiment_id)
+        .group_by(participants.c.id, participants.c.code, participants.c.label, participants.c.index)
+        .order_by(participants.c.index)
+    ).all()
+    open_since = dict(
+        conn.execute(
+            select(connections.c.participant_id, func.min(connections.c.connected_at))
+            .where(and_(connections.c.experiment_id == experiment_id, connections.c.disconnected_at.is_(None)))
+            .group_by(connections.c.participant_id)
+        ).all()
+    )
+    places: dict[int, list[tuple[int, Phase, float | None]]] = {}
+    for pid, gid, phase, ended_at in conn.execute(
+        select(memberships.c.participant_id, groups.c.id, groups.c.phase, groups.c.ended_at)
+        .join(groups, groups.c.id == memberships.c.group_id)
+        .join(blocks, blocks.c.id == groups.c.block_id)
+        .where(groups.c.experiment_id == experiment_id)
+        .order_by(blocks.c.index)
+    ):
+        places.setdefault(pid, []).append((gid, Phase(phase), to_epoch(ended_at)))
+    rows = []
+    for pid, code, label, finished, score in people:
+        mine = places.get(pid, [])
+        # its group now: the first not ended, else the last (the block pause is not counted)
+        group = next((g for g, p, _ in mine if p is not Phase.ENDED), mine[-1][0] if mine else None)
+        since = open_since.get(pid)
+        possible = int(num_blocks)
+        rows.append(
+            {
+                "code": code,
+                "label": label,
+                "group": group,
+                "connected": since is not None,
+                "connected_since": iso(since),
+                "completion": {
+                    "earned": int(finished),
+                    "possible": possible,
+                    "ratio": int(finished) / possible if possible else 0.0,
+                },
+                "final_score": float(score),
+                "rank": 0,
+                "percentile_rank": 0.0,
+            }
+        )
+    return rows
+
+
+def _group_members(conn: Any, group_id: int) -> set[str]:
+    return {
+        r[0]
+        for r in conn.execute(
+            select(participants.c.code)
+            .join(memberships, memberships.c.participant_id == participants.c.id)
+            .where(memberships.c.group_id == group_id)
+        )
+    }
+
+
+def _rank(rows: list[dict[str, Any]], exclude_unfinished: bool) -> None:
+    """Set ``rank`` (dense, over everyone) and ``percentile_rank`` (over the compared ones)."""
+    distinct = sorted({r["final_score"] for r in rows}, reverse=True)
+    position = {score: i + 1 for i, score in enumerate(distinct)}
+    compared = [r["final_score"] for r in rows if not exclude_unfinished or r["completion"]["ratio"] >= 1.0]
+    for r in rows:
+        r["rank"] = position[r["final_score"]]
+        if compared:
+            below = sum(s < r["final_score"] for s in compared)
+            equal = sum(s == r["final_score"] for s in compared)
+            r["percentile_rank"] = 100.0 * (below + 0.5 * equal) / len(compared)
+        else:
+            r["percentile_rank"] = None
+
