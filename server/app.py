@@ -17,7 +17,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from . import api
+from . import api, export
 from .connection import REDWOOD, SYNCLAB, serve
 from .exceptions import ApiError
 from .runtime import Runtime
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     routes = [
         *api.routes,
+        *export.routes,
         Route("/p/{code}", participant_page),
         Route("/monitor", monitor_page),
         WebSocketRoute("/ws/p/{code}", participant_socket),

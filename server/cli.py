@@ -17,6 +17,7 @@ from .database import (
 )
 from .exceptions import SchemaError, SettingsError
 from .experiments import parse_request, plan
+from .export import FORMATS, TABLES, run_export
 from .runtime import admin_token
 from .settings import Settings
 
@@ -66,9 +67,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.add_argument("--host", default="127.0.0.1")
         sub.add_argument("--port", type=int, default=None)
         sub.add_argument("--workers", type=int, default=1)
+    exporting = commands.add_parser("export", help="write an experiment's data to stdout")
+    exporting.add_argument("code")
+    exporting.add_argument("--table", choices=TABLES, help="one table (default: the whole JSON document)")
+    exporting.add_argument("--format", choices=FORMATS, help="default: csv for a table, json for everything")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
+        if args.command == "export":
+            return run_export(settings, args.code, args.table, args.format)
         port = settings.port if args.port is None else args.port
         if not 0 <= port <= 65535:
             raise SettingsError(f"--port: expected a port from 0 to 65535, got {port}")

@@ -1,0 +1,446 @@
+"""Exports: an experiment's rows as CSV or JSON, streamed page by page in constant memory.
+
+An export is a list of :class:`Part` s: literal bytes (a CSV header, the brackets of a JSON
+document) or a table read in pages. Each page is one short query on its own connection, keyed on
+the last row sent (keyset paging, never ``OFFSET``), so a million events cost one page of memory,
+and no connection or thread is held between pages. The HTTP stream runs each page on the
+database's reader threads (:func:`stream`); ``synclab export`` loops on an engine (:func:`chunks`).
+
+A run may store events while an export streams. The export reads the experiment's ``last_seq``
+once, at the start, and stops there: the events and results it gives are a consistent prefix of
+the log (``seq`` is handed out in the same transaction that stores the event and its result).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, Literal
+
+import orjson
+from sqlalchemy import Engine, and_, or_, select
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from .api import _experiment, require_admin, runtime
+from .database import (
+    Database,
+    _session_query,
+    _session_row,
+    blocks,
+    experiment_row,
+    groups,
+    iso,
+    list_events,
+    make_engine,
+    memberships,
+    participants,
+    results,
+    sessions,
+)
+from .exceptions import BadRequest
+from .progress import participant_progress
+from .settings import Settings
+
+Format = Literal["csv", "json"]
+#: where a table's paging stands: the sort key of the last row sent; ``()`` before the first page
+Cursor = tuple[Any, ...]
+
+TABLES = ("events", "results", "sessions", "participants")
+FORMATS = ("csv", "json")
+#: rows per page: one query each, and the most rows an export holds at once
+PAGE_ROWS = 2000
+
+#: the CSV columns of each table, in order; ``completion`` is flattened into three columns
+CSV_COLUMNS: dict[str, tuple[str, ...]] = {
+    "events": ("seq", "timestamp", "group", "participant", "channel", "value"),
+    "results": ("participant", "block", "subperiod", "decision", "score", "seq"),
+    "sessions": ("participant", "block", "group", "started_at", "finished_at", "final_score", "json_data"),
+    "participants": (
+        "code",
+        "label",
+        "group",
+        "connected",
+        "connected_since",
+        "completion_earned",
+        "completion_possible",
+        "completion_ratio",
+        "final_score",
+        "rank",
+        "percentile_rank",
+    ),
+}
+#: columns holding any JSON value: written as compact JSON text in CSV, so a string keeps its quotes
+JSON_COLUMNS = frozenset({"value", "decision", "json_data"})
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One piece of an export: ``literal`` bytes, or the rows of ``table`` page by page."""
+
+    #: the experiment row as read when the export started (its ``last_seq`` bounds the export)
+    experiment: dict[str, Any]
+    table: str | None = None
+    fmt: Format = "json"
+    literal: bytes = b""
+    #: sessions carry their results (the whole JSON document)
+    nested: bool = False
+    limit: int = PAGE_ROWS
+
+
+def plan(experiment: dict[str, Any], table: str | None, fmt: Format, *, limit: int = PAGE_ROWS) -> list[Part]:
+    """The parts of an export of ``experiment`` (its row, read once, now).
+
+    CSV needs a table. JSON with a table is an array of its rows; without one it is the whole
+    document: experiment, blocks, groups, participants, sessions with their results, events.
+    """
+    if table is not None and table not in TABLES:
+        raise ValueError(f"table: expected one of {list(TABLES)}, got {table!r}")
+    if fmt == "csv":
+        if table is None:
+            raise ValueError(f"table: CSV exports one table, one of {list(TABLES)}; got none")
+        return [_literal(experiment, _csv_line(CSV_COLUMNS[table])), Part(experiment, table, "csv", limit=limit)]
+    if table is not None:
+        return [_literal(experiment, b"["), Part(experiment, table, limit=limit), _literal(experiment, b"]")]
+    return [
+        Part(experiment, "document"),
+        _literal(experiment, b',"sessions":['),
+        Part(experiment, "sessions", nested=True, limit=limit),
+        _literal(experiment, b'],"events":['),
+        Part(experiment, "events", limit=limit),
+        _literal(experiment, b"]}"),
+    ]
+
+
+def _literal(experiment: dict[str, Any], data: bytes) -> Part:
+    return Part(experiment, literal=data)
+
+
+def page(engine: Engine, part: Part, cursor: Cursor) -> tuple[bytes, Cursor | None]:
+    """The next chunk of ``part`` after ``cursor``, and the cursor to continue from (None: done)."""
+    if part.table is None:
+        return part.literal, None
+    if part.table == "document":
+        return _document_head(engine, part.experiment), None
+    rows, after = _READERS[part.table](engine, part, cursor)
+    if part.fmt == "csv":
+        return _csv_rows(part.table, rows), after
+    encoded = b",".join(orjson.dumps(r) for r in rows)
+    # a JSON array continues across pages: every page but the first starts with a comma
+    return (b"," + encoded if cursor and encoded else encoded), after
+
+
+def chunks(engine: Engine, parts: Sequence[Part]) -> Iterator[bytes]:
+    """The export's bytes, one page at a time, read on this thread (the CLI, tests)."""
+    for part in parts:
+        cursor: Cursor | None = ()
+        while cursor is not None:
+            chunk, cursor = page(engine, part, cursor)
+            if chunk:
+                yield chunk
+
+
+async def stream(database: Database, parts: Sequence[Part]) -> AsyncIterator[bytes]:
+    """The export's bytes, each page read on a reader thread; nothing is held between pages."""
+    for part in parts:
+        if part.table is None:
+            yield part.literal
+            continue
+        cursor: Cursor | None = ()
+        while cursor is not None:
+            chunk, cursor = await database.read(page, part, cursor)
+            if chunk:
+                yield chunk
+
+
+# --------------------------------------------------------------------------- the tables, page by page
+
+
+def _events(engine: Engine, part: Part, cursor: Cursor) -> tuple[list[dict[str, Any]], Cursor | None]:
+    """Events in ``seq`` order up to the ``last_seq`` read at the start, as the API lists them."""
+    last_seq = part.experiment["last_seq"]
+    after = cursor[0] if cursor else 0
+    # list_events with an after_seq and no offset is already keyset paging; reuse it so the rows match
+    rows = list_events(engine, part.experiment["id"], after, 0, part.limit)
+    kept = [r for r in rows if r["seq"] <= last_seq]
+    if len(kept) < part.limit or kept[-1]["seq"] == last_seq:
+        return kept, None
+    return kept, (kept[-1]["seq"],)
+
+
+def _results(engine: Engine, part: Part, cursor: Cursor) -> tuple[list[dict[str, Any]], Cursor | None]:
+    """Results in scoring order (their ``result`` event's ``seq``, one event each), as the API lists them."""
+    after = cursor[0] if cursor else 0
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                participants.c.code.label("participant"),
+                blocks.c.index.label("block"),
+                results.c.subperiod,
+                results.c.decision,
+                results.c.score,
+                results.c.seq,
+            )
+            .select_from(results)
+            .join(sessions, sessions.c.id == results.c.session_id)
+            .join(participants, participants.c.id == sessions.c.participant_id)
+            .join(blocks, blocks.c.id == sessions.c.block_id)
+            .where(
+                and_(
+                    results.c.experiment_id == part.experiment["id"],
+                    results.c.seq > after,
+                    results.c.seq <= part.experiment["last_seq"],
+                )
+            )
+            .order_by(results.c.seq)
+            .limit(part.limit)
+        ).mappings()
+        found = [dict(r) for r in rows]
+    return found, ((found[-1]["seq"],) if len(found) == part.limit else None)
+
+
+def _sessions(engine: Engine, part: Part, cursor: Cursor) -> tuple[list[dict[str, Any]], Cursor | None]:
+    """Sessions in block order, then participant order, as the API lists them (keyed on both)."""
+    query = (
+        _session_query()
+        .add_columns(participants.c.index.label("participant_index"))
+        .where(sessions.c.experiment_id == part.experiment["id"])
+        .order_by(blocks.c.index, participants.c.index)
+        .limit(part.limit)
+    )
+    if cursor:
+        block, person = cursor
+        query = query.where(
+            or_(blocks.c.index > block, and_(blocks.c.index == block, participants.c.index > person))
+        )
+    with engine.connect() as conn:
+        found = conn.execute(query).mappings().all()
+        nested = _session_results(conn, part, [r["id"] for r in found]) if part.nested else {}
+    rows = [_session_row(r) for r in found]
+    if part.nested:
+        for row, r in zip(rows, found, strict=True):
+            row["results"] = nested.get(r["id"], [])
+    last = (found[-1]["block"], found[-1]["participant_index"]) if len(found) == part.limit else None
+    return rows, last
+
+
+def _session_results(conn: Any, part: Part, session_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """The results of these sessions up to the export's ``last_seq``, in scoring order."""
+    if not session_ids:
+        return {}
+    rows = conn.execute(
+        select(results.c.session_id, results.c.subperiod, results.c.decision, results.c.score, results.c.seq)
+        .where(and_(results.c.session_id.in_(session_ids), results.c.seq <= part.experiment["last_seq"]))
+        .order_by(results.c.seq)
+    ).mappings()
+    by_session: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_session.setdefault(r["session_id"], []).append(
+            {"subperiod": r["subperiod"], "decision": r["decision"], "score": r["score"], "seq": r["seq"]}
+        )
+    return by_session
+
+
+def _participants(engine: Engine, part: Part, cursor: Cursor) -> tuple[list[dict[str, Any]], Cursor | None]:
+    """Participants' progress, as the API lists it: one row each, so one page (bounded by the experiment)."""
+    return participant_progress(engine, part.experiment["id"]), None
+
+
+_READERS = {"events": _events, "results": _results, "sessions": _sessions, "participants": _participants}
+
+
+def _document_head(engine: Engine, experiment: dict[str, Any]) -> bytes:
+    """``{"experiment", "blocks", "groups", "participants"`` of the JSON document (all small)."""
+    with engine.connect() as conn:
+        block_rows = conn.execute(
+            select(
+                blocks.c.index,
+                blocks.c.period_length,
+                blocks.c.num_subperiods,
+                blocks.c.rate_limit,
+                blocks.c.bonus_points,
+                blocks.c.matching,
+                blocks.c.status,
+            )
+            .where(blocks.c.experiment_id == experiment["id"])
+            .order_by(blocks.c.index)
+        ).mappings().all()
+        group_rows = conn.execute(
+            select(
+                groups.c.id,
+                blocks.c.index.label("block"),
+                groups.c.index,
+                groups.c.phase,
+                groups.c.started_at,
+                groups.c.ended_at,
+                participants.c.code,
+            )
+            .join(blocks, blocks.c.id == groups.c.block_id)
+            .join(memberships, memberships.c.group_id == groups.c.id)
+            .join(participants, participants.c.id == memberships.c.participant_id)
+            .where(groups.c.experiment_id == experiment["id"])
+            .order_by(blocks.c.index, groups.c.index, memberships.c.position)
+        ).mappings().all()
+    by_id: dict[int, dict[str, Any]] = {}
+    for g in group_rows:
+        entry = by_id.setdefault(
+            g["id"],
+            {
+                "id": g["id"],
+                "block": g["block"],
+                "index": g["index"],
+                "phase": g["phase"],
+                "started_at": iso(g["started_at"]),
+                "ended_at": iso(g["ended_at"]),
+                "members": [],
+            },
+        )
+        entry["members"].append(g["code"])
+    head = {
+        "experiment": _experiment_fields(experiment),
+        "blocks": [dict(b) for b in block_rows],
+        "groups": list(by_id.values()),
+        "participants": participant_progress(engine, experiment["id"]),
+    }
+    return orjson.dumps(head)[:-1]  # left open: the sessions and events follow
+
+
+def _experiment_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """The experiment as the API's detail gives it, without links; ``last_seq`` is where the export stops."""
+    return {
+        "code": row["code"],
+        "game": row["game"],
+        "status": row["status"],
+        "config": row["config"],
+        "group_size": row["group_size"],
+        "num_participants": row["num_participants"],
+        "blocks": row["num_blocks"],
+        "block_pause": row["block_pause"],
+        "created_at": iso(row["created_at"]),
+        "started_at": iso(row["started_at"]),
+        "finished_at": iso(row["finished_at"]),
+        "last_seq": row["last_seq"],
+    }
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+def _csv_line(cells: Sequence[str]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow(cells)
+    return buffer.getvalue().encode()
+
+
+def _csv_rows(table: str, rows: list[dict[str, Any]]) -> bytes:
+    """RFC 4180 rows (the ``csv`` module's default dialect: quoted as needed, CRLF)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    columns = CSV_COLUMNS[table]
+    for row in rows:
+        flat = _flatten(row)
+        writer.writerow([_csv_cell(name, flat[name]) for name in columns])
+    return buffer.getvalue().encode()
+
+
+def _flatten(row: dict[str, Any]) -> dict[str, Any]:
+    """``{"completion": {"earned": 1}}`` → ``{"completion_earned": 1}``; other values stay."""
+    flat: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, dict) and key not in JSON_COLUMNS:
+            flat.update({f"{key}_{inner}": v for inner, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def _csv_cell(column: str, value: Any) -> Any:
+    """JSON columns as compact JSON text; null as an empty cell; booleans as ``true``/``false``."""
+    if column in JSON_COLUMNS:
+        return orjson.dumps(value).decode()
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def _table(request: Request, *, required: bool) -> str | None:
+    raw = request.query_params.get("table")
+    if raw is None or raw == "":
+        if required:
+            raise BadRequest(f"table: expected one of {list(TABLES)}, got none", field="table")
+        return None
+    if raw not in TABLES:
+        raise BadRequest(f"table: expected one of {list(TABLES)}, got {raw!r}", field="table")
+    return raw
+
+
+async def export_csv(request: Request) -> Response:
+    """``?table=`` events, results, sessions or participants, as a CSV attachment."""
+    require_admin(request)
+    row = await _experiment(request)
+    table = _table(request, required=True)
+    return StreamingResponse(
+        stream(runtime(request).database, plan(row, table, "csv")),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="synclab-{row["code"]}-{table}.csv"'},
+    )
+
+
+async def export_json(request: Request) -> Response:
+    """The whole JSON document, or with ``?table=`` a JSON array of that table's rows."""
+    require_admin(request)
+    row = await _experiment(request)
+    table = _table(request, required=False)
+    return StreamingResponse(
+        stream(runtime(request).database, plan(row, table, "json")),
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="synclab-{row["code"]}-{table or "all"}.json"'},
+    )
+
+
+routes = [
+    Route("/api/experiments/{code}/export.csv", export_csv),
+    Route("/api/experiments/{code}/export.json", export_json),
+]
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def run_export(settings: Settings, code: str, table: str | None, fmt: str | None, out: IO[bytes] | None = None) -> int:
+    """``synclab export``: write the export to ``out`` (stdout); the exit status.
+
+    Without ``--format`` a table is CSV and no table is the whole JSON document.
+    """
+    chosen: Format = "json" if fmt == "json" or (fmt is None and table is None) else "csv"
+    if chosen == "csv" and table is None:
+        print(f"synclab: --format csv needs --table, one of {', '.join(TABLES)}", file=sys.stderr)
+        return 2
+    engine = make_engine(settings.database_url)
+    try:
+        row = experiment_row(engine, code)
+        if row is None:
+            print(f"synclab: no experiment with code {code!r}", file=sys.stderr)
+            return 1
+        target = out or sys.stdout.buffer
+        sys.stdout.flush()  # anything printed before goes first
+        for chunk in chunks(engine, plan(row, table, chosen)):
+            target.write(chunk)
+        target.flush()
+    except SQLAlchemyError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        print(f"synclab: cannot read the database {where}: {exc.__cause__ or exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    return 0
