@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -119,7 +119,7 @@ async def _experiment(request: Request) -> dict[str, Any]:
     return row
 
 
-def _experiment_summary(request: Request, row: dict[str, Any]) -> dict[str, Any]:
+def _experiment_summary(request: HTTPConnection, row: dict[str, Any]) -> dict[str, Any]:
     base = str(request.base_url).rstrip("/")
     return {
         "code": row["code"],
@@ -138,7 +138,7 @@ def _experiment_summary(request: Request, row: dict[str, Any]) -> dict[str, Any]
     }
 
 
-def _experiment_body(request: Request, row: dict[str, Any], people: list[dict[str, Any]]) -> dict[str, Any]:
+def experiment_body(request: HTTPConnection, row: dict[str, Any], people: list[dict[str, Any]]) -> dict[str, Any]:
     base = str(request.base_url).rstrip("/")
     return {
         **_experiment_summary(request, row),
@@ -148,26 +148,37 @@ def _experiment_body(request: Request, row: dict[str, Any], people: list[dict[st
     }
 
 
-async def _viewer(request: Request, row: dict[str, Any], own: str | None = None) -> str | None:
-    """Who reads a participant's progress: the experimenter, or a participant with its own code.
+def _credential(request: Request) -> str | None:
+    """Check the caller before anything is looked up: the experimenter's token, or ``?participant=``.
 
-    The experimenter sends the token; ``?participant=`` is then only a filter. Without a token,
-    ``?participant=`` is the credential: a participant of this experiment, reading only itself
-    (``own`` is the one a detail asks for). Returns the participant the answer is limited to.
+    With the token, ``?participant=`` is only a filter. Without one, ``?participant=`` is a
+    participant's own code, its only credential: returns it, to be checked by :func:`_viewer`.
     """
     code = request.query_params.get("participant") or None
-    if request.headers.get("authorization") is not None:
+    if request.headers.get("authorization") is not None or code is None:
+        if code is None and request.headers.get("authorization") is None:
+            raise Unauthorized(
+                "expected 'Authorization: Bearer <SYNCLAB_ADMIN_TOKEN>', or a participant's own code as ?participant="
+            )
         require_admin(request)
-        return code
-    if code is None:
-        raise Unauthorized(
-            "expected 'Authorization: Bearer <SYNCLAB_ADMIN_TOKEN>', or a participant's own code as ?participant="
-        )
-    if await runtime(request).database.read(participant_id, row["id"], code) is None:
-        raise Forbidden(f"participant: {code!r} is not a participant of experiment {row['code']!r}")
-    if own is not None and own != code:
-        raise Forbidden("participant: a participant may read only its own progress")
+        return None
     return code
+
+
+async def _viewer(request: Request, own: str | None = None) -> tuple[dict[str, Any], str | None]:
+    """The experiment, and the participant the answer is limited to (``None``: the experimenter's).
+
+    A participant's own code reads only itself: ``own`` is the participant a detail asks for.
+    """
+    credential = _credential(request)
+    row = await _experiment(request)
+    if credential is None:
+        return row, request.query_params.get("participant") or None
+    if await runtime(request).database.read(participant_id, row["id"], credential) is None:
+        raise Forbidden(f"participant: {credential!r} is not a participant of experiment {row['code']!r}")
+    if own is not None and own != credential:
+        raise Forbidden("participant: a participant may read only its own progress")
+    return row, credential
 
 
 def query_bool(request: Request, name: str) -> bool:
@@ -226,7 +237,7 @@ async def create_experiment(request: Request) -> Response:
     row = await db.read(experiment_row, spec.code)
     assert row is not None
     people = await db.read(experiment_participants, row["id"])
-    return JSON(_experiment_body(request, row, people), status_code=201)
+    return JSON(experiment_body(request, row, people), status_code=201)
 
 
 async def experiments_list(request: Request) -> Response:
@@ -245,8 +256,7 @@ async def experiments_list(request: Request) -> Response:
 
 async def participants_list(request: Request) -> Response:
     """Progress per participant; a participant's own code shows only itself."""
-    row = await _experiment(request)
-    only = await _viewer(request, row)
+    row, only = await _viewer(request)
     group = await _group_filter(request, row)
     page, page_size = page_params(request)
     db = runtime(request).database
@@ -262,9 +272,8 @@ async def participants_list(request: Request) -> Response:
 
 async def participant_detail(request: Request) -> Response:
     """One participant's progress and its sessions with their results."""
-    row = await _experiment(request)
     code = request.path_params["participant"]
-    await _viewer(request, row, own=code)
+    row, _ = await _viewer(request, own=code)
     db = runtime(request).database
     pid = await db.read(participant_id, row["id"], code)
     if pid is None:
@@ -290,7 +299,7 @@ async def experiment_detail(request: Request) -> Response:
     require_admin(request)
     row = await _experiment(request)
     people = await runtime(request).database.read(experiment_participants, row["id"])
-    return JSON(_experiment_body(request, row, people))
+    return JSON(experiment_body(request, row, people))
 
 
 async def events(request: Request) -> Response:

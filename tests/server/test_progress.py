@@ -1,0 +1,268 @@
+"""Participants' progress, stats and the experiments list (CONTRACT §4), on a real server and clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.server.harness import Harness, timeout
+from tests.server.test_blocks import decide, until_state, wait_for_status
+
+
+async def get(server: Harness, path: str) -> Any:
+    """GET ``path`` (its query kept) as the experimenter; asserts 200."""
+    response = await server.http.get(path)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def play_one_block_of_two(server: Harness, **extra: Any) -> tuple[dict[str, Any], list[str]]:
+    """4 participants in 2 bimatrix groups, block 0 played to its end, block 1 waiting (long pause).
+
+    Group 1: row plays A (1), col plays B (0): row scores 0, col 5. Group 2 keeps the initial
+    0.5 each: 2.25 each. Each of the 2 subperiods scores payoff / 2.
+    """
+    exp = await server.create(
+        participants=4, group_size=2, blocks=2, period_length=2, num_subperiods=2, block_pause=600, **extra
+    )
+    codes = [p["code"] for p in exp["participants"]]
+    clients = [await server.connect(c) for c in codes]
+    for client in clients:
+        await until_state(client, "period_start")
+    hello = clients[0].frames[0]
+    first_group = hello["payload"]["members"]
+    row, col = (clients[codes.index(first_group[0])], clients[codes.index(first_group[1])])
+    await decide(row, 1, "a")
+    await decide(col, 0, "b")
+    for client in clients:
+        await until_state(client, "period_end", wait=6)
+    ordered = [*first_group, *[c for c in codes if c not in first_group]]
+    return exp, ordered
+
+
+async def test_progress_ranks_and_stats_after_one_of_two_blocks(any_server: Harness) -> None:
+    exp, (row, col, p3, p4) = await play_one_block_of_two(any_server)
+    code = exp["code"]
+    body = await get(any_server, f"/api/experiments/{code}/participants")
+    assert body["count"] == 4 and body["num_pages"] == 1 and body["current_page"] == 1
+    by_code = {r["code"]: r for r in body["results"]}
+    assert [r["code"] for r in body["results"]] == [p["code"] for p in exp["participants"]]
+    expected = {row: (0.0, 3, 12.5), col: (5.0, 1, 87.5), p3: (2.25, 2, 50.0), p4: (2.25, 2, 50.0)}
+    for who, (score, rank, percentile) in expected.items():
+        r = by_code[who]
+        assert r["final_score"] == pytest.approx(score)
+        assert r["rank"] == rank
+        assert r["percentile_rank"] == pytest.approx(percentile)
+        assert r["completion"] == {"earned": 1, "possible": 2, "ratio": 0.5}
+        assert r["connected"] is True and r["connected_since"]
+    sessions = await get(any_server, f"/api/experiments/{code}/sessions")
+    # the group now is the waiting block-1 group, the one the sessions of block 1 name
+    block1 = {s["participant"]: s["group"] for s in sessions["results"] if s["block"] == 1}
+    assert {c: r["group"] for c, r in by_code.items()} == block1
+
+    stats = await get(any_server, f"/api/experiments/{code}/stats")
+    assert stats["mean_completion"] == pytest.approx(0.5)
+    assert stats["mean_score"] == pytest.approx((0 + 5 + 2.25 + 2.25) / 4)
+    assert stats["participants"] == 4 and stats["finished"] == 0 and stats["connected"] == 4
+    assert stats["status"] == "running"
+    nobody = await get(any_server, f"/api/experiments/{code}/stats?exclude_unfinished=true")
+    assert nobody["count"] == 0 and nobody["mean_score"] is None and nobody["mean_completion"] is None
+
+    group_one = by_code[row]["group"]
+    hers = await get(any_server, f"/api/experiments/{code}/stats?group={group_one}")
+    assert hers["participants"] == 2 and hers["mean_score"] == pytest.approx(2.5)
+    listed = await get(any_server, f"/api/experiments/{code}/participants?group={group_one}")
+    assert {r["code"] for r in listed["results"]} == {row, col}
+    # ranks stay over the whole experiment when the list is filtered
+    assert {r["code"]: r["rank"] for r in listed["results"]} == {row: 3, col: 1}
+
+    detail = await get(any_server, f"/api/experiments/{code}/participants/{col}")
+    assert detail["final_score"] == pytest.approx(5.0) and detail["rank"] == 1
+    assert [s["block"] for s in detail["sessions"]] == [0, 1]
+    done, waiting = detail["sessions"]
+    assert done["finished_at"] and waiting["finished_at"] is None
+    assert [r["subperiod"] for r in done["results"]] == [0, 1]
+    assert sum(r["score"] for r in done["results"]) == pytest.approx(5.0)
+    assert waiting["results"] == []
+
+
+async def test_exclude_unfinished_compares_only_finished_participants(server: Harness) -> None:
+    """One group ended by the experimenter mid-period finishes; the other never starts."""
+    exp = await server.create(participants=4, group_size=2, period_length=30)
+    code = exp["code"]
+    codes = [p["code"] for p in exp["participants"]]
+    first = await server.connect(codes[0])
+    hello = (await first.expect("hello"))["payload"]
+    partner = next(c for c in hello["members"] if c != codes[0])
+    await server.connect(partner)
+    await until_state(first, "period_start")
+    ended = await server.http.post(f"/api/experiments/{code}/end", params={"group": hello["group"]})
+    assert ended.json()["groups"] == [hello["group"]]
+    await until_state(first, "period_end")
+    others = [c for c in codes if c not in hello["members"]]
+
+    everyone = await get(server, f"/api/experiments/{code}/participants?exclude_unfinished=true")
+    rows = {r["code"]: r for r in everyone["results"]}
+    for c in hello["members"]:
+        assert rows[c]["completion"]["ratio"] == 1.0
+        # both finished score the same short stretch: tied among the two compared, 50th percentile
+        assert rows[c]["percentile_rank"] == pytest.approx(50.0)
+    for c in others:
+        assert rows[c]["completion"] == {"earned": 0, "possible": 1, "ratio": 0.0}
+        assert rows[c]["connected"] is False and rows[c]["connected_since"] is None
+    stats = await get(server, f"/api/experiments/{code}/stats?exclude_unfinished=true")
+    assert stats["count"] == 2 and stats["finished"] == 2 and stats["participants"] == 4
+    assert stats["mean_completion"] == 1.0
+    assert stats["mean_score"] == pytest.approx(rows[hello["members"][0]]["final_score"])
+    all_stats = await get(server, f"/api/experiments/{code}/stats")
+    assert all_stats["mean_completion"] == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- who may read what
+
+
+async def test_a_participant_reads_its_own_progress_with_its_code_and_nothing_else(server: Harness) -> None:
+    exp = await server.create(participants=4, group_size=2)
+    other = await server.create(participants=2, group_size=2)
+    code = exp["code"]
+    me, someone = exp["participants"][0]["code"], exp["participants"][1]["code"]
+    stranger = other["participants"][0]["code"]
+    async with httpx.AsyncClient(base_url=server.base, timeout=timeout(5)) as anonymous:
+        mine = await anonymous.get(f"/api/experiments/{code}/participants", params={"participant": me})
+        assert mine.status_code == 200, mine.text
+        assert [r["code"] for r in mine.json()["results"]] == [me] and mine.json()["count"] == 1
+        detail = await anonymous.get(f"/api/experiments/{code}/participants/{me}", params={"participant": me})
+        assert detail.status_code == 200 and detail.json()["code"] == me and detail.json()["sessions"]
+        refused = [
+            (f"/api/experiments/{code}/participants/{someone}", {"participant": me}, 403),
+            (f"/api/experiments/{code}/participants", {"participant": stranger}, 403),
+            (f"/api/experiments/{code}/participants", {"participant": "x" * 24}, 403),
+            (f"/api/experiments/{code}/participants/{stranger}", {"participant": stranger}, 403),
+            (f"/api/experiments/{code}/participants", {}, 401),
+            (f"/api/experiments/{code}/participants/{me}", {}, 401),
+            (f"/api/experiments/{code}/stats", {"participant": me}, 401),
+            (f"/api/experiments/{code}/events", {"participant": me}, 401),
+            ("/api/experiments", {}, 401),
+            # the credential is checked before the experiment is looked up
+            ("/api/experiments/nope/participants", {}, 401),
+            ("/api/experiments/nope/participants", {"participant": me}, 404),
+        ]
+        for path, params, status in refused:
+            response = await anonymous.get(path, params=params)
+            assert response.status_code == status, (path, params, response.text)
+            assert response.json()["error"]
+        for path in (f"/api/experiments/{code}/participants", f"/api/experiments/{code}/stats", "/api/experiments"):
+            wrong = await anonymous.get(path, headers={"Authorization": "Bearer wrong"})
+            assert wrong.status_code == 403, path
+            # a participant's code with a wrong token does not get in either
+            with_code = await anonymous.get(path, params={"participant": me}, headers={"Authorization": "Bearer no"})
+            assert with_code.status_code == 403, path
+
+
+async def test_the_experimenter_filters_by_participant_and_gets_404_for_the_unknown(server: Harness) -> None:
+    exp = await server.create(participants=4, group_size=2)
+    code = exp["code"]
+    them = exp["participants"][2]["code"]
+    one = await get(server, f"/api/experiments/{code}/participants?participant={them}")
+    assert [r["code"] for r in one["results"]] == [them]
+    for path in (
+        f"/api/experiments/{code}/participants?participant=unknown",
+        f"/api/experiments/{code}/participants/unknown",
+        "/api/experiments/nope/participants",
+        "/api/experiments/nope/participants/x",
+        "/api/experiments/nope/stats",
+        f"/api/experiments/{code}/stats?group=999999",
+        f"/api/experiments/{code}/participants?group=999999",
+    ):
+        response = await server.http.get(path)
+        assert response.status_code == 404, (path, response.text)
+        assert response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("exclude_unfinished=maybe", "exclude_unfinished"),
+        ("group=x", "group"),
+        ("group=0", "group"),
+        ("group=-3", "group"),
+        ("page=0", "page"),
+        ("page_size=1001", "page_size"),
+        ("page_size=x", "page_size"),
+    ],
+)
+async def test_bad_query_values_are_400_naming_the_field(server: Harness, query: str, field: str) -> None:
+    exp = await server.create(participants=2, group_size=2)
+    for endpoint in ("participants", "stats"):
+        if endpoint == "stats" and field.startswith("page"):
+            continue
+        response = await server.http.get(f"/api/experiments/{exp['code']}/{endpoint}?{query}")
+        assert response.status_code == 400, (endpoint, query, response.text)
+        assert response.json()["field"] == field
+
+
+async def test_participant_pages_walk_every_participant_once(server: Harness) -> None:
+    exp = await server.create(participants=6, group_size=2)
+    seen: list[str] = []
+    url: str | None = f"/api/experiments/{exp['code']}/participants?page_size=4"
+    pages = 0
+    while url is not None and pages < 10:
+        body = (await server.http.get(url)).json()
+        assert body["count"] == 6 and body["num_pages"] == 2
+        seen.extend(r["code"] for r in body["results"])
+        url = body["next"]
+        pages += 1
+    assert seen == [p["code"] for p in exp["participants"]]
+    past = await server.http.get(f"/api/experiments/{exp['code']}/participants?page=3&page_size=4")
+    assert past.status_code == 404
+
+
+# --------------------------------------------------------------------------- the experiments list
+
+
+async def test_experiments_are_listed_newest_first_with_pages_and_a_status_filter(server: Harness) -> None:
+    made = [(await server.create())["code"] for _ in range(3)]
+    body = await get(server, "/api/experiments?page_size=2")
+    assert body["count"] == 3 and body["num_pages"] == 2 and body["previous"] is None
+    assert [r["code"] for r in body["results"]] == made[::-1][:2]
+    assert "participants" not in body["results"][0] and body["results"][0]["status"] == "pending"
+    rest = (await server.http.get(body["next"])).json()
+    assert [r["code"] for r in rest["results"]] == made[:1] and rest["next"] is None
+
+    await server.http.post(f"/api/experiments/{made[0]}/end")
+    await wait_for_status(server, made[0], "cancelled")
+    cancelled = await get(server, "/api/experiments?status=cancelled")
+    assert [r["code"] for r in cancelled["results"]] == [made[0]]
+    none = await get(server, "/api/experiments?status=done")
+    assert none["count"] == 0 and none["results"] == [] and none["num_pages"] == 1
+    bad = await server.http.get("/api/experiments?status=finished")
+    assert bad.status_code == 400 and bad.json()["field"] == "status"
+    assert (await server.http.get("/api/experiments?page=3&page_size=2")).status_code == 404
+
+
+async def test_each_experimenter_action_is_stored_as_a_control_event(server: Harness) -> None:
+    exp = await server.create(participants=2, group_size=2, period_length=30)
+    code = exp["code"]
+    row, _col = [await server.connect(p["code"]) for p in exp["participants"]]
+    await until_state(row, "period_start")
+    hello = row.frames[0]["payload"]
+    for action, params in (("pause", {}), ("resume", {"group": hello["group"]}), ("end", {})):
+        response = await server.http.post(f"/api/experiments/{code}/{action}", params=params)
+        assert response.status_code == 200, response.text
+    await until_state(row, "period_end")
+    events = await server.events(code)
+    controls = [e for e in events if e["channel"] == "control"]
+    assert [c["value"] for c in controls] == [
+        {"action": "pause", "scope": "experiment"},
+        {"action": "resume", "scope": "group"},
+        {"action": "end", "scope": "experiment"},
+    ]
+    assert all(c["group"] == hello["group"] and c["participant"] is None for c in controls)
+    # each is stored right before what it caused, in the same write
+    for c in controls:
+        after = next(e for e in events if e["seq"] == c["seq"] + 1)
+        assert after["channel"] in ("period", "state", "result") and after["timestamp"] == c["timestamp"]
+    # never sent to the participants
+    assert not [f for f in row.frames if f["channel"] == "control"]
