@@ -119,8 +119,14 @@ async def _experiment(request: Request) -> dict[str, Any]:
     return row
 
 
-def _experiment_summary(request: HTTPConnection, row: dict[str, Any]) -> dict[str, Any]:
+def base_url(request: HTTPConnection) -> str:
+    """The server's address as the client reached it, as http(s) even for a WebSocket."""
     base = str(request.base_url).rstrip("/")
+    return "http" + base[2:] if base.startswith("ws") else base
+
+
+def _experiment_summary(request: HTTPConnection, row: dict[str, Any]) -> dict[str, Any]:
+    base = base_url(request)
     return {
         "code": row["code"],
         "game": row["game"],
@@ -139,7 +145,7 @@ def _experiment_summary(request: HTTPConnection, row: dict[str, Any]) -> dict[st
 
 
 def experiment_body(request: HTTPConnection, row: dict[str, Any], people: list[dict[str, Any]]) -> dict[str, Any]:
-    base = str(request.base_url).rstrip("/")
+    base = base_url(request)
     return {
         **_experiment_summary(request, row),
         "participants": [

@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket
 from . import api, export
 from .connection import REDWOOD, SYNCLAB, serve
 from .exceptions import ApiError
+from .monitor import monitor_socket
 from .runtime import Runtime
 from .settings import Settings
 
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/p/{code}", participant_page),
         Route("/monitor", monitor_page),
         WebSocketRoute("/ws/p/{code}", participant_socket),
+        WebSocketRoute("/ws/monitor/{code}", monitor_socket),
         WebSocketRoute("/redwood/app-name/{app}/group/{group}/participant/{code}/", redwood_socket),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]

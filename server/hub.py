@@ -22,6 +22,9 @@ class Hub(Protocol):
 
     def publish(self, topic: str, data: str, to: frozenset[str] | None = None) -> None: ...
 
+    def listening(self, topic: str) -> bool:
+        """Whether anybody may be subscribed (so a publisher can skip encoding for nobody)."""
+
 
 class MemoryHub:
     """Fan-out inside one process."""
@@ -39,6 +42,9 @@ class MemoryHub:
             if not subscribers:
                 del self._topics[topic]
 
+    def listening(self, topic: str) -> bool:
+        return topic in self._topics
+
     def publish(self, topic: str, data: str, to: frozenset[str] | None = None) -> None:
         # a copy: a subscriber may unsubscribe (be cut off) while we deliver
         for subscriber in list(self._topics.get(topic, {}).values()):
@@ -47,3 +53,13 @@ class MemoryHub:
 
 def group_topic(group_id: int) -> str:
     return f"group:{group_id}"
+
+
+def monitor_topic(experiment_id: int) -> str:
+    """An experiment's feed for monitors: each stored write as a JSON list of event rows."""
+    return f"monitor:{experiment_id}"
+
+
+def monitor_presence_topic(experiment_id: int) -> str:
+    """An experiment's connection changes for monitors: whole ``connection`` frames."""
+    return f"presence:{experiment_id}"

@@ -19,8 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
+
+import orjson
 
 from groups import (
     NOBODY,
@@ -56,7 +59,7 @@ from .database import (
     to_epoch,
 )
 from .exceptions import WS_4000_REPLACED, NotPersisted
-from .hub import Hub, group_topic
+from .hub import Hub, group_topic, monitor_presence_topic, monitor_topic
 from .wire import encode, ms
 
 log = logging.getLogger("synclab.live")
@@ -64,6 +67,35 @@ Clock = Callable[[], float]
 ACTIONS = ("start", "pause", "resume", "end")
 #: the channel of an experimenter's action, recorded (not sent) before what it caused
 CONTROL = "control"
+
+
+class Meter:
+    """An experiment's recent throughput and broadcast latency, for the monitor's ``stats``."""
+
+    def __init__(self, clock: Clock, window: int = 512) -> None:
+        self.events = 0
+        self._clock = clock
+        #: (when, how many events, seconds from the action to its broadcast) of recent writes
+        self.recent: deque[tuple[float, int, float]] = deque(maxlen=window)
+
+    def observe(self, events: int, latency: float) -> None:
+        self.events += events
+        self.recent.append((self._clock(), events, latency))
+
+    def summary(self, over: float = 1.0) -> dict[str, Any]:
+        """Events per second over the last ``over`` seconds and the latency of the last writes."""
+        now = self._clock()
+        latest = [r for r in self.recent if r[0] >= now - over]
+        latencies = sorted(r[2] for r in self.recent)
+        return {
+            "events": self.events,
+            "events_per_second": sum(r[1] for r in latest) / over,
+            "latency_ms": {
+                "last": round(self.recent[-1][2] * 1000, 3) if self.recent else None,
+                "p50": round(latencies[len(latencies) // 2] * 1000, 3) if latencies else None,
+                "max": round(latencies[-1] * 1000, 3) if latencies else None,
+            },
+        }
 
 
 class Member(Protocol):
@@ -104,8 +136,10 @@ class LiveGroup:
         hub: Hub,
         clock: Clock,
         on_ended: Callable[[LiveGroup], None] | None = None,
+        meter: Meter | None = None,
     ) -> None:
         self.spec = spec
+        self.meter = meter or Meter(clock)
         self.id = spec.group_id
         self.experiment_id = spec.experiment_id
         self.experiment_code = spec.experiment_code
@@ -178,6 +212,7 @@ class LiveGroup:
                 if ev.to is None or ev.to:  # NOBODY (empty): recorded, not sent
                     self._hub.publish(self.topic, encode(ev.channel, ev.payload, seq=seq, ts=now), ev.to)
             future.set_result(stored.seqs)
+            self._to_monitors(events, stored, now, connection)
             if not was_ended and snapshot.phase is Phase.ENDED and self._on_ended is not None:
                 self._on_ended(self)
 
@@ -189,6 +224,33 @@ class LiveGroup:
         self._writer.submit(write, committed, failed)
         self._reschedule()
         return future
+
+    def _to_monitors(self, events: list[Event], stored: Write, now: float, connection: ConnectionChange | None) -> None:
+        """Tell the experiment's monitors what was stored: one frame per write, never awaited."""
+        latency = self._clock() - now
+        self.meter.observe(len(events), latency)
+        topic = monitor_topic(self.experiment_id)
+        if events and self._hub.listening(topic):
+            at, lat = ms(now), round(latency * 1000, 3)
+            rows = [
+                {"seq": seq, "ts": at, "group": self.id, "participant": ev.participant,
+                 "channel": ev.channel, "value": ev.payload, "latency": lat}
+                for ev, seq in zip(events, stored.seqs, strict=True)
+            ]
+            self._hub.publish(topic, orjson.dumps(rows).decode())
+        presence = monitor_presence_topic(self.experiment_id)
+        if connection is not None and self._hub.listening(presence):
+            code = next((c for c, i in self.member_ids.items() if i == connection.participant_id), None)
+            when = connection.opened if connection.opened is not None else connection.closed or now
+            self._hub.publish(presence, encode("connection", {
+                "participant": code,
+                "group": self.id,
+                # a replaced connection's close leaves the participant connected through the newer one
+                "connected": connection.opened is not None or code in self.current,
+                "at": ms(when),
+                "user_agent": connection.user_agent,
+                "close_code": connection.close_code,
+            }))
 
     def _write(
         self,
@@ -418,6 +480,8 @@ class LiveGroups:
         self.groups: dict[int, LiveGroup] = {}
         self._loading: dict[int, asyncio.Lock] = {}
         self._moves: dict[int, asyncio.TimerHandle] = {}
+        #: per experiment id: its recent throughput and latency
+        self.meters: dict[int, Meter] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def resume_all(self) -> int:
@@ -439,12 +503,19 @@ class LiveGroups:
                 spec = await self.database.read(load_group, group_id)
                 if spec is None:
                     raise LookupError(f"no group {group_id}")
-                group = LiveGroup(spec, load_game(spec.game), self.writer, self.hub, self.clock, self._ended)
+                meter = self.meter(spec.experiment_id)
+                group = LiveGroup(spec, load_game(spec.game), self.writer, self.hub, self.clock, self._ended, meter)
                 self.groups[group_id] = group
                 if group.committed.phase is Phase.ENDED:
                     self._ended(group)
         self._loading.pop(group_id, None)
         return group
+
+    def meter(self, experiment_id: int) -> Meter:
+        meter = self.meters.get(experiment_id)
+        if meter is None:
+            meter = self.meters[experiment_id] = Meter(self.clock)
+        return meter
 
     async def seat(self, code: str, now: float | None = None) -> tuple[Seat, LiveGroup] | None:
         """The participant's seat and its live group, or ``None`` for an unknown code."""

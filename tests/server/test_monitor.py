@@ -1,0 +1,145 @@
+"""The monitor socket: a snapshot, then every stored event and connection change, batched."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.server.harness import TOKEN, Client, Harness, timeout
+from tests.server.test_blocks import decide, until_state
+
+
+async def monitor(server: Harness, code: str, token: str = TOKEN) -> Client:
+    return await server.connect(code, f"/ws/monitor/{code}?token={token}")
+
+
+def payloads(mon: Client, channel: str) -> list[Any]:
+    """Every payload the monitor got on ``channel`` so far; ``events`` flattened to rows."""
+    found = [f["payload"] for f in mon.frames if f["channel"] == channel]
+    if channel == "events":
+        assert all(found), "an events frame is never empty"
+        return [row for batch in found for row in batch]
+    return found
+
+
+async def until(mon: Client, channel: str, done: Any, wait: float = 5.0) -> list[Any]:
+    """Read frames until ``done(payloads(mon, channel))`` holds; returns those payloads."""
+    async with asyncio.timeout(timeout(wait)):
+        while not done(payloads(mon, channel)):
+            await mon.next(wait)
+    return payloads(mon, channel)
+
+
+def rows_until(mon: Client, done: Any, wait: float = 5.0) -> Any:
+    return until(mon, "events", done, wait)
+
+
+async def test_a_wrong_or_missing_token_is_refused_at_the_handshake(server: Harness) -> None:
+    exp = await server.create()
+    for token in ("wrong", "", TOKEN + "x"):
+        with pytest.raises(InvalidStatus) as refused:
+            await monitor(server, exp["code"], token)
+        assert refused.value.response.status_code == 403
+    with pytest.raises(InvalidStatus):
+        await server.connect(exp["code"], f"/ws/monitor/{exp['code']}")
+
+
+async def test_an_unknown_experiment_is_closed_with_4404(server: Harness) -> None:
+    mon = await monitor(server, "nope")
+    with pytest.raises(ConnectionClosed) as closed:
+        await mon.next()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
+
+
+async def test_the_monitor_sees_the_snapshot_then_connections_and_events_live(any_server: Harness) -> None:
+    server = any_server
+    exp = await server.create(participants=2, group_size=2, period_length=30)
+    code = exp["code"]
+    mon = await monitor(server, code)
+    snap = (await mon.expect("snapshot"))["payload"]
+    assert snap["experiment"]["code"] == code and snap["experiment"]["participants"] == exp["participants"]
+    assert snap["last_seq"] == 0 and isinstance(snap["server_time"], int)
+    assert [g["phase"] for g in snap["groups"]] == ["waiting"]
+    group = snap["groups"][0]
+    assert sorted(group["members"]) == sorted(p["code"] for p in exp["participants"])
+    assert group["period_length"] == 30 and group["block"] == 0
+    assert [p["connected"] for p in snap["participants"]] == [False, False]
+    assert snap["blocks"][0]["status"] == "pending"
+
+    row, col = [await server.connect(p["code"]) for p in exp["participants"]]
+    await until_state(row, "period_start")
+    seen = await until(mon, "connection", lambda c: len(c) >= 2)
+    assert {s["participant"] for s in seen} == set(group["members"]) and all(s["connected"] for s in seen)
+    assert all(s["group"] == group["id"] and isinstance(s["at"], int) for s in seen)
+
+    rows = await rows_until(mon, lambda rs: any(r["value"] == "period_start" for r in rs))
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
+    seq = await decide(col, 0.25, "d1")
+    mine = await rows_until(mon, lambda rs: any(r["seq"] == seq for r in rs))
+    assert [r["seq"] for r in mine] == list(range(1, len(mine) + 1))
+    decision = next(r for r in mine if r["seq"] == seq)
+    assert decision["channel"] == "decisions" and decision["value"] == 0.25
+    assert decision["participant"] == col_code(exp, group, row) and decision["group"] == group["id"]
+    assert decision["latency"] >= 0 and isinstance(decision["ts"], int)
+    # what the monitor saw is what is stored
+    stored = {e["seq"]: e for e in await server.events(code)}
+    for r in mine:
+        assert stored[r["seq"]]["channel"] == r["channel"] and stored[r["seq"]]["value"] == r["value"]
+
+    stats = (await until(mon, "stats", bool))[-1]
+    assert stats["status"] in ("running", "pending") and stats["events"] >= len(rows)
+    assert set(stats["latency_ms"]) == {"last", "p50", "max"}
+
+    await server.http.post(f"/api/experiments/{code}/pause")
+    paused = await rows_until(mon, lambda rs: any(r["channel"] == "period" for r in rs))
+    control = next(r for r in paused if r["channel"] == "control")
+    assert control["value"] == {"action": "pause", "scope": "experiment"}
+
+    await col.close()
+    gone = (await until(mon, "connection", lambda c: len(c) >= 3))[-1]
+    assert gone["participant"] == decision["participant"] and gone["connected"] is False
+
+
+def col_code(exp: dict[str, Any], group: dict[str, Any], row: Client) -> str:
+    """The member who is not the first one to have connected (the test's ``col`` client)."""
+    first = row.frames[0]["payload"]["participant"]
+    return str(next(c for c in group["members"] if c != first))
+
+
+async def test_a_late_monitor_gets_the_state_in_its_snapshot_and_no_event_twice(server: Harness) -> None:
+    exp = await server.create(participants=2, group_size=2, period_length=30)
+    code = exp["code"]
+    row, col = [await server.connect(p["code"]) for p in exp["participants"]]
+    await until_state(row, "period_start")
+    await decide(row, 1, "a")
+    mon = await monitor(server, code)
+    snap = (await mon.expect("snapshot"))["payload"]
+    me = row.frames[0]["payload"]["participant"]
+    assert snap["groups"][0]["phase"] == "running" and snap["groups"][0]["decisions"][me] == 1
+    assert snap["groups"][0]["started_at"] and snap["groups"][0]["ends_at"]
+    assert all(p["connected"] and p["connected_since"] for p in snap["participants"])
+    assert snap["last_seq"] == (await server.events(code))[-1]["seq"]
+    last = await decide(col, 0, "b")
+    rows = await rows_until(mon, lambda rs: any(r["seq"] == last for r in rs))
+    assert rows[0]["seq"] == snap["last_seq"] + 1
+    assert [r["seq"] for r in rows] == list(range(snap["last_seq"] + 1, snap["last_seq"] + 1 + len(rows)))
+
+
+async def test_a_burst_of_decisions_reaches_the_monitor_in_few_batches(server: Harness) -> None:
+    """200 decisions over two sockets arrive in order and gap-free, many to an ``events`` frame."""
+    exp = await server.create(participants=2, group_size=2, period_length=30)
+    code = exp["code"]
+    row, col = [await server.connect(p["code"]) for p in exp["participants"]]
+    await until_state(row, "period_start")
+    mon = await monitor(server, code)
+    snap = (await mon.expect("snapshot"))["payload"]
+    for i in range(100):
+        await row.send("decisions", (i % 10) / 10)
+        await col.send("decisions", (i % 7) / 7)
+    rows = await rows_until(mon, lambda rs: sum(r["channel"] == "decisions" for r in rs) >= 200, wait=10)
+    frames = len([f for f in mon.frames if f["channel"] == "events"])
+    assert [r["seq"] for r in rows] == list(range(snap["last_seq"] + 1, snap["last_seq"] + 1 + len(rows)))
+    assert frames < len(rows) / 5, (frames, len(rows))
