@@ -1,0 +1,249 @@
+// synclab's browser client: one WebSocket that speaks `{channel, payload}` JSON frames,
+// reconnects by itself, and keeps an estimate of the server's clock.
+//
+// Used by the experimenter's monitor (/monitor) and the participant page (/p/{code}); nothing
+// in it knows either. An ES module with no dependencies and no build step:
+//
+//   import { SynclabSocket } from "/static/synclab.js";
+//   const socket = new SynclabSocket(`/ws/p/${code}`);
+//   socket.on("hello", (payload, frame) => { ... });
+//   socket.onState((state, detail) => { ... });   // "connecting" | "open" | "closed"
+//   socket.connect();
+//   socket.send("decisions", 0.7, { id: "d-1" });
+//   const remaining = endsAt - socket.serverNow();
+
+/** Close codes after which reconnecting cannot help: the server will refuse again. */
+export const FINAL_CLOSE_CODES = new Set([
+  1008, // policy violation
+  4000, // the same participant connected again elsewhere: this tab is the older one
+  4003, // the URL names another game or group
+  4404, // unknown participant or experiment
+]);
+
+/** The ws:// or wss:// URL of `path` on the server that served this page. */
+export function socketUrl(path, query = {}) {
+  const url = new URL(path, window.location.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  for (const [name, value] of Object.entries(query)) {
+    if (value !== undefined && value !== null) url.searchParams.set(name, String(value));
+  }
+  return url.toString();
+}
+
+/**
+ * The delay before reconnect attempt `attempt` (0-based): exponential from `baseMs`, capped at
+ * `maxMs`, with "equal jitter" (half fixed, half random) so that a lab full of browsers that
+ * lost the server together does not come back in one burst.
+ */
+export function backoffDelay(attempt, baseMs, maxMs, random = Math.random) {
+  const ceiling = Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 30));
+  return ceiling / 2 + random() * (ceiling / 2);
+}
+
+/**
+ * The offset between the server's clock and this browser's, from timestamps the server put in
+ * its frames. A sample is `serverTime` known to have been read between `sentAt` and
+ * `receivedAt` (local ms); its error is at most half that window, so the narrowest recent
+ * window wins. `offset` is server minus local: `Date.now() + offset` is the server's now.
+ */
+export class ServerClock {
+  constructor(keep = 8) {
+    this.keep = keep;
+    this.samples = [];
+    this.offset = 0;
+    this.uncertainty = Infinity;
+  }
+
+  sample(serverTime, sentAt, receivedAt) {
+    if (!Number.isFinite(serverTime) || !(receivedAt >= sentAt)) return;
+    const half = (receivedAt - sentAt) / 2;
+    this.samples.push({ offset: serverTime - (sentAt + half), half });
+    if (this.samples.length > this.keep) this.samples.shift();
+    const best = this.samples.reduce((a, b) => (b.half < a.half ? b : a));
+    this.offset = best.offset;
+    this.uncertainty = best.half;
+  }
+
+  now() {
+    return Date.now() + this.offset;
+  }
+}
+
+/**
+ * A WebSocket to a synclab server that reconnects until `close()` is called.
+ *
+ * Options: `query` (object added to the URL, e.g. `{token}`), `baseDelay`/`maxDelay` (ms,
+ * the reconnect backoff), `pingInterval` (ms; 0 = never: only sockets whose server answers
+ * `ping` with `server_time` should set it), `finalCodes` (close codes that stop reconnecting).
+ */
+export class SynclabSocket {
+  constructor(path, options = {}) {
+    this.url = socketUrl(path, options.query || {});
+    this.baseDelay = options.baseDelay ?? 500;
+    this.maxDelay = options.maxDelay ?? 10000;
+    this.pingInterval = options.pingInterval ?? 0;
+    this.finalCodes = options.finalCodes ?? FINAL_CLOSE_CODES;
+    this.clock = new ServerClock();
+    this.state = "idle";
+    this.attempt = 0;
+    this._handlers = new Map();
+    this._stateHandlers = new Set();
+    this._ws = null;
+    this._timer = null;
+    this._pinger = null;
+    this._stopped = false;
+    this._connectStartedAt = 0;
+    this._firstFrame = false;
+  }
+
+  /** Call `fn(payload, frame)` for every frame on `channel` ("*" for all); returns an unsubscribe. */
+  on(channel, fn) {
+    if (!this._handlers.has(channel)) this._handlers.set(channel, new Set());
+    this._handlers.get(channel).add(fn);
+    return () => this._handlers.get(channel).delete(fn);
+  }
+
+  /** Call `fn(state, detail)` on each change: connecting {attempt}, open, closed {code, reason, final, retryIn}. */
+  onState(fn) {
+    this._stateHandlers.add(fn);
+    return () => this._stateHandlers.delete(fn);
+  }
+
+  /** Open the socket (again after `close()`). */
+  connect() {
+    this._stopped = false;
+    clearTimeout(this._timer);
+    this._open();
+    return this;
+  }
+
+  /** Close for good: no reconnect. */
+  close(code = 1000, reason = "") {
+    this._stopped = true;
+    clearTimeout(this._timer);
+    this._stopPinging();
+    if (this._ws) this._ws.close(code, reason);
+  }
+
+  /**
+   * Send `{channel, payload, id?}`. Returns false when the socket is not open: the frame is
+   * not queued, since a decision sent late may be wrong; resend with the same `id` after a
+   * reconnect and the server stores it once.
+   */
+  send(channel, payload, { id } = {}) {
+    if (!this._ws || this._ws.readyState !== WebSocket.OPEN) return false;
+    const frame = { channel, payload };
+    if (id !== undefined) frame.id = id;
+    this._ws.send(JSON.stringify(frame));
+    return true;
+  }
+
+  /** Ask for the server's time; the `ping` reply refines `clock`. */
+  ping() {
+    return this.send("ping", { timestamp: Date.now() });
+  }
+
+  /** The server's clock now, in ms since the epoch. */
+  serverNow() {
+    return this.clock.now();
+  }
+
+  _open() {
+    this._setState("connecting", { attempt: this.attempt });
+    this._connectStartedAt = Date.now();
+    this._firstFrame = true;
+    const ws = new WebSocket(this.url);
+    this._ws = ws;
+    ws.onopen = () => {
+      if (ws !== this._ws) return;
+      this.attempt = 0;
+      this._setState("open", {});
+      this._startPinging();
+    };
+    ws.onmessage = (message) => {
+      if (ws === this._ws) this._receive(message.data);
+    };
+    ws.onclose = (event) => {
+      if (ws !== this._ws) return;
+      this._ws = null;
+      this._stopPinging();
+      this._closed(event.code, event.reason);
+    };
+  }
+
+  _closed(code, reason) {
+    const final = this._stopped || this.finalCodes.has(code);
+    if (final) {
+      this._setState("closed", { code, reason, final: true, retryIn: null });
+      return;
+    }
+    const retryIn = Math.round(backoffDelay(this.attempt, this.baseDelay, this.maxDelay));
+    this.attempt += 1;
+    this._setState("closed", { code, reason, final: false, retryIn });
+    this._timer = setTimeout(() => {
+      if (!this._stopped) this._open();
+    }, retryIn);
+  }
+
+  _receive(data) {
+    const receivedAt = Date.now();
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch {
+      console.warn("synclab: a frame that is not JSON", data);
+      return;
+    }
+    if (!frame || typeof frame.channel !== "string") {
+      console.warn("synclab: a frame without a channel", frame);
+      return;
+    }
+    this._learnTime(frame, receivedAt);
+    for (const key of [frame.channel, "*"]) {
+      for (const fn of this._handlers.get(key) || []) {
+        try {
+          fn(frame.payload, frame);
+        } catch (error) {
+          console.error(`synclab: a handler of ${key} failed`, error);
+        }
+      }
+    }
+  }
+
+  /**
+   * The first frame of a connection (hello, snapshot) was stamped between the start of the
+   * handshake and its arrival; a ping reply between the ping and its arrival.
+   */
+  _learnTime(frame, receivedAt) {
+    const payload = frame.payload;
+    const serverTime = payload && typeof payload === "object" ? payload.server_time : undefined;
+    if (frame.channel === "ping" && Number.isFinite(payload?.timestamp)) {
+      this.clock.sample(serverTime, payload.timestamp, receivedAt);
+    } else if (this._firstFrame) {
+      this.clock.sample(serverTime, this._connectStartedAt, receivedAt);
+    }
+    this._firstFrame = false;
+  }
+
+  _startPinging() {
+    if (!this.pingInterval) return;
+    this.ping();
+    this._pinger = setInterval(() => this.ping(), this.pingInterval);
+  }
+
+  _stopPinging() {
+    clearInterval(this._pinger);
+    this._pinger = null;
+  }
+
+  _setState(state, detail) {
+    this.state = state;
+    for (const fn of this._stateHandlers) {
+      try {
+        fn(state, detail);
+      } catch (error) {
+        console.error("synclab: a state handler failed", error);
+      }
+    }
+  }
+}
