@@ -20,6 +20,7 @@ from .experiments import parse_request, plan
 from .export import FORMATS, TABLES, run_export
 from .runtime import admin_token
 from .settings import Settings
+from .verify import run_verify
 
 #: uvicorn closes a socket with 1009 past this; below it our own limit answers with an error frame
 WS_MAX_SIZE = 1024 * 1024
@@ -71,11 +72,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     exporting.add_argument("code")
     exporting.add_argument("--table", choices=TABLES, help="one table (default: the whole JSON document)")
     exporting.add_argument("--format", choices=FORMATS, help="default: csv for a table, json for everything")
+    checking = commands.add_parser("verify", help="recompute every result and score from the event log")
+    checking.add_argument("code")
+    checking.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
         if args.command == "export":
             return run_export(settings, args.code, args.table, args.format)
+        if args.command == "verify":
+            return run_verify(settings, args.code, as_json=args.json)
         port = settings.port if args.port is None else args.port
         if not 0 <= port <= 65535:
             raise SettingsError(f"--port: expected a port from 0 to 65535, got {port}")
