@@ -338,6 +338,8 @@ async function openExperiment(code) {
   $("#x-stats").replaceChildren();
   setText($("#control-result"), "");
   setText($("#live-state"), "");
+  delete $("#live-state").dataset.snapshots;
+  delete $("#live-state").dataset.lastClose;
   let detail;
   try {
     detail = await api(`api/experiments/${encodeURIComponent(code)}`);
@@ -396,6 +398,7 @@ class LiveExperiment {
   socketState(state, detail) {
     const el = $("#live-state");
     el.dataset.state = state;
+    if (state === "closed") el.dataset.lastClose = String(detail.code);
     if (state === "connecting") setText(el, detail.attempt ? `Reconnecting (attempt ${detail.attempt + 1})…` : "Connecting…");
     else if (state === "open") setText(el, "Live");
     else if (detail.code === 4404) {
@@ -415,6 +418,8 @@ class LiveExperiment {
   // ------------------------------------------------------------------------------- frames
 
   snapshot(p) {
+    const el = $("#live-state");
+    el.dataset.snapshots = String(Number(el.dataset.snapshots || 0) + 1);
     if (p.experiment) {
       this.detail = { ...this.detail, ...p.experiment };
       this.status = p.experiment.status ?? this.status;
