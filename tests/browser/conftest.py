@@ -1,0 +1,66 @@
+"""A real Chromium for the browser tests: Debian's ``chromium`` driven by Python Playwright.
+
+Playwright's own browser download is never used (``playwright install`` is not run): the
+tests launch the system's Chromium through ``executable_path``; ``SYNCLAB_CHROMIUM`` names
+another binary. Without a Chromium the tests skip loudly, except with ``CI=true``, where they
+fail: ``.ci/run`` installs Debian's ``chromium``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from tests.server.harness import timeout
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+CHROMIUM = os.environ.get("SYNCLAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _missing(what: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{what} (CI=true: the browser tests must run; .ci/run installs Debian's chromium)")
+    pytest.skip(f"SKIPPING BROWSER TESTS — {what}")
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """A headless Chromium, closed after the test."""
+    if not os.access(CHROMIUM, os.X_OK):
+        _missing(f"no Chromium at {CHROMIUM}; apt-get install chromium or set SYNCLAB_CHROMIUM")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=timeout(30) * 1000
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    """A fresh page (its own localStorage) whose waits are bounded; it must raise no JS error."""
+    context = await browser.new_context(viewport={"width": 1200, "height": 1600}, accept_downloads=True)
+    context.set_default_timeout(timeout(10) * 1000)
+    new_page = await context.new_page()
+    errors: list[str] = []  # uncaught exceptions; a refused fetch is a console error, not one of these
+    new_page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        yield new_page
+    finally:
+        await context.close()
+    assert not errors, f"the page raised uncaught exceptions: {errors}"

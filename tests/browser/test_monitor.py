@@ -1,0 +1,150 @@
+"""The monitor page in a real Chromium against a real server, with real participant sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Page, expect
+
+from server import monitor
+from tests.server.harness import TOKEN, Harness, timeout
+
+TOKEN_KEY = "synclab.monitor.token"
+WAIT_MS = timeout(10) * 1000
+
+
+async def points(page: Page, group: int) -> int:
+    """How many decision points the group's chart has drawn (its ``data-points``)."""
+    value = await page.locator(f'article[data-group="{group}"] canvas').get_attribute("data-points")
+    return int(value or 0)
+
+
+async def test_monitor_creates_an_experiment_and_follows_it_live(server: Harness, page: Page) -> None:
+    """Create from the form, show links and QR codes, follow connections, decisions and a pause."""
+    await page.goto(f"{server.base}/monitor?token={TOKEN}")
+    await expect(page.locator("#f-game option[value=bimatrix]")).to_be_attached(timeout=WAIT_MS)
+    assert "token" not in page.url, "the token stays out of the address bar"
+    assert await page.evaluate(f"localStorage.getItem('{TOKEN_KEY}')") == TOKEN
+
+    await page.get_by_label("Game", exact=True).select_option("bimatrix")
+    assert '"payoffs"' in await page.get_by_label("Config (JSON", exact=False).input_value()
+    await page.get_by_role("spinbutton", name="Participants").fill("2")
+    await page.get_by_role("spinbutton", name="Period length (s)").fill("30")
+    await page.get_by_role("button", name="Create experiment").click()
+    await page.wait_for_url(re.compile(r"\?experiment=\w+"), timeout=WAIT_MS)
+    code = page.url.rsplit("=", 1)[1]
+    detail = (await server.http.get(f"/api/experiments/{code}")).json()
+    assert detail["game"] == "bimatrix"
+    assert detail["num_participants"] == 2
+
+    people = detail["participants"]
+    for person in people:
+        await expect(page.get_by_role("link", name=person["url"])).to_be_visible()
+        qr = page.get_by_role("img", name=f"QR code of the link of {person['label']}")
+        await expect(qr).to_be_visible()
+        modules = int(await qr.get_attribute("data-modules") or 0)
+        assert modules >= 21 and (modules - 17) % 4 == 0, f"a QR code has 4·version+17 modules, got {modules}"
+    await expect(page.locator("#live-state")).to_have_text("Live", timeout=WAIT_MS)
+
+    clients = [await server.connect(person["code"]) for person in people]
+    for client in clients:
+        assert (await client.expect("state"))["payload"] == "period_start"
+    for person in people:
+        row = page.locator(f'tr[data-participant="{person["code"]}"]')
+        await expect(row).to_have_attribute("data-connected", "true", timeout=WAIT_MS)
+        await expect(row.locator(".connection")).to_contain_text("connected since")
+
+    group = page.locator("article.group").first
+    await expect(group).to_have_attribute("data-phase", "running", timeout=WAIT_MS)
+    group_id = int(await group.get_attribute("data-group") or 0)
+    countdown = group.locator(".countdown")
+    await expect(countdown).to_have_text(re.compile(r"^0:[0-3]\d left$"))
+    remaining = int(await countdown.get_attribute("data-remaining-ms") or -1)
+    assert 0 < remaining <= 30_000, remaining
+
+    before = await points(page, group_id)
+    await clients[0].send("decisions", 0.9, "a")
+    await clients[1].send("decisions", 0.1, "b")
+    for client in clients:
+        await client.expect("ack")
+    first, second = (p["label"] for p in people)
+    summary = group.locator(".chart-summary")
+    await expect(summary).to_have_text(f"Decisions: {first} 0.90, {second} 0.10", timeout=WAIT_MS)
+    assert await points(page, group_id) >= before + 2, "each new decision is a point on the chart"
+    await expect(page.locator("#stat-rate")).to_have_text(re.compile(r"^\d+\.\d$"), timeout=WAIT_MS)
+    await expect(page.locator("#stat-latency")).to_have_text(re.compile(r"^\d+\.\d / "), timeout=WAIT_MS)
+
+    await page.get_by_role("group", name="Experiment controls").get_by_role("button", name="Pause").click()
+    await expect(page.locator("#control-result")).to_have_text(re.compile(rf"^pause: group {group_id}; "))
+    await expect(group).to_have_attribute("data-phase", "paused", timeout=WAIT_MS)
+    await expect(countdown).to_have_text(re.compile(r"left \(paused\)$"))
+    for client in clients:
+        assert (await client.expect("period"))["payload"]["status"] == "paused"
+
+    await group.get_by_role("button", name="resume").click()
+    await expect(group).to_have_attribute("data-phase", "running", timeout=WAIT_MS)
+    for client in clients:
+        assert (await client.expect("period"))["payload"]["status"] == "running"
+
+    async with page.expect_download(timeout=WAIT_MS) as downloading:
+        await page.get_by_role("button", name="events.csv").click()
+    saved = Path(await (await downloading.value).path())
+    lines = (await asyncio.to_thread(saved.read_text)).splitlines()
+    assert "seq" in lines[0] and "channel" in lines[0], lines[0]
+    assert sum("decisions" in line for line in lines) >= 2
+
+
+async def test_monitor_with_a_wrong_token_shows_the_error_and_asks_again(server: Harness, page: Page) -> None:
+    """A refused token is said plainly, forgotten, and the token form comes back."""
+    await page.goto(f"{server.base}/monitor?token=not-the-token")
+    error = page.get_by_role("alert")
+    await expect(error).to_contain_text("403", timeout=WAIT_MS)
+    await expect(error).to_contain_text("token is wrong")
+    await expect(page.get_by_label("Experimenter token")).to_be_visible()
+    assert await page.evaluate(f"localStorage.getItem('{TOKEN_KEY}')") is None
+
+    await page.get_by_label("Experimenter token").fill(TOKEN)
+    await page.get_by_role("button", name="Use token").click()
+    await expect(page.get_by_role("heading", name="Experiments")).to_be_visible()
+    await expect(page.locator("#page-info")).to_have_text(re.compile(r"\(0 experiments\)"), timeout=WAIT_MS)
+    await expect(error).to_be_hidden()
+
+
+async def test_monitor_names_the_field_the_server_refused(server: Harness, page: Page) -> None:
+    """A 400 from POST /api/experiments shows its message and marks the field it names."""
+    await page.goto(f"{server.base}/monitor?token={TOKEN}")
+    await expect(page.locator("#f-game option[value=bimatrix]")).to_be_attached(timeout=WAIT_MS)
+    await page.get_by_role("spinbutton", name="Participants").fill("3")
+    await page.get_by_role("button", name="Create experiment").click()
+    await expect(page.get_by_role("alert")).to_contain_text("expected a multiple of group_size", timeout=WAIT_MS)
+    await expect(page.get_by_role("spinbutton", name="Participants")).to_have_attribute("aria-invalid", "true")
+    assert "experiment=" not in page.url
+
+
+async def test_monitor_cut_off_for_falling_behind_reconnects_to_a_fresh_snapshot(
+    server: Harness, page: Page, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closed 4008, the page reconnects by itself and shows what happened meanwhile."""
+    exp = await server.create(period_length=60)
+    await page.goto(f"{server.base}/monitor?token={TOKEN}&experiment={exp['code']}")
+    live = page.locator("#live-state")
+    await expect(live).to_have_attribute("data-snapshots", "1", timeout=WAIT_MS)
+    people = exp["participants"]
+    clients = [await server.connect(person["code"]) for person in people]
+    group = page.locator("article.group").first
+    await expect(group).to_have_attribute("data-phase", "running", timeout=WAIT_MS)
+
+    monkeypatch.setattr(monitor, "MAX_BUFFERED", 0)  # the next stored write is one too many
+    await clients[0].send("decisions", 0.8, "a")
+    await expect(live).to_have_attribute("data-last-close", "4008", timeout=WAIT_MS)
+    monkeypatch.undo()
+    await clients[1].send("decisions", 0.3, "b")
+
+    await expect(live).to_have_attribute("data-snapshots", "2", timeout=WAIT_MS)
+    await expect(live).to_have_text("Live")
+    first, second = (p["label"] for p in people)
+    await expect(group.locator(".chart-summary")).to_have_text(f"Decisions: {first} 0.80, {second} 0.30", timeout=WAIT_MS)
+    await expect(group).to_have_attribute("data-phase", "running")
