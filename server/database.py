@@ -1068,6 +1068,8 @@ def monitor_state(engine: Engine, experiment_id: int) -> dict[str, Any]:
                 "num_subperiods": by_block[g["block_id"]]["num_subperiods"],
                 "period_length": by_block[g["block_id"]]["period_length"],
                 "decisions": g["decisions"] or {},
+                "paused_at": _epoch_ms((g["clock"] or {}).get("paused_at")),
+                "paused_by": (g["clock"] or {}).get("paused_by"),
             }
             for g in group_rows
         ],
@@ -1076,5 +1078,8 @@ def monitor_state(engine: Engine, experiment_id: int) -> dict[str, Any]:
 
 
 def _ms(value: datetime | None) -> int | None:
-    epoch = to_epoch(value)
+    return _epoch_ms(to_epoch(value))
+
+
+def _epoch_ms(epoch: float | None) -> int | None:
     return None if epoch is None else round(epoch * 1000)

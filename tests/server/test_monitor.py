@@ -102,6 +102,14 @@ async def test_the_monitor_sees_the_snapshot_then_connections_and_events_live(an
     gone = (await until(mon, "connection", lambda c: len(c) >= 3))[-1]
     assert gone["participant"] == decision["participant"] and gone["connected"] is False
 
+    # a monitor that opens now sees the pause, with when it began
+    late = await monitor(server, code)
+    again = (await late.expect("snapshot"))["payload"]
+    pause_ts = next(r["ts"] for r in paused if r["channel"] == "period")
+    assert again["groups"][0]["phase"] == "paused" and again["groups"][0]["paused_by"] == "experimenter"
+    assert abs(again["groups"][0]["paused_at"] - pause_ts) <= 1
+    assert again["experiment"]["participants"] == exp["participants"]  # http links, not ws
+
 
 def col_code(exp: dict[str, Any], group: dict[str, Any], row: Client) -> str:
     """The member who is not the first one to have connected (the test's ``col`` client)."""
