@@ -130,7 +130,9 @@ def page(engine: Engine, part: Part, cursor: Cursor) -> tuple[bytes, Cursor | No
     rows, after = _READERS[part.table](engine, part, cursor)
     if part.fmt == "csv":
         return _csv_rows(part.table, rows), after
-    encoded = b",".join(orjson.dumps(r) for r in rows)
+    # one dumps per page, not per row: each result of orjson.dumps holds an ~8 KB buffer however
+    # short the row, so a page of 2000 row-by-row dumps would hold 16 MB
+    encoded = orjson.dumps(rows)[1:-1]
     # a JSON array continues across pages: every page but the first starts with a comma
     return (b"," + encoded if cursor and encoded else encoded), after
 
@@ -140,7 +142,7 @@ def chunks(engine: Engine, parts: Sequence[Part]) -> Iterator[bytes]:
     for part in parts:
         cursor: Cursor | None = ()
         while cursor is not None:
-            chunk, cursor = page(engine, part, cursor)
+            chunk, cursor = _advanced(part, cursor, page(engine, part, cursor))
             if chunk:
                 yield chunk
 
@@ -153,9 +155,17 @@ async def stream(database: Database, parts: Sequence[Part]) -> AsyncIterator[byt
             continue
         cursor: Cursor | None = ()
         while cursor is not None:
-            chunk, cursor = await database.read(page, part, cursor)
+            chunk, cursor = _advanced(part, cursor, await database.read(page, part, cursor))
             if chunk:
                 yield chunk
+
+
+def _advanced(part: Part, before: Cursor, step: tuple[bytes, Cursor | None]) -> tuple[bytes, Cursor | None]:
+    """``step``, checked to move forward: a pager stuck on one key would otherwise loop for ever."""
+    after = step[1]
+    if after is not None and before and not after > before:
+        raise RuntimeError(f"export of {part.table}: the page after {before} did not move forward ({after})")
+    return step
 
 
 # --------------------------------------------------------------------------- the tables, page by page
