@@ -1,4 +1,4 @@
-"""The ``synclab`` command: ``serve`` and ``demo``."""
+"""The ``synclab`` command: ``serve``, ``demo``, ``export`` and ``verify``."""
 
 from __future__ import annotations
 
