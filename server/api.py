@@ -125,8 +125,8 @@ def base_url(request: HTTPConnection) -> str:
     return "http" + base[2:] if base.startswith("ws") else base
 
 
-def _experiment_summary(request: HTTPConnection, row: dict[str, Any]) -> dict[str, Any]:
-    base = base_url(request)
+def experiment_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """An experiment row as the API gives it, without links (the exports use it too)."""
     return {
         "code": row["code"],
         "game": row["game"],
@@ -140,8 +140,11 @@ def _experiment_summary(request: HTTPConnection, row: dict[str, Any]) -> dict[st
         "started_at": iso(row["started_at"]),
         "finished_at": iso(row["finished_at"]),
         "last_seq": row["last_seq"],
-        "monitor_url": f"{base}/monitor?experiment={row['code']}",
     }
+
+
+def _experiment_summary(request: HTTPConnection, row: dict[str, Any]) -> dict[str, Any]:
+    return {**experiment_fields(row), "monitor_url": f"{base_url(request)}/monitor?experiment={row['code']}"}
 
 
 def experiment_body(request: HTTPConnection, row: dict[str, Any], people: list[dict[str, Any]]) -> dict[str, Any]:

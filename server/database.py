@@ -836,7 +836,7 @@ def set_experiment_status(engine: Engine, experiment_id: int, status: str, at: f
 # --------------------------------------------------------------------------- sessions and results
 
 
-def _session_query() -> Any:
+def session_query() -> Any:
     return (
         select(
             sessions.c.id,
@@ -853,7 +853,7 @@ def _session_query() -> Any:
     )
 
 
-def _session_row(r: Any) -> dict[str, Any]:
+def session_row(r: Any) -> dict[str, Any]:
     return {
         "participant": r["participant"],
         "block": r["block"],
@@ -863,6 +863,22 @@ def _session_row(r: Any) -> dict[str, Any]:
         "final_score": r["final_score"],
         "json_data": r["json_data"] or {},
     }
+
+
+def results_by_session(conn: Connection, session_ids: list[int], upto_seq: int | None = None) -> dict[int, list[dict[str, Any]]]:
+    """The results of these sessions (up to ``upto_seq``) in scoring order: ``subperiod, decision, score, seq``."""
+    if not session_ids:
+        return {}
+    query = select(results.c.session_id, results.c.subperiod, results.c.decision, results.c.score, results.c.seq)
+    query = query.where(results.c.session_id.in_(session_ids))
+    if upto_seq is not None:
+        query = query.where(results.c.seq <= upto_seq)
+    by_session: dict[int, list[dict[str, Any]]] = {}
+    for r in conn.execute(query.order_by(results.c.seq)).mappings():
+        by_session.setdefault(r["session_id"], []).append(
+            {"subperiod": r["subperiod"], "decision": r["decision"], "score": r["score"], "seq": r["seq"]}
+        )
+    return by_session
 
 
 def count_rows(engine: Engine, table_name: str, experiment_id: int) -> int:
@@ -879,17 +895,22 @@ def list_sessions(engine: Engine, experiment_id: int, offset: int, limit: int) -
     """Sessions in block order, then participant order."""
     with engine.connect() as conn:
         rows = conn.execute(
-            _session_query()
+            session_query()
             .where(sessions.c.experiment_id == experiment_id)
             .order_by(blocks.c.index, participants.c.index)
             .offset(offset)
             .limit(limit)
         ).mappings()
-        return [_session_row(r) for r in rows]
+        return [session_row(r) for r in rows]
 
 
-def list_results(engine: Engine, experiment_id: int, offset: int, limit: int) -> list[dict[str, Any]]:
-    """Results in the order they were scored (their ``result`` event's ``seq``)."""
+def list_results(
+    engine: Engine, experiment_id: int, offset: int, limit: int, after_seq: int = 0, upto_seq: int | None = None
+) -> list[dict[str, Any]]:
+    """Results in the order they were scored (their ``result`` event's ``seq``), after ``after_seq`` and up to ``upto_seq``."""
+    bounds = [results.c.experiment_id == experiment_id, results.c.seq > after_seq]
+    if upto_seq is not None:
+        bounds.append(results.c.seq <= upto_seq)
     with engine.connect() as conn:
         rows = conn.execute(
             select(
@@ -904,7 +925,7 @@ def list_results(engine: Engine, experiment_id: int, offset: int, limit: int) ->
             .join(sessions, sessions.c.id == results.c.session_id)
             .join(participants, participants.c.id == sessions.c.participant_id)
             .join(blocks, blocks.c.id == sessions.c.block_id)
-            .where(results.c.experiment_id == experiment_id)
+            .where(and_(*bounds))
             .order_by(results.c.seq)
             .offset(offset)
             .limit(limit)
@@ -931,13 +952,13 @@ def find_session(engine: Engine, participant_code: str, block: int) -> dict[str,
     """The session of participant ``participant_code`` in block ``block`` (its index), with its block's bonus."""
     with engine.connect() as conn:
         row = conn.execute(
-            _session_query()
+            session_query()
             .add_columns(sessions.c.block_id, blocks.c.bonus_points)
             .where(and_(participants.c.code == participant_code, blocks.c.index == block))
         ).mappings().first()
         if row is None:
             return None
-        return {**_session_row(row), "id": row["id"], "block_id": row["block_id"],
+        return {**session_row(row), "id": row["id"], "block_id": row["block_id"],
                 "bonus_points": float(row["bonus_points"] or 0.0)}
 
 

@@ -27,20 +27,21 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from .api import _experiment, require_admin, runtime
+from .api import _experiment, experiment_fields, require_admin, runtime
 from .database import (
     Database,
-    _session_query,
-    _session_row,
     blocks,
     experiment_row,
     groups,
     iso,
     list_events,
+    list_results,
     make_engine,
     memberships,
     participants,
-    results,
+    results_by_session,
+    session_query,
+    session_row,
     sessions,
 )
 from .exceptions import BadRequest
@@ -186,38 +187,14 @@ def _events(engine: Engine, part: Part, cursor: Cursor) -> tuple[list[dict[str, 
 def _results(engine: Engine, part: Part, cursor: Cursor) -> tuple[list[dict[str, Any]], Cursor | None]:
     """Results in scoring order (their ``result`` event's ``seq``, one event each), as the API lists them."""
     after = cursor[0] if cursor else 0
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(
-                participants.c.code.label("participant"),
-                blocks.c.index.label("block"),
-                results.c.subperiod,
-                results.c.decision,
-                results.c.score,
-                results.c.seq,
-            )
-            .select_from(results)
-            .join(sessions, sessions.c.id == results.c.session_id)
-            .join(participants, participants.c.id == sessions.c.participant_id)
-            .join(blocks, blocks.c.id == sessions.c.block_id)
-            .where(
-                and_(
-                    results.c.experiment_id == part.experiment["id"],
-                    results.c.seq > after,
-                    results.c.seq <= part.experiment["last_seq"],
-                )
-            )
-            .order_by(results.c.seq)
-            .limit(part.limit)
-        ).mappings()
-        found = [dict(r) for r in rows]
+    found = list_results(engine, part.experiment["id"], 0, part.limit, after, part.experiment["last_seq"])
     return found, ((found[-1]["seq"],) if len(found) == part.limit else None)
 
 
 def _sessions(engine: Engine, part: Part, cursor: Cursor) -> tuple[list[dict[str, Any]], Cursor | None]:
     """Sessions in block order, then participant order, as the API lists them (keyed on both)."""
     query = (
-        _session_query()
+        session_query()
         .add_columns(participants.c.index.label("participant_index"))
         .where(sessions.c.experiment_id == part.experiment["id"])
         .order_by(blocks.c.index, participants.c.index)
@@ -230,30 +207,13 @@ def _sessions(engine: Engine, part: Part, cursor: Cursor) -> tuple[list[dict[str
         )
     with engine.connect() as conn:
         found = conn.execute(query).mappings().all()
-        nested = _session_results(conn, part, [r["id"] for r in found]) if part.nested else {}
-    rows = [_session_row(r) for r in found]
+        nested = results_by_session(conn, [r["id"] for r in found], part.experiment["last_seq"]) if part.nested else {}
+    rows = [session_row(r) for r in found]
     if part.nested:
         for row, r in zip(rows, found, strict=True):
             row["results"] = nested.get(r["id"], [])
     last = (found[-1]["block"], found[-1]["participant_index"]) if len(found) == part.limit else None
     return rows, last
-
-
-def _session_results(conn: Any, part: Part, session_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
-    """The results of these sessions up to the export's ``last_seq``, in scoring order."""
-    if not session_ids:
-        return {}
-    rows = conn.execute(
-        select(results.c.session_id, results.c.subperiod, results.c.decision, results.c.score, results.c.seq)
-        .where(and_(results.c.session_id.in_(session_ids), results.c.seq <= part.experiment["last_seq"]))
-        .order_by(results.c.seq)
-    ).mappings()
-    by_session: dict[int, list[dict[str, Any]]] = {}
-    for r in rows:
-        by_session.setdefault(r["session_id"], []).append(
-            {"subperiod": r["subperiod"], "decision": r["decision"], "score": r["score"], "seq": r["seq"]}
-        )
-    return by_session
 
 
 def _participants(engine: Engine, part: Part, cursor: Cursor) -> tuple[list[dict[str, Any]], Cursor | None]:
@@ -312,30 +272,12 @@ def _document_head(engine: Engine, experiment: dict[str, Any]) -> bytes:
         )
         entry["members"].append(g["code"])
     head = {
-        "experiment": _experiment_fields(experiment),
+        "experiment": experiment_fields(experiment),
         "blocks": [dict(b) for b in block_rows],
         "groups": list(by_id.values()),
         "participants": participant_progress(engine, experiment["id"]),
     }
     return orjson.dumps(head)[:-1]  # left open: the sessions and events follow
-
-
-def _experiment_fields(row: dict[str, Any]) -> dict[str, Any]:
-    """The experiment as the API's detail gives it, without links; ``last_seq`` is where the export stops."""
-    return {
-        "code": row["code"],
-        "game": row["game"],
-        "status": row["status"],
-        "config": row["config"],
-        "group_size": row["group_size"],
-        "num_participants": row["num_participants"],
-        "blocks": row["num_blocks"],
-        "block_pause": row["block_pause"],
-        "created_at": iso(row["created_at"]),
-        "started_at": iso(row["started_at"]),
-        "finished_at": iso(row["finished_at"]),
-        "last_seq": row["last_seq"],
-    }
 
 
 # --------------------------------------------------------------------------- CSV
@@ -441,7 +383,7 @@ def run_export(settings: Settings, code: str, table: str | None, fmt: str | None
         row = experiment_row(engine, code)
         if row is None:
             print(f"synclab: no experiment with code {code!r}", file=sys.stderr)
-            return 1
+            return 2  # as verify: 2 is "could not run" (1 means a mismatch there)
         target = out or sys.stdout.buffer
         sys.stdout.flush()  # anything printed before goes first
         for chunk in chunks(engine, plan(row, table, chosen)):

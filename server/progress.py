@@ -24,7 +24,9 @@ from .database import (
     iso,
     memberships,
     participants,
-    results,
+    results_by_session,
+    session_query,
+    session_row,
     sessions,
     to_epoch,
 )
@@ -60,41 +62,10 @@ def participant_sessions(engine: Engine, participant_id: int) -> list[dict[str, 
     """A participant's sessions in block order, each with its results in scoring order."""
     with engine.connect() as conn:
         rows = conn.execute(
-            select(
-                sessions.c.id,
-                blocks.c.index.label("block"),
-                sessions.c.group_id.label("group"),
-                sessions.c.started_at,
-                sessions.c.finished_at,
-                sessions.c.final_score,
-                sessions.c.json_data,
-            )
-            .join(blocks, blocks.c.id == sessions.c.block_id)
-            .where(sessions.c.participant_id == participant_id)
-            .order_by(blocks.c.index)
+            session_query().where(sessions.c.participant_id == participant_id).order_by(blocks.c.index)
         ).mappings().all()
-        scored = conn.execute(
-            select(results.c.session_id, results.c.subperiod, results.c.decision, results.c.score, results.c.seq)
-            .where(results.c.session_id.in_([r["id"] for r in rows]))
-            .order_by(results.c.seq)
-        ).mappings().all()
-    by_session: dict[int, list[dict[str, Any]]] = {}
-    for s in scored:
-        by_session.setdefault(s["session_id"], []).append(
-            {"subperiod": s["subperiod"], "decision": s["decision"], "score": s["score"], "seq": s["seq"]}
-        )
-    return [
-        {
-            "block": r["block"],
-            "group": r["group"],
-            "started_at": iso(r["started_at"]),
-            "finished_at": iso(r["finished_at"]),
-            "final_score": r["final_score"],
-            "json_data": r["json_data"] or {},
-            "results": by_session.get(r["id"], []),
-        }
-        for r in rows
-    ]
+        nested = results_by_session(conn, [r["id"] for r in rows])
+    return [{**session_row(r), "results": nested.get(r["id"], [])} for r in rows]
 
 
 def participant_id(engine: Engine, experiment_id: int, code: str) -> int | None:

@@ -244,7 +244,7 @@ def test_the_cli_refuses_an_unknown_code_and_csv_without_a_table(
     spec = plan(parse_request({"game": "bimatrix", "participants": 2, "group_size": 2}))
     insert_experiment(engine, spec)
     engine.dispose()
-    assert main(["export", "nobody"]) == 1
+    assert main(["export", "nobody"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "no experiment with code 'nobody'" in err
     assert main(["export", spec.code, "--format", "csv"]) == 2
