@@ -17,6 +17,12 @@ _CELLS = ("AA", "AB", "BA", "BB")
 
 
 class Bimatrix(DecisionGroup):
+    """Two players, a 2x2 game (default: the prisoner's dilemma, A = cooperate).
+
+    The first member is row, the second col. A decision is the weight on action A, from 0 (pure
+    B) to 1 (pure A); the flow payoff is the expected payoff of the mixed profile.
+    """
+
     name = "bimatrix"
     group_sizes = (2, 2)
     config_schema: ClassVar[dict[str, Any]] = {

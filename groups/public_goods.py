@@ -10,6 +10,11 @@ from .group import DecisionGroup, is_number, require_number
 
 
 class PublicGoods(DecisionGroup):
+    """n players; a decision is a contribution from 0 to the endowment.
+
+    Flow payoff: endowment - own contribution + mpcr x the sum of all contributions.
+    """
+
     name = "public_goods"
     group_sizes = (2, None)
     config_schema: ClassVar[dict[str, Any]] = {
