@@ -17,7 +17,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from . import api, export
+from . import api, export, openapi
 from .connection import REDWOOD, SYNCLAB, serve
 from .exceptions import ApiError
 from .monitor import monitor_socket
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [
         *api.routes,
         *export.routes,
+        *openapi.routes,
         Route("/p/{code}", participant_page),
         Route("/monitor", monitor_page),
         WebSocketRoute("/ws/p/{code}", participant_socket),
