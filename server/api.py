@@ -67,9 +67,21 @@ def require_admin(request: Request) -> None:
         raise Forbidden("the experimenter token is wrong")
 
 
+def query_value(request: Request, name: str) -> str | None:
+    """The one value of query parameter ``name``; ``None`` when absent or empty, 400 when repeated.
+
+    A repeated parameter is refused rather than resolved: ``?group=7&group=`` must never read as
+    "no group" and widen an action to the whole experiment.
+    """
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        raise BadRequest(f"{name}: expected one value, got {len(values)}: {values!r}", field=name)
+    return values[0] if values and values[0] != "" else None
+
+
 def query_int(request: Request, name: str, default: int, low: int, high: int = MAX_QUERY_INT) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    raw = query_value(request, name)
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -163,7 +175,7 @@ def _credential(request: Request) -> str | None:
     With the token, ``?participant=`` is only a filter. Without one, ``?participant=`` is a
     participant's own code, its only credential: returns it, to be checked by :func:`_viewer`.
     """
-    code = request.query_params.get("participant") or None
+    code = query_value(request, "participant")
     if request.headers.get("authorization") is not None or code is None:
         if code is None and request.headers.get("authorization") is None:
             raise Unauthorized(
@@ -182,7 +194,7 @@ async def _viewer(request: Request, own: str | None = None) -> tuple[dict[str, A
     credential = _credential(request)
     row = await _experiment(request)
     if credential is None:
-        return row, request.query_params.get("participant") or None
+        return row, query_value(request, "participant")
     if await runtime(request).database.read(participant_id, row["id"], credential) is None:
         raise Forbidden(f"participant: {credential!r} is not a participant of experiment {row['code']!r}")
     if own is not None and own != credential:
@@ -191,8 +203,8 @@ async def _viewer(request: Request, own: str | None = None) -> tuple[dict[str, A
 
 
 def query_bool(request: Request, name: str) -> bool:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    raw = query_value(request, name)
+    if raw is None:
         return False
     value = raw.lower()
     if value in ("true", "1", "yes"):
@@ -249,10 +261,17 @@ async def create_experiment(request: Request) -> Response:
     return JSON(experiment_body(request, row, people), status_code=201)
 
 
+async def experiments(request: Request) -> Response:
+    """One route for the path, so a wrong method's 405 names both (``Allow: GET, HEAD, POST``)."""
+    if request.method == "POST":
+        return await create_experiment(request)
+    return await experiments_list(request)
+
+
 async def experiments_list(request: Request) -> Response:
     """Every experiment, the newest first; ``?status=`` filters."""
     require_admin(request)
-    status = request.query_params.get("status") or None
+    status = query_value(request, "status")
     if status is not None and status not in STATUSES:
         raise BadRequest(f"status: expected one of {list(STATUSES)}, got {status!r}", field="status")
     page, page_size = page_params(request)
@@ -370,8 +389,7 @@ def api_error(request: Request, exc: Exception) -> Response:
 routes = [
     Route("/healthz", healthz),
     Route("/api/games", games),
-    Route("/api/experiments", experiments_list, methods=["GET"]),
-    Route("/api/experiments", create_experiment, methods=["POST"]),
+    Route("/api/experiments", experiments, methods=["GET", "POST"]),
     Route("/api/experiments/{code}", experiment_detail),
     Route("/api/experiments/{code}/participants", participants_list),
     Route("/api/experiments/{code}/participants/{participant}", participant_detail),
@@ -379,5 +397,6 @@ routes = [
     Route("/api/experiments/{code}/events", events),
     Route("/api/experiments/{code}/sessions", sessions),
     Route("/api/experiments/{code}/results", results),
-    Route("/api/experiments/{code}/{action}", experiment_action, methods=["POST"]),
 ]
+#: last of all the app's routes: ``{action}`` would match any other path of an experiment
+action_routes = [Route("/api/experiments/{code}/{action}", experiment_action, methods=["POST"])]

@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *api.routes,
         *export.routes,
         *openapi.routes,
+        *api.action_routes,
         Route("/p/{code}", participant_page),
         Route("/monitor", monitor_page),
         WebSocketRoute("/ws/p/{code}", participant_socket),

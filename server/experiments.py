@@ -23,6 +23,9 @@ from .exceptions import BadRequest
 
 MAX_PARTICIPANTS = 10_000
 MAX_BLOCKS = 1_000
+#: participants x blocks: one session row each, all inserted by the create request
+MAX_SESSIONS = 100_000
+MAX_SUBPERIODS = 100_000
 
 _FIELDS = {
     "game", "participants", "group_size", "blocks", "period_length", "num_subperiods",
@@ -91,10 +94,16 @@ def parse_request(body: Any) -> ExperimentRequest:
             f"participants: expected a multiple of group_size {group_size}, got {participants}", field="participants"
         )
     blocks = _integer(body, "blocks", 1, 1, MAX_BLOCKS)
+    if participants * blocks > MAX_SESSIONS:
+        raise BadRequest(
+            f"blocks: expected participants x blocks of at most {MAX_SESSIONS} (one session each), "
+            f"got {participants} x {blocks} = {participants * blocks}",
+            field="blocks",
+        )
     period_length = _number(body, "period_length", 60.0, positive=True, nullable=False)
     num_subperiods = body.get("num_subperiods")
     if num_subperiods is not None:
-        num_subperiods = _integer(body, "num_subperiods", None, 1, 100_000)
+        num_subperiods = _integer(body, "num_subperiods", None, 1, MAX_SUBPERIODS)
     rate_limit = _number(body, "rate_limit", None, positive=True, nullable=True)
     block_pause = _number(body, "block_pause", 5.0, positive=False, nullable=False) or 0.0
     if not 0 <= block_pause <= MAX_BLOCK_PAUSE:

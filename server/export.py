@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from .api import _experiment, experiment_fields, require_admin, runtime
+from .api import _experiment, experiment_fields, query_value, require_admin, runtime
 from .database import (
     Database,
     blocks,
@@ -326,8 +326,8 @@ def _csv_cell(column: str, value: Any) -> Any:
 
 
 def _table(request: Request, *, required: bool) -> str | None:
-    raw = request.query_params.get("table")
-    if raw is None or raw == "":
+    raw = query_value(request, "table")
+    if raw is None:
         if required:
             raise BadRequest(f"table: expected one of {list(TABLES)}, got none", field="table")
         return None

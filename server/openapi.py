@@ -26,7 +26,7 @@ from starlette.routing import Route
 from groups import MATCHINGS, DecisionGroup, available_games
 
 from .api import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_QUERY_INT, STATUSES
-from .experiments import MAX_BLOCK_PAUSE, MAX_BLOCKS, MAX_PARTICIPANTS
+from .experiments import MAX_BLOCK_PAUSE, MAX_BLOCKS, MAX_PARTICIPANTS, MAX_SESSIONS, MAX_SUBPERIODS
 from .export import TABLES
 from .live import ACTIONS
 
@@ -36,8 +36,6 @@ PATH = "/api/openapi.json"
 CODE_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
 #: ``"module.path:Class"``, a game named by import path
 IMPORT_PATH_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
-#: the most subperiods a block may have (``server.experiments.parse_request``)
-MAX_SUBPERIODS = 100_000
 
 JSONSchema = dict[str, Any]
 
@@ -261,7 +259,8 @@ PAGES = {f"{item}Page": item for item in ("ExperimentSummary", "Progress", "Even
 def _timing_properties() -> dict[str, JSONSchema]:
     """The fields every game takes, with the bounds and defaults ``parse_request`` applies."""
     return {
-        "blocks": {"type": "integer", "minimum": 1, "maximum": MAX_BLOCKS, "default": 1},
+        "blocks": {"type": "integer", "minimum": 1, "maximum": MAX_BLOCKS, "default": 1,
+                   "description": f"participants x blocks may be at most {MAX_SESSIONS}"},
         "period_length": {"type": "number", "exclusiveMinimum": 0, "default": 60,
                           "description": "seconds from the period's start to its end"},
         "num_subperiods": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_SUBPERIODS, "default": None,

@@ -266,3 +266,25 @@ async def test_each_experimenter_action_is_stored_as_a_control_event(server: Har
         assert after["channel"] in ("period", "state", "result") and after["timestamp"] == c["timestamp"]
     # never sent to the participants
     assert not [f for f in row.frames if f["channel"] == "control"]
+
+
+async def test_a_repeated_query_value_is_400_naming_it(server: Harness) -> None:
+    exp = await server.create(participants=2, group_size=2)
+    code = exp["code"]
+    for path, params in (
+        (f"/api/experiments/{code}/participants", [("page", "1"), ("page", "2")]),
+        (f"/api/experiments/{code}/stats", [("exclude_unfinished", "true"), ("exclude_unfinished", "false")]),
+        ("/api/experiments", [("status", "done"), ("status", "")]),
+        (f"/api/experiments/{code}/export.csv", [("table", "events"), ("table", "results")]),
+    ):
+        response = await server.http.get(path, params=params)
+        assert response.status_code == 400, (path, response.text)
+        assert response.json()["field"] == params[0][0]
+
+
+async def test_participants_times_blocks_is_bounded_at_creation(server: Harness) -> None:
+    response = await server.http.post(
+        "/api/experiments", json={"game": "public_goods", "participants": 1000, "group_size": 4, "blocks": 101}
+    )
+    assert response.status_code == 400 and response.json()["field"] == "blocks"
+    assert "1000 x 101" in response.json()["error"]
