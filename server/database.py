@@ -8,9 +8,11 @@ by the writer with many writes at once: one transaction, one ``executemany`` per
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -30,14 +32,14 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import SQLModel
 
 from groups import Phase, current_block
 
 from . import models
-from .exceptions import SchemaError
+from .exceptions import SchemaError, SettingsError
 
 T = TypeVar("T")
 
@@ -160,6 +162,28 @@ def create_schema(engine: Engine) -> None:
 
 
 # --------------------------------------------------------------------------- meta
+
+
+@contextmanager
+def reading(url: str) -> Iterator[Engine]:
+    """An engine on an existing database, for the commands that only read (export, verify).
+
+    A SQLite file that does not exist is a :class:`SettingsError`, never created; a database
+    error while reading becomes one too, naming the database without its password.
+    """
+    parsed = make_url(url)
+    path = parsed.database or ""
+    local = parsed.get_backend_name() == "sqlite" and path not in ("", ":memory:") and not path.startswith("file:")
+    if local and not os.path.exists(path):
+        raise SettingsError(f"DATABASE_URL: no SQLite database at {path!r}")
+    engine = make_engine(url)
+    try:
+        yield engine
+    except SQLAlchemyError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        raise SettingsError(f"cannot read the database {where}: {exc.__cause__ or exc}") from exc
+    finally:
+        engine.dispose()
 
 
 def get_or_create_meta(engine: Engine, key: str, make: Callable[[], str]) -> tuple[str, bool]:

@@ -22,7 +22,6 @@ from typing import IO, Any, Literal
 
 import orjson
 from sqlalchemy import Engine, and_, or_, select
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -36,9 +35,9 @@ from .database import (
     iso,
     list_events,
     list_results,
-    make_engine,
     memberships,
     participants,
+    reading,
     results_by_session,
     session_query,
     session_row,
@@ -378,8 +377,7 @@ def run_export(settings: Settings, code: str, table: str | None, fmt: str | None
     if chosen == "csv" and table is None:
         print(f"synclab: --format csv needs --table, one of {', '.join(TABLES)}", file=sys.stderr)
         return 2
-    engine = make_engine(settings.database_url)
-    try:
+    with reading(settings.database_url) as engine:
         row = experiment_row(engine, code)
         if row is None:
             print(f"synclab: no experiment with code {code!r}", file=sys.stderr)
@@ -389,10 +387,4 @@ def run_export(settings: Settings, code: str, table: str | None, fmt: str | None
         for chunk in chunks(engine, plan(row, table, chosen)):
             target.write(chunk)
         target.flush()
-    except SQLAlchemyError as exc:
-        where = engine.url.render_as_string(hide_password=True)
-        print(f"synclab: cannot read the database {where}: {exc.__cause__ or exc}", file=sys.stderr)
-        return 2
-    finally:
-        engine.dispose()
     return 0

@@ -28,7 +28,6 @@ from .database import (
     session_query,
     session_row,
     sessions,
-    to_epoch,
 )
 
 
@@ -126,20 +125,20 @@ def _rows(conn: Any, experiment_id: int) -> list[dict[str, Any]]:
             .group_by(connections.c.participant_id)
         ).all()
     )
-    places: dict[int, list[tuple[int, Phase, float | None]]] = {}
-    for pid, gid, phase, ended_at in conn.execute(
-        select(memberships.c.participant_id, groups.c.id, groups.c.phase, groups.c.ended_at)
+    places: dict[int, list[tuple[int, Phase]]] = {}
+    for pid, gid, phase in conn.execute(
+        select(memberships.c.participant_id, groups.c.id, groups.c.phase)
         .join(groups, groups.c.id == memberships.c.group_id)
         .join(blocks, blocks.c.id == groups.c.block_id)
         .where(groups.c.experiment_id == experiment_id)
         .order_by(blocks.c.index)
     ):
-        places.setdefault(pid, []).append((gid, Phase(phase), to_epoch(ended_at)))
+        places.setdefault(pid, []).append((gid, Phase(phase)))
     rows = []
     for pid, code, label, finished, score in people:
         mine = places.get(pid, [])
         # its group now: the first not ended, else the last (the block pause is not counted)
-        group = next((g for g, p, _ in mine if p is not Phase.ENDED), mine[-1][0] if mine else None)
+        group = next((g for g, p in mine if p is not Phase.ENDED), mine[-1][0] if mine else None)
         since = open_since.get(pid)
         possible = int(num_blocks)
         rows.append(

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -30,8 +29,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Engine, inspect, select
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import Connection
 
 from groups import (
     DECISIONS,
@@ -53,14 +51,14 @@ from .database import (
     events,
     experiments,
     groups,
-    make_engine,
     memberships,
     participants,
+    reading,
     results,
     sessions,
     to_epoch,
 )
-from .exceptions import SchemaError, SettingsError, SynclabError
+from .exceptions import SchemaError, SynclabError
 from .settings import Settings
 
 #: relative tolerance of every score comparison (sums may be added up in another order)
@@ -621,38 +619,18 @@ def _check_sessions(report: Report, log: _Log, found: dict[int, _Replay]) -> Non
 # --------------------------------------------------------------------------- the command
 
 
-def _sqlite_file_missing(url: str) -> str | None:
-    """The path of a SQLite database file that does not exist (reading must not create it)."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return None
-    path = parsed.database or ""
-    if path in ("", ":memory:") or path.startswith("file:"):
-        return None
-    return None if os.path.exists(path) else path
-
-
 def run_verify(settings: Settings, code: str, *, as_json: bool = False) -> int:
     """``synclab verify CODE [--json]``: 0 when all agrees, 1 on a mismatch, 2 when it cannot run.
 
     A bad ``DATABASE_URL`` or an older schema raises :class:`SettingsError` / :class:`SchemaError`
     for the caller (``synclab`` exits 2 on them like its other commands).
     """
-    missing = _sqlite_file_missing(settings.database_url)
-    if missing is not None:
-        raise SettingsError(f"DATABASE_URL: no SQLite database at {missing!r}")
-    engine = make_engine(settings.database_url)
     try:
-        report = verify(engine, code)
+        with reading(settings.database_url) as engine:
+            report = verify(engine, code)
     except VerifyError as exc:
         print(f"synclab: {exc}", file=sys.stderr)
         return 2
-    except SQLAlchemyError as exc:
-        where = engine.url.render_as_string(hide_password=True)
-        print(f"synclab: cannot read the database {where}: {exc.__cause__ or exc}", file=sys.stderr)
-        return 2
-    finally:
-        engine.dispose()
     if as_json:
         print(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2).decode())
     else:

@@ -253,6 +253,11 @@ def test_the_cli_refuses_an_unknown_code_and_csv_without_a_table(
     with pytest.raises(SystemExit):
         main(["export", spec.code, "--table", "ticks"])
     assert "invalid choice: 'ticks'" in capsys.readouterr().err
+    # a database that is not there is refused, never created empty
+    missing = tmp_path / "elsewhere.db"
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{missing}")
+    assert main(["export", spec.code]) == 2
+    assert "no SQLite database" in capsys.readouterr().err and not missing.exists()
 
 
 # --------------------------------------------------------------------------- consistency and memory
