@@ -34,7 +34,7 @@ async def test_monitor_creates_an_experiment_and_follows_it_live(server: Harness
     await page.get_by_role("spinbutton", name="Participants").fill("2")
     await page.get_by_role("spinbutton", name="Period length (s)").fill("30")
     await page.get_by_role("button", name="Create experiment").click()
-    await page.wait_for_url(re.compile(r"\?experiment=\w+"), timeout=WAIT_MS)
+    await page.wait_for_url(re.compile(r"\?experiment=[A-Za-z0-9_-]+"), timeout=WAIT_MS)
     code = page.url.rsplit("=", 1)[1]
     detail = (await server.http.get(f"/api/experiments/{code}")).json()
     assert detail["game"] == "bimatrix"
