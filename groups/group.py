@@ -123,6 +123,8 @@ class GroupState:
     #: rate limit: when ``group_decisions`` was last broadcast, and whether a newer one waits
     broadcast_at: float | None = None
     broadcast_due: bool = False
+    #: with subperiods: each member's score so far in this period (the sum of its results)
+    earned: dict[str, float] = field(default_factory=dict)
 
     def copy(self) -> GroupState:
         return GroupState(
@@ -140,6 +142,7 @@ class GroupState:
             flow_at=self.flow_at,
             broadcast_at=self.broadcast_at,
             broadcast_due=self.broadcast_due,
+            earned=dict(self.earned),
         )
 
     def clock(self) -> dict[str, Any]:
@@ -152,6 +155,7 @@ class GroupState:
             "flow_at": self.flow_at,
             "broadcast_at": self.broadcast_at,
             "broadcast_due": self.broadcast_due,
+            "earned": dict(self.earned),
         }
 
     def set_clock(self, stored: Mapping[str, Any] | None) -> None:
@@ -164,6 +168,7 @@ class GroupState:
         self.flow_at = stored.get("flow_at")
         self.broadcast_at = stored.get("broadcast_at")
         self.broadcast_due = bool(stored.get("broadcast_due"))
+        self.earned = {str(k): float(v) for k, v in (stored.get("earned") or {}).items()}
 
 
 class DecisionGroup:
@@ -391,6 +396,26 @@ class DecisionGroup:
             return self.state.ends_at
         return start + self.state.paused_for + length * k / n
 
+    def earned(self, participant: str, now: float, state: GroupState | None = None) -> float:
+        """``participant``'s score so far in this period, as its results will count it.
+
+        With subperiods: the sum of its results so far. In continuous time: the integral of
+        its flow payoff up to ``now`` (or the period's end) over ``period_length``. ``state``
+        is another snapshot of this group to read (default: the current state).
+        """
+        state = self.state if state is None else state
+        if not self.timing.continuous:
+            return state.earned.get(participant, 0.0)
+        if state.started_at is None:
+            return 0.0
+        flow = state.flow.get(participant, 0.0)
+        if state.phase is Phase.RUNNING and state.flow_at is not None and now > state.flow_at:
+            flow += float(self.payoff(participant, state.decisions)) * (now - state.flow_at)
+        length = self.timing.period_length or (
+            (state.ended_at if state.ended_at is not None else now) - state.started_at - state.paused_for
+        )
+        return flow / length if length > 0 else 0.0
+
     def restore(self, state: GroupState) -> None:
         """Return to an earlier snapshot (after a failed commit); connections are kept."""
         self.state = state.copy()
@@ -466,6 +491,8 @@ class DecisionGroup:
         if self.timing.continuous:
             state.flow = dict.fromkeys(self.members, 0.0)
             state.flow_at = self.now
+        else:
+            state.earned = dict.fromkeys(self.members, 0.0)
         self._outbox.append(Event(STATE, PERIOD_START))
         self._broadcast()
         self.when_all_players_ready()
@@ -484,6 +511,7 @@ class DecisionGroup:
         n = self.timing.num_subperiods or 1
         for p in self.members:
             score = float(self.payoff(p, snapshot)) / n
+            self.state.earned[p] = self.state.earned.get(p, 0.0) + score
             self._result(p, index, snapshot[p], score)
 
     def _end_period(self, due: float | None) -> None:

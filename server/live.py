@@ -409,8 +409,13 @@ class LiveGroup:
                 "num_subperiods": self.core.timing.num_subperiods,
                 "paused_for": state.paused_for,
             }
+        now = self._clock()
+        earned = self.core.earned(participant, now, state) if participant in self.core.members else 0.0
         return {
             "participant": participant,
+            "experiment": self.experiment_code,
+            "game": self.game,
+            "config": self.core.config,
             "group": self.id,
             "members": list(self.core.members),
             "role": self.core.role(participant),
@@ -419,7 +424,10 @@ class LiveGroup:
             "phase": state.phase.value,
             "group_decisions": dict(state.decisions) if state.phase is not Phase.WAITING else None,
             "period": period,
-            "server_time": ms(self._clock()),
+            "period_length": self.core.timing.period_length,
+            "bonus_points": self.spec.bonus_points,
+            "earned": earned,
+            "server_time": ms(now),
             "last_seq": self.last_seq,
         }
 

@@ -97,3 +97,32 @@ def test_restore_returns_the_subperiod_count() -> None:
     group.restore(snapshot)
     assert group.state.subperiod == 0
     assert group.next_deadline() == T0 + 1.0
+
+
+def test_earned_is_the_sum_of_the_results_so_far_and_survives_the_stored_clock() -> None:
+    """With subperiods, ``earned`` adds each result's score; it round-trips through clock()."""
+    group = _running(4.0, 4)
+    group.receive("a", "decisions", 10, T0 + 0.5)  # a gives all: a gets 0 + 0.5·10 = 5, b gets 15
+    scores: dict[str, float] = {"a": 0.0, "b": 0.0}
+    for k in (1, 2):
+        for event in group.tick(T0 + k):
+            if event.channel == RESULT:
+                (who,) = event.to or ()
+                scores[who] += event.payload["score"]
+    assert scores == {"a": 2.5, "b": 7.5}
+    assert {p: group.earned(p, T0 + 2.5) for p in "ab"} == scores
+    stored = group.state.copy()
+    stored.set_clock(group.state.clock())
+    again = PublicGoods(["a", "b"], timing=group.timing, state=stored)
+    assert again.earned("b", T0 + 2.5) == 7.5
+
+
+def test_earned_in_continuous_time_integrates_the_flow_payoff_up_to_now() -> None:
+    """In continuous time ``earned`` is the integral of the flow payoff so far over the length."""
+    group = _running(10.0, None)
+    assert group.earned("a", T0 + 2) == pytest.approx(10 * 2 / 10)  # 10 each while nobody gives
+    group.receive("a", "decisions", 10, T0 + 2)
+    assert group.earned("a", T0 + 4) == pytest.approx((10 * 2 + 5 * 2) / 10)
+    assert group.earned("b", T0 + 4) == pytest.approx((10 * 2 + 15 * 2) / 10)
+    results = {next(iter(e.to or ())): e.payload["score"] for e in group.tick(T0 + 10) if e.channel == RESULT}
+    assert {p: group.earned(p, T0 + 99) for p in "ab"} == pytest.approx(results)

@@ -852,3 +852,21 @@ async def test_after_a_server_restart_hello_state_and_retried_ids_are_unchanged(
         assert (await again.next())["payload"] == {a_code: 1.0, b_code: 0.5}
         assert await decide(again, 0, "before-restart") == seq
         assert await second.events(exp["code"]) == before
+
+
+async def test_hello_names_the_game_and_what_the_participant_earned_so_far(server: Harness) -> None:
+    """hello carries the experiment, game, config and timing, and the score so far after a reconnect."""
+    exp, codes, clients, _ = await running_group(server, period_length=3, num_subperiods=3, bonus_points=2)
+    await clients[0].send("decisions", 1.0, "a")  # row plays A, col B: row earns 0, col 5 per second
+    await clients[1].send("decisions", 0.0, "b")
+    result = (await clients[1].expect("result", wait=3))["payload"]
+    assert result["subperiod"] == 0
+    await clients[1].close()
+    _, hello = await join(server, codes[1])
+    assert hello["experiment"] == exp["code"]
+    assert hello["game"] == "bimatrix"
+    assert hello["config"]["payoffs"]["AB"] == [0, 5]
+    assert hello["period_length"] == 3
+    assert hello["bonus_points"] == 2
+    assert hello["earned"] == pytest.approx(5 / 3 * (hello["period"]["subperiod"]))
+    assert hello["period"]["subperiod"] >= 1
