@@ -183,6 +183,9 @@ class DecisionGroup:
       by :meth:`validate_config` when the experiment is created.
     - ``pause_when_disconnected``: ``True`` stops the period's clock while a member is away
       (default ``False``: the period runs on).
+    - ``view``: the participant page's view of the game, an ES module file named relative to
+      the game's Python file (served at ``/p/{code}/view.js``; see the README's guide). Without
+      one the page shows a generic view.
     """
 
     name: ClassVar[str] = ""
@@ -192,6 +195,8 @@ class DecisionGroup:
     default_config: ClassVar[dict[str, Any]] = {}
     #: when a member disconnects mid-period, stop the clock until every member is back
     pause_when_disconnected: ClassVar[bool] = False
+    #: the participant page's view: an ES module, relative to the file that defines the game
+    view: ClassVar[str | None] = None
 
     def __init__(
         self,
