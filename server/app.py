@@ -6,19 +6,24 @@ build their own with :func:`create_app`.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
+from groups import UnknownGame, load_game
+from groups.registry import BUNDLED
+
 from . import api, export, openapi
 from .connection import REDWOOD, SYNCLAB, serve
+from .database import participant_game
 from .exceptions import ApiError
 from .monitor import monitor_socket
 from .runtime import Runtime
@@ -29,6 +34,32 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 
 async def participant_page(request: Request) -> Response:
     return FileResponse(STATIC / "participant.html")
+
+
+def view_file(game: str) -> Path:
+    """The participant page's view of ``game``: the game's own ``view``, a bundled one, or the generic one."""
+    cls = load_game(game)
+    if cls.view:
+        return Path(inspect.getfile(cls)).resolve().parent / cls.view
+    bundled = STATIC / "games" / f"{cls.name}.js"
+    if cls.name in BUNDLED and bundled.is_file():
+        return bundled
+    return STATIC / "games" / "generic.js"
+
+
+async def participant_view(request: Request) -> Response:
+    """``/p/{code}/view.js``: the ES module that draws this participant's game."""
+    rt: Runtime = request.app.state.runtime
+    game = await rt.database.read(participant_game, str(request.path_params["code"]))
+    if game is None:
+        return PlainTextResponse("unknown participant code", status_code=404)
+    try:
+        path = view_file(game)
+    except UnknownGame as exc:
+        return PlainTextResponse(str(exc), status_code=404)
+    if not path.is_file():
+        return PlainTextResponse(f"the view of game {game!r} is missing: {path.name}", status_code=404)
+    return FileResponse(path, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
 
 
 async def monitor_page(request: Request) -> Response:
@@ -63,6 +94,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *openapi.routes,
         *api.action_routes,
         Route("/p/{code}", participant_page),
+        Route("/p/{code}/view.js", participant_view),
         Route("/monitor", monitor_page),
         WebSocketRoute("/ws/p/{code}", participant_socket),
         WebSocketRoute("/ws/monitor/{code}", monitor_socket),

@@ -310,6 +310,17 @@ def experiment_row(engine: Engine, code: str) -> dict[str, Any] | None:
         return None if row is None else dict(row)
 
 
+def participant_game(engine: Engine, code: str) -> str | None:
+    """The game of participant ``code``'s experiment, or ``None`` for an unknown code."""
+    with engine.connect() as conn:
+        game = conn.execute(
+            select(experiments.c.game)
+            .join(participants, participants.c.experiment_id == experiments.c.id)
+            .where(participants.c.code == code)
+        ).scalar_one_or_none()
+        return None if game is None else str(game)
+
+
 def count_experiments(engine: Engine, status: str | None) -> int:
     query = select(func.count()).select_from(experiments)
     if status is not None:

@@ -408,6 +408,7 @@ class LiveGroup:
                 "subperiod": state.subperiod if self.core.timing.num_subperiods else None,
                 "num_subperiods": self.core.timing.num_subperiods,
                 "paused_for": state.paused_for,
+                "ended_at": None if state.ended_at is None else ms(state.ended_at),
             }
         now = self._clock()
         earned = self.core.earned(participant, now, state) if participant in self.core.members else 0.0
@@ -426,6 +427,7 @@ class LiveGroup:
             "period": period,
             "period_length": self.core.timing.period_length,
             "bonus_points": self.spec.bonus_points,
+            "block_pause": self.spec.block_pause,
             "earned": earned,
             "server_time": ms(now),
             "last_seq": self.last_seq,

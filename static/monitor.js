@@ -6,6 +6,7 @@
 // and a timer redraws what moves by itself (countdowns, charts, "connected for").
 
 import { SynclabSocket } from "./synclab.js";
+import { drawSteps } from "./chart.js";
 import qrcode from "./vendor/qrcode-generator.mjs";
 
 const TOKEN_KEY = "synclab.monitor.token";
@@ -867,65 +868,18 @@ function order(group) {
  * (or to now, for a period without end), y over the range of the values seen (at least 0–1).
  */
 function drawChart(canvas, group, now, colorOf) {
-  const ratio = window.devicePixelRatio || 1;
-  const width = canvas.clientWidth || 320;
-  const height = canvas.clientHeight || 150;
-  if (canvas.width !== Math.round(width * ratio)) canvas.width = Math.round(width * ratio);
-  if (canvas.height !== Math.round(height * ratio)) canvas.height = Math.round(height * ratio);
-  const ctx = canvas.getContext("2d");
-  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-  ctx.clearRect(0, 0, width, height);
-  const pad = { left: 34, right: 8, top: 8, bottom: 18 };
-  const w = width - pad.left - pad.right;
-  const hgt = height - pad.top - pad.bottom;
-
   const all = [...group.series.values()].flat();
-  const stopAt = group.ended_at ?? (group.phase === "paused" ? group.paused_at ?? now : now);
+  const cursor = group.ended_at ?? (group.phase === "paused" ? group.paused_at ?? now : now);
   const t0 = group.started_at ?? (all.length ? Math.min(...all.map((p) => p.t)) : now);
-  let t1 = group.ends_at ?? Math.max(stopAt, t0 + 10_000);
-  if (t1 <= t0) t1 = t0 + 1000;
-  let lo = 0;
-  let hi = 1;
-  for (const p of all) {
-    lo = Math.min(lo, p.v);
-    hi = Math.max(hi, p.v);
-  }
-  const x = (t) => pad.left + (Math.min(Math.max(t, t0), t1) - t0) / (t1 - t0) * w;
-  const y = (v) => pad.top + (1 - (v - lo) / (hi - lo)) * hgt;
-
-  const style = getComputedStyle(canvas);
-  ctx.strokeStyle = style.borderColor || "#999";
-  ctx.fillStyle = style.color || "#555";
-  ctx.lineWidth = 1;
-  ctx.font = "10px system-ui, sans-serif";
-  ctx.strokeRect(pad.left, pad.top, w, hgt);
-  ctx.fillText(formatValue(hi), 2, pad.top + 8);
-  ctx.fillText(formatValue(lo), 2, pad.top + hgt);
-  ctx.fillText("0 s", pad.left, height - 4);
-  const span = `${Math.round((t1 - t0) / 1000)} s`;
-  ctx.fillText(span, pad.left + w - ctx.measureText(span).width, height - 4);
-  if (group.phase === "running" || group.phase === "paused") {
-    ctx.globalAlpha = 0.4;
-    ctx.beginPath();
-    ctx.moveTo(x(stopAt), pad.top);
-    ctx.lineTo(x(stopAt), pad.top + hgt);
-    ctx.stroke();
-    ctx.globalAlpha = 1;
-  }
-
-  ctx.lineWidth = 2;
-  for (const [code, points] of group.series) {
-    if (!points.length) continue;
-    ctx.strokeStyle = colorOf(code);
-    ctx.beginPath();
-    ctx.moveTo(x(points[0].t), y(points[0].v));
-    for (let i = 1; i < points.length; i += 1) {
-      ctx.lineTo(x(points[i].t), y(points[i - 1].v));
-      ctx.lineTo(x(points[i].t), y(points[i].v));
-    }
-    ctx.lineTo(x(Math.max(stopAt, points[points.length - 1].t)), y(points[points.length - 1].v));
-    ctx.stroke();
-  }
+  const t1 = group.ends_at ?? Math.max(cursor, t0 + 10_000);
+  drawSteps(canvas, {
+    series: [...group.series].map(([code, points]) => ({ points, color: colorOf(code) })),
+    t0,
+    t1,
+    cursor,
+    showCursor: group.phase === "running" || group.phase === "paused",
+    format: formatValue,
+  });
 }
 
 // -------------------------------------------------------------------------------- QR and copy

@@ -10,6 +10,7 @@
 //   socket.onState((state, detail) => { ... });   // "connecting" | "open" | "closed"
 //   socket.connect();
 //   socket.send("decisions", 0.7, { id: "d-1" });
+//   socket.send("decisions", 0.7, { retry: true, replace: true }); // kept until acknowledged
 //   const remaining = endsAt - socket.serverNow();
 
 /** Close codes after which reconnecting cannot help: the server will refuse again. */
@@ -94,6 +95,10 @@ export class SynclabSocket {
     this._stopped = false;
     this._connectStartedAt = 0;
     this._firstFrame = false;
+    /** Frames sent with `retry` and not yet acknowledged: `{id, channel, payload, sent, meta}`. */
+    this.pending = [];
+    this._sequence = 0;
+    this._resending = false;
   }
 
   /** Call `fn(payload, frame)` for every frame on `channel` ("*" for all); returns an unsubscribe. */
@@ -126,16 +131,74 @@ export class SynclabSocket {
   }
 
   /**
-   * Send `{channel, payload, id?}`. Returns false when the socket is not open: the frame is
-   * not queued, since a decision sent late may be wrong; resend with the same `id` after a
-   * reconnect and the server stores it once.
+   * Send `{channel, payload, id?}`; returns whether it went out now.
+   *
+   * Without `retry` a frame that cannot go out now is dropped (returns false). With `retry` it
+   * gets an `id` (yours, or a new one) and is kept in `pending` until the server acknowledges
+   * it (`ack`) or refuses it (`error` with that id). Frames not acknowledged when the socket
+   * drops are sent again, in order, with the same `id` after the next connection's first
+   * frame (the server stores an id once, so nothing is lost or repeated); a `hello` handler
+   * may `discard()` the ones that no longer apply first. `replace` drops this channel's
+   * pending frames that have not gone out yet (the newest decision is the one that counts).
+   * `meta` is kept with the frame for `discard`.
    */
-  send(channel, payload, { id } = {}) {
-    if (!this._ws || this._ws.readyState !== WebSocket.OPEN) return false;
+  send(channel, payload, { id, retry = false, replace = false, meta } = {}) {
+    if (!retry) {
+      if (!this._isOpen()) return false;
+      this._transmit({ channel, payload, id });
+      return true;
+    }
+    if (replace) this.pending = this.pending.filter((f) => f.sent || f.channel !== channel);
+    const frame = { id: id ?? this.newId(), channel, payload, sent: false, meta };
+    this.pending.push(frame);
+    if (this._isOpen() && !this._resending) this._flush();
+    return frame.sent;
+  }
+
+  /** A new frame id: unique for this page, at most 64 characters. */
+  newId() {
+    this._sequence += 1;
+    if (!this._idPrefix) {
+      const random = new Uint32Array(2);
+      crypto.getRandomValues(random);
+      this._idPrefix = `${random[0].toString(36)}${random[1].toString(36)}`;
+    }
+    return `${this._idPrefix}-${Date.now().toString(36)}-${this._sequence}`;
+  }
+
+  /** Forget the pending frames for which `predicate(frame)` is true; returns them. */
+  discard(predicate = () => true) {
+    const dropped = this.pending.filter(predicate);
+    this.pending = this.pending.filter((f) => !predicate(f));
+    return dropped;
+  }
+
+  _isOpen() {
+    return Boolean(this._ws) && this._ws.readyState === WebSocket.OPEN;
+  }
+
+  _transmit({ channel, payload, id }) {
     const frame = { channel, payload };
     if (id !== undefined) frame.id = id;
     this._ws.send(JSON.stringify(frame));
-    return true;
+  }
+
+  /** Send every pending frame that has not gone out on this connection. */
+  _flush() {
+    for (const frame of this.pending) {
+      if (frame.sent) continue;
+      if (!this._isOpen()) return;
+      this._transmit(frame);
+      frame.sent = true;
+    }
+  }
+
+  /** The server answered a pending frame (`ack`) or refused it (`error` with its id). */
+  _settle(frame) {
+    const id = frame.payload && typeof frame.payload === "object" ? frame.payload.id : undefined;
+    if ((frame.channel === "ack" || frame.channel === "error") && id !== undefined && id !== null) {
+      this.pending = this.pending.filter((f) => f.id !== id);
+    }
   }
 
   /** Ask for the server's time; the `ping` reply refines `clock`. */
@@ -152,6 +215,7 @@ export class SynclabSocket {
     this._setState("connecting", { attempt: this.attempt });
     this._connectStartedAt = Date.now();
     this._firstFrame = true;
+    this._resending = true; // pending frames wait for this connection's first frame
     const ws = new WebSocket(this.url);
     this._ws = ws;
     ws.onopen = () => {
@@ -166,6 +230,7 @@ export class SynclabSocket {
     ws.onclose = (event) => {
       if (ws !== this._ws) return;
       this._ws = null;
+      for (const frame of this.pending) frame.sent = false; // unanswered: send again on the next connection
       this._stopPinging();
       this._closed(event.code, event.reason);
     };
@@ -199,6 +264,9 @@ export class SynclabSocket {
       return;
     }
     this._learnTime(frame, receivedAt);
+    this._settle(frame);
+    const first = this._resending;
+    this._resending = false;
     for (const key of [frame.channel, "*"]) {
       for (const fn of this._handlers.get(key) || []) {
         try {
@@ -208,6 +276,7 @@ export class SynclabSocket {
         }
       }
     }
+    if (first) this._flush(); // after the first frame's handlers, which may discard stale frames
   }
 
   /**

@@ -1,0 +1,73 @@
+// The generic game view, and the template for your own: copy this file beside your game's
+// Python file, name it in the game class (`view = "mygame.js"`), and change what it draws.
+//
+// The participant page (static/participant.js) does everything around the game: the socket,
+// reconnecting, the server's clock, the waiting screen, the countdown, the payoffs, the
+// screens between blocks and at the end. It calls `createView(game)` once per block with:
+//
+//   game.root          the element to draw into (empty)
+//   game.hello         the `hello` payload (participant, group, members, role, block, config, …)
+//   game.me            this participant's code; game.members: the group's codes, in order
+//   game.role          the role the game gave this participant (or null)
+//   game.config        the game's config, defaults filled in
+//   game.decide(v)     send a decision; kept and sent again after a reconnect until stored
+//   game.send(ch, v)   send a frame on one of the game's own channels
+//   game.serverNow()   the server's clock (ms since the epoch), measured over `ping`
+//   game.period()      {started_at, ends_at, paused, …} in server ms
+//   game.label(code)   "You" or "Player n";  game.color(code): a colour per member
+//
+// and the view returns the hooks it wants (all optional):
+//
+//   decisions(groupDecisions, at)   the group's decisions changed (at: server ms)
+//   flowPayoff(groupDecisions)      this participant's flow payoff: shown, and accrued over time
+//   subperiod({index, group_decisions}, at), periodStart(period), periodEnd(at)
+//   message(channel, payload, frame)  a frame on a channel of the game's own
+//   frame(now)                        about ten times a second while the period runs
+//   destroy()                         the block is over; the page removes `root`'s content
+
+/** An element with attributes and children (a tiny helper; views may use anything). */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+    else if (value !== undefined && value !== null && value !== false) el.setAttribute(name, value === true ? "" : value);
+  }
+  el.append(...children.filter((c) => c !== null && c !== undefined));
+  return el;
+}
+
+export function createView(game) {
+  const list = h("dl", { class: "decisions" });
+  const input = h("input", { id: "decision-input", type: "text", value: "", autocomplete: "off" });
+  const form = h(
+    "form",
+    { class: "decide", onsubmit: (event) => {
+      event.preventDefault();
+      let value = input.value;
+      try {
+        value = JSON.parse(input.value); // a number, true/false, a JSON object …
+      } catch {
+        // … or else the text as it is
+      }
+      game.decide(value);
+    } },
+    h("label", { for: "decision-input" }, "Your decision"),
+    input,
+    h("button", { type: "submit" }, "Send"),
+  );
+  game.root.append(
+    h("p", { class: "muted" }, game.role ? `Your role: ${game.role}.` : ""),
+    form,
+    h("h3", {}, "Your group's decisions"),
+    list,
+  );
+  return {
+    decisions(decisions) {
+      const rows = [];
+      for (const code of game.members) {
+        rows.push(h("dt", {}, game.label(code)), h("dd", {}, JSON.stringify(decisions[code] ?? null)));
+      }
+      list.replaceChildren(...rows);
+    },
+  };
+}

@@ -1,0 +1,410 @@
+// The participant page (/p/{code}): one socket, the screens around the game, and the game's view.
+//
+// The page owns what every game shares: the connection (static/synclab.js: reconnect with
+// backoff, the server's clock measured over `ping`), the waiting screen, the countdown, the
+// payoffs, the screen between blocks and the final one. The game itself is drawn by its view,
+// an ES module served at /p/{code}/view.js (the bundled ones are in static/games/; a game names
+// its own with `view`): `createView(game)` gets the object built by `gameApi()` below and
+// returns hooks (see static/games/generic.js, the template to start from).
+
+import { SynclabSocket } from "./synclab.js";
+
+const CODE = decodeURIComponent(window.location.pathname.split("/").filter(Boolean).pop() || "");
+const PALETTE = ["#0b62c4", "#d1495b", "#2a9d4b", "#e08a00", "#7b4fc9", "#00838f", "#8d6e63", "#c2185b"];
+const $ = (selector) => document.querySelector(selector);
+
+/** Everything the page knows; `hello` is the last one, `period` its period as it changed since. */
+const page = {
+  hello: null,
+  block: null,
+  phase: "connecting",
+  period: null,
+  paused: false,
+  view: null,
+  viewModule: null,
+  decisions: {},
+  /** this block's score so far: `base` at server time `baseAt`, plus the flow payoff since (continuous time) */
+  earned: { base: 0, baseAt: 0 },
+  /** the scores of the blocks before this one, from the REST API */
+  before: 0,
+  sessions: [],
+  final: false,
+};
+
+const socket = new SynclabSocket(`/ws/p/${encodeURIComponent(CODE)}`, { pingInterval: 5000 });
+window.synclab = { socket, page }; // for the curious, and for the browser tests
+
+// -------------------------------------------------------------------------------- formatting
+
+function points(value) {
+  if (value === null || value === undefined || !Number.isFinite(value)) return "–";
+  return value.toFixed(2);
+}
+
+function clock(ms) {
+  const s = Math.max(0, Math.ceil(ms / 1000));
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
+function show(screen) {
+  for (const el of document.querySelectorAll(".screen")) el.hidden = el.id !== `screen-${screen}`;
+  document.body.dataset.screen = screen;
+}
+
+function notice(text) {
+  const el = $("#notice");
+  el.textContent = text || "";
+  el.hidden = !text;
+}
+
+// ----------------------------------------------------------------------------- the game view
+
+/** What a view gets: the participant, the group, the config, and a way to decide. */
+function gameApi(hello, root) {
+  const members = hello.members;
+  return {
+    root,
+    hello,
+    me: hello.participant,
+    members,
+    role: hello.role,
+    config: hello.config,
+    /** Send a decision; it is kept and sent again after a reconnect until the server has stored it. */
+    decide(value) {
+      socket.send("decisions", value, { retry: true, replace: true, meta: { block: hello.block } });
+      renderPending();
+    },
+    /** Send a frame on one of the game's own channels (kept until stored, like a decision). */
+    send(channel, payload) {
+      socket.send(channel, payload, { retry: true, meta: { block: hello.block } });
+    },
+    serverNow: () => socket.serverNow(),
+    /** The period: `{started_at, ends_at, paused}` (ms), as it stands now. */
+    period: () => ({ ...(page.period || {}), paused: page.paused }),
+    /** "You", or "Player n" in the order of the group. */
+    label: (code) => (code === hello.participant ? "You" : `Player ${members.indexOf(code) + 1}`),
+    color: (code) => (code === hello.participant ? PALETTE[0] : PALETTE[1 + ((members.indexOf(code) + PALETTE.length - 1) % (PALETTE.length - 1))]),
+  };
+}
+
+async function loadView() {
+  if (!page.viewModule) page.viewModule = await import(`/p/${encodeURIComponent(CODE)}/view.js`);
+  return page.viewModule;
+}
+
+function call(hook, ...args) {
+  const fn = page.view && page.view[hook];
+  if (typeof fn !== "function") return undefined;
+  try {
+    return fn.apply(page.view, args);
+  } catch (error) {
+    console.error(`synclab: the game view's ${hook} failed`, error);
+    return undefined;
+  }
+}
+
+async function mountView(hello) {
+  call("destroy");
+  page.view = null;
+  const root = $("#game");
+  root.replaceChildren();
+  const module = await loadView();
+  if (page.hello !== hello) return; // a newer hello came while the module loaded
+  page.view = module.createView(gameApi(hello, root)) || {};
+  call("decisions", page.decisions, socket.serverNow());
+  renderPayoffs();
+}
+
+// ---------------------------------------------------------------------------------- payoffs
+
+/** The view's flow payoff for the participant now, or null when the game has none. */
+function flow() {
+  if (!page.hello || page.phase === "waiting") return null;
+  const value = call("flowPayoff", page.decisions);
+  return Number.isFinite(value) ? value : null;
+}
+
+/** This block's score so far at server time `at` (continuous time accrues the flow payoff). */
+function earnedAt(at) {
+  const { base, baseAt, exact } = page.earned;
+  const hello = page.hello;
+  if (exact || !hello || hello.period?.num_subperiods || page.phase !== "running" || page.paused) return base;
+  const value = flow();
+  const length = (hello.period_length || 0) * 1000;
+  if (value === null || !(length > 0)) return base;
+  const until = Math.min(at, page.period?.ends_at ?? at);
+  return base + (value * Math.max(0, until - baseAt)) / length;
+}
+
+/** Re-base the running score at `at` (before the decisions change or the clock stops). */
+function rebase(at) {
+  page.earned = { ...page.earned, base: earnedAt(at), baseAt: at };
+}
+
+function renderPayoffs() {
+  const now = socket.serverNow();
+  const value = flow();
+  $("#flow").textContent = points(value);
+  const earned = earnedAt(now);
+  $("#earned").textContent = points(earned);
+  $("#total").textContent = points(page.before + earned);
+}
+
+function renderPending() {
+  const waiting = socket.pending.filter((f) => f.channel === "decisions").length;
+  $("#game").dataset.pending = String(waiting);
+}
+
+// -------------------------------------------------------------------------------- countdown
+
+function renderClock() {
+  const el = $("#countdown");
+  const period = page.period;
+  if (!period || period.ends_at === null || period.ends_at === undefined) {
+    el.textContent = period ? "no limit" : "–";
+    delete el.dataset.remainingMs;
+    return;
+  }
+  const now = page.paused && period.paused_at ? period.paused_at : socket.serverNow();
+  const remaining = Math.max(0, period.ends_at - now);
+  el.textContent = clock(remaining);
+  el.dataset.remainingMs = String(Math.round(remaining));
+  el.classList.toggle("urgent", remaining < 10_000 && !page.paused);
+}
+
+function tick() {
+  if (page.phase === "running" || page.phase === "paused") {
+    renderClock();
+    renderPayoffs();
+    call("frame", socket.serverNow());
+  } else if (page.phase === "ended" && !page.final && page.hello) {
+    renderNext();
+  }
+}
+
+// ------------------------------------------------------------------------------ the screens
+
+function setBlock(hello) {
+  const n = hello.num_blocks || 1;
+  $("#block").textContent = n > 1 ? `Block ${hello.block + 1} of ${n}` : "";
+  document.title = `synclab · ${hello.game}`;
+  $("#title").textContent = hello.game === "bimatrix" ? "Two-player game" : hello.game === "public_goods" ? "Public goods game" : hello.game;
+}
+
+function enter(phase) {
+  page.phase = phase;
+  document.body.dataset.phase = phase;
+  if (phase === "waiting") show("waiting");
+  else if (phase === "running" || phase === "paused") show("play");
+  else if (phase === "ended") finishBlock();
+}
+
+async function onHello(hello) {
+  const first = page.hello === null;
+  const moved = !first && hello.block !== page.block;
+  page.hello = hello;
+  page.block = hello.block;
+  page.final = false;
+  // frames kept from another block or a period that is over no longer apply
+  socket.discard((f) => f.meta && (f.meta.block !== hello.block || hello.phase !== "running"));
+  page.decisions = hello.group_decisions || {};
+  page.period = hello.period ? { ...hello.period } : null;
+  page.paused = hello.phase === "paused";
+  if (page.paused && page.period) page.period.paused_at = hello.server_time;
+  page.earned = { base: hello.earned || 0, baseAt: hello.server_time };
+  setBlock(hello);
+  enter(hello.phase);
+  if (first || moved || !page.view) await mountView(hello);
+  else call("decisions", page.decisions, hello.server_time);
+  refreshScores();
+}
+
+function onState(value, frame) {
+  if (value === "period_start") {
+    const hello = page.hello;
+    const at = frame.ts ?? socket.serverNow();
+    page.period = {
+      started_at: at,
+      ends_at: hello.period_length ? at + hello.period_length * 1000 : null,
+      num_subperiods: hello.period?.num_subperiods ?? null,
+      subperiod: 0,
+    };
+    page.earned = { base: 0, baseAt: at };
+    page.paused = false;
+    call("periodStart", page.period);
+    enter("running");
+  } else if (value === "period_end") {
+    const at = frame.ts ?? socket.serverNow();
+    rebase(at);
+    if (page.period) page.period.ended_at = at;
+    page.hello = { ...page.hello, phase: "ended" };
+    call("periodEnd", at);
+    enter("ended");
+    refreshScores(); // the stored score of the block, bonus included
+  }
+}
+
+function onPeriod(period, frame) {
+  const at = frame.ts ?? socket.serverNow();
+  rebase(at);
+  page.paused = period.status === "paused";
+  page.period = { ...(page.period || {}), started_at: period.started_at, ends_at: period.ends_at, paused_at: page.paused ? at : null };
+  $("#paused").hidden = !page.paused;
+  enter(page.paused ? "paused" : "running");
+  renderClock();
+}
+
+function onDecisions(decisions, frame) {
+  const at = frame.ts ?? socket.serverNow();
+  rebase(at);
+  page.decisions = decisions;
+  call("decisions", decisions, at);
+  renderPayoffs();
+}
+
+function onResult(result) {
+  if (result.subperiod === null || result.subperiod === undefined) {
+    page.earned = { base: result.score, baseAt: socket.serverNow(), exact: true }; // continuous time: the score itself
+  } else {
+    page.earned = { base: page.earned.base + result.score, baseAt: socket.serverNow() };
+  }
+  renderPayoffs();
+  if (page.phase === "ended") finishBlock();
+}
+
+/** The scores of the finished blocks, from the server (what is stored is what counts). */
+async function refreshScores() {
+  const hello = page.hello;
+  if (!hello || !hello.experiment) return;
+  const path = `/api/experiments/${encodeURIComponent(hello.experiment)}/participants/${encodeURIComponent(CODE)}?participant=${encodeURIComponent(CODE)}`;
+  try {
+    const response = await fetch(path, { headers: { Accept: "application/json" } });
+    if (!response.ok) return;
+    const detail = await response.json();
+    page.sessions = detail.sessions || [];
+    page.before = page.sessions
+      .filter((s) => s.block < page.block && s.finished_at)
+      .reduce((sum, s) => sum + s.final_score, 0);
+    renderPayoffs();
+    if (page.phase === "ended") finishBlock();
+  } catch (error) {
+    console.warn("synclab: the scores could not be read", error);
+  }
+}
+
+/** This block's score: stored when the server has it, else what the results added up to. */
+function blockScore(block) {
+  const stored = page.sessions.find((s) => s.block === block && s.finished_at);
+  if (stored) return stored.final_score;
+  if (block === page.block) return page.earned.base + (page.hello?.bonus_points || 0);
+  return null;
+}
+
+function fillScores(table) {
+  const n = page.hello.num_blocks || 1;
+  const rows = [];
+  for (let b = 0; b <= Math.min(page.block, n - 1); b += 1) {
+    const tr = document.createElement("tr");
+    const th = document.createElement("th");
+    th.scope = "row";
+    th.textContent = String(b + 1);
+    const td = document.createElement("td");
+    td.textContent = points(blockScore(b));
+    tr.append(th, td);
+    rows.push(tr);
+  }
+  table.tBodies[0].replaceChildren(...rows);
+}
+
+function finishBlock() {
+  const hello = page.hello;
+  if (!hello) return;
+  const last = hello.block >= (hello.num_blocks || 1) - 1;
+  const score = blockScore(hello.block);
+  let total = 0;
+  for (let b = 0; b <= hello.block; b += 1) total += blockScore(b) || 0;
+  if (last) {
+    page.final = true;
+    $("#final-summary").textContent = `You earned ${points(total)} points in all.`;
+    $("#final-summary").dataset.total = String(total);
+    fillScores($("#screen-final table"));
+    show("final");
+    socket.close(1000, "the experiment is over"); // nothing more will come
+    $("#connection").textContent = "Done";
+    $("#connection").dataset.state = "done";
+  } else {
+    $("#between-title").textContent = `Block ${hello.block + 1} of ${hello.num_blocks} finished`;
+    $("#between-summary").textContent = `You earned ${points(score)} points in this block, ${points(total)} so far.`;
+    fillScores($("#screen-between table"));
+    renderNext();
+    show("between");
+  }
+}
+
+function renderNext() {
+  const hello = page.hello;
+  const ended = page.period?.ended_at ?? hello.period?.ended_at;
+  if (ended === undefined || ended === null) return;
+  const left = ended + (hello.block_pause || 0) * 1000 - socket.serverNow();
+  $("#between-next").textContent = left > 0 ? `The next block begins in ${clock(left)}.` : "The next block begins in a moment.";
+}
+
+// ------------------------------------------------------------------------------- connection
+
+function onConnection(state, detail) {
+  const el = $("#connection");
+  if (page.final) return;
+  el.dataset.state = state;
+  if (state === "open") {
+    el.textContent = "Connected";
+    notice("");
+  } else if (state === "connecting") {
+    el.textContent = detail.attempt ? `Reconnecting (attempt ${detail.attempt + 1})…` : "Connecting…";
+  } else if (state === "closed" && detail.final) {
+    el.textContent = "Disconnected";
+    const why = {
+      4000: "This link was opened in another window or tab; continue there.",
+      4404: "This link is not known. Check the address you were given.",
+      1008: "The server refused this connection.",
+      4003: "The server refused this connection.",
+    };
+    notice(why[detail.code] || `The connection was closed (${detail.code}).`);
+    if (!page.hello) show("connecting");
+  } else if (state === "closed") {
+    el.textContent = `Connection lost; retrying in ${Math.ceil(detail.retryIn / 1000)} s…`;
+  }
+}
+
+socket.on("hello", (payload) => {
+  onHello(payload).catch((error) => {
+    console.error("synclab: the game view could not be loaded", error);
+    notice("The game could not be shown. Ask the experimenter for help.");
+  });
+});
+socket.on("state", onState);
+socket.on("period", onPeriod);
+socket.on("group_decisions", onDecisions);
+socket.on("result", onResult);
+socket.on("subperiod", (payload, frame) => {
+  if (page.period) page.period.subperiod = payload.index + 1;
+  call("subperiod", payload, frame.ts);
+});
+socket.on("ack", () => renderPending());
+socket.on("error", (payload) => {
+  renderPending();
+  notice(payload.message ? `Not accepted: ${payload.message}` : "Not accepted.");
+  setTimeout(() => notice(""), 4000);
+});
+socket.on("*", (payload, frame) => {
+  const known = ["hello", "state", "period", "group_decisions", "result", "subperiod", "ack", "error", "ping"];
+  if (!known.includes(frame.channel)) call("message", frame.channel, payload, frame);
+});
+socket.onState(onConnection);
+
+if (!CODE) {
+  notice("This address has no participant code.");
+} else {
+  show("connecting");
+  socket.connect();
+  setInterval(tick, 100);
+}
