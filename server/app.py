@@ -13,7 +13,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
@@ -32,8 +32,22 @@ from .settings import Settings
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
+UNKNOWN_LINK = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>synclab: unknown link</title><link rel="icon" href="data:,"></head>
+<body style="font: 16px/1.4 system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; padding: 0 1rem">
+<h1>This link is not known</h1>
+<p>Check the address you were given, or ask the experimenter for your link.</p>
+</body></html>
+"""
+
+
 async def participant_page(request: Request) -> Response:
-    return FileResponse(STATIC / "participant.html")
+    """The participant page; an unknown code gets a 404 page that says so."""
+    rt: Runtime = request.app.state.runtime
+    if await rt.database.read(participant_game, str(request.path_params["code"])) is None:
+        return HTMLResponse(UNKNOWN_LINK, status_code=404)
+    return FileResponse(STATIC / "participant.html", headers={"Cache-Control": "no-cache"})
 
 
 def view_file(game: str) -> Path:

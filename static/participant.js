@@ -153,6 +153,7 @@ function renderPayoffs() {
 function renderPending() {
   const waiting = socket.pending.filter((f) => f.channel === "decisions").length;
   $("#game").dataset.pending = String(waiting);
+  $("#unsent").hidden = waiting === 0 || socket.state === "open";
 }
 
 // -------------------------------------------------------------------------------- countdown
@@ -353,6 +354,7 @@ function renderNext() {
 
 function onConnection(state, detail) {
   const el = $("#connection");
+  renderPending();
   if (page.final) return;
   el.dataset.state = state;
   if (state === "open") {

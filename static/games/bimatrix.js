@@ -32,12 +32,16 @@ export function createView(game) {
   });
   const output = h("output", { for: "weight", id: "weight-value" }, "0.50");
   let lastSent = 0;
+  let lastValue = null;
   let timer = null;
   const send = () => {
     clearTimeout(timer);
     timer = null;
+    const value = Number(slider.value);
+    if (value === lastValue) return; // the release after a move sends nothing new
     lastSent = Date.now();
-    game.decide(Number(slider.value));
+    lastValue = value;
+    game.decide(value);
   };
   slider.addEventListener("input", () => {
     output.textContent = Number(slider.value).toFixed(2);
@@ -144,6 +148,7 @@ export function createView(game) {
     periodStart(period) {
       for (const map of Object.values(series)) for (const points of map.values()) points.length = 0;
       touched = false;
+      lastValue = null;
       draw(period.started_at);
     },
     periodEnd() {

@@ -20,13 +20,17 @@ export function createView(game) {
   });
   const output = h("output", { for: "contribution", id: "contribution-value" }, "0");
   let lastSent = 0;
+  let lastValue = null;
   let timer = null;
   let touched = false;
   const send = () => {
     clearTimeout(timer);
     timer = null;
+    const value = Number(slider.value);
+    if (value === lastValue) return; // the release after a move sends nothing new
     lastSent = Date.now();
-    game.decide(Number(slider.value));
+    lastValue = value;
+    game.decide(value);
   };
   slider.addEventListener("input", () => {
     output.textContent = format(Number(slider.value));
@@ -107,6 +111,7 @@ export function createView(game) {
     periodStart(period) {
       for (const points of series.values()) points.length = 0;
       touched = false;
+      lastValue = null;
       draw(period.started_at);
     },
     periodEnd() {

@@ -1,0 +1,249 @@
+"""The participant page in a real Chromium against a real server: play, reconnect, the clock.
+
+Every test checks that the page raised no JavaScript error, logged no console error (other than
+the browser's own report of a refused connection while the network is down) and sent no request
+anywhere but to the server that served it. Screenshots of each screen are written to
+``artifacts/screenshots/`` (or ``$SYNCLAB_ARTIFACTS``) to be looked at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, expect
+
+from server.settings import Settings
+from server.verify import run_verify
+from tests.browser.proxy import proxy_to
+from tests.server.harness import Harness, timeout
+
+WAIT_MS = timeout(10) * 1000
+ARTIFACTS = Path(os.environ.get("SYNCLAB_ARTIFACTS") or Path(__file__).resolve().parents[2] / "artifacts") / "screenshots"
+LAB_SCREEN = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+#: how far the skewed browser's clock is ahead of the server's
+SKEW_MS = 93_000
+
+
+@dataclass
+class Participant:
+    """One participant's browser tab, with what it did wrong."""
+
+    page: Page
+    origin: str
+    errors: list[str] = field(default_factory=list)
+    console_errors: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+
+    def check(self, *, network_dropped: bool = False) -> None:
+        assert not self.errors, f"the page raised: {self.errors}"
+        allowed = re.compile(r"WebSocket connection to .* failed|ERR_CONNECTION|Failed to load resource")
+        console = [m for m in self.console_errors if not (network_dropped and allowed.search(m))]
+        assert not console, f"the page logged errors: {console}"
+        elsewhere = [url for url in self.requests if not url.startswith(self.origin)]
+        assert not elsewhere, f"requests left the server: {elsewhere}"
+
+    async def shot(self, name: str) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await self.page.screenshot(path=str(ARTIFACTS / f"participant-{name}.png"), full_page=True)
+
+
+@pytest.fixture
+async def open_participant(browser: Browser) -> AsyncIterator[Any]:
+    """Open a participant's link in its own browser context (its own storage, as another computer)."""
+    opened: list[Participant] = []
+
+    async def open_(url: str, *, skew_ms: int = 0, viewport: dict[str, int] = LAB_SCREEN) -> Participant:
+        context = await browser.new_context(viewport=viewport)  # type: ignore[arg-type]
+        context.set_default_timeout(WAIT_MS)
+        if skew_ms:  # this computer's clock is wrong: the page must go by the server's
+            await context.add_init_script(f"{{ const real = Date.now; Date.now = () => real() + {skew_ms}; }}")
+        page = await context.new_page()
+        origin = re.match(r"https?://[^/]+", url)
+        assert origin is not None
+        person = Participant(page, origin.group(0))
+        page.on("pageerror", lambda exc: person.errors.append(str(exc)))
+        page.on("console", lambda msg: person.console_errors.append(msg.text) if msg.type == "error" else None)
+        page.on("request", lambda request: person.requests.append(request.url))
+        await page.goto(url)
+        opened.append(person)
+        return person
+
+    yield open_
+    for person in opened:
+        await person.page.context.close()
+
+
+async def remaining_ms(person: Participant) -> tuple[float, float]:
+    """The countdown's remaining ms and the (true) time it was read, in ms since the epoch."""
+    before = time.time()
+    value = await person.page.locator("#countdown").get_attribute("data-remaining-ms")
+    after = time.time()
+    assert value is not None, "the countdown shows no time"
+    return float(value), (before + after) / 2 * 1000
+
+
+async def decisions_of(server: Harness, code: str, participant: str) -> list[Any]:
+    return [e["value"] for e in await server.events(code) if e["channel"] == "decisions" and e["participant"] == participant]
+
+
+async def test_two_participants_play_a_bimatrix_experiment_through_the_pages(
+    server: Harness, open_participant: Any
+) -> None:
+    """Waiting, play (slider → the partner's chart), countdown, between blocks, the final total."""
+    exp = await server.create(game="bimatrix", participants=2, group_size=2, blocks=2, period_length=6, block_pause=2)
+    row_code, col_code = (p["code"] for p in exp["participants"])
+    row = await open_participant(exp["participants"][0]["url"])
+    await expect(row.page.get_by_role("heading", name="Waiting for your group")).to_be_visible()
+    await row.shot("1-waiting")
+
+    col = await open_participant(exp["participants"][1]["url"], skew_ms=SKEW_MS)
+    for person in (row, col):
+        await expect(person.page.locator("#screen-play")).to_be_visible()
+        await expect(person.page.locator("#countdown")).to_have_text(re.compile(r"^0:0[1-6]$"))
+
+    # the countdown agrees with the server's clock, even where the computer's clock is 93 s off
+    detail = (await server.http.get(f"/api/experiments/{exp['code']}/participants/{row_code}")).json()
+    assert detail["group"] is not None
+    ends_at = await row.page.evaluate("window.synclab.page.period.ends_at")
+    for person in (row, col):
+        await person.page.wait_for_function("window.synclab.socket.clock.uncertainty < 100")
+        shown, at = await remaining_ms(person)
+        assert abs(shown - (ends_at - at)) <= 250, f"countdown {shown} ms, the server says {ends_at - at:.0f} ms"
+
+    # the row player takes the slider with the keyboard: the column player's chart follows
+    slider = row.page.get_by_role("slider", name="Your weight on A")
+    await slider.focus()
+    await row.page.keyboard.press("End")
+    summary = col.page.locator(".chart-summary")
+    await expect(summary).to_have_attribute("data-other", "1")
+    assert int(await col.page.locator("canvas").first.get_attribute("data-points") or 0) >= 3
+    await col.page.get_by_role("slider", name="Your weight on A").focus()
+    await col.page.keyboard.press("Home")
+    await expect(row.page.locator(".chart-summary")).to_have_text("You 1.00, other player 0.00")
+    await expect(row.page.locator("#flow")).to_have_text("0.00")  # A against B: the sucker's payoff
+    await expect(col.page.locator("#flow")).to_have_text("5.00")
+    await row.shot("2-play-row")
+    await col.shot("2-play-col")
+    await col.page.set_viewport_size(PHONE)
+    await col.shot("2-play-phone")
+
+    # the first block ends: its score is the stored one
+    await expect(row.page.locator("#screen-between")).to_be_visible(timeout=WAIT_MS)
+    await expect(row.page.get_by_role("heading", name="Block 1 of 2 finished")).to_be_visible()
+    sessions = (await server.http.get(f"/api/experiments/{exp['code']}/participants/{col_code}")).json()["sessions"]
+    first = next(s for s in sessions if s["block"] == 0)
+    await expect(col.page.locator("#between-summary")).to_contain_text(f"{first['final_score']:.2f} points in this block")
+    await row.shot("3-between")
+
+    # the second block starts by itself; at its end the final screen shows the total
+    await expect(row.page.locator("#screen-play")).to_be_visible(timeout=WAIT_MS)
+    await expect(row.page.locator("#block")).to_have_text("Block 2 of 2")
+    await expect(row.page.locator("#screen-final")).to_be_visible(timeout=WAIT_MS)
+    await expect(col.page.locator("#screen-final")).to_be_visible(timeout=WAIT_MS)
+    for person, code in ((row, row_code), (col, col_code)):
+        stored = (await server.http.get(f"/api/experiments/{exp['code']}/participants/{code}")).json()
+        await expect(person.page.locator("#final-summary")).to_have_text(f"You earned {stored['final_score']:.2f} points in all.")
+    await row.shot("4-final")
+    assert (await server.http.get(f"/api/experiments/{exp['code']}")).json()["status"] == "done"
+
+    assert await decisions_of(server, exp["code"], row_code) == [1.0]
+    assert await decisions_of(server, exp["code"], col_code) == [0.0]
+    for person in (row, col):
+        person.check()
+    assert run_verify(Settings(database_url=server.runtime.settings.database_url), exp["code"]) == 0
+
+
+async def test_a_dropped_network_reconnects_and_loses_or_repeats_no_decision(
+    server: Harness, open_participant: Any
+) -> None:
+    """A decision made offline is sent after the reconnect; one whose ack was lost is stored once."""
+    exp = await server.create(game="bimatrix", participants=2, group_size=2, period_length=60)
+    code = exp["code"]
+    row_code, col_code = (p["code"] for p in exp["participants"])
+    port = int(server.base.rsplit(":", 1)[1])
+    async with proxy_to(port) as proxy:
+        row = await open_participant(f"{proxy.base}/p/{row_code}")  # only the row player's network breaks
+        col = await open_participant(f"{server.base}/p/{col_code}")
+        for person in (row, col):
+            await expect(person.page.locator("#screen-play")).to_be_visible()
+        state = row.page.locator("#connection")
+        slider = row.page.get_by_role("slider", name="Your weight on A")
+        await slider.focus()
+
+        # 1. the network goes down; the participant moves the slider; the network comes back
+        proxy.cut()
+        await expect(state).to_have_attribute("data-state", re.compile("closed|connecting"))
+        await expect(state).to_contain_text(re.compile("Connection lost|Reconnecting"))
+        await row.shot("5-offline")
+        await row.page.keyboard.press("End")  # 1.0, made while offline
+        await expect(row.page.locator("#game")).to_have_attribute("data-pending", "1")
+        await expect(row.page.get_by_text("Your last choice is kept")).to_be_visible()
+        await asyncio.sleep(timeout(1.0))
+        assert await decisions_of(server, code, row_code) == [], "nothing can have arrived while offline"
+        proxy.restore()
+        await expect(state).to_have_attribute("data-state", "open", timeout=WAIT_MS)
+        await expect(row.page.locator("#game")).to_have_attribute("data-pending", "0")
+        await expect(row.page.get_by_text("Your last choice is kept")).to_be_hidden()
+        await expect(col.page.locator(".chart-summary")).to_have_attribute("data-other", "1")
+        assert await decisions_of(server, code, row_code) == [1.0]
+
+        # 2. a decision reaches the server but its ack is lost; the page sends it again after
+        #    the reconnect with the same id, and the server stores it once
+        proxy.mute()
+        await row.page.keyboard.press("Home")  # 0.0
+        await expect(col.page.locator(".chart-summary")).to_have_attribute("data-other", "0")
+        assert await decisions_of(server, code, row_code) == [1.0, 0.0]
+        await expect(row.page.locator("#game")).to_have_attribute("data-pending", "1")
+        proxy.cut()
+        await expect(state).not_to_have_attribute("data-state", "open")
+        proxy.restore()
+        await expect(state).to_have_attribute("data-state", "open", timeout=WAIT_MS)
+        await expect(row.page.locator("#game")).to_have_attribute("data-pending", "0")
+        await expect(row.page.locator(".chart-summary")).to_have_text("You 0.00, other player 0.50")
+        assert await decisions_of(server, code, row_code) == [1.0, 0.0], "the resent decision is stored once"
+        await expect(row.page.locator("#screen-play")).to_be_visible()
+        await row.shot("6-reconnected")
+
+        row.check(network_dropped=True)
+        col.check(network_dropped=True)
+
+
+async def test_public_goods_shows_the_groups_contributions_live(server: Harness, open_participant: Any) -> None:
+    """Three members: a contribution moves every member's bars and the group's total."""
+    exp = await server.create(game="public_goods", participants=3, group_size=3, period_length=30)
+    people = [await open_participant(p["url"]) for p in exp["participants"]]
+    for person in people:
+        await expect(person.page.locator("#screen-play")).to_be_visible()
+    slider = people[0].page.get_by_role("slider", name="Your contribution")
+    await slider.focus()
+    await people[0].page.keyboard.press("End")  # the whole endowment, 10
+    for person in people:
+        await expect(person.page.locator(".total")).to_have_attribute("data-sum", "10")
+    first = exp["participants"][0]["code"]
+    await expect(people[1].page.locator(f'li[data-member="{first}"] .amount')).to_have_text("10")
+    await expect(people[0].page.locator("#flow")).to_have_text("5.00")  # 10 - 10 + 0.5 * 10
+    await expect(people[1].page.locator("#flow")).to_have_text("15.00")
+    await people[1].shot("7-public-goods")
+    await people[1].page.set_viewport_size(PHONE)
+    await people[1].shot("7-public-goods-phone")
+    for person in people:
+        person.check()
+
+
+async def test_an_unknown_link_says_so(server: Harness, open_participant: Any) -> None:
+    """An unknown code gets a 404 page that says what to do, and no game page that retries forever."""
+    person = await open_participant(f"{server.base}/p/no-such-code")
+    await expect(person.page.get_by_role("heading", name="This link is not known")).to_be_visible()
+    response = await server.http.get("/p/no-such-code")
+    assert response.status_code == 404
+    assert (await server.http.get("/p/no-such-code/view.js")).status_code == 404
+    person.check(network_dropped=True)  # the 404 itself is the browser's own console error
