@@ -155,6 +155,8 @@ class LiveGroup:
             state=_state_from_row(spec.group),
         )
         self.committed = self.core.state.copy()
+        #: what the participant page calls the game: its ``title``, or its name in words
+        self.title = str(getattr(game, "title", "") or (game.name or game.__name__).replace("_", " ").capitalize())
         self.last_seq: int = int(spec.group["last_seq"] or 0)
         #: the last ``state`` event: ``{"seq", "ts", "value"}``, repeated to every new connection
         self.last_state = spec.last_state
@@ -416,6 +418,7 @@ class LiveGroup:
             "participant": participant,
             "experiment": self.experiment_code,
             "game": self.game,
+            "title": self.title,
             "config": self.core.config,
             "group": self.id,
             "members": list(self.core.members),

@@ -188,8 +188,9 @@ function tick() {
 function setBlock(hello) {
   const n = hello.num_blocks || 1;
   $("#block").textContent = n > 1 ? `Block ${hello.block + 1} of ${n}` : "";
-  document.title = `synclab · ${hello.game}`;
-  $("#title").textContent = hello.game === "bimatrix" ? "Two-player game" : hello.game === "public_goods" ? "Public goods game" : hello.game;
+  const title = hello.title || hello.game;
+  document.title = `${title} · synclab`;
+  $("#title").textContent = title;
 }
 
 function enter(phase) {

@@ -247,3 +247,28 @@ async def test_an_unknown_link_says_so(server: Harness, open_participant: Any) -
     assert response.status_code == 404
     assert (await server.http.get("/p/no-such-code/view.js")).status_code == 404
     person.check(network_dropped=True)  # the 404 itself is the browser's own console error
+
+
+async def test_the_guides_example_game_is_played_through_its_own_view(server: Harness, open_participant: Any) -> None:
+    """examples/stag_hunt.py with its view examples/stag_hunt.js, as the README's guide writes them."""
+    exp = await server.create(game="examples.stag_hunt:StagHunt", participants=2, group_size=2, period_length=4)
+    view = await server.http.get(f"/p/{exp['participants'][0]['code']}/view.js")
+    assert view.status_code == 200 and "Hunt stag" in view.text
+    assert view.headers["content-type"].startswith("text/javascript")
+    people = [await open_participant(p["url"]) for p in exp["participants"]]
+    for person in people:
+        await expect(person.page.locator("#screen-play")).to_be_visible()
+        await expect(person.page.locator("#flow")).to_have_text("1.00")  # everybody starts on hare
+    await people[0].page.get_by_role("button", name=re.compile("Hunt stag")).click()
+    await expect(people[0].page.locator("#flow")).to_have_text("0.00")  # a lone stag hunter
+    await people[1].page.get_by_role("button", name=re.compile("Hunt stag")).click()
+    for person in people:
+        await expect(person.page.locator("#flow")).to_have_text("3.00")
+        await expect(person.page.get_by_role("button", name=re.compile("Hunt stag"))).to_have_attribute("aria-pressed", "true")
+    await people[0].shot("8-example-stag-hunt")
+    for person, p in zip(people, exp["participants"], strict=True):
+        await expect(person.page.locator("#screen-final")).to_be_visible(timeout=WAIT_MS)
+        stored = (await server.http.get(f"/api/experiments/{exp['code']}/participants/{p['code']}")).json()
+        await expect(person.page.locator("#final-summary")).to_have_text(f"You earned {stored['final_score']:.2f} points in all.")
+        person.check()
+    assert run_verify(Settings(database_url=server.runtime.settings.database_url), exp["code"]) == 0
