@@ -6,9 +6,11 @@ The first member is ``row``, the second ``col``. A decision is the weight on act
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from .bots import clamp, current, toward, walk
 from .exceptions import ConfigError
 from .group import DecisionGroup, is_number, require_number
 
@@ -21,10 +23,20 @@ class Bimatrix(DecisionGroup):
 
     The first member is row, the second col. A decision is the weight on action A, from 0 (pure
     B) to 1 (pure A); the flow payoff is the expected payoff of the mixed profile.
+
+    Bots (``synclab bots``) play a noisy best response: most of the time a bot moves half way
+    from its weight to its best response to the partner's current weight (1 when A pays more, 0
+    when B does, where it is when they tie); one time in five it explores instead, a random walk
+    step of up to 0.25. In the prisoner's dilemma that drifts towards defection (B).
     """
 
     name = "bimatrix"
     group_sizes = (2, 2)
+    #: a bot's chance to explore (a random walk step of up to ``bot_step``) instead of adjusting
+    bot_explore: ClassVar[float] = 0.2
+    bot_step: ClassVar[float] = 0.25
+    #: the share of the way to the best response a bot moves in one decision
+    bot_adjust: ClassVar[float] = 0.5
     config_schema: ClassVar[dict[str, Any]] = {
         "type": "object",
         "properties": {
@@ -87,3 +99,29 @@ class Bimatrix(DecisionGroup):
             + (1 - p) * q * table["BA"][index]
             + (1 - p) * (1 - q) * table["BB"][index]
         )
+
+    def best_response(self, participant: str, partner_weight: float) -> float | None:
+        """1 when action A pays ``participant`` more against ``partner_weight``, 0 when B does, None on a tie."""
+        table = self.config["payoffs"]
+        q = partner_weight
+        if participant == self.members[0]:  # row: the partner's weight is on the columns
+            a = q * table["AA"][0] + (1 - q) * table["AB"][0]
+            b = q * table["BA"][0] + (1 - q) * table["BB"][0]
+        else:  # col: the partner's weight is on the rows
+            a = q * table["AA"][1] + (1 - q) * table["BA"][1]
+            b = q * table["AB"][1] + (1 - q) * table["BB"][1]
+        if a == b:
+            return None
+        return 1.0 if a > b else 0.0
+
+    def bot_decision(self, participant: str, decisions: Mapping[str, Any], rng: random.Random) -> float:
+        """A noisy best response to the partner's current weight (see the class docstring)."""
+        initial = self.initial_decision(participant)
+        own = current(decisions, participant, initial)
+        partner = next(m for m in self.members if m != participant)
+        if rng.random() < self.bot_explore:
+            value = walk(rng, own, 0.0, 1.0, self.bot_step)
+        else:
+            target = self.best_response(participant, current(decisions, partner, initial))
+            value = own if target is None else toward(own, target, self.bot_adjust)
+        return clamp(round(value, 3), 0.0, 1.0)

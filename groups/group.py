@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import enum
 import math
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -262,6 +263,16 @@ class DecisionGroup:
     def payoff(self, participant: str, decisions: Mapping[str, Any]) -> float:
         """The flow payoff of ``participant`` when the group's decisions are ``decisions``."""
         return 0.0
+
+    def bot_decision(self, participant: str, decisions: Mapping[str, Any], rng: random.Random) -> Any:
+        """What a simulated participant (``synclab bots``) sends next, or ``None`` to send nothing now.
+
+        ``decisions`` is the group's current decisions as the bot knows them (its own latest
+        included); ``rng`` is the bot's only source of randomness. Called while the period runs,
+        at the bot's own pace; a returned value must pass :meth:`validate_decision`. The default
+        holds still: a game without a strategy is played by bots that connect and never decide.
+        """
+        return None
 
     def when_all_players_ready(self) -> None:
         """Runs exactly once, when the period starts (decisions are already initialised)."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from .bots import clamp, current, toward, walk
 from .exceptions import ConfigError
 from .group import DecisionGroup, is_number, require_number
 
@@ -13,10 +15,17 @@ class PublicGoods(DecisionGroup):
     """n players; a decision is a contribution from 0 to the endowment.
 
     Flow payoff: endowment - own contribution + mpcr x the sum of all contributions.
+
+    Bots (``synclab bots``) are noisy conditional cooperators: each decision moves half way from
+    the bot's contribution to the mean of the others' current contributions, then takes a random
+    walk step of up to 15% of the endowment (reflected at 0 and the endowment), rounded to cents.
     """
 
     name = "public_goods"
     group_sizes = (2, None)
+    #: the share of the way to the others' mean a bot moves in one decision, and its noise
+    bot_adjust: ClassVar[float] = 0.5
+    bot_noise: ClassVar[float] = 0.15
     config_schema: ClassVar[dict[str, Any]] = {
         "type": "object",
         "properties": {
@@ -51,3 +60,12 @@ class PublicGoods(DecisionGroup):
         endowment = float(self.config["endowment"])
         total = sum(float(decisions[m]) for m in self.members)
         return endowment - float(decisions[participant]) + float(self.config["mpcr"]) * total
+
+    def bot_decision(self, participant: str, decisions: Mapping[str, Any], rng: random.Random) -> float:
+        """Conditional cooperation with noise (see the class docstring)."""
+        endowment = float(self.config["endowment"])
+        own = current(decisions, participant, self.initial_decision(participant))
+        others = [current(decisions, m, 0.0) for m in self.members if m != participant]
+        target = sum(others) / len(others) if others else own
+        value = walk(rng, toward(own, target, self.bot_adjust), 0.0, endowment, self.bot_noise * endowment)
+        return clamp(round(value, 2), 0.0, endowment)
