@@ -1,4 +1,4 @@
-"""The ``synclab`` command: ``serve``, ``demo``, ``export`` and ``verify``."""
+"""The ``synclab`` command: ``serve``, ``demo``, ``bots``, ``export`` and ``verify``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
+from .bots import run_bots_command
 from .database import (
     create_schema,
     experiment_participants,
@@ -72,6 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     exporting.add_argument("code")
     exporting.add_argument("--table", choices=TABLES, help="one table (default: the whole JSON document)")
     exporting.add_argument("--format", choices=FORMATS, help="default: csv for a table, json for everything")
+    playing = commands.add_parser("bots", help="simulated participants play everyone not connected")
+    playing.add_argument("code")
+    playing.add_argument("--url", help="the server (default: http://127.0.0.1:$PORT, port 8000)")
+    playing.add_argument("--token", help="the experimenter token (default: SYNCLAB_ADMIN_TOKEN, else the stored one)")
+    playing.add_argument("--rate", type=float, help="decisions per second per bot, on average (default 1)")
+    playing.add_argument("--seed", type=int, help="seed of the bots' strategies")
+    playing.add_argument("--timeout", type=float, help="seconds before giving up (default: the experiment's length + 120)")
     checking = commands.add_parser("verify", help="recompute every result and score from the event log")
     checking.add_argument("code")
     checking.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -80,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
         if args.command == "export":
             return run_export(settings, args.code, args.table, args.format)
+        if args.command == "bots":
+            return run_bots_command(
+                settings, args.code, url=args.url, token=args.token, rate=args.rate, seed=args.seed, timeout=args.timeout
+            )
         if args.command == "verify":
             return run_verify(settings, args.code, as_json=args.json)
         port = settings.port if args.port is None else args.port
