@@ -98,6 +98,19 @@ async def test_bots_play_a_two_block_public_goods_experiment_to_done(server: Har
     assert run_verify(Settings(database_url=sqlite_url), code) == 0
 
 
+async def test_bots_play_a_users_game_with_its_own_strategy(server: Harness, sqlite_url: str) -> None:
+    """The stag hunt of docs/writing-a-game.md, named by import path: its bots send its strings."""
+    exp = await server.create(game="examples.stag_hunt:StagHunt", participants=3, group_size=3, period_length=1.5)
+
+    report = await bots(server, exp["code"], seed=3)
+
+    clean(report)
+    assert report.finished == 3 and report.status == "done"
+    moves = {e["value"] for e in await server.events(exp["code"]) if e["channel"] == "decisions"}
+    assert moves and moves <= {"stag", "hare"}
+    assert run_verify(Settings(database_url=sqlite_url), exp["code"]) == 0
+
+
 async def test_a_connected_human_is_not_played(server: Harness) -> None:
     exp = await server.create(game="bimatrix", participants=2, group_size=2, period_length=1.5)
     code = exp["code"]
