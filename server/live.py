@@ -411,6 +411,7 @@ class LiveGroup:
                 "num_subperiods": self.core.timing.num_subperiods,
                 "paused_for": state.paused_for,
                 "ended_at": None if state.ended_at is None else ms(state.ended_at),
+                "paused_at": None if state.paused_at is None else ms(state.paused_at),
             }
         now = self._clock()
         earned = self.core.earned(participant, now, state) if participant in self.core.members else 0.0

@@ -195,6 +195,7 @@ function setBlock(hello) {
 
 function enter(phase) {
   page.phase = phase;
+  $("#paused").hidden = phase !== "paused";
   document.body.dataset.phase = phase;
   if (phase === "waiting") show("waiting");
   else if (phase === "running" || phase === "paused") show("play");
@@ -212,7 +213,7 @@ async function onHello(hello) {
   page.decisions = hello.group_decisions || {};
   page.period = hello.period ? { ...hello.period } : null;
   page.paused = hello.phase === "paused";
-  if (page.paused && page.period) page.period.paused_at = hello.server_time;
+  if (page.paused && page.period) page.period.paused_at = hello.period.paused_at ?? hello.server_time;
   page.earned = { base: hello.earned || 0, baseAt: hello.server_time };
   setBlock(hello);
   enter(hello.phase);
@@ -222,6 +223,8 @@ async function onHello(hello) {
 }
 
 function onState(value, frame) {
+  // on connect the last `state` is repeated after hello (as otree-redwood does): hello has it all
+  if (page.hello && frame.seq !== undefined && frame.seq <= page.hello.last_seq) return;
   if (value === "period_start") {
     const hello = page.hello;
     const at = frame.ts ?? socket.serverNow();

@@ -210,6 +210,8 @@ async def test_a_dropped_network_reconnects_and_loses_or_repeats_no_decision(
         await expect(row.page.locator("#game")).to_have_attribute("data-pending", "0")
         await expect(row.page.locator(".chart-summary")).to_have_text("You 0.00, other player 0.50")
         assert await decisions_of(server, code, row_code) == [1.0, 0.0], "the resent decision is stored once"
+        points = int(await row.page.locator("canvas").first.get_attribute("data-points") or 0)
+        assert points >= 4, f"the chart keeps the period's history across reconnects, has {points} points"
         await expect(row.page.locator("#screen-play")).to_be_visible()
         await row.shot("6-reconnected")
 
@@ -233,6 +235,24 @@ async def test_public_goods_shows_the_groups_contributions_live(server: Harness,
     await expect(people[0].page.locator("#flow")).to_have_text("5.00")  # 10 - 10 + 0.5 * 10
     await expect(people[1].page.locator("#flow")).to_have_text("15.00")
     await people[1].shot("7-public-goods")
+
+    # the experimenter pauses: the clock stands still on every page, then runs on from there
+    assert (await server.http.post(f"/api/experiments/{exp['code']}/pause")).status_code == 200
+    watcher = people[2]
+    await expect(watcher.page.get_by_text("Paused.")).to_be_visible()
+    frozen, _ = await remaining_ms(watcher)
+    await asyncio.sleep(timeout(0.6))
+    assert (await remaining_ms(watcher))[0] == frozen, "a paused countdown does not move"
+    await watcher.shot("7-public-goods-paused")
+    await watcher.page.reload()  # a page opened during the pause shows the same frozen time
+    await expect(watcher.page.get_by_text("Paused.")).to_be_visible()
+    await expect(watcher.page.locator("#countdown")).to_have_attribute("data-remaining-ms", re.compile(r"\d"))
+    assert abs((await remaining_ms(watcher))[0] - frozen) <= 250
+    assert (await server.http.post(f"/api/experiments/{exp['code']}/resume")).status_code == 200
+    await expect(watcher.page.get_by_text("Paused.")).to_be_hidden()
+    await asyncio.sleep(timeout(0.5))
+    assert (await remaining_ms(watcher))[0] < frozen - 200, "the countdown runs again"
+
     await people[1].page.set_viewport_size(PHONE)
     await people[1].shot("7-public-goods-phone")
     for person in people:
