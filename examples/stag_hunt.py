@@ -24,6 +24,7 @@ class StagHunt(DecisionGroup):
     """n hunters; each chooses stag or hare; stags pay only when everybody hunts them."""
 
     name = "stag_hunt"
+    title = "Stag hunt"
     group_sizes = (2, None)
     config_schema: ClassVar[dict[str, Any]] = {
         "type": "object",

@@ -31,6 +31,7 @@ class Bimatrix(DecisionGroup):
     """
 
     name = "bimatrix"
+    title = "Two-player game"
     group_sizes = (2, 2)
     #: a bot's chance to explore (a random walk step of up to ``bot_step``) instead of adjusting
     bot_explore: ClassVar[float] = 0.2

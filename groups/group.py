@@ -184,6 +184,7 @@ class DecisionGroup:
       by :meth:`validate_config` when the experiment is created.
     - ``pause_when_disconnected``: ``True`` stops the period's clock while a member is away
       (default ``False``: the period runs on).
+    - ``title``: what the participant page calls the game (default: its name in words).
     - ``view``: the participant page's view of the game, an ES module file named relative to
       the game's Python file (served at ``/p/{code}/view.js``; see the README's guide). Without
       one the page shows a generic view.
@@ -198,6 +199,8 @@ class DecisionGroup:
     pause_when_disconnected: ClassVar[bool] = False
     #: the participant page's view: an ES module, relative to the file that defines the game
     view: ClassVar[str | None] = None
+    #: what the participant page calls the game (default: its name in words)
+    title: ClassVar[str] = ""
 
     def __init__(
         self,

@@ -22,6 +22,7 @@ class PublicGoods(DecisionGroup):
     """
 
     name = "public_goods"
+    title = "Public goods game"
     group_sizes = (2, None)
     #: the share of the way to the others' mean a bot moves in one decision, and its noise
     bot_adjust: ClassVar[float] = 0.5

@@ -156,7 +156,7 @@ class LiveGroup:
         )
         self.committed = self.core.state.copy()
         #: what the participant page calls the game: its ``title``, or its name in words
-        self.title = str(getattr(game, "title", "") or (game.name or game.__name__).replace("_", " ").capitalize())
+        self.title = game.title or (game.name or game.__name__).replace("_", " ").capitalize()
         self.last_seq: int = int(spec.group["last_seq"] or 0)
         #: the last ``state`` event: ``{"seq", "ts", "value"}``, repeated to every new connection
         self.last_state = spec.last_state
