@@ -2,11 +2,9 @@
 // both players' decisions and flow payoffs over the period (CONTRACT §5).
 
 import { drawSteps } from "/static/chart.js";
-import { h } from "/static/games/generic.js";
+import { decisionSlider, h } from "/static/games/generic.js";
 
 const CELLS = ["AA", "AB", "BA", "BB"];
-/** How often a dragged slider sends at most (ms); its release always sends. */
-const SEND_EVERY = 120;
 const MAX_POINTS = 4000;
 
 export function createView(game) {
@@ -31,28 +29,7 @@ export function createView(game) {
     "aria-describedby": "weight-help",
   });
   const output = h("output", { for: "weight", id: "weight-value" }, "0.50");
-  let lastSent = 0;
-  let lastValue = null;
-  let timer = null;
-  const send = () => {
-    clearTimeout(timer);
-    timer = null;
-    const value = Number(slider.value);
-    if (value === lastValue) return; // the release after a move sends nothing new
-    lastSent = Date.now();
-    lastValue = value;
-    game.decide(value);
-  };
-  slider.addEventListener("input", () => {
-    output.textContent = Number(slider.value).toFixed(2);
-    const wait = SEND_EVERY - (Date.now() - lastSent);
-    if (wait <= 0) send();
-    else if (!timer) timer = setTimeout(send, wait);
-  });
-  slider.addEventListener("change", send);
-  let touched = false;
-  slider.addEventListener("pointerdown", () => { touched = true; });
-  slider.addEventListener("keydown", () => { touched = true; });
+  const control = decisionSlider(game, slider, output, (v) => v.toFixed(2));
 
   // ---- the payoff table: rows are my actions, columns the other's; each cell "mine, theirs"
   const cells = {};
@@ -128,10 +105,7 @@ export function createView(game) {
         add(series.decisions.get(code), at, Number(decisions[code]));
         add(series.payoffs.get(code), at, payoff(code, decisions));
       }
-      if (!touched) { // follow the server until the participant takes the slider
-        slider.value = String(decisions[game.me]);
-        output.textContent = Number(decisions[game.me]).toFixed(2);
-      }
+      control.follow(decisions[game.me]);
       const p = Number(decisions[game.me]);
       const q = Number(decisions[other]);
       for (const [key, weight] of Object.entries({ AA: p * q, AB: p * (1 - q), BA: (1 - p) * q, BB: (1 - p) * (1 - q) })) {
@@ -147,19 +121,18 @@ export function createView(game) {
     },
     periodStart(period) {
       for (const map of Object.values(series)) for (const points of map.values()) points.length = 0;
-      touched = false;
-      lastValue = null;
+      control.reset();
       draw(period.started_at);
     },
     periodEnd() {
-      slider.disabled = true;
+      control.end();
     },
     frame(now) {
-      slider.disabled = game.period().paused;
+      control.tick();
       draw(now);
     },
     destroy() {
-      clearTimeout(timer);
+      control.stop();
     },
   };
 }

@@ -71,3 +71,55 @@ export function createView(game) {
     },
   };
 }
+
+/**
+ * Wire a range input (and its `<output>`) to `game.decide`, as the bundled views do: while it is
+ * dragged it sends at most every `every` ms, its release always sends, and the value last sent
+ * is never sent again. Until the participant touches it, `follow(value)` moves it to the value
+ * the server holds. `reset()` at a period's start, `tick()` on each frame (disabled while
+ * paused), `end()` when the period ends, `stop()` when the view goes.
+ */
+export function decisionSlider(game, slider, output, format, every = 120) {
+  let lastSent = 0;
+  let lastValue = null;
+  let timer = null;
+  let touched = false;
+  const send = () => {
+    clearTimeout(timer);
+    timer = null;
+    const value = Number(slider.value);
+    if (value === lastValue) return; // the release after a move sends nothing new
+    lastSent = Date.now();
+    lastValue = value;
+    game.decide(value);
+  };
+  slider.addEventListener("input", () => {
+    output.textContent = format(Number(slider.value));
+    const wait = every - (Date.now() - lastSent);
+    if (wait <= 0) send();
+    else if (!timer) timer = setTimeout(send, wait);
+  });
+  slider.addEventListener("change", send);
+  slider.addEventListener("pointerdown", () => { touched = true; });
+  slider.addEventListener("keydown", () => { touched = true; });
+  return {
+    follow(value) {
+      if (touched || value === undefined || value === null) return;
+      slider.value = String(value);
+      output.textContent = format(Number(value));
+    },
+    reset() {
+      touched = false;
+      lastValue = null;
+    },
+    tick() {
+      slider.disabled = Boolean(game.period().paused);
+    },
+    end() {
+      slider.disabled = true;
+    },
+    stop() {
+      clearTimeout(timer);
+    },
+  };
+}

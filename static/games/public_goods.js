@@ -2,9 +2,8 @@
 // bars and as a chart over the period (CONTRACT §5).
 
 import { drawSteps } from "/static/chart.js";
-import { h } from "/static/games/generic.js";
+import { decisionSlider, h } from "/static/games/generic.js";
 
-const SEND_EVERY = 120;
 const MAX_POINTS = 4000;
 
 export function createView(game) {
@@ -19,28 +18,7 @@ export function createView(game) {
     "aria-describedby": "contribution-help",
   });
   const output = h("output", { for: "contribution", id: "contribution-value" }, "0");
-  let lastSent = 0;
-  let lastValue = null;
-  let timer = null;
-  let touched = false;
-  const send = () => {
-    clearTimeout(timer);
-    timer = null;
-    const value = Number(slider.value);
-    if (value === lastValue) return; // the release after a move sends nothing new
-    lastSent = Date.now();
-    lastValue = value;
-    game.decide(value);
-  };
-  slider.addEventListener("input", () => {
-    output.textContent = format(Number(slider.value));
-    const wait = SEND_EVERY - (Date.now() - lastSent);
-    if (wait <= 0) send();
-    else if (!timer) timer = setTimeout(send, wait);
-  });
-  slider.addEventListener("change", send);
-  slider.addEventListener("pointerdown", () => { touched = true; });
-  slider.addEventListener("keydown", () => { touched = true; });
+  const control = decisionSlider(game, slider, output, format);
 
   const bars = new Map();
   const barList = h("ul", { class: "bars", "aria-label": "Your group's contributions" });
@@ -97,10 +75,7 @@ export function createView(game) {
       }
       total.textContent = `The group contributes ${format(sum)} in all; each member receives ${format(mpcr * sum)} from it.`;
       total.dataset.sum = String(sum);
-      if (!touched) {
-        slider.value = String(decisions[game.me]);
-        output.textContent = format(Number(decisions[game.me]));
-      }
+      control.follow(decisions[game.me]);
       draw(at);
     },
     flowPayoff(decisions) {
@@ -110,19 +85,18 @@ export function createView(game) {
     },
     periodStart(period) {
       for (const points of series.values()) points.length = 0;
-      touched = false;
-      lastValue = null;
+      control.reset();
       draw(period.started_at);
     },
     periodEnd() {
-      slider.disabled = true;
+      control.end();
     },
     frame(now) {
-      slider.disabled = game.period().paused;
+      control.tick();
       draw(now);
     },
     destroy() {
-      clearTimeout(timer);
+      control.stop();
     },
   };
 }
