@@ -124,15 +124,11 @@ export function createView(game) {
       control.reset();
       draw(period.started_at);
     },
-    periodEnd() {
-      control.end();
-    },
     frame(now) {
       control.tick();
       draw(now);
     },
-    destroy() {
-      control.stop();
-    },
+    periodEnd: control.end,
+    destroy: control.stop,
   };
 }
