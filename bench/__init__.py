@@ -1,0 +1,1 @@
+"""synclab's load benchmark: ``python -m bench`` (see bench/README.md)."""

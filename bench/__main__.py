@@ -1,0 +1,192 @@
+"""``python -m bench``: the standard matrix, a table, and JSON lines.
+
+Each run starts a fresh target process (``synclab serve`` on a new SQLite file, or the bare
+relay) pinned to one core, while this process, the generator, is pinned to another. See
+``bench/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .load import Load, hold_idle, run_load
+from .proc import cores, pin_self, raise_open_files, running
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    target: str  # "server" or "relay"
+    load: Load | None = None
+    idle: int = 0
+
+
+def matrix(duration: float, idle: int, scale: float = 1.0) -> list[Case]:
+    """The standard matrix; ``scale`` shrinks the participant counts (for a quick look)."""
+
+    def n(count: int) -> int:
+        return max(4, int(count * scale) // 4 * 4)
+
+    return [
+        Case("relay-1000", "relay", Load(n(200), 4, 5.0, duration)),
+        Case("server-1000", "server", Load(n(200), 4, 5.0, duration)),
+        Case("relay-2000", "relay", Load(n(400), 4, 5.0, duration)),
+        Case("server-2000", "server", Load(n(400), 4, 5.0, duration)),
+        Case("ticks-1000", "server", Load(n(200), 4, 5.0, duration, subperiod=0.5)),
+        Case("idle", "server", idle=max(2, int(idle * scale) // 2 * 2)),
+    ]
+
+
+async def run_case(case: Case, target_core: int | None) -> dict[str, Any]:
+    with running(case.target, target_core) as target:
+        if case.load is None:
+            row = await hold_idle(target, case.idle)
+        else:
+            row = (await run_load(target, case.load)).summary()
+    return {"name": case.name, **row}
+
+
+def _ms(value: dict[str, float] | None, key: str) -> str:
+    return "-" if value is None else f"{value[key]:.1f}"
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    """The runs as a fixed-width table (idle runs get a line of their own below)."""
+    head = ("run", "target", "N", "G", "R", "offered/s", "delivered/s", "p50", "p90", "p99", "max", "ack p99",
+            "lost", "unpers.", "srv CPU", "srv RSS", "gen CPU", "lag p99", "tick p99")
+    lines = [head]
+    for r in rows:
+        if "latency_ms" not in r:
+            continue
+        lines.append((
+            r["name"], r["target"], str(r["participants"]), str(r["group_size"]), f"{r['rate']:g}",
+            f"{r['offered_per_s']:.0f}", f"{r['delivered_per_s']:.0f}",
+            _ms(r["latency_ms"], "p50"), _ms(r["latency_ms"], "p90"), _ms(r["latency_ms"], "p99"),
+            _ms(r["latency_ms"], "max"), _ms(r["ack_latency_ms"], "p99"),
+            str(r["lost"]), "-" if r["unpersisted"] is None else str(r["unpersisted"]),
+            "-" if r["target_cpu"] is None else f"{r['target_cpu'] * 100:.0f}%",
+            "-" if r["target_rss_mb"] is None else f"{r['target_rss_mb']:.0f}MB",
+            f"{r['generator_cpu'] * 100:.0f}%", _ms(r["send_lag_ms"], "p99"), _ms(r["tick_lateness_ms"], "p99"),
+        ))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    out = ["  ".join(cell.rjust(w) if i >= 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
+           for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    out.append("(latencies in ms: send to receipt of group_decisions by every group member; ack: send to ack)")
+    for r in rows:
+        if "held" in r:
+            out.append(
+                f"{r['name']}: {r['target']} held {r['held']} of {r['wanted']} idle connections "
+                f"(failures {r['failures'] or 'none'}), RSS {r['target_rss_mb']:.0f} MB "
+                f"({r['target_rss_before_mb']:.0f} MB before), {r['rss_per_connection_kb']:.1f} KB per connection, "
+                f"connected in {r['connect_seconds']:.1f} s"
+            )
+        if r.get("errors"):
+            out.append(f"{r['name']}: error frames {r['errors']}")
+    return "\n".join(out)
+
+
+def verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The targets of issue 6, each met or missed, for the rows present."""
+    by = {r["name"]: r for r in rows}
+    out: list[str] = []
+
+    def check(what: str, ok: bool, got: str) -> None:
+        out.append(f"{'MET   ' if ok else 'MISSED'} {what}: {got}")
+
+    s, relay = by.get("server-2000"), by.get("relay-2000")
+    if s is not None and s.get("latency_ms"):
+        lat = s["latency_ms"]
+        check("2,000/s p99 <= 25 ms", lat["p99"] <= 25, f"{lat['p99']:.1f} ms")
+        check("2,000/s p50 <= 3 ms", lat["p50"] <= 3, f"{lat['p50']:.1f} ms")
+        check("2,000/s 0 lost", s["lost"] == 0, str(s["lost"]))
+        check("2,000/s 0 unpersisted", s["unpersisted"] == 0, str(s["unpersisted"]))
+        if relay is not None and relay.get("latency_ms"):
+            ratio = lat["p99"] / max(relay["latency_ms"]["p99"], 1e-9)
+            check("p99 <= 2x the relay's", ratio <= 2, f"{ratio:.1f}x ({lat['p99']:.1f} vs {relay['latency_ms']['p99']:.1f} ms)")
+    idle = by.get("idle")
+    if idle is not None:
+        check(f"{idle['wanted']} idle connections held", idle["held"] == idle["wanted"], str(idle["held"]))
+        check("idle server RSS <= 600 MB", idle["target_rss_mb"] <= 600, f"{idle['target_rss_mb']:.0f} MB")
+    ticks = by.get("ticks-1000")
+    if ticks is not None and ticks.get("tick_lateness_ms"):
+        p99 = ticks["tick_lateness_ms"]["p99"]
+        check("subperiod ticks at 1,000/s p99 lateness <= 5 ms", p99 <= 5, f"{p99:.1f} ms over {ticks['ticks']} ticks")
+    return out
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    target_core, generator_core = (None, None) if args.no_pin else cores()
+    pin_self(generator_core)
+    files = raise_open_files()
+    cases = matrix(args.duration, args.idle, args.scale)
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {c.name for c in cases}
+        if unknown:
+            print(f"bench: unknown run {sorted(unknown)}; expected some of {[c.name for c in cases]}", file=sys.stderr)
+            return 2
+        cases = [c for c in cases if c.name in wanted]
+    out = Path(args.out) if args.out else RESULTS / f"{dt.datetime.now():%Y%m%d-%H%M%S}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    machine = {
+        "cpus": os.cpu_count(), "target_core": target_core, "generator_core": generator_core,
+        "python": platform.python_version(), "platform": platform.platform(), "open_files": files,
+    }
+    when = dt.datetime.now(dt.UTC).isoformat()
+    rows: list[dict[str, Any]] = []
+    for case in cases:
+        print(f"bench: {case.name} ...", file=sys.stderr, flush=True)
+        try:
+            row = await run_case(case, target_core)
+        except Exception as exc:
+            row = {"name": case.name, "target": case.target, "failed": f"{type(exc).__name__}: {exc}"}
+            print(f"bench: {case.name} failed: {row['failed']}", file=sys.stderr, flush=True)
+        row = {**row, "at": when, "machine": machine}
+        rows.append(row)
+        with out.open("ab") as f:
+            f.write(orjson.dumps(row) + b"\n")
+    print(table([r for r in rows if "failed" not in r]))
+    for r in rows:
+        if "failed" in r:
+            print(f"{r['name']}: FAILED {r['failed']}")
+    for line in verdicts([r for r in rows if "failed" not in r]):
+        print(line)
+    print(f"results: {out}")
+    return 1 if any("failed" in r for r in rows) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="synclab's load benchmark: the standard matrix.")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per run (default 10)")
+    parser.add_argument("--idle", type=int, default=10_000, help="idle connections to hold (default 10000)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply participant counts (e.g. 0.1 for a quick look)")
+    parser.add_argument("--only", help="comma-separated run names (relay-1000,server-1000,relay-2000,server-2000,ticks-1000,idle)")
+    parser.add_argument("--out", help="JSON lines file (default bench/results/<timestamp>.jsonl)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin the target and the generator to cores")
+    args = parser.parse_args(argv)
+    if args.duration <= 0 or args.scale <= 0 or args.idle < 0:
+        parser.error("--duration and --scale must be > 0, --idle >= 0")
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        return asyncio.run(main_async(args))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main_async(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,534 @@
+"""The open-loop load generator: real WebSocket participants on a fixed send schedule.
+
+One process, one event loop. Send ``j`` (0-based) is due at ``T0 + j / (N * R)``: it is
+participant ``j % N``'s decision number ``k = j // N + 1``, so the offered load is uniform and
+each participant sends every ``1 / R`` seconds. The sender never waits for a reply; when it falls
+behind it sends what is due at once, and how late each send left is its *send lag* (a saturated
+generator shows there, not as a slower offered rate).
+
+Each decision's value is its number ``k`` (``public_goods`` with an endowment of 1e9 accepts any
+of them), and ``group_decisions`` carries the whole group's current decisions, so a member's
+receipt of value ``k`` from sender ``s`` identifies the send. Sends of one participant are
+numbered in order and each accepted decision is broadcast by itself, so a member that sees
+``k`` from ``s`` after ``k' < k`` counts ``k`` as received then; a ``k`` skipped over was lost
+for that member.
+
+See ``bench/README.md`` for what every measure means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import math
+import time
+import urllib.error
+import urllib.request
+from array import array
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.frames import Frame, Opcode
+
+from .proc import Target, cpu_seconds, rss_bytes
+
+#: the endowment of the benchmark's public goods game: every decision number is a valid contribution
+ENDOWMENT = 1e9
+#: the period outlasts connecting, the run and the grace by this much (it is ended after the run)
+PERIOD_MARGIN = 120.0
+CONNECT_BATCH = 200
+OPEN_TIMEOUT = 30.0
+HELLO_TIMEOUT = 30.0
+START_TIMEOUT = 60.0
+HTTP_TIMEOUT = 60.0
+#: the schedule begins this long after every group has started
+LEAD_SECONDS = 0.5
+WS_MAX_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Load:
+    """What to offer: N participants in groups of G, R decisions/s each, for D seconds."""
+
+    participants: int
+    group_size: int
+    rate: float
+    duration: float
+    #: seconds per subperiod (server only; ``None``: continuous time)
+    subperiod: float | None = None
+    #: how long after the last send receipts are still waited for
+    grace: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.participants < 1 or self.group_size < 2 or self.participants % self.group_size:
+            raise ValueError(
+                f"expected participants a multiple of group_size >= 2, got {self.participants} and {self.group_size}"
+            )
+        if not (self.rate > 0 and self.duration > 0):
+            raise ValueError(f"expected a rate and a duration > 0, got {self.rate} and {self.duration}")
+
+    @property
+    def sends_per_participant(self) -> int:
+        return max(1, round(self.rate * self.duration))
+
+    @property
+    def total(self) -> int:
+        return self.participants * self.sends_per_participant
+
+
+class StampedConnection(ClientConnection):
+    """A client socket that notes when the bytes of each text frame were read off the socket.
+
+    A burst of frames read at once all get the time of that read, so the time the generator
+    spends handling the first frames of a burst is not counted as latency of the last ones.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stamps: deque[float] = deque()
+        self._read_at = 0.0
+
+    def data_received(self, data: bytes) -> None:
+        self._read_at = time.perf_counter()
+        super().data_received(data)
+
+    def process_event(self, event: Any) -> None:
+        if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+            self.stamps.append(self._read_at)
+        super().process_event(event)
+
+
+class Api:
+    """The REST API through urllib on a thread (the benchmark needs no HTTP client package)."""
+
+    def __init__(self, base: str, token: str) -> None:
+        self.base = base
+        self.token = token
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        return await asyncio.to_thread(self._call, method, path, body)
+
+    def _call(self, method: str, path: str, body: Any) -> Any:
+        data = None if body is None else orjson.dumps(body)
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        request.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
+                return orjson.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(f"{method} {path}: HTTP {exc.code}: {exc.read()[:500]!r}") from None
+
+    async def create(self, load: Load, period_length: float) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "game": "public_goods",
+            "participants": load.participants,
+            "group_size": load.group_size,
+            "period_length": period_length,
+            "block_pause": 0,
+            "config": {"endowment": ENDOWMENT},
+        }
+        if load.subperiod is not None:
+            body["num_subperiods"] = max(1, round(period_length / load.subperiod))
+        created: dict[str, Any] = await self.call("POST", "/api/experiments", body)
+        return created
+
+    async def decisions(self, code: str) -> set[tuple[str, int]]:
+        """Every stored ``decisions`` event of experiment ``code`` as (participant, value), read page by page."""
+        stored: set[tuple[str, int]] = set()
+        after = 0
+        while True:
+            page = await self.call("GET", f"/api/experiments/{code}/events?after_seq={after}&page_size=1000")
+            for row in page["results"]:
+                after = max(after, int(row["seq"]))
+                if row["channel"] == "decisions" and row["participant"] is not None:
+                    stored.add((row["participant"], int(row["value"])))
+            if page["next"] is None or not page["results"]:
+                return stored
+
+
+class Peer:
+    """One participant's socket in the generator and what it received."""
+
+    def __init__(self, index: int, code: str, ws: StampedConnection, run: Run, members: list[str]) -> None:
+        self.index = index
+        self.code = code
+        self.ws = ws
+        self.run = run
+        #: the group's member codes as the hello named them
+        self.members = members
+        self.started = asyncio.Event()
+        #: per sender index: the highest decision number seen from it
+        self.last: dict[int, int] = {}
+        #: (sender index, decision number, receipt time)
+        self.receipts: list[tuple[int, int, float]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def read(self) -> None:
+        run, index_of, last, receipts = self.run, self.run.index_of, self.last, self.receipts
+        stamps = self.ws.stamps
+        with contextlib.suppress(Exception):
+            async for raw in self.ws:
+                now = stamps.popleft()
+                frame = orjson.loads(raw)
+                channel = frame.get("channel")
+                if channel == "group_decisions":
+                    for code, value in frame["payload"].items():
+                        sender = index_of.get(code)
+                        if sender is None or not isinstance(value, int | float):
+                            continue
+                        k = int(value)
+                        if k > last.get(sender, 0):
+                            last[sender] = k
+                            receipts.append((sender, k, now))
+                            run.received += 1
+                            if run.received >= run.expected:
+                                run.check_complete()
+                elif channel == "ack":
+                    k = int(frame["payload"]["id"])
+                    run.acks.append((self.index, k, now))
+                    if len(run.acks) >= run.load.total:
+                        run.check_complete()
+                elif channel == "error":
+                    run.errors[str(frame["payload"].get("code"))] += 1
+                elif channel == "state" and frame.get("payload") == "period_start":
+                    self.started.set()
+
+
+@dataclass
+class Run:
+    """The raw record of one load run; :meth:`summary` reduces it."""
+
+    target: str
+    load: Load
+    codes: list[str] = field(default_factory=list)
+    index_of: dict[str, int] = field(default_factory=dict)
+    #: per send j: when it was due, when it left (perf_counter seconds; NaN: not sent)
+    due: array[float] = field(default_factory=lambda: array("d"))
+    sent_at: array[float] = field(default_factory=lambda: array("d"))
+    #: per participant: its group's members (indices), itself included
+    groups: list[list[int]] = field(default_factory=list)
+    peers: list[Peer] = field(default_factory=list)
+    #: receipts counted so far, and how many there are when every member got every send
+    received: int = 0
+    expected: int = -1
+    complete: asyncio.Event = field(default_factory=asyncio.Event)
+    acks: list[tuple[int, int, float]] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    experiment: str | None = None
+    t0: float = 0.0
+    wall0: float = 0.0
+    last_send: float = 0.0
+    wall_end: float = 0.0
+    window: float = 0.0
+    target_cpu: float | None = None
+    target_rss: int | None = None
+    target_peak_rss: int | None = None
+    generator_cpu: float = 0.0
+    #: (participant code, value) of every stored decision (server only)
+    stored: set[tuple[str, int]] | None = None
+    #: seconds each subperiod tick ran after it was due (server with subperiods only)
+    tick_lateness: list[float] | None = None
+
+    def check_complete(self) -> None:
+        """Set :attr:`complete` once every member received every send and every send was acknowledged."""
+        if 0 <= self.expected <= self.received and len(self.acks) >= self.load.total:
+            self.complete.set()
+
+    def send_index(self, sender: int, k: int) -> int:
+        return (k - 1) * self.load.participants + sender
+
+    def summary(self) -> dict[str, Any]:
+        """Rates, latencies, losses and resource use of the run (see bench/README.md)."""
+        load, n = self.load, self.load.participants
+        total = load.total
+        sent = [j for j in range(total) if not math.isnan(self.sent_at[j])]
+        latencies: list[float] = []
+        reached = array("I", bytes(4 * total))
+        last_receipt = self.t0
+        for peer in self.peers:
+            for sender, k, t in peer.receipts:
+                if not 1 <= k <= load.sends_per_participant:
+                    continue
+                j = self.send_index(sender, k)
+                if math.isnan(self.sent_at[j]):
+                    continue
+                reached[j] += 1
+                latencies.append(t - self.sent_at[j])
+                last_receipt = max(last_receipt, t)
+        acked = {self.send_index(i, k) for i, k, _ in self.acks if 1 <= k <= load.sends_per_participant}
+        ack_latencies = [t - self.sent_at[self.send_index(i, k)] for i, k, t in self.acks if 1 <= k <= load.sends_per_participant]
+        expected = {j: len(self.groups[j % n]) for j in sent}
+        lost = sum(1 for j in sent if reached[j] < expected[j])
+        lost_deliveries = sum(expected[j] - reached[j] for j in sent)
+        seen = {j for j in sent if reached[j] > 0} | acked
+        result: dict[str, Any] = {
+            "target": self.target,
+            "participants": n,
+            "group_size": load.group_size,
+            "rate": load.rate,
+            "duration": load.duration,
+            "subperiod": load.subperiod,
+            "experiment": self.experiment,
+            "sent": len(sent),
+            "offered_per_s": len(sent) / max(self.last_send - self.t0, 1e-9) if len(sent) > 1 else 0.0,
+            "delivered": total - lost if sent else 0,
+            "delivered_per_s": sum(1 for j in sent if reached[j] >= expected[j]) / max(last_receipt - self.t0, 1e-9),
+            "deliveries": len(latencies),
+            "latency_ms": _percentiles(latencies),
+            "ack_latency_ms": _percentiles(ack_latencies),
+            "acked": len(acked),
+            "lost": lost,
+            "lost_deliveries": lost_deliveries,
+            "unsent": total - len(sent),
+            "errors": dict(self.errors),
+            "send_lag_ms": _percentiles([self.sent_at[j] - self.due[j] for j in sent]),
+            "generator_cpu": self.generator_cpu,
+            "target_cpu": self.target_cpu,
+            "target_rss_mb": None if self.target_rss is None else self.target_rss / 2**20,
+            "target_peak_rss_mb": None if self.target_peak_rss is None else self.target_peak_rss / 2**20,
+            "unpersisted": None,
+            "not_stored": None,
+            "tick_lateness_ms": None,
+        }
+        if self.stored is not None:
+            missing = [j for j in sent if (self.codes[j % n], j // n + 1) not in self.stored]
+            result["not_stored"] = len(missing)
+            result["unpersisted"] = sum(1 for j in missing if j in seen)
+        if self.tick_lateness is not None:
+            result["tick_lateness_ms"] = _percentiles(self.tick_lateness)
+            result["ticks"] = len(self.tick_lateness)
+        return result
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float] | None:
+    """p50, p90, p99 and max of ``values`` (seconds) in milliseconds (nearest rank)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+
+    def rank(p: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(p * len(ordered)) - 1))] * 1000
+
+    return {"p50": rank(0.50), "p90": rank(0.90), "p99": rank(0.99), "max": ordered[-1] * 1000, "n": len(ordered)}
+
+
+async def _open(url: str) -> StampedConnection:
+    ws = await connect(
+        url,
+        create_connection=StampedConnection,
+        max_size=WS_MAX_SIZE,
+        max_queue=None,  # never stop reading: a backed-up reader would look like server latency
+        compression=None,
+        open_timeout=OPEN_TIMEOUT,
+        close_timeout=2.0,
+    )
+    assert isinstance(ws, StampedConnection)
+    return ws
+
+
+async def in_batches(items: Sequence[Any], batch: int, make: Callable[[Any], Awaitable[Any]]) -> list[Any]:
+    """``make(item)`` for every item, ``batch`` at a time, in order."""
+    out: list[Any] = []
+    for start in range(0, len(items), batch):
+        out.extend(await asyncio.gather(*(make(item) for item in items[start : start + batch])))
+    return out
+
+
+async def run_load(target: Target, load: Load, *, measure_target: bool = True) -> Run:
+    """Offer ``load`` to ``target`` (a server or the relay) and record everything."""
+    run = Run(target.kind, load)
+    ws_base = target.base.replace("http://", "ws://")
+    api = Api(target.base, target.token)
+    n, g = load.participants, load.group_size
+    if target.kind == "server":
+        created = await api.create(load, load.duration + load.grace + PERIOD_MARGIN)
+        run.experiment = created["code"]
+        run.codes = [p["code"] for p in created["participants"]]
+        paths = [f"/ws/p/{code}" for code in run.codes]
+    else:
+        run.codes = [f"p{i}" for i in range(n)]
+        paths = [f"/ws/{i // g}/{code}" for i, code in enumerate(run.codes)]
+    run.index_of = {code: i for i, code in enumerate(run.codes)}
+
+    async def join(i: int) -> Peer:
+        ws = await _open(ws_base + paths[i])
+        hello = orjson.loads(await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT))
+        ws.stamps.popleft()
+        if hello.get("channel") != "hello":
+            raise RuntimeError(f"participant {i}: expected a hello first, got {hello!r:.200}")
+        payload = hello.get("payload") or {}
+        peer = Peer(i, run.codes[i], ws, run, list(payload.get("members") or []))
+        peer.task = asyncio.create_task(peer.read())
+        if target.kind == "relay":
+            peer.started.set()
+        return peer
+
+    try:
+        run.peers = await in_batches(range(n), CONNECT_BATCH, join)
+        if target.kind == "server":
+            # the server's hello names the members; the relay's groups are i // G by construction
+            run.groups = [[] for _ in range(n)]
+            for peer in run.peers:
+                run.groups[peer.index] = [run.index_of[c] for c in peer.members]
+        else:
+            run.groups = [list(range((i // g) * g, (i // g + 1) * g)) for i in range(n)]
+        async with asyncio.timeout(START_TIMEOUT):
+            await asyncio.gather(*(peer.started.wait() for peer in run.peers))
+        await _send_all(run, target, measure_target)
+        if target.kind == "server" and run.experiment is not None:
+            await api.call("POST", f"/api/experiments/{run.experiment}/end")
+            run.stored = await api.decisions(run.experiment)
+            if load.subperiod is not None:
+                run.tick_lateness = tick_lateness(target, run.experiment, run.wall0, run.wall_end)
+    finally:
+        await close_all(run.peers)
+    return run
+
+
+async def _send_all(run: Run, target: Target, measure_target: bool) -> None:
+    load, n = run.load, run.load.participants
+    total = load.total
+    run.due = array("d", [math.nan]) * total
+    run.sent_at = array("d", [math.nan]) * total
+    frames = [orjson.dumps({"channel": "decisions", "payload": k, "id": str(k)}).decode()
+              for k in range(1, load.sends_per_participant + 1)]
+    run.expected = sum(len(run.groups[j % n]) for j in range(total))
+    gc.collect()
+    gc.disable()  # a full collection over the receipts would stall the schedule for milliseconds
+    try:
+        await _schedule(run, frames, target, measure_target)
+    finally:
+        gc.enable()
+
+
+async def _schedule(run: Run, frames: list[str], target: Target, measure_target: bool) -> None:
+    load, n = run.load, run.load.participants
+    total, interval = load.total, 1.0 / (load.participants * load.rate)
+    sockets = [peer.ws for peer in run.peers]
+    clock = time.perf_counter
+    cpu0 = time.process_time()
+    target_cpu0 = cpu_seconds(target.pid) if measure_target else 0.0
+    run.wall0 = time.time() + LEAD_SECONDS
+    run.t0 = t0 = clock() + LEAD_SECONDS
+    due, sent_at = run.due, run.sent_at
+    for j in range(total):
+        when = t0 + j * interval
+        due[j] = when
+        wait = when - clock()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        sent_at[j] = clock()
+        try:
+            await sockets[j % n].send(frames[j // n])
+        except Exception:
+            sent_at[j] = math.nan
+    run.last_send = clock()
+    # receipts still due: wait for them, up to the grace
+    run.check_complete()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(run.complete.wait(), load.grace)
+    end = clock()
+    run.wall_end = run.wall0 + (end - t0)
+    run.window = end - t0
+    run.generator_cpu = (time.process_time() - cpu0) / run.window
+    if measure_target:
+        run.target_cpu = (cpu_seconds(target.pid) - target_cpu0) / run.window
+        run.target_rss = rss_bytes(target.pid)
+        run.target_peak_rss = rss_bytes(target.pid, "VmHWM")
+
+
+async def close_all(peers: Sequence[Peer]) -> None:
+    async def close(peer: Peer) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(peer.ws.close(), 5.0)
+        if peer.task is not None:
+            peer.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await peer.task
+
+    await in_batches(list(peers), 500, close)
+
+
+def tick_lateness(target: Target, experiment: str, since: float, until: float) -> list[float]:
+    """Seconds each tick of ``experiment`` due in ``[since, until]`` (epoch) ran after it was due."""
+    from sqlalchemy import and_, select
+
+    from server.database import experiments, groups, make_engine, ticks, to_epoch
+
+    engine = make_engine(f"sqlite:///{target.database}")
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(ticks.c.scheduled_at, ticks.c.actual_at)
+                .join(groups, groups.c.id == ticks.c.group_id)
+                .join(experiments, experiments.c.id == groups.c.experiment_id)
+                .where(and_(experiments.c.code == experiment, ticks.c.kind == "subperiod"))
+            ).all()
+    finally:
+        engine.dispose()
+    out = []
+    for scheduled, actual in rows:
+        s, a = to_epoch(scheduled), to_epoch(actual)
+        if s is not None and a is not None and since <= s <= until:
+            out.append(a - s)
+    return out
+
+
+async def hold_idle(target: Target, count: int, group_size: int = 2, batch: int = 250) -> dict[str, Any]:
+    """Open ``count`` sockets (each reads its hello), hold them, and read the target's memory."""
+    api = Api(target.base, target.token)
+    ws_base = target.base.replace("http://", "ws://")
+    experiment = None
+    if target.kind == "server":
+        created = await api.call("POST", "/api/experiments", {
+            "game": "bimatrix", "participants": count, "group_size": group_size, "period_length": 3600, "block_pause": 0,
+        })
+        experiment = created["code"]
+        paths = [f"/ws/p/{p['code']}" for p in created["participants"]]
+    else:
+        paths = [f"/ws/{i // group_size}/p{i}" for i in range(count)]
+    await asyncio.sleep(1.0)
+    before = rss_bytes(target.pid)
+    sockets: list[ClientConnection] = []
+    failures: Counter[str] = Counter()
+    started = time.perf_counter()
+
+    async def one(path: str) -> None:
+        try:
+            ws = await _open(ws_base + path)
+            await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT)
+            sockets.append(ws)
+        except Exception as exc:
+            failures[type(exc).__name__] += 1
+
+    try:
+        await in_batches(paths, batch, one)
+        opened = time.perf_counter() - started
+        await asyncio.sleep(3.0)  # let the connect events settle
+        held = sum(1 for ws in sockets if ws.close_code is None)
+        after = rss_bytes(target.pid)
+        return {
+            "target": target.kind,
+            "experiment": experiment,
+            "wanted": count,
+            "held": held,
+            "failures": dict(failures),
+            "connect_seconds": opened,
+            "target_rss_mb": after / 2**20,
+            "target_rss_before_mb": before / 2**20,
+            "rss_per_connection_kb": (after - before) / max(held, 1) / 1024,
+            "target_peak_rss_mb": rss_bytes(target.pid, "VmHWM") / 2**20,
+        }
+    finally:
+        async def close(ws: ClientConnection) -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 5.0)
+
+        await in_batches(sockets, 500, close)

@@ -1,0 +1,148 @@
+"""The bare relay: the floor the server is measured against.
+
+The same stack as ``synclab serve`` (uvicorn with the same WebSocket options, a Starlette
+``WebSocketRoute``, orjson, one bounded send queue and sender task per connection) and the same
+framing, minus everything that makes the server the server: no validation, no game, no
+database, no hub. ``WS /ws/{group}/{code}`` joins group ``group`` as ``code`` and gets a
+``hello``; each ``decisions`` frame sets the sender's decision and broadcasts the group's
+``group_decisions`` to every member, then an ``ack`` (``{"id", "seq"}``) when the frame has an
+``id``.
+
+``python -m bench.relay --port 0 [--drop-every K]``: with ``--drop-every K`` every K-th decision
+is silently dropped (neither broadcast nor acknowledged), so the benchmark's loss count can be
+tested.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+#: the server's own limits (server.cli.WS_MAX_SIZE, Settings.send_queue_frames)
+WS_MAX_SIZE = 1024 * 1024
+SEND_QUEUE_FRAMES = 2048
+
+
+def encode(channel: str, payload: Any) -> str:
+    return orjson.dumps({"channel": channel, "payload": payload}).decode()
+
+
+class Member:
+    """One socket: a bounded queue drained by its own sender task, as in the server."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+        self.out: deque[str] = deque()
+        self.ready = asyncio.Event()
+        self.closed = False
+
+    def send(self, data: str) -> None:
+        if self.closed:
+            return
+        if len(self.out) >= SEND_QUEUE_FRAMES:
+            self.closed = True  # too slow: cut off, as the server does
+            self.ready.set()
+            return
+        self.out.append(data)
+        self.ready.set()
+
+    async def sender(self) -> None:
+        while not self.closed:
+            await self.ready.wait()
+            self.ready.clear()
+            while self.out and not self.closed:
+                await self.websocket.send_text(self.out.popleft())
+        with contextlib.suppress(Exception):
+            await self.websocket.close(4008)
+
+
+class Relay:
+    """Groups by name: each member's current decision and its socket."""
+
+    def __init__(self, drop_every: int = 0) -> None:
+        self.drop_every = drop_every
+        self.received = 0
+        self.groups: dict[str, dict[str, Member]] = {}
+        self.decisions: dict[str, dict[str, Any]] = {}
+
+    async def socket(self, websocket: WebSocket) -> None:
+        group = str(websocket.path_params["group"])
+        code = str(websocket.path_params["code"])
+        await websocket.accept()
+        member = Member(websocket)
+        members = self.groups.setdefault(group, {})
+        members[code] = member
+        self.decisions.setdefault(group, {})
+        member.send(encode("hello", {"participant": code, "group": group, "members": list(members)}))
+        sender = asyncio.create_task(member.sender())
+        try:
+            while True:
+                text = await websocket.receive_text()
+                self.handle(group, code, text)
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            member.closed = True
+            member.ready.set()
+            if members.get(code) is member:
+                del members[code]
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+
+    def handle(self, group: str, code: str, text: str) -> None:
+        frame = orjson.loads(text)
+        if frame.get("channel") != "decisions":
+            return
+        self.received += 1
+        if self.drop_every and self.received % self.drop_every == 0:
+            return
+        decisions = self.decisions[group]
+        decisions[code] = frame.get("payload")
+        data = encode("group_decisions", decisions)
+        members = self.groups[group]
+        for member in members.values():
+            member.send(data)
+        frame_id = frame.get("id")
+        sender = members.get(code)
+        if frame_id is not None and sender is not None:
+            sender.send(encode("ack", {"id": frame_id, "seq": self.received}))
+
+
+def create_app(drop_every: int = 0) -> Starlette:
+    relay = Relay(drop_every)
+    return Starlette(routes=[WebSocketRoute("/ws/{group}/{code}", relay.socket)])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.relay", description="The bare WebSocket relay.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--drop-every", type=int, default=0, help="drop every K-th decision (0: none)")
+    args = parser.parse_args(argv)
+    if args.drop_every < 0:
+        parser.error(f"--drop-every: expected 0 or more, got {args.drop_every}")
+    # the options of server.cli._serve, so the floor has the server's own WebSocket stack
+    uvicorn.run(
+        create_app(args.drop_every),
+        host=args.host,
+        port=args.port,
+        ws_max_size=WS_MAX_SIZE,
+        ws_per_message_deflate=False,
+        log_level="info",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""The benchmark harness end to end, tiny: a real ``synclab serve`` and the real relay, real sockets.
+
+No timing is asserted here; the counts are: every send is delivered to every group member and
+stored, a decision the relay drops is counted lost, and a stored decision deleted behind the
+server's back is counted unpersisted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+from bench.load import Api, Load, run_load
+from bench.proc import running
+from tests.server.harness import timeout
+
+#: 8 participants in 2 groups of 4, 5 decisions/s each for 1 s: 40 sends, 160 deliveries
+LOAD = Load(participants=8, group_size=4, rate=5.0, duration=1.0, grace=timeout(5))
+
+
+async def test_relay_delivers_everything_and_a_dropped_decision_is_lost() -> None:
+    with running("relay", None) as relay:
+        async with asyncio.timeout(timeout(30)):
+            clean = (await run_load(relay, LOAD)).summary()
+    assert clean["sent"] == 40, clean
+    assert clean["lost"] == 0 and clean["lost_deliveries"] == 0, clean
+    assert clean["deliveries"] == 160 and clean["acked"] == 40, clean
+    assert clean["unpersisted"] is None  # the relay stores nothing, so nothing is checked
+
+    with running("relay", None, ["--drop-every", "7"]) as relay:
+        async with asyncio.timeout(timeout(30)):
+            dropping = (await run_load(relay, LOAD)).summary()
+    # the relay dropped its 7th, 14th, ... 35th decision: 5 decisions, 20 deliveries, 5 acks
+    assert dropping["sent"] == 40, dropping
+    assert dropping["lost"] == 5 and dropping["lost_deliveries"] == 20, dropping
+    assert dropping["deliveries"] == 140 and dropping["acked"] == 35, dropping
+
+
+async def test_server_stores_everything_and_a_missing_event_is_unpersisted() -> None:
+    with running("server", None) as server:
+        async with asyncio.timeout(timeout(30)):
+            run = await run_load(server, LOAD)
+            first = run.summary()
+            assert first["sent"] == 40, first
+            assert first["lost"] == 0 and first["deliveries"] == 160 and first["acked"] == 40, first
+            assert first["unpersisted"] == 0 and first["not_stored"] == 0, first
+            assert first["target_cpu"] is not None and first["target_rss_mb"] > 0, first
+
+            # one acknowledged decision vanishes from the database: the check must see it
+            with sqlite3.connect(server.database) as db:
+                gone = db.execute("DELETE FROM events WHERE id = (SELECT min(id) FROM events WHERE channel = 'decisions')")
+                assert gone.rowcount == 1
+            assert run.experiment is not None
+            run.stored = await Api(server.base, server.token).decisions(run.experiment)
+            second = run.summary()
+    assert second["unpersisted"] == 1 and second["not_stored"] == 1, second
