@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from .database import Database, Write, commit_batch
 from .exceptions import NotPersisted
 
 log = logging.getLogger("synclab.writer")
+#: seconds between SQLite checkpoints (see :meth:`server.database.Database.checkpoint`)
+CHECKPOINT_EVERY = 1.0
 A = TypeVar("A")
 
 
@@ -44,6 +47,7 @@ class EventWriter:
         self._closing = False
         #: counters for the monitor and the benchmark
         self.batches = 0
+        self._checkpointed_at = time.monotonic()
         self.writes = 0
         self.committed = 0
 
@@ -91,6 +95,9 @@ class EventWriter:
                     _safely(pending.on_fail, failed)
                 continue
             self.batches += 1
+            if time.monotonic() - self._checkpointed_at >= CHECKPOINT_EVERY:
+                self._checkpointed_at = time.monotonic()
+                self._database.checkpoint()
             self.writes += len(batch)
             self.committed += sum(len(p.write.events) for p in batch)
             for pending in batch:
