@@ -1095,8 +1095,17 @@ def _checkpointed(future: asyncio.Future[Any]) -> None:
 
 
 def new_code(nbytes: int = 18) -> str:
-    """An unguessable URL-safe code (``nbytes`` * 8 bits of randomness; 144 by default)."""
-    return secrets.token_urlsafe(nbytes)
+    """An unguessable URL-safe code (``nbytes`` * 8 bits of randomness; 144 by default).
+
+    Never starting with ``-``: a command line would read such a code as an option
+    (``synclab verify -x…``); dropping those costs a 64th of the codes, not a bit of entropy
+    worth having.
+    """
+    for _ in range(1000):
+        code = secrets.token_urlsafe(nbytes)
+        if not code.startswith("-"):
+            return code
+    raise RuntimeError("no code without a leading '-' in 1000 draws")  # (63/64)^-1000: never
 
 
 

@@ -329,3 +329,27 @@ def test_an_unknown_command_exits_2_with_usage(tmp_path: Path) -> None:
         result = run(tmp_path, *args)
         assert result.returncode == 2
         assert "usage: synclab" in result.stderr
+
+
+def test_new_codes_never_start_with_a_dash_which_a_command_line_reads_as_an_option() -> None:
+    """token_urlsafe starts with '-' one time in 64; 5000 draws would all but surely show one."""
+    from server.database import new_code
+
+    codes = [new_code(n) for n in (12, 18) for _ in range(2500)]
+    assert not [c for c in codes if c.startswith("-")]
+    assert len(set(codes)) == len(codes)
+
+
+def test_an_older_code_that_starts_with_a_dash_is_given_after_a_double_dash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.cli import main
+    from server.database import create_schema, make_engine
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    create_schema(engine)
+    engine.dispose()
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert main(["verify", "--", "-an-old-code"]) == 2
+    assert "no experiment with code '-an-old-code'" in capsys.readouterr().err
