@@ -38,15 +38,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from groups import PERIOD_END, PERIOD_START, DecisionGroup, Timing, load_game
 
-from .database import meta, reading
+from .database import reading, stored_meta
 from .exceptions import WS_4000_REPLACED, WS_4404_UNKNOWN, SettingsError, SynclabError
+from .runtime import ADMIN_TOKEN_KEY
 from .settings import Settings
 
 #: an experiment in one of these has ended; its bots stop
@@ -58,8 +58,6 @@ MAX_RATE = 1000.0
 POLL_SECONDS = 1.0
 #: the default time limit: every block's period and pause plus this
 MARGIN_SECONDS = 120.0
-#: the stored experimenter token's key (see :func:`server.runtime.admin_token`)
-TOKEN_KEY = "admin_token"
 HTTP_TIMEOUT = 10.0
 OPEN_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
@@ -641,13 +639,13 @@ def find_token(settings: Settings, given: str | None = None) -> str:
     where = make_url(settings.database_url).render_as_string(hide_password=True)
     hint = "pass --token or set SYNCLAB_ADMIN_TOKEN"
     try:
-        with reading(settings.database_url) as engine, engine.connect() as conn:
-            stored = conn.execute(select(meta.c.value).where(meta.c.key == TOKEN_KEY)).scalar()
+        with reading(settings.database_url) as engine:
+            stored = stored_meta(engine, ADMIN_TOKEN_KEY)
     except SettingsError as exc:
         raise BotsError(f"no experimenter token: {hint} (none could be read from {where}: {exc})") from None
     if not stored:
         raise BotsError(f"no experimenter token: {hint} (none is stored in {where})")
-    return str(stored)
+    return stored
 
 
 def run_bots_command(

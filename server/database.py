@@ -193,6 +193,13 @@ def reading(url: str) -> Iterator[Engine]:
         engine.dispose()
 
 
+def stored_meta(engine: Engine, key: str) -> str | None:
+    """The stored value of ``key``, or ``None``; never creates it."""
+    with engine.connect() as conn:
+        value = conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
+        return None if value is None else str(value)
+
+
 def get_or_create_meta(engine: Engine, key: str, make: Callable[[], str]) -> tuple[str, bool]:
     """The stored value of ``key``, creating it with ``make()`` when absent: ``(value, created)``."""
     with engine.begin() as conn:

@@ -17,11 +17,15 @@ from .writer import EventWriter
 log = logging.getLogger("synclab")
 
 
+#: where the generated experimenter token is stored (the ``meta`` table)
+ADMIN_TOKEN_KEY = "admin_token"
+
+
 def admin_token(engine: Engine, settings: Settings) -> tuple[str, bool]:
     """The experimenter token: from the environment, else the stored one, else a new one."""
     if settings.admin_token:
         return settings.admin_token, False
-    return get_or_create_meta(engine, "admin_token", lambda: secrets.token_urlsafe(24))
+    return get_or_create_meta(engine, ADMIN_TOKEN_KEY, lambda: secrets.token_urlsafe(24))
 
 
 @dataclass(eq=False)

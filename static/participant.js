@@ -381,29 +381,33 @@ function onConnection(state, detail) {
   }
 }
 
-socket.on("hello", (payload) => {
-  onHello(payload).catch((error) => {
-    console.error("synclab: the game view could not be loaded", error);
-    notice("The game could not be shown. Ask the experimenter for help.");
-  });
-});
-socket.on("state", onState);
-socket.on("period", onPeriod);
-socket.on("group_decisions", onDecisions);
-socket.on("result", onResult);
-socket.on("subperiod", (payload, frame) => {
-  if (page.period) page.period.subperiod = payload.index + 1;
-  call("subperiod", payload, frame.ts);
-});
-socket.on("ack", () => renderPending());
-socket.on("error", (payload) => {
-  renderPending();
-  notice(payload.message ? `Not accepted: ${payload.message}` : "Not accepted.");
-  setTimeout(() => notice(""), 4000);
-});
+/** The page's own channels; a frame on any other goes to the view's `message` hook. */
+const HANDLERS = {
+  hello: (payload) => {
+    onHello(payload).catch((error) => {
+      console.error("synclab: the game view could not be loaded", error);
+      notice("The game could not be shown. Ask the experimenter for help.");
+    });
+  },
+  state: onState,
+  period: onPeriod,
+  group_decisions: onDecisions,
+  result: onResult,
+  subperiod: (payload, frame) => {
+    if (page.period) page.period.subperiod = payload.index + 1;
+    call("subperiod", payload, frame.ts);
+  },
+  ack: () => renderPending(),
+  error: (payload) => {
+    renderPending();
+    notice(payload.message ? `Not accepted: ${payload.message}` : "Not accepted.");
+    setTimeout(() => notice(""), 4000);
+  },
+  ping: () => {}, // the socket measures the clock from it
+};
+for (const [channel, handler] of Object.entries(HANDLERS)) socket.on(channel, handler);
 socket.on("*", (payload, frame) => {
-  const known = ["hello", "state", "period", "group_decisions", "result", "subperiod", "ack", "error", "ping"];
-  if (!known.includes(frame.channel)) call("message", frame.channel, payload, frame);
+  if (!(frame.channel in HANDLERS)) call("message", frame.channel, payload, frame);
 });
 socket.onState(onConnection);
 
