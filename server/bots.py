@@ -363,8 +363,7 @@ class Bot:
             elif payload == PERIOD_END:
                 self.phase = "ended"
                 self.running.clear()
-                if self.block >= self.num_blocks - 1:
-                    self.outcome = FINISHED
+                self._settle()
         elif channel == "period" and isinstance(payload, dict):
             self.phase = str(payload.get("status"))
             if self.phase == "running":
@@ -378,10 +377,22 @@ class Bot:
             if known is not None:
                 self.acked += 1
                 self.latencies.append(time.monotonic() - known[2])
+            self._settle()
         elif channel == "error" and isinstance(payload, dict):
             self.refused[str(payload.get("code"))] += 1
             if payload.get("id") is not None:
                 self.unacked.pop(str(payload["id"]), None)
+            self._settle()
+
+    def _settle(self) -> None:
+        """After the last block's end the bot is done once every frame it sent is answered.
+
+        An ack may come after ``period_end`` (the decision was stored before the end, its ack
+        is sent after); a bot that closed at the end would count a stored decision as unanswered.
+        The run's own end (``stop``) bounds the wait.
+        """
+        if self.phase == "ended" and self.block >= self.num_blocks - 1 and not self.unacked:
+            self.outcome = FINISHED
 
     async def _hello(self, ws: ClientConnection, hello: dict[str, Any]) -> None:
         if hello.get("participant") != self.participant:
@@ -406,12 +417,10 @@ class Bot:
             self.running.set()
         else:
             self.running.clear()
-        if phase == "ended" and self.block >= self.num_blocks - 1:
-            self.outcome = FINISHED
-            return
         for frame_id, (_, decision, _) in list(self.unacked.items()):  # the same id: stored once
             await ws.send(_frame(decision, frame_id))
             self.resent += 1
+        self._settle()  # after the end: done now, or once the resent frames are answered
 
     def _build(self, hello: dict[str, Any]) -> DecisionGroup | None:
         """The game, built from ``hello`` only to ask it for decisions; ``None`` holds still."""
