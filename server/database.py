@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import secrets
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import (
+    BigInteger,
     Engine,
     and_,
     bindparam,
@@ -579,6 +581,92 @@ class Write:
     seqs: list[int] = field(default_factory=list)
 
 
+class _Prepared:
+    """A statement compiled once for a dialect and run on the DBAPI cursor, many rows at a time.
+
+    The writer's hot path: SQLAlchemy's per-execution work (the cache key, the parameter
+    processing of every row in Python) cost most of a batch. Here the rows go to the driver's
+    ``executemany`` as they are, after the same bind processors SQLAlchemy would apply (times
+    as text on SQLite, JSON through the engine's serializer), so what is stored is the same.
+    """
+
+    __slots__ = ("names", "processors", "sql")
+
+    def __init__(self, statement: Any, dialect: Any) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql: str = compiled.string
+        #: the parameters' order for a positional paramstyle; ``None``: rows are passed by name
+        self.names: list[str] | None = compiled.positiontup
+        self.processors = [
+            (name, process)
+            for name, bind in compiled.binds.items()
+            if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        ]
+
+    def params(self, row: dict[str, Any]) -> Any:
+        for name, process in self.processors:
+            row[name] = process(row[name])
+        return row if self.names is None else tuple([row[n] for n in self.names])
+
+    def run(self, cursor: Any, rows: list[dict[str, Any]]) -> None:
+        if len(rows) == 1:
+            cursor.execute(self.sql, self.params(rows[0]))
+        elif rows:
+            cursor.executemany(self.sql, [self.params(r) for r in rows])
+
+    def one(self, cursor: Any, row: dict[str, Any]) -> Any:
+        """Run once and return the first column of the one row it returns."""
+        cursor.execute(self.sql, self.params(row))
+        return cursor.fetchone()[0]
+
+
+class _BatchStatements:
+    """The statements of :func:`commit_batch`, compiled once per engine."""
+
+    def __init__(self, dialect: Any) -> None:
+        def prepare(statement: Any) -> _Prepared:
+            return _Prepared(statement, dialect)
+
+        self.next_seq = prepare(
+            update(experiments)
+            .where(experiments.c.id == bindparam("eid"))
+            .values(last_seq=experiments.c.last_seq + bindparam("count", type_=BigInteger))
+            .returning(experiments.c.last_seq)
+        )
+        self.events = prepare(insert(events).inline().values({c: bindparam(c) for c in _EVENT_COLUMNS}))
+        self.results = prepare(insert(results).inline().values({c: bindparam(c) for c in _RESULT_COLUMNS}))
+        self.ticks = prepare(insert(ticks).inline().values({c: bindparam(c) for c in _TICK_COLUMNS}))
+        self.opened = prepare(insert(connections).inline().values({c: bindparam(c) for c in _CONNECTION_COLUMNS}))
+        self.closed = prepare(
+            update(connections)
+            .where(connections.c.id == bindparam("cid"))
+            .values(disconnected_at=bindparam("disconnected_at"), close_code=bindparam("close_code"))
+        )
+        self.group = prepare(
+            update(groups)
+            .where(groups.c.id == bindparam("gid"))
+            .values({
+                **{c: bindparam(c) for c in _GROUP_COLUMNS},
+                "last_seq": func.coalesce(bindparam("last_seq", type_=BigInteger), groups.c.last_seq),
+            })
+        )
+
+
+_EVENT_COLUMNS = ("experiment_id", "seq", "timestamp", "group_id", "participant_id", "channel", "value", "client_id")
+_RESULT_COLUMNS = ("session_id", "experiment_id", "seq", "subperiod", "decision", "score")
+_TICK_COLUMNS = ("group_id", "kind", "index", "scheduled_at", "actual_at", "late", "snapshot")
+_CONNECTION_COLUMNS = ("id", "participant_id", "experiment_id", "connected_at", "user_agent", "address", "route")
+_GROUP_COLUMNS = ("phase", "started_at", "ends_at", "ended_at", "subperiod", "decisions", "vars", "clock")
+_batch_statements: weakref.WeakKeyDictionary[Engine, _BatchStatements] = weakref.WeakKeyDictionary()
+
+
+def _statements(engine: Engine) -> _BatchStatements:
+    prepared = _batch_statements.get(engine)
+    if prepared is None:
+        prepared = _batch_statements[engine] = _BatchStatements(engine.dialect)
+    return prepared
+
+
 def commit_batch(engine: Engine, writes: Sequence[Write]) -> None:
     """Commit ``writes`` in one transaction, giving each event its ``seq``.
 
@@ -586,51 +674,50 @@ def commit_batch(engine: Engine, writes: Sequence[Write]) -> None:
     increasing and gap-free per experiment even with several writer processes: a failed batch
     rolls its numbers back with everything else.
     """
+    sql = _statements(engine)
     counts: dict[int, int] = {}
     for write in writes:
         if write.events:
             counts[write.experiment_id] = counts.get(write.experiment_id, 0) + len(write.events)
     with engine.begin() as conn:
-        next_seq: dict[int, int] = {}
-        for experiment_id, count in sorted(counts.items()):  # sorted: a fixed lock order
-            last = conn.execute(
-                update(experiments)
-                .where(experiments.c.id == experiment_id)
-                .values(last_seq=experiments.c.last_seq + count)
-                .returning(experiments.c.last_seq)
-            ).scalar_one()
-            next_seq[experiment_id] = int(last) - count + 1
-        rows: list[dict[str, Any]] = []
-        starting: dict[int, float] = {}
-        started: list[tuple[int, float | None]] = []
-        ended: list[tuple[int, int, float | None]] = []
-        for write in writes:
-            seq = next_seq.get(write.experiment_id, 0)
-            write.seqs = list(range(seq, seq + len(write.events)))
-            next_seq[write.experiment_id] = seq + len(write.events)
-            for ev, s in zip(write.events, write.seqs, strict=True):
-                rows.append({
-                    "experiment_id": write.experiment_id,
-                    "seq": s,
-                    "timestamp": to_datetime(ev.timestamp),
-                    "group_id": ev.group_id,
-                    "participant_id": ev.participant_id,
-                    "channel": ev.channel,
-                    "value": ev.value,
-                    "client_id": ev.client_id,
-                })
-                if ev.channel == "state" and ev.group_id is not None:
-                    g = write.group
-                    if ev.value == "period_start":
-                        starting.setdefault(write.experiment_id, ev.timestamp)
-                        started.append((ev.group_id, g.started_at if g else ev.timestamp))
-                    elif ev.value == "period_end":
-                        ended.append((write.experiment_id, ev.group_id, g.ended_at if g else ev.timestamp))
-        if rows:
-            conn.execute(insert(events), rows)
-        _store_group_states(conn, writes)
-        _store_connections(conn, [w.connection for w in writes if w.connection is not None])
-        _store_results(conn, writes)
+        cursor = conn.connection.cursor()
+        try:
+            next_seq: dict[int, int] = {}
+            for experiment_id, count in sorted(counts.items()):  # sorted: a fixed lock order
+                last = sql.next_seq.one(cursor, {"eid": experiment_id, "count": count})
+                next_seq[experiment_id] = int(last) - count + 1
+            rows: list[dict[str, Any]] = []
+            starting: dict[int, float] = {}
+            started: list[tuple[int, float | None]] = []
+            ended: list[tuple[int, int, float | None]] = []
+            for write in writes:
+                seq = next_seq.get(write.experiment_id, 0)
+                write.seqs = list(range(seq, seq + len(write.events)))
+                next_seq[write.experiment_id] = seq + len(write.events)
+                for ev, s in zip(write.events, write.seqs, strict=True):
+                    rows.append({
+                        "experiment_id": write.experiment_id,
+                        "seq": s,
+                        "timestamp": to_datetime(ev.timestamp),
+                        "group_id": ev.group_id,
+                        "participant_id": ev.participant_id,
+                        "channel": ev.channel,
+                        "value": ev.value,
+                        "client_id": ev.client_id,
+                    })
+                    if ev.channel == "state" and ev.group_id is not None:
+                        g = write.group
+                        if ev.value == "period_start":
+                            starting.setdefault(write.experiment_id, ev.timestamp)
+                            started.append((ev.group_id, g.started_at if g else ev.timestamp))
+                        elif ev.value == "period_end":
+                            ended.append((write.experiment_id, ev.group_id, g.ended_at if g else ev.timestamp))
+            sql.events.run(cursor, rows)
+            _store_group_states(cursor, sql, writes)
+            _store_connections(cursor, sql, [w.connection for w in writes if w.connection is not None])
+            _store_results(cursor, sql, writes)
+        finally:
+            cursor.close()
         for experiment_id, at in starting.items():
             conn.execute(
                 update(experiments)
@@ -643,8 +730,8 @@ def commit_batch(engine: Engine, writes: Sequence[Write]) -> None:
             _period_ended(conn, experiment_id, group_id, ended_at)
 
 
-def _store_results(conn: Connection, writes: Sequence[Write]) -> None:
-    scored = [
+def _store_results(cursor: Any, sql: _BatchStatements, writes: Sequence[Write]) -> None:
+    sql.results.run(cursor, [
         {
             "session_id": r.session_id,
             "experiment_id": w.experiment_id,
@@ -655,10 +742,8 @@ def _store_results(conn: Connection, writes: Sequence[Write]) -> None:
         }
         for w in writes
         for r in w.results
-    ]
-    if scored:
-        conn.execute(insert(results), scored)
-    timed = [
+    ])
+    sql.ticks.run(cursor, [
         {
             "group_id": t.group_id,
             "kind": t.kind,
@@ -670,9 +755,7 @@ def _store_results(conn: Connection, writes: Sequence[Write]) -> None:
         }
         for w in writes
         for t in w.ticks
-    ]
-    if timed:
-        conn.execute(insert(ticks), timed)
+    ])
 
 
 def _period_started(conn: Connection, group_id: int, at: float | None) -> None:
@@ -713,7 +796,8 @@ def _period_ended(conn: Connection, experiment_id: int, group_id: int, at: float
     )
 
 
-def _store_group_states(conn: Connection, writes: Iterable[Write]) -> None:
+def _store_group_states(cursor: Any, sql: _BatchStatements, writes: Iterable[Write]) -> None:
+    """Each group's state after its last write of the batch (one row per group)."""
     latest: dict[int, tuple[GroupUpdate, int | None]] = {}
     for write in writes:
         if write.group is not None:
@@ -722,9 +806,7 @@ def _store_group_states(conn: Connection, writes: Iterable[Write]) -> None:
             if last is None and previous is not None:
                 last = previous[1]
             latest[write.group.group_id] = (write.group, last)
-    if not latest:
-        return
-    params = [
+    sql.group.run(cursor, [
         {
             "gid": g.group_id,
             "phase": g.phase,
@@ -738,50 +820,28 @@ def _store_group_states(conn: Connection, writes: Iterable[Write]) -> None:
             "last_seq": last,
         }
         for g, last in latest.values()
-    ]
-    conn.execute(
-        update(groups)
-        .where(groups.c.id == bindparam("gid"))
-        .values(
-            phase=bindparam("phase"),
-            started_at=bindparam("started_at"),
-            ends_at=bindparam("ends_at"),
-            ended_at=bindparam("ended_at"),
-            subperiod=bindparam("subperiod"),
-            decisions=bindparam("decisions"),
-            vars=bindparam("vars"),
-            clock=bindparam("clock"),
-            last_seq=func.coalesce(bindparam("last_seq"), groups.c.last_seq),
-        ),
-        params,
-    )
+    ])
 
 
-def _store_connections(conn: Connection, changes: Sequence[ConnectionChange]) -> None:
-    opened = [c for c in changes if c.opened is not None]
-    if opened:
-        conn.execute(
-            insert(connections),
-            [
-                {
-                    "id": c.id,
-                    "participant_id": c.participant_id,
-                    "experiment_id": c.experiment_id,
-                    "connected_at": to_datetime(c.opened),
-                    "user_agent": (c.user_agent or "")[:512] or None,
-                    "address": c.address,
-                    "route": c.route,
-                }
-                for c in opened
-            ],
-        )
-    for c in changes:
-        if c.closed is not None:
-            conn.execute(
-                update(connections)
-                .where(connections.c.id == c.id)
-                .values(disconnected_at=to_datetime(c.closed), close_code=c.close_code)
-            )
+def _store_connections(cursor: Any, sql: _BatchStatements, changes: Sequence[ConnectionChange]) -> None:
+    sql.opened.run(cursor, [
+        {
+            "id": c.id,
+            "participant_id": c.participant_id,
+            "experiment_id": c.experiment_id,
+            "connected_at": to_datetime(c.opened),
+            "user_agent": (c.user_agent or "")[:512] or None,
+            "address": c.address,
+            "route": c.route,
+        }
+        for c in changes
+        if c.opened is not None
+    ])
+    sql.closed.run(cursor, [
+        {"cid": c.id, "disconnected_at": to_datetime(c.closed), "close_code": c.close_code}
+        for c in changes
+        if c.closed is not None
+    ])
 
 
 # --------------------------------------------------------------------------- reading events
