@@ -668,18 +668,24 @@ def _statements(engine: Engine) -> _BatchStatements:
 
 
 def commit_batch(engine: Engine, writes: Sequence[Write]) -> None:
-    """Commit ``writes`` in one transaction, giving each event its ``seq``.
+    """Commit ``writes`` in one transaction on a connection of ``engine``'s pool."""
+    with engine.connect() as conn:
+        commit_writes(conn, writes)
+
+
+def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:
+    """Commit ``writes`` in one transaction on ``conn``, giving each event its ``seq``.
 
     ``seq`` is taken from ``experiments.last_seq`` inside the transaction, so it is strictly
     increasing and gap-free per experiment even with several writer processes: a failed batch
     rolls its numbers back with everything else.
     """
-    sql = _statements(engine)
+    sql = _statements(conn.engine)
     counts: dict[int, int] = {}
     for write in writes:
         if write.events:
             counts[write.experiment_id] = counts.get(write.experiment_id, 0) + len(write.events)
-    with engine.begin() as conn:
+    with conn.begin():
         cursor = conn.connection.cursor()
         try:
             next_seq: dict[int, int] = {}
@@ -1116,6 +1122,8 @@ class Database:
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="synclab-checkpoint")
         self.sqlite = self.engine.dialect.name == "sqlite"
         self._checkpointing: asyncio.Future[Any] | None = None
+        #: the writer thread's own connection, kept open between batches (see :meth:`commit`)
+        self._writer_connection: Connection | None = None
 
     def checkpoint(self) -> asyncio.Future[Any] | None:
         """SQLite: copy the write-ahead log into the database on a thread of its own, once at a time.
@@ -1141,7 +1149,36 @@ class Database:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._writer, fn, self.engine, *args)
 
+    async def commit(self, writes: Sequence[Write]) -> None:
+        """:func:`commit_writes` on the writer thread, over the connection that thread keeps.
+
+        A batch is a few milliseconds apart from the next: taking a connection from the pool
+        and handing it back (with its reset) each time cost more than the batch's statements.
+        A connection whose batch failed is dropped; the next batch opens a new one.
+        """
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self._commit, writes)
+
+    def _commit(self, writes: Sequence[Write]) -> None:
+        if self._writer_connection is None:
+            self._writer_connection = self.engine.connect()
+        try:
+            commit_writes(self._writer_connection, writes)
+        except BaseException:
+            connection, self._writer_connection = self._writer_connection, None
+            with contextlib.suppress(Exception):
+                connection.invalidate()
+            raise
+
+    def _release_writer_connection(self) -> None:
+        if self._writer_connection is not None:
+            with contextlib.suppress(Exception):
+                self._writer_connection.close()
+            self._writer_connection = None
+
     def close(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the executor may be shut down already
+            self._writer.submit(self._release_writer_connection).result()
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
         self._checkpointer.shutdown(wait=True)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .database import Database, Write, commit_batch
+from .database import Database, Write
 from .exceptions import NotPersisted
 
 log = logging.getLogger("synclab.writer")
@@ -85,7 +85,7 @@ class EventWriter:
                 continue
             batch = self._take()
             try:
-                await self._database.write(commit_batch, [p.write for p in batch])
+                await self._database.commit([p.write for p in batch])
             except Exception as exc:  # any database failure: refuse the batch and what follows
                 log.error("commit of %d writes failed: %s", len(batch), exc)
                 failed = NotPersisted(f"the event could not be stored: {type(exc).__name__}")
