@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from typing import Any
 
+from bench.__main__ import median_runs, verdicts
 from bench.load import Api, Load, run_load
 from bench.proc import running
 from tests.server.harness import timeout
@@ -54,3 +56,15 @@ async def test_server_stores_everything_and_a_missing_event_is_unpersisted() -> 
             run.stored = await Api(server.base, server.token).decisions(run.experiment)
             second = run.summary()
     assert second["unpersisted"] == 1 and second["not_stored"] == 1, second
+
+
+def test_repeated_runs_are_judged_by_the_median_run() -> None:
+    def run(p99: float, p50: float, repeat: int) -> dict[str, Any]:
+        return {"name": "server-2000", "repeat": repeat, "latency_ms": {"p50": p50, "p99": p99}, "lost": 0, "unpersisted": 0}
+
+    rows = [run(40.0, 2.0, 1), run(12.0, 2.5, 2), run(9.0, 3.5, 3)]
+    assert median_runs(rows)["server-2000"]["repeat"] == 2
+    lines = verdicts(rows)
+    assert "MET    2,000/s p99 <= 25 ms: 12.0 ms" in lines
+    assert "MET    2,000/s p50 <= 3 ms: 2.5 ms" in lines
+    assert median_runs(rows[:2])["server-2000"]["repeat"] == 2  # of two, the lower p99
