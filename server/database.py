@@ -1,8 +1,9 @@
 """The one module that speaks SQL.
 
 Every function here is synchronous and runs on a worker thread (:class:`Database` hands it to
-an executor), never on the event loop. Writes of events go through :func:`commit_batch`, called
-by the writer with many writes at once: one transaction, one ``executemany`` per table.
+an executor), never on the event loop. Writes of events go through :func:`commit_writes`, called
+by the writer (:meth:`Database.commit`) with many writes at once: one transaction, one
+``executemany`` per table, of statements compiled once.
 """
 
 from __future__ import annotations
@@ -621,7 +622,7 @@ class _Prepared:
 
 
 class _BatchStatements:
-    """The statements of :func:`commit_batch`, compiled once per engine."""
+    """The statements of :func:`commit_writes`, compiled once per engine."""
 
     def __init__(self, dialect: Any) -> None:
         def prepare(statement: Any) -> _Prepared:
