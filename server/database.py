@@ -578,7 +578,7 @@ class Write:
     connection: ConnectionChange | None = None
     results: list[NewResult] = field(default_factory=list)
     ticks: list[NewTick] = field(default_factory=list)
-    #: set by :func:`commit_batch`: the ``seq`` of each event, in order
+    #: set by :func:`commit_writes`: the ``seq`` of each event, in order
     seqs: list[int] = field(default_factory=list)
 
 
@@ -666,12 +666,6 @@ def _statements(engine: Engine) -> _BatchStatements:
     if prepared is None:
         prepared = _batch_statements[engine] = _BatchStatements(engine.dialect)
     return prepared
-
-
-def commit_batch(engine: Engine, writes: Sequence[Write]) -> None:
-    """Commit ``writes`` in one transaction on a connection of ``engine``'s pool."""
-    with engine.connect() as conn:
-        commit_writes(conn, writes)
 
 
 def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:

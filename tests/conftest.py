@@ -12,9 +12,9 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
-from server.database import normalise_url
+from server.database import create_schema, make_engine, normalise_url
 from tests.server.harness import Harness, running_server
 
 POSTGRES_URL = os.environ.get("SYNCLAB_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
@@ -32,6 +32,15 @@ def _postgres_or_skip() -> None:
         if IN_CI:
             pytest.fail(f"{message} (CI=true: the PostgreSQL tests must run)")
         pytest.skip(f"SKIPPING POSTGRESQL TESTS — {message}")
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine with the schema, once on SQLite and once on PostgreSQL."""
+    engine = make_engine(database_url)
+    create_schema(engine)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

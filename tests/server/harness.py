@@ -150,3 +150,11 @@ async def running_server(database_url: str, **settings: Any) -> AsyncIterator[Ha
                     await client.close()
             server.should_exit = True
             await task
+
+
+async def until_state(client: Client, value: str, wait: float = 10.0) -> dict[str, Any]:
+    async with asyncio.timeout(timeout(wait)):
+        while True:
+            frame = await client.expect("state", wait)
+            if frame["payload"] == value:
+                return frame

@@ -10,17 +10,11 @@ import pytest
 
 from groups import PublicGoods
 from server.database import list_ticks
-from tests.server.harness import Client, Harness, timeout
+from tests.server.harness import Client, Harness, timeout, until_state
 
 PD = {"AA": [3, 3], "AB": [0, 5], "BA": [5, 0], "BB": [1, 1]}
 
 
-async def until_state(client: Client, value: str, wait: float = 10.0) -> dict[str, Any]:
-    async with asyncio.timeout(timeout(wait)):
-        while True:
-            frame = await client.expect("state", wait)
-            if frame["payload"] == value:
-                return frame
 
 
 async def get(server: Harness, path: str) -> Any:

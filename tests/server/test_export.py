@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,8 @@ from server.experiments import parse_request, plan
 from server.export import CSV_COLUMNS, TABLES, Format, chunks
 from server.export import plan as export_plan
 from server.sessions import SessionRecord
-from tests.server.harness import Harness, running_server, timeout
-from tests.server.test_blocks import decide, until_state, wait_for_status
+from tests.server.harness import Harness, running_server, timeout, until_state
+from tests.server.test_blocks import decide, wait_for_status
 
 #: where each table's rows are listed by the API
 API_PATHS = {"events": "events", "results": "results", "sessions": "sessions", "participants": "participants"}
@@ -263,12 +262,6 @@ def test_the_cli_refuses_an_unknown_code_and_csv_without_a_table(
 # --------------------------------------------------------------------------- consistency and memory
 
 
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    create_schema(engine)
-    yield engine
-    engine.dispose()
 
 
 def new_experiment(engine: Engine) -> tuple[str, int, int, int]:

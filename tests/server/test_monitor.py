@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.server.harness import TOKEN, Client, Harness, timeout
-from tests.server.test_blocks import decide, until_state
+from tests.server.harness import TOKEN, Client, Harness, timeout, until_state
+from tests.server.test_blocks import decide
 
 
 async def monitor(server: Harness, code: str, token: str = TOKEN) -> Client:

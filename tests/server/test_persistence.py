@@ -21,7 +21,7 @@ from server.database import (
     NewResult,
     NewTick,
     Write,
-    commit_batch,
+    commit_writes,
     create_schema,
     insert_experiment,
     list_events,
@@ -228,59 +228,54 @@ def test_a_database_of_an_older_version_is_refused_with_what_it_lacks(tmp_path: 
     assert result.returncode == 2 and "lacks ['clock']" in result.stderr
 
 
-def test_the_writers_prepared_statements_store_what_sqlalchemy_reads_back(database_url: str) -> None:
-    """commit_batch runs precompiled SQL on the driver's cursor: every type comes back as written."""
-    engine = make_engine(database_url)
-    try:
-        create_schema(engine)
-        codes = [new_code() for _ in range(2)]
-        block = NewBlock(0, 60.0, 3, None, 0.0, "fixed", [[0, 1]])
-        experiment_id = insert_experiment(engine, NewExperiment(new_code(), "bimatrix", {}, 2, codes, [block], 1e9))
-        spec = load_group(engine, live_or_first_group(engine, experiment_id))
-        assert spec is not None
-        a, b = (spec.member_ids[c] for c in codes)
-        at = 1_700_000_000.123456
-        values: list[Any] = [None, 0.5, "é ✓ \"quoted\"", {"nested": [1, 2.5, None, {"x": True}]}, [], 7]
-        write = Write(
-            experiment_id,
-            [NewEvent("decisions", v, at + i, spec.group_id, a, f"id-{i}") for i, v in enumerate(values)],
-            GroupUpdate(spec.group_id, "running", at, at + 60, None, 2, {codes[0]: 0.25, codes[1]: None},
-                        {"k": [1, {"y": "z"}]}, {"flow": {codes[0]: 1.5}, "paused_at": None}),
-            ConnectionChange("c-1", b, experiment_id, opened=at, user_agent="ua " * 300, address="127.0.0.1"),
-            [NewResult(0, spec.session_ids[codes[0]], 1, {"mix": 0.25}, 3.5)],
-            [NewTick(spec.group_id, "subperiod", 1, at, at + 0.004, False, {codes[0]: 0.25})],
-        )
-        commit_batch(engine, [write])
-        closed = Write(experiment_id, [], None, ConnectionChange("c-1", b, experiment_id, closed=at + 9, close_code=4000))
-        commit_batch(engine, [closed])
-        assert write.seqs == list(range(1, len(values) + 1))
-        stored = list_events(engine, experiment_id, 0, 0, 100)
-        assert [e["value"] for e in stored] == values
-        assert [e["seq"] for e in stored] == write.seqs
-        with engine.connect() as conn:
-            rows = conn.execute(
-                select(events_table.c.timestamp, events_table.c.client_id).order_by(events_table.c.seq)
-            ).all()
-        assert [r[1] for r in rows] == [f"id-{i}" for i in range(len(values))]
-        assert [to_epoch(r[0]) for r in rows] == pytest.approx([at + i for i in range(len(values))], abs=1e-6)
-        with engine.connect() as conn:
-            group = conn.execute(select(groups_table).where(groups_table.c.id == spec.group_id)).mappings().one()
-            conn_row = conn.execute(select(connections_table)).mappings().one()
-            result = conn.execute(select(results_table)).mappings().one()
-            tick = conn.execute(select(ticks_table)).mappings().one()
-        assert (group["phase"], group["subperiod"], group["last_seq"]) == ("running", 2, len(values))
-        assert group["decisions"] == {codes[0]: 0.25, codes[1]: None}
-        assert group["vars"] == {"k": [1, {"y": "z"}]}
-        assert group["clock"] == {"flow": {codes[0]: 1.5}, "paused_at": None}
-        assert to_epoch(group["ends_at"]) == pytest.approx(at + 60, abs=1e-6) and group["ended_at"] is None
-        assert len(conn_row["user_agent"]) == 512 and conn_row["close_code"] == 4000
-        assert to_epoch(conn_row["disconnected_at"]) == pytest.approx(at + 9, abs=1e-6)
-        assert (result["seq"], result["decision"], result["score"]) == (1, {"mix": 0.25}, 3.5)
-        assert (tick["kind"], tick["index"], tick["late"], tick["snapshot"]) == ("subperiod", 1, False, {codes[0]: 0.25})
-    finally:
-        engine.dispose()
+def test_the_writers_prepared_statements_store_what_sqlalchemy_reads_back(engine: Engine) -> None:
+    """commit_writes runs precompiled SQL on the driver's cursor: every type comes back as written."""
+    codes = [new_code() for _ in range(2)]
+    block = NewBlock(0, 60.0, 3, None, 0.0, "fixed", [[0, 1]])
+    experiment_id = insert_experiment(engine, NewExperiment(new_code(), "bimatrix", {}, 2, codes, [block], 1e9))
+    spec = load_group(engine, only_group(engine, experiment_id))
+    assert spec is not None
+    a, b = (spec.member_ids[c] for c in codes)
+    at = 1_700_000_000.123456
+    values: list[Any] = [None, 0.5, "é ✓ \"quoted\"", {"nested": [1, 2.5, None, {"x": True}]}, [], 7]
+    write = Write(
+        experiment_id,
+        [NewEvent("decisions", v, at + i, spec.group_id, a, f"id-{i}") for i, v in enumerate(values)],
+        GroupUpdate(spec.group_id, "running", at, at + 60, None, 2, {codes[0]: 0.25, codes[1]: None},
+                    {"k": [1, {"y": "z"}]}, {"flow": {codes[0]: 1.5}, "paused_at": None}),
+        ConnectionChange("c-1", b, experiment_id, opened=at, user_agent="ua " * 300, address="127.0.0.1"),
+        [NewResult(0, spec.session_ids[codes[0]], 1, {"mix": 0.25}, 3.5)],
+        [NewTick(spec.group_id, "subperiod", 1, at, at + 0.004, False, {codes[0]: 0.25})],
+    )
+    closed = Write(experiment_id, [], None, ConnectionChange("c-1", b, experiment_id, closed=at + 9, close_code=4000))
+    with engine.connect() as conn:
+        commit_writes(conn, [write])
+        commit_writes(conn, [closed])
+    assert write.seqs == list(range(1, len(values) + 1))
+    stored = list_events(engine, experiment_id, 0, 0, 100)
+    assert [e["value"] for e in stored] == values
+    assert [e["seq"] for e in stored] == write.seqs
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(events_table.c.timestamp, events_table.c.client_id).order_by(events_table.c.seq)
+        ).all()
+        group = conn.execute(select(groups_table).where(groups_table.c.id == spec.group_id)).mappings().one()
+        conn_row = conn.execute(select(connections_table)).mappings().one()
+        result = conn.execute(select(results_table)).mappings().one()
+        tick = conn.execute(select(ticks_table)).mappings().one()
+    assert [r[1] for r in rows] == [f"id-{i}" for i in range(len(values))]
+    assert [to_epoch(r[0]) for r in rows] == pytest.approx([at + i for i in range(len(values))], abs=1e-6)
+    assert (group["phase"], group["subperiod"], group["last_seq"]) == ("running", 2, len(values))
+    assert group["decisions"] == {codes[0]: 0.25, codes[1]: None}
+    assert group["vars"] == {"k": [1, {"y": "z"}]}
+    assert group["clock"] == {"flow": {codes[0]: 1.5}, "paused_at": None}
+    assert to_epoch(group["ends_at"]) == pytest.approx(at + 60, abs=1e-6) and group["ended_at"] is None
+    assert len(conn_row["user_agent"]) == 512 and conn_row["close_code"] == 4000
+    assert to_epoch(conn_row["disconnected_at"]) == pytest.approx(at + 9, abs=1e-6)
+    assert (result["seq"], result["decision"], result["score"]) == (1, {"mix": 0.25}, 3.5)
+    assert (tick["kind"], tick["index"], tick["late"], tick["snapshot"]) == ("subperiod", 1, False, {codes[0]: 0.25})
 
 
-def live_or_first_group(engine: Engine, experiment_id: int) -> int:
+def only_group(engine: Engine, experiment_id: int) -> int:
     with engine.connect() as conn:
         return int(conn.execute(select(groups_table.c.id).where(groups_table.c.experiment_id == experiment_id)).scalar_one())

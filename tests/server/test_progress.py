@@ -7,8 +7,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.server.harness import Harness, timeout
-from tests.server.test_blocks import decide, until_state, wait_for_status
+from tests.server.harness import Harness, timeout, until_state
+from tests.server.test_blocks import decide, wait_for_status
 
 
 async def get(server: Harness, path: str) -> Any:

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, update
 
-from server.database import create_schema, insert_experiment, make_engine, sessions, to_datetime
+from server.database import insert_experiment, sessions, to_datetime
 from server.experiments import parse_request, plan
 from server.sessions import SessionRecord
-from tests.server.harness import Harness
-from tests.server.test_blocks import until_state, wait_for_status
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    create_schema(engine)
-    yield engine
-    engine.dispose()
+from tests.server.harness import Harness, until_state
+from tests.server.test_blocks import wait_for_status
 
 
 def scored(engine: Engine, scores: list[float | None]) -> list[str]:

@@ -24,7 +24,7 @@ from sqlalchemy import Engine, text
 from server.cli import main
 from server.database import create_schema, make_engine
 from server.verify import verify
-from tests.server.harness import Client, Harness, running_server, timeout
+from tests.server.harness import Client, Harness, running_server, timeout, until_state
 
 PD = {"AA": [3, 3], "AB": [0, 5], "BA": [5, 0], "BB": [1, 1]}
 #: the console script's entry point, run by this interpreter (as tests/server/test_cli.py does)
@@ -37,12 +37,6 @@ SETTINGS = ("DATABASE_URL", "REDIS_URL", "PORT", "SYNCLAB_ADMIN_TOKEN", "SYNCLAB
 # --------------------------------------------------------------------------- playing
 
 
-async def until_state(client: Client, value: str, wait: float = 10.0) -> dict[str, Any]:
-    async with asyncio.timeout(timeout(wait)):
-        while True:
-            frame = await client.expect("state", wait)
-            if frame["payload"] == value:
-                return frame
 
 
 async def decide(client: Client, value: Any, frame_id: str) -> None:
