@@ -102,6 +102,7 @@ class EventWriter:
             self.committed += sum(len(p.write.events) for p in batch)
             for pending in batch:
                 _safely(pending.on_commit, pending.write)
+            await self._database.restart_log()  # after the callbacks: the batch is out already
 
     def _take(self) -> list[_Pending]:
         batch: list[_Pending] = []

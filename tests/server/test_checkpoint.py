@@ -5,9 +5,24 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from sqlalchemy import text
+import pytest
+from sqlalchemy import Engine, select, text
 
-from server.database import Database, create_schema
+from server import writer as writer_module
+from server.database import (
+    Database,
+    GroupUpdate,
+    NewBlock,
+    NewEvent,
+    NewExperiment,
+    Write,
+    create_schema,
+    insert_experiment,
+    new_code,
+)
+from server.database import groups as groups_table
+from server.database import participants as participants_table
+from server.writer import EventWriter
 from tests.server.harness import timeout
 
 
@@ -52,3 +67,56 @@ async def test_postgres_needs_no_checkpoint(postgres_url: str) -> None:
         assert db.checkpoint() is None
     finally:
         db.close()
+
+
+async def test_under_steady_writes_the_log_starts_over_instead_of_growing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint that runs while the writer commits never finds the log's end by itself;
+    the writer finishes it, so the next commit writes the log from its start again."""
+    monkeypatch.setattr(writer_module, "CHECKPOINT_EVERY", 0.05)
+    path = tmp_path / "steady.db"
+    db = Database(f"sqlite:///{path}")
+    writer = EventWriter(db)
+    try:
+        await db.write(create_schema)
+        codes = [new_code() for _ in range(2)]
+        block = NewBlock(0, 60.0, 3, None, 0.0, "fixed", [[0, 1]])
+        spec = NewExperiment(new_code(), "bimatrix", {}, 2, codes, [block], 1e9)
+        experiment_id = await db.write(insert_experiment, spec)
+        group_id, participant_id = await db.read(first_group_and_member, experiment_id)
+        writer.start()
+        loop = asyncio.get_running_loop()
+        commits, deadline = 0, loop.time() + timeout(3)
+        while commits < 1500 and loop.time() < deadline:  # one commit at a time, back to back
+            done: asyncio.Future[Write] = loop.create_future()
+            write = Write(
+                experiment_id,
+                [NewEvent("decisions", {"x": "y" * 400, "n": commits}, 1e9 + commits, group_id, participant_id, None)],
+                GroupUpdate(group_id, "running", 1e9, 1e9 + 60, None, 0, {codes[0]: commits}, {}),
+            )
+            writer.submit(write, done.set_result, done.set_exception)
+            await done
+            commits += 1
+        assert commits >= 300, f"too few commits to judge: {commits}"
+        await writer.close()
+        log_size = size(Path(f"{path}-wal"))
+        # every commit adds at least two pages (the event's and the group's) of 4 KiB
+        never_restarted = commits * 2 * 4096
+        assert log_size < never_restarted / 4, (
+            f"the log holds {log_size} bytes after {commits} commits: it never started over"
+        )
+    finally:
+        await writer.close()
+        db.close()
+
+
+def first_group_and_member(engine: Engine, experiment_id: int) -> tuple[int, int]:
+    with engine.connect() as conn:
+        group_id = conn.execute(
+            select(groups_table.c.id).where(groups_table.c.experiment_id == experiment_id)
+        ).scalar_one()
+        participant_id = conn.execute(
+            select(participants_table.c.id).where(participants_table.c.experiment_id == experiment_id).limit(1)
+        ).scalar_one()
+    return int(group_id), int(participant_id)
