@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -45,6 +46,7 @@ from groups import Phase, current_block
 
 from . import models
 from .exceptions import SchemaError, SettingsError
+from .writing import WriterThread
 
 log = logging.getLogger("synclab.database")
 
@@ -1117,7 +1119,7 @@ class Database:
     def __init__(self, url: str, *, readers: int = 4) -> None:
         self.url = url
         self.engine = make_engine(url)
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="synclab-writer")
+        self.writer = WriterThread(self._commit, self._between_batches)
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="synclab-reader")
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="synclab-checkpoint")
         self.sqlite = self.engine.dialect.name == "sqlite"
@@ -1138,7 +1140,7 @@ class Database:
         checkpoint ran: the file would grow without end (300 MB in ten seconds at 2,000
         decisions/s), and every commit would extend it, which makes its ``fdatasync`` about
         twice as slow as one that overwrites. So once a checkpoint here has copied the log,
-        :meth:`restart_log` has the writer copy the few frames added since, between two batches.
+        :meth:`_between_batches` has the writer copy the few frames added since.
         """
         if not self.sqlite:
             return None
@@ -1157,22 +1159,16 @@ class Database:
         busy, frames, copied = future.result()
         self._log_copied = not busy and frames == copied
 
-    async def restart_log(self) -> None:
-        """After a whole checkpoint: copy what was added since on the writer thread (see :meth:`checkpoint`).
+    def _between_batches(self) -> None:
+        """On the writer thread after each batch: once a checkpoint copied the log, finish it there.
 
-        There no other write can come in between, so the copy reaches the log's end and the
-        next commit writes the log from its start again. It is a few frames: well under a
-        millisecond, once per checkpoint.
+        No other write can come in between, so this copy reaches the log's end and the next
+        commit writes the log from its start again (see :meth:`checkpoint`). It is the few
+        frames added since the checkpoint: well under a millisecond, once per checkpoint.
         """
-        if not self._log_copied:
+        if not self._log_copied or self._writer_connection is None:
             return
         self._log_copied = False
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writer, self._restart_log)
-
-    def _restart_log(self) -> None:
-        if self._writer_connection is None:
-            return
         try:
             _wal_checkpoint(self._writer_connection, "PASSIVE")
         except Exception as exc:  # the commits are safe either way: only the log's reuse waits
@@ -1185,20 +1181,15 @@ class Database:
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(engine, *args)`` on the writer thread, in order with the event batches."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, fn, self.engine, *args)
+        return await self.writer.call(functools.partial(fn, self.engine, *args))
 
-    async def commit(self, writes: Sequence[Write]) -> None:
-        """:func:`commit_writes` on the writer thread, over the connection that thread keeps.
+    def _commit(self, writes: Sequence[Write]) -> None:
+        """:func:`commit_writes` on the writer thread (see :mod:`server.writing`), over its own connection.
 
-        A batch is a few milliseconds apart from the next: taking a connection from the pool
+        A batch is a millisecond or so apart from the next: taking a connection from the pool
         and handing it back (with its reset) each time cost more than the batch's statements.
         A connection whose batch failed is dropped; the next batch opens a new one.
         """
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writer, self._commit, writes)
-
-    def _commit(self, writes: Sequence[Write]) -> None:
         if self._writer_connection is None:
             self._writer_connection = self.engine.connect()
         try:
@@ -1216,9 +1207,7 @@ class Database:
             self._writer_connection = None
 
     def close(self) -> None:
-        with contextlib.suppress(RuntimeError):  # the executor may be shut down already
-            self._writer.submit(self._release_writer_connection).result()
-        self._writer.shutdown(wait=True)
+        self.writer.stop(self._release_writer_connection)
         self._readers.shutdown(wait=True)
         self._checkpointer.shutdown(wait=True)
         if self.sqlite:

@@ -1,23 +1,21 @@
 """The event writer: one per process, committing writes in batches (group commit).
 
-A caller submits a :class:`~server.database.Write` with two callbacks. The writer takes
-everything queued, commits it in one transaction on the database's writer thread, then calls
-``on_commit`` for each write **in submission order**, on the event loop; only then may the
-caller broadcast or acknowledge. When a commit fails, ``on_fail`` is called for every write of
-the batch and for every write queued behind it, so no write computed on top of a lost one is
-ever stored.
+A caller submits a :class:`~server.database.Write` with two callbacks. The database's writer
+thread (:mod:`server.writing`) takes everything queued when it is free and commits it in one
+transaction; then ``on_commit`` is called for each write **in submission order**, on the event
+loop; only then may the caller broadcast or acknowledge. When a commit fails, ``on_fail`` is
+called for every write of the batch and for every write queued behind it, so no write computed
+on top of a lost one is ever stored.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .database import Database, Write
 from .exceptions import NotPersisted
@@ -41,10 +39,8 @@ class EventWriter:
     def __init__(self, database: Database, *, max_batch: int = 2000) -> None:
         self._database = database
         self._max_batch = max_batch
-        self._queue: deque[_Pending] = deque()
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._started = False
         #: counters for the monitor and the benchmark
         self.batches = 0
         self._checkpointed_at = time.monotonic()
@@ -52,15 +48,15 @@ class EventWriter:
         self.committed = 0
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="synclab-writer")
+        self._database.writer.batches_to(asyncio.get_running_loop(), self._done, self._max_batch)
+        self._started = True
 
     async def close(self) -> None:
-        """Commit what is queued, then stop."""
+        """Commit what is queued, then stop taking writes."""
         self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._started:
+            # the thread runs in order: once this has run, every write queued before is settled
+            await self._database.writer.call(_nothing)
 
     def submit(
         self,
@@ -72,46 +68,30 @@ class EventWriter:
         if self._closing:
             on_fail(NotPersisted("the server is shutting down"))
             return
-        self._queue.append(_Pending(write, on_commit, on_fail))
-        self._wakeup.set()
+        self._database.writer.submit(_Pending(write, on_commit, on_fail))
 
-    async def _run(self) -> None:
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            batch = self._take()
-            try:
-                await self._database.commit([p.write for p in batch])
-            except Exception as exc:  # any database failure: refuse the batch and what follows
-                log.error("commit of %d writes failed: %s", len(batch), exc)
-                failed = NotPersisted(f"the event could not be stored: {type(exc).__name__}")
-                batch.extend(self._queue)
-                self._queue.clear()
-                for pending in batch:
-                    _safely(pending.on_fail, failed)
-                continue
-            self.batches += 1
-            if time.monotonic() - self._checkpointed_at >= CHECKPOINT_EVERY:
-                self._checkpointed_at = time.monotonic()
-                self._database.checkpoint()
-            self.writes += len(batch)
-            self.committed += sum(len(p.write.events) for p in batch)
+    def _done(self, batch: list[_Pending], exc: BaseException | None) -> None:
+        """A batch's outcome, on the loop, in the order the batches were committed."""
+        if exc is not None:  # any database failure: refuse the batch and what was queued behind it
+            log.error("commit of %d writes failed: %s", len(batch), exc)
+            failed = NotPersisted(f"the event could not be stored: {type(exc).__name__}")
+            batch.extend(self._database.writer.withdraw())
+            self._database.writer.resume()
             for pending in batch:
-                _safely(pending.on_commit, pending.write)
-            await self._database.restart_log()  # after the callbacks: the batch is out already
+                _safely(pending.on_fail, failed)
+            return
+        self.batches += 1
+        if time.monotonic() - self._checkpointed_at >= CHECKPOINT_EVERY:
+            self._checkpointed_at = time.monotonic()
+            self._database.checkpoint()
+        self.writes += len(batch)
+        self.committed += sum(len(p.write.events) for p in batch)
+        for pending in batch:
+            _safely(pending.on_commit, pending.write)
 
-    def _take(self) -> list[_Pending]:
-        batch: list[_Pending] = []
-        size = 0
-        while self._queue and (not batch or size + len(self._queue[0].write.events) <= self._max_batch):
-            pending = self._queue.popleft()
-            size += len(pending.write.events)
-            batch.append(pending)
-        return batch
+
+def _nothing() -> Any:
+    return None
 
 
 def _safely(callback: Callable[[A], None], arg: A) -> None:

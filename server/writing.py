@@ -1,0 +1,201 @@
+"""The process's one writing thread: jobs and batches of writes, run in the order they were queued.
+
+The event loop only appends to a queue. The thread takes whatever writes are queued when it is
+free, commits them as one batch, and posts the outcome back to the loop with one
+``call_soon_threadsafe``. Under load it never sleeps: the next batch starts as soon as the last
+one is committed, while the loop sends the last one out.
+
+A failed batch halts the thread until the loop has withdrawn the writes queued behind it
+(:meth:`WriterThread.withdraw`) and called :meth:`WriterThread.resume`: none of them, computed on
+top of the lost one, is ever committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from .database import Write
+
+log = logging.getLogger("synclab.writer")
+T = TypeVar("T")
+
+
+class Queued(Protocol):
+    """A write waiting for its batch."""
+
+    write: Write
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    fn: Callable[[], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+Done = Callable[[list[Any], BaseException | None], None]
+
+
+class WriterThread:
+    """Runs ``commit(writes)`` for batches and any function given to :meth:`call`, one at a time.
+
+    ``between()`` runs on the thread after each committed batch (the SQLite log's restart).
+    """
+
+    def __init__(
+        self,
+        commit: Callable[[list[Write]], None],
+        between: Callable[[], None],
+        *,
+        name: str = "synclab-writer",
+    ) -> None:
+        self._commit = commit
+        self._between = between
+        self._name = name
+        self._items: deque[Any] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._idle = False
+        self._halted = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._done: Done | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._max_batch = 2000
+
+    # ------------------------------------------------------------------ the loop's side
+
+    def batches_to(self, loop: asyncio.AbstractEventLoop, done: Done, max_batch: int) -> None:
+        """Where each batch's outcome goes: ``done(batch, None)`` or ``done(batch, exc)`` on ``loop``."""
+        self._loop, self._done, self._max_batch = loop, done, max_batch
+
+    def submit(self, item: Queued) -> None:
+        """Queue a write for the next batch (:meth:`batches_to` first)."""
+        if self._done is None:
+            raise RuntimeError("the writer thread has nowhere to report batches: call batches_to first")
+        self._put(item)
+
+    def call(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Run ``fn()`` on the thread after everything queued before; its result comes back on the loop."""
+        loop = asyncio.get_running_loop()
+        job = _Job(fn, loop, loop.create_future())
+        self._put(job)
+        return job.future
+
+    def withdraw(self) -> list[Any]:
+        """Take back every write still queued (after a failed batch), leaving the jobs in order."""
+        with self._cond:
+            writes = [i for i in self._items if not isinstance(i, _Job)]
+            jobs = [i for i in self._items if isinstance(i, _Job)]
+            self._items.clear()
+            self._items.extend(jobs)
+        return writes
+
+    def resume(self) -> None:
+        """Go on after a failed batch."""
+        with self._cond:
+            self._halted = False
+            self._cond.notify()
+
+    def stop(self, run: Callable[[], None] | None = None) -> None:
+        """Run what is queued, then ``run()`` on the thread (if given), then end the thread."""
+        with self._cond:
+            thread = self._thread if self._thread is not None and self._thread.is_alive() else None
+            if run is not None and thread is not None:
+                self._items.append(run)
+            self._stopping = True
+            self._halted = False
+            self._cond.notify()
+        if thread is not None:
+            thread.join()
+        elif run is not None:
+            run()
+
+    def _put(self, item: Any) -> None:
+        if self._stopping:
+            raise RuntimeError("the writer thread is stopped")
+        self._items.append(item)
+        if self._thread is None:
+            with self._cond:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                    self._thread.start()
+        if self._idle:  # see _next: set before the thread looks at the queue a last time
+            with self._cond:
+                self._cond.notify()
+
+    # ------------------------------------------------------------------ the thread's side
+
+    def _next(self) -> Any:
+        """The next job, batch (a list) or stop function; ``None``: stop."""
+        with self._cond:
+            while True:
+                self._idle = True
+                if not self._halted and self._items:
+                    break
+                if self._stopping and not self._items:
+                    self._idle = False
+                    return None
+                self._cond.wait()
+            self._idle = False
+            first = self._items.popleft()
+            if isinstance(first, _Job) or callable(first):
+                return first
+            batch, size = [first], len(first.write.events)
+            while self._items and not isinstance(self._items[0], _Job) and not callable(self._items[0]):
+                events = len(self._items[0].write.events)
+                if size + events > self._max_batch:
+                    break
+                batch.append(self._items.popleft())
+                size += events
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            item = self._next()
+            if item is None:
+                return
+            try:
+                if isinstance(item, _Job):
+                    self._run_job(item)
+                elif isinstance(item, list):
+                    self._run_batch(item)
+                else:
+                    item()
+            except BaseException:  # the thread must outlive any fault; report it
+                log.exception("the writer thread failed on %r", item)
+
+    def _run_job(self, job: _Job) -> None:
+        try:
+            result = job.fn()
+        except BaseException as exc:
+            job.loop.call_soon_threadsafe(_settle, job.future, None, exc)
+        else:
+            job.loop.call_soon_threadsafe(_settle, job.future, result, None)
+
+    def _run_batch(self, batch: list[Any]) -> None:
+        assert self._loop is not None and self._done is not None
+        try:
+            self._commit([item.write for item in batch])
+        except BaseException as exc:
+            with self._cond:
+                self._halted = True  # until the loop has withdrawn what was computed on top of it
+            self._loop.call_soon_threadsafe(self._done, batch, exc)
+            return
+        self._loop.call_soon_threadsafe(self._done, batch, None)
+        self._between()
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)

@@ -1,0 +1,120 @@
+"""The writer thread: jobs and batches in queue order; a failed batch halts it until the loop resumes it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from server.database import NewEvent, Write
+from server.writing import WriterThread
+from tests.server.harness import timeout
+
+
+@dataclass(eq=False)
+class Item:
+    write: Write
+
+
+def item(n: int, events: int = 1) -> Item:
+    return Item(Write(1, [NewEvent("decisions", n, 0.0, None, None, None) for _ in range(events)]))
+
+
+class Recorder:
+    """The thread's commit function: records each batch, can be held and made to fail."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_next = False
+
+    def commit(self, writes: list[Write]) -> None:
+        self.gate.wait(timeout(5))
+        self.batches.append([w.events[0].value for w in writes])
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("disk gone")
+
+
+async def test_writes_queued_while_a_batch_commits_go_together_and_jobs_keep_their_place() -> None:
+    rec = Recorder()
+    thread = WriterThread(rec.commit, lambda: None)
+    done: list[tuple[list[Any], BaseException | None]] = []
+    finished = asyncio.Event()
+
+    def on_done(batch: list[Any], exc: BaseException | None) -> None:
+        done.append(([i.write.events[0].value for i in batch], exc))
+        if sum(len(b) for b, _ in done) == 6:
+            finished.set()
+
+    thread.batches_to(asyncio.get_running_loop(), on_done, max_batch=3)
+    try:
+        rec.gate.clear()
+        thread.submit(item(1))  # taken at once, held at the gate
+        await asyncio.sleep(0.05)
+        for n in (2, 3, 4):
+            thread.submit(item(n))
+        job = thread.call(lambda: len(rec.batches))
+        thread.submit(item(5))
+        thread.submit(item(6, events=3))  # would make 4 events with 5: a batch of its own
+        rec.gate.set()
+        assert await asyncio.wait_for(job, timeout(5)) == 2, "the job ran after 2-4 were committed, before 5"
+        await asyncio.wait_for(finished.wait(), timeout(5))
+        assert rec.batches == [[1], [2, 3, 4], [5], [6]]
+        assert [b for b, _ in done] == rec.batches and all(exc is None for _, exc in done)
+    finally:
+        thread.stop()
+
+
+async def test_a_failed_batch_holds_back_what_was_queued_behind_it_until_the_loop_resumes() -> None:
+    rec = Recorder()
+    thread = WriterThread(rec.commit, lambda: None)
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[tuple[list[Any], list[Any]]] = loop.create_future()
+    later = asyncio.Event()
+
+    def on_done(batch: list[Any], exc: BaseException | None) -> None:
+        values = [i.write.events[0].value for i in batch]
+        if exc is not None:
+            withdrawn = [i.write.events[0].value for i in thread.withdraw()]
+            outcome.set_result((values, withdrawn))
+            thread.resume()
+        elif values == [9]:
+            later.set()
+
+    thread.batches_to(loop, on_done, max_batch=100)
+    try:
+        rec.gate.clear()
+        rec.fail_next = True
+        thread.submit(item(1))
+        await asyncio.sleep(0.05)
+        thread.submit(item(2))
+        job = thread.call(lambda: "job ran")
+        thread.submit(item(3))
+        rec.gate.set()
+        failed, withdrawn = await asyncio.wait_for(outcome, timeout(5))
+        assert failed == [1]
+        assert withdrawn == [2, 3], "the writes behind the failed batch are handed back, never committed"
+        assert await asyncio.wait_for(job, timeout(5)) == "job ran", "a job queued behind it still runs"
+        thread.submit(item(9))
+        await asyncio.wait_for(later.wait(), timeout(5))
+        assert rec.batches == [[1], [9]]
+    finally:
+        thread.stop()
+
+
+async def test_stop_runs_what_is_queued_then_the_last_function() -> None:
+    rec = Recorder()
+    thread = WriterThread(rec.commit, lambda: None)
+    thread.batches_to(asyncio.get_running_loop(), lambda batch, exc: None, max_batch=100)
+    rec.gate.clear()
+    thread.submit(item(1))
+    thread.submit(item(2))
+    last: list[int] = []
+    rec.gate.set()
+    thread.stop(lambda: last.append(len(rec.batches)))
+    assert sum(len(b) for b in rec.batches) == 2 and last == [len(rec.batches)]
+    thread.stop(lambda: last.append(-1))  # stopped already: runs here
+    assert last[-1] == -1
