@@ -1126,7 +1126,7 @@ class Database:
         self._checkpointing: asyncio.Future[Any] | None = None
         #: set when a background checkpoint copied the whole log: the writer finishes the job
         self._log_copied = False
-        #: the writer thread's own connection, kept open between batches (see :meth:`commit`)
+        #: the writer thread's own connection, kept open between batches (see :meth:`_commit`)
         self._writer_connection: Connection | None = None
 
     def checkpoint(self) -> asyncio.Future[Any] | None:

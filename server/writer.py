@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from .database import Database, Write
 from .exceptions import NotPersisted
@@ -40,7 +40,6 @@ class EventWriter:
         self._database = database
         self._max_batch = max_batch
         self._closing = False
-        self._started = False
         #: counters for the monitor and the benchmark
         self.batches = 0
         self._checkpointed_at = time.monotonic()
@@ -49,14 +48,12 @@ class EventWriter:
 
     def start(self) -> None:
         self._database.writer.batches_to(asyncio.get_running_loop(), self._done, self._max_batch)
-        self._started = True
 
     async def close(self) -> None:
         """Commit what is queued, then stop taking writes."""
         self._closing = True
-        if self._started:
-            # the thread runs in order: once this has run, every write queued before is settled
-            await self._database.writer.call(_nothing)
+        # the thread runs in order: once this has run, every write queued before is settled
+        await self._database.writer.call(_nothing)
 
     def submit(
         self,
@@ -90,7 +87,7 @@ class EventWriter:
             _safely(pending.on_commit, pending.write)
 
 
-def _nothing() -> Any:
+def _nothing() -> None:
     return None
 
 

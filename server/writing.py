@@ -36,8 +36,9 @@ class Queued(Protocol):
 @dataclass(slots=True, eq=False)
 class _Job:
     fn: Callable[[], Any]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Any]
+    #: where the result goes; ``None`` for the last function of :meth:`WriterThread.stop`
+    loop: asyncio.AbstractEventLoop | None = None
+    future: asyncio.Future[Any] | None = None
 
 
 Done = Callable[[list[Any], BaseException | None], None]
@@ -84,9 +85,9 @@ class WriterThread:
     def call(self, fn: Callable[[], T]) -> asyncio.Future[T]:
         """Run ``fn()`` on the thread after everything queued before; its result comes back on the loop."""
         loop = asyncio.get_running_loop()
-        job = _Job(fn, loop, loop.create_future())
-        self._put(job)
-        return job.future
+        future: asyncio.Future[T] = loop.create_future()
+        self._put(_Job(fn, loop, future))
+        return future
 
     def withdraw(self) -> list[Any]:
         """Take back every write still queued (after a failed batch), leaving the jobs in order."""
@@ -108,7 +109,7 @@ class WriterThread:
         with self._cond:
             thread = self._thread if self._thread is not None and self._thread.is_alive() else None
             if run is not None and thread is not None:
-                self._items.append(run)
+                self._items.append(_Job(run))
             self._stopping = True
             self._halted = False
             self._cond.notify()
@@ -133,7 +134,7 @@ class WriterThread:
     # ------------------------------------------------------------------ the thread's side
 
     def _next(self) -> Any:
-        """The next job, batch (a list) or stop function; ``None``: stop."""
+        """The next job or batch (a list); ``None``: stop."""
         with self._cond:
             while True:
                 self._idle = True
@@ -145,10 +146,10 @@ class WriterThread:
                 self._cond.wait()
             self._idle = False
             first = self._items.popleft()
-            if isinstance(first, _Job) or callable(first):
+            if isinstance(first, _Job):
                 return first
             batch, size = [first], len(first.write.events)
-            while self._items and not isinstance(self._items[0], _Job) and not callable(self._items[0]):
+            while self._items and not isinstance(self._items[0], _Job):
                 events = len(self._items[0].write.events)
                 if size + events > self._max_batch:
                     break
@@ -164,14 +165,15 @@ class WriterThread:
             try:
                 if isinstance(item, _Job):
                     self._run_job(item)
-                elif isinstance(item, list):
-                    self._run_batch(item)
                 else:
-                    item()
+                    self._run_batch(item)
             except BaseException:  # the thread must outlive any fault; report it
                 log.exception("the writer thread failed on %r", item)
 
     def _run_job(self, job: _Job) -> None:
+        if job.loop is None or job.future is None:
+            job.fn()  # stop's last function: a fault is logged by _run
+            return
         try:
             result = job.fn()
         except BaseException as exc:
