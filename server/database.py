@@ -24,7 +24,9 @@ from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import (
+    JSON,
     BigInteger,
+    DateTime,
     Engine,
     and_,
     bindparam,
@@ -587,68 +589,129 @@ class Write:
 class _Prepared:
     """A statement compiled once for a dialect and run on the DBAPI cursor, many rows at a time.
 
-    The writer's hot path: SQLAlchemy's per-execution work (the cache key, the parameter
-    processing of every row in Python) cost most of a batch. Here the rows go to the driver's
-    ``executemany`` as they are, after the same bind processors SQLAlchemy would apply (times
-    as text on SQLite, JSON through the engine's serializer), so what is stored is the same.
+    The writer's hot path: SQLAlchemy's per-execution work (the cache key, a dict per row, a
+    bind processor called on every value) cost most of a batch. Here a row is a tuple in
+    ``columns`` order, and its times and JSON values are already what the driver takes (the
+    caller passes them through :attr:`_BatchStatements.time` and :attr:`_BatchStatements.json`,
+    SQLAlchemy's own processing, so what is stored is the same). Any other column type with a
+    bind processor (a boolean on SQLite, say) is processed here.
     """
 
-    __slots__ = ("names", "processors", "sql")
+    __slots__ = ("columns", "named", "order", "processed", "sql")
 
-    def __init__(self, statement: Any, dialect: Any) -> None:
+    def __init__(self, statement: Any, dialect: Any, columns: Sequence[str]) -> None:
         compiled = statement.compile(dialect=dialect)
         self.sql: str = compiled.string
-        #: the parameters' order for a positional paramstyle; ``None``: rows are passed by name
-        self.names: list[str] | None = compiled.positiontup
-        self.processors = [
-            (name, process)
+        self.columns = tuple(columns)
+        names = compiled.positiontup
+        if sorted(names if names is not None else compiled.binds) != sorted(self.columns):
+            raise ValueError(f"expected the parameters {sorted(self.columns)}, the statement has others: {self.sql}")
+        #: rows go by name (the driver's paramstyle), else as tuples in the statement's order
+        self.named = names is None
+        #: each positional parameter's place in a row; ``None``: the row's own order
+        self.order = None if self.named or tuple(names) == self.columns else tuple(self.columns.index(n) for n in names)
+        self.processed = [
+            (self.columns.index(name), process)
             for name, bind in compiled.binds.items()
-            if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+            if not isinstance(bind.type, DateTime | JSON)
+            and (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
         ]
 
-    def params(self, row: dict[str, Any]) -> Any:
-        for name, process in self.processors:
-            row[name] = process(row[name])
-        return row if self.names is None else tuple([row[n] for n in self.names])
+    def _driver_rows(self, rows: list[tuple[Any, ...]]) -> list[Any]:
+        if self.processed:
+            rows = [self._process(row) for row in rows]
+        if self.named:
+            return [dict(zip(self.columns, row, strict=True)) for row in rows]
+        if self.order is not None:
+            order = self.order
+            return [tuple([row[i] for i in order]) for row in rows]
+        return rows
 
-    def run(self, cursor: Any, rows: list[dict[str, Any]]) -> None:
-        if len(rows) == 1:
-            cursor.execute(self.sql, self.params(rows[0]))
-        elif rows:
-            cursor.executemany(self.sql, [self.params(r) for r in rows])
+    def _process(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        values = list(row)
+        for i, process in self.processed:
+            values[i] = process(values[i])
+        return tuple(values)
 
-    def one(self, cursor: Any, row: dict[str, Any]) -> Any:
+    def run(self, cursor: Any, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        driver_rows = self._driver_rows(rows)
+        if len(driver_rows) == 1:
+            cursor.execute(self.sql, driver_rows[0])
+        else:
+            cursor.executemany(self.sql, driver_rows)
+
+    def one(self, cursor: Any, row: tuple[Any, ...]) -> Any:
         """Run once and return the first column of the one row it returns.
 
         Every row is read (``fetchall``, not ``fetchone``): on SQLite a statement not run to
         its end stays active until the next batch and holds the write-ahead log back from
         starting over (see :meth:`Database.checkpoint`).
         """
-        cursor.execute(self.sql, self.params(row))
+        cursor.execute(self.sql, self._driver_rows([row])[0])
         return cursor.fetchall()[0][0]
 
 
-class _BatchStatements:
-    """The statements of :func:`commit_writes`, compiled once per engine."""
+class _StoredTimes:
+    """Epoch seconds to what the driver takes for a time column, remembered.
+
+    A batch repeats a few times many times over (every event of a write has the write's time,
+    every state update the period's start and end), and turning each into a ``datetime`` and
+    then, on SQLite, into text was the largest part of the writer's Python work.
+    """
+
+    __slots__ = ("_known", "_process")
+
+    LIMIT = 4096
 
     def __init__(self, dialect: Any) -> None:
-        def prepare(statement: Any) -> _Prepared:
-            return _Prepared(statement, dialect)
+        self._process = DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
+        self._known: dict[float, Any] = {}
 
+    def __call__(self, epoch: float | None) -> Any:
+        if epoch is None:
+            return None
+        stored = self._known.get(epoch)
+        if stored is None:
+            value = datetime.fromtimestamp(epoch, UTC)
+            stored = value if self._process is None else self._process(value)
+            if len(self._known) >= self.LIMIT:
+                self._known.clear()
+            self._known[epoch] = stored
+        return stored
+
+
+class _BatchStatements:
+    """The statements of :func:`commit_writes`, compiled once per engine, and their value converters."""
+
+    def __init__(self, dialect: Any) -> None:
+        def prepare(statement: Any, columns: Sequence[str]) -> _Prepared:
+            return _Prepared(statement, dialect, columns)
+
+        def inserting(table: Any, columns: Sequence[str]) -> _Prepared:
+            return prepare(insert(table).inline().values({c: bindparam(c) for c in columns}), columns)
+
+        #: a time (epoch seconds) as the driver takes it
+        self.time = _StoredTimes(dialect)
+        #: a JSON value as the driver takes it (SQLAlchemy's processor, with the engine's serializer)
+        self.json: Callable[[Any], Any] = JSON().dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
         self.next_seq = prepare(
             update(experiments)
             .where(experiments.c.id == bindparam("eid"))
             .values(last_seq=experiments.c.last_seq + bindparam("count", type_=BigInteger))
-            .returning(experiments.c.last_seq)
+            .returning(experiments.c.last_seq),
+            ("eid", "count"),
         )
-        self.events = prepare(insert(events).inline().values({c: bindparam(c) for c in _EVENT_COLUMNS}))
-        self.results = prepare(insert(results).inline().values({c: bindparam(c) for c in _RESULT_COLUMNS}))
-        self.ticks = prepare(insert(ticks).inline().values({c: bindparam(c) for c in _TICK_COLUMNS}))
-        self.opened = prepare(insert(connections).inline().values({c: bindparam(c) for c in _CONNECTION_COLUMNS}))
+        self.events = inserting(events, _EVENT_COLUMNS)
+        self.results = inserting(results, _RESULT_COLUMNS)
+        self.ticks = inserting(ticks, _TICK_COLUMNS)
+        self.opened = inserting(connections, _CONNECTION_COLUMNS)
         self.closed = prepare(
             update(connections)
             .where(connections.c.id == bindparam("cid"))
-            .values(disconnected_at=bindparam("disconnected_at"), close_code=bindparam("close_code"))
+            .values(disconnected_at=bindparam("disconnected_at"), close_code=bindparam("close_code")),
+            ("cid", "disconnected_at", "close_code"),
         )
         self.group = prepare(
             update(groups)
@@ -656,7 +719,8 @@ class _BatchStatements:
             .values({
                 **{c: bindparam(c) for c in _GROUP_COLUMNS},
                 "last_seq": func.coalesce(bindparam("last_seq", type_=BigInteger), groups.c.last_seq),
-            })
+            }),
+            (*_GROUP_COLUMNS, "last_seq", "gid"),
         )
 
 
@@ -692,27 +756,28 @@ def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:
         try:
             next_seq: dict[int, int] = {}
             for experiment_id, count in sorted(counts.items()):  # sorted: a fixed lock order
-                last = sql.next_seq.one(cursor, {"eid": experiment_id, "count": count})
+                last = sql.next_seq.one(cursor, (experiment_id, count))
                 next_seq[experiment_id] = int(last) - count + 1
-            rows: list[dict[str, Any]] = []
+            rows: list[tuple[Any, ...]] = []
             starting: dict[int, float] = {}
             started: list[tuple[int, float | None]] = []
             ended: list[tuple[int, int, float | None]] = []
+            time, as_json = sql.time, sql.json
             for write in writes:
                 seq = next_seq.get(write.experiment_id, 0)
                 write.seqs = list(range(seq, seq + len(write.events)))
                 next_seq[write.experiment_id] = seq + len(write.events)
                 for ev, s in zip(write.events, write.seqs, strict=True):
-                    rows.append({
-                        "experiment_id": write.experiment_id,
-                        "seq": s,
-                        "timestamp": to_datetime(ev.timestamp),
-                        "group_id": ev.group_id,
-                        "participant_id": ev.participant_id,
-                        "channel": ev.channel,
-                        "value": ev.value,
-                        "client_id": ev.client_id,
-                    })
+                    rows.append((
+                        write.experiment_id,
+                        s,
+                        time(ev.timestamp),
+                        ev.group_id,
+                        ev.participant_id,
+                        ev.channel,
+                        as_json(ev.value),
+                        ev.client_id,
+                    ))
                     if ev.channel == "state" and ev.group_id is not None:
                         g = write.group
                         if ev.value == "period_start":
@@ -740,27 +805,12 @@ def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:
 
 def _store_results(cursor: Any, sql: _BatchStatements, writes: Sequence[Write]) -> None:
     sql.results.run(cursor, [
-        {
-            "session_id": r.session_id,
-            "experiment_id": w.experiment_id,
-            "seq": w.seqs[r.event],
-            "subperiod": r.subperiod,
-            "decision": r.decision,
-            "score": r.score,
-        }
+        (r.session_id, w.experiment_id, w.seqs[r.event], r.subperiod, sql.json(r.decision), r.score)
         for w in writes
         for r in w.results
     ])
     sql.ticks.run(cursor, [
-        {
-            "group_id": t.group_id,
-            "kind": t.kind,
-            "index": t.index,
-            "scheduled_at": to_datetime(t.scheduled_at),
-            "actual_at": to_datetime(t.actual_at),
-            "late": t.late,
-            "snapshot": t.snapshot,
-        }
+        (t.group_id, t.kind, t.index, sql.time(t.scheduled_at), sql.time(t.actual_at), t.late, sql.json(t.snapshot))
         for w in writes
         for t in w.ticks
     ])
@@ -814,39 +864,40 @@ def _store_group_states(cursor: Any, sql: _BatchStatements, writes: Iterable[Wri
             if last is None and previous is not None:
                 last = previous[1]
             latest[write.group.group_id] = (write.group, last)
+    time, as_json = sql.time, sql.json
     sql.group.run(cursor, [
-        {
-            "gid": g.group_id,
-            "phase": g.phase,
-            "started_at": to_datetime(g.started_at),
-            "ends_at": to_datetime(g.ends_at),
-            "ended_at": to_datetime(g.ended_at),
-            "subperiod": g.subperiod,
-            "decisions": g.decisions,
-            "vars": g.vars,
-            "clock": g.clock,
-            "last_seq": last,
-        }
+        (
+            g.phase,
+            time(g.started_at),
+            time(g.ends_at),
+            time(g.ended_at),
+            g.subperiod,
+            as_json(g.decisions),
+            as_json(g.vars),
+            as_json(g.clock),
+            last,
+            g.group_id,
+        )
         for g, last in latest.values()
     ])
 
 
 def _store_connections(cursor: Any, sql: _BatchStatements, changes: Sequence[ConnectionChange]) -> None:
     sql.opened.run(cursor, [
-        {
-            "id": c.id,
-            "participant_id": c.participant_id,
-            "experiment_id": c.experiment_id,
-            "connected_at": to_datetime(c.opened),
-            "user_agent": (c.user_agent or "")[:512] or None,
-            "address": c.address,
-            "route": c.route,
-        }
+        (
+            c.id,
+            c.participant_id,
+            c.experiment_id,
+            sql.time(c.opened),
+            (c.user_agent or "")[:512] or None,
+            c.address,
+            c.route,
+        )
         for c in changes
         if c.opened is not None
     ])
     sql.closed.run(cursor, [
-        {"cid": c.id, "disconnected_at": to_datetime(c.closed), "close_code": c.close_code}
+        (c.id, sql.time(c.closed), c.close_code)
         for c in changes
         if c.closed is not None
     ])

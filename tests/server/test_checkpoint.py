@@ -88,7 +88,7 @@ async def test_under_steady_writes_the_log_starts_over_instead_of_growing(
         writer.start()
         loop = asyncio.get_running_loop()
         commits, deadline = 0, loop.time() + timeout(3)
-        while commits < 1500 and loop.time() < deadline:  # one commit at a time, back to back
+        while commits < 3000 and loop.time() < deadline:  # one commit at a time, back to back
             done: asyncio.Future[Write] = loop.create_future()
             write = Write(
                 experiment_id,
@@ -101,9 +101,11 @@ async def test_under_steady_writes_the_log_starts_over_instead_of_growing(
         assert commits >= 300, f"too few commits to judge: {commits}"
         await writer.close()
         log_size = size(Path(f"{path}-wal"))
-        # every commit adds at least two pages (the event's and the group's) of 4 KiB
+        # every commit adds at least two pages (the event's and the group's) of 4 KiB; the file
+        # keeps the size of the longest stretch between two restarts (a stalled checkpoint on a
+        # busy machine makes one longer), so the bound is a fraction, not a few commits' worth
         never_restarted = commits * 2 * 4096
-        assert log_size < never_restarted / 4, (
+        assert log_size < never_restarted / 3, (
             f"the log holds {log_size} bytes after {commits} commits: it never started over"
         )
     finally:

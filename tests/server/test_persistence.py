@@ -28,6 +28,7 @@ from server.database import (
     load_group,
     make_engine,
     new_code,
+    to_datetime,
     to_epoch,
 )
 from server.database import connections as connections_table
@@ -279,3 +280,37 @@ def test_the_writers_prepared_statements_store_what_sqlalchemy_reads_back(engine
 def only_group(engine: Engine, experiment_id: int) -> int:
     with engine.connect() as conn:
         return int(conn.execute(select(groups_table.c.id).where(groups_table.c.experiment_id == experiment_id)).scalar_one())
+
+
+def test_the_writer_stores_exactly_what_a_sqlalchemy_insert_stores(engine: Engine) -> None:
+    """Times and JSON go to the driver already converted (and times remembered): the stored form is SQLAlchemy's."""
+    codes = [new_code() for _ in range(2)]
+    block = NewBlock(0, 60.0, 3, None, 0.0, "fixed", [[0, 1]])
+    experiment_id = insert_experiment(engine, NewExperiment(new_code(), "bimatrix", {}, 2, codes, [block], 1e9))
+    spec = load_group(engine, only_group(engine, experiment_id))
+    assert spec is not None
+    member = spec.member_ids[codes[0]]
+    cases: list[tuple[float, Any]] = [
+        (1_700_000_000.1234567, 0.1 + 0.2),  # a time past microseconds; a float that needs 17 digits
+        (1_700_000_000.1234567, {"a": [1, None, "✓"]}),  # the same time again: from the writer's memory
+        (0.0, None),
+        (1_999_999_999.999999, "text"),
+    ]
+    write = Write(
+        experiment_id,
+        [NewEvent("decisions", value, at, spec.group_id, member, f"w-{i}") for i, (at, value) in enumerate(cases)],
+    )
+    with engine.connect() as conn:
+        commit_writes(conn, [write])
+    with engine.begin() as conn:
+        conn.execute(events_table.insert(), [
+            {"experiment_id": experiment_id, "seq": 100 + i, "timestamp": to_datetime(at), "group_id": spec.group_id,
+             "participant_id": member, "channel": "decisions", "value": value, "client_id": f"sa-{i}"}
+            for i, (at, value) in enumerate(cases)
+        ])
+    raw = "SELECT timestamp, value FROM events WHERE client_id = :id"
+    with engine.connect() as conn:  # text(): the values as the database holds them, not read back through types
+        for i in range(len(cases)):
+            ours = conn.execute(text(raw), {"id": f"w-{i}"}).one()
+            theirs = conn.execute(text(raw), {"id": f"sa-{i}"}).one()
+            assert tuple(ours) == tuple(theirs)
