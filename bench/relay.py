@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +32,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 #: the server's own limits (server.cli.WS_MAX_SIZE, Settings.send_queue_frames)
 WS_MAX_SIZE = 1024 * 1024
 SEND_QUEUE_FRAMES = 2048
+#: the server's collector threshold (server.cli.GC_THRESHOLD)
+GC_THRESHOLD = 10_000
 
 
 def encode(channel: str, payload: Any) -> str:
@@ -132,7 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.drop_every < 0:
         parser.error(f"--drop-every: expected 0 or more, got {args.drop_every}")
-    # the options of server.cli._serve, so the floor has the server's own WebSocket stack
+    # the collector as server.cli.tune_gc sets it, and the options of server.cli._serve: the
+    # floor has the server's own process settings and WebSocket stack
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
     uvicorn.run(
         create_app(args.drop_every),
         host=args.host,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Sequence
 
@@ -25,6 +26,8 @@ from .verify import run_verify
 
 #: uvicorn closes a socket with 1009 past this; below it our own limit answers with an error frame
 WS_MAX_SIZE = 1024 * 1024
+#: young objects allocated (net) before the collector runs; CPython's default is 700
+GC_THRESHOLD = 10_000
 
 
 def _prepare(settings: Settings) -> str:
@@ -51,6 +54,7 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
             f"--workers {workers}: several processes need the Redis hub (REDIS_URL), which this "
             "version does not have yet; run one worker"
         )
+    tune_gc()
     uvicorn.run(
         "server.app:app",
         host=host,
@@ -59,6 +63,25 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
         ws_per_message_deflate=False,
         log_level="info",
     )
+
+
+def tune_gc() -> None:
+    """Fewer and shorter pauses of the cyclic garbage collector while serving.
+
+    Under load the collector paused the event loop and the writer together: at the default
+    threshold a young collection ran every few hundred decisions, and every full collection
+    walked the whole heap of imported modules (SQLAlchemy's alone is tens of thousands of
+    objects), tens of milliseconds each time on this 2-core machine. What is imported before
+    serving lives as long as the process, so it is frozen (never walked again), and young
+    collections run at ``GC_THRESHOLD`` net allocations instead of 700; cycles are still
+    collected, in fewer and similar-length pauses.
+    """
+    from . import app  # noqa: F401  (imported here so that the app's modules are frozen too)
+
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD, older, oldest)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

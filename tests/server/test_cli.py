@@ -353,3 +353,17 @@ def test_an_older_code_that_starts_with_a_dash_is_given_after_a_double_dash(
     monkeypatch.setenv("DATABASE_URL", url)
     assert main(["verify", "--", "-an-old-code"]) == 2
     assert "no experiment with code '-an-old-code'" in capsys.readouterr().err
+
+
+def test_serving_freezes_what_was_imported_and_collects_young_objects_less_often() -> None:
+    """tune_gc (run by serve and demo before uvicorn starts): the app's modules are frozen."""
+    code = (
+        "import gc; from server.cli import GC_THRESHOLD, tune_gc; "
+        "before = gc.get_threshold(); tune_gc(); "
+        "assert gc.get_threshold() == (GC_THRESHOLD, *before[1:]), gc.get_threshold(); "
+        "import sys; assert 'server.app' in sys.modules and 'sqlalchemy' in sys.modules; "
+        "print(gc.get_freeze_count())"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout(60))
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) > 10_000, "the imported modules' objects are frozen"
