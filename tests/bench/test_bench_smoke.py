@@ -68,3 +68,21 @@ def test_repeated_runs_are_judged_by_the_median_run() -> None:
     assert "MET    2,000/s p99 <= 25 ms: 12.0 ms" in lines
     assert "MET    2,000/s p50 <= 3 ms: 2.5 ms" in lines
     assert median_runs(rows[:2])["server-2000"]["repeat"] == 2  # of two, the lower p99
+
+
+def test_a_run_whose_generator_lagged_is_left_out_or_judged_unsure() -> None:
+    def run(name: str, p99: float, lag: float, repeat: int) -> dict[str, Any]:
+        return {"name": name, "repeat": repeat, "latency_ms": {"p50": 1.0, "p99": p99}, "send_lag_ms": {"p99": lag},
+                "lost": 0, "unpersisted": 0}
+
+    # the steadier repeats are judged; the stalled one (generator 30 ms late) is left out
+    rows = [run("server-2000", 3.0, 30.0, 1), run("server-2000", 9.0, 1.0, 2), run("server-2000", 8.0, 1.2, 3)]
+    assert median_runs(rows)["server-2000"]["repeat"] == 3
+    assert "MET    2,000/s p99 <= 25 ms: 8.0 ms" in verdicts(rows)
+    # a relay whose every repeat stalled cannot make the ratio met
+    relay = [run("relay-2000", 40.0, 25.0, 1), run("relay-2000", 60.0, 20.0, 2)]
+    lines = verdicts(rows + relay)
+    ratio = next(line for line in lines if "relay's" in line)
+    assert ratio.startswith("UNSURE p99 <= 2x the relay's") and "relay-2000 25.0 ms" in ratio, ratio
+    # counts are judged whatever the timing
+    assert "MET    2,000/s 0 lost: 0" in lines
