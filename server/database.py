@@ -1,9 +1,9 @@
 """The one module that speaks SQL.
 
-Every function here is synchronous and runs on a worker thread (:class:`Database` hands it to
-an executor), never on the event loop. Writes of events go through :func:`commit_writes`, called
-by the writer (:meth:`Database.commit`) with many writes at once: one transaction, one
-``executemany`` per table, of statements compiled once.
+Every function here is synchronous and runs on a worker thread (:class:`Database` hands reads
+to an executor and writes to its writer thread), never on the event loop. Writes of events go
+through :func:`commit_writes`, called on the writer thread with many writes at once: one
+transaction, one ``executemany`` per table, of statements compiled once.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, inspect, select, text
 
 from server.database import (
     ConnectionChange,
+    GroupSpec,
     GroupUpdate,
     NewBlock,
     NewEvent,
@@ -231,11 +232,7 @@ def test_a_database_of_an_older_version_is_refused_with_what_it_lacks(tmp_path: 
 
 def test_the_writers_prepared_statements_store_what_sqlalchemy_reads_back(engine: Engine) -> None:
     """commit_writes runs precompiled SQL on the driver's cursor: every type comes back as written."""
-    codes = [new_code() for _ in range(2)]
-    block = NewBlock(0, 60.0, 3, None, 0.0, "fixed", [[0, 1]])
-    experiment_id = insert_experiment(engine, NewExperiment(new_code(), "bimatrix", {}, 2, codes, [block], 1e9))
-    spec = load_group(engine, only_group(engine, experiment_id))
-    assert spec is not None
+    experiment_id, spec, codes = one_group_of_two(engine)
     a, b = (spec.member_ids[c] for c in codes)
     at = 1_700_000_000.123456
     values: list[Any] = [None, 0.5, "é ✓ \"quoted\"", {"nested": [1, 2.5, None, {"x": True}]}, [], 7]
@@ -277,18 +274,21 @@ def test_the_writers_prepared_statements_store_what_sqlalchemy_reads_back(engine
     assert (tick["kind"], tick["index"], tick["late"], tick["snapshot"]) == ("subperiod", 1, False, {codes[0]: 0.25})
 
 
-def only_group(engine: Engine, experiment_id: int) -> int:
+def one_group_of_two(engine: Engine) -> tuple[int, GroupSpec, list[str]]:
+    """A stored bimatrix experiment of one group of two: its id, the group, the member codes."""
+    codes = [new_code() for _ in range(2)]
+    block = NewBlock(0, 60.0, 3, None, 0.0, "fixed", [[0, 1]])
+    experiment_id = insert_experiment(engine, NewExperiment(new_code(), "bimatrix", {}, 2, codes, [block], 1e9))
     with engine.connect() as conn:
-        return int(conn.execute(select(groups_table.c.id).where(groups_table.c.experiment_id == experiment_id)).scalar_one())
+        group_id = conn.execute(select(groups_table.c.id).where(groups_table.c.experiment_id == experiment_id)).scalar_one()
+    spec = load_group(engine, int(group_id))
+    assert spec is not None
+    return experiment_id, spec, codes
 
 
 def test_the_writer_stores_exactly_what_a_sqlalchemy_insert_stores(engine: Engine) -> None:
     """Times and JSON go to the driver already converted (and times remembered): the stored form is SQLAlchemy's."""
-    codes = [new_code() for _ in range(2)]
-    block = NewBlock(0, 60.0, 3, None, 0.0, "fixed", [[0, 1]])
-    experiment_id = insert_experiment(engine, NewExperiment(new_code(), "bimatrix", {}, 2, codes, [block], 1e9))
-    spec = load_group(engine, only_group(engine, experiment_id))
-    assert spec is not None
+    experiment_id, spec, codes = one_group_of_two(engine)
     member = spec.member_ids[codes[0]]
     cases: list[tuple[float, Any]] = [
         (1_700_000_000.1234567, 0.1 + 0.2),  # a time past microseconds; a float that needs 17 digits
