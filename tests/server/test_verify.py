@@ -111,7 +111,8 @@ async def play_everything(url: str) -> dict[str, dict[str, Any]]:
     async with running_server(url) as server:
         made = {
             "pairs": await server.create(period_length=1, num_subperiods=2, bonus_points=1.5, config={"payoffs": PD}),
-            "flow": await server.create(period_length=1, config={"payoffs": PD}),
+            # 2 s: the pause must come before the end even when this busy machine stalls a few 100 ms
+            "flow": await server.create(period_length=2, config={"payoffs": PD}),
             "goods": await server.create(
                 game="public_goods", participants=6, group_size=3, period_length=1, num_subperiods=4,
                 config={"endowment": 20, "mpcr": 0.4},
