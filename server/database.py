@@ -446,12 +446,7 @@ def _group_spec(conn: Connection, group_id: int) -> GroupSpec | None:
         .where(memberships.c.group_id == group_id)
         .order_by(memberships.c.position)
     ).all()
-    state = conn.execute(
-        select(events.c.seq, events.c.timestamp, events.c.value)
-        .where(and_(events.c.group_id == group_id, events.c.channel == "state"))
-        .order_by(events.c.seq.desc())
-        .limit(1)
-    ).first()
+    state = conn.execute(last_state_query(group_id)).first()
     return GroupSpec(
         group_id=group_id,
         group_index=row["index"],
@@ -473,6 +468,20 @@ def _group_spec(conn: Connection, group_id: int) -> GroupSpec | None:
         session_ids={m[0]: m[2] for m in members},
         group=dict(row),
         last_state=None if state is None else {"seq": state[0], "ts": to_epoch(state[1]), "value": state[2]},
+    )
+
+
+def last_state_query(group_id: int) -> Any:
+    """The group's last ``state`` event: ``seq, timestamp, value``.
+
+    Its condition on the channel is the partial index's own text (``models.STATE_ONLY``), not
+    a bound parameter, so the database can use ``ix_events_group_state``.
+    """
+    return (
+        select(events.c.seq, events.c.timestamp, events.c.value)
+        .where(and_(events.c.group_id == group_id, text(models.STATE_ONLY)))
+        .order_by(events.c.seq.desc())
+        .limit(1)
     )
 
 

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from bench.__main__ import median_runs, verdicts
 from bench.load import Api, Load, run_load
 from bench.proc import running
+from bench.writer import main as writer_main
+from bench.writer import measure
 from tests.server.harness import timeout
 
 #: 8 participants in 2 groups of 4, 5 decisions/s each for 1 s: 40 sends, 160 deliveries
@@ -86,3 +91,20 @@ def test_a_run_whose_generator_lagged_is_left_out_or_judged_unsure() -> None:
     assert ratio.startswith("UNSURE p99 <= 2x the relay's") and "relay-2000 25.0 ms" in ratio, ratio
     # counts are judged whatever the timing
     assert "MET    2,000/s 0 lost: 0" in lines
+
+
+async def test_the_writer_benchmark_stores_every_decision_it_times(tmp_path: Path) -> None:
+    """bench.writer drives the real writer: its decisions are in the database, one batch per round."""
+    async with asyncio.timeout(timeout(60)):
+        r = await measure(8, 4, batch=3, prefill=30, rounds=20, seed=7, directory=tmp_path)
+    assert r["stored"] == (30 // 3 + 20) * 3, r
+    assert r["writes_per_batch"] == 3.0, r
+    assert r["writer_cpu_us_per_decision"] > 0 and r["written_kb_per_batch"] > 0, r
+    assert r["wall_ms"]["p50"] >= r["writer_cpu_ms"]["p10"] > 0, r
+
+
+def test_the_writer_benchmark_refuses_a_batch_larger_than_the_participants(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        writer_main(["--participants", "8", "--batch", "9"])
+    assert exit_.value.code == 2
+    assert "--batch: expected 1 to --participants (8), got 9" in capsys.readouterr().err

@@ -25,6 +25,7 @@ from server.database import (
     commit_writes,
     create_schema,
     insert_experiment,
+    last_state_query,
     list_events,
     load_group,
     make_engine,
@@ -314,3 +315,31 @@ def test_the_writer_stores_exactly_what_a_sqlalchemy_insert_stores(engine: Engin
             ours = conn.execute(text(raw), {"id": f"w-{i}"}).one()
             theirs = conn.execute(text(raw), {"id": f"sa-{i}"}).one()
             assert tuple(ours) == tuple(theirs)
+
+
+def test_a_groups_last_state_is_found_through_the_index_of_state_events_only(engine: Engine) -> None:
+    """Events are not indexed by group (a page per group in every commit): only ``state`` events are."""
+    experiment_id, spec, codes = one_group_of_two(engine)
+    member = spec.member_ids[codes[0]]
+    at = 1_700_000_000.0
+    channels = ["state", "decisions", "state", "decisions", "decisions"]
+    values: list[Any] = ["period_start", 1, "paused", 2, 3]
+    write = Write(experiment_id, [
+        NewEvent(channel, value, at + i, spec.group_id, None if channel == "state" else member)
+        for i, (channel, value) in enumerate(zip(channels, values, strict=True))
+    ])
+    with engine.connect() as conn:
+        commit_writes(conn, [write])
+    reloaded = load_group(engine, spec.group_id)
+    assert reloaded is not None and reloaded.last_state == {"seq": 3, "ts": at + 2, "value": "paused"}
+    indexes = {i["name"]: i for i in inspect(engine).get_indexes("events")}
+    assert "ix_events_group_state" in indexes and "ix_events_group_id" not in indexes
+    index = indexes["ix_events_group_state"]
+    assert index["column_names"] == ["group_id", "seq"]
+    where = index["dialect_options"][f"{engine.dialect.name}_where"]
+    assert "channel" in str(where) and "'state'" in str(where)
+    if engine.dialect.name == "sqlite":  # the planner takes it: the query repeats the condition's text
+        query = last_state_query(spec.group_id).compile(engine, compile_kwargs={"literal_binds": True})
+        with engine.connect() as conn:
+            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}"))
+        assert "USING INDEX ix_events_group_state" in plan
