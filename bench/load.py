@@ -281,14 +281,14 @@ class Run:
             "delivered": total - lost if sent else 0,
             "delivered_per_s": sum(1 for j in sent if reached[j] >= expected[j]) / max(last_receipt - self.t0, 1e-9),
             "deliveries": len(latencies),
-            "latency_ms": _percentiles(latencies),
-            "ack_latency_ms": _percentiles(ack_latencies),
+            "latency_ms": percentiles(latencies),
+            "ack_latency_ms": percentiles(ack_latencies),
             "acked": len(acked),
             "lost": lost,
             "lost_deliveries": lost_deliveries,
             "unsent": total - len(sent),
             "errors": dict(self.errors),
-            "send_lag_ms": _percentiles([self.sent_at[j] - self.due[j] for j in sent]),
+            "send_lag_ms": percentiles([self.sent_at[j] - self.due[j] for j in sent]),
             "generator_cpu": self.generator_cpu,
             "target_cpu": self.target_cpu,
             "target_rss_mb": None if self.target_rss is None else self.target_rss / 2**20,
@@ -302,12 +302,12 @@ class Run:
             result["not_stored"] = len(missing)
             result["unpersisted"] = sum(1 for j in missing if j in seen)
         if self.tick_lateness is not None:
-            result["tick_lateness_ms"] = _percentiles(self.tick_lateness)
+            result["tick_lateness_ms"] = percentiles(self.tick_lateness)
             result["ticks"] = len(self.tick_lateness)
         return result
 
 
-def _percentiles(values: Sequence[float]) -> dict[str, float] | None:
+def percentiles(values: Sequence[float]) -> dict[str, float] | None:
     """p50, p90, p99 and max of ``values`` (seconds) in milliseconds (nearest rank)."""
     if not values:
         return None
