@@ -3,7 +3,10 @@
 The event loop only appends to a queue. The thread takes whatever writes are queued when it is
 free, commits them as one batch, and posts the outcome back to the loop with one
 ``call_soon_threadsafe``. Under load it never sleeps: the next batch starts as soon as the last
-one is committed, while the loop sends the last one out.
+one is committed, while the loop sends the last one out. An idle thread is woken once the loop
+has run what was ready when the first write came (``call_soon``), not at each write: the frames
+that arrive together are committed together, and the thread does not take the core from the
+loop in the middle of its turn to commit one write while the next ones wait for a batch of their own.
 
 A failed batch halts the thread until the loop has withdrawn the writes queued behind it
 (:meth:`WriterThread.withdraw`) and called :meth:`WriterThread.resume`: none of them, computed on
@@ -69,6 +72,8 @@ class WriterThread:
         self._done: Done | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._max_batch = 2000
+        #: the loop that will wake the idle thread at the end of its turn (see :meth:`_put`)
+        self._waking: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ the loop's side
 
@@ -128,8 +133,26 @@ class WriterThread:
                     self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                     self._thread.start()
         if self._idle:  # see _next: set before the thread looks at the queue a last time
-            with self._cond:
-                self._cond.notify()
+            self._wake_soon()
+
+    def _wake_soon(self) -> None:
+        """Wake the idle thread after what the running loop has ready now (at once without a loop)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None and self._waking is loop:
+            return  # this turn's wake-up is already due
+        if loop is None or self._waking is not None:  # no loop, or another loop's wake-up is due
+            self._wake()
+            return
+        self._waking = loop
+        loop.call_soon(self._wake)
+
+    def _wake(self) -> None:
+        self._waking = None
+        with self._cond:
+            self._cond.notify()
 
     # ------------------------------------------------------------------ the thread's side
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,26 @@ async def test_writes_queued_while_a_batch_commits_go_together_and_jobs_keep_the
         await asyncio.wait_for(finished.wait(), timeout(5))
         assert rec.batches == [[1], [2, 3, 4], [5], [6]]
         assert [b for b, _ in done] == rec.batches and all(exc is None for _, exc in done)
+    finally:
+        thread.stop()
+
+
+async def test_an_idle_thread_is_woken_after_the_loops_turn_so_the_writes_of_one_turn_go_together() -> None:
+    rec = Recorder()
+    thread = WriterThread(rec.commit, lambda: None)
+    committed = asyncio.Event()
+    thread.batches_to(asyncio.get_running_loop(), lambda batch, exc: committed.set(), max_batch=100)
+    try:
+        thread.submit(item(0))  # starts the thread; let it commit and go idle
+        await asyncio.wait_for(committed.wait(), timeout(5))
+        await asyncio.sleep(0.05)
+        committed.clear()
+        thread.submit(item(1))
+        time.sleep(0.1)  # noqa: ASYNC251 - the rest of this turn, GIL released: a woken thread would commit 1 alone now
+        thread.submit(item(2))
+        assert rec.batches == [[0]], "the thread started a batch before the loop's turn ended"
+        await asyncio.wait_for(committed.wait(), timeout(5))
+        assert rec.batches == [[0], [1, 2]]
     finally:
         thread.stop()
 
