@@ -228,6 +228,18 @@ async def healthz(request: Request) -> Response:
     return JSON({"status": "ok"})
 
 
+async def server_status(request: Request) -> Response:
+    """This process since it started: the writer's batches, writes and events, live groups, sockets."""
+    require_admin(request)
+    rt = runtime(request)
+    live = list(rt.groups.groups.values())
+    return JSON({
+        "writer": {"batches": rt.writer.batches, "writes": rt.writer.writes, "events": rt.writer.committed},
+        "live_groups": len(live),
+        "connections": sum(len(group.current) for group in live),
+    })
+
+
 async def games(request: Request) -> Response:
     return JSON(
         {
@@ -389,6 +401,7 @@ def api_error(request: Request, exc: Exception) -> Response:
 routes = [
     Route("/healthz", healthz),
     Route("/api/games", games),
+    Route("/api/server", server_status),
     Route("/api/experiments", experiments, methods=["GET", "POST"]),
     Route("/api/experiments/{code}", experiment_detail),
     Route("/api/experiments/{code}/participants", participants_list),

@@ -208,6 +208,11 @@ def _other_schemas() -> dict[str, JSONSchema]:
             optional=("field",),
         ),
         "Health": _object({"status": {"const": "ok"}}),
+        "ServerStatus": _object({
+            "writer": _object({name: {"type": "integer", "minimum": 0} for name in ("batches", "writes", "events")}),
+            "live_groups": {"type": "integer", "minimum": 0},
+            "connections": {"type": "integer", "minimum": 0},
+        }),
         "Game": game,
         "Games": _object({"results": {"type": "array", "items": _ref("Game")}}),
         "Stats": _object(
@@ -477,6 +482,9 @@ def _paths() -> dict[str, Any]:
                    security=PUBLIC),
         "/api/games": _get("listGames", "the registered games with their config schemas and defaults",
                            _json(_ref("Games"), "the games"), [], (), security=PUBLIC),
+        "/api/server": _get("getServer", "this process since it started: the writer's batches, writes and events "
+                            "committed, the live groups and participant sockets",
+                            _json(_ref("ServerStatus"), "the counters"), [], (401, 403)),
         **_experiment_paths(),
     }
 

@@ -107,6 +107,27 @@ async def test_games_lists_both_bundled_games_with_schema_and_defaults(server: H
     assert games["public_goods"]["default_config"]["mpcr"] == 0.5
 
 
+async def test_the_server_counts_the_writers_batches_writes_and_events_and_the_sockets(server: Harness) -> None:
+    """GET /api/server: what the writer committed since start-up, live groups and participant sockets."""
+    before = (await server.http.get("/api/server")).json()
+    exp = await server.create(participants=2, group_size=2)
+    first = await server.connect(exp["participants"][0]["code"])
+    second = await server.connect(exp["participants"][1]["code"])
+    await first.send("decisions", 0.25, "d1")
+    await first.expect("ack")
+    status = (await server.http.get("/api/server")).json()
+    assert status["live_groups"] == before["live_groups"] + 1
+    assert status["connections"] == before["connections"] + 2
+    stored = len(await server.events(exp["code"]))
+    writer, earlier = status["writer"], before["writer"]
+    assert writer["events"] - earlier["events"] == stored, "every stored event is counted once"
+    # two connects, and the decision (the start is a tick or rides on the second connect's write)
+    assert 3 <= writer["writes"] - earlier["writes"] <= stored
+    assert 1 <= writer["batches"] - earlier["batches"] <= writer["writes"] - earlier["writes"]
+    await first.close()
+    await second.close()
+
+
 # --------------------------------------------------------------------------- creating an experiment
 
 
@@ -289,6 +310,7 @@ ADMIN_ENDPOINTS = [
     pytest.param("POST", "/api/experiments", id="create"),
     pytest.param("GET", "/api/experiments/{code}", id="detail"),
     pytest.param("GET", "/api/experiments/{code}/events", id="events"),
+    pytest.param("GET", "/api/server", id="server"),
 ]
 
 
