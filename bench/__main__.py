@@ -13,6 +13,7 @@ import datetime as dt
 import os
 import platform
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,9 @@ from typing import Any
 
 import orjson
 
+from .disk import describe
 from .load import Load, hold_idle, run_load
-from .proc import cores, pin_self, raise_open_files, running
+from .proc import cores, pin_self, raise_open_files, run_pinned, running
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -29,7 +31,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 @dataclass(frozen=True)
 class Case:
     name: str
-    target: str  # "server" or "relay"
+    target: str  # "server", "relay" or "disk" (bench.disk: no target process)
     load: Load | None = None
     idle: int = 0
 
@@ -41,6 +43,7 @@ def matrix(duration: float, idle: int, scale: float = 1.0) -> list[Case]:
         return max(4, int(count * scale) // 4 * 4)
 
     return [
+        Case("disk", "disk"),
         Case("relay-1000", "relay", Load(n(200), 4, 5.0, duration)),
         Case("server-1000", "server", Load(n(200), 4, 5.0, duration)),
         Case("relay-2000", "relay", Load(n(400), 4, 5.0, duration)),
@@ -51,6 +54,9 @@ def matrix(duration: float, idle: int, scale: float = 1.0) -> list[Case]:
 
 
 async def run_case(case: Case, target_core: int | None) -> dict[str, Any]:
+    if case.target == "disk":
+        out = await asyncio.to_thread(run_pinned, "bench.disk", ["--json", "--dir", tempfile.gettempdir()], target_core)
+        return {"name": case.name, "target": case.target, **orjson.loads(out)}
     with running(case.target, target_core) as target:
         if case.load is None:
             row = await hold_idle(target, case.idle)
@@ -63,10 +69,16 @@ def _ms(value: dict[str, float] | None, key: str) -> str:
     return "-" if value is None else f"{value[key]:.1f}"
 
 
+def _per_batch(writer: dict[str, Any] | None) -> str:
+    if writer is None or writer.get("writes_per_batch") is None:
+        return "-"
+    return f"{writer['writes_per_batch']:.2f}"
+
+
 def table(rows: Sequence[dict[str, Any]]) -> str:
     """The runs as a fixed-width table (idle runs get a line of their own below)."""
     head = ("run", "target", "N", "G", "R", "offered/s", "delivered/s", "p50", "p90", "p99", "max", "ack p99",
-            "lost", "unpers.", "srv CPU", "srv RSS", "gen CPU", "lag p99", "tick p99")
+            "lost", "unpers.", "srv CPU", "srv RSS", "w/batch", "gen CPU", "lag p99", "tick p99")
     lines = [head]
     repeated = any(r.get("repeat", 1) > 1 for r in rows)
     for r in rows:
@@ -80,6 +92,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
             str(r["lost"]), "-" if r["unpersisted"] is None else str(r["unpersisted"]),
             "-" if r["target_cpu"] is None else f"{r['target_cpu'] * 100:.0f}%",
             "-" if r["target_rss_mb"] is None else f"{r['target_rss_mb']:.0f}MB",
+            _per_batch(r.get("writer")),
             f"{r['generator_cpu'] * 100:.0f}%", _ms(r["send_lag_ms"], "p99") + ("!" if disturbed(r) else ""),
             _ms(r["tick_lateness_ms"], "p99"),
         ))
@@ -87,11 +100,14 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     out = ["  ".join(cell.rjust(w) if i >= 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
            for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
-    out.append("(latencies in ms: send to receipt of group_decisions by every group member; ack: send to ack)")
+    out.append("(latencies in ms: send to receipt of group_decisions by every group member; ack: send to ack; "
+               "w/batch: the writes (a decision, a tick, a connection) the server committed per transaction)")
     if any(disturbed(r) for r in rows):
         out.append(f"(!: a disturbed run, the generator's own send lag over {LAG_LIMIT_MS:g} ms at p99; "
                    "left out of the verdicts while a repeat of it is not)")
     for r in rows:
+        if "fdatasync_ms" in r:
+            out.append(describe(r))
         if "held" in r:
             out.append(
                 f"{r['name']}: {r['target']} held {r['held']} of {r['wanted']} idle connections "
@@ -222,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per run (default 10)")
     parser.add_argument("--idle", type=int, default=10_000, help="idle connections to hold (default 10000)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply participant counts (e.g. 0.1 for a quick look)")
-    parser.add_argument("--only", help="comma-separated run names (relay-1000,server-1000,relay-2000,server-2000,ticks-1000,idle)")
+    parser.add_argument("--only", help="comma-separated run names (disk,relay-1000,server-1000,relay-2000,server-2000,ticks-1000,idle)")
     parser.add_argument("--out", help="JSON lines file (default bench/results/<timestamp>.jsonl)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the target and the generator to cores")
     parser.add_argument("--repeat", type=int, default=1, help="run each case this many times (default 1); "

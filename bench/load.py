@@ -235,6 +235,8 @@ class Run:
     stored: set[tuple[str, int]] | None = None
     #: seconds each subperiod tick ran after it was due (server with subperiods only)
     tick_lateness: list[float] | None = None
+    #: the server's writer over the sends: batches, writes and events committed (server only)
+    writer: dict[str, int] | None = None
 
     def check_complete(self) -> None:
         """Set :attr:`complete` once every member received every send and every send was acknowledged."""
@@ -296,7 +298,11 @@ class Run:
             "unpersisted": None,
             "not_stored": None,
             "tick_lateness_ms": None,
+            "writer": None,
         }
+        if self.writer is not None:
+            batches = self.writer["batches"]
+            result["writer"] = {**self.writer, "writes_per_batch": self.writer["writes"] / batches if batches else None}
         if self.stored is not None:
             missing = [j for j in sent if (self.codes[j % n], j // n + 1) not in self.stored]
             result["not_stored"] = len(missing)
@@ -381,7 +387,11 @@ async def run_load(target: Target, load: Load, *, measure_target: bool = True) -
             run.groups = [list(range((i // g) * g, (i // g + 1) * g)) for i in range(n)]
         async with asyncio.timeout(START_TIMEOUT):
             await asyncio.gather(*(peer.started.wait() for peer in run.peers))
+        writer0 = (await api.call("GET", "/api/server"))["writer"] if target.kind == "server" else None
         await _send_all(run, target, measure_target)
+        if writer0 is not None:
+            writer1 = (await api.call("GET", "/api/server"))["writer"]
+            run.writer = {key: writer1[key] - writer0[key] for key in ("batches", "writes", "events")}
         if target.kind == "server" and run.experiment is not None:
             await api.call("POST", f"/api/experiments/{run.experiment}/end")
             run.stored = await api.decisions(run.experiment)

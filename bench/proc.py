@@ -100,6 +100,18 @@ def _command(kind: str, extra: list[str]) -> list[str]:
     raise ValueError(f"expected a target 'server' or 'relay', got {kind!r}")
 
 
+def run_pinned(module: str, args: list[str], core: int | None, timeout: float = 120.0) -> str:
+    """``python -m module *args`` pinned to ``core``; its standard output (it must exit 0)."""
+    command = [sys.executable, "-m", module, *args]
+    if core is not None and shutil.which("taskset"):
+        command = ["taskset", "-c", str(core), *command]
+    environ = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    done = subprocess.run(command, env=environ, capture_output=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{module} exited with {done.returncode}: {done.stderr.decode(errors='replace')[-2000:]}")
+    return done.stdout.decode()
+
+
 @contextlib.contextmanager
 def running(kind: str, core: int | None, extra: list[str] | None = None, env: dict[str, str] | None = None) -> Iterator[Target]:
     """Start ``synclab serve`` (fresh SQLite database) or the relay, pinned to ``core``; stop it after."""

@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from bench.__main__ import median_runs, verdicts
+from bench.__main__ import Case, median_runs, run_case, table, verdicts
+from bench.disk import main as disk_main
+from bench.disk import measure as disk_measure
 from bench.load import Api, Load, run_load
 from bench.proc import running
 from bench.writer import main as writer_main
@@ -52,6 +54,10 @@ async def test_server_stores_everything_and_a_missing_event_is_unpersisted() -> 
             assert first["lost"] == 0 and first["deliveries"] == 160 and first["acked"] == 40, first
             assert first["unpersisted"] == 0 and first["not_stored"] == 0, first
             assert first["target_cpu"] is not None and first["target_rss_mb"] > 0, first
+            # every decision is one write of two events (the decision and the group's broadcast)
+            writer = first["writer"]
+            assert writer["writes"] == 40 and writer["events"] == 80, writer
+            assert 1 <= writer["batches"] <= 40 and writer["writes_per_batch"] == 40 / writer["batches"], writer
 
             # one acknowledged decision vanishes from the database: the check must see it
             with sqlite3.connect(server.database) as db:
@@ -108,3 +114,22 @@ def test_the_writer_benchmark_refuses_a_batch_larger_than_the_participants(capsy
         writer_main(["--participants", "8", "--batch", "9"])
     assert exit_.value.code == 2
     assert "--batch: expected 1 to --participants (8), got 9" in capsys.readouterr().err
+
+
+def test_the_disk_benchmark_times_every_sync_it_makes_and_leaves_no_file(tmp_path: Path) -> None:
+    row = disk_measure(str(tmp_path), size=8192, count=25, pause=0.0)
+    assert row["size"] == 8192 and row["count"] == 25 and row["fdatasync_ms"]["n"] == 25, row
+    assert 0 < row["fdatasync_ms"]["p50"] <= row["fdatasync_ms"]["max"], row
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_disk_benchmark_refuses_a_size_beyond_its_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert disk_main(["--dir", str(tmp_path), "--size", "0"]) == 2
+    assert "size: expected 1 to 4194304 bytes, got 0" in capsys.readouterr().err
+
+
+async def test_the_matrix_runs_the_disk_case_in_a_process_of_its_own_and_prints_its_line() -> None:
+    async with asyncio.timeout(timeout(60)):
+        row = await run_case(Case("disk", "disk"), None)
+    assert row["name"] == "disk" and row["fdatasync_ms"]["n"] == row["count"] == 2000, row
+    assert "disk: fdatasync after a 32 KiB write (2000 times" in table([row])
