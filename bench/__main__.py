@@ -75,10 +75,19 @@ def _per_batch(writer: dict[str, Any] | None) -> str:
     return f"{writer['writes_per_batch']:.2f}"
 
 
+def _slow_commits(writer: dict[str, Any] | None) -> str:
+    if writer is None or "slow_commits" not in writer:
+        return "-"
+    bucket = writer["slowest_commit_bucket"]
+    if bucket is None:
+        return "0"
+    return f"{writer['slow_commits']} {'>1000' if bucket == 'more' else '<=' + bucket}"
+
+
 def table(rows: Sequence[dict[str, Any]]) -> str:
     """The runs as a fixed-width table (idle runs get a line of their own below)."""
     head = ("run", "target", "N", "G", "R", "offered/s", "delivered/s", "p50", "p90", "p99", "max", "ack p99",
-            "lost", "unpers.", "srv CPU", "srv RSS", "w/batch", "gen CPU", "lag p99", "tick p99")
+            "lost", "unpers.", "srv CPU", "srv RSS", "w/batch", "slow c.", "gen CPU", "lag p99", "tick p99")
     lines = [head]
     repeated = any(r.get("repeat", 1) > 1 for r in rows)
     for r in rows:
@@ -92,7 +101,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
             str(r["lost"]), "-" if r["unpersisted"] is None else str(r["unpersisted"]),
             "-" if r["target_cpu"] is None else f"{r['target_cpu'] * 100:.0f}%",
             "-" if r["target_rss_mb"] is None else f"{r['target_rss_mb']:.0f}MB",
-            _per_batch(r.get("writer")),
+            _per_batch(r.get("writer")), _slow_commits(r.get("writer")),
             f"{r['generator_cpu'] * 100:.0f}%", _ms(r["send_lag_ms"], "p99") + ("!" if disturbed(r) else ""),
             _ms(r["tick_lateness_ms"], "p99"),
         ))
@@ -101,7 +110,8 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
            for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     out.append("(latencies in ms: send to receipt of group_decisions by every group member; ack: send to ack; "
-               "w/batch: the writes (a decision, a tick, a connection) the server committed per transaction)")
+               "w/batch: the writes (a decision, a tick, a connection) the server committed per transaction; "
+               "slow c.: its commits over 20 ms, and the longest's bucket in ms)")
     if any(disturbed(r) for r in rows):
         out.append(f"(!: a disturbed run, the generator's own send lag over {LAG_LIMIT_MS:g} ms at p99; "
                    "left out of the verdicts while a repeat of it is not)")

@@ -201,6 +201,10 @@ class Peer:
                     self.started.set()
 
 
+#: commit-time buckets (ms, upper bounds) of commits not counted slow: a slow commit took over 20 ms
+SWIFT_COMMIT_BUCKETS = ("1", "2", "5", "10", "20")
+
+
 @dataclass
 class Run:
     """The raw record of one load run; :meth:`summary` reduces it."""
@@ -237,6 +241,8 @@ class Run:
     tick_lateness: list[float] | None = None
     #: the server's writer over the sends: batches, writes and events committed (server only)
     writer: dict[str, int] | None = None
+    #: the server's commits over the sends by wall time (see server.writer.EventWriter.commit_ms)
+    commit_ms: dict[str, int] | None = None
 
     def check_complete(self) -> None:
         """Set :attr:`complete` once every member received every send and every send was acknowledged."""
@@ -303,6 +309,11 @@ class Run:
         if self.writer is not None:
             batches = self.writer["batches"]
             result["writer"] = {**self.writer, "writes_per_batch": self.writer["writes"] / batches if batches else None}
+        if self.commit_ms is not None and result["writer"] is not None:
+            slow = [bucket for bucket, n in self.commit_ms.items() if n and bucket not in SWIFT_COMMIT_BUCKETS]
+            result["writer"]["commit_ms"] = self.commit_ms
+            result["writer"]["slow_commits"] = sum(self.commit_ms[bucket] for bucket in slow)
+            result["writer"]["slowest_commit_bucket"] = slow[-1] if slow else None
         if self.stored is not None:
             missing = [j for j in sent if (self.codes[j % n], j // n + 1) not in self.stored]
             result["not_stored"] = len(missing)
@@ -392,6 +403,7 @@ async def run_load(target: Target, load: Load, *, measure_target: bool = True) -
         if writer0 is not None:
             writer1 = (await api.call("GET", "/api/server"))["writer"]
             run.writer = {key: writer1[key] - writer0[key] for key in ("batches", "writes", "events")}
+            run.commit_ms = {bucket: n - writer0["commit_ms"][bucket] for bucket, n in writer1["commit_ms"].items()}
         if target.kind == "server" and run.experiment is not None:
             await api.call("POST", f"/api/experiments/{run.experiment}/end")
             run.stored = await api.decisions(run.experiment)

@@ -229,12 +229,13 @@ async def healthz(request: Request) -> Response:
 
 
 async def server_status(request: Request) -> Response:
-    """This process since it started: the writer's batches, writes and events, live groups, sockets."""
+    """This process since it started: the writer's batches, writes, events and commit times, live groups, sockets."""
     require_admin(request)
     rt = runtime(request)
     live = list(rt.groups.groups.values())
     return JSON({
-        "writer": {"batches": rt.writer.batches, "writes": rt.writer.writes, "events": rt.writer.committed},
+        "writer": {"batches": rt.writer.batches, "writes": rt.writer.writes, "events": rt.writer.committed,
+                   "commit_ms": rt.writer.commit_ms()},
         "live_groups": len(live),
         "connections": sum(len(group.current) for group in live),
     })

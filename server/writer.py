@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from .database import Database, Write
 from .exceptions import NotPersisted
+from .writing import COMMIT_BUCKETS_MS
 
 log = logging.getLogger("synclab.writer")
 #: seconds between SQLite checkpoints (see :meth:`server.database.Database.checkpoint`)
@@ -45,6 +46,16 @@ class EventWriter:
         self._checkpointed_at = time.monotonic()
         self.writes = 0
         self.committed = 0
+
+    def commit_ms(self) -> dict[str, int]:
+        """Committed batches by the commit's wall time: ``{"1": n, "2": n, …, "1000": n, "more": n}``.
+
+        Each count is of the commits that took at most that many milliseconds and more than the
+        bound before (statements and ``fsync``; a commit of tens of milliseconds that used little
+        CPU waited for the disk).
+        """
+        counts = self._database.writer.commit_ms
+        return {**{str(bound): n for bound, n in zip(COMMIT_BUCKETS_MS, counts, strict=False)}, "more": counts[-1]}
 
     def start(self) -> None:
         self._database.writer.batches_to(asyncio.get_running_loop(), self._done, self._max_batch)

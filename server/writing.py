@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("synclab.writer")
 T = TypeVar("T")
+#: the upper bounds (ms) of the buckets of :attr:`WriterThread.commit_ms`; the last bucket is beyond
+COMMIT_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
 class Queued(Protocol):
@@ -74,6 +77,9 @@ class WriterThread:
         self._max_batch = 2000
         #: the loop that will wake the idle thread at the end of its turn (see :meth:`_put`)
         self._waking: asyncio.AbstractEventLoop | None = None
+        #: committed batches by how long the commit took (wall time: statements and ``fsync``),
+        #: one count per bucket of :data:`COMMIT_BUCKETS_MS` and one for longer
+        self.commit_ms = [0] * (len(COMMIT_BUCKETS_MS) + 1)
 
     # ------------------------------------------------------------------ the loop's side
 
@@ -206,6 +212,7 @@ class WriterThread:
 
     def _run_batch(self, batch: list[Any]) -> None:
         assert self._loop is not None and self._done is not None
+        started = time.perf_counter()
         try:
             self._commit([item.write for item in batch])
         except BaseException as exc:
@@ -213,6 +220,8 @@ class WriterThread:
                 self._halted = True  # until the loop has withdrawn what was computed on top of it
             self._loop.call_soon_threadsafe(self._done, batch, exc)
             return
+        took = (time.perf_counter() - started) * 1000
+        self.commit_ms[next((i for i, bound in enumerate(COMMIT_BUCKETS_MS) if took <= bound), len(COMMIT_BUCKETS_MS))] += 1
         self._loop.call_soon_threadsafe(self._done, batch, None)
         self._between()
 

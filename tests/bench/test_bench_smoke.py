@@ -58,6 +58,8 @@ async def test_server_stores_everything_and_a_missing_event_is_unpersisted() -> 
             writer = first["writer"]
             assert writer["writes"] == 40 and writer["events"] == 80, writer
             assert 1 <= writer["batches"] <= 40 and writer["writes_per_batch"] == 40 / writer["batches"], writer
+            assert sum(writer["commit_ms"].values()) == writer["batches"], writer
+            assert writer["slow_commits"] == sum(n for b, n in writer["commit_ms"].items() if b not in ("1", "2", "5", "10", "20"))
 
             # one acknowledged decision vanishes from the database: the check must see it
             with sqlite3.connect(server.database) as db:
@@ -133,3 +135,18 @@ async def test_the_matrix_runs_the_disk_case_in_a_process_of_its_own_and_prints_
         row = await run_case(Case("disk", "disk"), None)
     assert row["name"] == "disk" and row["fdatasync_ms"]["n"] == row["count"] == 2000, row
     assert "disk: fdatasync after a 32 KiB write (2000 times" in table([row])
+
+
+def test_the_table_names_the_writers_slow_commits_and_the_longest_ones_bucket() -> None:
+    def row(commit_ms: dict[str, int], slow: int, slowest: str | None) -> dict[str, Any]:
+        return {"name": "server-2000", "target": "server", "participants": 400, "group_size": 4, "rate": 5.0,
+                "offered_per_s": 2000.0, "delivered_per_s": 2000.0, "latency_ms": {"p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 9.0},
+                "ack_latency_ms": None, "lost": 0, "unpersisted": 0, "target_cpu": 0.7, "target_rss_mb": 90.0,
+                "writer": {"writes_per_batch": 1.8, "commit_ms": commit_ms, "slow_commits": slow, "slowest_commit_bucket": slowest},
+                "generator_cpu": 0.3, "send_lag_ms": {"p99": 1.0}, "tick_lateness_ms": None}
+
+    calm = table([row({"1": 900, "2": 100}, 0, None)]).splitlines()[2]
+    assert "1.80" in calm and calm.split()[-4] == "0", calm
+    stalled = table([row({"1": 900, "50": 2, "100": 1}, 3, "100")]).splitlines()[2]
+    assert "3 <=100" in stalled, stalled
+    assert "2 >1000" in table([row({"more": 2}, 2, "more")])

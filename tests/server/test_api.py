@@ -124,6 +124,9 @@ async def test_the_server_counts_the_writers_batches_writes_and_events_and_the_s
     # two connects, and the decision (the start is a tick or rides on the second connect's write)
     assert 3 <= writer["writes"] - earlier["writes"] <= stored
     assert 1 <= writer["batches"] - earlier["batches"] <= writer["writes"] - earlier["writes"]
+    # every committed batch is counted once by how long its commit took
+    assert list(writer["commit_ms"]) == ["1", "2", "5", "10", "20", "50", "100", "200", "500", "1000", "more"]
+    assert sum(writer["commit_ms"].values()) == writer["batches"]
     await first.close()
     await second.close()
 
