@@ -34,6 +34,8 @@ class Case:
     target: str  # "server", "relay" or "disk" (bench.disk: no target process)
     load: Load | None = None
     idle: int = 0
+    #: the target's own options
+    extra: tuple[str, ...] = ()
 
 
 def matrix(duration: float, idle: int, scale: float = 1.0) -> list[Case]:
@@ -47,6 +49,7 @@ def matrix(duration: float, idle: int, scale: float = 1.0) -> list[Case]:
         Case("relay-1000", "relay", Load(n(200), 4, 5.0, duration)),
         Case("server-1000", "server", Load(n(200), 4, 5.0, duration)),
         Case("relay-2000", "relay", Load(n(400), 4, 5.0, duration)),
+        Case("relay-fsync-2000", "relay", Load(n(400), 4, 5.0, duration), extra=("--fsync", "decisions.log")),
         Case("server-2000", "server", Load(n(400), 4, 5.0, duration)),
         Case("ticks-1000", "server", Load(n(200), 4, 5.0, duration, subperiod=0.5)),
         Case("idle", "server", idle=max(2, int(idle * scale) // 2 * 2)),
@@ -57,7 +60,7 @@ async def run_case(case: Case, target_core: int | None) -> dict[str, Any]:
     if case.target == "disk":
         out = await asyncio.to_thread(run_pinned, "bench.disk", ["--json", "--dir", tempfile.gettempdir()], target_core)
         return {"name": case.name, "target": case.target, **orjson.loads(out)}
-    with running(case.target, target_core) as target:
+    with running(case.target, target_core, list(case.extra)) as target:
         if case.load is None:
             row = await hold_idle(target, case.idle)
         else:
@@ -189,6 +192,11 @@ def verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
             ratio = lat["p99"] / max(relay["latency_ms"]["p99"], 1e-9)
             check("p99 <= 2x the relay's", ratio <= 2,
                   f"{ratio:.1f}x ({lat['p99']:.1f} vs {relay['latency_ms']['p99']:.1f} ms)", s, relay)
+        durable = by.get("relay-fsync-2000")
+        if durable is not None and durable.get("latency_ms"):
+            floor = durable["latency_ms"]["p99"]
+            out.append(f"INFO   p99 against the relay that stores before it broadcasts (fdatasync, no SQLite): "
+                       f"{lat['p99'] / max(floor, 1e-9):.1f}x ({lat['p99']:.1f} vs {floor:.1f} ms)")
     idle = by.get("idle")
     if idle is not None:
         check(f"{idle['wanted']} idle connections held", idle["held"] == idle["wanted"], str(idle["held"]))
@@ -248,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per run (default 10)")
     parser.add_argument("--idle", type=int, default=10_000, help="idle connections to hold (default 10000)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply participant counts (e.g. 0.1 for a quick look)")
-    parser.add_argument("--only", help="comma-separated run names (disk,relay-1000,server-1000,relay-2000,server-2000,ticks-1000,idle)")
+    parser.add_argument("--only", help="comma-separated run names (disk,relay-1000,server-1000,relay-2000,relay-fsync-2000,"
+                        "server-2000,ticks-1000,idle)")
     parser.add_argument("--out", help="JSON lines file (default bench/results/<timestamp>.jsonl)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the target and the generator to cores")
     parser.add_argument("--repeat", type=int, default=1, help="run each case this many times (default 1); "

@@ -8,9 +8,13 @@ database, no hub. ``WS /ws/{group}/{code}`` joins group ``group`` as ``code`` an
 ``group_decisions`` to every member, then an ``ack`` (``{"id", "seq"}``) when the frame has an
 ``id``.
 
-``python -m bench.relay --port 0 [--drop-every K]``: with ``--drop-every K`` every K-th decision
-is silently dropped (neither broadcast nor acknowledged), so the benchmark's loss count can be
-tested.
+``python -m bench.relay --port 0 [--drop-every K] [--fsync FILE]``: with ``--drop-every K`` every
+K-th decision is silently dropped (neither broadcast nor acknowledged), so the benchmark's loss
+count can be tested. With ``--fsync FILE`` the relay stores before it broadcasts, the least a
+durable server can do: each decision frame is appended to ``FILE`` and broadcast only once an
+``fdatasync`` has covered it, by a thread that commits whatever is queued at once (group commit,
+woken at the end of the loop's turn as the server's writer is). No SQLite, no game: the floor of
+storing before broadcasting on this disk.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import os
+import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -69,11 +75,54 @@ class Member:
             await self.websocket.close(4008)
 
 
+class Log:
+    """An append-only file and the thread that makes it durable: what is queued, at once, then ``fdatasync``."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._queue: deque[tuple[bytes, Callable[[], None]]] = deque()
+        self._cond = threading.Condition()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waking = False
+        threading.Thread(target=self._run, name="relay-log", daemon=True).start()
+
+    def append(self, data: bytes, then: Callable[[], None]) -> None:
+        """Store ``data``; ``then()`` runs on the loop once it is on disk (in the order appended)."""
+        self._loop = asyncio.get_running_loop()
+        self._queue.append((data, then))
+        if not self._waking:  # wake the thread once this turn of the loop is over
+            self._waking = True
+            self._loop.call_soon(self._wake)
+
+    def _wake(self) -> None:
+        self._waking = False
+        with self._cond:
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                batch = list(self._queue)
+                self._queue.clear()
+            os.write(self.fd, b"".join(data for data, _ in batch))
+            os.fdatasync(self.fd)
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(_run_all, [then for _, then in batch])
+
+
+def _run_all(callbacks: list[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        callback()
+
+
 class Relay:
     """Groups by name: each member's current decision and its socket."""
 
-    def __init__(self, drop_every: int = 0) -> None:
+    def __init__(self, drop_every: int = 0, log: Log | None = None) -> None:
         self.drop_every = drop_every
+        self.log = log
         self.received = 0
         self.groups: dict[str, dict[str, Member]] = {}
         self.decisions: dict[str, dict[str, Any]] = {}
@@ -110,6 +159,13 @@ class Relay:
         self.received += 1
         if self.drop_every and self.received % self.drop_every == 0:
             return
+        if self.log is not None:
+            seq = self.received
+            self.log.append(text.encode() + b"\n", lambda: self.broadcast(group, code, frame, seq))
+        else:
+            self.broadcast(group, code, frame, self.received)
+
+    def broadcast(self, group: str, code: str, frame: dict[str, Any], seq: int) -> None:
         decisions = self.decisions[group]
         decisions[code] = frame.get("payload")
         data = encode("group_decisions", decisions)
@@ -119,11 +175,11 @@ class Relay:
         frame_id = frame.get("id")
         sender = members.get(code)
         if frame_id is not None and sender is not None:
-            sender.send(encode("ack", {"id": frame_id, "seq": self.received}))
+            sender.send(encode("ack", {"id": frame_id, "seq": seq}))
 
 
-def create_app(drop_every: int = 0) -> Starlette:
-    relay = Relay(drop_every)
+def create_app(drop_every: int = 0, log: str | None = None) -> Starlette:
+    relay = Relay(drop_every, None if log is None else Log(log))
     return Starlette(routes=[WebSocketRoute("/ws/{group}/{code}", relay.socket)])
 
 
@@ -132,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--drop-every", type=int, default=0, help="drop every K-th decision (0: none)")
+    parser.add_argument("--fsync", metavar="FILE", help="store each decision in FILE (fdatasync) before broadcasting it")
     args = parser.parse_args(argv)
     if args.drop_every < 0:
         parser.error(f"--drop-every: expected 0 or more, got {args.drop_every}")
@@ -141,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
     uvicorn.run(
-        create_app(args.drop_every),
+        create_app(args.drop_every, args.fsync),
         host=args.host,
         port=args.port,
         ws_max_size=WS_MAX_SIZE,

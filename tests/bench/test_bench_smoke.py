@@ -12,6 +12,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from bench.__main__ import Case, median_runs, run_case, table, verdicts
@@ -43,6 +44,20 @@ async def test_relay_delivers_everything_and_a_dropped_decision_is_lost() -> Non
     assert dropping["sent"] == 40, dropping
     assert dropping["lost"] == 5 and dropping["lost_deliveries"] == 20, dropping
     assert dropping["deliveries"] == 140 and dropping["acked"] == 35, dropping
+
+
+async def test_the_relay_that_stores_first_stores_every_decision_once_and_delivers_it() -> None:
+    with running("relay", None, ["--fsync", "decisions.log"]) as relay:
+        async with asyncio.timeout(timeout(30)):
+            run = await run_load(relay, LOAD)
+        stored = [orjson.loads(line) for line in (relay.workdir / "decisions.log").read_bytes().splitlines()]
+    summary = run.summary()
+    assert summary["lost"] == 0 and summary["deliveries"] == 160 and summary["acked"] == 40, summary
+    assert len(stored) == 40 and {(f["channel"], f["payload"]) for f in stored} == {("decisions", k) for k in range(1, 6)}
+    # acknowledged in the order stored: each participant's acks come in the order it sent
+    for peer in run.peers:
+        mine = [k for i, k, _ in run.acks if i == peer.index]
+        assert mine == sorted(mine), mine
 
 
 async def test_server_stores_everything_and_a_missing_event_is_unpersisted() -> None:
@@ -150,3 +165,13 @@ def test_the_table_names_the_writers_slow_commits_and_the_longest_ones_bucket() 
     stalled = table([row({"1": 900, "50": 2, "100": 1}, 3, "100")]).splitlines()[2]
     assert "3 <=100" in stalled, stalled
     assert "2 >1000" in table([row({"more": 2}, 2, "more")])
+
+
+def test_the_server_is_also_compared_with_the_relay_that_stores_first() -> None:
+    def run(name: str, p99: float) -> dict[str, Any]:
+        return {"name": name, "repeat": 1, "latency_ms": {"p50": 1.0, "p99": p99}, "lost": 0, "unpersisted": 0}
+
+    lines = verdicts([run("server-2000", 4.5), run("relay-2000", 1.5), run("relay-fsync-2000", 3.0)])
+    assert "MISSED p99 <= 2x the relay's: 3.0x (4.5 vs 1.5 ms)" in lines
+    assert ("INFO   p99 against the relay that stores before it broadcasts (fdatasync, no SQLite): "
+            "1.5x (4.5 vs 3.0 ms)") in lines
