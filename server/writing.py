@@ -78,7 +78,7 @@ class WriterThread:
         #: the loop that will wake the idle thread at the end of its turn (see :meth:`_put`)
         self._waking: asyncio.AbstractEventLoop | None = None
         #: committed batches by how long the commit took (wall time: statements and ``fsync``),
-        #: one count per bucket of :data:`COMMIT_BUCKETS_MS` and one for longer
+        #: one count per bucket of :data:`COMMIT_BUCKETS_MS` and one for longer; kept on the loop
         self.commit_ms = [0] * (len(COMMIT_BUCKETS_MS) + 1)
 
     # ------------------------------------------------------------------ the loop's side
@@ -221,9 +221,14 @@ class WriterThread:
             self._loop.call_soon_threadsafe(self._done, batch, exc)
             return
         took = (time.perf_counter() - started) * 1000
-        self.commit_ms[next((i for i, bound in enumerate(COMMIT_BUCKETS_MS) if took <= bound), len(COMMIT_BUCKETS_MS))] += 1
-        self._loop.call_soon_threadsafe(self._done, batch, None)
+        self._loop.call_soon_threadsafe(self._committed, batch, took)
         self._between()
+
+    def _committed(self, batch: list[Any], took: float) -> None:
+        """On the loop: count the commit's time with the batch's outcome, so the two always agree."""
+        self.commit_ms[next((i for i, bound in enumerate(COMMIT_BUCKETS_MS) if took <= bound), len(COMMIT_BUCKETS_MS))] += 1
+        assert self._done is not None
+        self._done(batch, None)
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
