@@ -201,8 +201,12 @@ class Peer:
                     self.started.set()
 
 
-#: commit-time buckets (ms, upper bounds) of commits not counted slow: a slow commit took over 20 ms
-SWIFT_COMMIT_BUCKETS = ("1", "2", "5", "10", "20")
+#: a commit that took longer (ms) is slow (the server's buckets are named by their upper bound, then "more")
+SLOW_COMMIT_MS = 20
+
+
+def slow_bucket(name: str) -> bool:
+    return name == "more" or int(name) > SLOW_COMMIT_MS
 
 
 @dataclass
@@ -239,10 +243,9 @@ class Run:
     stored: set[tuple[str, int]] | None = None
     #: seconds each subperiod tick ran after it was due (server with subperiods only)
     tick_lateness: list[float] | None = None
-    #: the server's writer over the sends: batches, writes and events committed (server only)
-    writer: dict[str, int] | None = None
-    #: the server's commits over the sends by wall time (see server.writer.EventWriter.commit_ms)
-    commit_ms: dict[str, int] | None = None
+    #: the server's writer over the sends (server only): batches, writes and events committed, and
+    #: ``commit_ms``, the commits by wall time (see server.writer.EventWriter.commit_ms)
+    writer: dict[str, Any] | None = None
 
     def check_complete(self) -> None:
         """Set :attr:`complete` once every member received every send and every send was acknowledged."""
@@ -307,13 +310,14 @@ class Run:
             "writer": None,
         }
         if self.writer is not None:
-            batches = self.writer["batches"]
-            result["writer"] = {**self.writer, "writes_per_batch": self.writer["writes"] / batches if batches else None}
-        if self.commit_ms is not None and result["writer"] is not None:
-            slow = [bucket for bucket, n in self.commit_ms.items() if n and bucket not in SWIFT_COMMIT_BUCKETS]
-            result["writer"]["commit_ms"] = self.commit_ms
-            result["writer"]["slow_commits"] = sum(self.commit_ms[bucket] for bucket in slow)
-            result["writer"]["slowest_commit_bucket"] = slow[-1] if slow else None
+            w = self.writer
+            slow = [bucket for bucket, n in w["commit_ms"].items() if n and slow_bucket(bucket)]
+            result["writer"] = {
+                **w,
+                "writes_per_batch": w["writes"] / w["batches"] if w["batches"] else None,
+                "slow_commits": sum(w["commit_ms"][bucket] for bucket in slow),
+                "slowest_commit_bucket": slow[-1] if slow else None,
+            }
         if self.stored is not None:
             missing = [j for j in sent if (self.codes[j % n], j // n + 1) not in self.stored]
             result["not_stored"] = len(missing)
@@ -402,8 +406,10 @@ async def run_load(target: Target, load: Load, *, measure_target: bool = True) -
         await _send_all(run, target, measure_target)
         if writer0 is not None:
             writer1 = (await api.call("GET", "/api/server"))["writer"]
-            run.writer = {key: writer1[key] - writer0[key] for key in ("batches", "writes", "events")}
-            run.commit_ms = {bucket: n - writer0["commit_ms"][bucket] for bucket, n in writer1["commit_ms"].items()}
+            run.writer = {
+                **{key: writer1[key] - writer0[key] for key in ("batches", "writes", "events")},
+                "commit_ms": {bucket: n - writer0["commit_ms"][bucket] for bucket, n in writer1["commit_ms"].items()},
+            }
         if target.kind == "server" and run.experiment is not None:
             await api.call("POST", f"/api/experiments/{run.experiment}/end")
             run.stored = await api.decisions(run.experiment)

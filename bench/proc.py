@@ -100,13 +100,21 @@ def _command(kind: str, extra: list[str]) -> list[str]:
     raise ValueError(f"expected a target 'server' or 'relay', got {kind!r}")
 
 
+def _pythonpath() -> str:
+    """This checkout first on a child's path (the bench runs the code beside it)."""
+    return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+
+
+def _pinned(command: list[str], core: int | None) -> list[str]:
+    """``command`` under ``taskset -c core`` when there is a core and ``taskset``."""
+    return ["taskset", "-c", str(core), *command] if core is not None and shutil.which("taskset") else command
+
+
 def run_pinned(module: str, args: list[str], core: int | None, timeout: float = 120.0) -> str:
     """``python -m module *args`` pinned to ``core``; its standard output (it must exit 0)."""
-    command = [sys.executable, "-m", module, *args]
-    if core is not None and shutil.which("taskset"):
-        command = ["taskset", "-c", str(core), *command]
-    environ = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    done = subprocess.run(command, env=environ, capture_output=True, timeout=timeout, check=False)
+    command = _pinned([sys.executable, "-m", module, *args], core)
+    done = subprocess.run(command, env={**os.environ, "PYTHONPATH": _pythonpath()}, capture_output=True,
+                          timeout=timeout, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{module} exited with {done.returncode}: {done.stderr.decode(errors='replace')[-2000:]}")
     return done.stdout.decode()
@@ -121,13 +129,11 @@ def running(kind: str, core: int | None, extra: list[str] | None = None, env: di
     environ.update(
         DATABASE_URL=f"sqlite:///{workdir}/bench.db",
         SYNCLAB_ADMIN_TOKEN=token,
-        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+        PYTHONPATH=_pythonpath(),
         PYTHONUNBUFFERED="1",
     )
     environ.update(env or {})
-    command = _command(kind, extra or [])
-    if core is not None and shutil.which("taskset"):
-        command = ["taskset", "-c", str(core), *command]
+    command = _pinned(_command(kind, extra or []), core)
     log = workdir / f"{kind}.log"
     with log.open("wb") as out:
         # the working directory is the empty workdir: no stray .env changes the settings

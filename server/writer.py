@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from .database import Database, Write
 from .exceptions import NotPersisted
-from .writing import COMMIT_BUCKETS_MS
+from .writing import COMMIT_BUCKET_NAMES
 
 log = logging.getLogger("synclab.writer")
 #: seconds between SQLite checkpoints (see :meth:`server.database.Database.checkpoint`)
@@ -54,8 +54,7 @@ class EventWriter:
         bound before (statements and ``fsync``; a commit of tens of milliseconds that used little
         CPU waited for the disk).
         """
-        counts = self._database.writer.commit_ms
-        return {**{str(bound): n for bound, n in zip(COMMIT_BUCKETS_MS, counts, strict=False)}, "more": counts[-1]}
+        return dict(zip(COMMIT_BUCKET_NAMES, self._database.writer.commit_ms, strict=True))
 
     def start(self) -> None:
         self._database.writer.batches_to(asyncio.get_running_loop(), self._done, self._max_batch)

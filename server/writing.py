@@ -16,6 +16,7 @@ top of the lost one, is ever committed.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import threading
 import time
@@ -31,6 +32,8 @@ log = logging.getLogger("synclab.writer")
 T = TypeVar("T")
 #: the upper bounds (ms) of the buckets of :attr:`WriterThread.commit_ms`; the last bucket is beyond
 COMMIT_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+#: the buckets' names, as ``GET /api/server`` gives them
+COMMIT_BUCKET_NAMES = (*(str(bound) for bound in COMMIT_BUCKETS_MS), "more")
 
 
 class Queued(Protocol):
@@ -226,7 +229,7 @@ class WriterThread:
 
     def _committed(self, batch: list[Any], took: float) -> None:
         """On the loop: count the commit's time with the batch's outcome, so the two always agree."""
-        self.commit_ms[next((i for i, bound in enumerate(COMMIT_BUCKETS_MS) if took <= bound), len(COMMIT_BUCKETS_MS))] += 1
+        self.commit_ms[bisect.bisect_left(COMMIT_BUCKETS_MS, took)] += 1
         assert self._done is not None
         self._done(batch, None)
 
