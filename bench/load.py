@@ -244,7 +244,7 @@ class Run:
     #: seconds each subperiod tick ran after it was due (server with subperiods only)
     tick_lateness: list[float] | None = None
     #: the server's writer over the sends (server only): batches, writes and events committed, and
-    #: ``commit_ms``, the commits by wall time (see server.writer.EventWriter.commit_ms)
+    #: ``commit_ms``, the commits by wall time (see server.storage.EventWriter.commit_ms)
     writer: dict[str, Any] | None = None
 
     def check_complete(self) -> None:
@@ -488,7 +488,7 @@ def tick_lateness(target: Target, experiment: str, since: float, until: float) -
     """Seconds each tick of ``experiment`` due in ``[since, until]`` (epoch) ran after it was due."""
     from sqlalchemy import and_, select
 
-    from server.database import experiments, groups, make_engine, ticks, to_epoch
+    from server.storage import experiments, groups, make_engine, ticks, to_epoch
 
     engine = make_engine(f"sqlite:///{target.database}")
     try:

@@ -2,8 +2,8 @@
 
 The load runs of ``python -m bench`` give the writer thread's CPU only mixed with the event
 loop's, on a core they share, and their latency moves with every stall of the machine. This
-measures the writer alone, the way the server drives it: a real :class:`server.database.Database`
-on a new SQLite file (WAL, ``synchronous=FULL``), the real :class:`server.writer.EventWriter`
+measures the writer alone, the way the server drives it: a real :class:`server.storage.Database`
+on a new SQLite file (WAL, ``synchronous=FULL``), the real :class:`server.storage.EventWriter`
 and writer thread, and real :class:`server.live.LiveGroup` s of a ``public_goods`` experiment
 (400 participants in groups of 4 by default) whose decisions make the writes. Each round
 submits ``--batch`` decisions of random participants at once and waits until they are
@@ -35,11 +35,17 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from server.database import Database, create_schema, events, experiment_groups, insert_experiment
 from server.experiments import parse_request, plan
 from server.hub import MemoryHub
 from server.live import LiveGroup, LiveGroups
-from server.writer import EventWriter
+from server.storage import (
+    Database,
+    EventWriter,
+    create_schema,
+    events,
+    experiment_groups,
+    insert_experiment,
+)
 
 from .load import ENDOWMENT, percentiles
 

@@ -13,19 +13,6 @@ from starlette.routing import Route
 
 from groups import available_games
 
-from .database import (
-    count_events,
-    count_experiments,
-    count_rows,
-    experiment_participants,
-    experiment_row,
-    insert_experiment,
-    iso,
-    list_events,
-    list_experiments,
-    list_results,
-    list_sessions,
-)
 from .exceptions import ApiError, BadRequest, Forbidden, NotFound, Unauthorized
 from .experiments import parse_request, plan
 from .live import ACTIONS
@@ -38,6 +25,19 @@ from .progress import (
     stats,
 )
 from .runtime import Runtime
+from .storage import (
+    count_events,
+    count_experiments,
+    count_rows,
+    experiment_participants,
+    experiment_row,
+    insert_experiment,
+    iso,
+    list_events,
+    list_experiments,
+    list_results,
+    list_sessions,
+)
 
 #: the largest integer a query value may be: a 64-bit column holds it
 MAX_QUERY_INT = 2**63 - 1

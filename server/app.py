@@ -23,11 +23,11 @@ from groups.registry import BUNDLED
 
 from . import api, export, openapi
 from .connection import REDWOOD, SYNCLAB, serve
-from .database import participant_game
 from .exceptions import ApiError
 from .monitor import monitor_socket
 from .runtime import Runtime
 from .settings import Settings
+from .storage import participant_game
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 

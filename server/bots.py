@@ -44,10 +44,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from groups import PERIOD_END, PERIOD_START, DecisionGroup, Timing, load_game
 
-from .database import reading, stored_meta
 from .exceptions import WS_4000_REPLACED, WS_4404_UNKNOWN, SettingsError, SynclabError
 from .runtime import ADMIN_TOKEN_KEY
 from .settings import Settings
+from .storage import reading, stored_meta
 
 #: an experiment in one of these has ended; its bots stop
 ENDED = ("done", "cancelled", "failed")

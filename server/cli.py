@@ -10,18 +10,18 @@ from collections.abc import Sequence
 import uvicorn
 
 from .bots import run_bots_command
-from .database import (
+from .exceptions import SchemaError, SettingsError
+from .experiments import parse_request, plan
+from .export import FORMATS, TABLES, run_export
+from .runtime import admin_token
+from .settings import Settings
+from .storage import (
     create_schema,
     experiment_participants,
     experiment_row,
     insert_experiment,
     make_engine,
 )
-from .exceptions import SchemaError, SettingsError
-from .experiments import parse_request, plan
-from .export import FORMATS, TABLES, run_export
-from .runtime import admin_token
-from .settings import Settings
 from .verify import run_verify
 
 #: uvicorn closes a socket with 1009 past this; below it our own limit answers with an error frame

@@ -21,7 +21,6 @@ from starlette.websockets import WebSocket
 
 from groups import RefusedAction
 
-from .database import ConnectionChange
 from .exceptions import (
     WS_1011_INTERNAL_ERROR,
     WS_4003_FORBIDDEN,
@@ -33,6 +32,7 @@ from .exceptions import (
 )
 from .live import LiveGroup, LiveGroups
 from .settings import Settings
+from .storage import ConnectionChange
 from .wire import encode, error, ms, parse, redwood_ping
 
 log = logging.getLogger("synclab.connection")

@@ -18,8 +18,8 @@ from groups import (
     plan_groups,
 )
 
-from .database import NewBlock, NewExperiment, new_code
 from .exceptions import BadRequest
+from .storage import NewBlock, NewExperiment, new_code
 
 MAX_PARTICIPANTS = 10_000
 MAX_BLOCKS = 1_000

@@ -27,7 +27,10 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from .api import _experiment, experiment_fields, query_value, require_admin, runtime
-from .database import (
+from .exceptions import BadRequest
+from .progress import participant_progress
+from .settings import Settings
+from .storage import (
     Database,
     blocks,
     experiment_row,
@@ -43,9 +46,6 @@ from .database import (
     session_row,
     sessions,
 )
-from .exceptions import BadRequest
-from .progress import participant_progress
-from .settings import Settings
 
 Format = Literal["csv", "json"]
 #: where a table's paging stands: the sort key of the last row sent; ``()`` before the first page

@@ -39,7 +39,9 @@ from groups import (
     load_game,
 )
 
-from .database import (
+from .exceptions import WS_4000_REPLACED, NotPersisted
+from .hub import Hub, group_topic, monitor_presence_topic, monitor_topic
+from .storage import (
     ConnectionChange,
     Database,
     GroupSpec,
@@ -58,8 +60,6 @@ from .database import (
     set_experiment_status,
     to_epoch,
 )
-from .exceptions import WS_4000_REPLACED, NotPersisted
-from .hub import Hub, group_topic, monitor_presence_topic, monitor_topic
 from .wire import encode, ms
 
 log = logging.getLogger("synclab.live")

@@ -24,11 +24,11 @@ import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .api import experiment_body
-from .database import experiment_participants, experiment_row, monitor_state
 from .exceptions import WS_4008_TOO_SLOW, WS_4404_UNKNOWN
 from .hub import monitor_presence_topic, monitor_topic
 from .progress import participant_progress
 from .runtime import Runtime
+from .storage import experiment_participants, experiment_row, monitor_state
 from .wire import encode, ms
 
 #: seconds between two ``events`` frames

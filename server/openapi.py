@@ -29,7 +29,7 @@ from .api import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_QUERY_INT, STATUSES
 from .experiments import MAX_BLOCK_PAUSE, MAX_BLOCKS, MAX_PARTICIPANTS, MAX_SESSIONS, MAX_SUBPERIODS
 from .export import TABLES
 from .live import ACTIONS
-from .writing import COMMIT_BUCKET_NAMES
+from .storage import COMMIT_BUCKET_NAMES
 
 OPENAPI_VERSION = "3.1.0"
 PATH = "/api/openapi.json"

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, and_, func, select
 
 from groups import Phase
 
-from .database import (
+from .storage import (
     blocks,
     connections,
     experiments,

@@ -8,11 +8,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from .database import Database, create_schema, get_or_create_meta
 from .hub import MemoryHub
 from .live import LiveGroups
 from .settings import Settings
-from .writer import EventWriter
+from .storage import Database, EventWriter, create_schema, get_or_create_meta
 
 log = logging.getLogger("synclab")
 

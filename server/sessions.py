@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from .database import block_final_scores, find_session, merge_session_json, session_results
+from .storage import block_final_scores, find_session, merge_session_json, session_results
 
 
 @dataclass

@@ -46,7 +46,9 @@ from groups import (
     load_game,
 )
 
-from .database import (
+from .exceptions import SchemaError, SynclabError
+from .settings import Settings
+from .storage import (
     blocks,
     events,
     experiments,
@@ -58,8 +60,6 @@ from .database import (
     sessions,
     to_epoch,
 )
-from .exceptions import SchemaError, SynclabError
-from .settings import Settings
 
 #: relative tolerance of every score comparison (sums may be added up in another order)
 REL_TOL = 1e-9

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from server.database import create_schema, make_engine, normalise_url
+from server.storage import create_schema, make_engine, normalise_url
 from tests.server.harness import Harness, running_server
 
 POSTGRES_URL = os.environ.get("SYNCLAB_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
-from server.database import experiments, make_engine
 from server.runtime import Runtime, admin_token
 from server.settings import Settings
+from server.storage import experiments, make_engine
 from tests.server.harness import TOKEN, Client, Harness, running_server, timeout
 
 ISO_UTC_MICROSECONDS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")

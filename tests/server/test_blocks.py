@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import pytest
 
 from groups import PublicGoods
-from server.database import list_ticks
+from server.storage import list_ticks
 from tests.server.harness import Client, Harness, timeout, until_state
 
 PD = {"AA": [3, 3], "AB": [0, 5], "BA": [5, 0], "BB": [1, 1]}

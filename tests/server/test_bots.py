@@ -12,8 +12,8 @@ import pytest
 
 from server.bots import FINISHED, Bot, BotReport, run_bots
 from server.cli import main
-from server.database import get_or_create_meta, make_engine
 from server.settings import Settings
+from server.storage import get_or_create_meta, make_engine
 from server.verify import run_verify
 from tests.server.harness import TOKEN, Client, Harness, timeout
 from tests.server.test_cli import free_port

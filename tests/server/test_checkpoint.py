@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
 from sqlalchemy import Engine, select, text
 
-from server import writer as writer_module
-from server.database import (
+from server.storage import (
     Database,
+    EventWriter,
     GroupUpdate,
     NewBlock,
     NewEvent,
@@ -20,9 +19,8 @@ from server.database import (
     insert_experiment,
     new_code,
 )
-from server.database import groups as groups_table
-from server.database import participants as participants_table
-from server.writer import EventWriter
+from server.storage import groups as groups_table
+from server.storage import participants as participants_table
 from tests.server.harness import timeout
 
 
@@ -70,14 +68,13 @@ async def test_postgres_needs_no_checkpoint(postgres_url: str) -> None:
 
 
 async def test_under_steady_writes_the_log_starts_over_instead_of_growing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """A checkpoint that runs while the writer commits never finds the log's end by itself;
     the writer finishes it, so the next commit writes the log from its start again."""
-    monkeypatch.setattr(writer_module, "CHECKPOINT_EVERY", 0.05)
     path = tmp_path / "steady.db"
     db = Database(f"sqlite:///{path}")
-    writer = EventWriter(db)
+    writer = EventWriter(db, checkpoint_every=0.05)
     try:
         await db.write(create_schema)
         codes = [new_code() for _ in range(2)]

@@ -333,7 +333,7 @@ def test_an_unknown_command_exits_2_with_usage(tmp_path: Path) -> None:
 
 def test_new_codes_never_start_with_a_dash_which_a_command_line_reads_as_an_option() -> None:
     """token_urlsafe starts with '-' one time in 64; 5000 draws would all but surely show one."""
-    from server.database import new_code
+    from server.storage import new_code
 
     codes = [new_code(n) for n in (12, 18) for _ in range(2500)]
     assert not [c for c in codes if c.startswith("-")]
@@ -344,7 +344,7 @@ def test_an_older_code_that_starts_with_a_dash_is_given_after_a_double_dash(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from server.cli import main
-    from server.database import create_schema, make_engine
+    from server.storage import create_schema, make_engine
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = make_engine(url)

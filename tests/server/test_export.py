@@ -14,7 +14,11 @@ import pytest
 from sqlalchemy import Engine, insert, select, update
 
 from server.cli import main
-from server.database import (
+from server.experiments import parse_request, plan
+from server.export import CSV_COLUMNS, TABLES, Format, chunks
+from server.export import plan as export_plan
+from server.sessions import SessionRecord
+from server.storage import (
     create_schema,
     events,
     experiment_row,
@@ -25,10 +29,6 @@ from server.database import (
     participants,
     to_datetime,
 )
-from server.experiments import parse_request, plan
-from server.export import CSV_COLUMNS, TABLES, Format, chunks
-from server.export import plan as export_plan
-from server.sessions import SessionRecord
 from tests.server.harness import Harness, running_server, timeout, until_state
 from tests.server.test_blocks import decide, wait_for_status
 

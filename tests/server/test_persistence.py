@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, inspect, select, text
 
-from server.database import (
+from server.exceptions import SchemaError
+from server.storage import (
     ConnectionChange,
     GroupSpec,
     GroupUpdate,
@@ -33,12 +34,11 @@ from server.database import (
     to_datetime,
     to_epoch,
 )
-from server.database import connections as connections_table
-from server.database import events as events_table
-from server.database import groups as groups_table
-from server.database import results as results_table
-from server.database import ticks as ticks_table
-from server.exceptions import SchemaError
+from server.storage import connections as connections_table
+from server.storage import events as events_table
+from server.storage import groups as groups_table
+from server.storage import results as results_table
+from server.storage import ticks as ticks_table
 from tests.server.harness import Client, Harness, timeout
 from tests.server.test_cli import run
 
@@ -174,7 +174,7 @@ async def test_acks_arrive_for_every_frame_with_an_id(any_server: Harness) -> No
 
 def test_two_processes_creating_the_schema_together_both_succeed(database_url: str) -> None:
     """Two processes that start on an empty database at once both come up."""
-    script = "import sys; from server.database import make_engine, create_schema; create_schema(make_engine(sys.argv[1]))"
+    script = "import sys; from server.storage import make_engine, create_schema; create_schema(make_engine(sys.argv[1]))"
     procs = [
         subprocess.Popen([sys.executable, "-c", script, database_url], stderr=subprocess.PIPE, text=True)
         for _ in range(2)

@@ -12,7 +12,7 @@ import httpx
 from websockets.asyncio.client import connect
 
 from server.cli import WS_MAX_SIZE
-from server.database import list_ticks, make_engine
+from server.storage import list_ticks, make_engine
 from tests.server.harness import Client, timeout
 from tests.server.test_cli import free_port, started, wait_until_healthy
 

@@ -7,9 +7,9 @@ import random
 import pytest
 from sqlalchemy import Engine, update
 
-from server.database import insert_experiment, sessions, to_datetime
 from server.experiments import parse_request, plan
 from server.sessions import SessionRecord
+from server.storage import insert_experiment, sessions, to_datetime
 from tests.server.harness import Harness, until_state
 from tests.server.test_blocks import wait_for_status
 

@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from server.cli import main
-from server.database import create_schema, make_engine
+from server.storage import create_schema, make_engine
 from server.verify import verify
 from tests.server.harness import Client, Harness, running_server, timeout, until_state
 

@@ -8,8 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from server.database import NewEvent, Write
-from server.writing import WriterThread
+from server.storage import NewEvent, Write, WriterThread
 from tests.server.harness import timeout
 
 

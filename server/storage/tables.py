@@ -1,8 +1,10 @@
 """The tables: one per word of the contract (experiment, block, participant, group, connection,
 event, session, result) plus group membership, subperiod ticks and a key-value ``meta`` table.
 
-Times are UTC. Rows are written through :mod:`server.database`, never with an ORM session on
-the event loop.
+The SQLModel classes declare them; the module-level names (``experiments``, ``events``, …) are
+the SQLAlchemy tables every query of the package is written against. Times are UTC. Rows are
+written through this package, never with an ORM session on the event loop. A change here needs a
+migration (:mod:`.migrations`); a test compares the two.
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ class Event(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("experiment_id", "seq"),
         Index("ix_events_client_id", "participant_id", "client_id", unique=True),
-        # A group's last ``state`` event (server.database.load_group) is all that is looked up
+        # A group's last ``state`` event (seats.load_group) is all that is looked up
         # by group: indexing every event by group cost each commit a page per group in the batch.
         Index(
             "ix_events_group_state",
@@ -199,3 +201,17 @@ class Tick(SQLModel, table=True):
     #: ran more than ``groups.LATE_AFTER`` after it was due (e.g. applied after a restart)
     late: bool = False
     snapshot: dict[str, Any] | None = _json()
+
+
+_tables = SQLModel.metadata.tables
+experiments = _tables[Experiment.__tablename__]
+blocks = _tables[Block.__tablename__]
+participants = _tables[Participant.__tablename__]
+groups = _tables[Group.__tablename__]
+memberships = _tables[Membership.__tablename__]
+connections = _tables[Connection.__tablename__]
+events = _tables[Event.__tablename__]
+meta = _tables[Meta.__tablename__]
+sessions = _tables[Session.__tablename__]
+results = _tables[Result.__tablename__]
+ticks = _tables[Tick.__tablename__]

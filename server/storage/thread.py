@@ -23,10 +23,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from .database import Write
+from .writes import Write
 
 log = logging.getLogger("synclab.writer")
 T = TypeVar("T")

@@ -1,7 +1,7 @@
 """The event writer: one per process, committing writes in batches (group commit).
 
-A caller submits a :class:`~server.database.Write` with two callbacks. The database's writer
-thread (:mod:`server.writing`) takes everything queued when it is free and commits it in one
+A caller submits a :class:`~.writes.Write` with two callbacks. The database's writer
+thread (:mod:`.thread`) takes everything queued when it is free and commits it in one
 transaction; then ``on_commit`` is called for each write **in submission order**, on the event
 loop; only then may the caller broadcast or acknowledge. When a commit fails, ``on_fail`` is
 called for every write of the batch and for every write queued behind it, so no write computed
@@ -17,12 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .database import Database, Write
-from .exceptions import NotPersisted
-from .writing import COMMIT_BUCKET_NAMES
+from ..exceptions import NotPersisted
+from .database import Database
+from .thread import COMMIT_BUCKET_NAMES
+from .writes import Write
 
 log = logging.getLogger("synclab.writer")
-#: seconds between SQLite checkpoints (see :meth:`server.database.Database.checkpoint`)
+#: seconds between SQLite checkpoints (see :meth:`.database.Database.checkpoint`)
 CHECKPOINT_EVERY = 1.0
 A = TypeVar("A")
 
@@ -35,11 +36,15 @@ class _Pending:
 
 
 class EventWriter:
-    """Batches writes; ``max_batch`` bounds the events in one transaction."""
+    """Batches writes; ``max_batch`` bounds the events in one transaction.
 
-    def __init__(self, database: Database, *, max_batch: int = 2000) -> None:
+    On SQLite a checkpoint of the write-ahead log starts at most every ``checkpoint_every`` seconds.
+    """
+
+    def __init__(self, database: Database, *, max_batch: int = 2000, checkpoint_every: float = CHECKPOINT_EVERY) -> None:
         self._database = database
         self._max_batch = max_batch
+        self._checkpoint_every = checkpoint_every
         self._closing = False
         #: counters for the monitor and the benchmark
         self.batches = 0
@@ -88,7 +93,7 @@ class EventWriter:
                 _safely(pending.on_fail, failed)
             return
         self.batches += 1
-        if time.monotonic() - self._checkpointed_at >= CHECKPOINT_EVERY:
+        if time.monotonic() - self._checkpointed_at >= self._checkpoint_every:
             self._checkpointed_at = time.monotonic()
             self._database.checkpoint()
         self.writes += len(batch)

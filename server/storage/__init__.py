@@ -1,0 +1,144 @@
+"""Storage: the one package that speaks SQL, and the writer that commits the event log.
+
+    tables       the SQLModel tables and the SQLAlchemy tables queries are written against
+    times        stored times to epoch seconds, ISO 8601 text and wire milliseconds
+    engine       a URL to an engine (SQLite pragmas, JSON), the read-only engine of the commands
+    schema       a new database's schema; the migrations a database is behind by
+    meta         server-wide key-value settings (the generated token)
+    experiments  creating and listing experiments, their groups, their status
+    seats        who a connecting participant is, and what a live group is built from
+    writes       the values a write carries (plain dataclasses, no SQL)
+    batch        many writes committed in one transaction, ``seq`` handed out inside it
+    thread       the writer thread that runs batches and jobs in order
+    writer       the event loop's side of the writer: callbacks after the commit
+    database     the async face: reads on reader threads, writes on the writer thread
+    events       reading the event log
+    sessions     sessions, results and ticks
+    snapshot     the monitor's snapshot of an experiment
+
+Every SQL function is synchronous and runs on a thread, never on the event loop. Code outside
+the package imports these names from ``server.storage``, never from the modules inside.
+"""
+
+from __future__ import annotations
+
+from .batch import commit_writes
+from .database import Database
+from .engine import make_engine, normalise_url, reading
+from .events import count_events, list_events
+from .experiments import (
+    GroupPlace,
+    NewBlock,
+    NewExperiment,
+    count_experiments,
+    experiment_groups,
+    experiment_participants,
+    experiment_row,
+    insert_experiment,
+    list_experiments,
+    live_group_ids,
+    new_code,
+    participant_game,
+    set_experiment_status,
+)
+from .meta import get_or_create_meta, stored_meta
+from .schema import create_schema
+from .seats import GroupSpec, Seat, client_ids, last_state_query, load_group, load_seat
+from .sessions import (
+    block_final_scores,
+    count_rows,
+    find_session,
+    list_results,
+    list_sessions,
+    list_ticks,
+    merge_session_json,
+    results_by_session,
+    session_query,
+    session_results,
+    session_row,
+)
+from .snapshot import monitor_state
+from .tables import (
+    blocks,
+    connections,
+    events,
+    experiments,
+    groups,
+    memberships,
+    meta,
+    participants,
+    results,
+    sessions,
+    ticks,
+)
+from .thread import COMMIT_BUCKET_NAMES, WriterThread
+from .times import iso, to_datetime, to_epoch
+from .writer import EventWriter
+from .writes import ConnectionChange, GroupUpdate, NewEvent, NewResult, NewTick, Write
+
+__all__ = [
+    "COMMIT_BUCKET_NAMES",
+    "ConnectionChange",
+    "Database",
+    "EventWriter",
+    "GroupPlace",
+    "GroupSpec",
+    "GroupUpdate",
+    "NewBlock",
+    "NewEvent",
+    "NewExperiment",
+    "NewResult",
+    "NewTick",
+    "Seat",
+    "Write",
+    "WriterThread",
+    "block_final_scores",
+    "blocks",
+    "client_ids",
+    "commit_writes",
+    "connections",
+    "count_events",
+    "count_experiments",
+    "count_rows",
+    "create_schema",
+    "events",
+    "experiment_groups",
+    "experiment_participants",
+    "experiment_row",
+    "experiments",
+    "find_session",
+    "get_or_create_meta",
+    "groups",
+    "insert_experiment",
+    "iso",
+    "last_state_query",
+    "list_events",
+    "list_experiments",
+    "list_results",
+    "list_sessions",
+    "list_ticks",
+    "live_group_ids",
+    "load_group",
+    "load_seat",
+    "make_engine",
+    "memberships",
+    "merge_session_json",
+    "meta",
+    "monitor_state",
+    "new_code",
+    "normalise_url",
+    "participant_game",
+    "participants",
+    "reading",
+    "results",
+    "results_by_session",
+    "session_query",
+    "session_results",
+    "session_row",
+    "sessions",
+    "set_experiment_status",
+    "stored_meta",
+    "ticks",
+    "to_datetime",
+    "to_epoch",
+]

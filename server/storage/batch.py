@@ -1,0 +1,348 @@
+"""The writer's batch: many writes committed in one transaction, with ``seq`` handed out inside it.
+
+Called on the writer thread only (:mod:`.thread`). One ``executemany`` per table, of statements
+compiled once per engine and run on the driver's cursor; the sessions, blocks and experiment
+that a period's start or end changes are updated in the same transaction."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Engine,
+    and_,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection
+
+from .tables import blocks, connections, events, experiments, groups, results, sessions, ticks
+from .times import to_datetime
+from .writes import ConnectionChange, GroupUpdate, Write
+
+
+class _Prepared:
+    """A statement compiled once for a dialect and run on the DBAPI cursor, many rows at a time.
+
+    The writer's hot path: SQLAlchemy's per-execution work (the cache key, a dict per row, a
+    bind processor called on every value) cost most of a batch. Here a row is a tuple in
+    ``columns`` order, and its times and JSON values are already what the driver takes (the
+    caller passes them through :attr:`_BatchStatements.time` and :attr:`_BatchStatements.json`,
+    SQLAlchemy's own processing, so what is stored is the same). Any other column type with a
+    bind processor (a boolean on SQLite, say) is processed here.
+    """
+
+    __slots__ = ("columns", "named", "order", "processed", "sql")
+
+    def __init__(self, statement: Any, dialect: Any, columns: Sequence[str]) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql: str = compiled.string
+        self.columns = tuple(columns)
+        names = compiled.positiontup
+        if sorted(names if names is not None else compiled.binds) != sorted(self.columns):
+            raise ValueError(f"expected the parameters {sorted(self.columns)}, the statement has others: {self.sql}")
+        #: rows go by name (the driver's paramstyle), else as tuples in the statement's order
+        self.named = names is None
+        #: each positional parameter's place in a row; ``None``: the row's own order
+        self.order = None if self.named or tuple(names) == self.columns else tuple(self.columns.index(n) for n in names)
+        self.processed = [
+            (self.columns.index(name), process)
+            for name, bind in compiled.binds.items()
+            if not isinstance(bind.type, DateTime | JSON)
+            and (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        ]
+
+    def _driver_rows(self, rows: list[tuple[Any, ...]]) -> list[Any]:
+        if self.processed:
+            rows = [self._process(row) for row in rows]
+        if self.named:
+            return [dict(zip(self.columns, row, strict=True)) for row in rows]
+        if self.order is not None:
+            order = self.order
+            return [tuple([row[i] for i in order]) for row in rows]
+        return rows
+
+    def _process(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        values = list(row)
+        for i, process in self.processed:
+            values[i] = process(values[i])
+        return tuple(values)
+
+    def run(self, cursor: Any, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        driver_rows = self._driver_rows(rows)
+        if len(driver_rows) == 1:
+            cursor.execute(self.sql, driver_rows[0])
+        else:
+            cursor.executemany(self.sql, driver_rows)
+
+    def one(self, cursor: Any, row: tuple[Any, ...]) -> Any:
+        """Run once and return the first column of the one row it returns.
+
+        Every row is read (``fetchall``, not ``fetchone``): on SQLite a statement not run to
+        its end stays active until the next batch and holds the write-ahead log back from
+        starting over (see :meth:`Database.checkpoint`).
+        """
+        cursor.execute(self.sql, self._driver_rows([row])[0])
+        return cursor.fetchall()[0][0]
+
+
+class _StoredTimes:
+    """Epoch seconds to what the driver takes for a time column, remembered.
+
+    A batch repeats a few times many times over (every event of a write has the write's time,
+    every state update the period's start and end), and turning each into a ``datetime`` and
+    then, on SQLite, into text was the largest part of the writer's Python work.
+    """
+
+    __slots__ = ("_known", "_process")
+
+    LIMIT = 4096
+
+    def __init__(self, dialect: Any) -> None:
+        self._process = DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
+        self._known: dict[float, Any] = {}
+
+    def __call__(self, epoch: float | None) -> Any:
+        if epoch is None:
+            return None
+        stored = self._known.get(epoch)
+        if stored is None:
+            value = datetime.fromtimestamp(epoch, UTC)
+            stored = value if self._process is None else self._process(value)
+            if len(self._known) >= self.LIMIT:
+                self._known.clear()
+            self._known[epoch] = stored
+        return stored
+
+
+class _BatchStatements:
+    """The statements of :func:`commit_writes`, compiled once per engine, and their value converters."""
+
+    def __init__(self, dialect: Any) -> None:
+        def prepare(statement: Any, columns: Sequence[str]) -> _Prepared:
+            return _Prepared(statement, dialect, columns)
+
+        def inserting(table: Any, columns: Sequence[str]) -> _Prepared:
+            return prepare(insert(table).inline().values({c: bindparam(c) for c in columns}), columns)
+
+        #: a time (epoch seconds) as the driver takes it
+        self.time = _StoredTimes(dialect)
+        #: a JSON value as the driver takes it (SQLAlchemy's processor, with the engine's serializer)
+        self.json: Callable[[Any], Any] = JSON().dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
+        self.next_seq = prepare(
+            update(experiments)
+            .where(experiments.c.id == bindparam("eid"))
+            .values(last_seq=experiments.c.last_seq + bindparam("count", type_=BigInteger))
+            .returning(experiments.c.last_seq),
+            ("eid", "count"),
+        )
+        self.events = inserting(events, _EVENT_COLUMNS)
+        self.results = inserting(results, _RESULT_COLUMNS)
+        self.ticks = inserting(ticks, _TICK_COLUMNS)
+        self.opened = inserting(connections, _CONNECTION_COLUMNS)
+        self.closed = prepare(
+            update(connections)
+            .where(connections.c.id == bindparam("cid"))
+            .values(disconnected_at=bindparam("disconnected_at"), close_code=bindparam("close_code")),
+            ("cid", "disconnected_at", "close_code"),
+        )
+        self.group = prepare(
+            update(groups)
+            .where(groups.c.id == bindparam("gid"))
+            .values({
+                **{c: bindparam(c) for c in _GROUP_COLUMNS},
+                "last_seq": func.coalesce(bindparam("last_seq", type_=BigInteger), groups.c.last_seq),
+            }),
+            (*_GROUP_COLUMNS, "last_seq", "gid"),
+        )
+
+
+_EVENT_COLUMNS = ("experiment_id", "seq", "timestamp", "group_id", "participant_id", "channel", "value", "client_id")
+_RESULT_COLUMNS = ("session_id", "experiment_id", "seq", "subperiod", "decision", "score")
+_TICK_COLUMNS = ("group_id", "kind", "index", "scheduled_at", "actual_at", "late", "snapshot")
+_CONNECTION_COLUMNS = ("id", "participant_id", "experiment_id", "connected_at", "user_agent", "address", "route")
+_GROUP_COLUMNS = ("phase", "started_at", "ends_at", "ended_at", "subperiod", "decisions", "vars", "clock")
+_batch_statements: weakref.WeakKeyDictionary[Engine, _BatchStatements] = weakref.WeakKeyDictionary()
+
+
+def _statements(engine: Engine) -> _BatchStatements:
+    prepared = _batch_statements.get(engine)
+    if prepared is None:
+        prepared = _batch_statements[engine] = _BatchStatements(engine.dialect)
+    return prepared
+
+
+def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:
+    """Commit ``writes`` in one transaction on ``conn``, giving each event its ``seq``.
+
+    ``seq`` is taken from ``experiments.last_seq`` inside the transaction, so it is strictly
+    increasing and gap-free per experiment even with several writer processes: a failed batch
+    rolls its numbers back with everything else.
+    """
+    sql = _statements(conn.engine)
+    counts: dict[int, int] = {}
+    for write in writes:
+        if write.events:
+            counts[write.experiment_id] = counts.get(write.experiment_id, 0) + len(write.events)
+    with conn.begin():
+        cursor = conn.connection.cursor()
+        try:
+            next_seq: dict[int, int] = {}
+            for experiment_id, count in sorted(counts.items()):  # sorted: a fixed lock order
+                last = sql.next_seq.one(cursor, (experiment_id, count))
+                next_seq[experiment_id] = int(last) - count + 1
+            rows: list[tuple[Any, ...]] = []
+            starting: dict[int, float] = {}
+            started: list[tuple[int, float | None]] = []
+            ended: list[tuple[int, int, float | None]] = []
+            time, as_json = sql.time, sql.json
+            for write in writes:
+                seq = next_seq.get(write.experiment_id, 0)
+                write.seqs = list(range(seq, seq + len(write.events)))
+                next_seq[write.experiment_id] = seq + len(write.events)
+                for ev, s in zip(write.events, write.seqs, strict=True):
+                    rows.append((
+                        write.experiment_id,
+                        s,
+                        time(ev.timestamp),
+                        ev.group_id,
+                        ev.participant_id,
+                        ev.channel,
+                        as_json(ev.value),
+                        ev.client_id,
+                    ))
+                    if ev.channel == "state" and ev.group_id is not None:
+                        g = write.group
+                        if ev.value == "period_start":
+                            starting.setdefault(write.experiment_id, ev.timestamp)
+                            started.append((ev.group_id, g.started_at if g else ev.timestamp))
+                        elif ev.value == "period_end":
+                            ended.append((write.experiment_id, ev.group_id, g.ended_at if g else ev.timestamp))
+            sql.events.run(cursor, rows)
+            _store_group_states(cursor, sql, writes)
+            _store_connections(cursor, sql, [w.connection for w in writes if w.connection is not None])
+            _store_results(cursor, sql, writes)
+        finally:
+            cursor.close()
+        for experiment_id, at in starting.items():
+            conn.execute(
+                update(experiments)
+                .where(and_(experiments.c.id == experiment_id, experiments.c.status == "pending"))
+                .values(status="running", started_at=to_datetime(at))
+            )
+        for group_id, started_at in started:
+            _period_started(conn, group_id, started_at)
+        for experiment_id, group_id, ended_at in ended:
+            _period_ended(conn, experiment_id, group_id, ended_at)
+
+
+def _store_results(cursor: Any, sql: _BatchStatements, writes: Sequence[Write]) -> None:
+    sql.results.run(cursor, [
+        (r.session_id, w.experiment_id, w.seqs[r.event], r.subperiod, sql.json(r.decision), r.score)
+        for w in writes
+        for r in w.results
+    ])
+    sql.ticks.run(cursor, [
+        (t.group_id, t.kind, t.index, sql.time(t.scheduled_at), sql.time(t.actual_at), t.late, sql.json(t.snapshot))
+        for w in writes
+        for t in w.ticks
+    ])
+
+
+def _period_started(conn: Connection, group_id: int, at: float | None) -> None:
+    conn.execute(
+        update(sessions)
+        .where(and_(sessions.c.group_id == group_id, sessions.c.started_at.is_(None)))
+        .values(started_at=to_datetime(at))
+    )
+    block_id = select(groups.c.block_id).where(groups.c.id == group_id).scalar_subquery()
+    conn.execute(
+        update(blocks).where(and_(blocks.c.id == block_id, blocks.c.status == "pending")).values(status="running")
+    )
+
+
+def _period_ended(conn: Connection, experiment_id: int, group_id: int, at: float | None) -> None:
+    """Finish the group's sessions (final_score = bonus + Σ results); close its block and experiment when all ended."""
+    total = (
+        select(func.coalesce(func.sum(results.c.score), 0.0))
+        .where(results.c.session_id == sessions.c.id)
+        .scalar_subquery()
+    )
+    bonus = select(blocks.c.bonus_points).where(blocks.c.id == sessions.c.block_id).scalar_subquery()
+    conn.execute(
+        update(sessions)
+        .where(and_(sessions.c.group_id == group_id, sessions.c.started_at.is_not(None)))
+        .values(finished_at=to_datetime(at), final_score=bonus + total)
+    )
+    block_id = conn.execute(select(groups.c.block_id).where(groups.c.id == group_id)).scalar_one()
+    others = select(groups.c.id).where(and_(groups.c.block_id == block_id, groups.c.phase != "ended")).exists()
+    conn.execute(update(blocks).where(and_(blocks.c.id == block_id, ~others)).values(status="done"))
+    unfinished = (
+        select(groups.c.id).where(and_(groups.c.experiment_id == experiment_id, groups.c.phase != "ended")).exists()
+    )
+    conn.execute(
+        update(experiments)
+        .where(and_(experiments.c.id == experiment_id, experiments.c.status.in_(("pending", "running")), ~unfinished))
+        .values(status="done", finished_at=to_datetime(at))
+    )
+
+
+def _store_group_states(cursor: Any, sql: _BatchStatements, writes: Iterable[Write]) -> None:
+    """Each group's state after its last write of the batch (one row per group)."""
+    latest: dict[int, tuple[GroupUpdate, int | None]] = {}
+    for write in writes:
+        if write.group is not None:
+            last = write.seqs[-1] if write.seqs else None
+            previous = latest.get(write.group.group_id)
+            if last is None and previous is not None:
+                last = previous[1]
+            latest[write.group.group_id] = (write.group, last)
+    time, as_json = sql.time, sql.json
+    sql.group.run(cursor, [
+        (
+            g.phase,
+            time(g.started_at),
+            time(g.ends_at),
+            time(g.ended_at),
+            g.subperiod,
+            as_json(g.decisions),
+            as_json(g.vars),
+            as_json(g.clock),
+            last,
+            g.group_id,
+        )
+        for g, last in latest.values()
+    ])
+
+
+def _store_connections(cursor: Any, sql: _BatchStatements, changes: Sequence[ConnectionChange]) -> None:
+    sql.opened.run(cursor, [
+        (
+            c.id,
+            c.participant_id,
+            c.experiment_id,
+            sql.time(c.opened),
+            (c.user_agent or "")[:512] or None,
+            c.address,
+            c.route,
+        )
+        for c in changes
+        if c.opened is not None
+    ])
+    sql.closed.run(cursor, [
+        (c.id, sql.time(c.closed), c.close_code)
+        for c in changes
+        if c.closed is not None
+    ])
+

@@ -1,0 +1,92 @@
+"""Engines: a database URL to an SQLAlchemy engine with synclab's JSON and SQLite settings, and
+the read-only engine of the commands that only read."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..exceptions import SettingsError
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _json_loads(value: Any) -> Any:
+    # SQLite gives a JSON column NUMERIC affinity: a stored "0.5" comes back as the float 0.5
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+def normalise_url(url: str) -> URL:
+    """``postgresql://`` means psycopg 3 here; anything else is passed to SQLAlchemy as given."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def make_engine(url: str, **options: Any) -> Engine:
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(
+            parsed,
+            json_serializer=_json_dumps,
+            json_deserializer=_json_loads,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            **options,
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(
+        parsed,
+        json_serializer=_json_dumps,
+        json_deserializer=_json_loads,
+        pool_pre_ping=True,
+        pool_size=8,
+        **options,
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL: readers never block the writer. synchronous=FULL: a commit survives power loss;
+    # the writer's group commit pays one fsync per batch, not per event.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    # no checkpoint inside a commit (it stalled the writer for hundreds of ms under load):
+    # Database.checkpoint copies the WAL back into the database off the writer thread
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+
+@contextmanager
+def reading(url: str) -> Iterator[Engine]:
+    """An engine on an existing database, for the commands that only read (export, verify).
+
+    A SQLite file that does not exist is a :class:`SettingsError`, never created; a database
+    error while reading becomes one too, naming the database without its password.
+    """
+    parsed = make_url(url)
+    path = parsed.database or ""
+    local = parsed.get_backend_name() == "sqlite" and path not in ("", ":memory:") and not path.startswith("file:")
+    if local and not os.path.exists(path):
+        raise SettingsError(f"DATABASE_URL: no SQLite database at {path!r}")
+    engine = make_engine(url)
+    try:
+        yield engine
+    except SQLAlchemyError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        raise SettingsError(f"cannot read the database {where}: {exc.__cause__ or exc}") from exc
+    finally:
+        engine.dispose()
