@@ -1,4 +1,4 @@
-"""The ``synclab`` command: ``serve``, ``demo``, ``bots``, ``export`` and ``verify``."""
+"""The ``synclab`` command: ``serve``, ``demo``, ``bots``, ``export``, ``verify`` and ``db``."""
 
 from __future__ import annotations
 
@@ -10,17 +10,18 @@ from collections.abc import Sequence
 import uvicorn
 
 from .bots import run_bots_command
+from .dbcommand import DB_ACTIONS, run_db
 from .exceptions import SchemaError, SettingsError
 from .experiments import parse_request, plan
 from .export import FORMATS, TABLES, run_export
 from .runtime import admin_token
 from .settings import Settings
 from .storage import (
-    create_schema,
     experiment_participants,
     experiment_row,
     insert_experiment,
     make_engine,
+    prepare_schema,
 )
 from .verify import run_verify
 
@@ -30,11 +31,16 @@ WS_MAX_SIZE = 1024 * 1024
 GC_THRESHOLD = 10_000
 
 
-def _prepare(settings: Settings) -> str:
-    """Create the schema and return the experimenter token (before the server starts)."""
+def _prepare(settings: Settings, upgrade: bool) -> str:
+    """Bring the schema to this synclab's and return the experimenter token (before the server starts).
+
+    A new database is made; one that is behind is upgraded with ``--upgrade``, else refused.
+    """
     engine = make_engine(settings.database_url)
     try:
-        create_schema(engine)
+        before = prepare_schema(engine, upgrade=upgrade)
+        if upgrade and not before.current and not before.empty:
+            print(f"synclab: upgraded the database from revision {before.describe()} to {before.head}", flush=True)
         token, created = admin_token(engine, settings)
     finally:
         engine.dispose()
@@ -92,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.add_argument("--host", default="127.0.0.1")
         sub.add_argument("--port", type=int, default=None)
         sub.add_argument("--workers", type=int, default=1)
+        sub.add_argument("--upgrade", action="store_true", help="upgrade the database first (see: synclab db upgrade)")
     exporting = commands.add_parser("export", help="write an experiment's data to stdout")
     exporting.add_argument("code")
     exporting.add_argument("--table", choices=TABLES, help="one table (default: the whole JSON document)")
@@ -106,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     checking = commands.add_parser("verify", help="recompute every result and score from the event log")
     checking.add_argument("code")
     checking.add_argument("--json", action="store_true", help="print the report as JSON")
+    schema = commands.add_parser("db", help="the database's schema: upgrade, current, history, check")
+    schema.add_argument("action", choices=DB_ACTIONS)
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -117,10 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "verify":
             return run_verify(settings, args.code, as_json=args.json)
+        if args.command == "db":
+            return run_db(settings, args.action)
         port = settings.port if args.port is None else args.port
         if not 0 <= port <= 65535:
             raise SettingsError(f"--port: expected a port from 0 to 65535, got {port}")
-        token = _prepare(settings)
+        token = _prepare(settings, args.upgrade)
         base = _base_url(args.host, port)
         print(f"synclab: monitor at {base}/monitor?token={token}", flush=True)
         if args.command == "demo":

@@ -2,6 +2,8 @@
 
     SynclabError             base class
     ├── SettingsError        a bad environment value; the process refuses to start
+    ├── SchemaError          the database cannot be used or upgraded by this synclab
+    │   └── SchemaBehind     the database is at an older revision: ``synclab db upgrade``
     ├── ApiError             a refused HTTP request: ``status``, ``field``, ``message``
     │   ├── BadRequest       400, names the bad field
     │   ├── Unauthorized     401, no token
@@ -39,7 +41,11 @@ class SettingsError(SynclabError):
 
 
 class SchemaError(SynclabError):
-    """The database holds tables of another synclab version (there are no migrations yet)."""
+    """The database cannot be used or upgraded by this synclab (a newer revision, foreign tables)."""
+
+
+class SchemaBehind(SchemaError):
+    """The database is at an older revision than this synclab needs; ``serve`` refuses to start."""
 
 
 class ApiError(SynclabError):

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from .hub import MemoryHub
 from .live import LiveGroups
 from .settings import Settings
-from .storage import Database, EventWriter, create_schema, get_or_create_meta
+from .storage import Database, EventWriter, get_or_create_meta, prepare_schema
 
 log = logging.getLogger("synclab")
 
@@ -40,7 +40,8 @@ class Runtime:
     async def open(cls, settings: Settings) -> Runtime:
         database = Database(settings.database_url)
         try:
-            await database.write(create_schema)
+            # a new database is made; one that is behind is refused (synclab db upgrade)
+            await database.write(prepare_schema)
             token, created = await database.write(admin_token, settings)
         except Exception:
             database.close()

@@ -3,17 +3,17 @@
     tables       the SQLModel tables and the SQLAlchemy tables queries are written against
     times        stored times to epoch seconds, ISO 8601 text and wire milliseconds
     engine       a URL to an engine (SQLite pragmas, JSON), the read-only engine of the commands
-    schema       a new database's schema; the migrations a database is behind by
+    schema       where a database stands against the migrations (Alembic), and upgrading it
     meta         server-wide key-value settings (the generated token)
-    experiments  creating and listing experiments, their groups, their status
+    catalog      experiments: creating and listing them, their groups, their status
     seats        who a connecting participant is, and what a live group is built from
     writes       the values a write carries (plain dataclasses, no SQL)
     batch        many writes committed in one transaction, ``seq`` handed out inside it
     thread       the writer thread that runs batches and jobs in order
     writer       the event loop's side of the writer: callbacks after the commit
     database     the async face: reads on reader threads, writes on the writer thread
-    events       reading the event log
-    sessions     sessions, results and ticks
+    log          reading the event log
+    outcomes     sessions, results and ticks
     snapshot     the monitor's snapshot of an experiment
 
 Every SQL function is synchronous and runs on a thread, never on the event loop. Code outside
@@ -23,10 +23,7 @@ the package imports these names from ``server.storage``, never from the modules 
 from __future__ import annotations
 
 from .batch import commit_writes
-from .database import Database
-from .engine import make_engine, normalise_url, reading
-from .events import count_events, list_events
-from .experiments import (
+from .catalog import (
     GroupPlace,
     NewBlock,
     NewExperiment,
@@ -41,10 +38,11 @@ from .experiments import (
     participant_game,
     set_experiment_status,
 )
+from .database import Database
+from .engine import make_engine, normalise_url, reading
+from .log import count_events, list_events
 from .meta import get_or_create_meta, stored_meta
-from .schema import create_schema
-from .seats import GroupSpec, Seat, client_ids, last_state_query, load_group, load_seat
-from .sessions import (
+from .outcomes import (
     block_final_scores,
     count_rows,
     find_session,
@@ -57,6 +55,18 @@ from .sessions import (
     session_results,
     session_row,
 )
+from .schema import (
+    BASELINE,
+    SchemaState,
+    create_schema,
+    differences,
+    head,
+    history,
+    prepare_schema,
+    schema_state,
+    upgrade_schema,
+)
+from .seats import GroupSpec, Seat, client_ids, last_state_query, load_group, load_seat
 from .snapshot import monitor_state
 from .tables import (
     blocks,
@@ -77,6 +87,7 @@ from .writer import EventWriter
 from .writes import ConnectionChange, GroupUpdate, NewEvent, NewResult, NewTick, Write
 
 __all__ = [
+    "BASELINE",
     "COMMIT_BUCKET_NAMES",
     "ConnectionChange",
     "Database",
@@ -89,6 +100,7 @@ __all__ = [
     "NewExperiment",
     "NewResult",
     "NewTick",
+    "SchemaState",
     "Seat",
     "Write",
     "WriterThread",
@@ -101,6 +113,7 @@ __all__ = [
     "count_experiments",
     "count_rows",
     "create_schema",
+    "differences",
     "events",
     "experiment_groups",
     "experiment_participants",
@@ -109,6 +122,8 @@ __all__ = [
     "find_session",
     "get_or_create_meta",
     "groups",
+    "head",
+    "history",
     "insert_experiment",
     "iso",
     "last_state_query",
@@ -129,9 +144,11 @@ __all__ = [
     "normalise_url",
     "participant_game",
     "participants",
+    "prepare_schema",
     "reading",
     "results",
     "results_by_session",
+    "schema_state",
     "session_query",
     "session_results",
     "session_row",
@@ -141,4 +158,5 @@ __all__ = [
     "ticks",
     "to_datetime",
     "to_epoch",
+    "upgrade_schema",
 ]

@@ -16,11 +16,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..exceptions import SettingsError
 
 
-def _json_dumps(value: Any) -> str:
+def json_dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _json_loads(value: Any) -> Any:
+def json_loads(value: Any) -> Any:
     # SQLite gives a JSON column NUMERIC affinity: a stored "0.5" comes back as the float 0.5
     return orjson.loads(value) if isinstance(value, str | bytes) else value
 
@@ -38,8 +38,8 @@ def make_engine(url: str, **options: Any) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(
             parsed,
-            json_serializer=_json_dumps,
-            json_deserializer=_json_loads,
+            json_serializer=json_dumps,
+            json_deserializer=json_loads,
             connect_args={"check_same_thread": False, "timeout": 30},
             **options,
         )
@@ -47,8 +47,8 @@ def make_engine(url: str, **options: Any) -> Engine:
         return engine
     return create_engine(
         parsed,
-        json_serializer=_json_dumps,
-        json_deserializer=_json_loads,
+        json_serializer=json_dumps,
+        json_deserializer=json_loads,
         pool_pre_ping=True,
         pool_size=8,
         **options,

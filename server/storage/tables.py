@@ -203,7 +203,9 @@ class Tick(SQLModel, table=True):
     snapshot: dict[str, Any] | None = _json()
 
 
-_tables = SQLModel.metadata.tables
+#: every table of synclab (what the migrations build, what ``synclab db check`` compares with)
+metadata = SQLModel.metadata
+_tables = metadata.tables
 experiments = _tables[Experiment.__tablename__]
 blocks = _tables[Block.__tablename__]
 participants = _tables[Participant.__tablename__]

@@ -215,8 +215,8 @@ async def test_each_connection_is_stored_with_its_times_and_user_agent(any_serve
     assert close_code == 1000
 
 
-def test_a_database_of_an_older_version_is_refused_with_what_it_lacks(tmp_path: Path) -> None:
-    """No migrations yet: a table missing a column stops start-up with a message naming both."""
+def test_a_database_whose_table_was_changed_by_hand_is_refused_with_what_it_lacks(tmp_path: Path) -> None:
+    """At the newest revision but missing a column: start-up stops with a message naming both."""
     url = f"sqlite:///{tmp_path}/old.db"
     engine = make_engine(url)
     try:

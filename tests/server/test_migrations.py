@@ -1,0 +1,455 @@
+"""Schema migrations: a new database, a database of release 0.1.0, upgrades, refusals, two at once.
+
+The release's databases are fixtures made by that release's own code (``tests/fixtures/
+make_release.py``, run on a checkout of commit f8cbfbf): a SQLite file and a ``pg_dump`` of the
+same two finished two-block experiments, with every REST page that release served for them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine, create_engine, inspect, select, text
+from sqlalchemy.engine import make_url
+
+from server.cli import main
+from server.storage import (
+    differences,
+    head,
+    make_engine,
+    normalise_url,
+    prepare_schema,
+    schema_state,
+    upgrade_schema,
+)
+from server.storage.schema import SCHEMA_LOCK
+from server.storage.tables import metadata
+from tests.conftest import POSTGRES_URL
+from tests.server.harness import timeout
+from tests.server.test_cli import free_port, run, started, wait_until_healthy
+
+RELEASE = Path(__file__).resolve().parent.parent / "fixtures" / "release-0.1.0"
+RELEASE_INFO = json.loads((RELEASE / "release.json").read_text())
+TOKEN = "release-fixture-token"  # the token the release served with (the pages need no other)
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+# --------------------------------------------------------------------------- the release's databases
+
+
+def release_database(tmp_path: Path, database_url: str) -> str:
+    """The release's database in this test's own place: the SQLite file copied, or the dump loaded."""
+    if make_url(database_url).get_backend_name() == "sqlite":
+        target = tmp_path / "release.db"
+        shutil.copyfile(RELEASE / "synclab.db", target)
+        return f"sqlite:///{target}"
+    schema = re.search(r"search_path%3D(\w+)", database_url)
+    assert schema is not None, database_url
+    _load_dump(schema[1])
+    return database_url
+
+
+def _load_dump(schema: str) -> None:
+    """``postgres.sql`` into ``schema`` (made by the fixture): its schema's name replaced, psql's
+    own commands left out (``\\restrict``), and the session's settings undone with its connection."""
+    lines = [
+        line
+        for line in (RELEASE / "postgres.sql").read_text().splitlines()
+        if not line.startswith("\\") and not line.startswith("CREATE SCHEMA ")
+    ]
+    sql = "\n".join(lines).replace(f"{RELEASE_INFO['schema']}.", f'"{schema}".')
+    admin = create_engine(normalise_url(POSTGRES_URL))
+    try:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(sql)
+    finally:
+        admin.dispose()
+
+
+def codes(database_url: str) -> list[str]:
+    kind = "sqlite" if make_url(database_url).get_backend_name() == "sqlite" else "postgres"
+    return list(RELEASE_INFO[kind])
+
+
+def pages(database_url: str) -> dict[str, Any]:
+    kind = "sqlite" if make_url(database_url).get_backend_name() == "sqlite" else "postgres"
+    recorded: dict[str, Any] = json.loads((RELEASE / f"pages-{kind}.json").read_text())
+    return recorded
+
+
+def every_row(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every synclab table, in primary-key order."""
+    rows: dict[str, list[tuple[Any, ...]]] = {}
+    with engine.connect() as conn:
+        for table in metadata.sorted_tables:
+            ordered = select(table).order_by(*table.primary_key.columns)
+            rows[table.name] = [tuple(r) for r in conn.execute(ordered)]
+    return rows
+
+
+def indexes(engine: Engine, table: str) -> set[str]:
+    with engine.connect() as conn:
+        return {str(i["name"]) for i in inspect(conn).get_indexes(table)}
+
+
+def contains(recorded: Any, now: Any, where: str = "") -> None:
+    """Every value the release gave is given again, the same (fields added since are allowed)."""
+    if isinstance(recorded, dict):
+        assert isinstance(now, dict), f"{where}: expected an object, got {now!r}"
+        for key, value in recorded.items():
+            assert key in now, f"{where}: {key!r} is gone"
+            contains(value, now[key], f"{where}.{key}")
+    elif isinstance(recorded, list):
+        assert isinstance(now, list) and len(now) == len(recorded), f"{where}: {len(recorded)} items, now {now!r}"
+        for i, (a, b) in enumerate(zip(recorded, now, strict=True)):
+            contains(a, b, f"{where}[{i}]")
+    else:
+        assert recorded == now, f"{where}: {recorded!r} then, {now!r} now"
+
+
+def csv_contains(recorded: str, now: str, where: str) -> None:
+    contains(list(csv.DictReader(io.StringIO(recorded))), list(csv.DictReader(io.StringIO(now))), where)
+
+
+# --------------------------------------------------------------------------- a copy of synclab with one more migration
+
+
+THROWAWAY = '''"""A throwaway column, to try an upgrade.
+
+Revision ID: 0099_throwaway
+Revises: {down}
+"""
+
+import time
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0099_throwaway"
+down_revision = "{down}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    time.sleep({pause})  # long enough for a second process to arrive while this one holds the lock
+    with op.batch_alter_table("experiments") as batch:
+        batch.add_column(sa.Column("throwaway", sa.String(length=20), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("experiments") as batch:
+        batch.drop_column("throwaway")
+'''
+
+
+def newer_synclab(tmp_path: Path, pause: float = 0.0) -> dict[str, str]:
+    """A copy of this synclab whose tables have one more column, with the migration that adds it.
+
+    Returns the environment that runs the copy (its ``server`` package first on the path).
+    """
+    source = tmp_path / "newer"
+    shutil.copytree(ROOT / "server", source / "server", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "static", source / "static")
+    versions = source / "server" / "storage" / "migrations" / "versions"
+    (versions / "0099_throwaway.py").write_text(THROWAWAY.format(down=head(), pause=pause))
+    tables = source / "server" / "storage" / "tables.py"
+    declared = tables.read_text()
+    anchor = "    last_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))\n\n\nclass Block("
+    assert anchor in declared
+    tables.write_text(declared.replace(
+        anchor, anchor.replace("\n\n\nclass Block(", "\n    throwaway: str | None = Field(default=None, max_length=20)\n\n\nclass Block(")
+    ))
+    return {"PYTHONPATH": str(source)}
+
+
+# --------------------------------------------------------------------------- a new database
+
+
+def test_a_new_database_is_made_at_the_newest_revision_by_the_migrations(database_url: str) -> None:
+    """An empty database gets every migration; its tables are then exactly the SQLModel tables
+    (Alembic's autogenerate comparison finds nothing), so no table can change without a migration."""
+    engine = make_engine(database_url)
+    try:
+        assert schema_state(engine).empty
+        found = prepare_schema(engine)
+        assert found.empty
+        state = schema_state(engine)
+        assert state.current and state.revision == head()
+        assert differences(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_the_comparison_sees_a_table_changed_without_a_migration(database_url: str) -> None:
+    """The check has teeth: a column added by hand and an index dropped are both reported."""
+    engine = make_engine(database_url)
+    try:
+        prepare_schema(engine)
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE blocks ADD COLUMN colour VARCHAR(10)"))
+            conn.execute(text("DROP INDEX ix_ticks_group_id"))
+        found = " | ".join(differences(engine))
+        assert "colour" in found and "ix_ticks_group_id" in found, found
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- the release's database
+
+
+def test_a_database_of_release_0_1_0_upgrades_keeping_every_row_and_every_page(
+    tmp_path: Path, database_url: str
+) -> None:
+    """``synclab db upgrade`` stamps the release's database (no version table) and upgrades it: every
+    row of every table is still there unchanged, ``synclab verify`` passes for both experiments,
+    and a server on it answers every REST page and export as the release did."""
+    url = release_database(tmp_path, database_url)
+    engine = make_engine(url)
+    try:
+        before = every_row(engine)
+        assert schema_state(engine).legacy
+        assert len(before["events"]) > 100 and len(before["results"]) > 10 and len(before["ticks"]) > 5
+    finally:
+        engine.dispose()
+
+    upgraded = run(tmp_path, "db", "upgrade", DATABASE_URL=url)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "from synclab 0.1.0" in upgraded.stdout and head() in upgraded.stdout
+
+    engine = make_engine(url)
+    try:
+        assert schema_state(engine).current
+        assert every_row(engine) == before
+        assert differences(engine) == []
+    finally:
+        engine.dispose()
+    for code in codes(url):
+        verified = run(tmp_path, "verify", code, DATABASE_URL=url)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with started(tmp_path, "serve", "--port", str(port), DATABASE_URL=url, SYNCLAB_ADMIN_TOKEN=TOKEN):
+        wait_until_healthy(base)
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=timeout(10)) as http:
+            for path, recorded in pages(url).items():
+                answer = http.get(path)
+                assert answer.status_code == 200, (path, answer.text)
+                if "export.csv" in path:
+                    csv_contains(recorded, answer.text, path)
+                else:
+                    contains(recorded, json.loads(answer.text.replace(base, "BASE")), path)
+
+
+def test_serve_refuses_the_release_database_in_one_line_and_serve_upgrade_upgrades_it(
+    tmp_path: Path, database_url: str
+) -> None:
+    """``synclab serve`` on the release's database exits 2 with one line naming the revision it is
+    at, the one it needs and the command; nothing is changed; ``serve --upgrade`` upgrades and serves."""
+    url = release_database(tmp_path, database_url)
+    refused = run(tmp_path, "serve", "--port", str(free_port()), DATABASE_URL=url, wait=20)
+    assert refused.returncode == 2, (refused.stdout, refused.stderr)
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1, refused.stderr
+    assert "synclab 0.1.0" in lines[0] and head() in lines[0] and "synclab db upgrade" in lines[0]
+    engine = make_engine(url)
+    try:
+        assert schema_state(engine).legacy
+    finally:
+        engine.dispose()
+
+    port = free_port()
+    with started(tmp_path, "serve", "--upgrade", "--port", str(port), DATABASE_URL=url,
+                 SYNCLAB_ADMIN_TOKEN=TOKEN) as running:
+        assert wait_until_healthy(f"http://127.0.0.1:{port}").status_code == 200
+        listed = httpx.get(f"http://127.0.0.1:{port}/api/experiments", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert sorted(e["code"] for e in listed.json()["results"]) == sorted(codes(url))
+        assert any("upgraded the database" in line for line in running.seen + _drain(running))
+
+
+def _drain(running: Any) -> list[str]:
+    lines = []
+    while not running.lines.empty():
+        line = running.lines.get()
+        if line is not None:
+            lines.append(line)
+    return lines
+
+
+def test_a_database_made_before_2026_11_22_loses_its_old_group_index(tmp_path: Path) -> None:
+    """Builds before 2026-11-22 indexed every event by group: the upgrade drops that index and
+    makes the partial one of ``state`` events, and changes no row."""
+    url = release_database(tmp_path, "sqlite://")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("DROP INDEX ix_events_group_state"))
+            conn.execute(text("CREATE INDEX ix_events_group_id ON events (group_id)"))
+        before = every_row(engine)
+        upgrade_schema(engine)
+        assert "ix_events_group_id" not in indexes(engine, "events")
+        assert "ix_events_group_state" in indexes(engine, "events")
+        assert every_row(engine) == before
+        assert differences(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_a_database_older_than_0_1_0_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    """Tables without a column the baseline has cannot be stamped: exit 2 naming the table and
+    column, and no version table is written."""
+    url = release_database(tmp_path, "sqlite://")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE experiments DROP COLUMN block_pause"))
+    finally:
+        engine.dispose()
+    result = run(tmp_path, "db", "upgrade", DATABASE_URL=url)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "'experiments'" in result.stderr and "block_pause" in result.stderr
+    engine = make_engine(url)
+    try:
+        assert schema_state(engine).legacy
+        with engine.connect() as conn:
+            assert "alembic_version" not in inspect(conn).get_table_names()
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- a newer synclab
+
+
+def test_a_newer_synclab_refuses_this_database_until_db_upgrade_then_serves_it(tmp_path: Path) -> None:
+    """A copy of synclab with a throwaway column and its migration: its ``serve`` refuses a
+    database made by this synclab with the revision it is at and the one it needs; after its
+    ``db upgrade`` it serves, the rows are there, and ``db check`` passes. This synclab then
+    refuses the upgraded database: it does not know that revision."""
+    url = f"sqlite:///{tmp_path}/synclab.db"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with started(tmp_path, "serve", "--port", str(port), DATABASE_URL=url, SYNCLAB_ADMIN_TOKEN=TOKEN):
+        wait_until_healthy(base)
+        created = httpx.post(f"{base}/api/experiments", headers={"Authorization": f"Bearer {TOKEN}"},
+                             json={"game": "bimatrix", "participants": 2, "group_size": 2}, timeout=timeout(5))
+        assert created.status_code == 201, created.text
+
+    newer = newer_synclab(tmp_path)
+    refused = run(tmp_path, "serve", "--port", str(free_port()), DATABASE_URL=url, wait=20, **newer)
+    assert refused.returncode == 2, (refused.stdout, refused.stderr)
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert f"is at revision {head()}; this synclab needs 0099_throwaway" in refused.stderr
+    assert "synclab db upgrade" in refused.stderr
+    behind = run(tmp_path, "db", "current", DATABASE_URL=url, **newer)
+    assert behind.returncode == 1 and head() in behind.stdout
+
+    upgraded = run(tmp_path, "db", "upgrade", DATABASE_URL=url, **newer)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert f"from {head()} to 0099_throwaway" in upgraded.stdout
+    assert run(tmp_path, "db", "check", DATABASE_URL=url, **newer).returncode == 0
+    with started(tmp_path, "serve", "--port", str(port), DATABASE_URL=url, SYNCLAB_ADMIN_TOKEN=TOKEN, **newer):
+        wait_until_healthy(base)
+        listed = httpx.get(f"{base}/api/experiments", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert [e["code"] for e in listed.json()["results"]] == [created.json()["code"]]
+
+    ahead = run(tmp_path, "serve", "--port", str(free_port()), DATABASE_URL=url, wait=20)
+    assert ahead.returncode == 2, (ahead.stdout, ahead.stderr)
+    assert "0099_throwaway, which this synclab does not know" in ahead.stderr
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_two_processes_upgrading_at_once_take_turns(tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
+    """Two ``db upgrade`` at once, the first holding the schema lock in a slow migration: the second
+    waits (on PostgreSQL it is seen waiting on the advisory lock) and ends after the first, finding
+    nothing left to do; the database is upgraded once and every row is there."""
+    url = release_database(tmp_path, "sqlite://" if kind == "sqlite" else str(request.getfixturevalue("postgres_url")))
+    engine = make_engine(url)
+    before = every_row(engine)
+    engine.dispose()
+    env = {"DATABASE_URL": url, **newer_synclab(tmp_path, pause=2.0)}
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+    with started(tmp_path / "first", "db", "upgrade", **env) as first:
+        time.sleep(timeout(1.0))  # by now inside its slow migration, holding the lock
+        with started(tmp_path / "second", "db", "upgrade", **env) as second:
+            if kind == "postgres":
+                _until_waiting_on_the_schema_lock()
+            assert first.process.wait(timeout(30)) == 0, first.stderr()
+            first_ended = time.monotonic()
+            assert second.process.wait(timeout(30)) == 0, second.stderr()
+            assert time.monotonic() >= first_ended
+            first.wait_for(re.compile(r"upgraded .* to 0099_throwaway"))
+            second.wait_for(re.compile(r"already at 0099_throwaway"))
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0099_throwaway"]
+        after = every_row(engine)
+        assert {t: len(r) for t, r in after.items()} == {t: len(r) for t, r in before.items()}
+    finally:
+        engine.dispose()
+
+
+def _until_waiting_on_the_schema_lock(wait: float = 15.0) -> None:
+    """Until a session waits for the advisory lock of schema changes (``pg_locks``, not granted)."""
+    admin = create_engine(normalise_url(POSTGRES_URL))
+    deadline = time.monotonic() + timeout(wait)
+    try:
+        while True:
+            with admin.connect() as conn:
+                waiting = conn.execute(
+                    text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = :key AND NOT granted"),
+                    {"key": SCHEMA_LOCK},
+                ).scalar_one()
+            if waiting:
+                return
+            assert time.monotonic() < deadline, "the second upgrade never waited on the schema lock"
+            time.sleep(0.05)
+    finally:
+        admin.dispose()
+
+
+# --------------------------------------------------------------------------- the db commands
+
+
+def db(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, url: str, action: str) -> tuple[int, str, str]:
+    """``synclab db ACTION`` through the command's own entry point, in this process."""
+    monkeypatch.setenv("DATABASE_URL", url)
+    status = main(["db", action])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_db_current_and_history_say_where_the_database_stands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``db current`` names the revision (exit 0 at the newest, 1 behind); ``db check`` fails behind;
+    ``db history`` lists every revision newest first and marks the database's; a missing SQLite
+    file is not created."""
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    status, _, err = db(capsys, monkeypatch, f"sqlite:///{tmp_path}/missing.db", "current")
+    assert status == 2 and "no SQLite database" in err
+    assert not (tmp_path / "missing.db").exists()
+
+    url = release_database(tmp_path, "sqlite://")
+    status, out, err = db(capsys, monkeypatch, url, "current")
+    assert status == 1 and "synclab 0.1.0" in out and "synclab db upgrade" in err
+    assert db(capsys, monkeypatch, url, "check")[0] == 1
+    assert db(capsys, monkeypatch, url, "upgrade")[0] == 0
+    status, out, _ = db(capsys, monkeypatch, url, "current")
+    assert status == 0 and out.strip().endswith(head())
+    status, out, _ = db(capsys, monkeypatch, url, "check")
+    assert status == 0 and "tables are this synclab's" in out
+    listed = db(capsys, monkeypatch, url, "history")[1].splitlines()
+    assert listed[0].startswith(head()) and "head" in listed[0] and "the database" in listed[0]
+    assert listed[-1].startswith("0001_baseline")
