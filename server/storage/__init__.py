@@ -14,6 +14,7 @@
     database     the async face: reads on reader threads, writes on the writer thread
     events       reading the event log
     sessions     sessions, results and ticks
+    asof         sessions, groups and blocks as they stood at a ``seq`` (the exports)
     snapshot     the monitor's snapshot of an experiment
 
 Every SQL function is synchronous and runs on a thread, never on the event loop. Code outside
@@ -22,6 +23,15 @@ the package imports these names from ``server.storage``, never from the modules 
 
 from __future__ import annotations
 
+from .asof import (
+    Period,
+    Standing,
+    block_status,
+    blocks_and_groups_as_of,
+    experiment_periods_as_of,
+    periods_as_of,
+    session_standings,
+)
 from .batch import commit_writes
 from .database import Database
 from .engine import make_engine, normalise_url, reading
@@ -89,11 +99,15 @@ __all__ = [
     "NewExperiment",
     "NewResult",
     "NewTick",
+    "Period",
     "Seat",
+    "Standing",
     "Write",
     "WriterThread",
     "block_final_scores",
+    "block_status",
     "blocks",
+    "blocks_and_groups_as_of",
     "client_ids",
     "commit_writes",
     "connections",
@@ -104,6 +118,7 @@ __all__ = [
     "events",
     "experiment_groups",
     "experiment_participants",
+    "experiment_periods_as_of",
     "experiment_row",
     "experiments",
     "find_session",
@@ -129,12 +144,14 @@ __all__ = [
     "normalise_url",
     "participant_game",
     "participants",
+    "periods_as_of",
     "reading",
     "results",
     "results_by_session",
     "session_query",
     "session_results",
     "session_row",
+    "session_standings",
     "sessions",
     "set_experiment_status",
     "stored_meta",
