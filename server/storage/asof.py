@@ -98,7 +98,7 @@ def periods_as_of(conn: Connection, upto_seq: int, group_ids: Iterable[int]) -> 
 
 
 def experiment_periods_as_of(conn: Connection, experiment_id: int, upto_seq: int) -> dict[int, Period]:
-    """Every group of the experiment, with its period as of ``upto_seq``, in one query."""
+    """Every group of the experiment, with its period as of ``upto_seq`` (their state events in one query)."""
     ids = select(groups.c.id).where(groups.c.experiment_id == experiment_id)
     marks: dict[int, set[str]] = {int(gid): set() for gid in conn.execute(ids).scalars()}
     for gid, value in conn.execute(_state_events(events.c.group_id.in_(ids.scalar_subquery()), upto_seq)):
