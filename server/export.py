@@ -6,9 +6,25 @@ the last row sent (keyset paging, never ``OFFSET``), so a million events cost on
 and no connection or thread is held between pages. The HTTP stream runs each page on the
 database's reader threads (:func:`stream`); ``synclab export`` loops on an engine (:func:`chunks`).
 
-A run may store events while an export streams. The export reads the experiment's ``last_seq``
-once, at the start, and stops there: the events and results it gives are a consistent prefix of
-the log (``seq`` is handed out in the same transaction that stores the event and its result).
+A run may store events while an export streams. The export reads the experiment's row, with its
+``last_seq``, once at the start, and every table is cut there, so a CSV or JSON downloaded
+mid-run is one snapshot of the run as it stood at that ``seq``:
+
+- events and results: those with ``seq`` at most ``last_seq`` (``seq`` is handed out in the same
+  transaction that stores an event and its result);
+- sessions: ``started_at`` only if the group's ``period_start`` is among those events;
+  ``finished_at`` and ``final_score`` only if its ``period_end`` is too (else null and 0.0, as
+  the database held them);
+- participants: completion, ``final_score``, ``rank``, ``percentile_rank`` and ``group`` (the
+  first group not ended) from those sessions and groups;
+- the document's groups (``phase``, ``started_at``, ``ended_at``) and blocks (``status``) as
+  those events left them; the experiment is the row read at the start.
+
+Each page reads the rows as they are now and takes them back to ``last_seq`` through the groups'
+``state`` events (``storage.asof``): a period's start and end are committed with their state
+event. What the event log does not record stays as read by the page: a participant's
+``connected`` and ``connected_since``, a session's ``json_data``, and whether a running group is
+``paused``.
 """
 
 from __future__ import annotations
@@ -21,7 +37,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Literal
 
 import orjson
-from sqlalchemy import Engine, and_, or_, select
+from sqlalchemy import Engine, and_, or_
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -33,13 +49,12 @@ from .settings import Settings
 from .storage import (
     Database,
     blocks,
+    blocks_and_groups_as_of,
     experiment_row,
-    groups,
-    iso,
     list_events,
     list_results,
-    memberships,
     participants,
+    periods_as_of,
     reading,
     results_by_session,
     session_query,
@@ -191,7 +206,8 @@ def _results(engine: Engine, part: Part, cursor: Cursor) -> tuple[list[dict[str,
 
 
 def _sessions(engine: Engine, part: Part, cursor: Cursor) -> tuple[list[dict[str, Any]], Cursor | None]:
-    """Sessions in block order, then participant order, as the API lists them (keyed on both)."""
+    """Sessions in block order, then participant order, as the API lists them (keyed on both), as of ``last_seq``."""
+    last_seq = part.experiment["last_seq"]
     query = (
         session_query()
         .add_columns(participants.c.index.label("participant_index"))
@@ -206,8 +222,9 @@ def _sessions(engine: Engine, part: Part, cursor: Cursor) -> tuple[list[dict[str
         )
     with engine.connect() as conn:
         found = conn.execute(query).mappings().all()
-        nested = results_by_session(conn, [r["id"] for r in found], part.experiment["last_seq"]) if part.nested else {}
-    rows = [session_row(r) for r in found]
+        periods = periods_as_of(conn, last_seq, [r["group"] for r in found])
+        nested = results_by_session(conn, [r["id"] for r in found], last_seq) if part.nested else {}
+    rows = [session_row(periods[r["group"]].session(r)) for r in found]
     if part.nested:
         for row, r in zip(rows, found, strict=True):
             row["results"] = nested.get(r["id"], [])
@@ -216,65 +233,22 @@ def _sessions(engine: Engine, part: Part, cursor: Cursor) -> tuple[list[dict[str
 
 
 def _participants(engine: Engine, part: Part, cursor: Cursor) -> tuple[list[dict[str, Any]], Cursor | None]:
-    """Participants' progress, as the API lists it: one row each, so one page (bounded by the experiment)."""
-    return participant_progress(engine, part.experiment["id"]), None
+    """Participants' progress as of ``last_seq``: one row each, so one page (bounded by the experiment)."""
+    return participant_progress(engine, part.experiment["id"], upto_seq=part.experiment["last_seq"]), None
 
 
 _READERS = {"events": _events, "results": _results, "sessions": _sessions, "participants": _participants}
 
 
 def _document_head(engine: Engine, experiment: dict[str, Any]) -> bytes:
-    """``{"experiment", "blocks", "groups", "participants"`` of the JSON document (all small)."""
+    """``{"experiment", "blocks", "groups", "participants"`` of the JSON document (all small), as of ``last_seq``."""
     with engine.connect() as conn:
-        block_rows = conn.execute(
-            select(
-                blocks.c.index,
-                blocks.c.period_length,
-                blocks.c.num_subperiods,
-                blocks.c.rate_limit,
-                blocks.c.bonus_points,
-                blocks.c.matching,
-                blocks.c.status,
-            )
-            .where(blocks.c.experiment_id == experiment["id"])
-            .order_by(blocks.c.index)
-        ).mappings().all()
-        group_rows = conn.execute(
-            select(
-                groups.c.id,
-                blocks.c.index.label("block"),
-                groups.c.index,
-                groups.c.phase,
-                groups.c.started_at,
-                groups.c.ended_at,
-                participants.c.code,
-            )
-            .join(blocks, blocks.c.id == groups.c.block_id)
-            .join(memberships, memberships.c.group_id == groups.c.id)
-            .join(participants, participants.c.id == memberships.c.participant_id)
-            .where(groups.c.experiment_id == experiment["id"])
-            .order_by(blocks.c.index, groups.c.index, memberships.c.position)
-        ).mappings().all()
-    by_id: dict[int, dict[str, Any]] = {}
-    for g in group_rows:
-        entry = by_id.setdefault(
-            g["id"],
-            {
-                "id": g["id"],
-                "block": g["block"],
-                "index": g["index"],
-                "phase": g["phase"],
-                "started_at": iso(g["started_at"]),
-                "ended_at": iso(g["ended_at"]),
-                "members": [],
-            },
-        )
-        entry["members"].append(g["code"])
+        block_rows, group_rows = blocks_and_groups_as_of(conn, experiment["id"], experiment["last_seq"])
     head = {
         "experiment": experiment_fields(experiment),
-        "blocks": [dict(b) for b in block_rows],
-        "groups": list(by_id.values()),
-        "participants": participant_progress(engine, experiment["id"]),
+        "blocks": block_rows,
+        "groups": group_rows,
+        "participants": participant_progress(engine, experiment["id"], upto_seq=experiment["last_seq"]),
     }
     return orjson.dumps(head)[:-1]  # left open: the sessions and events follow
 

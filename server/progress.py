@@ -1,22 +1,23 @@
 """Participants' progress, after edx's completion API: completion, scores, ranks and means.
 
 Everything is computed from the stored rows in one read (a handful of queries), so the REST API,
-the exports and the monitor agree. Ranks are over the whole experiment: ``rank`` is MUSCLE's dense
-rank of ``final_score`` (1 = best, ties share), ``percentile_rank`` the percentage of the
-participants compared who score below, ties counted half.
+the exports and the monitor agree: the REST API and the monitor as the rows stand now, an export
+as of its ``last_seq`` (``upto_seq``; see ``storage.asof``). Ranks are over the whole experiment:
+``rank`` is MUSCLE's dense rank of ``final_score`` (1 = best, ties share), ``percentile_rank`` the
+percentage of the participants compared who score below, ties counted half.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from statistics import fmean
 from typing import Any
 
 from sqlalchemy import Engine, and_, func, select
 
-from groups import Phase
-
 from .storage import (
+    Standing,
     blocks,
     connections,
     experiments,
@@ -27,6 +28,7 @@ from .storage import (
     results_by_session,
     session_query,
     session_row,
+    session_standings,
     sessions,
 )
 
@@ -43,11 +45,18 @@ class Filter:
     exclude_unfinished: bool = False
 
 
-def participant_progress(engine: Engine, experiment_id: int, only: Filter | None = None) -> list[dict[str, Any]]:
-    """One row per participant in participant order (see :func:`_rows`), filtered by ``only``."""
+def participant_progress(
+    engine: Engine, experiment_id: int, only: Filter | None = None, *, upto_seq: int | None = None
+) -> list[dict[str, Any]]:
+    """One row per participant in participant order (see :func:`_rows`), filtered by ``only``.
+
+    As stored now, or with ``upto_seq`` as of that ``seq`` (the exports): completion, scores,
+    ranks and the group from the sessions and groups as they stood then; ``connected`` and
+    ``connected_since`` are not in the event log and stay as read now.
+    """
     only = only or Filter()
     with engine.connect() as conn:
-        rows = _rows(conn, experiment_id)
+        rows = _rows(conn, experiment_id, upto_seq)
         members = _group_members(conn, only.group) if only.group is not None else None
     _rank(rows, only.exclude_unfinished)
     return [
@@ -103,19 +112,11 @@ def stats(rows: list[dict[str, Any]], exclude_unfinished: bool) -> dict[str, Any
 # --------------------------------------------------------------------------- the reads
 
 
-def _rows(conn: Any, experiment_id: int) -> list[dict[str, Any]]:
+def _rows(conn: Any, experiment_id: int, upto_seq: int | None) -> list[dict[str, Any]]:
     num_blocks = conn.execute(select(experiments.c.num_blocks).where(experiments.c.id == experiment_id)).scalar_one()
     people = conn.execute(
-        select(
-            participants.c.id,
-            participants.c.code,
-            participants.c.label,
-            func.count(sessions.c.finished_at).label("finished"),
-            func.coalesce(func.sum(sessions.c.final_score), 0.0).label("score"),
-        )
-        .outerjoin(sessions, sessions.c.participant_id == participants.c.id)
+        select(participants.c.id, participants.c.code, participants.c.label)
         .where(participants.c.experiment_id == experiment_id)
-        .group_by(participants.c.id, participants.c.code, participants.c.label, participants.c.index)
         .order_by(participants.c.index)
     ).all()
     open_since = dict(
@@ -125,20 +126,15 @@ def _rows(conn: Any, experiment_id: int) -> list[dict[str, Any]]:
             .group_by(connections.c.participant_id)
         ).all()
     )
-    places: dict[int, list[tuple[int, Phase]]] = {}
-    for pid, gid, phase in conn.execute(
-        select(memberships.c.participant_id, groups.c.id, groups.c.phase)
-        .join(groups, groups.c.id == memberships.c.group_id)
-        .join(blocks, blocks.c.id == groups.c.block_id)
-        .where(groups.c.experiment_id == experiment_id)
-        .order_by(blocks.c.index)
-    ):
-        places.setdefault(pid, []).append((gid, Phase(phase)))
+    standings: dict[int, list[Standing]] = {}
+    for s in session_standings(conn, experiment_id, upto_seq):
+        standings.setdefault(s.participant_id, []).append(s)
     rows = []
-    for pid, code, label, finished, score in people:
-        mine = places.get(pid, [])
+    for pid, code, label in people:
+        mine = standings.get(pid, [])
+        finished = sum(s.finished for s in mine)
         # its group now: the first not ended, else the last (the block pause is not counted)
-        group = next((g for g, p in mine if p is not Phase.ENDED), mine[-1][0] if mine else None)
+        group = next((s.group_id for s in mine if not s.group_ended), mine[-1].group_id if mine else None)
         since = open_since.get(pid)
         possible = int(num_blocks)
         rows.append(
@@ -149,11 +145,12 @@ def _rows(conn: Any, experiment_id: int) -> list[dict[str, Any]]:
                 "connected": since is not None,
                 "connected_since": iso(since),
                 "completion": {
-                    "earned": int(finished),
+                    "earned": finished,
                     "possible": possible,
-                    "ratio": int(finished) / possible if possible else 0.0,
+                    "ratio": finished / possible if possible else 0.0,
                 },
-                "final_score": float(score),
+                # fsum: the correctly rounded sum, whatever the order of the sessions
+                "final_score": math.fsum(s.final_score for s in mine),
                 "rank": 0,
                 "percentile_rank": 0.0,
             }

@@ -14,6 +14,7 @@
     database     the async face: reads on reader threads, writes on the writer thread
     log          reading the event log
     outcomes     sessions, results and ticks
+    asof         sessions, groups and blocks as they stood at a ``seq`` (the exports)
     snapshot     the monitor's snapshot of an experiment
 
 Every SQL function is synchronous and runs on a thread, never on the event loop. Code outside
@@ -22,6 +23,15 @@ the package imports these names from ``server.storage``, never from the modules 
 
 from __future__ import annotations
 
+from .asof import (
+    Period,
+    Standing,
+    block_status,
+    blocks_and_groups_as_of,
+    experiment_periods_as_of,
+    periods_as_of,
+    session_standings,
+)
 from .batch import commit_writes
 from .catalog import (
     GroupPlace,
@@ -100,12 +110,16 @@ __all__ = [
     "NewExperiment",
     "NewResult",
     "NewTick",
+    "Period",
     "SchemaState",
     "Seat",
+    "Standing",
     "Write",
     "WriterThread",
     "block_final_scores",
+    "block_status",
     "blocks",
+    "blocks_and_groups_as_of",
     "client_ids",
     "commit_writes",
     "connections",
@@ -117,6 +131,7 @@ __all__ = [
     "events",
     "experiment_groups",
     "experiment_participants",
+    "experiment_periods_as_of",
     "experiment_row",
     "experiments",
     "find_session",
@@ -144,6 +159,7 @@ __all__ = [
     "normalise_url",
     "participant_game",
     "participants",
+    "periods_as_of",
     "prepare_schema",
     "reading",
     "results",
@@ -152,6 +168,7 @@ __all__ = [
     "session_query",
     "session_results",
     "session_row",
+    "session_standings",
     "sessions",
     "set_experiment_status",
     "stored_meta",

@@ -1,4 +1,5 @@
-"""Exports (contract sections 1 and 4): CSV and JSON equal the API's lists, stream in constant memory."""
+"""Exports (contract sections 1 and 4): CSV and JSON equal the API's lists, stream in constant memory, and
+stop at the ``last_seq`` they read, every table alike."""
 
 from __future__ import annotations
 
@@ -11,25 +12,35 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, event, insert, select, update
 
 from server.cli import main
 from server.experiments import parse_request, plan
-from server.export import CSV_COLUMNS, TABLES, Format, chunks
+from server.export import CSV_COLUMNS, TABLES, Format, chunks, stream
 from server.export import plan as export_plan
 from server.sessions import SessionRecord
 from server.storage import (
+    Database,
+    GroupUpdate,
+    NewEvent,
+    NewResult,
+    Period,
+    Write,
+    commit_writes,
     create_schema,
     events,
     experiment_row,
     experiments,
     groups,
     insert_experiment,
+    load_group,
     make_engine,
     participants,
+    periods_as_of,
+    session_standings,
     to_datetime,
 )
-from tests.server.harness import Harness, running_server, timeout, until_state
+from tests.server.harness import Client, Harness, running_server, timeout, until_state
 from tests.server.test_blocks import decide, wait_for_status
 
 #: where each table's rows are listed by the API
@@ -168,6 +179,7 @@ async def test_the_json_document_holds_everything_with_results_inside_their_sess
     assert doc["participants"] == await listed(server, code, "participants")
     assert doc["events"] == await listed(server, code, "events")
     assert doc["events"][-1]["seq"] == detail["last_seq"]
+    assert_as_its_events_say(doc)
 
     api_results = await listed(server, code, "results")
     sessions = [{k: v for k, v in s.items() if k != "results"} for s in doc["sessions"]]
@@ -353,3 +365,193 @@ async def test_a_hundred_thousand_events_export_in_constant_memory(sqlite_url: s
                 lines += chunk.count(b"\n")
                 last = chunk[-1]
         assert (size, lines, last) == (sizes["csv"], MANY + 1, ord("\n"))
+
+
+# --------------------------------------------------------------------------- as of the export's last_seq
+
+
+def exported(engine: Engine, row: dict[str, Any]) -> dict[str, bytes]:
+    """Every export of ``row``'s experiment, in pages of one row: the JSON document, each table as CSV and JSON."""
+    out = {"document": b"".join(chunks(engine, export_plan(row, None, "json", limit=1)))}
+    formats: tuple[Format, ...] = ("csv", "json")
+    for table in TABLES:
+        for fmt in formats:
+            out[f"{table}.{fmt}"] = b"".join(chunks(engine, export_plan(row, table, fmt, limit=1)))
+    return out
+
+
+async def streamed(database: Database, row: dict[str, Any]) -> bytes:
+    """The JSON document of ``row``'s experiment as HTTP streams it, each page on a reader thread."""
+    return b"".join([chunk async for chunk in stream(database, export_plan(row, None, "json", limit=1))])
+
+
+def assert_as_its_events_say(doc: dict[str, Any]) -> None:
+    """Sessions, participants, groups and blocks are what the document's own events and results make them.
+
+    A group's period started (ended) iff its ``period_start`` (``period_end``) is among the events; the
+    runs here are not paused, so a group started and not ended is ``running``.
+    """
+    last_seq = doc["experiment"]["last_seq"]
+    assert [e["seq"] for e in doc["events"]] == list(range(1, last_seq + 1))
+    marks: dict[int, set[str]] = {}
+    for e in doc["events"]:
+        if e["channel"] == "state":
+            marks.setdefault(e["group"], set()).add(e["value"])
+    bonus = {b["index"]: b["bonus_points"] for b in doc["blocks"]}
+    for s in doc["sessions"]:
+        seen = marks.get(s["group"], set())
+        started, finished = "period_start" in seen, {"period_start", "period_end"} <= seen
+        assert (s["started_at"] is not None, s["finished_at"] is not None) == (started, finished), s
+        assert all(r["seq"] <= last_seq for r in s["results"])
+        expected = bonus[s["block"]] + sum(r["score"] for r in s["results"]) if finished else 0.0
+        assert s["final_score"] == pytest.approx(expected), s
+    for g in doc["groups"]:
+        seen = marks.get(g["id"], set())
+        phase = "ended" if "period_end" in seen else "running" if "period_start" in seen else "waiting"
+        assert (g["phase"], g["started_at"] is not None, g["ended_at"] is not None) == (
+            phase, "period_start" in seen, "period_end" in seen
+        ), g
+    for b in doc["blocks"]:
+        phases = [g["phase"] for g in doc["groups"] if g["block"] == b["index"]]
+        status = "done" if all(p == "ended" for p in phases) else "running" if set(phases) - {"waiting"} else "pending"
+        assert b["status"] == status, b
+    phase_of = {g["id"]: g["phase"] for g in doc["groups"]}
+    for p in doc["participants"]:
+        mine = sorted((s for s in doc["sessions"] if s["participant"] == p["code"]), key=lambda s: s["block"])
+        assert p["completion"]["earned"] == sum(s["finished_at"] is not None for s in mine), p
+        assert p["final_score"] == pytest.approx(sum(s["final_score"] for s in mine)), p
+        assert p["group"] == next((s["group"] for s in mine if phase_of[s["group"]] != "ended"), mine[-1]["group"])
+
+
+async def end_group(server: Harness, code: str, group: int) -> None:
+    response = await server.http.post(f"/api/experiments/{code}/end", params={"group": group})
+    assert response.status_code == 200 and response.json()["groups"] == [group], response.text
+
+
+def group_now(client: Client) -> int:
+    """The group of the participant's last ``hello`` (a new one comes when it moves on to the next block)."""
+    group: int = [f for f in client.frames if f["channel"] == "hello"][-1]["payload"]["group"]
+    return group
+
+
+async def test_an_export_of_a_row_read_before_periods_ended_and_started_is_the_run_as_of_its_last_seq(
+    any_server: Harness,
+) -> None:
+    """Periods that end or start after the row is read change nothing in its export: all tables stop at last_seq."""
+    server = any_server
+    engine = server.runtime.database.engine
+    exp = await server.create(participants=4, group_size=2, blocks=2, period_length=60, bonus_points=1, block_pause=0.2)
+    code = exp["code"]
+    clients = [await server.connect(p["code"]) for p in exp["participants"]]
+    for client in clients:
+        await until_state(client, "period_start")
+    first = clients[0]
+    g1 = group_now(first)
+    ones = [c for c in clients if group_now(c) == g1]
+    twos = [c for c in clients if c not in ones]
+    g2 = group_now(twos[0])
+    await decide(first, 1.0, "a")
+    await decide(twos[0], 0.0, "b")
+    # group 1 ends and its members move on to block 1, where their group h1 starts; group 2 plays on
+    await end_group(server, code, g1)
+    for client in ones:
+        await until_state(client, "period_end")
+        await until_state(client, "period_start")
+    h1 = group_now(first)
+
+    row = experiment_row(engine, code)
+    assert row is not None
+    before = exported(engine, row)  # nothing runs now: as stored, which is as of last_seq
+
+    # after the row is read: group 2 ends (block 0 is done), its members' h2 starts, h1 ends
+    await end_group(server, code, g2)
+    for client in twos:
+        await until_state(client, "period_end")
+        await until_state(client, "period_start")
+    h2 = group_now(twos[0])
+    await end_group(server, code, h1)
+    for client in ones:
+        await until_state(client, "period_end")
+
+    after = exported(engine, row)
+    for name, data in before.items():
+        assert after[name] == data, name
+    assert await streamed(server.runtime.database, row) == before["document"]
+
+    doc = orjson.loads(after["document"])
+    assert_as_its_events_say(doc)
+    assert [(g["id"], g["phase"]) for g in doc["groups"]] == [
+        (g1, "ended"), (g2, "running"), (h1, "running"), (h2, "waiting")
+    ]
+    assert [b["status"] for b in doc["blocks"]] == ["running", "running"]
+    finished = {(s["group"], s["finished_at"] is not None, s["started_at"] is not None) for s in doc["sessions"]}
+    assert finished == {(g1, True, True), (g2, False, True), (h1, False, True), (h2, False, False)}
+    assert {p["group"] for p in doc["participants"]} == {h1, g2}
+    assert sorted(p["completion"]["earned"] for p in doc["participants"]) == [0, 0, 1, 1]
+
+    # a new export, and the REST lists, are as of now: group 2 and h1 finished since
+    now = experiment_row(engine, code)
+    assert now is not None and now["last_seq"] > row["last_seq"]
+    later = exported(engine, now)
+    assert later["sessions.json"] != before["sessions.json"]
+    assert orjson.loads(later["sessions.json"]) == await listed(server, code, "sessions")
+    assert orjson.loads(later["participants.json"]) == await listed(server, code, "participants")
+    doc_now = orjson.loads(later["document"])
+    assert_as_its_events_say(doc_now)
+    assert [b["status"] for b in doc_now["blocks"]] == ["done", "running"]
+
+
+def test_a_groups_period_is_taken_back_to_any_seq_through_its_state_events(engine: Engine) -> None:
+    """The writer's start and end of a period, seen as of each seq before, at and after them; the index is used."""
+    spec_row = plan(parse_request({"game": "bimatrix", "participants": 2, "group_size": 2, "bonus_points": 2}))
+    experiment_id = insert_experiment(engine, spec_row)
+    with engine.connect() as conn:
+        group_id = int(conn.execute(select(groups.c.id).where(groups.c.experiment_id == experiment_id)).scalar_one())
+    spec = load_group(engine, group_id)
+    assert spec is not None
+    at = 1_700_000_000.0
+
+    def state(value: str, phase: str, now: float, results: list[NewResult]) -> Write:
+        """A period's start or end as a live group writes it: the state event, the group's row, its results."""
+        changed = GroupUpdate(group_id, phase, at, at + 60, now if phase == "ended" else None, 0, {}, {})
+        scored = [NewEvent("result", {"subperiod": None, "decision": 0.5, "score": 2.25}, now, group_id)]
+        return Write(
+            experiment_id, [NewEvent("state", value, now, group_id), *(scored if results else [])], changed,
+            results=results,
+        )
+
+    writes = [
+        Write(experiment_id, [NewEvent("decisions", 0.5, at - 1, group_id, spec.member_ids[spec.members[0]])]),
+        state("period_start", "running", at, []),  # seq 2
+        state("period_end", "ended", at + 60, [NewResult(1, spec.session_ids[m], None, 0.5, 2.25) for m in spec.members]),
+    ]
+    statements: list[tuple[str, Any]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        if "FROM events" in statement:
+            statements.append((statement, parameters))
+
+    for write in writes:  # one transaction each, as the writer commits a period's start and its end
+        with engine.connect() as conn:
+            commit_writes(conn, [write])
+    not_started, running, played = Period(), Period(started=True), Period(started=True, ended=True)
+    expected = {0: not_started, 1: not_started, 2: running, 3: played, 4: played}  # seq 3: period_end, 4: result
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        with engine.connect() as conn:
+            for seq, period in expected.items():
+                assert periods_as_of(conn, seq, [group_id, group_id]) == {group_id: period}, seq
+                standings = session_standings(conn, experiment_id, seq)
+                assert {(s.finished, s.final_score, s.group_ended) for s in standings} == {
+                    (period.played, 2 + 2.25 if period.played else 0.0, period.ended)
+                }, seq
+            assert session_standings(conn, experiment_id) == session_standings(conn, experiment_id, 4)
+            assert periods_as_of(conn, 4, []) == {}
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert statements
+    if engine.dialect.name == "sqlite":  # the planner takes the partial index of state events
+        with engine.connect() as conn:
+            for statement, parameters in statements:
+                found = " ".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters))
+                assert "USING INDEX ix_events_group_state" in found, (statement, found)
