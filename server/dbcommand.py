@@ -18,6 +18,7 @@ from .settings import Settings
 from .storage import (
     BASELINE,
     differences,
+    head,
     history,
     make_engine,
     reading,
@@ -80,7 +81,8 @@ def _history(settings: Settings) -> int:
             revision: str | None = schema_state(engine).revision
     except SettingsError:  # no database yet: the revisions are still worth listing
         revision = None
+    newest = head()
     for name, before, title in history():
-        marks = [m for m, on in (("head", name == history()[0][0]), ("the database", name == revision)) if on]
+        marks = [mark for mark, on in (("head", name == newest), ("the database", name == revision)) if on]
         print(f"{name}  (after {before or 'nothing'}){'  [' + ', '.join(marks) + ']' if marks else ''}  {title}")
     return 0
