@@ -8,9 +8,13 @@ has run what was ready when the first write came (``call_soon``), not at each wr
 that arrive together are committed together, and the thread does not take the core from the
 loop in the middle of its turn to commit one write while the next ones wait for a batch of their own.
 
-A failed batch halts the thread until the loop has withdrawn the writes queued behind it
-(:meth:`WriterThread.withdraw`) and called :meth:`WriterThread.resume`: none of them, computed on
-top of the lost one, is ever committed.
+A failed batch halts the thread until the loop has withdrawn what was queued behind it
+(:meth:`WriterThread.withdraw`) and called :meth:`WriterThread.resume`. None of the writes,
+computed on top of the lost one, is ever committed, and none of the jobs (:meth:`WriterThread.call`)
+is run: each is refused with :class:`~server.exceptions.NotPersisted`, as the writes are, since it
+was asked for after writes that are now lost and may rest on them (an experiment's status set from
+what its groups' lost events did, say). Jobs queued once the loop has resumed the thread run as
+usual; the last function of :meth:`WriterThread.stop` always runs.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from ..exceptions import NotPersisted
 from .writes import Write
 
 log = logging.getLogger("synclab.writer")
@@ -33,6 +38,8 @@ T = TypeVar("T")
 COMMIT_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 #: the buckets' names, as ``GET /api/server`` gives them
 COMMIT_BUCKET_NAMES = (*(str(bound) for bound in COMMIT_BUCKETS_MS), "more")
+#: why a job queued behind a failed batch is not run
+REFUSED_BEHIND_FAILURE = "not run: it was queued behind a batch that could not be stored"
 
 
 class Queued(Protocol):
@@ -102,13 +109,20 @@ class WriterThread:
         self._put(_Job(fn, loop, future))
         return future
 
+    def queued(self) -> int:
+        """Writes and jobs waiting for the thread (not the batch or job under way)."""
+        return len(self._items)
+
     def withdraw(self) -> list[Any]:
-        """Take back every write still queued (after a failed batch), leaving the jobs in order."""
+        """After a failed batch: take back every write queued behind it and refuse every job.
+
+        Each job's future gets :class:`NotPersisted` and its function never runs; only the last
+        function of :meth:`stop` stays queued. Returns the writes, in order, for the loop to fail.
+        """
         with self._cond:
-            writes = [i for i in self._items if not isinstance(i, _Job)]
-            jobs = [i for i in self._items if isinstance(i, _Job)]
-            self._items.clear()
-            self._items.extend(jobs)
+            writes, refused = self._take_queued()
+        for job in refused:
+            _refuse(job, REFUSED_BEHIND_FAILURE)
         return writes
 
     def resume(self) -> None:
@@ -142,6 +156,15 @@ class WriterThread:
                     self._thread.start()
         if self._idle:  # see _next: set before the thread looks at the queue a last time
             self._wake_soon()
+
+    def _take_queued(self) -> tuple[list[Any], list[_Job]]:
+        """Empty the queue but for :meth:`stop`'s last function: (the writes, the other jobs). Under the lock."""
+        writes = [i for i in self._items if not isinstance(i, _Job)]
+        jobs = [i for i in self._items if isinstance(i, _Job) and i.future is not None]
+        last = [i for i in self._items if isinstance(i, _Job) and i.future is None]
+        self._items.clear()
+        self._items.extend(last)
+        return writes, jobs
 
     def _wake_soon(self) -> None:
         """Wake the idle thread after what the running loop has ready now (at once without a loop)."""
@@ -231,6 +254,12 @@ class WriterThread:
         self.commit_ms[bisect.bisect_left(COMMIT_BUCKETS_MS, took)] += 1
         assert self._done is not None
         self._done(batch, None)
+
+
+def _refuse(job: _Job, message: str) -> None:
+    """Fail a job's future with :class:`NotPersisted`, on its loop; the function is not run."""
+    assert job.loop is not None and job.future is not None
+    job.loop.call_soon_threadsafe(_settle, job.future, None, NotPersisted(message))
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:

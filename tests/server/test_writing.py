@@ -8,8 +8,21 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from server.storage import NewEvent, Write, WriterThread
-from tests.server.harness import timeout
+import pytest
+from sqlalchemy import Engine
+
+from server.exceptions import NotPersisted
+from server.experiments import parse_request, plan
+from server.storage import (
+    Database,
+    EventWriter,
+    NewEvent,
+    Write,
+    WriterThread,
+    create_schema,
+    insert_experiment,
+)
+from tests.server.harness import holding_writes, timeout, until_queued
 
 
 @dataclass(eq=False)
@@ -89,6 +102,7 @@ async def test_an_idle_thread_is_woken_after_the_loops_turn_so_the_writes_of_one
 
 
 async def test_a_failed_batch_holds_back_what_was_queued_behind_it_until_the_loop_resumes() -> None:
+    """Writes behind a failed batch are handed back, a job behind it is refused unrun; what comes after runs."""
     rec = Recorder()
     thread = WriterThread(rec.commit, lambda: None)
     loop = asyncio.get_running_loop()
@@ -105,22 +119,27 @@ async def test_a_failed_batch_holds_back_what_was_queued_behind_it_until_the_loo
             later.set()
 
     thread.batches_to(loop, on_done, max_batch=100)
+    ran: list[str] = []
     try:
         rec.gate.clear()
         rec.fail_next = True
         thread.submit(item(1))
         await asyncio.sleep(0.05)
         thread.submit(item(2))
-        job = thread.call(lambda: "job ran")
+        job = thread.call(lambda: ran.append("behind"))
         thread.submit(item(3))
         rec.gate.set()
         failed, withdrawn = await asyncio.wait_for(outcome, timeout(5))
         assert failed == [1]
         assert withdrawn == [2, 3], "the writes behind the failed batch are handed back, never committed"
-        assert await asyncio.wait_for(job, timeout(5)) == "job ran", "a job queued behind it still runs"
+        with pytest.raises(NotPersisted, match="queued behind a batch that could not be stored"):
+            await asyncio.wait_for(job, timeout(5))
+        after = thread.call(lambda: ran.append("after"))
         thread.submit(item(9))
+        await asyncio.wait_for(after, timeout(5))
         await asyncio.wait_for(later.wait(), timeout(5))
         assert rec.batches == [[1], [9]]
+        assert ran == ["after"], "the job behind the failed batch never ran; the one queued after the resume did"
     finally:
         thread.stop()
 
@@ -138,3 +157,39 @@ async def test_stop_runs_what_is_queued_then_the_last_function() -> None:
     assert sum(len(b) for b in rec.batches) == 2 and last == [len(rec.batches)]
     thread.stop(lambda: last.append(-1))  # stopped already: runs here
     assert last[-1] == -1
+
+
+def _ran(engine: Engine, ran: list[str], name: str) -> str:
+    ran.append(name)
+    return name
+
+
+async def test_database_jobs_queued_behind_a_failed_batch_are_refused_and_the_writers_close_still_returns(
+    database_url: str,
+) -> None:
+    """Through the real Database: jobs behind a batch that breaks a foreign key get NotPersisted unrun; close returns."""
+    db = Database(database_url)
+    try:
+        await db.write(create_schema)
+        spec = plan(parse_request({"game": "bimatrix", "participants": 2, "group_size": 2}))
+        experiment_id = await db.write(insert_experiment, spec)
+        writer = EventWriter(db)
+        writer.start()
+        failures: list[NotPersisted] = []
+        committed: list[Write] = []
+        ran: list[str] = []
+        broken = Write(experiment_id, [NewEvent("decisions", 1, time.time(), group_id=999_999)])
+        with holding_writes(database_url):  # the batch waits in the database while the jobs queue up
+            writer.submit(broken, committed.append, failures.append)
+            behind = asyncio.ensure_future(db.write(_ran, ran, "behind"))
+            closing = asyncio.ensure_future(writer.close())
+            await until_queued(db, 2)
+        with pytest.raises(NotPersisted, match="queued behind a batch that could not be stored"):
+            await asyncio.wait_for(behind, timeout(10))
+        await asyncio.wait_for(closing, timeout(10))  # refused too, but close does not raise
+        assert committed == [] and len(failures) == 1
+        assert ran == [], "a job queued behind the failed batch never runs"
+        assert await asyncio.wait_for(db.write(_ran, ran, "after"), timeout(10)) == "after"
+        assert ran == ["after"]
+    finally:
+        db.close()
