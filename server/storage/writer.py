@@ -68,7 +68,11 @@ class EventWriter:
         self._database.writer.batches_to(asyncio.get_running_loop(), self._done, self._max_batch)
 
     async def close(self) -> None:
-        """Stop taking writes, and wait until every write queued is settled (committed or failed)."""
+        """Stop taking writes, and wait until every write queued is settled (committed or failed).
+
+        Unbounded by itself: the server's shutdown bounds it (:meth:`server.runtime.Runtime.close`),
+        then :meth:`.database.Database.close` refuses what is left.
+        """
         self._closing = True
         # the thread runs in order: once this has run, every write queued before is settled;
         # refused behind a failed batch, it comes after those writes were failed: settled all the same
@@ -89,6 +93,10 @@ class EventWriter:
 
     def _done(self, batch: list[_Pending], exc: BaseException | None) -> None:
         """A batch's outcome, on the loop, in the order the batches were committed."""
+        if isinstance(exc, NotPersisted):  # refused untried by the stopping thread (WriterThread.stop)
+            for pending in batch:
+                _safely(pending.on_fail, exc)
+            return
         if exc is not None:  # any database failure: refuse the batch and what was queued behind it
             log.error("commit of %d writes failed: %s", len(batch), exc)
             failed = NotPersisted(f"the event could not be stored: {type(exc).__name__}")

@@ -184,10 +184,10 @@ def holding_writes(database_url: str) -> Iterator[None]:
 
 
 async def until_queued(database: Any, count: int, wait: float = 5.0) -> None:
-    """Wait until ``count`` writes and jobs wait in the writer thread's queue."""
+    """Wait until exactly ``count`` writes and jobs wait in the writer thread's queue."""
     step = 0.005
     for _ in range(int(timeout(wait) / step)):
-        if database.writer.queued() >= count:
+        if database.writer.queued() == count:
             return
         await asyncio.sleep(step)
     raise AssertionError(f"expected {count} items queued for the writer, {database.writer.queued()} after {wait} s")

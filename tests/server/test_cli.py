@@ -34,6 +34,7 @@ CLEARED = (
     "SYNCLAB_FRAME_BURST",
     "SYNCLAB_SEND_QUEUE",
     "SYNCLAB_WRITER_MAX_BATCH",
+    "SYNCLAB_SHUTDOWN_TIMEOUT",
 )
 PARTICIPANT_LINK = re.compile(r"^\s+(\S+): (http://\S+/p/([A-Za-z0-9_-]+))$")
 MONITOR_LINE = re.compile(r"monitor at (http://\S+/monitor\?\S*token=([A-Za-z0-9_-]+))")
@@ -268,6 +269,8 @@ BAD_ENVIRONMENT = [
     pytest.param("SYNCLAB_FRAME_BURST", "0", id="frame-burst-0"),
     pytest.param("SYNCLAB_SEND_QUEUE", "-5", id="send-queue-negative"),
     pytest.param("SYNCLAB_WRITER_MAX_BATCH", "many", id="writer-max-batch-word"),
+    pytest.param("SYNCLAB_SHUTDOWN_TIMEOUT", "soon", id="shutdown-timeout-word"),
+    pytest.param("SYNCLAB_SHUTDOWN_TIMEOUT", "-1", id="shutdown-timeout-negative"),
     pytest.param("PORT", "abc", id="port-abc"),
     pytest.param("PORT", "-1", id="port-negative"),
     pytest.param("SYNCLAB_FRAME_BURST", "inf", id="frame-burst-inf"),

@@ -159,6 +159,79 @@ async def test_stop_runs_what_is_queued_then_the_last_function() -> None:
     assert last[-1] == -1
 
 
+async def test_stop_waits_for_the_queue_and_past_its_timeout_refuses_what_is_left_after_the_commit_under_way(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """stop(timeout): the held commit finishes and is reported; the writes and jobs behind it get NotPersisted."""
+    rec = Recorder()
+    thread = WriterThread(rec.commit, lambda: None)
+    loop = asyncio.get_running_loop()
+    outcomes: list[tuple[list[Any], BaseException | None]] = []
+    thread.batches_to(loop, lambda batch, exc: outcomes.append(([i.write.events[0].value for i in batch], exc)), 100)
+    ran: list[str] = []
+    rec.gate.clear()
+    thread.submit(item(1))
+    await asyncio.sleep(0.05)  # taken: its commit waits at the gate
+    thread.submit(item(2))
+    job = thread.call(lambda: ran.append("job"))
+    thread.submit(item(3))
+    stopping = asyncio.ensure_future(asyncio.to_thread(thread.stop, lambda: ran.append("last"), timeout=0.2))
+    await asyncio.sleep(0.5)
+    assert not stopping.done(), "stop waits for the commit under way, past its timeout too"
+    assert "2 writes (2 events) were left unstored after 0.2 s" in caplog.text
+    rec.gate.set()
+    assert await asyncio.wait_for(stopping, timeout(5)) == 2
+    with pytest.raises(NotPersisted, match="not run: the server stopped before it could be stored"):
+        await asyncio.wait_for(job, timeout(5))
+    await asyncio.sleep(0.05)  # the outcomes posted to the loop
+    assert rec.batches == [[1]]
+    assert outcomes[0] == ([1], None)
+    assert outcomes[1][0] == [2, 3] and isinstance(outcomes[1][1], NotPersisted)
+    assert str(outcomes[1][1]) == "the event could not be stored: the server stopped before it could be stored"
+    assert ran == ["last"], "the refused job never ran; stop's last function did"
+
+
+async def test_stop_called_while_a_failed_batch_holds_the_thread_refuses_what_is_behind_it_unstored() -> None:
+    """stop() on a thread halted by a failed batch, with the loop blocked in it: nothing behind is committed."""
+    rec = Recorder()
+    thread = WriterThread(rec.commit, lambda: None)
+    outcomes: list[tuple[list[Any], BaseException | None]] = []
+    thread.batches_to(
+        asyncio.get_running_loop(),
+        lambda batch, exc: outcomes.append(([i.write.events[0].value for i in batch], exc)),
+        max_batch=100,
+    )
+    ran: list[str] = []
+    rec.gate.clear()
+    rec.fail_next = True
+    thread.submit(item(1))
+    await asyncio.sleep(0.05)
+    thread.submit(item(2))
+    job = thread.call(lambda: ran.append("job"))
+    rec.gate.set()
+    # as Database.close() called on the loop: the loop cannot withdraw what is behind the failure
+    stopper = threading.Thread(target=thread.stop, args=(lambda: ran.append("last"),), daemon=True)
+    stopper.start()
+    stopper.join(timeout(5))
+    assert not stopper.is_alive(), "stop returned without the loop's help"
+    with pytest.raises(NotPersisted, match="queued behind a batch that could not be stored"):
+        await asyncio.wait_for(job, timeout(5))
+    await asyncio.sleep(0.05)
+    assert rec.batches == [[1]], "the write behind the failed batch was never committed"
+    assert [values for values, _ in outcomes] == [[1], [2]]
+    assert isinstance(outcomes[0][1], RuntimeError) and isinstance(outcomes[1][1], NotPersisted)
+    assert ran == ["last"]
+
+
+async def test_the_writer_thread_is_not_a_daemon() -> None:
+    """The interpreter waits for the writer thread: a process never ends in the middle of a commit."""
+    thread = WriterThread(Recorder().commit, lambda: None)
+    try:
+        assert await asyncio.wait_for(thread.call(lambda: threading.current_thread().daemon), timeout(5)) is False
+    finally:
+        thread.stop()
+
+
 def _ran(engine: Engine, ran: list[str], name: str) -> str:
     ran.append(name)
     return name
