@@ -61,8 +61,8 @@ class Settings:
     send_queue_frames: int = 2048
     #: the writer commits at most this many events in one transaction
     writer_max_batch: int = 2000
-    #: seconds a shutdown waits for the writes queued; past it what is still queued is refused
-    #: and logged (the commit under way still finishes)
+    #: seconds a shutdown waits for the requests and sockets under way, then for the writes
+    #: queued; past it what is still queued is refused and logged (the commit under way finishes)
     shutdown_timeout: float = 30.0
 
     @classmethod
