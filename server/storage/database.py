@@ -94,7 +94,11 @@ class Database:
         return await loop.run_in_executor(self._readers, fn, self.engine, *args)
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(engine, *args)`` on the writer thread, in order with the event batches."""
+        """Run ``fn(engine, *args)`` on the writer thread, in order with the event batches.
+
+        Raises :class:`~server.exceptions.NotPersisted`, ``fn`` never run, when it was queued
+        behind a batch whose commit failed (see :mod:`.thread`).
+        """
         return await self.writer.call(functools.partial(fn, self.engine, *args))
 
     def _commit(self, writes: Sequence[Write]) -> None:
