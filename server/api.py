@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from groups import available_games
 
-from .exceptions import ApiError, BadRequest, Forbidden, NotFound, Unauthorized
+from .exceptions import ApiError, BadRequest, Forbidden, NotFound, NotPersisted, Unauthorized
 from .experiments import parse_request, plan
 from .live import ACTIONS
 from .progress import (
@@ -394,7 +394,8 @@ async def experiment_action(request: Request) -> Response:
 
 
 def api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
+    """A refused request (:class:`ApiError`) or write (:class:`NotPersisted`): its status and body."""
+    assert isinstance(exc, ApiError | NotPersisted)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
     return JSON(exc.body(), status_code=exc.status, headers=headers)
 

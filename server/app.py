@@ -23,7 +23,7 @@ from groups.registry import BUNDLED
 
 from . import api, export, openapi
 from .connection import REDWOOD, SYNCLAB, serve
-from .exceptions import ApiError
+from .exceptions import ApiError, NotPersisted
 from .monitor import monitor_socket
 from .runtime import Runtime
 from .settings import Settings
@@ -115,7 +115,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         WebSocketRoute("/redwood/app-name/{app}/group/{group}/participant/{code}/", redwood_socket),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={ApiError: api.api_error})
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={ApiError: api.api_error, NotPersisted: api.api_error},
+    )
 
 
 app = create_app()

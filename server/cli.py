@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import math
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 import uvicorn
 
@@ -29,6 +33,8 @@ from .verify import run_verify
 WS_MAX_SIZE = 1024 * 1024
 #: young objects allocated (net) before the collector runs; CPython's default is 700
 GC_THRESHOLD = 10_000
+#: uvicorn's exit status when the server could not start (the port taken, the app's startup failed)
+STARTUP_FAILURE = 3
 
 
 def _prepare(settings: Settings, upgrade: bool) -> str:
@@ -54,21 +60,53 @@ def _base_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
-def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
+def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
+    """Serve until SIGTERM or SIGINT, then shut down in order; the exit status (0: a clean stop).
+
+    On the signal uvicorn stops accepting, closes every socket with 1012 and waits for the
+    requests and sockets under way (at most ``settings.shutdown_timeout`` seconds); then the
+    app's lifespan ends (:meth:`server.runtime.Runtime.close`): the live groups stop, the
+    writes they submitted are stored, the writer thread ends.
+    """
     if workers > 1:
         raise SettingsError(
             f"--workers {workers}: several processes need the Redis hub (REDIS_URL), which this "
             "version does not have yet; run one worker"
         )
     tune_gc()
-    uvicorn.run(
+    config = uvicorn.Config(
         "server.app:app",
         host=host,
         port=port,
         ws_max_size=WS_MAX_SIZE,
         ws_per_message_deflate=False,
         log_level="info",
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),  # uvicorn takes whole seconds
     )
+    server = uvicorn.Server(config)
+    with _stopped_by_signals(server):
+        server.run()
+    return 0 if server.started else STARTUP_FAILURE
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(server: uvicorn.Server) -> Iterator[None]:
+    """SIGTERM and SIGINT stop ``server`` gracefully, also just before and after uvicorn handles them.
+
+    While it serves, uvicorn handles both signals itself; once shut down it raises the signal it
+    caught again, for the handler that was in place before it. The default one would kill the
+    process then, after a clean shutdown, and a supervisor would see it die of SIGTERM: here that
+    handler is the server's own, which does nothing more, and the process exits 0.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread; uvicorn does not install its own either
+        return
+    previous = {sig: signal.signal(sig, server.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def tune_gc() -> None:
@@ -136,11 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"synclab: monitor at {base}/monitor?token={token}", flush=True)
         if args.command == "demo":
             _demo(settings, base)
-        _serve(settings, args.host, port, args.workers)
+        return _serve(settings, args.host, port, args.workers)
     except (SettingsError, SchemaError) as exc:
         print(f"synclab: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 def _demo(settings: Settings, base: str) -> None:

@@ -10,7 +10,9 @@
     │   ├── Forbidden        403, a wrong token or somebody else's data
     │   └── NotFound         404, an unknown experiment or participant
     ├── FrameError           a refused client frame: an ``error`` frame, the socket stays open
-    └── NotPersisted         the writer could not commit; the frames of that batch are refused
+    └── NotPersisted         the writer could not commit: the frames of that batch (and of the
+                             writes queued behind it) get an ``error`` frame; a REST call whose
+                             write was refused answers 503
 
 Pure-core refusals (:class:`groups.RefusedAction`) become ``error`` frames with their own code.
 """
@@ -89,6 +91,15 @@ class FrameError(SynclabError):
 
 
 class NotPersisted(SynclabError):
-    """The writer's transaction failed; nothing of the batch was stored or sent."""
+    """The writer's transaction failed; nothing of the batch was stored or sent.
+
+    Also what a write or a :meth:`~server.storage.Database.write` job queued behind a failed
+    batch gets, and what a write gets once the server is shutting down.
+    """
 
     code = "not_persisted"
+    #: a REST call refused so: the database failed, not the request; it may be tried again
+    status = 503
+
+    def body(self) -> dict[str, Any]:
+        return {"error": str(self)}

@@ -171,6 +171,8 @@ class LiveGroup:
         self._clock: Clock = lambda: round(clock(), 6)
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
+        #: set at shutdown: no timer is set any more, so nothing new is computed
+        self._closed = False
         self._reschedule()
 
     # ------------------------------------------------------------------ actions
@@ -450,6 +452,8 @@ class LiveGroup:
     # ------------------------------------------------------------------ the clock
 
     def _reschedule(self) -> None:
+        if self._closed:
+            return
         deadline = self.core.next_deadline()
         if deadline == self._deadline:
             return
@@ -473,8 +477,11 @@ class LiveGroup:
         future.add_done_callback(consume)
 
     def close(self) -> None:
+        """Stop the group's clock (at shutdown); what it has submitted is still stored."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
 
 
 def consume(future: asyncio.Future[Any]) -> None:
@@ -497,6 +504,8 @@ class LiveGroups:
         #: per experiment id: its recent throughput and latency
         self.meters: dict[int, Meter] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: set at shutdown: no block change is planned any more
+        self._closed = False
 
     async def resume_all(self) -> int:
         """Load every group whose period runs or is paused; their timers apply what is overdue."""
@@ -546,7 +555,7 @@ class LiveGroups:
 
     def _ended(self, group: LiveGroup) -> None:
         """A period ended: after the pause, move whoever is connected on to the next block."""
-        if group.spec.last_block or group.id in self._moves:
+        if self._closed or group.spec.last_block or group.id in self._moves:
             return
         ended_at = group.committed.ended_at or self.clock()
         due = ended_at + group.spec.block_pause
@@ -626,6 +635,12 @@ class LiveGroups:
         return done
 
     def close(self) -> None:
+        """At shutdown: stop every group's clock and every planned block change.
+
+        The writes the groups have submitted stay queued: the writer stores them, and their
+        outcome still reaches the groups (see :meth:`server.runtime.Runtime.close`).
+        """
+        self._closed = True
         for handle in self._moves.values():
             handle.cancel()
         for task in self._tasks:

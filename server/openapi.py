@@ -380,6 +380,9 @@ def _responses() -> dict[str, JSONSchema]:
         ),
         "Forbidden": _error("a wrong token, or another participant's data"),
         "NotFound": _error("an unknown experiment, participant, group, action or page"),
+        "NotStored": _error(
+            "the database could not store the change, or a write queued before it; try again later"
+        ),
     }
 
 
@@ -388,7 +391,7 @@ def _json(schema: JSONSchema, description: str) -> JSONSchema:
 
 
 def _refused(*statuses: int) -> dict[str, JSONSchema]:
-    names = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound"}
+    names = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 503: "NotStored"}
     return {str(s): {"$ref": f"#/components/responses/{names[s]}"} for s in statuses}
 
 
@@ -429,7 +432,7 @@ def _experiment_paths() -> dict[str, Any]:
                 "summary": "create an experiment with its participants, blocks and groups",
                 "requestBody": {"required": True,
                                 "content": {"application/json": {"schema": _ref("NewExperiment")}}},
-                "responses": {"201": _json(_ref("Experiment"), "created"), **_refused(400, 401, 403)},
+                "responses": {"201": _json(_ref("Experiment"), "created"), **_refused(400, 401, 403, 503)},
             },
         },
         base: _get("getExperiment", "one experiment with its participants' links",
@@ -473,7 +476,7 @@ def _experiment_paths() -> dict[str, Any]:
                 "summary": "start (force waiting groups), pause, resume or end the experiment or one group",
                 "parameters": _params("code", "action", "group"),
                 "responses": {"200": _json(_ref("ActionResult"), "the groups acted on"),
-                              **_refused(400, 401, 403, 404)},
+                              **_refused(400, 401, 403, 404, 503)},
             }
         },
     }

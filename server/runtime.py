@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 from dataclasses import dataclass
@@ -58,6 +60,21 @@ class Runtime:
         return cls(settings, database, writer, hub, groups, token)
 
     async def close(self) -> None:
+        """The end of the lifespan: nothing new is computed, what was submitted is stored, then the database closes.
+
+        uvicorn runs it once it has stopped accepting, closed every socket (1012) and seen their
+        tasks end, so the connections' last writes are queued by then. The live groups' clocks
+        stop; the writer takes no new write and stores what is queued, whose outcomes reach the
+        groups on the loop; then the writer thread ends. The queue is waited for at most
+        ``settings.shutdown_timeout`` seconds in all: past it, what is left is refused and the
+        count logged (:meth:`.storage.Database.close`), so the process can exit.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_timeout
         self.groups.close()
-        await self.writer.close()
-        self.database.close()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.writer.close(), self.settings.shutdown_timeout)
+        finally:
+            # on a thread: the loop goes on delivering the last batches' outcomes meanwhile
+            await asyncio.to_thread(self.database.close, max(0.0, deadline - loop.time()))

@@ -61,6 +61,9 @@ class Settings:
     send_queue_frames: int = 2048
     #: the writer commits at most this many events in one transaction
     writer_max_batch: int = 2000
+    #: seconds a shutdown waits for the requests and sockets under way, then for the writes
+    #: queued; past it what is still queued is refused and logged (the commit under way finishes)
+    shutdown_timeout: float = 30.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -75,4 +78,5 @@ class Settings:
             frame_burst=int(_number(env, "SYNCLAB_FRAME_BURST", 100, minimum=1)),
             send_queue_frames=int(_number(env, "SYNCLAB_SEND_QUEUE", 2048, minimum=16)),
             writer_max_batch=int(_number(env, "SYNCLAB_WRITER_MAX_BATCH", 2000, minimum=1)),
+            shutdown_timeout=_number(env, "SYNCLAB_SHUTDOWN_TIMEOUT", 30.0, minimum=0, maximum=24 * 3600),
         )

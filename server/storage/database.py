@@ -94,7 +94,11 @@ class Database:
         return await loop.run_in_executor(self._readers, fn, self.engine, *args)
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(engine, *args)`` on the writer thread, in order with the event batches."""
+        """Run ``fn(engine, *args)`` on the writer thread, in order with the event batches.
+
+        Raises :class:`~server.exceptions.NotPersisted`, ``fn`` never run, when it was queued
+        behind a batch whose commit failed (see :mod:`.thread`).
+        """
         return await self.writer.call(functools.partial(fn, self.engine, *args))
 
     def _commit(self, writes: Sequence[Write]) -> None:
@@ -120,14 +124,22 @@ class Database:
                 self._writer_connection.close()
             self._writer_connection = None
 
-    def close(self) -> None:
-        self.writer.stop(self._release_writer_connection)
+    def close(self, timeout: float | None = None) -> int:
+        """Commit everything queued, end the writer thread, and let go of the database.
+
+        Waits for the queue at most ``timeout`` seconds (``None``: as long as it takes): past
+        it, what is still queued is refused and logged (:meth:`.thread.WriterThread.stop`) once
+        the commit under way has finished, which only the driver bounds (SQLite's busy_timeout,
+        30 s). Returns how many writes were refused so.
+        """
+        dropped = self.writer.stop(self._release_writer_connection, timeout=timeout)
         self._readers.shutdown(wait=True)
         self._checkpointer.shutdown(wait=True)
         if self.sqlite:
             with contextlib.suppress(Exception):
                 _checkpoint(self.engine, "TRUNCATE")
         self.engine.dispose()
+        return dropped
 
 
 def _checkpoint(engine: Engine, mode: str = "PASSIVE") -> tuple[int, int, int]:

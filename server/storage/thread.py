@@ -8,9 +8,24 @@ has run what was ready when the first write came (``call_soon``), not at each wr
 that arrive together are committed together, and the thread does not take the core from the
 loop in the middle of its turn to commit one write while the next ones wait for a batch of their own.
 
-A failed batch halts the thread until the loop has withdrawn the writes queued behind it
-(:meth:`WriterThread.withdraw`) and called :meth:`WriterThread.resume`: none of them, computed on
-top of the lost one, is ever committed.
+A failed batch halts the thread until the loop has withdrawn what was queued behind it
+(:meth:`WriterThread.withdraw`) and called :meth:`WriterThread.resume`. None of the writes,
+computed on top of the lost one, is ever committed, and none of the jobs (:meth:`WriterThread.call`)
+is run: each is refused with :class:`~server.exceptions.NotPersisted`, as the writes are, since it
+was asked for after writes that are now lost and may rest on them (an experiment's status set from
+what its groups' lost events did, say). Jobs queued once the loop has resumed the thread run as
+usual; the last function of :meth:`WriterThread.stop` always runs.
+
+The thread is not a daemon: the process does not end in the middle of a commit, nor with writes
+still queued. :meth:`WriterThread.stop` commits everything queued and waits for it, bounded by its
+``timeout``: past it, the thread finishes the commit under way, refuses what is still queued
+(:class:`~server.exceptions.NotPersisted`), logs how many writes were left unstored, and ends,
+so the process can exit. The commit under way is bounded only by the database driver: on SQLite
+by ``busy_timeout`` (30 s, see :func:`.engine.make_engine`) while another process holds the
+write lock; on PostgreSQL by the server's ``lock_timeout`` and ``statement_timeout``, which are
+off unless the database or its URL sets them. Should the interpreter exit without :meth:`stop`
+(uvicorn's forced exit skips the app's shutdown), the idle thread sees within
+:data:`WATCH_EVERY` seconds that the main thread has ended, commits what is queued, and ends.
 """
 
 from __future__ import annotations
@@ -25,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from ..exceptions import NotPersisted
 from .writes import Write
 
 log = logging.getLogger("synclab.writer")
@@ -33,6 +49,12 @@ T = TypeVar("T")
 COMMIT_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 #: the buckets' names, as ``GET /api/server`` gives them
 COMMIT_BUCKET_NAMES = (*(str(bound) for bound in COMMIT_BUCKETS_MS), "more")
+#: why what was queued behind a failed batch is refused
+BEHIND_FAILURE = "it was queued behind a batch that could not be stored"
+#: why what was still queued when :meth:`WriterThread.stop`'s timeout passed is refused
+STOPPED_FIRST = "the server stopped before it could be stored"
+#: seconds between the idle thread's looks at whether the main thread has ended (see :meth:`WriterThread._wait`)
+WATCH_EVERY = 0.5
 
 
 class Queued(Protocol):
@@ -49,6 +71,8 @@ class _Job:
     future: asyncio.Future[Any] | None = None
 
 
+#: ``done(batch, exc)``: ``exc`` is ``None`` (committed), the commit's exception, or a
+#: :class:`NotPersisted` for writes refused without being tried (see :meth:`WriterThread.stop`)
 Done = Callable[[list[Any], BaseException | None], None]
 
 
@@ -73,6 +97,8 @@ class WriterThread:
         self._idle = False
         self._halted = False
         self._stopping = False
+        #: past :meth:`stop`'s timeout: refuse whatever is queued after the commit under way
+        self._dropping = False
         self._thread: threading.Thread | None = None
         self._done: Done | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -102,13 +128,20 @@ class WriterThread:
         self._put(_Job(fn, loop, future))
         return future
 
+    def queued(self) -> int:
+        """Writes and jobs waiting for the thread (not the batch or job under way)."""
+        return len(self._items)
+
     def withdraw(self) -> list[Any]:
-        """Take back every write still queued (after a failed batch), leaving the jobs in order."""
+        """After a failed batch: take back every write queued behind it and refuse every job.
+
+        Each job's future gets :class:`NotPersisted` and its function never runs; only the last
+        function of :meth:`stop` stays queued. Returns the writes, in order, for the loop to fail.
+        """
         with self._cond:
-            writes = [i for i in self._items if not isinstance(i, _Job)]
-            jobs = [i for i in self._items if isinstance(i, _Job)]
-            self._items.clear()
-            self._items.extend(jobs)
+            writes, refused = self._take_queued()
+        for job in refused:
+            _refuse(job, BEHIND_FAILURE)
         return writes
 
     def resume(self) -> None:
@@ -117,19 +150,44 @@ class WriterThread:
             self._halted = False
             self._cond.notify()
 
-    def stop(self, run: Callable[[], None] | None = None) -> None:
-        """Run what is queued, then ``run()`` on the thread (if given), then end the thread."""
+    def stop(self, run: Callable[[], None] | None = None, *, timeout: float | None = None) -> int:
+        """Run what is queued, then ``run()`` on the thread (if given), then end the thread.
+
+        Returns once the thread has ended. With ``timeout`` (seconds), what is still queued when
+        it has passed is not stored: the thread finishes the commit under way (bounded by the
+        driver, see the module's docstring), refuses the rest with :class:`NotPersisted` (the
+        writes through ``done``, as a failed batch's; each job's awaiter), runs ``run()`` and
+        ends, and an error in the log says how many writes were left unstored. Returns that
+        number (0 when everything was stored in time).
+
+        Writes queued behind a failed batch that the loop has not withdrawn yet are refused by
+        the thread itself: the loop may be the very caller waiting here.
+        """
         with self._cond:
             thread = self._thread if self._thread is not None and self._thread.is_alive() else None
             if run is not None and thread is not None:
                 self._items.append(_Job(run))
             self._stopping = True
-            self._halted = False
             self._cond.notify()
-        if thread is not None:
-            thread.join()
-        elif run is not None:
-            run()
+        if thread is None:
+            if run is not None:
+                run()
+            return 0
+        thread.join(timeout)
+        if not thread.is_alive():
+            return 0
+        with self._cond:  # the thread takes from the queue under this lock: these are exactly the ones it drops
+            left = [i for i in self._items if not isinstance(i, _Job)]
+            self._dropping = True
+            self._cond.notify()
+        log.error(
+            "shutdown: %d writes (%d events) were left unstored after %g s; the commit under way finishes first",
+            len(left),
+            sum(len(i.write.events) for i in left),
+            timeout,
+        )
+        thread.join()
+        return len(left)
 
     def _put(self, item: Any) -> None:
         if self._stopping:
@@ -138,10 +196,20 @@ class WriterThread:
         if self._thread is None:
             with self._cond:
                 if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                    # not a daemon: the interpreter waits for it rather than stopping it mid-commit
+                    self._thread = threading.Thread(target=self._run, name=self._name, daemon=False)
                     self._thread.start()
         if self._idle:  # see _next: set before the thread looks at the queue a last time
             self._wake_soon()
+
+    def _take_queued(self) -> tuple[list[Any], list[_Job]]:
+        """Empty the queue but for :meth:`stop`'s last function: (the writes, the other jobs). Under the lock."""
+        writes = [i for i in self._items if not isinstance(i, _Job)]
+        jobs = [i for i in self._items if isinstance(i, _Job) and i.future is not None]
+        last = [i for i in self._items if isinstance(i, _Job) and i.future is None]
+        self._items.clear()
+        self._items.extend(last)
+        return writes, jobs
 
     def _wake_soon(self) -> None:
         """Wake the idle thread after what the running loop has ready now (at once without a loop)."""
@@ -169,12 +237,19 @@ class WriterThread:
         with self._cond:
             while True:
                 self._idle = True
+                if self._dropping:
+                    self._drop_queued(STOPPED_FIRST)
+                    self._halted = False
+                elif self._halted and self._stopping:
+                    # stopping: the loop that would withdraw them may be the one waiting in stop()
+                    self._drop_queued(BEHIND_FAILURE)
+                    self._halted = False
                 if not self._halted and self._items:
                     break
                 if self._stopping and not self._items:
                     self._idle = False
                     return None
-                self._cond.wait()
+                self._wait()
             self._idle = False
             first = self._items.popleft()
             if isinstance(first, _Job):
@@ -187,6 +262,30 @@ class WriterThread:
                 batch.append(self._items.popleft())
                 size += events
             return batch
+
+    def _wait(self) -> None:
+        """Until notified (under the lock); meanwhile watch whether the main thread has ended.
+
+        The interpreter waits for this thread before it exits, so a process whose main thread
+        ended without :meth:`stop` would wait for ever: the thread stops by itself then. A
+        timed-out wait takes nothing from the queue: the loop wakes the thread when its turn
+        ends (see :meth:`_wake_soon`), so a wait that happens to time out in between must not
+        split the writes of that turn.
+        """
+        while not self._cond.wait(WATCH_EVERY):
+            if not threading.main_thread().is_alive():
+                log.warning("the main thread ended without stopping the writer: storing %d queued items", len(self._items))
+                self._stopping = True
+                return
+
+    def _drop_queued(self, reason: str) -> None:
+        """Refuse everything queued but :meth:`stop`'s last function (under the lock)."""
+        writes, jobs = self._take_queued()
+        for job in jobs:
+            _refuse(job, reason)
+        if writes:
+            assert self._loop is not None and self._done is not None
+            _post(self._loop, self._done, writes, NotPersisted(f"the event could not be stored: {reason}"))
 
     def _run(self) -> None:
         while True:
@@ -208,9 +307,9 @@ class WriterThread:
         try:
             result = job.fn()
         except BaseException as exc:
-            job.loop.call_soon_threadsafe(_settle, job.future, None, exc)
+            _post(job.loop, _settle, job.future, None, exc)
         else:
-            job.loop.call_soon_threadsafe(_settle, job.future, result, None)
+            _post(job.loop, _settle, job.future, result, None)
 
     def _run_batch(self, batch: list[Any]) -> None:
         assert self._loop is not None and self._done is not None
@@ -220,10 +319,10 @@ class WriterThread:
         except BaseException as exc:
             with self._cond:
                 self._halted = True  # until the loop has withdrawn what was computed on top of it
-            self._loop.call_soon_threadsafe(self._done, batch, exc)
+            _post(self._loop, self._done, batch, exc)
             return
         took = (time.perf_counter() - started) * 1000
-        self._loop.call_soon_threadsafe(self._committed, batch, took)
+        _post(self._loop, self._committed, batch, took)
         self._between()
 
     def _committed(self, batch: list[Any], took: float) -> None:
@@ -231,6 +330,21 @@ class WriterThread:
         self.commit_ms[bisect.bisect_left(COMMIT_BUCKETS_MS, took)] += 1
         assert self._done is not None
         self._done(batch, None)
+
+
+def _refuse(job: _Job, reason: str) -> None:
+    """Fail a job's future with :class:`NotPersisted`, on its loop; the function is not run."""
+    assert job.loop is not None and job.future is not None
+    _post(job.loop, _settle, job.future, None, NotPersisted(f"not run: {reason}"))
+
+
+def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    """``fn(*args)`` on ``loop``; a closed loop (the process exits without :meth:`WriterThread.stop`) hears nothing."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        if not loop.is_closed():
+            raise
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:

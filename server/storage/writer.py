@@ -5,12 +5,15 @@ thread (:mod:`.thread`) takes everything queued when it is free and commits it i
 transaction; then ``on_commit`` is called for each write **in submission order**, on the event
 loop; only then may the caller broadcast or acknowledge. When a commit fails, ``on_fail`` is
 called for every write of the batch and for every write queued behind it, so no write computed
-on top of a lost one is ever stored.
+on top of a lost one is ever stored; a job of :meth:`.database.Database.write` queued behind it
+is refused too (its awaiter gets :class:`NotPersisted`, the function is not run), since it may
+rest on those writes. What is queued after the failure was handled runs as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -65,10 +68,16 @@ class EventWriter:
         self._database.writer.batches_to(asyncio.get_running_loop(), self._done, self._max_batch)
 
     async def close(self) -> None:
-        """Commit what is queued, then stop taking writes."""
+        """Stop taking writes, and wait until every write queued is settled (committed or failed).
+
+        Unbounded by itself: the server's shutdown bounds it (:meth:`server.runtime.Runtime.close`),
+        then :meth:`.database.Database.close` refuses what is left.
+        """
         self._closing = True
-        # the thread runs in order: once this has run, every write queued before is settled
-        await self._database.writer.call(_nothing)
+        # the thread runs in order: once this has run, every write queued before is settled;
+        # refused behind a failed batch, it comes after those writes were failed: settled all the same
+        with contextlib.suppress(NotPersisted):
+            await self._database.writer.call(_nothing)
 
     def submit(
         self,
@@ -84,6 +93,10 @@ class EventWriter:
 
     def _done(self, batch: list[_Pending], exc: BaseException | None) -> None:
         """A batch's outcome, on the loop, in the order the batches were committed."""
+        if isinstance(exc, NotPersisted):  # refused untried by the stopping thread (WriterThread.stop)
+            for pending in batch:
+                _safely(pending.on_fail, exc)
+            return
         if exc is not None:  # any database failure: refuse the batch and what was queued behind it
             log.error("commit of %d writes failed: %s", len(batch), exc)
             failed = NotPersisted(f"the event could not be stored: {type(exc).__name__}")

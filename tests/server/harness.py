@@ -5,19 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import orjson
 import uvicorn
+from sqlalchemy import update
 from websockets.asyncio.client import ClientConnection, connect
 
 from server.app import create_app
 from server.cli import WS_MAX_SIZE
 from server.runtime import Runtime
 from server.settings import Settings
+from server.storage import experiments, make_engine
 
 TOKEN = "test-admin-token"
 #: every wait in the tests scales by this factor (slow machines: SYNCLAB_TEST_TIMEOUT_FACTOR=3)
@@ -158,3 +160,34 @@ async def until_state(client: Client, value: str, wait: float = 10.0) -> dict[st
             frame = await client.expect("state", wait)
             if frame["payload"] == value:
                 return frame
+
+
+@contextlib.contextmanager
+def holding_writes(database_url: str) -> Iterator[None]:
+    """An open transaction that has updated every experiment's row, rolled back on leaving.
+
+    The writer's next batch waits inside the database until then, as behind any slow commit:
+    on SQLite for the write lock, on PostgreSQL for the lock of its experiment's row (so at
+    least one experiment must exist, the one the batch writes to).
+    """
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            held = conn.begin()
+            try:
+                conn.execute(update(experiments).values(last_seq=experiments.c.last_seq))
+                yield
+            finally:
+                held.rollback()
+    finally:
+        engine.dispose()
+
+
+async def until_queued(database: Any, count: int, wait: float = 5.0) -> None:
+    """Wait until exactly ``count`` writes and jobs wait in the writer thread's queue."""
+    step = 0.005
+    for _ in range(int(timeout(wait) / step)):
+        if database.writer.queued() == count:
+            return
+        await asyncio.sleep(step)
+    raise AssertionError(f"expected {count} items queued for the writer, {database.writer.queued()} after {wait} s")

@@ -20,7 +20,8 @@ from tests.server.test_cli import free_port
 
 #: settings of the developer's shell that must not leak into the command
 SETTINGS = ("DATABASE_URL", "REDIS_URL", "PORT", "SYNCLAB_ADMIN_TOKEN", "SYNCLAB_MAX_FRAME_BYTES",
-            "SYNCLAB_FRAMES_PER_SECOND", "SYNCLAB_FRAME_BURST", "SYNCLAB_SEND_QUEUE", "SYNCLAB_WRITER_MAX_BATCH")
+            "SYNCLAB_FRAMES_PER_SECOND", "SYNCLAB_FRAME_BURST", "SYNCLAB_SEND_QUEUE", "SYNCLAB_WRITER_MAX_BATCH",
+            "SYNCLAB_SHUTDOWN_TIMEOUT")
 
 
 async def get(server: Harness, path: str) -> Any:

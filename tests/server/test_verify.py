@@ -31,7 +31,8 @@ PD = {"AA": [3, 3], "AB": [0, 5], "BA": [5, 0], "BB": [1, 1]}
 SYNCLAB = [sys.executable, "-c", "from server.cli import main; raise SystemExit(main())"]
 #: settings of the developer's shell that must not leak into the command
 SETTINGS = ("DATABASE_URL", "REDIS_URL", "PORT", "SYNCLAB_ADMIN_TOKEN", "SYNCLAB_MAX_FRAME_BYTES",
-            "SYNCLAB_FRAMES_PER_SECOND", "SYNCLAB_FRAME_BURST", "SYNCLAB_SEND_QUEUE", "SYNCLAB_WRITER_MAX_BATCH")
+            "SYNCLAB_FRAMES_PER_SECOND", "SYNCLAB_FRAME_BURST", "SYNCLAB_SEND_QUEUE", "SYNCLAB_WRITER_MAX_BATCH",
+            "SYNCLAB_SHUTDOWN_TIMEOUT")
 
 
 # --------------------------------------------------------------------------- playing

@@ -8,8 +8,21 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from server.storage import NewEvent, Write, WriterThread
-from tests.server.harness import timeout
+import pytest
+from sqlalchemy import Engine
+
+from server.exceptions import NotPersisted
+from server.experiments import parse_request, plan
+from server.storage import (
+    Database,
+    EventWriter,
+    NewEvent,
+    Write,
+    WriterThread,
+    create_schema,
+    insert_experiment,
+)
+from tests.server.harness import holding_writes, timeout, until_queued
 
 
 @dataclass(eq=False)
@@ -89,6 +102,7 @@ async def test_an_idle_thread_is_woken_after_the_loops_turn_so_the_writes_of_one
 
 
 async def test_a_failed_batch_holds_back_what_was_queued_behind_it_until_the_loop_resumes() -> None:
+    """Writes behind a failed batch are handed back, a job behind it is refused unrun; what comes after runs."""
     rec = Recorder()
     thread = WriterThread(rec.commit, lambda: None)
     loop = asyncio.get_running_loop()
@@ -105,22 +119,27 @@ async def test_a_failed_batch_holds_back_what_was_queued_behind_it_until_the_loo
             later.set()
 
     thread.batches_to(loop, on_done, max_batch=100)
+    ran: list[str] = []
     try:
         rec.gate.clear()
         rec.fail_next = True
         thread.submit(item(1))
         await asyncio.sleep(0.05)
         thread.submit(item(2))
-        job = thread.call(lambda: "job ran")
+        job = thread.call(lambda: ran.append("behind"))
         thread.submit(item(3))
         rec.gate.set()
         failed, withdrawn = await asyncio.wait_for(outcome, timeout(5))
         assert failed == [1]
         assert withdrawn == [2, 3], "the writes behind the failed batch are handed back, never committed"
-        assert await asyncio.wait_for(job, timeout(5)) == "job ran", "a job queued behind it still runs"
+        with pytest.raises(NotPersisted, match="queued behind a batch that could not be stored"):
+            await asyncio.wait_for(job, timeout(5))
+        after = thread.call(lambda: ran.append("after"))
         thread.submit(item(9))
+        await asyncio.wait_for(after, timeout(5))
         await asyncio.wait_for(later.wait(), timeout(5))
         assert rec.batches == [[1], [9]]
+        assert ran == ["after"], "the job behind the failed batch never ran; the one queued after the resume did"
     finally:
         thread.stop()
 
@@ -138,3 +157,112 @@ async def test_stop_runs_what_is_queued_then_the_last_function() -> None:
     assert sum(len(b) for b in rec.batches) == 2 and last == [len(rec.batches)]
     thread.stop(lambda: last.append(-1))  # stopped already: runs here
     assert last[-1] == -1
+
+
+async def test_stop_waits_for_the_queue_and_past_its_timeout_refuses_what_is_left_after_the_commit_under_way(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """stop(timeout): the held commit finishes and is reported; the writes and jobs behind it get NotPersisted."""
+    rec = Recorder()
+    thread = WriterThread(rec.commit, lambda: None)
+    loop = asyncio.get_running_loop()
+    outcomes: list[tuple[list[Any], BaseException | None]] = []
+    thread.batches_to(loop, lambda batch, exc: outcomes.append(([i.write.events[0].value for i in batch], exc)), 100)
+    ran: list[str] = []
+    rec.gate.clear()
+    thread.submit(item(1))
+    await asyncio.sleep(0.05)  # taken: its commit waits at the gate
+    thread.submit(item(2))
+    job = thread.call(lambda: ran.append("job"))
+    thread.submit(item(3))
+    stopping = asyncio.ensure_future(asyncio.to_thread(thread.stop, lambda: ran.append("last"), timeout=0.2))
+    await asyncio.sleep(0.5)
+    assert not stopping.done(), "stop waits for the commit under way, past its timeout too"
+    assert "2 writes (2 events) were left unstored after 0.2 s" in caplog.text
+    rec.gate.set()
+    assert await asyncio.wait_for(stopping, timeout(5)) == 2
+    with pytest.raises(NotPersisted, match="not run: the server stopped before it could be stored"):
+        await asyncio.wait_for(job, timeout(5))
+    await asyncio.sleep(0.05)  # the outcomes posted to the loop
+    assert rec.batches == [[1]]
+    assert outcomes[0] == ([1], None)
+    assert outcomes[1][0] == [2, 3] and isinstance(outcomes[1][1], NotPersisted)
+    assert str(outcomes[1][1]) == "the event could not be stored: the server stopped before it could be stored"
+    assert ran == ["last"], "the refused job never ran; stop's last function did"
+
+
+async def test_stop_called_while_a_failed_batch_holds_the_thread_refuses_what_is_behind_it_unstored() -> None:
+    """stop() on a thread halted by a failed batch, with the loop blocked in it: nothing behind is committed."""
+    rec = Recorder()
+    thread = WriterThread(rec.commit, lambda: None)
+    outcomes: list[tuple[list[Any], BaseException | None]] = []
+    thread.batches_to(
+        asyncio.get_running_loop(),
+        lambda batch, exc: outcomes.append(([i.write.events[0].value for i in batch], exc)),
+        max_batch=100,
+    )
+    ran: list[str] = []
+    rec.gate.clear()
+    rec.fail_next = True
+    thread.submit(item(1))
+    await asyncio.sleep(0.05)
+    thread.submit(item(2))
+    job = thread.call(lambda: ran.append("job"))
+    rec.gate.set()
+    # as Database.close() called on the loop: the loop cannot withdraw what is behind the failure
+    stopper = threading.Thread(target=thread.stop, args=(lambda: ran.append("last"),), daemon=True)
+    stopper.start()
+    stopper.join(timeout(5))
+    assert not stopper.is_alive(), "stop returned without the loop's help"
+    with pytest.raises(NotPersisted, match="queued behind a batch that could not be stored"):
+        await asyncio.wait_for(job, timeout(5))
+    await asyncio.sleep(0.05)
+    assert rec.batches == [[1]], "the write behind the failed batch was never committed"
+    assert [values for values, _ in outcomes] == [[1], [2]]
+    assert isinstance(outcomes[0][1], RuntimeError) and isinstance(outcomes[1][1], NotPersisted)
+    assert ran == ["last"]
+
+
+async def test_the_writer_thread_is_not_a_daemon() -> None:
+    """The interpreter waits for the writer thread: a process never ends in the middle of a commit."""
+    thread = WriterThread(Recorder().commit, lambda: None)
+    try:
+        assert await asyncio.wait_for(thread.call(lambda: threading.current_thread().daemon), timeout(5)) is False
+    finally:
+        thread.stop()
+
+
+def _ran(engine: Engine, ran: list[str], name: str) -> str:
+    ran.append(name)
+    return name
+
+
+async def test_database_jobs_queued_behind_a_failed_batch_are_refused_and_the_writers_close_still_returns(
+    database_url: str,
+) -> None:
+    """Through the real Database: jobs behind a batch that breaks a foreign key get NotPersisted unrun; close returns."""
+    db = Database(database_url)
+    try:
+        await db.write(create_schema)
+        spec = plan(parse_request({"game": "bimatrix", "participants": 2, "group_size": 2}))
+        experiment_id = await db.write(insert_experiment, spec)
+        writer = EventWriter(db)
+        writer.start()
+        failures: list[NotPersisted] = []
+        committed: list[Write] = []
+        ran: list[str] = []
+        broken = Write(experiment_id, [NewEvent("decisions", 1, time.time(), group_id=999_999)])
+        with holding_writes(database_url):  # the batch waits in the database while the jobs queue up
+            writer.submit(broken, committed.append, failures.append)
+            behind = asyncio.ensure_future(db.write(_ran, ran, "behind"))
+            closing = asyncio.ensure_future(writer.close())
+            await until_queued(db, 2)
+        with pytest.raises(NotPersisted, match="queued behind a batch that could not be stored"):
+            await asyncio.wait_for(behind, timeout(10))
+        await asyncio.wait_for(closing, timeout(10))  # refused too, but close does not raise
+        assert committed == [] and len(failures) == 1
+        assert ran == [], "a job queued behind the failed batch never runs"
+        assert await asyncio.wait_for(db.write(_ran, ran, "after"), timeout(10)) == "after"
+        assert ran == ["after"]
+    finally:
+        db.close()
