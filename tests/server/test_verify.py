@@ -41,9 +41,16 @@ SETTINGS = ("DATABASE_URL", "REDIS_URL", "PORT", "SYNCLAB_ADMIN_TOKEN", "SYNCLAB
 
 
 async def decide(client: Client, value: Any, frame_id: str) -> None:
+    """Send a decision and wait for its ack; a refusal fails at once, naming why (not a timeout)."""
     await client.send("decisions", value, frame_id)
-    ack = await client.expect("ack")
-    assert ack["payload"]["id"] == frame_id
+    async with asyncio.timeout(timeout(5)):
+        while True:
+            frame = await client.next()
+            if frame["channel"] == "error" and frame["payload"].get("id") == frame_id:
+                raise AssertionError(f"decision {frame_id} refused: {frame['payload']}")
+            if frame["channel"] == "ack":
+                assert frame["payload"]["id"] == frame_id
+                return
 
 
 async def one_group(server: Harness, exp: dict[str, Any]) -> list[Client]:
@@ -55,12 +62,12 @@ async def one_group(server: Harness, exp: dict[str, Any]) -> list[Client]:
 
 
 async def play_subperiods(pair: list[Client]) -> None:
-    """Row A from the start; col B in subperiod 0, then A in subperiod 1."""
+    """Row A from the start; col B in subperiod 0, then A in subperiod 1 (ticks at 1 and 2 s)."""
     row, col = pair
     await until_state(row, "period_start")
     await decide(row, 1.0, "r0")
     await decide(col, 0.0, "c0")
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(1.1)  # past the 1 s subperiod tick, with a second to spare before the end
     await decide(col, 1.0, "c1")
     for client in pair:
         await until_state(client, "period_end")
@@ -111,11 +118,12 @@ async def play_everything(url: str) -> dict[str, dict[str, Any]]:
     """Play the four experiments at once; returns each one's creation answer by name."""
     async with running_server(url) as server:
         made = {
-            "pairs": await server.create(period_length=1, num_subperiods=2, bonus_points=1.5, config={"payoffs": PD}),
-            # 2 s: the pause must come before the end even when this busy machine stalls a few 100 ms
+            # periods of 2 s: the decisions land where they are meant to even when this busy machine
+            # stalls a few 100 ms (a decision after the end would be refused)
+            "pairs": await server.create(period_length=2, num_subperiods=2, bonus_points=1.5, config={"payoffs": PD}),
             "flow": await server.create(period_length=2, config={"payoffs": PD}),
             "goods": await server.create(
-                game="public_goods", participants=6, group_size=3, period_length=1, num_subperiods=4,
+                game="public_goods", participants=6, group_size=3, period_length=2, num_subperiods=4,
                 config={"endowment": 20, "mpcr": 0.4},
             ),
             "ended": await server.create(game="public_goods", participants=3, group_size=3, period_length=30),
