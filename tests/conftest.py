@@ -1,15 +1,25 @@
-"""Fixtures: a database on SQLite and on this machine's PostgreSQL, and a real server on port 0.
+"""Fixtures: a database on SQLite and on this machine's PostgreSQL, Redis, and a real server on port 0.
 
 PostgreSQL comes from ``SYNCLAB_TEST_POSTGRES_URL`` (default: database ``test`` on
-127.0.0.1:5432). Each test gets a schema of its own there. When PostgreSQL is missing the
-tests that need it skip loudly, except with ``CI=true``, where they fail.
+127.0.0.1:5432). Each test gets a schema of its own there. Redis comes from
+``SYNCLAB_TEST_REDIS_URL`` (default 127.0.0.1:6379, database 0); each test gets a key prefix of
+its own (``redis_prefix``). A test that stops Redis starts its own (``own_redis``). When
+PostgreSQL or Redis is missing the tests that need it skip loudly, except with ``CI=true``,
+where they fail.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -18,6 +28,7 @@ from server.storage import create_schema, make_engine, normalise_url
 from tests.server.harness import Harness, running_server
 
 POSTGRES_URL = os.environ.get("SYNCLAB_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("SYNCLAB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -83,3 +94,91 @@ async def any_server(database_url: str) -> AsyncIterator[Harness]:
     """A real server, once on SQLite and once on PostgreSQL."""
     async with running_server(database_url) as harness:
         yield harness
+
+
+def _missing(what: str, why: str) -> None:
+    message = f"{what} {why}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: the tests that need it must run)")
+    pytest.skip(f"SKIPPING — {message}")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """This machine's Redis (shared: use ``redis_prefix`` for keys and channels)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        _missing(f"Redis at {REDIS_URL}", f"is not reachable: {exc}")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key and channel prefix of this test's own; its keys are deleted afterwards."""
+    import redis
+
+    prefix = f"test-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@dataclass
+class OwnRedis:
+    """A redis-server of this test's own, which the test may stop and start again on its port."""
+
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+        self.process = None
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A redis-server started for this test on a free port (never the machine's shared one)."""
+    if shutil.which("redis-server") is None:
+        _missing("redis-server", "is not installed")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = OwnRedis(port, tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

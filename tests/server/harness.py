@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,6 +181,15 @@ def holding_writes(database_url: str) -> Iterator[None]:
                 held.rollback()
     finally:
         engine.dispose()
+
+
+async def eventually(check: Callable[[], Any], wait: float = 5.0) -> None:
+    """Wait (bounded) until ``check()`` holds."""
+    for _ in range(int(timeout(wait) / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"still not true after {timeout(wait)} s")
 
 
 async def until_queued(database: Any, count: int, wait: float = 5.0) -> None:

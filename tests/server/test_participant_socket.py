@@ -18,7 +18,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.server.harness import Client, Harness, running_server, timeout
+from tests.server.harness import Client, Harness, eventually, running_server, timeout
 
 HELLO_KEYS = {
     "participant",
@@ -119,15 +119,6 @@ async def handshake_status(server: Harness, path: str) -> int:
         ws = await connect(f"{server.ws_base}{path}", open_timeout=timeout(5))
         await ws.close()
     return refused.value.response.status_code
-
-
-async def eventually(check: Callable[[], bool], wait: float = 5.0) -> None:
-    """Wait (bounded) until ``check()`` holds."""
-    for _ in range(int(timeout(wait) / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise TimeoutError(f"still not true after {timeout(wait)} s")
 
 
 def stored(events: list[dict[str, Any]], channel: str, participant: str | None = None) -> list[dict[str, Any]]:

@@ -1,0 +1,279 @@
+"""The Redis hub: fan-out across processes and hosts through Redis pub/sub.
+
+Each process keeps its own subscribers as the memory hub does and delivers what it publishes to
+them at once; every frame also goes to Redis on the topic's channel (``{prefix}:{topic}``) for
+the other processes. One publisher task sends what has queued up, in the order it was published,
+in one pipeline per turn; one listener connection is subscribed to the channels of the topics
+this process has subscribers for, and delivers the frames of other processes. So frames of one
+process reach another in the order they were published, on every channel together.
+
+Pub/sub is at most once. Every frame of a group topic carries its event's ``seq`` and the
+``seq`` before it in that group (``prev``): a frame whose ``prev`` is not the last ``seq`` seen
+is a gap, and a reconnect of the listener may have lost anything; either way ``resync(topic)``
+is called, and the caller resends the group's state to its members here. A frame older than the
+last seen is dropped (a deposed authority's late publish). While Redis is unreachable nothing is
+queued for it (:attr:`RedisHub.up` says so, with the reason): what was published meanwhile is
+resent as state after the reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .base import Resync, Subscriber
+
+log = logging.getLogger("synclab.hub")
+#: the fields of a frame on a Redis channel: origin, seq, prev, to, data
+_SEP = "\x1f"
+#: frames waiting for the publisher; past this (Redis far slower than us) the oldest are dropped
+MAX_QUEUED = 100_000
+#: seconds between reconnection attempts, at most
+MAX_BACKOFF = 1.0
+
+
+class RedisHub:
+    """Fan-out through Redis for the processes of one cluster (``prefix``), this one named ``origin``."""
+
+    def __init__(self, url: str, *, origin: str, prefix: str = "synclab", resync: Resync | None = None) -> None:
+        self.url = url
+        self.origin = origin
+        self.prefix = prefix
+        self.resync = resync
+        self._client: aioredis.Redis = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self._topics: dict[str, dict[int, Subscriber]] = {}
+        #: per group topic: the last ``seq`` delivered or published here
+        self._last: dict[str, int] = {}
+        self._outbox: deque[tuple[str, str]] = deque()
+        self._wake = asyncio.Event()
+        self._pubsub: Any = None
+        self._subscribed: dict[str, asyncio.Future[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        #: whether the listener is connected; :attr:`reason` says why not
+        self.up = False
+        self.reason = "not connected yet"
+        #: frames dropped because Redis was unreachable or the queue was full (for /api/server)
+        self.dropped = 0
+
+    # ------------------------------------------------------------------ life
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._listen()), loop.create_task(self._publish())]
+
+    async def close(self) -> None:
+        """Send what is queued (briefly), then stop."""
+        self._closing = True
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._tasks[1]), 2.0) if self._tasks else None
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+        with contextlib.suppress(Exception):
+            await self._client.aclose()
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The connection pool, for the cluster's other commands (leases, heartbeats)."""
+        return self._client
+
+    # ------------------------------------------------------------------ the hub
+
+    def subscribe(self, topic: str, subscriber: Subscriber) -> None:
+        subscribers = self._topics.get(topic)
+        if subscribers is None:
+            subscribers = self._topics[topic] = {}
+            self._command("subscribe", topic)
+        subscribers[id(subscriber)] = subscriber
+
+    def unsubscribe(self, topic: str, subscriber: Subscriber) -> None:
+        subscribers = self._topics.get(topic)
+        if subscribers is not None:
+            subscribers.pop(id(subscriber), None)
+            if not subscribers:
+                del self._topics[topic]
+                self._last.pop(topic, None)
+                self._command("unsubscribe", topic)
+
+    def listening(self, topic: str) -> bool:
+        # another process may listen: only Redis knows, and asking would cost a round trip
+        return True
+
+    def publish(
+        self, topic: str, data: str, to: frozenset[str] | None = None, *, seq: int | None = None, prev: int | None = None
+    ) -> None:
+        if seq is not None:
+            self._last[topic] = max(seq, self._last.get(topic, 0))
+        for subscriber in list(self._topics.get(topic, {}).values()):
+            subscriber.deliver(to, data)
+        if not self.up:
+            self.dropped += 1
+            return
+        if len(self._outbox) >= MAX_QUEUED:
+            self._outbox.popleft()
+            self.dropped += 1
+        fields = (self.origin, "" if seq is None else str(seq), "" if prev is None else str(prev), _to(to), data)
+        self._outbox.append((self._channel(topic), _SEP.join(fields)))
+        self._wake.set()
+
+    async def ready(self, topic: str, wait: float = 5.0) -> None:
+        """Until Redis has confirmed this process's subscription to ``topic`` (subscribe first).
+
+        After it, every frame published to the topic by another process reaches this one (or
+        the gap shows). Raises :class:`ConnectionError` while Redis is unreachable.
+        """
+        if topic not in self._topics:
+            raise ValueError(f"not subscribed to {topic!r}")
+        if not self.up:
+            raise ConnectionError(f"Redis is unreachable: {self.reason}")
+        future = self._subscribed.get(self._channel(topic))
+        if future is not None and not future.done():
+            await asyncio.wait_for(asyncio.shield(future), wait)
+
+    def subscribers(self, topic: str) -> list[Subscriber]:
+        """This process's subscribers of ``topic`` (to tell them what a resync means for them)."""
+        return list(self._topics.get(topic, {}).values())
+
+    def mark(self, topic: str, seq: int) -> None:
+        """The group's frames up to ``seq`` are known here (a ``hello`` was read at ``seq``)."""
+        self._last[topic] = max(seq, self._last.get(topic, 0))
+
+    # ------------------------------------------------------------------ Redis
+
+    def _channel(self, topic: str) -> str:
+        return f"{self.prefix}:{topic}"
+
+    def _command(self, action: str, topic: str) -> None:
+        channel = self._channel(topic)
+        if action == "subscribe":
+            self._subscribed[channel] = asyncio.get_running_loop().create_future()
+        else:
+            self._subscribed.pop(channel, None)
+        if self._pubsub is not None and self.up:
+            task = asyncio.get_running_loop().create_task(self._send_command(action, channel))
+            task.add_done_callback(_quiet)
+
+    async def _send_command(self, action: str, channel: str) -> None:
+        pubsub = self._pubsub
+        if pubsub is None:
+            return
+        try:
+            await getattr(pubsub, action)(channel)
+        except (RedisError, OSError) as exc:  # the listener notices too, and subscribes again
+            log.warning("hub: %s %s failed: %s", action, channel, exc)
+
+    async def _listen(self) -> None:
+        backoff = 0.05
+        first = True
+        while not self._closing:
+            pubsub: Any = self._client.pubsub()
+            try:
+                channels = [self._channel(t) for t in self._topics] or [self._channel("hub")]
+                for channel in channels:
+                    self._subscribed.setdefault(channel, asyncio.get_running_loop().create_future())
+                await pubsub.subscribe(*channels)
+                self._pubsub = pubsub
+                self.up, self.reason = True, ""
+                added = [self._channel(t) for t in self._topics if self._channel(t) not in channels]
+                if added:  # subscribed to while the first subscription was under way
+                    await pubsub.subscribe(*added)
+                backoff = 0.05
+                if not first:
+                    log.warning("hub: connected to Redis again; resending every group's state here")
+                    self._resync_all()
+                first = False
+                while not self._closing:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._handle(message)
+            except (RedisError, OSError) as exc:
+                if self.up:
+                    log.error("hub: lost Redis (%s); retrying", exc)
+                self.up, self.reason = False, f"{type(exc).__name__}: {exc}"
+                self._outbox.clear()
+                for future in self._subscribed.values():
+                    if not future.done():
+                        future.set_exception(ConnectionError(self.reason))
+                        future.exception()
+                self._subscribed = {}
+                self._pubsub = None
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                await asyncio.sleep(backoff)
+                backoff = min(MAX_BACKOFF, backoff * 2)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        channel = _text(message.get("channel"))
+        if kind == "subscribe":
+            future = self._subscribed.get(channel)
+            if future is not None and not future.done():
+                future.set_result(None)
+            return
+        if kind != "message":
+            return
+        topic = channel[len(self.prefix) + 1:]
+        subscribers = self._topics.get(topic)
+        origin, seq, prev, to, data = _text(message["data"]).split(_SEP, 4)
+        if origin == self.origin or not subscribers:
+            return  # delivered here when it was published
+        if seq:
+            last = self._last.get(topic)
+            number = int(seq)
+            if last is not None and number <= last:
+                return  # older than what was delivered: a deposed authority's late frame
+            self._last[topic] = number
+            if last is not None and prev and int(prev) != last and self.resync is not None:
+                self.resync(topic)  # a frame between was lost: the members get the whole state
+        targets = None if to == "*" else frozenset(to.split(",")) if to else frozenset()
+        for subscriber in list(subscribers.values()):
+            subscriber.deliver(targets, data)
+
+    def _resync_all(self) -> None:
+        if self.resync is not None:
+            for topic in list(self._topics):
+                self.resync(topic)
+
+    async def _publish(self) -> None:
+        while True:
+            if not self._outbox:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 1000))]
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for channel, payload in batch:
+                        pipe.publish(channel, payload)
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                self.dropped += len(batch)
+                log.warning("hub: %d frames not published: %s", len(batch), exc)
+
+
+def _to(to: frozenset[str] | None) -> str:
+    return "*" if to is None else ",".join(sorted(to))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _quiet(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()

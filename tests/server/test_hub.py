@@ -1,0 +1,145 @@
+"""The hubs: the memory hub in one process, the Redis hub across processes (real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from server.hub import MemoryHub, group_topic
+from server.hub.redis import RedisHub
+from tests.conftest import OwnRedis
+from tests.server.harness import eventually
+
+
+class Collector:
+    """A subscriber that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[frozenset[str] | None, str]] = []
+
+    def deliver(self, to: frozenset[str] | None, data: str) -> None:
+        self.got.append((to, data))
+
+
+@asynccontextmanager
+async def hubs(url: str, prefix: str, *origins: str, resync: Callable[[str, str], None] | None = None
+               ) -> AsyncIterator[list[RedisHub]]:
+    """Started Redis hubs, one per origin (a process each, in real life), closed afterwards."""
+    made = [
+        RedisHub(url, origin=o, prefix=prefix, resync=None if resync is None else (lambda t, o=o: resync(o, t)))
+        for o in origins
+    ]
+    for hub in made:
+        await hub.start()
+    try:
+        await eventually(lambda: all(h.up for h in made))
+        yield made
+    finally:
+        for hub in made:
+            await hub.close()
+
+
+def test_the_memory_hub_delivers_to_subscribers_and_forgets_the_last_one_to_leave() -> None:
+    """Publish reaches every subscriber of the topic with its ``to``; an empty topic is not listened to."""
+    hub, one, two = MemoryHub(), Collector(), Collector()
+    hub.subscribe("t", one)
+    hub.subscribe("t", two)
+    hub.publish("t", "x", frozenset({"a"}), seq=3, prev=1)
+    assert one.got == two.got == [(frozenset({"a"}), "x")]
+    hub.unsubscribe("t", one)
+    hub.unsubscribe("t", two)
+    assert not hub.listening("t")
+
+
+async def test_frames_reach_another_process_in_order_and_the_publisher_at_once(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A thousand group frames from one hub reach the other in order, with their ``to``; the
+    publisher's own subscriber has each at once and never a second time from Redis."""
+    async with hubs(redis_url, redis_prefix, "a", "b") as (a, b):
+        topic = group_topic(7)
+        here, there = Collector(), Collector()
+        a.subscribe(topic, here)
+        b.subscribe(topic, there)
+        await a.ready(topic)
+        await b.ready(topic)
+        for seq in range(1, 1001):
+            a.publish(topic, f"frame {seq}", None if seq % 2 else frozenset({"p", "q"}), seq=seq, prev=seq - 1)
+            assert here.got[-1][1] == f"frame {seq}"
+        await eventually(lambda: len(there.got) == 1000)
+        assert [d for _, d in there.got] == [f"frame {s}" for s in range(1, 1001)]
+        assert there.got[0][0] is None and there.got[1][0] == frozenset({"p", "q"})
+        await asyncio.sleep(0.1)
+        assert len(here.got) == 1000
+
+
+async def test_frames_on_two_channels_keep_the_order_they_were_published_in(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A group frame then a frame to another process's inbox: the inbox frame never overtakes."""
+    async with hubs(redis_url, redis_prefix, "a", "b") as (a, b):
+        order: list[str] = []
+
+        class Recorder:
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+            def deliver(self, to: frozenset[str] | None, data: str) -> None:
+                order.append(f"{self.name}:{data}")
+
+        b.subscribe("group:1", Recorder("group"))
+        b.subscribe("worker:b", Recorder("inbox"))
+        await b.ready("group:1")
+        await b.ready("worker:b")
+        for n in range(200):
+            a.publish("group:1", str(n), seq=n + 1, prev=n)
+            a.publish("worker:b", str(n))
+        await eventually(lambda: len(order) == 400)
+        assert order == [f"{kind}:{n}" for n in range(200) for kind in ("group", "inbox")]
+
+
+async def test_a_gap_in_a_groups_frames_asks_for_a_resync_and_an_older_frame_is_dropped(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """``prev`` not the last ``seq`` seen: resync(topic); a frame at or below the last seen is a
+    deposed authority's late publish and is not delivered."""
+    asked: list[tuple[str, str]] = []
+    async with hubs(redis_url, redis_prefix, "a", "b", resync=lambda o, t: asked.append((o, t))) as (a, b):
+        there = Collector()
+        b.subscribe("group:3", there)
+        await b.ready("group:3")
+        a.publish("group:3", "one", seq=10, prev=4)
+        a.publish("group:3", "three", seq=14, prev=12)  # 12 never came
+        a.publish("group:3", "late", seq=12, prev=10)
+        a.publish("group:3", "four", seq=15, prev=14)
+        await eventually(lambda: len(there.got) == 3)
+        await asyncio.sleep(0.1)
+        assert [d for _, d in there.got] == ["one", "three", "four"]
+        assert asked == [("b", "group:3")]
+
+
+async def test_a_hub_that_loses_redis_says_so_then_subscribes_again_and_asks_for_every_resync(
+    own_redis: OwnRedis, redis_prefix: str
+) -> None:
+    """Redis killed: ``up`` is false with a reason and publishing still reaches this process's
+    subscribers; Redis back on the same port: the hub subscribes again, asks to resync each
+    topic, and frames flow between the processes again."""
+    asked: list[tuple[str, str]] = []
+    async with hubs(own_redis.url, redis_prefix, "a", "b", resync=lambda o, t: asked.append((o, t))) as (a, b):
+        here, there = Collector(), Collector()
+        a.subscribe("group:5", here)
+        b.subscribe("group:5", there)
+        await b.ready("group:5")
+        own_redis.kill()
+        await eventually(lambda: not a.up and not b.up)
+        assert a.reason and b.reason
+        a.publish("group:5", "while down", seq=1, prev=0)
+        assert here.got[-1][1] == "while down"
+        own_redis.start()
+        await eventually(lambda: a.up and b.up, wait=10)
+        assert ("b", "group:5") in asked and ("a", "group:5") in asked
+        await b.ready("group:5")
+        a.publish("group:5", "after", seq=2, prev=1)
+        await eventually(lambda: there.got and there.got[-1][1] == "after")
+        assert [d for _, d in there.got] == ["after"]

@@ -1,0 +1,64 @@
+"""Group leases on the machine's Redis: one holder at a time, epochs that only grow."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from server.cluster import Leases
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    made = aioredis.from_url(redis_url)
+    yield made
+    await made.aclose()
+
+
+async def test_one_worker_holds_a_group_and_the_next_holder_gets_a_higher_epoch(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """The first acquire wins with epoch 1; another worker gets nothing while it is held and sees
+    who holds it; after the release the other worker takes it with epoch 2."""
+    a = Leases(client, "host:1:a", prefix=redis_prefix)
+    b = Leases(client, "host:2:b", prefix=redis_prefix)
+    first = await a.acquire(7)
+    assert first is not None and first.epoch == 1 and a.valid(first)
+    assert await b.acquire(7) is None
+    owners = await b.owners([7, 8])
+    assert owners[7] is not None and (owners[7].worker, owners[7].epoch) == ("host:1:a", 1)
+    assert owners[8] is None
+    assert await b.release(first) is True  # the lease's own value releases it, whoever asks
+    second = await b.acquire(7)
+    assert second is not None and second.epoch == 2
+    assert await a.release(first) is False  # no longer the holder's: left alone
+    assert (await a.owners([7]))[7] is not None
+
+
+async def test_a_lease_not_renewed_lapses_and_its_old_holder_learns_it_lost_it(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """With a 0.3 s ttl: renewed, it lasts; not renewed, another worker takes the group with a
+    higher epoch, and the old holder's renewal says it is lost and its local validity is over."""
+    a = Leases(client, "a", prefix=redis_prefix, ttl=0.3, margin=0.1)
+    b = Leases(client, "b", prefix=redis_prefix, ttl=0.3, margin=0.1)
+    lease = await a.acquire(1)
+    assert lease is not None
+    for _ in range(3):
+        await asyncio.sleep(0.15)
+        assert await a.renew([lease]) == []
+    assert await b.acquire(1) is None
+    await asyncio.sleep(0.4)
+    assert not a.valid(lease)
+    taken = await b.acquire(1)
+    assert taken is not None and taken.epoch > lease.epoch
+    assert await a.renew([lease]) == [lease]
+
+
+def test_a_margin_as_long_as_the_lease_is_refused() -> None:
+    """The local validity must end before Redis's expiry: margin < ttl."""
+    with pytest.raises(ValueError, match="margin"):
+        Leases(object(), "a", ttl=1.0, margin=1.0)
