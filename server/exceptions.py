@@ -11,8 +11,10 @@
     │   └── NotFound         404, an unknown experiment or participant
     ├── FrameError           a refused client frame: an ``error`` frame, the socket stays open
     └── NotPersisted         the writer could not commit: the frames of that batch (and of the
-                             writes queued behind it) get an ``error`` frame; a REST call whose
-                             write was refused answers 503
+        │                    writes queued behind it) get an ``error`` frame; a REST call whose
+        │                    write was refused answers 503
+        └── Unavailable      the cluster cannot serve it now (Redis, a group between workers)
+            └── NotAuthority this worker no longer acts for the group (its write was fenced)
 
 Pure-core refusals (:class:`groups.RefusedAction`) become ``error`` frames with their own code.
 """
@@ -103,3 +105,14 @@ class NotPersisted(SynclabError):
 
     def body(self) -> dict[str, Any]:
         return {"error": str(self)}
+
+
+class Unavailable(NotPersisted):
+    """The cluster cannot serve this now (Redis unreachable, the group's authority gone or moving):
+    nothing was stored or sent; the client sends it again (its id makes that safe)."""
+
+    code = "unavailable"
+
+
+class NotAuthority(Unavailable):
+    """This worker no longer acts for the group: another took it over (its lease, its epoch)."""

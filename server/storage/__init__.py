@@ -32,7 +32,7 @@ from .asof import (
     periods_as_of,
     session_standings,
 )
-from .batch import commit_writes
+from .batch import claim_group, commit_writes
 from .catalog import (
     GroupPlace,
     NewBlock,
@@ -120,6 +120,7 @@ __all__ = [
     "block_status",
     "blocks",
     "blocks_and_groups_as_of",
+    "claim_group",
     "client_ids",
     "commit_writes",
     "connections",

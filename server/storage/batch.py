@@ -189,13 +189,19 @@ def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:
     ``seq`` is taken from ``experiments.last_seq`` inside the transaction, so it is strictly
     increasing and gap-free per experiment even with several writer processes: a failed batch
     rolls its numbers back with everything else.
+
+    A write computed under a fencing epoch (:attr:`Write.epoch`) is stored only while that is
+    still its group's epoch, checked with the group's row locked in this transaction: else it is
+    marked :attr:`Write.fenced` and left out, and the rest of the batch is stored.
     """
     sql = _statements(conn.engine)
-    counts: dict[int, int] = {}
-    for write in writes:
-        if write.events:
-            counts[write.experiment_id] = counts.get(write.experiment_id, 0) + len(write.events)
     with conn.begin():
+        if any(w.epoch is not None for w in writes):
+            writes = _fence(conn, writes)
+        counts: dict[int, int] = {}
+        for write in writes:
+            if write.events:
+                counts[write.experiment_id] = counts.get(write.experiment_id, 0) + len(write.events)
         cursor = conn.connection.cursor()
         try:
             next_seq: dict[int, int] = {}
@@ -245,6 +251,36 @@ def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:
             _period_started(conn, group_id, started_at)
         for experiment_id, group_id, ended_at in ended:
             _period_ended(conn, experiment_id, group_id, ended_at)
+
+
+def _fence(conn: Connection, writes: Sequence[Write]) -> list[Write]:
+    """The writes whose epoch is still their group's; the others marked fenced (rows locked first)."""
+    checked = sorted({w.group.group_id for w in writes if w.epoch is not None and w.group is not None})
+    stored = dict(
+        conn.execute(
+            select(groups.c.id, groups.c.epoch).where(groups.c.id.in_(checked)).order_by(groups.c.id).with_for_update()
+        ).all()
+    )
+    kept = []
+    for write in writes:
+        if write.epoch is not None and (write.group is None or stored.get(write.group.group_id) != write.epoch):
+            write.fenced = True
+        else:
+            kept.append(write)
+    return kept
+
+
+def claim_group(engine: Engine, group_id: int, epoch: int) -> bool:
+    """Raise the group's fencing epoch to ``epoch`` (a new authority's); False if it is not higher.
+
+    Waits for a batch of the old authority that holds the group's row; from the commit on, the
+    old authority's writes are fenced (:func:`commit_writes`).
+    """
+    with engine.begin() as conn:
+        claimed = conn.execute(
+            update(groups).where(and_(groups.c.id == group_id, groups.c.epoch < epoch)).values(epoch=epoch)
+        )
+        return bool(claimed.rowcount == 1)
 
 
 def _store_results(cursor: Any, sql: _BatchStatements, writes: Sequence[Write]) -> None:

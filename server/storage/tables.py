@@ -99,6 +99,9 @@ class Group(SQLModel, table=True):
     #: the rest of the core's clock: pauses, the flow integral, the rate limit (``GroupState.clock``)
     clock: dict[str, Any] | None = _json()
     last_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    #: the fencing epoch of the group's authority (``server.cluster.leases``): raised by each new
+    #: authority before it loads the group, checked in the transaction of every write of the group
+    epoch: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0, server_default="0"))
 
 
 class Membership(SQLModel, table=True):

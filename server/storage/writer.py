@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..exceptions import NotPersisted
+from ..exceptions import NotAuthority, NotPersisted
 from .database import Database
 from .thread import COMMIT_BUCKET_NAMES
 from .writes import Write
@@ -54,6 +54,8 @@ class EventWriter:
         self._checkpointed_at = time.monotonic()
         self.writes = 0
         self.committed = 0
+        #: writes refused by the fencing check (their authority had lost its group)
+        self.fenced = 0
 
     def commit_ms(self) -> dict[str, int]:
         """Committed batches by the commit's wall time: ``{"1": n, "2": n, …, "1000": n, "more": n}``.
@@ -110,9 +112,17 @@ class EventWriter:
             self._checkpointed_at = time.monotonic()
             self._database.checkpoint()
         self.writes += len(batch)
-        self.committed += sum(len(p.write.events) for p in batch)
+        self.committed += sum(len(p.write.events) for p in batch if not p.write.fenced)
         for pending in batch:
-            _safely(pending.on_commit, pending.write)
+            if pending.write.fenced:  # another authority took its group over: nothing of it stored
+                self.fenced += 1
+                _safely(pending.on_fail, NotAuthority(f"group {_group(pending.write)} is now served by another worker"))
+            else:
+                _safely(pending.on_commit, pending.write)
+
+
+def _group(write: Write) -> int | None:
+    return None if write.group is None else write.group.group_id
 
 
 def _nothing() -> None:

@@ -78,6 +78,11 @@ class Write:
     connection: ConnectionChange | None = None
     results: list[NewResult] = field(default_factory=list)
     ticks: list[NewTick] = field(default_factory=list)
+    #: the fencing epoch it was computed under (a cluster's authority); ``None``: not checked
+    epoch: int | None = None
     #: set by :func:`commit_writes`: the ``seq`` of each event, in order
     seqs: list[int] = field(default_factory=list)
+    #: set by :func:`commit_writes`: refused, nothing of it stored, since the group's epoch in
+    #: the database is no longer :attr:`epoch` (another authority took the group over)
+    fenced: bool = False
 
