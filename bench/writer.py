@@ -37,7 +37,8 @@ from sqlalchemy import Engine, func, select
 
 from server.experiments import parse_request, plan
 from server.hub import MemoryHub
-from server.live import LiveGroup, LiveGroups
+from server.live import LiveGroup
+from server.routing import LiveGroups
 from server.storage import (
     Database,
     EventWriter,

@@ -225,6 +225,10 @@ async def _group_filter(request: Request, row: dict[str, Any]) -> int | None:
 
 
 async def healthz(request: Request) -> Response:
+    """200 ``{"status": "ok"}``; in a cluster 503 with the reason while Redis is unreachable."""
+    node = runtime(request).node
+    if node is not None and not node.hub.up:
+        return JSON({"status": "unavailable", "reason": f"Redis is unreachable: {node.hub.reason}"}, status_code=503)
     return JSON({"status": "ok"})
 
 
@@ -232,13 +236,23 @@ async def server_status(request: Request) -> Response:
     """This process since it started: the writer's batches, writes, events and commit times, live groups, sockets."""
     require_admin(request)
     rt = runtime(request)
-    live = list(rt.groups.groups.values())
-    return JSON({
+    body: dict[str, Any] = {
         "writer": {"batches": rt.writer.batches, "writes": rt.writer.writes, "events": rt.writer.committed,
-                   "commit_ms": rt.writer.commit_ms()},
-        "live_groups": len(live),
-        "connections": sum(len(group.current) for group in live),
-    })
+                   "fenced": rt.writer.fenced, "commit_ms": rt.writer.commit_ms()},
+        "live_groups": len(rt.groups.groups),
+        "connections": len(rt.groups.connections),
+    }
+    if rt.node is not None:
+        workers = await rt.node.workers()
+        body["worker"] = rt.node.worker
+        body["cluster"] = {
+            "name": rt.settings.cluster_name,
+            "workers": workers,
+            "groups": sum(w["groups"] for w in workers),
+            "sockets": sum(w["sockets"] for w in workers),
+            "events": sum(w["writer"]["events"] for w in workers),
+        }
+    return JSON(body)
 
 
 async def games(request: Request) -> Response:

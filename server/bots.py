@@ -44,7 +44,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from groups import PERIOD_END, PERIOD_START, DecisionGroup, Timing, load_game
 
-from .exceptions import WS_4000_REPLACED, WS_4404_UNKNOWN, SettingsError, SynclabError
+from .exceptions import RETRY_CODES, WS_4000_REPLACED, WS_4404_UNKNOWN, SettingsError, SynclabError
 from .runtime import ADMIN_TOKEN_KEY
 from .settings import Settings
 from .storage import reading, stored_meta
@@ -70,6 +70,8 @@ MAX_PAGES = 100
 PAGE_SIZE = 1000
 #: errors kept in a report (the rest are counted)
 MAX_ERRORS = 50
+#: seconds before a frame refused with a code of ``RETRY_CODES`` is sent again
+RETRY_DELAY = 0.5
 #: how long bots may take to see the end themselves once the experiment has ended
 GRACE_SECONDS = 2.0
 
@@ -261,6 +263,7 @@ class Bot:
         self.running = asyncio.Event()
         #: frame id -> (group, decision, when sent) until its ack or error
         self.unacked: dict[str, tuple[Any, Any, float]] = {}
+        self._resends: set[asyncio.Task[None]] = set()
         self.sent = 0
         self.acked = 0
         self.refused: Counter[str] = Counter()
@@ -380,9 +383,26 @@ class Bot:
             self._settle()
         elif channel == "error" and isinstance(payload, dict):
             self.refused[str(payload.get("code"))] += 1
-            if payload.get("id") is not None:
-                self.unacked.pop(str(payload["id"]), None)
+            frame_id = payload.get("id")
+            if frame_id is not None and str(frame_id) in self.unacked and payload.get("code") in RETRY_CODES:
+                # not stored now, perhaps later (a group moving between workers): the same id again
+                self._spawn_resend(ws, str(frame_id))
+            elif frame_id is not None:
+                self.unacked.pop(str(frame_id), None)
             self._settle()
+
+    def _spawn_resend(self, ws: ClientConnection, frame_id: str) -> None:
+        async def resend() -> None:
+            await asyncio.sleep(RETRY_DELAY)
+            known = self.unacked.get(frame_id)
+            if known is not None and self._ws is ws:
+                with contextlib.suppress(ConnectionClosed):
+                    await ws.send(_frame(known[1], frame_id))
+                    self.resent += 1
+
+        task = asyncio.get_running_loop().create_task(resend())
+        self._resends.add(task)
+        task.add_done_callback(self._resends.discard)
 
     def _settle(self) -> None:
         """After the last block's end the bot is done once every frame it sent is answered.

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator, Sequence
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from .bots import run_bots_command
 from .dbcommand import DB_ACTIONS, run_db
@@ -42,6 +43,7 @@ def _prepare(settings: Settings, upgrade: bool) -> str:
 
     A new database is made; one that is behind is upgraded with ``--upgrade``, else refused.
     """
+    settings.check_cluster()
     engine = make_engine(settings.database_url)
     try:
         before = prepare_schema(engine, upgrade=upgrade)
@@ -68,10 +70,12 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
     app's lifespan ends (:meth:`server.runtime.Runtime.close`): the live groups stop, the
     writes they submitted are stored, the writer thread ends.
     """
-    if workers > 1:
+    if workers < 1:
+        raise SettingsError(f"--workers: expected 1 or more, got {workers}")
+    if workers > 1 and not settings.clustered:
         raise SettingsError(
-            f"--workers {workers}: several processes need the Redis hub (REDIS_URL), which this "
-            "version does not have yet; run one worker"
+            f"--workers {workers}: several processes serve as one through Redis: set REDIS_URL "
+            "(and DATABASE_URL to PostgreSQL), or run one worker"
         )
     tune_gc()
     config = uvicorn.Config(
@@ -83,6 +87,10 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
         log_level="info",
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),  # uvicorn takes whole seconds
     )
+    if workers > 1:  # uvicorn's supervisor: one socket, N processes, each a worker of the cluster
+        config.workers = workers
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        return 0
     server = uvicorn.Server(config)
     with _stopped_by_signals(server):
         server.run()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 import uuid
 from collections import deque
@@ -30,12 +31,15 @@ from .exceptions import (
     FrameError,
     NotPersisted,
 )
-from .live import LiveGroup, LiveGroups
+from .routing import LiveGroups
 from .settings import Settings
-from .storage import ConnectionChange
+from .storage import ConnectionChange, Seat
+from .views import GroupView
 from .wire import encode, error, ms, parse, redwood_ping
 
 log = logging.getLogger("synclab.connection")
+#: the ``seq`` of a stored event's frame (see :func:`server.wire.encode`)
+_SEQ = re.compile(r'"seq":(\d+)')
 
 SYNCLAB = "synclab"
 REDWOOD = "redwood"
@@ -44,12 +48,17 @@ REDWOOD = "redwood"
 class ClientConnection:
     """A participant's socket; the hub delivers group frames to it through :meth:`deliver`."""
 
-    def __init__(self, websocket: WebSocket, group: LiveGroup, participant: str, settings: Settings, route: str) -> None:
+    def __init__(
+        self, websocket: WebSocket, group: GroupView, participant: str, settings: Settings, route: str, game: str = ""
+    ) -> None:
         self.id = str(uuid.uuid4())
         self.websocket = websocket
         self.group = group
         self.participant = participant
         self.route = route
+        self.game = game
+        #: the group's frames kept while a join's answer is on its way (see :meth:`hold`)
+        self._held: list[tuple[frozenset[str] | None, str]] | None = None
         self.close_code: int | None = None
         self._close_reason = ""
         self._settings = settings
@@ -63,7 +72,27 @@ class ClientConnection:
 
     def deliver(self, to: frozenset[str] | None, data: str) -> None:
         if to is None or self.participant in to:
+            if self._held is not None:
+                if len(self._held) >= self._settings.send_queue_frames:
+                    self._held = None
+                    self.close(WS_4008_TOO_SLOW, "too slow: the send queue is full")
+                    return
+                self._held.append((to, data))
+                return
             self.send(data)
+
+    def hold(self) -> None:
+        """Keep the group's frames until :meth:`release` (a join's answer is on its way)."""
+        if self._held is None:
+            self._held = []
+
+    def release(self, after: int) -> None:
+        """Send the kept frames that come after ``seq`` ``after`` (the answer held the others)."""
+        held, self._held = self._held or [], None
+        for to, data in held:
+            found = _SEQ.search(data)
+            if found is None or int(found[1]) > after:
+                self.deliver(to, data)
 
     def send(self, data: str) -> None:
         if self.close_code is not None:
@@ -143,7 +172,7 @@ class ClientConnection:
             self.send(error(exc.code, exc.message, frame_id))
             return
         except Exception as exc:  # a fault in a game's hook: refuse the frame, keep serving
-            log.exception("game %s failed on a frame", self.group.game)
+            log.exception("game %s failed on a frame", self.game)
             self.send(error("game_error", f"the game failed on this frame: {type(exc).__name__}", frame_id))
             return
         future.add_done_callback(lambda f: self._stored(f, frame_id))
@@ -154,6 +183,8 @@ class ClientConnection:
         exc = future.exception()
         if isinstance(exc, NotPersisted):
             self.send(error(exc.code, str(exc), frame_id))
+        elif isinstance(exc, RefusedAction):  # refused by the group's authority on another worker
+            self.send(error(exc.code, exc.message, frame_id))
         elif exc is not None:
             self.send(error("internal", f"the frame failed: {type(exc).__name__}", frame_id))
         elif frame_id is not None:
@@ -192,11 +223,11 @@ async def serve(websocket: WebSocket, groups: LiveGroups, settings: Settings, ro
         await websocket.close(WS_4404_UNKNOWN, "unknown participant code")  # before accept: HTTP 403
         return
     seat, group = seated
-    if route == REDWOOD and not _redwood_path_matches(websocket, group):
+    if route == REDWOOD and not _redwood_path_matches(websocket, seat):
         await websocket.close(WS_4003_FORBIDDEN, "the URL names another game or group")
         return
     await websocket.accept()
-    conn = ClientConnection(websocket, group, code, settings, route)
+    conn = ClientConnection(websocket, group, code, settings, route, seat.game)
     change = ConnectionChange(
         conn.id,
         seat.participant_id,
@@ -220,8 +251,8 @@ async def serve(websocket: WebSocket, groups: LiveGroups, settings: Settings, ro
         conn.group.detach(code, conn, closed)  # the group it is in now: it may have moved on
 
 
-def _redwood_path_matches(websocket: WebSocket, group: LiveGroup) -> bool:
+def _redwood_path_matches(websocket: WebSocket, seat: Seat) -> bool:
     return (
-        str(websocket.path_params.get("app")) == group.game
-        and str(websocket.path_params.get("group")) == str(group.id)
+        str(websocket.path_params.get("app")) == seat.game
+        and str(websocket.path_params.get("group")) == str(seat.group_id)
     )

@@ -116,3 +116,7 @@ class Unavailable(NotPersisted):
 
 class NotAuthority(Unavailable):
     """This worker no longer acts for the group: another took it over (its lease, its epoch)."""
+
+
+#: ``error`` codes of a frame not stored now that may be stored later: the client sends it again
+RETRY_CODES = frozenset({NotPersisted.code, Unavailable.code})

@@ -1,27 +1,25 @@
-"""Live groups: the one place where each group's state changes, in order.
+"""Live groups: the one place where each group's state changes, in order (the group's authority).
 
 A :class:`LiveGroup` wraps a pure :class:`groups.DecisionGroup`. Every action runs the core
 synchronously on the event loop (so actions of one group are ordered), hands the events to the
-writer, and publishes them only from the writer's commit callback. It keeps the *committed*
-state beside the core's: ``hello`` is built from it, so a participant never sees anything that
-is not stored, and a failed commit rolls the core back to it.
+writer, and publishes them to the group's topic only from the writer's commit callback. It keeps
+the *committed* state beside the core's: ``hello`` is built from it, so a participant never sees
+anything that is not stored, and a failed commit rolls the core back to it. Each group's next
+deadline is one ``loop.call_at`` on the absolute time the core names.
 
-:class:`LiveGroups` holds every live group of the process. It is the runner of the design: each
-group's next deadline is one ``loop.call_at`` on the absolute time the core names; at start-up
-it reloads every running period from the database, so a deadline missed while the server was
-down is applied at once (and recorded late). When a period ends it moves the members on to their
-next block's group after the experiment's ``block_pause``. Its :meth:`LiveGroups.control` is the
-Python API for the experimenter's ``start``, ``pause``, ``resume`` and ``end``.
+A group has one authority at a time: in one process, that process; in a cluster, the worker
+that holds its lease (``server.cluster``), whose writes carry the lease's fencing epoch. The
+members' connections may be anywhere: a group knows each member's current connection only by
+its worker and id (to close the older one when the participant connects again), and the
+connections get its frames through the hub (``server.views``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
@@ -32,32 +30,20 @@ from groups import (
     DecisionGroup,
     Event,
     GroupState,
-    InvalidState,
     Phase,
     Timing,
-    current_block,
-    load_game,
 )
 
-from .exceptions import WS_4000_REPLACED, NotPersisted
+from .exceptions import WS_4000_REPLACED, NotAuthority, NotPersisted
 from .hub import Hub, group_topic, monitor_presence_topic, monitor_topic
 from .storage import (
     ConnectionChange,
-    Database,
     GroupSpec,
     GroupUpdate,
     NewEvent,
     NewResult,
     NewTick,
-    Seat,
     Write,
-    client_ids,
-    experiment_groups,
-    experiment_row,
-    live_group_ids,
-    load_group,
-    load_seat,
-    set_experiment_status,
     to_epoch,
 )
 from .wire import encode, ms
@@ -69,46 +55,8 @@ ACTIONS = ("start", "pause", "resume", "end")
 CONTROL = "control"
 
 
-class Meter:
-    """An experiment's recent throughput and broadcast latency, for the monitor's ``stats``."""
-
-    def __init__(self, clock: Clock, window: int = 512) -> None:
-        self.events = 0
-        self._clock = clock
-        #: (when, how many events, seconds from the action to its broadcast) of recent writes
-        self.recent: deque[tuple[float, int, float]] = deque(maxlen=window)
-
-    def observe(self, events: int, latency: float) -> None:
-        self.events += events
-        self.recent.append((self._clock(), events, latency))
-
-    def summary(self, over: float = 1.0) -> dict[str, Any]:
-        """Events per second over the last ``over`` seconds and the latency of the last writes."""
-        now = self._clock()
-        latest = [r for r in self.recent if r[0] >= now - over]
-        latencies = sorted(r[2] for r in self.recent)
-        return {
-            "events": self.events,
-            "events_per_second": sum(r[1] for r in latest) / over,
-            "latency_ms": {
-                "last": round(self.recent[-1][2] * 1000, 3) if self.recent else None,
-                "p50": round(latencies[len(latencies) // 2] * 1000, 3) if latencies else None,
-                "max": round(latencies[-1] * 1000, 3) if latencies else None,
-            },
-        }
-
-
-class Member(Protocol):
-    """A participant's connection as a live group sees it (see :class:`server.connection.ClientConnection`)."""
-
-    group: LiveGroup
-    close_code: int | None
-
-    def send(self, data: str) -> None: ...
-
-    def close(self, code: int, reason: str = "") -> None: ...
-
-    def deliver(self, to: frozenset[str] | None, data: str) -> None: ...
+#: close a participant's connection ``conn`` on ``worker`` with ``code`` and ``reason``
+CloseMember = Callable[[str, str, int, str], None]
 
 
 def _state_from_row(row: dict[str, Any]) -> GroupState:
@@ -135,11 +83,12 @@ class LiveGroup:
         writer: Any,
         hub: Hub,
         clock: Clock,
-        on_ended: Callable[[LiveGroup], None] | None = None,
-        meter: Meter | None = None,
+        *,
+        epoch: int | None = None,
+        close_member: CloseMember | None = None,
+        fenced: Callable[[int], None] | None = None,
     ) -> None:
         self.spec = spec
-        self.meter = meter or Meter(clock)
         self.id = spec.group_id
         self.experiment_id = spec.experiment_id
         self.experiment_code = spec.experiment_code
@@ -162,11 +111,17 @@ class LiveGroup:
         self.last_state = spec.last_state
         #: per member: client frame id -> its seq, or the future of a frame still being stored
         self.client_ids: dict[str, dict[str, int | asyncio.Future[list[int]]]] = {}
-        #: per member: its current connection (the newest replaces the older)
-        self.current: dict[str, Member] = {}
+        #: per member: its current connection's worker and id (the newest replaces the older)
+        self.connections: dict[str, tuple[str, str]] = {}
+        #: the fencing epoch of this authority's lease (``None`` in one process: nothing to check)
+        self.epoch = epoch
+        #: set once another worker may have taken the group over: nothing is computed any more
+        self.retired = False
+        self._close_member = close_member
+        #: told (with the group's id) when a write was fenced: another worker serves the group
+        self._fenced = fenced
         self._writer = writer
         self._hub = hub
-        self._on_ended = on_ended
         # stored times have microseconds: a frame's ts must equal what a restart reads back
         self._clock: Clock = lambda: round(clock(), 6)
         self._timer: asyncio.TimerHandle | None = None
@@ -187,8 +142,13 @@ class LiveGroup:
         """Run ``action`` on the core, store its events, publish them once stored.
 
         Raises what the core raises (a refused action changes nothing). The future resolves
-        to the events' ``seq``s after the commit, or fails with :class:`NotPersisted`.
+        to the events' ``seq``s after the commit, or fails with :class:`NotPersisted` (with
+        :class:`NotAuthority` once this process no longer acts for the group).
         """
+        if self.retired:
+            refused: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+            refused.set_exception(NotAuthority(f"group {self.id} is served by another worker now"))
+            return refused
         try:
             events = action()
         except BaseException:
@@ -205,24 +165,29 @@ class LiveGroup:
         now = self.core.now
         snapshot = self.core.state.copy()
         write = self._write(events, now, snapshot, client_id, connection)
-        was_ended = self.committed.phase is Phase.ENDED
 
         def committed(stored: Write) -> None:
             self.committed = snapshot
+            prev = self.last_seq
             for ev, seq in zip(events, stored.seqs, strict=True):
                 self.last_seq = seq
                 if ev.channel == STATE:
                     self.last_state = {"seq": seq, "ts": now, "value": ev.payload}
                 if ev.to is None or ev.to:  # NOBODY (empty): recorded, not sent
-                    self._hub.publish(self.topic, encode(ev.channel, ev.payload, seq=seq, ts=now), ev.to)
+                    frame = encode(ev.channel, ev.payload, seq=seq, ts=now)
+                    self._hub.publish(self.topic, frame, ev.to, seq=seq, prev=prev)
+                    prev = seq
             future.set_result(stored.seqs)
             self._to_monitors(events, stored, now, connection)
-            if not was_ended and snapshot.phase is Phase.ENDED and self._on_ended is not None:
-                self._on_ended(self)
 
         def failed(exc: NotPersisted) -> None:
             self.core.restore(self.committed)
-            self._reschedule()
+            if isinstance(exc, NotAuthority):  # another worker took the group over: stop at once
+                self.retire()
+                if self._fenced is not None:
+                    self._fenced(self.id)
+            else:
+                self._reschedule()
             future.set_exception(exc)
 
         self._writer.submit(write, committed, failed)
@@ -232,7 +197,6 @@ class LiveGroup:
     def _to_monitors(self, events: list[Event], stored: Write, now: float, connection: ConnectionChange | None) -> None:
         """Tell the experiment's monitors what was stored: one frame per write, never awaited."""
         latency = self._clock() - now
-        self.meter.observe(len(events), latency)
         topic = monitor_topic(self.experiment_id)
         if events and self._hub.listening(topic):
             at, lat = ms(now), round(latency * 1000, 3)
@@ -250,7 +214,7 @@ class LiveGroup:
                 "participant": code,
                 "group": self.id,
                 # a replaced connection's close leaves the participant connected through the newer one
-                "connected": connection.opened is not None or code in self.current,
+                "connected": connection.opened is not None or code in self.connections,
                 "at": ms(when),
                 "user_agent": connection.user_agent,
                 "close_code": connection.close_code,
@@ -315,7 +279,7 @@ class LiveGroup:
             snapshot.vars,
             snapshot.clock(),
         )
-        return Write(self.experiment_id, stored, group, connection, scored, timed)
+        return Write(self.experiment_id, stored, group, connection, scored, timed, epoch=self.epoch)
 
     def receive(self, participant: str, channel: str, payload: Any, client_id: str | None) -> asyncio.Future[list[int]]:
         """A client frame on a game channel; a repeated ``client_id`` is answered, not stored."""
@@ -340,11 +304,24 @@ class LiveGroup:
             future.add_done_callback(settle)
         return future
 
-    def connect(self, participant: str, connection: ConnectionChange | None) -> asyncio.Future[list[int]]:
+    def connect(
+        self, participant: str, connection: ConnectionChange | None, *, worker: str = "", conn: str = ""
+    ) -> asyncio.Future[list[int]]:
+        """The participant's connection ``conn`` on ``worker`` is its current one; an older one is closed."""
+        older = self.connections.get(participant)
+        self.connections[participant] = (worker, conn)
+        if older is not None and older != (worker, conn) and self._close_member is not None:
+            self._close_member(*older, WS_4000_REPLACED, "replaced by a newer connection of the same participant")
         return self.act(lambda: self.core.connect(participant, self._clock()), connection=connection)
 
-    def disconnect(self, participant: str, connection: ConnectionChange | None) -> asyncio.Future[list[int]]:
-        return self.act(lambda: self.core.disconnect(participant, self._clock()), connection=connection)
+    def disconnect(
+        self, participant: str, connection: ConnectionChange | None, *, worker: str = "", conn: str = ""
+    ) -> asyncio.Future[list[int]]:
+        """The connection ``conn`` closed: the participant is gone, unless a newer one replaced it."""
+        if self.connections.get(participant) == (worker, conn):
+            del self.connections[participant]
+            return self.act(lambda: self.core.disconnect(participant, self._clock()), connection=connection)
+        return self.act(list, connection=connection)  # replaced: only the close is stored
 
     def start(self) -> asyncio.Future[list[int]]:
         return self.act(lambda: self.core.start(self._clock()))
@@ -369,35 +346,6 @@ class LiveGroup:
 
     def resume(self) -> asyncio.Future[list[int]]:
         return self.act(lambda: self.core.resume(self._clock()))
-
-    # ------------------------------------------------------------------ members' connections
-
-    def attach(self, participant: str, member: Member, change: ConnectionChange | None, *, hello: bool) -> None:
-        """Make ``member`` the participant's connection to this group and bring it up to date.
-
-        Nothing here awaits: the replayed state and the subscription start at the same
-        committed point, so no frame is missed or repeated.
-        """
-        older = self.current.get(participant)
-        self.current[participant] = member
-        member.group = self
-        if older is not None and older is not member:
-            older.close(WS_4000_REPLACED, "replaced by a newer connection of the same participant")
-        self._hub.subscribe(self.topic, member)
-        if hello:
-            member.send(encode("hello", self.hello(participant)))
-        for frame in self.replay():
-            member.send(frame)
-        self.connect(participant, change).add_done_callback(consume)
-
-    def detach(self, participant: str, member: Member, change: ConnectionChange | None) -> None:
-        """``member`` leaves this group (closed, or moved on to the next block)."""
-        self._hub.unsubscribe(self.topic, member)
-        if self.current.get(participant) is member:
-            del self.current[participant]
-            self.disconnect(participant, change).add_done_callback(consume)
-        elif change is not None:  # replaced: the participant is still here through the newer socket
-            self.act(list, connection=change).add_done_callback(consume)
 
     # ------------------------------------------------------------------ what a new connection sees
 
@@ -483,167 +431,18 @@ class LiveGroup:
             self._timer.cancel()
             self._timer = None
 
+    def retire(self) -> None:
+        """This process no longer acts for the group (its lease lapsed or was handed over).
+
+        Its clock stops and every action is refused with :class:`NotAuthority`; writes already
+        submitted are stored only if the group's epoch is still this one (the fence).
+        """
+        self.retired = True
+        self.close()
+
 
 def consume(future: asyncio.Future[Any]) -> None:
     """Mark a fire-and-forget action's failure as seen (the writer has logged it)."""
     if not future.cancelled():
         future.exception()
 
-
-class LiveGroups:
-    """Every live group of this process, loaded on first use (or at start-up if its period runs)."""
-
-    def __init__(self, database: Database, writer: Any, hub: Hub, clock: Clock = time.time) -> None:
-        self.database = database
-        self.writer = writer
-        self.hub = hub
-        self.clock = clock
-        self.groups: dict[int, LiveGroup] = {}
-        self._loading: dict[int, asyncio.Lock] = {}
-        self._moves: dict[int, asyncio.TimerHandle] = {}
-        #: per experiment id: its recent throughput and latency
-        self.meters: dict[int, Meter] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        #: set at shutdown: no block change is planned any more
-        self._closed = False
-
-    async def resume_all(self) -> int:
-        """Load every group whose period runs or is paused; their timers apply what is overdue."""
-        ids = await self.database.read(live_group_ids)
-        for group_id in ids:
-            await self.group(group_id)
-        return len(ids)
-
-    async def group(self, group_id: int) -> LiveGroup:
-        """The live group ``group_id``, loaded once."""
-        group = self.groups.get(group_id)
-        if group is not None:
-            return group
-        lock = self._loading.setdefault(group_id, asyncio.Lock())
-        async with lock:
-            group = self.groups.get(group_id)
-            if group is None:
-                spec = await self.database.read(load_group, group_id)
-                if spec is None:
-                    raise LookupError(f"no group {group_id}")
-                meter = self.meter(spec.experiment_id)
-                group = LiveGroup(spec, load_game(spec.game), self.writer, self.hub, self.clock, self._ended, meter)
-                self.groups[group_id] = group
-                if group.committed.phase is Phase.ENDED:
-                    self._ended(group)
-        self._loading.pop(group_id, None)
-        return group
-
-    def meter(self, experiment_id: int) -> Meter:
-        meter = self.meters.get(experiment_id)
-        if meter is None:
-            meter = self.meters[experiment_id] = Meter(self.clock)
-        return meter
-
-    async def seat(self, code: str, now: float | None = None) -> tuple[Seat, LiveGroup] | None:
-        """The participant's seat and its live group, or ``None`` for an unknown code."""
-        seat = await self.database.read(load_seat, code, self.clock() if now is None else now)
-        if seat is None:
-            return None
-        group = await self.group(seat.group_id)
-        if code not in group.client_ids:
-            ids = await self.database.read(client_ids, seat.participant_id)
-            group.client_ids.setdefault(code, dict(ids))
-        return seat, group
-
-    # ------------------------------------------------------------------ blocks
-
-    def _ended(self, group: LiveGroup) -> None:
-        """A period ended: after the pause, move whoever is connected on to the next block."""
-        if self._closed or group.spec.last_block or group.id in self._moves:
-            return
-        ended_at = group.committed.ended_at or self.clock()
-        due = ended_at + group.spec.block_pause
-        loop = asyncio.get_running_loop()
-        self._moves[group.id] = loop.call_at(
-            loop.time() + max(0.0, due - self.clock()), lambda: self._spawn(self._move_on(group, due))
-        )
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _move_on(self, group: LiveGroup, due: float) -> None:
-        self._moves.pop(group.id, None)
-        try:
-            row = await self.database.read(experiment_row, group.experiment_code)
-            if row is None or row["status"] == "cancelled":
-                return
-            for code, member in list(group.current.items()):
-                seated = await self.seat(code, max(self.clock(), due))
-                if seated is None or seated[1] is group:
-                    continue
-                if group.current.get(code) is not member or member.close_code is not None:
-                    continue  # gone or replaced while we looked the next group up
-                group.detach(code, member, None)
-                seated[1].attach(code, member, None, hello=getattr(member, "route", "synclab") == "synclab")
-        except Exception:
-            log.exception("group %s: moving members to the next block failed", group.id)
-
-    # ------------------------------------------------------------------ the experimenter
-
-    async def control(self, experiment_code: str, action: str, group_id: int | None = None) -> list[int]:
-        """``start``, ``pause``, ``resume`` or ``end`` an experiment (or one of its groups).
-
-        ``start`` forces the waiting groups that are every member's current group; ``pause``
-        and ``resume`` take the running and paused ones; ``end`` ends every period not ended
-        (a whole experiment ended this way is ``cancelled``). Returns the groups acted on,
-        once their events are stored. Raises :class:`LookupError` for an unknown experiment
-        or group and :class:`ValueError` for an unknown action.
-        """
-        if action not in ACTIONS:
-            raise ValueError(f"expected an action in {list(ACTIONS)}, got {action!r}")
-        row = await self.database.read(experiment_row, experiment_code)
-        if row is None:
-            raise LookupError(f"no experiment with code {experiment_code!r}")
-        every = await self.database.read(experiment_groups, row["id"])
-        places = every if group_id is None else [p for p in every if p.group_id == group_id]
-        if not places:
-            raise LookupError(f"no group {group_id} in experiment {experiment_code!r}")
-        now = self.clock()
-        if action == "start":
-            here: dict[int, list[Any]] = {}
-            for p in every:
-                for member in p.members:
-                    here.setdefault(member, []).append(p)
-            current = {m: gs[current_block([(g.phase, g.ended_at) for g in gs], now, 0.0)].group_id
-                       for m, gs in here.items()}
-            targets = [p for p in places if p.phase is Phase.WAITING and all(current[m] == p.group_id for m in p.members)]
-        elif action == "pause":
-            targets = [p for p in places if p.phase is Phase.RUNNING]
-        elif action == "resume":
-            targets = [p for p in places if p.phase is Phase.PAUSED]
-        else:
-            targets = [p for p in places if p.phase is not Phase.ENDED]
-            if group_id is None and row["status"] in ("pending", "running"):
-                await self.database.write(set_experiment_status, row["id"], "cancelled", now)
-        done: list[int] = []
-        for place in targets:
-            live = await self.group(place.group_id)
-            try:
-                future = live.control(action, "experiment" if group_id is None else "group")
-            except InvalidState:
-                continue  # it changed since we looked: nothing to do for it
-            await future
-            done.append(place.group_id)
-        return done
-
-    def close(self) -> None:
-        """At shutdown: stop every group's clock and every planned block change.
-
-        The writes the groups have submitted stay queued: the writer stores them, and their
-        outcome still reaches the groups (see :meth:`server.runtime.Runtime.close`).
-        """
-        self._closed = True
-        for handle in self._moves.values():
-            handle.cancel()
-        for task in self._tasks:
-            task.cancel()
-        for group in self.groups.values():
-            group.close()

@@ -3,7 +3,8 @@
 On connect the monitor gets a ``snapshot`` of the experiment (groups, their phase and decisions,
 who is connected), then everything stored after it: ``events`` frames, each a list of event rows
 batched every :data:`FLUSH_EVERY` seconds, ``connection`` frames as participants come and go,
-``stats`` every second and ``experiment`` when the status changes.
+``stats`` every second (the events this monitor was sent: in a cluster they are stored on any
+worker) and ``experiment`` when the status changes.
 
 A monitor never holds up the participants: a live group publishes one encoded list per stored
 write (skipped when no monitor listens), and the monitor only appends it to its buffer; a
@@ -17,6 +18,8 @@ import asyncio
 import contextlib
 import hmac
 import time
+from collections import deque
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -39,6 +42,35 @@ STATS_EVERY = 1.0
 MAX_BUFFERED = 20_000
 
 
+class Meter:
+    """Recent throughput and broadcast latency of what a monitor was sent, for its ``stats``."""
+
+    def __init__(self, clock: Callable[[], float], window: int = 512) -> None:
+        self.events = 0
+        self._clock = clock
+        #: (when, how many events, seconds from the action to its broadcast) of recent writes
+        self.recent: deque[tuple[float, int, float]] = deque(maxlen=window)
+
+    def observe(self, events: int, latency: float) -> None:
+        self.events += events
+        self.recent.append((self._clock(), events, latency))
+
+    def summary(self, over: float = 1.0) -> dict[str, Any]:
+        """Events per second over the last ``over`` seconds and the latency of the last writes."""
+        now = self._clock()
+        latest = [r for r in self.recent if r[0] >= now - over]
+        latencies = sorted(r[2] for r in self.recent)
+        return {
+            "events": self.events,
+            "events_per_second": sum(r[1] for r in latest) / over,
+            "latency_ms": {
+                "last": round(self.recent[-1][2] * 1000, 3) if self.recent else None,
+                "p50": round(latencies[len(latencies) // 2] * 1000, 3) if latencies else None,
+                "max": round(latencies[-1] * 1000, 3) if latencies else None,
+            },
+        }
+
+
 class Monitor:
     """One monitor socket: buffers what the hub delivers and sends it in batches."""
 
@@ -50,18 +82,27 @@ class Monitor:
         self.frames: list[str] = []
         self.overflowed = False
         self.after_seq = 0
+        #: the throughput and broadcast latency of what this monitor was sent (wherever it was stored)
+        self.meter = Meter(time.time)
 
     def deliver(self, to: frozenset[str] | None, data: str) -> None:
         if self.overflowed:
             return
         if data.startswith("["):
             self.rows.append(data)
+            rows = orjson.loads(data)
+            if rows:
+                self.meter.observe(len(rows), float(rows[0].get("latency") or 0.0) / 1000)
         else:
             self.frames.append(data)
         if len(self.rows) + len(self.frames) > MAX_BUFFERED:
             self.overflowed = True
             self.rows.clear()
             self.frames.clear()
+
+    def lost(self) -> None:
+        """Frames for this monitor may have been lost (Redis reconnected): it starts over from a snapshot."""
+        self.overflowed = True
 
     def take_events(self) -> str | None:
         """The buffered rows as one ``events`` frame (rows up to ``after_seq`` dropped), or None."""
@@ -143,14 +184,13 @@ async def _send_loop(rt: Runtime, monitor: Monitor, row: dict[str, Any], receive
             if current is not None and current["status"] != status:
                 status = current["status"]
                 await monitor.websocket.send_text(encode("experiment", {"status": status}))
-            await monitor.websocket.send_text(encode("stats", _stats(rt, row["id"], status)))
+            await monitor.websocket.send_text(encode("stats", _stats(rt, monitor.meter, status)))
 
 
-def _stats(rt: Runtime, experiment_id: int, status: str) -> dict[str, Any]:
-    meter = rt.groups.meter(experiment_id).summary()
+def _stats(rt: Runtime, meter: Meter, status: str) -> dict[str, Any]:
     return {
         "status": status,
-        **meter,
+        **meter.summary(),
         "writer": {"batches": rt.writer.batches, "committed": rt.writer.committed},
         "server_time": ms(time.time()),
     }

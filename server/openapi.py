@@ -203,20 +203,34 @@ def _other_schemas() -> dict[str, JSONSchema]:
         }
     )
     nullable_number = _nullable(_NUMBER)
+    counter = {"type": "integer", "minimum": 0}
     return {
         "Error": _object(
             {"error": {"type": "string", "minLength": 1}, "field": {"type": "string", "minLength": 1}},
             optional=("field",),
         ),
         "Health": _object({"status": {"const": "ok"}}),
+        "Unhealthy": _object({"status": {"const": "unavailable"}, "reason": {"type": "string", "minLength": 1}}),
         "ServerStatus": _object({
             "writer": _object({
-                **{name: {"type": "integer", "minimum": 0} for name in ("batches", "writes", "events")},
-                "commit_ms": _object({name: {"type": "integer", "minimum": 0} for name in COMMIT_BUCKET_NAMES}),
+                **{name: counter for name in ("batches", "writes", "events", "fenced")},
+                "commit_ms": _object({name: counter for name in COMMIT_BUCKET_NAMES}),
             }),
-            "live_groups": {"type": "integer", "minimum": 0},
-            "connections": {"type": "integer", "minimum": 0},
-        }),
+            "live_groups": counter,
+            "connections": counter,
+            "worker": _STRING,
+            "cluster": _object({
+                "name": _STRING,
+                "workers": {"type": "array", "items": _object({
+                    "worker": _STRING, "host": _STRING, "pid": {"type": "integer", "minimum": 1},
+                    "started": _NUMBER, "at": _NUMBER, "groups": counter, "sockets": counter,
+                    "writer": _object({name: counter for name in ("batches", "writes", "events")}),
+                })},
+                "groups": counter,
+                "sockets": counter,
+                "events": counter,
+            }),
+        }, optional=("worker", "cluster")),
         "Game": game,
         "Games": _object({"results": {"type": "array", "items": _ref("Game")}}),
         "Stats": _object(
@@ -484,7 +498,12 @@ def _experiment_paths() -> dict[str, Any]:
 
 def _paths() -> dict[str, Any]:
     return {
-        "/healthz": _get("healthz", "the server is up", _json(_ref("Health"), "ok"), [], (), security=PUBLIC),
+        "/healthz": {"get": {
+            "operationId": "healthz", "summary": "the server is up (a cluster's worker: and reaches Redis)",
+            "parameters": [], "security": PUBLIC,
+            "responses": {"200": _json(_ref("Health"), "ok"),
+                          "503": _json(_ref("Unhealthy"), "a cluster's worker that cannot reach Redis, and why")},
+        }},
         PATH: _get("openapi", "this document", _json({"type": "object"}, "the OpenAPI document"), [], (),
                    security=PUBLIC),
         "/api/games": _get("listGames", "the registered games with their config schemas and defaults",

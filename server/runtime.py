@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from .hub import MemoryHub
-from .live import LiveGroups
+from .cluster import Node
+from .hub import Hub, MemoryHub
+from .routing import LiveGroups
 from .settings import Settings
 from .storage import Database, EventWriter, get_or_create_meta, prepare_schema
 
@@ -34,12 +35,15 @@ class Runtime:
     settings: Settings
     database: Database
     writer: EventWriter
-    hub: MemoryHub
+    hub: Hub
     groups: LiveGroups
     admin_token: str
+    #: this worker in a cluster (``REDIS_URL``); ``None`` in one process
+    node: Node | None = None
 
     @classmethod
     async def open(cls, settings: Settings) -> Runtime:
+        settings.check_cluster()
         database = Database(settings.database_url)
         try:
             # a new database is made; one that is behind is refused (synclab db upgrade)
@@ -52,12 +56,16 @@ class Runtime:
             log.warning("synclab: generated the experimenter token %s (stored in the database)", token)
         writer = EventWriter(database, max_batch=settings.writer_max_batch)
         writer.start()
-        hub = MemoryHub()
-        groups = LiveGroups(database, writer, hub)
+        node = Node(settings, database) if settings.clustered else None
+        hub: Hub = node.hub if node is not None else MemoryHub()
+        groups = LiveGroups(database, writer, hub, node=node)
+        if node is not None:
+            await node.start(groups)
+            log.warning("synclab: worker %s joined cluster %r", node.worker, settings.cluster_name)
         resumed = await groups.resume_all()
         if resumed:
             log.warning("synclab: resumed %d running periods from the database", resumed)
-        return cls(settings, database, writer, hub, groups, token)
+        return cls(settings, database, writer, hub, groups, token, node)
 
     async def close(self) -> None:
         """The end of the lifespan: nothing new is computed, what was submitted is stored, then the database closes.
@@ -67,7 +75,8 @@ class Runtime:
         stop; the writer takes no new write and stores what is queued, whose outcomes reach the
         groups on the loop; then the writer thread ends. The queue is waited for at most
         ``settings.shutdown_timeout`` seconds in all: past it, what is left is refused and the
-        count logged (:meth:`.storage.Database.close`), so the process can exit.
+        count logged (:meth:`.storage.Database.close`), so the process can exit. In a cluster
+        the worker then hands its groups over (their leases released at once) and leaves.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.shutdown_timeout
@@ -75,6 +84,10 @@ class Runtime:
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.writer.close(), self.settings.shutdown_timeout)
+            if self.node is not None:  # stored: the groups go to other workers at once
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.node.drain(), max(0.1, deadline - loop.time()))
+                await self.node.close()
         finally:
             # on a thread: the loop goes on delivering the last batches' outcomes meanwhile
             await asyncio.to_thread(self.database.close, max(0.0, deadline - loop.time()))

@@ -35,6 +35,13 @@ def _number(
     return value
 
 
+def _name(env: dict[str, str], name: str, default: str) -> str:
+    raw = env.get(name) or default
+    if not raw.replace("-", "").replace("_", "").isalnum() or len(raw) > 64:
+        raise SettingsError(f"{name}: expected letters, digits, '-' and '_' (at most 64), got {raw!r}")
+    return raw
+
+
 def _database_url(env: dict[str, str]) -> str:
     url = env.get("DATABASE_URL") or Settings.database_url
     try:
@@ -64,6 +71,23 @@ class Settings:
     #: seconds a shutdown waits for the requests and sockets under way, then for the writes
     #: queued; past it what is still queued is refused and logged (the commit under way finishes)
     shutdown_timeout: float = 30.0
+    #: the cluster's name: the prefix of its keys and channels in Redis (several clusters, one Redis)
+    cluster_name: str = "synclab"
+    #: seconds a group's lease lasts without renewal: a dead worker's groups move on within it
+    lease_seconds: float = 3.0
+
+    @property
+    def clustered(self) -> bool:
+        """Several processes or hosts through Redis (``REDIS_URL`` set)."""
+        return self.redis_url is not None
+
+    def check_cluster(self) -> None:
+        """Refuse what a cluster cannot run on: one line saying why (:class:`SettingsError`)."""
+        if self.redis_url is not None and make_url(self.database_url).get_backend_name() == "sqlite":
+            raise SettingsError(
+                "REDIS_URL is set but DATABASE_URL is SQLite: a cluster's workers share one PostgreSQL "
+                "database (DATABASE_URL=postgresql://…); unset REDIS_URL to run one process on SQLite"
+            )
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -79,4 +103,6 @@ class Settings:
             send_queue_frames=int(_number(env, "SYNCLAB_SEND_QUEUE", 2048, minimum=16)),
             writer_max_batch=int(_number(env, "SYNCLAB_WRITER_MAX_BATCH", 2000, minimum=1)),
             shutdown_timeout=_number(env, "SYNCLAB_SHUTDOWN_TIMEOUT", 30.0, minimum=0, maximum=24 * 3600),
+            cluster_name=_name(env, "SYNCLAB_CLUSTER", "synclab"),
+            lease_seconds=_number(env, "SYNCLAB_LEASE_SECONDS", 3.0, minimum=0.5, maximum=60),
         )

@@ -7,7 +7,7 @@
 // its own with `view`): `createView(game)` gets the object built by `gameApi()` below and
 // returns hooks (see static/games/generic.js, the template to start from).
 
-import { SynclabSocket } from "./synclab.js";
+import { RETRY_CODES, SynclabSocket } from "./synclab.js";
 
 const CODE = decodeURIComponent(window.location.pathname.split("/").filter(Boolean).pop() || "");
 const PALETTE = ["#0b62c4", "#d1495b", "#2a9d4b", "#e08a00", "#7b4fc9", "#00838f", "#8d6e63", "#c2185b"];
@@ -400,7 +400,11 @@ const HANDLERS = {
   ack: () => renderPending(),
   error: (payload) => {
     renderPending();
-    notice(payload.message ? `Not accepted: ${payload.message}` : "Not accepted.");
+    if (RETRY_CODES.has(payload.code)) {
+      notice("The server is busy; your choice will be sent again in a moment.");
+    } else {
+      notice(payload.message ? `Not accepted: ${payload.message}` : "Not accepted.");
+    }
     setTimeout(() => notice(""), 4000);
   },
   ping: () => {}, // the socket measures the clock from it

@@ -21,6 +21,13 @@ export const FINAL_CLOSE_CODES = new Set([
   4404, // unknown participant or experiment
 ]);
 
+/**
+ * `error` codes of a frame the server did not store but may store later: the database or the
+ * cluster could not take it just now (a group moving between workers, Redis away). A pending
+ * frame refused so is kept and sent again with its id after `retryDelay` ms.
+ */
+export const RETRY_CODES = new Set(["unavailable", "not_persisted"]);
+
 /** The ws:// or wss:// URL of `path` on the server that served this page. */
 export function socketUrl(path, query = {}) {
   const url = new URL(path, window.location.href);
@@ -75,7 +82,8 @@ export class ServerClock {
  *
  * Options: `query` (object added to the URL, e.g. `{token}`), `baseDelay`/`maxDelay` (ms,
  * the reconnect backoff), `pingInterval` (ms; 0 = never: only sockets whose server answers
- * `ping` with `server_time` should set it), `finalCodes` (close codes that stop reconnecting).
+ * `ping` with `server_time` should set it), `finalCodes` (close codes that stop reconnecting),
+ * `retryDelay` (ms before a frame refused with a code of `RETRY_CODES` goes out again).
  */
 export class SynclabSocket {
   constructor(path, options = {}) {
@@ -84,6 +92,7 @@ export class SynclabSocket {
     this.maxDelay = options.maxDelay ?? 10000;
     this.pingInterval = options.pingInterval ?? 0;
     this.finalCodes = options.finalCodes ?? FINAL_CLOSE_CODES;
+    this.retryDelay = options.retryDelay ?? 500;
     this.clock = new ServerClock();
     this.state = "idle";
     this.attempt = 0;
@@ -193,12 +202,31 @@ export class SynclabSocket {
     }
   }
 
-  /** The server answered a pending frame (`ack`) or refused it (`error` with its id). */
+  /**
+   * The server answered a pending frame (`ack`) or refused it (`error` with its id). A refusal
+   * with a code of `RETRY_CODES` keeps it: it goes out again after `retryDelay` ms.
+   */
   _settle(frame) {
     const id = frame.payload && typeof frame.payload === "object" ? frame.payload.id : undefined;
     if ((frame.channel === "ack" || frame.channel === "error") && id !== undefined && id !== null) {
+      if (frame.channel === "error" && RETRY_CODES.has(frame.payload.code)) {
+        const kept = this.pending.find((f) => f.id === id);
+        if (kept) {
+          kept.sent = false;
+          this._flushLater();
+        }
+        return;
+      }
       this.pending = this.pending.filter((f) => f.id !== id);
     }
+  }
+
+  _flushLater() {
+    if (this._retryTimer) return;
+    this._retryTimer = setTimeout(() => {
+      this._retryTimer = null;
+      if (this._isOpen() && !this._resending) this._flush();
+    }, this.retryDelay);
   }
 
   /** Ask for the server's time; the `ping` reply refines `clock`. */

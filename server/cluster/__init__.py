@@ -1,10 +1,12 @@
 """The cluster: several workers and hosts as one server, on Redis and PostgreSQL.
 
     leases   one authority per group, with a fencing epoch that only grows
+    node     this worker in the cluster: its hub, its leases, requests between workers
 """
 
 from __future__ import annotations
 
 from .leases import Lease, Leases, Owner
+from .node import Node
 
-__all__ = ["Lease", "Leases", "Owner"]
+__all__ = ["Lease", "Leases", "Node", "Owner"]

@@ -58,6 +58,8 @@ class RedisHub:
         self._closing = False
         #: whether the listener is connected; :attr:`reason` says why not
         self.up = False
+        #: set while :attr:`up`
+        self.connected = asyncio.Event()
         self.reason = "not connected yet"
         #: frames dropped because Redis was unreachable or the queue was full (for /api/server)
         self.dropped = 0
@@ -187,6 +189,7 @@ class RedisHub:
                 await pubsub.subscribe(*channels)
                 self._pubsub = pubsub
                 self.up, self.reason = True, ""
+                self.connected.set()
                 added = [self._channel(t) for t in self._topics if self._channel(t) not in channels]
                 if added:  # subscribed to while the first subscription was under way
                     await pubsub.subscribe(*added)
@@ -203,6 +206,7 @@ class RedisHub:
                 if self.up:
                     log.error("hub: lost Redis (%s); retrying", exc)
                 self.up, self.reason = False, f"{type(exc).__name__}: {exc}"
+                self.connected.clear()
                 self._outbox.clear()
                 for future in self._subscribed.values():
                     if not future.done():

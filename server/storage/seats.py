@@ -65,6 +65,8 @@ class Seat:
     participant_code: str
     experiment_id: int
     group_id: int
+    #: the experiment's game (its name or import path)
+    game: str = ""
 
 
 def load_group(engine: Engine, group_id: int) -> GroupSpec | None:
@@ -141,13 +143,13 @@ def load_seat(engine: Engine, code: str, now: float) -> Seat | None:
     """The participant ``code``'s group at ``now`` (see :func:`groups.current_block`)."""
     with engine.connect() as conn:
         me = conn.execute(
-            select(participants.c.id, participants.c.experiment_id, experiments.c.block_pause)
+            select(participants.c.id, participants.c.experiment_id, experiments.c.block_pause, experiments.c.game)
             .join(experiments, experiments.c.id == participants.c.experiment_id)
             .where(participants.c.code == code)
         ).first()
         if me is None:
             return None
-        participant_id, experiment_id, block_pause = me
+        participant_id, experiment_id, block_pause, game = me
         rows = conn.execute(
             select(groups.c.id, groups.c.phase, groups.c.ended_at)
             .join(memberships, memberships.c.group_id == groups.c.id)
@@ -156,7 +158,7 @@ def load_seat(engine: Engine, code: str, now: float) -> Seat | None:
             .order_by(blocks.c.index)
         ).all()
         index = current_block([(Phase(r[1]), to_epoch(r[2])) for r in rows], now, float(block_pause or 0.0))
-        return Seat(participant_id, code, experiment_id, rows[index][0])
+        return Seat(participant_id, code, experiment_id, rows[index][0], str(game))
 
 
 def client_ids(engine: Engine, participant_id: int) -> dict[str, int]:

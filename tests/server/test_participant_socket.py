@@ -127,7 +127,13 @@ def stored(events: list[dict[str, Any]], channel: str, participant: str | None =
     ]
 
 
+def group_view(server: Harness, group_id: int) -> Any:
+    """The group as this process's connections see it (its members here: ``current``)."""
+    return server.runtime.groups.views[group_id]
+
+
 def live_group(server: Harness, group_id: int) -> Any:
+    """The group's authority in this process."""
     return server.runtime.groups.groups[group_id]
 
 
@@ -259,7 +265,7 @@ async def test_a_member_who_left_before_the_others_arrived_keeps_the_period_from
     a, hello = await join(server, codes[0])
     b, _ = await join(server, codes[1])
     await a.close()
-    group = live_group(server, hello["group"])
+    group = group_view(server, hello["group"])
     await eventually(lambda: codes[0] not in group.current)
     c, _ = await join(server, codes[2])
     assert await b.silent(0.3)
@@ -707,7 +713,7 @@ async def test_a_replaced_connection_still_counts_its_participant_as_connected(s
     old, hello = await join(server, a_code)
     new, _ = await join(server, a_code)
     assert await close_code(old) == 4000
-    group = live_group(server, hello["group"])
+    group = group_view(server, hello["group"])
     await eventually(lambda: len(group.current) == 1)
     b, _ = await join(server, b_code)
     for client in (new, b):

@@ -37,7 +37,7 @@ async def test_a_client_that_never_reads_is_closed_with_4008_and_the_group_goes_
         sock.connect(("127.0.0.1", port))
         slow = await connect(f"{server.ws_base}/ws/p/{slow_code}", sock=sock, max_queue=1)
         await fast.expect("state")
-        group = next(iter(server.runtime.groups.groups.values()))
+        group = next(iter(server.runtime.groups.views.values()))
         slow_side = group.current[slow_code]
         loud = "x" * 12_000
         async with asyncio.timeout(timeout(30)):

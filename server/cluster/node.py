@@ -1,0 +1,438 @@
+"""This worker in a cluster: its Redis hub, the leases of the groups it serves, requests between workers.
+
+A worker serves a group when it holds the group's lease (:mod:`.leases`): it takes a free one
+when a member of the group connects here, when a request for it arrives and nobody serves it,
+or — for a running group whose worker died, even without any traffic — when its claim loop finds
+the lease gone (every :data:`CLAIM_EVERY` seconds). Taking a group: the lease (a new epoch), the
+epoch raised in PostgreSQL, the group loaded from PostgreSQL; a deadline missed meanwhile is
+applied at once and recorded late, as after a restart.
+
+Workers talk through the hub: each has an inbox topic (``worker:{name}``) for requests and
+answers, which travel in order with the group frames of the same worker. A member's frames go
+to the group's worker as requests; its answer (the stored ``seq``s, or why not) comes back to
+the member's worker, which acknowledges. Every worker writes a heartbeat (``GET /api/server``
+lists them). On SIGTERM a worker hands its leases over at once (:meth:`Node.drain`).
+
+Safety before liveness: a worker that cannot renew its leases (Redis away) stops acting for the
+groups when its local validity ends, and requests to other workers fail with ``unavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from redis.exceptions import RedisError
+
+from groups import InvalidState, RefusedAction
+
+from ..exceptions import NotPersisted, Unavailable
+from ..hub import group_of
+from ..hub.redis import RedisHub
+from ..storage import Database, claim_group, live_group_ids
+from .leases import Lease, Leases
+
+if TYPE_CHECKING:
+    from ..routing import LiveGroups
+    from ..settings import Settings
+
+log = logging.getLogger("synclab.cluster")
+#: seconds between two looks for running groups nobody serves
+CLAIM_EVERY = 0.5
+#: seconds between two heartbeats; a worker not heard from for :data:`HEARTBEAT_TTL` is gone
+HEARTBEAT_EVERY = 1.0
+HEARTBEAT_TTL = 5
+#: seconds a request to another worker may take before it fails as ``unavailable``
+REQUEST_TIMEOUT = 5.0
+#: every worker listens to it: a group handed over, to be taken at once
+CLUSTER_TOPIC = "cluster"
+
+
+def inbox(worker: str) -> str:
+    return f"worker:{worker}"
+
+
+class Node:
+    """This worker's part in the cluster named ``settings.cluster_name``."""
+
+    def __init__(self, settings: Settings, database: Database, *, worker: str | None = None) -> None:
+        assert settings.redis_url is not None
+        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.prefix = settings.cluster_name
+        self.started = time.time()
+        self.database = database
+        self.hub = RedisHub(settings.redis_url, origin=self.worker, prefix=self.prefix, resync=self._resync)
+        self.leases = Leases(self.hub.client, self.worker, prefix=self.prefix, ttl=settings.lease_seconds)
+        #: the leases of the groups this worker serves, by group id
+        self.held: dict[int, Lease] = {}
+        self.router: LiveGroups | None = None
+        self._claims: dict[int, asyncio.Future[str]] = {}
+        #: requests awaiting an answer: their future, the worker asked, the group concerned
+        self._pending: dict[str, tuple[asyncio.Future[Any], str, int | None]] = {}
+        self._ids = itertools.count(1)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._draining = False
+        self._inbox = _Inbox(self)
+
+    # ------------------------------------------------------------------ life
+
+    async def start(self, router: LiveGroups, wait: float = 5.0) -> None:
+        """Join the cluster: the hub, this worker's inbox, the loops; waits (bounded) for Redis."""
+        self.router = router
+        await self.hub.start()
+        self.hub.subscribe(inbox(self.worker), self._inbox)
+        self.hub.subscribe(CLUSTER_TOPIC, self._inbox)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(f()) for f in (self._renew_loop, self._claim_loop, self._heartbeat_loop)]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.hub.connected.wait(), wait)
+        if not self.hub.up:
+            log.error("cluster: Redis is unreachable (%s); serving nothing until it answers", self.hub.reason)
+
+    async def drain(self) -> None:
+        """Hand every group over at once (SIGTERM): stop claiming, give the leases up, say so."""
+        self._draining = True
+        for task in self._tasks:
+            task.cancel()
+        for group_id, lease in list(self.held.items()):
+            if self.router is not None:
+                self.router.retire(group_id)
+            self.held.pop(group_id, None)
+            with contextlib.suppress(RedisError, OSError):
+                await self.leases.release(lease)
+                self.hub.publish(CLUSTER_TOPIC, _dumps({"op": "released", "g": group_id}))
+        with contextlib.suppress(RedisError, OSError):
+            await self.hub.client.srem(self._key("workers"), self.worker)
+            await self.hub.client.delete(self._key(f"worker:{self.worker}"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for future, _worker, _group in self._pending.values():
+            if not future.done():
+                future.set_exception(Unavailable("this worker is stopping"))
+                future.exception()
+        await self.hub.close()
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}:{name}"
+
+    # ------------------------------------------------------------------ groups
+
+    def holds(self, group_id: int) -> bool:
+        lease = self.held.get(group_id)
+        return lease is not None and self.leases.valid(lease)
+
+    async def owner(self, group_id: int) -> str:
+        """The worker that serves the group; this one takes it if nobody does (and has it loaded then)."""
+        if self.holds(group_id):
+            claiming = self._claims.get(group_id)
+            if claiming is not None:
+                return await asyncio.shield(claiming)
+            return self.worker
+        if not self.hub.up or self._draining:
+            raise Unavailable(f"the cluster is unavailable here: {self.hub.reason or 'this worker is stopping'}")
+        try:
+            found = (await self.leases.owners([group_id]))[group_id]
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"Redis is unreachable: {exc}") from exc
+        if found is not None and found.worker != self.worker:
+            return found.worker
+        return await self.claim(group_id)
+
+    async def claim(self, group_id: int) -> str:
+        """Take the group if it is free: lease, epoch in PostgreSQL, loaded here. Returns who serves it."""
+        claiming = self._claims.get(group_id)
+        if claiming is not None:
+            return await asyncio.shield(claiming)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._claims[group_id] = future
+        try:
+            future.set_result(await self._take(group_id))
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()
+            raise
+        finally:
+            self._claims.pop(group_id, None)
+        return future.result()
+
+    async def _take(self, group_id: int) -> str:
+        assert self.router is not None
+        try:
+            lease = await self.leases.acquire(group_id)
+            if lease is None:
+                found = (await self.leases.owners([group_id]))[group_id]
+                if found is None:
+                    raise Unavailable(f"group {group_id} is changing hands; try again")
+                return found.worker
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"Redis is unreachable: {exc}") from exc
+        self.held[group_id] = lease
+        try:
+            if not await self.database.write(claim_group, group_id, lease.epoch):
+                raise Unavailable(f"group {group_id}: a newer authority holds it")
+            await self.router.group(group_id, epoch=lease.epoch)
+        except BaseException as exc:
+            self.held.pop(group_id, None)
+            with contextlib.suppress(RedisError, OSError):
+                await self.leases.release(lease)
+            if isinstance(exc, LookupError | NotPersisted):
+                raise
+            raise Unavailable(f"group {group_id} could not be taken: {exc}") from exc
+        log.info("cluster: serving group %s (epoch %s)", group_id, lease.epoch)
+        self.hub.publish(CLUSTER_TOPIC, _dumps({"op": "taken", "g": group_id, "w": self.worker}))
+        self.moved(group_id, self.worker)
+        return self.worker
+
+    def forget(self, group_id: int) -> None:
+        """This worker no longer serves the group (fenced, retired): its lease is not renewed."""
+        if self.held.pop(group_id, None) is not None:
+            log.warning("cluster: no longer serving group %s", group_id)
+
+    def _lost(self, group_id: int, why: str) -> None:
+        if self.router is not None and group_id in self.router.groups:
+            log.warning("cluster: no longer serving group %s: %s", group_id, why)
+        self.held.pop(group_id, None)
+        if self.router is not None:
+            self.router.retire(group_id)
+
+    async def _renew_loop(self) -> None:
+        every = self.leases.ttl / 4
+        while True:
+            await asyncio.sleep(every)
+            held = [lease for lease in self.held.values() if lease.group_id not in self._claims]
+            try:
+                for lease in await self.leases.renew(held):
+                    self._lost(lease.group_id, "its lease was taken")
+            except (RedisError, OSError) as exc:
+                log.warning("cluster: leases not renewed: %s", exc)
+            for lease in list(self.held.values()):
+                if not self.leases.valid(lease) and lease.group_id not in self._claims:
+                    self._lost(lease.group_id, "its lease could not be renewed in time")
+            self._let_go_of_idle_groups()
+
+    def _let_go_of_idle_groups(self) -> None:
+        """Ended groups nobody is connected to are given up (taken again on demand)."""
+        assert self.router is not None
+        for group_id in list(self.held):
+            live = self.router.groups.get(group_id)
+            if live is not None and live.committed.phase.value == "ended" and not live.connections:
+                lease = self.held[group_id]
+                self.router.retire(group_id)
+                self.router.spawn(self.leases.release(lease))
+
+    async def _claim_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CLAIM_EVERY * (0.5 + random.random()))
+            if not self.hub.up:
+                continue
+            try:
+                running = await self.database.read(live_group_ids)
+                free = [g for g in running if g not in self.held]
+                owners = await self.leases.owners(free)
+            except Exception as exc:  # the database or Redis is away: the next round tries again
+                log.warning("cluster: could not look for groups to serve: %s", exc)
+                continue
+            orphans = [g for g, o in owners.items() if o is None]
+            random.shuffle(orphans)
+            for group_id in orphans[:20]:
+                with contextlib.suppress(NotPersisted, LookupError):
+                    await self.claim(group_id)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            with contextlib.suppress(RedisError, OSError):
+                await self._heartbeat()
+            await asyncio.sleep(HEARTBEAT_EVERY)
+
+    async def _heartbeat(self) -> None:
+        assert self.router is not None
+        writer = self.router.writer
+        beat = {
+            "worker": self.worker, "host": socket.gethostname(), "pid": os.getpid(), "started": self.started,
+            "groups": len(self.held), "sockets": len(self.router.connections),
+            "writer": {"batches": writer.batches, "writes": writer.writes, "events": writer.committed},
+            "at": time.time(),
+        }
+        key = self._key(f"worker:{self.worker}")
+        async with self.hub.client.pipeline(transaction=False) as pipe:
+            pipe.set(key, _dumps(beat), ex=HEARTBEAT_TTL)
+            pipe.sadd(self._key("workers"), self.worker)
+            await pipe.execute()
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """Every worker heard from lately, from the heartbeats (this one included)."""
+        client = self.hub.client
+        names = sorted(v.decode() if isinstance(v, bytes) else str(v) for v in await client.smembers(self._key("workers")))
+        beats = await client.mget([self._key(f"worker:{n}") for n in names]) if names else []
+        gone = [n for n, b in zip(names, beats, strict=True) if b is None]
+        if gone:
+            await client.srem(self._key("workers"), *gone)
+        return [orjson.loads(b) for b in beats if b is not None]
+
+    # ------------------------------------------------------------------ requests
+
+    def ready(self, topic: str) -> Any:
+        return self.hub.ready(topic)
+
+    def mark(self, topic: str, seq: int) -> None:
+        self.hub.mark(topic, seq)
+
+    async def request(self, worker: str, op: str, body: dict[str, Any]) -> Any:
+        """``op`` at ``worker``: its answer, or the exception it raised; :class:`Unavailable` on silence."""
+        if not self.hub.up:
+            raise Unavailable(f"Redis is unreachable: {self.hub.reason}")
+        rid = f"{next(self._ids)}"
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        group_id = body.get("g")
+        self._pending[rid] = (future, worker, None if group_id is None else int(group_id))
+        self.hub.publish(inbox(worker), _dumps({"op": op, "id": rid, "from": self.worker, "body": body}))
+        try:
+            return await asyncio.wait_for(future, REQUEST_TIMEOUT)
+        except TimeoutError:
+            raise Unavailable(f"worker {worker} did not answer in {REQUEST_TIMEOUT:g} s") from None
+        finally:
+            self._pending.pop(rid, None)
+
+    def send(self, worker: str, op: str, body: dict[str, Any]) -> None:
+        """``op`` at ``worker``, no answer wanted."""
+        self.hub.publish(inbox(worker), _dumps({"op": op, "from": self.worker, "body": body}))
+
+    def moved(self, group_id: int, worker: str) -> None:
+        """``worker`` serves the group now: requests about it still waiting on another fail as
+        ``moved`` (their caller asks again), instead of waiting for a worker that may be dead."""
+        for future, asked, group in list(self._pending.values()):
+            if group == group_id and asked != worker and not future.done():
+                moved = Unavailable(f"group {group_id} moved to worker {worker}")
+                moved.code = "moved"
+                future.set_exception(moved)
+
+    def answered(self, message: dict[str, Any]) -> None:
+        pending = self._pending.get(message["id"])
+        if pending is None or pending[0].done():
+            return
+        future = pending[0]
+        if message["ok"]:
+            future.set_result(message["value"])
+        else:
+            future.set_exception(_exception(message["error"]))
+
+    def answer(self, message: dict[str, Any]) -> None:
+        """A request from another worker: run it here, send the answer back (when it is ready)."""
+        assert self.router is not None
+        op, body, rid, asker = message["op"], message["body"], message.get("id"), message["from"]
+        if op == "close":
+            self.router.close_member(self.worker, body["k"], int(body["code"]), str(body["reason"]))
+            return
+        try:
+            result = self.router.handle(op, body)
+        except BaseException as exc:
+            self._reply(asker, rid, None, exc)
+            return
+        if isinstance(result, asyncio.Future):
+            result.add_done_callback(lambda f: self._reply(asker, rid, None if f.exception() else f.result(), f.exception()))
+        else:
+            self._reply(asker, rid, result, None)
+
+    def _reply(self, worker: str, rid: str | None, value: Any, exc: BaseException | None) -> None:
+        if rid is None:
+            return
+        reply: dict[str, Any] = {"op": "reply", "id": rid, "ok": exc is None}
+        if exc is None:
+            reply["value"] = value
+        else:
+            reply["error"] = _error(exc)
+        self.hub.publish(inbox(worker), _dumps(reply))
+
+    def _released(self, group_id: int) -> None:
+        """Another worker handed a group over: take it at once if members of it are here."""
+        assert self.router is not None
+        view = self.router.views.get(group_id)
+        if view is not None and view.current and not self._draining:
+            self.router.spawn(self.owner(group_id))
+
+    def _resync(self, topic: str) -> None:
+        """Frames of ``topic`` may be lost: group members here get the whole state; monitors start over."""
+        assert self.router is not None
+        group_id = group_of(topic)
+        if group_id is not None:
+            view = self.router.views.get(group_id)
+            if view is not None:
+                view.resync()
+        elif topic.startswith(("monitor:", "presence:")):
+            for subscriber in self.hub.subscribers(topic):
+                lost = getattr(subscriber, "lost", None)
+                if lost is not None:
+                    lost()
+
+
+class _Inbox:
+    """The hub subscriber of this worker's inbox and of the cluster's topic."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def deliver(self, to: frozenset[str] | None, data: str) -> None:
+        message = orjson.loads(data)
+        if message["op"] == "reply":
+            self._node.answered(message)
+        elif message["op"] == "released":
+            self._node._released(int(message["g"]))
+        elif message["op"] == "taken":
+            self._node.moved(int(message["g"]), str(message["w"]))
+        else:
+            try:
+                self._node.answer(message)
+            except Exception:
+                log.exception("cluster: a request failed: %r", message.get("op"))
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    """An exception as an answer can carry it (see :func:`_exception`)."""
+    if isinstance(exc, RefusedAction):
+        return {"kind": "refused", "code": exc.code, "message": exc.message}
+    if isinstance(exc, NotPersisted):
+        return {"kind": "persist", "code": exc.code, "message": str(exc)}
+    if isinstance(exc, InvalidState):
+        return {"kind": "state", "message": str(exc)}
+    if isinstance(exc, LookupError):
+        return {"kind": "lookup", "message": str(exc)}
+    log.error("cluster: a request failed", exc_info=exc)
+    return {"kind": "internal", "message": f"{type(exc).__name__}: {exc}"}
+
+
+def _exception(error: dict[str, Any]) -> BaseException:
+    """The exception another worker's answer carries, raised here as it was raised there."""
+    kind, message = error["kind"], error["message"]
+    if kind == "refused":
+        refused = RefusedAction(message)
+        refused.code = error["code"]
+        return refused
+    if kind == "persist":
+        if error["code"] == "not_persisted":
+            return NotPersisted(message)
+        unavailable = Unavailable(message)
+        unavailable.code = error["code"]
+        return unavailable
+    if kind == "state":
+        return InvalidState(message)
+    if kind == "lookup":
+        return LookupError(message)
+    return RuntimeError(message)

@@ -1,0 +1,344 @@
+"""The router: every group this process acts for, every group view it has members in, and the way between.
+
+:class:`LiveGroups` loads a group's authority (:class:`server.live.LiveGroup`) where the group
+is served, and a :class:`server.views.GroupView` where its members' sockets are. In one process
+both are here and every call is a call. In a cluster (``node``, see ``server.cluster``) a group
+is served by the worker that holds its lease; a view here sends what its members do there as
+requests (:meth:`LiveGroups.call`), and this process answers the requests of other workers for
+the groups it serves (:meth:`LiveGroups.handle`). At start-up in one process it reloads every
+running period, so a deadline missed while the server was down is applied at once (and recorded
+late). When a period ends it moves the members here on to their next block's group after the
+experiment's ``block_pause``. Its :meth:`LiveGroups.control` is the Python API for the
+experimenter's ``start``, ``pause``, ``resume`` and ``end``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Coroutine
+from typing import Any, Protocol
+
+from groups import InvalidState, Phase, current_block, load_game
+
+from .exceptions import NotPersisted, Unavailable
+from .hub import Hub
+from .live import ACTIONS, Clock, LiveGroup, consume
+from .storage import (
+    Database,
+    Seat,
+    client_ids,
+    experiment_groups,
+    experiment_row,
+    live_group_ids,
+    load_group,
+    load_seat,
+    set_experiment_status,
+)
+from .views import GroupView, Member, change_from
+
+log = logging.getLogger("synclab.routing")
+
+
+class Node(Protocol):
+    """This worker in a cluster, as the router uses it (see :class:`server.cluster.node.Node`)."""
+
+    worker: str
+
+    def holds(self, group_id: int) -> bool: ...
+
+    async def owner(self, group_id: int) -> str: ...
+
+    async def request(self, worker: str, op: str, body: dict[str, Any]) -> Any: ...
+
+    def send(self, worker: str, op: str, body: dict[str, Any]) -> None: ...
+
+    def forget(self, group_id: int) -> None: ...
+
+    async def ready(self, topic: str) -> None: ...
+
+    def mark(self, topic: str, seq: int) -> None: ...
+
+
+class LiveGroups:
+    """Every live group and group view of this process (and, in a cluster, the way to the others)."""
+
+    def __init__(
+        self, database: Database, writer: Any, hub: Hub, clock: Clock = time.time, *, node: Node | None = None
+    ) -> None:
+        self.database = database
+        self.writer = writer
+        self.hub = hub
+        self.clock = clock
+        self.node = node
+        #: this worker's name in a cluster ('' in one process)
+        self.worker = node.worker if node is not None else ""
+        #: the groups this process acts for, by id
+        self.groups: dict[int, LiveGroup] = {}
+        #: the groups this process has members in, by id
+        self.views: dict[int, GroupView] = {}
+        #: every member connection here, by its id (to close one the group's authority replaced)
+        self.connections: dict[str, Member] = {}
+        self._loading: dict[int, asyncio.Lock] = {}
+        self._moves: dict[int, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        #: set at shutdown: no block change is planned any more
+        self._closed = False
+
+    # ------------------------------------------------------------------ authorities here
+
+    async def resume_all(self) -> int:
+        """Load every group whose period runs or is paused; their timers apply what is overdue.
+
+        In a cluster the node claims them instead, each by one worker.
+        """
+        if self.node is not None:
+            return 0
+        ids = await self.database.read(live_group_ids)
+        for group_id in ids:
+            await self.group(group_id)
+        return len(ids)
+
+    async def group(self, group_id: int, epoch: int | None = None) -> LiveGroup:
+        """The live group ``group_id`` acted for here, loaded once (in a cluster, under ``epoch``)."""
+        group = self.groups.get(group_id)
+        if group is not None and not group.retired:
+            return group
+        lock = self._loading.setdefault(group_id, asyncio.Lock())
+        async with lock:
+            group = self.groups.get(group_id)
+            if group is None or group.retired:
+                spec = await self.database.read(load_group, group_id)
+                if spec is None:
+                    raise LookupError(f"no group {group_id}")
+                game = load_game(spec.game)
+                group = LiveGroup(
+                    spec, game, self.writer, self.hub, self.clock, epoch=epoch, close_member=self.close_member,
+                    fenced=self.retire,
+                )
+                if self.node is not None:  # every member's ids: a frame from anywhere is stored once
+                    for code, pid in spec.member_ids.items():
+                        group.client_ids.setdefault(code, dict(await self.database.read(client_ids, pid)))
+                self.groups[group_id] = group
+        self._loading.pop(group_id, None)
+        return group
+
+    def local(self, group_id: int) -> LiveGroup | None:
+        """The group's authority if this process acts for it now, else ``None``."""
+        group = self.groups.get(group_id)
+        if group is None or group.retired:
+            return None
+        if self.node is not None and not self.node.holds(group_id):
+            return None
+        return group
+
+    def retire(self, group_id: int) -> None:
+        """Stop acting for the group (its lease is gone or given up, or a write of it was fenced)."""
+        group = self.groups.pop(group_id, None)
+        if group is not None:
+            group.retire()
+        if self.node is not None:
+            self.node.forget(group_id)
+
+    # ------------------------------------------------------------------ members here
+
+    def view(self, group_id: int) -> GroupView:
+        view = self.views.get(group_id)
+        if view is None:
+            view = self.views[group_id] = GroupView(group_id, self)
+        return view
+
+    async def seat(self, code: str, now: float | None = None) -> tuple[Seat, GroupView] | None:
+        """The participant's seat and the view of its group, or ``None`` for an unknown code.
+
+        In one process the group is loaded here; in a cluster somebody acts for it from now on.
+        """
+        seat = await self.database.read(load_seat, code, self.clock() if now is None else now)
+        if seat is None:
+            return None
+        if self.node is None:
+            group = await self.group(seat.group_id)
+            if code not in group.client_ids:
+                ids = await self.database.read(client_ids, seat.participant_id)
+                group.client_ids.setdefault(code, dict(ids))
+        else:
+            await self.node.owner(seat.group_id)
+        return seat, self.view(seat.group_id)
+
+    def close_member(self, worker: str, conn: str, code: int, reason: str) -> None:
+        """Close a participant's connection ``conn`` (the group's authority replaced it), wherever it is."""
+        if worker == self.worker:
+            member = self.connections.get(conn)
+            if member is not None:
+                member.close(code, reason)
+        elif self.node is not None:
+            self.node.send(worker, "close", {"k": conn, "code": code, "reason": reason})
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            if not isinstance(exc, NotPersisted):
+                log.error("a background task failed", exc_info=exc)
+
+    async def ready(self, topic: str) -> None:
+        if self.node is not None:
+            await self.node.ready(topic)
+
+    def mark(self, topic: str, seq: int) -> None:
+        if self.node is not None:
+            self.node.mark(topic, seq)
+
+    # ------------------------------------------------------------------ requests to a group's authority
+
+    async def call(self, group_id: int, op: str, body: dict[str, Any]) -> Any:
+        """``op`` at the group's authority, here or at the worker that serves the group."""
+        if self.node is None:
+            return await _awaited(self.handle(op, {**body, "g": group_id}))
+        for attempt in range(3):
+            owner = await self.node.owner(group_id)
+            if owner == self.worker:
+                if self.local(group_id) is None:  # ours by its lease, but fenced meanwhile: ask again
+                    self.retire(group_id)
+                    continue
+                return await _awaited(self.handle(op, {**body, "g": group_id}))
+            try:
+                return await self.node.request(owner, op, {**body, "g": group_id})
+            except Unavailable as exc:
+                if attempt == 2 or exc.code != "moved" or (op == "receive" and body.get("i") is None):
+                    raise
+                # another worker serves the group now: ask there. A frame with an id is stored once
+                # whoever runs it (the ids stored are loaded with the group); one without an id
+                # might have been stored by the old worker before it went, so it is not sent twice
+        raise Unavailable(f"group {group_id} could not be reached")
+
+    def handle(self, op: str, body: dict[str, Any]) -> Any:
+        """A request for a group this process serves: a value, or an awaitable of one."""
+        group_id = int(body["g"])
+        live = self.local(group_id)
+        if live is None:
+            if self.node is None:
+                raise LookupError(f"group {group_id} is not loaded")
+            moved = Unavailable(f"group {group_id} is not served here")
+            moved.code = "moved"
+            raise moved
+        if op == "hello":
+            return {"hello": live.hello(body["p"]), "replay": live.replay(), "last_seq": live.last_seq}
+        if op == "join":
+            answer = {"hello": live.hello(body["p"]), "replay": live.replay(), "last_seq": live.last_seq}
+            live.connect(body["p"], change_from(body["c"]), worker=body["w"], conn=body["k"]).add_done_callback(consume)
+            return answer
+        if op == "leave":
+            return live.disconnect(body["p"], change_from(body["c"]), worker=body["w"], conn=body["k"])
+        if op == "receive":
+            return live.receive(body["p"], body["ch"], body["v"], body["i"])
+        if op == "control":
+            return live.control(body["a"], body["s"])
+        raise ValueError(f"unknown request {op!r}")
+
+    # ------------------------------------------------------------------ blocks
+
+    def period_ended(self, view: GroupView, ended_at: float) -> None:
+        """A period ended: after the pause, move whoever is connected here on to the next block."""
+        info = view.info
+        if self._closed or not info or info["block"] >= info["num_blocks"] - 1 or view.id in self._moves:
+            return
+        due = ended_at + float(info["block_pause"] or 0.0)
+        loop = asyncio.get_running_loop()
+        self._moves[view.id] = loop.call_at(
+            loop.time() + max(0.0, due - self.clock()), lambda: self.spawn(self._move_on(view, due))
+        )
+
+    async def _move_on(self, view: GroupView, due: float) -> None:
+        self._moves.pop(view.id, None)
+        try:
+            row = await self.database.read(experiment_row, view.info["experiment"])
+            if row is None or row["status"] == "cancelled":
+                return
+            for code, member in list(view.current.items()):
+                seated = await self.seat(code, max(self.clock(), due))
+                if seated is None or seated[1] is view:
+                    continue
+                if view.current.get(code) is not member or member.close_code is not None:
+                    continue  # gone or replaced while we looked the next group up
+                view.detach(code, member, None)
+                seated[1].attach(code, member, None, hello=member.route == "synclab")
+        except Exception:
+            log.exception("group %s: moving members to the next block failed", view.id)
+
+    # ------------------------------------------------------------------ the experimenter
+
+    async def control(self, experiment_code: str, action: str, group_id: int | None = None) -> list[int]:
+        """``start``, ``pause``, ``resume`` or ``end`` an experiment (or one of its groups).
+
+        ``start`` forces the waiting groups that are every member's current group; ``pause``
+        and ``resume`` take the running and paused ones; ``end`` ends every period not ended
+        (a whole experiment ended this way is ``cancelled``). Returns the groups acted on,
+        once their events are stored. Raises :class:`LookupError` for an unknown experiment
+        or group and :class:`ValueError` for an unknown action.
+        """
+        if action not in ACTIONS:
+            raise ValueError(f"expected an action in {list(ACTIONS)}, got {action!r}")
+        row = await self.database.read(experiment_row, experiment_code)
+        if row is None:
+            raise LookupError(f"no experiment with code {experiment_code!r}")
+        every = await self.database.read(experiment_groups, row["id"])
+        places = every if group_id is None else [p for p in every if p.group_id == group_id]
+        if not places:
+            raise LookupError(f"no group {group_id} in experiment {experiment_code!r}")
+        now = self.clock()
+        if action == "start":
+            here: dict[int, list[Any]] = {}
+            for p in every:
+                for member in p.members:
+                    here.setdefault(member, []).append(p)
+            current = {m: gs[current_block([(g.phase, g.ended_at) for g in gs], now, 0.0)].group_id
+                       for m, gs in here.items()}
+            targets = [p for p in places if p.phase is Phase.WAITING and all(current[m] == p.group_id for m in p.members)]
+        elif action == "pause":
+            targets = [p for p in places if p.phase is Phase.RUNNING]
+        elif action == "resume":
+            targets = [p for p in places if p.phase is Phase.PAUSED]
+        else:
+            targets = [p for p in places if p.phase is not Phase.ENDED]
+            if group_id is None and row["status"] in ("pending", "running"):
+                await self.database.write(set_experiment_status, row["id"], "cancelled", now)
+        scope = "experiment" if group_id is None else "group"
+        done: list[int] = []
+        for place in targets:
+            if self.node is None:
+                await self.group(place.group_id)
+            try:
+                await self.call(place.group_id, "control", {"a": action, "s": scope})
+            except InvalidState:
+                continue  # it changed since we looked: nothing to do for it
+            done.append(place.group_id)
+        return done
+
+    def close(self) -> None:
+        """At shutdown: stop every group's clock and every planned block change.
+
+        The writes the groups have submitted stay queued: the writer stores them, and their
+        outcome still reaches the groups (see :meth:`server.runtime.Runtime.close`).
+        """
+        self._closed = True
+        for handle in self._moves.values():
+            handle.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for group in self.groups.values():
+            group.close()
+
+
+async def _awaited(value: Any) -> Any:
+    """``value``, or what it resolves to when it is awaitable (a request answered later)."""
+    if isinstance(value, Awaitable):
+        return await value
+    return value
+

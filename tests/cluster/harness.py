@@ -1,0 +1,248 @@
+"""Real cluster workers (``synclab serve`` processes on loopback ports) and participants that reconnect.
+
+A :class:`Cluster` starts, kills (SIGKILL), stops (SIGSTOP/SIGCONT) and gracefully ends
+(SIGTERM) worker processes that share one PostgreSQL schema and one Redis key prefix. A
+:class:`Participant` plays like the JS client: it keeps every decision until acknowledged,
+sends it again with the same id after a reconnect or an ``unavailable`` refusal, and moves to
+another worker when its socket closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from sqlalchemy import Engine, text
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from tests.server.harness import timeout
+from tests.server.test_cli import CLEARED, free_port
+
+TOKEN = "cluster-token"
+SYNCLAB = [sys.executable, "-c", "from server.cli import main; raise SystemExit(main())"]
+#: the lease of the test clusters: short, so a dead worker's groups move on quickly
+LEASE = 2.0
+RETRY_CODES = {"unavailable", "not_persisted"}
+
+
+@dataclass
+class Worker:
+    name: str
+    port: int
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class Cluster:
+    """Worker processes of one cluster: one PostgreSQL schema, one Redis prefix."""
+
+    def __init__(self, tmp_path: Path, database_url: str, redis_url: str, prefix: str) -> None:
+        self.tmp_path = tmp_path
+        self.env = {k: v for k, v in os.environ.items() if k not in CLEARED}
+        self.env.update(
+            DATABASE_URL=database_url, REDIS_URL=redis_url, SYNCLAB_CLUSTER=prefix, SYNCLAB_ADMIN_TOKEN=TOKEN,
+            SYNCLAB_LEASE_SECONDS=str(LEASE), SYNCLAB_SHUTDOWN_TIMEOUT="10", PYTHONUNBUFFERED="1",
+        )
+        self.workers: dict[str, Worker] = {}
+
+    def start(self, name: str, port: int | None = None) -> Worker:
+        worker = self.workers.get(name) or Worker(name, port or free_port(), self.tmp_path / f"{name}.log")
+        self.workers[name] = worker
+        with worker.log.open("ab") as log:
+            worker.process = subprocess.Popen(
+                [*SYNCLAB, "serve", "--port", str(worker.port)], cwd=self.tmp_path, env=self.env,
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        return worker
+
+    def healthy(self, *names: str, wait: float = 20) -> None:
+        for name in names:
+            worker = self.workers[name]
+            deadline = time.monotonic() + timeout(wait)
+            while True:
+                try:
+                    if httpx.get(f"{worker.base}/healthz", timeout=timeout(2)).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline or not worker.alive:
+                    raise AssertionError(f"worker {name} did not come up: {self.logs(name)}")
+                time.sleep(0.05)
+
+    def signal(self, name: str, sig: signal.Signals) -> None:
+        worker = self.workers[name]
+        assert worker.process is not None
+        worker.process.send_signal(sig)
+
+    def wait(self, name: str, wait: float = 20) -> int:
+        worker = self.workers[name]
+        assert worker.process is not None
+        return worker.process.wait(timeout(wait))
+
+    def logs(self, name: str) -> str:
+        return self.workers[name].log.read_text(errors="replace")[-4000:]
+
+    def stop_all(self) -> None:
+        for worker in self.workers.values():
+            if worker.process is not None and worker.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.send_signal(signal.SIGCONT)
+                    worker.process.send_signal(signal.SIGTERM)
+        for worker in self.workers.values():
+            if worker.process is not None:
+                try:
+                    worker.process.wait(timeout(20))
+                except subprocess.TimeoutExpired:
+                    worker.process.kill()
+                    worker.process.wait(timeout(10))
+
+    def http(self, name: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.workers[name].base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=timeout(10)
+        )
+
+
+@dataclass
+class Participant:
+    """A participant's page, in short: reconnects to the next worker, keeps decisions until acked."""
+
+    code: str
+    urls: list[str]
+    frames: list[dict[str, Any]] = field(default_factory=list)
+    #: frame id -> decision, until acknowledged
+    pending: dict[str, Any] = field(default_factory=dict)
+    #: frame id -> the seq it was acknowledged with
+    acked: dict[str, int] = field(default_factory=dict)
+    hellos: int = 0
+    closes: list[int | None] = field(default_factory=list)
+    ws: ClientConnection | None = None
+    _task: asyncio.Task[None] | None = None
+    _turn: int = 0
+    _stop: bool = False
+    _count: int = 0
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def start(self, first: int = 0) -> None:
+        self._turn = first
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        for _ in range(200):
+            if self._stop:
+                return
+            url = self.urls[self._turn % len(self.urls)]
+            self._turn += 1
+            try:
+                async with connect(f"{url}/ws/p/{self.code}", open_timeout=timeout(5), close_timeout=2) as ws:
+                    self.ws = ws
+                    async for raw in ws:
+                        await self._on(ws, orjson.loads(raw))
+                self.closes.append(ws.close_code)
+            except (OSError, TimeoutError, InvalidStatus, WebSocketException) as exc:
+                code = exc.rcvd.code if isinstance(exc, ConnectionClosed) and exc.rcvd is not None else None
+                self.closes.append(code)
+            finally:
+                self.ws = None
+                self.connected.clear()
+            if self._stop:
+                return
+            await asyncio.sleep(0.2)
+
+    async def _on(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
+        self.frames.append(frame)
+        channel, payload = frame["channel"], frame.get("payload")
+        if channel == "hello":
+            self.hellos += 1
+            self.connected.set()
+            for frame_id, value in list(self.pending.items()):
+                await self._send(ws, value, frame_id)
+        elif channel == "ack":
+            self.pending.pop(payload["id"], None)
+            self.acked[payload["id"]] = payload["seq"]
+        elif channel == "error" and payload.get("id") in self.pending:
+            if payload.get("code") in RETRY_CODES:
+                asyncio.get_running_loop().call_later(0.3, lambda: asyncio.ensure_future(self._resend(ws, payload["id"])))
+            else:
+                self.pending.pop(payload["id"], None)
+
+    async def _resend(self, ws: ClientConnection, frame_id: str) -> None:
+        if frame_id in self.pending and self.ws is ws:
+            with contextlib.suppress(ConnectionClosed):
+                await self._send(ws, self.pending[frame_id], frame_id)
+
+    async def _send(self, ws: ClientConnection, value: Any, frame_id: str) -> None:
+        await ws.send(orjson.dumps({"channel": "decisions", "payload": value, "id": frame_id}).decode())
+
+    async def decide(self, value: Any) -> str:
+        """Send a decision now if connected (else after the next hello); returns its id."""
+        self._count += 1
+        frame_id = f"{self.code[:6]}-{self._count}"
+        self.pending[frame_id] = value
+        ws = self.ws
+        if ws is not None and self.connected.is_set():
+            with contextlib.suppress(ConnectionClosed):
+                await self._send(ws, value, frame_id)
+        return frame_id
+
+    def states(self) -> list[Any]:
+        return [f["payload"] for f in self.frames if f["channel"] == "state"]
+
+    async def stop(self) -> None:
+        self._stop = True
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                await self.ws.close()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._task, timeout(5))
+
+
+def stored_ids(engine: Engine, experiment_code: str) -> dict[str, list[int]]:
+    """Every stored client id of the experiment with the seqs it was stored at (more than one: twice)."""
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT e.client_id, e.seq FROM events e JOIN experiments x ON x.id = e.experiment_id "
+            "WHERE x.code = :code AND e.client_id IS NOT NULL"
+        ), {"code": experiment_code}).all()
+    found: dict[str, list[int]] = {}
+    for client_id, seq in rows:
+        found.setdefault(str(client_id), []).append(int(seq))
+    return found
+
+
+def seqs(engine: Engine, experiment_code: str) -> list[int]:
+    with engine.connect() as conn:
+        return [int(s) for s in conn.execute(text(
+            "SELECT e.seq FROM events e JOIN experiments x ON x.id = e.experiment_id WHERE x.code = :code ORDER BY e.seq"
+        ), {"code": experiment_code}).scalars()]
+
+
+def ticks(engine: Engine, experiment_code: str) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(text(
+            "SELECT t.kind, t.index, t.late, t.scheduled_at, t.actual_at FROM ticks t JOIN groups g ON g.id = t.group_id "
+            "JOIN experiments x ON x.id = g.experiment_id WHERE x.code = :code ORDER BY t.scheduled_at, t.kind DESC"
+        ), {"code": experiment_code}).mappings()]

@@ -1,0 +1,260 @@
+"""A cluster of real worker processes on this machine's Redis and PostgreSQL: one group, members on
+different workers, and the worker that serves it killed, paused or restarted mid-period."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from server.storage import make_engine
+from tests.cluster.harness import LEASE, SYNCLAB, Cluster, Participant, seqs, stored_ids, ticks
+from tests.server.harness import timeout
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, postgres_url: str, redis_url: str, redis_prefix: str) -> Iterator[Cluster]:
+    made = Cluster(tmp_path, postgres_url, redis_url, redis_prefix)
+    try:
+        yield made
+    finally:
+        made.stop_all()
+    for name in made.workers:  # no worker failed on anything along the way
+        assert "Traceback" not in made.logs(name), made.logs(name)
+
+
+def owner_of(cluster: Cluster, group_id: int) -> str:
+    """The worker (its name in the test) that holds the group's lease."""
+    client = redis.Redis.from_url(cluster.env["REDIS_URL"])
+    try:
+        value = client.get(f"{cluster.env['SYNCLAB_CLUSTER']}:lease:{group_id}")
+    finally:
+        client.close()
+    assert value is not None, f"nobody serves group {group_id}"
+    worker = value.decode().rpartition("|")[0]
+    pid = int(worker.split(":")[1])
+    return next(n for n, w in cluster.workers.items() if w.process is not None and w.process.pid == pid)
+
+
+async def create(cluster: Cluster, on: str, **body: Any) -> dict[str, Any]:
+    async with cluster.http(on) as http:
+        answer = await http.post("/api/experiments", json=body)
+    assert answer.status_code == 201, answer.text
+    made: dict[str, Any] = answer.json()
+    return made
+
+
+async def until(check: Any, wait: float, what: str) -> None:
+    for _ in range(int(timeout(wait) / 0.05)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what}: not within {timeout(wait)} s")
+
+
+def verify(cluster: Cluster, code: str) -> None:
+    done = subprocess.run([*SYNCLAB, "verify", code], cwd=cluster.tmp_path, env=cluster.env, capture_output=True,
+                          text=True, timeout=timeout(60), check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def check_the_log(cluster: Cluster, code: str, people: list[Participant]) -> None:
+    """Every acked id stored exactly once at the acked seq; the experiment's seq has no gap; verify passes."""
+    engine = make_engine(cluster.env["DATABASE_URL"])
+    try:
+        stored = stored_ids(engine, code)
+        for person in people:
+            for frame_id, seq in person.acked.items():
+                assert stored.get(frame_id) == [seq], (frame_id, seq, stored.get(frame_id))
+        assert all(len(at) == 1 for at in stored.values()), {k: v for k, v in stored.items() if len(v) > 1}
+        numbers = seqs(engine, code)
+        assert numbers == list(range(1, len(numbers) + 1))
+    finally:
+        engine.dispose()
+    verify(cluster, code)
+
+
+async def play(people: list[Participant], until_end: float, every: float = 0.25) -> None:
+    """Each participant decides every ``every`` seconds until the period ended for all."""
+    value = 0
+    deadline = time.monotonic() + timeout(until_end)
+    while time.monotonic() < deadline and not all("period_end" in p.states() for p in people):
+        for person in people:
+            value += 1
+            await person.decide(round((value % 10) / 10, 1))
+        await asyncio.sleep(every)
+
+
+async def settle(people: list[Participant], wait: float = 10) -> None:
+    """Until every decision sent has been answered (acked, or refused for good)."""
+    await until(lambda: all(not p.pending for p in people), wait, "decisions still unanswered")
+
+
+async def test_members_on_two_workers_play_one_group_as_in_one_process(cluster: Cluster) -> None:
+    """Row on one worker, col on the other: both get every frame of the group in the same seq order,
+    each its acks; the log checks out; GET /api/server lists both workers."""
+    for name in ("w1", "w2"):
+        cluster.start(name)
+    cluster.healthy("w1", "w2")
+    exp = await create(cluster, "w1", game="bimatrix", participants=2, group_size=2, period_length=3, num_subperiods=3)
+    codes = [p["code"] for p in exp["participants"]]
+    row = Participant(codes[0], [cluster.workers["w1"].ws])
+    col = Participant(codes[1], [cluster.workers["w2"].ws])
+    row.start()
+    await row.connected.wait()
+    col.start()
+    await play([row, col], until_end=15, every=0.2)
+    await settle([row, col])
+    seen = [[(f["seq"], f["channel"]) for f in p.frames if "seq" in f and f["channel"] != "result"] for p in (row, col)]
+    assert seen[0] == seen[1] and len(seen[0]) > 10
+    assert row.acked and col.acked
+    async with cluster.http("w2") as http:
+        status = (await http.get("/api/server")).json()
+    assert len(status["cluster"]["workers"]) == 2
+    assert status["cluster"]["groups"] >= 1
+    for person in (row, col):
+        await person.stop()
+    check_the_log(cluster, exp["code"], [row, col])
+
+
+async def split_pair(cluster: Cluster, **body: Any) -> tuple[dict[str, Any], Participant, Participant, int]:
+    """Two workers and a bimatrix pair: row on w1 (which serves the group: row joined first, and
+    reconnects to w2 when w1 goes), col on w2. Returns the experiment, row, col and the group id."""
+    for name in ("w1", "w2"):
+        cluster.start(name)
+    cluster.healthy("w1", "w2")
+    exp = await create(cluster, "w1", game="bimatrix", participants=2, group_size=2, **body)
+    codes = [p["code"] for p in exp["participants"]]
+    row = Participant(codes[0], [cluster.workers["w1"].ws, cluster.workers["w2"].ws])
+    col = Participant(codes[1], [cluster.workers["w2"].ws])
+    row.start()
+    await row.connected.wait()
+    col.start()
+    group_id = int(next(f for f in row.frames if f["channel"] == "hello")["payload"]["group"])
+    assert owner_of(cluster, group_id) == "w1"
+    return exp, row, col, group_id
+
+
+async def test_kill_9_of_the_groups_worker_moves_the_group_on_within_the_lease_and_loses_nothing_acked(
+    cluster: Cluster,
+) -> None:
+    """SIGKILL of the worker serving the group mid-period: the other takes it within the lease time
+    plus a second, applies the missed tick late, keeps the later deadlines (the period ends within
+    250 ms of its own); the member of the dead worker reconnects; every acked decision is stored once."""
+    # ticks every second, the lease two: the worker that takes over has ticks to apply late
+    exp, row, col, _ = await split_pair(cluster, period_length=9, num_subperiods=9)
+    people = [row, col]
+    player = asyncio.ensure_future(play(people, until_end=30))
+    await until(lambda: any(f["channel"] == "subperiod" for f in col.frames), 10, "the first tick")
+    await asyncio.sleep(0.5)
+    killed_at = time.time()
+    cluster.signal("w1", signal.SIGKILL)
+    cluster.wait("w1")
+    await player
+    await settle(people)
+    for person in people:
+        await person.stop()
+    check_the_log(cluster, exp["code"], people)
+    assert row.hellos >= 2  # it came back through the other worker
+    engine = make_engine(cluster.env["DATABASE_URL"])
+    try:
+        timed = ticks(engine, exp["code"])
+    finally:
+        engine.dispose()
+    late = [t for t in timed if t["late"]]
+    assert late, timed
+    taken_over = max(t["actual_at"].timestamp() for t in late) - killed_at
+    assert taken_over <= LEASE + 1.0, f"taken over {taken_over:.2f} s after the kill (lease {LEASE} s)"
+    assert all(t["scheduled_at"].timestamp() > killed_at for t in late)  # only what fell due meanwhile
+    end = next(t for t in timed if t["kind"] == "period_end")
+    assert not end["late"] and (end["actual_at"] - end["scheduled_at"]).total_seconds() <= 0.25, end
+
+
+async def test_a_paused_worker_stores_nothing_after_its_group_was_taken_over(cluster: Cluster) -> None:
+    """SIGSTOP of the worker serving the group past its lease: the other worker takes the group (a
+    higher epoch); after SIGCONT the paused one serves it no more — whatever it had under way is
+    refused by the epoch — and nothing is stored twice or lost; its member carries on through it."""
+    exp, row, col, group_id = await split_pair(cluster, period_length=10, num_subperiods=5)
+    people = [row, col]
+    player = asyncio.ensure_future(play(people, until_end=30))
+    await asyncio.sleep(1.2)
+    cluster.signal("w1", signal.SIGSTOP)
+    await asyncio.sleep(LEASE + 1.5)
+    assert owner_of(cluster, group_id) == "w2"
+    cluster.signal("w1", signal.SIGCONT)
+    await player
+    await settle(people)
+    async with cluster.http("w1") as http:
+        status = (await http.get("/api/server")).json()
+    for person in people:
+        await person.stop()
+    check_the_log(cluster, exp["code"], people)
+    assert "no longer serving group" in cluster.logs("w1")
+    # on waking, w1's clock fired the ticks that fell due while it slept: the database refused
+    # their writes by the epoch, since w2 had raised it when it took the group
+    assert status["writer"]["fenced"] >= 1, status
+    engine = make_engine(cluster.env["DATABASE_URL"])
+    try:
+        timed = ticks(engine, exp["code"])
+    finally:
+        engine.dispose()
+    assert sorted((t["kind"], t["index"]) for t in timed) == sorted(
+        [("subperiod", i) for i in range(5)] + [("period_end", 0)]
+    )
+
+
+async def test_a_rolling_restart_of_three_workers_loses_nothing_and_the_period_ends_on_time(cluster: Cluster) -> None:
+    """Three workers, the three members of a group one on each; each worker in turn gets SIGTERM
+    (it hands its groups over at once and closes its sockets with 1012), exits, and starts again:
+    every acked decision is stored once and the period ends within 250 ms of its deadline."""
+    names = ("w1", "w2", "w3")
+    for name in names:
+        cluster.start(name)
+    cluster.healthy(*names)
+    exp = await create(cluster, "w1", game="public_goods", participants=3, group_size=3, period_length=14)
+    urls = [cluster.workers[n].ws for n in names]
+    people = [Participant(p["code"], urls[i:] + urls[:i]) for i, p in enumerate(exp["participants"])]
+    for person in people:
+        person.start()
+        await person.connected.wait()
+    player = asyncio.ensure_future(play(people, until_end=40, every=0.3))
+    await asyncio.sleep(1.5)
+    for name in names:
+        cluster.signal(name, signal.SIGTERM)
+        assert cluster.wait(name) == 0, cluster.logs(name)
+        cluster.start(name, cluster.workers[name].port)
+        cluster.healthy(name)
+        await asyncio.sleep(1.5)
+    await player
+    await settle(people)
+    for person in people:
+        await person.stop()
+        assert 1012 in person.closes
+    check_the_log(cluster, exp["code"], people)
+    engine = make_engine(cluster.env["DATABASE_URL"])
+    try:
+        end = next(t for t in ticks(engine, exp["code"]) if t["kind"] == "period_end")
+    finally:
+        engine.dispose()
+    assert (end["actual_at"] - end["scheduled_at"]).total_seconds() <= 0.25, end
+
+
+def test_a_cluster_on_sqlite_or_several_workers_without_redis_are_refused_in_one_line(tmp_path: Path, redis_url: str) -> None:
+    """REDIS_URL with a SQLite DATABASE_URL, and --workers 2 without REDIS_URL: exit 2, one line why."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    sqlite = f"sqlite:///{tmp_path}/x.db"
+    refused = subprocess.run([*SYNCLAB, "serve", "--port", "0"], cwd=tmp_path, capture_output=True, text=True,
+                             env={**env, "DATABASE_URL": sqlite, "REDIS_URL": redis_url}, timeout=timeout(30), check=False)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "REDIS_URL" in refused.stderr and "PostgreSQL" in refused.stderr
+    alone = subprocess.run([*SYNCLAB, "serve", "--port", "0", "--workers", "2"], cwd=tmp_path, capture_output=True,
+                           text=True, env={**env, "DATABASE_URL": sqlite}, timeout=timeout(30), check=False)
+    assert alone.returncode == 2 and "REDIS_URL" in alone.stderr
