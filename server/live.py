@@ -53,6 +53,8 @@ Clock = Callable[[], float]
 ACTIONS = ("start", "pause", "resume", "end")
 #: the channel of an experimenter's action, recorded (not sent) before what it caused
 CONTROL = "control"
+#: seconds before a tick whose write failed (the database away) is tried again
+RETRY_AFTER = 0.5
 
 
 #: close a participant's connection ``conn`` on ``worker`` with ``code`` and ``reason``
@@ -126,6 +128,8 @@ class LiveGroup:
         self._clock: Clock = lambda: round(clock(), 6)
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
+        #: after a failed write, not before this: the clock's next try (see :data:`RETRY_AFTER`)
+        self._retry_at: float | None = None
         #: set at shutdown: no timer is set any more, so nothing new is computed
         self._closed = False
         self._reschedule()
@@ -143,7 +147,9 @@ class LiveGroup:
 
         Raises what the core raises (a refused action changes nothing). The future resolves
         to the events' ``seq``s after the commit, or fails with :class:`NotPersisted` (with
-        :class:`NotAuthority` once this process no longer acts for the group).
+        :class:`NotAuthority` once this process no longer acts for the group). With a
+        ``client_id`` it resolves to the ``seq`` of that client's own event alone: the write may
+        begin with ticks that fell due before it (applied first, see the core's ``carried``).
         """
         if self.retired:
             refused: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
@@ -168,6 +174,7 @@ class LiveGroup:
 
         def committed(stored: Write) -> None:
             self.committed = snapshot
+            self._retry_at = None
             prev = self.last_seq
             for ev, seq in zip(events, stored.seqs, strict=True):
                 self.last_seq = seq
@@ -177,7 +184,11 @@ class LiveGroup:
                     frame = encode(ev.channel, ev.payload, seq=seq, ts=now)
                     self._hub.publish(self.topic, frame, ev.to, seq=seq, prev=prev)
                     prev = seq
-            future.set_result(stored.seqs)
+            if client_id is not None:  # the client's own event: the only one the core stamps with it
+                mine = next(i for i, ev in enumerate(events) if ev.participant is not None)
+                future.set_result([stored.seqs[mine]])
+            else:
+                future.set_result(stored.seqs)
             self._to_monitors(events, stored, now, connection)
 
         def failed(exc: NotPersisted) -> None:
@@ -187,6 +198,7 @@ class LiveGroup:
                 if self._fenced is not None:
                     self._fenced(self.id)
             else:
+                self._retry_at = self._clock() + RETRY_AFTER
                 self._reschedule()
             future.set_exception(exc)
 
@@ -403,6 +415,9 @@ class LiveGroup:
         if self._closed:
             return
         deadline = self.core.next_deadline()
+        if deadline is not None and self._retry_at is not None:
+            # a write just failed (the database away): what fell due is tried again, not at once
+            deadline = max(deadline, self._retry_at)
         if deadline == self._deadline:
             return
         if self._timer is not None:

@@ -10,11 +10,13 @@ where they fail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -182,3 +184,58 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
         yield server
     finally:
         server.kill()
+
+
+@dataclass
+class OwnPostgres:
+    """A PostgreSQL server of this test's own (``initdb`` + ``pg_ctl`` in a temp dir), to stop and start."""
+
+    port: int
+    directory: Path
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*as_postgres, *args], check=True, capture_output=True, timeout=60)
+
+    def init(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres", "postgres")
+        self._run(_pg_bin("initdb"), "-D", str(self.directory / "data"), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(_pg_bin("pg_ctl"), "-D", str(self.directory / "data"), "-o", options,
+                  "-l", str(self.directory / "log"), "-w", "start")
+
+    def stop(self) -> None:
+        self._run(_pg_bin("pg_ctl"), "-D", str(self.directory / "data"), "-m", "immediate", "-w", "stop")
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(found[-1]) if found else name
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnPostgres]:
+    """A PostgreSQL server started for this test on a free port (never the machine's shared one)."""
+    if not Path(_pg_bin("initdb")).exists():
+        _missing("initdb", "is not installed")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # its own directory right under the temp dir: the postgres user cannot enter pytest's (0700, root's)
+    server = OwnPostgres(port, Path(tempfile.mkdtemp(prefix="synclab-pg-")))
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError):
+            server.stop()
+        shutil.rmtree(server.directory, ignore_errors=True)

@@ -1,8 +1,8 @@
 """Leases: one authority per group at a time, through Redis, with a fencing epoch that only grows.
 
 A worker that would act for group G runs :data:`ACQUIRE`: if nobody holds ``{prefix}:lease:G``,
-it takes the next epoch (``INCR {prefix}:epoch:G``) and sets the lease to ``worker:epoch`` for
-``ttl`` seconds, in one script, which Redis runs atomically. While it acts it renews the lease;
+it takes the next epoch (``INCR {prefix}:epoch:G``, but above the epoch the database holds) and
+sets the lease to ``worker|epoch`` for ``ttl`` seconds, in one script, which Redis runs atomically. While it acts it renews the lease;
 :data:`RENEW` and :data:`RELEASE` touch it only while it is still its own.
 
 The epoch is what makes the lease safe: the new authority raises ``groups.epoch`` in PostgreSQL
@@ -27,6 +27,10 @@ from typing import Any
 ACQUIRE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local epoch = redis.call('INCR', KEYS[2])
+if epoch <= tonumber(ARGV[3]) then
+  epoch = tonumber(ARGV[3]) + 1
+  redis.call('SET', KEYS[2], epoch)
+end
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. epoch, 'PX', ARGV[2])
 return epoch
 """
@@ -91,11 +95,16 @@ class Leases:
     def _epoch_key(self, group_id: int) -> str:
         return f"{self.prefix}:epoch:{group_id}"
 
-    async def acquire(self, group_id: int) -> Lease | None:
-        """The group's lease with a new epoch, or ``None`` when somebody holds it."""
+    async def acquire(self, group_id: int, floor: int = 0) -> Lease | None:
+        """The group's lease with a new epoch above ``floor``, or ``None`` when somebody holds it.
+
+        ``floor`` is the epoch the database holds for the group: a Redis that lost its keys (a
+        restart without persistence) would count epochs from 1 again, below the ones already
+        used, and the database would refuse them all.
+        """
         sent = self._clock()
         epoch = int(await self._acquire(
-            keys=[self.key(group_id), self._epoch_key(group_id)], args=[self.worker, round(self.ttl * 1000)]
+            keys=[self.key(group_id), self._epoch_key(group_id)], args=[self.worker, round(self.ttl * 1000), floor]
         ))
         if epoch == 0:
             return None

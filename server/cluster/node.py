@@ -38,7 +38,7 @@ from groups import InvalidState, RefusedAction
 from ..exceptions import NotPersisted, Unavailable
 from ..hub import group_of
 from ..hub.redis import RedisHub
-from ..storage import Database, claim_group, live_group_ids
+from ..storage import Database, claim_group, group_epoch, live_group_ids
 from .leases import Lease, Leases
 
 if TYPE_CHECKING:
@@ -172,7 +172,11 @@ class Node:
     async def _take(self, group_id: int) -> str:
         assert self.router is not None
         try:
-            lease = await self.leases.acquire(group_id)
+            floor = await self.database.read(group_epoch, group_id)
+        except Exception as exc:  # the database is away: nobody can take the group now
+            raise Unavailable(f"the database is unreachable: {exc}") from exc
+        try:
+            lease = await self.leases.acquire(group_id, floor)
             if lease is None:
                 found = (await self.leases.owners([group_id]))[group_id]
                 if found is None:

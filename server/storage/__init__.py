@@ -32,7 +32,7 @@ from .asof import (
     periods_as_of,
     session_standings,
 )
-from .batch import claim_group, commit_writes
+from .batch import claim_group, commit_writes, group_epoch
 from .catalog import (
     GroupPlace,
     NewBlock,
@@ -137,6 +137,7 @@ __all__ = [
     "experiments",
     "find_session",
     "get_or_create_meta",
+    "group_epoch",
     "groups",
     "head",
     "history",

@@ -270,6 +270,13 @@ def _fence(conn: Connection, writes: Sequence[Write]) -> list[Write]:
     return kept
 
 
+def group_epoch(engine: Engine, group_id: int) -> int:
+    """The fencing epoch the database holds for the group (0: never claimed)."""
+    with engine.connect() as conn:
+        found = conn.execute(select(groups.c.epoch).where(groups.c.id == group_id)).scalar()
+        return int(found or 0)
+
+
 def claim_group(engine: Engine, group_id: int, epoch: int) -> bool:
     """Raise the group's fencing epoch to ``epoch`` (a new authority's); False if it is not higher.
 

@@ -62,3 +62,20 @@ def test_a_margin_as_long_as_the_lease_is_refused() -> None:
     """The local validity must end before Redis's expiry: margin < ttl."""
     with pytest.raises(ValueError, match="margin"):
         Leases(object(), "a", ttl=1.0, margin=1.0)
+
+
+async def test_an_epoch_stays_above_the_databases_after_redis_lost_its_keys(
+    client: aioredis.Redis, redis_prefix: str
+) -> None:
+    """A Redis restarted without its data counts epochs from 1 again: the floor (the database's
+    epoch) keeps a new lease's epoch above every epoch used before, and later ones above it."""
+    a = Leases(client, "a", prefix=redis_prefix)
+    first = await a.acquire(9)
+    assert first is not None and first.epoch == 1
+    await a.release(first)
+    await client.delete(f"{redis_prefix}:epoch:9")  # what a restart without persistence does
+    again = await a.acquire(9, floor=5)
+    assert again is not None and again.epoch == 6
+    await a.release(again)
+    later = await a.acquire(9, floor=5)
+    assert later is not None and later.epoch == 7

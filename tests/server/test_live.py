@@ -1,0 +1,61 @@
+"""A live group's answers to a frame, against a clock the test moves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+
+from server.hub import MemoryHub
+from server.routing import LiveGroups
+from server.storage import (
+    Database,
+    EventWriter,
+    NewBlock,
+    NewExperiment,
+    create_schema,
+    insert_experiment,
+    new_code,
+)
+from server.storage import events as events_table
+from server.storage import groups as groups_table
+
+
+async def test_an_ack_names_the_decisions_own_seq_when_overdue_ticks_are_stored_before_it(tmp_path: Path) -> None:
+    """Two subperiod ticks fell due before a decision came (the clock moved, no timer ran): the
+    write stores the ticks first, and the decision's future names its own event's seq, which is
+    what its ack and a repeated id must say (CI's PostgreSQL-restart test caught the first seq of
+    the write, a tick's, in an ack)."""
+    db = Database(f"sqlite:///{tmp_path}/live.db")
+    writer = EventWriter(db)
+    try:
+        await db.write(create_schema)
+        codes = [new_code(), new_code()]
+        block = NewBlock(0, 10.0, 5, None, 0.0, "fixed", [[0, 1]])
+        experiment_id = await db.write(insert_experiment, NewExperiment(new_code(), "bimatrix", {}, 2, codes, [block], 1e9))
+        group_id = await db.read(
+            lambda engine: engine.connect().execute(
+                select(groups_table.c.id).where(groups_table.c.experiment_id == experiment_id)
+            ).scalar_one()
+        )
+        writer.start()
+        now = [1_000_000.0]
+        live = LiveGroups(db, writer, MemoryHub(), clock=lambda: now[0])
+        group = await live.group(group_id)
+        for code in codes:
+            await group.connect(code, None, worker="", conn=code)
+        now[0] += 4.5  # the ticks at 2 and 4 s are due; the loop's timers are seconds away
+        first = await group.receive(codes[0], "decisions", 0.7, "mine")
+        again = await group.receive(codes[0], "decisions", 0.7, "mine")
+        rows = await db.read(lambda engine: engine.connect().execute(
+            select(events_table.c.seq, events_table.c.channel, events_table.c.client_id)
+            .where(events_table.c.experiment_id == experiment_id).order_by(events_table.c.seq)
+        ).all())
+        live.close()
+    finally:
+        await writer.close()
+        db.close()
+    own = [seq for seq, _channel, client_id in rows if client_id == "mine"]
+    ticks = [seq for seq, channel, _ in rows if channel == "subperiod"]
+    assert len(ticks) == 2 and own and own[0] > max(ticks)
+    assert first == again == own
