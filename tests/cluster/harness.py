@@ -68,12 +68,13 @@ class Cluster:
         )
         self.workers: dict[str, Worker] = {}
 
-    def start(self, name: str, port: int | None = None) -> Worker:
+    def start(self, name: str, port: int | None = None, *options: str) -> Worker:
+        """``synclab serve --port P OPTIONS`` as worker ``name`` (again on its port if it ran before)."""
         worker = self.workers.get(name) or Worker(name, port or free_port(), self.tmp_path / f"{name}.log")
         self.workers[name] = worker
         with worker.log.open("ab") as log:
             worker.process = subprocess.Popen(
-                [*SYNCLAB, "serve", "--port", str(worker.port)], cwd=self.tmp_path, env=self.env,
+                [*SYNCLAB, "serve", "--port", str(worker.port), *options], cwd=self.tmp_path, env=self.env,
                 stdout=log, stderr=subprocess.STDOUT,
             )
         return worker

@@ -4,6 +4,7 @@ different workers, and the worker that serves it killed, paused or restarted mid
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,11 +13,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 import redis
+from websockets.asyncio.client import connect
 
 from server.storage import make_engine
-from tests.cluster.harness import LEASE, SYNCLAB, Cluster, Participant, seqs, stored_ids, ticks
+from tests.cluster.harness import (
+    LEASE,
+    SYNCLAB,
+    TOKEN,
+    Cluster,
+    Participant,
+    seqs,
+    stored_ids,
+    ticks,
+)
 from tests.server.harness import timeout
 
 
@@ -245,6 +258,72 @@ async def test_a_rolling_restart_of_three_workers_loses_nothing_and_the_period_e
     finally:
         engine.dispose()
     assert (end["actual_at"] - end["scheduled_at"]).total_seconds() <= 0.25, end
+
+
+async def test_a_monitor_on_one_worker_follows_a_group_served_by_another(cluster: Cluster) -> None:
+    """The monitor's socket on w2, the group served by w1: its snapshot, then every stored event and
+    the connections of both members live, and stats counting what it was sent."""
+    exp, row, col, _group = await split_pair(cluster, period_length=4, num_subperiods=2)
+    async with connect(
+        f"{cluster.workers['w2'].ws}/ws/monitor/{exp['code']}?token={TOKEN}", open_timeout=timeout(5)
+    ) as monitor:
+        frames: list[dict[str, Any]] = []
+
+        async def read() -> None:
+            async for raw in monitor:
+                frames.append(orjson.loads(raw))
+
+        reader = asyncio.ensure_future(read())
+        await until(lambda: any(f["channel"] == "snapshot" for f in frames), 10, "the snapshot")
+        sent = [await row.decide(0.9), await col.decide(0.1)]
+        await until(lambda: all(p.acked for p in (row, col)), 10, "the acks")
+        await until(
+            lambda: {r.get("participant") for f in frames if f["channel"] == "events" for r in f["payload"]
+                     if r["channel"] == "decisions"} >= {row.code, col.code},
+            10, "both decisions on the monitor",
+        )
+        await until(lambda: any(f["channel"] == "stats" and f["payload"]["events"] >= 2 for f in frames), 10,
+                    "stats counting the events")
+        await col.stop()
+        await until(lambda: any(f["channel"] == "connection" and f["payload"]["participant"] == col.code
+                                and not f["payload"]["connected"] for f in frames), 10, "col's departure")
+        reader.cancel()
+    await row.stop()
+    assert len(sent) == 2
+
+
+async def test_serve_with_workers_runs_several_processes_of_one_cluster_on_one_port(cluster: Cluster) -> None:
+    """``synclab serve --workers 2`` with REDIS_URL: two processes on one port, both in the cluster
+    (GET /api/server lists them), a pair plays through the port; SIGTERM stops both, exit 0."""
+    port = cluster.start("pair", None, "--workers", "2").port
+    try:
+        base = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"},
+                                     timeout=timeout(10)) as http:
+            workers: list[Any] = []
+            for _ in range(int(timeout(30) / 0.2)):
+                with contextlib.suppress(httpx.TransportError):
+                    workers = (await http.get("/api/server")).json()["cluster"]["workers"]
+                if len(workers) == 2:
+                    break
+                await asyncio.sleep(0.2)
+            assert len(workers) == 2 and len({w["pid"] for w in workers}) == 2, workers
+            made = await http.post("/api/experiments", json={"game": "bimatrix", "participants": 2, "group_size": 2,
+                                                             "period_length": 2})
+            assert made.status_code == 201, made.text
+        exp = made.json()
+        people = [Participant(p["code"], [f"ws://127.0.0.1:{port}"]) for p in exp["participants"]]
+        for person in people:
+            person.start()
+        await play(people, until_end=20)
+        await settle(people)
+        for person in people:
+            await person.stop()
+    finally:
+        cluster.signal("pair", signal.SIGTERM)
+        status = cluster.wait("pair", 30)
+    assert status == 0, cluster.logs("pair")
+    check_the_log(cluster, exp["code"], people)
 
 
 def test_a_cluster_on_sqlite_or_several_workers_without_redis_are_refused_in_one_line(tmp_path: Path, redis_url: str) -> None:
