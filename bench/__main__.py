@@ -1,7 +1,8 @@
 """``python -m bench``: the standard matrix, a table, and JSON lines.
 
-Each run starts a fresh target process (``synclab serve`` on a new SQLite file, or the bare
-relay) pinned to one core, while this process, the generator, is pinned to another. See
+Each run starts a fresh target process (``synclab serve`` on a new SQLite file or a new
+PostgreSQL schema, or the bare relay) pinned to one core, while this process, the generator, is
+pinned to another; or a cluster of ``synclab serve`` workers on PostgreSQL and Redis. See
 ``bench/README.md``.
 """
 
@@ -23,7 +24,8 @@ import orjson
 
 from .disk import describe
 from .load import Load, hold_idle, run_load
-from .proc import cores, pin_self, raise_open_files, run_pinned, running
+from .proc import cores, pin_self, raise_open_files, run_pinned, running, running_cluster
+from .services import POSTGRES_URL, REDIS_URL, Services, measuring, postgres_schema, redis_prefix
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -31,11 +33,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 @dataclass(frozen=True)
 class Case:
     name: str
-    target: str  # "server", "relay" or "disk" (bench.disk: no target process)
+    target: str  # "server", "relay", "cluster" or "disk" (bench.disk: no target process)
     load: Load | None = None
     idle: int = 0
     #: the target's own options
     extra: tuple[str, ...] = ()
+    #: the server's database: "sqlite" (a new file) or "postgres" (a new schema); a cluster's is PostgreSQL
+    database: str = "sqlite"
+    #: a cluster's worker processes
+    workers: int = 0
 
 
 def matrix(duration: float, idle: int, scale: float = 1.0) -> list[Case]:
@@ -53,13 +59,41 @@ def matrix(duration: float, idle: int, scale: float = 1.0) -> list[Case]:
         Case("server-2000", "server", Load(n(400), 4, 5.0, duration)),
         Case("ticks-1000", "server", Load(n(200), 4, 5.0, duration, subperiod=0.5)),
         Case("idle", "server", idle=max(2, int(idle * scale) // 2 * 2)),
+        Case("server-pg-2000", "server", Load(n(400), 4, 5.0, duration), database="postgres"),
+        Case("cluster-2000", "cluster", Load(n(400), 4, 5.0, duration), database="postgres", workers=2),
     ]
 
 
-async def run_case(case: Case, target_core: int | None) -> dict[str, Any]:
+async def run_case(case: Case, target_core: int | None, services: Services | None = None,
+                   cluster_core: int | None = None) -> dict[str, Any]:
+    """One run of ``case``: its target started (and its PostgreSQL schema and Redis prefix made), the
+    load offered, everything stopped and removed again. A cluster's workers go on ``cluster_core``."""
+    services = services or Services()
     if case.target == "disk":
         out = await asyncio.to_thread(run_pinned, "bench.disk", ["--json", "--dir", tempfile.gettempdir()], target_core)
         return {"name": case.name, "target": case.target, **orjson.loads(out)}
+    if case.target == "cluster":
+        assert case.load is not None, "a cluster case offers a load"
+        with (
+            redis_prefix(services) as prefix,
+            postgres_schema(services) as database,
+            running_cluster(case.workers, cluster_core, database.url, services.redis, prefix) as cluster,
+            measuring(services, database, redis=True) as meters,
+        ):
+            row = (await run_load(cluster, case.load, meters=meters)).summary()
+        return {"name": case.name, "database": "postgres", "workers": case.workers,
+                "pinned": "unpinned" if cluster_core is None else f"core {cluster_core}", **row}
+    if case.database == "postgres":
+        with (
+            postgres_schema(services) as database,
+            running(case.target, target_core, list(case.extra), env={"DATABASE_URL": database.url}) as target,
+            measuring(services, database, redis=False) as meters,
+        ):
+            if case.load is None:
+                row = await hold_idle(target, case.idle)
+            else:
+                row = (await run_load(target, case.load, meters=meters)).summary()
+        return {"name": case.name, "database": "postgres", **row}
     with running(case.target, target_core, list(case.extra)) as target:
         if case.load is None:
             row = await hold_idle(target, case.idle)
@@ -87,10 +121,18 @@ def _slow_commits(writer: dict[str, Any] | None) -> str:
     return f"{writer['slow_commits']} {'>1000' if bucket == 'more' else '<=' + bucket}"
 
 
+def _us(row: dict[str, Any], *kinds: str) -> str:
+    """µs of CPU per delivered decision of the process kinds together, or ``-`` if none was measured."""
+    per = row.get("cpu_us_per_decision") or {}
+    found = [per[k] for k in kinds if k in per]
+    return f"{sum(found):.0f}" if found else "-"
+
+
 def table(rows: Sequence[dict[str, Any]]) -> str:
     """The runs as a fixed-width table (idle runs get a line of their own below)."""
     head = ("run", "target", "N", "G", "R", "offered/s", "delivered/s", "p50", "p90", "p99", "max", "ack p99",
-            "lost", "unpers.", "srv CPU", "srv RSS", "w/batch", "slow c.", "gen CPU", "lag p99", "tick p99")
+            "lost", "unpers.", "srv CPU", "srv RSS", "srv us/d", "redis us/d", "pg us/d",
+            "w/batch", "slow c.", "gen CPU", "lag p99", "tick p99")
     lines = [head]
     repeated = any(r.get("repeat", 1) > 1 for r in rows)
     for r in rows:
@@ -104,6 +146,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
             str(r["lost"]), "-" if r["unpersisted"] is None else str(r["unpersisted"]),
             "-" if r["target_cpu"] is None else f"{r['target_cpu'] * 100:.0f}%",
             "-" if r["target_rss_mb"] is None else f"{r['target_rss_mb']:.0f}MB",
+            _us(r, "target"), _us(r, "redis"), _us(r, "postgres", "postgres-bg"),
             _per_batch(r.get("writer")), _slow_commits(r.get("writer")),
             f"{r['generator_cpu'] * 100:.0f}%", _ms(r["send_lag_ms"], "p99") + ("!" if disturbed(r) else ""),
             _ms(r["tick_lateness_ms"], "p99"),
@@ -114,7 +157,9 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     out.insert(1, "  ".join("-" * w for w in widths))
     out.append("(latencies in ms: send to receipt of group_decisions by every group member; ack: send to ack; "
                "w/batch: the writes (a decision, a tick, a connection) the server committed per transaction; "
-               "slow c.: its commits over 20 ms, and the longest's bucket in ms)")
+               "slow c.: its commits over 20 ms, and the longest's bucket in ms; us/d: µs of CPU time per decision "
+               "delivered to every group member, of the server's processes (a cluster's workers together), "
+               "redis-server, and PostgreSQL's backends of the run plus its background processes)")
     if any(disturbed(r) for r in rows):
         out.append(f"(!: a disturbed run, the generator's own send lag over {LAG_LIMIT_MS:g} ms at p99; "
                    "left out of the verdicts while a repeat of it is not)")
@@ -130,7 +175,29 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
             )
         if r.get("errors"):
             out.append(f"{r['name']}: error frames {r['errors']}")
+            for code, messages in (r.get("error_messages") or {}).items():
+                for message, count in sorted(messages.items(), key=lambda m: -m[1]):
+                    out.append(f"    {code} x{count}: {message}")
+        out.extend(_costs(r))
     return "\n".join(out)
+
+
+def _costs(r: dict[str, Any]) -> list[str]:
+    """The cost lines of a run on PostgreSQL or a cluster: what the ``us/d`` columns are made of."""
+    per = r.get("cpu_us_per_decision") or {}
+    if "postgres" not in per:
+        return []
+    name = r["name"] + (f" #{r['repeat']}" if r.get("repeat", 1) > 1 else "")
+    parts = [f"{r.get('workers') or 1} server process(es) {per['target']:.0f}"]
+    if "redis" in per:
+        parts.append(f"redis-server {per['redis']:.0f}")
+    parts.append(f"PostgreSQL backends {per['postgres']:.0f} + background {per.get('postgres-bg', 0.0):.0f}")
+    line = f"{name}: µs of CPU per delivered decision: " + ", ".join(parts)
+    if r.get("redis_commands_per_decision") is not None:
+        line += f"; Redis commands per decision {r['redis_commands_per_decision']:.1f} (every client's)"
+    if r.get("groups_served") is not None:
+        line += f"; groups served per worker {r['groups_served']} ({r.get('pinned', '?')})"
+    return [line]
 
 
 #: a load run whose generator sent later than this (ms, p99) than its own schedule was
@@ -205,12 +272,25 @@ def verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
     if ticks is not None and ticks.get("tick_lateness_ms"):
         p99 = ticks["tick_lateness_ms"]["p99"]
         check("subperiod ticks at 1,000/s p99 lateness <= 5 ms", p99 <= 5, f"{p99:.1f} ms over {ticks['ticks']} ticks", ticks)
+    for name, what, limit in (("server-pg-2000", "one server on PostgreSQL", 25.0),
+                              ("cluster-2000", "two workers, every group across both", 50.0)):
+        r = by.get(name)
+        if r is None or not r.get("latency_ms"):
+            continue
+        p99 = r["latency_ms"]["p99"]
+        check(f"{name} ({what}) p99 <= {limit:g} ms", p99 <= limit, f"{p99:.1f} ms", r)
+        check(f"{name} 0 lost", r["lost"] == 0, f"{r['lost']} of {r['sent']} sends")
+        check(f"{name} 0 unpersisted", r["unpersisted"] == 0,
+              f"{r['unpersisted']} (not stored at all: {r['not_stored']} of {r['sent']})")
     return out
 
 
 async def main_async(args: argparse.Namespace) -> int:
     target_core, generator_core = (None, None) if args.no_pin else cores()
     pin_self(generator_core)
+    # a cluster's workers: on the target's core, or (--cluster-pin none) wherever the kernel puts them
+    cluster_core = target_core if args.cluster_pin == "target" else None
+    services = Services(postgres=args.postgres_url, redis=args.redis_url)
     files = raise_open_files()
     cases = matrix(args.duration, args.idle, args.scale)
     if args.only:
@@ -223,7 +303,7 @@ async def main_async(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else RESULTS / f"{dt.datetime.now():%Y%m%d-%H%M%S}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     machine = {
-        "cpus": os.cpu_count(), "target_core": target_core, "generator_core": generator_core,
+        "cpus": os.cpu_count(), "target_core": target_core, "generator_core": generator_core, "cluster_core": cluster_core,
         "python": platform.python_version(), "platform": platform.platform(), "open_files": files,
     }
     when = dt.datetime.now(dt.UTC).isoformat()
@@ -231,7 +311,7 @@ async def main_async(args: argparse.Namespace) -> int:
     for case, repeat in [(c, i) for c in cases for i in range(1, args.repeat + 1)]:
         print(f"bench: {case.name} ({repeat} of {args.repeat}) ...", file=sys.stderr, flush=True)
         try:
-            row = await run_case(case, target_core)
+            row = await run_case(case, target_core, services, cluster_core)
         except Exception as exc:
             row = {"name": case.name, "target": case.target, "failed": f"{type(exc).__name__}: {exc}"}
             print(f"bench: {case.name} failed: {row['failed']}", file=sys.stderr, flush=True)
@@ -257,9 +337,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--idle", type=int, default=10_000, help="idle connections to hold (default 10000)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply participant counts (e.g. 0.1 for a quick look)")
     parser.add_argument("--only", help="comma-separated run names (disk,relay-1000,server-1000,relay-2000,relay-fsync-2000,"
-                        "server-2000,ticks-1000,idle)")
+                        "server-2000,ticks-1000,idle,server-pg-2000,cluster-2000)")
     parser.add_argument("--out", help="JSON lines file (default bench/results/<timestamp>.jsonl)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the target and the generator to cores")
+    parser.add_argument("--cluster-pin", choices=("target", "none"), default="target",
+                        help="a cluster's workers: both on the target's core (default), or unpinned")
+    parser.add_argument("--postgres-url", default=POSTGRES_URL,
+                        help=f"PostgreSQL for the runs on it; each run makes a schema of its own there (default {POSTGRES_URL})")
+    parser.add_argument("--redis-url", default=REDIS_URL,
+                        help=f"Redis for the cluster runs; each run uses a key prefix of its own (default {REDIS_URL})")
     parser.add_argument("--repeat", type=int, default=1, help="run each case this many times (default 1); "
                         "the verdicts take the median run")
     args = parser.parse_args(argv)

@@ -13,6 +13,12 @@ numbered in order and each accepted decision is broadcast by itself, so a member
 ``k`` from ``s`` after ``k' < k`` counts ``k`` as received then; a ``k`` skipped over was lost
 for that member.
 
+Against a cluster every group is spread over the workers: member ``m`` of group ``g`` connects
+to worker ``(g + m * W // G) % W`` (:func:`worker_of`), and the first member of every group
+connects (and is greeted) before any other, so the worker of member 0, which alternates with
+``g``, takes the group: each worker serves ``1/W`` of the groups and holds ``1/W`` of the members
+of each.
+
 See ``bench/README.md`` for what every measure means.
 """
 
@@ -22,6 +28,7 @@ import asyncio
 import contextlib
 import gc
 import math
+import re
 import time
 import urllib.error
 import urllib.request
@@ -35,7 +42,8 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.frames import Frame, Opcode
 
-from .proc import Target, cpu_seconds, rss_bytes
+from .proc import Cluster, Target, rss_bytes
+from .services import Meter, Processes, Reading, RedisServer, used
 
 #: the endowment of the benchmark's public goods game: every decision number is a valid contribution
 ENDOWMENT = 1e9
@@ -196,9 +204,14 @@ class Peer:
                     if len(run.acks) >= run.load.total:
                         run.check_complete()
                 elif channel == "error":
-                    run.errors[str(frame["payload"].get("code"))] += 1
+                    run.error(frame["payload"])
                 elif channel == "state" and frame.get("payload") == "period_start":
                     self.started.set()
+
+
+#: distinct messages kept per error code
+MESSAGES_KEPT = 5
+_NUMBER = re.compile(r"\d+(\.\d+)?")
 
 
 #: a commit that took longer (ms) is slow (the server's buckets are named by their upper bound, then "more")
@@ -229,6 +242,9 @@ class Run:
     complete: asyncio.Event = field(default_factory=asyncio.Event)
     acks: list[tuple[int, int, float]] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
+    #: per error code, the first few distinct messages (their numbers replaced by N, so a message
+    #: naming a group or a worker counts once)
+    error_messages: dict[str, Counter[str]] = field(default_factory=dict)
     experiment: str | None = None
     t0: float = 0.0
     wall0: float = 0.0
@@ -244,8 +260,25 @@ class Run:
     #: seconds each subperiod tick ran after it was due (server with subperiods only)
     tick_lateness: list[float] | None = None
     #: the server's writer over the sends (server only): batches, writes and events committed, and
-    #: ``commit_ms``, the commits by wall time (see server.storage.EventWriter.commit_ms)
+    #: ``commit_ms``, the commits by wall time (see server.storage.EventWriter.commit_ms); a
+    #: cluster's workers' summed
     writer: dict[str, Any] | None = None
+    #: CPU seconds per process kind over the window (``target``: the target's processes; ``redis``,
+    #: ``postgres``, ``postgres-bg`` when measured)
+    cpu: dict[str, float] = field(default_factory=dict)
+    #: commands Redis processed over the window (every client's), when Redis is measured
+    redis_commands: int | None = None
+    #: per worker of a cluster: the groups it served at the end of the sends
+    groups_served: list[int] | None = None
+
+    def error(self, payload: dict[str, Any]) -> None:
+        """An error frame: counted by its code, and a sample of its messages kept."""
+        code = str(payload.get("code"))
+        self.errors[code] += 1
+        messages = self.error_messages.setdefault(code, Counter())
+        message = _NUMBER.sub("N", str(payload.get("message")))[:200]
+        if message in messages or len(messages) < MESSAGES_KEPT:
+            messages[message] += 1
 
     def check_complete(self) -> None:
         """Set :attr:`complete` once every member received every send and every send was acknowledged."""
@@ -277,6 +310,7 @@ class Run:
         ack_latencies = [t - self.sent_at[self.send_index(i, k)] for i, k, t in self.acks if 1 <= k <= load.sends_per_participant]
         expected = {j: len(self.groups[j % n]) for j in sent}
         lost = sum(1 for j in sent if reached[j] < expected[j])
+        complete = sum(1 for j in sent if reached[j] >= expected[j])
         lost_deliveries = sum(expected[j] - reached[j] for j in sent)
         seen = {j for j in sent if reached[j] > 0} | acked
         result: dict[str, Any] = {
@@ -290,7 +324,7 @@ class Run:
             "sent": len(sent),
             "offered_per_s": len(sent) / max(self.last_send - self.t0, 1e-9) if len(sent) > 1 else 0.0,
             "delivered": total - lost if sent else 0,
-            "delivered_per_s": sum(1 for j in sent if reached[j] >= expected[j]) / max(last_receipt - self.t0, 1e-9),
+            "delivered_per_s": complete / max(last_receipt - self.t0, 1e-9),
             "deliveries": len(latencies),
             "latency_ms": percentiles(latencies),
             "ack_latency_ms": percentiles(ack_latencies),
@@ -299,11 +333,17 @@ class Run:
             "lost_deliveries": lost_deliveries,
             "unsent": total - len(sent),
             "errors": dict(self.errors),
+            "error_messages": {code: dict(messages) for code, messages in self.error_messages.items()},
             "send_lag_ms": percentiles([self.sent_at[j] - self.due[j] for j in sent]),
             "generator_cpu": self.generator_cpu,
             "target_cpu": self.target_cpu,
             "target_rss_mb": None if self.target_rss is None else self.target_rss / 2**20,
             "target_peak_rss_mb": None if self.target_peak_rss is None else self.target_peak_rss / 2**20,
+            "cpu_seconds": dict(self.cpu),
+            # µs of CPU time per decision received by every member of its group, per process kind
+            "cpu_us_per_decision": {kind: seconds * 1e6 / complete for kind, seconds in self.cpu.items()} if complete else {},
+            "redis_commands_per_decision": None if self.redis_commands is None or not complete else self.redis_commands / complete,
+            "groups_served": self.groups_served,
             "unpersisted": None,
             "not_stored": None,
             "tick_lateness_ms": None,
@@ -311,6 +351,8 @@ class Run:
         }
         if self.writer is not None:
             w = self.writer
+            # the processes' CPU per transaction the writers committed: PostgreSQL's is mostly per commit
+            result["cpu_us_per_commit"] = {kind: seconds * 1e6 / w["batches"] for kind, seconds in self.cpu.items()} if w["batches"] else {}
             slow = [bucket for bucket, n in w["commit_ms"].items() if n and slow_bucket(bucket)]
             result["writer"] = {
                 **w,
@@ -362,13 +404,29 @@ async def in_batches(items: Sequence[Any], batch: int, make: Callable[[Any], Awa
     return out
 
 
-async def run_load(target: Target, load: Load, *, measure_target: bool = True) -> Run:
-    """Offer ``load`` to ``target`` (a server or the relay) and record everything."""
+def worker_of(index: int, group_size: int, workers: int) -> int:
+    """The worker participant ``index`` connects to: its group's members spread evenly over the
+    workers, member 0 of group ``g`` on worker ``g % workers`` (see the module's docstring)."""
+    group, member = divmod(index, group_size)
+    return (group + member * workers // group_size) % workers
+
+
+async def run_load(target: Target | Cluster, load: Load, *, measure_target: bool = True,
+                   meters: Sequence[Meter] = ()) -> Run:
+    """Offer ``load`` to ``target`` (a server, the relay or a cluster) and record everything.
+
+    ``meters``: other process kinds whose CPU time is read over the sends too (Redis, PostgreSQL).
+    """
     run = Run(target.kind, load)
-    ws_base = target.base.replace("http://", "ws://")
+    stores = target.kind != "relay"
+    ws_bases = [base.replace("http://", "ws://") for base in target.bases]
     api = Api(target.base, target.token)
+    apis = [Api(base, target.token) for base in target.bases]
     n, g = load.participants, load.group_size
-    if target.kind == "server":
+    spread = len(ws_bases) > 1
+    if spread and g < len(ws_bases):
+        raise ValueError(f"groups of {g} cannot be spread over {len(ws_bases)} workers")
+    if stores:
         created = await api.create(load, load.duration + load.grace + PERIOD_MARGIN)
         run.experiment = created["code"]
         run.codes = [p["code"] for p in created["participants"]]
@@ -379,7 +437,7 @@ async def run_load(target: Target, load: Load, *, measure_target: bool = True) -
     run.index_of = {code: i for i, code in enumerate(run.codes)}
 
     async def join(i: int) -> Peer:
-        ws = await _open(ws_base + paths[i])
+        ws = await _open(ws_bases[worker_of(i, g, len(ws_bases))] + paths[i])
         hello = orjson.loads(await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT))
         ws.stamps.popleft()
         if hello.get("channel") != "hello":
@@ -392,35 +450,58 @@ async def run_load(target: Target, load: Load, *, measure_target: bool = True) -
         return peer
 
     try:
-        run.peers = await in_batches(range(n), CONNECT_BATCH, join)
-        if target.kind == "server":
+        if spread:
+            # each group's first member first: its worker (alternating with the group) takes the
+            # group when it connects, and has by the time the hello comes; then everybody else
+            firsts = [i for i in range(n) if i % g == 0]
+            peers = await in_batches(firsts, CONNECT_BATCH, join)
+            peers += await in_batches([i for i in range(n) if i % g], CONNECT_BATCH, join)
+            run.peers = sorted(peers, key=lambda peer: peer.index)
+        else:
+            run.peers = await in_batches(range(n), CONNECT_BATCH, join)
+        if stores:
             # the server's hello names the members; the relay's groups are i // G by construction
             run.groups = [[] for _ in range(n)]
             for peer in run.peers:
                 run.groups[peer.index] = [run.index_of[c] for c in peer.members]
+            if spread and any(run.groups[i] != list(range(i // g * g, i // g * g + g)) for i in range(n)):
+                # the spread assumes block 0's groups are the participants in order (server.experiments.plan)
+                raise RuntimeError("the server's groups are not the participants in order: the spread would be wrong")
         else:
             run.groups = [list(range((i // g) * g, (i // g + 1) * g)) for i in range(n)]
         async with asyncio.timeout(START_TIMEOUT):
             await asyncio.gather(*(peer.started.wait() for peer in run.peers))
-        writer0 = (await api.call("GET", "/api/server"))["writer"] if target.kind == "server" else None
-        await _send_all(run, target, measure_target)
-        if writer0 is not None:
-            writer1 = (await api.call("GET", "/api/server"))["writer"]
-            run.writer = {
-                **{key: writer1[key] - writer0[key] for key in ("batches", "writes", "events")},
-                "commit_ms": {bucket: n - writer0["commit_ms"][bucket] for bucket, n in writer1["commit_ms"].items()},
-            }
-        if target.kind == "server" and run.experiment is not None:
+        status0 = [await a.call("GET", "/api/server") for a in apis] if stores else None
+        await _send_all(run, target, measure_target, meters)
+        if status0 is not None:
+            status1 = [await a.call("GET", "/api/server") for a in apis]
+            run.writer = _writer_delta([s["writer"] for s in status0], [s["writer"] for s in status1])
+            if target.kind == "cluster":
+                run.groups_served = [int(s["live_groups"]) for s in status1]
+        if stores and run.experiment is not None:
             await api.call("POST", f"/api/experiments/{run.experiment}/end")
             run.stored = await api.decisions(run.experiment)
-            if load.subperiod is not None:
+            if load.subperiod is not None and isinstance(target, Target) and target.sqlite:
                 run.tick_lateness = tick_lateness(target, run.experiment, run.wall0, run.wall_end)
     finally:
         await close_all(run.peers)
     return run
 
 
-async def _send_all(run: Run, target: Target, measure_target: bool) -> None:
+def _writer_delta(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The writers' counters over the sends, summed over the processes (one, or a cluster's workers)."""
+    out: dict[str, Any] = {key: 0 for key in ("batches", "writes", "events")}
+    commit_ms: dict[str, int] = {}
+    for w0, w1 in zip(before, after, strict=True):
+        for key in ("batches", "writes", "events"):
+            out[key] += w1[key] - w0[key]
+        for bucket, count in w1["commit_ms"].items():
+            commit_ms[bucket] = commit_ms.get(bucket, 0) + count - w0["commit_ms"][bucket]
+    out["commit_ms"] = commit_ms
+    return out
+
+
+async def _send_all(run: Run, target: Target | Cluster, measure_target: bool, meters: Sequence[Meter] = ()) -> None:
     load, n = run.load, run.load.participants
     total = load.total
     run.due = array("d", [math.nan]) * total
@@ -431,18 +512,25 @@ async def _send_all(run: Run, target: Target, measure_target: bool) -> None:
     gc.collect()
     gc.disable()  # a full collection over the receipts would stall the schedule for milliseconds
     try:
-        await _schedule(run, frames, target, measure_target)
+        await _schedule(run, frames, target, measure_target, meters)
     finally:
         gc.enable()
 
 
-async def _schedule(run: Run, frames: list[str], target: Target, measure_target: bool) -> None:
+async def _schedule(run: Run, frames: list[str], target: Target | Cluster, measure_target: bool,
+                    meters: Sequence[Meter] = ()) -> None:
     load, n = run.load, run.load.participants
     total, interval = load.total, 1.0 / (load.participants * load.rate)
     sockets = [peer.ws for peer in run.peers]
     clock = time.perf_counter
+    # read before the schedule starts: the readings (a query to PostgreSQL and one to Redis for the
+    # services) are not in the generator's CPU time nor in the way of the first sends
+    kinds: list[Meter] = [Processes("target", target.pids)] if measure_target else []
+    kinds += meters
+    before: dict[str, Reading] = {m.kind: m.read() for m in kinds}
+    redis = next((m for m in meters if isinstance(m, RedisServer)), None)
+    commands0 = redis.commands() if redis is not None else 0
     cpu0 = time.process_time()
-    target_cpu0 = cpu_seconds(target.pid) if measure_target else 0.0
     run.wall0 = time.time() + LEAD_SECONDS
     run.t0 = t0 = clock() + LEAD_SECONDS
     due, sent_at = run.due, run.sent_at
@@ -466,10 +554,14 @@ async def _schedule(run: Run, frames: list[str], target: Target, measure_target:
     run.wall_end = run.wall0 + (end - t0)
     run.window = end - t0
     run.generator_cpu = (time.process_time() - cpu0) / run.window
+    run.cpu = {m.kind: used(before[m.kind], m.read()) for m in kinds}
+    if redis is not None:
+        run.redis_commands = redis.commands() - commands0
     if measure_target:
-        run.target_cpu = (cpu_seconds(target.pid) - target_cpu0) / run.window
-        run.target_rss = rss_bytes(target.pid)
-        run.target_peak_rss = rss_bytes(target.pid, "VmHWM")
+        # a cluster's workers together: CPU may pass 100 % (one core), memory is their sum
+        run.target_cpu = run.cpu["target"] / run.window
+        run.target_rss = sum(rss_bytes(pid) for pid in target.pids)
+        run.target_peak_rss = sum(rss_bytes(pid, "VmHWM") for pid in target.pids)
 
 
 async def close_all(peers: Sequence[Peer]) -> None:

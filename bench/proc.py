@@ -1,8 +1,9 @@
-"""The processes under test: ``synclab serve`` or the bare relay, each pinned to a core of its own.
+"""The processes under test: ``synclab serve``, the bare relay, or a cluster of ``synclab serve`` workers.
 
 A target process is started with its output in a log file; its port is read from uvicorn's
 ``Uvicorn running on http://HOST:PORT`` line (it is asked for port 0, so runs never collide).
-Its CPU time and memory are read from ``/proc/<pid>``.
+Its CPU time and memory are read from ``/proc/<pid>``. A :class:`Cluster` is several server
+processes on ports of their own, sharing one PostgreSQL schema and one Redis prefix.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,12 +61,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+def start_ticks(pid: int) -> int:
+    """When process ``pid`` started (clock ticks since boot): with the pid, it names one process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[19])
+
+
+def rss_bytes(pid: int, name: str = "VmRSS") -> int:
     """Resident memory of ``pid`` (``VmRSS``, or ``VmHWM`` for the peak), in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
+        if line.startswith(name + ":"):
             return int(line.split()[1]) * 1024
-    raise LookupError(f"/proc/{pid}/status has no {field}")
+    raise LookupError(f"/proc/{pid}/status has no {name}")
 
 
 @dataclass
@@ -76,14 +85,31 @@ class Target:
     token: str
     workdir: Path
     log: Path
+    #: the server's DATABASE_URL ('' for the relay)
+    database_url: str = ""
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     @property
+    def pids(self) -> tuple[int, ...]:
+        """Every process of the target (one; a :class:`Cluster` has one per worker)."""
+        return (self.process.pid,)
+
+    @property
+    def bases(self) -> tuple[str, ...]:
+        """Where participants may connect (one address; a :class:`Cluster` has one per worker)."""
+        return (self.base,)
+
+    @property
     def database(self) -> Path:
+        """The SQLite file of a server on SQLite (see :attr:`database_url`)."""
         return self.workdir / "bench.db"
+
+    @property
+    def sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
 
     def log_tail(self, lines: int = 20) -> str:
         with contextlib.suppress(OSError):
@@ -121,10 +147,13 @@ def run_pinned(module: str, args: list[str], core: int | None, timeout: float = 
 
 
 @contextlib.contextmanager
-def running(kind: str, core: int | None, extra: list[str] | None = None, env: dict[str, str] | None = None) -> Iterator[Target]:
-    """Start ``synclab serve`` (fresh SQLite database) or the relay, pinned to ``core``; stop it after."""
+def running(
+    kind: str, core: int | None, extra: list[str] | None = None, env: dict[str, str] | None = None, token: str | None = None
+) -> Iterator[Target]:
+    """Start ``synclab serve`` (fresh SQLite database unless ``env`` names another) or the relay,
+    pinned to ``core`` (``None``: unpinned); stop it after."""
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
-    token = secrets.token_urlsafe(24)
+    token = token or secrets.token_urlsafe(24)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("SYNCLAB_") and k not in ("DATABASE_URL", "REDIS_URL")}
     environ.update(
         DATABASE_URL=f"sqlite:///{workdir}/bench.db",
@@ -140,7 +169,7 @@ def running(kind: str, core: int | None, extra: list[str] | None = None, env: di
         process = subprocess.Popen(command, cwd=workdir, env=environ, stdout=out, stderr=subprocess.STDOUT)
     if core is not None and not shutil.which("taskset"):
         os.sched_setaffinity(process.pid, {core})
-    target = Target(kind, process, "", token, workdir, log)
+    target = Target(kind, process, "", token, workdir, log, environ["DATABASE_URL"] if kind == "server" else "")
     try:
         deadline = time.monotonic() + STARTUP_SECONDS
         while True:
@@ -167,3 +196,84 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(STOP_SECONDS)
+
+
+@dataclass
+class Cluster:
+    """The worker processes of one cluster; the first answers the harness's REST calls."""
+
+    workers: list[Target] = field(default_factory=list)
+    kind: str = "cluster"
+
+    @property
+    def base(self) -> str:
+        return self.workers[0].base
+
+    @property
+    def token(self) -> str:
+        return self.workers[0].token
+
+    @property
+    def pid(self) -> int:
+        return self.workers[0].pid
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return tuple(w.pid for w in self.workers)
+
+    @property
+    def bases(self) -> tuple[str, ...]:
+        return tuple(w.base for w in self.workers)
+
+    @property
+    def database_url(self) -> str:
+        return self.workers[0].database_url
+
+    @property
+    def sqlite(self) -> bool:
+        return False
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(f"[worker {i}] {w.log_tail(lines)}" for i, w in enumerate(self.workers))
+
+
+#: seconds a worker has to say it reaches Redis (``/healthz`` 200) once it serves
+HEALTHY_SECONDS = 20.0
+
+
+def _healthy(target: Target) -> None:
+    """Until the worker's ``/healthz`` answers 200 (it reaches Redis), bounded by :data:`HEALTHY_SECONDS`."""
+    deadline = time.monotonic() + HEALTHY_SECONDS
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(target.base + "/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        if target.process.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise RuntimeError(f"worker {target.base} not healthy within {HEALTHY_SECONDS:g} s ({last}):\n{target.log_tail()}")
+
+
+@contextlib.contextmanager
+def running_cluster(
+    count: int, core: int | None, database_url: str, redis_url: str, prefix: str
+) -> Iterator[Cluster]:
+    """``count`` ``synclab serve`` workers of one cluster, each on a port of its own, pinned to
+    ``core`` (``None``: unpinned); stopped after, the last started first.
+
+    They start one after the other (each upgrades the schema under PostgreSQL's advisory lock;
+    one at a time is quicker than waiting for the lock) and each is healthy before the run.
+    """
+    token = secrets.token_urlsafe(24)
+    env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "SYNCLAB_CLUSTER": prefix}
+    with contextlib.ExitStack() as stack:
+        cluster = Cluster()
+        for _ in range(count):
+            cluster.workers.append(stack.enter_context(running("server", core, env=env, token=token)))
+        for worker in cluster.workers:
+            _healthy(worker)
+        yield cluster
