@@ -1,7 +1,8 @@
 """The cluster: several workers and hosts as one server, on Redis and PostgreSQL.
 
-    leases   one authority per group, with a fencing epoch that only grows
-    node     this worker in the cluster: its hub, its leases, requests between workers
+    leases     one authority per group, with a fencing epoch that only grows
+    requests   a request to another worker and its answer, in order with the group frames
+    node       this worker in the cluster: its hub, its leases, its loops, the requests it answers
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import random
@@ -33,13 +32,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from redis.exceptions import RedisError
 
-from groups import InvalidState, RefusedAction
-
 from ..exceptions import NotPersisted, Unavailable
 from ..hub import group_of
 from ..hub.redis import RedisHub
 from ..storage import Database, claim_group, group_epoch, live_group_ids
 from .leases import Lease, Leases
+from .requests import Requests, dumps, inbox
 
 if TYPE_CHECKING:
     from ..routing import LiveGroups
@@ -51,14 +49,8 @@ CLAIM_EVERY = 0.5
 #: seconds between two heartbeats; a worker not heard from for :data:`HEARTBEAT_TTL` is gone
 HEARTBEAT_EVERY = 1.0
 HEARTBEAT_TTL = 5
-#: seconds a request to another worker may take before it fails as ``unavailable``
-REQUEST_TIMEOUT = 5.0
 #: every worker listens to it: a group handed over, to be taken at once
 CLUSTER_TOPIC = "cluster"
-
-
-def inbox(worker: str) -> str:
-    return f"worker:{worker}"
 
 
 class Node:
@@ -76,9 +68,8 @@ class Node:
         self.held: dict[int, Lease] = {}
         self.router: LiveGroups | None = None
         self._claims: dict[int, asyncio.Future[str]] = {}
-        #: requests awaiting an answer: their future, the worker asked, the group concerned
-        self._pending: dict[str, tuple[asyncio.Future[Any], str, int | None]] = {}
-        self._ids = itertools.count(1)
+        #: this worker's requests to the others, and its answers to theirs
+        self.requests = Requests(self.hub, self.worker)
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
         self._inbox = _Inbox(self)
@@ -109,7 +100,7 @@ class Node:
             self.held.pop(group_id, None)
             with contextlib.suppress(RedisError, OSError):
                 await self.leases.release(lease)
-                self.hub.publish(CLUSTER_TOPIC, _dumps({"op": "released", "g": group_id}))
+                self.hub.publish(CLUSTER_TOPIC, dumps({"op": "released", "g": group_id}))
         with contextlib.suppress(RedisError, OSError):
             await self.hub.client.srem(self._key("workers"), self.worker)
             await self.hub.client.delete(self._key(f"worker:{self.worker}"))
@@ -120,10 +111,7 @@ class Node:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for future, _worker, _group in self._pending.values():
-            if not future.done():
-                future.set_exception(Unavailable("this worker is stopping"))
-                future.exception()
+        self.requests.close()
         await self.hub.close()
 
     def _key(self, name: str) -> str:
@@ -197,8 +185,8 @@ class Node:
                 raise
             raise Unavailable(f"group {group_id} could not be taken: {exc}") from exc
         log.info("cluster: serving group %s (epoch %s)", group_id, lease.epoch)
-        self.hub.publish(CLUSTER_TOPIC, _dumps({"op": "taken", "g": group_id, "w": self.worker}))
-        self.moved(group_id, self.worker)
+        self.hub.publish(CLUSTER_TOPIC, dumps({"op": "taken", "g": group_id, "w": self.worker}))
+        self.requests.moved(group_id, self.worker)
         return self.worker
 
     def forget(self, group_id: int) -> None:
@@ -273,7 +261,7 @@ class Node:
         }
         key = self._key(f"worker:{self.worker}")
         async with self.hub.client.pipeline(transaction=False) as pipe:
-            pipe.set(key, _dumps(beat), ex=HEARTBEAT_TTL)
+            pipe.set(key, dumps(beat), ex=HEARTBEAT_TTL)
             pipe.sadd(self._key("workers"), self.worker)
             await pipe.execute()
 
@@ -296,43 +284,11 @@ class Node:
         self.hub.mark(topic, seq)
 
     async def request(self, worker: str, op: str, body: dict[str, Any]) -> Any:
-        """``op`` at ``worker``: its answer, or the exception it raised; :class:`Unavailable` on silence."""
-        if not self.hub.up:
-            raise Unavailable(f"Redis is unreachable: {self.hub.reason}")
-        rid = f"{next(self._ids)}"
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        group_id = body.get("g")
-        self._pending[rid] = (future, worker, None if group_id is None else int(group_id))
-        self.hub.publish(inbox(worker), _dumps({"op": op, "id": rid, "from": self.worker, "body": body}))
-        try:
-            return await asyncio.wait_for(future, REQUEST_TIMEOUT)
-        except TimeoutError:
-            raise Unavailable(f"worker {worker} did not answer in {REQUEST_TIMEOUT:g} s") from None
-        finally:
-            self._pending.pop(rid, None)
+        """``op`` at ``worker`` (see :meth:`.requests.Requests.request`)."""
+        return await self.requests.request(worker, op, body)
 
     def send(self, worker: str, op: str, body: dict[str, Any]) -> None:
-        """``op`` at ``worker``, no answer wanted."""
-        self.hub.publish(inbox(worker), _dumps({"op": op, "from": self.worker, "body": body}))
-
-    def moved(self, group_id: int, worker: str) -> None:
-        """``worker`` serves the group now: requests about it still waiting on another fail as
-        ``moved`` (their caller asks again), instead of waiting for a worker that may be dead."""
-        for future, asked, group in list(self._pending.values()):
-            if group == group_id and asked != worker and not future.done():
-                moved = Unavailable(f"group {group_id} moved to worker {worker}")
-                moved.code = "moved"
-                future.set_exception(moved)
-
-    def answered(self, message: dict[str, Any]) -> None:
-        pending = self._pending.get(message["id"])
-        if pending is None or pending[0].done():
-            return
-        future = pending[0]
-        if message["ok"]:
-            future.set_result(message["value"])
-        else:
-            future.set_exception(_exception(message["error"]))
+        self.requests.send(worker, op, body)
 
     def answer(self, message: dict[str, Any]) -> None:
         """A request from another worker: run it here, send the answer back (when it is ready)."""
@@ -344,22 +300,12 @@ class Node:
         try:
             result = self.router.handle(op, body)
         except BaseException as exc:
-            self._reply(asker, rid, None, exc)
+            self.requests.reply(asker, rid, None, exc)
             return
         if isinstance(result, asyncio.Future):
-            result.add_done_callback(lambda f: self._reply(asker, rid, None if f.exception() else f.result(), f.exception()))
+            result.add_done_callback(lambda f: self.requests.reply(asker, rid, None if f.exception() else f.result(), f.exception()))
         else:
-            self._reply(asker, rid, result, None)
-
-    def _reply(self, worker: str, rid: str | None, value: Any, exc: BaseException | None) -> None:
-        if rid is None:
-            return
-        reply: dict[str, Any] = {"op": "reply", "id": rid, "ok": exc is None}
-        if exc is None:
-            reply["value"] = value
-        else:
-            reply["error"] = _error(exc)
-        self.hub.publish(inbox(worker), _dumps(reply))
+            self.requests.reply(asker, rid, result, None)
 
     def _released(self, group_id: int) -> None:
         """Another worker handed a group over: take it at once if members of it are here."""
@@ -392,51 +338,13 @@ class _Inbox:
     def deliver(self, to: frozenset[str] | None, data: str) -> None:
         message = orjson.loads(data)
         if message["op"] == "reply":
-            self._node.answered(message)
+            self._node.requests.answered(message)
         elif message["op"] == "released":
             self._node._released(int(message["g"]))
         elif message["op"] == "taken":
-            self._node.moved(int(message["g"]), str(message["w"]))
+            self._node.requests.moved(int(message["g"]), str(message["w"]))
         else:
             try:
                 self._node.answer(message)
             except Exception:
                 log.exception("cluster: a request failed: %r", message.get("op"))
-
-
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _error(exc: BaseException) -> dict[str, Any]:
-    """An exception as an answer can carry it (see :func:`_exception`)."""
-    if isinstance(exc, RefusedAction):
-        return {"kind": "refused", "code": exc.code, "message": exc.message}
-    if isinstance(exc, NotPersisted):
-        return {"kind": "persist", "code": exc.code, "message": str(exc)}
-    if isinstance(exc, InvalidState):
-        return {"kind": "state", "message": str(exc)}
-    if isinstance(exc, LookupError):
-        return {"kind": "lookup", "message": str(exc)}
-    log.error("cluster: a request failed", exc_info=exc)
-    return {"kind": "internal", "message": f"{type(exc).__name__}: {exc}"}
-
-
-def _exception(error: dict[str, Any]) -> BaseException:
-    """The exception another worker's answer carries, raised here as it was raised there."""
-    kind, message = error["kind"], error["message"]
-    if kind == "refused":
-        refused = RefusedAction(message)
-        refused.code = error["code"]
-        return refused
-    if kind == "persist":
-        if error["code"] == "not_persisted":
-            return NotPersisted(message)
-        unavailable = Unavailable(message)
-        unavailable.code = error["code"]
-        return unavailable
-    if kind == "state":
-        return InvalidState(message)
-    if kind == "lookup":
-        return LookupError(message)
-    return RuntimeError(message)
