@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -28,6 +29,20 @@ from .proc import cores, pin_self, raise_open_files, run_pinned, running, runnin
 from .services import POSTGRES_URL, REDIS_URL, Services, measuring, postgres_schema, redis_prefix
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS.parent.parent
+
+
+def build() -> str | None:
+    """The checkout's commit, ``+dirty`` when the server's or the games' code differs from it
+    (the runs start the code of the working tree), or ``None`` outside git."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "server", "groups"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if changed else "")
 
 
 @dataclass(frozen=True)
@@ -310,12 +325,13 @@ async def main_async(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for case, repeat in [(c, i) for c in cases for i in range(1, args.repeat + 1)]:
         print(f"bench: {case.name} ({repeat} of {args.repeat}) ...", file=sys.stderr, flush=True)
+        machine["build"] = build()  # per run: the working tree may change between runs
         try:
             row = await run_case(case, target_core, services, cluster_core)
         except Exception as exc:
             row = {"name": case.name, "target": case.target, "failed": f"{type(exc).__name__}: {exc}"}
             print(f"bench: {case.name} failed: {row['failed']}", file=sys.stderr, flush=True)
-        row = {**row, "repeat": repeat, "at": when, "machine": machine}
+        row = {**row, "repeat": repeat, "at": when, "machine": dict(machine)}
         rows.append(row)
         with out.open("ab") as f:
             f.write(orjson.dumps(row) + b"\n")
@@ -327,7 +343,7 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"(each run {args.repeat} times; the verdicts take the run with the median p99)")
     for line in verdicts([r for r in rows if "failed" not in r]):
         print(line)
-    print(f"results: {out}")
+    print(f"build: {', '.join(sorted({str(r['machine']['build']) for r in rows}))}; results: {out}")
     return 1 if any("failed" in r for r in rows) else 0
 
 

@@ -186,6 +186,7 @@ class Peer:
                 now = stamps.popleft()
                 frame = orjson.loads(raw)
                 channel = frame.get("channel")
+                run.channels[channel] += 1
                 if channel == "group_decisions":
                     for code, value in frame["payload"].items():
                         sender = index_of.get(code)
@@ -242,6 +243,9 @@ class Run:
     complete: asyncio.Event = field(default_factory=asyncio.Event)
     acks: list[tuple[int, int, float]] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
+    #: frames received after the first hello, per channel: a ``hello`` here is a member greeted
+    #: again (a cluster worker resending the group's state after it saw a gap, or a reconnect)
+    channels: Counter[str | None] = field(default_factory=Counter)
     #: per error code, the first few distinct messages (their numbers replaced by N, so a message
     #: naming a group or a worker counts once)
     error_messages: dict[str, Counter[str]] = field(default_factory=dict)
@@ -333,6 +337,7 @@ class Run:
             "lost_deliveries": lost_deliveries,
             "unsent": total - len(sent),
             "errors": dict(self.errors),
+            "frames": {str(channel): count for channel, count in self.channels.items()},
             "error_messages": {code: dict(messages) for code, messages in self.error_messages.items()},
             "send_lag_ms": percentiles([self.sent_at[j] - self.due[j] for j in sent]),
             "generator_cpu": self.generator_cpu,
