@@ -7,13 +7,22 @@ import math
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisError
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from groups import available_games
 
-from .exceptions import ApiError, BadRequest, Forbidden, NotFound, NotPersisted, Unauthorized
+from .exceptions import (
+    ApiError,
+    BadRequest,
+    Forbidden,
+    NotFound,
+    NotPersisted,
+    Unauthorized,
+    Unavailable,
+)
 from .experiments import parse_request, plan
 from .live import ACTIONS
 from .progress import (
@@ -243,7 +252,10 @@ async def server_status(request: Request) -> Response:
         "connections": len(rt.groups.connections),
     }
     if rt.node is not None:
-        workers = await rt.node.workers()
+        try:
+            workers = await rt.node.workers()
+        except (RedisError, OSError) as exc:  # the heartbeats are in Redis
+            raise Unavailable(f"the cluster's workers cannot be listed: Redis: {exc}") from exc
         body["worker"] = rt.node.worker
         body["cluster"] = {
             "name": rt.settings.cluster_name,

@@ -509,8 +509,8 @@ def _paths() -> dict[str, Any]:
         "/api/games": _get("listGames", "the registered games with their config schemas and defaults",
                            _json(_ref("Games"), "the games"), [], (), security=PUBLIC),
         "/api/server": _get("getServer", "this process since it started: the writer's batches, writes and events "
-                            "committed, the live groups and participant sockets",
-                            _json(_ref("ServerStatus"), "the counters"), [], (401, 403)),
+                            "committed, the live groups and participant sockets; in a cluster every worker",
+                            _json(_ref("ServerStatus"), "the counters"), [], (401, 403, 503)),
         **_experiment_paths(),
     }
 

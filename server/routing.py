@@ -56,6 +56,8 @@ class Node(Protocol):
 
     def forget(self, group_id: int) -> None: ...
 
+    def unknown(self, group_id: int) -> None: ...
+
     async def ready(self, topic: str) -> None: ...
 
     def mark(self, topic: str, seq: int) -> None: ...
@@ -211,6 +213,7 @@ class LiveGroups:
             try:
                 return await self.node.request(owner, op, {**body, "g": group_id})
             except Unavailable as exc:
+                self.node.unknown(group_id)
                 if attempt == 2 or exc.code != "moved" or (op == "receive" and body.get("i") is None):
                     raise
                 # another worker serves the group now: ask there. A frame with an id is stored once

@@ -51,6 +51,8 @@ HEARTBEAT_EVERY = 1.0
 HEARTBEAT_TTL = 5
 #: every worker listens to it: a group handed over, to be taken at once
 CLUSTER_TOPIC = "cluster"
+#: groups whose worker this one remembers, at most (forgotten all at once past it)
+MAX_OWNERS_KNOWN = 100_000
 
 
 class Node:
@@ -68,6 +70,8 @@ class Node:
         self.held: dict[int, Lease] = {}
         self.router: LiveGroups | None = None
         self._claims: dict[int, asyncio.Future[str]] = {}
+        #: who serves each group, as last heard (leases, notices); forgotten when a request fails
+        self._owners: dict[int, str] = {}
         #: this worker's requests to the others, and its answers to theirs
         self.requests = Requests(self.hub, self.worker)
         self._tasks: list[asyncio.Task[None]] = []
@@ -132,13 +136,32 @@ class Node:
             return self.worker
         if not self.hub.up or self._draining:
             raise Unavailable(f"the cluster is unavailable here: {self.hub.reason or 'this worker is stopping'}")
+        known = self._owners.get(group_id)
+        if known is not None and known != self.worker:
+            return known  # a frame per request would otherwise cost a round trip to Redis
         try:
             found = (await self.leases.owners([group_id]))[group_id]
         except (RedisError, OSError) as exc:
             raise Unavailable(f"Redis is unreachable: {exc}") from exc
         if found is not None and found.worker != self.worker:
+            self._remember(group_id, found.worker)
             return found.worker
         return await self.claim(group_id)
+
+    def _remember(self, group_id: int, worker: str) -> None:
+        if len(self._owners) >= MAX_OWNERS_KNOWN:
+            self._owners.clear()
+        self._owners[group_id] = worker
+
+    def unknown(self, group_id: int) -> None:
+        """Who serves the group must be asked again (a request to it failed, or it moved)."""
+        self._owners.pop(group_id, None)
+
+    def taken(self, group_id: int, worker: str) -> None:
+        """``worker`` serves the group now (its notice): remembered, and requests still waiting
+        on another worker about it fail as ``moved`` so that their callers ask again."""
+        self._remember(group_id, worker)
+        self.requests.moved(group_id, worker)
 
     async def claim(self, group_id: int) -> str:
         """Take the group if it is free: lease, epoch in PostgreSQL, loaded here. Returns who serves it."""
@@ -186,7 +209,7 @@ class Node:
             raise Unavailable(f"group {group_id} could not be taken: {exc}") from exc
         log.info("cluster: serving group %s (epoch %s)", group_id, lease.epoch)
         self.hub.publish(CLUSTER_TOPIC, dumps({"op": "taken", "g": group_id, "w": self.worker}))
-        self.requests.moved(group_id, self.worker)
+        self.taken(group_id, self.worker)
         return self.worker
 
     def forget(self, group_id: int) -> None:
@@ -310,6 +333,7 @@ class Node:
     def _released(self, group_id: int) -> None:
         """Another worker handed a group over: take it at once if members of it are here."""
         assert self.router is not None
+        self.unknown(group_id)
         view = self.router.views.get(group_id)
         if view is not None and view.current and not self._draining:
             self.router.spawn(self.owner(group_id))
@@ -342,7 +366,7 @@ class _Inbox:
         elif message["op"] == "released":
             self._node._released(int(message["g"]))
         elif message["op"] == "taken":
-            self._node.requests.moved(int(message["g"]), str(message["w"]))
+            self._node.taken(int(message["g"]), str(message["w"]))
         else:
             try:
                 self._node.answer(message)

@@ -36,6 +36,8 @@ _SEP = "\x1f"
 MAX_QUEUED = 100_000
 #: seconds between reconnection attempts, at most
 MAX_BACKOFF = 1.0
+#: connections to Redis of one process besides the listener's (a command waits for a free one)
+MAX_CONNECTIONS = 32
 
 
 class RedisHub:
@@ -46,7 +48,12 @@ class RedisHub:
         self.origin = origin
         self.prefix = prefix
         self.resync = resync
-        self._client: aioredis.Redis = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        # a bounded pool that waits for a free connection: redis-py's default raises past 100
+        # ("Too many connections") when a burst of commands outruns the round trips
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=5, socket_connect_timeout=2, socket_timeout=5
+        )
+        self._client: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self._topics: dict[str, dict[int, Subscriber]] = {}
         #: per group topic: the last ``seq`` delivered or published here
         self._last: dict[str, int] = {}
