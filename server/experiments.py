@@ -19,6 +19,7 @@ from groups import (
 )
 
 from .exceptions import BadRequest
+from .online import OnlineSettings, parse_online
 from .storage import NewBlock, NewExperiment, new_code
 
 MAX_PARTICIPANTS = 10_000
@@ -29,7 +30,7 @@ MAX_SUBPERIODS = 100_000
 
 _FIELDS = {
     "game", "participants", "group_size", "blocks", "period_length", "num_subperiods",
-    "rate_limit", "bonus_points", "matching", "config", "block_pause",
+    "rate_limit", "bonus_points", "matching", "config", "block_pause", "online",
 }
 MAX_BLOCK_PAUSE = 3600.0
 
@@ -45,6 +46,7 @@ class ExperimentRequest:
     matching: str
     config: dict[str, Any]
     block_pause: float = 5.0
+    online: OnlineSettings | None = None
 
 
 def _integer(body: dict[str, Any], name: str, default: int | None, low: int, high: int) -> int:
@@ -122,8 +124,9 @@ def parse_request(body: Any) -> ExperimentRequest:
         config = game.validate_config(config)
     except ConfigError as exc:
         raise BadRequest(str(exc), field=exc.field) from None
+    online = parse_online(body.get("online"))
     return ExperimentRequest(
-        game, participants, group_size, blocks, timing, bonus_points or 0.0, matching, config, block_pause
+        game, participants, group_size, blocks, timing, bonus_points or 0.0, matching, config, block_pause, online
     )
 
 
@@ -156,4 +159,5 @@ def plan(request: ExperimentRequest, *, seed: int | None = None) -> NewExperimen
         blocks=blocks,
         created_at=time.time(),
         block_pause=request.block_pause,
+        online=request.online.stored() if request.online else None,
     )

@@ -81,6 +81,7 @@ from .snapshot import monitor_state
 from .tables import (
     blocks,
     connections,
+    deliveries,
     events,
     experiments,
     groups,
@@ -128,6 +129,7 @@ __all__ = [
     "count_experiments",
     "count_rows",
     "create_schema",
+    "deliveries",
     "differences",
     "events",
     "experiment_groups",

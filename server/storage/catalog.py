@@ -37,6 +37,8 @@ class NewExperiment:
     blocks: list[NewBlock]
     created_at: float
     block_pause: float = 5.0
+    #: ``experiments.online`` (see ``server.online``); ``None``: pre-made links only
+    online: dict[str, Any] | None = None
 
 
 def insert_experiment(engine: Engine, spec: NewExperiment) -> int:
@@ -53,6 +55,7 @@ def insert_experiment(engine: Engine, spec: NewExperiment) -> int:
                 group_size=spec.group_size,
                 num_blocks=len(spec.blocks),
                 block_pause=spec.block_pause,
+                online=spec.online,
                 created_at=to_datetime(spec.created_at),
                 last_seq=0,
             )

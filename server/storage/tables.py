@@ -12,7 +12,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, UniqueConstraint, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    UniqueConstraint,
+    text,
+)
 from sqlmodel import Field, SQLModel
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; elsewhere event ids are 64-bit.
@@ -55,6 +65,10 @@ class Experiment(SQLModel, table=True):
     finished_at: datetime | None = _time()
     #: the last ``seq`` handed out; advanced inside the writer's transaction, so gap-free
     last_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    #: how people arrive and leave (``server.online``): the shared join link's label parameter,
+    #: the lobby's timeout and fill, the dropout delay, the completion URL, oTree's URL and REST
+    #: key (kept server-side); ``None``: pre-made links only, as before
+    online: dict[str, Any] | None = _json()
 
 
 class Block(SQLModel, table=True):
@@ -73,11 +87,25 @@ class Block(SQLModel, table=True):
 
 class Participant(SQLModel, table=True):
     __tablename__ = "participants"
+    #: one seat per label and experiment, across workers: a constraint, not luck
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "join_label", name="uq_participants_join_label"),
+        Index("ix_participants_completion_code", "completion_code", unique=True),
+    )
     id: int | None = Field(default=None, primary_key=True)
     experiment_id: int = Field(foreign_key="experiments.id", index=True)
     code: str = Field(unique=True, max_length=64)
     label: str = Field(max_length=64)
     index: int
+    #: the label the participant arrived with through the shared join link (``?label=``, or the
+    #: experiment's own parameter such as ``PROLIFIC_PID``); ``None``: the seat is not taken that way
+    join_label: str | None = Field(default=None, max_length=200)
+    joined_at: datetime | None = _time()
+    #: the code the participant takes back to the recruiting platform; unique over all experiments
+    completion_code: str | None = Field(default=None, max_length=32)
+    #: how the participant's run ended: ``finished``, ``dropped``, ``replaced`` (a bot played for
+    #: them), ``no_group`` (released from the lobby); ``None`` while it has not
+    status: str | None = Field(default=None, max_length=16)
 
 
 class Group(SQLModel, table=True):
@@ -157,6 +185,8 @@ class Event(SQLModel, table=True):
     channel: str = Field(max_length=64)
     value: Any = _json()
     client_id: str | None = Field(default=None, max_length=64)
+    #: made by a server-side bot (a lobby's fill, a dropout's stand-in), not by the participant
+    bot: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default="0"))
 
 
 class Session(SQLModel, table=True):
@@ -206,6 +236,26 @@ class Tick(SQLModel, table=True):
     snapshot: dict[str, Any] | None = _json()
 
 
+class Delivery(SQLModel, table=True):
+    """A participant's score on its way back to where they came from (oTree's REST API), retried until it lands."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("participant_id", "kind"),)
+    id: int | None = Field(default=None, primary_key=True)
+    experiment_id: int = Field(foreign_key="experiments.id", index=True)
+    participant_id: int = Field(foreign_key="participants.id", index=True)
+    #: what is delivered: ``otree`` (``POST {otree_url}/api/participant_vars/{label}``)
+    kind: str = Field(max_length=16)
+    url: str = Field(max_length=500)
+    payload: dict[str, Any] | None = _json()
+    attempts: int = 0
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = _time(nullable=False)
+    #: when the next attempt is due; ``None`` once delivered
+    next_at: datetime | None = _time()
+    delivered_at: datetime | None = _time()
+
+
 #: every table of synclab (what the migrations build, what ``synclab db check`` compares with)
 metadata = SQLModel.metadata
 _tables = metadata.tables
@@ -220,3 +270,4 @@ meta = _tables[Meta.__tablename__]
 sessions = _tables[Session.__tablename__]
 results = _tables[Result.__tablename__]
 ticks = _tables[Tick.__tablename__]
+deliveries = _tables[Delivery.__tablename__]

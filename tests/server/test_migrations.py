@@ -93,6 +93,8 @@ def every_row(engine: Engine, columns: dict[str, list[str]] | None = None) -> di
     with engine.connect() as conn:
         have = inspect(conn)
         for table in metadata.sorted_tables:
+            if not have.has_table(table.name) or (columns is not None and table.name not in columns):
+                continue  # a table of a later revision than the database's
             names = columns[table.name] if columns else [c["name"] for c in have.get_columns(table.name)]
             ordered = select(*(table.c[n] for n in names)).order_by(*table.primary_key.columns)
             rows[table.name] = [tuple(r) for r in conn.execute(ordered)]
@@ -102,7 +104,9 @@ def every_row(engine: Engine, columns: dict[str, list[str]] | None = None) -> di
 def column_names(engine: Engine) -> dict[str, list[str]]:
     with engine.connect() as conn:
         have = inspect(conn)
-        return {t.name: [c["name"] for c in have.get_columns(t.name)] for t in metadata.sorted_tables}
+        return {
+            t.name: [c["name"] for c in have.get_columns(t.name)] for t in metadata.sorted_tables if have.has_table(t.name)
+        }
 
 
 def indexes(engine: Engine, table: str) -> set[str]:
@@ -173,10 +177,10 @@ def newer_synclab(tmp_path: Path, pause: float = 0.0) -> dict[str, str]:
     (versions / "0099_throwaway.py").write_text(THROWAWAY.format(down=head(), pause=pause))
     tables = source / "server" / "storage" / "tables.py"
     declared = tables.read_text()
-    anchor = "    last_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))\n\n\nclass Block("
+    anchor = "\n\n\nclass Block(SQLModel"  # the end of the experiments' table
     assert anchor in declared
     tables.write_text(declared.replace(
-        anchor, anchor.replace("\n\n\nclass Block(", "\n    throwaway: str | None = Field(default=None, max_length=20)\n\n\nclass Block(")
+        anchor, "\n    throwaway: str | None = Field(default=None, max_length=20)" + anchor
     ))
     return {"PYTHONPATH": str(source)}
 
