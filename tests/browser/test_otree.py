@@ -15,10 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Browser, Page
+from playwright.async_api import Browser, Page, expect
+from sqlalchemy import update
 
-from tests.otree_server import REST_KEY, OTree, running_otree
-from tests.server.harness import running_server, timeout
+from server.storage import make_engine, participants
+from tests.otree_server import REST_KEY, OTree, free_port, running_otree
+from tests.server.harness import TOKEN, running_server, timeout, until_state
 
 FAST = {"delivery_retry": 0.2, "delivery_retry_max": 1.0, "delivery_poll": 0.2, "delivery_timeout": 2.0}
 
@@ -88,3 +90,28 @@ async def test_a_participant_goes_from_otree_to_synclab_and_back_with_the_score(
         assert stored[code]["synclab_score"] == score_of[synclab_code]
         assert seen["status"] == by_label[code]["payload"]["synclab_status"]
         assert seen["completion_code"] == str(by_label[code]["payload"]["synclab_completion_code"])
+
+
+async def test_the_monitor_shows_the_scores_otree_has_not_taken(sqlite_url: str, page: Page) -> None:
+    """oTree's address answers nothing: the monitor's panel lists both deliveries as failing, with the error."""
+    nobody = f"http://127.0.0.1:{free_port()}"
+    async with running_server(sqlite_url, **FAST) as server:
+        exp = await server.create(participants=2, group_size=2, period_length=0.5,
+                                  online={"otree_url": nobody, "otree_rest_key": REST_KEY})
+        engine = make_engine(sqlite_url)
+        try:
+            with engine.begin() as conn:  # as the shared join link seats them: with their oTree codes
+                for n, person in enumerate(exp["participants"]):
+                    conn.execute(update(participants).where(participants.c.code == person["code"])
+                                 .values(join_label=f"otree{n}"))
+        finally:
+            engine.dispose()
+        row, _ = [await server.connect(p["code"]) for p in exp["participants"]]
+        await until_state(row, "period_end")
+        await page.goto(f"{server.base}/monitor?token={TOKEN}&experiment={exp['code']}")
+        await expect(page.locator("#x-deliveries-section")).to_be_visible(timeout=timeout(10) * 1000)
+        failing = page.locator("#x-deliveries tbody tr[data-status='failing']")
+        await expect(failing).to_have_count(2, timeout=timeout(10) * 1000)
+        await expect(failing.first).to_contain_text("ConnectError")
+        await expect(page.locator("#x-deliveries-summary")).to_contain_text("2 failing")
+        assert REST_KEY not in await page.content()
