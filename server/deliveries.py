@@ -161,7 +161,13 @@ class Deliveries:
             task.add_done_callback(self._attempts.discard)
 
     async def _pause(self) -> float:
-        """Until the next due attempt, at most ``delivery_poll`` (other workers store deliveries too)."""
+        """Until the next due attempt, at most ``delivery_poll`` (other workers store deliveries too).
+
+        While attempts are under way here, ``delivery_poll``: those not yet claimed are still due in
+        the table, and each attempt wakes the loop when it ends.
+        """
+        if self._busy:
+            return self.settings.delivery_poll
         due = to_epoch(await self.database.read(next_delivery_at))
         if due is None:
             return self.settings.delivery_poll

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,26 +25,28 @@ from server.experiments import parse_request, plan
 from server.online import OnlineSettings
 from server.settings import Settings
 from server.storage import (
+    Claimed,
     add_otree_deliveries,
     claim_delivery,
+    create_schema,
     deliveries,
     experiments,
     insert_experiment,
     make_engine,
     participants,
 )
-from tests.otree_server import REST_KEY, OTree, running_otree
+from tests.otree_server import REST_KEY, free_port, running_otree
 from tests.server.harness import Harness, running_server, timeout, until_state
 
 KEY = "the-rest-key-of-this-test"
 FAST = {"delivery_retry": 0.2, "delivery_retry_max": 0.8, "delivery_poll": 0.2, "delivery_timeout": 2.0}
 
 
-async def _play(server: Harness, otree: OTree, labels: list[str], *, period: float = 1.0) -> dict[str, Any]:
+async def _play(server: Harness, otree_url: str, labels: list[str], *, period: float = 1.0) -> dict[str, Any]:
     """An experiment of one bimatrix pair whose members arrived from oTree with ``labels``, played to its end."""
     exp = await server.create(
         participants=2, group_size=2, period_length=period, num_subperiods=2,
-        online={"otree_url": otree.base, "otree_rest_key": REST_KEY},
+        online={"otree_url": otree_url, "otree_rest_key": REST_KEY},
     )
     engine = make_engine(server.runtime.settings.database_url)
     try:
@@ -86,7 +90,7 @@ async def test_the_score_lands_in_otrees_participant_vars(
         session = await asyncio.to_thread(otree.create_session, 2, synclab_join_url="http://127.0.0.1:9/join/x")
         labels = [p["code"] for p in await asyncio.to_thread(otree.participants, session)]
         async with running_server(sqlite_url, **FAST) as server:
-            exp = await _play(server, otree, labels)
+            exp = await _play(server, otree.base, labels)
             rows = await _until_delivered(server, exp["code"], 2)
             progress = (await server.http.get(f"/api/experiments/{exp['code']}/participants")).json()["results"]
             scores = {p["code"]: p["final_score"] for p in progress}
@@ -119,7 +123,7 @@ async def test_otree_down_at_first_is_retried_with_backoff_until_it_lands(tmp_pa
         labels = [p["code"] for p in await asyncio.to_thread(otree.participants, session)]
         await asyncio.to_thread(otree.stop)
         async with running_server(sqlite_url, **FAST) as server:
-            exp = await _play(server, otree, labels)
+            exp = await _play(server, otree.base, labels)
             seen: list[tuple[int, float]] = []  # (attempts, when the count was first seen)
             deadline = time.monotonic() + timeout(15)
             while time.monotonic() < deadline:
@@ -145,6 +149,34 @@ async def test_otree_down_at_first_is_retried_with_backoff_until_it_lands(tmp_pa
         assert all(r["attempts"] >= 5 and r["last_error"] for r in rows)  # the last failure is kept
         found = {p["code"]: p for p in await asyncio.to_thread(otree.participants, session, "synclab_score")}
     assert sorted(found[label]["synclab_score"] for label in labels) == [0.0, 5.0]
+
+
+async def test_a_run_that_ended_without_its_delivery_gets_it_at_the_next_start(sqlite_url: str) -> None:
+    """The process stopped between the period's end and the delivery's write: the next start stores it."""
+    nobody = f"http://127.0.0.1:{free_port()}"
+    async with running_server(sqlite_url, **FAST) as server:
+        exp = await _play(server, nobody, ["otree-a", "otree-b"], period=0.5)
+        for _ in range(int(timeout(5) / 0.05)):
+            if len(await _deliveries(server, exp["code"])) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert len(await _deliveries(server, exp["code"])) == 2
+    engine = make_engine(sqlite_url)
+    try:
+        with engine.begin() as conn:  # as if the process had stopped before storing them
+            conn.execute(deliveries.delete())
+    finally:
+        engine.dispose()
+    async with running_server(sqlite_url, **FAST) as server:
+        deadline = time.monotonic() + timeout(5)
+        rows: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            rows = await _deliveries(server, exp["code"])
+            if len(rows) == 2 and all(r["attempts"] >= 1 for r in rows):
+                break
+            await asyncio.sleep(0.05)
+    assert sorted(r["label"] for r in rows) == ["otree-a", "otree-b"]
+    assert all(r["status"] == "failing" and r["attempts"] >= 1 for r in rows), rows
 
 
 def _experiment_with_delivery(engine: Engine) -> tuple[int, int]:
@@ -185,6 +217,34 @@ def test_one_delivery_per_participant_and_one_claim_at_a_time(engine: Engine) ->
         stored = conn.execute(select(deliveries)).mappings().one()
     assert online["otree_rest_key"] == KEY
     assert KEY not in str(dict(stored))  # the key stays with the experiment
+
+
+@pytest.mark.postgres
+def test_two_workers_claiming_at_once_never_both_get_it(postgres_url: str) -> None:
+    """Claims racing on PostgreSQL from two threads (two workers' writers): each due attempt goes to one."""
+    engine = make_engine(postgres_url)
+    create_schema(engine)
+    try:
+        experiment_id, person = _experiment_with_delivery(engine)
+        now = time.time()
+        assert add_otree_deliveries(engine, experiment_id, [person], now) == 1
+        with engine.connect() as conn:
+            (delivery_id,) = conn.execute(select(deliveries.c.id)).one()
+        with ThreadPoolExecutor(2) as pool:
+            for round_ in range(20):
+                at = now + 1 + round_ * 100.0  # past the last round's lease: due again
+                barrier = threading.Barrier(2)
+
+                def claim(at: float = at, barrier: threading.Barrier = barrier) -> Claimed | None:
+                    barrier.wait(timeout(5))
+                    return claim_delivery(engine, delivery_id, at, 30.0)
+
+                won = [f.result() for f in [pool.submit(claim), pool.submit(claim)]]
+                assert sum(w is not None for w in won) == 1, (round_, won)
+        with engine.connect() as conn:
+            assert conn.execute(select(deliveries.c.attempts)).scalar_one() == 20
+    finally:
+        engine.dispose()
 
 
 def test_the_way_back_to_otree_is_its_initialize_participant_link() -> None:
