@@ -16,6 +16,7 @@
     outcomes     sessions, results and ticks
     asof         sessions, groups and blocks as they stood at a ``seq`` (the exports)
     snapshot     the monitor's snapshot of an experiment
+    deliveries   scores on their way back to oTree: stored, claimed by one worker, retried
 
 Every SQL function is synchronous and runs on a thread, never on the event loop. Code outside
 the package imports these names from ``server.storage``, never from the modules inside.
@@ -49,6 +50,18 @@ from .catalog import (
     set_experiment_status,
 )
 from .database import Database
+from .deliveries import (
+    Claimed,
+    add_otree_deliveries,
+    claim_delivery,
+    count_deliveries,
+    delivery_done,
+    delivery_failed,
+    due_deliveries,
+    finished_without_delivery,
+    list_deliveries,
+    next_delivery_at,
+)
 from .engine import make_engine, normalise_url, reading
 from .log import count_events, list_events
 from .meta import get_or_create_meta, stored_meta
@@ -100,6 +113,7 @@ from .writes import ConnectionChange, GroupUpdate, NewEvent, NewResult, NewTick,
 __all__ = [
     "BASELINE",
     "COMMIT_BUCKET_NAMES",
+    "Claimed",
     "ConnectionChange",
     "Database",
     "EventWriter",
@@ -117,20 +131,26 @@ __all__ = [
     "Standing",
     "Write",
     "WriterThread",
+    "add_otree_deliveries",
     "block_final_scores",
     "block_status",
     "blocks",
     "blocks_and_groups_as_of",
+    "claim_delivery",
     "claim_group",
     "client_ids",
     "commit_writes",
     "connections",
+    "count_deliveries",
     "count_events",
     "count_experiments",
     "count_rows",
     "create_schema",
     "deliveries",
+    "delivery_done",
+    "delivery_failed",
     "differences",
+    "due_deliveries",
     "events",
     "experiment_groups",
     "experiment_participants",
@@ -138,6 +158,7 @@ __all__ = [
     "experiment_row",
     "experiments",
     "find_session",
+    "finished_without_delivery",
     "get_or_create_meta",
     "group_epoch",
     "groups",
@@ -146,6 +167,7 @@ __all__ = [
     "insert_experiment",
     "iso",
     "last_state_query",
+    "list_deliveries",
     "list_events",
     "list_experiments",
     "list_results",
@@ -160,6 +182,7 @@ __all__ = [
     "meta",
     "monitor_state",
     "new_code",
+    "next_delivery_at",
     "normalise_url",
     "participant_game",
     "participants",
