@@ -88,6 +88,10 @@ CSV_COLUMNS: dict[str, tuple[str, ...]] = {
         "final_score",
         "rank",
         "percentile_rank",
+        "join_label",
+        "joined_at",
+        "completion_code",
+        "status",
     ),
 }
 #: columns holding any JSON value: written as compact JSON text in CSV, so a string keeps its quotes

@@ -16,6 +16,7 @@
     outcomes     sessions, results and ticks
     asof         sessions, groups and blocks as they stood at a ``seq`` (the exports)
     snapshot     the monitor's snapshot of an experiment
+    arrivals     the join link's seats by label, completion codes, the lobby's seats, the way back's rows
 
 Every SQL function is synchronous and runs on a thread, never on the event loop. Code outside
 the package imports these names from ``server.storage``, never from the modules inside.
@@ -23,6 +24,22 @@ the package imports these names from ``server.storage``, never from the modules 
 
 from __future__ import annotations
 
+from .arrivals import (
+    BOT,
+    NO_GROUP,
+    Arrival,
+    Departure,
+    Lobby,
+    LobbySeat,
+    close_lobby,
+    completion_code,
+    departure,
+    ensure_completion_codes,
+    label_seat,
+    lobby_of,
+    missing_completion_codes,
+    seat_arrival,
+)
 from .asof import (
     Period,
     Standing,
@@ -99,13 +116,19 @@ from .writes import ConnectionChange, GroupUpdate, NewEvent, NewResult, NewTick,
 
 __all__ = [
     "BASELINE",
+    "BOT",
     "COMMIT_BUCKET_NAMES",
+    "NO_GROUP",
+    "Arrival",
     "ConnectionChange",
     "Database",
+    "Departure",
     "EventWriter",
     "GroupPlace",
     "GroupSpec",
     "GroupUpdate",
+    "Lobby",
+    "LobbySeat",
     "NewBlock",
     "NewEvent",
     "NewExperiment",
@@ -123,14 +146,18 @@ __all__ = [
     "blocks_and_groups_as_of",
     "claim_group",
     "client_ids",
+    "close_lobby",
     "commit_writes",
+    "completion_code",
     "connections",
     "count_events",
     "count_experiments",
     "count_rows",
     "create_schema",
     "deliveries",
+    "departure",
     "differences",
+    "ensure_completion_codes",
     "events",
     "experiment_groups",
     "experiment_participants",
@@ -145,6 +172,7 @@ __all__ = [
     "history",
     "insert_experiment",
     "iso",
+    "label_seat",
     "last_state_query",
     "list_events",
     "list_experiments",
@@ -154,10 +182,12 @@ __all__ = [
     "live_group_ids",
     "load_group",
     "load_seat",
+    "lobby_of",
     "make_engine",
     "memberships",
     "merge_session_json",
     "meta",
+    "missing_completion_codes",
     "monitor_state",
     "new_code",
     "normalise_url",
@@ -169,6 +199,7 @@ __all__ = [
     "results",
     "results_by_session",
     "schema_state",
+    "seat_arrival",
     "session_query",
     "session_results",
     "session_row",

@@ -1,0 +1,113 @@
+"""The lobby's timeout: what becomes of a block-1 group of an online experiment that does not fill.
+
+Arrivals through the join link take seats in participant order, so the first block's groups
+form in order of arrival, and each waits (its ``lobby`` count live on the participant page)
+until every member is connected. ``lobby_timeout`` seconds after the group's first arrival
+(its earliest stored ``joined_at``), a group still waiting is either
+
+- filled with bots (``fill: "bots"``): its seats nobody took get status ``bot`` (so no later
+  arrival takes them) and a server-side bot plays each (``LiveGroups.stand_in``, which counts as
+  connected, so the period starts); or
+- released (``fill: "release"``): every seat of the group, taken or not, gets status
+  ``no_group``; the members are told (a stored ``lobby`` event ``{"status": "no_group"}``) and
+  sent on their way back, and later arrivals go on to the next group. Releasing the whole group
+  rather than its members one by one means nobody arrives into a group whose first members are
+  gone, to wait out another whole timeout.
+
+The timer runs where the group's authority is (this process, or the worker holding its lease),
+armed when a member arrives there, from the times stored at the join: a worker that takes a
+group over arms it again from the same times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from groups import Event, Phase
+
+from .live import LOBBY, Clock, LiveGroup, consume
+from .online import settings
+from .storage import BOT, NO_GROUP, Database, close_lobby, lobby_of
+
+log = logging.getLogger("synclab.lobby")
+
+
+class Router(Protocol):
+    """What the lobbies need of the process's router (:class:`server.routing.LiveGroups`)."""
+
+    database: Database
+    clock: Clock
+
+    def local(self, group_id: int) -> LiveGroup | None: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
+
+
+class Lobbies:
+    """The lobby timers of the groups this process acts for."""
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+        #: group id -> its timer (armed), or ``None`` (not a lobby: a later block, or not online)
+        self._timers: dict[int, asyncio.TimerHandle | None] = {}
+        self._arming: set[int] = set()
+
+    def arrived(self, live: LiveGroup) -> None:
+        """A member of ``live`` arrived: arm its lobby's timer once (the first time it has a joined member)."""
+        if live.block_index != 0 or live.id in self._timers or live.id in self._arming:
+            return
+        if live.committed.phase is not Phase.WAITING:
+            return
+        self._arming.add(live.id)
+        self._router.spawn(self._arm(live))
+
+    async def _arm(self, live: LiveGroup) -> None:
+        try:
+            lobby = await self._router.database.read(lobby_of, live.id)
+        finally:
+            self._arming.discard(live.id)
+        if lobby is None:
+            self._timers[live.id] = None
+            return
+        online = settings(lobby.online)
+        first = lobby.first_joined()
+        if online is None or first is None:
+            return  # nobody came through the join link yet: the next arrival arms it
+        due = first + online.lobby_timeout
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, due - self._router.clock())
+        self._timers[live.id] = loop.call_at(loop.time() + delay, lambda: self._router.spawn(self._due(live, online.fill)))
+
+    async def _due(self, live: LiveGroup, fill: str) -> None:
+        """The first arrival has waited ``lobby_timeout``: fill the group with bots, or release it."""
+        if self._router.local(live.id) is not live or live.committed.phase is not Phase.WAITING:
+            return  # formed meanwhile (or served elsewhere now: that worker has its own timer)
+        if fill == "release":
+            released = await self._router.database.write(close_lobby, live.id, NO_GROUP)
+            log.info("group %s: released from the lobby: %s", live.id, released)
+            live.act(lambda: [Event(LOBBY, {"status": NO_GROUP, "released": released})]).add_done_callback(consume)
+            return
+        empty = await self._router.database.write(close_lobby, live.id, BOT)
+        # helper B's stand-ins (``LiveGroups.stand_in``): a server-side bot plays the seat
+        stand_in = getattr(self._router, "stand_in", None)
+        if stand_in is None:
+            log.error("group %s: no stand-in bots in this build: %s stay empty", live.id, empty)
+            return
+        log.info("group %s: bots fill the empty seats %s", live.id, empty)
+        for code in empty:
+            await stand_in(live.id, code, "fill")
+
+    def forget(self, group_id: int) -> None:
+        """The group is no longer acted for here (retired, handed over): its timer stops."""
+        timer = self._timers.pop(group_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            if timer is not None:
+                timer.cancel()
+        self._timers.clear()
