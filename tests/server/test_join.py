@@ -17,6 +17,7 @@ import orjson
 import pytest
 from sqlalchemy import create_engine, select, update
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosedError
 
 from server.routing import LiveGroups
 from server.storage import normalise_url, participants
@@ -264,15 +265,21 @@ async def _crowd(bases: list[str], experiment: str, codes: list[str]) -> None:
         async def one(i: int, label: str) -> str:
             await asyncio.sleep(i / ARRIVALS)  # spread over one second
             code = seat_of(await arrive(clients[i % len(clients)], experiment, label))
-            ws_base = bases[(i + 1) % len(bases)].replace("http://", "ws://")
-            async with connect(f"{ws_base}/ws/p/{code}", open_timeout=timeout(20)) as ws:
-                async with asyncio.timeout(timeout(20)):
-                    while True:
-                        frame = orjson.loads(await ws.recv())
-                        if frame["channel"] == "hello":
-                            assert frame["payload"]["participant"] == code
-                            break
-            return code
+            for attempt in range(5):  # as the page does: a socket closed 1013 (try again later) connects again
+                ws_base = bases[(i + 1 + attempt) % len(bases)].replace("http://", "ws://")
+                try:
+                    async with connect(f"{ws_base}/ws/p/{code}", open_timeout=timeout(20)) as ws:
+                        async with asyncio.timeout(timeout(20)):
+                            while True:
+                                frame = orjson.loads(await ws.recv())
+                                if frame["channel"] == "hello":
+                                    assert frame["payload"]["participant"] == code
+                                    return code
+                except ConnectionClosedError as exc:
+                    if exc.rcvd is None or exc.rcvd.code != 1013:
+                        raise
+                    await asyncio.sleep(0.2)
+            raise AssertionError(f"{code}: no hello in 5 connections")
 
         started = time.monotonic()
         seated = await asyncio.gather(*(one(i, label) for i, label in enumerate(labels)))
