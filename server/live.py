@@ -134,6 +134,8 @@ class LiveGroup:
         self._retry_at: float | None = None
         #: set at shutdown: no timer is set any more, so nothing new is computed
         self._closed = False
+        #: a first-block group of an online experiment: its members wait in a lobby that counts them
+        self.has_lobby = spec.online is not None and spec.block_index == 0
         #: told after each member's arrival (``server.lobby`` arms the lobby's timeout from it)
         self.on_arrival: Callable[[LiveGroup], None] | None = None
         self._reschedule()
@@ -329,9 +331,10 @@ class LiveGroup:
         if older is not None and older != (worker, conn) and self._close_member is not None:
             self._close_member(*older, WS_4000_REPLACED, "replaced by a newer connection of the same participant")
         future = self.act(lambda: self.core.connect(participant, self._clock()), connection=connection)
-        future.add_done_callback(self._lobby_changed)
-        if self.on_arrival is not None:
-            self.on_arrival(self)
+        if self.has_lobby:
+            future.add_done_callback(self._lobby_changed)
+            if self.on_arrival is not None:
+                self.on_arrival(self)
         return future
 
     def disconnect(
@@ -341,13 +344,14 @@ class LiveGroup:
         if self.connections.get(participant) == (worker, conn):
             del self.connections[participant]
             future = self.act(lambda: self.core.disconnect(participant, self._clock()), connection=connection)
-            future.add_done_callback(self._lobby_changed)
+            if self.has_lobby:
+                future.add_done_callback(self._lobby_changed)
             return future
         return self.act(list, connection=connection)  # replaced: only the close is stored
 
     def lobby(self, arriving: str | None = None) -> dict[str, int] | None:
-        """While the group waits for its members: how many are here (with ``arriving``) and how many are needed."""
-        if self.committed.phase is not Phase.WAITING:
+        """While a lobby waits for its members: how many are here (with ``arriving``) and how many are needed."""
+        if not self.has_lobby or self.committed.phase is not Phase.WAITING:
             return None
         here = self.core.connected | ({arriving} if arriving is not None else set())
         return {"present": len(here & set(self.core.members)), "needed": len(self.core.members)}

@@ -57,7 +57,7 @@ class Lobbies:
 
     def arrived(self, live: LiveGroup) -> None:
         """A member of ``live`` arrived: arm its lobby's timer once (the first time it has a joined member)."""
-        if live.block_index != 0 or live.id in self._timers or live.id in self._arming:
+        if not live.has_lobby or live.id in self._timers or live.id in self._arming:
             return
         if live.committed.phase is not Phase.WAITING:
             return
@@ -90,12 +90,12 @@ class Lobbies:
             log.info("group %s: released from the lobby: %s", live.id, released)
             live.act(lambda: [Event(LOBBY, {"status": NO_GROUP, "released": released})]).add_done_callback(consume)
             return
-        empty = await self._router.database.write(close_lobby, live.id, BOT)
-        # helper B's stand-ins (``LiveGroups.stand_in``): a server-side bot plays the seat
+        # the stand-ins (``LiveGroups.stand_in(group_id, participant, reason)``): a server-side bot plays the seat
         stand_in = getattr(self._router, "stand_in", None)
         if stand_in is None:
-            log.error("group %s: no stand-in bots in this build: %s stay empty", live.id, empty)
+            log.error("group %s: no stand-in bots in this build: its empty seats stay open", live.id)
             return
+        empty = await self._router.database.write(close_lobby, live.id, BOT)
         log.info("group %s: bots fill the empty seats %s", live.id, empty)
         for code in empty:
             await stand_in(live.id, code, "fill")

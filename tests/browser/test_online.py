@@ -142,6 +142,28 @@ async def test_six_arrivals_form_two_groups_and_go_back_with_their_codes(
     assert len(_Back.arrived) >= 6
 
 
+async def test_a_lone_arrival_is_released_after_the_lobby_timeout(served: Harness, people: People, platform: str) -> None:
+    """``fill: release``: alone after ``lobby_timeout``, the page says no group could be formed, shows
+    the completion code and goes back with status ``no_group``; a reload shows the same."""
+    _Back.arrived = []
+    back = f"{platform}/done?who={{label}}&cc={{completion_code}}&status={{status}}&score={{score}}"
+    exp = await served.create(
+        game="public_goods", participants=3, group_size=3,
+        online={"completion_url": back, "lobby_timeout": 1.5, "fill": "release"},
+    )
+    page = await people.arrive(f"{served.base}/join/{exp['code']}?label=alone")
+    await lobby_shows(page, 1)
+    await expect(page.get_by_role("heading", name="No group could be formed")).to_be_visible(timeout=timeout(5) * 1000)
+    code = (await served.http.get(f"/api/experiments/{exp['code']}/participants")).json()["results"][0]
+    await expect(page.locator("#screen-released .completion-code strong")).to_have_text(code["completion_code"])
+    await expect(page.locator("#screen-released .continue")).to_be_visible()
+    await page.wait_for_url(f"{platform}/done?**", timeout=timeout(10) * 1000)
+    query = parse_qs(urlsplit(page.url).query)
+    assert query == {"who": ["alone"], "cc": [code["completion_code"]], "status": ["no_group"], "score": ["0"]}
+    again = await people.arrive(f"{served.base}/join/{exp['code']}?label=alone")  # back again: still released
+    await expect(again.get_by_role("heading", name="No group could be formed")).to_be_visible()
+
+
 @pytest.mark.skipif(
     not hasattr(LiveGroups, "stand_in"),
     reason="NEEDS HELPER B'S STAND-INS (LiveGroups.stand_in): the dropout and the bot-filled late arrival",
