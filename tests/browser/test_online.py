@@ -16,7 +16,7 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from server.routing import LiveGroups
-from tests.server.harness import Harness, running_server, timeout
+from tests.server.harness import TOKEN, Harness, running_server, timeout
 
 WAIT_MS = timeout(15) * 1000
 
@@ -162,6 +162,10 @@ async def test_a_lone_arrival_is_released_after_the_lobby_timeout(served: Harnes
     assert query == {"who": ["alone"], "cc": [code["completion_code"]], "status": ["no_group"], "score": ["0"]}
     again = await people.arrive(f"{served.base}/join/{exp['code']}?label=alone")  # back again: still released
     await expect(again.get_by_role("heading", name="No group could be formed")).to_be_visible()
+    # the experimenter's monitor shows the join link with its QR code
+    monitor = await people.arrive(f"{served.base}/monitor?token={TOKEN}&experiment={exp['code']}")
+    await expect(monitor.locator("#join-link a")).to_have_text(exp["join_url"])
+    await expect(monitor.get_by_role("img", name="QR code of the join link")).to_be_visible()
 
 
 @pytest.mark.skipif(
