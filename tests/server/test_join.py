@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -325,3 +326,72 @@ async def test_200_arrivals_on_two_cluster_workers(tmp_path: Path, postgres_url:
             await asyncio.to_thread(cluster.stop_all)
     for name in cluster.workers:  # no worker failed on anything along the way
         assert "Traceback" not in cluster.logs(name), cluster.logs(name)
+
+
+async def _hello(ws_url: str, tries: int = 40) -> tuple[Any, dict[str, Any], float]:
+    """A socket that got its ``hello`` (connecting again after 1013 or a refused handshake), and when."""
+    for _ in range(tries):
+        try:
+            ws = await connect(ws_url, open_timeout=timeout(5))
+        except OSError:
+            await asyncio.sleep(0.25)
+            continue
+        try:
+            async with asyncio.timeout(timeout(10)):
+                while True:
+                    frame = orjson.loads(await ws.recv())
+                    if frame["channel"] == "hello":
+                        return ws, frame["payload"], time.time()
+        except ConnectionClosedError:
+            await asyncio.sleep(0.25)
+    raise AssertionError(f"no hello from {ws_url}")
+
+
+async def test_lobby_timeout_runs_at_the_authority_from_the_stored_arrival(
+    tmp_path: Path, postgres_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    """Cluster: joined through one worker, waiting on another that is killed; the worker that takes the
+    group over releases it at the stored arrival time plus ``lobby_timeout``, not that long after it took over."""
+    cluster = Cluster(tmp_path, postgres_url, redis_url, redis_prefix)
+    lobby_timeout = 4.0
+    try:
+        cluster.start("a")
+        cluster.start("b")
+        await asyncio.to_thread(cluster.healthy, "a", "b")
+        async with cluster.http("b") as http:
+            response = await http.post(
+                "/api/experiments",
+                json={"game": "public_goods", "participants": 3, "group_size": 3,
+                      "online": online(fill="release", lobby_timeout=lobby_timeout)},
+            )
+            assert response.status_code == 201, response.text
+            exp = response.json()
+            code = seat_of(await arrive(http, exp["code"], "solo"))
+            joined = time.time()
+        a, b = cluster.workers["a"], cluster.workers["b"]
+        ws, hello, _ = await _hello(f"{a.ws}/ws/p/{code}")  # the group's authority: a
+        assert hello["lobby"] == {"present": 1, "needed": 3}
+        await asyncio.sleep(0.5)
+        cluster.signal("a", signal.SIGKILL)
+        await asyncio.to_thread(cluster.wait, "a")
+        with contextlib.suppress(Exception):
+            await ws.close()
+        ws, hello, back_at = await _hello(f"{b.ws}/ws/p/{code}")
+        try:
+            async with asyncio.timeout(timeout(15)):
+                while True:
+                    frame = orjson.loads(await ws.recv())
+                    if frame["channel"] == "lobby" and frame["payload"].get("status") == "no_group":
+                        break
+        finally:
+            await ws.close()
+        released_at = frame["ts"] / 1000
+        assert released_at >= joined + lobby_timeout - 0.5, "not before the timeout"
+        assert released_at < back_at + lobby_timeout - 0.5, "from the stored arrival, not from the takeover"
+        async with cluster.http("b") as http:
+            listed = await rows(http, exp["code"])
+        assert sorted(str(r["status"]) for r in listed.values()) == ["no_group"] * 3
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(cluster.stop_all)
+    assert "Traceback" not in cluster.logs("b"), cluster.logs("b")
