@@ -339,7 +339,7 @@ async def participants_list(request: Request) -> Response:
     db = runtime(request).database
     if only is not None and await db.read(participant_id, row["id"], only) is None:
         raise NotFound(f"participant: no participant {only!r} in experiment {row['code']!r}")
-    await _completion_codes(db, row["id"])
+    await completion_codes(db, row["id"])
     rows = await db.read(
         participant_progress, row["id"], Filter(only, group, query_bool(request, "exclude_unfinished"))
     )
@@ -348,7 +348,7 @@ async def participants_list(request: Request) -> Response:
     return JSON(paginated(request, len(rows), page, page_size, shown))
 
 
-async def _completion_codes(db: Any, experiment_id: int) -> None:
+async def completion_codes(db: Any, experiment_id: int) -> None:
     """Give the participants of an experiment made before completion codes theirs, once."""
     if await db.read(missing_completion_codes, experiment_id):
         await db.write(ensure_completion_codes, experiment_id)
@@ -362,7 +362,7 @@ async def participant_detail(request: Request) -> Response:
     pid = await db.read(participant_id, row["id"], code)
     if pid is None:
         raise NotFound(f"no participant {code!r} in experiment {row['code']!r}")
-    await _completion_codes(db, row["id"])
+    await completion_codes(db, row["id"])
     found = await db.read(
         participant_progress, row["id"], Filter(code, None, query_bool(request, "exclude_unfinished"))
     )

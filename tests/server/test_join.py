@@ -117,6 +117,7 @@ async def test_join_refuses_what_it_cannot_seat(served: Harness) -> None:
         ("label_param", "a b"),
         ("completion_url", "https://x.example/?who={name}"),
         ("completion_url", "ftp://x.example/"),
+        ("completion_url", "https://x.example/?s={score:.2f}"),
         ("dropout_after", "soon"),
     ],
 )
@@ -132,6 +133,7 @@ async def test_online_settings_name_the_bad_field(served: Harness, field: str, v
 async def test_older_participants_get_completion_codes_lazily(served: Harness) -> None:
     """Rows made before completion codes get theirs when first listed, and the export shows them."""
     exp = await served.create(participants=2)
+    assert all(r["completion_code"] for r in (await rows(served.http, exp["code"])).values())  # made with the rows
     engine = create_engine(normalise_url(served.runtime.settings.database_url))
     try:
         with engine.begin() as conn:
@@ -140,6 +142,7 @@ async def test_older_participants_get_completion_codes_lazily(served: Harness) -
                 .where(participants.c.code.in_([p["code"] for p in exp["participants"]]))
                 .values(completion_code=None)
             )
+        csv = await served.http.get(f"/api/experiments/{exp['code']}/export.csv", params={"table": "participants"})
         listed = await rows(served.http, exp["code"])
         assert all(r["completion_code"] for r in listed.values())
         with engine.connect() as conn:
@@ -147,7 +150,6 @@ async def test_older_participants_get_completion_codes_lazily(served: Harness) -
         assert all(stored[c] == listed[c]["completion_code"] for c in listed)
     finally:
         engine.dispose()
-    csv = await served.http.get(f"/api/experiments/{exp['code']}/export.csv", params={"table": "participants"})
     header = csv.text.splitlines()[0].split(",")
     assert header[-4:] == ["join_label", "joined_at", "completion_code", "status"]
     assert all(listed[p["code"]]["completion_code"] in csv.text for p in exp["participants"])
@@ -343,6 +345,7 @@ async def _hello(ws_url: str, tries: int = 40) -> tuple[Any, dict[str, Any], flo
                     if frame["channel"] == "hello":
                         return ws, frame["payload"], time.time()
         except ConnectionClosedError:
+            await ws.close()
             await asyncio.sleep(0.25)
     raise AssertionError(f"no hello from {ws_url}")
 
