@@ -7,7 +7,8 @@ until every member is connected. ``lobby_timeout`` seconds after the group's fir
 
 - filled with bots (``fill: "bots"``): its seats nobody took get status ``bot`` (so no later
   arrival takes them) and a server-side bot plays each (``LiveGroups.stand_in``, which counts as
-  connected, so the period starts); or
+  connected, so the period starts); a member who took a seat but is not connected is played by a
+  bot as a dropout is (until they come back); or
 - released (``fill: "release"``): every seat of the group, taken or not, gets status
   ``no_group``; the members are told (a stored ``lobby`` event ``{"status": "no_group"}``) and
   sent on their way back, and later arrivals go on to the next group. Releasing the whole group
@@ -96,9 +97,14 @@ class Lobbies:
             log.error("group %s: no stand-in bots in this build: its empty seats stay open", live.id)
             return
         empty = await self._router.database.write(close_lobby, live.id, BOT)
-        log.info("group %s: bots fill the empty seats %s", live.id, empty)
+        # a member who took their seat but is not here (the tab closed after the join) would
+        # keep the group waiting for ever: a bot plays for them too, as for a dropout
+        absent = [c for c in live.core.members if c not in live.core.connected and c not in empty]
+        log.info("group %s: bots fill the empty seats %s and play for the absent %s", live.id, empty, absent)
         for code in empty:
             await stand_in(live.id, code, "fill")
+        for code in absent:
+            await stand_in(live.id, code, "dropout")
 
     def forget(self, group_id: int) -> None:
         """The group is no longer acted for here (retired, handed over): its timer stops."""
