@@ -425,6 +425,8 @@ class LiveGroup:
             "block_pause": self.spec.block_pause,
             "earned": earned,
             "lobby": self.lobby(participant),
+            # an online experiment (the join link): the final screen asks for the way back
+            "online": self.spec.online is not None,
             "server_time": ms(now),
             "last_seq": self.last_seq,
         }

@@ -341,7 +341,7 @@ function finishBlock() {
     $("#final-summary").dataset.total = String(total);
     fillScores($("#screen-final table"));
     show("final");
-    wayBack(CODE, "final");
+    if (hello.online) wayBack(CODE, "final");
     socket.close(1000, "the experiment is over"); // nothing more will come
     $("#connection").textContent = "Done";
     $("#connection").dataset.state = "done";
