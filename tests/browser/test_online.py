@@ -121,7 +121,7 @@ async def test_six_arrivals_form_two_groups_and_go_back_with_their_codes(
                     await lobby_shows(waiting, k + 1)
                 await asyncio.sleep(0.3)  # arrivals at different moments
         for member in pages[group * 3:]:  # the third arrival: the group starts at once
-            await expect(member.locator("#screen-play")).to_be_visible(timeout=timeout(3) * 1000)
+            await expect(member.locator("#screen-play")).to_be_visible(timeout=timeout(5) * 1000)
     codes = [p["code"] for p in exp["participants"]]
     assert [urlsplit(p.url).path for p in pages[:6]] == [f"/p/{c}" for c in codes], "seats in arrival order"
     for page in pages:  # the final screen, Continue, then the way back by itself
