@@ -29,11 +29,15 @@ from typing import Any, Protocol
 
 from groups import Event, Phase
 
-from .live import LOBBY, Clock, LiveGroup, consume
+from .exceptions import NotPersisted
+from .live import LOBBY, Clock, LiveGroup
 from .online import settings
 from .storage import BOT, NO_GROUP, Database, close_lobby, lobby_of
 
 log = logging.getLogger("synclab.lobby")
+#: a timeout whose writes failed is tried again after this many seconds, at most ``RETRIES`` times
+RETRY_AFTER = 1.0
+RETRIES = 30
 
 
 class Router(Protocol):
@@ -78,18 +82,32 @@ class Lobbies:
         if online is None or first is None:
             return  # nobody came through the join link yet: the next arrival arms it
         due = first + online.lobby_timeout
-        loop = asyncio.get_running_loop()
         delay = max(0.0, due - self._router.clock())
-        self._timers[live.id] = loop.call_at(loop.time() + delay, lambda: self._router.spawn(self._due(live, online.fill)))
+        self._set(live, delay, online.fill, 0)
 
-    async def _due(self, live: LiveGroup, fill: str) -> None:
+    def _set(self, live: LiveGroup, delay: float, fill: str, tries: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._timers[live.id] = loop.call_at(loop.time() + delay, lambda: self._router.spawn(self._due(live, fill, tries)))
+
+    async def _due(self, live: LiveGroup, fill: str, tries: int = 0) -> None:
         """The first arrival has waited ``lobby_timeout``: fill the group with bots, or release it."""
         if self._router.local(live.id) is not live or live.committed.phase is not Phase.WAITING:
             return  # formed meanwhile (or served elsewhere now: that worker has its own timer)
+        try:
+            await self._apply(live, fill)
+        except NotPersisted as exc:  # the database away: try again shortly, a bounded number of times
+            if tries + 1 >= RETRIES:
+                log.error("group %s: the lobby's %s failed %d times: %s", live.id, fill, RETRIES, exc)
+                return
+            log.warning("group %s: the lobby's %s failed, trying again: %s", live.id, fill, exc)
+            self._set(live, RETRY_AFTER, fill, tries + 1)
+
+    async def _apply(self, live: LiveGroup, fill: str) -> None:
         if fill == "release":
-            released = await self._router.database.write(close_lobby, live.id, NO_GROUP)
-            log.info("group %s: released from the lobby: %s", live.id, released)
-            live.act(lambda: [Event(LOBBY, {"status": NO_GROUP, "released": released})]).add_done_callback(consume)
+            closed = await self._router.database.write(close_lobby, live.id, NO_GROUP)
+            log.info("group %s: released from the lobby (status set for %s)", live.id, closed)
+            # the whole group is released; stored, then sent (a failure is tried again, closing nothing twice)
+            await live.act(lambda: [Event(LOBBY, {"status": NO_GROUP, "released": list(live.core.members)})])
             return
         # the stand-ins (``LiveGroups.stand_in(group_id, participant, reason)``): a server-side bot plays the seat
         stand_in = getattr(self._router, "stand_in", None)
