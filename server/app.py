@@ -21,7 +21,7 @@ from starlette.websockets import WebSocket
 from groups import UnknownGame, load_game
 from groups.registry import BUNDLED
 
-from . import api, export, openapi
+from . import api, export, join, openapi
 from .connection import REDWOOD, SYNCLAB, serve
 from .exceptions import ApiError, NotPersisted
 from .monitor import monitor_socket
@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *export.routes,
         *openapi.routes,
         *api.action_routes,
+        *join.routes,
         Route("/p/{code}", participant_page),
         Route("/p/{code}/view.js", participant_view),
         Route("/monitor", monitor_page),

@@ -53,6 +53,8 @@ Clock = Callable[[], float]
 ACTIONS = ("start", "pause", "resume", "end")
 #: the channel of an experimenter's action, recorded (not sent) before what it caused
 CONTROL = "control"
+#: the channel of the lobby's count (``{"present", "needed"}``, not stored) and of its release (stored)
+LOBBY = "lobby"
 #: seconds before a tick whose write failed (the database away) is tried again
 RETRY_AFTER = 0.5
 
@@ -136,6 +138,10 @@ class LiveGroup:
         self._retry_at: float | None = None
         #: set at shutdown: no timer is set any more, so nothing new is computed
         self._closed = False
+        #: a first-block group of an online experiment: its members wait in a lobby that counts them
+        self.has_lobby = spec.online is not None and spec.block_index == 0
+        #: told after each member's arrival (``server.lobby`` arms the lobby's timeout from it)
+        self.on_arrival: Callable[[LiveGroup], None] | None = None
         self._reschedule()
 
     # ------------------------------------------------------------------ actions
@@ -332,7 +338,12 @@ class LiveGroup:
         self.connections[participant] = (worker, conn)
         if older is not None and older != (worker, conn) and self._close_member is not None:
             self._close_member(*older, WS_4000_REPLACED, "replaced by a newer connection of the same participant")
-        return self.act(lambda: self.core.connect(participant, self._clock()), connection=connection)
+        future = self.act(lambda: self.core.connect(participant, self._clock()), connection=connection)
+        if self.has_lobby:
+            future.add_done_callback(self._lobby_changed)
+            if self.on_arrival is not None:
+                self.on_arrival(self)
+        return future
 
     def disconnect(
         self, participant: str, connection: ConnectionChange | None, *, worker: str = "", conn: str = ""
@@ -340,8 +351,26 @@ class LiveGroup:
         """The connection ``conn`` closed: the participant is gone, unless a newer one replaced it."""
         if self.connections.get(participant) == (worker, conn):
             del self.connections[participant]
-            return self.act(lambda: self.core.disconnect(participant, self._clock()), connection=connection)
+            future = self.act(lambda: self.core.disconnect(participant, self._clock()), connection=connection)
+            if self.has_lobby:
+                future.add_done_callback(self._lobby_changed)
+            return future
         return self.act(list, connection=connection)  # replaced: only the close is stored
+
+    def lobby(self, arriving: str | None = None) -> dict[str, int] | None:
+        """While a lobby waits for its members: how many are here (with ``arriving``) and how many are needed."""
+        if not self.has_lobby or self.committed.phase is not Phase.WAITING:
+            return None
+        here = self.core.connected | ({arriving} if arriving is not None else set())
+        return {"present": len(here & set(self.core.members)), "needed": len(self.core.members)}
+
+    def _lobby_changed(self, stored: asyncio.Future[list[int]]) -> None:
+        """After a member's arrival or departure is stored: the waiting members' count, live (not stored)."""
+        if stored.cancelled() or stored.exception() is not None or self.retired:
+            return
+        lobby = self.lobby()
+        if lobby is not None:
+            self._hub.publish(self.topic, encode(LOBBY, lobby))
 
     def start(self) -> asyncio.Future[list[int]]:
         return self.act(lambda: self.core.start(self._clock()))
@@ -403,6 +432,9 @@ class LiveGroup:
             "bonus_points": self.spec.bonus_points,
             "block_pause": self.spec.block_pause,
             "earned": earned,
+            "lobby": self.lobby(participant),
+            # an online experiment (the join link): the final screen asks for the way back
+            "online": self.spec.online is not None,
             "server_time": ms(now),
             "last_seq": self.last_seq,
         }

@@ -25,6 +25,7 @@ from groups import InvalidState, Phase, current_block, load_game
 from .exceptions import NotPersisted, Unavailable
 from .hub import Hub
 from .live import ACTIONS, Clock, LiveGroup, RunEnded, consume
+from .lobby import Lobbies
 from .storage import (
     Database,
     Seat,
@@ -96,6 +97,8 @@ class LiveGroups:
         self._tasks: set[asyncio.Task[Any]] = set()
         #: set at shutdown: no block change is planned any more
         self._closed = False
+        #: the lobby timeouts of the online experiments' first-block groups served here
+        self.lobbies = Lobbies(self)
 
     # ------------------------------------------------------------------ authorities here
 
@@ -128,6 +131,7 @@ class LiveGroups:
                     spec, game, self.writer, self.hub, self.clock, epoch=epoch, close_member=self.close_member,
                     fenced=self.retire, run_ended=self.run_ended,
                 )
+                group.on_arrival = self.lobbies.arrived
                 if self.node is not None:  # every member's ids: a frame from anywhere is stored once
                     for code, pid in spec.member_ids.items():
                         group.client_ids.setdefault(code, dict(await self.database.read(client_ids, pid)))
@@ -147,6 +151,7 @@ class LiveGroups:
     def retire(self, group_id: int) -> None:
         """Stop acting for the group (its lease is gone or given up, or a write of it was fenced)."""
         group = self.groups.pop(group_id, None)
+        self.lobbies.forget(group_id)
         if group is not None:
             group.retire()
         if self.node is not None:
@@ -340,6 +345,7 @@ class LiveGroups:
         outcome still reaches the groups (see :meth:`server.runtime.Runtime.close`).
         """
         self._closed = True
+        self.lobbies.close()
         for handle in self._moves.values():
             handle.cancel()
         for task in self._tasks:

@@ -641,6 +641,9 @@ class LiveExperiment {
       ["Started", formatIso(d.started_at)],
       ["Finished", formatIso(d.finished_at)],
       ["Config", h("code", {}, JSON.stringify(d.config))],
+      // an online experiment's shared join link (issue 19), to share or show on a screen
+      ...(d.join_url ? [["Join link", h("span", { class: "join-link" }, h("a", { href: d.join_url }, d.join_url), " ",
+        qrSvg(d.join_url, "QR code of the join link")), "join-link"]] : []),
     ]);
     this.renderStats();
   }

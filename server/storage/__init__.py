@@ -17,6 +17,7 @@
     asof         sessions, groups and blocks as they stood at a ``seq`` (the exports)
     snapshot     the monitor's snapshot of an experiment
     deliveries   scores on their way back to oTree: stored, claimed by one worker, retried
+    arrivals     the join link's seats by label, completion codes, the lobby's seats, the way back's rows
 
 Every SQL function is synchronous and runs on a thread, never on the event loop. Code outside
 the package imports these names from ``server.storage``, never from the modules inside.
@@ -24,6 +25,22 @@ the package imports these names from ``server.storage``, never from the modules 
 
 from __future__ import annotations
 
+from .arrivals import (
+    BOT,
+    NO_GROUP,
+    Arrival,
+    Departure,
+    Lobby,
+    LobbySeat,
+    close_lobby,
+    completion_code,
+    departure,
+    ensure_completion_codes,
+    label_seat,
+    lobby_of,
+    missing_completion_codes,
+    seat_arrival,
+)
 from .asof import (
     Period,
     Standing,
@@ -112,14 +129,20 @@ from .writes import ConnectionChange, GroupUpdate, NewEvent, NewResult, NewTick,
 
 __all__ = [
     "BASELINE",
+    "BOT",
     "COMMIT_BUCKET_NAMES",
+    "NO_GROUP",
+    "Arrival",
     "Claimed",
     "ConnectionChange",
     "Database",
+    "Departure",
     "EventWriter",
     "GroupPlace",
     "GroupSpec",
     "GroupUpdate",
+    "Lobby",
+    "LobbySeat",
     "NewBlock",
     "NewEvent",
     "NewExperiment",
@@ -139,7 +162,9 @@ __all__ = [
     "claim_delivery",
     "claim_group",
     "client_ids",
+    "close_lobby",
     "commit_writes",
+    "completion_code",
     "connections",
     "count_deliveries",
     "count_events",
@@ -149,8 +174,10 @@ __all__ = [
     "deliveries",
     "delivery_done",
     "delivery_failed",
+    "departure",
     "differences",
     "due_deliveries",
+    "ensure_completion_codes",
     "events",
     "experiment_groups",
     "experiment_participants",
@@ -166,6 +193,7 @@ __all__ = [
     "history",
     "insert_experiment",
     "iso",
+    "label_seat",
     "last_state_query",
     "list_deliveries",
     "list_events",
@@ -176,10 +204,12 @@ __all__ = [
     "live_group_ids",
     "load_group",
     "load_seat",
+    "lobby_of",
     "make_engine",
     "memberships",
     "merge_session_json",
     "meta",
+    "missing_completion_codes",
     "monitor_state",
     "new_code",
     "next_delivery_at",
@@ -192,6 +222,7 @@ __all__ = [
     "results",
     "results_by_session",
     "schema_state",
+    "seat_arrival",
     "session_query",
     "session_results",
     "session_row",

@@ -51,6 +51,8 @@ class GroupSpec:
     group: dict[str, Any]
     #: the group's last ``state`` event: ``{"seq", "ts", "value"}``
     last_state: dict[str, Any] | None
+    #: the experiment's ``online`` settings (``server.online``); ``None``: pre-made links only
+    online: dict[str, Any] | None = None
 
     @property
     def last_block(self) -> bool:
@@ -122,6 +124,7 @@ def _group_spec(conn: Connection, group_id: int) -> GroupSpec | None:
         session_ids={m[0]: m[2] for m in members},
         group=dict(row),
         last_state=None if state is None else {"seq": state[0], "ts": to_epoch(state[1]), "value": state[2]},
+        online=exp["online"],
     )
 
 
