@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -59,6 +59,18 @@ RETRY_AFTER = 0.5
 
 #: close a participant's connection ``conn`` on ``worker`` with ``code`` and ``reason``
 CloseMember = Callable[[str, str, int, str], None]
+
+
+class Seats(Protocol):
+    """Who plays each seat besides its human (``server.standins``), as the group tells it."""
+
+    def connected(self, participant: str) -> None: ...
+
+    def disconnected(self, participant: str) -> None: ...
+
+    def statuses(self, events: list[Event]) -> list[tuple[int, str]]: ...
+
+    def stop(self) -> None: ...
 
 
 def _state_from_row(row: dict[str, Any]) -> GroupState:
@@ -120,6 +132,8 @@ class LiveGroup:
         #: set once another worker may have taken the group over: nothing is computed any more
         self.retired = False
         self._close_member = close_member
+        #: the server-side bots of its seats (set by the router); told who comes and goes
+        self.standins: Seats | None = None
         #: told (with the group's id) when a write was fenced: another worker serves the group
         self._fenced = fenced
         self._writer = writer
@@ -142,6 +156,7 @@ class LiveGroup:
         *,
         client_id: str | None = None,
         connection: ConnectionChange | None = None,
+        bot: bool = False,
     ) -> asyncio.Future[list[int]]:
         """Run ``action`` on the core, store its events, publish them once stored.
 
@@ -170,7 +185,7 @@ class LiveGroup:
             return future
         now = self.core.now
         snapshot = self.core.state.copy()
-        write = self._write(events, now, snapshot, client_id, connection)
+        write = self._write(events, now, snapshot, client_id, connection, bot)
 
         def committed(stored: Write) -> None:
             self.committed = snapshot
@@ -214,8 +229,8 @@ class LiveGroup:
             at, lat = ms(now), round(latency * 1000, 3)
             rows = [
                 {"seq": seq, "ts": at, "group": self.id, "participant": ev.participant,
-                 "channel": ev.channel, "value": ev.payload, "latency": lat}
-                for ev, seq in zip(events, stored.seqs, strict=True)
+                 "channel": ev.channel, "value": ev.payload, "latency": lat, "bot": new.bot}
+                for ev, seq, new in zip(events, stored.seqs, stored.events, strict=True)
             ]
             self._hub.publish(topic, orjson.dumps(rows).decode())
         presence = monitor_presence_topic(self.experiment_id)
@@ -239,6 +254,7 @@ class LiveGroup:
         snapshot: GroupState,
         client_id: str | None,
         connection: ConnectionChange | None,
+        bot: bool = False,
     ) -> Write:
         stored = [
             NewEvent(
@@ -248,6 +264,7 @@ class LiveGroup:
                 self.id,
                 None if ev.participant is None else self.member_ids[ev.participant],
                 client_id if ev.participant is not None else None,
+                bot and ev.participant is not None,
             )
             for ev in events
         ]
@@ -291,10 +308,13 @@ class LiveGroup:
             snapshot.vars,
             snapshot.clock(),
         )
-        return Write(self.experiment_id, stored, group, connection, scored, timed, epoch=self.epoch)
+        statuses = self.standins.statuses(events) if self.standins is not None else []
+        return Write(self.experiment_id, stored, group, connection, scored, timed, statuses, epoch=self.epoch)
 
-    def receive(self, participant: str, channel: str, payload: Any, client_id: str | None) -> asyncio.Future[list[int]]:
-        """A client frame on a game channel; a repeated ``client_id`` is answered, not stored."""
+    def receive(
+        self, participant: str, channel: str, payload: Any, client_id: str | None, *, bot: bool = False
+    ) -> asyncio.Future[list[int]]:
+        """A client frame on a game channel (``bot``: a stand-in's); a repeated ``client_id`` is answered, not stored."""
         ids = self.client_ids.setdefault(participant, {})
         if client_id is not None and client_id in ids:
             known = ids[client_id]
@@ -303,7 +323,9 @@ class LiveGroup:
             done: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
             done.set_result([known])
             return done
-        future = self.act(lambda: self.core.receive(participant, channel, payload, self._clock()), client_id=client_id)
+        future = self.act(
+            lambda: self.core.receive(participant, channel, payload, self._clock()), client_id=client_id, bot=bot
+        )
         if client_id is not None:
             ids[client_id] = future
 
@@ -324,7 +346,10 @@ class LiveGroup:
         self.connections[participant] = (worker, conn)
         if older is not None and older != (worker, conn) and self._close_member is not None:
             self._close_member(*older, WS_4000_REPLACED, "replaced by a newer connection of the same participant")
-        return self.act(lambda: self.core.connect(participant, self._clock()), connection=connection)
+        future = self.act(lambda: self.core.connect(participant, self._clock()), connection=connection)
+        if self.standins is not None:
+            self.standins.connected(participant)
+        return future
 
     def disconnect(
         self, participant: str, connection: ConnectionChange | None, *, worker: str = "", conn: str = ""
@@ -332,7 +357,10 @@ class LiveGroup:
         """The connection ``conn`` closed: the participant is gone, unless a newer one replaced it."""
         if self.connections.get(participant) == (worker, conn):
             del self.connections[participant]
-            return self.act(lambda: self.core.disconnect(participant, self._clock()), connection=connection)
+            future = self.act(lambda: self.core.disconnect(participant, self._clock()), connection=connection)
+            if self.standins is not None:
+                self.standins.disconnected(participant)
+            return future
         return self.act(list, connection=connection)  # replaced: only the close is stored
 
     def start(self) -> asyncio.Future[list[int]]:
@@ -439,9 +467,15 @@ class LiveGroup:
             return
         future.add_done_callback(consume)
 
+    def now(self) -> float:
+        """The group's clock (seconds since the epoch, to the microsecond, as stored)."""
+        return self._clock()
+
     def close(self) -> None:
-        """Stop the group's clock (at shutdown); what it has submitted is still stored."""
+        """Stop the group's clock and its bots (at shutdown); what it has submitted is still stored."""
         self._closed = True
+        if self.standins is not None:
+            self.standins.stop()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

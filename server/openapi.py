@@ -114,6 +114,7 @@ def _row_schemas() -> dict[str, JSONSchema]:
         "final_score": _NUMBER,
         "rank": {"type": "integer", "minimum": 1},
         "percentile_rank": _nullable({"type": "number", "minimum": 0, "maximum": 100}),
+        "status": _nullable({"type": "string", "enum": ["finished", "dropped", "replaced", "bot", "no_group"]}),
     }
     scored = {"subperiod": _nullable(_INT), "decision": _ANY, "score": _NUMBER, "seq": _SEQ}
     session: dict[str, JSONSchema] = {
@@ -128,7 +129,7 @@ def _row_schemas() -> dict[str, JSONSchema]:
     return {
         "Event": _object(
             {"seq": _SEQ, "timestamp": _TIME, "group": _nullable(_INT), "participant": _nullable(_STRING),
-             "channel": _STRING, "value": _ANY}
+             "channel": _STRING, "value": _ANY, "bot": {"type": "boolean"}}
         ),
         "Session": _object(session),
         "Result": _object({"participant": _STRING, "block": session["block"], **scored}),

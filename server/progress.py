@@ -115,7 +115,7 @@ def stats(rows: list[dict[str, Any]], exclude_unfinished: bool) -> dict[str, Any
 def _rows(conn: Any, experiment_id: int, upto_seq: int | None) -> list[dict[str, Any]]:
     num_blocks = conn.execute(select(experiments.c.num_blocks).where(experiments.c.id == experiment_id)).scalar_one()
     people = conn.execute(
-        select(participants.c.id, participants.c.code, participants.c.label)
+        select(participants.c.id, participants.c.code, participants.c.label, participants.c.status)
         .where(participants.c.experiment_id == experiment_id)
         .order_by(participants.c.index)
     ).all()
@@ -130,7 +130,7 @@ def _rows(conn: Any, experiment_id: int, upto_seq: int | None) -> list[dict[str,
     for s in session_standings(conn, experiment_id, upto_seq):
         standings.setdefault(s.participant_id, []).append(s)
     rows = []
-    for pid, code, label in people:
+    for pid, code, label, status in people:
         mine = standings.get(pid, [])
         finished = sum(s.finished for s in mine)
         # its group now: the first not ended, else the last (the block pause is not counted)
@@ -153,6 +153,8 @@ def _rows(conn: Any, experiment_id: int, upto_seq: int | None) -> list[dict[str,
                 "final_score": math.fsum(s.final_score for s in mine),
                 "rank": 0,
                 "percentile_rank": 0.0,
+                # how the run ended (see server.storage.statuses); null while playing
+                "status": status,
             }
         )
     return rows
