@@ -30,6 +30,7 @@ from .experiments import MAX_BLOCK_PAUSE, MAX_BLOCKS, MAX_PARTICIPANTS, MAX_SESS
 from .export import TABLES
 from .live import ACTIONS
 from .storage import COMMIT_BUCKET_NAMES
+from .storage import STATUSES as PARTICIPANT_STATUSES
 
 OPENAPI_VERSION = "3.1.0"
 PATH = "/api/openapi.json"
@@ -114,7 +115,7 @@ def _row_schemas() -> dict[str, JSONSchema]:
         "final_score": _NUMBER,
         "rank": {"type": "integer", "minimum": 1},
         "percentile_rank": _nullable({"type": "number", "minimum": 0, "maximum": 100}),
-        "status": _nullable({"type": "string", "enum": ["finished", "dropped", "replaced", "bot", "no_group"]}),
+        "status": _nullable({"type": "string", "enum": list(PARTICIPANT_STATUSES)}),
     }
     scored = {"subperiod": _nullable(_INT), "decision": _ANY, "score": _NUMBER, "seq": _SEQ}
     session: dict[str, JSONSchema] = {

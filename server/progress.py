@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, func, select
 
 from .storage import (
+    FINAL_STATUSES,
     Standing,
     blocks,
     connections,
@@ -153,8 +154,8 @@ def _rows(conn: Any, experiment_id: int, upto_seq: int | None) -> list[dict[str,
                 "final_score": math.fsum(s.final_score for s in mine),
                 "rank": 0,
                 "percentile_rank": 0.0,
-                # how the run ended (see server.storage.statuses); null while playing
-                "status": status,
+                # how the run ended (see server.storage.statuses); as of a seq, only once it has
+                "status": status if upto_seq is None or finished == possible or status in FINAL_STATUSES else None,
             }
         )
     return rows

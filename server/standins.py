@@ -126,6 +126,8 @@ class StandIns:
         bot = self._bots.pop(participant, None)
         if bot is not None:
             bot.cancel()
+        if self.live.committed.phase is Phase.ENDED and self.live.spec.last_block:
+            return  # back after the end: the bot finished for them, they stay dropped
         record = Event(STANDIN, {"participant": participant, "reason": DROPOUT, "playing": False}, None, NOBODY)
         self.live.act(lambda: [record]).add_done_callback(consume)
         log.info("group %s: %s is back; the bot stops", self.live.id, participant)

@@ -16,6 +16,7 @@
     outcomes     sessions, results and ticks
     asof         sessions, groups and blocks as they stood at a ``seq`` (the exports)
     snapshot     the monitor's snapshot of an experiment
+    statuses     participants' statuses (how each run ended), set in the writer's transaction
 
 Every SQL function is synchronous and runs on a thread, never on the event loop. Code outside
 the package imports these names from ``server.storage``, never from the modules inside.
@@ -78,6 +79,7 @@ from .schema import (
 )
 from .seats import GroupSpec, Seat, client_ids, last_state_query, load_group, load_seat
 from .snapshot import monitor_state
+from .statuses import FINAL_STATUSES, STATUSES, set_statuses
 from .tables import (
     blocks,
     connections,
@@ -100,6 +102,8 @@ from .writes import ConnectionChange, GroupUpdate, NewEvent, NewResult, NewTick,
 __all__ = [
     "BASELINE",
     "COMMIT_BUCKET_NAMES",
+    "FINAL_STATUSES",
+    "STATUSES",
     "ConnectionChange",
     "Database",
     "EventWriter",
@@ -175,6 +179,7 @@ __all__ = [
     "session_standings",
     "sessions",
     "set_experiment_status",
+    "set_statuses",
     "stored_meta",
     "ticks",
     "to_datetime",

@@ -23,7 +23,7 @@ STATUSES = ("finished", "dropped", "replaced", "bot", "no_group")
 #: set only on an empty status
 ONLY_FIRST = frozenset({"finished", "bot"})
 #: never changed once set
-FINAL = ("bot", "no_group")
+FINAL_STATUSES = ("bot", "no_group")
 
 
 def set_statuses(conn: Connection, changes: Sequence[tuple[int, str]]) -> None:
@@ -32,7 +32,7 @@ def set_statuses(conn: Connection, changes: Sequence[tuple[int, str]]) -> None:
         if status not in STATUSES:
             raise ValueError(f"expected a status in {list(STATUSES)}, got {status!r}")
         empty = participants.c.status.is_(None)
-        allowed = empty if status in ONLY_FIRST else or_(empty, participants.c.status.not_in(FINAL))
+        allowed = empty if status in ONLY_FIRST else or_(empty, participants.c.status.not_in(FINAL_STATUSES))
         conn.execute(
             update(participants).where(and_(participants.c.id == participant_id, allowed)).values(status=status)
         )
