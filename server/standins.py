@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 from groups import DECISIONS, NOBODY, PERIOD_END, STATE, Event, GroupError, Phase
 
-from .exceptions import NotPersisted
+from .exceptions import NotPersisted, Unavailable
 from .live import LiveGroup, consume
 from .online import settings
 from .storage import Database, load_seat
@@ -224,7 +224,10 @@ class StandIns:
         await asyncio.sleep(max(0.0, due - self.router.clock()))
         if self.playing.get(participant) != reason:
             return  # the human came back meanwhile
-        seat = await self.router.database.read(load_seat, participant, max(self.router.clock(), due))
-        if seat is None or seat.group_id == self.live.id:
-            return
-        await self.router.stand_in(seat.group_id, participant, reason)
+        try:
+            seat = await self.router.database.read(load_seat, participant, max(self.router.clock(), due))
+            if seat is None or seat.group_id == self.live.id:
+                return
+            await self.router.stand_in(seat.group_id, participant, reason)
+        except (LookupError, Unavailable, NotPersisted) as exc:  # the next group's authority loads it from the statuses
+            log.warning("group %s: the bot of %s could not follow to the next block: %s", self.live.id, participant, exc)

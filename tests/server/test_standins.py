@@ -11,7 +11,10 @@ import csv
 import io
 from typing import Any
 
-from server.storage import make_engine
+import pytest
+from sqlalchemy import select
+
+from server.storage import Write, commit_writes, experiments, make_engine, participants
 from server.verify import verify
 from tests.server.harness import Harness, timeout, until_state
 
@@ -160,3 +163,39 @@ async def test_offline_experiments_get_no_bots(server: Harness) -> None:
     await until_done(server, exp["code"])
     events = await server.events(exp["code"])
     assert not any(e["bot"] or e["channel"] == "standin" for e in events)
+
+
+async def test_statuses_follow_their_rules_in_the_writers_transaction(any_server: Harness) -> None:
+    """finished and bot only on an empty status; dropped and replaced follow each other; bot and
+    no_group never change; an unknown status is refused (and nothing of its batch is stored)."""
+    exp = await any_server.create(game="public_goods", participants=4, group_size=2)
+    engine = any_server.runtime.database.engine
+    with engine.connect() as conn:
+        experiment_id = conn.execute(select(experiments.c.id).where(experiments.c.code == exp["code"])).scalar_one()
+        rows = conn.execute(
+            select(participants.c.id).where(participants.c.experiment_id == experiment_id).order_by(participants.c.index)
+        ).scalars().all()
+    first, second, third, fourth = rows
+
+    def apply(*changes: tuple[int, str]) -> None:
+        with engine.connect() as conn:
+            commit_writes(conn, [Write(experiment_id, statuses=list(changes))])
+
+    def now() -> list[str | None]:
+        with engine.connect() as conn:
+            return list(conn.execute(
+                select(participants.c.status).where(participants.c.id.in_(rows)).order_by(participants.c.index)
+            ).scalars())
+
+    apply((first, "finished"), (second, "dropped"), (third, "bot"), (fourth, "no_group"))
+    assert now() == ["finished", "dropped", "bot", "no_group"]
+    apply((second, "finished"), (third, "finished"), (third, "dropped"), (fourth, "replaced"), (first, "bot"))
+    assert now() == ["finished", "dropped", "bot", "no_group"]
+    apply((second, "replaced"))
+    apply((second, "finished"))
+    assert now()[1] == "replaced"
+    apply((second, "dropped"))
+    assert now()[1] == "dropped"
+    with pytest.raises(ValueError, match="expected a status in"):
+        apply((first, "dropped"), (second, "gone"))
+    assert now() == ["finished", "dropped", "bot", "no_group"]
