@@ -138,6 +138,25 @@ async def test_a_filled_seat_lets_the_period_start_and_its_bot_plays_every_block
     verified(database_url, code)
 
 
+async def test_a_dropouts_bot_follows_them_to_their_next_block(server: Harness) -> None:
+    """A member leaves in block 0 for good: its bot plays block 0 and then block 1, whose group starts
+    with the other member alone; every block ends; the member is dropped."""
+    exp = await server.create(game="public_goods", participants=2, group_size=2, blocks=2, period_length=2,
+                              block_pause=0.2, online={"dropout_after": 0.5})
+    code = exp["code"]
+    a, b = (p["code"] for p in exp["participants"])
+    ca, cb = [await server.connect(p) for p in (a, b)]
+    await until_state(ca, "period_start")
+    await cb.close()
+    await until_state(ca, "period_end", 5)
+    await until_state(ca, "period_start", 5)  # block 1's group started: the bot took b's seat there too
+    await until_done(server, code)
+    events = await server.events(code)
+    bots = [e for e in events if e["channel"] == "decisions" and e["participant"] == b]
+    assert bots and all(e["bot"] for e in bots) and len({e["group"] for e in bots}) == 2
+    assert await statuses(server, code) == {a: "finished", b: "dropped"}
+
+
 async def test_a_game_that_pauses_on_disconnect_goes_on_with_a_bot_online(server: Harness) -> None:
     """Online, a game that pauses for a dropout resumes once the bot takes the seat after dropout_after."""
     exp = await server.create(game=PAUSING, participants=2, group_size=2, period_length=2, online={"dropout_after": 0.5})
