@@ -35,6 +35,7 @@ from .progress import (
 )
 from .runtime import Runtime
 from .storage import (
+    count_deliveries,
     count_events,
     count_experiments,
     count_rows,
@@ -42,6 +43,7 @@ from .storage import (
     experiment_row,
     insert_experiment,
     iso,
+    list_deliveries,
     list_events,
     list_experiments,
     list_results,
@@ -402,6 +404,18 @@ async def results(request: Request) -> Response:
     return await _listing(request, "results", list_results)
 
 
+async def deliveries(request: Request) -> Response:
+    """The scores on their way back to oTree (``server.deliveries``), in participant order; never the REST key."""
+    require_admin(request)
+    row = await _experiment(request)
+    page, page_size = page_params(request)
+    db = runtime(request).database
+    count = await db.read(count_deliveries, row["id"])
+    _check_page(page, count, page_size)
+    results = await db.read(list_deliveries, row["id"], (page - 1) * page_size, page_size)
+    return JSON(paginated(request, count, page, page_size, results))
+
+
 async def experiment_action(request: Request) -> Response:
     """``start``, ``pause``, ``resume`` or ``end`` the experiment, or with ``?group=`` one of its groups."""
     require_admin(request)
@@ -438,6 +452,7 @@ routes = [
     Route("/api/experiments/{code}/events", events),
     Route("/api/experiments/{code}/sessions", sessions),
     Route("/api/experiments/{code}/results", results),
+    Route("/api/experiments/{code}/deliveries", deliveries),
 ]
 #: last of all the app's routes: ``{action}`` would match any other path of an experiment
 action_routes = [Route("/api/experiments/{code}/{action}", experiment_action, methods=["POST"])]

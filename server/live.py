@@ -59,6 +59,8 @@ RETRY_AFTER = 0.5
 
 #: close a participant's connection ``conn`` on ``worker`` with ``code`` and ``reason``
 CloseMember = Callable[[str, str, int, str], None]
+#: told (experiment id, participant ids) once the last block's period has ended and is stored
+RunEnded = Callable[[int, list[int]], None]
 
 
 class Seats(Protocol):
@@ -101,6 +103,7 @@ class LiveGroup:
         epoch: int | None = None,
         close_member: CloseMember | None = None,
         fenced: Callable[[int], None] | None = None,
+        run_ended: RunEnded | None = None,
     ) -> None:
         self.spec = spec
         self.id = spec.group_id
@@ -136,6 +139,7 @@ class LiveGroup:
         self.standins: Seats | None = None
         #: told (with the group's id) when a write was fenced: another worker serves the group
         self._fenced = fenced
+        self._run_ended = run_ended
         self._writer = writer
         self._hub = hub
         # stored times have microseconds: a frame's ts must equal what a restart reads back
@@ -205,6 +209,10 @@ class LiveGroup:
             else:
                 future.set_result(stored.seqs)
             self._to_monitors(events, stored, now, connection)
+            if self._run_ended is not None and self.spec.last_block and any(
+                ev.channel == STATE and ev.payload == "period_end" for ev in events
+            ):  # the members' runs are over: their scores go back where they came from
+                self._run_ended(self.experiment_id, list(self.member_ids.values()))
 
         def failed(exc: NotPersisted) -> None:
             self.core.restore(self.committed)

@@ -138,6 +138,14 @@ def _row_schemas() -> dict[str, JSONSchema]:
         "SessionWithResults": _object({**session, "results": {"type": "array", "items": _ref("ScoredResult")}}),
         "Progress": _object(progress),
         "ProgressDetail": _object({**progress, "sessions": {"type": "array", "items": _ref("SessionWithResults")}}),
+        # a score on its way back to oTree (server.deliveries); never the REST key
+        "Delivery": _object(
+            {"participant": _STRING, "label": _nullable(_STRING), "kind": {"type": "string", "enum": ["otree"]},
+             "url": _STRING, "status": {"type": "string", "enum": ["pending", "failing", "delivered"]},
+             "payload": _nullable({"type": "object"}), "attempts": {"type": "integer", "minimum": 0},
+             "last_error": _nullable(_STRING), "created_at": _TIME, "next_at": _nullable(_TIME),
+             "delivered_at": _nullable(_TIME)}
+        ),
     }
 
 
@@ -275,7 +283,7 @@ def _page(item: str) -> JSONSchema:
     )
 
 
-PAGES = {f"{item}Page": item for item in ("ExperimentSummary", "Progress", "Event", "Session", "Result")}
+PAGES = {f"{item}Page": item for item in ("ExperimentSummary", "Progress", "Event", "Session", "Result", "Delivery")}
 
 
 # --------------------------------------------------------------------------- the create body
@@ -436,7 +444,7 @@ def _get(op_id: str, summary: str, ok: JSONSchema, params: list[JSONSchema], ref
 
 def _experiment_paths() -> dict[str, Any]:
     page = _params("page", "page_size")
-    listing = ("ExperimentSummary", "Progress", "Event", "Session", "Result")
+    listing = ("ExperimentSummary", "Progress", "Event", "Session", "Result", "Delivery")
     pages = {name: _json(_ref(f"{name}Page"), "one page of rows") for name in listing}
     base = "/api/experiments/{code}"
     return {
@@ -472,6 +480,9 @@ def _experiment_paths() -> dict[str, Any]:
                                  [*_params("code"), *page], (400, 401, 403, 404)),
         f"{base}/results": _get("listResults", "results in the order they were scored", pages["Result"],
                                 [*_params("code"), *page], (400, 401, 403, 404)),
+        f"{base}/deliveries": _get("listDeliveries", "the scores posted to oTree: pending, failing (retried) or "
+                                   "delivered, with attempts and the last error", pages["Delivery"],
+                                   [*_params("code"), *page], (400, 401, 403, 404)),
         f"{base}/export.csv": _get(
             "exportCsv", "one table as CSV (RFC 4180; JSON columns as JSON text)",
             {"description": "the table", "headers": _ATTACHMENT, "content": {"text/csv": {"schema": _STRING}}},

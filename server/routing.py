@@ -24,7 +24,7 @@ from groups import InvalidState, Phase, current_block, load_game
 
 from .exceptions import NotPersisted, Unavailable
 from .hub import Hub
-from .live import ACTIONS, Clock, LiveGroup, consume
+from .live import ACTIONS, Clock, LiveGroup, RunEnded, consume
 from .standins import REASONS, StandIns
 from .storage import (
     Database,
@@ -68,13 +68,22 @@ class LiveGroups:
     """Every live group and group view of this process (and, in a cluster, the way to the others)."""
 
     def __init__(
-        self, database: Database, writer: Any, hub: Hub, clock: Clock = time.time, *, node: Node | None = None
+        self,
+        database: Database,
+        writer: Any,
+        hub: Hub,
+        clock: Clock = time.time,
+        *,
+        node: Node | None = None,
+        run_ended: RunEnded | None = None,
     ) -> None:
         self.database = database
         self.writer = writer
         self.hub = hub
         self.clock = clock
         self.node = node
+        #: told when a group's last period ended and is stored (``server.deliveries``)
+        self.run_ended = run_ended
         #: this worker's name in a cluster ('' in one process)
         self.worker = node.worker if node is not None else ""
         #: the groups this process acts for, by id
@@ -118,7 +127,7 @@ class LiveGroups:
                 game = load_game(spec.game)
                 group = LiveGroup(
                     spec, game, self.writer, self.hub, self.clock, epoch=epoch, close_member=self.close_member,
-                    fenced=self.retire,
+                    fenced=self.retire, run_ended=self.run_ended,
                 )
                 if self.node is not None:  # every member's ids: a frame from anywhere is stored once
                     for code, pid in spec.member_ids.items():

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from .cluster import Node
+from .deliveries import Deliveries
 from .hub import Hub, MemoryHub
 from .routing import LiveGroups
 from .settings import Settings
@@ -40,6 +41,8 @@ class Runtime:
     admin_token: str
     #: this worker in a cluster (``REDIS_URL``); ``None`` in one process
     node: Node | None = None
+    #: the scores on their way back to oTree (``server.deliveries``)
+    deliveries: Deliveries | None = None
 
     @classmethod
     async def open(cls, settings: Settings) -> Runtime:
@@ -58,14 +61,16 @@ class Runtime:
         writer.start()
         node = Node(settings, database) if settings.clustered else None
         hub: Hub = node.hub if node is not None else MemoryHub()
-        groups = LiveGroups(database, writer, hub, node=node)
+        deliveries = Deliveries(database, settings)
+        groups = LiveGroups(database, writer, hub, node=node, run_ended=deliveries.run_ended)
         if node is not None:
             await node.start(groups)
             log.warning("synclab: worker %s joined cluster %r", node.worker, settings.cluster_name)
         resumed = await groups.resume_all()
         if resumed:
             log.warning("synclab: resumed %d running periods from the database", resumed)
-        return cls(settings, database, writer, hub, groups, token, node)
+        deliveries.start()
+        return cls(settings, database, writer, hub, groups, token, node, deliveries)
 
     async def close(self) -> None:
         """The end of the lifespan: nothing new is computed, what was submitted is stored, then the database closes.
@@ -81,6 +86,8 @@ class Runtime:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.shutdown_timeout
         self.groups.close()
+        if self.deliveries is not None:
+            await self.deliveries.close()
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.writer.close(), self.settings.shutdown_timeout)

@@ -75,6 +75,12 @@ class Settings:
     cluster_name: str = "synclab"
     #: seconds a group's lease lasts without renewal: a dead worker's groups move on within it
     lease_seconds: float = 3.0
+    #: seconds before a failed delivery to oTree is tried again, doubled per attempt up to the max
+    delivery_retry: float = 2.0
+    delivery_retry_max: float = 300.0
+    #: seconds between looks for due deliveries (other workers store them too); one attempt's timeout
+    delivery_poll: float = 2.0
+    delivery_timeout: float = 10.0
 
     @property
     def clustered(self) -> bool:
@@ -105,4 +111,8 @@ class Settings:
             shutdown_timeout=_number(env, "SYNCLAB_SHUTDOWN_TIMEOUT", 30.0, minimum=0, maximum=24 * 3600),
             cluster_name=_name(env, "SYNCLAB_CLUSTER", "synclab"),
             lease_seconds=_number(env, "SYNCLAB_LEASE_SECONDS", 3.0, minimum=0.5, maximum=60),
+            delivery_retry=_number(env, "SYNCLAB_DELIVERY_RETRY", 2.0, minimum=0.01, maximum=3600),
+            delivery_retry_max=_number(env, "SYNCLAB_DELIVERY_RETRY_MAX", 300.0, minimum=0.01, maximum=24 * 3600),
+            delivery_poll=_number(env, "SYNCLAB_DELIVERY_POLL", 2.0, minimum=0.05, maximum=3600),
+            delivery_timeout=_number(env, "SYNCLAB_DELIVERY_TIMEOUT", 10.0, minimum=0.1, maximum=600),
         )

@@ -389,10 +389,12 @@ class LiveExperiment {
     s.on("experiment", (p) => this.experimentFrame(p));
     s.connect();
     this.timer = setInterval(() => this.tick(), 250);
+    this.deliveries = watchDeliveries(this.code);
   }
 
   close() {
     clearInterval(this.timer);
+    if (this.deliveries) this.deliveries.stop();
     if (this.socket) this.socket.close();
   }
 
@@ -936,6 +938,44 @@ async function copyText(text, done) {
 }
 
 // ----------------------------------------------------------------------- controls and downloads
+
+// ------------------------------------------------------------------------ scores on their way to oTree
+
+/**
+ * The experiment's deliveries to oTree (GET .../deliveries), looked at every few seconds while
+ * it is open: the panel shows itself once there is one, with the failing ones first.
+ */
+function watchDeliveries(code) {
+  let timer = null;
+  let stopped = false;
+  const order = { failing: 0, pending: 1, delivered: 2 };
+  async function look() {
+    try {
+      const body = await api(`api/experiments/${encodeURIComponent(code)}/deliveries?page_size=1000`);
+      if (stopped) return;
+      const rows = [...body.results].sort((a, b) => order[a.status] - order[b.status]);
+      $("#x-deliveries-section").hidden = rows.length === 0;
+      const count = (status) => rows.filter((r) => r.status === status).length;
+      setText($("#x-deliveries-summary"),
+        `${count("delivered")} delivered, ${count("failing")} failing (retried), ${count("pending")} pending`);
+      $("#x-deliveries tbody").replaceChildren(...rows.map((r) => h("tr", { "data-status": r.status },
+        h("td", {}, h("code", {}, r.participant.slice(0, 8))),
+        h("td", {}, h("code", {}, r.label ?? "")),
+        h("td", {}, h("span", { class: "badge", "data-status": r.status }, r.status)),
+        h("td", {}, String(r.attempts)),
+        h("td", {}, r.last_error ?? ""),
+        h("td", {}, r.next_at ? formatIso(r.next_at) : ""),
+        h("td", {}, r.delivered_at ? formatIso(r.delivered_at) : ""),
+      )));
+    } catch (error) {
+      if (!stopped) showError(error);
+      return; // no more looks after a refusal: the error says why
+    }
+    if (!stopped) timer = setTimeout(look, 3000);
+  }
+  look();
+  return { stop() { stopped = true; clearTimeout(timer); } };
+}
 
 async function control(action, groupId) {
   const live = app.live;

@@ -378,6 +378,7 @@ function onConnection(state, detail) {
     if (!page.hello) show("connecting");
   } else if (state === "closed") {
     el.textContent = `Connection lost; retrying in ${Math.ceil(detail.retryIn / 1000)} s…`;
+    if (detail.code === 1009) notice("A message was too large for the server (over 1 MiB) and was not taken.");
   }
 }
 

@@ -28,6 +28,13 @@ export const FINAL_CLOSE_CODES = new Set([
  */
 export const RETRY_CODES = new Set(["unavailable", "not_persisted"]);
 
+/**
+ * The largest frame a synclab server's socket takes (bytes of UTF-8): a larger one would close the
+ * socket with 1009. The client never sends one: it is refused here, as the server refuses frames
+ * over its own (smaller) limit, with a local `error` frame of code `too_large` (and its `id`).
+ */
+export const MAX_SOCKET_FRAME = 1024 * 1024;
+
 /** The ws:// or wss:// URL of `path` on the server that served this page. */
 export function socketUrl(path, query = {}) {
   const url = new URL(path, window.location.href);
@@ -154,8 +161,7 @@ export class SynclabSocket {
   send(channel, payload, { id, retry = false, replace = false, meta } = {}) {
     if (!retry) {
       if (!this._isOpen()) return false;
-      this._transmit({ channel, payload, id });
-      return true;
+      return this._transmit({ channel, payload, id });
     }
     if (replace) this.pending = this.pending.filter((f) => f.sent || f.channel !== channel);
     const frame = { id: id ?? this.newId(), channel, payload, sent: false, meta };
@@ -189,7 +195,17 @@ export class SynclabSocket {
   _transmit({ channel, payload, id }) {
     const frame = { channel, payload };
     if (id !== undefined) frame.id = id;
-    this._ws.send(JSON.stringify(frame));
+    const text = JSON.stringify(frame);
+    if (text.length > MAX_SOCKET_FRAME / 3 && new TextEncoder().encode(text).length > MAX_SOCKET_FRAME) {
+      // the server would close the socket (1009) and a kept frame would close every next one too
+      const refusal = { code: "too_large", message: `this frame is over ${MAX_SOCKET_FRAME} bytes; it was not sent` };
+      if (id !== undefined) refusal.id = id;
+      if (id !== undefined) this.pending = this.pending.filter((f) => f.id !== id);
+      setTimeout(() => this._dispatch({ channel: "error", payload: refusal }), 0);
+      return false;
+    }
+    this._ws.send(text);
+    return true;
   }
 
   /** Send every pending frame that has not gone out on this connection. */
@@ -197,8 +213,7 @@ export class SynclabSocket {
     for (const frame of this.pending) {
       if (frame.sent) continue;
       if (!this._isOpen()) return;
-      this._transmit(frame);
-      frame.sent = true;
+      if (this._transmit(frame)) frame.sent = true;
     }
   }
 
@@ -295,6 +310,12 @@ export class SynclabSocket {
     this._settle(frame);
     const first = this._resending;
     this._resending = false;
+    this._dispatch(frame);
+    if (first) this._flush(); // after the first frame's handlers, which may discard stale frames
+  }
+
+  /** Give `frame` to the handlers of its channel and of "*". */
+  _dispatch(frame) {
     for (const key of [frame.channel, "*"]) {
       for (const fn of this._handlers.get(key) || []) {
         try {
@@ -304,7 +325,6 @@ export class SynclabSocket {
         }
       }
     }
-    if (first) this._flush(); // after the first frame's handlers, which may discard stale frames
   }
 
   /**

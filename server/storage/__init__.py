@@ -17,6 +17,7 @@
     asof         sessions, groups and blocks as they stood at a ``seq`` (the exports)
     snapshot     the monitor's snapshot of an experiment
     statuses     participants' statuses (how each run ended), set in the writer's transaction
+    deliveries   scores on their way back to oTree: stored, claimed by one worker, retried
 
 Every SQL function is synchronous and runs on a thread, never on the event loop. Code outside
 the package imports these names from ``server.storage``, never from the modules inside.
@@ -50,6 +51,18 @@ from .catalog import (
     set_experiment_status,
 )
 from .database import Database
+from .deliveries import (
+    Claimed,
+    add_otree_deliveries,
+    claim_delivery,
+    count_deliveries,
+    delivery_done,
+    delivery_failed,
+    due_deliveries,
+    finished_without_delivery,
+    list_deliveries,
+    next_delivery_at,
+)
 from .engine import make_engine, normalise_url, reading
 from .log import count_events, list_events
 from .meta import get_or_create_meta, stored_meta
@@ -104,6 +117,7 @@ __all__ = [
     "COMMIT_BUCKET_NAMES",
     "FINAL_STATUSES",
     "STATUSES",
+    "Claimed",
     "ConnectionChange",
     "Database",
     "EventWriter",
@@ -121,20 +135,26 @@ __all__ = [
     "Standing",
     "Write",
     "WriterThread",
+    "add_otree_deliveries",
     "block_final_scores",
     "block_status",
     "blocks",
     "blocks_and_groups_as_of",
+    "claim_delivery",
     "claim_group",
     "client_ids",
     "commit_writes",
     "connections",
+    "count_deliveries",
     "count_events",
     "count_experiments",
     "count_rows",
     "create_schema",
     "deliveries",
+    "delivery_done",
+    "delivery_failed",
     "differences",
+    "due_deliveries",
     "events",
     "experiment_groups",
     "experiment_participants",
@@ -142,6 +162,7 @@ __all__ = [
     "experiment_row",
     "experiments",
     "find_session",
+    "finished_without_delivery",
     "get_or_create_meta",
     "group_epoch",
     "groups",
@@ -150,6 +171,7 @@ __all__ = [
     "insert_experiment",
     "iso",
     "last_state_query",
+    "list_deliveries",
     "list_events",
     "list_experiments",
     "list_results",
@@ -164,6 +186,7 @@ __all__ = [
     "meta",
     "monitor_state",
     "new_code",
+    "next_delivery_at",
     "normalise_url",
     "participant_game",
     "participants",

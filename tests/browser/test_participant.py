@@ -292,3 +292,37 @@ async def test_the_guides_example_game_is_played_through_its_own_view(server: Ha
         await expect(person.page.locator("#final-summary")).to_have_text(f"You earned {stored['final_score']:.2f} points in all.")
         person.check()
     assert run_verify(Settings(database_url=server.runtime.settings.database_url), exp["code"]) == 0
+
+
+async def test_a_frame_over_the_sockets_mebibyte_is_refused_on_the_page_and_play_goes_on(
+    server: Harness, open_participant: Any
+) -> None:
+    """A frame the server's socket would close on (over 1 MiB, close code 1009) is refused by the
+    client as the server refuses frames over its own limit: an ``error`` frame of code
+    ``too_large``, shown on the page; the socket stays open, nothing is kept to be resent, and the
+    next decision is stored."""
+    exp = await server.create(game="bimatrix", participants=2, group_size=2, period_length=30)
+    row, col = [await open_participant(p["url"]) for p in exp["participants"]]
+    await expect(row.page.locator("#screen-play")).to_be_visible()
+    sent = await row.page.evaluate(
+        "window.synclab.socket.send('decisions', 'x'.repeat(1100000), {retry: true})"
+    )
+    assert sent is False
+    await expect(row.page.locator("#notice")).to_contain_text("over 1048576 bytes")
+    assert await row.page.evaluate("window.synclab.socket.state") == "open"
+    assert await row.page.evaluate("window.synclab.socket.pending.length") == 0
+    slider = row.page.get_by_role("slider", name="Your weight on A")
+    await slider.focus()
+    await row.page.keyboard.press("End")
+    row_code = exp["participants"][0]["code"]
+
+    for _ in range(100):  # the decision is stored within 10 s
+        if 1.0 in await decisions_of(server, exp["code"], row_code):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the decision after the refused frame was not stored")
+    closes = await row.page.evaluate("window.synclab.socket.attempt")
+    assert closes == 0, "the socket was closed and opened again"
+    for person in (row, col):
+        person.check()
