@@ -31,6 +31,7 @@ from .export import TABLES
 from .live import ACTIONS
 from .online import FILLS, MAX_WAIT
 from .storage import COMMIT_BUCKET_NAMES
+from .storage import STATUSES as PARTICIPANT_STATUSES
 
 OPENAPI_VERSION = "3.1.0"
 PATH = "/api/openapi.json"
@@ -118,7 +119,7 @@ def _row_schemas() -> dict[str, JSONSchema]:
         "join_label": _nullable(_STRING),
         "joined_at": _nullable(_TIME),
         "completion_code": _nullable(_STRING),
-        "status": _nullable(_STRING),
+        "status": _nullable({"type": "string", "enum": list(PARTICIPANT_STATUSES)}),
     }
     scored = {"subperiod": _nullable(_INT), "decision": _ANY, "score": _NUMBER, "seq": _SEQ}
     session: dict[str, JSONSchema] = {
@@ -133,7 +134,7 @@ def _row_schemas() -> dict[str, JSONSchema]:
     return {
         "Event": _object(
             {"seq": _SEQ, "timestamp": _TIME, "group": _nullable(_INT), "participant": _nullable(_STRING),
-             "channel": _STRING, "value": _ANY}
+             "channel": _STRING, "value": _ANY, "bot": {"type": "boolean"}}
         ),
         "Session": _object(session),
         "Result": _object({"participant": _STRING, "block": session["block"], **scored}),

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, func, select
 
 from .storage import (
+    FINAL_STATUSES,
     Standing,
     blocks,
     connections,
@@ -161,12 +162,13 @@ def _rows(conn: Any, experiment_id: int, upto_seq: int | None) -> list[dict[str,
                 "final_score": math.fsum(s.final_score for s in mine),
                 "rank": 0,
                 "percentile_rank": 0.0,
-                # the shared join link's (``server.join``): the label it came with, when, the
-                # code to take back, and how the run ended (``None`` while it has not)
+                # the shared join link's (``server.join``): the label it came with, when, and the
+                # code to take back
                 "join_label": join_label,
                 "joined_at": iso(joined_at),
                 "completion_code": completion_code,
-                "status": status,
+                # how the run ended (see server.storage.statuses); as of a seq, only once it has
+                "status": status if upto_seq is None or finished == possible or status in FINAL_STATUSES else None,
             }
         )
     return rows

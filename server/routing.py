@@ -26,6 +26,7 @@ from .exceptions import NotPersisted, Unavailable
 from .hub import Hub
 from .live import ACTIONS, Clock, LiveGroup, RunEnded, consume
 from .lobby import Lobbies
+from .standins import REASONS, StandIns
 from .storage import (
     Database,
     Seat,
@@ -136,6 +137,8 @@ class LiveGroups:
                     for code, pid in spec.member_ids.items():
                         group.client_ids.setdefault(code, dict(await self.database.read(client_ids, pid)))
                 self.groups[group_id] = group
+                group.standins = standins = StandIns(group, self)
+                standins.begin()
         self._loading.pop(group_id, None)
         return group
 
@@ -257,7 +260,24 @@ class LiveGroups:
             return live.receive(body["p"], body["ch"], body["v"], body["i"])
         if op == "control":
             return live.control(body["a"], body["s"])
+        if op == "standin" and isinstance(live.standins, StandIns):
+            return live.standins.start(body["p"], body["r"])
         raise ValueError(f"unknown request {op!r}")
+
+    async def stand_in(self, group_id: int, participant: str, reason: str) -> None:
+        """A server-side bot plays ``participant``'s seat in the group, at its authority (:mod:`server.standins`).
+
+        ``reason`` ``"fill"``: the seat has no human (the lobby's fill); the bot counts as
+        connected and plays this block and the participant's later ones. ``"dropout"``: the
+        human was away too long; the bot plays until they connect again. Returns once the bot's
+        arrival is stored. Raises :class:`LookupError` for an unknown group or a participant not
+        in it, :class:`ValueError` for an unknown reason.
+        """
+        if reason not in REASONS:
+            raise ValueError(f"expected a reason in {list(REASONS)}, got {reason!r}")
+        if self.node is None:
+            await self.group(group_id)
+        await self.call(group_id, "standin", {"p": participant, "r": reason})
 
     # ------------------------------------------------------------------ blocks
 

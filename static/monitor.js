@@ -828,11 +828,11 @@ class LiveExperiment {
     const rows = list.slice(-LOG_ROWS).reverse().map((e) =>
       h(
         "tr",
-        {},
+        e.bot ? { class: "bot", title: "made by a server-side bot standing in for the participant" } : {},
         h("td", {}, String(e.seq)),
         h("td", {}, formatTime(e.ts)),
         h("td", {}, String(e.group ?? "—")),
-        h("td", {}, e.participant ? this.label(e.participant) : "server"),
+        h("td", {}, e.participant ? `${this.label(e.participant)}${e.bot ? " (bot)" : ""}` : "server"),
         h("td", {}, e.channel),
         h("td", { class: "value", title: JSON.stringify(e.value) ?? "" }, this.eventValue(e)),
         h("td", {}, formatNumber(e.latency)),

@@ -16,6 +16,7 @@
     outcomes     sessions, results and ticks
     asof         sessions, groups and blocks as they stood at a ``seq`` (the exports)
     snapshot     the monitor's snapshot of an experiment
+    statuses     participants' statuses (how each run ended), set in the writer's transaction
     deliveries   scores on their way back to oTree: stored, claimed by one worker, retried
     arrivals     the join link's seats by label, completion codes, the lobby's seats, the way back's rows
 
@@ -108,6 +109,7 @@ from .schema import (
 )
 from .seats import GroupSpec, Seat, client_ids, last_state_query, load_group, load_seat
 from .snapshot import monitor_state
+from .statuses import FINAL_STATUSES, STATUSES, set_statuses
 from .tables import (
     blocks,
     connections,
@@ -131,7 +133,9 @@ __all__ = [
     "BASELINE",
     "BOT",
     "COMMIT_BUCKET_NAMES",
+    "FINAL_STATUSES",
     "NO_GROUP",
+    "STATUSES",
     "Arrival",
     "Claimed",
     "ConnectionChange",
@@ -229,6 +233,7 @@ __all__ = [
     "session_standings",
     "sessions",
     "set_experiment_status",
+    "set_statuses",
     "stored_meta",
     "ticks",
     "to_datetime",

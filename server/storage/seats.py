@@ -3,7 +3,7 @@ is built from (its experiment, block, members and stored state)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, and_, select, text
@@ -51,8 +51,10 @@ class GroupSpec:
     group: dict[str, Any]
     #: the group's last ``state`` event: ``{"seq", "ts", "value"}``
     last_state: dict[str, Any] | None
-    #: the experiment's ``online`` settings (``server.online``); ``None``: pre-made links only
+    #: the experiment's ``online`` settings (``server.online``), ``None`` without
     online: dict[str, Any] | None = None
+    #: each member's ``participants.status`` (``None``: still playing, see ``storage.statuses``)
+    statuses: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def last_block(self) -> bool:
@@ -93,7 +95,7 @@ def _group_spec(conn: Connection, group_id: int) -> GroupSpec | None:
         return None
     exp = conn.execute(select(experiments).where(experiments.c.id == row["experiment_id"])).mappings().one()
     members = conn.execute(
-        select(participants.c.code, participants.c.id, sessions.c.id)
+        select(participants.c.code, participants.c.id, sessions.c.id, participants.c.status)
         .join(memberships, memberships.c.participant_id == participants.c.id)
         .join(
             sessions,
@@ -125,6 +127,7 @@ def _group_spec(conn: Connection, group_id: int) -> GroupSpec | None:
         group=dict(row),
         last_state=None if state is None else {"seq": state[0], "ts": to_epoch(state[1]), "value": state[2]},
         online=exp["online"],
+        statuses={m[0]: m[3] for m in members},
     )
 
 

@@ -148,3 +148,22 @@ async def test_monitor_cut_off_for_falling_behind_reconnects_to_a_fresh_snapshot
     first, second = (p["label"] for p in people)
     await expect(group.locator(".chart-summary")).to_have_text(f"Decisions: {first} 0.80, {second} 0.30", timeout=WAIT_MS)
     await expect(group).to_have_attribute("data-phase", "running")
+
+
+async def test_monitor_marks_the_events_a_bot_made(server: Harness, page: Page) -> None:
+    """A member drops out of an online experiment: the bot's decisions appear in the event log marked."""
+    exp = await server.create(game="public_goods", participants=2, group_size=2, period_length=6,
+                              online={"dropout_after": 0.5})
+    await page.goto(f"{server.base}/monitor?token={TOKEN}&experiment={exp['code']}")
+    await expect(page.locator("#live-state")).to_have_text("Live", timeout=WAIT_MS)
+    stays, leaves = [await server.connect(p["code"]) for p in exp["participants"]]
+    assert (await stays.expect("state"))["payload"] == "period_start"
+    await leaves.close()
+    marked = page.locator("#x-log tr.bot").first
+    await expect(marked).to_contain_text("(bot)", timeout=WAIT_MS)
+    await expect(marked).to_contain_text("decisions")
+    await stays.send("decisions", 3, "mine")
+    await stays.expect("ack")
+    human = page.locator("#x-log tr:not(.bot)", has_text="decisions").first
+    await expect(human).to_be_visible(timeout=WAIT_MS)
+    await expect(human).not_to_contain_text("(bot)")
