@@ -76,6 +76,9 @@ class Seats(Protocol):
 
     def stop(self) -> None: ...
 
+    def idle(self) -> bool:
+        """Whether no bot plays or is about to (the group may leave memory)."""
+
 
 def _state_from_row(row: dict[str, Any]) -> GroupState:
     state = GroupState(
@@ -152,6 +155,8 @@ class LiveGroup:
         self._retry_at: float | None = None
         #: set at shutdown: no timer is set any more, so nothing new is computed
         self._closed = False
+        #: writes submitted and not stored (or failed) yet
+        self._pending = 0
         #: a first-block group of an online experiment: its members wait in a lobby that counts them
         self.has_lobby = spec.online is not None and spec.block_index == 0
         #: told after each member's arrival (``server.lobby`` arms the lobby's timeout from it)
@@ -198,6 +203,7 @@ class LiveGroup:
         write = self._write(events, now, snapshot, client_id, connection, bot)
 
         def committed(stored: Write) -> None:
+            self._pending -= 1
             self.committed = snapshot
             self._retry_at = None
             prev = self.last_seq
@@ -221,6 +227,7 @@ class LiveGroup:
                 self._run_ended(self.experiment_id, list(self.member_ids.values()))
 
         def failed(exc: NotPersisted) -> None:
+            self._pending -= 1
             self.core.restore(self.committed)
             if isinstance(exc, NotAuthority):  # another worker took the group over: stop at once
                 self.retire()
@@ -231,6 +238,7 @@ class LiveGroup:
                 self._reschedule()
             future.set_exception(exc)
 
+        self._pending += 1
         self._writer.submit(write, committed, failed)
         self._reschedule()
         return future
@@ -504,6 +512,18 @@ class LiveGroup:
             log.exception("group %s: the game failed on a tick", self.id)
             return
         future.add_done_callback(consume)
+
+    @property
+    def resting(self) -> bool:
+        """Whether nothing keeps the group in memory: its period is over and stored, nobody is
+        connected, no write is on its way and no bot plays (see :meth:`server.routing.LiveGroups.sweep`)."""
+        return (
+            self.committed.phase is Phase.ENDED
+            and self.core.state.phase is Phase.ENDED
+            and not self.connections
+            and not self._pending
+            and (self.standins is None or self.standins.idle())
+        )
 
     def now(self) -> float:
         """The group's clock (seconds since the epoch, to the microsecond, as stored)."""

@@ -10,6 +10,13 @@ running period, so a deadline missed while the server was down is applied at onc
 late). When a period ends it moves the members here on to their next block's group after the
 experiment's ``block_pause``. Its :meth:`LiveGroups.control` is the Python API for the
 experimenter's ``start``, ``pause``, ``resume`` and ``end``.
+
+Finished groups leave memory: :meth:`LiveGroups.sweep` runs every half ``grace`` and drops a
+group whose period is over and stored with nobody connected, no write on its way and no bot
+playing (:attr:`server.live.LiveGroup.resting`), and a view without members here, once each has
+been so for ``grace`` seconds; whoever connects to one later loads it again from the database,
+as after a restart. In a cluster the node gives finished groups up (``server.cluster.node``) and
+the sweep drops the views.
 """
 
 from __future__ import annotations
@@ -41,6 +48,10 @@ from .storage import (
 from .views import GroupView, Member, change_from
 
 log = logging.getLogger("synclab.routing")
+#: seconds a finished group stays in memory by default (``SYNCLAB_GROUP_GRACE``)
+GRACE = 10.0
+#: the shortest interval between two sweeps
+MIN_SWEEP = 0.05
 
 
 class Node(Protocol):
@@ -77,6 +88,7 @@ class LiveGroups:
         *,
         node: Node | None = None,
         run_ended: RunEnded | None = None,
+        grace: float = GRACE,
     ) -> None:
         self.database = database
         self.writer = writer
@@ -100,6 +112,12 @@ class LiveGroups:
         self._closed = False
         #: the lobby timeouts of the online experiments' first-block groups served here
         self.lobbies = Lobbies(self)
+        #: seconds a finished group, or a view without members, stays in memory before it is dropped
+        self.grace = grace
+        #: since when (the loop's clock) each group, and each view, has been seen resting
+        self._quiet: dict[int, float] = {}
+        self._quiet_views: dict[int, float] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ authorities here
 
@@ -119,7 +137,9 @@ class LiveGroups:
         """The live group ``group_id`` acted for here, loaded once (in a cluster, under ``epoch``)."""
         group = self.groups.get(group_id)
         if group is not None and not group.retired:
+            self._quiet.pop(group_id, None)  # wanted again: its grace starts over
             return group
+        self._sweeping()
         lock = self._loading.setdefault(group_id, asyncio.Lock())
         async with lock:
             group = self.groups.get(group_id)
@@ -165,8 +185,61 @@ class LiveGroups:
     def view(self, group_id: int) -> GroupView:
         view = self.views.get(group_id)
         if view is None:
+            self._sweeping()
             view = self.views[group_id] = GroupView(group_id, self)
+        else:
+            self._quiet_views.pop(group_id, None)
         return view
+
+    # ------------------------------------------------------------------ memory
+
+    def _sweeping(self) -> None:
+        """Sweep every half ``grace`` from now on (started by the first group or view loaded)."""
+        if self._sweeper is None and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(max(MIN_SWEEP, self.grace / 2), self._sweep_again)
+
+    def _sweep_again(self) -> None:
+        self._sweeper = None
+        try:
+            self.sweep()
+        except Exception:
+            log.exception("sweeping finished groups failed")
+        if self.groups or self.views:
+            self._sweeping()
+
+    def sweep(self, now: float | None = None) -> int:
+        """Drop what has rested ``grace`` seconds: finished groups served here, views without members.
+
+        Returns how many groups and views were dropped. A group or view seen resting for the
+        first time is only marked; one no longer resting loses its mark.
+        """
+        now = asyncio.get_running_loop().time() if now is None else now
+        dropped = 0
+        if self.node is None:  # in a cluster the node gives finished groups up (and their leases)
+            for group_id, group in list(self.groups.items()):
+                if not group.resting or group_id in self._moves or group_id in self._loading:
+                    self._quiet.pop(group_id, None)
+                elif now - self._quiet.setdefault(group_id, now) >= self.grace:
+                    self._quiet.pop(group_id, None)
+                    self.groups.pop(group_id, None)
+                    self.lobbies.forget(group_id)
+                    group.retire()  # its clock and bots stop; a stale reference is refused
+                    dropped += 1
+        for group_id in [g for g in self._quiet if g not in self.groups]:
+            del self._quiet[group_id]
+        for group_id, view in list(self.views.items()):
+            if view.current or group_id in self._moves:
+                self._quiet_views.pop(group_id, None)
+            elif now - self._quiet_views.setdefault(group_id, now) >= self.grace:
+                self._quiet_views.pop(group_id, None)
+                del self.views[group_id]
+                if self.node is not None and group_id not in self.groups:
+                    self.node.unknown(group_id)  # who serves it is asked again if it is wanted again
+                dropped += 1
+        for group_id in [g for g in self._quiet_views if g not in self.views]:
+            del self._quiet_views[group_id]
+        return dropped
 
     async def seat(self, code: str, now: float | None = None) -> tuple[Seat, GroupView] | None:
         """The participant's seat and the view of its group, or ``None`` for an unknown code.
@@ -365,6 +438,9 @@ class LiveGroups:
         outcome still reaches the groups (see :meth:`server.runtime.Runtime.close`).
         """
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         self.lobbies.close()
         for handle in self._moves.values():
             handle.cancel()

@@ -62,7 +62,9 @@ class Runtime:
         node = Node(settings, database) if settings.clustered else None
         hub: Hub = node.hub if node is not None else MemoryHub()
         deliveries = Deliveries(database, settings)
-        groups = LiveGroups(database, writer, hub, node=node, run_ended=deliveries.run_ended)
+        groups = LiveGroups(
+            database, writer, hub, node=node, run_ended=deliveries.run_ended, grace=settings.group_grace
+        )
         if node is not None:
             await node.start(groups)
             log.warning("synclab: worker %s joined cluster %r", node.worker, settings.cluster_name)

@@ -82,6 +82,8 @@ class StandIns:
 
     def begin(self) -> None:
         """The group was just loaded here: put back the bots its members' statuses call for."""
+        if self.live.committed.phase is Phase.ENDED:
+            return  # nothing left to play here (a bot that plays on is put back by its next group's load)
         for code in self.live.core.members:
             status = self.live.spec.statuses.get(code)
             if status == "bot":
@@ -136,6 +138,11 @@ class StandIns:
         """The human left: in an online experiment, their dropout clock starts."""
         if self.dropout_after is not None and participant not in self.playing:
             self._arm(participant)
+
+    def idle(self) -> bool:
+        """Whether no bot plays here now (a finished bot's task is done; one that follows its
+        participant to the next block runs on the router, without this group)."""
+        return all(bot.done() for bot in self._bots.values())
 
     def stop(self) -> None:
         """This process no longer acts for the group: every bot and clock stops (nothing is stored)."""

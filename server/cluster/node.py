@@ -244,7 +244,7 @@ class Node:
         assert self.router is not None
         for group_id in list(self.held):
             live = self.router.groups.get(group_id)
-            if live is not None and live.committed.phase.value == "ended" and not live.connections:
+            if live is not None and live.resting:
                 lease = self.held[group_id]
                 self.router.retire(group_id)
                 self.router.spawn(self.leases.release(lease))
