@@ -348,6 +348,11 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["soak"]:  # experiments back to back, the RSS over time (bench/soak.py)
+        from .soak import main as soak_main
+
+        return soak_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description="synclab's load benchmark: the standard matrix.")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per run (default 10)")
     parser.add_argument("--idle", type=int, default=10_000, help="idle connections to hold (default 10000)")
