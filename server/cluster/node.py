@@ -160,7 +160,8 @@ class Node:
     def taken(self, group_id: int, worker: str) -> None:
         """``worker`` serves the group now (its notice): remembered, and requests still waiting
         on another worker about it fail as ``moved`` so that their callers ask again."""
-        self._remember(group_id, worker)
+        if self.router is None or group_id in self.router.views or group_id in self._owners:
+            self._remember(group_id, worker)  # not every group's owner: only those wanted here
         self.requests.moved(group_id, worker)
 
     async def claim(self, group_id: int) -> str:
