@@ -218,7 +218,11 @@ class LiveGroups:
         dropped = 0
         if self.node is None:  # in a cluster the node gives finished groups up (and their leases)
             for group_id, group in list(self.groups.items()):
-                if not group.resting or group_id in self._moves or group_id in self._loading:
+                # a view here with no member for ``grace`` yet may be about to get one (a socket
+                # between its seat's lookup and its attach): the group waits for the view
+                if not group.resting or group_id in self._moves or group_id in self._loading or (
+                    group_id in self.views and now - self._quiet_views.get(group_id, now) < self.grace
+                ):
                     self._quiet.pop(group_id, None)
                 elif now - self._quiet.setdefault(group_id, now) >= self.grace:
                     self._quiet.pop(group_id, None)
@@ -292,6 +296,8 @@ class LiveGroups:
     async def call(self, group_id: int, op: str, body: dict[str, Any]) -> Any:
         """``op`` at the group's authority, here or at the worker that serves the group."""
         if self.node is None:
+            if group_id not in self.groups:  # dropped as finished, wanted again: loaded as after a restart
+                await self.group(group_id)
             return await _awaited(self.handle(op, {**body, "g": group_id}))
         for attempt in range(3):
             owner = await self.node.owner(group_id)
