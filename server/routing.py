@@ -414,7 +414,10 @@ class LiveGroups:
             for p in every:
                 for member in p.members:
                     here.setdefault(member, []).append(p)
-            current = {m: gs[current_block([(g.phase, g.ended_at) for g in gs], now, 0.0)].group_id
+            # during the pause after a block the members are still in its group (seeing its
+            # results): the next block's group is not theirs yet, and is not started before they move in
+            pause = float(row["block_pause"] or 0.0)
+            current = {m: gs[current_block([(g.phase, g.ended_at) for g in gs], now, pause)].group_id
                        for m, gs in here.items()}
             targets = [p for p in places if p.phase is Phase.WAITING and all(current[m] == p.group_id for m in p.members)]
         elif action == "pause":

@@ -16,6 +16,7 @@
     outcomes     sessions, results and ticks
     asof         sessions, groups and blocks as they stood at a ``seq`` (the exports)
     snapshot     the monitor's snapshot of an experiment
+    charts       a group's period as the charts draw it (a page opened mid-period)
     statuses     participants' statuses (how each run ended), set in the writer's transaction
     deliveries   scores on their way back to oTree: stored, claimed by one worker, retried
     arrivals     the join link's seats by label, completion codes, the lobby's seats, the way back's rows
@@ -67,6 +68,7 @@ from .catalog import (
     participant_game,
     set_experiment_status,
 )
+from .charts import period_history
 from .database import Database
 from .deliveries import (
     Claimed,
@@ -220,6 +222,7 @@ __all__ = [
     "normalise_url",
     "participant_game",
     "participants",
+    "period_history",
     "periods_as_of",
     "prepare_schema",
     "reading",

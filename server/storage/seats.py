@@ -71,6 +71,8 @@ class Seat:
     group_id: int
     #: the experiment's game (its name or import path)
     game: str = ""
+    #: every group of the participant, in block order (the otree-redwood route may name any)
+    groups: tuple[int, ...] = ()
 
 
 def load_group(engine: Engine, group_id: int) -> GroupSpec | None:
@@ -164,7 +166,7 @@ def load_seat(engine: Engine, code: str, now: float) -> Seat | None:
             .order_by(blocks.c.index)
         ).all()
         index = current_block([(Phase(r[1]), to_epoch(r[2])) for r in rows], now, float(block_pause or 0.0))
-        return Seat(participant_id, code, experiment_id, rows[index][0], str(game))
+        return Seat(participant_id, code, experiment_id, rows[index][0], str(game), tuple(r[0] for r in rows))
 
 
 def client_ids(engine: Engine, participant_id: int) -> dict[str, int]:
