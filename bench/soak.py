@@ -231,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=Soak.rate, help="decisions per second per bot (default 4)")
     parser.add_argument("--concurrent", type=int, default=Soak.concurrent, help="experiments at once (default 8)")
     parser.add_argument("--sample", type=float, default=Soak.sample, help="seconds between RSS samples (default 0.5)")
-    parser.add_argument("--grace", type=float, help="the server's SYNCLAB_GROUP_GRACE (default: the server's, 10 s)")
+    parser.add_argument("--grace", type=float, help="the server's SYNCLAB_GROUP_GRACE (default: the server's, 2 s)")
     parser.add_argument("--postgres", nargs="?", const=POSTGRES_URL, metavar="URL",
                         help=f"run the server on PostgreSQL, in a schema of its own (default URL {POSTGRES_URL})")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the server and this process to cores")

@@ -49,7 +49,7 @@ from .views import GroupView, Member, change_from
 
 log = logging.getLogger("synclab.routing")
 #: seconds a finished group stays in memory by default (``SYNCLAB_GROUP_GRACE``)
-GRACE = 10.0
+GRACE = 2.0
 #: the shortest interval between two sweeps
 MIN_SWEEP = 0.05
 

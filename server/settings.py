@@ -83,7 +83,7 @@ class Settings:
     delivery_timeout: float = 10.0
     #: seconds a finished group (period over, nobody connected) stays in memory before it is
     #: dropped; it is loaded again from the database if somebody connects to it later
-    group_grace: float = 10.0
+    group_grace: float = 2.0
 
     @property
     def clustered(self) -> bool:
@@ -118,5 +118,5 @@ class Settings:
             delivery_retry_max=_number(env, "SYNCLAB_DELIVERY_RETRY_MAX", 300.0, minimum=0.01, maximum=24 * 3600),
             delivery_poll=_number(env, "SYNCLAB_DELIVERY_POLL", 2.0, minimum=0.05, maximum=3600),
             delivery_timeout=_number(env, "SYNCLAB_DELIVERY_TIMEOUT", 10.0, minimum=0.1, maximum=600),
-            group_grace=_number(env, "SYNCLAB_GROUP_GRACE", 10.0, minimum=0, maximum=24 * 3600),
+            group_grace=_number(env, "SYNCLAB_GROUP_GRACE", 2.0, minimum=0, maximum=24 * 3600),
         )
