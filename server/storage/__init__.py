@@ -4,7 +4,8 @@
     times        stored times to epoch seconds, ISO 8601 text and wire milliseconds
     engine       a URL to an engine (SQLite pragmas, JSON), the read-only engine of the commands
     schema       where a database stands against the migrations (Alembic), and upgrading it
-    meta         server-wide key-value settings (the generated token)
+    meta         server-wide key-value settings
+    tokens       the experimenters' tokens: names, roles, SHA-256 digests (never a token)
     catalog      experiments: creating and listing them, their groups, their status
     seats        who a connecting participant is, and what a live group is built from
     writes       the values a write carries (plain dataclasses, no SQL)
@@ -104,15 +105,34 @@ from .tables import (
     results,
     sessions,
     ticks,
+    tokens,
 )
 from .thread import COMMIT_BUCKET_NAMES, WriterThread
 from .times import iso, to_datetime, to_epoch
+from .tokens import (
+    FIRST_TOKEN,
+    ROLES,
+    TokenExists,
+    add_token,
+    check_name,
+    check_role,
+    digest,
+    drop_token,
+    first_token,
+    list_tokens,
+    new_token,
+    revoke_token,
+    token_account,
+    token_used,
+)
 from .writer import EventWriter
 from .writes import ConnectionChange, GroupUpdate, NewEvent, NewResult, NewTick, Write
 
 __all__ = [
     "BASELINE",
     "COMMIT_BUCKET_NAMES",
+    "FIRST_TOKEN",
+    "ROLES",
     "Claimed",
     "ConnectionChange",
     "Database",
@@ -129,13 +149,17 @@ __all__ = [
     "SchemaState",
     "Seat",
     "Standing",
+    "TokenExists",
     "Write",
     "WriterThread",
     "add_otree_deliveries",
+    "add_token",
     "block_final_scores",
     "block_status",
     "blocks",
     "blocks_and_groups_as_of",
+    "check_name",
+    "check_role",
     "claim_delivery",
     "claim_group",
     "client_ids",
@@ -150,6 +174,8 @@ __all__ = [
     "delivery_done",
     "delivery_failed",
     "differences",
+    "digest",
+    "drop_token",
     "due_deliveries",
     "events",
     "experiment_groups",
@@ -159,6 +185,7 @@ __all__ = [
     "experiments",
     "find_session",
     "finished_without_delivery",
+    "first_token",
     "get_or_create_meta",
     "group_epoch",
     "groups",
@@ -173,6 +200,7 @@ __all__ = [
     "list_results",
     "list_sessions",
     "list_ticks",
+    "list_tokens",
     "live_group_ids",
     "load_group",
     "load_seat",
@@ -182,6 +210,7 @@ __all__ = [
     "meta",
     "monitor_state",
     "new_code",
+    "new_token",
     "next_delivery_at",
     "normalise_url",
     "participant_game",
@@ -191,6 +220,7 @@ __all__ = [
     "reading",
     "results",
     "results_by_session",
+    "revoke_token",
     "schema_state",
     "session_query",
     "session_results",
@@ -202,5 +232,8 @@ __all__ = [
     "ticks",
     "to_datetime",
     "to_epoch",
+    "token_account",
+    "token_used",
+    "tokens",
     "upgrade_schema",
 ]
