@@ -24,7 +24,7 @@ async def points(page: Page, group: int) -> int:
 
 async def test_monitor_creates_an_experiment_and_follows_it_live(server: Harness, page: Page) -> None:
     """Create from the form, show links and QR codes, follow connections, decisions and a pause."""
-    await page.goto(f"{server.base}/monitor?token={TOKEN}")
+    await page.goto(f"{server.base}/monitor#token={TOKEN}")
     await expect(page.locator("#f-game option[value=bimatrix]")).to_be_attached(timeout=WAIT_MS)
     assert "token" not in page.url, "the token stays out of the address bar"
     assert await page.evaluate(f"localStorage.getItem('{TOKEN_KEY}')") == TOKEN
@@ -99,10 +99,10 @@ async def test_monitor_creates_an_experiment_and_follows_it_live(server: Harness
 
 async def test_monitor_with_a_wrong_token_shows_the_error_and_asks_again(server: Harness, page: Page) -> None:
     """A refused token is said plainly, forgotten, and the token form comes back."""
-    await page.goto(f"{server.base}/monitor?token=not-the-token")
+    await page.goto(f"{server.base}/monitor#token=not-the-token")
     error = page.get_by_role("alert")
     await expect(error).to_contain_text("403", timeout=WAIT_MS)
-    await expect(error).to_contain_text("token is wrong")
+    await expect(error).to_contain_text("token is not known")
     await expect(page.get_by_label("Experimenter token")).to_be_visible()
     assert await page.evaluate(f"localStorage.getItem('{TOKEN_KEY}')") is None
 
@@ -115,7 +115,7 @@ async def test_monitor_with_a_wrong_token_shows_the_error_and_asks_again(server:
 
 async def test_monitor_names_the_field_the_server_refused(server: Harness, page: Page) -> None:
     """A 400 from POST /api/experiments shows its message and marks the field it names."""
-    await page.goto(f"{server.base}/monitor?token={TOKEN}")
+    await page.goto(f"{server.base}/monitor#token={TOKEN}")
     await expect(page.locator("#f-game option[value=bimatrix]")).to_be_attached(timeout=WAIT_MS)
     await page.get_by_role("spinbutton", name="Participants").fill("3")
     await page.get_by_role("button", name="Create experiment").click()
@@ -129,7 +129,7 @@ async def test_monitor_cut_off_for_falling_behind_reconnects_to_a_fresh_snapshot
 ) -> None:
     """Closed 4008, the page reconnects by itself and shows what happened meanwhile."""
     exp = await server.create(period_length=60)
-    await page.goto(f"{server.base}/monitor?token={TOKEN}&experiment={exp['code']}")
+    await page.goto(f"{server.base}/monitor?experiment={exp['code']}#token={TOKEN}")
     live = page.locator("#live-state")
     await expect(live).to_have_attribute("data-snapshots", "1", timeout=WAIT_MS)
     people = exp["participants"]
