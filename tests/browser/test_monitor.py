@@ -10,6 +10,7 @@ import pytest
 from playwright.async_api import Page, expect
 
 from server import monitor
+from server.storage import add_token, revoke_token
 from tests.server.harness import TOKEN, Harness, timeout
 
 TOKEN_KEY = "synclab.monitor.token"
@@ -148,3 +149,29 @@ async def test_monitor_cut_off_for_falling_behind_reconnects_to_a_fresh_snapshot
     first, second = (p["label"] for p in people)
     await expect(group.locator(".chart-summary")).to_have_text(f"Decisions: {first} 0.80, {second} 0.30", timeout=WAIT_MS)
     await expect(group).to_have_attribute("data-phase", "running")
+
+
+async def test_monitor_with_a_watch_token_follows_live_and_is_told_why_it_cannot_pause(
+    server: Harness, page: Page
+) -> None:
+    """A ``watch`` token: the live view works (its socket authenticated by the first frame), Pause is
+    refused with a message naming the token and its role, and the token is kept; once revoked,
+    the live view is cut off (4403) and the token form comes back."""
+    watch = await server.runtime.database.write(add_token, "ta-anna", "watch")
+    exp = await server.create(period_length=60)
+    await page.goto(f"{server.base}/monitor?experiment={exp['code']}#token={watch}")
+    live = page.locator("#live-state")
+    await expect(live).to_have_text("Live", timeout=WAIT_MS)
+    await expect(live).to_have_attribute("data-snapshots", "1", timeout=WAIT_MS)
+    assert "token" not in page.url
+    await page.get_by_role("group", name="Experiment controls").get_by_role("button", name="Pause").click()
+    error = page.get_by_role("alert")
+    await expect(error).to_contain_text("the token 'ta-anna' has the role watch; controlling experiments needs admin",
+                                        timeout=WAIT_MS)
+    assert await page.evaluate(f"localStorage.getItem('{TOKEN_KEY}')") == watch
+
+    assert await server.runtime.database.write(revoke_token, "ta-anna")
+    await expect(live).to_have_attribute("data-last-close", "4403", timeout=WAIT_MS)
+    await expect(error).to_contain_text("'ta-anna' was revoked", timeout=WAIT_MS)
+    await expect(page.get_by_label("Experimenter token")).to_be_visible()
+    assert await page.evaluate(f"localStorage.getItem('{TOKEN_KEY}')") is None
