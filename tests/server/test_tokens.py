@@ -185,7 +185,7 @@ async def test_a_revoked_token_is_refused_within_two_seconds_and_its_monitor_cut
         answer = await server.http.get(f"/api/experiments/{exp['code']}", headers=headers)
         if answer.status_code == 403:
             break
-        assert time.monotonic() - revoked_at < 2.0, "still accepted 2 s after the revoke"
+        assert time.monotonic() - revoked_at < timeout(2.0), "still accepted 2 s after the revoke"
         await asyncio.sleep(0.05)
     assert answer.json()["error"] == "the token 'ta-bob' was revoked"
     with pytest.raises(ConnectionClosed) as closed:
