@@ -30,6 +30,7 @@ from .exceptions import (
 )
 from .experiments import parse_request, plan
 from .live import ACTIONS
+from .online import settings
 from .progress import (
     Filter,
     group_in_experiment,
@@ -44,6 +45,7 @@ from .storage import (
     count_events,
     count_experiments,
     count_rows,
+    ensure_completion_codes,
     experiment_participants,
     experiment_row,
     insert_experiment,
@@ -53,6 +55,7 @@ from .storage import (
     list_experiments,
     list_results,
     list_sessions,
+    missing_completion_codes,
 )
 
 #: the largest integer a query value may be: a 64-bit column holds it
@@ -186,11 +189,18 @@ def experiment_fields(row: dict[str, Any]) -> dict[str, Any]:
         "started_at": iso(row["started_at"]),
         "finished_at": iso(row["finished_at"]),
         "last_seq": row["last_seq"],
+        # the shared join link's settings (``server.online``), oTree's REST key hidden
+        "online": None if (online := settings(row.get("online"))) is None else online.public(),
     }
 
 
 def _experiment_summary(request: HTTPConnection, row: dict[str, Any]) -> dict[str, Any]:
-    return {**experiment_fields(row), "monitor_url": f"{base_url(request)}/monitor?experiment={row['code']}"}
+    base = base_url(request)
+    return {
+        **experiment_fields(row),
+        "monitor_url": f"{base}/monitor?experiment={row['code']}",
+        "join_url": None if row.get("online") is None else f"{base}/join/{row['code']}",
+    }
 
 
 def experiment_body(request: HTTPConnection, row: dict[str, Any], people: list[dict[str, Any]]) -> dict[str, Any]:
@@ -354,12 +364,19 @@ async def participants_list(request: Request) -> Response:
     db = runtime(request).database
     if only is not None and await db.read(participant_id, row["id"], only) is None:
         raise NotFound(f"participant: no participant {only!r} in experiment {row['code']!r}")
+    await completion_codes(db, row["id"])
     rows = await db.read(
         participant_progress, row["id"], Filter(only, group, query_bool(request, "exclude_unfinished"))
     )
     _check_page(page, len(rows), page_size)
     shown = rows[(page - 1) * page_size : page * page_size]
     return JSON(paginated(request, len(rows), page, page_size, shown))
+
+
+async def completion_codes(db: Any, experiment_id: int) -> None:
+    """Give the participants of an experiment made before completion codes theirs, once."""
+    if await db.read(missing_completion_codes, experiment_id):
+        await db.write(ensure_completion_codes, experiment_id)
 
 
 async def participant_detail(request: Request) -> Response:
@@ -370,6 +387,7 @@ async def participant_detail(request: Request) -> Response:
     pid = await db.read(participant_id, row["id"], code)
     if pid is None:
         raise NotFound(f"no participant {code!r} in experiment {row['code']!r}")
+    await completion_codes(db, row["id"])
     found = await db.read(
         participant_progress, row["id"], Filter(code, None, query_bool(request, "exclude_unfinished"))
     )

@@ -22,7 +22,7 @@ from starlette.websockets import WebSocket
 from groups import UnknownGame, load_game
 from groups.registry import BUNDLED
 
-from . import api, export, openapi, redaction
+from . import api, export, join, openapi, redaction
 from .accounts import Authenticate
 from .connection import REDWOOD, SYNCLAB, serve
 from .exceptions import ApiError, NotPersisted
@@ -110,6 +110,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *export.routes,
         *openapi.routes,
         *api.action_routes,
+        *join.routes,
         Route("/p/{code}", participant_page),
         Route("/p/{code}/view.js", participant_view),
         Route("/monitor", monitor_page),

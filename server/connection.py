@@ -252,7 +252,9 @@ async def serve(websocket: WebSocket, groups: LiveGroups, settings: Settings, ro
 
 
 def _redwood_path_matches(websocket: WebSocket, seat: Seat) -> bool:
-    return (
-        str(websocket.path_params.get("app")) == seat.game
-        and str(websocket.path_params.get("group")) == str(seat.group_id)
-    )
+    """The URL names the game and one of the participant's groups: the current one, or that of an
+    earlier or later block (an otree-redwood page keeps the URL it was built with across a block
+    move, and reconnects through it); the socket always joins the current group."""
+    return str(websocket.path_params.get("app")) == seat.game and str(websocket.path_params.get("group")) in {
+        str(g) for g in (seat.groups or (seat.group_id,))
+    }

@@ -42,7 +42,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from .api import _experiment, experiment_fields, query_value, require_admin, runtime
+from .api import (
+    _experiment,
+    completion_codes,
+    experiment_fields,
+    query_value,
+    require_admin,
+    runtime,
+)
 from .exceptions import BadRequest
 from .progress import participant_progress
 from .settings import Settings
@@ -73,7 +80,7 @@ PAGE_ROWS = 2000
 
 #: the CSV columns of each table, in order; ``completion`` is flattened into three columns
 CSV_COLUMNS: dict[str, tuple[str, ...]] = {
-    "events": ("seq", "timestamp", "group", "participant", "channel", "value"),
+    "events": ("seq", "timestamp", "group", "participant", "channel", "value", "bot"),
     "results": ("participant", "block", "subperiod", "decision", "score", "seq"),
     "sessions": ("participant", "block", "group", "started_at", "finished_at", "final_score", "json_data"),
     "participants": (
@@ -88,6 +95,10 @@ CSV_COLUMNS: dict[str, tuple[str, ...]] = {
         "final_score",
         "rank",
         "percentile_rank",
+        "join_label",
+        "joined_at",
+        "completion_code",
+        "status",
     ),
 }
 #: columns holding any JSON value: written as compact JSON text in CSV, so a string keeps its quotes
@@ -314,6 +325,8 @@ async def export_csv(request: Request) -> Response:
     require_admin(request, "exporting experiments")
     row = await _experiment(request)
     table = _table(request, required=True)
+    if table == "participants":
+        await completion_codes(runtime(request).database, row["id"])
     return StreamingResponse(
         stream(runtime(request).database, plan(row, table, "csv")),
         media_type="text/csv",
@@ -326,6 +339,8 @@ async def export_json(request: Request) -> Response:
     require_admin(request, "exporting experiments")
     row = await _experiment(request)
     table = _table(request, required=False)
+    if table in ("participants", None):
+        await completion_codes(runtime(request).database, row["id"])
     return StreamingResponse(
         stream(runtime(request).database, plan(row, table, "json")),
         media_type="application/json",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -53,6 +53,8 @@ Clock = Callable[[], float]
 ACTIONS = ("start", "pause", "resume", "end")
 #: the channel of an experimenter's action, recorded (not sent) before what it caused
 CONTROL = "control"
+#: the channel of the lobby's count (``{"present", "needed"}``, not stored) and of its release (stored)
+LOBBY = "lobby"
 #: seconds before a tick whose write failed (the database away) is tried again
 RETRY_AFTER = 0.5
 
@@ -61,6 +63,18 @@ RETRY_AFTER = 0.5
 CloseMember = Callable[[str, str, int, str], None]
 #: told (experiment id, participant ids) once the last block's period has ended and is stored
 RunEnded = Callable[[int, list[int]], None]
+
+
+class Seats(Protocol):
+    """Who plays each seat besides its human (``server.standins``), as the group tells it."""
+
+    def connected(self, participant: str) -> None: ...
+
+    def disconnected(self, participant: str) -> None: ...
+
+    def statuses(self, events: list[Event]) -> list[tuple[int, str]]: ...
+
+    def stop(self) -> None: ...
 
 
 def _state_from_row(row: dict[str, Any]) -> GroupState:
@@ -123,6 +137,8 @@ class LiveGroup:
         #: set once another worker may have taken the group over: nothing is computed any more
         self.retired = False
         self._close_member = close_member
+        #: the server-side bots of its seats (set by the router); told who comes and goes
+        self.standins: Seats | None = None
         #: told (with the group's id) when a write was fenced: another worker serves the group
         self._fenced = fenced
         self._run_ended = run_ended
@@ -136,6 +152,10 @@ class LiveGroup:
         self._retry_at: float | None = None
         #: set at shutdown: no timer is set any more, so nothing new is computed
         self._closed = False
+        #: a first-block group of an online experiment: its members wait in a lobby that counts them
+        self.has_lobby = spec.online is not None and spec.block_index == 0
+        #: told after each member's arrival (``server.lobby`` arms the lobby's timeout from it)
+        self.on_arrival: Callable[[LiveGroup], None] | None = None
         self._reschedule()
 
     # ------------------------------------------------------------------ actions
@@ -146,6 +166,7 @@ class LiveGroup:
         *,
         client_id: str | None = None,
         connection: ConnectionChange | None = None,
+        bot: bool = False,
     ) -> asyncio.Future[list[int]]:
         """Run ``action`` on the core, store its events, publish them once stored.
 
@@ -174,7 +195,7 @@ class LiveGroup:
             return future
         now = self.core.now
         snapshot = self.core.state.copy()
-        write = self._write(events, now, snapshot, client_id, connection)
+        write = self._write(events, now, snapshot, client_id, connection, bot)
 
         def committed(stored: Write) -> None:
             self.committed = snapshot
@@ -222,8 +243,8 @@ class LiveGroup:
             at, lat = ms(now), round(latency * 1000, 3)
             rows = [
                 {"seq": seq, "ts": at, "group": self.id, "participant": ev.participant,
-                 "channel": ev.channel, "value": ev.payload, "latency": lat}
-                for ev, seq in zip(events, stored.seqs, strict=True)
+                 "channel": ev.channel, "value": ev.payload, "latency": lat, "bot": new.bot}
+                for ev, seq, new in zip(events, stored.seqs, stored.events, strict=True)
             ]
             self._hub.publish(topic, orjson.dumps(rows).decode())
         presence = monitor_presence_topic(self.experiment_id)
@@ -247,6 +268,7 @@ class LiveGroup:
         snapshot: GroupState,
         client_id: str | None,
         connection: ConnectionChange | None,
+        bot: bool = False,
     ) -> Write:
         stored = [
             NewEvent(
@@ -256,6 +278,7 @@ class LiveGroup:
                 self.id,
                 None if ev.participant is None else self.member_ids[ev.participant],
                 client_id if ev.participant is not None else None,
+                bot and ev.participant is not None,
             )
             for ev in events
         ]
@@ -299,10 +322,13 @@ class LiveGroup:
             snapshot.vars,
             snapshot.clock(),
         )
-        return Write(self.experiment_id, stored, group, connection, scored, timed, epoch=self.epoch)
+        statuses = self.standins.statuses(events) if self.standins is not None else []
+        return Write(self.experiment_id, stored, group, connection, scored, timed, statuses, epoch=self.epoch)
 
-    def receive(self, participant: str, channel: str, payload: Any, client_id: str | None) -> asyncio.Future[list[int]]:
-        """A client frame on a game channel; a repeated ``client_id`` is answered, not stored."""
+    def receive(
+        self, participant: str, channel: str, payload: Any, client_id: str | None, *, bot: bool = False
+    ) -> asyncio.Future[list[int]]:
+        """A client frame on a game channel (``bot``: a stand-in's); a repeated ``client_id`` is answered, not stored."""
         ids = self.client_ids.setdefault(participant, {})
         if client_id is not None and client_id in ids:
             known = ids[client_id]
@@ -311,7 +337,9 @@ class LiveGroup:
             done: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
             done.set_result([known])
             return done
-        future = self.act(lambda: self.core.receive(participant, channel, payload, self._clock()), client_id=client_id)
+        future = self.act(
+            lambda: self.core.receive(participant, channel, payload, self._clock()), client_id=client_id, bot=bot
+        )
         if client_id is not None:
             ids[client_id] = future
 
@@ -332,7 +360,14 @@ class LiveGroup:
         self.connections[participant] = (worker, conn)
         if older is not None and older != (worker, conn) and self._close_member is not None:
             self._close_member(*older, WS_4000_REPLACED, "replaced by a newer connection of the same participant")
-        return self.act(lambda: self.core.connect(participant, self._clock()), connection=connection)
+        future = self.act(lambda: self.core.connect(participant, self._clock()), connection=connection)
+        if self.has_lobby:
+            future.add_done_callback(self._lobby_changed)
+            if self.on_arrival is not None:
+                self.on_arrival(self)
+        if self.standins is not None:
+            self.standins.connected(participant)
+        return future
 
     def disconnect(
         self, participant: str, connection: ConnectionChange | None, *, worker: str = "", conn: str = ""
@@ -340,8 +375,28 @@ class LiveGroup:
         """The connection ``conn`` closed: the participant is gone, unless a newer one replaced it."""
         if self.connections.get(participant) == (worker, conn):
             del self.connections[participant]
-            return self.act(lambda: self.core.disconnect(participant, self._clock()), connection=connection)
+            future = self.act(lambda: self.core.disconnect(participant, self._clock()), connection=connection)
+            if self.has_lobby:
+                future.add_done_callback(self._lobby_changed)
+            if self.standins is not None:
+                self.standins.disconnected(participant)
+            return future
         return self.act(list, connection=connection)  # replaced: only the close is stored
+
+    def lobby(self, arriving: str | None = None) -> dict[str, int] | None:
+        """While a lobby waits for its members: how many are here (with ``arriving``) and how many are needed."""
+        if not self.has_lobby or self.committed.phase is not Phase.WAITING:
+            return None
+        here = self.core.connected | ({arriving} if arriving is not None else set())
+        return {"present": len(here & set(self.core.members)), "needed": len(self.core.members)}
+
+    def _lobby_changed(self, stored: asyncio.Future[list[int]]) -> None:
+        """After a member's arrival or departure is stored: the waiting members' count, live (not stored)."""
+        if stored.cancelled() or stored.exception() is not None or self.retired:
+            return
+        lobby = self.lobby()
+        if lobby is not None:
+            self._hub.publish(self.topic, encode(LOBBY, lobby))
 
     def start(self) -> asyncio.Future[list[int]]:
         return self.act(lambda: self.core.start(self._clock()))
@@ -406,6 +461,9 @@ class LiveGroup:
             "bonus_points": self.spec.bonus_points,
             "block_pause": self.spec.block_pause,
             "earned": earned,
+            "lobby": self.lobby(participant),
+            # an online experiment (the join link): the final screen asks for the way back
+            "online": self.spec.online is not None,
             "server_time": ms(now),
             "last_seq": self.last_seq,
         }
@@ -450,9 +508,15 @@ class LiveGroup:
             return
         future.add_done_callback(consume)
 
+    def now(self) -> float:
+        """The group's clock (seconds since the epoch, to the microsecond, as stored)."""
+        return self._clock()
+
     def close(self) -> None:
-        """Stop the group's clock (at shutdown); what it has submitted is still stored."""
+        """Stop the group's clock and its bots (at shutdown); what it has submitted is still stored."""
         self._closed = True
+        if self.standins is not None:
+            self.standins.stop()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -100,9 +100,15 @@ def parse_online(value: Any) -> OnlineSettings | None:
     completion_url = _url(value, "completion_url")
     if completion_url is not None:
         try:
-            fields = {name for _, name, _, _ in string.Formatter().parse(completion_url) if name is not None}
+            parsed = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(completion_url) if name is not None]
         except ValueError as exc:
             raise BadRequest(f"online.completion_url: not a template: {exc}", field="online.completion_url") from None
+        fields = {name for name, _, _ in parsed}
+        if any(spec or conv for _, spec, conv in parsed):  # the values are URL-encoded text: no format spec
+            raise BadRequest(
+                "online.completion_url: expected plain fields such as {score}, got a format spec or conversion",
+                field="online.completion_url",
+            )
         unknown_fields = sorted(fields - set(COMPLETION_FIELDS))
         if unknown_fields:
             raise BadRequest(

@@ -29,7 +29,9 @@ from .api import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_QUERY_INT, STATUSES
 from .experiments import MAX_BLOCK_PAUSE, MAX_BLOCKS, MAX_PARTICIPANTS, MAX_SESSIONS, MAX_SUBPERIODS
 from .export import TABLES
 from .live import ACTIONS
+from .online import FILLS, MAX_WAIT
 from .storage import COMMIT_BUCKET_NAMES
+from .storage import STATUSES as PARTICIPANT_STATUSES
 
 OPENAPI_VERSION = "3.1.0"
 PATH = "/api/openapi.json"
@@ -123,6 +125,10 @@ def _row_schemas() -> dict[str, JSONSchema]:
         "final_score": _NUMBER,
         "rank": {"type": "integer", "minimum": 1},
         "percentile_rank": _nullable({"type": "number", "minimum": 0, "maximum": 100}),
+        "join_label": _nullable(_STRING),
+        "joined_at": _nullable(_TIME),
+        "completion_code": _nullable(_STRING),
+        "status": _nullable({"type": "string", "enum": list(PARTICIPANT_STATUSES)}),
     }
     scored = {"subperiod": _nullable(_INT), "decision": _ANY, "score": _NUMBER, "seq": _SEQ}
     session: dict[str, JSONSchema] = {
@@ -137,7 +143,7 @@ def _row_schemas() -> dict[str, JSONSchema]:
     return {
         "Event": _object(
             {"seq": _SEQ, "timestamp": _TIME, "group": _nullable(_INT), "participant": _nullable(_STRING),
-             "channel": _STRING, "value": _ANY}
+             "channel": _STRING, "value": _ANY, "bot": {"type": "boolean"}}
         ),
         "Session": _object(session),
         "Result": _object({"participant": _STRING, "block": session["block"], **scored}),
@@ -170,8 +176,14 @@ def _experiment_schemas() -> dict[str, JSONSchema]:
         "started_at": _nullable(_TIME),
         "finished_at": _nullable(_TIME),
         "last_seq": {"type": "integer", "minimum": 0},
+        "online": _nullable(_object({
+            "label_param": _STRING, "lobby_timeout": _NUMBER, "fill": {"type": "string", "enum": list(FILLS)},
+            "dropout_after": _NUMBER, "completion_url": _nullable(_STRING), "otree_url": _nullable(_STRING),
+            "otree_rest_key": _nullable({"const": "set"}),
+        })),
     }
-    summary = {**fields, "monitor_url": {"type": "string", "format": "uri"}}
+    summary = {**fields, "monitor_url": {"type": "string", "format": "uri"},
+               "join_url": _nullable({"type": "string", "format": "uri"})}
     link = _object({"code": _STRING, "label": _STRING, "url": {"type": "string", "format": "uri"}})
     block = _object(
         {
@@ -329,9 +341,33 @@ def _new_experiment(game: JSONSchema, sizes: tuple[int, int | None], config: JSO
                            "maximum": MAX_PARTICIPANTS if high is None else high},
             **_timing_properties(),
             "config": _nullable(config) if config else {"type": ["object", "null"]},
+            "online": _ONLINE,
         },
-        optional=(*_timing_properties(), "config"),
+        optional=(*_timing_properties(), "config", "online"),
     )
+
+
+#: ``POST /api/experiments``'s ``online`` (see ``server.online``): the shared join link and the way back
+_ONLINE: JSONSchema = {
+    "description": "the shared join link /join/{code}, the lobby, the way back; true: the defaults",
+    "anyOf": [
+        {"type": "null"},
+        {"const": True},
+        _object(
+            {
+                "label_param": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+                "lobby_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_WAIT},
+                "fill": {"type": "string", "enum": list(FILLS)},
+                "dropout_after": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_WAIT},
+                "completion_url": {
+                    "type": ["string", "null"], "maxLength": 500, "pattern": "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\\s{}]*)?$",
+                    "description": "a template of {label}, {code}, {completion_code}, {status}, {score} (URL-encoded)",
+                },
+            },
+            optional=("label_param", "lobby_timeout", "fill", "dropout_after", "completion_url"),
+        ),
+    ],
+}
 
 
 def _game_config(game: type[DecisionGroup]) -> JSONSchema:

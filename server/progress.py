@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, func, select
 
 from .storage import (
+    FINAL_STATUSES,
     Standing,
     blocks,
     connections,
@@ -115,7 +116,15 @@ def stats(rows: list[dict[str, Any]], exclude_unfinished: bool) -> dict[str, Any
 def _rows(conn: Any, experiment_id: int, upto_seq: int | None) -> list[dict[str, Any]]:
     num_blocks = conn.execute(select(experiments.c.num_blocks).where(experiments.c.id == experiment_id)).scalar_one()
     people = conn.execute(
-        select(participants.c.id, participants.c.code, participants.c.label)
+        select(
+            participants.c.id,
+            participants.c.code,
+            participants.c.label,
+            participants.c.join_label,
+            participants.c.joined_at,
+            participants.c.completion_code,
+            participants.c.status,
+        )
         .where(participants.c.experiment_id == experiment_id)
         .order_by(participants.c.index)
     ).all()
@@ -130,7 +139,7 @@ def _rows(conn: Any, experiment_id: int, upto_seq: int | None) -> list[dict[str,
     for s in session_standings(conn, experiment_id, upto_seq):
         standings.setdefault(s.participant_id, []).append(s)
     rows = []
-    for pid, code, label in people:
+    for pid, code, label, join_label, joined_at, completion_code, status in people:
         mine = standings.get(pid, [])
         finished = sum(s.finished for s in mine)
         # its group now: the first not ended, else the last (the block pause is not counted)
@@ -153,6 +162,13 @@ def _rows(conn: Any, experiment_id: int, upto_seq: int | None) -> list[dict[str,
                 "final_score": math.fsum(s.final_score for s in mine),
                 "rank": 0,
                 "percentile_rank": 0.0,
+                # the shared join link's (``server.join``): the label it came with, when, and the
+                # code to take back
+                "join_label": join_label,
+                "joined_at": iso(joined_at),
+                "completion_code": completion_code,
+                # how the run ended (see server.storage.statuses); as of a seq, only once it has
+                "status": status if upto_seq is None or finished == possible or status in FINAL_STATUSES else None,
             }
         )
     return rows

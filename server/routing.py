@@ -25,6 +25,8 @@ from groups import InvalidState, Phase, current_block, load_game
 from .exceptions import NotPersisted, Unavailable
 from .hub import Hub
 from .live import ACTIONS, Clock, LiveGroup, RunEnded, consume
+from .lobby import Lobbies
+from .standins import REASONS, StandIns
 from .storage import (
     Database,
     Seat,
@@ -96,6 +98,8 @@ class LiveGroups:
         self._tasks: set[asyncio.Task[Any]] = set()
         #: set at shutdown: no block change is planned any more
         self._closed = False
+        #: the lobby timeouts of the online experiments' first-block groups served here
+        self.lobbies = Lobbies(self)
 
     # ------------------------------------------------------------------ authorities here
 
@@ -128,10 +132,13 @@ class LiveGroups:
                     spec, game, self.writer, self.hub, self.clock, epoch=epoch, close_member=self.close_member,
                     fenced=self.retire, run_ended=self.run_ended,
                 )
+                group.on_arrival = self.lobbies.arrived
                 if self.node is not None:  # every member's ids: a frame from anywhere is stored once
                     for code, pid in spec.member_ids.items():
                         group.client_ids.setdefault(code, dict(await self.database.read(client_ids, pid)))
                 self.groups[group_id] = group
+                group.standins = standins = StandIns(group, self)
+                standins.begin()
         self._loading.pop(group_id, None)
         return group
 
@@ -147,6 +154,7 @@ class LiveGroups:
     def retire(self, group_id: int) -> None:
         """Stop acting for the group (its lease is gone or given up, or a write of it was fenced)."""
         group = self.groups.pop(group_id, None)
+        self.lobbies.forget(group_id)
         if group is not None:
             group.retire()
         if self.node is not None:
@@ -252,7 +260,24 @@ class LiveGroups:
             return live.receive(body["p"], body["ch"], body["v"], body["i"])
         if op == "control":
             return live.control(body["a"], body["s"], body.get("b"))
+        if op == "standin" and isinstance(live.standins, StandIns):
+            return live.standins.start(body["p"], body["r"])
         raise ValueError(f"unknown request {op!r}")
+
+    async def stand_in(self, group_id: int, participant: str, reason: str) -> None:
+        """A server-side bot plays ``participant``'s seat in the group, at its authority (:mod:`server.standins`).
+
+        ``reason`` ``"fill"``: the seat has no human (the lobby's fill); the bot counts as
+        connected and plays this block and the participant's later ones. ``"dropout"``: the
+        human was away too long; the bot plays until they connect again. Returns once the bot's
+        arrival is stored. Raises :class:`LookupError` for an unknown group or a participant not
+        in it, :class:`ValueError` for an unknown reason.
+        """
+        if reason not in REASONS:
+            raise ValueError(f"expected a reason in {list(REASONS)}, got {reason!r}")
+        if self.node is None:
+            await self.group(group_id)
+        await self.call(group_id, "standin", {"p": participant, "r": reason})
 
     # ------------------------------------------------------------------ blocks
 
@@ -314,7 +339,10 @@ class LiveGroups:
             for p in every:
                 for member in p.members:
                     here.setdefault(member, []).append(p)
-            current = {m: gs[current_block([(g.phase, g.ended_at) for g in gs], now, 0.0)].group_id
+            # during the pause after a block the members are still in its group (seeing its
+            # results): the next block's group is not theirs yet, and is not started before they move in
+            pause = float(row["block_pause"] or 0.0)
+            current = {m: gs[current_block([(g.phase, g.ended_at) for g in gs], now, pause)].group_id
                        for m, gs in here.items()}
             targets = [p for p in places if p.phase is Phase.WAITING and all(current[m] == p.group_id for m in p.members)]
         elif action == "pause":
@@ -344,6 +372,7 @@ class LiveGroups:
         outcome still reaches the groups (see :meth:`server.runtime.Runtime.close`).
         """
         self._closed = True
+        self.lobbies.close()
         for handle in self._moves.values():
             handle.cancel()
         for task in self._tasks:

@@ -654,6 +654,9 @@ class LiveExperiment {
       ["Started", formatIso(d.started_at)],
       ["Finished", formatIso(d.finished_at)],
       ["Config", h("code", {}, JSON.stringify(d.config))],
+      // an online experiment's shared join link (issue 19), to share or show on a screen
+      ...(d.join_url ? [["Join link", h("span", { class: "join-link" }, h("a", { href: d.join_url }, d.join_url), " ",
+        qrSvg(d.join_url, "QR code of the join link")), "join-link"]] : []),
     ]);
     this.renderStats();
   }
@@ -838,11 +841,11 @@ class LiveExperiment {
     const rows = list.slice(-LOG_ROWS).reverse().map((e) =>
       h(
         "tr",
-        {},
+        e.bot ? { class: "bot", title: "made by a server-side bot standing in for the participant" } : {},
         h("td", {}, String(e.seq)),
         h("td", {}, formatTime(e.ts)),
         h("td", {}, String(e.group ?? "—")),
-        h("td", {}, e.participant ? this.label(e.participant) : "server"),
+        h("td", {}, e.participant ? `${this.label(e.participant)}${e.bot ? " (bot)" : ""}` : "server"),
         h("td", {}, e.channel),
         h("td", { class: "value", title: JSON.stringify(e.value) ?? "" }, this.eventValue(e)),
         h("td", {}, formatNumber(e.latency)),

@@ -7,6 +7,7 @@
 // its own with `view`): `createView(game)` gets the object built by `gameApi()` below and
 // returns hooks (see static/games/generic.js, the template to start from).
 
+import { renderCompletionCode, renderLobby, wayBack } from "./online.js";
 import { RETRY_CODES, SynclabSocket } from "./synclab.js";
 
 const CODE = decodeURIComponent(window.location.pathname.split("/").filter(Boolean).pop() || "");
@@ -29,6 +30,8 @@ const page = {
   before: 0,
   sessions: [],
   final: false,
+  /** the participant's own row from the REST API (status, completion code, …) */
+  detail: null,
 };
 
 const socket = new SynclabSocket(`/ws/p/${encodeURIComponent(CODE)}`, { pingInterval: 5000 });
@@ -216,6 +219,7 @@ async function onHello(hello) {
   if (page.paused && page.period) page.period.paused_at = hello.period.paused_at ?? hello.server_time;
   page.earned = { base: hello.earned || 0, baseAt: hello.server_time };
   setBlock(hello);
+  renderLobby(hello.lobby);
   enter(hello.phase);
   if (first || moved || !page.view) await mountView(hello);
   else call("decisions", page.decisions, hello.server_time);
@@ -286,6 +290,9 @@ async function refreshScores() {
     const response = await fetch(path, { headers: { Accept: "application/json" } });
     if (!response.ok) return;
     const detail = await response.json();
+    page.detail = detail;
+    renderCompletionCode(detail);
+    if (detail.status === "no_group") released();
     page.sessions = detail.sessions || [];
     page.before = page.sessions
       .filter((s) => s.block < page.block && s.finished_at)
@@ -334,6 +341,7 @@ function finishBlock() {
     $("#final-summary").dataset.total = String(total);
     fillScores($("#screen-final table"));
     show("final");
+    if (hello.online) wayBack(CODE, "final");
     socket.close(1000, "the experiment is over"); // nothing more will come
     $("#connection").textContent = "Done";
     $("#connection").dataset.state = "done";
@@ -344,6 +352,18 @@ function finishBlock() {
     renderNext();
     show("between");
   }
+}
+
+/** Released from the lobby (no group could be formed): the run is over, the way back opens. */
+function released() {
+  if (page.final) return;
+  page.final = true;
+  show("released");
+  renderCompletionCode(page.detail);
+  wayBack(CODE, "released");
+  socket.close(1000, "no group could be formed");
+  $("#connection").textContent = "Done";
+  $("#connection").dataset.state = "done";
 }
 
 function renderNext() {
@@ -407,6 +427,14 @@ const HANDLERS = {
       notice(payload.message ? `Not accepted: ${payload.message}` : "Not accepted.");
     }
     setTimeout(() => notice(""), 4000);
+  },
+  lobby: (payload) => {
+    if (payload && payload.status === "no_group") {
+      refreshScores(); // the status and completion code, stored before this frame was sent
+      released();
+    } else if (page.phase === "waiting") {
+      renderLobby(payload);
+    }
   },
   ping: () => {}, // the socket measures the clock from it
 };

@@ -17,7 +17,9 @@
     outcomes     sessions, results and ticks
     asof         sessions, groups and blocks as they stood at a ``seq`` (the exports)
     snapshot     the monitor's snapshot of an experiment
+    statuses     participants' statuses (how each run ended), set in the writer's transaction
     deliveries   scores on their way back to oTree: stored, claimed by one worker, retried
+    arrivals     the join link's seats by label, completion codes, the lobby's seats, the way back's rows
 
 Every SQL function is synchronous and runs on a thread, never on the event loop. Code outside
 the package imports these names from ``server.storage``, never from the modules inside.
@@ -25,6 +27,22 @@ the package imports these names from ``server.storage``, never from the modules 
 
 from __future__ import annotations
 
+from .arrivals import (
+    BOT,
+    NO_GROUP,
+    Arrival,
+    Departure,
+    Lobby,
+    LobbySeat,
+    close_lobby,
+    completion_code,
+    departure,
+    ensure_completion_codes,
+    label_seat,
+    lobby_of,
+    missing_completion_codes,
+    seat_arrival,
+)
 from .asof import (
     Period,
     Standing,
@@ -92,6 +110,7 @@ from .schema import (
 )
 from .seats import GroupSpec, Seat, client_ids, last_state_query, load_group, load_seat
 from .snapshot import monitor_state
+from .statuses import FINAL_STATUSES, STATUSES, set_statuses
 from .tables import (
     blocks,
     connections,
@@ -130,16 +149,24 @@ from .writes import ConnectionChange, GroupUpdate, NewEvent, NewResult, NewTick,
 
 __all__ = [
     "BASELINE",
+    "BOT",
     "COMMIT_BUCKET_NAMES",
+    "FINAL_STATUSES",
     "FIRST_TOKEN",
+    "NO_GROUP",
     "ROLES",
+    "STATUSES",
+    "Arrival",
     "Claimed",
     "ConnectionChange",
     "Database",
+    "Departure",
     "EventWriter",
     "GroupPlace",
     "GroupSpec",
     "GroupUpdate",
+    "Lobby",
+    "LobbySeat",
     "NewBlock",
     "NewEvent",
     "NewExperiment",
@@ -163,7 +190,9 @@ __all__ = [
     "claim_delivery",
     "claim_group",
     "client_ids",
+    "close_lobby",
     "commit_writes",
+    "completion_code",
     "connections",
     "count_deliveries",
     "count_events",
@@ -173,10 +202,12 @@ __all__ = [
     "deliveries",
     "delivery_done",
     "delivery_failed",
+    "departure",
     "differences",
     "digest",
     "drop_token",
     "due_deliveries",
+    "ensure_completion_codes",
     "events",
     "experiment_groups",
     "experiment_participants",
@@ -193,6 +224,7 @@ __all__ = [
     "history",
     "insert_experiment",
     "iso",
+    "label_seat",
     "last_state_query",
     "list_deliveries",
     "list_events",
@@ -204,10 +236,12 @@ __all__ = [
     "live_group_ids",
     "load_group",
     "load_seat",
+    "lobby_of",
     "make_engine",
     "memberships",
     "merge_session_json",
     "meta",
+    "missing_completion_codes",
     "monitor_state",
     "new_code",
     "new_token",
@@ -222,12 +256,14 @@ __all__ = [
     "results_by_session",
     "revoke_token",
     "schema_state",
+    "seat_arrival",
     "session_query",
     "session_results",
     "session_row",
     "session_standings",
     "sessions",
     "set_experiment_status",
+    "set_statuses",
     "stored_meta",
     "ticks",
     "to_datetime",

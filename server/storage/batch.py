@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Engine,
     and_,
@@ -25,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from .statuses import set_statuses
 from .tables import blocks, connections, events, experiments, groups, results, sessions, ticks
 from .times import to_datetime
 from .writes import ConnectionChange, GroupUpdate, Write
@@ -37,8 +39,8 @@ class _Prepared:
     bind processor called on every value) cost most of a batch. Here a row is a tuple in
     ``columns`` order, and its times and JSON values are already what the driver takes (the
     caller passes them through :attr:`_BatchStatements.time` and :attr:`_BatchStatements.json`,
-    SQLAlchemy's own processing, so what is stored is the same). Any other column type with a
-    bind processor (a boolean on SQLite, say) is processed here.
+    SQLAlchemy's own processing, so what is stored is the same; a bool goes as it is, every
+    driver takes one). Any other column type with a bind processor is processed here.
     """
 
     __slots__ = ("columns", "named", "order", "processed", "sql")
@@ -57,7 +59,7 @@ class _Prepared:
         self.processed = [
             (self.columns.index(name), process)
             for name, bind in compiled.binds.items()
-            if not isinstance(bind.type, DateTime | JSON)
+            if not isinstance(bind.type, DateTime | JSON | Boolean)  # a bool is what every driver takes
             and (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
         ]
 
@@ -168,7 +170,9 @@ class _BatchStatements:
         )
 
 
-_EVENT_COLUMNS = ("experiment_id", "seq", "timestamp", "group_id", "participant_id", "channel", "value", "client_id")
+_EVENT_COLUMNS = (
+    "experiment_id", "seq", "timestamp", "group_id", "participant_id", "channel", "value", "client_id", "bot"
+)
 _RESULT_COLUMNS = ("session_id", "experiment_id", "seq", "subperiod", "decision", "score")
 _TICK_COLUMNS = ("group_id", "kind", "index", "scheduled_at", "actual_at", "late", "snapshot")
 _CONNECTION_COLUMNS = ("id", "participant_id", "experiment_id", "connected_at", "user_agent", "address", "route")
@@ -227,6 +231,7 @@ def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:
                         ev.channel,
                         as_json(ev.value),
                         ev.client_id,
+                        ev.bot,
                     ))
                     if ev.channel == "state" and ev.group_id is not None:
                         g = write.group
@@ -251,6 +256,7 @@ def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:
             _period_started(conn, group_id, started_at)
         for experiment_id, group_id, ended_at in ended:
             _period_ended(conn, experiment_id, group_id, ended_at)
+        set_statuses(conn, [s for w in writes for s in w.statuses])
 
 
 def _fence(conn: Connection, writes: Sequence[Write]) -> list[Write]:

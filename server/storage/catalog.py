@@ -11,6 +11,7 @@ from sqlalchemy import Engine, and_, func, insert, select, update
 
 from groups import Phase
 
+from .arrivals import completion_code
 from .tables import blocks, experiments, groups, memberships, participants, sessions
 from .times import to_datetime, to_epoch
 
@@ -64,7 +65,9 @@ def insert_experiment(engine: Engine, spec: NewExperiment) -> int:
         participant_ids = [
             conn.execute(
                 insert(participants)
-                .values(experiment_id=experiment_id, code=code, label=f"P{i + 1}", index=i)
+                .values(
+                    experiment_id=experiment_id, code=code, label=f"P{i + 1}", index=i, completion_code=completion_code()
+                )
                 .returning(participants.c.id)
             ).scalar_one()
             for i, code in enumerate(spec.participant_codes)

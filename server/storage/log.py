@@ -32,6 +32,7 @@ def list_events(engine: Engine, experiment_id: int, after_seq: int, offset: int,
                 participants.c.code.label("participant"),
                 events.c.channel,
                 events.c.value,
+                events.c.bot,
             )
             .select_from(events.outerjoin(participants, participants.c.id == events.c.participant_id))
             .where(and_(events.c.experiment_id == experiment_id, events.c.seq > after_seq))
@@ -47,6 +48,7 @@ def list_events(engine: Engine, experiment_id: int, after_seq: int, offset: int,
                 "participant": r["participant"],
                 "channel": r["channel"],
                 "value": r["value"],
+                "bot": bool(r["bot"]),
             }
             for r in rows
         ]

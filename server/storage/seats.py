@@ -3,7 +3,7 @@ is built from (its experiment, block, members and stored state)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, and_, select, text
@@ -51,6 +51,10 @@ class GroupSpec:
     group: dict[str, Any]
     #: the group's last ``state`` event: ``{"seq", "ts", "value"}``
     last_state: dict[str, Any] | None
+    #: the experiment's ``online`` settings (``server.online``), ``None`` without
+    online: dict[str, Any] | None = None
+    #: each member's ``participants.status`` (``None``: still playing, see ``storage.statuses``)
+    statuses: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def last_block(self) -> bool:
@@ -67,6 +71,8 @@ class Seat:
     group_id: int
     #: the experiment's game (its name or import path)
     game: str = ""
+    #: every group of the participant, in block order (the otree-redwood route may name any)
+    groups: tuple[int, ...] = ()
 
 
 def load_group(engine: Engine, group_id: int) -> GroupSpec | None:
@@ -91,7 +97,7 @@ def _group_spec(conn: Connection, group_id: int) -> GroupSpec | None:
         return None
     exp = conn.execute(select(experiments).where(experiments.c.id == row["experiment_id"])).mappings().one()
     members = conn.execute(
-        select(participants.c.code, participants.c.id, sessions.c.id)
+        select(participants.c.code, participants.c.id, sessions.c.id, participants.c.status)
         .join(memberships, memberships.c.participant_id == participants.c.id)
         .join(
             sessions,
@@ -122,6 +128,8 @@ def _group_spec(conn: Connection, group_id: int) -> GroupSpec | None:
         session_ids={m[0]: m[2] for m in members},
         group=dict(row),
         last_state=None if state is None else {"seq": state[0], "ts": to_epoch(state[1]), "value": state[2]},
+        online=exp["online"],
+        statuses={m[0]: m[3] for m in members},
     )
 
 
@@ -158,7 +166,7 @@ def load_seat(engine: Engine, code: str, now: float) -> Seat | None:
             .order_by(blocks.c.index)
         ).all()
         index = current_block([(Phase(r[1]), to_epoch(r[2])) for r in rows], now, float(block_pause or 0.0))
-        return Seat(participant_id, code, experiment_id, rows[index][0], str(game))
+        return Seat(participant_id, code, experiment_id, rows[index][0], str(game), tuple(r[0] for r in rows))
 
 
 def client_ids(engine: Engine, participant_id: int) -> dict[str, int]:

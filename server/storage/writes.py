@@ -16,6 +16,8 @@ class NewEvent:
     group_id: int | None = None
     participant_id: int | None = None
     client_id: str | None = None
+    #: made by a server-side bot standing in for the participant (``server.standins``)
+    bot: bool = False
 
 
 @dataclass(slots=True)
@@ -78,6 +80,8 @@ class Write:
     connection: ConnectionChange | None = None
     results: list[NewResult] = field(default_factory=list)
     ticks: list[NewTick] = field(default_factory=list)
+    #: participants' statuses to set, ``(participant id, status)`` (see :mod:`.statuses`)
+    statuses: list[tuple[int, str]] = field(default_factory=list)
     #: the fencing epoch it was computed under (a cluster's authority); ``None``: not checked
     epoch: int | None = None
     #: set by :func:`commit_writes`: the ``seq`` of each event, in order

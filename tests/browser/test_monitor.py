@@ -175,3 +175,22 @@ async def test_monitor_with_a_watch_token_follows_live_and_is_told_why_it_cannot
     await expect(error).to_contain_text("'ta-anna' was revoked", timeout=WAIT_MS)
     await expect(page.get_by_label("Experimenter token")).to_be_visible()
     assert await page.evaluate(f"localStorage.getItem('{TOKEN_KEY}')") is None
+
+
+async def test_monitor_marks_the_events_a_bot_made(server: Harness, page: Page) -> None:
+    """A member drops out of an online experiment: the bot's decisions appear in the event log marked."""
+    exp = await server.create(game="public_goods", participants=2, group_size=2, period_length=6,
+                              online={"dropout_after": 0.5})
+    await page.goto(f"{server.base}/monitor?experiment={exp['code']}#token={TOKEN}")
+    await expect(page.locator("#live-state")).to_have_text("Live", timeout=WAIT_MS)
+    stays, leaves = [await server.connect(p["code"]) for p in exp["participants"]]
+    assert (await stays.expect("state"))["payload"] == "period_start"
+    await leaves.close()
+    marked = page.locator("#x-log tr.bot").first
+    await expect(marked).to_contain_text("(bot)", timeout=WAIT_MS)
+    await expect(marked).to_contain_text("decisions")
+    await stays.send("decisions", 3, "mine")
+    await stays.expect("ack")
+    human = page.locator("#x-log tr:not(.bot)", has_text="decisions").first
+    await expect(human).to_be_visible(timeout=WAIT_MS)
+    await expect(human).not_to_contain_text("(bot)")

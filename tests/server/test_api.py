@@ -37,7 +37,7 @@ from tests.server.harness import (
 
 ISO_UTC_MICROSECONDS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 URL_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
-ROW_FIELDS = {"seq", "timestamp", "group", "participant", "channel", "value"}
+ROW_FIELDS = {"seq", "timestamp", "group", "participant", "channel", "value", "bot"}
 PAGE_FIELDS = {"count", "num_pages", "current_page", "next", "previous", "results"}
 PRISONERS_DILEMMA = {"AA": [3, 3], "AB": [0, 5], "BA": [5, 0], "BB": [1, 1]}
 VALID = {"game": "bimatrix", "participants": 2, "group_size": 2}

@@ -211,6 +211,19 @@ async def test_start_forces_a_group_whose_member_is_missing(server: Harness) -> 
     assert (await late.expect("hello"))["payload"]["phase"] == "running"
 
 
+async def test_start_in_the_pause_between_blocks_waits_for_the_members_to_move_in(server: Harness) -> None:
+    """``start`` during the pause after block 1 starts nothing: the members are still in block 1's
+    group; block 2's period starts when they have moved in, after the pause, not before."""
+    exp = await server.create(participants=2, group_size=2, blocks=2, period_length=0.5, block_pause=1.5)
+    clients = [await server.connect(p["code"]) for p in exp["participants"]]
+    end = await until_state(clients[0], "period_end")
+    assert await server.runtime.groups.control(exp["code"], "start") == []
+    start = await until_state(clients[0], "period_start", wait=5)
+    assert start["ts"] >= end["ts"] + 1500, f"block 2 started {start['ts'] - end['ts']} ms after block 1 ended"
+    hello = [f["payload"] for f in clients[0].frames if f["channel"] == "hello"][-1]
+    assert hello["block"] == 1
+
+
 async def test_random_matching_regroups_everyone_each_block_until_done(server: Harness) -> None:
     """4 participants in pairs, 3 blocks: every block's hellos form a partition, and all 12 sessions finish."""
     exp = await server.create(

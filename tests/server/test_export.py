@@ -109,7 +109,7 @@ def typed(name: str, cell: str) -> Any:
         return int(cell)
     if name in FLOATS:
         return float(cell)
-    if name == "connected":
+    if name in ("connected", "bot"):
         assert cell in ("true", "false"), cell
         return cell == "true"
     return cell

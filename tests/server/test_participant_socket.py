@@ -867,3 +867,41 @@ async def test_hello_names_the_game_and_what_the_participant_earned_so_far(serve
     assert hello["bonus_points"] == 2
     assert hello["earned"] == pytest.approx(5 / 3 * (hello["period"]["subperiod"]))
     assert hello["period"]["subperiod"] >= 1
+
+
+async def test_a_redwood_client_follows_its_block_move_and_reconnects_through_its_old_url(server: Harness) -> None:
+    """Both members on the redwood route over two blocks: after the pause each socket gets the next
+    block's ``period_start`` and decisions (its group is a new one), and a member reconnecting
+    through the URL of its first block's group joins the group of the block it is in now."""
+    exp = await server.create(blocks=2, period_length=1, block_pause=0.3)
+    a_code, b_code = codes_of(exp)
+    first_group = None
+    for code in (a_code, b_code):
+        client, hello = await join(server, code)
+        first_group = hello["group"]
+        await client.close()
+    a, b = [await server.connect(c, redwood_path("bimatrix", first_group, c)) for c in (a_code, b_code)]
+    start_1 = await until_value(a, "state", "period_start")
+    await until_value(a, "state", "period_end", wait=5)
+    start_2 = await until_value(a, "state", "period_start", wait=5)
+    assert start_2["seq"] > start_1["seq"]
+    assert (await a.expect("group_decisions"))["payload"] == {a_code: 0.5, b_code: 0.5}
+    detail = (await server.http.get(f"/api/experiments/{exp['code']}/participants/{b_code}")).json()
+    assert detail["group"] != first_group
+    await b.close()
+    again = await server.connect(b_code, redwood_path("bimatrix", first_group, b_code))
+    state = await again.next()
+    assert state["channel"] == "state" and state["payload"] == "period_start" and state["seq"] == start_2["seq"]
+    await again.send("decisions", 1)
+    gd = await decisions_where(a, lambda d: d[b_code] == 1)
+    assert gd["payload"] == {a_code: 0.5, b_code: 1.0}
+    stored_b = [e for e in await server.events(exp["code"]) if e["channel"] == "decisions" and e["participant"] == b_code]
+    assert stored_b and stored_b[-1]["group"] == detail["group"]
+
+
+async def until_value(client: Client, channel: str, value: Any, wait: float = 5.0) -> dict[str, Any]:
+    async with asyncio.timeout(timeout(wait)):
+        while True:
+            frame = await client.expect(channel, wait)
+            if frame["payload"] == value:
+                return frame

@@ -1,0 +1,220 @@
+"""Stand-ins on a real server: server-side bots that play a dropout's seat or fill an empty one.
+
+Real WebSocket clients, the real clock, SQLite and PostgreSQL; what the bots did is read back
+through the API, the exports and ``synclab verify``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from server.storage import Write, commit_writes, experiments, make_engine, participants
+from server.verify import verify
+from tests.server.harness import Harness, timeout, until_state
+
+PAUSING = "tests.server.test_blocks:Patient"
+
+
+async def get(server: Harness, path: str) -> Any:
+    response = await server.http.get(path, params={"page_size": 1000})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def until_done(server: Harness, code: str, wait: float = 15.0) -> None:
+    for _ in range(int(timeout(wait) / 0.1)):
+        if (await get(server, f"/api/experiments/{code}"))["status"] == "done":
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"experiment {code} never finished")
+
+
+async def until_event(server: Harness, code: str, check: Any, wait: float = 5.0) -> dict[str, Any]:
+    """The first stored event for which ``check(event)`` holds (polled, bounded)."""
+    for _ in range(int(timeout(wait) / 0.1)):
+        found = [e for e in await server.events(code) if check(e)]
+        if found:
+            return found[0]
+        await asyncio.sleep(0.1)
+    raise AssertionError("no such event was stored in time")
+
+
+async def statuses(server: Harness, code: str) -> dict[str, str | None]:
+    rows = (await get(server, f"/api/experiments/{code}/participants"))["results"]
+    return {r["code"]: r["status"] for r in rows}
+
+
+def verified(database_url: str, code: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        report = verify(engine, code)
+    finally:
+        engine.dispose()
+    assert report.problems == [], report.problems
+
+
+async def test_a_dropout_is_played_by_a_bot_until_they_come_back(any_server: Harness, database_url: str) -> None:
+    """Two of three leave a running period: bots play for both (events bot=true), the group runs on;
+    one comes back and its bot stops at once; statuses finished, replaced, dropped; verify passes."""
+    server = any_server
+    exp = await server.create(
+        game="public_goods", participants=3, group_size=3, period_length=5, online={"dropout_after": 1}
+    )
+    code = exp["code"]
+    a, b, c = (p["code"] for p in exp["participants"])
+    ca, cb, cc = [await server.connect(p) for p in (a, b, c)]
+    await until_state(ca, "period_start")
+    await ca.send("decisions", 4, "a-1")
+    assert (await ca.expect("ack"))["payload"]["id"] == "a-1"
+    await cb.close()
+    await cc.close()
+    for who in (b, c):
+        await until_event(server, code, lambda e, who=who: e["channel"] == "decisions" and e["participant"] == who)
+    await ca.expect("group_decisions")  # the group goes on: a sees the bots' decisions
+    back = await server.connect(b)
+    assert (await back.expect("hello"))["payload"]["phase"] == "running"
+    stopped = await until_event(
+        server, code, lambda e: e["channel"] == "standin" and e["value"] == {"participant": b, "reason": "dropout", "playing": False}
+    )
+    await back.send("decisions", 7, "b-1")
+    assert (await back.expect("ack"))["payload"]["id"] == "b-1"
+    await until_done(server, code)
+
+    events = await server.events(code)
+    decisions = [e for e in events if e["channel"] == "decisions"]
+    assert {(e["participant"], e["bot"]) for e in decisions if e["participant"] == a} == {(a, False)}
+    mine_b = [e for e in decisions if e["participant"] == b]
+    assert any(e["bot"] for e in mine_b) and not any(e["bot"] for e in mine_b if e["seq"] > stopped["seq"])
+    assert [e["value"] for e in mine_b if e["seq"] > stopped["seq"]] == [7]
+    assert all(e["bot"] for e in decisions if e["participant"] == c) and len([e for e in decisions if e["participant"] == c]) >= 2
+    assert not any(e["bot"] for e in events if e["channel"] != "decisions")  # only the bots' own decisions
+    started = [e["value"] for e in events if e["channel"] == "standin" and e["value"]["playing"]]
+    assert sorted(v["participant"] for v in started) == sorted([b, c]) and {v["reason"] for v in started} == {"dropout"}
+    assert await statuses(server, code) == {a: "finished", b: "replaced", c: "dropped"}
+    verified(database_url, code)
+
+    csv_events = (await server.http.get(f"/api/experiments/{code}/export.csv", params={"table": "events"})).text
+    rows = list(csv.DictReader(io.StringIO(csv_events)))
+    assert list(rows[0])[-1] == "bot"
+    assert {r["bot"] for r in rows if r["participant"] == c and r["channel"] == "decisions"} == {"true"}
+    csv_people = (await server.http.get(f"/api/experiments/{code}/export.csv", params={"table": "participants"})).text
+    assert {r["code"]: r["status"] for r in csv.DictReader(io.StringIO(csv_people))} == {
+        a: "finished", b: "replaced", c: "dropped"
+    }
+
+
+async def test_a_filled_seat_lets_the_period_start_and_its_bot_plays_every_block(
+    any_server: Harness, database_url: str
+) -> None:
+    """stand_in(..., "fill") on a seat nobody connected: the period starts with the two humans, the
+    bot plays this block and the next one (its events bot=true); its status is bot."""
+    server = any_server
+    exp = await server.create(
+        game="public_goods", participants=3, group_size=3, blocks=2, period_length=2, block_pause=0.2
+    )
+    code = exp["code"]
+    a, b, c = (p["code"] for p in exp["participants"])
+    ca, _cb = [await server.connect(p) for p in (a, b)]
+    assert (await ca.expect("hello"))["payload"]["phase"] == "waiting"
+    while not await ca.silent(0.5):  # bounded: the frames of a waiting group, then silence
+        assert (await ca.next())["channel"] != "state"
+    group = {r["code"]: r["group"] for r in (await get(server, f"/api/experiments/{code}/participants"))["results"]}[c]
+    await server.runtime.groups.stand_in(group, c, "fill")
+    await until_state(ca, "period_start")
+    await until_done(server, code)
+
+    events = await server.events(code)
+    bots = [e for e in events if e["channel"] == "decisions" and e["participant"] == c]
+    assert bots and all(e["bot"] for e in bots)
+    assert len({e["group"] for e in bots}) == 2  # both blocks
+    assert not any(e["bot"] for e in events if e["participant"] in (a, b))
+    assert await statuses(server, code) == {a: "finished", b: "finished", c: "bot"}
+    verified(database_url, code)
+
+
+async def test_a_dropouts_bot_follows_them_to_their_next_block(server: Harness) -> None:
+    """A member leaves in block 0 for good: its bot plays block 0 and then block 1, whose group starts
+    with the other member alone; every block ends; the member is dropped."""
+    exp = await server.create(game="public_goods", participants=2, group_size=2, blocks=2, period_length=2,
+                              block_pause=0.2, online={"dropout_after": 0.5})
+    code = exp["code"]
+    a, b = (p["code"] for p in exp["participants"])
+    ca, cb = [await server.connect(p) for p in (a, b)]
+    await until_state(ca, "period_start")
+    await cb.close()
+    await until_state(ca, "period_end", 5)
+    await until_state(ca, "period_start", 5)  # block 1's group started: the bot took b's seat there too
+    await until_done(server, code)
+    events = await server.events(code)
+    bots = [e for e in events if e["channel"] == "decisions" and e["participant"] == b]
+    assert bots and all(e["bot"] for e in bots) and len({e["group"] for e in bots}) == 2
+    assert await statuses(server, code) == {a: "finished", b: "dropped"}
+
+
+async def test_a_game_that_pauses_on_disconnect_goes_on_with_a_bot_online(server: Harness) -> None:
+    """Online, a game that pauses for a dropout resumes once the bot takes the seat after dropout_after."""
+    exp = await server.create(game=PAUSING, participants=2, group_size=2, period_length=2, online={"dropout_after": 0.5})
+    a, b = (p["code"] for p in exp["participants"])
+    ca, cb = [await server.connect(p) for p in (a, b)]
+    await until_state(ca, "period_start")
+    await cb.close()
+    assert (await ca.expect("period"))["payload"]["status"] == "paused"
+    assert (await ca.expect("period", 3))["payload"]["status"] == "running"
+    await until_state(ca, "period_end", 5)
+    await until_done(server, exp["code"])
+    assert await statuses(server, exp["code"]) == {a: "finished", b: "dropped"}
+
+
+async def test_offline_experiments_get_no_bots(server: Harness) -> None:
+    """Without online settings a member who leaves is never replaced: their seat stays empty."""
+    exp = await server.create(game="public_goods", participants=2, group_size=2, period_length=2)
+    a, b = (p["code"] for p in exp["participants"])
+    ca, cb = [await server.connect(p) for p in (a, b)]
+    await until_state(ca, "period_start")
+    await cb.close()
+    await until_state(ca, "period_end", 5)
+    await until_done(server, exp["code"])
+    events = await server.events(exp["code"])
+    assert not any(e["bot"] or e["channel"] == "standin" for e in events)
+
+
+async def test_statuses_follow_their_rules_in_the_writers_transaction(any_server: Harness) -> None:
+    """finished and bot only on an empty status; dropped and replaced follow each other; bot and
+    no_group never change; an unknown status is refused (and nothing of its batch is stored)."""
+    exp = await any_server.create(game="public_goods", participants=4, group_size=2)
+    engine = any_server.runtime.database.engine
+    with engine.connect() as conn:
+        experiment_id = conn.execute(select(experiments.c.id).where(experiments.c.code == exp["code"])).scalar_one()
+        rows = conn.execute(
+            select(participants.c.id).where(participants.c.experiment_id == experiment_id).order_by(participants.c.index)
+        ).scalars().all()
+    first, second, third, fourth = rows
+
+    def apply(*changes: tuple[int, str]) -> None:
+        with engine.connect() as conn:
+            commit_writes(conn, [Write(experiment_id, statuses=list(changes))])
+
+    def now() -> list[str | None]:
+        with engine.connect() as conn:
+            return list(conn.execute(
+                select(participants.c.status).where(participants.c.id.in_(rows)).order_by(participants.c.index)
+            ).scalars())
+
+    apply((first, "finished"), (second, "dropped"), (third, "bot"), (fourth, "no_group"))
+    assert now() == ["finished", "dropped", "bot", "no_group"]
+    apply((second, "finished"), (third, "finished"), (third, "dropped"), (fourth, "replaced"), (first, "bot"))
+    assert now() == ["finished", "dropped", "bot", "no_group"]
+    apply((second, "replaced"))
+    apply((second, "finished"))
+    assert now()[1] == "replaced"
+    apply((second, "dropped"))
+    assert now()[1] == "dropped"
+    with pytest.raises(ValueError, match="expected a status in"):
+        apply((first, "dropped"), (second, "gone"))
+    assert now() == ["finished", "dropped", "bot", "no_group"]
