@@ -19,8 +19,9 @@ from sqlalchemy import Engine, String, cast, inspect, select, text
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from server.cli import main
 from server.openapi import document
-from server.storage import add_token, list_tokens, make_engine, revoke_token
+from server.storage import add_token, list_tokens, make_engine, revoke_token, upgrade_schema
 from tests.server.harness import TOKEN, Harness, running_server, timeout, until_state
 from tests.server.test_cli import free_port, run, started, wait_until_healthy
 from tests.server.test_migrations import release_database
@@ -229,33 +230,59 @@ def _every_text(engine: Engine) -> list[str]:
     return found
 
 
-def test_the_token_commands_keep_only_a_hash_and_never_print_a_token_again(tmp_path: Path, database_url: str) -> None:
-    """``synclab token create`` prints the token once; the database holds its SHA-256 and nowhere
-    (no text column of any table) the token; ``list`` shows names, roles and times, never a token
-    or a digest; ``revoke`` refuses it from then on; names are checked and not reused."""
+def _command(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, url: str,
+             *args: str) -> tuple[int, str, str]:
+    """``synclab ARGS`` through the command's own entry point, in this process (the quick cases)."""
+    monkeypatch.setenv("DATABASE_URL", url)
+    status = main(list(args))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_token_create_prints_the_token_once_and_the_database_keeps_only_its_hash(
+    tmp_path: Path, database_url: str
+) -> None:
+    """``synclab token create`` (a real process) prints the token once, alone on stdout; the database
+    holds its SHA-256 and nowhere (no text column of any table) the token."""
     created = run(tmp_path, "token", "create", "ta-anna", "--role", "watch", DATABASE_URL=database_url)
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
     assert len(created.stdout.splitlines()) == 1 and len(token) >= 32
     assert "'ta-anna'" in created.stderr and "watch" in created.stderr and "shown this once" in created.stderr
-    boss = run(tmp_path, "token", "create", "boss", DATABASE_URL=database_url).stdout.strip()
-
     engine = make_engine(database_url)
     try:
         values = _every_text(engine)
-        for secret in (token, boss):
-            assert not any(secret in value for value in values), "a token is stored in clear"
+        assert not any(token in value for value in values), "a token is stored in clear"
         assert hashlib.sha256(token.encode()).hexdigest() in values  # the scan saw the tokens' table
-        assert [(t["name"], t["role"]) for t in list_tokens(engine)] == [("ta-anna", "watch"), ("boss", "admin")]
+        assert [(t["name"], t["role"]) for t in list_tokens(engine)] == [("ta-anna", "watch")]
     finally:
         engine.dispose()
 
-    again = run(tmp_path, "token", "create", "ta-anna", DATABASE_URL=database_url)
-    assert again.returncode == 1 and "exists already" in again.stderr
-    bad = run(tmp_path, "token", "create", "bad name", DATABASE_URL=database_url)
-    assert bad.returncode == 2 and "a token's name" in bad.stderr
-    bad = run(tmp_path, "token", "create", "x", "--role", "root", DATABASE_URL=database_url)
-    assert bad.returncode == 2 and "expected one of ['admin', 'watch']" in bad.stderr
+
+def test_the_token_commands_list_and_revoke_and_a_running_server_follows(
+    tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``list`` shows names, roles and times, never a token or a digest; ``revoke`` refuses a token
+    from then on, in a running server too; names are checked and not reused. Real processes for
+    list and serve (revoke's real process is in tests/cluster/test_tokens.py); the rest through the
+    command's entry point in this process."""
+    database_url = sqlite_url
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for name in ("SYNCLAB_ADMIN_TOKEN", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    status, out, _ = _command(capsys, monkeypatch, database_url, "token", "create", "ta-anna", "--role", "watch")
+    assert status == 0
+    token = out.strip()
+    status, out, _ = _command(capsys, monkeypatch, database_url, "token", "create", "boss")
+    assert status == 0
+    boss = out.strip()
+
+    status, _, err = _command(capsys, monkeypatch, database_url, "token", "create", "ta-anna")
+    assert status == 1 and "exists already" in err
+    status, _, err = _command(capsys, monkeypatch, database_url, "token", "create", "bad name")
+    assert status == 2 and "a token's name" in err
+    status, _, err = _command(capsys, monkeypatch, database_url, "token", "create", "x", "--role", "root")
+    assert status == 2 and "expected one of ['admin', 'watch']" in err
 
     listed = run(tmp_path, "token", "list", DATABASE_URL=database_url)
     assert listed.returncode == 0, listed.stderr
@@ -265,44 +292,41 @@ def test_the_token_commands_keep_only_a_hash_and_never_print_a_token_again(tmp_p
     for secret in (token, boss, hashlib.sha256(token.encode()).hexdigest()):
         assert secret not in listed.stdout
 
-    assert run(tmp_path, "token", "revoke", "ta-anna", DATABASE_URL=database_url).returncode == 0
-    twice = run(tmp_path, "token", "revoke", "ta-anna", DATABASE_URL=database_url)
-    assert twice.returncode == 1 and "revoked already" in twice.stderr
-    unknown = run(tmp_path, "token", "revoke", "nobody", DATABASE_URL=database_url)
-    assert unknown.returncode == 1 and "no token named 'nobody'" in unknown.stderr
-    rows = json.loads(run(tmp_path, "token", "list", "--json", DATABASE_URL=database_url).stdout)
-    assert [(r["name"], r["revoked_at"] is not None) for r in rows] == [("ta-anna", True), ("boss", False)]
-
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with started(tmp_path, "serve", "--port", str(port), DATABASE_URL=database_url):
         wait_until_healthy(base)
         with httpx.Client(base_url=base, timeout=timeout(5)) as http:
+            assert http.get("/api/experiments", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+            status, _, err = _command(capsys, monkeypatch, database_url, "token", "revoke", "ta-anna")
+            assert status == 0 and "revoked the token 'ta-anna'" in err
+            time.sleep(1.1)  # the server's lookup of the token is kept a second
             assert http.get("/api/experiments", headers={"Authorization": f"Bearer {boss}"}).status_code == 200
             refused = http.get("/api/experiments", headers={"Authorization": f"Bearer {token}"})
             assert refused.status_code == 403 and "'ta-anna' was revoked" in refused.text
-    rows = json.loads(run(tmp_path, "token", "list", "--json", DATABASE_URL=database_url).stdout)
-    assert next(r for r in rows if r["name"] == "boss")["last_used_at"] is not None
+    status, _, err = _command(capsys, monkeypatch, database_url, "token", "revoke", "ta-anna")
+    assert status == 1 and "revoked already" in err
+    status, _, err = _command(capsys, monkeypatch, database_url, "token", "revoke", "nobody")
+    assert status == 1 and "no token named 'nobody'" in err
+    status, out, _ = _command(capsys, monkeypatch, database_url, "token", "list", "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["ta-anna"]["revoked_at"] is not None and rows["boss"]["revoked_at"] is None
+    assert rows["ta-anna"]["last_used_at"] is not None and rows["boss"]["last_used_at"] is not None
 
 
-def test_migration_0005_moves_the_generated_token_out_of_meta_hashed_and_it_keeps_working(
+async def test_migration_0005_moves_the_generated_token_out_of_meta_hashed_and_it_keeps_working(
     tmp_path: Path, database_url: str
 ) -> None:
-    """A database of 0.1.0 whose first start generated a token (kept in clear in ``meta``): after
-    ``db upgrade`` ``meta`` no longer has it, the account ``admin`` holds its SHA-256, no column
-    holds the token, and a server on it accepts the same token as ``admin``."""
+    """A database of 0.1.0 whose first start generated a token (kept in clear in ``meta``): after the
+    upgrade ``meta`` no longer has it, the account ``admin`` holds its SHA-256, no column holds the
+    token, and a server on it accepts the same token as ``admin`` and generates none."""
     url = release_database(tmp_path, database_url)
     clear = "a-clear-token-of-release-0-1-0-xyz"
     engine = make_engine(url)
     try:
         with engine.begin() as conn:
             conn.execute(text("INSERT INTO meta (key, value) VALUES ('admin_token', :v)"), {"v": clear})
-    finally:
-        engine.dispose()
-    upgraded = run(tmp_path, "db", "upgrade", DATABASE_URL=url)
-    assert upgraded.returncode == 0, upgraded.stderr
-    engine = make_engine(url)
-    try:
+        upgrade_schema(engine)
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM meta WHERE key = 'admin_token'")).scalar_one() == 0
         assert [(t["name"], t["role"], t["revoked_at"]) for t in list_tokens(engine)] == [("admin", "admin", None)]
@@ -311,14 +335,11 @@ def test_migration_0005_moves_the_generated_token_out_of_meta_hashed_and_it_keep
         assert hashlib.sha256(clear.encode()).hexdigest() in values
     finally:
         engine.dispose()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    with started(tmp_path, "serve", "--port", str(port), DATABASE_URL=url) as running:
-        wait_until_healthy(base)
-        made = httpx.post(f"{base}/api/experiments", headers={"Authorization": f"Bearer {clear}"},
-                          json={"game": "bimatrix", "participants": 2, "group_size": 2}, timeout=timeout(5))
+    async with running_server(url, admin_token=None) as server:
+        assert server.runtime.admin_token is None  # none generated: the old one moved
+        made = await server.http.post("/api/experiments", headers={"Authorization": f"Bearer {clear}"},
+                                      json={"game": "bimatrix", "participants": 2, "group_size": 2})
         assert made.status_code == 201, made.text
-    assert not any("#token=" in line for line in running.seen), "no token is generated: the old one moved"
 
 
 async def test_a_watch_token_reads_but_the_generated_first_token_is_admin(sqlite_url: str) -> None:
