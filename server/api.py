@@ -56,6 +56,7 @@ from .storage import (
     list_results,
     list_sessions,
     missing_completion_codes,
+    period_history,
 )
 
 #: the largest integer a query value may be: a 64-bit column holds it
@@ -412,6 +413,21 @@ async def experiment_detail(request: Request) -> Response:
     return JSON(experiment_body(request, row, people))
 
 
+async def group_history(request: Request) -> Response:
+    """The group's current (or last) period as its charts draw it: its decisions after each change."""
+    require_watch(request)
+    row = await _experiment(request)
+    upto_seq = query_int(request, "upto_seq", 0, 0) or None
+    raw = str(request.path_params["group"])
+    if not raw.isdigit() or int(raw) > MAX_QUERY_INT:
+        raise NotFound(f"no group {raw!r} in this experiment")
+    try:
+        body = await runtime(request).database.read(period_history, int(raw), upto_seq, row["id"])
+    except LookupError as exc:
+        raise NotFound(str(exc)) from None
+    return JSON(body)
+
+
 async def events(request: Request) -> Response:
     require_watch(request)
     row = await _experiment(request)
@@ -494,6 +510,7 @@ routes = [
     Route("/api/experiments/{code}/participants/{participant}", participant_detail),
     Route("/api/experiments/{code}/stats", experiment_stats),
     Route("/api/experiments/{code}/events", events),
+    Route("/api/experiments/{code}/groups/{group}/history", group_history),
     Route("/api/experiments/{code}/sessions", sessions),
     Route("/api/experiments/{code}/results", results),
     Route("/api/experiments/{code}/deliveries", deliveries),

@@ -7,10 +7,12 @@ build their own with :func:`create_app`.
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import orjson
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -29,7 +31,7 @@ from .exceptions import ApiError, NotPersisted
 from .monitor import monitor_socket
 from .runtime import Runtime
 from .settings import Settings
-from .storage import participant_game
+from .storage import load_seat, participant_game, period_history
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
@@ -78,6 +80,19 @@ async def participant_view(request: Request) -> Response:
     return FileResponse(path, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
 
 
+async def participant_history(request: Request) -> Response:
+    """``/p/{code}/history``: the participant's group's period so far, for the page's charts after a
+    reload (the code is the participant's own key, as for the page itself)."""
+    rt: Runtime = request.app.state.runtime
+    seat = await rt.database.read(load_seat, str(request.path_params["code"]), time.time())
+    if seat is None:
+        return PlainTextResponse("unknown participant code", status_code=404)
+    raw = request.query_params.get("upto_seq", "")
+    upto_seq = int(raw) if raw.isdigit() and len(raw) < 19 else None
+    body = await rt.database.read(period_history, seat.group_id, upto_seq)
+    return Response(orjson.dumps(body), media_type="application/json", headers={"Cache-Control": "no-store"})
+
+
 async def monitor_page(request: Request) -> Response:
     return FileResponse(STATIC / "monitor.html")
 
@@ -113,6 +128,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *join.routes,
         Route("/p/{code}", participant_page),
         Route("/p/{code}/view.js", participant_view),
+        Route("/p/{code}/history", participant_history),
         Route("/monitor", monitor_page),
         WebSocketRoute("/ws/p/{code}", participant_socket),
         WebSocketRoute("/ws/monitor/{code}", monitor_socket),

@@ -151,6 +151,12 @@ def _row_schemas() -> dict[str, JSONSchema]:
         "SessionWithResults": _object({**session, "results": {"type": "array", "items": _ref("ScoredResult")}}),
         "Progress": _object(progress),
         "ProgressDetail": _object({**progress, "sessions": {"type": "array", "items": _ref("SessionWithResults")}}),
+        # a group's period as its charts draw it (server.storage.history)
+        "GroupHistory": _object({
+            "group": _INT, "start_seq": _nullable(_SEQ), "truncated": {"type": "boolean"},
+            "points": {"type": "array", "items": _object(
+                {"seq": _SEQ, "ts": {"type": "integer"}, "decisions": {"type": "object"}})},
+        }),
         # a score on its way back to oTree (server.deliveries); never the REST key
         "Delivery": _object(
             {"participant": _STRING, "label": _nullable(_STRING), "kind": {"type": "string", "enum": ["otree"]},
@@ -417,6 +423,11 @@ def _parameters() -> dict[str, JSONSchema]:
         "after_seq": _query("after_seq", {"type": "integer", "minimum": 0, "maximum": MAX_QUERY_INT, "default": 0},
                             "only events with a greater seq"),
         "group": _query("group", positive, "a group's id (as in hello and the rows); unknown is 404"),
+        "groupPath": {"name": "group", "in": "path", "required": True,
+                      "description": "a group's id (as in hello and the rows); unknown is 404",
+                      "schema": positive},
+        "upto_seq": _query("upto_seq", {"type": "integer", "minimum": 0, "maximum": MAX_QUERY_INT},
+                           "only events up to this seq (what the page's snapshot covered); 0 or absent: all"),
         "exclude_unfinished": _query("exclude_unfinished", {"type": "boolean", "default": False},
                                      "means and percentile ranks over finished participants only"),
         "status": _query("status", {"type": "string", "enum": list(STATUSES)}, "only experiments in this status"),
@@ -530,6 +541,10 @@ def _experiment_paths() -> dict[str, Any]:
                               _params("code", "exclude_unfinished", "group"), (400, 401, 403, 404)),
         f"{base}/events": _get("listEvents", "stored events in seq order", pages["Event"],
                                [*_params("code", "after_seq"), *page], (400, 401, 403, 404)),
+        f"{base}/groups/{{group}}/history": _get(
+            "getGroupHistory", "the group's current (or last) period as its charts draw it: the group's "
+            "decisions after each stored change since its period_start (the latest 5,000)",
+            _json(_ref("GroupHistory"), "the period"), _params("code", "groupPath", "upto_seq"), (400, 401, 403, 404)),
         f"{base}/sessions": _get("listSessions", "sessions in block, then participant order", pages["Session"],
                                  [*_params("code"), *page], (400, 401, 403, 404)),
         f"{base}/results": _get("listResults", "results in the order they were scored", pages["Result"],

@@ -460,6 +460,10 @@ class LiveExperiment {
       });
       for (const [code, value] of Object.entries(group.decisions)) this.point(group, code, at, value);
       seen.add(group.id);
+      if ((group.phase === "running" || group.phase === "paused") && !group.backfilled) {
+        group.backfilled = true; // once per group and page: later snapshots keep the points they have
+        this.backfill(group, this.lastSeq);
+      }
     }
     for (const id of [...this.groups.keys()]) if (!seen.has(id)) this.dropGroup(id);
     this.renderSummary();
@@ -605,6 +609,29 @@ class LiveExperiment {
     if (!group.members.includes(code)) group.members.push(code);
     group.decisions[code] = value;
     this.point(group, code, ts, value);
+  }
+
+  /**
+   * Draw the group's chart from its period's start, not from when the page opened: the stored
+   * decisions up to `uptoSeq` (what the snapshot covered) go before the points the page has.
+   */
+  async backfill(group, uptoSeq) {
+    let body;
+    try {
+      body = await api(`/api/experiments/${encodeURIComponent(this.code)}/groups/${group.id}/history?upto_seq=${uptoSeq}`);
+    } catch (error) {
+      console.warn(`synclab: group ${group.id}'s history could not be loaded`, error);
+      return;
+    }
+    if (this.groups.get(group.id) !== group || !body.points.length) return;
+    const kept = group.series;
+    group.series = new Map();
+    group.points = 0;
+    for (const point of body.points) {
+      for (const [code, value] of Object.entries(point.decisions)) this.point(group, code, point.ts, value);
+    }
+    for (const [code, points] of kept) for (const p of points) this.point(group, code, p.t, p.v);
+    this.renderGroup(group);
   }
 
   /** A chart point, kept only when the value changed: the chart is a step function. */

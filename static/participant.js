@@ -111,11 +111,27 @@ async function mountView(hello) {
   page.view = null;
   const root = $("#game");
   root.replaceChildren();
-  const module = await loadView();
+  // a page (re)loaded in the middle of a period draws its charts from the period's start
+  const midPeriod = hello.phase === "running" || hello.phase === "paused";
+  const [module, history] = await Promise.all([loadView(), midPeriod ? loadHistory(hello) : null]);
   if (page.hello !== hello) return; // a newer hello came while the module loaded
   page.view = module.createView(gameApi(hello, root)) || {};
+  for (const point of history?.points || []) call("decisions", point.decisions, point.ts);
   call("decisions", page.decisions, socket.serverNow());
   renderPayoffs();
+}
+
+/** The group's stored decisions since its period started, up to what `hello` covered; null on failure. */
+async function loadHistory(hello) {
+  try {
+    const response = await fetch(`/p/${encodeURIComponent(CODE)}/history?upto_seq=${hello.last_seq}`, { cache: "no-store" });
+    if (!response.ok) return null;
+    const body = await response.json();
+    return body.group === hello.group ? body : null;
+  } catch (error) {
+    console.warn("synclab: the period's history could not be loaded", error);
+    return null;
+  }
 }
 
 // ---------------------------------------------------------------------------------- payoffs

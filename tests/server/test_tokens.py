@@ -86,6 +86,8 @@ def _request(method: str, path: str, op: dict[str, Any], exp: dict[str, Any], pe
     """A request that passes every check but the caller's: real codes, valid parameters."""
     filled = path.replace("{code}", exp["code"]).replace("{participant}", person["code"])
     filled = filled.replace("{action}", "resume")  # nothing is paused: harmless, and stored as a control
+    filled = filled.replace("{group}", str(group))
+    assert "{" not in filled, f"{op['operationId']}: fill its path parameters in the role matrix: {filled}"
     params: dict[str, Any] = {}
     if op["operationId"] == "exportCsv":
         params["table"] = "events"

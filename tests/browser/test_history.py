@@ -1,0 +1,60 @@
+"""Charts of a page opened in the middle of a period start at the period's start (issue 20).
+
+The monitor opened mid-period, and a participant's page reloaded mid-period, read the group's
+stored decisions since its ``period_start`` (``GET /api/experiments/{code}/groups/{id}/history``
+and ``GET /p/{code}/history``) and draw them before what comes live.
+"""
+
+from __future__ import annotations
+
+from playwright.async_api import Page, expect
+
+from tests.server.harness import TOKEN, Client, Harness, timeout
+
+WAIT_MS = timeout(10) * 1000
+STEPS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+
+
+async def _played(server: Harness, client: Client) -> None:
+    """The member behind ``client`` changes its decision six times, each stored."""
+    for n, value in enumerate(STEPS):
+        await client.send("decisions", value, f"h{n}")
+        while (await client.expect("ack"))["payload"]["id"] != f"h{n}":
+            pass
+
+
+async def test_a_monitor_opened_mid_period_draws_the_period_from_its_start(server: Harness, page: Page) -> None:
+    exp = await server.create(period_length=30)
+    codes = [p["code"] for p in exp["participants"]]
+    clients = [await server.connect(code) for code in codes]
+    for client in clients:
+        await client.expect("state")
+    await _played(server, clients[1])
+    await page.goto(f"{server.base}/monitor?token={TOKEN}&experiment={exp['code']}")
+    group = page.locator("article.group").first
+    await expect(group).to_have_attribute("data-phase", "running", timeout=WAIT_MS)
+    canvas = group.locator("canvas")
+    # both members' 0.5 at the start, then one point per change of the other: not just the two of now
+    await expect(canvas).to_have_attribute("data-points", str(2 + len(STEPS)), timeout=WAIT_MS)
+    await clients[0].send("decisions", 1.0, "live")
+    await expect(canvas).to_have_attribute("data-points", str(3 + len(STEPS)), timeout=WAIT_MS)
+
+
+async def test_a_participant_page_reloaded_mid_period_draws_the_period_from_its_start(
+    server: Harness, page: Page
+) -> None:
+    exp = await server.create(period_length=30)
+    me, other = (p["code"] for p in exp["participants"])
+    await page.goto(exp["participants"][0]["url"])
+    partner = await server.connect(other)
+    await expect(page.locator("#screen-play")).to_be_visible(timeout=WAIT_MS)
+    await partner.expect("state")
+    await _played(server, partner)
+    chart = page.get_by_role("img", name="Decisions over the period")
+    await expect(chart).to_have_attribute("data-points", str(2 + len(STEPS)), timeout=WAIT_MS)
+    await page.reload()
+    await expect(page.locator("#screen-play")).to_be_visible(timeout=WAIT_MS)
+    chart = page.get_by_role("img", name="Decisions over the period")
+    await expect(chart).to_have_attribute("data-points", str(2 + len(STEPS)), timeout=WAIT_MS)
+    history = (await server.http.get(f"/p/{me}/history")).json()
+    assert [p["decisions"][other] for p in history["points"]] == [0.5, *STEPS]
