@@ -151,7 +151,7 @@ def _row_schemas() -> dict[str, JSONSchema]:
         "SessionWithResults": _object({**session, "results": {"type": "array", "items": _ref("ScoredResult")}}),
         "Progress": _object(progress),
         "ProgressDetail": _object({**progress, "sessions": {"type": "array", "items": _ref("SessionWithResults")}}),
-        # a group's period as its charts draw it (server.storage.history)
+        # a group's period as its charts draw it (server.storage.charts)
         "GroupHistory": _object({
             "group": _INT, "start_seq": _nullable(_SEQ), "truncated": {"type": "boolean"},
             "points": {"type": "array", "items": _object(

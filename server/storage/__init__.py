@@ -17,7 +17,7 @@
     outcomes     sessions, results and ticks
     asof         sessions, groups and blocks as they stood at a ``seq`` (the exports)
     snapshot     the monitor's snapshot of an experiment
-    history      a group's period as the charts draw it (a page opened mid-period)
+    charts       a group's period as the charts draw it (a page opened mid-period)
     statuses     participants' statuses (how each run ended), set in the writer's transaction
     deliveries   scores on their way back to oTree: stored, claimed by one worker, retried
     arrivals     the join link's seats by label, completion codes, the lobby's seats, the way back's rows
@@ -69,6 +69,7 @@ from .catalog import (
     participant_game,
     set_experiment_status,
 )
+from .charts import period_history
 from .database import Database
 from .deliveries import (
     Claimed,
@@ -83,7 +84,6 @@ from .deliveries import (
     next_delivery_at,
 )
 from .engine import make_engine, normalise_url, reading
-from .history import period_history
 from .log import count_events, list_events
 from .meta import get_or_create_meta, stored_meta
 from .outcomes import (
