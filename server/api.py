@@ -1,8 +1,12 @@
-"""The REST API: JSON over HTTP, experimenter endpoints behind a bearer token."""
+"""The REST API: JSON over HTTP, experimenter endpoints behind a bearer token with a role.
+
+``watch`` tokens read every endpoint; creating, controlling and exporting experiments needs
+``admin`` (:func:`require_admin`); the token's account is resolved before the endpoint runs
+(:class:`server.accounts.Authenticate`).
+"""
 
 from __future__ import annotations
 
-import hmac
 import math
 from typing import Any
 
@@ -14,6 +18,7 @@ from starlette.routing import Route
 
 from groups import available_games
 
+from .accounts import SCOPE_KEY, Account, Refused
 from .exceptions import (
     ApiError,
     BadRequest,
@@ -73,13 +78,31 @@ def runtime(request: Request) -> Runtime:
     return rt
 
 
-def require_admin(request: Request) -> None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorized("expected 'Authorization: Bearer <SYNCLAB_ADMIN_TOKEN>', got none")
-    if not hmac.compare_digest(token.strip().encode(), runtime(request).admin_token.encode()):
-        raise Forbidden("the experimenter token is wrong")
+def require_role(request: HTTPConnection, role: str, what: str | None = None) -> Account:
+    """The caller's account if it has ``role``: 401 without a token, 403 for a wrong, revoked or too weak one.
+
+    ``what`` names the act in the refusal ("creating experiments needs admin").
+    """
+    found = request.scope.get(SCOPE_KEY)
+    if found is None:
+        raise Unauthorized("expected 'Authorization: Bearer <an experimenter token>', got none")
+    if isinstance(found, Refused):
+        raise Forbidden(found.reason)
+    assert isinstance(found, Account)
+    if not found.may(role):
+        doing = what or f"{request.scope.get('method', 'GET')} {request.url.path}"
+        raise Forbidden(f"the token {found.name!r} has the role {found.role}; {doing} needs {role}")
+    return found
+
+
+def require_admin(request: HTTPConnection, what: str | None = None) -> Account:
+    """The caller's account if it is an ``admin`` (creating, controlling, exporting)."""
+    return require_role(request, "admin", what)
+
+
+def require_watch(request: HTTPConnection) -> Account:
+    """The caller's account if it may read (``watch`` or ``admin``)."""
+    return require_role(request, "watch")
 
 
 def query_value(request: Request, name: str) -> str | None:
@@ -201,9 +224,9 @@ def _credential(request: Request) -> str | None:
     if request.headers.get("authorization") is not None or code is None:
         if code is None and request.headers.get("authorization") is None:
             raise Unauthorized(
-                "expected 'Authorization: Bearer <SYNCLAB_ADMIN_TOKEN>', or a participant's own code as ?participant="
+                "expected 'Authorization: Bearer <an experimenter token>', or a participant's own code as ?participant="
             )
-        require_admin(request)
+        require_watch(request)
         return None
     return code
 
@@ -256,7 +279,7 @@ async def healthz(request: Request) -> Response:
 
 async def server_status(request: Request) -> Response:
     """This process since it started: the writer's batches, writes, events and commit times, live groups, sockets."""
-    require_admin(request)
+    require_watch(request)
     rt = runtime(request)
     body: dict[str, Any] = {
         "writer": {"batches": rt.writer.batches, "writes": rt.writer.writes, "events": rt.writer.committed,
@@ -299,7 +322,7 @@ async def games(request: Request) -> Response:
 
 
 async def create_experiment(request: Request) -> Response:
-    require_admin(request)
+    require_admin(request, "creating experiments")
     try:
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
@@ -322,7 +345,7 @@ async def experiments(request: Request) -> Response:
 
 async def experiments_list(request: Request) -> Response:
     """Every experiment, the newest first; ``?status=`` filters."""
-    require_admin(request)
+    require_watch(request)
     status = query_value(request, "status")
     if status is not None and status not in STATUSES:
         raise BadRequest(f"status: expected one of {list(STATUSES)}, got {status!r}", field="status")
@@ -374,7 +397,7 @@ async def participant_detail(request: Request) -> Response:
 
 async def experiment_stats(request: Request) -> Response:
     """``mean_completion`` and ``mean_score`` with counts; ``?exclude_unfinished=``, ``?group=``."""
-    require_admin(request)
+    require_watch(request)
     row = await _experiment(request)
     exclude = query_bool(request, "exclude_unfinished")
     group = await _group_filter(request, row)
@@ -384,7 +407,7 @@ async def experiment_stats(request: Request) -> Response:
 
 
 async def experiment_detail(request: Request) -> Response:
-    require_admin(request)
+    require_watch(request)
     row = await _experiment(request)
     people = await runtime(request).database.read(experiment_participants, row["id"])
     return JSON(experiment_body(request, row, people))
@@ -392,7 +415,7 @@ async def experiment_detail(request: Request) -> Response:
 
 async def group_history(request: Request) -> Response:
     """The group's current (or last) period as its charts draw it: its decisions after each change."""
-    require_admin(request)
+    require_watch(request)
     row = await _experiment(request)
     upto_seq = query_int(request, "upto_seq", 0, 0) or None
     raw = str(request.path_params["group"])
@@ -406,7 +429,7 @@ async def group_history(request: Request) -> Response:
 
 
 async def events(request: Request) -> Response:
-    require_admin(request)
+    require_watch(request)
     row = await _experiment(request)
     after_seq = query_int(request, "after_seq", 0, 0)
     page, page_size = page_params(request)
@@ -418,7 +441,7 @@ async def events(request: Request) -> Response:
 
 
 async def _listing(request: Request, table: str, lister: Any) -> Response:
-    require_admin(request)
+    require_watch(request)
     row = await _experiment(request)
     page, page_size = page_params(request)
     db = runtime(request).database
@@ -440,7 +463,7 @@ async def results(request: Request) -> Response:
 
 async def deliveries(request: Request) -> Response:
     """The scores on their way back to oTree (``server.deliveries``), in participant order; never the REST key."""
-    require_admin(request)
+    require_watch(request)
     row = await _experiment(request)
     page, page_size = page_params(request)
     db = runtime(request).database
@@ -451,15 +474,18 @@ async def deliveries(request: Request) -> Response:
 
 
 async def experiment_action(request: Request) -> Response:
-    """``start``, ``pause``, ``resume`` or ``end`` the experiment, or with ``?group=`` one of its groups."""
-    require_admin(request)
+    """``start``, ``pause``, ``resume`` or ``end`` the experiment, or with ``?group=`` one of its groups.
+
+    The ``control`` events store who did it: the token's name as ``by``.
+    """
+    account = require_admin(request, "controlling experiments")
     row = await _experiment(request)
     action = request.path_params["action"]
     if action not in ACTIONS:
         raise NotFound(f"no action {action!r}; expected one of {list(ACTIONS)}")
     group = query_int(request, "group", 0, 1) or None
     try:
-        done = await runtime(request).groups.control(row["code"], action, group)
+        done = await runtime(request).groups.control(row["code"], action, group, by=account.name)
     except LookupError as exc:
         raise NotFound(str(exc)) from None
     after = await runtime(request).database.read(experiment_row, row["code"])

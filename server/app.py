@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -23,7 +24,8 @@ from starlette.websockets import WebSocket
 from groups import UnknownGame, load_game
 from groups.registry import BUNDLED
 
-from . import api, export, join, openapi
+from . import api, export, join, openapi, redaction
+from .accounts import Authenticate
 from .connection import REDWOOD, SYNCLAB, serve
 from .exceptions import ApiError, NotPersisted
 from .monitor import monitor_socket
@@ -110,6 +112,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        redaction.install()
         rt = await Runtime.open(settings or Settings.from_env())
         app.state.runtime = rt
         try:
@@ -135,6 +138,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(Authenticate)],
         exception_handlers={ApiError: api.api_error, NotPersisted: api.api_error},
     )
 

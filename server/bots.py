@@ -33,7 +33,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,9 +45,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from groups import PERIOD_END, PERIOD_START, DecisionGroup, Timing, load_game
 
 from .exceptions import RETRY_CODES, WS_4000_REPLACED, WS_4404_UNKNOWN, SettingsError, SynclabError
-from .runtime import ADMIN_TOKEN_KEY
 from .settings import Settings
-from .storage import reading, stored_meta
+from .storage import add_token, drop_token, reading
 
 #: an experiment in one of these has ended; its bots stop
 ENDED = ("done", "cancelled", "failed")
@@ -659,22 +658,30 @@ async def run_bots(
 # --------------------------------------------------------------------------- the command
 
 
-def find_token(settings: Settings, given: str | None = None) -> str:
-    """The experimenter token: ``given``, else ``SYNCLAB_ADMIN_TOKEN``, else the stored one (never created)."""
-    if given:
-        return given
-    if settings.admin_token:
-        return settings.admin_token
+@contextlib.contextmanager
+def bots_token(settings: Settings, given: str | None = None) -> Iterator[str]:
+    """The token the bots read the experiment with: ``given``, else ``SYNCLAB_ADMIN_TOKEN``, else one of their own.
+
+    Their own is a ``watch`` token (they only read) made in the database for this run and deleted
+    after it: the stored tokens are hashes, so none can be read back.
+    """
+    if given or settings.admin_token:
+        yield str(given or settings.admin_token)
+        return
     where = make_url(settings.database_url).render_as_string(hide_password=True)
-    hint = "pass --token or set SYNCLAB_ADMIN_TOKEN"
+    name = f"bots-{secrets.token_hex(4)}"
     try:
         with reading(settings.database_url) as engine:
-            stored = stored_meta(engine, ADMIN_TOKEN_KEY)
+            token = add_token(engine, name, "watch")
     except SettingsError as exc:
-        raise BotsError(f"no experimenter token: {hint} (none could be read from {where}: {exc})") from None
-    if not stored:
-        raise BotsError(f"no experimenter token: {hint} (none is stored in {where})")
-    return stored
+        raise BotsError(
+            f"no experimenter token: pass --token or set SYNCLAB_ADMIN_TOKEN (none could be made in {where}: {exc})"
+        ) from None
+    try:
+        yield token
+    finally:
+        with contextlib.suppress(SettingsError), reading(settings.database_url) as engine:
+            drop_token(engine, name)
 
 
 def run_bots_command(
@@ -689,18 +696,19 @@ def run_bots_command(
 ) -> int:
     """``synclab bots CODE``: 0 when the run ended, 1 on the time limit or a failed bot, 2 when it cannot run.
 
-    ``url`` defaults to ``http://127.0.0.1:$PORT``; the token to :func:`find_token`'s choice.
+    ``url`` defaults to ``http://127.0.0.1:$PORT``; the token to :func:`bots_token`'s choice.
     """
     try:
-        report = asyncio.run(run_bots(
-            url or f"http://127.0.0.1:{settings.port}",
-            code,
-            find_token(settings, token),
-            rate=rate,
-            seed=seed,
-            time_limit=timeout,
-            log=lambda line: print(f"synclab: {line}", flush=True),
-        ))
+        with bots_token(settings, token) as found:
+            report = asyncio.run(run_bots(
+                url or f"http://127.0.0.1:{settings.port}",
+                code,
+                found,
+                rate=rate,
+                seed=seed,
+                time_limit=timeout,
+                log=lambda line: print(f"synclab: {line}", flush=True),
+            ))
     except BotsError as exc:
         print(f"synclab: {exc}", file=sys.stderr)
         return 2

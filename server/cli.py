@@ -1,4 +1,4 @@
-"""The ``synclab`` command: ``serve``, ``demo``, ``bots``, ``export``, ``verify`` and ``db``."""
+"""The ``synclab`` command: ``serve``, ``demo``, ``bots``, ``export``, ``verify``, ``db`` and ``token``."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from .dbcommand import DB_ACTIONS, run_db
 from .exceptions import SchemaError, SettingsError
 from .experiments import parse_request, plan
 from .export import FORMATS, TABLES, run_export
-from .runtime import admin_token
+from .runtime import generated_token
 from .settings import Settings
 from .storage import (
     experiment_participants,
@@ -28,6 +28,7 @@ from .storage import (
     make_engine,
     prepare_schema,
 )
+from .tokencommand import TOKEN_ACTIONS, run_token
 from .verify import run_verify
 
 #: uvicorn closes a socket with 1009 past this; below it our own limit answers with an error frame
@@ -38,8 +39,8 @@ GC_THRESHOLD = 10_000
 STARTUP_FAILURE = 3
 
 
-def _prepare(settings: Settings, upgrade: bool) -> str:
-    """Bring the schema to this synclab's and return the experimenter token (before the server starts).
+def _prepare(settings: Settings, upgrade: bool) -> str | None:
+    """Bring the schema to this synclab's (before the server starts); the token made at the first start, if so.
 
     A new database is made; one that is behind is upgraded with ``--upgrade``, else refused.
     """
@@ -49,11 +50,12 @@ def _prepare(settings: Settings, upgrade: bool) -> str:
         before = prepare_schema(engine, upgrade=upgrade)
         if upgrade and not before.current and not before.empty:
             print(f"synclab: upgraded the database from revision {before.describe()} to {before.head}", flush=True)
-        token, created = admin_token(engine, settings)
+        token = generated_token(engine, settings)
     finally:
         engine.dispose()
-    if created:
-        print("synclab: generated an experimenter token and stored it in the database", flush=True)
+    if token is not None:
+        print("synclab: generated the experimenter token of the account 'admin'; it is shown this once "
+              "(the database keeps only its hash; more with `synclab token create NAME`)", flush=True)
     return token
 
 
@@ -161,6 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     checking.add_argument("--json", action="store_true", help="print the report as JSON")
     schema = commands.add_parser("db", help="the database's schema: upgrade, current, history, check")
     schema.add_argument("action", choices=DB_ACTIONS)
+    accounts = commands.add_parser("token", help="experimenter tokens: create NAME [--role], list, revoke NAME")
+    accounts.add_argument("action", choices=TOKEN_ACTIONS)
+    accounts.add_argument("name", nargs="?", help="the token's name (create, revoke)")
+    accounts.add_argument("--role", default="admin", help="admin (the default) or watch: reads and watches only")
+    accounts.add_argument("--json", action="store_true", help="list: print JSON")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -174,12 +181,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_verify(settings, args.code, as_json=args.json)
         if args.command == "db":
             return run_db(settings, args.action)
+        if args.command == "token":
+            return run_token(settings, args.action, args.name, args.role, as_json=args.json)
         port = settings.port if args.port is None else args.port
         if not 0 <= port <= 65535:
             raise SettingsError(f"--port: expected a port from 0 to 65535, got {port}")
         token = _prepare(settings, args.upgrade)
         base = _base_url(args.host, port)
-        print(f"synclab: monitor at {base}/monitor?token={token}", flush=True)
+        # the generated token, once, in the fragment: a browser never sends it, so no access log or
+        # proxy sees it; SYNCLAB_ADMIN_TOKEN is the operator's own and is never printed
+        print(f"synclab: monitor at {base}/monitor" + (f"#token={token}" if token else ""), flush=True)
         if args.command == "demo":
             _demo(settings, base)
         return _serve(settings, args.host, port, args.workers)

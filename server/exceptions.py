@@ -33,6 +33,8 @@ WS_4000_REPLACED = 4000  # the same participant connected again; this connection
 WS_4003_FORBIDDEN = 4003  # the redwood URL names another game or group than the participant's
 WS_4008_TOO_SLOW = 4008  # the connection's send queue overflowed: the client does not read
 WS_4029_FLOODING = 4029  # the client kept sending far over its frame rate
+WS_4401_UNAUTHENTICATED = 4401  # a monitor sent no token in its first frame (or put one in the URL)
+WS_4403_TOKEN_REFUSED = 4403  # a monitor's token is unknown or revoked
 WS_4404_UNKNOWN = 4404  # unknown participant code
 
 

@@ -322,7 +322,7 @@ def _table(request: Request, *, required: bool) -> str | None:
 
 async def export_csv(request: Request) -> Response:
     """``?table=`` events, results, sessions or participants, as a CSV attachment."""
-    require_admin(request)
+    require_admin(request, "exporting experiments")
     row = await _experiment(request)
     table = _table(request, required=True)
     if table == "participants":
@@ -336,7 +336,7 @@ async def export_csv(request: Request) -> Response:
 
 async def export_json(request: Request) -> Response:
     """The whole JSON document, or with ``?table=`` a JSON array of that table's rows."""
-    require_admin(request)
+    require_admin(request, "exporting experiments")
     row = await _experiment(request)
     table = _table(request, required=False)
     if table in ("participants", None):

@@ -412,8 +412,10 @@ class LiveGroup:
     def end(self) -> asyncio.Future[list[int]]:
         return self.act(lambda: self.core.end(self._clock()))
 
-    def control(self, action: str, scope: str) -> asyncio.Future[list[int]]:
+    def control(self, action: str, scope: str, by: str | None = None) -> asyncio.Future[list[int]]:
         """An experimenter's ``start``, ``pause``, ``resume`` or ``end``, stored as a ``control`` event.
+
+        ``by``, the name of the token that asked, is stored in the event's value.
 
         The event is recorded with what the action caused, in the same transaction; a refused
         action (:class:`groups.InvalidState`) records nothing.
@@ -421,7 +423,8 @@ class LiveGroup:
         if action not in ACTIONS:
             raise ValueError(f"expected an action in {list(ACTIONS)}, got {action!r}")
         step: Callable[[float], list[Event]] = getattr(self.core, action)
-        record = Event(CONTROL, {"action": action, "scope": scope}, None, NOBODY)
+        value = {"action": action, "scope": scope} if by is None else {"action": action, "scope": scope, "by": by}
+        record = Event(CONTROL, value, None, NOBODY)
         return self.act(lambda: [record, *step(self._clock())])
 
     def pause(self) -> asyncio.Future[list[int]]:

@@ -1,6 +1,15 @@
-"""The experimenter's live feed: ``WS /ws/monitor/{code}?token=``.
+"""The experimenter's live feed: ``WS /ws/monitor/{code}``, the token in the first frame.
 
-On connect the monitor gets a ``snapshot`` of the experiment (groups, their phase and decisions,
+No secret travels in the URL (where access logs, browser history and proxies would keep it):
+the socket is accepted, and the client's first frame must be ``{"channel": "auth", "payload":
+{"token": ...}}`` within :data:`AUTH_SECONDS`, else it is closed with 4401; an unknown or
+revoked token is closed with 4403 (the reason says which). A ``?token=`` in the URL, as the
+contract's older clients send it, is still taken (deprecated; the server's log masks it, and no
+page of synclab sends it). Any
+account may watch (``admin`` or ``watch``); the token is checked again every second, so a
+revoked one is cut off within about two.
+
+Once in, the monitor gets a ``snapshot`` of the experiment (groups, their phase and decisions,
 who is connected), then everything stored after it: ``events`` frames, each a list of event rows
 batched every :data:`FLUSH_EVERY` seconds, ``connection`` frames as participants come and go,
 ``stats`` every second (the events this monitor was sent: in a cluster they are stored on any
@@ -16,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,8 +34,14 @@ from typing import Any
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from .accounts import Account, Refused
 from .api import experiment_body
-from .exceptions import WS_4008_TOO_SLOW, WS_4404_UNKNOWN
+from .exceptions import (
+    WS_4008_TOO_SLOW,
+    WS_4401_UNAUTHENTICATED,
+    WS_4403_TOKEN_REFUSED,
+    WS_4404_UNKNOWN,
+)
 from .hub import monitor_presence_topic, monitor_topic
 from .progress import participant_progress
 from .runtime import Runtime
@@ -40,6 +54,10 @@ FLUSH_EVERY = 0.1
 STATS_EVERY = 1.0
 #: stored writes a monitor may be behind before it is cut off
 MAX_BUFFERED = 20_000
+#: seconds a monitor has to send its ``auth`` frame
+AUTH_SECONDS = 5.0
+#: the first frame a monitor must send
+AUTH_FRAME = '{"channel": "auth", "payload": {"token": "<an experimenter token>"}}'
 
 
 class Meter:
@@ -123,13 +141,18 @@ class Monitor:
 
 async def monitor_socket(websocket: WebSocket) -> None:
     rt: Runtime = websocket.app.state.runtime
-    token = websocket.query_params.get("token", "")
-    if not token or not hmac.compare_digest(token.encode(), rt.admin_token.encode()):
-        await websocket.close(1008, "expected ?token=<SYNCLAB_ADMIN_TOKEN>")  # before accept: HTTP 403
+    await websocket.accept()
+    # CONTRACT §4's ``?token=`` still works for the clients written against it (the log masks it,
+    # see server.redaction); the page, and every new client, send it in the first frame instead
+    token = websocket.query_params.get("token") or await _auth_frame(websocket)
+    if token is None:
+        return
+    found = await rt.accounts.identify(token)
+    if isinstance(found, Refused):
+        await websocket.close(WS_4403_TOKEN_REFUSED, found.reason)
         return
     code = str(websocket.path_params["code"])
     row = await rt.database.read(experiment_row, code)
-    await websocket.accept()
     if row is None:
         await websocket.close(WS_4404_UNKNOWN, "unknown experiment")
         return
@@ -143,7 +166,7 @@ async def monitor_socket(websocket: WebSocket) -> None:
         await websocket.send_text(encode("snapshot", snapshot))
         receiver = asyncio.create_task(_drain(websocket))
         try:
-            await _send_loop(rt, monitor, row, receiver)
+            await _send_loop(rt, monitor, row, receiver, token)
         finally:
             receiver.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -155,6 +178,27 @@ async def monitor_socket(websocket: WebSocket) -> None:
             rt.hub.unsubscribe(topic, monitor)
 
 
+async def _auth_frame(websocket: WebSocket) -> str | None:
+    """The token of the monitor's first frame; ``None`` once the socket is closed with 4401 (none in time, or a bad frame)."""
+    try:
+        message = await asyncio.wait_for(websocket.receive(), AUTH_SECONDS)
+    except TimeoutError:
+        await websocket.close(WS_4401_UNAUTHENTICATED, f"expected the first frame {AUTH_FRAME} within {AUTH_SECONDS:g} s")
+        return None
+    if message["type"] == "websocket.disconnect":
+        return None
+    try:
+        frame = orjson.loads(message.get("text") or message.get("bytes") or b"")
+    except orjson.JSONDecodeError:
+        frame = None
+    payload = frame.get("payload") if isinstance(frame, dict) and frame.get("channel") == "auth" else None
+    token = payload.get("token") if isinstance(payload, dict) else None
+    if not isinstance(token, str) or not token:
+        await websocket.close(WS_4401_UNAUTHENTICATED, f"expected the first frame {AUTH_FRAME}")
+        return None
+    return token
+
+
 async def _drain(websocket: WebSocket) -> None:
     """Read until the page closes; a monitor sends nothing we act on."""
     while True:
@@ -163,7 +207,9 @@ async def _drain(websocket: WebSocket) -> None:
             return
 
 
-async def _send_loop(rt: Runtime, monitor: Monitor, row: dict[str, Any], receiver: asyncio.Task[None]) -> None:
+async def _send_loop(
+    rt: Runtime, monitor: Monitor, row: dict[str, Any], receiver: asyncio.Task[None], token: str
+) -> None:
     status = row["status"]
     next_stats = time.monotonic()
     while not receiver.done():
@@ -180,6 +226,10 @@ async def _send_loop(rt: Runtime, monitor: Monitor, row: dict[str, Any], receive
             await monitor.websocket.send_text(frame)
         if time.monotonic() >= next_stats:
             next_stats = time.monotonic() + STATS_EVERY
+            found = await rt.accounts.identify(token)  # revoked meanwhile: cut off
+            if not isinstance(found, Account):
+                await monitor.websocket.close(WS_4403_TOKEN_REFUSED, found.reason)
+                return
             current = await rt.database.read(experiment_row, row["code"])
             if current is not None and current["status"] != status:
                 status = current["status"]

@@ -44,23 +44,32 @@ JSONSchema = dict[str, Any]
 
 _DESCRIPTION = """\
 synclab's REST API (contract section 4). Experimenter endpoints need
-`Authorization: Bearer <SYNCLAB_ADMIN_TOKEN>`: 401 without it, 403 with a wrong one. A
-participant's own code, as `?participant=`, reads that participant's progress. Every refusal
-is JSON `{"error": message, "field"?: the bad field}`. Times in rows are ISO 8601 UTC strings
-with microseconds.
+`Authorization: Bearer <an experimenter token>`: 401 without it, 403 with a wrong or revoked
+one. Tokens are accounts with a role (`synclab token create NAME --role admin|watch`;
+`SYNCLAB_ADMIN_TOKEN` is `admin`): each operation's `x-role` is the role it needs. `watch` reads
+everything; creating, controlling and exporting experiments need `admin` (403 naming the token
+and its role). A participant's own code, as `?participant=`, reads that participant's progress.
+Every refusal is JSON `{"error": message, "field"?: the bad field}`. Times in rows are ISO 8601
+UTC strings with microseconds.
 
 WebSockets (not HTTP operations, see `x-websockets`): `/ws/p/{code}` is a participant's socket,
 `/redwood/app-name/{app}/group/{group}/participant/{code}/` the otree-redwood compatible one,
-`/ws/monitor/{code}?token=` the experimenter's live monitor. Frames are JSON text
-`{"channel", "payload"}` (contract section 3)."""
+`/ws/monitor/{code}` the experimenter's live monitor, which takes no secret in its URL: its
+first frame is `{"channel": "auth", "payload": {"token": ...}}` (any role), else it is closed
+with 4401 (4403: a wrong or revoked token). Frames are JSON text `{"channel", "payload"}`
+(contract section 3)."""
 
 _WEBSOCKETS = [
-    {"path": "/ws/p/{code}", "summary": "a participant's socket: hello, state, group_decisions, ack, error, ping"},
+    {"path": "/ws/p/{code}", "summary": "a participant's socket: hello, state, group_decisions, ack, error, ping",
+     "x-auth": "the participant's own code, in the path"},
     {
         "path": "/redwood/app-name/{app}/group/{group}/participant/{code}/",
         "summary": "otree-redwood's wire protocol; app and group are checked against the participant's own",
+        "x-auth": "the participant's own code, in the path",
     },
-    {"path": "/ws/monitor/{code}", "summary": "the live monitor; ?token= is the experimenter token"},
+    {"path": "/ws/monitor/{code}", "summary": "the live monitor; the first frame is "
+     '{"channel": "auth", "payload": {"token": ...}}: 4401 without it (or with ?token= in the URL), 4403 for a '
+     "wrong or revoked token", "x-auth": "an experimenter token of any role, in the first frame", "x-role": "watch"},
 ]
 
 
@@ -447,7 +456,10 @@ def _responses() -> dict[str, JSONSchema]:
             "no experimenter token (nor a participant's code where one is accepted)",
             {"WWW-Authenticate": {"required": True, "schema": {"const": "Bearer"}}},
         ),
-        "Forbidden": _error("a wrong token, or another participant's data"),
+        "Forbidden": _error(
+            "a wrong or revoked token, a `watch` token asking for what needs `admin` (the message names the "
+            "token and its role), or another participant's data"
+        ),
         "NotFound": _error("an unknown experiment, participant, group, action or page"),
         "NotStored": _error(
             "the database could not store the change, or a write queued before it; try again later"
@@ -481,10 +493,17 @@ _ATTACHMENT = {
 }
 
 
+#: the role an operation needs (``x-role``): reading is ``watch``; creating, controlling, exporting ``admin``
+WATCH = {"x-role": "watch"}
+ADMIN = {"x-role": "admin"}
+
+
 def _get(op_id: str, summary: str, ok: JSONSchema, params: list[JSONSchema], refused: tuple[int, ...],
          **extra: Any) -> dict[str, Any]:
+    """A GET operation; one behind the bearer token needs ``watch`` unless ``extra`` says otherwise."""
+    role = WATCH if extra.get("security") != PUBLIC else {}
     return {"get": {"operationId": op_id, "summary": summary, "parameters": params,
-                    "responses": {"200": ok, **_refused(*refused)}, **extra}}
+                    "responses": {"200": ok, **_refused(*refused)}, **role, **extra}}
 
 
 def _experiment_paths() -> dict[str, Any]:
@@ -502,6 +521,7 @@ def _experiment_paths() -> dict[str, Any]:
                 "requestBody": {"required": True,
                                 "content": {"application/json": {"schema": _ref("NewExperiment")}}},
                 "responses": {"201": _json(_ref("Experiment"), "created"), **_refused(400, 401, 403, 503)},
+                **ADMIN,
             },
         },
         base: _get("getExperiment", "one experiment with its participants' links",
@@ -535,7 +555,7 @@ def _experiment_paths() -> dict[str, Any]:
         f"{base}/export.csv": _get(
             "exportCsv", "one table as CSV (RFC 4180; JSON columns as JSON text)",
             {"description": "the table", "headers": _ATTACHMENT, "content": {"text/csv": {"schema": _STRING}}},
-            _params("code", "tableRequired"), (400, 401, 403, 404),
+            _params("code", "tableRequired"), (400, 401, 403, 404), **ADMIN,
         ),
         f"{base}/export.json": _get(
             "exportJson", "the whole experiment as one JSON document, or one table as an array",
@@ -544,7 +564,7 @@ def _experiment_paths() -> dict[str, Any]:
                  _ref("ExportDocument"),
                  *({"type": "array", "items": _ref(item)} for item in ("Event", "Result", "Session", "Progress")),
              ]}}}},
-            _params("code", "tableOptional"), (400, 401, 403, 404),
+            _params("code", "tableOptional"), (400, 401, 403, 404), **ADMIN,
         ),
         f"{base}/{{action}}": {
             "post": {
@@ -553,6 +573,7 @@ def _experiment_paths() -> dict[str, Any]:
                 "parameters": _params("code", "action", "group"),
                 "responses": {"200": _json(_ref("ActionResult"), "the groups acted on"),
                               **_refused(400, 401, 403, 404, 503)},
+                **ADMIN,
             }
         },
     }
@@ -597,7 +618,9 @@ def document() -> dict[str, Any]:
             "parameters": _parameters(),
             "responses": _responses(),
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "description": "SYNCLAB_ADMIN_TOKEN"},
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "an experimenter token (`synclab token create`, or SYNCLAB_ADMIN_TOKEN); "
+                                          "its role must be the operation's `x-role` or admin"},
                 "participantCode": {"type": "apiKey", "in": "query", "name": "participant",
                                     "description": "a participant's own code: reads only that participant"},
             },

@@ -338,7 +338,7 @@ class LiveGroups:
         if op == "receive":
             return live.receive(body["p"], body["ch"], body["v"], body["i"])
         if op == "control":
-            return live.control(body["a"], body["s"])
+            return live.control(body["a"], body["s"], body.get("b"))
         if op == "standin" and isinstance(live.standins, StandIns):
             return live.standins.start(body["p"], body["r"])
         raise ValueError(f"unknown request {op!r}")
@@ -390,8 +390,12 @@ class LiveGroups:
 
     # ------------------------------------------------------------------ the experimenter
 
-    async def control(self, experiment_code: str, action: str, group_id: int | None = None) -> list[int]:
+    async def control(
+        self, experiment_code: str, action: str, group_id: int | None = None, *, by: str | None = None
+    ) -> list[int]:
         """``start``, ``pause``, ``resume`` or ``end`` an experiment (or one of its groups).
+
+        ``by`` (the experimenter token's name) is stored in each ``control`` event.
 
         ``start`` forces the waiting groups that are every member's current group; ``pause``
         and ``resume`` take the running and paused ones; ``end`` ends every period not ended
@@ -434,7 +438,7 @@ class LiveGroups:
             if self.node is None:
                 await self.group(place.group_id)
             try:
-                await self.call(place.group_id, "control", {"a": action, "s": scope})
+                await self.call(place.group_id, "control", {"a": action, "s": scope, "b": by})
             except InvalidState:
                 continue  # it changed since we looked: nothing to do for it
             done.append(place.group_id)

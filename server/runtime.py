@@ -5,30 +5,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from .accounts import Accounts
 from .cluster import Node
 from .deliveries import Deliveries
 from .hub import Hub, MemoryHub
 from .routing import LiveGroups
 from .settings import Settings
-from .storage import Database, EventWriter, get_or_create_meta, prepare_schema
+from .storage import Database, EventWriter, first_token, prepare_schema
 
 log = logging.getLogger("synclab")
 
 
-#: where the generated experimenter token is stored (the ``meta`` table)
-ADMIN_TOKEN_KEY = "admin_token"
+def generated_token(engine: Engine, settings: Settings) -> str | None:
+    """The token made at the first start, to be shown once: the account ``admin``, stored hashed.
 
-
-def admin_token(engine: Engine, settings: Settings) -> tuple[str, bool]:
-    """The experimenter token: from the environment, else the stored one, else a new one."""
+    ``None`` when ``SYNCLAB_ADMIN_TOKEN`` is set or the database has tokens already (made then,
+    or with ``synclab token create``): a token cannot be shown again, only its account.
+    """
     if settings.admin_token:
-        return settings.admin_token, False
-    return get_or_create_meta(engine, ADMIN_TOKEN_KEY, lambda: secrets.token_urlsafe(24))
+        return None
+    return first_token(engine)
 
 
 @dataclass(eq=False)
@@ -38,7 +38,11 @@ class Runtime:
     writer: EventWriter
     hub: Hub
     groups: LiveGroups
-    admin_token: str
+    #: who a bearer token is (``server.accounts``)
+    accounts: Accounts
+    #: ``SYNCLAB_ADMIN_TOKEN``, or the token this process generated at the first start; else ``None``
+    #: (a stored token is only a hash)
+    admin_token: str | None
     #: this worker in a cluster (``REDIS_URL``); ``None`` in one process
     node: Node | None = None
     #: the scores on their way back to oTree (``server.deliveries``)
@@ -51,12 +55,12 @@ class Runtime:
         try:
             # a new database is made; one that is behind is refused (synclab db upgrade)
             await database.write(prepare_schema)
-            token, created = await database.write(admin_token, settings)
+            generated = await database.write(generated_token, settings)
         except Exception:
             database.close()
             raise
-        if created:
-            log.warning("synclab: generated the experimenter token %s (stored in the database)", token)
+        if generated is not None:  # the only time it can be shown: the database keeps its hash
+            log.warning("synclab: generated the experimenter token %s (the account 'admin'; shown once)", generated)
         writer = EventWriter(database, max_batch=settings.writer_max_batch)
         writer.start()
         node = Node(settings, database) if settings.clustered else None
@@ -72,7 +76,8 @@ class Runtime:
         if resumed:
             log.warning("synclab: resumed %d running periods from the database", resumed)
         deliveries.start()
-        return cls(settings, database, writer, hub, groups, token, node, deliveries)
+        accounts = Accounts(database, settings.admin_token)
+        return cls(settings, database, writer, hub, groups, accounts, settings.admin_token or generated, node, deliveries)
 
     async def close(self) -> None:
         """The end of the lifespan: nothing new is computed, what was submitted is stored, then the database closes.

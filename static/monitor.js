@@ -85,14 +85,21 @@ function formatNumber(value, digits = 1) {
 
 // ------------------------------------------------------------------------------------ the token
 
-/** The token from `?token=` (then removed from the address bar) or from localStorage. */
+/**
+ * The token from the address's fragment, `#token=` (which the browser never sends: no access log
+ * sees it), or from an old link's `?token=`; then removed from the address bar. Else the one in
+ * localStorage.
+ */
 function takeToken() {
   const url = new URL(window.location.href);
-  const fromUrl = url.searchParams.get("token");
+  const fragment = new URLSearchParams(url.hash.slice(1));
+  const fromUrl = fragment.get("token") || url.searchParams.get("token");
   if (fromUrl) {
     localStorage.setItem(TOKEN_KEY, fromUrl);
     url.searchParams.delete("token");
-    history.replaceState(history.state, "", url.pathname + url.search + url.hash);
+    fragment.delete("token");
+    const rest = fragment.toString();
+    history.replaceState(history.state, "", url.pathname + url.search + (rest ? `#${rest}` : ""));
   }
   return localStorage.getItem(TOKEN_KEY);
 }
@@ -141,7 +148,8 @@ async function api(path, { method = "GET", body, raw = false } = {}) {
   }
   if (!response.ok) {
     const { message, field } = errorMessage(response, await response.text());
-    if (response.status === 401 || response.status === 403) tokenRefused();
+    // a watch token refused an admin's act keeps its place; a wrong or revoked token is forgotten
+    if (response.status === 401 || (response.status === 403 && !/ has the role /.test(message))) tokenRefused();
     throw new ApiError(response.status, message, field);
   }
   return raw ? response : response.json();
@@ -376,8 +384,9 @@ class LiveExperiment {
   }
 
   connect() {
+    // the token goes in the first frame, never in the URL (see README: the monitor's socket)
     this.socket = new SynclabSocket(`ws/monitor/${encodeURIComponent(this.code)}`, {
-      query: { token: app.token },
+      opening: () => ({ channel: "auth", payload: { token: app.token } }),
       maxDelay: 8000,
     });
     const s = this.socket;
@@ -404,7 +413,11 @@ class LiveExperiment {
     if (state === "closed") el.dataset.lastClose = String(detail.code);
     if (state === "connecting") setText(el, detail.attempt ? `Reconnecting (attempt ${detail.attempt + 1})…` : "Connecting…");
     else if (state === "open") setText(el, "Live");
-    else if (detail.code === 4404) {
+    else if (detail.code === 4401 || detail.code === 4403) {
+      setText(el, "Not live");
+      showError({ message: `The server refused the token for the live view: ${detail.reason || detail.code}` });
+      tokenRefused();
+    } else if (detail.code === 4404) {
       setText(el, "Not live");
       showError({ message: `The server knows no experiment ${this.code} (socket closed 4404).` });
     } else if (detail.final) setText(el, `Not live (closed ${detail.code}).`);

@@ -18,6 +18,8 @@ export const FINAL_CLOSE_CODES = new Set([
   1008, // policy violation
   4000, // the same participant connected again elsewhere: this tab is the older one
   4003, // the URL names another game or group
+  4401, // a monitor sent no token in its first frame
+  4403, // a monitor's token is unknown or revoked
   4404, // unknown participant or experiment
 ]);
 
@@ -87,7 +89,9 @@ export class ServerClock {
 /**
  * A WebSocket to a synclab server that reconnects until `close()` is called.
  *
- * Options: `query` (object added to the URL, e.g. `{token}`), `baseDelay`/`maxDelay` (ms,
+ * Options: `query` (object added to the URL: never a secret, which access logs would keep),
+ * `opening` (a function returning `{channel, payload}`: the first frame of every connection,
+ * sent as it opens, e.g. the monitor's `auth` with its token), `baseDelay`/`maxDelay` (ms,
  * the reconnect backoff), `pingInterval` (ms; 0 = never: only sockets whose server answers
  * `ping` with `server_time` should set it), `finalCodes` (close codes that stop reconnecting),
  * `retryDelay` (ms before a frame refused with a code of `RETRY_CODES` goes out again).
@@ -95,6 +99,7 @@ export class ServerClock {
 export class SynclabSocket {
   constructor(path, options = {}) {
     this.url = socketUrl(path, options.query || {});
+    this.opening = options.opening ?? null;
     this.baseDelay = options.baseDelay ?? 500;
     this.maxDelay = options.maxDelay ?? 10000;
     this.pingInterval = options.pingInterval ?? 0;
@@ -263,6 +268,7 @@ export class SynclabSocket {
     this._ws = ws;
     ws.onopen = () => {
       if (ws !== this._ws) return;
+      if (this.opening) ws.send(JSON.stringify(this.opening()));
       this.attempt = 0;
       this._setState("open", {});
       this._startPinging();

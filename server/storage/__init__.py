@@ -4,7 +4,8 @@
     times        stored times to epoch seconds, ISO 8601 text and wire milliseconds
     engine       a URL to an engine (SQLite pragmas, JSON), the read-only engine of the commands
     schema       where a database stands against the migrations (Alembic), and upgrading it
-    meta         server-wide key-value settings (the generated token)
+    meta         server-wide key-value settings
+    tokens       the experimenters' tokens: names, roles, SHA-256 digests (never a token)
     catalog      experiments: creating and listing them, their groups, their status
     seats        who a connecting participant is, and what a live group is built from
     writes       the values a write carries (plain dataclasses, no SQL)
@@ -125,9 +126,26 @@ from .tables import (
     results,
     sessions,
     ticks,
+    tokens,
 )
 from .thread import COMMIT_BUCKET_NAMES, WriterThread
 from .times import iso, to_datetime, to_epoch
+from .tokens import (
+    FIRST_TOKEN,
+    ROLES,
+    TokenExists,
+    add_token,
+    check_name,
+    check_role,
+    digest,
+    drop_token,
+    first_token,
+    list_tokens,
+    new_token,
+    revoke_token,
+    token_account,
+    token_used,
+)
 from .writer import EventWriter
 from .writes import ConnectionChange, GroupUpdate, NewEvent, NewResult, NewTick, Write
 
@@ -136,7 +154,9 @@ __all__ = [
     "BOT",
     "COMMIT_BUCKET_NAMES",
     "FINAL_STATUSES",
+    "FIRST_TOKEN",
     "NO_GROUP",
+    "ROLES",
     "STATUSES",
     "Arrival",
     "Claimed",
@@ -158,13 +178,17 @@ __all__ = [
     "SchemaState",
     "Seat",
     "Standing",
+    "TokenExists",
     "Write",
     "WriterThread",
     "add_otree_deliveries",
+    "add_token",
     "block_final_scores",
     "block_status",
     "blocks",
     "blocks_and_groups_as_of",
+    "check_name",
+    "check_role",
     "claim_delivery",
     "claim_group",
     "client_ids",
@@ -182,6 +206,8 @@ __all__ = [
     "delivery_failed",
     "departure",
     "differences",
+    "digest",
+    "drop_token",
     "due_deliveries",
     "ensure_completion_codes",
     "events",
@@ -192,6 +218,7 @@ __all__ = [
     "experiments",
     "find_session",
     "finished_without_delivery",
+    "first_token",
     "get_or_create_meta",
     "group_epoch",
     "groups",
@@ -207,6 +234,7 @@ __all__ = [
     "list_results",
     "list_sessions",
     "list_ticks",
+    "list_tokens",
     "live_group_ids",
     "load_group",
     "load_seat",
@@ -218,6 +246,7 @@ __all__ = [
     "missing_completion_codes",
     "monitor_state",
     "new_code",
+    "new_token",
     "next_delivery_at",
     "normalise_url",
     "participant_game",
@@ -228,6 +257,7 @@ __all__ = [
     "reading",
     "results",
     "results_by_session",
+    "revoke_token",
     "schema_state",
     "seat_arrival",
     "session_query",
@@ -241,5 +271,8 @@ __all__ = [
     "ticks",
     "to_datetime",
     "to_epoch",
+    "token_account",
+    "token_used",
+    "tokens",
     "upgrade_schema",
 ]

@@ -1,4 +1,4 @@
-"""Server-wide key-value settings stored in the ``meta`` table (the generated experimenter token)."""
+"""Server-wide key-value settings stored in the ``meta`` table."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The tables: one per word of the contract (experiment, block, participant, group, connection,
-event, session, result) plus group membership, subperiod ticks and a key-value ``meta`` table.
+event, session, result) plus group membership, subperiod ticks, the experimenters' ``tokens``
+and a key-value ``meta`` table.
 
 The SQLModel classes declare them; the module-level names (``experiments``, ``events``, …) are
 the SQLAlchemy tables every query of the package is written against. Times are UTC. Rows are
@@ -41,11 +42,25 @@ def _time(nullable: bool = True, index: bool = False) -> Any:
 
 
 class Meta(SQLModel, table=True):
-    """Server-wide values, e.g. the generated experimenter token."""
+    """Server-wide values (the generated experimenter token was kept here in clear before 0005_tokens)."""
 
     __tablename__ = "meta"
     key: str = Field(primary_key=True, max_length=64)
     value: str
+
+
+class Token(SQLModel, table=True):
+    """An experimenter's token: a name, a role (``admin`` or ``watch``), and the SHA-256 of the token, never the token."""
+
+    __tablename__ = "tokens"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, max_length=64)
+    role: str = Field(max_length=16)
+    #: hex SHA-256 of the token (a random 192-bit string: a stolen digest does not give it back)
+    digest: str = Field(unique=True, max_length=64)
+    created_at: datetime = _time(nullable=False)
+    last_used_at: datetime | None = _time()
+    revoked_at: datetime | None = _time()
 
 
 class Experiment(SQLModel, table=True):
@@ -271,3 +286,4 @@ sessions = _tables[Session.__tablename__]
 results = _tables[Result.__tablename__]
 ticks = _tables[Tick.__tablename__]
 deliveries = _tables[Delivery.__tablename__]
+tokens = _tables[Token.__tablename__]

@@ -10,6 +10,7 @@ import pytest
 from playwright.async_api import Page, expect
 
 from server import monitor
+from server.storage import add_token, revoke_token
 from tests.server.harness import TOKEN, Harness, timeout
 
 TOKEN_KEY = "synclab.monitor.token"
@@ -24,7 +25,7 @@ async def points(page: Page, group: int) -> int:
 
 async def test_monitor_creates_an_experiment_and_follows_it_live(server: Harness, page: Page) -> None:
     """Create from the form, show links and QR codes, follow connections, decisions and a pause."""
-    await page.goto(f"{server.base}/monitor?token={TOKEN}")
+    await page.goto(f"{server.base}/monitor#token={TOKEN}")
     await expect(page.locator("#f-game option[value=bimatrix]")).to_be_attached(timeout=WAIT_MS)
     assert "token" not in page.url, "the token stays out of the address bar"
     assert await page.evaluate(f"localStorage.getItem('{TOKEN_KEY}')") == TOKEN
@@ -99,10 +100,10 @@ async def test_monitor_creates_an_experiment_and_follows_it_live(server: Harness
 
 async def test_monitor_with_a_wrong_token_shows_the_error_and_asks_again(server: Harness, page: Page) -> None:
     """A refused token is said plainly, forgotten, and the token form comes back."""
-    await page.goto(f"{server.base}/monitor?token=not-the-token")
+    await page.goto(f"{server.base}/monitor#token=not-the-token")
     error = page.get_by_role("alert")
     await expect(error).to_contain_text("403", timeout=WAIT_MS)
-    await expect(error).to_contain_text("token is wrong")
+    await expect(error).to_contain_text("token is not known")
     await expect(page.get_by_label("Experimenter token")).to_be_visible()
     assert await page.evaluate(f"localStorage.getItem('{TOKEN_KEY}')") is None
 
@@ -115,7 +116,7 @@ async def test_monitor_with_a_wrong_token_shows_the_error_and_asks_again(server:
 
 async def test_monitor_names_the_field_the_server_refused(server: Harness, page: Page) -> None:
     """A 400 from POST /api/experiments shows its message and marks the field it names."""
-    await page.goto(f"{server.base}/monitor?token={TOKEN}")
+    await page.goto(f"{server.base}/monitor#token={TOKEN}")
     await expect(page.locator("#f-game option[value=bimatrix]")).to_be_attached(timeout=WAIT_MS)
     await page.get_by_role("spinbutton", name="Participants").fill("3")
     await page.get_by_role("button", name="Create experiment").click()
@@ -129,7 +130,7 @@ async def test_monitor_cut_off_for_falling_behind_reconnects_to_a_fresh_snapshot
 ) -> None:
     """Closed 4008, the page reconnects by itself and shows what happened meanwhile."""
     exp = await server.create(period_length=60)
-    await page.goto(f"{server.base}/monitor?token={TOKEN}&experiment={exp['code']}")
+    await page.goto(f"{server.base}/monitor?experiment={exp['code']}#token={TOKEN}")
     live = page.locator("#live-state")
     await expect(live).to_have_attribute("data-snapshots", "1", timeout=WAIT_MS)
     people = exp["participants"]
@@ -150,11 +151,37 @@ async def test_monitor_cut_off_for_falling_behind_reconnects_to_a_fresh_snapshot
     await expect(group).to_have_attribute("data-phase", "running")
 
 
+async def test_monitor_with_a_watch_token_follows_live_and_is_told_why_it_cannot_pause(
+    server: Harness, page: Page
+) -> None:
+    """A ``watch`` token: the live view works (its socket authenticated by the first frame), Pause is
+    refused with a message naming the token and its role, and the token is kept; once revoked,
+    the live view is cut off (4403) and the token form comes back."""
+    watch = await server.runtime.database.write(add_token, "ta-anna", "watch")
+    exp = await server.create(period_length=60)
+    await page.goto(f"{server.base}/monitor?experiment={exp['code']}#token={watch}")
+    live = page.locator("#live-state")
+    await expect(live).to_have_text("Live", timeout=WAIT_MS)
+    await expect(live).to_have_attribute("data-snapshots", "1", timeout=WAIT_MS)
+    assert "token" not in page.url
+    await page.get_by_role("group", name="Experiment controls").get_by_role("button", name="Pause").click()
+    error = page.get_by_role("alert")
+    await expect(error).to_contain_text("the token 'ta-anna' has the role watch; controlling experiments needs admin",
+                                        timeout=WAIT_MS)
+    assert await page.evaluate(f"localStorage.getItem('{TOKEN_KEY}')") == watch
+
+    assert await server.runtime.database.write(revoke_token, "ta-anna")
+    await expect(live).to_have_attribute("data-last-close", "4403", timeout=WAIT_MS)
+    await expect(error).to_contain_text("'ta-anna' was revoked", timeout=WAIT_MS)
+    await expect(page.get_by_label("Experimenter token")).to_be_visible()
+    assert await page.evaluate(f"localStorage.getItem('{TOKEN_KEY}')") is None
+
+
 async def test_monitor_marks_the_events_a_bot_made(server: Harness, page: Page) -> None:
     """A member drops out of an online experiment: the bot's decisions appear in the event log marked."""
     exp = await server.create(game="public_goods", participants=2, group_size=2, period_length=6,
                               online={"dropout_after": 0.5})
-    await page.goto(f"{server.base}/monitor?token={TOKEN}&experiment={exp['code']}")
+    await page.goto(f"{server.base}/monitor?experiment={exp['code']}#token={TOKEN}")
     await expect(page.locator("#live-state")).to_have_text("Live", timeout=WAIT_MS)
     stays, leaves = [await server.connect(p["code"]) for p in exp["participants"]]
     assert (await stays.expect("state"))["payload"] == "period_start"

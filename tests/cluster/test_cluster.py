@@ -268,8 +268,9 @@ async def test_a_monitor_on_one_worker_follows_a_group_served_by_another(cluster
     the connections of both members live, and stats counting what it was sent."""
     exp, row, col, _group = await split_pair(cluster, period_length=4, num_subperiods=2)
     async with connect(
-        f"{cluster.workers['w2'].ws}/ws/monitor/{exp['code']}?token={TOKEN}", open_timeout=timeout(5)
+        f"{cluster.workers['w2'].ws}/ws/monitor/{exp['code']}", open_timeout=timeout(5)
     ) as monitor:
+        await monitor.send(orjson.dumps({"channel": "auth", "payload": {"token": TOKEN}}).decode())
         frames: list[dict[str, Any]] = []
 
         async def read() -> None:

@@ -111,6 +111,12 @@ class Harness:
         self.clients.append(client)
         return client
 
+    async def monitor(self, code: str, token: str | None = None) -> Client:
+        """The monitor socket of experiment ``code``, authenticated by its first frame (the token is in no URL)."""
+        client = await self.connect(code, f"/ws/monitor/{code}")
+        await client.send("auth", {"token": self.runtime.admin_token if token is None else token})
+        return client
+
     async def events(self, code: str) -> list[dict[str, Any]]:
         """Every stored event of experiment ``code``, through the API."""
         rows: list[dict[str, Any]] = []

@@ -12,10 +12,19 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
+from server.accounts import Account
 from server.exceptions import NotPersisted
-from server.runtime import Runtime, admin_token
+from server.runtime import Runtime, generated_token
 from server.settings import Settings
-from server.storage import NewEvent, Write, experiment_row, experiments, make_engine
+from server.storage import (
+    NewEvent,
+    Write,
+    experiment_row,
+    experiments,
+    list_tokens,
+    make_engine,
+    prepare_schema,
+)
 from tests.server.harness import (
     TOKEN,
     Client,
@@ -598,26 +607,36 @@ async def test_events_of_one_experiment_never_show_in_another(server: Harness) -
 # --------------------------------------------------------------------------- the generated token
 
 
-async def test_a_generated_admin_token_is_stored_and_reused_by_the_next_process(sqlite_url: str) -> None:
-    """Without SYNCLAB_ADMIN_TOKEN a token is generated, stored, and found again on the same database."""
+async def test_a_generated_admin_token_is_stored_hashed_and_not_made_again_by_the_next_process(
+    sqlite_url: str,
+) -> None:
+    """Without SYNCLAB_ADMIN_TOKEN a token is generated once (the account ``admin``), kept only as a hash:
+    the next process makes none and has no clear copy; with the variable set none is generated."""
     first = await Runtime.open(Settings(database_url=sqlite_url, admin_token=None))
     try:
         token = first.admin_token
     finally:
         await first.close()
-    assert URL_SAFE.match(token) and len(token) >= 22
+    assert token is not None and URL_SAFE.match(token) and len(token) >= 22
     second = await Runtime.open(Settings(database_url=sqlite_url, admin_token=None))
     try:
-        assert second.admin_token == token
+        assert second.admin_token is None
+        assert await second.accounts.identify(token) == Account("admin", "admin")
     finally:
         await second.close()
     engine = make_engine(sqlite_url)
     try:
-        assert admin_token(engine, Settings(database_url=sqlite_url, admin_token=None)) == (token, False)
-        # the environment wins over the stored token
-        assert admin_token(engine, Settings(database_url=sqlite_url, admin_token="from-env")) == ("from-env", False)
+        assert generated_token(engine, Settings(database_url=sqlite_url, admin_token=None)) is None
+        assert [t["name"] for t in list_tokens(engine)] == ["admin"]
     finally:
         engine.dispose()
+    other = make_engine(f"{sqlite_url}.env")
+    try:
+        prepare_schema(other)
+        assert generated_token(other, Settings(database_url=sqlite_url, admin_token="from-env")) is None
+        assert list_tokens(other) == []
+    finally:
+        other.dispose()
 
 
 async def test_two_databases_get_different_generated_tokens(tmp_path: Any) -> None:
@@ -646,7 +665,7 @@ async def test_a_server_without_a_configured_token_accepts_its_generated_one_acr
             bad = await http.post("/api/experiments", json=VALID, headers={"Authorization": f"Bearer {TOKEN}"})
             assert bad.status_code == 403
     async with running_server(sqlite_url, admin_token=None) as second:
-        assert second.runtime.admin_token == token
+        assert second.runtime.admin_token is None  # only its hash is stored
         async with httpx.AsyncClient(base_url=second.base, timeout=timeout(5)) as http:
             response = await http.get(f"/api/experiments/{code}", headers={"Authorization": f"Bearer {token}"})
             assert response.status_code == 200, response.text

@@ -13,7 +13,7 @@ import pytest
 from server.bots import FINISHED, Bot, BotReport, run_bots
 from server.cli import main
 from server.settings import Settings
-from server.storage import get_or_create_meta, make_engine
+from server.storage import list_tokens, make_engine
 from server.verify import run_verify
 from tests.server.harness import TOKEN, Client, Harness, timeout
 from tests.server.test_cli import free_port
@@ -202,14 +202,11 @@ async def synclab(*args: str) -> int:
 
 
 @pytest.mark.usefixtures("shell")
-async def test_the_command_plays_with_the_stored_token(
+async def test_the_command_plays_with_a_watch_token_of_its_own_and_deletes_it(
     server: Harness, sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    engine = make_engine(sqlite_url)
-    try:
-        assert get_or_create_meta(engine, "admin_token", lambda: TOKEN) == (TOKEN, True)
-    finally:
-        engine.dispose()
+    """Without --token or SYNCLAB_ADMIN_TOKEN the bots make a ``watch`` token for the run (stored
+    tokens are hashes: none can be read back) and delete it when they end."""
     exp = await server.create(game="public_goods", participants=3, group_size=3, period_length=1.5)
 
     assert await synclab("bots", exp["code"], "--url", server.base, "--rate", "3", "--seed", "1") == 0
@@ -220,6 +217,11 @@ async def test_the_command_plays_with_the_stored_token(
     assert await synclab("verify", exp["code"]) == 0
     assert await synclab("bots", exp["code"], "--url", server.base) == 0  # nothing left to play
     assert "done already: nothing to play" in capsys.readouterr().out
+    engine = make_engine(sqlite_url)
+    try:
+        assert list_tokens(engine) == []
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.usefixtures("shell")
@@ -232,7 +234,7 @@ async def test_the_command_refuses_what_it_cannot_run(
         (["NOSUCHCODE", "--url", f"http://127.0.0.1:{free_port()}", "--token", TOKEN], "cannot reach the server"),
         (["NOSUCHCODE", "--url", "ftp://127.0.0.1", "--token", TOKEN], "--url: expected"),
         (["NOSUCHCODE", "--url", server.base, "--token", TOKEN, "--rate", "0"], "--rate: expected a number > 0"),
-        (["NOSUCHCODE", "--url", server.base], "none is stored in sqlite:///"),
+        (["NOSUCHCODE", "--url", server.base], "no experiment with code 'NOSUCHCODE'"),  # with a token of its own
     ]
     for args, message in cases:
         assert await synclab("bots", *args) == 2, args

@@ -37,7 +37,8 @@ CLEARED = (
     "SYNCLAB_SHUTDOWN_TIMEOUT",
 )
 PARTICIPANT_LINK = re.compile(r"^\s+(\S+): (http://\S+/p/([A-Za-z0-9_-]+))$")
-MONITOR_LINE = re.compile(r"monitor at (http://\S+/monitor\?\S*token=([A-Za-z0-9_-]+))")
+#: the monitor's link; the token, when one was generated, in the fragment (never sent to the server)
+MONITOR_LINE = re.compile(r"monitor at (http://\S+/monitor)(?:#token=([A-Za-z0-9_-]+))?$")
 DEMO_LINE = re.compile(r"demo experiment ([A-Za-z0-9_-]+)")
 
 
@@ -157,7 +158,8 @@ def wait_until_healthy(base: str, wait: float = 15) -> httpx.Response:
 @dataclass
 class Demo:
     base: str
-    token: str
+    #: the generated token, printed once (``None``: not generated this time)
+    token: str | None
     experiment: str
     links: list[str]
 
@@ -168,7 +170,7 @@ def start_demo(running: Running, port: int) -> Demo:
     experiment = running.wait_for(DEMO_LINE)[1]
     links = [running.wait_for(PARTICIPANT_LINK)[2] for _ in range(4)]
     base = f"http://127.0.0.1:{port}"
-    assert monitor[1].startswith(f"{base}/monitor?")
+    assert monitor[1] == f"{base}/monitor"
     for link in links:
         assert link.startswith(f"{base}/p/")
     return Demo(base, monitor[2], experiment, links)
@@ -212,23 +214,31 @@ def test_demo_prints_a_monitor_url_with_a_token_and_four_links_and_stops_on_sigt
         assert code == 0, f"a SIGTERM is a clean stop, exit status 0; got {code}: {running.stderr()}"
 
 
-def test_demo_generates_an_admin_token_and_keeps_it_for_the_next_start(tmp_path: Path) -> None:
-    """Without SYNCLAB_ADMIN_TOKEN the demo prints a generated token, the same one on the next start."""
-    tokens = []
-    for _ in range(2):
-        port = free_port()
-        with started(tmp_path, "demo", "--port", str(port)) as running:
-            tokens.append(start_demo(running, port).token)
-    assert len(tokens[0]) >= 22
-    assert tokens[0] == tokens[1]
+def test_demo_generates_an_admin_token_once_and_it_works_on_the_next_start(tmp_path: Path) -> None:
+    """Without SYNCLAB_ADMIN_TOKEN the first start prints a generated token (in the link's fragment);
+    the next start prints none (the database keeps only its hash) and still accepts it."""
+    port = free_port()
+    with started(tmp_path, "demo", "--port", str(port)) as running:
+        token = start_demo(running, port).token
+    assert token is not None and len(token) >= 22
+    port = free_port()
+    with started(tmp_path, "demo", "--port", str(port)) as running:
+        demo = start_demo(running, port)
+        assert demo.token is None
+        wait_until_healthy(demo.base)
+        detail = httpx.get(f"{demo.base}/api/experiments/{demo.experiment}",
+                           headers={"Authorization": f"Bearer {token}"}, timeout=timeout(5))
+        assert detail.status_code == 200, detail.text
+    assert token.encode() not in (tmp_path / "synclab.db").read_bytes()
 
 
-def test_demo_prints_the_configured_admin_token(tmp_path: Path) -> None:
-    """With SYNCLAB_ADMIN_TOKEN set, the monitor URL carries that token and the API accepts it."""
+def test_demo_never_prints_the_configured_admin_token(tmp_path: Path) -> None:
+    """With SYNCLAB_ADMIN_TOKEN set, the monitor link carries no token (the operator has it) and the API accepts it."""
     port = free_port()
     with started(tmp_path, "demo", "--port", str(port), SYNCLAB_ADMIN_TOKEN="lab-secret") as running:
         demo = start_demo(running, port)
-        assert demo.token == "lab-secret"
+        assert demo.token is None
+        assert not any("lab-secret" in line for line in running.seen)
         wait_until_healthy(demo.base)
         response = httpx.post(
             f"{demo.base}/api/experiments",

@@ -255,9 +255,9 @@ async def test_each_experimenter_action_is_stored_as_a_control_event(server: Har
     events = await server.events(code)
     controls = [e for e in events if e["channel"] == "control"]
     assert [c["value"] for c in controls] == [
-        {"action": "pause", "scope": "experiment"},
-        {"action": "resume", "scope": "group"},
-        {"action": "end", "scope": "experiment"},
+        {"action": "pause", "scope": "experiment", "by": "SYNCLAB_ADMIN_TOKEN"},
+        {"action": "resume", "scope": "group", "by": "SYNCLAB_ADMIN_TOKEN"},
+        {"action": "end", "scope": "experiment", "by": "SYNCLAB_ADMIN_TOKEN"},
     ]
     assert all(c["group"] == hello["group"] and c["participant"] is None for c in controls)
     # each is stored right before what it caused, in the same write
