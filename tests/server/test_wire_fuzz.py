@@ -39,7 +39,7 @@ from server.storage import events, experiments, make_engine, participants
 from server.verify import verify
 from tests.server.harness import Harness, eventually, running_server, timeout
 
-EXAMPLES = int(os.environ.get("SYNCLAB_FUZZ_EXAMPLES", "5"))
+EXAMPLES = int(os.environ.get("SYNCLAB_FUZZ_EXAMPLES", "3"))
 PERIOD = 2.5
 IDS = [f"id-{n}" for n in range(6)]
 #: frames the server must refuse with an ``error`` frame (and change nothing)
