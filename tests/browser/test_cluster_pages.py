@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,7 +26,7 @@ from sqlalchemy import text
 
 from server.storage import make_engine
 from tests.browser.test_participant import LAB_SCREEN, WAIT_MS, Participant
-from tests.cluster.harness import LEASE, Cluster, seqs, stored_ids, ticks
+from tests.cluster.harness import LEASE, Cluster, running_cluster, seqs, stored_ids, ticks
 from tests.cluster.test_cluster import create, owner_of, until, verify
 from tests.server.harness import timeout
 
@@ -36,18 +35,10 @@ from tests.server.harness import timeout
 #: jitter) tries again 3.75 to 7.5 s after the kill: the period leaves it 4 s more to come back
 PERIOD = 14
 SUBPERIODS = 7
+#: the cluster tests' workers, ended and their logs checked after each test
+cluster_fixture = pytest.fixture(name="cluster")(running_cluster)
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, postgres_url: str, redis_url: str, redis_prefix: str) -> Iterator[Cluster]:
-    """As tests/cluster/test_cluster.py's: the workers are ended after the test, their logs checked."""
-    made = Cluster(tmp_path, postgres_url, redis_url, redis_prefix)
-    try:
-        yield made
-    finally:
-        made.stop_all()
-    for name in made.workers:  # no worker failed on anything along the way
-        assert "Traceback" not in made.logs(name), made.logs(name)
 
 
 @dataclass

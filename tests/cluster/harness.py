@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,3 +248,15 @@ def ticks(engine: Engine, experiment_code: str) -> list[dict[str, Any]]:
             "SELECT t.kind, t.index, t.late, t.scheduled_at, t.actual_at FROM ticks t JOIN groups g ON g.id = t.group_id "
             "JOIN experiments x ON x.id = g.experiment_id WHERE x.code = :code ORDER BY t.scheduled_at, t.kind DESC"
         ), {"code": experiment_code}).mappings()]
+
+
+def running_cluster(tmp_path: Path, postgres_url: str, redis_url: str, redis_prefix: str) -> Iterator[Cluster]:
+    """The ``cluster`` fixture's body (tests/cluster/conftest.py, tests/browser): the workers are
+    ended after the test, and their logs checked for any failure."""
+    made = Cluster(tmp_path, postgres_url, redis_url, redis_prefix)
+    try:
+        yield made
+    finally:
+        made.stop_all()
+    for name in made.workers:  # no worker failed on anything along the way
+        assert "Traceback" not in made.logs(name), made.logs(name)

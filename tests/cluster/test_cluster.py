@@ -9,13 +9,11 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
-import pytest
 import redis
 from websockets.asyncio.client import connect
 
@@ -31,17 +29,6 @@ from tests.cluster.harness import (
     ticks,
 )
 from tests.server.harness import timeout
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, postgres_url: str, redis_url: str, redis_prefix: str) -> Iterator[Cluster]:
-    made = Cluster(tmp_path, postgres_url, redis_url, redis_prefix)
-    try:
-        yield made
-    finally:
-        made.stop_all()
-    for name in made.workers:  # no worker failed on anything along the way
-        assert "Traceback" not in made.logs(name), made.logs(name)
 
 
 def owner_of(cluster: Cluster, group_id: int) -> str:

@@ -6,27 +6,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import text
 
 from server.storage import make_engine
 from tests.cluster.harness import Cluster, Participant
 from tests.cluster.test_cluster import check_the_log, create, owner_of, play, settle, until
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, postgres_url: str, redis_url: str, redis_prefix: str) -> Iterator[Cluster]:
-    made = Cluster(tmp_path, postgres_url, redis_url, redis_prefix)
-    try:
-        yield made
-    finally:
-        made.stop_all()
-    for name in made.workers:
-        assert "Traceback" not in made.logs(name), made.logs(name)
 
 
 def stored(cluster: Cluster, code: str) -> list[dict[str, Any]]:

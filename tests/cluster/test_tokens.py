@@ -5,25 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.cluster.harness import SYNCLAB, Cluster
 from tests.server.harness import timeout
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, postgres_url: str, redis_url: str, redis_prefix: str) -> Iterator[Cluster]:
-    made = Cluster(tmp_path, postgres_url, redis_url, redis_prefix)
-    try:
-        yield made
-    finally:
-        made.stop_all()
-    for name in made.workers:
-        assert "Traceback" not in made.logs(name), made.logs(name)
 
 
 def _token(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
