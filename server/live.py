@@ -506,6 +506,23 @@ class LiveGroup:
             # absolute: the wall-clock deadline mapped onto the loop's clock now, never chained
             self._timer = loop.call_at(loop.time() + max(0.0, deadline - self._clock()), self._due)
 
+    async def catch_up(self) -> None:
+        """Apply at once what fell due while no process acted for the group, and wait until it
+        is stored (or refused): a restart's first ``hello`` then shows it."""
+        deadline = self.core.next_deadline()
+        if deadline is None or deadline > self._clock():
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._deadline = None
+        try:
+            await self.act(lambda: self.core.tick(self._clock()))
+        except NotPersisted as exc:  # the timer tries again; the restart goes on
+            log.warning("group %s: what fell due while down is not stored yet: %s", self.id, exc)
+        except Exception:
+            log.exception("group %s: the game failed on a tick", self.id)
+
     def _due(self) -> None:
         self._timer = None
         self._deadline = None

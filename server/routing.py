@@ -69,6 +69,8 @@ class Node(Protocol):
 
     def forget(self, group_id: int) -> None: ...
 
+    def let_go(self, group_id: int) -> None: ...
+
     def unknown(self, group_id: int) -> None: ...
 
     async def ready(self, topic: str) -> None: ...
@@ -129,8 +131,9 @@ class LiveGroups:
         if self.node is not None:
             return 0
         ids = await self.database.read(live_group_ids)
-        for group_id in ids:
-            await self.group(group_id)
+        loaded = [await self.group(group_id) for group_id in ids]
+        # what fell due while the process was down is stored before anyone can connect
+        await asyncio.gather(*(group.catch_up() for group in loaded))
         return len(ids)
 
     async def group(self, group_id: int, epoch: int | None = None) -> LiveGroup:
@@ -216,20 +219,22 @@ class LiveGroups:
         """
         now = asyncio.get_running_loop().time() if now is None else now
         dropped = 0
-        if self.node is None:  # in a cluster the node gives finished groups up (and their leases)
-            for group_id, group in list(self.groups.items()):
-                # a view here with no member for ``grace`` yet may be about to get one (a socket
-                # between its seat's lookup and its attach): the group waits for the view
-                if not group.resting or group_id in self._moves or group_id in self._loading or (
-                    group_id in self.views and now - self._quiet_views.get(group_id, now) < self.grace
-                ):
-                    self._quiet.pop(group_id, None)
-                elif now - self._quiet.setdefault(group_id, now) >= self.grace:
-                    self._quiet.pop(group_id, None)
+        for group_id, group in list(self.groups.items()):
+            # a view here with no member for ``grace`` yet may be about to get one (a socket
+            # between its seat's lookup and its attach): the group waits for the view
+            if not group.resting or group_id in self._moves or group_id in self._loading or (
+                group_id in self.views and now - self._quiet_views.get(group_id, now) < self.grace
+            ):
+                self._quiet.pop(group_id, None)
+            elif now - self._quiet.setdefault(group_id, now) >= self.grace:
+                self._quiet.pop(group_id, None)
+                if self.node is not None:  # in a cluster its lease goes too
+                    self.node.let_go(group_id)
+                else:
                     self.groups.pop(group_id, None)
                     self.lobbies.forget(group_id)
                     group.retire()  # its clock and bots stop; a stale reference is refused
-                    dropped += 1
+                dropped += 1
         for group_id in [g for g in self._quiet if g not in self.groups]:
             del self._quiet[group_id]
         for group_id, view in list(self.views.items()):

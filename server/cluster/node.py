@@ -70,6 +70,8 @@ class Node:
         self.held: dict[int, Lease] = {}
         self.router: LiveGroups | None = None
         self._claims: dict[int, asyncio.Future[str]] = {}
+        #: the leases being given up now (a claim of the same group waits for its release)
+        self._releasing: dict[int, asyncio.Task[None]] = {}
         #: who serves each group, as last heard (leases, notices); forgotten when a request fails
         self._owners: dict[int, str] = {}
         #: this worker's requests to the others, and its answers to theirs
@@ -183,6 +185,9 @@ class Node:
 
     async def _take(self, group_id: int) -> str:
         assert self.router is not None
+        releasing = self._releasing.get(group_id)
+        if releasing is not None:  # this worker is giving the group up: its lease is gone first
+            await asyncio.shield(releasing)
         try:
             floor = await self.database.read(group_epoch, group_id)
         except Exception as exc:  # the database is away: nobody can take the group now
@@ -191,7 +196,7 @@ class Node:
             lease = await self.leases.acquire(group_id, floor)
             if lease is None:
                 found = (await self.leases.owners([group_id]))[group_id]
-                if found is None:
+                if found is None or found.worker == self.worker:  # released meanwhile, or ours lapsing
                     raise Unavailable(f"group {group_id} is changing hands; try again")
                 return found.worker
         except (RedisError, OSError) as exc:
@@ -238,17 +243,23 @@ class Node:
             for lease in list(self.held.values()):
                 if not self.leases.valid(lease) and lease.group_id not in self._claims:
                     self._lost(lease.group_id, "its lease could not be renewed in time")
-            self._let_go_of_idle_groups()
 
-    def _let_go_of_idle_groups(self) -> None:
-        """Ended groups nobody is connected to are given up (taken again on demand)."""
+    def let_go(self, group_id: int) -> None:
+        """Give up a group that has rested its grace (ended, nobody connected): it leaves this
+        worker, its lease is released at once, and any worker takes it again on demand."""
         assert self.router is not None
-        for group_id in list(self.held):
-            live = self.router.groups.get(group_id)
-            if live is not None and live.resting:
-                lease = self.held[group_id]
-                self.router.retire(group_id)
-                self.router.spawn(self.leases.release(lease))
+        lease = self.held.pop(group_id, None)
+        self.router.retire(group_id)
+        if lease is None:
+            return
+        log.info("cluster: gave ended group %s up", group_id)
+        task = asyncio.get_running_loop().create_task(self._release(lease))
+        self._releasing[group_id] = task
+        task.add_done_callback(lambda _: self._releasing.pop(group_id, None))
+
+    async def _release(self, lease: Lease) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self.leases.release(lease)
 
     async def _claim_loop(self) -> None:
         while True:

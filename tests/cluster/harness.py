@@ -123,7 +123,8 @@ class Cluster:
 
     def http(self, name: str) -> httpx.AsyncClient:
         return httpx.AsyncClient(
-            base_url=self.workers[name].base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=timeout(10)
+            base_url=self.workers[name].base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=timeout(10),
+            limits=httpx.Limits(keepalive_expiry=1.0),  # before the server's keep-alive (5 s) ends them
         )
 
 

@@ -148,7 +148,10 @@ async def running_server(database_url: str, **settings: Any) -> AsyncIterator[Ha
     port = server.servers[0].sockets[0].getsockname()[1]
     base = f"http://127.0.0.1:{port}"
     token = app.state.runtime.admin_token
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {token}"}) as http:
+    # idle connections are dropped before the server's keep-alive (5 s) ends them: a request sent
+    # on a connection the server is closing at that moment would fail (httpx.ReadError)
+    limits = httpx.Limits(keepalive_expiry=1.0)
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {token}"}, limits=limits) as http:
         harness = Harness(base, app.state.runtime, http)
         try:
             yield harness

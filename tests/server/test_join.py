@@ -266,7 +266,9 @@ async def _crowd(bases: list[str], experiment: str, codes: list[str]) -> None:
     socket; then every label again (a reload), and 20 more past full."""
     count = len(codes)
     labels = [f"prolific-{i:03d}" for i in range(count)]
-    limits = httpx.Limits(max_connections=100)
+    # idle connections are dropped before the server's keep-alive (5 s) closes them: a request
+    # sent on one the server is closing at that moment would fail to read its answer
+    limits = httpx.Limits(max_connections=100, keepalive_expiry=1.0)
     clients = [httpx.AsyncClient(base_url=b, limits=limits, timeout=timeout(20)) for b in bases]
     try:
         async def one(i: int, label: str) -> str:
