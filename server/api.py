@@ -303,6 +303,12 @@ async def server_status(request: Request) -> Response:
     return JSON(body)
 
 
+async def caller(request: Request) -> Response:
+    """The account of the caller's token: ``{"name", "role"}`` (any role; the monitor hides what it may not do)."""
+    account = require_watch(request)
+    return JSON({"name": account.name, "role": account.role})
+
+
 async def games(request: Request) -> Response:
     return JSON(
         {
@@ -504,6 +510,7 @@ routes = [
     Route("/healthz", healthz),
     Route("/api/games", games),
     Route("/api/server", server_status),
+    Route("/api/me", caller),
     Route("/api/experiments", experiments, methods=["GET", "POST"]),
     Route("/api/experiments/{code}", experiment_detail),
     Route("/api/experiments/{code}/participants", participants_list),

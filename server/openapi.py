@@ -30,7 +30,7 @@ from .experiments import MAX_BLOCK_PAUSE, MAX_BLOCKS, MAX_PARTICIPANTS, MAX_SESS
 from .export import TABLES
 from .live import ACTIONS
 from .online import FILLS, MAX_WAIT
-from .storage import COMMIT_BUCKET_NAMES
+from .storage import COMMIT_BUCKET_NAMES, ROLES
 from .storage import STATUSES as PARTICIPANT_STATUSES
 
 OPENAPI_VERSION = "3.1.0"
@@ -48,9 +48,10 @@ synclab's REST API (contract section 4). Experimenter endpoints need
 one. Tokens are accounts with a role (`synclab token create NAME --role admin|watch`;
 `SYNCLAB_ADMIN_TOKEN` is `admin`): each operation's `x-role` is the role it needs. `watch` reads
 everything; creating, controlling and exporting experiments need `admin` (403 naming the token
-and its role). A participant's own code, as `?participant=`, reads that participant's progress.
-Every refusal is JSON `{"error": message, "field"?: the bad field}`. Times in rows are ISO 8601
-UTC strings with microseconds.
+and its role); `GET /api/me` tells a token its name and role. A participant's own code, as
+`?participant=`, reads that participant's progress. Every refusal is JSON
+`{"error": message, "field"?: the bad field}`. Times in rows are ISO 8601 UTC strings with
+microseconds.
 
 WebSockets (not HTTP operations, see `x-websockets`): `/ws/p/{code}` is a participant's socket,
 `/redwood/app-name/{app}/group/{group}/participant/{code}/` the otree-redwood compatible one,
@@ -245,6 +246,9 @@ def _other_schemas() -> dict[str, JSONSchema]:
             optional=("field",),
         ),
         "Health": _object({"status": {"const": "ok"}}),
+        # the caller's token: an account of the table, or SYNCLAB_ADMIN_TOKEN (its name is that)
+        "Caller": _object({"name": {"type": "string", "minLength": 1},
+                           "role": {"type": "string", "enum": list(ROLES)}}),
         "Unhealthy": _object({"status": {"const": "unavailable"}, "reason": {"type": "string", "minLength": 1}}),
         "ServerStatus": _object({
             "writer": _object({
@@ -591,6 +595,8 @@ def _paths() -> dict[str, Any]:
                    security=PUBLIC),
         "/api/games": _get("listGames", "the registered games with their config schemas and defaults",
                            _json(_ref("Games"), "the games"), [], (), security=PUBLIC),
+        "/api/me": _get("getCaller", "the caller's token: its name and role (what the monitor may offer it)",
+                        _json(_ref("Caller"), "the token's account"), [], (401, 403)),
         "/api/server": _get("getServer", "this process since it started: the writer's batches, writes and events "
                             "committed, the live groups and participant sockets; in a cluster every worker",
                             _json(_ref("ServerStatus"), "the counters"), [], (401, 403, 503)),

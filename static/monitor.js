@@ -109,6 +109,37 @@ function showTokenForm(show) {
   $("#token-saved").hidden = show;
 }
 
+/** Keep `token` (null: forget it); who it is is asked again (`loadAccount`). */
+function useToken(token) {
+  if (token) localStorage.setItem(TOKEN_KEY, token);
+  else localStorage.removeItem(TOKEN_KEY);
+  app.token = token;
+  showAccount(null);
+  showTokenForm(!token);
+}
+
+/**
+ * The token's account, `GET api/me` (`{"name", "role"}`), asked once per token before a view is
+ * shown. The page offers only what the role may do: what needs `admin` (class `needs-admin`: the
+ * create form, the experiment's and each group's controls, the downloads) is shown for an admin
+ * only, and for a `watch` token a note (class `role-note`) says why it is not there.
+ */
+async function loadAccount() {
+  if (app.account) return;
+  const token = app.token;
+  const account = await api("api/me");
+  if (app.token === token) showAccount(account); // unless the token changed meanwhile
+}
+
+function showAccount(account) {
+  app.account = account;
+  if (account) document.body.dataset.role = account.role;
+  else delete document.body.dataset.role;
+  for (const el of document.querySelectorAll(".account-name")) setText(el, account ? `'${account.name}'` : "");
+  for (const el of document.querySelectorAll(".account-role")) setText(el, account ? account.role : "");
+  setText($("#token-account"), account ? `Token '${account.name}' (role ${account.role})` : "Token");
+}
+
 // ---------------------------------------------------------------------------------- the REST API
 
 class ApiError extends Error {
@@ -156,9 +187,7 @@ async function api(path, { method = "GET", body, raw = false } = {}) {
 }
 
 function tokenRefused() {
-  localStorage.removeItem(TOKEN_KEY);
-  app.token = null;
-  showTokenForm(true);
+  useToken(null);
 }
 
 function showError(error) {
@@ -188,7 +217,7 @@ function guarded(fn) {
 
 // ------------------------------------------------------------------------------------- routing
 
-const app = { token: null, games: [], page: 1, live: null };
+const app = { token: null, account: null, games: [], page: 1, live: null, routes: 0 };
 
 function currentExperiment() {
   return new URL(window.location.href).searchParams.get("experiment");
@@ -202,20 +231,28 @@ function navigate(code) {
 }
 
 async function route() {
+  const turn = ++app.routes;
   clearError();
   if (app.live) {
     app.live.close();
     app.live = null;
   }
   const code = currentExperiment();
-  $("#home").hidden = !!code;
-  $("#experiment").hidden = !code;
+  $("#home").hidden = true;
+  $("#experiment").hidden = true;
   if (!app.token) {
-    $("#home").hidden = true;
-    $("#experiment").hidden = true;
     showError({ message: "Enter the experimenter token to use the monitor." });
     return;
   }
+  try {
+    await loadAccount();
+  } catch (error) {
+    showError(error);
+    return;
+  }
+  if (turn !== app.routes || !app.account) return; // the user went elsewhere, or the token changed, meanwhile
+  $("#home").hidden = !!code;
+  $("#experiment").hidden = !code;
   if (code) await openExperiment(code);
   else await openHome();
 }
@@ -810,7 +847,7 @@ class LiveExperiment {
       canvas: h("canvas", { role: "img", height: 150, "data-points": "0" }),
       summary: h("p", { class: "chart-summary" }),
     };
-    const controlsBox = h("div", { class: "buttons", role: "group" }, controls);
+    const controlsBox = h("div", { class: "buttons needs-admin", role: "group" }, controls);
     controlsBox.setAttribute("aria-label", `Controls of group ${group.id}`);
     el.root = h(
       "article",
@@ -1061,16 +1098,12 @@ function wire() {
     event.preventDefault();
     const value = $("#token-input").value.trim();
     if (!value) return;
-    localStorage.setItem(TOKEN_KEY, value);
-    app.token = value;
     $("#token-input").value = "";
-    showTokenForm(false);
+    useToken(value);
     route();
   });
   $("#forget-token").addEventListener("click", () => {
-    localStorage.removeItem(TOKEN_KEY);
-    app.token = null;
-    showTokenForm(true);
+    useToken(null);
     route();
   });
   $("#f-game").addEventListener("change", showGame);

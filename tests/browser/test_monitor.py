@@ -151,12 +151,19 @@ async def test_monitor_cut_off_for_falling_behind_reconnects_to_a_fresh_snapshot
     await expect(group).to_have_attribute("data-phase", "running")
 
 
-async def test_monitor_with_a_watch_token_follows_live_and_is_told_why_it_cannot_pause(
+#: every button of the page whose endpoint needs ``admin``: the experiment's controls, the
+#: downloads and each group's controls (the create form is looked at by itself)
+ADMIN_BUTTONS = "button[data-action], button[data-download]"
+
+
+async def test_monitor_with_a_watch_token_follows_live_and_is_told_why_it_has_no_controls(
     server: Harness, page: Page
 ) -> None:
-    """A ``watch`` token: the live view works (its socket authenticated by the first frame), Pause is
-    refused with a message naming the token and its role, and the token is kept; once revoked,
-    the live view is cut off (4403) and the token form comes back."""
+    """A ``watch`` token: the live view works (its socket authenticated by the first frame), the
+    controls are not offered and a note naming the token and its role says why; were a hidden
+    control used anyway (a page's script, say), the refusal names the role and the token is kept.
+    Once revoked, the live view is cut off (4403), the token form comes back and the page forgets
+    the role."""
     watch = await server.runtime.database.write(add_token, "ta-anna", "watch")
     exp = await server.create(period_length=60)
     await page.goto(f"{server.base}/monitor?experiment={exp['code']}#token={watch}")
@@ -164,17 +171,90 @@ async def test_monitor_with_a_watch_token_follows_live_and_is_told_why_it_cannot
     await expect(live).to_have_text("Live", timeout=WAIT_MS)
     await expect(live).to_have_attribute("data-snapshots", "1", timeout=WAIT_MS)
     assert "token" not in page.url
-    await page.get_by_role("group", name="Experiment controls").get_by_role("button", name="Pause").click()
+    pause = page.locator('button[data-action="pause"]:not([data-group])')
+    await expect(pause).to_be_attached()
+    await expect(pause).to_be_hidden()
+    note = page.locator("#controls-note")
+    await expect(note).to_contain_text("Your token 'ta-anna' has the role watch")
+    await expect(note).to_contain_text("need an admin token")
+
+    await pause.dispatch_event("click")
     error = page.get_by_role("alert")
     await expect(error).to_contain_text("the token 'ta-anna' has the role watch; controlling experiments needs admin",
                                         timeout=WAIT_MS)
     assert await page.evaluate(f"localStorage.getItem('{TOKEN_KEY}')") == watch
+    await expect(page.locator("body")).to_have_attribute("data-role", "watch")
 
     assert await server.runtime.database.write(revoke_token, "ta-anna")
     await expect(live).to_have_attribute("data-last-close", "4403", timeout=WAIT_MS)
     await expect(error).to_contain_text("'ta-anna' was revoked", timeout=WAIT_MS)
     await expect(page.get_by_label("Experimenter token")).to_be_visible()
     assert await page.evaluate(f"localStorage.getItem('{TOKEN_KEY}')") is None
+    assert await page.evaluate("document.body.dataset.role") is None
+    await expect(note).to_be_hidden()
+
+
+@pytest.mark.parametrize("role", ["admin", "watch"])
+async def test_monitor_offers_creating_controlling_and_exporting_to_an_admin_token_only(
+    server: Harness, page: Page, role: str
+) -> None:
+    """The page asks ``GET /api/me`` who its token is (a token of the table, as ``synclab token
+    create`` makes). An ``admin`` is offered the create form, the experiment's and each group's
+    controls and the downloads, and uses them; a ``watch`` token is offered none of them (hidden,
+    so out of the keyboard's reach too), notes naming the token and its role say why, and what it
+    may read is all there: the list, the participants' links, the live groups."""
+    name = f"someone-{role}"
+    token = await server.runtime.database.write(add_token, name, role)
+    exp = await server.create(period_length=60)
+    admin = role == "admin"
+    await page.goto(f"{server.base}/monitor#token={token}")
+    await expect(page.locator("#page-info")).to_have_text(re.compile(r"\(1 experiments\)"), timeout=WAIT_MS)
+    await expect(page.locator("body")).to_have_attribute("data-role", role)
+    await expect(page.locator("#token-account")).to_have_text(f"Token '{name}' (role {role})")
+
+    create = page.locator("#create-form")
+    submit = create.locator("button[type=submit]")
+    await expect(submit).to_have_text("Create experiment")
+    create_note = page.locator("#create-note")
+    if admin:
+        await expect(create).to_be_visible()
+        await expect(submit).to_be_enabled()
+        await expect(create_note).to_be_hidden()
+    else:
+        await expect(create).to_be_hidden()
+        await expect(submit).to_be_hidden()
+        await expect(create_note).to_be_visible()
+        await expect(create_note).to_contain_text(f"Your token '{name}' has the role watch")
+
+    await page.get_by_role("link", name=exp["code"]).click()
+    await expect(page.locator("#live-state")).to_have_text("Live", timeout=WAIT_MS)
+    clients = [await server.connect(person["code"]) for person in exp["participants"]]
+    group = page.locator("article.group").first
+    await expect(group).to_have_attribute("data-phase", "running", timeout=WAIT_MS)
+    for person in exp["participants"]:
+        await expect(page.get_by_role("link", name=person["url"])).to_be_visible()
+    await expect(page.get_by_role("button", name="Copy all links")).to_be_visible()
+
+    buttons = page.locator(ADMIN_BUTTONS)
+    await expect(buttons).to_have_count(4 + 5 + 4)  # the experiment's controls, the downloads, the group's
+    await expect(group.locator("button[data-action]")).to_have_count(4)
+    offered = page.locator(", ".join(f"{b}:visible" for b in ADMIN_BUTTONS.split(", ")))
+    controls_note = page.locator("#controls-note")
+    if admin:
+        await expect(offered).to_have_count(13)
+        for index in range(13):
+            await expect(offered.nth(index)).to_be_enabled()
+        await expect(controls_note).to_be_hidden()
+        await group.get_by_role("button", name="pause").click()
+        await expect(group).to_have_attribute("data-phase", "paused", timeout=WAIT_MS)
+        for client in clients:
+            assert (await client.expect("period"))["payload"]["status"] == "paused"
+    else:
+        await expect(offered).to_have_count(0)
+        await expect(controls_note).to_be_visible()
+        await expect(controls_note).to_contain_text(f"Your token '{name}' has the role watch")
+        await expect(page.get_by_role("group", name="Experiment controls")).to_have_count(0)
+        await expect(page.get_by_role("group", name="Downloads")).to_have_count(0)
 
 
 async def test_monitor_marks_the_events_a_bot_made(server: Harness, page: Page) -> None:

@@ -151,7 +151,7 @@ def test_every_http_route_is_an_operation_with_its_methods_and_nothing_else() ->
 def test_every_operation_has_an_id_and_every_refusal_the_error_shape() -> None:
     doc = document()
     ids = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
-    assert len(ids) == len(set(ids)) == 18  # 16, listDeliveries and getGroupHistory
+    assert len(ids) == len(set(ids)) == 19  # 16, listDeliveries, getGroupHistory and getCaller
     error = {"$ref": "#/components/schemas/Error"}
     for name, response in doc["components"]["responses"].items():
         assert response["content"]["application/json"]["schema"] == error, name

@@ -154,6 +154,29 @@ async def test_the_role_matrix_over_every_operation_and_socket_of_the_openapi_do
     assert (await redwood.expect("state"))["payload"] == "period_start"
 
 
+async def test_api_me_names_the_callers_token_and_its_role(any_server: Harness) -> None:
+    """``GET /api/me`` answers the token's account (a token of the table of each role, and
+    SYNCLAB_ADMIN_TOKEN), exactly ``{"name", "role"}``; a revoked or unknown token is 403 saying so,
+    none (a participant's code is no credential here) 401; its document says ``x-role: watch``."""
+    server = any_server
+    tokens, _exp, person = await _seed(server)
+    tokens[ENV] = TOKEN
+    expected = {ADMIN: {"name": "boss", "role": "admin"}, WATCH: {"name": "ta-anna", "role": "watch"},
+                ENV: {"name": "SYNCLAB_ADMIN_TOKEN", "role": "admin"}}
+    async with httpx.AsyncClient(base_url=server.base, timeout=timeout(10)) as http:
+        for who, body in expected.items():
+            answer = await http.get("/api/me", headers={"Authorization": f"Bearer {tokens[who]}"})
+            assert (answer.status_code, answer.json()) == (200, body), (who, answer.text)
+        for who, message in ((REVOKED, "the token 'gone' was revoked"), (UNKNOWN, "is not known")):
+            answer = await http.get("/api/me", headers={"Authorization": f"Bearer {tokens[who]}"})
+            assert answer.status_code == 403 and message in answer.json()["error"], (who, answer.text)
+        for params in ({}, {"participant": person["code"]}):
+            answer = await http.get("/api/me", params=params)
+            assert answer.status_code == 401 and answer.headers["www-authenticate"] == "Bearer", answer.text
+    operation = document()["paths"]["/api/me"]["get"]
+    assert operation["x-role"] == "watch" and operation["operationId"] == "getCaller"
+
+
 async def _monitor_answer(base: str, code: str, token: str | None) -> tuple[int, str]:
     """0 when the monitor's socket sent its snapshot; else the close code and reason."""
     async with connect(f"{base.replace('http', 'ws', 1)}/ws/monitor/{code}", open_timeout=timeout(5)) as ws:
