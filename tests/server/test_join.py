@@ -20,7 +20,6 @@ from sqlalchemy import create_engine, select, update
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError
 
-from server.routing import LiveGroups
 from server.storage import normalise_url, participants
 from tests.cluster.harness import Cluster
 from tests.server.harness import Client, Harness, running_server, timeout
@@ -235,10 +234,6 @@ async def test_way_back_after_the_last_block_carries_the_score(served: Harness) 
     assert (await served.http.get("/p/unknown/done")).status_code == 404
 
 
-@pytest.mark.skipif(
-    not hasattr(LiveGroups, "stand_in"),
-    reason="NEEDS HELPER B'S STAND-INS (LiveGroups.stand_in), merged with issue 19's bots: fill with bots",
-)
 async def test_lobby_timeout_fills_the_group_with_bots(served: Harness) -> None:
     """``fill: bots``: after the timeout the empty seats are the bots' (status ``bot``) and the period starts."""
     exp = await served.create(
