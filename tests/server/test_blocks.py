@@ -174,7 +174,9 @@ async def test_pause_and_resume_move_the_end_by_the_pause(server: Harness) -> No
     assert pause * 1000 == pytest.approx(resumed_frame["ts"] - paused["ts"], abs=2)
     assert pause >= 0.6 - 0.002
     end = await until_state(row, "period_end")
-    assert abs(end["ts"] - resumed["ends_at"]) <= 50
+    # at the moved end, never before it; how close a timer lands is tests/server/test_timing.py's
+    # (here the loop is shared with the test's clients, and another test runs beside)
+    assert 0 <= end["ts"] - resumed["ends_at"] <= 250
     hello = (await (await server.connect(exp["participants"][1]["code"])).expect("hello"))["payload"]
     assert hello["period"]["ends_at"] == resumed["ends_at"]
 
@@ -272,7 +274,7 @@ async def test_a_game_that_pauses_on_disconnect_waits_for_the_member(server: Har
     assert shift == pytest.approx(resumed_frame["ts"] - paused_frame["ts"], abs=2)
     assert shift >= 500 - 2
     end = await until_state(back, "period_end")
-    assert abs(end["ts"] - resumed["ends_at"]) <= 50
+    assert 0 <= end["ts"] - resumed["ends_at"] <= 250  # at the moved end (precision: test_timing.py)
 
 
 async def test_the_action_endpoints_drive_the_same_controls(server: Harness) -> None:
