@@ -151,6 +151,9 @@ class LiveGroup:
         self._clock: Clock = lambda: round(clock(), 6)
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
+        #: the loop the group runs on, once known (``asyncio.get_running_loop`` asks the kernel
+        #: for the pid on every call in Python 3.11: a few per decision added up)
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: after a failed write, not before this: the clock's next try (see :data:`RETRY_AFTER`)
         self._retry_at: float | None = None
         #: set at shutdown: no timer is set any more, so nothing new is computed
@@ -182,7 +185,7 @@ class LiveGroup:
         begin with ticks that fell due before it (applied first, see the core's ``carried``).
         """
         if self.retired:
-            refused: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+            refused: asyncio.Future[list[int]] = self._running_loop().create_future()
             refused.set_exception(NotAuthority(f"group {self.id} is served by another worker now"))
             return refused
         try:
@@ -193,7 +196,7 @@ class LiveGroup:
             else:
                 self._reschedule()
             raise
-        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[int]] = self._running_loop().create_future()
         if not events and connection is None:
             future.set_result([])
             self._reschedule()
@@ -342,7 +345,7 @@ class LiveGroup:
             known = ids[client_id]
             if isinstance(known, asyncio.Future):
                 return known
-            done: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+            done: asyncio.Future[list[int]] = self._running_loop().create_future()
             done.set_result([known])
             return done
         future = self.act(
@@ -502,7 +505,7 @@ class LiveGroup:
             self._timer = None
         self._deadline = deadline
         if deadline is not None:
-            loop = asyncio.get_running_loop()
+            loop = self._running_loop()
             # absolute: the wall-clock deadline mapped onto the loop's clock now, never chained
             self._timer = loop.call_at(loop.time() + max(0.0, deadline - self._clock()), self._due)
 
@@ -522,6 +525,12 @@ class LiveGroup:
             log.warning("group %s: what fell due while down is not stored yet: %s", self.id, exc)
         except Exception:
             log.exception("group %s: the game failed on a tick", self.id)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def _due(self) -> None:
         self._timer = None

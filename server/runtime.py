@@ -61,7 +61,7 @@ class Runtime:
             raise
         if generated is not None:  # the only time it can be shown: the database keeps its hash
             log.warning("synclab: generated the experimenter token %s (the account 'admin'; shown once)", generated)
-        writer = EventWriter(database, max_batch=settings.writer_max_batch)
+        writer = EventWriter(database, max_batch=settings.writer_max_batch, commit_delay=settings.commit_delay)
         writer.start()
         node = Node(settings, database) if settings.clustered else None
         hub: Hub = node.hub if node is not None else MemoryHub()

@@ -68,6 +68,9 @@ class Settings:
     send_queue_frames: int = 2048
     #: the writer commits at most this many events in one transaction
     writer_max_batch: int = 2000
+    #: seconds the writer waits before a commit while writes stream in (a batch had company):
+    #: a group commit, fewer and larger transactions under load; 0 commits each batch at once
+    commit_delay: float = 0.001
     #: seconds a shutdown waits for the requests and sockets under way, then for the writes
     #: queued; past it what is still queued is refused and logged (the commit under way finishes)
     shutdown_timeout: float = 30.0
@@ -111,6 +114,7 @@ class Settings:
             frame_burst=int(_number(env, "SYNCLAB_FRAME_BURST", 100, minimum=1)),
             send_queue_frames=int(_number(env, "SYNCLAB_SEND_QUEUE", 2048, minimum=16)),
             writer_max_batch=int(_number(env, "SYNCLAB_WRITER_MAX_BATCH", 2000, minimum=1)),
+            commit_delay=_number(env, "SYNCLAB_COMMIT_DELAY", 0.001, minimum=0, maximum=0.1),
             shutdown_timeout=_number(env, "SYNCLAB_SHUTDOWN_TIMEOUT", 30.0, minimum=0, maximum=24 * 3600),
             cluster_name=_name(env, "SYNCLAB_CLUSTER", "synclab"),
             lease_seconds=_number(env, "SYNCLAB_LEASE_SECONDS", 3.0, minimum=0.5, maximum=60),

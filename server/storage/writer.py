@@ -44,9 +44,18 @@ class EventWriter:
     On SQLite a checkpoint of the write-ahead log starts at most every ``checkpoint_every`` seconds.
     """
 
-    def __init__(self, database: Database, *, max_batch: int = 2000, checkpoint_every: float = CHECKPOINT_EVERY) -> None:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        max_batch: int = 2000,
+        commit_delay: float = 0.0,
+        checkpoint_every: float = CHECKPOINT_EVERY,
+    ) -> None:
         self._database = database
         self._max_batch = max_batch
+        #: the group commit's wait while writes stream in (seconds; see ``WriterThread._gather``)
+        self._commit_delay = commit_delay
         self._checkpoint_every = checkpoint_every
         self._closing = False
         #: counters for the monitor and the benchmark
@@ -67,7 +76,7 @@ class EventWriter:
         return dict(zip(COMMIT_BUCKET_NAMES, self._database.writer.commit_ms, strict=True))
 
     def start(self) -> None:
-        self._database.writer.batches_to(asyncio.get_running_loop(), self._done, self._max_batch)
+        self._database.writer.batches_to(asyncio.get_running_loop(), self._done, self._max_batch, self._commit_delay)
 
     async def close(self) -> None:
         """Stop taking writes, and wait until every write queued is settled (committed or failed).

@@ -101,6 +101,53 @@ async def test_an_idle_thread_is_woken_after_the_loops_turn_so_the_writes_of_one
         thread.stop()
 
 
+async def test_while_writes_stream_in_a_batch_waits_the_group_commits_delay_and_a_lone_write_does_not() -> None:
+    """The group commit: after a batch with company, the next waits ``delay`` and takes what came
+    meanwhile (from later turns of the loop); after a lone write, the next is committed at once."""
+    rec = Recorder()
+    thread = WriterThread(rec.commit, lambda: None)
+    delay = timeout(0.5)
+    committed: list[float] = []
+    another = asyncio.Event()
+
+    def on_done(batch: list[Any], exc: BaseException | None) -> None:
+        committed.append(time.monotonic())
+        another.set()
+
+    thread.batches_to(asyncio.get_running_loop(), on_done, 100, delay)
+
+    async def commits(count: int) -> None:
+        async with asyncio.timeout(timeout(5)):
+            while len(committed) < count:
+                another.clear()
+                await another.wait()
+
+    try:
+        thread.submit(item(0))  # alone: at once, and the stream is off
+        await commits(1)
+        sent = time.monotonic()
+        thread.submit(item(1))
+        await commits(2)
+        assert committed[1] - sent < delay, "a lone write waited for company"
+        thread.submit(item(2))
+        thread.submit(item(3))  # one turn: a batch with company, the stream is on
+        await commits(3)
+        thread.submit(item(4))
+        await asyncio.sleep(delay / 5)  # later turns of the loop, within the delay
+        thread.submit(item(5))
+        await commits(4)
+        assert rec.batches == [[0], [1], [2, 3], [4, 5]]
+        thread.submit(item(6))  # after a batch of two: waits, then alone, so the stream is off again
+        await commits(5)
+        sent = time.monotonic()
+        thread.submit(item(7))
+        await commits(6)
+        assert committed[5] - sent < delay
+        assert rec.batches[4:] == [[6], [7]]
+    finally:
+        thread.stop()
+
+
 async def test_a_failed_batch_holds_back_what_was_queued_behind_it_until_the_loop_resumes() -> None:
     """Writes behind a failed batch are handed back, a job behind it is refused unrun; what comes after runs."""
     rec = Recorder()
