@@ -23,6 +23,8 @@ const page = {
   paused: false,
   view: null,
   viewModule: null,
+  /** while the view mounts: the group's decisions that came meanwhile, `[decisions, at]` */
+  missed: null,
   decisions: {},
   /** this block's score so far: `base` at server time `baseAt`, plus the flow payoff since (continuous time) */
   earned: { base: 0, baseAt: 0 },
@@ -109,14 +111,18 @@ function call(hook, ...args) {
 async function mountView(hello) {
   call("destroy");
   page.view = null;
+  // the group's changes that come while the view's module loads: drawn once it is there
+  const missed = (page.missed = []);
   const root = $("#game");
   root.replaceChildren();
   // a page (re)loaded in the middle of a period draws its charts from the period's start
   const midPeriod = hello.phase === "running" || hello.phase === "paused";
   const [module, history] = await Promise.all([loadView(), midPeriod ? loadHistory(hello) : null]);
   if (page.hello !== hello) return; // a newer hello came while the module loaded
+  page.missed = null;
   page.view = module.createView(gameApi(hello, root)) || {};
   for (const point of history?.points || []) call("decisions", point.decisions, point.ts);
+  for (const [decisions, at] of missed) call("decisions", decisions, at);
   call("decisions", page.decisions, socket.serverNow());
   renderPayoffs();
 }
@@ -283,6 +289,7 @@ function onDecisions(decisions, frame) {
   const at = frame.ts ?? socket.serverNow();
   rebase(at);
   page.decisions = decisions;
+  if (!page.view && page.missed) page.missed.push([decisions, at]);
   call("decisions", decisions, at);
   renderPayoffs();
 }

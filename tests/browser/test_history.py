@@ -7,7 +7,9 @@ and ``GET /p/{code}/history``) and draw them before what comes live.
 
 from __future__ import annotations
 
-from playwright.async_api import Page, expect
+import asyncio
+
+from playwright.async_api import Page, Route, expect
 
 from tests.server.harness import TOKEN, Client, Harness, timeout
 
@@ -59,3 +61,29 @@ async def test_a_participant_page_reloaded_mid_period_draws_the_period_from_its_
     await page.wait_for_function(enough, timeout=WAIT_MS)
     history = (await server.http.get(f"/p/{me}/history")).json()
     assert [p["decisions"][other] for p in history["points"]] == [0.5, *STEPS]
+
+
+async def test_changes_that_come_while_the_games_view_loads_are_drawn_once_it_is_there(
+    server: Harness, page: Page
+) -> None:
+    """The page gets hello, then its game's view module takes its time: the period starts and the
+    partner changes six times meanwhile; each change is on the chart once the view is there."""
+    exp = await server.create(period_length=30)
+    other = exp["participants"][1]["code"]
+    requested, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_view(route: Route) -> None:
+        requested.set()
+        await release.wait()
+        await route.continue_()
+
+    await page.route("**/view.js", slow_view)
+    await page.goto(exp["participants"][0]["url"])
+    await asyncio.wait_for(requested.wait(), timeout(10))  # hello is in: the view is on its way
+    partner = await server.connect(other)
+    await partner.expect("state")
+    await _played(server, partner)
+    release.set()
+    canvas = page.locator('canvas[aria-label="Decisions over the period"]')
+    # the start (both at 0.5), then the partner's six changes: not only where they stand now
+    await expect(canvas).to_have_attribute("data-points", str(2 + len(STEPS)), timeout=WAIT_MS)
