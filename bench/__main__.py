@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,6 +73,7 @@ def matrix(duration: float, idle: int, scale: float = 1.0) -> list[Case]:
         Case("relay-2000", "relay", Load(n(400), 4, 5.0, duration)),
         Case("relay-fsync-2000", "relay", Load(n(400), 4, 5.0, duration), extra=("--fsync", "decisions.log")),
         Case("server-2000", "server", Load(n(400), 4, 5.0, duration)),
+        Case("server-3000", "server", Load(n(600), 4, 5.0, duration)),
         Case("ticks-1000", "server", Load(n(200), 4, 5.0, duration, subperiod=0.5)),
         Case("idle", "server", idle=max(2, int(idle * scale) // 2 * 2)),
         Case("server-pg-2000", "server", Load(n(400), 4, 5.0, duration), database="postgres"),
@@ -248,6 +250,20 @@ def median_runs(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return chosen
 
 
+def cpu_ratios(rows: Sequence[dict[str, Any]]) -> list[float]:
+    """Per repeat with both: server-2000's CPU per decision over relay-fsync-2000's (issue 21)."""
+    def per_repeat(name: str) -> dict[int, float]:
+        found = {}
+        for r in rows:
+            us = (r.get("cpu_us_per_decision") or {}).get("target")
+            if r["name"] == name and us:
+                found[int(r.get("repeat") or 1)] = float(us)
+        return found
+
+    server, floor = per_repeat("server-2000"), per_repeat("relay-fsync-2000")
+    return [server[k] / floor[k] for k in sorted(server.keys() & floor.keys())]
+
+
 def verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The targets of issue 6, each met or missed, for the rows present (the median of repeats)."""
     by = median_runs(rows)
@@ -277,8 +293,21 @@ def verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
         durable = by.get("relay-fsync-2000")
         if durable is not None and durable.get("latency_ms"):
             floor = durable["latency_ms"]["p99"]
-            out.append(f"INFO   p99 against the relay that stores before it broadcasts (fdatasync, no SQLite): "
-                       f"{lat['p99'] / max(floor, 1e-9):.1f}x ({lat['p99']:.1f} vs {floor:.1f} ms)")
+            check("p99 <= 2x the relay's that stores before it broadcasts (fdatasync, no SQLite)",
+                  lat["p99"] <= 2 * floor, f"{lat['p99'] / max(floor, 1e-9):.1f}x ({lat['p99']:.1f} vs {floor:.1f} ms)",
+                  s, durable)
+    ratios = cpu_ratios(rows)
+    if ratios:
+        ratio = statistics.median(ratios)
+        out.append(f"{'MET   ' if ratio <= 1.5 else 'MISSED'} server CPU per decision <= 1.5x relay-fsync-2000's: "
+                   f"{ratio:.2f}x (median of {', '.join(f'{r:.2f}' for r in ratios)}, each from one repeat)")
+    big = by.get("server-3000")
+    if big is not None and big.get("latency_ms"):
+        lat = big["latency_ms"]
+        check("3,000/s p99 <= 25 ms", lat["p99"] <= 25, f"{lat['p99']:.1f} ms", big)
+        check("3,000/s p50 <= 3 ms", lat["p50"] <= 3, f"{lat['p50']:.1f} ms", big)
+        check("3,000/s 0 lost", big["lost"] == 0, str(big["lost"]))
+        check("3,000/s 0 unpersisted", big["unpersisted"] == 0, str(big["unpersisted"]))
     idle = by.get("idle")
     if idle is not None:
         check(f"{idle['wanted']} idle connections held", idle["held"] == idle["wanted"], str(idle["held"]))
@@ -358,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--idle", type=int, default=10_000, help="idle connections to hold (default 10000)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply participant counts (e.g. 0.1 for a quick look)")
     parser.add_argument("--only", help="comma-separated run names (disk,relay-1000,server-1000,relay-2000,relay-fsync-2000,"
-                        "server-2000,ticks-1000,idle,server-pg-2000,cluster-2000)")
+                        "server-2000,server-3000,ticks-1000,idle,server-pg-2000,cluster-2000)")
     parser.add_argument("--out", help="JSON lines file (default bench/results/<timestamp>.jsonl)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the target and the generator to cores")
     parser.add_argument("--cluster-pin", choices=("target", "none"), default="target",

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from bench.__main__ import Case, matrix, median_runs, run_case, table, verdicts
+from bench.__main__ import Case, cpu_ratios, matrix, median_runs, run_case, table, verdicts
 from bench.disk import main as disk_main
 from bench.disk import measure as disk_measure
 from bench.load import Api, Load, run_load, worker_of
@@ -234,3 +234,14 @@ async def test_the_cluster_case_spreads_every_group_over_two_workers_and_loses_n
     cells = lines[2][start : start + len("srv us/d  redis us/d  pg us/d")].split()
     assert len(cells) == 3 and all(cell.isdigit() for cell in cells), (lines[0], lines[2])
     assert any(line.startswith("cluster-2000: µs of CPU per delivered decision: 2 server process(es)") for line in lines)
+
+
+def test_the_cpu_ratio_pairs_each_repeat_of_the_server_with_the_same_repeat_of_the_relay() -> None:
+    def row(name: str, repeat: int, us: float) -> dict[str, Any]:
+        return {"name": name, "repeat": repeat, "cpu_us_per_decision": {"target": us}}
+
+    rows = [row("relay-fsync-2000", 1, 100.0), row("relay-fsync-2000", 2, 200.0),
+            row("server-2000", 1, 150.0), row("server-2000", 2, 500.0), row("server-2000", 3, 999.0)]
+    assert cpu_ratios(rows) == [1.5, 2.5]
+    assert any(line.startswith("MISSED server CPU per decision") and "2.00x" in line for line in verdicts(rows))
+    assert any(line.startswith("MET    server CPU per decision") for line in verdicts(rows[:1] + rows[2:3]))
