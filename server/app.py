@@ -33,7 +33,7 @@ from .runtime import Runtime
 from .settings import Settings
 from .storage import load_seat, participant_game, period_history
 
-STATIC = Path(__file__).resolve().parent.parent / "static"
+STATIC = Path(__file__).resolve().parent / "static"
 
 
 UNKNOWN_LINK = """<!doctype html>

@@ -172,7 +172,6 @@ def newer_synclab(tmp_path: Path, pause: float = 0.0) -> dict[str, str]:
     """
     source = tmp_path / "newer"
     shutil.copytree(ROOT / "server", source / "server", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "static", source / "static")
     versions = source / "server" / "storage" / "migrations" / "versions"
     (versions / "0099_throwaway.py").write_text(THROWAWAY.format(down=head(), pause=pause))
     tables = source / "server" / "storage" / "tables.py"
