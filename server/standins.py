@@ -24,7 +24,8 @@ Taking a seat and leaving it are recorded as ``standin`` events (``{"participant
 the last block's period ends. Everything here runs at the group's authority: a worker that takes
 a group over (or a restart) loads it with its members' statuses, puts the fill bots back at
 once, a ``dropped`` member's bot too unless they reconnect first, and starts every other absent
-member's ``dropout_after`` from the load.
+member's ``dropout_after`` from their last connection's stored close (from the load when that is
+not known: never connected, or a connection a crash left open).
 """
 
 from __future__ import annotations
@@ -91,8 +92,8 @@ class StandIns:
             elif self.dropout_after is not None and code not in self.live.connections:
                 if status == "dropped" and self._takes_dropouts():
                     self.start(code, DROPOUT).add_done_callback(consume)
-                else:
-                    self._arm(code)
+                else:  # away since their last connection closed, if that is known
+                    self._arm(code, self.live.spec.away_since.get(code))
 
     # ------------------------------------------------------------------ seats
 
@@ -177,12 +178,16 @@ class StandIns:
         phase = self.live.committed.phase
         return phase in (Phase.RUNNING, Phase.PAUSED) or (phase is Phase.WAITING and self.live.block_index > 0)
 
-    def _arm(self, participant: str) -> None:
+    def _arm(self, participant: str, since: float | None = None) -> None:
+        """The participant's dropout clock: ``dropout_after`` from ``since`` (epoch seconds), or from now."""
         self._disarm(participant)
         if self._stopped or self.dropout_after is None:
             return
+        delay = self.dropout_after
+        if since is not None:  # a restart or a takeover: the time away before it counts
+            delay = max(0.0, since + self.dropout_after - self.live.now())
         loop = asyncio.get_running_loop()
-        self._away[participant] = loop.call_later(self.dropout_after, self._away_too_long, participant)
+        self._away[participant] = loop.call_later(delay, self._away_too_long, participant)
 
     def _disarm(self, participant: str) -> None:
         timer = self._away.pop(participant, None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, and_, select, text
+from sqlalchemy import Engine, and_, func, select, text
 from sqlalchemy.engine import Connection
 
 from groups import Phase, current_block
@@ -14,6 +14,7 @@ from groups import Phase, current_block
 from .tables import (
     STATE_ONLY,
     blocks,
+    connections,
     events,
     experiments,
     groups,
@@ -55,6 +56,9 @@ class GroupSpec:
     online: dict[str, Any] | None = None
     #: each member's ``participants.status`` (``None``: still playing, see ``storage.statuses``)
     statuses: dict[str, str | None] = field(default_factory=dict)
+    #: since when (epoch seconds) each member without an open connection has been away: its
+    #: last connection's close (absent: never connected, or a connection left open by a crash)
+    away_since: dict[str, float] = field(default_factory=dict)
 
     @property
     def last_block(self) -> bool:
@@ -107,6 +111,16 @@ def _group_spec(conn: Connection, group_id: int) -> GroupSpec | None:
         .order_by(memberships.c.position)
     ).all()
     state = conn.execute(last_state_query(group_id)).first()
+    codes = {m[1]: m[0] for m in members}
+    left = conn.execute(
+        select(
+            connections.c.participant_id,
+            func.max(connections.c.disconnected_at),
+            func.count(connections.c.id) - func.count(connections.c.disconnected_at),
+        )
+        .where(connections.c.participant_id.in_(list(codes)))
+        .group_by(connections.c.participant_id)
+    ).all()
     return GroupSpec(
         group_id=group_id,
         group_index=row["index"],
@@ -130,6 +144,9 @@ def _group_spec(conn: Connection, group_id: int) -> GroupSpec | None:
         last_state=None if state is None else {"seq": state[0], "ts": to_epoch(state[1]), "value": state[2]},
         online=exp["online"],
         statuses={m[0]: m[3] for m in members},
+        away_since={
+            codes[pid]: at for pid, last, still_open in left if not still_open and (at := to_epoch(last)) is not None
+        },
     )
 
 

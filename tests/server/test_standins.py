@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import time
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ from sqlalchemy import select
 
 from server.storage import Write, commit_writes, experiments, make_engine, participants
 from server.verify import verify
-from tests.server.harness import Harness, timeout, until_state
+from tests.server.harness import Harness, running_server, timeout, until_state
 
 PAUSING = "tests.server.test_blocks:Patient"
 
@@ -107,6 +109,31 @@ async def test_a_dropout_is_played_by_a_bot_until_they_come_back(any_server: Har
     assert {r["code"]: r["status"] for r in csv.DictReader(io.StringIO(csv_people))} == {
         a: "finished", b: "replaced", c: "dropped"
     }
+
+
+async def test_after_a_restart_a_dropouts_clock_counts_from_their_stored_departure(database_url: str) -> None:
+    """A member left 1 s before the server stopped; on the restart their bot takes over
+    ``dropout_after`` (2 s) after they left, as stored, not 2 s after the restart."""
+    online = {"dropout_after": 2}
+    async with running_server(database_url) as server:
+        exp = await server.create(game="public_goods", participants=2, group_size=2, period_length=30, online=online)
+        code = exp["code"]
+        a, b = (p["code"] for p in exp["participants"])
+        ca, cb = [await server.connect(p) for p in (a, b)]
+        await until_state(ca, "period_start")
+        await cb.close()
+        left = time.time()
+        await asyncio.sleep(1.0)
+    async with running_server(database_url) as server:
+        restarted = time.time()
+        await server.connect(a)
+        took = await until_event(
+            server, code, lambda e: e["channel"] == "standin" and e["value"]["participant"] == b, wait=10
+        )
+    at = datetime.fromisoformat(took["timestamp"]).timestamp()
+    assert 2.0 - 0.1 <= at - left <= 2.0 + 0.7, (
+        f"the bot came {at - left:.2f} s after the departure ({at - restarted:.2f} s after the restart)"
+    )
 
 
 async def test_a_filled_seat_lets_the_period_start_and_its_bot_plays_every_block(
