@@ -517,14 +517,13 @@ class LiveGroup:
             return
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = None
-        self._deadline = None
+        future = self._tick()
+        if future is None:
+            return
         try:
-            await self.act(lambda: self.core.tick(self._clock()))
+            await future
         except NotPersisted as exc:  # the timer tries again; the restart goes on
             log.warning("group %s: what fell due while down is not stored yet: %s", self.id, exc)
-        except Exception:
-            log.exception("group %s: the game failed on a tick", self.id)
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
@@ -533,14 +532,19 @@ class LiveGroup:
         return loop
 
     def _due(self) -> None:
+        future = self._tick()
+        if future is not None:
+            future.add_done_callback(consume)
+
+    def _tick(self) -> asyncio.Future[list[int]] | None:
+        """What is due now, applied and on its way to the database; ``None``: the game failed on it (logged)."""
         self._timer = None
         self._deadline = None
         try:
-            future = self.act(lambda: self.core.tick(self._clock()))
+            return self.act(lambda: self.core.tick(self._clock()))
         except Exception:
             log.exception("group %s: the game failed on a tick", self.id)
-            return
-        future.add_done_callback(consume)
+            return None
 
     @property
     def resting(self) -> bool:

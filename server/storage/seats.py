@@ -112,7 +112,8 @@ def _group_spec(conn: Connection, group_id: int) -> GroupSpec | None:
     ).all()
     state = conn.execute(last_state_query(group_id)).first()
     codes = {m[1]: m[0] for m in members}
-    left = conn.execute(
+    # only the stand-ins' dropout clocks need it (experiments with ``online.dropout_after``)
+    left = [] if (exp["online"] or {}).get("dropout_after") is None else conn.execute(
         select(
             connections.c.participant_id,
             func.max(connections.c.disconnected_at),
