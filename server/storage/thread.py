@@ -250,6 +250,7 @@ class WriterThread:
 
     def _next(self) -> Any:
         """The next job or batch (a list); ``None``: stop."""
+        gathered = False
         with self._cond:
             while True:
                 self._idle = True
@@ -261,14 +262,19 @@ class WriterThread:
                     self._drop_queued(BEHIND_FAILURE)
                     self._halted = False
                 if not self._halted and self._items:
-                    break
+                    if gathered or not self._streaming or self._delay <= 0 or isinstance(self._items[0], _Job):
+                        break
+                    # a write of a stream: wait for company once, then look at the queue again
+                    # (what the wait brought, or what a stop or a withdrawal left of it)
+                    self._idle = False
+                    gathered = True
+                    self._gather()
+                    continue
                 if self._stopping and not self._items:
                     self._idle = False
                     return None
                 self._wait()
             self._idle = False
-            if self._streaming and self._delay > 0 and not isinstance(self._items[0], _Job):
-                self._gather()
             first = self._items.popleft()
             if isinstance(first, _Job):
                 return first

@@ -24,10 +24,17 @@ async def get(server: Harness, path: str) -> Any:
 
 
 async def decide(client: Client, value: Any, frame_id: str) -> int:
+    """Send a decision and return its ``seq``; a refusal fails at once, naming why."""
     await client.send("decisions", value, frame_id)
-    ack = await client.expect("ack")
-    assert ack["payload"]["id"] == frame_id
-    seq: int = ack["payload"]["seq"]
+    async with asyncio.timeout(timeout(5)):
+        while True:
+            frame = await client.next()
+            if frame["channel"] == "error" and frame["payload"].get("id") == frame_id:
+                raise AssertionError(f"decision {frame_id} refused: {frame['payload']}")
+            if frame["channel"] == "ack":
+                break
+    assert frame["payload"]["id"] == frame_id
+    seq: int = frame["payload"]["seq"]
     return seq
 
 
@@ -95,10 +102,14 @@ async def test_two_blocks_back_to_back_score_by_the_payoff_table(server: Harness
         assert all(abs(t["actual_at"] - t["scheduled_at"]) <= 0.05 and not t["late"] for t in ticks)
 
 
+LENGTH = 3.0
+
+
 async def test_continuous_time_scores_the_integral_of_the_decision_events(any_server: Harness) -> None:
     """One result per member: the time-weighted flow payoff, recomputed here from the stored events."""
     server = any_server
-    exp = await server.create(participants=2, group_size=2, period_length=1.5, config={"payoffs": PD})
+    # long enough that both decisions come well inside it on a busy machine
+    exp = await server.create(participants=2, group_size=2, period_length=LENGTH, config={"payoffs": PD})
     row, col = [await server.connect(p["code"]) for p in exp["participants"]]
     await until_state(row, "period_start")
     await asyncio.sleep(0.2)
@@ -110,7 +121,7 @@ async def test_continuous_time_scores_the_integral_of_the_decision_events(any_se
 
     events = await server.events(exp["code"])
     start = next(epoch(e["timestamp"]) for e in events if e["value"] == "period_start")
-    end = start + 1.5
+    end = start + LENGTH
     codes = [p["code"] for p in exp["participants"]]
     decisions = {codes[0]: 0.5, codes[1]: 0.5}
     integral = dict.fromkeys(codes, 0.0)
@@ -131,7 +142,7 @@ async def test_continuous_time_scores_the_integral_of_the_decision_events(any_se
     assert len(results) == 2
     for r in results:
         assert r["subperiod"] is None
-        assert r["score"] == pytest.approx(integral[r["participant"]] / 1.5, abs=1e-6)
+        assert r["score"] == pytest.approx(integral[r["participant"]] / LENGTH, abs=1e-6)
     assert {r["participant"]: r["decision"] for r in results} == {codes[0]: 1.0, codes[1]: 0.25}
 
 
