@@ -45,7 +45,7 @@ BASELINE = "0001_baseline"
 VERSION_TABLE = "alembic_version"
 #: a table every synclab database has had: its presence without a version table means 0.1.0
 _MARKER_TABLE = "experiments"
-#: the PostgreSQL advisory lock every schema change holds
+#: the PostgreSQL advisory lock every schema change holds (with its schema's name as the second key)
 SCHEMA_LOCK = 0x5C1AB
 UPGRADE_HINT = "back it up, then run `synclab db upgrade` (or start with `synclab serve --upgrade`)"
 
@@ -283,7 +283,9 @@ def _locked(engine: Engine) -> Iterator[Connection]:
         return
     with engine.connect() as conn, conn.begin():
         if engine.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+            # per schema: changes of one schema take turns; a database's other schemas (other
+            # labs, other clusters, the test suite's) need not wait for them
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key, hashtext(current_schema()))"), {"key": SCHEMA_LOCK})
         yield conn
 
 

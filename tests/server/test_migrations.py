@@ -420,7 +420,9 @@ def _until_waiting_on_the_schema_lock(wait: float = 15.0) -> None:
         while True:
             with admin.connect() as conn:
                 waiting = conn.execute(
-                    text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = :key AND NOT granted"),
+                    # the two-key lock (schema changes, this schema): classid the key, objsubid 2
+                    text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :key"
+                         " AND objsubid = 2 AND NOT granted"),
                     {"key": SCHEMA_LOCK},
                 ).scalar_one()
             if waiting:
