@@ -579,6 +579,9 @@ class LiveGroup:
         """
         self.retired = True
         self.close()
+        # its bots have stopped: without the cycle group <-> stand-ins, reference counting frees
+        # the group as soon as the router lets go of it (the cycle collector runs seldom)
+        self.standins = None
 
 
 def consume(future: asyncio.Future[Any]) -> None:

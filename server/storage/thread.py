@@ -340,6 +340,8 @@ class WriterThread:
                     self._run_batch(item)
             except BaseException:  # the thread must outlive any fault; report it
                 log.exception("the writer thread failed on %r", item)
+            # not held while the thread waits: a batch's callbacks hold its groups in memory
+            item = None
 
     def _run_job(self, job: _Job) -> None:
         if job.loop is None or job.future is None:
