@@ -16,6 +16,7 @@ import re
 import time
 import uuid
 from collections import deque
+from collections.abc import Coroutine, Generator
 from typing import Any
 
 from starlette.websockets import WebSocket
@@ -64,6 +65,12 @@ class ClientConnection:
         self._settings = settings
         self._out: deque[str] = deque()
         self._ready = asyncio.Event()
+        #: a send is under way that waits (for the transport's buffer): what comes meanwhile queues
+        self._sending = False
+        #: the rest of a send started at once that had to wait, for the sender task to finish
+        self._rest: _Rest | None = None
+        #: why a send started at once failed (the client is gone): the sender task ends with it
+        self._broken: BaseException | None = None
         self._tokens = float(settings.frame_burst)
         self._refilled = time.monotonic()
         self._refused_in_a_row = 0
@@ -95,7 +102,10 @@ class ClientConnection:
                 self.deliver(to, data)
 
     def send(self, data: str) -> None:
-        if self.close_code is not None:
+        if self.close_code is not None or self._broken is not None:
+            return
+        if not self._out and not self._sending:
+            self._send_now(data)
             return
         if len(self._out) >= self._settings.send_queue_frames:
             self._out.clear()
@@ -111,12 +121,42 @@ class ClientConnection:
             self._close_reason = reason
             self._ready.set()
 
+    def _send_now(self, data: str) -> None:
+        """Write the frame now, nothing being queued before it, without a turn of the sender task.
+
+        The ASGI send returns without waiting unless the transport's buffer is full (uvicorn's
+        flow control), so it is run here up to its first wait: it almost always finishes, and
+        the frame is on the socket with no task woken for it. If it waits, the sender task
+        finishes it and sends what queued behind it meanwhile, in order.
+        """
+        sending = self.websocket.send_text(data)
+        try:
+            awaited = sending.send(None)
+        except StopIteration:
+            return
+        except Exception as exc:  # the client is gone: the sender task ends with it, as with its own send
+            self._broken = exc
+            self._ready.set()
+            return
+        self._sending = True
+        self._rest = _Rest(sending, awaited)
+        self._ready.set()
+
     async def _sender(self) -> None:
         while True:
             await self._ready.wait()
             self._ready.clear()
-            while self._out and self.close_code is None:
-                await self.websocket.send_text(self._out.popleft())
+            if self._broken is not None:
+                raise self._broken
+            rest, self._rest = self._rest, None
+            if rest is not None:
+                await rest
+            self._sending = True
+            try:
+                while self._out and self.close_code is None:
+                    await self.websocket.send_text(self._out.popleft())
+            finally:
+                self._sending = False
             if self.close_code is not None:
                 await self.websocket.close(self.close_code, self._close_reason)
                 return
@@ -213,6 +253,33 @@ class ClientConnection:
         else:
             self.send(error("rate_limited", f"expected at most {rate:g} frames per second (burst {burst}); this frame was dropped"))
         return False
+
+
+class _Rest:
+    """The rest of a coroutine started outside any task, now waiting for ``awaited``: awaiting
+    this in a task resumes it there (what the task's own ``await`` would have done)."""
+
+    __slots__ = ("_awaited", "_coroutine")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any], awaited: Any) -> None:
+        self._coroutine = coroutine
+        self._awaited = awaited
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine, awaited = self._coroutine, self._awaited
+        while True:
+            try:
+                value = yield awaited
+            except BaseException as exc:  # the task is cancelled: so is the send
+                try:
+                    awaited = coroutine.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    awaited = coroutine.send(value)
+                except StopIteration as stop:
+                    return stop.value
 
 
 async def serve(websocket: WebSocket, groups: LiveGroups, settings: Settings, route: str) -> None:
