@@ -6,7 +6,6 @@ import asyncio
 import socket
 
 import orjson
-
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
