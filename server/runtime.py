@@ -51,7 +51,8 @@ class Runtime:
     @classmethod
     async def open(cls, settings: Settings) -> Runtime:
         settings.check_cluster()
-        database = Database(settings.database_url)
+        # a writer stopped inside a transaction holds its groups' rows no longer than a lease
+        database = Database(settings.database_url, stall_timeout=settings.lease_seconds)
         try:
             # a new database is made; one that is behind is refused (synclab db upgrade)
             await database.write(prepare_schema)

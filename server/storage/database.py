@@ -30,8 +30,11 @@ T = TypeVar("T")
 class Database:
     """The engine, with a single writer thread and a small pool of reader threads."""
 
-    def __init__(self, url: str, *, readers: int = 4) -> None:
+    def __init__(self, url: str, *, readers: int = 4, stall_timeout: float | None = None) -> None:
         self.url = url
+        #: PostgreSQL: seconds the writer's connection may sit in a transaction between two
+        #: statements before the server ends its session (see :func:`writer_connection`)
+        self.stall_timeout = stall_timeout
         self.engine = make_engine(url)
         self.writer = WriterThread(self._commit, self._between_batches)
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="synclab-reader")
@@ -109,7 +112,7 @@ class Database:
         A connection whose batch failed is dropped; the next batch opens a new one.
         """
         if self._writer_connection is None:
-            self._writer_connection = self.engine.connect()
+            self._writer_connection = writer_connection(self.engine, self.stall_timeout)
         try:
             commit_writes(self._writer_connection, writes)
         except BaseException:
@@ -121,6 +124,10 @@ class Database:
     def _release_writer_connection(self) -> None:
         if self._writer_connection is not None:
             with contextlib.suppress(Exception):
+                if self.stall_timeout is not None and self.engine.dialect.name == "postgresql":
+                    # back to the pool as the others are: a reader may idle in a transaction
+                    self._writer_connection.exec_driver_sql("RESET idle_in_transaction_session_timeout")
+                    self._writer_connection.commit()
                 self._writer_connection.close()
             self._writer_connection = None
 
@@ -140,6 +147,25 @@ class Database:
                 _checkpoint(self.engine, "TRUNCATE")
         self.engine.dispose()
         return dropped
+
+
+def writer_connection(engine: Engine, stall_timeout: float | None = None) -> Connection:
+    """The writer thread's own connection, kept between batches (see :meth:`Database._commit`).
+
+    On PostgreSQL with ``stall_timeout``, the server ends the session once it has sat that many
+    seconds inside a transaction between two statements (``idle_in_transaction_session_timeout``).
+    A batch holds its groups' rows locked (the fence) until its commit: a process stopped in the
+    middle of one (SIGSTOP, a VM frozen, a debugger) would hold them, and with them the takeover
+    of those groups by another worker (:func:`claim_group` waits for the rows), for as long as it
+    stays stopped. With the timeout, its transaction is rolled back and the rows are free after
+    ``stall_timeout`` seconds; a batch of a live writer never pauses that long between statements
+    (if it did, the batch fails and its writes are refused, never half stored).
+    """
+    conn = engine.connect()
+    if stall_timeout is not None and engine.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SET idle_in_transaction_session_timeout = {max(1, round(stall_timeout * 1000))}")
+        conn.commit()
+    return conn
 
 
 def _checkpoint(engine: Engine, mode: str = "PASSIVE") -> tuple[int, int, int]:
