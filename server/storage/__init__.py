@@ -10,6 +10,7 @@
     seats        who a connecting participant is, and what a live group is built from
     writes       the values a write carries (plain dataclasses, no SQL)
     batch        many writes committed in one transaction, ``seq`` handed out inside it
+    periods      what a period's start or end changes in the batch: sessions, block, experiment
     thread       the writer thread that runs batches and jobs in order
     writer       the event loop's side of the writer: callbacks after the commit
     database     the async face: reads on reader threads, writes on the writer thread
@@ -70,7 +71,7 @@ from .catalog import (
     set_experiment_status,
 )
 from .charts import period_history
-from .database import Database
+from .database import Database, writer_connection
 from .deliveries import (
     Claimed,
     add_otree_deliveries,
@@ -275,4 +276,5 @@ __all__ = [
     "token_used",
     "tokens",
     "upgrade_schema",
+    "writer_connection",
 ]

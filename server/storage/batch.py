@@ -26,9 +26,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from .periods import experiment_running, period_ended, period_started
 from .statuses import set_statuses
-from .tables import blocks, connections, events, experiments, groups, results, sessions, ticks
-from .times import to_datetime
+from .tables import connections, events, experiments, groups, results, ticks
 from .writes import ConnectionChange, GroupUpdate, Write
 
 
@@ -247,11 +247,11 @@ def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:
         finally:
             cursor.close()
         for experiment_id, at in starting.items():
-            conn.execute(_EXPERIMENT_RUNNING, {"eid": experiment_id, "at": to_datetime(at)})
+            experiment_running(conn, experiment_id, at)
         for group_id, started_at in started:
-            _period_started(conn, group_id, started_at)
+            period_started(conn, group_id, started_at)
         for experiment_id, group_id, ended_at in ended:
-            _period_ended(conn, experiment_id, group_id, ended_at)
+            period_ended(conn, experiment_id, group_id, ended_at)
         set_statuses(conn, [s for w in writes for s in w.statuses])
 
 
@@ -303,73 +303,6 @@ def _store_results(cursor: Any, sql: _BatchStatements, writes: Sequence[Write]) 
         for w in writes
         for t in w.ticks
     ])
-
-
-# What a period's start or end changes besides its events and its group's row: a few rows a
-# period, so they go through SQLAlchemy, as statements built once (a statement built at each
-# call left cyclic garbage behind, several SQLAlchemy objects a period, for the cycle collector).
-_EXPERIMENT_RUNNING = (
-    update(experiments)
-    .where(and_(experiments.c.id == bindparam("eid"), experiments.c.status == "pending"))
-    .values(status="running", started_at=bindparam("at"))
-)
-_SESSIONS_STARTED = (
-    update(sessions)
-    .where(and_(sessions.c.group_id == bindparam("gid"), sessions.c.started_at.is_(None)))
-    .values(started_at=bindparam("at"))
-)
-_BLOCK_RUNNING = (
-    update(blocks)
-    .where(and_(
-        blocks.c.id == select(groups.c.block_id).where(groups.c.id == bindparam("gid")).scalar_subquery(),
-        blocks.c.status == "pending",
-    ))
-    .values(status="running")
-)
-#: final_score = bonus + Σ results, for the group's sessions that started
-_SESSIONS_FINISHED = (
-    update(sessions)
-    .where(and_(sessions.c.group_id == bindparam("gid"), sessions.c.started_at.is_not(None)))
-    .values(
-        finished_at=bindparam("at"),
-        final_score=select(blocks.c.bonus_points).where(blocks.c.id == sessions.c.block_id).scalar_subquery()
-        + select(func.coalesce(func.sum(results.c.score), 0.0)).where(results.c.session_id == sessions.c.id).scalar_subquery(),
-    )
-)
-_GROUP_BLOCK = select(groups.c.block_id).where(groups.c.id == bindparam("gid"))
-_block = bindparam("bid", type_=BigInteger)
-_BLOCK_DONE = (
-    update(blocks)
-    .where(and_(
-        blocks.c.id == _block,
-        ~select(groups.c.id).where(and_(groups.c.block_id == _block, groups.c.phase != "ended")).exists(),
-    ))
-    .values(status="done")
-)
-_experiment = bindparam("eid", type_=BigInteger)
-_EXPERIMENT_DONE = (
-    update(experiments)
-    .where(and_(
-        experiments.c.id == _experiment,
-        experiments.c.status.in_(("pending", "running")),
-        ~select(groups.c.id).where(and_(groups.c.experiment_id == _experiment, groups.c.phase != "ended")).exists(),
-    ))
-    .values(status="done", finished_at=bindparam("at"))
-)
-
-
-def _period_started(conn: Connection, group_id: int, at: float | None) -> None:
-    conn.execute(_SESSIONS_STARTED, {"gid": group_id, "at": to_datetime(at)})
-    conn.execute(_BLOCK_RUNNING, {"gid": group_id})
-
-
-def _period_ended(conn: Connection, experiment_id: int, group_id: int, at: float | None) -> None:
-    """Finish the group's sessions (final_score = bonus + Σ results); close its block and experiment when all ended."""
-    ended_at = to_datetime(at)
-    conn.execute(_SESSIONS_FINISHED, {"gid": group_id, "at": ended_at})
-    block_id = conn.execute(_GROUP_BLOCK, {"gid": group_id}).scalar_one()
-    conn.execute(_BLOCK_DONE, {"bid": block_id})
-    conn.execute(_EXPERIMENT_DONE, {"eid": experiment_id, "at": ended_at})
 
 
 def _store_group_states(cursor: Any, sql: _BatchStatements, writes: Iterable[Write]) -> None:

@@ -102,3 +102,4 @@ async def test_a_client_that_reads_late_gets_every_frame_in_order(sqlite_url: st
         assert heard == list(range(shouts))
         assert seqs == sorted(seqs) and len(set(seqs)) == shouts
         assert slow_side.close_code is None
+        await slow.close()

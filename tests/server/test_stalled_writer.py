@@ -33,8 +33,7 @@ STALL = 1.0
 STOPPED_IN_A_BATCH = textwrap.dedent("""
     import os, signal, sys
     from sqlalchemy import event
-    from server.storage import commit_writes, make_engine
-    from server.storage.database import writer_connection
+    from server.storage import commit_writes, make_engine, writer_connection
     from tests.server.test_fencing import decision
 
     url, experiment_id, group_id, participant_id, stall = sys.argv[1:6]

@@ -1,0 +1,82 @@
+"""What a period's start or end changes besides its events and its group's row, in the writer's
+batch (:func:`.batch.commit_writes`): the experiment, block and sessions it belongs to."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, and_, bindparam, func, select, update
+from sqlalchemy.engine import Connection
+
+from .tables import blocks, experiments, groups, results, sessions
+from .times import to_datetime
+
+# What a period's start or end changes besides its events and its group's row: a few rows a
+# period, so they go through SQLAlchemy, as statements built once (a statement built at each
+# call left cyclic garbage behind, several SQLAlchemy objects a period, for the cycle collector).
+_EXPERIMENT_RUNNING = (
+    update(experiments)
+    .where(and_(experiments.c.id == bindparam("eid"), experiments.c.status == "pending"))
+    .values(status="running", started_at=bindparam("at"))
+)
+_SESSIONS_STARTED = (
+    update(sessions)
+    .where(and_(sessions.c.group_id == bindparam("gid"), sessions.c.started_at.is_(None)))
+    .values(started_at=bindparam("at"))
+)
+_BLOCK_RUNNING = (
+    update(blocks)
+    .where(and_(
+        blocks.c.id == select(groups.c.block_id).where(groups.c.id == bindparam("gid")).scalar_subquery(),
+        blocks.c.status == "pending",
+    ))
+    .values(status="running")
+)
+#: final_score = bonus + Σ results, for the group's sessions that started
+_SESSIONS_FINISHED = (
+    update(sessions)
+    .where(and_(sessions.c.group_id == bindparam("gid"), sessions.c.started_at.is_not(None)))
+    .values(
+        finished_at=bindparam("at"),
+        final_score=select(blocks.c.bonus_points).where(blocks.c.id == sessions.c.block_id).scalar_subquery()
+        + select(func.coalesce(func.sum(results.c.score), 0.0)).where(results.c.session_id == sessions.c.id).scalar_subquery(),
+    )
+)
+_GROUP_BLOCK = select(groups.c.block_id).where(groups.c.id == bindparam("gid"))
+_block = bindparam("bid", type_=BigInteger)
+_BLOCK_DONE = (
+    update(blocks)
+    .where(and_(
+        blocks.c.id == _block,
+        ~select(groups.c.id).where(and_(groups.c.block_id == _block, groups.c.phase != "ended")).exists(),
+    ))
+    .values(status="done")
+)
+_experiment = bindparam("eid", type_=BigInteger)
+_EXPERIMENT_DONE = (
+    update(experiments)
+    .where(and_(
+        experiments.c.id == _experiment,
+        experiments.c.status.in_(("pending", "running")),
+        ~select(groups.c.id).where(and_(groups.c.experiment_id == _experiment, groups.c.phase != "ended")).exists(),
+    ))
+    .values(status="done", finished_at=bindparam("at"))
+)
+
+
+def experiment_running(conn: Connection, experiment_id: int, at: float | None) -> None:
+    """The experiment's first period started: it is running (if it was pending)."""
+    conn.execute(_EXPERIMENT_RUNNING, {"eid": experiment_id, "at": to_datetime(at)})
+
+
+def period_started(conn: Connection, group_id: int, at: float | None) -> None:
+    """The group's sessions started; its block is running (if it was pending)."""
+    conn.execute(_SESSIONS_STARTED, {"gid": group_id, "at": to_datetime(at)})
+    conn.execute(_BLOCK_RUNNING, {"gid": group_id})
+
+
+def period_ended(conn: Connection, experiment_id: int, group_id: int, at: float | None) -> None:
+    """Finish the group's sessions (final_score = bonus + Σ results); close its block and experiment when all ended."""
+    ended_at = to_datetime(at)
+    conn.execute(_SESSIONS_FINISHED, {"gid": group_id, "at": ended_at})
+    block_id = conn.execute(_GROUP_BLOCK, {"gid": group_id}).scalar_one()
+    conn.execute(_BLOCK_DONE, {"bid": block_id})
+    conn.execute(_EXPERIMENT_DONE, {"eid": experiment_id, "at": ended_at})
