@@ -10,8 +10,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from groups import DecisionGroup
+from server.connection import ClientConnection
 from server.exceptions import WS_4008_TOO_SLOW
-from tests.server.harness import running_server, timeout
+from tests.server.harness import Client, Harness, running_server, timeout
 
 
 class Shout(DecisionGroup):
@@ -23,23 +24,29 @@ class Shout(DecisionGroup):
         self.send("shout", payload)
 
 
+async def fast_and_slow(server: Harness) -> tuple[Client, ClientConnection, ClientConnection]:
+    """A group of two shouters: the fast member's client, the slow member's client (a tiny
+    receive buffer, and it reads nothing until told: the server's writes back up), and the
+    slow member's connection on the server's side."""
+    exp = await server.create(game=f"{__name__}:Shout", participants=2, group_size=2, period_length=600)
+    fast_code, slow_code = (p["code"] for p in exp["participants"])
+    fast = await server.connect(fast_code)
+    port = int(server.base.rsplit(":", 1)[1])
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    slow = await connect(f"{server.ws_base}/ws/p/{slow_code}", sock=sock, max_queue=1, max_size=2**20)
+    await fast.expect("state")
+    group = next(iter(server.runtime.groups.views.values()))
+    return fast, slow, group.current[slow_code]
+
+
 async def test_a_client_that_never_reads_is_closed_with_4008_and_the_group_goes_on(sqlite_url: str) -> None:
     """A member that stops reading is cut off once its send queue is full; the others carry on."""
     async with running_server(
         sqlite_url, send_queue_frames=32, frames_per_second=10_000, frame_burst=10_000
     ) as server:
-        exp = await server.create(game=f"{__name__}:Shout", participants=2, group_size=2, period_length=600)
-        fast_code, slow_code = (p["code"] for p in exp["participants"])
-        fast = await server.connect(fast_code)
-        # a tiny receive buffer, and the client reads nothing: the server's writes back up
-        port = int(server.base.rsplit(":", 1)[1])
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", port))
-        slow = await connect(f"{server.ws_base}/ws/p/{slow_code}", sock=sock, max_queue=1)
-        await fast.expect("state")
-        group = next(iter(server.runtime.groups.views.values()))
-        slow_side = group.current[slow_code]
+        fast, slow, slow_side = await fast_and_slow(server)
         loud = "x" * 12_000
         async with asyncio.timeout(timeout(30)):
             while slow_side.close_code is None:
@@ -69,17 +76,7 @@ async def test_a_client_that_reads_late_gets_every_frame_in_order(sqlite_url: st
     async with running_server(
         sqlite_url, send_queue_frames=4096, frames_per_second=10_000, frame_burst=10_000
     ) as server:
-        exp = await server.create(game=f"{__name__}:Shout", participants=2, group_size=2, period_length=600)
-        fast_code, slow_code = (p["code"] for p in exp["participants"])
-        fast = await server.connect(fast_code)
-        port = int(server.base.rsplit(":", 1)[1])
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", port))
-        slow = await connect(f"{server.ws_base}/ws/p/{slow_code}", sock=sock, max_queue=1, max_size=2**20)
-        await fast.expect("state")
-        group = next(iter(server.runtime.groups.views.values()))
-        slow_side = group.current[slow_code]
+        fast, slow, slow_side = await fast_and_slow(server)
         shouts = 600
         async with asyncio.timeout(timeout(30)):
             for n in range(shouts):
