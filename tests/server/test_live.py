@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from datetime import UTC, datetime
 from pathlib import Path
 
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from server.hub import MemoryHub
+from server.live import to_microseconds
 from server.routing import LiveGroups
 from server.storage import (
     Database,
@@ -59,3 +64,14 @@ async def test_an_ack_names_the_decisions_own_seq_when_overdue_ticks_are_stored_
     ticks = [seq for seq, channel, _ in rows if channel == "subperiod"]
     assert len(ticks) == 2 and own and own[0] > max(ticks)
     assert first == again == own
+
+
+@given(st.floats(min_value=1e9, max_value=4e9, allow_nan=False, allow_infinity=False))
+def test_a_group_clock_reading_is_a_whole_microsecond_that_a_stored_time_gives_back(epoch: float) -> None:
+    """What the group's clock reads is what a restart reads back from the database."""
+    value = to_microseconds(epoch)
+    assert abs(value - epoch) <= 0.5e-6 + 2 * math.ulp(epoch)  # a double near 2e9 has steps of 0.24 µs
+    assert to_microseconds(value) == value
+    stored = datetime.fromtimestamp(value, UTC)
+    assert stored.timestamp() == value
+    assert stored == datetime.fromtimestamp(round(value, 6), UTC)
