@@ -260,7 +260,7 @@ def _healthy(target: Target) -> None:
 
 @contextlib.contextmanager
 def running_cluster(
-    count: int, core: int | None, database_url: str, redis_url: str, prefix: str
+    count: int, core: int | None, database_url: str, redis_url: str, prefix: str, env: dict[str, str] | None = None
 ) -> Iterator[Cluster]:
     """``count`` ``synclab serve`` workers of one cluster, each on a port of its own, pinned to
     ``core`` (``None``: unpinned); stopped after, the last started first.
@@ -269,7 +269,7 @@ def running_cluster(
     one at a time is quicker than waiting for the lock) and each is healthy before the run.
     """
     token = secrets.token_urlsafe(24)
-    env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "SYNCLAB_CLUSTER": prefix}
+    env = {**(env or {}), "DATABASE_URL": database_url, "REDIS_URL": redis_url, "SYNCLAB_CLUSTER": prefix}
     with contextlib.ExitStack() as stack:
         cluster = Cluster()
         for _ in range(count):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -27,8 +28,8 @@ import orjson
 
 from server.bots import run_bots
 
-from .proc import Target, cores, pin_self, rss_bytes, running
-from .services import POSTGRES_URL, Services, postgres_schema
+from .proc import Target, cores, pin_self, rss_bytes, running, running_cluster
+from .services import POSTGRES_URL, REDIS_URL, Services, postgres_schema, redis_prefix
 
 MB = 1024 * 1024
 #: the target: RSS at the end within this share of the first quarter's
@@ -143,7 +144,7 @@ def report(row: dict[str, Any]) -> str:
 async def _experiment(http: httpx.AsyncClient, target: Target, soak: Soak, played: Played) -> None:
     body = {"game": "bimatrix", "participants": soak.group_size * soak.per_experiment, "group_size": soak.group_size,
             "period_length": soak.period}
-    response = await http.post("/api/experiments", json=body)
+    response = await http.post(f"{target.base}/api/experiments", json=body)
     if response.status_code != 201:
         played.failures.append(f"create: HTTP {response.status_code} {response.text[:200]}")
         return
@@ -156,31 +157,45 @@ async def _experiment(http: httpx.AsyncClient, target: Target, soak: Soak, playe
     played.groups += soak.per_experiment
 
 
-async def _sampler(pid: int, every: float, played: Played, clock: Any) -> None:
+def _rss(pids: Sequence[int]) -> int:
+    """The processes' RSS together (a cluster's workers)."""
+    return sum(rss_bytes(pid) for pid in pids)
+
+
+async def _sampler(pids: Sequence[int], every: float, played: Played, clock: Any) -> None:
     while True:
         with contextlib.suppress(OSError, LookupError):
-            played.samples.append(Sample(clock(), played.groups, rss_bytes(pid)))
+            played.samples.append(Sample(clock(), played.groups, _rss(pids)))
         await asyncio.sleep(every)
 
 
 async def soak_target(target: Target, soak: Soak) -> dict[str, Any]:
     """Play ``soak`` against a running server; the :func:`summary` of the run."""
+    return await soak_targets([target], soak)
+
+
+async def soak_targets(targets: Sequence[Target], soak: Soak) -> dict[str, Any]:
+    """Play ``soak`` against running servers (a cluster's workers, of one token): each experiment
+    is created on, and played through, the next one in turn; the RSS is theirs together."""
     played = Played()
     clock = time.monotonic
     started = clock()
-    sampler = asyncio.create_task(_sampler(target.pid, soak.sample, played, clock))
+    pids = [target.pid for target in targets]
+    sampler = asyncio.create_task(_sampler(pids, soak.sample, played, clock))
     in_flight: set[asyncio.Task[None]] = set()
+    turn = itertools.count()
 
     def more() -> bool:
         if soak.seconds is not None and clock() - started >= soak.seconds:
             return False
         return played.groups + len(in_flight) * soak.per_experiment < soak.groups
 
-    headers = {"Authorization": f"Bearer {target.token}"}
+    headers = {"Authorization": f"Bearer {targets[0].token}"}
     try:
-        async with httpx.AsyncClient(base_url=target.base, headers=headers, timeout=30) as http:
+        async with httpx.AsyncClient(headers=headers, timeout=30) as http:
             while True:
                 while more() and len(in_flight) < soak.concurrent:
+                    target = targets[next(turn) % len(targets)]
                     in_flight.add(asyncio.create_task(_experiment(http, target, soak, played)))
                 if not in_flight:
                     break
@@ -198,26 +213,40 @@ async def soak_target(target: Target, soak: Soak) -> dict[str, Any]:
         sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sampler
-    played.samples.append(Sample(clock(), played.groups, rss_bytes(target.pid)))
-    return summary(soak, played)
+    played.samples.append(Sample(clock(), played.groups, _rss(pids)))
+    row = summary(soak, played)
+    row["processes"] = len(targets)
+    return row
 
 
 @contextlib.contextmanager
-def _server(soak: Soak, core: int | None, postgres: str | None) -> Iterator[Target]:
+def _servers(
+    soak: Soak, core: int | None, postgres: str | None, workers: int = 0, services: Services | None = None
+) -> Iterator[list[Target]]:
+    """One server (``workers`` 0), or a cluster of ``workers`` on ``services``' PostgreSQL and
+    Redis (a schema and a key prefix of the run's own, unless ``services`` names them)."""
     env = {} if soak.grace is None else {"SYNCLAB_GROUP_GRACE": f"{soak.grace:g}"}
+    if workers:
+        services = services or Services(postgres=postgres or POSTGRES_URL)
+        with postgres_schema(services) as database, redis_prefix(services) as prefix, \
+                running_cluster(workers, core, database.url, services.redis, prefix, env=env) as cluster:
+            yield list(cluster.workers)
+        return
     if postgres is None:
         with running("server", core, env=env) as target:
-            yield target
+            yield [target]
         return
     with postgres_schema(Services(postgres=postgres)) as database, \
             running("server", core, env={**env, "DATABASE_URL": database.url}) as target:
-        yield target
+        yield [target]
 
 
-async def run_soak(soak: Soak, core: int | None = None, postgres: str | None = None) -> dict[str, Any]:
-    """A fresh server, ``soak`` played against it, stopped again."""
-    with _server(soak, core, postgres) as target:
-        return await soak_target(target, soak)
+async def run_soak(
+    soak: Soak, core: int | None = None, postgres: str | None = None, workers: int = 0, services: Services | None = None
+) -> dict[str, Any]:
+    """A fresh server (or cluster of ``workers``), ``soak`` played against it, stopped again."""
+    with _servers(soak, core, postgres, workers, services) as targets:
+        return await soak_targets(targets, soak)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -234,17 +263,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--grace", type=float, help="the server's SYNCLAB_GROUP_GRACE (default: the server's, 2 s)")
     parser.add_argument("--postgres", nargs="?", const=POSTGRES_URL, metavar="URL",
                         help=f"run the server on PostgreSQL, in a schema of its own (default URL {POSTGRES_URL})")
+    parser.add_argument("--cluster", type=int, default=0, metavar="N",
+                        help="a cluster of N workers on PostgreSQL (--postgres, or its default) and Redis; experiments "
+                             "taken by the workers in turn, the RSS of all of them together")
+    parser.add_argument("--redis", default=REDIS_URL, help=f"Redis for --cluster (a key prefix of the run's own; default {REDIS_URL})")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the server and this process to cores")
     parser.add_argument("--out", help="also write the run (every sample) as one JSON line to this file")
     args = parser.parse_args(argv)
     if args.groups < 1 or args.group_size < 1 or args.per_experiment < 1 or args.concurrent < 1 \
-            or args.period <= 0 or args.rate <= 0 or args.sample <= 0 or (args.seconds is not None and args.seconds <= 0):
-        parser.error("counts must be >= 1 and times > 0")
+            or args.period <= 0 or args.rate <= 0 or args.sample <= 0 or (args.seconds is not None and args.seconds <= 0) \
+            or args.cluster < 0 or args.cluster == 1:
+        parser.error("counts must be >= 1 and times > 0; --cluster takes 2 workers or more")
     soak = Soak(args.groups, args.seconds, args.group_size, args.per_experiment, args.period, args.rate,
                 args.concurrent, args.sample, args.grace)
     target_core, generator_core = (None, None) if args.no_pin else cores()
     pin_self(generator_core)
-    row = asyncio.run(run_soak(soak, target_core, args.postgres))
+    services = Services(postgres=args.postgres or POSTGRES_URL, redis=args.redis)
+    row = asyncio.run(run_soak(soak, target_core, args.postgres, args.cluster, services))
     print(report(row))
     if args.out:
         with open(args.out, "ab") as f:

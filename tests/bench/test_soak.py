@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from bench.services import Services
 from bench.soak import MB, Played, Sample, Soak, fit, report, run_soak, summary
 from tests.server.harness import timeout
 
@@ -20,6 +21,20 @@ async def test_a_tiny_soak_plays_every_group_and_samples_the_rss() -> None:
     assert len(row["samples"]) >= 5
     text = report(row)
     assert "Q4" in text and "4 groups in 2 experiments" in text
+
+
+async def test_a_tiny_soak_on_a_cluster_plays_every_group_on_both_workers(
+    postgres_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    """Two real workers on the test's PostgreSQL schema and Redis prefix: the experiments are
+    created and played on each in turn, and the RSS sampled is theirs together."""
+    soak = Soak(groups=4, group_size=2, per_experiment=1, period=0.3, concurrent=2, sample=0.05, grace=0.2)
+    services = Services(redis=redis_url, database_url=postgres_url, prefix=redis_prefix)
+    async with asyncio.timeout(timeout(90)):
+        row = await run_soak(soak, workers=2, services=services)
+    assert row["failures"] == 0, row["failure_examples"]
+    assert row["groups"] == 4 and row["experiments"] == 4 and row["processes"] == 2
+    assert all(40 < q["rss_mb"] < 4000 for q in row["quarters"])  # two servers' RSS together
 
 
 def run(rss: list[float]) -> dict[str, object]:
