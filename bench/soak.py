@@ -169,11 +169,6 @@ async def _sampler(pids: Sequence[int], every: float, played: Played, clock: Any
         await asyncio.sleep(every)
 
 
-async def soak_target(target: Target, soak: Soak) -> dict[str, Any]:
-    """Play ``soak`` against a running server; the :func:`summary` of the run."""
-    return await soak_targets([target], soak)
-
-
 async def soak_targets(targets: Sequence[Target], soak: Soak) -> dict[str, Any]:
     """Play ``soak`` against running servers (a cluster's workers, of one token): each experiment
     is created on, and played through, the next one in turn; the RSS is theirs together."""

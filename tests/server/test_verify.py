@@ -25,6 +25,7 @@ from server.cli import main
 from server.storage import create_schema, make_engine
 from server.verify import verify
 from tests.server.harness import Client, Harness, running_server, timeout, until_state
+from tests.server.test_blocks import decide
 
 PD = {"AA": [3, 3], "AB": [0, 5], "BA": [5, 0], "BB": [1, 1]}
 #: the console script's entry point, run by this interpreter (as tests/server/test_cli.py does)
@@ -36,21 +37,6 @@ SETTINGS = ("DATABASE_URL", "REDIS_URL", "PORT", "SYNCLAB_ADMIN_TOKEN", "SYNCLAB
 
 
 # --------------------------------------------------------------------------- playing
-
-
-
-
-async def decide(client: Client, value: Any, frame_id: str) -> None:
-    """Send a decision and wait for its ack; a refusal fails at once, naming why (not a timeout)."""
-    await client.send("decisions", value, frame_id)
-    async with asyncio.timeout(timeout(5)):
-        while True:
-            frame = await client.next()
-            if frame["channel"] == "error" and frame["payload"].get("id") == frame_id:
-                raise AssertionError(f"decision {frame_id} refused: {frame['payload']}")
-            if frame["channel"] == "ack":
-                assert frame["payload"]["id"] == frame_id
-                return
 
 
 async def one_group(server: Harness, exp: dict[str, Any]) -> list[Client]:

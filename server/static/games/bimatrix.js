@@ -2,7 +2,7 @@
 // both players' decisions and flow payoffs over the period (CONTRACT §5).
 
 import { drawSteps } from "/static/chart.js";
-import { decisionSlider, h } from "/static/games/generic.js";
+import { decisionSlider, h, sliderChartHooks } from "/static/games/generic.js";
 
 const CELLS = ["AA", "AB", "BA", "BB"];
 const MAX_POINTS = 4000;
@@ -119,16 +119,8 @@ export function createView(game) {
     flowPayoff(decisions) {
       return game.me in decisions ? payoff(game.me, decisions) : null;
     },
-    periodStart(period) {
+    ...sliderChartHooks(control, draw, () => {
       for (const map of Object.values(series)) for (const points of map.values()) points.length = 0;
-      control.reset();
-      draw(period.started_at);
-    },
-    frame(now) {
-      control.tick();
-      draw(now);
-    },
-    periodEnd: control.end,
-    destroy: control.stop,
+    }),
   };
 }

@@ -123,3 +123,23 @@ export function decisionSlider(game, slider, output, format, every = 120) {
     },
   };
 }
+
+// What a view of a decision slider and a chart over the period does at the period's edges and on
+// every frame (the bundled games): a new period empties the chart (`clear`) and lets the
+// slider follow the group again, each frame greys the slider out while paused and redraws, and
+// the period's end and the page's leaving stop the slider. Spread it into the view.
+export function sliderChartHooks(control, draw, clear) {
+  return {
+    periodStart(period) {
+      clear();
+      control.reset();
+      draw(period.started_at);
+    },
+    frame(now) {
+      control.tick();
+      draw(now);
+    },
+    periodEnd: control.end,
+    destroy: control.stop,
+  };
+}

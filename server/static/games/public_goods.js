@@ -2,7 +2,7 @@
 // bars and as a chart over the period (CONTRACT §5).
 
 import { drawSteps } from "/static/chart.js";
-import { decisionSlider, h } from "/static/games/generic.js";
+import { decisionSlider, h, sliderChartHooks } from "/static/games/generic.js";
 
 const MAX_POINTS = 4000;
 
@@ -83,17 +83,9 @@ export function createView(game) {
       const sum = game.members.reduce((s, c) => s + Number(decisions[c] ?? 0), 0);
       return endowment - Number(decisions[game.me]) + mpcr * sum;
     },
-    periodStart(period) {
+    ...sliderChartHooks(control, draw, () => {
       for (const points of series.values()) points.length = 0;
-      control.reset();
-      draw(period.started_at);
-    },
-    frame(now) {
-      control.tick();
-      draw(now);
-    },
-    periodEnd: control.end,
-    destroy: control.stop,
+    }),
   };
 }
 
