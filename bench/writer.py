@@ -5,7 +5,10 @@ loop's, on a core they share, and their latency moves with every stall of the ma
 measures the writer alone, the way the server drives it: a real :class:`server.storage.Database`
 on a new SQLite file (WAL, ``synchronous=FULL``), the real :class:`server.storage.EventWriter`
 and writer thread, and real :class:`server.live.LiveGroup` s of a ``public_goods`` experiment
-(400 participants in groups of 4 by default) whose decisions make the writes. Each round
+(400 participants in groups of 4 by default) whose decisions make the writes. With ``--postgres
+URL`` the database is a new schema there instead (dropped after), and with ``--fenced`` every
+group is claimed under a fencing epoch first, as a cluster's worker does, so that each batch
+checks its groups' epochs (:func:`server.storage.commit_writes`). Each round
 submits ``--batch`` decisions of random participants at once and waits until they are
 committed, so each round is one batch (the table says how many writes a batch really held).
 The event loop waits while the thread commits: the thread has the core to itself.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import statistics
 import sys
@@ -42,6 +46,7 @@ from server.routing import LiveGroups
 from server.storage import (
     Database,
     EventWriter,
+    claim_group,
     create_schema,
     events,
     experiment_groups,
@@ -49,6 +54,7 @@ from server.storage import (
 )
 
 from .load import ENDOWMENT, percentiles
+from .services import Services, postgres_schema
 
 
 def _written_bytes() -> int:
@@ -73,9 +79,10 @@ def _stored_decisions(engine: Engine, experiment_id: int) -> int:
 
 
 async def measure(
-    participants: int, group_size: int, batch: int, prefill: int, rounds: int, seed: int, directory: Path
+    participants: int, group_size: int, batch: int, prefill: int, rounds: int, seed: int, directory: Path,
+    database_url: str | None = None, fenced: bool = False,
 ) -> dict[str, Any]:
-    db = Database(f"sqlite:///{directory / 'writer.db'}")
+    db = Database(database_url or f"sqlite:///{directory / 'writer.db'}")
     create_schema(db.engine)
     spec = plan(parse_request({
         "game": "public_goods", "participants": participants, "group_size": group_size,
@@ -88,7 +95,11 @@ async def measure(
     try:
         seats: list[tuple[LiveGroup, str]] = []
         for place in await db.read(experiment_groups, experiment_id):
-            group = await live.group(place.group_id)
+            epoch = None
+            if fenced:
+                epoch = 1
+                assert await db.write(claim_group, place.group_id, epoch)
+            group = await live.group(place.group_id, epoch=epoch)
             await group.start()
             seats.extend((group, code) for code in group.core.members)
         rng = random.Random(seed)
@@ -130,6 +141,8 @@ async def measure(
         db.close()
     decisions = rounds * batch
     return {
+        "database": "postgres" if database_url else "sqlite",
+        "fenced": fenced,
         "participants": participants,
         "group_size": group_size,
         "batch": batch,
@@ -155,14 +168,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prefill", type=int, default=20_000, help="decisions stored before measuring (default 20,000)")
     parser.add_argument("--rounds", type=int, default=4000, help="measured rounds (default 4,000)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--postgres", metavar="URL", help="a new schema in this PostgreSQL database instead of an SQLite file")
+    parser.add_argument("--fenced", action="store_true", help="every group claimed under an epoch, as in a cluster")
     args = parser.parse_args(argv)
     if not 1 <= args.batch <= args.participants:
         parser.error(f"--batch: expected 1 to --participants ({args.participants}), got {args.batch}")
     if args.rounds < 1 or args.prefill < 0:
         parser.error("--rounds: expected 1 or more; --prefill: expected 0 or more")
-    with tempfile.TemporaryDirectory(prefix="synclab-writer-") as directory:
+    with contextlib.ExitStack() as stack:
+        directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="synclab-writer-"))
+        url = None
+        if args.postgres is not None:
+            url = stack.enter_context(postgres_schema(Services(postgres=args.postgres))).url
         r = asyncio.run(measure(
-            args.participants, args.group_size, args.batch, args.prefill, args.rounds, args.seed, Path(directory)
+            args.participants, args.group_size, args.batch, args.prefill, args.rounds, args.seed, Path(directory),
+            url, args.fenced,
         ))
     cpu, wall = r["writer_cpu_ms"], r["wall_ms"]
     submitted = (args.prefill // args.batch + args.rounds) * args.batch
@@ -170,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"writer: {submitted} decisions submitted, {r['stored']} stored", file=sys.stderr)
         return 1
     print(
-        f"writer: {r['rounds']} batches of {r['writes_per_batch']:.2f} writes (batch {r['batch']}), "
+        f"writer ({r['database']}{', fenced' if r['fenced'] else ''}): {r['rounds']} batches of {r['writes_per_batch']:.2f} writes (batch {r['batch']}), "
         f"after {r['prefill']} decisions; {r['participants']} participants in groups of {r['group_size']}\n"
         f"  writer CPU per batch  p50 {cpu['p50']:.3f}  p90 {cpu['p90']:.3f}  p99 {cpu['p99']:.3f} ms"
         f"   = {r['writer_cpu_us_per_decision']:.0f} us per decision\n"

@@ -88,6 +88,11 @@ class _Prepared:
         else:
             cursor.executemany(self.sql, driver_rows)
 
+    def rows(self, cursor: Any, row: tuple[Any, ...]) -> list[Any]:
+        """Run once and return every row it returns."""
+        cursor.execute(self.sql, self._driver_rows([row])[0])
+        return list(cursor.fetchall())
+
     def one(self, cursor: Any, row: tuple[Any, ...]) -> Any:
         """Run once and return the first column of the one row it returns.
 
@@ -149,6 +154,8 @@ class _BatchStatements:
             .returning(experiments.c.last_seq),
             ("eid", "count"),
         )
+        self._prepare = prepare
+        self._fences: dict[int, _Prepared] = {}
         self.events = inserting(events, _EVENT_COLUMNS)
         self.results = inserting(results, _RESULT_COLUMNS)
         self.ticks = inserting(ticks, _TICK_COLUMNS)
@@ -168,6 +175,26 @@ class _BatchStatements:
             }),
             (*_GROUP_COLUMNS, "last_seq", "gid"),
         )
+
+
+    def fence(self, group_ids: Sequence[int]) -> tuple[_Prepared, tuple[int, ...]]:
+        """The statement that locks these groups' rows and reads their epochs, and its row.
+
+        One statement per power of two of groups, the list padded with its last id (an ``IN``
+        takes a repeated value as one), so that a handful of statements serve every batch.
+        """
+        size = 1 << max(len(group_ids) - 1, 0).bit_length()
+        fence = self._fences.get(size)
+        if fence is None:
+            names = [f"g{i}" for i in range(size)]
+            fence = self._fences[size] = self._prepare(
+                select(groups.c.id, groups.c.epoch)
+                .where(groups.c.id.in_([bindparam(n, type_=BigInteger) for n in names]))
+                .order_by(groups.c.id)
+                .with_for_update(),
+                names,
+            )
+        return fence, (*group_ids, *[group_ids[-1]] * (size - len(group_ids)))
 
 
 _EVENT_COLUMNS = (
@@ -200,18 +227,9 @@ def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:
     """
     sql = _statements(conn.engine)
     with conn.begin():
-        if any(w.epoch is not None for w in writes):
-            writes = _fence(conn, writes)
-        counts: dict[int, int] = {}
-        for write in writes:
-            if write.events:
-                counts[write.experiment_id] = counts.get(write.experiment_id, 0) + len(write.events)
         cursor = conn.connection.cursor()
         try:
-            next_seq: dict[int, int] = {}
-            for experiment_id, count in sorted(counts.items()):  # sorted: a fixed lock order
-                last = sql.next_seq.one(cursor, (experiment_id, count))
-                next_seq[experiment_id] = int(last) - count + 1
+            writes, next_seq = _fence_and_number(cursor, sql, writes)
             rows: list[tuple[Any, ...]] = []
             starting: dict[int, float] = {}
             started: list[tuple[int, float | None]] = []
@@ -255,21 +273,38 @@ def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:
         set_statuses(conn, [s for w in writes for s in w.statuses])
 
 
-def _fence(conn: Connection, writes: Sequence[Write]) -> list[Write]:
-    """The writes whose epoch is still their group's; the others marked fenced (rows locked first)."""
-    checked = sorted({w.group.group_id for w in writes if w.epoch is not None and w.group is not None})
-    stored = dict(
-        conn.execute(
-            select(groups.c.id, groups.c.epoch).where(groups.c.id.in_(checked)).order_by(groups.c.id).with_for_update()
-        ).all()
-    )
-    kept = []
+def _event_counts(writes: Iterable[Write]) -> dict[int, int]:
+    counts: dict[int, int] = {}
     for write in writes:
-        if write.epoch is not None and (write.group is None or stored.get(write.group.group_id) != write.epoch):
-            write.fenced = True
-        else:
-            kept.append(write)
-    return kept
+        if write.events:
+            counts[write.experiment_id] = counts.get(write.experiment_id, 0) + len(write.events)
+    return counts
+
+
+def _fence_and_number(cursor: Any, sql: _BatchStatements, writes: Sequence[Write]) -> tuple[list[Write], dict[int, int]]:
+    """The writes whose epoch is still their group's (the others marked fenced), and each
+    experiment's first ``seq`` for them.
+
+    The checked groups' rows are locked and their epochs read first, by a statement prepared
+    like the rest of the batch's; then the experiments' ``seq`` counters are raised, in
+    experiment order (a fixed lock order).
+    """
+    kept: list[Write] = list(writes)
+    checked = sorted({w.group.group_id for w in writes if w.epoch is not None and w.group is not None})
+    if checked:
+        fence, row = sql.fence(checked)
+        stored = dict(fence.rows(cursor, row))
+        kept = []
+        for write in writes:
+            if write.epoch is not None and (write.group is None or stored.get(write.group.group_id) != write.epoch):
+                write.fenced = True
+            else:
+                kept.append(write)
+    next_seq: dict[int, int] = {}
+    for experiment_id, count in sorted(_event_counts(kept).items()):
+        last = sql.next_seq.one(cursor, (experiment_id, count))
+        next_seq[experiment_id] = int(last) - count + 1
+    return kept, next_seq
 
 
 def group_epoch(engine: Engine, group_id: int) -> int:

@@ -84,3 +84,42 @@ def test_an_epoch_is_only_ever_raised(engine: Engine) -> None:
     assert not claim_group(engine, g1, 3)
     with engine.connect() as conn:
         assert conn.execute(select(groups_table.c.epoch).where(groups_table.c.id == g1)).scalar_one() == 5
+
+
+def test_the_fence_checks_any_number_of_groups_in_one_batch(engine: Engine) -> None:
+    """Batches of one to five fenced groups (the fence's statement is prepared per power of two,
+    its list padded): each write is checked against its own group's epoch, whatever its place."""
+    experiment_id, gids, pids = two_groups(engine)
+    more_id, more_gids, more_pids = two_groups(engine)
+    places = [(experiment_id, gids[0], pids[0]), (experiment_id, gids[1], pids[2]),
+              (more_id, more_gids[0], more_pids[0]), (more_id, more_gids[1], more_pids[2])]
+    for _, g, _ in places:
+        assert claim_group(engine, g, 7)
+    stored = {experiment_id: 0, more_id: 0}
+    for count in range(1, 6):
+        batch = []
+        for i in range(count):
+            eid, g, p = places[i % len(places)]
+            batch.append(decision(eid, g, p, float(count * 10 + i), 7 if (count + i) % 3 else 6))
+        with engine.connect() as conn:
+            commit_writes(conn, batch)
+        for i, write in enumerate(batch):
+            assert write.fenced == ((count + i) % 3 == 0)
+            if not write.fenced:
+                stored[write.experiment_id] += 1
+                assert write.seqs == [stored[write.experiment_id]]
+    for eid in stored:
+        assert [s for s, _ in stored_values(engine, eid)] == list(range(1, stored[eid] + 1))
+
+
+def test_a_batch_of_fenced_writes_alone_stores_nothing(engine: Engine) -> None:
+    experiment_id, (g1, _g2), (p1, *_) = two_groups(engine)
+    assert claim_group(engine, g1, 2)
+    stale = decision(experiment_id, g1, p1, 0.5, 1)
+    with engine.connect() as conn:
+        commit_writes(conn, [stale])
+    assert stale.fenced and stale.seqs == []
+    assert stored_values(engine, experiment_id) == []
+    with engine.connect() as conn:
+        assert conn.execute(select(experiments_table.c.last_seq)
+                            .where(experiments_table.c.id == experiment_id)).scalar_one() == 0

@@ -32,18 +32,21 @@ STALL = 1.0
 #: this process (SIGSTOP) right after the fence has locked the group's row
 STOPPED_IN_A_BATCH = textwrap.dedent("""
     import os, signal, sys
-    from sqlalchemy import event
-    from server.storage import commit_writes, make_engine, writer_connection
+    from server.storage import batch, commit_writes, make_engine, writer_connection
     from tests.server.test_fencing import decision
 
     url, experiment_id, group_id, participant_id, stall = sys.argv[1:6]
     engine = make_engine(url)
+    rows = batch._Prepared.rows
 
-    @event.listens_for(engine, "after_cursor_execute")
-    def stop_after_the_fence(conn, cursor, statement, parameters, context, executemany):
-        if "FOR UPDATE" in statement:
+    def stop_after_the_fence(self, cursor, row):  # the fence runs on the driver's cursor
+        found = rows(self, cursor, row)
+        if "FOR UPDATE" in self.sql:
             print("locked", flush=True)
             os.kill(os.getpid(), signal.SIGSTOP)
+        return found
+
+    batch._Prepared.rows = stop_after_the_fence
 
     conn = writer_connection(engine, float(stall) if stall != "none" else None)
     try:
