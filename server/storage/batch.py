@@ -6,8 +6,10 @@ that a period's start or end changes are updated in the same transaction."""
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -133,6 +135,15 @@ class _StoredTimes:
         return stored
 
 
+@dataclass(frozen=True, slots=True)
+class _SeqStatements:
+    """The statements whose rows carry a ``seq``: events, groups' states, results."""
+
+    events: _Prepared
+    group: _Prepared
+    results: _Prepared
+
+
 class _BatchStatements:
     """The statements of :func:`commit_writes`, compiled once per engine, and their value converters."""
 
@@ -156,8 +167,6 @@ class _BatchStatements:
         )
         self._prepare = prepare
         self._fences: dict[int, _Prepared] = {}
-        self.events = inserting(events, _EVENT_COLUMNS)
-        self.results = inserting(results, _RESULT_COLUMNS)
         self.ticks = inserting(ticks, _TICK_COLUMNS)
         self.opened = inserting(connections, _CONNECTION_COLUMNS)
         self.closed = prepare(
@@ -166,16 +175,38 @@ class _BatchStatements:
             .values(disconnected_at=bindparam("disconnected_at"), close_code=bindparam("close_code")),
             ("cid", "disconnected_at", "close_code"),
         )
-        self.group = prepare(
-            update(groups)
-            .where(groups.c.id == bindparam("gid"))
-            .values({
-                **{c: bindparam(c) for c in _GROUP_COLUMNS},
-                "last_seq": func.coalesce(bindparam("last_seq", type_=BigInteger), groups.c.last_seq),
-            }),
-            (*_GROUP_COLUMNS, "last_seq", "gid"),
-        )
 
+        def seq_statements(seq: Callable[[Any, str], Any]) -> _SeqStatements:
+            """The statements that store a ``seq``, with the ``seq`` column's value ``seq(experiment id, bind name)``."""
+            def inserting_with_seq(table: Any, columns: Sequence[str]) -> _Prepared:
+                values: dict[str, Any] = {c: bindparam(c) for c in columns}
+                values["seq"] = seq(bindparam("experiment_id"), "seq")
+                return prepare(insert(table).inline().values(values), columns)
+
+            return _SeqStatements(
+                inserting_with_seq(events, _EVENT_COLUMNS),
+                prepare(
+                    update(groups)
+                    .where(groups.c.id == bindparam("gid"))
+                    .values({
+                        **{c: bindparam(c) for c in _GROUP_COLUMNS},
+                        "last_seq": func.coalesce(seq(groups.c.experiment_id, "last_seq"), groups.c.last_seq),
+                    }),
+                    (*_GROUP_COLUMNS, "last_seq", "gid"),
+                ),
+                inserting_with_seq(results, _RESULT_COLUMNS),
+            )
+
+        #: the rows carry each ``seq`` itself
+        self.numbered = seq_statements(lambda _experiment, name: bindparam(name, type_=BigInteger))
+        #: PostgreSQL (psycopg): the rows carry how far below the experiment's raised counter
+        #: each ``seq`` is, for :func:`_commit_pipelined`
+        self.pipelined: _SeqStatements | None = None
+        if dialect.name == "postgresql" and dialect.driver == "psycopg":
+            self.pipelined = seq_statements(
+                lambda experiment, name: select(experiments.c.last_seq).where(experiments.c.id == experiment)
+                .scalar_subquery() - bindparam(name, type_=BigInteger)
+            )
 
     def fence(self, group_ids: Sequence[int]) -> tuple[_Prepared, tuple[int, ...]]:
         """The statement that locks these groups' rows and reads their epochs, and its row.
@@ -224,53 +255,126 @@ def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:
     A write computed under a fencing epoch (:attr:`Write.epoch`) is stored only while that is
     still its group's epoch, checked with the group's row locked in this transaction: else it is
     marked :attr:`Write.fenced` and left out, and the rest of the batch is stored.
+
+    On PostgreSQL a batch that starts or ends no period and sets no status (nearly all of them)
+    is sent as one pipeline (:func:`_commit_pipelined`).
     """
     sql = _statements(conn.engine)
+    if sql.pipelined is not None and not any(w.statuses or _changes_a_period(w) for w in writes):
+        _commit_pipelined(conn, sql, sql.pipelined, writes)
+        return
     with conn.begin():
         cursor = conn.connection.cursor()
         try:
-            writes, next_seq = _fence_and_number(cursor, sql, writes)
-            rows: list[tuple[Any, ...]] = []
-            starting: dict[int, float] = {}
-            started: list[tuple[int, float | None]] = []
-            ended: list[tuple[int, int, float | None]] = []
-            time, as_json = sql.time, sql.json
+            writes = _fence(cursor, sql, writes)
+            next_seq: dict[int, int] = {}
+            for experiment_id, count in sorted(_event_counts(writes).items()):  # sorted: a fixed lock order
+                last = sql.next_seq.one(cursor, (experiment_id, count))
+                next_seq[experiment_id] = int(last) - count + 1
             for write in writes:
                 seq = next_seq.get(write.experiment_id, 0)
                 write.seqs = list(range(seq, seq + len(write.events)))
                 next_seq[write.experiment_id] = seq + len(write.events)
-                for ev, s in zip(write.events, write.seqs, strict=True):
-                    rows.append((
-                        write.experiment_id,
-                        s,
-                        time(ev.timestamp),
-                        ev.group_id,
-                        ev.participant_id,
-                        ev.channel,
-                        as_json(ev.value),
-                        ev.client_id,
-                        ev.bot,
-                    ))
-                    if ev.channel == "state" and ev.group_id is not None:
-                        g = write.group
-                        if ev.value == "period_start":
-                            starting.setdefault(write.experiment_id, ev.timestamp)
-                            started.append((ev.group_id, g.started_at if g else ev.timestamp))
-                        elif ev.value == "period_end":
-                            ended.append((write.experiment_id, ev.group_id, g.ended_at if g else ev.timestamp))
-            sql.events.run(cursor, rows)
-            _store_group_states(cursor, sql, writes)
-            _store_connections(cursor, sql, [w.connection for w in writes if w.connection is not None])
-            _store_results(cursor, sql, writes)
+            _store(cursor, sql, sql.numbered, writes, [w.seqs for w in writes])
         finally:
             cursor.close()
+        starting: dict[int, float] = {}
+        for write in writes:
+            for ev in write.events:
+                if ev.channel != "state" or ev.group_id is None:
+                    continue
+                g = write.group
+                if ev.value == "period_start":
+                    starting.setdefault(write.experiment_id, ev.timestamp)
+                    period_started(conn, ev.group_id, g.started_at if g else ev.timestamp)
+                elif ev.value == "period_end":
+                    period_ended(conn, write.experiment_id, ev.group_id, g.ended_at if g else ev.timestamp)
         for experiment_id, at in starting.items():
             experiment_running(conn, experiment_id, at)
-        for group_id, started_at in started:
-            period_started(conn, group_id, started_at)
-        for experiment_id, group_id, ended_at in ended:
-            period_ended(conn, experiment_id, group_id, ended_at)
         set_statuses(conn, [s for w in writes for s in w.statuses])
+
+
+def _changes_a_period(write: Write) -> bool:
+    return any(ev.channel == "state" and ev.value in ("period_start", "period_end") for ev in write.events)
+
+
+def _commit_pipelined(conn: Connection, sql: _BatchStatements, relative: _SeqStatements, writes: Sequence[Write]) -> None:
+    """:func:`commit_writes` on PostgreSQL, the experiments' rows locked for one round trip only.
+
+    Every writer of an experiment (one per worker in a cluster) raises the experiment's
+    ``last_seq``, and holds that row lock until its commit: the others' batches wait meanwhile.
+    Sent statement by statement, the lock would also be held while this process's thread gets
+    the answer of each and sends the next, which on a busy machine is the thread's wait for a
+    core, several times a batch. So the fence (the batch's own groups' rows: not what the other
+    writers wait for) is a round trip of its own, and the rest — the counters raised, the rows
+    with their ``seq`` computed by PostgreSQL from the raised counter
+    (``last_seq - back``), the commit — goes in one pipeline; each ``seq`` is set from its
+    counter's answer once committed.
+    """
+    raw: Any = conn.connection.dbapi_connection
+    cursor = raw.cursor()
+    answers = []
+    try:
+        kept = _fence(cursor, sql, writes)
+        counts = sorted(_event_counts(kept).items())
+        left = dict(counts)
+        backs: list[list[int]] = []
+        for write in kept:
+            n = left.get(write.experiment_id, 0)
+            backs.append(list(range(n - 1, n - 1 - len(write.events), -1)))
+            left[write.experiment_id] = n - len(write.events)
+        with raw.pipeline():
+            for experiment_id, count in counts:  # sorted: a fixed lock order
+                answers.append(raw.cursor())
+                sql.next_seq.run(answers[-1], [(experiment_id, count)])
+            _store(cursor, sql, relative, kept, backs)
+            raw.commit()
+        lasts = {experiment_id: int(answer.fetchall()[0][0]) for (experiment_id, _), answer in zip(counts, answers, strict=True)}
+    except BaseException:
+        with contextlib.suppress(Exception):
+            raw.rollback()
+        raise
+    finally:
+        for c in (cursor, *answers):
+            c.close()
+    for write, back in zip(kept, backs, strict=True):
+        last = lasts.get(write.experiment_id, 0)
+        write.seqs = [last - b for b in back]
+
+
+def _store(cursor: Any, sql: _BatchStatements, by: _SeqStatements, writes: Sequence[Write], seqs: Sequence[list[int]]) -> None:
+    """The rows of ``writes``: events, groups' states, connections, results, ticks.
+
+    ``seqs``: each write's events' ``seq``, or what ``by``'s statements take for it.
+    """
+    time, as_json = sql.time, sql.json
+    by.events.run(cursor, [
+        (
+            write.experiment_id,
+            s,
+            time(ev.timestamp),
+            ev.group_id,
+            ev.participant_id,
+            ev.channel,
+            as_json(ev.value),
+            ev.client_id,
+            ev.bot,
+        )
+        for write, numbers in zip(writes, seqs, strict=True)
+        for ev, s in zip(write.events, numbers, strict=True)
+    ])
+    _store_group_states(cursor, sql, by, writes, seqs)
+    _store_connections(cursor, sql, [w.connection for w in writes if w.connection is not None])
+    by.results.run(cursor, [
+        (r.session_id, w.experiment_id, numbers[r.event], r.subperiod, as_json(r.decision), r.score)
+        for w, numbers in zip(writes, seqs, strict=True)
+        for r in w.results
+    ])
+    sql.ticks.run(cursor, [
+        (t.group_id, t.kind, t.index, time(t.scheduled_at), time(t.actual_at), t.late, as_json(t.snapshot))
+        for w in writes
+        for t in w.ticks
+    ])
 
 
 def _event_counts(writes: Iterable[Write]) -> dict[int, int]:
@@ -281,30 +385,21 @@ def _event_counts(writes: Iterable[Write]) -> dict[int, int]:
     return counts
 
 
-def _fence_and_number(cursor: Any, sql: _BatchStatements, writes: Sequence[Write]) -> tuple[list[Write], dict[int, int]]:
-    """The writes whose epoch is still their group's (the others marked fenced), and each
-    experiment's first ``seq`` for them.
-
-    The checked groups' rows are locked and their epochs read first, by a statement prepared
-    like the rest of the batch's; then the experiments' ``seq`` counters are raised, in
-    experiment order (a fixed lock order).
-    """
-    kept: list[Write] = list(writes)
+def _fence(cursor: Any, sql: _BatchStatements, writes: Sequence[Write]) -> list[Write]:
+    """The writes whose epoch is still their group's; the others marked fenced (rows locked first,
+    by a statement prepared like the rest of the batch's)."""
     checked = sorted({w.group.group_id for w in writes if w.epoch is not None and w.group is not None})
-    if checked:
-        fence, row = sql.fence(checked)
-        stored = dict(fence.rows(cursor, row))
-        kept = []
-        for write in writes:
-            if write.epoch is not None and (write.group is None or stored.get(write.group.group_id) != write.epoch):
-                write.fenced = True
-            else:
-                kept.append(write)
-    next_seq: dict[int, int] = {}
-    for experiment_id, count in sorted(_event_counts(kept).items()):
-        last = sql.next_seq.one(cursor, (experiment_id, count))
-        next_seq[experiment_id] = int(last) - count + 1
-    return kept, next_seq
+    if not checked:
+        return list(writes)
+    fence, row = sql.fence(checked)
+    stored = dict(fence.rows(cursor, row))
+    kept = []
+    for write in writes:
+        if write.epoch is not None and (write.group is None or stored.get(write.group.group_id) != write.epoch):
+            write.fenced = True
+        else:
+            kept.append(write)
+    return kept
 
 
 def group_epoch(engine: Engine, group_id: int) -> int:
@@ -327,31 +422,20 @@ def claim_group(engine: Engine, group_id: int, epoch: int) -> bool:
         return bool(claimed.rowcount == 1)
 
 
-def _store_results(cursor: Any, sql: _BatchStatements, writes: Sequence[Write]) -> None:
-    sql.results.run(cursor, [
-        (r.session_id, w.experiment_id, w.seqs[r.event], r.subperiod, sql.json(r.decision), r.score)
-        for w in writes
-        for r in w.results
-    ])
-    sql.ticks.run(cursor, [
-        (t.group_id, t.kind, t.index, sql.time(t.scheduled_at), sql.time(t.actual_at), t.late, sql.json(t.snapshot))
-        for w in writes
-        for t in w.ticks
-    ])
-
-
-def _store_group_states(cursor: Any, sql: _BatchStatements, writes: Iterable[Write]) -> None:
+def _store_group_states(
+    cursor: Any, sql: _BatchStatements, by: _SeqStatements, writes: Sequence[Write], seqs: Sequence[list[int]]
+) -> None:
     """Each group's state after its last write of the batch (one row per group)."""
     latest: dict[int, tuple[GroupUpdate, int | None]] = {}
-    for write in writes:
+    for write, numbers in zip(writes, seqs, strict=True):
         if write.group is not None:
-            last = write.seqs[-1] if write.seqs else None
+            last = numbers[-1] if numbers else None
             previous = latest.get(write.group.group_id)
             if last is None and previous is not None:
                 last = previous[1]
             latest[write.group.group_id] = (write.group, last)
     time, as_json = sql.time, sql.json
-    sql.group.run(cursor, [
+    by.group.run(cursor, [
         (
             g.phase,
             time(g.started_at),
