@@ -10,14 +10,11 @@ import contextlib
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
-    Boolean,
-    DateTime,
     Engine,
     and_,
     bindparam,
@@ -29,133 +26,33 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from .periods import experiment_running, period_ended, period_started
+from .prepared import Prepared, StoredTimes
 from .statuses import set_statuses
 from .tables import connections, events, experiments, groups, results, ticks
 from .writes import ConnectionChange, GroupUpdate, Write
-
-
-class _Prepared:
-    """A statement compiled once for a dialect and run on the DBAPI cursor, many rows at a time.
-
-    The writer's hot path: SQLAlchemy's per-execution work (the cache key, a dict per row, a
-    bind processor called on every value) cost most of a batch. Here a row is a tuple in
-    ``columns`` order, and its times and JSON values are already what the driver takes (the
-    caller passes them through :attr:`_BatchStatements.time` and :attr:`_BatchStatements.json`,
-    SQLAlchemy's own processing, so what is stored is the same; a bool goes as it is, every
-    driver takes one). Any other column type with a bind processor is processed here.
-    """
-
-    __slots__ = ("columns", "named", "order", "processed", "sql")
-
-    def __init__(self, statement: Any, dialect: Any, columns: Sequence[str]) -> None:
-        compiled = statement.compile(dialect=dialect)
-        self.sql: str = compiled.string
-        self.columns = tuple(columns)
-        names = compiled.positiontup
-        if sorted(names if names is not None else compiled.binds) != sorted(self.columns):
-            raise ValueError(f"expected the parameters {sorted(self.columns)}, the statement has others: {self.sql}")
-        #: rows go by name (the driver's paramstyle), else as tuples in the statement's order
-        self.named = names is None
-        #: each positional parameter's place in a row; ``None``: the row's own order
-        self.order = None if self.named or tuple(names) == self.columns else tuple(self.columns.index(n) for n in names)
-        self.processed = [
-            (self.columns.index(name), process)
-            for name, bind in compiled.binds.items()
-            if not isinstance(bind.type, DateTime | JSON | Boolean)  # a bool is what every driver takes
-            and (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
-        ]
-
-    def _driver_rows(self, rows: list[tuple[Any, ...]]) -> list[Any]:
-        if self.processed:
-            rows = [self._process(row) for row in rows]
-        if self.named:
-            return [dict(zip(self.columns, row, strict=True)) for row in rows]
-        if self.order is not None:
-            order = self.order
-            return [tuple([row[i] for i in order]) for row in rows]
-        return rows
-
-    def _process(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
-        values = list(row)
-        for i, process in self.processed:
-            values[i] = process(values[i])
-        return tuple(values)
-
-    def run(self, cursor: Any, rows: list[tuple[Any, ...]]) -> None:
-        if not rows:
-            return
-        driver_rows = self._driver_rows(rows)
-        if len(driver_rows) == 1:
-            cursor.execute(self.sql, driver_rows[0])
-        else:
-            cursor.executemany(self.sql, driver_rows)
-
-    def rows(self, cursor: Any, row: tuple[Any, ...]) -> list[Any]:
-        """Run once and return every row it returns."""
-        cursor.execute(self.sql, self._driver_rows([row])[0])
-        return list(cursor.fetchall())
-
-    def one(self, cursor: Any, row: tuple[Any, ...]) -> Any:
-        """Run once and return the first column of the one row it returns.
-
-        Every row is read (``fetchall``, not ``fetchone``): on SQLite a statement not run to
-        its end stays active until the next batch and holds the write-ahead log back from
-        starting over (see :meth:`Database.checkpoint`).
-        """
-        cursor.execute(self.sql, self._driver_rows([row])[0])
-        return cursor.fetchall()[0][0]
-
-
-class _StoredTimes:
-    """Epoch seconds to what the driver takes for a time column, remembered.
-
-    A batch repeats a few times many times over (every event of a write has the write's time,
-    every state update the period's start and end), and turning each into a ``datetime`` and
-    then, on SQLite, into text was the largest part of the writer's Python work.
-    """
-
-    __slots__ = ("_known", "_process")
-
-    LIMIT = 4096
-
-    def __init__(self, dialect: Any) -> None:
-        self._process = DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
-        self._known: dict[float, Any] = {}
-
-    def __call__(self, epoch: float | None) -> Any:
-        if epoch is None:
-            return None
-        stored = self._known.get(epoch)
-        if stored is None:
-            value = datetime.fromtimestamp(epoch, UTC)
-            stored = value if self._process is None else self._process(value)
-            if len(self._known) >= self.LIMIT:
-                self._known.clear()
-            self._known[epoch] = stored
-        return stored
 
 
 @dataclass(frozen=True, slots=True)
 class _SeqStatements:
     """The statements whose rows carry a ``seq``: events, groups' states, results."""
 
-    events: _Prepared
-    group: _Prepared
-    results: _Prepared
+    events: Prepared
+    group: Prepared
+    results: Prepared
 
 
 class _BatchStatements:
     """The statements of :func:`commit_writes`, compiled once per engine, and their value converters."""
 
     def __init__(self, dialect: Any) -> None:
-        def prepare(statement: Any, columns: Sequence[str]) -> _Prepared:
-            return _Prepared(statement, dialect, columns)
+        def prepare(statement: Any, columns: Sequence[str]) -> Prepared:
+            return Prepared(statement, dialect, columns)
 
-        def inserting(table: Any, columns: Sequence[str]) -> _Prepared:
+        def inserting(table: Any, columns: Sequence[str]) -> Prepared:
             return prepare(insert(table).inline().values({c: bindparam(c) for c in columns}), columns)
 
         #: a time (epoch seconds) as the driver takes it
-        self.time = _StoredTimes(dialect)
+        self.time = StoredTimes(dialect)
         #: a JSON value as the driver takes it (SQLAlchemy's processor, with the engine's serializer)
         self.json: Callable[[Any], Any] = JSON().dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
         self.next_seq = prepare(
@@ -166,7 +63,7 @@ class _BatchStatements:
             ("eid", "count"),
         )
         self._prepare = prepare
-        self._fences: dict[int, _Prepared] = {}
+        self._fences: dict[int, Prepared] = {}
         self.ticks = inserting(ticks, _TICK_COLUMNS)
         self.opened = inserting(connections, _CONNECTION_COLUMNS)
         self.closed = prepare(
@@ -178,7 +75,7 @@ class _BatchStatements:
 
         def seq_statements(seq: Callable[[Any, str], Any]) -> _SeqStatements:
             """The statements that store a ``seq``, with the ``seq`` column's value ``seq(experiment id, bind name)``."""
-            def inserting_with_seq(table: Any, columns: Sequence[str]) -> _Prepared:
+            def inserting_with_seq(table: Any, columns: Sequence[str]) -> Prepared:
                 values: dict[str, Any] = {c: bindparam(c) for c in columns}
                 values["seq"] = seq(bindparam("experiment_id"), "seq")
                 return prepare(insert(table).inline().values(values), columns)
@@ -208,7 +105,7 @@ class _BatchStatements:
                 .scalar_subquery() - bindparam(name, type_=BigInteger)
             )
 
-    def fence(self, group_ids: Sequence[int]) -> tuple[_Prepared, tuple[int, ...]]:
+    def fence(self, group_ids: Sequence[int]) -> tuple[Prepared, tuple[int, ...]]:
         """The statement that locks these groups' rows and reads their epochs, and its row.
 
         One statement per power of two of groups, the list padded with its last id (an ``IN``
@@ -278,20 +175,33 @@ def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:
             _store(cursor, sql, sql.numbered, writes, [w.seqs for w in writes])
         finally:
             cursor.close()
-        starting: dict[int, float] = {}
-        for write in writes:
-            for ev in write.events:
-                if ev.channel != "state" or ev.group_id is None:
-                    continue
-                g = write.group
-                if ev.value == "period_start":
-                    starting.setdefault(write.experiment_id, ev.timestamp)
-                    period_started(conn, ev.group_id, g.started_at if g else ev.timestamp)
-                elif ev.value == "period_end":
-                    period_ended(conn, write.experiment_id, ev.group_id, g.ended_at if g else ev.timestamp)
-        for experiment_id, at in starting.items():
-            experiment_running(conn, experiment_id, at)
+        _store_periods(conn, writes)
         set_statuses(conn, [s for w in writes for s in w.statuses])
+
+
+def _store_periods(conn: Connection, writes: Sequence[Write]) -> None:
+    """What the batch's period starts and ends change: experiments running, then sessions and
+    blocks started, then sessions, blocks and experiments finished (an experiment is done only
+    after it ran)."""
+    starting: dict[int, float] = {}
+    started: list[tuple[int, float | None]] = []
+    ended: list[tuple[int, int, float | None]] = []
+    for write in writes:
+        for ev in write.events:
+            if ev.channel != "state" or ev.group_id is None:
+                continue
+            g = write.group
+            if ev.value == "period_start":
+                starting.setdefault(write.experiment_id, ev.timestamp)
+                started.append((ev.group_id, g.started_at if g else ev.timestamp))
+            elif ev.value == "period_end":
+                ended.append((write.experiment_id, ev.group_id, g.ended_at if g else ev.timestamp))
+    for experiment_id, at in starting.items():
+        experiment_running(conn, experiment_id, at)
+    for group_id, started_at in started:
+        period_started(conn, group_id, started_at)
+    for experiment_id, group_id, ended_at in ended:
+        period_ended(conn, experiment_id, group_id, ended_at)
 
 
 def _changes_a_period(write: Write) -> bool:

@@ -32,12 +32,12 @@ STALL = 1.0
 #: this process (SIGSTOP) right after the fence has locked the group's row
 STOPPED_IN_A_BATCH = textwrap.dedent("""
     import os, signal, sys
-    from server.storage import batch, commit_writes, make_engine, writer_connection
+    from server.storage import commit_writes, make_engine, prepared, writer_connection
     from tests.server.test_fencing import decision
 
     url, experiment_id, group_id, participant_id, stall = sys.argv[1:6]
     engine = make_engine(url)
-    rows = batch._Prepared.rows
+    rows = prepared.Prepared.rows
 
     def stop_after_the_fence(self, cursor, row):  # the fence runs on the driver's cursor
         found = rows(self, cursor, row)
@@ -46,7 +46,7 @@ STOPPED_IN_A_BATCH = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGSTOP)
         return found
 
-    batch._Prepared.rows = stop_after_the_fence
+    prepared.Prepared.rows = stop_after_the_fence
 
     conn = writer_connection(engine, float(stall) if stall != "none" else None)
     try:

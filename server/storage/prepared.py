@@ -1,0 +1,112 @@
+"""Statements compiled once for a dialect and run on the driver's cursor, and the times they take.
+
+The writer's hot path (:mod:`.batch`): SQLAlchemy's per-execution work cost most of a batch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime
+
+
+class Prepared:
+    """A statement compiled once for a dialect and run on the DBAPI cursor, many rows at a time.
+
+    The writer's hot path: SQLAlchemy's per-execution work (the cache key, a dict per row, a
+    bind processor called on every value) cost most of a batch. Here a row is a tuple in
+    ``columns`` order, and its times and JSON values are already what the driver takes (the
+    caller passes them through :attr:`.batch._BatchStatements.time` and ``.json``,
+    SQLAlchemy's own processing, so what is stored is the same; a bool goes as it is, every
+    driver takes one). Any other column type with a bind processor is processed here.
+    """
+
+    __slots__ = ("columns", "named", "order", "processed", "sql")
+
+    def __init__(self, statement: Any, dialect: Any, columns: Sequence[str]) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql: str = compiled.string
+        self.columns = tuple(columns)
+        names = compiled.positiontup
+        if sorted(names if names is not None else compiled.binds) != sorted(self.columns):
+            raise ValueError(f"expected the parameters {sorted(self.columns)}, the statement has others: {self.sql}")
+        #: rows go by name (the driver's paramstyle), else as tuples in the statement's order
+        self.named = names is None
+        #: each positional parameter's place in a row; ``None``: the row's own order
+        self.order = None if self.named or tuple(names) == self.columns else tuple(self.columns.index(n) for n in names)
+        self.processed = [
+            (self.columns.index(name), process)
+            for name, bind in compiled.binds.items()
+            if not isinstance(bind.type, DateTime | JSON | Boolean)  # a bool is what every driver takes
+            and (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        ]
+
+    def _driver_rows(self, rows: list[tuple[Any, ...]]) -> list[Any]:
+        if self.processed:
+            rows = [self._process(row) for row in rows]
+        if self.named:
+            return [dict(zip(self.columns, row, strict=True)) for row in rows]
+        if self.order is not None:
+            order = self.order
+            return [tuple([row[i] for i in order]) for row in rows]
+        return rows
+
+    def _process(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        values = list(row)
+        for i, process in self.processed:
+            values[i] = process(values[i])
+        return tuple(values)
+
+    def run(self, cursor: Any, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        driver_rows = self._driver_rows(rows)
+        if len(driver_rows) == 1:
+            cursor.execute(self.sql, driver_rows[0])
+        else:
+            cursor.executemany(self.sql, driver_rows)
+
+    def rows(self, cursor: Any, row: tuple[Any, ...]) -> list[Any]:
+        """Run once and return every row it returns."""
+        cursor.execute(self.sql, self._driver_rows([row])[0])
+        return list(cursor.fetchall())
+
+    def one(self, cursor: Any, row: tuple[Any, ...]) -> Any:
+        """Run once and return the first column of the one row it returns.
+
+        Every row is read (``fetchall``, not ``fetchone``): on SQLite a statement not run to
+        its end stays active until the next batch and holds the write-ahead log back from
+        starting over (see :meth:`Database.checkpoint`).
+        """
+        cursor.execute(self.sql, self._driver_rows([row])[0])
+        return cursor.fetchall()[0][0]
+
+
+class StoredTimes:
+    """Epoch seconds to what the driver takes for a time column, remembered.
+
+    A batch repeats a few times many times over (every event of a write has the write's time,
+    every state update the period's start and end), and turning each into a ``datetime`` and
+    then, on SQLite, into text was the largest part of the writer's Python work.
+    """
+
+    __slots__ = ("_known", "_process")
+
+    LIMIT = 4096
+
+    def __init__(self, dialect: Any) -> None:
+        self._process = DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
+        self._known: dict[float, Any] = {}
+
+    def __call__(self, epoch: float | None) -> Any:
+        if epoch is None:
+            return None
+        stored = self._known.get(epoch)
+        if stored is None:
+            value = datetime.fromtimestamp(epoch, UTC)
+            stored = value if self._process is None else self._process(value)
+            if len(self._known) >= self.LIMIT:
+                self._known.clear()
+            self._known[epoch] = stored
+        return stored
