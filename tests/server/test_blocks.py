@@ -157,7 +157,10 @@ async def test_the_rate_limit_coalesces_broadcasts_and_ends_with_the_latest(serv
     flushed = await col.expect("group_decisions")
     assert flushed["payload"][exp["participants"][0]["code"]] == 0.9
     assert flushed["ts"] - first["ts"] >= 500 - 1, "sooner than the rate limit"
-    assert flushed["ts"] - start["ts"] <= 500 + 50, "the waiting broadcast came late"
+    # at the rate limit's boundary, not a window later (1,000 ms); how close a timer lands is
+    # tests/server/test_timing.py's (here the loop is shared with the test's clients, and another
+    # test runs beside: 584 ms was seen once in CI)
+    assert flushed["ts"] - start["ts"] <= 500 + 250, "the waiting broadcast came late"
     assert await col.silent(0.7)  # nothing more to say until somebody decides
     stored = [e for e in await server.events(exp["code"]) if e["channel"] == "decisions"]
     assert [e["value"] for e in stored] == [0.1, 0.2, 0.3, 0.4, 0.9]
