@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -15,7 +16,7 @@ from .deliveries import Deliveries
 from .hub import Hub, MemoryHub
 from .routing import LiveGroups
 from .settings import Settings
-from .storage import Database, EventWriter, first_token, prepare_schema
+from .storage import Database, EventWriter, close_connections_left_open, first_token, prepare_schema
 
 log = logging.getLogger("synclab")
 
@@ -60,6 +61,10 @@ class Runtime:
         except Exception:
             database.close()
             raise
+        if not settings.clustered:  # see server.storage.leftover: a cluster's worker cannot tell
+            left_open = await database.write(close_connections_left_open, time.time())
+            if left_open:
+                log.warning("synclab: closed %d connections the last run left open (code 1006)", left_open)
         if generated is not None:  # the only time it can be shown: the database keeps its hash
             log.warning("synclab: generated the experimenter token %s (the account 'admin'; shown once)", generated)
         writer = EventWriter(database, max_batch=settings.writer_max_batch, commit_delay=settings.commit_delay)

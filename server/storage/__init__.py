@@ -85,6 +85,7 @@ from .deliveries import (
     next_delivery_at,
 )
 from .engine import make_engine, normalise_url, reading
+from .leftover import close_connections_left_open
 from .log import count_events, list_events
 from .meta import get_or_create_meta, stored_meta
 from .outcomes import (
@@ -193,6 +194,7 @@ __all__ = [
     "claim_delivery",
     "claim_group",
     "client_ids",
+    "close_connections_left_open",
     "close_lobby",
     "commit_writes",
     "completion_code",

@@ -160,7 +160,7 @@ async def running_server(database_url: str, **settings: Any) -> AsyncIterator[Ha
                 with contextlib.suppress(Exception):
                     await client.close()
             server.should_exit = True
-            await task
+            await _stopped(server, task)
 
 
 async def until_state(client: Client, value: str, wait: float = 10.0) -> dict[str, Any]:
@@ -209,3 +209,37 @@ async def until_queued(database: Any, count: int, wait: float = 5.0) -> None:
             return
         await asyncio.sleep(step)
     raise AssertionError(f"expected {count} items queued for the writer, {database.writer.queued()} after {wait} s")
+
+
+#: seconds a test server has to stop (its sockets closed, its lifespan ended) before it is a failure
+STOP_SECONDS = 20.0
+
+
+async def _stopped(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+    """Until the server's task ends; a stop that hangs fails with the stack of every task still
+    running (what it waits for), and the server is forced down so the run goes on."""
+    done, _ = await asyncio.wait({task}, timeout=timeout(STOP_SECONDS))
+    if done:
+        task.result()
+        return
+    stacks = []
+    for other in asyncio.all_tasks():
+        if other is not asyncio.current_task():
+            stacks.append(f"{other.get_name()}: {' -> '.join(_awaiting(other.get_coro())) or other!r}")
+    server.force_exit = True
+    with contextlib.suppress(TimeoutError, Exception):
+        await asyncio.wait_for(task, timeout(5))
+    raise AssertionError(f"the test server did not stop in {STOP_SECONDS:g} s; tasks still running:\n" + "\n".join(stacks))
+
+
+def _awaiting(coroutine: Any) -> list[str]:
+    """Where a task's coroutine waits, outermost first, down the chain of what each awaits."""
+    chain = []
+    for _ in range(50):
+        frame = getattr(coroutine, "cr_frame", None) or getattr(coroutine, "gi_frame", None)
+        if frame is None:
+            break
+        chain.append(f"{frame.f_code.co_name} ({frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno})")
+        coroutine = getattr(coroutine, "cr_await", None) or getattr(coroutine, "gi_yieldfrom", None)
+    return chain
+

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import select
 from websockets.asyncio.client import connect
 
 from server.cli import WS_MAX_SIZE
-from server.storage import list_ticks, make_engine
+from server.storage import connections, experiments, list_ticks, make_engine, to_epoch
 from tests.server.harness import Client, timeout
 from tests.server.test_cli import free_port, started, wait_until_healthy
 
@@ -69,9 +70,16 @@ async def test_a_killed_server_resumes_its_periods_on_restart(tmp_path: Path, da
         first.process.wait(timeout(5))
         assert time.time() < t0 + 4.0, "the test machine is too slow to kill before the second tick"
 
+    killed_at = time.time()
     await asyncio.sleep(max(0.0, t0 + 4.3 - time.time()))  # the second tick passes while the server is down
     with started(tmp_path, "serve", "--port", str(port), **env):
         wait_until_healthy(base)
+        # the killed run stored no close: its connections are closed at the start, code 1006,
+        # and nobody shows as connected until they come back
+        left = await _connections(database_url, exp["code"])
+        assert len(left) == 2 and all(code == 1006 and closed >= killed_at for closed, code in left), left
+        progress = (await http.get(f"/api/experiments/{exp['code']}/participants")).json()
+        assert [p["connected"] for p in progress["results"]] == [False, False], progress
         row, col = [await participant(base, c) for c in codes]
         hello = (await until(row, "hello"))["payload"]
         assert hello["phase"] == "running"
@@ -126,3 +134,19 @@ async def test_a_killed_server_resumes_its_periods_on_restart(tmp_path: Path, da
             await client.close()
     await http.aclose()
     assert len(acked) == 4
+
+
+async def _connections(database_url: str, experiment_code: str) -> list[tuple[float, int | None]]:
+    """Each stored connection of the experiment: its close (epoch seconds, or 0.0 while open) and code."""
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(
+                select(connections.c.disconnected_at, connections.c.close_code)
+                .join(experiments, experiments.c.id == connections.c.experiment_id)
+                .where(experiments.c.code == experiment_code)
+            ).all()
+    finally:
+        engine.dispose()
+    return [(to_epoch(closed) or 0.0, code) for closed, code in found]
+
