@@ -52,7 +52,13 @@ class Client:
         if self._cursor < len(self.frames):
             self._cursor += 1
             return self.frames[self._cursor - 1]
-        raw = await asyncio.wait_for(self.ws.recv(), timeout(wait))
+        try:
+            raw = await asyncio.wait_for(self.ws.recv(), timeout(wait))
+        except TimeoutError as exc:  # say what did come, for a failure's reader
+            last = str(self.frames[-1])[:300] if self.frames else "none"
+            raise TimeoutError(
+                f"no frame within {timeout(wait):g} s; {len(self.frames)} came before it, the last: {last}"
+            ) from exc
         frame: dict[str, Any] = orjson.loads(raw)
         self.frames.append(frame)
         self._cursor += 1
