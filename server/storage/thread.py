@@ -309,11 +309,19 @@ class WriterThread:
 
         The interpreter waits for this thread before it exits, so a process whose main thread
         ended without :meth:`stop` would wait for ever: the thread stops by itself then. A
-        timed-out wait takes nothing from the queue: the loop wakes the thread when its turn
-        ends (see :meth:`_wake_soon`), so a wait that happens to time out in between must not
-        split the writes of that turn.
+        timed-out wait takes nothing from the queue while a wake-up is due: the loop wakes the
+        thread when its turn ends (see :meth:`_wake_soon`), so a wait that happens to time out
+        in between must not split the writes of that turn.
+
+        But a notify can be lost: ``threading.Condition`` lets a ``notify`` that races the
+        timeout release a waiter that has already timed out, and ``wait`` then returns False
+        as if nobody had notified. Then no wake-up is due (:meth:`_wake` clears it before it
+        notifies) while something is queued, and the thread goes back to the queue instead of
+        waiting for ever (a test server's write hung so, once in a few hundred runs).
         """
         while not self._cond.wait(WATCH_EVERY):
+            if self._items and self._waking is None:
+                return
             if not threading.main_thread().is_alive():
                 log.warning("the main thread ended without stopping the writer: storing %d queued items", len(self._items))
                 self._stopping = True
