@@ -309,15 +309,10 @@ class WriterThread:
 
         The interpreter waits for this thread before it exits, so a process whose main thread
         ended without :meth:`stop` would wait for ever: the thread stops by itself then. A
-        timed-out wait takes nothing from the queue while a wake-up is due: the loop wakes the
-        thread when its turn ends (see :meth:`_wake_soon`), so a wait that happens to time out
-        in between must not split the writes of that turn.
-
-        But a notify can be lost: ``threading.Condition`` lets a ``notify`` that races the
-        timeout release a waiter that has already timed out, and ``wait`` then returns False
-        as if nobody had notified. Then no wake-up is due (:meth:`_wake` clears it before it
-        notifies) while something is queued, and the thread goes back to the queue instead of
-        waiting for ever (a test server's write hung so, once in a few hundred runs).
+        timed-out wait leaves the queue to the wake-up due at the end of the loop's turn (see
+        :meth:`_wake_soon`), so as not to split that turn's writes; with none due, a notify was
+        lost to the timeout (``Condition`` lets a racing notify release a timed-out waiter), and
+        the thread goes back to its queue.
         """
         while not self._cond.wait(WATCH_EVERY):
             if self._items and self._waking is None:
