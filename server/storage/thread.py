@@ -309,10 +309,8 @@ class WriterThread:
 
         The interpreter waits for this thread before it exits, so a process whose main thread
         ended without :meth:`stop` would wait for ever: the thread stops by itself then. A
-        timed-out wait leaves the queue to the wake-up due at the end of the loop's turn (see
-        :meth:`_wake_soon`), so as not to split that turn's writes; with none due, a notify was
-        lost to the timeout (``Condition`` lets a racing notify release a timed-out waiter), and
-        the thread goes back to its queue.
+        timed-out wait leaves the queue to the wake-up due (:meth:`_wake_soon`); with none due,
+        a notify was lost to the timeout (``Condition`` allows it): back to the queue.
         """
         while not self._cond.wait(WATCH_EVERY):
             if self._items and self._waking is None:
