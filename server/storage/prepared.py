@@ -4,7 +4,7 @@ The writer's hot path (:mod:`.batch`): SQLAlchemy's per-execution work cost most
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +17,7 @@ class Prepared:
     The writer's hot path: SQLAlchemy's per-execution work (the cache key, a dict per row, a
     bind processor called on every value) cost most of a batch. Here a row is a tuple in
     ``columns`` order, and its times and JSON values are already what the driver takes (the
-    caller passes them through :attr:`.batch._BatchStatements.time` and ``.json``,
+    caller passes them through :attr:`.statements.BatchStatements.time` and ``.json``,
     SQLAlchemy's own processing, so what is stored is the same; a bool goes as it is, every
     driver takes one). Any other column type with a bind processor is processed here.
     """
@@ -96,7 +96,10 @@ class StoredTimes:
     LIMIT = 4096
 
     def __init__(self, dialect: Any) -> None:
-        self._process = DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
+        process = DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
+        #: a time as the driver takes it; on SQLite the text SQLAlchemy's processor makes
+        #: (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC), made at once by :func:`sqlite_time`
+        self._process: Callable[[datetime], Any] | None = sqlite_time if dialect.name == "sqlite" else process
         self._known: dict[float, Any] = {}
 
     def __call__(self, epoch: float | None) -> Any:
@@ -110,3 +113,9 @@ class StoredTimes:
                 self._known.clear()
             self._known[epoch] = stored
         return stored
+
+
+def sqlite_time(value: datetime) -> str:
+    """A UTC time as SQLAlchemy's SQLite ``DateTime`` stores it, ``YYYY-MM-DD HH:MM:SS.ffffff``
+    (its processor formats seven fields by name: five times slower)."""
+    return value.isoformat(" ", "microseconds")[:26]
