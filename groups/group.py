@@ -267,6 +267,12 @@ class DecisionGroup:
         """The flow payoff of ``participant`` when the group's decisions are ``decisions``."""
         return 0.0
 
+    def payoffs(self, decisions: Mapping[str, Any]) -> dict[str, float]:
+        """Every member's flow payoff at once, as :meth:`payoff` gives each (the default asks it
+        for each member). A game whose payoffs share a term (a sum of all decisions, say) may
+        compute it once here; the values must be exactly :meth:`payoff`'s, which ``verify`` uses."""
+        return {p: float(self.payoff(p, decisions)) for p in self.members}
+
     def bot_decision(self, participant: str, decisions: Mapping[str, Any], rng: random.Random) -> Any:
         """What a simulated participant (``synclab bots``) sends next, or ``None`` to send nothing now.
 
@@ -564,9 +570,9 @@ class DecisionGroup:
         until = self.now if until is None else until
         elapsed = until - state.flow_at
         if elapsed > 0:
-            decisions = state.decisions
-            for p in self.members:
-                state.flow[p] = state.flow.get(p, 0.0) + float(self.payoff(p, decisions)) * elapsed
+            flow = state.flow
+            for p, rate in self.payoffs(state.decisions).items():
+                flow[p] = flow.get(p, 0.0) + rate * elapsed
         state.flow_at = until
 
     def _pause(self, by: str) -> None:

@@ -62,6 +62,13 @@ class PublicGoods(DecisionGroup):
         total = sum(float(decisions[m]) for m in self.members)
         return endowment - float(decisions[participant]) + float(self.config["mpcr"]) * total
 
+    def payoffs(self, decisions: Mapping[str, Any]) -> dict[str, float]:
+        """:meth:`payoff` of every member, the contributions summed once (the same arithmetic)."""
+        endowment, mpcr = float(self.config["endowment"]), float(self.config["mpcr"])
+        values = [float(decisions[m]) for m in self.members]
+        total = sum(values)
+        return {m: endowment - v + mpcr * total for m, v in zip(self.members, values, strict=True)}
+
     def bot_decision(self, participant: str, decisions: Mapping[str, Any], rng: random.Random) -> float:
         """Conditional cooperation with noise (see the class docstring)."""
         endowment = float(self.config["endowment"])

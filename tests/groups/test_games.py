@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from groups import (
     PublicGoods,
 )
 from groups.bimatrix import PRISONERS_DILEMMA
+from groups.registry import available_games
 
 PD = {"AA": [3, 3], "AB": [0, 5], "BA": [5, 0], "BB": [1, 1]}
 # every number distinct, so a swapped cell or player cannot go unnoticed
@@ -314,3 +316,27 @@ def test_public_goods_refuses_a_single_player() -> None:
         PublicGoods(["solo"])
     assert info.value.field == "group_size"
     assert info.value.message.endswith("got 1")
+
+
+# ---------------------------------------------------------------------- every game's payoffs
+
+
+@pytest.mark.parametrize("name", sorted(available_games()))
+def test_payoffs_at_once_are_exactly_each_members_payoff(name: str) -> None:
+    """``payoffs`` (what the flow integral uses) gives, bit for bit, ``payoff`` of each member
+    (what ``verify`` recomputes scores with), whatever the decisions, for every bundled game."""
+    game = available_games()[name]
+    rng = random.Random(name)
+    for size in (2, 3, 4, 7):
+        low, high = game.group_sizes
+        if size < low or (high is not None and size > high):
+            continue
+        group = started(game([f"m{i}" for i in range(size)]))
+        for _ in range(300):
+            decisions = {}
+            for member in group.members:
+                decision = group.bot_decision(member, group.group_decisions, rng)
+                decisions[member] = group.initial_decision(member) if decision is None else group.validate_decision(member, decision)
+            expected = {m: float(group.payoff(m, decisions)) for m in group.members}
+            got = group.payoffs(decisions)
+            assert got == expected and list(got) == list(group.members)
