@@ -99,6 +99,9 @@ def _positive(value: object) -> bool:
     return is_number(value) and value > 0  # type: ignore[operator]
 
 
+_new_state = object.__new__
+
+
 @dataclass(slots=True)
 class GroupState:
     """Everything about a group that is persisted and restored (a snapshot is a copy)."""
@@ -128,35 +131,39 @@ class GroupState:
     earned: dict[str, float] = field(default_factory=dict)
 
     def copy(self) -> GroupState:
-        return GroupState(
-            phase=self.phase,
-            decisions=dict(self.decisions),
-            started_at=self.started_at,
-            ends_at=self.ends_at,
-            ended_at=self.ended_at,
-            subperiod=self.subperiod,
-            vars=copy.deepcopy(self.vars) if self.vars else {},
-            paused_at=self.paused_at,
-            paused_by=self.paused_by,
-            paused_for=self.paused_for,
-            flow=dict(self.flow),
-            flow_at=self.flow_at,
-            broadcast_at=self.broadcast_at,
-            broadcast_due=self.broadcast_due,
-            earned=dict(self.earned),
-        )
+        # field by field, not through __init__'s fifteen keywords: a copy is made at every action
+        new = _new_state(GroupState)
+        new.phase = self.phase
+        new.decisions = dict(self.decisions)
+        new.started_at = self.started_at
+        new.ends_at = self.ends_at
+        new.ended_at = self.ended_at
+        new.subperiod = self.subperiod
+        new.vars = copy.deepcopy(self.vars) if self.vars else {}
+        new.paused_at = self.paused_at
+        new.paused_by = self.paused_by
+        new.paused_for = self.paused_for
+        new.flow = dict(self.flow)
+        new.flow_at = self.flow_at
+        new.broadcast_at = self.broadcast_at
+        new.broadcast_due = self.broadcast_due
+        new.earned = dict(self.earned)
+        return new
 
-    def clock(self) -> dict[str, Any]:
-        """The timing fields beyond phase and period, as JSON (the shell stores them as one value)."""
+    def clock(self, *, copied: bool = True) -> dict[str, Any]:
+        """The timing fields beyond phase and period, as JSON (the shell stores them as one value).
+
+        ``copied=False`` puts this state's own ``flow`` and ``earned`` in it, not copies: for a
+        snapshot that nothing changes any more (the shell stores each action's snapshot so)."""
         return {
             "paused_at": self.paused_at,
             "paused_by": self.paused_by,
             "paused_for": self.paused_for,
-            "flow": dict(self.flow),
+            "flow": dict(self.flow) if copied else self.flow,
             "flow_at": self.flow_at,
             "broadcast_at": self.broadcast_at,
             "broadcast_due": self.broadcast_due,
-            "earned": dict(self.earned),
+            "earned": dict(self.earned) if copied else self.earned,
         }
 
     def set_clock(self, stored: Mapping[str, Any] | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -712,3 +713,21 @@ def test_payoff_and_hooks_have_neutral_defaults() -> None:
     assert group.receive("a", DECISIONS, {"any": "thing"}, 2.0)[0].payload == {"any": "thing"}
     decisions: Mapping[str, Any] = group.group_decisions
     assert group.payoff("a", decisions) == 0.0
+
+
+def test_a_state_copy_has_every_field_and_shares_no_mutable_value() -> None:
+    """``GroupState.copy`` sets its fields one by one (it is made at every action): each field
+    of the dataclass, a new one included, must come over, and the dicts must be copies."""
+    values = {
+        "phase": Phase.PAUSED, "decisions": {"a": 1.0}, "started_at": 1.5, "ends_at": 2.5, "ended_at": 3.5,
+        "subperiod": 2, "vars": {"nested": {"x": [1]}}, "paused_at": 4.5, "paused_by": "a", "paused_for": 0.25,
+        "flow": {"a": 0.5}, "flow_at": 5.5, "broadcast_at": 6.5, "broadcast_due": True, "earned": {"a": 0.75},
+    }
+    assert set(values) == {f.name for f in dataclasses.fields(GroupState)}, "a field the test does not set"
+    state = GroupState(**values)
+    copied = state.copy()
+    assert copied == state
+    for name in ("decisions", "vars", "flow", "earned"):
+        assert getattr(copied, name) is not getattr(state, name)
+    assert copied.vars["nested"] is not state.vars["nested"]
+    assert state.clock(copied=False)["flow"] is state.flow and state.clock()["flow"] is not state.flow
