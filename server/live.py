@@ -283,42 +283,25 @@ class LiveGroup:
         connection: ConnectionChange | None,
         bot: bool = False,
     ) -> Write:
-        stored = [
-            NewEvent(
-                ev.channel,
-                ev.payload,
-                now,
-                self.id,
-                None if ev.participant is None else self.member_ids[ev.participant],
-                client_id if ev.participant is not None else None,
-                bot and ev.participant is not None,
-            )
-            for ev in events
-        ]
-        scored = [
-            NewResult(
-                i,
-                self.session_ids[next(iter(ev.to))],
-                ev.payload["subperiod"],
-                ev.payload["decision"],
-                float(ev.payload["score"]),
-            )
-            for i, ev in enumerate(events)
-            if ev.channel == RESULT and ev.to and ev.participant is None
-        ]
-        timed = [
-            NewTick(
-                self.id,
-                ev.tick.kind,
-                ev.tick.index,
-                ev.tick.scheduled_at,
-                ev.tick.actual_at,
-                ev.tick.late,
-                ev.payload["group_decisions"] if isinstance(ev.payload, dict) else dict(snapshot.decisions),
-            )
-            for ev in events
-            if ev.tick is not None
-        ]
+        # one pass over the events (a write is made at every action): the rows, and the results
+        # and ticks among them
+        group_id, member_ids = self.id, self.member_ids
+        stored: list[NewEvent] = []
+        scored: list[NewResult] = []
+        timed: list[NewTick] = []
+        for i, ev in enumerate(events):
+            if ev.participant is None:
+                stored.append(NewEvent(ev.channel, ev.payload, now, group_id))
+                if ev.channel == RESULT and ev.to:
+                    p = ev.payload
+                    session = self.session_ids[next(iter(ev.to))]
+                    scored.append(NewResult(i, session, p["subperiod"], p["decision"], float(p["score"])))
+            else:
+                stored.append(NewEvent(ev.channel, ev.payload, now, group_id, member_ids[ev.participant], client_id, bot))
+            due = ev.tick
+            if due is not None:
+                snap = ev.payload["group_decisions"] if isinstance(ev.payload, dict) else dict(snapshot.decisions)
+                timed.append(NewTick(group_id, due.kind, due.index, due.scheduled_at, due.actual_at, due.late, snap))
         for tick in timed:
             if tick.late:
                 log.warning(
