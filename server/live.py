@@ -179,6 +179,7 @@ class LiveGroup:
         client_id: str | None = None,
         connection: ConnectionChange | None = None,
         bot: bool = False,
+        settled: Callable[[list[int] | None], None] | None = None,
     ) -> asyncio.Future[list[int]]:
         """Run ``action`` on the core, store its events, publish them once stored.
 
@@ -187,6 +188,9 @@ class LiveGroup:
         :class:`NotAuthority` once this process no longer acts for the group). With a
         ``client_id`` it resolves to the ``seq`` of that client's own event alone: the write may
         begin with ticks that fell due before it (applied first, see the core's ``carried``).
+
+        ``settled`` is called at once when a future returned pending is settled: with its
+        ``seq``s, or ``None`` when it failed (a future's own callbacks wait for a turn of the loop).
         """
         if self.retired:
             refused: asyncio.Future[list[int]] = self._running_loop().create_future()
@@ -222,10 +226,11 @@ class LiveGroup:
                     frame = encode(ev.channel, ev.payload, seq=seq, ts=now)
                     self._hub.publish(self.topic, frame, ev.to, seq=seq, prev=prev)
                     prev = seq
-            if client_id is not None:  # the client's own event: the only one the core stamps with it
-                future.set_result([stored.seqs[_own_event(events)]])
-            else:
-                future.set_result(stored.seqs)
+            # with a client id, the client's own event: the only one the core stamps with it
+            seqs = stored.seqs if client_id is None else [stored.seqs[_own_event(events)]]
+            future.set_result(seqs)
+            if settled is not None:
+                settled(seqs)
             self._to_monitors(events, stored, now, connection)
             if self._run_ended is not None and self.spec.last_block and any(
                 ev.channel == STATE and ev.payload == "period_end" for ev in events
@@ -243,6 +248,8 @@ class LiveGroup:
                 self._retry_at = self._clock() + RETRY_AFTER
                 self._reschedule()
             future.set_exception(exc)
+            if settled is not None:
+                settled(None)
 
         self._pending += 1
         self._writer.submit(write, committed, failed)
@@ -333,19 +340,21 @@ class LiveGroup:
             done: asyncio.Future[list[int]] = self._running_loop().create_future()
             done.set_result([known])
             return done
-        future = self.act(
-            lambda: self.core.receive(participant, channel, payload, self._clock()), client_id=client_id, bot=bot
-        )
+        settle = None
         if client_id is not None:
-            ids[client_id] = future
 
-            def settle(f: asyncio.Future[list[int]]) -> None:
-                if f.cancelled() or f.exception() is not None:
-                    ids.pop(client_id, None)  # not stored: a retry may try again
+            def settle(seqs: list[int] | None) -> None:
+                if seqs:
+                    ids[client_id] = seqs[0]
                 else:
-                    ids[client_id] = f.result()[0]
+                    ids.pop(client_id, None)  # not stored: a retry may try again
 
-            future.add_done_callback(settle)
+        future = self.act(
+            lambda: self.core.receive(participant, channel, payload, self._clock()),
+            client_id=client_id, bot=bot, settled=settle,
+        )
+        if client_id is not None and not future.done():  # until settle() replaces it with the seq
+            ids[client_id] = future
         return future
 
     def connect(
