@@ -45,13 +45,18 @@ async def _workload(part: str, decisions: int, batch: int, made_for: int) -> Non
     The writer's part makes the writes of ``made_for`` decisions in every run (making them is the
     loop's work, the same in both runs) and commits those of ``decisions``."""
     from server.experiments import parse_request, plan
-    from server.hub.memory import MemoryHub
+    from server.hub import MemoryHub
     from server.routing import LiveGroups
-    from server.storage import Database, Write, create_schema
-    from server.storage.batch import commit_writes
-    from server.storage.catalog import experiment_groups, insert_experiment
-    from server.storage.database import writer_connection
-    from server.storage.writer import EventWriter
+    from server.storage import (
+        Database,
+        EventWriter,
+        Write,
+        commit_writes,
+        create_schema,
+        experiment_groups,
+        insert_experiment,
+        writer_connection,
+    )
 
     directory = Path(tempfile.mkdtemp(prefix="synclab-instructions-"))
     db = Database(f"sqlite:///{directory / 'instructions.db'}")
