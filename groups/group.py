@@ -99,9 +99,6 @@ def _positive(value: object) -> bool:
     return is_number(value) and value > 0  # type: ignore[operator]
 
 
-_new_state = object.__new__
-
-
 @dataclass(slots=True)
 class GroupState:
     """Everything about a group that is persisted and restored (a snapshot is a copy)."""
@@ -132,7 +129,7 @@ class GroupState:
 
     def copy(self) -> GroupState:
         # field by field, not through __init__'s fifteen keywords: a copy is made at every action
-        new = _new_state(GroupState)
+        new = object.__new__(GroupState)
         new.phase = self.phase
         new.decisions = dict(self.decisions)
         new.started_at = self.started_at

@@ -591,7 +591,6 @@ def consume(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-
 def _own_event(events: list[Event]) -> int:
     """The index of the one event a member's own frame made (the core stamps only it with the member).
 

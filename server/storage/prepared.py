@@ -96,10 +96,12 @@ class StoredTimes:
     LIMIT = 4096
 
     def __init__(self, dialect: Any) -> None:
-        process = DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
         #: a time as the driver takes it; on SQLite the text SQLAlchemy's processor makes
         #: (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC), made at once by :func:`sqlite_time`
-        self._process: Callable[[datetime], Any] | None = sqlite_time if dialect.name == "sqlite" else process
+        self._process: Callable[[datetime], Any] | None = (
+            sqlite_time if dialect.name == "sqlite"
+            else DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
+        )
         self._known: dict[float, Any] = {}
 
     def __call__(self, epoch: float | None) -> Any:
