@@ -154,7 +154,25 @@ def differences(engine: Engine) -> list[str]:
     """
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
-        return [_difference(d) for d in compare_metadata(context, metadata)]
+        found = [_difference(d) for d in compare_metadata(context, metadata)]
+        return found + _partial_differences(conn)
+
+
+def _partial_differences(conn: Any) -> list[str]:
+    """Indexes partial in one and whole in the other: Alembic's comparison does not look at an
+    index's ``WHERE``. (Whether, not which: each database words the condition its own way.)"""
+    option = f"{conn.dialect.name}_where"
+    have = inspect(conn)
+    found = []
+    for table in metadata.sorted_tables:
+        if not have.has_table(table.name):
+            continue
+        reflected = {i["name"]: i.get("dialect_options", {}).get(option) is not None for i in have.get_indexes(table.name)}
+        for index in table.indexes:
+            partial = index.dialect_kwargs.get(option) is not None
+            if index.name in reflected and reflected[index.name] != partial:
+                found.append(f"{'partial' if partial else 'whole'} index here, not in the database: {index.name}")
+    return found
 
 
 def _difference(diff: Any) -> str:

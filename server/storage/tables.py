@@ -31,6 +31,8 @@ _BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
 #: the condition of the partial index of ``state`` events: a literal, so a query that repeats it
 #: word for word (not as a bound parameter) can use the index
 STATE_ONLY = "channel = 'state'"
+#: the events that carry a client's id (``ix_events_client_id``)
+CLIENT_SENT = "client_id IS NOT NULL"
 
 
 def _json(nullable: bool = True) -> Any:
@@ -180,7 +182,16 @@ class Event(SQLModel, table=True):
     __tablename__ = "events"
     __table_args__ = (
         UniqueConstraint("experiment_id", "seq"),
-        Index("ix_events_client_id", "participant_id", "client_id", unique=True),
+        # Only the events a client sent carry its id: the others (a broadcast, a tick, a state)
+        # are left out of the index, which saved each commit the page they shared.
+        Index(
+            "ix_events_client_id",
+            "participant_id",
+            "client_id",
+            unique=True,
+            sqlite_where=text(CLIENT_SENT),
+            postgresql_where=text(CLIENT_SENT),
+        ),
         # A group's last ``state`` event (seats.load_group) is all that is looked up
         # by group: indexing every event by group cost each commit a page per group in the batch.
         Index(

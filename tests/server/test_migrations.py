@@ -216,6 +216,21 @@ def test_the_comparison_sees_a_table_changed_without_a_migration(database_url: s
         engine.dispose()
 
 
+def test_the_comparison_sees_an_index_made_whole_that_should_be_partial(database_url: str) -> None:
+    """Alembic's comparison does not read an index's ``WHERE``: ours does, so a migration that
+    leaves the client-id index whole (as before 0006) is reported."""
+    engine = make_engine(database_url)
+    try:
+        prepare_schema(engine)
+        assert differences(engine) == []
+        with engine.begin() as conn:
+            conn.execute(text("DROP INDEX ix_events_client_id"))
+            conn.execute(text("CREATE UNIQUE INDEX ix_events_client_id ON events (participant_id, client_id)"))
+        assert differences(engine) == ["partial index here, not in the database: ix_events_client_id"]
+    finally:
+        engine.dispose()
+
+
 # --------------------------------------------------------------------------- the release's database
 
 
