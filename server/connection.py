@@ -303,6 +303,7 @@ async def serve(websocket: WebSocket, groups: LiveGroups, settings: Settings, ro
         user_agent=websocket.headers.get("user-agent"),
         address=websocket.client.host if websocket.client else None,
         route=route,
+        worker=groups.worker or None,
     )
     try:
         group.attach(code, conn, change, hello=route == SYNCLAB)
@@ -313,7 +314,8 @@ async def serve(websocket: WebSocket, groups: LiveGroups, settings: Settings, ro
         await conn.run()
     finally:
         closed = ConnectionChange(
-            conn.id, seat.participant_id, seat.experiment_id, closed=groups.clock(), close_code=conn.close_code
+            conn.id, seat.participant_id, seat.experiment_id, closed=groups.clock(), close_code=conn.close_code,
+            worker=groups.worker or None,
         )
         conn.group.detach(code, conn, closed)  # the group it is in now: it may have moved on
 

@@ -188,7 +188,7 @@ def _change(change: ConnectionChange | None) -> dict[str, Any] | None:
     return {
         "id": change.id, "participant_id": change.participant_id, "experiment_id": change.experiment_id,
         "opened": change.opened, "closed": change.closed, "user_agent": change.user_agent,
-        "address": change.address, "route": change.route, "close_code": change.close_code,
+        "address": change.address, "route": change.route, "close_code": change.close_code, "worker": change.worker,
     }
 
 

@@ -27,6 +27,7 @@ import random
 import secrets
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -35,7 +36,14 @@ from redis.exceptions import RedisError
 from ..exceptions import NotPersisted, Unavailable
 from ..hub import group_of
 from ..hub.redis import RedisHub
-from ..storage import Database, claim_group, group_epoch, live_group_ids
+from ..storage import (
+    Database,
+    claim_group,
+    close_connections_of,
+    group_epoch,
+    live_group_ids,
+    workers_with_open_connections,
+)
 from .leases import Lease, Leases
 from .requests import Requests, dumps, inbox
 
@@ -53,6 +61,11 @@ HEARTBEAT_TTL = 5
 CLUSTER_TOPIC = "cluster"
 #: groups whose worker this one remembers, at most (forgotten all at once past it)
 MAX_OWNERS_KNOWN = 100_000
+#: seconds between two looks for connections that a gone worker left open (see :meth:`Node._sweep`)
+SWEEP_EVERY = 2.0
+#: seconds a worker holding open connections must stay unheard of (its heartbeat expired) before
+#: they are closed: a blip of Redis is not a death
+GONE_AFTER = 5.0
 
 
 class Node:
@@ -61,6 +74,8 @@ class Node:
     def __init__(self, settings: Settings, database: Database, *, worker: str | None = None) -> None:
         assert settings.redis_url is not None
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        if len(self.worker) > 200:  # the connections' ``worker`` column
+            raise ValueError(f"a worker's name is at most 200 characters: {self.worker!r}")
         self.prefix = settings.cluster_name
         self.started = time.time()
         self.database = database
@@ -78,6 +93,8 @@ class Node:
         self.requests = Requests(self.hub, self.worker)
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
+        #: the workers holding open connections not heard of, since when (monotonic seconds)
+        self._absent: dict[str | None, float] = {}
         self._inbox = _Inbox(self)
 
     # ------------------------------------------------------------------ life
@@ -89,7 +106,9 @@ class Node:
         self.hub.subscribe(inbox(self.worker), self._inbox)
         self.hub.subscribe(CLUSTER_TOPIC, self._inbox)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(f()) for f in (self._renew_loop, self._claim_loop, self._heartbeat_loop)]
+        self._tasks = [
+            loop.create_task(f()) for f in (self._renew_loop, self._claim_loop, self._heartbeat_loop, self._sweep_loop)
+        ]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.hub.connected.wait(), wait)
         if not self.hub.up:
@@ -261,23 +280,29 @@ class Node:
         with contextlib.suppress(RedisError, OSError):
             await self.leases.release(lease)
 
-    async def _claim_loop(self) -> None:
+    async def _every(self, period: float, look: Callable[[], Awaitable[None]], what: str) -> None:
+        """``look()`` every ``period`` seconds (±50 %, so that the workers do not look at once)
+        while Redis answers; a failed look is logged and the next one tries again."""
         while True:
-            await asyncio.sleep(CLAIM_EVERY * (0.5 + random.random()))
+            await asyncio.sleep(period * (0.5 + random.random()))
             if not self.hub.up:
                 continue
             try:
-                running = await self.database.read(live_group_ids)
-                free = [g for g in running if g not in self.held]
-                owners = await self.leases.owners(free)
-            except Exception as exc:  # the database or Redis is away: the next round tries again
-                log.warning("cluster: could not look for groups to serve: %s", exc)
-                continue
-            orphans = [g for g, o in owners.items() if o is None]
-            random.shuffle(orphans)
-            for group_id in orphans[:20]:
-                with contextlib.suppress(NotPersisted, LookupError):
-                    await self.claim(group_id)
+                await look()
+            except Exception as exc:  # the database or Redis is away
+                log.warning("cluster: could not look for %s: %s", what, exc)
+
+    async def _claim_loop(self) -> None:
+        await self._every(CLAIM_EVERY, self._claim_orphans, "groups to serve")
+
+    async def _claim_orphans(self) -> None:
+        running = await self.database.read(live_group_ids)
+        owners = await self.leases.owners([g for g in running if g not in self.held])
+        orphans = [g for g, o in owners.items() if o is None]
+        random.shuffle(orphans)
+        for group_id in orphans[:20]:
+            with contextlib.suppress(NotPersisted, LookupError):
+                await self.claim(group_id)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -299,6 +324,30 @@ class Node:
             pipe.set(key, dumps(beat), ex=HEARTBEAT_TTL)
             pipe.sadd(self._key("workers"), self.worker)
             await pipe.execute()
+
+    async def _sweep_loop(self) -> None:
+        await self._every(SWEEP_EVERY, self._sweep, "connections a gone worker left open")
+
+    async def _sweep(self) -> None:
+        """Close the connections of the workers gone for :data:`GONE_AFTER` seconds.
+
+        A worker killed with kill -9 (or a host lost) stores no close for its sockets: its
+        participants would show as connected for ever. Whoever holds open connections without a
+        heartbeat (or holds rows without a worker's name: one process's) for long enough has them
+        closed with code 1006, at the time it was found gone (see :mod:`server.storage.leftover`).
+        Every worker looks; the first closes them, and the others find nothing left.
+        """
+        live = {str(w["worker"]) for w in await self.workers()} | {self.worker}
+        holders = await self.database.read(workers_with_open_connections)
+        now = time.monotonic()
+        self._absent = {w: self._absent.get(w, now) for w in holders if w not in live}
+        for worker, since in list(self._absent.items()):
+            if now - since < GONE_AFTER:
+                continue
+            closed = await self.database.write(close_connections_of, worker, time.time())
+            self._absent.pop(worker, None)
+            if closed:
+                log.warning("cluster: closed %d connections that worker %s left open (code 1006)", closed, worker)
 
     async def workers(self) -> list[dict[str, Any]]:
         """Every worker heard from lately, from the heartbeats (this one included)."""

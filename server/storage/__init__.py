@@ -85,7 +85,11 @@ from .deliveries import (
     next_delivery_at,
 )
 from .engine import make_engine, normalise_url, reading
-from .leftover import close_connections_left_open
+from .leftover import (
+    close_connections_left_open,
+    close_connections_of,
+    workers_with_open_connections,
+)
 from .log import count_events, list_events
 from .meta import get_or_create_meta, stored_meta
 from .outcomes import (
@@ -195,6 +199,7 @@ __all__ = [
     "claim_group",
     "client_ids",
     "close_connections_left_open",
+    "close_connections_of",
     "close_lobby",
     "commit_writes",
     "completion_code",
@@ -278,5 +283,6 @@ __all__ = [
     "token_used",
     "tokens",
     "upgrade_schema",
+    "workers_with_open_connections",
     "writer_connection",
 ]

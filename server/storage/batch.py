@@ -278,6 +278,7 @@ def _store_connections(cursor: Any, sql: BatchStatements, changes: Sequence[Conn
             (c.user_agent or "")[:512] or None,
             c.address,
             c.route,
+            c.worker,
         )
         for c in changes
         if c.opened is not None

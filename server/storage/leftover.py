@@ -6,14 +6,17 @@ as connected in the progress and the monitor's snapshot, and the export has a co
 never ended. One server on its own database is the only writer of that table, so every
 connection still open when it starts is such a leftover: it is closed at the start, with the
 WebSocket code for a connection lost without a close frame (1006) and the time of the start —
-the moment it was known to be gone, not the moment it went, which nobody stored. (A cluster's
-worker cannot tell the connections of a dead worker from those of the live ones, so it leaves
-them; see the README.)
+the moment it was known to be gone, not the moment it went, which nobody stored.
+
+In a cluster each row names the worker that holds the socket (``worker``): the other workers
+close the rows of a worker whose heartbeat has stopped (:mod:`server.cluster.node`), in the
+same way. A row without a worker was stored by one process (or before workers were named): in a
+cluster no live worker holds it.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, select, update
 
 from .tables import connections
 from .times import to_datetime
@@ -28,6 +31,26 @@ def close_connections_left_open(engine: Engine, at: float) -> int:
         closed = conn.execute(
             update(connections)
             .where(connections.c.disconnected_at.is_(None))
+            .values(disconnected_at=to_datetime(at), close_code=LOST)
+        )
+        return int(closed.rowcount or 0)
+
+
+def workers_with_open_connections(engine: Engine) -> set[str | None]:
+    """The workers named by the connections still open (``None``: rows without one)."""
+    with engine.connect() as conn:
+        found = conn.execute(select(connections.c.worker).where(connections.c.disconnected_at.is_(None)).distinct())
+        return {row[0] for row in found}
+
+
+def close_connections_of(engine: Engine, worker: str | None, at: float) -> int:
+    """Close the connections ``worker`` left open (``None``: those without a worker), at ``at``
+    with code 1006; how many."""
+    holder = connections.c.worker.is_(None) if worker is None else connections.c.worker == worker
+    with engine.begin() as conn:
+        closed = conn.execute(
+            update(connections)
+            .where(connections.c.disconnected_at.is_(None), holder)
             .values(disconnected_at=to_datetime(at), close_code=LOST)
         )
         return int(closed.rowcount or 0)

@@ -118,7 +118,9 @@ _EVENT_COLUMNS = (
 )
 _RESULT_COLUMNS = ("session_id", "experiment_id", "seq", "subperiod", "decision", "score")
 _TICK_COLUMNS = ("group_id", "kind", "index", "scheduled_at", "actual_at", "late", "snapshot")
-_CONNECTION_COLUMNS = ("id", "participant_id", "experiment_id", "connected_at", "user_agent", "address", "route")
+_CONNECTION_COLUMNS = (
+    "id", "participant_id", "experiment_id", "connected_at", "user_agent", "address", "route", "worker"
+)
 _GROUP_COLUMNS = ("phase", "started_at", "ends_at", "ended_at", "subperiod", "decisions", "vars", "clock")
 _batch_statements: weakref.WeakKeyDictionary[Engine, BatchStatements] = weakref.WeakKeyDictionary()
 

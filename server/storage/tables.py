@@ -33,6 +33,8 @@ _BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
 STATE_ONLY = "channel = 'state'"
 #: the events that carry a client's id (``ix_events_client_id``)
 CLIENT_SENT = "client_id IS NOT NULL"
+#: the connections not closed yet (``ix_connections_open``)
+STILL_OPEN = "disconnected_at IS NULL"
 
 
 def _json(nullable: bool = True) -> Any:
@@ -165,6 +167,11 @@ class Connection(SQLModel, table=True):
     """One WebSocket's lifetime."""
 
     __tablename__ = "connections"
+    __table_args__ = (
+        # the connections still open, by the worker that holds them: what a cluster's worker
+        # closes when another worker is gone (server.cluster.node)
+        Index("ix_connections_open", "worker", sqlite_where=text(STILL_OPEN), postgresql_where=text(STILL_OPEN)),
+    )
     id: str = Field(primary_key=True, max_length=36)
     participant_id: int = Field(foreign_key="participants.id", index=True)
     experiment_id: int = Field(foreign_key="experiments.id", index=True)
@@ -174,6 +181,8 @@ class Connection(SQLModel, table=True):
     address: str | None = Field(default=None, max_length=64)
     route: str = Field(default="synclab", max_length=16)
     close_code: int | None = None
+    #: the cluster's worker that held the socket (``None`` in one process)
+    worker: str | None = Field(default=None, max_length=200)
 
 
 class Event(SQLModel, table=True):

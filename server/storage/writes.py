@@ -68,6 +68,8 @@ class ConnectionChange:
     address: str | None = None
     route: str = "synclab"
     close_code: int | None = None
+    #: the cluster's worker that holds the socket (``None`` in one process)
+    worker: str | None = None
 
 
 @dataclass(slots=True, eq=False)

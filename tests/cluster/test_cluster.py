@@ -15,9 +15,10 @@ from typing import Any
 import httpx
 import orjson
 import redis
+from sqlalchemy import select
 from websockets.asyncio.client import connect
 
-from server.storage import make_engine
+from server.storage import connections, experiments, make_engine, participants
 from tests.cluster.harness import (
     LEASE,
     SYNCLAB,
@@ -176,6 +177,68 @@ async def test_kill_9_of_the_groups_worker_moves_the_group_on_within_the_lease_a
     assert all(t["scheduled_at"].timestamp() > killed_at for t in late)  # only what fell due meanwhile
     end = next(t for t in timed if t["kind"] == "period_end")
     assert not end["late"] and (end["actual_at"] - end["scheduled_at"]).total_seconds() <= 0.25, end
+
+
+def connection_rows(cluster: Cluster, experiment_code: str) -> dict[str, dict[str, Any]]:
+    """Each participant's newest connection row: its worker, when it closed, and how."""
+    engine = make_engine(cluster.env["DATABASE_URL"])
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(
+                select(participants.c.code, connections.c.worker, connections.c.disconnected_at, connections.c.close_code)
+                .join(participants, participants.c.id == connections.c.participant_id)
+                .join(experiments, experiments.c.id == connections.c.experiment_id)
+                .where(experiments.c.code == experiment_code)
+                .order_by(connections.c.connected_at)
+            )
+            return {row.code: dict(row._mapping) for row in found}
+    finally:
+        engine.dispose()
+
+
+async def test_the_connections_of_a_worker_killed_with_kill_9_are_closed_by_another_within_seconds(
+    cluster: Cluster,
+) -> None:
+    """A worker killed with kill -9 stores no close for its sockets: another worker finds it gone (its
+    heartbeat expired) and closes its connections with code 1006, at the time it found out; the
+    live worker's connections stay open, and the participants' list says who is connected."""
+    for name in ("w1", "w2"):
+        cluster.start(name)
+    cluster.healthy("w1", "w2")
+    exp = await create(cluster, "w2", game="bimatrix", participants=2, group_size=2, period_length=120)
+    codes = [p["code"] for p in exp["participants"]]
+    gone = Participant(codes[0], [cluster.workers["w1"].ws])  # only ever through w1
+    stays = Participant(codes[1], [cluster.workers["w2"].ws])
+    for person in (gone, stays):
+        person.start()
+        await person.connected.wait()
+    w1, w2 = (cluster.workers[n].process for n in ("w1", "w2"))
+    assert w1 is not None and w2 is not None
+
+    def both_open() -> bool:
+        rows = connection_rows(cluster, exp["code"])
+        return len(rows) == 2 and all(r["disconnected_at"] is None for r in rows.values())
+
+    await until(both_open, 10, "both connections stored")
+    rows = connection_rows(cluster, exp["code"])
+    assert f":{w1.pid}:" in rows[gone.code]["worker"] and f":{w2.pid}:" in rows[stays.code]["worker"], rows
+    killed_at = time.time()
+    cluster.signal("w1", signal.SIGKILL)
+    cluster.wait("w1")
+    await until(lambda: connection_rows(cluster, exp["code"])[gone.code]["close_code"] is not None, 30,
+                "the dead worker's connection closed")
+    rows = connection_rows(cluster, exp["code"])
+    closed = rows[gone.code]
+    assert closed["close_code"] == 1006, closed
+    # found gone once its heartbeat expired (5 s) and it stayed unheard of (5 s more), give or take a look
+    assert killed_at + 5 <= closed["disconnected_at"].timestamp() <= killed_at + 25, (closed, killed_at)
+    assert rows[stays.code]["disconnected_at"] is None and rows[stays.code]["close_code"] is None, rows
+    async with cluster.http("w2") as http:
+        listed = (await http.get(f"/api/experiments/{exp['code']}/participants")).json()["results"]
+    assert {p["code"]: p["connected"] for p in listed} == {gone.code: False, stays.code: True}
+    assert "closed 1 connections that worker" in cluster.logs("w2")
+    for person in (gone, stays):
+        await person.stop()
 
 
 async def test_a_paused_worker_stores_nothing_after_its_group_was_taken_over(cluster: Cluster) -> None:
