@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 from sqlalchemy import Engine, select, text
@@ -17,10 +18,12 @@ from server.storage import (
     Write,
     create_schema,
     insert_experiment,
+    make_engine,
     new_code,
 )
 from server.storage import groups as groups_table
 from server.storage import participants as participants_table
+from server.storage.engine import SQLITE_PAGE_SIZE
 from tests.server.harness import timeout
 
 
@@ -119,3 +122,32 @@ def first_group_and_member(engine: Engine, experiment_id: int) -> tuple[int, int
             select(participants_table.c.id).where(participants_table.c.experiment_id == experiment_id).limit(1)
         ).scalar_one()
     return int(group_id), int(participant_id)
+
+
+def test_a_new_database_has_2_kib_pages_and_an_older_one_keeps_its_own(tmp_path: Path) -> None:
+    """New SQLite files get SQLITE_PAGE_SIZE; a file made with other pages (every database made
+    before 2026-12-02: 4 KiB) keeps them, and a server works on it as before."""
+    new = make_engine(f"sqlite:///{tmp_path / 'new.db'}")
+    try:
+        create_schema(new)
+        assert page_size(new) == SQLITE_PAGE_SIZE == 2048
+    finally:
+        new.dispose()
+    old_path = tmp_path / "old.db"
+    made = sqlite3.connect(old_path)
+    made.execute("PRAGMA page_size=4096")
+    made.execute("PRAGMA journal_mode=WAL")
+    made.close()
+    old = make_engine(f"sqlite:///{old_path}")
+    try:
+        create_schema(old)
+        with old.begin() as conn:
+            conn.execute(text("INSERT INTO meta (key, value) VALUES ('k', 'v')"))
+        assert page_size(old) == 4096
+    finally:
+        old.dispose()
+
+
+def page_size(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("PRAGMA page_size")).scalar_one())
