@@ -314,8 +314,7 @@ async def serve(websocket: WebSocket, groups: LiveGroups, settings: Settings, ro
         await conn.run()
     finally:
         closed = ConnectionChange(
-            conn.id, seat.participant_id, seat.experiment_id, closed=groups.clock(), close_code=conn.close_code,
-            worker=groups.worker or None,
+            conn.id, seat.participant_id, seat.experiment_id, closed=groups.clock(), close_code=conn.close_code
         )
         conn.group.detach(code, conn, closed)  # the group it is in now: it may have moved on
 

@@ -16,6 +16,8 @@ cluster no live worker holds it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Engine, select, update
 
 from .tables import connections
@@ -27,13 +29,7 @@ LOST = 1006
 
 def close_connections_left_open(engine: Engine, at: float) -> int:
     """Close every connection still open, at ``at`` (epoch seconds) with code 1006; how many."""
-    with engine.begin() as conn:
-        closed = conn.execute(
-            update(connections)
-            .where(connections.c.disconnected_at.is_(None))
-            .values(disconnected_at=to_datetime(at), close_code=LOST)
-        )
-        return int(closed.rowcount or 0)
+    return _close_open(engine, at)
 
 
 def workers_with_open_connections(engine: Engine) -> set[str | None]:
@@ -46,11 +42,14 @@ def workers_with_open_connections(engine: Engine) -> set[str | None]:
 def close_connections_of(engine: Engine, worker: str | None, at: float) -> int:
     """Close the connections ``worker`` left open (``None``: those without a worker), at ``at``
     with code 1006; how many."""
-    holder = connections.c.worker.is_(None) if worker is None else connections.c.worker == worker
+    return _close_open(engine, at, connections.c.worker.is_(None) if worker is None else connections.c.worker == worker)
+
+
+def _close_open(engine: Engine, at: float, *where: Any) -> int:
     with engine.begin() as conn:
         closed = conn.execute(
             update(connections)
-            .where(connections.c.disconnected_at.is_(None), holder)
+            .where(connections.c.disconnected_at.is_(None), *where)
             .values(disconnected_at=to_datetime(at), close_code=LOST)
         )
         return int(closed.rowcount or 0)
