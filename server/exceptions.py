@@ -28,6 +28,7 @@ WS_1000_NORMAL = 1000
 WS_1001_GOING_AWAY = 1001
 WS_1008_POLICY_VIOLATION = 1008
 WS_1011_INTERNAL_ERROR = 1011
+WS_1012_SERVICE_RESTART = 1012  # reconnect: the server restarts, or a worker rejoined its cluster
 WS_1013_TRY_AGAIN_LATER = 1013
 WS_4000_REPLACED = 4000  # the same participant connected again; this connection is the older one
 WS_4003_FORBIDDEN = 4003  # the redwood URL names another game or group than the participant's

@@ -33,13 +33,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from redis.exceptions import RedisError
 
-from ..exceptions import NotPersisted, Unavailable
+from ..exceptions import WS_1012_SERVICE_RESTART, NotPersisted, Unavailable
 from ..hub import group_of
 from ..hub.redis import RedisHub
 from ..storage import (
     Database,
     claim_group,
     close_connections_of,
+    closed_among,
     group_epoch,
     live_group_ids,
     workers_with_open_connections,
@@ -66,6 +67,10 @@ SWEEP_EVERY = 2.0
 #: seconds a worker holding open connections must stay unheard of (its heartbeat expired) before
 #: they are closed: a blip of Redis is not a death
 GONE_AFTER = 5.0
+#: seconds after a heartbeat gap during which this worker looks, at each heartbeat, for its sockets
+#: whose connections another worker closed meanwhile (a sweep that began before the gap ended
+#: may close them a moment after the first look)
+RECHECK_FOR = 3 * SWEEP_EVERY
 
 
 class Node:
@@ -95,6 +100,9 @@ class Node:
         self._draining = False
         #: the workers holding open connections not heard of, since when (monotonic seconds)
         self._absent: dict[str | None, float] = {}
+        #: until when (monotonic seconds) to look for this worker's sockets closed by another
+        self._recheck_until = 0.0
+        self._rechecking: asyncio.Task[None] | None = None
         self._inbox = _Inbox(self)
 
     # ------------------------------------------------------------------ life
@@ -131,6 +139,8 @@ class Node:
             await self.hub.client.delete(self._key(f"worker:{self.worker}"))
 
     async def close(self) -> None:
+        if self._rechecking is not None:
+            self._tasks.append(self._rechecking)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -305,10 +315,46 @@ class Node:
                 await self.claim(group_id)
 
     async def _heartbeat_loop(self) -> None:
+        beaten: float | None = None  # monotonic seconds of the last heartbeat stored
         while True:
-            with contextlib.suppress(RedisError, OSError):
+            try:
                 await self._heartbeat()
+            except (RedisError, OSError):
+                pass
+            else:
+                now = time.monotonic()
+                if beaten is not None and now - beaten >= HEARTBEAT_TTL:
+                    # unheard of long enough for the others to find this worker gone
+                    self._recheck_until = now + RECHECK_FOR
+                beaten = now
+                if now < self._recheck_until and (self._rechecking is None or self._rechecking.done()):
+                    # a task of its own: a slow database must not hold the next heartbeat back
+                    self._rechecking = asyncio.get_running_loop().create_task(self._reconnect_swept())
             await asyncio.sleep(HEARTBEAT_EVERY)
+
+    async def _reconnect_swept(self) -> None:
+        """Have the sockets whose connections another worker closed reconnect.
+
+        While this worker was unheard of (Redis away, the process paused), another may have
+        found it gone and closed its connections (:meth:`_sweep`): their participants would show
+        as gone while still here. Each such socket is closed with 1012, which stores its close
+        at the real time over the one assumed, and its page reconnects as a new connection.
+        """
+        assert self.router is not None
+        members = dict(self.router.connections)
+        if not members:
+            return
+        try:
+            swept = await self.database.read(closed_among, self.worker, list(members))
+        except Exception as exc:  # the database is away: the next heartbeat looks again
+            log.warning("cluster: could not look for connections closed by another worker: %s", exc)
+            return
+        again = [members[c] for c in swept if self.router.connections.get(c) is members[c]]
+        for member in again:
+            member.close(WS_1012_SERVICE_RESTART, "reconnect: this worker was cut off from its cluster")
+        if again:
+            log.warning("cluster: %d sockets reconnect: their connections were closed while this worker was unheard of",
+                        len(again))
 
     async def _heartbeat(self) -> None:
         assert self.router is not None

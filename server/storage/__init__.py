@@ -88,6 +88,7 @@ from .engine import make_engine, normalise_url, reading
 from .leftover import (
     close_connections_left_open,
     close_connections_of,
+    closed_among,
     workers_with_open_connections,
 )
 from .log import count_events, list_events
@@ -201,6 +202,7 @@ __all__ = [
     "close_connections_left_open",
     "close_connections_of",
     "close_lobby",
+    "closed_among",
     "commit_writes",
     "completion_code",
     "connections",

@@ -11,11 +11,14 @@ the moment it was known to be gone, not the moment it went, which nobody stored.
 In a cluster each row names the worker that holds the socket (``worker``): the other workers
 close the rows of a worker whose heartbeat has stopped (:mod:`server.cluster.node`), in the
 same way. A row without a worker was stored by one process (or before workers were named): in a
-cluster no live worker holds it.
+cluster no live worker holds it. A worker that was only unheard of (Redis away, the process
+paused) still holds its sockets when it is heard again: it asks which of them were closed so
+(:func:`closed_among`) and has them reconnect, which stores their close and a new connection.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Engine, select, update
@@ -43,6 +46,26 @@ def close_connections_of(engine: Engine, worker: str | None, at: float) -> int:
     """Close the connections ``worker`` left open (``None``: those without a worker), at ``at``
     with code 1006; how many."""
     return _close_open(engine, at, connections.c.worker.is_(None) if worker is None else connections.c.worker == worker)
+
+
+#: ids per statement in :func:`closed_among` (a worker may hold thousands of sockets)
+IDS_PER_LOOK = 500
+
+
+def closed_among(engine: Engine, worker: str, ids: Sequence[str]) -> set[str]:
+    """Which of the connections ``ids`` of ``worker`` the table has closed."""
+    found: set[str] = set()
+    with engine.connect() as conn:
+        for start in range(0, len(ids), IDS_PER_LOOK):
+            rows = conn.execute(
+                select(connections.c.id).where(
+                    connections.c.worker == worker,
+                    connections.c.disconnected_at.is_not(None),
+                    connections.c.id.in_(ids[start : start + IDS_PER_LOOK]),
+                )
+            )
+            found.update(row[0] for row in rows)
+    return found
 
 
 def _close_open(engine: Engine, at: float, *where: Any) -> int:

@@ -181,17 +181,31 @@ async def test_kill_9_of_the_groups_worker_moves_the_group_on_within_the_lease_a
 
 def connection_rows(cluster: Cluster, experiment_code: str) -> dict[str, dict[str, Any]]:
     """Each participant's newest connection row: its worker, when it closed, and how."""
+    return {code: rows[-1] for code, rows in all_connection_rows(cluster, experiment_code).items()}
+
+
+def all_connection_rows(cluster: Cluster, experiment_code: str) -> dict[str, list[dict[str, Any]]]:
+    """Each participant's connection rows, oldest first."""
     engine = make_engine(cluster.env["DATABASE_URL"])
     try:
         with engine.connect() as conn:
             found = conn.execute(
-                select(participants.c.code, connections.c.worker, connections.c.disconnected_at, connections.c.close_code)
+                select(
+                    participants.c.code,
+                    connections.c.id,
+                    connections.c.worker,
+                    connections.c.disconnected_at,
+                    connections.c.close_code,
+                )
                 .join(participants, participants.c.id == connections.c.participant_id)
                 .join(experiments, experiments.c.id == connections.c.experiment_id)
                 .where(experiments.c.code == experiment_code)
                 .order_by(connections.c.connected_at)
             )
-            return {row.code: dict(row._mapping) for row in found}
+            rows: dict[str, list[dict[str, Any]]] = {}
+            for row in found:
+                rows.setdefault(row.code, []).append(dict(row._mapping))
+            return rows
     finally:
         engine.dispose()
 
@@ -238,6 +252,55 @@ async def test_the_connections_of_a_worker_killed_with_kill_9_are_closed_by_anot
     assert {p["code"]: p["connected"] for p in listed} == {gone.code: False, stays.code: True}
     assert "closed 1 connections that worker" in cluster.logs("w2")
     for person in (gone, stays):
+        await person.stop()
+
+
+async def test_a_paused_worker_whose_connections_were_closed_meanwhile_has_its_sockets_reconnect(
+    cluster: Cluster,
+) -> None:
+    """SIGSTOP of a worker until another has found it gone and closed its connections (1006); after
+    SIGCONT its socket is still open, so it closes it with 1012: the old row gets that close, at
+    the real time, the page reconnects as a new connection, and the participant shows as connected."""
+    for name in ("w1", "w2"):
+        cluster.start(name)
+    cluster.healthy("w1", "w2")
+    exp = await create(cluster, "w2", game="bimatrix", participants=2, group_size=2, period_length=120)
+    codes = [p["code"] for p in exp["participants"]]
+    paused = Participant(codes[0], [cluster.workers["w1"].ws])  # only ever through w1
+    stays = Participant(codes[1], [cluster.workers["w2"].ws])
+    for person in (paused, stays):
+        person.start()
+        await person.connected.wait()
+
+    def both_open() -> bool:
+        rows = connection_rows(cluster, exp["code"])
+        return len(rows) == 2 and all(r["disconnected_at"] is None for r in rows.values())
+
+    await until(both_open, 10, "both connections stored")
+    first = connection_rows(cluster, exp["code"])[paused.code]["id"]
+    cluster.signal("w1", signal.SIGSTOP)
+    try:
+        await until(lambda: connection_rows(cluster, exp["code"])[paused.code]["close_code"] == 1006, 30,
+                    "the paused worker's connection closed by the other")
+    finally:
+        cluster.signal("w1", signal.SIGCONT)
+    woke = time.time()
+    await until(lambda: 1012 in paused.closes, 15, "the socket closed with 1012 after SIGCONT")
+    await asyncio.wait_for(paused.connected.wait(), 15)
+
+    def reconnected() -> bool:
+        with_old = all_connection_rows(cluster, exp["code"])
+        return any(r["id"] != first and r["disconnected_at"] is None for r in with_old[paused.code])
+
+    await until(reconnected, 15, "a new connection stored")
+    rows = {r["id"]: r for r in all_connection_rows(cluster, exp["code"])[paused.code]}
+    assert rows[first]["close_code"] == 1012, rows[first]
+    assert rows[first]["disconnected_at"].timestamp() >= woke - 1, (rows[first], woke)
+    async with cluster.http("w2") as http:
+        listed = (await http.get(f"/api/experiments/{exp['code']}/participants")).json()["results"]
+    assert {p["code"]: p["connected"] for p in listed} == {paused.code: True, stays.code: True}
+    assert "sockets reconnect: their connections were closed" in cluster.logs("w1")
+    for person in (paused, stays):
         await person.stop()
 
 
