@@ -7,11 +7,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -497,6 +499,27 @@ async def experiment_action(request: Request) -> Response:
     after = await runtime(request).database.read(experiment_row, row["code"])
     assert after is not None
     return JSON({"action": action, "groups": done, "status": after["status"]})
+
+
+#: PostgreSQL's ``lock_not_available``: a lock waited for past ``lock_timeout`` (SYNCLAB_LOCK_TIMEOUT)
+LOCK_NOT_AVAILABLE = "55P03"
+#: seconds a client is asked to wait before it tries a request the database could not answer
+RETRY_AFTER = 5
+log = logging.getLogger("synclab.api")
+
+
+def database_error(request: Request, exc: Exception) -> Response:
+    """503 for a request the database could not answer now: a table locked past
+    ``SYNCLAB_LOCK_TIMEOUT`` (DDL, a migration), the database unreachable or SQLite's file locked
+    past its busy timeout. The client may try again (``Retry-After``); the log gets the driver's
+    message (not the statement or its parameters)."""
+    assert isinstance(exc, OperationalError)
+    if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE or "database is locked" in str(exc.orig):
+        message = "the database is busy: a table it needs stayed locked past the server's lock timeout; try again"
+    else:
+        message = "the database did not answer; try again"
+    log.warning("%s %s: 503, the database could not answer: %s", request.method, request.url.path, str(exc.orig).strip())
+    return JSON({"error": message}, status_code=503, headers={"Retry-After": str(RETRY_AFTER)})
 
 
 def api_error(request: Request, exc: Exception) -> Response:

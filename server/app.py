@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import orjson
+from sqlalchemy.exc import OperationalError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -139,7 +140,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         middleware=[Middleware(Authenticate)],
-        exception_handlers={ApiError: api.api_error, NotPersisted: api.api_error},
+        exception_handlers={ApiError: api.api_error, NotPersisted: api.api_error, OperationalError: api.database_error},
     )
 
 

@@ -53,7 +53,7 @@ class Runtime:
     async def open(cls, settings: Settings) -> Runtime:
         settings.check_cluster()
         # a writer stopped inside a transaction holds its groups' rows no longer than a lease
-        database = Database(settings.database_url, stall_timeout=settings.lease_seconds)
+        database = Database(settings.database_url, stall_timeout=settings.lease_seconds, lock_timeout=settings.lock_timeout)
         try:
             # a new database is made; one that is behind is refused (synclab db upgrade)
             await database.write(prepare_schema)

@@ -78,6 +78,10 @@ class Settings:
     cluster_name: str = "synclab"
     #: seconds a group's lease lasts without renewal: a dead worker's groups move on within it
     lease_seconds: float = 3.0
+    #: PostgreSQL: seconds any statement of the server waits for a lock before it fails (a table
+    #: locked by DDL, a migration, ``LOCK TABLE``): a REST read answers 503, a batch is refused
+    #: and its decisions are sent again by their clients; 0 leaves the database's own setting
+    lock_timeout: float = 10.0
     #: seconds before a failed delivery to oTree is tried again, doubled per attempt up to the max
     delivery_retry: float = 2.0
     delivery_retry_max: float = 300.0
@@ -100,6 +104,12 @@ class Settings:
                 "REDIS_URL is set but DATABASE_URL is SQLite: a cluster's workers share one PostgreSQL "
                 "database (DATABASE_URL=postgresql://…); unset REDIS_URL to run one process on SQLite"
             )
+        if self.redis_url is not None and 0 < self.lock_timeout <= self.lease_seconds:
+            raise SettingsError(
+                f"SYNCLAB_LOCK_TIMEOUT ({self.lock_timeout:g} s) must be longer than SYNCLAB_LEASE_SECONDS "
+                f"({self.lease_seconds:g} s): a worker taking a group over waits up to a lease for the "
+                "rows a stalled worker holds"
+            )
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -118,6 +128,7 @@ class Settings:
             shutdown_timeout=_number(env, "SYNCLAB_SHUTDOWN_TIMEOUT", 30.0, minimum=0, maximum=24 * 3600),
             cluster_name=_name(env, "SYNCLAB_CLUSTER", "synclab"),
             lease_seconds=_number(env, "SYNCLAB_LEASE_SECONDS", 3.0, minimum=0.5, maximum=60),
+            lock_timeout=_number(env, "SYNCLAB_LOCK_TIMEOUT", 10.0, minimum=0, maximum=3600),
             delivery_retry=_number(env, "SYNCLAB_DELIVERY_RETRY", 2.0, minimum=0.01, maximum=3600),
             delivery_retry_max=_number(env, "SYNCLAB_DELIVERY_RETRY_MAX", 300.0, minimum=0.01, maximum=24 * 3600),
             delivery_poll=_number(env, "SYNCLAB_DELIVERY_POLL", 2.0, minimum=0.05, maximum=3600),

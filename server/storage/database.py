@@ -30,12 +30,16 @@ T = TypeVar("T")
 class Database:
     """The engine, with a single writer thread and a small pool of reader threads."""
 
-    def __init__(self, url: str, *, readers: int = 4, stall_timeout: float | None = None) -> None:
+    def __init__(
+        self, url: str, *, readers: int = 4, stall_timeout: float | None = None, lock_timeout: float | None = None
+    ) -> None:
         self.url = url
         #: PostgreSQL: seconds the writer's connection may sit in a transaction between two
         #: statements before the server ends its session (see :func:`writer_connection`)
         self.stall_timeout = stall_timeout
-        self.engine = make_engine(url)
+        #: PostgreSQL: seconds any statement waits for a lock before it fails (see :func:`.engine.make_engine`)
+        self.lock_timeout = lock_timeout
+        self.engine = make_engine(url, lock_timeout=lock_timeout)
         self.writer = WriterThread(self._commit, self._between_batches)
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="synclab-reader")
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="synclab-checkpoint")

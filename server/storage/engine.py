@@ -3,6 +3,7 @@ the read-only engine of the commands that only read."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +34,15 @@ def normalise_url(url: str) -> URL:
     return parsed
 
 
-def make_engine(url: str, **options: Any) -> Engine:
+def make_engine(url: str, *, lock_timeout: float | None = None, **options: Any) -> Engine:
+    """An engine on ``url`` (SQLite: WAL, full sync, see :func:`_sqlite_pragmas`).
+
+    ``lock_timeout`` (seconds, PostgreSQL): every connection of the engine gives up waiting for a
+    lock after it, with ``lock_not_available`` (SQLSTATE 55P03). A table locked by DDL (a
+    migration, ``LOCK TABLE``, ``VACUUM FULL``) would otherwise hold each reader that touches it
+    for as long, and with the few readers every request behind them: the server would hang rather
+    than answer. ``None`` or 0 leaves the database's own setting (the URL's ``options`` may set one).
+    """
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(
@@ -45,7 +54,7 @@ def make_engine(url: str, **options: Any) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(
+    engine = create_engine(
         parsed,
         json_serializer=json_dumps,
         json_deserializer=json_loads,
@@ -53,6 +62,15 @@ def make_engine(url: str, **options: Any) -> Engine:
         pool_size=8,
         **options,
     )
+    if lock_timeout and parsed.get_backend_name() == "postgresql":
+        event.listen(engine, "connect", functools.partial(_postgres_lock_timeout, max(1, round(lock_timeout * 1000))))
+    return engine
+
+
+def _postgres_lock_timeout(milliseconds: int, dbapi_connection: Any, _record: Any) -> None:
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(f"SET lock_timeout = {int(milliseconds)}")
+    dbapi_connection.commit()
 
 
 #: bytes per page of a new SQLite database (an existing one keeps its own): each commit writes
