@@ -82,6 +82,9 @@ class Settings:
     #: locked by DDL, a migration, ``LOCK TABLE``): a REST read answers 503, a batch is refused
     #: and its decisions are sent again by their clients; 0 leaves the database's own setting
     lock_timeout: float = 10.0
+    #: a cluster's worker whose event loop ran this many seconds late (the worst of the last two
+    #: seconds) is busy: a group nobody serves yet goes to a worker that is not; 0 turns it off
+    busy_lag: float = 0.1
     #: seconds before a failed delivery to oTree is tried again, doubled per attempt up to the max
     delivery_retry: float = 2.0
     delivery_retry_max: float = 300.0
@@ -129,6 +132,7 @@ class Settings:
             cluster_name=_name(env, "SYNCLAB_CLUSTER", "synclab"),
             lease_seconds=_number(env, "SYNCLAB_LEASE_SECONDS", 3.0, minimum=0.5, maximum=60),
             lock_timeout=_number(env, "SYNCLAB_LOCK_TIMEOUT", 10.0, minimum=0, maximum=3600),
+            busy_lag=_number(env, "SYNCLAB_BUSY_LAG", 0.1, minimum=0, maximum=60),
             delivery_retry=_number(env, "SYNCLAB_DELIVERY_RETRY", 2.0, minimum=0.01, maximum=3600),
             delivery_retry_max=_number(env, "SYNCLAB_DELIVERY_RETRY_MAX", 300.0, minimum=0.01, maximum=24 * 3600),
             delivery_poll=_number(env, "SYNCLAB_DELIVERY_POLL", 2.0, minimum=0.05, maximum=3600),

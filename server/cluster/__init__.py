@@ -3,6 +3,7 @@
     leases     one authority per group, with a fencing epoch that only grows
     requests   a request to another worker and its answer, in order with the group frames
     node       this worker in the cluster: its hub, its leases, its loops, the requests it answers
+    load       how late this worker's event loop runs: a busy worker leaves new groups to others
 """
 
 from __future__ import annotations

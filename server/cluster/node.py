@@ -13,6 +13,10 @@ to the group's worker as requests; its answer (the stored ``seq``s, or why not) 
 the member's worker, which acknowledges. Every worker writes a heartbeat (``GET /api/server``
 lists them). On SIGTERM a worker hands its leases over at once (:meth:`Node.drain`).
 
+A busy worker (its event loop late past ``SYNCLAB_BUSY_LAG``, :mod:`.load`) takes no group
+nobody serves: it asks the least late worker that is not busy to take it, and leaves orphans to
+the others; with every worker busy it takes the group itself.
+
 Safety before liveness: a worker that cannot renew its leases (Redis away) stops acting for the
 groups when its local validity ends, and requests to other workers fail with ``unavailable``.
 """
@@ -46,6 +50,7 @@ from ..storage import (
     workers_with_open_connections,
 )
 from .leases import Lease, Leases
+from .load import LagMeter
 from .requests import Requests, dumps, inbox
 
 if TYPE_CHECKING:
@@ -102,6 +107,9 @@ class Node:
         self._absent: dict[str | None, float] = {}
         #: until when (monotonic seconds) to look for this worker's sockets closed by another
         self._recheck_until = 0.0
+        #: how late this worker's loop runs; past ``busy_lag`` it is busy (see :meth:`owner`)
+        self.meter = LagMeter()
+        self.busy_lag = settings.busy_lag
         self._rechecking: asyncio.Task[None] | None = None
         self._inbox = _Inbox(self)
 
@@ -115,7 +123,8 @@ class Node:
         self.hub.subscribe(CLUSTER_TOPIC, self._inbox)
         loop = asyncio.get_running_loop()
         self._tasks = [
-            loop.create_task(f()) for f in (self._renew_loop, self._claim_loop, self._heartbeat_loop, self._sweep_loop)
+            loop.create_task(f())
+            for f in (self._renew_loop, self._claim_loop, self._heartbeat_loop, self._sweep_loop, self.meter.run)
         ]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.hub.connected.wait(), wait)
@@ -158,8 +167,15 @@ class Node:
         lease = self.held.get(group_id)
         return lease is not None and self.leases.valid(lease)
 
-    async def owner(self, group_id: int) -> str:
-        """The worker that serves the group; this one takes it if nobody does (and has it loaded then)."""
+    @property
+    def busy(self) -> bool:
+        """This worker's loop runs late (``SYNCLAB_BUSY_LAG``): it leaves new groups to the others."""
+        return self.busy_lag > 0 and self.meter.lag >= self.busy_lag
+
+    async def owner(self, group_id: int, *, here: bool = False) -> str:
+        """The worker that serves the group. If nobody does, this one takes it (and has it loaded
+        then), unless it is busy and another worker is not: that one is asked to take it
+        (:meth:`_place`). ``here``: take it here in any case (another worker's ask)."""
         if self.holds(group_id):
             claiming = self._claims.get(group_id)
             if claiming is not None:
@@ -177,7 +193,43 @@ class Node:
         if found is not None and found.worker != self.worker:
             self._remember(group_id, found.worker)
             return found.worker
+        if not here and self.busy:
+            placed = await self._place(group_id)
+            if placed is not None:
+                return placed
         return await self.claim(group_id)
+
+    async def _place(self, group_id: int) -> str | None:
+        """Ask the least late worker that is not busy to take the group; who serves it then, or
+        ``None`` (nobody else fit, or the ask failed: this worker takes it after all)."""
+        other = await self._idlest()
+        if other is None:
+            return None
+        try:
+            worker = str(await self.request(other, "take", {"g": group_id}))
+        except NotPersisted as exc:  # Unavailable, moved, or the group could not be loaded there
+            log.warning("cluster: busy, asked %s to take group %s: %s; taking it here", other, group_id, exc)
+            return None
+        if worker == self.worker:
+            return None
+        self._remember(group_id, worker)
+        log.warning("cluster: busy (the loop %.0f ms late): group %s went to %s", self.meter.lag * 1000, group_id, worker)
+        return worker
+
+    async def _idlest(self) -> str | None:
+        """The other worker heard from lately that is not busy, the least late first; ``None``: none."""
+        try:
+            beats = await self.workers()
+        except (RedisError, OSError):
+            return None
+        now = time.time()
+        fit = [
+            b for b in beats
+            if b.get("worker") != self.worker and not b.get("busy") and now - float(b.get("at", 0)) < HEARTBEAT_TTL
+        ]
+        if not fit:
+            return None
+        return str(min(fit, key=lambda b: (float(b.get("lag_ms", 0)), int(b.get("groups", 0))))["worker"])
 
     def _remember(self, group_id: int, worker: str) -> None:
         if len(self._owners) >= MAX_OWNERS_KNOWN:
@@ -306,6 +358,8 @@ class Node:
         await self._every(CLAIM_EVERY, self._claim_orphans, "groups to serve")
 
     async def _claim_orphans(self) -> None:
+        if self.busy and await self._idlest() is not None:
+            return  # left to the workers that are not busy
         running = await self.database.read(live_group_ids)
         owners = await self.leases.owners([g for g in running if g not in self.held])
         orphans = [g for g, o in owners.items() if o is None]
@@ -362,6 +416,7 @@ class Node:
         beat = {
             "worker": self.worker, "host": socket.gethostname(), "pid": os.getpid(), "started": self.started,
             "groups": len(self.held), "sockets": len(self.router.connections),
+            "lag_ms": round(self.meter.lag * 1000, 1), "busy": self.busy,
             "writer": {"batches": writer.batches, "writes": writer.writes, "events": writer.committed},
             "at": time.time(),
         }
@@ -428,7 +483,9 @@ class Node:
             self.router.close_member(self.worker, body["k"], int(body["code"]), str(body["reason"]))
             return
         try:
-            result = self.router.handle(op, body)
+            result = (
+                asyncio.ensure_future(self.owner(int(body["g"]), here=True)) if op == "take" else self.router.handle(op, body)
+            )
         except BaseException as exc:
             self.requests.reply(asker, rid, None, exc)
             return

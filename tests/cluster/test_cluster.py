@@ -210,30 +210,44 @@ def all_connection_rows(cluster: Cluster, experiment_code: str) -> dict[str, lis
         engine.dispose()
 
 
-async def test_the_connections_of_a_worker_killed_with_kill_9_are_closed_by_another_within_seconds(
-    cluster: Cluster,
-) -> None:
-    """A worker killed with kill -9 stores no close for its sockets: another worker finds it gone (its
-    heartbeat expired) and closes its connections with code 1006, at the time it found out; the
-    live worker's connections stay open, and the participants' list says who is connected."""
+async def who_is_connected(cluster: Cluster, experiment_code: str) -> dict[str, bool]:
+    """Each participant's ``connected``, as w2's participants list gives it."""
+    async with cluster.http("w2") as http:
+        listed = (await http.get(f"/api/experiments/{experiment_code}/participants")).json()["results"]
+    return {p["code"]: p["connected"] for p in listed}
+
+
+async def one_on_each(cluster: Cluster) -> tuple[dict[str, Any], Participant, Participant]:
+    """Workers w1 and w2 and a bimatrix pair, one member only ever through w1 and the other only
+    through w2, both connections stored open. Returns the experiment and the two members."""
     for name in ("w1", "w2"):
         cluster.start(name)
     cluster.healthy("w1", "w2")
     exp = await create(cluster, "w2", game="bimatrix", participants=2, group_size=2, period_length=120)
     codes = [p["code"] for p in exp["participants"]]
-    gone = Participant(codes[0], [cluster.workers["w1"].ws])  # only ever through w1
-    stays = Participant(codes[1], [cluster.workers["w2"].ws])
-    for person in (gone, stays):
+    on_w1 = Participant(codes[0], [cluster.workers["w1"].ws])
+    on_w2 = Participant(codes[1], [cluster.workers["w2"].ws])
+    for person in (on_w1, on_w2):
         person.start()
         await person.connected.wait()
-    w1, w2 = (cluster.workers[n].process for n in ("w1", "w2"))
-    assert w1 is not None and w2 is not None
 
     def both_open() -> bool:
         rows = connection_rows(cluster, exp["code"])
         return len(rows) == 2 and all(r["disconnected_at"] is None for r in rows.values())
 
     await until(both_open, 10, "both connections stored")
+    return exp, on_w1, on_w2
+
+
+async def test_the_connections_of_a_worker_killed_with_kill_9_are_closed_by_another_within_seconds(
+    cluster: Cluster,
+) -> None:
+    """A worker killed with kill -9 stores no close for its sockets: another worker finds it gone (its
+    heartbeat expired) and closes its connections with code 1006, at the time it found out; the
+    live worker's connections stay open, and the participants' list says who is connected."""
+    exp, gone, stays = await one_on_each(cluster)
+    w1, w2 = (cluster.workers[n].process for n in ("w1", "w2"))
+    assert w1 is not None and w2 is not None
     rows = connection_rows(cluster, exp["code"])
     assert f":{w1.pid}:" in rows[gone.code]["worker"] and f":{w2.pid}:" in rows[stays.code]["worker"], rows
     killed_at = time.time()
@@ -247,9 +261,7 @@ async def test_the_connections_of_a_worker_killed_with_kill_9_are_closed_by_anot
     # found gone once its heartbeat expired (5 s) and it stayed unheard of (5 s more), give or take a look
     assert killed_at + 5 <= closed["disconnected_at"].timestamp() <= killed_at + 25, (closed, killed_at)
     assert rows[stays.code]["disconnected_at"] is None and rows[stays.code]["close_code"] is None, rows
-    async with cluster.http("w2") as http:
-        listed = (await http.get(f"/api/experiments/{exp['code']}/participants")).json()["results"]
-    assert {p["code"]: p["connected"] for p in listed} == {gone.code: False, stays.code: True}
+    assert await who_is_connected(cluster, exp["code"]) == {gone.code: False, stays.code: True}
     assert "closed 1 connections that worker" in cluster.logs("w2")
     for person in (gone, stays):
         await person.stop()
@@ -261,22 +273,7 @@ async def test_a_paused_worker_whose_connections_were_closed_meanwhile_has_its_s
     """SIGSTOP of a worker until another has found it gone and closed its connections (1006); after
     SIGCONT its socket is still open, so it closes it with 1012: the old row gets that close, at
     the real time, the page reconnects as a new connection, and the participant shows as connected."""
-    for name in ("w1", "w2"):
-        cluster.start(name)
-    cluster.healthy("w1", "w2")
-    exp = await create(cluster, "w2", game="bimatrix", participants=2, group_size=2, period_length=120)
-    codes = [p["code"] for p in exp["participants"]]
-    paused = Participant(codes[0], [cluster.workers["w1"].ws])  # only ever through w1
-    stays = Participant(codes[1], [cluster.workers["w2"].ws])
-    for person in (paused, stays):
-        person.start()
-        await person.connected.wait()
-
-    def both_open() -> bool:
-        rows = connection_rows(cluster, exp["code"])
-        return len(rows) == 2 and all(r["disconnected_at"] is None for r in rows.values())
-
-    await until(both_open, 10, "both connections stored")
+    exp, paused, stays = await one_on_each(cluster)
     first = connection_rows(cluster, exp["code"])[paused.code]["id"]
     cluster.signal("w1", signal.SIGSTOP)
     try:
@@ -296,9 +293,7 @@ async def test_a_paused_worker_whose_connections_were_closed_meanwhile_has_its_s
     rows = {r["id"]: r for r in all_connection_rows(cluster, exp["code"])[paused.code]}
     assert rows[first]["close_code"] == 1012, rows[first]
     assert rows[first]["disconnected_at"].timestamp() >= woke - 1, (rows[first], woke)
-    async with cluster.http("w2") as http:
-        listed = (await http.get(f"/api/experiments/{exp['code']}/participants")).json()["results"]
-    assert {p["code"]: p["connected"] for p in listed} == {paused.code: True, stays.code: True}
+    assert await who_is_connected(cluster, exp["code"]) == {paused.code: True, stays.code: True}
     assert "sockets reconnect: their connections were closed" in cluster.logs("w1")
     for person in (paused, stays):
         await person.stop()

@@ -1,0 +1,114 @@
+"""A busy worker (its event loop running late) leaves new groups to a worker that is not.
+
+Real workers on PostgreSQL and Redis; the busy one is made so for real, its process stopped
+(SIGSTOP) for 150 ms of every 300: its loop's timer fires up to 150 ms late, past
+``SYNCLAB_BUSY_LAG`` (50 ms here). Its participants keep connecting to it; the groups they
+start are served by the other worker, and come back to the first once it is no longer late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from server.cluster.load import LagMeter
+from tests.cluster.harness import Cluster, Participant
+from tests.cluster.test_cluster import create, owner_of, until
+from tests.server.harness import timeout
+
+BUSY_LAG = 0.05
+
+
+@contextmanager
+def starved(cluster: Cluster, name: str, stopped: float = 0.15, running: float = 0.15, most: float = 60.0) -> Iterator[None]:
+    """Worker ``name`` stopped ``stopped`` s of every ``stopped + running`` (for at most ``most`` s)."""
+    done = threading.Event()
+
+    def cycle() -> None:
+        deadline = time.monotonic() + most
+        while not done.is_set() and time.monotonic() < deadline:
+            cluster.signal(name, signal.SIGSTOP)
+            time.sleep(stopped)
+            cluster.signal(name, signal.SIGCONT)
+            done.wait(running)
+
+    thread = threading.Thread(target=cycle, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(5)
+        cluster.signal(name, signal.SIGCONT)
+
+
+async def beat_of(cluster: Cluster, name: str) -> dict[str, Any]:
+    """Worker ``name``'s heartbeat, as ``GET /api/server`` of the other lists it."""
+    pid = cluster.workers[name].process.pid  # type: ignore[union-attr]
+    async with cluster.http("w2") as http:
+        workers = (await http.get("/api/server")).json()["cluster"]["workers"]
+    return next(w for w in workers if w["pid"] == pid)
+
+
+async def wait_for_beat(cluster: Cluster, name: str, busy: bool, wait: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout(wait)
+    while True:
+        beat = await beat_of(cluster, name)
+        if beat["busy"] is busy:
+            return beat
+        assert time.monotonic() < deadline, f"{name} not {'busy' if busy else 'idle'} within {wait} s: {beat}"
+        await asyncio.sleep(0.2)
+
+
+async def pair_through_w1(cluster: Cluster) -> tuple[list[Participant], int]:
+    """A new bimatrix pair whose members both connect to w1 only; the pair and its group."""
+    exp = await create(cluster, "w2", game="bimatrix", participants=2, group_size=2, period_length=120)
+    people = [Participant(p["code"], [cluster.workers["w1"].ws]) for p in exp["participants"]]
+    for person in people:
+        person.start()
+    for person in people:
+        await asyncio.wait_for(person.connected.wait(), timeout(20))
+    group_id = int(next(f for f in people[0].frames if f["channel"] == "hello")["payload"]["group"])
+    return people, group_id
+
+
+async def test_a_busy_worker_leaves_new_groups_to_one_that_is_not(cluster: Cluster) -> None:
+    cluster.env["SYNCLAB_BUSY_LAG"] = str(BUSY_LAG)
+    for name in ("w1", "w2"):
+        cluster.start(name)
+    cluster.healthy("w1", "w2")
+    calm = await wait_for_beat(cluster, "w1", busy=False, wait=10)
+    assert calm["lag_ms"] < BUSY_LAG * 1000, calm
+    with starved(cluster, "w1"):
+        late = await wait_for_beat(cluster, "w1", busy=True, wait=15)
+        assert late["lag_ms"] >= BUSY_LAG * 1000, late
+        assert not (await beat_of(cluster, "w2"))["busy"]
+        people, group_id = await pair_through_w1(cluster)
+        assert owner_of(cluster, group_id) == "w2"
+        # the pair plays through w1, its group served by w2
+        frame_id = await people[0].decide(1)
+        await until(lambda: frame_id in people[0].acked, 20, "the decision acknowledged")
+    assert "went to" in cluster.logs("w1")
+    await wait_for_beat(cluster, "w1", busy=False, wait=15)
+    more, other_group = await pair_through_w1(cluster)
+    assert owner_of(cluster, other_group) == "w1"  # no longer busy: it takes its own again
+    for person in [*people, *more]:
+        await person.stop()
+
+
+def test_the_lag_is_the_worst_of_the_last_two_seconds() -> None:
+    meter = LagMeter()
+    assert meter.lag == 0.0
+    meter.note(10.0, 0.002)
+    meter.note(10.1, 0.150)
+    meter.note(10.2, -0.001)  # early (a clock's rounding) counts as on time
+    assert meter.lag == 0.150
+    meter.note(12.0, 0.003)
+    assert meter.lag == 0.150  # 10.1 is still within two seconds of 12.0
+    meter.note(12.2, 0.001)
+    assert meter.lag == 0.003
