@@ -82,8 +82,8 @@ class Settings:
     #: locked by DDL, a migration, ``LOCK TABLE``): a REST read answers 503, a batch is refused
     #: and its decisions are sent again by their clients; 0 leaves the database's own setting
     lock_timeout: float = 10.0
-    #: a cluster's worker whose event loop ran this many seconds late (the worst of the last two
-    #: seconds) is busy: a group nobody serves yet goes to a worker that is not; 0 turns it off
+    #: a cluster's worker whose event loop ran this many seconds late, on average over the last
+    #: two seconds, is busy: a group nobody serves yet goes to a worker that is not; 0 turns it off
     busy_lag: float = 0.1
     #: seconds before a failed delivery to oTree is tried again, doubled per attempt up to the max
     delivery_retry: float = 2.0

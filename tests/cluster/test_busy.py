@@ -1,8 +1,8 @@
 """A busy worker (its event loop running late) leaves new groups to a worker that is not.
 
 Real workers on PostgreSQL and Redis; the busy one is made so for real, its process stopped
-(SIGSTOP) for 150 ms of every 300: its loop's timer fires up to 150 ms late, past
-``SYNCLAB_BUSY_LAG`` (50 ms here). Its participants keep connecting to it; the groups they
+(SIGSTOP) for 200 ms of every 300: its loop's timer fires up to 200 ms late, some 60 ms on
+average, past ``SYNCLAB_BUSY_LAG`` (30 ms here). Its participants keep connecting to it; the groups they
 start are served by the other worker, and come back to the first once it is no longer late.
 """
 
@@ -16,16 +16,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+
 from server.cluster.load import LagMeter
 from tests.cluster.harness import Cluster, Participant
 from tests.cluster.test_cluster import create, owner_of, until
 from tests.server.harness import timeout
 
-BUSY_LAG = 0.05
+BUSY_LAG = 0.03
 
 
 @contextmanager
-def starved(cluster: Cluster, name: str, stopped: float = 0.15, running: float = 0.15, most: float = 60.0) -> Iterator[None]:
+def starved(cluster: Cluster, name: str, stopped: float = 0.2, running: float = 0.1, most: float = 60.0) -> Iterator[None]:
     """Worker ``name`` stopped ``stopped`` s of every ``stopped + running`` (for at most ``most`` s)."""
     done = threading.Event()
 
@@ -101,14 +103,14 @@ async def test_a_busy_worker_leaves_new_groups_to_one_that_is_not(cluster: Clust
         await person.stop()
 
 
-def test_the_lag_is_the_worst_of_the_last_two_seconds() -> None:
+def test_the_lag_is_the_mean_of_the_last_two_seconds() -> None:
     meter = LagMeter()
     assert meter.lag == 0.0
     meter.note(10.0, 0.002)
     meter.note(10.1, 0.150)
-    meter.note(10.2, -0.001)  # early (a clock's rounding) counts as on time
-    assert meter.lag == 0.150
-    meter.note(12.0, 0.003)
-    assert meter.lag == 0.150  # 10.1 is still within two seconds of 12.0
-    meter.note(12.2, 0.001)
-    assert meter.lag == 0.003
+    meter.note(10.2, -0.002)  # early (a clock's rounding) counts as on time
+    assert meter.lag == pytest.approx(0.152 / 3)
+    meter.note(12.05, 0.004)
+    assert meter.lag == pytest.approx(0.154 / 3)  # 10.0 left the window; 10.1 is within two seconds of 12.05
+    meter.note(12.25, 0.002)
+    assert meter.lag == pytest.approx(0.003)
