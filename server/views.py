@@ -15,6 +15,7 @@ member holds the frames that arrive before the answer and drops those the answer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Coroutine
 from typing import Any, Protocol
@@ -97,6 +98,28 @@ class GroupView:
         """Frames may have been lost (a gap, a reconnect to Redis): every member here joins again."""
         for participant, member in list(self.current.items()):
             self._router.spawn(self._rejoin(participant, member))
+
+    def register(self) -> None:
+        """Another worker, or this one, has just taken the group over (a failover, a hand-over):
+        tell it who is connected here. It loaded the group from the database, which keeps no
+        sockets: without this it would count these members as away (a bot would play for them
+        after ``dropout_after``, a period paused for a disconnect would not resume). Nothing is
+        stored: the connections are the ones stored when they opened."""
+        for participant, member in list(self.current.items()):
+            self._router.spawn(self._register(participant, member))
+
+    async def _register(self, participant: str, member: Member) -> None:
+        if self.current.get(participant) is not member or member.close_code is not None:
+            return  # gone meanwhile: its departure was told
+        body = {"p": participant, "w": self._router.worker, "k": member.id, "c": None}
+        try:
+            await self._router.call(self.id, "join", body)
+        except NotPersisted as exc:  # the next authority is told again; meanwhile the member may be counted away
+            log.warning("group %s: %s could not be registered with its new authority: %s", self.id, participant, exc)
+            return
+        if self.current.get(participant) is not member:  # it left meanwhile: its leave may have gone first
+            with contextlib.suppress(NotPersisted):
+                await self._router.call(self.id, "leave", body)
 
     # ------------------------------------------------------------------ members
 

@@ -15,7 +15,10 @@ lists them). On SIGTERM a worker hands its leases over at once (:meth:`Node.drai
 
 A busy worker (its event loop late past ``SYNCLAB_BUSY_LAG``, :mod:`.load`) takes no group
 nobody serves: it asks the least late worker that is not busy to take it, and leaves orphans to
-the others; with every worker busy it takes the group itself.
+the others; with every worker busy it takes the group itself. Busy for :data:`SHED_AFTER`
+seconds, it hands groups it serves over to such a worker, one every :data:`SHED_EVERY` seconds.
+Whenever a group gets a new authority, every worker tells it which members are connected there
+(:meth:`Node.taken`): the group it loads from the database knows no sockets.
 
 Safety before liveness: a worker that cannot renew its leases (Redis away) stops acting for the
 groups when its local validity ends, and requests to other workers fail with ``unavailable``.
@@ -72,6 +75,10 @@ SWEEP_EVERY = 2.0
 #: seconds a worker holding open connections must stay unheard of (its heartbeat expired) before
 #: they are closed: a blip of Redis is not a death
 GONE_AFTER = 5.0
+#: seconds a worker stays busy before it hands a group it serves to a worker that is not, and
+#: then between two such hand-overs while it stays busy (see :meth:`Node._shed`)
+SHED_AFTER = 5.0
+SHED_EVERY = 2.0
 #: seconds after a heartbeat gap during which this worker looks, at each heartbeat, for its sockets
 #: whose connections another worker closed meanwhile (a sweep that began before the gap ended
 #: may close them a moment after the first look)
@@ -110,6 +117,8 @@ class Node:
         #: how late this worker's loop runs; past ``busy_lag`` it is busy (see :meth:`owner`)
         self.meter = LagMeter()
         self.busy_lag = settings.busy_lag
+        #: since when (monotonic seconds) this worker has been busy; ``None``: it is not
+        self._busy_since: float | None = None
         self._rechecking: asyncio.Task[None] | None = None
         self._inbox = _Inbox(self)
 
@@ -124,7 +133,9 @@ class Node:
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(f())
-            for f in (self._renew_loop, self._claim_loop, self._heartbeat_loop, self._sweep_loop, self.meter.run)
+            for f in (
+                self._renew_loop, self._claim_loop, self._heartbeat_loop, self._sweep_loop, self._shed_loop, self.meter.run,
+            )
         ]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.hub.connected.wait(), wait)
@@ -136,16 +147,23 @@ class Node:
         self._draining = True
         for task in self._tasks:
             task.cancel()
-        for group_id, lease in list(self.held.items()):
-            if self.router is not None:
-                self.router.retire(group_id)
-            self.held.pop(group_id, None)
-            with contextlib.suppress(RedisError, OSError):
-                await self.leases.release(lease)
-                self.hub.publish(CLUSTER_TOPIC, dumps({"op": "released", "g": group_id}))
+        for group_id in list(self.held):
+            await self._hand_over(group_id)
         with contextlib.suppress(RedisError, OSError):
             await self.hub.client.srem(self._key("workers"), self.worker)
             await self.hub.client.delete(self._key(f"worker:{self.worker}"))
+
+    async def _hand_over(self, group_id: int) -> None:
+        """Stop serving the group and give its lease up at once, saying so: a worker with members
+        of it takes it (:meth:`_released`), or any worker's claim loop does."""
+        lease = self.held.pop(group_id, None)
+        if self.router is not None:
+            self.router.retire(group_id)
+        if lease is None:
+            return
+        with contextlib.suppress(RedisError, OSError):
+            await self.leases.release(lease)
+            self.hub.publish(CLUSTER_TOPIC, dumps({"op": "released", "g": group_id}))
 
     async def close(self) -> None:
         if self._rechecking is not None:
@@ -246,6 +264,13 @@ class Node:
         if self.router is None or group_id in self.router.views or group_id in self._owners:
             self._remember(group_id, worker)  # not every group's owner: only those wanted here
         self.requests.moved(group_id, worker)
+        self._register_members(group_id)
+
+    def _register_members(self, group_id: int) -> None:
+        """The group has a new authority: the members connected here are told to it."""
+        view = self.router.views.get(group_id) if self.router is not None else None
+        if view is not None and view.current:
+            view.register()
 
     async def claim(self, group_id: int) -> str:
         """Take the group if it is free: lease, epoch in PostgreSQL, loaded here. Returns who serves it."""
@@ -353,6 +378,36 @@ class Node:
                 await look()
             except Exception as exc:  # the database or Redis is away
                 log.warning("cluster: could not look for %s: %s", what, exc)
+
+    async def _shed_loop(self) -> None:
+        await self._every(SHED_EVERY, self._shed, "a group to hand over")
+
+    async def _shed(self) -> None:
+        """Busy for :data:`SHED_AFTER` seconds: hand a group over to the least late worker that is not.
+
+        New groups already go elsewhere (:meth:`owner`); this relieves a worker that took too many
+        before (the others were down, a worker was added since). One group a look, the one with
+        the fewest members connected here, while the worker stays busy; its members play on
+        through this worker, a decision under way is refused (``unavailable``) and sent again."""
+        if not self.busy:
+            self._busy_since = None
+            return
+        now = time.monotonic()
+        if self._busy_since is None:
+            self._busy_since = now
+        if now - self._busy_since < SHED_AFTER or len(self.held) < 2 or self._draining:
+            return
+        other = await self._idlest()
+        if other is None:
+            return
+        assert self.router is not None
+        views = self.router.views
+        group_id = min(self.held, key=lambda g: len(views[g].current) if g in views else 0)
+        log.warning("cluster: busy (the loop %.0f ms late) for %.0f s: handing group %s over to %s",
+                    self.meter.lag * 1000, now - self._busy_since, group_id, other)
+        await self._hand_over(group_id)
+        with contextlib.suppress(NotPersisted):  # else whoever has members takes it, or a claim loop
+            self._remember(group_id, str(await self.request(other, "take", {"g": group_id})))
 
     async def _claim_loop(self) -> None:
         await self._every(CLAIM_EVERY, self._claim_orphans, "groups to serve")

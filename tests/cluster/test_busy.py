@@ -19,8 +19,10 @@ from typing import Any
 import pytest
 
 from server.cluster.load import LagMeter
+from server.cluster.node import SHED_AFTER, SHED_EVERY
 from tests.cluster.harness import Cluster, Participant
-from tests.cluster.test_cluster import create, owner_of, until
+from tests.cluster.test_cluster import check_stored, create, owner_of, until
+from tests.cluster.test_standins import owner_of_or_none, stored
 from tests.server.harness import timeout
 
 BUSY_LAG = 0.03
@@ -67,16 +69,16 @@ async def wait_for_beat(cluster: Cluster, name: str, busy: bool, wait: float) ->
         await asyncio.sleep(0.2)
 
 
-async def pair_through_w1(cluster: Cluster) -> tuple[list[Participant], int]:
-    """A new bimatrix pair whose members both connect to w1 only; the pair and its group."""
-    exp = await create(cluster, "w2", game="bimatrix", participants=2, group_size=2, period_length=120)
+async def pair_through_w1(cluster: Cluster, **body: Any) -> tuple[list[Participant], int, str]:
+    """A new bimatrix pair whose members both connect to w1 only; the pair, its group, its experiment."""
+    exp = await create(cluster, "w2", game="bimatrix", participants=2, group_size=2, period_length=120, **body)
     people = [Participant(p["code"], [cluster.workers["w1"].ws]) for p in exp["participants"]]
     for person in people:
         person.start()
     for person in people:
         await asyncio.wait_for(person.connected.wait(), timeout(20))
     group_id = int(next(f for f in people[0].frames if f["channel"] == "hello")["payload"]["group"])
-    return people, group_id
+    return people, group_id, exp["code"]
 
 
 async def test_a_busy_worker_leaves_new_groups_to_one_that_is_not(cluster: Cluster) -> None:
@@ -90,17 +92,48 @@ async def test_a_busy_worker_leaves_new_groups_to_one_that_is_not(cluster: Clust
         late = await wait_for_beat(cluster, "w1", busy=True, wait=15)
         assert late["lag_ms"] >= BUSY_LAG * 1000, late
         assert not (await beat_of(cluster, "w2"))["busy"]
-        people, group_id = await pair_through_w1(cluster)
+        people, group_id, _ = await pair_through_w1(cluster)
         assert owner_of(cluster, group_id) == "w2"
         # the pair plays through w1, its group served by w2
         frame_id = await people[0].decide(1)
         await until(lambda: frame_id in people[0].acked, 20, "the decision acknowledged")
     assert "went to" in cluster.logs("w1")
     await wait_for_beat(cluster, "w1", busy=False, wait=15)
-    more, other_group = await pair_through_w1(cluster)
+    more, other_group, _ = await pair_through_w1(cluster)
     assert owner_of(cluster, other_group) == "w1"  # no longer busy: it takes its own again
     for person in [*people, *more]:
         await person.stop()
+
+
+async def test_a_worker_busy_for_seconds_hands_a_group_over_and_its_members_play_on(cluster: Cluster) -> None:
+    """Two pairs on w1 (members only ever through w1), taken while it was calm; then w1 is kept
+    busy: after ``SHED_AFTER`` it hands one group over to w2 (and keeps its last). The moved
+    group's members play on through w1; w2 knows they are connected (no bot plays for them,
+    ``dropout_after`` being 1 s); every acknowledged decision is stored once."""
+    cluster.env["SYNCLAB_BUSY_LAG"] = str(BUSY_LAG)
+    for name in ("w1", "w2"):
+        cluster.start(name)
+    cluster.healthy("w1", "w2")
+    pairs = [await pair_through_w1(cluster, online={"dropout_after": 1}) for _ in range(2)]
+    assert [owner_of(cluster, g) for _, g, _ in pairs] == ["w1", "w1"]
+    with starved(cluster, "w1"):
+        await wait_for_beat(cluster, "w1", busy=True, wait=15)
+        await until(lambda: "w2" in [owner_of_or_none(cluster, g) for _, g, _ in pairs], 10 + SHED_AFTER,
+                    "a group handed over")
+        await asyncio.sleep(SHED_EVERY * 2)
+        assert sorted(owner_of(cluster, g) for _, g, _ in pairs) == ["w1", "w2"]  # its last group stays
+    assert "handing group" in cluster.logs("w1")
+    moved, _, code = next(pair for pair in pairs if owner_of(cluster, pair[1]) == "w2")
+    await asyncio.sleep(2)  # twice dropout_after at w2
+    ids = [await person.decide(1) for person in moved]
+    for person, frame_id in zip(moved, ids, strict=True):
+        await until(lambda p=person, f=frame_id: f in p.acked, 20, "a decision after the hand-over acknowledged")
+    for people, _, _ in pairs:
+        for person in people:
+            await person.stop()
+    events = stored(cluster, code)
+    assert not [e for e in events if e["bot"] or e["channel"] == "standin"], events
+    check_stored(cluster, code, moved)
 
 
 def test_the_lag_is_the_mean_of_the_last_two_seconds() -> None:

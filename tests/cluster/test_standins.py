@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import text
 
 from server.storage import make_engine
-from tests.cluster.harness import Cluster, Participant
-from tests.cluster.test_cluster import check_the_log, create, owner_of, play, settle, until
+from tests.cluster.harness import Cluster
+from tests.cluster.test_cluster import check_the_log, owner_of, play, settle, split_pair, until
 
 
 def stored(cluster: Cluster, code: str) -> list[dict[str, Any]]:
@@ -42,20 +42,9 @@ def status(cluster: Cluster, code: str) -> str | None:
 async def test_the_worker_that_takes_a_group_over_carries_its_stand_in_on(cluster: Cluster) -> None:
     """col drops; a bot plays for it on w1; w1 is killed; w2 takes the group and its bot plays on
     (bot decisions stored after the kill) to the end; col is dropped; the log checks out."""
-    for name in ("w1", "w2"):
-        cluster.start(name)
-    cluster.healthy("w1", "w2")
-    exp = await create(cluster, "w1", game="bimatrix", participants=2, group_size=2, period_length=8,
-                       online={"dropout_after": 1})
-    codes = [p["code"] for p in exp["participants"]]
-    row = Participant(codes[0], [cluster.workers["w1"].ws, cluster.workers["w2"].ws])
-    col = Participant(codes[1], [cluster.workers["w2"].ws])
-    row.start()
-    await row.connected.wait()
-    col.start()
+    exp, row, col, _ = await split_pair(cluster, period_length=8, online={"dropout_after": 1})
+    codes = [row.code, col.code]
     await until(lambda: "period_start" in row.states(), 10, "the period's start")
-    group_id = int(next(f for f in row.frames if f["channel"] == "hello")["payload"]["group"])
-    assert owner_of(cluster, group_id) == "w1"
     await col.stop()
     player = asyncio.ensure_future(play([row], until_end=30))
 
@@ -75,3 +64,29 @@ async def test_the_worker_that_takes_a_group_over_carries_its_stand_in_on(cluste
     assert "period_end" in row.states()
     assert status(cluster, codes[1]) == "dropped"
     check_the_log(cluster, exp["code"], [row])
+
+
+async def test_a_member_still_connected_through_another_worker_gets_no_bot_after_a_takeover(cluster: Cluster) -> None:
+    """row (on w1, which serves the group) and col (only ever through w2); w1 is killed and w2
+    takes the group: col's socket never closed, so no bot may play for col, however long the
+    takeover took against ``dropout_after``; col plays on and is not dropped."""
+    exp, row, col, group_id = await split_pair(cluster, period_length=30, online={"dropout_after": 1})
+    await until(lambda: "period_start" in col.states(), 10, "the period's start")
+    cluster.signal("w1", signal.SIGKILL)
+    cluster.wait("w1")
+    await until(lambda: owner_of_or_none(cluster, group_id) == "w2", 15, "w2 serving the group")
+    await asyncio.sleep(3)  # three times dropout_after
+    frame_id = await col.decide(1)
+    await until(lambda: frame_id in col.acked, 10, "col's decision after the takeover acknowledged")
+    for person in (row, col):
+        await person.stop()
+    for_col = [e for e in stored(cluster, exp["code"]) if e["participant"] == col.code]
+    assert not [e for e in for_col if e["bot"] or e["channel"] == "standin"], for_col
+    assert status(cluster, col.code) != "dropped"
+
+
+def owner_of_or_none(cluster: Cluster, group_id: int) -> str | None:
+    try:
+        return owner_of(cluster, group_id)
+    except (AssertionError, StopIteration):
+        return None
