@@ -225,7 +225,7 @@ class Node:
             return None
         try:
             worker = str(await self.request(other, "take", {"g": group_id}))
-        except NotPersisted as exc:  # Unavailable, moved, or the group could not be loaded there
+        except Exception as exc:  # unavailable, moved, not loaded there, or a worker of an older build
             log.warning("cluster: busy, asked %s to take group %s: %s; taking it here", other, group_id, exc)
             return None
         if worker == self.worker:
@@ -402,11 +402,14 @@ class Node:
             return
         assert self.router is not None
         views = self.router.views
-        group_id = min(self.held, key=lambda g: len(views[g].current) if g in views else 0)
+        served = [g for g in self.held if g not in self._claims]
+        if len(served) < 2:
+            return
+        group_id = min(served, key=lambda g: len(views[g].current) if g in views else 0)
         log.warning("cluster: busy (the loop %.0f ms late) for %.0f s: handing group %s over to %s",
                     self.meter.lag * 1000, now - self._busy_since, group_id, other)
         await self._hand_over(group_id)
-        with contextlib.suppress(NotPersisted):  # else whoever has members takes it, or a claim loop
+        with contextlib.suppress(Exception):  # else whoever has members takes it, or a claim loop
             self._remember(group_id, str(await self.request(other, "take", {"g": group_id})))
 
     async def _claim_loop(self) -> None:
