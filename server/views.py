@@ -100,11 +100,11 @@ class GroupView:
             self._router.spawn(self._rejoin(participant, member))
 
     def register(self) -> None:
-        """Another worker, or this one, has just taken the group over (a failover, a hand-over):
-        tell it who is connected here. It loaded the group from the database, which keeps no
-        sockets: without this it would count these members as away (a bot would play for them
-        after ``dropout_after``, a period paused for a disconnect would not resume). Nothing is
-        stored: the connections are the ones stored when they opened."""
+        """A worker (another, or this one) has just taken the group: after a failover or a
+        hand-over, or the first time. Tell it who is connected here: it loaded the group from the
+        database, which keeps no sockets, and would count these members as away (a bot would
+        play for them after ``dropout_after``, a period paused for a disconnect would not
+        resume). Nothing is stored: the connections are the ones stored when they opened."""
         for participant, member in list(self.current.items()):
             self._router.spawn(self._register(participant, member))
 

@@ -4,8 +4,9 @@ A timer due every :data:`EVERY` seconds notes how late it fired; :attr:`LagMeter
 mean of those over the last :data:`WINDOW` seconds. A loop with CPU to spare fires it within a
 millisecond or two; one short of CPU (too many groups, a starved VM) fires it tens or hundreds of
 milliseconds late, time after time, and every frame of its groups waits as long. The mean, not
-the worst: one pause (a burst of connections, a collection) is not a busy worker. The heartbeat carries the figure; a busy worker leaves the groups nobody
-serves yet to a worker that is not (see :meth:`server.cluster.node.Node.owner`).
+the worst: one pause (a burst of connections, a collection) is not a busy worker. The heartbeat
+carries the figure; a busy worker leaves the groups nobody serves yet to a worker that is not
+(see :meth:`server.cluster.node.Node.owner`) and hands some of its own over (``Node._shed``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections import deque
 
 #: seconds between two looks at the loop's lateness
 EVERY = 0.1
-#: seconds over which the latest lateness counts
+#: seconds over which the lateness is averaged
 WINDOW = 2.0
 
 
