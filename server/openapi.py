@@ -263,8 +263,11 @@ def _other_schemas() -> dict[str, JSONSchema]:
                 "workers": {"type": "array", "items": _object({
                     "worker": _STRING, "host": _STRING, "pid": {"type": "integer", "minimum": 1},
                     "started": _NUMBER, "at": _NUMBER, "groups": counter, "sockets": counter,
+                    # how late its event loop runs (ms, the mean of the last 2 s), and whether that
+                    # is past SYNCLAB_BUSY_LAG (absent from a worker of a build before them)
+                    "lag_ms": {"type": "number", "minimum": 0}, "busy": {"type": "boolean"},
                     "writer": _object({name: counter for name in ("batches", "writes", "events")}),
-                })},
+                }, optional=("lag_ms", "busy"))},
                 "groups": counter,
                 "sockets": counter,
                 "events": counter,

@@ -16,16 +16,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import jsonschema_rs
 import pytest
 
 from server.cluster.load import LagMeter
 from server.cluster.node import SHED_AFTER, SHED_EVERY
+from server.openapi import document
 from tests.cluster.harness import Cluster, Participant
 from tests.cluster.test_cluster import check_stored, create, owner_of, until
 from tests.cluster.test_standins import owner_of_or_none, stored
 from tests.server.harness import timeout
 
 BUSY_LAG = 0.03
+_SCHEMAS = document()["components"]
+SERVER_STATUS = jsonschema_rs.validator_for({**_SCHEMAS["schemas"]["ServerStatus"], "components": _SCHEMAS})
 
 
 @contextmanager
@@ -52,11 +56,13 @@ def starved(cluster: Cluster, name: str, stopped: float = 0.2, running: float = 
 
 
 async def beat_of(cluster: Cluster, name: str) -> dict[str, Any]:
-    """Worker ``name``'s heartbeat, as ``GET /api/server`` of the other lists it."""
+    """Worker ``name``'s heartbeat, as ``GET /api/server`` of the other lists it (the answer
+    checked against the OpenAPI document)."""
     pid = cluster.workers[name].process.pid  # type: ignore[union-attr]
     async with cluster.http("w2") as http:
-        workers = (await http.get("/api/server")).json()["cluster"]["workers"]
-    return next(w for w in workers if w["pid"] == pid)
+        status = (await http.get("/api/server")).json()
+    SERVER_STATUS.validate(status)
+    return next(w for w in status["cluster"]["workers"] if w["pid"] == pid)
 
 
 async def wait_for_beat(cluster: Cluster, name: str, busy: bool, wait: float) -> dict[str, Any]:
