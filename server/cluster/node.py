@@ -235,7 +235,10 @@ class Node:
         return worker
 
     async def _idlest(self) -> str | None:
-        """The other worker heard from lately that is not busy, the least late first; ``None``: none."""
+        """The other worker heard from lately that is not busy, the least late first; ``None``: none.
+
+        Only a worker whose heartbeat says whether it is busy counts: one of an older build (a
+        rolling upgrade) does not know the request to take a group."""
         try:
             beats = await self.workers()
         except (RedisError, OSError):
@@ -243,7 +246,7 @@ class Node:
         now = time.time()
         fit = [
             b for b in beats
-            if b.get("worker") != self.worker and not b.get("busy") and now - float(b.get("at", 0)) < HEARTBEAT_TTL
+            if b.get("worker") != self.worker and b.get("busy") is False and now - float(b.get("at", 0)) < HEARTBEAT_TTL
         ]
         if not fit:
             return None
