@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from redis.exceptions import RedisError
 
+from groups import Phase
+
 from ..exceptions import WS_1012_SERVICE_RESTART, NotPersisted, Unavailable
 from ..hub import group_of
 from ..hub.redis import RedisHub
@@ -57,6 +59,7 @@ from .load import LagMeter
 from .requests import Requests, dumps, inbox
 
 if TYPE_CHECKING:
+    from ..live import LiveGroup
     from ..routing import LiveGroups
     from ..settings import Settings
 
@@ -389,8 +392,8 @@ class Node:
         """Busy for :data:`SHED_AFTER` seconds: hand a group over to the least late worker that is not.
 
         New groups already go elsewhere (:meth:`owner`); this relieves a worker that took too many
-        before (the others were down, a worker was added since). One group a look, the one with
-        the fewest members connected here, while the worker stays busy; its members play on
+        before (the others were down, a worker was added since). One group a look, of those still
+        playing the one with the fewest members connected here, while the worker stays busy; its members play on
         through this worker, a decision under way is refused (``unavailable``) and sent again."""
         if not self.busy:
             self._busy_since = None
@@ -403,11 +406,13 @@ class Node:
         other = await self._idlest()
         if other is None:
             return
-        assert self.router is not None
-        views = self.router.views
-        served = [g for g in self.held if g not in self._claims]
+        router = self.router
+        assert router is not None
+        # the groups still playing: a finished one costs nothing where it is
+        served = [g for g in self.held if g not in self._claims and _playing(router.local(g))]
         if len(served) < 2:
             return
+        views = router.views
         group_id = min(served, key=lambda g: len(views[g].current) if g in views else 0)
         log.warning("cluster: busy (the loop %.0f ms late) for %.0f s: handing group %s over to %s",
                     self.meter.lag * 1000, now - self._busy_since, group_id, other)
@@ -576,6 +581,10 @@ class Node:
                 lost = getattr(subscriber, "lost", None)
                 if lost is not None:
                     lost()
+
+
+def _playing(live: LiveGroup | None) -> bool:
+    return live is not None and live.committed.phase is not Phase.ENDED
 
 
 class _Inbox:
