@@ -37,8 +37,7 @@ class Database:
         #: PostgreSQL: seconds the writer's connection may sit in a transaction between two
         #: statements before the server ends its session (see :func:`writer_connection`)
         self.stall_timeout = stall_timeout
-        #: PostgreSQL: seconds any statement waits for a lock before it fails (see :func:`.engine.make_engine`)
-        self.lock_timeout = lock_timeout
+        # PostgreSQL: ``lock_timeout``, seconds any statement waits for a lock (see :func:`.engine.make_engine`)
         self.engine = make_engine(url, lock_timeout=lock_timeout)
         self.writer = WriterThread(self._commit, self._between_batches)
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="synclab-reader")
