@@ -35,8 +35,9 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-#: the server's own limits (server.cli.WS_MAX_SIZE, Settings.send_queue_frames)
-WS_MAX_SIZE = 1024 * 1024
+from server.frames import WEBSOCKET_OPTIONS, frame_of, frame_writer
+
+#: the server's own limit (Settings.send_queue_frames)
 SEND_QUEUE_FRAMES = 2048
 #: the server's collector threshold (server.cli.GC_THRESHOLD)
 GC_THRESHOLD = 10_000
@@ -47,16 +48,23 @@ def encode(channel: str, payload: Any) -> str:
 
 
 class Member:
-    """One socket: a bounded queue drained by its own sender task, as in the server."""
+    """One socket: a bounded queue drained by its own sender task, as in the server.
 
-    def __init__(self, websocket: WebSocket) -> None:
+    With ``frames``, a frame that nothing queued is ahead of is written at once, made once per
+    broadcast, as the server writes it (:mod:`server.frames`); otherwise every frame goes the
+    ordinary way, through the queue and Starlette's ``send_text``."""
+
+    def __init__(self, websocket: WebSocket, frames: bool = False) -> None:
         self.websocket = websocket
         self.out: deque[str] = deque()
         self.ready = asyncio.Event()
         self.closed = False
+        self.write = frame_writer(websocket.scope) if frames else None
 
     def send(self, data: str) -> None:
         if self.closed:
+            return
+        if self.write is not None and not self.out and self.write(frame_of(data)):
             return
         if len(self.out) >= SEND_QUEUE_FRAMES:
             self.closed = True  # too slow: cut off, as the server does
@@ -120,8 +128,9 @@ def _run_all(callbacks: list[Callable[[], None]]) -> None:
 class Relay:
     """Groups by name: each member's current decision and its socket."""
 
-    def __init__(self, drop_every: int = 0, log: Log | None = None) -> None:
+    def __init__(self, drop_every: int = 0, log: Log | None = None, frames: bool = False) -> None:
         self.drop_every = drop_every
+        self.frames = frames
         self.log = log
         self.received = 0
         self.groups: dict[str, dict[str, Member]] = {}
@@ -131,7 +140,7 @@ class Relay:
         group = str(websocket.path_params["group"])
         code = str(websocket.path_params["code"])
         await websocket.accept()
-        member = Member(websocket)
+        member = Member(websocket, self.frames)
         members = self.groups.setdefault(group, {})
         members[code] = member
         self.decisions.setdefault(group, {})
@@ -178,8 +187,8 @@ class Relay:
             sender.send(encode("ack", {"id": frame_id, "seq": seq}))
 
 
-def create_app(drop_every: int = 0, log: str | None = None) -> Starlette:
-    relay = Relay(drop_every, None if log is None else Log(log))
+def create_app(drop_every: int = 0, log: str | None = None, frames: bool = False) -> Starlette:
+    relay = Relay(drop_every, None if log is None else Log(log), frames)
     return Starlette(routes=[WebSocketRoute("/ws/{group}/{code}", relay.socket)])
 
 
@@ -189,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--drop-every", type=int, default=0, help="drop every K-th decision (0: none)")
     parser.add_argument("--fsync", metavar="FILE", help="store each decision in FILE (fdatasync) before broadcasting it")
+    parser.add_argument("--frames", action="store_true",
+                        help="write each frame at once, made once per broadcast, as the server does (server.frames)")
     args = parser.parse_args(argv)
     if args.drop_every < 0:
         parser.error(f"--drop-every: expected 0 or more, got {args.drop_every}")
@@ -198,11 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
     uvicorn.run(
-        create_app(args.drop_every, args.fsync),
+        create_app(args.drop_every, args.fsync, args.frames),
         host=args.host,
         port=args.port,
-        ws_max_size=WS_MAX_SIZE,
-        ws_per_message_deflate=False,
+        **WEBSOCKET_OPTIONS,
         log_level="info",
     )
     return 0

@@ -19,6 +19,7 @@ from .dbcommand import DB_ACTIONS, run_db
 from .exceptions import SchemaError, SettingsError
 from .experiments import parse_request, plan
 from .export import FORMATS, TABLES, run_export
+from .frames import WEBSOCKET_OPTIONS
 from .runtime import generated_token
 from .settings import Settings
 from .storage import (
@@ -31,8 +32,6 @@ from .storage import (
 from .tokencommand import TOKEN_ACTIONS, run_token
 from .verify import run_verify
 
-#: uvicorn closes a socket with 1009 past this; below it our own limit answers with an error frame
-WS_MAX_SIZE = 1024 * 1024
 #: young objects allocated (net) before the collector runs; CPython's default is 700
 GC_THRESHOLD = 10_000
 #: uvicorn's exit status when the server could not start (the port taken, the app's startup failed)
@@ -84,8 +83,7 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
         "server.app:app",
         host=host,
         port=port,
-        ws_max_size=WS_MAX_SIZE,
-        ws_per_message_deflate=False,
+        **WEBSOCKET_OPTIONS,
         log_level="info",
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),  # uvicorn takes whole seconds
     )

@@ -32,6 +32,7 @@ from .exceptions import (
     FrameError,
     NotPersisted,
 )
+from .frames import frame_of, frame_writer
 from .routing import LiveGroups
 from .settings import Settings
 from .storage import ConnectionChange, Seat
@@ -74,6 +75,8 @@ class ClientConnection:
         self._tokens = float(settings.frame_burst)
         self._refilled = time.monotonic()
         self._refused_in_a_row = 0
+        #: the socket's direct way for a ready frame (see :mod:`server.frames`), if the server has one
+        self._write = frame_writer(websocket.scope)
 
     # ------------------------------------------------------------------ sending
 
@@ -124,11 +127,15 @@ class ClientConnection:
     def _send_now(self, data: str) -> None:
         """Write the frame now, nothing being queued before it, without a turn of the sender task.
 
-        The ASGI send returns without waiting unless the transport's buffer is full (uvicorn's
+        Where the server offers it, the frame made once for the whole broadcast is written to the
+        socket directly (:mod:`server.frames`). Otherwise, or when that has to wait, the ASGI send:
+        it returns without waiting unless the transport's buffer is full (uvicorn's
         flow control), so it is run here up to its first wait: it almost always finishes, and
         the frame is on the socket with no task woken for it. If it waits, the sender task
         finishes it and sends what queued behind it meanwhile, in order.
         """
+        if self._write is not None and self._write(frame_of(data)):
+            return
         sending = self.websocket.send_text(data)
         try:
             awaited = sending.send(None)

@@ -16,7 +16,7 @@ from sqlalchemy import update
 from websockets.asyncio.client import ClientConnection, connect
 
 from server.app import create_app
-from server.cli import WS_MAX_SIZE
+from server.frames import WEBSOCKET_OPTIONS, WS_MAX_SIZE
 from server.runtime import Runtime
 from server.settings import Settings
 from server.storage import experiments, make_engine
@@ -142,7 +142,7 @@ async def running_server(database_url: str, **settings: Any) -> AsyncIterator[Ha
     settings.setdefault("admin_token", TOKEN)
     app = create_app(Settings(database_url=database_url, **settings))
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", ws_max_size=WS_MAX_SIZE, ws_per_message_deflate=False
+        app, host="127.0.0.1", port=0, log_level="warning", **WEBSOCKET_OPTIONS
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

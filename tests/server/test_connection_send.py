@@ -20,6 +20,7 @@ from server.settings import Settings
 
 class Socket:
     def __init__(self) -> None:
+        self.scope: dict[str, Any] = {"extensions": {}}  # no direct way for frames: every send is Starlette's
         self.sent: list[str] = []
         self.gate: asyncio.Future[None] | None = None
         self.gone = False

@@ -12,7 +12,7 @@ import httpx
 from sqlalchemy import select
 from websockets.asyncio.client import connect
 
-from server.cli import WS_MAX_SIZE
+from server.frames import WS_MAX_SIZE
 from server.storage import connections, experiments, list_ticks, make_engine, to_epoch
 from tests.server.harness import Client, timeout
 from tests.server.test_cli import free_port, started, wait_until_healthy

@@ -28,9 +28,9 @@ from sqlalchemy import select
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from server.cli import WS_MAX_SIZE
 from server.exceptions import NotPersisted
 from server.experiments import parse_request, plan
+from server.frames import WS_MAX_SIZE
 from server.runtime import Runtime
 from server.settings import Settings
 from server.storage import (

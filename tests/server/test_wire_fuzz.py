@@ -34,7 +34,7 @@ from sqlalchemy import and_, select
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from server.cli import WS_MAX_SIZE
+from server.frames import WS_MAX_SIZE
 from server.storage import events, experiments, make_engine, participants
 from server.verify import verify
 from tests.server.harness import Harness, eventually, running_server, timeout

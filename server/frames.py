@@ -1,0 +1,106 @@
+"""WebSocket frames made once per broadcast and written straight to each recipient's socket.
+
+A group's frame goes to every member: through the ASGI ``send`` each recipient costs a message
+dict, Starlette's and uvicorn's checks, a coroutine, the text encoded to UTF-8 and framed by
+``websockets`` again, and the pieces joined: about a tenth of the server's CPU per decision at
+2,000 decisions a second (see bench/README.md). Here the frame's bytes are made once
+(:func:`frame_of`) and each recipient's transport is written to directly.
+
+The direct way is an ASGI extension of our own, ``synclab.frames``, that :class:`FrameProtocol`
+(uvicorn's sans-I/O ``websockets`` protocol, used by ``synclab serve``) puts in every
+WebSocket's scope: ``scope["extensions"]["synclab.frames"]["write"](frame)`` writes a complete
+frame and returns ``True``, or writes nothing and returns ``False`` when the frame has to wait
+or cannot go (the transport's buffer is over its high-water mark, the socket is closing or
+closed): the caller then sends it the ordinary way, which waits for the buffer or raises, and
+queues what comes after it (:meth:`server.connection.ClientConnection.send`). Under another
+server the extension is absent and every frame goes the ordinary way.
+
+A frame written here is one unfragmented, uncompressed text frame, which is valid whatever
+extensions the handshake agreed (per-message deflate is off anyway); ``websockets``' own state
+is not involved, as it tracks only fragmented messages and the closing handshake.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+#: the ASGI scope's extension: ``{"write": Callable[[bytes], bool]}``
+EXTENSION = "synclab.frames"
+#: the largest frame a client may send: uvicorn closes a socket with 1009 past this; below it our
+#: own limit (``max_frame_bytes``) answers with an error frame
+WS_MAX_SIZE = 1024 * 1024
+
+#: a final text frame (FIN and opcode 1), the first byte of every frame made here
+_TEXT = 0x81
+
+
+class FrameProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, with a way to write a ready frame: :data:`EXTENSION`."""
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # absent when the handshake was refused
+        if scope is not None:
+            scope["extensions"][EXTENSION] = {"write": self.write_frame}
+
+    def write_frame(self, frame: bytes) -> bool:
+        """Write ``frame`` now if it can go at once; ``False`` (nothing written) when it has to wait
+        for the buffer to drain, or the socket is not open for data (before the handshake's end,
+        after a close was sent or the connection was lost)."""
+        if (
+            self.disconnected
+            or self.close_sent
+            or not self.handshake_complete
+            or self.initial_response is not None
+            or not self.writable.is_set()
+            or self.transport.is_closing()
+        ):
+            return False
+        self.transport.write(frame)
+        return True
+
+
+#: uvicorn's WebSocket options of ``synclab serve`` (and of the tests' servers and the bench's relay)
+WEBSOCKET_OPTIONS: dict[str, Any] = {
+    "ws": FrameProtocol,
+    "ws_max_size": WS_MAX_SIZE,
+    "ws_per_message_deflate": False,
+}
+
+
+def text_frame(text: str) -> bytes:
+    """``text`` as one server-to-client text frame (RFC 6455 5.2: unmasked, the length in 7, 16 or 64 bits)."""
+    data = text.encode()
+    n = len(data)
+    if n < 126:
+        return bytes((_TEXT, n)) + data
+    if n < 1 << 16:
+        return struct.pack("!BBH", _TEXT, 126, n) + data
+    return struct.pack("!BBQ", _TEXT, 127, n) + data
+
+
+#: the last text framed and its frame: a broadcast's members are written one after the other
+#: with the same ``str``. One tuple, replaced whole: a loop in another thread (tests run servers
+#: side by side) never pairs one text with another's frame.
+_last: tuple[str | None, bytes] = (None, b"")
+
+
+def frame_of(text: str) -> bytes:
+    """:func:`text_frame` of ``text``, made once for the recipients of one broadcast."""
+    global _last
+    last = _last
+    if last[0] is text:
+        return last[1]
+    frame = text_frame(text)
+    _last = (text, frame)
+    return frame
+
+
+def frame_writer(scope: Any) -> Callable[[bytes], bool] | None:
+    """The socket's direct writer from its ASGI scope, or ``None`` when the server offers none."""
+    extension = (scope.get("extensions") or {}).get(EXTENSION)
+    return None if extension is None else extension["write"]

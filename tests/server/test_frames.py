@@ -1,0 +1,129 @@
+"""Frames made once per broadcast and written straight to the socket (server/frames.py).
+
+The bytes are checked against ``websockets``' own frame parser (what every client runs), and
+the direct way against a real server and real clients: a group's members get the same frame,
+the way is offered on every participant socket, and it writes nothing (so that the ordinary,
+waiting send takes over) while the socket's buffer is over its high-water mark or once the
+socket is closed. ``test_slow_client`` covers the switch between the two ways under real back
+pressure: every frame, in order, none twice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
+
+from server.connection import ClientConnection
+from server.frames import FrameProtocol, frame_of, text_frame
+from tests.server.harness import Harness, eventually
+
+
+def parsed(data: bytes) -> Frame:
+    """``data`` read as a client reads a frame from the server (unmasked), and nothing left over."""
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    parser = Frame.parse(reader.read_exact, mask=False)
+    try:
+        next(parser)
+    except StopIteration as done:
+        frame: Frame = done.value
+    else:  # pragma: no cover - the parser wanted more bytes than the frame has
+        raise AssertionError("the frame is shorter than its header says")
+    assert reader.at_eof() is not False and not reader.buffer, "bytes left after the frame"
+    return frame
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65_535, 65_536, 200_000])
+def test_a_text_frame_of_any_length_is_what_websockets_reads(length: int) -> None:
+    text = ("ü" * (length // 2)) + ("x" * (length % 2))  # two bytes a character: lengths around each bound
+    frame = parsed(text_frame(text))
+    assert frame.opcode is Opcode.TEXT and frame.fin
+    assert not (frame.rsv1 or frame.rsv2 or frame.rsv3)
+    assert bytes(frame.data).decode() == text
+    assert len(frame.data) == len(text.encode())
+
+
+def test_a_broadcast_is_framed_once_for_all_its_recipients() -> None:
+    text = '{"channel":"group_decisions","payload":{"A":1}}'
+    first = frame_of(text)
+    assert frame_of(text) is first  # the same str, one after the other: the same bytes
+    other = "".join(['{"channel":"group_decisions","payload":{"A":', "1}}"])  # equal, not the same object
+    assert other is not text
+    assert frame_of(other) == first
+    assert frame_of("something else") == text_frame("something else")
+    assert frame_of(text) == first
+
+
+def server_side(server: Harness, code: str) -> ClientConnection:
+    view = next(v for v in server.runtime.groups.views.values() if code in v.current)
+    conn = view.current[code]
+    assert isinstance(conn, ClientConnection)
+    return conn
+
+
+def protocol_of(conn: ClientConnection) -> FrameProtocol:
+    assert conn._write is not None, "the participant socket has no direct way for frames"
+    protocol = getattr(conn._write, "__self__", None)
+    assert isinstance(protocol, FrameProtocol)
+    return protocol
+
+
+async def test_every_member_gets_the_broadcast_written_directly(server: Harness) -> None:
+    exp = await server.create(game="public_goods", participants=3, group_size=3)
+    codes = [p["code"] for p in exp["participants"]]
+    clients = [await server.connect(code) for code in codes]
+    for client in clients:
+        await client.expect("group_decisions")
+    written: list[bytes] = []
+
+    def counting(write: Any) -> Any:
+        def counted(frame: bytes) -> bool:
+            written.append(frame)
+            return bool(write(frame))
+        return counted
+
+    for code in codes:  # each socket's direct way, counted
+        conn = server_side(server, code)
+        conn._write = counting(protocol_of(conn).write_frame)
+    await clients[0].send("decisions", 7, frame_id="d1")
+    for client in clients:
+        frame = await client.expect("group_decisions")
+        assert frame["payload"][codes[0]] == 7
+    ack = await clients[0].expect("ack")
+    assert ack["payload"]["id"] == "d1"
+    broadcasts = [f for f in written if b"group_decisions" in f]
+    assert len(broadcasts) == 3 and len({id(f) for f in broadcasts}) == 1  # one frame, three sockets
+    assert any(b'"ack"' in f for f in written)
+
+
+async def test_the_direct_way_writes_nothing_while_the_buffer_is_full_or_once_the_socket_is_closed(
+    server: Harness,
+) -> None:
+    exp = await server.create(game="public_goods", participants=2, group_size=2)
+    a_code, b_code = (p["code"] for p in exp["participants"])
+    a = await server.connect(a_code)
+    b = await server.connect(b_code)
+    await a.expect("group_decisions")
+    conn = server_side(server, a_code)
+    protocol = protocol_of(conn)
+    frame = text_frame('{"channel":"note","payload":1}')
+    protocol.pause_writing()  # what the transport calls past its high-water mark
+    try:
+        assert protocol.write_frame(frame) is False
+        conn.send('{"channel":"note","payload":"queued"}')  # the ordinary send waits meanwhile
+        assert await a.silent(0.2)
+    finally:
+        protocol.resume_writing()
+    assert (await a.expect("note"))["payload"] == "queued"
+    assert protocol.write_frame(frame) is True
+    assert (await a.expect("note"))["payload"] == 1
+    await a.close()
+    await eventually(lambda: protocol.disconnected or protocol.close_sent or protocol.transport.is_closing())
+    assert protocol.write_frame(frame) is False
+    with pytest.raises(ConnectionClosed):
+        await a.ws.recv()
+    await b.close()
