@@ -35,7 +35,7 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from server.frames import WEBSOCKET_OPTIONS, frame_of, frame_writer
+from server.frames import WEBSOCKET_OPTIONS, corked, frame_of, frame_writer
 
 #: the server's own limit (Settings.send_queue_frames)
 SEND_QUEUE_FRAMES = 2048
@@ -51,7 +51,8 @@ class Member:
     """One socket: a bounded queue drained by its own sender task, as in the server.
 
     With ``frames``, a frame that nothing queued is ahead of is written at once, made once per
-    broadcast, as the server writes it (:mod:`server.frames`); otherwise every frame goes the
+    broadcast, and those of one stored batch together, as the server writes them
+    (:mod:`server.frames`); otherwise every frame goes the
     ordinary way, through the queue and Starlette's ``send_text``."""
 
     def __init__(self, websocket: WebSocket, frames: bool = False) -> None:
@@ -86,8 +87,10 @@ class Member:
 class Log:
     """An append-only file and the thread that makes it durable: what is queued, at once, then ``fdatasync``."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, corking: bool = False) -> None:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        #: the frames of a batch's broadcasts go out together, as the server's (server.frames.corked)
+        self.corking = corking
         self._queue: deque[tuple[bytes, Callable[[], None]]] = deque()
         self._cond = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -117,7 +120,15 @@ class Log:
             os.write(self.fd, b"".join(data for data, _ in batch))
             os.fdatasync(self.fd)
             assert self._loop is not None
-            self._loop.call_soon_threadsafe(_run_all, [then for _, then in batch])
+            self._loop.call_soon_threadsafe(self.done, [then for _, then in batch])
+
+    def done(self, callbacks: list[Callable[[], None]]) -> None:
+        """A batch on disk: its broadcasts, on the loop (one write per socket with ``corking``)."""
+        if self.corking:
+            with corked():
+                _run_all(callbacks)
+        else:
+            _run_all(callbacks)
 
 
 def _run_all(callbacks: list[Callable[[], None]]) -> None:
@@ -188,7 +199,7 @@ class Relay:
 
 
 def create_app(drop_every: int = 0, log: str | None = None, frames: bool = False) -> Starlette:
-    relay = Relay(drop_every, None if log is None else Log(log), frames)
+    relay = Relay(drop_every, None if log is None else Log(log, corking=frames), frames)
     return Starlette(routes=[WebSocketRoute("/ws/{group}/{code}", relay.socket)])
 
 

@@ -211,7 +211,9 @@ class ClientConnection:
             if frame.channel == "ping":
                 self._pong(frame.payload, frame.timestamp)
                 return
-            future = self.group.receive(self.participant, frame.channel, frame.payload, frame.id)
+            self.group.receive(
+                self.participant, frame.channel, frame.payload, frame_id, lambda f: self._stored(f, frame_id)
+            )
         except FrameError as exc:
             self.send(error(exc.code, exc.message))
             return
@@ -221,8 +223,6 @@ class ClientConnection:
         except Exception as exc:  # a fault in a game's hook: refuse the frame, keep serving
             log.exception("game %s failed on a frame", self.game)
             self.send(error("game_error", f"the game failed on this frame: {type(exc).__name__}", frame_id))
-            return
-        future.add_done_callback(lambda f: self._stored(f, frame_id))
 
     def _stored(self, future: asyncio.Future[list[int]], frame_id: str | None) -> None:
         if future.cancelled():

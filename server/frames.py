@@ -15,6 +15,11 @@ closed): the caller then sends it the ordinary way, which waits for the buffer o
 queues what comes after it (:meth:`server.connection.ClientConnection.send`). Under another
 server the extension is absent and every frame goes the ordinary way.
 
+While :func:`corked` is in force (the callbacks of one committed batch of writes, see
+:class:`server.storage.EventWriter`), frames written this way are kept per socket and written
+together when it ends: a decision's sender gets the group's frame and its ``ack`` in one system
+call, not two.
+
 A frame written here is one unfragmented, uncompressed text frame, which is valid whatever
 extensions the handshake agreed (per-message deflate is off anyway); ``websockets``' own state
 is not involved, as it tracks only fragmented messages and the closing handshake.
@@ -22,8 +27,10 @@ is not involved, as it tracks only fragmented messages and the closing handshake
 
 from __future__ import annotations
 
+import contextlib
 import struct
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -38,8 +45,15 @@ WS_MAX_SIZE = 1024 * 1024
 _TEXT = 0x81
 
 
+#: this thread's cork (:func:`corked`): the sockets holding frames, or ``None`` when frames go at once
+_cork = threading.local()
+
+
 class FrameProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol, with a way to write a ready frame: :data:`EXTENSION`."""
+
+    #: frames kept while corked, written by :meth:`flush`
+    _held: list[bytes] | None = None
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -60,8 +74,42 @@ class FrameProtocol(WebSocketsSansIOProtocol):
             or self.transport.is_closing()
         ):
             return False
-        self.transport.write(frame)
+        holding: list[FrameProtocol] | None = getattr(_cork, "holding", None)
+        if holding is None:
+            self.transport.write(frame)
+        elif self._held is None:
+            self._held = [frame]
+            holding.append(self)
+        else:
+            self._held.append(frame)
         return True
+
+    def flush(self) -> None:
+        """Write the frames kept while corked, in one piece (nothing if the socket closed meanwhile)."""
+        held, self._held = self._held, None
+        if held and not self.transport.is_closing():
+            self.transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+
+@contextlib.contextmanager
+def corked() -> Iterator[None]:
+    """Frames written the direct way meanwhile (on this thread) go out at the end, one write per socket.
+
+    Nothing that could make a socket's frame wait (its own writes) happens while they are kept,
+    so each socket's frames stay in order with whatever it sends after. Nested: the outermost ends it.
+    """
+    if getattr(_cork, "holding", None) is not None:
+        yield
+        return
+    holding: list[FrameProtocol] = []
+    _cork.holding = holding
+    try:
+        yield
+    finally:
+        _cork.holding = None
+        for protocol in holding:
+            with contextlib.suppress(Exception):  # a socket gone meanwhile: its frames go with it
+                protocol.flush()
 
 
 #: uvicorn's WebSocket options of ``synclab serve`` (and of the tests' servers and the bench's relay)

@@ -329,31 +329,53 @@ class LiveGroup:
         return Write(self.experiment_id, stored, group, connection, scored, timed, statuses, epoch=self.epoch)
 
     def receive(
-        self, participant: str, channel: str, payload: Any, client_id: str | None, *, bot: bool = False
+        self,
+        participant: str,
+        channel: str,
+        payload: Any,
+        client_id: str | None,
+        *,
+        bot: bool = False,
+        answer: Callable[[asyncio.Future[list[int]]], None] | None = None,
     ) -> asyncio.Future[list[int]]:
-        """A client frame on a game channel (``bot``: a stand-in's); a repeated ``client_id`` is answered, not stored."""
+        """A client frame on a game channel (``bot``: a stand-in's); a repeated ``client_id`` is answered, not stored.
+
+        ``answer`` is called once with the future when it is settled: at the commit itself (with
+        the frames of the commit's batch, see :func:`server.frames.corked`), not a turn of the
+        loop later as a future's own callbacks are; at once if it is settled already.
+        """
         ids = self.client_ids.setdefault(participant, {})
         if client_id is not None and client_id in ids:
             known = ids[client_id]
             if isinstance(known, asyncio.Future):
+                if answer is not None:
+                    known.add_done_callback(answer)
                 return known
             done: asyncio.Future[list[int]] = self._running_loop().create_future()
             done.set_result([known])
+            if answer is not None:
+                answer(done)
             return done
         settle = None
-        if client_id is not None:
+        if client_id is not None or answer is not None:
 
             def settle(seqs: list[int] | None) -> None:
-                if seqs:
-                    ids[client_id] = seqs[0]
-                else:
-                    ids.pop(client_id, None)  # not stored: a retry may try again
+                if client_id is not None:
+                    if seqs:
+                        ids[client_id] = seqs[0]
+                    else:
+                        ids.pop(client_id, None)  # not stored: a retry may try again
+                if answer is not None:
+                    answer(future)
 
         future = self.act(
             lambda: self.core.receive(participant, channel, payload, self._clock()),
             client_id=client_id, bot=bot, settled=settle,
         )
-        if client_id is not None and not future.done():  # until settle() replaces it with the seq
+        if future.done():  # settled without a write (nothing to store, or no longer this group's authority)
+            if answer is not None:
+                answer(future)
+        elif client_id is not None:  # until settle() replaces it with the seq
             ids[client_id] = future
         return future
 

@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from .accounts import Accounts
 from .cluster import Node
 from .deliveries import Deliveries
+from .frames import corked
 from .hub import Hub, MemoryHub
 from .routing import LiveGroups
 from .settings import Settings
@@ -67,7 +68,9 @@ class Runtime:
                 log.warning("synclab: closed %d connections the last run left open (code 1006)", left_open)
         if generated is not None:  # the only time it can be shown: the database keeps its hash
             log.warning("synclab: generated the experimenter token %s (the account 'admin'; shown once)", generated)
-        writer = EventWriter(database, max_batch=settings.writer_max_batch, commit_delay=settings.commit_delay)
+        writer = EventWriter(
+            database, max_batch=settings.writer_max_batch, commit_delay=settings.commit_delay, delivering=corked
+        )
         writer.start()
         node = Node(settings, database) if settings.clustered else None
         hub: Hub = node.hub if node is not None else MemoryHub()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 import orjson
@@ -196,13 +196,22 @@ class GroupView:
 
     # ------------------------------------------------------------------ what members send
 
-    def receive(self, participant: str, channel: str, payload: Any, client_id: str | None) -> asyncio.Future[Any]:
-        """A member's frame, to the authority: resolves to the stored ``seq``s (or fails, as it would there)."""
+    def receive(
+        self,
+        participant: str,
+        channel: str,
+        payload: Any,
+        client_id: str | None,
+        answer: Callable[[asyncio.Future[Any]], None],
+    ) -> None:
+        """A member's frame, to the authority; ``answer`` gets the future of its stored ``seq``s once
+        settled (it fails as it would there): here, at the commit (see :meth:`LiveGroup.receive`)."""
         live = self._router.local(self.id)
         if live is not None:
-            return live.receive(participant, channel, payload, client_id)
+            live.receive(participant, channel, payload, client_id, answer=answer)
+            return
         body = {"p": participant, "ch": channel, "v": payload, "i": client_id}
-        return asyncio.ensure_future(self._router.call(self.id, "receive", body))
+        asyncio.ensure_future(self._router.call(self.id, "receive", body)).add_done_callback(answer)
 
 
 def _change(change: ConnectionChange | None) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -51,8 +52,12 @@ class EventWriter:
         max_batch: int = 2000,
         commit_delay: float = 0.0,
         checkpoint_every: float = CHECKPOINT_EVERY,
+        delivering: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     ) -> None:
         self._database = database
+        #: around the callbacks of a committed batch: what they send goes out together at its end
+        #: (``server.frames.corked``: one write per socket)
+        self._delivering = delivering
         self._max_batch = max_batch
         #: the group commit's wait while writes stream in (seconds; see ``WriterThread._gather``)
         self._commit_delay = commit_delay
@@ -122,12 +127,13 @@ class EventWriter:
             self._database.checkpoint()
         self.writes += len(batch)
         self.committed += sum(len(p.write.events) for p in batch if not p.write.fenced)
-        for pending in batch:
-            if pending.write.fenced:  # another authority took its group over: nothing of it stored
-                self.fenced += 1
-                _safely(pending.on_fail, NotAuthority(f"group {_group(pending.write)} is now served by another worker"))
-            else:
-                _safely(pending.on_commit, pending.write)
+        with self._delivering():
+            for pending in batch:
+                if pending.write.fenced:  # another authority took its group over: nothing of it stored
+                    self.fenced += 1
+                    _safely(pending.on_fail, NotAuthority(f"group {_group(pending.write)} is now served by another worker"))
+                else:
+                    _safely(pending.on_commit, pending.write)
 
 
 def _group(write: Write) -> int | None:

@@ -17,7 +17,7 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from server.connection import ClientConnection
-from server.frames import FrameProtocol, frame_of, text_frame
+from server.frames import FrameProtocol, corked, frame_of, text_frame
 from tests.server.harness import Harness, eventually
 
 
@@ -126,4 +126,63 @@ async def test_the_direct_way_writes_nothing_while_the_buffer_is_full_or_once_th
     assert protocol.write_frame(frame) is False
     with pytest.raises(ConnectionClosed):
         await a.ws.recv()
+    await b.close()
+
+
+class CountingTransport:
+    """A socket's transport that counts its writes (and is the transport for everything else)."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self.transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+async def test_frames_written_while_corked_go_out_together_in_order(server: Harness) -> None:
+    exp = await server.create(game="public_goods", participants=2, group_size=2)
+    a_code, b_code = (p["code"] for p in exp["participants"])
+    a = await server.connect(a_code)
+    b = await server.connect(b_code)
+    await a.expect("group_decisions")
+    await b.expect("group_decisions")
+    a_side, b_side = server_side(server, a_code), server_side(server, b_code)
+    a_protocol, b_protocol = protocol_of(a_side), protocol_of(b_side)
+    counting = [CountingTransport(p.transport) for p in (a_protocol, b_protocol)]
+    a_protocol.transport, b_protocol.transport = counting  # type: ignore[assignment]
+    with corked():
+        a_side.send('{"channel":"note","payload":1}')
+        b_side.send('{"channel":"note","payload":"b"}')
+        with corked():  # nested: the outermost writes
+            a_side.send('{"channel":"note","payload":2}')
+        assert counting[0].writes == [] and counting[1].writes == []
+    assert len(counting[0].writes) == 1 and len(counting[1].writes) == 1
+    assert counting[0].writes[0] == text_frame('{"channel":"note","payload":1}') + text_frame(
+        '{"channel":"note","payload":2}'
+    )
+    assert [(await a.expect("note"))["payload"] for _ in range(2)] == [1, 2]
+    assert (await b.expect("note"))["payload"] == "b"
+    a_side.send('{"channel":"note","payload":3}')  # not corked: at once
+    assert len(counting[0].writes) == 2
+    assert (await a.expect("note"))["payload"] == 3
+
+
+async def test_a_decision_and_its_ack_reach_the_sender_in_one_write(server: Harness) -> None:
+    exp = await server.create(game="public_goods", participants=2, group_size=2)
+    a_code, b_code = (p["code"] for p in exp["participants"])
+    a = await server.connect(a_code)
+    b = await server.connect(b_code)
+    await a.expect("group_decisions")
+    a_protocol = protocol_of(server_side(server, a_code))
+    counting = CountingTransport(a_protocol.transport)
+    a_protocol.transport = counting  # type: ignore[assignment]
+    await a.send("decisions", 3, frame_id="x")
+    assert (await a.expect("group_decisions"))["payload"][a_code] == 3
+    assert (await a.expect("ack"))["payload"]["id"] == "x"
+    assert len(counting.writes) == 1 and b'"group_decisions"' in counting.writes[0] and b'"ack"' in counting.writes[0]
     await b.close()
