@@ -49,8 +49,10 @@ async def test_relay_delivers_everything_and_a_dropped_decision_is_lost() -> Non
     assert dropping["deliveries"] == 140 and dropping["acked"] == 35, dropping
 
 
-async def test_the_relay_that_stores_first_stores_every_decision_once_and_delivers_it() -> None:
-    with running("relay", None, ["--fsync", "decisions.log"]) as relay:
+@pytest.mark.parametrize("frames", [False, True], ids=["ordinary", "frames"])
+async def test_the_relay_that_stores_first_stores_every_decision_once_and_delivers_it(frames: bool) -> None:
+    """Also with ``--frames``: written at once, made once per broadcast, a stored batch's together."""
+    with running("relay", None, ["--fsync", "decisions.log", *(["--frames"] if frames else [])]) as relay:
         async with asyncio.timeout(timeout(30)):
             run = await run_load(relay, LOAD)
         stored = [orjson.loads(line) for line in (relay.workdir / "decisions.log").read_bytes().splitlines()]
@@ -247,4 +249,9 @@ def test_the_cpu_ratio_pairs_each_repeat_of_the_server_with_the_same_repeat_of_t
             row("server-2000", 1, 150.0), row("server-2000", 2, 500.0), row("server-2000", 3, 999.0)]
     assert cpu_ratios(rows) == [1.5, 2.5]
     assert any(line.startswith("MISSED server CPU per decision") and "2.00x" in line for line in verdicts(rows))
+    assert not any(line.startswith("INFO   server CPU") for line in verdicts(rows))
+    framed = [*rows, row("relay-fsync-frames-2000", 1, 75.0), row("relay-fsync-frames-2000", 2, 250.0)]
+    assert cpu_ratios(framed, "relay-fsync-frames-2000") == [2.0, 2.0]
+    info = [line for line in verdicts(framed) if line.startswith("INFO   server CPU")]
+    assert len(info) == 1 and "2.00x" in info[0], info
     assert any(line.startswith("MET    server CPU per decision") for line in verdicts(rows[:1] + rows[2:3]))
