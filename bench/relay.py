@@ -35,7 +35,7 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from server.frames import WEBSOCKET_OPTIONS, corked, frame_of, frame_writer
+from server.frames import WEBSOCKET_OPTIONS, corked, frame_of, frame_taker, frame_writer
 
 #: the server's own limit (Settings.send_queue_frames)
 SEND_QUEUE_FRAMES = 2048
@@ -157,6 +157,9 @@ class Relay:
         self.decisions.setdefault(group, {})
         member.send(encode("hello", {"participant": code, "group": group, "members": list(members)}))
         sender = asyncio.create_task(member.sender())
+        take_texts = frame_taker(websocket.scope) if self.frames else None
+        if take_texts is not None:  # text frames handled as they are read, as the server does
+            take_texts(lambda text: self.handle(group, code, text))
         try:
             while True:
                 text = await websocket.receive_text()
@@ -164,6 +167,8 @@ class Relay:
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
+            if take_texts is not None:
+                take_texts(None)
             member.closed = True
             member.ready.set()
             if members.get(code) is member:
@@ -210,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--drop-every", type=int, default=0, help="drop every K-th decision (0: none)")
     parser.add_argument("--fsync", metavar="FILE", help="store each decision in FILE (fdatasync) before broadcasting it")
     parser.add_argument("--frames", action="store_true",
-                        help="write each frame at once, made once per broadcast, as the server does (server.frames)")
+                        help="send and receive as the server does (server.frames): each frame written at once, "
+                        "made once per broadcast, a stored batch's together; text frames handled as they are read")
     args = parser.parse_args(argv)
     if args.drop_every < 0:
         parser.error(f"--drop-every: expected 0 or more, got {args.drop_every}")

@@ -32,7 +32,7 @@ from .exceptions import (
     FrameError,
     NotPersisted,
 )
-from .frames import frame_of, frame_writer
+from .frames import frame_of, frame_taker, frame_writer
 from .routing import LiveGroups
 from .settings import Settings
 from .storage import ConnectionChange, Seat
@@ -171,7 +171,13 @@ class ClientConnection:
     # ------------------------------------------------------------------ receiving
 
     async def run(self) -> None:
-        """Serve until the client goes away or is cut off."""
+        """Serve until the client goes away or is cut off.
+
+        Where the server offers it, text frames are handled as they are read (:mod:`server.frames`);
+        the receiver task then sees only the rest (binary frames, the disconnect)."""
+        take_texts = frame_taker(self.websocket.scope)
+        if take_texts is not None:
+            take_texts(self._on_text)
         sender = asyncio.create_task(self._sender())
         receiver = asyncio.create_task(self._receiver())
         try:
@@ -181,6 +187,8 @@ class ClientConnection:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(receiver), 2.0)
         finally:
+            if take_texts is not None:
+                take_texts(None)
             for task in (sender, receiver):
                 task.cancel()
             for task in (sender, receiver):
@@ -200,6 +208,10 @@ class ClientConnection:
             if text is None:
                 self.send(error("bad_frame", "expected a JSON text frame, got a binary frame"))
                 continue
+            self.handle(text)
+
+    def _on_text(self, text: str) -> None:
+        if self._take_token():
             self.handle(text)
 
     def handle(self, text: str) -> None:

@@ -20,6 +20,10 @@ While :func:`corked` is in force (the callbacks of one committed batch of writes
 together when it ends: a decision's sender gets the group's frame and its ``ack`` in one system
 call, not two.
 
+The other way round, ``take_texts`` hands each text message to the app as it is read (see
+:meth:`FrameProtocol.take_texts`), not through the queue behind ``receive``: no task is woken
+and no ``receive`` runs for a participant's frame.
+
 A frame written here is one unfragmented, uncompressed text frame, which is valid whatever
 extensions the handshake agreed (per-message deflate is off anyway); ``websockets``' own state
 is not involved, as it tracks only fragmented messages and the closing handshake.
@@ -35,7 +39,7 @@ from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-#: the ASGI scope's extension: ``{"write": Callable[[bytes], bool]}``
+#: the ASGI scope's extension: ``{"write": Callable[[bytes], bool], "take_texts": Callable[[Callable[[str], None] | None], None]}``
 EXTENSION = "synclab.frames"
 #: the largest frame a client may send: uvicorn closes a socket with 1009 past this; below it our
 #: own limit (``max_frame_bytes``) answers with an error frame
@@ -50,16 +54,58 @@ _cork = threading.local()
 
 
 class FrameProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol, with a way to write a ready frame: :data:`EXTENSION`."""
+    """uvicorn's sans-I/O WebSocket protocol, with a way to write a ready frame and to take text
+    messages as they come: :data:`EXTENSION`."""
 
     #: frames kept while corked, written by :meth:`flush`
     _held: list[bytes] | None = None
+    #: the app's taker of text messages (:meth:`take_texts`), or ``None``: every message is queued
+    _on_text: Callable[[str], None] | None = None
+    #: a fragmented message is being received: it, and what follows it, go through the queue
+    _fragmented = False
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)  # absent when the handshake was refused
         if scope is not None:
-            scope["extensions"][EXTENSION] = {"write": self.write_frame}
+            scope["extensions"][EXTENSION] = {"write": self.write_frame, "take_texts": self.take_texts}
+
+    def take_texts(self, on_text: Callable[[str], None] | None) -> None:
+        """Hand each text message that comes from now on to ``on_text``, at once, instead of queueing
+        it for the app's ``receive`` (``None``: queue them again).
+
+        Only a whole message in one frame that nothing queued is ahead of goes this way; anything
+        else (a binary or fragmented message, text that is not UTF-8, whatever came before, the
+        disconnect) still goes through ``receive``, in order: the app takes a message from there
+        and handles it before the loop reads the socket again. ``on_text`` must not raise.
+        After a close was sent nothing reaches the app either way.
+        """
+        self._on_text = on_text
+
+    def handle_text(self, event: Any) -> None:
+        on_text = self._on_text
+        if on_text is None or not event.fin or self._fragmented or self.close_sent or not self.queue.empty():
+            self._fragmented = not event.fin
+            super().handle_text(event)
+            return
+        try:
+            text = bytes(event.data).decode()
+        except UnicodeDecodeError:  # uvicorn's own way: the socket is closed with 1007
+            super().handle_text(event)
+            return
+        try:
+            on_text(text)
+        except Exception:  # the app's fault: logged, the socket served on (as a task's would be)
+            self.logger.exception("the app failed on a text message")
+
+    def handle_bytes(self, event: Any) -> None:
+        self._fragmented = not event.fin
+        super().handle_bytes(event)
+
+    def handle_cont(self, event: Any) -> None:
+        if event.fin:
+            self._fragmented = False
+        super().handle_cont(event)
 
     def write_frame(self, frame: bytes) -> bool:
         """Write ``frame`` now if it can go at once; ``False`` (nothing written) when it has to wait
@@ -152,3 +198,9 @@ def frame_writer(scope: Any) -> Callable[[bytes], bool] | None:
     """The socket's direct writer from its ASGI scope, or ``None`` when the server offers none."""
     extension = (scope.get("extensions") or {}).get(EXTENSION)
     return None if extension is None else extension["write"]
+
+
+def frame_taker(scope: Any) -> Callable[[Callable[[str], None] | None], None] | None:
+    """The socket's ``take_texts`` from its ASGI scope, or ``None`` when the server offers none."""
+    extension = (scope.get("extensions") or {}).get(EXTENSION)
+    return None if extension is None else extension.get("take_texts")

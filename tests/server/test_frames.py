@@ -186,3 +186,45 @@ async def test_a_decision_and_its_ack_reach_the_sender_in_one_write(server: Harn
     assert (await a.expect("ack"))["payload"]["id"] == "x"
     assert len(counting.writes) == 1 and b'"group_decisions"' in counting.writes[0] and b'"ack"' in counting.writes[0]
     await b.close()
+
+
+async def test_text_frames_are_handled_as_they_are_read_and_the_rest_through_receive_in_order(
+    server: Harness,
+) -> None:
+    """A whole text frame goes straight to the connection; a fragmented message, and whatever comes
+    while it is queued, go through ``receive``; a binary frame is refused there; the order holds."""
+    exp = await server.create(game="public_goods", participants=2, group_size=2)
+    a_code, b_code = (p["code"] for p in exp["participants"])
+    a = await server.connect(a_code)
+    b = await server.connect(b_code)
+    await a.expect("group_decisions")
+    protocol = protocol_of(server_side(server, a_code))
+    assert protocol._on_text is not None, "text frames are not taken as they come"
+    queued: list[Any] = []
+    put = protocol.queue.put_nowait
+
+    def counted(message: Any) -> None:
+        queued.append(message)
+        put(message)
+
+    protocol.queue.put_nowait = counted  # type: ignore[method-assign]
+    await a.send("decisions", 1, frame_id="d1")
+    assert (await a.expect("ack"))["payload"]["id"] == "d1"
+    assert queued == []  # straight to the connection
+    fragments = ['{"channel": "decisions", ', '"payload": 2, "id": "d2"}']
+    await a.ws.send(iter(fragments))  # one message in two frames
+    await a.send("decisions", 3, frame_id="d3")
+    await a.send_raw(b'{"channel": "decisions", "payload": 4, "id": "d4"}')
+    await a.send("decisions", 5, frame_id="d5")
+    acks, errors = [], []
+    while len(acks) + len(errors) < 4:
+        frame = await a.next()
+        if frame["channel"] == "ack":
+            acks.append(frame["payload"]["id"])
+        elif frame["channel"] == "error":  # at once: the acks wait for their commits
+            errors.append(frame["payload"]["code"])
+    assert acks == ["d2", "d3", "d5"] and errors == ["bad_frame"]
+    assert any(m.get("text") == "".join(fragments) for m in queued)
+    stored = [e["value"] for e in await server.events(exp["code"]) if e["channel"] == "decisions"]
+    assert stored == [1, 2, 3, 5]
+    await b.close()
