@@ -18,7 +18,7 @@ from websockets.streams import StreamReader
 
 from server.connection import ClientConnection
 from server.frames import FrameProtocol, corked, frame_of, text_frame
-from tests.server.harness import Harness, eventually
+from tests.server.harness import Client, Harness, eventually
 
 
 def parsed(data: bytes) -> Frame:
@@ -72,6 +72,17 @@ def protocol_of(conn: ClientConnection) -> FrameProtocol:
     return protocol
 
 
+async def two_playing(server: Harness) -> tuple[list[str], Client, Client]:
+    """A public goods group of two, both connected and past the period's start."""
+    exp = await server.create(game="public_goods", participants=2, group_size=2)
+    codes = [p["code"] for p in exp["participants"]]
+    a = await server.connect(codes[0])
+    b = await server.connect(codes[1])
+    await a.expect("group_decisions")
+    await b.expect("group_decisions")
+    return [exp["code"], *codes], a, b
+
+
 async def test_every_member_gets_the_broadcast_written_directly(server: Harness) -> None:
     exp = await server.create(game="public_goods", participants=3, group_size=3)
     codes = [p["code"] for p in exp["participants"]]
@@ -103,11 +114,7 @@ async def test_every_member_gets_the_broadcast_written_directly(server: Harness)
 async def test_the_direct_way_writes_nothing_while_the_buffer_is_full_or_once_the_socket_is_closed(
     server: Harness,
 ) -> None:
-    exp = await server.create(game="public_goods", participants=2, group_size=2)
-    a_code, b_code = (p["code"] for p in exp["participants"])
-    a = await server.connect(a_code)
-    b = await server.connect(b_code)
-    await a.expect("group_decisions")
+    (_, a_code, _), a, b = await two_playing(server)
     conn = server_side(server, a_code)
     protocol = protocol_of(conn)
     frame = text_frame('{"channel":"note","payload":1}')
@@ -145,12 +152,7 @@ class CountingTransport:
 
 
 async def test_frames_written_while_corked_go_out_together_in_order(server: Harness) -> None:
-    exp = await server.create(game="public_goods", participants=2, group_size=2)
-    a_code, b_code = (p["code"] for p in exp["participants"])
-    a = await server.connect(a_code)
-    b = await server.connect(b_code)
-    await a.expect("group_decisions")
-    await b.expect("group_decisions")
+    (_, a_code, b_code), a, b = await two_playing(server)
     a_side, b_side = server_side(server, a_code), server_side(server, b_code)
     a_protocol, b_protocol = protocol_of(a_side), protocol_of(b_side)
     counting = [CountingTransport(p.transport) for p in (a_protocol, b_protocol)]
@@ -173,11 +175,7 @@ async def test_frames_written_while_corked_go_out_together_in_order(server: Harn
 
 
 async def test_a_decision_and_its_ack_reach_the_sender_in_one_write(server: Harness) -> None:
-    exp = await server.create(game="public_goods", participants=2, group_size=2)
-    a_code, b_code = (p["code"] for p in exp["participants"])
-    a = await server.connect(a_code)
-    b = await server.connect(b_code)
-    await a.expect("group_decisions")
+    (_, a_code, _), a, b = await two_playing(server)
     a_protocol = protocol_of(server_side(server, a_code))
     counting = CountingTransport(a_protocol.transport)
     a_protocol.transport = counting  # type: ignore[assignment]
@@ -193,11 +191,7 @@ async def test_text_frames_are_handled_as_they_are_read_and_the_rest_through_rec
 ) -> None:
     """A whole text frame goes straight to the connection; a fragmented message, and whatever comes
     while it is queued, go through ``receive``; a binary frame is refused there; the order holds."""
-    exp = await server.create(game="public_goods", participants=2, group_size=2)
-    a_code, b_code = (p["code"] for p in exp["participants"])
-    a = await server.connect(a_code)
-    b = await server.connect(b_code)
-    await a.expect("group_decisions")
+    (experiment, a_code, _), a, b = await two_playing(server)
     protocol = protocol_of(server_side(server, a_code))
     assert protocol._on_text is not None, "text frames are not taken as they come"
     queued: list[Any] = []
@@ -225,6 +219,6 @@ async def test_text_frames_are_handled_as_they_are_read_and_the_rest_through_rec
             errors.append(frame["payload"]["code"])
     assert acks == ["d2", "d3", "d5"] and errors == ["bad_frame"]
     assert any(m.get("text") == "".join(fragments) for m in queued)
-    stored = [e["value"] for e in await server.events(exp["code"]) if e["channel"] == "decisions"]
+    stored = [e["value"] for e in await server.events(experiment) if e["channel"] == "decisions"]
     assert stored == [1, 2, 3, 5]
     await b.close()
