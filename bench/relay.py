@@ -52,8 +52,8 @@ class Member:
 
     With ``frames``, a frame that nothing queued is ahead of is written at once, made once per
     broadcast, and those of one stored batch together, as the server writes them
-    (:mod:`server.frames`); otherwise every frame goes the
-    ordinary way, through the queue and Starlette's ``send_text``."""
+    (:mod:`server.frames`); otherwise every frame goes the ordinary way, through the queue and
+    Starlette's ``send_text``."""
 
     def __init__(self, websocket: WebSocket, frames: bool = False) -> None:
         self.websocket = websocket
@@ -124,10 +124,7 @@ class Log:
 
     def done(self, callbacks: list[Callable[[], None]]) -> None:
         """A batch on disk: its broadcasts, on the loop (one write per socket with ``corking``)."""
-        if self.corking:
-            with corked():
-                _run_all(callbacks)
-        else:
+        with corked() if self.corking else contextlib.nullcontext():
             _run_all(callbacks)
 
 

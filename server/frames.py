@@ -194,13 +194,18 @@ def frame_of(text: str) -> bytes:
     return frame
 
 
+def _offered(scope: Any, name: str) -> Any:
+    """``name`` of the socket's :data:`EXTENSION` in its ASGI scope, or ``None`` when the server offers none."""
+    return ((scope.get("extensions") or {}).get(EXTENSION) or {}).get(name)
+
+
 def frame_writer(scope: Any) -> Callable[[bytes], bool] | None:
-    """The socket's direct writer from its ASGI scope, or ``None`` when the server offers none."""
-    extension = (scope.get("extensions") or {}).get(EXTENSION)
-    return None if extension is None else extension["write"]
+    """The socket's direct writer (:meth:`FrameProtocol.write_frame`), if the server offers it."""
+    writer: Callable[[bytes], bool] | None = _offered(scope, "write")
+    return writer
 
 
 def frame_taker(scope: Any) -> Callable[[Callable[[str], None] | None], None] | None:
-    """The socket's ``take_texts`` from its ASGI scope, or ``None`` when the server offers none."""
-    extension = (scope.get("extensions") or {}).get(EXTENSION)
-    return None if extension is None else extension.get("take_texts")
+    """The socket's :meth:`FrameProtocol.take_texts`, if the server offers it."""
+    taker: Callable[[Callable[[str], None] | None], None] | None = _offered(scope, "take_texts")
+    return taker
