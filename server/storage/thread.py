@@ -107,6 +107,9 @@ class WriterThread:
         self._delay = 0.0
         #: whether the last batch had company (more than one write): the stream is on
         self._streaming = False
+        #: about when the writes queued now came (``time.perf_counter``): not before the last
+        #: batch was taken, nor (roughly) before the idle thread was woken (see :meth:`_gather`)
+        self._queued_since = 0.0
         #: the thread that runs :attr:`_loop` (see :meth:`_wake_soon`)
         self._loop_thread: int | None = None
         #: the loop that will wake the idle thread at the end of its turn (see :meth:`_put`)
@@ -268,12 +271,13 @@ class WriterThread:
                     # (what the wait brought, or what a stop or a withdrawal left of it)
                     self._idle = False
                     gathered = True
-                    self._gather()
+                    self._gather(self._delay - max(0.0, time.perf_counter() - self._queued_since - self._delay))
                     continue
                 if self._stopping and not self._items:
                     self._idle = False
                     return None
                 self._wait()
+                self._queued_since = time.perf_counter()
             self._idle = False
             first = self._items.popleft()
             if isinstance(first, _Job):
@@ -286,10 +290,11 @@ class WriterThread:
                 batch.append(self._items.popleft())
                 size += events
             self._streaming = len(batch) > 1
+            self._queued_since = time.perf_counter()
             return batch
 
-    def _gather(self) -> None:
-        """A group commit (under the lock, released meanwhile): wait ``delay`` before a batch.
+    def _gather(self, wait: float) -> None:
+        """A group commit (under the lock, released meanwhile): wait up to ``delay`` before a batch.
 
         Only while writes come in a stream, that is while the last batch had more than one: each
         commit costs its statements, a page written per table and index it touches, and an
@@ -297,10 +302,18 @@ class WriterThread:
         of two (what comes in while the last commit runs) cost about a fifth more CPU per decision
         than batches of four or five. A lone write (a lab's pace) is committed at once. Nothing is
         acknowledged or sent before its commit, so waiting changes when, never whether.
+
+        ``wait`` is ``delay`` less what the last batch took beyond ``delay`` (from its taking to
+        now: its commit, and the log's restart after it): the writes queued now came during it, so
+        after a commit that waited for the disk they have waited already, and a batch taken
+        twice ``delay`` or more ago is followed at once. An ordinary commit (under a millisecond at
+        2,000/s) leaves the whole ``delay``; so does a write that woke the idle thread.
         """
+        if wait <= 0:
+            return
         self._cond.release()
         try:
-            time.sleep(self._delay)
+            time.sleep(wait)
         finally:
             self._cond.acquire()
 

@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -144,6 +145,52 @@ async def test_while_writes_stream_in_a_batch_waits_the_group_commits_delay_and_
         await commits(6)
         assert committed[5] - sent < delay
         assert rec.batches[4:] == [[6], [7]]
+    finally:
+        thread.stop()
+
+
+async def test_writes_queued_behind_a_slow_commit_have_waited_already_so_their_batch_goes_at_once() -> None:
+    """A commit that took twice the group commit's ``delay`` or more (the disk stalled) is followed
+    at once: what queued behind it waited through it, and is not held back ``delay`` more."""
+    rec = Recorder()
+    thread = WriterThread(rec.commit, lambda: None)
+    delay = timeout(0.3)
+    committed: list[float] = []
+    another = asyncio.Event()
+
+    def on_done(batch: list[Any], exc: BaseException | None) -> None:
+        committed.append(time.monotonic())
+        another.set()
+
+    thread.batches_to(asyncio.get_running_loop(), on_done, 100, delay)
+
+    async def commits(count: int) -> None:
+        async with asyncio.timeout(timeout(5)):
+            while len(committed) < count:
+                another.clear()
+                await another.wait()
+
+    try:
+        thread.submit(item(0))
+        await commits(1)
+        rec.gate.clear()  # the next commit waits for the disk
+        thread.submit(item(1))
+        thread.submit(item(2))  # one turn: a batch with company, the stream is on
+        await until_queued(SimpleNamespace(writer=thread), 0)  # 1 and 2 taken, held at the gate
+        thread.submit(item(3))
+        await asyncio.sleep(2.5 * delay)
+        released = time.monotonic()
+        rec.gate.set()
+        await commits(3)
+        assert rec.batches == [[0], [1, 2], [3]]
+        assert committed[2] - released < delay, "a write that waited through a slow commit waited the delay again"
+        thread.submit(item(4))
+        thread.submit(item(5))
+        await commits(4)
+        sent = time.monotonic()
+        thread.submit(item(6))  # after an ordinary commit of a stream: the whole delay, for company
+        await commits(5)
+        assert committed[4] - sent >= delay * 0.9, "after an ordinary commit the batch did not wait for company"
     finally:
         thread.stop()
 
