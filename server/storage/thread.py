@@ -2,8 +2,8 @@
 
 The event loop only appends to a queue. The thread takes whatever writes are queued when it is
 free, commits them as one batch, and posts the outcome back to the loop with one
-``call_soon_threadsafe``. Under load it never sleeps: the next batch starts as soon as the last
-one is committed, while the loop sends the last one out. An idle thread is woken once the loop
+``call_soon_threadsafe``. Under load it sleeps only for the group commit's wait (:meth:`WriterThread._gather`),
+while the loop sends the last batch out. An idle thread is woken once the loop
 has run what was ready when the first write came (``call_soon``), not at each write: the frames
 that arrive together are committed together, and the thread does not take the core from the
 loop in the middle of its turn to commit one write while the next ones wait for a batch of their own.
@@ -17,15 +17,13 @@ what its groups' lost events did, say). Jobs queued once the loop has resumed th
 usual; the last function of :meth:`WriterThread.stop` always runs.
 
 The thread is not a daemon: the process does not end in the middle of a commit, nor with writes
-still queued. :meth:`WriterThread.stop` commits everything queued and waits for it, bounded by its
-``timeout``: past it, the thread finishes the commit under way, refuses what is still queued
-(:class:`~server.exceptions.NotPersisted`), logs how many writes were left unstored, and ends,
-so the process can exit. The commit under way is bounded only by the database driver: on SQLite
-by ``busy_timeout`` (30 s, see :func:`.engine.make_engine`) while another process holds the
-write lock; on PostgreSQL by the server's ``lock_timeout`` and ``statement_timeout``, which are
-off unless the database or its URL sets them. Should the interpreter exit without :meth:`stop`
-(uvicorn's forced exit skips the app's shutdown), the idle thread sees within
-:data:`WATCH_EVERY` seconds that the main thread has ended, commits what is queued, and ends.
+still queued, and :meth:`WriterThread.stop` bounds the wait for them. The commit under way is
+bounded only by the database driver: on SQLite by ``busy_timeout`` (30 s, see
+:func:`.engine.make_engine`) while another process holds the write lock; on PostgreSQL by the
+server's ``lock_timeout`` and ``statement_timeout``, off unless the database or its URL sets them.
+Should the interpreter exit without :meth:`stop` (uvicorn's forced exit skips the app's
+shutdown), the idle thread sees within :data:`WATCH_EVERY` seconds that the main thread has
+ended, commits what is queued, and ends.
 """
 
 from __future__ import annotations
@@ -82,13 +80,7 @@ class WriterThread:
     ``between()`` runs on the thread after each committed batch (the SQLite log's restart).
     """
 
-    def __init__(
-        self,
-        commit: Callable[[list[Write]], None],
-        between: Callable[[], None],
-        *,
-        name: str = "synclab-writer",
-    ) -> None:
+    def __init__(self, commit: Callable[[list[Write]], None], between: Callable[[], None], *, name: str = "synclab-writer") -> None:
         self._commit = commit
         self._between = between
         self._name = name
@@ -120,9 +112,7 @@ class WriterThread:
 
     # ------------------------------------------------------------------ the loop's side
 
-    def batches_to(
-        self, loop: asyncio.AbstractEventLoop, done: Done, max_batch: int, delay: float = 0.0
-    ) -> None:
+    def batches_to(self, loop: asyncio.AbstractEventLoop, done: Done, max_batch: int, delay: float = 0.0) -> None:
         """Where each batch's outcome goes: ``done(batch, None)`` or ``done(batch, exc)`` on ``loop``.
 
         ``delay``: the group commit's wait, in seconds (see :meth:`_gather`); 0 commits at once.
@@ -166,17 +156,15 @@ class WriterThread:
             self._cond.notify()
 
     def stop(self, run: Callable[[], None] | None = None, *, timeout: float | None = None) -> int:
-        """Run what is queued, then ``run()`` on the thread (if given), then end the thread.
+        """Run what is queued, then ``run()`` on the thread (if given), then end the thread; return once it has.
 
-        Returns once the thread has ended. With ``timeout`` (seconds), what is still queued when
-        it has passed is not stored: the thread finishes the commit under way (bounded by the
-        driver, see the module's docstring), refuses the rest with :class:`NotPersisted` (the
-        writes through ``done``, as a failed batch's; each job's awaiter), runs ``run()`` and
-        ends, and an error in the log says how many writes were left unstored. Returns that
-        number (0 when everything was stored in time).
-
-        Writes queued behind a failed batch that the loop has not withdrawn yet are refused by
-        the thread itself: the loop may be the very caller waiting here.
+        With ``timeout`` (seconds), what is still queued when it has passed is not stored: the
+        thread finishes the commit under way (bounded by the driver, see the module's docstring),
+        refuses the rest with :class:`NotPersisted` (the writes through ``done``, as a failed
+        batch's; each job's awaiter), runs ``run()`` and ends, and an error in the log says how
+        many writes were left unstored. Returns that number (0 when everything was stored in
+        time). Writes queued behind a failed batch that the loop has not withdrawn yet are
+        refused by the thread itself: the loop may be the very caller waiting here.
         """
         with self._cond:
             thread = self._thread if self._thread is not None and self._thread.is_alive() else None
@@ -271,7 +259,7 @@ class WriterThread:
                     # (what the wait brought, or what a stop or a withdrawal left of it)
                     self._idle = False
                     gathered = True
-                    self._gather(self._delay - max(0.0, time.perf_counter() - self._queued_since - self._delay))
+                    self._gather()
                     continue
                 if self._stopping and not self._items:
                     self._idle = False
@@ -293,22 +281,19 @@ class WriterThread:
             self._queued_since = time.perf_counter()
             return batch
 
-    def _gather(self, wait: float) -> None:
+    def _gather(self) -> None:
         """A group commit (under the lock, released meanwhile): wait up to ``delay`` before a batch.
 
-        Only while writes come in a stream, that is while the last batch had more than one: each
-        commit costs its statements, a page written per table and index it touches, and an
-        ``fdatasync``, whatever the number of writes in it, so at 2,000 decisions a second batches
-        of two (what comes in while the last commit runs) cost about a fifth more CPU per decision
-        than batches of four or five. A lone write (a lab's pace) is committed at once. Nothing is
-        acknowledged or sent before its commit, so waiting changes when, never whether.
-
-        ``wait`` is ``delay`` less what the last batch took beyond ``delay`` (from its taking to
-        now: its commit, and the log's restart after it): the writes queued now came during it, so
-        after a commit that waited for the disk they have waited already, and a batch taken
-        twice ``delay`` or more ago is followed at once. An ordinary commit (under a millisecond at
-        2,000/s) leaves the whole ``delay``; so does a write that woke the idle thread.
+        Only while writes stream in (the last batch had more than one): a commit costs its
+        statements, a page per table and index it touches and an ``fdatasync`` whatever it holds,
+        so at 2,000 decisions a second batches of two cost about a fifth more CPU per decision
+        than batches of four or five. A lone write (a lab's pace) is committed at once. The wait
+        is ``delay`` less what the last batch took beyond ``delay`` (its commit and the log's
+        restart): writes that waited through a slow commit are not held back again, and after one
+        of twice ``delay`` or more the batch goes at once. Nothing is acknowledged or sent before
+        its commit: waiting changes when, never whether.
         """
+        wait = self._delay - max(0.0, time.perf_counter() - self._queued_since - self._delay)
         if wait <= 0:
             return
         self._cond.release()
