@@ -74,6 +74,17 @@ async def test_frames_reach_another_process_in_order_and_the_publisher_at_once(
         assert len(here.got) == 1000
 
 
+async def test_the_hub_reads_redis_with_the_c_parser(redis_url: str, redis_prefix: str) -> None:
+    """hiredis (a dependency) parses the replies and the pub/sub messages: redis-py's own parser,
+    in Python, took some 5 % more of a cluster's CPU per decision and doubled its p50 at 1,000/s."""
+    async with hubs(redis_url, redis_prefix, "a") as (a,):
+        assert await a.client.ping()
+        assert type(a._pubsub.connection._parser).__name__ == "_AsyncHiredisParser"
+        async with a.client.client() as single:
+            await single.ping()
+            assert type(single.connection._parser).__name__ == "_AsyncHiredisParser"
+
+
 async def test_frames_on_two_channels_keep_the_order_they_were_published_in(
     redis_url: str, redis_prefix: str
 ) -> None:
