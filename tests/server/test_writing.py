@@ -52,6 +52,33 @@ class Recorder:
             raise RuntimeError("disk gone")
 
 
+class CommitTimes(list[float]):
+    """When each batch of ``thread`` was committed (``time.monotonic``), with the group commit's ``delay``."""
+
+    def __init__(self, thread: WriterThread, delay: float) -> None:
+        super().__init__()
+        self._another = asyncio.Event()
+        thread.batches_to(asyncio.get_running_loop(), self._done, 100, delay)
+
+    def _done(self, batch: list[Any], exc: BaseException | None) -> None:
+        self.append(time.monotonic())
+        self._another.set()
+
+    async def until(self, count: int) -> None:
+        """Until ``count`` batches in all have been committed."""
+        async with asyncio.timeout(timeout(5)):
+            while len(self) < count:
+                self._another.clear()
+                await self._another.wait()
+
+
+def timed_thread(delay: float) -> tuple[Recorder, WriterThread, CommitTimes]:
+    """A writer thread committing through a :class:`Recorder`, its commits timed, with the group commit's ``delay``."""
+    rec = Recorder()
+    thread = WriterThread(rec.commit, lambda: None)
+    return rec, thread, CommitTimes(thread, delay)
+
+
 async def test_writes_queued_while_a_batch_commits_go_together_and_jobs_keep_their_place() -> None:
     rec = Recorder()
     thread = WriterThread(rec.commit, lambda: None)
@@ -105,24 +132,9 @@ async def test_an_idle_thread_is_woken_after_the_loops_turn_so_the_writes_of_one
 async def test_while_writes_stream_in_a_batch_waits_the_group_commits_delay_and_a_lone_write_does_not() -> None:
     """The group commit: after a batch with company, the next waits ``delay`` and takes what came
     meanwhile (from later turns of the loop); after a lone write, the next is committed at once."""
-    rec = Recorder()
-    thread = WriterThread(rec.commit, lambda: None)
     delay = timeout(0.5)
-    committed: list[float] = []
-    another = asyncio.Event()
-
-    def on_done(batch: list[Any], exc: BaseException | None) -> None:
-        committed.append(time.monotonic())
-        another.set()
-
-    thread.batches_to(asyncio.get_running_loop(), on_done, 100, delay)
-
-    async def commits(count: int) -> None:
-        async with asyncio.timeout(timeout(5)):
-            while len(committed) < count:
-                another.clear()
-                await another.wait()
-
+    rec, thread, committed = timed_thread(delay)
+    commits = committed.until
     try:
         thread.submit(item(0))  # alone: at once, and the stream is off
         await commits(1)
@@ -152,24 +164,9 @@ async def test_while_writes_stream_in_a_batch_waits_the_group_commits_delay_and_
 async def test_writes_queued_behind_a_slow_commit_have_waited_already_so_their_batch_goes_at_once() -> None:
     """A commit that took twice the group commit's ``delay`` or more (the disk stalled) is followed
     at once: what queued behind it waited through it, and is not held back ``delay`` more."""
-    rec = Recorder()
-    thread = WriterThread(rec.commit, lambda: None)
     delay = timeout(0.3)
-    committed: list[float] = []
-    another = asyncio.Event()
-
-    def on_done(batch: list[Any], exc: BaseException | None) -> None:
-        committed.append(time.monotonic())
-        another.set()
-
-    thread.batches_to(asyncio.get_running_loop(), on_done, 100, delay)
-
-    async def commits(count: int) -> None:
-        async with asyncio.timeout(timeout(5)):
-            while len(committed) < count:
-                another.clear()
-                await another.wait()
-
+    rec, thread, committed = timed_thread(delay)
+    commits = committed.until
     try:
         thread.submit(item(0))
         await commits(1)
