@@ -142,15 +142,17 @@ async def test_a_hub_that_loses_redis_says_so_then_subscribes_again_and_asks_for
         a.subscribe("group:5", here)
         b.subscribe("group:5", there)
         await b.ready("group:5")
+        a.publish("group:5", "before", seq=1, prev=0)  # a's publishing connection is open, and idle
+        await eventually(lambda: len(there.got) == 1)
         own_redis.kill()
         await eventually(lambda: not a.up and not b.up)
         assert a.reason and b.reason
-        a.publish("group:5", "while down", seq=1, prev=0)
+        a.publish("group:5", "while down", seq=2, prev=1)
         assert here.got[-1][1] == "while down"
         own_redis.start()
         await eventually(lambda: a.up and b.up, wait=10)
         assert ("b", "group:5") in asked and ("a", "group:5") in asked
         await b.ready("group:5")
-        a.publish("group:5", "after", seq=2, prev=1)
+        a.publish("group:5", "after", seq=3, prev=2)  # on a new connection, not lost on the closed one
         await eventually(lambda: there.got and there.got[-1][1] == "after")
-        assert [d for _, d in there.got] == ["after"]
+        assert [d for _, d in there.got] == ["before", "after"]
