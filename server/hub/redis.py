@@ -3,8 +3,9 @@
 Each process keeps its own subscribers as the memory hub does and delivers what it publishes to
 them at once; every frame also goes to Redis on the topic's channel (``{prefix}:{topic}``) for
 the other processes. One publisher task sends what has queued up, in the order it was published,
-in one write per turn on a connection of its own (:class:`_Sender`); one listener connection is subscribed to the channels of the topics
-this process has subscribers for, and delivers the frames of other processes. So frames of one
+in one write per turn on a connection of its own (:class:`_Sender`); one listener connection is
+subscribed to the channels of the topics this process has subscribers for, and delivers the
+frames of other processes. So frames of one
 process reach another in the order they were published, on every channel together.
 
 Pub/sub is at most once. Every frame of a group topic carries its event's ``seq`` and the
@@ -272,26 +273,27 @@ class RedisHub:
                     continue
                 batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 1000))]
                 if sender is not None and (sender.failed is not None or not await sender.usable()):
-                    if sender.unanswered:
-                        self._lost(sender.unanswered, sender.failed or ConnectionError("connection closed"))
-                    await sender.close()
+                    await self._retire(sender, 0, sender.failed or ConnectionError("connection closed"))
                     sender = None
                 try:
                     if sender is None:
                         sender = await _Sender.connect(self._client)
                     await sender.send(batch)
                 except (RedisError, OSError) as exc:
-                    self._lost(len(batch) + (sender.unanswered if sender is not None else 0), exc)
-                    if sender is not None:
-                        await sender.close()
+                    await self._retire(sender, len(batch), exc)
                     sender = None
         finally:
             if sender is not None:
                 await sender.close()
 
-    def _lost(self, count: int, exc: BaseException) -> None:
-        self.dropped += count
-        log.warning("hub: %d frames not published: %s", count, exc)
+    async def _retire(self, sender: _Sender | None, unsent: int, exc: BaseException) -> None:
+        """Close a failed sender; what it wrote unanswered, and ``unsent`` frames more, count as lost."""
+        lost = unsent + (sender.unanswered if sender is not None else 0)
+        if lost:
+            self.dropped += lost
+            log.warning("hub: %d frames not published: %s", lost, exc)
+        if sender is not None:
+            await sender.close()
 
 
 class _Sender:
