@@ -43,7 +43,7 @@ def _prepare(settings: Settings, upgrade: bool) -> str | None:
 
     A new database is made; one that is behind is upgraded with ``--upgrade``, else refused.
     """
-    settings.check_cluster()
+    settings.check()
     engine = make_engine(settings.database_url)
     try:
         before = prepare_schema(engine, upgrade=upgrade)

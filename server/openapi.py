@@ -30,6 +30,7 @@ from .experiments import MAX_BLOCK_PAUSE, MAX_BLOCKS, MAX_PARTICIPANTS, MAX_SESS
 from .export import TABLES
 from .live import ACTIONS
 from .online import FILLS, MAX_WAIT
+from .settings import DURABILITIES
 from .storage import COMMIT_BUCKET_NAMES, ROLES
 from .storage import STATUSES as PARTICIPANT_STATUSES
 
@@ -255,6 +256,8 @@ def _other_schemas() -> dict[str, JSONSchema]:
                 **{name: counter for name in ("batches", "writes", "events", "fenced")},
                 "commit_ms": _object({name: counter for name in COMMIT_BUCKET_NAMES}),
             }),
+            # SYNCLAB_DURABILITY: what an acknowledged decision survives
+            "durability": {"type": "string", "enum": list(DURABILITIES)},
             "live_groups": counter,
             "connections": counter,
             "worker": _STRING,

@@ -52,9 +52,14 @@ class Runtime:
 
     @classmethod
     async def open(cls, settings: Settings) -> Runtime:
-        settings.check_cluster()
+        settings.check()
         # a writer stopped inside a transaction holds its groups' rows no longer than a lease
-        database = Database(settings.database_url, stall_timeout=settings.lease_seconds, lock_timeout=settings.lock_timeout)
+        database = Database(
+            settings.database_url,
+            stall_timeout=settings.lease_seconds,
+            lock_timeout=settings.lock_timeout,
+            synced=settings.durability == "power-loss",
+        )
         try:
             # a new database is made; one that is behind is refused (synclab db upgrade)
             await database.write(prepare_schema)
@@ -66,6 +71,11 @@ class Runtime:
             left_open = await database.write(close_connections_left_open, time.time())
             if left_open:
                 log.warning("synclab: closed %d connections the last run left open (code 1006)", left_open)
+        if not database.synced:
+            log.warning(
+                "synclab: SYNCLAB_DURABILITY=crash: an acknowledged decision survives a crash of this process, "
+                "but a power loss may take the last second's"
+            )
         if generated is not None:  # the only time it can be shown: the database keeps its hash
             log.warning("synclab: generated the experimenter token %s (the account 'admin'; shown once)", generated)
         writer = EventWriter(

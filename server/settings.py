@@ -42,6 +42,18 @@ def _name(env: dict[str, str], name: str, default: str) -> str:
     return raw
 
 
+#: the values of ``SYNCLAB_DURABILITY``, and the group commit's wait that goes with each unless
+#: ``SYNCLAB_COMMIT_DELAY`` is set: a commit that is not synced costs too little to wait for company
+DURABILITIES = {"power-loss": 0.001, "crash": 0.0}
+
+
+def _durability(env: dict[str, str]) -> str:
+    raw = env.get("SYNCLAB_DURABILITY") or "power-loss"
+    if raw not in DURABILITIES:
+        raise SettingsError(f"SYNCLAB_DURABILITY: expected one of {', '.join(DURABILITIES)}, got {raw!r}")
+    return raw
+
+
 def _database_url(env: dict[str, str]) -> str:
     url = env.get("DATABASE_URL") or Settings.database_url
     try:
@@ -68,6 +80,10 @@ class Settings:
     send_queue_frames: int = 2048
     #: the writer commits at most this many events in one transaction
     writer_max_batch: int = 2000
+    #: what an acknowledged decision survives (see :data:`DURABILITIES`): ``"power-loss"`` (every
+    #: commit synced to the disk) or ``"crash"`` (a crash of this process; the disk is synced about
+    #: once a second, so a power loss may take the last second's)
+    durability: str = "power-loss"
     #: seconds the writer waits before a commit while writes stream in (a batch had company):
     #: a group commit, fewer and larger transactions under load; 0 commits each batch at once
     commit_delay: float = 0.001
@@ -100,8 +116,16 @@ class Settings:
         """Several processes or hosts through Redis (``REDIS_URL`` set)."""
         return self.redis_url is not None
 
-    def check_cluster(self) -> None:
-        """Refuse what a cluster cannot run on: one line saying why (:class:`SettingsError`)."""
+    def check(self) -> None:
+        """Refuse what the server cannot run with: one line saying why (:class:`SettingsError`)."""
+        if self.durability == "crash" and make_url(self.database_url).get_backend_name() != "sqlite":
+            # PostgreSQL could lose the last commits in its own crash while the workers run on
+            # with what those commits held (and their seqs): the server would not start afresh
+            raise SettingsError(
+                "SYNCLAB_DURABILITY=crash is for SQLite: on PostgreSQL every commit is synced "
+                "(a crash of the PostgreSQL server, unlike a power loss on one machine, would leave "
+                "the workers running on commits it lost); unset it"
+            )
         if self.redis_url is not None and make_url(self.database_url).get_backend_name() == "sqlite":
             raise SettingsError(
                 "REDIS_URL is set but DATABASE_URL is SQLite: a cluster's workers share one PostgreSQL "
@@ -117,6 +141,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = _environ() if env is None else env
+        durability = _durability(env)
         return cls(
             database_url=_database_url(env),
             redis_url=env.get("REDIS_URL") or None,
@@ -127,7 +152,8 @@ class Settings:
             frame_burst=int(_number(env, "SYNCLAB_FRAME_BURST", 100, minimum=1)),
             send_queue_frames=int(_number(env, "SYNCLAB_SEND_QUEUE", 2048, minimum=16)),
             writer_max_batch=int(_number(env, "SYNCLAB_WRITER_MAX_BATCH", 2000, minimum=1)),
-            commit_delay=_number(env, "SYNCLAB_COMMIT_DELAY", 0.001, minimum=0, maximum=0.1),
+            durability=durability,
+            commit_delay=_number(env, "SYNCLAB_COMMIT_DELAY", DURABILITIES[durability], minimum=0, maximum=0.1),
             shutdown_timeout=_number(env, "SYNCLAB_SHUTDOWN_TIMEOUT", 30.0, minimum=0, maximum=24 * 3600),
             cluster_name=_name(env, "SYNCLAB_CLUSTER", "synclab"),
             lease_seconds=_number(env, "SYNCLAB_LEASE_SECONDS", 3.0, minimum=0.5, maximum=60),

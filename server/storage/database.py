@@ -31,19 +31,31 @@ class Database:
     """The engine, with a single writer thread and a small pool of reader threads."""
 
     def __init__(
-        self, url: str, *, readers: int = 4, stall_timeout: float | None = None, lock_timeout: float | None = None
+        self,
+        url: str,
+        *,
+        readers: int = 4,
+        stall_timeout: float | None = None,
+        lock_timeout: float | None = None,
+        synced: bool = True,
     ) -> None:
         self.url = url
         #: PostgreSQL: seconds the writer's connection may sit in a transaction between two
         #: statements before the server ends its session (see :func:`writer_connection`)
         self.stall_timeout = stall_timeout
         # PostgreSQL: ``lock_timeout``, seconds any statement waits for a lock (see :func:`.engine.make_engine`)
-        self.engine = make_engine(url, lock_timeout=lock_timeout)
+        # ``synced=False``: commits not synced to the disk one by one (see :func:`.engine.make_engine`)
+        self.engine = make_engine(url, lock_timeout=lock_timeout, synced=synced)
+        self.synced = synced
         self.writer = WriterThread(self._commit, self._between_batches)
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="synclab-reader")
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="synclab-checkpoint")
         self.sqlite = self.engine.dialect.name == "sqlite"
         self._checkpointing: asyncio.Future[Any] | None = None
+        #: a checkpoint was asked for while one ran: start another when it ends
+        self._checkpoint_again = False
+        #: checkpoints that ended without an error
+        self.checkpoints = 0
         #: set when a background checkpoint copied the whole log: the writer finishes the job
         self._log_copied = False
         #: the writer thread's own connection, kept open between batches (see :meth:`_commit`)
@@ -53,7 +65,9 @@ class Database:
         """SQLite: copy the write-ahead log into the database on a thread of its own, once at a time.
 
         A passive checkpoint never blocks the writer; committed data is safe in the log either
-        way. Returns the checkpoint under way (``None`` for another database).
+        way. Returns the checkpoint under way (``None`` for another database); asked for while one
+        runs, another starts when it ends, so that what was committed before the call is copied
+        (and, the database not synced per commit, synced) by a checkpoint that began after it.
 
         The log starts over from its beginning only when a write finds it copied to its last
         frame, and under steady load the writer has always added a few frames while the
@@ -68,15 +82,22 @@ class Database:
             loop = asyncio.get_running_loop()
             self._checkpointing = loop.run_in_executor(self._checkpointer, _checkpoint, self.engine)
             self._checkpointing.add_done_callback(self._checkpointed)
+        else:
+            self._checkpoint_again = True
         return self._checkpointing
 
     def _checkpointed(self, future: asyncio.Future[Any]) -> None:
+        if self._checkpoint_again and not future.cancelled():
+            self._checkpoint_again = False
+            with contextlib.suppress(RuntimeError):  # the executor shut down: the close checkpoints
+                self.checkpoint()
         if future.cancelled():
             return
         if future.exception() is not None:
             log.warning("WAL checkpoint failed: %s", future.exception())
             return
         busy, frames, copied = future.result()
+        self.checkpoints += 1
         self._log_copied = not busy and frames == copied
 
     def _between_batches(self) -> None:

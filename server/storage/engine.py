@@ -34,8 +34,14 @@ def normalise_url(url: str) -> URL:
     return parsed
 
 
-def make_engine(url: str, *, lock_timeout: float | None = None, **options: Any) -> Engine:
+def make_engine(url: str, *, lock_timeout: float | None = None, synced: bool = True, **options: Any) -> Engine:
     """An engine on ``url`` (SQLite: WAL, full sync, see :func:`_sqlite_pragmas`).
+
+    ``synced=False`` (SQLite, ``SYNCLAB_DURABILITY=crash``): a commit returns once it is in the
+    operating system's hands, not the disk's; it survives a crash of this process, and a power
+    loss or a crash of the machine may take the commits since the last sync. The log is synced
+    at each checkpoint instead (``synchronous=NORMAL``; :class:`.writer.EventWriter` starts one
+    within a second of any commit). Other databases sync every commit whatever it says.
 
     ``lock_timeout`` (seconds, PostgreSQL): every connection of the engine gives up waiting for a
     lock after it, with ``lock_not_available`` (SQLSTATE 55P03). A table locked by DDL (a
@@ -52,7 +58,7 @@ def make_engine(url: str, *, lock_timeout: float | None = None, **options: Any) 
             connect_args={"check_same_thread": False, "timeout": 30},
             **options,
         )
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", functools.partial(_sqlite_pragmas, "FULL" if synced else "NORMAL"))
         return engine
     engine = create_engine(
         parsed,
@@ -80,14 +86,15 @@ def _postgres_lock_timeout(milliseconds: int, dbapi_connection: Any, _record: An
 SQLITE_PAGE_SIZE = 2048
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(synchronous: str, dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # before the first write (journal_mode makes the file): a database that has pages keeps its size
     cursor.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
     # WAL: readers never block the writer. synchronous=FULL: a commit survives power loss;
-    # the writer's group commit pays one fsync per batch, not per event.
+    # the writer's group commit pays one fsync per batch, not per event. NORMAL (make_engine's
+    # synced=False): the log is synced at checkpoints only, and the database stays whole anyway.
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute(f"PRAGMA synchronous={synchronous}")
     # no checkpoint inside a commit (it stalled the writer for hundreds of ms under load):
     # Database.checkpoint copies the WAL back into the database off the writer thread
     cursor.execute("PRAGMA wal_autocheckpoint=0")

@@ -42,7 +42,8 @@ class _Pending:
 class EventWriter:
     """Batches writes; ``max_batch`` bounds the events in one transaction.
 
-    On SQLite a checkpoint of the write-ahead log starts at most every ``checkpoint_every`` seconds.
+    On SQLite a checkpoint of the write-ahead log starts at most every ``checkpoint_every`` seconds,
+    and within that of every commit (:meth:`_checkpoint_soon`).
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class EventWriter:
         #: counters for the monitor and the benchmark
         self.batches = 0
         self._checkpointed_at = time.monotonic()
+        self._checkpoint_due: asyncio.TimerHandle | None = None
         self.writes = 0
         self.committed = 0
         #: writes refused by the fencing check (their authority had lost its group)
@@ -90,6 +92,9 @@ class EventWriter:
         then :meth:`.database.Database.close` refuses what is left.
         """
         self._closing = True
+        if self._checkpoint_due is not None:  # the database's close checkpoints last
+            self._checkpoint_due.cancel()
+            self._checkpoint_due = None
         # the thread runs in order: once this has run, every write queued before is settled;
         # refused behind a failed batch, it comes after those writes were failed: settled all the same
         with contextlib.suppress(NotPersisted):
@@ -122,9 +127,7 @@ class EventWriter:
                 _safely(pending.on_fail, failed)
             return
         self.batches += 1
-        if time.monotonic() - self._checkpointed_at >= self._checkpoint_every:
-            self._checkpointed_at = time.monotonic()
-            self._database.checkpoint()
+        self._checkpoint_soon()
         self.writes += len(batch)
         self.committed += sum(len(p.write.events) for p in batch if not p.write.fenced)
         with self._delivering():
@@ -134,6 +137,28 @@ class EventWriter:
                     _safely(pending.on_fail, NotAuthority(f"group {_group(pending.write)} is now served by another worker"))
                 else:
                     _safely(pending.on_commit, pending.write)
+
+
+    def _checkpoint_soon(self) -> None:
+        """SQLite, after a commit: a checkpoint now if the last began ``checkpoint_every`` ago, else then.
+
+        Not more often, however many commits: each copies what the log holds back to the database.
+        Not later either, also when no commit follows: without a sync per commit
+        (``SYNCLAB_DURABILITY=crash``) the checkpoint is what syncs the log, and so bounds what
+        a power loss can take to about a second's commits.
+        """
+        if not self._database.sqlite or self._checkpoint_due is not None or self._closing:
+            return
+        wait = self._checkpoint_every - (time.monotonic() - self._checkpointed_at)
+        if wait > 0:
+            self._checkpoint_due = asyncio.get_running_loop().call_later(wait, self._checkpoint)
+        else:
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        self._checkpoint_due = None
+        self._checkpointed_at = time.monotonic()
+        self._database.checkpoint()
 
 
 def _group(write: Write) -> int | None:

@@ -136,6 +136,7 @@ async def test_the_server_counts_the_writers_batches_writes_and_events_and_the_s
     await first.expect("ack")
     status = (await server.http.get("/api/server")).json()
     assert status["live_groups"] == before["live_groups"] + 1
+    assert status["durability"] == "power-loss", "every commit synced to the disk unless set otherwise"
     assert status["connections"] == before["connections"] + 2
     stored = len(await server.events(exp["code"]))
     writer, earlier = status["writer"], before["writer"]

@@ -24,7 +24,7 @@ from server.storage import (
 from server.storage import groups as groups_table
 from server.storage import participants as participants_table
 from server.storage.engine import SQLITE_PAGE_SIZE
-from tests.server.harness import timeout
+from tests.server.harness import eventually, timeout
 
 
 async def test_commits_leave_the_log_to_the_checkpointer_which_copies_it_back(tmp_path: Path) -> None:
@@ -46,6 +46,9 @@ async def test_commits_leave_the_log_to_the_checkpointer_which_copies_it_back(tm
         assert running is not None
         assert db.checkpoint() is running, "one checkpoint at a time"
         await asyncio.wait_for(running, timeout(5))
+        # the second call came while the first ran, maybe after a commit that the first missed:
+        # another checkpoint follows it
+        await eventually(lambda: db.checkpoints == 2)
         assert size(path) > size_before + 400_000, "the checkpoint copied the log into the database"
         def count(engine: object) -> int:
             with db.engine.connect() as conn:

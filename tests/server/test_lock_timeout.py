@@ -83,10 +83,10 @@ def test_a_lock_timeout_no_longer_than_a_lease_is_refused_in_a_cluster() -> None
         "SYNCLAB_LEASE_SECONDS": "3", "SYNCLAB_LOCK_TIMEOUT": "2",
     })
     try:
-        settings.check_cluster()
+        settings.check()
     except SettingsError as exc:
         assert "SYNCLAB_LOCK_TIMEOUT (2 s) must be longer than SYNCLAB_LEASE_SECONDS (3 s)" in str(exc)
     else:
         raise AssertionError("a lock timeout under the lease was accepted")
     Settings.from_env({**{"DATABASE_URL": "postgresql://127.0.0.1/x", "REDIS_URL": "redis://127.0.0.1:6379/0"},
-                       "SYNCLAB_LOCK_TIMEOUT": "0"}).check_cluster()  # 0: the database's own setting
+                       "SYNCLAB_LOCK_TIMEOUT": "0"}).check()  # 0: the database's own setting
