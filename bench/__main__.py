@@ -58,6 +58,8 @@ class Case:
     database: str = "sqlite"
     #: a cluster's worker processes
     workers: int = 0
+    #: the target's environment besides the bench's own (``SYNCLAB_*`` of the caller never reach it)
+    env: tuple[tuple[str, str], ...] = ()
 
 
 def matrix(duration: float, idle: int, scale: float = 1.0) -> list[Case]:
@@ -76,6 +78,8 @@ def matrix(duration: float, idle: int, scale: float = 1.0) -> list[Case]:
              extra=("--fsync", "decisions.log", "--frames")),
         Case("server-2000", "server", Load(n(400), 4, 5.0, duration)),
         Case("server-3000", "server", Load(n(600), 4, 5.0, duration)),
+        # SYNCLAB_DURABILITY=crash: commits not synced one by one (nor waited for company)
+        Case("server-crash-2000", "server", Load(n(400), 4, 5.0, duration), env=(("SYNCLAB_DURABILITY", "crash"),)),
         Case("ticks-1000", "server", Load(n(200), 4, 5.0, duration, subperiod=0.5)),
         Case("idle", "server", idle=max(2, int(idle * scale) // 2 * 2)),
         Case("server-pg-2000", "server", Load(n(400), 4, 5.0, duration), database="postgres"),
@@ -105,7 +109,7 @@ async def run_case(case: Case, target_core: int | None, services: Services | Non
     if case.database == "postgres":
         with (
             postgres_schema(services) as database,
-            running(case.target, target_core, list(case.extra), env={"DATABASE_URL": database.url}) as target,
+            running(case.target, target_core, list(case.extra), env={**dict(case.env), "DATABASE_URL": database.url}) as target,
             measuring(services, database, redis=False) as meters,
         ):
             if case.load is None:
@@ -113,7 +117,7 @@ async def run_case(case: Case, target_core: int | None, services: Services | Non
             else:
                 row = (await run_load(target, case.load, meters=meters)).summary()
         return {"name": case.name, "database": "postgres", **row}
-    with running(case.target, target_core, list(case.extra)) as target:
+    with running(case.target, target_core, list(case.extra), env=dict(case.env)) as target:
         if case.load is None:
             row = await hold_idle(target, case.idle)
         else:
@@ -252,8 +256,8 @@ def median_runs(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return chosen
 
 
-def cpu_ratios(rows: Sequence[dict[str, Any]], relay: str = "relay-fsync-2000") -> list[float]:
-    """Per repeat with both: server-2000's CPU per decision over ``relay``'s (issue 21)."""
+def cpu_ratios(rows: Sequence[dict[str, Any]], relay: str = "relay-fsync-2000", server: str = "server-2000") -> list[float]:
+    """Per repeat with both: ``server``'s CPU per decision over ``relay``'s (issue 21)."""
     def per_repeat(name: str) -> dict[int, float]:
         found = {}
         for r in rows:
@@ -262,8 +266,8 @@ def cpu_ratios(rows: Sequence[dict[str, Any]], relay: str = "relay-fsync-2000") 
                 found[int(r.get("repeat") or 1)] = float(us)
         return found
 
-    server, floor = per_repeat("server-2000"), per_repeat(relay)
-    return [server[k] / floor[k] for k in sorted(server.keys() & floor.keys())]
+    served, floor = per_repeat(server), per_repeat(relay)
+    return [served[k] / floor[k] for k in sorted(served.keys() & floor.keys())]
 
 
 def verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -316,6 +320,17 @@ def verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
     big = by.get("server-3000")
     if big is not None and big.get("latency_ms"):
         server_run("3,000", big)
+    crash = by.get("server-crash-2000")
+    if crash is not None and crash.get("latency_ms"):  # no target of its own: what the setting gives
+        server_run("server-crash-2000 (SYNCLAB_DURABILITY=crash): 2,000", crash)
+        if relay is not None and relay.get("latency_ms"):
+            out.append(f"INFO   server-crash-2000 p99 over relay-2000's (neither syncs): "
+                       f"{crash['latency_ms']['p99'] / max(relay['latency_ms']['p99'], 1e-9):.1f}x "
+                       f"({crash['latency_ms']['p99']:.1f} vs {relay['latency_ms']['p99']:.1f} ms)")
+        ratios = cpu_ratios(rows, "relay-2000", "server-crash-2000")
+        if ratios:
+            out.append(f"INFO   server-crash-2000 CPU per decision over relay-2000's: {statistics.median(ratios):.2f}x "
+                       f"(median of {', '.join(f'{r:.2f}' for r in ratios)})")
     idle = by.get("idle")
     if idle is not None:
         check(f"{idle['wanted']} idle connections held", idle["held"] == idle["wanted"], str(idle["held"]))
@@ -399,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--idle", type=int, default=10_000, help="idle connections to hold (default 10000)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply participant counts (e.g. 0.1 for a quick look)")
     parser.add_argument("--only", help="comma-separated run names (disk,relay-1000,server-1000,relay-2000,relay-fsync-2000,"
-                        "relay-fsync-frames-2000,server-2000,server-3000,ticks-1000,idle,server-pg-2000,cluster-2000)")
+                        "relay-fsync-frames-2000,server-2000,server-3000,server-crash-2000,ticks-1000,idle,server-pg-2000,cluster-2000)")
     parser.add_argument("--out", help="JSON lines file (default bench/results/<timestamp>.jsonl)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the target and the generator to cores")
     parser.add_argument("--cluster-pin", choices=("target", "none"), default="target",
