@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -25,6 +26,8 @@ from .writes import Write
 log = logging.getLogger("synclab.database")
 
 T = TypeVar("T")
+#: seconds between SQLite checkpoints, and at most from a commit to the next (see :meth:`Database.checkpoint_soon`)
+CHECKPOINT_EVERY = 1.0
 
 
 class Database:
@@ -56,6 +59,8 @@ class Database:
         self._checkpoint_again = False
         #: checkpoints that ended without an error
         self.checkpoints = 0
+        self._checkpointed_at = time.monotonic()
+        self._checkpoint_due: asyncio.TimerHandle | None = None
         #: set when a background checkpoint copied the whole log: the writer finishes the job
         self._log_copied = False
         #: the writer thread's own connection, kept open between batches (see :meth:`_commit`)
@@ -85,6 +90,28 @@ class Database:
         else:
             self._checkpoint_again = True
         return self._checkpointing
+
+    def checkpoint_soon(self, every: float = CHECKPOINT_EVERY) -> None:
+        """SQLite, after a commit: a checkpoint now if the last began ``every`` seconds ago, else then.
+
+        Not more often, however many commits: each copies what the log holds back to the database.
+        Not later either, also when no commit follows: a database not synced per commit
+        (``synced=False``) has its log synced by the checkpoint, which so bounds what a power loss
+        can take to about ``every`` seconds of commits.
+        """
+        if not self.sqlite or self._checkpoint_due is not None:
+            return
+        wait = every - (time.monotonic() - self._checkpointed_at)
+        if wait > 0:
+            self._checkpoint_due = asyncio.get_running_loop().call_later(wait, self._checkpoint_now)
+        else:
+            self._checkpoint_now()
+
+    def _checkpoint_now(self) -> None:
+        self._checkpoint_due = None
+        self._checkpointed_at = time.monotonic()
+        with contextlib.suppress(RuntimeError):  # closed meanwhile: the close checkpointed last
+            self.checkpoint()
 
     def _checkpointed(self, future: asyncio.Future[Any]) -> None:
         if self._checkpoint_again and not future.cancelled():
@@ -126,7 +153,10 @@ class Database:
         Raises :class:`~server.exceptions.NotPersisted`, ``fn`` never run, when it was queued
         behind a batch whose commit failed (see :mod:`.thread`).
         """
-        return await self.writer.call(functools.partial(fn, self.engine, *args))
+        result = await self.writer.call(functools.partial(fn, self.engine, *args))
+        if not self.synced:  # what it committed reaches the disk with the next checkpoint
+            self.checkpoint_soon()
+        return result
 
     def _commit(self, writes: Sequence[Write]) -> None:
         """:func:`commit_writes` on the writer thread (see :mod:`.thread`), over its own connection.
@@ -163,6 +193,9 @@ class Database:
         the commit under way has finished, which only the driver bounds (SQLite's busy_timeout,
         30 s). Returns how many writes were refused so.
         """
+        if self._checkpoint_due is not None:  # the last checkpoint is the one below
+            self._checkpoint_due.cancel()
+            self._checkpoint_due = None
         dropped = self.writer.stop(self._release_writer_connection, timeout=timeout)
         self._readers.shutdown(wait=True)
         self._checkpointer.shutdown(wait=True)

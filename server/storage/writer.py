@@ -15,20 +15,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TypeVar
 
 from ..exceptions import NotAuthority, NotPersisted
-from .database import Database
+from .database import CHECKPOINT_EVERY, Database
 from .thread import COMMIT_BUCKET_NAMES
 from .writes import Write
 
 log = logging.getLogger("synclab.writer")
-#: seconds between SQLite checkpoints (see :meth:`.database.Database.checkpoint`)
-CHECKPOINT_EVERY = 1.0
 A = TypeVar("A")
 
 
@@ -43,7 +40,7 @@ class EventWriter:
     """Batches writes; ``max_batch`` bounds the events in one transaction.
 
     On SQLite a checkpoint of the write-ahead log starts at most every ``checkpoint_every`` seconds,
-    and within that of every commit (:meth:`_checkpoint_soon`).
+    and within that of every commit (:meth:`.database.Database.checkpoint_soon`).
     """
 
     def __init__(
@@ -66,8 +63,6 @@ class EventWriter:
         self._closing = False
         #: counters for the monitor and the benchmark
         self.batches = 0
-        self._checkpointed_at = time.monotonic()
-        self._checkpoint_due: asyncio.TimerHandle | None = None
         self.writes = 0
         self.committed = 0
         #: writes refused by the fencing check (their authority had lost its group)
@@ -92,9 +87,6 @@ class EventWriter:
         then :meth:`.database.Database.close` refuses what is left.
         """
         self._closing = True
-        if self._checkpoint_due is not None:  # the database's close checkpoints last
-            self._checkpoint_due.cancel()
-            self._checkpoint_due = None
         # the thread runs in order: once this has run, every write queued before is settled;
         # refused behind a failed batch, it comes after those writes were failed: settled all the same
         with contextlib.suppress(NotPersisted):
@@ -127,7 +119,7 @@ class EventWriter:
                 _safely(pending.on_fail, failed)
             return
         self.batches += 1
-        self._checkpoint_soon()
+        self._database.checkpoint_soon(self._checkpoint_every)
         self.writes += len(batch)
         self.committed += sum(len(p.write.events) for p in batch if not p.write.fenced)
         with self._delivering():
@@ -137,28 +129,6 @@ class EventWriter:
                     _safely(pending.on_fail, NotAuthority(f"group {_group(pending.write)} is now served by another worker"))
                 else:
                     _safely(pending.on_commit, pending.write)
-
-
-    def _checkpoint_soon(self) -> None:
-        """SQLite, after a commit: a checkpoint now if the last began ``checkpoint_every`` ago, else then.
-
-        Not more often, however many commits: each copies what the log holds back to the database.
-        Not later either, also when no commit follows: without a sync per commit
-        (``SYNCLAB_DURABILITY=crash``) the checkpoint is what syncs the log, and so bounds what
-        a power loss can take to about a second's commits.
-        """
-        if not self._database.sqlite or self._checkpoint_due is not None or self._closing:
-            return
-        wait = self._checkpoint_every - (time.monotonic() - self._checkpointed_at)
-        if wait > 0:
-            self._checkpoint_due = asyncio.get_running_loop().call_later(wait, self._checkpoint)
-        else:
-            self._checkpoint()
-
-    def _checkpoint(self) -> None:
-        self._checkpoint_due = None
-        self._checkpointed_at = time.monotonic()
-        self._database.checkpoint()
 
 
 def _group(write: Write) -> int | None:

@@ -82,10 +82,7 @@ async def test_a_lone_commit_reaches_the_database_file_within_a_checkpoint_inter
     path = tmp_path / "lone.db"
     db = Database(f"sqlite:///{path}", synced=False)
     try:
-        await db.write(create_schema)
-        block = NewBlock(0, 60.0, 3, None, 0.0, "fixed", [[0, 1]])
-        spec = NewExperiment(new_code(), "bimatrix", {}, 2, [new_code(), new_code()], [block], 1e9)
-        experiment_id = await db.write(insert_experiment, spec)
+        experiment_id = await db.write(insert_experiment, await schema_and_spec(db))
         group_id, participant_id = await db.read(first_group_and_member, experiment_id)
         writer = EventWriter(db, checkpoint_every=0.3)
         writer.start()
@@ -93,22 +90,51 @@ async def test_a_lone_commit_reaches_the_database_file_within_a_checkpoint_inter
         decision = NewEvent("decisions", 0.75, 1e9, group_id, participant_id, "lone-1")
         writer.submit(Write(experiment_id, [decision]), done.set_result, done.set_exception)
         committed = await asyncio.wait_for(done, timeout(5))
-        assert in_file_alone(path, tmp_path / "copy.db") == [], "at first the decision is in the log only"
+        # only a checkpoint that began after the commit can have copied it
         await eventually(lambda: in_file_alone(path, tmp_path / "copy.db") == committed.seqs)
         await writer.close()
     finally:
         db.close()
 
 
+async def test_what_a_job_commits_reaches_the_database_file_too(tmp_path: Path) -> None:
+    """Not only the event batches: an experiment created (a job on the writer thread, no event
+    after it) is in the database file alone within about a second."""
+    path = tmp_path / "job.db"
+    db = Database(f"sqlite:///{path}", synced=False)
+    try:
+        spec = await schema_and_spec(db)
+        await db.write(insert_experiment, spec)
+        await eventually(lambda: experiment_codes(path, tmp_path / "copy.db") == [spec.code])
+    finally:
+        db.close()
+
+
+async def schema_and_spec(db: Database) -> NewExperiment:
+    """The schema made (a commit of its own), and an experiment of one group of two to insert."""
+    await db.write(create_schema)
+    block = NewBlock(0, 60.0, 3, None, 0.0, "fixed", [[0, 1]])
+    return NewExperiment(new_code(), "bimatrix", {}, 2, [new_code(), new_code()], [block], 1e9)
+
+
+def experiment_codes(path: Path, copy: Path) -> list[str]:
+    return [str(row[0]) for row in rows_of_file_alone(path, copy, "SELECT code FROM experiments")]
+
+
 def in_file_alone(path: Path, copy: Path) -> list[int]:
     """The ``seq`` of every decision the database file holds by itself (a copy without its log)."""
+    query = "SELECT seq FROM events WHERE channel = 'decisions' ORDER BY seq"
+    return [int(row[0]) for row in rows_of_file_alone(path, copy, query)]
+
+
+def rows_of_file_alone(path: Path, copy: Path, query: str) -> list[tuple[object, ...]]:
     for leftover in (copy, Path(f"{copy}-wal"), Path(f"{copy}-shm")):
         leftover.unlink(missing_ok=True)
     shutil.copyfile(path, copy)
     conn = sqlite3.connect(copy)
     try:
-        return [row[0] for row in conn.execute("SELECT seq FROM events WHERE channel = 'decisions' ORDER BY seq")]
-    except sqlite3.DatabaseError:  # caught in the middle of the checkpoint's writes: not yet
+        return list(conn.execute(query))
+    except sqlite3.DatabaseError:  # caught in the middle of the checkpoint's writes, or no table yet
         return []
     finally:
         conn.close()
