@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import os
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -93,7 +95,7 @@ def _sqlite_pragmas(synchronous: str, dbapi_connection: Any, _record: Any) -> No
     # WAL: readers never block the writer. synchronous=FULL: a commit survives power loss;
     # the writer's group commit pays one fsync per batch, not per event. NORMAL (make_engine's
     # synced=False): the log is synced at checkpoints only, and the database stays whole anyway.
-    cursor.execute("PRAGMA journal_mode=WAL")
+    _into_wal(cursor)
     cursor.execute(f"PRAGMA synchronous={synchronous}")
     # no checkpoint inside a commit (it stalled the writer for hundreds of ms under load):
     # Database.checkpoint copies the WAL back into the database off the writer thread
@@ -102,6 +104,31 @@ def _sqlite_pragmas(synchronous: str, dbapi_connection: Any, _record: Any) -> No
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 
+
+
+#: seconds a connection keeps trying to turn a new database's journal to WAL while another does
+WAL_SWITCH_SECONDS = 30.0
+
+
+def _into_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, tried again while another process holds the file's lock.
+
+    Two processes opening a new database at once (two servers, a server and ``synclab db
+    upgrade``) both read its header and both want the exclusive lock to switch its journal:
+    SQLite answers one of them "database is locked" at once, without its busy timeout, since
+    waiting could deadlock. Its next try finds the switch done by the other.
+    """
+    deadline = time.monotonic() + WAL_SWITCH_SECONDS
+    pause = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 @contextmanager
