@@ -42,8 +42,8 @@ def make_engine(url: str, *, lock_timeout: float | None = None, synced: bool = T
     ``synced=False`` (SQLite, ``SYNCLAB_DURABILITY=crash``): a commit returns once it is in the
     operating system's hands, not the disk's; it survives a crash of this process, and a power
     loss or a crash of the machine may take the commits since the last sync. The log is synced
-    at each checkpoint instead (``synchronous=NORMAL``; :class:`.writer.EventWriter` starts one
-    within a second of any commit). Other databases sync every commit whatever it says.
+    at each checkpoint instead (``synchronous=NORMAL``; :meth:`.database.Database.checkpoint_soon`
+    starts one within a second of any commit). Other databases sync every commit whatever it says.
 
     ``lock_timeout`` (seconds, PostgreSQL): every connection of the engine gives up waiting for a
     lock after it, with ``lock_not_available`` (SQLSTATE 55P03). A table locked by DDL (a
