@@ -256,18 +256,19 @@ def median_runs(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return chosen
 
 
+def _by_repeat(rows: Sequence[dict[str, Any]], name: str, has: str) -> dict[int, dict[str, Any]]:
+    """``name``'s runs that have ``has``, by repeat."""
+    return {int(r.get("repeat") or 1): r for r in rows if r["name"] == name and r.get(has)}
+
+
 def cpu_ratios(rows: Sequence[dict[str, Any]], relay: str = "relay-fsync-2000", server: str = "server-2000") -> list[float]:
     """Per repeat with both: ``server``'s CPU per decision over ``relay``'s (issue 21)."""
-    def per_repeat(name: str) -> dict[int, float]:
-        found = {}
-        for r in rows:
-            us = (r.get("cpu_us_per_decision") or {}).get("target")
-            if r["name"] == name and us:
-                found[int(r.get("repeat") or 1)] = float(us)
-        return found
+    def us(r: dict[str, Any]) -> float:
+        return float(r["cpu_us_per_decision"].get("target") or 0.0)
 
-    served, floor = per_repeat(server), per_repeat(relay)
-    return [served[k] / floor[k] for k in sorted(served.keys() & floor.keys())]
+    served, floor = _by_repeat(rows, server, "cpu_us_per_decision"), _by_repeat(rows, relay, "cpu_us_per_decision")
+    pairs = [(served[k], floor[k]) for k in sorted(served.keys() & floor.keys())]
+    return [us(s) / us(f) for s, f in pairs if us(s) and us(f)]
 
 
 def p99_pairs(rows: Sequence[dict[str, Any]], relay: str, server: str = "server-2000") -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -275,12 +276,19 @@ def p99_pairs(rows: Sequence[dict[str, Any]], relay: str, server: str = "server-
 
     Pairs with a disturbed run (see :data:`LAG_LIMIT_MS`) are left out while an undisturbed pair exists.
     """
-    def per_repeat(name: str) -> dict[int, dict[str, Any]]:
-        return {int(r.get("repeat") or 1): r for r in rows if r["name"] == name and r.get("latency_ms")}
-
-    served, floor = per_repeat(server), per_repeat(relay)
+    served, floor = _by_repeat(rows, server, "latency_ms"), _by_repeat(rows, relay, "latency_ms")
     pairs = [(served[k], floor[k]) for k in sorted(served.keys() & floor.keys())]
     return [(s, f) for s, f in pairs if not disturbed(s) and not disturbed(f)] or pairs
+
+
+def p99_ratio(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> tuple[float, str]:
+    """The median of the pairs' p99 ratios, and how it was had: every ratio and its two p99s."""
+    ratios = [a["latency_ms"]["p99"] / max(b["latency_ms"]["p99"], 1e-9) for a, b in pairs]
+    ratio = statistics.median(ratios)
+    ms = ", ".join(f"{a['latency_ms']['p99']:.1f} vs {b['latency_ms']['p99']:.1f}" for a, b in pairs)
+    if len(pairs) == 1:
+        return ratio, f"{ratio:.2f}x ({ms} ms)"
+    return ratio, f"{ratio:.2f}x (median of {', '.join(f'{r:.2f}' for r in ratios)}, each from one repeat: {ms} ms)"
 
 
 def verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -312,14 +320,9 @@ def verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
         for name, what in (("relay-2000", "p99 <= 2x the relay's"),
                            ("relay-fsync-2000", "p99 <= 2x the relay's that stores before it broadcasts (fdatasync, no SQLite)")):
             pairs = p99_pairs(rows, name)
-            if not pairs:
-                continue
-            ratios = [a["latency_ms"]["p99"] / max(b["latency_ms"]["p99"], 1e-9) for a, b in pairs]
-            ratio = statistics.median(ratios)
-            ms = ", ".join(f"{a['latency_ms']['p99']:.1f} vs {b['latency_ms']['p99']:.1f}" for a, b in pairs)
-            got = (f"{ratio:.2f}x ({ms} ms)" if len(pairs) == 1 else
-                   f"{ratio:.2f}x (median of {', '.join(f'{r:.2f}' for r in ratios)}, each from one repeat: {ms} ms)")
-            check(what, ratio <= 2, got, *[run for pair in pairs for run in pair])
+            if pairs:
+                ratio, got = p99_ratio(pairs)
+                check(what, ratio <= 2, got, *[run for pair in pairs for run in pair])
     ratios = cpu_ratios(rows)
     if ratios:
         ratio = statistics.median(ratios)
@@ -338,9 +341,7 @@ def verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
         server_run("server-crash-2000 (SYNCLAB_DURABILITY=crash): 2,000", crash)
         pairs = p99_pairs(rows, "relay-2000", "server-crash-2000")
         if pairs:
-            ratios = [a["latency_ms"]["p99"] / max(b["latency_ms"]["p99"], 1e-9) for a, b in pairs]
-            out.append(f"INFO   server-crash-2000 p99 over relay-2000's (neither syncs): {statistics.median(ratios):.2f}x "
-                       f"(median of {', '.join(f'{r:.2f}' for r in ratios)}, each from one repeat)")
+            out.append(f"INFO   server-crash-2000 p99 over relay-2000's (neither syncs): {p99_ratio(pairs)[1]}")
         ratios = cpu_ratios(rows, "relay-2000", "server-crash-2000")
         if ratios:
             out.append(f"INFO   server-crash-2000 CPU per decision over relay-2000's: {statistics.median(ratios):.2f}x "
