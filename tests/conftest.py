@@ -143,6 +143,8 @@ class OwnRedis:
     port: int
     directory: Path
     process: subprocess.Popen[bytes] | None = None
+    #: more of redis-server's options (``--requirepass``, say), for the next :meth:`start`
+    options: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -151,7 +153,7 @@ class OwnRedis:
     def start(self) -> None:
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory)],
+             "--dir", str(self.directory), *self.options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
@@ -162,6 +164,15 @@ class OwnRedis:
             if time.monotonic() > deadline or self.process.poll() is not None:
                 raise RuntimeError(f"redis-server did not start on port {self.port}")
             time.sleep(0.02)
+
+    def pause(self) -> None:
+        """SIGSTOP: the port still accepts connections (the kernel does), nothing answers."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -5,8 +5,10 @@ them at once; every frame also goes to Redis on the topic's channel (``{prefix}:
 the other processes. One publisher task sends what has queued up, in the order it was published,
 in one write per turn on a connection of its own (:class:`_Sender`); one listener connection is
 subscribed to the channels of the topics this process has subscribers for, and delivers the
-frames of other processes. So frames of one
-process reach another in the order they were published, on every channel together.
+frames of other processes as they are read. So frames of one process reach another in the
+order they were published, on every channel together. Both connections are spoken to directly
+(:mod:`.resp`), not through redis-py, whose per-message work was a fifth of a worker's loop; the
+cluster's other commands (leases, heartbeats) use redis-py's pool (:attr:`RedisHub.client`).
 
 Pub/sub is at most once. Every frame of a group topic carries its event's ``seq`` and the
 ``seq`` before it in that group (``prev``): a frame whose ``prev`` is not the last ``seq`` seen
@@ -14,7 +16,9 @@ is a gap, and a reconnect of the listener may have lost anything; either way ``r
 is called, and the caller resends the group's state to its members here. A frame older than the
 last seen is dropped (a deposed authority's late publish). While Redis is unreachable nothing is
 queued for it (:attr:`RedisHub.up` says so, with the reason): what was published meanwhile is
-resent as state after the reconnect.
+resent as state after the reconnect. The listener pings Redis after a second without a word
+from it: a Redis that stops answering (stopped, or the network between cut) is lost after
+:data:`ANSWER_WITHIN` seconds, as one that closes the connection is at once.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ import logging
 from collections import deque
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from .base import Resync, Subscriber
+from .resp import RespConnection
 
 log = logging.getLogger("synclab.hub")
 #: the fields of a frame on a Redis channel: origin, seq, prev, to, data
@@ -39,6 +45,10 @@ MAX_QUEUED = 100_000
 MAX_BACKOFF = 1.0
 #: connections to Redis of one process besides the listener's (a command waits for a free one)
 MAX_CONNECTIONS = 32
+#: seconds of silence after which the listener pings Redis
+PING_EVERY = 1.0
+#: seconds within which Redis must answer (a ping, a ``PUBLISH``, a connection's log-in), or is lost
+ANSWER_WITHIN = 5.0
 
 
 class RedisHub:
@@ -60,7 +70,8 @@ class RedisHub:
         self._last: dict[str, int] = {}
         self._outbox: deque[tuple[str, str]] = deque()
         self._wake = asyncio.Event()
-        self._pubsub: Any = None
+        #: the listener's connection while it is open
+        self._listener: RespConnection | None = None
         self._subscribed: dict[str, asyncio.Future[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -89,9 +100,8 @@ class RedisHub:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
+        if self._listener is not None:
+            self._listener.close()
         with contextlib.suppress(Exception):
             await self._client.aclose()
 
@@ -172,45 +182,38 @@ class RedisHub:
             self._subscribed[channel] = asyncio.get_running_loop().create_future()
         else:
             self._subscribed.pop(channel, None)
-        if self._pubsub is not None and self.up:
-            task = asyncio.get_running_loop().create_task(self._send_command(action, channel))
-            task.add_done_callback(_quiet)
-
-    async def _send_command(self, action: str, channel: str) -> None:
-        pubsub = self._pubsub
-        if pubsub is None:
-            return
-        try:
-            await getattr(pubsub, action)(channel)
-        except (RedisError, OSError) as exc:  # the listener notices too, and subscribes again
-            log.warning("hub: %s %s failed: %s", action, channel, exc)
+        listener = self._listener
+        if listener is not None and self.up:
+            try:
+                listener.write(((action.upper(), channel),))
+            except ConnectionError as exc:  # the listener notices too, and subscribes again
+                log.warning("hub: %s %s failed: %s", action, channel, exc)
 
     async def _listen(self) -> None:
         backoff = 0.05
         first = True
         while not self._closing:
-            pubsub: Any = self._client.pubsub()
+            listener: RespConnection | None = None
             try:
+                listener = await RespConnection.open(self._client.connection_pool, self._heard, within=ANSWER_WITHIN)
+                # answering, not only accepting (a stopped Redis's kernel still accepts)
+                pong = await asyncio.wait_for(listener.call("PING"), ANSWER_WITHIN)
+                if isinstance(pong, hiredis.ReplyError):
+                    raise ConnectionError(f"Redis refused PING: {pong}")
                 channels = [self._channel(t) for t in self._topics] or [self._channel("hub")]
                 for channel in channels:
                     self._subscribed.setdefault(channel, asyncio.get_running_loop().create_future())
-                await pubsub.subscribe(*channels)
-                self._pubsub = pubsub
+                listener.write((("SUBSCRIBE", *channels),))
+                self._listener = listener
                 self.up, self.reason = True, ""
                 self.connected.set()
-                added = [self._channel(t) for t in self._topics if self._channel(t) not in channels]
-                if added:  # subscribed to while the first subscription was under way
-                    await pubsub.subscribe(*added)
                 backoff = 0.05
                 if not first:
                     log.warning("hub: connected to Redis again; resending every group's state here")
                     self._resync_all()
                 first = False
-                while not self._closing:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None:
-                        self._handle(message)
-            except (RedisError, OSError) as exc:
+                await _watch(listener)
+            except (RedisError, OSError, ValueError) as exc:
                 if self.up:
                     log.error("hub: lost Redis (%s); retrying", exc)
                 self.up, self.reason = False, f"{type(exc).__name__}: {exc}"
@@ -221,25 +224,29 @@ class RedisHub:
                         future.set_exception(ConnectionError(self.reason))
                         future.exception()
                 self._subscribed = {}
-                self._pubsub = None
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                self._listener = None
+                if listener is not None:
+                    listener.close()
                 await asyncio.sleep(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
 
-    def _handle(self, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        channel = _text(message.get("channel"))
-        if kind == "subscribe":
+    def _heard(self, reply: Any) -> None:
+        """A reply on the listener's connection: a message, a subscription confirmed, a pong."""
+        if type(reply) is not list or len(reply) != 3:
+            return  # a pong (two items), or nothing a subscribed connection should hear
+        kind, channel, data = reply
+        if kind == "message":
+            self._handle(channel, data)
+        elif kind == "subscribe":
             future = self._subscribed.get(channel)
             if future is not None and not future.done():
                 future.set_result(None)
-            return
-        if kind != "message":
-            return
+
+    def _handle(self, channel: str, message: str) -> None:
+        """A frame another process published (or this one: skipped, it was delivered here already)."""
         topic = channel[len(self.prefix) + 1:]
         subscribers = self._topics.get(topic)
-        origin, seq, prev, to, data = _text(message["data"]).split(_SEP, 4)
+        origin, seq, prev, to, data = message.split(_SEP, 4)
         if origin == self.origin or not subscribers:
             return  # delivered here when it was published
         if seq:
@@ -272,114 +279,110 @@ class RedisHub:
                     await self._wake.wait()
                     continue
                 batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 1000))]
-                if sender is not None and (sender.failed is not None or not await sender.usable()):
-                    await self._retire(sender, 0, sender.failed or ConnectionError("connection closed"))
+                if sender is not None and sender.failed() is not None:
+                    self._retire(sender, 0, sender.failed() or ConnectionError("connection closed"))
                     sender = None
                 try:
                     if sender is None:
-                        sender = await _Sender.connect(self._client)
-                    await sender.send(batch)
-                except (RedisError, OSError) as exc:
-                    await self._retire(sender, len(batch), exc)
+                        sender = await _Sender.connect(self._client.connection_pool)
+                    sender.send(batch)
+                    await sender.drained()
+                except (RedisError, OSError, ValueError) as exc:
+                    self._retire(sender, len(batch), exc)
                     sender = None
         finally:
             if sender is not None:
-                await sender.close()
+                sender.close()
 
-    async def _retire(self, sender: _Sender | None, unsent: int, exc: BaseException) -> None:
+    def _retire(self, sender: _Sender | None, unsent: int, exc: BaseException) -> None:
         """Close a failed sender; what it wrote unanswered, and ``unsent`` frames more, count as lost."""
         lost = unsent + (sender.unanswered if sender is not None else 0)
         if lost:
             self.dropped += lost
             log.warning("hub: %d frames not published: %s", lost, exc)
         if sender is not None:
-            await sender.close()
+            sender.close()
 
 
 class _Sender:
-    """The publisher's connection: each batch of ``PUBLISH``es in one write, the answers read apart.
+    """The publisher's connection: each batch of ``PUBLISH``es in one write, the answers counted as they come.
 
     The publisher does not wait for Redis's answers before its next write: a pipeline per turn (its
     bookkeeping, and a wake-up for the answers before the next frames could go) cost about three
-    times the CPU of the write itself. A task reads the answers as they come; one that does not
-    come within the connection's ``socket_timeout``, or a broken connection, fails the sender
-    (:attr:`failed`), and what it wrote and Redis did not answer counts as lost. An error answer
-    (a command Redis refused) is logged.
+    times the CPU of the write itself. Answers are counted as the connection reads them; one that
+    has not come within :data:`ANSWER_WITHIN` seconds, or a broken connection, fails the sender
+    (:meth:`failed`), and what it wrote and Redis did not answer counts as lost. An error answer (a
+    command Redis refused) is logged.
     """
 
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
+    def __init__(self) -> None:
+        self._conn: RespConnection | None = None
         #: ``PUBLISH``es written and not answered yet
         self.unanswered = 0
-        #: why the connection is no longer usable, once it is not
-        self.failed: BaseException | None = None
-        self._more = asyncio.Event()
+        #: the loop's time of the last answer, or of the write that followed a time with none due
+        self._since = 0.0
         self._done = asyncio.Event()
-        self._reader = asyncio.get_running_loop().create_task(self._read())
+        self._done.set()
 
     @classmethod
-    async def connect(cls, client: aioredis.Redis) -> _Sender:
-        pool = client.connection_pool
-        conn: Any = pool.connection_class(**pool.connection_kwargs)
-        await conn.connect()
-        return cls(conn)
+    async def connect(cls, pool: Any) -> _Sender:
+        sender = cls()
+        sender._conn = await RespConnection.open(pool, sender._answer, within=ANSWER_WITHIN)
+        return sender
 
-    async def usable(self) -> bool:
-        """Whether the connection is still open (Redis restarted, say, while nothing was unanswered
-        and so nothing was being read from it); a write on a closed one could be lost unseen."""
-        if self.unanswered:
-            return True  # the reader is reading: it notices a closed connection itself
-        try:
-            return not await self._conn.can_read()
-        except (RedisError, OSError):
-            return False
+    def failed(self) -> BaseException | None:
+        """Why the connection is no longer usable, or ``None`` while it is."""
+        assert self._conn is not None
+        lost = self._conn.lost
+        if lost.done():
+            return lost.exception() or ConnectionError("the connection to Redis closed")
+        if self.unanswered and max(self._since, self._conn.heard) < asyncio.get_running_loop().time() - ANSWER_WITHIN:
+            return TimeoutError(f"Redis did not answer {self.unanswered} PUBLISHes within {ANSWER_WITHIN:g} s")
+        return None
 
-    async def send(self, batch: list[tuple[str, str]]) -> None:
-        conn = self._conn
-        await conn.send_packed_command(conn.pack_commands([("PUBLISH", c, p) for c, p in batch]), check_health=False)
+    def send(self, batch: list[tuple[str, str]]) -> None:
+        assert self._conn is not None
+        self._conn.write([("PUBLISH", c, p) for c, p in batch])
+        if not self.unanswered:
+            self._since = asyncio.get_running_loop().time()
         self.unanswered += len(batch)
         self._done.clear()
-        self._more.set()
+
+    async def drained(self) -> None:
+        assert self._conn is not None
+        await self._conn.drained()
 
     async def answered(self, wait: float = 2.0) -> None:
         """Until every ``PUBLISH`` written has its answer (closing with unread answers resets the connection)."""
-        if self.unanswered and self.failed is None:
+        if self.unanswered and self.failed() is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._done.wait(), wait)
 
-    async def close(self) -> None:
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._reader
-        with contextlib.suppress(Exception):
-            await self._conn.disconnect()
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
 
-    async def _read(self) -> None:
-        try:
-            while True:
-                if not self.unanswered:
-                    self._done.set()
-                    self._more.clear()
-                    await self._more.wait()
-                    continue
-                try:
-                    await self._conn.read_response()
-                except ResponseError as exc:
-                    log.error("hub: Redis refused a frame: %s", exc)
-                self.unanswered -= 1
-        except (RedisError, OSError) as exc:
-            self.failed = exc
+    def _answer(self, reply: Any) -> None:
+        if isinstance(reply, hiredis.ReplyError):
+            log.error("hub: Redis refused a frame: %s", reply)
+        self.unanswered -= 1
+        if not self.unanswered:
             self._done.set()
+
+
+async def _watch(connection: RespConnection) -> None:
+    """Until the connection is lost (raises why), pinging Redis after :data:`PING_EVERY` seconds of
+    silence; silent for :data:`ANSWER_WITHIN` seconds all the same: raises :class:`TimeoutError`."""
+    loop = asyncio.get_running_loop()
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(connection.lost), PING_EVERY)
+        quiet = loop.time() - connection.heard
+        if quiet >= ANSWER_WITHIN:
+            raise TimeoutError(f"Redis said nothing for {quiet:.1f} s, though pinged")
+        if quiet >= PING_EVERY:
+            connection.write((("PING",),))
 
 
 def _to(to: frozenset[str] | None) -> str:
     return "*" if to is None else ",".join(sorted(to))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _quiet(task: asyncio.Task[None]) -> None:
-    if not task.cancelled():
-        task.exception()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import pytest
+
 from server.hub import MemoryHub, group_topic
-from server.hub.redis import RedisHub
-from tests.conftest import OwnRedis
+from server.hub.redis import ANSWER_WITHIN, PING_EVERY, RedisHub
+from server.hub.resp import RespConnection
+from tests.conftest import OwnRedis, _missing
 from tests.server.harness import eventually
 
 
@@ -76,10 +81,13 @@ async def test_frames_reach_another_process_in_order_and_the_publisher_at_once(
 
 async def test_the_hub_reads_redis_with_the_c_parser(redis_url: str, redis_prefix: str) -> None:
     """hiredis (a dependency) parses the replies and the pub/sub messages: redis-py's own parser,
-    in Python, took some 5 % more of a cluster's CPU per decision and doubled its p50 at 1,000/s."""
+    in Python, took some 5 % more of a cluster's CPU per decision and doubled its p50 at 1,000/s.
+    The listener's connection is the hub's own (:mod:`server.hub.resp`, hiredis' reader); the
+    cluster's other commands go through redis-py's pool, with hiredis too."""
     async with hubs(redis_url, redis_prefix, "a") as (a,):
         assert await a.client.ping()
-        assert type(a._pubsub.connection._parser).__name__ == "_AsyncHiredisParser"
+        assert isinstance(a._listener, RespConnection)
+        assert type(a._listener._reader).__module__.startswith("hiredis")
         async with a.client.client() as single:
             await single.ping()
             assert type(single.connection._parser).__name__ == "_AsyncHiredisParser"
@@ -156,3 +164,114 @@ async def test_a_hub_that_loses_redis_says_so_then_subscribes_again_and_asks_for
         a.publish("group:5", "after", seq=3, prev=2)  # on a new connection, not lost on the closed one
         await eventually(lambda: there.got and there.got[-1][1] == "after")
         assert [d for _, d in there.got] == ["before", "after"]
+
+
+async def test_a_redis_that_stops_answering_is_lost_within_seconds_then_found_again(
+    own_redis: OwnRedis, redis_prefix: str
+) -> None:
+    """Redis stopped (SIGSTOP: its port still accepts, nothing answers): the listener's pings go
+    unanswered and each hub is down within :data:`ANSWER_WITHIN` and a ping's interval, with the
+    reason; Redis going on (SIGCONT): up again, and frames flow between the processes."""
+    async with hubs(own_redis.url, redis_prefix, "a", "b") as (a, b):
+        there = Collector()
+        b.subscribe("group:8", there)
+        await b.ready("group:8")
+        a.publish("group:8", "before", seq=1, prev=0)
+        await eventually(lambda: len(there.got) == 1)
+        own_redis.pause()
+        try:
+            started = asyncio.get_running_loop().time()
+            await eventually(lambda: not a.up and not b.up, wait=ANSWER_WITHIN + PING_EVERY + 3)
+            assert asyncio.get_running_loop().time() - started >= ANSWER_WITHIN - 0.5  # not at the first ping
+            assert "said nothing" in b.reason and "said nothing" in a.reason
+        finally:
+            own_redis.resume()
+        await eventually(lambda: a.up and b.up, wait=ANSWER_WITHIN + 5)
+        await b.ready("group:8")
+        a.publish("group:8", "after", seq=2, prev=1)
+        await eventually(lambda: there.got[-1][1] == "after")
+
+
+async def test_the_hub_logs_in_with_the_urls_password_and_selects_its_database(
+    own_redis: OwnRedis, redis_prefix: str
+) -> None:
+    """``redis://:secret@host:port/3``: both of the hub's own connections send ``AUTH`` and
+    ``SELECT`` as redis-py's do, and frames flow; a wrong password is refused, and says so."""
+    own_redis.kill()
+    own_redis.options = ("--requirepass", "secret")
+    own_redis.start()
+    url = f"redis://:secret@127.0.0.1:{own_redis.port}/3"
+    async with hubs(url, redis_prefix, "a", "b") as (a, b):
+        there = Collector()
+        b.subscribe("group:9", there)
+        await b.ready("group:9")
+        a.publish("group:9", "one", seq=1, prev=0)
+        await eventually(lambda: len(there.got) == 1)
+        clients = (await a.client.execute_command("CLIENT", "LIST")).decode().splitlines()
+        assert len(clients) == 4  # two listeners, a's publisher (b published nothing), this one
+        assert all(" db=3 " in line for line in clients), clients
+    wrong = RedisHub(f"redis://:nope@127.0.0.1:{own_redis.port}/3", origin="c", prefix=redis_prefix)
+    await wrong.start()
+    try:
+        await eventually(lambda: "AUTH" in wrong.reason)
+        assert not wrong.up and "WRONGPASS" in wrong.reason
+    finally:
+        await wrong.close()
+
+
+async def test_a_subscriber_that_fails_leaves_the_listener_listening(
+    redis_url: str, redis_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exception in one delivery is logged; the frames after it are delivered as usual."""
+    async with hubs(redis_url, redis_prefix, "a", "b") as (a, b):
+        got: list[str] = []
+
+        class Fussy:
+            def deliver(self, to: frozenset[str] | None, data: str) -> None:
+                if data == "bad":
+                    raise RuntimeError("cannot take this one")
+                got.append(data)
+
+        b.subscribe("group:10", Fussy())
+        await b.ready("group:10")
+        for n, data in enumerate(["one", "bad", "two"], start=1):
+            a.publish("group:10", data, seq=n, prev=n - 1)
+        await eventually(lambda: got == ["one", "two"])
+        assert b.up
+        assert any("could not be handled" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_hub_speaks_tls_to_a_rediss_url_and_checks_the_certificate(
+    own_redis: OwnRedis, redis_prefix: str
+) -> None:
+    """``rediss://`` with the CA's file: frames flow over TLS; without it the server's self-signed
+    certificate is refused, and the reason says so; ``ssl_cert_reqs=none`` takes any certificate."""
+    if shutil.which("openssl") is None:
+        _missing("openssl", "is not installed (it makes the test's certificate)")
+    cert, key = own_redis.directory / "cert.pem", own_redis.directory / "key.pem"
+    await asyncio.to_thread(
+        subprocess.run,
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    own_redis.kill()
+    own_redis.options = ("--port", "0", "--tls-port", str(own_redis.port), "--tls-cert-file", str(cert),
+                         "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no")
+    own_redis.start()
+    base = f"rediss://127.0.0.1:{own_redis.port}/0"
+    async with hubs(f"{base}?ssl_ca_certs={cert}", redis_prefix, "a", "b") as (a, b):
+        there = Collector()
+        b.subscribe("group:11", there)
+        await b.ready("group:11")
+        a.publish("group:11", "over tls", seq=1, prev=0)
+        await eventually(lambda: there.got == [(None, "over tls")])
+    async with hubs(f"{base}?ssl_cert_reqs=none", redis_prefix, "c") as (c,):
+        assert c.up
+    unknown = RedisHub(base, origin="d", prefix=redis_prefix)
+    await unknown.start()
+    try:
+        await eventually(lambda: "certificate verify failed" in unknown.reason)
+        assert not unknown.up
+    finally:
+        await unknown.close()
