@@ -137,7 +137,7 @@ class RespConnection(asyncio.Protocol):
                     except Exception:  # the caller's fault: logged, and the connection read on
                         log.exception("hub: a reply from Redis could not be handled: %.200r", reply)
                 reply = reader.gets()
-        except hiredis.ProtocolError as exc:  # not Redis speaking: nothing more can be read
+        except (hiredis.ProtocolError, ValueError) as exc:  # not RESP, or not UTF-8: the stream is lost
             self._lose(ConnectionError(f"Redis's answer could not be parsed: {exc}"))
             if self._transport is not None:
                 self._transport.close()

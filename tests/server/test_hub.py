@@ -275,3 +275,21 @@ async def test_the_hub_speaks_tls_to_a_rediss_url_and_checks_the_certificate(
         assert not unknown.up
     finally:
         await unknown.close()
+
+
+async def test_a_message_that_is_not_utf8_costs_the_listener_a_reconnect_not_its_life(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Bytes that are not UTF-8, published on a group's channel by some other client: the listener's
+    connection is given up, opened again, its topics resynced, and frames flow again."""
+    asked: list[tuple[str, str]] = []
+    async with hubs(redis_url, redis_prefix, "a", "b", resync=lambda o, t: asked.append((o, t))) as (a, b):
+        there = Collector()
+        b.subscribe("group:12", there)
+        await b.ready("group:12")
+        await a.client.publish(f"{redis_prefix}:group:12", b"\xc3\x28")
+        await eventually(lambda: ("b", "group:12") in asked)
+        await eventually(lambda: b.up)
+        await b.ready("group:12")
+        a.publish("group:12", "after", seq=1, prev=0)
+        await eventually(lambda: there.got == [(None, "after")])
