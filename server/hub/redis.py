@@ -196,10 +196,7 @@ class RedisHub:
             listener: RespConnection | None = None
             try:
                 listener = await RespConnection.open(self._client.connection_pool, self._heard, within=ANSWER_WITHIN)
-                # answering, not only accepting (a stopped Redis's kernel still accepts)
-                pong = await asyncio.wait_for(listener.call("PING"), ANSWER_WITHIN)
-                if isinstance(pong, hiredis.ReplyError):
-                    raise ConnectionError(f"Redis refused PING: {pong}")
+                await listener.ask(ANSWER_WITHIN, "PING")  # answering, not only accepting (a stopped Redis's kernel still accepts)
                 channels = [self._channel(t) for t in self._topics] or [self._channel("hub")]
                 for channel in channels:
                     self._subscribed.setdefault(channel, asyncio.get_running_loop().create_future())
@@ -279,8 +276,9 @@ class RedisHub:
                     await self._wake.wait()
                     continue
                 batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 1000))]
-                if sender is not None and sender.failed() is not None:
-                    self._retire(sender, 0, sender.failed() or ConnectionError("connection closed"))
+                why = sender.failed() if sender is not None else None
+                if why is not None:
+                    self._retire(sender, 0, why)
                     sender = None
                 try:
                     if sender is None:
@@ -335,7 +333,7 @@ class _Sender:
         assert self._conn is not None
         lost = self._conn.lost
         if lost.done():
-            return lost.exception() or ConnectionError("the connection to Redis closed")
+            return lost.exception()  # always set with the reason (RespConnection._lose)
         if self.unanswered and max(self._since, self._conn.heard) < asyncio.get_running_loop().time() - ANSWER_WITHIN:
             return TimeoutError(f"Redis did not answer {self.unanswered} PUBLISHes within {ANSWER_WITHIN:g} s")
         return None

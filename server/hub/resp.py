@@ -76,10 +76,9 @@ class RespConnection(asyncio.Protocol):
         try:
             password, username = kwargs.get("password"), kwargs.get("username")
             if password is not None or username is not None:
-                auth = ("AUTH", username or "default", password or "") if username else ("AUTH", password)
-                _answered(await asyncio.wait_for(connection.call(*auth), within), "AUTH")
+                await connection.ask(within, "AUTH", *((username, password or "") if username else (password,)))
             if int(kwargs.get("db") or 0):
-                _answered(await asyncio.wait_for(connection.call("SELECT", int(kwargs["db"])), within), "SELECT")
+                await connection.ask(within, "SELECT", int(kwargs["db"]))
         except BaseException:
             connection.close()
             raise
@@ -103,6 +102,13 @@ class RespConnection(asyncio.Protocol):
             return future.result()
         self.lost.result()  # raises why
         raise ConnectionError("the connection to Redis closed")
+
+    async def ask(self, within: float, *command: Any) -> Reply:
+        """:meth:`call` within ``within`` seconds, and an error reply raised as :class:`ConnectionError`."""
+        reply = await asyncio.wait_for(self.call(*command), within)
+        if isinstance(reply, hiredis.ReplyError):
+            raise ConnectionError(f"Redis refused {command[0]}: {reply}")
+        return reply
 
     async def drained(self) -> None:
         """Until the transport's buffer is below its high-water mark again (at once when it is)."""
@@ -168,11 +174,6 @@ class RespConnection(asyncio.Protocol):
                 future.exception()
         self._calls.clear()
         self.resume_writing()
-
-
-def _answered(reply: Reply, command: str) -> None:
-    if isinstance(reply, hiredis.ReplyError):
-        raise ConnectionError(f"Redis refused {command}: {reply}")
 
 
 def _tls(kwargs: dict[str, Any]) -> ssl.SSLContext:
