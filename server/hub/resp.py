@@ -32,6 +32,11 @@ Reply = Any
 OnReply = Callable[[Reply], None]
 #: the TLS options of ``rediss://`` URLs honoured here; any other is refused at start
 _TLS_OPTIONS = {"ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname", "ssl_password"}
+#: why a TLS connection without a client certificate may be closed by the server straight away
+NO_CLIENT_CERTIFICATE = (
+    "a Redis that authenticates its TLS clients (tls-auth-clients) closes the connection of one without a "
+    "certificate: give ssl_certfile and ssl_keyfile in REDIS_URL"
+)
 _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 
 
@@ -73,12 +78,23 @@ class RespConnection(asyncio.Protocol):
             return protocol
 
         connection = await asyncio.wait_for(connect(), within)
+        anonymous = issubclass(pool.connection_class, SSLConnection) and not kwargs.get("ssl_certfile")
         try:
             password, username = kwargs.get("password"), kwargs.get("username")
             if password is not None or username is not None:
                 await connection.ask(within, "AUTH", *((username, password or "") if username else (password,)))
             if int(kwargs.get("db") or 0):
                 await connection.ask(within, "SELECT", int(kwargs["db"]))
+            elif anonymous and password is None and username is None:
+                # TLS 1.3: a server that wants a client certificate refuses after the handshake,
+                # so that the first reply is where it shows
+                await connection.ask(within, "PING")
+        except ConnectionError as exc:
+            closed_by_server = connection.lost.done()  # not an error reply: the server hung up
+            connection.close()
+            if anonymous and closed_by_server:
+                raise ConnectionError(f"{exc} ({NO_CLIENT_CERTIFICATE})") from exc
+            raise
         except BaseException:
             connection.close()
             raise
@@ -183,7 +199,14 @@ def _tls(kwargs: dict[str, Any]) -> ssl.SSLContext:
         raise ValueError(f"REDIS_URL: the hub's connections do not support {', '.join(unknown)}")
     context = ssl.create_default_context(cafile=kwargs.get("ssl_ca_certs"))
     if kwargs.get("ssl_certfile"):
-        context.load_cert_chain(kwargs["ssl_certfile"], kwargs.get("ssl_keyfile"), kwargs.get("ssl_password"))
+        try:
+            context.load_cert_chain(kwargs["ssl_certfile"], kwargs.get("ssl_keyfile"), kwargs.get("ssl_password"))
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(
+                f"REDIS_URL: the client certificate (ssl_certfile={kwargs['ssl_certfile']}, "
+                f"ssl_keyfile={kwargs.get('ssl_keyfile')}) could not be loaded: a missing or unreadable file, "
+                f"not PEM, a key that is not the certificate's, or a wrong or missing ssl_password ({exc})"
+            ) from exc
     reqs = kwargs.get("ssl_cert_reqs") or "required"
     if isinstance(reqs, str):
         if reqs.lower() not in _CERT_REQS:

@@ -277,6 +277,64 @@ async def test_the_hub_speaks_tls_to_a_rediss_url_and_checks_the_certificate(
         await unknown.close()
 
 
+async def test_the_hub_shows_a_client_certificate_to_a_redis_that_asks_for_one(
+    own_redis: OwnRedis, redis_prefix: str
+) -> None:
+    """A Redis that authenticates its TLS clients (``--tls-auth-clients yes``): with
+    ``ssl_certfile``, ``ssl_keyfile`` and, the key encrypted, ``ssl_password`` in the URL, both of
+    the hub's own connections and redis-py's get in and frames flow; without a certificate the hub
+    stays down and says what is missing; a wrong password is refused before any connection, and
+    says which setting to look at."""
+    if shutil.which("openssl") is None:
+        _missing("openssl", "is not installed (it makes the test's certificates)")
+    folder = own_redis.directory
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    client_cert, client_key = folder / "client.pem", folder / "client-key.pem"
+
+    def make(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    # one self-signed certificate stands for the CA, the server and (with its key encrypted) the client
+    await asyncio.to_thread(
+        make, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+        "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert),
+    )
+    await asyncio.to_thread(
+        make, "req", "-x509", "-newkey", "rsa:2048", "-days", "1", "-subj", "/CN=synclab-client",
+        "-passout", "pass:s3cret", "-keyout", str(client_key), "-out", str(client_cert),
+    )
+    both = folder / "ca.pem"  # the server trusts the client's certificate as its own CA
+    both.write_bytes(cert.read_bytes() + client_cert.read_bytes())
+    own_redis.kill()
+    own_redis.options = ("--port", "0", "--tls-port", str(own_redis.port), "--tls-cert-file", str(cert),
+                         "--tls-key-file", str(key), "--tls-ca-cert-file", str(both), "--tls-auth-clients", "yes")
+    own_redis.start()
+    base = f"rediss://127.0.0.1:{own_redis.port}/0?ssl_ca_certs={cert}"
+    with_cert = f"{base}&ssl_certfile={client_cert}&ssl_keyfile={client_key}&ssl_password=s3cret"
+    async with hubs(with_cert, redis_prefix, "a", "b") as (a, b):
+        there = Collector()
+        b.subscribe("group:13", there)
+        await b.ready("group:13")
+        a.publish("group:13", "shown a certificate", seq=1, prev=0)
+        await eventually(lambda: there.got == [(None, "shown a certificate")])
+        assert await a.client.ping()  # redis-py's connection, from the same URL
+    anonymous = RedisHub(base, origin="c", prefix=redis_prefix)
+    await anonymous.start()
+    try:
+        await eventually(lambda: "tls-auth-clients" in anonymous.reason)
+        assert not anonymous.up
+    finally:
+        await anonymous.close()
+    wrong = RedisHub(f"{base}&ssl_certfile={client_cert}&ssl_keyfile={client_key}&ssl_password=nope",
+                     origin="d", prefix=redis_prefix)
+    await wrong.start()
+    try:
+        await eventually(lambda: "could not be loaded" in wrong.reason and "ssl_password" in wrong.reason)
+        assert not wrong.up
+    finally:
+        await wrong.close()
+
+
 async def test_a_message_that_is_not_utf8_costs_the_listener_a_reconnect_not_its_life(
     redis_url: str, redis_prefix: str
 ) -> None:
