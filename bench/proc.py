@@ -151,7 +151,8 @@ def running(
     kind: str, core: int | None, extra: list[str] | None = None, env: dict[str, str] | None = None, token: str | None = None
 ) -> Iterator[Target]:
     """Start ``synclab serve`` (fresh SQLite database unless ``env`` names another) or the relay,
-    pinned to ``core`` (``None``: unpinned); stop it after."""
+    pinned to ``core`` (``None``: unpinned); stop it after, and remove its files (its database, its
+    log) unless the run failed."""
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
     token = token or secrets.token_urlsafe(24)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("SYNCLAB_") and k not in ("DATABASE_URL", "REDIS_URL")}
@@ -183,8 +184,14 @@ def running(
                 raise RuntimeError(f"the {kind} did not serve within {STARTUP_SECONDS:g} s:\n{target.log_tail()}")
             time.sleep(0.05)
         yield target
-    finally:
+    except BaseException:
         stop(process)
+        print(f"the {kind}'s files are kept for a look: {workdir}", file=sys.stderr)
+        raise
+    else:
+        stop(process)
+        # a run's database is tens of megabytes: a matrix with repeats would fill the temp dir
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,22 @@ from tests.server.harness import timeout
 
 #: 8 participants in 2 groups of 4, 5 decisions/s each for 1 s: 40 sends, 160 deliveries
 LOAD = Load(participants=8, group_size=4, rate=5.0, duration=1.0, grace=timeout(5))
+
+
+def test_a_run_s_files_are_removed_after_it_and_kept_when_it_failed() -> None:
+    """A server run leaves tens of megabytes of database: gone after a run that ended well, kept
+    (and named) after one that failed."""
+    with running("relay", None) as relay:
+        kept = relay.workdir
+        assert kept.is_dir()
+    assert not kept.exists()
+    with pytest.raises(RuntimeError, match="the run failed"), running("relay", None) as relay:
+        kept = relay.workdir
+        raise RuntimeError("the run failed")
+    try:
+        assert (kept / "relay.log").is_file()
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
 
 
 async def test_relay_delivers_everything_and_a_dropped_decision_is_lost() -> None:
