@@ -510,11 +510,12 @@ async def run_load(target: Target | Cluster, load: Load, *, measure_target: bool
 
 def _writer_delta(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The writers' counters over the sends, summed over the processes (one, or a cluster's workers)."""
-    out: dict[str, Any] = {key: 0 for key in ("batches", "writes", "events")}
+    counted = ("batches", "writes", "events", "log_restarts")
+    out: dict[str, Any] = {key: 0 for key in counted}
     commit_ms: dict[str, int] = {}
     for w0, w1 in zip(before, after, strict=True):
-        for key in ("batches", "writes", "events"):
-            out[key] += w1[key] - w0[key]
+        for key in counted:
+            out[key] += w1.get(key, 0) - w0.get(key, 0)
         for bucket, count in w1["commit_ms"].items():
             commit_ms[bucket] = commit_ms.get(bucket, 0) + count - w0["commit_ms"][bucket]
     out["commit_ms"] = commit_ms

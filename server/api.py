@@ -285,7 +285,8 @@ async def server_status(request: Request) -> Response:
     rt = runtime(request)
     body: dict[str, Any] = {
         "writer": {"batches": rt.writer.batches, "writes": rt.writer.writes, "events": rt.writer.committed,
-                   "fenced": rt.writer.fenced, "commit_ms": rt.writer.commit_ms()},
+                   "fenced": rt.writer.fenced, "log_restarts": rt.writer.log_restarts,
+                   "commit_ms": rt.writer.commit_ms()},
         "durability": rt.settings.durability,
         "live_groups": len(rt.groups.groups),
         "connections": len(rt.groups.connections),

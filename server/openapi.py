@@ -253,7 +253,8 @@ def _other_schemas() -> dict[str, JSONSchema]:
         "Unhealthy": _object({"status": {"const": "unavailable"}, "reason": {"type": "string", "minLength": 1}}),
         "ServerStatus": _object({
             "writer": _object({
-                **{name: counter for name in ("batches", "writes", "events", "fenced")},
+                # log_restarts: SQLite's write-ahead log made to start over (Database.log_restarts)
+                **{name: counter for name in ("batches", "writes", "events", "fenced", "log_restarts")},
                 "commit_ms": _object({name: counter for name in COMMIT_BUCKET_NAMES}),
             }),
             # SYNCLAB_DURABILITY: what an acknowledged decision survives

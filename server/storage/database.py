@@ -28,6 +28,9 @@ log = logging.getLogger("synclab.database")
 T = TypeVar("T")
 #: seconds between SQLite checkpoints, and at most from a commit to the next (see :meth:`Database.checkpoint_soon`)
 CHECKPOINT_EVERY = 1.0
+#: SQLite: frames the write-ahead log holds (32 MiB at 2 KiB pages) before the writer, once a
+#: checkpoint has copied it, finishes the job so that the log starts over (see :meth:`Database.checkpoint`)
+RESTART_LOG_AFTER = 16384
 
 
 class Database:
@@ -41,8 +44,10 @@ class Database:
         stall_timeout: float | None = None,
         lock_timeout: float | None = None,
         synced: bool = True,
+        restart_log_after: int = RESTART_LOG_AFTER,
     ) -> None:
         self.url = url
+        self.restart_log_after = restart_log_after
         #: PostgreSQL: seconds the writer's connection may sit in a transaction between two
         #: statements before the server ends its session (see :func:`writer_connection`)
         self.stall_timeout = stall_timeout
@@ -59,6 +64,8 @@ class Database:
         self._checkpoint_again = False
         #: checkpoints that ended without an error
         self.checkpoints = 0
+        #: times the writer finished a checkpoint so that the log starts over (see :meth:`_between_batches`)
+        self.log_restarts = 0
         self._checkpointed_at = time.monotonic()
         self._checkpoint_due: asyncio.TimerHandle | None = None
         #: set when a background checkpoint copied the whole log: the writer finishes the job
@@ -78,8 +85,12 @@ class Database:
         frame, and under steady load the writer has always added a few frames while the
         checkpoint ran: the file would grow without end (300 MB in ten seconds at 2,000
         decisions/s), and every commit would extend it, which makes its ``fdatasync`` about
-        twice as slow as one that overwrites. So once a checkpoint here has copied the log,
-        :meth:`_between_batches` has the writer copy the few frames added since.
+        twice as slow as one that overwrites. So once a checkpoint here has copied a log of
+        ``restart_log_after`` frames or more, :meth:`_between_batches` has the writer copy the
+        few frames added since. Not at every checkpoint: that copy syncs the log and the database
+        file, and so holds the next batch back by 1 to 10 ms; at 2,000 decisions/s it came every
+        second, now every five or so, and the file stays at about that size (tens of MB), every
+        commit writing over what it held.
         """
         if not self.sqlite:
             return None
@@ -125,18 +136,20 @@ class Database:
             return
         busy, frames, copied = future.result()
         self.checkpoints += 1
-        self._log_copied = not busy and frames == copied
+        self._log_copied = not busy and frames == copied and frames >= self.restart_log_after
 
     def _between_batches(self) -> None:
         """On the writer thread after each batch: once a checkpoint copied the log, finish it there.
 
         No other write can come in between, so this copy reaches the log's end and the next
         commit writes the log from its start again (see :meth:`checkpoint`). It is the few
-        frames added since the checkpoint: well under a millisecond, once per checkpoint.
+        frames added since the checkpoint, and two syncs (the log's, the database file's):
+        1 or 2 ms, over 10 when the disk is slow, once the log has ``restart_log_after`` frames.
         """
         if not self._log_copied or self._writer_connection is None:
             return
         self._log_copied = False
+        self.log_restarts += 1
         try:
             _wal_checkpoint(self._writer_connection, "PASSIVE")
         except Exception as exc:  # the commits are safe either way: only the log's reuse waits

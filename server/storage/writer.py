@@ -68,6 +68,11 @@ class EventWriter:
         #: writes refused by the fencing check (their authority had lost its group)
         self.fenced = 0
 
+    @property
+    def log_restarts(self) -> int:
+        """SQLite: how often the writer finished a checkpoint so that the log starts over (0 on PostgreSQL)."""
+        return self._database.log_restarts
+
     def commit_ms(self) -> dict[str, int]:
         """Committed batches by the commit's wall time: ``{"1": n, "2": n, …, "1000": n, "more": n}``.
 

@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine, select, text
 
 from server.storage import (
@@ -73,13 +74,16 @@ async def test_postgres_needs_no_checkpoint(postgres_url: str) -> None:
         db.close()
 
 
+@pytest.mark.parametrize("restart_after", [256, 10**9], ids=["past-256-frames", "never"])
 async def test_under_steady_writes_the_log_starts_over_instead_of_growing(
-    tmp_path: Path,
+    tmp_path: Path, restart_after: int
 ) -> None:
     """A checkpoint that runs while the writer commits never finds the log's end by itself;
-    the writer finishes it, so the next commit writes the log from its start again."""
+    the writer finishes it once the log holds ``restart_log_after`` frames, so the next commit
+    writes the log from its start again. Below that the writer leaves the log to grow (the
+    second case: never restarted, and so it grows with every commit)."""
     path = tmp_path / "steady.db"
-    db = Database(f"sqlite:///{path}")
+    db = Database(f"sqlite:///{path}", restart_log_after=restart_after)
     writer = EventWriter(db, checkpoint_every=0.05)
     try:
         await db.write(create_schema)
@@ -104,9 +108,15 @@ async def test_under_steady_writes_the_log_starts_over_instead_of_growing(
         assert commits >= 300, f"too few commits to judge: {commits}"
         await writer.close()
         log_size = size(Path(f"{path}-wal"))
-        # every commit adds at least two pages (the event's and the group's) of 4 KiB; the file
+        # every commit adds at least two pages (the event's and the group's); the file
         # keeps the size of the longest stretch between two restarts (a stalled checkpoint on a
         # busy machine makes one longer), so the bound is a fraction, not a few commits' worth
+        if restart_after > 10**6:
+            assert db.log_restarts == 0
+            pages = commits * 2 * SQLITE_PAGE_SIZE  # at least, had the log never started over
+            assert log_size >= pages, f"the log holds {log_size} bytes after {commits} commits"
+            return
+        assert db.log_restarts >= 1
         never_restarted = commits * 2 * 4096
         assert log_size < never_restarted / 3, (
             f"the log holds {log_size} bytes after {commits} commits: it never started over"
