@@ -241,6 +241,26 @@ async def test_a_subscriber_that_fails_leaves_the_listener_listening(
         assert any("could not be handled" in r.getMessage() for r in caplog.records)
 
 
+async def _frames_flow(a: RedisHub, b: RedisHub, topic: str, data: str) -> None:
+    """A frame published by ``a`` reaches ``b``'s subscriber."""
+    there = Collector()
+    b.subscribe(topic, there)
+    await b.ready(topic)
+    a.publish(topic, data, seq=1, prev=0)
+    await eventually(lambda: there.got == [(None, data)])
+
+
+async def _stays_down(url: str, prefix: str, because: Callable[[str], bool]) -> None:
+    """A hub on ``url`` does not come up, and its reason says ``because``."""
+    hub = RedisHub(url, origin="refused", prefix=prefix)
+    await hub.start()
+    try:
+        await eventually(lambda: because(hub.reason))
+        assert not hub.up
+    finally:
+        await hub.close()
+
+
 async def test_the_hub_speaks_tls_to_a_rediss_url_and_checks_the_certificate(
     own_redis: OwnRedis, redis_prefix: str
 ) -> None:
@@ -261,20 +281,10 @@ async def test_the_hub_speaks_tls_to_a_rediss_url_and_checks_the_certificate(
     own_redis.start()
     base = f"rediss://127.0.0.1:{own_redis.port}/0"
     async with hubs(f"{base}?ssl_ca_certs={cert}", redis_prefix, "a", "b") as (a, b):
-        there = Collector()
-        b.subscribe("group:11", there)
-        await b.ready("group:11")
-        a.publish("group:11", "over tls", seq=1, prev=0)
-        await eventually(lambda: there.got == [(None, "over tls")])
+        await _frames_flow(a, b, "group:11", "over tls")
     async with hubs(f"{base}?ssl_cert_reqs=none", redis_prefix, "c") as (c,):
         assert c.up
-    unknown = RedisHub(base, origin="d", prefix=redis_prefix)
-    await unknown.start()
-    try:
-        await eventually(lambda: "certificate verify failed" in unknown.reason)
-        assert not unknown.up
-    finally:
-        await unknown.close()
+    await _stays_down(base, redis_prefix, lambda why: "certificate verify failed" in why)
 
 
 async def test_the_hub_shows_a_client_certificate_to_a_redis_that_asks_for_one(
@@ -312,27 +322,11 @@ async def test_the_hub_shows_a_client_certificate_to_a_redis_that_asks_for_one(
     base = f"rediss://127.0.0.1:{own_redis.port}/0?ssl_ca_certs={cert}"
     with_cert = f"{base}&ssl_certfile={client_cert}&ssl_keyfile={client_key}&ssl_password=s3cret"
     async with hubs(with_cert, redis_prefix, "a", "b") as (a, b):
-        there = Collector()
-        b.subscribe("group:13", there)
-        await b.ready("group:13")
-        a.publish("group:13", "shown a certificate", seq=1, prev=0)
-        await eventually(lambda: there.got == [(None, "shown a certificate")])
+        await _frames_flow(a, b, "group:13", "shown a certificate")
         assert await a.client.ping()  # redis-py's connection, from the same URL
-    anonymous = RedisHub(base, origin="c", prefix=redis_prefix)
-    await anonymous.start()
-    try:
-        await eventually(lambda: "tls-auth-clients" in anonymous.reason)
-        assert not anonymous.up
-    finally:
-        await anonymous.close()
-    wrong = RedisHub(f"{base}&ssl_certfile={client_cert}&ssl_keyfile={client_key}&ssl_password=nope",
-                     origin="d", prefix=redis_prefix)
-    await wrong.start()
-    try:
-        await eventually(lambda: "could not be loaded" in wrong.reason and "ssl_password" in wrong.reason)
-        assert not wrong.up
-    finally:
-        await wrong.close()
+    await _stays_down(base, redis_prefix, lambda why: "tls-auth-clients" in why)
+    await _stays_down(with_cert.replace("=s3cret", "=nope"), redis_prefix,
+                      lambda why: "could not be loaded" in why and "ssl_password" in why)
 
 
 async def test_a_message_that_is_not_utf8_costs_the_listener_a_reconnect_not_its_life(
