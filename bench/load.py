@@ -515,7 +515,7 @@ def _writer_delta(before: Sequence[dict[str, Any]], after: Sequence[dict[str, An
     commit_ms: dict[str, int] = {}
     for w0, w1 in zip(before, after, strict=True):
         for key in counted:
-            out[key] += w1.get(key, 0) - w0.get(key, 0)
+            out[key] += w1[key] - w0[key]
         for bucket, count in w1["commit_ms"].items():
             commit_ms[bucket] = commit_ms.get(bucket, 0) + count - w0["commit_ms"][bucket]
     out["commit_ms"] = commit_ms

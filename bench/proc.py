@@ -171,6 +171,7 @@ def running(
     if core is not None and not shutil.which("taskset"):
         os.sched_setaffinity(process.pid, {core})
     target = Target(kind, process, "", token, workdir, log, environ["DATABASE_URL"] if kind == "server" else "")
+    failed = True
     try:
         deadline = time.monotonic() + STARTUP_SECONDS
         while True:
@@ -184,14 +185,13 @@ def running(
                 raise RuntimeError(f"the {kind} did not serve within {STARTUP_SECONDS:g} s:\n{target.log_tail()}")
             time.sleep(0.05)
         yield target
-    except BaseException:
+        failed = False
+    finally:
         stop(process)
-        print(f"the {kind}'s files are kept for a look: {workdir}", file=sys.stderr)
-        raise
-    else:
-        stop(process)
-        # a run's database is tens of megabytes: a matrix with repeats would fill the temp dir
-        shutil.rmtree(workdir, ignore_errors=True)
+        if failed:
+            print(f"the {kind}'s files are kept for a look: {workdir}", file=sys.stderr)
+        else:  # a run's database is tens of megabytes: a matrix with repeats would fill the temp dir
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -196,7 +196,6 @@ class RedisHub:
             listener: RespConnection | None = None
             try:
                 listener = await RespConnection.open(self._client.connection_pool, self._heard, within=ANSWER_WITHIN)
-                await listener.ask(ANSWER_WITHIN, "PING")  # answering, not only accepting (a stopped Redis's kernel still accepts)
                 channels = [self._channel(t) for t in self._topics] or [self._channel("hub")]
                 for channel in channels:
                     self._subscribed.setdefault(channel, asyncio.get_running_loop().create_future())

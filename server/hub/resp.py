@@ -61,7 +61,8 @@ class RespConnection(asyncio.Protocol):
 
     @classmethod
     async def open(cls, pool: Any, on_reply: OnReply, *, within: float = 2.0) -> RespConnection:
-        """Connect to where ``pool`` (redis-py's, made from the URL) connects, and log in as it would."""
+        """Connect to where ``pool`` (redis-py's, made from the URL) connects, log in as it would,
+        and see that Redis answers."""
         kwargs: dict[str, Any] = pool.connection_kwargs
         loop = asyncio.get_running_loop()
 
@@ -85,10 +86,9 @@ class RespConnection(asyncio.Protocol):
                 await connection.ask(within, "AUTH", *((username, password or "") if username else (password,)))
             if int(kwargs.get("db") or 0):
                 await connection.ask(within, "SELECT", int(kwargs["db"]))
-            elif anonymous and password is None and username is None:
-                # TLS 1.3: a server that wants a client certificate refuses after the handshake,
-                # so that the first reply is where it shows
-                await connection.ask(within, "PING")
+            # answering, not only accepting: a stopped Redis's kernel still accepts, and with TLS 1.3
+            # a server that wants a client certificate hangs up after the handshake, at the first reply
+            await connection.ask(within, "PING")
         except ConnectionError as exc:
             closed_by_server = connection.lost.done()  # not an error reply: the server hung up
             connection.close()

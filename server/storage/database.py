@@ -149,9 +149,9 @@ class Database:
         if not self._log_copied or self._writer_connection is None:
             return
         self._log_copied = False
-        self.log_restarts += 1
         try:
             _wal_checkpoint(self._writer_connection, "PASSIVE")
+            self.log_restarts += 1
         except Exception as exc:  # the commits are safe either way: only the log's reuse waits
             log.warning("WAL checkpoint on the writer failed: %s", exc)
 
