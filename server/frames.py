@@ -27,17 +27,38 @@ and no ``receive`` runs for a participant's frame.
 A frame written here is one unfragmented, uncompressed text frame, which is valid whatever
 extensions the handshake agreed (per-message deflate is off anyway); ``websockets``' own state
 is not involved, as it tracks only fragmented messages and the closing handshake.
+
+:class:`FrameProtocol` reads attributes of uvicorn's protocol that are not a public API
+(:data:`USED`). Each socket's protocol is checked for them before the extension is offered: a
+uvicorn that renamed one serves every socket the ordinary way, with one warning in the log, rather
+than failing on a broadcast; a uvicorn without the sans-I/O protocol at all gets its own default.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import struct
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+#: whether this uvicorn has the sans-I/O protocol that :class:`FrameProtocol` builds on
+SANSIO: bool
+if TYPE_CHECKING:
+    from uvicorn.protocols.websockets.websockets_sansio_impl import (
+        WebSocketsSansIOProtocol as _Base,
+    )
+else:
+    try:
+        from uvicorn.protocols.websockets.websockets_sansio_impl import (
+            WebSocketsSansIOProtocol as _Base,
+        )
+        SANSIO = True
+    except ImportError:  # pragma: no cover - a uvicorn without it: its own default (WEBSOCKET_OPTIONS)
+        _Base, SANSIO = object, False
+
+log = logging.getLogger("synclab.frames")
 
 #: the ASGI scope's extension: ``{"write": Callable[[bytes], bool], "take_texts": Callable[[Callable[[str], None] | None], None]}``
 EXTENSION = "synclab.frames"
@@ -53,7 +74,31 @@ _TEXT = 0x81
 _cork = threading.local()
 
 
-class FrameProtocol(WebSocketsSansIOProtocol):
+#: what :class:`FrameProtocol` reads of uvicorn's protocol (its state, its transport, its queue
+#: of messages for the app) beyond the methods it overrides
+USED = ("disconnected", "close_sent", "handshake_complete", "initial_response", "writable", "transport", "queue", "logger")
+#: the protocol classes checked (:func:`_fits`): a class whose sockets lack one of :data:`USED` is
+#: warned of once and offers no extension
+_fit: dict[type, bool] = {}
+
+
+def _fits(protocol: object) -> bool:
+    """Whether ``protocol`` has what :class:`FrameProtocol` reads; a warning, once per class, if not."""
+    cls = type(protocol)
+    fits = _fit.get(cls)
+    if fits is None:
+        missing = [name for name in getattr(cls, "USED", USED) if not hasattr(protocol, name)]
+        fits = _fit[cls] = not missing
+        if missing:
+            log.warning(
+                "this uvicorn's WebSocket protocol has no %s: frames go through ASGI's send and "
+                "messages through receive (slower, nothing lost); synclab may need a newer release",
+                ", ".join(missing),
+            )
+    return fits
+
+
+class FrameProtocol(_Base):
     """uvicorn's sans-I/O WebSocket protocol, with a way to write a ready frame and to take text
     messages as they come: :data:`EXTENSION`."""
 
@@ -67,7 +112,7 @@ class FrameProtocol(WebSocketsSansIOProtocol):
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)  # absent when the handshake was refused
-        if scope is not None:
+        if scope is not None and _fits(self):
             scope["extensions"][EXTENSION] = {"write": self.write_frame, "take_texts": self.take_texts}
 
     def take_texts(self, on_text: Callable[[str], None] | None) -> None:
@@ -160,7 +205,7 @@ def corked() -> Iterator[None]:
 
 #: uvicorn's WebSocket options of ``synclab serve`` (and of the tests' servers and the bench's relay)
 WEBSOCKET_OPTIONS: dict[str, Any] = {
-    "ws": FrameProtocol,
+    "ws": FrameProtocol if SANSIO else "auto",
     "ws_max_size": WS_MAX_SIZE,
     "ws_per_message_deflate": False,
 }

@@ -138,12 +138,12 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def running_server(database_url: str, **settings: Any) -> AsyncIterator[Harness]:
+async def running_server(database_url: str, *, ws: Any = None, **settings: Any) -> AsyncIterator[Harness]:
+    """A server of the app on a free port; ``ws``: uvicorn's WebSocket protocol, if not ``synclab serve``'s."""
     settings.setdefault("admin_token", TOKEN)
     app = create_app(Settings(database_url=database_url, **settings))
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", **WEBSOCKET_OPTIONS
-    )
+    options = {**WEBSOCKET_OPTIONS, **({"ws": ws} if ws is not None else {})}
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", **options)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     async with asyncio.timeout(timeout(10)):

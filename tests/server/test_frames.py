@@ -9,6 +9,7 @@ pressure: every frame, in order, none twice."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -17,8 +18,8 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from server.connection import ClientConnection
-from server.frames import FrameProtocol, corked, frame_of, text_frame
-from tests.server.harness import Client, Harness, eventually
+from server.frames import USED, FrameProtocol, corked, frame_of, text_frame
+from tests.server.harness import Client, Harness, eventually, running_server
 
 
 def parsed(data: bytes) -> Frame:
@@ -222,3 +223,45 @@ async def test_text_frames_are_handled_as_they_are_read_and_the_rest_through_rec
     stored = [e["value"] for e in await server.events(experiment) if e["channel"] == "decisions"]
     assert stored == [1, 2, 3, 5]
     await b.close()
+
+
+class RenamedProtocol(FrameProtocol):
+    """FrameProtocol on a uvicorn that renamed something it reads (as a release might)."""
+
+    USED = (*USED, "a_name_this_uvicorn_does_not_have")
+
+
+@pytest.mark.parametrize("ws", [RenamedProtocol, "websockets-sansio"], ids=["renamed", "uvicorn"])
+async def test_without_the_direct_way_every_frame_goes_the_ordinary_way(
+    sqlite_url: str, ws: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A uvicorn protocol that lacks what the direct way reads, or uvicorn's own protocols: no
+    extension is offered, and a group still gets every broadcast, ack and error, in order."""
+    caplog.set_level(logging.WARNING, logger="synclab.frames")
+    async with running_server(sqlite_url, ws=ws) as server:
+        (exp_code, a_code, b_code), a, b = await two_playing(server)
+        for code in (a_code, b_code):
+            conn = server_side(server, code)
+            assert conn._write is None
+            assert "synclab.frames" not in (conn.websocket.scope.get("extensions") or {})
+        for n in range(5):
+            await a.send("decisions", n, frame_id=f"a{n}")
+        await b.send_raw("not JSON")
+        for n in range(5):
+            assert (await a.expect("ack"))["payload"]["id"] == f"a{n}"
+        seen: list[Any] = []
+        refused: list[str] = []
+        while len(seen) < 5 or not refused:
+            frame = await b.next()
+            if frame["channel"] == "group_decisions" and frame["payload"].get(a_code) is not None:
+                seen.append(frame["payload"][a_code])
+            elif frame["channel"] == "error":
+                refused.append(frame["payload"]["code"])
+        assert seen == list(range(5)) and refused == ["bad_json"]
+        rows = await server.events(exp_code)
+        assert [r["value"] for r in rows if r["channel"] == "decisions"] == list(range(5))
+    warnings = [r for r in caplog.records if r.name == "synclab.frames"]
+    if ws is RenamedProtocol:
+        assert len(warnings) == 1 and "a_name_this_uvicorn_does_not_have" in warnings[0].getMessage()
+    else:
+        assert not warnings
