@@ -50,6 +50,7 @@ from ..storage import (
     claim_group,
     close_connections_of,
     closed_among,
+    end_stalled_writers,
     group_epoch,
     live_group_ids,
     workers_with_open_connections,
@@ -137,7 +138,8 @@ class Node:
         self._tasks = [
             loop.create_task(f())
             for f in (
-                self._renew_loop, self._claim_loop, self._heartbeat_loop, self._sweep_loop, self._shed_loop, self.meter.run,
+                self._renew_loop, self._claim_loop, self._heartbeat_loop, self._sweep_loop, self._shed_loop,
+                self._stalled_loop, self.meter.run,
             )
         ]
         with contextlib.suppress(TimeoutError):
@@ -515,6 +517,17 @@ class Node:
             self._absent.pop(worker, None)
             if closed:
                 log.warning("cluster: closed %d connections that worker %s left open (code 1006)", closed, worker)
+
+    async def _stalled_loop(self) -> None:
+        if self.database.stall_timeout is not None and not self.database.sqlite:
+            await self._every(self.database.stall_timeout / 2, self._end_stalled, "writers stopped inside a batch")
+
+    async def _end_stalled(self) -> None:
+        """End the database sessions of writers (any worker's) stopped inside a batch for over the
+        stall timeout: a takeover of their groups, and every other writer of their experiments,
+        would wait for their rows as long as they stay stopped (:func:`end_stalled_writers`)."""
+        assert self.database.stall_timeout is not None
+        await self.database.read(end_stalled_writers, self.database.stall_timeout)
 
     async def workers(self) -> list[dict[str, Any]]:
         """Every worker heard from lately, from the heartbeats (this one included)."""

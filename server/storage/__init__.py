@@ -71,7 +71,7 @@ from .catalog import (
     set_experiment_status,
 )
 from .charts import period_history
-from .database import Database, writer_connection
+from .database import WRITER_NAME, Database, end_stalled_writers, writer_connection
 from .deliveries import (
     Claimed,
     add_otree_deliveries,
@@ -165,6 +165,7 @@ __all__ = [
     "NO_GROUP",
     "ROLES",
     "STATUSES",
+    "WRITER_NAME",
     "Arrival",
     "Claimed",
     "ConnectionChange",
@@ -219,6 +220,7 @@ __all__ = [
     "digest",
     "drop_token",
     "due_deliveries",
+    "end_stalled_writers",
     "ensure_completion_codes",
     "events",
     "experiment_groups",

@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from psycopg.errors import DivisionByZero
 from sqlalchemy import Engine, and_, select, update
 from sqlalchemy.engine import Connection
 
@@ -115,35 +116,81 @@ def _changes_a_period(write: Write) -> bool:
 
 
 def _commit_pipelined(conn: Connection, sql: BatchStatements, relative: SeqStatements, writes: Sequence[Write]) -> None:
-    """:func:`commit_writes` on PostgreSQL, the experiments' rows locked for one round trip only.
+    """:func:`commit_writes` on PostgreSQL in one round trip, the experiments' rows locked for it only.
 
     Every writer of an experiment (one per worker in a cluster) raises the experiment's
     ``last_seq``, and holds that row lock until its commit: the others' batches wait meanwhile.
     Sent statement by statement, the lock would also be held while this process's thread gets
     the answer of each and sends the next, which on a busy machine is the thread's wait for a
-    core, several times a batch. So the fence (the batch's own groups' rows: not what the other
-    writers wait for) is a round trip of its own, and the rest — the counters raised, the rows
-    with their ``seq`` computed by PostgreSQL from the raised counter
-    (``last_seq - back``), the commit — goes in one pipeline; each ``seq`` is set from its
-    counter's answer once committed.
+    core, several times a batch. So everything goes in one pipeline: the fence (the batch's own
+    groups' rows locked, every epoch as expected or the transaction fails), the counters raised,
+    the rows with their ``seq`` computed by PostgreSQL from the raised counter
+    (``last_seq - back``), the commit; each ``seq`` is set from its counter's answer once
+    committed. A fence that fails (an authority lost its group: rare) rolls all of it back, and
+    the batch goes again with the fence a round trip of its own, which leaves the fenced writes
+    out (:func:`_fence_first`).
     """
+    expected = _expected_epochs(writes)
+    if expected is None:
+        _fence_first(conn, sql, relative, writes)
+        return
+    try:
+        _pipeline(conn, sql, relative, writes, expected)
+    except DivisionByZero:  # the fence: a group's epoch is no longer a write's
+        _fence_first(conn, sql, relative, writes)
+
+
+def _expected_epochs(writes: Sequence[Write]) -> dict[int, int] | None:
+    """Each fenced group's epoch as the batch's writes expect it; ``None`` when one write cannot be
+    checked in the pipeline (fenced without a group, or its group under two epochs in one batch)."""
+    expected: dict[int, int] = {}
+    for write in writes:
+        if write.epoch is None:
+            continue
+        if write.group is None or expected.setdefault(write.group.group_id, write.epoch) != write.epoch:
+            return None
+    return expected
+
+
+def _fence_first(conn: Connection, sql: BatchStatements, relative: SeqStatements, writes: Sequence[Write]) -> None:
+    """:func:`_commit_pipelined` with the fence a round trip before the pipeline: what it keeps goes."""
+    raw: Any = conn.connection.dbapi_connection
+    cursor = raw.cursor()
+    try:
+        kept = _fence(cursor, sql, writes)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            raw.rollback()
+        raise
+    finally:
+        cursor.close()
+    _pipeline(conn, sql, relative, kept, {})
+
+
+def _pipeline(
+    conn: Connection, sql: BatchStatements, relative: SeqStatements, writes: Sequence[Write], fence: dict[int, int]
+) -> None:
+    """``writes`` stored in one pipeline, ``fence``'s groups locked first (their epochs as given, or
+    the transaction fails with a division by zero)."""
     raw: Any = conn.connection.dbapi_connection
     cursor = raw.cursor()
     answers = []
+    counts = sorted(_event_counts(writes).items())
+    left = dict(counts)
+    backs: list[list[int]] = []
+    for write in writes:
+        n = left.get(write.experiment_id, 0)
+        backs.append(list(range(n - 1, n - 1 - len(write.events), -1)))
+        left[write.experiment_id] = n - len(write.events)
     try:
-        kept = _fence(cursor, sql, writes)
-        counts = sorted(_event_counts(kept).items())
-        left = dict(counts)
-        backs: list[list[int]] = []
-        for write in kept:
-            n = left.get(write.experiment_id, 0)
-            backs.append(list(range(n - 1, n - 1 - len(write.events), -1)))
-            left[write.experiment_id] = n - len(write.events)
         with raw.pipeline():
+            if fence:
+                ids = sorted(fence)
+                cursor.execute(sql.FENCE_OR_FAIL, {"n": len(ids), "ids": ids, "epochs": [fence[g] for g in ids]})
             for experiment_id, count in counts:  # sorted: a fixed lock order
                 answers.append(raw.cursor())
                 sql.next_seq.run(answers[-1], [(experiment_id, count)])
-            _store(cursor, sql, relative, kept, backs)
+            _store(cursor, sql, relative, writes, backs)
             raw.commit()
         lasts = {experiment_id: int(answer.fetchall()[0][0]) for (experiment_id, _), answer in zip(counts, answers, strict=True)}
     except BaseException:
@@ -153,7 +200,7 @@ def _commit_pipelined(conn: Connection, sql: BatchStatements, relative: SeqState
     finally:
         for c in (cursor, *answers):
             c.close()
-    for write, back in zip(kept, backs, strict=True):
+    for write, back in zip(writes, backs, strict=True):
         last = lasts.get(write.experiment_id, 0)
         write.seqs = [last - b for b in back]
 

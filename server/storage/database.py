@@ -194,6 +194,7 @@ class Database:
                 if self.stall_timeout is not None and self.engine.dialect.name == "postgresql":
                     # back to the pool as the others are: a reader may idle in a transaction
                     self._writer_connection.exec_driver_sql("RESET idle_in_transaction_session_timeout")
+                    self._writer_connection.exec_driver_sql("RESET application_name")
                     self._writer_connection.commit()
                 self._writer_connection.close()
             self._writer_connection = None
@@ -230,12 +231,53 @@ def writer_connection(engine: Engine, stall_timeout: float | None = None) -> Con
     stays stopped. With the timeout, its transaction is rolled back and the rows are free after
     ``stall_timeout`` seconds; a batch of a live writer never pauses that long between statements
     (if it did, the batch fails and its writes are refused, never half stored).
+
+    That timeout does not cover a process stopped inside a pipeline (:func:`.batch._commit_pipelined`):
+    until the pipeline's end, its session is "active", waiting for the rest. So the session is
+    named :data:`WRITER_NAME`, and the cluster's workers end any such session that has waited
+    for its client inside a transaction longer than ``stall_timeout`` (:func:`end_stalled_writers`).
     """
     conn = engine.connect()
     if stall_timeout is not None and engine.dialect.name == "postgresql":
         conn.exec_driver_sql(f"SET idle_in_transaction_session_timeout = {max(1, round(stall_timeout * 1000))}")
+        conn.exec_driver_sql(f"SET application_name = '{WRITER_NAME}'")
         conn.commit()
     return conn
+
+
+#: the ``application_name`` of a writer's session on PostgreSQL (see :func:`writer_connection`)
+WRITER_NAME = "synclab-writer"
+
+
+def end_stalled_writers(engine: Engine, stall_timeout: float) -> list[int]:
+    """End the writers' sessions (:data:`WRITER_NAME`) of this database that have been waiting for
+    their client for over ``stall_timeout`` seconds in the middle of a transaction; their pids.
+
+    What ``idle_in_transaction_session_timeout`` does for a session between two statements, for
+    one stopped inside a pipeline, which PostgreSQL reports as active and waiting to read from
+    its client (``ClientRead``) and times out never: its transaction is rolled back, and the rows
+    it held (its groups', its experiments' counters) are free for the others. A live writer sends
+    a batch's statements within milliseconds. Only the sessions of this role (or all, for a
+    member of ``pg_read_all_stats`` and ``pg_signal_backend``) can be seen and ended.
+    """
+    with engine.connect() as conn:
+        ended = conn.exec_driver_sql(
+            # materialized: the sessions are chosen before any is ended (a WHERE's order is the planner's)
+            "WITH stalled AS MATERIALIZED (SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = %(name)s AND pid <> pg_backend_pid()"
+            " AND state = 'active' AND wait_event = 'ClientRead' AND xact_start IS NOT NULL"
+            " AND state_change < clock_timestamp() - make_interval(secs => %(stall)s))"
+            " SELECT pid FROM stalled WHERE pg_terminate_backend(pid)",
+            {"name": WRITER_NAME, "stall": float(stall_timeout)},
+        ).scalars().all()
+        conn.commit()
+    pids = [int(pid) for pid in ended]
+    if pids:
+        log.warning(
+            "ended the database sessions %s: writers stopped inside a batch for over %g s, holding its rows",
+            ", ".join(map(str, pids)), stall_timeout,
+        )
+    return pids
 
 
 def _checkpoint(engine: Engine, mode: str = "PASSIVE") -> tuple[int, int, int]:

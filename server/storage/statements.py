@@ -93,6 +93,17 @@ class BatchStatements:
                 .scalar_subquery() - bindparam(name, type_=BigInteger)
             )
 
+    #: PostgreSQL: locks the rows of the groups in ``ids`` whose epoch is the one at the same
+    #: place in ``epochs`` (in the groups' order, as :meth:`fence` does) and fails with a
+    #: division by zero unless all ``n`` are: the fence of :func:`.batch._commit_pipelined`, in
+    #: its pipeline. The division is by a count, not a constant, so the planner cannot fold it.
+    FENCE_OR_FAIL = (
+        "SELECT 1 / (count(*) = %(n)s)::int FROM ("
+        "SELECT g.id FROM groups AS g"
+        " JOIN unnest(%(ids)s::bigint[], %(epochs)s::bigint[]) AS w(id, epoch) ON g.id = w.id AND g.epoch = w.epoch"
+        " ORDER BY g.id FOR UPDATE OF g) AS locked"
+    )
+
     def fence(self, group_ids: Sequence[int]) -> tuple[Prepared, tuple[int, ...]]:
         """The statement that locks these groups' rows and reads their epochs, and its row.
 

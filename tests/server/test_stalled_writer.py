@@ -1,10 +1,17 @@
 """A writer process stopped in the middle of a batch (SIGSTOP) does not hold its groups' takeover.
 
-The batch's fence locks its groups' rows until the commit; a process frozen in between would
-keep them locked, and :func:`claim_group` of the worker taking over would wait as long. On
-PostgreSQL the writer's connection has ``idle_in_transaction_session_timeout`` (the lease time
-in a server): the server ends the frozen session and the claim goes through. A real process,
-a real signal, the real ``commit_writes``, on the machine's PostgreSQL.
+A batch locks its groups' rows (the fence) until its commit; a process frozen in between would
+keep them locked, and :func:`claim_group` of the worker taking over would wait as long. Two
+places to be stopped at, each with what frees the rows:
+
+- between two round trips (the fence on its own, when a batch cannot fence in its pipeline):
+  the writer's connection has ``idle_in_transaction_session_timeout`` (the lease time in a
+  server), and PostgreSQL ends the frozen session itself;
+- inside the pipeline that fences, numbers and stores a batch in one round trip: PostgreSQL
+  sees that session as active, waiting for the rest, and never times it out; the cluster's
+  workers end it (:func:`end_stalled_writers`, which the test runs as a worker's loop does).
+
+A real process, a real signal, the real ``commit_writes``, on the machine's PostgreSQL.
 """
 
 from __future__ import annotations
@@ -15,42 +22,59 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
-from server.storage import claim_group, create_schema, make_engine
+from server.storage import claim_group, create_schema, end_stalled_writers, make_engine
 from server.storage import groups as groups_table
 from tests.server.test_fencing import stored_values, two_groups
 
 ROOT = Path(__file__).resolve().parents[2]
 STALL = 1.0
 
-#: commit one decision of group argv[2] (epoch 1) through the writer's connection, and stop
-#: this process (SIGSTOP) right after the fence has locked the group's row
+#: commit a decision of group argv[2] (epoch 1) through the writer's connection, and stop this
+#: process (SIGSTOP) once the group's row is locked: argv[6] "round-trip", right after the fence
+#: on its own (the batch has a stale write of the group too, so it cannot fence in its pipeline),
+#: or "pipeline", inside the pipeline, after the fence was sent and before the counter's raise
 STOPPED_IN_A_BATCH = textwrap.dedent("""
     import os, signal, sys
     from server.storage import commit_writes, make_engine, prepared, writer_connection
     from tests.server.test_fencing import decision
 
-    url, experiment_id, group_id, participant_id, stall = sys.argv[1:6]
+    url, experiment_id, group_id, participant_id, stall, where = sys.argv[1:7]
     engine = make_engine(url)
-    rows = prepared.Prepared.rows
+    rows, run = prepared.Prepared.rows, prepared.Prepared.run
 
-    def stop_after_the_fence(self, cursor, row):  # the fence runs on the driver's cursor
+    def stop():
+        print("locked", flush=True)
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+    def stop_after_the_fence(self, cursor, row):  # the fence's own round trip
         found = rows(self, cursor, row)
         if "FOR UPDATE" in self.sql:
-            print("locked", flush=True)
-            os.kill(os.getpid(), signal.SIGSTOP)
+            stop()
         return found
 
-    prepared.Prepared.rows = stop_after_the_fence
+    def stop_before_the_counter(self, cursor, batch):  # in the pipeline, the fence sent before it
+        if "last_seq" in self.sql and "RETURNING" in self.sql.upper():
+            stop()
+        return run(self, cursor, batch)
 
-    conn = writer_connection(engine, float(stall) if stall != "none" else None)
+    eid, gid, pid = int(experiment_id), int(group_id), int(participant_id)
+    writes = [decision(eid, gid, pid, 0.5, 1)]
+    if where == "round-trip":
+        writes.insert(0, decision(eid, gid, pid, 0.25, 0))
+        prepared.Prepared.rows = stop_after_the_fence
+    else:
+        prepared.Prepared.run = stop_before_the_counter
+
+    conn = writer_connection(engine, float(stall))
     try:
-        commit_writes(conn, [decision(int(experiment_id), int(group_id), int(participant_id), 0.5, 1)])
+        commit_writes(conn, writes)
     except Exception as exc:
         print(f"refused: {type(exc).__name__}", flush=True)
         sys.exit(3)
@@ -62,15 +86,34 @@ def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
-def test_a_writer_stopped_inside_a_batch_frees_its_groups_after_the_stall_timeout(postgres_url: str) -> None:
+def _locked(engine: Engine, group_id: int) -> bool:
+    with engine.connect() as conn:
+        free = conn.execute(select(groups_table.c.id).where(groups_table.c.id == group_id)
+                            .with_for_update(skip_locked=True)).all()
+        conn.rollback()
+    return not free
+
+
+@pytest.mark.parametrize("where", ["round-trip", "pipeline"])
+def test_a_writer_stopped_inside_a_batch_frees_its_groups_after_the_stall_timeout(postgres_url: str, where: str) -> None:
     engine = make_engine(postgres_url)
     create_schema(engine)
+    reaping = threading.Event()
+    done = threading.Event()
+
+    def a_workers_loop() -> None:  # what every cluster worker runs (Node._stalled_loop)
+        while not done.wait(STALL / 4):
+            if reaping.is_set():
+                end_stalled_writers(engine, STALL)
+
+    reaper = threading.Thread(target=a_workers_loop, daemon=True)
+    reaper.start()
     try:
         experiment_id, (g1, _g2), (p1, *_rest) = two_groups(engine)
         assert claim_group(engine, g1, 1)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
         stopped = subprocess.Popen(
-            [sys.executable, "-c", STOPPED_IN_A_BATCH, postgres_url, str(experiment_id), str(g1), str(p1), str(STALL)],
+            [sys.executable, "-c", STOPPED_IN_A_BATCH, postgres_url, str(experiment_id), str(g1), str(p1), str(STALL), where],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         try:
@@ -79,11 +122,14 @@ def test_a_writer_stopped_inside_a_batch_frees_its_groups_after_the_stall_timeou
                 assert stopped.poll() is None, stopped.stdout.read() if stopped.stdout else ""
                 assert time.monotonic() < deadline, "the writer never stopped inside its batch"
                 time.sleep(0.02)
-            with engine.connect() as conn:  # the frozen batch holds the group's row
-                locked = conn.execute(select(groups_table.c.id).where(groups_table.c.id == g1)
-                                      .with_for_update(skip_locked=True)).all()
-                assert locked == []
-                conn.rollback()
+            assert _locked(engine, g1)  # the frozen batch holds the group's row
+            if where == "pipeline":
+                # PostgreSQL's own timeouts do not end a session stopped inside a pipeline
+                time.sleep(STALL + 0.5)
+                assert _locked(engine, g1), "PostgreSQL ended a session stopped inside a pipeline by itself"
+                reaping.set()
+            else:
+                reaping.set()  # would change nothing: PostgreSQL ends this one by itself
 
             started = time.monotonic()
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -108,4 +154,6 @@ def test_a_writer_stopped_inside_a_batch_frees_its_groups_after_the_stall_timeou
         with engine.connect() as conn:
             assert conn.execute(select(groups_table.c.epoch).where(groups_table.c.id == g1)).scalar() == 2
     finally:
+        done.set()
+        reaper.join(5)
         engine.dispose()
