@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from server.storage import WRITER_NAME
+
 from .proc import cpu_seconds, start_ticks
 
 #: this machine's PostgreSQL and Redis (the tests' defaults too)
@@ -191,7 +193,7 @@ class Postgres:
     """PostgreSQL's processes, from ``pg_stat_activity`` through a connection of the harness's own.
 
     ``backends``: the client backends whose ``application_name`` is the run's (the servers'
-    connections, kind ``postgres``); otherwise every process that is no client backend
+    connections, a writer's with :data:`server.storage.WRITER_NAME` after it; kind ``postgres``); otherwise every process that is no client backend
     (WAL writer, checkpointer, background writer, autovacuum: kind ``postgres-bg``), which
     serve every database of the PostgreSQL server, other clients' writes included.
     """
@@ -207,7 +209,9 @@ class Postgres:
 
     def pids(self) -> list[int]:
         if self._backends:
-            rows = self._conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s", (self._name,))
+            # a writer's session adds to the name (server.storage.WRITER_NAME)
+            rows = self._conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name IN (%s, %s)",
+                                      (self._name, f"{self._name} {WRITER_NAME}"))
         else:
             rows = self._conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type <> 'client backend'")
         return [int(pid) for (pid,) in rows.fetchall()]

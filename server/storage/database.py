@@ -233,24 +233,28 @@ def writer_connection(engine: Engine, stall_timeout: float | None = None) -> Con
     (if it did, the batch fails and its writes are refused, never half stored).
 
     That timeout does not cover a process stopped inside a pipeline (:func:`.batch._commit_pipelined`):
-    until the pipeline's end, its session is "active", waiting for the rest. So the session is
-    named :data:`WRITER_NAME`, and the cluster's workers end any such session that has waited
+    until the pipeline's end, its session is "active", waiting for the rest. So the session's
+    ``application_name`` ends in :data:`WRITER_NAME`, and the cluster's workers end any such session that has waited
     for its client inside a transaction longer than ``stall_timeout`` (:func:`end_stalled_writers`).
     """
     conn = engine.connect()
     if stall_timeout is not None and engine.dialect.name == "postgresql":
         conn.exec_driver_sql(f"SET idle_in_transaction_session_timeout = {max(1, round(stall_timeout * 1000))}")
-        conn.exec_driver_sql(f"SET application_name = '{WRITER_NAME}'")
+        # the name the URL gave (its first 40 characters), and what the session is to synclab
+        conn.exec_driver_sql(f"SELECT set_config('application_name', {_WRITER_NAMED}, false)", {"name": WRITER_NAME})
         conn.commit()
     return conn
 
 
-#: the ``application_name`` of a writer's session on PostgreSQL (see :func:`writer_connection`)
+#: the end of a writer's session's ``application_name`` on PostgreSQL, after the one its URL
+#: gave, if any (see :func:`writer_connection`)
 WRITER_NAME = "synclab-writer"
+#: SQL: the ``application_name`` of a writer's session on the URL of the session that asks
+_WRITER_NAMED = "ltrim(left(current_setting('application_name'), 40) || ' ' || %(name)s)"
 
 
 def end_stalled_writers(engine: Engine, stall_timeout: float) -> list[int]:
-    """End the writers' sessions (:data:`WRITER_NAME`) of this database that have been waiting for
+    """End the writers' sessions (named so: :data:`WRITER_NAME`) of this database that have been waiting for
     their client for over ``stall_timeout`` seconds in the middle of a transaction; their pids.
 
     What ``idle_in_transaction_session_timeout`` does for a session between two statements, for
@@ -258,13 +262,16 @@ def end_stalled_writers(engine: Engine, stall_timeout: float) -> list[int]:
     its client (``ClientRead``) and times out never: its transaction is rolled back, and the rows
     it held (its groups', its experiments' counters) are free for the others. A live writer sends
     a batch's statements within milliseconds. Only the sessions of this role (or all, for a
-    member of ``pg_read_all_stats`` and ``pg_signal_backend``) can be seen and ended.
+    member of ``pg_read_all_stats`` and ``pg_signal_backend``) can be seen and ended, and only
+    the writers of a URL with the same ``application_name`` as ``engine``'s (the same cluster's,
+    not another lab's on the same database).
     """
     with engine.connect() as conn:
         ended = conn.exec_driver_sql(
             # materialized: the sessions are chosen before any is ended (a WHERE's order is the planner's)
             "WITH stalled AS MATERIALIZED (SELECT pid FROM pg_stat_activity"
-            " WHERE datname = current_database() AND application_name = %(name)s AND pid <> pg_backend_pid()"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            f" AND application_name = {_WRITER_NAMED}"
             " AND state = 'active' AND wait_event = 'ClientRead' AND xact_start IS NOT NULL"
             " AND state_change < clock_timestamp() - make_interval(secs => %(stall)s))"
             " SELECT pid FROM stalled WHERE pg_terminate_backend(pid)",

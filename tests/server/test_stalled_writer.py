@@ -17,7 +17,9 @@ A real process, a real signal, the real ``commit_writes``, on the machine's Post
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -25,11 +27,19 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import Engine, select
 
-from server.storage import claim_group, create_schema, end_stalled_writers, make_engine
+from server.storage import (
+    claim_group,
+    create_schema,
+    end_stalled_writers,
+    make_engine,
+    writer_connection,
+)
 from server.storage import groups as groups_table
 from tests.server.test_fencing import stored_values, two_groups
 
@@ -86,6 +96,11 @@ def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
+def _named(url: str, name: str) -> str:
+    """``url`` with ``application_name``: a test's writers are told from other tests' (run beside it)."""
+    return url + ("&" if "?" in url else "?") + f"application_name={name}"
+
+
 def _locked(engine: Engine, group_id: int) -> bool:
     with engine.connect() as conn:
         free = conn.execute(select(groups_table.c.id).where(groups_table.c.id == group_id)
@@ -96,6 +111,7 @@ def _locked(engine: Engine, group_id: int) -> bool:
 
 @pytest.mark.parametrize("where", ["round-trip", "pipeline"])
 def test_a_writer_stopped_inside_a_batch_frees_its_groups_after_the_stall_timeout(postgres_url: str, where: str) -> None:
+    postgres_url = _named(postgres_url, f"lab-{secrets.token_hex(4)}")
     engine = make_engine(postgres_url)
     create_schema(engine)
     reaping = threading.Event()
@@ -157,3 +173,41 @@ def test_a_writer_stopped_inside_a_batch_frees_its_groups_after_the_stall_timeou
         done.set()
         reaper.join(5)
         engine.dispose()
+
+
+def test_only_writer_sessions_waiting_inside_a_batch_past_the_timeout_are_ended(postgres_url: str) -> None:
+    """A writer's session keeps the name its URL gave; :func:`end_stalled_writers` ends a writer's
+    session that has waited for its client inside a pipeline for over the timeout, and neither a
+    writer's that waited less, nor another client's, nor another lab's writer's that waited as long."""
+    lab, other = f"lab-{secrets.token_hex(4)}", f"lab-{secrets.token_hex(4)}"
+    engine, other_engine = make_engine(_named(postgres_url, lab)), make_engine(_named(postgres_url, other))
+    create_schema(engine)
+    connections = [
+        writer_connection(engine, STALL), engine.connect(), writer_connection(other_engine, STALL), writer_connection(engine, STALL)
+    ]
+    try:
+        raws: list[Any] = [c.connection.dbapi_connection for c in connections]
+        assert [r.info.parameter_status("application_name") for r in raws] == [
+            f"{lab} synclab-writer", lab, f"{other} synclab-writer", f"{lab} synclab-writer"
+        ]
+        pipelines = [contextlib.ExitStack() for _ in raws]
+        for stack, raw in zip(pipelines[:3], raws[:3], strict=True):  # inside a pipeline, waiting
+            stack.enter_context(raw.pipeline())
+            raw.execute("SELECT count(*) FROM groups")
+        time.sleep(STALL + 0.3)
+        pipelines[3].enter_context(raws[3].pipeline())  # the same, but not for long
+        raws[3].execute("SELECT count(*) FROM groups")
+        ended = end_stalled_writers(engine, STALL)
+        assert ended == [raws[0].info.backend_pid]
+        with pytest.raises(psycopg.OperationalError):
+            pipelines[0].close()
+        for stack, raw in zip(pipelines[1:], raws[1:], strict=True):
+            stack.close()
+            raw.commit()
+            assert raw.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        for c in connections:
+            with contextlib.suppress(Exception):
+                c.invalidate()
+        engine.dispose()
+        other_engine.dispose()
