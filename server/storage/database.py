@@ -249,8 +249,11 @@ def writer_connection(engine: Engine, stall_timeout: float | None = None) -> Con
 #: the end of a writer's session's ``application_name`` on PostgreSQL, after the one its URL
 #: gave, if any (see :func:`writer_connection`)
 WRITER_NAME = "synclab-writer"
-#: SQL: the ``application_name`` of a writer's session on the URL of the session that asks
-_WRITER_NAMED = "ltrim(left(current_setting('application_name'), 40) || ' ' || %(name)s)"
+#: SQL: the ``application_name`` of a writer's session on the URL of the session that asks (the
+#: one the session started with, whatever it was set to since)
+_WRITER_NAMED = (
+    "ltrim(left((SELECT reset_val FROM pg_settings WHERE name = 'application_name'), 40) || ' ' || %(name)s)"
+)
 
 
 def end_stalled_writers(engine: Engine, stall_timeout: float) -> list[int]:
