@@ -7,7 +7,7 @@ that a period's start or end changes are updated in the same transaction."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from psycopg.errors import DivisionByZero
@@ -73,11 +73,19 @@ def _commit_direct(conn: Connection, sql: BatchStatements, writes: Sequence[Writ
     """:func:`commit_writes` on SQLite's own connection: the driver begins the transaction at
     the first statement (its default), and it is committed or rolled back here. SQLAlchemy's
     transaction (its objects, events and bookkeeping) cost a tenth of the batch's own work."""
+    with _on_the_driver(conn) as (raw, cursor):
+        _store_numbered(cursor, sql, writes)
+        raw.commit()
+
+
+@contextlib.contextmanager
+def _on_the_driver(conn: Connection) -> Iterator[tuple[Any, Any]]:
+    """The driver's own connection under ``conn`` and a cursor on it (closed after); what fails
+    meanwhile rolls the transaction back."""
     raw: Any = conn.connection.dbapi_connection
     cursor = raw.cursor()
     try:
-        _store_numbered(cursor, sql, writes)
-        raw.commit()
+        yield raw, cursor
     except BaseException:
         with contextlib.suppress(Exception):
             raw.rollback()
@@ -154,16 +162,8 @@ def _expected_epochs(writes: Sequence[Write]) -> dict[int, int] | None:
 
 def _fence_first(conn: Connection, sql: BatchStatements, relative: SeqStatements, writes: Sequence[Write]) -> None:
     """:func:`_commit_pipelined` with the fence a round trip before the pipeline: what it keeps goes."""
-    raw: Any = conn.connection.dbapi_connection
-    cursor = raw.cursor()
-    try:
+    with _on_the_driver(conn) as (_, cursor):
         kept = _fence(cursor, sql, writes)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            raw.rollback()
-        raise
-    finally:
-        cursor.close()
     _pipeline(conn, sql, relative, kept, {})
 
 
@@ -172,9 +172,7 @@ def _pipeline(
 ) -> None:
     """``writes`` stored in one pipeline, ``fence``'s groups locked first (their epochs as given, or
     the transaction fails with a division by zero)."""
-    raw: Any = conn.connection.dbapi_connection
-    cursor = raw.cursor()
-    answers = []
+    answers: list[Any] = []
     counts = sorted(_event_counts(writes).items())
     left = dict(counts)
     backs: list[list[int]] = []
@@ -182,24 +180,21 @@ def _pipeline(
         n = left.get(write.experiment_id, 0)
         backs.append(list(range(n - 1, n - 1 - len(write.events), -1)))
         left[write.experiment_id] = n - len(write.events)
-    try:
-        with raw.pipeline():
-            if fence:
-                ids = sorted(fence)
-                cursor.execute(sql.FENCE_OR_FAIL, {"n": len(ids), "ids": ids, "epochs": [fence[g] for g in ids]})
-            for experiment_id, count in counts:  # sorted: a fixed lock order
-                answers.append(raw.cursor())
-                sql.next_seq.run(answers[-1], [(experiment_id, count)])
-            _store(cursor, sql, relative, writes, backs)
-            raw.commit()
-        lasts = {experiment_id: int(answer.fetchall()[0][0]) for (experiment_id, _), answer in zip(counts, answers, strict=True)}
-    except BaseException:
-        with contextlib.suppress(Exception):
-            raw.rollback()
-        raise
-    finally:
-        for c in (cursor, *answers):
-            c.close()
+    with _on_the_driver(conn) as (raw, cursor):
+        try:
+            with raw.pipeline():
+                if fence:
+                    ids = sorted(fence)
+                    cursor.execute(sql.FENCE_OR_FAIL, {"n": len(ids), "ids": ids, "epochs": [fence[g] for g in ids]})
+                for experiment_id, count in counts:  # sorted: a fixed lock order
+                    answers.append(raw.cursor())
+                    sql.next_seq.run(answers[-1], [(experiment_id, count)])
+                _store(cursor, sql, relative, writes, backs)
+                raw.commit()
+            lasts = {experiment_id: int(answer.fetchall()[0][0]) for (experiment_id, _), answer in zip(counts, answers, strict=True)}
+        finally:
+            for answer in answers:
+                answer.close()
     for write, back in zip(writes, backs, strict=True):
         last = lasts.get(write.experiment_id, 0)
         write.seqs = [last - b for b in back]
