@@ -487,6 +487,8 @@ class Node:
             "lag_ms": round(self.meter.lag * 1000, 1), "busy": self.busy,
             "writer": {"batches": writer.batches, "writes": writer.writes, "events": writer.committed},
             "at": time.time(),
+            # its connections' rows name it (see _sweep): builds before that wrote none
+            "names_connections": True,
         }
         key = self._key(f"worker:{self.worker}")
         async with self.hub.client.pipeline(transaction=False) as pipe:
@@ -504,10 +506,16 @@ class Node:
         participants would show as connected for ever. Whoever holds open connections without a
         heartbeat (or holds rows without a worker's name: one process's) for long enough has them
         closed with code 1006, at the time it was found gone (see :mod:`server.storage.leftover`).
+        Rows without a name are left alone while a worker of a build that names none is heard from.
         Every worker looks; the first closes them, and the others find nothing left.
         """
-        live = {str(w["worker"]) for w in await self.workers()} | {self.worker}
+        beats = await self.workers()
+        live = {str(w["worker"]) for w in beats} | {self.worker}
         holders = await self.database.read(workers_with_open_connections)
+        if None in holders and any(not w.get("names_connections") for w in beats):
+            # a worker of an earlier build (a rolling upgrade under way) stores its connections
+            # without its name: rows without one may be its live sockets', not a gone process's
+            holders.discard(None)
         now = time.monotonic()
         self._absent = {w: self._absent.get(w, now) for w in holders if w not in live}
         for worker, since in list(self._absent.items()):

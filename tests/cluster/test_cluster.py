@@ -272,6 +272,45 @@ async def test_the_connections_of_a_worker_killed_with_kill_9_are_closed_by_anot
         await person.stop()
 
 
+async def test_rows_without_a_worker_stay_open_while_a_worker_of_an_earlier_build_is_heard_from(
+    cluster: Cluster, redis_url: str
+) -> None:
+    """A rolling upgrade from a build that stored no worker's name with its connections: such a
+    worker's open rows (here one of w1's, its name taken out) are not a gone process's while a
+    heartbeat without ``names_connections`` (an earlier build's, written here) keeps coming; once
+    it stops, they are swept as before (code 1006)."""
+    exp, unnamed, named = await one_on_each(cluster)
+    engine = make_engine(cluster.env["DATABASE_URL"])
+    try:
+        with engine.begin() as conn:
+            conn.execute(connections.update().where(connections.c.disconnected_at.is_(None),
+                                                     connections.c.worker.like(f"%:{cluster.workers['w1'].process.pid}:%"))
+                         .values(worker=None))
+    finally:
+        engine.dispose()
+    assert connection_rows(cluster, exp["code"])[unnamed.code]["worker"] is None
+    prefix = cluster.env["SYNCLAB_CLUSTER"]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        beat = {"worker": "old-build", "host": "elsewhere", "pid": 1, "started": time.time(), "groups": 0, "sockets": 1,
+                "writer": {"batches": 0, "writes": 0, "events": 0}}
+        heard_until = time.monotonic() + 14  # the sweep's 5 s of absence, then a few looks (every 1 to 3 s)
+        while time.monotonic() < heard_until:
+            client.set(f"{prefix}:worker:old-build", orjson.dumps({**beat, "at": time.time()}), ex=5)
+            client.sadd(f"{prefix}:workers", "old-build")
+            await asyncio.sleep(1)
+        rows = connection_rows(cluster, exp["code"])
+        assert rows[unnamed.code]["disconnected_at"] is None, rows  # an earlier build's: left open
+        client.delete(f"{prefix}:worker:old-build")
+    finally:
+        client.close()
+    await until(lambda: connection_rows(cluster, exp["code"])[unnamed.code]["close_code"] == 1006, 30,
+                "the unnamed row swept once no earlier build was heard from")
+    assert connection_rows(cluster, exp["code"])[named.code]["disconnected_at"] is None
+    for person in (unnamed, named):
+        await person.stop()
+
+
 async def test_a_paused_worker_whose_connections_were_closed_meanwhile_has_its_sockets_reconnect(
     cluster: Cluster,
 ) -> None:
