@@ -271,7 +271,9 @@ def _other_schemas() -> dict[str, JSONSchema]:
                     # is past SYNCLAB_BUSY_LAG (absent from a worker of a build before them)
                     "lag_ms": {"type": "number", "minimum": 0}, "busy": {"type": "boolean"},
                     "writer": _object({name: counter for name in ("batches", "writes", "events")}),
-                }, optional=("lag_ms", "busy"))},
+                    # its connections' rows name it (absent from a worker of a build before that)
+                    "names_connections": {"type": "boolean"},
+                }, optional=("lag_ms", "busy", "names_connections"))},
                 "groups": counter,
                 "sockets": counter,
                 "events": counter,
