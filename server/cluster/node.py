@@ -533,7 +533,8 @@ class Node:
     async def _end_stalled(self) -> None:
         """End the database sessions of writers (any worker's) stopped inside a batch for over the
         stall timeout: a takeover of their groups, and every other writer of their experiments,
-        would wait for their rows as long as they stay stopped (:func:`end_stalled_writers`)."""
+        would wait for their rows and fail (``SYNCLAB_LOCK_TIMEOUT``) as long as they stay
+        stopped (:func:`end_stalled_writers`)."""
         assert self.database.stall_timeout is not None
         await self.database.read(end_stalled_writers, self.database.stall_timeout)
 
