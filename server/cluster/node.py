@@ -375,12 +375,15 @@ class Node:
         with contextlib.suppress(RedisError, OSError):
             await self.leases.release(lease)
 
-    async def _every(self, period: float, look: Callable[[], Awaitable[None]], what: str) -> None:
+    async def _every(
+        self, period: float, look: Callable[[], Awaitable[None]], what: str, *, redis: bool = True
+    ) -> None:
         """``look()`` every ``period`` seconds (±50 %, so that the workers do not look at once)
-        while Redis answers; a failed look is logged and the next one tries again."""
+        while Redis answers (``redis=False``: whether or not); a failed look is logged and the
+        next one tries again."""
         while True:
             await asyncio.sleep(period * (0.5 + random.random()))
-            if not self.hub.up:
+            if redis and not self.hub.up:
                 continue
             try:
                 await look()
@@ -528,7 +531,10 @@ class Node:
 
     async def _stalled_loop(self) -> None:
         if self.database.stall_timeout is not None and not self.database.sqlite:
-            await self._every(self.database.stall_timeout / 2, self._end_stalled, "writers stopped inside a batch")
+            # PostgreSQL's business alone: a stopped writer holds other writers back with Redis away too
+            await self._every(
+                self.database.stall_timeout / 2, self._end_stalled, "writers stopped inside a batch", redis=False
+            )
 
     async def _end_stalled(self) -> None:
         """End the database sessions of writers (any worker's) stopped inside a batch for over the
