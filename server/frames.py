@@ -29,7 +29,7 @@ extensions the handshake agreed (per-message deflate is off anyway); ``websocket
 is not involved, as it tracks only fragmented messages and the closing handshake.
 
 :class:`FrameProtocol` reads attributes of uvicorn's protocol that are not a public API
-(:data:`USED`). Each socket's protocol is checked for them before the extension is offered: a
+(:attr:`FrameProtocol.USED`). Each socket's protocol is checked for them before the extension is offered: a
 uvicorn that renamed one serves every socket the ordinary way, with one warning in the log, rather
 than failing on a broadcast; a uvicorn without the sans-I/O protocol at all gets its own default.
 """
@@ -41,7 +41,7 @@ import logging
 import struct
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 #: whether this uvicorn has the sans-I/O protocol that :class:`FrameProtocol` builds on
 SANSIO: bool
@@ -74,34 +74,17 @@ _TEXT = 0x81
 _cork = threading.local()
 
 
-#: what :class:`FrameProtocol` reads of uvicorn's protocol (its state, its transport, its queue
-#: of messages for the app) beyond the methods it overrides
-USED = ("disconnected", "close_sent", "handshake_complete", "initial_response", "writable", "transport", "queue", "logger")
-#: the protocol classes checked (:func:`_fits`): a class whose sockets lack one of :data:`USED` is
-#: warned of once and offers no extension
-_fit: dict[type, bool] = {}
-
-
-def _fits(protocol: object) -> bool:
-    """Whether ``protocol`` has what :class:`FrameProtocol` reads; a warning, once per class, if not."""
-    cls = type(protocol)
-    fits = _fit.get(cls)
-    if fits is None:
-        missing = [name for name in getattr(cls, "USED", USED) if not hasattr(protocol, name)]
-        fits = _fit[cls] = not missing
-        if missing:
-            log.warning(
-                "this uvicorn's WebSocket protocol has no %s: frames go through ASGI's send and "
-                "messages through receive (slower, nothing lost); synclab may need a newer release",
-                ", ".join(missing),
-            )
-    return fits
-
-
 class FrameProtocol(_Base):
     """uvicorn's sans-I/O WebSocket protocol, with a way to write a ready frame and to take text
     messages as they come: :data:`EXTENSION`."""
 
+    #: what the class reads of uvicorn's protocol (its state, its transport, its queue of messages
+    #: for the app) beyond the methods it overrides
+    USED: ClassVar[tuple[str, ...]] = (
+        "disconnected", "close_sent", "handshake_complete", "initial_response", "writable", "transport", "queue", "logger"
+    )
+    #: whether this class's sockets have all of :attr:`USED` (unset: not looked at yet; see :meth:`_fits`)
+    _fit: ClassVar[bool | None] = None
     #: frames kept while corked, written by :meth:`flush`
     _held: list[bytes] | None = None
     #: the app's taker of text messages (:meth:`take_texts`), or ``None``: every message is queued
@@ -112,8 +95,23 @@ class FrameProtocol(_Base):
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)  # absent when the handshake was refused
-        if scope is not None and _fits(self):
+        if scope is not None and self._fits():
             scope["extensions"][EXTENSION] = {"write": self.write_frame, "take_texts": self.take_texts}
+
+    def _fits(self) -> bool:
+        """Whether this socket has what the class reads; a warning, once per class, if not."""
+        cls = type(self)
+        fit: bool | None = cls.__dict__.get("_fit")  # the class's own: a subclass is looked at apart
+        if fit is None:
+            missing = [name for name in cls.USED if not hasattr(self, name)]
+            cls._fit = fit = not missing
+            if missing:
+                log.warning(
+                    "this uvicorn's WebSocket protocol has no %s: frames go through ASGI's send and "
+                    "messages through receive (slower, nothing lost); synclab may need a newer release",
+                    ", ".join(missing),
+                )
+        return fit
 
     def take_texts(self, on_text: Callable[[str], None] | None) -> None:
         """Hand each text message that comes from now on to ``on_text``, at once, instead of queueing

@@ -18,7 +18,7 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from server.connection import ClientConnection
-from server.frames import USED, FrameProtocol, corked, frame_of, text_frame
+from server.frames import FrameProtocol, corked, frame_of, text_frame
 from tests.server.harness import Client, Harness, eventually, running_server
 
 
@@ -228,7 +228,7 @@ async def test_text_frames_are_handled_as_they_are_read_and_the_rest_through_rec
 class RenamedProtocol(FrameProtocol):
     """FrameProtocol on a uvicorn that renamed something it reads (as a release might)."""
 
-    USED = (*USED, "a_name_this_uvicorn_does_not_have")
+    USED = (*FrameProtocol.USED, "a_name_this_uvicorn_does_not_have")
 
 
 @pytest.mark.parametrize("ws", [RenamedProtocol, "websockets-sansio"], ids=["renamed", "uvicorn"])
