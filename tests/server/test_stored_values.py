@@ -48,3 +48,23 @@ def test_sqlite_json_values_are_sqlalchemys_text(tmp_path: Path) -> None:
             assert as_json(value) == process(value), value
     finally:
         engine.dispose()
+
+
+def test_sqlite_binds_none_and_bools_as_before_through_registered_adapters() -> None:
+    """Importing the storage registers sqlite3 adapters for None and bool, so that binding them
+    skips the driver's failing adapter look-up (an AttributeError raised and cleared per value);
+    what is stored is what the driver stores without them: NULL, and the integers 0 and 1."""
+    import sqlite3
+
+    import server.storage  # noqa: F401  (registers them)
+
+    assert (type(None), sqlite3.PrepareProtocol) in sqlite3.adapters
+    assert (bool, sqlite3.PrepareProtocol) in sqlite3.adapters
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.execute("CREATE TABLE t (a, b BOOLEAN, c INTEGER)")
+        conn.executemany("INSERT INTO t VALUES (?, ?, ?)", [(None, True, False), (1, False, None)])
+        stored = conn.execute("SELECT a, typeof(a), b, typeof(b), c, typeof(c) FROM t ORDER BY rowid").fetchall()
+    finally:
+        conn.close()
+    assert stored == [(None, "null", 1, "integer", 0, "integer"), (1, "integer", 0, "integer", None, "null")]
