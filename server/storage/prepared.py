@@ -4,6 +4,7 @@ The writer's hot path (:mod:`.batch`): SQLAlchemy's per-execution work cost most
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -88,33 +89,63 @@ class StoredTimes:
 
     A batch repeats a few times many times over (every event of a write has the write's time,
     every state update the period's start and end), and turning each into a ``datetime`` and
-    then, on SQLite, into text was the largest part of the writer's Python work.
+    then, on SQLite, into text was the largest part of the writer's Python work. On SQLite a
+    new time's text is its second's text (remembered) and its microseconds
+    (:meth:`_sqlite_text`): ``datetime.isoformat`` formats through C's ``printf``, some 6,000
+    instructions a time.
     """
 
-    __slots__ = ("_known", "_process")
+    __slots__ = ("_known", "_process", "_seconds", "_sqlite")
 
     LIMIT = 4096
 
     def __init__(self, dialect: Any) -> None:
-        #: a time as the driver takes it; on SQLite the text SQLAlchemy's processor makes
-        #: (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC), made at once by :func:`sqlite_time`
+        #: on SQLite a time is text (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC, as SQLAlchemy's
+        #: processor makes it), made by :meth:`_sqlite_text`
+        self._sqlite = dialect.name == "sqlite"
+        #: elsewhere, what makes a ``datetime`` what the driver takes (``None``: the driver takes it)
         self._process: Callable[[datetime], Any] | None = (
-            sqlite_time if dialect.name == "sqlite"
-            else DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
+            None if self._sqlite else DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
         )
         self._known: dict[float, Any] = {}
+        #: SQLite: a whole second's text, ``YYYY-MM-DD HH:MM:SS``
+        self._seconds: dict[int, str] = {}
 
     def __call__(self, epoch: float | None) -> Any:
         if epoch is None:
             return None
         stored = self._known.get(epoch)
         if stored is None:
-            value = datetime.fromtimestamp(epoch, UTC)
-            stored = value if self._process is None else self._process(value)
+            if self._sqlite:
+                stored = self._sqlite_text(epoch)
+            else:
+                value = datetime.fromtimestamp(epoch, UTC)
+                stored = value if self._process is None else self._process(value)
             if len(self._known) >= self.LIMIT:
                 self._known.clear()
             self._known[epoch] = stored
         return stored
+
+    def _sqlite_text(self, epoch: float) -> str:
+        """:func:`sqlite_time` of ``datetime.fromtimestamp(epoch, UTC)``: the second and the
+        microseconds split as that does (CPython's ``_PyTime_DoubleToDenominator``: the
+        fraction times 10⁶, rounded half to even, carried into the second at 10⁶ or below 0)."""
+        fraction, whole = math.modf(epoch)
+        micro = round(fraction * 1e6)
+        if micro >= 1_000_000:
+            micro -= 1_000_000
+            whole += 1.0
+        elif micro < 0:
+            micro += 1_000_000
+            whole -= 1.0
+        second = int(whole)
+        text = self._seconds.get(second)
+        if text is None:
+            text = sqlite_time(datetime.fromtimestamp(second, UTC))[:19]
+            if len(self._seconds) >= self.LIMIT:
+                self._seconds.clear()
+            self._seconds[second] = text
+        return f"{text}.{micro:06d}"
 
 
 def sqlite_time(value: datetime) -> str:

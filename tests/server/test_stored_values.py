@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,13 @@ def test_sqlite_times_are_sqlalchemys_text_to_the_microsecond(tmp_path: Path) ->
         epochs += [rng.uniform(0, 4e9) for _ in range(20_000)]
         epochs += [float(rng.randrange(0, 4 * 10**9)) for _ in range(5_000)]
         epochs += [rng.randrange(0, 4 * 10**15) / 1e6 for _ in range(20_000)]
+        # where the microseconds round: half a microsecond either way (half to even), a fraction
+        # that rounds up into the next second, and times before 1970 (a negative fraction)
+        for whole in (0.0, 1.0, 1_796_000_000.0, -1.0, -86_400.0, -1_000_000_000.0):
+            for micro in (0.5, 1.5, 2.5, 999_999.4, 999_999.5, 999_999.6, 123_456.5):
+                near = whole + micro / 1e6
+                epochs += [near, math.nextafter(near, -math.inf), math.nextafter(near, math.inf)]
+        epochs += [rng.uniform(-4e9, 0) for _ in range(5_000)]
         for epoch in epochs:
             value = datetime.fromtimestamp(epoch, UTC)
             assert sqlite_time(value) == process(value), epoch
