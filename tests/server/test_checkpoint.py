@@ -111,13 +111,16 @@ async def test_under_steady_writes_the_log_starts_over_instead_of_growing(
         # every commit adds at least two pages (the event's and the group's); the file
         # keeps the size of the longest stretch between two restarts (a stalled checkpoint on a
         # busy machine makes one longer), so the bound is a fraction, not a few commits' worth
+        never_restarted = commits * 2 * 4096
         if restart_after > 10**6:
+            # SQLite starts the log over by itself at a commit that finds it wholly copied, which a
+            # checkpoint can do while the writer waits for the core (seen with three test processes
+            # on two cores): the log grew well past what the restarted case must stay under, not
+            # by every commit's pages (two of SQLITE_PAGE_SIZE each, at least)
             assert db.log_restarts == 0
-            pages = commits * 2 * SQLITE_PAGE_SIZE  # at least, had the log never started over
-            assert log_size >= pages, f"the log holds {log_size} bytes after {commits} commits"
+            assert log_size >= never_restarted / 3, f"the log holds {log_size} bytes after {commits} commits"
             return
         assert db.log_restarts >= 1
-        never_restarted = commits * 2 * 4096
         assert log_size < never_restarted / 3, (
             f"the log holds {log_size} bytes after {commits} commits: it never started over"
         )

@@ -297,7 +297,8 @@ def test_a_bad_environment_value_exits_2_naming_the_variable(
     env = {name: value}
     args = ["serve"] if name == "PORT" else ["serve", "--port", str(free_port())]
     try:
-        result = run(tmp_path, *args, wait=8, **env)
+        # refused before anything is served: seconds, but a loaded machine has taken over 8 to start Python
+        result = run(tmp_path, *args, wait=20, **env)
     except subprocess.TimeoutExpired as exc:
         # it started serving instead of refusing; the subprocess was killed by run()
         pytest.fail(f"synclab served with {name}={value!r}: {exc.stdout!r}")
