@@ -56,6 +56,8 @@ async def test_relay_delivers_everything_and_a_dropped_decision_is_lost() -> Non
     assert clean["lost"] == 0 and clean["lost_deliveries"] == 0, clean
     assert clean["deliveries"] == 160 and clean["acked"] == 40, clean
     assert clean["unpersisted"] is None  # the relay stores nothing, so nothing is checked
+    assert clean["generator_frames"]["written_directly"] == 40, clean
+    assert clean["generator_frames"]["read_directly"] == 200, clean  # 160 deliveries and 40 acks
 
     with running("relay", None, ["--drop-every", "7"]) as relay:
         async with asyncio.timeout(timeout(30)):
@@ -91,6 +93,9 @@ async def test_server_stores_everything_and_a_missing_event_is_unpersisted() -> 
             assert first["lost"] == 0 and first["deliveries"] == 160 and first["acked"] == 40, first
             assert first["unpersisted"] == 0 and first["not_stored"] == 0, first
             assert first["target_cpu"] is not None and first["target_rss_mb"] > 0, first
+            # the generator wrote every decision's frame and read the frames after the start itself
+            frames = first["generator_frames"]
+            assert frames["written_directly"] == 40 and frames["read_directly"] >= 160, frames
             # every decision is one write of two events (the decision and the group's broadcast)
             writer = first["writer"]
             assert writer["writes"] == 40 and writer["events"] == 80, writer
