@@ -78,6 +78,7 @@ def matrix(duration: float, idle: int, scale: float = 1.0) -> list[Case]:
              extra=("--fsync", "decisions.log", "--frames")),
         Case("server-2000", "server", Load(n(400), 4, 5.0, duration)),
         Case("server-3000", "server", Load(n(600), 4, 5.0, duration)),
+        Case("server-monitor-2000", "server", Load(n(400), 4, 5.0, duration, monitor=True)),
         # SYNCLAB_DURABILITY=crash: commits not synced one by one (nor waited for company)
         Case("server-crash-2000", "server", Load(n(400), 4, 5.0, duration), env=(("SYNCLAB_DURABILITY", "crash"),)),
         Case("ticks-1000", "server", Load(n(200), 4, 5.0, duration, subperiod=0.5)),
@@ -336,6 +337,13 @@ def verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
     big = by.get("server-3000")
     if big is not None and big.get("latency_ms"):
         server_run("3,000", big)
+    watched = by.get("server-monitor-2000")
+    if watched is not None and watched.get("latency_ms"):  # a lab's case: the experimenter's monitor open
+        server_run("server-monitor-2000 (a monitor open): 2,000", watched)
+        ratios = cpu_ratios(rows, "server-2000", "server-monitor-2000")
+        if ratios:
+            out.append(f"INFO   server-monitor-2000 CPU per decision over server-2000's: {statistics.median(ratios):.2f}x "
+                       f"(median of {', '.join(f'{r:.2f}' for r in ratios)})")
     crash = by.get("server-crash-2000")
     if crash is not None and crash.get("latency_ms"):  # no target of its own: what the setting gives
         server_run("server-crash-2000 (SYNCLAB_DURABILITY=crash): 2,000", crash)
@@ -429,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--idle", type=int, default=10_000, help="idle connections to hold (default 10000)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply participant counts (e.g. 0.1 for a quick look)")
     parser.add_argument("--only", help="comma-separated run names (disk,relay-1000,server-1000,relay-2000,relay-fsync-2000,"
-                        "relay-fsync-frames-2000,server-2000,server-3000,server-crash-2000,ticks-1000,idle,server-pg-2000,cluster-2000)")
+                        "relay-fsync-frames-2000,server-2000,server-3000,server-monitor-2000,server-crash-2000,ticks-1000,idle,server-pg-2000,cluster-2000)")
     parser.add_argument("--out", help="JSON lines file (default bench/results/<timestamp>.jsonl)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the target and the generator to cores")
     parser.add_argument("--cluster-pin", choices=("target", "none"), default="target",

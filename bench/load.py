@@ -75,6 +75,9 @@ class Load:
     subperiod: float | None = None
     #: how long after the last send receipts are still waited for
     grace: float = 3.0
+    #: a monitor reads the experiment live throughout (server only: ``WS /ws/monitor/{code}``), as
+    #: a lab's experimenter does
+    monitor: bool = False
 
     def __post_init__(self) -> None:
         if self.participants < 1 or self.group_size < 2 or self.participants % self.group_size:
@@ -392,6 +395,8 @@ class Run:
     target_rss: int | None = None
     target_peak_rss: int | None = None
     generator_cpu: float = 0.0
+    #: what the monitor read (``Load.monitor``): frames, bytes, event rows; ``None``: no monitor
+    monitor: dict[str, int] | None = None
     #: sends written as whole frames by the generator (the rest through websockets' ``send``)
     written_directly: int = 0
     #: (participant code, value) of every stored decision (server only)
@@ -476,6 +481,7 @@ class Run:
             "error_messages": {code: dict(messages) for code, messages in self.error_messages.items()},
             "send_lag_ms": percentiles([self.sent_at[j] - self.due[j] for j in sent]),
             "generator_cpu": self.generator_cpu,
+            "monitor": self.monitor,
             # the frames the generator read and wrote itself, and those it left to websockets
             # (StampedConnection): a run whose sockets never read a frame themselves says so here
             "generator_frames": {
@@ -596,6 +602,7 @@ async def run_load(target: Target | Cluster, load: Load, *, measure_target: bool
             peer.started.set()
         return peer
 
+    watching: tuple[ClientConnection, asyncio.Task[None]] | None = None
     try:
         if spread:
             # each group's first member first: its worker (alternating with the group) takes the
@@ -619,6 +626,9 @@ async def run_load(target: Target | Cluster, load: Load, *, measure_target: bool
         async with asyncio.timeout(START_TIMEOUT):
             await asyncio.gather(*(peer.started.wait() for peer in run.peers))
         status0 = [await a.call("GET", "/api/server") for a in apis] if stores else None
+        if load.monitor and stores and run.experiment is not None:
+            run.monitor = {"frames": 0, "bytes": 0, "rows": 0}
+            watching = await _watch(f"{ws_bases[0]}/ws/monitor/{run.experiment}", target.token, run.monitor)
         await _send_all(run, target, measure_target, meters)
         if status0 is not None:
             status1 = [await a.call("GET", "/api/server") for a in apis]
@@ -630,9 +640,48 @@ async def run_load(target: Target | Cluster, load: Load, *, measure_target: bool
             run.stored = await api.decisions(run.experiment)
             if load.subperiod is not None and isinstance(target, Target) and target.sqlite:
                 run.tick_lateness = tick_lateness(target, run.experiment, run.wall0, run.wall_end)
+        if run.monitor is not None and run.writer is not None:
+            # its rows come a tenth of a second at a time: those of the schedule's writes, at least
+            for _ in range(40):  # up to 2 s
+                if run.monitor["rows"] >= run.writer["events"]:
+                    break
+                await asyncio.sleep(0.05)
     finally:
+        if watching is not None:
+            await _stop_watching(*watching)
         await close_all(run.peers)
     return run
+
+
+async def _watch(url: str, token: str, counts: dict[str, int]) -> tuple[ClientConnection, asyncio.Task[None]]:
+    """A monitor of the experiment at ``url`` (its token in the first frame), read until stopped:
+    ``counts`` gets its frames, their bytes and the event rows among them (counted, not parsed:
+    an ``events`` frame is a tenth of a second's rows, some 800 KB at 2,000 decisions a second)."""
+    ws = await connect(url, max_size=None, compression=None, open_timeout=OPEN_TIMEOUT, close_timeout=2.0)
+    await ws.send(orjson.dumps({"channel": "auth", "payload": {"token": token}}).decode())
+    first = await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT)
+    if not str(first).startswith('{"channel":"snapshot"'):
+        await ws.close()
+        raise RuntimeError(f"the monitor: expected a snapshot first, got {str(first)[:200]!r}")
+
+    async def read() -> None:
+        with contextlib.suppress(Exception):
+            async for message in ws:
+                text = str(message)
+                counts["frames"] += 1
+                counts["bytes"] += len(text)
+                if text.startswith('{"channel":"events"'):
+                    counts["rows"] += text.count('{"seq":')
+
+    return ws, asyncio.create_task(read())
+
+
+async def _stop_watching(ws: ClientConnection, reading: asyncio.Task[None]) -> None:
+    with contextlib.suppress(Exception):
+        await ws.close()
+    reading.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await reading
 
 
 def _writer_delta(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]]) -> dict[str, Any]:

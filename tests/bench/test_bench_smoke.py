@@ -281,6 +281,29 @@ async def test_the_crash_durability_case_runs_its_server_with_the_setting_and_lo
     assert "INFO   server-crash-2000 CPU per decision over relay-2000's: 1.50x (median of 1.50)" in lines
 
 
+async def test_the_monitor_case_reads_every_row_stored_while_the_load_runs() -> None:
+    """``server-monitor-2000``: a monitor reads the experiment throughout, as a lab's experimenter's
+    page does; the run counts what it read, and the verdict gives the CPU against ``server-2000``."""
+    case = next(c for c in matrix(1.0, 2, 0.02) if c.name == "server-monitor-2000")
+    assert case.load is not None and case.load.monitor
+    load = Load(LOAD.participants, LOAD.group_size, LOAD.rate, LOAD.duration, grace=LOAD.grace, monitor=True)
+    async with asyncio.timeout(timeout(60)):
+        row = await run_case(Case(case.name, case.target, load), None)
+    assert row["lost"] == 0 and row["deliveries"] == 160 and row["unpersisted"] == 0, row
+    watched = row["monitor"]
+    assert watched is not None and watched["frames"] >= 1, row
+    # the schedule's 40 writes stored 80 events, each a row the monitor was sent
+    assert watched["rows"] >= row["writer"]["events"] == 80, row
+
+    def run(name: str, us: float) -> dict[str, Any]:
+        return {"name": name, "repeat": 1, "latency_ms": {"p50": 2.0, "p99": 5.0}, "send_lag_ms": {"p99": 1.0},
+                "lost": 0, "unpersisted": 0, "not_stored": 0, "sent": 20000, "cpu_us_per_decision": {"target": us}}
+
+    lines = verdicts([run("server-2000", 200.0), run("server-monitor-2000", 210.0)])
+    assert "MET    server-monitor-2000 (a monitor open): 2,000/s p50 <= 3 ms: 2.0 ms" in lines
+    assert "INFO   server-monitor-2000 CPU per decision over server-2000's: 1.05x (median of 1.05)" in lines
+
+
 async def test_the_cluster_case_spreads_every_group_over_two_workers_and_loses_nothing(
     postgres_url: str, redis_url: str, redis_prefix: str
 ) -> None:
