@@ -138,7 +138,10 @@ class Deliveries:
                 await self._store(experiment_id, people)
         except Exception:
             log.exception("the deliveries' start-up sweep failed")
-        while True:
+        # not ``while True``: Python 3.11's ``wait_for`` below swallows a cancel that comes in the
+        # same turn as the wake-up (an attempt cancelled by close() sets it just so), and the loop
+        # would go on, with close() waiting for it
+        while not self._closed:
             try:
                 await self._round()
                 pause = await self._pause()
