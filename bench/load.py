@@ -190,7 +190,8 @@ class StampedConnection(ClientConnection):
             if head1 == 0x81 and on_text is not None and not self.stamps and self.protocol.current_size is None:
                 with contextlib.suppress(UnicodeDecodeError):
                     text = buffer[start:end].decode()
-            if text is not None and on_text is not None:
+            if text is not None:
+                assert on_text is not None
                 self.direct += 1
                 on_text(text, self._read_at)
             else:
@@ -715,6 +716,7 @@ async def _send_all(run: Run, target: Target | Cluster, measure_target: bool, me
     try:
         await _schedule(run, frames, target, measure_target, meters)
     finally:
+        run.masked = []  # sent: not kept for the rest of the run
         gc.enable()
 
 

@@ -138,9 +138,6 @@ class Deliveries:
                 await self._store(experiment_id, people)
         except Exception:
             log.exception("the deliveries' start-up sweep failed")
-        # not ``while True``: Python 3.11's ``wait_for`` below swallows a cancel that comes in the
-        # same turn as the wake-up (an attempt cancelled by close() sets it just so), and the loop
-        # would go on, with close() waiting for it
         while not self._closed:
             try:
                 await self._round()
@@ -151,8 +148,12 @@ class Deliveries:
                 log.exception("looking for due deliveries failed")
                 pause = self.settings.delivery_poll
             self._wake.clear()
+            # not ``wait_for``: in Python 3.11 it swallows a cancel that comes in the same turn as
+            # the wake-up (an attempt cancelled by close() sets it just so), and the loop went on
+            # with close() waiting for it; ``timeout`` cancels this task's own wait
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), pause)
+                async with asyncio.timeout(pause):
+                    await self._wake.wait()
 
     async def _round(self) -> None:
         for delivery_id in await self.database.read(due_deliveries, self.clock(), BATCH):
