@@ -46,7 +46,7 @@ from websockets.protocol import State
 from websockets.speedups import apply_mask
 from websockets.streams import StreamReader
 
-from .proc import Cluster, Target, rss_bytes
+from .proc import Cluster, Target, rss_bytes, thread_times, threads_used
 from .services import Meter, Processes, Reading, RedisServer, used
 
 #: the endowment of the benchmark's public goods game: every decision number is a valid contribution
@@ -413,6 +413,9 @@ class Run:
     cpu: dict[str, float] = field(default_factory=dict)
     #: commands Redis processed over the window (every client's), when Redis is measured
     redis_commands: int | None = None
+    #: a one-process target's threads over the window (:func:`.proc.threads_used`): its main
+    #: thread (the event loop), the others together, and the busiest other (a server's writer)
+    threads: dict[str, dict[str, float]] | None = None
     #: per worker of a cluster: the groups it served at the end of the sends
     groups_served: list[int] | None = None
 
@@ -497,6 +500,17 @@ class Run:
             # µs of CPU time per decision received by every member of its group, per process kind
             "cpu_us_per_decision": {kind: seconds * 1e6 / complete for kind, seconds in self.cpu.items()} if complete else {},
             "redis_commands_per_decision": None if self.redis_commands is None or not complete else self.redis_commands / complete,
+            # a one-process target's CPU (µs) and context switches per decision, by thread: the
+            # event loop ("main"), every other thread, the busiest other (a server's writer)
+            "threads_per_decision": None if self.threads is None or not complete else {
+                part: {
+                    "user_us": spent["user"] * 1e6 / complete,
+                    "system_us": spent["system"] * 1e6 / complete,
+                    "voluntary": spent["voluntary"] / complete,
+                    "involuntary": spent["involuntary"] / complete,
+                }
+                for part, spent in self.threads.items()
+            },
             "groups_served": self.groups_served,
             "unpersisted": None,
             "not_stored": None,
@@ -731,6 +745,8 @@ async def _schedule(run: Run, frames: list[str], target: Target | Cluster, measu
     kinds: list[Meter] = [Processes("target", target.pids)] if measure_target else []
     kinds += meters
     before: dict[str, Reading] = {m.kind: m.read() for m in kinds}
+    one_process = target.pids[0] if measure_target and len(target.pids) == 1 else None
+    threads0 = thread_times(one_process) if one_process is not None else {}
     redis = next((m for m in meters if isinstance(m, RedisServer)), None)
     commands0 = redis.commands() if redis is not None else 0
     cpu0 = time.process_time()
@@ -762,6 +778,9 @@ async def _schedule(run: Run, frames: list[str], target: Target | Cluster, measu
     run.window = end - t0
     run.generator_cpu = (time.process_time() - cpu0) / run.window
     run.cpu = {m.kind: used(before[m.kind], m.read()) for m in kinds}
+    if one_process is not None:
+        with contextlib.suppress(OSError):
+            run.threads = threads_used(one_process, threads0, thread_times(one_process))
     if redis is not None:
         run.redis_commands = redis.commands() - commands0
     if measure_target:

@@ -61,6 +61,56 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+#: what :func:`thread_times` gives per thread: user and system CPU seconds, voluntary and
+#: involuntary context switches
+ThreadTimes = tuple[float, float, int, int]
+
+
+def thread_times(pid: int) -> dict[int, ThreadTimes]:
+    """Each thread of process ``pid`` (by thread id): its CPU seconds and context switches so far.
+
+    A thread that ends between two readings takes what it used since the first with it.
+    """
+    out: dict[int, ThreadTimes] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):  # ended meanwhile
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            switches = {}
+            for line in (task / "status").read_text().splitlines():
+                name, _, value = line.partition(":")
+                if name in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
+                    switches[name] = int(value)
+            out[int(task.name)] = (
+                int(fields[11]) / _TICK,
+                int(fields[12]) / _TICK,
+                switches["voluntary_ctxt_switches"],
+                switches["nonvoluntary_ctxt_switches"],
+            )
+    return out
+
+
+def threads_used(pid: int, before: dict[int, ThreadTimes], after: dict[int, ThreadTimes]) -> dict[str, dict[str, float]]:
+    """What the main thread (``pid``'s own: the event loop) and the other threads together used
+    between two :func:`thread_times` readings: ``user`` and ``system`` seconds, ``voluntary`` and
+    ``involuntary`` switches; and the busiest other thread alone (``busiest``: a server's writer)."""
+    names = ("user", "system", "voluntary", "involuntary")
+
+    def delta(tid: int) -> dict[str, float]:
+        start = before.get(tid, (0.0, 0.0, 0, 0))
+        return {name: float(a - b) for name, a, b in zip(names, after[tid], start, strict=True)}
+
+    main = delta(pid) if pid in after else dict.fromkeys(names, 0.0)
+    others = [delta(tid) for tid in after if tid != pid]
+    # by CPU, then (a short run's CPU may be under a clock tick) by switches
+    busiest = max(others, key=lambda d: (d["user"] + d["system"], d["voluntary"] + d["involuntary"]),
+                  default=dict.fromkeys(names, 0.0))
+    return {
+        "main": main,
+        "others": {name: sum(d[name] for d in others) for name in names},
+        "busiest": busiest,
+    }
+
+
 def start_ticks(pid: int) -> int:
     """When process ``pid`` started (clock ticks since boot): with the pid, it names one process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -22,7 +22,7 @@ from bench.__main__ import Case, cpu_ratios, matrix, median_runs, run_case, tabl
 from bench.disk import main as disk_main
 from bench.disk import measure as disk_measure
 from bench.load import Api, Load, run_load, worker_of
-from bench.proc import running
+from bench.proc import running, thread_times, threads_used
 from bench.services import Processes, Services, used
 from bench.writer import main as writer_main
 from bench.writer import measure
@@ -96,6 +96,12 @@ async def test_server_stores_everything_and_a_missing_event_is_unpersisted() -> 
             # the generator wrote every decision's frame and read the frames after the start itself
             frames = first["generator_frames"]
             assert frames["written_directly"] == 40 and frames["read_directly"] >= 160, frames
+            # the event loop's thread apart from the others (the writer the busiest of them)
+            threads = first["threads_per_decision"]
+            assert set(threads) == {"main", "others", "busiest"}, threads
+            assert threads["main"]["voluntary"] > 0 and threads["others"]["voluntary"] > 0, threads
+            for key in ("user_us", "system_us", "voluntary", "involuntary"):
+                assert 0 <= threads["busiest"][key] <= threads["others"][key], threads
             # every decision is one write of two events (the decision and the group's broadcast)
             writer = first["writer"]
             assert writer["writes"] == 40 and writer["events"] == 80, writer
@@ -247,6 +253,19 @@ def test_cpu_is_counted_per_process_and_a_pid_reused_is_another_process() -> Non
     assert list(mine) and all(cpu > 0 for cpu in mine.values()), mine
 
 
+def test_a_process_s_threads_are_told_apart_the_main_one_from_the_others() -> None:
+    pid = 100
+    before = {100: (1.0, 0.5, 10, 2), 101: (2.0, 1.0, 50, 1), 102: (0.1, 0.1, 5, 0)}
+    # 102 ended meanwhile; 103 started since the first reading: all it used counts
+    after = {100: (1.5, 0.75, 30, 4), 101: (2.5, 2.0, 150, 1), 103: (0.25, 0.0, 7, 1)}
+    used_by = threads_used(pid, before, after)
+    assert used_by["main"] == {"user": 0.5, "system": 0.25, "voluntary": 20, "involuntary": 2}
+    assert used_by["others"] == {"user": 0.75, "system": 1.0, "voluntary": 107, "involuntary": 1}
+    assert used_by["busiest"] == {"user": 0.5, "system": 1.0, "voluntary": 100, "involuntary": 0}
+    mine = thread_times(os.getpid())
+    assert os.getpid() in mine and mine[os.getpid()][0] > 0, mine
+
+
 def test_the_new_cases_are_judged_against_their_own_targets() -> None:
     def run(name: str, p99: float, lost: int, unpersisted: int) -> dict[str, Any]:
         return {"name": name, "repeat": 1, "latency_ms": {"p50": 1.0, "p99": p99}, "send_lag_ms": {"p99": 1.0},
@@ -318,6 +337,7 @@ async def test_the_cluster_case_spreads_every_group_over_two_workers_and_loses_n
     assert row["unpersisted"] == 0 and row["not_stored"] == 0 and row["acked"] == 200, row
     assert row["errors"] == {}, row
     assert row["groups_served"] == [3, 2], row  # groups 0, 2, 4 on the first worker, 1 and 3 on the second
+    assert row["threads_per_decision"] is None, row  # by thread: one process's only
     # CPU per delivered decision of every process kind; at this size Redis may use under a clock tick
     per = row["cpu_us_per_decision"]
     assert set(per) == {"target", "redis", "postgres", "postgres-bg"}, per
