@@ -55,9 +55,15 @@ def pin_self(core: int | None) -> None:
         os.sched_setaffinity(0, {core})
 
 
+def _stat_fields(path: Path) -> list[str]:
+    """The fields of a ``/proc`` ``stat`` file after the command's name (which may hold spaces):
+    the state is ``[0]``, user time ``[11]``, system time ``[12]``, the start ``[19]``."""
+    return path.read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU seconds of process ``pid`` (every thread)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat_fields(Path(f"/proc/{pid}/stat"))
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
@@ -74,7 +80,7 @@ def thread_times(pid: int) -> dict[int, ThreadTimes]:
     out: dict[int, ThreadTimes] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError, IndexError, ValueError):  # ended meanwhile
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            fields = _stat_fields(task / "stat")
             switches = {}
             for line in (task / "status").read_text().splitlines():
                 name, _, value = line.partition(":")
@@ -113,7 +119,7 @@ def threads_used(pid: int, before: dict[int, ThreadTimes], after: dict[int, Thre
 
 def start_ticks(pid: int) -> int:
     """When process ``pid`` started (clock ticks since boot): with the pid, it names one process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat_fields(Path(f"/proc/{pid}/stat"))
     return int(fields[19])
 
 

@@ -267,7 +267,7 @@ def test_backoff_doubles_up_to_its_cap() -> None:
 
 
 async def test_close_ends_the_loop_even_when_a_wake_up_comes_with_the_cancel(tmp_path: Path) -> None:
-    """The loop waits for a wake-up with ``asyncio.wait_for``, which in Python 3.11 swallows a
+    """The loop waited for a wake-up with ``asyncio.wait_for``, which in Python 3.11 swallows a
     cancel that comes in the same turn as what it waits for (an attempt ending as the server
     stops sets the wake-up just so): the loop went on, and the server's stop waited for it
     for ever (seen once in CI: a test server not stopped after 20 s, its deliveries retrying)."""
