@@ -288,6 +288,7 @@ async def server_status(request: Request) -> Response:
                    "fenced": rt.writer.fenced, "log_restarts": rt.writer.log_restarts,
                    "commit_ms": rt.writer.commit_ms()},
         "durability": rt.settings.durability,
+        "journal": rt.settings.journal,
         "live_groups": len(rt.groups.groups),
         "connections": len(rt.groups.connections),
     }

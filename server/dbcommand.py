@@ -17,11 +17,14 @@ from .exceptions import SchemaError, SettingsError
 from .settings import Settings
 from .storage import (
     BASELINE,
+    database_file,
     differences,
     head,
     history,
+    journal_path,
     make_engine,
     reading,
+    recover_file,
     schema_state,
     upgrade_schema,
 )
@@ -60,11 +63,15 @@ def _upgrade(settings: Settings) -> int:
     engine = make_engine(settings.database_url)
     try:
         before, after = upgrade_schema(engine)
+        path = journal_path(settings.database_url)
+        recovered = recover_file(engine, database_file(path)) if path is not None else None
     except SchemaError as exc:
         print(f"synclab: {exc}", file=sys.stderr)
         return 2
     finally:
         engine.dispose()
+    if recovered:
+        print(f"synclab: applied {recovered} writes a server had acknowledged from its journal")
     if before.current:
         print(f"synclab: {after.where} is already at {after.head}")
     elif before.legacy:

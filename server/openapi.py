@@ -259,6 +259,8 @@ def _other_schemas() -> dict[str, JSONSchema]:
             }),
             # SYNCLAB_DURABILITY: what an acknowledged decision survives
             "durability": {"type": "string", "enum": list(DURABILITIES)},
+            # SYNCLAB_JOURNAL: acknowledged once in the journal, applied to SQLite after
+            "journal": {"type": "boolean"},
             "live_groups": counter,
             "connections": counter,
             "worker": _STRING,

@@ -59,10 +59,16 @@ class Runtime:
             stall_timeout=settings.lease_seconds,
             lock_timeout=settings.lock_timeout,
             synced=settings.durability == "power-loss",
+            journal=settings.journal,
+            apply_every=settings.apply_every,
         )
         try:
             # a new database is made; one that is behind is refused (synclab db upgrade)
             await database.write(prepare_schema)
+            # what a run stopped by a crash left in the journal, before anything reads (SQLite)
+            recovered = await database.recover()
+            if recovered:
+                log.warning("synclab: applied %d writes the last run had acknowledged from its journal", recovered)
             generated = await database.write(generated_token, settings)
         except Exception:
             database.close()

@@ -54,6 +54,17 @@ def _durability(env: dict[str, str]) -> str:
     return raw
 
 
+def _switch(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("on", "1", "true", "yes"):
+        return True
+    if raw in ("off", "0", "false", "no"):
+        return False
+    raise SettingsError(f"{name}: expected on or off, got {env.get(name)!r}")
+
+
 def _database_url(env: dict[str, str]) -> str:
     url = env.get("DATABASE_URL") or Settings.database_url
     try:
@@ -87,6 +98,13 @@ class Settings:
     #: seconds the writer waits before a commit while writes stream in (a batch had company):
     #: a group commit, fewer and larger transactions under load; 0 commits each batch at once
     commit_delay: float = 0.001
+    #: SQLite: acknowledge a batch once it is in a journal synced to the disk, and apply it to the
+    #: database a few milliseconds later on a thread of its own (``server.storage.journaled``);
+    #: as durable as the direct commit, one process per database file
+    journal: bool = False
+    #: with the journal: seconds the apply gathers acknowledged batches before it stores them in
+    #: one transaction (a read or a job that needs them has them applied at once)
+    apply_every: float = 0.01
     #: seconds a shutdown waits for the requests and sockets under way, then for the writes
     #: queued; past it what is still queued is refused and logged (the commit under way finishes)
     shutdown_timeout: float = 30.0
@@ -131,6 +149,14 @@ class Settings:
                 "REDIS_URL is set but DATABASE_URL is SQLite: a cluster's workers share one PostgreSQL "
                 "database (DATABASE_URL=postgresql://…); unset REDIS_URL to run one process on SQLite"
             )
+        if self.journal and (
+            make_url(self.database_url).get_backend_name() != "sqlite" or self.redis_url is not None
+            or self.durability != "power-loss"
+        ):
+            raise SettingsError(
+                "SYNCLAB_JOURNAL=on is for one process on a SQLite file with SYNCLAB_DURABILITY=power-loss "
+                "(PostgreSQL and a cluster keep the direct commit); unset it"
+            )
         if self.redis_url is not None and 0 < self.lock_timeout <= self.lease_seconds:
             raise SettingsError(
                 f"SYNCLAB_LOCK_TIMEOUT ({self.lock_timeout:g} s) must be longer than SYNCLAB_LEASE_SECONDS "
@@ -142,6 +168,7 @@ class Settings:
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = _environ() if env is None else env
         durability = _durability(env)
+        journal = _switch(env, "SYNCLAB_JOURNAL", False)
         return cls(
             database_url=_database_url(env),
             redis_url=env.get("REDIS_URL") or None,
@@ -153,7 +180,13 @@ class Settings:
             send_queue_frames=int(_number(env, "SYNCLAB_SEND_QUEUE", 2048, minimum=16)),
             writer_max_batch=int(_number(env, "SYNCLAB_WRITER_MAX_BATCH", 2000, minimum=1)),
             durability=durability,
-            commit_delay=_number(env, "SYNCLAB_COMMIT_DELAY", DURABILITIES[durability], minimum=0, maximum=0.1),
+            # a journal's append is one write and one sync of a few hundred bytes a decision:
+            # too cheap to wait for company, as a commit that is not synced
+            commit_delay=_number(
+                env, "SYNCLAB_COMMIT_DELAY", 0.0 if journal else DURABILITIES[durability], minimum=0, maximum=0.1
+            ),
+            journal=journal,
+            apply_every=_number(env, "SYNCLAB_APPLY_EVERY", 0.01, minimum=0.001, maximum=60),
             shutdown_timeout=_number(env, "SYNCLAB_SHUTDOWN_TIMEOUT", 30.0, minimum=0, maximum=24 * 3600),
             cluster_name=_name(env, "SYNCLAB_CLUSTER", "synclab"),
             lease_seconds=_number(env, "SYNCLAB_LEASE_SECONDS", 3.0, minimum=0.5, maximum=60),

@@ -84,7 +84,7 @@ from .deliveries import (
     list_deliveries,
     next_delivery_at,
 )
-from .engine import make_engine, normalise_url, reading
+from .engine import make_engine, normalise_url
 from .leftover import (
     close_connections_left_open,
     close_connections_of,
@@ -106,6 +106,7 @@ from .outcomes import (
     session_results,
     session_row,
 )
+from .recovery import database_file, journal_path, reading, recover_file
 from .schema import (
     BASELINE,
     SchemaState,
@@ -212,6 +213,7 @@ __all__ = [
     "count_experiments",
     "count_rows",
     "create_schema",
+    "database_file",
     "deliveries",
     "delivery_done",
     "delivery_failed",
@@ -238,6 +240,7 @@ __all__ = [
     "history",
     "insert_experiment",
     "iso",
+    "journal_path",
     "label_seat",
     "last_state_query",
     "list_deliveries",
@@ -267,6 +270,7 @@ __all__ = [
     "periods_as_of",
     "prepare_schema",
     "reading",
+    "recover_file",
     "results",
     "results_by_session",
     "revoke_token",

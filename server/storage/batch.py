@@ -54,6 +54,64 @@ def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:
         set_statuses(conn, [s for w in writes for s in w.statuses])
 
 
+def apply_numbered(conn: Connection, writes: Sequence[Write], marker: tuple[str, str]) -> None:
+    """Store ``writes`` numbered before (a journal's, :mod:`.journaled`: each :attr:`Write.seqs`
+    set) in one transaction on SQLite's ``conn``, with the ``meta`` row ``marker`` (key, value).
+
+    Each experiment's counter is raised by the batch's events as :func:`commit_writes` does,
+    and must land on the last ``seq`` the batch gives it: else the numbers the journal handed
+    out are not the database's (another process wrote to it meanwhile), and nothing is stored.
+    Period starts and ends and statuses are stored as :func:`commit_writes` stores them: they
+    read the rows as the writes before left them, so applying in the same order gives the same.
+    Fencing epochs are not checked (one process per database: :mod:`.journaled`). A batch with
+    neither goes on the driver's connection alone, as :func:`_commit_direct`'s.
+    """
+    sql = batch_statements(conn.engine)
+    if not any(w.statuses or _changes_a_period(w) for w in writes):
+        with _on_the_driver(conn) as (raw, cursor):
+            _store_renumbered(cursor, sql, writes, marker)
+            raw.commit()
+        return
+    with conn.begin():
+        cursor = conn.connection.cursor()
+        try:
+            _store_renumbered(cursor, sql, writes, marker)
+        finally:
+            cursor.close()
+        _store_periods(conn, writes)
+        set_statuses(conn, [s for w in writes for s in w.statuses])
+
+
+#: SQLite: a ``meta`` row set, whether or not it was there
+_SET_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+
+
+def _store_renumbered(cursor: Any, sql: BatchStatements, writes: Sequence[Write], marker: tuple[str, str]) -> None:
+    for experiment_id, (count, last) in sorted(_numbered_counts(writes).items()):
+        raised = sql.next_seq.one(cursor, (experiment_id, count))
+        if int(raised) != last:
+            raise SeqMismatch(
+                f"experiment {experiment_id}: its counter came to {raised} where the journal's "
+                f"numbers end at {last}: another process wrote to the database"
+            )
+    _store(cursor, sql, sql.numbered, writes, [w.seqs for w in writes])
+    cursor.execute(_SET_META, marker)
+
+
+class SeqMismatch(RuntimeError):
+    """A journal's numbers are not the database's (:func:`apply_numbered`)."""
+
+
+def _numbered_counts(writes: Iterable[Write]) -> dict[int, tuple[int, int]]:
+    """Per experiment: how many events the writes number, and the last ``seq`` of them."""
+    counts: dict[int, tuple[int, int]] = {}
+    for write in writes:
+        if write.seqs:
+            count, _ = counts.get(write.experiment_id, (0, 0))
+            counts[write.experiment_id] = (count + len(write.seqs), write.seqs[-1])
+    return counts
+
+
 def _store_numbered(cursor: Any, sql: BatchStatements, writes: Sequence[Write]) -> None:
     """The rows of the writes still their groups' (:func:`_fence`), each event numbered from
     its experiment's counter, raised here."""

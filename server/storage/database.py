@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,8 +19,12 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 
+from ..exceptions import SettingsError
 from .batch import commit_writes
 from .engine import make_engine
+from .journal import DEFAULT_SIZE, Journal
+from .journaled import APPLY_EVERY, JournalFirst
+from .recovery import LOCK_WAIT, database_file, journal_path, lock_database, recover
 from .thread import WriterThread
 from .writes import Write
 
@@ -45,6 +50,10 @@ class Database:
         lock_timeout: float | None = None,
         synced: bool = True,
         restart_log_after: int = RESTART_LOG_AFTER,
+        journal: bool = False,
+        journal_size: int = DEFAULT_SIZE,
+        apply_every: float = APPLY_EVERY,
+        lock_wait: float = LOCK_WAIT,
     ) -> None:
         self.url = url
         self.restart_log_after = restart_log_after
@@ -55,7 +64,29 @@ class Database:
         # ``synced=False``: commits not synced to the disk one by one (see :func:`.engine.make_engine`)
         self.engine = make_engine(url, lock_timeout=lock_timeout, synced=synced)
         self.synced = synced
-        self.writer = WriterThread(self._commit, self._between_batches)
+        #: SQLite file: the journal's path (:mod:`.journaled`), whether or not this process uses one
+        self.journal_path = journal_path(url)
+        #: the journal-first writer (``SYNCLAB_JOURNAL=on``), else ``None``
+        self.journaled: JournalFirst | None = None
+        #: SQLite file: the ``flock`` held on it, exclusive with a journal (see :func:`.journaled.lock_database`)
+        self._lock: int | None = None
+        if self.journal_path is not None:
+            self._lock = lock_database(database_file(self.journal_path), exclusive=journal, wait=lock_wait)
+        if journal:
+            if self.journal_path is None or not synced:
+                self._unlock()
+                raise SettingsError("SYNCLAB_JOURNAL=on is for a SQLite file at SYNCLAB_DURABILITY=power-loss")
+            try:
+                opened = Journal.open(self.journal_path, size=journal_size)
+            except BaseException:
+                self._unlock()
+                raise
+            self.journaled = JournalFirst(
+                self.engine, opened, database_file(self.journal_path), apply_every=apply_every, between=self._finish_checkpoint
+            )
+            self.writer = WriterThread(self.journaled.commit, _nothing)
+        else:
+            self.writer = WriterThread(self._commit, self._between_batches)
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="synclab-reader")
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="synclab-checkpoint")
         self.sqlite = self.engine.dialect.name == "sqlite"
@@ -139,24 +170,31 @@ class Database:
         self._log_copied = not busy and frames == copied and frames >= self.restart_log_after
 
     def _between_batches(self) -> None:
-        """On the writer thread after each batch: once a checkpoint copied the log, finish it there.
+        """On the writer thread after each batch: once a checkpoint copied the log, finish it there."""
+        if self._writer_connection is not None:
+            self._finish_checkpoint(self._writer_connection)
+
+    def _finish_checkpoint(self, connection: Connection) -> None:
+        """After a batch, on the thread that stored it and over its connection: once a checkpoint copied the log, finish it.
 
         No other write can come in between, so this copy reaches the log's end and the next
         commit writes the log from its start again (see :meth:`checkpoint`). It is the few
         frames added since the checkpoint, and two syncs (the log's, the database file's):
         1 or 2 ms, over 10 when the disk is slow, once the log has ``restart_log_after`` frames.
         """
-        if not self._log_copied or self._writer_connection is None:
+        if not self._log_copied:
             return
         self._log_copied = False
         try:
-            _wal_checkpoint(self._writer_connection, "PASSIVE")
+            _wal_checkpoint(connection, "PASSIVE")
             self.log_restarts += 1
         except Exception as exc:  # the commits are safe either way: only the log's reuse waits
             log.warning("WAL checkpoint on the writer failed: %s", exc)
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(engine, *args)`` on a reader thread."""
+        """Run ``fn(engine, *args)`` on a reader thread (with a journal, once what was acknowledged is applied)."""
+        if self.journaled is not None:
+            await self.journaled.caught_up()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, fn, self.engine, *args)
 
@@ -166,10 +204,37 @@ class Database:
         Raises :class:`~server.exceptions.NotPersisted`, ``fn`` never run, when it was queued
         behind a batch whose commit failed (see :mod:`.thread`).
         """
-        result = await self.writer.call(functools.partial(fn, self.engine, *args))
+        job = functools.partial(fn, self.engine, *args)
+        if self.journaled is not None:  # on what was acknowledged before, applied
+            job = functools.partial(self.journaled.job, job)
+        result = await self.writer.call(job)
         if not self.synced:  # what it committed reaches the disk with the next checkpoint
             self.checkpoint_soon()
         return result
+
+    async def recover(self) -> int:
+        """SQLite: apply what a journal holds that the database does not (a run stopped by a crash
+        or a power loss), before anything else reads or writes; the writes applied.
+
+        Also without a journal of this process's own: a server started with ``SYNCLAB_JOURNAL=off``
+        after one that ran with it applies what that one left, under the journal's lock (another
+        process starting at once waits for it, then finds nothing left).
+        """
+        path = self.journal_path
+        if path is None:
+            return 0
+        first = self.journaled
+
+        def recovering() -> int:
+            assert path is not None
+            if first is not None:
+                return first.job(lambda: recover(self.engine, first.journal, database_file(path)))
+            if not os.path.exists(path):
+                return 0
+            with Journal.open(path, wait=True) as journal:
+                return recover(self.engine, journal, database_file(path))
+
+        return await self.writer.call(recovering)
 
     def _commit(self, writes: Sequence[Write]) -> None:
         """:func:`commit_writes` on the writer thread (see :mod:`.thread`), over its own connection.
@@ -210,14 +275,27 @@ class Database:
         if self._checkpoint_due is not None:  # the last checkpoint is the one below
             self._checkpoint_due.cancel()
             self._checkpoint_due = None
-        dropped = self.writer.stop(self._release_writer_connection, timeout=timeout)
+        last = self.journaled.stop if self.journaled is not None else self._release_writer_connection
+        dropped = self.writer.stop(last, timeout=timeout)
         self._readers.shutdown(wait=True)
         self._checkpointer.shutdown(wait=True)
         if self.sqlite:
             with contextlib.suppress(Exception):
                 _checkpoint(self.engine, "TRUNCATE")
         self.engine.dispose()
+        if self.journaled is not None:
+            self.journaled.journal.close()
+        self._unlock()
         return dropped
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+
+def _nothing() -> None:
+    return None
 
 
 def writer_connection(engine: Engine, stall_timeout: float | None = None) -> Connection:

@@ -4,19 +4,13 @@ the read-only engine of the commands that only read."""
 from __future__ import annotations
 
 import functools
-import os
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import SQLAlchemyError
-
-from ..exceptions import SettingsError
 
 
 def json_dumps(value: Any) -> str:
@@ -142,25 +136,3 @@ def _into_wal(cursor: Any) -> None:
                 raise
         time.sleep(pause)
         pause = min(pause * 2, 0.1)
-
-
-@contextmanager
-def reading(url: str) -> Iterator[Engine]:
-    """An engine on an existing database, for the commands that only read (export, verify).
-
-    A SQLite file that does not exist is a :class:`SettingsError`, never created; a database
-    error while reading becomes one too, naming the database without its password.
-    """
-    parsed = make_url(url)
-    path = parsed.database or ""
-    local = parsed.get_backend_name() == "sqlite" and path not in ("", ":memory:") and not path.startswith("file:")
-    if local and not os.path.exists(path):
-        raise SettingsError(f"DATABASE_URL: no SQLite database at {path!r}")
-    engine = make_engine(url)
-    try:
-        yield engine
-    except SQLAlchemyError as exc:
-        where = engine.url.render_as_string(hide_password=True)
-        raise SettingsError(f"cannot read the database {where}: {exc.__cause__ or exc}") from exc
-    finally:
-        engine.dispose()

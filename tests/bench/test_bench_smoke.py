@@ -278,26 +278,44 @@ def test_the_new_cases_are_judged_against_their_own_targets() -> None:
     assert "MISSED cluster-2000 0 lost: 3 of 20000 sends" in lines
 
 
-async def test_the_crash_durability_case_runs_its_server_with_the_setting_and_loses_nothing() -> None:
-    """``server-crash-2000``: the server with ``SYNCLAB_DURABILITY=crash`` (the bench clears the
-    caller's ``SYNCLAB_*``, so the case carries it), judged on its latency and counts, and
-    compared with the relay that does not sync either."""
-    case = next(c for c in matrix(1.0, 2, 0.02) if c.name == "server-crash-2000")
-    assert dict(case.env) == {"SYNCLAB_DURABILITY": "crash"}
+async def run_matrix_case(name: str, env: dict[str, str]) -> None:
+    """The matrix's case ``name`` (carrying ``env``: the bench clears the caller's ``SYNCLAB_*``)
+    on the small load: nothing lost, unacknowledged or unstored."""
+    case = next(c for c in matrix(1.0, 2, 0.02) if c.name == name)
+    assert dict(case.env) == env
     async with asyncio.timeout(timeout(60)):
         row = await run_case(Case(case.name, case.target, LOAD, env=case.env), None)
     assert row["lost"] == 0 and row["deliveries"] == 160 and row["acked"] == 40, row
     assert row["unpersisted"] == 0 and row["not_stored"] == 0, row
 
-    def run(name: str, p99: float, us: float) -> dict[str, Any]:
-        return {"name": name, "repeat": 1, "latency_ms": {"p50": 0.5, "p99": p99}, "send_lag_ms": {"p99": 1.0},
-                "lost": 0, "unpersisted": 0, "not_stored": 0, "sent": 20000, "cpu_us_per_decision": {"target": us}}
 
-    lines = verdicts([run("relay-2000", 2.0, 100.0), run("server-crash-2000", 3.0, 150.0)])
+def timed_run(name: str, p99: float, us: float) -> dict[str, Any]:
+    """A made-up run of ``name`` for the verdicts: p50 0.5 ms, p99 and CPU per decision as given."""
+    return {"name": name, "repeat": 1, "latency_ms": {"p50": 0.5, "p99": p99}, "send_lag_ms": {"p99": 1.0},
+            "lost": 0, "unpersisted": 0, "not_stored": 0, "sent": 20000, "cpu_us_per_decision": {"target": us}}
+
+
+async def test_the_crash_durability_case_runs_its_server_with_the_setting_and_loses_nothing() -> None:
+    """``server-crash-2000``: the server with ``SYNCLAB_DURABILITY=crash``, judged on its latency
+    and counts, and compared with the relay that does not sync either."""
+    await run_matrix_case("server-crash-2000", {"SYNCLAB_DURABILITY": "crash"})
+    lines = verdicts([timed_run("relay-2000", 2.0, 100.0), timed_run("server-crash-2000", 3.0, 150.0)])
     assert "MET    server-crash-2000 (SYNCLAB_DURABILITY=crash): 2,000/s p99 <= 25 ms: 3.0 ms" in lines
     assert "MET    server-crash-2000 (SYNCLAB_DURABILITY=crash): 2,000/s 0 unpersisted: 0" in lines
     assert "INFO   server-crash-2000 p99 over relay-2000's (neither syncs): 1.50x (3.0 vs 2.0 ms)" in lines
     assert "INFO   server-crash-2000 CPU per decision over relay-2000's: 1.50x (median of 1.50)" in lines
+
+
+async def test_the_journal_case_runs_its_server_with_the_journal_and_is_judged_against_the_floor() -> None:
+    """``server-journal-2000``: the server with ``SYNCLAB_JOURNAL=on``; every decision it acked is
+    read back from the database (reads wait for the apply), and the verdicts hold it to issue
+    21's ratios against the relay that stores first."""
+    await run_matrix_case("server-journal-2000", {"SYNCLAB_JOURNAL": "on"})
+    lines = verdicts([timed_run("relay-fsync-2000", 2.0, 100.0), timed_run("server-journal-2000", 3.0, 160.0)])
+    assert "MET    server-journal-2000 (SYNCLAB_JOURNAL=on): 2,000/s p99 <= 25 ms: 3.0 ms" in lines
+    assert "MET    server-journal-2000 p99 <= 2x relay-fsync-2000's: 1.50x (3.0 vs 2.0 ms)" in lines
+    assert ("MISSED server-journal-2000 CPU per decision <= 1.5x relay-fsync-2000's: 1.60x "
+            "(median of 1.60, each from one repeat)") in lines
 
 
 async def test_the_monitor_case_reads_every_row_stored_while_the_load_runs() -> None:

@@ -12,7 +12,9 @@ import asyncio
 import shutil
 import signal
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -144,14 +146,39 @@ async def test_a_killed_server_keeps_every_decision_it_acknowledged(tmp_path: Pa
     """``crash``, a real ``synclab serve`` and SIGKILL right after the last ack: every acknowledged
     decision is stored, and the server said at the start what it promises."""
     database_url = f"sqlite:///{tmp_path / 'killed.db'}"
-    env = {"DATABASE_URL": database_url, "SYNCLAB_ADMIN_TOKEN": TOKEN, "SYNCLAB_DURABILITY": "crash"}
+    killed = await killed_after_acks(tmp_path, 30, DATABASE_URL=database_url, SYNCLAB_DURABILITY="crash")
+    assert killed.status["durability"] == "crash"
+    assert "SYNCLAB_DURABILITY=crash" in killed.stderr
+    engine = make_engine(database_url)
+    try:
+        stored = stored_decisions(engine)
+    finally:
+        engine.dispose()
+    assert {seq: stored.get(seq) for seq in killed.acked} == killed.acked
+
+
+@dataclass
+class Killed:
+    """What a server killed after its last ack had acknowledged (``seq``: value), and said."""
+
+    code: str
+    acked: dict[int, float]
+    #: its ``GET /api/server`` at the start
+    status: dict[str, Any]
+    stderr: str
+
+
+async def killed_after_acks(tmp_path: Path, sends: int, **env: str) -> Killed:
+    """A real ``synclab serve`` (``env`` added), an experiment of one group of two started, ``sends``
+    decisions each sent once the one before was acknowledged, then SIGKILL right after the last ack."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     acked: dict[int, float] = {}
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=timeout(5)) as http:
-        with started(tmp_path, "serve", "--port", str(port), **env) as server:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=timeout(5)) as http:
+        with started(tmp_path, "serve", "--port", str(port), SYNCLAB_ADMIN_TOKEN=TOKEN, **env) as server:
             wait_until_healthy(base)
-            assert (await http.get("/api/server")).json()["durability"] == "crash"
+            status = (await http.get("/api/server")).json()
             created = await http.post(
                 "/api/experiments",
                 json={"game": "public_goods", "participants": 2, "group_size": 2, "period_length": 60},
@@ -160,7 +187,7 @@ async def test_a_killed_server_keeps_every_decision_it_acknowledged(tmp_path: Pa
             codes = [p["code"] for p in created.json()["participants"]]
             first, second = [await participant(base, code) for code in codes]
             await until(first, "state", "period_start")
-            for i in range(30):
+            for i in range(sends):
                 value = float(i % 10)
                 await first.send("decisions", value, f"d{i}")
                 ack = await until(first, "ack")
@@ -168,15 +195,9 @@ async def test_a_killed_server_keeps_every_decision_it_acknowledged(tmp_path: Pa
                 acked[ack["payload"]["seq"]] = value
             server.process.send_signal(signal.SIGKILL)
             server.process.wait(timeout(5))
-            assert "SYNCLAB_DURABILITY=crash" in server.stderr()
             for client in (first, second):
                 await client.close()
-    engine = make_engine(database_url)
-    try:
-        stored = stored_decisions(engine)
-    finally:
-        engine.dispose()
-    assert {seq: stored.get(seq) for seq in acked} == acked
+            return Killed(created.json()["code"], acked, status, server.stderr())
 
 
 def stored_decisions(engine: Engine) -> dict[int, float]:

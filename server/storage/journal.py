@@ -1,0 +1,294 @@
+"""The journal: an append-only file of checksummed records, synced before a batch is acknowledged.
+
+A journal-first writer appends a batch here and ``fdatasync``s it before the batch is
+acknowledged; another thread applies the records to SQLite later. This module is only the file
+and its I/O: no SQL, no event loop. The file (every integer little-endian)::
+
+    offset 0      header, one page (HEADER_SIZE): magic "SYNCLABJ", version u16, pass u64,
+                  salt u32, crc32 u32 of the bytes before it; the rest of the page is zero
+    HEADER_SIZE   records, back to back: length u32, salt u32, crc32 u32 of
+                  (salt, length, payload), then the payload
+
+The file is written full of zeros when created, so an append overwrites blocks that exist and
+``fdatasync`` has no allocation or extent conversion to commit (``posix_fallocate``'s unwritten
+extents would need one). An append past the end grows the file.
+
+A record is valid when its length is positive, at most MAX_RECORD and within the file, its salt
+is the header's and its checksum matches. Reading stops at the first record that is not: a torn
+write, the zeros never written over, or a record of an earlier pass. Once everything in the
+journal has been applied and synced elsewhere, ``restart`` begins a new pass from the top: a
+new pass number and a new random salt in the header, so the old records still on disk no longer
+match and are never read as new. A crash before the new header is synced leaves the old pass in
+place: its records are the ones applied already, which the caller's marker of how far it
+applied (``server.storage.journaled``) skips.
+
+One process owns the file: ``open`` takes an exclusive ``flock`` and a second owner, in this
+process or another, gets JournalBusy. ``scan`` reads without the lock (a command that looks).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+import struct
+import threading
+import zlib
+from dataclasses import dataclass
+
+HEADER_SIZE = 4096
+DEFAULT_SIZE = 64 * 1024 * 1024
+VERSION = 1
+MAGIC = b"SYNCLABJ"
+#: a sanity bound on a record's length: a larger one is read as garbage, never allocated
+MAX_RECORD = 256 * 1024 * 1024
+#: the creation's zeros and the reads at open go in pieces of this size
+CHUNK = 1024 * 1024
+
+_HEAD = struct.Struct("<8sHQI")  # magic, version, pass, salt; its crc32 follows
+_VERSION_AT = struct.Struct("<8sH")  # what every version must keep in place, to say which it is
+_CRC = struct.Struct("<I")
+_RECORD = struct.Struct("<III")  # length, salt, crc32
+_SALTED = struct.Struct("<II")  # salt, length: what a record's crc32 covers before the payload
+
+
+class JournalError(Exception):
+    """The journal cannot be used: a damaged header, an unknown version, a failed write."""
+
+
+class JournalBusy(JournalError):
+    """Another owner (this process or another) holds the journal's lock."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One valid record: its pass, where it starts and ends in the file, its payload."""
+
+    pass_: int
+    offset: int
+    end: int
+    payload: bytes
+
+
+def _header(pass_: int, salt: int) -> bytes:
+    head = _HEAD.pack(MAGIC, VERSION, pass_, salt)
+    return (head + _CRC.pack(zlib.crc32(head))).ljust(HEADER_SIZE, b"\0")
+
+
+def _new_salt(old: int = 0) -> int:
+    # never 0 (zeros are what an unwritten file holds), never the pass before's
+    while True:
+        salt = secrets.randbits(32)
+        if salt not in (0, old):
+            return salt
+
+
+def _record_crc(salt: int, payload: bytes | memoryview) -> int:
+    return zlib.crc32(payload, zlib.crc32(_SALTED.pack(salt, len(payload))))
+
+
+def _read_all(fd: int) -> bytearray:
+    data = bytearray(os.fstat(fd).st_size)
+    done = 0
+    with memoryview(data) as view:
+        while done < len(data):
+            got = os.preadv(fd, [view[done : done + CHUNK]], done)
+            if got == 0:  # shrunk meanwhile: keep what is there
+                break
+            done += got
+    del data[done:]
+    return data
+
+
+def _parse(path: str, data: bytearray) -> tuple[int, int, list[Record]] | None:
+    """The pass, salt and valid records of a file's bytes; None for a creation cut short."""
+    if len(data) < HEADER_SIZE:
+        return None
+    if data.count(0, 0, HEADER_SIZE) == HEADER_SIZE:
+        # zeros were being written, the header not yet: unless something lies beyond, in which
+        # case the header was lost from a journal in use, and recreating it would drop records
+        if data.count(0, HEADER_SIZE) != len(data) - HEADER_SIZE:
+            raise JournalError(f"journal {path}: the header is zeroed but records follow it")
+        return None
+    magic, version = _VERSION_AT.unpack_from(data)
+    if magic != MAGIC:
+        raise JournalError(f"journal {path}: not a synclab journal (magic {magic!r})")
+    # the version before the checksum: another version may lay out (and check) its header
+    # differently, and "version 2" tells an operator more than "bad checksum"
+    if version != VERSION:
+        raise JournalError(f"journal {path}: format version {version}, this server reads {VERSION}")
+    _, _, pass_, salt = _HEAD.unpack_from(data)
+    (crc,) = _CRC.unpack_from(data, _HEAD.size)
+    if crc != zlib.crc32(data[: _HEAD.size]) or pass_ < 1 or salt == 0:
+        raise JournalError(f"journal {path}: the header is damaged (checksum or values)")
+    records: list[Record] = []
+    pos = HEADER_SIZE
+    with memoryview(data) as view:
+        while pos + _RECORD.size <= len(data):
+            length, rsalt, rcrc = _RECORD.unpack_from(data, pos)
+            start, end = pos + _RECORD.size, pos + _RECORD.size + length
+            if not 0 < length <= MAX_RECORD or end > len(data) or rsalt != salt:
+                break
+            payload = view[start:end]
+            if _record_crc(salt, payload) != rcrc:
+                break
+            records.append(Record(pass_, pos, end, bytes(payload)))
+            pos = end
+    return pass_, salt, records
+
+
+def _create(path: str, fd: int, size: int) -> tuple[int, int]:
+    """Write the file full of zeros, then the header of pass 1: its (pass, salt)."""
+    os.ftruncate(fd, 0)  # whatever a cut-short creation left, start from nothing
+    zeros = bytes(CHUNK)
+    total, done = max(size, HEADER_SIZE), 0
+    while done < total:
+        done += os.pwrite(fd, zeros[: min(CHUNK, total - done)], done)
+    os.fsync(fd)
+    # the file's name is only durable once its directory is synced
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    salt = _new_salt()
+    os.pwrite(fd, _header(1, salt), 0)
+    os.fdatasync(fd)
+    return 1, salt
+
+
+class Journal:
+    """An open journal, its lock held. ``size``: the file's length at open (at least the size
+    asked for); appends below it overwrite blocks that exist, so a writer restarts the pass when
+    ``offset`` reaches it rather than let the file grow."""
+
+    def __init__(
+        self, path: str, fd: int, size: int, pass_: int, salt: int, records: list[Record]
+    ) -> None:
+        self.path = path
+        self.size = size
+        self.broken = False
+        self._fd: int | None = fd
+        self._pass = pass_
+        self._salt = salt
+        self._records = records
+        self._offset = records[-1].end if records else HEADER_SIZE
+        # appends and restarts from more than one thread keep the position consistent
+        self._mutex = threading.Lock()
+
+    @classmethod
+    def open(cls, path: str, *, size: int = DEFAULT_SIZE, wait: bool = False) -> Journal:
+        """Open (or create, ``size`` bytes) and lock the journal; its valid records in records().
+
+        JournalBusy when another owner holds it (``wait``: until it is released); JournalError
+        for a bad header, which is never overwritten: an operator must look.
+        """
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise JournalBusy(f"journal {path} is locked: another process uses it") from None
+            data = _read_all(fd)
+            parsed = _parse(path, data)
+            if parsed is None:
+                pass_, salt = _create(path, fd, size)
+                records: list[Record] = []
+                length = max(size, HEADER_SIZE)
+            else:
+                pass_, salt, records = parsed
+                length = len(data)
+        except BaseException:
+            os.close(fd)  # releases the lock too
+            raise
+        # a file longer than asked for (grown, or made with a larger size) is used whole
+        return cls(path, fd, max(size, length), pass_, salt, records)
+
+    @property
+    def pass_(self) -> int:
+        return self._pass
+
+    @property
+    def salt(self) -> int:
+        """The current pass's salt: with the pass, it tells this pass from any other file's."""
+        return self._salt
+
+    @property
+    def offset(self) -> int:
+        """Where the next record will be written."""
+        return self._offset
+
+    def records(self) -> list[Record]:
+        """The valid records ``open`` found (not those appended since); empty after restart()."""
+        return list(self._records)
+
+    def _usable(self) -> int:
+        if self._fd is None:
+            raise JournalError(f"journal {self.path} is closed")
+        if self.broken:
+            raise JournalError(f"journal {self.path} is broken by a failed write or sync")
+        return self._fd
+
+    def append(self, payload: bytes) -> Record:
+        """Write one record and fdatasync it: once this returns, it survives a crash."""
+        if not payload:
+            raise ValueError("a journal record's payload must not be empty")
+        if len(payload) > MAX_RECORD:
+            raise ValueError(f"a journal record is at most {MAX_RECORD} bytes, not {len(payload)}")
+        with self._mutex:
+            fd = self._usable()
+            record = _RECORD.pack(len(payload), self._salt, _record_crc(self._salt, payload))
+            buf = record + payload
+            try:
+                # header and payload in one write: a crash tears it at worst (the crc sees it)
+                written = os.pwrite(fd, buf, self._offset)
+                if written != len(buf):
+                    raise OSError(f"short write to the journal: {written} of {len(buf)} bytes")
+                os.fdatasync(fd)
+            except OSError:
+                # after a failed fsync the kernel may have dropped the dirty pages and cleared
+                # the error: a later sync could succeed without the data, so stop here for good
+                self.broken = True
+                raise
+            start, self._offset = self._offset, self._offset + len(buf)
+            return Record(self._pass, start, self._offset, payload)
+
+    def restart(self) -> None:
+        """Begin a new pass at the top; the caller has applied and synced every record."""
+        with self._mutex:
+            fd = self._usable()
+            pass_, salt = self._pass + 1, _new_salt(self._salt)
+            try:
+                os.pwrite(fd, _header(pass_, salt), 0)  # the meaningful bytes are one sector
+                os.fdatasync(fd)
+            except OSError:
+                self.broken = True
+                raise
+            self._pass, self._salt, self._offset = pass_, salt, HEADER_SIZE
+            self._records = []
+
+    def close(self) -> None:
+        """Close the file, which releases the lock. Closing twice does nothing."""
+        with self._mutex:
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                os.close(fd)
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def scan(path: str) -> tuple[int, list[Record]] | None:
+    """(pass, valid records) without the lock; None for no file or a creation cut short."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        parsed = _parse(path, _read_all(fd))
+    finally:
+        os.close(fd)
+    return None if parsed is None else (parsed[0], parsed[2])

@@ -1,0 +1,271 @@
+"""Journal-first storage on SQLite (``SYNCLAB_JOURNAL=on``): a batch is acknowledged once it is
+in a journal synced to the disk, and applied to the database a few milliseconds later, in bulk,
+on a thread of its own.
+
+Storing first costs the direct writer a SQLite commit per batch, synced (``synchronous=FULL``):
+its statements, a page of every table and index they touch, and the log's ``fdatasync``, a
+millisecond or more while the batch waits (bench/README.md). Here the writer thread numbers the
+batch's events from counters it keeps, appends the batch to the journal (:mod:`.journal`: one
+write and one ``fdatasync`` of a few hundred bytes a decision) and acknowledges it. The apply
+thread stores what came in the last :data:`APPLY_EVERY` seconds in one transaction that is not
+synced by itself (``synchronous=NORMAL``), with the journal's position it reached (the
+``meta`` row :data:`.recovery.MARKER`). An acknowledged decision survives a power loss as before: it is in
+the journal until the database holds it synced.
+
+What keeps the two in step:
+
+- **One process per database.** The counters are the database's own only while nothing else
+  writes to it: the journal's server holds an exclusive lock on the database file
+  (:func:`.recovery.lock_database`), which the direct writer's processes take shared.
+- **Reads see what was acknowledged.** :meth:`JournalFirst.caught_up` waits (the apply started
+  at once) until everything acknowledged before it is applied; :class:`.database.Database`
+  does so before every read and every job of its writer thread, which run on the database.
+- **Recovery.** At every start, and before ``export``, ``verify`` and ``db upgrade`` read a
+  database no server holds, what the journal holds past the marker is applied
+  (:mod:`.recovery`), each record in the order it was acknowledged, then synced.
+- **Reuse.** The journal starts a new pass (:meth:`.journal.Journal.restart`) only once all of
+  it is applied and the database's files are synced (:func:`.recovery.sync_database`).
+- **A failed apply halts.** Nothing more is acknowledged or read; the journal keeps what was
+  acknowledged, applied at the next start once the cause is mended.
+
+PostgreSQL keeps the direct writer: its commits are numbered by the database for every worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy import Engine, select
+from sqlalchemy.engine import Connection
+
+from .batch import apply_numbered
+from .journal import Journal, Record
+from .recovery import MARKER, encode, marker, sync_database
+from .tables import experiments
+from .writes import Write
+
+log = logging.getLogger("synclab.journal")
+T = TypeVar("T")
+#: seconds the apply thread gathers acknowledged batches before it stores them together
+APPLY_EVERY = 0.01
+#: seconds between the idle apply thread's looks at whether the main thread has ended
+WATCH_EVERY = 0.5
+
+
+
+class ApplyFailed(RuntimeError):
+    """The apply thread could not store what the journal holds: nothing more is taken or read."""
+
+
+class JournalFirst:
+    """The writer's commit and the apply thread of one journal (see the module's docstring)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        journal: Journal,
+        path: str,
+        *,
+        apply_every: float = APPLY_EVERY,
+        between: Callable[[Connection], None] | None = None,
+    ) -> None:
+        self._engine = engine
+        self.journal = journal
+        self._path = path
+        self._apply_every = apply_every
+        self._between = between
+        #: each experiment's last ``seq`` handed out; only the writer thread uses it
+        self._counters: dict[int, int] = {}
+        self._cond = threading.Condition(threading.Lock())
+        #: acknowledged, not applied yet: (record, its writes)
+        self._pending: list[tuple[Record, list[Write]]] = []
+        #: records appended and records applied, counted from the start
+        self.appended = 0
+        self.applied = 0
+        self._nudged = False
+        self._stopping = False
+        self.failed: BaseException | None = None
+        #: the database's writes of this process: the apply's or a job's (never both at once)
+        self._writing = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: the loop's reads waiting for the apply: (records to be applied, future)
+        self._waiting: list[tuple[int, asyncio.Future[None]]] = []
+        self._thread = threading.Thread(target=self._run, name="synclab-apply", daemon=False)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ the writer thread's side
+
+    def commit(self, writes: list[Write]) -> None:
+        """Number ``writes``, append them to the journal synced, and queue them for the apply.
+
+        Returns once they are on the disk: the writer acknowledges them then. Raises when the
+        apply has failed, when a write is fenced (a cluster's: never here), or the journal could
+        not take them.
+        """
+        self._check()
+        if any(w.epoch is not None for w in writes):
+            raise RuntimeError("a fenced write needs the direct writer (a cluster runs on PostgreSQL)")
+        counters = self._counters
+        for write in writes:
+            if write.events:
+                eid = write.experiment_id
+                last = counters[eid] if eid in counters else self._stored_seq(eid)
+                write.seqs = list(range(last + 1, last + 1 + len(write.events)))
+                counters[eid] = last + len(write.events)
+        try:
+            record = self.journal.append(encode(writes))
+        except BaseException:
+            self._counters.clear()  # numbers handed out but not taken; the journal refuses what follows
+            raise
+        with self._cond:
+            self._pending.append((record, writes))
+            self.appended += 1
+            if len(self._pending) == 1:
+                self._cond.notify_all()
+        if self.journal.offset >= self.journal.size:
+            self._restart()
+
+    def job(self, fn: Callable[[], T]) -> T:
+        """Run ``fn()`` (it writes or reads the database) once everything acknowledged is applied."""
+        self.drain()
+        with self._writing:
+            try:
+                return fn()
+            finally:
+                self._counters.clear()  # read again from the database: a job may change them
+
+    def drain(self) -> None:
+        """Until everything appended is applied (the apply started at once)."""
+        with self._cond:
+            target = self.appended
+            self._nudged = True
+            self._cond.notify_all()
+            while self.applied < target and self.failed is None:
+                self._cond.wait(WATCH_EVERY)
+        self._check()
+
+    def _stored_seq(self, experiment_id: int) -> int:
+        """An experiment's counter as the database holds it: right while none of its events wait for the apply.
+
+        The counters are read after a job, which waits for the apply first, and kept from then:
+        an experiment not counted since has nothing of it pending.
+        """
+        with self._engine.connect() as conn:
+            found = conn.execute(select(experiments.c.last_seq).where(experiments.c.id == experiment_id)).first()
+        if found is None:
+            raise LookupError(f"no experiment {experiment_id}")
+        return int(found[0] or 0)
+
+    def _restart(self) -> None:
+        """The journal is full: once all of it is applied and synced, use it again from its start."""
+        self.drain()
+        with self._writing:
+            sync_database(self._path)
+            self.journal.restart()
+
+    def _check(self) -> None:
+        if self.failed is not None:
+            raise ApplyFailed(f"storage halted: the journal could not be applied ({self.failed})")
+
+    # ------------------------------------------------------------------ the loop's side
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    async def caught_up(self) -> None:
+        """On the loop: once everything acknowledged so far is in the database."""
+        self._check()
+        target = self.appended
+        if self.applied >= target:
+            return
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiting.append((target, future))
+        with self._cond:
+            self._nudged = True
+            self._cond.notify_all()
+        await future
+
+    def _release(self) -> None:
+        """On the loop, after an apply: the reads it caught up with go on."""
+        still = []
+        for target, future in self._waiting:
+            if future.done():
+                continue
+            if self.failed is not None:
+                future.set_exception(ApplyFailed(f"storage halted: the journal could not be applied ({self.failed})"))
+            elif self.applied >= target:
+                future.set_result(None)
+            else:
+                still.append((target, future))
+        self._waiting = still
+
+    # ------------------------------------------------------------------ the apply thread
+
+    def _take(self) -> list[tuple[Record, list[Write]]] | None:
+        """The next records to apply (maybe none, when nudged); ``None``: stop."""
+        with self._cond:
+            while not self._pending and not self._nudged and not self._stopping:
+                if not self._cond.wait(WATCH_EVERY) and not threading.main_thread().is_alive():
+                    self._stopping = True
+            if self._pending and not self._nudged and not self._stopping:
+                self._cond.wait(self._apply_every)  # gather; a nudge or a stop cuts it short
+            taken, self._pending, self._nudged = self._pending, [], False
+            if not taken and self._stopping:
+                return None
+            return taken
+
+    def _run(self) -> None:
+        connection: Connection | None = None
+        try:
+            while (taken := self._take()) is not None:
+                if taken:
+                    if connection is None:
+                        connection = self._engine.connect()
+                        # this connection's commits are not synced one by one: the journal is
+                        connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
+                        connection.commit()
+                    writes = [w for _, ws in taken for w in ws]
+                    with self._writing:
+                        apply_numbered(connection, writes, (MARKER, marker(self.journal, taken[-1][0].end)))
+                with self._cond:
+                    self.applied += len(taken)
+                    self._cond.notify_all()
+                self._post(self._release)
+                if taken and self._between is not None and connection is not None:
+                    self._between(connection)
+        except BaseException as exc:
+            log.critical(
+                "synclab: the journal could not be applied to the database; storage halted, the journal %s "
+                "keeps every acknowledged write for the next start: %s", self.journal.path, exc,
+            )
+            with self._cond:
+                self.failed = exc
+                self._cond.notify_all()
+            self._post(self._release)
+        finally:
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    connection.invalidate()  # not back to the pool: it is not synced per commit
+                    connection.close()
+
+    def _post(self, fn: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+            loop.call_soon_threadsafe(fn)
+
+    def stop(self) -> None:
+        """Apply what is pending, then end the apply thread (the writer's last function)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join()
+

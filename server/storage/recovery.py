@@ -1,0 +1,220 @@
+"""The journal's files beside a SQLite database (``SYNCLAB_JOURNAL=on``, :mod:`.journaled`): where
+it is, the lock that keeps one process per database, its records' payload, and recovery.
+
+Recovery applies what a journal holds past the position the database records (the ``meta`` row
+:data:`MARKER`), record by record in the order they were acknowledged, then syncs the database
+and starts the journal's next pass. It runs at every start of a server on the database, and
+before the commands that read a database no server holds (:func:`reading`: ``export``,
+``verify``) or upgrade it (``db upgrade``), so that what a server acknowledged before a crash is
+read as well.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import orjson
+from sqlalchemy import Engine, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..exceptions import SettingsError
+from .batch import apply_numbered
+from .engine import make_engine
+from .journal import Journal, JournalBusy, Record
+from .schema import schema_state
+from .tables import meta
+from .writes import ConnectionChange, GroupUpdate, NewEvent, NewResult, NewTick, Write
+
+log = logging.getLogger("synclab.journal")
+#: the journal's file is the database's with this added
+JOURNAL_SUFFIX = ".synclab-journal"
+#: the ``meta`` key of the journal's position the database holds: ``pass:salt:end``
+MARKER = "journal_applied"
+#: what a journal's record holds: this version's encoding of a list of writes
+PAYLOAD_VERSION = 1
+#: seconds a process waits for the database's lock (another's recovery) before it gives up
+LOCK_WAIT = 10.0
+
+
+def journal_path(url: str) -> str | None:
+    """The journal of a SQLite file database: beside it, ``<file>.synclab-journal``; else ``None``."""
+    parsed = make_url(url)
+    path = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or path in ("", ":memory:") or path.startswith("file:"):
+        return None
+    return os.path.abspath(path) + JOURNAL_SUFFIX
+
+
+def database_file(journal: str) -> str:
+    return journal.removesuffix(JOURNAL_SUFFIX)
+
+
+# ---------------------------------------------------------------------------- the database's lock
+
+
+def lock_database(path: str, *, exclusive: bool, wait: float = LOCK_WAIT) -> int:
+    """An ``flock`` on the SQLite file ``path`` (made empty if absent): its descriptor, which holds it.
+
+    Shared for a direct writer (several processes may write one database, each numbering from
+    the database), exclusive for a journal's (its numbers are its own) and for a recovery. SQLite
+    locks the file with ``fcntl`` record locks, which an ``flock`` does not touch. Waits up to
+    ``wait`` seconds for another process's recovery, then raises :class:`SettingsError`.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise SettingsError(
+                    f"another synclab process has the database {path!r} open"
+                    + (" (with SYNCLAB_JOURNAL=on one process serves a SQLite database, alone)" if exclusive
+                       else " with SYNCLAB_JOURNAL=on, alone")
+                ) from None
+            time.sleep(0.05)
+
+
+def try_lock_database(path: str) -> int | None:
+    """The exclusive lock of :func:`lock_database` if nobody holds the file now, else ``None``."""
+    try:
+        return lock_database(path, exclusive=True, wait=0)
+    except SettingsError:
+        return None
+
+
+def sync_database(path: str) -> None:
+    """``fsync`` the database file and its write-ahead log: what was committed without a sync is on the disk."""
+    for name in (path + "-wal", path):
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# ---------------------------------------------------------------------------- records
+
+
+def encode(writes: Sequence[Write]) -> bytes:
+    """A record's payload: the version and the writes, numbered, as JSON (orjson: dataclasses as objects)."""
+    return orjson.dumps([PAYLOAD_VERSION, list(writes)])
+
+
+def decode(payload: bytes) -> list[Write]:
+    """The writes of a record (:func:`encode`)."""
+    version, raw = orjson.loads(payload)
+    if version != PAYLOAD_VERSION:
+        raise SettingsError(f"the journal holds records of version {version}; this synclab reads {PAYLOAD_VERSION}")
+    return [
+        Write(
+            experiment_id=w["experiment_id"],
+            events=[NewEvent(**e) for e in w["events"]],
+            group=None if w["group"] is None else GroupUpdate(**w["group"]),
+            connection=None if w["connection"] is None else ConnectionChange(**w["connection"]),
+            results=[NewResult(**r) for r in w["results"]],
+            ticks=[NewTick(**t) for t in w["ticks"]],
+            statuses=[(int(p), str(s)) for p, s in w["statuses"]],
+            epoch=w["epoch"],
+            seqs=w["seqs"],
+        )
+        for w in raw
+    ]
+
+
+def marker(journal: Journal, end: int) -> str:
+    """The ``meta`` value that says the database holds ``journal`` up to ``end``."""
+    return f"{journal.pass_}:{journal.salt}:{end}"
+
+
+def unapplied(engine: Engine, journal: Journal) -> list[Record]:
+    """The records of the journal's pass that the database does not hold (past its marker)."""
+    with engine.connect() as conn:
+        stored = conn.execute(select(meta.c.value).where(meta.c.key == MARKER)).scalar()
+    records = journal.records()
+    if stored is None:
+        return records
+    pass_, salt, end = (int(part) for part in str(stored).split(":"))
+    if (pass_, salt) != (journal.pass_, journal.salt):  # a later pass, or a journal made anew
+        return records
+    return [r for r in records if r.end > end]
+
+
+def recover(engine: Engine, journal: Journal, path: str) -> int:
+    """Apply what ``journal`` holds past the database's marker, sync, start a new pass; the writes applied.
+
+    Each record in a transaction of its own, in order: as the apply thread stored them (a
+    record's writes numbered on top of the one's before it). The database's lock is the caller's.
+    """
+    applied = 0
+    records = unapplied(engine, journal)
+    with engine.connect() as conn:
+        for record in records:
+            writes = decode(record.payload)
+            apply_numbered(conn, writes, (MARKER, marker(journal, record.end)))
+            applied += len(writes)
+    if records:
+        log.warning("synclab: applied %d writes (%d records) from the journal %s", applied, len(records), journal.path)
+    sync_database(path)
+    journal.restart()
+    return applied
+
+
+def recover_file(engine: Engine, path: str) -> int | None:
+    """Before a command reads a database no server holds: apply its journal, if it has one.
+
+    The number of writes applied; ``None`` when a server holds the database (it recovered at
+    its start and applies as it goes) or it has no journal.
+    """
+    journal_file = path + JOURNAL_SUFFIX
+    if not os.path.exists(journal_file):
+        return None
+    lock = try_lock_database(path)
+    if lock is None:
+        return None
+    try:
+        with Journal.open(journal_file) as journal:
+            return recover(engine, journal, path)
+    except JournalBusy:
+        return None
+    finally:
+        os.close(lock)
+
+
+@contextmanager
+def reading(url: str) -> Iterator[Engine]:
+    """An engine on an existing database, for the commands that only read (export, verify).
+
+    A SQLite database that no server holds has what its journal (``SYNCLAB_JOURNAL=on``) kept
+    applied first, when its schema is this synclab's (:func:`recover_file`): what a
+    server acknowledged before a crash is read as well.
+
+    A SQLite file that does not exist is a :class:`SettingsError`, never created; a database
+    error while reading becomes one too, naming the database without its password.
+    """
+    parsed = make_url(url)
+    path = parsed.database or ""
+    local = parsed.get_backend_name() == "sqlite" and path not in ("", ":memory:") and not path.startswith("file:")
+    if local and not os.path.exists(path):
+        raise SettingsError(f"DATABASE_URL: no SQLite database at {path!r}")
+    engine = make_engine(url)
+    try:
+        if local and os.path.exists(os.path.abspath(path) + JOURNAL_SUFFIX) and schema_state(engine).current:
+            recover_file(engine, os.path.abspath(path))  # db upgrade does it once the schema is this synclab's
+        yield engine
+    except SQLAlchemyError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        raise SettingsError(f"cannot read the database {where}: {exc.__cause__ or exc}") from exc
+    finally:
+        engine.dispose()

@@ -1,0 +1,254 @@
+"""``SYNCLAB_JOURNAL=on``: a batch acknowledged once the journal holds it synced, applied to SQLite
+after, recovered from the journal whenever a run ended before it was applied.
+
+The in-process tests copy a database with its journal while acknowledged batches wait for the
+apply (an apply every hour, nothing that reads), which is what a power loss leaves; the real
+server is stopped with SIGKILL, and the commands that read (``verify``, ``export``) and the next
+start recover what it acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import re
+import shutil
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.exceptions import SettingsError
+from server.settings import Settings
+from server.storage import Database, EventWriter, NewEvent, Write, insert_experiment
+from server.storage.journal import Journal
+from server.storage.recovery import decode, encode
+from tests.server.harness import timeout
+from tests.server.test_checkpoint import first_group_and_member
+from tests.server.test_cli import free_port, run, started, wait_until_healthy
+from tests.server.test_durability import TOKEN, killed_after_acks, schema_and_spec
+
+#: small, so that a test fills it and the journal starts new passes
+SMALL = 64 * 1024
+
+
+def test_the_journal_is_off_by_default_and_only_for_one_process_on_sqlite() -> None:
+    assert Settings.from_env({}).journal is False
+    on = Settings.from_env({"SYNCLAB_JOURNAL": "on", "SYNCLAB_APPLY_EVERY": "0.05"})
+    assert (on.journal, on.apply_every) == (True, 0.05)
+    on.check()
+    with pytest.raises(SettingsError, match=r"SYNCLAB_JOURNAL: expected on or off, got 'maybe'"):
+        Settings.from_env({"SYNCLAB_JOURNAL": "maybe"})
+    for env in (
+        {"DATABASE_URL": "postgresql://127.0.0.1/test"},
+        {"DATABASE_URL": "postgresql://127.0.0.1/test", "REDIS_URL": "redis://127.0.0.1:6379/0"},
+        {"SYNCLAB_DURABILITY": "crash"},
+    ):
+        with pytest.raises(SettingsError, match=r"SYNCLAB_JOURNAL=on is for one process on a SQLite file"):
+            Settings.from_env({"SYNCLAB_JOURNAL": "on", **env}).check()
+
+
+def test_a_record_holds_the_writes_as_they_were_numbered() -> None:
+    write = Write(7, [NewEvent("decisions", {"x": [1, 0.5]}, 1.25, 3, 4, "c1", True)], statuses=[(4, "dropped")])
+    write.seqs = [12]
+    (back,) = decode(encode([write]))
+    assert dataclasses.asdict(back) == dataclasses.asdict(write) and back.seqs == [12] and back.events[0].value == {"x": [1, 0.5]}
+
+
+async def submitted(writer: EventWriter, write: Write) -> Write:
+    done: asyncio.Future[Write] = asyncio.get_running_loop().create_future()
+    writer.submit(write, done.set_result, done.set_exception)
+    return await asyncio.wait_for(done, timeout(5))
+
+
+def decisions(path: Path) -> dict[int, float]:
+    """The decisions a SQLite file holds, read by another connection (not the server's)."""
+    conn = sqlite3.connect(path)
+    try:
+        return {int(s): float(v) for s, v in conn.execute("SELECT seq, value FROM events WHERE channel = 'decisions'")}
+    finally:
+        conn.close()
+
+
+def copy_database(source: Path, target: Path) -> None:
+    """The database, its log and its journal as they are on the disk now (a power loss's leftovers)."""
+    target.mkdir()
+    for suffix in ("", "-wal", ".synclab-journal"):
+        if Path(f"{source}{suffix}").exists():
+            shutil.copyfile(f"{source}{suffix}", f"{target / source.name}{suffix}")
+
+
+@dataclass
+class Storing:
+    """A database and its writer, with an experiment of one group of two in it."""
+
+    db: Database
+    writer: EventWriter
+    experiment_id: int
+    group_id: int
+    participant_id: int
+
+    async def decide(self, value: float, client_id: str | None = None) -> list[int]:
+        """One decision of the group's first member stored: its ``seq``."""
+        event = NewEvent("decisions", value, 1e9, self.group_id, self.participant_id, client_id)
+        return (await submitted(self.writer, Write(self.experiment_id, [event]))).seqs
+
+    async def stored(self, path: Path) -> dict[int, float]:
+        """The decisions in the file once the apply caught up (a read waits for it)."""
+        return await self.db.read(lambda engine: decisions(path))
+
+
+@contextlib.asynccontextmanager
+async def storing(path: Path, of: Storing | None = None, **options: Any) -> AsyncIterator[Storing]:
+    """A :class:`Database` on ``path`` (the options given) with its writer; the experiment made
+    (or ``of``'s, already in the database)."""
+    db = Database(f"sqlite:///{path}", **options)
+    try:
+        if of is None:
+            experiment_id = await db.write(insert_experiment, await schema_and_spec(db))
+            group_id, participant_id = await db.read(first_group_and_member, experiment_id)
+        else:
+            experiment_id, group_id, participant_id = of.experiment_id, of.group_id, of.participant_id
+        writer = EventWriter(db)
+        writer.start()
+        try:
+            yield Storing(db, writer, experiment_id, group_id, participant_id)
+        finally:
+            await writer.close()
+    finally:
+        db.close()
+
+
+async def test_an_acknowledged_batch_is_read_back_at_once_and_survives_in_the_journal_until_applied(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j.db"
+    async with storing(path, journal=True, journal_size=SMALL, apply_every=3600) as first:
+        acked = {(await first.decide(float(i), f"c{i}"))[0]: float(i) for i in range(5)}
+        assert sorted(acked) == [1, 2, 3, 4, 5]
+        # acknowledged, in the journal, not in the database: the apply waits an hour
+        assert decisions(path) == {}
+        copy_database(path, tmp_path / "lost")
+        copy_database(path, tmp_path / "lost-direct")
+        # a read waits for them (it has them applied at once)
+        assert await first.stored(path) == acked
+    # what a power loss before the apply leaves: the next start applies it from the journal, with
+    # the journal or (a server started without it after one that ran with it) without
+    for where, journal in (("lost", True), ("lost-direct", False)):
+        copy = tmp_path / where / "j.db"
+        assert decisions(copy) == {}
+        async with storing(copy, first, journal=journal, journal_size=SMALL) as again:
+            assert await again.db.recover() == 5
+            assert await again.stored(copy) == acked
+            assert await again.decide(9.0, "after") == [6]
+        # applied and synced: a further start has nothing to apply
+        async with storing(copy, first, journal=True, journal_size=SMALL) as third:
+            assert await third.db.recover() == 0
+            assert await third.stored(copy) == {**acked, 6: 9.0}
+
+
+async def test_a_torn_last_record_is_dropped_and_the_rest_applied(tmp_path: Path) -> None:
+    """A crash in the middle of an append: that batch was never acknowledged, the ones before were."""
+    path = tmp_path / "t.db"
+    async with storing(path, journal=True, journal_size=SMALL, apply_every=3600) as first:
+        for i in range(3):
+            await first.decide(float(i))
+        copy_database(path, tmp_path / "torn")
+    copy = tmp_path / "torn" / "t.db"
+    tear_last_record(f"{copy}.synclab-journal")
+    async with storing(copy, first, journal=True, journal_size=SMALL) as again:
+        assert await again.db.recover() == 2
+        assert await again.stored(copy) == {1: 0.0, 2: 1.0}
+
+
+def tear_last_record(journal_file: str) -> None:
+    """The last record's second half never reached the disk."""
+    with Journal.open(journal_file) as journal:
+        last = journal.records()[-1]
+    with open(journal_file, "r+b") as f:
+        f.seek(last.offset + (last.end - last.offset) // 2)
+        f.write(bytes(last.end - last.offset))
+
+
+def file_size(path: str) -> int:
+    return os.path.getsize(path)
+
+
+async def test_a_full_journal_starts_over_once_applied_and_nothing_is_applied_twice(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+    async with storing(path, journal=True, journal_size=SMALL) as first:
+        padding = "x" * 2000
+        for i in range(100):  # 200 kB of records in a 64 kB journal
+            await first.decide(float(i), f"{i}-{padding}")
+        assert first.db.journaled is not None and first.db.journaled.journal.pass_ >= 3
+    assert file_size(f"{path}.synclab-journal") < 2 * SMALL
+    async with storing(path, first, journal=True, journal_size=SMALL) as again:
+        assert await again.db.recover() == 0
+        assert sorted(await again.stored(path)) == list(range(1, 101))
+
+
+async def test_one_process_per_database_with_a_journal(tmp_path: Path) -> None:
+    """Its counters are the database's only while nothing else writes to it."""
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    db = Database(url, journal=True, journal_size=SMALL)
+    try:
+        for journal in (True, False):
+            with pytest.raises(SettingsError, match=r"another synclab process has the database .* open"):
+                Database(url, journal=journal, journal_size=SMALL, lock_wait=0.1)
+    finally:
+        db.close()
+    direct = Database(url)
+    try:
+        with pytest.raises(SettingsError, match=r"another synclab process has the database"):
+            Database(url, journal=True, journal_size=SMALL, lock_wait=0.1)
+        Database(url).close()  # direct writers share it
+    finally:
+        direct.close()
+
+
+async def test_a_failed_apply_halts_storage_and_keeps_the_journal(tmp_path: Path) -> None:
+    """Acknowledged and then not storable (an event of a group that does not exist): nothing more
+    is taken or read, and the next start applies nothing and says why, the journal kept."""
+    path = tmp_path / "h.db"
+    async with storing(path, journal=True, journal_size=SMALL) as first:
+        orphan = NewEvent("decisions", 1.0, 1e9, 999_999, None)
+        await submitted(first.writer, Write(first.experiment_id, [orphan]))
+        with pytest.raises(Exception, match=r"storage halted"):
+            await first.stored(path)
+        with pytest.raises(Exception, match=r"storage halted|could not be stored"):
+            await first.decide(2.0)
+    again = Database(f"sqlite:///{path}", journal=True, journal_size=SMALL)
+    try:
+        with pytest.raises(Exception, match=r"FOREIGN KEY"):
+            await again.recover()
+    finally:
+        again.close()
+    with Journal.open(f"{path}.synclab-journal") as journal:
+        assert len(journal.records()) == 1
+
+
+async def test_a_killed_server_s_acknowledged_decisions_are_verified_exported_and_kept(tmp_path: Path) -> None:
+    """A real ``synclab serve`` with the journal, an apply every 30 s, SIGKILL after the last ack:
+    the database does not hold them; ``synclab verify`` applies the journal first and finds every
+    one, ``export`` lists them, and the next start applies nothing twice."""
+    database = tmp_path / "synclab.db"
+    env = {"SYNCLAB_JOURNAL": "on", "SYNCLAB_APPLY_EVERY": "30"}
+    killed = await killed_after_acks(tmp_path, 20, **env)
+    assert killed.status["journal"] is True
+    acked = killed.acked
+    assert not set(acked) <= set(decisions(database)), "the apply was not supposed to have run yet"
+    verified = run(tmp_path, "verify", killed.code)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert {seq: decisions(database).get(seq) for seq in acked} == acked
+    exported = run(tmp_path, "export", killed.code, "--table", "events")
+    assert exported.returncode == 0, exported.stderr
+    assert sum(1 for line in exported.stdout.splitlines() if ",decisions," in line) == len(acked)
+    port = free_port()
+    with started(tmp_path, "serve", "--port", str(port), SYNCLAB_ADMIN_TOKEN=TOKEN, **env) as again:
+        assert wait_until_healthy(f"http://127.0.0.1:{port}").status_code == 200
+        assert not re.search(r"applied \d+ writes", again.stderr())
