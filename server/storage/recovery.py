@@ -66,7 +66,10 @@ def lock_database(path: str, *, exclusive: bool, wait: float = LOCK_WAIT) -> int
     locks the file with ``fcntl`` record locks, which an ``flock`` does not touch. Waits up to
     ``wait`` seconds for another process's recovery, then raises :class:`SettingsError`.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise SettingsError(f"DATABASE_URL: cannot open the SQLite file {path!r}: {exc.strerror}") from exc
     deadline = time.monotonic() + wait
     while True:
         try:

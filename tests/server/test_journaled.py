@@ -26,9 +26,9 @@ import pytest
 from server.exceptions import SettingsError
 from server.settings import Settings
 from server.storage import Database, EventWriter, NewEvent, Write, insert_experiment
-from server.storage.journal import Journal
+from server.storage.journal import Journal, scan
 from server.storage.recovery import decode, encode
-from tests.server.harness import timeout
+from tests.server.harness import running_server, timeout, until_state
 from tests.server.test_checkpoint import first_group_and_member
 from tests.server.test_cli import free_port, run, started, wait_until_healthy
 from tests.server.test_durability import TOKEN, killed_after_acks, schema_and_spec
@@ -179,6 +179,72 @@ def file_size(path: str) -> int:
     return os.path.getsize(path)
 
 
+async def test_writes_jobs_and_reads_interleaved_keep_every_experiment_s_seq_gapless(tmp_path: Path) -> None:
+    """Batches of two experiments stream in while jobs run between them (a third experiment made,
+    which the writer's counters are read again after) and reads wait for the apply: every event is
+    stored once, each experiment's ``seq`` 1..n without a gap, its counter at n."""
+    path = tmp_path / "mixed.db"
+    async with storing(path, journal=True, journal_size=SMALL, apply_every=0.005) as first:
+        second_id = await first.db.write(insert_experiment, await schema_and_spec(first.db))
+        ids = {first.experiment_id: 0, second_id: 0}
+        pending = []
+        for i in range(300):
+            experiment_id = first.experiment_id if i % 3 else second_id
+            event = NewEvent("decisions", float(i), 1e9 + i, None, None, f"m{i}")
+            pending.append(asyncio.ensure_future(submitted(first.writer, Write(experiment_id, [event]))))
+            ids[experiment_id] += 1
+            if i % 50 == 25:
+                await first.db.write(insert_experiment, await schema_and_spec(first.db))
+            if i % 40 == 0:
+                await asyncio.sleep(0)
+        await asyncio.gather(*pending)
+
+        def counters(engine: Any) -> dict[int, tuple[list[int], int]]:
+            with engine.connect() as conn:
+                return {
+                    eid: (
+                        [int(r[0]) for r in conn.exec_driver_sql(
+                            "SELECT seq FROM events WHERE experiment_id = ? ORDER BY seq", (eid,))],
+                        int(conn.exec_driver_sql("SELECT last_seq FROM experiments WHERE id = ?", (eid,)).scalar_one()),
+                    )
+                    for eid in ids
+                }
+
+        stored = await first.db.read(counters)
+    assert stored == {eid: (list(range(1, n + 1)), n) for eid, n in ids.items()}
+
+
+async def test_a_receiver_never_sees_a_decision_the_journal_does_not_hold(sqlite_url: str) -> None:
+    """With the journal, stored first means in the journal, synced: every broadcast a member
+    receives is there when it arrives (read from the file by itself). The database has it once
+    a read asks (the events API), though the apply waits 30 s by itself."""
+    async with running_server(sqlite_url, journal=True, apply_every=30) as server:
+        exp = await server.create(participants=2, group_size=2)
+        a, b = [await server.connect(p["code"]) for p in exp["participants"]]
+        for client in (a, b):
+            await until_state(client, "period_start")
+        journal_file = server.runtime.database.journal_path
+        assert journal_file is not None
+        for i in range(20):
+            await a.send("decisions", (i % 10) / 10)
+            await b.send("decisions", ((i + 5) % 10) / 10)
+        seen: list[int] = []
+        async with asyncio.timeout(timeout(10)):
+            while len(seen) < 40:
+                frame = await b.expect("group_decisions")
+                assert frame["seq"] in journaled_seqs(journal_file)  # checked at once, on its arrival
+                seen.append(frame["seq"])
+        stored = {e["seq"]: e["channel"] for e in await server.events(exp["code"])}
+        assert {stored.get(seq) for seq in seen} == {"group_decisions"}
+
+
+def journaled_seqs(journal_file: str) -> set[int]:
+    """The ``seq`` of every event in the journal's current pass."""
+    found = scan(journal_file)
+    assert found is not None
+    return {seq for record in found[1] for write in decode(record.payload) for seq in write.seqs}
+
+
 async def test_a_full_journal_starts_over_once_applied_and_nothing_is_applied_twice(tmp_path: Path) -> None:
     path = tmp_path / "f.db"
     async with storing(path, journal=True, journal_size=SMALL) as first:
@@ -202,6 +268,8 @@ async def test_one_process_per_database_with_a_journal(tmp_path: Path) -> None:
                 Database(url, journal=journal, journal_size=SMALL, lock_wait=0.1)
     finally:
         db.close()
+    with pytest.raises(SettingsError, match=r"DATABASE_URL: cannot open the SQLite file .*missing"):
+        Database(f"sqlite:///{tmp_path / 'missing' / 'x.db'}")
     direct = Database(url)
     try:
         with pytest.raises(SettingsError, match=r"another synclab process has the database"):
