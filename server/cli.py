@@ -23,6 +23,7 @@ from .frames import WEBSOCKET_OPTIONS
 from .runtime import generated_token
 from .settings import Settings
 from .storage import (
+    check_startable,
     experiment_participants,
     experiment_row,
     insert_experiment,
@@ -44,6 +45,7 @@ def _prepare(settings: Settings, upgrade: bool) -> str | None:
     A new database is made; one that is behind is upgraded with ``--upgrade``, else refused.
     """
     settings.check()
+    check_startable(settings.database_url, settings.journal)
     engine = make_engine(settings.database_url)
     try:
         before = prepare_schema(engine, upgrade=upgrade)

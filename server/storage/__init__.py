@@ -106,7 +106,7 @@ from .outcomes import (
     session_results,
     session_row,
 )
-from .recovery import database_file, journal_path, reading, recover_file
+from .recovery import check_startable, database_file, journal_path, reading, recover_file
 from .schema import (
     BASELINE,
     SchemaState,
@@ -198,6 +198,7 @@ __all__ = [
     "blocks_and_groups_as_of",
     "check_name",
     "check_role",
+    "check_startable",
     "claim_delivery",
     "claim_group",
     "client_ids",

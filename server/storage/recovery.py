@@ -23,10 +23,10 @@ from sqlalchemy import Engine, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..exceptions import SettingsError
+from ..exceptions import SchemaError, SettingsError
 from .batch import apply_numbered
 from .engine import make_engine
-from .journal import Journal, JournalBusy, Record
+from .journal import Journal, JournalBusy, JournalError, Record, scan
 from .schema import schema_state
 from .tables import meta
 from .writes import ConnectionChange, GroupUpdate, NewEvent, NewResult, NewTick, Write
@@ -84,6 +84,29 @@ def lock_database(path: str, *, exclusive: bool, wait: float = LOCK_WAIT) -> int
                        else " with SYNCLAB_JOURNAL=on, alone")
                 ) from None
             time.sleep(0.05)
+
+
+def check_startable(url: str, journal: bool) -> None:
+    """Before a server starts: the lock it will take on its SQLite file is free, and a journal
+    beside it is readable; else the reason in one line (it is taken for good once the server runs)."""
+    path = journal_path(url)
+    if path is None:
+        return
+    os.close(lock_database(database_file(path), exclusive=journal))
+    if os.path.exists(path):
+        with _said():
+            scan(path)
+
+
+@contextmanager
+def _said() -> Iterator[None]:
+    """A journal that cannot be used, as the commands report a database that cannot (one line)."""
+    try:
+        yield
+    except JournalBusy:
+        raise
+    except JournalError as exc:
+        raise SchemaError(str(exc)) from exc
 
 
 def try_lock_database(path: str) -> int | None:
@@ -187,7 +210,7 @@ def recover_file(engine: Engine, path: str) -> int | None:
     if lock is None:
         return None
     try:
-        with Journal.open(journal_file) as journal:
+        with _said(), Journal.open(journal_file) as journal:
             return recover(engine, journal, path)
     except JournalBusy:
         return None

@@ -320,3 +320,15 @@ async def test_a_killed_server_s_acknowledged_decisions_are_verified_exported_an
     with started(tmp_path, "serve", "--port", str(port), SYNCLAB_ADMIN_TOKEN=TOKEN, **env) as again:
         assert wait_until_healthy(f"http://127.0.0.1:{port}").status_code == 200
         assert not re.search(r"applied \d+ writes", again.stderr())
+
+
+def test_a_second_server_on_a_journal_s_database_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Before it starts (after the lock's wait, 10 s, for a command's recovery to end): the first
+    holds the database alone; a direct writer is refused as another journal's would be (in process above)."""
+    port = free_port()
+    with started(tmp_path, "serve", "--port", str(port), SYNCLAB_JOURNAL="on"):
+        wait_until_healthy(f"http://127.0.0.1:{port}")
+        second = run(tmp_path, "serve", "--port", str(free_port()))
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.startswith("synclab: another synclab process has the database"), second.stderr
+        assert "Traceback" not in second.stderr
