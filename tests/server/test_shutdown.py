@@ -244,29 +244,51 @@ async def test_a_sigterm_under_load_loses_no_acknowledged_write_and_the_process_
     second after the sockets closed, so the frames under way and the connections' closes wait in
     the writer's queue at shutdown: the server must wait for them and store them all.
     """
+    await stopped_under_load(tmp_path, database_url, held)
+
+
+async def test_a_sigterm_under_load_with_the_journal_applies_everything_before_it_exits(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """The same with ``SYNCLAB_JOURNAL=on`` (the apply every 5 s): what the journal holds is in
+    the database once the process has exited, read by another connection."""
+    await stopped_under_load(tmp_path, sqlite_url, False, SYNCLAB_JOURNAL="on", SYNCLAB_APPLY_EVERY="5")
+
+
+async def under_load(port: int, people: list[Participant]) -> tuple[str, list[asyncio.Future[None]], list[asyncio.Future[None]]]:
+    """On the server at ``port``: two groups of four playing, each member (added to ``people``)
+    sending at :data:`RATE` for :data:`LOAD` seconds so far; the experiment's code, the readers, the senders."""
+    base = f"http://127.0.0.1:{port}"
+    wait_until_healthy(base)
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=timeout(5)) as http:
+        created = await http.post("/api/experiments", json={
+            "game": "public_goods", "participants": 8, "group_size": 4, "period_length": 30,
+        })
+    assert created.status_code == 201, created.text
+    for person in created.json()["participants"]:
+        ws = await connect(
+            f"ws://127.0.0.1:{port}/ws/p/{person['code']}",
+            max_size=WS_MAX_SIZE, max_queue=None, open_timeout=timeout(5), close_timeout=timeout(2),
+        )
+        people.append(Participant(person["code"], ws))
+    readers = [asyncio.ensure_future(p.read(wait=30)) for p in people]
+    async with asyncio.timeout(timeout(10)):
+        for p in people:
+            await p.started.wait()  # both groups' periods run: every member is connected
+    senders = [asyncio.ensure_future(p.send(most=int(RATE * 20))) for p in people]
+    await asyncio.sleep(LOAD)
+    return created.json()["code"], readers, senders
+
+
+async def stopped_under_load(tmp_path: Path, database_url: str, held: bool, **env: str) -> None:
+    """A server (``env`` added) under load, SIGTERM, and what it stored checked (see the tests above)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     people: list[Participant] = []
-    with started(tmp_path, "serve", "--port", str(port), DATABASE_URL=database_url, SYNCLAB_ADMIN_TOKEN=TOKEN) as running:
-        wait_until_healthy(base)
-        async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=timeout(5)) as http:
-            created = await http.post("/api/experiments", json={
-                "game": "public_goods", "participants": 8, "group_size": 4, "period_length": 30,
-            })
-        assert created.status_code == 201, created.text
-        code = created.json()["code"]
-        for person in created.json()["participants"]:
-            ws = await connect(
-                f"ws://127.0.0.1:{port}/ws/p/{person['code']}",
-                max_size=WS_MAX_SIZE, max_queue=None, open_timeout=timeout(5), close_timeout=timeout(2),
-            )
-            people.append(Participant(person["code"], ws))
-        readers = [asyncio.ensure_future(p.read(wait=30)) for p in people]
-        async with asyncio.timeout(timeout(10)):
-            for p in people:
-                await p.started.wait()  # both groups' periods run: every member is connected
-        senders = [asyncio.ensure_future(p.send(most=int(RATE * 20))) for p in people]
-        await asyncio.sleep(LOAD)
+    with started(
+        tmp_path, "serve", "--port", str(port), DATABASE_URL=database_url, SYNCLAB_ADMIN_TOKEN=TOKEN, **env
+    ) as running:
+        code, readers, senders = await under_load(port, people)
         acked_before = sum(len(p.acked) for p in people)
         with holding_writes(database_url) if held else contextlib.nullcontext():
             if held:
