@@ -174,9 +174,6 @@ class JournalFirst:
 
     # ------------------------------------------------------------------ the loop's side
 
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-
     async def caught_up(self) -> None:
         """On the loop: once everything acknowledged so far is in the database."""
         self._check()
@@ -237,7 +234,8 @@ class JournalFirst:
                 with self._cond:
                     self.applied += len(taken)
                     self._cond.notify_all()
-                self._post(self._release)
+                if self._waiting:  # a read added after this look nudges the thread: its next turn posts
+                    self._post(self._release)
                 if taken and self._between is not None and connection is not None:
                     self._between(connection)
         except BaseException as exc:

@@ -92,7 +92,8 @@ def check_startable(url: str, journal: bool) -> None:
     path = journal_path(url)
     if path is None:
         return
-    os.close(lock_database(database_file(path), exclusive=journal))
+    # briefly: a command's recovery holds it for a moment; the server's own lock waits longer
+    os.close(lock_database(database_file(path), exclusive=journal, wait=2.0))
     if os.path.exists(path):
         with _said():
             scan(path)

@@ -326,7 +326,7 @@ async def test_a_killed_server_s_acknowledged_decisions_are_verified_exported_an
 
 
 def test_a_second_server_on_a_journal_s_database_is_refused_in_one_line(tmp_path: Path) -> None:
-    """Before it starts (after the lock's wait, 10 s, for a command's recovery to end): the first
+    """Before it starts (after a wait of 2 s for a command's recovery to end): the first
     holds the database alone; a direct writer is refused as another journal's would be (in process above)."""
     port = free_port()
     with started(tmp_path, "serve", "--port", str(port), SYNCLAB_JOURNAL="on"):
