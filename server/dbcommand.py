@@ -17,11 +17,9 @@ from .exceptions import SchemaError, SettingsError
 from .settings import Settings
 from .storage import (
     BASELINE,
-    database_file,
     differences,
     head,
     history,
-    journal_path,
     make_engine,
     reading,
     recover_file,
@@ -63,8 +61,7 @@ def _upgrade(settings: Settings) -> int:
     engine = make_engine(settings.database_url)
     try:
         before, after = upgrade_schema(engine)
-        path = journal_path(settings.database_url)
-        recovered = recover_file(engine, database_file(path)) if path is not None else None
+        recovered = recover_file(engine, settings.database_url)
     except SchemaError as exc:
         print(f"synclab: {exc}", file=sys.stderr)
         return 2

@@ -106,7 +106,7 @@ from .outcomes import (
     session_results,
     session_row,
 )
-from .recovery import check_startable, database_file, journal_path, reading, recover_file
+from .recovery import check_startable, reading, recover_file
 from .schema import (
     BASELINE,
     SchemaState,
@@ -214,7 +214,6 @@ __all__ = [
     "count_experiments",
     "count_rows",
     "create_schema",
-    "database_file",
     "deliveries",
     "delivery_done",
     "delivery_failed",
@@ -241,7 +240,6 @@ __all__ = [
     "history",
     "insert_experiment",
     "iso",
-    "journal_path",
     "label_seat",
     "last_state_query",
     "list_deliveries",

@@ -24,7 +24,7 @@ from .batch import commit_writes
 from .engine import make_engine
 from .journal import DEFAULT_SIZE, Journal
 from .journaled import APPLY_EVERY, JournalFirst
-from .recovery import LOCK_WAIT, database_file, journal_path, lock_database, recover
+from .recovery import LOCK_WAIT, journal_of, lock_database, recover, sqlite_file
 from .thread import WriterThread
 from .writes import Write
 
@@ -64,25 +64,26 @@ class Database:
         # ``synced=False``: commits not synced to the disk one by one (see :func:`.engine.make_engine`)
         self.engine = make_engine(url, lock_timeout=lock_timeout, synced=synced)
         self.synced = synced
-        #: SQLite file: the journal's path (:mod:`.journaled`), whether or not this process uses one
-        self.journal_path = journal_path(url)
+        #: a SQLite file's path, and its journal's (:mod:`.journaled`) whether or not this process uses one
+        self.sqlite_file = sqlite_file(url)
+        self.journal_path = None if self.sqlite_file is None else journal_of(self.sqlite_file)
         #: the journal-first writer (``SYNCLAB_JOURNAL=on``), else ``None``
         self.journaled: JournalFirst | None = None
-        #: SQLite file: the ``flock`` held on it, exclusive with a journal (see :func:`.journaled.lock_database`)
+        #: SQLite file: the ``flock`` held on it, exclusive with a journal (see :func:`.recovery.lock_database`)
         self._lock: int | None = None
-        if self.journal_path is not None:
-            self._lock = lock_database(database_file(self.journal_path), exclusive=journal, wait=lock_wait)
+        if self.sqlite_file is not None:
+            self._lock = lock_database(self.sqlite_file, exclusive=journal, wait=lock_wait)
         if journal:
-            if self.journal_path is None or not synced:
+            if self.sqlite_file is None or not synced:
                 self._unlock()
                 raise SettingsError("SYNCLAB_JOURNAL=on is for a SQLite file at SYNCLAB_DURABILITY=power-loss")
             try:
-                opened = Journal.open(self.journal_path, size=journal_size)
+                opened = Journal.open(journal_of(self.sqlite_file), size=journal_size)
             except BaseException:
                 self._unlock()
                 raise
             self.journaled = JournalFirst(
-                self.engine, opened, database_file(self.journal_path), apply_every=apply_every, between=self._finish_checkpoint
+                self.engine, opened, self.sqlite_file, apply_every=apply_every, between=self._finish_checkpoint
             )
             self.writer = WriterThread(self.journaled.commit, _nothing)
         else:
@@ -220,7 +221,7 @@ class Database:
         after one that ran with it applies what that one left, under the journal's lock (another
         process starting at once waits for it, then finds nothing left).
         """
-        path = self.journal_path
+        path = self.sqlite_file
         if path is None:
             return 0
         first = self.journaled
@@ -228,11 +229,11 @@ class Database:
         def recovering() -> int:
             assert path is not None
             if first is not None:
-                return first.job(lambda: recover(self.engine, first.journal, database_file(path)))
-            if not os.path.exists(path):
+                return first.job(lambda: recover(self.engine, first.journal, path))
+            if not os.path.exists(journal_of(path)):
                 return 0
-            with Journal.open(path, wait=True) as journal:
-                return recover(self.engine, journal, database_file(path))
+            with Journal.open(journal_of(path), wait=True) as journal:
+                return recover(self.engine, journal, path)
 
         return await self.writer.call(recovering)
 

@@ -1,5 +1,5 @@
-"""Engines: a database URL to an SQLAlchemy engine with synclab's JSON and SQLite settings, and
-the read-only engine of the commands that only read."""
+"""Engines: a database URL to an SQLAlchemy engine with synclab's JSON and SQLite settings (the
+commands that only read take theirs from :func:`.recovery.reading`)."""
 
 from __future__ import annotations
 

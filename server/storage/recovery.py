@@ -42,17 +42,18 @@ PAYLOAD_VERSION = 1
 LOCK_WAIT = 10.0
 
 
-def journal_path(url: str) -> str | None:
-    """The journal of a SQLite file database: beside it, ``<file>.synclab-journal``; else ``None``."""
+def sqlite_file(url: str) -> str | None:
+    """The absolute path of a SQLite file database; ``None`` for another database or SQLite in memory."""
     parsed = make_url(url)
     path = parsed.database or ""
     if parsed.get_backend_name() != "sqlite" or path in ("", ":memory:") or path.startswith("file:"):
         return None
-    return os.path.abspath(path) + JOURNAL_SUFFIX
+    return os.path.abspath(path)
 
 
-def database_file(journal: str) -> str:
-    return journal.removesuffix(JOURNAL_SUFFIX)
+def journal_of(path: str) -> str:
+    """The journal of the SQLite file ``path``: beside it, ``<file>.synclab-journal``."""
+    return path + JOURNAL_SUFFIX
 
 
 # ---------------------------------------------------------------------------- the database's lock
@@ -89,14 +90,14 @@ def lock_database(path: str, *, exclusive: bool, wait: float = LOCK_WAIT) -> int
 def check_startable(url: str, journal: bool) -> None:
     """Before a server starts: the lock it will take on its SQLite file is free, and a journal
     beside it is readable; else the reason in one line (it is taken for good once the server runs)."""
-    path = journal_path(url)
+    path = sqlite_file(url)
     if path is None:
         return
     # briefly: a command's recovery holds it for a moment; the server's own lock waits longer
-    os.close(lock_database(database_file(path), exclusive=journal, wait=2.0))
-    if os.path.exists(path):
+    os.close(lock_database(path, exclusive=journal, wait=2.0))
+    if os.path.exists(journal_of(path)):
         with _said():
-            scan(path)
+            scan(journal_of(path))
 
 
 @contextmanager
@@ -178,14 +179,18 @@ def unapplied(engine: Engine, journal: Journal) -> list[Record]:
     return [r for r in records if r.end > end]
 
 
-def recover(engine: Engine, journal: Journal, path: str) -> int:
+def recover(engine: Engine, journal: Journal, path: str, *, start_over: bool = True) -> int:
     """Apply what ``journal`` holds past the database's marker, sync, start a new pass; the writes applied.
 
     Each record in a transaction of its own, in order: as the apply thread stored them (a
     record's writes numbered on top of the one's before it). The database's lock is the caller's.
+    With nothing to apply and not ``start_over`` (a command's look), neither file is written.
+    A server starts over anyway: the records read at open are let go of.
     """
     applied = 0
     records = unapplied(engine, journal)
+    if not records and not start_over:
+        return 0
     with engine.connect() as conn:
         for record in records:
             writes = decode(record.payload)
@@ -198,21 +203,21 @@ def recover(engine: Engine, journal: Journal, path: str) -> int:
     return applied
 
 
-def recover_file(engine: Engine, path: str) -> int | None:
+def recover_file(engine: Engine, url: str) -> int | None:
     """Before a command reads a database no server holds: apply its journal, if it has one.
 
     The number of writes applied; ``None`` when a server holds the database (it recovered at
-    its start and applies as it goes) or it has no journal.
+    its start and applies as it goes), or it is no SQLite file with a journal.
     """
-    journal_file = path + JOURNAL_SUFFIX
-    if not os.path.exists(journal_file):
+    path = sqlite_file(url)
+    if path is None or not os.path.exists(journal_of(path)):
         return None
     lock = try_lock_database(path)
     if lock is None:
         return None
     try:
-        with _said(), Journal.open(journal_file) as journal:
-            return recover(engine, journal, path)
+        with _said(), Journal.open(journal_of(path)) as journal:
+            return recover(engine, journal, path, start_over=False)
     except JournalBusy:
         return None
     finally:
@@ -230,15 +235,13 @@ def reading(url: str) -> Iterator[Engine]:
     A SQLite file that does not exist is a :class:`SettingsError`, never created; a database
     error while reading becomes one too, naming the database without its password.
     """
-    parsed = make_url(url)
-    path = parsed.database or ""
-    local = parsed.get_backend_name() == "sqlite" and path not in ("", ":memory:") and not path.startswith("file:")
-    if local and not os.path.exists(path):
-        raise SettingsError(f"DATABASE_URL: no SQLite database at {path!r}")
+    path = sqlite_file(url)
+    if path is not None and not os.path.exists(path):
+        raise SettingsError(f"DATABASE_URL: no SQLite database at {make_url(url).database!r}")
     engine = make_engine(url)
     try:
-        if local and os.path.exists(os.path.abspath(path) + JOURNAL_SUFFIX) and schema_state(engine).current:
-            recover_file(engine, os.path.abspath(path))  # db upgrade does it once the schema is this synclab's
+        if path is not None and os.path.exists(journal_of(path)) and schema_state(engine).current:
+            recover_file(engine, url)  # db upgrade does it once the schema is this synclab's
         yield engine
     except SQLAlchemyError as exc:
         where = engine.url.render_as_string(hide_password=True)

@@ -138,6 +138,7 @@ async def test_an_acknowledged_batch_is_read_back_at_once_and_survives_in_the_jo
         assert decisions(path) == {}
         copy_database(path, tmp_path / "lost")
         copy_database(path, tmp_path / "lost-direct")
+        copy_database(path, tmp_path / "lost-upgrade")
         # a read waits for them (it has them applied at once)
         assert await first.stored(path) == acked
     # what a power loss before the apply leaves: the next start applies it from the journal, with
@@ -153,6 +154,12 @@ async def test_an_acknowledged_batch_is_read_back_at_once_and_survives_in_the_jo
         async with storing(copy, first, journal=True, journal_size=SMALL) as third:
             assert await third.db.recover() == 0
             assert await third.stored(copy) == {**acked, 6: 9.0}
+    # and synclab db upgrade, once the schema is this synclab's
+    copy = tmp_path / "lost-upgrade" / "j.db"
+    upgraded = run(tmp_path, "db", "upgrade", DATABASE_URL=f"sqlite:///{copy}")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "applied 5 writes a server had acknowledged from its journal" in upgraded.stdout
+    assert decisions(copy) == acked
 
 
 async def test_a_torn_last_record_is_dropped_and_the_rest_applied(tmp_path: Path) -> None:
@@ -316,8 +323,11 @@ async def test_a_killed_server_s_acknowledged_decisions_are_verified_exported_an
     verified = run(tmp_path, "verify", killed.code)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert {seq: decisions(database).get(seq) for seq in acked} == acked
+    header = journal_header(tmp_path / "synclab.db.synclab-journal")
     exported = run(tmp_path, "export", killed.code, "--table", "events")
     assert exported.returncode == 0, exported.stderr
+    # nothing left to apply: a command's look writes nothing (no new pass)
+    assert journal_header(tmp_path / "synclab.db.synclab-journal") == header
     assert sum(1 for line in exported.stdout.splitlines() if ",decisions," in line) == len(acked)
     port = free_port()
     with started(tmp_path, "serve", "--port", str(port), SYNCLAB_ADMIN_TOKEN=TOKEN, **env) as again:
@@ -367,6 +377,11 @@ async def test_a_server_killed_under_load_keeps_every_acknowledged_write_once_th
     finally:
         conn.close()
     assert seqs == list(range(1, int(last_seq) + 1))
+
+
+def journal_header(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return f.read(4096)
 
 
 def stored_ids(path: Path) -> dict[str, int]:
