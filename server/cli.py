@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import logging
 import math
 import signal
 import sys
@@ -16,7 +17,7 @@ from uvicorn.supervisors import Multiprocess
 
 from .bots import run_bots_command
 from .dbcommand import DB_ACTIONS, run_db
-from .exceptions import SchemaError, SettingsError
+from .exceptions import SchemaBehind, SchemaError, SettingsError
 from .experiments import parse_request, plan
 from .export import FORMATS, TABLES, run_export
 from .frames import WEBSOCKET_OPTIONS
@@ -94,9 +95,37 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
         Multiprocess(config, sockets=[config.bind_socket()]).run()
         return 0
     server = uvicorn.Server(config)
-    with _stopped_by_signals(server):
-        server.run()
+    startup = logging.getLogger("uvicorn.error")
+    startup.addFilter(one_line_refusal)
+    try:
+        with _stopped_by_signals(server):
+            server.run()
+    finally:
+        startup.removeFilter(one_line_refusal)
     return 0 if server.started else STARTUP_FAILURE
+
+
+#: the refusals an operator mends (a setting, the database's state), and the module that names them
+_REFUSALS = tuple(f"{cls.__module__}.{cls.__qualname__}: " for cls in (SettingsError, SchemaError, SchemaBehind))
+
+
+def one_line_refusal(record: logging.LogRecord) -> bool:
+    """A startup that fails on a refusal (:data:`_REFUSALS`) is logged as its message, not a traceback.
+
+    ``synclab serve`` checks what it can before uvicorn starts (:func:`_prepare`) and refuses
+    there in one line; what changes in between (another process takes the database's lock) is
+    found when the lifespan opens the runtime, and Starlette reports a failed startup as the
+    traceback's text. A refusal's last line is all the operator needs; any other failure keeps
+    its traceback.
+    """
+    text = record.msg
+    if isinstance(text, str) and text.startswith("Traceback") and not record.args:
+        last = text.rstrip().rpartition("\n")[2]
+        for prefix in _REFUSALS:
+            if last.startswith(prefix):
+                record.msg = f"synclab: {last[len(prefix):]}"
+                break
+    return True
 
 
 @contextlib.contextmanager

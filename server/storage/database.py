@@ -24,7 +24,7 @@ from .batch import commit_writes
 from .engine import make_engine
 from .journal import DEFAULT_SIZE, Journal
 from .journaled import APPLY_EVERY, JournalFirst
-from .recovery import LOCK_WAIT, journal_of, lock_database, recover, sqlite_file
+from .recovery import LOCK_WAIT, as_schema_error, journal_of, lock_database, recover, sqlite_file
 from .thread import WriterThread
 from .writes import Write
 
@@ -78,7 +78,8 @@ class Database:
                 self._unlock()
                 raise SettingsError("SYNCLAB_JOURNAL=on is for a SQLite file at SYNCLAB_DURABILITY=power-loss")
             try:
-                opened = Journal.open(journal_of(self.sqlite_file), size=journal_size)
+                with as_schema_error():
+                    opened = Journal.open(journal_of(self.sqlite_file), size=journal_size)
             except BaseException:
                 self._unlock()
                 raise
@@ -232,7 +233,7 @@ class Database:
                 return first.job(lambda: recover(self.engine, first.journal, path))
             if not os.path.exists(journal_of(path)):
                 return 0
-            with Journal.open(journal_of(path), wait=True) as journal:
+            with as_schema_error(), Journal.open(journal_of(path), wait=True) as journal:
                 return recover(self.engine, journal, path)
 
         return await self.writer.call(recovering)

@@ -96,12 +96,12 @@ def check_startable(url: str, journal: bool) -> None:
     # briefly: a command's recovery holds it for a moment; the server's own lock waits longer
     os.close(lock_database(path, exclusive=journal, wait=2.0))
     if os.path.exists(journal_of(path)):
-        with _said():
+        with as_schema_error():
             scan(journal_of(path))
 
 
 @contextmanager
-def _said() -> Iterator[None]:
+def as_schema_error() -> Iterator[None]:
     """A journal that cannot be used, as the commands report a database that cannot (one line)."""
     try:
         yield
@@ -216,7 +216,7 @@ def recover_file(engine: Engine, url: str) -> int | None:
     if lock is None:
         return None
     try:
-        with _said(), Journal.open(journal_of(path)) as journal:
+        with as_schema_error(), Journal.open(journal_of(path)) as journal:
             return recover(engine, journal, path, start_over=False)
     except JournalBusy:
         return None

@@ -381,3 +381,28 @@ def test_serving_freezes_what_was_imported_and_collects_young_objects_less_often
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout(60))
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) > 10_000, "the imported modules' objects are frozen"
+
+
+def test_a_refusal_found_only_once_uvicorn_has_started_is_one_line_too(tmp_path: Path) -> None:
+    """A database refused while the app starts (not by the checks before it) exits 3 with one line.
+
+    ``serve`` checks the journal before uvicorn starts (and refuses with exit 2); what changes in
+    between is found by the app's startup, where Starlette would log the refusal as a traceback.
+    Here ``_serve`` is run without those checks, on a journal that is not one.
+    """
+    (tmp_path / "synclab.db.synclab-journal").write_bytes(b"not a journal" * 400)
+    serve = "from server.cli import _serve; from server.settings import Settings; " \
+        "raise SystemExit(_serve(Settings.from_env(), '127.0.0.1', 0, 1))"
+    result = subprocess.run(
+        [sys.executable, "-c", serve],
+        cwd=tmp_path,
+        env=environment(tmp_path, SYNCLAB_JOURNAL="on"),
+        capture_output=True,
+        text=True,
+        timeout=timeout(30),
+        check=False,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    refusal = [line for line in result.stderr.splitlines() if "synclab:" in line]
+    assert len(refusal) == 1 and "journal" in refusal[0], result.stderr
