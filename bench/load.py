@@ -25,6 +25,7 @@ See ``bench/README.md`` for what every measure means.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import gc
 import math
@@ -125,9 +126,21 @@ class StampedConnection(ClientConnection):
         #: text frames the socket read itself, and frames it passed whole to ``websockets``
         self.direct = 0
         self.passed = 0
+        #: when set, every read's handling is noted here as its start and end (perf_counter
+        #: seconds, flat): the time the generator spent on what the target sent (see
+        #: :func:`own_lags`); the run's sockets share one
+        self.spans: array[float] | None = None
 
     def data_received(self, data: bytes) -> None:
-        self._read_at = time.perf_counter()
+        self._read_at = start = time.perf_counter()
+        try:
+            self._received(data)
+        finally:
+            if self.spans is not None:
+                self.spans.append(start)
+                self.spans.append(time.perf_counter())
+
+    def _received(self, data: bytes) -> None:
         if self._unparsed is None:
             if not self._between_frames():
                 super().data_received(data)
@@ -369,6 +382,9 @@ class Run:
     #: per send j: when it was due, when it left (perf_counter seconds; NaN: not sent)
     due: array[float] = field(default_factory=lambda: array("d"))
     sent_at: array[float] = field(default_factory=lambda: array("d"))
+    #: the generator's handling of what it read during the sends, as (start, end) flat and in
+    #: order (:attr:`StampedConnection.spans`)
+    read_spans: array[float] = field(default_factory=lambda: array("d"))
     #: per send j: its whole masked frame (see :meth:`StampedConnection.write_frame`)
     masked: list[bytes] = field(default_factory=list)
     #: per participant: its group's members (indices), itself included
@@ -484,6 +500,7 @@ class Run:
             "frames": {str(channel): count for channel, count in self.channels.items()},
             "error_messages": {code: dict(messages) for code, messages in self.error_messages.items()},
             "send_lag_ms": percentiles([self.sent_at[j] - self.due[j] for j in sent]),
+            "own_send_lag_ms": percentiles(own_lags([self.due[j] for j in sent], [self.sent_at[j] for j in sent], self.read_spans)),
             "generator_cpu": self.generator_cpu,
             "monitor": self.monitor,
             # the frames the generator read and wrote itself, and those it left to websockets
@@ -536,6 +553,28 @@ class Run:
             result["tick_lateness_ms"] = percentiles(self.tick_lateness)
             result["ticks"] = len(self.tick_lateness)
         return result
+
+
+def own_lags(due: Sequence[float], sent: Sequence[float], spans: Sequence[float]) -> list[float]:
+    """Each send's lag (``sent - due``, seconds) less the time the generator spent meanwhile on
+    handling what it read (``spans``: starts and ends, flat, in order, not overlapping).
+
+    The generator's loop runs a due send only after the reads it is handling: when the target
+    releases a burst of frames at once (after a commit that waited for the disk, say), the
+    sends behind it leave late because of the target. What is left is the generator's own lag:
+    its loop's timers, its sends, and a machine that did not run it.
+    """
+    starts, ends = spans[0::2], spans[1::2]
+    handled = [0.0]
+    for a, b in zip(starts, ends, strict=True):
+        handled.append(handled[-1] + (b - a))
+
+    def before(t: float) -> float:
+        """Time spent handling reads before ``t``."""
+        i = bisect.bisect_right(starts, t)
+        return handled[i] - (max(0.0, ends[i - 1] - t) if i else 0.0)
+
+    return [max(0.0, (s - d) - (before(s) - before(d))) for d, s in zip(due, sent, strict=True)]
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float] | None:
@@ -727,10 +766,14 @@ async def _send_all(run: Run, target: Target | Cluster, measure_target: bool, me
     run.expected = sum(len(run.groups[j % n]) for j in range(total))
     gc.collect()
     gc.disable()  # a full collection over the receipts would stall the schedule for milliseconds
+    for peer in run.peers:
+        peer.ws.spans = run.read_spans
     try:
         await _schedule(run, frames, target, measure_target, meters)
     finally:
         run.masked = []  # sent: not kept for the rest of the run
+        for peer in run.peers:
+            peer.ws.spans = None
         gc.enable()
 
 

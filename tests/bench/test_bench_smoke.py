@@ -51,13 +51,18 @@ def test_a_run_s_files_are_removed_after_it_and_kept_when_it_failed() -> None:
 async def test_relay_delivers_everything_and_a_dropped_decision_is_lost() -> None:
     with running("relay", None) as relay:
         async with asyncio.timeout(timeout(30)):
-            clean = (await run_load(relay, LOAD)).summary()
+            clean_run = await run_load(relay, LOAD)
+    clean = clean_run.summary()
     assert clean["sent"] == 40, clean
     assert clean["lost"] == 0 and clean["lost_deliveries"] == 0, clean
     assert clean["deliveries"] == 160 and clean["acked"] == 40, clean
     assert clean["unpersisted"] is None  # the relay stores nothing, so nothing is checked
     assert clean["generator_frames"]["written_directly"] == 40, clean
     assert clean["generator_frames"]["read_directly"] == 200, clean  # 160 deliveries and 40 acks
+    # the handling of its reads was noted (200 frames, in as many reads or fewer), and a lag of its own per send
+    assert 0 < len(clean_run.read_spans) // 2 <= 200
+    own, lag = clean["own_send_lag_ms"], clean["send_lag_ms"]
+    assert own["n"] == lag["n"] == 40 and 0 <= own["p99"] <= lag["p99"], clean
 
     with running("relay", None, ["--drop-every", "7"]) as relay:
         async with asyncio.timeout(timeout(30)):

@@ -20,7 +20,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from bench.load import StampedConnection, _open, masked_text_frame
+from bench.load import StampedConnection, _open, masked_text_frame, own_lags
 from tests.server.harness import timeout
 
 
@@ -155,3 +155,22 @@ def test_a_masked_frame_parses_as_websockets_reads_a_client_s(size: int) -> None
     frame = done.value.value
     assert (frame.opcode, frame.fin, bytes(frame.data)) == (Opcode.TEXT, True, payload)
     assert not reader.buffer
+
+
+def test_a_send_s_own_lag_leaves_out_the_reads_handled_while_it_was_due() -> None:
+    """Lag spent handling reads (a burst the target released) is the target's; the rest is the generator's."""
+    spans = [1.0, 1.5,  2.0, 2.004,  2.006, 2.010,  3.0, 3.001]
+    due = [0.5, 2.001, 2.001, 2.5, 2.9995, 4.0]
+    sent = [0.5005, 2.012, 2.0105, 2.5075, 3.0015, 4.01]
+    lags = own_lags(due, sent, spans)
+    expected = [
+        0.0005,  # nothing read meanwhile: all its own
+        0.011 - 0.003 - 0.004,  # behind the rest of one read and a whole other
+        0.0095 - 0.003 - 0.004,
+        0.0075,  # reads before it was due do not count
+        0.002 - 0.001,  # a read that began and ended within its lag
+        0.01,  # after every read
+    ]
+    assert lags == pytest.approx(expected, abs=1e-9)
+    assert own_lags([1.0], [1.002], [0.9, 1.003]) == [0.0]  # lag wholly inside one read: none its own
+    assert own_lags([1.0], [1.002], []) == pytest.approx([0.002])
