@@ -26,7 +26,16 @@ import orjson
 
 from .disk import describe
 from .load import Load, hold_idle, run_load
-from .proc import cores, pin_self, raise_open_files, run_pinned, running, running_cluster
+from .proc import (
+    cores,
+    device_interrupts,
+    pin_self,
+    raise_open_files,
+    read_interrupts,
+    run_pinned,
+    running,
+    running_cluster,
+)
 from .services import POSTGRES_URL, REDIS_URL, Services, measuring, postgres_schema, redis_prefix
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -412,6 +421,7 @@ async def main_async(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     machine = {
         "cpus": os.cpu_count(), "target_core": target_core, "generator_core": generator_core, "cluster_core": cluster_core,
+        "device_interrupts": {f"cpu{cpu}": n for cpu, n in device_interrupts(read_interrupts()).items()},
         "python": platform.python_version(), "platform": platform.platform(), "open_files": files,
     }
     when = dt.datetime.now(dt.UTC).isoformat()

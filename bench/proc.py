@@ -42,12 +42,56 @@ def raise_open_files() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def cores() -> tuple[int | None, int | None]:
-    """(the target's core, the generator's core), or ``(None, None)`` with fewer than two cores."""
+def cores(interrupts: str | None = None) -> tuple[int | None, int | None]:
+    """(the target's core, the generator's core), or ``(None, None)`` with fewer than two cores.
+
+    Of the first two cores this process may use, the generator gets the one that has handled
+    fewer of the devices' interrupts (:func:`device_interrupts`, ``interrupts`` the text of
+    ``/proc/interrupts``, read when ``None``). The disk's interrupts come with every
+    ``fdatasync`` the target makes: on the generator's core they stopped the generator for
+    milliseconds at a time, and since it stamps each frame as it reads it, the target's
+    latencies grew with them (bench/README.md, "The generator").
+    """
     mine = sorted(os.sched_getaffinity(0))
     if len(mine) < 2:
         return None, None
-    return mine[0], mine[1]
+    first, second = mine[0], mine[1]
+    counts = device_interrupts(read_interrupts() if interrupts is None else interrupts)
+    if counts.get(first, 0) > counts.get(second, 0):
+        return first, second
+    if counts.get(second, 0) > counts.get(first, 0):
+        return second, first
+    return first, second
+
+
+def read_interrupts() -> str:
+    """``/proc/interrupts``, or nothing where there is none."""
+    try:
+        return Path("/proc/interrupts").read_text()
+    except OSError:
+        return ""
+
+
+def device_interrupts(text: str) -> dict[int, int]:
+    """Per CPU, the interrupts its devices raised (``/proc/interrupts``' numbered lines), since boot.
+
+    The kernel's own per-CPU lines (timer, rescheduling, calls between CPUs: ``LOC``, ``RES``,
+    ``CAL`` and the like) are left out: every core has those.
+    """
+    lines = text.splitlines()
+    if not lines:
+        return {}
+    cpus = [int(name[3:]) for name in lines[0].split() if name.startswith("CPU") and name[3:].isdigit()]
+    counts = dict.fromkeys(cpus, 0)
+    for line in lines[1:]:
+        label, _, rest = line.partition(":")
+        if not label.strip().isdigit():
+            continue
+        for cpu, count in zip(cpus, rest.split(), strict=False):
+            if not count.isdigit():
+                break
+            counts[cpu] += int(count)
+    return counts
 
 
 def pin_self(core: int | None) -> None:

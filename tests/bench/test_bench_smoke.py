@@ -18,11 +18,11 @@ from typing import Any
 import orjson
 import pytest
 
-from bench.__main__ import Case, cpu_ratios, matrix, median_runs, run_case, table, verdicts
+from bench.__main__ import Case, cpu_ratios, main, matrix, median_runs, run_case, table, verdicts
 from bench.disk import main as disk_main
 from bench.disk import measure as disk_measure
 from bench.load import Api, Load, run_load, worker_of
-from bench.proc import running, thread_times, threads_used
+from bench.proc import cores, device_interrupts, running, thread_times, threads_used
 from bench.services import Processes, Services, used
 from bench.writer import main as writer_main
 from bench.writer import measure
@@ -256,6 +256,48 @@ def test_cpu_is_counted_per_process_and_a_pid_reused_is_another_process() -> Non
     assert used(before, after) == 0.5 + 0.25 + 0.5
     mine = Processes("target", (os.getpid(),)).read()
     assert list(mine) and all(cpu > 0 for cpu in mine.values()), mine
+
+
+#: /proc/interrupts of a 2-core VM whose disk (virtio1-req.0) raises its interrupts on CPU1
+INTERRUPTS = """           CPU0       CPU1
+  1:          0          9   IO-APIC   1-edge      i8042
+ 32:        177          0  PCI-MSIX-0000:00:01.0   4-edge      virtio0-reporting_vq
+ 36:          0     657732  PCI-MSIX-0000:00:02.0   1-edge      virtio1-req.0
+NMI:          0          0   Non-maskable interrupts
+LOC:    9021311    8802101   Local timer interrupts
+RES:     412001     398880   Rescheduling interrupts
+ERR:          0
+"""
+
+
+def test_the_generator_gets_the_core_the_disk_does_not_interrupt() -> None:
+    """The devices' interrupts are counted per CPU (the kernel's own lines left out), and the target
+    gets the core that takes more of them; with as many on both, the first core."""
+    assert device_interrupts(INTERRUPTS) == {0: 177, 1: 657741}
+    assert device_interrupts("") == {}
+    mine = sorted(os.sched_getaffinity(0))
+    if len(mine) < 2:
+        assert cores(INTERRUPTS) == (None, None)
+        return
+    first, second = mine[:2]
+
+    def columns(a: int, b: int) -> str:  # the disk's interrupts in b's column
+        return INTERRUPTS.replace("CPU0       CPU1", f"CPU{a}       CPU{b}")
+
+    assert cores(columns(first, second)) == (second, first)  # the disk's core is the target's
+    assert cores(columns(second, first)) == (first, second)
+    assert cores("") == (first, second)
+
+
+def test_the_command_writes_each_run_with_the_machine_it_ran_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m bench --only disk``: a JSON line whose ``machine`` names the cores and their devices' interrupts."""
+    out = tmp_path / "runs.jsonl"
+    assert main(["--only", "disk", "--out", str(out)]) == 0
+    (row,) = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    machine = row["machine"]
+    assert {"target_core", "generator_core", "device_interrupts", "build"} <= set(machine), machine
+    assert all(key.startswith("cpu") and n >= 0 for key, n in machine["device_interrupts"].items()), machine
+    assert "results: " + str(out) in capsys.readouterr().out
 
 
 def test_a_process_s_threads_are_told_apart_the_main_one_from_the_others() -> None:
