@@ -50,15 +50,13 @@ def cores(interrupts: str | None = None) -> tuple[int | None, int | None]:
     ``/proc/interrupts``, read when ``None``). The disk's interrupts come with every
     ``fdatasync`` the target makes: on the generator's core they stopped the generator for
     milliseconds at a time, and since it stamps each frame as it reads it, the target's
-    latencies grew with them (bench/README.md, "The generator").
+    latencies grew with them (bench/README.md, "The generator on the disk's core").
     """
     mine = sorted(os.sched_getaffinity(0))
     if len(mine) < 2:
         return None, None
     first, second = mine[0], mine[1]
     counts = device_interrupts(read_interrupts() if interrupts is None else interrupts)
-    if counts.get(first, 0) > counts.get(second, 0):
-        return first, second
     if counts.get(second, 0) > counts.get(first, 0):
         return second, first
     return first, second

@@ -17,7 +17,7 @@ from uvicorn.supervisors import Multiprocess
 
 from .bots import run_bots_command
 from .dbcommand import DB_ACTIONS, run_db
-from .exceptions import SchemaBehind, SchemaError, SettingsError
+from .exceptions import SchemaError, SettingsError
 from .experiments import parse_request, plan
 from .export import FORMATS, TABLES, run_export
 from .frames import WEBSOCKET_OPTIONS
@@ -105,8 +105,16 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
     return 0 if server.started else STARTUP_FAILURE
 
 
-#: the refusals an operator mends (a setting, the database's state), and the module that names them
-_REFUSALS = tuple(f"{cls.__module__}.{cls.__qualname__}: " for cls in (SettingsError, SchemaError, SchemaBehind))
+def _and_subclasses(*classes: type[BaseException]) -> list[type[BaseException]]:
+    found = list(classes)
+    for cls in classes:
+        found += _and_subclasses(*cls.__subclasses__())
+    return found
+
+
+#: the refusals an operator mends (a setting, the database's state, each kind of either), as a
+#: traceback's last line names them
+_REFUSALS = tuple(f"{cls.__module__}.{cls.__qualname__}: " for cls in _and_subclasses(SettingsError, SchemaError))
 
 
 def one_line_refusal(record: logging.LogRecord) -> bool:
