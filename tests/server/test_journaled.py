@@ -17,6 +17,8 @@ import re
 import shutil
 import signal
 import sqlite3
+import sys
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from server.exceptions import SettingsError
 from server.settings import Settings
 from server.storage import Database, EventWriter, NewEvent, Write, insert_experiment
 from server.storage.journal import Journal, scan
+from server.storage.journaled import APPLY_NICE
 from server.storage.recovery import decode, encode
 from tests.server.harness import running_server, timeout, until_state
 from tests.server.test_checkpoint import first_group_and_member
@@ -160,6 +163,25 @@ async def test_an_acknowledged_batch_is_read_back_at_once_and_survives_in_the_jo
     assert upgraded.returncode == 0, upgraded.stderr
     assert "applied 5 writes a server had acknowledged from its journal" in upgraded.stdout
     assert decisions(copy) == acked
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread has a priority of its own on Linux only")
+async def test_the_apply_thread_gives_way_to_the_writer_and_the_loop(tmp_path: Path) -> None:
+    """The apply thread lowers its own priority; the event loop's and the writer's stay the process's."""
+    def nice(thread: threading.Thread | None) -> int:
+        assert thread is not None and thread.native_id is not None
+        return os.getpriority(os.PRIO_PROCESS, thread.native_id)
+
+    own = nice(threading.current_thread())
+    async with storing(tmp_path / "j.db", journal=True, journal_size=SMALL) as first:
+        acked = await first.decide(1.0, "c1")
+        assert await first.stored(tmp_path / "j.db") == {acked[0]: 1.0}  # applied: its thread runs
+        journaled = first.db.journaled
+        assert journaled is not None
+        assert APPLY_NICE > 0 and nice(journaled._thread) == min(19, own + APPLY_NICE)
+        writer = first.db.writer._thread
+        assert nice(writer) == own
+        assert nice(threading.current_thread()) == own
 
 
 async def test_a_torn_last_record_is_dropped_and_the_rest_applied(tmp_path: Path) -> None:
