@@ -40,13 +40,15 @@ GC_THRESHOLD = 10_000
 STARTUP_FAILURE = 3
 
 
-def _prepare(settings: Settings, upgrade: bool) -> str | None:
+def _prepare(settings: Settings, upgrade: bool, *, serving_here: bool) -> str | None:
     """Bring the schema to this synclab's (before the server starts); the token made at the first start, if so.
 
     A new database is made; one that is behind is upgraded with ``--upgrade``, else refused.
+    ``serving_here``: the server runs in this process (one worker), which keeps the SQLite
+    file's lock from the check on (:func:`check_startable`).
     """
     settings.check()
-    check_startable(settings.database_url, settings.journal)
+    check_startable(settings.database_url, settings.journal, keep=serving_here)
     engine = make_engine(settings.database_url)
     try:
         before = prepare_schema(engine, upgrade=upgrade)
@@ -223,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         port = settings.port if args.port is None else args.port
         if not 0 <= port <= 65535:
             raise SettingsError(f"--port: expected a port from 0 to 65535, got {port}")
-        token = _prepare(settings, args.upgrade)
+        token = _prepare(settings, args.upgrade, serving_here=args.workers == 1)
         base = _base_url(args.host, port)
         # the generated token, once, in the fragment: a browser never sends it, so no access log or
         # proxy sees it; SYNCLAB_ADMIN_TOKEN is the operator's own and is never printed

@@ -66,7 +66,14 @@ def lock_database(path: str, *, exclusive: bool, wait: float = LOCK_WAIT) -> int
     the database), exclusive for a journal's (its numbers are its own) and for a recovery. SQLite
     locks the file with ``fcntl`` record locks, which an ``flock`` does not touch. Waits up to
     ``wait`` seconds for another process's recovery, then raises :class:`SettingsError`.
+    The lock :func:`check_startable` kept for this process's server is taken over as it is.
     """
+    kept = _kept.pop(path, None)
+    if kept is not None:
+        fd, kept_exclusive = kept
+        if kept_exclusive == exclusive:
+            return fd
+        os.close(fd)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
@@ -87,17 +94,36 @@ def lock_database(path: str, *, exclusive: bool, wait: float = LOCK_WAIT) -> int
             time.sleep(0.05)
 
 
-def check_startable(url: str, journal: bool) -> None:
+#: the lock :func:`check_startable` kept for this process's own server, by SQLite file: the
+#: descriptor and whether it is exclusive (:func:`lock_database` hands it over)
+_kept: dict[str, tuple[int, bool]] = {}
+
+
+def check_startable(url: str, journal: bool, *, keep: bool = False) -> None:
     """Before a server starts: the lock it will take on its SQLite file is free, and a journal
-    beside it is readable; else the reason in one line (it is taken for good once the server runs)."""
+    beside it is readable; else the reason in one line.
+
+    With ``keep`` the lock stays held until this process's server takes it over (its
+    :class:`.database.Database`), so that no other server starts in between: of two journal
+    servers started at once, the one refused is refused here, before it does anything (makes the
+    first start's token, say). Without, it is let go at once.
+    """
     path = sqlite_file(url)
     if path is None:
         return
     # briefly: a command's recovery holds it for a moment; the server's own lock waits longer
-    os.close(lock_database(path, exclusive=journal, wait=2.0))
-    if os.path.exists(journal_of(path)):
-        with as_schema_error():
-            scan(journal_of(path))
+    fd = lock_database(path, exclusive=journal, wait=2.0)
+    try:
+        if os.path.exists(journal_of(path)):
+            with as_schema_error():
+                scan(journal_of(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    if keep:
+        _kept[path] = (fd, journal)
+    else:
+        os.close(fd)
 
 
 @contextmanager

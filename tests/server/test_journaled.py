@@ -28,7 +28,14 @@ import pytest
 
 from server.exceptions import SettingsError
 from server.settings import Settings
-from server.storage import Database, EventWriter, NewEvent, Write, insert_experiment
+from server.storage import (
+    Database,
+    EventWriter,
+    NewEvent,
+    Write,
+    check_startable,
+    insert_experiment,
+)
 from server.storage.journal import Journal, scan
 from server.storage.journaled import APPLY_NICE
 from server.storage.recovery import decode, encode
@@ -367,6 +374,28 @@ def test_a_second_server_on_a_journal_s_database_is_refused_in_one_line(tmp_path
         assert second.returncode == 2, second.stderr
         assert second.stderr.startswith("synclab: another synclab process has the database"), second.stderr
         assert "Traceback" not in second.stderr
+
+
+def test_a_server_keeps_the_lock_it_checked_so_a_second_started_meanwhile_makes_no_token(tmp_path: Path) -> None:
+    """``synclab serve`` checks the database's lock before it prepares the schema and makes the first
+    start's token, and keeps it until its runtime takes it over: here this process is a server in
+    that window, and another started then is refused before it makes a token (until 2026-12-04 it
+    made one, and whichever of the two lost the lock later had shown it)."""
+    url = f"sqlite:///{tmp_path}/synclab.db"
+    check_startable(url, True, keep=True)
+    second = run(tmp_path, "serve", "--port", str(free_port()), SYNCLAB_JOURNAL="on")
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert second.stderr.startswith("synclab: another synclab process has the database"), second.stderr
+    assert "token" not in second.stdout, second.stdout
+    # the server of this process takes the lock over, without a wait, and holds it alone
+    db = Database(url, journal=True, journal_size=SMALL, lock_wait=0)
+    try:
+        with pytest.raises(SettingsError, match="another synclab process has the database"):
+            Database(url, journal=True, journal_size=SMALL, lock_wait=0)
+    finally:
+        db.close()
+    again = Database(url, journal=True, journal_size=SMALL, lock_wait=0)
+    again.close()
 
 
 async def test_a_server_killed_under_load_keeps_every_acknowledged_write_once_the_journal_is_applied(
