@@ -94,8 +94,10 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
     )
     if workers > 1:  # uvicorn's supervisor: one socket, N processes, each a worker of the cluster
         config.workers = workers
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
-        return 0
+        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        supervisor.run()
+        # a worker that could not start stops the supervisor, which then returns as from a clean stop
+        return STARTUP_FAILURE if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes) else 0
     server = uvicorn.Server(config)
     startup = logging.getLogger("uvicorn.error")
     startup.addFilter(one_line_refusal)

@@ -4,16 +4,19 @@ itself (never the machine's shared ones). Safety first, then everything resumes.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from server.storage import make_engine
 from tests.cluster.harness import Cluster, Participant, ticks
 from tests.cluster.test_cluster import check_the_log, play, settle, split_pair, until
 from tests.conftest import OwnPostgres, OwnRedis
+from tests.server.harness import timeout
 
 
 def health(cluster: Cluster, name: str) -> tuple[int, dict[str, str]]:
@@ -115,3 +118,27 @@ async def test_postgresql_restarted_mid_period_refuses_then_stores_everything_se
     assert sorted((t["kind"], t["index"]) for t in timed) == sorted(
         [("subperiod", i) for i in range(7)] + [("period_end", 0)]
     )
+
+
+def test_serve_with_workers_whose_workers_cannot_start_exits_with_a_startup_failure(
+    postgres_cluster: Cluster, own_postgres: OwnPostgres
+) -> None:
+    """``synclab serve --workers 2``: the database takes no connections once the supervisor has
+    prepared it and before its workers start. A worker's startup fails, uvicorn stops the others,
+    and the command exits 3 (uvicorn's supervisor returns as from a clean stop: until 2026-12-04
+    the command exited 0, and a service manager took the failure for a stop)."""
+    worker = postgres_cluster.start("pair", None, "--workers", "2")
+    deadline = time.monotonic() + timeout(30)
+    while "synclab: monitor at" not in worker.log.read_text(errors="replace"):  # prepared: the workers come next
+        assert time.monotonic() < deadline and worker.alive, postgres_cluster.logs("pair")
+        time.sleep(0.02)
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:{own_postgres.port}/template1", autocommit=True) as admin:
+        admin.execute("ALTER DATABASE postgres ALLOW_CONNECTIONS false")
+    try:
+        status = postgres_cluster.wait("pair", 60)
+    finally:
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{own_postgres.port}/template1", autocommit=True) as admin:
+            admin.execute("ALTER DATABASE postgres ALLOW_CONNECTIONS true")
+    logs = postgres_cluster.logs("pair")
+    assert "is not currently accepting connections" in logs and "failed to start" in logs, logs
+    assert status == 3, logs
