@@ -132,13 +132,17 @@ def test_serve_with_workers_whose_workers_cannot_start_exits_with_a_startup_fail
     while "synclab: monitor at" not in worker.log.read_text(errors="replace"):  # prepared: the workers come next
         assert time.monotonic() < deadline and worker.alive, postgres_cluster.logs("pair")
         time.sleep(0.02)
-    with psycopg.connect(f"postgresql://postgres@127.0.0.1:{own_postgres.port}/template1", autocommit=True) as admin:
-        admin.execute("ALTER DATABASE postgres ALLOW_CONNECTIONS false")
+    connections_allowed(own_postgres, False)
     try:
         status = postgres_cluster.wait("pair", 60)
     finally:
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{own_postgres.port}/template1", autocommit=True) as admin:
-            admin.execute("ALTER DATABASE postgres ALLOW_CONNECTIONS true")
+        connections_allowed(own_postgres, True)
     logs = postgres_cluster.logs("pair")
     assert "is not currently accepting connections" in logs and "failed to start" in logs, logs
     assert status == 3, logs
+
+
+def connections_allowed(server: OwnPostgres, allowed: bool) -> None:
+    """Whether ``server``'s database ``postgres`` takes new connections (those open stay)."""
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:{server.port}/template1", autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE postgres ALLOW_CONNECTIONS {str(allowed).lower()}")
