@@ -75,9 +75,10 @@ async def wait_for_beat(cluster: Cluster, name: str, busy: bool, wait: float) ->
         await asyncio.sleep(0.2)
 
 
-async def pair_through_w1(cluster: Cluster, **body: Any) -> tuple[list[Participant], int, str]:
-    """A new bimatrix pair whose members both connect to w1 only; the pair, its group, its experiment."""
-    exp = await create(cluster, "w2", game="bimatrix", participants=2, group_size=2, period_length=120, **body)
+async def pair_through_w1(cluster: Cluster, via: str = "w2", **body: Any) -> tuple[list[Participant], int, str]:
+    """A new bimatrix pair (its experiment created through worker ``via``) whose members both
+    connect to w1 only; the pair, its group, its experiment."""
+    exp = await create(cluster, via, game="bimatrix", participants=2, group_size=2, period_length=120, **body)
     people = [Participant(p["code"], [cluster.workers["w1"].ws]) for p in exp["participants"]]
     for person in people:
         person.start()
@@ -112,18 +113,19 @@ async def test_a_busy_worker_leaves_new_groups_to_one_that_is_not(cluster: Clust
 
 
 async def test_a_worker_busy_for_seconds_hands_a_group_over_and_its_members_play_on(cluster: Cluster) -> None:
-    """Two pairs on w1 (members only ever through w1), taken while it was calm; then w1 is kept
-    busy: after ``SHED_AFTER`` it hands one group over to w2 (and keeps its last). The moved
-    group's members play on through w1; w2 knows they are connected (no bot plays for them,
-    ``dropout_after`` being 1 s); every acknowledged decision is stored once."""
+    """Two pairs on w1 (members only ever through w1), taken while it was the only worker; then
+    w2 starts and w1 is kept busy: after ``SHED_AFTER`` w1 hands one group over to w2 (and keeps
+    its last). The moved group's members play on through w1; w2 knows they are connected (no bot
+    plays for them, ``dropout_after`` being 1 s); every acknowledged decision is stored once."""
     cluster.env["SYNCLAB_BUSY_LAG"] = str(BUSY_LAG)
-    for name in ("w1", "w2"):
-        cluster.start(name)
-    cluster.healthy("w1", "w2")
-    # calm first, as the docstring says: a worker just started may beat busy once on a loaded machine
-    await wait_for_beat(cluster, "w1", busy=False, wait=10)
-    pairs = [await pair_through_w1(cluster, online={"dropout_after": 1}) for _ in range(2)]
+    # w1 alone takes both groups whatever its lag (with no other worker it serves them itself): on a
+    # loaded machine a worker just started has beaten busy for a moment, and a group went to w2
+    cluster.start("w1")
+    cluster.healthy("w1")
+    pairs = [await pair_through_w1(cluster, via="w1", online={"dropout_after": 1}) for _ in range(2)]
     assert [owner_of(cluster, g) for _, g, _ in pairs] == ["w1", "w1"]
+    cluster.start("w2")
+    cluster.healthy("w2")
     with starved(cluster, "w1"):
         await wait_for_beat(cluster, "w1", busy=True, wait=15)
         await until(lambda: "w2" in [owner_of_or_none(cluster, g) for _, g, _ in pairs], 10 + SHED_AFTER,
