@@ -105,10 +105,19 @@ async def test_a_busy_worker_leaves_new_groups_to_one_that_is_not(cluster: Clust
         frame_id = await people[0].decide(1)
         await until(lambda: frame_id in people[0].acked, 20, "the decision acknowledged")
     assert "went to" in cluster.logs("w1")
-    await wait_for_beat(cluster, "w1", busy=False, wait=15)
-    more, other_group, _ = await pair_through_w1(cluster)
-    assert owner_of(cluster, other_group) == "w1"  # no longer busy: it takes its own again
-    for person in [*people, *more]:
+    # no longer busy: it takes its own again. On a loaded machine its loop may run late for a
+    # moment once more; a group it sends away then is logged as such, and another pair is tried
+    for _ in range(3):
+        await wait_for_beat(cluster, "w1", busy=False, wait=15)
+        more, other_group, _ = await pair_through_w1(cluster)
+        people += more
+        if owner_of(cluster, other_group) == "w1":
+            break
+        whole_log = cluster.workers["w1"].log.read_text(errors="replace")
+        assert f"group {other_group} went to" in whole_log, f"a calm w1 left group {other_group} to w2 unasked"
+    else:
+        raise AssertionError("w1 sent three new groups away after its calm beats")
+    for person in people:
         await person.stop()
 
 
