@@ -101,7 +101,10 @@ export class SynclabSocket {
     this.url = socketUrl(path, options.query || {});
     this.opening = options.opening ?? null;
     this.baseDelay = options.baseDelay ?? 500;
-    this.maxDelay = options.maxDelay ?? 10000;
+    // at most 3 s between attempts: a participant's page away from a server that is back loses
+    // play time every second, and hundreds of pages trying every 1.5-3 s (equal jitter) cost a
+    // server that is down or starting nothing it notices
+    this.maxDelay = options.maxDelay ?? 3000;
     this.pingInterval = options.pingInterval ?? 0;
     this.finalCodes = options.finalCodes ?? FINAL_CLOSE_CODES;
     this.retryDelay = options.retryDelay ?? 500;
