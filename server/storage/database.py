@@ -83,8 +83,9 @@ class Database:
             except BaseException:
                 self._unlock()
                 raise
+            assert self._lock is not None
             self.journaled = JournalFirst(
-                self.engine, opened, self.sqlite_file, apply_every=apply_every, between=self._finish_checkpoint
+                self.engine, opened, self.sqlite_file, self._lock, apply_every=apply_every, between=self._finish_checkpoint
             )
             self.writer = WriterThread(self.journaled.commit, _nothing)
         else:
@@ -228,13 +229,14 @@ class Database:
         first = self.journaled
 
         def recovering() -> int:
-            assert path is not None
+            assert path is not None and self._lock is not None
+            held = self._lock
             if first is not None:
-                return first.job(lambda: recover(self.engine, first.journal, path))
+                return first.job(lambda: recover(self.engine, first.journal, path, held))
             if not os.path.exists(journal_of(path)):
                 return 0
             with as_schema_error(), Journal.open(journal_of(path), wait=True) as journal:
-                return recover(self.engine, journal, path)
+                return recover(self.engine, journal, path, held)
 
         return await self.writer.call(recovering)
 

@@ -76,6 +76,7 @@ class JournalFirst:
         engine: Engine,
         journal: Journal,
         path: str,
+        held: int,
         *,
         apply_every: float = APPLY_EVERY,
         between: Callable[[Connection], None] | None = None,
@@ -83,6 +84,8 @@ class JournalFirst:
         self._engine = engine
         self.journal = journal
         self._path = path
+        #: a descriptor of the database file this process keeps open (see :func:`.recovery.sync_database`)
+        self._held = held
         self._apply_every = apply_every
         self._between = between
         #: each experiment's last ``seq`` handed out; only the writer thread uses it
@@ -171,7 +174,7 @@ class JournalFirst:
         """The journal is full: once all of it is applied and synced, use it again from its start."""
         self.drain()
         with self._writing:
-            sync_database(self._path)
+            sync_database(self._path, self._held)
             self.journal.restart()
 
     def _check(self) -> None:

@@ -145,17 +145,27 @@ def try_lock_database(path: str) -> int | None:
         return None
 
 
-def sync_database(path: str) -> None:
-    """``fsync`` the database file and its write-ahead log: what was committed without a sync is on the disk."""
-    for name in (path + "-wal", path):
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
+def sync_database(path: str, held: int) -> None:
+    """``fsync`` the database file and its write-ahead log: what was committed without a sync is on the disk.
+
+    ``held``: a descriptor of the database file that this process keeps open (its ``flock``'s,
+    :func:`lock_database`). The file is never opened and closed here: closing any descriptor of
+    a file drops every ``fcntl`` lock the process holds on it, SQLite's own among them. Without
+    its shared lock, another process closing its last connection to the database takes it for
+    the last one anywhere, checkpoints and deletes the log under this process's connections,
+    which then write to a log nobody else can see (and read with "disk I/O error"). SQLite locks
+    no byte of the log itself, so the log is opened by name.
+    """
+    try:
+        fd = os.open(path + "-wal", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        pass
+    else:
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+    os.fsync(held)
 
 
 # ---------------------------------------------------------------------------- records
@@ -205,11 +215,12 @@ def unapplied(engine: Engine, journal: Journal) -> list[Record]:
     return [r for r in records if r.end > end]
 
 
-def recover(engine: Engine, journal: Journal, path: str, *, start_over: bool = True) -> int:
+def recover(engine: Engine, journal: Journal, path: str, held: int, *, start_over: bool = True) -> int:
     """Apply what ``journal`` holds past the database's marker, sync, start a new pass; the writes applied.
 
     Each record in a transaction of its own, in order: as the apply thread stored them (a
-    record's writes numbered on top of the one's before it). The database's lock is the caller's.
+    record's writes numbered on top of the one's before it). The database's lock is the caller's:
+    ``held`` its descriptor (:func:`sync_database`).
     With nothing to apply and not ``start_over`` (a command's look), neither file is written.
     A server starts over anyway: the records read at open are let go of.
     """
@@ -224,7 +235,7 @@ def recover(engine: Engine, journal: Journal, path: str, *, start_over: bool = T
             applied += len(writes)
     if records:
         log.warning("synclab: applied %d writes (%d records) from the journal %s", applied, len(records), journal.path)
-    sync_database(path)
+    sync_database(path, held)
     journal.restart()
     return applied
 
@@ -243,10 +254,13 @@ def recover_file(engine: Engine, url: str) -> int | None:
         return None
     try:
         with as_schema_error(), Journal.open(journal_of(path)) as journal:
-            return recover(engine, journal, path, start_over=False)
+            return recover(engine, journal, path, lock, start_over=False)
     except JournalBusy:
         return None
     finally:
+        # the engine's connections first: closing the lock's descriptor drops their fcntl locks
+        # (see sync_database); the command's next read opens new ones
+        engine.dispose()
         os.close(lock)
 
 
