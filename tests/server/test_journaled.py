@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from server.exceptions import SettingsError
@@ -257,7 +258,7 @@ async def test_a_receiver_never_sees_a_decision_the_journal_does_not_hold(sqlite
     """With the journal, stored first means in the journal, synced: every broadcast a member
     receives is there when it arrives (read from the file by itself). The database has it once
     a read asks (the events API), though the apply waits 30 s by itself."""
-    async with running_server(sqlite_url, journal=True, apply_every=30) as server:
+    async with running_server(sqlite_url, journal="on", apply_every=30) as server:
         exp = await server.create(participants=2, group_size=2)
         a, b = [await server.connect(p["code"]) for p in exp["participants"]]
         for client in (a, b):
@@ -374,6 +375,38 @@ def test_a_second_server_on_a_journal_s_database_is_refused_in_one_line(tmp_path
         assert second.returncode == 2, second.stderr
         assert second.stderr.startswith("synclab: another synclab process has the database"), second.stderr
         assert "Traceback" not in second.stderr
+
+
+async def test_another_process_reading_the_database_beside_a_journal_server_sees_what_it_stores(tmp_path: Path) -> None:
+    """Another process opens the database while a journal server runs (``synclab export``, a
+    look with ``sqlite3``) and closes it. Until 2026-12-04 the server's start synced the
+    database through a descriptor opened and closed for it, which dropped every ``fcntl`` lock of
+    its SQLite connections: that process's close then took itself for the last connection,
+    checkpointed and deleted the write-ahead log under the server, whose later writes nobody
+    else saw, and whose reads failed with "disk I/O error"."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    database = tmp_path / "synclab.db"
+    with started(tmp_path, "serve", "--port", str(port), SYNCLAB_JOURNAL="on", SYNCLAB_ADMIN_TOKEN=TOKEN) as server:
+        wait_until_healthy(base)
+        async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"},
+                                     timeout=timeout(5)) as http:
+            for made in range(1, 4):
+                look = sqlite3.connect(database)
+                try:
+                    assert look.execute("SELECT count(*) FROM experiments").fetchone() == (made - 1,)
+                finally:
+                    look.close()  # the last connection anywhere, if the server's locks were gone
+                created = await http.post("/api/experiments", json={"game": "bimatrix", "participants": 2, "group_size": 2})
+                assert created.status_code == 201, created.text
+                listed = await http.get("/api/experiments")
+                assert listed.status_code == 200, listed.text
+            exported = run(tmp_path, "export", created.json()["code"], "--table", "participants")
+            assert exported.returncode == 0, exported.stderr
+            assert len(exported.stdout.splitlines()) == 3  # the header and both participants
+            assert (await http.get(f"/api/experiments/{created.json()['code']}")).status_code == 200
+        assert os.path.exists(str(database) + "-wal"), "the server's log was deleted under it"
+        assert "disk I/O error" not in server.stderr()
 
 
 def test_a_server_keeps_the_lock_it_checked_so_a_second_started_meanwhile_makes_no_token(tmp_path: Path) -> None:
