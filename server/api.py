@@ -288,7 +288,7 @@ async def server_status(request: Request) -> Response:
                    "fenced": rt.writer.fenced, "log_restarts": rt.writer.log_restarts,
                    "commit_ms": rt.writer.commit_ms()},
         "durability": rt.settings.durability,
-        "journal": rt.settings.journal,
+        "journal": rt.settings.journaled,
         "live_groups": len(rt.groups.groups),
         "connections": len(rt.groups.connections),
     }
@@ -523,6 +523,13 @@ def database_error(request: Request, exc: Exception) -> Response:
         message = "the database did not answer; try again"
     log.warning("%s %s: 503, the database could not answer: %s", request.method, request.url.path, str(exc.orig).strip())
     return JSON({"error": message}, status_code=503, headers={"Retry-After": str(RETRY_AFTER)})
+
+
+def storage_halted(request: Request, exc: Exception) -> Response:
+    """503 while the journal cannot be applied (:class:`~server.storage.journaled.ApplyFailed`):
+    nothing is read or stored until it can, which the apply tries every second."""
+    log.warning("%s %s: 503, %s", request.method, request.url.path, exc)
+    return JSON({"error": f"{exc}; try again"}, status_code=503, headers={"Retry-After": str(RETRY_AFTER)})
 
 
 def api_error(request: Request, exc: Exception) -> Response:

@@ -33,6 +33,7 @@ from .monitor import monitor_socket
 from .runtime import Runtime
 from .settings import Settings
 from .storage import load_seat, participant_game, period_history
+from .storage.journaled import ApplyFailed
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -140,7 +141,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         middleware=[Middleware(Authenticate)],
-        exception_handlers={ApiError: api.api_error, NotPersisted: api.api_error, OperationalError: api.database_error},
+        exception_handlers={ApiError: api.api_error, NotPersisted: api.api_error, OperationalError: api.database_error,
+                            ApplyFailed: api.storage_halted},
     )
 
 

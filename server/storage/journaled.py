@@ -25,8 +25,11 @@ What keeps the two in step:
   (:mod:`.recovery`), each record in the order it was acknowledged, then synced.
 - **Reuse.** The journal starts a new pass (:meth:`.journal.Journal.restart`) only once all of
   it is applied and the database's files are synced (:func:`.recovery.sync_database`).
-- **A failed apply halts.** Nothing more is acknowledged or read; the journal keeps what was
-  acknowledged, applied at the next start once the cause is mended.
+- **A failed apply halts.** Nothing more is acknowledged or read (a decision is answered
+  ``not_persisted``, a REST call 503) while the apply is tried again every :data:`RETRY_EVERY`
+  seconds; once it succeeds (a full disk with room again, a lock let go) storage goes on. The
+  journal keeps what was acknowledged meanwhile, applied at the next start if the server stops
+  first.
 
 PostgreSQL keeps the direct writer: its commits are numbered by the database for every worker.
 """
@@ -61,11 +64,15 @@ WATCH_EVERY = 0.5
 #: loop and the writer thread, they run first when they wake, and it still gets a twentieth of the
 #: core when both want all of it (bench/README.md, "The apply thread's priority")
 APPLY_NICE = 10
+#: seconds between tries of an apply that failed (storage halted meanwhile)
+RETRY_EVERY = 1.0
 
 
 
 class ApplyFailed(RuntimeError):
-    """The apply thread could not store what the journal holds: nothing more is taken or read."""
+    """The apply thread could not store what the journal holds: nothing more is taken or read
+    until it can (a decision is answered ``not_persisted`` as after any failed commit, a REST
+    call 503: :func:`server.api.storage_halted`)."""
 
 
 class JournalFirst:
@@ -230,18 +237,45 @@ class JournalFirst:
     def _run(self) -> None:
         lower_priority(APPLY_NICE)
         connection: Connection | None = None
+        #: records whose apply failed: tried again every RETRY_EVERY seconds while storage is halted
+        failed: list[tuple[Record, list[Write]]] | None = None
         try:
-            while (taken := self._take()) is not None:
+            while True:
+                if failed is None:
+                    taken = self._take()
+                    if taken is None:
+                        return
+                elif self._halted_wait():
+                    taken = failed
+                else:
+                    return  # stopping: the journal keeps them for the next start
                 if taken:
-                    if connection is None:
-                        connection = self._engine.connect()
-                        # this connection's commits are not synced one by one: the journal is
-                        connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
-                        connection.commit()
-                    writes = [w for _, ws in taken for w in ws]
-                    with self._writing:
-                        apply_numbered(connection, writes, (MARKER, marker(self.journal, taken[-1][0].end)))
+                    try:
+                        if connection is None:
+                            connection = self._engine.connect()
+                            # this connection's commits are not synced one by one: the journal is
+                            connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
+                            connection.commit()
+                        writes = [w for _, ws in taken for w in ws]
+                        with self._writing:
+                            apply_numbered(connection, writes, (MARKER, marker(self.journal, taken[-1][0].end)))
+                    except Exception as exc:
+                        _dropped(connection)
+                        connection = None
+                        if failed is None:
+                            log.critical(
+                                "synclab: the journal could not be applied to the database; storage halted (tried "
+                                "again every %g s), the journal %s keeps every acknowledged write: %s",
+                                RETRY_EVERY, self.journal.path, exc,
+                            )
+                        failed = taken
+                        self._halt(exc)
+                        continue
+                if failed is not None:
+                    log.warning("synclab: the journal was applied again; storage goes on")
+                    failed = None
                 with self._cond:
+                    self.failed = None
                     self.applied += len(taken)
                     self._cond.notify_all()
                 if self._waiting:  # a read added after this look nudges the thread: its next turn posts
@@ -250,18 +284,26 @@ class JournalFirst:
                     self._between(connection)
         except BaseException as exc:
             log.critical(
-                "synclab: the journal could not be applied to the database; storage halted, the journal %s "
+                "synclab: the journal's apply thread ended; storage halted, the journal %s "
                 "keeps every acknowledged write for the next start: %s", self.journal.path, exc,
             )
-            with self._cond:
-                self.failed = exc
-                self._cond.notify_all()
-            self._post(self._release)
+            self._halt(exc)
         finally:
-            if connection is not None:
-                with contextlib.suppress(Exception):
-                    connection.invalidate()  # not back to the pool: it is not synced per commit
-                    connection.close()
+            _dropped(connection)
+
+    def _halt(self, exc: BaseException) -> None:
+        """Nothing more is acknowledged or read until the apply succeeds; the reads waiting fail."""
+        with self._cond:
+            self.failed = exc
+            self._cond.notify_all()
+        self._post(self._release)
+
+    def _halted_wait(self) -> bool:
+        """While storage is halted: wait before the next try; ``False`` once stopping."""
+        with self._cond:
+            if not self._stopping:
+                self._cond.wait(RETRY_EVERY)
+            return not self._stopping
 
     def _post(self, fn: Callable[[], None]) -> None:
         loop = self._loop
@@ -276,6 +318,14 @@ class JournalFirst:
             self._stopping = True
             self._cond.notify_all()
         self._thread.join()
+
+
+def _dropped(connection: Connection | None) -> None:
+    """Let the apply's connection go, never back to the pool: it is not synced per commit."""
+    if connection is not None:
+        with contextlib.suppress(Exception):
+            connection.invalidate()
+            connection.close()
 
 
 def lower_priority(by: int) -> None:

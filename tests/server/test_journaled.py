@@ -340,6 +340,63 @@ async def test_a_failed_apply_halts_storage_and_keeps_the_journal(tmp_path: Path
         assert len(journal.records()) == 1
 
 
+async def test_storage_halted_by_a_failed_apply_goes_on_once_the_apply_succeeds(sqlite_url: str) -> None:
+    """The events table renamed away under a journal server: a decision is acknowledged and heard
+    (it is stored: the journal holds it synced), its apply fails, and storage halts. A REST call
+    is a 503 that says why, the next decision is answered ``not_persisted`` and heard by nobody.
+    The table back, the apply's next try (every second) stores what the journal held, and
+    storage goes on: the refused decision sent again is stored, nothing twice."""
+    async with running_server(sqlite_url, journal="on") as server:
+        exp = await server.create(participants=2, group_size=2)
+        a, b = [await server.connect(p["code"]) for p in exp["participants"]]
+        for client in (a, b):
+            await until_state(client, "period_start")
+        a_code = exp["participants"][0]["code"]
+        events_url = f"/api/experiments/{exp['code']}/events"
+        look = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=timeout(10))
+        try:
+            look.execute("ALTER TABLE events RENAME TO events_away")
+            look.commit()
+            await a.send("decisions", 0.3, frame_id="journaled")
+            assert (await a.expect("ack"))["payload"]["id"] == "journaled"
+            await heard(b, a_code, 0.3)
+            halted = await server.http.get(events_url)  # waits for the apply, which fails
+            assert halted.status_code == 503, halted.text
+            assert halted.json()["error"].startswith("storage halted: the journal could not be applied")
+            assert halted.headers["retry-after"] == "5"
+            await a.send("decisions", 0.9, frame_id="lost")
+            refused = await a.expect("error")
+            assert (refused["payload"]["code"], refused["payload"]["id"]) == ("not_persisted", "lost")
+            assert await b.silent(0.5), "the other member heard a decision that was not stored"
+            look.execute("ALTER TABLE events_away RENAME TO events")
+            look.commit()
+        finally:
+            look.close()
+        answered: list[int] = []
+
+        async def events_answer() -> None:
+            answered.append((await server.http.get(events_url)).status_code)
+
+        async with asyncio.timeout(timeout(10)):
+            while not answered or answered[-1] != 200:
+                await asyncio.sleep(0.1)
+                await events_answer()
+        assert set(answered) <= {200, 503}, answered
+        await a.send("decisions", 0.9, frame_id="lost")
+        assert (await a.expect("ack"))["payload"]["id"] == "lost"
+        await heard(b, a_code, 0.9)
+        stored = await server.events(exp["code"])
+        assert [e["value"] for e in stored if e["channel"] == "decisions"] == [0.3, 0.9]
+        assert [e["seq"] for e in stored] == list(range(1, len(stored) + 1))
+
+
+async def heard(client: Any, member: str, value: float) -> None:
+    """Until ``client`` is sent a ``group_decisions`` with ``member``'s decision at ``value``."""
+    async with asyncio.timeout(timeout(5)):
+        while (await client.expect("group_decisions"))["payload"][member] != value:
+            pass
+
+
 async def test_a_killed_server_s_acknowledged_decisions_are_verified_exported_and_kept(tmp_path: Path) -> None:
     """A real ``synclab serve`` with the journal, an apply every 30 s, SIGKILL after the last ack:
     the database does not hold them; ``synclab verify`` applies the journal first and finds every
