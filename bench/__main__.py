@@ -90,9 +90,10 @@ def matrix(duration: float, idle: int, scale: float = 1.0) -> list[Case]:
         Case("server-monitor-2000", "server", Load(n(400), 4, 5.0, duration, monitor=True)),
         # SYNCLAB_DURABILITY=crash: commits not synced one by one (nor waited for company)
         Case("server-crash-2000", "server", Load(n(400), 4, 5.0, duration), env=(("SYNCLAB_DURABILITY", "crash"),)),
-        # SYNCLAB_JOURNAL=on: acknowledged once in the journal, synced; applied to SQLite after
-        Case("server-journal-2000", "server", Load(n(400), 4, 5.0, duration), env=(("SYNCLAB_JOURNAL", "on"),)),
-        Case("server-journal-3000", "server", Load(n(600), 4, 5.0, duration), env=(("SYNCLAB_JOURNAL", "on"),)),
+        # SYNCLAB_JOURNAL=off: the direct commit, each batch synced into SQLite before it is
+        # acknowledged (the default before 2026-12-04's fourth session; the journal's is ``server-2000``)
+        Case("server-direct-2000", "server", Load(n(400), 4, 5.0, duration), env=(("SYNCLAB_JOURNAL", "off"),)),
+        Case("server-direct-3000", "server", Load(n(600), 4, 5.0, duration), env=(("SYNCLAB_JOURNAL", "off"),)),
         Case("ticks-1000", "server", Load(n(200), 4, 5.0, duration, subperiod=0.5)),
         Case("idle", "server", idle=max(2, int(idle * scale) // 2 * 2)),
         Case("server-pg-2000", "server", Load(n(400), 4, 5.0, duration), database="postgres"),
@@ -366,21 +367,21 @@ def verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
         if ratios:
             out.append(f"INFO   server-crash-2000 CPU per decision over relay-2000's: {statistics.median(ratios):.2f}x "
                        f"(median of {', '.join(f'{r:.2f}' for r in ratios)})")
-    journaled = by.get("server-journal-2000")
-    if journaled is not None and journaled.get("latency_ms"):  # the same targets, with SYNCLAB_JOURNAL=on
-        server_run("server-journal-2000 (SYNCLAB_JOURNAL=on): 2,000", journaled)
-        pairs = p99_pairs(rows, "relay-fsync-2000", "server-journal-2000")
+    direct = by.get("server-direct-2000")
+    if direct is not None and direct.get("latency_ms"):  # the same targets, with SYNCLAB_JOURNAL=off
+        server_run("server-direct-2000 (SYNCLAB_JOURNAL=off): 2,000", direct)
+        pairs = p99_pairs(rows, "relay-fsync-2000", "server-direct-2000")
         if pairs:
             ratio, got = p99_ratio(pairs)
-            check("server-journal-2000 p99 <= 2x relay-fsync-2000's", ratio <= 2, got, *[run for pair in pairs for run in pair])
-        ratios = cpu_ratios(rows, "relay-fsync-2000", "server-journal-2000")
+            check("server-direct-2000 p99 <= 2x relay-fsync-2000's", ratio <= 2, got, *[run for pair in pairs for run in pair])
+        ratios = cpu_ratios(rows, "relay-fsync-2000", "server-direct-2000")
         if ratios:
             ratio = statistics.median(ratios)
-            out.append(f"{'MET   ' if ratio <= 1.5 else 'MISSED'} server-journal-2000 CPU per decision <= 1.5x "
+            out.append(f"{'MET   ' if ratio <= 1.5 else 'MISSED'} server-direct-2000 CPU per decision <= 1.5x "
                        f"relay-fsync-2000's: {ratio:.2f}x (median of {', '.join(f'{r:.2f}' for r in ratios)}, each from one repeat)")
-    big_journaled = by.get("server-journal-3000")
-    if big_journaled is not None and big_journaled.get("latency_ms"):
-        server_run("server-journal-3000 (SYNCLAB_JOURNAL=on): 3,000", big_journaled)
+    big_direct = by.get("server-direct-3000")
+    if big_direct is not None and big_direct.get("latency_ms"):
+        server_run("server-direct-3000 (SYNCLAB_JOURNAL=off): 3,000", big_direct)
     idle = by.get("idle")
     if idle is not None:
         check(f"{idle['wanted']} idle connections held", idle["held"] == idle["wanted"], str(idle["held"]))
@@ -465,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--idle", type=int, default=10_000, help="idle connections to hold (default 10000)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply participant counts (e.g. 0.1 for a quick look)")
     parser.add_argument("--only", help="comma-separated run names (disk,relay-1000,server-1000,relay-2000,relay-fsync-2000,"
-                        "relay-fsync-frames-2000,server-2000,server-3000,server-monitor-2000,server-crash-2000,server-journal-2000,server-journal-3000,ticks-1000,idle,server-pg-2000,cluster-2000)")
+                        "relay-fsync-frames-2000,server-2000,server-3000,server-monitor-2000,server-crash-2000,server-direct-2000,server-direct-3000,ticks-1000,idle,server-pg-2000,cluster-2000)")
     parser.add_argument("--out", help="JSON lines file (default bench/results/<timestamp>.jsonl)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the target and the generator to cores")
     parser.add_argument("--cluster-pin", choices=("target", "none"), default="target",

@@ -32,8 +32,7 @@ from .exceptions import ApiError, NotPersisted
 from .monitor import monitor_socket
 from .runtime import Runtime
 from .settings import Settings
-from .storage import load_seat, participant_game, period_history
-from .storage.journaled import ApplyFailed
+from .storage import ApplyFailed, load_seat, participant_game, period_history
 
 STATIC = Path(__file__).resolve().parent / "static"
 

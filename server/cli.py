@@ -48,7 +48,7 @@ def _prepare(settings: Settings, upgrade: bool, *, serving_here: bool) -> str | 
     file's lock from the check on (:func:`check_startable`).
     """
     settings.check()
-    check_startable(settings.database_url, settings.journal, keep=serving_here)
+    check_startable(settings.database_url, settings.journaled, keep=serving_here)
     engine = make_engine(settings.database_url)
     try:
         before = prepare_schema(engine, upgrade=upgrade)

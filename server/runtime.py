@@ -59,7 +59,7 @@ class Runtime:
             stall_timeout=settings.lease_seconds,
             lock_timeout=settings.lock_timeout,
             synced=settings.durability == "power-loss",
-            journal=settings.journal,
+            journal=settings.journaled,
             apply_every=settings.apply_every,
         )
         try:
@@ -85,7 +85,7 @@ class Runtime:
         if generated is not None:  # the only time it can be shown: the database keeps its hash
             log.warning("synclab: generated the experimenter token %s (the account 'admin'; shown once)", generated)
         writer = EventWriter(
-            database, max_batch=settings.writer_max_batch, commit_delay=settings.commit_delay, delivering=corked
+            database, max_batch=settings.writer_max_batch, commit_delay=settings.group_commit_wait, delivering=corked
         )
         writer.start()
         node = Node(settings, database) if settings.clustered else None

@@ -54,15 +54,16 @@ def _durability(env: dict[str, str]) -> str:
     return raw
 
 
-def _switch(env: dict[str, str], name: str, default: bool) -> bool:
-    raw = (env.get(name) or "").strip().lower()
-    if raw == "":
-        return default
-    if raw in ("on", "1", "true", "yes"):
-        return True
-    if raw in ("off", "0", "false", "no"):
-        return False
-    raise SettingsError(f"{name}: expected on or off, got {env.get(name)!r}")
+#: the values of ``SYNCLAB_JOURNAL``
+JOURNAL_CHOICES = ("auto", "on", "off")
+
+
+def _journal(env: dict[str, str]) -> str:
+    raw = (env.get("SYNCLAB_JOURNAL") or "auto").strip().lower()
+    raw = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}.get(raw, raw)
+    if raw not in JOURNAL_CHOICES:
+        raise SettingsError(f"SYNCLAB_JOURNAL: expected one of {', '.join(JOURNAL_CHOICES)}, got {env.get('SYNCLAB_JOURNAL')!r}")
+    return raw
 
 
 def _database_url(env: dict[str, str]) -> str:
@@ -96,12 +97,14 @@ class Settings:
     #: once a second, so a power loss may take the last second's)
     durability: str = "power-loss"
     #: seconds the writer waits before a commit while writes stream in (a batch had company):
-    #: a group commit, fewer and larger transactions under load; 0 commits each batch at once
-    commit_delay: float = 0.001
+    #: a group commit, fewer and larger transactions under load; 0 commits each batch at once;
+    #: ``None``: the default that goes with the writer (see :attr:`group_commit_wait`)
+    commit_delay: float | None = None
     #: SQLite: acknowledge a batch once it is in a journal synced to the disk, and apply it to the
     #: database a few milliseconds later on a thread of its own (``server.storage.journaled``);
-    #: as durable as the direct commit, one process per database file
-    journal: bool = False
+    #: as durable as the direct commit, one process per database file. ``"auto"``: wherever it can
+    #: be (see :attr:`journaled`); ``"on"`` refuses a database it cannot serve; ``"off"``
+    journal: str = "auto"
     #: with the journal: seconds the apply gathers acknowledged batches before it stores them in
     #: one transaction (a read or a job that needs them has them applied at once)
     apply_every: float = 0.01
@@ -134,6 +137,32 @@ class Settings:
         """Several processes or hosts through Redis (``REDIS_URL`` set)."""
         return self.redis_url is not None
 
+    @property
+    def journal_fits(self) -> bool:
+        """The journal can serve this database: one process on a SQLite file, every commit synced."""
+        url = make_url(self.database_url)
+        path = url.database or ""
+        return (
+            url.get_backend_name() == "sqlite" and path not in ("", ":memory:") and not path.startswith("file:")
+            and self.redis_url is None and self.durability == "power-loss"
+        )
+
+    @property
+    def journaled(self) -> bool:
+        """Whether this server stores through the journal (``SYNCLAB_JOURNAL``, ``auto`` resolved)."""
+        return self.journal == "on" or (self.journal == "auto" and self.journal_fits)
+
+    @property
+    def group_commit_wait(self) -> float:
+        """``commit_delay``, or its default: 1 ms for synced commits, none for the journal's appends.
+
+        A journal's append is one write and one sync of a few hundred bytes a decision, and a
+        commit that is not synced costs little: too cheap to wait for company.
+        """
+        if self.commit_delay is not None:
+            return self.commit_delay
+        return 0.0 if self.journaled else DURABILITIES[self.durability]
+
     def check(self) -> None:
         """Refuse what the server cannot run with: one line saying why (:class:`SettingsError`)."""
         if self.durability == "crash" and make_url(self.database_url).get_backend_name() != "sqlite":
@@ -149,10 +178,9 @@ class Settings:
                 "REDIS_URL is set but DATABASE_URL is SQLite: a cluster's workers share one PostgreSQL "
                 "database (DATABASE_URL=postgresql://…); unset REDIS_URL to run one process on SQLite"
             )
-        if self.journal and (
-            make_url(self.database_url).get_backend_name() != "sqlite" or self.redis_url is not None
-            or self.durability != "power-loss"
-        ):
+        if self.journal not in JOURNAL_CHOICES:
+            raise SettingsError(f"SYNCLAB_JOURNAL: expected one of {', '.join(JOURNAL_CHOICES)}, got {self.journal!r}")
+        if self.journal == "on" and not self.journal_fits:
             raise SettingsError(
                 "SYNCLAB_JOURNAL=on is for one process on a SQLite file with SYNCLAB_DURABILITY=power-loss "
                 "(PostgreSQL and a cluster keep the direct commit); unset it"
@@ -168,7 +196,7 @@ class Settings:
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = _environ() if env is None else env
         durability = _durability(env)
-        journal = _switch(env, "SYNCLAB_JOURNAL", False)
+        journal = _journal(env)
         return cls(
             database_url=_database_url(env),
             redis_url=env.get("REDIS_URL") or None,
@@ -180,10 +208,9 @@ class Settings:
             send_queue_frames=int(_number(env, "SYNCLAB_SEND_QUEUE", 2048, minimum=16)),
             writer_max_batch=int(_number(env, "SYNCLAB_WRITER_MAX_BATCH", 2000, minimum=1)),
             durability=durability,
-            # a journal's append is one write and one sync of a few hundred bytes a decision:
-            # too cheap to wait for company, as a commit that is not synced
-            commit_delay=_number(
-                env, "SYNCLAB_COMMIT_DELAY", 0.0 if journal else DURABILITIES[durability], minimum=0, maximum=0.1
+            commit_delay=(
+                None if not env.get("SYNCLAB_COMMIT_DELAY")
+                else _number(env, "SYNCLAB_COMMIT_DELAY", 0.0, minimum=0, maximum=0.1)
             ),
             journal=journal,
             apply_every=_number(env, "SYNCLAB_APPLY_EVERY", 0.01, minimum=0.001, maximum=60),

@@ -93,8 +93,16 @@ async def server(sqlite_url: str) -> AsyncIterator[Harness]:
 
 @pytest.fixture
 async def any_server(database_url: str) -> AsyncIterator[Harness]:
-    """A real server, once on SQLite and once on PostgreSQL."""
+    """A real server, once on SQLite (with the journal, its default) and once on PostgreSQL."""
     async with running_server(database_url) as harness:
+        yield harness
+
+
+@pytest.fixture
+async def direct_server(database_url: str) -> AsyncIterator[Harness]:
+    """A real server whose writer commits each batch to the database before it acknowledges it
+    (``SYNCLAB_JOURNAL=off``, PostgreSQL's only writer), once on SQLite and once on PostgreSQL."""
+    async with running_server(database_url, journal="off") as harness:
         yield harness
 
 

@@ -85,6 +85,7 @@ from .deliveries import (
     next_delivery_at,
 )
 from .engine import make_engine, normalise_url
+from .journaled import ApplyFailed
 from .leftover import (
     close_connections_left_open,
     close_connections_of,
@@ -167,6 +168,7 @@ __all__ = [
     "ROLES",
     "STATUSES",
     "WRITER_NAME",
+    "ApplyFailed",
     "Arrival",
     "Claimed",
     "ConnectionChange",

@@ -678,24 +678,24 @@ async def test_a_server_without_a_configured_token_accepts_its_generated_one_acr
 
 
 async def test_an_experiment_created_behind_a_failed_batch_is_refused_with_503_and_the_error_body(
-    any_server: Harness, database_url: str
+    direct_server: Harness, database_url: str
 ) -> None:
     """POST /api/experiments queued behind a batch that fails is a 503 ``{"error": ...}``; the next POST works."""
-    first = await any_server.create()
-    row = await any_server.runtime.database.read(experiment_row, first["code"])
+    first = await direct_server.create()
+    row = await direct_server.runtime.database.read(experiment_row, first["code"])
     assert row is not None
     failures: list[NotPersisted] = []
     broken = Write(row["id"], [NewEvent("decisions", 1, time.time(), group_id=999_999)])  # no such group
     body = {"game": "bimatrix", "participants": 2, "group_size": 2}
     with holding_writes(database_url):  # the broken batch waits in the database while the POST queues its insert
-        any_server.runtime.writer.submit(broken, lambda _: pytest.fail("a broken write was stored"), failures.append)
-        refused = asyncio.ensure_future(any_server.http.post("/api/experiments", json=body))
-        await until_queued(any_server.runtime.database, 1)
+        direct_server.runtime.writer.submit(broken, lambda _: pytest.fail("a broken write was stored"), failures.append)
+        refused = asyncio.ensure_future(direct_server.http.post("/api/experiments", json=body))
+        await until_queued(direct_server.runtime.database, 1)
     response = await asyncio.wait_for(refused, timeout(10))
     assert response.status_code == 503, response.text
     assert response.headers["content-type"] == "application/json"
     assert response.json() == {"error": "not run: it was queued behind a batch that could not be stored"}
     assert len(failures) == 1
-    listed = (await any_server.http.get("/api/experiments")).json()
+    listed = (await direct_server.http.get("/api/experiments")).json()
     assert [e["code"] for e in listed["results"]] == [first["code"]], "nothing of the refused POST was stored"
-    assert (await any_server.http.post("/api/experiments", json=body)).status_code == 201
+    assert (await direct_server.http.post("/api/experiments", json=body)).status_code == 201

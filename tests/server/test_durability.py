@@ -45,12 +45,17 @@ TOKEN = "durability-token"
 
 def test_every_commit_is_synced_unless_crash_is_asked_for_and_a_bad_value_is_refused() -> None:
     default = Settings.from_env({})
-    assert (default.durability, default.commit_delay) == ("power-loss", 0.001)
+    # on SQLite the journal's appends, each synced, too cheap to wait for company
+    assert (default.durability, default.journaled, default.group_commit_wait) == ("power-loss", True, 0.0)
+    direct = Settings.from_env({"SYNCLAB_JOURNAL": "off"})
+    assert (direct.durability, direct.journaled, direct.group_commit_wait) == ("power-loss", False, 0.001)
+    on_postgres = Settings.from_env({"DATABASE_URL": "postgresql://127.0.0.1/test"})
+    assert (on_postgres.journaled, on_postgres.group_commit_wait) == (False, 0.001)
     crash = Settings.from_env({"SYNCLAB_DURABILITY": "crash"})
     # a commit that is not synced costs too little to wait for company
-    assert (crash.durability, crash.commit_delay) == ("crash", 0.0)
+    assert (crash.durability, crash.journaled, crash.group_commit_wait) == ("crash", False, 0.0)
     waits = Settings.from_env({"SYNCLAB_DURABILITY": "crash", "SYNCLAB_COMMIT_DELAY": "0.002"})
-    assert waits.commit_delay == 0.002
+    assert waits.group_commit_wait == 0.002
     with pytest.raises(SettingsError, match=r"SYNCLAB_DURABILITY: expected one of power-loss, crash, got 'fast'"):
         Settings.from_env({"SYNCLAB_DURABILITY": "fast"})
 

@@ -459,9 +459,10 @@ async def test_an_export_of_a_row_read_before_periods_ended_and_started_is_the_r
         await until_state(client, "period_start")
     h1 = group_now(first)
 
-    row = experiment_row(engine, code)
+    # through the server's reads, which wait for the journal's apply (SQLite's default)
+    row = await server.runtime.database.read(experiment_row, code)
     assert row is not None
-    before = exported(engine, row)  # nothing runs now: as stored, which is as of last_seq
+    before = await server.runtime.database.read(exported, row)  # nothing runs now: as stored, as of last_seq
 
     # after the row is read: group 2 ends (block 0 is done), its members' h2 starts, h1 ends
     await end_group(server, code, g2)
@@ -473,7 +474,7 @@ async def test_an_export_of_a_row_read_before_periods_ended_and_started_is_the_r
     for client in ones:
         await until_state(client, "period_end")
 
-    after = exported(engine, row)
+    after = await server.runtime.database.read(exported, row)
     for name, data in before.items():
         assert after[name] == data, name
     assert await streamed(server.runtime.database, row) == before["document"]

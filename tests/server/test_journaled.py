@@ -51,13 +51,28 @@ from tests.server.test_shutdown import TOKEN as LOAD_TOKEN
 SMALL = 64 * 1024
 
 
-def test_the_journal_is_off_by_default_and_only_for_one_process_on_sqlite() -> None:
-    assert Settings.from_env({}).journal is False
+def test_the_journal_is_on_by_default_for_one_process_on_a_sqlite_file_and_only_there() -> None:
+    assert Settings.from_env({}).journaled is True
+    assert Settings().journaled is True  # by hand as from the environment: sqlite:///./synclab.db
+    for env in (
+        {"DATABASE_URL": "sqlite://"},  # in memory: nothing to recover, nobody else to read
+        {"DATABASE_URL": "sqlite:///file:x?mode=memory&uri=true"},
+        {"DATABASE_URL": "postgresql://127.0.0.1/test"},
+        {"DATABASE_URL": "postgresql://127.0.0.1/test", "REDIS_URL": "redis://127.0.0.1:6379/0"},
+        {"SYNCLAB_DURABILITY": "crash"},
+        {"SYNCLAB_JOURNAL": "off"},
+        {"SYNCLAB_JOURNAL": "0"},
+    ):
+        settings = Settings.from_env(env)
+        settings.check()
+        assert settings.journaled is False, env
     on = Settings.from_env({"SYNCLAB_JOURNAL": "on", "SYNCLAB_APPLY_EVERY": "0.05"})
-    assert (on.journal, on.apply_every) == (True, 0.05)
+    assert (on.journal, on.journaled, on.apply_every) == ("on", True, 0.05)
     on.check()
-    with pytest.raises(SettingsError, match=r"SYNCLAB_JOURNAL: expected on or off, got 'maybe'"):
+    with pytest.raises(SettingsError, match=r"SYNCLAB_JOURNAL: expected one of auto, on, off, got 'maybe'"):
         Settings.from_env({"SYNCLAB_JOURNAL": "maybe"})
+    with pytest.raises(SettingsError, match=r"SYNCLAB_JOURNAL: expected one of auto, on, off, got 'yes please'"):
+        Settings(journal="yes please").check()
     for env in (
         {"DATABASE_URL": "postgresql://127.0.0.1/test"},
         {"DATABASE_URL": "postgresql://127.0.0.1/test", "REDIS_URL": "redis://127.0.0.1:6379/0"},
@@ -462,7 +477,7 @@ async def test_another_process_reading_the_database_beside_a_journal_server_sees
             assert exported.returncode == 0, exported.stderr
             assert len(exported.stdout.splitlines()) == 3  # the header and both participants
             assert (await http.get(f"/api/experiments/{created.json()['code']}")).status_code == 200
-        assert os.path.exists(str(database) + "-wal"), "the server's log was deleted under it"
+        assert (tmp_path / "synclab.db-wal").exists(), "the server's log was deleted under it"
         assert "disk I/O error" not in server.stderr()
 
 

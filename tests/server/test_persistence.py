@@ -56,10 +56,10 @@ async def _start(harness: Harness, exp: dict[str, Any]) -> list[Client]:
     return clients
 
 
-async def test_a_receiver_never_sees_a_decision_that_is_not_stored(any_server: Harness, database_url: str) -> None:
+async def test_a_receiver_never_sees_a_decision_that_is_not_stored(direct_server: Harness, database_url: str) -> None:
     """Every broadcast a member receives is already in the database when it arrives."""
-    exp = await any_server.create(participants=2, group_size=2)
-    a, b = await _start(any_server, exp)
+    exp = await direct_server.create(participants=2, group_size=2)
+    a, b = await _start(direct_server, exp)
     engine = make_engine(database_url)
     try:
         for i in range(30):
@@ -78,11 +78,11 @@ async def test_a_receiver_never_sees_a_decision_that_is_not_stored(any_server: H
 
 
 async def test_a_failed_commit_broadcasts_nothing_and_answers_with_an_error(
-    any_server: Harness, database_url: str
+    direct_server: Harness, database_url: str
 ) -> None:
     """With the events table gone, a decision is refused, nobody hears it, and nothing changes."""
-    exp = await any_server.create(participants=2, group_size=2)
-    a, b = await _start(any_server, exp)
+    exp = await direct_server.create(participants=2, group_size=2)
+    a, b = await _start(direct_server, exp)
     a_code = exp["participants"][0]["code"]
     await b.expect("group_decisions")
     engine = make_engine(database_url)
@@ -105,7 +105,7 @@ async def test_a_failed_commit_broadcasts_nothing_and_answers_with_an_error(
         assert (await b.expect("group_decisions"))["payload"][a_code] == 0.9
     finally:
         engine.dispose()
-    stored = await any_server.events(exp["code"])
+    stored = await direct_server.events(exp["code"])
     decisions = [e["value"] for e in stored if e["channel"] == "decisions"]
     assert decisions == [0.2, 0.9]
     assert [e["seq"] for e in stored] == list(range(1, len(stored) + 1))

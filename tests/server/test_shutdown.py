@@ -115,9 +115,12 @@ async def test_closing_waits_for_the_writes_queued_behind_a_held_commit_and_stor
 async def test_past_the_shutdown_timeout_the_queued_writes_are_refused_and_counted_and_the_held_commit_stored(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """SYNCLAB_SHUTDOWN_TIMEOUT passed: the commit under way still finishes; the rest is refused and logged."""
+    """SYNCLAB_SHUTDOWN_TIMEOUT passed: the commit under way still finishes; the rest is refused and logged.
+
+    The direct writer, whose commit the held transaction holds (the journal's append is not).
+    """
     experiment_id = _new_experiment(database_url)
-    rt = await Runtime.open(Settings(database_url=database_url, admin_token=TOKEN, shutdown_timeout=0.3))
+    rt = await Runtime.open(Settings(database_url=database_url, admin_token=TOKEN, shutdown_timeout=0.3, journal="off"))
     outcomes = Outcomes()
     closing: asyncio.Future[None] | None = None
     try:
@@ -242,9 +245,10 @@ async def test_a_sigterm_under_load_loses_no_acknowledged_write_and_the_process_
 
     ``commit-held``: another transaction holds the database from just before the signal until a
     second after the sockets closed, so the frames under way and the connections' closes wait in
-    the writer's queue at shutdown: the server must wait for them and store them all.
+    the writer's queue at shutdown: the server must wait for them and store them all. The direct
+    writer then, whose commits the held transaction holds (the journal's appends are not).
     """
-    await stopped_under_load(tmp_path, database_url, held)
+    await stopped_under_load(tmp_path, database_url, held, **({"SYNCLAB_JOURNAL": "off"} if held else {}))
 
 
 async def test_a_sigterm_under_load_with_the_journal_applies_everything_before_it_exits(
