@@ -58,6 +58,12 @@ def _durability(env: dict[str, str]) -> str:
 JOURNAL_CHOICES = ("auto", "on", "off")
 
 
+def journal_supported() -> bool:
+    """The system has the calls the journal makes (``fdatasync``, ``preadv``: Linux, the BSDs;
+    not macOS, where ``SYNCLAB_JOURNAL=auto`` keeps the direct commit)."""
+    return hasattr(os, "fdatasync") and hasattr(os, "preadv")
+
+
 def _journal(env: dict[str, str]) -> str:
     raw = (env.get("SYNCLAB_JOURNAL") or "auto").strip().lower()
     raw = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}.get(raw, raw)
@@ -139,12 +145,13 @@ class Settings:
 
     @property
     def journal_fits(self) -> bool:
-        """The journal can serve this database: one process on a SQLite file, every commit synced."""
+        """The journal can serve this database: one process on a SQLite file, every commit synced,
+        on a system with the calls the journal makes (:func:`journal_supported`)."""
         url = make_url(self.database_url)
         path = url.database or ""
         return (
             url.get_backend_name() == "sqlite" and path not in ("", ":memory:") and not path.startswith("file:")
-            and self.redis_url is None and self.durability == "power-loss"
+            and self.redis_url is None and self.durability == "power-loss" and journal_supported()
         )
 
     @property
@@ -184,6 +191,8 @@ class Settings:
             raise SettingsError(
                 "SYNCLAB_JOURNAL=on is for one process on a SQLite file with SYNCLAB_DURABILITY=power-loss "
                 "(PostgreSQL and a cluster keep the direct commit); unset it"
+                if journal_supported() else
+                "SYNCLAB_JOURNAL=on needs os.fdatasync and os.preadv, which this system lacks; unset it"
             )
         if self.redis_url is not None and 0 < self.lock_timeout <= self.lease_seconds:
             raise SettingsError(
