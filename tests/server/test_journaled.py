@@ -73,6 +73,13 @@ def test_the_journal_is_on_by_default_for_one_process_on_a_sqlite_file_and_only_
         Settings.from_env({"SYNCLAB_JOURNAL": "maybe"})
     with pytest.raises(SettingsError, match=r"SYNCLAB_JOURNAL: expected one of auto, on, off, got 'yes please'"):
         Settings(journal="yes please").check()
+    for env in (
+        {"DATABASE_URL": "postgresql://127.0.0.1/test"},
+        {"DATABASE_URL": "postgresql://127.0.0.1/test", "REDIS_URL": "redis://127.0.0.1:6379/0"},
+        {"SYNCLAB_DURABILITY": "crash"},
+    ):
+        with pytest.raises(SettingsError, match=r"SYNCLAB_JOURNAL=on is for one process on a SQLite file"):
+            Settings.from_env({"SYNCLAB_JOURNAL": "on", **env}).check()
 
 
 def test_a_system_without_the_journal_s_calls_keeps_the_direct_commit(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,13 +89,6 @@ def test_a_system_without_the_journal_s_calls_keeps_the_direct_commit(monkeypatc
     Settings.from_env({}).check()
     with pytest.raises(SettingsError, match=r"SYNCLAB_JOURNAL=on needs os.fdatasync and os.preadv"):
         Settings.from_env({"SYNCLAB_JOURNAL": "on"}).check()
-    for env in (
-        {"DATABASE_URL": "postgresql://127.0.0.1/test"},
-        {"DATABASE_URL": "postgresql://127.0.0.1/test", "REDIS_URL": "redis://127.0.0.1:6379/0"},
-        {"SYNCLAB_DURABILITY": "crash"},
-    ):
-        with pytest.raises(SettingsError, match=r"SYNCLAB_JOURNAL=on is for one process on a SQLite file"):
-            Settings.from_env({"SYNCLAB_JOURNAL": "on", **env}).check()
 
 
 def test_a_record_holds_the_writes_as_they_were_numbered() -> None:
