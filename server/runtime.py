@@ -61,6 +61,7 @@ class Runtime:
             synced=settings.durability == "power-loss",
             journal=settings.journaled,
             apply_every=settings.apply_every,
+            journal_size=settings.journal_size,
         )
         try:
             # a new database is made; one that is behind is refused (synclab db upgrade)

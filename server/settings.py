@@ -111,6 +111,8 @@ class Settings:
     #: as durable as the direct commit, one process per database file. ``"auto"``: wherever it can
     #: be (see :attr:`journaled`); ``"on"`` refuses a database it cannot serve; ``"off"``
     journal: str = "auto"
+    #: with the journal: its file's size in bytes, written once (zeros) and reused pass after pass
+    journal_size: int = 64 * 1024 * 1024
     #: with the journal: seconds the apply gathers acknowledged batches before it stores them in
     #: one transaction (a read or a job that needs them has them applied at once)
     apply_every: float = 0.01
@@ -223,6 +225,7 @@ class Settings:
             ),
             journal=journal,
             apply_every=_number(env, "SYNCLAB_APPLY_EVERY", 0.01, minimum=0.001, maximum=60),
+            journal_size=int(_number(env, "SYNCLAB_JOURNAL_SIZE", 64, minimum=1, maximum=65536)) * 1024 * 1024,
             shutdown_timeout=_number(env, "SYNCLAB_SHUTDOWN_TIMEOUT", 30.0, minimum=0, maximum=24 * 3600),
             cluster_name=_name(env, "SYNCLAB_CLUSTER", "synclab"),
             lease_seconds=_number(env, "SYNCLAB_LEASE_SECONDS", 3.0, minimum=0.5, maximum=60),

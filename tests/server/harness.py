@@ -141,6 +141,7 @@ class Harness:
 async def running_server(database_url: str, *, ws: Any = None, **settings: Any) -> AsyncIterator[Harness]:
     """A server of the app on a free port; ``ws``: uvicorn's WebSocket protocol, if not ``synclab serve``'s."""
     settings.setdefault("admin_token", TOKEN)
+    settings.setdefault("journal_size", 4 * 1024 * 1024)  # the default's 64 MiB, per test, added up to GBs
     app = create_app(Settings(database_url=database_url, **settings))
     options = {**WEBSOCKET_OPTIONS, **({"ws": ws} if ws is not None else {})}
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", **options)

@@ -36,6 +36,9 @@ CLEARED = (
     "SYNCLAB_WRITER_MAX_BATCH",
     "SYNCLAB_SHUTDOWN_TIMEOUT",
 )
+#: MiB of a test server's journal: the default's 64, written at the first start, made a whole
+#: suite write about 25 GB
+TEST_JOURNAL_MB = "4"
 PARTICIPANT_LINK = re.compile(r"^\s+(\S+): (http://\S+/p/([A-Za-z0-9_-]+))$")
 #: the monitor's link; the token, when one was generated, in the fragment (never sent to the server)
 MONITOR_LINE = re.compile(r"monitor at (http://\S+/monitor)(?:#token=([A-Za-z0-9_-]+))?$")
@@ -55,6 +58,7 @@ def environment(tmp_path: Path, **values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in CLEARED}
     env["DATABASE_URL"] = f"sqlite:///{tmp_path}/synclab.db"
     env["PYTHONUNBUFFERED"] = "1"
+    env["SYNCLAB_JOURNAL_SIZE"] = TEST_JOURNAL_MB
     env.update(values)
     return env
 
