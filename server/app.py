@@ -7,6 +7,7 @@ build their own with :func:`create_app`.
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,7 +29,7 @@ from groups.registry import BUNDLED
 from . import api, export, join, openapi, redaction
 from .accounts import Authenticate
 from .connection import REDWOOD, SYNCLAB, serve
-from .exceptions import ApiError, NotPersisted
+from .exceptions import ApiError, NotPersisted, one_line_refusal
 from .monitor import monitor_socket
 from .runtime import Runtime
 from .settings import Settings
@@ -145,4 +146,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
 
 
+# every process that serves the app (``synclab serve``, each worker of ``--workers N``, plain
+# ``uvicorn server.app:app``) logs a refusal at its startup in one line, not as a traceback
+logging.getLogger("uvicorn.error").addFilter(one_line_refusal)
 app = create_app()

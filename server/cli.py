@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import logging
 import math
 import signal
 import sys
@@ -99,45 +98,11 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
         # a worker that could not start stops the supervisor, which then returns as from a clean stop
         return STARTUP_FAILURE if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes) else 0
     server = uvicorn.Server(config)
-    startup = logging.getLogger("uvicorn.error")
-    startup.addFilter(one_line_refusal)
-    try:
-        with _stopped_by_signals(server):
-            server.run()
-    finally:
-        startup.removeFilter(one_line_refusal)
+    # a refusal at the app's startup is logged in one line: server.app's import sees to it, in
+    # this process and in each of a cluster's workers (exceptions.one_line_refusal)
+    with _stopped_by_signals(server):
+        server.run()
     return 0 if server.started else STARTUP_FAILURE
-
-
-def _and_subclasses(*classes: type[BaseException]) -> list[type[BaseException]]:
-    found = list(classes)
-    for cls in classes:
-        found += _and_subclasses(*cls.__subclasses__())
-    return found
-
-
-#: the refusals an operator mends (a setting, the database's state, each kind of either), as a
-#: traceback's last line names them
-_REFUSALS = tuple(f"{cls.__module__}.{cls.__qualname__}: " for cls in _and_subclasses(SettingsError, SchemaError))
-
-
-def one_line_refusal(record: logging.LogRecord) -> bool:
-    """A startup that fails on a refusal (:data:`_REFUSALS`) is logged as its message, not a traceback.
-
-    ``synclab serve`` checks what it can before uvicorn starts (:func:`_prepare`) and refuses
-    there in one line; what changes in between (another process takes the database's lock) is
-    found when the lifespan opens the runtime, and Starlette reports a failed startup as the
-    traceback's text. A refusal's last line is all the operator needs; any other failure keeps
-    its traceback.
-    """
-    text = record.msg
-    if isinstance(text, str) and text.startswith("Traceback") and not record.args:
-        last = text.rstrip().rpartition("\n")[2]
-        for prefix in _REFUSALS:
-            if last.startswith(prefix):
-                record.msg = f"synclab: {last[len(prefix):]}"
-                break
-    return True
 
 
 @contextlib.contextmanager

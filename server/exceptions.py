@@ -21,6 +21,7 @@ Pure-core refusals (:class:`groups.RefusedAction`) become ``error`` frames with 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 # WebSocket close codes (RFC 6455 and the 4000-4999 private range).
@@ -123,3 +124,35 @@ class NotAuthority(Unavailable):
 
 #: ``error`` codes of a frame not stored now that may be stored later: the client sends it again
 RETRY_CODES = frozenset({NotPersisted.code, Unavailable.code})
+
+
+def _and_subclasses(*classes: type[BaseException]) -> list[type[BaseException]]:
+    found = list(classes)
+    for cls in classes:
+        found += _and_subclasses(*cls.__subclasses__())
+    return found
+
+
+def _refusals() -> tuple[str, ...]:
+    """The refusals an operator mends (a setting, the database's state, each kind of either, those
+    defined in other modules too), as a traceback's last line names them."""
+    return tuple(f"{cls.__module__}.{cls.__qualname__}: " for cls in _and_subclasses(SettingsError, SchemaError))
+
+
+def one_line_refusal(record: logging.LogRecord) -> bool:
+    """A startup that fails on a refusal (:func:`_refusals`) is logged as its message, not a traceback.
+
+    ``synclab serve`` checks what it can before uvicorn starts (``server.cli._prepare``) and refuses
+    there in one line; what changes in between (another process takes the database's lock) is
+    found when the lifespan opens the runtime, and Starlette reports a failed startup as the
+    traceback's text. A refusal's last line is all the operator needs; any other failure keeps
+    its traceback.
+    """
+    text = record.msg
+    if isinstance(text, str) and text.startswith("Traceback") and not record.args:
+        last = text.rstrip().rpartition("\n")[2]
+        for prefix in _refusals():
+            if last.startswith(prefix):
+                record.msg = f"synclab: {last[len(prefix):]}"
+                break
+    return True

@@ -410,3 +410,23 @@ def test_a_refusal_found_only_once_uvicorn_has_started_is_one_line_too(tmp_path:
     assert "Traceback" not in result.stderr, result.stderr
     refusal = [line for line in result.stderr.splitlines() if "synclab:" in line]
     assert len(refusal) == 1 and "journal" in refusal[0], result.stderr
+
+
+def test_a_process_that_serves_the_app_without_the_cli_logs_a_refusal_at_startup_in_one_line(tmp_path: Path) -> None:
+    """Plain ``uvicorn server.app:app``, as each worker of ``serve --workers N`` is (a process of
+    its own that imports the app): a setting refused at the app's startup is one line, exit 3.
+    Until 2026-12-04 only ``serve``'s own process logged it so; a cluster's workers, and this,
+    logged the traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "server.app:app", "--host", "127.0.0.1", "--port", "0"],
+        cwd=tmp_path,
+        env=environment(tmp_path, SYNCLAB_JOURNAL="on", DATABASE_URL="sqlite://"),
+        capture_output=True,
+        text=True,
+        timeout=timeout(30),
+        check=False,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    refusal = [line for line in result.stderr.splitlines() if "synclab:" in line]
+    assert len(refusal) == 1 and "SYNCLAB_JOURNAL=on is for one process on a SQLite file" in refusal[0], result.stderr
