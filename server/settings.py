@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from .exceptions import SettingsError
+from .storage import DEFAULT_JOURNAL_SIZE, sqlite_file
 
 
 def _environ() -> dict[str, str]:
@@ -53,6 +54,8 @@ def _durability(env: dict[str, str]) -> str:
         raise SettingsError(f"SYNCLAB_DURABILITY: expected one of {', '.join(DURABILITIES)}, got {raw!r}")
     return raw
 
+
+MIB = 1024 * 1024
 
 #: the values of ``SYNCLAB_JOURNAL``
 JOURNAL_CHOICES = ("auto", "on", "off")
@@ -112,7 +115,7 @@ class Settings:
     #: be (see :attr:`journaled`); ``"on"`` refuses a database it cannot serve; ``"off"``
     journal: str = "auto"
     #: with the journal: its file's size in bytes, written once (zeros) and reused pass after pass
-    journal_size: int = 64 * 1024 * 1024
+    journal_size: int = DEFAULT_JOURNAL_SIZE
     #: with the journal: seconds the apply gathers acknowledged batches before it stores them in
     #: one transaction (a read or a job that needs them has them applied at once)
     apply_every: float = 0.01
@@ -149,11 +152,9 @@ class Settings:
     def journal_fits(self) -> bool:
         """The journal can serve this database: one process on a SQLite file, every commit synced,
         on a system with the calls the journal makes (:func:`journal_supported`)."""
-        url = make_url(self.database_url)
-        path = url.database or ""
         return (
-            url.get_backend_name() == "sqlite" and path not in ("", ":memory:") and not path.startswith("file:")
-            and self.redis_url is None and self.durability == "power-loss" and journal_supported()
+            sqlite_file(self.database_url) is not None and self.redis_url is None
+            and self.durability == "power-loss" and journal_supported()
         )
 
     @property
@@ -225,7 +226,7 @@ class Settings:
             ),
             journal=journal,
             apply_every=_number(env, "SYNCLAB_APPLY_EVERY", 0.01, minimum=0.001, maximum=60),
-            journal_size=int(_number(env, "SYNCLAB_JOURNAL_SIZE", 64, minimum=1, maximum=65536)) * 1024 * 1024,
+            journal_size=int(_number(env, "SYNCLAB_JOURNAL_SIZE", DEFAULT_JOURNAL_SIZE // MIB, minimum=1, maximum=65536)) * MIB,
             shutdown_timeout=_number(env, "SYNCLAB_SHUTDOWN_TIMEOUT", 30.0, minimum=0, maximum=24 * 3600),
             cluster_name=_name(env, "SYNCLAB_CLUSTER", "synclab"),
             lease_seconds=_number(env, "SYNCLAB_LEASE_SECONDS", 3.0, minimum=0.5, maximum=60),

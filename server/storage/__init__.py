@@ -85,6 +85,7 @@ from .deliveries import (
     next_delivery_at,
 )
 from .engine import make_engine, normalise_url
+from .journal import DEFAULT_SIZE as DEFAULT_JOURNAL_SIZE
 from .journaled import ApplyFailed
 from .leftover import (
     close_connections_left_open,
@@ -107,7 +108,7 @@ from .outcomes import (
     session_results,
     session_row,
 )
-from .recovery import check_startable, reading, recover_file
+from .recovery import check_startable, reading, recover_file, sqlite_file
 from .schema import (
     BASELINE,
     SchemaState,
@@ -162,6 +163,7 @@ __all__ = [
     "BASELINE",
     "BOT",
     "COMMIT_BUCKET_NAMES",
+    "DEFAULT_JOURNAL_SIZE",
     "FINAL_STATUSES",
     "FIRST_TOKEN",
     "NO_GROUP",
@@ -284,6 +286,7 @@ __all__ = [
     "sessions",
     "set_experiment_status",
     "set_statuses",
+    "sqlite_file",
     "stored_meta",
     "ticks",
     "to_datetime",

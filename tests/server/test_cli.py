@@ -397,19 +397,7 @@ def test_a_refusal_found_only_once_uvicorn_has_started_is_one_line_too(tmp_path:
     (tmp_path / "synclab.db.synclab-journal").write_bytes(b"not a journal" * 400)
     serve = "from server.cli import _serve; from server.settings import Settings; " \
         "raise SystemExit(_serve(Settings.from_env(), '127.0.0.1', 0, 1))"
-    result = subprocess.run(
-        [sys.executable, "-c", serve],
-        cwd=tmp_path,
-        env=environment(tmp_path, SYNCLAB_JOURNAL="on"),
-        capture_output=True,
-        text=True,
-        timeout=timeout(30),
-        check=False,
-    )
-    assert result.returncode == 3, result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    refusal = [line for line in result.stderr.splitlines() if "synclab:" in line]
-    assert len(refusal) == 1 and "journal" in refusal[0], result.stderr
+    assert "journal" in refused_at_startup(tmp_path, ["-c", serve], SYNCLAB_JOURNAL="on")
 
 
 def test_a_process_that_serves_the_app_without_the_cli_logs_a_refusal_at_startup_in_one_line(tmp_path: Path) -> None:
@@ -417,10 +405,17 @@ def test_a_process_that_serves_the_app_without_the_cli_logs_a_refusal_at_startup
     its own that imports the app): a setting refused at the app's startup is one line, exit 3.
     Until 2026-12-04 only ``serve``'s own process logged it so; a cluster's workers, and this,
     logged the traceback."""
+    uvicorn = ["-m", "uvicorn", "server.app:app", "--host", "127.0.0.1", "--port", "0"]
+    refusal = refused_at_startup(tmp_path, uvicorn, SYNCLAB_JOURNAL="on", DATABASE_URL="sqlite://")
+    assert "SYNCLAB_JOURNAL=on is for one process on a SQLite file" in refusal
+
+
+def refused_at_startup(tmp_path: Path, args: list[str], **env: str) -> str:
+    """``python ARGS`` (a server) exits 3 with one ``synclab:`` line and no traceback: that line."""
     result = subprocess.run(
-        [sys.executable, "-m", "uvicorn", "server.app:app", "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, *args],
         cwd=tmp_path,
-        env=environment(tmp_path, SYNCLAB_JOURNAL="on", DATABASE_URL="sqlite://"),
+        env=environment(tmp_path, **env),
         capture_output=True,
         text=True,
         timeout=timeout(30),
@@ -429,4 +424,5 @@ def test_a_process_that_serves_the_app_without_the_cli_logs_a_refusal_at_startup
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     refusal = [line for line in result.stderr.splitlines() if "synclab:" in line]
-    assert len(refusal) == 1 and "SYNCLAB_JOURNAL=on is for one process on a SQLite file" in refusal[0], result.stderr
+    assert len(refusal) == 1, result.stderr
+    return refusal[0]
