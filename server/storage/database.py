@@ -24,7 +24,15 @@ from .batch import commit_writes
 from .engine import make_engine
 from .journal import DEFAULT_SIZE, Journal
 from .journaled import APPLY_EVERY, JournalFirst
-from .recovery import LOCK_WAIT, as_schema_error, journal_of, lock_database, recover, sqlite_file
+from .recovery import (
+    LOCK_WAIT,
+    as_schema_error,
+    journal_of,
+    lock_database,
+    mend_header,
+    recover,
+    sqlite_file,
+)
 from .thread import WriterThread
 from .writes import Write
 
@@ -79,7 +87,7 @@ class Database:
                 raise SettingsError("SYNCLAB_JOURNAL=on is for a SQLite file at SYNCLAB_DURABILITY=power-loss")
             try:
                 with as_schema_error():
-                    opened = Journal.open(journal_of(self.sqlite_file), size=journal_size)
+                    opened = Journal.open(journal_of(self.sqlite_file), size=journal_size, mend=mend_header(self.engine))
             except BaseException:
                 self._unlock()
                 raise
@@ -235,7 +243,7 @@ class Database:
                 return first.job(lambda: recover(self.engine, first.journal, path, held))
             if not os.path.exists(journal_of(path)):
                 return 0
-            with as_schema_error(), Journal.open(journal_of(path), wait=True) as journal:
+            with as_schema_error(), Journal.open(journal_of(path), wait=True, mend=mend_header(self.engine)) as journal:
                 return recover(self.engine, journal, path, held)
 
         return await self.writer.call(recovering)

@@ -20,7 +20,10 @@ journal has been applied and synced elsewhere, ``restart`` begins a new pass fro
 new pass number and a new random salt in the header, so the old records still on disk no longer
 match and are never read as new. A crash before the new header is synced leaves the old pass in
 place: its records are the ones applied already, which the caller's marker of how far it
-applied (``server.storage.journaled``) skips.
+applied (``server.storage.journaled``) skips. A header whose checksum or values are wrong (a
+torn write, a flipped bit) is :class:`DamagedHeader`: every record carries its pass's salt under
+its own checksum, so the first whole record tells the salt, and the caller that knows how far
+the records were applied tells the pass (``Journal.open``'s ``mend``).
 
 One process owns the file: ``open`` takes an exclusive ``flock`` and a second owner, in this
 process or another, gets JournalBusy. ``scan`` reads without the lock (a command that looks).
@@ -34,6 +37,7 @@ import secrets
 import struct
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 HEADER_SIZE = 4096
@@ -60,6 +64,17 @@ class JournalBusy(JournalError):
     """Another owner (this process or another) holds the journal's lock."""
 
 
+class DamagedHeader(JournalError):
+    """The header is a synclab journal's of this version, but its checksum or values are wrong
+    (a torn write, a flipped bit). ``first_salt``: the salt the first record carries, when that
+    record is whole (its checksum covers its salt), else ``None``: the records' pass is known
+    by it, not by the header (see :meth:`Journal.open`'s ``mend``)."""
+
+    def __init__(self, message: str, first_salt: int | None) -> None:
+        super().__init__(message)
+        self.first_salt = first_salt
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     """One valid record: its pass, where it starts and ends in the file, its payload."""
@@ -75,7 +90,7 @@ def _header(pass_: int, salt: int) -> bytes:
     return (head + _CRC.pack(zlib.crc32(head))).ljust(HEADER_SIZE, b"\0")
 
 
-def _new_salt(old: int = 0) -> int:
+def new_salt(old: int = 0) -> int:
     # never 0 (zeros are what an unwritten file holds), never the pass before's
     while True:
         salt = secrets.randbits(32)
@@ -120,7 +135,7 @@ def _parse(path: str, data: bytearray) -> tuple[int, int, list[Record]] | None:
     _, _, pass_, salt = _HEAD.unpack_from(data)
     (crc,) = _CRC.unpack_from(data, _HEAD.size)
     if crc != zlib.crc32(data[: _HEAD.size]) or pass_ < 1 or salt == 0:
-        raise JournalError(f"journal {path}: the header is damaged (checksum or values)")
+        raise DamagedHeader(f"journal {path}: the header is damaged (checksum or values)", _first_salt(data))
     records: list[Record] = []
     pos = HEADER_SIZE
     with memoryview(data) as view:
@@ -137,6 +152,18 @@ def _parse(path: str, data: bytearray) -> tuple[int, int, list[Record]] | None:
     return pass_, salt, records
 
 
+def _first_salt(data: bytearray) -> int | None:
+    """The salt of the record right after the header, if it is whole: its checksum is over that salt."""
+    if len(data) < HEADER_SIZE + _RECORD.size:
+        return None
+    length, salt, crc = _RECORD.unpack_from(data, HEADER_SIZE)
+    end = HEADER_SIZE + _RECORD.size + length
+    if salt == 0 or not 0 < length <= MAX_RECORD or end > len(data):
+        return None
+    with memoryview(data) as view:
+        return salt if _record_crc(salt, view[HEADER_SIZE + _RECORD.size : end]) == crc else None
+
+
 def _create(path: str, fd: int, size: int) -> tuple[int, int]:
     """Write the file full of zeros, then the header of pass 1: its (pass, salt)."""
     os.ftruncate(fd, 0)  # whatever a cut-short creation left, start from nothing
@@ -151,7 +178,7 @@ def _create(path: str, fd: int, size: int) -> tuple[int, int]:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    salt = _new_salt()
+    salt = new_salt()
     os.pwrite(fd, _header(1, salt), 0)
     os.fdatasync(fd)
     return 1, salt
@@ -177,11 +204,22 @@ class Journal:
         self._mutex = threading.Lock()
 
     @classmethod
-    def open(cls, path: str, *, size: int = DEFAULT_SIZE, wait: bool = False) -> Journal:
+    def open(
+        cls,
+        path: str,
+        *,
+        size: int = DEFAULT_SIZE,
+        wait: bool = False,
+        mend: Callable[[DamagedHeader], tuple[int, int]] | None = None,
+    ) -> Journal:
         """Open (or create, ``size`` bytes) and lock the journal; its valid records in records().
 
         JournalBusy when another owner holds it (``wait``: until it is released); JournalError
-        for a bad header, which is never overwritten: an operator must look.
+        for a header that is not this version's synclab journal's, which is never overwritten:
+        an operator must look. A :class:`DamagedHeader` is raised too, unless ``mend`` is given:
+        it returns the (pass, salt) the header had (told by the records' salt and by whoever
+        applied them: ``server.storage.recovery.mend_header``), which is written and synced in
+        its place before the records are read.
         """
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -190,7 +228,16 @@ class Journal:
             except BlockingIOError:
                 raise JournalBusy(f"journal {path} is locked: another process uses it") from None
             data = _read_all(fd)
-            parsed = _parse(path, data)
+            try:
+                parsed = _parse(path, data)
+            except DamagedHeader as damaged:
+                if mend is None:
+                    raise
+                header = _header(*mend(damaged))
+                os.pwrite(fd, header, 0)
+                os.fdatasync(fd)
+                data[:HEADER_SIZE] = header
+                parsed = _parse(path, data)
             if parsed is None:
                 pass_, salt = _create(path, fd, size)
                 records: list[Record] = []
@@ -257,7 +304,7 @@ class Journal:
         """Begin a new pass at the top; the caller has applied and synced every record."""
         with self._mutex:
             fd = self._usable()
-            pass_, salt = self._pass + 1, _new_salt(self._salt)
+            pass_, salt = self._pass + 1, new_salt(self._salt)
             try:
                 os.pwrite(fd, _header(pass_, salt), 0)  # the meaningful bytes are one sector
                 os.fdatasync(fd)

@@ -11,11 +11,12 @@ read as well.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import orjson
@@ -26,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..exceptions import SchemaError, SettingsError
 from .batch import apply_numbered
 from .engine import make_engine
-from .journal import Journal, JournalBusy, JournalError, Record, scan
+from .journal import DamagedHeader, Journal, JournalBusy, JournalError, Record, new_salt, scan
 from .schema import schema_state
 from .tables import meta
 from .writes import ConnectionChange, GroupUpdate, NewEvent, NewResult, NewTick, Write
@@ -115,7 +116,7 @@ def check_startable(url: str, journal: bool, *, keep: bool = False) -> None:
     fd = lock_database(path, exclusive=journal, wait=2.0)
     try:
         if os.path.exists(journal_of(path)):
-            with as_schema_error():
+            with as_schema_error(), contextlib.suppress(DamagedHeader):  # the server's start mends it
                 scan(journal_of(path))
     except BaseException:
         os.close(fd)
@@ -202,17 +203,68 @@ def marker(journal: Journal, end: int) -> str:
     return f"{journal.pass_}:{journal.salt}:{end}"
 
 
-def unapplied(engine: Engine, journal: Journal) -> list[Record]:
-    """The records of the journal's pass that the database does not hold (past its marker)."""
+def stored_marker(engine: Engine) -> tuple[int, int, int] | None:
+    """The database's marker: (pass, salt, end) of the journal it holds applied; ``None`` if none."""
     with engine.connect() as conn:
         stored = conn.execute(select(meta.c.value).where(meta.c.key == MARKER)).scalar()
+    if stored is None:
+        return None
+    pass_, salt, end = (int(part) for part in str(stored).split(":"))
+    return pass_, salt, end
+
+
+def unapplied(engine: Engine, journal: Journal) -> list[Record]:
+    """The records of the journal's pass that the database does not hold (past its marker)."""
+    stored = stored_marker(engine)
     records = journal.records()
     if stored is None:
         return records
-    pass_, salt, end = (int(part) for part in str(stored).split(":"))
+    pass_, salt, end = stored
     if (pass_, salt) != (journal.pass_, journal.salt):  # a later pass, or a journal made anew
         return records
     return [r for r in records if r.end > end]
+
+
+def mend_header(engine: Engine) -> Callable[[DamagedHeader], tuple[int, int]]:
+    """How :meth:`.journal.Journal.open` rebuilds a damaged header (a torn write, a flipped bit)
+    from the records and the database, rather than refuse to start until an operator looks.
+
+    A header holds only its pass and the salt its records carry. The first record, whole, tells
+    the salt (its checksum covers it); the database's marker tells the pass when it is of that
+    salt, and recovery then applies what lies past the marker, as ever. A salt not the marker's
+    is a pass the database holds nothing of (a pass starts only once the one before is applied):
+    it becomes the pass after the marker's, and every record is applied. No whole first record:
+    no records, and a new pass begins. A database without a marker (or without its tables yet)
+    has applied nothing.
+    """
+
+    def mend(damaged: DamagedHeader) -> tuple[int, int]:
+        try:
+            stored = stored_marker(engine)
+        except SQLAlchemyError:
+            stored = None  # no tables yet: nothing applied
+        salt = damaged.first_salt
+        if stored is not None and salt == stored[1]:
+            pass_ = stored[0]
+        else:
+            pass_ = 1 if stored is None else stored[0] + 1
+            if salt is None:
+                salt = new_salt(0 if stored is None else stored[1])
+        if stored is None:
+            told = "the database has applied no journal"
+        elif pass_ == stored[0]:
+            told = f"the database has applied it up to byte {stored[2]}"
+        else:
+            told = f"the database has applied up to pass {stored[0]}"
+        log.warning(
+            "synclab: %s; rebuilt as pass %d, %s (%s)",
+            damaged, pass_,
+            "its records' salt read from the first" if damaged.first_salt is not None else "a new salt (no whole record)",
+            told,
+        )
+        return pass_, salt
+
+    return mend
 
 
 def recover(engine: Engine, journal: Journal, path: str, held: int, *, start_over: bool = True) -> int:
@@ -253,7 +305,7 @@ def recover_file(engine: Engine, url: str) -> int | None:
     if lock is None:
         return None
     try:
-        with as_schema_error(), Journal.open(journal_of(path)) as journal:
+        with as_schema_error(), Journal.open(journal_of(path), mend=mend_header(engine)) as journal:
             return recover(engine, journal, path, lock, start_over=False)
     except JournalBusy:
         return None

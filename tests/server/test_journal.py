@@ -21,6 +21,7 @@ from server.storage import journal as journal_module
 from server.storage.journal import (
     HEADER_SIZE,
     VERSION,
+    DamagedHeader,
     Journal,
     JournalBusy,
     JournalError,
@@ -265,6 +266,42 @@ def test_a_damaged_header_is_refused(tmp_path: Path) -> None:
     # a valid header of our own making works, and its records are read with its salt
     path.write_bytes(header(pass_=3, salt=7).ljust(SIZE, b"\0"))
     assert scan(str(path)) == (3, [])
+
+
+def test_a_damaged_header_is_mended_as_told_and_the_records_read_with_it(tmp_path: Path) -> None:
+    """``mend`` is told the salt the first whole record carries (it decides the pass: see
+    ``server.storage.recovery.mend_header``); the header it returns is written and synced."""
+    path = journal_at(tmp_path)
+    appended = filled(path, b"one", b"two")
+    with Journal.open(str(path), size=SIZE) as journal:
+        pass_, salt = journal.pass_, journal.salt
+    write_at(path, 10, b"\x09")  # the pass number, under the checksum
+    told: list[int | None] = []
+
+    def mend(damaged: DamagedHeader) -> tuple[int, int]:
+        told.append(damaged.first_salt)
+        return pass_, salt
+
+    with pytest.raises(DamagedHeader):
+        scan(str(path))
+    with Journal.open(str(path), size=SIZE, mend=mend) as journal:
+        assert [r.payload for r in journal.records()] == [b"one", b"two"]
+        assert (journal.pass_, journal.salt, journal.offset) == (pass_, salt, appended[-1].end)
+    assert told == [salt]
+    assert scan(str(path)) == (pass_, appended)  # whole again on the disk: no mend needed
+    # a wrong salt reads no record (the records are never taken for another pass's)
+    write_at(path, 10, b"\x09")
+    with Journal.open(str(path), size=SIZE, mend=lambda damaged: (pass_ + 1, salt ^ 1)) as journal:
+        assert journal.records() == []
+    # no whole first record: nothing tells a salt
+    empty = tmp_path / "empty"
+    filled(empty)
+    write_at(empty, 10, b"\x09")
+    write_at(empty, HEADER_SIZE, struct.pack("<III", 3, 5, 0) + b"abc")  # a record whose checksum is wrong
+    told.clear()
+    with Journal.open(str(empty), size=SIZE, mend=mend) as journal:
+        assert journal.records() == []
+    assert told == [None]
 
 
 @pytest.mark.parametrize("length", [0, 100, HEADER_SIZE, SIZE])

@@ -197,6 +197,65 @@ async def test_an_acknowledged_batch_is_read_back_at_once_and_survives_in_the_jo
     assert decisions(copy) == acked
 
 
+def damage_header(database: Path) -> None:
+    """Change the pass number in the header of ``database``'s journal, under its checksum."""
+    with open(f"{database}.synclab-journal", "r+b") as file:
+        file.seek(10)
+        file.write(b"\x09")
+
+
+async def test_a_damaged_journal_header_is_rebuilt_and_nothing_acknowledged_is_lost_or_applied_twice(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A torn or damaged header is rebuilt from the records' salt and the database's marker, at
+    a server's start and before a command reads: until 2026-12-04 it was refused until an operator looked."""
+    path = tmp_path / "j.db"
+    async with storing(path, journal=True, journal_size=SMALL, apply_every=3600) as first:
+        # a pass the database holds nothing of: every record is applied
+        acked = {(await first.decide(float(i), f"c{i}"))[0]: float(i) for i in range(3)}
+        copy_database(path, tmp_path / "none-applied")
+        copy_database(path, tmp_path / "none-applied-command")
+        # part of the pass applied (a read applies what came before it): the rest only
+        assert await first.stored(path) == acked
+        acked |= {(await first.decide(float(i), f"c{i}"))[0]: float(i) for i in range(3, 5)}
+        assert sorted(acked) == [1, 2, 3, 4, 5]
+        copy_database(path, tmp_path / "some-applied")
+        copy_database(path, tmp_path / "served")
+    for where, before in (("none-applied", {}), ("some-applied", {1: 0.0, 2: 1.0, 3: 2.0})):
+        copy = tmp_path / where / "j.db"
+        assert decisions(copy) == before
+        damage_header(copy)
+        with caplog.at_level("WARNING", logger="synclab.journal"):
+            async with storing(copy, first, journal=True, journal_size=SMALL) as again:
+                expected = {seq: value for seq, value in acked.items() if where == "some-applied" or seq <= 3}
+                assert await again.db.recover() == len(expected) - len(before)  # as a server's start does
+                assert await again.stored(copy) == expected
+                assert await again.decide(9.0, "after") == [max(expected) + 1]
+        assert "the header is damaged (checksum or values); rebuilt as pass" in caplog.text
+        caplog.clear()
+    # and a command's read of a database no server holds
+    copy = tmp_path / "none-applied-command" / "j.db"
+    damage_header(copy)
+    look = sqlite3.connect(copy)
+    try:
+        (code,) = look.execute("SELECT code FROM experiments").fetchone()
+    finally:
+        look.close()
+    exported = run(tmp_path, "export", code, "--table", "events", DATABASE_URL=f"sqlite:///{copy}")
+    assert exported.returncode == 0, exported.stderr
+    assert decisions(copy) == {1: 0.0, 2: 1.0, 3: 2.0}
+    assert "rebuilt as pass" in exported.stderr
+    # and a real server's start (its check before the start lets a damaged header by)
+    copy = tmp_path / "served" / "j.db"
+    damage_header(copy)
+    port = free_port()
+    with started(tmp_path, "serve", "--port", str(port), DATABASE_URL=f"sqlite:///{copy}") as server:
+        assert wait_until_healthy(f"http://127.0.0.1:{port}").status_code == 200
+        assert "rebuilt as pass" in server.stderr()
+        assert "applied 2 writes" in server.stderr()
+    assert decisions(copy) == acked
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread has a priority of its own on Linux only")
 async def test_the_apply_thread_gives_way_to_the_writer_and_the_loop(tmp_path: Path) -> None:
     """The apply thread lowers its own priority; the event loop's and the writer's stay the process's."""
