@@ -67,11 +67,15 @@ def journal_supported() -> bool:
     return hasattr(os, "fdatasync") and hasattr(os, "preadv")
 
 
+def _journal_refused(given: object) -> SettingsError:
+    return SettingsError(f"SYNCLAB_JOURNAL: expected one of {', '.join(JOURNAL_CHOICES)}, got {given!r}")
+
+
 def _journal(env: dict[str, str]) -> str:
     raw = (env.get("SYNCLAB_JOURNAL") or "auto").strip().lower()
     raw = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}.get(raw, raw)
     if raw not in JOURNAL_CHOICES:
-        raise SettingsError(f"SYNCLAB_JOURNAL: expected one of {', '.join(JOURNAL_CHOICES)}, got {env.get('SYNCLAB_JOURNAL')!r}")
+        raise _journal_refused(env.get("SYNCLAB_JOURNAL"))
     return raw
 
 
@@ -189,7 +193,7 @@ class Settings:
                 "database (DATABASE_URL=postgresql://…); unset REDIS_URL to run one process on SQLite"
             )
         if self.journal not in JOURNAL_CHOICES:
-            raise SettingsError(f"SYNCLAB_JOURNAL: expected one of {', '.join(JOURNAL_CHOICES)}, got {self.journal!r}")
+            raise _journal_refused(self.journal)
         if self.journal == "on" and not self.journal_fits:
             raise SettingsError(
                 "SYNCLAB_JOURNAL=on is for one process on a SQLite file with SYNCLAB_DURABILITY=power-loss "

@@ -244,18 +244,14 @@ def mend_header(engine: Engine) -> Callable[[DamagedHeader], tuple[int, int]]:
         except SQLAlchemyError:
             stored = None  # no tables yet: nothing applied
         salt = damaged.first_salt
-        if stored is not None and salt == stored[1]:
-            pass_ = stored[0]
-        else:
-            pass_ = 1 if stored is None else stored[0] + 1
-            if salt is None:
-                salt = new_salt(0 if stored is None else stored[1])
         if stored is None:
-            told = "the database has applied no journal"
-        elif pass_ == stored[0]:
-            told = f"the database has applied it up to byte {stored[2]}"
+            pass_, told = 1, "the database has applied no journal"
+        elif salt == stored[1]:
+            pass_, told = stored[0], f"the database has applied it up to byte {stored[2]}"
         else:
-            told = f"the database has applied up to pass {stored[0]}"
+            pass_, told = stored[0] + 1, f"the database has applied up to pass {stored[0]}"
+        if salt is None:
+            salt = new_salt(0 if stored is None else stored[1])
         log.warning(
             "synclab: %s; rebuilt as pass %d, %s (%s)",
             damaged, pass_,
