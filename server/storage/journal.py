@@ -21,7 +21,8 @@ new pass number and a new random salt in the header, so the old records still on
 match and are never read as new. A crash before the new header is synced leaves the old pass in
 place: its records are the ones applied already, which the caller's marker of how far it
 applied (``server.storage.journaled``) skips. A header whose checksum or values are wrong (a
-torn write, a flipped bit) is :class:`DamagedHeader`: every record carries its pass's salt under
+torn write, a flipped bit), or zeroed in front of a whole record, is :class:`DamagedHeader`:
+every record carries its pass's salt under
 its own checksum, so the first whole record tells the salt, and the caller that knows how far
 the records were applied tells the pass (``Journal.open``'s ``mend``).
 
@@ -66,9 +67,10 @@ class JournalBusy(JournalError):
 
 class DamagedHeader(JournalError):
     """The header is a synclab journal's of this version, but its checksum or values are wrong
-    (a torn write, a flipped bit). ``first_salt``: the salt the first record carries, when that
-    record is whole (its checksum covers its salt), else ``None``: the records' pass is known
-    by it, not by the header (see :meth:`Journal.open`'s ``mend``)."""
+    (a torn write, a flipped bit), or it is all zeros in front of a whole record. ``first_salt``:
+    the salt the first record carries, when that record is whole (its checksum covers its salt),
+    else ``None`` (never for a zeroed header): the records' pass is known by it, not by the
+    header (see :meth:`Journal.open`'s ``mend``)."""
 
     def __init__(self, message: str, first_salt: int | None) -> None:
         super().__init__(message)
@@ -121,10 +123,17 @@ def _parse(path: str, data: bytearray) -> tuple[int, int, list[Record]] | None:
         return None
     if data.count(0, 0, HEADER_SIZE) == HEADER_SIZE:
         # zeros were being written, the header not yet: unless something lies beyond, in which
-        # case the header was lost from a journal in use, and recreating it would drop records
-        if data.count(0, HEADER_SIZE) != len(data) - HEADER_SIZE:
-            raise JournalError(f"journal {path}: the header is zeroed but records follow it")
-        return None
+        # case the header was lost from a journal in use, and recreating it would drop records.
+        # A whole record right after it says so (its checksum covers its salt): mend it as any
+        # damaged header. Anything else beyond zeros may be another program's file: left alone.
+        if data.count(0, HEADER_SIZE) == len(data) - HEADER_SIZE:
+            return None
+        first = _first_salt(data)
+        if first is None:
+            raise JournalError(
+                f"journal {path}: the header is zeroed and what follows it is not a record of a synclab journal"
+            )
+        raise DamagedHeader(f"journal {path}: the header is zeroed, records follow it", first)
     magic, version = _VERSION_AT.unpack_from(data)
     if magic != MAGIC:
         raise JournalError(f"journal {path}: not a synclab journal (magic {magic!r})")

@@ -316,14 +316,42 @@ def test_a_creation_cut_short_is_created_again(tmp_path: Path, length: int) -> N
     assert payloads(path) == [b"one"]
 
 
-def test_a_zeroed_header_in_front_of_records_is_refused(tmp_path: Path) -> None:
+def test_a_zeroed_header_in_front_of_records_is_mended_as_a_damaged_one(tmp_path: Path) -> None:
     # not a creation cut short: recreating it would throw acknowledged records away
     path = journal_at(tmp_path)
-    filled(path, b"one")
+    appended = filled(path, b"one", b"two")
+    with Journal.open(str(path), size=SIZE) as journal:
+        pass_, salt = journal.pass_, journal.salt
     write_at(path, 0, bytes(HEADER_SIZE))
-    with pytest.raises(JournalError, match="zeroed"):
-        Journal.open(str(path), size=SIZE)
+    with pytest.raises(DamagedHeader, match="zeroed, records follow it") as refused:
+        Journal.open(str(path), size=SIZE)  # no mend given: refused, the file as it was
+    assert refused.value.first_salt == salt
+    with pytest.raises(DamagedHeader):
+        scan(str(path))
+    with Journal.open(str(path), size=SIZE, mend=lambda damaged: (pass_, damaged.first_salt or 0)) as journal:
+        assert [r.payload for r in journal.records()] == [b"one", b"two"]
+        assert journal.offset == appended[-1].end
+    assert scan(str(path)) == (pass_, appended)
     assert scan(str(tmp_path / "absent")) is None
+
+
+def test_zeros_in_front_of_what_is_not_a_record_are_refused_and_left_alone(tmp_path: Path) -> None:
+    # nothing says it is a journal of ours: it may be another program's file at that path
+    path = journal_at(tmp_path)
+    content = bytes(HEADER_SIZE) + struct.pack("<III", 3, 5, 0) + b"abc" + bytes(SIZE)
+    path.write_bytes(content)
+    told: list[int | None] = []
+
+    def mend(damaged: DamagedHeader) -> tuple[int, int]:
+        told.append(damaged.first_salt)
+        return 1, 7
+
+    with pytest.raises(JournalError, match="zeroed and what follows it is not a record") as refused:
+        Journal.open(str(path), size=SIZE, mend=mend)
+    assert not isinstance(refused.value, DamagedHeader) and told == []
+    with pytest.raises(JournalError, match="not a record"):
+        scan(str(path))
+    assert path.read_bytes() == content
 
 
 @pytest.mark.parametrize("call", ["fdatasync", "pwrite"])

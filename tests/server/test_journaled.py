@@ -37,7 +37,7 @@ from server.storage import (
     check_startable,
     insert_experiment,
 )
-from server.storage.journal import Journal, scan
+from server.storage.journal import HEADER_SIZE, Journal, scan
 from server.storage.journaled import APPLY_NICE
 from server.storage.recovery import decode, encode
 from tests.server.harness import running_server, timeout, until_state
@@ -197,18 +197,30 @@ async def test_an_acknowledged_batch_is_read_back_at_once_and_survives_in_the_jo
     assert decisions(copy) == acked
 
 
-def damage_header(database: Path) -> None:
-    """Change the pass number in the header of ``database``'s journal, under its checksum."""
+#: how a header is damaged, and what the warning says of it
+DAMAGES = {
+    "changed": "the header is damaged (checksum or values)",  # the pass number, under its checksum
+    "zeroed": "the header is zeroed, records follow it",  # the whole first page
+}
+
+
+def damage_header(database: Path, how: str) -> None:
+    """Damage the header of ``database``'s journal (see :data:`DAMAGES`)."""
     with open(f"{database}.synclab-journal", "r+b") as file:
-        file.seek(10)
-        file.write(b"\x09")
+        if how == "zeroed":
+            file.write(bytes(HEADER_SIZE))
+        else:
+            file.seek(10)
+            file.write(b"\x09")
 
 
+@pytest.mark.parametrize("how", sorted(DAMAGES))
 async def test_a_damaged_journal_header_is_rebuilt_and_nothing_acknowledged_is_lost_or_applied_twice(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str
 ) -> None:
-    """A torn or damaged header is rebuilt from the records' salt and the database's marker, at
-    a server's start and before a command reads: until 2026-12-04 it was refused until an operator looked."""
+    """A torn, damaged or zeroed header is rebuilt from the records' salt and the database's marker,
+    at a server's start and before a command reads: until 2026-12-04 it was refused until an
+    operator looked (a zeroed one until the session after)."""
     path = tmp_path / "j.db"
     async with storing(path, journal=True, journal_size=SMALL, apply_every=3600) as first:
         # a pass the database holds nothing of: every record is applied
@@ -224,18 +236,18 @@ async def test_a_damaged_journal_header_is_rebuilt_and_nothing_acknowledged_is_l
     for where, before in (("none-applied", {}), ("some-applied", {1: 0.0, 2: 1.0, 3: 2.0})):
         copy = tmp_path / where / "j.db"
         assert decisions(copy) == before
-        damage_header(copy)
+        damage_header(copy, how)
         with caplog.at_level("WARNING", logger="synclab.journal"):
             async with storing(copy, first, journal=True, journal_size=SMALL) as again:
                 expected = {seq: value for seq, value in acked.items() if where == "some-applied" or seq <= 3}
                 assert await again.db.recover() == len(expected) - len(before)  # as a server's start does
                 assert await again.stored(copy) == expected
                 assert await again.decide(9.0, "after") == [max(expected) + 1]
-        assert "the header is damaged (checksum or values); rebuilt as pass" in caplog.text
+        assert f"{DAMAGES[how]}; rebuilt as pass" in caplog.text
         caplog.clear()
     # and a command's read of a database no server holds
     copy = tmp_path / "none-applied-command" / "j.db"
-    damage_header(copy)
+    damage_header(copy, how)
     look = sqlite3.connect(copy)
     try:
         (code,) = look.execute("SELECT code FROM experiments").fetchone()
@@ -247,7 +259,7 @@ async def test_a_damaged_journal_header_is_rebuilt_and_nothing_acknowledged_is_l
     assert "rebuilt as pass" in exported.stderr
     # and a real server's start (its check before the start lets a damaged header by)
     copy = tmp_path / "served" / "j.db"
-    damage_header(copy)
+    damage_header(copy, how)
     port = free_port()
     with started(tmp_path, "serve", "--port", str(port), DATABASE_URL=f"sqlite:///{copy}") as server:
         assert wait_until_healthy(f"http://127.0.0.1:{port}").status_code == 200
