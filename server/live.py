@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import orjson
@@ -35,6 +35,7 @@ from groups import (
     Timing,
 )
 
+from .clientids import MAYBE, ClientIds
 from .exceptions import WS_4000_REPLACED, NotAuthority, NotPersisted
 from .hub import Hub, group_topic, monitor_presence_topic, monitor_topic
 from .storage import (
@@ -110,6 +111,7 @@ class LiveGroup:
         close_member: CloseMember | None = None,
         fenced: Callable[[int], None] | None = None,
         run_ended: RunEnded | None = None,
+        lookup: Callable[[int, str], Awaitable[int | None]] | None = None,
     ) -> None:
         self.spec = spec
         self.id = spec.group_id
@@ -136,7 +138,13 @@ class LiveGroup:
         #: the last ``state`` event: ``{"seq", "ts", "value"}``, repeated to every new connection
         self.last_state = spec.last_state
         #: per member: client frame id -> its seq, or the future of a frame still being stored
-        self.client_ids: dict[str, dict[str, int | asyncio.Future[list[int]]]] = {}
+        #: (older ids kept compactly, a repeat of one looked up with ``lookup``: see :mod:`.clientids`)
+        self.client_ids: dict[str, ClientIds] = {}
+        #: ``lookup(participant id, client id)``: the stored frame's ``seq`` (``None``: none);
+        #: without it every id is kept as it is
+        self._lookup = lookup
+        #: the look-ups of repeated old ids under way (kept referenced until they end)
+        self._looking: set[asyncio.Task[None]] = set()
         #: per member: its current connection's worker and id (the newest replaces the older)
         self.connections: dict[str, tuple[str, str]] = {}
         #: the fencing epoch of this authority's lease (``None`` in one process: nothing to check)
@@ -337,20 +345,28 @@ class LiveGroup:
         *,
         bot: bool = False,
         answer: Callable[[asyncio.Future[list[int]]], None] | None = None,
+        new: bool = False,
     ) -> asyncio.Future[list[int]]:
         """A client frame on a game channel (``bot``: a stand-in's); a repeated ``client_id`` is answered, not stored.
+
+        ``new``: the database was asked, and holds no frame with ``client_id`` (see :meth:`_look_up`).
 
         ``answer`` is called once with the future when it is settled: at the commit itself (with
         the frames of the commit's batch, see :func:`server.frames.corked`), not a turn of the
         loop later as a future's own callbacks are; at once if it is settled already.
         """
-        ids = self.client_ids.setdefault(participant, {})
-        if client_id is not None and client_id in ids:
-            known = ids[client_id]
-            if isinstance(known, asyncio.Future):
-                if answer is not None:
-                    known.add_done_callback(answer)
-                return known
+        ids = self.client_ids.get(participant)
+        if ids is None:
+            ids = self.client_ids[participant] = ClientIds(forgets=self._lookup is not None)
+        known = None if client_id is None or new else ids.get(client_id)
+        if known is MAYBE:  # an old id, or one the filter mistakes for it: the database knows
+            assert client_id is not None
+            return self._look_up(ids, participant, channel, payload, client_id, bot, answer)
+        if isinstance(known, asyncio.Future):
+            if answer is not None:
+                known.add_done_callback(answer)
+            return known
+        if isinstance(known, int):
             done: asyncio.Future[list[int]] = self._running_loop().create_future()
             done.set_result([known])
             if answer is not None:
@@ -362,9 +378,9 @@ class LiveGroup:
             def settle(seqs: list[int] | None) -> None:
                 if client_id is not None:
                     if seqs:
-                        ids[client_id] = seqs[0]
+                        ids.stored(client_id, seqs[0])
                     else:
-                        ids.pop(client_id, None)  # not stored: a retry may try again
+                        ids.forget(client_id)  # not stored: a retry may try again
                 if answer is not None:
                     answer(future)
 
@@ -376,7 +392,61 @@ class LiveGroup:
             if answer is not None:
                 answer(future)
         elif client_id is not None:  # until settle() replaces it with the seq
-            ids[client_id] = future
+            ids.under_way(client_id, future)
+        return future
+
+    def load_client_ids(self, participant: str, stored: list[tuple[str, int]]) -> None:
+        """A member's ids stored before this group was loaded (oldest first), unless known already."""
+        if participant not in self.client_ids:
+            self.client_ids[participant] = ClientIds(stored, forgets=self._lookup is not None)
+
+    def _look_up(
+        self,
+        ids: ClientIds,
+        participant: str,
+        channel: str,
+        payload: Any,
+        client_id: str,
+        bot: bool,
+        answer: Callable[[asyncio.Future[list[int]]], None] | None,
+    ) -> asyncio.Future[list[int]]:
+        """A frame whose id may be an old one's: answered with its ``seq`` if the database holds
+        it, else received as a new frame. Repeats meanwhile wait for the same future."""
+        assert self._lookup is not None
+        lookup = self._lookup
+        future: asyncio.Future[list[int]] = self._running_loop().create_future()
+        ids.under_way(client_id, future)
+
+        def settled(inner: asyncio.Future[list[int]]) -> None:
+            if not future.done():
+                if inner.exception() is not None:
+                    future.set_exception(inner.exception())  # type: ignore[arg-type]
+                else:
+                    future.set_result(inner.result())
+            if answer is not None:
+                answer(future)
+
+        async def look() -> None:
+            try:
+                seq = await lookup(self.member_ids[participant], client_id)
+            except Exception as exc:  # storage halted, the database gone: the client may retry
+                ids.forget(client_id)
+                future.set_exception(NotPersisted(f"the frame's id could not be checked: {type(exc).__name__}"))
+                if answer is not None:
+                    answer(future)
+                return
+            if seq is not None:
+                ids.stored(client_id, seq)
+                future.set_result([seq])
+                if answer is not None:
+                    answer(future)
+                return
+            ids.forget(client_id)
+            self.receive(participant, channel, payload, client_id, bot=bot, answer=settled, new=True)
+
+        task = self._running_loop().create_task(look())
+        self._looking.add(task)
+        task.add_done_callback(self._looking.discard)
         return future
 
     def connect(

@@ -38,6 +38,7 @@ from .storage import (
     Database,
     Seat,
     client_ids,
+    client_seq,
     experiment_groups,
     experiment_row,
     live_group_ids,
@@ -153,17 +154,21 @@ class LiveGroups:
                 game = load_game(spec.game)
                 group = LiveGroup(
                     spec, game, self.writer, self.hub, self.clock, epoch=epoch, close_member=self.close_member,
-                    fenced=self.retire, run_ended=self.run_ended,
+                    fenced=self.retire, run_ended=self.run_ended, lookup=self._client_seq,
                 )
                 group.on_arrival = self.lobbies.arrived
                 if self.node is not None:  # every member's ids: a frame from anywhere is stored once
                     for code, pid in spec.member_ids.items():
-                        group.client_ids.setdefault(code, dict(await self.database.read(client_ids, pid)))
+                        group.load_client_ids(code, await self.database.read(client_ids, pid))
                 self.groups[group_id] = group
                 group.standins = standins = StandIns(group, self)
                 standins.begin()
         self._loading.pop(group_id, None)
         return group
+
+    async def _client_seq(self, participant_id: int, client_id: str) -> int | None:
+        """The ``seq`` of a participant's stored frame with ``client_id`` (``None``: none is stored)."""
+        return await self.database.read(client_seq, participant_id, client_id)
 
     def local(self, group_id: int) -> LiveGroup | None:
         """The group's authority if this process acts for it now, else ``None``."""
@@ -261,8 +266,7 @@ class LiveGroups:
         if self.node is None:
             group = await self.group(seat.group_id)
             if code not in group.client_ids:
-                ids = await self.database.read(client_ids, seat.participant_id)
-                group.client_ids.setdefault(code, dict(ids))
+                group.load_client_ids(code, await self.database.read(client_ids, seat.participant_id))
         else:
             await self.node.owner(seat.group_id)
         return seat, self.view(seat.group_id)

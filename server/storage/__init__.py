@@ -120,7 +120,7 @@ from .schema import (
     schema_state,
     upgrade_schema,
 )
-from .seats import GroupSpec, Seat, client_ids, last_state_query, load_group, load_seat
+from .seats import GroupSpec, Seat, client_ids, client_seq, last_state_query, load_group, load_seat
 from .snapshot import monitor_state
 from .statuses import FINAL_STATUSES, STATUSES, set_statuses
 from .tables import (
@@ -206,6 +206,7 @@ __all__ = [
     "claim_delivery",
     "claim_group",
     "client_ids",
+    "client_seq",
     "close_connections_left_open",
     "close_connections_of",
     "close_lobby",

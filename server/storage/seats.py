@@ -187,13 +187,22 @@ def load_seat(engine: Engine, code: str, now: float) -> Seat | None:
         return Seat(participant_id, code, experiment_id, rows[index][0], str(game), tuple(r[0] for r in rows))
 
 
-def client_ids(engine: Engine, participant_id: int) -> dict[str, int]:
-    """Every client frame id this participant sent that is stored, with its ``seq``."""
+def client_ids(engine: Engine, participant_id: int) -> list[tuple[str, int]]:
+    """Every client frame id this participant sent that is stored, with its ``seq``, oldest first."""
     with engine.connect() as conn:
         rows = conn.execute(
-            select(events.c.client_id, events.c.seq).where(
-                and_(events.c.participant_id == participant_id, events.c.client_id.is_not(None))
-            )
+            select(events.c.client_id, events.c.seq)
+            .where(and_(events.c.participant_id == participant_id, events.c.client_id.is_not(None)))
+            .order_by(events.c.seq)
         )
-        return {str(cid): int(seq) for cid, seq in rows}
+        return [(str(cid), int(seq)) for cid, seq in rows]
+
+
+def client_seq(engine: Engine, participant_id: int, client_id: str) -> int | None:
+    """The ``seq`` of this participant's stored frame with ``client_id``; ``None``: none is stored."""
+    with engine.connect() as conn:
+        found = conn.execute(
+            select(events.c.seq).where(and_(events.c.participant_id == participant_id, events.c.client_id == client_id))
+        ).scalar()
+    return None if found is None else int(found)
 

@@ -18,6 +18,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from server import clientids
 from tests.server.harness import Client, Harness, eventually, running_server, timeout
 
 HELLO_KEYS = {
@@ -130,6 +131,11 @@ def stored(events: list[dict[str, Any]], channel: str, participant: str | None =
 def group_view(server: Harness, group_id: int) -> Any:
     """The group as this process's connections see it (its members here: ``current``)."""
     return server.runtime.groups.views[group_id]
+
+
+def group_of(server: Harness, code: str) -> Any:
+    """The live group in this process that ``code`` is a member of."""
+    return next(g for g in server.runtime.groups.groups.values() if code in g.member_ids)
 
 
 def live_group(server: Harness, group_id: int) -> Any:
@@ -415,6 +421,50 @@ async def test_a_repeated_id_after_a_reconnect_is_acknowledged_with_the_first_se
     await again.close()
     _, hello = await join(server, a_code)
     assert hello["group_decisions"] == {a_code: 1.0, b_code: 0.5}
+
+
+async def test_a_repeat_of_an_old_id_is_answered_from_the_database(
+    server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the ids a group keeps as they are (``KEPT``; two here), a repeat is looked up in the
+    database and answered with the first seq, nothing stored or broadcast; new ids go on as ever."""
+    monkeypatch.setattr(clientids, "KEPT", 2)
+    exp, (a_code, _), (a, b), _ = await running_group(server)
+    seqs = [await decide(a, i / 10, f"old-{i}") for i in range(8)]
+    assert seqs == sorted(set(seqs))
+    ids = group_of(server, a_code).client_ids[a_code]
+    assert ids.get("old-0") is clientids.MAYBE and ids.get("old-7") == seqs[7]
+    await decisions_where(b, lambda d: d[a_code] == 0.7)
+    before = await server.events(exp["code"])
+    for i in (0, 3, 7):
+        assert await decide(a, 0.25, f"old-{i}") == seqs[i]
+    assert await b.silent(0.3)  # none of the repeats is broadcast
+    assert await server.events(exp["code"]) == before
+    assert len(stored(before, "decisions", a_code)) == 8
+    assert await decide(a, 0.75, "new-after") > seqs[-1]
+    assert [e["value"] for e in stored(await server.events(exp["code"]), "decisions", a_code)][-1] == 0.75
+
+
+async def test_an_id_the_filter_mistakes_for_an_old_one_is_stored_as_new(
+    server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The filter of old ids may say "maybe" of an id never sent: the database says it is new, and
+    the frame is stored once. Here the filter says it of every id (no bit tested)."""
+    monkeypatch.setattr(clientids, "KEPT", 2)
+    monkeypatch.setattr(clientids, "PROBES", 0)
+    exp, (a_code, _), (a, _), _ = await running_group(server)
+    seqs = [await decide(a, i % 2, f"id-{i}") for i in range(10)]
+    assert seqs == sorted(set(seqs))
+    group = group_of(server, a_code)
+    assert group.client_ids[a_code].get("never-sent") is clientids.MAYBE
+    await a.send("decisions", 0.5, frame_id="twice-new")  # looked up, then received, once
+    await a.send("decisions", 0.5, frame_id="twice-new")
+    twice = await ack_of(a, "twice-new")
+    assert await ack_of(a, "twice-new") == twice > seqs[-1]
+    assert await decide(a, 0, "id-1") == seqs[1]  # an old one still answered with its first seq
+    events = stored(await server.events(exp["code"]), "decisions", a_code)
+    assert [e["seq"] for e in events] == [*seqs, twice]
+    assert not group._looking
 
 
 async def test_another_participant_may_use_the_same_id_string_independently(server: Harness) -> None:
