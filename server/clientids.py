@@ -24,7 +24,7 @@ from typing import Any, Final
 
 #: stored ids kept as they are, per member, at least (at most twice as many): a retry after a
 #: reconnect repeats the last few
-KEPT = 256
+KEPT = 64
 #: the filter's first size (ids); each next one holds four times as many
 FIRST_CAPACITY = 1024
 #: bits of the filter an id is given (measured: 0.06 % false positives over five parts)
