@@ -29,7 +29,7 @@ KEPT = 64
 FIRST_CAPACITY = 1024
 #: bits of the filter an id is given (measured: 0.06 % false positives over five parts)
 BITS_PER_ID = 48
-#: bits set per id within its 64-bit word, each chosen by 6 bits of its (mixed) hash
+#: bits set per id within its 64-bit word, two by each 12 bits of its (mixed) hash
 PROBES = 10
 _WORD = (1 << 64) - 1
 #: Fibonacci hashing's multiplier: the word's bits are taken from the hash mixed by it, not
@@ -47,12 +47,16 @@ class _Maybe:
 MAYBE: Final = _Maybe()
 
 
+#: the two bits of a word that each 12 bits of a hash choose
+_PAIRS = [(1 << (x & 63)) | (1 << (x >> 6)) for x in range(4096)]
+
+
 def _mask(h: int) -> int:
-    """The bits of one 64-bit word an id's hash sets."""
-    mask, bits = 0, ((h * _MIX) & _WORD) >> (64 - 6 * PROBES)
-    for _ in range(PROBES):
-        mask |= 1 << (bits & 63)
-        bits >>= 6
+    """The bits of one 64-bit word an id's hash sets (:data:`PROBES` of them, or fewer where two coincide)."""
+    bits, mask = ((h * _MIX) & _WORD) >> 4, 0
+    for _ in range(PROBES // 2):
+        mask |= _PAIRS[bits & 4095]
+        bits >>= 12
     return mask
 
 
