@@ -419,7 +419,9 @@ class LiveGroup:
 
         def settled(inner: asyncio.Future[list[int]]) -> None:
             if not future.done():
-                if inner.exception() is not None:
+                if inner.cancelled():
+                    future.cancel()
+                elif inner.exception() is not None:
                     future.set_exception(inner.exception())  # type: ignore[arg-type]
                 else:
                     future.set_result(inner.result())
