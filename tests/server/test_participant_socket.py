@@ -445,6 +445,25 @@ async def test_a_repeat_of_an_old_id_is_answered_from_the_database(
     assert [e["value"] for e in stored(await server.events(exp["code"]), "decisions", a_code)][-1] == 0.75
 
 
+async def test_a_repeat_of_an_old_id_after_a_restart_is_answered_from_the_database(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted server loads a member's ids from the database (the newest kept as they are, the
+    older in the filter): a repeat of an old one is answered with its first seq, on SQLite and PostgreSQL."""
+    monkeypatch.setattr(clientids, "KEPT", 2)
+    async with running_server(database_url) as server:
+        exp, (a_code, _), (a, _), _ = await running_group(server)
+        seqs = [await decide(a, i / 10, f"kept-{i}") for i in range(6)]
+        before = await server.events(exp["code"])
+    async with running_server(database_url) as server:
+        again, _ = await join(server, a_code)
+        ids = group_of(server, a_code).client_ids[a_code]
+        assert ids.get("kept-0") is clientids.MAYBE and ids.get("kept-5") == seqs[5]
+        assert await decide(again, 0.9, "kept-0") == seqs[0]
+        assert await decide(again, 0.9, "kept-5") == seqs[5]
+        assert await server.events(exp["code"]) == before
+
+
 async def test_an_id_the_filter_mistakes_for_an_old_one_is_stored_as_new(
     server: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
