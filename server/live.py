@@ -145,6 +145,8 @@ class LiveGroup:
         self._lookup = lookup
         #: the look-ups of repeated old ids under way (kept referenced until they end)
         self._looking: set[asyncio.Task[None]] = set()
+        #: per member whose frame is being looked up: its frames since, received in order after it
+        self._held: dict[str, list[tuple[str, Any, str | None, bool, asyncio.Future[list[int]]]]] = {}
         #: per member: its current connection's worker and id (the newest replaces the older)
         self.connections: dict[str, tuple[str, str]] = {}
         #: the fencing epoch of this authority's lease (``None`` in one process: nothing to check)
@@ -355,6 +357,13 @@ class LiveGroup:
         the frames of the commit's batch, see :func:`server.frames.corked`), not a turn of the
         loop later as a future's own callbacks are; at once if it is settled already.
         """
+        held = self._held.get(participant)
+        if held is not None and not new:  # behind a look-up: a member's frames keep their order
+            waiting: asyncio.Future[list[int]] = self._running_loop().create_future()
+            if answer is not None:
+                waiting.add_done_callback(answer)
+            held.append((channel, payload, client_id, bot, waiting))
+            return waiting
         ids = self.client_ids.get(participant)
         if ids is None:
             ids = self.client_ids[participant] = ClientIds(forgets=self._lookup is not None)
@@ -411,40 +420,33 @@ class LiveGroup:
         answer: Callable[[asyncio.Future[list[int]]], None] | None,
     ) -> asyncio.Future[list[int]]:
         """A frame whose id may be an old one's: answered with its ``seq`` if the database holds
-        it, else received as a new frame. Repeats meanwhile wait for the same future."""
+        it, else received as a new frame. The member's frames meanwhile wait behind it, and are
+        received in order after it: a new frame is never applied after a later one."""
         assert self._lookup is not None
         lookup = self._lookup
         future: asyncio.Future[list[int]] = self._running_loop().create_future()
-        ids.under_way(client_id, future)
-
-        def settled(inner: asyncio.Future[list[int]]) -> None:
-            if not future.done():
-                if inner.cancelled():
-                    future.cancel()
-                elif inner.exception() is not None:
-                    future.set_exception(inner.exception())  # type: ignore[arg-type]
-                else:
-                    future.set_result(inner.result())
-            if answer is not None:
-                answer(future)
+        if answer is not None:
+            future.add_done_callback(answer)
+        held: list[tuple[str, Any, str | None, bool, asyncio.Future[list[int]]]] = []
+        self._held[participant] = held
 
         async def look() -> None:
             try:
-                seq = await lookup(self.member_ids[participant], client_id)
-            except Exception as exc:  # storage halted, the database gone: the client may retry
-                ids.forget(client_id)
-                future.set_exception(NotPersisted(f"the frame's id could not be checked: {type(exc).__name__}"))
-                if answer is not None:
-                    answer(future)
-                return
-            if seq is not None:
-                ids.stored(client_id, seq)
-                future.set_result([seq])
-                if answer is not None:
-                    answer(future)
-                return
-            ids.forget(client_id)
-            self.receive(participant, channel, payload, client_id, bot=bot, answer=settled, new=True)
+                try:
+                    seq = await lookup(self.member_ids[participant], client_id)
+                except Exception as exc:  # storage halted, the database gone: the client may retry
+                    future.set_exception(NotPersisted(f"the frame's id could not be checked: {type(exc).__name__}"))
+                    return
+                if seq is not None:
+                    ids.stored(client_id, seq)
+                    future.set_result([seq])
+                    return
+                _follow(self.receive(participant, channel, payload, client_id, bot=bot, new=True), future)
+            finally:
+                del self._held[participant]
+                for later_channel, later_payload, later_id, later_bot, waiting in held:  # in order; a
+                    # later look-up holds the rest again
+                    _follow(self.receive(participant, later_channel, later_payload, later_id, bot=later_bot), waiting)
 
         task = self._running_loop().create_task(look())
         self._looking.add(task)
@@ -677,6 +679,25 @@ def to_microseconds(epoch: float) -> float:
     exactly that microsecond, and its ``timestamp()`` gives the result back (``round(epoch, 6)``
     picks the same kind of value, at six times the cost: it goes through decimal digits)."""
     return math.floor(epoch * 1e6 + 0.5) / 1e6
+
+
+def _follow(inner: asyncio.Future[list[int]], outer: asyncio.Future[list[int]]) -> None:
+    """``outer`` settles as ``inner`` does (at once if it has)."""
+
+    def copy(done: asyncio.Future[list[int]]) -> None:
+        if outer.done():
+            return
+        if done.cancelled():
+            outer.cancel()
+        elif (exc := done.exception()) is not None:
+            outer.set_exception(exc)
+        else:
+            outer.set_result(done.result())
+
+    if inner.done():
+        copy(inner)
+    else:
+        inner.add_done_callback(copy)
 
 
 def consume(future: asyncio.Future[Any]) -> None:

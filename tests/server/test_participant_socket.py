@@ -471,7 +471,7 @@ async def test_an_id_the_filter_mistakes_for_an_old_one_is_stored_as_new(
     the frame is stored once. Here the filter says it of every id (no bit tested)."""
     monkeypatch.setattr(clientids, "KEPT", 2)
     monkeypatch.setattr(clientids, "PROBES", 0)
-    exp, (a_code, _), (a, _), _ = await running_group(server)
+    exp, (a_code, _), (a, b), _ = await running_group(server)
     seqs = [await decide(a, i % 2, f"id-{i}") for i in range(10)]
     assert seqs == sorted(set(seqs))
     group = group_of(server, a_code)
@@ -481,9 +481,17 @@ async def test_an_id_the_filter_mistakes_for_an_old_one_is_stored_as_new(
     twice = await ack_of(a, "twice-new")
     assert await ack_of(a, "twice-new") == twice > seqs[-1]
     assert await decide(a, 0, "id-1") == seqs[1]  # an old one still answered with its first seq
+    # frames sent at once while one is looked up keep their order (each one is looked up in turn)
+    burst = [(f"burst-{i}", round(0.1 * (i + 1), 1)) for i in range(4)]
+    for frame_id, value in burst:
+        await a.send("decisions", value, frame_id=frame_id)
+    acked = [await ack_of(a, frame_id) for frame_id, _ in burst]
+    assert acked == sorted(acked) and acked[0] > twice
+    await decisions_where(b, lambda d: d[a_code] == 0.4)
     events = stored(await server.events(exp["code"]), "decisions", a_code)
-    assert [e["seq"] for e in events] == [*seqs, twice]
-    assert not group._looking
+    assert [e["seq"] for e in events] == [*seqs, twice, *acked]
+    assert [e["value"] for e in events][-4:] == [0.1, 0.2, 0.3, 0.4]
+    assert not group._looking and not group._held
 
 
 async def test_another_participant_may_use_the_same_id_string_independently(server: Harness) -> None:
