@@ -2,7 +2,7 @@
 
 The wire contract: a repeated ``"id"`` from the same participant is acknowledged again with the
 first ``seq`` and stored once. A live group used to keep every id its members sent, with its
-``seq``: about 140 bytes a decision, half a gigabyte an hour for a group that takes 2,000
+``seq``: about 140 bytes a decision, about a gigabyte an hour for a group that takes 2,000
 decisions a second (bench/README.md, "Memory over time").
 
 :class:`ClientIds` keeps the ids still being stored (their futures) and the last :data:`KEPT`
