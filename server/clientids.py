@@ -70,18 +70,19 @@ class IdFilter:
 
     def __init__(self) -> None:
         self._parts: list[array[int]] = []
-        #: the ids in the last part
-        self._last = 0
+        #: ids the last part has room for still
+        self._room = 0
         self.count = 0
 
     def add(self, key: str) -> None:
-        if not self._parts or self._last >= FIRST_CAPACITY * 4 ** (len(self._parts) - 1):
-            self._parts.append(array("Q", bytes(8 * FIRST_CAPACITY * 4 ** len(self._parts) * BITS_PER_ID // 64)))
-            self._last = 0
+        if self._room == 0:
+            capacity = FIRST_CAPACITY * 4 ** len(self._parts)
+            self._parts.append(array("Q", bytes(8 * capacity * BITS_PER_ID // 64)))
+            self._room = capacity
         words = self._parts[-1]
         h = hash(key) & _WORD
         words[h % len(words)] |= _mask(h)
-        self._last += 1
+        self._room -= 1
         self.count += 1
 
     def __contains__(self, key: object) -> bool:

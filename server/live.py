@@ -146,7 +146,7 @@ class LiveGroup:
         #: the look-ups of repeated old ids under way (kept referenced until they end)
         self._looking: set[asyncio.Task[None]] = set()
         #: per member whose frame is being looked up: its frames since, received in order after it
-        self._held: dict[str, list[tuple[str, Any, str | None, bool, asyncio.Future[list[int]]]]] = {}
+        self._held: dict[str, list[_Held]] = {}
         #: per member: its current connection's worker and id (the newest replaces the older)
         self.connections: dict[str, tuple[str, str]] = {}
         #: the fencing epoch of this authority's lease (``None`` in one process: nothing to check)
@@ -427,7 +427,7 @@ class LiveGroup:
         future: asyncio.Future[list[int]] = self._running_loop().create_future()
         if answer is not None:
             future.add_done_callback(answer)
-        held: list[tuple[str, Any, str | None, bool, asyncio.Future[list[int]]]] = []
+        held: list[_Held] = []
         self._held[participant] = held
 
         async def look() -> None:
@@ -679,6 +679,10 @@ def to_microseconds(epoch: float) -> float:
     exactly that microsecond, and its ``timestamp()`` gives the result back (``round(epoch, 6)``
     picks the same kind of value, at six times the cost: it goes through decimal digits)."""
     return math.floor(epoch * 1e6 + 0.5) / 1e6
+
+
+#: a frame held behind a look-up: its channel, payload, client id, whether a bot sent it, its answer
+_Held = tuple[str, Any, str | None, bool, asyncio.Future[list[int]]]
 
 
 def _follow(inner: asyncio.Future[list[int]], outer: asyncio.Future[list[int]]) -> None:

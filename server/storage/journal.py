@@ -148,29 +148,30 @@ def _parse(path: str, data: bytearray) -> tuple[int, int, list[Record]] | None:
     records: list[Record] = []
     pos = HEADER_SIZE
     with memoryview(data) as view:
-        while pos + _RECORD.size <= len(data):
-            length, rsalt, rcrc = _RECORD.unpack_from(data, pos)
-            start, end = pos + _RECORD.size, pos + _RECORD.size + length
-            if not 0 < length <= MAX_RECORD or end > len(data) or rsalt != salt:
-                break
-            payload = view[start:end]
-            if _record_crc(salt, payload) != rcrc:
-                break
-            records.append(Record(pass_, pos, end, bytes(payload)))
+        while (whole := _whole_record(data, pos)) is not None and whole[0] == salt:
+            _, end = whole
+            records.append(Record(pass_, pos, end, bytes(view[pos + _RECORD.size : end])))
             pos = end
     return pass_, salt, records
 
 
-def _first_salt(data: bytearray) -> int | None:
-    """The salt of the record right after the header, if it is whole: its checksum is over that salt."""
-    if len(data) < HEADER_SIZE + _RECORD.size:
+def _whole_record(data: bytearray, pos: int) -> tuple[int, int] | None:
+    """(its salt, its end) of the record at ``pos`` if it is whole: its length in bounds, its
+    checksum right over its salt and payload; else ``None``."""
+    if pos + _RECORD.size > len(data):
         return None
-    length, salt, crc = _RECORD.unpack_from(data, HEADER_SIZE)
-    end = HEADER_SIZE + _RECORD.size + length
+    length, salt, crc = _RECORD.unpack_from(data, pos)
+    start, end = pos + _RECORD.size, pos + _RECORD.size + length
     if salt == 0 or not 0 < length <= MAX_RECORD or end > len(data):
         return None
     with memoryview(data) as view:
-        return salt if _record_crc(salt, view[HEADER_SIZE + _RECORD.size : end]) == crc else None
+        return (salt, end) if _record_crc(salt, view[start:end]) == crc else None
+
+
+def _first_salt(data: bytearray) -> int | None:
+    """The salt of the record right after the header, if it is whole: its checksum is over that salt."""
+    whole = _whole_record(data, HEADER_SIZE)
+    return None if whole is None else whole[0]
 
 
 def _create(path: str, fd: int, size: int) -> tuple[int, int]:
