@@ -61,25 +61,38 @@ AUTH_FRAME = '{"channel": "auth", "payload": {"token": "<an experimenter token>"
 
 
 class Meter:
-    """Recent throughput and broadcast latency of what a monitor was sent, for its ``stats``."""
+    """Recent throughput and broadcast latency of an experiment's stored writes, for its monitors' ``stats``.
+
+    One per experiment in a process, shared by the monitors watching it there: the hub hands every
+    subscriber the same frame, so a write's rows are read once however many monitors watch, and a
+    monitor's count is what came since it opened (:meth:`summary`'s ``since``).
+    """
 
     def __init__(self, clock: Callable[[], float], window: int = 512) -> None:
         self.events = 0
         self._clock = clock
         #: (when, how many events, seconds from the action to its broadcast) of recent writes
         self.recent: deque[tuple[float, int, float]] = deque(maxlen=window)
+        #: the last write's frame: the next monitor it is delivered to adds nothing
+        self._last: str | None = None
 
-    def observe(self, events: int, latency: float) -> None:
-        self.events += events
-        self.recent.append((self._clock(), events, latency))
+    def observe(self, data: str) -> None:
+        """One stored write's rows (a JSON list, every row with the write's ``latency`` in ms), counted once."""
+        if data is self._last:
+            return
+        self._last = data
+        rows = orjson.loads(data)
+        if rows:
+            self.events += len(rows)
+            self.recent.append((self._clock(), len(rows), float(rows[0].get("latency") or 0.0) / 1000))
 
-    def summary(self, over: float = 1.0) -> dict[str, Any]:
-        """Events per second over the last ``over`` seconds and the latency of the last writes."""
+    def summary(self, over: float = 1.0, since: int = 0) -> dict[str, Any]:
+        """Events since the count stood at ``since``, per second over the last ``over`` seconds, and the latency of the last writes."""
         now = self._clock()
         latest = [r for r in self.recent if r[0] >= now - over]
         latencies = sorted(r[2] for r in self.recent)
         return {
-            "events": self.events,
+            "events": self.events - since,
             "events_per_second": sum(r[1] for r in latest) / over,
             "latency_ms": {
                 "last": round(self.recent[-1][2] * 1000, 3) if self.recent else None,
@@ -92,7 +105,7 @@ class Meter:
 class Monitor:
     """One monitor socket: buffers what the hub delivers and sends it in batches."""
 
-    def __init__(self, websocket: WebSocket) -> None:
+    def __init__(self, websocket: WebSocket, meter: Meter) -> None:
         self.websocket = websocket
         #: JSON lists of event rows, one per stored write, not sent yet
         self.rows: list[str] = []
@@ -100,17 +113,17 @@ class Monitor:
         self.frames: list[str] = []
         self.overflowed = False
         self.after_seq = 0
-        #: the throughput and broadcast latency of what this monitor was sent (wherever it was stored)
-        self.meter = Meter(time.time)
+        #: the experiment's throughput and broadcast latency (wherever it was stored), shared with
+        #: its other monitors here; this one counts from ``counted``
+        self.meter = meter
+        self.counted = meter.events
 
     def deliver(self, to: frozenset[str] | None, data: str) -> None:
         if self.overflowed:
             return
         if data.startswith("["):
             self.rows.append(data)
-            rows = orjson.loads(data)
-            if rows:
-                self.meter.observe(len(rows), float(rows[0].get("latency") or 0.0) / 1000)
+            self.meter.observe(data)
         else:
             self.frames.append(data)
         if len(self.rows) + len(self.frames) > MAX_BUFFERED:
@@ -156,7 +169,10 @@ async def monitor_socket(websocket: WebSocket) -> None:
     if row is None:
         await websocket.close(WS_4404_UNKNOWN, "unknown experiment")
         return
-    monitor = Monitor(websocket)
+    meter = rt.meters.get(row["id"])
+    if meter is None:  # held by its monitors: gone with the last of them
+        meter = rt.meters[row["id"]] = Meter(time.time)
+    monitor = Monitor(websocket, meter)
     topics = (monitor_topic(row["id"]), monitor_presence_topic(row["id"]))
     for topic in topics:  # first: nothing stored after the snapshot's read is missed
         rt.hub.subscribe(topic, monitor)
@@ -234,13 +250,13 @@ async def _send_loop(
             if current is not None and current["status"] != status:
                 status = current["status"]
                 await monitor.websocket.send_text(encode("experiment", {"status": status}))
-            await monitor.websocket.send_text(encode("stats", _stats(rt, monitor.meter, status)))
+            await monitor.websocket.send_text(encode("stats", _stats(rt, monitor, status)))
 
 
-def _stats(rt: Runtime, meter: Meter, status: str) -> dict[str, Any]:
+def _stats(rt: Runtime, monitor: Monitor, status: str) -> dict[str, Any]:
     return {
         "status": status,
-        **meter.summary(),
+        **monitor.meter.summary(since=monitor.counted),
         "writer": {"batches": rt.writer.batches, "committed": rt.writer.committed},
         "server_time": ms(time.time()),
     }

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from weakref import WeakValueDictionary
 
 from sqlalchemy import Engine
 
@@ -18,6 +20,9 @@ from .hub import Hub, MemoryHub
 from .routing import LiveGroups
 from .settings import Settings
 from .storage import Database, EventWriter, close_connections_left_open, first_token, prepare_schema
+
+if TYPE_CHECKING:
+    from .monitor import Meter
 
 log = logging.getLogger("synclab")
 
@@ -49,6 +54,8 @@ class Runtime:
     node: Node | None = None
     #: the scores on their way back to oTree (``server.deliveries``)
     deliveries: Deliveries | None = None
+    #: each watched experiment's meter, shared by its monitors in this process (``server.monitor``)
+    meters: WeakValueDictionary[int, Meter] = field(default_factory=WeakValueDictionary)
 
     @classmethod
     async def open(cls, settings: Settings) -> Runtime:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import gc
+from types import SimpleNamespace
+from typing import Any, cast
 
+import orjson
 import pytest
+from starlette.websockets import WebSocket
 from websockets.exceptions import ConnectionClosed
 
+from server.hub import MemoryHub
+from server.monitor import Meter, Monitor
 from tests.server.harness import TOKEN, Client, Harness, timeout, until_state
 from tests.server.test_blocks import decide
 
@@ -178,3 +184,69 @@ async def test_a_burst_of_decisions_reaches_the_monitor_in_few_batches(server: H
     frames = len([f for f in mon.frames if f["channel"] == "events"])
     assert [r["seq"] for r in rows] == list(range(snap["last_seq"] + 1, snap["last_seq"] + 1 + len(rows)))
     assert frames < len(rows) / 5, (frames, len(rows))
+
+
+def test_an_experiments_monitors_share_one_meter_that_reads_each_write_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub hands each monitor the same frame: the rows are parsed once, not once per monitor,
+    and a monitor that opens later counts from then."""
+    parsed: list[str] = []
+
+    def loads(data: str) -> Any:
+        parsed.append(data)
+        return orjson.loads(data)
+
+    monkeypatch.setattr("server.monitor.orjson", SimpleNamespace(loads=loads, JSONDecodeError=orjson.JSONDecodeError))
+    hub, clock = MemoryHub(), [100.0]
+    meter = Meter(lambda: clock[0])
+    first, second, third = (Monitor(cast(WebSocket, None), meter) for _ in range(3))
+    for mon in (first, second):
+        hub.subscribe("monitor:1", mon)
+
+    def write(seqs: range, latency: float) -> str:
+        data = orjson.dumps([{"seq": s, "latency": latency, "value": {"latency": 999}} for s in seqs]).decode()
+        hub.publish("monitor:1", data)
+        return data
+
+    one = write(range(1, 4), 2.5)
+    late = Monitor(cast(WebSocket, None), meter)
+    hub.subscribe("monitor:1", late)
+    two = write(range(4, 6), 1.0)
+    assert parsed == [one, two]  # two writes, three monitors: each write read once
+    assert first.rows == second.rows == [one, two] and late.rows == [two] and third.rows == []
+    seen = meter.summary(since=first.counted)
+    assert seen["events"] == 5 and seen["events_per_second"] == 5.0
+    assert seen["latency_ms"] == {"last": 1.0, "p50": 2.5, "max": 2.5}
+    assert meter.summary(since=late.counted)["events"] == 2
+    # the same text in another frame is another write: a write's frame is one object, whatever its text
+    hub.publish("monitor:1", orjson.dumps(orjson.loads(two)).decode())
+    assert meter.events == 7 and len(parsed) == 3
+
+
+async def test_two_monitors_count_what_each_was_sent_and_their_meter_goes_with_them(server: Harness) -> None:
+    exp = await server.create(participants=2, group_size=2, period_length=30)
+    code = exp["code"]
+    row, col = [await server.connect(p["code"]) for p in exp["participants"]]
+    await until_state(row, "period_start")
+    early = await monitor(server, code)
+    await early.expect("snapshot")
+    first = await decide(row, 1, "a")
+    await rows_until(early, lambda rs: any(r["seq"] == first for r in rs))
+    late = await monitor(server, code)
+    await late.expect("snapshot")
+    assert len(server.runtime.meters) == 1  # one meter for the experiment's two monitors
+    last = await decide(col, 0, "b")
+    for mon in (early, late):
+        await rows_until(mon, lambda rs: any(r["seq"] == last for r in rs))
+    counts = {}
+    for name, mon in (("early", early), ("late", late)):
+        sent = len(payloads(mon, "events"))
+        stats = await until(mon, "stats", lambda s, sent=sent: bool(s) and s[-1]["events"] >= sent)
+        counts[name] = stats[-1]["events"]
+        assert counts[name] == sent, (name, counts[name], sent)
+    assert counts["early"] > counts["late"] > 0
+    await early.close()
+    await late.close()
+    async with asyncio.timeout(timeout(5)):
+        while len(server.runtime.meters):
+            await asyncio.sleep(0.02)
+            gc.collect()
