@@ -319,8 +319,12 @@ class LiveGroups:
                 return await self.node.request(owner, op, {**body, "g": group_id})
             except Unavailable as exc:
                 self.node.unknown(group_id)
-                if attempt == 2 or exc.code != "moved" or (op == "receive" and body.get("i") is None):
+                if exc.code != "moved":
                     raise
+                if attempt == 2 or (op == "receive" and body.get("i") is None):
+                    # "moved" is the workers' word: the client hears "unavailable" and sends the
+                    # frame again (a page drops a frame refused with a code it does not know)
+                    raise Unavailable(str(exc)) from exc
                 # another worker serves the group now: ask there. A frame with an id is stored once
                 # whoever runs it (the ids stored are loaded with the group); one without an id
                 # might have been stored by the old worker before it went, so it is not sent twice

@@ -106,6 +106,9 @@ class Node:
         self.held: dict[int, Lease] = {}
         self.router: LiveGroups | None = None
         self._claims: dict[int, asyncio.Future[str]] = {}
+        #: other workers' requests for a group being claimed here, in the order they came: run
+        #: once it is loaded (or refused as ``moved`` if the claim failed), not refused meanwhile
+        self._waiting: dict[int, list[dict[str, Any]]] = {}
         #: the leases being given up now (a claim of the same group waits for its release)
         self._releasing: dict[int, asyncio.Task[None]] = {}
         #: who serves each group, as last heard (leases, notices); forgotten when a request fails
@@ -572,10 +575,31 @@ class Node:
     def answer(self, message: dict[str, Any]) -> None:
         """A request from another worker: run it here, send the answer back (when it is ready)."""
         assert self.router is not None
-        op, body, rid, asker = message["op"], message["body"], message.get("id"), message["from"]
+        op, body = message["op"], message["body"]
         if op == "close":
             self.router.close_member(self.worker, body["k"], int(body["code"]), str(body["reason"]))
             return
+        if op != "take":
+            group_id = int(body["g"])
+            waiting = self._waiting.get(group_id)
+            claiming = self._claims.get(group_id)
+            if waiting is None and claiming is not None:
+                # the lease is ours, the group not loaded yet: its members' frames wait for it
+                waiting = self._waiting[group_id] = []
+                claiming.add_done_callback(lambda _: self._claimed(group_id))
+            if waiting is not None:
+                waiting.append(message)
+                return
+        self._answer(message)
+
+    def _claimed(self, group_id: int) -> None:
+        """The claim of a group ended: the requests that waited for it run, in order."""
+        for message in self._waiting.pop(group_id, []):
+            self._answer(message)
+
+    def _answer(self, message: dict[str, Any]) -> None:
+        assert self.router is not None
+        op, body, rid, asker = message["op"], message["body"], message.get("id"), message["from"]
         try:
             result = (
                 asyncio.ensure_future(self.owner(int(body["g"]), here=True)) if op == "take" else self.router.handle(op, body)

@@ -415,6 +415,32 @@ async def test_a_rolling_restart_of_three_workers_loses_nothing_and_the_period_e
     assert (end["actual_at"] - end["scheduled_at"]).total_seconds() <= 0.25, end
 
 
+async def test_members_of_each_group_joining_at_once_on_two_workers_are_all_let_in(cluster: Cluster) -> None:
+    """Both members of every group connect in the same moment, one to each worker: whichever worker
+    takes the group, the other's join waits for it to be loaded there instead of being refused
+    ("not served here", the socket closed 1013); every group starts and stores its members' decisions."""
+    for name in ("w1", "w2"):
+        cluster.start(name)
+    cluster.healthy("w1", "w2")
+    exp = await create(cluster, "w1", game="bimatrix", participants=16, group_size=2, period_length=30)
+    codes = [p["code"] for p in exp["participants"]]
+    people = [Participant(code, [cluster.workers["w1" if i % 2 == 0 else "w2"].ws]) for i, code in enumerate(codes)]
+    for person in people:
+        person.start()
+    await until(lambda: all(p.hellos for p in people), 15, "every member's hello")
+    refused = {p.code: p.closes for p in people if p.closes}
+    assert not refused, f"closed before they were let in: {refused}"
+    await until(lambda: all("period_start" in p.states() for p in people), 10, "every period's start")
+    for person in people:
+        await person.decide(0.5)
+    await settle(people)
+    assert all(len(p.acked) == 1 for p in people), [p.acked for p in people]
+    for person in people:
+        await person.stop()
+    check_stored(cluster, exp["code"], people)
+    assert "could not join" not in cluster.logs("w1") + cluster.logs("w2")
+
+
 async def test_a_monitor_on_one_worker_follows_a_group_served_by_another(cluster: Cluster) -> None:
     """The monitor's socket on w2, the group served by w1: its snapshot, then every stored event and
     the connections of both members live, and stats counting what it was sent."""
