@@ -32,7 +32,7 @@ from .exceptions import (
     FrameError,
     NotPersisted,
 )
-from .frames import frame_of, frame_taker, frame_writer
+from .frames import frame_of, frame_taker, frame_writer, lost_code
 from .routing import LiveGroups
 from .settings import Settings
 from .storage import ConnectionChange, Seat
@@ -200,7 +200,9 @@ class ClientConnection:
             message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
                 if self.close_code is None:
-                    self.close_code = int(message.get("code") or 1005)
+                    code = int(message.get("code") or 1005)
+                    # 1005 is also what uvicorn says of a connection lost without a close frame
+                    self.close_code = (lost_code(self.websocket.scope) or code) if code == 1005 else code
                 return
             if not self._take_token():
                 continue

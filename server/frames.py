@@ -60,7 +60,8 @@ else:
 
 log = logging.getLogger("synclab.frames")
 
-#: the ASGI scope's extension: ``{"write": Callable[[bytes], bool], "take_texts": Callable[[Callable[[str], None] | None], None]}``
+#: the ASGI scope's extension: ``{"write": Callable[[bytes], bool], "take_texts": Callable[[Callable[[str], None] | None], None],
+#: "lost_code": Callable[[], int | None]}``
 EXTENSION = "synclab.frames"
 #: the largest frame a client may send: uvicorn closes a socket with 1009 past this; below it our
 #: own limit (``max_frame_bytes``) answers with an error frame
@@ -81,7 +82,8 @@ class FrameProtocol(_Base):
     #: what the class reads of uvicorn's protocol (its state, its transport, its queue of messages
     #: for the app) beyond the methods it overrides
     USED: ClassVar[tuple[str, ...]] = (
-        "disconnected", "close_sent", "handshake_complete", "initial_response", "writable", "transport", "queue", "logger"
+        "disconnected", "close_sent", "handshake_complete", "initial_response", "writable", "transport", "queue", "logger",
+        "conn",
     )
     #: whether this class's sockets have all of :attr:`USED` (unset: not looked at yet; see :meth:`_fits`)
     _fit: ClassVar[bool | None] = None
@@ -96,7 +98,9 @@ class FrameProtocol(_Base):
         super().handle_connect(event)
         scope = getattr(self, "scope", None)  # absent when the handshake was refused
         if scope is not None and self._fits():
-            scope["extensions"][EXTENSION] = {"write": self.write_frame, "take_texts": self.take_texts}
+            scope["extensions"][EXTENSION] = {
+                "write": self.write_frame, "take_texts": self.take_texts, "lost_code": self.lost_code,
+            }
 
     def _fits(self) -> bool:
         """Whether this socket has what the class reads; a warning, once per class, if not."""
@@ -112,6 +116,17 @@ class FrameProtocol(_Base):
                     ", ".join(missing),
                 )
         return fit
+
+    def lost_code(self) -> int | None:
+        """The close code of a socket that ended without the client's close frame: the code of the
+        close this side sent (uvicorn's keepalive timeout: 1011), else 1006 (lost, RFC 6455 7.1.5);
+        ``None`` once the client's close frame came (its own code, or 1005 for none, is right).
+
+        uvicorn tells the app 1005 ("no status received") for a lost connection too."""
+        conn = getattr(self, "conn", None)
+        if conn is None or conn.close_rcvd is not None:
+            return None
+        return int(conn.close_sent.code) if conn.close_sent is not None else 1006
 
     def take_texts(self, on_text: Callable[[str], None] | None) -> None:
         """Hand each text message that comes from now on to ``on_text``, at once, instead of queueing
@@ -246,6 +261,13 @@ def frame_writer(scope: Any) -> Callable[[bytes], bool] | None:
     """The socket's direct writer (:meth:`FrameProtocol.write_frame`), if the server offers it."""
     writer: Callable[[bytes], bool] | None = _offered(scope, "write")
     return writer
+
+
+def lost_code(scope: Any) -> int | None:
+    """The close code of a socket that ended without the client's close frame (:meth:`FrameProtocol.lost_code`);
+    ``None`` when its frame came or the server offers no way to tell."""
+    code: Callable[[], int | None] | None = _offered(scope, "lost_code")
+    return None if code is None else code()
 
 
 def frame_taker(scope: Any) -> Callable[[Callable[[str], None] | None], None] | None:

@@ -220,6 +220,34 @@ async def test_each_connection_is_stored_with_its_times_and_user_agent(any_serve
     assert close_code == 1000
 
 
+async def test_a_connection_lost_without_a_close_frame_is_stored_with_1006(any_server: Harness, database_url: str) -> None:
+    """A client gone without a close frame (its TCP connection cut) is stored as lost, 1006, not as
+    1005 ("no status", what uvicorn tells the app); a close frame's code is kept."""
+    exp = await any_server.create(participants=2, group_size=2)
+    lost, coded = [await any_server.connect(p["code"]) for p in exp["participants"]]
+    for client in (lost, coded):
+        await client.expect("hello")
+    lost.ws.transport.abort()
+    await coded.ws.close(4321, "bye")
+    codes = {p["code"]: code for p, code in zip(exp["participants"], (1006, 4321), strict=True)}
+    engine = make_engine(database_url)
+    try:
+        async with asyncio.timeout(timeout(5)):
+            while True:
+                await any_server.events(exp["code"])  # a read waits for the journal's apply
+                with engine.connect() as conn:
+                    rows = dict(conn.execute(text(
+                        "SELECT p.code, c.close_code FROM connections c JOIN participants p ON p.id = c.participant_id"
+                        " WHERE c.disconnected_at IS NOT NULL"
+                    )).all())
+                if len(rows) == 2:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        engine.dispose()
+    assert rows == codes
+
+
 def test_a_database_whose_table_was_changed_by_hand_is_refused_with_what_it_lacks(tmp_path: Path) -> None:
     """At the newest revision but missing a column: start-up stops with a message naming both."""
     url = f"sqlite:///{tmp_path}/old.db"
