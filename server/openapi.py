@@ -597,10 +597,10 @@ def _experiment_paths() -> dict[str, Any]:
 def _paths() -> dict[str, Any]:
     return {
         "/healthz": {"get": {
-            "operationId": "healthz", "summary": "the server is up (a cluster's worker: and reaches Redis)",
+            "operationId": "healthz", "summary": "the server is up and can store (a cluster's worker: and reaches Redis)",
             "parameters": [], "security": PUBLIC,
             "responses": {"200": _json(_ref("Health"), "ok"),
-                          "503": _json(_ref("Unhealthy"), "a cluster's worker that cannot reach Redis, and why")},
+                          "503": _json(_ref("Unhealthy"), "storage halted, or a cluster's worker that cannot reach Redis; and why")},
         }},
         PATH: _get("openapi", "this document", _json({"type": "object"}, "the OpenAPI document"), [], (),
                    security=PUBLIC),

@@ -459,6 +459,9 @@ async def test_storage_halted_by_a_failed_apply_goes_on_once_the_apply_succeeds(
             assert halted.status_code == 503, halted.text
             assert halted.json()["error"].startswith("storage halted: the journal could not be applied")
             assert halted.headers["retry-after"] == "5"
+            health = await server.http.get("/healthz")  # what a load balancer or a watchdog asks
+            assert health.status_code == 503, health.text
+            assert health.json()["reason"].startswith("storage halted: the journal could not be applied")
             await a.send("decisions", 0.9, frame_id="lost")
             refused = await a.expect("error")
             assert (refused["payload"]["code"], refused["payload"]["id"]) == ("not_persisted", "lost")
@@ -477,6 +480,7 @@ async def test_storage_halted_by_a_failed_apply_goes_on_once_the_apply_succeeds(
                 await asyncio.sleep(0.1)
                 await events_answer()
         assert set(answered) <= {200, 503}, answered
+        assert (await server.http.get("/healthz")).json() == {"status": "ok"}
         await a.send("decisions", 0.9, frame_id="lost")
         assert (await a.expect("ack"))["payload"]["id"] == "lost"
         await heard(b, a_code, 0.9)
