@@ -43,6 +43,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from sqlalchemy import Engine, select
@@ -133,6 +134,7 @@ class JournalFirst:
                 last = counters[eid] if eid in counters else self._stored_seq(eid)
                 write.seqs = list(range(last + 1, last + 1 + len(write.events)))
                 counters[eid] = last + len(write.events)
+        _storable_times(writes)
         try:
             record = self.journal.append(encode(writes))
         except BaseException:
@@ -318,6 +320,28 @@ class JournalFirst:
             self._stopping = True
             self._cond.notify_all()
         self._thread.join()
+
+
+#: the times a database's ``datetime`` holds (years 1 to 9999), a day inside either end for any zone
+_EARLIEST = datetime(1, 1, 2, tzinfo=UTC).timestamp()
+_LATEST = datetime(9999, 12, 30, tzinfo=UTC).timestamp()
+
+
+def _storable_times(writes: list[Write]) -> None:
+    """Raise ``ValueError`` for a time the database cannot store (a period's end past the year 9999).
+
+    Refused before the journal takes it: an acknowledged write is applied or storage halts, and
+    such a write could never be applied, so it would halt storage for good (and every start after
+    it). The direct writer needs no such look: its commit fails, and the batch is refused."""
+    for write in writes:
+        group, connection = write.group, write.connection
+        times = [] if group is None else [group.started_at, group.ends_at, group.ended_at]
+        if connection is not None:
+            times += (connection.opened, connection.closed)
+        times += [tick.scheduled_at for tick in write.ticks]
+        for value in times:
+            if value is not None and not _EARLIEST <= value <= _LATEST:  # NaN is refused too
+                raise ValueError(f"a time the database cannot store: {value!r} seconds since the epoch")
 
 
 def _dropped(connection: Connection | None) -> None:

@@ -634,3 +634,32 @@ def stored_ids(path: Path) -> dict[str, int]:
     found = {str(i): int(s) for i, s in rows}
     assert len(found) == len(rows), "an id stored twice"
     return found
+
+
+async def test_a_time_the_database_cannot_store_is_refused_before_the_journal_takes_it(sqlite_url: str) -> None:
+    """An experiment whose period ends past the year 9999 (a period_length of 1e12 s, as an
+    earlier release took it): its start is refused and nothing of it is journaled, where it was
+    acknowledged and then could never be applied, halting storage for good, every start after it
+    too. Another experiment plays on meanwhile, and the server starts again."""
+    async with running_server(sqlite_url, journal="on") as server:
+        huge, fine = await server.create(participants=2, group_size=2), await server.create(participants=2, group_size=2)
+        look = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=timeout(10))
+        try:
+            look.execute("UPDATE blocks SET period_length = 1e12 WHERE experiment_id ="
+                         " (SELECT id FROM experiments WHERE code = ?)", (huge["code"],))
+            look.commit()
+        finally:
+            look.close()
+        started = await server.http.post(f"/api/experiments/{huge['code']}/start")
+        assert started.status_code == 503, started.text
+        assert "could not be stored" in started.text
+        assert (await server.http.get("/healthz")).json() == {"status": "ok"}
+        a, b = [await server.connect(p["code"]) for p in fine["participants"]]
+        for client in (a, b):
+            await until_state(client, "period_start")
+        await a.send("decisions", 0.4, frame_id="after")
+        assert (await a.expect("ack"))["payload"]["id"] == "after"
+    async with running_server(sqlite_url, journal="on") as again:
+        stored = await again.events(fine["code"])
+        assert [e["value"] for e in stored if e["channel"] == "decisions"] == [0.4]
+        assert await again.events(huge["code"]) == []
