@@ -10,6 +10,7 @@ percentage of the participants compared who score below, ties counted half.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from statistics import fmean
 from typing import Any
@@ -189,12 +190,15 @@ def _rank(rows: list[dict[str, Any]], exclude_unfinished: bool) -> None:
     """Set ``rank`` (dense, over everyone) and ``percentile_rank`` (over the compared ones)."""
     distinct = sorted({r["final_score"] for r in rows}, reverse=True)
     position = {score: i + 1 for i, score in enumerate(distinct)}
-    compared = [r["final_score"] for r in rows if not exclude_unfinished or r["completion"]["ratio"] >= 1.0]
+    # sorted, so that who scores below and who ties is two bisections a row, not a pass over all
+    # (10,000 participants were 10^8 comparisons, seconds a request)
+    compared = sorted(r["final_score"] for r in rows if not exclude_unfinished or r["completion"]["ratio"] >= 1.0)
     for r in rows:
-        r["rank"] = position[r["final_score"]]
+        score = r["final_score"]
+        r["rank"] = position[score]
         if compared:
-            below = sum(s < r["final_score"] for s in compared)
-            equal = sum(s == r["final_score"] for s in compared)
+            below = bisect_left(compared, score)
+            equal = bisect_right(compared, score) - below
             r["percentile_rank"] = 100.0 * (below + 0.5 * equal) / len(compared)
         else:
             r["percentile_rank"] = None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import httpx
 import pytest
 
+from server.progress import _rank
 from tests.server.harness import Harness, timeout, until_state
 from tests.server.test_blocks import decide, wait_for_status
 
@@ -288,3 +290,24 @@ async def test_participants_times_blocks_is_bounded_at_creation(server: Harness)
     )
     assert response.status_code == 400 and response.json()["field"] == "blocks"
     assert "1000 x 101" in response.json()["error"]
+
+
+@pytest.mark.parametrize("exclude_unfinished", [False, True])
+def test_ranks_and_percentiles_are_their_definitions_with_many_ties(exclude_unfinished: bool) -> None:
+    """Dense rank over everyone; percentile rank over the compared: the share scoring below, ties
+    counted half. Checked against the definitions, computed the slow way, on 3,000 rows that tie
+    often (what a lab's integer payoffs give)."""
+    rng = random.Random(7)
+    rows = [
+        {"final_score": float(rng.randint(0, 40)) + rng.choice((0.0, 0.0, 0.5)),
+         "completion": {"ratio": rng.choice((0.5, 1.0, 1.0))}}
+        for _ in range(3000)
+    ]
+    _rank(rows, exclude_unfinished)
+    scores = sorted({r["final_score"] for r in rows}, reverse=True)
+    compared = [r["final_score"] for r in rows if not exclude_unfinished or r["completion"]["ratio"] >= 1.0]
+    for r in rows:
+        score = r["final_score"]
+        assert r["rank"] == scores.index(score) + 1
+        below, equal = sum(s < score for s in compared), sum(s == score for s in compared)
+        assert r["percentile_rank"] == pytest.approx(100.0 * (below + 0.5 * equal) / len(compared))
