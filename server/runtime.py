@@ -7,7 +7,6 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 from weakref import WeakValueDictionary
 
 from sqlalchemy import Engine
@@ -17,12 +16,10 @@ from .cluster import Node
 from .deliveries import Deliveries
 from .frames import corked
 from .hub import Hub, MemoryHub
+from .meter import Meter
 from .routing import LiveGroups
 from .settings import Settings
 from .storage import Database, EventWriter, close_connections_left_open, first_token, prepare_schema
-
-if TYPE_CHECKING:
-    from .monitor import Meter
 
 log = logging.getLogger("synclab")
 

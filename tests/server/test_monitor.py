@@ -13,7 +13,8 @@ from starlette.websockets import WebSocket
 from websockets.exceptions import ConnectionClosed
 
 from server.hub import MemoryHub
-from server.monitor import Meter, Monitor
+from server.meter import Meter
+from server.monitor import Monitor
 from tests.server.harness import TOKEN, Client, Harness, timeout, until_state
 from tests.server.test_blocks import decide
 
@@ -195,7 +196,7 @@ def test_an_experiments_monitors_share_one_meter_that_reads_each_write_once(monk
         parsed.append(data)
         return orjson.loads(data)
 
-    monkeypatch.setattr("server.monitor.orjson", SimpleNamespace(loads=loads, JSONDecodeError=orjson.JSONDecodeError))
+    monkeypatch.setattr("server.meter.orjson", SimpleNamespace(loads=loads))
     hub, clock = MemoryHub(), [100.0]
     meter = Meter(lambda: clock[0])
     first, second, third = (Monitor(cast(WebSocket, None), meter) for _ in range(3))
