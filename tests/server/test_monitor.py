@@ -44,6 +44,14 @@ def rows_until(mon: Client, done: Any, wait: float = 5.0) -> Any:
     return until(mon, "events", done, wait)
 
 
+async def running_pair(server: Harness) -> tuple[str, Client, Client]:
+    """A pair's experiment (30 s) with both members connected and its period started: its code, row, col."""
+    exp = await server.create(participants=2, group_size=2, period_length=30)
+    row, col = [await server.connect(p["code"]) for p in exp["participants"]]
+    await until_state(row, "period_start")
+    return exp["code"], row, col
+
+
 async def closed_with(client: Client) -> tuple[int, str]:
     """The close code and reason the server ended ``client`` with (before any frame)."""
     with pytest.raises(ConnectionClosed) as closed:
@@ -152,10 +160,7 @@ def col_code(exp: dict[str, Any], group: dict[str, Any], row: Client) -> str:
 
 
 async def test_a_late_monitor_gets_the_state_in_its_snapshot_and_no_event_twice(server: Harness) -> None:
-    exp = await server.create(participants=2, group_size=2, period_length=30)
-    code = exp["code"]
-    row, col = [await server.connect(p["code"]) for p in exp["participants"]]
-    await until_state(row, "period_start")
+    code, row, col = await running_pair(server)
     await decide(row, 1, "a")
     mon = await monitor(server, code)
     snap = (await mon.expect("snapshot"))["payload"]
@@ -172,10 +177,7 @@ async def test_a_late_monitor_gets_the_state_in_its_snapshot_and_no_event_twice(
 
 async def test_a_burst_of_decisions_reaches_the_monitor_in_few_batches(server: Harness) -> None:
     """200 decisions over two sockets arrive in order and gap-free, many to an ``events`` frame."""
-    exp = await server.create(participants=2, group_size=2, period_length=30)
-    code = exp["code"]
-    row, col = [await server.connect(p["code"]) for p in exp["participants"]]
-    await until_state(row, "period_start")
+    code, row, col = await running_pair(server)
     mon = await monitor(server, code)
     snap = (await mon.expect("snapshot"))["payload"]
     for i in range(100):
@@ -224,10 +226,7 @@ def test_an_experiments_monitors_share_one_meter_that_reads_each_write_once(monk
 
 
 async def test_two_monitors_count_what_each_was_sent_and_their_meter_goes_with_them(server: Harness) -> None:
-    exp = await server.create(participants=2, group_size=2, period_length=30)
-    code = exp["code"]
-    row, col = [await server.connect(p["code"]) for p in exp["participants"]]
-    await until_state(row, "period_start")
+    code, row, col = await running_pair(server)
     early = await monitor(server, code)
     await early.expect("snapshot")
     first = await decide(row, 1, "a")
