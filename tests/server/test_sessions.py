@@ -5,11 +5,19 @@ from __future__ import annotations
 import random
 
 import pytest
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, and_, select, update
 
 from server.experiments import parse_request, plan
 from server.sessions import SessionRecord
-from server.storage import insert_experiment, sessions, to_datetime
+from server.storage import (
+    blocks,
+    groups,
+    insert_experiment,
+    memberships,
+    participants,
+    sessions,
+    to_datetime,
+)
 from tests.server.harness import Harness, until_state
 from tests.server.test_blocks import wait_for_status
 
@@ -86,3 +94,42 @@ async def test_a_played_session_totals_its_results(server: Harness) -> None:
     assert total == pytest.approx(final) and final > 2
     assert last is not None and last["subperiod"] == 2
     assert rank == 2  # the one who contributed earns less than the one who kept everything
+
+
+def test_an_experiment_is_stored_as_planned_row_for_row(engine: Engine) -> None:
+    """Made in bulk (a few multi-row statements a table): every participant in order with its
+    label, every block's groups with their members in order, one session per participant and
+    block in its group, unstarted; the ids of each table in the plan's order."""
+    spec = plan(parse_request({"game": "public_goods", "participants": 12, "group_size": 3, "blocks": 3,
+                               "matching": "random"}), seed=5)
+    experiment_id = insert_experiment(engine, spec)
+    with engine.connect() as conn:
+        people = conn.execute(
+            participants.select().where(participants.c.experiment_id == experiment_id).order_by(participants.c.id)
+        ).mappings().all()
+        assert [(p["code"], p["label"], p["index"]) for p in people] == [
+            (code, f"P{i + 1}", i) for i, code in enumerate(spec.participant_codes)
+        ]
+        assert len({p["completion_code"] for p in people}) == 12
+        code_of = {p["id"]: p["code"] for p in people}
+        for block in spec.blocks:
+            made = conn.execute(
+                select(groups.c.id, groups.c.index, groups.c.phase, memberships.c.participant_id, memberships.c.position)
+                .join(memberships, memberships.c.group_id == groups.c.id)
+                .join(blocks, blocks.c.id == groups.c.block_id)
+                .where(and_(blocks.c.experiment_id == experiment_id, blocks.c.index == block.index))
+                .order_by(groups.c.id, memberships.c.id)
+            ).all()
+            by_group: dict[int, list[str]] = {}
+            for _, index, phase, pid, position in made:
+                assert phase == "waiting" and position == len(by_group.get(index, []))
+                by_group.setdefault(index, []).append(code_of[pid])
+            assert by_group == {g: [spec.participant_codes[p] for p in members] for g, members in enumerate(block.groups)}
+            planned = conn.execute(
+                select(sessions.c.participant_id, sessions.c.group_id, sessions.c.started_at, sessions.c.final_score)
+                .join(blocks, blocks.c.id == sessions.c.block_id)
+                .where(and_(blocks.c.experiment_id == experiment_id, blocks.c.index == block.index))
+            ).all()
+            group_of = {pid: gid for gid, _, _, pid, _ in made}
+            assert sorted(code_of[pid] for pid, *_ in planned) == sorted(spec.participant_codes)
+            assert all(gid == group_of[pid] and started is None and score == 0.0 for pid, gid, started, score in planned)
