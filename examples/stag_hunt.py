@@ -15,7 +15,7 @@ import random
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from groups import ConfigError, DecisionGroup, InvalidDecision
+from groups import DecisionGroup, InvalidDecision, config_number, shown
 
 CHOICES = ("stag", "hare")
 
@@ -41,10 +41,8 @@ class StagHunt(DecisionGroup):
     @classmethod
     def validate_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
         merged = super().validate_config(config)
-        for key in ("stag", "hare"):
-            value = merged[key]
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ConfigError(f"config.{key}", f"expected a number >= 0, got {value!r}")
+        for key in ("stag", "hare"):  # a number from 0 to groups.MAX_AMOUNT, or ConfigError naming it
+            config_number(merged[key], f"config.{key}", 0)
         return merged
 
     def initial_decision(self, participant: str) -> str:
@@ -52,7 +50,7 @@ class StagHunt(DecisionGroup):
 
     def validate_decision(self, participant: str, decision: Any) -> str:
         if decision not in CHOICES:
-            raise InvalidDecision(f"expected one of {list(CHOICES)}, got {decision!r}")
+            raise InvalidDecision(f"expected one of {list(CHOICES)}, got {shown(decision)}")
         return str(decision)
 
     def payoff(self, participant: str, decisions: Mapping[str, Any]) -> float:

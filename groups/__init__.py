@@ -21,6 +21,7 @@ from .exceptions import (
 from .group import (
     DECISIONS,
     GROUP_DECISIONS,
+    MAX_AMOUNT,
     PAUSED_BY_DISCONNECT,
     PAUSED_BY_EXPERIMENTER,
     PERIOD,
@@ -33,8 +34,10 @@ from .group import (
     GroupState,
     Phase,
     Timing,
+    config_number,
     is_number,
     require_number,
+    shown,
 )
 from .messages import LATE_AFTER, NOBODY, Event, Tick
 from .public_goods import PublicGoods
@@ -46,6 +49,7 @@ __all__ = [
     "GROUP_DECISIONS",
     "LATE_AFTER",
     "MATCHINGS",
+    "MAX_AMOUNT",
     "NOBODY",
     "PAUSED_BY_DISCONNECT",
     "PAUSED_BY_EXPERIMENTER",
@@ -74,10 +78,12 @@ __all__ = [
     "UnknownChannel",
     "UnknownGame",
     "available_games",
+    "config_number",
     "current_block",
     "game_name",
     "is_number",
     "load_game",
     "plan_groups",
     "require_number",
+    "shown",
 ]

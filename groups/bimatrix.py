@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from .bots import clamp, current, toward, walk
 from .exceptions import ConfigError
-from .group import DecisionGroup, is_number, require_number
+from .group import DecisionGroup, config_number, require_number, shown
 
 PRISONERS_DILEMMA = {"AA": [3, 3], "AB": [0, 5], "BA": [5, 0], "BB": [1, 1]}
 _CELLS = ("AA", "AB", "BA", "BB")
@@ -61,23 +61,18 @@ class Bimatrix(DecisionGroup):
 
     @classmethod
     def validate_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Each payoff a number of magnitude at most :data:`~groups.MAX_AMOUNT`, the initial weight in [0, 1]."""
         merged = super().validate_config(config)
         payoffs = merged["payoffs"]
         if not isinstance(payoffs, dict) or set(payoffs) != set(_CELLS):
-            raise ConfigError("config.payoffs", f"expected an object with keys {list(_CELLS)}, got {payoffs!r}")
+            raise ConfigError("config.payoffs", f"expected an object with keys {list(_CELLS)}, got {shown(payoffs)}")
         for cell in _CELLS:
             pair = payoffs[cell]
-            if (
-                not isinstance(pair, list)
-                or len(pair) != 2
-                or not all(is_number(x) for x in pair)
-            ):
-                raise ConfigError(f"config.payoffs.{cell}", f"expected [row, col] numbers, got {pair!r}")
-        initial = merged["initial_decision"]
-        try:
-            require_number(initial, 0, 1)
-        except Exception as exc:
-            raise ConfigError("config.initial_decision", f"expected a number in [0, 1], got {initial!r}") from exc
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise ConfigError(f"config.payoffs.{cell}", f"expected [row, col] numbers, got {shown(pair)}")
+            for x in pair:
+                config_number(x, f"config.payoffs.{cell}")
+        config_number(merged["initial_decision"], "config.initial_decision", 0, 1)
         return merged
 
     def role(self, participant: str) -> str:

@@ -11,7 +11,7 @@ A game subclasses :class:`DecisionGroup` and overrides the hooks::
 
         def validate_decision(self, participant, decision):
             if decision not in ("swerve", "straight"):
-                raise InvalidDecision(f"expected 'swerve' or 'straight', got {decision!r}")
+                raise InvalidDecision(f"expected 'swerve' or 'straight', got {shown(decision)}")
             return decision
 
         def initial_decision(self, participant):
@@ -29,6 +29,7 @@ import copy
 import enum
 import math
 import random
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -75,19 +76,19 @@ class Timing:
 
     def __post_init__(self) -> None:
         if self.period_length is not None and not _positive(self.period_length):
-            raise ConfigError("period_length", f"expected a number > 0, got {self.period_length!r}")
+            raise ConfigError("period_length", f"expected a number > 0, got {shown(self.period_length)}")
         if self.num_subperiods is not None and (
             isinstance(self.num_subperiods, bool)
             or not isinstance(self.num_subperiods, int)
             or self.num_subperiods < 1
         ):
             raise ConfigError(
-                "num_subperiods", f"expected an integer >= 1 or null, got {self.num_subperiods!r}"
+                "num_subperiods", f"expected an integer >= 1 or null, got {shown(self.num_subperiods)}"
             )
         if self.num_subperiods is not None and self.period_length is None:
             raise ConfigError("num_subperiods", "subperiods need a period_length")
         if self.rate_limit is not None and not _positive(self.rate_limit):
-            raise ConfigError("rate_limit", f"expected a number > 0 or null, got {self.rate_limit!r}")
+            raise ConfigError("rate_limit", f"expected a number > 0 or null, got {shown(self.rate_limit)}")
 
     @property
     def continuous(self) -> bool:
@@ -217,7 +218,7 @@ class DecisionGroup:
         if not members:
             raise ConfigError("members", "a group needs at least one member")
         if len(set(members)) != len(members):
-            raise ConfigError("members", f"members must be distinct, got {list(members)!r}")
+            raise ConfigError("members", f"members must be distinct, got {shown(list(members))}")
         self.check_group_size(len(members))
         self.members: tuple[str, ...] = tuple(members)
         self.timing = timing or Timing()
@@ -380,10 +381,10 @@ class DecisionGroup:
                 return self._flush()
             if channel not in self.channels:
                 accepted = sorted({DECISIONS, *self.channels})
-                raise UnknownChannel(f"expected a channel in {accepted}, got {channel!r}")
+                raise UnknownChannel(f"expected a channel in {accepted}, got {shown(channel)}")
             handler = getattr(self, f"on_{channel}", None)
             if handler is None:
-                raise UnknownChannel(f"the game declares {channel!r} but has no on_{channel}")
+                raise UnknownChannel(f"the game declares {shown(channel)} but has no on_{channel}")
             self._outbox.append(Event(channel, payload, participant, NOBODY))
             handler(participant, payload)
         except BaseException:
@@ -455,7 +456,7 @@ class DecisionGroup:
     def _begin(self, participant: str | None, now: float) -> int:
         """Start an action at ``now``: apply what is due; returns where the action's own output starts."""
         if participant is not None and participant not in self.members:
-            raise NotAMember(f"expected a member of {list(self.members)}, got {participant!r}")
+            raise NotAMember(f"expected a member of {list(self.members)}, got {shown(participant)}")
         self.now = now
         self._catch_up()
         return len(self._outbox)
@@ -623,16 +624,72 @@ def _ms(epoch: float | None) -> int | None:
     return None if epoch is None else math.floor(epoch * 1000 + 0.5)
 
 
+#: the largest magnitude a bundled game takes for a payoff, an endowment or points, far beyond
+#: any lab's: every sum of scores over an experiment's sessions then stays a finite float
+MAX_AMOUNT = 1e9
+#: how much of a value :func:`shown` writes out
+_SHOWN_LENGTH = 80
+
+
+class _Shown(reprlib.Repr):
+    def __init__(self) -> None:
+        super().__init__()
+        # a few levels and items: a frame nested 1,000 deep is shown as [[[[...]]]], not recursed into
+        self.maxlevel = 4
+        self.maxlist = self.maxtuple = self.maxset = self.maxdict = 6
+        self.maxstring = self.maxother = self.maxlong = _SHOWN_LENGTH
+
+
+_shown = _Shown()
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for an error message: a few levels deep, at most 80 characters, never raising.
+
+    Use it for whatever a client sent (a decision, a config value): ``repr`` of JSON nested a
+    thousand deep raises ``RecursionError``, and a megabyte of it would fill the message.
+    """
+    try:
+        text = _shown.repr(value)
+    except Exception:  # a huge int, a game's own type whose __repr__ fails
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= _SHOWN_LENGTH else text[: _SHOWN_LENGTH - 3] + "..."
+
+
 def is_number(value: object) -> bool:
-    """A finite int or float, and not a bool."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float (an int a float can hold), and not a bool."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond any float
+        return False
 
 
 def require_number(decision: Any, low: float, high: float) -> float:
     """A helper for ``validate_decision``: ``decision`` as a float in ``[low, high]``."""
     if not is_number(decision):
-        raise InvalidDecision(f"expected a number in [{low}, {high}], got {decision!r}")
+        raise InvalidDecision(f"expected a number in [{low}, {high}], got {shown(decision)}")
     value = float(decision)
     if not low <= value <= high:  # also refuses NaN
-        raise InvalidDecision(f"expected a number in [{low}, {high}], got {decision!r}")
+        raise InvalidDecision(f"expected a number in [{low}, {high}], got {shown(decision)}")
     return value
+
+
+def config_number(
+    value: Any, field: str, low: float = -MAX_AMOUNT, high: float = MAX_AMOUNT, *, above_low: bool = False
+) -> float:
+    """A helper for ``validate_config``: ``value`` as a float in ``[low, high]`` (``(low, high]``
+    with ``above_low``), or :class:`ConfigError` naming ``field`` (``"config.endowment"``).
+
+    The default bounds are :data:`MAX_AMOUNT` either way: bound every payoff and amount of a game,
+    or a huge one makes scores, and the sums of scores, infinite.
+    """
+    opening = "(" if above_low else "["
+    expected = f"expected a number in {opening}{low:g}, {high:g}]"
+    if not is_number(value):
+        raise ConfigError(field, f"{expected}, got {shown(value)}")
+    number = float(value)
+    if not (low < number if above_low else low <= number) or number > high:
+        raise ConfigError(field, f"{expected}, got {shown(value)}")
+    return number

@@ -7,8 +7,10 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from .bots import clamp, current, toward, walk
-from .exceptions import ConfigError
-from .group import DecisionGroup, is_number, require_number
+from .group import MAX_AMOUNT, DecisionGroup, config_number, require_number
+
+#: the largest marginal per-capita return (a lab's is below 1; a few games use up to n)
+MAX_MPCR = 1000.0
 
 
 class PublicGoods(DecisionGroup):
@@ -39,13 +41,10 @@ class PublicGoods(DecisionGroup):
 
     @classmethod
     def validate_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """``endowment`` in (0, :data:`~groups.MAX_AMOUNT`], ``mpcr`` in [0, :data:`MAX_MPCR`]."""
         merged = super().validate_config(config)
-        for key, low in (("endowment", 0.0), ("mpcr", 0.0)):
-            value = merged[key]
-            if not is_number(value) or value < low:
-                raise ConfigError(f"config.{key}", f"expected a number >= {low}, got {value!r}")
-        if merged["endowment"] == 0:
-            raise ConfigError("config.endowment", "expected a number > 0, got 0")
+        config_number(merged["endowment"], "config.endowment", 0.0, MAX_AMOUNT, above_low=True)
+        config_number(merged["mpcr"], "config.mpcr", 0.0, MAX_MPCR)
         return merged
 
     def role(self, participant: str) -> str:

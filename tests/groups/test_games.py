@@ -11,10 +11,14 @@ import pytest
 from groups import (
     DECISIONS,
     GROUP_DECISIONS,
+    MAX_AMOUNT,
     Bimatrix,
     ConfigError,
     InvalidDecision,
     PublicGoods,
+    config_number,
+    require_number,
+    shown,
 )
 from groups.bimatrix import PRISONERS_DILEMMA
 from groups.registry import available_games
@@ -197,6 +201,32 @@ def test_bimatrix_refuses_non_finite_payoffs(value: float) -> None:
     )
 
 
+@pytest.mark.parametrize("value", [1.7e308, -1.7e308, 1e9 + 1, -1e9 - 1, 10**400])
+def test_bimatrix_refuses_a_payoff_beyond_max_amount(value: float) -> None:
+    """A payoff of magnitude above 1e9 is refused on its cell: 1.7e308 made every score inf."""
+    error = config_error(Bimatrix, {"payoffs": {**PD, "BB": [1, value]}})
+    assert error.field == "config.payoffs.BB"
+    assert "1e+09" in error.message and len(error.message) < 200
+
+
+def test_bimatrix_takes_payoffs_of_max_amount() -> None:
+    """±1e9 is the largest payoff, and scores of it stay finite."""
+    table = {"AA": [MAX_AMOUNT, -MAX_AMOUNT], "AB": [0, 0], "BA": [0, 0], "BB": [-MAX_AMOUNT, MAX_AMOUNT]}
+    group = Bimatrix(["r", "c"], config={"payoffs": table})
+    assert group.payoff("r", {"r": 1, "c": 1}) == 1e9
+
+
+def test_bimatrix_payoffs_nested_1000_deep_are_a_config_error_with_a_short_message() -> None:
+    """repr() of the nested list raised RecursionError; the message shows its start."""
+    deep: Any = []
+    for _ in range(1_000):
+        deep = [deep]
+    for payoffs in (deep, {**PD, "AA": deep}, {**PD, "AA": [deep, 1]}):
+        error = config_error(Bimatrix, {"payoffs": payoffs})
+        assert error.field.startswith("config.payoffs")
+        assert "[[[[" in error.message and len(error.message) < 200
+
+
 @pytest.mark.parametrize("size", [1, 3])
 def test_bimatrix_refuses_groups_other_than_two(size: int) -> None:
     """Only pairs play bimatrix."""
@@ -285,6 +315,10 @@ def test_public_goods_config_defaults_and_custom_values() -> None:
         ({"mpcr": -0.1}, "config.mpcr"),
         ({"mpcr": "x"}, "config.mpcr"),
         ({"mpcr": False}, "config.mpcr"),
+        ({"endowment": 1e308}, "config.endowment"),
+        ({"endowment": 1e9 + 1}, "config.endowment"),
+        ({"mpcr": 1e308}, "config.mpcr"),
+        ({"mpcr": 1000.001}, "config.mpcr"),
         ({"budget": 10}, "config.budget"),
     ],
 )
@@ -340,3 +374,74 @@ def test_payoffs_at_once_are_exactly_each_members_payoff(name: str) -> None:
             expected = {m: float(group.payoff(m, decisions)) for m in group.members}
             got = group.payoffs(decisions)
             assert got == expected and list(got) == list(group.members)
+
+
+def test_public_goods_takes_an_endowment_of_max_amount_and_an_mpcr_of_1000() -> None:
+    """The largest endowment and mpcr are taken, and the payoff of a full group stays finite."""
+    config = {"endowment": MAX_AMOUNT, "mpcr": 1000}
+    assert PublicGoods.validate_config(config) == config
+    group = PublicGoods([str(n) for n in range(100)], config=config)
+    payoff = group.payoff("0", {str(n): MAX_AMOUNT for n in range(100)})
+    assert math.isfinite(payoff) and payoff == 1000 * 100 * MAX_AMOUNT
+
+
+def nested(depth: int) -> Any:
+    value: Any = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [nested(1_000), {"a": nested(1_000)}, "x" * 10_000, list(range(10_000)), 10**5000, 0.5, None, "decisions"],
+    ids=["nested-list", "nested-in-dict", "long-string", "long-list", "huge-int", "float", "none", "string"],
+)
+def test_shown_is_short_and_never_raises(value: Any) -> None:
+    """shown() of anything a client can send is at most 80 characters (repr() raised on the nested ones)."""
+    text = shown(value)
+    assert 0 < len(text) <= 80
+    if value in (0.5, None, "decisions"):
+        assert text == repr(value)
+
+
+def test_shown_survives_a_value_whose_repr_fails() -> None:
+    """A game's own value whose __repr__ raises is shown by its type."""
+
+    class Broken:
+        def __repr__(self) -> str:
+            raise ValueError("no")
+
+    assert shown(Broken()).startswith("<Broken")
+
+
+def test_require_number_refuses_a_nested_decision_with_a_short_message() -> None:
+    """A decision nested 1,000 deep is InvalidDecision (it raised RecursionError, which the server logged)."""
+    with pytest.raises(InvalidDecision) as info:
+        require_number(nested(1_000), 0, 1)
+    assert len(info.value.message) < 200
+
+
+@pytest.mark.parametrize(
+    ("value", "low", "above_low", "accepted"),
+    [
+        (MAX_AMOUNT, -MAX_AMOUNT, False, True),
+        (-MAX_AMOUNT, -MAX_AMOUNT, False, True),
+        (MAX_AMOUNT * 1.0000001, -MAX_AMOUNT, False, False),
+        (0, 0, False, True),
+        (0, 0, True, False),
+        (1e-9, 0, True, True),
+        (math.inf, -MAX_AMOUNT, False, False),
+        (math.nan, -MAX_AMOUNT, False, False),
+        (True, -MAX_AMOUNT, False, False),
+        ("1", -MAX_AMOUNT, False, False),
+    ],
+)
+def test_config_number_bounds(value: Any, low: float, above_low: bool, accepted: bool) -> None:
+    """config_number takes a finite number in [low, MAX_AMOUNT] ((low, ...] with above_low), else names the field."""
+    if accepted:
+        assert config_number(value, "config.x", low, above_low=above_low) == float(value)
+    else:
+        with pytest.raises(ConfigError) as info:
+            config_number(value, "config.x", low, above_low=above_low)
+        assert info.value.field == "config.x"
