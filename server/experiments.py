@@ -9,6 +9,7 @@ from typing import Any
 
 from groups import (
     MATCHINGS,
+    MAX_AMOUNT,
     ConfigError,
     DecisionGroup,
     Timing,
@@ -16,6 +17,7 @@ from groups import (
     game_name,
     load_game,
     plan_groups,
+    shown,
 )
 
 from .exceptions import BadRequest
@@ -27,6 +29,10 @@ MAX_BLOCKS = 1_000
 #: participants x blocks: one session row each, all inserted by the create request
 MAX_SESSIONS = 100_000
 MAX_SUBPERIODS = 100_000
+#: a week: a period's end (and a rate limit) stays a time the database can store
+MAX_PERIOD_LENGTH = 604_800.0
+#: how deep ``config`` may nest: far more than any game's settings, and less than JSON storage takes
+MAX_CONFIG_DEPTH = 32
 
 _FIELDS = {
     "game", "participants", "group_size", "blocks", "period_length", "num_subperiods",
@@ -54,21 +60,44 @@ def _integer(body: dict[str, Any], name: str, default: int | None, low: int, hig
     if value is None:
         raise BadRequest(f"{name}: expected an integer from {low} to {high}, got nothing", field=name)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise BadRequest(f"{name}: expected an integer from {low} to {high}, got {value!r}", field=name)
+        raise BadRequest(f"{name}: expected an integer from {low} to {high}, got {shown(value)}", field=name)
     return value
 
 
-def _number(body: dict[str, Any], name: str, default: float | None, *, positive: bool, nullable: bool) -> float | None:
+def _number(
+    body: dict[str, Any], name: str, default: float | None, low: float, high: float, *, above_low: bool, nullable: bool
+) -> float | None:
+    """A number from ``low`` (above it with ``above_low``) to ``high``, or null if ``nullable``.
+
+    Every number has an upper bound: a huge time overflows a period's end as the database stores
+    it, a huge amount the sums of scores.
+    """
     value = body.get(name, default)
     if value is None:
         if nullable:
             return None
         raise BadRequest(f"{name}: expected a number, got null", field=name)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or abs(value) == float("inf"):
-        raise BadRequest(f"{name}: expected a number{' or null' if nullable else ''}, got {value!r}", field=name)
-    if positive and value <= 0:
-        raise BadRequest(f"{name}: expected a number > 0, got {value!r}", field=name)
+    expected = f"a number {'above' if above_low else 'from'} {low:g} {'and at most' if above_low else 'to'} {high:g}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadRequest(f"{name}: expected {expected}{' or null' if nullable else ''}, got {shown(value)}", field=name)
+    if not (low < value if above_low else low <= value) or not value <= high:  # also refuses NaN
+        raise BadRequest(f"{name}: expected {expected}, got {shown(value)}", field=name)
     return float(value)
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    """Whether JSON ``value`` nests more than ``limit`` arrays and objects (walked without recursion)."""
+    level: list[Any] = [value]
+    for _ in range(limit + 1):
+        level = [
+            item
+            for container in level
+            if isinstance(container, dict | list)
+            for item in (container.values() if isinstance(container, dict) else container)
+        ]
+        if not level:
+            return False
+    return True
 
 
 def parse_request(body: Any) -> ExperimentRequest:
@@ -80,7 +109,7 @@ def parse_request(body: Any) -> ExperimentRequest:
         raise BadRequest(f"{unknown[0]}: unknown field; expected some of {sorted(_FIELDS)}", field=unknown[0])
     name = body.get("game")
     if not isinstance(name, str):
-        raise BadRequest(f"game: expected a game name, got {name!r}", field="game")
+        raise BadRequest(f"game: expected a game name, got {shown(name)}", field="game")
     try:
         game = load_game(name)
     except UnknownGame as exc:
@@ -102,23 +131,23 @@ def parse_request(body: Any) -> ExperimentRequest:
             f"got {participants} x {blocks} = {participants * blocks}",
             field="blocks",
         )
-    period_length = _number(body, "period_length", 60.0, positive=True, nullable=False)
+    period_length = _number(body, "period_length", 60.0, 0, MAX_PERIOD_LENGTH, above_low=True, nullable=False)
     num_subperiods = body.get("num_subperiods")
     if num_subperiods is not None:
         num_subperiods = _integer(body, "num_subperiods", None, 1, MAX_SUBPERIODS)
-    rate_limit = _number(body, "rate_limit", None, positive=True, nullable=True)
-    block_pause = _number(body, "block_pause", 5.0, positive=False, nullable=False) or 0.0
-    if not 0 <= block_pause <= MAX_BLOCK_PAUSE:
-        raise BadRequest(f"block_pause: expected seconds from 0 to {MAX_BLOCK_PAUSE:g}, got {block_pause!r}", field="block_pause")
-    bonus_points = _number(body, "bonus_points", 0.0, positive=False, nullable=False)
+    rate_limit = _number(body, "rate_limit", None, 0, MAX_PERIOD_LENGTH, above_low=True, nullable=True)
+    block_pause = _number(body, "block_pause", 5.0, 0, MAX_BLOCK_PAUSE, above_low=False, nullable=False) or 0.0
+    bonus_points = _number(body, "bonus_points", 0.0, -MAX_AMOUNT, MAX_AMOUNT, above_low=False, nullable=False)
     matching = body.get("matching", "fixed")
-    if matching not in MATCHINGS:
-        raise BadRequest(f"matching: expected one of {list(MATCHINGS)}, got {matching!r}", field="matching")
+    if not isinstance(matching, str) or matching not in MATCHINGS:
+        raise BadRequest(f"matching: expected one of {list(MATCHINGS)}, got {shown(matching)}", field="matching")
     config = body.get("config")
     if config is None:
         config = {}
     if not isinstance(config, dict):
-        raise BadRequest(f"config: expected an object, got {config!r}", field="config")
+        raise BadRequest(f"config: expected an object, got {shown(config)}", field="config")
+    if _nested_deeper(config, MAX_CONFIG_DEPTH):
+        raise BadRequest(f"config: expected at most {MAX_CONFIG_DEPTH} levels of nesting, got more", field="config")
     try:
         timing = Timing(period_length, num_subperiods, rate_limit)
         config = game.validate_config(config)

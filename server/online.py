@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from groups import shown
+
 from .exceptions import BadRequest
 
 FILLS = ("bots", "release")
@@ -63,7 +65,7 @@ def settings(stored: dict[str, Any] | None) -> OnlineSettings | None:
 def _seconds(body: dict[str, Any], name: str, default: float) -> float:
     value = body.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_WAIT:
-        raise BadRequest(f"online.{name}: expected seconds above 0 and at most {MAX_WAIT:g}, got {value!r}", field=f"online.{name}")
+        raise BadRequest(f"online.{name}: expected seconds above 0 and at most {MAX_WAIT:g}, got {shown(value)}", field=f"online.{name}")
     return float(value)
 
 
@@ -72,7 +74,7 @@ def _url(body: dict[str, Any], name: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or len(value) > 500 or urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc:
-        raise BadRequest(f"online.{name}: expected an http(s) URL of at most 500 characters, got {value!r}", field=f"online.{name}")
+        raise BadRequest(f"online.{name}: expected an http(s) URL of at most 500 characters, got {shown(value)}", field=f"online.{name}")
     return value
 
 
@@ -83,7 +85,7 @@ def parse_online(value: Any) -> OnlineSettings | None:
     if value is True:
         return OnlineSettings()
     if not isinstance(value, dict):
-        raise BadRequest(f"online: expected an object (or true for the defaults), got {value!r}", field="online")
+        raise BadRequest(f"online: expected an object (or true for the defaults), got {shown(value)}", field="online")
     unknown = sorted(set(value) - _FIELDS)
     if unknown:
         raise BadRequest(f"online.{unknown[0]}: unknown field; expected some of {sorted(_FIELDS)}", field=f"online.{unknown[0]}")
@@ -91,12 +93,12 @@ def parse_online(value: Any) -> OnlineSettings | None:
     allowed = set(string.ascii_letters + string.digits + "_-.")
     if not isinstance(label_param, str) or not 0 < len(label_param) <= 64 or set(label_param) - allowed:
         raise BadRequest(
-            f"online.label_param: expected a query parameter name (letters, digits, _ - .), got {label_param!r}",
+            f"online.label_param: expected a query parameter name (letters, digits, _ - .), got {shown(label_param)}",
             field="online.label_param",
         )
     fill = value.get("fill", "bots")
     if fill not in FILLS:
-        raise BadRequest(f"online.fill: expected one of {list(FILLS)}, got {fill!r}", field="online.fill")
+        raise BadRequest(f"online.fill: expected one of {list(FILLS)}, got {shown(fill)}", field="online.fill")
     completion_url = _url(value, "completion_url")
     if completion_url is not None:
         try:

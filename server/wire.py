@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from groups import shown
+
 from .exceptions import FrameError
 
 MAX_CLIENT_ID = 64
@@ -61,10 +63,10 @@ def parse(text: str, max_bytes: int) -> ClientFrame:
         raise FrameError("bad_frame", f'expected an object {{"channel", "payload"}}, got {type(frame).__name__}')
     channel = frame.get("channel")
     if not isinstance(channel, str) or not channel:
-        raise FrameError("bad_frame", f"expected a non-empty string 'channel', got {channel!r}")
+        raise FrameError("bad_frame", f"expected a non-empty string 'channel', got {shown(channel)}")
     if "payload" not in frame and channel != "ping":
         raise FrameError("bad_frame", "expected a 'payload' member, got none")
     frame_id = frame.get("id")
     if frame_id is not None and (not isinstance(frame_id, str) or not 0 < len(frame_id) <= MAX_CLIENT_ID):
-        raise FrameError("bad_id", f"expected 'id' to be a string of 1 to {MAX_CLIENT_ID} characters, got {frame_id!r}")
+        raise FrameError("bad_id", f"expected 'id' to be a string of 1 to {MAX_CLIENT_ID} characters, got {shown(frame_id)}")
     return ClientFrame(channel, frame.get("payload"), frame_id, frame.get("timestamp"))

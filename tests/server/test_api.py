@@ -294,6 +294,40 @@ REFUSED_BODIES = [
         ),
         id="public-goods-endowment-negative",
     ),
+    # every number has an upper bound: a huge period's end overflowed the stored time (halting a
+    # SQLite server's storage), a huge amount the sums of scores
+    pytest.param(_bad({"period_length": 604_800.5}, "period_length", "604800", "604800.5"), id="period-length-over-a-week"),
+    pytest.param(_bad({"period_length": 1e12}, "period_length", "604800"), id="period-length-1e12"),
+    pytest.param(_bad({"period_length": 1e308}, "period_length", "604800"), id="period-length-1e308"),
+    pytest.param(_bad({"rate_limit": 1e12}, "rate_limit", "604800"), id="rate-limit-1e12"),
+    pytest.param(_bad({"block_pause": 1e308}, "block_pause", "3600"), id="block-pause-1e308"),
+    pytest.param(_bad({"bonus_points": 1e308}, "bonus_points", "1e+09"), id="bonus-points-1e308"),
+    pytest.param(_bad({"bonus_points": -1e308}, "bonus_points", "1e+09"), id="bonus-points-minus-1e308"),
+    pytest.param(_bad({"bonus_points": 1e9 + 1}, "bonus_points", "1e+09"), id="bonus-points-over-1e9"),
+    pytest.param(
+        _bad({"config": {"payoffs": {**PRISONERS_DILEMMA, "AB": [0, 1.7e308]}}}, "config.payoffs.AB", "1e+09"),
+        id="bimatrix-payoff-1.7e308",
+    ),
+    pytest.param(
+        _bad({"config": {"payoffs": {**PRISONERS_DILEMMA, "BA": [-1e9 - 1, 0]}}}, "config.payoffs.BA", "1e+09"),
+        id="bimatrix-payoff-below-minus-1e9",
+    ),
+    pytest.param(
+        _bad({"game": "public_goods", "participants": 3, "group_size": 3, "config": {"endowment": 1e308}},
+             "config.endowment", "1e+09"),
+        id="public-goods-endowment-1e308",
+    ),
+    pytest.param(
+        _bad({"game": "public_goods", "participants": 3, "group_size": 3, "config": {"mpcr": 1000.5}},
+             "config.mpcr", "1000"),
+        id="public-goods-mpcr-over-1000",
+    ),
+    pytest.param(
+        _bad({"online": {"lobby_timeout": 1e308}}, "online.lobby_timeout", "86400"), id="online-lobby-timeout-1e308"
+    ),
+    pytest.param(
+        _bad({"online": {"dropout_after": 86_401}}, "online.dropout_after", "86400"), id="online-dropout-after-over-a-day"
+    ),
 ]
 
 
@@ -306,6 +340,66 @@ async def test_each_refused_body_gets_400_naming_the_field_with_expected_and_got
     message = assert_refused(response, case["field"])
     for fragment in case["fragments"]:
         assert fragment in message, (fragment, message)
+    assert await stored_experiments(server) == 0
+
+
+async def test_every_number_at_its_limit_is_accepted(server: Harness) -> None:
+    """A week's period_length and rate_limit, an hour's block_pause, bonus_points and payoffs of
+    ±1e9, an endowment of 1e9 with an mpcr of 1000, a day's online waits: each is 201."""
+    at_limit = {"AA": [1e9, -1e9], "AB": [0, 5], "BA": [5, 0], "BB": [-1e9, 1e9]}
+    bodies = [
+        {**VALID, "period_length": 604_800, "rate_limit": 604_800, "block_pause": 3600, "bonus_points": 1e9},
+        {**VALID, "bonus_points": -1e9, "config": {"payoffs": at_limit}},
+        {"game": "public_goods", "participants": 3, "group_size": 3, "config": {"endowment": 1e9, "mpcr": 1000}},
+        {**VALID, "online": {"lobby_timeout": 86_400, "dropout_after": 86_400}},
+    ]
+    for body in bodies:
+        response = await server.http.post("/api/experiments", json=body)
+        assert response.status_code == 201, (body, response.text)
+
+
+async def test_a_period_of_a_week_starts_and_is_stored(server: Harness) -> None:
+    """The longest period_length starts (its end a week ahead is stored) and the server goes on serving."""
+    exp = await server.create(period_length=604_800)
+    started = await server.http.post(f"/api/experiments/{exp['code']}/start")
+    assert started.status_code == 200, started.text
+    for _ in range(50):
+        detail = await server.http.get(f"/api/experiments/{exp['code']}")
+        assert detail.status_code == 200, detail.text
+        if detail.json()["status"] == "running":
+            break
+        await asyncio.sleep(0.1)
+    assert detail.json()["status"] == "running"
+    assert (await server.http.post("/api/experiments", json=VALID)).status_code == 201
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize(
+    ("template", "field"),
+    [
+        pytest.param('{"game": "bimatrix", "participants": 2, "group_size": 2, "config": {"payoffs": %s}}', "config",
+                     id="config-payoffs"),
+        pytest.param('{"game": "bimatrix", "participants": 2, "group_size": 2, "config": %s}', "config", id="config"),
+        pytest.param('{"game": %s, "participants": 2, "group_size": 2}', "game", id="game"),
+        pytest.param('{"game": "bimatrix", "participants": %s, "group_size": 2}', "participants", id="participants"),
+        pytest.param('{"game": "bimatrix", "participants": 2, "group_size": 2, "period_length": %s}', "period_length",
+                     id="period-length"),
+        pytest.param('{"game": "bimatrix", "participants": 2, "group_size": 2, "matching": %s}', "matching",
+                     id="matching"),
+        pytest.param('{"game": "bimatrix", "participants": 2, "group_size": 2, "online": {"fill": %s}}', "online.fill",
+                     id="online-fill"),
+    ],
+)
+async def test_a_value_nested_1000_deep_is_400_naming_its_field(server: Harness, template: str, field: str) -> None:
+    """JSON nested 1,000 deep (which the body's parser takes) is refused with 400 and a short message,
+    not a 500 (repr() of it raised RecursionError)."""
+    body = (template % _nested(1_000)).encode()
+    response = await server.http.post("/api/experiments", content=body, headers={"content-type": "application/json"})
+    message = assert_refused(response, field)
+    assert len(message) < 300, message
     assert await stored_experiments(server) == 0
 
 

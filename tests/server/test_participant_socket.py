@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -539,6 +540,10 @@ BAD_FRAMES: list[tuple[str, str, str]] = [
     ("decision_bool", '{"channel": "decisions", "payload": true, "id": "v4"}', "invalid_decision"),
     ("decision_null", '{"channel": "decisions", "payload": null, "id": "v5"}', "invalid_decision"),
     ("decision_list", '{"channel": "decisions", "payload": [1], "id": "v6"}', "invalid_decision"),
+    # nested 1,000 deep (orjson reads up to 1,024): repr() of it raised RecursionError (game_error)
+    ("decision_nested", '{"channel": "decisions", "payload": ' + "[" * 1_000 + "]" * 1_000 + ', "id": "v7"}', "invalid_decision"),
+    ("id_nested", '{"channel": "decisions", "payload": 1, "id": ' + "[" * 1_000 + "]" * 1_000 + "}", "bad_id"),
+    ("channel_nested", '{"payload": 1, "channel": ' + "[" * 1_000 + "]" * 1_000 + "}", "bad_frame"),
     ("too_large", orjson.dumps({"channel": "decisions", "payload": "x" * 20_000}).decode(), "too_large"),
     # 5,000 characters but 20,000 bytes: the limit is in bytes
     ("too_large_in_bytes", orjson.dumps({"channel": "decisions", "payload": "\U0001f600" * 5_000}).decode(), "too_large"),
@@ -569,6 +574,38 @@ async def test_a_refused_frame_gets_an_error_and_changes_nothing(server: Harness
     assert ack["channel"] == "ack" and ack["payload"]["id"] == "valid-after"
     after = await server.events(exp["code"])
     assert [e["seq"] for e in stored(after, "decisions")] == [ack["payload"]["seq"]]
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+DEEP_FRAMES = [
+    ('{"channel": "decisions", "id": "deep", "payload": ' + nested(1_000) + "}", "invalid_decision"),
+    ('{"channel": "decisions", "payload": 0.5, "id": ' + nested(1_000) + "}", "bad_id"),
+    ('{"payload": 0.5, "channel": ' + nested(1_000) + "}", "bad_frame"),
+    ('{"channel": "decisions", "id": "deep2", "payload": {"a": ' + nested(1_000) + "}}", "invalid_decision"),
+]
+
+
+async def test_deeply_nested_frames_get_their_own_error_codes_and_log_no_error(
+    server: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A payload, id or channel nested 1,000 deep gets invalid_decision, bad_id or bad_frame with a
+    short message, on both routes, and the server logs no error (repr() of it raised RecursionError,
+    answered game_error with a traceback in the log)."""
+    caplog.set_level(logging.WARNING)
+    exp, (_, b_code), (a, _), _ = await running_group(server)
+    group_id = (await server.events(exp["code"]))[0]["group"]
+    rw = await server.connect(b_code, redwood_path("bimatrix", group_id, b_code))
+    for client in (a, rw):
+        for raw, code in DEEP_FRAMES:
+            await client.send_raw(raw)
+            frame = await client.expect("error")
+            assert frame["payload"]["code"] == code, frame
+            assert len(frame["payload"]["message"]) < 300, frame
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert stored(await server.events(exp["code"]), "decisions") == []
 
 
 async def test_a_refused_decision_does_not_use_up_its_id(server: Harness) -> None:
