@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from typing import Any
 
 import orjson
@@ -18,7 +19,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from groups import available_games
+from groups import available_games, shown
 
 from .accounts import SCOPE_KEY, Account, Refused
 from .exceptions import (
@@ -63,6 +64,9 @@ from .storage import (
 
 #: the largest integer a query value may be: a 64-bit column holds it
 MAX_QUERY_INT = 2**63 - 1
+#: a query integer as written: ASCII digits, a sign only for a negative (``int()`` would also take
+#: ``1_0``, ``+1``, `` 1`` and the digits of every script)
+_QUERY_INT = re.compile(r"-?[0-9]+")
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 STATUSES = ("pending", "running", "done", "cancelled", "failed")
@@ -123,12 +127,15 @@ def query_int(request: Request, name: str, default: int, low: int, high: int = M
     raw = query_value(request, name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name}: expected an integer, got {raw!r}", field=name) from None
+    if _QUERY_INT.fullmatch(raw) is None:
+        raise BadRequest(f"{name}: expected an integer of the digits 0-9, got {shown(raw)}", field=name)
+    digits = raw.lstrip("-").lstrip("0")
+    # more digits than MAX_QUERY_INT has is out of range whatever they are (and int() of thousands is slow)
+    value = int(raw) if len(digits) <= 19 else (low - 1 if raw[0] == "-" else high + 1)
     if not low <= value <= high:
-        raise BadRequest(f"{name}: expected an integer from {low} to {high}, got {raw}", field=name)
+        raise BadRequest(
+            f"{name}: expected an integer from {low} to {high}, got {raw if len(raw) <= 20 else shown(raw)}", field=name
+        )
     return value
 
 
@@ -436,8 +443,8 @@ async def group_history(request: Request) -> Response:
     row = await _experiment(request)
     upto_seq = query_int(request, "upto_seq", 0, 0) or None
     raw = str(request.path_params["group"])
-    if not raw.isdigit() or int(raw) > MAX_QUERY_INT:
-        raise NotFound(f"no group {raw!r} in this experiment")
+    if _QUERY_INT.fullmatch(raw) is None or raw[0] == "-" or len(raw) > 19 or int(raw) > MAX_QUERY_INT:
+        raise NotFound(f"no group {shown(raw)} in this experiment")
     try:
         body = await runtime(request).database.read(period_history, int(raw), upto_seq, row["id"])
     except LookupError as exc:

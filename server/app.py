@@ -90,7 +90,8 @@ async def participant_history(request: Request) -> Response:
     if seat is None:
         return PlainTextResponse("unknown participant code", status_code=404)
     raw = request.query_params.get("upto_seq", "")
-    upto_seq = int(raw) if raw.isdigit() and len(raw) < 19 else None
+    # ASCII digits only: str.isdigit() also takes '²', which int() refuses
+    upto_seq = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
     body = await rt.database.read(period_history, seat.group_id, upto_seq)
     return Response(orjson.dumps(body), media_type="application/json", headers={"Cache-Control": "no-store"})
 

@@ -684,6 +684,27 @@ async def test_next_links_keep_the_after_seq_filter(server: Harness) -> None:
     assert seen == list(range(after + 1, total + 1))
 
 
+NOT_ASCII_INTEGERS = ["1_0", "+1", " 1", "1 ", "\u0661", "\uff11", "\u00b2", "0x1", "1e1", "-0_1"]
+
+
+@pytest.mark.parametrize("name", ["page", "page_size", "after_seq"])
+@pytest.mark.parametrize("value", NOT_ASCII_INTEGERS, ids=ascii)
+async def test_a_query_integer_is_ascii_digits_only(server: Harness, name: str, value: str) -> None:
+    """``1_0``, ``+1``, `` 1``, an Arabic-Indic or fullwidth one, ``²``: 400 naming the field
+    (``int()`` took most of them: ``page=1_0`` was page 10)."""
+    exp = await server.create()
+    response = await server.http.get(events_url(exp), params={name: value})
+    assert_refused(response, name)
+
+
+async def test_a_group_history_of_a_digit_that_is_not_ascii_is_404(server: Harness) -> None:
+    """``groups/²/history`` is 404, not a 500 (``'²'.isdigit()`` but ``int('²')`` fails)."""
+    exp = await server.create()
+    for raw in ("\u00b2", "\u0661", "1_0"):
+        response = await server.http.get(f"/api/experiments/{exp['code']}/groups/{raw}/history")
+        assert response.status_code == 404, (raw, response.text)
+
+
 @pytest.mark.parametrize("value", ["-1", "x", "1.5"])
 async def test_a_bad_after_seq_is_400_naming_after_seq(server: Harness, value: str) -> None:
     """A negative or non-integer after_seq is 400 with field after_seq."""
