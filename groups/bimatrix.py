@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from .bots import clamp, current, toward, walk
 from .exceptions import ConfigError
-from .group import DecisionGroup, config_number, require_number, shown
+from .group import MAX_AMOUNT, DecisionGroup, config_number, require_number, shown
 
 PRISONERS_DILEMMA = {"AA": [3, 3], "AB": [0, 5], "BA": [5, 0], "BB": [1, 1]}
 _CELLS = ("AA", "AB", "BA", "BB")
@@ -45,7 +45,12 @@ class Bimatrix(DecisionGroup):
                 "type": "object",
                 "description": "cell -> [row payoff, col payoff]; A is the first action",
                 "properties": {
-                    cell: {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+                    cell: {
+                        "type": "array",
+                        "items": {"type": "number", "minimum": -MAX_AMOUNT, "maximum": MAX_AMOUNT},
+                        "minItems": 2,
+                        "maxItems": 2,
+                    }
                     for cell in _CELLS
                 },
                 "required": list(_CELLS),

@@ -32,8 +32,8 @@ class PublicGoods(DecisionGroup):
     config_schema: ClassVar[dict[str, Any]] = {
         "type": "object",
         "properties": {
-            "endowment": {"type": "number", "exclusiveMinimum": 0},
-            "mpcr": {"type": "number", "minimum": 0, "description": "marginal per-capita return"},
+            "endowment": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_AMOUNT},
+            "mpcr": {"type": "number", "minimum": 0, "maximum": MAX_MPCR, "description": "marginal per-capita return"},
         },
         "additionalProperties": False,
     }

@@ -23,10 +23,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from groups import MATCHINGS, DecisionGroup, available_games
+from groups import MATCHINGS, MAX_AMOUNT, DecisionGroup, available_games
 
 from .api import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_QUERY_INT, STATUSES
-from .experiments import MAX_BLOCK_PAUSE, MAX_BLOCKS, MAX_PARTICIPANTS, MAX_SESSIONS, MAX_SUBPERIODS
+from .experiments import (
+    MAX_BLOCK_PAUSE,
+    MAX_BLOCKS,
+    MAX_PARTICIPANTS,
+    MAX_PERIOD_LENGTH,
+    MAX_SESSIONS,
+    MAX_SUBPERIODS,
+)
 from .export import TABLES
 from .live import ACTIONS
 from .online import FILLS, MAX_WAIT
@@ -334,15 +341,15 @@ def _timing_properties() -> dict[str, JSONSchema]:
     return {
         "blocks": {"type": "integer", "minimum": 1, "maximum": MAX_BLOCKS, "default": 1,
                    "description": f"participants x blocks may be at most {MAX_SESSIONS}"},
-        "period_length": {"type": "number", "exclusiveMinimum": 0, "default": 60,
+        "period_length": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_PERIOD_LENGTH, "default": 60,
                           "description": "seconds from the period's start to its end"},
         "num_subperiods": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_SUBPERIODS, "default": None,
                            "description": "null: continuous time"},
-        "rate_limit": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
+        "rate_limit": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_PERIOD_LENGTH, "default": None,
                        "description": "seconds between group_decisions broadcasts; null: none"},
         "block_pause": {"type": "number", "minimum": 0, "maximum": MAX_BLOCK_PAUSE, "default": 5,
                         "description": "seconds between a group's period_end and its next block"},
-        "bonus_points": {"type": "number", "default": 0},
+        "bonus_points": {"type": "number", "minimum": -MAX_AMOUNT, "maximum": MAX_AMOUNT, "default": 0},
         "matching": {"type": "string", "enum": list(MATCHINGS), "default": MATCHINGS[0]},
     }
 
