@@ -229,7 +229,7 @@ class ClientConnection:
                 self.participant, frame.channel, frame.payload, frame_id, lambda f: self._stored(f, frame_id)
             )
         except FrameError as exc:
-            self.send(error(exc.code, exc.message))
+            self.send(error(exc.code, exc.message, exc.frame_id))
             return
         except RefusedAction as exc:
             self.send(error(exc.code, exc.message, frame_id))

@@ -90,10 +90,12 @@ class NotFound(ApiError):
 class FrameError(SynclabError):
     """A client frame refused before it reached the group."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, frame_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        #: the frame's ``id`` when it was read before the refusal (the client drops that frame)
+        self.frame_id = frame_id
 
 
 class NotPersisted(SynclabError):

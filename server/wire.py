@@ -13,6 +13,9 @@ from groups import shown
 from .exceptions import FrameError
 
 MAX_CLIENT_ID = 64
+#: the deepest a frame's payload may nest: JSON deeper than the database's encoder writes (254
+#: levels) could be taken by a game that accepts any value and then never be stored
+MAX_DEPTH = 64
 
 
 def ms(epoch: float) -> int:
@@ -69,4 +72,20 @@ def parse(text: str, max_bytes: int) -> ClientFrame:
     frame_id = frame.get("id")
     if frame_id is not None and (not isinstance(frame_id, str) or not 0 < len(frame_id) <= MAX_CLIENT_ID):
         raise FrameError("bad_id", f"expected 'id' to be a string of 1 to {MAX_CLIENT_ID} characters, got {shown(frame_id)}")
-    return ClientFrame(channel, frame.get("payload"), frame_id, frame.get("timestamp"))
+    payload = frame.get("payload")
+    # a frame can only nest that deep with as many brackets, which str.count finds at C speed
+    if text.count("[") + text.count("{") > MAX_DEPTH and _deeper(payload, MAX_DEPTH):
+        raise FrameError("bad_frame", f"expected a payload nested at most {MAX_DEPTH} levels deep", frame_id)
+    return ClientFrame(channel, payload, frame_id, frame.get("timestamp"))
+
+
+def _deeper(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and objects more than ``limit`` levels deep (the value itself is level 1)."""
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            if level > limit:
+                return True
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
