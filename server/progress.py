@@ -147,6 +147,7 @@ def _rows(conn: Any, experiment_id: int, upto_seq: int | None) -> list[dict[str,
         group = next((s.group_id for s in mine if not s.group_ended), mine[-1].group_id if mine else None)
         since = open_since.get(pid)
         possible = int(num_blocks)
+        over = len(mine) == possible and mine[-1].group_ended  # its last block's period ended
         rows.append(
             {
                 "code": code,
@@ -168,8 +169,9 @@ def _rows(conn: Any, experiment_id: int, upto_seq: int | None) -> list[dict[str,
                 "join_label": join_label,
                 "joined_at": iso(joined_at),
                 "completion_code": completion_code,
-                # how the run ended (see server.storage.statuses); as of a seq, only once it has
-                "status": status if upto_seq is None or finished == possible or status in FINAL_STATUSES else None,
+                # how the run ended (see server.storage.statuses); as of a seq, only once it had:
+                # the status was set with the last block's period end (or is one set for good)
+                "status": status if upto_seq is None or over or status in FINAL_STATUSES else None,
             }
         )
     return rows

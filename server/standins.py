@@ -21,7 +21,8 @@ Taking a seat and leaving it are recorded as ``standin`` events (``{"participant
 "playing"}``, stored, sent to nobody) with the participant's status in the same write
 (:mod:`server.storage.statuses`): ``bot``, ``dropped`` when a bot takes over from a human,
 ``replaced`` when the human comes back; ``finished`` (or ``dropped`` if a bot still plays) when
-the last block's period ends. Everything here runs at the group's authority: a worker that takes
+the last block's period ends, which the writer's transaction makes ``cancelled`` for a member who
+did not play every block (the experimenter ended the experiment or a group first). Everything here runs at the group's authority: a worker that takes
 a group over (or a restart) loads it with its members' statuses, puts the fill bots back at
 once, a ``dropped`` member's bot too unless they reconnect first, and starts every other absent
 member's ``dropout_after`` from their last connection's stored close (from the load when that is

@@ -1,29 +1,46 @@
 """Participants' statuses: how each one's run ended, set in the writer's transaction.
 
-``participants.status`` is empty while a participant plays; ``finished`` once their last block's
-period ends with a human at the seat; ``dropped`` while (and if, at the end) a server-side bot
-plays for them after they left; ``replaced`` once they came back to a seat a bot had played;
-``bot`` for a seat a bot fills from the lobby; ``no_group`` for an arrival the lobby released.
-``finished`` and ``bot`` are only set on an empty status (a run that was ``replaced`` stays so
-when it finishes); ``dropped`` and ``replaced`` follow each other, but never change ``bot`` or
-``no_group``. The live groups name the changes (:attr:`.writes.Write.statuses`); the rules
-are here, checked against the stored status in the same transaction.
+``participants.status`` is empty while a participant plays. Their last block's period end
+(whether it ran its length or the experimenter ended it) makes it ``finished`` when every one
+of their blocks was played (each session started and ended: completion ``possible`` of
+``possible``), else ``cancelled``: the experimenter ended the experiment, or a group of theirs,
+before they had played every block (they never came, or played some blocks). ``dropped`` while
+(and if, at the end) a server-side bot plays for them after they left; ``replaced`` once they
+came back to a seat a bot had played; ``bot`` for a seat a bot fills from the lobby;
+``no_group`` for an arrival the lobby released. ``finished``, ``cancelled`` and ``bot`` are only
+set on an empty status (a run that was ``replaced`` stays so when it ends); ``dropped`` and
+``replaced`` follow each other, but never change ``bot`` or ``no_group``. The live groups name
+the changes (:attr:`.writes.Write.statuses`: ``finished`` for every member at the last block's
+period end, the choice between it and ``cancelled`` is made here, from the sessions this
+transaction has just finished); the rules are here, checked against the stored rows in the same
+transaction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.engine import Connection
 
-from .tables import participants
+from .tables import participants, sessions
 
-STATUSES = ("finished", "dropped", "replaced", "bot", "no_group")
+STATUSES = ("finished", "cancelled", "dropped", "replaced", "bot", "no_group")
 #: set only on an empty status
-ONLY_FIRST = frozenset({"finished", "bot"})
+ONLY_FIRST = frozenset({"finished", "cancelled", "bot"})
 #: never changed once set
 FINAL_STATUSES = ("bot", "no_group")
+#: what the end of a run makes of ``finished``: ``cancelled`` while a session of theirs never
+#: finished (a period of theirs the experimenter ended before it started, or never reached)
+_HOW_IT_ENDED = case(
+    (
+        select(sessions.c.id)
+        .where(and_(sessions.c.participant_id == participants.c.id, sessions.c.finished_at.is_(None)))
+        .exists(),
+        "cancelled",
+    ),
+    else_="finished",
+)
 
 
 def set_statuses(conn: Connection, changes: Sequence[tuple[int, str]]) -> None:
@@ -34,5 +51,7 @@ def set_statuses(conn: Connection, changes: Sequence[tuple[int, str]]) -> None:
         empty = participants.c.status.is_(None)
         allowed = empty if status in ONLY_FIRST else or_(empty, participants.c.status.not_in(FINAL_STATUSES))
         conn.execute(
-            update(participants).where(and_(participants.c.id == participant_id, allowed)).values(status=status)
+            update(participants)
+            .where(and_(participants.c.id == participant_id, allowed))
+            .values(status=_HOW_IT_ENDED if status == "finished" else status)
         )

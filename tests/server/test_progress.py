@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import random
 from typing import Any
 
@@ -120,6 +122,74 @@ async def test_exclude_unfinished_compares_only_finished_participants(server: Ha
     assert stats["mean_score"] == pytest.approx(rows[hello["members"][0]]["final_score"])
     all_stats = await get(server, f"/api/experiments/{code}/stats")
     assert all_stats["mean_completion"] == pytest.approx(0.5)
+
+
+async def everywhere(server: Harness, code: str) -> dict[str, tuple[str | None, int]]:
+    """Each participant's ``(status, blocks earned)``, the same in the API, the JSON and CSV exports
+    and the whole document (asserted), and the stats' ``finished`` count as the statuses say it."""
+    api = {r["code"]: (r["status"], r["completion"]["earned"])
+           for r in (await get(server, f"/api/experiments/{code}/participants?page_size=1000"))["results"]}
+    table = await get(server, f"/api/experiments/{code}/export.json?table=participants")
+    assert {r["code"]: (r["status"], r["completion"]["earned"]) for r in table} == api
+    document = await get(server, f"/api/experiments/{code}/export.json")
+    assert {r["code"]: (r["status"], r["completion"]["earned"]) for r in document["participants"]} == api
+    response = await server.http.get(f"/api/experiments/{code}/export.csv", params={"table": "participants"})
+    assert response.status_code == 200, response.text
+    assert {r["code"]: r["status"] or None for r in csv.DictReader(io.StringIO(response.text))} == {
+        c: status for c, (status, _) in api.items()
+    }
+    stats = await get(server, f"/api/experiments/{code}/stats")
+    assert stats["finished"] == sum(status == "finished" for status, _ in api.values())
+    return api
+
+
+async def test_ending_an_experiment_tells_how_each_run_ended_alike_in_the_api_exports_and_stats(
+    any_server: Harness,
+) -> None:
+    """Two blocks; end: a pair that never came and a pair that played 1 of 2 blocks are cancelled,
+    a pair in its last block's period is finished (every block played); all sources agree."""
+    server = any_server
+    exp = await server.create(participants=6, group_size=2, blocks=2, period_length=30, block_pause=0.2)
+    code = exp["code"]
+    codes = [p["code"] for p in exp["participants"]]
+    clients = {c: await server.connect(c) for c in codes[:4]}
+    groups = {c: (await client.expect("hello"))["payload"] for c, client in clients.items()}
+    first = groups[codes[0]]
+    played = first["members"]  # block 0 ended by the experimenter, block 1 running when it all ends
+    some = groups[next(c for c in codes[:4] if c not in played)]["members"]  # block 0 only
+    absent = [c for c in codes if c not in played and c not in some]  # never connected
+    assert len(absent) == 2 and all(c not in clients for c in absent)
+    for c in (*played, *some):
+        await until_state(clients[c], "period_start")
+    await clients[some[1]].close()  # gone before block 1: its group there never starts
+    for members in (first["members"], some):
+        ended = await server.http.post(
+            f"/api/experiments/{code}/end", params={"group": groups[members[0]]["group"]}
+        )
+        assert ended.status_code == 200, ended.text
+    for c in played:
+        await until_state(clients[c], "period_start", wait=5)  # block 1
+    assert (await get(server, f"/api/experiments/{code}"))["status"] == "running"
+    assert await everywhere(server, code) == {c: (None, 0 if c in absent else 1) for c in codes}
+
+    ended = await server.http.post(f"/api/experiments/{code}/end")
+    assert ended.status_code == 200 and ended.json()["status"] == "cancelled", ended.text
+    await until_state(clients[played[0]], "period_end")
+    expected = {c: ("finished", 2) for c in played}
+    expected |= {c: ("cancelled", 1) for c in some}
+    expected |= {c: ("cancelled", 0) for c in absent}
+    assert await everywhere(server, code) == expected
+    stats = await get(server, f"/api/experiments/{code}/stats")
+    assert stats["finished"] == 2 and stats["participants"] == 6
+
+
+async def test_ending_a_pending_experiment_cancels_every_run(any_server: Harness) -> None:
+    """end on a 2-block experiment nobody came to: every participant cancelled, 0 of 2, none finished."""
+    exp = await any_server.create(participants=4, group_size=2, blocks=2, period_length=30)
+    code = exp["code"]
+    ended = await any_server.http.post(f"/api/experiments/{code}/end")
+    assert ended.status_code == 200 and ended.json()["status"] == "cancelled", ended.text
+    assert await everywhere(any_server, code) == {p["code"]: ("cancelled", 0) for p in exp["participants"]}
 
 
 # --------------------------------------------------------------------------- who may read what

@@ -10,13 +10,13 @@ import asyncio
 import csv
 import io
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from server.storage import Write, commit_writes, experiments, make_engine, participants
+from server.storage import Write, commit_writes, experiments, make_engine, participants, sessions
 from server.verify import verify
 from tests.server.harness import Harness, running_server, timeout, until_state
 
@@ -213,15 +213,22 @@ async def test_offline_experiments_get_no_bots(server: Harness) -> None:
 
 async def test_statuses_follow_their_rules_in_the_writers_transaction(any_server: Harness) -> None:
     """finished and bot only on an empty status; dropped and replaced follow each other; bot and
-    no_group never change; an unknown status is refused (and nothing of its batch is stored)."""
-    exp = await any_server.create(game="public_goods", participants=4, group_size=2)
+    no_group never change; an unknown status is refused (and nothing of its batch is stored).
+    finished is stored as cancelled for a participant with a session that never finished."""
+    exp = await any_server.create(game="public_goods", participants=6, group_size=2)
     engine = any_server.runtime.database.engine
     with engine.connect() as conn:
         experiment_id = conn.execute(select(experiments.c.id).where(experiments.c.code == exp["code"])).scalar_one()
-        rows = conn.execute(
+        everyone = conn.execute(
             select(participants.c.id).where(participants.c.experiment_id == experiment_id).order_by(participants.c.index)
         ).scalars().all()
+    rows, (fifth, sixth) = everyone[:4], everyone[4:]
     first, second, third, fourth = rows
+    with engine.begin() as conn:  # their only block played: everyone but the fifth
+        conn.execute(
+            update(sessions).where(sessions.c.participant_id != fifth, sessions.c.experiment_id == experiment_id)
+            .values(started_at=datetime.now(UTC), finished_at=datetime.now(UTC))
+        )
 
     def apply(*changes: tuple[int, str]) -> None:
         with engine.connect() as conn:
@@ -245,3 +252,12 @@ async def test_statuses_follow_their_rules_in_the_writers_transaction(any_server
     with pytest.raises(ValueError, match="expected a status in"):
         apply((first, "dropped"), (second, "gone"))
     assert now() == ["finished", "dropped", "bot", "no_group"]
+
+    def of(participant_id: int) -> str | None:
+        with engine.connect() as conn:
+            return conn.execute(select(participants.c.status).where(participants.c.id == participant_id)).scalar()
+
+    apply((fifth, "finished"), (sixth, "cancelled"))
+    assert (of(fifth), of(sixth)) == ("cancelled", "cancelled")
+    apply((fifth, "finished"), (sixth, "dropped"))
+    assert (of(fifth), of(sixth)) == ("cancelled", "dropped")
