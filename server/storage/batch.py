@@ -158,8 +158,10 @@ def _store_periods(conn: Connection, writes: Sequence[Write]) -> None:
     after it ran)."""
     starting: dict[int, float] = {}
     started: list[tuple[int, float | None]] = []
-    ended: list[tuple[int, int, float | None]] = []
+    ended: list[tuple[int, int, float | None, bool]] = []
     for write in writes:
+        # the experimenter's end is stored with what it caused, in the same write
+        by_hand = any(ev.channel == "control" and _ends(ev.value) for ev in write.events)
         for ev in write.events:
             if ev.channel != "state" or ev.group_id is None:
                 continue
@@ -168,13 +170,18 @@ def _store_periods(conn: Connection, writes: Sequence[Write]) -> None:
                 starting.setdefault(write.experiment_id, ev.timestamp)
                 started.append((ev.group_id, g.started_at if g else ev.timestamp))
             elif ev.value == "period_end":
-                ended.append((write.experiment_id, ev.group_id, g.ended_at if g else ev.timestamp))
+                ended.append((write.experiment_id, ev.group_id, g.ended_at if g else ev.timestamp, by_hand))
     for experiment_id, at in starting.items():
         experiment_running(conn, experiment_id, at)
     for group_id, started_at in started:
         period_started(conn, group_id, started_at)
-    for experiment_id, group_id, ended_at in ended:
-        period_ended(conn, experiment_id, group_id, ended_at)
+    for experiment_id, group_id, ended_at, by_hand in ended:
+        period_ended(conn, experiment_id, group_id, ended_at, by_hand=by_hand)
+
+
+def _ends(value: Any) -> bool:
+    """Whether a ``control`` event's value is the experimenter's ``end``."""
+    return isinstance(value, dict) and value.get("action") == "end"
 
 
 def _changes_a_period(write: Write) -> bool:

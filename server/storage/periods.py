@@ -58,7 +58,7 @@ _EXPERIMENT_DONE = (
         experiments.c.status.in_(("pending", "running")),
         ~select(groups.c.id).where(and_(groups.c.experiment_id == _experiment, groups.c.phase != "ended")).exists(),
     ))
-    .values(status="done", finished_at=bindparam("at"))
+    .values(status=bindparam("status"), finished_at=bindparam("at"))
 )
 
 
@@ -73,10 +73,18 @@ def period_started(conn: Connection, group_id: int, at: float | None) -> None:
     conn.execute(_BLOCK_RUNNING, {"gid": group_id})
 
 
-def period_ended(conn: Connection, experiment_id: int, group_id: int, at: float | None) -> None:
-    """Finish the group's sessions (final_score = bonus + Σ results); close its block and experiment when all ended."""
+def period_ended(
+    conn: Connection, experiment_id: int, group_id: int, at: float | None, *, by_hand: bool = False
+) -> None:
+    """Finish the group's sessions (final_score = bonus + Σ results); close its block and experiment when all ended.
+
+    The experiment is then ``done``, or ``cancelled`` when this end was the experimenter's
+    (``by_hand``): their ``end`` ended its last open period, as ``end`` on the whole experiment
+    does (the same groups ended one at a time are the same act).
+    """
     ended_at = to_datetime(at)
     conn.execute(_SESSIONS_FINISHED, {"gid": group_id, "at": ended_at})
     block_id = conn.execute(_GROUP_BLOCK, {"gid": group_id}).scalar_one()
     conn.execute(_BLOCK_DONE, {"bid": block_id})
-    conn.execute(_EXPERIMENT_DONE, {"eid": experiment_id, "at": ended_at})
+    status = "cancelled" if by_hand else "done"
+    conn.execute(_EXPERIMENT_DONE, {"eid": experiment_id, "at": ended_at, "status": status})

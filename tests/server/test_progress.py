@@ -192,6 +192,50 @@ async def test_ending_a_pending_experiment_cancels_every_run(any_server: Harness
     assert await everywhere(any_server, code) == {p["code"]: ("cancelled", 0) for p in exp["participants"]}
 
 
+async def test_ending_every_group_by_hand_cancels_the_experiment(any_server: Harness) -> None:
+    """end?group= for each group of a pending experiment: cancelled like end on all of it, not done."""
+    server = any_server
+    exp = await server.create(participants=4, group_size=2, blocks=2, period_length=30)
+    code = exp["code"]
+    document = await get(server, f"/api/experiments/{code}/export.json")
+    for group in sorted(g["id"] for g in document["groups"]):
+        ended = await server.http.post(f"/api/experiments/{code}/end", params={"group": group})
+        assert ended.status_code == 200 and ended.json()["groups"] == [group], ended.text
+    await wait_for_status(server, code, "cancelled")
+    detail = await get(server, f"/api/experiments/{code}")
+    assert detail["finished_at"]
+    assert await everywhere(server, code) == {p["code"]: ("cancelled", 0) for p in exp["participants"]}
+
+
+async def test_what_ends_the_experiment_decides_done_or_cancelled(server: Harness) -> None:
+    """One group plays to its end, the other is ended by hand: cancelled when the hand's end comes
+    last, done when the last period ran its length; the statuses say who finished either way."""
+    for by_hand_last in (True, False):
+        exp = await server.create(participants=4, group_size=2, period_length=1.5)
+        code = exp["code"]
+        codes = [p["code"] for p in exp["participants"]]
+        a = await server.connect(codes[0])
+        hello = (await a.expect("hello"))["payload"]
+        b = await server.connect(next(c for c in hello["members"] if c != codes[0]))
+        other = next(c for c in codes if c not in hello["members"])
+        document = await get(server, f"/api/experiments/{code}/export.json")
+        their = next(g["id"] for g in document["groups"] if other in g["members"])
+        await until_state(a, "period_start")
+        if by_hand_last:
+            await until_state(a, "period_end", wait=5)
+            assert (await get(server, f"/api/experiments/{code}"))["status"] == "running"
+        ended = await server.http.post(f"/api/experiments/{code}/end", params={"group": their})
+        assert ended.status_code == 200 and ended.json()["groups"] == [their], ended.text
+        if not by_hand_last:
+            assert (await get(server, f"/api/experiments/{code}"))["status"] == "running"
+            await until_state(a, "period_end", wait=5)
+        await wait_for_status(server, code, "cancelled" if by_hand_last else "done")
+        expected = {c: ("finished" if c in hello["members"] else "cancelled", int(c in hello["members"])) for c in codes}
+        assert await everywhere(server, code) == expected
+        await a.close()
+        await b.close()
+
+
 # --------------------------------------------------------------------------- who may read what
 
 
