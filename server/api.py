@@ -60,6 +60,7 @@ from .storage import (
     list_sessions,
     missing_completion_codes,
     period_history,
+    run_over,
 )
 
 #: the largest integer a query value may be: a 64-bit column holds it
@@ -240,20 +241,29 @@ def _credential(request: Request) -> str | None:
     return code
 
 
-async def _viewer(request: Request, own: str | None = None) -> tuple[dict[str, Any], str | None]:
-    """The experiment, and the participant the answer is limited to (``None``: the experimenter's).
+async def _viewer(request: Request, own: str | None = None) -> tuple[dict[str, Any], str | None, bool]:
+    """The experiment, the participant the answer is limited to (``None``: the experimenter's),
+    and whether the one asking is that participant (by its own code) rather than an experimenter.
 
     A participant's own code reads only itself: ``own`` is the participant a detail asks for.
     """
     credential = _credential(request)
     row = await _experiment(request)
     if credential is None:
-        return row, query_value(request, "participant")
+        return row, query_value(request, "participant"), False
     if await runtime(request).database.read(participant_id, row["id"], credential) is None:
         raise Forbidden(f"participant: {credential!r} is not a participant of experiment {row['code']!r}")
     if own is not None and own != credential:
         raise Forbidden("participant: a participant may read only its own progress")
-    return row, credential
+    return row, credential, True
+
+
+def _own_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A participant's row as the participant reads it: its completion code only once its run is
+    over (with the code a participant could go back to the platform without playing)."""
+    if run_over(row["status"], row["completion"]["ratio"] >= 1.0):
+        return row
+    return {**row, "completion_code": None}
 
 
 def query_bool(request: Request, name: str) -> bool:
@@ -383,7 +393,7 @@ async def experiments_list(request: Request) -> Response:
 
 async def participants_list(request: Request) -> Response:
     """Progress per participant; a participant's own code shows only itself."""
-    row, only = await _viewer(request)
+    row, only, by_participant = await _viewer(request)
     group = await _group_filter(request, row)
     page, page_size = page_params(request)
     db = runtime(request).database
@@ -395,6 +405,8 @@ async def participants_list(request: Request) -> Response:
     )
     _check_page(page, len(rows), page_size)
     shown = rows[(page - 1) * page_size : page * page_size]
+    if by_participant:
+        shown = [_own_view(r) for r in shown]
     return JSON(paginated(request, len(rows), page, page_size, shown))
 
 
@@ -407,7 +419,7 @@ async def completion_codes(db: Any, experiment_id: int) -> None:
 async def participant_detail(request: Request) -> Response:
     """One participant's progress and its sessions with their results."""
     code = request.path_params["participant"]
-    row, _ = await _viewer(request, own=code)
+    row, _, by_participant = await _viewer(request, own=code)
     db = runtime(request).database
     pid = await db.read(participant_id, row["id"], code)
     if pid is None:
@@ -416,7 +428,8 @@ async def participant_detail(request: Request) -> Response:
     found = await db.read(
         participant_progress, row["id"], Filter(code, None, query_bool(request, "exclude_unfinished"))
     )
-    return JSON({**found[0], "sessions": await db.read(participant_sessions, pid)})
+    view = _own_view(found[0]) if by_participant else found[0]
+    return JSON({**view, "sessions": await db.read(participant_sessions, pid)})
 
 
 async def experiment_stats(request: Request) -> Response:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import time
+import unicodedata
 from typing import Any
 from urllib.parse import quote
 
@@ -31,6 +32,7 @@ from .storage import (
     ensure_completion_codes,
     experiment_row,
     label_seat,
+    run_over,
     seat_arrival,
 )
 
@@ -97,11 +99,12 @@ async def join(request: Request) -> Response:
             404,
         )
     label = request.query_params.get(online.label_param, "").strip()
-    if not label or len(label) > MAX_LABEL:
+    if not label or len(label) > MAX_LABEL or not _printable(label):
         return page(
             "This link is incomplete",
             f"The link must carry your id as <code>?{html.escape(online.label_param)}=…</code> "
-            f"(at most {MAX_LABEL} characters). Go back to where you came from and follow the link from there.",
+            f"(at most {MAX_LABEL} characters, none of them a control character). Go back to where you came "
+            "from and follow the link from there.",
             400,
         )
     if row["status"] in OVER:
@@ -119,6 +122,12 @@ async def join(request: Request) -> Response:
     return RedirectResponse(f"/p/{arrival.code}", status_code=303)
 
 
+def _printable(label: str) -> bool:
+    """No control or format character (NUL, a newline, a right-to-left override): no platform's id
+    has one, PostgreSQL refuses a NUL in text, and the others would garble a list or a log."""
+    return not any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in label)
+
+
 async def done(request: Request) -> Response:
     """``GET /p/{code}/done``: 303 to the participant's way back, once their run is over."""
     rt: Runtime = request.app.state.runtime
@@ -133,7 +142,7 @@ async def done(request: Request) -> Response:
     url = way_back(found.experiment, found.participant, found.score)
     if url is None:
         return page("Thank you", "The experiment is over for you. You may close this page.", 404)
-    if found.participant["status"] is None and not found.finished:
+    if not run_over(found.participant["status"], found.finished):  # a bot may play a dropout's seat on
         back = html.escape(f"/p/{code}")
         return page("Not over yet", f'Your part is not over yet: <a href="{back}">go back to the experiment</a>.', 409)
     return RedirectResponse(url, status_code=303)

@@ -122,7 +122,7 @@ from .schema import (
 )
 from .seats import GroupSpec, Seat, client_ids, client_seq, last_state_query, load_group, load_seat
 from .snapshot import monitor_state
-from .statuses import FINAL_STATUSES, STATUSES, set_statuses
+from .statuses import FINAL_STATUSES, STATUSES, run_over, set_statuses
 from .tables import (
     blocks,
     connections,
@@ -278,6 +278,7 @@ __all__ = [
     "results",
     "results_by_session",
     "revoke_token",
+    "run_over",
     "schema_state",
     "seat_arrival",
     "session_query",

@@ -30,6 +30,14 @@ STATUSES = ("finished", "cancelled", "dropped", "replaced", "bot", "no_group")
 ONLY_FIRST = frozenset({"finished", "cancelled", "bot"})
 #: never changed once set
 FINAL_STATUSES = ("bot", "no_group")
+#: the statuses of a run that is over; ``dropped`` and ``replaced`` are set as they happen, while
+#: a bot or the participant still plays the seat (over once every block of theirs was played)
+RUN_OVER = frozenset({"finished", "cancelled", "bot", "no_group"})
+
+
+def run_over(status: str | None, played: bool) -> bool:
+    """Whether a participant's run is over: a status that says so, or every block of theirs played."""
+    return played or status in RUN_OVER
 #: what the end of a run makes of ``finished``: ``cancelled`` while a session of theirs never
 #: finished (a period of theirs the experimenter ended before it started, or never reached)
 _HOW_IT_ENDED = case(

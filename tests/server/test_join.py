@@ -400,3 +400,55 @@ async def test_lobby_timeout_runs_at_the_authority_from_the_stored_arrival(
         with contextlib.suppress(Exception):
             await asyncio.to_thread(cluster.stop_all)
     assert "Traceback" not in cluster.logs("b"), cluster.logs("b")
+
+
+async def test_a_label_with_a_control_character_is_refused(served: Harness) -> None:
+    """NUL (which PostgreSQL refuses in text: a 500), a newline, a tab, a right-to-left override:
+    400, nothing seated; letters of any script are a label like any other."""
+    exp = await served.create(online=online())
+    for label in ("a\x00b", "a\nb", "a\tb", "abc\u202edef"):
+        refused = await arrive(served.http, exp["code"], label)
+        assert refused.status_code == 400, (label, refused.status_code)
+    assert all(r["join_label"] is None for r in (await rows(served.http, exp["code"])).values())
+    assert seat_of(await arrive(served.http, exp["code"], "José 李")) == exp["participants"][0]["code"]
+
+
+async def test_a_dropouts_run_is_not_over_while_a_bot_plays_their_seat(served: Harness) -> None:
+    """Dropped mid-period (a bot plays on), the run is not over: ``/p/{code}/done`` is 409 and the
+    participant's own code does not read its completion code (the experimenter's does). Once the
+    period ended, both come: the way back says ``dropped``."""
+    exp = await served.create(participants=2, group_size=2, period_length=4, online=online(dropout_after=0.3))
+    left, stays = [seat_of(await arrive(served.http, exp["code"], label)) for label in ("left", "stays")]
+    clients = [await served.connect(code) for code in (left, stays)]
+    for client in clients:
+        while (await client.expect("state"))["payload"] != "period_start":
+            pass
+    own = f"/api/experiments/{exp['code']}/participants/{left}"
+    await clients[0].close()
+    for _ in range(50):  # the bot takes the seat dropout_after (0.3 s) after the socket went
+        if (await rows(served.http, exp["code"]))[left]["status"] == "dropped":
+            break
+        await asyncio.sleep(0.1)
+    assert (await rows(served.http, exp["code"]))[left]["status"] == "dropped"
+    assert (await served.http.get(f"/p/{left}/done", follow_redirects=False)).status_code == 409
+    anonymous = httpx.AsyncClient(base_url=served.base)
+    try:
+        mine = await anonymous.get(own, params={"participant": left})
+        assert mine.status_code == 200 and mine.json()["completion_code"] is None, mine.text
+        listed = await anonymous.get(f"/api/experiments/{exp['code']}/participants", params={"participant": left})
+        assert [r["completion_code"] for r in listed.json()["results"]] == [None]
+        code = (await rows(served.http, exp["code"]))[left]["completion_code"]
+        assert code
+        while (await clients[1].expect("state", wait=8))["payload"] != "period_end":
+            pass
+        for _ in range(50):  # the end's statuses are stored with the period's end
+            back = await served.http.get(f"/p/{left}/done", follow_redirects=False)
+            if back.status_code == 303:
+                break
+            await asyncio.sleep(0.1)
+        assert back.status_code == 303, back.text
+        query = parse_qs(urlsplit(back.headers["location"]).query)
+        assert query["s"] == ["dropped"] and query["cc"] == [code]
+        assert (await anonymous.get(own, params={"participant": left})).json()["completion_code"] == code
+    finally:
+        await anonymous.aclose()
