@@ -559,6 +559,8 @@ class LiveGroup:
             "group_decisions": dict(state.decisions) if state.phase is not Phase.WAITING else None,
             "period": period,
             "period_length": self.core.timing.period_length,
+            # the block's timing before its period starts (``period`` is null until then)
+            "num_subperiods": self.core.timing.num_subperiods,
             "bonus_points": self.spec.bonus_points,
             "block_pause": self.spec.block_pause,
             "earned": earned,

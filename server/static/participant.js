@@ -149,11 +149,17 @@ function flow() {
   return Number.isFinite(value) ? value : null;
 }
 
-/** This block's score so far at server time `at` (continuous time accrues the flow payoff). */
+/** The block's number of subperiods (null: continuous time), known from `hello` before its period starts. */
+function numSubperiods() {
+  return page.hello?.num_subperiods ?? page.period?.num_subperiods ?? page.hello?.period?.num_subperiods ?? null;
+}
+
+/** This block's score so far at server time `at` (continuous time accrues the flow payoff; with
+ * subperiods the score is the sum of the results so far). */
 function earnedAt(at) {
   const { base, baseAt, exact } = page.earned;
   const hello = page.hello;
-  if (exact || !hello || hello.period?.num_subperiods || page.phase !== "running" || page.paused) return base;
+  if (exact || !hello || numSubperiods() || page.phase !== "running" || page.paused) return base;
   const value = flow();
   const length = (hello.period_length || 0) * 1000;
   if (value === null || !(length > 0)) return base;
@@ -257,7 +263,7 @@ function onState(value, frame) {
     page.period = {
       started_at: at,
       ends_at: hello.period_length ? at + hello.period_length * 1000 : null,
-      num_subperiods: hello.period?.num_subperiods ?? null,
+      num_subperiods: numSubperiods(),
       subperiod: 0,
     };
     page.earned = { base: 0, baseAt: at };
@@ -279,7 +285,13 @@ function onPeriod(period, frame) {
   const at = frame.ts ?? socket.serverNow();
   rebase(at);
   page.paused = period.status === "paused";
-  page.period = { ...(page.period || {}), started_at: period.started_at, ends_at: period.ends_at, paused_at: page.paused ? at : null };
+  page.period = {
+    ...(page.period || {}),
+    started_at: period.started_at,
+    ends_at: period.ends_at,
+    paused_at: page.paused ? at : null,
+    num_subperiods: period.num_subperiods ?? numSubperiods(),
+  };
   $("#paused").hidden = !page.paused;
   enter(page.paused ? "paused" : "running");
   renderClock();

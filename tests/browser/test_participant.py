@@ -326,3 +326,60 @@ async def test_a_frame_over_the_sockets_mebibyte_is_refused_on_the_page_and_play
     assert closes == 0, "the socket was closed and opened again"
     for person in (row, col):
         person.check()
+
+
+async def stored_results(server: Harness, code: str, participant: str) -> list[float]:
+    """The scores of the participant's stored results, through the API."""
+    response = await server.http.get(f"/api/experiments/{code}/results", params={"page_size": 1000})
+    assert response.status_code == 200, response.text
+    return [r["score"] for r in response.json()["results"] if r["participant"] == participant]
+
+
+async def test_earned_in_a_block_of_subperiods_is_the_sum_of_its_stored_results_on_a_page_open_before_the_start(
+    server: Harness, open_participant: Any
+) -> None:
+    """Pages open while the group waited show as "Earned this block" the sum of the stored results
+    (scored every 2 s), read a second away from each subperiod's end: not the flow payoff accrued
+    as in continuous time besides; during a pause too, and after it."""
+    exp = await server.create(game="bimatrix", participants=2, group_size=2, period_length=8, num_subperiods=4)
+    code, codes = exp["code"], [p["code"] for p in exp["participants"]]
+    row = await open_participant(exp["participants"][0]["url"])
+    await expect(row.page.get_by_role("heading", name="Waiting for your group")).to_be_visible()
+    col = await open_participant(exp["participants"][1]["url"])
+    people = list(zip((row, col), codes, strict=True))
+    for person, _ in people:
+        await expect(person.page.locator("#screen-play")).to_be_visible()
+    await row.page.get_by_role("slider", name="Your weight on A").focus()
+    await row.page.keyboard.press("End")  # A against a mix: 1.50 for the row, 3.50 for the column
+    started = await row.page.evaluate("window.synclab.page.period.started_at")
+
+    async def shows_the_stored_sum(results: int) -> None:
+        for person, participant in people:
+            scores = await stored_results(server, code, participant)
+            assert len(scores) == results
+            shown = await person.page.locator("#earned").text_content()
+            # shown to two decimals (JavaScript rounds a half up, Python to even)
+            assert abs(float(shown or "nan") - sum(scores)) <= 0.005 + 1e-9, f"earned {shown}, the results add up to {sum(scores)}"
+
+    async def until(ms: float) -> None:
+        await row.page.wait_for_function(f"window.synclab.socket.serverNow() >= {ms}", timeout=timeout(15) * 1000)
+
+    await until(started + 3000)
+    await shows_the_stored_sum(1)
+    await until(started + 5000)
+    await shows_the_stored_sum(2)
+    assert (await server.http.post(f"/api/experiments/{code}/pause")).status_code == 200
+    await expect(row.page.get_by_text("Paused.")).to_be_visible()
+    await asyncio.sleep(timeout(0.8))
+    await shows_the_stored_sum(2)
+    assert (await server.http.post(f"/api/experiments/{code}/resume")).status_code == 200
+    await expect(row.page.get_by_text("Paused.")).to_be_hidden()
+    ends_at = await row.page.evaluate("window.synclab.page.period.ends_at")  # moved by the pause
+    await until(ends_at - 1000)  # the third subperiod has ended, the last not yet
+    await shows_the_stored_sum(3)
+    for person, participant in people:
+        await expect(person.page.locator("#screen-final")).to_be_visible(timeout=timeout(10) * 1000)
+        stored = (await server.http.get(f"/api/experiments/{code}/participants/{participant}")).json()
+        await expect(person.page.locator("#final-summary")).to_have_text(f"You earned {stored['final_score']:.2f} points in all.")
+        person.check()
+

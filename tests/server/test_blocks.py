@@ -215,6 +215,20 @@ async def test_ending_an_experiment_cancels_it_and_nobody_moves_on(server: Harne
         await server.runtime.groups.control("nope", "end")
 
 
+async def test_hello_names_the_blocks_timing_before_its_period_starts(server: Harness) -> None:
+    """A member waiting for the group learns ``num_subperiods`` and ``period_length`` from ``hello``
+    (``hello.period`` is null until the start): its page needs them at ``period_start``."""
+    exp = await server.create(participants=2, group_size=2, period_length=8, num_subperiods=4)
+    row = await server.connect(exp["participants"][0]["code"])
+    hello = (await row.expect("hello"))["payload"]
+    assert hello["phase"] == "waiting" and hello["period"] is None
+    assert (hello["num_subperiods"], hello["period_length"]) == (4, 8)
+    continuous = await server.create(participants=2, group_size=2, period_length=8)
+    other = await server.connect(continuous["participants"][0]["code"])
+    hello = (await other.expect("hello"))["payload"]
+    assert (hello["num_subperiods"], hello["period_length"]) == (None, 8)
+
+
 async def test_start_forces_a_group_whose_member_is_missing(server: Harness) -> None:
     """One of two members connects; start begins the period; the latecomer joins it running."""
     exp = await server.create(participants=2, group_size=2, period_length=5)
