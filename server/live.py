@@ -55,6 +55,9 @@ Clock = Callable[[], float]
 ACTIONS = ("start", "pause", "resume", "end")
 #: the channel of an experimenter's action, recorded (not sent) before what it caused
 CONTROL = "control"
+#: the channel of the notice that the experiment is over (``{"status"}``, not stored): the members'
+#: pages show their final screen, whatever block they were in (see ``LiveGroups.control``)
+EXPERIMENT = "experiment"
 #: the channel of the lobby's count (``{"present", "needed"}``, not stored) and of its release (stored)
 LOBBY = "lobby"
 #: seconds before a tick whose write failed (the database away) is tried again

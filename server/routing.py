@@ -30,12 +30,13 @@ from typing import Any, Protocol
 from groups import InvalidState, Phase, current_block, load_game
 
 from .exceptions import NotPersisted, Unavailable
-from .hub import Hub
-from .live import ACTIONS, Clock, LiveGroup, RunEnded, consume
+from .hub import Hub, group_topic
+from .live import ACTIONS, EXPERIMENT, Clock, LiveGroup, RunEnded, consume
 from .lobby import Lobbies
 from .standins import REASONS, StandIns
 from .storage import (
     Database,
+    GroupPlace,
     Seat,
     client_ids,
     client_seq,
@@ -47,12 +48,15 @@ from .storage import (
     set_experiment_status,
 )
 from .views import GroupView, Member, change_from
+from .wire import encode
 
 log = logging.getLogger("synclab.routing")
 #: seconds a finished group stays in memory by default (``SYNCLAB_GROUP_GRACE``)
 GRACE = 2.0
 #: the shortest interval between two sweeps
 MIN_SWEEP = 0.05
+#: experiment statuses after which nobody moves on to a next block (``done`` moves them to the last one)
+STOPPED = ("cancelled", "failed")
 
 
 class Node(Protocol):
@@ -388,7 +392,13 @@ class LiveGroups:
         self._moves.pop(view.id, None)
         try:
             row = await self.database.read(experiment_row, view.info["experiment"])
-            if row is None or row["status"] == "cancelled":
+            if row is None:
+                return
+            if row["status"] in STOPPED:  # nobody moves on: whoever is still here hears why (the
+                # notice of the end may have gone out while a member was between its seat and here)
+                notice = encode(EXPERIMENT, {"status": row["status"]})
+                for member in list(view.current.values()):
+                    member.send(notice)
                 return
             for code, member in list(view.current.items()):
                 seated = await self.seat(code, max(self.clock(), due))
@@ -455,7 +465,21 @@ class LiveGroups:
             except InvalidState:
                 continue  # it changed since we looked: nothing to do for it
             done.append(place.group_id)
+        if action == "end" and group_id is None:
+            self._tell_over(every, "cancelled" if row["status"] in ("pending", "running") else row["status"])
         return done
+
+    def _tell_over(self, places: list[GroupPlace], status: str) -> None:
+        """Tell every member of the experiment that it is over, whatever block they are in.
+
+        Through each of its groups' topics, after their ``period_end``s are stored: members
+        playing, waiting for their group or between blocks (whom nobody moves on any more) hear
+        it on any worker, and their pages show the final screen at once. Not stored: a page
+        that connects later is seated in its last group, ended, and shows the final screen too.
+        """
+        notice = encode(EXPERIMENT, {"status": status})
+        for place in places:
+            self.hub.publish(group_topic(place.group_id), notice)
 
     def close(self) -> None:
         """At shutdown: stop every group's clock and every planned block change.

@@ -32,6 +32,8 @@ const page = {
   before: 0,
   sessions: [],
   final: false,
+  /** the experiment's status once the server said it is over (`experiment` frame): no block follows */
+  over: null,
   /** the participant's own row from the REST API (status, completion code, …) */
   detail: null,
 };
@@ -366,7 +368,8 @@ function fillScores(table) {
 function finishBlock() {
   const hello = page.hello;
   if (!hello) return;
-  const last = hello.block >= (hello.num_blocks || 1) - 1;
+  // the last block, or the experiment ended before it (the experimenter's `end`): nothing follows
+  const last = page.over !== null || hello.block >= (hello.num_blocks || 1) - 1;
   const score = blockScore(hello.block);
   let total = 0;
   for (let b = 0; b <= hello.block; b += 1) total += blockScore(b) || 0;
@@ -462,6 +465,12 @@ const HANDLERS = {
       notice(payload.message ? `Not accepted: ${payload.message}` : "Not accepted.");
     }
     setTimeout(() => notice(""), 4000);
+  },
+  experiment: (payload) => {
+    // the experiment is over (ended by the experimenter, say): once this block's period has
+    // ended (at once, if it has) the final screen shows, whichever block this is
+    page.over = payload?.status || "over";
+    if (page.hello && page.phase !== "running" && page.phase !== "paused" && page.phase !== "connecting") finishBlock();
   },
   lobby: (payload) => {
     if (payload && payload.status === "no_group") {

@@ -383,3 +383,29 @@ async def test_earned_in_a_block_of_subperiods_is_the_sum_of_its_stored_results_
         await expect(person.page.locator("#final-summary")).to_have_text(f"You earned {stored['final_score']:.2f} points in all.")
         person.check()
 
+
+async def test_ending_mid_experiment_shows_the_final_screen_at_once_on_every_open_page(
+    server: Harness, open_participant: Any
+) -> None:
+    """``end`` in block 1 of 2: the open pages of a group playing and of a group still waiting
+    show the final screen with the stored total within seconds (the pause before block 2 is a
+    minute), without a reload."""
+    exp = await server.create(game="bimatrix", participants=4, group_size=2, blocks=2, period_length=60, block_pause=60)
+    code = exp["code"]
+    people = [await open_participant(p["url"]) for p in exp["participants"][:3]]
+    for person in people[:2]:
+        await expect(person.page.locator("#screen-play")).to_be_visible()
+    await expect(people[2].page.get_by_role("heading", name="Waiting for your group")).to_be_visible()
+    opened = [await person.page.evaluate("performance.timeOrigin") for person in people]
+
+    assert (await server.http.post(f"/api/experiments/{code}/end")).status_code == 200
+    for person, participant in zip(people, exp["participants"], strict=False):
+        await expect(person.page.locator("#screen-final")).to_be_visible(timeout=timeout(3) * 1000)
+        stored = (await server.http.get(f"/api/experiments/{code}/participants/{participant['code']}")).json()
+        await expect(person.page.locator("#final-summary")).to_have_text(f"You earned {stored['final_score']:.2f} points in all.")
+        await expect(person.page.locator("#connection")).to_have_text("Done")
+    await people[0].shot("8-ended-by-the-experimenter")
+    assert [await person.page.evaluate("performance.timeOrigin") for person in people] == opened, "a page reloaded"
+    assert (await server.http.get(f"/api/experiments/{code}")).json()["status"] == "cancelled"
+    for person in people:
+        person.check()

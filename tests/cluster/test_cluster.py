@@ -441,6 +441,34 @@ async def test_members_of_each_group_joining_at_once_on_two_workers_are_all_let_
     assert "could not join" not in cluster.logs("w1") + cluster.logs("w2")
 
 
+async def test_ending_mid_experiment_on_one_worker_tells_the_members_on_every_worker(cluster: Cluster) -> None:
+    """``end`` asked of w2 in block 1 of 2: the members of a group playing across both workers and
+    of a group still waiting each get ``experiment {"status": "cancelled"}`` after their
+    ``period_end`` within seconds (the pause before block 2 is a minute), and no new ``hello``."""
+    for name in ("w1", "w2"):
+        cluster.start(name)
+    cluster.healthy("w1", "w2")
+    exp = await create(cluster, "w1", game="bimatrix", participants=4, group_size=2, blocks=2, period_length=60,
+                       block_pause=60)
+    codes = [p["code"] for p in exp["participants"]]
+    people = [Participant(code, [cluster.workers[on].ws]) for code, on in zip(codes, ("w1", "w2", "w1"), strict=False)]
+    for person in people:
+        person.start()
+    await until(lambda: all("period_start" in p.states() for p in people[:2]) and people[2].hellos == 1, 15,
+                "the first group's start")
+    async with cluster.http("w2") as http:
+        assert (await http.post(f"/api/experiments/{exp['code']}/end")).status_code == 200
+
+    def notices(person: Participant) -> list[Any]:
+        return [f["payload"] for f in person.frames if f["channel"] == "experiment"]
+
+    await until(lambda: all(notices(p) for p in people), 5, "every member's notice that the experiment is over")
+    for person in people:
+        assert notices(person)[0] == {"status": "cancelled"}
+        assert person.states()[-1] == "period_end" and person.hellos == 1
+        await person.stop()
+
+
 async def test_a_monitor_on_one_worker_follows_a_group_served_by_another(cluster: Cluster) -> None:
     """The monitor's socket on w2, the group served by w1: its snapshot, then every stored event and
     the connections of both members live, and stats counting what it was sent."""

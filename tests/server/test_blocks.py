@@ -204,7 +204,11 @@ async def test_ending_an_experiment_cancels_it_and_nobody_moves_on(server: Harne
     ended = await server.runtime.groups.control(code, "end")
     assert len(ended) == 2  # the running group and the waiting group of block 1
     await until_state(row, "period_end")
-    assert await row.silent(0.4)  # no hello for block 1
+    assert await row.next() == {"channel": "experiment", "payload": {"status": "cancelled"}}  # not stored: no seq
+    later = []
+    while not await row.silent(0.4) and len(later) < 5:
+        later.append((await row.next())["channel"])
+    assert set(later) <= {"experiment"}  # no hello for block 1: after the pause, only the notice again
     detail = await get(server, f"/api/experiments/{code}")
     assert detail["status"] == "cancelled" and detail["finished_at"]
     sessions = (await get(server, f"/api/experiments/{code}/sessions"))["results"]
@@ -227,6 +231,30 @@ async def test_hello_names_the_blocks_timing_before_its_period_starts(server: Ha
     other = await server.connect(continuous["participants"][0]["code"])
     hello = (await other.expect("hello"))["payload"]
     assert (hello["num_subperiods"], hello["period_length"]) == (None, 8)
+
+
+async def test_ending_mid_experiment_tells_every_member_at_once_that_it_is_over(server: Harness) -> None:
+    """``end`` in block 1 of 2: the members of a running group, of a waiting group and of a group
+    between its blocks each get ``experiment {"status": "cancelled"}`` after their ``period_end``
+    (or at once, when their period had ended), long before the pause would have moved them on."""
+    exp = await server.create(participants=6, group_size=2, blocks=2, period_length=30, block_pause=30)
+    code, codes = exp["code"], [p["code"] for p in exp["participants"]]
+    playing = [await server.connect(c) for c in codes[:2]]
+    waiting = await server.connect(codes[2])
+    between = [await server.connect(c) for c in codes[4:]]
+    await until_state(playing[0], "period_start")
+    await until_state(between[0], "period_start")
+    hello = next(f["payload"] for f in between[0].frames if f["channel"] == "hello")
+    assert await server.runtime.groups.control(code, "end", hello["group"]) == [hello["group"]]
+    await until_state(between[0], "period_end")  # the third group is in the pause after block 1
+    await server.runtime.groups.control(code, "end")
+    for client in (*playing, waiting):
+        await until_state(client, "period_end", wait=2)
+        assert await client.expect("experiment", wait=2) == {"channel": "experiment", "payload": {"status": "cancelled"}}
+    for client in between:
+        assert (await client.expect("experiment", wait=2))["payload"] == {"status": "cancelled"}
+    for client in (*playing, waiting, *between):
+        assert "hello" not in [f["channel"] for f in client.frames[1:]]
 
 
 async def test_start_forces_a_group_whose_member_is_missing(server: Harness) -> None:
