@@ -363,7 +363,8 @@ async def create_experiment(request: Request) -> Response:
         raise BadRequest(f"expected a JSON body, got invalid JSON: {exc}") from None
     spec = plan(parse_request(body))
     db = runtime(request).database
-    await db.write(insert_experiment, spec)
+    # beside the decisions under way, which would otherwise wait for it (seconds for the largest)
+    await db.write_aside(insert_experiment, spec)
     row = await db.read(experiment_row, spec.code)
     assert row is not None
     people = await db.read(experiment_participants, row["id"])

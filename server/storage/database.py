@@ -99,6 +99,8 @@ class Database:
         else:
             self.writer = WriterThread(self._commit, self._between_batches)
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="synclab-reader")
+        #: writes beside the event batches (:meth:`write_aside`), one at a time
+        self._aside = ThreadPoolExecutor(1, thread_name_prefix="synclab-aside")
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="synclab-checkpoint")
         self.sqlite = self.engine.dialect.name == "sqlite"
         self._checkpointing: asyncio.Future[Any] | None = None
@@ -223,6 +225,26 @@ class Database:
             self.checkpoint_soon()
         return result
 
+    async def write_aside(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(engine, *args)`` beside the event batches, not between them, where the
+        database takes a second writer; for a write that no batch depends on and that depends
+        on none (a new experiment's rows), which may take seconds the decisions would wait.
+
+        With the journal the batches go on being appended and acknowledged meanwhile (only the
+        apply waits for ``fn``, and the reads with it); on PostgreSQL ``fn`` is a transaction of
+        its own. On SQLite without the journal, one writer at a time: it is :meth:`write`.
+        """
+        journaled = self.journaled
+        if journaled is None and self.sqlite:
+            return await self.write(fn, *args)
+        job = functools.partial(fn, self.engine, *args)
+        if journaled is not None:
+            job = functools.partial(journaled.aside, job)
+        result = await asyncio.get_running_loop().run_in_executor(self._aside, job)
+        if not self.synced:
+            self.checkpoint_soon()
+        return result
+
     async def recover(self) -> int:
         """SQLite: apply what a journal holds that the database does not (a run stopped by a crash
         or a power loss), before anything else reads or writes; the writes applied.
@@ -287,6 +309,7 @@ class Database:
         if self._checkpoint_due is not None:  # the last checkpoint is the one below
             self._checkpoint_due.cancel()
             self._checkpoint_due = None
+        self._aside.shutdown(wait=True)  # (a write beside the batches under way finishes first)
         last = self.journaled.stop if self.journaled is not None else self._release_writer_connection
         dropped = self.writer.stop(last, timeout=timeout)
         self._readers.shutdown(wait=True)

@@ -157,6 +157,15 @@ class JournalFirst:
             finally:
                 self._counters.clear()  # read again from the database: a job may change them
 
+    def aside(self, fn: Callable[[], T]) -> T:
+        """Run ``fn()`` on the calling thread, the apply held back meanwhile, the writer thread not:
+        its batches are appended (and acknowledged) as ever and applied once ``fn`` is done. For a
+        write that touches nothing the batches do (see :meth:`.database.Database.write_aside`);
+        the counters stay as they are, unlike after a :meth:`job`."""
+        self._check()
+        with self._writing:
+            return fn()
+
     def drain(self) -> None:
         """Until everything appended is applied (the apply started at once)."""
         with self._cond:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,8 @@ from server.storage import events as events_table
 from server.storage import groups as groups_table
 from server.storage import results as results_table
 from server.storage import ticks as ticks_table
-from tests.server.harness import Client, Harness, timeout
+from tests.server.harness import Client, Harness, timeout, until_state
+from tests.server.test_blocks import decide
 from tests.server.test_cli import run
 
 
@@ -246,6 +248,39 @@ async def test_a_connection_lost_without_a_close_frame_is_stored_with_1006(any_s
     finally:
         engine.dispose()
     assert rows == codes
+
+
+async def test_decisions_are_acknowledged_while_an_experiment_is_being_created(
+    any_server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The largest experiment takes seconds to store: meanwhile the decisions of the experiments
+    under way are stored and acknowledged as ever (with the journal, and on PostgreSQL), where
+    they waited behind the creation on the writer thread. The creation held open here until a
+    decision made during it was acknowledged; then it completes."""
+    exp = await any_server.create(participants=2, group_size=2, period_length=30)
+    row, _col = [await any_server.connect(p["code"]) for p in exp["participants"]]
+    await until_state(row, "period_start")
+    entered, release = threading.Event(), threading.Event()
+    real = insert_experiment
+
+    def held(engine: Engine, spec: Any) -> int:
+        entered.set()
+        release.wait(timeout(10))
+        return real(engine, spec)
+
+    monkeypatch.setattr("server.api.insert_experiment", held)
+    creating = asyncio.ensure_future(any_server.http.post("/api/experiments", json={
+        "game": "public_goods", "participants": 8, "group_size": 4}))
+    try:
+        assert await asyncio.to_thread(entered.wait, timeout(5)), "the creation never began"
+        seq = await decide(row, 0.3, "during")
+        assert not creating.done()  # acknowledged while the creation was still under way
+    finally:
+        release.set()
+    made = await creating
+    assert made.status_code == 201, made.text
+    assert [e["seq"] for e in await any_server.events(exp["code"]) if e["channel"] == "decisions"] == [seq]
+    assert len((await any_server.http.get(f"/api/experiments/{made.json()['code']}")).json()["participants"]) == 8
 
 
 def test_a_database_whose_table_was_changed_by_hand_is_refused_with_what_it_lacks(tmp_path: Path) -> None:
