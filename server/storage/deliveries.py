@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Engine, and_, func, insert, select, update
 from sqlalchemy.engine import Connection
@@ -95,7 +96,9 @@ def add_otree_deliveries(engine: Engine, experiment_id: int, participant_ids: li
                             experiment_id=experiment_id,
                             participant_id=pid,
                             kind=OTREE,
-                            url=f"{base}/api/participant_vars/{label}",
+                            # the label comes through the public join link: one path segment,
+                            # never a way to another of oTree's endpoints (``../``) or a query
+                            url=f"{base}/api/participant_vars/{quote(label, safe='')}",
                             payload=_payload(conn, code, pid),
                             attempts=0,
                             created_at=at,

@@ -221,6 +221,19 @@ def test_one_delivery_per_participant_and_one_claim_at_a_time(engine: Engine) ->
     assert KEY not in str(dict(stored))  # the key stays with the experiment
 
 
+def test_a_label_is_one_path_segment_of_the_delivery_url(engine: Engine) -> None:
+    """The label comes through the public join link: its ``../``, ``?`` and ``#`` are quoted, so
+    the signed POST goes to the participant's vars and nowhere else on oTree."""
+    experiment_id, person = _experiment_with_delivery(engine)
+    with engine.begin() as conn:
+        conn.execute(update(participants).where(participants.c.id == person).values(
+            join_label="../session_vars/VICTIM?x=1#f"))
+    assert add_otree_deliveries(engine, experiment_id, [person], time.time()) == 1
+    with engine.connect() as conn:
+        (url,) = conn.execute(select(deliveries.c.url)).one()
+    assert url == "http://127.0.0.1:9/api/participant_vars/..%2Fsession_vars%2FVICTIM%3Fx%3D1%23f"
+
+
 @pytest.mark.postgres
 def test_two_workers_claiming_at_once_never_both_get_it(postgres_url: str) -> None:
     """Claims racing on PostgreSQL from two threads (two workers' writers): each due attempt goes to one."""
