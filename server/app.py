@@ -30,6 +30,7 @@ from . import api, export, join, openapi, redaction
 from .accounts import Authenticate
 from .connection import REDWOOD, SYNCLAB, serve
 from .exceptions import ApiError, NotPersisted, one_line_refusal
+from .headers import SecurityHeaders
 from .monitor import monitor_socket
 from .runtime import Runtime
 from .settings import Settings
@@ -141,7 +142,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(Authenticate)],
+        middleware=[Middleware(SecurityHeaders), Middleware(Authenticate)],
         exception_handlers={ApiError: api.api_error, NotPersisted: api.api_error, OperationalError: api.database_error,
                             ApplyFailed: api.storage_halted},
     )

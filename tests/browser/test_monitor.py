@@ -274,3 +274,32 @@ async def test_monitor_marks_the_events_a_bot_made(server: Harness, page: Page) 
     human = page.locator("#x-log tr:not(.bot)", has_text="decisions").first
     await expect(human).to_be_visible(timeout=WAIT_MS)
     await expect(human).not_to_contain_text("(bot)")
+
+
+async def test_another_site_cannot_frame_the_monitor_but_may_frame_a_participants_page(
+    server: Harness, page: Page
+) -> None:
+    """The monitor holds the experimenter's controls: a page of another origin that frames it gets
+    nothing (``frame-ancestors 'none'``: a click there cannot end an experiment); a participant's
+    page may be framed (a lab's oTree page, say). Every answer says nosniff and no referrer."""
+    exp = await server.create()
+    participant = f"{server.base}/p/{exp['participants'][0]['code']}"
+    await page.set_content(
+        f'<iframe id="m" src="{server.base}/monitor"></iframe><iframe id="p" src="{participant}"></iframe>'
+    )
+    urls: list[str] = []
+    for _ in range(100):  # until both frames have settled on a document
+        urls = [f.url for f in page.frames[1:]]
+        if len(urls) == 2 and all(url not in ("", "about:blank") for url in urls):
+            break
+        await asyncio.sleep(0.05)
+    assert participant in urls, urls
+    assert f"{server.base}/monitor" not in urls, f"the monitor was framed: {urls}"
+    monitor_answer = await server.http.get("/monitor")
+    participant_answer = await server.http.get(participant)
+    assert monitor_answer.headers["x-frame-options"] == "DENY"
+    assert monitor_answer.headers["content-security-policy"] == "frame-ancestors 'none'"
+    assert "x-frame-options" not in participant_answer.headers
+    for answer in (monitor_answer, participant_answer, await server.http.get("/api/experiments")):
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["referrer-policy"] == "no-referrer"
