@@ -19,12 +19,25 @@ SECRET_PARAMS = ("token", "ticket", "otree_rest_key", "access_token")
 #: the loggers uvicorn writes request lines to
 LOGGERS = ("uvicorn.access", "uvicorn.error")
 MASK = "[redacted]"
-_PATTERN = re.compile(r"([?&](?:" + "|".join(SECRET_PARAMS) + r")=)[^&#\s\"']*", re.IGNORECASE)
+
+
+def _spelled(name: str) -> str:
+    """A pattern of ``name`` however a URL may spell it: each character as it is or percent-encoded
+    (``%74oken`` is ``token`` to the server that reads the query, so it must be to the mask too)."""
+    return "".join(f"(?:{re.escape(c)}|%{ord(c.lower()):02x}|%{ord(c.upper()):02x})" for c in name)
+
+
+_NAMES = "|".join(_spelled(name) for name in SECRET_PARAMS)
+#: ``?token=…`` in a request line
+_PATTERN = re.compile(r"([?&](?:" + _NAMES + r")=)[^&#\s\"']*", re.IGNORECASE)
+#: ``"token": "…"`` in a frame or a body a debug log writes out (as text, or inside its repr)
+_JSON = re.compile(r'(\\*"(?:' + "|".join(SECRET_PARAMS) + r')\\*"\s*:\s*\\*")[^"\\]*', re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    """``text`` with the value of every secret query parameter replaced by :data:`MASK`."""
-    return _PATTERN.sub(lambda m: m.group(1) + MASK, text)
+    """``text`` with the value of every secret query parameter, and of every secret JSON member
+    (the monitor's first frame, which uvicorn logs at ``debug``), replaced by :data:`MASK`."""
+    return _JSON.sub(lambda m: m.group(1) + MASK, _PATTERN.sub(lambda m: m.group(1) + MASK, text))
 
 
 class Redact(logging.Filter):
@@ -41,7 +54,14 @@ class Redact(logging.Filter):
 
 
 def _masked(value: Any) -> Any:
-    return redact(value) if isinstance(value, str) else value
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, int | float | bytes) or value is None:
+        return value
+    # an object the message formats (a WebSocket frame, logged at debug): its text, if masked
+    text = str(value)
+    masked = redact(text)
+    return masked if masked != text else value
 
 
 def install() -> None:

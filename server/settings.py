@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,8 +84,9 @@ def _database_url(env: dict[str, str]) -> str:
     url = env.get("DATABASE_URL") or Settings.database_url
     try:
         make_url(url)
-    except ArgumentError:
-        raise SettingsError(f"DATABASE_URL: expected an SQLAlchemy URL such as sqlite:///./synclab.db, got {url!r}") from None
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        shown = re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)  # its password never in a log
+        raise SettingsError(f"DATABASE_URL: expected an SQLAlchemy URL such as sqlite:///./synclab.db, got {shown!r}") from None
     return url
 
 

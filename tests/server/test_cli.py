@@ -341,6 +341,16 @@ def test_a_bad_value_in_a_dotenv_file_is_refused_too(tmp_path: Path) -> None:
     assert "SYNCLAB_MAX_FRAME_BYTES" in result.stderr
 
 
+def test_a_bad_database_url_is_refused_in_one_line_without_its_password(tmp_path: Path) -> None:
+    """A DATABASE_URL SQLAlchemy cannot read (a missing colon, a port that is not a number): exit 2,
+    one line naming it, its password masked (stderr is a platform's log)."""
+    for url in ("postgresql//lab:S3cretPw!@127.0.0.1/x", "postgresql://lab:S3cretPw!@127.0.0.1:5x432/x"):
+        result = run(tmp_path, "db", "current", DATABASE_URL=url)
+        assert result.returncode == 2, (result.stdout, result.stderr)
+        assert "DATABASE_URL" in result.stderr and "lab:***@" in result.stderr, result.stderr
+        assert "S3cretPw" not in result.stderr + result.stdout and "Traceback" not in result.stderr
+
+
 def test_an_unknown_command_exits_2_with_usage(tmp_path: Path) -> None:
     """``synclab`` with no or an unknown command prints usage on stderr and exits 2."""
     for args in ((), ("fly",)):
