@@ -12,6 +12,8 @@ import threading
 from collections.abc import Iterator, Sequence
 
 import uvicorn
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from uvicorn.supervisors import Multiprocess
 
 from .bots import run_bots_command
@@ -203,6 +205,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, SchemaError) as exc:
         print(f"synclab: {exc}", file=sys.stderr)
         return 2
+    except OperationalError as exc:  # the database away (serve, demo): cannot start, in one line
+        where = make_url(settings.database_url).render_as_string(hide_password=True)
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        print(f"synclab: cannot reach the database {where}: {reason}", file=sys.stderr)
+        return STARTUP_FAILURE
 
 
 def _demo(settings: Settings, base: str) -> None:

@@ -351,6 +351,16 @@ def test_a_bad_database_url_is_refused_in_one_line_without_its_password(tmp_path
         assert "S3cretPw" not in result.stderr + result.stdout and "Traceback" not in result.stderr
 
 
+def test_serve_with_the_database_away_exits_3_in_one_line(tmp_path: Path) -> None:
+    """PostgreSQL not listening: ``serve`` cannot start, says so in one line (the password masked)
+    and exits 3, as a process that cannot start does; it printed a traceback of 114 lines and exited 1."""
+    url = f"postgresql://lab:S3cretPw@127.0.0.1:{free_port()}/nowhere"
+    result = run(tmp_path, "serve", "--port", str(free_port()), DATABASE_URL=url)
+    assert result.returncode == 3, (result.stdout, result.stderr)
+    assert result.stderr.startswith("synclab: cannot reach the database postgresql://lab:***@"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "S3cretPw" not in result.stderr
+
+
 def test_an_unknown_command_exits_2_with_usage(tmp_path: Path) -> None:
     """``synclab`` with no or an unknown command prints usage on stderr and exits 2."""
     for args in ((), ("fly",)):
