@@ -290,12 +290,15 @@ async def _group_filter(request: Request, row: dict[str, Any]) -> int | None:
 
 async def healthz(request: Request) -> Response:
     """200 ``{"status": "ok"}``; 503 with the reason while storage is halted (the journal's apply
-    failing) and, in a cluster, while Redis is unreachable."""
+    failing), while the database does not answer, and, in a cluster, while Redis is unreachable."""
     rt = runtime(request)
     journaled = rt.database.journaled
     if journaled is not None and journaled.failed is not None:
         reason = f"storage halted: the journal could not be applied ({journaled.failed})"
         return JSON({"status": "unavailable", "reason": reason}, status_code=503)
+    away = await rt.database.unreachable()
+    if away is not None:
+        return JSON({"status": "unavailable", "reason": f"the database is unreachable: {away}"}, status_code=503)
     node = rt.node
     if node is not None and not node.hub.up:
         return JSON({"status": "unavailable", "reason": f"Redis is unreachable: {node.hub.reason}"}, status_code=503)

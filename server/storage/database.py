@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -116,6 +117,10 @@ class Database:
         self._log_copied = False
         #: the writer thread's own connection, kept open between batches (see :meth:`_commit`)
         self._writer_connection: Connection | None = None
+        #: ``/healthz``'s last look at the database (see :meth:`unreachable`): when, and why it
+        #: did not answer (``None``: it did); the look under way
+        self._probed: tuple[float, str | None] = (-math.inf, None)
+        self._probing: asyncio.Future[str | None] | None = None
 
     def checkpoint(self) -> asyncio.Future[Any] | None:
         """SQLite: copy the write-ahead log into the database on a thread of its own, once at a time.
@@ -244,6 +249,31 @@ class Database:
         if not self.synced:
             self.checkpoint_soon()
         return result
+
+    async def unreachable(self, wait: float = 2.0, fresh: float = 1.0) -> str | None:
+        """Why the database does not answer a ``SELECT 1`` now, ``None`` when it does (``/healthz``).
+
+        One look at a time, on a reader thread, its answer kept ``fresh`` seconds (a load
+        balancer asks often); a look that takes over ``wait`` seconds counts as no answer.
+        """
+        if time.monotonic() - self._probed[0] < fresh:
+            return self._probed[1]
+        if self._probing is None or self._probing.done():
+            self._probing = asyncio.get_running_loop().run_in_executor(self._readers, self._probe)
+        try:
+            why = await asyncio.wait_for(asyncio.shield(self._probing), wait)
+        except TimeoutError:
+            why = f"no answer within {wait:g} s"
+        self._probed = (time.monotonic(), why)
+        return why
+
+    def _probe(self) -> str | None:
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except Exception as exc:  # whatever the driver says: the first line of it
+            return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        return None
 
     async def recover(self) -> int:
         """SQLite: apply what a journal holds that the database does not (a run stopped by a crash

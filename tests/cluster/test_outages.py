@@ -103,8 +103,11 @@ async def test_postgresql_restarted_mid_period_refuses_then_stores_everything_se
     own_postgres.stop()
     await until(lambda: refused_as(people, "not_persisted") + refused_as(people, "unavailable") > 0, 10,
                 "a frame refused while the database is away")
-    await asyncio.sleep(3)
+    status, body = await asyncio.to_thread(health, cluster, "w2")  # what a load balancer asks
+    assert status == 503 and body["reason"].startswith("the database is unreachable"), (status, body)
+    await asyncio.sleep(2)
     own_postgres.start()
+    await until(lambda: health(cluster, "w2")[0] == 200, 10, "/healthz ok once the database is back")
     await player
     await settle(people, wait=15)
     for person in people:
