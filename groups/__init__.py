@@ -9,6 +9,7 @@ from .bimatrix import Bimatrix
 from .blocks import FIXED, MATCHINGS, RANDOM, current_block, plan_groups
 from .exceptions import (
     ConfigError,
+    GameFault,
     GroupError,
     InvalidDecision,
     InvalidState,
@@ -64,6 +65,7 @@ __all__ = [
     "ConfigError",
     "DecisionGroup",
     "Event",
+    "GameFault",
     "GroupError",
     "GroupState",
     "InvalidDecision",

@@ -51,6 +51,13 @@ class InvalidState(GroupError):
     """The phase of the group does not allow this action."""
 
 
+class GameFault(GroupError):
+    """A game's hook gave what the core cannot use: a payoff that is not a finite number.
+
+    Raised before anything of the action changed the group, so the tick that met it can be
+    tried again; nothing that could not be stored (a score of NaN) reaches the database."""
+
+
 class ConfigError(GroupError):
     """A configuration value is refused; ``field`` names it."""
 

@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 
 from .exceptions import (
     ConfigError,
+    GameFault,
     InvalidDecision,
     InvalidState,
     NotAMember,
@@ -276,7 +277,7 @@ class DecisionGroup:
         """Every member's flow payoff at once, as :meth:`payoff` gives each (the default asks it
         for each member). A game whose payoffs share a term (a sum of all decisions, say) may
         compute it once here; the values must be exactly :meth:`payoff`'s, which ``verify`` uses."""
-        return {p: float(self.payoff(p, decisions)) for p in self.members}
+        return {p: self.payoff(p, decisions) for p in self.members}  # each checked by the core
 
     def bot_decision(self, participant: str, decisions: Mapping[str, Any], rng: random.Random) -> Any:
         """What a simulated participant (``synclab bots``) sends next, or ``None`` to send nothing now.
@@ -533,20 +534,35 @@ class DecisionGroup:
 
     def _end_subperiod(self, due: float) -> None:
         snapshot = self.group_decisions
+        n = self.timing.num_subperiods or 1
+        # scored first: a payoff that raises (or is no finite number) leaves the group as it was
+        scores = {p: self._finite(self.payoff(p, snapshot), p) / n for p in self.members}
         index = self.state.subperiod
         self.state.subperiod = index + 1
         tick = Tick(SUBPERIOD, index, due, self.now)
         self._outbox.append(Event(SUBPERIOD, {"index": index, "group_decisions": snapshot}, tick=tick))
         self._broadcast()
-        n = self.timing.num_subperiods or 1
-        for p in self.members:
-            score = float(self.payoff(p, snapshot)) / n
+        for p, score in scores.items():
             self.state.earned[p] = self.state.earned.get(p, 0.0) + score
             self._result(p, index, snapshot[p], score)
+
+    def _finite(self, value: Any, participant: str) -> float:
+        """A payoff as the core counts it; :class:`GameFault`, naming the game, for anything but a finite number."""
+        if not is_number(value):  # (finite, and not a bool)
+            raise GameFault(
+                f"{type(self).__name__}.payoff gave {shown(value)} for {shown(participant)}: a payoff must be a finite number"
+            )
+        return float(value)
+
+    def _rates(self, decisions: Mapping[str, Any]) -> dict[str, float]:
+        """Every member's flow payoff (:meth:`payoffs`), each checked to be a finite number."""
+        return {p: self._finite(rate, p) for p, rate in self.payoffs(decisions).items()}
 
     def _end_period(self, due: float | None) -> None:
         """End the period: at its deadline ``due``, or now when the experimenter ends it."""
         state = self.state
+        if self.timing.continuous:  # what the end will score, looked at before anything changes
+            self._rates(state.decisions)
         if state.broadcast_due:  # the group's last word is the latest decisions
             self._broadcast()
         if state.phase is Phase.PAUSED:
@@ -576,7 +592,7 @@ class DecisionGroup:
         elapsed = until - state.flow_at
         if elapsed > 0:
             flow = state.flow
-            for p, rate in self.payoffs(state.decisions).items():
+            for p, rate in self._rates(state.decisions).items():
                 flow[p] = flow.get(p, 0.0) + rate * elapsed
         state.flow_at = until
 

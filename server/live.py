@@ -62,6 +62,9 @@ EXPERIMENT = "experiment"
 LOBBY = "lobby"
 #: seconds before a tick whose write failed (the database away) is tried again
 RETRY_AFTER = 0.5
+#: the longest wait between tries of a tick the game failed on (each wait twice the last, from
+#: :data:`RETRY_AFTER`): a game that raises on every tick is not run in a loop
+GAME_RETRY_MAX = 10.0
 
 
 #: close a participant's connection ``conn`` on ``worker`` with ``code`` and ``reason``
@@ -173,6 +176,8 @@ class LiveGroup:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: after a failed write, not before this: the clock's next try (see :data:`RETRY_AFTER`)
         self._retry_at: float | None = None
+        #: ticks in a row the game failed on (see :meth:`_tick`)
+        self._tick_failures = 0
         #: set at shutdown: no timer is set any more, so nothing new is computed
         self._closed = False
         #: writes submitted and not stored (or failed) yet
@@ -636,10 +641,23 @@ class LiveGroup:
         self._timer = None
         self._deadline = None
         try:
-            return self.act(lambda: self.core.tick(self._clock()))
-        except Exception:
-            log.exception("group %s: the game failed on a tick", self.id)
+            future = self.act(lambda: self.core.tick(self._clock()))
+        except Exception as exc:
+            # the game's fault (a payoff that raises, or is no number): nothing of the tick was
+            # applied; tried again later, less and less often, never in a loop
+            self._tick_failures += 1
+            wait = min(RETRY_AFTER * 2 ** min(self._tick_failures - 1, 16), GAME_RETRY_MAX)
+            if self._tick_failures == 1:
+                log.exception("group %s: the game %s failed on a tick; tried again in %g s, then less often",
+                              self.id, type(self.core).__name__, wait)
+            else:
+                log.error("group %s: the game %s failed on a tick again (%d in a row), tried again in %g s: %s",
+                          self.id, type(self.core).__name__, self._tick_failures, wait, exc)
+            self._retry_at = self._clock() + wait
+            self._reschedule()
             return None
+        self._tick_failures = 0
+        return future
 
     @property
     def resting(self) -> bool:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import sys
 import threading
@@ -134,7 +135,7 @@ class JournalFirst:
                 last = counters[eid] if eid in counters else self._stored_seq(eid)
                 write.seqs = list(range(last + 1, last + 1 + len(write.events)))
                 counters[eid] = last + len(write.events)
-        _storable_times(writes)
+        _storable(writes)
         try:
             record = self.journal.append(encode(writes))
         except BaseException:
@@ -336,13 +337,18 @@ _EARLIEST = datetime(1, 1, 2, tzinfo=UTC).timestamp()
 _LATEST = datetime(9999, 12, 30, tzinfo=UTC).timestamp()
 
 
-def _storable_times(writes: list[Write]) -> None:
-    """Raise ``ValueError`` for a time the database cannot store (a period's end past the year 9999).
+def _storable(writes: list[Write]) -> None:
+    """Raise ``ValueError`` for a value the database cannot store: a time past the year 9999 (a
+    period's end), a score that is no finite number (stored as NULL, which ``results`` refuses).
 
     Refused before the journal takes it: an acknowledged write is applied or storage halts, and
     such a write could never be applied, so it would halt storage for good (and every start after
-    it). The direct writer needs no such look: its commit fails, and the batch is refused."""
+    it). The direct writer needs no such look: its commit fails, and the batch is refused. (The
+    core refuses a payoff that is no finite number first; this is the last guard.)"""
     for write in writes:
+        for result in write.results:
+            if not math.isfinite(result.score):
+                raise ValueError(f"a score the database cannot store: {result.score!r}")
         group, connection = write.group, write.connection
         times = [] if group is None else [group.started_at, group.ends_at, group.ended_at]
         if connection is not None:

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from groups import GROUP_DECISIONS, PERIOD_END, RESULT, STATE, SUBPERIOD, Event, PublicGoods, Timing
+from groups import (
+    GROUP_DECISIONS,
+    PERIOD_END,
+    RESULT,
+    STATE,
+    SUBPERIOD,
+    Event,
+    GameFault,
+    PublicGoods,
+    Timing,
+)
 
 T0 = 1_000_000.0
 
@@ -126,3 +138,45 @@ def test_earned_in_continuous_time_integrates_the_flow_payoff_up_to_now() -> Non
     assert group.earned("b", T0 + 4) == pytest.approx((10 * 2 + 15 * 2) / 10)
     results = {next(iter(e.to or ())): e.payload["score"] for e in group.tick(T0 + 10) if e.channel == RESULT}
     assert {p: group.earned(p, T0 + 99) for p in "ab"} == pytest.approx(results)
+
+
+class Faulty(PublicGoods):
+    """A game whose payoff gives what cannot be a score (set per test), or raises."""
+
+    gives: object = float("nan")
+
+    def payoffs(self, decisions: Any) -> dict[str, float]:  # as the base class asks each member's
+        return {p: self.payoff(p, decisions) for p in self.members}
+
+    def payoff(self, participant: str, decisions: Any) -> float:
+        if isinstance(self.gives, Exception):
+            raise self.gives
+        return self.gives  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("gives", [float("nan"), float("inf"), "lots", None, True, ZeroDivisionError("x")])
+@pytest.mark.parametrize("n", [3, None])
+def test_a_payoff_that_is_no_finite_number_changes_nothing_of_the_tick_it_fails(gives: object, n: int | None) -> None:
+    """With subperiods and in continuous time, a payoff of NaN, inf, a string, None or a bool is a
+    GameFault naming the game (one that raises, its own exception), raised before the tick changed
+    anything: the subperiod's index, the phase and the flow stay as they were, so the tick can be
+    tried again, and no score that could not be stored is ever made."""
+    group = Faulty(["a", "b"], timing=Timing(period_length=3.0, num_subperiods=n))
+    group.connect("a", T0 - 1)
+    group.connect("b", T0)
+    group.gives = gives
+    before = group.state.copy()
+    due = group.next_deadline()
+    assert due is not None
+    if isinstance(gives, Exception):
+        with pytest.raises(type(gives)):
+            group.tick(due)
+    else:
+        with pytest.raises(GameFault, match=r"Faulty\.payoff gave .* a payoff must be a finite number"):
+            group.tick(due)
+    after = group.state
+    assert (after.phase, after.subperiod, after.flow, after.earned) == (before.phase, before.subperiod, before.flow, before.earned)
+    group.gives = 1.5  # mended (or a game that failed once): the same tick goes through
+    events = group.tick(due)
+    results = [e.payload["score"] for e in events if e.channel == RESULT]
+    assert results and all(isinstance(score, float) and score == score for score in results)

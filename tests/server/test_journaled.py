@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
+from groups import PublicGoods
 from server.exceptions import SettingsError
 from server.settings import Settings
 from server.storage import (
@@ -663,3 +665,44 @@ async def test_a_time_the_database_cannot_store_is_refused_before_the_journal_ta
         stored = await again.events(fine["code"])
         assert [e["value"] for e in stored if e["channel"] == "decisions"] == [0.4]
         assert await again.events(huge["code"]) == []
+
+
+class NaNPayoff(PublicGoods):
+    """A game author's slip: a payoff of NaN once anybody contributes (found by its import path)."""
+
+    def payoffs(self, decisions: Any) -> dict[str, float]:
+        return {p: self.payoff(p, decisions) for p in self.members}
+
+    def payoff(self, participant: str, decisions: Any) -> float:
+        return float("nan") if any(decisions.values()) else 1.0
+
+
+async def test_a_game_whose_payoff_is_nan_stops_its_own_group_not_the_server(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A score of NaN was stored as NULL, its apply failed, and storage halted for the whole
+    server, every start after it too. Now the core refuses the payoff before anything of the tick
+    changed: that group's period waits (its tick tried again less and less often, logged naming
+    the game), while another experiment plays and stores on, and the server starts again."""
+    caplog.set_level(logging.WARNING)
+    async with running_server(sqlite_url, journal="on") as server:
+        bad = await server.create(game="tests.server.test_journaled:NaNPayoff", participants=2, group_size=2,
+                                  period_length=0.5, num_subperiods=1)
+        good = await server.create(participants=2, group_size=2, period_length=30)
+        a, _b = [await server.connect(p["code"]) for p in bad["participants"]]
+        await until_state(a, "period_start")
+        await a.send("decisions", 3, frame_id="nan")
+        assert (await a.expect("ack"))["payload"]["id"] == "nan"
+        row, _col = [await server.connect(p["code"]) for p in good["participants"]]
+        await until_state(row, "period_start")
+        await asyncio.sleep(2.5)  # the period's end was due at 0.5 s: tried then, 0.5, 1 and 2 s later
+        await row.send("decisions", 0.4, frame_id="meanwhile")
+        assert (await row.expect("ack"))["payload"]["id"] == "meanwhile"
+        assert (await server.http.get("/healthz")).json() == {"status": "ok"}
+        assert (await server.http.get(f"/api/experiments/{bad['code']}")).json()["status"] == "running"
+        failures = [r for r in caplog.records if "failed on a tick" in r.getMessage()]
+        assert 2 <= len(failures) <= 5, [r.getMessage() for r in failures]  # not thousands a second
+        assert "NaNPayoff.payoff gave nan" in caplog.text
+    async with running_server(sqlite_url, journal="on") as again:  # nothing poisoned the journal
+        stored = await again.events(good["code"])
+        assert [e["value"] for e in stored if e["channel"] == "decisions"] == [0.4]
