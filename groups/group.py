@@ -561,8 +561,8 @@ class DecisionGroup:
     def _end_period(self, due: float | None) -> None:
         """End the period: at its deadline ``due``, or now when the experimenter ends it."""
         state = self.state
-        if self.timing.continuous:  # what the end will score, looked at before anything changes
-            self._rates(state.decisions)
+        if self.timing.continuous and state.flow_at is not None and state.phase is not Phase.WAITING:
+            self._rates(state.decisions)  # what the end will score, looked at before anything changes
         if state.broadcast_due:  # the group's last word is the latest decisions
             self._broadcast()
         if state.phase is Phase.PAUSED:

@@ -71,7 +71,7 @@ from .catalog import (
     set_experiment_status,
 )
 from .charts import period_history
-from .database import WRITER_NAME, Database, end_stalled_writers, writer_connection
+from .database import Database
 from .deliveries import (
     Claimed,
     add_otree_deliveries,
@@ -122,6 +122,7 @@ from .schema import (
 )
 from .seats import GroupSpec, Seat, client_ids, client_seq, last_state_query, load_group, load_seat
 from .snapshot import monitor_state
+from .stalls import WRITER_NAME, end_stalled_writers, writer_connection
 from .statuses import FINAL_STATUSES, STATUSES, run_over, set_statuses
 from .tables import (
     blocks,
