@@ -29,6 +29,7 @@ from tests.server.harness import (
     TOKEN,
     Client,
     Harness,
+    eventually,
     holding_writes,
     running_server,
     timeout,
@@ -792,16 +793,29 @@ async def test_a_server_without_a_configured_token_accepts_its_generated_one_acr
 # --------------------------------------------------------------------------- a refused write
 
 
-async def test_an_experiment_created_behind_a_failed_batch_is_refused_with_503_and_the_error_body(
+async def test_an_experiment_created_while_a_batch_fails_is_refused_behind_it_or_made_beside_it(
     direct_server: Harness, database_url: str
 ) -> None:
-    """POST /api/experiments queued behind a batch that fails is a 503 ``{"error": ...}``; the next POST works."""
+    """On SQLite without the journal (one writer), POST /api/experiments queued behind a batch that
+    fails is a 503 ``{"error": ...}`` and the next POST works; on PostgreSQL the experiment is a
+    transaction of its own, beside the batches (``Database.write_aside``): made while the batch
+    waits, and kept when the batch fails."""
     first = await direct_server.create()
     row = await direct_server.runtime.database.read(experiment_row, first["code"])
     assert row is not None
     failures: list[NotPersisted] = []
     broken = Write(row["id"], [NewEvent("decisions", 1, time.time(), group_id=999_999)])  # no such group
     body = {"game": "bimatrix", "participants": 2, "group_size": 2}
+    if not direct_server.runtime.database.sqlite:
+        with holding_writes(database_url):  # the broken batch waits in the database meanwhile
+            direct_server.runtime.writer.submit(broken, lambda _: pytest.fail("a broken write was stored"), failures.append)
+            made = await asyncio.wait_for(direct_server.http.post("/api/experiments", json=body), timeout(10))
+            assert made.status_code == 201, made.text
+            assert not failures  # answered before the batch's end
+        await eventually(lambda: len(failures) == 1)
+        listed = (await direct_server.http.get("/api/experiments")).json()
+        assert sorted(e["code"] for e in listed["results"]) == sorted([first["code"], made.json()["code"]])
+        return
     with holding_writes(database_url):  # the broken batch waits in the database while the POST queues its insert
         direct_server.runtime.writer.submit(broken, lambda _: pytest.fail("a broken write was stored"), failures.append)
         refused = asyncio.ensure_future(direct_server.http.post("/api/experiments", json=body))
