@@ -267,7 +267,12 @@ def verify(engine: Engine, code: str) -> Report:
         by_group.setdefault(ev.group_id, []).append(ev)
     found: dict[int, _Replay] = {}
     for group in log.groups:
-        found[group.id] = _replay(report, game, log.experiment.get("config") or {}, group, by_group.get(group.id, []))
+        try:
+            found[group.id] = _replay(report, game, log.experiment.get("config") or {}, group, by_group.get(group.id, []))
+        except Exception as exc:  # the game's own code raised: the replay cannot go on, which is no mismatch
+            raise VerifyError(
+                f"{_where(code, group=group.id)}: the game failed while replaying it: {type(exc).__name__}: {exc}"
+            ) from exc
     _check_results(report, log, found)
     _check_sessions(report, log, found)
     return report

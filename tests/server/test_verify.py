@@ -15,12 +15,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import pytest
 from sqlalchemy import Engine, text
 
+from groups import PublicGoods
 from server.cli import main
 from server.storage import create_schema, make_engine
 from server.verify import verify
@@ -278,3 +279,37 @@ def test_a_bad_database_is_exit_2_and_nothing_is_created(
     environment.setenv("DATABASE_URL", f"sqlite:///{fresh}")
     status, out, err = run(capsys, "nope")
     assert (status, out) == (2, "") and "no experiment with code 'nope'" in err
+
+
+class Flaky(PublicGoods):
+    """public_goods whose payoff raises once ``broken`` (a game mended or broken after the play)."""
+
+    broken: ClassVar[bool] = False
+
+    def payoff(self, participant: str, decisions: Any) -> float:
+        if Flaky.broken:
+            raise ZeroDivisionError("the game's own slip")
+        return super().payoff(participant, decisions)
+
+
+def test_a_game_that_raises_while_replaying_is_exit_2_not_a_mismatch(
+    sqlite_url: str, environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify replays with the game's code: when that raises, verify cannot run (exit 2, one line
+    naming the group and the error), where it ended in a traceback and exit 1, a mismatch's code."""
+
+    async def played() -> str:
+        async with running_server(sqlite_url) as server:
+            exp = await server.create(game="tests.server.test_verify:Flaky", participants=2, group_size=2,
+                                      period_length=2, num_subperiods=2)
+            await play_subperiods(await one_group(server, exp))
+            return str(exp["code"])
+
+    code = asyncio.run(played())
+    environment.setenv("DATABASE_URL", sqlite_url)
+    assert run(capsys, code)[0] == 0
+    monkeypatch.setattr(Flaky, "broken", True)
+    status, out, err = run(capsys, code)
+    assert (status, out) == (2, ""), (out, err)
+    assert "the game failed while replaying it: ZeroDivisionError: the game's own slip" in err
+    assert len(err.strip().splitlines()) == 1, err
