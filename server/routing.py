@@ -423,7 +423,8 @@ class LiveGroups:
         ``start`` forces the waiting groups that are every member's current group; ``pause``
         and ``resume`` take the running and paused ones; ``end`` ends every period not ended
         (a whole experiment ended this way is ``cancelled``). Returns the groups acted on,
-        once their events are stored. Raises :class:`LookupError` for an unknown experiment
+        once their events are stored; a group whose game fails on the action (its payoff raises,
+        say) is left as it was and out of the list, logged, and the others are acted on. Raises :class:`LookupError` for an unknown experiment
         or group and :class:`ValueError` for an unknown action.
         """
         if action not in ACTIONS:
@@ -464,6 +465,12 @@ class LiveGroups:
                 await self.call(place.group_id, "control", {"a": action, "s": scope, "b": by})
             except InvalidState:
                 continue  # it changed since we looked: nothing to do for it
+            except (NotPersisted, LookupError):
+                raise  # the database or the cluster: the whole action may be tried again
+            except Exception:  # the game failed on it (its payoff, say): the other groups go on all the same
+                log.exception("group %s: the game failed on the experimenter's %s; the group is left as it was",
+                              place.group_id, action)
+                continue
             done.append(place.group_id)
         if action == "end" and group_id is None:
             self._tell_over(every, "cancelled" if row["status"] in ("pending", "running") else row["status"])

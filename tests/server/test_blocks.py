@@ -360,3 +360,38 @@ async def test_the_action_endpoints_drive_the_same_controls(server: Harness) -> 
     ended = await server.http.post(f"/api/experiments/{code}/end")
     assert ended.json()["status"] == "cancelled"
     assert (await until_state(row, "period_end"))["payload"] == "period_end"
+
+
+class Fragile(PublicGoods):
+    """public_goods whose payoff fails once somebody contributes 7 (found by its import path)."""
+
+    def payoff(self, participant: str, decisions: Any) -> float:
+        if 7 in decisions.values():
+            raise ZeroDivisionError("seven")
+        return super().payoff(participant, decisions)
+
+    def payoffs(self, decisions: Any) -> dict[str, float]:
+        return {p: self.payoff(p, decisions) for p in self.members}
+
+
+async def test_ending_an_experiment_whose_game_fails_in_one_group_ends_the_others(
+    server: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The experimenter's end meets a game that raises in one group: that group is left as it was
+    (logged), the others end; the answer lists the groups ended. It was a 500 that ended none
+    after the failing group."""
+    exp = await server.create(game="tests.server.test_blocks:Fragile", participants=4, group_size=2, period_length=60)
+    clients = [await server.connect(p["code"]) for p in exp["participants"]]
+    hellos = [(await c.expect("hello"))["payload"] for c in clients]
+    for client in clients:
+        await until_state(client, "period_start")
+    broken_group = hellos[0]["group"]
+    await decide(clients[0], 7, "seven")
+    ended = await server.http.post(f"/api/experiments/{exp['code']}/end")
+    assert ended.status_code == 200, ended.text
+    others = sorted({h["group"] for h in hellos} - {broken_group})
+    assert ended.json()["groups"] == others
+    for client, hello in zip(clients, hellos, strict=True):
+        if hello["group"] != broken_group:
+            await until_state(client, "period_end")
+    assert "the game failed on the experimenter's end" in caplog.text
