@@ -124,15 +124,25 @@ def query_value(request: Request, name: str) -> str | None:
     return values[0] if values and values[0] != "" else None
 
 
+def _as_integer(raw: str) -> int | None:
+    """``raw`` as an integer when written in the digits 0-9 (``-`` before a negative), else ``None``.
+
+    More digits than :data:`MAX_QUERY_INT` has is out of any range, whatever they are: it comes
+    back just past that bound (``int()`` of thousands of digits is slow)."""
+    if _QUERY_INT.fullmatch(raw) is None:
+        return None
+    if len(raw.lstrip("-").lstrip("0")) <= 19:
+        return int(raw)
+    return -MAX_QUERY_INT - 1 if raw[0] == "-" else MAX_QUERY_INT + 1
+
+
 def query_int(request: Request, name: str, default: int, low: int, high: int = MAX_QUERY_INT) -> int:
     raw = query_value(request, name)
     if raw is None:
         return default
-    if _QUERY_INT.fullmatch(raw) is None:
+    value = _as_integer(raw)
+    if value is None:
         raise BadRequest(f"{name}: expected an integer of the digits 0-9, got {shown(raw)}", field=name)
-    digits = raw.lstrip("-").lstrip("0")
-    # more digits than MAX_QUERY_INT has is out of range whatever they are (and int() of thousands is slow)
-    value = int(raw) if len(digits) <= 19 else (low - 1 if raw[0] == "-" else high + 1)
     if not low <= value <= high:
         raise BadRequest(
             f"{name}: expected an integer from {low} to {high}, got {raw if len(raw) <= 20 else shown(raw)}", field=name
@@ -460,10 +470,11 @@ async def group_history(request: Request) -> Response:
     row = await _experiment(request)
     upto_seq = query_int(request, "upto_seq", 0, 0) or None
     raw = str(request.path_params["group"])
-    if _QUERY_INT.fullmatch(raw) is None or raw[0] == "-" or len(raw) > 19 or int(raw) > MAX_QUERY_INT:
+    group = _as_integer(raw)
+    if group is None or not 0 <= group <= MAX_QUERY_INT:
         raise NotFound(f"no group {shown(raw)} in this experiment")
     try:
-        body = await runtime(request).database.read(period_history, int(raw), upto_seq, row["id"])
+        body = await runtime(request).database.read(period_history, group, upto_seq, row["id"])
     except LookupError as exc:
         raise NotFound(str(exc)) from None
     return JSON(body)

@@ -14,6 +14,7 @@ from groups import (
     DecisionGroup,
     Timing,
     UnknownGame,
+    config_number,
     game_name,
     load_game,
     plan_groups,
@@ -23,6 +24,7 @@ from groups import (
 from .exceptions import BadRequest
 from .online import OnlineSettings, parse_online
 from .storage import NewBlock, NewExperiment, new_code
+from .wire import nested_deeper
 
 MAX_PARTICIPANTS = 10_000
 MAX_BLOCKS = 1_000
@@ -67,7 +69,8 @@ def _integer(body: dict[str, Any], name: str, default: int | None, low: int, hig
 def _number(
     body: dict[str, Any], name: str, default: float | None, low: float, high: float, *, above_low: bool, nullable: bool
 ) -> float | None:
-    """A number from ``low`` (above it with ``above_low``) to ``high``, or null if ``nullable``.
+    """A number from ``low`` (above it with ``above_low``) to ``high``, or null if ``nullable``
+    (:func:`groups.config_number`'s check, answered as a 400).
 
     Every number has an upper bound: a huge time overflows a period's end as the database stores
     it, a huge amount the sums of scores.
@@ -77,27 +80,10 @@ def _number(
         if nullable:
             return None
         raise BadRequest(f"{name}: expected a number, got null", field=name)
-    expected = f"a number {'above' if above_low else 'from'} {low:g} {'and at most' if above_low else 'to'} {high:g}"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadRequest(f"{name}: expected {expected}{' or null' if nullable else ''}, got {shown(value)}", field=name)
-    if not (low < value if above_low else low <= value) or not value <= high:  # also refuses NaN
-        raise BadRequest(f"{name}: expected {expected}, got {shown(value)}", field=name)
-    return float(value)
-
-
-def _nested_deeper(value: Any, limit: int) -> bool:
-    """Whether JSON ``value`` nests more than ``limit`` arrays and objects (walked without recursion)."""
-    level: list[Any] = [value]
-    for _ in range(limit + 1):
-        level = [
-            item
-            for container in level
-            if isinstance(container, dict | list)
-            for item in (container.values() if isinstance(container, dict) else container)
-        ]
-        if not level:
-            return False
-    return True
+    try:
+        return config_number(value, name, low, high, above_low=above_low)
+    except ConfigError as exc:
+        raise BadRequest(str(exc), field=name) from None
 
 
 def parse_request(body: Any) -> ExperimentRequest:
@@ -146,7 +132,7 @@ def parse_request(body: Any) -> ExperimentRequest:
         config = {}
     if not isinstance(config, dict):
         raise BadRequest(f"config: expected an object, got {shown(config)}", field="config")
-    if _nested_deeper(config, MAX_CONFIG_DEPTH):
+    if nested_deeper(config, MAX_CONFIG_DEPTH):
         raise BadRequest(f"config: expected at most {MAX_CONFIG_DEPTH} levels of nesting, got more", field="config")
     try:
         timing = Timing(period_length, num_subperiods, rate_limit)

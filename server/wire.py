@@ -74,13 +74,14 @@ def parse(text: str, max_bytes: int) -> ClientFrame:
         raise FrameError("bad_id", f"expected 'id' to be a string of 1 to {MAX_CLIENT_ID} characters, got {shown(frame_id)}")
     payload = frame.get("payload")
     # a frame can only nest that deep with as many brackets, which str.count finds at C speed
-    if text.count("[") + text.count("{") > MAX_DEPTH and _deeper(payload, MAX_DEPTH):
+    if text.count("[") + text.count("{") > MAX_DEPTH and nested_deeper(payload, MAX_DEPTH):
         raise FrameError("bad_frame", f"expected a payload nested at most {MAX_DEPTH} levels deep", frame_id)
     return ClientFrame(channel, payload, frame_id, frame.get("timestamp"))
 
 
-def _deeper(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests lists and objects more than ``limit`` levels deep (the value itself is level 1)."""
+def nested_deeper(value: Any, limit: int) -> bool:
+    """Whether JSON ``value`` nests lists and objects more than ``limit`` levels deep (the value
+    itself is level 1), walked without recursion."""
     stack = [(value, 1)]
     while stack:
         item, level = stack.pop()

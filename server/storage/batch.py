@@ -160,8 +160,6 @@ def _store_periods(conn: Connection, writes: Sequence[Write]) -> None:
     started: list[tuple[int, float | None]] = []
     ended: list[tuple[int, int, float | None, bool]] = []
     for write in writes:
-        # the experimenter's end is stored with what it caused, in the same write
-        by_hand = any(ev.channel == "control" and _ends(ev.value) for ev in write.events)
         for ev in write.events:
             if ev.channel != "state" or ev.group_id is None:
                 continue
@@ -170,6 +168,8 @@ def _store_periods(conn: Connection, writes: Sequence[Write]) -> None:
                 starting.setdefault(write.experiment_id, ev.timestamp)
                 started.append((ev.group_id, g.started_at if g else ev.timestamp))
             elif ev.value == "period_end":
+                # the experimenter's end is stored with what it caused, in the same write
+                by_hand = any(e.channel == "control" and _ends(e.value) for e in write.events)
                 ended.append((write.experiment_id, ev.group_id, g.ended_at if g else ev.timestamp, by_hand))
     for experiment_id, at in starting.items():
         experiment_running(conn, experiment_id, at)
