@@ -122,8 +122,10 @@ class Participant(SQLModel, table=True):
     joined_at: datetime | None = _time()
     #: the code the participant takes back to the recruiting platform; unique over all experiments
     completion_code: str | None = Field(default=None, max_length=32)
-    #: how the participant's run ended: ``finished``, ``dropped``, ``replaced`` (a bot played for
-    #: them), ``no_group`` (released from the lobby); ``None`` while it has not
+    #: how the participant's run ended: ``finished``, ``cancelled`` (ended by the experimenter
+    #: before they played every block), ``dropped``, ``replaced`` (a bot played for them), ``bot``
+    #: (a seat a bot filled), ``no_group`` (released from the lobby); ``None`` while it has not
+    #: (:mod:`.statuses`)
     status: str | None = Field(default=None, max_length=16)
 
 

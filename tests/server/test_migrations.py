@@ -52,21 +52,23 @@ def release_database(tmp_path: Path, database_url: str) -> str:
         target = tmp_path / "release.db"
         shutil.copyfile(RELEASE / "synclab.db", target)
         return f"sqlite:///{target}"
-    schema = re.search(r"search_path%3D(\w+)", database_url)
-    assert schema is not None, database_url
-    _load_dump(schema[1])
+    load_dump(RELEASE / "postgres.sql", RELEASE_INFO["schema"], database_url)
     return database_url
 
 
-def _load_dump(schema: str) -> None:
-    """``postgres.sql`` into ``schema`` (made by the fixture): its schema's name replaced, psql's
-    own commands left out (``\\restrict``), and the session's settings undone with its connection."""
+def load_dump(dump: Path, named: str, database_url: str) -> None:
+    """A fixture's ``pg_dump`` of schema ``named`` into the schema of ``database_url`` (made by the
+    fixture): its schema's name replaced, psql's own commands left out (``\\restrict``), and the
+    session's settings undone with its connection."""
+    found = re.search(r"search_path%3D(\w+)", database_url)
+    assert found is not None, database_url
+    schema = found[1]
     lines = [
         line
-        for line in (RELEASE / "postgres.sql").read_text().splitlines()
+        for line in dump.read_text().splitlines()
         if not line.startswith("\\") and not line.startswith("CREATE SCHEMA ")
     ]
-    sql = "\n".join(lines).replace(f"{RELEASE_INFO['schema']}.", f'"{schema}".')
+    sql = "\n".join(lines).replace(f"{named}.", f'"{schema}".')
     admin = create_engine(normalise_url(POSTGRES_URL))
     try:
         with admin.begin() as conn:
