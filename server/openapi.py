@@ -301,6 +301,7 @@ def _other_schemas() -> dict[str, JSONSchema]:
                 "count": {"type": "integer", "minimum": 0},
                 "participants": {"type": "integer", "minimum": 0},
                 "finished": {"type": "integer", "minimum": 0},
+                "played_by_bots": {"type": "integer", "minimum": 0},
                 "connected": {"type": "integer", "minimum": 0},
                 "exclude_unfinished": {"type": "boolean"},
             }
@@ -450,8 +451,10 @@ def _parameters() -> dict[str, JSONSchema]:
                       "schema": positive},
         "upto_seq": _query("upto_seq", {"type": "integer", "minimum": 0, "maximum": MAX_QUERY_INT},
                            "only events up to this seq (what the page's snapshot covered); 0 or absent: all"),
-        "exclude_unfinished": _query("exclude_unfinished", {"type": "boolean", "default": False},
-                                     "means and percentile ranks over finished participants only"),
+        "exclude_unfinished": _query(
+            "exclude_unfinished", {"type": "boolean", "default": False},
+            "means and percentile ranks over the participants who finished only (no seat a bot played to the end)",
+        ),
         "status": _query("status", {"type": "string", "enum": list(STATUSES)}, "only experiments in this status"),
         "participantFilter": _query(
             "participant", {"type": "string", "pattern": CODE_PATTERN},

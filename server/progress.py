@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, func, select
 
 from .storage import (
+    BOT_PLAYED,
     FINAL_STATUSES,
     Standing,
     blocks,
@@ -43,7 +44,7 @@ class Filter:
     participant: str | None = None
     #: only the members of this group
     group: int | None = None
-    #: means and percentiles over finished participants only (completion ratio 1)
+    #: means and percentiles over the participants who finished only (:func:`is_finished`)
     exclude_unfinished: bool = False
 
 
@@ -96,16 +97,28 @@ def group_in_experiment(engine: Engine, experiment_id: int, group_id: int) -> bo
         return found is not None
 
 
+def is_finished(row: dict[str, Any]) -> bool:
+    """Whether the participant finished: every block played (completion ratio 1), by them to the
+    end, not by a bot at their seat (status ``bot`` or ``dropped``: :data:`BOT_PLAYED`)."""
+    return row["completion"]["ratio"] >= 1.0 and row["status"] not in BOT_PLAYED
+
+
 def stats(rows: list[dict[str, Any]], exclude_unfinished: bool) -> dict[str, Any]:
-    """``mean_completion``, ``mean_score`` and counts over ``rows`` (from :func:`participant_progress`)."""
-    finished = [r for r in rows if r["completion"]["ratio"] >= 1.0]
-    taken = finished if exclude_unfinished else rows
+    """``mean_completion``, ``mean_score`` and counts over ``rows`` (from :func:`participant_progress`).
+
+    ``finished`` counts the participants who finished (:func:`is_finished`), ``played_by_bots`` the
+    seats a bot played to the end (a lobby's fill, a dropout's); ``exclude_unfinished`` takes
+    the former only.
+    """
+    done = [r for r in rows if is_finished(r)]
+    taken = done if exclude_unfinished else rows
     return {
         "mean_completion": fmean(r["completion"]["ratio"] for r in taken) if taken else None,
         "mean_score": fmean(r["final_score"] for r in taken) if taken else None,
         "count": len(taken),
         "participants": len(rows),
-        "finished": len(finished),
+        "finished": len(done),
+        "played_by_bots": sum(r["completion"]["ratio"] >= 1.0 and r["status"] in BOT_PLAYED for r in rows),
         "connected": sum(bool(r["connected"]) for r in rows),
         "exclude_unfinished": exclude_unfinished,
     }
@@ -194,7 +207,7 @@ def _rank(rows: list[dict[str, Any]], exclude_unfinished: bool) -> None:
     position = {score: i + 1 for i, score in enumerate(distinct)}
     # sorted, so that who scores below and who ties is two bisections a row, not a pass over all
     # (10,000 participants were 10^8 comparisons, seconds a request)
-    compared = sorted(r["final_score"] for r in rows if not exclude_unfinished or r["completion"]["ratio"] >= 1.0)
+    compared = sorted(r["final_score"] for r in rows if not exclude_unfinished or is_finished(r))
     for r in rows:
         score = r["final_score"]
         r["rank"] = position[score]

@@ -123,7 +123,7 @@ from .schema import (
 from .seats import GroupSpec, Seat, client_ids, client_seq, last_state_query, load_group, load_seat
 from .snapshot import monitor_state
 from .stalls import WRITER_NAME, end_stalled_writers, writer_connection
-from .statuses import FINAL_STATUSES, STATUSES, run_over, set_statuses
+from .statuses import BOT_PLAYED, FINAL_STATUSES, STATUSES, run_over, set_statuses
 from .tables import (
     blocks,
     connections,
@@ -163,6 +163,7 @@ from .writes import ConnectionChange, GroupUpdate, NewEvent, NewResult, NewTick,
 __all__ = [
     "BASELINE",
     "BOT",
+    "BOT_PLAYED",
     "COMMIT_BUCKET_NAMES",
     "DEFAULT_JOURNAL_SIZE",
     "FINAL_STATUSES",

@@ -33,6 +33,9 @@ FINAL_STATUSES = ("bot", "no_group")
 #: the statuses of a run that is over; ``dropped`` and ``replaced`` are set as they happen, while
 #: a bot or the participant still plays the seat (over once every block of theirs was played)
 RUN_OVER = frozenset({"finished", "cancelled", "bot", "no_group"})
+#: a seat a bot played to its end, not the participant: filled from the lobby, or a dropout's
+#: that a bot played on (``/stats`` counts them apart from the participants who finished)
+BOT_PLAYED = frozenset({"bot", "dropped"})
 
 
 def run_over(status: str | None, played: bool) -> bool:

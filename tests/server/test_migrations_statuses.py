@@ -77,7 +77,7 @@ def test_db_upgrade_corrects_the_statuses_an_older_synclab_stored(tmp_path: Path
     experimenter ended by group are ``cancelled``, the score waiting for oTree says ``cancelled``;
     an experiment whose last period ran its length stays ``done``, a dropout ``dropped``, everyone
     who played every block ``finished``, and no other value of any row changes. A server on it
-    then answers alike in the API, the exports and the way back."""
+    then answers alike in the API, the exports, the stats and the way back."""
     url, played = old_database(tmp_path, database_url)
     engine = make_engine(url)
     try:
@@ -123,6 +123,8 @@ def test_db_upgrade_corrects_the_statuses_an_older_synclab_stored(tmp_path: Path
                 assert {r["code"]: r["status"] for r in table} == mine, name
                 document = http.get(f"/api/experiments/{code}/export.json").json()
                 assert document["experiment"]["status"] == now_exps[code], name
+                counts = http.get(f"/api/experiments/{code}/stats").json()  # a dropout's bot is no finish
+                assert counts["finished"] == sum(s == "finished" for s in mine.values()), name
             for code, status in now_people.items():
                 if code in payloads:  # the way back names the status now stored
                     back = http.get(f"/p/{code}/done", follow_redirects=False)

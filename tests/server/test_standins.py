@@ -52,6 +52,17 @@ async def statuses(server: Harness, code: str) -> dict[str, str | None]:
     return {r["code"]: r["status"] for r in rows}
 
 
+async def stats(server: Harness, code: str, **params: str) -> dict[str, Any]:
+    response = await server.http.get(f"/api/experiments/{code}/stats", params=params)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def counted(stats: dict[str, Any], *names: str) -> tuple[Any, ...]:
+    return tuple(stats.get(name) for name in names)
+
+
 def verified(database_url: str, code: str) -> None:
     engine = make_engine(database_url)
     try:
@@ -99,6 +110,8 @@ async def test_a_dropout_is_played_by_a_bot_until_they_come_back(any_server: Har
     started = [e["value"] for e in events if e["channel"] == "standin" and e["value"]["playing"]]
     assert sorted(v["participant"] for v in started) == sorted([b, c]) and {v["reason"] for v in started} == {"dropout"}
     assert await statuses(server, code) == {a: "finished", b: "replaced", c: "dropped"}
+    counts = await stats(server, code)
+    assert counted(counts, "finished", "played_by_bots", "participants") == (2, 1, 3)  # b came back
     verified(database_url, code)
 
     csv_events = (await server.http.get(f"/api/experiments/{code}/export.csv", params={"table": "events"})).text
@@ -163,6 +176,43 @@ async def test_a_filled_seat_lets_the_period_start_and_its_bot_plays_every_block
     assert not any(e["bot"] for e in events if e["participant"] in (a, b))
     assert await statuses(server, code) == {a: "finished", b: "finished", c: "bot"}
     verified(database_url, code)
+
+
+async def test_stats_count_the_seats_bots_played_apart_from_the_participants_who_finished(
+    any_server: Harness,
+) -> None:
+    """Online: two arrive, the lobby fills the third seat with a bot, one of the two leaves and a bot
+    plays on for them. ``/stats`` counts one participant finished and two seats played by bots
+    (every seat's completion is 1); excluding the unfinished takes the one who finished only, for
+    the means and the percentile ranks."""
+    server = any_server
+    exp = await server.create(game="public_goods", participants=3, group_size=3, period_length=2,
+                              online={"lobby_timeout": 1.0, "fill": "bots", "dropout_after": 0.5})
+    code = exp["code"]
+    seats = []
+    for label in ("stays", "leaves"):
+        arrived = await server.http.get(f"/join/{code}", params={"label": label}, follow_redirects=False)
+        assert arrived.status_code == 303, arrived.text
+        seats.append(arrived.headers["location"].removeprefix("/p/"))
+    stays, leaves = [await server.connect(c) for c in seats]
+    await until_state(stays, "period_start")  # after the lobby's timeout, a bot in the third seat
+    await stays.send("decisions", 2, "s-1")
+    assert (await stays.expect("ack"))["payload"]["id"] == "s-1"
+    await leaves.close()
+    await until_event(server, code, lambda e: e["channel"] == "standin" and e["value"]["participant"] == seats[1])
+    await until_done(server, code)
+    filled = next(p["code"] for p in exp["participants"] if p["code"] not in seats)
+    assert await statuses(server, code) == {seats[0]: "finished", seats[1]: "dropped", filled: "bot"}
+    rows = {r["code"]: r for r in (await get(server, f"/api/experiments/{code}/participants"))["results"]}
+    assert {c: r["completion"]["ratio"] for c, r in rows.items()} == {c: 1.0 for c in rows}
+
+    counts = await stats(server, code)
+    assert counted(counts, "finished", "played_by_bots", "participants", "count") == (1, 2, 3, 3)
+    only = await stats(server, code, exclude_unfinished="true")
+    assert counted(only, "finished", "played_by_bots", "count") == (1, 2, 1)
+    assert only["mean_score"] == pytest.approx(rows[seats[0]]["final_score"]) and only["mean_completion"] == 1.0
+    ranked = await server.http.get(f"/api/experiments/{code}/participants", params={"exclude_unfinished": "true"})
+    assert {r["code"]: r["percentile_rank"] for r in ranked.json()["results"]}[seats[0]] == 50.0  # alone compared
 
 
 async def test_a_dropouts_bot_follows_them_to_their_next_block(server: Harness) -> None:
