@@ -370,7 +370,7 @@ async def games(request: Request) -> Response:
 
 async def create_experiment(request: Request) -> Response:
     require_admin(request, "creating experiments")
-    try:
+    try:  # at most SYNCLAB_MAX_BODY_BYTES, or a 413 (server.bodies): checked only after the token
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"expected a JSON body, got invalid JSON: {exc}") from None

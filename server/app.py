@@ -28,6 +28,7 @@ from groups.registry import BUNDLED
 
 from . import api, export, join, openapi, redaction
 from .accounts import Authenticate
+from .bodies import BoundedBodies
 from .connection import REDWOOD, SYNCLAB, serve
 from .exceptions import ApiError, NotPersisted, one_line_refusal
 from .headers import SecurityHeaders
@@ -142,7 +143,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(SecurityHeaders), Middleware(Authenticate)],
+        middleware=[Middleware(SecurityHeaders), Middleware(Authenticate), Middleware(BoundedBodies)],
         exception_handlers={ApiError: api.api_error, NotPersisted: api.api_error, OperationalError: api.database_error,
                             ApplyFailed: api.storage_halted},
     )

@@ -8,7 +8,8 @@
     │   ├── BadRequest       400, names the bad field
     │   ├── Unauthorized     401, no token
     │   ├── Forbidden        403, a wrong token or somebody else's data
-    │   └── NotFound         404, an unknown experiment or participant
+    │   ├── NotFound         404, an unknown experiment or participant
+    │   └── PayloadTooLarge  413, a request body past ``SYNCLAB_MAX_BODY_BYTES``
     ├── FrameError           a refused client frame: an ``error`` frame, the socket stays open
     └── NotPersisted         the writer could not commit: the frames of that batch (and of the
         │                    writes queued behind it) get an ``error`` frame; a REST call whose
@@ -85,6 +86,12 @@ class Forbidden(ApiError):
 
 class NotFound(ApiError):
     status = 404
+
+
+class PayloadTooLarge(ApiError):
+    """A request body larger than the server reads (``server.bodies``); its connection is closed."""
+
+    status = 413
 
 
 class FrameError(SynclabError):

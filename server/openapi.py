@@ -486,6 +486,11 @@ def _responses() -> dict[str, JSONSchema]:
             "token and its role), or another participant's data"
         ),
         "NotFound": _error("an unknown experiment, participant, group, action or page"),
+        "PayloadTooLarge": _error(
+            "a body larger than `SYNCLAB_MAX_BODY_BYTES` (1 MiB by default): declared so by its Content-Length, "
+            "or grown past it while it was read; never read whole, and the connection is closed",
+            {"Connection": {"required": True, "schema": {"const": "close"}}},
+        ),
         "NotStored": _error(
             "the database could not store the change, or a write queued before it; try again later"
         ),
@@ -497,7 +502,8 @@ def _json(schema: JSONSchema, description: str) -> JSONSchema:
 
 
 def _refused(*statuses: int) -> dict[str, JSONSchema]:
-    names = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 503: "NotStored"}
+    names = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 413: "PayloadTooLarge",
+             503: "NotStored"}
     return {str(s): {"$ref": f"#/components/responses/{names[s]}"} for s in statuses}
 
 
@@ -545,7 +551,7 @@ def _experiment_paths() -> dict[str, Any]:
                 "summary": "create an experiment with its participants, blocks and groups",
                 "requestBody": {"required": True,
                                 "content": {"application/json": {"schema": _ref("NewExperiment")}}},
-                "responses": {"201": _json(_ref("Experiment"), "created"), **_refused(400, 401, 403, 503)},
+                "responses": {"201": _json(_ref("Experiment"), "created"), **_refused(400, 401, 403, 413, 503)},
                 **ADMIN,
             },
         },

@@ -57,6 +57,12 @@ def _durability(env: dict[str, str]) -> str:
 
 
 MIB = 1024 * 1024
+#: the largest request body the server reads (``SYNCLAB_MAX_BODY_BYTES``): the largest valid
+#: ``POST /api/experiments`` of a bundled game, every field at its longest, is 1,888 bytes (its
+#: config 222), so a MiB leaves a game of one's own room for a config of thousands of values
+DEFAULT_MAX_BODY_BYTES = MIB
+#: the limit's own bounds: room for a create body at the least, never gigabytes
+MAX_BODY_BYTES_RANGE = (4096, 256 * MIB)
 
 #: the values of ``SYNCLAB_JOURNAL``
 JOURNAL_CHOICES = ("auto", "on", "off")
@@ -100,6 +106,8 @@ class Settings:
     port: int = 8000
     #: a client frame larger than this is refused with an ``error`` frame
     max_frame_bytes: int = 16 * 1024
+    #: a request body larger than this is refused with a 413 (``server.bodies``), never read whole
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     #: frames a connection may send per second, sustained, and in a burst
     frames_per_second: float = 50.0
     frame_burst: int = 100
@@ -221,6 +229,8 @@ class Settings:
             admin_token=env.get("SYNCLAB_ADMIN_TOKEN") or None,
             port=int(_number(env, "PORT", 8000, minimum=0, maximum=65535)),
             max_frame_bytes=int(_number(env, "SYNCLAB_MAX_FRAME_BYTES", 16 * 1024, minimum=64)),
+            max_body_bytes=int(_number(env, "SYNCLAB_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES,
+                                       minimum=MAX_BODY_BYTES_RANGE[0], maximum=MAX_BODY_BYTES_RANGE[1])),
             frames_per_second=_number(env, "SYNCLAB_FRAMES_PER_SECOND", 50.0, minimum=0.1),
             frame_burst=int(_number(env, "SYNCLAB_FRAME_BURST", 100, minimum=1)),
             send_queue_frames=int(_number(env, "SYNCLAB_SEND_QUEUE", 2048, minimum=16)),

@@ -30,6 +30,7 @@ CLEARED = (
     "PORT",
     "SYNCLAB_ADMIN_TOKEN",
     "SYNCLAB_MAX_FRAME_BYTES",
+    "SYNCLAB_MAX_BODY_BYTES",
     "SYNCLAB_FRAMES_PER_SECOND",
     "SYNCLAB_FRAME_BURST",
     "SYNCLAB_SEND_QUEUE",
@@ -289,6 +290,8 @@ BAD_ENVIRONMENT = [
     pytest.param("PORT", "-1", id="port-negative"),
     pytest.param("SYNCLAB_FRAME_BURST", "inf", id="frame-burst-inf"),
     pytest.param("SYNCLAB_MAX_FRAME_BYTES", "nan", id="max-frame-bytes-nan"),
+    pytest.param("SYNCLAB_MAX_BODY_BYTES", "1GB", id="max-body-bytes-word"),
+    pytest.param("SYNCLAB_MAX_BODY_BYTES", "1073741824", id="max-body-bytes-past-256-mib"),
     pytest.param("DATABASE_URL", "not a database url", id="database-url-garbage"),
 ]
 
