@@ -62,6 +62,7 @@ from .storage import (
     period_history,
     run_over,
 )
+from .viewfiles import missing_view
 
 #: the largest integer a query value may be: a 64-bit column holds it
 MAX_QUERY_INT = 2**63 - 1
@@ -361,6 +362,8 @@ async def games(request: Request) -> Response:
                     "config_schema": game.config_schema,
                     "default_config": game.default_config,
                     "doc": (game.__doc__ or "").strip(),
+                    # why the game cannot be played (its view file is missing), or null
+                    "view_missing": missing_view(game, name),
                 }
                 for name, game in sorted(available_games().items())
             ]

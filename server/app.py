@@ -6,7 +6,6 @@ build their own with :func:`create_app`.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -24,7 +23,6 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from groups import UnknownGame, load_game
-from groups.registry import BUNDLED
 
 from . import api, export, join, openapi, redaction
 from .accounts import Authenticate
@@ -36,6 +34,7 @@ from .monitor import monitor_socket
 from .runtime import Runtime
 from .settings import Settings
 from .storage import ApplyFailed, load_seat, participant_game, period_history
+from .viewfiles import view_file
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -58,17 +57,6 @@ async def participant_page(request: Request) -> Response:
     return FileResponse(STATIC / "participant.html", headers={"Cache-Control": "no-cache"})
 
 
-def view_file(game: str) -> Path:
-    """The participant page's view of ``game``: the game's own ``view``, a bundled one, or the generic one."""
-    cls = load_game(game)
-    if cls.view:
-        return Path(inspect.getfile(cls)).resolve().parent / cls.view
-    bundled = STATIC / "games" / f"{cls.name}.js"
-    if cls.name in BUNDLED and bundled.is_file():
-        return bundled
-    return STATIC / "games" / "generic.js"
-
-
 async def participant_view(request: Request) -> Response:
     """``/p/{code}/view.js``: the ES module that draws this participant's game."""
     rt: Runtime = request.app.state.runtime
@@ -76,10 +64,10 @@ async def participant_view(request: Request) -> Response:
     if game is None:
         return PlainTextResponse("unknown participant code", status_code=404)
     try:
-        path = view_file(game)
+        path = view_file(load_game(game))
     except UnknownGame as exc:
         return PlainTextResponse(str(exc), status_code=404)
-    if not path.is_file():
+    if not path.is_file():  # refused at creation (server.viewfiles): a file removed since
         return PlainTextResponse(f"the view of game {game!r} is missing: {path.name}", status_code=404)
     return FileResponse(path, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
 

@@ -24,6 +24,7 @@ from groups import (
 from .exceptions import BadRequest
 from .online import OnlineSettings, parse_online
 from .storage import NewBlock, NewExperiment, new_code
+from .viewfiles import missing_view
 from .wire import nested_deeper
 
 MAX_PARTICIPANTS = 10_000
@@ -100,6 +101,9 @@ def parse_request(body: Any) -> ExperimentRequest:
         game = load_game(name)
     except UnknownGame as exc:
         raise BadRequest(f"game: {exc}", field="game") from None
+    missing = missing_view(game, name)  # every participant's page would say it cannot show the game
+    if missing is not None:
+        raise BadRequest(f"game: {missing}", field="game")
     participants = _integer(body, "participants", None, 1, MAX_PARTICIPANTS)
     group_size = _integer(body, "group_size", None, 1, MAX_PARTICIPANTS)
     try:

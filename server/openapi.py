@@ -244,6 +244,8 @@ def _other_schemas() -> dict[str, JSONSchema]:
             "config_schema": {"type": "object"},
             "default_config": {"type": "object"},
             "doc": _STRING,
+            "view_missing": {**_nullable(_STRING), "description": "why the game cannot be played: its view file "
+                                                                   "is missing (creating an experiment with it is a 400)"},
         }
     )
     nullable_number = _nullable(_NUMBER)

@@ -11,6 +11,8 @@ from weakref import WeakValueDictionary
 
 from sqlalchemy import Engine
 
+from groups import available_games
+
 from .accounts import Accounts
 from .cluster import Node
 from .deliveries import Deliveries
@@ -20,6 +22,7 @@ from .meter import Meter
 from .routing import LiveGroups
 from .settings import Settings
 from .storage import Database, EventWriter, close_connections_left_open, first_token, prepare_schema
+from .viewfiles import missing_view
 
 log = logging.getLogger("synclab")
 
@@ -87,6 +90,10 @@ class Runtime:
                 "synclab: SYNCLAB_DURABILITY=crash: an acknowledged decision survives a crash of this process, "
                 "but a power loss may take the last second's"
             )
+        for name, game in sorted(available_games().items()):  # refused at creation, said here first
+            missing = missing_view(game, name)
+            if missing is not None:
+                log.warning("synclab: game %r cannot be played: %s", name, missing)
         if generated is not None:  # the only time it can be shown: the database keeps its hash
             log.warning("synclab: generated the experimenter token %s (the account 'admin'; shown once)", generated)
         writer = EventWriter(

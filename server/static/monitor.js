@@ -277,7 +277,8 @@ async function loadGames() {
 function showGame() {
   const game = app.games.find((g) => g.name === $("#f-game").value);
   if (!game) return;
-  setText($("#game-doc"), `${game.doc || "(no description)"}\nGroup sizes: ${game.group_sizes.join(" to ")}.`);
+  const missing = game.view_missing ? `\nThis game cannot be played: ${game.view_missing}.` : "";
+  setText($("#game-doc"), `${game.doc || "(no description)"}\nGroup sizes: ${game.group_sizes.join(" to ")}.${missing}`);
   setText($("#game-schema"), JSON.stringify(game.config_schema, null, 2));
   $("#f-config").value = compactJson(game.default_config);
   $("#f-group_size").value = game.group_sizes[0];
