@@ -15,7 +15,7 @@ import random
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from groups import DecisionGroup, InvalidDecision, config_number, shown
+from groups import MAX_AMOUNT, DecisionGroup, InvalidDecision, config_number, shown
 
 CHOICES = ("stag", "hare")
 
@@ -29,8 +29,8 @@ class StagHunt(DecisionGroup):
     config_schema: ClassVar[dict[str, Any]] = {
         "type": "object",
         "properties": {
-            "stag": {"type": "number", "minimum": 0, "description": "points a second when all hunt stag"},
-            "hare": {"type": "number", "minimum": 0, "description": "points a second for a hare, always"},
+            "stag": {"type": "number", "minimum": 0, "maximum": MAX_AMOUNT, "description": "points a second when all hunt stag"},
+            "hare": {"type": "number", "minimum": 0, "maximum": MAX_AMOUNT, "description": "points a second for a hare, always"},
         },
         "additionalProperties": False,
     }

@@ -36,13 +36,12 @@ from .group import (
     Phase,
     Timing,
     config_number,
-    is_number,
     require_number,
-    shown,
 )
 from .messages import LATE_AFTER, NOBODY, Event, Tick
 from .public_goods import PublicGoods
 from .registry import available_games, game_name, load_game
+from .values import is_number, shown
 
 __all__ = [
     "DECISIONS",

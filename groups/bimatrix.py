@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 
 from .bots import clamp, current, toward, walk
 from .exceptions import ConfigError
-from .group import MAX_AMOUNT, DecisionGroup, config_number, require_number, shown
+from .group import MAX_AMOUNT, DecisionGroup, config_number, require_number
+from .values import shown
 
 PRISONERS_DILEMMA = {"AA": [3, 3], "AB": [0, 5], "BA": [5, 0], "BB": [1, 1]}
 _CELLS = ("AA", "AB", "BA", "BB")
@@ -54,6 +55,7 @@ class Bimatrix(DecisionGroup):
                     for cell in _CELLS
                 },
                 "required": list(_CELLS),
+                "additionalProperties": False,
             },
             "initial_decision": {"type": "number", "minimum": 0, "maximum": 1},
         },

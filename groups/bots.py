@@ -12,7 +12,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from .group import is_number
+from .values import is_number
 
 
 def clamp(value: float, low: float, high: float) -> float:

@@ -29,7 +29,6 @@ import copy
 import enum
 import math
 import random
-import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -44,6 +43,8 @@ from .exceptions import (
     UnknownChannel,
 )
 from .messages import NOBODY, Event, Tick
+from .schema import check
+from .values import is_number, shown
 
 DECISIONS = "decisions"
 GROUP_DECISIONS = "group_decisions"
@@ -187,7 +188,8 @@ class DecisionGroup:
     - ``group_sizes``: the smallest and largest group (``None``: no upper bound).
     - ``channels``: extra client channels the game accepts; each needs ``on_<channel>``.
     - ``config_schema`` and ``default_config``: the game's own settings (JSON Schema), checked
-      by :meth:`validate_config` when the experiment is created.
+      by :meth:`validate_config` when the experiment is created (:mod:`groups.schema` says
+      which keywords are enforced).
     - ``pause_when_disconnected``: ``True`` stops the period's clock while a member is away
       (default ``False``: the period runs on).
     - ``title``: what the participant page calls the game (default: its name in words).
@@ -233,14 +235,21 @@ class DecisionGroup:
 
     @classmethod
     def validate_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
-        """Return the complete config (defaults filled in) or raise :class:`ConfigError`."""
+        """Return the complete config (defaults filled in) or raise :class:`ConfigError`.
+
+        A key not in ``default_config`` is refused; the config with the defaults filled in must
+        fit ``config_schema`` (the keywords :mod:`groups.schema` knows; the others are ignored).
+        An override calls this first, then checks what the schema cannot say.
+        """
         unknown = set(config) - set(cls.default_config)
         if unknown:
             raise ConfigError(
                 f"config.{sorted(unknown)[0]}",
                 f"unknown setting; {cls.name or cls.__name__} takes {sorted(cls.default_config)}",
             )
-        return {**copy.deepcopy(cls.default_config), **config}
+        merged = {**copy.deepcopy(cls.default_config), **config}
+        check(cls.config_schema, merged)
+        return merged
 
     @classmethod
     def check_group_size(cls, size: int) -> None:
@@ -643,45 +652,6 @@ def _ms(epoch: float | None) -> int | None:
 #: the largest magnitude a bundled game takes for a payoff, an endowment or points, far beyond
 #: any lab's: every sum of scores over an experiment's sessions then stays a finite float
 MAX_AMOUNT = 1e9
-#: how much of a value :func:`shown` writes out
-_SHOWN_LENGTH = 80
-
-
-class _Shown(reprlib.Repr):
-    def __init__(self) -> None:
-        super().__init__()
-        # a few levels and items: a frame nested 1,000 deep is shown as [[[[...]]]], not recursed into
-        self.maxlevel = 4
-        self.maxlist = self.maxtuple = self.maxset = self.maxdict = 6
-        self.maxstring = self.maxother = self.maxlong = _SHOWN_LENGTH
-
-
-_shown = _Shown()
-
-
-def shown(value: object) -> str:
-    """``repr(value)`` for an error message: a few levels deep, at most 80 characters, never raising.
-
-    Use it for whatever a client sent (a decision, a config value): ``repr`` of JSON nested a
-    thousand deep raises ``RecursionError``, and a megabyte of it would fill the message.
-    """
-    try:
-        text = _shown.repr(value)
-    except Exception:  # a huge int, a game's own type whose __repr__ fails
-        return f"<{type(value).__name__}>"
-    return text if len(text) <= _SHOWN_LENGTH else text[: _SHOWN_LENGTH - 3] + "..."
-
-
-def is_number(value: object) -> bool:
-    """A finite int or float (an int a float can hold), and not a bool."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int beyond any float
-        return False
-
-
 def require_number(decision: Any, low: float, high: float) -> float:
     """A helper for ``validate_decision``: ``decision`` as a float in ``[low, high]``."""
     if not is_number(decision):

@@ -147,16 +147,16 @@ def test_bimatrix_accepts_custom_payoffs() -> None:
     ("payoffs", "field"),
     [
         ({"AA": [3, 3], "AB": [0, 5], "BA": [5, 0]}, "config.payoffs"),
-        ({**PD, "CC": [0, 0]}, "config.payoffs"),
+        ({**PD, "CC": [0, 0]}, "config.payoffs.CC"),
         ({}, "config.payoffs"),
         ([[3, 3], [0, 5], [5, 0], [1, 1]], "config.payoffs"),
         (None, "config.payoffs"),
         ({**PD, "AB": [0]}, "config.payoffs.AB"),
         ({**PD, "AB": [0, 5, 1]}, "config.payoffs.AB"),
         ({**PD, "BB": 1}, "config.payoffs.BB"),
-        ({**PD, "BA": [5, "0"]}, "config.payoffs.BA"),
-        ({**PD, "BA": [None, 0]}, "config.payoffs.BA"),
-        ({**PD, "AA": [True, 3]}, "config.payoffs.AA"),
+        ({**PD, "BA": [5, "0"]}, "config.payoffs.BA[1]"),
+        ({**PD, "BA": [None, 0]}, "config.payoffs.BA[0]"),
+        ({**PD, "AA": [True, 3]}, "config.payoffs.AA[0]"),
     ],
     ids=[
         "missing_cell",
@@ -173,7 +173,7 @@ def test_bimatrix_accepts_custom_payoffs() -> None:
     ],
 )
 def test_bimatrix_bad_payoffs_raise_config_error_naming_the_field(payoffs: Any, field: str) -> None:
-    """A missing/extra cell names config.payoffs; a bad cell names the cell."""
+    """A missing cell names config.payoffs, an extra one itself; a bad cell names the cell, a bad payoff its place."""
     error = config_error(Bimatrix, {"payoffs": payoffs})
     assert error.field == field
     assert str(error).startswith(f"{field}: ")
@@ -197,7 +197,7 @@ def test_bimatrix_unknown_setting_raises_config_error_naming_it() -> None:
 def test_bimatrix_refuses_non_finite_payoffs(value: float) -> None:
     """A NaN or infinite payoff would make every score NaN/inf and must be a ConfigError."""
     assert (
-        config_error(Bimatrix, {"payoffs": {**PD, "AA": [value, 3]}}).field == "config.payoffs.AA"
+        config_error(Bimatrix, {"payoffs": {**PD, "AA": [value, 3]}}).field == "config.payoffs.AA[0]"
     )
 
 
@@ -205,7 +205,7 @@ def test_bimatrix_refuses_non_finite_payoffs(value: float) -> None:
 def test_bimatrix_refuses_a_payoff_beyond_max_amount(value: float) -> None:
     """A payoff of magnitude above 1e9 is refused on its cell: 1.7e308 made every score inf."""
     error = config_error(Bimatrix, {"payoffs": {**PD, "BB": [1, value]}})
-    assert error.field == "config.payoffs.BB"
+    assert error.field == "config.payoffs.BB[1]"
     assert "1e+09" in error.message and len(error.message) < 200
 
 

@@ -6,12 +6,13 @@ import asyncio
 import math
 import re
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
+from groups import DecisionGroup
 from server.accounts import Account
 from server.exceptions import NotPersisted
 from server.runtime import Runtime, generated_token
@@ -306,11 +307,11 @@ REFUSED_BODIES = [
     pytest.param(_bad({"bonus_points": -1e308}, "bonus_points", "1e+09"), id="bonus-points-minus-1e308"),
     pytest.param(_bad({"bonus_points": 1e9 + 1}, "bonus_points", "1e+09"), id="bonus-points-over-1e9"),
     pytest.param(
-        _bad({"config": {"payoffs": {**PRISONERS_DILEMMA, "AB": [0, 1.7e308]}}}, "config.payoffs.AB", "1e+09"),
+        _bad({"config": {"payoffs": {**PRISONERS_DILEMMA, "AB": [0, 1.7e308]}}}, "config.payoffs.AB[1]", "1e+09"),
         id="bimatrix-payoff-1.7e308",
     ),
     pytest.param(
-        _bad({"config": {"payoffs": {**PRISONERS_DILEMMA, "BA": [-1e9 - 1, 0]}}}, "config.payoffs.BA", "1e+09"),
+        _bad({"config": {"payoffs": {**PRISONERS_DILEMMA, "BA": [-1e9 - 1, 0]}}}, "config.payoffs.BA[0]", "1e+09"),
         id="bimatrix-payoff-below-minus-1e9",
     ),
     pytest.param(
@@ -330,6 +331,35 @@ REFUSED_BODIES = [
         _bad({"online": {"dropout_after": 86_401}}, "online.dropout_after", "86400"), id="online-dropout-after-over-a-day"
     ),
 ]
+
+
+class Weighted(DecisionGroup):
+    """A game whose config is checked by its schema alone (no ``validate_config`` of its own)."""
+
+    config_schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {
+            "weights": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"w": {"type": "number", "minimum": 0}}, "required": ["w"]},
+            },
+        },
+    }
+    default_config: ClassVar[dict[str, Any]] = {"weights": [{"w": 1}]}
+
+
+async def test_a_config_its_games_schema_refuses_is_400_naming_the_field(server: Harness) -> None:
+    """The game's ``config_schema`` is enforced: a weight that is no number is a 400 on
+    ``config.weights[2].w``, nothing is stored; the same config with numbers is created."""
+    body = {"game": "tests.server.test_api:Weighted", "participants": 2, "group_size": 2}
+    weights = [{"w": 1}, {"w": 2.5}, {"w": "heavy"}]
+    response = await server.http.post("/api/experiments", json={**body, "config": {"weights": weights}})
+    message = assert_refused(response, "config.weights[2].w")
+    assert "expected a number at least 0" in message and "'heavy'" in message, message
+    assert await stored_experiments(server) == 0
+    weights[2] = {"w": 0}
+    created = await server.create(**body, config={"weights": weights})
+    assert created["config"] == {"weights": weights}
 
 
 @pytest.mark.parametrize("case", REFUSED_BODIES)
