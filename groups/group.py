@@ -324,8 +324,15 @@ class DecisionGroup:
 
     @property
     def carried(self) -> bool:
-        """Whether a refused action left events that fell due before it (``tick`` returns them)."""
+        """Whether a refused action left events that fell due before it (see :meth:`take_carried`)."""
         return bool(self._outbox)
+
+    def take_carried(self) -> list[Event]:
+        """The events a refused action applied before it failed, taken out; nothing more is applied.
+
+        (``tick`` would return them too, but first apply what is due again: after a game's fault
+        that is the very step that failed.)"""
+        return self._flush()
 
     # ------------------------------------------------------------------ actions
     #

@@ -218,7 +218,7 @@ class LiveGroup:
             events = action()
         except BaseException:
             if self.core.carried:  # what fell due before the refusal is stored all the same
-                self.act(lambda: self.core.tick(self.core.now)).add_done_callback(consume)
+                self.act(self.core.take_carried).add_done_callback(consume)
             else:
                 self._reschedule()
             raise

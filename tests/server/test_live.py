@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -75,3 +77,51 @@ def test_a_group_clock_reading_is_a_whole_microsecond_that_a_stored_time_gives_b
     stored = datetime.fromtimestamp(value, UTC)
     assert stored.timestamp() == value
     assert stored == datetime.fromtimestamp(round(value, 6), UTC)
+
+
+async def test_what_fell_due_before_a_tick_the_game_fails_on_is_stored_once_not_retried_in_a_loop(
+    tmp_path: Path,
+) -> None:
+    """A rate-limited broadcast and a subperiod fell due before a decision came; the game fails on
+    the subperiod (a 7 breaks Fragile's payoff). The decision is refused with the game's own error
+    and the broadcast, applied before the failure, is stored. The carried events were stored by
+    applying what was due again, which failed again, and so on until a RecursionError."""
+    db = Database(f"sqlite:///{tmp_path}/live.db")
+    writer = EventWriter(db)
+    try:
+        await db.write(create_schema)
+        codes = [new_code(), new_code()]
+        block = NewBlock(0, 10.0, 5, 1.0, 0.0, "fixed", [[0, 1]])
+        game = "tests.server.test_blocks:Fragile"
+        experiment_id = await db.write(insert_experiment, NewExperiment(new_code(), game, {}, 2, codes, [block], 1e9))
+        group_id = await db.read(
+            lambda engine: engine.connect().execute(
+                select(groups_table.c.id).where(groups_table.c.experiment_id == experiment_id)
+            ).scalar_one()
+        )
+        writer.start()
+        now = [1_000_000.0]
+        live = LiveGroups(db, writer, MemoryHub(), clock=lambda: now[0])
+        group = await live.group(group_id)
+        for code in codes:
+            await group.connect(code, None, worker="", conn=code)
+        now[0] += 0.1
+        await group.receive(codes[0], "decisions", 1, "one")  # broadcast at once
+        now[0] += 0.1
+        await group.receive(codes[0], "decisions", 7, "seven")  # its broadcast waits for the rate limit
+        now[0] += 2.3  # the broadcast (at 1.1 s) and subperiod 0 (at 2 s) are due; no timer ran
+        with pytest.raises(ZeroDivisionError, match="seven"):
+            group.receive(codes[1], "decisions", 3, "three")
+        await asyncio.sleep(0.2)  # the carried broadcast's write
+        rows = await db.read(lambda engine: engine.connect().execute(
+            select(events_table.c.channel, events_table.c.value)
+            .where(events_table.c.experiment_id == experiment_id).order_by(events_table.c.seq)
+        ).all())
+        live.close()
+    finally:
+        await writer.close()
+        db.close()
+    broadcasts = [value for channel, value in rows if channel == "group_decisions"]
+    assert broadcasts[-1] == {codes[0]: 7, codes[1]: 0}
+    assert [value for channel, value in rows if channel == "decisions"] == [1, 7]
+    assert "subperiod" not in [channel for channel, _ in rows]
