@@ -19,6 +19,7 @@ from .exceptions import (
     UnknownChannel,
     UnknownGame,
 )
+from .faults import GAME_FAULT, describe_fault
 from .group import (
     DECISIONS,
     GROUP_DECISIONS,
@@ -46,6 +47,7 @@ from .values import is_number, shown
 __all__ = [
     "DECISIONS",
     "FIXED",
+    "GAME_FAULT",
     "GROUP_DECISIONS",
     "LATE_AFTER",
     "MATCHINGS",
@@ -81,6 +83,7 @@ __all__ = [
     "available_games",
     "config_number",
     "current_block",
+    "describe_fault",
     "game_name",
     "is_number",
     "load_game",

@@ -7,6 +7,7 @@
     │   ├── UnknownChannel      a channel the game does not declare
     │   └── InvalidDecision     the game's ``validate_decision`` refused the value
     ├── InvalidState            an action the current phase forbids (a bug in the caller)
+    ├── GameFault               a game's hook gave what the core cannot use (a payoff of NaN)
     ├── ConfigError             a bad game or timing configuration, refused at creation
     └── UnknownGame             no game by that name, import path or entry point
 
@@ -55,7 +56,12 @@ class GameFault(GroupError):
     """A game's hook gave what the core cannot use: a payoff that is not a finite number.
 
     Raised before anything of the action changed the group, so the tick that met it can be
-    tried again; nothing that could not be stored (a score of NaN) reaches the database."""
+    tried again; nothing that could not be stored (a score of NaN) reaches the database.
+    ``hook`` names the game's method that gave it (``"payoff"``)."""
+
+    def __init__(self, message: str, hook: str | None = None) -> None:
+        super().__init__(message)
+        self.hook = hook
 
 
 class ConfigError(GroupError):

@@ -42,6 +42,7 @@ from .exceptions import (
     NotRunning,
     UnknownChannel,
 )
+from .faults import GAME_FAULT
 from .messages import NOBODY, Event, Tick
 from .schema import check
 from .values import is_number, shown
@@ -375,6 +376,33 @@ class DecisionGroup:
             self._end_period(None)
         return self._flush()
 
+    def end_faulted(self, now: float, fault: Mapping[str, Any]) -> list[Event]:
+        """End the period now without calling any of the game's hooks: its game failed (``fault``,
+        what :func:`groups.faults.describe_fault` says of it, recorded as a ``game_fault`` event).
+
+        Nothing due is applied first (that would ask the game again), and the period ends without
+        the scores the game cannot give: results already made stay (each scored subperiod), no
+        subperiod due is scored, and in continuous time the period's result is not made (its
+        flow, which the game could not finish, is dropped). The period ends ``now``, or at its
+        deadline if that is past. A no-op once ended.
+        """
+        self.now = now  # not _begin(): its catch-up would run the game again
+        state = self.state
+        if state.phase is Phase.ENDED:
+            return self._flush()
+        self._outbox.append(Event(GAME_FAULT, {**fault, "ended": True}, None, NOBODY))
+        if state.broadcast_due:  # the group's last word is the latest decisions
+            self._broadcast()
+        if state.phase is Phase.PAUSED:
+            self._resume_clock()
+        state.phase = Phase.ENDED
+        state.ended_at = now if state.ends_at is None or now < state.ends_at else state.ends_at
+        if state.flow:  # none of it is scored: what the page shows as earned is what is stored
+            state.flow = dict.fromkeys(state.flow, 0.0)
+        state.flow_at = None
+        self._outbox.append(Event(STATE, PERIOD_END))
+        return self._flush()
+
     def pause(self, now: float) -> list[Event]:
         """Stop the period's clock (the experimenter pauses it)."""
         self._begin(None, now)
@@ -566,7 +594,8 @@ class DecisionGroup:
         """A payoff as the core counts it; :class:`GameFault`, naming the game, for anything but a finite number."""
         if not is_number(value):  # (finite, and not a bool)
             raise GameFault(
-                f"{type(self).__name__}.payoff gave {shown(value)} for {shown(participant)}: a payoff must be a finite number"
+                f"{type(self).__name__}.payoff gave {shown(value)} for {shown(participant)}: a payoff must be a finite number",
+                "payoff",
             )
         return float(value)
 

@@ -25,14 +25,18 @@ from typing import Any, Protocol
 import orjson
 
 from groups import (
+    GAME_FAULT,
     NOBODY,
     RESULT,
     STATE,
     DecisionGroup,
     Event,
     GroupState,
+    InvalidState,
     Phase,
+    RefusedAction,
     Timing,
+    describe_fault,
 )
 
 from .clientids import MAYBE, ClientIds
@@ -65,6 +69,9 @@ RETRY_AFTER = 0.5
 #: the longest wait between tries of a tick the game failed on (each wait twice the last, from
 #: :data:`RETRY_AFTER`): a game that raises on every tick is not run in a loop
 GAME_RETRY_MAX = 10.0
+#: seconds past its period's end after which a group whose game still fails on its tick is ended
+#: without the game (:meth:`groups.DecisionGroup.end_faulted`), as the experimenter's ``end`` does
+GAME_FAULT_END_AFTER = 30.0
 
 
 #: close a participant's connection ``conn`` on ``worker`` with ``code`` and ``reason``
@@ -234,7 +241,8 @@ class LiveGroup:
         def committed(stored: Write) -> None:
             self._pending -= 1
             self.committed = snapshot
-            self._retry_at = None
+            if not self._tick_failures:  # (a failing game's wait is kept, whatever else is stored)
+                self._retry_at = None
             prev = self.last_seq
             for ev, seq in zip(events, stored.seqs, strict=True):
                 self.last_seq = seq
@@ -469,7 +477,7 @@ class LiveGroup:
         self.connections[participant] = (worker, conn)
         if older is not None and older != (worker, conn) and self._close_member is not None:
             self._close_member(*older, WS_4000_REPLACED, "replaced by a newer connection of the same participant")
-        future = self.act(lambda: self.core.connect(participant, self._clock()), connection=connection)
+        future = self._present(participant, connection, arriving=True)
         if self.has_lobby:
             future.add_done_callback(self._lobby_changed)
             if self.on_arrival is not None:
@@ -484,13 +492,35 @@ class LiveGroup:
         """The connection ``conn`` closed: the participant is gone, unless a newer one replaced it."""
         if self.connections.get(participant) == (worker, conn):
             del self.connections[participant]
-            future = self.act(lambda: self.core.disconnect(participant, self._clock()), connection=connection)
+            future = self._present(participant, connection, arriving=False)
             if self.has_lobby:
                 future.add_done_callback(self._lobby_changed)
             if self.standins is not None:
                 self.standins.disconnected(participant)
             return future
         return self.act(list, connection=connection)  # replaced: only the close is stored
+
+    def _present(self, participant: str, connection: ConnectionChange | None, *, arriving: bool) -> asyncio.Future[list[int]]:
+        """The member arrives (or leaves): the core's ``connect`` (``disconnect``), stored with the connection.
+
+        A member comes and goes even when the game fails on what fell due before (a tick whose
+        payoff raises, which the clock tries again) or on its own hook: the core counts them
+        present (absent) all the same and the connection is stored. Its socket was closed with
+        1011 and its page came back again and again, its close not stored."""
+        step = self.core.connect if arriving else self.core.disconnect
+        try:
+            return self.act(lambda: step(participant, self._clock()), connection=connection)
+        except (RefusedAction, InvalidState):
+            raise
+        except Exception as exc:
+            log.warning("group %s: the game %s failed when %s %s (%s: %s); counted all the same",
+                        self.id, type(self.core).__name__, participant, "arrived" if arriving else "left",
+                        type(exc).__name__, exc)
+            if arriving:
+                self.core.connected.add(participant)
+            else:
+                self.core.connected.discard(participant)
+            return self.act(list, connection=connection)
 
     def lobby(self, arriving: str | None = None) -> dict[str, int] | None:
         """While a lobby waits for its members: how many are here (with ``arriving``) and how many are needed."""
@@ -519,14 +549,38 @@ class LiveGroup:
         ``by``, the name of the token that asked, is stored in the event's value.
 
         The event is recorded with what the action caused, in the same transaction; a refused
-        action (:class:`groups.InvalidState`) records nothing.
+        action (:class:`groups.InvalidState`) records nothing. ``end`` on a group whose game fails
+        on it (the period's scoring raises) ends the period without the game all the same
+        (:meth:`groups.DecisionGroup.end_faulted`, a ``game_fault`` event recorded, logged);
+        another action the game fails on raises what it raised and changes nothing.
         """
         if action not in ACTIONS:
             raise ValueError(f"expected an action in {list(ACTIONS)}, got {action!r}")
         step: Callable[[float], list[Event]] = getattr(self.core, action)
         value = {"action": action, "scope": scope} if by is None else {"action": action, "scope": scope, "by": by}
         record = Event(CONTROL, value, None, NOBODY)
-        return self.act(lambda: [record, *step(self._clock())])
+        if action != "end":
+            return self.act(lambda: [record, *step(self._clock())])
+
+        def end() -> list[Event]:
+            now = self._clock()
+            try:
+                return [record, *self.core.end(now)]
+            except Exception as exc:  # the game failed (its payoff, say): the period ends without it
+                return [record, *self._end_faulted(exc, "end", now)]
+
+        return self.act(end)
+
+    def _end_faulted(self, exc: Exception, during: str, now: float) -> list[Event]:
+        """The events of the period's end without the game, which failed with ``exc`` (logged)."""
+        fault = describe_fault(self.core, exc, during)
+        self._tick_failures = 0
+        log.error(
+            "group %s: the game %s failed on the %s (%s: %s: %s); the period is ended without it",
+            self.id, type(self.core).__name__, "experimenter's end" if during == "end" else "period's end, long past",
+            fault["hook"] or "no hook", fault["error"], fault["message"],
+        )
+        return self.core.end_faulted(now, fault)
 
     def pause(self) -> asyncio.Future[list[int]]:
         return self.act(lambda: self.core.pause(self._clock()))
@@ -551,7 +605,7 @@ class LiveGroup:
                 "paused_at": None if state.paused_at is None else ms(state.paused_at),
             }
         now = self._clock()
-        earned = self.core.earned(participant, now, state) if participant in self.core.members else 0.0
+        earned = self._earned(participant, now, state) if participant in self.core.members else 0.0
         return {
             "participant": participant,
             "experiment": self.experiment_code,
@@ -578,6 +632,16 @@ class LiveGroup:
             "server_time": ms(now),
             "last_seq": self.last_seq,
         }
+
+    def _earned(self, participant: str, now: float, state: GroupState) -> float:
+        """The participant's score so far; up to the last accrual when the game fails on its payoff
+        (a page that connects to a group whose game fails is shown its period all the same)."""
+        try:
+            return self.core.earned(participant, now, state)
+        except Exception as exc:
+            log.warning("group %s: the game %s failed on the payoff of a hello: %s: %s",
+                        self.id, type(self.core).__name__, type(exc).__name__, exc)
+            return self.core.earned(participant, state.flow_at if state.flow_at is not None else now, state)
 
     def replay(self) -> list[str]:
         """Frames repeated to a new connection: the last ``state`` and the current decisions."""
@@ -643,21 +707,36 @@ class LiveGroup:
         try:
             future = self.act(lambda: self.core.tick(self._clock()))
         except Exception as exc:
-            # the game's fault (a payoff that raises, or is no number): nothing of the tick was
-            # applied; tried again later, less and less often, never in a loop
-            self._tick_failures += 1
-            wait = min(RETRY_AFTER * 2 ** min(self._tick_failures - 1, 16), GAME_RETRY_MAX)
-            if self._tick_failures == 1:
-                log.exception("group %s: the game %s failed on a tick; tried again in %g s, then less often",
-                              self.id, type(self.core).__name__, wait)
-            else:
-                log.error("group %s: the game %s failed on a tick again (%d in a row), tried again in %g s: %s",
-                          self.id, type(self.core).__name__, self._tick_failures, wait, exc)
-            self._retry_at = self._clock() + wait
-            self._reschedule()
-            return None
+            return self._tick_failed(exc)
         self._tick_failures = 0
         return future
+
+    def _tick_failed(self, exc: Exception) -> asyncio.Future[list[int]] | None:
+        """The game failed on a tick (a payoff that raises, or is no number): nothing of the tick
+        was applied. Tried again later, less and less often, never in a loop; the first failure
+        in a row is recorded (``game_fault``); once the period's end is :data:`GAME_FAULT_END_AFTER`
+        past, the period is ended without the game (returned: the end on its way)."""
+        now = self._clock()
+        ends_at = self.core.state.ends_at
+        if ends_at is not None and now >= ends_at + GAME_FAULT_END_AFTER:
+            self._tick_failures = 0
+            return self.act(lambda: self._end_faulted(exc, "tick", now))
+        self._tick_failures += 1
+        wait = min(RETRY_AFTER * 2 ** min(self._tick_failures - 1, 16), GAME_RETRY_MAX)
+        retry = now + wait
+        if ends_at is not None:  # the end without the game comes on time, not up to a wait later
+            retry = min(retry, max(now, ends_at + GAME_FAULT_END_AFTER))
+        self._retry_at = retry
+        if self._tick_failures == 1:
+            log.error("group %s: the game %s failed on a tick; tried again in %g s, then less often",
+                      self.id, type(self.core).__name__, wait, exc_info=exc)
+            fault = {**describe_fault(self.core, exc, "tick"), "ended": False}
+            self.act(lambda: [Event(GAME_FAULT, fault, None, NOBODY)]).add_done_callback(consume)
+        else:
+            log.error("group %s: the game %s failed on a tick again (%d in a row), tried again in %g s: %s",
+                      self.id, type(self.core).__name__, self._tick_failures, wait, exc)
+        self._reschedule()
+        return None
 
     @property
     def resting(self) -> bool:

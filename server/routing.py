@@ -423,9 +423,11 @@ class LiveGroups:
         ``start`` forces the waiting groups that are every member's current group; ``pause``
         and ``resume`` take the running and paused ones; ``end`` ends every period not ended
         (a whole experiment ended this way is ``cancelled``). Returns the groups acted on,
-        once their events are stored; a group whose game fails on the action (its payoff raises,
-        say) is left as it was and out of the list, logged, and the others are acted on. Raises :class:`LookupError` for an unknown experiment
-        or group and :class:`ValueError` for an unknown action.
+        once their events are stored. ``end`` ends a group whose game fails on it all the same,
+        without the game (:meth:`server.live.LiveGroup.control`: recorded as a ``game_fault``);
+        a group whose game fails on another action (its payoff raises, say) is left as it was
+        and out of the list, logged, and the others are acted on. Raises :class:`LookupError`
+        for an unknown experiment or group and :class:`ValueError` for an unknown action.
         """
         if action not in ACTIONS:
             raise ValueError(f"expected an action in {list(ACTIONS)}, got {action!r}")

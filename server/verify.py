@@ -33,6 +33,7 @@ from sqlalchemy.engine import Connection
 
 from groups import (
     DECISIONS,
+    GAME_FAULT,
     GROUP_DECISIONS,
     PERIOD,
     PERIOD_END,
@@ -337,6 +338,9 @@ class _Replay:
     phase: str = "waiting"
     started_seq: int | None = None
     ended_seq: int | None = None
+    #: the period was ended without its game, which failed (a ``game_fault`` with ``ended``):
+    #: not played through, its sessions stay unfinished
+    faulted: bool = False
     expected: dict[tuple[str, int | None], _Expected] = field(default_factory=dict)
 
 
@@ -410,6 +414,8 @@ class _Replayer:
         self.paused_for = 0.0
         self.started_at = 0.0
         self.ticked = 0
+        #: the ``game_fault`` recorded with the period's end without the game, if it came
+        self.fault: _Event | None = None
 
     def problem(self, text: str, seq: int | None = None, participant: str | None = None) -> None:
         where = _where(self.report.code, group=self.group.id, participant=participant, seq=seq)
@@ -433,6 +439,8 @@ class _Replayer:
             self.pause_or_resume(ev, ev.value.get("status"))
         elif ev.channel == SUBPERIOD and isinstance(ev.value, dict):
             self.subperiod(ev)
+        elif ev.channel == GAME_FAULT and isinstance(ev.value, dict) and ev.value.get("ended"):
+            self.fault = ev  # the period_end that follows it, in the same write, is not scored
         elif ev.channel == STATE and ev.value == PERIOD_END:
             self.period_end(ev)
 
@@ -500,6 +508,13 @@ class _Replayer:
             return
         if self.out.phase not in ("running", "paused"):
             self.problem(f"period_end while the period is {self.out.phase}", ev.seq)
+            return
+        if self.fault is not None:  # ended without the game: nothing more to score
+            f, n = self.fault.value, self.timing.num_subperiods
+            self.out.phase, self.out.ended_seq, self.out.faulted = "ended", ev.seq, True
+            scored = f"after {self.ticked} of {n} subperiods" if n else "(continuous time: no result)"
+            self.note(f"ended without its scores {scored}, its sessions unfinished: the game failed "
+                      f"({f.get('hook')}: {f.get('error')}: {f.get('message')})", ev.seq)
             return
         if self.out.phase == "paused":  # ended by the experimenter during a pause
             self.resume(ev.at)
@@ -601,7 +616,7 @@ def _check_sessions(report: Report, log: _Log, found: dict[int, _Replay]) -> Non
         if s.started != (replay.started_seq is not None):
             said = f"period_start at seq {replay.started_seq}" if replay.started_seq else "no period_start"
             report.problems.append(f"{where}: session started is {s.started}, but the log has {said}")
-        played = replay.started_seq is not None and replay.ended_seq is not None
+        played = replay.started_seq is not None and replay.ended_seq is not None and not replay.faulted
         if s.finished != played:
             said = f"period_end at seq {replay.ended_seq}" if played else "no period played to its end"
             report.problems.append(f"{where}: session finished is {s.finished}, but the log has {said}")

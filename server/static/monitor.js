@@ -570,6 +570,11 @@ class LiveExperiment {
       case "control":
         group.lastControl = v && v.action ? `${v.action} at ${formatTime(e.ts)}` : formatValue(v);
         break;
+      case "game_fault": // the game's hook failed: the group waits on it, or was ended without it
+        group.fault = v && v.error
+          ? `the game failed at ${formatTime(e.ts)} (${v.hook ?? "no hook"}: ${v.error})${v.ended ? ", ended without it" : ""}`
+          : formatValue(v);
+        break;
       default:
         break;
     }
@@ -819,7 +824,7 @@ class LiveExperiment {
     setText(el.phase, group.phase);
     el.phase.dataset.phase = group.phase;
     const sub = group.num_subperiods ? `subperiod ${group.subperiod ?? 0} of ${group.num_subperiods}` : "continuous time";
-    setText(el.sub, `${sub}${group.lastControl ? ` · last control: ${group.lastControl}` : ""}`);
+    setText(el.sub, `${sub}${group.lastControl ? ` · last control: ${group.lastControl}` : ""}${group.fault ? ` · ${group.fault}` : ""}`);
     el.members.replaceChildren(
       ...group.members.map((code) =>
         h(

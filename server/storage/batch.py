@@ -14,7 +14,7 @@ from psycopg.errors import DivisionByZero
 from sqlalchemy import Engine, and_, select, update
 from sqlalchemy.engine import Connection
 
-from .periods import experiment_running, period_ended, period_started
+from .periods import changes_a_period, store_periods
 from .statements import BatchStatements, SeqStatements, batch_statements
 from .statuses import set_statuses
 from .tables import groups
@@ -37,7 +37,7 @@ def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:
     on SQLite without SQLAlchemy's transaction around it (:func:`_commit_direct`).
     """
     sql = batch_statements(conn.engine)
-    if not any(w.statuses or _changes_a_period(w) for w in writes):
+    if not any(w.statuses or changes_a_period(w) for w in writes):
         if sql.pipelined is not None:
             _commit_pipelined(conn, sql, sql.pipelined, writes)
             return
@@ -50,7 +50,7 @@ def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:
             _store_numbered(cursor, sql, writes)
         finally:
             cursor.close()
-        _store_periods(conn, writes)
+        store_periods(conn, writes)
         set_statuses(conn, [s for w in writes for s in w.statuses])
 
 
@@ -67,7 +67,7 @@ def apply_numbered(conn: Connection, writes: Sequence[Write], marker: tuple[str,
     neither goes on the driver's connection alone, as :func:`_commit_direct`'s.
     """
     sql = batch_statements(conn.engine)
-    if not any(w.statuses or _changes_a_period(w) for w in writes):
+    if not any(w.statuses or changes_a_period(w) for w in writes):
         with _on_the_driver(conn) as (raw, cursor):
             _store_renumbered(cursor, sql, writes, marker)
             raw.commit()
@@ -78,7 +78,7 @@ def apply_numbered(conn: Connection, writes: Sequence[Write], marker: tuple[str,
             _store_renumbered(cursor, sql, writes, marker)
         finally:
             cursor.close()
-        _store_periods(conn, writes)
+        store_periods(conn, writes)
         set_statuses(conn, [s for w in writes for s in w.statuses])
 
 
@@ -150,42 +150,6 @@ def _on_the_driver(conn: Connection) -> Iterator[tuple[Any, Any]]:
         raise
     finally:
         cursor.close()
-
-
-def _store_periods(conn: Connection, writes: Sequence[Write]) -> None:
-    """What the batch's period starts and ends change: experiments running, then sessions and
-    blocks started, then sessions, blocks and experiments finished (an experiment is done only
-    after it ran)."""
-    starting: dict[int, float] = {}
-    started: list[tuple[int, float | None]] = []
-    ended: list[tuple[int, int, float | None, bool]] = []
-    for write in writes:
-        for ev in write.events:
-            if ev.channel != "state" or ev.group_id is None:
-                continue
-            g = write.group
-            if ev.value == "period_start":
-                starting.setdefault(write.experiment_id, ev.timestamp)
-                started.append((ev.group_id, g.started_at if g else ev.timestamp))
-            elif ev.value == "period_end":
-                # the experimenter's end is stored with what it caused, in the same write
-                by_hand = any(e.channel == "control" and _ends(e.value) for e in write.events)
-                ended.append((write.experiment_id, ev.group_id, g.ended_at if g else ev.timestamp, by_hand))
-    for experiment_id, at in starting.items():
-        experiment_running(conn, experiment_id, at)
-    for group_id, started_at in started:
-        period_started(conn, group_id, started_at)
-    for experiment_id, group_id, ended_at, by_hand in ended:
-        period_ended(conn, experiment_id, group_id, ended_at, by_hand=by_hand)
-
-
-def _ends(value: Any) -> bool:
-    """Whether a ``control`` event's value is the experimenter's ``end``."""
-    return isinstance(value, dict) and value.get("action") == "end"
-
-
-def _changes_a_period(write: Write) -> bool:
-    return any(ev.channel == "state" and ev.value in ("period_start", "period_end") for ev in write.events)
 
 
 def _commit_pipelined(conn: Connection, sql: BatchStatements, relative: SeqStatements, writes: Sequence[Write]) -> None:

@@ -3,11 +3,17 @@ batch (:func:`.batch.commit_writes`): the experiment, block and sessions it belo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from sqlalchemy import BigInteger, and_, bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
+from groups import GAME_FAULT
+
 from .tables import blocks, experiments, groups, results, sessions
 from .times import to_datetime
+from .writes import Write
 
 # What a period's start or end changes besides its events and its group's row: a few rows a
 # period, so they go through SQLAlchemy, as statements built once (a statement built at each
@@ -74,17 +80,66 @@ def period_started(conn: Connection, group_id: int, at: float | None) -> None:
 
 
 def period_ended(
-    conn: Connection, experiment_id: int, group_id: int, at: float | None, *, by_hand: bool = False
+    conn: Connection, experiment_id: int, group_id: int, at: float | None, *, by_hand: bool = False,
+    played: bool = True,
 ) -> None:
     """Finish the group's sessions (final_score = bonus + Σ results); close its block and experiment when all ended.
 
     The experiment is then ``done``, or ``cancelled`` when this end was the experimenter's
     (``by_hand``): their ``end`` ended its last open period, as ``end`` on the whole experiment
-    does (the same groups ended one at a time are the same act).
+    does (the same groups ended one at a time are the same act). A period ended without its
+    game, which failed (not ``played``), leaves its sessions unfinished: the block was not played
+    through, so its members' runs end ``cancelled`` (:mod:`.statuses`) and their completion
+    does not count it; the results made before the fault stay.
     """
     ended_at = to_datetime(at)
-    conn.execute(_SESSIONS_FINISHED, {"gid": group_id, "at": ended_at})
+    if played:
+        conn.execute(_SESSIONS_FINISHED, {"gid": group_id, "at": ended_at})
     block_id = conn.execute(_GROUP_BLOCK, {"gid": group_id}).scalar_one()
     conn.execute(_BLOCK_DONE, {"bid": block_id})
     status = "cancelled" if by_hand else "done"
     conn.execute(_EXPERIMENT_DONE, {"eid": experiment_id, "at": ended_at, "status": status})
+
+
+def store_periods(conn: Connection, writes: Sequence[Write]) -> None:
+    """What the batch's period starts and ends change: experiments running, then sessions and
+    blocks started, then sessions, blocks and experiments finished (an experiment is done only
+    after it ran)."""
+    starting: dict[int, float] = {}
+    started: list[tuple[int, float | None]] = []
+    ended: list[tuple[int, int, float | None, bool, bool]] = []
+    for write in writes:
+        for ev in write.events:
+            if ev.channel != "state" or ev.group_id is None:
+                continue
+            g = write.group
+            if ev.value == "period_start":
+                starting.setdefault(write.experiment_id, ev.timestamp)
+                started.append((ev.group_id, g.started_at if g else ev.timestamp))
+            elif ev.value == "period_end":
+                # the experimenter's end is stored with what it caused, in the same write
+                by_hand = any(e.channel == "control" and _ends(e.value) for e in write.events)
+                # a period ended without its game, which failed, is not played through
+                played = not any(e.channel == GAME_FAULT and _ends_faulted(e.value) for e in write.events)
+                ended.append((write.experiment_id, ev.group_id, g.ended_at if g else ev.timestamp, by_hand, played))
+    for experiment_id, at in starting.items():
+        experiment_running(conn, experiment_id, at)
+    for group_id, started_at in started:
+        period_started(conn, group_id, started_at)
+    for experiment_id, group_id, ended_at, by_hand, played in ended:
+        period_ended(conn, experiment_id, group_id, ended_at, by_hand=by_hand, played=played)
+
+
+def _ends(value: Any) -> bool:
+    """Whether a ``control`` event's value is the experimenter's ``end``."""
+    return isinstance(value, dict) and value.get("action") == "end"
+
+
+def _ends_faulted(value: Any) -> bool:
+    """Whether a ``game_fault`` event's value says the period was ended without the game."""
+    return isinstance(value, dict) and bool(value.get("ended"))
+
+
+def changes_a_period(write: Write) -> bool:
+    """Whether ``write`` starts or ends a period (:func:`store_periods` has something to do)."""
+    return any(ev.channel == "state" and ev.value in ("period_start", "period_end") for ev in write.events)

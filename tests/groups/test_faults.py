@@ -1,0 +1,150 @@
+"""A game's failure in the core: described for the record, and the period ended without the game."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from groups import (
+    GAME_FAULT,
+    GROUP_DECISIONS,
+    NOBODY,
+    PERIOD_END,
+    RESULT,
+    STATE,
+    SUBPERIOD,
+    GameFault,
+    Phase,
+    PublicGoods,
+    Timing,
+    describe_fault,
+)
+
+T0 = 1_000_000.0
+FAULT = {"hook": "payoff", "error": "ZeroDivisionError", "message": "broken", "during": "end"}
+
+
+class Breakable(PublicGoods):
+    """public_goods whose every hook raises once ``broken`` is set."""
+
+    channels = frozenset({"chat"})
+    broken = False
+
+    def _check(self) -> None:
+        if self.broken:
+            raise ZeroDivisionError("broken")
+
+    def payoffs(self, decisions: Any) -> dict[str, float]:  # as the base class asks each member's
+        return {p: self.payoff(p, decisions) for p in self.members}
+
+    def payoff(self, participant: str, decisions: Any) -> float:
+        self._check()
+        return super().payoff(participant, decisions)
+
+    def validate_decision(self, participant: str, decision: Any) -> Any:
+        self._check()
+        return super().validate_decision(participant, decision)
+
+    def initial_decision(self, participant: str) -> Any:
+        self._check()
+        return super().initial_decision(participant)
+
+    def on_chat(self, participant: str, payload: Any) -> None:
+        self._score_chat(payload)
+
+    def _score_chat(self, payload: Any) -> None:  # a helper of the game's own: not a hook
+        raise KeyError(payload)
+
+
+def started(n: int | None, **timing: Any) -> Breakable:
+    group = Breakable(["a", "b"], timing=Timing(period_length=4.0, num_subperiods=n, **timing))
+    group.connect("a", T0)
+    group.connect("b", T0)
+    return group
+
+
+def failure(action: Any) -> BaseException:
+    with pytest.raises(Exception) as caught:
+        action()
+    return caught.value
+
+
+def test_a_fault_names_the_innermost_hook_the_error_and_its_message() -> None:
+    """Through the core's own frames (a tick, a subperiod's score) to the game's hook that raised;
+    a channel's handler by its name, not the game's helper under it; the core's refusal of a
+    payoff by the hook it names; nothing of the game on the way: no hook."""
+    group = started(2)
+    group.broken = True
+    ticked = failure(lambda: group.tick(T0 + 2))
+    assert describe_fault(group, ticked, "tick") == {
+        "hook": "payoff", "error": "ZeroDivisionError", "message": "broken", "during": "tick"
+    }
+    chat = failure(lambda: group.receive("a", "chat", "hi", T0 + 1))
+    assert describe_fault(group, chat, "receive")["hook"] == "on_chat"
+    refused = GameFault("Breakable.payoff gave nan for 'a': a payoff must be a finite number", "payoff")
+    assert describe_fault(group, refused, "tick")["hook"] == "payoff"
+    other = started(2)
+    assert describe_fault(other, ticked, "tick")["hook"] is None  # another group's hook is not this one's
+    assert describe_fault(group, ValueError("x" * 1000), "end")["message"] == "x" * 297 + "..."
+
+
+@pytest.mark.parametrize("paused", [False, True])
+def test_ending_without_the_game_keeps_the_scored_subperiods_and_asks_the_game_nothing(paused: bool) -> None:
+    """Subperiod 0 scored; then the game fails on everything. end_faulted applies nothing that
+    is due (it would ask the game), records the fault, sends the waiting broadcast and ends the
+    period now: results made before stay, no result is made."""
+    group = started(4, rate_limit=5.0)
+    events = group.tick(T0 + 1)
+    assert [e.channel for e in events if e.channel == RESULT] == [RESULT, RESULT]
+    group.receive("a", "decisions", 3, T0 + 1.2)  # within the rate limit: its broadcast waits
+    if paused:
+        group.pause(T0 + 1.5)
+    group.broken = True
+    if not paused:  # (a pause stops the ticks: end would have nothing to score with subperiods)
+        assert isinstance(failure(lambda: group.end(T0 + 2.5)), ZeroDivisionError)
+    ended = group.end_faulted(T0 + 2.5, FAULT)
+    assert [(e.channel, e.payload if e.channel != GROUP_DECISIONS else None) for e in ended] == [
+        (GAME_FAULT, {**FAULT, "ended": True}),
+        *([(GROUP_DECISIONS, None)] if not paused else []),
+        (STATE, PERIOD_END),
+    ]
+    assert ended[0].to == NOBODY and ended[-1].tick is None
+    state = group.state
+    assert (state.phase, state.ended_at, state.subperiod) == (Phase.ENDED, T0 + 2.5, 1)
+    assert group.earned("a", T0 + 9) == pytest.approx(10.0 / 4)  # subperiod 0's score: (10 - 0 + 0.5 * 0) / 4
+    assert group.end_faulted(T0 + 3, FAULT) == [] and group.end(T0 + 3) == []  # ended: nothing more
+    assert group.next_deadline() is None
+
+
+def test_ending_without_the_game_in_continuous_time_makes_no_result_and_drops_the_flow() -> None:
+    """The flow the game could not finish is no score: no result, and earned is 0 as stored."""
+    group = started(None)
+    group.receive("a", "decisions", 4, T0 + 1)
+    group.broken = True
+    assert isinstance(failure(lambda: group.tick(T0 + 4)), ZeroDivisionError)
+    ended = group.end_faulted(T0 + 9, FAULT)
+    assert [e.channel for e in ended] == [GAME_FAULT, STATE]
+    assert group.state.ended_at == T0 + 4  # the deadline was past: the period ended at it
+    assert group.earned("a", T0 + 10) == 0.0
+
+
+def test_a_waiting_group_ended_without_the_game_ends_before_it_started() -> None:
+    group = Breakable(["a", "b"], timing=Timing(period_length=4.0))
+    group.broken = True
+    ended = group.end_faulted(T0, FAULT)
+    assert [e.channel for e in ended] == [GAME_FAULT, STATE] and group.state.phase is Phase.ENDED
+
+
+def test_the_events_applied_before_a_refusal_are_taken_without_applying_anything_again() -> None:
+    """A broadcast fell due, then a subperiod the game fails on: the refused action leaves the
+    broadcast carried; take_carried gives it without asking the game again (tick would fail)."""
+    group = started(4, rate_limit=0.5)
+    group.receive("a", "decisions", 3, T0 + 0.1)
+    group.receive("a", "decisions", 4, T0 + 0.2)  # waits for the rate limit: due at 0.6 s
+    group.broken = True
+    failure(lambda: group.receive("b", "decisions", 1, T0 + 1.5))  # the subperiod at 1 s fails
+    assert group.carried
+    carried = group.take_carried()
+    assert [e.channel for e in carried] == [GROUP_DECISIONS] and not group.carried
+    assert SUBPERIOD not in [e.channel for e in carried]

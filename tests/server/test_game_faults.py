@@ -1,0 +1,168 @@
+"""A game that fails on every tick, on a real server with real sockets.
+
+A game whose payoff always raises held its group running for ever: its ticks were tried again
+and again, and the experimenter's ``end``, which scores the period, failed too and left the group
+as it was. Now ``end`` ends it without the game (a ``game_fault`` event records why), and the
+group ends by itself once its period's end is long past.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from groups import PublicGoods
+from server import live
+from server.storage import make_engine
+from server.verify import verify
+from tests.server.harness import Client, Harness, running_server, timeout, until_state
+from tests.server.test_blocks import decide, wait_for_status
+from tests.server.test_monitor import rows_until
+from tests.server.test_progress import everywhere, get
+
+
+class Broken(PublicGoods):
+    """public_goods whose payoff raises whatever the decisions (found by its import path)."""
+
+    def payoffs(self, decisions: Any) -> dict[str, float]:  # as the base class asks each member's
+        return {p: self.payoff(p, decisions) for p in self.members}
+
+    def payoff(self, participant: str, decisions: Any) -> float:
+        raise ZeroDivisionError("broken on purpose")
+
+
+def faults(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r["value"] for r in rows if r["channel"] == "game_fault"]
+
+
+async def until_connected(server: Harness, code: str, participant: str, connected: bool, wait: float = 5) -> None:
+    """Poll the participants list (bounded) until ``participant`` shows as ``connected``."""
+    for _ in range(int(timeout(wait) / 0.05)):
+        rows = (await get(server, f"/api/experiments/{code}/participants"))["results"]
+        if next(r["connected"] for r in rows if r["code"] == participant) is connected:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{participant} never showed as connected={connected}")
+
+
+async def ended_with_the_experiment(client: Client) -> None:
+    """The client's group's ``period_end``, then the notice that the experiment is over."""
+    await until_state(client, "period_end")
+    assert (await client.expect("experiment"))["payload"] == {"status": "cancelled"}
+
+
+@pytest.mark.parametrize("num_subperiods", [2, None], ids=["subperiods", "continuous"])
+async def test_the_experimenters_end_ends_a_group_whose_payoff_always_raises(
+    database_url: str, num_subperiods: int | None
+) -> None:
+    """The group's first tick fails (recorded, the group waits); past the period's end it still
+    runs. The experimenter's end over REST ends it all the same: listed in the answer, phase ended
+    in the API and the export, the pages get period_end and the experiment's end, the fault
+    recorded with its hook, type and message (in the events, the export and the monitor's feed),
+    the sessions unfinished and the runs cancelled; verify agrees, with a note. It was left
+    running, out of the answer, and nothing recorded the fault."""
+    async with running_server(database_url) as server:
+        exp = await server.create(game="tests.server.test_game_faults:Broken", participants=2, group_size=2,
+                                  period_length=1, num_subperiods=num_subperiods)
+        code = exp["code"]
+        mon = await server.monitor(code)
+        a, b = [await server.connect(p["code"]) for p in exp["participants"]]
+        group = (await a.expect("hello"))["payload"]["group"]
+        await until_state(a, "period_start")
+        first = faults(await rows_until(mon, lambda rows: bool(faults(rows)), wait=5))
+        assert first == [{"hook": "payoff", "error": "ZeroDivisionError", "message": "broken on purpose",
+                          "during": "tick", "ended": False}]
+        await asyncio.sleep(1.2)  # the period's end is past: the group still waits on its game
+        assert (await get(server, f"/api/experiments/{code}/export.json"))["groups"][0]["phase"] == "running"
+        # a page that comes back meanwhile is shown the running period, and its comings and goings
+        # are stored (its socket was closed with 1011, its page tried again for ever, the close of
+        # its socket was not stored)
+        b = await server.connect(exp["participants"][1]["code"])
+        assert (await b.expect("hello"))["payload"]["phase"] == "running"
+        await b.close()
+        await until_connected(server, code, exp["participants"][1]["code"], False)
+        b = await server.connect(exp["participants"][1]["code"])
+        assert (await b.expect("hello"))["payload"]["phase"] == "running"
+        await until_connected(server, code, exp["participants"][1]["code"], True)
+
+        ended = await server.http.post(f"/api/experiments/{code}/end")
+        assert ended.status_code == 200, ended.text
+        assert ended.json()["groups"] == [group] and ended.json()["status"] == "cancelled"
+        for client in (a, b):
+            await ended_with_the_experiment(client)
+        recorded = faults(await rows_until(mon, lambda rows: len(faults(rows)) == 2, wait=5))
+        assert recorded[1] == {"hook": "payoff", "error": "ZeroDivisionError", "message": "broken on purpose",
+                               "during": "end", "ended": True}
+
+        events = await server.events(code)
+        tail = [(e["channel"], e["value"]) for e in events][-3:]
+        assert [channel for channel, _ in tail] == ["control", "game_fault", "state"] and tail[2][1] == "period_end"
+        assert faults(events) == first + recorded[1:]
+        document = await get(server, f"/api/experiments/{code}/export.json")
+        assert [g["phase"] for g in document["groups"]] == ["ended"]
+        assert faults(document["events"]) == faults(events)
+        # the game gave no score, and none was made up
+        assert await get(server, f"/api/experiments/{code}/export.json?table=results") == []
+        assert all(s["started_at"] and s["finished_at"] is None for s in document["sessions"])
+        assert await everywhere(server, code) == {p["code"]: ("cancelled", 0) for p in exp["participants"]}
+        assert (await get(server, f"/api/experiments/{code}"))["status"] == "cancelled"
+    engine = make_engine(database_url)  # the server has stopped: everything it acknowledged is applied
+    try:
+        report = verify(engine, code)
+    finally:
+        engine.dispose()
+    assert report.ok and report.unfinished_sessions == 2, report.summary()
+    assert any("ended without its scores" in note and "ZeroDivisionError: broken on purpose" in note
+               for note in report.notes), report.notes
+
+
+async def test_a_group_whose_game_keeps_failing_ends_by_itself_long_after_its_period(
+    server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody ends it: once its period's end is GAME_FAULT_END_AFTER past (1 s here, 30 s by
+    default) the group ends without its game, as the experimenter's end would, and the
+    experiment is done (its last period ended). It was tried every 10 s for ever."""
+    monkeypatch.setattr(live, "GAME_FAULT_END_AFTER", 1.0)  # the server runs in this process
+    exp = await server.create(game="tests.server.test_game_faults:Broken", participants=2, group_size=2,
+                              period_length=1, num_subperiods=1)
+    code = exp["code"]
+    a, b = [await server.connect(p["code"]) for p in exp["participants"]]
+    started_at = (await until_state(a, "period_start"))["ts"] / 1000
+    ended = await until_state(a, "period_end", wait=6)
+    assert ended["ts"] / 1000 - started_at == pytest.approx(2.0, abs=0.5)  # the end, then 1 s past it
+    await until_state(b, "period_end")
+    await wait_for_status(server, code, "done")
+    events = await server.events(code)
+    assert [f["during"] for f in faults(events)] == ["tick", "tick"]
+    assert [f["ended"] for f in faults(events)] == [False, True]
+    assert await everywhere(server, code) == {p["code"]: ("cancelled", 0) for p in exp["participants"]}
+
+
+async def test_the_end_without_the_game_keeps_the_subperiods_scored_before_it_failed(sqlite_url: str) -> None:
+    """Subperiod 0 is scored; a decision of 7 breaks Fragile's payoff at subperiod 1; the
+    experimenter's end: the results of subperiod 0 stay (in the API and for verify), the end makes
+    none of its own, and the sessions, not played through, stay unfinished."""
+    async with running_server(sqlite_url) as server:
+        exp = await server.create(game="tests.server.test_blocks:Fragile", participants=2, group_size=2,
+                                  period_length=2, num_subperiods=4)
+        code = exp["code"]
+        a, b = [await server.connect(p["code"]) for p in exp["participants"]]
+        await until_state(a, "period_start")
+        await a.expect("subperiod", wait=3)  # subperiod 0 scored at 0.5 s
+        await decide(a, 7, "seven")
+        await asyncio.sleep(1.0)  # subperiod 1, due at 1 s, fails on the 7
+        ended = await server.http.post(f"/api/experiments/{code}/end")
+        assert ended.status_code == 200 and ended.json()["groups"], ended.text
+        await until_state(b, "period_end")
+        results = (await get(server, f"/api/experiments/{code}/results"))["results"]
+        assert sorted(r["subperiod"] for r in results) == [0, 0]
+        assert [f["hook"] for f in faults(await server.events(code))] == ["payoff", "payoff"]
+    engine = make_engine(sqlite_url)
+    try:
+        report = verify(engine, code)
+    finally:
+        engine.dispose()
+    assert report.ok and report.results == 2 and report.unfinished_sessions == 2, report.summary()
+    assert any("ended without its scores after 1 of 4 subperiods" in note for note in report.notes), report.notes
