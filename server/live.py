@@ -20,6 +20,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import Any, Protocol
 
 import orjson
@@ -72,6 +73,11 @@ GAME_RETRY_MAX = 10.0
 #: seconds past its period's end after which a group whose game still fails on its tick is ended
 #: without the game (:meth:`groups.DecisionGroup.end_faulted`), as the experimenter's ``end`` does
 GAME_FAULT_END_AFTER = 30.0
+#: seconds one action of a group may hold the event loop (the game's hooks, mostly) before it is
+#: logged: every group of the process waits meanwhile
+SLOW_ACTION = 0.05
+#: seconds between two such logs of one group (the slow actions between are counted in the next)
+SLOW_LOG_EVERY = 5.0
 
 
 #: close a participant's connection ``conn`` on ``worker`` with ``code`` and ``reason``
@@ -185,6 +191,9 @@ class LiveGroup:
         self._retry_at: float | None = None
         #: ticks in a row the game failed on (see :meth:`_tick`)
         self._tick_failures = 0
+        #: when (``perf_counter``) a slow action was last logged, and how many were not logged since
+        self._slow_logged: float | None = None
+        self._slow_unlogged = 0
         #: set at shutdown: no timer is set any more, so nothing new is computed
         self._closed = False
         #: writes submitted and not stored (or failed) yet
@@ -221,14 +230,21 @@ class LiveGroup:
             refused: asyncio.Future[list[int]] = self._running_loop().create_future()
             refused.set_exception(NotAuthority(f"group {self.id} is served by another worker now"))
             return refused
+        began = perf_counter()  # the one cost of watching for slow games: a pair per action
         try:
             events = action()
         except BaseException:
+            took = perf_counter() - began
+            if took > SLOW_ACTION:
+                self._slow(took)
             if self.core.carried:  # what fell due before the refusal is stored all the same
                 self.act(self.core.take_carried).add_done_callback(consume)
             else:
                 self._reschedule()
             raise
+        took = perf_counter() - began
+        if took > SLOW_ACTION:
+            self._slow(took)
         future: asyncio.Future[list[int]] = self._running_loop().create_future()
         if not events and connection is None:
             future.set_result([])
@@ -281,6 +297,21 @@ class LiveGroup:
         self._writer.submit(write, committed, failed)
         self._reschedule()
         return future
+
+    def _slow(self, took: float) -> None:
+        """An action held the event loop ``took`` seconds: logged, at most every :data:`SLOW_LOG_EVERY` s."""
+        at = perf_counter()
+        if self._slow_logged is not None and at - self._slow_logged < SLOW_LOG_EVERY:
+            self._slow_unlogged += 1
+            return
+        more = self._slow_unlogged
+        self._slow_logged, self._slow_unlogged = at, 0
+        log.warning(
+            "group %s: the game %s (%s) held the event loop %.0f ms in one action (over %.0f ms: every group "
+            "of this process waited)%s; its hooks must be quick (docs/writing-a-game.md)",
+            self.id, type(self.core).__name__, self.game, took * 1000, SLOW_ACTION * 1000,
+            f"; {more} more slow action{'s' if more != 1 else ''} since the last such warning" if more else "",
+        )
 
     def _to_monitors(self, events: list[Event], stored: Write, now: float, connection: ConnectionChange | None) -> None:
         """Tell the experiment's monitors what was stored: one frame per write, never awaited."""

@@ -1,26 +1,37 @@
-"""A game that fails on every tick, on a real server with real sockets.
+"""A game that fails on every tick, and a game that is slow, on a real server with real sockets.
 
 A game whose payoff always raises held its group running for ever: its ticks were tried again
 and again, and the experimenter's ``end``, which scores the period, failed too and left the group
 as it was. Now ``end`` ends it without the game (a ``game_fault`` event records why), and the
-group ends by itself once its period's end is long past.
+group ends by itself once its period's end is long past. A hook that holds the event loop is
+logged, naming the game and the group.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import time
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from websockets.asyncio.client import connect
 
 from groups import PublicGoods
 from server import live
 from server.storage import make_engine
 from server.verify import verify
-from tests.server.harness import Client, Harness, running_server, timeout, until_state
+from tests.server.harness import TOKEN, Client, Harness, running_server, timeout, until_state
 from tests.server.test_blocks import decide, wait_for_status
+from tests.server.test_cli import free_port, started, wait_until_healthy
 from tests.server.test_monitor import rows_until
 from tests.server.test_progress import everywhere, get
+
+#: this checkout: a ``synclab serve`` child imports the games below from it
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Broken(PublicGoods):
@@ -31,6 +42,14 @@ class Broken(PublicGoods):
 
     def payoff(self, participant: str, decisions: Any) -> float:
         raise ZeroDivisionError("broken on purpose")
+
+
+class Slow(PublicGoods):
+    """public_goods whose decisions take 200 ms to check (found by its import path)."""
+
+    def validate_decision(self, participant: str, decision: Any) -> Any:
+        time.sleep(0.2)  # what a game that reads a file or asks a service does to every group
+        return super().validate_decision(participant, decision)
 
 
 def faults(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -166,3 +185,37 @@ async def test_the_end_without_the_game_keeps_the_subperiods_scored_before_it_fa
         engine.dispose()
     assert report.ok and report.results == 2 and report.unfinished_sessions == 2, report.summary()
     assert any("ended without its scores after 1 of 4 subperiods" in note for note in report.notes), report.notes
+
+
+async def test_a_slow_hook_is_logged_naming_the_game_and_group_at_most_every_few_seconds(tmp_path: Path) -> None:
+    """``synclab serve`` whose game takes 200 ms per decision: its log names the game, its class,
+    the group and the time held, once for several slow decisions in a row (not once each)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    with started(tmp_path, "serve", "--port", str(port), SYNCLAB_ADMIN_TOKEN=TOKEN, PYTHONPATH=path) as running:
+        wait_until_healthy(base)
+        async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"},
+                                     timeout=timeout(10)) as http:
+            made = await http.post("/api/experiments", json={
+                "game": "tests.server.test_game_faults:Slow", "participants": 2, "group_size": 2, "period_length": 60,
+            })
+            assert made.status_code == 201, made.text
+            exp = made.json()
+            a, b = [Client(await connect(f"ws://127.0.0.1:{port}/ws/p/{p['code']}", open_timeout=timeout(5)))
+                    for p in exp["participants"]]
+            try:
+                hello = (await a.expect("hello"))["payload"]
+                await until_state(a, "period_start")
+                for i in range(3):
+                    await decide(a, 5, f"slow-{i}")
+            finally:
+                for client in (a, b):
+                    await client.close()
+        log = running.stderr_path.read_text(errors="replace")
+    warnings = re.findall(r"group (\d+): the game Slow \(tests\.server\.test_game_faults:Slow\) held the event "
+                          r"loop (\d+) ms in one action", log)
+    assert warnings, running.stderr()
+    assert len(warnings) == 1, warnings  # three slow decisions within a second: logged once
+    group, took = warnings[0]
+    assert int(group) == hello["group"] and 200 <= int(took) < 2000
