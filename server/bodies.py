@@ -13,6 +13,19 @@ Either way the read raises :class:`~server.exceptions.PayloadTooLarge`, which th
 as every refusal, 413 with ``{"error"}``. The check waits for the endpoint's read, so an
 endpoint still refuses a caller without a token (401) before anything of its body is read.
 
+A refusal is only for the endpoint's read, never for its answer's. Under ASGI 2.3 (uvicorn's)
+Starlette's streamed and file answers (``StreamingResponse``: the exports; ``FileResponse``: the
+pages, ``view.js``, ``/static``) read the request while they send, only to hear of the client's
+disconnect, starting one step before the answer's ``http.response.start``; a refusal raised there
+cut a 200 off after its first chunk. So:
+
+- a request declaring a body past the limit is passed on as ASGI 2.4, under which those answers
+  do not read the request at all (they stop on a failed send instead; uvicorn drops the sends to
+  a client gone, so such an answer runs to its end: bounded by what it sends);
+- once ``http.response.start`` is sent no read raises: what is past the limit is dropped unseen
+  and the read returns the disconnect when it comes (the server reports one once the answer is
+  complete, and the connection is closed after it, see below).
+
 A body left unread that may be larger than the limit (refused, declared larger, or chunked)
 is never read: its answer (a 413, or a 401 before the read) says ``Connection: close`` and
 uvicorn closes the connection after it, instead of reading and dropping the rest, which may
@@ -29,6 +42,9 @@ from .exceptions import PayloadTooLarge
 
 #: the setting that moves the limit, named in every refusal
 SETTING = "SYNCLAB_MAX_BODY_BYTES"
+#: the ASGI spec version told to the app for a request declaring a body past the limit: from 2.4
+#: on, Starlette's streamed and file answers do not read the request to hear of a disconnect
+_UNREAD_SPEC = "2.4"
 
 
 def _declared(scope: Scope) -> tuple[int | None, bool]:
@@ -60,28 +76,42 @@ class BoundedBodies:
         limit: int = scope["app"].state.runtime.settings.max_body_bytes
         declared, pending = _declared(scope)
         received = 0
+        started = False
 
         def too_large(got: str) -> PayloadTooLarge:
             return PayloadTooLarge(f"expected a request body of at most {limit} bytes ({SETTING}), got {got}")
 
         async def bounded() -> Message:
             nonlocal received, pending
-            if declared is not None and declared > limit:
-                raise too_large(f"Content-Length {declared}")
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                pending = pending and bool(message.get("more_body", False))
-                if received > limit:
-                    raise too_large("more while it was read")
-            elif message["type"] == "http.disconnect":
-                pending = False
-            return message
+            while True:
+                if declared is not None and declared > limit and not started:
+                    raise too_large(f"Content-Length {declared}")
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    pending = pending and bool(message.get("more_body", False))
+                    if received <= limit and (declared is None or declared <= limit):
+                        return message
+                    if not started:
+                        raise too_large("more while it was read")
+                    # The answer has started (a streamed one reads only to hear of the client's
+                    # disconnect): a 413 can no longer be sent, and raising would cut the answer
+                    # off. What is past the limit is dropped unseen, and the read waits on for the
+                    # disconnect, which the server reports once the answer is complete.
+                    continue
+                if message["type"] == "http.disconnect":
+                    pending = False
+                return message
 
         async def closing(message: Message) -> None:
-            if message["type"] == "http.response.start" and pending and (declared is None or declared > limit):
-                headers = [(k, v) for k, v in message.get("headers", []) if bytes(k).lower() != b"connection"]
-                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if pending and (declared is None or declared > limit):
+                    headers = [(k, v) for k, v in message.get("headers", []) if bytes(k).lower() != b"connection"]
+                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
             await send(message)
 
+        if declared is not None and declared > limit:
+            scope = {**scope, "asgi": {**scope.get("asgi", {}), "spec_version": _UNREAD_SPEC}}
         await self.app(scope, bounded, closing)

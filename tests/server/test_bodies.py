@@ -10,6 +10,7 @@ httpx's ``Client`` reads the answer once the server's close makes its send fail;
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +154,75 @@ def test_the_server_serves_on_after_a_refused_body(serving: tuple[str, Running])
         assert response.headers["connection"] == "close"
         created = http.post("/api/experiments", json=VALID)
         assert created.status_code == 201, created.text
+
+
+def raw_exchange(base: str, request: bytes, wait: float = 10) -> bytes:
+    """Send ``request`` on a raw socket and read the answer until the server closes it (bounded)."""
+    host, port = base.removeprefix("http://").split(":")
+    deadline = time.monotonic() + timeout(wait)
+    answer = b""
+    with socket.create_connection((host, int(port)), timeout=timeout(wait)) as sock:
+        sock.sendall(request)
+        while time.monotonic() < deadline:
+            data = sock.recv(65536)
+            if not data:
+                return answer
+            answer += data
+    raise AssertionError(f"the server did not close the connection in {wait} s: {answer[-300:]!r}")
+
+
+def test_a_streamed_export_is_whole_when_the_request_declares_a_body_past_the_limit(
+    serving: tuple[str, Running],
+) -> None:
+    """A streamed answer (the CSV export) listens for the client's disconnect by reading the
+    request: a GET declaring a Content-Length past the limit, and sending none of it, used to get
+    a 200 cut off after its first line (no terminating chunk), the refusal raised by that read
+    once the answer had started. Now the export comes whole, and the connection is closed after."""
+    base, running = serving
+    with httpx.Client(base_url=base, headers=AUTH, timeout=timeout(20)) as http:
+        code = http.post("/api/experiments", json=VALID).json()["code"]
+        whole = http.get(f"/api/experiments/{code}/export.csv", params={"table": "events"})
+    assert whole.status_code == 200 and whole.text.count("\n") >= 1, whole.text[:300]
+    request = (
+        f"GET /api/experiments/{code}/export.csv?table=events HTTP/1.1\r\n"
+        f"Host: {base.removeprefix('http://')}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Length: {2 * DEFAULT_MAX_BODY_BYTES}\r\n\r\n"
+    ).encode()
+    head, _, body = raw_exchange(base, request).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert b"transfer-encoding: chunked" in head.lower(), head
+    assert b"connection: close" in head.lower(), head
+    assert body.endswith(b"0\r\n\r\n"), body[-300:]
+    assert dechunked(body) == whole.content
+    assert "response already started" not in running.stderr()
+
+
+def test_a_page_is_whole_when_the_request_declares_a_body_past_the_limit(
+    serving: tuple[str, Running],
+) -> None:
+    """A file answer (the participant's page) reads the request to hear of a disconnect too: it
+    comes whole to a GET declaring a body past the limit."""
+    base, running = serving
+    with httpx.Client(base_url=base, headers=AUTH, timeout=timeout(20)) as http:
+        participant = http.post("/api/experiments", json=VALID).json()["participants"][0]["code"]
+        whole = http.get(f"/p/{participant}")
+    assert whole.status_code == 200, whole.text[:300]
+    request = (
+        f"GET /p/{participant} HTTP/1.1\r\nHost: {base.removeprefix('http://')}\r\n"
+        f"Content-Length: {2 * DEFAULT_MAX_BODY_BYTES}\r\n\r\n"
+    ).encode()
+    head, _, body = raw_exchange(base, request).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert body == whole.content
+    assert "response already started" not in running.stderr()
+
+
+def dechunked(body: bytes) -> bytes:
+    """A chunked transfer's content."""
+    content = b""
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return content
+        content, body = content + body[:size], body[size + 2 :]
