@@ -189,8 +189,8 @@ class DecisionGroup:
     - ``group_sizes``: the smallest and largest group (``None``: no upper bound).
     - ``channels``: extra client channels the game accepts; each needs ``on_<channel>``.
     - ``config_schema`` and ``default_config``: the game's own settings (JSON Schema), checked
-      by :meth:`validate_config` when the experiment is created (:mod:`groups.schema` says
-      which keywords are enforced).
+      by :meth:`check_config` when the experiment is created (:mod:`groups.schema` says which
+      keywords are enforced), and by :meth:`validate_config` whenever a group is built.
     - ``pause_when_disconnected``: ``True`` stops the period's clock while a member is away
       (default ``False``: the period runs on).
     - ``title``: what the participant page calls the game (default: its name in words).
@@ -238,19 +238,25 @@ class DecisionGroup:
     def validate_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
         """Return the complete config (defaults filled in) or raise :class:`ConfigError`.
 
-        A key not in ``default_config`` is refused; the config with the defaults filled in must
-        fit ``config_schema`` (the keywords :mod:`groups.schema` knows; the others are ignored).
-        An override calls this first, then checks what the schema cannot say.
+        The base refuses a key not in ``default_config`` and fills in the defaults; an override
+        calls it first, then checks what it needs. It runs every time a group is built, also
+        from what the database holds. ``config_schema`` is not checked here but in
+        :meth:`check_config`, when a config comes in.
         """
-        unknown = set(config) - set(cls.default_config)
-        if unknown:
-            raise ConfigError(
-                f"config.{sorted(unknown)[0]}",
-                f"unknown setting; {cls.name or cls.__name__} takes {sorted(cls.default_config)}",
-            )
-        merged = {**copy.deepcopy(cls.default_config), **config}
-        check(cls.config_schema, merged)
-        return merged
+        return _with_defaults(cls, config)
+
+    @classmethod
+    def check_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """A config that comes in (an experiment being created): the complete config, or
+        :class:`ConfigError`.
+
+        A key not in ``default_config`` is refused, the config with the defaults filled in must
+        fit ``config_schema`` (the keywords :mod:`groups.schema` knows; the others are ignored),
+        then :meth:`validate_config` has its say. A stored config is never checked against the
+        schema again: an experiment created before its game's schema said more stays playable.
+        """
+        check(cls.config_schema, _with_defaults(cls, config))
+        return cls.validate_config(config)
 
     @classmethod
     def check_group_size(cls, size: int) -> None:
@@ -678,6 +684,17 @@ class DecisionGroup:
             "subperiod": state.subperiod if self.timing.num_subperiods else None,
             "num_subperiods": self.timing.num_subperiods,
         }
+
+
+def _with_defaults(game: type[DecisionGroup], config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with ``game``'s defaults filled in; :class:`ConfigError` for a key it does not take."""
+    unknown = set(config) - set(game.default_config)
+    if unknown:
+        raise ConfigError(
+            f"config.{sorted(unknown)[0]}",
+            f"unknown setting; {game.name or game.__name__} takes {sorted(game.default_config)}",
+        )
+    return {**copy.deepcopy(game.default_config), **config}
 
 
 def _ms(epoch: float | None) -> int | None:

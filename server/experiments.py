@@ -140,7 +140,7 @@ def parse_request(body: Any) -> ExperimentRequest:
         raise BadRequest(f"config: expected at most {MAX_CONFIG_DEPTH} levels of nesting, got more", field="config")
     try:
         timing = Timing(period_length, num_subperiods, rate_limit)
-        config = game.validate_config(config)
+        config = game.check_config(config)
     except ConfigError as exc:
         raise BadRequest(str(exc), field=exc.field) from None
     online = parse_online(body.get("online"))

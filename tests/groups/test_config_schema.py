@@ -1,4 +1,4 @@
-"""A game's ``config_schema`` is enforced by the base ``validate_config`` (``groups.schema``).
+"""A game's ``config_schema`` is enforced by ``check_config`` when a config comes in (``groups.schema``).
 
 It was shown on the monitor's form and never checked: ``{"stag": "lots"}`` was accepted where the
 schema said ``"type": "number"``. Each keyword is checked here, against jsonschema-rs (a complete
@@ -246,7 +246,7 @@ def test_a_value_nested_deep_is_shown_short() -> None:
     assert error.field == "config.x" and "[[[[" in error.message and len(error.message) < 200
 
 
-# ---------------------------------------------------------------------- the base validate_config
+# ---------------------------------------------------------------------- check_config
 
 
 class Hunt(DecisionGroup):
@@ -282,20 +282,55 @@ class Hunt(DecisionGroup):
         ({"hare": 1}, "config.hare"),
     ],
 )
-def test_the_base_validate_config_refuses_what_the_schema_refuses(config: dict[str, Any], field: str) -> None:
+def test_check_config_refuses_what_the_schema_refuses(config: dict[str, Any], field: str) -> None:
     """A game without its own ``validate_config`` gets its schema enforced, the field named."""
     with pytest.raises(ConfigError) as info:
-        Hunt.validate_config(config)
+        Hunt.check_config(config)
     assert info.value.field == field
-    with pytest.raises(ConfigError):
-        Hunt(["a"], config=config)
 
 
-def test_the_base_validate_config_takes_what_the_schema_takes() -> None:
+@pytest.mark.parametrize(
+    "config", [{"stag": "lots"}, {"rounds": 0}, {"labels": ["A", ""]}, {"show_chart": "yes"}]
+)
+def test_a_group_is_built_from_a_config_its_schema_refuses(config: dict[str, Any]) -> None:
+    """Building a group (also from what the database holds) runs ``validate_config`` only: a
+    config stored before its game's schema said more stays playable."""
+    Hunt.validate_config(config)
+    assert Hunt(["a"], config=config).config == {**Hunt.default_config, **config}
+
+
+def test_a_group_is_not_built_from_a_key_its_game_does_not_take() -> None:
+    """The base ``validate_config`` refuses an unknown key, at creation and construction as before."""
+    with pytest.raises(ConfigError) as info:
+        Hunt(["a"], config={"hare": 1})
+    assert info.value.field == "config.hare"
+
+
+def test_check_config_takes_what_the_schema_takes() -> None:
     """Defaults filled in; an integer written 2.0 is an integer."""
-    assert Hunt.validate_config({"stag": 0, "rounds": 2.0, "labels": [], "show_chart": False}) == {
+    assert Hunt.check_config({"stag": 0, "rounds": 2.0, "labels": [], "show_chart": False}) == {
         "stag": 0, "rounds": 2.0, "labels": [], "show_chart": False}
-    assert Hunt.validate_config({}) == Hunt.default_config
+    assert Hunt.check_config({}) == Hunt.default_config
+
+
+def test_check_config_runs_the_games_own_validate_config_after_the_schema() -> None:
+    """A game's override has its say on what the schema took (and what it returns is the config)."""
+
+    class Even(Hunt):
+        @classmethod
+        def validate_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+            merged = super().validate_config(config)
+            if merged["rounds"] % 2:
+                raise ConfigError("config.rounds", "expected an even number of rounds")
+            return {**merged, "checked": True}
+
+    with pytest.raises(ConfigError) as info:
+        Even.check_config({"rounds": 0})
+    assert "an integer at least 1" in info.value.message
+    with pytest.raises(ConfigError) as info:
+        Even.check_config({"rounds": 3})
+    assert "even" in info.value.message
+    assert Even.check_config({"rounds": 4})["checked"] is True
 
 
 def test_a_game_that_declares_no_schema_takes_its_default_keys_as_before() -> None:
@@ -304,7 +339,7 @@ def test_a_game_that_declares_no_schema_takes_its_default_keys_as_before() -> No
     class Free(DecisionGroup):
         default_config: ClassVar[dict[str, Any]] = {"anything": [1, "two", None]}
 
-    assert Free.validate_config({"anything": {"goes": True}}) == {"anything": {"goes": True}}
+    assert Free.check_config({"anything": {"goes": True}}) == {"anything": {"goes": True}}
 
 
 # ---------------------------------------------------------------------- every game's schema
@@ -319,7 +354,7 @@ def games() -> dict[str, type[DecisionGroup]]:
 def test_every_game_takes_its_defaults_under_its_schema(name: str) -> None:
     game = games()[name]
     check(game.config_schema, game.default_config)
-    assert game.validate_config({}) == game.default_config
+    assert game.check_config({}) == game.validate_config({}) == game.default_config
 
 
 #: numbers near every bound a game's config uses, and values of every other kind

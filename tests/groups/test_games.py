@@ -37,9 +37,9 @@ def started(group: Any) -> Any:
 
 
 def config_error(game: type[Any], config: dict[str, Any]) -> ConfigError:
-    """The ConfigError ``game.validate_config(config)`` raises."""
+    """The ConfigError ``game.check_config(config)`` raises (as creating an experiment does)."""
     with pytest.raises(ConfigError) as info:
-        game.validate_config(config)
+        game.check_config(config)
     return info.value
 
 
