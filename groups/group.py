@@ -195,8 +195,9 @@ class DecisionGroup:
       (default ``False``: the period runs on).
     - ``title``: what the participant page calls the game (default: its name in words).
     - ``view``: the participant page's view of the game, an ES module file named relative to
-      the game's Python file (served at ``/p/{code}/view.js``; see the README's guide). Without
-      one the page shows a generic view.
+      the Python file of the class that declares ``view`` (a subclass that inherits it is shown
+      its parent's; served at ``/p/{code}/view.js``; see the README's guide). Without one the
+      page shows a generic view.
     """
 
     name: ClassVar[str] = ""
@@ -206,7 +207,7 @@ class DecisionGroup:
     default_config: ClassVar[dict[str, Any]] = {}
     #: when a member disconnects mid-period, stop the clock until every member is back
     pause_when_disconnected: ClassVar[bool] = False
-    #: the participant page's view: an ES module, relative to the file that defines the game
+    #: the participant page's view: an ES module, relative to the file of the class that sets it
     view: ClassVar[str | None] = None
     #: what the participant page calls the game (default: its name in words)
     title: ClassVar[str] = ""

@@ -110,3 +110,52 @@ async def test_a_view_removed_after_creation_is_a_404_naming_the_file(
         response = await anonymous.get(f"/p/{exp['participants'][0]['code']}/view.js")
     assert response.status_code == 404
     assert "gone.js" in response.text
+
+
+RICH_STAG = (
+    "from examples.stag_hunt import StagHunt\n\n\n"
+    "class RichStag(StagHunt):\n    name = 'rich_stag'\n    default_config = {'stag': 5, 'hare': 1}\n"
+)
+
+
+@pytest.fixture
+async def inherited(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[Harness]:
+    """A server started while an installed package's entry point names ``rich_stag:RichStag``, a
+    subclass of the example stag hunt in a folder of its own that inherits its ``view``."""
+    package = tmp_path / "rich_stag"
+    package.mkdir()
+    (package / "__init__.py").write_text(RICH_STAG)
+    site = tmp_path / "site"
+    dist = site / "rich_stag-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: rich-stag\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[synclab.games]\nrich_stag = rich_stag:RichStag\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(site))
+    caplog.set_level(logging.WARNING, logger="synclab")
+    async with running_server(sqlite_url) as harness:
+        yield harness
+
+
+async def test_a_subclass_in_another_folder_that_inherits_view_is_shown_its_parents_view(
+    inherited: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The view is looked for beside the class that declares it, not the subclass: the subclass
+    (other defaults, no view of its own) is created by import path and by name, its page gets
+    the stag hunt's view, ``GET /api/games`` says nothing is missing and the start logs nothing."""
+    response = await inherited.http.get("/api/games")
+    assert response.status_code == 200, response.text
+    games = {game["name"]: game for game in response.json()["results"]}
+    assert games["rich_stag"]["view_missing"] is None, games["rich_stag"]
+    logged = [r.getMessage() for r in caplog.get_records("setup") if "cannot be played" in r.getMessage()]
+    assert logged == []
+    view = (HERE.parent.parent / "examples" / "stag_hunt.js").read_text()
+    for game in ("rich_stag:RichStag", "rich_stag"):
+        exp = await inherited.create(game=game)
+        assert exp["config"] == {"stag": 5, "hare": 1}
+        async with httpx.AsyncClient(base_url=inherited.base) as anonymous:
+            page = await anonymous.get(f"/p/{exp['participants'][0]['code']}/view.js")
+        assert page.status_code == 200, page.text
+        assert page.text == view
