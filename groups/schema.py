@@ -4,9 +4,13 @@
 it as the API does (``config.payoffs.AA[0]``; a key that is no identifier as ``config["a b"]``)
 and saying what was expected and what arrived. The keywords it knows:
 
-- ``type``: one name or a list of them. ``integer`` is a number without a fraction (``2.0``
-  too), ``number`` any number; a number is finite (and a float can hold it), and ``true`` and
-  ``false`` are no numbers. ``array`` is a list, ``object`` a JSON object (string keys).
+- ``type``: one name or a list of them. ``integer`` is a number written without a fraction
+  (``2``, not ``2.0``), ``number`` any number; a number is finite (and a float can hold it), and
+  ``true`` and ``false`` are no numbers. ``array`` is a list, ``object`` a JSON object (string
+  keys). JSON Schema takes ``2.0`` as an integer; this refuses it, because the check hands the
+  config on as it came: a game relying on its schema would get the float ``2.0`` where it said
+  integer (``range(2.0)`` raises). A JSON client writes a whole number without a fraction
+  (``JSON.stringify(2.0)`` is ``2``); one that writes ``2.0`` is told so.
 - ``enum``, ``const``: JSON equality (``1`` equals ``1.0``; ``true`` does not equal ``1``).
 - ``minimum``, ``maximum``, ``exclusiveMinimum``, ``exclusiveMaximum``: numbers (draft 6 and
   later; the boolean form of draft 4 is ignored), checked on numbers only.
@@ -84,8 +88,8 @@ def _is_type(value: Any, name: object) -> bool:
         return isinstance(value, bool)
     if name == "number":
         return is_number(value)
-    if name == "integer":
-        return is_number(value) and (isinstance(value, int) or float(value).is_integer())
+    if name == "integer":  # an int only: 2.0 would reach the game a float (see the module's docstring)
+        return is_number(value) and isinstance(value, int)
     if name == "string":
         return isinstance(value, str)
     if name == "array":

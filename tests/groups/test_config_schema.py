@@ -37,7 +37,6 @@ CASES: list[tuple[dict[str, Any], Any, bool]] = [
     (NUMBER, True, False),  # a bool is no number
     (NUMBER, None, False),
     ({"type": "integer"}, 2, True),
-    ({"type": "integer"}, 2.0, True),  # a number without a fraction
     ({"type": "integer"}, 2.5, False),
     ({"type": "integer"}, False, False),
     ({"type": "boolean"}, True, True),
@@ -113,6 +112,16 @@ def test_each_keyword_takes_what_it_should_and_refuses_the_rest(
         error = refusal(schema, value)
         assert error.message.startswith(("expected", "unknown key")), error.message
         assert ", got " in error.message, error.message
+
+
+@pytest.mark.parametrize("value", [2.0, 0.0, -3.0, 1e20])
+def test_an_integer_written_with_a_fraction_is_refused(value: float) -> None:
+    """``2.0`` is no ``integer`` here, though JSON Schema takes it: the game would get a float
+    (``range(2.0)`` raises) and the check hands on the config as it came, converting nothing."""
+    assert jsonschema_rs.is_valid({"type": "integer"}, value)  # the one place this differs
+    error = refusal({"type": "integer", "minimum": -5}, value)
+    assert error.message == f"expected an integer at least -5, got {value!r}", error.message
+    check({"type": "number"}, value)
 
 
 @pytest.mark.parametrize(("schema", "value", "accepted"), CASES[:-IGNORED])
@@ -307,10 +316,14 @@ def test_a_group_is_not_built_from_a_key_its_game_does_not_take() -> None:
 
 
 def test_check_config_takes_what_the_schema_takes() -> None:
-    """Defaults filled in; an integer written 2.0 is an integer."""
-    assert Hunt.check_config({"stag": 0, "rounds": 2.0, "labels": [], "show_chart": False}) == {
-        "stag": 0, "rounds": 2.0, "labels": [], "show_chart": False}
+    """Defaults filled in; an integer is an int, never a float (2.0 is refused)."""
+    taken = Hunt.check_config({"stag": 0.5, "rounds": 2, "labels": [], "show_chart": False})
+    assert taken == {"stag": 0.5, "rounds": 2, "labels": [], "show_chart": False}
+    assert type(taken["rounds"]) is int
     assert Hunt.check_config({}) == Hunt.default_config
+    with pytest.raises(ConfigError) as info:
+        Hunt.check_config({"rounds": 2.0})
+    assert info.value.field == "config.rounds" and "got 2.0" in info.value.message
 
 
 def test_check_config_runs_the_games_own_validate_config_after_the_schema() -> None:

@@ -9,6 +9,7 @@ import time
 from typing import Any, ClassVar
 
 import httpx
+import orjson
 import pytest
 from sqlalchemy import Engine, func, select
 
@@ -360,6 +361,30 @@ async def test_a_config_its_games_schema_refuses_is_400_naming_the_field(server:
     weights[2] = {"w": 0}
     created = await server.create(**body, config={"weights": weights})
     assert created["config"] == {"weights": weights}
+
+
+class Rounds(DecisionGroup):
+    """A game that relies on its schema for an integer (it would run ``range(rounds)``)."""
+
+    config_schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {"rounds": {"type": "integer", "minimum": 1}},
+    }
+    default_config: ClassVar[dict[str, Any]] = {"rounds": 1}
+
+
+async def test_an_integer_written_2_0_is_400_and_2_is_created(server: Harness) -> None:
+    """``"rounds": 2.0`` is refused on ``config.rounds`` (the game would get a float), ``2`` is taken as an int."""
+    body = {"game": "tests.server.test_api:Rounds", "participants": 2, "group_size": 2}
+    response = await server.http.post(
+        "/api/experiments", content=orjson.dumps({**body, "config": {"rounds": 2.0}}),
+        headers={"Content-Type": "application/json"},
+    )
+    message = assert_refused(response, "config.rounds")
+    assert "expected an integer at least 1, got 2.0" in message, message
+    assert await stored_experiments(server) == 0
+    created = await server.create(**body, config={"rounds": 2})
+    assert created["config"] == {"rounds": 2} and type(created["config"]["rounds"]) is int
 
 
 @pytest.mark.parametrize("case", REFUSED_BODIES)
