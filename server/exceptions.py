@@ -14,6 +14,8 @@
     └── NotPersisted         the writer could not commit: the frames of that batch (and of the
         │                    writes queued behind it) get an ``error`` frame; a REST call whose
         │                    write was refused answers 503
+        ├── Unstorable       a game made a write the database cannot take (no JSON): refused
+        │                    alone, ``game_error``, not to be sent again; a REST call's 500
         └── Unavailable      the cluster cannot serve it now (Redis, a group between workers)
             └── NotAuthority this worker no longer acts for the group (its write was fenced)
 
@@ -118,6 +120,23 @@ class NotPersisted(SynclabError):
 
     def body(self) -> dict[str, Any]:
         return {"error": str(self)}
+
+
+class Unstorable(NotPersisted):
+    """A write holds a value the database cannot take: a game put something that is no JSON in
+    its vars, a payload or a decision (a ``set``, an object, bytes, a dict keyed by numbers).
+
+    Refused alone: the rest of its batch is stored, its group is rolled back to what is stored,
+    and the frame that caused it gets an ``error`` frame ``game_error``, which a client does
+    not send again (it would fail the same way). ``reason`` names the value."""
+
+    code = "game_error"
+    #: a REST call refused so: the game's fault, not the database's; trying again fails again
+    status = 500
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class Unavailable(NotPersisted):

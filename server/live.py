@@ -41,7 +41,7 @@ from groups import (
 )
 
 from .clientids import MAYBE, ClientIds
-from .exceptions import WS_4000_REPLACED, NotAuthority, NotPersisted
+from .exceptions import WS_4000_REPLACED, NotAuthority, NotPersisted, Unstorable
 from .hub import Hub, group_topic, monitor_presence_topic, monitor_topic
 from .storage import (
     ConnectionChange,
@@ -257,6 +257,10 @@ class LiveGroup:
         def committed(stored: Write) -> None:
             self._pending -= 1
             self.committed = snapshot
+            for due in stored.ticks:  # a tick stored: the game's failures in a row start from 0 again
+                self._tick_failures = 0
+                if due.late:  # (once stored: a tick tried again is not reported at each try)
+                    log.warning("group %s: %s %d ran %.3f s late", self.id, due.kind, due.index, due.actual_at - due.scheduled_at)
             if not self._tick_failures:  # (a failing game's wait is kept, whatever else is stored)
                 self._retry_at = None
             prev = self.last_seq
@@ -286,6 +290,10 @@ class LiveGroup:
                 self.retire()
                 if self._fenced is not None:
                     self._fenced(self.id)
+            elif isinstance(exc, Unstorable):  # the game's fault, not the database's: not tried at once
+                self._unstorable(exc, any(ev.tick is not None for ev in events))
+                if connection is not None and events:  # a member comes and goes all the same (see _present)
+                    self.act(list, connection=connection).add_done_callback(consume)
             else:
                 self._retry_at = self._clock() + RETRY_AFTER
                 self._reschedule()
@@ -366,11 +374,6 @@ class LiveGroup:
             if due is not None:
                 snap = ev.payload["group_decisions"] if isinstance(ev.payload, dict) else dict(snapshot.decisions)
                 timed.append(NewTick(group_id, due.kind, due.index, due.scheduled_at, due.actual_at, due.late, snap))
-        for tick in timed:
-            if tick.late:
-                log.warning(
-                    "group %s: %s %d ran %.3f s late", self.id, tick.kind, tick.index, tick.actual_at - tick.scheduled_at
-                )
         group = GroupUpdate(
             self.id,
             snapshot.phase.value,
@@ -581,7 +584,8 @@ class LiveGroup:
 
         The event is recorded with what the action caused, in the same transaction; a refused
         action (:class:`groups.InvalidState`) records nothing. ``end`` on a group whose game fails
-        on it (the period's scoring raises) ends the period without the game all the same
+        on it (the period's scoring raises, or makes a write that cannot be stored,
+        :class:`~server.exceptions.Unstorable`) ends the period without the game all the same
         (:meth:`groups.DecisionGroup.end_faulted`, a ``game_fault`` event recorded, logged);
         another action the game fails on raises what it raised and changes nothing.
         """
@@ -600,7 +604,24 @@ class LiveGroup:
             except Exception as exc:  # the game failed (its payoff, say): the period ends without it
                 return [record, *self._end_faulted(exc, "end", now)]
 
-        return self.act(end)
+        ending = self.act(end)
+        if ending.done():
+            return ending
+        ended: asyncio.Future[list[int]] = self._running_loop().create_future()
+
+        def stored(done: asyncio.Future[list[int]]) -> None:
+            exc = None if done.cancelled() else done.exception()
+            if not isinstance(exc, Unstorable):
+                _follow(done, ended)
+                return
+            now = self._clock()  # the game made the end's write unstorable: ended without it too
+            try:
+                _follow(self.act(lambda: [record, *self._end_faulted(exc, "end", now)]), ended)
+            except Exception as again:  # (it ended meanwhile, say)
+                ended.set_exception(again)
+
+        ending.add_done_callback(stored)
+        return ended
 
     def _end_faulted(self, exc: Exception, during: str, now: float) -> list[Event]:
         """The events of the period's end without the game, which failed with ``exc`` (logged)."""
@@ -739,12 +760,25 @@ class LiveGroup:
             future = self.act(lambda: self.core.tick(self._clock()))
         except Exception as exc:
             return self._tick_failed(exc)
-        self._tick_failures = 0
-        return future
+        return future  # once a tick's write is stored, the failures in a row start from 0 again
+
+    def _unstorable(self, exc: Unstorable, tick: bool) -> None:
+        """A write of the group that the database cannot take was refused (the core is back at
+        what is stored). With a tick in it (a subperiod's or the period's end, maybe carried by a
+        decision) the clock tries it again as a tick the game failed on (:meth:`_tick_failed`);
+        else one line in the log."""
+        if tick:
+            ended = self._tick_failed(exc)
+            if ended is not None:
+                ended.add_done_callback(consume)
+            return
+        log.error("group %s: the game %s made a write that cannot be stored; refused, the group is back at its "
+                  "last stored state: %s", self.id, type(self.core).__name__, exc.reason)
+        self._reschedule()
 
     def _tick_failed(self, exc: Exception) -> asyncio.Future[list[int]] | None:
-        """The game failed on a tick (a payoff that raises, or is no number): nothing of the tick
-        was applied. Tried again later, less and less often, never in a loop; the first failure
+        """The game failed on a tick (a payoff that raises, or is no number; or the tick's write
+        cannot be stored, :meth:`_unstorable`): nothing of the tick was applied. Tried again later, less and less often, never in a loop; the first failure
         in a row is recorded (``game_fault``); once the period's end is :data:`GAME_FAULT_END_AFTER`
         past, the period is ended without the game (returned: the end on its way)."""
         now = self._clock()
@@ -758,9 +792,9 @@ class LiveGroup:
         if ends_at is not None:  # the end without the game comes on time, not up to a wait later
             retry = min(retry, max(now, ends_at + GAME_FAULT_END_AFTER))
         self._retry_at = retry
-        if self._tick_failures == 1:
-            log.error("group %s: the game %s failed on a tick; tried again in %g s, then less often",
-                      self.id, type(self.core).__name__, wait, exc_info=exc)
+        if self._tick_failures == 1:  # (a write that could not be stored has no traceback to show)
+            log.error("group %s: the game %s failed on a tick; tried again in %g s, then less often: %s",
+                      self.id, type(self.core).__name__, wait, exc, exc_info=exc if exc.__traceback__ else None)
             fault = {**describe_fault(self.core, exc, "tick"), "ended": False}
             self.act(lambda: [Event(GAME_FAULT, fault, None, NOBODY)]).add_done_callback(consume)
         else:

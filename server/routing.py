@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from groups import InvalidState, Phase, current_block, load_game
 
-from .exceptions import NotPersisted, Unavailable
+from .exceptions import NotPersisted, Unavailable, Unstorable
 from .hub import Hub, group_topic
 from .live import ACTIONS, EXPERIMENT, Clock, LiveGroup, RunEnded, consume
 from .lobby import Lobbies
@@ -467,6 +467,8 @@ class LiveGroups:
                 await self.call(place.group_id, "control", {"a": action, "s": scope, "b": by})
             except InvalidState:
                 continue  # it changed since we looked: nothing to do for it
+            except Unstorable:  # the game made a write that cannot be stored (logged by the group)
+                continue
             except (NotPersisted, LookupError):
                 raise  # the database or the cluster: the whole action may be tried again
             except Exception:  # the game failed on it (its payoff, say): the other groups go on all the same

@@ -19,7 +19,7 @@ import orjson
 
 from groups import InvalidState, RefusedAction
 
-from ..exceptions import NotPersisted, Unavailable
+from ..exceptions import NotPersisted, Unavailable, Unstorable
 from ..hub.redis import RedisHub
 
 log = logging.getLogger("synclab.cluster")
@@ -107,6 +107,8 @@ def error_of(exc: BaseException) -> dict[str, Any]:
     """An exception as an answer can carry it (see :func:`_exception`)."""
     if isinstance(exc, RefusedAction):
         return {"kind": "refused", "code": exc.code, "message": exc.message}
+    if isinstance(exc, Unstorable):
+        return {"kind": "persist", "code": exc.code, "message": str(exc), "reason": exc.reason}
     if isinstance(exc, NotPersisted):
         return {"kind": "persist", "code": exc.code, "message": str(exc)}
     if isinstance(exc, InvalidState):
@@ -127,6 +129,8 @@ def exception_of(error: dict[str, Any]) -> BaseException:
     if kind == "persist":
         if error["code"] == "not_persisted":
             return NotPersisted(message)
+        if error["code"] == Unstorable.code:
+            return Unstorable(message, error.get("reason", ""))
         unavailable = Unavailable(message)
         unavailable.code = error["code"]
         return unavailable

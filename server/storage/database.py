@@ -36,6 +36,7 @@ from .recovery import (
 )
 from .stalls import writer_connection
 from .thread import WriterThread
+from .unstorable import storing_apart
 from .writes import Write
 
 log = logging.getLogger("synclab.database")
@@ -97,9 +98,9 @@ class Database:
             self.journaled = JournalFirst(
                 self.engine, opened, self.sqlite_file, self._lock, apply_every=apply_every, between=self._finish_checkpoint
             )
-            self.writer = WriterThread(self.journaled.commit, _nothing)
+            self.writer = WriterThread(storing_apart(self.journaled.commit), _nothing)
         else:
-            self.writer = WriterThread(self._commit, self._between_batches)
+            self.writer = WriterThread(storing_apart(self._commit), self._between_batches)
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="synclab-reader")
         #: writes beside the event batches (:meth:`write_aside`), one at a time
         self._aside = ThreadPoolExecutor(1, thread_name_prefix="synclab-aside")

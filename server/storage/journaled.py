@@ -39,12 +39,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import sys
 import threading
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from sqlalchemy import Engine, select
@@ -54,6 +52,7 @@ from .batch import apply_numbered
 from .journal import Journal, Record
 from .recovery import MARKER, encode, marker, sync_database
 from .tables import experiments
+from .unstorable import storable
 from .writes import Write
 
 log = logging.getLogger("synclab.journal")
@@ -122,22 +121,30 @@ class JournalFirst:
         """Number ``writes``, append them to the journal synced, and queue them for the apply.
 
         Returns once they are on the disk: the writer acknowledges them then. Raises when the
-        apply has failed, when a write is fenced (a cluster's: never here), or the journal could
-        not take them.
+        apply has failed, when a write is fenced (a cluster's: never here), when a write cannot
+        be stored (:mod:`.unstorable`; the counters are put back, the batch goes again without
+        it), or the journal could not take them.
         """
         self._check()
         if any(w.epoch is not None for w in writes):
             raise RuntimeError("a fenced write needs the direct writer (a cluster runs on PostgreSQL)")
         counters = self._counters
-        for write in writes:
-            if write.events:
-                eid = write.experiment_id
-                last = counters[eid] if eid in counters else self._stored_seq(eid)
-                write.seqs = list(range(last + 1, last + 1 + len(write.events)))
-                counters[eid] = last + len(write.events)
-        _storable(writes)
         try:
-            record = self.journal.append(encode(writes))
+            for write in writes:
+                if write.events:
+                    eid = write.experiment_id
+                    last = counters[eid] if eid in counters else self._stored_seq(eid)
+                    write.seqs = list(range(last + 1, last + 1 + len(write.events)))
+                    counters[eid] = last + len(write.events)
+            storable(writes)
+            payload = encode(writes)
+        except BaseException:
+            # not taken: the numbers go back exactly as they were (the database, behind the
+            # journal, cannot tell them), for the batch to go again without what it cannot store
+            _unnumber(counters, writes)
+            raise
+        try:
+            record = self.journal.append(payload)
         except BaseException:
             self._counters.clear()  # numbers handed out but not taken; the journal refuses what follows
             raise
@@ -332,31 +339,14 @@ class JournalFirst:
         self._thread.join()
 
 
-#: the times a database's ``datetime`` holds (years 1 to 9999), a day inside either end for any zone
-_EARLIEST = datetime(1, 1, 2, tzinfo=UTC).timestamp()
-_LATEST = datetime(9999, 12, 30, tzinfo=UTC).timestamp()
-
-
-def _storable(writes: list[Write]) -> None:
-    """Raise ``ValueError`` for a value the database cannot store: a time past the year 9999 (a
-    period's end), a score that is no finite number (stored as NULL, which ``results`` refuses).
-
-    Refused before the journal takes it: an acknowledged write is applied or storage halts, and
-    such a write could never be applied, so it would halt storage for good (and every start after
-    it). The direct writer needs no such look: its commit fails, and the batch is refused. (The
-    core refuses a payoff that is no finite number first; this is the last guard.)"""
+def _unnumber(counters: dict[int, int], writes: Sequence[Write]) -> None:
+    """Each experiment's counter back to what it was before ``writes`` were numbered from it."""
+    seen: set[int] = set()
     for write in writes:
-        for result in write.results:
-            if not math.isfinite(result.score):
-                raise ValueError(f"a score the database cannot store: {result.score!r}")
-        group, connection = write.group, write.connection
-        times = [] if group is None else [group.started_at, group.ends_at, group.ended_at]
-        if connection is not None:
-            times += (connection.opened, connection.closed)
-        times += [tick.scheduled_at for tick in write.ticks]
-        for value in times:
-            if value is not None and not _EARLIEST <= value <= _LATEST:  # NaN is refused too
-                raise ValueError(f"a time the database cannot store: {value!r} seconds since the epoch")
+        if write.seqs and write.experiment_id not in seen:
+            seen.add(write.experiment_id)
+            counters[write.experiment_id] = write.seqs[0] - 1
+        write.seqs = []
 
 
 def _dropped(connection: Connection | None) -> None:

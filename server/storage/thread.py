@@ -137,13 +137,19 @@ class WriterThread:
         """Writes and jobs waiting for the thread (not the batch or job under way)."""
         return len(self._items)
 
-    def withdraw(self) -> list[Any]:
+    def withdraw(self, only: Callable[[Any], bool] | None = None) -> list[Any]:
         """After a failed batch: take back every write queued behind it and refuse every job.
 
         Each job's future gets :class:`NotPersisted` and its function never runs; only the last
         function of :meth:`stop` stays queued. Returns the writes, in order, for the loop to fail.
+        With ``only`` (a batch stored but for some writes): the writes it picks, and no job.
         """
         with self._cond:
+            if only is not None:
+                picked = [i for i in self._items if not isinstance(i, _Job) and only(i)]
+                for write in picked:
+                    self._items.remove(write)
+                return picked
             writes, refused = self._take_queued()
         for job in refused:
             _refuse(job, BEHIND_FAILURE)
@@ -183,12 +189,8 @@ class WriterThread:
             left = [i for i in self._items if not isinstance(i, _Job)]
             self._dropping = True
             self._cond.notify()
-        log.error(
-            "shutdown: %d writes (%d events) were left unstored after %g s; the commit under way finishes first",
-            len(left),
-            sum(len(i.write.events) for i in left),
-            timeout,
-        )
+        log.error("shutdown: %d writes (%d events) were left unstored after %g s; the commit under way finishes first",
+                  len(left), sum(len(i.write.events) for i in left), timeout)
         thread.join()
         return len(left)
 

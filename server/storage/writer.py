@@ -8,6 +8,11 @@ called for every write of the batch and for every write queued behind it, so no 
 on top of a lost one is ever stored; a job of :meth:`.database.Database.write` queued behind it
 is refused too (its awaiter gets :class:`NotPersisted`, the function is not run), since it may
 rest on those writes. What is queued after the failure was handled runs as usual.
+
+A batch that failed on writes the database cannot take (a game's value that is no JSON) is
+stored without them (:mod:`.unstorable`): only they fail (:class:`Unstorable`), with the later
+writes of their groups in the batch and in the queue, computed on top of them (:class:`NotPersisted`);
+every other write is committed and called back as usual, in order, and the jobs run.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..exceptions import NotAuthority, NotPersisted
+from ..exceptions import NotAuthority, NotPersisted, Unstorable
 from .database import CHECKPOINT_EVERY, Database
 from .thread import COMMIT_BUCKET_NAMES
+from .unstorable import PartlyStored
 from .writes import Write
 
 log = logging.getLogger("synclab.writer")
@@ -115,6 +121,9 @@ class EventWriter:
             for pending in batch:
                 _safely(pending.on_fail, exc)
             return
+        if isinstance(exc, PartlyStored):  # stored but for writes that cannot be, and their groups' later ones
+            self._partly_stored(batch, exc.refused)
+            return
         if exc is not None:  # any database failure: refuse the batch and what was queued behind it
             log.error("commit of %d writes failed: %s", len(batch), exc)
             failed = NotPersisted(f"the event could not be stored: {type(exc).__name__}")
@@ -135,9 +144,33 @@ class EventWriter:
                 else:
                     _safely(pending.on_commit, pending.write)
 
+    def _partly_stored(self, batch: list[_Pending], refused: dict[int, str | None]) -> None:
+        """The batch was stored without ``refused`` (by place in it): those fail, and what their
+        groups have queued since, which rests on them, is withdrawn and fails too; the others are
+        committed, in order, and the rest of the queue (other groups' writes, jobs) goes on."""
+        spoilt = {g for i in refused if (g := _group(batch[i].write)) is not None}
+        behind = self._database.writer.withdraw(lambda p: _group(p.write) in spoilt) if spoilt else []
+        self._database.writer.resume()
+        stored = [p for i, p in enumerate(batch) if i not in refused]
+        if stored:
+            self._done(stored, None)  # counted and called back as a committed batch, ...
+        for i, why in refused.items():  # ... then the refused, in order: their groups roll back
+            _safely(batch[i].on_fail, _refusal(batch[i].write, why))
+        for pending in behind:
+            _safely(pending.on_fail, _refusal(pending.write, None))
+
 
 def _group(write: Write) -> int | None:
     return None if write.group is None else write.group.group_id
+
+
+def _refusal(write: Write, why: str | None) -> NotPersisted:
+    """What a write left out of its batch gets: :class:`Unstorable` for one that cannot be stored
+    (not to be sent again), :class:`NotPersisted` for one computed on top of such a write (its
+    group is rolled back: sent again, it is computed anew)."""
+    if why is None:
+        return NotPersisted(f"the event could not be stored: group {_group(write)} made a write before it that cannot be")
+    return Unstorable(f"the game made a value that cannot be stored: {why}", why)
 
 
 def _nothing() -> None:
