@@ -778,9 +778,10 @@ class LiveGroup:
 
     def _tick_failed(self, exc: Exception) -> asyncio.Future[list[int]] | None:
         """The game failed on a tick (a payoff that raises, or is no number; or the tick's write
-        cannot be stored, :meth:`_unstorable`): nothing of the tick was applied. Tried again later, less and less often, never in a loop; the first failure
-        in a row is recorded (``game_fault``); once the period's end is :data:`GAME_FAULT_END_AFTER`
-        past, the period is ended without the game (returned: the end on its way)."""
+        cannot be stored, :meth:`_unstorable`): nothing of the tick was applied. Tried again
+        later, less and less often, never in a loop; the first failure in a row is recorded
+        (``game_fault``); once the period's end is :data:`GAME_FAULT_END_AFTER` past, the period
+        is ended without the game (returned: the end on its way)."""
         now = self._clock()
         ends_at = self.core.state.ends_at
         if ends_at is not None and now >= ends_at + GAME_FAULT_END_AFTER:
