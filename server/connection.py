@@ -45,6 +45,35 @@ _SEQ = re.compile(r'"seq":(\d+)')
 
 SYNCLAB = "synclab"
 REDWOOD = "redwood"
+#: seconds between two log lines of one group's game failing on frames in one way (the failures
+#: between are counted in the next line)
+FRAME_FAULTS_LOG_EVERY = 5.0
+#: the (group, exception type) pairs kept at most; past it the oldest is forgotten (logged anew)
+FRAME_FAULTS_KEPT = 10_000
+
+
+class _Throttle:
+    """When each kind of failure was last logged, and how many were not logged since."""
+
+    def __init__(self, every: float, kept: int) -> None:
+        self._every = every
+        self._kept = kept
+        self._last: dict[tuple[int, str], tuple[float, int]] = {}
+
+    def due(self, key: tuple[int, str], now: float) -> int | None:
+        """``None``: not to be logged now (counted); -1: the first of its kind (or the first for
+        a long while, none skipped); else log it, with the count skipped since the last line."""
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self._every:
+            self._last[key] = (last[0], last[1] + 1)
+            return None
+        if last is None and len(self._last) >= self._kept:
+            del self._last[next(iter(self._last))]
+        self._last[key] = (now, 0)
+        return -1 if last is None or last[1] == 0 else last[1]
+
+
+_frame_faults = _Throttle(FRAME_FAULTS_LOG_EVERY, FRAME_FAULTS_KEPT)
 
 
 class ClientConnection:
@@ -235,8 +264,24 @@ class ClientConnection:
             self.send(error(exc.code, exc.message, frame_id))
             return
         except Exception as exc:  # a fault in a game's hook: refuse the frame, keep serving
-            log.exception("game %s failed on a frame", self.game)
+            self._game_failed(exc)
             self.send(error("game_error", f"the game failed on this frame: {type(exc).__name__}", frame_id))
+
+    def _game_failed(self, exc: Exception) -> None:
+        """Log that the game failed on a frame: the first failure of its kind in a group with its
+        traceback, then at most one line every :data:`FRAME_FAULTS_LOG_EVERY` s with the count of
+        those not logged (a broken game fails on every decision of its members: a traceback each)."""
+        kind = type(exc).__name__
+        skipped = _frame_faults.due((self.group.id, kind), time.monotonic())
+        if skipped is None:
+            return
+        if skipped < 0:
+            log.exception("group %s: the game %s failed on a frame of %s", self.group.id, self.game, self.participant)
+            return
+        log.error(
+            "group %s: the game %s failed on a frame of %s again: %s: %s (%d more such failures since the last line)",
+            self.group.id, self.game, self.participant, kind, exc, skipped,
+        )
 
     def _stored(self, future: asyncio.Future[list[int]], frame_id: str | None) -> None:
         if future.cancelled():

@@ -22,6 +22,7 @@ from websockets.asyncio.client import connect
 
 from groups import PublicGoods
 from server import live
+from server.connection import FRAME_FAULTS_LOG_EVERY
 from server.storage import make_engine
 from server.verify import verify
 from tests.server.harness import TOKEN, Client, Harness, running_server, timeout, until_state
@@ -50,6 +51,13 @@ class Slow(PublicGoods):
     def validate_decision(self, participant: str, decision: Any) -> Any:
         time.sleep(0.2)  # what a game that reads a file or asks a service does to every group
         return super().validate_decision(participant, decision)
+
+
+class Raising(PublicGoods):
+    """public_goods whose check of a decision raises, whatever the decision (found by its import path)."""
+
+    def validate_decision(self, participant: str, decision: Any) -> Any:
+        raise RuntimeError("broken check")
 
 
 def faults(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -219,3 +227,55 @@ async def test_a_slow_hook_is_logged_naming_the_game_and_group_at_most_every_few
     assert len(warnings) == 1, warnings  # three slow decisions within a second: logged once
     group, took = warnings[0]
     assert int(group) == hello["group"] and 200 <= int(took) < 2000
+
+
+async def test_a_game_that_fails_on_every_frame_is_logged_once_then_counted_not_a_traceback_a_frame(
+    tmp_path: Path,
+) -> None:
+    """``synclab serve`` whose game raises on every decision: each frame is refused with
+    ``game_error``, and the log has one traceback for the first, then one line every few seconds
+    counting the rest (it had a traceback for every frame of every member)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    with started(tmp_path, "serve", "--port", str(port), SYNCLAB_ADMIN_TOKEN=TOKEN, PYTHONPATH=path) as running:
+        wait_until_healthy(base)
+        async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"},
+                                     timeout=timeout(10)) as http:
+            made = await http.post("/api/experiments", json={
+                "game": "tests.server.test_game_faults:Raising", "participants": 2, "group_size": 2,
+                "period_length": 60,
+            })
+            assert made.status_code == 201, made.text
+            exp = made.json()
+            a, b = [Client(await connect(f"ws://127.0.0.1:{port}/ws/p/{p['code']}", open_timeout=timeout(5)))
+                    for p in exp["participants"]]
+
+            async def refused(frame_id: str) -> None:
+                await a.send("decisions", 5, frame_id)
+                async with asyncio.timeout(timeout(5)):
+                    while True:
+                        frame = await a.next()
+                        if frame["channel"] == "error" and frame["payload"].get("id") == frame_id:
+                            assert frame["payload"]["code"] == "game_error", frame
+                            return
+
+            try:
+                group = (await a.expect("hello"))["payload"]["group"]
+                await until_state(a, "period_start")
+                first = time.monotonic()
+                for i in range(8):
+                    await refused(f"bad-{i}")
+                assert time.monotonic() - first < FRAME_FAULTS_LOG_EVERY  # all within one log interval
+                await asyncio.sleep(max(0.0, first + FRAME_FAULTS_LOG_EVERY + 0.2 - time.monotonic()))
+                await refused("bad-last")
+            finally:
+                for client in (a, b):
+                    await client.close()
+        log = running.stderr_path.read_text(errors="replace")
+    name = "tests.server.test_game_faults:Raising"
+    assert log.count(f"group {group}: the game {name} failed on a frame of") == 2, running.stderr()
+    assert log.count("RuntimeError: broken check") == 2, running.stderr()  # the traceback's last line, the count's
+    assert log.count("Traceback (most recent call last)") == 1, running.stderr()
+    assert re.search(rf"group {group}: the game {re.escape(name)} failed on a frame of \S+ again: "
+                     r"RuntimeError: broken check \(7 more such failures since the last line\)", log), running.stderr()
