@@ -608,7 +608,11 @@ class DecisionGroup:
 
     def _rates(self, decisions: Mapping[str, Any]) -> dict[str, float]:
         """Every member's flow payoff (:meth:`payoffs`), each checked to be a finite number."""
-        return {p: self._finite(rate, p) for p, rate in self.payoffs(decisions).items()}
+        rates = self.payoffs(decisions)
+        for rate in rates.values():  # at every decision: the common case, floats, looked at cheaply
+            if type(rate) is not float or rate - rate != 0.0:  # (inf - inf and nan - nan are nan)
+                return {p: self._finite(rate, p) for p, rate in rates.items()}
+        return dict(rates)
 
     def _end_period(self, due: float | None) -> None:
         """End the period: at its deadline ``due``, or now when the experimenter ends it."""
