@@ -57,7 +57,8 @@ class GameFault(GroupError):
 
     Raised before anything of the action changed the group, so the tick that met it can be
     tried again; nothing that could not be stored (a score of NaN) reaches the database.
-    ``hook`` names the game's method that gave it (``"payoff"``)."""
+    ``hook`` names the game's method that gave it to the core: ``"payoff"``, or ``"payoffs"``
+    when the game overrides that (the whole group's at once)."""
 
     def __init__(self, message: str, hook: str | None = None) -> None:
         super().__init__(message)

@@ -587,7 +587,7 @@ class DecisionGroup:
         snapshot = self.group_decisions
         n = self.timing.num_subperiods or 1
         # scored first: a payoff that raises (or is no finite number) leaves the group as it was
-        scores = {p: self._finite(self.payoff(p, snapshot), p) / n for p in self.members}
+        scores = {p: self._finite(self.payoff(p, snapshot), p, "payoff") / n for p in self.members}
         index = self.state.subperiod
         self.state.subperiod = index + 1
         tick = Tick(SUBPERIOD, index, due, self.now)
@@ -597,22 +597,38 @@ class DecisionGroup:
             self.state.earned[p] = self.state.earned.get(p, 0.0) + score
             self._result(p, index, snapshot[p], score)
 
-    def _finite(self, value: Any, participant: str) -> float:
-        """A payoff as the core counts it; :class:`GameFault`, naming the game, for anything but a finite number."""
+    def _finite(self, value: Any, participant: str, hook: str) -> float:
+        """A payoff as the core counts it; :class:`GameFault`, naming the game and ``hook`` (the
+        method that gave it), for anything but a finite number."""
         if not is_number(value):  # (finite, and not a bool)
             raise GameFault(
-                f"{type(self).__name__}.payoff gave {shown(value)} for {shown(participant)}: a payoff must be a finite number",
-                "payoff",
+                f"{type(self).__name__}.{hook} gave {shown(value)} for {shown(participant)}: a payoff must be a finite number",
+                hook,
             )
         return float(value)
 
     def _rates(self, decisions: Mapping[str, Any]) -> dict[str, float]:
-        """Every member's flow payoff (:meth:`payoffs`), each checked to be a finite number."""
+        """Every member's flow payoff (:meth:`payoffs`), each checked to be a finite number.
+
+        A fault names the hook that gave the value to the core: ``payoffs`` when the game
+        overrides it, else ``payoff`` (the base's ``payoffs`` only asks it for each member)."""
         rates = self.payoffs(decisions)
-        for rate in rates.values():  # at every decision: the common case, floats, looked at cheaply
-            if type(rate) is not float or rate - rate != 0.0:  # (inf - inf and nan - nan are nan)
-                return {p: self._finite(rate, p) for p, rate in rates.items()}
-        return dict(rates)
+        if type(rates) is dict:  # at every decision: the common case, a finite float each, looked at cheaply
+            checked: dict[str, float] = {}
+            for p in self.members:
+                rate = rates.get(p)
+                if type(rate) is not float or rate - rate != 0.0:  # (inf - inf and nan - nan are nan)
+                    break
+                checked[p] = rate
+            else:
+                return checked
+        hook = "payoff" if type(self).payoffs is DecisionGroup.payoffs else "payoffs"
+        if not isinstance(rates, Mapping) or any(p not in rates for p in self.members):
+            raise GameFault(
+                f"{type(self).__name__}.payoffs gave {shown(rates)}: expected a payoff for each of {list(self.members)}",
+                "payoffs",
+            )
+        return {p: self._finite(rates[p], p, hook) for p in self.members}
 
     def _end_period(self, due: float | None) -> None:
         """End the period: at its deadline ``due``, or now when the experimenter ends it."""

@@ -148,3 +148,27 @@ def test_the_events_applied_before_a_refusal_are_taken_without_applying_anything
     carried = group.take_carried()
     assert [e.channel for e in carried] == [GROUP_DECISIONS] and not group.carried
     assert SUBPERIOD not in [e.channel for e in carried]
+
+
+class WholeGroup(PublicGoods):
+    """public_goods whose payoffs (the whole group's at once) gives ``gives`` for member "a"."""
+
+    gives: Any = float("nan")
+
+    def payoffs(self, decisions: Any) -> Any:
+        rates = super().payoffs(decisions)
+        return {**rates, "a": self.gives} if isinstance(self.gives, float) else self.gives
+
+
+@pytest.mark.parametrize("gives", [float("nan"), [1.0, 2.0], {"b": 1.0}])
+def test_a_fault_in_an_overridden_payoffs_names_payoffs_not_payoff(gives: Any) -> None:
+    """In continuous time the core asks payoffs; a game that overrides it and gives a NaN, no
+    mapping or no value for a member is reported as failing in payoffs, the hook that gave it."""
+    group = WholeGroup(["a", "b"], timing=Timing(period_length=4.0))
+    group.connect("a", T0)
+    group.connect("b", T0)
+    group.gives = gives
+    fault = failure(lambda: group.tick(T0 + 4))
+    assert isinstance(fault, GameFault) and str(fault).startswith("WholeGroup.payoffs gave ")
+    assert describe_fault(group, fault, "tick")["hook"] == "payoffs"
+    assert group.state.phase is Phase.RUNNING  # nothing of the tick applied
