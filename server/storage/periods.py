@@ -90,14 +90,16 @@ def period_ended(
     does (the same groups ended one at a time are the same act). A period ended without its
     game, which failed (not ``played``), leaves its sessions unfinished: the block was not played
     through, so its members' runs end ``cancelled`` (:mod:`.statuses`) and their completion
-    does not count it; the results made before the fault stay.
+    does not count it; the results made before the fault stay. When it closes the experiment,
+    the experiment is ``cancelled`` too, whether the experimenter's ``end`` or the group itself
+    (its game failing long past the period's end) ended it: ``done`` says it ran to its end.
     """
     ended_at = to_datetime(at)
     if played:
         conn.execute(_SESSIONS_FINISHED, {"gid": group_id, "at": ended_at})
     block_id = conn.execute(_GROUP_BLOCK, {"gid": group_id}).scalar_one()
     conn.execute(_BLOCK_DONE, {"bid": block_id})
-    status = "cancelled" if by_hand else "done"
+    status = "done" if played and not by_hand else "cancelled"
     conn.execute(_EXPERIMENT_DONE, {"eid": experiment_id, "at": ended_at, "status": status})
 
 

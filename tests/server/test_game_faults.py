@@ -150,7 +150,8 @@ async def test_a_group_whose_game_keeps_failing_ends_by_itself_long_after_its_pe
 ) -> None:
     """Nobody ends it: once its period's end is GAME_FAULT_END_AFTER past (1 s here, 30 s by
     default) the group ends without its game, as the experimenter's end would, and the
-    experiment is done (its last period ended). It was tried every 10 s for ever."""
+    experiment, whose last period was not played through, is cancelled (it was done: ran to its
+    end). It was tried every 10 s for ever."""
     monkeypatch.setattr(live, "GAME_FAULT_END_AFTER", 1.0)  # the server runs in this process
     exp = await server.create(game="tests.server.test_game_faults:Broken", participants=2, group_size=2,
                               period_length=1, num_subperiods=1)
@@ -160,7 +161,7 @@ async def test_a_group_whose_game_keeps_failing_ends_by_itself_long_after_its_pe
     ended = await until_state(a, "period_end", wait=6)
     assert ended["ts"] / 1000 - started_at == pytest.approx(2.0, abs=0.5)  # the end, then 1 s past it
     await until_state(b, "period_end")
-    await wait_for_status(server, code, "done")
+    await wait_for_status(server, code, "cancelled")
     events = await server.events(code)
     assert [f["during"] for f in faults(events)] == ["tick", "tick"]
     assert [f["ended"] for f in faults(events)] == [False, True]

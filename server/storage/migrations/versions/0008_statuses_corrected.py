@@ -26,6 +26,11 @@ What the rows cannot tell, and stays as it was:
   stored in the same batch of the writer (within milliseconds), the rows do not tell which one
   the writer took for the end of the experiment; the last by ``seq`` is taken.
 
+A period ended without its game (a ``game_fault`` event with ``"ended": true``, stored with its
+``period_end``) makes the experiment ``cancelled`` too when it closes it, by the experimenter's
+``end`` or by itself. Such ends came after this revision (commit 774bea7), stored by that rule
+from the first release that has them: this revision has none to correct and reads ``control`` only.
+
 A database with nothing to correct (one of 0.1.0, which had no statuses, or one written since
 those commits) is left as it was. Downgrading changes nothing: the statuses before were wrong,
 and an older synclab reads ``cancelled`` as it is.
