@@ -39,7 +39,7 @@ from .group import (
     config_number,
     require_number,
 )
-from .messages import LATE_AFTER, NOBODY, Event, Tick
+from .messages import LATE_AFTER, MAX_CHANNEL_LENGTH, NOBODY, Event, Tick
 from .public_goods import PublicGoods
 from .registry import available_games, game_name, load_game
 from .values import is_number, shown
@@ -52,6 +52,7 @@ __all__ = [
     "LATE_AFTER",
     "MATCHINGS",
     "MAX_AMOUNT",
+    "MAX_CHANNEL_LENGTH",
     "NOBODY",
     "PAUSED_BY_DISCONNECT",
     "PAUSED_BY_EXPERIMENTER",

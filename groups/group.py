@@ -43,7 +43,7 @@ from .exceptions import (
     UnknownChannel,
 )
 from .faults import GAME_FAULT
-from .messages import NOBODY, Event, Tick
+from .messages import NOBODY, Event, Tick, channel_problem
 from .schema import check
 from .values import is_number, shown
 
@@ -260,6 +260,16 @@ class DecisionGroup:
         return cls.validate_config(config)
 
     @classmethod
+    def check_channels(cls) -> None:
+        """Raise :class:`ConfigError` unless each of ``channels`` can name a channel: a non-empty
+        string of at most :data:`~groups.MAX_CHANNEL_LENGTH` characters (checked when an
+        experiment is created; a frame on a longer one could not be stored)."""
+        for channel in sorted(cls.channels, key=repr):
+            problem = channel_problem(channel)
+            if problem is not None:
+                raise ConfigError("channels", f"{cls.name or cls.__name__} declares a channel it cannot take: {problem}")
+
+    @classmethod
     def check_group_size(cls, size: int) -> None:
         """Raise :class:`ConfigError` unless the game is played in groups of ``size``."""
         low, high = cls.group_sizes
@@ -315,7 +325,15 @@ class DecisionGroup:
     # ------------------------------------------------------------------ for hooks
 
     def send(self, channel: str, payload: Any, *, to: Sequence[str] | None = None) -> None:
-        """Broadcast ``payload`` on ``channel`` to the group (or to the members in ``to``)."""
+        """Broadcast ``payload`` on ``channel`` to the group (or to the members in ``to``).
+
+        ``channel`` is a non-empty string of at most :data:`~groups.MAX_CHANNEL_LENGTH` (64)
+        characters, what the database stores: anything else raises :class:`GameFault` at once,
+        and the action that called the hook fails as when the hook raises.
+        """
+        problem = channel_problem(channel)
+        if problem is not None:
+            raise GameFault(f"{type(self).__name__}.send: {problem}")
         recipients = None if to is None else frozenset(to)
         if recipients is not None and not recipients <= set(self.members):
             raise NotAMember(f"send to {sorted(recipients - set(self.members))}: not members")

@@ -5,8 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .values import shown
+
 #: ``Event.to`` for an event that is recorded but sent to nobody (an inbound decision).
 NOBODY: frozenset[str] = frozenset()
+#: the longest channel name, in characters: what the events table's ``channel`` column holds
+#: (``server.storage.tables`` declares the column with it; PostgreSQL refuses a longer one)
+MAX_CHANNEL_LENGTH = 64
+
+
+def channel_problem(channel: object) -> str | None:
+    """Why ``channel`` cannot name a channel (``None`` when it can): a channel is a non-empty
+    string of at most :data:`MAX_CHANNEL_LENGTH` characters."""
+    if isinstance(channel, str) and 0 < len(channel) <= MAX_CHANNEL_LENGTH:
+        return None
+    expected = f"expected a channel name of 1 to {MAX_CHANNEL_LENGTH} characters"
+    if not isinstance(channel, str):
+        return f"{expected}, got {type(channel).__name__}"
+    return f"{expected}, got {len(channel)}: {shown(channel)}"
 
 
 @dataclass(frozen=True, slots=True)

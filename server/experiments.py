@@ -101,6 +101,10 @@ def parse_request(body: Any) -> ExperimentRequest:
         game = load_game(name)
     except UnknownGame as exc:
         raise BadRequest(f"game: {exc}", field="game") from None
+    try:
+        game.check_channels()
+    except ConfigError as exc:
+        raise BadRequest(f"game: {exc}", field="game") from None
     missing = missing_view(game, name)  # every participant's page would say it cannot show the game
     if missing is not None:
         raise BadRequest(f"game: {missing}", field="game")

@@ -26,6 +26,8 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, SQLModel
 
+from groups import MAX_CHANNEL_LENGTH
+
 # SQLite only auto-increments an INTEGER PRIMARY KEY; elsewhere event ids are 64-bit.
 _BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
 #: the condition of the partial index of ``state`` events: a literal, so a query that repeats it
@@ -219,7 +221,7 @@ class Event(SQLModel, table=True):
     timestamp: datetime = _time(nullable=False)
     group_id: int | None = Field(default=None, foreign_key="groups.id")
     participant_id: int | None = Field(default=None, foreign_key="participants.id")
-    channel: str = Field(max_length=64)
+    channel: str = Field(max_length=MAX_CHANNEL_LENGTH)  # the core refuses a longer one (DecisionGroup.send)
     value: Any = _json()
     client_id: str | None = Field(default=None, max_length=64)
     #: made by a server-side bot (a lobby's fill, a dropout's stand-in), not by the participant

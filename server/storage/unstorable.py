@@ -3,7 +3,8 @@ without it (and without what its group computed on top of it).
 
 A game's value that is no JSON (a ``set`` in its vars, an object or bytes in a payload, a dict
 with keys that are not strings, an integer past 64 bits) fails the encoding of the whole batch,
-with the journal and without. Nothing is looked for while batches go through: only once a commit
+with the journal and without; a channel name past the ``events.channel`` column fails its commit
+on PostgreSQL (the core refuses one first, :meth:`groups.DecisionGroup.send`; this is the last guard). Nothing is looked for while batches go through: only once a commit
 has failed is each write encoded alone (:func:`refusals`), and the batch committed again without
 the ones that cannot be, and without the later writes of their groups, which rest on them
 (:func:`storing_apart`). :class:`PartlyStored` tells the writer which writes were left out
@@ -18,6 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from groups.messages import channel_problem
 
 from .writes import Write
 
@@ -79,6 +82,10 @@ def unstorable(write: Write) -> str | None:
         storable((write,))
     except ValueError as exc:
         return str(exc)
+    for ev in write.events:  # (the core refuses such a channel first: DecisionGroup.send; the last guard)
+        problem = channel_problem(ev.channel)
+        if problem is not None:
+            return f"a channel the database cannot store: {problem}"
     parts: list[tuple[str, Any]] = [(f"the value on {ev.channel!r}", ev.value) for ev in write.events]
     if write.group is not None:
         parts += [("the group's decisions", write.group.decisions), ("the group's vars", write.group.vars),

@@ -13,6 +13,7 @@ import pytest
 from groups import (
     DECISIONS,
     GROUP_DECISIONS,
+    MAX_CHANNEL_LENGTH,
     NOBODY,
     PERIOD_END,
     PERIOD_START,
@@ -21,6 +22,7 @@ from groups import (
     ConfigError,
     DecisionGroup,
     Event,
+    GameFault,
     GroupState,
     InvalidDecision,
     InvalidState,
@@ -31,6 +33,7 @@ from groups import (
     Tick,
     Timing,
     UnknownChannel,
+    describe_fault,
     require_number,
 )
 
@@ -396,6 +399,41 @@ def test_a_custom_channel_records_the_frame_then_the_handlers_messages() -> None
         Event("ack", "ok", None, frozenset({"b"})),
     ]
     assert group.state == before
+
+
+class Relay(DecisionGroup):
+    """A game whose ``relay`` handler sends on the channel the frame names."""
+
+    channels: ClassVar[frozenset[str]] = frozenset({"relay"})
+
+    def on_relay(self, participant: str, payload: Any) -> None:
+        self.send(payload, "relayed")
+
+
+@pytest.mark.parametrize("channel", ["", "c" * (MAX_CHANNEL_LENGTH + 1), 7, None])
+def test_a_send_on_a_channel_that_cannot_be_stored_raises_at_once_and_changes_nothing(channel: Any) -> None:
+    """An empty name, one past the events table's column, or no string: send raises GameFault
+    naming the game (describe_fault finds the hook that called it), and the frame that ran the
+    hook is refused whole; the longest name that can be stored goes through."""
+    group = running(make(Relay))
+    with pytest.raises(GameFault, match=rf"Relay\.send: expected a channel name of 1 to {MAX_CHANNEL_LENGTH} characters") as caught:
+        group.receive("a", "relay", channel, 2.0)
+    assert describe_fault(group, caught.value, "receive")["hook"] == "on_relay"
+    assert not group.carried
+    longest = "c" * MAX_CHANNEL_LENGTH
+    assert channels_of(group.receive("a", "relay", longest, 2.0)) == ["relay", longest]
+
+
+@pytest.mark.parametrize("channel", ["", "c" * (MAX_CHANNEL_LENGTH + 1), 7])
+def test_a_game_declaring_a_channel_that_cannot_be_stored_is_refused(channel: Any) -> None:
+    """check_channels (called when an experiment is created) refuses it, naming the game."""
+
+    class Declares(DecisionGroup):
+        channels: ClassVar[frozenset[Any]] = frozenset({"fine", channel})
+
+    with pytest.raises(ConfigError, match=r"channels: Declares declares a channel it cannot take: expected"):
+        Declares.check_channels()
+    Chat.check_channels()
 
 
 def test_a_custom_channel_is_accepted_before_the_start() -> None:

@@ -170,10 +170,12 @@ def downgrade() -> None:
 def newer_synclab(tmp_path: Path, pause: float = 0.0) -> dict[str, str]:
     """A copy of this synclab whose tables have one more column, with the migration that adds it.
 
-    Returns the environment that runs the copy (its ``server`` package first on the path).
+    Returns the environment that runs the copy (its ``server`` and ``groups`` packages first on the
+    path: the copied server imports this checkout's core, not an installed one's).
     """
     source = tmp_path / "newer"
-    shutil.copytree(ROOT / "server", source / "server", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("server", "groups"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     versions = source / "server" / "storage" / "migrations" / "versions"
     (versions / "0099_throwaway.py").write_text(THROWAWAY.format(down=head(), pause=pause))
     tables = source / "server" / "storage" / "tables.py"

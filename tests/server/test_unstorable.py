@@ -328,3 +328,118 @@ def test_a_refusal_for_an_unstorable_write_crosses_the_cluster_as_itself() -> No
     back = exception_of(orjson.loads(orjson.dumps(error_of(Unstorable("cannot be stored: set", "set")))))
     assert isinstance(back, Unstorable) and back.code == "game_error" and back.reason == "set"
     assert str(back) == "cannot be stored: set"
+
+
+# ---------------------------------------------------------------------------- channels too long to store
+
+
+class Shouter(DecisionGroup):
+    """A game whose ``shout`` sends on a channel as long as the frame says (found by its import path)."""
+
+    channels = frozenset({"shout"})
+
+    def on_shout(self, participant: str, payload: Any) -> None:
+        self.send("s" * int(payload), "heard")
+
+
+async def test_a_send_on_a_channel_too_long_to_store_is_refused_at_once_and_its_batch_is_stored(
+    postgres_url: str,
+) -> None:
+    """PostgreSQL refuses a channel past the events table's column (SQLite does not look). The
+    game's send on such a channel raises in the core: that frame alone gets ``game_error`` at once,
+    while the writer is still busy, and the other group's writes gathered in the batch meanwhile
+    (one a send on the longest channel that can be stored) are stored. The whole batch failed:
+    every write of both groups was refused ``not_persisted``."""
+    async with running_server(postgres_url) as server:
+        exp = await server.create(game=f"{__name__}:Shouter", participants=4, group_size=2, period_length=600)
+        clients = [await server.connect(p["code"]) for p in exp["participants"]]
+        hellos = [await c.expect("hello") for c in clients]
+        by_group: dict[int, list[Client]] = {}
+        for client, hello in zip(clients, hellos, strict=True):
+            by_group.setdefault(hello["payload"]["group"], []).append(client)
+        (_, (a1, _a2)), (_, (b1, b2)) = sorted(by_group.items())
+        for client in clients:
+            await until_state(client, "period_start")
+
+        db = server.runtime.database
+        gate = threading.Event()
+        held = db.writer.call(lambda: gate.wait(timeout(10)))
+        await until_queued(db, 0)
+        for queued, (client, channel, payload, frame_id) in enumerate([
+            (a1, "decisions", 0.1, "a1-before"),
+            (b1, "decisions", 0.2, "b1"),
+            (b2, "shout", 64, "b2-longest"),
+        ], start=1):
+            await client.send(channel, payload, frame_id)
+            await until_queued(db, queued)
+        await a1.send("shout", 65, "a1-too-long")
+        refusal = asyncio.ensure_future(answer(a1, "a1-too-long"))
+        await eventually(lambda: refusal.done() or db.writer.queued() == 4, 5)  # refused, or queued (before)
+        answered_while_held = refusal.done()
+        gate.set()
+        assert await asyncio.wait_for(held, timeout(10)) is True
+        refused = (await refusal)["payload"]
+        assert refused["code"] == "game_error", refused
+        assert answered_while_held  # refused at its source, not by the database
+        for client, frame_id in [(a1, "a1-before"), (b1, "b1"), (b2, "b2-longest")]:
+            assert (await answer(client, frame_id))["channel"] == "ack", frame_id
+        stored = await server.events(exp["code"])
+        assert [e["value"] for e in stored if e["channel"] == "decisions"] == [0.1, 0.2]
+        assert [e["value"] for e in stored if e["channel"] == "s" * 64] == ["heard"]
+        assert not [e for e in stored if len(e["channel"]) > 64]
+
+
+async def test_the_writer_refuses_alone_a_write_on_a_channel_too_long_to_store(postgres_url: str) -> None:
+    """The last guard, through the real writer on PostgreSQL: a write on a channel past the column
+    (which the core does not make) is :class:`Unstorable`, naming the channel; the other group's
+    write of its batch is stored. The batch failed whole: both were refused."""
+    db = Database(postgres_url)
+    try:
+        await db.write(create_schema)
+        experiment_id = await db.write(insert_experiment, plan(parse_request({"game": "bimatrix", "participants": 4, "group_size": 2})))
+        g1, g2 = await db.read(_group_ids, experiment_id)
+        writer = EventWriter(db)
+        writer.start()
+        outcomes: dict[str, Any] = {}
+        try:
+            gate = threading.Event()
+            held = db.writer.call(lambda: gate.wait(timeout(10)))
+            await until_queued(db, 0)
+            for name, group, channel in [("long", g1, "c" * 65), ("fine", g2, "decisions")]:
+                write = Write(experiment_id, [NewEvent(channel, 1, 1e9 + 1, group)],
+                              GroupUpdate(group, "running", 1e9, 1e9 + 60, None, 0, {}, {}))
+                writer.submit(write, lambda stored, n=name: outcomes.__setitem__(n, stored.seqs),
+                              lambda exc, n=name: outcomes.__setitem__(n, exc))
+            gate.set()
+            await asyncio.wait_for(held, timeout(10))
+            await eventually(lambda: len(outcomes) == 2, 10)
+            assert isinstance(outcomes["long"], Unstorable), outcomes
+            assert "a channel the database cannot store: expected a channel name of 1 to 64" in outcomes["long"].reason
+            assert outcomes["fine"] == [1]
+            assert await db.read(_stored, experiment_id) == [(1, 1)]
+        finally:
+            await writer.close()
+    finally:
+        db.close()
+
+
+def test_why_a_write_cannot_be_stored_names_a_channel_too_long() -> None:
+    write = Write(1, [NewEvent("c" * 65, 1, 1e9, 7)])
+    assert (unstorable(write) or "").startswith("a channel the database cannot store: expected a channel name")
+    write.events[0].channel = "c" * 64
+    assert unstorable(write) is None
+
+
+class DeclaresLong(DecisionGroup):
+    """A game declaring a client channel whose frames could not be stored (found by its import path)."""
+
+    channels = frozenset({"c" * 65})
+
+
+async def test_a_game_declaring_a_channel_too_long_to_store_is_refused_at_creation(server: Harness) -> None:
+    """A 400 naming the game and the limit; a client's frame on it could never have been stored."""
+    made = await server.http.post("/api/experiments", json={
+        "game": f"{__name__}:DeclaresLong", "participants": 2, "group_size": 2,
+    })
+    assert made.status_code == 400, made.text
+    assert "DeclaresLong declares a channel it cannot take: expected a channel name of 1 to 64" in made.text
