@@ -21,7 +21,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from groups import PublicGoods
-from server import live
+from server import connection, live
 from server.connection import FRAME_FAULTS_LOG_EVERY
 from server.storage import make_engine
 from server.verify import verify
@@ -230,12 +230,10 @@ async def test_a_slow_hook_is_logged_naming_the_game_and_group_at_most_every_few
     assert int(group) == hello["group"] and 200 <= int(took) < 2000
 
 
-async def test_a_game_that_fails_on_every_frame_is_logged_once_then_counted_not_a_traceback_a_frame(
-    tmp_path: Path,
-) -> None:
+async def test_a_game_that_fails_on_every_frame_is_logged_once_not_a_traceback_a_frame(tmp_path: Path) -> None:
     """``synclab serve`` whose game raises on every decision: each frame is refused with
-    ``game_error``, and the log has one traceback for the first, then one line every few seconds
-    counting the rest (it had a traceback for every frame of every member)."""
+    ``game_error``, and the log has one traceback for the first of a few frames in a row, not one
+    each (the line that counts the rest later is :func:`test_the_failures_between_two_log_lines_are_counted`)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
@@ -251,32 +249,39 @@ async def test_a_game_that_fails_on_every_frame_is_logged_once_then_counted_not_
             exp = made.json()
             a, b = [Client(await connect(f"ws://127.0.0.1:{port}/ws/p/{p['code']}", open_timeout=timeout(5)))
                     for p in exp["participants"]]
-
-            async def refused(frame_id: str) -> None:
-                await a.send("decisions", 5, frame_id)
-                async with asyncio.timeout(timeout(5)):
-                    while True:
-                        frame = await a.next()
-                        if frame["channel"] == "error" and frame["payload"].get("id") == frame_id:
-                            assert frame["payload"]["code"] == "game_error", frame
-                            return
-
             try:
                 group = (await a.expect("hello"))["payload"]["group"]
                 await until_state(a, "period_start")
                 first = time.monotonic()
                 for i in range(8):
-                    await refused(f"bad-{i}")
+                    frame_id = f"bad-{i}"
+                    await a.send("decisions", 5, frame_id)
+                    async with asyncio.timeout(timeout(5)):
+                        while True:
+                            frame = await a.next()
+                            if frame["channel"] == "error" and frame["payload"].get("id") == frame_id:
+                                assert frame["payload"]["code"] == "game_error", frame
+                                break
                 assert time.monotonic() - first < FRAME_FAULTS_LOG_EVERY  # all within one log interval
-                await asyncio.sleep(max(0.0, first + FRAME_FAULTS_LOG_EVERY + 0.2 - time.monotonic()))
-                await refused("bad-last")
             finally:
                 for client in (a, b):
                     await client.close()
         log = running.stderr_path.read_text(errors="replace")
     name = "tests.server.test_game_faults:Raising"
-    assert log.count(f"group {group}: the game {name} failed on a frame of") == 2, running.stderr()
-    assert log.count("RuntimeError: broken check") == 2, running.stderr()  # the traceback's last line, the count's
+    assert log.count(f"group {group}: the game {name} failed on a frame of") == 1, running.stderr()
+    assert log.count("RuntimeError: broken check") == 1, running.stderr()
     assert log.count("Traceback (most recent call last)") == 1, running.stderr()
-    assert re.search(rf"group {group}: the game {re.escape(name)} failed on a frame of \S+ again: "
-                     r"RuntimeError: broken check \(7 more such failures since the last line\)", log), running.stderr()
+
+
+def test_the_failures_between_two_log_lines_are_counted() -> None:
+    """The throttle of those lines, its times given: the first of a kind is logged with its
+    traceback (-1), the rest within the interval counted, the next line after it carries the
+    count; a kind of its own (another group, another exception) is logged at once."""
+    throttle = connection._Throttle(5.0, kept=2)
+    assert throttle.due((1, "RuntimeError"), 100.0) == -1
+    assert [throttle.due((1, "RuntimeError"), 100.0 + i / 10) for i in range(1, 8)] == [None] * 7
+    assert throttle.due((2, "RuntimeError"), 101.0) == -1  # another group
+    assert throttle.due((1, "RuntimeError"), 105.1) == 7  # the line that counts those since
+    assert throttle.due((1, "RuntimeError"), 111.0) == -1  # a quiet interval: a traceback again
+    assert throttle.due((1, "KeyError"), 111.0) == -1  # past `kept`: the oldest kind forgotten
+    assert len(throttle._last) == 2
