@@ -36,6 +36,7 @@ from .frames import frame_of, frame_taker, frame_writer, lost_code
 from .routing import LiveGroups
 from .settings import Settings
 from .storage import ConnectionChange, Seat
+from .throttle import LogThrottle
 from .views import GroupView
 from .wire import encode, error, ms, parse, redwood_ping
 
@@ -52,28 +53,7 @@ FRAME_FAULTS_LOG_EVERY = 5.0
 FRAME_FAULTS_KEPT = 10_000
 
 
-class _Throttle:
-    """When each kind of failure was last logged, and how many were not logged since."""
-
-    def __init__(self, every: float, kept: int) -> None:
-        self._every = every
-        self._kept = kept
-        self._last: dict[tuple[int, str], tuple[float, int]] = {}
-
-    def due(self, key: tuple[int, str], now: float) -> int | None:
-        """``None``: not to be logged now (counted); -1: the first of its kind (or the first for
-        a long while, none skipped); else log it, with the count skipped since the last line."""
-        last = self._last.get(key)
-        if last is not None and now - last[0] < self._every:
-            self._last[key] = (last[0], last[1] + 1)
-            return None
-        if last is None and len(self._last) >= self._kept:
-            del self._last[next(iter(self._last))]
-        self._last[key] = (now, 0)
-        return -1 if last is None or last[1] == 0 else last[1]
-
-
-_frame_faults = _Throttle(FRAME_FAULTS_LOG_EVERY, FRAME_FAULTS_KEPT)
+_frame_faults = LogThrottle(FRAME_FAULTS_LOG_EVERY, FRAME_FAULTS_KEPT)
 
 
 class ClientConnection:

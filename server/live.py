@@ -53,6 +53,7 @@ from .storage import (
     Write,
     to_epoch,
 )
+from .throttle import LogThrottle
 from .wire import encode, ms
 
 log = logging.getLogger("synclab.live")
@@ -192,8 +193,7 @@ class LiveGroup:
         #: ticks in a row the game failed on (see :meth:`_tick`)
         self._tick_failures = 0
         #: when (``perf_counter``) a slow action was last logged, and how many were not logged since
-        self._slow_logged: float | None = None
-        self._slow_unlogged = 0
+        self._slow_actions = LogThrottle(SLOW_LOG_EVERY, 1)
         #: set at shutdown: no timer is set any more, so nothing new is computed
         self._closed = False
         #: writes submitted and not stored (or failed) yet
@@ -308,17 +308,14 @@ class LiveGroup:
 
     def _slow(self, took: float) -> None:
         """An action held the event loop ``took`` seconds: logged, at most every :data:`SLOW_LOG_EVERY` s."""
-        at = perf_counter()
-        if self._slow_logged is not None and at - self._slow_logged < SLOW_LOG_EVERY:
-            self._slow_unlogged += 1
+        more = self._slow_actions.due(None, perf_counter())
+        if more is None:
             return
-        more = self._slow_unlogged
-        self._slow_logged, self._slow_unlogged = at, 0
         log.warning(
             "group %s: the game %s (%s) held the event loop %.0f ms in one action (over %.0f ms: every group "
             "of this process waited)%s; its hooks must be quick (docs/writing-a-game.md)",
             self.id, type(self.core).__name__, self.game, took * 1000, SLOW_ACTION * 1000,
-            f"; {more} more slow action{'s' if more != 1 else ''} since the last such warning" if more else "",
+            f"; {more} more slow action{'s' if more != 1 else ''} since the last such warning" if more > 0 else "",
         )
 
     def _to_monitors(self, events: list[Event], stored: Write, now: float, connection: ConnectionChange | None) -> None:

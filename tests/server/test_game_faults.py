@@ -21,9 +21,10 @@ import pytest
 from websockets.asyncio.client import connect
 
 from groups import PublicGoods
-from server import connection, live
+from server import live
 from server.connection import FRAME_FAULTS_LOG_EVERY
 from server.storage import make_engine
+from server.throttle import LogThrottle
 from server.verify import verify
 from tests.server.harness import TOKEN, Client, Harness, running_server, timeout, until_state
 from tests.server.test_blocks import decide, wait_for_status
@@ -277,7 +278,7 @@ def test_the_failures_between_two_log_lines_are_counted() -> None:
     """The throttle of those lines, its times given: the first of a kind is logged with its
     traceback (-1), the rest within the interval counted, the next line after it carries the
     count; a kind of its own (another group, another exception) is logged at once."""
-    throttle = connection._Throttle(5.0, kept=2)
+    throttle = LogThrottle(5.0, kept=2)
     assert throttle.due((1, "RuntimeError"), 100.0) == -1
     assert [throttle.due((1, "RuntimeError"), 100.0 + i / 10) for i in range(1, 8)] == [None] * 7
     assert throttle.due((2, "RuntimeError"), 101.0) == -1  # another group
