@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .values import shown
 
@@ -47,14 +47,16 @@ class Tick:
 LATE_AFTER = 0.05
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """One message in or out of a group, to be persisted and then delivered.
 
     ``participant`` is the sender's code, or ``None`` when the server sent it.
     ``to`` is ``None`` for the whole group, or the set of participant codes that receive
     it (``NOBODY`` records the event without sending it). ``tick`` is set on the event a
     scheduled tick produced (``subperiod``, and the ``state`` of a period's timed end).
+
+    Immutable, as a named tuple: two are made at every decision, and a frozen dataclass sets each
+    field through ``object.__setattr__``, which made its construction three times as dear.
     """
 
     channel: str

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -45,8 +44,9 @@ def error(code: str, message: str, frame_id: str | None = None) -> str:
     return encode("error", payload)
 
 
-@dataclass(frozen=True, slots=True)
-class ClientFrame:
+class ClientFrame(NamedTuple):
+    """A client's frame as :func:`parse` read it (a named tuple: one is made for every frame)."""
+
     channel: str
     payload: Any
     id: str | None
