@@ -8,7 +8,7 @@
     │   └── InvalidDecision     the game's ``validate_decision`` refused the value
     ├── InvalidState            an action the current phase forbids (a bug in the caller)
     ├── GameFault               a game's hook gave what the core cannot use (a payoff of NaN, a
-    │                           channel name in ``send`` that cannot be stored)
+    │                           channel name in ``send`` that cannot be stored or is synclab's own)
     ├── ConfigError             a bad game or timing configuration, refused at creation
     └── UnknownGame             no game by that name, import path or entry point
 
@@ -58,8 +58,9 @@ class GameFault(GroupError):
 
     Raised before anything of the action changed the group, so the tick that met it can be
     tried again; nothing that could not be stored (a score of NaN) reaches the database. Also
-    what :meth:`.DecisionGroup.send` raises for a channel name that cannot be stored (``hook``
-    ``None``: :func:`.describe_fault` finds the hook that called it in the traceback).
+    what :meth:`.DecisionGroup.send` raises for a channel name that cannot be stored, or that
+    synclab keeps for its own (``hook`` ``None``: :func:`.describe_fault` finds the hook that
+    called it in the traceback).
     ``hook`` names the game's method that gave it to the core: ``"payoff"``, or ``"payoffs"``
     when the game overrides that (the whole group's at once)."""
 

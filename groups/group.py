@@ -55,6 +55,17 @@ RESULT = "result"
 PERIOD = "period"
 PERIOD_START = "period_start"
 PERIOD_END = "period_end"
+#: the channels synclab gives a meaning to, which a game may neither send on nor declare: the
+#: core's events (above, and ``game_fault``), the server's own records (an experimenter's
+#: ``control``, a stand-in's ``standin``, the ``lobby``'s release) and what the server says on a
+#: participant's socket (``hello``, ``ack``, ``error``, ``ping``, ``experiment``, ``lobby``). A
+#: game's event on one would be stored, replayed and shown as synclab's own: ``state``
+#: ``period_end`` as the period's end, ``result`` as a score, ``ack`` as a member's frame stored.
+RESERVED_CHANNELS: frozenset[str] = frozenset({
+    DECISIONS, GROUP_DECISIONS, STATE, SUBPERIOD, RESULT, PERIOD, GAME_FAULT,
+    "control", "standin", "lobby",  # server.live.CONTROL and LOBBY, server.standins.STANDIN
+    "hello", "ack", "error", "ping", "experiment",  # server.connection, server.live.EXPERIMENT
+})
 #: who paused a period: the experimenter, or a member's disconnect (see ``pause_when_disconnected``)
 PAUSED_BY_EXPERIMENTER = "experimenter"
 PAUSED_BY_DISCONNECT = "disconnect"
@@ -187,7 +198,9 @@ class DecisionGroup:
 
     - ``name``: how experimenters name the game in ``POST /api/experiments``.
     - ``group_sizes``: the smallest and largest group (``None``: no upper bound).
-    - ``channels``: extra client channels the game accepts; each needs ``on_<channel>``.
+    - ``channels``: extra client channels the game accepts; each needs ``on_<channel>``. None
+      of :data:`RESERVED_CHANNELS` (refused by :meth:`check_channels`, as :meth:`send` refuses
+      them).
     - ``config_schema`` and ``default_config``: the game's own settings (JSON Schema), checked
       by :meth:`check_config` when the experiment is created (:mod:`groups.schema` says which
       keywords are enforced), and by :meth:`validate_config` whenever a group is built.
@@ -261,11 +274,13 @@ class DecisionGroup:
 
     @classmethod
     def check_channels(cls) -> None:
-        """Raise :class:`ConfigError` unless each of ``channels`` can name a channel: a non-empty
-        string of at most :data:`~groups.MAX_CHANNEL_LENGTH` characters (checked when an
-        experiment is created; a frame on a longer one could not be stored)."""
+        """Raise :class:`ConfigError` unless each of ``channels`` can name a channel of the
+        game's own: a non-empty string of at most :data:`~groups.MAX_CHANNEL_LENGTH` characters
+        (a frame on a longer one could not be stored), none of :data:`RESERVED_CHANNELS` (its
+        frames would be taken for synclab's own events). Checked when an experiment is created,
+        not when a stored group is built: an experiment stored before stays playable."""
         for channel in sorted(cls.channels, key=repr):
-            problem = channel_problem(channel)
+            problem = _game_channel_problem(channel)
             if problem is not None:
                 raise ConfigError("channels", f"{cls.name or cls.__name__} declares a channel it cannot take: {problem}")
 
@@ -328,10 +343,12 @@ class DecisionGroup:
         """Broadcast ``payload`` on ``channel`` to the group (or to the members in ``to``).
 
         ``channel`` is a non-empty string of at most :data:`~groups.MAX_CHANNEL_LENGTH` (64)
-        characters, what the database stores: anything else raises :class:`GameFault` at once,
-        and the action that called the hook fails as when the hook raises.
+        characters, what the database stores, and none of :data:`RESERVED_CHANNELS` (``state``,
+        ``result``, ``hello``…: stored and sent on one of them, the event would be taken for
+        synclab's own): anything else raises :class:`GameFault` at once, and the action that
+        called the hook fails as when the hook raises.
         """
-        problem = channel_problem(channel)
+        problem = _game_channel_problem(channel)
         if problem is not None:
             raise GameFault(f"{type(self).__name__}.send: {problem}")
         recipients = None if to is None else frozenset(to)
@@ -723,6 +740,16 @@ class DecisionGroup:
             "subperiod": state.subperiod if self.timing.num_subperiods else None,
             "num_subperiods": self.timing.num_subperiods,
         }
+
+
+def _game_channel_problem(channel: object) -> str | None:
+    """Why a game cannot name ``channel`` (in ``channels`` or in ``send``), ``None`` when it can:
+    it cannot be stored (:func:`.channel_problem`), or synclab gives it a meaning."""
+    problem = channel_problem(channel)
+    if problem is None and channel in RESERVED_CHANNELS:
+        reserved = "one synclab keeps for its own (groups.RESERVED_CHANNELS)"
+        return f"expected a channel of the game's own, got {shown(channel)}, {reserved}"
+    return problem
 
 
 def _with_defaults(game: type[DecisionGroup], config: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from groups import (
     NOBODY,
     PERIOD_END,
     PERIOD_START,
+    RESERVED_CHANNELS,
     RESULT,
     STATE,
     ConfigError,
@@ -66,7 +67,7 @@ class Recording(DecisionGroup):
 
 
 class Chat(DecisionGroup):
-    """A game with a ``chat`` channel whose handler broadcasts and acknowledges."""
+    """A game with a ``chat`` channel whose handler broadcasts, and tells the sender it did."""
 
     name = "chat"
     channels: ClassVar[frozenset[str]] = frozenset({"chat"})
@@ -75,7 +76,7 @@ class Chat(DecisionGroup):
         if payload == "to a stranger":
             self.send("chat", payload, to=["zed"])
         self.send("chat", {"from": participant, "text": payload})
-        self.send("ack", "ok", to=[participant])
+        self.send("receipt", "ok", to=[participant])
 
 
 class Mute(DecisionGroup):
@@ -199,10 +200,10 @@ def test_events_sent_by_the_ready_hook_follow_the_start_events() -> None:
 
     class Greeter(DecisionGroup):
         def when_all_players_ready(self) -> None:
-            self.send("hello", "welcome")
+            self.send("welcome", "hi")
 
     group = make(Greeter, members=("a",))
-    assert channels_of(group.connect("a", 1.0)) == [STATE, GROUP_DECISIONS, "hello"]
+    assert channels_of(group.connect("a", 1.0)) == [STATE, GROUP_DECISIONS, "welcome"]
 
 
 def test_start_forces_the_period_with_members_missing() -> None:
@@ -396,7 +397,7 @@ def test_a_custom_channel_records_the_frame_then_the_handlers_messages() -> None
     assert events == [
         Event("chat", "hello", "b", NOBODY),
         Event("chat", {"from": "b", "text": "hello"}, None, None),
-        Event("ack", "ok", None, frozenset({"b"})),
+        Event("receipt", "ok", None, frozenset({"b"})),
     ]
     assert group.state == before
 
@@ -424,6 +425,48 @@ def test_a_send_on_a_channel_that_cannot_be_stored_raises_at_once_and_changes_no
     assert channels_of(group.receive("a", "relay", longest, 2.0)) == ["relay", longest]
 
 
+#: every channel synclab gives a meaning to: the core's events, the server's, the participant's wire
+SYNCLABS_OWN = [
+    "decisions", "group_decisions", "state", "subperiod", "result", "period", "game_fault",
+    "control", "standin", "lobby", "hello", "ack", "error", "ping", "experiment",
+]
+
+
+def test_the_reserved_channels_are_every_channel_synclab_gives_a_meaning_to() -> None:
+    assert frozenset(SYNCLABS_OWN) == RESERVED_CHANNELS
+
+
+@pytest.mark.parametrize("channel", SYNCLABS_OWN)
+def test_a_send_on_a_channel_synclab_gives_a_meaning_to_raises_at_once_and_changes_nothing(channel: str) -> None:
+    """send("state", "period_end") was stored and sent as the core's own period end (and "result"
+    as a score, "ack" as the server's acknowledgement): send raises GameFault naming the game,
+    send and the channel, and the frame that ran the hook is refused whole; a name that merely
+    looks like one (another case, a prefix) is the game's own."""
+    group = running(make(Relay))
+    before = group.state.copy()
+    with pytest.raises(GameFault, match=rf"Relay\.send: expected a channel of the game's own, got '{channel}'") as caught:
+        group.receive("a", "relay", channel, 2.0)
+    assert describe_fault(group, caught.value, "receive")["hook"] == "on_relay"
+    assert not group.carried and group.state == before and group.phase is Phase.RUNNING
+    for own in (channel.upper(), f"{channel}s", f"my_{channel}"):
+        assert channels_of(group.receive("a", "relay", own, 3.0)) == ["relay", own]
+
+
+@pytest.mark.parametrize("channel", SYNCLABS_OWN)
+def test_a_game_declaring_a_channel_synclab_gives_a_meaning_to_is_refused(channel: str) -> None:
+    """check_channels (called when an experiment is created) refuses it, naming the game and the
+    channel; a group of such a game is still built (an experiment stored before is not checked
+    again: it stays playable)."""
+
+    class Declares(DecisionGroup):
+        channels: ClassVar[frozenset[str]] = frozenset({"fine", channel})
+
+    with pytest.raises(ConfigError, match=rf"channels: Declares declares a channel it cannot take: expected a channel of the game's own, got '{channel}'"):
+        Declares.check_channels()
+    stored = running(make(Declares))
+    assert channels_of(stored.receive("a", DECISIONS, 1, 2.0)) == [DECISIONS, GROUP_DECISIONS]
+
+
 @pytest.mark.parametrize("channel", ["", "c" * (MAX_CHANNEL_LENGTH + 1), 7])
 def test_a_game_declaring_a_channel_that_cannot_be_stored_is_refused(channel: Any) -> None:
     """check_channels (called when an experiment is created) refuses it, naming the game."""
@@ -439,7 +482,7 @@ def test_a_game_declaring_a_channel_that_cannot_be_stored_is_refused(channel: An
 def test_a_custom_channel_is_accepted_before_the_start() -> None:
     """Game channels are not tied to the period: chat works while waiting."""
     group = waiting(make(Chat))
-    assert channels_of(group.receive("a", "chat", "anyone?", 1.0)) == ["chat", "chat", "ack"]
+    assert channels_of(group.receive("a", "chat", "anyone?", 1.0)) == ["chat", "chat", "receipt"]
 
 
 def test_when_player_disconnects_is_called_with_the_participant() -> None:

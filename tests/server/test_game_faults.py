@@ -20,9 +20,11 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from groups import PublicGoods
-from server import live
+from groups import RESERVED_CHANNELS, DecisionGroup, PublicGoods
+from server import live, standins
 from server.connection import FRAME_FAULTS_LOG_EVERY
+from server.exceptions import BadRequest
+from server.experiments import parse_request
 from server.storage import make_engine
 from server.throttle import LogThrottle
 from server.verify import verify
@@ -31,6 +33,7 @@ from tests.server.test_blocks import decide, wait_for_status
 from tests.server.test_cli import free_port, started, wait_until_healthy
 from tests.server.test_monitor import rows_until
 from tests.server.test_progress import everywhere, get
+from tests.server.test_unstorable import answer
 
 #: this checkout: a ``synclab serve`` child imports the games below from it
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +62,24 @@ class Raising(PublicGoods):
 
     def validate_decision(self, participant: str, decision: Any) -> Any:
         raise RuntimeError("broken check")
+
+
+class Forger(PublicGoods):
+    """public_goods whose ``finish`` channel sends the core's own period end (found by its import path)."""
+
+    channels = frozenset({"finish"})
+
+    def on_finish(self, participant: str, payload: Any) -> None:
+        self.send("state", "period_end")
+
+
+class DeclaresState(DecisionGroup):
+    """A game taking ``state`` frames from its members (found by its import path)."""
+
+    channels = frozenset({"state"})
+
+    def on_state(self, participant: str, payload: Any) -> None:
+        pass
 
 
 def faults(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -195,6 +216,52 @@ async def test_the_end_without_the_game_keeps_the_subperiods_scored_before_it_fa
         engine.dispose()
     assert report.ok and report.results == 2 and report.unfinished_sessions == 2, report.summary()
     assert any("ended without its scores after 1 of 4 subperiods" in note for note in report.notes), report.notes
+
+
+async def test_a_game_sending_the_cores_period_end_gets_its_frame_refused_and_the_period_runs_on(
+    server: Harness,
+) -> None:
+    """A member's frame whose hook sends ``state`` ``period_end``: that frame gets ``game_error``,
+    nothing of it is stored or sent (the other member hears no ``period_end``), and the period runs
+    on: a decision after it is acknowledged and broadcast, the group and the experiment still
+    running. It was stored and sent as the core's own end of the period."""
+    exp = await server.create(game=f"{__name__}:Forger", participants=2, group_size=2, period_length=600)
+    code = exp["code"]
+    a, b = [await server.connect(p["code"]) for p in exp["participants"]]
+    for client in (a, b):
+        await until_state(client, "period_start")
+    await a.send("finish", None, "forged")
+    refused = (await answer(a, "forged"))["payload"]
+    assert refused["code"] == "game_error", refused
+    await decide(a, 5, "after")
+    while (await b.expect("group_decisions"))["payload"][exp["participants"][0]["code"]] != 5:
+        pass  # (the period's first, then the decision's)
+    assert [f["payload"] for f in b.frames if f["channel"] == "state"] == ["period_start"]
+    events = await server.events(code)
+    assert [e["value"] for e in events if e["channel"] == "state"] == ["period_start"]
+    assert not [e for e in events if e["channel"] == "finish"]
+    assert [g["phase"] for g in (await get(server, f"/api/experiments/{code}/export.json"))["groups"]] == ["running"]
+    assert (await get(server, f"/api/experiments/{code}"))["status"] == "running"
+
+
+def test_a_game_declaring_the_cores_state_channel_is_refused_at_creation() -> None:
+    """A 400 naming the game and the channel: a member's ``state`` frame would have been stored
+    as the core's ``state`` event (a ``period_end`` counted as the period's end)."""
+    with pytest.raises(BadRequest) as refused:
+        parse_request({"game": f"{__name__}:DeclaresState", "participants": 2, "group_size": 2})
+    assert refused.value.status == 400 and refused.value.field == "game"
+    assert "DeclaresState declares a channel it cannot take: expected a channel of the game's own, got 'state'" in str(refused.value)
+
+
+def test_the_reserved_channels_hold_every_channel_the_server_gives_a_meaning_to() -> None:
+    """The server's own events and frames, and every channel the participant page handles itself
+    (a game's frame on one would never reach its view), are among groups.RESERVED_CHANNELS."""
+    assert {live.CONTROL, live.LOBBY, live.EXPERIMENT, standins.STANDIN} <= RESERVED_CHANNELS
+    page = (ROOT / "server" / "static" / "participant.js").read_text()
+    handlers = re.search(r"\nconst HANDLERS = \{\n(.*?)\n\};\n", page, re.S)
+    assert handlers is not None
+    handled = set(re.findall(r"^  (\w+):", handlers.group(1), re.M))
+    assert len(handled) > 5 and handled <= RESERVED_CHANNELS, handled - RESERVED_CHANNELS
 
 
 async def test_a_slow_hook_is_logged_naming_the_game_and_group_at_most_every_few_seconds(tmp_path: Path) -> None:
