@@ -466,8 +466,10 @@ class DecisionGroup:
             if channel == DECISIONS:
                 self._decide(participant, payload)
                 return self._flush()
-            if channel not in self.channels:
-                accepted = sorted({DECISIONS, *self.channels})
+            if channel not in self.channels or channel in RESERVED_CHANNELS:
+                # (a reserved one too: a game of an experiment created before the names were
+                # reserved may still declare one, and a member must not forge the core's events)
+                accepted = sorted({DECISIONS, *(c for c in self.channels if c not in RESERVED_CHANNELS)})
                 raise UnknownChannel(f"expected a channel in {accepted}, got {shown(channel)}")
             handler = getattr(self, f"on_{channel}", None)
             if handler is None:

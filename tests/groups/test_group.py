@@ -465,6 +465,11 @@ def test_a_game_declaring_a_channel_synclab_gives_a_meaning_to_is_refused(channe
         Declares.check_channels()
     stored = running(make(Declares))
     assert channels_of(stored.receive("a", DECISIONS, 1, 2.0)) == [DECISIONS, GROUP_DECISIONS]
+    if channel != DECISIONS:  # but a member's frame on it is refused: no core event is forged
+        before = stored.state.copy()
+        with pytest.raises(UnknownChannel, match=r"expected a channel in \['decisions', 'fine'\]"):
+            stored.receive("a", channel, "period_end", 3.0)
+        assert stored.state == before and not stored.carried
 
 
 @pytest.mark.parametrize("channel", ["", "c" * (MAX_CHANNEL_LENGTH + 1), 7])
