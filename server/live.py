@@ -373,7 +373,7 @@ class LiveGroup:
                 timed.append(NewTick(group_id, due.kind, due.index, due.scheduled_at, due.actual_at, due.late, snap))
         group = GroupUpdate(
             self.id,
-            snapshot.phase.value,
+            snapshot.phase._value_,  # (an enum's `value` is a property that runs in Python: a write is made at every action)
             snapshot.started_at,
             snapshot.ends_at,
             snapshot.ended_at,
