@@ -1,6 +1,10 @@
 """What the writer stores: a :class:`Write` of events with the state, results, ticks and
 connection change that go with them. Plain values, no SQL: the live groups build them, the batch
-commits them."""
+commits them.
+
+The dataclasses have no ``__slots__``: the journal writes every batch with ``orjson``, which
+reads a dataclass through its ``__dict__`` at once but walks a slotted one field by field, three
+times as dear (:func:`.recovery.encode`, on the writer thread at every batch)."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass(slots=True)
+@dataclass
 class NewEvent:
     channel: str
     value: Any
@@ -20,7 +24,7 @@ class NewEvent:
     bot: bool = False
 
 
-@dataclass(slots=True)
+@dataclass
 class GroupUpdate:
     group_id: int
     phase: str
@@ -33,7 +37,7 @@ class GroupUpdate:
     clock: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
+@dataclass
 class NewResult:
     """A scored outcome, stored with the ``result`` event at ``event`` (an index in the write)."""
 
@@ -44,7 +48,7 @@ class NewResult:
     score: float
 
 
-@dataclass(slots=True)
+@dataclass
 class NewTick:
     group_id: int
     kind: str
@@ -55,7 +59,7 @@ class NewTick:
     snapshot: dict[str, Any] | None
 
 
-@dataclass(slots=True)
+@dataclass
 class ConnectionChange:
     """A connection opened (``opened`` set) or closed (``closed`` set)."""
 
@@ -72,7 +76,7 @@ class ConnectionChange:
     worker: str | None = None
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(eq=False)
 class Write:
     """One unit the writer commits: events that get consecutive ``seq``s, and state to store."""
 
