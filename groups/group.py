@@ -520,7 +520,9 @@ class DecisionGroup:
 
         With subperiods: the sum of its results so far. In continuous time: the integral of
         its flow payoff up to ``now`` (or the period's end) over ``period_length``. ``state``
-        is another snapshot of this group to read (default: the current state).
+        is another snapshot of this group to read (default: the current state). The flow since
+        the last accrual asks :meth:`payoff`, checked as every accrual checks it: anything but a
+        finite number is a :class:`GameFault` naming ``payoff`` (a NaN is no score, and no JSON).
         """
         state = self.state if state is None else state
         if not self.timing.continuous:
@@ -529,7 +531,8 @@ class DecisionGroup:
             return 0.0
         flow = state.flow.get(participant, 0.0)
         if state.phase is Phase.RUNNING and state.flow_at is not None and now > state.flow_at:
-            flow += float(self.payoff(participant, state.decisions)) * (now - state.flow_at)
+            rate = self._finite(self.payoff(participant, state.decisions), participant, "payoff")
+            flow += rate * (now - state.flow_at)
         length = self.timing.period_length or (
             (state.ended_at if state.ended_at is not None else now) - state.started_at - state.paused_for
         )

@@ -181,3 +181,22 @@ def test_a_payoff_that_is_no_finite_number_changes_nothing_of_the_tick_it_fails(
     events = group.tick(due)
     results = [e.payload["score"] for e in events if e.channel == RESULT]
     assert results and all(isinstance(score, float) and score == score for score in results)
+
+
+@pytest.mark.parametrize("gives", [float("nan"), float("inf"), "lots", "3", None, True])
+def test_earned_in_continuous_time_refuses_a_payoff_that_is_no_finite_number(gives: object) -> None:
+    """The score so far (a hello's) checks the payoff as every accrual does: a GameFault naming
+    payoff, the game and the participant, and the state left as it was. It gave NaN or inf (not
+    JSON, on the wire), a TypeError or ValueError, or took "3" and True as numbers."""
+    group = Faulty(["a", "b"], timing=Timing(period_length=3.0))
+    group.connect("a", T0 - 1)
+    group.connect("b", T0)
+    group.gives = 1.5
+    assert group.earned("a", T0 + 1) == pytest.approx(1.5 / 3)
+    group.gives = gives
+    before = group.state.copy()
+    with pytest.raises(GameFault, match=r"Faulty\.payoff gave .* for 'a': a payoff must be a finite number") as caught:
+        group.earned("a", T0 + 1)
+    assert caught.value.hook == "payoff"
+    assert (group.state.flow, group.state.flow_at) == (before.flow, before.flow_at)
+    assert group.earned("a", T0) == 0.0  # up to the last accrual the payoff is not asked

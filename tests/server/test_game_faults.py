@@ -4,12 +4,15 @@ A game whose payoff always raises held its group running for ever: its ticks wer
 and again, and the experimenter's ``end``, which scores the period, failed too and left the group
 as it was. Now ``end`` ends it without the game (a ``game_fault`` event records why), and the
 group ends by itself once its period's end is long past. A hook that holds the event loop is
-logged, naming the game and the group.
+logged, naming the game and the group. A hello in a group whose payoff gives NaN is answered,
+with the score up to the last accrual.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import os
 import re
 import time
@@ -80,6 +83,16 @@ class DeclaresState(DecisionGroup):
 
     def on_state(self, participant: str, payload: Any) -> None:
         pass
+
+
+class NotANumber(PublicGoods):
+    """public_goods whose payoff is NaN once somebody contributes 7 (found by its import path)."""
+
+    def payoffs(self, decisions: Any) -> dict[str, float]:  # as the base class asks each member's
+        return {p: self.payoff(p, decisions) for p in self.members}
+
+    def payoff(self, participant: str, decisions: Any) -> float:
+        return math.nan if 7 in decisions.values() else super().payoff(participant, decisions)
 
 
 def faults(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -339,6 +352,31 @@ async def test_a_game_that_fails_on_every_frame_is_logged_once_not_a_traceback_a
     assert log.count(f"group {group}: the game {name} failed on a frame of") == 1, running.stderr()
     assert log.count("RuntimeError: broken check") == 1, running.stderr()
     assert log.count("Traceback (most recent call last)") == 1, running.stderr()
+
+
+async def test_a_hello_whose_payoff_is_nan_shows_the_score_up_to_the_last_accrual(
+    server: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Continuous time, a contributes 7 (taken: what accrues up to it is finite), then b connects
+    again: its hello comes, its score so far a finite number (the flow up to the decision; the
+    payoff's NaN was put in it, and a NaN is no JSON: the page got null), one warning naming the
+    game's payoff and the GameFault."""
+    caplog.set_level(logging.WARNING, logger="synclab.live")
+    exp = await server.create(game="tests.server.test_game_faults:NotANumber", participants=2, group_size=2,
+                              period_length=60)
+    a_code, b_code = (p["code"] for p in exp["participants"])
+    a, _b = [await server.connect(c) for c in (a_code, b_code)]
+    started_at = (await until_state(a, "period_start"))["ts"]
+    await decide(a, 7, "seven")
+    decided_at = time.time() * 1000
+    again = await server.connect(b_code)
+    hello = (await again.expect("hello"))["payload"]
+    assert hello["phase"] == "running"
+    assert isinstance(hello["earned"], float), hello["earned"]
+    assert 0 < hello["earned"] <= 10 * (decided_at - started_at) / 1000 / 60  # 10 a second until the 7
+    warned = [r.getMessage() for r in caplog.records if "failed on the payoff of a hello" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert "GameFault: NotANumber.payoff gave nan for" in warned[0] and f"group {hello['group']}:" in warned[0]
 
 
 def test_the_failures_between_two_log_lines_are_counted() -> None:
