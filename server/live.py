@@ -77,8 +77,13 @@ GAME_FAULT_END_AFTER = 30.0
 #: seconds one action of a group may hold the event loop (the game's hooks, mostly) before it is
 #: logged: every group of the process waits meanwhile
 SLOW_ACTION = 0.05
-#: seconds between two such logs of one group (the slow actions between are counted in the next)
+#: seconds between two such logs of one group and kind (the slow ones between are counted in the next)
 SLOW_LOG_EVERY = 5.0
+#: the kinds of those logs: where the game held the loop. An action runs several hooks (not told
+#: apart: timing each would cost at every decision); the others, one hook the server calls alone
+IN_ACTION = "one action"
+IN_BOT_DECISION = "bot_decision (a stand-in's decision)"
+IN_HELLO_PAYOFF = "payoff (the score so far of a hello)"
 
 
 #: close a participant's connection ``conn`` on ``worker`` with ``code`` and ``reason``
@@ -192,8 +197,9 @@ class LiveGroup:
         self._retry_at: float | None = None
         #: ticks in a row the game failed on (see :meth:`_tick`)
         self._tick_failures = 0
-        #: when (``perf_counter``) a slow action was last logged, and how many were not logged since
-        self._slow_actions = LogThrottle(SLOW_LOG_EVERY, 1)
+        #: per kind (``IN_…``): when (``perf_counter``) the game was last logged slow, and how many
+        #: slow ones were not logged since
+        self._slow_hooks = LogThrottle(SLOW_LOG_EVERY, 3)
         #: set at shutdown: no timer is set any more, so nothing new is computed
         self._closed = False
         #: writes submitted and not stored (or failed) yet
@@ -306,17 +312,25 @@ class LiveGroup:
         self._reschedule()
         return future
 
-    def _slow(self, took: float) -> None:
-        """An action held the event loop ``took`` seconds: logged, at most every :data:`SLOW_LOG_EVERY` s."""
-        more = self._slow_actions.due(None, perf_counter())
+    def _slow(self, took: float, where: str = IN_ACTION) -> None:
+        """The game held the event loop ``took`` seconds in ``where`` (one of the ``IN_…``):
+        logged, at most every :data:`SLOW_LOG_EVERY` s for each kind."""
+        more = self._slow_hooks.due(where, perf_counter())
         if more is None:
             return
         log.warning(
-            "group %s: the game %s (%s) held the event loop %.0f ms in one action (over %.0f ms: every group "
+            "group %s: the game %s (%s) held the event loop %.0f ms in %s (over %.0f ms: every group "
             "of this process waited)%s; its hooks must be quick (docs/writing-a-game.md)",
-            self.id, type(self.core).__name__, self.game, took * 1000, SLOW_ACTION * 1000,
-            f"; {more} more slow action{'s' if more != 1 else ''} since the last such warning" if more > 0 else "",
+            self.id, type(self.core).__name__, self.game, took * 1000, where, SLOW_ACTION * 1000,
+            f"; {more} more since the last such warning" if more > 0 else "",
         )
+
+    def timed(self, began: float, where: str) -> None:
+        """A hook the server called outside an action (``where``, one of the ``IN_…``) ended; it
+        began at ``began`` (``perf_counter``): logged as a slow action is, if it held the loop as long."""
+        took = perf_counter() - began
+        if took > SLOW_ACTION:
+            self._slow(took, where)
 
     def _to_monitors(self, events: list[Event], stored: Write, now: float, connection: ConnectionChange | None) -> None:
         """Tell the experiment's monitors what was stored: one frame per write, never awaited."""
@@ -684,13 +698,18 @@ class LiveGroup:
 
     def _earned(self, participant: str, now: float, state: GroupState) -> float:
         """The participant's score so far; up to the last accrual when the game fails on its payoff
-        (a page that connects to a group whose game fails is shown its period all the same)."""
+        (a page that connects to a group whose game fails is shown its period all the same). The
+        payoff is the game's code on the event loop, timed as an action is."""
+        began = perf_counter()
         try:
-            return self.core.earned(participant, now, state)
+            earned = self.core.earned(participant, now, state)
         except Exception as exc:
+            self.timed(began, IN_HELLO_PAYOFF)
             log.warning("group %s: the game %s failed on the payoff of a hello: %s: %s",
                         self.id, type(self.core).__name__, type(exc).__name__, exc)
             return self.core.earned(participant, state.flow_at if state.flow_at is not None else now, state)
+        self.timed(began, IN_HELLO_PAYOFF)
+        return earned
 
     def replay(self) -> list[str]:
         """Frames repeated to a new connection: the last ``state`` and the current decisions."""

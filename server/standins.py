@@ -35,12 +35,13 @@ import asyncio
 import logging
 import random
 from collections.abc import Coroutine
+from time import perf_counter
 from typing import Any, Protocol
 
 from groups import DECISIONS, NOBODY, PERIOD_END, STATE, Event, GroupError, Phase
 
 from .exceptions import NotPersisted, Unavailable
-from .live import LiveGroup, consume
+from .live import IN_BOT_DECISION, LiveGroup, consume
 from .online import settings
 from .storage import Database, load_seat
 
@@ -220,11 +221,15 @@ class StandIns:
                     self.router.spawn(self._follow(participant, reason, state.ended_at + live.spec.block_pause))
                 return
             if state.phase is Phase.RUNNING:
+                began = perf_counter()  # the game's code on the event loop, outside any action: timed as one is
                 try:
                     decision = live.core.bot_decision(participant, dict(state.decisions), rng)
                 except Exception:
+                    live.timed(began, IN_BOT_DECISION)
                     log.exception("group %s: %s.bot_decision failed; the bot holds still", live.id, live.game)
                     decision = None
+                else:
+                    live.timed(began, IN_BOT_DECISION)
                 if decision is not None:
                     try:
                         await live.receive(participant, DECISIONS, decision, None, bot=True)

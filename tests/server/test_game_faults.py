@@ -4,7 +4,8 @@ A game whose payoff always raises held its group running for ever: its ticks wer
 and again, and the experimenter's ``end``, which scores the period, failed too and left the group
 as it was. Now ``end`` ends it without the game (a ``game_fault`` event records why), and the
 group ends by itself once its period's end is long past. A hook that holds the event loop is
-logged, naming the game and the group. A hello in a group whose payoff gives NaN is answered,
+logged, naming the game and the group, in an action or outside one (a stand-in's
+``bot_decision``, a hello's ``payoff``). A hello in a group whose payoff gives NaN is answered,
 with the score up to the last accrual.
 """
 
@@ -93,6 +94,23 @@ class NotANumber(PublicGoods):
 
     def payoff(self, participant: str, decisions: Any) -> float:
         return math.nan if 7 in decisions.values() else super().payoff(participant, decisions)
+
+
+class SlowPayoff(NotANumber):
+    """public_goods whose payoff takes 60 ms once somebody contributes 3 (found by its import path)."""
+
+    def payoff(self, participant: str, decisions: Any) -> float:
+        if 3 in decisions.values():
+            time.sleep(0.06)
+        return super().payoff(participant, decisions)
+
+
+class SlowBot(PublicGoods):
+    """public_goods whose stand-ins take 60 ms to choose (found by its import path)."""
+
+    def bot_decision(self, participant: str, decisions: Any, rng: Any) -> Any:
+        time.sleep(0.06)
+        return 5
 
 
 def faults(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -354,6 +372,12 @@ async def test_a_game_that_fails_on_every_frame_is_logged_once_not_a_traceback_a
     assert log.count("Traceback (most recent call last)") == 1, running.stderr()
 
 
+def slow_warnings(caplog: pytest.LogCaptureFixture, where: str) -> list[str]:
+    """The warnings that the game held the event loop in ``where`` (on a loaded machine any action
+    may take over 50 ms now and then: only those of ``where`` count)."""
+    return [m for m in (r.getMessage() for r in caplog.records) if "held the event loop" in m and f" ms in {where} " in m]
+
+
 async def test_a_hello_whose_payoff_is_nan_shows_the_score_up_to_the_last_accrual(
     server: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -377,6 +401,52 @@ async def test_a_hello_whose_payoff_is_nan_shows_the_score_up_to_the_last_accrua
     warned = [r.getMessage() for r in caplog.records if "failed on the payoff of a hello" in r.getMessage()]
     assert len(warned) == 1, warned
     assert "GameFault: NotANumber.payoff gave nan for" in warned[0] and f"group {hello['group']}:" in warned[0]
+
+
+async def test_a_slow_payoff_of_a_hello_is_logged_naming_the_hook(
+    server: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A contribution of 3 makes the payoff take 60 ms; b's hello asks it (the score so far),
+    outside any action of the group: logged, naming the group, the game and payoff."""
+    caplog.set_level(logging.WARNING, logger="synclab.live")
+    exp = await server.create(game="tests.server.test_game_faults:SlowPayoff", participants=2, group_size=2,
+                              period_length=60)
+    a_code, b_code = (p["code"] for p in exp["participants"])
+    a, _b = [await server.connect(c) for c in (a_code, b_code)]
+    await until_state(a, "period_start")
+    await decide(a, 3, "three")  # (its accrual asks the payoff of the decisions before it: quick)
+    assert slow_warnings(caplog, "payoff") == []
+    again = await server.connect(b_code)
+    hello = (await again.expect("hello"))["payload"]
+    warned = slow_warnings(caplog, "payoff")
+    assert len(warned) == 1, warned
+    took = re.match(rf"group {hello['group']}: the game SlowPayoff \(tests\.server\.test_game_faults:SlowPayoff\) held "
+                    r"the event loop (\d+) ms in payoff \(the score so far of a hello\) ", warned[0])
+    assert took is not None and 60 <= int(took[1]) < 1000, warned
+
+
+async def test_a_slow_bot_decision_is_logged_once_naming_the_hook(
+    server: Harness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in fills b's seat; its game's bot_decision takes 60 ms, each time outside any action
+    of the group: one warning for several (the group, the game, bot_decision and the time). It
+    stalled every group with nothing logged."""
+    caplog.set_level(logging.WARNING, logger="synclab.live")
+    monkeypatch.setattr(standins, "PACE", 0.05)  # a bot's decision every 25 to 75 ms (the server runs in this process)
+    exp = await server.create(game="tests.server.test_game_faults:SlowBot", participants=2, group_size=2,
+                              period_length=60)
+    a_code, b_code = (p["code"] for p in exp["participants"])
+    a = await server.connect(a_code)
+    group = (await a.expect("hello"))["payload"]["group"]
+    await server.runtime.groups.stand_in(group, b_code, "fill")
+    await until_state(a, "period_start")
+    for _ in range(4):  # the start's, then three of the bot's
+        await a.expect("group_decisions")
+    warned = slow_warnings(caplog, "bot_decision")
+    assert len(warned) == 1, warned
+    took = re.match(rf"group {group}: the game SlowBot \(tests\.server\.test_game_faults:SlowBot\) held the "
+                    r"event loop (\d+) ms in bot_decision \(a stand-in's decision\) ", warned[0])
+    assert took is not None and 60 <= int(took[1]) < 1000, warned
 
 
 def test_the_failures_between_two_log_lines_are_counted() -> None:
