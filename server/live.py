@@ -280,7 +280,8 @@ class LiveGroup:
                     prev = seq
             # with a client id, the client's own event: the only one the core stamps with it
             seqs = stored.seqs if client_id is None else [stored.seqs[_own_event(events)]]
-            future.set_result(seqs)
+            if not future.done():  # (its awaiter may have been cancelled: the rest runs all the same)
+                future.set_result(seqs)
             if settled is not None:
                 settled(seqs)
             self._to_monitors(events, stored, now, connection)
@@ -303,7 +304,8 @@ class LiveGroup:
             else:
                 self._retry_at = self._clock() + RETRY_AFTER
                 self._reschedule()
-            future.set_exception(exc)
+            if not future.done():
+                future.set_exception(exc)
             if settled is not None:
                 settled(None)
 

@@ -125,3 +125,44 @@ async def test_what_fell_due_before_a_tick_the_game_fails_on_is_stored_once_not_
     assert broadcasts[-1] == {codes[0]: 7, codes[1]: 0}
     assert [value for channel, value in rows if channel == "decisions"] == [1, 7]
     assert "subperiod" not in [channel for channel, _ in rows]
+
+
+async def test_a_decision_whose_awaiter_was_cancelled_is_settled_all_the_same(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Whoever awaits a decision's future (a stand-in's task stopped when its human comes back,
+    a shutdown) may be cancelled before the commit: the commit's callback still runs to its end,
+    so the client id is known with its seq (a repeat is answered, not stored again) and the
+    monitors and the run's end hear of it. The callback failed on setting the cancelled future's
+    result, and skipped the rest."""
+    db = Database(f"sqlite:///{tmp_path}/live.db")
+    writer = EventWriter(db)
+    try:
+        await db.write(create_schema)
+        codes = [new_code(), new_code()]
+        block = NewBlock(0, 10.0, None, None, 0.0, "fixed", [[0, 1]])
+        experiment_id = await db.write(insert_experiment, NewExperiment(new_code(), "bimatrix", {}, 2, codes, [block], 1e9))
+        group_id = await db.read(
+            lambda engine: engine.connect().execute(
+                select(groups_table.c.id).where(groups_table.c.experiment_id == experiment_id)
+            ).scalar_one()
+        )
+        writer.start()
+        live = LiveGroups(db, writer, MemoryHub())
+        group = await live.group(group_id)
+        for code in codes:
+            await group.connect(code, None, worker="", conn=code)
+        first = group.receive(codes[0], "decisions", 0.7, "mine")
+        first.cancel()
+        for _ in range(200):  # until its write is stored (bounded: 2 s)
+            stored = await db.read(lambda engine: engine.connect().execute(
+                select(events_table.c.seq).where(events_table.c.client_id == "mine")
+            ).scalars().all())
+            if stored:
+                break
+            await asyncio.sleep(0.01)
+        again = await asyncio.wait_for(group.receive(codes[0], "decisions", 0.7, "mine"), 2)
+        live.close()
+    finally:
+        await writer.close()
+        db.close()
+    assert again == stored and len(stored) == 1
+    assert not [r for r in caplog.records if "callback failed" in r.getMessage()]
