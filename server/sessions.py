@@ -62,7 +62,12 @@ class SessionRecord:
         return len(higher) + 1
 
     def percentile_rank(self, exclude_unfinished: bool) -> float:
-        """The percentage of the block's sessions scoring below it, ties counted half (0 for none)."""
+        """The percentage of the block's sessions scoring below it, ties counted half (0 for none).
+
+        ``exclude_unfinished``: compared with the sessions its participants finished themselves
+        only, as the participants list compares participants: not the unfinished ones, nor those
+        of a seat a bot played (a lobby's fill, a dropout's: status ``bot`` or ``dropped``).
+        """
         scores = block_final_scores(self.engine, self.block_id, exclude_unfinished)
         if not scores:
             return 0.0

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy import Engine, and_, func, or_, select, update
 from sqlalchemy.engine import Connection
 
+from .statuses import BOT_PLAYED
 from .tables import blocks, participants, results, sessions, ticks
 from .times import iso, to_epoch
 
@@ -149,11 +150,18 @@ def session_results(engine: Engine, session_id: int) -> list[dict[str, Any]]:
 
 
 def block_final_scores(engine: Engine, block_id: int, finished_only: bool) -> list[float]:
-    """The final scores of every session of a block (only finished ones if asked)."""
+    """The final scores of every session of a block; ``finished_only``: of the sessions finished
+    by their participants, not of the seats a bot played (their status in :data:`.BOT_PLAYED`),
+    as the participants list compares participants (``server.progress.is_finished``)."""
     with engine.connect() as conn:
         query = select(sessions.c.final_score).where(sessions.c.block_id == block_id)
         if finished_only:
-            query = query.where(sessions.c.finished_at.is_not(None))
+            status = participants.c.status
+            query = query.join(participants, participants.c.id == sessions.c.participant_id).where(
+                sessions.c.finished_at.is_not(None),
+                # NOT IN alone drops a null status (a participant still playing): it is unknown in SQL
+                or_(status.is_(None), status.not_in(sorted(BOT_PLAYED))),
+            )
         return [float(r[0]) for r in conn.execute(query)]
 
 

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import Engine, and_, select, update
 
 from server.experiments import parse_request, plan
+from server.progress import Filter, participant_progress
 from server.sessions import SessionRecord
 from server.storage import (
     blocks,
@@ -59,6 +60,32 @@ def test_percentile_rank_counts_ties_half_and_may_leave_out_the_unfinished(engin
     assert nine is not None and nine.percentile_rank(exclude_unfinished=True) == pytest.approx(100 * 2.5 / 3)
     unfinished = SessionRecord.load(engine, codes[3], 0)
     assert unfinished is not None and not unfinished.finished and unfinished.last_result() is None
+
+
+def test_percentile_rank_among_the_finished_leaves_out_the_seats_bots_played(engine: Engine) -> None:
+    """Finished sessions of 9 (a participant still playing: no status), 7, 6 (``replaced``: came
+    back) and of bots, 3 (a lobby's fill, ``bot``) and 2 (``dropped``: a bot played on): among the
+    finished, 7 is compared with the three humans only (50, it was 70 with the bots), as the
+    participants list ranks it; bots' sessions are still ranked among the humans, and every
+    session stays in ``rank``."""
+    codes = scored(engine, [9.0, 7.0, 6.0, 3.0, 2.0, None])
+    with engine.begin() as conn:
+        for code, status in zip(codes[1:5], ("finished", "replaced", "bot", "dropped"), strict=True):
+            conn.execute(update(participants).where(participants.c.code == code).values(status=status))
+        experiment_id = conn.execute(select(participants.c.experiment_id).where(participants.c.code == codes[0])).scalar_one()
+    records = [SessionRecord.load(engine, c, 0) for c in codes]
+    assert all(r is not None for r in records)
+    seven, bot = records[1], records[3]
+    assert seven is not None and bot is not None
+    assert seven.percentile_rank(exclude_unfinished=True) == pytest.approx(100 * 1.5 / 3)
+    assert bot.percentile_rank(exclude_unfinished=True) == 0.0  # below every human
+    assert seven.percentile_rank(exclude_unfinished=False) == pytest.approx(100 * 4.5 / 6)  # MUSCLE: every session
+    assert [r.rank() for r in records if r is not None] == [1, 2, 3, 4, 5, 6]
+    # one block: the block's percentile of a participant who finished is the experiment's
+    overall = participant_progress(engine, experiment_id, Filter(exclude_unfinished=True))
+    assert {r["code"]: r["percentile_rank"] for r in overall if r["code"] in codes[:3]} == {
+        r.participant: pytest.approx(r.percentile_rank(exclude_unfinished=True)) for r in records[:3] if r is not None
+    }
 
 
 def test_save_json_data_merges_and_stores(engine: Engine) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
+from server.sessions import SessionRecord
 from server.storage import Write, commit_writes, experiments, make_engine, participants, sessions
 from server.verify import verify
 from tests.server.harness import Harness, running_server, timeout, until_state
@@ -213,6 +214,13 @@ async def test_stats_count_the_seats_bots_played_apart_from_the_participants_who
     assert only["mean_score"] == pytest.approx(rows[seats[0]]["final_score"]) and only["mean_completion"] == 1.0
     ranked = await server.http.get(f"/api/experiments/{code}/participants", params={"exclude_unfinished": "true"})
     assert {r["code"]: r["percentile_rank"] for r in ranked.json()["results"]}[seats[0]] == 50.0  # alone compared
+    # and alone among the block's finished sessions (MUSCLE's per-block helper compared it with the bots' too)
+    def in_the_block(engine: Any) -> float:
+        record = SessionRecord.load(engine, seats[0], 0)
+        assert record is not None and record.finished
+        return record.percentile_rank(exclude_unfinished=True)
+
+    assert await server.runtime.database.read(in_the_block) == 50.0
 
 
 async def test_a_dropouts_bot_follows_them_to_their_next_block(server: Harness) -> None:
