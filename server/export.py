@@ -14,7 +14,7 @@ mid-run is one snapshot of the run as it stood at that ``seq``:
   transaction that stores an event and its result);
 - sessions: ``started_at`` only if the group's ``period_start`` is among those events;
   ``finished_at`` and ``final_score`` only if its ``period_end`` is too (else null and 0.0, as
-  the database held them);
+  the database held them; a period ended without its game has its score and no ``finished_at``);
 - participants: completion, ``final_score``, ``rank``, ``percentile_rank`` and ``group`` (the
   first group not ended) from those sessions and groups;
 - the document's groups (``phase``, ``started_at``, ``ended_at``) and blocks (``status``) as

@@ -53,7 +53,7 @@ class SessionRecord:
         return session_results(self.engine, self.id)
 
     def total_score(self) -> float:
-        """``bonus_points`` plus the sum of its results' scores (``final_score`` once finished)."""
+        """``bonus_points`` plus the sum of its results' scores (``final_score`` once its period ended)."""
         return self.bonus_points + sum(float(r["score"]) for r in self.results())
 
     def rank(self) -> int:

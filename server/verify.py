@@ -604,7 +604,8 @@ def _label(subperiod: int | None) -> str:
 
 
 def _check_sessions(report: Report, log: _Log, found: dict[int, _Replay]) -> None:
-    """Sessions start and finish with their group's period; final_score = bonus + Σ results."""
+    """Sessions start and finish with their group's period; final_score = bonus + Σ results, also
+    for the sessions of a period ended without its game (unfinished, scored with what they earned)."""
     code = report.code
     bonus = {g.id: g.bonus for g in log.groups}
     stored: dict[int, float] = {}
@@ -623,8 +624,10 @@ def _check_sessions(report: Report, log: _Log, found: dict[int, _Replay]) -> Non
         if not s.finished:
             report.unfinished_sessions += 1
             report.notes.append(f"{where}: session not finished (its group is {replay.phase})")
-            continue
-        report.sessions += 1
+            if not (replay.faulted and s.started):
+                continue
+        else:
+            report.sessions += 1
         summed = bonus[s.group_id] + stored.get(s.id, 0.0)
         due = [e for (who, _), e in replay.expected.items() if who == s.code]
         recomputed = bonus[s.group_id] + sum(e.score for e in due)

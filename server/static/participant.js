@@ -31,6 +31,8 @@ const page = {
   /** the scores of the blocks before this one, from the REST API */
   before: 0,
   sessions: [],
+  /** what the page knew when it asked for `sessions`: its block, and whether that block's period had ended */
+  sessionsRead: null,
   final: false,
   /** the experiment's status once the server said it is over (`experiment` frame): no block follows */
   over: null,
@@ -323,6 +325,7 @@ async function refreshScores() {
   const hello = page.hello;
   if (!hello || !hello.experiment) return;
   const path = `/api/experiments/${encodeURIComponent(hello.experiment)}/participants/${encodeURIComponent(CODE)}?participant=${encodeURIComponent(CODE)}`;
+  const read = { block: page.block, ended: page.phase === "ended" };
   try {
     const response = await fetch(path, { headers: { Accept: "application/json" } });
     if (!response.ok) return;
@@ -331,9 +334,9 @@ async function refreshScores() {
     renderCompletionCode(detail);
     if (detail.status === "no_group") released();
     page.sessions = detail.sessions || [];
-    page.before = page.sessions
-      .filter((s) => s.block < page.block && s.finished_at)
-      .reduce((sum, s) => sum + s.final_score, 0);
+    page.sessionsRead = read;
+    page.before = 0;
+    for (let b = 0; b < page.block; b += 1) page.before += storedScore(b) ?? 0;
     renderPayoffs();
     if (page.phase === "ended") finishBlock();
   } catch (error) {
@@ -341,10 +344,22 @@ async function refreshScores() {
   }
 }
 
+/** A block's stored score, or null before the server has it: a finished session's, or, once its
+ * period had ended when the page read it, one that started and stays unfinished (ended without
+ * its game, which failed: its bonus and the results made before, as every table has it). */
+function storedScore(block) {
+  const stored = page.sessions.find((s) => s.block === block);
+  if (!stored) return null;
+  if (stored.finished_at) return stored.final_score;
+  const read = page.sessionsRead;
+  const over = read !== null && (block < read.block || (block === read.block && read.ended));
+  return over && stored.started_at ? stored.final_score : null;
+}
+
 /** This block's score: stored when the server has it, else what the results added up to. */
 function blockScore(block) {
-  const stored = page.sessions.find((s) => s.block === block && s.finished_at);
-  if (stored) return stored.final_score;
+  const stored = storedScore(block);
+  if (stored !== null) return stored;
   if (block === page.block) return page.earned.base + (page.hello?.bonus_points || 0);
   return null;
 }

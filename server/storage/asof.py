@@ -6,9 +6,11 @@ as everything the period's start or end changes (:mod:`.batch`): the group's row
 else changes those columns afterwards. So a group's period had started (ended) as of ``seq`` S
 exactly when its ``period_start`` (``period_end``) has a ``seq`` of at most S, and a row read
 later can be taken back to S by hiding what a later period event wrote: an unstarted session has
-no ``started_at``, an unfinished one no ``finished_at`` and ``final_score`` 0.0 (what the database
-holds for it), a group not started is ``waiting``. The exports read this way, so that every table
-of one export stops at the same ``last_seq`` as its events and results.
+no ``started_at``, one whose period had not ended no ``finished_at`` and ``final_score`` 0.0 (what
+the database held for it), a group not started is ``waiting``. A period ended without its game
+scores its sessions and leaves them unfinished: as of its end, ``final_score`` as stored and no
+``finished_at``. The exports read this way, so that every table of one export stops at the same
+``last_seq`` as its events and results.
 
 A group's ``state`` events are looked up through the partial index ``ix_events_group_state``:
 the query repeats the index's condition (``tables.STATE_ONLY``) word for word, and the values are
@@ -42,7 +44,9 @@ class Period:
 
     @property
     def played(self) -> bool:
-        """Its sessions had finished: a group the experimenter ended before it started finishes none."""
+        """Its sessions had their final scores, and had finished unless the game failed (then
+        ``finished_at`` stays null as stored): a group the experimenter ended before it started
+        scores none."""
         return self.started and self.ended
 
     def phase(self, stored: str) -> str:
@@ -190,7 +194,7 @@ class Standing:
     participant_id: int
     group_id: int
     finished: bool
-    #: 0.0 while unfinished, as the database holds it
+    #: 0.0 until its period ended, as the database holds it (what it earned once ended without its game)
     final_score: float
     group_ended: bool
 

@@ -36,16 +36,16 @@ _BLOCK_RUNNING = (
     ))
     .values(status="running")
 )
-#: final_score = bonus + Σ results, for the group's sessions that started
-_SESSIONS_FINISHED = (
-    update(sessions)
-    .where(and_(sessions.c.group_id == bindparam("gid"), sessions.c.started_at.is_not(None)))
-    .values(
-        finished_at=bindparam("at"),
-        final_score=select(blocks.c.bonus_points).where(blocks.c.id == sessions.c.block_id).scalar_subquery()
-        + select(func.coalesce(func.sum(results.c.score), 0.0)).where(results.c.session_id == sessions.c.id).scalar_subquery(),
-    )
+#: what a session earned: bonus + Σ its results
+_EARNED = (
+    select(blocks.c.bonus_points).where(blocks.c.id == sessions.c.block_id).scalar_subquery()
+    + select(func.coalesce(func.sum(results.c.score), 0.0)).where(results.c.session_id == sessions.c.id).scalar_subquery()
 )
+_STARTED_IN_GROUP = and_(sessions.c.group_id == bindparam("gid"), sessions.c.started_at.is_not(None))
+#: final_score = bonus + Σ results, for the group's sessions that started
+_SESSIONS_FINISHED = update(sessions).where(_STARTED_IN_GROUP).values(finished_at=bindparam("at"), final_score=_EARNED)
+#: the same score for the sessions of a period ended without its game, which stay unfinished
+_SESSIONS_SCORED = update(sessions).where(_STARTED_IN_GROUP).values(final_score=_EARNED)
 _GROUP_BLOCK = select(groups.c.block_id).where(groups.c.id == bindparam("gid"))
 _block = bindparam("bid", type_=BigInteger)
 _BLOCK_DONE = (
@@ -90,13 +90,18 @@ def period_ended(
     does (the same groups ended one at a time are the same act). A period ended without its
     game, which failed (not ``played``), leaves its sessions unfinished: the block was not played
     through, so its members' runs end ``cancelled`` (:mod:`.statuses`) and their completion
-    does not count it; the results made before the fault stay. When it closes the experiment,
-    the experiment is ``cancelled`` too, whether the experimenter's ``end`` or the group itself
-    (its game failing long past the period's end) ended it: ``done`` says it ran to its end.
+    does not count it. What they earned before the fault counts all the same, nothing more: each
+    session's final_score is its bonus plus the results made, as after the experimenter's end,
+    so that the sessions, the participants' scores and the page agree with the results. When it
+    closes the experiment, the experiment is ``cancelled`` too, whether the experimenter's
+    ``end`` or the group itself (its game failing long past the period's end) ended it: ``done``
+    says it ran to its end.
     """
     ended_at = to_datetime(at)
     if played:
         conn.execute(_SESSIONS_FINISHED, {"gid": group_id, "at": ended_at})
+    else:
+        conn.execute(_SESSIONS_SCORED, {"gid": group_id})
     block_id = conn.execute(_GROUP_BLOCK, {"gid": group_id}).scalar_one()
     conn.execute(_BLOCK_DONE, {"bid": block_id})
     status = "done" if played and not by_hand else "cancelled"

@@ -23,7 +23,9 @@ from playwright.async_api import Browser, Page, expect
 from server.settings import Settings
 from server.verify import run_verify
 from tests.browser.proxy import proxy_to
-from tests.server.harness import Harness, timeout
+from tests.server.harness import Harness, timeout, until_state
+from tests.server.test_blocks import decide
+from tests.server.test_game_faults import until_faulted
 
 WAIT_MS = timeout(10) * 1000
 ARTIFACTS = Path(os.environ.get("SYNCLAB_ARTIFACTS") or Path(__file__).resolve().parents[2] / "artifacts") / "screenshots"
@@ -382,6 +384,40 @@ async def test_earned_in_a_block_of_subperiods_is_the_sum_of_its_stored_results_
         stored = (await server.http.get(f"/api/experiments/{code}/participants/{participant}")).json()
         await expect(person.page.locator("#final-summary")).to_have_text(f"You earned {stored['final_score']:.2f} points in all.")
         person.check()
+
+
+async def test_a_block_ended_without_its_game_shows_its_stored_score_in_the_later_blocks_and_the_total(
+    server: Harness, open_participant: Any
+) -> None:
+    """Block 1 of 2: subperiod 0 scored (2.50 each), the other member's 7 breaks Fragile's payoff,
+    the experimenter ends the group (without the game: unfinished); block 2 is ended too. The
+    final screen shows block 1 at its stored score, bonus and results (3.50), and the stored
+    total. It showed no score for block 1 and left it out of the total, which the page's own
+    "Earned" had counted."""
+    exp = await server.create(game="tests.server.test_blocks:Fragile", participants=2, group_size=2, blocks=2,
+                              period_length=2, num_subperiods=4, bonus_points=1, block_pause=0.3)
+    code, (mine, other) = exp["code"], [p["code"] for p in exp["participants"]]
+    person = await open_participant(exp["participants"][0]["url"])
+    breaker = await server.connect(other)
+    group = (await breaker.expect("hello"))["payload"]["group"]
+    await until_state(breaker, "period_start")
+    await breaker.expect("subperiod", wait=3)  # subperiod 0 scored at 0.5 s
+    await decide(breaker, 7, "seven")
+    await expect(person.page.locator("#earned")).to_have_text("2.50")
+    await until_faulted(server, code)  # subperiod 1, due at 1 s, fails on the 7
+    assert (await server.http.post(f"/api/experiments/{code}/end", params={"group": group})).status_code == 200
+    await expect(person.page.locator("#block")).to_have_text("Block 2 of 2", timeout=WAIT_MS)
+    await expect(person.page.locator("#screen-play")).to_be_visible(timeout=WAIT_MS)
+    assert (await server.http.post(f"/api/experiments/{code}/end")).status_code == 200
+
+    await expect(person.page.locator("#screen-final")).to_be_visible(timeout=WAIT_MS)
+    stored = (await server.http.get(f"/api/experiments/{code}/participants/{mine}")).json()
+    first = stored["sessions"][0]
+    assert (first["block"], first["final_score"], first["finished_at"]) == (0, 3.5, None)
+    shown = [await cell.text_content() for cell in await person.page.locator("#screen-final tbody td").all()]
+    assert shown == [f"{s['final_score']:.2f}" for s in stored["sessions"]]
+    await expect(person.page.locator("#final-summary")).to_have_text(f"You earned {stored['final_score']:.2f} points in all.")
+    person.check()
 
 
 async def test_ending_mid_experiment_shows_the_final_screen_at_once_on_every_open_page(

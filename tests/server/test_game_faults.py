@@ -12,6 +12,8 @@ with the score up to the last accrual.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import logging
 import math
 import os
@@ -22,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
 from websockets.asyncio.client import connect
 
 from groups import RESERVED_CHANNELS, DecisionGroup, PublicGoods
@@ -29,7 +32,7 @@ from server import live, standins
 from server.connection import FRAME_FAULTS_LOG_EVERY
 from server.exceptions import BadRequest
 from server.experiments import parse_request
-from server.storage import make_engine
+from server.storage import make_engine, sessions
 from server.throttle import LogThrottle
 from server.verify import verify
 from tests.server.harness import TOKEN, Client, Harness, running_server, timeout, until_state
@@ -127,6 +130,15 @@ async def until_connected(server: Harness, code: str, participant: str, connecte
     raise AssertionError(f"{participant} never showed as connected={connected}")
 
 
+async def until_faulted(server: Harness, code: str, wait: float = 3) -> None:
+    """Poll the events (bounded) until a ``game_fault`` is stored."""
+    for _ in range(int(timeout(wait) / 0.05)):
+        if faults(await server.events(code)):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no game_fault was stored in {timeout(wait):g} s")
+
+
 async def ended_with_the_experiment(client: Client) -> None:
     """The client's group's ``period_end``, then the notice that the experiment is over."""
     await until_state(client, "period_end")
@@ -221,32 +233,60 @@ async def test_a_group_whose_game_keeps_failing_ends_by_itself_long_after_its_pe
     assert await everywhere(server, code) == {p["code"]: ("cancelled", 0) for p in exp["participants"]}
 
 
-async def test_the_end_without_the_game_keeps_the_subperiods_scored_before_it_failed(sqlite_url: str) -> None:
+async def test_the_end_without_the_game_keeps_the_subperiods_scored_before_it_failed(database_url: str) -> None:
     """Subperiod 0 is scored; a decision of 7 breaks Fragile's payoff at subperiod 1; the
-    experimenter's end: the results of subperiod 0 stay (in the API and for verify), the end makes
-    none of its own, and the sessions, not played through, stay unfinished."""
-    async with running_server(sqlite_url) as server:
+    experimenter's end: the results of subperiod 0 stay, the end makes none of its own, and the
+    sessions, not played through, stay unfinished. Each session's final_score is what it earned,
+    its bonus plus those results, alike in the sessions and participants lists, the participant's
+    detail and the exports (JSON and CSV), as the page shows it; verify checks it. It was 0 while
+    the results stayed, and the participant's score the sum of such zeros."""
+    async with running_server(database_url) as server:
         exp = await server.create(game="tests.server.test_blocks:Fragile", participants=2, group_size=2,
-                                  period_length=2, num_subperiods=4)
+                                  period_length=2, num_subperiods=4, bonus_points=1)
         code = exp["code"]
         a, b = [await server.connect(p["code"]) for p in exp["participants"]]
         await until_state(a, "period_start")
         await a.expect("subperiod", wait=3)  # subperiod 0 scored at 0.5 s
         await decide(a, 7, "seven")
-        await asyncio.sleep(1.0)  # subperiod 1, due at 1 s, fails on the 7
+        await until_faulted(server, code)  # subperiod 1, due at 1 s, fails on the 7
         ended = await server.http.post(f"/api/experiments/{code}/end")
         assert ended.status_code == 200 and ended.json()["groups"], ended.text
         await until_state(b, "period_end")
         results = (await get(server, f"/api/experiments/{code}/results"))["results"]
         assert sorted(r["subperiod"] for r in results) == [0, 0]
         assert [f["hook"] for f in faults(await server.events(code))] == ["payoff", "payoff"]
-    engine = make_engine(sqlite_url)
+
+        earned = {p["code"]: 1 + sum(r["score"] for r in results if r["participant"] == p["code"])
+                  for p in exp["participants"]}
+        assert earned == {p["code"]: 1 + 10 / 4 for p in exp["participants"]}  # public_goods, nobody gives: 10 a subperiod
+        listed = (await get(server, f"/api/experiments/{code}/sessions"))["results"]
+        assert {s["participant"]: (s["final_score"], s["finished_at"]) for s in listed} == {
+            c: (score, None) for c, score in earned.items()
+        }
+        people = (await get(server, f"/api/experiments/{code}/participants"))["results"]
+        assert {r["code"]: (r["final_score"], r["status"], r["completion"]["earned"]) for r in people} == {
+            c: (score, "cancelled", 0) for c, score in earned.items()
+        }
+        for c, score in earned.items():
+            detail = await get(server, f"/api/experiments/{code}/participants/{c}")
+            assert detail["final_score"] == score and [s["final_score"] for s in detail["sessions"]] == [score]
+        document = await get(server, f"/api/experiments/{code}/export.json")
+        assert {s["participant"]: s["final_score"] for s in document["sessions"]} == earned
+        assert {r["code"]: r["final_score"] for r in document["participants"]} == earned
+        response = await server.http.get(f"/api/experiments/{code}/export.csv", params={"table": "sessions"})
+        assert {r["participant"]: float(r["final_score"]) for r in csv.DictReader(io.StringIO(response.text))} == earned
+    engine = make_engine(database_url)
     try:
+        report = verify(engine, code)
+        assert report.ok and report.results == 2 and report.unfinished_sessions == 2, report.summary()
+        assert any("ended without its scores after 1 of 4 subperiods" in note for note in report.notes), report.notes
+        with engine.begin() as conn:  # as the server stored it before
+            conn.execute(update(sessions).where(sessions.c.group_id == ended.json()["groups"][0]).values(final_score=0.0))
         report = verify(engine, code)
     finally:
         engine.dispose()
-    assert report.ok and report.results == 2 and report.unfinished_sessions == 2, report.summary()
-    assert any("ended without its scores after 1 of 4 subperiods" in note for note in report.notes), report.notes
+    assert not report.ok and len(report.problems) == 4, report.problems  # each: not its stored results, not recomputed
+    assert all("final_score 0.0" in problem for problem in report.problems), report.problems
 
 
 async def test_a_game_sending_the_cores_period_end_gets_its_frame_refused_and_the_period_runs_on(
