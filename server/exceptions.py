@@ -14,8 +14,9 @@
     └── NotPersisted         the writer could not commit: the frames of that batch (and of the
         │                    writes queued behind it) get an ``error`` frame; a REST call whose
         │                    write was refused answers 503
-        ├── Unstorable       a game made a write the database cannot take (no JSON): refused
-        │                    alone, ``game_error``, not to be sent again; a REST call's 500
+        ├── Unstorable       a write the database cannot take (a game's value that is no JSON,
+        │                    or one it refuses alone): refused alone, ``game_error``, not to be
+        │                    sent again; a REST call's 500
         └── Unavailable      the cluster cannot serve it now (Redis, a group between workers)
             └── NotAuthority this worker no longer acts for the group (its write was fenced)
 
@@ -124,7 +125,9 @@ class NotPersisted(SynclabError):
 
 class Unstorable(NotPersisted):
     """A write holds a value the database cannot take: a game put something that is no JSON in
-    its vars, a payload or a decision (a ``set``, an object, bytes, a dict keyed by numbers).
+    its vars, a payload or a decision (a ``set``, an object, bytes, a dict keyed by numbers), or
+    the database refused the write alone (on PostgreSQL a NUL character in a client's frame id or
+    a channel's name; a client id its participant stored before).
 
     Refused alone: the rest of its batch is stored, its group is rolled back to what is stored,
     and the frame that caused it gets an ``error`` frame ``game_error``, which a client does

@@ -790,7 +790,7 @@ class LiveGroup:
             if ended is not None:
                 ended.add_done_callback(consume)
             return
-        log.error("group %s: the game %s made a write that cannot be stored; refused, the group is back at its "
+        log.error("group %s: a write of the game %s cannot be stored; refused, the group is back at its "
                   "last stored state: %s", self.id, type(self.core).__name__, exc.reason)
         self._reschedule()
 

@@ -13,7 +13,7 @@
     periods      what a period's start or end changes in the batch: sessions, block, experiment
     thread       the writer thread that runs batches and jobs in order
     writer       the event loop's side of the writer: callbacks after the commit
-    unstorable   a failed batch stored without the writes the database cannot take (no JSON)
+    unstorable   a failed batch stored without the writes the database cannot take or refuses
     database     the async face: reads on reader threads, writes on the writer thread
     log          reading the event log
     outcomes     sessions, results and ticks

@@ -9,16 +9,28 @@ has failed is each write encoded alone (:func:`refusals`), and the batch committ
 the ones that cannot be, and without the later writes of their groups, which rest on them
 (:func:`storing_apart`). :class:`PartlyStored` tells the writer which writes were left out
 (:meth:`.writer.EventWriter._done`), which then also withdraws what those groups have queued.
+
+The database may refuse one write's data for a reason of its own, which no look at the write
+alone finds: a NUL character in a text column on PostgreSQL (a client's frame id), a client id
+its participant stored before (a unique index), an integer past a column's range. Such a
+failure is the driver's data error (:func:`refused_by_database`); the batch is then stored in
+parts, in its order (:class:`_Apart`): the parts that go through are stored, a part refused is
+halved, and a write refused alone is left out with what the database said. A failure of the
+database itself (the connection lost, a lock not given in time, a full disk) is no such error:
+it fails the batch as before, and the writes it meets while a batch is stored in parts.
 """
 
 from __future__ import annotations
 
 import math
+import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import psycopg
+from sqlalchemy.exc import StatementError
 
 from groups.messages import channel_problem
 
@@ -27,35 +39,138 @@ from .writes import Write
 #: the times a database's ``datetime`` holds (years 1 to 9999), a day inside either end for any zone
 _EARLIEST = datetime(1, 1, 2, tzinfo=UTC).timestamp()
 _LATEST = datetime(9999, 12, 30, tzinfo=UTC).timestamp()
+#: what a driver raises for data of the statement's it refuses (a constraint, a value it cannot
+#: take); its failures of the database itself are ``OperationalError`` and others. Python's
+#: ``sqlite3`` raises ``OverflowError`` for an integer past 64 bits.
+_DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError, sqlite3.DataError, sqlite3.IntegrityError, OverflowError)
+#: how a write the database refused alone is described (:class:`_Apart`)
+REFUSED_BY_DATABASE = "the database refused it: "
 
 
 class PartlyStored(Exception):
     """A batch was stored without some of its writes: ``refused`` maps each one's place in the batch
-    to why it cannot be stored, or to ``None`` when it came after one of its group's that cannot."""
+    to why it cannot be stored, or to ``None`` when it came after one of its group's that cannot.
 
-    def __init__(self, refused: dict[int, str | None]) -> None:
-        super().__init__(f"{len(refused)} writes of the batch refused, the others stored")
-        self.refused = refused
+    ``failure``: the database failed (not on a write's data) while the batch was stored in parts,
+    after some of it was stored; ``unsettled`` are the places of the writes it left neither stored
+    nor refused. They fail as a failed batch's do, and so does what is queued behind them."""
+
+    def __init__(
+        self, refused: dict[int, str | None], *, failure: BaseException | None = None, unsettled: Sequence[int] = ()
+    ) -> None:
+        super().__init__(f"{len(refused)} writes of the batch refused, the others stored"
+                         if failure is None else f"{len(refused)} writes of the batch refused, then: {failure}")
+        self.refused = dict(sorted(refused.items()))  # in the batch's order: the writer fails them so
+        self.failure = failure
+        self.unsettled = list(unsettled)
 
 
 def storing_apart(commit: Callable[[list[Write]], None]) -> Callable[[list[Write]], None]:
-    """``commit``, which on a failure commits the batch again without the writes that cannot be
-    stored and then raises :class:`PartlyStored`; when every write can be, or the second commit
-    fails too (the database away), the failure is raised as it came."""
+    """``commit``, which on a failure stores the batch without the writes that cannot be stored
+    and then raises :class:`PartlyStored`: those found by a look at each write (:func:`refusals`),
+    else, when the database refused the batch's data (:func:`refused_by_database`), those it
+    refuses alone (:class:`_Apart`). A failure of another kind, or one that comes before anything
+    is stored, is raised as it came; nothing runs until a commit has failed."""
 
     def committing(writes: list[Write]) -> None:
         try:
             commit(writes)
+            return
         except Exception as exc:
             refused = refusals(writes)
-            if not refused:
+            if not refused and not refused_by_database(exc):
                 raise
-            kept = [w for i, w in enumerate(writes) if i not in refused]
-            if kept:
-                commit(kept)
-            raise PartlyStored(refused) from exc
+            first = exc
+        apart = _Apart(commit, writes, refused)
+        try:
+            if refused:
+                apart.store([i for i in range(len(writes)) if i not in refused])
+            else:
+                apart.store(list(range(len(writes))), first)
+        except Exception as exc:  # the database failed meanwhile, not on a write's data
+            if not apart.stored:
+                raise
+            settled = apart.stored | apart.refused.keys()
+            unsettled = [i for i in range(len(writes)) if i not in settled]
+            raise PartlyStored(apart.refused, failure=exc, unsettled=unsettled) from exc
+        if apart.refused:
+            raise PartlyStored(apart.refused) from first
 
     return committing
+
+
+def refused_by_database(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database refusing a statement's data (the driver's data or
+    integrity error, maybe wrapped by SQLAlchemy), not a failure of the database itself."""
+    cause = exc.orig if isinstance(exc, StatementError) else exc
+    return isinstance(cause, _DATA_ERRORS)
+
+
+class _Apart:
+    """A failed batch stored in parts, in its order, each part a transaction of its own: one the
+    database takes is stored, one it refuses is halved, and a write it refuses alone is left out
+    (``refused``, with what it said), with every later write of its group.
+
+    The parts are committed in the batch's order, so ``seq`` follows it as in one transaction. It
+    takes about two failed commits and one more a level of halving for each write refused (a
+    batch of 2,000 writes has 11 levels). A failure of another kind is raised as it comes."""
+
+    def __init__(self, commit: Callable[[list[Write]], None], writes: Sequence[Write], refused: dict[int, str | None]) -> None:
+        self._commit = commit
+        self._writes = writes
+        self.refused = dict(refused)
+        self.stored: set[int] = set()
+        #: each group refused a write, and the first place it was refused at: its writes after it rest on it
+        self._spoilt: dict[int, int] = {}
+        for i in sorted(refused):
+            if (group := _group(writes[i])) is not None:
+                self._spoilt.setdefault(group, i)
+
+    def store(self, part: list[int], failed: BaseException | None = None) -> None:
+        """Store the writes at the places ``part``, in order; ``failed``: how they failed together, known already."""
+        kept = []
+        for i in part:
+            if self._after_refused(i):
+                self.refused[i] = None
+            else:
+                kept.append(i)
+        if not kept:
+            return
+        if failed is None or len(kept) < len(part):
+            try:
+                self._commit([self._writes[i] for i in kept])
+            except Exception as exc:
+                if not refused_by_database(exc):
+                    raise
+                failed = exc
+            else:
+                self.stored.update(kept)
+                return
+        if len(kept) == 1:
+            self.refused[kept[0]] = REFUSED_BY_DATABASE + _said(failed)
+            group = _group(self._writes[kept[0]])
+            if group is not None:
+                self._spoilt.setdefault(group, kept[0])
+            return
+        half = len(kept) // 2
+        self.store(kept[:half])
+        self.store(kept[half:])
+
+    def _after_refused(self, i: int) -> bool:
+        """Whether the write at ``i`` comes after one of its group's that was refused (it rests on it)."""
+        group = _group(self._writes[i])
+        return group is not None and i > self._spoilt.get(group, i)
+
+
+def _group(write: Write) -> int | None:
+    return None if write.group is None else write.group.group_id
+
+
+def _said(exc: BaseException) -> str:
+    """What the database said: the driver's exception, its type and its first line."""
+    cause = exc.orig if isinstance(exc, StatementError) and exc.orig is not None else exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
 
 
 def refusals(writes: Sequence[Write]) -> dict[int, str | None]:

@@ -9,10 +9,12 @@ on top of a lost one is ever stored; a job of :meth:`.database.Database.write` q
 is refused too (its awaiter gets :class:`NotPersisted`, the function is not run), since it may
 rest on those writes. What is queued after the failure was handled runs as usual.
 
-A batch that failed on writes the database cannot take (a game's value that is no JSON) is
-stored without them (:mod:`.unstorable`): only they fail (:class:`Unstorable`), with the later
-writes of their groups in the batch and in the queue, computed on top of them (:class:`NotPersisted`);
-every other write is committed and called back as usual, in order, and the jobs run.
+A batch that failed on writes the database cannot take (a game's value that is no JSON, a client
+id its unique index refuses) is stored without them (:mod:`.unstorable`): only they fail
+(:class:`Unstorable`), with the later writes of their groups in the batch and in the queue,
+computed on top of them (:class:`NotPersisted`); every other write is committed and called back
+as usual, in order, and the jobs run. Should the database fail meanwhile, what it left unstored
+fails as a failed batch does.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import TypeVar
 from ..exceptions import NotAuthority, NotPersisted, Unstorable
 from .database import CHECKPOINT_EVERY, Database
 from .thread import COMMIT_BUCKET_NAMES
-from .unstorable import PartlyStored
+from .unstorable import REFUSED_BY_DATABASE, PartlyStored
 from .writes import Write
 
 log = logging.getLogger("synclab.writer")
@@ -122,7 +124,7 @@ class EventWriter:
                 _safely(pending.on_fail, exc)
             return
         if isinstance(exc, PartlyStored):  # stored but for writes that cannot be, and their groups' later ones
-            self._partly_stored(batch, exc.refused)
+            self._partly_stored(batch, exc)
             return
         if exc is not None:  # any database failure: refuse the batch and what was queued behind it
             log.error("commit of %d writes failed: %s", len(batch), exc)
@@ -144,18 +146,32 @@ class EventWriter:
                 else:
                     _safely(pending.on_commit, pending.write)
 
-    def _partly_stored(self, batch: list[_Pending], refused: dict[int, str | None]) -> None:
-        """The batch was stored without ``refused`` (by place in it): those fail, and what their
+    def _partly_stored(self, batch: list[_Pending], exc: PartlyStored) -> None:
+        """The batch was stored without ``exc.refused`` (by place in it): those fail, and what their
         groups have queued since, which rests on them, is withdrawn and fails too; the others are
-        committed, in order, and the rest of the queue (other groups' writes, jobs) goes on."""
-        spoilt = {g for i in refused if (g := _group(batch[i].write)) is not None}
-        behind = self._database.writer.withdraw(lambda p: _group(p.write) in spoilt) if spoilt else []
+        committed, in order, and the rest of the queue (other groups' writes, jobs) goes on.
+
+        When the database failed while the batch was stored in parts (``exc.failure``), the writes
+        it left unsettled fail as a failed batch's do, with everything queued behind them."""
+        refused, unsettled = exc.refused, set(exc.unsettled)
+        if exc.failure is not None:
+            log.error("commit of %d writes failed (the batch's %d others stored or refused before): %s",
+                      len(unsettled), len(batch) - len(unsettled), exc.failure)
+            behind = self._database.writer.withdraw()
+        else:
+            spoilt = {g for i in refused if (g := _group(batch[i].write)) is not None}
+            behind = self._database.writer.withdraw(lambda p: _group(p.write) in spoilt) if spoilt else []
         self._database.writer.resume()
-        stored = [p for i, p in enumerate(batch) if i not in refused]
+        stored = [p for i, p in enumerate(batch) if i not in refused and i not in unsettled]
         if stored:
             self._done(stored, None)  # counted and called back as a committed batch, ...
         for i, why in refused.items():  # ... then the refused, in order: their groups roll back
             _safely(batch[i].on_fail, _refusal(batch[i].write, why))
+        if exc.failure is not None:
+            failed = NotPersisted(f"the event could not be stored: {type(exc.failure).__name__}")
+            for pending in [p for i, p in enumerate(batch) if i in unsettled] + behind:
+                _safely(pending.on_fail, failed)
+            return
         for pending in behind:
             _safely(pending.on_fail, _refusal(pending.write, None))
 
@@ -170,6 +186,8 @@ def _refusal(write: Write, why: str | None) -> NotPersisted:
     group is rolled back: sent again, it is computed anew)."""
     if why is None:
         return NotPersisted(f"the event could not be stored: group {_group(write)} made a write before it that cannot be")
+    if why.startswith(REFUSED_BY_DATABASE):  # (a client's frame id, say: not the game's alone)
+        return Unstorable(f"the event cannot be stored: {why}", why)
     return Unstorable(f"the game made a value that cannot be stored: {why}", why)
 
 

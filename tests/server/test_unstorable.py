@@ -164,7 +164,7 @@ async def test_an_unstorable_write_is_refused_alone_and_the_other_group_s_writes
 
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(lines) == 1, lines
-    assert f"group {bad_group}: the game Hoarder made a write that cannot be stored" in lines[0]
+    assert f"group {bad_group}: a write of the game Hoarder cannot be stored" in lines[0]
     assert "the group's vars: " in lines[0] and "set" in lines[0]
     assert not [r for r in caplog.records if r.exc_info], "no traceback"
 

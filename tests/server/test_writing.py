@@ -22,6 +22,7 @@ from server.storage import (
     WriterThread,
     create_schema,
     insert_experiment,
+    make_engine,
 )
 from tests.server.harness import holding_writes, timeout, until_queued
 
@@ -331,7 +332,9 @@ def _ran(engine: Engine, ran: list[str], name: str) -> str:
 async def test_database_jobs_queued_behind_a_failed_batch_are_refused_and_the_writers_close_still_returns(
     database_url: str,
 ) -> None:
-    """Through the real Database: jobs behind a batch that breaks a foreign key get NotPersisted unrun; close returns."""
+    """Through the real Database: jobs behind a batch the database fails (its events table gone)
+    get NotPersisted unrun; close returns. (A write the database refuses alone, one that breaks a
+    foreign key say, fails alone: tests/server/test_refused_apart.py.)"""
     db = Database(database_url)
     try:
         await db.write(create_schema)
@@ -342,7 +345,13 @@ async def test_database_jobs_queued_behind_a_failed_batch_are_refused_and_the_wr
         failures: list[NotPersisted] = []
         committed: list[Write] = []
         ran: list[str] = []
-        broken = Write(experiment_id, [NewEvent("decisions", 1, time.time(), group_id=999_999)])
+        engine = make_engine(database_url)
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("ALTER TABLE events RENAME TO events_away")
+        finally:
+            engine.dispose()
+        broken = Write(experiment_id, [NewEvent("decisions", 1, time.time())])
         with holding_writes(database_url):  # the batch waits in the database while the jobs queue up
             writer.submit(broken, committed.append, failures.append)
             behind = asyncio.ensure_future(db.write(_ran, ran, "behind"))
