@@ -39,6 +39,8 @@ from .writes import Write
 #: the times a database's ``datetime`` holds (years 1 to 9999), a day inside either end for any zone
 _EARLIEST = datetime(1, 1, 2, tzinfo=UTC).timestamp()
 _LATEST = datetime(9999, 12, 30, tzinfo=UTC).timestamp()
+#: the integers an integer column holds (64 bits; SQLite's driver refuses any other)
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 #: what a driver raises for data of the statement's it refuses (a constraint, a value it cannot
 #: take); its failures of the database itself are ``OperationalError`` and others. Python's
 #: ``sqlite3`` raises ``OverflowError`` for an integer past 64 bits.
@@ -221,22 +223,40 @@ def unstorable(write: Write) -> str | None:
 
 def storable(writes: Sequence[Write]) -> None:
     """Raise ``ValueError`` for a value the database cannot store: a time past the year 9999 (a
-    period's end), a score that is no finite number (stored as NULL, which ``results`` refuses).
+    period's end), a score that is no finite number (stored as NULL, which ``results`` refuses),
+    an integer of the core's past 64 bits (a subperiod, a tick's index, a close code), which
+    SQLite's driver refuses.
 
     The journal looks before it takes a batch: an acknowledged write is applied or storage halts,
     and such a write could never be applied, so it would halt storage for good (and every start
     after it). The direct writer needs no such look: its commit fails. Either way the batch is
     then stored without it (:func:`storing_apart`). (The core refuses a payoff that is no finite
-    number first; this is the last guard.)"""
+    number first; this is the last guard.) What else SQLite refuses depends on what it holds (a
+    client id stored before, a row that is not there), which the journal, ahead of it, cannot
+    look up: the server keeps those right (:mod:`server.clientids`), and an apply they fail halts."""
     for write in writes:
         for result in write.results:
             if not math.isfinite(result.score):
                 raise ValueError(f"a score the database cannot store: {result.score!r}")
+            _integer(result.subperiod, "a result's subperiod")
         group, connection = write.group, write.connection
-        times = [] if group is None else [group.started_at, group.ends_at, group.ended_at]
+        if group is None:
+            times = []
+        else:
+            times = [group.started_at, group.ends_at, group.ended_at]
+            if type(group.subperiod) is not int or not _INT_MIN <= group.subperiod <= _INT_MAX:  # (inline: every write's)
+                _integer(group.subperiod, "the group's subperiod")
         if connection is not None:
             times += (connection.opened, connection.closed)
-        times += [tick.scheduled_at for tick in write.ticks]
+            _integer(connection.close_code, "a connection's close code")
+        for tick in write.ticks:
+            times.append(tick.scheduled_at)
+            _integer(tick.index, "a tick's index")
         for value in times:
             if value is not None and not _EARLIEST <= value <= _LATEST:  # NaN is refused too
                 raise ValueError(f"a time the database cannot store: {value!r} seconds since the epoch")
+
+
+def _integer(value: Any, where: str) -> None:
+    if type(value) is int and not _INT_MIN <= value <= _INT_MAX:  # (another value: the database says)
+        raise ValueError(f"an integer the database cannot store: {value} ({where})")

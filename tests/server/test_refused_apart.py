@@ -240,6 +240,31 @@ async def test_a_nul_character_inside_a_json_value_is_stored_on_either_database(
     assert await w.db.read(group_vars) == {"said": "\x00"}
 
 
+@pytest.mark.parametrize("writer", ["sqlite-journal", "sqlite-direct", "postgres"])
+async def test_an_integer_past_64_bits_is_refused_alone_before_the_journal_takes_it(
+    request: pytest.FixtureRequest, writer: str
+) -> None:
+    """A group's subperiod past 2**63 - 1, which no integer column holds (SQLite's driver refuses it,
+    PostgreSQL's range): that write is refused alone, named, and with the journal before it is
+    appended, so the apply never meets it. Before, the direct writer failed the batch whole, and
+    the journal acknowledged it and then halted storage for good (its apply failed at every try)."""
+    url = str(request.getfixturevalue("postgres_url" if writer == "postgres" else "sqlite_url"))
+    w = await writing(url, journal=writer == "sqlite-journal")
+    try:
+        (g1, g2) = w.groups
+        await w.one_batch([("big", w.write(g1, 1, subperiod=2**63)), ("fine", w.write(g2, 2))])
+        assert isinstance(w.outcomes["big"], Unstorable), w.outcomes
+        assert "an integer the database cannot store: 9223372036854775808" in w.outcomes["big"].reason
+        assert w.outcomes["fine"] == [1]
+        w.submit("after", w.write(g1, 3))  # (with the journal: numbered on from its counter, put back exactly)
+        await eventually(lambda: "after" in w.outcomes, 10)
+        assert w.outcomes["after"] == [2]
+        assert await w.stored() == [(1, 2), (2, 3)]  # (with the journal: applied, storage not halted)
+    finally:
+        await w.writer.close()
+        w.db.close()
+
+
 #: PostgreSQL: a trigger that fails the insert of an event on the channel ``locked`` as a lock not
 #: given in time does (SQLSTATE 55P03, psycopg's OperationalError): a failure of the database, not of the write
 _LOCKED_TRIGGER = """
