@@ -16,12 +16,14 @@ MAX_CHANNEL_LENGTH = 64
 
 def channel_problem(channel: object) -> str | None:
     """Why ``channel`` cannot name a channel (``None`` when it can): a channel is a non-empty
-    string of at most :data:`MAX_CHANNEL_LENGTH` characters."""
-    if isinstance(channel, str) and 0 < len(channel) <= MAX_CHANNEL_LENGTH:
+    string of at most :data:`MAX_CHANNEL_LENGTH` characters, none of them NUL."""
+    if isinstance(channel, str) and 0 < len(channel) <= MAX_CHANNEL_LENGTH and "\x00" not in channel:
         return None
     expected = f"expected a channel name of 1 to {MAX_CHANNEL_LENGTH} characters"
     if not isinstance(channel, str):
         return f"{expected}, got {type(channel).__name__}"
+    if "\x00" in channel and 0 < len(channel) <= MAX_CHANNEL_LENGTH:  # PostgreSQL's text refuses a NUL
+        return f"{expected} without NUL, got {shown(channel)}"
     return f"{expected}, got {len(channel)}: {shown(channel)}"
 
 

@@ -70,8 +70,12 @@ def parse(text: str, max_bytes: int) -> ClientFrame:
     if "payload" not in frame and channel != "ping":
         raise FrameError("bad_frame", "expected a 'payload' member, got none")
     frame_id = frame.get("id")
-    if frame_id is not None and (not isinstance(frame_id, str) or not 0 < len(frame_id) <= MAX_CLIENT_ID):
-        raise FrameError("bad_id", f"expected 'id' to be a string of 1 to {MAX_CLIENT_ID} characters, got {shown(frame_id)}")
+    if frame_id is not None and (
+        not isinstance(frame_id, str) or not 0 < len(frame_id) <= MAX_CLIENT_ID or "\x00" in frame_id
+    ):  # (a NUL: PostgreSQL's text columns refuse one, which cost the writer a failed batch and its parts)
+        raise FrameError(
+            "bad_id", f"expected 'id' to be a string of 1 to {MAX_CLIENT_ID} characters without NUL, got {shown(frame_id)}"
+        )
     payload = frame.get("payload")
     # a frame can only nest that deep with as many brackets, which str.count finds at C speed
     if text.count("[") + text.count("{") > MAX_DEPTH and nested_deeper(payload, MAX_DEPTH):

@@ -411,7 +411,7 @@ class Relay(DecisionGroup):
         self.send(payload, "relayed")
 
 
-@pytest.mark.parametrize("channel", ["", "c" * (MAX_CHANNEL_LENGTH + 1), 7, None])
+@pytest.mark.parametrize("channel", ["", "c" * (MAX_CHANNEL_LENGTH + 1), 7, None, "a\x00b"])
 def test_a_send_on_a_channel_that_cannot_be_stored_raises_at_once_and_changes_nothing(channel: Any) -> None:
     """An empty name, one past the events table's column, or no string: send raises GameFault
     naming the game (describe_fault finds the hook that called it), and the frame that ran the
@@ -472,7 +472,7 @@ def test_a_game_declaring_a_channel_synclab_gives_a_meaning_to_is_refused(channe
         assert stored.state == before and not stored.carried
 
 
-@pytest.mark.parametrize("channel", ["", "c" * (MAX_CHANNEL_LENGTH + 1), 7])
+@pytest.mark.parametrize("channel", ["", "c" * (MAX_CHANNEL_LENGTH + 1), 7, "a\x00b"])
 def test_a_game_declaring_a_channel_that_cannot_be_stored_is_refused(channel: Any) -> None:
     """check_channels (called when an experiment is created) refuses it, naming the game."""
 

@@ -533,6 +533,8 @@ BAD_FRAMES: list[tuple[str, str, str]] = [
     ("id_a_number", '{"channel": "decisions", "payload": 1, "id": 7}', "bad_id"),
     ("id_an_object", '{"channel": "decisions", "payload": 1, "id": {"a": 1}}', "bad_id"),
     ("id_65_chars", orjson.dumps({"channel": "decisions", "payload": 1, "id": "x" * 65}).decode(), "bad_id"),
+    # PostgreSQL's text columns refuse a NUL: refused here, not by the writer's failed batch
+    ("id_with_nul", orjson.dumps({"channel": "decisions", "payload": 1, "id": "a\u0000b"}).decode(), "bad_id"),
     ("unknown_channel", '{"channel": "chat", "payload": "hi", "id": "u1"}', "unknown_channel"),
     ("decision_2", '{"channel": "decisions", "payload": 2, "id": "v1"}', "invalid_decision"),
     ("decision_negative", '{"channel": "decisions", "payload": -0.1, "id": "v2"}', "invalid_decision"),
