@@ -32,6 +32,7 @@ from groups import (
     STATE,
     DecisionGroup,
     Event,
+    GameFault,
     GroupState,
     InvalidState,
     Phase,
@@ -84,6 +85,11 @@ SLOW_LOG_EVERY = 5.0
 IN_ACTION = "one action"
 IN_BOT_DECISION = "bot_decision (a stand-in's decision)"
 IN_HELLO_PAYOFF = "payoff (the score so far of a hello)"
+#: seconds between two log lines of one group's game failing in one such hook the server calls
+#: alone, in one way (the failures between are counted in the next line)
+HOOK_FAULTS_LOG_EVERY = 5.0
+#: the (hook, exception type) pairs of a group kept at most; past it the oldest is forgotten (logged anew)
+HOOK_FAULTS_KEPT = 16
 
 
 #: close a participant's connection ``conn`` on ``worker`` with ``code`` and ``reason``
@@ -200,6 +206,9 @@ class LiveGroup:
         #: per kind (``IN_…``): when (``perf_counter``) the game was last logged slow, and how many
         #: slow ones were not logged since
         self._slow_hooks = LogThrottle(SLOW_LOG_EVERY, 3)
+        #: per hook the server calls alone and exception type: the game's failures there, logged
+        #: as :meth:`hook_failed` says
+        self._hook_faults = LogThrottle(HOOK_FAULTS_LOG_EVERY, HOOK_FAULTS_KEPT)
         #: set at shutdown: no timer is set any more, so nothing new is computed
         self._closed = False
         #: writes submitted and not stored (or failed) yet
@@ -333,6 +342,26 @@ class LiveGroup:
         took = perf_counter() - began
         if took > SLOW_ACTION:
             self._slow(took, where)
+
+    def hook_failed(self, exc: Exception, where: str, instead: str) -> None:
+        """The game failed with ``exc`` in a hook the server called outside an action (``where``,
+        one of the ``IN_…``), and the server did ``instead``. Such a hook runs at every hello or at
+        every decision of a stand-in: the first failure of a kind (hook and exception type) in a
+        while is logged with its traceback (none for a :class:`groups.GameFault`: the core's
+        refusal of what the hook gave, which its message names), then at most one line every
+        :data:`HOOK_FAULTS_LOG_EVERY` s counting those since, as a game failing on the members'
+        frames is (``server.connection``)."""
+        kind = type(exc).__name__
+        skipped = self._hook_faults.due((where, kind), perf_counter())
+        if skipped is None:
+            return
+        game = f"the game {type(self.core).__name__} ({self.game})"
+        if skipped < 0:
+            log.error("group %s: %s failed in %s: %s: %s; %s", self.id, game, where, kind, exc, instead,
+                      exc_info=None if isinstance(exc, GameFault) else exc)
+            return
+        log.error("group %s: %s failed in %s again: %s: %s; %s (%d more such failures since the last line)",
+                  self.id, game, where, kind, exc, instead, skipped)
 
     def _to_monitors(self, events: list[Event], stored: Write, now: float, connection: ConnectionChange | None) -> None:
         """Tell the experiment's monitors what was stored: one frame per write, never awaited."""
@@ -707,8 +736,7 @@ class LiveGroup:
             earned = self.core.earned(participant, now, state)
         except Exception as exc:
             self.timed(began, IN_HELLO_PAYOFF)
-            log.warning("group %s: the game %s failed on the payoff of a hello: %s: %s",
-                        self.id, type(self.core).__name__, type(exc).__name__, exc)
+            self.hook_failed(exc, IN_HELLO_PAYOFF, "the hello shows the score up to the last accrual")
             return self.core.earned(participant, state.flow_at if state.flow_at is not None else now, state)
         self.timed(began, IN_HELLO_PAYOFF)
         return earned

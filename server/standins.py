@@ -224,9 +224,9 @@ class StandIns:
                 began = perf_counter()  # the game's code on the event loop, outside any action: timed as one is
                 try:
                     decision = live.core.bot_decision(participant, dict(state.decisions), rng)
-                except Exception:
+                except Exception as exc:
                     live.timed(began, IN_BOT_DECISION)
-                    log.exception("group %s: %s.bot_decision failed; the bot holds still", live.id, live.game)
+                    live.hook_failed(exc, IN_BOT_DECISION, "the bot holds still")
                     decision = None
                 else:
                     live.timed(began, IN_BOT_DECISION)

@@ -6,7 +6,8 @@ as it was. Now ``end`` ends it without the game (a ``game_fault`` event records 
 group ends by itself once its period's end is long past. A hook that holds the event loop is
 logged, naming the game and the group, in an action or outside one (a stand-in's
 ``bot_decision``, a hello's ``payoff``). A hello in a group whose payoff gives NaN is answered,
-with the score up to the last accrual.
+with the score up to the last accrual. A hook that fails outside an action, at every hello or
+every decision of a stand-in, is logged once with its traceback, then counted.
 """
 
 from __future__ import annotations
@@ -35,7 +36,15 @@ from server.experiments import parse_request
 from server.storage import make_engine, sessions
 from server.throttle import LogThrottle
 from server.verify import verify
-from tests.server.harness import TOKEN, Client, Harness, running_server, timeout, until_state
+from tests.server.harness import (
+    TOKEN,
+    Client,
+    Harness,
+    eventually,
+    running_server,
+    timeout,
+    until_state,
+)
 from tests.server.test_blocks import decide, wait_for_status
 from tests.server.test_cli import free_port, started, wait_until_healthy
 from tests.server.test_monitor import rows_until
@@ -114,6 +123,13 @@ class SlowBot(PublicGoods):
     def bot_decision(self, participant: str, decisions: Any, rng: Any) -> Any:
         time.sleep(0.06)
         return 5
+
+
+class RaisingBot(PublicGoods):
+    """public_goods whose stand-ins fail to choose, every time (found by its import path)."""
+
+    def bot_decision(self, participant: str, decisions: Any, rng: Any) -> Any:
+        raise RuntimeError("no idea")
 
 
 def faults(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -422,9 +438,9 @@ async def test_a_hello_whose_payoff_is_nan_shows_the_score_up_to_the_last_accrua
     server: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Continuous time, a contributes 7 (taken: what accrues up to it is finite), then b connects
-    again: its hello comes, its score so far a finite number (the flow up to the decision; the
-    payoff's NaN was put in it, and a NaN is no JSON: the page got null), one warning naming the
-    game's payoff and the GameFault."""
+    again, twice: each hello comes, its score so far a finite number (the flow up to the decision;
+    the payoff's NaN was put in it, and a NaN is no JSON: the page got null), one log line for both
+    naming the game's payoff and the GameFault (a line a hello before)."""
     caplog.set_level(logging.WARNING, logger="synclab.live")
     exp = await server.create(game="tests.server.test_game_faults:NotANumber", participants=2, group_size=2,
                               period_length=60)
@@ -438,9 +454,12 @@ async def test_a_hello_whose_payoff_is_nan_shows_the_score_up_to_the_last_accrua
     assert hello["phase"] == "running"
     assert isinstance(hello["earned"], float), hello["earned"]
     assert 0 < hello["earned"] <= 10 * (decided_at - started_at) / 1000 / 60  # 10 a second until the 7
-    warned = [r.getMessage() for r in caplog.records if "failed on the payoff of a hello" in r.getMessage()]
+    await again.close()
+    assert isinstance((await (await server.connect(b_code)).expect("hello"))["payload"]["earned"], float)
+    warned = [r.getMessage() for r in hook_faults(caplog, "payoff")]
     assert len(warned) == 1, warned
-    assert "GameFault: NotANumber.payoff gave nan for" in warned[0] and f"group {hello['group']}:" in warned[0]
+    assert warned[0].startswith(f"group {hello['group']}: the game NotANumber (tests.server.test_game_faults:NotANumber) "
+                                "failed in payoff (the score so far of a hello): GameFault: NotANumber.payoff gave nan for ")
 
 
 async def test_a_slow_payoff_of_a_hello_is_logged_naming_the_hook(
@@ -487,6 +506,38 @@ async def test_a_slow_bot_decision_is_logged_once_naming_the_hook(
     took = re.match(rf"group {group}: the game SlowBot \(tests\.server\.test_game_faults:SlowBot\) held the "
                     r"event loop (\d+) ms in bot_decision \(a stand-in's decision\) ", warned[0])
     assert took is not None and 60 <= int(took[1]) < 1000, warned
+
+
+def hook_faults(caplog: pytest.LogCaptureFixture, hook: str) -> list[logging.LogRecord]:
+    """The log lines of the game failing in ``hook`` (a hook the server calls outside an action)."""
+    return [r for r in caplog.records if "failed" in r.getMessage() and hook in r.getMessage()
+            and "held the event loop" not in r.getMessage()]
+
+
+async def test_a_bot_decision_that_raises_logs_one_traceback_then_a_line_counting_the_rest(
+    server: Harness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in fills b's seat; its game's bot_decision raises at each of its decisions (every 25
+    to 75 ms here, the log's interval 0.3 s): the first failure is logged with its traceback,
+    naming the group, the game and bot_decision, the next line counts those since. Every decision
+    of every stand-in logged a traceback (about one a second each)."""
+    caplog.set_level(logging.WARNING, logger="synclab.live")
+    monkeypatch.setattr(standins, "PACE", 0.05)  # the server runs in this process
+    monkeypatch.setattr(live, "HOOK_FAULTS_LOG_EVERY", 0.3)
+    exp = await server.create(game="tests.server.test_game_faults:RaisingBot", participants=2, group_size=2,
+                              period_length=60)
+    a_code, b_code = (p["code"] for p in exp["participants"])
+    a = await server.connect(a_code)
+    group = (await a.expect("hello"))["payload"]["group"]
+    await server.runtime.groups.stand_in(group, b_code, "fill")
+    await until_state(a, "period_start")
+    await eventually(lambda: len(hook_faults(caplog, "bot_decision")) >= 2, wait=3)
+    first, second = (r.getMessage() for r in hook_faults(caplog, "bot_decision")[:2])
+    assert [r.exc_info is not None for r in hook_faults(caplog, "bot_decision")[:2]] == [True, False], (first, second)
+    prefix = f"group {group}: the game RaisingBot (tests.server.test_game_faults:RaisingBot) failed in bot_decision "
+    assert first.startswith(prefix) and "RuntimeError: no idea" in first, first
+    counted = re.search(r"RuntimeError: no idea.*\((\d+) more such failures since the last line\)", second)
+    assert second.startswith(prefix) and counted is not None and int(counted[1]) >= 2, second
 
 
 def test_the_failures_between_two_log_lines_are_counted() -> None:
