@@ -300,7 +300,8 @@ class DecisionGroup:
             )
 
     def role(self, participant: str) -> str | None:
-        """The participant's role in the group, shown in ``hello`` (default: none)."""
+        """The participant's role in the group, shown in ``hello`` (default: none). A string; the
+        server shows none (null) when this raises or gives what JSON cannot hold, and logs it."""
         return None
 
     def initial_decision(self, participant: str) -> Any:

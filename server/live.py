@@ -39,6 +39,7 @@ from groups import (
     RefusedAction,
     Timing,
     describe_fault,
+    shown,
 )
 
 from .clientids import MAYBE, ClientIds
@@ -85,6 +86,7 @@ SLOW_LOG_EVERY = 5.0
 IN_ACTION = "one action"
 IN_BOT_DECISION = "bot_decision (a stand-in's decision)"
 IN_HELLO_PAYOFF = "payoff (the score so far of a hello)"
+IN_ROLE = "role (a member's role in a hello)"
 #: seconds between two log lines of one group's game failing in one such hook the server calls
 #: alone, in one way (the failures between are counted in the next line)
 HOOK_FAULTS_LOG_EVERY = 5.0
@@ -205,7 +207,7 @@ class LiveGroup:
         self._tick_failures = 0
         #: per kind (``IN_…``): when (``perf_counter``) the game was last logged slow, and how many
         #: slow ones were not logged since
-        self._slow_hooks = LogThrottle(SLOW_LOG_EVERY, 3)
+        self._slow_hooks = LogThrottle(SLOW_LOG_EVERY, 4)
         #: per hook the server calls alone and exception type: the game's failures there, logged
         #: as :meth:`hook_failed` says
         self._hook_faults = LogThrottle(HOOK_FAULTS_LOG_EVERY, HOOK_FAULTS_KEPT)
@@ -708,7 +710,7 @@ class LiveGroup:
             "config": self.core.config,
             "group": self.id,
             "members": list(self.core.members),
-            "role": self.core.role(participant),
+            "role": self._role(participant),
             "block": self.block_index,
             "num_blocks": self.spec.num_blocks,
             "phase": state.phase.value,
@@ -740,6 +742,29 @@ class LiveGroup:
             return self.core.earned(participant, state.flow_at if state.flow_at is not None else now, state)
         self.timed(began, IN_HELLO_PAYOFF)
         return earned
+
+    def _role(self, participant: str) -> Any:
+        """The participant's role for their hello; ``None`` (unknown, as a game without roles
+        gives) when the game fails on it or gives what JSON cannot hold: the page works all the
+        same. The role is the game's code on the event loop, timed as an action is."""
+        began = perf_counter()
+        try:
+            role = self.core.role(participant)
+        except Exception as exc:
+            self.timed(began, IN_ROLE)
+            self.hook_failed(exc, IN_ROLE, "the hello shows no role (null)")
+            return None
+        self.timed(began, IN_ROLE)
+        if role is None or type(role) is str:
+            return role
+        try:
+            orjson.dumps(role)  # what the hello is encoded with, here and between the workers
+        except TypeError:  # orjson.JSONEncodeError
+            fault = GameFault(f"{type(self.core).__name__}.role gave {shown(role)} for {participant!r}: "
+                              "a role must be JSON (a string, or None for none)", "role")
+            self.hook_failed(fault, IN_ROLE, "the hello shows no role (null)")
+            return None
+        return role
 
     def replay(self) -> list[str]:
         """Frames repeated to a new connection: the last ``state`` and the current decisions."""

@@ -5,9 +5,10 @@ and again, and the experimenter's ``end``, which scores the period, failed too a
 as it was. Now ``end`` ends it without the game (a ``game_fault`` event records why), and the
 group ends by itself once its period's end is long past. A hook that holds the event loop is
 logged, naming the game and the group, in an action or outside one (a stand-in's
-``bot_decision``, a hello's ``payoff``). A hello in a group whose payoff gives NaN is answered,
-with the score up to the last accrual. A hook that fails outside an action, at every hello or
-every decision of a stand-in, is logged once with its traceback, then counted.
+``bot_decision``, a hello's ``payoff`` and ``role``). A hello in a group whose payoff gives NaN is
+answered, with the score up to the last accrual; one whose role raises, with no role. A hook that
+fails outside an action, at every hello or every decision of a stand-in, is logged once with its
+traceback, then counted.
 """
 
 from __future__ import annotations
@@ -123,6 +124,28 @@ class SlowBot(PublicGoods):
     def bot_decision(self, participant: str, decisions: Any, rng: Any) -> Any:
         time.sleep(0.06)
         return 5
+
+
+class RaisingRole(PublicGoods):
+    """public_goods whose role raises for every member (found by its import path)."""
+
+    def role(self, participant: str) -> str:
+        raise KeyError(participant)
+
+
+class SetRole(PublicGoods):
+    """public_goods whose role is a set, which JSON cannot hold (found by its import path)."""
+
+    def role(self, participant: str) -> Any:
+        return {"player"}
+
+
+class SlowRole(PublicGoods):
+    """public_goods whose role takes 60 ms (found by its import path)."""
+
+    def role(self, participant: str) -> str:
+        time.sleep(0.06)
+        return "player"
 
 
 class RaisingBot(PublicGoods):
@@ -512,6 +535,52 @@ def hook_faults(caplog: pytest.LogCaptureFixture, hook: str) -> list[logging.Log
     """The log lines of the game failing in ``hook`` (a hook the server calls outside an action)."""
     return [r for r in caplog.records if "failed" in r.getMessage() and hook in r.getMessage()
             and "held the event loop" not in r.getMessage()]
+
+
+@pytest.mark.parametrize(("game", "fault"), [
+    ("RaisingRole", "KeyError: "),
+    ("SetRole", "GameFault: SetRole.role gave {'player'} for "),
+])
+async def test_a_role_that_fails_is_shown_unknown_and_every_member_gets_their_page(
+    server: Harness, caplog: pytest.LogCaptureFixture, game: str, fault: str
+) -> None:
+    """The game's role raises (or gives a set, no JSON) for every member: each member's hello comes
+    all the same with the role null (unknown, as a game without roles has), the period starts
+    with both connected, and one log line names the group, the game, role and the fault for the
+    three hellos. Each socket was closed with 1011 before its hello: no member's page could start."""
+    caplog.set_level(logging.WARNING, logger="synclab.live")
+    exp = await server.create(game=f"tests.server.test_game_faults:{game}", participants=2, group_size=2,
+                              period_length=60)
+    a_code, b_code = (p["code"] for p in exp["participants"])
+    a, b = [await server.connect(c) for c in (a_code, b_code)]
+    hellos = [(await c.expect("hello"))["payload"] for c in (a, b)]
+    assert [h["role"] for h in hellos] == [None, None]
+    await until_state(a, "period_start")
+    await b.close()
+    hellos.append((await (await server.connect(b_code)).expect("hello"))["payload"])  # b again
+    assert hellos[-1]["role"] is None and hellos[-1]["phase"] == "running"
+    logged = hook_faults(caplog, "role")
+    assert len(logged) == 1, [r.getMessage() for r in logged]
+    assert logged[0].getMessage().startswith(
+        f"group {hellos[0]['group']}: the game {game} (tests.server.test_game_faults:{game}) failed in role "
+    ) and fault in logged[0].getMessage(), logged[0].getMessage()
+    assert (logged[0].exc_info is not None) is (game == "RaisingRole")  # the traceback of a raise
+
+
+async def test_a_slow_role_is_logged_naming_the_hook(server: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """The game's role takes 60 ms, asked by each member's hello outside any action of the group:
+    logged, naming the group, the game and role (once for the two hellos)."""
+    caplog.set_level(logging.WARNING, logger="synclab.live")
+    exp = await server.create(game="tests.server.test_game_faults:SlowRole", participants=2, group_size=2,
+                              period_length=60)
+    a, b = [await server.connect(p["code"]) for p in exp["participants"]]
+    group = (await a.expect("hello"))["payload"]["group"]
+    assert (await b.expect("hello"))["payload"]["role"] == "player"
+    warned = slow_warnings(caplog, "role")
+    assert len(warned) == 1, warned
+    took = re.match(rf"group {group}: the game SlowRole \(tests\.server\.test_game_faults:SlowRole\) held the "
+                    r"event loop (\d+) ms in role \(a member's role in a hello\) ", warned[0])
+    assert took is not None and 60 <= int(took[1]) < 1000, warned
 
 
 async def test_a_bot_decision_that_raises_logs_one_traceback_then_a_line_counting_the_rest(
