@@ -340,6 +340,10 @@ def _store_group_states(
 
 
 def _store_connections(cursor: Any, sql: BatchStatements, changes: Sequence[ConnectionChange]) -> None:
+    """The connections opened and closed. What the client may say of itself is cut to its column
+    (PostgreSQL refuses a longer one, and with it the member's arrival): its user agent, and its
+    address, which uvicorn takes from ``X-Forwarded-For`` when a host it trusts sends the request
+    (with ``FORWARDED_ALLOW_IPS=*`` the header's first entry, whatever the client put there)."""
     sql.opened.run(cursor, [
         (
             c.id,
@@ -347,7 +351,7 @@ def _store_connections(cursor: Any, sql: BatchStatements, changes: Sequence[Conn
             c.experiment_id,
             sql.time(c.opened),
             (c.user_agent or "")[:512] or None,
-            c.address,
+            (c.address or "")[:64] or None,
             c.route,
             c.worker,
         )

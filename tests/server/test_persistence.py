@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, inspect, select, text
+from websockets.asyncio.client import connect
 
 from server.exceptions import SchemaError
 from server.storage import (
@@ -220,6 +221,29 @@ async def test_each_connection_is_stored_with_its_times_and_user_agent(any_serve
     assert connected_at is not None and disconnected_at >= connected_at
     assert "websockets" in user_agent.lower() or "python" in user_agent.lower()
     assert close_code == 1000
+
+
+async def test_an_address_longer_than_its_column_is_stored_cut_and_its_member_plays(any_server: Harness) -> None:
+    """A client on the loopback (a host uvicorn trusts by default, as every host with
+    ``FORWARDED_ALLOW_IPS=*``) names its own address in ``X-Forwarded-For``: one of 100 characters
+    is stored cut to the column's 64, and its member's arrival with it. On PostgreSQL the column
+    refused it: the arrival's write was refused alone (logged as the game's), the member never
+    counted, and the period never started."""
+    exp = await any_server.create(participants=2, group_size=2)
+    a_code, b_code = (p["code"] for p in exp["participants"])
+    a = await any_server.connect(a_code)
+    far = await connect(f"{any_server.ws_base}/ws/p/{b_code}", additional_headers={"X-Forwarded-For": "h" * 100},
+                        open_timeout=timeout(5), close_timeout=timeout(2))
+    b = Client(far)
+    any_server.clients.append(b)
+    for client in (a, b):
+        await until_state(client, "period_start", 5)
+
+    def addresses(engine: Engine) -> list[str]:
+        with engine.connect() as conn:
+            return sorted(conn.execute(select(connections_table.c.address)).scalars())
+
+    assert await any_server.runtime.database.read(addresses) == ["127.0.0.1", "h" * 64]
 
 
 async def test_a_connection_lost_without_a_close_frame_is_stored_with_1006(any_server: Harness, database_url: str) -> None:
