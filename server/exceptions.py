@@ -126,8 +126,8 @@ class NotPersisted(SynclabError):
 class Unstorable(NotPersisted):
     """A write holds a value the database cannot take: a game put something that is no JSON in
     its vars, a payload or a decision (a ``set``, an object, bytes, a dict keyed by numbers), or
-    the database refused the write alone (on PostgreSQL a NUL character in a client's frame id or
-    a channel's name; a client id its participant stored before).
+    the database refused the write alone (a client id its participant stored before; on
+    PostgreSQL an integer past its column's range, a text past its column's length).
 
     Refused alone: the rest of its batch is stored, its group is rolled back to what is stored,
     and the frame that caused it gets an ``error`` frame ``game_error``, which a client does

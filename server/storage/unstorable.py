@@ -11,8 +11,9 @@ the ones that cannot be, and without the later writes of their groups, which res
 (:meth:`.writer.EventWriter._done`), which then also withdraws what those groups have queued.
 
 The database may refuse one write's data for a reason of its own, which no look at the write
-alone finds: a NUL character in a text column on PostgreSQL (a client's frame id), a client id
-its participant stored before (a unique index), an integer past a column's range. Such a
+alone finds: a client id its participant stored before (a unique index), on PostgreSQL an
+integer past a column's range or a text past its length (a NUL character, which its text
+cannot hold, is refused where it comes in: ``server.wire``, ``groups.messages``). Such a
 failure is the driver's data error (:func:`refused_by_database`); the batch is then stored in
 parts, in its order (:class:`_Apart`): the parts that go through are stored, a part refused is
 halved, and a write refused alone is left out with what the database said. A failure of the
