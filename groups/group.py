@@ -63,8 +63,8 @@ PERIOD_END = "period_end"
 #: ``period_end`` as the period's end, ``result`` as a score, ``ack`` as a member's frame stored.
 RESERVED_CHANNELS: frozenset[str] = frozenset({
     DECISIONS, GROUP_DECISIONS, STATE, SUBPERIOD, RESULT, PERIOD, GAME_FAULT,
-    "control", "standin", "lobby",  # server.live.CONTROL and LOBBY, server.standins.STANDIN
-    "hello", "ack", "error", "ping", "experiment",  # server.connection, server.live.EXPERIMENT
+    "control", "standin", "lobby",  # server.control.CONTROL, server.standins.STANDIN, server.presence.LOBBY
+    "hello", "ack", "error", "ping", "experiment",  # server.connection, server.routing.EXPERIMENT
 })
 #: who paused a period: the experimenter, or a member's disconnect (see ``pause_when_disconnected``)
 PAUSED_BY_EXPERIMENTER = "experimenter"

@@ -22,6 +22,7 @@ from starlette.routing import Route
 from groups import available_games, shown
 
 from .accounts import SCOPE_KEY, Account, Refused
+from .control import ACTIONS
 from .exceptions import (
     ApiError,
     BadRequest,
@@ -32,7 +33,6 @@ from .exceptions import (
     Unavailable,
 )
 from .experiments import parse_request, plan
-from .live import ACTIONS
 from .online import settings
 from .progress import (
     Filter,

@@ -30,9 +30,11 @@ from typing import Any, Protocol
 from groups import Event, Phase
 
 from .exceptions import NotPersisted
-from .live import LOBBY, Clock, LiveGroup, RunEnded
+from .live import LiveGroup, RunEnded
 from .online import settings
+from .presence import LOBBY
 from .storage import BOT, NO_GROUP, Database, close_lobby, lobby_of
+from .ticks import Clock
 
 log = logging.getLogger("synclab.lobby")
 #: a timeout whose writes failed is tried again after this many seconds, at most ``RETRIES`` times

@@ -26,6 +26,7 @@ from starlette.routing import Route
 from groups import MATCHINGS, MAX_AMOUNT, DecisionGroup, available_games
 
 from .api import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_QUERY_INT, STATUSES
+from .control import ACTIONS
 from .experiments import (
     MAX_BLOCK_PAUSE,
     MAX_BLOCKS,
@@ -35,7 +36,6 @@ from .experiments import (
     MAX_SUBPERIODS,
 )
 from .export import TABLES
-from .live import ACTIONS
 from .online import FILLS, MAX_WAIT
 from .settings import DURABILITIES
 from .storage import COMMIT_BUCKET_NAMES, ROLES

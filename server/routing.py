@@ -29,9 +29,11 @@ from typing import Any, Protocol
 
 from groups import InvalidState, Phase, current_block, load_game
 
+from .control import ACTIONS
 from .exceptions import NotPersisted, Unavailable, Unstorable
+from .futures import consume
 from .hub import Hub, group_topic
-from .live import ACTIONS, EXPERIMENT, Clock, LiveGroup, RunEnded, consume
+from .live import LiveGroup, RunEnded
 from .lobby import Lobbies
 from .standins import REASONS, StandIns
 from .storage import (
@@ -47,6 +49,7 @@ from .storage import (
     load_seat,
     set_experiment_status,
 )
+from .ticks import Clock
 from .views import GroupView, Member, change_from
 from .wire import encode
 
@@ -57,6 +60,9 @@ GRACE = 2.0
 MIN_SWEEP = 0.05
 #: experiment statuses after which nobody moves on to a next block (``done`` moves them to the last one)
 STOPPED = ("cancelled", "failed")
+#: the channel of the notice that the experiment is over (``{"status"}``, not stored): the members'
+#: pages show their final screen, whatever block they were in (see :meth:`LiveGroups.control`)
+EXPERIMENT = "experiment"
 
 
 class Node(Protocol):

@@ -41,7 +41,9 @@ from typing import Any, Protocol
 from groups import DECISIONS, NOBODY, PERIOD_END, STATE, Event, GroupError, Phase
 
 from .exceptions import NotPersisted, Unavailable
-from .live import IN_BOT_DECISION, LiveGroup, consume
+from .futures import consume
+from .hooks import IN_BOT_DECISION
+from .live import LiveGroup
 from .online import settings
 from .storage import Database, load_seat
 
@@ -225,11 +227,11 @@ class StandIns:
                 try:
                     decision = live.core.bot_decision(participant, dict(state.decisions), rng)
                 except Exception as exc:
-                    live.timed(began, IN_BOT_DECISION)
-                    live.hook_failed(exc, IN_BOT_DECISION, "the bot holds still")
+                    live.watch.timed(began, IN_BOT_DECISION)
+                    live.watch.hook_failed(exc, IN_BOT_DECISION, "the bot holds still")
                     decision = None
                 else:
-                    live.timed(began, IN_BOT_DECISION)
+                    live.watch.timed(began, IN_BOT_DECISION)
                 if decision is not None:
                     try:
                         await live.receive(participant, DECISIONS, decision, None, bot=True)

@@ -1,7 +1,7 @@
 """The code's layout: no import circle anywhere, a storage package of small modules used from outside
-only through its front door.
+only through its front door, a live group's modules small too.
 
-``python tests/test_layout.py`` prints the storage modules' sizes and any import circle.
+``python tests/test_layout.py`` prints the storage and live group modules' sizes and any import circle.
 """
 
 from __future__ import annotations
@@ -14,7 +14,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("server", "groups", "bench")
 STORAGE = "server.storage"
-#: a storage module past this many lines has more than one job
+#: the modules of a live group (``server.live.LiveGroup`` and its parts), held to the same size
+LIVE_GROUP = (
+    "server.live", "server.ticks", "server.presence", "server.control", "server.lookups", "server.hooks",
+    "server.futures",
+)
+#: a storage or live group module past this many lines has more than one job
 MAX_LINES = 400
 
 
@@ -110,6 +115,13 @@ def test_storage_modules_are_small() -> None:
     assert {n: s for n, s in sizes.items() if s > MAX_LINES} == {}
 
 
+def test_live_group_modules_are_small() -> None:
+    """The live group's modules (``server.live`` and the parts it is made of) are each under ~400 lines."""
+    known = modules()
+    sizes = {name: len(known[name].read_text().splitlines()) for name in LIVE_GROUP}
+    assert {n: s for n, s in sizes.items() if s > MAX_LINES} == {}
+
+
 def test_callers_import_storage_from_the_package_not_its_insides() -> None:
     """Outside the storage package, nobody imports ``server.storage.<module>``."""
     inside = {n for n in modules() if n.startswith(f"{STORAGE}.")}
@@ -123,7 +135,7 @@ def test_callers_import_storage_from_the_package_not_its_insides() -> None:
 
 if __name__ == "__main__":
     for name, path in modules().items():
-        if name.startswith(STORAGE):
+        if name.startswith(STORAGE) or name in LIVE_GROUP:
             print(f"{len(path.read_text().splitlines()):5d}  {name}")
     found = circles(graph())
     print("import circles:", found or "none")

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, func, select, text
 from sqlalchemy.engine import Connection
 
-from groups import Phase, current_block
+from groups import GroupState, Phase, current_block
 
 from .tables import (
     STATE_ONLY,
@@ -63,6 +63,21 @@ class GroupSpec:
     @property
     def last_block(self) -> bool:
         return self.block_index >= self.num_blocks - 1
+
+    def state(self) -> GroupState:
+        """The group's state as its ``groups`` row holds it, for the core."""
+        row = self.group
+        state = GroupState(
+            phase=Phase(row["phase"]),
+            decisions=dict(row["decisions"] or {}),
+            started_at=to_epoch(row["started_at"]),
+            ends_at=to_epoch(row["ends_at"]),
+            ended_at=to_epoch(row["ended_at"]),
+            subperiod=int(row["subperiod"] or 0),
+            vars=dict(row["vars"] or {}),
+        )
+        state.set_clock(row.get("clock"))
+        return state
 
 
 @dataclass(slots=True)

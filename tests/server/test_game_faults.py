@@ -30,7 +30,7 @@ from sqlalchemy import update
 from websockets.asyncio.client import connect
 
 from groups import RESERVED_CHANNELS, DecisionGroup, PublicGoods
-from server import live, standins
+from server import control, hooks, presence, routing, standins, ticks
 from server.connection import FRAME_FAULTS_LOG_EVERY
 from server.exceptions import BadRequest
 from server.experiments import parse_request
@@ -256,7 +256,7 @@ async def test_a_group_whose_game_keeps_failing_ends_by_itself_long_after_its_pe
     default) the group ends without its game, as the experimenter's end would, and the
     experiment, whose last period was not played through, is cancelled (it was done: ran to its
     end). It was tried every 10 s for ever."""
-    monkeypatch.setattr(live, "GAME_FAULT_END_AFTER", 1.0)  # the server runs in this process
+    monkeypatch.setattr(ticks, "GAME_FAULT_END_AFTER", 1.0)  # the server runs in this process
     exp = await server.create(game="tests.server.test_game_faults:Broken", participants=2, group_size=2,
                               period_length=1, num_subperiods=1)
     code = exp["code"]
@@ -366,7 +366,7 @@ def test_a_game_declaring_the_cores_state_channel_is_refused_at_creation() -> No
 def test_the_reserved_channels_hold_every_channel_the_server_gives_a_meaning_to() -> None:
     """The server's own events and frames, and every channel the participant page handles itself
     (a game's frame on one would never reach its view), are among groups.RESERVED_CHANNELS."""
-    assert {live.CONTROL, live.LOBBY, live.EXPERIMENT, standins.STANDIN} <= RESERVED_CHANNELS
+    assert {control.CONTROL, presence.LOBBY, routing.EXPERIMENT, standins.STANDIN} <= RESERVED_CHANNELS
     page = (ROOT / "server" / "static" / "participant.js").read_text()
     handlers = re.search(r"\nconst HANDLERS = \{\n(.*?)\n\};\n", page, re.S)
     assert handlers is not None
@@ -592,7 +592,7 @@ async def test_a_bot_decision_that_raises_logs_one_traceback_then_a_line_countin
     of every stand-in logged a traceback (about one a second each)."""
     caplog.set_level(logging.WARNING, logger="synclab.live")
     monkeypatch.setattr(standins, "PACE", 0.05)  # the server runs in this process
-    monkeypatch.setattr(live, "HOOK_FAULTS_LOG_EVERY", 0.3)
+    monkeypatch.setattr(hooks, "HOOK_FAULTS_LOG_EVERY", 0.3)
     exp = await server.create(game="tests.server.test_game_faults:RaisingBot", participants=2, group_size=2,
                               period_length=60)
     a_code, b_code = (p["code"] for p in exp["participants"])

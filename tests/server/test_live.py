@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from server.hub import MemoryHub
-from server.live import to_microseconds
 from server.routing import LiveGroups
 from server.storage import (
     Database,
@@ -26,6 +25,7 @@ from server.storage import (
 )
 from server.storage import events as events_table
 from server.storage import groups as groups_table
+from server.ticks import to_microseconds
 
 
 async def test_an_ack_names_the_decisions_own_seq_when_overdue_ticks_are_stored_before_it(tmp_path: Path) -> None:

@@ -1,0 +1,95 @@
+"""A live group's look-ups of its members' old client ids in the database.
+
+A member's frame whose id its :class:`server.clientids.ClientIds` may have seen long ago (the
+filter's :data:`server.clientids.MAYBE`) is answered with the stored frame's ``seq`` if the
+database holds it, else received as a new frame. The member's frames that come meanwhile wait
+behind it, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from .clientids import ClientIds
+from .exceptions import NotPersisted
+from .futures import follow
+
+#: a frame held behind a look-up: its channel, payload, client id, whether a bot sent it, its answer
+Held = tuple[str, Any, str | None, bool, asyncio.Future[list[int]]]
+
+
+class LookUps:
+    """Old client ids looked up (a part of :class:`server.live.LiveGroup`)."""
+
+    # what it reads and sets of the group's state (see server.live.LiveGroup.__init__)
+    member_ids: dict[str, int]
+    client_ids: dict[str, ClientIds]
+    _lookup: Callable[[int, str], Awaitable[int | None]] | None
+    _looking: set[asyncio.Task[None]]
+    _held: dict[str, list[Held]]
+
+    if TYPE_CHECKING:  # (server.live.LiveGroup)
+        def receive(
+            self,
+            participant: str,
+            channel: str,
+            payload: Any,
+            client_id: str | None,
+            *,
+            bot: bool = False,
+            answer: Callable[[asyncio.Future[list[int]]], None] | None = None,
+            new: bool = False,
+        ) -> asyncio.Future[list[int]]: ...
+
+        def _running_loop(self) -> asyncio.AbstractEventLoop: ...
+
+    def load_client_ids(self, participant: str, stored: list[tuple[str, int]]) -> None:
+        """A member's ids stored before this group was loaded (oldest first), unless known already."""
+        if participant not in self.client_ids:
+            self.client_ids[participant] = ClientIds(stored, forgets=self._lookup is not None)
+
+    def _look_up(
+        self,
+        ids: ClientIds,
+        participant: str,
+        channel: str,
+        payload: Any,
+        client_id: str,
+        bot: bool,
+        answer: Callable[[asyncio.Future[list[int]]], None] | None,
+    ) -> asyncio.Future[list[int]]:
+        """A frame whose id may be an old one's: answered with its ``seq`` if the database holds
+        it, else received as a new frame. The member's frames meanwhile wait behind it, and are
+        received in order after it: a new frame is never applied after a later one."""
+        assert self._lookup is not None
+        lookup = self._lookup
+        future: asyncio.Future[list[int]] = self._running_loop().create_future()
+        if answer is not None:
+            future.add_done_callback(answer)
+        held: list[Held] = []
+        self._held[participant] = held
+
+        async def look() -> None:
+            try:
+                try:
+                    seq = await lookup(self.member_ids[participant], client_id)
+                except Exception as exc:  # storage halted, the database gone: the client may retry
+                    future.set_exception(NotPersisted(f"the frame's id could not be checked: {type(exc).__name__}"))
+                    return
+                if seq is not None:
+                    ids.stored(client_id, seq)
+                    future.set_result([seq])
+                    return
+                follow(self.receive(participant, channel, payload, client_id, bot=bot, new=True), future)
+            finally:
+                del self._held[participant]
+                for later_channel, later_payload, later_id, later_bot, waiting in held:  # in order; a
+                    # later look-up holds the rest again
+                    follow(self.receive(participant, later_channel, later_payload, later_id, bot=later_bot), waiting)
+
+        task = self._running_loop().create_task(look())
+        self._looking.add(task)
+        task.add_done_callback(self._looking.discard)
+        return future
