@@ -848,6 +848,15 @@ async def test_a_server_without_a_configured_token_accepts_its_generated_one_acr
 # --------------------------------------------------------------------------- a refused write
 
 
+def rename(database_url: str, table: str, to: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"ALTER TABLE {table} RENAME TO {to}")
+    finally:
+        engine.dispose()
+
+
 async def test_an_experiment_created_while_a_batch_fails_is_refused_behind_it_or_made_beside_it(
     direct_server: Harness, database_url: str
 ) -> None:
@@ -871,11 +880,18 @@ async def test_an_experiment_created_while_a_batch_fails_is_refused_behind_it_or
         listed = (await direct_server.http.get("/api/experiments")).json()
         assert sorted(e["code"] for e in listed["results"]) == sorted([first["code"], made.json()["code"]])
         return
-    with holding_writes(database_url):  # the broken batch waits in the database while the POST queues its insert
-        direct_server.runtime.writer.submit(broken, lambda _: pytest.fail("a broken write was stored"), failures.append)
-        refused = asyncio.ensure_future(direct_server.http.post("/api/experiments", json=body))
-        await until_queued(direct_server.runtime.database, 1)
-    response = await asyncio.wait_for(refused, timeout(10))
+    # a failure of the database itself (its events table gone), not of the write's data: a write
+    # the database refuses for its data is refused alone, and what is queued behind it runs
+    # (tests/server/test_refused_apart.py)
+    rename(database_url, "events", "events_away")
+    try:
+        with holding_writes(database_url):  # the broken batch waits in the database while the POST queues its insert
+            direct_server.runtime.writer.submit(broken, lambda _: pytest.fail("a broken write was stored"), failures.append)
+            refused = asyncio.ensure_future(direct_server.http.post("/api/experiments", json=body))
+            await until_queued(direct_server.runtime.database, 1)
+        response = await asyncio.wait_for(refused, timeout(10))
+    finally:
+        rename(database_url, "events_away", "events")
     assert response.status_code == 503, response.text
     assert response.headers["content-type"] == "application/json"
     assert response.json() == {"error": "not run: it was queued behind a batch that could not be stored"}
