@@ -21,6 +21,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    Text,
     UniqueConstraint,
     text,
 )
@@ -285,7 +286,8 @@ class Delivery(SQLModel, table=True):
     participant_id: int = Field(foreign_key="participants.id", index=True)
     #: what is delivered: ``otree`` (``POST {otree_url}/api/participant_vars/{label}``)
     kind: str = Field(max_length=16)
-    url: str = Field(max_length=500)
+    #: unbounded: the label is percent-encoded, up to 12 characters for each of its 200 (``MAX_LABEL``)
+    url: str = Field(sa_column=Column(Text, nullable=False))
     payload: dict[str, Any] | None = _json()
     attempts: int = 0
     last_error: str | None = Field(default=None, max_length=500)

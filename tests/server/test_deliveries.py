@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from server.deliveries import Deliveries, backoff, otree_way_back
 from server.experiments import parse_request, plan
+from server.join import MAX_LABEL
 from server.online import OnlineSettings
 from server.settings import Settings
 from server.storage import (
@@ -232,6 +233,24 @@ def test_a_label_is_one_path_segment_of_the_delivery_url(engine: Engine) -> None
     with engine.connect() as conn:
         (url,) = conn.execute(select(deliveries.c.url)).one()
     assert url == "http://127.0.0.1:9/api/participant_vars/..%2Fsession_vars%2FVICTIM%3Fx%3D1%23f"
+
+
+def test_a_label_of_the_longest_the_join_link_takes_is_stored_with_its_whole_url(engine: Engine) -> None:
+    """200 "é" (the join link's ``MAX_LABEL``) quote to 1,200 characters: the URL was longer than
+    its column (500), and on PostgreSQL the insert's ``StringDataRightTruncation`` failed the
+    deliveries of the whole group (or experiment, at the start-up sweep). The URL is text now."""
+    experiment_id, person = _experiment_with_delivery(engine)
+    label = "é" * MAX_LABEL
+    with engine.begin() as conn:
+        conn.execute(update(participants).where(participants.c.id == person).values(join_label=label))
+    now = time.time()
+    assert add_otree_deliveries(engine, experiment_id, [person, person + 1], now) == 1
+    whole = "http://127.0.0.1:9/api/participant_vars/" + "%C3%A9" * MAX_LABEL
+    with engine.connect() as conn:
+        (delivery_id, url) = conn.execute(select(deliveries.c.id, deliveries.c.url)).one()
+    assert url == whole
+    claimed = claim_delivery(engine, delivery_id, now + 0.01, 30.0)
+    assert claimed is not None and claimed.url == whole
 
 
 @pytest.mark.postgres

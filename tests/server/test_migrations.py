@@ -18,24 +18,30 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, create_engine, inspect, select, text
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, String, create_engine, inspect, select, text, update
 from sqlalchemy.engine import make_url
 
 from server.cli import main
 from server.storage import (
+    add_otree_deliveries,
+    deliveries,
     differences,
     head,
     make_engine,
     normalise_url,
+    participants,
     prepare_schema,
     schema_state,
     upgrade_schema,
 )
-from server.storage.schema import SCHEMA_LOCK
+from server.storage.schema import MIGRATIONS, SCHEMA_LOCK
 from server.storage.tables import metadata
 from tests.conftest import POSTGRES_URL
 from tests.server.harness import timeout
 from tests.server.test_cli import free_port, run, started, wait_until_healthy
+from tests.server.test_deliveries import _experiment_with_delivery
 
 RELEASE = Path(__file__).resolve().parent.parent / "fixtures" / "release-0.1.0"
 RELEASE_INFO = json.loads((RELEASE / "release.json").read_text())
@@ -486,3 +492,37 @@ def test_db_current_and_history_say_where_the_database_stands(
     listed = db(capsys, monkeypatch, url, "history")[1].splitlines()
     assert listed[0].startswith(head()) and "head" in listed[0] and "the database" in listed[0]
     assert listed[-1].startswith("0001_baseline")
+
+
+def test_a_delivery_url_back_at_0008_is_cut_once_delivered_and_stops_the_downgrade_while_waiting(
+    database_url: str,
+) -> None:
+    """0009 makes ``deliveries.url`` text; its downgrade puts the 500 characters back, cutting the
+    URL of a delivery oTree has (never posted again) and refusing while a longer one still waits."""
+    engine = make_engine(database_url)
+    try:
+        prepare_schema(engine)
+        experiment_id, person = _experiment_with_delivery(engine)
+        with engine.begin() as conn:
+            conn.execute(update(participants).where(participants.c.id == person).values(join_label="é" * 200))
+        assert add_otree_deliveries(engine, experiment_id, [person], time.time()) == 1
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with pytest.raises(RuntimeError, match="still waiting"), engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0008_statuses_corrected")
+        assert schema_state(engine).revision == head()
+        with engine.begin() as conn:
+            conn.execute(update(deliveries).values(delivered_at=deliveries.c.created_at, next_at=None))
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0008_statuses_corrected")
+        with engine.connect() as conn:
+            url = conn.execute(select(deliveries.c.url)).scalar_one()
+        column = next(c for c in inspect(engine).get_columns("deliveries") if c["name"] == "url")
+        assert isinstance(column["type"], String) and column["type"].length == 500
+        assert url == ("http://127.0.0.1:9/api/participant_vars/" + "%C3%A9" * 200)[:500]
+        upgrade_schema(engine)
+        assert schema_state(engine).revision == head() and differences(engine) == []
+    finally:
+        engine.dispose()
