@@ -457,6 +457,16 @@ def slow_warnings(caplog: pytest.LogCaptureFixture, where: str) -> list[str]:
     return [m for m in (r.getMessage() for r in caplog.records) if "held the event loop" in m and f" ms in {where} " in m]
 
 
+def one_slow_warning(caplog: pytest.LogCaptureFixture, group: int, game: str, where: str, what: str) -> None:
+    """Exactly one warning that ``game`` (a class of this module) held the event loop in
+    ``where`` (``what`` saying which), naming ``group``, for 60 ms or more (under a second)."""
+    warned = slow_warnings(caplog, where)
+    assert len(warned) == 1, warned
+    took = re.match(rf"group {group}: the game {game} \(tests\.server\.test_game_faults:{game}\) held the "
+                    rf"event loop (\d+) ms in {re.escape(where)} \({re.escape(what)}\) ", warned[0])
+    assert took is not None and 60 <= int(took[1]) < 1000, warned
+
+
 async def test_a_hello_whose_payoff_is_nan_shows_the_score_up_to_the_last_accrual(
     server: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -500,11 +510,7 @@ async def test_a_slow_payoff_of_a_hello_is_logged_naming_the_hook(
     assert slow_warnings(caplog, "payoff") == []
     again = await server.connect(b_code)
     hello = (await again.expect("hello"))["payload"]
-    warned = slow_warnings(caplog, "payoff")
-    assert len(warned) == 1, warned
-    took = re.match(rf"group {hello['group']}: the game SlowPayoff \(tests\.server\.test_game_faults:SlowPayoff\) held "
-                    r"the event loop (\d+) ms in payoff \(the score so far of a hello\) ", warned[0])
-    assert took is not None and 60 <= int(took[1]) < 1000, warned
+    one_slow_warning(caplog, hello["group"], "SlowPayoff", "payoff", "the score so far of a hello")
 
 
 async def test_a_slow_bot_decision_is_logged_once_naming_the_hook(
@@ -524,11 +530,7 @@ async def test_a_slow_bot_decision_is_logged_once_naming_the_hook(
     await until_state(a, "period_start")
     for _ in range(4):  # the start's, then three of the bot's
         await a.expect("group_decisions")
-    warned = slow_warnings(caplog, "bot_decision")
-    assert len(warned) == 1, warned
-    took = re.match(rf"group {group}: the game SlowBot \(tests\.server\.test_game_faults:SlowBot\) held the "
-                    r"event loop (\d+) ms in bot_decision \(a stand-in's decision\) ", warned[0])
-    assert took is not None and 60 <= int(took[1]) < 1000, warned
+    one_slow_warning(caplog, group, "SlowBot", "bot_decision", "a stand-in's decision")
 
 
 def hook_faults(caplog: pytest.LogCaptureFixture, hook: str) -> list[logging.LogRecord]:
@@ -576,11 +578,7 @@ async def test_a_slow_role_is_logged_naming_the_hook(server: Harness, caplog: py
     a, b = [await server.connect(p["code"]) for p in exp["participants"]]
     group = (await a.expect("hello"))["payload"]["group"]
     assert (await b.expect("hello"))["payload"]["role"] == "player"
-    warned = slow_warnings(caplog, "role")
-    assert len(warned) == 1, warned
-    took = re.match(rf"group {group}: the game SlowRole \(tests\.server\.test_game_faults:SlowRole\) held the "
-                    r"event loop (\d+) ms in role \(a member's role in a hello\) ", warned[0])
-    assert took is not None and 60 <= int(took[1]) < 1000, warned
+    one_slow_warning(caplog, group, "SlowRole", "role", "a member's role in a hello")
 
 
 async def test_a_bot_decision_that_raises_logs_one_traceback_then_a_line_counting_the_rest(

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -28,40 +32,62 @@ from server.storage import groups as groups_table
 from server.ticks import to_microseconds
 
 
-async def test_an_ack_names_the_decisions_own_seq_when_overdue_ticks_are_stored_before_it(tmp_path: Path) -> None:
-    """Two subperiod ticks fell due before a decision came (the clock moved, no timer ran): the
-    write stores the ticks first, and the decision's future names its own event's seq, which is
-    what its ack and a repeated id must say (CI's PostgreSQL-restart test caught the first seq of
-    the write, a tick's, in an ack)."""
+@dataclass
+class Pair:
+    """A live group of two members, both connected, on a real writer and SQLite database."""
+
+    db: Database
+    live: LiveGroups
+    group: Any
+    codes: list[str]
+    experiment_id: int
+
+
+@contextlib.asynccontextmanager
+async def live_pair(
+    tmp_path: Path, block: NewBlock, game: str = "bimatrix", clock: Callable[[], float] | None = None
+) -> AsyncIterator[Pair]:
+    """:class:`Pair` of ``game`` in one ``block`` (its groups ``[[0, 1]]``); everything closed after."""
     db = Database(f"sqlite:///{tmp_path}/live.db")
     writer = EventWriter(db)
     try:
         await db.write(create_schema)
         codes = [new_code(), new_code()]
-        block = NewBlock(0, 10.0, 5, None, 0.0, "fixed", [[0, 1]])
-        experiment_id = await db.write(insert_experiment, NewExperiment(new_code(), "bimatrix", {}, 2, codes, [block], 1e9))
+        experiment_id = await db.write(insert_experiment, NewExperiment(new_code(), game, {}, 2, codes, [block], 1e9))
         group_id = await db.read(
             lambda engine: engine.connect().execute(
                 select(groups_table.c.id).where(groups_table.c.experiment_id == experiment_id)
             ).scalar_one()
         )
         writer.start()
-        now = [1_000_000.0]
-        live = LiveGroups(db, writer, MemoryHub(), clock=lambda: now[0])
+        live = LiveGroups(db, writer, MemoryHub()) if clock is None else LiveGroups(db, writer, MemoryHub(), clock=clock)
         group = await live.group(group_id)
         for code in codes:
             await group.connect(code, None, worker="", conn=code)
-        now[0] += 4.5  # the ticks at 2 and 4 s are due; the loop's timers are seconds away
-        first = await group.receive(codes[0], "decisions", 0.7, "mine")
-        again = await group.receive(codes[0], "decisions", 0.7, "mine")
-        rows = await db.read(lambda engine: engine.connect().execute(
-            select(events_table.c.seq, events_table.c.channel, events_table.c.client_id)
-            .where(events_table.c.experiment_id == experiment_id).order_by(events_table.c.seq)
-        ).all())
-        live.close()
+        try:
+            yield Pair(db, live, group, codes, experiment_id)
+        finally:
+            live.close()
     finally:
         await writer.close()
         db.close()
+
+
+async def test_an_ack_names_the_decisions_own_seq_when_overdue_ticks_are_stored_before_it(tmp_path: Path) -> None:
+    """Two subperiod ticks fell due before a decision came (the clock moved, no timer ran): the
+    write stores the ticks first, and the decision's future names its own event's seq, which is
+    what its ack and a repeated id must say (CI's PostgreSQL-restart test caught the first seq of
+    the write, a tick's, in an ack)."""
+    now = [1_000_000.0]
+    async with live_pair(tmp_path, NewBlock(0, 10.0, 5, None, 0.0, "fixed", [[0, 1]]), clock=lambda: now[0]) as pair:
+        group, codes = pair.group, pair.codes
+        now[0] += 4.5  # the ticks at 2 and 4 s are due; the loop's timers are seconds away
+        first = await group.receive(codes[0], "decisions", 0.7, "mine")
+        again = await group.receive(codes[0], "decisions", 0.7, "mine")
+        rows = await pair.db.read(lambda engine: engine.connect().execute(
+            select(events_table.c.seq, events_table.c.channel, events_table.c.client_id)
+            .where(events_table.c.experiment_id == pair.experiment_id).order_by(events_table.c.seq)
+        ).all())
     own = [seq for seq, _channel, client_id in rows if client_id == "mine"]
     ticks = [seq for seq, channel, _ in rows if channel == "subperiod"]
     assert len(ticks) == 2 and own and own[0] > max(ticks)
@@ -86,25 +112,10 @@ async def test_what_fell_due_before_a_tick_the_game_fails_on_is_stored_once_not_
     the subperiod (a 7 breaks Fragile's payoff). The decision is refused with the game's own error
     and the broadcast, applied before the failure, is stored. The carried events were stored by
     applying what was due again, which failed again, and so on until a RecursionError."""
-    db = Database(f"sqlite:///{tmp_path}/live.db")
-    writer = EventWriter(db)
-    try:
-        await db.write(create_schema)
-        codes = [new_code(), new_code()]
-        block = NewBlock(0, 10.0, 5, 1.0, 0.0, "fixed", [[0, 1]])
-        game = "tests.server.test_blocks:Fragile"
-        experiment_id = await db.write(insert_experiment, NewExperiment(new_code(), game, {}, 2, codes, [block], 1e9))
-        group_id = await db.read(
-            lambda engine: engine.connect().execute(
-                select(groups_table.c.id).where(groups_table.c.experiment_id == experiment_id)
-            ).scalar_one()
-        )
-        writer.start()
-        now = [1_000_000.0]
-        live = LiveGroups(db, writer, MemoryHub(), clock=lambda: now[0])
-        group = await live.group(group_id)
-        for code in codes:
-            await group.connect(code, None, worker="", conn=code)
+    now = [1_000_000.0]
+    block = NewBlock(0, 10.0, 5, 1.0, 0.0, "fixed", [[0, 1]])
+    async with live_pair(tmp_path, block, "tests.server.test_blocks:Fragile", clock=lambda: now[0]) as pair:
+        group, codes = pair.group, pair.codes
         now[0] += 0.1
         await group.receive(codes[0], "decisions", 1, "one")  # broadcast at once
         now[0] += 0.1
@@ -113,14 +124,10 @@ async def test_what_fell_due_before_a_tick_the_game_fails_on_is_stored_once_not_
         with pytest.raises(ZeroDivisionError, match="seven"):
             group.receive(codes[1], "decisions", 3, "three")
         await asyncio.sleep(0.2)  # the carried broadcast's write
-        rows = await db.read(lambda engine: engine.connect().execute(
+        rows = await pair.db.read(lambda engine: engine.connect().execute(
             select(events_table.c.channel, events_table.c.value)
-            .where(events_table.c.experiment_id == experiment_id).order_by(events_table.c.seq)
+            .where(events_table.c.experiment_id == pair.experiment_id).order_by(events_table.c.seq)
         ).all())
-        live.close()
-    finally:
-        await writer.close()
-        db.close()
     broadcasts = [value for channel, value in rows if channel == "group_decisions"]
     assert broadcasts[-1] == {codes[0]: 7, codes[1]: 0}
     assert [value for channel, value in rows if channel == "decisions"] == [1, 7]
@@ -133,36 +140,17 @@ async def test_a_decision_whose_awaiter_was_cancelled_is_settled_all_the_same(tm
     so the client id is known with its seq (a repeat is answered, not stored again) and the
     monitors and the run's end hear of it. The callback failed on setting the cancelled future's
     result, and skipped the rest."""
-    db = Database(f"sqlite:///{tmp_path}/live.db")
-    writer = EventWriter(db)
-    try:
-        await db.write(create_schema)
-        codes = [new_code(), new_code()]
-        block = NewBlock(0, 10.0, None, None, 0.0, "fixed", [[0, 1]])
-        experiment_id = await db.write(insert_experiment, NewExperiment(new_code(), "bimatrix", {}, 2, codes, [block], 1e9))
-        group_id = await db.read(
-            lambda engine: engine.connect().execute(
-                select(groups_table.c.id).where(groups_table.c.experiment_id == experiment_id)
-            ).scalar_one()
-        )
-        writer.start()
-        live = LiveGroups(db, writer, MemoryHub())
-        group = await live.group(group_id)
-        for code in codes:
-            await group.connect(code, None, worker="", conn=code)
+    async with live_pair(tmp_path, NewBlock(0, 10.0, None, None, 0.0, "fixed", [[0, 1]])) as pair:
+        group, codes = pair.group, pair.codes
         first = group.receive(codes[0], "decisions", 0.7, "mine")
         first.cancel()
         for _ in range(200):  # until its write is stored (bounded: 2 s)
-            stored = await db.read(lambda engine: engine.connect().execute(
+            stored = await pair.db.read(lambda engine: engine.connect().execute(
                 select(events_table.c.seq).where(events_table.c.client_id == "mine")
             ).scalars().all())
             if stored:
                 break
             await asyncio.sleep(0.01)
         again = await asyncio.wait_for(group.receive(codes[0], "decisions", 0.7, "mine"), 2)
-        live.close()
-    finally:
-        await writer.close()
-        db.close()
     assert again == stored and len(stored) == 1
     assert not [r for r in caplog.records if "callback failed" in r.getMessage()]
