@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from uvicorn.supervisors import Multiprocess
 
-from .bots import run_bots_command
+from .botscommand import run_bots_command
 from .dbcommand import DB_ACTIONS, run_db
 from .exceptions import SchemaError, SettingsError
 from .experiments import parse_request, plan

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from server.bots import FINISHED, Bot, BotReport, run_bots
+from server.bot import FINISHED, Bot
+from server.bots import BotReport, run_bots
 from server.cli import main
 from server.settings import Settings
 from server.storage import list_tokens, make_engine
