@@ -1,7 +1,7 @@
 """The code's layout: no import circle anywhere, a storage package of small modules used from outside
-only through its front door, a live group's modules small too.
+only through its front door, a live group's modules small too, and those of ``synclab bots`` and ``synclab verify``.
 
-``python tests/test_layout.py`` prints the storage and live group modules' sizes and any import circle.
+``python tests/test_layout.py`` prints the sizes of the modules held small and any import circle.
 """
 
 from __future__ import annotations
@@ -19,7 +19,12 @@ LIVE_GROUP = (
     "server.live", "server.ticks", "server.presence", "server.control", "server.lookups", "server.hooks",
     "server.futures",
 )
-#: a storage or live group module past this many lines has more than one job
+#: the modules of ``synclab bots`` and ``synclab verify``, held to the same size
+BOTS_AND_VERIFY = (
+    "server.bots", "server.bot", "server.botscommand", "server.verify", "server.storedlog", "server.replay",
+    "server.findings",
+)
+#: a module held small (storage, a live group's, bots' or verify's) past this many lines has more than one job
 MAX_LINES = 400
 
 
@@ -122,6 +127,13 @@ def test_live_group_modules_are_small() -> None:
     assert {n: s for n, s in sizes.items() if s > MAX_LINES} == {}
 
 
+def test_bots_and_verify_modules_are_small() -> None:
+    """The modules of ``synclab bots`` and ``synclab verify`` are each under ~400 lines."""
+    known = modules()
+    sizes = {name: len(known[name].read_text().splitlines()) for name in BOTS_AND_VERIFY}
+    assert {n: s for n, s in sizes.items() if s > MAX_LINES} == {}
+
+
 def test_callers_import_storage_from_the_package_not_its_insides() -> None:
     """Outside the storage package, nobody imports ``server.storage.<module>``."""
     inside = {n for n in modules() if n.startswith(f"{STORAGE}.")}
@@ -135,7 +147,7 @@ def test_callers_import_storage_from_the_package_not_its_insides() -> None:
 
 if __name__ == "__main__":
     for name, path in modules().items():
-        if name.startswith(STORAGE) or name in LIVE_GROUP:
+        if name.startswith(STORAGE) or name in LIVE_GROUP or name in BOTS_AND_VERIFY:
             print(f"{len(path.read_text().splitlines()):5d}  {name}")
     found = circles(graph())
     print("import circles:", found or "none")
