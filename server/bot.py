@@ -37,7 +37,7 @@ CLOSE_TIMEOUT = 2.0
 MAX_ATTEMPTS = 8
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
-#: errors kept in a report (the rest are counted)
+#: errors a bot keeps (the rest are left out); the game's failures are counted apart (``game_faults``)
 MAX_ERRORS = 50
 #: seconds before a frame refused with a code of ``RETRY_CODES`` is sent again
 RETRY_DELAY = 0.5
@@ -90,6 +90,8 @@ class Bot:
         self.resent = 0
         self.dropped = 0
         self.errors: list[str] = []
+        #: the game's failures here, by kind (where, exception type): the first one's line and how many
+        self.game_faults: dict[tuple[str, str], tuple[str, int]] = {}
         self.latencies: list[float] = []
         self._ws: ClientConnection | None = None
         self._greeted = False
@@ -269,7 +271,7 @@ class Bot:
             timing = Timing(hello.get("period_length"), period.get("num_subperiods"))
             return game(hello["members"], timing=timing, config=hello.get("config") or {})
         except Exception as exc:
-            self._error(f"cannot build game {name!r} here, so this bot holds still: {exc}")
+            self._game_failed("building", exc, f"cannot build game {name!r} here, so this bot holds still: {exc}")
             return None
 
     # ------------------------------------------------------------------ frames out
@@ -302,7 +304,9 @@ class Bot:
             decision = game.validate_decision(self.participant, decision)
             orjson.dumps(decision)
         except Exception as exc:
-            self._error(f"{type(game).__name__}.bot_decision failed, so this bot holds still: {exc!r}")
+            self._game_failed(
+                "bot_decision", exc, f"{type(game).__name__}.bot_decision failed, so this bot holds still: {exc!r}"
+            )
             self.game = None
             return None
         return decision
@@ -312,6 +316,14 @@ class Bot:
     def _error(self, message: str) -> None:
         if len(self.errors) < MAX_ERRORS:
             self.errors.append(f"participant {self.participant}: {message}")
+
+    def _game_failed(self, where: str, exc: Exception, message: str) -> None:
+        """The game's code failed in ``where``. Every bot of a run plays the same game and may fail
+        alike at each hello: the run reports the first of a kind (``where``, exception type) and
+        counts the rest (:func:`server.bots.run_bots`), as the server logs a stand-in's."""
+        kind = (where, type(exc).__name__)
+        first, n = self.game_faults.get(kind, (f"participant {self.participant}: {message}", 0))
+        self.game_faults[kind] = (first, n + 1)
 
     def _fail(self, message: str) -> None:
         self._error(message)

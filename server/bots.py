@@ -71,6 +71,8 @@ class BotReport:
     resent: int = 0
     #: frames not acknowledged when the bot was moved to another group, so never sent again
     dropped: int = 0
+    #: what went wrong, a line each; a failure of the game's code, which every bot may meet alike,
+    #: once for each kind (where, exception type) with a count of the others
     errors: list[str] = field(default_factory=list)
     #: seconds from sending a decision to its ``ack``
     latencies: list[float] = field(default_factory=list)
@@ -209,6 +211,20 @@ def _positive(name: str, value: float | None, high: float = math.inf) -> None:
         raise BotsError(f"{name}: expected a number > 0{bound}, got {value!r}")
 
 
+def _game_faults(bots: list[Bot]) -> list[str]:
+    """One line for each kind of the game's failures in the bots: the first bot's, and how many more."""
+    faults: dict[tuple[str, str], tuple[str, int, int]] = {}  # kind -> its first line, how many, in how many bots
+    for bot in bots:
+        for kind, (first, n) in bot.game_faults.items():
+            known = faults.get(kind)
+            faults[kind] = (first, n, 1) if known is None else (known[0], known[1] + n, known[2] + 1)
+    return [
+        first if n == 1 else f"{first}; {n - 1} more such failure{'s' if n > 2 else ''} "
+        f"({among} bot{'s' if among > 1 else ''} in all)"
+        for first, n, among in faults.values()
+    ]
+
+
 async def run_bots(
     url: str,
     code: str,
@@ -324,6 +340,7 @@ async def run_bots(
         report.errors.extend(bot.errors)
         for error_code, n in bot.refused.items():
             report.refused[error_code] = report.refused.get(error_code, 0) + n
+    report.errors.extend(_game_faults(bots))
     try:
         report.status = (await _experiment(api, code)).get("status")
     except BotsError:

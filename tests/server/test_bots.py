@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from groups.public_goods import PublicGoods
 from server.bot import FINISHED, Bot
 from server.bots import BotReport, run_bots
 from server.cli import main
@@ -182,6 +183,30 @@ async def test_a_dropped_bot_connects_again_and_plays_on(server: Harness) -> Non
     late = [e for e in await server.events(code) if e["participant"] == dropped.participant and e["channel"] == "decisions"]
     assert len(late) == dropped.acked  # every frame stored once, resent or not
     assert dropped.acked >= 3  # it went on deciding after the drop
+
+
+class RaisingBot(PublicGoods):
+    """public_goods whose bot_decision fails every time (found by its import path)."""
+
+    def bot_decision(self, participant: str, decisions: Any, rng: Any) -> Any:
+        raise RuntimeError(f"no idea for {participant}")
+
+
+async def test_a_game_failing_in_every_bot_is_one_error_line_with_a_count(server: Harness) -> None:
+    """Four bots, two blocks, a bot_decision that always raises: eight failures (each bot holds still
+    until its next block), reported as the first in full and a count of the rest, as the server
+    logs a stand-in's failing bot_decision."""
+    exp = await server.create(game="tests.server.test_bots:RaisingBot", participants=4, group_size=2, blocks=2,
+                              period_length=2, block_pause=0.2)
+
+    report = await bots(server, exp["code"])
+
+    assert report.ok and report.status == "done" and report.finished == 4, report.summary()
+    assert report.sent == 0
+    assert len(report.errors) == 1, report.errors
+    assert report.errors[0].startswith("participant "), report.errors
+    assert "RaisingBot.bot_decision failed, so this bot holds still: RuntimeError('no idea for " in report.errors[0]
+    assert report.errors[0].endswith("; 7 more such failures (4 bots in all)"), report.errors
 
 
 # --------------------------------------------------------------------------- the command
