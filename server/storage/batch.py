@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import psycopg
 from psycopg.errors import DivisionByZero
 from sqlalchemy import Engine, and_, select, update
 from sqlalchemy.engine import Connection
@@ -211,7 +212,7 @@ def _pipeline(
         left[write.experiment_id] = n - len(write.events)
     with _on_the_driver(conn) as (raw, cursor):
         try:
-            with raw.pipeline():
+            with drained_pipeline(raw):
                 if fence:
                     ids = sorted(fence)
                     cursor.execute(sql.FENCE_OR_FAIL, {"n": len(ids), "ids": ids, "epochs": [fence[g] for g in ids]})
@@ -227,6 +228,26 @@ def _pipeline(
     for write, back in zip(writes, backs, strict=True):
         last = lasts.get(write.experiment_id, 0)
         write.seqs = [last - b for b in back]
+
+
+@contextlib.contextmanager
+def drained_pipeline(raw: Any) -> Iterator[None]:
+    """A pipeline on psycopg's connection ``raw``, whose statements left unrun by an error are
+    answered before the error is raised.
+
+    An error (the database refusing a row, say) aborts what the pipeline holds after it. When
+    the error comes back while the statements are still being sent (an ``executemany`` of many
+    rows gets it at once), the pipeline's exit finds the rest aborted and psycopg logs "error
+    ignored terminating <Pipeline>: pipeline aborted", a warning for what is expected: here
+    the rest is answered first (its "pipeline aborted" is the error's own doing), and the
+    error raised as it came."""
+    with raw.pipeline() as pipeline:
+        try:
+            yield
+        except psycopg.Error:
+            with contextlib.suppress(psycopg.Error):
+                pipeline.sync()
+            raise
 
 
 def _store(cursor: Any, sql: BatchStatements, by: SeqStatements, writes: Sequence[Write], seqs: Sequence[list[int]]) -> None:
