@@ -14,6 +14,7 @@
     thread       the writer thread that runs batches and jobs in order
     writer       the event loop's side of the writer: callbacks after the commit
     unstorable   a failed batch stored without the writes the database cannot take or refuses
+    parts        such a batch's parts, savepoints in one transaction of the writer's connection
     database     the async face: reads on reader threads, writes on the writer thread
     log          reading the event log
     outcomes     sessions, results and ticks

@@ -7,15 +7,15 @@ that a period's start or end changes are updated in the same transaction."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-import psycopg
 from psycopg.errors import DivisionByZero
 from sqlalchemy import Engine, and_, select, update
 from sqlalchemy.engine import Connection
 
 from .periods import changes_a_period, store_periods
+from .prepared import drained_pipeline
 from .statements import BatchStatements, SeqStatements, batch_statements
 from .statuses import set_statuses
 from .tables import groups
@@ -114,9 +114,13 @@ def _numbered_counts(writes: Iterable[Write]) -> dict[int, tuple[int, int]]:
 
 
 def _store_numbered(cursor: Any, sql: BatchStatements, writes: Sequence[Write]) -> None:
-    """The rows of the writes still their groups' (:func:`_fence`), each event numbered from
+    """The rows of the writes still their groups' (:func:`unfenced`), each event numbered from
     its experiment's counter, raised here."""
-    writes = _fence(cursor, sql, writes)
+    store_numbered(cursor, sql, unfenced(cursor, sql, writes))
+
+
+def store_numbered(cursor: Any, sql: BatchStatements, writes: Sequence[Write]) -> None:
+    """The rows of ``writes`` (none fenced), each event numbered from its experiment's counter, raised here."""
     next_seq: dict[int, int] = {}
     for experiment_id, count in sorted(_event_counts(writes).items()):  # sorted: a fixed lock order
         last = sql.next_seq.one(cursor, (experiment_id, count))
@@ -193,15 +197,33 @@ def _expected_epochs(writes: Sequence[Write]) -> dict[int, int] | None:
 def _fence_first(conn: Connection, sql: BatchStatements, relative: SeqStatements, writes: Sequence[Write]) -> None:
     """:func:`_commit_pipelined` with the fence a round trip before the pipeline: what it keeps goes."""
     with _on_the_driver(conn) as (_, cursor):
-        kept = _fence(cursor, sql, writes)
+        kept = unfenced(cursor, sql, writes)
     _pipeline(conn, sql, relative, kept, {})
 
 
 def _pipeline(
     conn: Connection, sql: BatchStatements, relative: SeqStatements, writes: Sequence[Write], fence: dict[int, int]
 ) -> None:
-    """``writes`` stored in one pipeline, ``fence``'s groups locked first (their epochs as given, or
-    the transaction fails with a division by zero)."""
+    """``writes`` committed in one pipeline, ``fence``'s groups locked first (their epochs as given,
+    or the transaction fails with a division by zero)."""
+    with _on_the_driver(conn) as (raw, cursor):
+        store_pipelined(raw, cursor, sql, relative, writes, fence, raw.commit)
+
+
+def store_pipelined(
+    raw: Any,
+    cursor: Any,
+    sql: BatchStatements,
+    relative: SeqStatements,
+    writes: Sequence[Write],
+    fence: dict[int, int],
+    end: Callable[[], object],
+    begin: str | None = None,
+) -> None:
+    """``writes`` stored in one pipeline on psycopg's connection ``raw``: ``begin`` (a statement)
+    first, ``fence``'s groups locked (their epochs as given, or the transaction fails with a
+    division by zero), the counters raised, the rows, and last ``end()`` (the commit, or a
+    savepoint's release: :mod:`.parts`); each ``seq`` set from its counter's answer after."""
     answers: list[Any] = []
     counts = sorted(_event_counts(writes).items())
     left = dict(counts)
@@ -210,44 +232,25 @@ def _pipeline(
         n = left.get(write.experiment_id, 0)
         backs.append(list(range(n - 1, n - 1 - len(write.events), -1)))
         left[write.experiment_id] = n - len(write.events)
-    with _on_the_driver(conn) as (raw, cursor):
-        try:
-            with drained_pipeline(raw):
-                if fence:
-                    ids = sorted(fence)
-                    cursor.execute(sql.FENCE_OR_FAIL, {"n": len(ids), "ids": ids, "epochs": [fence[g] for g in ids]})
-                for experiment_id, count in counts:  # sorted: a fixed lock order
-                    answers.append(raw.cursor())
-                    sql.next_seq.run(answers[-1], [(experiment_id, count)])
-                _store(cursor, sql, relative, writes, backs)
-                raw.commit()
-            lasts = {experiment_id: int(answer.fetchall()[0][0]) for (experiment_id, _), answer in zip(counts, answers, strict=True)}
-        finally:
-            for answer in answers:
-                answer.close()
+    try:
+        with drained_pipeline(raw):
+            if begin is not None:
+                cursor.execute(begin)
+            if fence:
+                ids = sorted(fence)
+                cursor.execute(sql.FENCE_OR_FAIL, {"n": len(ids), "ids": ids, "epochs": [fence[g] for g in ids]})
+            for experiment_id, count in counts:  # sorted: a fixed lock order
+                answers.append(raw.cursor())
+                sql.next_seq.run(answers[-1], [(experiment_id, count)])
+            _store(cursor, sql, relative, writes, backs)
+            end()
+        lasts = {experiment_id: int(answer.fetchall()[0][0]) for (experiment_id, _), answer in zip(counts, answers, strict=True)}
+    finally:
+        for answer in answers:
+            answer.close()
     for write, back in zip(writes, backs, strict=True):
         last = lasts.get(write.experiment_id, 0)
         write.seqs = [last - b for b in back]
-
-
-@contextlib.contextmanager
-def drained_pipeline(raw: Any) -> Iterator[None]:
-    """A pipeline on psycopg's connection ``raw``, whose statements left unrun by an error are
-    answered before the error is raised.
-
-    An error (the database refusing a row, say) aborts what the pipeline holds after it. When
-    the error comes back while the statements are still being sent (an ``executemany`` of many
-    rows gets it at once), the pipeline's exit finds the rest aborted and psycopg logs "error
-    ignored terminating <Pipeline>: pipeline aborted", a warning for what is expected: here
-    the rest is answered first (its "pipeline aborted" is the error's own doing), and the
-    error raised as it came."""
-    with raw.pipeline() as pipeline:
-        try:
-            yield
-        except psycopg.Error:
-            with contextlib.suppress(psycopg.Error):
-                pipeline.sync()
-            raise
 
 
 def _store(cursor: Any, sql: BatchStatements, by: SeqStatements, writes: Sequence[Write], seqs: Sequence[list[int]]) -> None:
@@ -293,7 +296,7 @@ def _event_counts(writes: Iterable[Write]) -> dict[int, int]:
     return counts
 
 
-def _fence(cursor: Any, sql: BatchStatements, writes: Sequence[Write]) -> list[Write]:
+def unfenced(cursor: Any, sql: BatchStatements, writes: Sequence[Write]) -> list[Write]:
     """The writes whose epoch is still their group's; the others marked fenced (rows locked first,
     by a statement prepared like the rest of the batch's)."""
     checked = sorted({w.group.group_id for w in writes if w.epoch is not None and w.group is not None})

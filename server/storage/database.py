@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ from .batch import commit_writes
 from .engine import make_engine
 from .journal import DEFAULT_SIZE, Journal
 from .journaled import APPLY_EVERY, JournalFirst
+from .parts import in_parts, rolled_back
 from .recovery import (
     LOCK_WAIT,
     as_schema_error,
@@ -36,7 +37,7 @@ from .recovery import (
 )
 from .stalls import writer_connection
 from .thread import WriterThread
-from .unstorable import storing_apart
+from .unstorable import refused_by_database, storing_apart
 from .writes import Write
 
 log = logging.getLogger("synclab.database")
@@ -100,7 +101,7 @@ class Database:
             )
             self.writer = WriterThread(storing_apart(self.journaled.commit), _nothing)
         else:
-            self.writer = WriterThread(storing_apart(self._commit), self._between_batches)
+            self.writer = WriterThread(storing_apart(self._commit, self._in_parts), self._between_batches)
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="synclab-reader")
         #: writes beside the event batches (:meth:`write_aside`), one at a time
         self._aside = ThreadPoolExecutor(1, thread_name_prefix="synclab-aside")
@@ -307,17 +308,35 @@ class Database:
 
         A batch is a millisecond or so apart from the next: taking a connection from the pool
         and handing it back (with its reset) each time cost more than the batch's statements.
-        A connection whose batch failed is dropped; the next batch opens a new one.
+        One whose batch failed is dropped (but for a refusal of its data: :meth:`_failed`).
         """
         if self._writer_connection is None:
             self._writer_connection = writer_connection(self.engine, self.stall_timeout)
         try:
             commit_writes(self._writer_connection, writes)
-        except BaseException:
-            connection, self._writer_connection = self._writer_connection, None
+        except BaseException as exc:
+            self._failed(exc)
+            raise
+
+    @contextlib.contextmanager
+    def _in_parts(self, writes: list[Write]) -> Iterator[Callable[[list[Write]], None]]:
+        """:func:`.parts.in_parts` on the writer thread's connection (as :meth:`_commit`)."""
+        if self._writer_connection is None:
+            self._writer_connection = writer_connection(self.engine, self.stall_timeout)
+        try:
+            with in_parts(self._writer_connection, writes) as store:
+                yield store
+        except BaseException as exc:
+            self._failed(exc)
+            raise
+
+    def _failed(self, exc: BaseException) -> None:
+        """The writer's connection is dropped after a failure, but for the database refusing a write's data."""
+        connection = self._writer_connection
+        if connection is not None and not (refused_by_database(exc) and rolled_back(connection)):
+            self._writer_connection = None
             with contextlib.suppress(Exception):
                 connection.invalidate()
-            raise
 
     def _release_writer_connection(self) -> None:
         if self._writer_connection is not None:

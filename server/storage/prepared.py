@@ -4,11 +4,13 @@ The writer's hot path (:mod:`.batch`): SQLAlchemy's per-execution work cost most
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from sqlalchemy import JSON, Boolean, DateTime
 
 
@@ -82,6 +84,26 @@ class Prepared:
         """
         cursor.execute(self.sql, self._driver_rows([row])[0])
         return cursor.fetchall()[0][0]
+
+
+@contextlib.contextmanager
+def drained_pipeline(raw: Any) -> Iterator[None]:
+    """A pipeline on psycopg's connection ``raw``, whose statements left unrun by an error are
+    answered before the error is raised.
+
+    An error (the database refusing a row, say) aborts what the pipeline holds after it. When
+    the error comes back while the statements are still being sent (an ``executemany`` of many
+    rows gets it at once), the pipeline's exit finds the rest aborted and psycopg logs "error
+    ignored terminating <Pipeline>: pipeline aborted", a warning for what is expected: here
+    the rest is answered first (its "pipeline aborted" is the error's own doing), and the
+    error raised as it came."""
+    with raw.pipeline() as pipeline:
+        try:
+            yield
+        except psycopg.Error:
+            with contextlib.suppress(psycopg.Error):
+                pipeline.sync()
+            raise
 
 
 class StoredTimes:

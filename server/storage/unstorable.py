@@ -16,16 +16,22 @@ integer past a column's range or a text past its length (a NUL character, which 
 cannot hold, is refused where it comes in: ``server.wire``, ``groups.messages``). Such a
 failure is the driver's data error (:func:`refused_by_database`); the batch is then stored in
 parts, in its order (:class:`_Apart`): the parts that go through are stored, a part refused is
-halved, and a write refused alone is left out with what the database said. A failure of the
-database itself (the connection lost, a lock not given in time, a full disk) is no such error:
-it fails the batch as before, and the writes it meets while a batch is stored in parts.
+halved (tried write by write once small), and a write refused alone is left out with what the
+database said. The direct writer stores the parts as savepoints of one transaction on its
+connection (:mod:`.parts`), and a batch's parts are at most :data:`MOST_TRIES`: past them the
+rest of the batch fails as a failed batch does (:class:`GaveUp`), the writer stalled meanwhile
+for every group. A failure of the database itself (the connection lost, a lock not given in
+time, a full disk) is no such error: it fails the batch as before, and the writes it meets while
+a batch is stored in parts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,25 +61,52 @@ class PartlyStored(Exception):
     to why it cannot be stored, or to ``None`` when it came after one of its group's that cannot.
 
     ``failure``: the database failed (not on a write's data) while the batch was stored in parts,
-    after some of it was stored; ``unsettled`` are the places of the writes it left neither stored
-    nor refused. They fail as a failed batch's do, and so does what is queued behind them."""
+    or the parts took :data:`MOST_TRIES` (:class:`GaveUp`); ``unsettled`` are the places of the
+    writes it left neither stored nor refused. They fail as a failed batch's do, and so does what
+    is queued behind them. ``tries``: the parts tried (the first commit of the batch not counted)."""
 
     def __init__(
-        self, refused: dict[int, str | None], *, failure: BaseException | None = None, unsettled: Sequence[int] = ()
+        self,
+        refused: dict[int, str | None],
+        *,
+        failure: BaseException | None = None,
+        unsettled: Sequence[int] = (),
+        tries: int = 0,
     ) -> None:
         super().__init__(f"{len(refused)} writes of the batch refused, the others stored"
                          if failure is None else f"{len(refused)} writes of the batch refused, then: {failure}")
         self.refused = dict(sorted(refused.items()))  # in the batch's order: the writer fails them so
         self.failure = failure
         self.unsettled = list(unsettled)
+        self.tries = tries
 
 
-def storing_apart(commit: Callable[[list[Write]], None]) -> Callable[[list[Write]], None]:
+class GaveUp(RuntimeError):
+    """The parts of a batch stored apart took :data:`MOST_TRIES`: the rest of it is not tried."""
+
+
+#: a failed batch's parts tried at most (each a savepoint, or a commit of its own with the journal);
+#: past them the rest of the batch fails as a failed batch does (:class:`GaveUp`). A batch of 200
+#: writes of which 50 are refused takes about 230; one write refused among 2,000, about 30
+MOST_TRIES = 256
+#: a part of at most this many writes refused together is tried write by write, not halved
+ONE_BY_ONE = 16
+
+#: the parts of a batch: given the batch, a context in which a function stores one part (or raises
+#: with nothing of it stored), and which keeps what the parts stored once it ends without raising
+Parts = Callable[[list[Write]], AbstractContextManager[Callable[[list[Write]], None]]]
+
+
+def storing_apart(commit: Callable[[list[Write]], None], parts: Parts | None = None) -> Callable[[list[Write]], None]:
     """``commit``, which on a failure stores the batch without the writes that cannot be stored
     and then raises :class:`PartlyStored`: those found by a look at each write (:func:`refusals`),
     else, when the database refused the batch's data (:func:`refused_by_database`), those it
     refuses alone (:class:`_Apart`). A failure of another kind, or one that comes before anything
-    is stored, is raised as it came; nothing runs until a commit has failed."""
+    is settled, is raised as it came; nothing runs until a commit has failed.
+
+    ``parts``: how the parts are stored (the direct writer's: savepoints in one transaction,
+    :func:`.parts.in_parts`); without it, each part is ``commit``-ted on its own (the journal's)."""
+    store_parts = parts if parts is not None else _each_its_own(commit)
 
     def committing(writes: list[Write]) -> None:
         try:
@@ -84,22 +117,30 @@ def storing_apart(commit: Callable[[list[Write]], None]) -> Callable[[list[Write
             if not refused and not refused_by_database(exc):
                 raise
             first = exc
-        apart = _Apart(commit, writes, refused)
-        try:
-            if refused:
-                apart.store([i for i in range(len(writes)) if i not in refused])
-            else:
-                apart.store(list(range(len(writes))), first)
-        except Exception as exc:  # the database failed meanwhile, not on a write's data
-            if not apart.stored:
-                raise
+        with store_parts(writes) as store:  # (raises, nothing stored, when its transaction fails)
+            apart = _Apart(store, writes, refused)
+            apart.store([i for i in range(len(writes)) if i not in refused], None if refused else first)
+        failure = apart.failure
+        if failure is not None:  # the database failed meanwhile, not on a write's data, or gave up
+            if not apart.stored and not apart.refused:
+                raise failure
             settled = apart.stored | apart.refused.keys()
             unsettled = [i for i in range(len(writes)) if i not in settled]
-            raise PartlyStored(apart.refused, failure=exc, unsettled=unsettled) from exc
+            raise PartlyStored(apart.refused, failure=failure, unsettled=unsettled, tries=apart.tries) from failure
         if apart.refused:
-            raise PartlyStored(apart.refused) from first
+            raise PartlyStored(apart.refused, tries=apart.tries) from first
 
     return committing
+
+
+def _each_its_own(commit: Callable[[list[Write]], None]) -> Parts:
+    """Parts each committed on its own, by ``commit``."""
+
+    @contextlib.contextmanager
+    def parts(_writes: list[Write]) -> Iterator[Callable[[list[Write]], None]]:
+        yield commit
+
+    return parts
 
 
 def refused_by_database(exc: BaseException) -> bool:
@@ -110,27 +151,39 @@ def refused_by_database(exc: BaseException) -> bool:
 
 
 class _Apart:
-    """A failed batch stored in parts, in its order, each part a transaction of its own: one the
-    database takes is stored, one it refuses is halved, and a write it refuses alone is left out
-    (``refused``, with what it said), with every later write of its group.
+    """A failed batch stored in parts, in its order: one the database takes is stored, one it
+    refuses is halved, or tried write by write once it has :data:`ONE_BY_ONE` writes or fewer,
+    and a write it refuses alone is left out (``refused``, with what it said), with every later
+    write of its group.
 
-    The parts are committed in the batch's order, so ``seq`` follows it as in one transaction. It
-    takes about two failed commits and one more a level of halving for each write refused (a
-    batch of 2,000 writes has 11 levels). A failure of another kind is raised as it comes."""
+    The parts are stored in the batch's order, so ``seq`` follows it as in one transaction. It
+    takes about two tries and two more a level of halving for each write refused (a batch of
+    2,000 writes has 7 levels before parts of 16), and each write of a part of 16 or fewer refused
+    together; never more than :data:`MOST_TRIES`. A failure of another kind ends it (``failure``)."""
 
-    def __init__(self, commit: Callable[[list[Write]], None], writes: Sequence[Write], refused: dict[int, str | None]) -> None:
-        self._commit = commit
+    def __init__(self, store: Callable[[list[Write]], None], writes: Sequence[Write], refused: dict[int, str | None]) -> None:
+        self._store = store
         self._writes = writes
         self.refused = dict(refused)
         self.stored: set[int] = set()
+        #: the parts tried
+        self.tries = 0
+        #: what ended it before its end: a failure of the database, not of a write's data, or :class:`GaveUp`
+        self.failure: Exception | None = None
         #: each group refused a write, and the first place it was refused at: its writes after it rest on it
         self._spoilt: dict[int, int] = {}
         for i in sorted(refused):
             if (group := _group(writes[i])) is not None:
                 self._spoilt.setdefault(group, i)
 
-    def store(self, part: list[int], failed: BaseException | None = None) -> None:
+    def store(self, part: list[int], failed: BaseException | None) -> None:
         """Store the writes at the places ``part``, in order; ``failed``: how they failed together, known already."""
+        try:
+            self._part(part, failed)
+        except Exception as exc:
+            self.failure = exc
+
+    def _part(self, part: list[int], failed: BaseException | None = None) -> None:
         kept = []
         for i in part:
             if self._after_refused(i):
@@ -141,7 +194,7 @@ class _Apart:
             return
         if failed is None or len(kept) < len(part):
             try:
-                self._commit([self._writes[i] for i in kept])
+                self._try(kept)
             except Exception as exc:
                 if not refused_by_database(exc):
                     raise
@@ -155,9 +208,21 @@ class _Apart:
             if group is not None:
                 self._spoilt.setdefault(group, kept[0])
             return
+        if len(kept) <= ONE_BY_ONE:  # (halving a small part refused costs more tries than it saves)
+            for i in kept:
+                self._part([i])
+            return
         half = len(kept) // 2
-        self.store(kept[:half])
-        self.store(kept[half:])
+        self._part(kept[:half])
+        self._part(kept[half:])
+
+    def _try(self, part: list[int]) -> None:
+        if self.tries >= MOST_TRIES:
+            refused = sum(1 for why in self.refused.values() if why is not None)
+            raise GaveUp(f"the batch stored in parts took {MOST_TRIES} tries ({refused} of its writes "
+                         f"refused alone so far); the rest of it is not tried")
+        self.tries += 1
+        self._store([self._writes[i] for i in part])
 
     def _after_refused(self, i: int) -> bool:
         """Whether the write at ``i`` comes after one of its group's that was refused (it rests on it)."""

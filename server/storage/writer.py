@@ -13,8 +13,8 @@ A batch that failed on writes the database cannot take (a game's value that is n
 id its unique index refuses) is stored without them (:mod:`.unstorable`): only they fail
 (:class:`Unstorable`), with the later writes of their groups in the batch and in the queue,
 computed on top of them (:class:`NotPersisted`); every other write is committed and called back
-as usual, in order, and the jobs run. Should the database fail meanwhile, what it left unstored
-fails as a failed batch does.
+as usual, in order, and the jobs run. Should the database fail meanwhile, or the parts take too
+many tries (:data:`.unstorable.MOST_TRIES`), what was left unstored fails as a failed batch does.
 """
 
 from __future__ import annotations
@@ -75,6 +75,8 @@ class EventWriter:
         self.committed = 0
         #: writes refused by the fencing check (their authority had lost its group)
         self.fenced = 0
+        #: parts of failed batches stored again without the writes the database refused (:mod:`.unstorable`)
+        self.parts_tried = 0
 
     @property
     def log_restarts(self) -> int:
@@ -154,6 +156,7 @@ class EventWriter:
         When the database failed while the batch was stored in parts (``exc.failure``), the writes
         it left unsettled fail as a failed batch's do, with everything queued behind them."""
         refused, unsettled = exc.refused, set(exc.unsettled)
+        self.parts_tried += exc.tries
         if exc.failure is not None:
             log.error("commit of %d writes failed (the batch's %d others stored or refused before): %s",
                       len(unsettled), len(batch) - len(unsettled), exc.failure)
