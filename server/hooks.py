@@ -19,6 +19,7 @@ import orjson
 
 from groups import STATE, DecisionGroup, GameFault, GroupState, Phase, shown
 
+from .exceptions import Unstorable
 from .storage import GroupSpec
 from .throttle import LogThrottle
 from .wire import encode, ms
@@ -41,6 +42,9 @@ IN_ROLE = "role (a member's role in a hello)"
 HOOK_FAULTS_LOG_EVERY = 5.0
 #: the (hook, exception type) pairs of a group kept at most; past it the oldest is forgotten (logged anew)
 HOOK_FAULTS_KEPT = 16
+#: seconds between two log lines of one group's writes refused as unstorable in one way (the game's
+#: value, or the database's refusal): the ones between are counted in the next line
+REFUSED_LOG_EVERY = 5.0
 
 
 class HookWatch:
@@ -57,6 +61,8 @@ class HookWatch:
         #: per hook the server calls alone and exception type: the game's failures there, logged
         #: as :meth:`hook_failed` says
         self._hook_faults = LogThrottle(HOOK_FAULTS_LOG_EVERY, HOOK_FAULTS_KEPT)
+        #: per way the group's writes were refused as unstorable: logged as :meth:`refused` says
+        self._refused = LogThrottle(REFUSED_LOG_EVERY, 2)
 
     def slow(self, took: float, where: str = IN_ACTION) -> None:
         """The game held the event loop ``took`` seconds in ``where`` (one of the ``IN_…``):
@@ -97,6 +103,20 @@ class HookWatch:
             return
         log.error("group %s: %s failed in %s again: %s: %s; %s (%d more such failures since the last line)",
                   self.group_id, game, where, kind, exc, instead, skipped)
+
+
+    def refused(self, exc: Unstorable) -> None:
+        """A write of the group was refused as one that cannot be stored (``exc``), the group rolled
+        back to what is stored: logged, naming what (:attr:`Unstorable.reason`), then at most one
+        line every :data:`REFUSED_LOG_EVERY` s for each way (the game's value, or the database's
+        refusal, which the exception's message tells apart), counting those since. A member's
+        every frame may be refused so (a game keeping a set, say): a line each flooded the log."""
+        skipped = self._refused.due(str(exc).partition(":")[0], perf_counter())
+        if skipped is None:
+            return
+        log.error("group %s: a write of the game %s cannot be stored; refused, the group is back at its "
+                  "last stored state: %s%s", self.group_id, self._game_class, exc.reason,
+                  f" ({skipped} more such writes refused since the last line)" if skipped > 0 else "")
 
 
 class Greeting:

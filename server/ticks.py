@@ -21,6 +21,7 @@ from groups import GAME_FAULT, NOBODY, DecisionGroup, Event, describe_fault
 
 from .exceptions import NotPersisted, Unstorable
 from .futures import consume
+from .hooks import HookWatch
 from .presence import Seats
 
 # the group's logger: these lines are about the group, wherever their code lives
@@ -51,6 +52,7 @@ class Ticks:
     _closed: bool
     retired: bool
     standins: Seats | None
+    watch: HookWatch
 
     if TYPE_CHECKING:  # (server.live.LiveGroup)
         def act(self, action: Callable[[], list[Event]]) -> asyncio.Future[list[int]]: ...
@@ -92,14 +94,13 @@ class Ticks:
         """A write of the group that the database cannot take was refused (the core is back at
         what is stored). With a tick in it (a subperiod's or the period's end, maybe carried by a
         decision) the clock tries it again as a tick the game failed on (:meth:`_tick_failed`);
-        else one line in the log."""
+        else a line in the log (:meth:`server.hooks.HookWatch.refused`: throttled)."""
         if tick:
             ended = self._tick_failed(exc)
             if ended is not None:
                 ended.add_done_callback(consume)
             return
-        log.error("group %s: a write of the game %s cannot be stored; refused, the group is back at its "
-                  "last stored state: %s", self.id, type(self.core).__name__, exc.reason)
+        self.watch.refused(exc)
         self._reschedule()
 
     def _tick_failed(self, exc: Exception) -> asyncio.Future[list[int]] | None:

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from groups import DecisionGroup, Event
+from server import hooks
 from server.cluster.requests import error_of, exception_of
 from server.exceptions import NotPersisted, Unstorable
 from server.experiments import parse_request, plan
@@ -167,6 +168,42 @@ async def test_an_unstorable_write_is_refused_alone_and_the_other_group_s_writes
     assert f"group {bad_group}: a write of the game Hoarder cannot be stored" in lines[0]
     assert "the group's vars: " in lines[0] and "set" in lines[0]
     assert not [r for r in caplog.records if r.exc_info], "no traceback"
+
+
+async def test_a_member_s_frames_refused_one_after_another_are_logged_once_then_counted(
+    server: Harness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member whose every frame makes a write that cannot be stored (the game keeps a set) gets
+    ``game_error`` at each; the log has a line for the first, then at most one line every
+    :data:`server.hooks.REFUSED_LOG_EVERY` s (3 here) for the group, counting those since.
+    Before, an error line per frame: a client sending such frames flooded the log at its rate."""
+    monkeypatch.setattr(hooks, "REFUSED_LOG_EVERY", 3.0)
+    caplog.set_level(logging.WARNING)
+    exp = await server.create(game=f"{__name__}:Hoarder", participants=2, group_size=2, period_length=600)
+    a, b = [await server.connect(p["code"]) for p in exp["participants"]]
+    group = (await a.expect("hello"))["payload"]["group"]
+    await until_state(a, "period_start")
+
+    def refused_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.levelno >= logging.ERROR and "cannot be stored" in r.getMessage()]
+
+    for i in range(6):
+        await a.send("hoard", [i], f"bad{i}")
+        assert (await answer(a, f"bad{i}"))["payload"]["code"] == "game_error"
+    lines = refused_lines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"group {group}: a write of the game Hoarder cannot be stored") and "set" in lines[0]
+    assert "more such" not in lines[0]
+    await asyncio.sleep(3.1)
+    await a.send("hoard", [9], "bad-later")
+    assert (await answer(a, "bad-later"))["payload"]["code"] == "game_error"
+    lines = refused_lines()
+    assert len(lines) == 2, lines
+    assert lines[1].startswith(f"group {group}: a write of the game Hoarder cannot be stored"), lines[1]
+    assert lines[1].endswith("(5 more such writes refused since the last line)"), lines[1]
+    await b.send("decisions", 0.5, "fine")
+    assert (await answer(b, "fine"))["channel"] == "ack"
 
 
 async def test_a_tick_whose_write_cannot_be_stored_backs_off_while_the_other_group_plays_on(
