@@ -10,6 +10,7 @@ poster, a delivery row never holds it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,7 +22,9 @@ from sqlalchemy.exc import IntegrityError
 
 from .tables import blocks, deliveries, experiments, participants, sessions
 from .times import iso, to_datetime
+from .unstorable import database_said, refused_by_database
 
+log = logging.getLogger("synclab.deliveries")
 #: the only kind so far: ``POST {otree_url}/api/participant_vars/{label}``
 OTREE = "otree"
 
@@ -69,6 +72,8 @@ def add_otree_deliveries(engine: Engine, experiment_id: int, participant_ids: li
     Nothing for an experiment without ``online.otree_url``, nor for a participant without a join
     label (the oTree participant code they arrived with: a pre-made link, or a bot's seat). A
     participant who has one already keeps it (the unique constraint): the call may be repeated.
+    A participant's delivery the database refuses for its data (on PostgreSQL, scores whose sum
+    overflows) is left out, logged, and the others are stored: one refusal failed them all.
     """
     with engine.begin() as conn:
         found = _online(conn, experiment_id)
@@ -106,9 +111,21 @@ def add_otree_deliveries(engine: Engine, experiment_id: int, participant_ids: li
                         )
                     )
                 added += 1
-            except IntegrityError:
-                continue  # stored meanwhile by another worker: one delivery per participant
+            except Exception as exc:
+                if isinstance(exc, IntegrityError) and _has_delivery(conn, pid):
+                    continue  # stored meanwhile by another worker: one delivery per participant
+                if not refused_by_database(exc):
+                    raise
+                log.error("experiment %s: the delivery of participant %s (label %r) is not stored, the others are: "
+                          "the database refused it: %s", experiment_id, pid, label, database_said(exc))
         return added
+
+
+def _has_delivery(conn: Connection, participant_id: int) -> bool:
+    found = conn.execute(
+        select(deliveries.c.id).where(deliveries.c.participant_id == participant_id, deliveries.c.kind == OTREE)
+    ).first()
+    return found is not None
 
 
 def finished_without_delivery(engine: Engine) -> list[tuple[int, list[int]]]:

@@ -203,7 +203,7 @@ class _Apart:
                 self.stored.update(kept)
                 return
         if len(kept) == 1:
-            self.refused[kept[0]] = REFUSED_BY_DATABASE + _said(failed)
+            self.refused[kept[0]] = REFUSED_BY_DATABASE + database_said(failed)
             group = _group(self._writes[kept[0]])
             if group is not None:
                 self._spoilt.setdefault(group, kept[0])
@@ -234,8 +234,8 @@ def _group(write: Write) -> int | None:
     return None if write.group is None else write.group.group_id
 
 
-def _said(exc: BaseException) -> str:
-    """What the database said: the driver's exception, its type and its first line."""
+def database_said(exc: BaseException) -> str:
+    """What the database said refusing a statement: the driver's exception, its type and its first line."""
     cause = exc.orig if isinstance(exc, StatementError) and exc.orig is not None else exc
     lines = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {lines[0] if lines else ''}"

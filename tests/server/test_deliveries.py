@@ -36,6 +36,7 @@ from server.storage import (
     insert_experiment,
     make_engine,
     participants,
+    sessions,
 )
 from tests.otree_server import REST_KEY, free_port, running_otree
 from tests.server.harness import Harness, running_server, timeout, until_state
@@ -251,6 +252,41 @@ def test_a_label_of_the_longest_the_join_link_takes_is_stored_with_its_whole_url
     assert url == whole
     claimed = claim_delivery(engine, delivery_id, now + 0.01, 30.0)
     assert claimed is not None and claimed.url == whole
+
+
+def test_a_delivery_the_database_refuses_is_left_out_and_the_others_are_stored(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Of three participants from oTree, one earned 1e308 in each of two blocks: on PostgreSQL the
+    sum of their scores for the delivery's payload overflows (``NumericValueOutOfRange``, a
+    ``DataError``), and that delivery alone is left out, with an error line naming the
+    participant, the label and what the database said; the other two are stored. Before, only a
+    duplicate was caught: the refusal failed the deliveries of all three, so none of their scores
+    reached oTree. (SQLite sums to infinity, which the payload's JSON holds as null: stored.)"""
+    body = {"game": "bimatrix", "participants": 4, "group_size": 2, "blocks": 2,
+            "online": {"otree_url": "http://127.0.0.1:9", "otree_rest_key": KEY}}
+    experiment_id = insert_experiment(engine, plan(parse_request(body)))
+    with engine.begin() as conn:
+        people = [r[0] for r in conn.execute(
+            select(participants.c.id).where(participants.c.experiment_id == experiment_id).order_by(participants.c.index)
+        )]
+        for person, label in zip(people[:3], ("first", "rich", "third"), strict=True):
+            conn.execute(update(participants).where(participants.c.id == person).values(join_label=label))
+        conn.execute(update(sessions).where(sessions.c.participant_id == people[1]).values(final_score=1e308))
+    caplog.set_level(logging.ERROR, logger="synclab.deliveries")
+    postgres = engine.dialect.name == "postgresql"
+    assert add_otree_deliveries(engine, experiment_id, people, time.time()) == (2 if postgres else 3)
+    with engine.connect() as conn:
+        stored = conn.execute(select(deliveries.c.participant_id).order_by(deliveries.c.participant_id)).scalars().all()
+    assert stored == ([people[0], people[2]] if postgres else people[:3])
+    lines = [r.getMessage() for r in caplog.records if r.name == "synclab.deliveries"]
+    if postgres:
+        assert len(lines) == 1, lines
+        assert f"experiment {experiment_id}: the delivery of participant {people[1]} (label 'rich')" in lines[0]
+        assert "NumericValueOutOfRange" in lines[0], lines[0]
+    else:
+        assert lines == []
+    assert add_otree_deliveries(engine, experiment_id, people, time.time()) == 0  # (called again: refused again)
 
 
 @pytest.mark.postgres
