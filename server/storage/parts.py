@@ -13,7 +13,9 @@ batch does: :func:`.batch.store_pipelined`); another part goes statement by stat
 The groups' rows are fenced once, first, for the whole batch (:func:`.batch.unfenced`), and
 stay locked until the end: a write fenced then is in no part. ``seq`` is handed out part by
 part, in the batch's order; a part rolled back gives its numbers back with its rows, so the
-numbers stored have no gap, as in one batch.
+numbers stored have no gap, as in one batch. The experiments' counters stay locked until the
+commit too: on PostgreSQL another worker's batch of the same experiment waits for the parts,
+which :data:`.unstorable.MOST_TRIES` bounds (each part was a commit before, letting it in).
 """
 
 from __future__ import annotations
