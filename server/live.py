@@ -332,13 +332,16 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
                 waiting.add_done_callback(answer)
             held.append((channel, payload, client_id, bot, waiting))
             return waiting
-        ids = self.client_ids.get(participant)
-        if ids is None:
-            ids = self.client_ids[participant] = ClientIds(forgets=self._lookup is not None)
-        known = None if client_id is None or new else ids.get(client_id)
-        if known is MAYBE:  # an old id, or one the filter mistakes for it: the database knows
-            assert client_id is not None
-            return self._look_up(ids, participant, channel, payload, client_id, bot, answer)
+        ids: ClientIds | None = None
+        known: int | asyncio.Future[Any] | object | None = None
+        if client_id is not None:  # (a frame without one, a stand-in's, leaves the member's ids unmade: their
+            # seat here loads those stored before, in earlier blocks too, into ids not made yet)
+            ids = self.client_ids.get(participant)
+            if ids is None:
+                ids = self.client_ids[participant] = ClientIds(forgets=self._lookup is not None)
+            known = None if new else ids.get(client_id)
+            if known is MAYBE:  # an old id, or one the filter mistakes for it: the database knows
+                return self._look_up(ids, participant, channel, payload, client_id, bot, answer)
         if isinstance(known, asyncio.Future):
             if answer is not None:
                 known.add_done_callback(answer)
@@ -353,7 +356,7 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
         if client_id is not None or answer is not None:
 
             def settle(seqs: list[int] | None) -> None:
-                if client_id is not None:
+                if ids is not None and client_id is not None:
                     if seqs:
                         ids.stored(client_id, seqs[0])
                     else:
@@ -368,7 +371,7 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
         if future.done():  # settled without a write (nothing to store, or no longer this group's authority)
             if answer is not None:
                 answer(future)
-        elif client_id is not None:  # until settle() replaces it with the seq
+        elif ids is not None and client_id is not None:  # until settle() replaces it with the seq
             ids.under_way(client_id, future)
         return future
 

@@ -319,3 +319,43 @@ async def test_statuses_follow_their_rules_in_the_writers_transaction(any_server
     assert (of(fifth), of(sixth)) == ("cancelled", "cancelled")
     apply((fifth, "finished"), (sixth, "dropped"))
     assert (of(fifth), of(sixth)) == ("cancelled", "dropped")
+
+
+async def test_a_dropouts_frame_sent_again_in_their_next_block_is_acknowledged_with_its_stored_seq(
+    any_server: Harness,
+) -> None:
+    """A member's decision is stored in block 0 and their connection drops with its ack on the way
+    (the page keeps the frame to send again); their bot plays on and follows them to block 1, where
+    they come back and the page sends the frame again: it is acknowledged with its stored seq, and
+    neither stored nor applied again. The bot's decisions in block 1 had made the member an empty
+    set of ids there (those stored before were never loaded), so the frame was taken as a new one:
+    on PostgreSQL the database refused it (``game_error``), on SQLite the journal acknowledged it
+    with a new seq and its apply halted storage."""
+    server = any_server
+    exp = await server.create(game="public_goods", participants=2, group_size=2, blocks=2, period_length=4,
+                              block_pause=0.2, online={"dropout_after": 0.3})
+    code = exp["code"]
+    a, b = (p["code"] for p in exp["participants"])
+    ca, cb = [await server.connect(p) for p in (a, b)]
+    await until_state(cb, "period_start")
+    await cb.send("decisions", 9, "b-1")
+    first = await cb.expect("ack")  # (as if lost: the page sends the frame again)
+    await cb.close()
+    await until_state(ca, "period_end", 5)
+    await until_state(ca, "period_start", 5)  # block 1's group runs, b's bot in its seat
+    stored = next(e for e in await server.events(code) if e["seq"] == first["payload"]["seq"])
+    await until_event(server, code, lambda e: e["channel"] == "decisions" and e["participant"] == b
+                      and e["group"] != stored["group"], wait=5)  # the bot's, in block 1
+    back = await server.connect(b)
+    assert (await back.expect("hello"))["payload"]["phase"] == "running"
+    await back.send("decisions", 9, "b-1")
+    again = await back.next()
+    while again["channel"] not in ("ack", "error"):
+        again = await back.next()
+    assert again == first
+    await back.send("decisions", 5, "b-2")  # storage goes on
+    assert (await back.expect("ack"))["payload"]["id"] == "b-2"
+    await until_done(server, code)
+    events = await server.events(code)
+    mine = [e for e in events if e["participant"] == b and e["channel"] == "decisions" and not e["bot"]]
+    assert [(e["seq"], e["value"]) for e in mine] == [(first["payload"]["seq"], 9), (mine[-1]["seq"], 5)]
