@@ -131,7 +131,8 @@ class Unstorable(NotPersisted):
 
     Refused alone: the rest of its batch is stored, its group is rolled back to what is stored,
     and the frame that caused it gets an ``error`` frame ``game_error``, which a client does
-    not send again (it would fail the same way). ``reason`` names the value."""
+    not send again (it would fail the same way); one refused for a client id stored before is
+    a repeat, acknowledged with the stored ``seq`` (``server.lookups``). ``reason`` names the value."""
 
     code = "game_error"
     #: a REST call refused so: the game's fault, not the database's; trying again fails again

@@ -78,12 +78,8 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
         #: the experiment's monitor feeds (made once: looked up at every write)
         self._monitor_topic = monitor_topic(self.experiment_id)
         self._presence_topic = monitor_presence_topic(self.experiment_id)
-        self.core = game(
-            spec.members,
-            timing=Timing(spec.period_length, spec.num_subperiods, spec.rate_limit),
-            config=spec.config,
-            state=spec.state(),
-        )
+        timing = Timing(spec.period_length, spec.num_subperiods, spec.rate_limit)
+        self.core = game(spec.members, timing=timing, config=spec.config, state=spec.state())
         self.committed = self.core.state.copy()
         #: what the participant page calls the game: its ``title``, or its name in words
         self.title = game.title or (game.name or game.__name__).replace("_", " ").capitalize()
@@ -96,7 +92,7 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
         #: ``lookup(participant id, client id)``: the stored frame's ``seq`` (``None``: none);
         #: without it every id is kept as it is
         self._lookup = lookup
-        #: the look-ups of repeated old ids under way (kept referenced until they end)
+        #: the look-ups of client ids under way (``server.lookups``), kept referenced until they end
         self._looking: set[asyncio.Task[None]] = set()
         #: per member whose frame is being looked up: its frames since, received in order after it
         self._held: dict[str, list[Held]] = {}
@@ -152,7 +148,8 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
         to the events' ``seq``s after the commit, or fails with :class:`NotPersisted` (with
         :class:`NotAuthority` once this process no longer acts for the group). With a
         ``client_id`` it resolves to the ``seq`` of that client's own event alone: the write may
-        begin with ticks that fell due before it (applied first, see the core's ``carried``).
+        begin with ticks that fell due before it (applied first, see the core's ``carried``); or
+        to the stored one's, when the database refused the write for holding that id already.
 
         ``settled`` is called at once when a future returned pending is settled: with its
         ``seq``s, or ``None`` when it failed (a future's own callbacks wait for a turn of the loop).
@@ -215,14 +212,17 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
             ):  # the members' runs are over: their scores go back where they came from
                 self._run_ended(self.experiment_id, list(self.member_ids.values()))
 
-        def failed(exc: NotPersisted) -> None:
-            self._pending -= 1
-            self.core.restore(self.committed)
+        def failed(exc: NotPersisted, looked: bool = False) -> None:
+            if not looked:  # (looked: the database holds no frame with its client id, see below)
+                self._pending -= 1
+                self.core.restore(self.committed)
             if isinstance(exc, NotAuthority):  # another worker took the group over: stop at once
                 self.retire()
                 if self._fenced is not None:
                     self._fenced(self.id)
             elif isinstance(exc, Unstorable):  # the game's fault, not the database's: not tried at once
+                if client_id is not None and not looked:  # unless its frame was stored before (server.lookups)
+                    return self._stored_before(events, client_id, future, settled, lambda: failed(exc, True))
                 self._unstorable(exc, any(ev.tick is not None for ev in events))
                 if connection is not None and events:  # a member comes and goes all the same (see _present)
                     self.act(list, connection=connection).add_done_callback(consume)
@@ -334,8 +334,7 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
             return waiting
         ids: ClientIds | None = None
         known: int | asyncio.Future[Any] | object | None = None
-        if client_id is not None:  # (a frame without one, a stand-in's, leaves the member's ids unmade: their
-            # seat here loads those stored before, in earlier blocks too, into ids not made yet)
+        if client_id is not None:  # (a stand-in's frame has none and makes no ids: the member's seat here loads them)
             ids = self.client_ids.get(participant)
             if ids is None:
                 ids = self.client_ids[participant] = ClientIds(forgets=self._lookup is not None)

@@ -4,6 +4,9 @@ A member's frame whose id its :class:`server.clientids.ClientIds` may have seen 
 filter's :data:`server.clientids.MAYBE`) is answered with the stored frame's ``seq`` if the
 database holds it, else received as a new frame. The member's frames that come meanwhile wait
 behind it, in order.
+
+A frame whose write the database refused (its unique index of client ids) is looked up too: the
+ids here may not know a frame stored before (:meth:`LookUps._stored_before`).
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from groups import Event
+
 from .clientids import ClientIds
 from .exceptions import NotPersisted
-from .futures import follow
+from .futures import follow, own_event
 
 #: a frame held behind a look-up: its channel, payload, client id, whether a bot sent it, its answer
 Held = tuple[str, Any, str | None, bool, asyncio.Future[list[int]]]
@@ -44,6 +49,8 @@ class LookUps:
         ) -> asyncio.Future[list[int]]: ...
 
         def _running_loop(self) -> asyncio.AbstractEventLoop: ...
+
+        def _reschedule(self) -> None: ...
 
     def load_client_ids(self, participant: str, stored: list[tuple[str, int]]) -> None:
         """A member's ids stored before this group was loaded (oldest first), unless known already."""
@@ -93,3 +100,41 @@ class LookUps:
         self._looking.add(task)
         task.add_done_callback(self._looking.discard)
         return future
+
+    def _stored_before(
+        self,
+        events: list[Event],
+        client_id: str,
+        future: asyncio.Future[list[int]],
+        settled: Callable[[list[int] | None], None] | None,
+        refuse: Callable[[], None],
+    ) -> None:
+        """A member's frame whose write the database refused alone (the group is back at what is
+        stored): if it holds a frame of the member's with ``client_id``, this one repeats it and is
+        answered with its ``seq``, as any repeated id is; else ``refuse()``.
+
+        The ids here may not know such a frame: in a cluster a group loads its members' ids when a
+        worker takes it, and a member may have frames stored in an earlier block's group after that
+        (stored, their ack lost, sent again here). The database's unique index refuses them."""
+        lookup, participant = self._lookup, events[own_event(events)].participant
+        if lookup is None or participant is None:
+            refuse()
+            return
+
+        async def look() -> None:
+            try:
+                seq = await lookup(self.member_ids[participant], client_id)
+            except Exception:  # (the database gone: refused as it was)
+                seq = None
+            if seq is None:
+                refuse()
+                return
+            self._reschedule()  # what fell due before it, in its write, is applied again now
+            if not future.done():
+                future.set_result([seq])
+            if settled is not None:
+                settled([seq])
+
+        task = self._running_loop().create_task(look())
+        self._looking.add(task)
+        task.add_done_callback(self._looking.discard)
