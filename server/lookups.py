@@ -83,11 +83,13 @@ class LookUps:
                 try:
                     seq = await lookup(self.member_ids[participant], client_id)
                 except Exception as exc:  # storage halted, the database gone: the client may retry
-                    future.set_exception(NotPersisted(f"the frame's id could not be checked: {type(exc).__name__}"))
+                    if not future.done():  # (its awaiter may have been cancelled: the rest runs all the same)
+                        future.set_exception(NotPersisted(f"the frame's id could not be checked: {type(exc).__name__}"))
                     return
                 if seq is not None:
                     ids.stored(client_id, seq)
-                    future.set_result([seq])
+                    if not future.done():
+                        future.set_result([seq])
                     return
                 follow(self.receive(participant, channel, payload, client_id, bot=bot, new=True), future)
             finally:

@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from server import clientids
 from server.hub import MemoryHub
 from server.routing import LiveGroups
 from server.storage import (
@@ -154,3 +155,27 @@ async def test_a_decision_whose_awaiter_was_cancelled_is_settled_all_the_same(tm
         again = await asyncio.wait_for(group.receive(codes[0], "decisions", 0.7, "mine"), 2)
     assert again == stored and len(stored) == 1
     assert not [r for r in caplog.records if "callback failed" in r.getMessage()]
+
+
+async def test_a_look_up_whose_awaiter_was_cancelled_ends_all_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repeat of an old id is looked up in the database, and whoever awaits its answer is
+    cancelled meanwhile (a remote request's task at a shutdown, say): the look-up ends without an
+    error, the id known with its stored seq, and the frame held behind it is received. Setting the
+    cancelled future's result raised InvalidStateError in the look-up's task."""
+    monkeypatch.setattr(clientids, "KEPT", 2)
+    async with live_pair(tmp_path, NewBlock(0, 10.0, None, None, 0.0, "fixed", [[0, 1]])) as pair:
+        group, code = pair.group, pair.codes[0]
+        first = await group.receive(code, "decisions", 0.1, "c0")
+        for i in range(1, 6):  # c0 goes to the filter
+            await group.receive(code, "decisions", 0.1 * i, f"c{i}")
+        assert group.client_ids[code].get("c0") is clientids.MAYBE
+        repeat = group.receive(code, "decisions", 0.1, "c0")
+        later = group.receive(code, "decisions", 0.9, "c6")  # held behind the look-up
+        looking = list(group._looking)
+        assert len(looking) == 1
+        repeat.cancel()
+        assert await asyncio.gather(*looking, return_exceptions=True) == [None]
+        assert group.client_ids[code].get("c0") == first[0]
+        assert len(await asyncio.wait_for(later, 2)) == 1
