@@ -91,17 +91,40 @@ class LookUps:
                     if not future.done():
                         future.set_result([seq])
                     return
-                follow(self.receive(participant, channel, payload, client_id, bot=bot, new=True), future)
+                self._received(future, participant, channel, payload, client_id, bot, new=True)
             finally:
                 del self._held[participant]
                 for later_channel, later_payload, later_id, later_bot, waiting in held:  # in order; a
                     # later look-up holds the rest again
-                    follow(self.receive(participant, later_channel, later_payload, later_id, bot=later_bot), waiting)
+                    self._received(waiting, participant, later_channel, later_payload, later_id, later_bot)
 
         task = self._running_loop().create_task(look())
         self._looking.add(task)
         task.add_done_callback(self._looking.discard)
         return future
+
+    def _received(
+        self,
+        future: asyncio.Future[list[int]],
+        participant: str,
+        channel: str,
+        payload: Any,
+        client_id: str | None,
+        bot: bool,
+        *,
+        new: bool = False,
+    ) -> None:
+        """A frame that waited for a look-up, received now: ``future`` settles as its answer does.
+        What the group refuses it with (an invalid decision, a period ended meanwhile, a game that
+        fails on it) is its answer, not the look-up task's: the frames after it are received all
+        the same."""
+        try:
+            answered = self.receive(participant, channel, payload, client_id, bot=bot, new=new)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+            return
+        follow(answered, future)
 
     def _stored_before(
         self,

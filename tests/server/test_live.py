@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from groups import InvalidDecision
 from server import clientids
 from server.hub import MemoryHub
 from server.routing import LiveGroups
@@ -178,4 +179,28 @@ async def test_a_look_up_whose_awaiter_was_cancelled_ends_all_the_same(
         repeat.cancel()
         assert await asyncio.gather(*looking, return_exceptions=True) == [None]
         assert group.client_ids[code].get("c0") == first[0]
+        assert len(await asyncio.wait_for(later, 2)) == 1
+
+
+async def test_a_frame_refused_behind_a_look_up_leaves_the_frames_after_it_received(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page sends again an old frame (looked up in the database) and then new ones, which wait
+    behind the look-up: one the game refuses is answered with its refusal, and the one after it is
+    received and stored. The refusal was raised in the look-up's task: it skipped the frames after
+    it, whose answers never came."""
+    monkeypatch.setattr(clientids, "KEPT", 2)
+    async with live_pair(tmp_path, NewBlock(0, 10.0, None, None, 0.0, "fixed", [[0, 1]])) as pair:
+        group, code = pair.group, pair.codes[0]
+        first = await group.receive(code, "decisions", 0.1, "c0")
+        for i in range(1, 6):  # c0 goes to the filter
+            await group.receive(code, "decisions", 0.1 * i, f"c{i}")
+        repeat = group.receive(code, "decisions", 0.1, "c0")
+        refused = group.receive(code, "decisions", "no number", "c6")  # both held behind the look-up
+        later = group.receive(code, "decisions", 0.9, "c7")
+        looking = list(group._looking)
+        assert await asyncio.wait_for(repeat, 2) == first
+        assert await asyncio.gather(*looking, return_exceptions=True) == [None]
+        with pytest.raises(InvalidDecision):
+            await asyncio.wait_for(refused, 2)
         assert len(await asyncio.wait_for(later, 2)) == 1
