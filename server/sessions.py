@@ -66,7 +66,8 @@ class SessionRecord:
 
         ``exclude_unfinished``: compared with the sessions its participants finished themselves
         only, as the participants list compares participants: not the unfinished ones, nor those
-        of a seat a bot played (a lobby's fill, a dropout's: status ``bot`` or ``dropped``).
+        whose seat a bot held when the block's period ended (a lobby's fill, a dropout's that it
+        played on, as the group's log records it), whatever the participant's status now.
         """
         scores = block_final_scores(self.engine, self.block_id, exclude_unfinished)
         if not scores:

@@ -45,12 +45,10 @@ from .futures import consume
 from .hooks import IN_BOT_DECISION
 from .live import LiveGroup
 from .online import settings
-from .storage import Database, load_seat
+from .storage import STANDIN, Database, load_seat
 
 log = logging.getLogger("synclab.standins")
 
-#: the channel of a stand-in taking (``playing`` true) or leaving a seat; recorded, not sent
-STANDIN = "standin"
 FILL = "fill"
 DROPOUT = "dropout"
 REASONS = (FILL, DROPOUT)

@@ -125,7 +125,14 @@ from .schema import (
 from .seats import GroupSpec, Seat, client_ids, client_seq, last_state_query, load_group, load_seat
 from .snapshot import monitor_state
 from .stalls import WRITER_NAME, end_stalled_writers, writer_connection
-from .statuses import BOT_PLAYED, FINAL_STATUSES, STATUSES, run_over, set_statuses
+from .statuses import (
+    BOT_PLAYED,
+    FINAL_STATUSES,
+    STANDIN,
+    STATUSES,
+    run_over,
+    set_statuses,
+)
 from .tables import (
     blocks,
     connections,
@@ -172,6 +179,7 @@ __all__ = [
     "FIRST_TOKEN",
     "NO_GROUP",
     "ROLES",
+    "STANDIN",
     "STATUSES",
     "WRITER_NAME",
     "ApplyFailed",

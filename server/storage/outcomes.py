@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy import Engine, and_, func, select, text, update
 from sqlalchemy.engine import Connection
 
-from .statuses import BOT_PLAYED
-from .tables import blocks, participants, results, sessions, ticks
+from groups import PERIOD_END
+
+from .statuses import STANDIN, STOOD_IN
+from .tables import STATE_ONLY, blocks, events, groups, participants, results, sessions, ticks
 from .times import iso, to_epoch
 
 
@@ -150,19 +152,51 @@ def session_results(engine: Engine, session_id: int) -> list[dict[str, Any]]:
 
 
 def block_final_scores(engine: Engine, block_id: int, finished_only: bool) -> list[float]:
-    """The final scores of every session of a block; ``finished_only``: of the sessions finished
-    by their participants, not of the seats a bot played (their status in :data:`.BOT_PLAYED`),
-    as the participants list compares participants (``server.progress.is_finished``)."""
+    """The final scores of every session of a block; ``finished_only``: of the sessions their
+    participants finished themselves, those whose seat no bot held when the block's period ended
+    (:func:`_bot_seats`). Who played each block's seat decides, not the participant's status now:
+    a ``dropped`` participant's earlier block that they played to its end is compared, and a
+    ``replaced`` one's block that a bot played to its end is not."""
     with engine.connect() as conn:
-        query = select(sessions.c.final_score).where(sessions.c.block_id == block_id)
-        if finished_only:
-            status = participants.c.status
-            query = query.join(participants, participants.c.id == sessions.c.participant_id).where(
-                sessions.c.finished_at.is_not(None),
-                # NOT IN alone drops a null status (a participant still playing): it is unknown in SQL
-                or_(status.is_(None), status.not_in(sorted(BOT_PLAYED))),
-            )
-        return [float(r[0]) for r in conn.execute(query)]
+        if not finished_only:
+            query = select(sessions.c.final_score).where(sessions.c.block_id == block_id)
+            return [float(score) for score in conn.execute(query).scalars()]
+        rows = conn.execute(
+            select(sessions.c.final_score, sessions.c.group_id, participants.c.code, participants.c.status)
+            .join(participants, participants.c.id == sessions.c.participant_id)
+            .where(sessions.c.block_id == block_id, sessions.c.finished_at.is_not(None))
+        ).all()
+        # only a participant a bot stood in for may have a seat a bot held: the groups' logs are
+        # read for those groups only (in most blocks none)
+        stood_in = {int(group) for _, group, _, status in rows if status in STOOD_IN}
+        bots = _bot_seats(conn, stood_in) if stood_in else set()
+        return [float(score) for score, group, code, _ in rows if (group, code) not in bots]
+
+
+def _bot_seats(conn: Connection, group_ids: set[int]) -> set[tuple[int, str]]:
+    """The seats (group, participant code) a bot held when the group's period ended: the member's
+    last ``standin`` event in the group's log before its ``period_end`` says the bot was playing.
+
+    The ``standin`` events are not indexed (a few per group): they are looked for among the
+    events of the groups' experiment."""
+    wanted = sorted(group_ids)
+    ends: dict[int, int] = {}
+    for group, seq, value in conn.execute(
+        select(events.c.group_id, events.c.seq, events.c.value).where(events.c.group_id.in_(wanted), text(STATE_ONLY))
+    ):
+        if value == PERIOD_END:
+            ends[group] = min(int(seq), ends.get(group, int(seq)))
+    experiment = select(groups.c.experiment_id).where(groups.c.id == wanted[0]).scalar_subquery()
+    holding: dict[tuple[int, str], bool] = {}
+    for group, seq, value in conn.execute(
+        select(events.c.group_id, events.c.seq, events.c.value)
+        .where(events.c.experiment_id == experiment, events.c.channel == STANDIN, events.c.group_id.in_(wanted))
+        .order_by(events.c.seq)
+    ):
+        end = ends.get(group)
+        if isinstance(value, dict) and (end is None or seq < end):  # (one back after the end: the bot finished)
+            holding[int(group), str(value.get("participant"))] = bool(value.get("playing"))
+    return {seat for seat, playing in holding.items() if playing}
 
 
 def merge_session_json(engine: Engine, session_id: int, data: dict[str, Any]) -> dict[str, Any]:

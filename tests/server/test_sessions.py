@@ -11,7 +11,11 @@ from server.experiments import parse_request, plan
 from server.progress import Filter, participant_progress
 from server.sessions import SessionRecord
 from server.storage import (
+    STANDIN,
+    NewEvent,
+    Write,
     blocks,
+    commit_writes,
     groups,
     insert_experiment,
     memberships,
@@ -64,15 +68,28 @@ def test_percentile_rank_counts_ties_half_and_may_leave_out_the_unfinished(engin
 
 def test_percentile_rank_among_the_finished_leaves_out_the_seats_bots_played(engine: Engine) -> None:
     """Finished sessions of 9 (a participant still playing: no status), 7, 6 (``replaced``: came
-    back) and of bots, 3 (a lobby's fill, ``bot``) and 2 (``dropped``: a bot played on): among the
-    finished, 7 is compared with the three humans only (50, it was 70 with the bots), as the
-    participants list ranks it; bots' sessions are still ranked among the humans, and every
-    session stays in ``rank``."""
+    back before the end) and of bots, 3 (a lobby's fill, ``bot``) and 2 (``dropped``: a bot played
+    on), as the group's log records the bots (``standin`` events): among the finished, 7 is
+    compared with the three humans only (50, it was 70 with the bots), as the participants list
+    ranks it; bots' sessions are still ranked among the humans, and every session stays in ``rank``."""
     codes = scored(engine, [9.0, 7.0, 6.0, 3.0, 2.0, None])
     with engine.begin() as conn:
         for code, status in zip(codes[1:5], ("finished", "replaced", "bot", "dropped"), strict=True):
             conn.execute(update(participants).where(participants.c.code == code).values(status=status))
         experiment_id = conn.execute(select(participants.c.experiment_id).where(participants.c.code == codes[0])).scalar_one()
+        seats = dict(conn.execute(
+            select(participants.c.code, sessions.c.group_id).join(sessions, sessions.c.participant_id == participants.c.id)
+            .where(participants.c.experiment_id == experiment_id)
+        ).all())
+
+    def standin(code: str, reason: str, playing: bool) -> NewEvent:
+        return NewEvent(STANDIN, {"participant": code, "reason": reason, "playing": playing}, 1.5, seats[code])
+
+    with engine.connect() as conn:
+        commit_writes(conn, [Write(experiment_id, events=[
+            standin(codes[2], "dropout", True), standin(codes[2], "dropout", False),
+            standin(codes[3], "fill", True), standin(codes[4], "dropout", True),
+        ])])
     records = [SessionRecord.load(engine, c, 0) for c in codes]
     assert all(r is not None for r in records)
     seven, bot = records[1], records[3]

@@ -359,3 +359,55 @@ async def test_a_dropouts_frame_sent_again_in_their_next_block_is_acknowledged_w
     events = await server.events(code)
     mine = [e for e in events if e["participant"] == b and e["channel"] == "decisions" and not e["bot"]]
     assert [(e["seq"], e["value"]) for e in mine] == [(first["payload"]["seq"], 9), (mine[-1]["seq"], 5)]
+
+
+def among(score: float, compared: list[float]) -> float:
+    """MUSCLE's percentile of ``score`` among ``compared``: below it, ties counted half."""
+    return 100.0 * (sum(s < score for s in compared) + 0.5 * sum(s == score for s in compared)) / len(compared)
+
+
+async def test_a_blocks_percentile_among_the_finished_goes_by_who_played_its_seat_not_the_status_now(
+    any_server: Harness,
+) -> None:
+    """Two blocks. c leaves at once and a bot plays block 0 for them; c comes back in block 1 and
+    plays it (``replaced``). b plays block 0, leaves in block 1 and a bot plays it to the end
+    (``dropped``). Among each block's finished sessions a session is compared where its
+    participant played the seat to the block's end: block 0 compares a and b (not c's bot),
+    block 1 a and c (not b's bot). By the status now, b's block 0 was left out and c's bot kept."""
+    server = any_server
+    exp = await server.create(game="public_goods", participants=3, group_size=3, blocks=2, period_length=3,
+                              block_pause=0.3, online={"dropout_after": 0.3})
+    code = exp["code"]
+    a, b, c = (p["code"] for p in exp["participants"])
+    ca, cb, cc = [await server.connect(p) for p in (a, b, c)]
+    await until_state(ca, "period_start")
+    await cc.close()
+    await ca.send("decisions", 2.5, "a-1")
+    await cb.send("decisions", 7.25, "b-1")
+    await until_state(ca, "period_end", 6)
+    await until_state(ca, "period_start", 6)  # block 1
+    await cb.close()
+    await until_event(server, code, lambda e: e["channel"] == "standin" and e["value"]["participant"] == b)
+    back = await server.connect(c)
+    assert (await back.expect("hello"))["payload"]["phase"] == "running"
+    await back.send("decisions", 5.5, "c-1")
+    assert (await back.expect("ack"))["payload"]["id"] == "c-1"
+    await until_done(server, code)
+    assert await statuses(server, code) == {a: "finished", b: "dropped", c: "replaced"}
+
+    def percentiles(engine: Any) -> dict[tuple[str, int], tuple[float, float]]:
+        found = {}
+        for who in (a, b, c):
+            for block in (0, 1):
+                record = SessionRecord.load(engine, who, block)
+                assert record is not None and record.finished
+                found[who, block] = (record.final_score, record.percentile_rank(exclude_unfinished=True))
+        return found
+
+    found = await server.runtime.database.read(percentiles)
+    scores = {key: score for key, (score, _) in found.items()}
+    played = {0: [scores[a, 0], scores[b, 0]], 1: [scores[a, 1], scores[c, 1]]}  # by the humans themselves
+    assert {key: rank for key, (_, rank) in found.items()} == {
+        (who, block): pytest.approx(among(scores[who, block], played[block])) for who, block in found
+    }
+    assert len({scores[b, 0], scores[c, 0]}) == 2  # (so the comparisons differ)
