@@ -212,17 +212,16 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
             ):  # the members' runs are over: their scores go back where they came from
                 self._run_ended(self.experiment_id, list(self.member_ids.values()))
 
-        def failed(exc: NotPersisted, looked: bool = False) -> None:
-            if not looked:  # (looked: the database holds no frame with its client id, see below)
-                self._pending -= 1
-                self.core.restore(self.committed)
+        def failed(exc: NotPersisted) -> None:
+            self._pending -= 1
+            self.core.restore(self.committed)
             if isinstance(exc, NotAuthority):  # another worker took the group over: stop at once
                 self.retire()
                 if self._fenced is not None:
                     self._fenced(self.id)
             elif isinstance(exc, Unstorable):  # the game's fault, not the database's: not tried at once
-                if client_id is not None and not looked:  # unless its frame was stored before (server.lookups)
-                    return self._stored_before(events, client_id, future, settled, lambda: failed(exc, True))
+                if client_id is not None and connection is None:  # unless its frame was stored before
+                    return self._stored_before(exc, events, client_id, future, settled)  # (server.lookups)
                 self._unstorable(exc, any(ev.tick is not None for ev in events))
                 if connection is not None and events:  # a member comes and goes all the same (see _present)
                     self.act(list, connection=connection).add_done_callback(consume)

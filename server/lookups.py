@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from groups import Event
 
 from .clientids import ClientIds
-from .exceptions import NotPersisted
+from .exceptions import NotPersisted, Unstorable
 from .futures import follow, own_event
 
 #: a frame held behind a look-up: its channel, payload, client id, whether a bot sent it, its answer
@@ -51,6 +51,8 @@ class LookUps:
         def _running_loop(self) -> asyncio.AbstractEventLoop: ...
 
         def _reschedule(self) -> None: ...
+
+        def _unstorable(self, exc: Unstorable, tick: bool) -> None: ...
 
     def load_client_ids(self, participant: str, stored: list[tuple[str, int]]) -> None:
         """A member's ids stored before this group was loaded (oldest first), unless known already."""
@@ -128,20 +130,28 @@ class LookUps:
 
     def _stored_before(
         self,
+        exc: Unstorable,
         events: list[Event],
         client_id: str,
         future: asyncio.Future[list[int]],
         settled: Callable[[list[int] | None], None] | None,
-        refuse: Callable[[], None],
     ) -> None:
-        """A member's frame whose write the database refused alone (the group is back at what is
-        stored): if it holds a frame of the member's with ``client_id``, this one repeats it and is
-        answered with its ``seq``, as any repeated id is; else ``refuse()``.
+        """A member's frame whose write was refused alone (``exc``; the group is back at what is
+        stored): if the database holds a frame of the member's with ``client_id``, this one repeats
+        it and is answered with its ``seq``, as any repeated id is; else it is refused with ``exc``.
 
         The ids here may not know such a frame: in a cluster a group loads its members' ids when a
         worker takes it, and a member may have frames stored in an earlier block's group after that
         (stored, their ack lost, sent again here). The database's unique index refuses them."""
         lookup, participant = self._lookup, events[own_event(events)].participant
+
+        def refuse() -> None:  # (as server.live.LiveGroup.act's failed does)
+            self._unstorable(exc, any(ev.tick is not None for ev in events))
+            if not future.done():
+                future.set_exception(exc)
+            if settled is not None:
+                settled(None)
+
         if lookup is None or participant is None:
             refuse()
             return
