@@ -7,6 +7,17 @@ from __future__ import annotations
 
 from .bimatrix import Bimatrix
 from .blocks import FIXED, MATCHINGS, RANDOM, current_block, plan_groups
+from .channels import (
+    DECISIONS,
+    GROUP_DECISIONS,
+    PERIOD,
+    PERIOD_END,
+    PERIOD_START,
+    RESERVED_CHANNELS,
+    RESULT,
+    STATE,
+    SUBPERIOD,
+)
 from .exceptions import (
     ConfigError,
     GameFault,
@@ -20,30 +31,12 @@ from .exceptions import (
     UnknownGame,
 )
 from .faults import GAME_FAULT, describe_fault
-from .group import (
-    DECISIONS,
-    GROUP_DECISIONS,
-    MAX_AMOUNT,
-    PAUSED_BY_DISCONNECT,
-    PAUSED_BY_EXPERIMENTER,
-    PERIOD,
-    PERIOD_END,
-    PERIOD_START,
-    RESERVED_CHANNELS,
-    RESULT,
-    STATE,
-    SUBPERIOD,
-    DecisionGroup,
-    GroupState,
-    Phase,
-    Timing,
-    config_number,
-    require_number,
-)
+from .group import DecisionGroup
 from .messages import LATE_AFTER, MAX_CHANNEL_LENGTH, NOBODY, Event, Tick
 from .public_goods import PublicGoods
 from .registry import available_games, game_name, load_game
-from .values import is_number, shown
+from .state import PAUSED_BY_DISCONNECT, PAUSED_BY_EXPERIMENTER, GroupState, Phase, Timing
+from .values import MAX_AMOUNT, config_number, is_number, require_number, shown
 
 __all__ = [
     "DECISIONS",

@@ -12,8 +12,8 @@ from typing import Any, ClassVar
 
 from .bots import clamp, current, toward, walk
 from .exceptions import ConfigError
-from .group import MAX_AMOUNT, DecisionGroup, config_number, require_number
-from .values import shown
+from .group import DecisionGroup
+from .values import MAX_AMOUNT, config_number, require_number, shown
 
 PRISONERS_DILEMMA = {"AA": [3, 3], "AB": [0, 5], "BA": [5, 0], "BB": [1, 1]}
 _CELLS = ("AA", "AB", "BA", "BB")

@@ -6,7 +6,7 @@ import random
 from collections.abc import Sequence
 
 from .exceptions import ConfigError
-from .group import Phase
+from .state import Phase
 
 FIXED = "fixed"
 RANDOM = "random"

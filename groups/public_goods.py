@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from .bots import clamp, current, toward, walk
-from .group import MAX_AMOUNT, DecisionGroup, config_number, require_number
+from .group import DecisionGroup
+from .values import MAX_AMOUNT, config_number, require_number
 
 #: the largest marginal per-capita return (a lab's is below 1; a few games use up to n)
 MAX_MPCR = 1000.0

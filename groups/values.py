@@ -1,9 +1,14 @@
-"""Values a client sent, in messages and checks: :func:`shown` in an error message, :func:`is_number`."""
+"""Values a client sent, in messages and checks: :func:`shown` in an error message, :func:`is_number`,
+and a game's checks of a number (:func:`require_number` for a decision, :func:`config_number`
+for a setting, within :data:`MAX_AMOUNT`)."""
 
 from __future__ import annotations
 
 import math
 import reprlib
+from typing import Any
+
+from .exceptions import ConfigError, InvalidDecision
 
 #: how much of a value :func:`shown` writes out
 _SHOWN_LENGTH = 80
@@ -42,3 +47,37 @@ def is_number(value: object) -> bool:
         return math.isfinite(value)
     except OverflowError:  # an int beyond any float
         return False
+
+
+#: the largest magnitude a bundled game takes for a payoff, an endowment or points, far beyond
+#: any lab's: every sum of scores over an experiment's sessions then stays a finite float
+MAX_AMOUNT = 1e9
+
+
+def require_number(decision: Any, low: float, high: float) -> float:
+    """A helper for ``validate_decision``: ``decision`` as a float in ``[low, high]``."""
+    if not is_number(decision):
+        raise InvalidDecision(f"expected a number in [{low}, {high}], got {shown(decision)}")
+    value = float(decision)
+    if not low <= value <= high:  # also refuses NaN
+        raise InvalidDecision(f"expected a number in [{low}, {high}], got {shown(decision)}")
+    return value
+
+
+def config_number(
+    value: Any, field: str, low: float = -MAX_AMOUNT, high: float = MAX_AMOUNT, *, above_low: bool = False
+) -> float:
+    """A helper for ``validate_config``: ``value`` as a float in ``[low, high]`` (``(low, high]``
+    with ``above_low``), or :class:`ConfigError` naming ``field`` (``"config.endowment"``).
+
+    The default bounds are :data:`MAX_AMOUNT` either way: bound every payoff and amount of a game,
+    or a huge one makes scores, and the sums of scores, infinite.
+    """
+    opening = "(" if above_low else "["
+    expected = f"expected a number in {opening}{low:g}, {high:g}]"
+    if not is_number(value):
+        raise ConfigError(field, f"{expected}, got {shown(value)}")
+    number = float(value)
+    if not (low < number if above_low else low <= number) or number > high:
+        raise ConfigError(field, f"{expected}, got {shown(value)}")
+    return number

@@ -1,5 +1,6 @@
 """The code's layout: no import circle anywhere, a storage package of small modules used from outside
-only through its front door, a live group's modules small too, and those of ``synclab bots`` and ``synclab verify``.
+only through its front door, the modules of a live group, of the core's decision group, of a
+cluster node, of ``synclab bots`` and of ``synclab verify`` small too.
 
 ``python tests/test_layout.py`` prints the sizes of the modules held small and any import circle.
 """
@@ -24,7 +25,13 @@ BOTS_AND_VERIFY = (
     "server.bots", "server.bot", "server.botscommand", "server.verify", "server.storedlog", "server.replay",
     "server.findings",
 )
-#: a module held small (storage, a live group's, bots' or verify's) past this many lines has more than one job
+#: the modules of the core's decision group (``groups.DecisionGroup`` and its parts), held to the same size
+DECISION_GROUP = ("groups.group", "groups.hooks", "groups.period", "groups.state", "groups.channels", "groups.values")
+#: the modules of a cluster node (``server.cluster.node.Node`` and its parts), held to the same size
+CLUSTER_NODE = ("server.cluster.node", "server.cluster.heartbeats", "server.cluster.placement", "server.cluster.inbox")
+#: every module held small besides the storage package's
+HELD_SMALL = (*LIVE_GROUP, *BOTS_AND_VERIFY, *DECISION_GROUP, *CLUSTER_NODE)
+#: a module held small (storage, live group, bots, verify, decision group, cluster node) past this many lines has more than one job
 MAX_LINES = 400
 
 
@@ -120,18 +127,31 @@ def test_storage_modules_are_small() -> None:
     assert {n: s for n, s in sizes.items() if s > MAX_LINES} == {}
 
 
+def oversized(names: tuple[str, ...]) -> dict[str, int]:
+    """The modules of ``names`` past :data:`MAX_LINES`, with their sizes."""
+    known = modules()
+    sizes = {name: len(known[name].read_text().splitlines()) for name in names}
+    return {n: s for n, s in sizes.items() if s > MAX_LINES}
+
+
 def test_live_group_modules_are_small() -> None:
     """The live group's modules (``server.live`` and the parts it is made of) are each under ~400 lines."""
-    known = modules()
-    sizes = {name: len(known[name].read_text().splitlines()) for name in LIVE_GROUP}
-    assert {n: s for n, s in sizes.items() if s > MAX_LINES} == {}
+    assert oversized(LIVE_GROUP) == {}
 
 
 def test_bots_and_verify_modules_are_small() -> None:
     """The modules of ``synclab bots`` and ``synclab verify`` are each under ~400 lines."""
-    known = modules()
-    sizes = {name: len(known[name].read_text().splitlines()) for name in BOTS_AND_VERIFY}
-    assert {n: s for n, s in sizes.items() if s > MAX_LINES} == {}
+    assert oversized(BOTS_AND_VERIFY) == {}
+
+
+def test_decision_group_modules_are_small() -> None:
+    """The core's decision group's modules (``groups.group`` and the parts it is made of) are each under ~400 lines."""
+    assert oversized(DECISION_GROUP) == {}
+
+
+def test_cluster_node_modules_are_small() -> None:
+    """A cluster node's modules (``server.cluster.node`` and the parts it is made of) are each under ~400 lines."""
+    assert oversized(CLUSTER_NODE) == {}
 
 
 def test_callers_import_storage_from_the_package_not_its_insides() -> None:
@@ -147,7 +167,7 @@ def test_callers_import_storage_from_the_package_not_its_insides() -> None:
 
 if __name__ == "__main__":
     for name, path in modules().items():
-        if name.startswith(STORAGE) or name in LIVE_GROUP or name in BOTS_AND_VERIFY:
+        if name.startswith(STORAGE) or name in HELD_SMALL:
             print(f"{len(path.read_text().splitlines()):5d}  {name}")
     found = circles(graph())
     print("import circles:", found or "none")

@@ -107,7 +107,7 @@ def test_load_game_of_an_unknown_name_lists_the_known_games() -> None:
     [
         f"{HERE}:NOT_A_GAME",
         f"{HERE}:FakeEntryPoint",
-        "groups.group:Timing",
+        "groups.state:Timing",
         "groups.bimatrix:PRISONERS_DILEMMA",
     ],
 )

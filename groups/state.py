@@ -1,0 +1,141 @@
+"""A group's values: where it is in its period, its block's clock settings, and its state.
+
+:class:`Phase` is where a group is in its period, :class:`Timing` a block's clock settings
+(refused when they make no sense), :class:`GroupState` everything about a group that is
+persisted and restored; :class:`~groups.DecisionGroup` changes it, the shell stores it.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .exceptions import ConfigError
+from .values import is_number, shown
+
+#: who paused a period: the experimenter, or a member's disconnect (see ``pause_when_disconnected``)
+PAUSED_BY_EXPERIMENTER = "experimenter"
+PAUSED_BY_DISCONNECT = "disconnect"
+
+
+class Phase(enum.Enum):
+    """Where a group is in its period."""
+
+    WAITING = "waiting"  # not every member has connected yet
+    RUNNING = "running"
+    PAUSED = "paused"  # the clock is stopped; deadlines move by the pause's length
+    ENDED = "ended"
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """A block's clock settings: ``period_length`` in seconds (``None``: no end)."""
+
+    period_length: float | None = None
+    num_subperiods: int | None = None
+    rate_limit: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.period_length is not None and not _positive(self.period_length):
+            raise ConfigError("period_length", f"expected a number > 0, got {shown(self.period_length)}")
+        if self.num_subperiods is not None and (
+            isinstance(self.num_subperiods, bool)
+            or not isinstance(self.num_subperiods, int)
+            or self.num_subperiods < 1
+        ):
+            raise ConfigError(
+                "num_subperiods", f"expected an integer >= 1 or null, got {shown(self.num_subperiods)}"
+            )
+        if self.num_subperiods is not None and self.period_length is None:
+            raise ConfigError("num_subperiods", "subperiods need a period_length")
+        if self.rate_limit is not None and not _positive(self.rate_limit):
+            raise ConfigError("rate_limit", f"expected a number > 0 or null, got {shown(self.rate_limit)}")
+
+    @property
+    def continuous(self) -> bool:
+        """Scored once per period by the time-weighted flow payoff (no subperiods)."""
+        return self.num_subperiods is None
+
+
+def _positive(value: object) -> bool:
+    return is_number(value) and value > 0  # type: ignore[operator]
+
+
+@dataclass(slots=True)
+class GroupState:
+    """Everything about a group that is persisted and restored (a snapshot is a copy)."""
+
+    phase: Phase = Phase.WAITING
+    decisions: dict[str, Any] = field(default_factory=dict)
+    started_at: float | None = None
+    #: when the period ends: ``started_at + paused_for + period_length``
+    ends_at: float | None = None
+    ended_at: float | None = None
+    #: how many subperiods have been ticked (0 .. num_subperiods)
+    subperiod: int = 0
+    #: game-specific values; kept JSON-serialisable by the game
+    vars: dict[str, Any] = field(default_factory=dict)
+    #: the current pause: since when, and who asked for it
+    paused_at: float | None = None
+    paused_by: str | None = None
+    #: seconds the period has been paused in all (every deadline moves by it)
+    paused_for: float = 0.0
+    #: continuous time: the integral of each member's flow payoff up to ``flow_at``
+    flow: dict[str, float] = field(default_factory=dict)
+    flow_at: float | None = None
+    #: rate limit: when ``group_decisions`` was last broadcast, and whether a newer one waits
+    broadcast_at: float | None = None
+    broadcast_due: bool = False
+    #: with subperiods: each member's score so far in this period (the sum of its results)
+    earned: dict[str, float] = field(default_factory=dict)
+
+    def copy(self) -> GroupState:
+        # field by field, not through __init__'s fifteen keywords: a copy is made at every action
+        new = object.__new__(GroupState)
+        new.phase = self.phase
+        new.decisions = dict(self.decisions)
+        new.started_at = self.started_at
+        new.ends_at = self.ends_at
+        new.ended_at = self.ended_at
+        new.subperiod = self.subperiod
+        new.vars = copy.deepcopy(self.vars) if self.vars else {}
+        new.paused_at = self.paused_at
+        new.paused_by = self.paused_by
+        new.paused_for = self.paused_for
+        new.flow = dict(self.flow)
+        new.flow_at = self.flow_at
+        new.broadcast_at = self.broadcast_at
+        new.broadcast_due = self.broadcast_due
+        new.earned = dict(self.earned)
+        return new
+
+    def clock(self, *, copied: bool = True) -> dict[str, Any]:
+        """The timing fields beyond phase and period, as JSON (the shell stores them as one value).
+
+        ``copied=False`` puts this state's own ``flow`` and ``earned`` in it, not copies: for a
+        snapshot that nothing changes any more (the shell stores each action's snapshot so)."""
+        return {
+            "paused_at": self.paused_at,
+            "paused_by": self.paused_by,
+            "paused_for": self.paused_for,
+            "flow": dict(self.flow) if copied else self.flow,
+            "flow_at": self.flow_at,
+            "broadcast_at": self.broadcast_at,
+            "broadcast_due": self.broadcast_due,
+            "earned": dict(self.earned) if copied else self.earned,
+        }
+
+    def set_clock(self, stored: Mapping[str, Any] | None) -> None:
+        """The inverse of :meth:`clock`."""
+        stored = stored or {}
+        self.paused_at = stored.get("paused_at")
+        self.paused_by = stored.get("paused_by")
+        self.paused_for = float(stored.get("paused_for") or 0.0)
+        self.flow = {str(k): float(v) for k, v in (stored.get("flow") or {}).items()}
+        self.flow_at = stored.get("flow_at")
+        self.broadcast_at = stored.get("broadcast_at")
+        self.broadcast_due = bool(stored.get("broadcast_due"))
+        self.earned = {str(k): float(v) for k, v in (stored.get("earned") or {}).items()}
