@@ -3,9 +3,9 @@
 A worker serves a group when it holds the group's lease (:mod:`.leases`): it takes a free one
 when a member of the group connects here, when a request for it arrives and nobody serves it,
 or — for a running group whose worker died, even without any traffic — when its claim loop finds
-the lease gone (every :data:`CLAIM_EVERY` seconds). Taking a group: the lease (a new epoch), the
-epoch raised in PostgreSQL, the group loaded from PostgreSQL; a deadline missed meanwhile is
-applied at once and recorded late, as after a restart.
+the lease gone (every :data:`.placement.CLAIM_EVERY` seconds). Taking a group: the lease (a new
+epoch), the epoch raised in PostgreSQL, the group loaded from PostgreSQL; a deadline missed
+meanwhile is applied at once and recorded late, as after a restart.
 
 Workers talk through the hub: each has an inbox topic (``worker:{name}``) for requests and
 answers, which travel in order with the group frames of the same worker. A member's frames go
@@ -15,13 +15,18 @@ lists them). On SIGTERM a worker hands its leases over at once (:meth:`Node.drai
 
 A busy worker (its event loop late past ``SYNCLAB_BUSY_LAG``, :mod:`.load`) takes no group
 nobody serves: it asks the least late worker that is not busy to take it, and leaves orphans to
-the others; with every worker busy it takes the group itself. Busy for :data:`SHED_AFTER`
-seconds, it hands groups it serves over to such a worker, one every :data:`SHED_EVERY` seconds.
+the others; with every worker busy it takes the group itself. Busy for
+:data:`.placement.SHED_AFTER` seconds, it hands groups it serves over to such a worker, one every
+:data:`.placement.SHED_EVERY` seconds.
 Whenever a group gets a new authority, every worker tells it which members are connected there
 (:meth:`Node.taken`): the group it loads from the database knows no sockets.
 
 Safety before liveness: a worker that cannot renew its leases (Redis away) stops acting for the
 groups when its local validity ends, and requests to other workers fail with ``unavailable``.
+
+:class:`Node` holds this worker's state, its life, and the groups it claims and holds; its parts
+are beside it: its heartbeat and its sweeps in :mod:`.heartbeats`, where groups go when it is
+busy and the orphans it claims in :mod:`.placement`, the requests it answers in :mod:`.inbox`.
 """
 
 from __future__ import annotations
@@ -37,59 +42,30 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from redis.exceptions import RedisError
 
-from groups import Phase
-
-from ..exceptions import WS_1012_SERVICE_RESTART, NotPersisted, Unavailable
-from ..hub import group_of
+from ..exceptions import NotPersisted, Unavailable
 from ..hub.redis import RedisHub
-from ..storage import (
-    Database,
-    claim_group,
-    close_connections_of,
-    closed_among,
-    end_stalled_writers,
-    group_epoch,
-    live_group_ids,
-    workers_with_open_connections,
-)
+from ..storage import Database, claim_group, group_epoch
+from .heartbeats import Heartbeats
+from .inbox import Answers, Inbox
 from .leases import Lease, Leases
 from .load import LagMeter
+from .placement import Placement
 from .requests import Requests, dumps, inbox
 
 if TYPE_CHECKING:
-    from ..live import LiveGroup
     from ..routing import LiveGroups
     from ..settings import Settings
 
 log = logging.getLogger("synclab.cluster")
-#: seconds between two looks for running groups nobody serves
-CLAIM_EVERY = 0.5
-#: seconds between two heartbeats; a worker not heard from for :data:`HEARTBEAT_TTL` is gone
-HEARTBEAT_EVERY = 1.0
-HEARTBEAT_TTL = 5
 #: every worker listens to it: a group handed over, to be taken at once
 CLUSTER_TOPIC = "cluster"
 #: groups whose worker this one remembers, at most (forgotten all at once past it)
 MAX_OWNERS_KNOWN = 100_000
-#: seconds between two looks for connections that a gone worker left open (see :meth:`Node._sweep`)
-SWEEP_EVERY = 2.0
-#: seconds a worker holding open connections must stay unheard of (its heartbeat expired) before
-#: they are closed: a blip of Redis is not a death
-GONE_AFTER = 5.0
-#: seconds a worker stays busy before it hands a group it serves to a worker that is not, and
-#: then between two such hand-overs while it stays busy (see :meth:`Node._shed`)
-SHED_AFTER = 5.0
-SHED_EVERY = 2.0
-#: seconds after a heartbeat gap during which this worker looks, at each heartbeat, for its sockets
-#: whose connections another worker closed meanwhile (a sweep that began before the gap ended
-#: may close them a moment after the first look)
-RECHECK_FOR = 3 * SWEEP_EVERY
 
 
-class Node:
+class Node(Heartbeats, Placement, Answers):
     """This worker's part in the cluster named ``settings.cluster_name``."""
 
     def __init__(self, settings: Settings, database: Database, *, worker: str | None = None) -> None:
@@ -127,7 +103,7 @@ class Node:
         #: since when (monotonic seconds) this worker has been busy; ``None``: it is not
         self._busy_since: float | None = None
         self._rechecking: asyncio.Task[None] | None = None
-        self._inbox = _Inbox(self)
+        self._inbox = Inbox(self)
 
     # ------------------------------------------------------------------ life
 
@@ -193,11 +169,6 @@ class Node:
         lease = self.held.get(group_id)
         return lease is not None and self.leases.valid(lease)
 
-    @property
-    def busy(self) -> bool:
-        """This worker's loop runs late (``SYNCLAB_BUSY_LAG``): it leaves new groups to the others."""
-        return self.busy_lag > 0 and self.meter.lag >= self.busy_lag
-
     async def owner(self, group_id: int, *, here: bool = False) -> str:
         """The worker that serves the group. If nobody does, this one takes it (and has it loaded
         then), unless it is busy and another worker is not: that one is asked to take it
@@ -224,41 +195,6 @@ class Node:
             if placed is not None:
                 return placed
         return await self.claim(group_id)
-
-    async def _place(self, group_id: int) -> str | None:
-        """Ask the least late worker that is not busy to take the group; who serves it then, or
-        ``None`` (nobody else fit, or the ask failed: this worker takes it after all)."""
-        other = await self._idlest()
-        if other is None:
-            return None
-        try:
-            worker = str(await self.request(other, "take", {"g": group_id}))
-        except Exception as exc:  # unavailable, moved, not loaded there, or a worker of an older build
-            log.warning("cluster: busy, asked %s to take group %s: %s; taking it here", other, group_id, exc)
-            return None
-        if worker == self.worker:
-            return None
-        self._remember(group_id, worker)
-        log.warning("cluster: busy (the loop %.0f ms late): group %s went to %s", self.meter.lag * 1000, group_id, worker)
-        return worker
-
-    async def _idlest(self) -> str | None:
-        """The other worker heard from lately that is not busy, the least late first; ``None``: none.
-
-        Only a worker whose heartbeat says whether it is busy counts: one of an older build (a
-        rolling upgrade) does not know the request to take a group."""
-        try:
-            beats = await self.workers()
-        except (RedisError, OSError):
-            return None
-        now = time.time()
-        fit = [
-            b for b in beats
-            if b.get("worker") != self.worker and b.get("busy") is False and now - float(b.get("at", 0)) < HEARTBEAT_TTL
-        ]
-        if not fit:
-            return None
-        return str(min(fit, key=lambda b: (float(b.get("lag_ms", 0)), int(b.get("groups", 0))))["worker"])
 
     def _remember(self, group_id: int, worker: str) -> None:
         if len(self._owners) >= MAX_OWNERS_KNOWN:
@@ -393,170 +329,6 @@ class Node:
             except Exception as exc:  # the database or Redis is away
                 log.warning("cluster: could not look for %s: %s", what, exc)
 
-    async def _shed_loop(self) -> None:
-        await self._every(SHED_EVERY, self._shed, "a group to hand over")
-
-    async def _shed(self) -> None:
-        """Busy for :data:`SHED_AFTER` seconds: hand a group over to the least late worker that is not.
-
-        New groups already go elsewhere (:meth:`owner`); this relieves a worker that took too many
-        before (the others were down, a worker was added since). One group a look, of those still
-        playing the one with the fewest members connected here, while the worker stays busy; its members play on
-        through this worker, a decision under way is refused (``unavailable``) and sent again."""
-        if not self.busy:
-            self._busy_since = None
-            return
-        now = time.monotonic()
-        if self._busy_since is None:
-            self._busy_since = now
-        if now - self._busy_since < SHED_AFTER or len(self.held) < 2 or self._draining:
-            return
-        other = await self._idlest()
-        if other is None:
-            return
-        router = self.router
-        assert router is not None
-        # the groups still playing: a finished one costs nothing where it is
-        served = [g for g in self.held if g not in self._claims and _playing(router.local(g))]
-        if len(served) < 2:
-            return
-        views = router.views
-        group_id = min(served, key=lambda g: len(views[g].current) if g in views else 0)
-        log.warning("cluster: busy (the loop %.0f ms late) for %.0f s: handing group %s over to %s",
-                    self.meter.lag * 1000, now - self._busy_since, group_id, other)
-        await self._hand_over(group_id)
-        with contextlib.suppress(Exception):  # else whoever has members takes it, or a claim loop
-            self._remember(group_id, str(await self.request(other, "take", {"g": group_id})))
-
-    async def _claim_loop(self) -> None:
-        await self._every(CLAIM_EVERY, self._claim_orphans, "groups to serve")
-
-    async def _claim_orphans(self) -> None:
-        if self.busy and await self._idlest() is not None:
-            return  # left to the workers that are not busy
-        running = await self.database.read(live_group_ids)
-        owners = await self.leases.owners([g for g in running if g not in self.held])
-        orphans = [g for g, o in owners.items() if o is None]
-        random.shuffle(orphans)
-        for group_id in orphans[:20]:
-            with contextlib.suppress(NotPersisted, LookupError):
-                await self.claim(group_id)
-
-    async def _heartbeat_loop(self) -> None:
-        beaten: float | None = None  # monotonic seconds of the last heartbeat stored
-        while True:
-            try:
-                await self._heartbeat()
-            except (RedisError, OSError):
-                pass
-            else:
-                now = time.monotonic()
-                if beaten is not None and now - beaten >= HEARTBEAT_TTL:
-                    # unheard of long enough for the others to find this worker gone
-                    self._recheck_until = now + RECHECK_FOR
-                beaten = now
-                if now < self._recheck_until and (self._rechecking is None or self._rechecking.done()):
-                    # a task of its own: a slow database must not hold the next heartbeat back
-                    self._rechecking = asyncio.get_running_loop().create_task(self._reconnect_swept())
-            await asyncio.sleep(HEARTBEAT_EVERY)
-
-    async def _reconnect_swept(self) -> None:
-        """Have the sockets whose connections another worker closed reconnect.
-
-        While this worker was unheard of (Redis away, the process paused), another may have
-        found it gone and closed its connections (:meth:`_sweep`): their participants would show
-        as gone while still here. Each such socket is closed with 1012, which stores its close
-        at the real time over the one assumed, and its page reconnects as a new connection.
-        """
-        assert self.router is not None
-        members = dict(self.router.connections)
-        if not members:
-            return
-        try:
-            swept = await self.database.read(closed_among, self.worker, list(members))
-        except Exception as exc:  # the database is away: the next heartbeat looks again
-            log.warning("cluster: could not look for connections closed by another worker: %s", exc)
-            return
-        again = [members[c] for c in swept if self.router.connections.get(c) is members[c]]
-        for member in again:
-            member.close(WS_1012_SERVICE_RESTART, "reconnect: this worker was cut off from its cluster")
-        if again:
-            log.warning("cluster: %d sockets reconnect: their connections were closed while this worker was unheard of",
-                        len(again))
-
-    async def _heartbeat(self) -> None:
-        assert self.router is not None
-        writer = self.router.writer
-        beat = {
-            "worker": self.worker, "host": socket.gethostname(), "pid": os.getpid(), "started": self.started,
-            "groups": len(self.held), "sockets": len(self.router.connections),
-            "lag_ms": round(self.meter.lag * 1000, 1), "busy": self.busy,
-            "writer": {"batches": writer.batches, "writes": writer.writes, "events": writer.committed},
-            "at": time.time(),
-            # its connections' rows name it (see _sweep): builds before that wrote none
-            "names_connections": True,
-        }
-        key = self._key(f"worker:{self.worker}")
-        async with self.hub.client.pipeline(transaction=False) as pipe:
-            pipe.set(key, dumps(beat), ex=HEARTBEAT_TTL)
-            pipe.sadd(self._key("workers"), self.worker)
-            await pipe.execute()
-
-    async def _sweep_loop(self) -> None:
-        await self._every(SWEEP_EVERY, self._sweep, "connections a gone worker left open")
-
-    async def _sweep(self) -> None:
-        """Close the connections of the workers gone for :data:`GONE_AFTER` seconds.
-
-        A worker killed with kill -9 (or a host lost) stores no close for its sockets: its
-        participants would show as connected for ever. Whoever holds open connections without a
-        heartbeat (or holds rows without a worker's name: one process's) for long enough has them
-        closed with code 1006, at the time it was found gone (see :mod:`server.storage.leftover`).
-        Rows without a name are left alone while a worker of a build that names none is heard from.
-        Every worker looks; the first closes them, and the others find nothing left.
-        """
-        beats = await self.workers()
-        live = {str(w["worker"]) for w in beats} | {self.worker}
-        holders = await self.database.read(workers_with_open_connections)
-        if None in holders and any(not w.get("names_connections") for w in beats):
-            # a worker of an earlier build (a rolling upgrade under way) stores its connections
-            # without its name: rows without one may be its live sockets', not a gone process's
-            holders.discard(None)
-        now = time.monotonic()
-        self._absent = {w: self._absent.get(w, now) for w in holders if w not in live}
-        for worker, since in list(self._absent.items()):
-            if now - since < GONE_AFTER:
-                continue
-            closed = await self.database.write(close_connections_of, worker, time.time())
-            self._absent.pop(worker, None)
-            if closed:
-                log.warning("cluster: closed %d connections that worker %s left open (code 1006)", closed, worker)
-
-    async def _stalled_loop(self) -> None:
-        if self.database.stall_timeout is not None and not self.database.sqlite:
-            # PostgreSQL's business alone: a stopped writer holds other writers back with Redis away too
-            await self._every(
-                self.database.stall_timeout / 2, self._end_stalled, "writers stopped inside a batch", redis=False
-            )
-
-    async def _end_stalled(self) -> None:
-        """End the database sessions of writers (any worker's) stopped inside a batch for over the
-        stall timeout: a takeover of their groups, and every other writer of their experiments,
-        would wait for their rows and fail (``SYNCLAB_LOCK_TIMEOUT``) as long as they stay
-        stopped (:func:`end_stalled_writers`)."""
-        assert self.database.stall_timeout is not None
-        await self.database.read(end_stalled_writers, self.database.stall_timeout)
-
-    async def workers(self) -> list[dict[str, Any]]:
-        """Every worker heard from lately, from the heartbeats (this one included)."""
-        client = self.hub.client
-        names = sorted(v.decode() if isinstance(v, bytes) else str(v) for v in await client.smembers(self._key("workers")))
-        beats = await client.mget([self._key(f"worker:{n}") for n in names]) if names else []
-        gone = [n for n, b in zip(names, beats, strict=True) if b is None]
-        if gone:
-            await client.srem(self._key("workers"), *gone)
-        return [orjson.loads(b) for b in beats if b is not None]
-
     # ------------------------------------------------------------------ requests
 
     def ready(self, topic: str) -> Any:
@@ -571,90 +343,3 @@ class Node:
 
     def send(self, worker: str, op: str, body: dict[str, Any]) -> None:
         self.requests.send(worker, op, body)
-
-    def answer(self, message: dict[str, Any]) -> None:
-        """A request from another worker: run it here, send the answer back (when it is ready)."""
-        assert self.router is not None
-        op, body = message["op"], message["body"]
-        if op == "close":
-            self.router.close_member(self.worker, body["k"], int(body["code"]), str(body["reason"]))
-            return
-        if op != "take":
-            group_id = int(body["g"])
-            waiting = self._waiting.get(group_id)
-            claiming = self._claims.get(group_id)
-            if waiting is None and claiming is not None:
-                # the lease is ours, the group not loaded yet: its members' frames wait for it
-                waiting = self._waiting[group_id] = []
-                claiming.add_done_callback(lambda _: self._claimed(group_id))
-            if waiting is not None:
-                waiting.append(message)
-                return
-        self._answer(message)
-
-    def _claimed(self, group_id: int) -> None:
-        """The claim of a group ended: the requests that waited for it run, in order."""
-        for message in self._waiting.pop(group_id, []):
-            self._answer(message)
-
-    def _answer(self, message: dict[str, Any]) -> None:
-        assert self.router is not None
-        op, body, rid, asker = message["op"], message["body"], message.get("id"), message["from"]
-        try:
-            result = (
-                asyncio.ensure_future(self.owner(int(body["g"]), here=True)) if op == "take" else self.router.handle(op, body)
-            )
-        except BaseException as exc:
-            self.requests.reply(asker, rid, None, exc)
-            return
-        if isinstance(result, asyncio.Future):
-            result.add_done_callback(lambda f: self.requests.reply(asker, rid, None if f.exception() else f.result(), f.exception()))
-        else:
-            self.requests.reply(asker, rid, result, None)
-
-    def _released(self, group_id: int) -> None:
-        """Another worker handed a group over: take it at once if members of it are here."""
-        assert self.router is not None
-        self.unknown(group_id)
-        view = self.router.views.get(group_id)
-        if view is not None and view.current and not self._draining:
-            self.router.spawn(self.owner(group_id))
-
-    def _resync(self, topic: str) -> None:
-        """Frames of ``topic`` may be lost: group members here get the whole state; monitors start over."""
-        assert self.router is not None
-        group_id = group_of(topic)
-        if group_id is not None:
-            view = self.router.views.get(group_id)
-            if view is not None:
-                view.resync()
-        elif topic.startswith(("monitor:", "presence:")):
-            for subscriber in self.hub.subscribers(topic):
-                lost = getattr(subscriber, "lost", None)
-                if lost is not None:
-                    lost()
-
-
-def _playing(live: LiveGroup | None) -> bool:
-    return live is not None and live.committed.phase is not Phase.ENDED
-
-
-class _Inbox:
-    """The hub subscriber of this worker's inbox and of the cluster's topic."""
-
-    def __init__(self, node: Node) -> None:
-        self._node = node
-
-    def deliver(self, to: frozenset[str] | None, data: str) -> None:
-        message = orjson.loads(data)
-        if message["op"] == "reply":
-            self._node.requests.answered(message)
-        elif message["op"] == "released":
-            self._node._released(int(message["g"]))
-        elif message["op"] == "taken":
-            self._node.taken(int(message["g"]), str(message["w"]))
-        else:
-            try:
-                self._node.answer(message)
-            except Exception:
-                log.exception("cluster: a request failed: %r", message.get("op"))

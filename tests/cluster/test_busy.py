@@ -20,7 +20,7 @@ import jsonschema_rs
 import pytest
 
 from server.cluster.load import LagMeter
-from server.cluster.node import SHED_AFTER, SHED_EVERY
+from server.cluster.placement import SHED_AFTER, SHED_EVERY
 from server.openapi import document
 from tests.cluster.harness import Cluster, Participant
 from tests.cluster.test_cluster import check_stored, create, owner_of, until
