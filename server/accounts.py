@@ -8,7 +8,7 @@ everything and opens the monitor, but cannot create, control or export experimen
 Every request is checked. A lookup is kept :data:`CACHE_SECONDS` (positive or not), so a revoke
 takes effect within that on every worker: each reads the database itself. Digests are compared
 with :func:`hmac.compare_digest`. :class:`Authenticate` resolves the bearer header of each HTTP
-request before the endpoint runs, so the endpoints' checks (:func:`server.api.require_admin`)
+request before the endpoint runs, so the endpoints' checks (:func:`server.queries.require_admin`)
 stay plain calls.
 """
 

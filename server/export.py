@@ -42,16 +42,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from .api import (
-    _experiment,
-    completion_codes,
-    experiment_fields,
-    query_value,
-    require_admin,
-    runtime,
-)
 from .exceptions import BadRequest
+from .experimentapi import experiment_fields
+from .participantapi import completion_codes
 from .progress import participant_progress
+from .queries import path_experiment, query_value, require_admin, runtime
 from .settings import Settings
 from .storage import (
     Database,
@@ -323,7 +318,7 @@ def _table(request: Request, *, required: bool) -> str | None:
 async def export_csv(request: Request) -> Response:
     """``?table=`` events, results, sessions or participants, as a CSV attachment."""
     require_admin(request, "exporting experiments")
-    row = await _experiment(request)
+    row = await path_experiment(request)
     table = _table(request, required=True)
     if table == "participants":
         await completion_codes(runtime(request).database, row["id"])
@@ -337,7 +332,7 @@ async def export_csv(request: Request) -> Response:
 async def export_json(request: Request) -> Response:
     """The whole JSON document, or with ``?table=`` a JSON array of that table's rows."""
     require_admin(request, "exporting experiments")
-    row = await _experiment(request)
+    row = await path_experiment(request)
     table = _table(request, required=False)
     if table in ("participants", None):
         await completion_codes(runtime(request).database, row["id"])

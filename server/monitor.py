@@ -33,13 +33,13 @@ import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .accounts import Account, Refused
-from .api import experiment_body
 from .exceptions import (
     WS_4008_TOO_SLOW,
     WS_4401_UNAUTHENTICATED,
     WS_4403_TOKEN_REFUSED,
     WS_4404_UNKNOWN,
 )
+from .experimentapi import experiment_body
 from .hub import monitor_presence_topic, monitor_topic
 from .meter import Meter
 from .progress import participant_progress

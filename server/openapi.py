@@ -2,7 +2,7 @@
 
 The document is Python data built from the same constants the endpoints check (page bounds,
 statuses, actions, export tables, the create body's limits and the registered games), so a
-bound changed in :mod:`server.api` or :mod:`server.experiments` changes the document with it.
+bound changed in :mod:`server.queries` or :mod:`server.experiments` changes the document with it.
 Its parts are built apart: the answers' schemas in :mod:`server.schemas`, the create body's in
 :mod:`server.createschema`, the paths with their parameters and refusals in
 :mod:`server.operations`. Response schemas are closed (``additionalProperties: false``): a field

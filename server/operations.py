@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_QUERY_INT, STATUSES
 from .control import ACTIONS
+from .experimentapi import STATUSES
 from .export import TABLES
+from .queries import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_QUERY_INT
 from .schemas import STRING, JSONSchema, ref
 
 PATH = "/api/openapi.json"

@@ -13,9 +13,10 @@ from typing import Any
 
 from groups import MATCHINGS
 
-from .api import MAX_PAGE_SIZE, STATUSES
 from .control import ACTIONS
+from .experimentapi import STATUSES
 from .online import FILLS
+from .queries import MAX_PAGE_SIZE
 from .settings import DURABILITIES
 from .storage import COMMIT_BUCKET_NAMES, ROLES
 from .storage import STATUSES as PARTICIPANT_STATUSES

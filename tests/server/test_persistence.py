@@ -292,7 +292,7 @@ async def test_decisions_are_acknowledged_while_an_experiment_is_being_created(
         release.wait(timeout(10))
         return real(engine, spec)
 
-    monkeypatch.setattr("server.api.insert_experiment", held)
+    monkeypatch.setattr("server.experimentapi.insert_experiment", held)
     creating = asyncio.ensure_future(any_server.http.post("/api/experiments", json={
         "game": "public_goods", "participants": 8, "group_size": 4}))
     try:
