@@ -29,7 +29,7 @@ PERIOD_END = "period_end"
 RESERVED_CHANNELS: frozenset[str] = frozenset({
     DECISIONS, GROUP_DECISIONS, STATE, SUBPERIOD, RESULT, PERIOD, GAME_FAULT,
     "control", "standin", "lobby",  # server.control.CONTROL, server.standins.STANDIN, server.presence.LOBBY
-    "hello", "ack", "error", "ping", "experiment",  # server.connection, server.routing.EXPERIMENT
+    "hello", "ack", "error", "ping", "experiment",  # server.connection, server.course.EXPERIMENT
 })
 
 

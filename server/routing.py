@@ -17,6 +17,11 @@ playing (:attr:`server.live.LiveGroup.resting`), and a view without members here
 been so for ``grace`` seconds; whoever connects to one later loads it again from the database,
 as after a restart. In a cluster the node gives finished groups up (``server.cluster.node``) and
 the sweep drops the views.
+
+This module holds the router's state and the loading of groups and views; its other parts share
+that state, a module each: the way to a group's authority (``server.calls``), the sweep
+(``server.sweeper``), the blocks one after another and the experimenter's actions
+(``server.course``).
 """
 
 from __future__ import annotations
@@ -24,72 +29,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Coroutine
-from typing import Any, Protocol
+from collections.abc import Coroutine
+from typing import Any
 
-from groups import InvalidState, Phase, current_block, load_game
+from groups import load_game
 
-from .control import ACTIONS
-from .exceptions import NotPersisted, Unavailable, Unstorable
-from .futures import consume
-from .hub import Hub, group_topic
+from .calls import Calls, Node
+from .course import Course
+from .exceptions import NotPersisted
+from .hub import Hub
 from .live import LiveGroup, RunEnded
 from .lobby import Lobbies
-from .standins import REASONS, StandIns
+from .standins import StandIns
 from .storage import (
     Database,
-    GroupPlace,
     Seat,
     client_ids,
     client_seq,
-    experiment_groups,
-    experiment_row,
     live_group_ids,
     load_group,
     load_seat,
-    set_experiment_status,
 )
+from .sweeper import GRACE, Sweeper
 from .ticks import Clock
-from .views import GroupView, Member, change_from
-from .wire import encode
+from .views import GroupView, Member
 
 log = logging.getLogger("synclab.routing")
-#: seconds a finished group stays in memory by default (``SYNCLAB_GROUP_GRACE``)
-GRACE = 2.0
-#: the shortest interval between two sweeps
-MIN_SWEEP = 0.05
-#: experiment statuses after which nobody moves on to a next block (``done`` moves them to the last one)
-STOPPED = ("cancelled", "failed")
-#: the channel of the notice that the experiment is over (``{"status"}``, not stored): the members'
-#: pages show their final screen, whatever block they were in (see :meth:`LiveGroups.control`)
-EXPERIMENT = "experiment"
 
 
-class Node(Protocol):
-    """This worker in a cluster, as the router uses it (see :class:`server.cluster.node.Node`)."""
-
-    worker: str
-
-    def holds(self, group_id: int) -> bool: ...
-
-    async def owner(self, group_id: int) -> str: ...
-
-    async def request(self, worker: str, op: str, body: dict[str, Any]) -> Any: ...
-
-    def send(self, worker: str, op: str, body: dict[str, Any]) -> None: ...
-
-    def forget(self, group_id: int) -> None: ...
-
-    def let_go(self, group_id: int) -> None: ...
-
-    def unknown(self, group_id: int) -> None: ...
-
-    async def ready(self, topic: str) -> None: ...
-
-    def mark(self, topic: str, seq: int) -> None: ...
-
-
-class LiveGroups:
+class LiveGroups(Calls, Sweeper, Course):
     """Every live group and group view of this process (and, in a cluster, the way to the others)."""
 
     def __init__(
@@ -209,62 +177,6 @@ class LiveGroups:
             self._quiet_views.pop(group_id, None)
         return view
 
-    # ------------------------------------------------------------------ memory
-
-    def _sweeping(self) -> None:
-        """Sweep every half ``grace`` from now on (started by the first group or view loaded)."""
-        if self._sweeper is None and not self._closed:
-            loop = asyncio.get_running_loop()
-            self._sweeper = loop.call_later(max(MIN_SWEEP, self.grace / 2), self._sweep_again)
-
-    def _sweep_again(self) -> None:
-        self._sweeper = None
-        try:
-            self.sweep()
-        except Exception:
-            log.exception("sweeping finished groups failed")
-        if self.groups or self.views:
-            self._sweeping()
-
-    def sweep(self, now: float | None = None) -> int:
-        """Drop what has rested ``grace`` seconds: finished groups served here, views without members.
-
-        Returns how many groups and views were dropped. A group or view seen resting for the
-        first time is only marked; one no longer resting loses its mark.
-        """
-        now = asyncio.get_running_loop().time() if now is None else now
-        dropped = 0
-        for group_id, group in list(self.groups.items()):
-            # a view here with no member for ``grace`` yet may be about to get one (a socket
-            # between its seat's lookup and its attach): the group waits for the view
-            if not group.resting or group_id in self._moves or group_id in self._loading or (
-                group_id in self.views and now - self._quiet_views.get(group_id, now) < self.grace
-            ):
-                self._quiet.pop(group_id, None)
-            elif now - self._quiet.setdefault(group_id, now) >= self.grace:
-                self._quiet.pop(group_id, None)
-                if self.node is not None:  # in a cluster its lease goes too
-                    self.node.let_go(group_id)
-                else:
-                    self.groups.pop(group_id, None)
-                    self.lobbies.forget(group_id)
-                    group.retire()  # its clock and bots stop; a stale reference is refused
-                dropped += 1
-        for group_id in [g for g in self._quiet if g not in self.groups]:
-            del self._quiet[group_id]
-        for group_id, view in list(self.views.items()):
-            if view.current or group_id in self._moves:
-                self._quiet_views.pop(group_id, None)
-            elif now - self._quiet_views.setdefault(group_id, now) >= self.grace:
-                self._quiet_views.pop(group_id, None)
-                del self.views[group_id]
-                if self.node is not None and group_id not in self.groups:
-                    self.node.unknown(group_id)  # who serves it is asked again if it is wanted again
-                dropped += 1
-        for group_id in [g for g in self._quiet_views if g not in self.views]:
-            del self._quiet_views[group_id]
-        return dropped
-
     async def seat(self, code: str, now: float | None = None) -> tuple[Seat, GroupView] | None:
         """The participant's seat and the view of its group, or ``None`` for an unknown code.
 
@@ -281,14 +193,7 @@ class LiveGroups:
             await self.node.owner(seat.group_id)
         return seat, self.view(seat.group_id)
 
-    def close_member(self, worker: str, conn: str, code: int, reason: str) -> None:
-        """Close a participant's connection ``conn`` (the group's authority replaced it), wherever it is."""
-        if worker == self.worker:
-            member = self.connections.get(conn)
-            if member is not None:
-                member.close(code, reason)
-        elif self.node is not None:
-            self.node.send(worker, "close", {"k": conn, "code": code, "reason": reason})
+    # ------------------------------------------------------------------ tasks and shutdown
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -301,202 +206,6 @@ class LiveGroups:
             exc = task.exception()
             if not isinstance(exc, NotPersisted):
                 log.error("a background task failed", exc_info=exc)
-
-    async def ready(self, topic: str) -> None:
-        if self.node is not None:
-            await self.node.ready(topic)
-
-    def mark(self, topic: str, seq: int) -> None:
-        if self.node is not None:
-            self.node.mark(topic, seq)
-
-    # ------------------------------------------------------------------ requests to a group's authority
-
-    async def call(self, group_id: int, op: str, body: dict[str, Any]) -> Any:
-        """``op`` at the group's authority, here or at the worker that serves the group."""
-        if self.node is None:
-            if group_id not in self.groups:  # dropped as finished, wanted again: loaded as after a restart
-                await self.group(group_id)
-            return await _awaited(self.handle(op, {**body, "g": group_id}))
-        for attempt in range(3):
-            owner = await self.node.owner(group_id)
-            if owner == self.worker:
-                if self.local(group_id) is None:  # ours by its lease, but fenced meanwhile: ask again
-                    self.retire(group_id)
-                    continue
-                return await _awaited(self.handle(op, {**body, "g": group_id}))
-            try:
-                return await self.node.request(owner, op, {**body, "g": group_id})
-            except Unavailable as exc:
-                self.node.unknown(group_id)
-                if exc.code != "moved":
-                    raise
-                if attempt == 2 or (op == "receive" and body.get("i") is None):
-                    # "moved" is the workers' word: the client hears "unavailable" and sends the
-                    # frame again (a page drops a frame refused with a code it does not know)
-                    raise Unavailable(str(exc)) from exc
-                # another worker serves the group now: ask there. A frame with an id is stored once
-                # whoever runs it (the ids stored are loaded with the group); one without an id
-                # might have been stored by the old worker before it went, so it is not sent twice
-        raise Unavailable(f"group {group_id} could not be reached")
-
-    def handle(self, op: str, body: dict[str, Any]) -> Any:
-        """A request for a group this process serves: a value, or an awaitable of one."""
-        group_id = int(body["g"])
-        live = self.local(group_id)
-        if live is None:
-            if self.node is None:
-                raise LookupError(f"group {group_id} is not loaded")
-            moved = Unavailable(f"group {group_id} is not served here")
-            moved.code = "moved"
-            raise moved
-        if op == "hello":
-            return {"hello": live.hello(body["p"]), "replay": live.replay(), "last_seq": live.last_seq}
-        if op == "join":
-            answer = {"hello": live.hello(body["p"]), "replay": live.replay(), "last_seq": live.last_seq}
-            live.connect(body["p"], change_from(body["c"]), worker=body["w"], conn=body["k"]).add_done_callback(consume)
-            return answer
-        if op == "leave":
-            return live.disconnect(body["p"], change_from(body["c"]), worker=body["w"], conn=body["k"])
-        if op == "receive":
-            return live.receive(body["p"], body["ch"], body["v"], body["i"])
-        if op == "control":
-            return live.control(body["a"], body["s"], body.get("b"))
-        if op == "standin" and isinstance(live.standins, StandIns):
-            return live.standins.start(body["p"], body["r"])
-        raise ValueError(f"unknown request {op!r}")
-
-    async def stand_in(self, group_id: int, participant: str, reason: str) -> None:
-        """A server-side bot plays ``participant``'s seat in the group, at its authority (:mod:`server.standins`).
-
-        ``reason`` ``"fill"``: the seat has no human (the lobby's fill); the bot counts as
-        connected and plays this block and the participant's later ones. ``"dropout"``: the
-        human was away too long; the bot plays until they connect again. Returns once the bot's
-        arrival is stored. Raises :class:`LookupError` for an unknown group or a participant not
-        in it, :class:`ValueError` for an unknown reason.
-        """
-        if reason not in REASONS:
-            raise ValueError(f"expected a reason in {list(REASONS)}, got {reason!r}")
-        if self.node is None:
-            await self.group(group_id)
-        await self.call(group_id, "standin", {"p": participant, "r": reason})
-
-    # ------------------------------------------------------------------ blocks
-
-    def period_ended(self, view: GroupView, ended_at: float) -> None:
-        """A period ended: after the pause, move whoever is connected here on to the next block."""
-        info = view.info
-        if self._closed or not info or info["block"] >= info["num_blocks"] - 1 or view.id in self._moves:
-            return
-        due = ended_at + float(info["block_pause"] or 0.0)
-        loop = asyncio.get_running_loop()
-        self._moves[view.id] = loop.call_at(
-            loop.time() + max(0.0, due - self.clock()), lambda: self.spawn(self._move_on(view, due))
-        )
-
-    async def _move_on(self, view: GroupView, due: float) -> None:
-        self._moves.pop(view.id, None)
-        try:
-            row = await self.database.read(experiment_row, view.info["experiment"])
-            if row is None:
-                return
-            if row["status"] in STOPPED:  # nobody moves on: whoever is still here hears why (the
-                # notice of the end may have gone out while a member was between its seat and here)
-                notice = encode(EXPERIMENT, {"status": row["status"]})
-                for member in list(view.current.values()):
-                    member.send(notice)
-                return
-            for code, member in list(view.current.items()):
-                seated = await self.seat(code, max(self.clock(), due))
-                if seated is None or seated[1] is view:
-                    continue
-                if view.current.get(code) is not member or member.close_code is not None:
-                    continue  # gone or replaced while we looked the next group up
-                view.detach(code, member, None)
-                seated[1].attach(code, member, None, hello=member.route == "synclab")
-        except Exception:
-            log.exception("group %s: moving members to the next block failed", view.id)
-
-    # ------------------------------------------------------------------ the experimenter
-
-    async def control(
-        self, experiment_code: str, action: str, group_id: int | None = None, *, by: str | None = None
-    ) -> list[int]:
-        """``start``, ``pause``, ``resume`` or ``end`` an experiment (or one of its groups).
-
-        ``by`` (the experimenter token's name) is stored in each ``control`` event.
-
-        ``start`` forces the waiting groups that are every member's current group; ``pause``
-        and ``resume`` take the running and paused ones; ``end`` ends every period not ended
-        (a whole experiment ended this way is ``cancelled``). Returns the groups acted on,
-        once their events are stored. ``end`` ends a group whose game fails on it all the same,
-        without the game (:meth:`server.live.LiveGroup.control`: recorded as a ``game_fault``);
-        a group whose game fails on another action (its payoff raises, say) is left as it was
-        and out of the list, logged, and the others are acted on. Raises :class:`LookupError`
-        for an unknown experiment or group and :class:`ValueError` for an unknown action.
-        """
-        if action not in ACTIONS:
-            raise ValueError(f"expected an action in {list(ACTIONS)}, got {action!r}")
-        row = await self.database.read(experiment_row, experiment_code)
-        if row is None:
-            raise LookupError(f"no experiment with code {experiment_code!r}")
-        every = await self.database.read(experiment_groups, row["id"])
-        places = every if group_id is None else [p for p in every if p.group_id == group_id]
-        if not places:
-            raise LookupError(f"no group {group_id} in experiment {experiment_code!r}")
-        now = self.clock()
-        if action == "start":
-            here: dict[int, list[Any]] = {}
-            for p in every:
-                for member in p.members:
-                    here.setdefault(member, []).append(p)
-            # during the pause after a block the members are still in its group (seeing its
-            # results): the next block's group is not theirs yet, and is not started before they move in
-            pause = float(row["block_pause"] or 0.0)
-            current = {m: gs[current_block([(g.phase, g.ended_at) for g in gs], now, pause)].group_id
-                       for m, gs in here.items()}
-            targets = [p for p in places if p.phase is Phase.WAITING and all(current[m] == p.group_id for m in p.members)]
-        elif action == "pause":
-            targets = [p for p in places if p.phase is Phase.RUNNING]
-        elif action == "resume":
-            targets = [p for p in places if p.phase is Phase.PAUSED]
-        else:
-            targets = [p for p in places if p.phase is not Phase.ENDED]
-            if group_id is None and row["status"] in ("pending", "running"):
-                await self.database.write(set_experiment_status, row["id"], "cancelled", now)
-        scope = "experiment" if group_id is None else "group"
-        done: list[int] = []
-        for place in targets:
-            if self.node is None:
-                await self.group(place.group_id)
-            try:
-                await self.call(place.group_id, "control", {"a": action, "s": scope, "b": by})
-            except InvalidState:
-                continue  # it changed since we looked: nothing to do for it
-            except Unstorable:  # the game made a write that cannot be stored (logged by the group)
-                continue
-            except (NotPersisted, LookupError):
-                raise  # the database or the cluster: the whole action may be tried again
-            except Exception:  # the game failed on it (its payoff, say): the other groups go on all the same
-                log.exception("group %s: the game failed on the experimenter's %s; the group is left as it was",
-                              place.group_id, action)
-                continue
-            done.append(place.group_id)
-        if action == "end" and group_id is None:
-            self._tell_over(every, "cancelled" if row["status"] in ("pending", "running") else row["status"])
-        return done
-
-    def _tell_over(self, places: list[GroupPlace], status: str) -> None:
-        """Tell every member of the experiment that it is over, whatever block they are in.
-
-        Through each of its groups' topics, after their ``period_end``s are stored: members
-        playing, waiting for their group or between blocks (whom nobody moves on any more) hear
-        it on any worker, and their pages show the final screen at once. Not stored: a page
-        that connects later is seated in its last group, ended, and shows the final screen too.
-        """
-        notice = encode(EXPERIMENT, {"status": status})
-        for place in places:
-            self.hub.publish(group_topic(place.group_id), notice)
 
     def close(self) -> None:
         """At shutdown: stop every group's clock and every planned block change.
@@ -515,11 +224,3 @@ class LiveGroups:
             task.cancel()
         for group in self.groups.values():
             group.close()
-
-
-async def _awaited(value: Any) -> Any:
-    """``value``, or what it resolves to when it is awaitable (a request answered later)."""
-    if isinstance(value, Awaitable):
-        return await value
-    return value
-

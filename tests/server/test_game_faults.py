@@ -30,7 +30,7 @@ from sqlalchemy import update
 from websockets.asyncio.client import connect
 
 from groups import RESERVED_CHANNELS, DecisionGroup, PublicGoods
-from server import control, hooks, presence, routing, standins, ticks
+from server import control, course, hooks, presence, standins, ticks
 from server.connection import FRAME_FAULTS_LOG_EVERY
 from server.exceptions import BadRequest
 from server.experiments import parse_request
@@ -366,7 +366,7 @@ def test_a_game_declaring_the_cores_state_channel_is_refused_at_creation() -> No
 def test_the_reserved_channels_hold_every_channel_the_server_gives_a_meaning_to() -> None:
     """The server's own events and frames, and every channel the participant page handles itself
     (a game's frame on one would never reach its view), are among groups.RESERVED_CHANNELS."""
-    assert {control.CONTROL, presence.LOBBY, routing.EXPERIMENT, standins.STANDIN} <= RESERVED_CHANNELS
+    assert {control.CONTROL, presence.LOBBY, course.EXPERIMENT, standins.STANDIN} <= RESERVED_CHANNELS
     page = (ROOT / "server" / "static" / "participant.js").read_text()
     handlers = re.search(r"\nconst HANDLERS = \{\n(.*?)\n\};\n", page, re.S)
     assert handlers is not None
