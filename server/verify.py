@@ -1,6 +1,6 @@
 """``synclab verify CODE``: recompute every result and session score from the event log.
 
-The server scores inside the core (:mod:`groups.group`) while the period runs and stores the
+The server scores inside the core (:mod:`groups.period`) while the period runs and stores the
 results beside their ``result`` events. This module checks that after the fact, from the stored
 events alone: it replays each group's log (``state``, ``decisions``, ``period``, ``subperiod``)
 with its own loop, asks the game class only for ``initial_decision`` and ``payoff``, and

@@ -6,7 +6,7 @@ millisecond or two; one short of CPU (too many groups, a starved VM) fires it te
 milliseconds late, time after time, and every frame of its groups waits as long. The mean, not
 the worst: one pause (a burst of connections, a collection) is not a busy worker. The heartbeat
 carries the figure; a busy worker leaves the groups nobody serves yet to a worker that is not
-(see :meth:`server.cluster.node.Node.owner`) and hands some of its own over (``Node._shed``).
+(see :meth:`server.cluster.node.Node.owner`) and hands some of its own over (:meth:`server.cluster.placement.Placement._shed`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ WebSocket code for a connection lost without a close frame (1006) and the time o
 the moment it was known to be gone, not the moment it went, which nobody stored.
 
 In a cluster each row names the worker that holds the socket (``worker``): the other workers
-close the rows of a worker whose heartbeat has stopped (:mod:`server.cluster.node`), in the
+close the rows of a worker whose heartbeat has stopped (:mod:`server.cluster.heartbeats`), in the
 same way. A row without a worker was stored by one process (or before workers were named): in a
 cluster no live worker holds it. A worker that was only unheard of (Redis away, the process
 paused) still holds its sockets when it is heard again: it asks which of them were closed so

@@ -174,7 +174,7 @@ class Connection(SQLModel, table=True):
     __tablename__ = "connections"
     __table_args__ = (
         # the connections still open, by the worker that holds them: what a cluster's worker
-        # closes when another worker is gone (server.cluster.node)
+        # closes when another worker is gone (server.cluster.heartbeats)
         Index("ix_connections_open", "worker", sqlite_where=text(STILL_OPEN), postgresql_where=text(STILL_OPEN)),
     )
     id: str = Field(primary_key=True, max_length=36)
