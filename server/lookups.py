@@ -15,11 +15,12 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from groups import Event
+from groups import Event, RefusedAction
 
 from .clientids import ClientIds
 from .exceptions import NotPersisted, Unstorable
 from .futures import follow, own_event
+from .hooks import IN_HELD_FRAME, HookWatch
 
 #: a frame held behind a look-up: its channel, payload, client id, whether a bot sent it, its answer
 Held = tuple[str, Any, str | None, bool, asyncio.Future[list[int]]]
@@ -34,6 +35,7 @@ class LookUps:
     _lookup: Callable[[int, str], Awaitable[int | None]] | None
     _looking: set[asyncio.Task[None]]
     _held: dict[str, list[Held]]
+    watch: HookWatch
 
     if TYPE_CHECKING:  # (server.live.LiveGroup)
         def receive(
@@ -119,12 +121,21 @@ class LookUps:
         """A frame that waited for a look-up, received now: ``future`` settles as its answer does.
         What the group refuses it with (an invalid decision, a period ended meanwhile, a game that
         fails on it) is its answer, not the look-up task's: the frames after it are received all
-        the same."""
+        the same. A game that fails on it is answered and logged as ``server.connection`` does
+        when nothing holds the frame: ``game_error``, not the game's own exception (which a
+        connection answers ``internal``, the failure logged nowhere)."""
         try:
             answered = self.receive(participant, channel, payload, client_id, bot=bot, new=new)
-        except Exception as exc:
+        except RefusedAction as exc:
             if not future.done():
                 future.set_exception(exc)
+            return
+        except Exception as exc:  # a fault in a game's hook
+            self.watch.hook_failed(exc, IN_HELD_FRAME, "the frame is refused (game_error)")
+            failed = RefusedAction(f"the game failed on this frame: {type(exc).__name__}")
+            failed.code = "game_error"
+            if not future.done():
+                future.set_exception(failed)
             return
         follow(answered, future)
 

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from groups import InvalidDecision
+from groups import Bimatrix, InvalidDecision, RefusedAction
 from server import clientids
 from server.hub import MemoryHub
 from server.routing import LiveGroups
@@ -32,6 +32,15 @@ from server.storage import (
 from server.storage import events as events_table
 from server.storage import groups as groups_table
 from server.ticks import to_microseconds
+
+
+class FailsOnNine(Bimatrix):
+    """bimatrix whose check of a decision raises on 0.9 (found by its import path)."""
+
+    def validate_decision(self, participant: str, decision: Any) -> Any:
+        if decision == 0.9:
+            raise RuntimeError("broken on 0.9")
+        return super().validate_decision(participant, decision)
 
 
 @dataclass
@@ -204,3 +213,32 @@ async def test_a_frame_refused_behind_a_look_up_leaves_the_frames_after_it_recei
         with pytest.raises(InvalidDecision):
             await asyncio.wait_for(refused, 2)
         assert len(await asyncio.wait_for(later, 2)) == 1
+
+
+async def test_a_frame_the_game_fails_on_behind_a_look_up_is_answered_game_error_and_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frame held behind a look-up of an old client id, on which the game's check raises, is
+    answered as such a frame is when nothing holds it (``server.connection``): refused with
+    ``game_error``, the game's failure logged with its traceback. It was answered with the game's
+    own exception, which the connection sends as ``internal``, and logged nowhere."""
+    monkeypatch.setattr(clientids, "KEPT", 2)
+    game = "tests.server.test_live:FailsOnNine"
+    async with live_pair(tmp_path, NewBlock(0, 10.0, None, None, 0.0, "fixed", [[0, 1]]), game) as pair:
+        group, code = pair.group, pair.codes[0]
+        first = await group.receive(code, "decisions", 0.1, "c0")
+        for i in range(1, 6):  # c0 goes to the filter
+            await group.receive(code, "decisions", 0.1 * i, f"c{i}")
+        repeat = group.receive(code, "decisions", 0.1, "c0")
+        failing = group.receive(code, "decisions", 0.9, "c6")  # held behind the look-up
+        later = group.receive(code, "decisions", 0.8, "c7")
+        assert await asyncio.wait_for(repeat, 2) == first
+        with pytest.raises(RefusedAction) as refused:
+            await asyncio.wait_for(failing, 2)
+        assert refused.value.code == "game_error", refused.value
+        assert refused.value.message == "the game failed on this frame: RuntimeError"
+        assert len(await asyncio.wait_for(later, 2)) == 1
+    failures = [r for r in caplog.records if "broken on 0.9" in r.getMessage() or (
+        r.exc_info is not None and "broken on 0.9" in str(r.exc_info[1]))]
+    assert len(failures) == 1, [r.getMessage() for r in caplog.records]
+    assert failures[0].exc_info is not None and failures[0].exc_info[0] is RuntimeError
