@@ -25,7 +25,8 @@ Hooks may call :meth:`DecisionGroup.send` to add events to the action's output.
 The class is made of three parts: what a game declares and the hooks it overrides
 (:mod:`groups.hooks`), the period's clock and scores (:mod:`groups.period`), and here the
 actions and a decision's way in. The names a game may import from this module before these
-parts had modules of their own are still here (``__all__``); synclab imports each from its home.
+parts had modules of their own, those it defined and those it imported (``InvalidDecision`` in the
+example above), are still here (``__all__``); synclab imports each from its home.
 """
 
 from __future__ import annotations
@@ -44,12 +45,20 @@ from .channels import (
     STATE,
     SUBPERIOD,
 )
-from .exceptions import ConfigError, InvalidState, NotAMember, NotRunning, UnknownChannel
+from .exceptions import (
+    ConfigError,
+    GameFault,
+    InvalidDecision,
+    InvalidState,
+    NotAMember,
+    NotRunning,
+    UnknownChannel,
+)
 from .faults import GAME_FAULT
-from .messages import NOBODY, Event
+from .messages import NOBODY, Event, Tick
 from .period import Period
 from .state import PAUSED_BY_DISCONNECT, PAUSED_BY_EXPERIMENTER, GroupState, Phase, Timing
-from .values import MAX_AMOUNT, config_number, require_number, shown
+from .values import MAX_AMOUNT, config_number, is_number, require_number, shown
 
 __all__ = [
     "DECISIONS",
@@ -65,10 +74,14 @@ __all__ = [
     "STATE",
     "SUBPERIOD",
     "DecisionGroup",
+    "GameFault",
     "GroupState",
+    "InvalidDecision",
     "Phase",
+    "Tick",
     "Timing",
     "config_number",
+    "is_number",
     "require_number",
 ]
 
