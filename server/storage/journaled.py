@@ -48,9 +48,9 @@ from typing import TypeVar
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import Connection
 
-from .batch import apply_numbered
 from .journal import Journal, Record
 from .recovery import MARKER, encode, marker, sync_database
+from .repeats import apply_journaled
 from .tables import experiments
 from .unstorable import storable
 from .writes import Write
@@ -277,7 +277,7 @@ class JournalFirst:
                             connection.commit()
                         writes = [w for _, ws in taken for w in ws]
                         with self._writing:
-                            apply_numbered(connection, writes, (MARKER, marker(self.journal, taken[-1][0].end)))
+                            apply_journaled(connection, writes, (MARKER, marker(self.journal, taken[-1][0].end)))
                     except Exception as exc:
                         _dropped(connection)
                         connection = None

@@ -25,9 +25,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..exceptions import SchemaError, SettingsError
-from .batch import apply_numbered
 from .engine import make_engine
 from .journal import DamagedHeader, Journal, JournalBusy, JournalError, Record, new_salt, scan
+from .repeats import apply_journaled
 from .schema import schema_state
 from .tables import meta
 from .writes import ConnectionChange, GroupUpdate, NewEvent, NewResult, NewTick, Write
@@ -279,7 +279,7 @@ def recover(engine: Engine, journal: Journal, path: str, held: int, *, start_ove
     with engine.connect() as conn:
         for record in records:
             writes = decode(record.payload)
-            apply_numbered(conn, writes, (MARKER, marker(journal, record.end)))
+            apply_journaled(conn, writes, (MARKER, marker(journal, record.end)))
             applied += len(writes)
     if records:
         log.warning("synclab: applied %d writes (%d records) from the journal %s", applied, len(records), journal.path)

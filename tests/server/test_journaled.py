@@ -437,6 +437,49 @@ async def test_a_failed_apply_halts_storage_and_keeps_the_journal(tmp_path: Path
         assert len(journal.records()) == 1
 
 
+def client_ids(path: Path) -> dict[int, str | None]:
+    """Each decision's client id, by ``seq``, read by another connection."""
+    conn = sqlite3.connect(path)
+    try:
+        return {int(s): c for s, c in conn.execute("SELECT seq, client_id FROM events WHERE channel = 'decisions'")}
+    finally:
+        conn.close()
+
+
+async def test_a_journaled_frame_repeating_a_stored_client_id_is_stored_without_it_not_halting_storage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The live group answers a repeated client id before the writer sees it; should a write the
+    journal acknowledged repeat one all the same, its apply keeps the event, under the seq it was
+    answered with, without the id, and storage goes on (it used to halt for good: the apply was
+    refused by the unique index at every try). The same for two such writes in one apply, and for
+    the apply of a start after a power loss."""
+    path = tmp_path / "r.db"
+    caplog.set_level(logging.ERROR, logger="synclab.journal")
+    async with storing(path, journal=True, journal_size=SMALL) as first:
+        assert await first.decide(1.0, "same") == [1]
+        assert await first.stored(path) == {1: 1.0}
+        assert await first.decide(2.0, "same") == [2]  # past the live group's look: the writer alone
+        assert await first.stored(path) == {1: 1.0, 2: 2.0}
+        assert client_ids(path) == {1: "same", 2: None}
+        assert await first.decide(3.0, "next") == [3]
+        assert await first.stored(path) == {1: 1.0, 2: 2.0, 3: 3.0}
+    assert "repeats the client id 'same' stored already (seq 1)" in caplog.text
+    # two in one apply, and again at a start's recovery (the apply held back for an hour)
+    async with storing(path, first, journal=True, journal_size=SMALL, apply_every=3600) as second:
+        assert await second.decide(4.0, "twice") == [4]
+        assert await second.decide(5.0, "twice") == [5]
+        assert await second.decide(6.0, "next") == [6]
+        copy_database(path, tmp_path / "lost")
+        assert await second.stored(path) == {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0, 5: 5.0, 6: 6.0}
+    assert client_ids(path) == {1: "same", 2: None, 3: "next", 4: "twice", 5: None, 6: None}
+    copy = tmp_path / "lost" / "r.db"
+    async with storing(copy, first, journal=True, journal_size=SMALL) as again:
+        assert await again.db.recover() == 3
+        assert client_ids(copy) == {1: "same", 2: None, 3: "next", 4: "twice", 5: None, 6: None}
+        assert await again.decide(7.0, "new") == [7]
+
+
 async def test_storage_halted_by_a_failed_apply_goes_on_once_the_apply_succeeds(sqlite_url: str) -> None:
     """The events table renamed away under a journal server: a decision is acknowledged and heard
     (it is stored: the journal holds it synced), its apply fails, and storage halts. A REST call
