@@ -19,7 +19,7 @@ from .control import ACTIONS
 from .exceptions import BadRequest, NotFound
 from .experiments import parse_request, plan
 from .online import settings
-from .progress import Filter, participant_progress, stats
+from .progress import Filter, progress_stats
 from .queries import (
     JSON,
     MAX_QUERY_INT,
@@ -147,9 +147,9 @@ async def experiment_stats(request: Request) -> Response:
     row = await path_experiment(request)
     exclude = query_bool(request, "exclude_unfinished")
     group = await group_filter(request, row)
-    rows = await runtime(request).database.read(participant_progress, row["id"], Filter(None, group, exclude))
+    counts = await runtime(request).database.read(progress_stats, row["id"], Filter(None, group, exclude))
     return JSON({"experiment": row["code"], "status": row["status"], "group": group,
-                 "last_seq": row["last_seq"], **stats(rows, exclude)})
+                 "last_seq": row["last_seq"], **counts})
 
 
 async def experiment_action(request: Request) -> Response:

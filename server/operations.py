@@ -53,7 +53,8 @@ def parameters() -> dict[str, JSONSchema]:
                            "only events up to this seq (what the page's snapshot covered); 0 or absent: all"),
         "exclude_unfinished": _query(
             "exclude_unfinished", {"type": "boolean", "default": False},
-            "means and percentile ranks over the participants who finished only (no seat a bot played to the end)",
+            "means and percentile ranks over the participants who finished only (every block played "
+            "themselves: none whose seat a bot held when its period ended)",
         ),
         "status": _query("status", {"type": "string", "enum": list(STATUSES)}, "only experiments in this status"),
         "participantFilter": _query(

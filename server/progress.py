@@ -18,10 +18,11 @@ from typing import Any
 from sqlalchemy import Engine, and_, func, select
 
 from .storage import (
-    BOT_PLAYED,
     FINAL_STATUSES,
+    STOOD_IN,
     Standing,
     blocks,
+    bot_held_seats,
     connections,
     experiments,
     groups,
@@ -57,16 +58,14 @@ def participant_progress(
     ranks and the group from the sessions and groups as they stood then; ``connected`` and
     ``connected_since`` are not in the event log and stay as read now.
     """
+    return _progress(engine, experiment_id, only or Filter(), upto_seq)[0]
+
+
+def progress_stats(engine: Engine, experiment_id: int, only: Filter | None = None) -> dict[str, Any]:
+    """:func:`stats` of the participants ``only`` takes in, as stored now."""
     only = only or Filter()
-    with engine.connect() as conn:
-        rows = _rows(conn, experiment_id, upto_seq)
-        members = _group_members(conn, only.group) if only.group is not None else None
-    _rank(rows, only.exclude_unfinished)
-    return [
-        r
-        for r in rows
-        if (only.participant is None or r["code"] == only.participant) and (members is None or r["code"] in members)
-    ]
+    rows, bot_held = _progress(engine, experiment_id, only, None)
+    return stats(rows, bot_held, only.exclude_unfinished)
 
 
 def participant_sessions(engine: Engine, participant_id: int) -> list[dict[str, Any]]:
@@ -97,20 +96,23 @@ def group_in_experiment(engine: Engine, experiment_id: int, group_id: int) -> bo
         return found is not None
 
 
-def is_finished(row: dict[str, Any]) -> bool:
-    """Whether the participant finished: every block played (completion ratio 1), by them to the
-    end, not by a bot at their seat (status ``bot`` or ``dropped``: :data:`BOT_PLAYED`)."""
-    return row["completion"]["ratio"] >= 1.0 and row["status"] not in BOT_PLAYED
+def is_finished(row: dict[str, Any], bot_held: set[str]) -> bool:
+    """Whether the participant finished: every block played (completion ratio 1), each by them,
+    none whose seat a bot held when its period ended (``bot_held``: the codes of those who had
+    one, :func:`_bot_held`), as a session's ``percentile_rank(exclude_unfinished=True)`` compares
+    the sessions of a block."""
+    return row["completion"]["ratio"] >= 1.0 and row["code"] not in bot_held
 
 
-def stats(rows: list[dict[str, Any]], exclude_unfinished: bool) -> dict[str, Any]:
+def stats(rows: list[dict[str, Any]], bot_held: set[str], exclude_unfinished: bool) -> dict[str, Any]:
     """``mean_completion``, ``mean_score`` and counts over ``rows`` (from :func:`participant_progress`).
 
     ``finished`` counts the participants who finished (:func:`is_finished`), ``played_by_bots`` the
-    seats a bot played to the end (a lobby's fill, a dropout's); ``exclude_unfinished`` takes
-    the former only.
+    others who played every block, a bot holding their seat at the end of one at least (a lobby's
+    fill, a dropout's that it played on, one who came back only in a later block);
+    ``exclude_unfinished`` takes the former only.
     """
-    done = [r for r in rows if is_finished(r)]
+    done = [r for r in rows if is_finished(r, bot_held)]
     taken = done if exclude_unfinished else rows
     return {
         "mean_completion": fmean(r["completion"]["ratio"] for r in taken) if taken else None,
@@ -118,7 +120,7 @@ def stats(rows: list[dict[str, Any]], exclude_unfinished: bool) -> dict[str, Any
         "count": len(taken),
         "participants": len(rows),
         "finished": len(done),
-        "played_by_bots": sum(r["completion"]["ratio"] >= 1.0 and r["status"] in BOT_PLAYED for r in rows),
+        "played_by_bots": sum(r["completion"]["ratio"] >= 1.0 and r["code"] in bot_held for r in rows),
         "connected": sum(bool(r["connected"]) for r in rows),
         "exclude_unfinished": exclude_unfinished,
     }
@@ -127,7 +129,37 @@ def stats(rows: list[dict[str, Any]], exclude_unfinished: bool) -> dict[str, Any
 # --------------------------------------------------------------------------- the reads
 
 
-def _rows(conn: Any, experiment_id: int, upto_seq: int | None) -> list[dict[str, Any]]:
+def _progress(
+    engine: Engine, experiment_id: int, only: Filter, upto_seq: int | None
+) -> tuple[list[dict[str, Any]], set[str]]:
+    """The rows ``only`` takes in, ranked, and the codes of the participants a bot held a seat of
+    at its period's end (of the whole experiment: :func:`_bot_held`)."""
+    with engine.connect() as conn:
+        rows, bot_held = _rows(conn, experiment_id, upto_seq)
+        members = _group_members(conn, only.group) if only.group is not None else None
+    _rank(rows, bot_held, only.exclude_unfinished)
+    taken = [
+        r
+        for r in rows
+        if (only.participant is None or r["code"] == only.participant) and (members is None or r["code"] in members)
+    ]
+    return taken, bot_held
+
+
+def _bot_held(conn: Any, people: list[Any], standings: dict[int, list[Standing]]) -> set[str]:
+    """The codes of the participants whose seat a bot held when one of their blocks' periods
+    ended (``storage.bot_held_seats``, the rule of a session's ``percentile_rank``). Only a
+    participant a bot ever stood in for can have one (status ``bot``, ``dropped``, ``replaced``):
+    the groups' logs are read for theirs only (none in most experiments)."""
+    stood_in = {int(p.id): p.code for p in people if p.status in STOOD_IN}
+    seats = {(s.group_id, stood_in[pid]) for pid in stood_in for s in standings.get(pid, [])}
+    if not seats:
+        return set()
+    held = bot_held_seats(conn, {group for group, _ in seats})
+    return {code for group, code in seats if (group, code) in held}
+
+
+def _rows(conn: Any, experiment_id: int, upto_seq: int | None) -> tuple[list[dict[str, Any]], set[str]]:
     num_blocks = conn.execute(select(experiments.c.num_blocks).where(experiments.c.id == experiment_id)).scalar_one()
     people = conn.execute(
         select(
@@ -187,7 +219,8 @@ def _rows(conn: Any, experiment_id: int, upto_seq: int | None) -> list[dict[str,
                 "status": status if upto_seq is None or over or status in FINAL_STATUSES else None,
             }
         )
-    return rows
+    # (as of a seq too: a block counts once its period had ended then, whose log is the same now)
+    return rows, _bot_held(conn, people, standings)
 
 
 def _group_members(conn: Any, group_id: int) -> set[str]:
@@ -201,13 +234,13 @@ def _group_members(conn: Any, group_id: int) -> set[str]:
     }
 
 
-def _rank(rows: list[dict[str, Any]], exclude_unfinished: bool) -> None:
+def _rank(rows: list[dict[str, Any]], bot_held: set[str], exclude_unfinished: bool) -> None:
     """Set ``rank`` (dense, over everyone) and ``percentile_rank`` (over the compared ones)."""
     distinct = sorted({r["final_score"] for r in rows}, reverse=True)
     position = {score: i + 1 for i, score in enumerate(distinct)}
     # sorted, so that who scores below and who ties is two bisections a row, not a pass over all
     # (10,000 participants were 10^8 comparisons, seconds a request)
-    compared = sorted(r["final_score"] for r in rows if not exclude_unfinished or is_finished(r))
+    compared = sorted(r["final_score"] for r in rows if not exclude_unfinished or is_finished(r, bot_held))
     for r in rows:
         score = r["final_score"]
         r["rank"] = position[score]

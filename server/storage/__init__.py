@@ -99,6 +99,7 @@ from .log import count_events, list_events
 from .meta import get_or_create_meta, stored_meta
 from .outcomes import (
     block_final_scores,
+    bot_held_seats,
     count_rows,
     find_session,
     list_results,
@@ -126,10 +127,10 @@ from .seats import GroupSpec, Seat, client_ids, client_seq, last_state_query, lo
 from .snapshot import monitor_state
 from .stalls import WRITER_NAME, end_stalled_writers, writer_connection
 from .statuses import (
-    BOT_PLAYED,
     FINAL_STATUSES,
     STANDIN,
     STATUSES,
+    STOOD_IN,
     run_over,
     set_statuses,
 )
@@ -172,7 +173,6 @@ from .writes import ConnectionChange, GroupUpdate, NewEvent, NewResult, NewTick,
 __all__ = [
     "BASELINE",
     "BOT",
-    "BOT_PLAYED",
     "COMMIT_BUCKET_NAMES",
     "DEFAULT_JOURNAL_SIZE",
     "FINAL_STATUSES",
@@ -181,6 +181,7 @@ __all__ = [
     "ROLES",
     "STANDIN",
     "STATUSES",
+    "STOOD_IN",
     "WRITER_NAME",
     "ApplyFailed",
     "Arrival",
@@ -212,6 +213,7 @@ __all__ = [
     "block_status",
     "blocks",
     "blocks_and_groups_as_of",
+    "bot_held_seats",
     "check_name",
     "check_role",
     "check_startable",

@@ -154,7 +154,7 @@ def session_results(engine: Engine, session_id: int) -> list[dict[str, Any]]:
 def block_final_scores(engine: Engine, block_id: int, finished_only: bool) -> list[float]:
     """The final scores of every session of a block; ``finished_only``: of the sessions their
     participants finished themselves, those whose seat no bot held when the block's period ended
-    (:func:`_bot_seats`). Who played each block's seat decides, not the participant's status now:
+    (:func:`bot_held_seats`). Who played each block's seat decides, not the participant's status now:
     a ``dropped`` participant's earlier block that they played to its end is compared, and a
     ``replaced`` one's block that a bot played to its end is not."""
     with engine.connect() as conn:
@@ -169,13 +169,16 @@ def block_final_scores(engine: Engine, block_id: int, finished_only: bool) -> li
         # only a participant a bot stood in for may have a seat a bot held: the groups' logs are
         # read for those groups only (in most blocks none)
         stood_in = {int(group) for _, group, _, status in rows if status in STOOD_IN}
-        bots = _bot_seats(conn, stood_in) if stood_in else set()
+        bots = bot_held_seats(conn, stood_in) if stood_in else set()
         return [float(score) for score, group, code, _ in rows if (group, code) not in bots]
 
 
-def _bot_seats(conn: Connection, group_ids: set[int]) -> set[tuple[int, str]]:
+def bot_held_seats(conn: Connection, group_ids: set[int]) -> set[tuple[int, str]]:
     """The seats (group, participant code) a bot held when the group's period ended: the member's
     last ``standin`` event in the group's log before its ``period_end`` says the bot was playing.
+    A block's session counts as its participant's own unless its seat is one of these (a session's
+    ``percentile_rank``, the participants' ``finished`` in ``server.progress``). Only groups of
+    one experiment; ask for those of the participants a bot ever stood in for (:data:`.STOOD_IN`).
 
     The ``standin`` events are not indexed (a few per group): they are looked for among the
     events of the groups' experiment."""

@@ -33,11 +33,10 @@ FINAL_STATUSES = ("bot", "no_group")
 #: the statuses of a run that is over; ``dropped`` and ``replaced`` are set as they happen, while
 #: a bot or the participant still plays the seat (over once every block of theirs was played)
 RUN_OVER = frozenset({"finished", "cancelled", "bot", "no_group"})
-#: a seat a bot played to its end, not the participant: filled from the lobby, or a dropout's
-#: that a bot played on (``/stats`` counts them apart from the participants who finished)
-BOT_PLAYED = frozenset({"bot", "dropped"})
 #: a seat a bot played at some time (a fill's; a dropout's, whether they came back or not): no
-#: other participant ever had one in their seat, whose group's log records it (:data:`STANDIN`)
+#: other participant ever had one in their seat, whose group's log records it (:data:`STANDIN`);
+#: which blocks' seats a bot held at their end is read there (``outcomes.bot_held_seats``), for
+#: these participants only
 STOOD_IN = frozenset({"bot", "dropped", "replaced"})
 #: the channel of a bot taking (``playing`` true) or leaving a seat, ``{"participant", "reason",
 #: "playing"}``, in the group's log (``server.standins``)

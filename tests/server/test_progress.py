@@ -409,21 +409,21 @@ async def test_participants_times_blocks_is_bounded_at_creation(server: Harness)
 @pytest.mark.parametrize("exclude_unfinished", [False, True])
 def test_ranks_and_percentiles_are_their_definitions_with_many_ties(exclude_unfinished: bool) -> None:
     """Dense rank over everyone; percentile rank over the compared (excluding the unfinished: those
-    who played every block themselves, no seat a bot played to the end): the share scoring below,
-    ties counted half. Checked against the definitions, computed the slow way, on 3,000 rows that
-    tie often (what a lab's integer payoffs give)."""
+    who played every block themselves, none whose seat a bot held at its end): the share scoring
+    below, ties counted half. Checked against the definitions, computed the slow way, on 3,000 rows
+    that tie often (what a lab's integer payoffs give)."""
     rng = random.Random(7)
     rows = [
-        {"final_score": float(rng.randint(0, 40)) + rng.choice((0.0, 0.0, 0.5)),
-         "completion": {"ratio": rng.choice((0.5, 1.0, 1.0))},
-         "status": rng.choice(("finished", "finished", "replaced", "bot", "dropped"))}
-        for _ in range(3000)
+        {"code": f"p{i}", "final_score": float(rng.randint(0, 40)) + rng.choice((0.0, 0.0, 0.5)),
+         "completion": {"ratio": rng.choice((0.5, 1.0, 1.0))}}
+        for i in range(3000)
     ]
-    _rank(rows, exclude_unfinished)
+    bot_held = {r["code"] for r in rows if rng.random() < 0.3}
+    _rank(rows, bot_held, exclude_unfinished)
     scores = sorted({r["final_score"] for r in rows}, reverse=True)
     compared = [
         r["final_score"] for r in rows
-        if not exclude_unfinished or (r["completion"]["ratio"] >= 1.0 and r["status"] in ("finished", "replaced"))
+        if not exclude_unfinished or (r["completion"]["ratio"] >= 1.0 and r["code"] not in bot_held)
     ]
     for r in rows:
         score = r["final_score"]

@@ -17,7 +17,16 @@ import pytest
 from sqlalchemy import select, update
 
 from server.sessions import SessionRecord
-from server.storage import Write, commit_writes, experiments, make_engine, participants, sessions
+from server.storage import (
+    Write,
+    block_final_scores,
+    blocks,
+    commit_writes,
+    experiments,
+    make_engine,
+    participants,
+    sessions,
+)
 from server.verify import verify
 from tests.server.harness import Harness, running_server, timeout, until_state
 
@@ -411,3 +420,59 @@ async def test_a_blocks_percentile_among_the_finished_goes_by_who_played_its_sea
         (who, block): pytest.approx(among(scores[who, block], played[block])) for who, block in found
     }
     assert len({scores[b, 0], scores[c, 0]}) == 2  # (so the comparisons differ)
+
+
+async def test_a_participant_finished_only_if_no_bot_held_their_seat_at_a_blocks_end(any_server: Harness) -> None:
+    """Two blocks, all three ``replaced`` but a. b leaves block 0 and is back before its end: they
+    played every block themselves and finished. c leaves at once, a bot plays block 0 to its end,
+    c comes back in block 1: not finished, a seat played by a bot, as the block's comparison of
+    sessions has it. By the status (``replaced``) c was counted finished."""
+    server = any_server
+    exp = await server.create(game="public_goods", participants=3, group_size=3, blocks=2, period_length=3,
+                              block_pause=0.3, online={"dropout_after": 0.3})
+    code = exp["code"]
+    a, b, c = (p["code"] for p in exp["participants"])
+    ca, cb, cc = [await server.connect(p) for p in (a, b, c)]
+    await until_state(ca, "period_start")
+    await cb.close()
+    await cc.close()
+    await until_event(server, code, lambda e: e["channel"] == "standin" and e["value"]["participant"] == b)
+    b_back = await server.connect(b)
+    assert (await b_back.expect("hello"))["payload"]["phase"] == "running"
+    await until_event(server, code, lambda e: e["channel"] == "standin" and e["value"] == {
+        "participant": b, "reason": "dropout", "playing": False})
+    await b_back.send("decisions", 7.25, "b-1")
+    assert (await b_back.expect("ack"))["payload"]["id"] == "b-1"
+    await until_state(ca, "period_end", 6)
+    await until_state(ca, "period_start", 6)  # block 1, c's bot followed them there
+    c_back = await server.connect(c)
+    assert (await c_back.expect("hello"))["payload"]["phase"] == "running"
+    await c_back.send("decisions", 5.5, "c-1")
+    assert (await c_back.expect("ack"))["payload"]["id"] == "c-1"
+    await until_done(server, code)
+    assert await statuses(server, code) == {a: "finished", b: "replaced", c: "replaced"}
+    rows = {r["code"]: r for r in (await get(server, f"/api/experiments/{code}/participants"))["results"]}
+    assert {who: r["completion"]["ratio"] for who, r in rows.items()} == {a: 1.0, b: 1.0, c: 1.0}
+
+    counts = await stats(server, code)
+    assert counted(counts, "finished", "played_by_bots", "participants", "count") == (2, 1, 3, 3)
+    only = await stats(server, code, exclude_unfinished="true")
+    assert counted(only, "finished", "played_by_bots", "count") == (2, 1, 2)
+    assert only["mean_score"] == pytest.approx((rows[a]["final_score"] + rows[b]["final_score"]) / 2)
+    ranked = await server.http.get(f"/api/experiments/{code}/participants", params={"exclude_unfinished": "true"})
+    compared = [rows[a]["final_score"], rows[b]["final_score"]]
+    assert {r["code"]: r["percentile_rank"] for r in ranked.json()["results"]} == {
+        who: pytest.approx(among(rows[who]["final_score"], compared)) for who in (a, b, c)
+    }
+
+    def blocks_compared(engine: Any) -> dict[int, list[float]]:
+        """Each block's finished sessions that count as their participants' own."""
+        with engine.connect() as conn:
+            ids = conn.execute(
+                select(blocks.c.index, blocks.c.id).join(experiments, experiments.c.id == blocks.c.experiment_id)
+                .where(experiments.c.code == code)
+            ).all()
+        return {int(index): sorted(block_final_scores(engine, block, True)) for index, block in ids}
+
+    per_block = await server.runtime.database.read(blocks_compared)
+    assert [len(per_block[0]), len(per_block[1])] == [2, 3]  # c's block 0 is its bot's, block 1 theirs
