@@ -9,8 +9,17 @@ from sqlalchemy.engine import Connection
 
 from groups import PERIOD_END
 
-from .statuses import STANDIN, STOOD_IN
-from .tables import STATE_ONLY, blocks, events, groups, participants, results, sessions, ticks
+from .statuses import STOOD_IN
+from .tables import (
+    STANDIN_ONLY,
+    STATE_ONLY,
+    blocks,
+    events,
+    participants,
+    results,
+    sessions,
+    ticks,
+)
 from .times import iso, to_epoch
 
 
@@ -180,8 +189,8 @@ def bot_held_seats(conn: Connection, group_ids: set[int]) -> set[tuple[int, str]
     ``percentile_rank``, the participants' ``finished`` in ``server.progress``). Only groups of
     one experiment; ask for those of the participants a bot ever stood in for (:data:`.STOOD_IN`).
 
-    The ``standin`` events are not indexed (a few per group): they are looked for among the
-    events of the groups' experiment."""
+    Both are read through partial indexes by group (``ix_events_group_state``,
+    ``ix_events_standin``): a few events a group, whatever the experiment holds."""
     wanted = sorted(group_ids)
     ends: dict[int, int] = {}
     for group, seq, value in conn.execute(
@@ -189,11 +198,10 @@ def bot_held_seats(conn: Connection, group_ids: set[int]) -> set[tuple[int, str]
     ):
         if value == PERIOD_END:
             ends[group] = min(int(seq), ends.get(group, int(seq)))
-    experiment = select(groups.c.experiment_id).where(groups.c.id == wanted[0]).scalar_subquery()
     holding: dict[tuple[int, str], bool] = {}
     for group, seq, value in conn.execute(
         select(events.c.group_id, events.c.seq, events.c.value)
-        .where(events.c.experiment_id == experiment, events.c.channel == STANDIN, events.c.group_id.in_(wanted))
+        .where(events.c.group_id.in_(wanted), text(STANDIN_ONLY))  # ix_events_standin (its literal condition)
         .order_by(events.c.seq)
     ):
         end = ends.get(group)

@@ -34,6 +34,8 @@ _BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
 #: the condition of the partial index of ``state`` events: a literal, so a query that repeats it
 #: word for word (not as a bound parameter) can use the index
 STATE_ONLY = "channel = 'state'"
+#: a stand-in's comings and goings (``ix_events_standin``): who held a seat at a period's end
+STANDIN_ONLY = "channel = 'standin'"
 #: the events that carry a client's id (``ix_events_client_id``)
 CLIENT_SENT = "client_id IS NOT NULL"
 #: the connections not closed yet (``ix_connections_open``)
@@ -214,6 +216,16 @@ class Event(SQLModel, table=True):
             "seq",
             sqlite_where=text(STATE_ONLY),
             postgresql_where=text(STATE_ONLY),
+        ),
+        # A group's stand-in events (server.storage.outcomes.bot_held_seats: whose seat a bot held at
+        # a period's end, for the ranks and `finished`), a few a group: else every event of the
+        # experiment is read to find them.
+        Index(
+            "ix_events_standin",
+            "group_id",
+            "seq",
+            sqlite_where=text(STANDIN_ONLY),
+            postgresql_where=text(STANDIN_ONLY),
         ),
     )
     id: int | None = Field(default=None, sa_column=Column(_BIG_ID, primary_key=True, autoincrement=True))

@@ -508,10 +508,13 @@ def test_a_delivery_url_back_at_0008_is_cut_once_delivered_and_stops_the_downgra
         assert add_otree_deliveries(engine, experiment_id, [person], time.time()) == 1
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
+        with engine.begin() as conn:  # the revisions after 0009 first: the refusal is 0009's own
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0009_delivery_url_text")
         with pytest.raises(RuntimeError, match="still waiting"), engine.begin() as conn:
             config.attributes["connection"] = conn
             command.downgrade(config, "0008_statuses_corrected")
-        assert schema_state(engine).revision == head()
+        assert schema_state(engine).revision == "0009_delivery_url_text"
         with engine.begin() as conn:
             conn.execute(update(deliveries).values(delivered_at=deliveries.c.created_at, next_at=None))
         with engine.begin() as conn:
@@ -523,6 +526,39 @@ def test_a_delivery_url_back_at_0008_is_cut_once_delivered_and_stops_the_downgra
         assert isinstance(column["type"], String) and column["type"].length == 500
         assert url == ("http://127.0.0.1:9/api/participant_vars/" + "%C3%A9" * 200)[:500]
         upgrade_schema(engine)
+        assert schema_state(engine).revision == head() and differences(engine) == []
+    finally:
+        engine.dispose()
+
+
+def event_indexes(engine: Engine) -> set[str]:
+    """The events table's indexes as the database lists them (SQLAlchemy's SQLite inspector leaves
+    partial ones out)."""
+    sql = (
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'"
+        if engine.dialect.name == "sqlite"
+        else "SELECT indexname FROM pg_indexes WHERE tablename = 'events' AND schemaname = current_schema()"
+    )
+    with engine.connect() as conn:
+        return {str(name) for name in conn.execute(text(sql)).scalars()}
+
+
+def test_0010_indexes_the_stand_in_events_by_group_and_its_downgrade_drops_that_index(database_url: str) -> None:
+    """0010 adds ``ix_events_standin`` (whose seat a bot held, read by group); down at 0009 it is
+    gone, and back up the schema is the application's again."""
+    engine = make_engine(database_url)
+    try:
+        prepare_schema(engine)
+        assert "ix_events_standin" in event_indexes(engine)
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0009_delivery_url_text")
+        assert "ix_events_standin" not in event_indexes(engine)
+        assert schema_state(engine).revision == "0009_delivery_url_text"
+        upgrade_schema(engine)
+        assert "ix_events_standin" in event_indexes(engine)
         assert schema_state(engine).revision == head() and differences(engine) == []
     finally:
         engine.dispose()
