@@ -74,7 +74,9 @@ async def _workload(part: str, decisions: int, batch: int, made_for: int) -> Non
         for place in await db.read(experiment_groups, experiment_id):
             group = await live.group(place.group_id)
             await group.start()
-            seats.extend((group, code) for code in group.core.members)
+            for code in group.core.members:  # each member's ids read, as their seat reads them (none stored)
+                group.load_client_ids(code, [])
+                seats.append((group, code))
         await writer.close()
         made: list[Write] = []
         numbers = iter(range(10**6, 10**9))

@@ -101,7 +101,7 @@ class Calls:
                     # frame again (a page drops a frame refused with a code it does not know)
                     raise Unavailable(str(exc)) from exc
                 # another worker serves the group now: ask there. A frame with an id is stored once
-                # whoever runs it (the ids stored are loaded with the group); one without an id
+                # whoever runs it (the member's ids stored are read there first); one without an id
                 # might have been stored by the old worker before it went, so it is not sent twice
         raise Unavailable(f"group {group_id} could not be reached")
 

@@ -65,6 +65,7 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
         fenced: Callable[[int], None] | None = None,
         run_ended: RunEnded | None = None,
         lookup: Callable[[int, str], Awaitable[int | None]] | None = None,
+        stored_ids: Callable[[int], Awaitable[list[tuple[str, int]]]] | None = None,
     ) -> None:
         self.spec = spec
         self.id = spec.group_id
@@ -89,12 +90,12 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
         #: per member: client frame id -> its seq, or the future of a frame still being stored
         #: (older ids kept compactly, a repeat of one looked up with ``lookup``: see :mod:`.clientids`)
         self.client_ids: dict[str, ClientIds] = {}
-        #: ``lookup(participant id, client id)``: the stored frame's ``seq`` (``None``: none);
-        #: without it every id is kept as it is
-        self._lookup = lookup
-        #: the look-ups of client ids under way (``server.lookups``), kept referenced until they end
+        #: ``lookup(participant id, client id)``: the stored frame's ``seq`` (``None``: none; without
+        #: it every id is kept as it is); ``stored_ids(participant id)``: their ids, read once they are here
+        self._lookup, self._stored_ids = lookup, stored_ids
+        #: the look-ups and reads of client ids under way (``server.lookups``), referenced until they end
         self._looking: set[asyncio.Task[None]] = set()
-        #: per member whose frame is being looked up: its frames since, received in order after it
+        #: per member whose ids are read or frame looked up: its frames since, received in order after it
         self._held: dict[str, list[Held]] = {}
         #: per member: its current connection's worker and id (the newest replaces the older)
         self.connections: dict[str, tuple[str, str]] = {}
@@ -333,10 +334,11 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
             return waiting
         ids: ClientIds | None = None
         known: int | asyncio.Future[Any] | object | None = None
-        if client_id is not None:  # (a stand-in's frame has none and makes no ids: the member's seat here loads them)
+        if client_id is not None:  # (a stand-in's frame has none and makes no ids)
             ids = self.client_ids.get(participant)
-            if ids is None:
-                ids = self.client_ids[participant] = ClientIds(forgets=self._lookup is not None)
+            if ids is None:  # their first frame here: their ids stored before are read first (server.lookups)
+                self.ids_needed(participant)
+                return self.receive(participant, channel, payload, client_id, bot=bot, answer=answer)
             known = None if new else ids.get(client_id)
             if known is MAYBE:  # an old id, or one the filter mistakes for it: the database knows
                 return self._look_up(ids, participant, channel, payload, client_id, bot, answer)

@@ -5,8 +5,13 @@ filter's :data:`server.clientids.MAYBE`) is answered with the stored frame's ``s
 database holds it, else received as a new frame. The member's frames that come meanwhile wait
 behind it, in order.
 
+A member's ids stored before are loaded once, when they first join the group here or send it a
+frame with an id (:meth:`LookUps.ids_needed`), not when the group is loaded: in a cluster a
+worker may load a member's next group while they still play their block, and the frames they
+store there meanwhile would be unknown here. Their frames wait behind the load, in order.
+
 A frame whose write the database refused (its unique index of client ids) is looked up too: the
-ids here may not know a frame stored before (:meth:`LookUps._stored_before`).
+ids here may not know a frame stored before (:meth:`LookUps._stored_before`), a last guard.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class LookUps:
     member_ids: dict[str, int]
     client_ids: dict[str, ClientIds]
     _lookup: Callable[[int, str], Awaitable[int | None]] | None
+    _stored_ids: Callable[[int], Awaitable[list[tuple[str, int]]]] | None
     _looking: set[asyncio.Task[None]]
     _held: dict[str, list[Held]]
     watch: HookWatch
@@ -57,9 +63,46 @@ class LookUps:
         def _unstorable(self, exc: Unstorable, tick: bool) -> None: ...
 
     def load_client_ids(self, participant: str, stored: list[tuple[str, int]]) -> None:
-        """A member's ids stored before this group was loaded (oldest first), unless known already."""
+        """A member's ids stored before (oldest first), read once they are here, unless known already."""
         if participant not in self.client_ids:
             self.client_ids[participant] = ClientIds(stored, forgets=self._lookup is not None)
+
+    def ids_needed(self, participant: str) -> None:
+        """The member joins the group here, or sends it a frame with an id: their ids stored before
+        are read now (unless known, or being read), and their frames meanwhile wait behind the read.
+
+        Not when the group is loaded: with random matching a worker may load a member's next
+        group (for a member whose block ended first) while they still play their block, and a
+        frame of theirs stored after that and sent again here (its ack lost) was taken as new.
+        Once they join here their earlier block's period has ended, its writes stored."""
+        if participant in self.client_ids or participant in self._held:
+            return
+        load, member = self._stored_ids, self.member_ids.get(participant)
+        if load is None or member is None:  # nothing to read (or no member: the game refuses the frame)
+            self.client_ids[participant] = ClientIds(forgets=self._lookup is not None)
+            return
+        held: list[Held] = []
+        self._held[participant] = held
+
+        async def read() -> None:
+            failed: NotPersisted | None = NotPersisted("the frame's id could not be checked: the server is stopping")
+            try:
+                self.load_client_ids(participant, await load(member))
+                failed = None
+            except Exception as exc:  # storage halted, the database gone: the client may retry
+                failed = NotPersisted(f"the frame's id could not be checked: {type(exc).__name__}")
+            finally:
+                del self._held[participant]
+                for channel, payload, client_id, bot, waiting in held:  # in order, as after a look-up
+                    if failed is not None and client_id is not None:  # (its id unchecked: not taken as new)
+                        if not waiting.done():
+                            waiting.set_exception(failed)
+                    else:
+                        self._received(waiting, participant, channel, payload, client_id, bot)
+
+        task = self._running_loop().create_task(read())
+        self._looking.add(task)
+        task.add_done_callback(self._looking.discard)
 
     def _look_up(
         self,
@@ -151,9 +194,9 @@ class LookUps:
         stored): if the database holds a frame of the member's with ``client_id``, this one repeats
         it and is answered with its ``seq``, as any repeated id is; else it is refused with ``exc``.
 
-        The ids here may not know such a frame: in a cluster a group loads its members' ids when a
-        worker takes it, and a member may have frames stored in an earlier block's group after that
-        (stored, their ack lost, sent again here). The database's unique index refuses them."""
+        A last guard: the ids here are read when the member first comes (:meth:`ids_needed`), and
+        should they miss a frame stored before (stored, its ack lost, sent again here), the
+        database's unique index refuses it."""
         lookup, participant = self._lookup, events[own_event(events)].participant
 
         def refuse() -> None:  # (as server.live.LiveGroup.act's failed does)

@@ -69,10 +69,13 @@ class Presence:
             self, action: Callable[[], list[Event]], *, connection: ConnectionChange | None = None
         ) -> asyncio.Future[list[int]]: ...
 
+        def ids_needed(self, participant: str) -> None: ...
+
     def connect(
         self, participant: str, connection: ConnectionChange | None, *, worker: str = "", conn: str = ""
     ) -> asyncio.Future[list[int]]:
         """The participant's connection ``conn`` on ``worker`` is its current one; an older one is closed."""
+        self.ids_needed(participant)  # their client ids stored before, read once (server.lookups)
         older = self.connections.get(participant)
         self.connections[participant] = (worker, conn)
         if older is not None and older != (worker, conn) and self._close_member is not None:

@@ -27,6 +27,7 @@ that state, a module each: the way to a group's authority (``server.calls``), th
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Coroutine
@@ -133,11 +134,9 @@ class LiveGroups(Calls, Sweeper, Course):
                 group = LiveGroup(
                     spec, game, self.writer, self.hub, self.clock, epoch=epoch, close_member=self.close_member,
                     fenced=self.retire, run_ended=self.run_ended, lookup=self._client_seq,
+                    stored_ids=functools.partial(self.database.read, client_ids),  # (read as each member comes)
                 )
                 group.on_arrival = self.lobbies.arrived
-                if self.node is not None:  # every member's ids: a frame from anywhere is stored once
-                    for code, pid in spec.member_ids.items():
-                        group.load_client_ids(code, await self.database.read(client_ids, pid))
                 self.groups[group_id] = group
                 group.standins = standins = StandIns(group, self)
                 standins.begin()

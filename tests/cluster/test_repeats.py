@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
@@ -11,24 +14,16 @@ from server.storage import make_engine
 from tests.cluster.harness import Cluster, stored_ids
 from tests.cluster.test_cluster import create, verify
 from tests.server.harness import Client, timeout, until_state
+from tests.server.test_blocks import block_groups as groups_by_block
 
 
 def block_groups(cluster: Cluster, code: str) -> dict[int, dict[int, set[str]]]:
     """Each block's groups (by id) and their members' codes."""
     engine = make_engine(cluster.env["DATABASE_URL"])
     try:
-        with engine.connect() as conn:
-            rows = conn.execute(text(
-                "SELECT b.index, m.group_id, p.code FROM memberships m JOIN blocks b ON b.id = m.block_id"
-                " JOIN participants p ON p.id = m.participant_id JOIN experiments x ON x.id = b.experiment_id"
-                " WHERE x.code = :code"
-            ), {"code": code}).all()
+        return groups_by_block(engine, code)
     finally:
         engine.dispose()
-    found: dict[int, dict[int, set[str]]] = {}
-    for block, group, member in rows:
-        found.setdefault(int(block), {}).setdefault(int(group), set()).add(str(member))
-    return found
 
 
 async def hello_of(client: Client, group_id: int) -> dict[str, Any]:
@@ -39,15 +34,23 @@ async def hello_of(client: Client, group_id: int) -> dict[str, Any]:
             return frame
 
 
-async def test_a_frame_sent_again_in_the_next_block_is_acknowledged_though_its_group_loaded_the_ids_before(
-    cluster: Cluster,
-) -> None:
-    """Random matching: x's block-0 group ends first, and x moving on has the worker take x's next
-    group, loading its members' stored ids then; y, still in block 0 in another group, has a
-    decision stored, then moves on to that group and sends the frame again (its ack as if lost):
-    it is acknowledged with its stored seq and not stored or applied again. The group's ids of y,
-    loaded before y's frame was stored, did not hold it: the write reached the database, whose
-    unique index refused it, and y got ``game_error``."""
+@dataclass
+class MovedOn:
+    """Random matching, two blocks: x's block-0 group ended first and x moved on, which had the
+    worker take x's next group (``next_id``) while y, x's partner there, still played block 0 in
+    another group; y's decision ``y-1`` was stored there (``ack``), then y moved on too."""
+
+    exp: dict[str, Any]
+    clients: dict[str, Client]
+    x: str
+    y: str
+    next_id: int
+    ack: dict[str, Any]
+
+
+@contextlib.asynccontextmanager
+async def moved_on(cluster: Cluster) -> AsyncIterator[MovedOn]:
+    """:class:`MovedOn` on one worker, y in its next group's running period; the sockets closed after."""
     cluster.start("w1")
     cluster.healthy("w1")
     for _ in range(20):  # until block 1 does not repeat block 0's pairs (a third of the shuffles do)
@@ -68,7 +71,7 @@ async def test_a_frame_sent_again_in_the_next_block_is_acknowledged_though_its_g
     clients = {code: await join(code) for code in first}
     try:
         await until_state(clients[x], "period_end")
-        await hello_of(clients[x], next_id)  # x's next group is loaded, with y's ids as stored now
+        await hello_of(clients[x], next_id)  # x's next group is loaded, with y not here yet
         clients.update({code: await join(code) for code in second})
         await until_state(clients[y], "period_start")
         await clients[y].send("decisions", 0.25, "y-1")
@@ -76,27 +79,74 @@ async def test_a_frame_sent_again_in_the_next_block_is_acknowledged_though_its_g
         await until_state(clients[y], "period_end")
         await hello_of(clients[y], next_id)
         await until_state(clients[y], "period_start")
-        await clients[y].send("decisions", 0.25, "y-1")
-        again = await clients[y].next()
-        while again["channel"] not in ("ack", "error"):
-            again = await clients[y].next()
-        assert again == ack
-        await clients[y].send("decisions", 0.75, "y-2")
-        assert (await clients[y].expect("ack"))["payload"]["id"] == "y-2"
-        await until_state(clients[y], "period_end")
+        yield MovedOn(exp, clients, x, y, next_id, ack)
     finally:
         for client in clients.values():
             await client.close()
+
+
+async def answers(client: Client, *frame_ids: str) -> list[dict[str, Any]]:
+    """The ``ack`` or ``error`` that answers each frame of ``frame_ids``, in whatever order they come."""
+    found: dict[str, dict[str, Any]] = {}
+    while len(found) < len(frame_ids):
+        frame = await client.next()
+        if frame["channel"] in ("ack", "error") and frame["payload"].get("id") in frame_ids:
+            found.setdefault(frame["payload"]["id"], frame)
+    return [found[frame_id] for frame_id in frame_ids]
+
+
+def next_block_decisions(cluster: Cluster, moved: MovedOn) -> tuple[dict[str, list[int]], list[Any]]:
+    """The experiment's stored client ids, and y's decisions stored in the next block's group."""
     engine = make_engine(cluster.env["DATABASE_URL"])
     try:
-        stored = stored_ids(engine, exp["code"])
+        stored = stored_ids(engine, moved.exp["code"])
         with engine.connect() as conn:
             decided = conn.execute(text(
                 "SELECT e.value FROM events e JOIN participants p ON p.id = e.participant_id"
                 " WHERE e.group_id = :g AND p.code = :y AND e.channel = 'decisions' ORDER BY e.seq"
-            ), {"g": next_id, "y": y}).scalars().all()
+            ), {"g": moved.next_id, "y": moved.y}).scalars().all()
     finally:
         engine.dispose()
-    assert stored["y-1"] == [ack["payload"]["seq"]] and len(stored["y-2"]) == 1
+    return stored, list(decided)
+
+
+async def test_a_frame_sent_again_in_the_next_block_is_acknowledged_though_its_group_loaded_the_ids_before(
+    cluster: Cluster,
+) -> None:
+    """y sends ``y-1`` again in the next block (its ack as if lost): it is acknowledged with its
+    stored seq and not stored or applied again. The group's ids of y, loaded when the worker took
+    the group, before y's frame was stored, did not hold it: the write reached the database, whose
+    unique index refused it, and y got ``game_error``."""
+    async with moved_on(cluster) as moved:
+        y = moved.clients[moved.y]
+        await y.send("decisions", 0.25, "y-1")
+        assert await answers(y, "y-1") == [moved.ack]
+        await y.send("decisions", 0.75, "y-2")
+        assert (await answers(y, "y-2"))[0]["channel"] == "ack"
+        await until_state(y, "period_end")
+    stored, decided = next_block_decisions(cluster, moved)
+    assert stored["y-1"] == [moved.ack["payload"]["seq"]] and len(stored["y-2"]) == 1
     assert decided == [0.75]  # y-1 was not applied to the next block's game
-    verify(cluster, exp["code"])
+    verify(cluster, moved.exp["code"])
+
+
+async def test_a_frame_sent_again_with_new_ones_in_the_next_block_leaves_them_stored_at_once(
+    cluster: Cluster,
+) -> None:
+    """y sends ``y-1`` again in the next block and a new decision right behind it, as a page sends
+    what it kept after a reconnect: the repeat is answered with its stored seq, and the new one is
+    acknowledged at its first try. The group's ids of y were read when the worker took the group,
+    before y's frame was stored: the repeat was written, the database's unique index refused it,
+    and the write of y's group after it failed with it (``not_persisted``, to be sent again)."""
+    async with moved_on(cluster) as moved:
+        y = moved.clients[moved.y]
+        await y.send("decisions", 0.25, "y-1")
+        await y.send("decisions", 0.75, "y-2")
+        again, new = await answers(y, "y-1", "y-2")
+        assert again == moved.ack
+        assert new["channel"] == "ack", new
+        await until_state(y, "period_end")
+    stored, decided = next_block_decisions(cluster, moved)
+    assert stored["y-1"] == [moved.ack["payload"]["seq"]] and len(stored["y-2"]) == 1
+    assert decided == [0.75]
+    verify(cluster, moved.exp["code"])
