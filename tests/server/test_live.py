@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from groups import Bimatrix, InvalidDecision, RefusedAction
 from server import clientids
+from server.exceptions import NotPersisted
 from server.hub import MemoryHub
 from server.routing import LiveGroups
 from server.storage import (
@@ -242,3 +243,35 @@ async def test_a_frame_the_game_fails_on_behind_a_look_up_is_answered_game_error
         r.exc_info is not None and "broken on 0.9" in str(r.exc_info[1]))]
     assert len(failures) == 1, [r.getMessage() for r in caplog.records]
     assert failures[0].exc_info is not None and failures[0].exc_info[0] is RuntimeError
+
+
+async def test_a_members_frames_wait_for_their_stored_ids_read_at_the_first_frame(tmp_path: Path) -> None:
+    """A group loaded without its members' ids (as a cluster's worker takes it, nobody seated
+    there yet) reads a member's stored ids at their first frame; the frames sent meanwhile wait
+    behind the read, in order: a repeat of a frame stored before is answered with its seq, a new
+    frame after it is stored. When the read fails (here the events table is gone), a frame with
+    an id is refused with ``NotPersisted``, to be sent again, not taken as new."""
+    async with live_pair(tmp_path, NewBlock(0, 10.0, None, None, 0.0, "fixed", [[0, 1]])) as pair:
+        code = pair.codes[0]
+        first = await pair.group.receive(code, "decisions", 0.1, "c0")
+        pair.live.retire(pair.group.id)
+        group = await pair.live.group(pair.group.id)
+        assert code not in group.client_ids
+        repeat = group.receive(code, "decisions", 0.1, "c0")
+        new = group.receive(code, "decisions", 0.9, "c1")
+        assert code in group._held and not repeat.done() and not new.done()
+        assert await asyncio.wait_for(repeat, 2) == first
+        assert (await asyncio.wait_for(new, 2))[0] > first[0]
+        assert group.client_ids[code].get("c0") == first[0]
+
+        pair.live.retire(group.id)
+        group = await pair.live.group(group.id)
+        await pair.db.write(_events_gone)
+        with pytest.raises(NotPersisted, match="could not be checked"):
+            await asyncio.wait_for(group.receive(code, "decisions", 0.1, "c0"), 2)
+        assert code not in group.client_ids and not group._held
+
+
+def _events_gone(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE events RENAME TO events_gone")
