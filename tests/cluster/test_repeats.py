@@ -15,6 +15,7 @@ from tests.cluster.harness import Cluster, stored_ids
 from tests.cluster.test_cluster import create, verify
 from tests.server.harness import Client, timeout, until_state
 from tests.server.test_blocks import block_groups as groups_by_block
+from tests.server.test_blocks import crossing
 
 
 def block_groups(cluster: Cluster, code: str) -> dict[int, dict[int, set[str]]]:
@@ -57,13 +58,12 @@ async def moved_on(cluster: Cluster) -> AsyncIterator[MovedOn]:
         exp = await create(cluster, "w1", game="bimatrix", participants=4, group_size=2, blocks=2, period_length=2,
                            block_pause=0.2, matching="random")
         groups = block_groups(cluster, exp["code"])
-        if sorted(map(sorted, groups[0].values())) != sorted(map(sorted, groups[1].values())):
+        crossed = crossing(groups)
+        if crossed is not None:
             break
     else:
         raise AssertionError("20 shuffles repeated block 0's pairs")
-    first, second = (members for _, members in sorted(groups[0].items()))
-    next_id, pair = next((g, members) for g, members in groups[1].items() if members & first and members & second)
-    (x,), (y,) = pair & first, pair & second
+    first, second, next_id, x, y = crossed
 
     async def join(code: str) -> Client:
         return Client(await connect(f"{cluster.workers['w1'].ws}/ws/p/{code}", open_timeout=timeout(5)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import pytest
 from sqlalchemy import Engine, text
@@ -318,6 +318,28 @@ def block_groups(engine: Engine, code: str) -> dict[int, dict[int, set[str]]]:
     return found
 
 
+class Crossing(NamedTuple):
+    """Two blocks of two pairs, block 1 not repeating block 0's: block 0's pairs, the block-1 group
+    made of one member of each (``next_id``), and those two, ``x`` from the first pair, ``y`` from
+    the second."""
+
+    first: set[str]
+    second: set[str]
+    next_id: int
+    x: str
+    y: str
+
+
+def crossing(groups: dict[int, dict[int, set[str]]]) -> Crossing | None:
+    """:class:`Crossing` of :func:`block_groups`' two blocks; ``None`` when block 1 repeats block 0's pairs."""
+    if sorted(map(sorted, groups[0].values())) == sorted(map(sorted, groups[1].values())):
+        return None
+    first, second = (members for _, members in sorted(groups[0].items()))
+    next_id, pair = next((g, members) for g, members in groups[1].items() if members & first and members & second)
+    (x,), (y,) = pair & first, pair & second
+    return Crossing(first, second, next_id, x, y)
+
+
 async def test_a_frame_sent_again_in_the_next_block_loaded_before_the_member_came_is_acknowledged(
     any_server: Harness,
 ) -> None:
@@ -331,13 +353,12 @@ async def test_a_frame_sent_again_in_the_next_block_loaded_before_the_member_cam
         exp = await server.create(game="bimatrix", participants=4, group_size=2, blocks=2, period_length=1.5,
                                   block_pause=0.2, matching="random")
         groups = await database.read(block_groups, exp["code"])
-        if sorted(map(sorted, groups[0].values())) != sorted(map(sorted, groups[1].values())):
+        crossed = crossing(groups)
+        if crossed is not None:
             break
     else:
         raise AssertionError("20 shuffles repeated block 0's pairs")
-    first, second = (members for _, members in sorted(groups[0].items()))
-    next_id, pair = next((g, members) for g, members in groups[1].items() if members & first and members & second)
-    (x,), (y,) = pair & first, pair & second
+    first, second, next_id, x, y = crossed
     clients = {code: await server.connect(code) for code in first}
     await until_state(clients[x], "period_end")
     assert (await clients[x].expect("hello"))["payload"]["group"] == next_id  # loaded, y not in it yet

@@ -513,6 +513,19 @@ async def test_a_slow_payoff_of_a_hello_is_logged_naming_the_hook(
     one_slow_warning(caplog, hello["group"], "SlowPayoff", "payoff", "the score so far of a hello")
 
 
+async def filled_by_a_bot(server: Harness, game: str) -> tuple[Any, int]:
+    """A pair of ``game`` (a class of this module), b's seat filled by a stand-in, the period
+    started: a's client and the group's id."""
+    exp = await server.create(game=f"tests.server.test_game_faults:{game}", participants=2, group_size=2,
+                              period_length=60)
+    a_code, b_code = (p["code"] for p in exp["participants"])
+    a = await server.connect(a_code)
+    group: int = (await a.expect("hello"))["payload"]["group"]
+    await server.runtime.groups.stand_in(group, b_code, "fill")
+    await until_state(a, "period_start")
+    return a, group
+
+
 async def test_a_slow_bot_decision_is_logged_once_naming_the_hook(
     server: Harness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -521,13 +534,7 @@ async def test_a_slow_bot_decision_is_logged_once_naming_the_hook(
     stalled every group with nothing logged."""
     caplog.set_level(logging.WARNING, logger="synclab.live")
     monkeypatch.setattr(standins, "PACE", 0.05)  # a bot's decision every 25 to 75 ms (the server runs in this process)
-    exp = await server.create(game="tests.server.test_game_faults:SlowBot", participants=2, group_size=2,
-                              period_length=60)
-    a_code, b_code = (p["code"] for p in exp["participants"])
-    a = await server.connect(a_code)
-    group = (await a.expect("hello"))["payload"]["group"]
-    await server.runtime.groups.stand_in(group, b_code, "fill")
-    await until_state(a, "period_start")
+    a, group = await filled_by_a_bot(server, "SlowBot")
     for _ in range(4):  # the start's, then three of the bot's
         await a.expect("group_decisions")
     one_slow_warning(caplog, group, "SlowBot", "bot_decision", "a stand-in's decision")
@@ -591,13 +598,7 @@ async def test_a_bot_decision_that_raises_logs_one_traceback_then_a_line_countin
     caplog.set_level(logging.WARNING, logger="synclab.live")
     monkeypatch.setattr(standins, "PACE", 0.05)  # the server runs in this process
     monkeypatch.setattr(hooks, "HOOK_FAULTS_LOG_EVERY", 0.3)
-    exp = await server.create(game="tests.server.test_game_faults:RaisingBot", participants=2, group_size=2,
-                              period_length=60)
-    a_code, b_code = (p["code"] for p in exp["participants"])
-    a = await server.connect(a_code)
-    group = (await a.expect("hello"))["payload"]["group"]
-    await server.runtime.groups.stand_in(group, b_code, "fill")
-    await until_state(a, "period_start")
+    _, group = await filled_by_a_bot(server, "RaisingBot")
     await eventually(lambda: len(hook_faults(caplog, "bot_decision")) >= 2, wait=3)
     first, second = (r.getMessage() for r in hook_faults(caplog, "bot_decision")[:2])
     assert [r.exc_info is not None for r in hook_faults(caplog, "bot_decision")[:2]] == [True, False], (first, second)

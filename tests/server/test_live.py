@@ -168,6 +168,15 @@ async def test_a_decision_whose_awaiter_was_cancelled_is_settled_all_the_same(tm
     assert not [r for r in caplog.records if "callback failed" in r.getMessage()]
 
 
+async def filtered(group: Any, code: str) -> list[int]:
+    """``code``'s frame ``c0`` stored, then five more, so that ``c0`` goes to the filter (``KEPT``
+    set to 2): a repeat of it is looked up in the database. The first frame's answer."""
+    first: list[int] = await group.receive(code, "decisions", 0.1, "c0")
+    for i in range(1, 6):
+        await group.receive(code, "decisions", 0.1 * i, f"c{i}")
+    return first
+
+
 async def test_a_look_up_whose_awaiter_was_cancelled_ends_all_the_same(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -178,9 +187,7 @@ async def test_a_look_up_whose_awaiter_was_cancelled_ends_all_the_same(
     monkeypatch.setattr(clientids, "KEPT", 2)
     async with live_pair(tmp_path, NewBlock(0, 10.0, None, None, 0.0, "fixed", [[0, 1]])) as pair:
         group, code = pair.group, pair.codes[0]
-        first = await group.receive(code, "decisions", 0.1, "c0")
-        for i in range(1, 6):  # c0 goes to the filter
-            await group.receive(code, "decisions", 0.1 * i, f"c{i}")
+        first = await filtered(group, code)
         assert group.client_ids[code].get("c0") is clientids.MAYBE
         repeat = group.receive(code, "decisions", 0.1, "c0")
         later = group.receive(code, "decisions", 0.9, "c6")  # held behind the look-up
@@ -202,9 +209,7 @@ async def test_a_frame_refused_behind_a_look_up_leaves_the_frames_after_it_recei
     monkeypatch.setattr(clientids, "KEPT", 2)
     async with live_pair(tmp_path, NewBlock(0, 10.0, None, None, 0.0, "fixed", [[0, 1]])) as pair:
         group, code = pair.group, pair.codes[0]
-        first = await group.receive(code, "decisions", 0.1, "c0")
-        for i in range(1, 6):  # c0 goes to the filter
-            await group.receive(code, "decisions", 0.1 * i, f"c{i}")
+        first = await filtered(group, code)
         repeat = group.receive(code, "decisions", 0.1, "c0")
         refused = group.receive(code, "decisions", "no number", "c6")  # both held behind the look-up
         later = group.receive(code, "decisions", 0.9, "c7")
@@ -227,9 +232,7 @@ async def test_a_frame_the_game_fails_on_behind_a_look_up_is_answered_game_error
     game = "tests.server.test_live:FailsOnNine"
     async with live_pair(tmp_path, NewBlock(0, 10.0, None, None, 0.0, "fixed", [[0, 1]]), game) as pair:
         group, code = pair.group, pair.codes[0]
-        first = await group.receive(code, "decisions", 0.1, "c0")
-        for i in range(1, 6):  # c0 goes to the filter
-            await group.receive(code, "decisions", 0.1 * i, f"c{i}")
+        first = await filtered(group, code)
         repeat = group.receive(code, "decisions", 0.1, "c0")
         failing = group.receive(code, "decisions", 0.9, "c6")  # held behind the look-up
         later = group.receive(code, "decisions", 0.8, "c7")

@@ -375,6 +375,17 @@ def among(score: float, compared: list[float]) -> float:
     return 100.0 * (sum(s < score for s in compared) + 0.5 * sum(s == score for s in compared)) / len(compared)
 
 
+async def three_in_two_blocks(server: Harness) -> tuple[str, tuple[str, str, str], tuple[Any, Any, Any]]:
+    """A group of three in two blocks of 3 s (a dropout stood in for after 0.3 s), all connected and
+    the first period started: the experiment's code, the participants' codes and their clients."""
+    exp = await server.create(game="public_goods", participants=3, group_size=3, blocks=2, period_length=3,
+                              block_pause=0.3, online={"dropout_after": 0.3})
+    a, b, c = (p["code"] for p in exp["participants"])
+    ca, cb, cc = [await server.connect(p) for p in (a, b, c)]
+    await until_state(ca, "period_start")
+    return exp["code"], (a, b, c), (ca, cb, cc)
+
+
 async def test_a_blocks_percentile_among_the_finished_goes_by_who_played_its_seat_not_the_status_now(
     any_server: Harness,
 ) -> None:
@@ -384,12 +395,7 @@ async def test_a_blocks_percentile_among_the_finished_goes_by_who_played_its_sea
     participant played the seat to the block's end: block 0 compares a and b (not c's bot),
     block 1 a and c (not b's bot). By the status now, b's block 0 was left out and c's bot kept."""
     server = any_server
-    exp = await server.create(game="public_goods", participants=3, group_size=3, blocks=2, period_length=3,
-                              block_pause=0.3, online={"dropout_after": 0.3})
-    code = exp["code"]
-    a, b, c = (p["code"] for p in exp["participants"])
-    ca, cb, cc = [await server.connect(p) for p in (a, b, c)]
-    await until_state(ca, "period_start")
+    code, (a, b, c), (ca, cb, cc) = await three_in_two_blocks(server)
     await cc.close()
     await ca.send("decisions", 2.5, "a-1")
     await cb.send("decisions", 7.25, "b-1")
@@ -428,12 +434,7 @@ async def test_a_participant_finished_only_if_no_bot_held_their_seat_at_a_blocks
     c comes back in block 1: not finished, a seat played by a bot, as the block's comparison of
     sessions has it. By the status (``replaced``) c was counted finished."""
     server = any_server
-    exp = await server.create(game="public_goods", participants=3, group_size=3, blocks=2, period_length=3,
-                              block_pause=0.3, online={"dropout_after": 0.3})
-    code = exp["code"]
-    a, b, c = (p["code"] for p in exp["participants"])
-    ca, cb, cc = [await server.connect(p) for p in (a, b, c)]
-    await until_state(ca, "period_start")
+    code, (a, b, c), (ca, cb, cc) = await three_in_two_blocks(server)
     await cb.close()
     await cc.close()
     await until_event(server, code, lambda e: e["channel"] == "standin" and e["value"]["participant"] == b)
