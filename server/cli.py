@@ -169,8 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     checking = commands.add_parser("verify", help="recompute every result and score from the event log")
     checking.add_argument("code")
     checking.add_argument("--json", action="store_true", help="print the report as JSON")
-    schema = commands.add_parser("db", help="the database's schema: upgrade, current, history, check")
+    schema = commands.add_parser("db", help="the database's schema: upgrade, downgrade REVISION, current, history, check")
     schema.add_argument("action", choices=DB_ACTIONS)
+    schema.add_argument("revision", nargs="?", help="downgrade: the revision (or release, 0.1.0) to go back to")
+    schema.add_argument("--yes", action="store_true", help="downgrade: lose the values the older schema cannot hold")
     accounts = commands.add_parser("token", help="experimenter tokens: create NAME [--role], list, revoke NAME")
     accounts.add_argument("action", choices=TOKEN_ACTIONS)
     accounts.add_argument("name", nargs="?", help="the token's name (create, revoke)")
@@ -188,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "verify":
             return run_verify(settings, args.code, as_json=args.json)
         if args.command == "db":
-            return run_db(settings, args.action)
+            return run_db(settings, args.action, args.revision, yes=args.yes)
         if args.command == "token":
             return run_token(settings, args.action, args.name, args.role, as_json=args.json)
         port = settings.port if args.port is None else args.port

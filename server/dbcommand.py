@@ -1,12 +1,16 @@
 """``synclab db``: where the database's schema stands, and upgrading it (Alembic's migrations).
 
     synclab db upgrade   bring the database to this synclab's revision (a new one is made)
+    synclab db downgrade REVISION [--yes]
+                         back to an earlier revision (or a release: ``0.1.0``), every step in
+                         one transaction; refused (exit 1, nothing changed) when it would drop
+                         or cut stored values, unless ``--yes``
     synclab db current   the database's revision; exit 1 unless it is the newest
     synclab db history   every revision, newest first; the database's marked
     synclab db check     exit 1 unless the database is at the newest revision and its tables
                          are exactly this synclab's (Alembic's autogenerate comparison)
 
-Exit 2 when the database cannot be read or upgraded.
+Exit 2 when the database cannot be read, upgraded or downgraded.
 """
 
 from __future__ import annotations
@@ -17,7 +21,12 @@ from .exceptions import SchemaError, SettingsError
 from .settings import Settings
 from .storage import (
     BASELINE,
+    RELEASES,
+    DataWouldBeLost,
+    SchemaState,
+    Step,
     differences,
+    downgrade_schema,
     head,
     history,
     make_engine,
@@ -27,11 +36,19 @@ from .storage import (
     upgrade_schema,
 )
 
-DB_ACTIONS = ("upgrade", "current", "history", "check")
+DB_ACTIONS = ("upgrade", "downgrade", "current", "history", "check")
 
 
-def run_db(settings: Settings, action: str) -> int:
-    """Run ``synclab db ACTION``; the exit status."""
+def run_db(settings: Settings, action: str, revision: str | None = None, *, yes: bool = False) -> int:
+    """Run ``synclab db ACTION`` (``downgrade`` takes ``revision``, and ``yes`` to lose values); the exit status."""
+    if (revision is not None) != (action == "downgrade"):
+        raise SettingsError(
+            "synclab db downgrade needs the revision to go back to (`synclab db history` lists them)"
+            if action == "downgrade" else f"synclab db {action} takes no revision"
+        )
+    if action == "downgrade":
+        assert revision is not None
+        return _downgrade(settings, revision, yes)
     if action == "upgrade":
         return _upgrade(settings)
     if action == "history":
@@ -77,6 +94,39 @@ def _upgrade(settings: Settings) -> int:
     else:
         print(f"synclab: upgraded {after.where} from {before.describe()} to {after.revision}")
     return 0
+
+
+def _downgrade(settings: Settings, target: str, yes: bool) -> int:
+    # reading(): a missing SQLite file is refused, not made, and a journal a crash left is
+    # applied first, while the schema is still the one its writes were made for
+    with reading(settings.database_url) as engine:
+        try:
+            before, after, steps = downgrade_schema(engine, target, lose=yes, announce=_announce)
+        except DataWouldBeLost as exc:
+            print(f"synclab: {exc}", file=sys.stderr)
+            return 1
+        except SchemaError as exc:
+            print(f"synclab: {exc}", file=sys.stderr)
+            return 2
+    if not steps:
+        print(f"synclab: {after.where} is already at {after.revision}")
+        return 0
+    release = next((f" (synclab {name})" for name, rev in RELEASES.items() if rev == after.revision), "")
+    print(f"synclab: downgraded {after.where} from {before.revision} to {after.revision}{release}; "
+          "this synclab will not serve it until `synclab db upgrade`")
+    return 0
+
+
+def _announce(state: SchemaState, steps: list[Step]) -> None:
+    """What the downgrade will do, before it does it: each revision it undoes, and what that loses."""
+    if not steps:
+        return
+    print(f"synclab: {state.where} is at {state.revision}; undoing {len(steps)} revision(s) in one transaction:")
+    for step in steps:
+        print(f"  {step.revision} -> {step.down_to}  {step.title}")
+        for line in step.losses:
+            print(f"      loses {line}")
+    sys.stdout.flush()
 
 
 def _history(settings: Settings) -> int:

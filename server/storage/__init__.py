@@ -4,6 +4,7 @@
     times        stored times to epoch seconds, ISO 8601 text and wire milliseconds
     engine       a URL to an engine (SQLite pragmas, JSON), the read-only engine of the commands
     schema       where a database stands against the migrations (Alembic), and upgrading it
+    downgrading  back to an earlier revision, in one transaction, refused when values would be lost
     meta         server-wide key-value settings
     tokens       the experimenters' tokens: names, roles, SHA-256 digests (never a token)
     catalog      experiments: creating and listing them, their groups, their status
@@ -86,6 +87,7 @@ from .deliveries import (
     list_deliveries,
     next_delivery_at,
 )
+from .downgrading import RELEASES, DataWouldBeLost, Step, downgrade_schema
 from .engine import make_engine, normalise_url
 from .journal import DEFAULT_SIZE as DEFAULT_JOURNAL_SIZE
 from .journaled import ApplyFailed
@@ -178,6 +180,7 @@ __all__ = [
     "FINAL_STATUSES",
     "FIRST_TOKEN",
     "NO_GROUP",
+    "RELEASES",
     "ROLES",
     "STANDIN",
     "STATUSES",
@@ -187,6 +190,7 @@ __all__ = [
     "Arrival",
     "Claimed",
     "ConnectionChange",
+    "DataWouldBeLost",
     "Database",
     "Departure",
     "EventWriter",
@@ -204,6 +208,7 @@ __all__ = [
     "SchemaState",
     "Seat",
     "Standing",
+    "Step",
     "TokenExists",
     "Write",
     "WriterThread",
@@ -239,6 +244,7 @@ __all__ = [
     "departure",
     "differences",
     "digest",
+    "downgrade_schema",
     "drop_token",
     "due_deliveries",
     "end_stalled_writers",

@@ -295,7 +295,7 @@ def _locked(engine: Engine) -> Iterator[Connection]:
                 yield conn
                 problems = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
                 if problems:
-                    raise SchemaError(f"the upgrade broke foreign keys (rolled back): {problems[:5]}")
+                    raise SchemaError(f"the migration broke foreign keys (rolled back): {problems[:5]}")
         finally:
             migrating.dispose()
         return

@@ -24,6 +24,13 @@ def upgrade() -> None:
         batch.add_column(sa.Column("epoch", sa.BigInteger(), nullable=False, server_default="0"))
 
 
+def lost_by_downgrade(conn: sa.Connection) -> list[str]:
+    """What the downgrade drops of the rows held: the epochs a cluster raised (0 is every group's before)."""
+    groups = sa.table("groups", sa.column("epoch", sa.BigInteger()))
+    raised = conn.execute(sa.select(sa.func.count()).select_from(groups).where(groups.c.epoch != 0)).scalar_one()
+    return [f"the fencing epoch of {raised} group(s) a cluster ran (groups.epoch)"] if raised else []
+
+
 def downgrade() -> None:
     with op.batch_alter_table("groups") as batch:
         batch.drop_column("epoch")

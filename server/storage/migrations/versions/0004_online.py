@@ -54,6 +54,35 @@ def upgrade() -> None:
     op.create_index("ix_deliveries_participant_id", "deliveries", ["participant_id"], unique=False)
 
 
+def lost_by_downgrade(conn: sa.Connection) -> list[str]:
+    """What the downgrade drops of the rows held: the deliveries, and every value of the new columns."""
+    experiments = sa.table("experiments", sa.column("online", sa.JSON()))
+    events = sa.table("events", sa.column("bot", sa.Boolean()))
+    participants = sa.table(
+        "participants",
+        *(sa.column(name) for name in ("join_label", "joined_at", "completion_code", "status")),
+    )
+    deliveries = sa.table("deliveries", sa.column("id", sa.Integer()))
+    # a JSON column's None may be stored as JSON's null
+    online = sa.and_(experiments.c.online.is_not(None), sa.cast(experiments.c.online, sa.Text()) != "null")
+    counts = [
+        (experiments, online, "the online settings of {} experiment(s) (experiments.online)"),
+        (events, events.c.bot.is_(True), "the bot flag of {} event(s) a bot made (events.bot)"),
+        (
+            participants,
+            sa.or_(*(column.is_not(None) for column in participants.c)),
+            "the join label, arrival, completion code or status of {} participant(s)",
+        ),
+        (deliveries, sa.true(), "{} score(s) to oTree, delivered or waiting (the table deliveries)"),
+    ]
+    lost = []
+    for table, where, words in counts:
+        found = conn.execute(sa.select(sa.func.count()).select_from(table).where(where)).scalar_one()
+        if found:
+            lost.append(words.format(found))
+    return lost
+
+
 def downgrade() -> None:
     op.drop_index("ix_deliveries_participant_id", table_name="deliveries")
     op.drop_index("ix_deliveries_experiment_id", table_name="deliveries")

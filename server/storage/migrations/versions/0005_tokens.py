@@ -54,5 +54,12 @@ def upgrade() -> None:
     conn.execute(sa.delete(meta).where(meta.c.key == CLEAR_KEY))
 
 
+def lost_by_downgrade(conn: sa.Connection) -> list[str]:
+    """What the downgrade drops of the rows held: every token (the generated one cannot be put back in clear)."""
+    tokens = sa.table("tokens", sa.column("id", sa.Integer()))
+    found = conn.execute(sa.select(sa.func.count()).select_from(tokens)).scalar_one()
+    return [f"{found} experimenter token(s) (the table tokens; the release before makes a new one)"] if found else []
+
+
 def downgrade() -> None:
     op.drop_table("tokens")

@@ -37,6 +37,15 @@ def upgrade() -> None:
     )
 
 
+def lost_by_downgrade(conn: sa.Connection) -> list[str]:
+    """What the downgrade drops of the rows held: the worker named in each connection a cluster held."""
+    connections = sa.table("connections", sa.column("worker", sa.String()))
+    named = conn.execute(
+        sa.select(sa.func.count()).select_from(connections).where(connections.c.worker.is_not(None))
+    ).scalar_one()
+    return [f"the worker of {named} connection(s) a cluster held (connections.worker)"] if named else []
+
+
 def downgrade() -> None:
     op.drop_index("ix_connections_open", table_name="connections")
     with op.batch_alter_table("connections") as batch:

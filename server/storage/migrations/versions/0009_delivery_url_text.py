@@ -40,6 +40,16 @@ def upgrade() -> None:
         batch.alter_column("url", existing_type=sa.String(length=BEFORE), type_=sa.Text(), existing_nullable=False)
 
 
+def lost_by_downgrade(conn: sa.Connection) -> list[str]:
+    """What the downgrade cuts of the rows held: a delivered URL past the 500 (one waiting stops it instead)."""
+    cut = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(_deliveries)
+        .where(sa.func.length(_deliveries.c.url) > BEFORE, _deliveries.c.delivered_at.is_not(None))
+    ).scalar_one()
+    return [f"the URL of {cut} delivered score(s) to oTree, cut to {BEFORE} characters"] if cut else []
+
+
 def downgrade() -> None:
     conn = op.get_bind()
     longer = sa.func.length(_deliveries.c.url) > BEFORE
