@@ -33,10 +33,10 @@ from .exceptions import (
     NotPersisted,
 )
 from .frames import frame_of, frame_taker, frame_writer, lost_code
+from .hooks import frame_failed
 from .routing import LiveGroups
 from .settings import Settings
 from .storage import ConnectionChange, Seat
-from .throttle import LogThrottle
 from .views import GroupView
 from .wire import encode, error, ms, parse, redwood_ping
 
@@ -46,14 +46,6 @@ _SEQ = re.compile(r'"seq":(\d+)')
 
 SYNCLAB = "synclab"
 REDWOOD = "redwood"
-#: seconds between two log lines of one group's game failing on frames in one way (the failures
-#: between are counted in the next line)
-FRAME_FAULTS_LOG_EVERY = 5.0
-#: the (group, exception type) pairs kept at most; past it the oldest is forgotten (logged anew)
-FRAME_FAULTS_KEPT = 10_000
-
-
-_frame_faults = LogThrottle(FRAME_FAULTS_LOG_EVERY, FRAME_FAULTS_KEPT)
 
 
 class ClientConnection:
@@ -244,24 +236,8 @@ class ClientConnection:
             self.send(error(exc.code, exc.message, frame_id))
             return
         except Exception as exc:  # a fault in a game's hook: refuse the frame, keep serving
-            self._game_failed(exc)
+            frame_failed(self.group.id, self.game, self.participant, exc)
             self.send(error("game_error", f"the game failed on this frame: {type(exc).__name__}", frame_id))
-
-    def _game_failed(self, exc: Exception) -> None:
-        """Log that the game failed on a frame: the first failure of its kind in a group with its
-        traceback, then at most one line every :data:`FRAME_FAULTS_LOG_EVERY` s with the count of
-        those not logged (a broken game fails on every decision of its members: a traceback each)."""
-        kind = type(exc).__name__
-        skipped = _frame_faults.due((self.group.id, kind), time.monotonic())
-        if skipped is None:
-            return
-        if skipped < 0:
-            log.exception("group %s: the game %s failed on a frame of %s", self.group.id, self.game, self.participant)
-            return
-        log.error(
-            "group %s: the game %s failed on a frame of %s again: %s: %s (%d more such failures since the last line)",
-            self.group.id, self.game, self.participant, kind, exc, skipped,
-        )
 
     def _stored(self, future: asyncio.Future[list[int]], frame_id: str | None) -> None:
         if future.cancelled():

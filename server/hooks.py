@@ -45,9 +45,36 @@ IN_HELD_FRAME = "a member's frame received after a look-up of its client id"
 HOOK_FAULTS_LOG_EVERY = 5.0
 #: the (hook, exception type) pairs of a group kept at most; past it the oldest is forgotten (logged anew)
 HOOK_FAULTS_KEPT = 16
+#: seconds between two log lines of one group's game failing on members' frames in one way (the
+#: failures between are counted in the next line)
+FRAME_FAULTS_LOG_EVERY = 5.0
+#: the (group, exception type) pairs kept at most; past it the oldest is forgotten (logged anew)
+FRAME_FAULTS_KEPT = 10_000
 #: seconds between two log lines of one group's writes refused as unstorable in one way (the game's
 #: value, or the database's refusal): the ones between are counted in the next line
 REFUSED_LOG_EVERY = 5.0
+
+_frame_faults = LogThrottle(FRAME_FAULTS_LOG_EVERY, FRAME_FAULTS_KEPT)
+# the line's logger since a participant's connection logged it, kept wherever it is logged now
+_frame_log = logging.getLogger("synclab.connection")
+
+
+def frame_failed(group_id: int, game: str, participant: str, exc: Exception) -> None:
+    """Log that the game failed on a member's frame, where it ran (the member's connection may be
+    on another worker, ``server.calls``): the first failure of its kind in a group with its
+    traceback, then at most one line every :data:`FRAME_FAULTS_LOG_EVERY` s with the count of
+    those not logged (a broken game fails on every decision of its members: a traceback each)."""
+    kind = type(exc).__name__
+    skipped = _frame_faults.due((group_id, kind), perf_counter())
+    if skipped is None:
+        return
+    if skipped < 0:
+        _frame_log.error("group %s: the game %s failed on a frame of %s", group_id, game, participant, exc_info=exc)
+        return
+    _frame_log.error(
+        "group %s: the game %s failed on a frame of %s again: %s: %s (%d more such failures since the last line)",
+        group_id, game, participant, kind, exc, skipped,
+    )
 
 
 class HookWatch:

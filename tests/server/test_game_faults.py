@@ -31,9 +31,9 @@ from websockets.asyncio.client import connect
 
 from groups import RESERVED_CHANNELS, DecisionGroup, PublicGoods
 from server import control, course, hooks, presence, standins, ticks
-from server.connection import FRAME_FAULTS_LOG_EVERY
 from server.exceptions import BadRequest
 from server.experiments import parse_request
+from server.hooks import FRAME_FAULTS_LOG_EVERY
 from server.storage import make_engine, sessions
 from server.throttle import LogThrottle
 from server.verify import verify
