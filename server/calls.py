@@ -9,14 +9,23 @@ there. :class:`Node` is what the router uses of this worker in a cluster.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .exceptions import Unavailable
+from groups import InvalidState, RefusedAction
+
+from .exceptions import GameFailed, NotPersisted, Unavailable
 from .futures import consume
+from .hooks import frame_failed
 from .live import LiveGroup
 from .standins import REASONS, StandIns
 from .views import Member, change_from
+
+# the router's logger: these lines are about the router, wherever their code lives
+log = logging.getLogger("synclab.routing")
+#: the operations that run the game's code, whose failure the asker gets as :class:`GameFailed`
+RUNS_THE_GAME = ("receive", "control", "standin")
 
 
 class Node(Protocol):
@@ -123,12 +132,15 @@ class Calls:
             return answer
         if op == "leave":
             return live.disconnect(body["p"], change_from(body["c"]), worker=body["w"], conn=body["k"])
-        if op == "receive":
-            return live.receive(body["p"], body["ch"], body["v"], body["i"])
-        if op == "control":
-            return live.control(body["a"], body["s"], body.get("b"))
-        if op == "standin" and isinstance(live.standins, StandIns):
-            return live.standins.start(body["p"], body["r"])
+        if op in RUNS_THE_GAME:
+            try:
+                return _run(live, op, body)
+            except (RefusedAction, InvalidState, NotPersisted):
+                raise  # the core's refusals, the database's and the cluster's: the asker's to answer
+            except Exception as exc:
+                if op == "standin" and isinstance(exc, (LookupError, ValueError)):
+                    raise  # not a member, not a reason (server.standins)
+                raise _game_failed(live, op, body, exc) from None  # the game's code raised: logged here
         raise ValueError(f"unknown request {op!r}")
 
     async def stand_in(self, group_id: int, participant: str, reason: str) -> None:
@@ -138,13 +150,44 @@ class Calls:
         connected and plays this block and the participant's later ones. ``"dropout"``: the
         human was away too long; the bot plays until they connect again. Returns once the bot's
         arrival is stored. Raises :class:`LookupError` for an unknown group or a participant not
-        in it, :class:`ValueError` for an unknown reason.
+        in it, :class:`ValueError` for an unknown reason, :class:`GameFailed` when the game fails
+        on the bot's arrival (the period's start it makes, say; logged where the game ran).
         """
         if reason not in REASONS:
             raise ValueError(f"expected a reason in {list(REASONS)}, got {reason!r}")
         if self.node is None:
             await self.group(group_id)
         await self.call(group_id, "standin", {"p": participant, "r": reason})
+
+
+def _run(live: LiveGroup, op: str, body: dict[str, Any]) -> Any:
+    """A request that runs the game's code (:data:`RUNS_THE_GAME`): what it answers."""
+    if op == "receive":
+        return live.receive(body["p"], body["ch"], body["v"], body["i"])
+    if op == "control":
+        return live.control(body["a"], body["s"], body.get("b"))
+    if not isinstance(live.standins, StandIns):
+        raise ValueError(f"unknown request {op!r}")
+    return live.standins.start(body["p"], body["r"])
+
+
+def _game_failed(live: LiveGroup, op: str, body: dict[str, Any], exc: Exception) -> GameFailed:
+    """The game failed with ``exc`` on ``op`` at the group's authority: logged here as one process
+    logs it, once, with its traceback (not as a request that failed: ``server.cluster.requests``),
+    and what the asker gets, here or on another worker. A member's frame is refused with
+    ``game_error`` (``server.connection``: its page does not send it again); the experimenter's
+    action leaves the group as it was (``server.course``); a stand-in's arrival is not stored."""
+    kind = type(exc).__name__
+    if op == "receive":
+        frame_failed(live.id, live.game, body["p"], exc)
+        return GameFailed(f"the game failed on this frame: {kind}")
+    if op == "control":
+        log.error("group %s: the game failed on the experimenter's %s; the group is left as it was",
+                  live.id, body["a"], exc_info=exc)
+        return GameFailed(f"the game failed on the experimenter's {body['a']}: {kind}")
+    log.error("group %s: the game failed when a bot took the seat of %s (%s)", live.id, body["p"], body["r"],
+              exc_info=exc)
+    return GameFailed(f"the game failed on a stand-in's arrival: {kind}")
 
 
 async def _awaited(value: Any) -> Any:

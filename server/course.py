@@ -19,7 +19,7 @@ from groups import InvalidState, Phase, current_block
 
 from .calls import Node
 from .control import ACTIONS
-from .exceptions import NotPersisted, Unstorable
+from .exceptions import GameFailed, NotPersisted, Unstorable
 from .hub import Hub, group_topic
 from .live import LiveGroup
 from .storage import (
@@ -157,10 +157,12 @@ class Course:
                 continue  # it changed since we looked: nothing to do for it
             except Unstorable:  # the game made a write that cannot be stored (logged by the group)
                 continue
+            except GameFailed:  # the game failed on it (its payoff, say), logged where it ran (server.calls):
+                continue  # the other groups go on all the same
             except (NotPersisted, LookupError):
                 raise  # the database or the cluster: the whole action may be tried again
-            except Exception:  # the game failed on it (its payoff, say): the other groups go on all the same
-                log.exception("group %s: the game failed on the experimenter's %s; the group is left as it was",
+            except Exception:  # (another worker's failure that is not the game's: answered "internal")
+                log.exception("group %s: the experimenter's %s failed; the group is left as it was",
                               place.group_id, action)
                 continue
             done.append(place.group_id)

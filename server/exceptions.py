@@ -20,13 +20,16 @@
         └── Unavailable      the cluster cannot serve it now (Redis, a group between workers)
             └── NotAuthority this worker no longer acts for the group (its write was fenced)
 
-Pure-core refusals (:class:`groups.RefusedAction`) become ``error`` frames with their own code.
+Pure-core refusals (:class:`groups.RefusedAction`) become ``error`` frames with their own code;
+:class:`GameFailed`, one of them, is the shell's: the game failed at the group's authority.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+
+from groups import RefusedAction
 
 # WebSocket close codes (RFC 6455 and the 4000-4999 private range).
 WS_1000_NORMAL = 1000
@@ -152,6 +155,16 @@ class Unavailable(NotPersisted):
 
 class NotAuthority(Unavailable):
     """This worker no longer acts for the group: another took it over (its lease, its epoch)."""
+
+
+class GameFailed(RefusedAction):
+    """The game failed on an operation at the group's authority (a hook raised on a member's
+    frame, on the experimenter's action, on a stand-in's arrival): nothing of it changed, and the
+    failure was logged there, with its traceback, where the game ran. What the asker gets, on
+    that worker or another (``server.calls``): a frame's ``error`` ``game_error``, not sent
+    again; an experimenter's action that leaves the group as it was."""
+
+    code = "game_error"
 
 
 #: ``error`` codes of a frame not stored now that may be stored later: the client sends it again

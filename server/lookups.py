@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from groups import Event, RefusedAction
 
 from .clientids import ClientIds
-from .exceptions import NotPersisted, Unstorable
+from .exceptions import GameFailed, NotPersisted, Unstorable
 from .futures import follow, own_event
 from .hooks import IN_HELD_FRAME, HookWatch
 
@@ -175,8 +175,7 @@ class LookUps:
             return
         except Exception as exc:  # a fault in a game's hook
             self.watch.hook_failed(exc, IN_HELD_FRAME, "the frame is refused (game_error)")
-            failed = RefusedAction(f"the game failed on this frame: {type(exc).__name__}")
-            failed.code = "game_error"
+            failed = GameFailed(f"the game failed on this frame: {type(exc).__name__}")
             if not future.done():
                 future.set_exception(failed)
             return

@@ -37,7 +37,7 @@ from groups import load_game
 
 from .calls import Calls, Node
 from .course import Course
-from .exceptions import NotPersisted
+from .exceptions import GameFailed, NotPersisted
 from .hub import Hub
 from .live import LiveGroup, RunEnded
 from .lobby import Lobbies
@@ -203,7 +203,7 @@ class LiveGroups(Calls, Sweeper, Course):
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
-            if not isinstance(exc, NotPersisted):
+            if not isinstance(exc, (NotPersisted, GameFailed)):  # (the game's failure: logged where it ran)
                 log.error("a background task failed", exc_info=exc)
 
     def close(self) -> None:

@@ -3,7 +3,8 @@
 They travel through the hub, in order with the group frames of the same worker (one publisher
 per worker, one listener): a member's frame reaches its group's worker after the member's join,
 and its answer reaches the member's worker after the frames it caused. An answer carries a value
-or the exception raised there (:func:`error_of`), raised again here (:func:`exception_of`). A
+or the exception raised there (:func:`error_of`), raised again here (:func:`exception_of`): the
+game's failure there is :class:`~server.exceptions.GameFailed`, logged there (``server.calls``). A
 request not answered in :data:`REQUEST_TIMEOUT` seconds fails as ``unavailable``; one about a
 group that another worker has taken meanwhile fails at once as ``moved`` (:meth:`Requests.moved`).
 """
@@ -19,7 +20,7 @@ import orjson
 
 from groups import InvalidState, RefusedAction
 
-from ..exceptions import NotPersisted, Unavailable, Unstorable
+from ..exceptions import GameFailed, NotPersisted, Unavailable, Unstorable
 from ..hub.redis import RedisHub
 
 log = logging.getLogger("synclab.cluster")
@@ -123,7 +124,7 @@ def exception_of(error: dict[str, Any]) -> BaseException:
     """The exception another worker's answer carries, raised here as it was raised there."""
     kind, message = error["kind"], error["message"]
     if kind == "refused":
-        refused = RefusedAction(message)
+        refused = GameFailed(message) if error["code"] == GameFailed.code else RefusedAction(message)
         refused.code = error["code"]
         return refused
     if kind == "persist":

@@ -25,13 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from sqlalchemy import update
 from websockets.asyncio.client import connect
 
 from groups import RESERVED_CHANNELS, DecisionGroup, PublicGoods
 from server import control, course, hooks, presence, standins, ticks
-from server.exceptions import BadRequest
+from server.cluster.requests import error_of, exception_of
+from server.exceptions import BadRequest, GameFailed
 from server.experiments import parse_request
 from server.hooks import FRAME_FAULTS_LOG_EVERY
 from server.storage import make_engine, sessions
@@ -153,6 +155,13 @@ class RaisingBot(PublicGoods):
 
     def bot_decision(self, participant: str, decisions: Any, rng: Any) -> Any:
         raise RuntimeError("no idea")
+
+
+class RaisingStart(PublicGoods):
+    """public_goods whose start of the period raises, once every member is there (found by its import path)."""
+
+    def when_all_players_ready(self) -> None:
+        raise RuntimeError("cannot start")
 
 
 def faults(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -606,6 +615,38 @@ async def test_a_bot_decision_that_raises_logs_one_traceback_then_a_line_countin
     assert first.startswith(prefix) and "RuntimeError: no idea" in first, first
     counted = re.search(r"RuntimeError: no idea.*\((\d+) more such failures since the last line\)", second)
     assert second.startswith(prefix) and counted is not None and int(counted[1]) >= 2, second
+
+
+async def test_a_stand_in_whose_arrival_the_game_fails_on_is_refused_and_logged_once_where_it_ran(
+    server: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stand-in fills b's seat and the game fails on the period's start its arrival makes: the
+    caller gets :class:`GameFailed` (``game_error``), and the failure is logged once, with its
+    traceback, at the group's authority, as in a cluster, where the caller may be another
+    worker (``server.calls``). The game's own exception reached the caller, logged nowhere here
+    (a lobby's fill, a stand-in following to the next block: "a background task failed"), and
+    in a cluster "a request failed" there and that here."""
+    caplog.set_level(logging.ERROR)
+    exp = await server.create(game="tests.server.test_game_faults:RaisingStart", participants=2, group_size=2,
+                              period_length=60)
+    a_code, b_code = (p["code"] for p in exp["participants"])
+    a = await server.connect(a_code)
+    group = (await a.expect("hello"))["payload"]["group"]
+    with pytest.raises(GameFailed, match="the game failed on a stand-in's arrival: RuntimeError") as refused:
+        await server.runtime.groups.stand_in(group, b_code, "fill")
+    assert refused.value.code == "game_error"
+    logged = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert [r.getMessage() for r in logged] == [f"group {group}: the game failed when a bot took the seat of {b_code} (fill)"]
+    assert logged[0].exc_info is not None and str(logged[0].exc_info[1]) == "cannot start"
+
+
+def test_the_games_failure_at_another_worker_is_raised_again_as_it_was_raised_there() -> None:
+    """What the group's worker answers for a game that failed there (:class:`GameFailed`) is raised
+    as one on the asker's (``server.course`` skips its group, ``server.connection`` answers its
+    frame ``game_error``), with its message; it was a :class:`RefusedAction` of no known kind."""
+    back = exception_of(orjson.loads(orjson.dumps(error_of(GameFailed("the game failed on this frame: KeyError")))))
+    assert type(back) is GameFailed and back.code == "game_error"
+    assert back.message == "the game failed on this frame: KeyError"
 
 
 def test_the_failures_between_two_log_lines_are_counted() -> None:
