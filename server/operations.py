@@ -181,8 +181,9 @@ def _experiment_paths() -> dict[str, Any]:
                                  [*_params("code"), *page], (400, 401, 403, 404)),
         f"{base}/results": _get("listResults", "results in the order they were scored", pages["Result"],
                                 [*_params("code"), *page], (400, 401, 403, 404)),
-        f"{base}/deliveries": _get("listDeliveries", "the scores posted to oTree: pending, failing (retried) or "
-                                   "delivered, with attempts and the last error", pages["Delivery"],
+        f"{base}/deliveries": _get("listDeliveries", "the scores posted to oTree: pending, failing (retried), "
+                                   "delivered or refused (never posted: a score that is no finite "
+                                   "number), with attempts and the last error (a refusal's reason)", pages["Delivery"],
                                    [*_params("code"), *page], (400, 401, 403, 404)),
         f"{base}/export.csv": _get(
             "exportCsv", "one table as CSV (RFC 4180; JSON columns as JSON text)",

@@ -112,10 +112,10 @@ def _row_schemas() -> dict[str, JSONSchema]:
         # a score on its way back to oTree (server.deliveries); never the REST key
         "Delivery": closed_object(
             {"participant": STRING, "label": nullable(STRING), "kind": {"type": "string", "enum": ["otree"]},
-             "url": STRING, "status": {"type": "string", "enum": ["pending", "failing", "delivered"]},
+             "url": STRING, "status": {"type": "string", "enum": ["pending", "failing", "delivered", "refused"]},
              "payload": nullable({"type": "object"}), "attempts": {"type": "integer", "minimum": 0},
              "last_error": nullable(STRING), "created_at": TIME, "next_at": nullable(TIME),
-             "delivered_at": nullable(TIME)}
+             "delivered_at": nullable(TIME), "refused_at": nullable(TIME)}
         ),
     }
 

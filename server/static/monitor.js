@@ -1029,12 +1029,12 @@ async function copyText(text, done) {
 
 /**
  * The experiment's deliveries to oTree (GET .../deliveries), looked at every few seconds while
- * it is open: the panel shows itself once there is one, with the failing ones first.
+ * it is open: the panel shows itself once there is one, with the refused and failing ones first.
  */
 function watchDeliveries(code) {
   let timer = null;
   let stopped = false;
-  const order = { failing: 0, pending: 1, delivered: 2 };
+  const order = { refused: 0, failing: 1, pending: 2, delivered: 3 };
   async function look() {
     try {
       const body = await api(`api/experiments/${encodeURIComponent(code)}/deliveries?page_size=1000`);
@@ -1043,7 +1043,8 @@ function watchDeliveries(code) {
       $("#x-deliveries-section").hidden = rows.length === 0;
       const count = (status) => rows.filter((r) => r.status === status).length;
       setText($("#x-deliveries-summary"),
-        `${count("delivered")} delivered, ${count("failing")} failing (retried), ${count("pending")} pending`);
+        `${count("delivered")} delivered, ${count("failing")} failing (retried), ${count("pending")} pending`
+        + (count("refused") ? `, ${count("refused")} refused (never posted)` : ""));
       $("#x-deliveries tbody").replaceChildren(...rows.map((r) => h("tr", { "data-status": r.status },
         h("td", {}, h("code", {}, r.participant.slice(0, 8))),
         h("td", {}, h("code", {}, r.label ?? "")),

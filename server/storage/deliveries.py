@@ -6,11 +6,18 @@ claims it here (``next_at`` moved past a lease, in one ``UPDATE``), so in a clus
 time posts a given delivery; a worker that dies during its attempt leaves it to be claimed again
 once the lease has passed. The REST key stays in ``experiments.online``: a claim hands it to the
 poster, a delivery row never holds it.
+
+A delivery that cannot be posted is stored refused (``refused_at``, the reason in ``last_error``,
+no payload) and never posted nor claimed: a participant whose score is no finite number (on
+SQLite the sum of scores near 1e308 was infinity, which JSON posts as ``null``; PostgreSQL
+refused the sum), or whose delivery the database refuses for its data. Its row keeps it from
+the start-up sweep, so it is refused, and logged, once.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .tables import blocks, deliveries, experiments, participants, sessions
 from .times import iso, to_datetime
-from .unstorable import database_said, refused_by_database
+from .unstorable import REFUSED_BY_DATABASE, database_said, refused_by_database
 
 log = logging.getLogger("synclab.deliveries")
 #: the only kind so far: ``POST {otree_url}/api/participant_vars/{label}``
@@ -50,16 +57,43 @@ def _online(conn: Connection, experiment_id: int) -> tuple[str, dict[str, Any]] 
     return str(row[0]), dict(row[1])
 
 
+class Unpostable(ValueError):
+    """A delivery whose payload cannot be posted: its score is no finite number (the reason)."""
+
+
+def _score(conn: Connection, participant_id: int) -> float:
+    """The participant's score as the API gives it: the correctly rounded sum of their sessions'
+    ``final_score`` (summed here, not by the database: PostgreSQL refuses a sum past a float's
+    range, SQLite makes it infinity). :class:`Unpostable` when it is no finite number."""
+    scores = [
+        float(s)
+        for s in conn.execute(
+            select(sessions.c.final_score).where(sessions.c.participant_id == participant_id).order_by(sessions.c.id)
+        ).scalars()
+    ]
+    try:
+        total = math.fsum(scores)
+    except OverflowError:
+        why = "is past a float's range"
+    except ValueError:  # infinities of both signs
+        why = "is not a number"
+    else:
+        if math.isfinite(total):
+            return total
+        why = f"is {total!r}"
+    shown = ", ".join(repr(s) for s in scores[:5]) + (", ..." if len(scores) > 5 else "")
+    raise Unpostable(f"not posted: the score is not a finite number, which oTree would get as null "
+                     f"(the sum of the participant's {len(scores)} final scores {shown} {why})")
+
+
 def _payload(conn: Connection, experiment_code: str, participant_id: int) -> dict[str, Any]:
-    """What oTree's ``participant.vars`` get: the score, how the run ended, the completion code."""
+    """What oTree's ``participant.vars`` get: the score, how the run ended, the completion code.
+    :class:`Unpostable` when the score is no finite number (never posted: JSON's ``null``)."""
     me = conn.execute(
         select(participants.c.status, participants.c.completion_code).where(participants.c.id == participant_id)
     ).one()
-    score = conn.execute(
-        select(func.coalesce(func.sum(sessions.c.final_score), 0.0)).where(sessions.c.participant_id == participant_id)
-    ).scalar_one()
     return {
-        "synclab_score": float(score),
+        "synclab_score": _score(conn, participant_id),
         "synclab_status": me[0] or "finished",
         "synclab_completion_code": me[1],
         "synclab_experiment": experiment_code,
@@ -72,8 +106,9 @@ def add_otree_deliveries(engine: Engine, experiment_id: int, participant_ids: li
     Nothing for an experiment without ``online.otree_url``, nor for a participant without a join
     label (the oTree participant code they arrived with: a pre-made link, or a bot's seat). A
     participant who has one already keeps it (the unique constraint): the call may be repeated.
-    A participant's delivery the database refuses for its data (on PostgreSQL, scores whose sum
-    overflows) is left out, logged, and the others are stored: one refusal failed them all.
+    A delivery that cannot be posted (a score that is no finite number, :class:`Unpostable`) or
+    that the database refuses for its data is stored refused, with the reason, and logged once;
+    the others are stored as ever (before, one refusal failed them all).
     """
     with engine.begin() as conn:
         found = _online(conn, experiment_id)
@@ -94,31 +129,51 @@ def add_otree_deliveries(engine: Engine, experiment_id: int, participant_ids: li
         added = 0
         at = to_datetime(now)
         for pid, label in rows:
+            row = {
+                "experiment_id": experiment_id,
+                "participant_id": pid,
+                "kind": OTREE,
+                # the label comes through the public join link: one path segment, never a way
+                # to another of oTree's endpoints (``../``) or a query
+                "url": f"{base}/api/participant_vars/{quote(label, safe='')}",
+                "attempts": 0,
+                "created_at": at,
+            }
             try:
                 with conn.begin_nested():
-                    conn.execute(
-                        insert(deliveries).values(
-                            experiment_id=experiment_id,
-                            participant_id=pid,
-                            kind=OTREE,
-                            # the label comes through the public join link: one path segment,
-                            # never a way to another of oTree's endpoints (``../``) or a query
-                            url=f"{base}/api/participant_vars/{quote(label, safe='')}",
-                            payload=_payload(conn, code, pid),
-                            attempts=0,
-                            created_at=at,
-                            next_at=at,
-                        )
-                    )
-                added += 1
+                    try:
+                        payload = _payload(conn, code, pid)
+                    except Unpostable as exc:
+                        refused: str | None = str(exc)
+                        conn.execute(insert(deliveries).values(**row, **_refused(str(exc), at)))
+                    else:
+                        refused = None
+                        conn.execute(insert(deliveries).values(**row, payload=payload, next_at=at))
             except Exception as exc:
                 if isinstance(exc, IntegrityError) and _has_delivery(conn, pid):
                     continue  # stored meanwhile by another worker: one delivery per participant
                 if not refused_by_database(exc):
                     raise
-                log.error("experiment %s: the delivery of participant %s (label %r) is not stored, the others are: "
-                          "the database refused it: %s", experiment_id, pid, label, database_said(exc))
+                refused = REFUSED_BY_DATABASE + database_said(exc)
+                try:
+                    with conn.begin_nested():  # (no payload: nothing of the participant's the database took)
+                        conn.execute(insert(deliveries).values(**row, **_refused(refused, at)))
+                except Exception as again:
+                    if not refused_by_database(again):
+                        raise
+                    log.error("experiment %s: the delivery of participant %s (label %r) is not stored, the others "
+                              "are: %s; refused too: %s", experiment_id, pid, label, refused, database_said(again))
+                    continue
+            added += 1
+            if refused is not None:
+                log.error("experiment %s: the delivery of participant %s (label %r) is refused, never posted "
+                          "(the others are stored): %s", experiment_id, pid, label, refused)
         return added
+
+
+def _refused(reason: str, at: datetime | None) -> dict[str, Any]:
+    """A delivery's columns once it is refused: never due, no payload, the reason."""
+    return {"refused_at": at, "next_at": None, "payload": None, "last_error": reason[:500]}
 
 
 def _has_delivery(conn: Connection, participant_id: int) -> bool:
@@ -160,7 +215,11 @@ def due_deliveries(engine: Engine, now: float, limit: int) -> list[int]:
     with engine.connect() as conn:
         rows = conn.execute(
             select(deliveries.c.id)
-            .where(deliveries.c.delivered_at.is_(None), deliveries.c.next_at <= to_datetime(now))
+            .where(
+                deliveries.c.delivered_at.is_(None),
+                deliveries.c.refused_at.is_(None),
+                deliveries.c.next_at <= to_datetime(now),
+            )
             .order_by(deliveries.c.next_at, deliveries.c.id)
             .limit(limit)
         )
@@ -171,7 +230,9 @@ def next_delivery_at(engine: Engine) -> datetime | None:
     """When the next attempt of any delivery falls due (``None``: nothing is waiting)."""
     with engine.connect() as conn:
         value: datetime | None = conn.execute(
-            select(func.min(deliveries.c.next_at)).where(deliveries.c.delivered_at.is_(None))
+            select(func.min(deliveries.c.next_at)).where(
+                deliveries.c.delivered_at.is_(None), deliveries.c.refused_at.is_(None)
+            )
         ).scalar_one()
         return value
 
@@ -189,6 +250,7 @@ def claim_delivery(engine: Engine, delivery_id: int, now: float, lease: float) -
             .where(
                 deliveries.c.id == delivery_id,
                 deliveries.c.delivered_at.is_(None),
+                deliveries.c.refused_at.is_(None),
                 deliveries.c.next_at <= to_datetime(now),
             )
             .values(next_at=to_datetime(now + lease), attempts=deliveries.c.attempts + 1)
@@ -203,7 +265,15 @@ def claim_delivery(engine: Engine, delivery_id: int, now: float, lease: float) -
         if found is None:  # the experiment's settings cannot change, but never post without them
             return None
         code, online = found
-        payload = _payload(conn, code, row[1])
+        try:
+            payload = _payload(conn, code, row[1])
+        except Unpostable as exc:  # (a score changed since it was stored: never posted as null)
+            conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
+                **_refused(str(exc), to_datetime(now)), attempts=deliveries.c.attempts - 1  # (none made)
+            ))
+            log.error("delivery %s (experiment %s, participant %s) is refused, never posted: %s",
+                      delivery_id, row[0], row[1], exc)
+            return None
         conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(payload=payload))
         return Claimed(delivery_id, str(row[2]), payload, int(row[3]), online.get("otree_rest_key"))
 
@@ -222,13 +292,16 @@ def delivery_failed(engine: Engine, delivery_id: int, error: str, retry_at: floa
     with engine.begin() as conn:
         conn.execute(
             update(deliveries)
-            .where(deliveries.c.id == delivery_id, deliveries.c.delivered_at.is_(None))
+            .where(deliveries.c.id == delivery_id, deliveries.c.delivered_at.is_(None), deliveries.c.refused_at.is_(None))
             .values(last_error=error[:500], next_at=to_datetime(retry_at))
         )
 
 
 def delivery_status(row: Any) -> str:
-    """``delivered``, ``failing`` (an attempt failed; it is retried) or ``pending``."""
+    """``delivered``, ``refused`` (never posted, ``last_error`` says why), ``failing`` (an attempt
+    failed; it is retried) or ``pending``."""
+    if row["refused_at"] is not None:
+        return "refused"
     if row["delivered_at"] is not None:
         return "delivered"
     return "failing" if row["last_error"] is not None else "pending"
@@ -271,6 +344,7 @@ def list_deliveries(engine: Engine, experiment_id: int, offset: int, limit: int)
                 "created_at": iso(r["created_at"]),
                 "next_at": iso(r["next_at"]),
                 "delivered_at": iso(r["delivered_at"]),
+                "refused_at": iso(r["refused_at"]),
             }
             for r in rows
         ]

@@ -307,6 +307,8 @@ class Delivery(SQLModel, table=True):
     #: when the next attempt is due; ``None`` once delivered
     next_at: datetime | None = _time()
     delivered_at: datetime | None = _time()
+    #: when it was refused, never to be posted (``last_error`` says why: a score that is no finite number)
+    refused_at: datetime | None = _time()
 
 
 #: every table of synclab (what the migrations build, what ``synclab db check`` compares with)

@@ -32,10 +32,15 @@ from server.storage import (
     claim_delivery,
     create_schema,
     deliveries,
+    due_deliveries,
     experiments,
+    finished_without_delivery,
     insert_experiment,
+    list_deliveries,
     make_engine,
+    next_delivery_at,
     participants,
+    prepare_schema,
     sessions,
 )
 from tests.otree_server import REST_KEY, free_port, running_otree
@@ -254,17 +259,11 @@ def test_a_label_of_the_longest_the_join_link_takes_is_stored_with_its_whole_url
     assert claimed is not None and claimed.url == whole
 
 
-def test_a_delivery_the_database_refuses_is_left_out_and_the_others_are_stored(
-    engine: Engine, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Of three participants from oTree, one earned 1e308 in each of two blocks: on PostgreSQL the
-    sum of their scores for the delivery's payload overflows (``NumericValueOutOfRange``, a
-    ``DataError``), and that delivery alone is left out, with an error line naming the
-    participant, the label and what the database said; the other two are stored. Before, only a
-    duplicate was caught: the refusal failed the deliveries of all three, so none of their scores
-    reached oTree. (SQLite sums to infinity, which the payload's JSON holds as null: stored.)"""
+def _experiment_with_a_score_past_floats(engine: Engine, otree_url: str = "http://127.0.0.1:9") -> tuple[int, list[int]]:
+    """Four participants in two blocks, the first three from oTree ("first", "rich", "third"), every
+    session finished; "rich" earned 1e308 in each block, whose sum is past a float's range."""
     body = {"game": "bimatrix", "participants": 4, "group_size": 2, "blocks": 2,
-            "online": {"otree_url": "http://127.0.0.1:9", "otree_rest_key": KEY}}
+            "online": {"otree_url": otree_url, "otree_rest_key": KEY}}
     experiment_id = insert_experiment(engine, plan(parse_request(body)))
     with engine.begin() as conn:
         people = [r[0] for r in conn.execute(
@@ -272,21 +271,112 @@ def test_a_delivery_the_database_refuses_is_left_out_and_the_others_are_stored(
         )]
         for person, label in zip(people[:3], ("first", "rich", "third"), strict=True):
             conn.execute(update(participants).where(participants.c.id == person).values(join_label=label))
+        conn.execute(update(sessions).where(sessions.c.experiment_id == experiment_id)
+                     .values(finished_at=datetime.now(UTC)))
         conn.execute(update(sessions).where(sessions.c.participant_id == people[1]).values(final_score=1e308))
+    return experiment_id, people
+
+
+def _refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "synclab.deliveries" and r.levelno >= logging.ERROR]
+
+
+def test_a_score_that_is_no_finite_number_is_stored_refused_never_posted_and_logged_once(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Of three participants from oTree, one earned 1e308 in each of two blocks. Before, SQLite
+    summed that to infinity and stored it to be posted, which JSON sends to oTree as ``null``;
+    PostgreSQL refused the sum (``NumericValueOutOfRange``) and the delivery was left out, so the
+    start-up sweep found it again at every start and logged it again. Now, on both, it is stored
+    refused with the reason and no payload, logged once, never due nor claimed, not swept again;
+    the other two are stored to be posted as ever."""
+    experiment_id, people = _experiment_with_a_score_past_floats(engine)
     caplog.set_level(logging.ERROR, logger="synclab.deliveries")
-    postgres = engine.dialect.name == "postgresql"
-    assert add_otree_deliveries(engine, experiment_id, people, time.time()) == (2 if postgres else 3)
+    now = time.time()
+    assert add_otree_deliveries(engine, experiment_id, people, now) == 3
     with engine.connect() as conn:
-        stored = conn.execute(select(deliveries.c.participant_id).order_by(deliveries.c.participant_id)).scalars().all()
-    assert stored == ([people[0], people[2]] if postgres else people[:3])
-    lines = [r.getMessage() for r in caplog.records if r.name == "synclab.deliveries"]
-    if postgres:
-        assert len(lines) == 1, lines
-        assert f"experiment {experiment_id}: the delivery of participant {people[1]} (label 'rich')" in lines[0]
-        assert "NumericValueOutOfRange" in lines[0], lines[0]
-    else:
-        assert lines == []
-    assert add_otree_deliveries(engine, experiment_id, people, time.time()) == 0  # (called again: refused again)
+        stored = conn.execute(select(deliveries).order_by(deliveries.c.participant_id)).mappings().all()
+    assert [r["participant_id"] for r in stored] == people[:3]
+    rich = stored[1]
+    assert rich["refused_at"] is not None and rich["next_at"] is None and rich["payload"] is None
+    assert rich["attempts"] == 0 and rich["delivered_at"] is None
+    assert "not a finite number" in rich["last_error"] and "past a float's range" in rich["last_error"]
+    assert "1e+308, 1e+308" in rich["last_error"], rich["last_error"]
+    for other in (stored[0], stored[2]):
+        assert other["refused_at"] is None and other["next_at"] is not None and other["last_error"] is None
+        assert other["payload"]["synclab_score"] == 0.0
+    lines = _refusals(caplog)
+    assert len(lines) == 1, lines
+    assert f"experiment {experiment_id}: the delivery of participant {people[1]} (label 'rich') is refused" in lines[0]
+    assert "not a finite number" in lines[0]
+    # never due, never claimed, not swept again at a start, not stored again
+    assert rich["id"] not in due_deliveries(engine, now + 3600, 100)
+    assert claim_delivery(engine, rich["id"], now + 3600, 30.0) is None
+    assert finished_without_delivery(engine) == []
+    assert add_otree_deliveries(engine, experiment_id, people, now) == 0
+    assert len(_refusals(caplog)) == 1
+    listed = {r["label"]: r for r in list_deliveries(engine, experiment_id, 0, 10)}
+    assert listed["rich"]["status"] == "refused" and listed["rich"]["refused_at"] is not None
+    assert listed["rich"]["last_error"] == rich["last_error"] and listed["rich"]["payload"] is None
+    assert listed["first"]["status"] == "pending" and listed["first"]["refused_at"] is None
+    assert next_delivery_at(engine) is not None  # (the others are waiting)
+
+
+def test_a_waiting_delivery_whose_score_is_no_longer_finite_is_refused_at_its_claim(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The claim brings the payload up to date: a score that became no finite number since the
+    delivery was stored is refused there (once), not posted as ``null``; the attempt is not counted."""
+    experiment_id, person = _experiment_with_delivery(engine)
+    now = time.time()
+    assert add_otree_deliveries(engine, experiment_id, [person], now) == 1
+    with engine.begin() as conn:
+        conn.execute(update(sessions).where(sessions.c.participant_id == person).values(final_score=float("inf")))
+    caplog.set_level(logging.ERROR, logger="synclab.deliveries")
+    with engine.connect() as conn:
+        (delivery_id,) = conn.execute(select(deliveries.c.id)).one()
+    assert claim_delivery(engine, delivery_id, now + 0.01, 30.0) is None
+    assert claim_delivery(engine, delivery_id, now + 3600, 30.0) is None
+    (row,) = list_deliveries(engine, experiment_id, 0, 10)
+    assert row["status"] == "refused" and row["attempts"] == 0 and row["next_at"] is None
+    assert "not a finite number" in row["last_error"] and "inf" in row["last_error"]
+    assert len(_refusals(caplog)) == 1
+    assert due_deliveries(engine, now + 3600, 10) == [] and next_delivery_at(engine) is None
+
+
+async def test_a_refused_delivery_shows_in_the_api_and_is_not_tried_again_at_the_next_start(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real server on either database: the start-up sweep stores the refused delivery (the
+    participant's runs ended while no server stored their deliveries), the API says ``refused``
+    with the reason and no payload, the loop never posts it, and the next start neither stores
+    nor logs it again (before: on PostgreSQL it was left out and logged at every start)."""
+    engine = make_engine(database_url)
+    try:
+        prepare_schema(engine)
+        experiment_id, _people = _experiment_with_a_score_past_floats(engine, f"http://127.0.0.1:{free_port()}")
+        with engine.connect() as conn:
+            code = conn.execute(select(experiments.c.code).where(experiments.c.id == experiment_id)).scalar_one()
+    finally:
+        engine.dispose()
+    caplog.set_level(logging.INFO, logger="synclab.deliveries")
+    for start in range(2):
+        async with running_server(database_url, **FAST) as server:
+            deadline = time.monotonic() + timeout(5)
+            rows: list[dict[str, Any]] = []
+            while time.monotonic() < deadline:  # the others' first attempts failed: the loop has run
+                rows = await _deliveries(server, code)
+                if len(rows) == 3 and all(r["status"] == "failing" and r["attempts"] >= 1 + start
+                                          for r in rows if r["label"] != "rich"):
+                    break
+                await asyncio.sleep(0.05)
+        by_label = {r["label"]: r for r in rows}
+        assert by_label["rich"]["status"] == "refused", rows
+        assert by_label["rich"]["attempts"] == 0 and by_label["rich"]["payload"] is None
+        assert "not a finite number" in by_label["rich"]["last_error"]
+        assert all(by_label[label]["status"] == "failing" for label in ("first", "third")), rows
+        assert len(_refusals(caplog)) == 1, (start, _refusals(caplog))
+    assert "rich" in _refusals(caplog)[0]
 
 
 @pytest.mark.postgres

@@ -29,11 +29,13 @@ from server.storage import (
     deliveries,
     differences,
     head,
+    list_deliveries,
     make_engine,
     normalise_url,
     participants,
     prepare_schema,
     schema_state,
+    sessions,
     upgrade_schema,
 )
 from server.storage.schema import MIGRATIONS, SCHEMA_LOCK
@@ -560,5 +562,41 @@ def test_0010_indexes_the_stand_in_events_by_group_and_its_downgrade_drops_that_
         upgrade_schema(engine)
         assert "ix_events_standin" in event_indexes(engine)
         assert schema_state(engine).revision == head() and differences(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_0011_adds_a_deliverys_refused_at_and_its_downgrade_drops_it_leaving_the_refused_never_due(
+    database_url: str,
+) -> None:
+    """0011 adds ``deliveries.refused_at``; down at 0010 the column is gone and a refused delivery
+    stays there what the revision before never posts (no ``next_at``, its reason in ``last_error``);
+    back up the schema is the application's again, and the delivery refused again (as of its creation)."""
+    engine = make_engine(database_url)
+    try:
+        prepare_schema(engine)
+        experiment_id, person = _experiment_with_delivery(engine)
+        with engine.begin() as conn:
+            conn.execute(update(sessions).where(sessions.c.participant_id == person).values(final_score=float("inf")))
+        assert add_otree_deliveries(engine, experiment_id, [person], time.time()) == 1
+        columns = column_names(engine)["deliveries"]
+        assert "refused_at" in columns
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0010_events_standin_index")
+        assert schema_state(engine).revision == "0010_events_standin_index"
+        assert column_names(engine)["deliveries"] == [c for c in columns if c != "refused_at"]
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT next_at, delivered_at, last_error FROM deliveries")).one()
+        assert row[0] is None and row[1] is None and "not a finite number" in row[2]
+        upgrade_schema(engine)
+        assert schema_state(engine).revision == head() and differences(engine) == []
+        with engine.connect() as conn:
+            again = conn.execute(select(deliveries.c.refused_at, deliveries.c.created_at)).one()
+        assert again[0] is not None and again[0] == again[1]
+        (listed,) = list_deliveries(engine, experiment_id, 0, 10)
+        assert listed["status"] == "refused" and "not a finite number" in listed["last_error"]
     finally:
         engine.dispose()
