@@ -15,6 +15,7 @@ lobby) the page sends them to ``/p/{code}/done``, which answers 303 to their way
 from __future__ import annotations
 
 import html
+import math
 import time
 import unicodedata
 from typing import Any
@@ -58,7 +59,10 @@ def page(title: str, text: str, status: int) -> HTMLResponse:
 
 
 def _score(score: float) -> str:
-    """A score as a URL shows it: at most six decimals, no trailing zeros (``12.5``, ``3``)."""
+    """A score as a URL shows it: at most six decimals, no trailing zeros (``12.5``, ``3``);
+    nothing for one that is no finite number (a sum past a float's range), never ``inf``."""
+    if not math.isfinite(score):
+        return ""
     text = f"{round(score, 6):.6f}".rstrip("0").rstrip(".")
     return "0" if text in ("", "-0") else text
 

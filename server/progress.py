@@ -30,6 +30,7 @@ from .storage import (
     memberships,
     participants,
     results_by_session,
+    score_sum,
     session_query,
     session_row,
     session_standings,
@@ -110,13 +111,17 @@ def stats(rows: list[dict[str, Any]], bot_held: set[str], exclude_unfinished: bo
     ``finished`` counts the participants who finished (:func:`is_finished`), ``played_by_bots`` the
     others who played every block, a bot holding their seat at the end of one at least (a lobby's
     fill, a dropout's that it played on, one who came back only in a later block);
-    ``exclude_unfinished`` takes the former only.
+    ``exclude_unfinished`` takes the former only. ``mean_score`` is ``None`` too when a score
+    taken is no finite number (``None`` in the rows): ``scores_not_finite`` counts them.
     """
     done = [r for r in rows if is_finished(r, bot_held)]
     taken = done if exclude_unfinished else rows
+    scores = [r["final_score"] for r in taken]
+    not_finite = sum(s is None for s in scores)  # (:func:`_progress`: no finite number)
     return {
         "mean_completion": fmean(r["completion"]["ratio"] for r in taken) if taken else None,
-        "mean_score": fmean(r["final_score"] for r in taken) if taken else None,
+        "mean_score": _mean(scores) if taken and not not_finite else None,
+        "scores_not_finite": not_finite,
         "count": len(taken),
         "participants": len(rows),
         "finished": len(done),
@@ -124,6 +129,14 @@ def stats(rows: list[dict[str, Any]], bot_held: set[str], exclude_unfinished: bo
         "connected": sum(bool(r["connected"]) for r in rows),
         "exclude_unfinished": exclude_unfinished,
     }
+
+
+def _mean(scores: list[float]) -> float:
+    """``fmean``, whose sum may overflow where the mean does not (two scores near 1e308)."""
+    try:
+        return fmean(scores)
+    except OverflowError:
+        return math.fsum(s / len(scores) for s in scores)
 
 
 # --------------------------------------------------------------------------- the reads
@@ -138,6 +151,9 @@ def _progress(
         rows, bot_held = _rows(conn, experiment_id, upto_seq)
         members = _group_members(conn, only.group) if only.group is not None else None
     _rank(rows, bot_held, only.exclude_unfinished)
+    for r in rows:  # ranked by its sign; never a number, nor JSON's silent null for inf
+        if not math.isfinite(r["final_score"]):
+            r["final_score"] = None
     taken = [
         r
         for r in rows
@@ -205,8 +221,9 @@ def _rows(conn: Any, experiment_id: int, upto_seq: int | None) -> tuple[list[dic
                     "possible": possible,
                     "ratio": finished / possible if possible else 0.0,
                 },
-                # fsum: the correctly rounded sum, whatever the order of the sessions
-                "final_score": math.fsum(s.final_score for s in mine),
+                # fsum: the correctly rounded sum, whatever the order of the sessions; past a
+                # float's range, inf or -inf (ranked so), then None (:func:`_progress`)
+                "final_score": score_sum(s.final_score for s in mine),
                 "rank": 0,
                 "percentile_rank": 0.0,
                 # the shared join link's (``server.join``): the label it came with, when, and the
@@ -236,13 +253,13 @@ def _group_members(conn: Any, group_id: int) -> set[str]:
 
 def _rank(rows: list[dict[str, Any]], bot_held: set[str], exclude_unfinished: bool) -> None:
     """Set ``rank`` (dense, over everyone) and ``percentile_rank`` (over the compared ones)."""
-    distinct = sorted({r["final_score"] for r in rows}, reverse=True)
+    distinct = sorted({_ranked(r["final_score"]) for r in rows}, reverse=True)
     position = {score: i + 1 for i, score in enumerate(distinct)}
     # sorted, so that who scores below and who ties is two bisections a row, not a pass over all
     # (10,000 participants were 10^8 comparisons, seconds a request)
-    compared = sorted(r["final_score"] for r in rows if not exclude_unfinished or is_finished(r, bot_held))
+    compared = sorted(_ranked(r["final_score"]) for r in rows if not exclude_unfinished or is_finished(r, bot_held))
     for r in rows:
-        score = r["final_score"]
+        score = _ranked(r["final_score"])
         r["rank"] = position[score]
         if compared:
             below = bisect_left(compared, score)
@@ -251,3 +268,8 @@ def _rank(rows: list[dict[str, Any]], bot_held: set[str], exclude_unfinished: bo
         else:
             r["percentile_rank"] = None
 
+
+def _ranked(score: float) -> float:
+    """A score as ranks compare it: past a float's range by its sign, ``nan`` (infinities of both
+    signs) last, as ``-inf`` (it compares with nothing)."""
+    return -math.inf if math.isnan(score) else score

@@ -74,7 +74,8 @@ def _row_schemas() -> dict[str, JSONSchema]:
         "connected": {"type": "boolean"},
         "connected_since": nullable(TIME),
         "completion": completion,
-        "final_score": NUMBER,
+        # None: past a float's range (a participant's sum of scores near 1e308), never a number
+        "final_score": nullable(NUMBER),
         "rank": {"type": "integer", "minimum": 1},
         "percentile_rank": nullable({"type": "number", "minimum": 0, "maximum": 100}),
         "join_label": nullable(STRING),
@@ -243,6 +244,7 @@ def _other_schemas() -> dict[str, JSONSchema]:
                 "last_seq": {"type": "integer", "minimum": 0},
                 "mean_completion": nullable_number,
                 "mean_score": nullable_number,
+                "scores_not_finite": {"type": "integer", "minimum": 0},
                 "count": {"type": "integer", "minimum": 0},
                 "participants": {"type": "integer", "minimum": 0},
                 "finished": {"type": "integer", "minimum": 0},

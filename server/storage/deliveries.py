@@ -27,6 +27,7 @@ from sqlalchemy import Engine, and_, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from .outcomes import score_sum
 from .tables import blocks, deliveries, experiments, participants, sessions
 from .times import iso, to_datetime
 from .unstorable import REFUSED_BY_DATABASE, database_said, refused_by_database
@@ -62,28 +63,21 @@ class Unpostable(ValueError):
 
 
 def _score(conn: Connection, participant_id: int) -> float:
-    """The participant's score as the API gives it: the correctly rounded sum of their sessions'
-    ``final_score`` (summed here, not by the database: PostgreSQL refuses a sum past a float's
-    range, SQLite makes it infinity). :class:`Unpostable` when it is no finite number."""
+    """The participant's score as the API gives it (:func:`.outcomes.score_sum` of their sessions'
+    ``final_score``); :class:`Unpostable` when it is no finite number."""
     scores = [
         float(s)
         for s in conn.execute(
             select(sessions.c.final_score).where(sessions.c.participant_id == participant_id).order_by(sessions.c.id)
         ).scalars()
     ]
-    try:
-        total = math.fsum(scores)
-    except OverflowError:
-        why = "is past a float's range"
-    except ValueError:  # infinities of both signs
-        why = "is not a number"
-    else:
-        if math.isfinite(total):
-            return total
-        why = f"is {total!r}"
+    total = score_sum(scores)
+    if math.isfinite(total):
+        return total
+    why = "past a float's range" if all(math.isfinite(s) for s in scores) else repr(total)
     shown = ", ".join(repr(s) for s in scores[:5]) + (", ..." if len(scores) > 5 else "")
     raise Unpostable(f"not posted: the score is not a finite number, which oTree would get as null "
-                     f"(the sum of the participant's {len(scores)} final scores {shown} {why})")
+                     f"(the sum of the participant's {len(scores)} final scores {shown} is {why})")
 
 
 def _payload(conn: Connection, experiment_code: str, participant_id: int) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Engine, and_, func, select, text, update
@@ -21,6 +23,24 @@ from .tables import (
     ticks,
 )
 from .times import iso, to_epoch
+
+#: scores summed scaled down by this when their sum overflows on the way (exact but for subnormals)
+_SCALE = 2.0**-64
+
+
+def score_sum(scores: Iterable[float]) -> float:
+    """A participant's score, the correctly rounded sum of their sessions' ``final_score``
+    (``math.fsum``), that never raises: a sum past a float's range is ``inf`` or ``-inf`` (as its
+    sign says), infinities of both signs ``nan``. The database does not sum them: PostgreSQL
+    refuses a sum past a float's range, SQLite makes it infinity. The callers say what is no
+    finite number (never JSON's silent ``null`` for ``inf``)."""
+    values = list(scores)
+    try:
+        return math.fsum(values)
+    except OverflowError:  # (an intermediate sum too: 1e308 + 1e308 - 1e308 is 1e308)
+        return math.fsum(v * _SCALE for v in values) / _SCALE
+    except ValueError:  # inf and -inf
+        return math.nan
 
 
 def session_query() -> Any:
