@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from playwright.async_api import Browser, Page, expect
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from server.storage import make_engine, participants
+from server.storage import add_otree_deliveries, make_engine, participants, sessions
 from tests.otree_server import REST_KEY, OTree, free_port, running_otree
 from tests.server.harness import TOKEN, running_server, timeout, until_state
 
@@ -115,3 +115,33 @@ async def test_the_monitor_shows_the_scores_otree_has_not_taken(sqlite_url: str,
         await expect(failing.first).to_contain_text("ConnectError")
         await expect(page.locator("#x-deliveries-summary")).to_contain_text("2 failing")
         assert REST_KEY not in await page.content()
+
+
+async def test_the_monitor_shows_a_refused_score_first_with_its_reason(sqlite_url: str, page: Page) -> None:
+    """A participant's scores summing past a float's range: their delivery is stored refused
+    (``add_otree_deliveries``, as the run's end stores it); the panel lists it first, marked
+    ``refused`` with the reason, and its summary counts it."""
+    nobody = f"http://127.0.0.1:{free_port()}"
+    async with running_server(sqlite_url, **FAST) as server:
+        exp = await server.create(participants=2, group_size=2, blocks=2,
+                                  online={"otree_url": nobody, "otree_rest_key": REST_KEY})
+        engine = make_engine(sqlite_url)
+        try:
+            with engine.begin() as conn:
+                ids = []
+                for n, person in enumerate(exp["participants"]):
+                    conn.execute(update(participants).where(participants.c.code == person["code"])
+                                 .values(join_label=f"otree{n}"))
+                    ids.append(conn.execute(select(participants.c.id, participants.c.experiment_id)
+                                            .where(participants.c.code == person["code"])).one())
+                conn.execute(update(sessions).where(sessions.c.participant_id == ids[1][0]).values(final_score=1e308))
+            assert add_otree_deliveries(engine, ids[0][1], [i for i, _ in ids], time.time()) == 2
+        finally:
+            engine.dispose()
+        await page.goto(f"{server.base}/monitor?token={TOKEN}&experiment={exp['code']}")
+        await expect(page.locator("#x-deliveries-section")).to_be_visible(timeout=timeout(10) * 1000)
+        first = page.locator("#x-deliveries tbody tr").first
+        await expect(first).to_have_attribute("data-status", "refused", timeout=timeout(10) * 1000)
+        await expect(first).to_contain_text("otree1")
+        await expect(first).to_contain_text("not a finite number")
+        await expect(page.locator("#x-deliveries-summary")).to_contain_text("1 refused (never posted)")
