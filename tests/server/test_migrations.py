@@ -25,9 +25,11 @@ from sqlalchemy.engine import make_url
 
 from server.cli import main
 from server.storage import (
+    DataWouldBeLost,
     add_otree_deliveries,
     deliveries,
     differences,
+    downgrade_schema,
     head,
     list_deliveries,
     make_engine,
@@ -581,11 +583,10 @@ def test_0011_adds_a_deliverys_refused_at_and_its_downgrade_drops_it_leaving_the
         assert add_otree_deliveries(engine, experiment_id, [person], time.time()) == 1
         columns = column_names(engine)["deliveries"]
         assert "refused_at" in columns
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        with engine.begin() as conn:
-            config.attributes["connection"] = conn
-            command.downgrade(config, "0010_events_standin_index")
+        with pytest.raises(DataWouldBeLost, match="the time 1 refused score"):  # (synclab db downgrade's)
+            downgrade_schema(engine, "0010_events_standin_index", lose=False)
+        assert schema_state(engine).revision == head()
+        downgrade_schema(engine, "0010_events_standin_index", lose=True)
         assert schema_state(engine).revision == "0010_events_standin_index"
         assert column_names(engine)["deliveries"] == [c for c in columns if c != "refused_at"]
         with engine.connect() as conn:

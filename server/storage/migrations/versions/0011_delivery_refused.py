@@ -50,6 +50,16 @@ def upgrade() -> None:
     )
 
 
+def lost_by_downgrade(conn: sa.Connection) -> list[str]:
+    """What the downgrade drops of the rows held: when each refused delivery was refused (the
+    revision before shows it ``failing``, with its reason; an upgrade refuses it again, as of
+    its creation)."""
+    refused = conn.execute(
+        sa.select(sa.func.count()).select_from(_deliveries).where(_deliveries.c.refused_at.is_not(None))
+    ).scalar_one()
+    return [f"the time {refused} refused score(s) to oTree were refused (shown failing)"] if refused else []
+
+
 def downgrade() -> None:
     with op.batch_alter_table("deliveries") as batch:
         batch.drop_column("refused_at")
