@@ -1,5 +1,5 @@
 """The futures a live group's actions return: what a member's frame is answered with, one future
-that follows another, one nobody awaits.
+that follows another, one nobody awaits, a refusal.
 
 An action's future settles at its write's commit (:meth:`server.live.LiveGroup.act`), with its
 events' ``seq``s, or a member's frame's own alone (:func:`own_event`).
@@ -22,7 +22,7 @@ def follow(inner: asyncio.Future[list[int]], outer: asyncio.Future[list[int]]) -
         if done.cancelled():
             outer.cancel()
         elif (exc := done.exception()) is not None:
-            outer.set_exception(exc)
+            refuse(outer, exc)
         else:
             outer.set_result(done.result())
 
@@ -30,6 +30,13 @@ def follow(inner: asyncio.Future[list[int]], outer: asyncio.Future[list[int]]) -
         copy(inner)
     else:
         inner.add_done_callback(copy)
+
+
+def refuse(future: asyncio.Future[Any], exc: BaseException) -> None:
+    """``future`` fails with ``exc``, unless it is settled already (its awaiter was cancelled, and
+    cancelled it)."""
+    if not future.done():
+        future.set_exception(exc)
 
 
 def consume(future: asyncio.Future[Any]) -> None:

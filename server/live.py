@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from time import perf_counter
 from typing import Any
 
@@ -64,8 +64,8 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
         close_member: CloseMember | None = None,
         fenced: Callable[[int], None] | None = None,
         run_ended: RunEnded | None = None,
-        lookup: Callable[[int, str], Awaitable[int | None]] | None = None,
-        stored_ids: Callable[[int], Awaitable[list[tuple[str, int]]]] | None = None,
+        lookup: Callable[[int, str], Coroutine[Any, Any, int | None]] | None = None,
+        stored_ids: Callable[[int], Coroutine[Any, Any, list[tuple[str, int]]]] | None = None,
     ) -> None:
         self.spec = spec
         self.id = spec.group_id
@@ -94,7 +94,7 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
         #: it every id is kept as it is); ``stored_ids(participant id)``: their ids, read once they are here
         self._lookup, self._stored_ids = lookup, stored_ids
         #: the look-ups and reads of client ids under way (``server.lookups``), referenced until they end
-        self._looking: set[asyncio.Task[None]] = set()
+        self._looking: set[asyncio.Task[Any]] = set()
         #: per member whose ids are read or frame looked up: its frames since, received in order after it
         self._held: dict[str, list[Held]] = {}
         #: per member: its current connection's worker and id (the newest replaces the older)

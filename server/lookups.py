@@ -12,34 +12,41 @@ store there meanwhile would be unknown here. Their frames wait behind the load, 
 
 A frame whose write the database refused (its unique index of client ids) is looked up too: the
 ids here may not know a frame stored before (:meth:`LookUps._stored_before`), a last guard.
+
+However a read or look-up ends (its answer, a failure, its task cancelled: the group retired, the
+loop ending), what waits on it is answered and the member no longer held (:meth:`LookUps._start`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from groups import Event, RefusedAction
 
 from .clientids import ClientIds
-from .exceptions import GameFailed, NotPersisted, Unstorable
-from .futures import follow, own_event
+from .exceptions import GameFailed, NotAuthority, NotPersisted, Unstorable
+from .futures import follow, own_event, refuse
 from .hooks import IN_HELD_FRAME, HookWatch
 
 #: a frame held behind a look-up: its channel, payload, client id, whether a bot sent it, its answer
 Held = tuple[str, Any, str | None, bool, asyncio.Future[list[int]]]
+
+T = TypeVar("T")
 
 
 class LookUps:
     """Old client ids looked up (a part of :class:`server.live.LiveGroup`)."""
 
     # what it reads and sets of the group's state (see server.live.LiveGroup.__init__)
+    id: int
+    retired: bool
     member_ids: dict[str, int]
     client_ids: dict[str, ClientIds]
-    _lookup: Callable[[int, str], Awaitable[int | None]] | None
-    _stored_ids: Callable[[int], Awaitable[list[tuple[str, int]]]] | None
-    _looking: set[asyncio.Task[None]]
+    _lookup: Callable[[int, str], Coroutine[Any, Any, int | None]] | None
+    _stored_ids: Callable[[int], Coroutine[Any, Any, list[tuple[str, int]]]] | None
+    _looking: set[asyncio.Task[Any]]
     _held: dict[str, list[Held]]
     watch: HookWatch
 
@@ -84,25 +91,20 @@ class LookUps:
         held: list[Held] = []
         self._held[participant] = held
 
-        async def read() -> None:
-            failed: NotPersisted | None = NotPersisted("the frame's id could not be checked: the server is stopping")
+        def read(task: asyncio.Task[list[tuple[str, int]]]) -> None:
+            failed = self._unchecked(task)  # storage halted, the database gone: the client may retry
             try:
-                self.load_client_ids(participant, await load(member))
-                failed = None
-            except Exception as exc:  # storage halted, the database gone: the client may retry
-                failed = NotPersisted(f"the frame's id could not be checked: {type(exc).__name__}")
+                if failed is None:
+                    self.load_client_ids(participant, task.result())
             finally:
                 del self._held[participant]
                 for channel, payload, client_id, bot, waiting in held:  # in order, as after a look-up
                     if failed is not None and client_id is not None:  # (its id unchecked: not taken as new)
-                        if not waiting.done():
-                            waiting.set_exception(failed)
+                        refuse(waiting, failed)
                     else:
                         self._received(waiting, participant, channel, payload, client_id, bot)
 
-        task = self._running_loop().create_task(read())
-        self._looking.add(task)
-        task.add_done_callback(self._looking.discard)
+        self._start(load(member), read)
 
     def _look_up(
         self,
@@ -125,30 +127,54 @@ class LookUps:
         held: list[Held] = []
         self._held[participant] = held
 
-        async def look() -> None:
+        def looked(task: asyncio.Task[int | None]) -> None:
             try:
-                try:
-                    seq = await lookup(self.member_ids[participant], client_id)
-                except Exception as exc:  # storage halted, the database gone: the client may retry
-                    if not future.done():  # (its awaiter may have been cancelled: the rest runs all the same)
-                        future.set_exception(NotPersisted(f"the frame's id could not be checked: {type(exc).__name__}"))
-                    return
-                if seq is not None:
+                failed = self._unchecked(task)  # storage halted, the database gone: the client may retry
+                if failed is not None:  # (its awaiter may have been cancelled: the rest runs all the same)
+                    refuse(future, failed)
+                elif (seq := task.result()) is not None:
                     ids.stored(client_id, seq)
                     if not future.done():
                         future.set_result([seq])
-                    return
-                self._received(future, participant, channel, payload, client_id, bot, new=True)
+                else:
+                    self._received(future, participant, channel, payload, client_id, bot, new=True)
             finally:
                 del self._held[participant]
                 for later_channel, later_payload, later_id, later_bot, waiting in held:  # in order; a
                     # later look-up holds the rest again
                     self._received(waiting, participant, later_channel, later_payload, later_id, later_bot)
 
-        task = self._running_loop().create_task(look())
-        self._looking.add(task)
-        task.add_done_callback(self._looking.discard)
+        self._start(lookup(self.member_ids[participant], client_id), looked)
         return future
+
+    def _start(self, reading: Coroutine[Any, Any, T], ended: Callable[[asyncio.Task[T]], None]) -> None:
+        """``reading`` in a task of the group's, kept until it ends; ``ended`` gets the task however
+        it ends. A done callback, not a ``finally`` in the coroutine: a task cancelled before it
+        first runs (the loop ending, the group retired in the turn that started it) never enters
+        its coroutine, and the frames held behind it were never answered, their member held for good."""
+        task = self._running_loop().create_task(reading)
+        self._looking.add(task)
+
+        def done(task: asyncio.Task[T]) -> None:
+            self._looking.discard(task)
+            ended(task)
+
+        task.add_done_callback(done)
+
+    def _unchecked(self, task: asyncio.Task[Any]) -> NotPersisted | None:
+        """Why a read or look-up gave no answer (``None``: it did), which a frame whose id it was to
+        check is refused with, to be sent again: not taken as new, not as a repeat."""
+        if task.cancelled():
+            return self._stopped()
+        exc = task.exception()
+        return None if exc is None else NotPersisted(f"the frame's id could not be checked: {type(exc).__name__}")
+
+    def _stopped(self) -> NotPersisted:
+        """What a frame is refused with whose read or look-up was cancelled: at the group's retire
+        (:meth:`server.ticks.Ticks.retire`: another worker serves it), or at the loop's end."""
+        if self.retired:
+            return NotAuthority(f"group {self.id} is served by another worker now")
+        return NotPersisted("the frame's id could not be checked: the server is stopping")
 
     def _received(
         self,
@@ -170,14 +196,12 @@ class LookUps:
         try:
             answered = self.receive(participant, channel, payload, client_id, bot=bot, new=new)
         except RefusedAction as exc:
-            if not future.done():
-                future.set_exception(exc)
+            refuse(future, exc)
             return
         except Exception as exc:  # a fault in a game's hook
             self.watch.hook_failed(exc, IN_HELD_FRAME, "the frame is refused (game_error)")
             failed = GameFailed(f"the game failed on this frame: {type(exc).__name__}")
-            if not future.done():
-                future.set_exception(failed)
+            refuse(future, failed)
             return
         follow(answered, future)
 
@@ -198,7 +222,7 @@ class LookUps:
         database's unique index refuses it."""
         lookup, participant = self._lookup, events[own_event(events)].participant
 
-        def refuse() -> None:  # (as server.live.LiveGroup.act's failed does)
+        def refuse_it() -> None:  # (as server.live.LiveGroup.act's failed does)
             self._unstorable(exc, any(ev.tick is not None for ev in events))
             if not future.done():
                 future.set_exception(exc)
@@ -206,16 +230,18 @@ class LookUps:
                 settled(None)
 
         if lookup is None or participant is None:
-            refuse()
+            refuse_it()
             return
 
-        async def look() -> None:
-            try:
-                seq = await lookup(self.member_ids[participant], client_id)
-            except Exception:  # (the database gone: refused as it was)
-                seq = None
+        def looked(task: asyncio.Task[int | None]) -> None:
+            if task.cancelled():  # (the group retired, the loop ending) not known: to be sent again
+                refuse(future, self._stopped())
+                if settled is not None:
+                    settled(None)
+                return
+            seq = None if task.exception() is not None else task.result()  # (the database gone: refused as it was)
             if seq is None:
-                refuse()
+                refuse_it()
                 return
             self._reschedule()  # what fell due before it, in its write, is applied again now
             if not future.done():
@@ -223,6 +249,4 @@ class LookUps:
             if settled is not None:
                 settled([seq])
 
-        task = self._running_loop().create_task(look())
-        self._looking.add(task)
-        task.add_done_callback(self._looking.discard)
+        self._start(lookup(self.member_ids[participant], client_id), looked)
