@@ -15,7 +15,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from groups import GAME_FAULT, NOBODY, DecisionGroup, Event, describe_fault
 
@@ -51,6 +51,7 @@ class Ticks:
     _tick_failures: int
     _closed: bool
     retired: bool
+    _looking: set[asyncio.Task[Any]]
     standins: Seats | None
     watch: HookWatch
 
@@ -159,10 +160,14 @@ class Ticks:
         """This process no longer acts for the group (its lease lapsed or was handed over).
 
         Its clock stops and every action is refused with :class:`~server.exceptions.NotAuthority`; writes already
-        submitted are stored only if the group's epoch is still this one (the fence).
+        submitted are stored only if the group's epoch is still this one (the fence). Its reads and
+        look-ups of client ids stop: the frames held behind them are refused at once, to be sent
+        again to whoever serves the group now (:mod:`server.lookups`), not after a read of no use.
         """
         self.retired = True
         self.close()
+        for task in list(self._looking):
+            task.cancel()
         # its bots have stopped: without the cycle group <-> stand-ins, reference counting frees
         # the group as soon as the router lets go of it (the cycle collector runs seldom)
         self.standins = None

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, select
 
 from groups import Bimatrix, InvalidDecision, RefusedAction
 from server import clientids
-from server.exceptions import NotPersisted
+from server.exceptions import NotAuthority, NotPersisted
 from server.hub import MemoryHub
 from server.routing import LiveGroups
 from server.storage import (
@@ -318,12 +318,30 @@ async def test_frames_held_behind_a_read_that_is_cancelled_are_answered_and_the_
         assert await asyncio.wait_for(group.receive(code, "decisions", 0.1, "c0"), 2) == first
 
 
-@pytest.mark.parametrize("how", ["before-it-ran", "while-it-reads"])
+async def test_a_group_retired_while_it_reads_a_members_ids_answers_their_held_frames_at_once(tmp_path: Path) -> None:
+    """A group is retired (in a cluster, its lease lost; in one process, dropped as finished)
+    while a member's frame waits behind the read of their stored ids: the read stops, and the
+    frame is refused with ``NotAuthority`` (the client sends it again, to whoever serves the group
+    now) and the member no longer held. The read went on, the ids were loaded into the retired
+    group, and only then was the frame refused."""
+    async with live_pair(tmp_path, NewBlock(0, 10.0, None, None, 0.0, "fixed", [[0, 1]])) as pair:
+        group, _ = await _reloaded(pair)
+        code = pair.codes[0]
+        repeat = group.receive(code, "decisions", 0.1, "c0")
+        [read] = group._looking
+        pair.live.retire(group.id)
+        with pytest.raises(NotAuthority):
+            await asyncio.wait_for(repeat, 2)
+        assert read.cancelled() and not group._held and not group._looking and code not in group.client_ids
+
+
+@pytest.mark.parametrize("how", ["before-it-ran", "while-it-reads", "group-retired"])
 async def test_a_look_up_that_is_cancelled_answers_its_frame_and_the_frames_held_behind_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     """A repeat of an old id is looked up in the database, a later frame held behind it, and the
-    look-up's task is cancelled (before it ran, or while it reads, as the loop's end does): the repeat is refused with ``NotPersisted``, to be sent again (answered
+    look-up's task is cancelled (before it ran, or while it reads, as the loop's end does; or by
+    the group's retire): the repeat is refused with ``NotPersisted``, to be sent again (answered
     then with its seq), and the frame behind it received. The repeat's answer never came; and
     cancelled before it ran, the frames behind it waited for good too."""
     monkeypatch.setattr(clientids, "KEPT", 2)
@@ -335,6 +353,13 @@ async def test_a_look_up_that_is_cancelled_answers_its_frame_and_the_frames_held
         [look] = group._looking
         if how == "while-it-reads":
             await asyncio.sleep(0)
+        if how == "group-retired":
+            pair.live.retire(group.id)
+            for held in (repeat, later):  # (what is received after it too: the group is retired)
+                with pytest.raises(NotAuthority):
+                    await asyncio.wait_for(held, 2)
+            assert look.cancelled() and not group._held
+            return
         look.cancel()
         with pytest.raises(NotPersisted, match="server is stopping"):
             await asyncio.wait_for(repeat, 2)
@@ -346,7 +371,7 @@ async def test_a_look_up_that_is_cancelled_answers_its_frame_and_the_frames_held
 async def test_a_look_up_of_a_refused_write_that_is_cancelled_refuses_its_frame_to_be_sent_again(tmp_path: Path) -> None:
     """A member's ids here miss a frame stored before (read before it was stored): its repeat's
     write is refused by the database's unique index and looked up, and the look-up's task is
-    cancelled (as the loop's end cancels every task): the frame is refused with ``NotPersisted``,
+    cancelled (the loop's end, the group's retire): the frame is refused with ``NotPersisted``,
     not as unstorable, and its id forgotten, so that sent again it is answered with its stored
     seq. Its answer never came."""
     async with live_pair(tmp_path, NewBlock(0, 10.0, None, None, 0.0, "fixed", [[0, 1]])) as pair:
