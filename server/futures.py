@@ -1,5 +1,5 @@
 """The futures a live group's actions return: what a member's frame is answered with, one future
-that follows another, one nobody awaits, a refusal.
+that follows another, one nobody awaits, a refusal nobody may await.
 
 An action's future settles at its write's commit (:meth:`server.live.LiveGroup.act`), with its
 events' ``seq``s, or a member's frame's own alone (:func:`own_event`).
@@ -34,9 +34,12 @@ def follow(inner: asyncio.Future[list[int]], outer: asyncio.Future[list[int]]) -
 
 def refuse(future: asyncio.Future[Any], exc: BaseException) -> None:
     """``future`` fails with ``exc``, unless it is settled already (its awaiter was cancelled, and
-    cancelled it)."""
+    cancelled it), marked as seen: a refusal nobody awaits (a held frame whose connection closed,
+    one sent without awaiting its answer) is an answer, not an error for asyncio to log ("Future
+    exception was never retrieved") when the future is dropped. Whoever awaits it still gets it."""
     if not future.done():
         future.set_exception(exc)
+        future.exception()
 
 
 def consume(future: asyncio.Future[Any]) -> None:

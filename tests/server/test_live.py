@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -390,3 +391,28 @@ async def test_a_look_up_of_a_refused_write_that_is_cancelled_refuses_its_frame_
         assert refused.type is NotPersisted
         assert await asyncio.wait_for(group.receive(code, "decisions", 0.1, "c0"), 2) == first
 
+
+async def test_a_held_frame_refused_with_nobody_awaiting_its_answer_is_not_logged_as_never_retrieved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Held frames whose answers nobody awaits (sent without awaiting, as the benchmark does; a
+    connection closed meanwhile) are refused: one behind a read that fails (``NotPersisted``), one
+    the game refuses behind a look-up (``InvalidDecision``). A refusal nobody waits for is no
+    error: asyncio logged "Future exception was never retrieved" when their futures were dropped."""
+    monkeypatch.setattr(clientids, "KEPT", 2)
+    async with live_pair(tmp_path, NewBlock(0, 10.0, None, None, 0.0, "fixed", [[0, 1]])) as pair:
+        other = pair.codes[1]
+        await filtered(pair.group, other)
+        repeat = pair.group.receive(other, "decisions", 0.1, "c0")
+        pair.group.receive(other, "decisions", "no number", "c6")  # held behind the look-up, dropped
+        await asyncio.wait_for(repeat, 2)
+        group, _ = await _reloaded(pair)
+        await pair.db.write(_events_gone)
+        group.receive(pair.codes[0], "decisions", 0.1, "c0")  # held behind the read, which fails; dropped
+        for _ in range(1000):  # (bounded: 1 s)
+            if not group._held:
+                break
+            await asyncio.sleep(0.001)
+        assert not group._held
+        gc.collect()
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
