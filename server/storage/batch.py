@@ -35,7 +35,9 @@ def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:
 
     A batch that starts or ends no period and sets no status (nearly all of them) goes on
     the driver's connection alone: on PostgreSQL as one pipeline (:func:`_commit_pipelined`),
-    on SQLite without SQLAlchemy's transaction around it (:func:`_commit_direct`).
+    on SQLite without SQLAlchemy's transaction around it (:func:`_commit_direct`). Another's
+    rows go on PostgreSQL in one pipeline too, ``executemany`` riding it: alone, each made a
+    pipeline of its own, and psycopg warned of one a refused row aborted while it was sent.
     """
     sql = batch_statements(conn.engine)
     if not any(w.statuses or changes_a_period(w) for w in writes):
@@ -48,7 +50,11 @@ def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:
     with conn.begin():
         cursor = conn.connection.cursor()
         try:
-            _store_numbered(cursor, sql, writes)
+            if sql.pipelined is not None:  # PostgreSQL: the rows in one pipeline (see :mod:`.parts`)
+                with drained_pipeline(conn.connection.dbapi_connection):
+                    _store_numbered(cursor, sql, writes)
+            else:
+                _store_numbered(cursor, sql, writes)
         finally:
             cursor.close()
         store_periods(conn, writes)

@@ -284,18 +284,24 @@ async def test_a_batch_stored_apart_leaves_psycopg_nothing_to_warn_of(
     """On PostgreSQL, a batch of 200 writes of which 50 are refused by the database is stored apart
     without a line of psycopg's: the statements a refused row left unrun in the pipeline are
     answered before its error is raised. Before, psycopg warned "error ignored terminating
-    <Pipeline>: pipeline aborted" for many of the failed parts (12 of them in a run)."""
-    w = await writing(postgres_url)
-    try:
-        batch = await refused_often(w, 200, 50)
-        caplog.set_level(logging.WARNING, logger="psycopg")
-        await w.one_batch(batch)
-        assert sum(isinstance(w.outcomes[f"dup{k}"], Unstorable) for k in range(50)) == 50
-        assert [w.outcomes[name] for name, _ in batch if name.startswith("ok")] == [[i] for i in range(51, 201)]
-        assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
-    finally:
-        await w.writer.close()
-        w.db.close()
+    <Pipeline>: pipeline aborted" for many of the failed parts (12 of them in a run). So does a
+    batch with a period's start, whose first try goes statement by statement: before, its
+    ``executemany`` of the events made a pipeline of its own, and psycopg warned once."""
+    for period in (False, True):
+        w = await writing(postgres_url)
+        try:
+            batch = await refused_often(w, 200, 50)
+            if period:
+                batch[101] = ("ok101", w.write(w.groups[1], "period_start", channel="state"))
+            caplog.clear()
+            caplog.set_level(logging.WARNING, logger="psycopg")
+            await w.one_batch(batch)
+            assert sum(isinstance(w.outcomes[f"dup{k}"], Unstorable) for k in range(50)) == 50
+            assert [w.outcomes[name] for name, _ in batch if name.startswith("ok")] == [[i] for i in range(51, 201)]
+            assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == [], period
+        finally:
+            await w.writer.close()
+            w.db.close()
 
 
 async def test_a_batch_with_many_refused_writes_is_stored_apart_on_its_connection_in_few_tries(direct: Writing) -> None:
