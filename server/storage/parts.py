@@ -1,8 +1,11 @@
-"""A failed batch stored again in parts in one transaction, each part under a savepoint: the
+"""A failed batch stored again in parts in a transaction, each part under a savepoint: the
 direct writer's way to store a batch without the writes the database refuses (:mod:`.unstorable`).
 
 A part the database refuses is rolled back to its savepoint, and the transaction goes on with
-the next; what the parts stored is committed once, at the end. So a part costs its statements
+the next; what the parts stored is committed at its end (a batch's parts take a few
+transactions: :class:`.unstorable._Apart` ends one every :data:`.unstorable.MOST_SAVEPOINTS`
+parts stored or :data:`.unstorable.MOST_HELD` seconds, and begins the next with the writes not
+settled). So a part costs its statements
 and two more (the savepoint and its release, or its rollback and release), not a transaction of
 its own on a new connection: a refusal of a write's data is no fault of the connection's, and
 the writer keeps it. On PostgreSQL a part without a period's start or end and without statuses
@@ -10,12 +13,15 @@ the writer keeps it. On PostgreSQL a part without a period's start or end and wi
 batch does: :func:`.batch.store_pipelined`); another part goes statement by statement, as
 :func:`.batch.commit_writes` stores such a batch.
 
-The groups' rows are fenced once, first, for the whole batch (:func:`.batch.unfenced`), and
-stay locked until the end: a write fenced then is in no part. ``seq`` is handed out part by
-part, in the batch's order; a part rolled back gives its numbers back with its rows, so the
-numbers stored have no gap, as in one batch. The experiments' counters stay locked until the
-commit too: on PostgreSQL another worker's batch of the same experiment waits for the parts,
-which :data:`.unstorable.MOST_TRIES` bounds (each part was a commit before, letting it in).
+The groups' rows are fenced first, for every write of the batch given (:func:`.batch.unfenced`),
+and stay locked until the commit: a write fenced then is in no part. ``seq`` is handed out part
+by part, in the batch's order; a part rolled back gives its numbers back with its rows, so the
+numbers stored have no gap. The experiments' counters stay locked until the commit too: on
+PostgreSQL another worker's batch of the same experiment waits for it, and each savepoint
+released after a write is a subtransaction the session keeps until then (past 64, PostgreSQL's
+cache per session overflows and every snapshot on the server is slower): hence the commits on
+the way. A group taken over meanwhile (its claim waits for the row, and gets it at a commit) is
+fenced by the next transaction, its writes after that refused.
 """
 
 from __future__ import annotations

@@ -17,10 +17,11 @@ cannot hold, is refused where it comes in: ``server.wire``, ``groups.messages``)
 failure is the driver's data error (:func:`refused_by_database`); the batch is then stored in
 parts, in its order (:class:`_Apart`): the parts that go through are stored, a part refused is
 halved (tried write by write once small), and a write refused alone is left out with what the
-database said. The direct writer stores the parts as savepoints of one transaction on its
-connection (:mod:`.parts`), and a batch's parts are at most :data:`MOST_TRIES`: past them the
-rest of the batch fails as a failed batch does (:class:`GaveUp`), the writer stalled meanwhile
-for every group. A failure of the database itself (the connection lost, a lock not given in
+database said. The direct writer stores the parts as savepoints of a transaction on its
+connection (:mod:`.parts`), committed every :data:`MOST_SAVEPOINTS` parts or :data:`MOST_HELD`
+seconds, and a batch's parts are at most :data:`MOST_TRIES` and :data:`MOST_SECONDS`: past them
+the rest of the batch fails as a failed batch does (:class:`GaveUp`), the writer stalled
+meanwhile for every group. A failure of the database itself (the connection lost, a lock not given in
 time, a full disk) is no such error: it fails the batch as before, and the writes it meets while
 a batch is stored in parts.
 """
@@ -30,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
@@ -89,8 +91,19 @@ class GaveUp(RuntimeError):
 #: past them the rest of the batch fails as a failed batch does (:class:`GaveUp`). A batch of 200
 #: writes of which 50 are refused takes about 230; one write refused among 2,000, about 30
 MOST_TRIES = 256
+#: ... and for at most this many seconds, the writer stalled meanwhile for every group: on a slow
+#: database the rest fails the same way (a batch of 200 with 50 refused takes 0.3 s, up to 3 on a
+#: machine loaded ten times over; the writes that fail so are sent again, and stored)
+MOST_SECONDS = 5.0
 #: a part of at most this many writes refused together is tried write by write, not halved
 ONE_BY_ONE = 16
+#: the parts' transaction is committed, and the next part begins another, once this many parts
+#: are stored in it: on PostgreSQL each is a subtransaction the session keeps until the commit,
+#: and past 64 in one (its cache) every snapshot taken on the server meanwhile is slower ...
+MOST_SAVEPOINTS = 32
+#: ... or once it has lasted this many seconds: it holds the experiments' counters locked from
+#: its first part stored, and another worker's batch of the same experiment waits for its commit
+MOST_HELD = 0.05
 
 #: the parts of a batch: given the batch, a context in which a function stores one part (or raises
 #: with nothing of it stored), and which keeps what the parts stored once it ends without raising
@@ -117,9 +130,8 @@ def storing_apart(commit: Callable[[list[Write]], None], parts: Parts | None = N
             if not refused and not refused_by_database(exc):
                 raise
             first = exc
-        with store_parts(writes) as store:  # (raises, nothing stored, when its transaction fails)
-            apart = _Apart(store, writes, refused)
-            apart.store([i for i in range(len(writes)) if i not in refused], None if refused else first)
+        apart = _Apart(store_parts, writes, refused)
+        apart.store([i for i in range(len(writes)) if i not in refused], None if refused else first)
         failure = apart.failure
         if failure is not None:  # the database failed meanwhile, not on a write's data, or gave up
             if not apart.stored and not apart.refused:
@@ -156,16 +168,27 @@ class _Apart:
     and a write it refuses alone is left out (``refused``, with what it said), with every later
     write of its group.
 
-    The parts are stored in the batch's order, so ``seq`` follows it as in one transaction. It
-    takes about two tries and two more a level of halving for each write refused (a batch of
-    2,000 writes has 7 levels before parts of 16), and each write of a part of 16 or fewer refused
-    together; never more than :data:`MOST_TRIES`. A failure of another kind ends it (``failure``)."""
+    The parts are stored in the batch's order, so ``seq`` follows it. It takes about two tries
+    and two more a level of halving for each write refused (a batch of 2,000 writes has 7 levels
+    before parts of 16), and each write of a part of 16 or fewer refused together; never more
+    than :data:`MOST_TRIES`, nor past :data:`MOST_SECONDS`. A failure of another kind ends it
+    (``failure``). The parts go in transactions of ``parts``, each committed once it has stored
+    :data:`MOST_SAVEPOINTS` parts or lasted :data:`MOST_HELD` seconds, and the next part begins
+    another (its groups fenced anew, :func:`.parts.in_parts`); should a commit fail, what its
+    parts stored is neither stored nor refused (``failure``)."""
 
-    def __init__(self, store: Callable[[list[Write]], None], writes: Sequence[Write], refused: dict[int, str | None]) -> None:
-        self._store = store
+    def __init__(self, parts: Parts, writes: Sequence[Write], refused: dict[int, str | None]) -> None:
+        self._parts = parts
         self._writes = writes
         self.refused = dict(refused)
+        #: the writes stored, committed
         self.stored: set[int] = set()
+        #: the writes stored in the transaction open, with how many parts, since when
+        self._pending: set[int] = set()
+        self._open: AbstractContextManager[Callable[[list[Write]], None]] | None = None
+        self._store: Callable[[list[Write]], None] = _nothing
+        self._in_open, self._opened = 0, 0.0
+        self._began = time.monotonic()
         #: the parts tried
         self.tries = 0
         #: what ended it before its end: a failure of the database, not of a write's data, or :class:`GaveUp`
@@ -177,11 +200,45 @@ class _Apart:
                 self._spoilt.setdefault(group, i)
 
     def store(self, part: list[int], failed: BaseException | None) -> None:
-        """Store the writes at the places ``part``, in order; ``failed``: how they failed together, known already."""
+        """Store the writes at the places ``part``, in order (``failed``: how they failed together,
+        known already), and commit what is stored (rolled back should this be interrupted)."""
         try:
             self._part(part, failed)
         except Exception as exc:
             self.failure = exc
+        except BaseException as exc:
+            opened, self._open = self._open, None
+            if opened is not None:
+                opened.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        try:
+            self._commit()
+        except Exception as exc:
+            self.failure = self.failure or exc
+
+    def _commit(self) -> None:
+        """Commit the transaction open, if one is: what its parts stored is stored, or (it raises) not."""
+        opened, pending = self._open, self._pending
+        self._open, self._pending = None, set()
+        if opened is not None:
+            opened.__exit__(None, None, None)
+            self.stored |= pending
+
+    def _ready(self) -> None:
+        """Before a part: give up past the bounds; commit the transaction open once it is due, and
+        begin one if none is, for the writes not settled (:data:`MOST_SAVEPOINTS`, :data:`MOST_HELD`)."""
+        took = time.monotonic() - self._began
+        if self.tries >= MOST_TRIES or took >= MOST_SECONDS:
+            refused = sum(1 for why in self.refused.values() if why is not None)
+            raise GaveUp(f"the batch stored in parts took {self.tries} tries in {took:.1f} s ({refused} of its "
+                         f"writes refused alone so far); the rest of it is not tried")
+        if self._open is not None and (self._in_open >= MOST_SAVEPOINTS or time.monotonic() - self._opened >= MOST_HELD):
+            self._commit()
+        if self._open is None:
+            settled = self.stored | self.refused.keys()
+            opened = self._parts([w for i, w in enumerate(self._writes) if i not in settled])
+            self._store = opened.__enter__()  # (raises, nothing begun, when its transaction cannot)
+            self._open, self._in_open, self._opened = opened, 0, time.monotonic()
 
     def _part(self, part: list[int], failed: BaseException | None = None) -> None:
         kept = []
@@ -193,6 +250,7 @@ class _Apart:
         if not kept:
             return
         if failed is None or len(kept) < len(part):
+            self._ready()
             try:
                 self._try(kept)
             except Exception as exc:
@@ -200,7 +258,8 @@ class _Apart:
                     raise
                 failed = exc
             else:
-                self.stored.update(kept)
+                self._pending.update(kept)
+                self._in_open += 1
                 return
         if len(kept) == 1:
             self.refused[kept[0]] = REFUSED_BY_DATABASE + database_said(failed)
@@ -217,10 +276,6 @@ class _Apart:
         self._part(kept[half:])
 
     def _try(self, part: list[int]) -> None:
-        if self.tries >= MOST_TRIES:
-            refused = sum(1 for why in self.refused.values() if why is not None)
-            raise GaveUp(f"the batch stored in parts took {MOST_TRIES} tries ({refused} of its writes "
-                         f"refused alone so far); the rest of it is not tried")
         self.tries += 1
         self._store([self._writes[i] for i in part])
 
@@ -232,6 +287,10 @@ class _Apart:
 
 def _group(write: Write) -> int | None:
     return None if write.group is None else write.group.group_id
+
+
+def _nothing(_writes: list[Write]) -> None:
+    return None
 
 
 def database_said(exc: BaseException) -> str:

@@ -14,7 +14,8 @@ id its unique index refuses) is stored without them (:mod:`.unstorable`): only t
 (:class:`Unstorable`), with the later writes of their groups in the batch and in the queue,
 computed on top of them (:class:`NotPersisted`); every other write is committed and called back
 as usual, in order, and the jobs run. Should the database fail meanwhile, or the parts take too
-many tries (:data:`.unstorable.MOST_TRIES`), what was left unstored fails as a failed batch does.
+many tries or too long (:data:`.unstorable.MOST_TRIES`, ``MOST_SECONDS``), what was left
+unstored fails as a failed batch does.
 """
 
 from __future__ import annotations

@@ -309,7 +309,7 @@ async def test_a_batch_with_many_refused_writes_is_stored_apart_on_its_connectio
     every fourth write), one of them a period's start: the 150 others are stored in the batch's
     order, numbered without a gap, and the period's start did what it does (the experiment
     running); the 50 are :class:`Unstorable`. It takes no new connection to the database (the
-    parts are savepoints in one transaction on the writer's own) and 230 parts tried (halved down
+    parts are savepoints in a few transactions on the writer's own) and 230 parts tried (halved down
     to 16 writes, then write by write), at most :data:`unstorable.MOST_TRIES`. Before, each part
     was a transaction of its own, on a new connection after each one refused: about 200
     connections opened (on a loaded machine, 3.6 s of the writer's time on PostgreSQL, 0.3 now)."""
@@ -386,3 +386,179 @@ async def test_a_batch_whose_parts_take_too_many_tries_fails_the_rest_as_a_faile
     w.submit("after", w.write(w.groups[0], "after"))
     await eventually(lambda: "after" in w.outcomes, 10)
     assert w.outcomes["after"] == [31 + len(stored)]
+
+
+#: PostgreSQL: each event's insert logs its transaction (the top one: ``txid_current`` in a
+#: savepoint is its transaction's); the log's row has the id of the subtransaction it was written
+#: in (``xmin``), which PostgreSQL keeps in the session's cache until the transaction ends
+#: (64 at most before it overflows) unless it is rolled back
+_PARTS_LOG = """
+CREATE TABLE parts_log (xact bigint);
+CREATE FUNCTION log_part() RETURNS trigger AS $$
+BEGIN
+    INSERT INTO parts_log VALUES (txid_current());
+    RETURN NULL;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER log_part AFTER INSERT ON events FOR EACH ROW EXECUTE FUNCTION log_part();
+"""
+
+
+async def test_the_parts_commit_on_their_way_another_writer_of_the_experiment_waits_little(postgres_url: str) -> None:
+    """On PostgreSQL, a batch of 100 writes of which 25 are refused, stored in parts while another
+    writer (another worker's, on its own connection) stores writes of the same experiment one
+    after another: the parts' transaction is committed and another begun every
+    :data:`unstorable.MOST_SAVEPOINTS` parts stored or :data:`unstorable.MOST_HELD` seconds, so
+    no transaction of the parts keeps more subtransactions than PostgreSQL's cache holds (64), and
+    the other writer, which waits for the experiment's counter, gets in between them (its writes
+    numbered among the batch's), not after all the parts; every write is stored, numbered without
+    a gap, the refused ones refused alone. Before, the parts were one transaction: 75
+    subtransactions kept in it, and the other writer's write waited through all the parts (0.5 s
+    of 0.5 here on a loaded machine; now its waits are mostly under 0.1 s, the longest a commit's
+    own, its disk busy)."""
+    w = await writing(postgres_url)
+    other = Database(postgres_url)
+    other_writer = EventWriter(other)
+    other_writer.start()
+    try:
+        engine = make_engine(postgres_url)
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(_PARTS_LOG)
+        finally:
+            engine.dispose()
+        batch = await refused_often(w, 100, 25)
+        parts = asyncio.ensure_future(w.one_batch(batch))
+        waits: list[float] = []
+        stored: list[list[int]] = []
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        while not parts.done():
+            done: asyncio.Future[list[int]] = loop.create_future()
+            event = NewEvent("other", len(waits), 1e9 + 2, None, w.participants[1], None)
+            sent = loop.time()
+            other_writer.submit(Write(w.experiment_id, [event], None), lambda s, d=done: d.set_result(s.seqs),
+                                done.set_exception)
+            stored.append(await asyncio.wait_for(done, timeout(10)))
+            waits.append(loop.time() - sent)
+        took = loop.time() - began
+        await parts
+        assert sum(isinstance(w.outcomes[f"dup{k}"], Unstorable) for k in range(25)) == 25
+        ours = [w.outcomes[name] for name, _ in batch if name.startswith("ok")]
+        assert all(isinstance(o, list) for o in ours), ours
+        assert sorted(s for o in [*ours, *stored] for s in o) == list(range(26, 26 + 75 + len(stored)))
+
+        def kept(engine: Engine) -> int:
+            """The most subtransactions a transaction kept (its own id not counted)."""
+            with engine.connect() as conn:
+                return int(conn.exec_driver_sql(
+                    "SELECT coalesce(max(n), 0) FROM (SELECT count(DISTINCT xmin::text) FILTER "
+                    "(WHERE xmin::text::bigint <> mod(xact, 4294967296)) AS n FROM parts_log GROUP BY xact) AS t").scalar_one())
+
+        subtransactions = await w.db.read(kept)
+        assert 0 < subtransactions <= unstorable.MOST_SAVEPOINTS < 64, subtransactions
+        first, last = ours[0][0], ours[-1][0]
+        between = [seqs[0] for seqs in stored if first < seqs[0] < last]  # (the parts' commits let them in)
+        assert len(between) >= 3, (between, [round(t, 3) for t in waits], took)
+    finally:
+        await other_writer.close()
+        other.close()
+        await w.writer.close()
+        w.db.close()
+
+
+#: PostgreSQL: a slow database, each event's insert taking 10 ms more
+_SLOW_INSERTS = """
+CREATE FUNCTION slow_insert() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_sleep(0.01);
+    RETURN NEW;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER slow_insert BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow_insert();
+"""
+
+
+async def test_a_batch_whose_parts_take_too_long_fails_the_rest_as_a_failed_batch(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a slow PostgreSQL, past :data:`unstorable.MOST_SECONDS` (0.3 s here) the rest of a batch
+    stored apart is not tried, however few its parts so far: what was stored is acknowledged,
+    what was refused is :class:`Unstorable`, the rest fails ``not_persisted`` (``GaveUp``) with
+    one error line that says so, and the next write is stored, numbered on. Before, only the
+    count of parts bounded them (:data:`unstorable.MOST_TRIES`), whatever they took."""
+    w = await writing(postgres_url)
+    try:
+        monkeypatch.setattr(unstorable, "MOST_SECONDS", 0.3)
+        batch = await refused_often(w, 60, 30)
+        engine = make_engine(postgres_url)
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(_SLOW_INSERTS)
+        finally:
+            engine.dispose()
+        caplog.set_level(logging.ERROR, logger="synclab.writer")
+        await w.one_batch(batch)
+        assert 0 < w.writer.parts_tried < unstorable.MOST_TRIES
+        outcomes = [w.outcomes[name] for name, _ in batch]
+        settled = [not isinstance(o, NotPersisted) or isinstance(o, Unstorable) for o in outcomes]
+        first_unsettled = settled.index(False)  # (raises if every part was tried)
+        assert not any(settled[first_unsettled:]), outcomes  # settled, then not
+        for (name, _), outcome in zip(batch[:first_unsettled], outcomes, strict=False):
+            assert isinstance(outcome, Unstorable if name.startswith("dup") else list), (name, outcome)
+        stored = [o for o in outcomes if isinstance(o, list)]
+        assert stored == [[30 + i] for i in range(1, len(stored) + 1)]
+        for outcome in outcomes[first_unsettled:]:
+            assert type(outcome) is NotPersisted and "GaveUp" in str(outcome), outcome
+        lines = [r.getMessage() for r in caplog.records if r.name == "synclab.writer"]
+        assert len(lines) == 1 and "the batch stored in parts took" in lines[0], lines
+        w.submit("after", w.write(w.groups[0], "after"))
+        await eventually(lambda: "after" in w.outcomes, 10)
+        assert w.outcomes["after"] == [31 + len(stored)]
+    finally:
+        await w.writer.close()
+        w.db.close()
+
+
+async def test_a_group_taken_over_between_the_parts_transactions_is_fenced_in_the_next(postgres_url: str) -> None:
+    """On PostgreSQL, a group taken over by another worker while a batch is stored in parts (its
+    claim waits for the group's row, which the parts' transaction holds, and gets it at one of
+    their commits): its writes stored before the claim are acknowledged, those after are
+    :class:`NotAuthority` (fenced anew by the next transaction), and what is stored of the group
+    is exactly what was acknowledged; the other group's writes are all stored."""
+    w = await writing(postgres_url)
+    engine = make_engine(postgres_url)
+    try:
+        g1 = w.groups[0]
+        assert claim_group(engine, g1, 1)
+        batch = await refused_often(w, 100, 25)
+        for _, write in batch:
+            if write.group is not None and write.group.group_id == g1:
+                write.epoch = 1
+        parts = asyncio.ensure_future(w.one_batch(batch))
+
+        def committed(engine: Engine) -> int:
+            with engine.connect() as conn:
+                return int(conn.exec_driver_sql("SELECT count(*) FROM events").scalar_one())
+
+        await eventually(lambda: parts.done() or committed(engine) > 40, 10)  # (25 stored before the batch)
+        claimed = await asyncio.to_thread(claim_group, engine, g1, 2)
+        await parts
+        assert claimed
+        ours = [(name, w.outcomes[name]) for name, write in batch if write.epoch == 1]
+        acknowledged = [o[0] for _, o in ours if isinstance(o, list)]
+        assert acknowledged and acknowledged == sorted(acknowledged), ours
+        kinds = [isinstance(o, list) for _, o in ours]
+        assert kinds == sorted(kinds, reverse=True) and False in kinds, ours  # stored, then fenced
+        assert all(isinstance(o, NotAuthority) for _, o in ours[kinds.index(False):]), ours
+        others = [w.outcomes[name] for name, write in batch if name.startswith("ok") and write.epoch is None]
+        assert all(isinstance(o, list) for o in others), others
+
+        def stored_of(engine: Engine) -> list[int]:
+            with engine.connect() as conn:
+                return [int(s) for s in conn.execute(select(events_table.c.seq).where(events_table.c.group_id == g1)
+                                                     .order_by(events_table.c.seq)).scalars()]
+
+        assert await w.db.read(stored_of) == acknowledged
+    finally:
+        engine.dispose()
+        await w.writer.close()
+        w.db.close()
