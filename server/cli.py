@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import gc
 import math
+import os
 import signal
 import sys
 import threading
@@ -39,6 +40,8 @@ from .verify import run_verify
 GC_THRESHOLD = 10_000
 #: uvicorn's exit status when the server could not start (the port taken, the app's startup failed)
 STARTUP_FAILURE = 3
+#: the exit status when stdout's reader closed it early, as the shell reports a process SIGPIPE killed
+CLOSED_PIPE = 128 + signal.SIGPIPE
 
 
 def _prepare(settings: Settings, upgrade: bool, *, serving_here: bool) -> str | None:
@@ -147,6 +150,18 @@ def tune_gc() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # stdout's reader went away (`synclab export CODE | head`): no traceback; the output still
+        # buffered would raise again when Python flushes it at exit, so stdout goes to /dev/null
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return CLOSED_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="synclab", description="A real-time multiplayer experiment server.")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("serve", "serve the app"), ("demo", "serve, with a demo experiment")):

@@ -396,6 +396,32 @@ def test_an_older_code_that_starts_with_a_dash_is_given_after_a_double_dash(
     assert "no experiment with code '-an-old-code'" in capsys.readouterr().err
 
 
+def test_an_export_whose_reader_closed_the_pipe_ends_without_a_traceback(tmp_path: Path) -> None:
+    """``synclab export CODE | head``: the reader gone, the command ends quietly with the status a
+    process SIGPIPE killed shows (141); it printed BrokenPipeError's traceback and exited 1. Here
+    the pipe's reading end is closed before the command writes, as ``head`` closes it once it has
+    read its lines."""
+    from server.experiments import parse_request, plan
+    from server.storage import create_schema, insert_experiment, make_engine
+
+    url = f"sqlite:///{tmp_path / 'synclab.db'}"
+    engine = make_engine(url)
+    create_schema(engine)
+    spec = plan(parse_request({"game": "bimatrix", "participants": 4, "group_size": 2}))
+    insert_experiment(engine, spec)
+    engine.dispose()
+    process = subprocess.Popen(
+        [*SYNCLAB, "export", spec.code, "--table", "participants"], cwd=tmp_path, env=environment(tmp_path),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    stderr = process.stderr.read()
+    process.stderr.close()
+    assert process.wait(timeout(30)) == 141, stderr
+    assert stderr == "", stderr
+
+
 def test_serving_freezes_what_was_imported_and_collects_young_objects_less_often() -> None:
     """tune_gc (run by serve and demo before uvicorn starts): the app's modules are frozen."""
     code = (
