@@ -72,6 +72,17 @@ def _base_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
+def _check_workers(settings: Settings, workers: int) -> None:
+    """``--workers`` is 1, or several of a cluster (``REDIS_URL``); else :class:`SettingsError`."""
+    if workers < 1:
+        raise SettingsError(f"--workers: expected 1 or more, got {workers}")
+    if workers > 1 and not settings.clustered:
+        raise SettingsError(
+            f"--workers {workers}: several processes serve as one through Redis: set REDIS_URL "
+            "(and DATABASE_URL to PostgreSQL), or run one worker"
+        )
+
+
 def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
     """Serve until SIGTERM or SIGINT, then shut down in order; the exit status (0: a clean stop).
 
@@ -80,13 +91,7 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
     app's lifespan ends (:meth:`server.runtime.Runtime.close`): the live groups stop, the
     writes they submitted are stored, the writer thread ends.
     """
-    if workers < 1:
-        raise SettingsError(f"--workers: expected 1 or more, got {workers}")
-    if workers > 1 and not settings.clustered:
-        raise SettingsError(
-            f"--workers {workers}: several processes serve as one through Redis: set REDIS_URL "
-            "(and DATABASE_URL to PostgreSQL), or run one worker"
-        )
+    _check_workers(settings, workers)
     tune_gc()
     config = uvicorn.Config(
         "server.app:app",
@@ -211,6 +216,7 @@ def _run(argv: Sequence[str] | None) -> int:
         port = settings.port if args.port is None else args.port
         if not 0 <= port <= 65535:
             raise SettingsError(f"--port: expected a port from 0 to 65535, got {port}")
+        _check_workers(settings, args.workers)  # refused before the database is made or touched
         token = _prepare(settings, args.upgrade, serving_here=args.workers == 1)
         base = _base_url(args.host, port)
         # the generated token, once, in the fragment: a browser never sends it, so no access log or

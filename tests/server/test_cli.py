@@ -269,11 +269,13 @@ def test_a_demo_participant_link_serves_the_participant_page(tmp_path: Path) -> 
 
 
 def test_serve_with_several_workers_is_refused_naming_redis_url(tmp_path: Path) -> None:
-    """``synclab serve --workers 2`` exits 2 with a message on stderr that names REDIS_URL."""
+    """``synclab serve --workers 2`` exits 2 with a message on stderr that names REDIS_URL, before
+    it makes anything: it made the database and printed the first start's token, then refused."""
     result = run(tmp_path, "serve", "--port", str(free_port()), "--workers", "2")
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "REDIS_URL" in result.stderr
     assert "Traceback" not in result.stderr
+    assert result.stdout == "" and not (tmp_path / "synclab.db").exists()
 
 
 BAD_ENVIRONMENT = [
