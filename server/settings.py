@@ -86,13 +86,30 @@ def _journal(env: dict[str, str]) -> str:
     return raw
 
 
+#: the databases synclab runs on, by SQLAlchemy's backend name (``postgres://`` is PostgreSQL too)
+BACKENDS = ("sqlite", "postgresql", "postgres")
+
+
 def _database_url(env: dict[str, str]) -> str:
     url = env.get("DATABASE_URL") or Settings.database_url
+    shown = re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)  # its password never in a log
     try:
-        make_url(url)
+        parsed = make_url(url)
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
-        shown = re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)  # its password never in a log
         raise SettingsError(f"DATABASE_URL: expected an SQLAlchemy URL such as sqlite:///./synclab.db, got {shown!r}") from None
+    if parsed.get_backend_name() not in BACKENDS:
+        raise SettingsError(
+            f"DATABASE_URL: synclab runs on SQLite (sqlite:///./synclab.db) or PostgreSQL "
+            f"(postgresql://user@host/db), got {shown!r}"
+        )
+    if "+" in parsed.drivername:  # a driver named: one that cannot be loaded is refused here, not in a traceback
+        try:
+            parsed.get_dialect().import_dbapi()
+        except (ArgumentError, ImportError) as exc:
+            raise SettingsError(
+                f"DATABASE_URL: cannot load the driver {parsed.drivername!r} ({exc}); "
+                "postgresql://… uses psycopg 3, which synclab installs"
+            ) from None
     return url
 
 

@@ -356,6 +356,20 @@ def test_a_bad_database_url_is_refused_in_one_line_without_its_password(tmp_path
         assert "S3cretPw" not in result.stderr + result.stdout and "Traceback" not in result.stderr
 
 
+def test_a_database_synclab_does_not_run_on_or_a_driver_not_installed_is_refused_in_one_line(tmp_path: Path) -> None:
+    """``mysql://…`` (the README said "any SQLAlchemy URL") printed a traceback ending in
+    ``No module named 'MySQLdb'``, exit 1; ``postgresql+asyncpg://…`` one ending in ``asyncpg``. Now:
+    exit 2, one line naming DATABASE_URL, the password masked."""
+    for url, said in (
+        ("mysql://lab:S3cretPw@127.0.0.1/x", "runs on SQLite (sqlite:///./synclab.db) or PostgreSQL"),
+        ("postgresql+asyncpg://lab:S3cretPw@127.0.0.1/x", "cannot load the driver 'postgresql+asyncpg'"),
+    ):
+        result = run(tmp_path, "db", "current", DATABASE_URL=url)
+        assert result.returncode == 2, (result.stdout, result.stderr)
+        assert result.stderr.startswith("synclab: DATABASE_URL: ") and said in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "S3cretPw" not in result.stderr
+
+
 def test_serve_with_the_database_away_exits_3_in_one_line(tmp_path: Path) -> None:
     """PostgreSQL not listening: ``serve`` cannot start, says so in one line (the password masked)
     and exits 3, as a process that cannot start does; it printed a traceback of 114 lines and exited 1."""
