@@ -53,7 +53,11 @@ def require_role(request: HTTPConnection, role: str, what: str | None = None) ->
     """
     found = request.scope.get(SCOPE_KEY)
     if found is None:
-        raise Unauthorized("expected 'Authorization: Bearer <an experimenter token>', got none")
+        sent = "none" if not request.headers.get("authorization", "").strip() else (
+            # what was sent is not shown: it may be the token itself, without the word Bearer
+            "an Authorization header that is not 'Bearer <token>' (the word Bearer, a space, the token)"
+        )
+        raise Unauthorized(f"expected 'Authorization: Bearer <an experimenter token>', got {sent}")
     if isinstance(found, Refused):
         raise Forbidden(found.reason)
     assert isinstance(found, Account)

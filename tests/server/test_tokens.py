@@ -173,6 +173,14 @@ async def test_api_me_names_the_callers_token_and_its_role(any_server: Harness) 
         for params in ({}, {"participant": person["code"]}):
             answer = await http.get("/api/me", params=params)
             assert answer.status_code == 401 and answer.headers["www-authenticate"] == "Bearer", answer.text
+            assert answer.json()["error"].endswith("got none"), answer.text
+        # the token without the word Bearer (or under another scheme): 401 saying what is wrong, not
+        # "got none", and never echoing what was sent
+        for header in (tokens[ADMIN], f"Token {tokens[ADMIN]}", "Bearer"):
+            answer = await http.get("/api/me", headers={"Authorization": header})
+            error = answer.json()["error"]
+            assert answer.status_code == 401 and "not 'Bearer <token>'" in error, answer.text
+            assert tokens[ADMIN] not in error and "Token" not in error
     operation = document()["paths"]["/api/me"]["get"]
     assert operation["x-role"] == "watch" and operation["operationId"] == "getCaller"
 
