@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
@@ -90,6 +90,11 @@ async def monitor_page(request: Request) -> Response:
     return FileResponse(STATIC / "monitor.html")
 
 
+async def root_page(request: Request) -> Response:
+    """The address ``serve`` listens on, opened as it is: the experimenter's page (it was a 404)."""
+    return RedirectResponse("/monitor", status_code=303)
+
+
 async def participant_socket(websocket: WebSocket) -> None:
     rt: Runtime = websocket.app.state.runtime
     await serve(websocket, rt.groups, rt.settings, SYNCLAB)
@@ -123,6 +128,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/p/{code}/view.js", participant_view),
         Route("/p/{code}/history", participant_history),
         Route("/monitor", monitor_page),
+        Route("/", root_page),
         WebSocketRoute("/ws/p/{code}", participant_socket),
         WebSocketRoute("/ws/monitor/{code}", monitor_socket),
         WebSocketRoute("/redwood/app-name/{app}/group/{group}/participant/{code}/", redwood_socket),

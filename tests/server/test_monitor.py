@@ -7,6 +7,7 @@ import gc
 from types import SimpleNamespace
 from typing import Any, cast
 
+import httpx
 import orjson
 import pytest
 from starlette.websockets import WebSocket
@@ -157,6 +158,17 @@ def col_code(exp: dict[str, Any], group: dict[str, Any], row: Client) -> str:
     """The member who is not the first one to have connected (the test's ``col`` client)."""
     first = row.frames[0]["payload"]["participant"]
     return str(next(c for c in group["members"] if c != first))
+
+
+async def test_the_address_the_server_listens_on_leads_to_the_monitor(server: Harness) -> None:
+    """``http://127.0.0.1:8000``, which the README says the server serves on, opened as it is: a
+    303 to the monitor's page, with its headers (it was a plain 404 "Not Found")."""
+    async with httpx.AsyncClient(base_url=server.base, timeout=timeout(10)) as anonymous:
+        answer = await anonymous.get("/")
+        assert answer.status_code == 303 and answer.headers["location"] == "/monitor", answer.text
+        assert answer.headers["x-frame-options"] == "DENY"
+        page = await anonymous.get("/", follow_redirects=True)
+        assert page.status_code == 200 and "synclab monitor" in page.text
 
 
 async def test_a_late_monitor_gets_the_state_in_its_snapshot_and_no_event_twice(server: Harness) -> None:
