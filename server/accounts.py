@@ -25,7 +25,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .storage import Database, digest, token_account, token_used
+from .storage import ENV_ACCOUNT, Database, digest, token_account, token_used
 
 log = logging.getLogger("synclab.accounts")
 
@@ -35,8 +35,6 @@ CACHE_SECONDS = 1.0
 CACHE_SIZE = 1024
 #: a token's ``last_used_at`` is written at most this often (seconds)
 USED_EVERY = 60.0
-#: the account name of ``SYNCLAB_ADMIN_TOKEN`` (in ``control`` events' ``by``)
-ENV_ACCOUNT = "SYNCLAB_ADMIN_TOKEN"
 #: where :class:`Authenticate` leaves the caller in the request's scope
 SCOPE_KEY = "synclab.account"
 

@@ -155,6 +155,7 @@ from .tables import (
 from .thread import COMMIT_BUCKET_NAMES, WriterThread
 from .times import iso, to_datetime, to_epoch
 from .tokens import (
+    ENV_ACCOUNT,
     FIRST_TOKEN,
     ROLES,
     TokenExists,
@@ -178,6 +179,7 @@ __all__ = [
     "BOT",
     "COMMIT_BUCKET_NAMES",
     "DEFAULT_JOURNAL_SIZE",
+    "ENV_ACCOUNT",
     "FINAL_STATUSES",
     "FIRST_TOKEN",
     "NO_GROUP",

@@ -27,6 +27,8 @@ ROLES = ("admin", "watch")
 FIRST_TOKEN = "admin"
 #: a token's name: letters, digits and ``. _ @ -``, as an assistant's login or e-mail would be
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+#: the account name of ``SYNCLAB_ADMIN_TOKEN`` (a ``control`` event's ``by``): no stored token's
+ENV_ACCOUNT = "SYNCLAB_ADMIN_TOKEN"
 
 
 class TokenExists(ValueError):
@@ -48,6 +50,8 @@ def check_name(name: str) -> str:
         raise ValueError(
             f"a token's name: expected 1 to 64 letters, digits or '._@-' (not starting with one of those), got {name!r}"
         )
+    if name.upper() == ENV_ACCOUNT:  # else the records could not tell the two apart
+        raise ValueError(f"a token's name: {name!r} is the name of the environment's SYNCLAB_ADMIN_TOKEN; choose another")
     return name
 
 

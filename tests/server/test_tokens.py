@@ -292,6 +292,25 @@ def test_token_create_prints_the_token_once_and_the_database_keeps_only_its_hash
         engine.dispose()
 
 
+def test_no_stored_token_takes_the_name_of_the_environments_token(
+    tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``synclab token create SYNCLAB_ADMIN_TOKEN`` made a stored account of the name the
+    environment's token acts under, so a ``control`` event's ``by`` could not tell the two apart;
+    it is refused (exit 2, nothing stored), in any case of its letters."""
+    monkeypatch.chdir(tmp_path)
+    assert _command(capsys, monkeypatch, sqlite_url, "token", "create", "boss")[0] == 0
+    for name in ("SYNCLAB_ADMIN_TOKEN", "synclab_admin_token"):
+        status, out, err = _command(capsys, monkeypatch, sqlite_url, "token", "create", name)
+        assert (status, out) == (2, ""), err
+        assert "the name of the environment's SYNCLAB_ADMIN_TOKEN" in err
+    engine = make_engine(sqlite_url)
+    try:
+        assert [t["name"] for t in list_tokens(engine)] == ["boss"]
+    finally:
+        engine.dispose()
+
+
 def test_the_token_commands_list_and_revoke_and_a_running_server_follows(
     tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
