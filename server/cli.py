@@ -248,3 +248,7 @@ def _demo(settings: Settings, base: str) -> None:
     print(f"synclab: demo experiment {spec.code} (bimatrix, 2 groups of 2, 120 s)", flush=True)
     for person in people:
         print(f"  {person['label']}: {base}/p/{person['code']}", flush=True)
+
+
+if __name__ == "__main__":  # `python -m server.cli …`, as the console script `synclab …`
+    raise SystemExit(main())

@@ -21,7 +21,7 @@ import pytest
 
 from tests.server.harness import timeout
 
-#: the console script's entry point, run by this interpreter (``server.cli`` has no ``__main__``)
+#: the console script's entry point, run by this interpreter
 SYNCLAB = [sys.executable, "-c", "from server.cli import main; raise SystemExit(main())"]
 #: variables of the developer's shell that would change what the command does
 CLEARED = (
@@ -386,6 +386,16 @@ def test_an_unknown_command_exits_2_with_usage(tmp_path: Path) -> None:
         result = run(tmp_path, *args)
         assert result.returncode == 2
         assert "usage: synclab" in result.stderr
+
+
+def test_python_m_server_cli_is_the_synclab_command(tmp_path: Path) -> None:
+    """``python -m server.cli ARGS`` runs ``synclab ARGS`` (from a checkout, without the console
+    script installed); it exited 0 doing nothing, so a refusal or a server never came."""
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "fly"], cwd=tmp_path, env=environment(tmp_path),
+        capture_output=True, text=True, timeout=timeout(30), check=False,
+    )
+    assert result.returncode == 2 and "usage: synclab" in result.stderr, (result.returncode, result.stderr)
 
 
 def test_new_codes_never_start_with_a_dash_which_a_command_line_reads_as_an_option() -> None:
