@@ -90,7 +90,8 @@ def _row_schemas() -> dict[str, JSONSchema]:
         "group": INT,
         "started_at": nullable(TIME),
         "finished_at": nullable(TIME),
-        "final_score": NUMBER,
+        # None: bonus + Σ results past a float's range (results near 1e308), never a number
+        "final_score": nullable(NUMBER),
         "json_data": {"type": "object"},
     }
     return {

@@ -14,17 +14,25 @@ never on the event loop::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine
 
-from .storage import block_final_scores, find_session, merge_session_json, session_results
+from .storage import (
+    block_final_scores,
+    find_session,
+    merge_session_json,
+    score_sum,
+    session_results,
+)
 
 
 @dataclass
 class SessionRecord:
-    """One participant in one block: ``started_at``, ``finished_at``, ``json_data``, ``final_score``."""
+    """One participant in one block: ``started_at``, ``finished_at``, ``json_data``, ``final_score``
+    (``nan`` past a float's range, stored NULL: ranked below every number, as the participants are)."""
 
     engine: Engine = field(repr=False)
     id: int
@@ -53,12 +61,15 @@ class SessionRecord:
         return session_results(self.engine, self.id)
 
     def total_score(self) -> float:
-        """``bonus_points`` plus the sum of its results' scores (``final_score`` once its period ended)."""
-        return self.bonus_points + sum(float(r["score"]) for r in self.results())
+        """``bonus_points`` plus the sum of its results' scores (``final_score`` once its period
+        ended): ``nan`` past a float's range, as that is stored."""
+        total = score_sum([self.bonus_points, *(float(r["score"]) for r in self.results())])
+        return total if math.isfinite(total) else math.nan
 
     def rank(self) -> int:
         """1 + how many distinct final scores of the block are higher (MUSCLE's dense rank)."""
-        higher = {s for s in block_final_scores(self.engine, self.block_id, False) if s > self.final_score}
+        mine = _ranked(self.final_score)
+        higher = {_ranked(s) for s in block_final_scores(self.engine, self.block_id, False) if _ranked(s) > mine}
         return len(higher) + 1
 
     def percentile_rank(self, exclude_unfinished: bool) -> float:
@@ -72,8 +83,9 @@ class SessionRecord:
         scores = block_final_scores(self.engine, self.block_id, exclude_unfinished)
         if not scores:
             return 0.0
-        lower_or_equal = sum(s <= self.final_score for s in scores)
-        equal = sum(s == self.final_score for s in scores)
+        mine = _ranked(self.final_score)
+        lower_or_equal = sum(_ranked(s) <= mine for s in scores)
+        equal = sum(_ranked(s) == mine for s in scores)
         return 100.0 * (lower_or_equal - 0.5 * equal) / len(scores)
 
     def last_result(self) -> dict[str, Any] | None:
@@ -84,3 +96,8 @@ class SessionRecord:
     def save_json_data(self, data: dict[str, Any]) -> None:
         """Merge ``data`` into ``json_data`` (its keys overwrite) and store it."""
         self.json_data = merge_session_json(self.engine, self.id, data)
+
+
+def _ranked(score: float) -> float:
+    """A final score as ranks compare it: ``nan`` (past a float's range) below every number."""
+    return -math.inf if math.isnan(score) else score

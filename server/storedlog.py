@@ -24,6 +24,7 @@ from .storage import (
     participants,
     results,
     sessions,
+    stored_score,
     to_epoch,
 )
 
@@ -60,6 +61,7 @@ class StoredSession:
     group_id: int
     started: bool
     finished: bool
+    #: ``nan`` past a float's range (stored NULL: ``storage.stored_score``)
     final_score: float
 
 
@@ -140,7 +142,7 @@ def load_log(conn: Connection, code: str) -> StoredLog:
         by_id[m["group_id"]].codes[m["id"]] = m["code"]
     people = [
         StoredSession(s["id"], s["code"], s["group_id"], s["started_at"] is not None, s["finished_at"] is not None,
-                 float(s["final_score"]))
+                 stored_score(s["final_score"]))
         for s in conn.execute(
             select(sessions.c.id, participants.c.code, sessions.c.group_id, sessions.c.started_at,
                    sessions.c.finished_at, sessions.c.final_score)

@@ -29,7 +29,7 @@ from groups import RESULT, GroupError, load_game
 from .findings import Report, VerifyError, place
 from .replay import Replay, replay
 from .settings import Settings
-from .storage import reading
+from .storage import reading, score_sum
 from .storedlog import StoredEvent, StoredLog, check_schema, load_log, snapshot
 
 #: relative tolerance of every score comparison (sums may be added up in another order)
@@ -162,8 +162,10 @@ def _check_sessions(report: Report, log: StoredLog, found: dict[int, Replay]) ->
     code = report.code
     bonus = {g.id: g.bonus for g in log.groups}
     stored: dict[int, float] = {}
+    scores: dict[int, list[float]] = {}
     for row in log.results:
         stored[row.session_id] = stored.get(row.session_id, 0.0) + row.score
+        scores.setdefault(row.session_id, []).append(row.score)
     for s in log.sessions:
         replay = found[s.group_id]
         where = place(code, group=s.group_id, participant=s.code)
@@ -184,12 +186,30 @@ def _check_sessions(report: Report, log: StoredLog, found: dict[int, Replay]) ->
         summed = bonus[s.group_id] + stored.get(s.id, 0.0)
         due = [e for (who, _), e in replay.expected.items() if who == s.code]
         recomputed = bonus[s.group_id] + sum(e.score for e in due)
+        if math.isnan(s.final_score) or not math.isfinite(summed):  # stored NULL: past a float's range
+            _check_not_finite(report, where, s.final_score, [bonus[s.group_id], *scores.get(s.id, [])])
+            continue
         if not _close(s.final_score, summed):
             report.problems.append(
                 f"{where}: final_score {s.final_score!r} but bonus + the stored results is {summed!r}"
             )
         if not _close(s.final_score, recomputed, sum(e.slack for e in due)):
             report.problems.append(f"{where}: final_score {s.final_score!r}, recomputed {recomputed!r}")
+
+
+def _check_not_finite(report: Report, where: str, final_score: float, earned: list[float]) -> None:
+    """A final_score stored NULL (``nan`` here) must be a bonus + Σ results past a float's range
+    (as the period's end sums it: :func:`.storage.score_sum`), and such a sum must be stored NULL."""
+    total = score_sum(earned)
+    if math.isfinite(total) and not math.isnan(final_score):  # (only a naive sum overflowed on the way)
+        if not _close(final_score, total):
+            report.problems.append(f"{where}: final_score {final_score!r} but bonus + the stored results is {total!r}")
+    elif math.isfinite(total):
+        report.problems.append(f"{where}: final_score null (past a float's range), but bonus + the stored results is {total!r}")
+    elif not math.isnan(final_score):
+        report.problems.append(f"{where}: final_score {final_score!r}, but bonus + the stored results is past a float's range (null)")
+    else:
+        report.notes.append(f"{where}: final_score null: bonus + the stored results is past a float's range")
 
 
 # --------------------------------------------------------------------------- the command

@@ -113,6 +113,7 @@ from .outcomes import (
     session_query,
     session_results,
     session_row,
+    stored_score,
 )
 from .recovery import check_startable, reading, recover_file, sqlite_file
 from .schema import (
@@ -314,6 +315,7 @@ __all__ = [
     "set_statuses",
     "sqlite_file",
     "stored_meta",
+    "stored_score",
     "ticks",
     "to_datetime",
     "to_epoch",

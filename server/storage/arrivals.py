@@ -18,7 +18,7 @@ from sqlalchemy import Engine, and_, exists, func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from .outcomes import score_sum
+from .outcomes import score_sum, stored_score
 from .tables import blocks, connections, experiments, groups, memberships, participants, sessions
 from .times import to_datetime, to_epoch
 
@@ -212,4 +212,4 @@ def departure(engine: Engine, code: str) -> Departure | None:
             select(func.count()).select_from(sessions).where(sessions.c.participant_id == person["id"])
         ).scalar_one()
     finished = bool(count) and all(f is not None for _, f in scores)
-    return Departure(dict(exp), dict(person), score_sum(float(s or 0.0) for s, _ in scores), finished)
+    return Departure(dict(exp), dict(person), score_sum(stored_score(s) for s, _ in scores), finished)

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection
 
 from groups import PERIOD_END, PERIOD_START, Phase
 
+from .outcomes import stored_score
 from .tables import STATE_ONLY, blocks, events, groups, memberships, participants, sessions
 from .times import iso
 
@@ -194,7 +195,8 @@ class Standing:
     participant_id: int
     group_id: int
     finished: bool
-    #: 0.0 until its period ended, as the database holds it (what it earned once ended without its game)
+    #: 0.0 until its period ended, as the database holds it (what it earned once ended without its
+    #: game); ``nan`` past a float's range (NULL: :func:`.outcomes.stored_score`)
     final_score: float
     group_ended: bool
 
@@ -225,7 +227,7 @@ def session_standings(conn: Connection, experiment_id: int, upto_seq: int | None
                 r["participant_id"],
                 r["group_id"],
                 r["finished_at"] is not None,
-                float(r["final_score"] or 0.0),
+                stored_score(r["final_score"]),
                 r["phase"] == Phase.ENDED.value,
             )
             for r in rows
@@ -240,7 +242,7 @@ def session_standings(conn: Connection, experiment_id: int, upto_seq: int | None
                 r["participant_id"],
                 r["group_id"],
                 then["finished_at"] is not None,
-                float(then["final_score"] or 0.0),
+                stored_score(then["final_score"]),
                 period.ended,
             )
         )

@@ -27,7 +27,7 @@ from sqlalchemy import Engine, and_, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from .outcomes import score_sum
+from .outcomes import score_sum, stored_score
 from .tables import blocks, deliveries, experiments, participants, sessions
 from .times import iso, to_datetime
 from .unstorable import REFUSED_BY_DATABASE, database_said, refused_by_database
@@ -66,7 +66,7 @@ def _score(conn: Connection, participant_id: int) -> float:
     """The participant's score as the API gives it (:func:`.outcomes.score_sum` of their sessions'
     ``final_score``); :class:`Unpostable` when it is no finite number."""
     scores = [
-        float(s)
+        stored_score(s)  # (nan: a session's own score past a float's range)
         for s in conn.execute(
             select(sessions.c.final_score).where(sessions.c.participant_id == participant_id).order_by(sessions.c.id)
         ).scalars()
@@ -74,8 +74,8 @@ def _score(conn: Connection, participant_id: int) -> float:
     total = score_sum(scores)
     if math.isfinite(total):
         return total
-    why = "past a float's range" if all(math.isfinite(s) for s in scores) else repr(total)
-    shown = ", ".join(repr(s) for s in scores[:5]) + (", ..." if len(scores) > 5 else "")
+    why = "past a float's range" if all(not math.isinf(s) for s in scores) else repr(total)
+    shown = ", ".join("null" if math.isnan(s) else repr(s) for s in scores[:5]) + (", ..." if len(scores) > 5 else "")
     raise Unpostable(f"not posted: the score is not a finite number, which oTree would get as null "
                      f"(the sum of the participant's {len(scores)} final scores {shown} is {why})")
 

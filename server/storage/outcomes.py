@@ -43,6 +43,14 @@ def score_sum(scores: Iterable[float]) -> float:
         return math.nan
 
 
+def stored_score(value: float | None) -> float:
+    """A session's ``final_score`` as stored, as a float: NULL, a score past a float's range (its
+    period's end sums it so, never infinity: ``storage.periods``), is ``nan``, no number, whose
+    sign is not known. Summed (:func:`score_sum`) it makes the participant's score ``nan`` too:
+    ranked last, given as ``null``, counted in the stats' ``scores_not_finite``."""
+    return math.nan if value is None else float(value)
+
+
 def session_query() -> Any:
     return (
         select(
@@ -156,7 +164,8 @@ def list_ticks(engine: Engine, group_id: int) -> list[dict[str, Any]]:
 
 
 def find_session(engine: Engine, participant_code: str, block: int) -> dict[str, Any] | None:
-    """The session of participant ``participant_code`` in block ``block`` (its index), with its block's bonus."""
+    """The session of participant ``participant_code`` in block ``block`` (its index), with its
+    block's bonus; its ``final_score`` a float (:func:`stored_score`)."""
     with engine.connect() as conn:
         row = conn.execute(
             session_query()
@@ -165,7 +174,7 @@ def find_session(engine: Engine, participant_code: str, block: int) -> dict[str,
         ).mappings().first()
         if row is None:
             return None
-        return {**session_row(row), "id": row["id"], "block_id": row["block_id"],
+        return {**session_row(row), "final_score": stored_score(row["final_score"]), "id": row["id"], "block_id": row["block_id"],
                 "bonus_points": float(row["bonus_points"] or 0.0)}
 
 
@@ -181,7 +190,8 @@ def session_results(engine: Engine, session_id: int) -> list[dict[str, Any]]:
 
 
 def block_final_scores(engine: Engine, block_id: int, finished_only: bool) -> list[float]:
-    """The final scores of every session of a block; ``finished_only``: of the sessions their
+    """The final scores of every session of a block (``nan`` for one past a float's range:
+    :func:`stored_score`); ``finished_only``: of the sessions their
     participants finished themselves, those whose seat no bot held when the block's period ended
     (:func:`bot_held_seats`). Who played each block's seat decides, not the participant's status now:
     a ``dropped`` participant's earlier block that they played to its end is compared, and a
@@ -189,7 +199,7 @@ def block_final_scores(engine: Engine, block_id: int, finished_only: bool) -> li
     with engine.connect() as conn:
         if not finished_only:
             query = select(sessions.c.final_score).where(sessions.c.block_id == block_id)
-            return [float(score) for score in conn.execute(query).scalars()]
+            return [stored_score(score) for score in conn.execute(query).scalars()]
         rows = conn.execute(
             select(sessions.c.final_score, sessions.c.group_id, participants.c.code, participants.c.status)
             .join(participants, participants.c.id == sessions.c.participant_id)
@@ -199,7 +209,7 @@ def block_final_scores(engine: Engine, block_id: int, finished_only: bool) -> li
         # read for those groups only (in most blocks none)
         stood_in = {int(group) for _, group, _, status in rows if status in STOOD_IN}
         bots = bot_held_seats(conn, stood_in) if stood_in else set()
-        return [float(score) for score, group, code, _ in rows if (group, code) not in bots]
+        return [stored_score(score) for score, group, code, _ in rows if (group, code) not in bots]
 
 
 def bot_held_seats(conn: Connection, group_ids: set[int]) -> set[tuple[int, str]]:

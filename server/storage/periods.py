@@ -3,10 +3,11 @@ batch (:func:`.batch.commit_writes`): the experiment, block and sessions it belo
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, and_, bindparam, func, select, update
+from sqlalchemy import BigInteger, and_, bindparam, case, func, null, select, update
 from sqlalchemy.engine import Connection
 
 from groups import GAME_FAULT
@@ -36,13 +37,22 @@ _BLOCK_RUNNING = (
     ))
     .values(status="running")
 )
-#: what a session earned: bonus + Σ its results
-_EARNED = (
-    select(blocks.c.bonus_points).where(blocks.c.id == sessions.c.block_id).scalar_subquery()
-    + select(func.coalesce(func.sum(results.c.score), 0.0)).where(results.c.session_id == sessions.c.id).scalar_subquery()
+#: scores are summed scaled down by this (exact: a power of two), so that no sum on the way
+#: overflows (PostgreSQL refuses one, SQLite makes it infinity); the same sum as unscaled but for
+#: scores below 2**-958, which the scaling makes subnormal
+_SCALE = 2.0**-64
+#: what a session earned, scaled down: bonus + Σ its results
+_SCALED = (
+    select(blocks.c.bonus_points * _SCALE).where(blocks.c.id == sessions.c.block_id).scalar_subquery()
+    + select(func.coalesce(func.sum(results.c.score * _SCALE), 0.0))
+    .where(results.c.session_id == sessions.c.id)
+    .scalar_subquery()
 )
+#: what a session earned: bonus + Σ its results; NULL when that is past a float's range (or no
+#: number), never infinity: no finite score (``storage.stored_score``)
+_EARNED = case((func.abs(_SCALED) <= sys.float_info.max * _SCALE, _SCALED / _SCALE), else_=null())
 _STARTED_IN_GROUP = and_(sessions.c.group_id == bindparam("gid"), sessions.c.started_at.is_not(None))
-#: final_score = bonus + Σ results, for the group's sessions that started
+#: final_score = bonus + Σ results (NULL past a float's range), for the group's sessions that started
 _SESSIONS_FINISHED = update(sessions).where(_STARTED_IN_GROUP).values(finished_at=bindparam("at"), final_score=_EARNED)
 #: the same score for the sessions of a period ended without its game, which stay unfinished
 _SESSIONS_SCORED = update(sessions).where(_STARTED_IN_GROUP).values(final_score=_EARNED)

@@ -254,7 +254,8 @@ class Session(SQLModel, table=True):
     started_at: datetime | None = _time()
     finished_at: datetime | None = _time()
     json_data: dict[str, Any] | None = _json()
-    final_score: float = 0.0
+    #: bonus + Σ its results once its period ended; NULL when that is past a float's range (no finite number)
+    final_score: float | None = 0.0
 
 
 class Result(SQLModel, table=True):

@@ -601,3 +601,34 @@ def test_0011_adds_a_deliverys_refused_at_and_its_downgrade_drops_it_leaving_the
         assert listed["status"] == "refused" and "not a finite number" in listed["last_error"]
     finally:
         engine.dispose()
+
+
+def test_0012_lets_a_sessions_final_score_be_null_and_makes_null_an_infinity_stored_before(database_url: str) -> None:
+    """0012 makes ``sessions.final_score`` nullable (NULL: past a float's range); its downgrade,
+    asked first, makes such a score 0.0 (the column NOT NULL again); back up, a score stored as
+    infinity there (SQLite's sum of scores near 1e308) is NULL, and the schema is the application's."""
+    engine = make_engine(database_url)
+    try:
+        prepare_schema(engine)
+        _, person = _experiment_with_delivery(engine)
+        mine, other = sessions.c.participant_id == person, sessions.c.participant_id != person
+        with engine.begin() as conn:
+            conn.execute(update(sessions).where(mine).values(final_score=None))
+            conn.execute(update(sessions).where(other).values(final_score=2.5))
+        with pytest.raises(DataWouldBeLost, match=r"the final score of 1 session\(s\) past a float's range"):
+            downgrade_schema(engine, "0011_delivery_refused", lose=False)
+        assert schema_state(engine).revision == head()
+        downgrade_schema(engine, "0011_delivery_refused", lose=True)
+        assert schema_state(engine).revision == "0011_delivery_refused"
+        with engine.connect() as conn:
+            assert not next(c for c in inspect(conn).get_columns("sessions") if c["name"] == "final_score")["nullable"]
+            assert conn.execute(select(sessions.c.final_score).where(mine)).scalar_one() == 0.0
+        with engine.begin() as conn:  # as the revision before stored a sum past a float's range on SQLite
+            conn.execute(update(sessions).where(mine).values(final_score=float("inf")))
+        upgrade_schema(engine)
+        assert schema_state(engine).revision == head() and differences(engine) == []
+        with engine.connect() as conn:
+            assert conn.execute(select(sessions.c.final_score).where(mine)).scalar_one() is None
+            assert conn.execute(select(sessions.c.final_score).where(other)).scalar_one() == 2.5
+    finally:
+        engine.dispose()

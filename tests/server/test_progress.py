@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import random
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,9 +13,11 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
+from groups import PublicGoods
 from server.progress import _rank
 from server.storage import make_engine, participants, sessions
-from tests.server.harness import Harness, timeout, until_state
+from server.verify import verify
+from tests.server.harness import Harness, running_server, timeout, until_state
 from tests.server.test_blocks import decide, wait_for_status
 
 
@@ -472,3 +475,49 @@ async def test_a_score_past_a_floats_range_is_null_in_every_answer_and_breaks_no
     done = await any_server.http.get(f"/p/{people[0]}/done", follow_redirects=False)
     assert done.status_code == 303, done.text
     assert done.headers["location"] == "https://lab.example/back?score="
+
+
+class Huge(PublicGoods):
+    """public_goods whose payoff is the largest float: three subperiods' results (each a third of
+    it) sum past a float's range (found by its import path)."""
+
+    def payoff(self, participant: str, decisions: Any) -> float:
+        return sys.float_info.max
+
+
+async def test_a_session_whose_results_sum_past_a_floats_range_ends_with_its_score_null(database_url: str) -> None:
+    """A block's three results of a third of the largest float each: its period's end summed them
+    in SQL into ``final_score``. PostgreSQL refused the sum (``value out of range: overflow``), so
+    the period's end was refused and tried again and again, the group never ending; SQLite stored
+    infinity, which the sessions' list and exports gave as ``null`` without notice. Now the end
+    is stored, the score NULL (never infinity), and every answer says so: the sessions' and the
+    participants' ``final_score`` null, the stats' ``scores_not_finite``, the way back's
+    ``{score}`` empty, and ``verify`` agrees with a note."""
+    async with running_server(database_url) as server:
+        exp = await server.create(game=f"{__name__}:Huge", participants=2, group_size=2, period_length=0.6,
+                                  num_subperiods=3, online={"completion_url": "https://lab.example/back?score={score}"})
+        code, people = exp["code"], [p["code"] for p in exp["participants"]]
+        for person in people:
+            await server.connect(person)
+        await wait_for_status(server, code, "done")
+        listed = (await get(server, f"/api/experiments/{code}/sessions"))["results"]
+        assert [(r["final_score"], r["finished_at"] is not None) for r in listed] == [(None, True), (None, True)]
+        scored = (await get(server, f"/api/experiments/{code}/participants"))["results"]
+        assert [(r["final_score"], r["rank"], r["status"]) for r in scored] == [(None, 1, "finished")] * 2
+        stats = await get(server, f"/api/experiments/{code}/stats")
+        assert stats["mean_score"] is None and stats["scores_not_finite"] == 2 and stats["finished"] == 2
+        exported = await server.http.get(f"/api/experiments/{code}/export.csv", params={"table": "sessions"})
+        assert [r["final_score"] for r in csv.DictReader(io.StringIO(exported.text))] == ["", ""]
+        document = await get(server, f"/api/experiments/{code}/export.json")
+        assert [r["final_score"] for r in document["sessions"]] == [None, None]
+        done = await server.http.get(f"/p/{people[0]}/done", follow_redirects=False)
+        assert done.status_code == 303 and done.headers["location"] == "https://lab.example/back?score="
+    engine = make_engine(database_url)  # the server has stopped: everything it acknowledged is applied
+    try:
+        with engine.connect() as conn:
+            assert list(conn.execute(select(sessions.c.final_score)).scalars()) == [None, None]  # never inf
+        report = verify(engine, code)
+    finally:
+        engine.dispose()
+    assert report.ok and report.sessions == 2 and report.results == 6, report.summary()
+    assert sum("final_score null: bonus + the stored results is past a float's range" in n for n in report.notes) == 2
