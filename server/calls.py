@@ -176,7 +176,9 @@ def _game_failed(live: LiveGroup, op: str, body: dict[str, Any], exc: Exception)
     logs it, once, with its traceback (not as a request that failed: ``server.cluster.requests``),
     and what the asker gets, here or on another worker. A member's frame is refused with
     ``game_error`` (``server.connection``: its page does not send it again); the experimenter's
-    action leaves the group as it was (``server.course``); a stand-in's arrival is not stored."""
+    action leaves the group as it was (``server.course``). A stand-in's arrival the game fails on
+    is counted all the same and logged where it ran (:meth:`server.standins.StandIns.start`),
+    never refused: this line is for what else a start might raise."""
     kind = type(exc).__name__
     if op == "receive":
         frame_failed(live.id, live.game, body["p"], exc)

@@ -159,10 +159,11 @@ class NotAuthority(Unavailable):
 
 class GameFailed(RefusedAction):
     """The game failed on an operation at the group's authority (a hook raised on a member's
-    frame, on the experimenter's action, on a stand-in's arrival): nothing of it changed, and the
-    failure was logged there, with its traceback, where the game ran. What the asker gets, on
-    that worker or another (``server.calls``): a frame's ``error`` ``game_error``, not sent
-    again; an experimenter's action that leaves the group as it was."""
+    frame, on the experimenter's action): nothing of it changed, and the failure was logged
+    there, with its traceback, where the game ran. What the asker gets, on that worker or
+    another (``server.calls``): a frame's ``error`` ``game_error``, not sent again; an
+    experimenter's action that leaves the group as it was. (A stand-in's arrival the game fails
+    on is counted all the same, as a human's: ``server.standins``.)"""
 
     code = "game_error"
 

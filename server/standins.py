@@ -38,7 +38,17 @@ from collections.abc import Coroutine
 from time import perf_counter
 from typing import Any, Protocol
 
-from groups import DECISIONS, NOBODY, PERIOD_END, STATE, Event, GroupError, Phase
+from groups import (
+    DECISIONS,
+    NOBODY,
+    PERIOD_END,
+    STATE,
+    Event,
+    GroupError,
+    InvalidState,
+    Phase,
+    RefusedAction,
+)
 
 from .exceptions import NotPersisted, Unavailable
 from .futures import consume
@@ -103,7 +113,8 @@ class StandIns:
         """A bot plays ``participant``'s seat from now on (no-op if one does, or, for a dropout, the human is here).
 
         Resolves once the bot's arrival is stored. Raises :class:`LookupError` for somebody who
-        is not a member and :class:`ValueError` for an unknown reason.
+        is not a member and :class:`ValueError` for an unknown reason. An arrival the game fails
+        on is logged once, with its traceback, and counted all the same (stored, the bot playing).
         """
         if reason not in REASONS:
             raise ValueError(f"expected a reason in {list(REASONS)}, got {reason!r}")
@@ -117,7 +128,22 @@ class StandIns:
         self._disarm(participant)
         record = Event(STANDIN, {"participant": participant, "reason": reason, "playing": True}, None, NOBODY)
         live = self.live
-        future = live.act(lambda: [record, *live.core.connect(participant, live.now())])
+        try:
+            future = live.act(lambda: [record, *live.core.connect(participant, live.now())])
+        except (RefusedAction, InvalidState):
+            del self.playing[participant]  # refused: nothing changed
+            raise
+        except Exception as exc:
+            # The game failed on the arrival (the period's start it makes, say): the bot takes the
+            # seat all the same, as a human's arrival counts (``server.presence``). Its ``standin``
+            # event is what says whose seat it is (a participant's ``finished``, ``played_by_bots``,
+            # the percentiles: ``storage.bot_held_seats``), and a lobby's fill already stored the
+            # status ``bot``: not storing it left a seat nobody played counted as its human's, and
+            # here as a bot's (``playing``) for good, no bot ever to take it again.
+            log.error("group %s: the game %s failed when a bot took the seat of %s (%s); the bot plays it all the same",
+                      live.id, type(live.core).__name__, participant, reason, exc_info=exc)
+            live.core.connected.add(participant)
+            future = live.act(lambda: [record])
         self._bots[participant] = asyncio.get_running_loop().create_task(self._play(participant, reason))
         log.info("group %s: a bot plays for %s (%s)", live.id, participant, reason)
         return future

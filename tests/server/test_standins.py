@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
+from groups import PublicGoods
+from server import standins
 from server.sessions import SessionRecord
 from server.storage import (
     Write,
@@ -477,3 +480,50 @@ async def test_a_participant_finished_only_if_no_bot_held_their_seat_at_a_blocks
 
     per_block = await server.runtime.database.read(blocks_compared)
     assert [len(per_block[0]), len(per_block[1])] == [2, 3]  # c's block 0 is its bot's, block 1 theirs
+
+
+class StartFailsOnce(PublicGoods):
+    """public_goods whose first start of the period raises, once every member is there (found by its import path)."""
+
+    failed = False
+
+    def when_all_players_ready(self) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("cannot start yet")
+
+
+async def test_a_bot_whose_arrival_the_game_fails_on_takes_the_seat_all_the_same(
+    server: Harness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Online, one arrives and the lobby fills the other seat with a bot; the game fails on the
+    period's start that arrival makes. As a human's arrival that the game fails on, it counts:
+    logged once with its traceback, the ``standin`` event stored, the bot playing (once the
+    experimenter starts the period), its seat counted as a bot's. It was refused (``GameFailed``)
+    with the seat held for a bot in memory, no bot ever to play it nor to take it again, while the
+    lobby had stored the status ``bot`` and the log no ``standin``: the seat nobody played counted
+    as its participant's own (``finished``), and the lobby's other seats got no bot."""
+    caplog.set_level(logging.ERROR)
+    monkeypatch.setattr(standins, "PACE", 0.05)  # the server runs in this process
+    exp = await server.create(game=f"{__name__}:StartFailsOnce", participants=2, group_size=2, period_length=1,
+                              online={"lobby_timeout": 0.3, "fill": "bots"})
+    code = exp["code"]
+    arrived = await server.http.get(f"/join/{code}", params={"label": "here"}, follow_redirects=False)
+    here = arrived.headers["location"].removeprefix("/p/")
+    filled = next(p["code"] for p in exp["participants"] if p["code"] != here)
+    client = await server.connect(here)
+    group = (await client.expect("hello"))["payload"]["group"]
+    stood = await until_event(server, code, lambda e: e["channel"] == "standin")
+    assert stood["value"] == {"participant": filled, "reason": "fill", "playing": True}
+    logged = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert [r.getMessage() for r in logged] == [
+        f"group {group}: the game StartFailsOnce failed when a bot took the seat of {filled} (fill); "
+        "the bot plays it all the same"]
+    assert logged[0].exc_info is not None and str(logged[0].exc_info[1]) == "cannot start yet"
+    started = await server.http.post(f"/api/experiments/{code}/start")
+    assert started.status_code == 200, started.text
+    await until_done(server, code)
+    events = await server.events(code)
+    assert [e for e in events if e["channel"] == "decisions" and e["participant"] == filled and e["bot"]]
+    assert await statuses(server, code) == {here: "finished", filled: "bot"}
+    assert counted(await stats(server, code), "finished", "played_by_bots") == (1, 1)
