@@ -4,6 +4,11 @@ Playwright's own browser download is never used (``playwright install`` is not r
 tests launch the system's Chromium through ``executable_path``; ``SYNCLAB_CHROMIUM`` names
 another binary. Without a Chromium the tests skip loudly, except with ``CI=true``, where they
 fail: ``.ci/run`` installs Debian's ``chromium``.
+
+One Chromium serves every browser test that a test process runs one after another (its
+Playwright driver and its launch took 2-3 s a test): the tests and their async fixtures run in
+the package's event loop (``LOOP``: each module's ``pytestmark``, each fixture's ``loop_scope``),
+and each test still gets browser contexts of its own (its own storage, as another computer).
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ import shutil
 from collections.abc import AsyncIterator
 
 import pytest
+import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright
 
-from tests.server.harness import timeout
+from tests.server.harness import Harness, running_server, timeout
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CHROMIUM = os.environ.get("SYNCLAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -28,6 +34,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+#: the event loop the browser tests and their async fixtures share with the browser
+LOOP = "package"
+#: each browser test module's mark: its tests run in that loop
+IN_LOOP = pytest.mark.asyncio(loop_scope=LOOP)
 
 
 def _missing(what: str) -> None:
@@ -36,9 +46,9 @@ def _missing(what: str) -> None:
     pytest.skip(f"SKIPPING BROWSER TESTS — {what}")
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope=LOOP, loop_scope=LOOP)
 async def browser() -> AsyncIterator[Browser]:
-    """A headless Chromium, closed after the test."""
+    """A headless Chromium, closed after the last browser test of this test process's run of them."""
     if not os.access(CHROMIUM, os.X_OK):
         _missing(f"no Chromium at {CHROMIUM}; apt-get install chromium or set SYNCLAB_CHROMIUM")
     async with async_playwright() as playwright:
@@ -51,7 +61,14 @@ async def browser() -> AsyncIterator[Browser]:
             await launched.close()
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope=LOOP)
+async def server(sqlite_url: str) -> AsyncIterator[Harness]:
+    """The suite's ``server`` (a real server on port 0, on SQLite), in the browser tests' loop."""
+    async with running_server(sqlite_url) as harness:
+        yield harness
+
+
+@pytest_asyncio.fixture(loop_scope=LOOP)
 async def page(browser: Browser) -> AsyncIterator[Page]:
     """A fresh page (its own localStorage) whose waits are bounded; it must raise no JS error."""
     context = await browser.new_context(viewport={"width": 1200, "height": 1600}, accept_downloads=True)

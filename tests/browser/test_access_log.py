@@ -10,9 +10,12 @@ from pathlib import Path
 
 from playwright.async_api import Page, expect
 
+from tests.browser.conftest import IN_LOOP
 from tests.server.harness import timeout
 from tests.server.test_access_log import _whole_log
 from tests.server.test_cli import free_port, started, wait_until_healthy
+
+pytestmark = IN_LOOP
 
 WAIT_MS = timeout(10) * 1000
 LINK = re.compile(r"monitor at (http://\S+/monitor#token=([A-Za-z0-9_-]+))$")

@@ -20,15 +20,19 @@ from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 import redis
 from playwright.async_api import Browser, WebSocket, expect
 from sqlalchemy import text
 
 from server.storage import make_engine
+from tests.browser.conftest import IN_LOOP, LOOP
 from tests.browser.test_participant import LAB_SCREEN, WAIT_MS, Participant
 from tests.cluster.harness import LEASE, Cluster, running_cluster, seqs, stored_ids, ticks
 from tests.cluster.test_cluster import create, owner_of, until, verify
 from tests.server.harness import timeout
+
+pytestmark = IN_LOOP
 
 #: the period (s) and its subperiods (2 s each). w1 is killed just after the first subperiod and
 #: is up again about 3 s later (1 s down, 2 s to start); the page's backoff (0.5 s doubling, with
@@ -74,7 +78,7 @@ class Tab(Participant):
         assert not elsewhere, f"sockets to another server than the page's: {elsewhere}"
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope=LOOP)
 async def open_tab(browser: Browser) -> AsyncIterator[Any]:
     """Open a participant's link in its own browser context, as on another computer."""
     opened: list[Tab] = []

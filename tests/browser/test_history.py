@@ -11,7 +11,10 @@ import asyncio
 
 from playwright.async_api import Page, Route, expect
 
+from tests.browser.conftest import IN_LOOP
 from tests.server.harness import TOKEN, Client, Harness, timeout
+
+pytestmark = IN_LOOP
 
 WAIT_MS = timeout(10) * 1000
 STEPS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)

@@ -11,7 +11,10 @@ from playwright.async_api import Page, expect
 
 from server import monitor
 from server.storage import add_token, revoke_token
+from tests.browser.conftest import IN_LOOP
 from tests.server.harness import TOKEN, Harness, timeout
+
+pytestmark = IN_LOOP
 
 TOKEN_KEY = "synclab.monitor.token"
 WAIT_MS = timeout(10) * 1000

@@ -13,9 +13,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import pytest_asyncio
 from playwright.async_api import Browser, Page, expect
 
+from tests.browser.conftest import IN_LOOP, LOOP
 from tests.server.harness import TOKEN, Harness, running_server, timeout
+
+pytestmark = IN_LOOP
 
 WAIT_MS = timeout(15) * 1000
 
@@ -51,7 +55,7 @@ def platform() -> Iterator[str]:
         httpd.server_close()
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope=LOOP)
 async def served(sqlite_url: str) -> AsyncIterator[Harness]:
     async with running_server(sqlite_url) as harness:
         yield harness
@@ -79,7 +83,7 @@ class People:
             await page.context.close()
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope=LOOP)
 async def people(browser: Browser) -> AsyncIterator[People]:
     made = People(browser)
     try:

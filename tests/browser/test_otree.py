@@ -19,8 +19,11 @@ from playwright.async_api import Browser, Page, expect
 from sqlalchemy import select, update
 
 from server.storage import add_otree_deliveries, make_engine, participants, sessions
+from tests.browser.conftest import IN_LOOP
 from tests.otree_server import REST_KEY, OTree, free_port, running_otree
 from tests.server.harness import TOKEN, running_server, timeout, until_state
+
+pytestmark = IN_LOOP
 
 FAST = {"delivery_retry": 0.2, "delivery_retry_max": 1.0, "delivery_poll": 0.2, "delivery_timeout": 2.0}
 

@@ -17,15 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
+import pytest_asyncio
 from playwright.async_api import Browser, Page, expect
 
 from server.settings import Settings
 from server.verify import run_verify
+from tests.browser.conftest import IN_LOOP, LOOP
 from tests.browser.proxy import proxy_to
 from tests.server.harness import Harness, timeout, until_state
 from tests.server.test_blocks import decide
 from tests.server.test_game_faults import until_faulted
+
+pytestmark = IN_LOOP
 
 WAIT_MS = timeout(10) * 1000
 ARTIFACTS = Path(os.environ.get("SYNCLAB_ARTIFACTS") or Path(__file__).resolve().parents[2] / "artifacts") / "screenshots"
@@ -58,7 +61,7 @@ class Participant:
         await self.page.screenshot(path=str(ARTIFACTS / f"participant-{name}.png"), full_page=True)
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope=LOOP)
 async def open_participant(browser: Browser) -> AsyncIterator[Any]:
     """Open a participant's link in its own browser context (its own storage, as another computer)."""
     opened: list[Participant] = []
