@@ -540,10 +540,20 @@ def test_a_cluster_on_sqlite_or_several_workers_without_redis_are_refused_in_one
     """REDIS_URL with a SQLite DATABASE_URL, and --workers 2 without REDIS_URL: exit 2, one line why."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     sqlite = f"sqlite:///{tmp_path}/x.db"
-    refused = subprocess.run([*SYNCLAB, "serve", "--port", "0"], cwd=tmp_path, capture_output=True, text=True,
-                             env={**env, "DATABASE_URL": sqlite, "REDIS_URL": redis_url}, timeout=timeout(30), check=False)
-    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
-    assert "REDIS_URL" in refused.stderr and "PostgreSQL" in refused.stderr
-    alone = subprocess.run([*SYNCLAB, "serve", "--port", "0", "--workers", "2"], cwd=tmp_path, capture_output=True,
-                           text=True, env={**env, "DATABASE_URL": sqlite}, timeout=timeout(30), check=False)
-    assert alone.returncode == 2 and "REDIS_URL" in alone.stderr
+    # the two commands at once: each is mostly Python starting
+    processes = [
+        subprocess.Popen([*SYNCLAB, "serve", "--port", "0", *options], cwd=tmp_path, env={**env, **more},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for options, more in (((), {"DATABASE_URL": sqlite, "REDIS_URL": redis_url}),
+                              (("--workers", "2"), {"DATABASE_URL": sqlite}))
+    ]
+    try:
+        (refused, refused_err), (alone, alone_err) = [(p, p.communicate(timeout=timeout(30))[1]) for p in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert refused.returncode == 2 and len(refused_err.strip().splitlines()) == 1
+    assert "REDIS_URL" in refused_err and "PostgreSQL" in refused_err
+    assert alone.returncode == 2 and "REDIS_URL" in alone_err
