@@ -24,7 +24,8 @@ Each page reads the rows as they are now and takes them back to ``last_seq`` thr
 ``state`` events (``storage.asof``): a period's start and end are committed with their state
 event. What the event log does not record stays as read by the page: a participant's
 ``connected`` and ``connected_since``, a session's ``json_data``, and whether a running group is
-``paused``.
+``paused``. Neither does it record the ``connections`` and ``ticks`` tables: they are read as
+they are (:mod:`server.exportlogs`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from . import exportlogs
 from .exceptions import BadRequest
 from .experimentapi import experiment_fields
 from .participantapi import completion_codes
@@ -68,7 +70,7 @@ Format = Literal["csv", "json"]
 #: where a table's paging stands: the sort key of the last row sent; ``()`` before the first page
 Cursor = tuple[Any, ...]
 
-TABLES = ("events", "results", "sessions", "participants")
+TABLES = ("events", "results", "sessions", "participants", "connections", "ticks")
 FORMATS = ("csv", "json")
 #: rows per page: one query each, and the most rows an export holds at once
 PAGE_ROWS = 2000
@@ -95,9 +97,10 @@ CSV_COLUMNS: dict[str, tuple[str, ...]] = {
         "completion_code",
         "status",
     ),
+    **exportlogs.CSV_COLUMNS,
 }
 #: columns holding any JSON value: written as compact JSON text in CSV, so a string keeps its quotes
-JSON_COLUMNS = frozenset({"value", "decision", "json_data"})
+JSON_COLUMNS = frozenset({"value", "decision", "json_data", "snapshot"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +121,8 @@ def plan(experiment: dict[str, Any], table: str | None, fmt: Format, *, limit: i
     """The parts of an export of ``experiment`` (its row, read once, now).
 
     CSV needs a table. JSON with a table is an array of its rows; without one it is the whole
-    document: experiment, blocks, groups, participants, sessions with their results, events.
+    document: experiment, blocks, groups, participants, sessions with their results, events,
+    connections, ticks.
     """
     if table is not None and table not in TABLES:
         raise ValueError(f"table: expected one of {list(TABLES)}, got {table!r}")
@@ -134,6 +138,10 @@ def plan(experiment: dict[str, Any], table: str | None, fmt: Format, *, limit: i
         Part(experiment, "sessions", nested=True, limit=limit),
         _literal(experiment, b'],"events":['),
         Part(experiment, "events", limit=limit),
+        _literal(experiment, b'],"connections":['),
+        Part(experiment, "connections", limit=limit),
+        _literal(experiment, b'],"ticks":['),
+        Part(experiment, "ticks", limit=limit),
         _literal(experiment, b"]}"),
     ]
 
@@ -243,7 +251,15 @@ def _participants(engine: Engine, part: Part, cursor: Cursor) -> tuple[list[dict
     return participant_progress(engine, part.experiment["id"], upto_seq=part.experiment["last_seq"]), None
 
 
-_READERS = {"events": _events, "results": _results, "sessions": _sessions, "participants": _participants}
+_READERS = {
+    "events": _events,
+    "results": _results,
+    "sessions": _sessions,
+    "participants": _participants,
+    # as read by each page: the event log does not record them
+    "connections": exportlogs.connections,
+    "ticks": exportlogs.ticks,
+}
 
 
 def _document_head(engine: Engine, experiment: dict[str, Any]) -> bytes:
@@ -316,7 +332,7 @@ def _table(request: Request, *, required: bool) -> str | None:
 
 
 async def export_csv(request: Request) -> Response:
-    """``?table=`` events, results, sessions or participants, as a CSV attachment."""
+    """``?table=`` events, results, sessions, participants, connections or ticks, as a CSV attachment."""
     require_admin(request, "exporting experiments")
     row = await path_experiment(request)
     table = _table(request, required=True)

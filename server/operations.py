@@ -195,7 +195,8 @@ def _experiment_paths() -> dict[str, Any]:
             {"description": "the document or the rows", "headers": _ATTACHMENT,
              "content": {"application/json": {"schema": {"anyOf": [
                  ref("ExportDocument"),
-                 *({"type": "array", "items": ref(item)} for item in ("Event", "Result", "Session", "Progress")),
+                 *({"type": "array", "items": ref(item)} for item in ("Event", "Result", "Session", "Progress",
+                                                                        "Connection", "Tick")),
              ]}}}},
             _params("code", "tableOptional"), (400, 401, 403, 404), **ADMIN,
         ),

@@ -111,6 +111,17 @@ def _row_schemas() -> dict[str, JSONSchema]:
             "points": {"type": "array", "items": closed_object(
                 {"seq": SEQ, "ts": {"type": "integer"}, "decisions": {"type": "object"}})},
         }),
+        # the exports' connections and ticks (server.exportlogs)
+        "Connection": closed_object(
+            {"id": STRING, "participant": STRING, "connected_at": TIME, "disconnected_at": nullable(TIME),
+             "close_code": nullable(INT), "route": STRING, "worker": nullable(STRING),
+             "address": nullable(STRING), "user_agent": nullable(STRING)}
+        ),
+        "Tick": closed_object(
+            {"group": INT, "block": {"type": "integer", "minimum": 0}, "kind": STRING,
+             "index": {"type": "integer", "minimum": 0}, "scheduled_at": TIME, "actual_at": TIME,
+             "late": {"type": "boolean"}, "snapshot": nullable({"type": "object"})}
+        ),
         # a score on its way back to oTree (server.deliveries); never the REST key
         "Delivery": closed_object(
             {"participant": STRING, "label": nullable(STRING), "kind": {"type": "string", "enum": ["otree"]},
@@ -173,6 +184,8 @@ def _experiment_schemas() -> dict[str, JSONSchema]:
                 "participants": {"type": "array", "items": ref("Progress")},
                 "sessions": {"type": "array", "items": ref("SessionWithResults")},
                 "events": {"type": "array", "items": ref("Event")},
+                "connections": {"type": "array", "items": ref("Connection")},
+                "ticks": {"type": "array", "items": ref("Tick")},
             }
         ),
     }

@@ -140,7 +140,7 @@ async def test_each_table_exported_as_csv_and_json_equals_the_api_list(any_serve
     server = any_server
     exp = await played(server)
     code = exp["code"]
-    for table in TABLES:
+    for table in API_PATHS:
         expected = await listed(server, code, table)
         assert expected, table
         response = await server.http.get(f"/api/experiments/{code}/export.csv", params={"table": table})
@@ -166,7 +166,9 @@ async def test_the_json_document_holds_everything_with_results_inside_their_sess
     assert response.status_code == 200, response.text
     assert response.headers["content-disposition"] == f'attachment; filename="synclab-{code}-all.json"'
     doc = orjson.loads(response.content)
-    assert list(doc) == ["experiment", "blocks", "groups", "participants", "sessions", "events"]
+    assert list(doc) == [
+        "experiment", "blocks", "groups", "participants", "sessions", "events", "connections", "ticks"
+    ]
 
     detail = (await server.http.get(f"/api/experiments/{code}")).json()
     for key in ("code", "game", "status", "config", "blocks", "created_at", "started_at", "finished_at", "last_seq"):
@@ -235,7 +237,7 @@ async def test_exports_refuse_a_missing_or_wrong_token_an_unknown_code_and_a_bad
     for url, params, fragment in (
         (csv_url, {}, "got none"),
         (csv_url, {"table": ""}, "got none"),
-        (csv_url, {"table": "ticks"}, "'ticks'"),
+        (csv_url, {"table": "tick"}, "'tick'"),
         (json_url, {"table": "Events"}, "'Events'"),
     ):
         response = await server.http.get(url, params=params)
@@ -262,8 +264,8 @@ def test_the_cli_refuses_an_unknown_code_and_csv_without_a_table(
     out, err = capsys.readouterr()
     assert out == "" and "--table" in err
     with pytest.raises(SystemExit):
-        main(["export", spec.code, "--table", "ticks"])
-    assert "invalid choice: 'ticks'" in capsys.readouterr().err
+        main(["export", spec.code, "--table", "tick"])
+    assert "invalid choice: 'tick'" in capsys.readouterr().err
     # a database that is not there is refused, never created empty
     missing = tmp_path / "elsewhere.db"
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{missing}")
