@@ -44,6 +44,7 @@ from .storage import (
     count_rows,
     experiment_participants,
     experiment_row,
+    experiment_timing,
     insert_experiment,
     iso,
     list_deliveries,
@@ -87,10 +88,16 @@ def _experiment_summary(request: HTTPConnection, row: dict[str, Any]) -> dict[st
     }
 
 
-def experiment_body(request: HTTPConnection, row: dict[str, Any], people: list[dict[str, Any]]) -> dict[str, Any]:
+def experiment_body(
+    request: HTTPConnection, row: dict[str, Any], people: list[dict[str, Any]], timing: dict[str, Any]
+) -> dict[str, Any]:
+    """The experiment's detail: its summary, the timing its create request set for every block
+    (``period_length``, ``num_subperiods``, ``rate_limit``, ``bonus_points``, ``matching``, as
+    stored: :func:`server.storage.experiment_timing`) and its participants' links."""
     base = base_url(request)
     return {
         **_experiment_summary(request, row),
+        **timing,
         "participants": [
             {"code": p["code"], "label": p["label"], "url": f"{base}/p/{p['code']}"} for p in people
         ],
@@ -110,7 +117,8 @@ async def create_experiment(request: Request) -> Response:
     row = await db.read(experiment_row, spec.code)
     assert row is not None
     people = await db.read(experiment_participants, row["id"])
-    return JSON(experiment_body(request, row, people), status_code=201)
+    timing = await db.read(experiment_timing, row["id"])
+    return JSON(experiment_body(request, row, people, timing), status_code=201)
 
 
 async def experiments(request: Request) -> Response:
@@ -137,8 +145,9 @@ async def experiments_list(request: Request) -> Response:
 async def experiment_detail(request: Request) -> Response:
     require_watch(request)
     row = await path_experiment(request)
-    people = await runtime(request).database.read(experiment_participants, row["id"])
-    return JSON(experiment_body(request, row, people))
+    db = runtime(request).database
+    people = await db.read(experiment_participants, row["id"])
+    return JSON(experiment_body(request, row, people, await db.read(experiment_timing, row["id"])))
 
 
 async def experiment_stats(request: Request) -> Response:

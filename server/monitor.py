@@ -44,7 +44,7 @@ from .hub import monitor_presence_topic, monitor_topic
 from .meter import Meter
 from .progress import participant_progress
 from .runtime import Runtime
-from .storage import experiment_participants, experiment_row, monitor_state
+from .storage import experiment_participants, experiment_row, experiment_timing, monitor_state
 from .wire import encode, ms
 
 #: seconds between two ``events`` frames
@@ -223,10 +223,11 @@ async def _snapshot(rt: Runtime, websocket: WebSocket, row: dict[str, Any]) -> d
     db = rt.database
     state = await db.read(monitor_state, row["id"])
     people = await db.read(experiment_participants, row["id"])
+    timing = await db.read(experiment_timing, row["id"])
     progress = await db.read(participant_progress, row["id"])
     agents = state.pop("user_agents")
     return {
-        "experiment": experiment_body(websocket, row, people),
+        "experiment": experiment_body(websocket, row, people, timing),
         **state,
         "participants": [
             {

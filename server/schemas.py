@@ -167,6 +167,8 @@ def _experiment_schemas() -> dict[str, JSONSchema]:
             "status": STRING,
         }
     )
+    timing = {name: block["properties"][name]
+              for name in ("period_length", "num_subperiods", "rate_limit", "bonus_points", "matching")}
     group = closed_object(
         {"id": INT, "block": {"type": "integer", "minimum": 0}, "index": {"type": "integer", "minimum": 0},
          "phase": STRING, "started_at": nullable(TIME), "ended_at": nullable(TIME),
@@ -175,7 +177,9 @@ def _experiment_schemas() -> dict[str, JSONSchema]:
     return {
         "ExperimentSummary": closed_object(summary),
         "ParticipantLink": link,
-        "Experiment": closed_object({**summary, "participants": {"type": "array", "items": ref("ParticipantLink")}}),
+        # the detail adds the timing its create request set for every block (as each block stored it)
+        "Experiment": closed_object({**summary, **timing, "participants": {"type": "array",
+                                                                          "items": ref("ParticipantLink")}}),
         "ExportDocument": closed_object(
             {
                 "experiment": closed_object(fields),

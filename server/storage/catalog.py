@@ -162,6 +162,21 @@ def experiment_participants(engine: Engine, experiment_id: int) -> list[dict[str
         return [dict(r) for r in rows]
 
 
+#: what ``POST /api/experiments`` took for every block, as stored (each block holds its own copy)
+TIMING = ("period_length", "num_subperiods", "rate_limit", "bonus_points", "matching")
+
+
+def experiment_timing(engine: Engine, experiment_id: int) -> dict[str, Any]:
+    """The experiment's timing as its first block stored it: every block of one is created with the same."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(*(blocks.c[name] for name in TIMING))
+            .where(blocks.c.experiment_id == experiment_id)
+            .order_by(blocks.c.index)
+            .limit(1)
+        ).mappings().first()
+    return {name: None if row is None else row[name] for name in TIMING}
+
 
 def live_group_ids(engine: Engine) -> list[int]:
     """Groups whose period runs or is paused, in experiments still going: resumed at start-up."""

@@ -13,6 +13,7 @@ import orjson
 from sqlalchemy import Engine, select
 
 from server.export import CSV_COLUMNS
+from server.openapi import document
 from server.storage import blocks, connections, experiment_row, groups, iso, participants, ticks
 from tests.server.harness import Harness, timeout
 from tests.server.test_export import get_bytes, played
@@ -115,3 +116,24 @@ async def test_connections_and_ticks_are_exported_as_csv_json_and_in_the_documen
     assert all(t["scheduled_at"].endswith("Z") and not t["late"] for t in doc["ticks"])
     assert all(set(t["snapshot"] or {}) <= set(people) for t in doc["ticks"])
 
+
+async def test_the_experiment_detail_gives_the_timing_its_create_request_set(any_server: Harness) -> None:
+    """``GET /api/experiments/{code}`` (and the create's 201) give ``period_length``, ``num_subperiods``,
+    ``rate_limit``, ``bonus_points`` and ``matching`` as stored, beside every field it gave before, and
+    the OpenAPI ``Experiment`` schema names exactly those fields."""
+    server = any_server
+    made = await server.create(participants=4, group_size=2, blocks=3, period_length=2.5, num_subperiods=5,
+                               rate_limit=0.5, bonus_points=3, matching="random")
+    detail = (await server.http.get(f"/api/experiments/{made['code']}")).json()
+    timing = {"period_length": 2.5, "num_subperiods": 5, "rate_limit": 0.5, "bonus_points": 3.0, "matching": "random"}
+    for body in (made, detail):
+        assert {k: body[k] for k in timing} == timing
+        assert body["blocks"] == 3 and body["block_pause"] == 5.0 and len(body["participants"]) == 4
+    schema = document()["components"]["schemas"]["Experiment"]
+    assert set(detail) == set(schema["properties"]) == set(schema["required"])
+    # the defaults, as stored: continuous time, no rate limit
+    plain = await server.create()
+    detail = (await server.http.get(f"/api/experiments/{plain['code']}")).json()
+    assert {k: detail[k] for k in timing} == {
+        "period_length": 60.0, "num_subperiods": None, "rate_limit": None, "bonus_points": 0.0, "matching": "fixed"
+    }
