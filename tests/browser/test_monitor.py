@@ -239,13 +239,13 @@ async def test_monitor_offers_creating_controlling_and_exporting_to_an_admin_tok
     await expect(page.get_by_role("button", name="Copy all links")).to_be_visible()
 
     buttons = page.locator(ADMIN_BUTTONS)
-    await expect(buttons).to_have_count(4 + 5 + 4)  # the experiment's controls, the downloads, the group's
+    await expect(buttons).to_have_count(4 + 7 + 4)  # the experiment's controls, the downloads, the group's
     await expect(group.locator("button[data-action]")).to_have_count(4)
     offered = page.locator(", ".join(f"{b}:visible" for b in ADMIN_BUTTONS.split(", ")))
     controls_note = page.locator("#controls-note")
     if admin:
-        await expect(offered).to_have_count(13)
-        for index in range(13):
+        await expect(offered).to_have_count(15)
+        for index in range(15):
             await expect(offered.nth(index)).to_be_enabled()
         await expect(controls_note).to_be_hidden()
         await group.get_by_role("button", name="pause").click()
