@@ -196,7 +196,7 @@ def _run(argv: Sequence[str] | None) -> int:
     accounts = commands.add_parser("token", help="experimenter tokens: create NAME [--role], list, revoke NAME")
     accounts.add_argument("action", choices=TOKEN_ACTIONS)
     accounts.add_argument("name", nargs="?", help="the token's name (create, revoke)")
-    accounts.add_argument("--role", default="admin", help="admin (the default) or watch: reads and watches only")
+    accounts.add_argument("--role", help="create: admin (the default) or watch: reads and watches only")
     accounts.add_argument("--json", action="store_true", help="list: print JSON")
     args = parser.parse_args(argv)
     try:

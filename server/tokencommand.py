@@ -1,13 +1,13 @@
 """``synclab token``: the experimenters' tokens, each an account with a name and a role.
 
     synclab token create NAME [--role admin|watch]   make a token; it is printed once, on stdout
-    synclab token list [--json]                      names, roles, created, last used, revoked
+    synclab token list [--json]                      names, roles, created, last used, revoked (every token)
     synclab token revoke NAME                        refused from then on (within a second or two)
 
 The database keeps the SHA-256 of each token, never the token: a lost token cannot be shown
 again (revoke it and make another). ``watch`` reads everything and opens the monitor; ``admin``
 also creates, controls and exports experiments. Exit 1 when the name is taken or unknown, 2 when
-the database cannot be used.
+the database cannot be used or an option is refused (``--role`` is create's alone).
 """
 
 from __future__ import annotations
@@ -30,13 +30,23 @@ from .storage import (
 )
 
 TOKEN_ACTIONS = ("create", "list", "revoke")
+#: why ``--role`` means nothing to the other actions (they refuse it)
+_ROLE_ELSEWHERE = {
+    "list": "list shows every token with its role; filter it, say with grep or --json",
+    "revoke": "revoke names the token alone",
+}
 _COLUMNS = (("name", "name"), ("role", "role"), ("created_at", "created"), ("last_used_at", "last used"),
             ("revoked_at", "revoked"))
 
 
-def run_token(settings: Settings, action: str, name: str | None = None, role: str = "admin",
+def run_token(settings: Settings, action: str, name: str | None = None, role: str | None = None,
               as_json: bool = False) -> int:
-    """Run ``synclab token ACTION``; the exit status."""
+    """Run ``synclab token ACTION``; the exit status. ``role``: create's (``None``: admin); refused
+    for list and revoke, which would otherwise ignore it."""
+    if role is not None and action != "create":
+        print(f"synclab: token {action}: --role is for create only ({_ROLE_ELSEWHERE[action]})", file=sys.stderr)
+        return 2
+    role = role or "admin"
     if action == "list":
         with reading(settings.database_url) as engine:
             prepare_schema(engine)

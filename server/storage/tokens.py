@@ -48,7 +48,8 @@ def new_token() -> str:
 def check_name(name: str) -> str:
     if not NAME.match(name):
         raise ValueError(
-            f"a token's name: expected 1 to 64 letters, digits or '._@-' (not starting with one of those), got {name!r}"
+            f"a token's name: expected 1 to 64 characters, each a letter, a digit or one of '._@-', "
+            f"the first a letter or a digit, got {name!r}"
         )
     if name.upper() == ENV_ACCOUNT:  # else the records could not tell the two apart
         raise ValueError(f"a token's name: {name!r} is the name of the environment's SYNCLAB_ADMIN_TOKEN; choose another")

@@ -311,6 +311,41 @@ def test_no_stored_token_takes_the_name_of_the_environments_token(
         engine.dispose()
 
 
+def test_role_is_refused_for_list_and_revoke_which_ignored_it(
+    tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``token list --role watch`` listed every token, admins too, as if it had filtered them;
+    ``token revoke NAME --role watch`` revoked an admin. ``--role`` is create's alone: the others
+    refuse it (exit 2, nothing printed on stdout, nothing revoked)."""
+    monkeypatch.chdir(tmp_path)
+    assert _command(capsys, monkeypatch, sqlite_url, "token", "create", "boss")[0] == 0
+    status, out, err = _command(capsys, monkeypatch, sqlite_url, "token", "list", "--role", "watch")
+    assert (status, out) == (2, ""), err
+    assert "token list: --role is for create only (list shows every token with its role" in err
+    status, out, err = _command(capsys, monkeypatch, sqlite_url, "token", "revoke", "boss", "--role", "watch")
+    assert (status, out) == (2, ""), err
+    assert "token revoke: --role is for create only" in err
+    engine = make_engine(sqlite_url)
+    try:
+        assert [(t["name"], t["role"], t["revoked_at"]) for t in list_tokens(engine)] == [("boss", "admin", None)]
+    finally:
+        engine.dispose()
+
+
+def test_a_bad_token_name_is_refused_saying_what_a_name_may_be(
+    tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal said "(not starting with one of those)", which read as if a name could start
+    with none of the allowed characters; it says what is allowed, the first character apart."""
+    monkeypatch.chdir(tmp_path)
+    for name in (".anna", "bad name", "x" * 65):
+        status, out, err = _command(capsys, monkeypatch, sqlite_url, "token", "create", name)
+        assert (status, out) == (2, ""), err
+        assert ("expected 1 to 64 characters, each a letter, a digit or one of '._@-', "
+                "the first a letter or a digit") in err
+        assert "not starting with" not in err
+
+
 def test_the_token_commands_list_and_revoke_and_a_running_server_follows(
     tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
