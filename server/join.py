@@ -96,10 +96,17 @@ async def join(request: Request) -> Response:
     code = str(request.path_params["experiment"])
     row = await rt.database.read(experiment_row, code)
     online = None if row is None else settings(row["online"])
-    if row is None or online is None:
+    if row is None:
         return page(
             "This link is not known",
             "There is no experiment to join at this address. Check the link you were given.",
+            404,
+        )
+    if online is None:  # a lab experiment: each participant has a link of their own (/p/…)
+        return page(
+            "This experiment is not open for online joining",
+            "This experiment takes no arrivals through this address: each of its participants has a "
+            "link of their own. Check the link you were given, or ask the experimenter.",
             404,
         )
     label = request.query_params.get(online.label_param, "").strip()

@@ -93,8 +93,12 @@ async def test_join_refuses_what_it_cannot_seat(served: Harness) -> None:
     exp = await served.create(online={"label_param": "PROLIFIC_PID"})
     missing = await served.http.get(f"/join/{exp['code']}", params={"label": "x"})
     assert missing.status_code == 400 and "PROLIFIC_PID" in missing.text
-    assert (await arrive(served.http, lab["code"], "x")).status_code == 404
-    assert (await arrive(served.http, "nope", "x")).status_code == 404
+    # a lab experiment is not "no experiment": it exists, and is not open for online joining
+    not_online = await arrive(served.http, lab["code"], "x")
+    assert not_online.status_code == 404 and "not open for online joining" in not_online.text
+    assert "There is no experiment" not in not_online.text
+    unknown = await arrive(served.http, "nope", "x")
+    assert unknown.status_code == 404 and "There is no experiment to join at this address" in unknown.text
     code = seat_of(await arrive(served.http, exp["code"], "5f1a", "PROLIFIC_PID"))
     assert code == exp["participants"][0]["code"]
     # a seat whose pre-made link was used is not handed out again
