@@ -18,12 +18,14 @@ from typing import Any
 
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from groups import available_games
+from groups import available_games, shown
 
+from .control import ACTIONS
 from .exceptions import ApiError, NotPersisted, Unauthorized, Unavailable
 from .experimentapi import (
     deliveries,
@@ -146,6 +148,32 @@ def api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError | NotPersisted)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
     return JSON(exc.body(), status_code=exc.status, headers=headers)
+
+
+def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 (no route) and 405 (not this method): under ``/api/`` a JSON error as
+    the API's others (``{"error": …}``), the ``Allow`` header kept; elsewhere plain text as before.
+
+    ``/api/experiments/{code}/{name}`` with a name that is no action matched only the actions'
+    route (POST), so a GET of ``export.xml`` was a 405: it is a 404 that names what there is.
+    """
+    assert isinstance(exc, HTTPException)
+    path = request.url.path
+    if not path.startswith("/api/"):
+        return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+    parts, allowed = path.split("/"), (exc.headers or {}).get("Allow", "none")
+    if (exc.status_code == 405 and allowed == "POST" and len(parts) == 5 and parts[2] == "experiments"
+            and parts[4] not in ACTIONS):  # only the actions' route matched
+        message = (f"no {shown(parts[4])} of an experiment: its exports are export.csv and export.json "
+                   f"(GET), its actions {', '.join(ACTIONS)} (POST)")
+        return JSON({"error": message}, status_code=404)
+    if exc.status_code == 404:
+        message = f"no such address in the API: {shown(path)} (see /api/openapi.json)"
+    elif exc.status_code == 405:
+        message = f"{request.method} is not allowed here; allowed: {allowed}"
+    else:
+        message = exc.detail
+    return JSON({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
 
 routes = [

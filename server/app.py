@@ -145,7 +145,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
         middleware=[Middleware(SecurityHeaders), Middleware(Authenticate), Middleware(BoundedBodies)],
         exception_handlers={ApiError: api.api_error, NotPersisted: api.api_error, OperationalError: api.database_error,
-                            ApplyFailed: api.storage_halted},
+                            ApplyFailed: api.storage_halted, 404: api.http_error, 405: api.http_error},
     )
 
 

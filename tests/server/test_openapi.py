@@ -212,6 +212,27 @@ async def test_a_wrong_method_is_answered_with_the_methods_of_the_path(server: H
     assert (listing.status_code, export.status_code) == (405, 405)
     assert set(listing.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
     assert set(export.headers["allow"].split(", ")) == {"GET", "HEAD"}
+    assert "PUT is not allowed here" in export.json()["error"]  # JSON, as the API's other errors
+
+
+async def test_an_unknown_address_in_the_api_is_a_json_404(server: Harness) -> None:
+    """``GET …/export.xml`` matched only the actions' route (POST) and was a plain-text 405, and an
+    unknown ``/api/`` path a plain-text 404; both are JSON errors as the API's others, the unknown
+    export a 404 naming the exports there are. A control action's GET stays a 405 (Allow: POST),
+    and an address outside the API keeps its plain 404."""
+    exp = await server.create()
+    for path in (f"/api/experiments/{exp['code']}/export.xml", "/api/experiments/nope/export.xml"):
+        unknown = await server.http.get(path)
+        assert unknown.status_code == 404, unknown.text
+        assert unknown.headers["content-type"].startswith("application/json")
+        assert "export.csv and export.json" in unknown.json()["error"]
+    nowhere = await server.http.get("/api/nowhere")
+    assert nowhere.status_code == 404 and "no such address in the API" in nowhere.json()["error"]
+    start = await server.http.get(f"/api/experiments/{exp['code']}/start")
+    assert start.status_code == 405 and start.headers["allow"] == "POST"
+    assert "GET is not allowed here; allowed: POST" in start.json()["error"]
+    outside = await server.http.get("/nowhere")
+    assert (outside.status_code, outside.text) == (404, "Not Found")
 
 
 # --------------------------------------------------------------------------- schemathesis
