@@ -52,7 +52,7 @@ def _prepare(settings: Settings, upgrade: bool, *, serving_here: bool) -> str | 
     file's lock from the check on (:func:`check_startable`).
     """
     settings.check()
-    check_startable(settings.database_url, settings.journaled, keep=serving_here)
+    check_startable(settings.database_url, settings.journaled, keep=serving_here, why=settings.journal_in_force)
     engine = make_engine(settings.database_url)
     try:
         before = prepare_schema(engine, upgrade=upgrade)

@@ -67,6 +67,7 @@ class Runtime:
             lock_timeout=settings.lock_timeout,
             synced=settings.durability == "power-loss",
             journal=settings.journaled,
+            journal_why=settings.journal_in_force,
             apply_every=settings.apply_every,
             journal_size=settings.journal_size,
         )

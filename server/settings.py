@@ -194,6 +194,19 @@ class Settings:
         return self.journal == "on" or (self.journal == "auto" and self.journal_fits)
 
     @property
+    def journal_in_force(self) -> str:
+        """``SYNCLAB_JOURNAL`` as it stands for this server, and why with ``auto``: for a message."""
+        if self.journal != "auto":
+            return f"SYNCLAB_JOURNAL={self.journal}"
+        if self.journaled:
+            return ("SYNCLAB_JOURNAL=auto, the default: the journal, for one process on a SQLite file "
+                    "at SYNCLAB_DURABILITY=power-loss")
+        why = (f"SYNCLAB_DURABILITY={self.durability}" if self.durability != "power-loss"
+               else "a system without os.fdatasync or os.preadv" if not journal_supported()
+               else "not one process on a SQLite file")
+        return f"SYNCLAB_JOURNAL=auto, the default: the direct commit, with {why}"
+
+    @property
     def group_commit_wait(self) -> float:
         """``commit_delay``, or its default: 1 ms for synced commits, none for the journal's appends.
 

@@ -65,7 +65,7 @@ class Database:
         journal: bool = False,
         journal_size: int = DEFAULT_SIZE,
         apply_every: float = APPLY_EVERY,
-        lock_wait: float = LOCK_WAIT,
+        lock_wait: float = LOCK_WAIT, journal_why: str | None = None,  # why: for a refused lock's message
     ) -> None:
         self.url = url
         self.restart_log_after = restart_log_after
@@ -84,7 +84,7 @@ class Database:
         #: SQLite file: the ``flock`` held on it, exclusive with a journal (see :func:`.recovery.lock_database`)
         self._lock: int | None = None
         if self.sqlite_file is not None:
-            self._lock = lock_database(self.sqlite_file, exclusive=journal, wait=lock_wait)
+            self._lock = lock_database(self.sqlite_file, exclusive=journal, wait=lock_wait, why=journal_why)
         if journal:
             if self.sqlite_file is None or not synced:
                 self._unlock()

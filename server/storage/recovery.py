@@ -60,13 +60,14 @@ def journal_of(path: str) -> str:
 # ---------------------------------------------------------------------------- the database's lock
 
 
-def lock_database(path: str, *, exclusive: bool, wait: float = LOCK_WAIT) -> int:
+def lock_database(path: str, *, exclusive: bool, wait: float = LOCK_WAIT, why: str | None = None) -> int:
     """An ``flock`` on the SQLite file ``path`` (made empty if absent): its descriptor, which holds it.
 
     Shared for a direct writer (several processes may write one database, each numbering from
     the database), exclusive for a journal's (its numbers are its own) and for a recovery. SQLite
     locks the file with ``fcntl`` record locks, which an ``flock`` does not touch. Waits up to
-    ``wait`` seconds for another process's recovery, then raises :class:`SettingsError`.
+    ``wait`` seconds for another process's recovery, then raises :class:`SettingsError`, which
+    says ``why`` (:attr:`.Settings.journal_in_force`) this process wants the lock it wants.
     The lock :func:`check_startable` kept for this process's server is taken over as it is.
     """
     kept = _kept.pop(path, None)
@@ -87,12 +88,19 @@ def lock_database(path: str, *, exclusive: bool, wait: float = LOCK_WAIT) -> int
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 os.close(fd)
-                raise SettingsError(
-                    f"another synclab process has the database {path!r} open"
-                    + (" (with SYNCLAB_JOURNAL=on one process serves a SQLite database, alone)" if exclusive
-                       else " with SYNCLAB_JOURNAL=on, alone")
-                ) from None
+                raise SettingsError(_lock_refused(path, exclusive, why)) from None
             time.sleep(0.05)
+
+
+def _lock_refused(path: str, exclusive: bool, why: str | None) -> str:
+    """Why the lock on ``path`` cannot be had: it was "with SYNCLAB_JOURNAL=on" whatever was set."""
+    if exclusive:
+        return (f"another synclab process has the database {path!r} open; this one would journal, "
+                f"and with the journal one process serves a SQLite database, alone ({why or 'SYNCLAB_JOURNAL=on'}); "
+                "stop the other first")
+    return (f"another synclab process has the database {path!r} open, alone, as one with the journal does "
+            "(SYNCLAB_JOURNAL=on, or auto, the default, for one process on a SQLite file)"
+            + (f"; this one would share it ({why})" if why else "") + "; stop the other first")
 
 
 #: the lock :func:`check_startable` kept for this process's own server, by SQLite file: the
@@ -100,7 +108,7 @@ def lock_database(path: str, *, exclusive: bool, wait: float = LOCK_WAIT) -> int
 _kept: dict[str, tuple[int, bool]] = {}
 
 
-def check_startable(url: str, journal: bool, *, keep: bool = False) -> None:
+def check_startable(url: str, journal: bool, *, keep: bool = False, why: str | None = None) -> None:
     """Before a server starts: the lock it will take on its SQLite file is free, and a journal
     beside it is readable; else the reason in one line.
 
@@ -113,7 +121,7 @@ def check_startable(url: str, journal: bool, *, keep: bool = False) -> None:
     if path is None:
         return
     # briefly: a command's recovery holds it for a moment; the server's own lock waits longer
-    fd = lock_database(path, exclusive=journal, wait=2.0)
+    fd = lock_database(path, exclusive=journal, wait=2.0, why=why)
     try:
         if os.path.exists(journal_of(path)):
             with as_schema_error(), contextlib.suppress(DamagedHeader):  # the server's start mends it

@@ -21,6 +21,7 @@ import sqlite3
 import sys
 import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import pytest
 
 from groups import PublicGoods
 from server.exceptions import SettingsError
-from server.settings import Settings
+from server.settings import Settings, journal_supported
 from server.storage import (
     Database,
     EventWriter,
@@ -41,7 +42,7 @@ from server.storage import (
 )
 from server.storage.journal import HEADER_SIZE, Journal, scan
 from server.storage.journaled import APPLY_NICE
-from server.storage.recovery import decode, encode
+from server.storage.recovery import decode, encode, lock_database
 from tests.server.harness import running_server, timeout, until_state
 from tests.server.test_checkpoint import first_group_and_member
 from tests.server.test_cli import free_port, run, started, wait_until_healthy
@@ -576,6 +577,31 @@ def test_a_second_server_on_a_journal_s_database_is_refused_in_one_line(tmp_path
         assert second.returncode == 2, second.stderr
         assert second.stderr.startswith("synclab: another synclab process has the database"), second.stderr
         assert "Traceback" not in second.stderr
+
+
+@pytest.mark.skipif(not journal_supported(), reason="auto journals only where the journal's calls exist")
+def test_the_refusal_of_a_second_server_says_which_journal_setting_is_in_force(tmp_path: Path) -> None:
+    """Both left at SYNCLAB_JOURNAL=auto, the refusal said "with SYNCLAB_JOURNAL=on", which nobody
+    had set: it says what is in force and why. This process holds the file as a journal server
+    does; a server at the default would journal, one at SYNCLAB_DURABILITY=crash would share it."""
+    held = lock_database(str(tmp_path / "synclab.db"), exclusive=True, wait=0)
+    try:
+        with ThreadPoolExecutor(2) as both:  # at once: each waits 2 s for the lock
+            started_journaling = both.submit(run, tmp_path, "serve", "--port", str(free_port()))
+            sharing = run(tmp_path, "serve", "--port", str(free_port()), SYNCLAB_DURABILITY="crash")
+            journaling = started_journaling.result()
+    finally:
+        os.close(held)
+    for second in (journaling, sharing):
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert second.stderr.startswith("synclab: another synclab process "), second.stderr
+        assert "with SYNCLAB_JOURNAL=on" not in second.stderr  # the old words, both ways
+        assert "stop the other first" in second.stderr and "token" not in second.stdout
+    assert ("this one would journal, and with the journal one process serves a SQLite database, alone "
+            "(SYNCLAB_JOURNAL=auto, the default: the journal, for one process on a SQLite file at "
+            "SYNCLAB_DURABILITY=power-loss)") in journaling.stderr
+    assert ("open, alone, as one with the journal does" in sharing.stderr and "this one would share it (SYNCLAB_JOURNAL=auto, "
+            "the default: the direct commit, with SYNCLAB_DURABILITY=crash)") in sharing.stderr
 
 
 async def test_another_process_reading_the_database_beside_a_journal_server_sees_what_it_stores(tmp_path: Path) -> None:
