@@ -8,6 +8,7 @@ import gc
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -65,6 +66,27 @@ def _prepare(settings: Settings, upgrade: bool, *, serving_here: bool) -> str | 
         print("synclab: generated the experimenter token of the account 'admin'; it is shown this once "
               "(the database keeps only its hash; more with `synclab token create NAME`)", flush=True)
     return token
+
+
+def _check_port(host: str, port: int) -> None:
+    """The address is free to listen on (bound and let go as uvicorn binds it), else the refusal.
+
+    Checked before the database is prepared: a port in use was found by uvicorn only after the
+    first start's token had been made, stored and printed with the monitor's link. A port taken
+    in the moment between is still refused by uvicorn (exit 3), its token shown all the same.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise PortRefused(f"cannot listen on {host}:{port}: {exc.strerror or exc}; nothing was started, "
+                              "made or changed (another server there? choose --port or PORT)") from None
+
+
+class PortRefused(Exception):
+    """The address to listen on is taken or not this machine's: exit 3 before anything is made."""
 
 
 def _base_url(host: str, port: int) -> str:
@@ -217,6 +239,7 @@ def _run(argv: Sequence[str] | None) -> int:
         if not 0 <= port <= 65535:
             raise SettingsError(f"--port: expected a port from 0 to 65535, got {port}")
         _check_workers(settings, args.workers)  # refused before the database is made or touched
+        _check_port(args.host, port)  # so is a port in use, before a first start's token is made
         token = _prepare(settings, args.upgrade, serving_here=args.workers == 1)
         base = _base_url(args.host, port)
         # the generated token, once, in the fragment: a browser never sends it, so no access log or
@@ -228,6 +251,9 @@ def _run(argv: Sequence[str] | None) -> int:
     except (SettingsError, SchemaError) as exc:
         print(f"synclab: {exc}", file=sys.stderr)
         return 2
+    except PortRefused as exc:
+        print(f"synclab: {exc}", file=sys.stderr)
+        return STARTUP_FAILURE
     except OperationalError as exc:  # the database away (serve, demo): cannot start, in one line
         where = make_url(settings.database_url).render_as_string(hide_password=True)
         reason = str(exc.orig or exc).strip().splitlines()[0]

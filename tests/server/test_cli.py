@@ -298,6 +298,23 @@ BAD_ENVIRONMENT = [
 ]
 
 
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_a_port_in_use_is_refused_before_a_token_is_made_or_printed(tmp_path: Path, command: str) -> None:
+    """On a port another process listens on, ``serve`` made and stored the first start's token,
+    printed it with the monitor's link, and only then found the port taken (exit 3): it exits 3
+    in one line naming the address before anything is made; no database, no token, no link."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(tmp_path, command, "--port", str(port))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.stdout == "", result.stdout
+    assert result.stderr.startswith(f"synclab: cannot listen on 127.0.0.1:{port}: Address already in use"), result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "synclab.db").exists()
+
+
 @pytest.mark.parametrize(("name", "value"), BAD_ENVIRONMENT)
 def test_a_bad_environment_value_exits_2_naming_the_variable(
     tmp_path: Path, name: str, value: str
