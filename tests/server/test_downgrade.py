@@ -195,7 +195,7 @@ def test_db_downgrade_loses_stored_values_only_with_yes(
     status, out, err = db(capsys, monkeypatch, database_url, "downgrade", "0.1.0")
     assert status == 1, (out, err)
     for revision, lost in [
-        ("0009_delivery_url_text", "the URL of 1 delivered score(s) to oTree, cut to 500"),
+        ("0009_delivery_url_text", "the URL of 1 delivered or refused score(s) to oTree, cut to 500"),
         ("0007_connection_worker", "the worker of 1 connection(s)"),
         ("0005_tokens", "1 experimenter token(s)"),
         ("0004_online", "the online settings of 1 experiment(s)"),
@@ -243,3 +243,43 @@ def test_db_downgrade_refuses_what_it_cannot_do(
     assert db(capsys, monkeypatch, url, "downgrade", "0004_online")[0] == 0
     status, _, err = db(capsys, monkeypatch, url, "downgrade", "0009_delivery_url_text")
     assert status == 2 and "is not before the database's revision 0004_online" in err and "db upgrade" in err
+
+
+def test_a_refused_delivery_with_a_long_url_does_not_stop_the_downgrade(
+    tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery refused (0011: never posted, never due, no ``next_at``) whose URL is past the 500
+    characters is no delivery still waiting: 0009's downgrade cuts its URL, named as lost (with
+    ``--yes``), as a delivered one's; it refused the whole downgrade, "deliver or delete them
+    first", for a delivery nobody can deliver."""
+    monkeypatch.chdir(tmp_path)
+    engine = make_engine(database_url)
+    try:
+        prepare_schema(engine)
+        experiment_id, person = _experiment_with_delivery(engine)
+        with engine.begin() as conn:
+            conn.execute(update(participants).where(participants.c.id == person).values(join_label="é" * 200))
+        assert add_otree_deliveries(engine, experiment_id, [person], time.time()) == 1
+        with engine.begin() as conn:  # as storage.deliveries refuses one (a score that is no finite number)
+            conn.execute(update(deliveries).values(
+                refused_at=datetime.now(UTC), next_at=None, payload=None, last_error="not finite"
+            ))
+    finally:
+        engine.dispose()
+
+    status, out, err = db(capsys, monkeypatch, database_url, "downgrade", "0008_statuses_corrected")
+    assert status == 1, (out, err)
+    assert "0009_delivery_url_text: the URL of 1 delivered or refused score(s) to oTree, cut to 500" in err
+    assert "0011_delivery_refused: the time 1 refused score(s)" in err
+    status, out, err = db(capsys, monkeypatch, database_url, "downgrade", "0008_statuses_corrected", "--yes")
+    assert status == 0, (out, err)
+    engine = make_engine(database_url)
+    try:
+        assert schema_state(engine).revision == "0008_statuses_corrected"
+        with engine.connect() as conn:
+            url, next_at, delivered_at = conn.execute(
+                select(deliveries.c.url, deliveries.c.next_at, deliveries.c.delivered_at)
+            ).one()
+        assert len(url) == 500 and next_at is None and delivered_at is None
+    finally:
+        engine.dispose()

@@ -6,8 +6,9 @@ was refused, and with it the deliveries of its whole group (or experiment, at th
 sweep): no score of theirs reached oTree. No row changes.
 
 The downgrade puts the 500 back. A delivery already made keeps only what the column holds (its
-URL is never posted to again); one still waiting with a longer URL stops the downgrade, which
-changes nothing then: an older synclab could not post it.
+URL is never posted to again), and so does one refused (``0011_delivery_refused``: never due,
+no ``next_at``); one still waiting with a longer URL stops the downgrade, which changes nothing
+then: an older synclab could not post it.
 
 Revision ID: 0009_delivery_url_text
 Revises: 0008_statuses_corrected
@@ -32,7 +33,11 @@ _deliveries = sa.table(
     sa.column("id", sa.Integer()),
     sa.column("url", sa.Text()),
     sa.column("delivered_at", sa.DateTime()),
+    sa.column("next_at", sa.DateTime()),
 )
+#: a delivery an older synclab would still post: not delivered, and due at some time (one refused,
+#: ``0011_delivery_refused``, never is: it has no ``next_at``, before that revision's downgrade and after)
+_WAITING = sa.and_(_deliveries.c.delivered_at.is_(None), _deliveries.c.next_at.is_not(None))
 
 
 def upgrade() -> None:
@@ -41,20 +46,21 @@ def upgrade() -> None:
 
 
 def lost_by_downgrade(conn: sa.Connection) -> list[str]:
-    """What the downgrade cuts of the rows held: a delivered URL past the 500 (one waiting stops it instead)."""
+    """What the downgrade cuts of the rows held: a delivered or refused URL past the 500 (one
+    waiting stops it instead)."""
     cut = conn.execute(
         sa.select(sa.func.count())
         .select_from(_deliveries)
-        .where(sa.func.length(_deliveries.c.url) > BEFORE, _deliveries.c.delivered_at.is_not(None))
+        .where(sa.func.length(_deliveries.c.url) > BEFORE, sa.not_(_WAITING))
     ).scalar_one()
-    return [f"the URL of {cut} delivered score(s) to oTree, cut to {BEFORE} characters"] if cut else []
+    return [f"the URL of {cut} delivered or refused score(s) to oTree, cut to {BEFORE} characters"] if cut else []
 
 
 def downgrade() -> None:
     conn = op.get_bind()
     longer = sa.func.length(_deliveries.c.url) > BEFORE
     waiting = conn.execute(
-        sa.select(sa.func.count()).select_from(_deliveries).where(longer, _deliveries.c.delivered_at.is_(None))
+        sa.select(sa.func.count()).select_from(_deliveries).where(longer, _WAITING)
     ).scalar_one()
     if waiting:
         raise RuntimeError(
