@@ -13,9 +13,11 @@ and each test still gets browser contexts of its own (its own storage, as anothe
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -38,6 +40,37 @@ CHROMIUM_ARGS = [
 LOOP = "package"
 #: each browser test module's mark: its tests run in that loop
 IN_LOOP = pytest.mark.asyncio(loop_scope=LOOP)
+
+
+def _outside_loop(item: pytest.Item) -> list[str]:
+    """What of a browser test would run outside :data:`LOOP`: the test itself (its module without
+    ``pytestmark = IN_LOOP``), an async fixture of this package's without ``loop_scope=LOOP``.
+    Either would meet the browser or the server from another loop: a Playwright call raises
+    "attached to a different loop", a request to the server times out, naming neither."""
+    if not isinstance(item, pytest.Function):
+        return []
+    problems = []
+    if inspect.iscoroutinefunction(item.obj):
+        mark = item.get_closest_marker("asyncio")
+        if mark is None or (mark.kwargs.get("loop_scope") or mark.kwargs.get("scope")) != LOOP:
+            problems.append(f"its module has no `pytestmark = IN_LOOP` (from {__name__})")
+    here = Path(__file__).parent
+    for name in item.fixturenames:
+        for fixturedef in item._fixtureinfo.name2fixturedefs.get(name, ()):
+            func = fixturedef.func
+            asynchronous = inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
+            defined = Path(inspect.getfile(func)).resolve()
+            if asynchronous and here in defined.parents and getattr(func, "_loop_scope", None) != LOOP:
+                problems.append(f"its fixture {name} is not declared with loop_scope=LOOP")
+    return problems
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A browser test that would run outside the browser's loop fails at once, saying why."""
+    problems = _outside_loop(item)
+    if problems:
+        pytest.fail(f"{item.nodeid}: a browser test runs in the loop of the browser ({LOOP!r}): "
+                    + "; ".join(problems), pytrace=False)
 
 
 def _missing(what: str) -> None:
