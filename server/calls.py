@@ -150,8 +150,9 @@ class Calls:
         connected and plays this block and the participant's later ones. ``"dropout"``: the
         human was away too long; the bot plays until they connect again. Returns once the bot's
         arrival is stored. Raises :class:`LookupError` for an unknown group or a participant not
-        in it, :class:`ValueError` for an unknown reason, :class:`GameFailed` when the game fails
-        on the bot's arrival (the period's start it makes, say; logged where the game ran).
+        in it, :class:`ValueError` for an unknown reason. An arrival the game fails on (the
+        period's start it makes, say) takes the seat all the same, logged where the game ran
+        (:meth:`server.standins.StandIns.start`): it is not refused.
         """
         if reason not in REASONS:
             raise ValueError(f"expected a reason in {list(REASONS)}, got {reason!r}")
