@@ -38,6 +38,7 @@ from .experimentapi import (
     results,
     sessions,
 )
+from .export import TABLES
 from .participantapi import participant_detail, participants_list
 from .queries import JSON, require_watch, runtime
 from .viewfiles import missing_view
@@ -164,8 +165,8 @@ def http_error(request: Request, exc: Exception) -> Response:
     parts, allowed = path.split("/"), (exc.headers or {}).get("Allow", "none")
     if (exc.status_code == 405 and allowed == "POST" and len(parts) == 5 and parts[2] == "experiments"
             and parts[4] not in ACTIONS):  # only the actions' route matched
-        message = (f"no {shown(parts[4])} of an experiment: its exports are export.csv and export.json "
-                   f"(GET), its actions {', '.join(ACTIONS)} (POST)")
+        message = (f"no address {shown(parts[4])} under an experiment: its exports are export.csv and export.json "
+                   f"(GET, ?table= one of {', '.join(TABLES)}), its actions {', '.join(ACTIONS)} (POST)")
         return JSON({"error": message}, status_code=404)
     if exc.status_code == 404:
         message = f"no such address in the API: {shown(path)} (see /api/openapi.json)"

@@ -226,6 +226,11 @@ async def test_an_unknown_address_in_the_api_is_a_json_404(server: Harness) -> N
         assert unknown.status_code == 404, unknown.text
         assert unknown.headers["content-type"].startswith("application/json")
         assert "export.csv and export.json" in unknown.json()["error"]
+    for table in ("connections", "ticks.csv"):  # a table without an address of its own: where it is
+        unknown = await server.http.get(f"/api/experiments/{exp['code']}/{table}")
+        assert unknown.status_code == 404, unknown.text
+        assert f"no address '{table}' under an experiment" in unknown.json()["error"]
+        assert "?table= one of events, results, sessions, participants, connections, ticks" in unknown.json()["error"]
     nowhere = await server.http.get("/api/nowhere")
     assert nowhere.status_code == 404 and "no such address in the API" in nowhere.json()["error"]
     start = await server.http.get(f"/api/experiments/{exp['code']}/start")
