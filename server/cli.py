@@ -7,6 +7,7 @@ import contextlib
 import gc
 import math
 import os
+import select
 import signal
 import socket
 import sys
@@ -180,12 +181,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(argv)
     except BrokenPipeError:
+        if not _stdout_closed():  # another pipe or socket of the command's: a fault, with its traceback
+            raise
         # stdout's reader went away (`synclab export CODE | head`): no traceback; the output still
         # buffered would raise again when Python flushes it at exit, so stdout goes to /dev/null
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return CLOSED_PIPE
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (``poll`` says ``POLLERR`` for it on Linux)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # replaced by an object without a descriptor
+        return False
+    watch = select.poll()
+    watch.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in watch.poll(0))
 
 
 def _run(argv: Sequence[str] | None) -> int:

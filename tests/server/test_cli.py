@@ -465,6 +465,24 @@ def test_an_export_whose_reader_closed_the_pipe_ends_without_a_traceback(tmp_pat
     assert stderr == "", stderr
 
 
+def test_a_broken_pipe_that_is_not_stdouts_keeps_its_traceback(tmp_path: Path) -> None:
+    """Only stdout's reader going away ends a command quietly (141): a BrokenPipeError from
+    another pipe of the command (here a socket whose peer closed, written to by a command's code
+    stand-in) is a fault, raised with its traceback and exit 1 (it was swallowed as 141)."""
+    code = (
+        "import socket, server.cli as cli\n"
+        "def run(argv):\n"
+        "    a, b = socket.socketpair(); b.close()\n"
+        "    for _ in range(100): a.send(b'x' * 65536)\n"
+        "    return 0\n"
+        "cli._run = run\n"
+        "raise SystemExit(cli.main([]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=environment(tmp_path),
+                          capture_output=True, text=True, timeout=timeout(30), check=False)
+    assert done.returncode == 1 and "BrokenPipeError" in done.stderr, (done.returncode, done.stderr)
+
+
 def test_serving_freezes_what_was_imported_and_collects_young_objects_less_often() -> None:
     """tune_gc (run by serve and demo before uvicorn starts): the app's modules are frozen."""
     code = (
