@@ -138,8 +138,8 @@ class Calls:
             except (RefusedAction, InvalidState, NotPersisted):
                 raise  # the core's refusals, the database's and the cluster's: the asker's to answer
             except Exception as exc:
-                if op == "standin" and isinstance(exc, (LookupError, ValueError)):
-                    raise  # not a member, not a reason (server.standins)
+                if op == "standin":  # not a member, not a reason, or a fault of ours: the game's own
+                    raise  # failure never comes here (the seat is taken all the same: server.standins)
                 raise _game_failed(live, op, body, exc) from None  # the game's code raised: logged here
         raise ValueError(f"unknown request {op!r}")
 
@@ -177,20 +177,15 @@ def _game_failed(live: LiveGroup, op: str, body: dict[str, Any], exc: Exception)
     logs it, once, with its traceback (not as a request that failed: ``server.cluster.requests``),
     and what the asker gets, here or on another worker. A member's frame is refused with
     ``game_error`` (``server.connection``: its page does not send it again); the experimenter's
-    action leaves the group as it was (``server.course``). A stand-in's arrival the game fails on
-    is counted all the same and logged where it ran (:meth:`server.standins.StandIns.start`),
-    never refused: this line is for what else a start might raise."""
+    action leaves the group as it was (``server.course``). (A stand-in's arrival the game fails on
+    is counted all the same and logged where it ran, :meth:`server.standins.StandIns.start`.)"""
     kind = type(exc).__name__
     if op == "receive":
         frame_failed(live.id, live.game, body["p"], exc)
         return GameFailed(f"the game failed on this frame: {kind}")
-    if op == "control":
-        log.error("group %s: the game failed on the experimenter's %s; the group is left as it was",
-                  live.id, body["a"], exc_info=exc)
-        return GameFailed(f"the game failed on the experimenter's {body['a']}: {kind}")
-    log.error("group %s: the game failed when a bot took the seat of %s (%s)", live.id, body["p"], body["r"],
-              exc_info=exc)
-    return GameFailed(f"the game failed on a stand-in's arrival: {kind}")
+    log.error("group %s: the game failed on the experimenter's %s; the group is left as it was",
+              live.id, body["a"], exc_info=exc)
+    return GameFailed(f"the game failed on the experimenter's {body['a']}: {kind}")
 
 
 async def _awaited(value: Any) -> Any:
