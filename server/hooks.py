@@ -37,9 +37,6 @@ IN_ACTION = "one action"
 IN_BOT_DECISION = "bot_decision (a stand-in's decision)"
 IN_HELLO_PAYOFF = "payoff (the score so far of a hello)"
 IN_ROLE = "role (a member's role in a hello)"
-#: where a game failed on a member's frame that waited for a look-up (``server.lookups``): no
-#: connection is there to log it, as ``server.connection`` logs the others
-IN_HELD_FRAME = "a member's frame received after a look-up of its client id"
 #: seconds between two log lines of one group's game failing in one such hook the server calls
 #: alone, in one way (the failures between are counted in the next line)
 HOOK_FAULTS_LOG_EVERY = 5.0

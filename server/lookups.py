@@ -28,7 +28,7 @@ from groups import Event, RefusedAction
 from .clientids import ClientIds
 from .exceptions import GameFailed, NotAuthority, NotPersisted, Unstorable
 from .futures import follow, own_event, refuse
-from .hooks import IN_HELD_FRAME, HookWatch
+from .hooks import HookWatch, frame_failed
 
 #: a frame held behind a look-up: its channel, payload, client id, whether a bot sent it, its answer
 Held = tuple[str, Any, str | None, bool, asyncio.Future[list[int]]]
@@ -41,6 +41,7 @@ class LookUps:
 
     # what it reads and sets of the group's state (see server.live.LiveGroup.__init__)
     id: int
+    game: str
     retired: bool
     member_ids: dict[str, int]
     client_ids: dict[str, ClientIds]
@@ -190,16 +191,16 @@ class LookUps:
         """A frame that waited for a look-up, received now: ``future`` settles as its answer does.
         What the group refuses it with (an invalid decision, a period ended meanwhile, a game that
         fails on it) is its answer, not the look-up task's: the frames after it are received all
-        the same. A game that fails on it is answered and logged as ``server.connection`` does
-        when nothing holds the frame: ``game_error``, not the game's own exception (which a
-        connection answers ``internal``, the failure logged nowhere)."""
+        the same. A game that fails on it is answered and logged as when nothing holds the frame
+        (:func:`server.hooks.frame_failed`, the same line and throttle): ``game_error``, not the
+        game's own exception (which a connection answers ``internal``, the failure logged nowhere)."""
         try:
             answered = self.receive(participant, channel, payload, client_id, bot=bot, new=new)
         except RefusedAction as exc:
             refuse(future, exc)
             return
-        except Exception as exc:  # a fault in a game's hook
-            self.watch.hook_failed(exc, IN_HELD_FRAME, "the frame is refused (game_error)")
+        except Exception as exc:  # a fault in a game's hook: logged as when nothing held the frame
+            frame_failed(self.id, self.game, participant, exc)
             failed = GameFailed(f"the game failed on this frame: {type(exc).__name__}")
             refuse(future, failed)
             return

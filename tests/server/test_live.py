@@ -226,8 +226,8 @@ async def test_a_frame_the_game_fails_on_behind_a_look_up_is_answered_game_error
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A frame held behind a look-up of an old client id, on which the game's check raises, is
-    answered as such a frame is when nothing holds it (``server.connection``): refused with
-    ``game_error``, the game's failure logged with its traceback. It was answered with the game's
+    answered and logged as such a frame is when nothing holds it (``server.connection``): refused
+    with ``game_error``, the game's failure logged with its traceback, in the same line. It was answered with the game's
     own exception, which the connection sends as ``internal``, and logged nowhere."""
     monkeypatch.setattr(clientids, "KEPT", 2)
     game = "tests.server.test_live:FailsOnNine"
@@ -247,6 +247,9 @@ async def test_a_frame_the_game_fails_on_behind_a_look_up_is_answered_game_error
         r.exc_info is not None and "broken on 0.9" in str(r.exc_info[1]))]
     assert len(failures) == 1, [r.getMessage() for r in caplog.records]
     assert failures[0].exc_info is not None and failures[0].exc_info[0] is RuntimeError
+    # the line of a frame the game fails on when nothing holds it (server.hooks.frame_failed): one
+    # line to look for in a log whether the frame waited or not (a cluster's test counts it)
+    assert failures[0].getMessage() == f"group {group.id}: the game {game} failed on a frame of {code}"
 
 
 async def test_a_members_frames_wait_for_their_stored_ids_read_at_the_first_frame(tmp_path: Path) -> None:
