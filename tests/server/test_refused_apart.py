@@ -458,7 +458,9 @@ async def test_the_parts_commit_on_their_way_another_writer_of_the_experiment_wa
         assert 0 < subtransactions <= unstorable.MOST_SAVEPOINTS < 64, subtransactions
         first, last = ours[0][0], ours[-1][0]
         between = [seqs[0] for seqs in stored if first < seqs[0] < last]  # (the parts' commits let them in)
-        assert len(between) >= 3, (between, [round(t, 3) for t in waits], took)
+        # (how many get in depends on how fast the parts go: on a quiet machine they take 0.1-0.2 s,
+        # two or three commits; before, none got in: the other writer waited through all of them)
+        assert between, (between, [round(t, 3) for t in waits], took)
     finally:
         await other_writer.close()
         other.close()
