@@ -113,10 +113,12 @@ async def test_six_arrivals_form_two_groups_and_go_back_with_their_codes(
     )
     join = f"{served.base}/join/{exp['code']}?label="
     pages: list[Page] = []
+    seated: list[str] = []  # each page's address as it arrived (a finished group's pages go on to the platform)
     for group in range(2):
         for k in range(3):
             page = await people.arrive(f"{join}person-{group * 3 + k + 1}")
             pages.append(page)
+            seated.append(urlsplit(page.url).path)
             members = pages[group * 3:]
             if k < 2:  # the lobby counts the arrivals of the forming group, on every page in it
                 for waiting in members:
@@ -125,11 +127,14 @@ async def test_six_arrivals_form_two_groups_and_go_back_with_their_codes(
                 await asyncio.sleep(0.3)  # arrivals at different moments
         for member in pages[group * 3:]:  # the third arrival: the group starts at once
             await expect(member.locator("#screen-play")).to_be_visible(timeout=timeout(5) * 1000)
+        # the final screen, Continue (then the way back by itself, online.WAY_BACK_AFTER s later:
+        # looked at before the next group arrives, which on a loaded machine took longer than that)
+        for member in pages[group * 3:]:
+            await expect(member.locator("#screen-final .continue")).to_be_visible(timeout=WAIT_MS)
+            await expect(member.locator("#screen-final .completion-code strong")).to_have_text(
+                re.compile(r"^[2-9A-Z]{10}$"))
     codes = [p["code"] for p in exp["participants"]]
-    assert [urlsplit(p.url).path for p in pages[:6]] == [f"/p/{c}" for c in codes], "seats in arrival order"
-    for page in pages:  # the final screen, Continue, then the way back by itself
-        await expect(page.locator("#screen-final .continue")).to_be_visible(timeout=WAIT_MS)
-        await expect(page.locator("#screen-final .completion-code strong")).to_have_text(re.compile(r"^[2-9A-Z]{10}$"))
+    assert seated == [f"/p/{c}" for c in codes], "seats in arrival order"
     for page in pages:
         await page.wait_for_url(f"{platform}/done?**", timeout=timeout(15) * 1000)
         await expect(page.get_by_role("heading", name="Back on the platform")).to_be_visible()
