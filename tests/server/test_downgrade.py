@@ -34,7 +34,7 @@ from server.storage import (
 )
 from server.storage.tables import metadata
 from tests.server.test_deliveries import _experiment_with_delivery
-from tests.server.test_migrations import release_database
+from tests.server.test_migrations import delivery_with_a_long_url, release_database
 
 
 def db(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, url: str, *args: str) -> tuple[int, str, str]:
@@ -141,10 +141,7 @@ def test_a_downgrade_that_fails_partway_leaves_the_database_as_it_was(
     engine = make_engine(database_url)
     try:
         prepare_schema(engine)
-        experiment_id, person = _experiment_with_delivery(engine)
-        with engine.begin() as conn:
-            conn.execute(update(participants).where(participants.c.id == person).values(join_label="é" * 200))
-        assert add_otree_deliveries(engine, experiment_id, [person], time.time()) == 1
+        delivery_with_a_long_url(engine)
     finally:
         engine.dispose()
     before = snapshot(database_url)
@@ -256,10 +253,7 @@ def test_a_refused_delivery_with_a_long_url_does_not_stop_the_downgrade(
     engine = make_engine(database_url)
     try:
         prepare_schema(engine)
-        experiment_id, person = _experiment_with_delivery(engine)
-        with engine.begin() as conn:
-            conn.execute(update(participants).where(participants.c.id == person).values(join_label="é" * 200))
-        assert add_otree_deliveries(engine, experiment_id, [person], time.time()) == 1
+        delivery_with_a_long_url(engine)
         with engine.begin() as conn:  # as storage.deliveries refuses one (a score that is no finite number)
             conn.execute(update(deliveries).values(
                 refused_at=datetime.now(UTC), next_at=None, payload=None, last_error="not finite"

@@ -498,6 +498,16 @@ def test_db_current_and_history_say_where_the_database_stands(
     assert listed[-1].startswith("0001_baseline")
 
 
+def delivery_with_a_long_url(engine: Engine) -> tuple[int, int]:
+    """An experiment whose one participant's delivery to oTree waits, its URL past 500 characters
+    (a join label of 200 "é", each 6 characters quoted): ``(experiment id, participant id)``."""
+    experiment_id, person = _experiment_with_delivery(engine)
+    with engine.begin() as conn:
+        conn.execute(update(participants).where(participants.c.id == person).values(join_label="é" * 200))
+    assert add_otree_deliveries(engine, experiment_id, [person], time.time()) == 1
+    return experiment_id, person
+
+
 def test_a_delivery_url_back_at_0008_is_cut_once_delivered_and_stops_the_downgrade_while_waiting(
     database_url: str,
 ) -> None:
@@ -506,10 +516,7 @@ def test_a_delivery_url_back_at_0008_is_cut_once_delivered_and_stops_the_downgra
     engine = make_engine(database_url)
     try:
         prepare_schema(engine)
-        experiment_id, person = _experiment_with_delivery(engine)
-        with engine.begin() as conn:
-            conn.execute(update(participants).where(participants.c.id == person).values(join_label="é" * 200))
-        assert add_otree_deliveries(engine, experiment_id, [person], time.time()) == 1
+        delivery_with_a_long_url(engine)
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         with engine.begin() as conn:  # the revisions after 0009 first: the refusal is 0009's own

@@ -420,12 +420,7 @@ async def test_the_parts_commit_on_their_way_another_writer_of_the_experiment_wa
     other_writer = EventWriter(other)
     other_writer.start()
     try:
-        engine = make_engine(postgres_url)
-        try:
-            with engine.begin() as conn:
-                conn.exec_driver_sql(_PARTS_LOG)
-        finally:
-            engine.dispose()
+        run_sql(postgres_url, _PARTS_LOG)
         batch = await refused_often(w, 100, 25)
         parts = asyncio.ensure_future(w.one_batch(batch))
         waits: list[float] = []
@@ -468,6 +463,16 @@ async def test_the_parts_commit_on_their_way_another_writer_of_the_experiment_wa
         w.db.close()
 
 
+def run_sql(url: str, sql: str) -> None:
+    """``sql`` (a trigger, a table) run on the database, in a transaction of its own."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(sql)
+    finally:
+        engine.dispose()
+
+
 #: PostgreSQL: a slow database, each event's insert taking 10 ms more
 _SLOW_INSERTS = """
 CREATE FUNCTION slow_insert() RETURNS trigger AS $$
@@ -491,12 +496,7 @@ async def test_a_batch_whose_parts_take_too_long_fails_the_rest_as_a_failed_batc
     try:
         monkeypatch.setattr(unstorable, "MOST_SECONDS", 0.3)
         batch = await refused_often(w, 60, 30)
-        engine = make_engine(postgres_url)
-        try:
-            with engine.begin() as conn:
-                conn.exec_driver_sql(_SLOW_INSERTS)
-        finally:
-            engine.dispose()
+        run_sql(postgres_url, _SLOW_INSERTS)
         caplog.set_level(logging.ERROR, logger="synclab.writer")
         await w.one_batch(batch)
         assert 0 < w.writer.parts_tried < unstorable.MOST_TRIES
