@@ -220,7 +220,9 @@ class LookUps:
 
         A last guard: the ids here are read when the member first comes (:meth:`ids_needed`), and
         should they miss a frame stored before (stored, its ack lost, sent again here), the
-        database's unique index refuses it."""
+        database's unique index refuses it. A look-up that gives no answer (cancelled, or the
+        database gone) leaves that unknown: the frame is refused with :class:`NotPersisted`, to be
+        sent again, as a frame whose read or look-up failed is (:meth:`_unchecked`)."""
         lookup, participant = self._lookup, events[own_event(events)].participant
 
         def refuse_it() -> None:  # (as server.live.LiveGroup.act's failed does)
@@ -235,12 +237,16 @@ class LookUps:
             return
 
         def looked(task: asyncio.Task[int | None]) -> None:
-            if task.cancelled():  # (the group retired, the loop ending) not known: to be sent again
-                refuse(future, self._stopped())
+            failed = self._unchecked(task)
+            if failed is not None:  # not known (the group retired, the loop ending, the database
+                # gone): refused to be sent again (not_persisted), not as unstorable (game_error)
+                if not task.cancelled():  # what fell due before it, in its write, is applied again
+                    self._reschedule()
+                refuse(future, failed)
                 if settled is not None:
                     settled(None)
                 return
-            seq = None if task.exception() is not None else task.result()  # (the database gone: refused as it was)
+            seq = task.result()
             if seq is None:
                 refuse_it()
                 return

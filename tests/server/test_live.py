@@ -395,6 +395,31 @@ async def test_a_look_up_of_a_refused_write_that_is_cancelled_refuses_its_frame_
         assert await asyncio.wait_for(group.receive(code, "decisions", 0.1, "c0"), 2) == first
 
 
+async def test_a_look_up_of_a_refused_write_that_fails_refuses_its_frame_as_not_persisted(tmp_path: Path) -> None:
+    """A member's ids here miss a frame stored before: its repeat's write is refused by the
+    database's unique index and looked up, and the look-up fails because the database file is
+    gone (its folder moved away: the writer's open connection still writes, a new reader's cannot
+    open it). Whether the frame was stored is not known: it is refused with ``NotPersisted``
+    (``not_persisted``, the client sends it again), not as unstorable. It was refused with the
+    write's own refusal, ``game_error``, which a client never sends again. Back, the database
+    answers the frame sent again with its stored seq."""
+    (tmp_path / "db").mkdir()
+    async with live_pair(tmp_path / "db", NewBlock(0, 10.0, None, None, 0.0, "fixed", [[0, 1]])) as pair:
+        group, first = await _reloaded(pair)
+        code = pair.codes[0]
+        group.load_client_ids(code, [])  # (as read before c0 was stored)
+        (tmp_path / "db").rename(tmp_path / "gone")
+        pair.db.engine.dispose()  # the readers' idle connections closed: a look-up opens the file anew
+        try:
+            with pytest.raises(NotPersisted, match="could not be checked") as refused:
+                await asyncio.wait_for(group.receive(code, "decisions", 0.1, "c0"), 5)
+        finally:
+            (tmp_path / "gone").rename(tmp_path / "db")
+        assert refused.type is NotPersisted and refused.value.code == "not_persisted"
+        assert not group._held and not group._looking
+        assert await asyncio.wait_for(group.receive(code, "decisions", 0.1, "c0"), 5) == first
+
+
 async def test_a_held_frame_refused_with_nobody_awaiting_its_answer_is_not_logged_as_never_retrieved(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
