@@ -31,7 +31,8 @@ example above), are still here (``__all__``); synclab imports each from its home
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from .channels import (
@@ -152,30 +153,43 @@ class DecisionGroup(Period):
     # applied first stays in the output of the next action.
 
     def connect(self, participant: str, now: float) -> list[Event]:
-        """A member's connection opened; starts the period once every member is here."""
+        """A member's connection opened; starts the period once every member is here.
+
+        The member counts as connected even when the game fails on what their arrival makes
+        (a hook raises: ``initial_decision``, ``when_all_players_ready``): the rest is undone
+        (:meth:`_all_or_nothing`, the period not started) and the failure raised."""
+        self._member(participant)
+        self.connected.add(participant)  # before what is due: a game failing there fails no arrival
         self._begin(participant, now)
-        self.connected.add(participant)
-        everyone = self.connected >= set(self.members)
-        if self.state.phase is Phase.WAITING and everyone:
-            self._start_period()
-        elif self.state.phase is Phase.PAUSED and self.state.paused_by == PAUSED_BY_DISCONNECT and everyone:
-            self._resume()
+        with self._all_or_nothing():
+            everyone = self.connected >= set(self.members)
+            if self.state.phase is Phase.WAITING and everyone:
+                self._start_period()
+            elif self.state.phase is Phase.PAUSED and self.state.paused_by == PAUSED_BY_DISCONNECT and everyone:
+                self._resume()
         return self._flush()
 
     def disconnect(self, participant: str, now: float) -> list[Event]:
-        """A member's connection closed; pauses the period if the game says so."""
-        self._begin(participant, now)
+        """A member's connection closed; pauses the period if the game says so.
+
+        The member counts as gone even when the game fails on it (``when_player_disconnects``,
+        or the payoff the pause accrues): the rest is undone and the failure raised."""
+        self._member(participant)
         self.connected.discard(participant)
-        self.when_player_disconnects(participant)
-        if self.pause_when_disconnected and self.state.phase is Phase.RUNNING:
-            self._pause(PAUSED_BY_DISCONNECT)
+        self._begin(participant, now)
+        with self._all_or_nothing():
+            self.when_player_disconnects(participant)
+            if self.pause_when_disconnected and self.state.phase is Phase.RUNNING:
+                self._pause(PAUSED_BY_DISCONNECT)
         return self._flush()
 
     def start(self, now: float) -> list[Event]:
-        """Start the period now, whoever is connected (the experimenter forces it)."""
+        """Start the period now, whoever is connected (the experimenter forces it). A game that
+        fails on the start leaves the group waiting, as it was (the failure raised)."""
         self._begin(None, now)
         self._expect("start", Phase.WAITING)
-        self._start_period()
+        with self._all_or_nothing():
+            self._start_period()
         return self._flush()
 
     def end(self, now: float) -> list[Event]:
@@ -213,17 +227,20 @@ class DecisionGroup(Period):
         return self._flush()
 
     def pause(self, now: float) -> list[Event]:
-        """Stop the period's clock (the experimenter pauses it)."""
+        """Stop the period's clock (the experimenter pauses it). A game that fails on it (the
+        payoff the pause accrues) leaves the period running, as it was (the failure raised)."""
         self._begin(None, now)
         self._expect("pause", Phase.RUNNING)
-        self._pause(PAUSED_BY_EXPERIMENTER)
+        with self._all_or_nothing():
+            self._pause(PAUSED_BY_EXPERIMENTER)
         return self._flush()
 
     def resume(self, now: float) -> list[Event]:
         """Restart a paused period's clock; every later deadline moves by the pause's length."""
         self._begin(None, now)
         self._expect("resume", Phase.PAUSED)
-        self._resume()
+        with self._all_or_nothing():
+            self._resume()
         return self._flush()
 
     def receive(self, participant: str, channel: str, payload: Any, now: float) -> list[Event]:
@@ -265,11 +282,30 @@ class DecisionGroup(Period):
 
     def _begin(self, participant: str | None, now: float) -> int:
         """Start an action at ``now``: apply what is due; returns where the action's own output starts."""
-        if participant is not None and participant not in self.members:
-            raise NotAMember(f"expected a member of {list(self.members)}, got {shown(participant)}")
+        if participant is not None:
+            self._member(participant)
         self.now = now
         self._catch_up()
         return len(self._outbox)
+
+    def _member(self, participant: str) -> None:
+        if participant not in self.members:
+            raise NotAMember(f"expected a member of {list(self.members)}, got {shown(participant)}")
+
+    @contextlib.contextmanager
+    def _all_or_nothing(self) -> Iterator[None]:
+        """An action's own step, after what fell due before it: should the game fail in it (a hook
+        raises, or gives what the core refuses), its state and output are put back as they were
+        before the step, and the failure raised. What fell due stays (``carried``); what the game
+        keeps of its own outside :attr:`state` is the game's. A copy of the state: for the
+        actions that are rare (arrivals, departures, the experimenter's), not a decision's."""
+        mark, saved = len(self._outbox), self.state.copy()
+        try:
+            yield
+        except BaseException:
+            self.state = saved
+            del self._outbox[mark:]
+            raise
 
     def _refuse(self, mark: int) -> None:
         del self._outbox[mark:]

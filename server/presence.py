@@ -108,21 +108,18 @@ class Presence:
 
         A member comes and goes even when the game fails on what fell due before (a tick whose
         payoff raises, which the clock tries again) or on its own hook: the core counts them
-        present (absent) all the same and the connection is stored. Its socket was closed with
-        1011 and its page came back again and again, its close not stored."""
+        present (absent) all the same, the rest of what it would have made undone (a period
+        not started: :meth:`groups.DecisionGroup.connect`), and the connection is stored. Its
+        socket was closed with 1011 and its page came back again and again, its close not stored."""
         step = self.core.connect if arriving else self.core.disconnect
         try:
             return self.act(lambda: step(participant, self._clock()), connection=connection)
         except (RefusedAction, InvalidState):
             raise
-        except Exception as exc:
+        except Exception as exc:  # (the core counted them all the same)
             log.warning("group %s: the game %s failed when %s %s (%s: %s); counted all the same",
                         self.id, type(self.core).__name__, participant, "arrived" if arriving else "left",
                         type(exc).__name__, exc)
-            if arriving:
-                self.core.connected.add(participant)
-            else:
-                self.core.connected.discard(participant)
             return self.act(list, connection=connection)
 
     def lobby(self, arriving: str | None = None) -> dict[str, int] | None:

@@ -135,14 +135,14 @@ class StandIns:
             raise
         except Exception as exc:
             # The game failed on the arrival (the period's start it makes, say): the bot takes the
-            # seat all the same, as a human's arrival counts (``server.presence``). Its ``standin``
-            # event is what says whose seat it is (a participant's ``finished``, ``played_by_bots``,
-            # the percentiles: ``storage.bot_held_seats``), and a lobby's fill already stored the
-            # status ``bot``: not storing it left a seat nobody played counted as its human's, and
-            # here as a bot's (``playing``) for good, no bot ever to take it again.
+            # seat all the same, as a human's arrival counts (``server.presence``): the core counted
+            # it connected and undid the rest (the period not started, :meth:`groups.DecisionGroup.connect`).
+            # Its ``standin`` event is what says whose seat it is (a participant's ``finished``,
+            # ``played_by_bots``, the percentiles: ``storage.bot_held_seats``), and a lobby's fill
+            # already stored the status ``bot``: not storing it left a seat nobody played counted as
+            # its human's, and here as a bot's (``playing``) for good, no bot ever to take it again.
             log.error("group %s: the game %s failed when a bot took the seat of %s (%s); the bot plays it all the same",
                       live.id, type(live.core).__name__, participant, reason, exc_info=exc)
-            live.core.connected.add(participant)
             future = live.act(lambda: [record])
         self._bots[participant] = asyncio.get_running_loop().create_task(self._play(participant, reason))
         log.info("group %s: a bot plays for %s (%s)", live.id, participant, reason)

@@ -172,3 +172,50 @@ def test_a_fault_in_an_overridden_payoffs_names_payoffs_not_payoff(gives: Any) -
     assert isinstance(fault, GameFault) and str(fault).startswith("WholeGroup.payoffs gave ")
     assert describe_fault(group, fault, "tick")["hook"] == "payoffs"
     assert group.state.phase is Phase.RUNNING  # nothing of the tick applied
+
+
+class ReadyFails(PublicGoods):
+    """public_goods whose start of the period raises in ``when_all_players_ready`` after sending."""
+
+    pause_when_disconnected = True
+
+    def when_all_players_ready(self) -> None:
+        self.state.vars["ready"] = True
+        self.send("note", "ready")
+        raise RuntimeError("cannot start")
+
+
+@pytest.mark.parametrize("by", ["arrival", "experimenter"])
+def test_a_start_the_game_fails_on_leaves_the_group_waiting_as_it_was(by: str) -> None:
+    """The game fails on the period's start (its ``when_all_players_ready`` raises after it
+    changed the state and sent a frame): the group is left waiting, nothing of the start made
+    (no ``period_start``, no decisions, no vars), and the failure raised. An arrival that makes
+    the start still counts the member connected. The period was left running with its
+    ``period_start`` carried out as events that fell due before the failure."""
+    group = ReadyFails(["a", "b"], timing=Timing(period_length=4.0))
+    group.connect("a", T0)
+    before = group.state.copy()
+    if by == "arrival":
+        assert str(failure(lambda: group.connect("b", T0 + 1))) == "cannot start"
+    else:
+        assert str(failure(lambda: group.start(T0 + 1))) == "cannot start"
+    assert group.state == before and group.state.phase is Phase.WAITING
+    assert not group.carried and group.tick(T0 + 2) == []
+    assert group.connected == ({"a", "b"} if by == "arrival" else {"a"})
+
+
+def test_a_pause_the_game_fails_on_leaves_the_period_running_and_a_failed_departure_counts() -> None:
+    """The experimenter's pause accrues the payoff, which raises: the period runs on, as it was,
+    with the broadcast that waited for the rate limit still waiting (it was sent, and the state
+    said so, while the pause failed). A departure whose pause fails counts the member gone, and
+    leaves the period running too."""
+    group = started(None, rate_limit=1.0)
+    group.receive("a", "decisions", 3, T0 + 0.1)
+    group.receive("a", "decisions", 4, T0 + 0.2)  # waits for the rate limit: due at 1.1 s
+    group.broken = True
+    before = group.state.copy()
+    failure(lambda: group.pause(T0 + 0.5))
+    assert group.state == before and group.state.phase is Phase.RUNNING and not group.carried
+    group.pause_when_disconnected = True
+    failure(lambda: group.disconnect("b", T0 + 0.6))
+    assert group.state == before and group.connected == {"a"} and not group.carried
