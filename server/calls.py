@@ -9,7 +9,6 @@ there. :class:`Node` is what the router uses of this worker in a cluster.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -17,13 +16,11 @@ from groups import InvalidState, RefusedAction
 
 from .exceptions import GameFailed, NotPersisted, Unavailable
 from .futures import consume
-from .hooks import frame_failed
+from .hooks import frame_failed, in_control
 from .live import LiveGroup
 from .standins import REASONS, StandIns
 from .views import Member, change_from
 
-# the router's logger: these lines are about the router, wherever their code lives
-log = logging.getLogger("synclab.routing")
 #: the operations that run the game's code, whose failure the asker gets as :class:`GameFailed`
 RUNS_THE_GAME = ("receive", "control", "standin")
 
@@ -178,13 +175,15 @@ def _game_failed(live: LiveGroup, op: str, body: dict[str, Any], exc: Exception)
     and what the asker gets, here or on another worker. A member's frame is refused with
     ``game_error`` (``server.connection``: its page does not send it again); the experimenter's
     action leaves the group as it was (``server.course``). (A stand-in's arrival the game fails on
-    is counted all the same and logged where it ran, :meth:`server.standins.StandIns.start`.)"""
+    is counted all the same and logged where it ran, :meth:`server.standins.StandIns.start`.)
+    The experimenter's action is logged as a hook the game fails in outside a frame
+    (:meth:`server.hooks.HookWatch.hook_failed`: the game's name, the action, the exception),
+    and the experimenter's call answers 500 (:class:`server.exceptions.ActionFailed`)."""
     kind = type(exc).__name__
     if op == "receive":
         frame_failed(live.id, live.game, body["p"], exc)
         return GameFailed(f"the game failed on this frame: {kind}")
-    log.error("group %s: the game failed on the experimenter's %s; the group is left as it was",
-              live.id, body["a"], exc_info=exc)
+    live.watch.hook_failed(exc, in_control(body["a"]), "the group is left as it was")
     return GameFailed(f"the game failed on the experimenter's {body['a']}: {kind}")
 
 

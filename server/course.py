@@ -19,7 +19,7 @@ from groups import InvalidState, Phase, current_block
 
 from .calls import Node
 from .control import ACTIONS
-from .exceptions import GameFailed, NotPersisted, Unstorable
+from .exceptions import ActionFailed, GameFailed, NotPersisted, Unstorable
 from .hub import Hub, group_topic
 from .live import LiveGroup
 from .storage import (
@@ -113,9 +113,11 @@ class Course:
         (a whole experiment ended this way is ``cancelled``). Returns the groups acted on,
         once their events are stored. ``end`` ends a group whose game fails on it all the same,
         without the game (:meth:`server.live.LiveGroup.control`: recorded as a ``game_fault``);
-        a group whose game fails on another action (its payoff raises, say) is left as it was
-        and out of the list, logged, and the others are acted on. Raises :class:`LookupError`
-        for an unknown experiment or group and :class:`ValueError` for an unknown action.
+        a group whose game fails on another action (its payoff raises, say) is left as it was,
+        logged where the game ran, and the others are acted on; then :class:`ActionFailed`
+        (the REST call's 500) names the groups acted on and those the game failed on. Raises
+        :class:`LookupError` for an unknown experiment or group and :class:`ValueError` for an
+        unknown action.
         """
         if action not in ACTIONS:
             raise ValueError(f"expected an action in {list(ACTIONS)}, got {action!r}")
@@ -148,6 +150,7 @@ class Course:
                 await self.database.write(set_experiment_status, row["id"], "cancelled", now)
         scope = "experiment" if group_id is None else "group"
         done: list[int] = []
+        failed: dict[int, str] = {}
         for place in targets:
             if self.node is None:
                 await self.group(place.group_id)
@@ -155,10 +158,10 @@ class Course:
                 await self.call(place.group_id, "control", {"a": action, "s": scope, "b": by})
             except InvalidState:
                 continue  # it changed since we looked: nothing to do for it
-            except Unstorable:  # the game made a write that cannot be stored (logged by the group)
+            except (GameFailed, Unstorable) as exc:  # the game failed on it (its payoff, say; or made a
+                # write that cannot be stored), logged where it ran (server.calls, the group): left as it
+                failed[place.group_id] = str(exc)  # was, and the other groups go on all the same
                 continue
-            except GameFailed:  # the game failed on it (its payoff, say), logged where it ran (server.calls):
-                continue  # the other groups go on all the same
             except (NotPersisted, LookupError):
                 raise  # the database or the cluster: the whole action may be tried again
             except Exception:  # (another worker's failure that is not the game's: answered "internal")
@@ -168,6 +171,10 @@ class Course:
             done.append(place.group_id)
         if action == "end" and group_id is None:
             self._tell_over(every, "cancelled" if row["status"] in ("pending", "running") else row["status"])
+        if failed:
+            said = "; ".join(f"group {g}: {why}" for g, why in failed.items())
+            raise ActionFailed(f"{action} failed in {len(failed)} of {len(targets)} groups, each left as it was: {said}",
+                               action=action, done=done, failed=list(failed))
         return done
 
     def _tell_over(self, places: list[GroupPlace], status: str) -> None:

@@ -9,7 +9,8 @@
     │   ├── Unauthorized     401, no token
     │   ├── Forbidden        403, a wrong token or somebody else's data
     │   ├── NotFound         404, an unknown experiment or participant
-    │   └── PayloadTooLarge  413, a request body past ``SYNCLAB_MAX_BODY_BYTES``
+    │   ├── PayloadTooLarge  413, a request body past ``SYNCLAB_MAX_BODY_BYTES``
+    │   └── ActionFailed     500, the game failed on the experimenter's action in some groups
     ├── FrameError           a refused client frame: an ``error`` frame, the socket stays open
     └── NotPersisted         the writer could not commit: the frames of that batch (and of the
         │                    writes queued behind it) get an ``error`` frame; a REST call whose
@@ -98,6 +99,24 @@ class PayloadTooLarge(ApiError):
     """A request body larger than the server reads (``server.bodies``); its connection is closed."""
 
     status = 413
+
+
+class ActionFailed(ApiError):
+    """The experimenter's ``start``, ``pause`` or ``resume`` that the game failed on in some groups
+    (a hook raised, or made a write that cannot be stored): each of those is left as it was,
+    the failure logged where the game ran; the other groups were acted on. The game's fault,
+    not the request's: trying again fails again (``end`` ends a failing game's group without it)."""
+
+    status = 500
+
+    def __init__(self, message: str, *, action: str, done: list[int], failed: list[int]) -> None:
+        super().__init__(message)
+        self.action = action
+        self.done = done
+        self.failed = failed
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.message, "action": self.action, "groups": self.done, "failed": self.failed}
 
 
 class FrameError(SynclabError):

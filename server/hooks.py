@@ -37,6 +37,14 @@ IN_ACTION = "one action"
 IN_BOT_DECISION = "bot_decision (a stand-in's decision)"
 IN_HELLO_PAYOFF = "payoff (the score so far of a hello)"
 IN_ROLE = "role (a member's role in a hello)"
+
+
+def in_control(action: str) -> str:
+    """The kind of a game's failure on the experimenter's ``action`` (``start``, ``pause``…), as
+    :meth:`HookWatch.hook_failed` logs it: the action the game failed on, not one hook."""
+    return f"the experimenter's {action}"
+
+
 #: seconds between two log lines of one group's game failing in one such hook the server calls
 #: alone, in one way (the failures between are counted in the next line)
 HOOK_FAULTS_LOG_EVERY = 5.0
@@ -113,7 +121,8 @@ class HookWatch:
 
     def hook_failed(self, exc: Exception, where: str, instead: str) -> None:
         """The game failed with ``exc`` in a hook the server called outside an action (``where``,
-        one of the ``IN_…``), and the server did ``instead``. Such a hook runs at every hello or at
+        one of the ``IN_…``), or on the experimenter's action (:func:`in_control`), and the server
+        did ``instead``. Such a hook runs at every hello or at
         every decision of a stand-in: the first failure of a kind (hook and exception type) in a
         while is logged with its traceback (none for a :class:`groups.GameFault`: the core's
         refusal of what the hook gave, which its message names), then at most one line every

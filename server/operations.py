@@ -206,7 +206,9 @@ def _experiment_paths() -> dict[str, Any]:
                 "summary": "start (force waiting groups), pause, resume or end the experiment or one group",
                 "parameters": _params("code", "action", "group"),
                 "responses": {"200": _json(ref("ActionResult"), "the groups acted on"),
-                              **_refused(400, 401, 403, 404, 503)},
+                              **_refused(400, 401, 403, 404, 503),
+                              "500": _json(ref("ActionFailed"), "the game failed on the action in some groups, "
+                                           "each left as it was; the others acted on")},
                 **ADMIN,
             }
         },

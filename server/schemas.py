@@ -278,6 +278,16 @@ def _other_schemas() -> dict[str, JSONSchema]:
                 "status": {"type": "string", "enum": list(STATUSES)},
             }
         ),
+        # the game failed on the action in some groups (server.exceptions.ActionFailed): the
+        # groups acted on, and those it failed in (each left as it was)
+        "ActionFailed": closed_object(
+            {
+                "error": {"type": "string", "minLength": 1},
+                "action": {"type": "string", "enum": list(ACTIONS)},
+                "groups": {"type": "array", "items": INT},
+                "failed": {"type": "array", "items": INT, "minItems": 1},
+            }
+        ),
     }
 
 

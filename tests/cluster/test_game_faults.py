@@ -30,7 +30,7 @@ async def test_a_game_failing_at_the_groups_worker_is_answered_and_logged_there_
 ) -> None:
     """b on the worker that does not serve the group (a joined first, on w1). b's frame that the game fails on gets
     ``game_error`` with one process's message, and the experimenter's pause asked of b's worker,
-    which the game fails on, leaves the group out of the answer; each failure is logged once, with
+    which the game fails on, answers 500 naming the group; each failure is logged once, with
     its traceback, where the game ran, as one process logs it. b got ``internal``, the group's
     worker logged "cluster: a request failed" for both, and b's worker logged the pause's failure
     again with a traceback of its own."""
@@ -55,18 +55,19 @@ async def test_a_game_failing_at_the_groups_worker_is_answered_and_logged_there_
         assert (await answer(b, "b-3"))["channel"] == "ack"
         async with cluster.http(other) as http:
             paused = await http.post(f"/api/experiments/{exp['code']}/pause", params={"group": group})
-        assert paused.status_code == 200, paused.text
-        assert paused.json()["groups"] == []  # the game failed on it: left as it was, as in one process
+        assert paused.status_code == 500, paused.text  # the game failed on it: left as it was, as in one process
+        assert paused.json()["groups"] == [] and paused.json()["failed"] == [group], paused.text
         assert owner_of(cluster, group) == serves
     finally:
         for client in (a, b):
             await client.close()
     frame_line = f"group {group}: the game {GAME} failed on a frame of {codes[1]}"
-    pause_line = f"group {group}: the game failed on the experimenter's pause; the group is left as it was"
+    pause_line = (f"group {group}: the game FailsOnSeven ({GAME}) failed in the experimenter's pause: "
+                  "ZeroDivisionError: three on purpose; the group is left as it was")
     await until(lambda: pause_line in cluster.logs(serves), 5, "the pause's failure logged where the game ran")
     there, here = (cluster.workers[name].log.read_text(errors="replace") for name in (serves, other))
     assert there.count(frame_line) == 1 and there.count("RuntimeError: seven on purpose") == 1, there
-    assert there.count(pause_line) == 1 and there.count("ZeroDivisionError: three on purpose") == 1, there
+    assert there.count(pause_line) == 1 and there.count("ZeroDivisionError: three on purpose") == 2, there  # (its traceback)
     assert "a request failed" not in there + here, there + here
     assert "the game" not in here, here
     cluster.tracebacks[serves] = 2  # the fixture checks: these two, and none elsewhere

@@ -30,7 +30,7 @@ import pytest
 from sqlalchemy import update
 from websockets.asyncio.client import connect
 
-from groups import RESERVED_CHANNELS, DecisionGroup, PublicGoods
+from groups import RESERVED_CHANNELS, DecisionGroup, Phase, PublicGoods
 from server import control, course, hooks, presence, standins, ticks
 from server.cluster.requests import error_of, exception_of
 from server.exceptions import BadRequest, GameFailed
@@ -667,3 +667,109 @@ def test_the_failures_between_two_log_lines_are_counted() -> None:
     assert throttle.due((1, "RuntimeError"), 111.0) == -1  # a quiet interval: a traceback again
     assert throttle.due((1, "KeyError"), 111.0) == -1  # past `kept`: the oldest kind forgotten
     assert len(throttle._last) == 2
+
+
+class RaisingPayoff(PublicGoods):
+    """public_goods whose payoff raises once somebody contributes 7 (at the next accrual: a pause)."""
+
+    def payoffs(self, decisions: Any) -> dict[str, float]:
+        if 7 in decisions.values():
+            raise ZeroDivisionError("seven on purpose")
+        return super().payoffs(decisions)
+
+
+async def snapshot_of(server: Harness, code: str) -> dict[str, Any]:
+    """What a monitor that opens now is shown of the experiment."""
+    monitor = await server.monitor(code)
+    try:
+        return dict((await monitor.expect("snapshot"))["payload"])
+    finally:
+        await monitor.close()
+
+
+@pytest.mark.parametrize("who", ["stand-in", "human"])
+async def test_an_arrival_whose_start_the_game_fails_on_counts_and_leaves_the_group_waiting_as_the_monitor_shows(
+    server: Harness, caplog: pytest.LogCaptureFixture, who: str
+) -> None:
+    """b arrives (a stand-in filling the seat, or b's own socket) and the game fails on the
+    period's start it makes: b counts as connected in the core (its arrival stored: the stand-in's
+    ``standin`` event, the human's connection), the rest is undone, and the group waits, in the
+    core, in what it stored and in the monitor's snapshot alike. The core was left running a
+    period the game never started (``when_all_players_ready`` raised), whose ``period_start`` and
+    decisions were stored as if they fell due before the failure; the monitor showed it running
+    and a stand-in's seat was added to the core's connected set from outside it."""
+    caplog.set_level(logging.WARNING)
+    exp = await server.create(game="tests.server.test_game_faults:RaisingStart", participants=2, group_size=2,
+                              period_length=60)
+    code = exp["code"]
+    a_code, b_code = (p["code"] for p in exp["participants"])
+    a = await server.connect(a_code)
+    group = (await a.expect("hello"))["payload"]["group"]
+    if who == "stand-in":
+        await server.runtime.groups.stand_in(group, b_code, "fill")  # resolved once stored
+    else:
+        b = await server.connect(b_code)
+        await b.expect("hello")
+        await until_connected(server, code, b_code, True)
+    live = server.runtime.groups.local(group)
+    assert live is not None
+    await eventually(lambda: not live._pending, wait=3)
+    assert live.core.connected == {a_code, b_code}
+    assert live.core.state.phase is live.committed.phase is Phase.WAITING
+    stored = [e["channel"] for e in await server.events(code)]
+    assert stored == (["standin"] if who == "stand-in" else []), stored
+    snap = await snapshot_of(server, code)
+    assert [g["phase"] for g in snap["groups"]] == ["waiting"]
+    connected = {p["code"]: p["connected"] for p in snap["participants"]}
+    assert connected == {a_code: True, b_code: who == "human"}  # (a stand-in has no socket)
+    await a.silent(0.3)
+    assert [f["channel"] for f in a.frames if f["channel"] in ("state", "group_decisions")] == []
+
+
+async def test_the_experimenters_start_or_pause_that_the_game_fails_on_answers_500_and_leaves_the_group(
+    server: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The experimenter starts a group whose game fails on the start, and pauses one whose payoff
+    fails at the pause's accrual: each call answers 500 naming the group the game failed in (the
+    others acted on), the group is left as it was (waiting; running), nothing of the action is
+    stored, and the failure is logged once where the game ran, in the game-failure line with its
+    traceback. It answered 200 with the group left out of the list, and the start's half-made
+    period (``period_start``, decisions, its game never told) was stored and ran."""
+    caplog.set_level(logging.ERROR)
+    exp = await server.create(game="tests.server.test_game_faults:RaisingStart", participants=2, group_size=2,
+                              period_length=60)
+    code = exp["code"]
+    a = await server.connect(exp["participants"][0]["code"])
+    group = (await a.expect("hello"))["payload"]["group"]
+    started = await server.http.post(f"/api/experiments/{code}/start")
+    assert started.status_code == 500, started.text
+    assert started.json() == {
+        "error": f"start failed in 1 of 1 groups, each left as it was: group {group}: "
+                 "the game failed on the experimenter's start: RuntimeError",
+        "action": "start", "groups": [], "failed": [group]}
+    assert [e["channel"] for e in await server.events(code)] == []
+    assert [g["phase"] for g in (await snapshot_of(server, code))["groups"]] == ["waiting"]
+    line = (f"group {group}: the game RaisingStart (tests.server.test_game_faults:RaisingStart) failed in the "
+            "experimenter's start: RuntimeError: cannot start; the group is left as it was")
+    logged = [r for r in caplog.records if r.getMessage() == line]
+    assert len(logged) == 1 and logged[0].exc_info is not None, [r.getMessage() for r in caplog.records]
+
+    exp = await server.create(game="tests.server.test_game_faults:RaisingPayoff", participants=4, group_size=2,
+                              period_length=60)
+    code = exp["code"]
+    clients = [await server.connect(p["code"]) for p in exp["participants"]]
+    hellos = [(await c.expect("hello"))["payload"] for c in clients]
+    for client in clients:
+        await until_state(client, "period_start")
+    await decide(clients[0], 7, "seven")
+    failing = hellos[0]["group"]
+    other = next(h["group"] for h in hellos if h["group"] != failing)
+    before = len(await server.events(code))
+    paused = await server.http.post(f"/api/experiments/{code}/pause")
+    assert paused.status_code == 500, paused.text
+    assert paused.json()["groups"] == [other] and paused.json()["failed"] == [failing], paused.text
+    phases = {g["id"]: g["phase"] for g in (await snapshot_of(server, code))["groups"]}
+    assert phases == {failing: "running", other: "paused"}
+    stored = [(e["group"], e["channel"]) for e in (await server.events(code))[before:]]
+    assert (failing, "control") not in stored and (other, "control") in stored, stored
+    assert sum("failed in the experimenter's pause: ZeroDivisionError" in r.getMessage() for r in caplog.records) == 1
