@@ -35,7 +35,15 @@ from .group import DecisionGroup
 from .messages import LATE_AFTER, MAX_CHANNEL_LENGTH, NOBODY, Event, Tick
 from .public_goods import PublicGoods
 from .registry import available_games, game_name, load_game
-from .state import PAUSED_BY_DISCONNECT, PAUSED_BY_EXPERIMENTER, GroupState, Phase, Timing
+from .state import (
+    PAUSED_BY_DISCONNECT,
+    PAUSED_BY_EXPERIMENTER,
+    GroupState,
+    Phase,
+    Timing,
+    add_flow,
+    flow_score,
+)
 from .values import MAX_AMOUNT, config_number, is_number, require_number, shown
 
 __all__ = [
@@ -76,10 +84,12 @@ __all__ = [
     "Timing",
     "UnknownChannel",
     "UnknownGame",
+    "add_flow",
     "available_games",
     "config_number",
     "current_block",
     "describe_fault",
+    "flow_score",
     "game_name",
     "is_number",
     "load_game",

@@ -222,6 +222,7 @@ class DecisionGroup(Period):
         state.ended_at = now if state.ends_at is None or now < state.ends_at else state.ends_at
         if state.flow:  # none of it is scored: what the page shows as earned is what is stored
             state.flow = dict.fromkeys(state.flow, 0.0)
+            state.flow_scale = 0
         state.flow_at = None
         self._outbox.append(Event(STATE, PERIOD_END))
         return self._flush()

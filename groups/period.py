@@ -18,7 +18,7 @@ from .channels import GROUP_DECISIONS, PERIOD, PERIOD_END, PERIOD_START, RESULT,
 from .exceptions import GameFault, InvalidState
 from .hooks import GameHooks
 from .messages import Event, Tick
-from .state import GroupState, Phase
+from .state import GroupState, Phase, add_flow, flow_score
 from .values import is_number, shown
 
 
@@ -65,14 +65,14 @@ class Period(GameHooks):
             return state.earned.get(participant, 0.0)
         if state.started_at is None:
             return 0.0
-        flow = state.flow.get(participant, 0.0)
+        flow, scale = {participant: state.flow.get(participant, 0.0)}, state.flow_scale
         if state.phase is Phase.RUNNING and state.flow_at is not None and now > state.flow_at:
             rate = self._finite(self.payoff(participant, state.decisions), participant, "payoff")
-            flow += rate * (now - state.flow_at)
+            scale = add_flow(flow, scale, {participant: rate}, now - state.flow_at)
         length = self.timing.period_length or (
             (state.ended_at if state.ended_at is not None else now) - state.started_at - state.paused_for
         )
-        return flow / length if length > 0 else 0.0
+        return flow_score(flow[participant], scale, length)
 
     # ------------------------------------------------------------------ internals
 
@@ -109,6 +109,7 @@ class Period(GameHooks):
         state.decisions = {p: self.initial_decision(p) for p in self.members}
         if self.timing.continuous:
             state.flow = dict.fromkeys(self.members, 0.0)
+            state.flow_scale = 0
             state.flow_at = self.now
         else:
             state.earned = dict.fromkeys(self.members, 0.0)
@@ -183,7 +184,7 @@ class Period(GameHooks):
         if self.timing.continuous and state.started_at is not None:
             length = self.timing.period_length or (ended_at - state.started_at - state.paused_for)
             for p in self.members:
-                score = state.flow.get(p, 0.0) / length if length > 0 else 0.0
+                score = flow_score(state.flow.get(p, 0.0), state.flow_scale, length)
                 self._result(p, None, state.decisions.get(p), score)
         tick = None if due is None else Tick(PERIOD_END, 0, due, self.now)
         self._outbox.append(Event(STATE, PERIOD_END, tick=tick))
@@ -200,9 +201,7 @@ class Period(GameHooks):
         until = self.now if until is None else until
         elapsed = until - state.flow_at
         if elapsed > 0:
-            flow = state.flow
-            for p, rate in self._rates(state.decisions).items():
-                flow[p] = flow.get(p, 0.0) + rate * elapsed
+            state.flow_scale = add_flow(state.flow, state.flow_scale, self._rates(state.decisions), elapsed)
         state.flow_at = until
 
     def _pause(self, by: str) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import enum
+import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,7 +85,8 @@ class GroupState:
     paused_by: str | None = None
     #: seconds the period has been paused in all (every deadline moves by it)
     paused_for: float = 0.0
-    #: continuous time: the integral of each member's flow payoff up to ``flow_at``
+    #: continuous time: the integral of each member's flow payoff up to ``flow_at``, scaled down
+    #: by ``2 ** -(FLOW_STEP * flow_scale)`` (:func:`add_flow`: 0 unless it passed a float's range)
     flow: dict[str, float] = field(default_factory=dict)
     flow_at: float | None = None
     #: rate limit: when ``group_decisions`` was last broadcast, and whether a newer one waits
@@ -91,6 +94,8 @@ class GroupState:
     broadcast_due: bool = False
     #: with subperiods: each member's score so far in this period (the sum of its results)
     earned: dict[str, float] = field(default_factory=dict)
+    #: continuous time: how many steps of :data:`FLOW_STEP` bits ``flow`` is scaled down by
+    flow_scale: int = 0
 
     def copy(self) -> GroupState:
         # field by field, not through __init__'s fifteen keywords: a copy is made at every action
@@ -110,6 +115,7 @@ class GroupState:
         new.broadcast_at = self.broadcast_at
         new.broadcast_due = self.broadcast_due
         new.earned = dict(self.earned)
+        new.flow_scale = self.flow_scale
         return new
 
     def clock(self, *, copied: bool = True) -> dict[str, Any]:
@@ -117,7 +123,7 @@ class GroupState:
 
         ``copied=False`` puts this state's own ``flow`` and ``earned`` in it, not copies: for a
         snapshot that nothing changes any more (the shell stores each action's snapshot so)."""
-        return {
+        clock = {
             "paused_at": self.paused_at,
             "paused_by": self.paused_by,
             "paused_for": self.paused_for,
@@ -127,6 +133,9 @@ class GroupState:
             "broadcast_due": self.broadcast_due,
             "earned": dict(self.earned) if copied else self.earned,
         }
+        if self.flow_scale:  # (only then: a clock stored before it is the same)
+            clock["flow_scale"] = self.flow_scale
+        return clock
 
     def set_clock(self, stored: Mapping[str, Any] | None) -> None:
         """The inverse of :meth:`clock`."""
@@ -139,3 +148,42 @@ class GroupState:
         self.broadcast_at = stored.get("broadcast_at")
         self.broadcast_due = bool(stored.get("broadcast_due"))
         self.earned = {str(k): float(v) for k, v in (stored.get("earned") or {}).items()}
+        self.flow_scale = int(stored.get("flow_scale") or 0)
+
+
+#: bits a flow is scaled down by at each step (``GroupState.flow_scale``): exact, but for subnormals
+FLOW_STEP = 64
+
+
+def add_flow(flow: dict[str, float], scale: int, rates: Mapping[str, float], elapsed: float) -> int:
+    """Each member's ``rate * elapsed`` added to its integral in ``flow``, which is kept scaled
+    down by ``2 ** -(FLOW_STEP * scale)``; returns the scale after it. A sum that would pass a
+    float's range scales every integral down one more step instead: a member's score is the
+    time average of finite payoffs (:func:`flow_score`), a finite number, and a payoff of 1e308 a
+    second for two seconds made its integral, and so its score, infinity. At scale 0 (any payoff
+    short of that) it is ``flow + rate * elapsed``, as ever."""
+    step = math.ldexp(elapsed, -FLOW_STEP * scale) if scale else elapsed
+    for p, rate in rates.items():
+        total = flow.get(p, 0.0) + rate * step
+        for _ in range(64):  # (past a float's range: a step or two, each divides by 2**64)
+            if total - total == 0.0:  # finite (inf - inf and nan - nan are nan)
+                break
+            scale += 1
+            for q, value in flow.items():
+                flow[q] = math.ldexp(value, -FLOW_STEP)
+            step = math.ldexp(elapsed, -FLOW_STEP * scale)
+            total = flow.get(p, 0.0) + rate * step
+        flow[p] = total
+    return scale
+
+
+def flow_score(flow: float, scale: int, length: float) -> float:
+    """A member's score in continuous time: its integral ``flow`` (scaled as :func:`add_flow` keeps
+    it) over the period's ``length`` seconds. An average of finite payoffs, within a float's
+    range; should rounding put it a hair past, it is the largest float of its sign."""
+    if length <= 0:
+        return 0.0
+    try:
+        return math.ldexp(flow / length, FLOW_STEP * scale)
+    except OverflowError:
+        return math.copysign(sys.float_info.max, flow)

@@ -29,6 +29,8 @@ from groups import (
     SUBPERIOD,
     DecisionGroup,
     GroupError,
+    add_flow,
+    flow_score,
 )
 
 from .findings import Report, place
@@ -69,6 +71,8 @@ class _Clock:
         self.game = game
         self.members = members
         self.flow = dict.fromkeys(members, 0.0)
+        #: the flow's scale, as the core keeps it (:func:`groups.add_flow`)
+        self.scale = 0
         self.at = start
         self.boundaries = 1
         self.largest = 0.0
@@ -76,10 +80,9 @@ class _Clock:
     def accrue(self, until: float, decisions: Mapping[str, Any]) -> None:
         elapsed = until - self.at
         if elapsed > 0:
-            for p in self.members:
-                rate = float(self.game.payoff(p, decisions))
-                self.largest = max(self.largest, abs(rate))
-                self.flow[p] = self.flow[p] + rate * elapsed
+            rates = {p: float(self.game.payoff(p, decisions)) for p in self.members}
+            self.largest = max(self.largest, *(abs(rate) for rate in rates.values()))
+            self.scale = add_flow(self.flow, self.scale, rates, elapsed)
         self.at = until
         self.boundaries += 1
 
@@ -250,7 +253,7 @@ class _Replayer:
         length = self.timing.period_length or (ended_at - self.started_at - self.paused_for)
         slack = _time_slack(clock, length)
         for p in self.group.members:
-            score = clock.flow[p] / length if length > 0 else 0.0
+            score = flow_score(clock.flow[p], clock.scale, length)
             self.out.expected[(p, None)] = Expected(self.decisions.get(p), score, slack)
 
 

@@ -808,6 +808,7 @@ def test_a_state_copy_has_every_field_and_shares_no_mutable_value() -> None:
         "phase": Phase.PAUSED, "decisions": {"a": 1.0}, "started_at": 1.5, "ends_at": 2.5, "ended_at": 3.5,
         "subperiod": 2, "vars": {"nested": {"x": [1]}}, "paused_at": 4.5, "paused_by": "a", "paused_for": 0.25,
         "flow": {"a": 0.5}, "flow_at": 5.5, "broadcast_at": 6.5, "broadcast_due": True, "earned": {"a": 0.75},
+        "flow_scale": 1,
     }
     assert set(values) == {f.name for f in dataclasses.fields(GroupState)}, "a field the test does not set"
     state = GroupState(**values)

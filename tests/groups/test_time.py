@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import json
+import math
 import random
+import sys
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -184,6 +187,53 @@ def test_the_flow_integral_survives_a_snapshot_through_json() -> None:
     a = results(group.tick(T0 + 10))
     b = results(restored.tick(T0 + 10))
     assert a == b
+
+
+class Huge(PublicGoods):
+    """public_goods whose flow payoff is the largest float (or its negative) for a contribution of 1 (0)."""
+
+    def payoffs(self, decisions: Any) -> dict[str, float]:  # as the base class asks each member's
+        return {p: self.payoff(p, decisions) for p in self.members}
+
+    def payoff(self, participant: str, decisions: Any) -> float:
+        return sys.float_info.max if decisions[participant] == 1 else -sys.float_info.max
+
+
+@pytest.mark.parametrize("paused", [False, True])
+def test_a_flow_payoff_whose_integral_is_past_a_floats_range_scores_its_finite_average(paused: bool) -> None:
+    """A flow payoff of the largest float a second for 10 s (a for the whole period; b for the
+    last 6 s, after 4 s of its negative): the integrals are past a float's range, the scores
+    (time averages) are not: the largest float, and a fifth of it. Every answer on the way is a
+    finite number: the score so far (a hello's), the clock stored through JSON and read back (a
+    restart), the results. The integral was ``inf``: the score so far and the result ``inf``, the
+    result's event ``null`` in JSON, the clock's flow ``null``, which a restart could not read."""
+    group = Huge(["a", "b"], timing=Timing(10.0))
+    group.connect("a", T0)
+    group.connect("b", T0)
+    group.receive("a", DECISIONS, 1, T0)
+    group.receive("b", DECISIONS, 1, T0 + 4)
+    if paused:
+        group.pause(T0 + 5)
+        group.resume(T0 + 6)
+    end = group.state.ends_at
+    assert end is not None
+    assert group.earned("a", end) == pytest.approx(sys.float_info.max, rel=1e-12)
+    stored = json.loads(json.dumps(group.state.clock(), allow_nan=False))  # (inf would raise here)
+    restored = Huge(["a", "b"], timing=group.timing, state=group.state)
+    restored.state.set_clock(stored)
+    scored, again = results(group.tick(end)), results(restored.tick(end))
+    assert scored == again
+    assert scored["a"][0]["score"] == pytest.approx(sys.float_info.max, rel=1e-12)
+    assert scored["b"][0]["score"] == pytest.approx(sys.float_info.max / 5, rel=1e-12)
+    assert all(math.isfinite(r[0]["score"]) for r in scored.values())
+
+
+def test_an_ordinary_flow_is_kept_as_its_integral_unscaled() -> None:
+    """Short of a float's range the flow is the integral as ever, and the stored clock has no scale."""
+    group = bimatrix(10.0)
+    group.receive("row", DECISIONS, 1.0, T0 + 2)
+    assert group.state.flow == {"row": 2.25 * 2, "col": 2.25 * 2} and group.state.flow_scale == 0
+    assert "flow_scale" not in group.state.clock()
 
 
 # --------------------------------------------------------------------------- rate limit

@@ -521,3 +521,42 @@ async def test_a_session_whose_results_sum_past_a_floats_range_ends_with_its_sco
         engine.dispose()
     assert report.ok and report.sessions == 2 and report.results == 6, report.summary()
     assert sum("final_score null: bonus + the stored results is past a float's range" in n for n in report.notes) == 2
+
+
+class HugeFlow(PublicGoods):
+    """public_goods whose flow payoff is the largest float, in continuous time (found by its import path)."""
+
+    def payoffs(self, decisions: Any) -> dict[str, float]:  # as the base class asks each member's
+        return {p: self.payoff(p, decisions) for p in self.members}
+
+    def payoff(self, participant: str, decisions: Any) -> float:
+        return sys.float_info.max
+
+
+async def test_a_continuous_period_whose_flow_integral_is_past_a_floats_range_scores_its_finite_average(
+    database_url: str,
+) -> None:
+    """A flow payoff of the largest float a second for 1.5 s: its integral is past a float's range,
+    its time average (the score) is not. The result and the session's score are that average,
+    stored and given as a number, and ``verify`` recomputes the same. The result was ``inf``
+    (its event's score ``null``, the results' CSV ``inf``), the session's score ``null``."""
+    async with running_server(database_url) as server:
+        exp = await server.create(game=f"{__name__}:HugeFlow", participants=2, group_size=2, period_length=1.5)
+        code = exp["code"]
+        for person in exp["participants"]:
+            await server.connect(person["code"])
+        await wait_for_status(server, code, "done")
+        results = (await get(server, f"/api/experiments/{code}/results"))["results"]
+        assert [r["score"] for r in results] == [sys.float_info.max] * 2, results
+        listed = (await get(server, f"/api/experiments/{code}/sessions"))["results"]
+        assert [r["final_score"] for r in listed] == [sys.float_info.max] * 2
+        stats = await get(server, f"/api/experiments/{code}/stats")
+        assert stats["scores_not_finite"] == 0
+        events = [e["value"]["score"] for e in await server.events(code) if e["channel"] == "result"]
+        assert events == [sys.float_info.max] * 2
+    engine = make_engine(database_url)
+    try:
+        report = verify(engine, code)
+    finally:
+        engine.dispose()
+    assert report.ok and report.results == 2, report.summary()
