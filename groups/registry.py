@@ -52,7 +52,7 @@ def load_game(name: str) -> type[DecisionGroup]:
         try:
             target = getattr(importlib.import_module(module_name), attribute)
         except Exception as exc:
-            raise UnknownGame(f"game {name!r}: cannot import it: {exc}") from exc
+            raise UnknownGame(f"game {name!r}: cannot import it: {exc}{_where_to_put(exc, module_name)}") from exc
         return _checked(target, name)
     known = sorted(available_games())
     raise UnknownGame(f"expected a game in {known} or an import path 'module:Class', got {name!r}")
@@ -63,6 +63,15 @@ def game_name(game: type[DecisionGroup]) -> str:
     if game.name and available_games().get(game.name) is game:
         return game.name
     return f"{game.__module__}:{game.__qualname__}"
+
+
+def _where_to_put(exc: Exception, module_name: str) -> str:
+    """Where a game's module that was not found is looked for, when that is what failed (not a
+    module the game imports in turn, whose own install is the remedy)."""
+    missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+    if not missing or not (module_name == missing or module_name.startswith(f"{missing}.")):
+        return ""
+    return " (a game's module is imported from the directory synclab runs in, PYTHONPATH or an installed package)"
 
 
 def _checked(target: object, where: str) -> type[DecisionGroup]:

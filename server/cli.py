@@ -178,6 +178,7 @@ def tune_gc() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _games_from_here()
     try:
         return _run(argv)
     except BrokenPipeError:
@@ -189,6 +190,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return CLOSED_PIPE
+
+
+def _games_from_here() -> None:
+    """Find a game named by import path (``"mygame:MyGame"``) in the directory synclab runs in.
+
+    ``python -m server.cli`` and ``uvicorn server.app:app`` look there; the console script did
+    not (``sys.path`` starts with its own ``bin``), so a researcher's game file beside them was
+    ``No module named …`` to ``synclab serve``, ``bots`` and ``verify``. The directory is looked
+    in last: a file there never hides an installed module. A cluster's workers inherit the path.
+    """
+    try:
+        here = os.getcwd()
+    except OSError:  # the directory was removed under the shell: nothing to look in
+        return
+    if all(os.path.abspath(entry or os.curdir) != here for entry in sys.path):
+        sys.path.append(here)
 
 
 def _stdout_closed() -> bool:
