@@ -44,7 +44,15 @@ from .state import (
     add_flow,
     flow_score,
 )
-from .values import MAX_AMOUNT, config_number, is_number, require_number, shown
+from .values import (
+    MAX_AMOUNT,
+    config_number,
+    is_number,
+    require_choice,
+    require_integer,
+    require_number,
+    shown,
+)
 
 __all__ = [
     "DECISIONS",
@@ -94,6 +102,8 @@ __all__ = [
     "is_number",
     "load_game",
     "plan_groups",
+    "require_choice",
+    "require_integer",
     "require_number",
     "shown",
 ]

@@ -1,11 +1,12 @@
 """Values a client sent, in messages and checks: :func:`shown` in an error message, :func:`is_number`,
-and a game's checks of a number (:func:`require_number` for a decision, :func:`config_number`
-for a setting, within :data:`MAX_AMOUNT`)."""
+and a game's checks (:func:`require_number`, :func:`require_integer` and :func:`require_choice`
+for a decision, :func:`config_number` for a setting, within :data:`MAX_AMOUNT`)."""
 
 from __future__ import annotations
 
 import math
 import reprlib
+from collections.abc import Sequence
 from typing import Any
 
 from .exceptions import ConfigError, InvalidDecision
@@ -62,6 +63,26 @@ def require_number(decision: Any, low: float, high: float) -> float:
     if not low <= value <= high:  # also refuses NaN
         raise InvalidDecision(f"expected a number in [{low}, {high}], got {shown(decision)}")
     return value
+
+
+def require_integer(decision: Any, low: int, high: int) -> int:
+    """A helper for ``validate_decision``: ``decision`` as an ``int`` in ``[low, high]`` (an
+    effort level, a count). A whole number written without a fraction, as the config schema's
+    ``integer``: ``3``, not ``3.0``, and never ``true``, which ``decision in range(1, 8)`` takes
+    for 1."""
+    if isinstance(decision, bool) or not isinstance(decision, int) or not low <= decision <= high:
+        raise InvalidDecision(f"expected an integer from {low} to {high}, got {shown(decision)}")
+    return decision
+
+
+def require_choice(decision: Any, choices: Sequence[Any]) -> Any:
+    """A helper for ``validate_decision``: ``decision`` if it is one of ``choices``, of the same
+    type (``true`` is not the choice ``1``, nor ``1.0`` the choice ``1``), else
+    :class:`InvalidDecision` listing them."""
+    for choice in choices:
+        if type(decision) is type(choice) and decision == choice:
+            return choice
+    raise InvalidDecision(f"expected one of {shown(list(choices))}, got {shown(decision)}")
 
 
 def config_number(

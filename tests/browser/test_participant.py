@@ -299,6 +299,27 @@ async def test_the_guides_example_game_is_played_through_its_own_view(server: Ha
     assert run_verify(Settings(database_url=server.runtime.settings.database_url), exp["code"]) == 0
 
 
+async def test_the_min_effort_example_is_played_through_its_own_view(server: Harness, open_participant: Any) -> None:
+    """examples/min_effort.py with its view examples/min_effort.js: a flow payoff of a*min - b*own."""
+    exp = await server.create(game="examples.min_effort:MinEffort", participants=2, group_size=2, period_length=4)
+    people = [await open_participant(p["url"]) for p in exp["participants"]]
+    for person in people:
+        await expect(person.page.locator("#screen-play")).to_be_visible()
+        await expect(person.page.locator("#flow")).to_have_text("7.00")  # 2*7 - 7: both start at 7
+    await people[0].page.get_by_role("button", name="3", exact=True).click()
+    await expect(people[0].page.locator("#flow")).to_have_text("3.00")  # 2*3 - 3
+    await expect(people[1].page.locator("#flow")).to_have_text("-1.00")  # 2*3 - 7
+    await expect(people[1].page.locator(".minimum")).to_have_text("Lowest effort: 3")
+    await expect(people[0].page.get_by_role("button", name="3", exact=True)).to_have_attribute("aria-pressed", "true")
+    await people[1].shot("8-example-min-effort")
+    for person, p in zip(people, exp["participants"], strict=True):
+        await expect(person.page.locator("#screen-final")).to_be_visible(timeout=WAIT_MS)
+        stored = (await server.http.get(f"/api/experiments/{exp['code']}/participants/{p['code']}")).json()
+        await expect(person.page.locator("#final-summary")).to_have_text(f"You earned {stored['final_score']:.2f} points in all.")
+        person.check()
+    assert run_verify(Settings(database_url=server.runtime.settings.database_url), exp["code"]) == 0
+
+
 async def test_a_frame_over_the_sockets_mebibyte_is_refused_on_the_page_and_play_goes_on(
     server: Harness, open_participant: Any
 ) -> None:

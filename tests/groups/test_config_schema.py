@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import jsonschema_rs
 import pytest
 
+from examples.min_effort import MinEffort
 from examples.stag_hunt import StagHunt
 from groups import MAX_AMOUNT, ConfigError, DecisionGroup, available_games
 from groups.schema import check, field_path
@@ -359,8 +360,8 @@ def test_a_game_that_declares_no_schema_takes_its_default_keys_as_before() -> No
 
 
 def games() -> dict[str, type[DecisionGroup]]:
-    """Every game found (bundled, installed) and the example stag hunt."""
-    return {**available_games(), "examples.stag_hunt:StagHunt": StagHunt}
+    """Every game found (bundled, installed) and the examples."""
+    return {**available_games(), "examples.stag_hunt:StagHunt": StagHunt, "examples.min_effort:MinEffort": MinEffort}
 
 
 @pytest.mark.parametrize("name", sorted(games()))

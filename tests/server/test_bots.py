@@ -114,6 +114,19 @@ async def test_bots_play_a_users_game_with_its_own_strategy(server: Harness, sql
     assert run_verify(Settings(database_url=sqlite_url), exp["code"]) == 0
 
 
+async def test_bots_play_the_min_effort_example_and_verify_recomputes_its_scores(server: Harness, sqlite_url: str) -> None:
+    """The guide's second example, named by import path: its bots send efforts from 1 to 7."""
+    exp = await server.create(game="examples.min_effort:MinEffort", participants=4, group_size=2, period_length=1.5)
+
+    report = await bots(server, exp["code"], seed=5)
+
+    clean(report)
+    assert report.finished == 4 and report.status == "done"
+    moves = {e["value"] for e in await server.events(exp["code"]) if e["channel"] == "decisions"}
+    assert moves and moves <= set(range(1, 8))
+    assert run_verify(Settings(database_url=sqlite_url), exp["code"]) == 0
+
+
 async def test_a_connected_human_is_not_played(server: Harness) -> None:
     exp = await server.create(game="bimatrix", participants=2, group_size=2, period_length=1.5)
     code = exp["code"]
