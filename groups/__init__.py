@@ -35,6 +35,7 @@ from .group import DecisionGroup
 from .messages import LATE_AFTER, MAX_CHANNEL_LENGTH, NOBODY, Event, Tick
 from .public_goods import PublicGoods
 from .registry import available_games, game_name, load_game
+from .rehearsal import Rehearsal, rehearse
 from .state import (
     PAUSED_BY_DISCONNECT,
     PAUSED_BY_EXPERIMENTER,
@@ -88,6 +89,7 @@ __all__ = [
     "Phase",
     "PublicGoods",
     "RefusedAction",
+    "Rehearsal",
     "Tick",
     "Timing",
     "UnknownChannel",
@@ -102,6 +104,7 @@ __all__ = [
     "is_number",
     "load_game",
     "plan_groups",
+    "rehearse",
     "require_choice",
     "require_integer",
     "require_number",

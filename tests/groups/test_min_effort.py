@@ -11,6 +11,7 @@ from groups import (
     InvalidDecision,
     Timing,
     load_game,
+    rehearse,
     require_choice,
     require_integer,
 )
@@ -55,7 +56,10 @@ def test_require_choice_compares_types_too() -> None:
     assert require_integer(7, 1, 7) == 7
 
 
-def test_it_is_found_by_its_import_path_and_refuses_a_bad_config() -> None:
+def test_it_is_found_by_its_import_path_refuses_a_bad_config_and_rehearses_with_its_bots() -> None:
     assert load_game("examples.min_effort:MinEffort") is MinEffort
     with pytest.raises(ConfigError, match=r"config\.b"):
         MinEffort.check_config({"b": -1})
+    played = rehearse(MinEffort, ["a", "b", "c", "d"], period_length=60, seed=11)
+    assert {decision for _, _, decision in played.moves} <= set(range(1, 8))
+    assert len(played.moves) > 100
