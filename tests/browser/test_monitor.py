@@ -306,3 +306,19 @@ async def test_another_site_cannot_frame_the_monitor_but_may_frame_a_participant
     for answer in (monitor_answer, participant_answer, await server.http.get("/api/experiments")):
         assert answer.headers["x-content-type-options"] == "nosniff"
         assert answer.headers["referrer-policy"] == "no-referrer"
+
+
+async def test_a_game_named_by_its_import_path_stays_in_its_place_in_the_overview(server: Harness, page: Page) -> None:
+    """`examples.min_effort:MinEffort`, one word wider than a column of the overview, ran over the
+    participants' number beside it ("MinEff4ort"): every value is wrapped within its column."""
+    exp = await server.create(game="examples.min_effort:MinEffort", participants=2, group_size=2, period_length=30)
+    await page.goto(f"{server.base}/monitor?experiment={exp['code']}#token={TOKEN}")
+    await expect(page.locator("#live-state")).to_have_text("Live", timeout=WAIT_MS)
+    await expect(page.locator("#x-summary")).to_contain_text("examples.min_effort:MinEffort")
+    overflowing = await page.evaluate(
+        """() => [...document.querySelectorAll('#x-summary dd, #x-stats dd')]
+             .filter((dd) => dd.scrollWidth > dd.clientWidth || dd.getBoundingClientRect().right >
+                             dd.parentElement.getBoundingClientRect().right + 0.5)
+             .map((dd) => dd.textContent)"""
+    )
+    assert overflowing == []
