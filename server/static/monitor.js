@@ -498,7 +498,9 @@ class LiveExperiment {
       });
       for (const [code, value] of Object.entries(group.decisions)) this.point(group, code, at, value);
       seen.add(group.id);
-      if ((group.phase === "running" || group.phase === "paused") && !group.backfilled) {
+      // a group that has had its period, running, paused or ended (a finished one looked back at)
+      const played = group.phase === "running" || group.phase === "paused" || (group.phase === "ended" && group.started_at !== null);
+      if (played && !group.backfilled) {
         group.backfilled = true; // once per group and page: later snapshots keep the points they have
         this.backfill(group, this.lastSeq);
       }

@@ -45,6 +45,24 @@ async def test_a_monitor_opened_mid_period_draws_the_period_from_its_start(serve
     await expect(canvas).to_have_attribute("data-points", str(3 + len(STEPS)), timeout=WAIT_MS)
 
 
+async def test_a_monitor_opened_after_the_period_ended_draws_the_whole_period(server: Harness, page: Page) -> None:
+    """An experimenter looking back at a finished group saw an empty chart: only a group
+    running or paused had its history read."""
+    exp = await server.create(period_length=2)
+    codes = [p["code"] for p in exp["participants"]]
+    clients = [await server.connect(code) for code in codes]
+    for client in clients:
+        await client.expect("state")
+    await _played(server, clients[1])
+    for client in clients:  # period_start came; period_end is the next state
+        assert (await client.expect("state", wait=10))["payload"] == "period_end"
+    await page.goto(f"{server.base}/monitor?token={TOKEN}&experiment={exp['code']}")
+    group = page.locator("article.group").first
+    await expect(group).to_have_attribute("data-phase", "ended", timeout=WAIT_MS)
+    # both members' 0.5 at the start, then one point per change of the other
+    await expect(group.locator("canvas")).to_have_attribute("data-points", str(2 + len(STEPS)), timeout=WAIT_MS)
+
+
 async def test_a_participant_page_reloaded_mid_period_draws_the_period_from_its_start(
     server: Harness, page: Page
 ) -> None:
