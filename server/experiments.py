@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from .online import OnlineSettings, parse_online
 from .storage import NewBlock, NewExperiment, new_code
 from .viewfiles import missing_view
 from .wire import nested_deeper
+
+log = logging.getLogger(__name__)
 
 MAX_PARTICIPANTS = 10_000
 MAX_BLOCKS = 1_000
@@ -147,6 +150,13 @@ def parse_request(body: Any) -> ExperimentRequest:
         config = game.check_config(config)
     except ConfigError as exc:
         raise BadRequest(str(exc), field=exc.field) from None
+    except Exception as exc:  # the game's own check has a bug: say what it raised, not a bare 500
+        log.exception("the game %s failed checking a config", name)
+        raise BadRequest(
+            f"config: the game {name} failed checking it: {type(exc).__name__}: {str(exc)[:200]} "
+            "(the server's log has the traceback)",
+            field="config",
+        ) from None
     online = parse_online(body.get("online"))
     return ExperimentRequest(
         game, participants, group_size, blocks, timing, bonus_points or 0.0, matching, config, block_pause, online

@@ -363,6 +363,33 @@ async def test_a_config_its_games_schema_refuses_is_400_naming_the_field(server:
     assert created["config"] == {"weights": weights}
 
 
+class SlipsOnItsConfig(DecisionGroup):
+    """A researcher's validate_config with a bug: it reads a key nobody gave."""
+
+    default_config: ClassVar[dict[str, Any]] = {"a": 1}
+
+    @classmethod
+    def validate_config(cls, config: Any) -> dict[str, Any]:
+        merged = super().validate_config(config)
+        merged["b"] = merged["missing"]
+        return merged
+
+
+async def test_a_game_whose_config_check_raises_is_a_400_saying_what_it_raised(
+    server: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not ConfigError but a bug of the game's (KeyError) was a bare 500 "Internal Server Error":
+    the researcher trying their game learnt nothing from it. Now a 400 on ``config`` naming the
+    game and the exception, its traceback logged, nothing stored."""
+    name = "tests.server.test_api:SlipsOnItsConfig"
+    response = await server.http.post("/api/experiments", json={"game": name, "participants": 2, "group_size": 2})
+    message = assert_refused(response, "config")
+    assert name in message and "KeyError: 'missing'" in message, message
+    assert await stored_experiments(server) == 0
+    logged = [r for r in caplog.records if r.exc_info and name in r.getMessage()]
+    assert logged and logged[0].exc_info is not None and logged[0].exc_info[0] is KeyError
+
+
 class Rounds(DecisionGroup):
     """A game that relies on its schema for an integer (it would run ``range(rounds)``)."""
 
