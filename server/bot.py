@@ -99,6 +99,11 @@ class Bot:
         self._count = 0
         self._on_hello = on_hello
 
+    @property
+    def greeted(self) -> bool:
+        """Its last connection got a ``hello``: the server had it connected."""
+        return self._greeted
+
     # ------------------------------------------------------------------ the connection
 
     async def play(self) -> None:

@@ -348,11 +348,16 @@ async def run_bots(
     report.seconds = time.monotonic() - started
     if report.timed_out:
         unfinished = [b for b in bots if b.outcome == STOPPED]
-        waiting = sum(b.phase == "waiting" for b in unfinished)
-        hint = (
-            f"; {waiting} of them in a group waiting for a member who is not connected (start it from "
-            f"the monitor or POST /api/experiments/{code}/start)" if waiting else ""
-        )
+        waiting = [b for b in unfinished if b.phase == "waiting"]
+        here = {b.participant for b in waiting if b.greeted}
+        # a group whose every member is a bot of this run the server greeted had nobody to wait for
+        whole = sum(b.game is not None and set(b.game.members) <= here for b in waiting)
+        hint = "".join((
+            f"; {len(waiting) - whole} of them in a group waiting for a member who is not connected (start "
+            f"it from the monitor or POST /api/experiments/{code}/start)" if len(waiting) > whole else "",
+            f"; {whole} of them in a group whose members are all connected but whose period did not start: "
+            "the game may have failed as it started (the server's log says)" if whole else "",
+        ))
         report.errors.append(
             f"timed out after {allowed():g} s with experiment {code} {report.status}: "
             f"{len(unfinished)} bots had not finished{hint}; --timeout gives them longer"

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from groups import DecisionGroup
 from groups.public_goods import PublicGoods
 from server.bot import FINISHED, Bot
 from server.bots import BotReport, run_bots
@@ -285,6 +286,30 @@ async def test_the_command_refuses_what_it_cannot_run(
     monkeypatch.setenv("SYNCLAB_ADMIN_TOKEN", TOKEN)  # the environment's token is used
     assert await synclab("bots", "NOSUCHCODE", "--url", server.base) == 2
     assert "no experiment with code" in capsys.readouterr().err
+
+
+class StartsWithASet(DecisionGroup):
+    """Its initial decisions are sets: the period's start cannot be stored, so it never starts."""
+
+    def initial_decision(self, participant: str) -> Any:
+        return {1, 2}
+
+
+async def test_a_group_whose_members_are_all_here_but_never_starts_is_not_blamed_on_a_missing_member(
+    server: Harness,
+) -> None:
+    """Every member connected (the run's bots), the game failed at the start: the time limit's
+    message said the group waited "for a member who is not connected", sending the researcher to
+    the monitor's start button instead of the server's log."""
+    exp = await server.create(game="tests.server.test_bots:StartsWithASet", participants=2, group_size=2)
+
+    report = await bots(server, exp["code"], wait=2)
+
+    assert report.timed_out
+    (message,) = report.errors
+    assert "not connected" not in message, message
+    assert "2 of them in a group whose members are all connected" in message, message
+    assert "the game may have failed as it started (the server's log says)" in message, message
 
 
 @pytest.mark.usefixtures("shell")
