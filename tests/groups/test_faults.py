@@ -219,3 +219,30 @@ def test_a_pause_the_game_fails_on_leaves_the_period_running_and_a_failed_depart
     group.pause_when_disconnected = True
     failure(lambda: group.disconnect("b", T0 + 0.6))
     assert group.state == before and group.connected == {"a"} and not group.carried
+
+class VarReadyFails(PublicGoods):
+    """Its ready hook fails after the period's start was applied: decisions, events, a var."""
+
+    def when_all_players_ready(self) -> None:
+        self.state.vars["round"] = 1
+        raise RuntimeError("not ready")
+
+
+@pytest.mark.parametrize("game", ["initial_decision", "when_all_players_ready"])
+def test_a_period_start_the_game_fails_on_leaves_the_group_waiting_as_it_was(game: str) -> None:
+    """The group was left running (phase, start, end) with no decisions and none of it stored: its
+    clock then ended a period nobody was told had started, with results of decision null, and the
+    experiment was done. Now nothing of the start stays; an arrival still counts."""
+    group: PublicGoods = VarReadyFails(["a", "b"], timing=Timing(period_length=4.0))
+    if game == "initial_decision":
+        group = Breakable(["a", "b"], timing=Timing(period_length=4.0))
+        group.broken = True
+    group.connect("a", T0)
+    with pytest.raises((ZeroDivisionError, RuntimeError)):
+        group.connect("b", T0 + 1)
+    assert group.phase is Phase.WAITING
+    assert (group.state.started_at, group.state.ends_at, group.state.decisions, group.state.vars) == (None, None, {}, {})
+    assert group.next_deadline() is None
+    assert group.connected == {"a", "b"}
+    assert group.tick(T0 + 10) == []  # nothing of the failed start comes out with a later action
+    assert group.phase is Phase.WAITING

@@ -646,6 +646,24 @@ async def test_a_stand_in_whose_arrival_the_game_fails_on_takes_the_seat_and_is_
     assert logged[0].exc_info is not None and str(logged[0].exc_info[1]) == "cannot start"
 
 
+async def test_a_period_start_the_game_fails_on_never_runs_a_period_nobody_was_told_of(server: Harness) -> None:
+    """Both members connect and the game fails as the period starts. Its group was left running
+    in memory, unstored: 1 s later its clock stored a period_end and results of decision null,
+    and the experiment was done, its sessions never started. Now the group waits as stored."""
+    exp = await server.create(game="tests.server.test_game_faults:RaisingStart", participants=2, group_size=2,
+                              period_length=1)
+    code = exp["code"]
+    clients = [await server.connect(p["code"]) for p in exp["participants"]]
+    for client, p in zip(clients, exp["participants"], strict=True):
+        assert (await client.expect("hello"))["payload"]["phase"] == "waiting"
+        await until_connected(server, code, p["code"], True)
+    await asyncio.sleep(timeout(2))  # the period's length and more
+    assert [e["channel"] for e in await server.events(code) if e["channel"] in ("state", "result")] == []
+    assert (await get(server, f"/api/experiments/{code}"))["status"] != "done"
+    snapshot = (await get(server, f"/api/experiments/{code}/participants"))["results"]
+    assert all(r["connected"] for r in snapshot)
+
+
 def test_the_games_failure_at_another_worker_is_raised_again_as_it_was_raised_there() -> None:
     """What the group's worker answers for a game that failed there (:class:`GameFailed`) is raised
     as one on the asker's (``server.course`` skips its group, ``server.connection`` answers its
