@@ -269,12 +269,26 @@ async function loadGames() {
   const body = await api("api/games");
   app.games = body.results;
   const select = $("#f-game");
-  select.replaceChildren(...app.games.map((g) => h("option", { value: g.name }, g.name)));
+  select.replaceChildren(
+    ...app.games.map((g) => h("option", { value: g.name }, g.name)),
+    // a game of one's own named by import path, as the guide does (the list holds registered games)
+    h("option", { value: "" }, "Another game, by import path…"),
+  );
   showGame();
 }
 
 /** The chosen game's doc, schema and default config; its smallest group size as the default. */
 function showGame() {
+  const byPath = $("#f-game").value === "";
+  $("#game-path-field").hidden = !byPath;
+  if (byPath) {
+    setText($("#game-doc"), "A game of your own, named by its import path (module:Class); the server imports it and fills in its defaults.");
+    setText($("#game-schema"), "");
+    $("#f-config").value = "";
+    $("#f-group_size").min = 1;
+    $("#f-group_size").removeAttribute("max");
+    return;
+  }
   const game = app.games.find((g) => g.name === $("#f-game").value);
   if (!game) return;
   const missing = game.view_missing ? `\nThis game cannot be played: ${game.view_missing}.` : "";
@@ -292,7 +306,7 @@ const NUMBER_FIELDS = ["period_length", "rate_limit", "bonus_points", "block_pau
 
 /** The POST body from the form; empty optional fields are left out (or null: continuous, no limit). */
 function experimentRequest(form) {
-  const body = { game: form.game.value, matching: form.matching.value };
+  const body = { game: form.game.value || form.game_path.value.trim(), matching: form.matching.value };
   for (const name of [...INTEGER_FIELDS, ...NUMBER_FIELDS]) {
     const raw = form[name].value.trim();
     if (raw === "") {
@@ -335,7 +349,7 @@ async function createExperiment(event) {
     markInvalid(form, null);
     navigate(created.code);
   } catch (error) {
-    markInvalid(form, error.field);
+    markInvalid(form, error.field === "game" && form.game.value === "" ? "game_path" : error.field);
     showError(error);
   }
 }

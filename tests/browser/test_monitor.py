@@ -322,3 +322,26 @@ async def test_a_game_named_by_its_import_path_stays_in_its_place_in_the_overvie
              .map((dd) => dd.textContent)"""
     )
     assert overflowing == []
+
+
+async def test_monitor_creates_an_experiment_of_a_game_named_by_its_import_path(server: Harness, page: Page) -> None:
+    """The guide names a game of one's own by import path, which the form's list (the registered
+    games) never held: only curl could create it. The list's last choice takes a path; a path
+    that does not import is refused on that field."""
+    await page.goto(f"{server.base}/monitor#token={TOKEN}")
+    await expect(page.locator("#f-game option[value=bimatrix]")).to_be_attached(timeout=WAIT_MS)
+    path = page.locator("#f-game_path")
+    await expect(path).to_be_hidden()  # while a registered game is chosen
+    await page.get_by_label("Game", exact=True).select_option(label="Another game, by import path…")
+    path = page.get_by_role("textbox", name="Import path (module:Class)")
+    await expect(path).to_be_visible()
+    await path.fill("examples.min_effort:NoSuchGame")
+    await page.get_by_role("button", name="Create experiment").click()
+    await expect(page.get_by_role("alert")).to_contain_text("has no attribute 'NoSuchGame'", timeout=WAIT_MS)
+    await expect(path).to_have_attribute("aria-invalid", "true")
+    await path.fill("examples.min_effort:MinEffort")
+    await page.get_by_role("spinbutton", name="Participants").fill("4")
+    await page.get_by_role("button", name="Create experiment").click()
+    await page.wait_for_url(re.compile(r"\?experiment=[A-Za-z0-9_-]+"), timeout=WAIT_MS)
+    detail = (await server.http.get(f"/api/experiments/{page.url.rsplit('=', 1)[1]}")).json()
+    assert (detail["game"], detail["num_participants"], detail["config"]) == ("examples.min_effort:MinEffort", 4, {"a": 2, "b": 1})
