@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, and_, or_, select
+from sqlalchemy import Engine, Select, and_, or_, select
 
 from .storage import blocks, groups, iso, participants
 from .storage import connections as connection_table
@@ -84,9 +84,9 @@ def connections(engine: Engine, part: Part, cursor: Cursor) -> tuple[list[dict[s
     return rows, last
 
 
-def ticks(engine: Engine, part: Part, cursor: Cursor) -> tuple[list[dict[str, Any]], Cursor | None]:
-    """The experiment's ticks in the order they were stored (the order they ran), with their block's index."""
-    experiment_id, limit, ticks = part.experiment["id"], part.limit, tick_table
+def ticks_page(experiment_id: int, limit: int, cursor: Cursor | None) -> Select[Any]:
+    """The query of one page of :func:`ticks`: the experiment's ticks after ``cursor`` (the last id sent)."""
+    ticks = tick_table
     query = (
         select(
             ticks.c.id,
@@ -100,14 +100,20 @@ def ticks(engine: Engine, part: Part, cursor: Cursor) -> tuple[list[dict[str, An
             ticks.c.snapshot,
         )
         .select_from(ticks.join(groups, groups.c.id == ticks.c.group_id).join(blocks, blocks.c.id == groups.c.block_id))
-        .where(groups.c.experiment_id == experiment_id)
-        .order_by(ticks.c.id)
+        # on the tick's own experiment, not its group's: a range of ``ix_ticks_experiment_id_id``,
+        # where paging by id through ``groups`` read every experiment's ticks stored since the page's first
+        .where(ticks.c.experiment_id == experiment_id)
+        .order_by(ticks.c.experiment_id, ticks.c.id)
         .limit(limit)
     )
-    if cursor:
-        query = query.where(ticks.c.id > cursor[0])
+    return query.where(ticks.c.id > cursor[0]) if cursor else query
+
+
+def ticks(engine: Engine, part: Part, cursor: Cursor) -> tuple[list[dict[str, Any]], Cursor | None]:
+    """The experiment's ticks in the order they were stored (the order they ran), with their block's index."""
+    limit = part.limit
     with engine.connect() as conn:
-        found = conn.execute(query).mappings().all()
+        found = conn.execute(ticks_page(part.experiment["id"], limit, cursor)).mappings().all()
     rows = [
         {
             "group": r["group_id"],

@@ -288,7 +288,7 @@ def _store(cursor: Any, sql: BatchStatements, by: SeqStatements, writes: Sequenc
         for r in w.results
     ])
     sql.ticks.run(cursor, [
-        (t.group_id, t.kind, t.index, time(t.scheduled_at), time(t.actual_at), t.late, as_json(t.snapshot))
+        (w.experiment_id, t.group_id, t.kind, t.index, time(t.scheduled_at), time(t.actual_at), t.late, as_json(t.snapshot))
         for w in writes
         for t in w.ticks
     ])

@@ -128,7 +128,7 @@ _EVENT_COLUMNS = (
     "experiment_id", "seq", "timestamp", "group_id", "participant_id", "channel", "value", "client_id", "bot"
 )
 _RESULT_COLUMNS = ("session_id", "experiment_id", "seq", "subperiod", "decision", "score")
-_TICK_COLUMNS = ("group_id", "kind", "index", "scheduled_at", "actual_at", "late", "snapshot")
+_TICK_COLUMNS = ("experiment_id", "group_id", "kind", "index", "scheduled_at", "actual_at", "late", "snapshot")
 _CONNECTION_COLUMNS = (
     "id", "participant_id", "experiment_id", "connected_at", "user_agent", "address", "route", "worker"
 )

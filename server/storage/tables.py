@@ -277,8 +277,15 @@ class Tick(SQLModel, table=True):
     """A timed tick of a group: when it was due and when it ran, with the decisions snapshot."""
 
     __tablename__ = "ticks"
-    __table_args__ = (UniqueConstraint("group_id", "kind", "index"),)
+    __table_args__ = (
+        UniqueConstraint("group_id", "kind", "index"),
+        # The export reads an experiment's ticks in the order they were stored, a page at a time
+        # (server.exportlogs.ticks): a range of this index, none of another experiment's ticks.
+        Index("ix_ticks_experiment_id_id", "experiment_id", "id"),
+    )
     id: int | None = Field(default=None, primary_key=True)
+    #: the group's experiment (as ``groups.experiment_id``), kept here so the export pages on it
+    experiment_id: int = Field(foreign_key="experiments.id")
     group_id: int = Field(foreign_key="groups.id", index=True)
     kind: str = Field(max_length=16)
     index: int
