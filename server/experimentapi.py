@@ -54,6 +54,7 @@ from .storage import (
     list_sessions,
     period_history,
 )
+from .storage.catalog import TIMING
 
 #: the statuses an experiment goes through (``?status=`` filters by one)
 STATUSES = ("pending", "running", "done", "cancelled", "failed")
@@ -139,7 +140,9 @@ async def experiments_list(request: Request) -> Response:
     count = await db.read(count_experiments, status)
     check_page(page, count, page_size)
     rows = await db.read(list_experiments, status, (page - 1) * page_size, page_size)
-    return JSON(paginated(request, count, page, page_size, [_experiment_summary(request, r) for r in rows]))
+    # each with the timing the detail gives (as its first block stored it: server.storage.list_experiments)
+    listed = [{**_experiment_summary(request, r), **{name: r[name] for name in TIMING}} for r in rows]
+    return JSON(paginated(request, count, page, page_size, listed))
 
 
 async def experiment_detail(request: Request) -> Response:

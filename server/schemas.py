@@ -175,9 +175,10 @@ def _experiment_schemas() -> dict[str, JSONSchema]:
          "members": {"type": "array", "items": STRING}}
     )
     return {
-        "ExperimentSummary": closed_object(summary),
+        # the timing its create request set for every block (as each block stored it), in the list too
+        "ExperimentSummary": closed_object({**summary, **timing}),
         "ParticipantLink": link,
-        # the detail adds the timing its create request set for every block (as each block stored it)
+        # the detail adds the participants' links
         "Experiment": closed_object({**summary, **timing, "participants": {"type": "array",
                                                                           "items": ref("ParticipantLink")}}),
         "ExportDocument": closed_object(

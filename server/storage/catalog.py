@@ -144,8 +144,16 @@ def count_experiments(engine: Engine, status: str | None) -> int:
 
 
 def list_experiments(engine: Engine, status: str | None, offset: int, limit: int) -> list[dict[str, Any]]:
-    """Experiments, the newest first."""
-    query = select(experiments).order_by(experiments.c.id.desc()).offset(offset).limit(limit)
+    """Experiments, the newest first, each with its timing as its first block stored it (``TIMING``,
+    as :func:`experiment_timing`)."""
+    first = and_(blocks.c.experiment_id == experiments.c.id, blocks.c.index == 0)
+    query = (
+        select(experiments, *(blocks.c[name] for name in TIMING))
+        .select_from(experiments.outerjoin(blocks, first))
+        .order_by(experiments.c.id.desc())
+        .offset(offset)
+        .limit(limit)
+    )
     if status is not None:
         query = query.where(experiments.c.status == status)
     with engine.connect() as conn:

@@ -137,3 +137,29 @@ async def test_the_experiment_detail_gives_the_timing_its_create_request_set(any
     assert {k: detail[k] for k in timing} == {
         "period_length": 60.0, "num_subperiods": None, "rate_limit": None, "bonus_points": 0.0, "matching": "fixed"
     }
+
+
+async def test_the_experiments_list_gives_each_experiment_the_timing_its_detail_gives(any_server: Harness) -> None:
+    """``GET /api/experiments`` gives each experiment ``period_length``, ``num_subperiods``,
+    ``rate_limit``, ``bonus_points`` and ``matching`` equal to its detail's (none of them before),
+    every other field of the detail but the participants' links, and the OpenAPI ``ExperimentSummary``
+    schema names exactly those fields."""
+    server = any_server
+    made = [
+        await server.create(participants=4, group_size=2, blocks=3, period_length=2.5, num_subperiods=5,
+                            rate_limit=0.5, bonus_points=3, matching="random"),
+        await server.create(),
+    ]
+    listed = (await server.http.get("/api/experiments", params={"page_size": 10})).json()["results"]
+    by_code = {e["code"]: e for e in listed}
+    timing = ("period_length", "num_subperiods", "rate_limit", "bonus_points", "matching")
+    for experiment in made:
+        detail = (await server.http.get(f"/api/experiments/{experiment['code']}")).json()
+        summary = by_code[experiment["code"]]
+        assert {k: summary[k] for k in timing} == {k: detail[k] for k in timing}
+        assert summary == {k: v for k, v in detail.items() if k != "participants"}
+    assert {k: by_code[made[0]["code"]][k] for k in timing} == {
+        "period_length": 2.5, "num_subperiods": 5, "rate_limit": 0.5, "bonus_points": 3.0, "matching": "random"
+    }
+    schema = document()["components"]["schemas"]["ExperimentSummary"]
+    assert set(listed[0]) == set(schema["properties"]) == set(schema["required"])
