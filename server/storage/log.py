@@ -1,12 +1,19 @@
-"""Reading the event log: events of an experiment in ``seq`` order, as the REST API lists them."""
+"""Reading the event log: events of an experiment in ``seq`` order, as the REST API lists them.
+
+An event's ``participant`` is the one who sent it, or for a ``result`` event (sent by the
+server) the participant whose result it is, as its ``results`` row names it; ``None`` for the
+server's other events.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, select
+from sqlalchemy import Connection, Engine, and_, func, select
 
-from .tables import events, participants
+from groups import RESULT
+
+from .tables import events, participants, results, sessions
 from .times import iso
 
 
@@ -39,13 +46,14 @@ def list_events(engine: Engine, experiment_id: int, after_seq: int, offset: int,
             .order_by(events.c.seq)
             .offset(offset)
             .limit(limit)
-        ).mappings()
+        ).mappings().all()
+        scored = _scored(conn, experiment_id, [r["seq"] for r in rows if r["channel"] == RESULT and r["participant"] is None])
         return [
             {
                 "seq": r["seq"],
                 "timestamp": iso(r["timestamp"]),
                 "group": r["group_id"],
-                "participant": r["participant"],
+                "participant": r["participant"] if r["participant"] is not None else scored.get(r["seq"]),
                 "channel": r["channel"],
                 "value": r["value"],
                 "bot": bool(r["bot"]),
@@ -53,3 +61,21 @@ def list_events(engine: Engine, experiment_id: int, after_seq: int, offset: int,
             for r in rows
         ]
 
+
+
+def _scored(conn: Connection, experiment_id: int, seqs: list[int]) -> dict[int, str]:
+    """Whose result each of the ``result`` events ``seqs`` reported: its ``results`` row's
+    participant code (one range of ``ix_results_experiment_id_seq``)."""
+    if not seqs:
+        return {}
+    found = conn.execute(
+        select(results.c.seq, participants.c.code)
+        .select_from(
+            results.join(sessions, sessions.c.id == results.c.session_id).join(
+                participants, participants.c.id == sessions.c.participant_id
+            )
+        )
+        .where(results.c.experiment_id == experiment_id, results.c.seq.between(min(seqs), max(seqs)))
+    )
+    wanted = set(seqs)
+    return {seq: code for seq, code in found if seq in wanted}

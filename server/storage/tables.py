@@ -262,7 +262,11 @@ class Result(SQLModel, table=True):
     """One scored outcome of a session: one per subperiod, or one per continuous period."""
 
     __tablename__ = "results"
-    __table_args__ = (UniqueConstraint("session_id", "subperiod"),)
+    __table_args__ = (
+        UniqueConstraint("session_id", "subperiod"),
+        # whose result each ``result`` event on a page of the event log reported (server.storage.log)
+        Index("ix_results_experiment_id_seq", "experiment_id", "seq"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     session_id: int = Field(foreign_key="sessions.id", index=True)
     experiment_id: int = Field(foreign_key="experiments.id", index=True)

@@ -558,3 +558,25 @@ def test_a_groups_period_is_taken_back_to_any_seq_through_its_state_events(engin
             for statement, parameters in statements:
                 found = " ".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters))
                 assert "USING INDEX ix_events_group_state" in found, (statement, found)
+
+
+async def test_a_result_event_names_the_participant_whose_result_it_is_in_the_events_export(
+    any_server: Harness,
+) -> None:
+    """Each ``result`` event (the server's) has in its ``participant`` column the participant its
+    ``results`` row names (``null`` before), in the CSV, the JSON and the API's list alike; the
+    server's other events still have none, and the columns are the same."""
+    server = any_server
+    exp = await played(server)
+    code = exp["code"]
+    scored = {r["seq"]: r["participant"] for r in await listed(server, code, "results")}
+    assert len(scored) == 2 * 2 * 2  # two players, two blocks, two subperiods
+    header, from_csv = parsed_csv((await get_bytes(server, f"/api/experiments/{code}/export.csv", table="events")).decode())
+    assert header == ["seq", "timestamp", "group", "participant", "channel", "value", "bot"]
+    from_json = orjson.loads(await get_bytes(server, f"/api/experiments/{code}/export.json", table="events"))
+    for rows in (from_csv, from_json, await listed(server, code, "events")):
+        results = {e["seq"]: e["participant"] for e in rows if e["channel"] == "result"}
+        assert results == scored
+        people = {p["code"] for p in exp["participants"]}
+        assert all(e["participant"] is None for e in rows if e["channel"] in ("state", "group_decisions", "subperiod"))
+        assert {e["participant"] for e in rows if e["channel"] == "decisions"} == people

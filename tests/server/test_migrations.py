@@ -639,3 +639,28 @@ def test_0012_lets_a_sessions_final_score_be_null_and_makes_null_an_infinity_sto
             assert conn.execute(select(sessions.c.final_score).where(other)).scalar_one() == 2.5
     finally:
         engine.dispose()
+
+
+def test_0014_indexes_results_by_experiment_and_seq_and_its_downgrade_drops_that_index(database_url: str) -> None:
+    """0014 adds ``ix_results_experiment_id_seq`` (whose result a ``result`` event reported, read by
+    ``seq``); down at 0013 it is gone and the results are all there, and back up the schema is the
+    application's again."""
+    engine = make_engine(database_url)
+    try:
+        prepare_schema(engine)
+        _experiment_with_delivery(engine)
+        with engine.connect() as conn:
+            indexed = {i["name"] for i in inspect(conn).get_indexes("results")}
+            held = conn.execute(text("SELECT count(*) FROM sessions")).scalar_one()
+        assert "ix_results_experiment_id_seq" in indexed and held == 2
+        downgrade_schema(engine, "0013_ticks_experiment", lose=False)  # nothing lost: asks for nothing
+        assert schema_state(engine).revision == "0013_ticks_experiment"
+        with engine.connect() as conn:
+            assert "ix_results_experiment_id_seq" not in {i["name"] for i in inspect(conn).get_indexes("results")}
+        upgrade_schema(engine)
+        assert schema_state(engine).revision == head() and differences(engine) == []
+        with engine.connect() as conn:
+            assert "ix_results_experiment_id_seq" in {i["name"] for i in inspect(conn).get_indexes("results")}
+            assert conn.execute(text("SELECT count(*) FROM sessions")).scalar_one() == held
+    finally:
+        engine.dispose()
