@@ -30,6 +30,8 @@ const page = {
   earned: { base: 0, baseAt: 0 },
   /** the scores of the blocks before this one, from the REST API */
   before: 0,
+  /** the earlier blocks whose stored score is not available (null: past a float's range) */
+  missing: [],
   sessions: [],
   /** what the page knew when it asked for `sessions`: its block, and whether that block's period had ended */
   sessionsRead: null,
@@ -49,6 +51,9 @@ function points(value) {
   if (value === null || value === undefined || !Number.isFinite(value)) return "–";
   return value.toFixed(2);
 }
+
+/** What a score the server stores as null (past a float's range) shows: not available. */
+const NOT_AVAILABLE = "—";
 
 function clock(ms) {
   const s = Math.max(0, Math.ceil(ms / 1000));
@@ -182,7 +187,15 @@ function renderPayoffs() {
   $("#flow").textContent = points(value);
   const earned = earnedAt(now);
   $("#earned").textContent = points(earned);
-  $("#total").textContent = points(page.before + earned);
+  const total = $("#total");
+  total.textContent = points(page.before + earned) + (page.missing.length ? " (incomplete)" : "");
+  total.title = page.missing.length ? missingNote(page.missing) : "";
+}
+
+/** Why a total leaves blocks out: their scores are stored as null, no finite number. */
+function missingNote(blocks) {
+  const which = blocks.map((b) => String(b + 1)).join(", ");
+  return `not counting block ${which}: ${blocks.length > 1 ? "their scores are" : "its score is"} not available`;
 }
 
 function renderPending() {
@@ -336,7 +349,12 @@ async function refreshScores() {
     page.sessions = detail.sessions || [];
     page.sessionsRead = read;
     page.before = 0;
-    for (let b = 0; b < page.block; b += 1) page.before += storedScore(b) ?? 0;
+    page.missing = [];
+    for (let b = 0; b < page.block; b += 1) {
+      const stored = storedScore(b);
+      if (stored === null) page.missing.push(b); // past a float's range: left out, and said so
+      else page.before += stored ?? 0;
+    }
     renderPayoffs();
     if (page.phase === "ended") finishBlock();
   } catch (error) {
@@ -344,24 +362,42 @@ async function refreshScores() {
   }
 }
 
-/** A block's stored score, or null before the server has it: a finished session's, or, once its
- * period had ended when the page read it, one that started and stays unfinished (ended without
- * its game, which failed: its bonus and the results made before, as every table has it). */
+/** A block's stored score, or undefined before the server has it: a finished session's, or, once
+ * its period had ended when the page read it, one that started and stays unfinished (ended without
+ * its game, which failed: its bonus and the results made before, as every table has it). A stored
+ * score is null when it is no finite number (past a float's range): not available. */
 function storedScore(block) {
   const stored = page.sessions.find((s) => s.block === block);
-  if (!stored) return null;
+  if (!stored) return undefined;
   if (stored.finished_at) return stored.final_score;
   const read = page.sessionsRead;
   const over = read !== null && (block < read.block || (block === read.block && read.ended));
-  return over && stored.started_at ? stored.final_score : null;
+  return over && stored.started_at ? stored.final_score : undefined;
 }
 
-/** This block's score: stored when the server has it, else what the results added up to. */
+/** This block's score: stored when the server has it (null: not available), else what the
+ * results added up to; undefined when neither is known. */
 function blockScore(block) {
   const stored = storedScore(block);
-  if (stored !== null) return stored;
+  if (stored !== undefined) return stored;
   if (block === page.block) return page.earned.base + (page.hello?.bonus_points || 0);
-  return null;
+  return undefined;
+}
+
+/** The blocks' total up to `last`, leaving out the scores that are not available (`missing`). */
+function totalScore(last) {
+  let total = 0;
+  const missing = [];
+  for (let b = 0; b <= last; b += 1) {
+    const score = blockScore(b);
+    if (score === null) missing.push(b);
+    else total += score || 0;
+  }
+  return { total, missing };
+}
+
+function shownScore(score) {
+  return score === null ? NOT_AVAILABLE : points(score);
 }
 
 function fillScores(table) {
@@ -373,7 +409,9 @@ function fillScores(table) {
     th.scope = "row";
     th.textContent = String(b + 1);
     const td = document.createElement("td");
-    td.textContent = points(blockScore(b));
+    const score = blockScore(b);
+    td.textContent = shownScore(score);
+    if (score === null) td.title = "not available: no finite number";
     tr.append(th, td);
     rows.push(tr);
   }
@@ -386,12 +424,13 @@ function finishBlock() {
   // the last block, or the experiment ended before it (the experimenter's `end`): nothing follows
   const last = page.over !== null || hello.block >= (hello.num_blocks || 1) - 1;
   const score = blockScore(hello.block);
-  let total = 0;
-  for (let b = 0; b <= hello.block; b += 1) total += blockScore(b) || 0;
+  const { total, missing } = totalScore(hello.block);
+  const incomplete = missing.length ? ` (incomplete: ${missingNote(missing)})` : "";
   if (last) {
     page.final = true;
-    $("#final-summary").textContent = `You earned ${points(total)} points in all.`;
+    $("#final-summary").textContent = `You earned ${points(total)} points in all${incomplete}.`;
     $("#final-summary").dataset.total = String(total);
+    $("#final-summary").dataset.incomplete = String(missing.length > 0);
     fillScores($("#screen-final table"));
     show("final");
     if (hello.online) wayBack(CODE, "final");
@@ -400,7 +439,8 @@ function finishBlock() {
     $("#connection").dataset.state = "done";
   } else {
     $("#between-title").textContent = `Block ${hello.block + 1} of ${hello.num_blocks} finished`;
-    $("#between-summary").textContent = `You earned ${points(score)} points in this block, ${points(total)} so far.`;
+    const earned = score === null ? "Your score in this block is not available" : `You earned ${points(score)} points in this block`;
+    $("#between-summary").textContent = `${earned}, ${points(total)} so far${incomplete}.`;
     fillScores($("#screen-between table"));
     renderNext();
     show("between");

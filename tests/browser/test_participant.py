@@ -469,3 +469,52 @@ async def test_ending_mid_experiment_shows_the_final_screen_at_once_on_every_ope
     assert (await server.http.get(f"/api/experiments/{code}")).json()["status"] == "cancelled"
     for person in people:
         person.check()
+
+
+async def test_a_block_score_past_a_floats_range_shows_not_available_and_the_total_says_it_is_incomplete(
+    server: Harness, open_participant: Any
+) -> None:
+    """Two blocks played; block 1's stored score is null (no finite number: past a float's range, as
+    the server stores it). The final screen shows "—" for block 1, block 2's score, and the total of
+    the others saying it leaves block 1 out. The page counted the null as 0, silently."""
+    from sqlalchemy import Engine, update
+
+    from server.storage import blocks, participants, sessions
+    from tests.server.test_blocks import wait_for_status
+
+    exp = await server.create(game="bimatrix", participants=2, group_size=2, blocks=2, period_length=0.6,
+                              num_subperiods=2, bonus_points=1, block_pause=0.2)
+    code, mine = exp["code"], exp["participants"][0]["code"]
+    clients = [await server.connect(p["code"]) for p in exp["participants"]]
+    for _ in range(2):
+        await until_state(clients[0], "period_start")
+        await until_state(clients[0], "period_end")
+    await wait_for_status(server, code, "done")
+
+    def past_a_floats_range(engine: Engine) -> None:
+        with engine.begin() as conn:
+            person = participants.c.code == mine
+            first = blocks.c.index == 0
+            conn.execute(
+                update(sessions)
+                .where(sessions.c.participant_id == participants.c.id, person)
+                .where(sessions.c.block_id == blocks.c.id, first)
+                .values(final_score=None)
+            )
+
+    await server.runtime.database.write(past_a_floats_range)
+    stored = (await server.http.get(f"/api/experiments/{code}/participants/{mine}")).json()
+    scores = {s["block"]: s["final_score"] for s in stored["sessions"]}
+    assert scores[0] is None and isinstance(scores[1], float), scores
+
+    person = await open_participant(exp["participants"][0]["url"])
+    await expect(person.page.locator("#screen-final")).to_be_visible(timeout=WAIT_MS)
+    shown = [await cell.text_content() for cell in await person.page.locator("#screen-final tbody td").all()]
+    assert shown == ["—", f"{scores[1]:.2f}"]
+    summary = person.page.locator("#final-summary")
+    await expect(summary).to_have_text(
+        f"You earned {scores[1]:.2f} points in all (incomplete: not counting block 1: its score is not available)."
+    )
+    assert await summary.get_attribute("data-incomplete") == "true"
+    await person.shot("9-a-score-not-available")
+    person.check()
