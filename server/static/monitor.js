@@ -520,6 +520,10 @@ class LiveExperiment {
       }
     }
     for (const id of [...this.groups.keys()]) if (!seen.has(id)) this.dropGroup(id);
+    if (!this.logFilled) {
+      this.logFilled = true; // once per page: after a reconnect the log keeps the rows it has
+      this.fillLog(this.lastSeq);
+    }
     this.renderSummary();
     this.renderBlocks();
     this.renderParticipants();
@@ -778,7 +782,7 @@ class LiveExperiment {
         h(
           "tr",
           {},
-          h("td", {}, String(b.index)),
+          h("td", { title: `index ${b.index} in the API and the exports` }, String(b.index + 1)),
           h("td", {}, String(b.period_length)),
           h("td", {}, b.num_subperiods ? String(b.num_subperiods) : "continuous"),
           h("td", {}, b.rate_limit ? String(b.rate_limit) : "none"),
@@ -836,7 +840,8 @@ class LiveExperiment {
     const el = group.el;
     el.root.dataset.phase = group.phase;
     setText(el.title, `Group ${group.id}`);
-    setText(el.block, group.block === null ? "" : `block ${group.block}${group.index === null ? "" : ` · #${group.index}`}`);
+    // counted from 1, as the participant page does; the API and the exports give the index, from 0
+    setText(el.block, group.block === null ? "" : `block ${group.block + 1}${group.index === null ? "" : ` · #${group.index}`}`);
     setText(el.phase, group.phase);
     el.phase.dataset.phase = group.phase;
     const sub = group.num_subperiods ? `subperiod ${group.subperiod ?? 0} of ${group.num_subperiods}` : "continuous time";
@@ -919,26 +924,57 @@ class LiveExperiment {
     setText(summary, text);
     canvas.setAttribute("aria-label", text);
     canvas.dataset.points = String(group.points);
-    drawChart(canvas, group, this.now(), (code) => this.color(code));
+    drawChart(canvas, group, this.now(), (code) => this.color(code), this.periodLength(group));
+  }
+
+  /** The group's period length in seconds (its own, else its block's), or null when not known. */
+  periodLength(group) {
+    return group.period_length ?? this.blockOf(group)?.period_length ?? null;
   }
 
   renderLog(list) {
     const body = $("#x-log tbody");
-    const rows = list.slice(-LOG_ROWS).reverse().map((e) =>
-      h(
-        "tr",
-        e.bot ? { class: "bot", title: "made by a server-side bot standing in for the participant" } : {},
-        h("td", {}, String(e.seq)),
-        h("td", {}, formatTime(e.ts)),
-        h("td", {}, String(e.group ?? "—")),
-        h("td", {}, e.participant ? `${this.label(e.participant)}${e.bot ? " (bot)" : ""}` : "server"),
-        h("td", {}, e.channel),
-        h("td", { class: "value", title: JSON.stringify(e.value) ?? "" }, this.eventValue(e)),
-        h("td", {}, formatNumber(e.latency)),
-      ),
-    );
-    body.prepend(...rows);
+    body.prepend(...list.slice(-LOG_ROWS).reverse().map((e) => this.logRow(e)));
     while (body.rows.length > LOG_ROWS) body.deleteRow(-1);
+  }
+
+  logRow(e) {
+    const attrs = e.bot ? { class: "bot", title: "made by a server-side bot standing in for the participant" } : {};
+    return h(
+      "tr",
+      { ...attrs, "data-seq": String(e.seq) },
+      h("td", {}, String(e.seq)),
+      h("td", {}, formatTime(e.ts)),
+      h("td", {}, String(e.group ?? "—")),
+      h("td", {}, e.participant ? `${this.label(e.participant)}${e.bot ? " (bot)" : ""}` : "server"),
+      h("td", {}, e.channel),
+      h("td", { class: "value", title: JSON.stringify(e.value) ?? "" }, this.eventValue(e)),
+      h("td", {}, formatNumber(e.latency)),
+    );
+  }
+
+  /**
+   * The latest events stored up to `uptoSeq` (what the snapshot covered), below the ones that came
+   * live since: a page opened on a finished experiment, or mid-run, shows what happened last (the
+   * socket only sends what is stored after its snapshot). `seq` has no gaps, so they are the
+   * events after `uptoSeq - LOG_ROWS`.
+   */
+  async fillLog(uptoSeq) {
+    if (!uptoSeq) return;
+    const after = Math.max(0, uptoSeq - LOG_ROWS);
+    try {
+      const found = await api(`api/experiments/${encodeURIComponent(this.code)}/events?after_seq=${after}&page_size=${LOG_ROWS}`);
+      const stored = found.results
+        .filter((r) => r.seq <= uptoSeq)
+        .map((r) => ({ ...r, ts: Date.parse(r.timestamp.replace(/(\.\d{3})\d*/, "$1")), latency: null }));
+      const body = $("#x-log tbody");
+      const shown = new Set([...body.rows].map((row) => row.dataset.seq));
+      body.append(...stored.reverse().filter((e) => !shown.has(String(e.seq))).map((e) => this.logRow(e)));
+      while (body.rows.length > LOG_ROWS) body.deleteRow(-1);
+      $("#x-log").dataset.filled = "true";
+    } catch (error) {
+      showError(error);
+    }
   }
 
   /** An event's value for the log, with participants' labels for their codes. */
@@ -955,7 +991,7 @@ class LiveExperiment {
     for (const group of this.groups.values()) {
       if (!group.el) continue;
       this.renderClock(group);
-      if (group.phase === "running") drawChart(group.el.canvas, group, this.now(), (code) => this.color(code));
+      if (group.phase === "running") drawChart(group.el.canvas, group, this.now(), (code) => this.color(code), this.periodLength(group));
     }
     for (const person of this.people.values()) if (person.connected && person.el) this.renderPerson(person);
   }
@@ -969,13 +1005,16 @@ function order(group) {
 
 /**
  * Each member's decision over the period as a step line: x from the period's start to its end
- * (or to now, for a period without end), y over the range of the values seen (at least 0–1).
+ * (a period not started yet: over its configured `length`, in seconds; or to now, when neither
+ * is known), y over the range of the values seen (at least 0–1). The axis's span in seconds is
+ * the canvas's `data-axis-seconds`.
  */
-function drawChart(canvas, group, now, colorOf) {
+function drawChart(canvas, group, now, colorOf, length = null) {
   const all = [...group.series.values()].flat();
   const cursor = group.ended_at ?? (group.phase === "paused" ? group.paused_at ?? now : now);
   const t0 = group.started_at ?? (all.length ? Math.min(...all.map((p) => p.t)) : now);
-  const t1 = group.ends_at ?? Math.max(cursor, t0 + 10_000);
+  const t1 = group.ends_at ?? (length ? t0 + length * 1000 : Math.max(cursor, t0 + 10_000));
+  canvas.dataset.axisSeconds = String(Math.round((t1 - t0) / 1000));
   drawSteps(canvas, {
     series: [...group.series].map(([code, points]) => ({ points, color: colorOf(code) })),
     t0,

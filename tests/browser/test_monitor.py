@@ -12,7 +12,8 @@ from playwright.async_api import Page, expect
 from server import monitor
 from server.storage import add_token, revoke_token
 from tests.browser.conftest import IN_LOOP
-from tests.server.harness import TOKEN, Harness, timeout
+from tests.server.harness import TOKEN, Harness, timeout, until_state
+from tests.server.test_blocks import decide, wait_for_status
 
 pytestmark = IN_LOOP
 
@@ -345,3 +346,46 @@ async def test_monitor_creates_an_experiment_of_a_game_named_by_its_import_path(
     await page.wait_for_url(re.compile(r"\?experiment=[A-Za-z0-9_-]+"), timeout=WAIT_MS)
     detail = (await server.http.get(f"/api/experiments/{page.url.rsplit('=', 1)[1]}")).json()
     assert (detail["game"], detail["num_participants"], detail["config"]) == ("examples.min_effort:MinEffort", 4, {"a": 2, "b": 1})
+
+
+async def test_monitor_opened_on_a_finished_experiment_shows_its_latest_stored_events_and_blocks_from_1(
+    server: Harness, page: Page
+) -> None:
+    """A finished two-block experiment: the monitor opened afterwards lists its last 25 stored events,
+    the newest first, as the events API has them (it showed none: only events arriving live); its
+    blocks are numbered 1 and 2, in the blocks table and on each group, as on the participant page."""
+    exp = await server.create(game="bimatrix", participants=2, group_size=2, blocks=2, period_length=0.6,
+                              num_subperiods=2, block_pause=0.2)
+    code = exp["code"]
+    clients = [await server.connect(p["code"]) for p in exp["participants"]]
+    for block in range(2):
+        await until_state(clients[0], "period_start")
+        await decide(clients[0], 0.75, f"r{block}")
+        await until_state(clients[0], "period_end")
+    await wait_for_status(server, code, "done")
+    stored = await server.events(code)
+    assert len(stored) > 25
+    await page.goto(f"{server.base}/monitor?experiment={code}#token={TOKEN}")
+    await expect(page.locator("#live-state")).to_have_text("Live", timeout=WAIT_MS)
+    rows = page.locator("#x-log tbody tr")
+    await expect(rows).to_have_count(25, timeout=WAIT_MS)
+    await expect(page.locator("#x-log")).to_have_attribute("data-filled", "true")
+    seqs = [int(await row.get_attribute("data-seq") or 0) for row in await rows.all()]
+    assert seqs == [e["seq"] for e in reversed(stored[-25:])]
+    newest = stored[-1]
+    await expect(rows.first).to_contain_text(newest["channel"])
+    await expect(page.locator("#x-blocks tbody tr td:first-child")).to_have_text(["1", "2"])
+    headers = [await h.text_content() for h in await page.locator("article.group h4 .help").all()]
+    assert sorted(h.split(" · ")[0] for h in headers if h) == ["block 1", "block 2"], headers
+
+
+async def test_a_waiting_groups_chart_spans_its_periods_configured_length(server: Harness, page: Page) -> None:
+    """No member has come: the group waits, and its chart's axis spans the period's 45 s (it spanned 10 s
+    whatever the period's length)."""
+    exp = await server.create(game="bimatrix", participants=2, group_size=2, period_length=45)
+    await page.goto(f"{server.base}/monitor?experiment={exp['code']}#token={TOKEN}")
+    await expect(page.locator("#live-state")).to_have_text("Live", timeout=WAIT_MS)
+    group = page.locator("article.group").first
+    await expect(group).to_have_attribute("data-phase", "waiting", timeout=WAIT_MS)
+    await expect(group.locator(".countdown")).to_have_text("waiting for every member")
+    await expect(group.locator("canvas")).to_have_attribute("data-axis-seconds", "45", timeout=WAIT_MS)

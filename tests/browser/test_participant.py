@@ -19,13 +19,15 @@ from typing import Any
 
 import pytest_asyncio
 from playwright.async_api import Browser, Page, expect
+from sqlalchemy import Engine, update
 
 from server.settings import Settings
+from server.storage import blocks, participants, sessions
 from server.verify import run_verify
 from tests.browser.conftest import IN_LOOP, LOOP
 from tests.browser.proxy import proxy_to
 from tests.server.harness import Harness, timeout, until_state
-from tests.server.test_blocks import decide
+from tests.server.test_blocks import decide, wait_for_status
 from tests.server.test_game_faults import until_faulted
 
 pytestmark = IN_LOOP
@@ -477,11 +479,6 @@ async def test_a_block_score_past_a_floats_range_shows_not_available_and_the_tot
     """Two blocks played; block 1's stored score is null (no finite number: past a float's range, as
     the server stores it). The final screen shows "—" for block 1, block 2's score, and the total of
     the others saying it leaves block 1 out. The page counted the null as 0, silently."""
-    from sqlalchemy import Engine, update
-
-    from server.storage import blocks, participants, sessions
-    from tests.server.test_blocks import wait_for_status
-
     exp = await server.create(game="bimatrix", participants=2, group_size=2, blocks=2, period_length=0.6,
                               num_subperiods=2, bonus_points=1, block_pause=0.2)
     code, mine = exp["code"], exp["participants"][0]["code"]
