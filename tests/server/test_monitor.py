@@ -262,3 +262,26 @@ async def test_two_monitors_count_what_each_was_sent_and_their_meter_goes_with_t
         while len(server.runtime.meters):
             await asyncio.sleep(0.02)
             gc.collect()
+
+
+async def test_a_result_event_reaches_the_monitor_naming_its_participant_as_the_event_log_does(
+    server: Harness,
+) -> None:
+    """The monitor's live rows of ``result`` events name the participant whose result it is, as
+    ``GET …/events`` does (they said none), and every live row equals the stored one but its time."""
+    exp = await server.create(participants=2, group_size=2, period_length=0.8, num_subperiods=2)
+    code = exp["code"]
+    mon = await monitor(server, code)
+    await mon.expect("snapshot")
+    row, _ = [await server.connect(p["code"]) for p in exp["participants"]]
+    await until_state(row, "period_start")
+    await until_state(row, "period_end")
+    live = await rows_until(mon, lambda rs: sum(r["channel"] == "result" for r in rs) == 4)
+    stored = {e["seq"]: e for e in await server.events(code)}
+    results = [r for r in live if r["channel"] == "result"]
+    assert {r["participant"] for r in results} == {p["code"] for p in exp["participants"]}
+    for r in live:
+        kept = stored[r["seq"]]
+        assert (r["participant"], r["channel"], r["value"], r["group"]) == (
+            kept["participant"], kept["channel"], kept["value"], kept["group"]
+        ), r
