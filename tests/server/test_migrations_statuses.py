@@ -8,14 +8,12 @@ each experiment and participant as that synclab stored it and as the rules since
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import make_url
 
@@ -29,8 +27,8 @@ from server.storage import (
     schema_state,
 )
 from tests.fixtures.make_statuses import TOKEN, play_all
-from tests.server.harness import timeout
-from tests.server.test_cli import free_port, run, started, wait_until_healthy
+from tests.server.harness import running_server
+from tests.server.test_cli import run
 from tests.server.test_migrations import column_names, every_row, load_dump
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "statuses-d77c6a8"
@@ -76,7 +74,7 @@ def expected(played: dict[str, Any], when: str) -> tuple[dict[str, str], dict[st
     return exps, people
 
 
-def test_db_upgrade_corrects_the_statuses_an_older_synclab_stored(tmp_path: Path, database_url: str) -> None:
+async def test_db_upgrade_corrects_the_statuses_an_older_synclab_stored(tmp_path: Path, database_url: str) -> None:
     """``synclab db upgrade`` on a database of d77c6a8: runs the experimenter ended before they
     were played are ``cancelled`` (never came, 1 of 2 blocks), experiments whose last period the
     experimenter ended by group are ``cancelled``, the score waiting for oTree says ``cancelled``;
@@ -113,38 +111,35 @@ def test_db_upgrade_corrects_the_statuses_an_older_synclab_stored(tmp_path: Path
         assert payload == {**then_payloads[code], "synclab_status": now_people[code]}
     assert sorted(now_people[c] for c in payloads) == ["cancelled", "cancelled", "finished", "finished"]
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    with started(tmp_path, "serve", "--port", str(port), DATABASE_URL=url, SYNCLAB_ADMIN_TOKEN=TOKEN):
-        wait_until_healthy(base)
-        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=timeout(10)) as http:
-            for name, experiment in played.items():
-                code = experiment["code"]
-                assert http.get(f"/api/experiments/{code}").json()["status"] == now_exps[code], name
-                listed = http.get(f"/api/experiments/{code}/participants", params={"page_size": 100}).json()
-                mine = {c: p["now"] for c, p in experiment["participants"].items()}
-                assert {r["code"]: r["status"] for r in listed["results"]} == mine, name
-                table = http.get(f"/api/experiments/{code}/export.json", params={"table": "participants"}).json()
-                assert {r["code"]: r["status"] for r in table} == mine, name
-                document = http.get(f"/api/experiments/{code}/export.json").json()
-                assert document["experiment"]["status"] == now_exps[code], name
-                counts = http.get(f"/api/experiments/{code}/stats").json()  # a dropout's bot is no finish
-                assert counts["finished"] == sum(s == "finished" for s in mine.values()), name
-            for code, status in now_people.items():
-                if code in payloads:  # the way back names the status now stored
-                    back = http.get(f"/p/{code}/done", follow_redirects=False)
-                    assert back.status_code == 303, back.text
-                    assert parse_qs(urlsplit(back.headers["location"]).query)["s"] == [status]
+    # the app on port 0 in this process: a ``synclab serve`` of its own added only its start to the test
+    async with running_server(url, admin_token=TOKEN) as server:
+        http = server.http
+        for name, experiment in played.items():
+            code = experiment["code"]
+            assert (await http.get(f"/api/experiments/{code}")).json()["status"] == now_exps[code], name
+            listed = (await http.get(f"/api/experiments/{code}/participants", params={"page_size": 100})).json()
+            mine = {c: p["now"] for c, p in experiment["participants"].items()}
+            assert {r["code"]: r["status"] for r in listed["results"]} == mine, name
+            table = (await http.get(f"/api/experiments/{code}/export.json", params={"table": "participants"})).json()
+            assert {r["code"]: r["status"] for r in table} == mine, name
+            document = (await http.get(f"/api/experiments/{code}/export.json")).json()
+            assert document["experiment"]["status"] == now_exps[code], name
+            counts = (await http.get(f"/api/experiments/{code}/stats")).json()  # a dropout's bot is no finish
+            assert counts["finished"] == sum(s == "finished" for s in mine.values()), name
+        for code, status in now_people.items():
+            if code in payloads:  # the way back names the status now stored
+                back = await http.get(f"/p/{code}/done", follow_redirects=False)
+                assert back.status_code == 303, back.text
+                assert parse_qs(urlsplit(back.headers["location"]).query)["s"] == [status]
 
 
-def test_a_database_with_nothing_to_correct_is_left_as_it_was(tmp_path: Path, database_url: str) -> None:
+async def test_a_database_with_nothing_to_correct_is_left_as_it_was(tmp_path: Path, database_url: str) -> None:
     """The same six experiments played by this synclab store the statuses the migration would set;
     put back at 0007 (its downgrade changes nothing), ``synclab db upgrade`` changes no row."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    with started(tmp_path, "serve", "--port", str(port), DATABASE_URL=database_url, SYNCLAB_ADMIN_TOKEN=TOKEN):
-        wait_until_healthy(base)
-        played = asyncio.run(play_all(base))
+    # this synclab's app on port 0 in this process (a ``synclab serve`` of its own added its start
+    # to the test, nothing else), the six at once: each waits on periods of its own
+    async with running_server(database_url, admin_token=TOKEN) as server:
+        played = await play_all(server.base, together=True)
     assert {n: e["status"]["then"] for n, e in played.items()} == {n: e["status"]["now"] for n, e in played.items()}
     for name, experiment in played.items():
         assert {c: p["then"] for c, p in experiment["participants"].items()} == {
