@@ -51,7 +51,7 @@ async def test_a_participant_goes_from_otree_to_synclab_and_back_with_the_score(
     with running_otree(tmp_path) as otree:
         async with running_server(sqlite_url, **FAST) as server:
             exp = await server.create(
-                participants=2, group_size=2, period_length=2, num_subperiods=2,
+                participants=2, group_size=2, period_length=1, num_subperiods=2,
                 online={"otree_url": otree.base, "otree_rest_key": REST_KEY, "lobby_timeout": 60},
             )
             join = f"{server.base}/join/{exp['code']}"
@@ -69,7 +69,7 @@ async def test_a_participant_goes_from_otree_to_synclab_and_back_with_the_score(
                 ))
                 shown: dict[str, dict[str, Any]] = {}
                 for page, p in zip(pages, people, strict=True):
-                    # the page looks again every 2 s until the score has landed
+                    # the page looks again every second until the score has landed
                     await page.locator("#score").wait_for(timeout=timeout(20) * 1000)
                     shown[p["code"]] = {
                         "score": float(await page.locator("#score").inner_text()),
