@@ -74,6 +74,7 @@ async def test_a_killed_server_resumes_its_periods_on_restart(tmp_path: Path, da
     await asyncio.sleep(max(0.0, t0 + 4.3 - time.time()))  # the second tick passes while the server is down
     with started(tmp_path, "serve", "--port", str(port), **env):
         wait_until_healthy(base)
+        ready_at = time.time()
         # the killed run stored no close: its connections are closed at the start, code 1006,
         # and nobody shows as connected until they come back
         left = await _connections(database_url, exp["code"])
@@ -119,7 +120,11 @@ async def test_a_killed_server_resumes_its_periods_on_restart(tmp_path: Path, da
             assert abs(t["scheduled_at"] - (t0 + LENGTH * k / N)) <= 0.002
         assert not ticks[0]["late"]
         assert ticks[1]["late"] and ticks[1]["actual_at"] - ticks[1]["scheduled_at"] >= 0.3
-        for t in ticks[3:]:
+        # the ticks due once the restarted server answers come at their times: on a loaded machine
+        # its start may take past the third tick (6 s), which is then late too; the end never is
+        on_time = [t for t in ticks[2:] if t["scheduled_at"] > ready_at + 0.2]
+        assert len(on_time) >= 2, f"the restart took {ready_at - killed_at:.1f} s: nothing left to check"
+        for t in on_time:
             assert not t["late"], t
 
         results = (await http.get(f"/api/experiments/{exp['code']}/results")).json()["results"]
