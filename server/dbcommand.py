@@ -4,12 +4,14 @@
     synclab db downgrade REVISION [--yes]
                          back to an earlier revision (or a release: ``0.1.0``), every step in
                          one transaction; refused (exit 1, nothing changed) when it would drop
-                         or cut stored values, unless ``--yes``
+                         or cut stored values, unless ``--yes``; at REVISION already
+                         (a database 0.1.0 made and nobody upgraded, at ``0.1.0``): exit 0
     synclab db current   the database's revision; exit 1 unless it is the newest
     synclab db history   every revision, newest first; the database's marked
     synclab db check     exit 1 unless the database is at the newest revision and its tables
                          are exactly this synclab's (Alembic's autogenerate comparison)
 
+``--yes`` belongs to ``downgrade``: the other actions refuse it (exit 2), as they lose nothing.
 Exit 2 when the database cannot be read, upgraded or downgraded.
 """
 
@@ -46,6 +48,9 @@ def run_db(settings: Settings, action: str, revision: str | None = None, *, yes:
             "synclab db downgrade needs the revision to go back to (`synclab db history` lists them)"
             if action == "downgrade" else f"synclab db {action} takes no revision"
         )
+    if yes and action != "downgrade":
+        # refused, not ignored: only a downgrade can lose stored values, and only it asks
+        raise SettingsError(f"synclab db {action} takes no --yes: it loses nothing (only `synclab db downgrade` asks for it)")
     if action == "downgrade":
         assert revision is not None
         return _downgrade(settings, revision, yes)
@@ -109,7 +114,8 @@ def _downgrade(settings: Settings, target: str, yes: bool) -> int:
             print(f"synclab: {exc}", file=sys.stderr)
             return 2
     if not steps:
-        print(f"synclab: {after.where} is already at {after.revision}")
+        at = f"synclab 0.1.0's schema ({BASELINE}): it was never upgraded" if after.legacy else after.revision
+        print(f"synclab: {after.where} is already at {at}; nothing changed")
         return 0
     release = next((f" (synclab {name})" for name, rev in RELEASES.items() if rev == after.revision), "")
     print(f"synclab: downgraded {after.where} from {before.revision} to {after.revision}{release}; "

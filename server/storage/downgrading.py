@@ -72,9 +72,11 @@ def downgrade_schema(
     """Bring the database down to revision ``target`` (or a release's name): ``(before, after, steps)``.
 
     Under the schema lock, in one transaction. ``announce`` is told the state and the steps
-    (with what each would lose) before any runs. Raises :class:`DataWouldBeLost` when a step
-    would lose stored values and not ``lose``, and :class:`SchemaError` when the database is not
-    at a revision above ``target``, or a step fails; the database is then as it was.
+    (with what each would lose) before any runs. No steps when the database is at ``target``
+    already (a database synclab 0.1.0 made and nobody upgraded is at ``0.1.0``: it is left as it
+    is, without a version table). Raises :class:`DataWouldBeLost` when a step would lose stored
+    values and not ``lose``, and :class:`SchemaError` when the database is not at ``target`` or a
+    revision above it, or a step fails; the database is then as it was.
     """
     revision = resolve(target)
     with _locked(engine) as conn:
@@ -104,9 +106,10 @@ def downgrade_schema(
 def _check(state: SchemaState, revision: str) -> None:
     if state.empty:
         raise SchemaError(f"the database {state.where} is empty: there is nothing to downgrade")
-    if state.legacy:
+    if state.legacy and revision != BASELINE:
         raise SchemaError(
-            f"the database {state.where} was made by synclab 0.1.0 and never upgraded: there is nothing to downgrade"
+            f"the database {state.where} was made by synclab 0.1.0 and never upgraded: it is at that release's "
+            f"schema ({BASELINE}) already, before {revision}; to go forward, run `synclab db upgrade`"
         )
     if not state.known:
         raise SchemaError(
@@ -117,6 +120,8 @@ def _check(state: SchemaState, revision: str) -> None:
 
 def _steps(conn: Connection, state: SchemaState, revision: str) -> list[Step]:
     """The revisions from the database's down to ``revision`` (exclusive), newest first."""
+    if state.legacy:  # 0.1.0's own tables, without a version table: at the baseline already (_check)
+        return []
     chain: list[Script] = []
     at = state.revision
     while at != revision:
