@@ -82,7 +82,7 @@ def run_db(settings: Settings, action: str, revision: str | None = None, *, yes:
 def _upgrade(settings: Settings) -> int:
     engine = make_engine(settings.database_url)
     try:
-        before, after = upgrade_schema(engine)
+        before, after = upgrade_schema(engine, alone=True)
         recovered = recover_file(engine, settings.database_url)
     except SchemaError as exc:
         print(f"synclab: {exc}", file=sys.stderr)
@@ -106,7 +106,7 @@ def _downgrade(settings: Settings, target: str, yes: bool) -> int:
     # applied first, while the schema is still the one its writes were made for
     with reading(settings.database_url) as engine:
         try:
-            before, after, steps = downgrade_schema(engine, target, lose=yes, announce=_announce)
+            before, after, steps = downgrade_schema(engine, target, lose=yes, announce=_announce, alone=True)
         except DataWouldBeLost as exc:
             print(f"synclab: {exc}", file=sys.stderr)
             return 1

@@ -3,7 +3,8 @@
     SynclabError             base class
     ├── SettingsError        a bad environment value; the process refuses to start
     ├── SchemaError          the database cannot be used or upgraded by this synclab
-    │   └── SchemaBehind     the database is at an older revision: ``synclab db upgrade``
+    │   ├── SchemaBehind     the database is at an older revision: ``synclab db upgrade``
+    │   └── ServerRunning    ``synclab db`` would change the schema under a server running on it
     ├── ApiError             a refused HTTP request: ``status``, ``field``, ``message``
     │   ├── BadRequest       400, names the bad field
     │   ├── Unauthorized     401, no token
@@ -62,6 +63,10 @@ class SchemaError(SynclabError):
 
 class SchemaBehind(SchemaError):
     """The database is at an older revision than this synclab needs; ``serve`` refuses to start."""
+
+
+class ServerRunning(SchemaError):
+    """``synclab db upgrade`` or ``downgrade`` found a server running on the database; nothing changed."""
 
 
 class ApiError(SynclabError):

@@ -21,7 +21,15 @@ from .hub import Hub, MemoryHub
 from .meter import Meter
 from .routing import LiveGroups
 from .settings import Settings
-from .storage import Database, EventWriter, close_connections_left_open, first_token, prepare_schema
+from .storage import (
+    Database,
+    EventWriter,
+    ServingMark,
+    close_connections_left_open,
+    first_token,
+    hold_serving,
+    prepare_schema,
+)
 from .viewfiles import missing_view
 
 log = logging.getLogger("synclab")
@@ -56,6 +64,8 @@ class Runtime:
     deliveries: Deliveries | None = None
     #: each watched experiment's meter, shared by its monitors in this process (``server.monitor``)
     meters: WeakValueDictionary[int, Meter] = field(default_factory=WeakValueDictionary)
+    #: PostgreSQL: the session whose lock marks the database served (``server.storage.serving``)
+    serving: ServingMark | None = None
 
     @classmethod
     async def open(cls, settings: Settings) -> Runtime:
@@ -71,7 +81,11 @@ class Runtime:
             apply_every=settings.apply_every,
             journal_size=settings.journal_size,
         )
+        serving: ServingMark | None = None
         try:
+            # PostgreSQL: this server's mark, which keeps `synclab db upgrade|downgrade` out while it
+            # runs (SQLite's is the file's lock the Database holds), taken before the revision is read
+            serving = await asyncio.to_thread(hold_serving, settings.database_url)
             # a new database is made; one that is behind is refused (synclab db upgrade)
             await database.write(prepare_schema)
             # what a run stopped by a crash left in the journal, before anything reads (SQLite)
@@ -80,6 +94,8 @@ class Runtime:
                 log.warning("synclab: applied %d writes the last run had acknowledged from its journal", recovered)
             generated = await database.write(generated_token, settings)
         except Exception:
+            if serving is not None:
+                serving.close()
             database.close()
             raise
         if not settings.clustered:  # see server.storage.leftover: a cluster's worker cannot tell
@@ -115,7 +131,10 @@ class Runtime:
             log.warning("synclab: resumed %d running periods from the database", resumed)
         deliveries.start()
         accounts = Accounts(database, settings.admin_token)
-        return cls(settings, database, writer, hub, groups, accounts, settings.admin_token or generated, node, deliveries)
+        return cls(
+            settings, database, writer, hub, groups, accounts, settings.admin_token or generated, node, deliveries,
+            serving=serving,
+        )
 
     async def close(self) -> None:
         """The end of the lifespan: nothing new is computed, what was submitted is stored, then the database closes.
@@ -142,4 +161,8 @@ class Runtime:
                 await self.node.close()
         finally:
             # on a thread: the loop goes on delivering the last batches' outcomes meanwhile
-            await asyncio.to_thread(self.database.close, max(0.0, deadline - loop.time()))
+            try:
+                await asyncio.to_thread(self.database.close, max(0.0, deadline - loop.time()))
+            finally:
+                if self.serving is not None:  # the last: no schema change while anything was stored
+                    await asyncio.to_thread(self.serving.close)

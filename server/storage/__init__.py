@@ -5,6 +5,7 @@
     engine       a URL to an engine (SQLite pragmas, JSON), the read-only engine of the commands
     schema       where a database stands against the migrations (Alembic), and upgrading it
     downgrading  back to an earlier revision, in one transaction, refused when values would be lost
+    serving      a running server's mark on its database, which keeps ``synclab db``'s changes out
     meta         server-wide key-value settings
     tokens       the experimenters' tokens: names, roles, SHA-256 digests (never a token)
     catalog      experiments: creating and listing them, their groups, their status
@@ -129,6 +130,7 @@ from .schema import (
     upgrade_schema,
 )
 from .seats import GroupSpec, Seat, client_ids, client_seq, last_state_query, load_group, load_seat
+from .serving import SERVING_LOCK, ServingMark, hold_serving
 from .snapshot import monitor_state
 from .stalls import WRITER_NAME, end_stalled_writers, writer_connection
 from .statuses import (
@@ -187,6 +189,7 @@ __all__ = [
     "NO_GROUP",
     "RELEASES",
     "ROLES",
+    "SERVING_LOCK",
     "STANDIN",
     "STATUSES",
     "STOOD_IN",
@@ -212,6 +215,7 @@ __all__ = [
     "Period",
     "SchemaState",
     "Seat",
+    "ServingMark",
     "Standing",
     "Step",
     "TokenExists",
@@ -269,6 +273,7 @@ __all__ = [
     "groups",
     "head",
     "history",
+    "hold_serving",
     "insert_experiment",
     "iso",
     "label_seat",

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection
 
 from ..exceptions import SchemaError
 from .schema import BASELINE, SchemaState, _alembic, _locked, _script, _state, revisions
+from .serving import NoServers
 
 #: the releases a lab may name instead of a revision: each one's revision (README, "Upgrading")
 RELEASES = {"0.1.0": BASELINE}
@@ -68,6 +69,7 @@ def downgrade_schema(
     *,
     lose: bool = False,
     announce: Callable[[SchemaState, list[Step]], None] | None = None,
+    alone: bool = True,
 ) -> tuple[SchemaState, SchemaState, list[Step]]:
     """Bring the database down to revision ``target`` (or a release's name): ``(before, after, steps)``.
 
@@ -76,30 +78,39 @@ def downgrade_schema(
     already (a database synclab 0.1.0 made and nobody upgraded is at ``0.1.0``: it is left as it
     is, without a version table). Raises :class:`DataWouldBeLost` when a step would lose stored
     values and not ``lose``, and :class:`SchemaError` when the database is not at ``target`` or a
-    revision above it, or a step fails; the database is then as it was.
+    revision above it, or a step fails; the database is then as it was. ``alone``: with any step
+    to run, :class:`.ServerRunning` while a server runs on the database (:mod:`.serving`),
+    before anything is announced.
     """
     revision = resolve(target)
-    with _locked(engine) as conn:
-        before = _state(conn, engine)
-        _check(before, revision)
-        steps = _steps(conn, before, revision)
-        if announce is not None:
-            announce(before, steps)
-        lost = [f"{step.revision}: {line}" for step in steps for line in step.losses]
-        if lost and not lose:
-            raise DataWouldBeLost(
-                "the downgrade would lose what the database holds: " + "; ".join(lost)
-                + ". Nothing changed; back the database up and run it again with --yes to lose that"
-            )
-        for step in steps:
-            try:
-                _alembic(conn, "downgrade", step.down_to)
-            except Exception as exc:  # a migration's refusal, or the database's: all rolled back
-                raise SchemaError(
-                    f"undoing {step.revision} failed, so nothing changed (the database is still at "
-                    f"{before.revision}): {exc}"
-                ) from exc
-        after = _state(conn, engine)
+    servers = NoServers(engine) if alone else None
+    try:
+        with _locked(engine) as conn:
+            before = _state(conn, engine)
+            _check(before, revision)
+            steps = _steps(conn, before, revision)
+            if servers is not None and steps:
+                servers.check(conn, before.where)
+            if announce is not None:
+                announce(before, steps)
+            lost = [f"{step.revision}: {line}" for step in steps for line in step.losses]
+            if lost and not lose:
+                raise DataWouldBeLost(
+                    "the downgrade would lose what the database holds: " + "; ".join(lost)
+                    + ". Nothing changed; back the database up and run it again with --yes to lose that"
+                )
+            for step in steps:
+                try:
+                    _alembic(conn, "downgrade", step.down_to)
+                except Exception as exc:  # a migration's refusal, or the database's: all rolled back
+                    raise SchemaError(
+                        f"undoing {step.revision} failed, so nothing changed (the database is still at "
+                        f"{before.revision}): {exc}"
+                    ) from exc
+            after = _state(conn, engine)
+    finally:
+        if servers is not None:  # once the transaction is over (its lock on a SQLite file)
+            servers.close()
     return before, after, steps
 
 

@@ -36,6 +36,7 @@ from sqlalchemy.pool import NullPool
 
 from ..exceptions import SchemaBehind, SchemaError
 from .engine import json_dumps, json_loads
+from .serving import NoServers
 from .tables import metadata
 
 MIGRATIONS = Path(__file__).resolve().with_name("migrations")
@@ -204,22 +205,31 @@ def prepare_schema(engine: Engine, *, upgrade: bool = False) -> SchemaState:
     return upgrade_schema(engine)[0]
 
 
-def upgrade_schema(engine: Engine) -> tuple[SchemaState, SchemaState]:
+def upgrade_schema(engine: Engine, *, alone: bool = False) -> tuple[SchemaState, SchemaState]:
     """Bring the database to the newest revision: ``(before, after)``.
 
     Under the schema lock, in one transaction: another process that upgraded meanwhile leaves
-    nothing to do; a failure leaves the database as it was.
+    nothing to do; a failure leaves the database as it was. ``alone`` (``synclab db upgrade``):
+    with anything to do, :class:`.ServerRunning` while a server runs on the database
+    (:mod:`.serving`); a server upgrading its own database at its start does not look.
     """
-    with _locked(engine) as conn:
-        before = _state(conn, engine)
-        if not before.known:
-            raise SchemaError(before.refusal())
-        if before.legacy:
-            _check_legacy(conn, before)
-            _alembic(conn, "stamp", BASELINE)
-        if not before.current:
-            _alembic(conn, "upgrade", "head")
-        after = _state(conn, engine)
+    servers = NoServers(engine) if alone else None
+    try:
+        with _locked(engine) as conn:
+            before = _state(conn, engine)
+            if not before.known:
+                raise SchemaError(before.refusal())
+            if servers is not None and not before.current:
+                servers.check(conn, before.where)
+            if before.legacy:
+                _check_legacy(conn, before)
+                _alembic(conn, "stamp", BASELINE)
+            if not before.current:
+                _alembic(conn, "upgrade", "head")
+            after = _state(conn, engine)
+    finally:
+        if servers is not None:  # once the transaction is over (its lock on a SQLite file)
+            servers.close()
     return before, after
 
 

@@ -1,14 +1,20 @@
-"""``synclab db``: what each action accepts, and a database that is where it is asked to go already."""
+"""``synclab db``: what each action accepts, a database where it is asked to go already, and a
+schema change refused while a server runs on the database."""
 
 from __future__ import annotations
 
+import signal
+import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
-from server.storage import head
+from server.storage import head, history, make_engine
+from tests.server.harness import timeout
+from tests.server.test_cli import free_port, run, started, wait_until_healthy
 from tests.server.test_downgrade import db, snapshot
-from tests.server.test_migrations import release_database
+from tests.server.test_migrations import newer_synclab, release_database
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
@@ -52,3 +58,71 @@ def test_yes_is_refused_by_every_action_but_downgrade(
     status, out, err = db(capsys, monkeypatch, url, "downgrade", "0.1.0", "--yes")
     assert status == 0, err
     assert snapshot(url)[0] == "0001_baseline" and snapshot(url)[0] != head()
+
+
+# --------------------------------------------------------------------------- a server running on the database
+
+
+def _serving_sessions(url: str) -> int:
+    """PostgreSQL: the sessions that hold the servers' mark on the schema of ``url``."""
+    from server.storage import SERVING_LOCK  # here: this file's other tests run without it too
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = :key"
+                " AND objsubid = 2 AND objid = (hashtext(current_schema())::bigint & 4294967295)::oid"
+            ), {"key": SERVING_LOCK}).scalar_one())
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "sqlite-direct", "postgres"])
+def test_db_upgrade_and_downgrade_refuse_while_a_server_runs_and_a_killed_one_does_not_block_them(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """A real ``synclab serve`` on the database (SQLite with its journal, SQLite direct, PostgreSQL):
+    the newer synclab's ``db upgrade`` and a ``db downgrade --yes`` exit 2 in one line that says a
+    server runs there (SQLite: its process id; PostgreSQL: its session) and what to do, changing
+    nothing and announcing nothing; the server serves on. An upgrade with nothing to do is not
+    refused. Once the server is killed (SIGKILL, no shutdown), both run."""
+    url = f"sqlite:///{tmp_path}/synclab.db" if kind != "postgres" else str(request.getfixturevalue("postgres_url"))
+    env = {"DATABASE_URL": url, "SYNCLAB_ADMIN_TOKEN": "a-token-for-the-test"}
+    if kind == "sqlite-direct":
+        env["SYNCLAB_JOURNAL"] = "off"
+    assert run(tmp_path, "db", "upgrade", **env).returncode == 0
+    newer = newer_synclab(tmp_path)
+    before_head = history()[0][1]
+    assert before_head is not None
+    port = free_port()
+    with started(tmp_path, "serve", "--port", str(port), **env) as server:
+        wait_until_healthy(f"http://127.0.0.1:{port}")
+        before = snapshot(url)
+        for args, extra in ((["upgrade"], newer), (["downgrade", before_head, "--yes"], {})):
+            refused = run(tmp_path, "db", *args, **env, **extra)
+            assert refused.returncode == 2, (args, refused.stdout, refused.stderr)
+            assert refused.stdout == "", refused.stdout  # nothing announced
+            lines = refused.stderr.strip().splitlines()
+            assert len(lines) == 1, refused.stderr
+            assert lines[0].startswith("synclab: a synclab server is running on the database "), lines
+            assert lines[0].endswith(": stop it (every process of it) and run this again; nothing was changed")
+            held = f"(process {server.process.pid})" if kind != "postgres" else "(its session "
+            assert held in lines[0], lines
+            assert snapshot(url) == before
+        same = run(tmp_path, "db", "upgrade", **env)
+        assert same.returncode == 0 and "is already at" in same.stdout, (same.stdout, same.stderr)
+        assert wait_until_healthy(f"http://127.0.0.1:{port}").status_code == 200
+        server.process.kill()
+        assert server.process.wait(timeout(10)) == -signal.SIGKILL
+    if kind == "postgres":  # its session ends once PostgreSQL reads the closed socket: at once, bounded here
+        deadline = time.monotonic() + timeout(10)
+        while _serving_sessions(url):
+            assert time.monotonic() < deadline, "the killed server's session kept its mark"
+            time.sleep(0.05)
+    down = run(tmp_path, "db", "downgrade", before_head, "--yes", **env)
+    assert down.returncode == 0, down.stderr
+    assert f"to {before_head}" in down.stdout
+    up = run(tmp_path, "db", "upgrade", **env, **newer)
+    assert up.returncode == 0, up.stderr
+    assert "to 0099_throwaway" in up.stdout

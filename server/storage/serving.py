@@ -1,0 +1,177 @@
+"""A running server's mark on its database, and the schema changes it keeps out.
+
+``synclab db upgrade`` and ``synclab db downgrade`` change the tables under a server that runs
+on them: it would go on writing to columns and tables the migration changed or dropped. So each
+server holds a mark on its database for as long as it runs, which dies with its process
+(SIGTERM, a crash, ``kill -9``: no stale mark can block an upgrade for ever), and a ``db``
+command that is about to change the schema refuses (:class:`ServerRunning`, exit 2, nothing
+changed) while anybody holds one:
+
+- SQLite file: the ``flock`` every server holds on the database file from its start to its end
+  (:func:`.recovery.lock_database`: shared for a direct writer, exclusive with the journal). The
+  command tries that lock exclusively, in its migration's transaction, and keeps it until the
+  transaction is over: a server that starts meanwhile waits for it (and is refused once its own
+  wait is over), and one that took it first makes the command refuse.
+- PostgreSQL: a session's advisory lock (:data:`SERVING_LOCK` and the schema, as the schema lock
+  is per schema), shared, on a connection of its own that each server process (each worker of a
+  cluster) keeps open (:func:`hold_serving`). PostgreSQL lets it go when that session ends, and a
+  killed process's session ends when its socket is closed (a host that vanished: when TCP
+  keepalives give up). The command takes it exclusively in its migration's transaction
+  (``pg_try_advisory_xact_lock``): a server starting meanwhile waits for the commit, then finds
+  the new revision; one that runs makes the command refuse, naming its sessions.
+
+The command looks only once it has the schema lock and knows it has something to do: two
+commands take turns as before, and one with nothing to do (``already at …``) runs beside the
+servers, so a release phase that runs ``db upgrade`` while the old servers still serve passes
+when no migration is due.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import NullPool
+
+from ..exceptions import SchemaError, ServerRunning
+from .engine import normalise_url
+
+#: the PostgreSQL advisory lock every running server holds shared (its schema's name the second key)
+SERVING_LOCK = 0x5C1AC
+#: seconds a command waits for the SQLite file's lock that another command holds for a moment
+#: (``export`` applying a journal); a server holds it for its whole run
+COMMAND_WAIT = 2.0
+#: seconds a server waits for a ``db`` command's schema change to end before it gives up
+SERVER_WAIT = 30.0
+_KEYS = "hashtext(current_schema())"
+#: the lock's sessions (PostgreSQL): its two keys in ``pg_locks`` (classid, objid as an oid, objsubid 2)
+_HOLDERS = text(
+    "SELECT l.pid, host(a.client_addr) FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
+    " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :key AND l.objsubid = 2"
+    f" AND l.objid = ({_KEYS}::bigint & 4294967295)::oid"
+    " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND l.pid <> pg_backend_pid() ORDER BY l.pid"
+)
+
+
+class ServingMark:
+    """A server process's mark on its PostgreSQL database: a session that holds :data:`SERVING_LOCK` shared."""
+
+    def __init__(self, engine: Engine, conn: Connection) -> None:
+        self._engine = engine
+        self._conn = conn
+
+    def close(self) -> None:
+        """Let the mark go (the end of the server's lifespan); closing the session ends the lock."""
+        try:
+            self._conn.close()
+        finally:
+            self._engine.dispose()
+
+
+def hold_serving(url: str, wait: float = SERVER_WAIT) -> ServingMark | None:
+    """This server's mark on the database of ``url`` (blocking: run it on a thread); ``None`` but on PostgreSQL.
+
+    Taken before the server reads the schema's revision. A ``db`` command changing the schema
+    holds the lock exclusively until its commit: this waits for it, up to ``wait`` seconds, then
+    raises :class:`SchemaError`. (On SQLite the server's mark is its ``flock`` on the file.)
+    """
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return None
+    engine = create_engine(parsed, poolclass=NullPool)
+    try:
+        conn = engine.connect()
+        deadline = time.monotonic() + wait
+        while True:
+            taken = conn.execute(text(f"SELECT pg_try_advisory_lock_shared(:key, {_KEYS})"), {"key": SERVING_LOCK}).scalar()
+            conn.commit()  # a session's lock: kept outside any transaction (never idle in one)
+            if taken:
+                return ServingMark(engine, conn)
+            if time.monotonic() >= deadline:
+                conn.close()
+                raise SchemaError(
+                    f"a `synclab db` command has been changing the schema of the database "
+                    f"{engine.url.render_as_string(hide_password=True)} for over {wait:g} s: start the server once "
+                    "it has finished"
+                )
+            time.sleep(0.1)
+    except BaseException:
+        engine.dispose()
+        raise
+
+
+class NoServers:
+    """A ``db`` command's look for running servers, in its migration's transaction (:meth:`check`).
+
+    On SQLite it holds the file's lock from the look until :meth:`close`, which its caller runs once
+    the transaction is over: it disposes of ``engine``'s connections first, since closing any of
+    the process's descriptors of the file drops every ``fcntl`` lock it holds there, SQLite's own
+    among them (see :func:`.recovery.sync_database`).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._fd: int | None = None
+
+    def check(self, conn: Connection, where: str) -> None:
+        """Raise :class:`ServerRunning` if a server runs on the database; else keep servers from starting."""
+        if conn.dialect.name == "postgresql":
+            key = {"key": SERVING_LOCK}
+            if not conn.execute(text(f"SELECT pg_try_advisory_xact_lock(:key, {_KEYS})"), key).scalar():
+                holders = conn.execute(_HOLDERS, key).all()
+                sessions = ", ".join(f"{pid}" + (f" from {addr}" if addr else "") for pid, addr in holders)
+                raise ServerRunning(_refusal(where, f"its session{'s' if len(holders) > 1 else ''} {sessions}"
+                                             if holders else "a session of another role"))
+            return
+        path = self._engine.url.database
+        if conn.dialect.name != "sqlite" or path in (None, "", ":memory:") or path.startswith("file:"):
+            return  # a database in this process's memory: no other process can run on it
+        self._fd = os.open(os.path.abspath(path), os.O_RDWR | os.O_CLOEXEC)
+        deadline = time.monotonic() + COMMAND_WAIT
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    pids = _flock_holders(self._fd)
+                    held = f"process{'es' if len(pids) > 1 else ''} {', '.join(map(str, pids))}" if pids else ""
+                    raise ServerRunning(_refusal(where, held)) from None
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        if self._fd is None:
+            return
+        self._engine.dispose()
+        os.close(self._fd)
+        self._fd = None
+
+
+def _refusal(where: str, held_by: str) -> str:
+    return (
+        f"a synclab server is running on the database {where}{f' ({held_by})' if held_by else ''}: "
+        "stop it (every process of it) and run this again; nothing was changed"
+    )
+
+
+def _flock_holders(fd: int) -> list[int]:
+    """The processes that hold an ``flock`` on the file of ``fd``, as Linux's ``/proc/locks`` says; [] elsewhere."""
+    st = os.fstat(fd)
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as locks:
+            lines = locks.read().splitlines()
+    except OSError:
+        return []
+    pids = set()
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; a waiter's line has "->" after the number
+        fields = [f for f in fields if f != "->"]
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device and fields[4].isdigit():
+            pids.add(int(fields[4]))
+    return sorted(pids - {os.getpid()})
