@@ -34,6 +34,7 @@ import time
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from ..exceptions import SchemaError, ServerRunning
@@ -47,10 +48,11 @@ COMMAND_WAIT = 2.0
 #: seconds a server waits for a ``db`` command's schema change to end before it gives up
 SERVER_WAIT = 30.0
 _KEYS = "hashtext(current_schema())"
-#: the lock's sessions (PostgreSQL): its two keys in ``pg_locks`` (classid, objid as an oid, objsubid 2)
+#: the lock's sessions (PostgreSQL), holding it or waiting for it (a server starting): its two
+#: keys in ``pg_locks`` (classid, objid as an oid, objsubid 2)
 _HOLDERS = text(
     "SELECT l.pid, host(a.client_addr) FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
-    " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :key AND l.objsubid = 2"
+    " WHERE l.locktype = 'advisory' AND l.classid = :key AND l.objsubid = 2"
     f" AND l.objid = ({_KEYS}::bigint & 4294967295)::oid"
     " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
     " AND l.pid <> pg_backend_pid() ORDER BY l.pid"
@@ -76,8 +78,9 @@ def hold_serving(url: str, wait: float = SERVER_WAIT) -> ServingMark | None:
     """This server's mark on the database of ``url`` (blocking: run it on a thread); ``None`` but on PostgreSQL.
 
     Taken before the server reads the schema's revision. A ``db`` command changing the schema
-    holds the lock exclusively until its commit: this waits for it, up to ``wait`` seconds, then
-    raises :class:`SchemaError`. (On SQLite the server's mark is its ``flock`` on the file.)
+    holds the lock exclusively until its commit: this waits for it in the lock's queue, up to
+    ``wait`` seconds, then raises :class:`SchemaError`. (On SQLite the server's mark is its
+    ``flock`` on the file.)
     """
     parsed = normalise_url(url)
     if parsed.get_backend_name() != "postgresql":
@@ -85,20 +88,22 @@ def hold_serving(url: str, wait: float = SERVER_WAIT) -> ServingMark | None:
     engine = create_engine(parsed, poolclass=NullPool)
     try:
         conn = engine.connect()
-        deadline = time.monotonic() + wait
-        while True:
-            taken = conn.execute(text(f"SELECT pg_try_advisory_lock_shared(:key, {_KEYS})"), {"key": SERVING_LOCK}).scalar()
+        try:
+            # waiting in the lock's queue (seen in pg_locks), for at most ``wait``
+            conn.exec_driver_sql(f"SET lock_timeout = {max(1, round(wait * 1000))}")
+            conn.execute(text(f"SELECT pg_advisory_lock_shared(:key, {_KEYS})"), {"key": SERVING_LOCK})
+            conn.exec_driver_sql("SET lock_timeout = 0")
             conn.commit()  # a session's lock: kept outside any transaction (never idle in one)
-            if taken:
-                return ServingMark(engine, conn)
-            if time.monotonic() >= deadline:
-                conn.close()
-                raise SchemaError(
-                    f"a `synclab db` command has been changing the schema of the database "
-                    f"{engine.url.render_as_string(hide_password=True)} for over {wait:g} s: start the server once "
-                    "it has finished"
-                )
-            time.sleep(0.1)
+        except OperationalError as exc:
+            conn.close()
+            if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+                raise
+            raise SchemaError(
+                f"a `synclab db` command has been changing the schema of the database "
+                f"{engine.url.render_as_string(hide_password=True)} for over {wait:g} s: start the server once "
+                "it has finished"
+            ) from None
+        return ServingMark(engine, conn)
     except BaseException:
         engine.dispose()
         raise

@@ -7,8 +7,10 @@ import signal
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import Connection
 
 from server.storage import head, history, make_engine
 from tests.server.harness import timeout
@@ -97,7 +99,8 @@ def test_db_upgrade_and_downgrade_refuse_while_a_server_runs_and_a_killed_one_do
     assert before_head is not None
     port = free_port()
     with started(tmp_path, "serve", "--port", str(port), **env) as server:
-        wait_until_healthy(f"http://127.0.0.1:{port}")
+        # generous: the start of a server, its journal made, took over 15 s on this machine under load
+        wait_until_healthy(f"http://127.0.0.1:{port}", wait=90)
         before = snapshot(url)
         for args, extra in ((["upgrade"], newer), (["downgrade", before_head, "--yes"], {})):
             refused = run(tmp_path, "db", *args, **env, **extra)
@@ -112,7 +115,7 @@ def test_db_upgrade_and_downgrade_refuse_while_a_server_runs_and_a_killed_one_do
             assert snapshot(url) == before
         same = run(tmp_path, "db", "upgrade", **env)
         assert same.returncode == 0 and "is already at" in same.stdout, (same.stdout, same.stderr)
-        assert wait_until_healthy(f"http://127.0.0.1:{port}").status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=timeout(10)).status_code == 200
         server.process.kill()
         assert server.process.wait(timeout(10)) == -signal.SIGKILL
     if kind == "postgres":  # its session ends once PostgreSQL reads the closed socket: at once, bounded here
@@ -126,3 +129,43 @@ def test_db_upgrade_and_downgrade_refuse_while_a_server_runs_and_a_killed_one_do
     up = run(tmp_path, "db", "upgrade", **env, **newer)
     assert up.returncode == 0, up.stderr
     assert "to 0099_throwaway" in up.stdout
+
+
+def test_a_server_starting_while_a_db_command_changes_the_schema_waits_and_finds_the_revision_it_left(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """PostgreSQL: while a ``db`` command's transaction holds the servers' mark exclusively (as it
+    does from its look to its commit) and has taken the schema back a revision, a ``synclab
+    serve`` starting waits in the mark's queue; once the command commits, the server reads the
+    revision it left and refuses to serve it (exit 3, one line naming ``synclab db upgrade``)."""
+    from server.storage import SERVING_LOCK
+
+    env = {"DATABASE_URL": postgres_url, "SYNCLAB_ADMIN_TOKEN": "a-token-for-the-test"}
+    assert run(tmp_path, "db", "upgrade", **env).returncode == 0
+    before_head = history()[0][1]
+    engine = make_engine(postgres_url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key, hashtext(current_schema()))"), {"key": SERVING_LOCK})
+            conn.execute(text("UPDATE alembic_version SET version_num = :rev"), {"rev": before_head})
+            with started(tmp_path, "serve", "--port", str(free_port()), **env) as server:
+                deadline = time.monotonic() + timeout(20)
+                while not _waiting_servers(conn, SERVING_LOCK):
+                    assert server.process.poll() is None, server.stderr()
+                    assert time.monotonic() < deadline, f"the server never waited for the mark; {server.stderr()}"
+                    time.sleep(0.05)
+                conn.commit()
+                assert server.process.wait(timeout(30)) == 3, server.stderr()
+                stderr = server.stderr_path.read_text()
+                assert f"is at revision {before_head}; this synclab needs {head()}" in stderr, stderr
+                assert "synclab db upgrade" in stderr
+    finally:
+        engine.dispose()
+
+
+def _waiting_servers(conn: Connection, key: int) -> int:
+    """Sessions waiting for the servers' mark (not granted) on this schema, seen from ``conn``'s own transaction."""
+    return int(conn.execute(text(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = :key"
+        " AND objsubid = 2 AND objid = (hashtext(current_schema())::bigint & 4294967295)::oid"
+    ), {"key": key}).scalar_one())
