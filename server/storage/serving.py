@@ -28,13 +28,14 @@ when no migration is due.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from ..exceptions import SchemaError, ServerRunning
@@ -67,9 +68,13 @@ class ServingMark:
         self._conn = conn
 
     def close(self) -> None:
-        """Let the mark go (the end of the server's lifespan); closing the session ends the lock."""
+        """Let the mark go (the end of the server's lifespan); closing the session ends the lock.
+
+        A session PostgreSQL ended meanwhile (a restart) is closed as quietly: nothing to reset.
+        """
         try:
-            self._conn.close()
+            with contextlib.suppress(SQLAlchemyError):
+                self._conn.close()
         finally:
             self._engine.dispose()
 
@@ -85,7 +90,8 @@ def hold_serving(url: str, wait: float = SERVER_WAIT) -> ServingMark | None:
     parsed = normalise_url(url)
     if parsed.get_backend_name() != "postgresql":
         return None
-    engine = create_engine(parsed, poolclass=NullPool)
+    # no rollback at its close: the session holds nothing but the lock, and may be gone by then
+    engine = create_engine(parsed, poolclass=NullPool, pool_reset_on_return=None)
     try:
         conn = engine.connect()
         try:
