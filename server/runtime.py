@@ -22,6 +22,7 @@ from .meter import Meter
 from .routing import LiveGroups
 from .settings import Settings
 from .storage import (
+    RENEW_EVERY,
     Database,
     EventWriter,
     ServingMark,
@@ -66,6 +67,8 @@ class Runtime:
     meters: WeakValueDictionary[int, Meter] = field(default_factory=WeakValueDictionary)
     #: PostgreSQL: the session whose lock marks the database served (``server.storage.serving``)
     serving: ServingMark | None = None
+    #: the task that takes that mark again when its session ended (a restart of PostgreSQL)
+    _renewing: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, settings: Settings) -> Runtime:
@@ -131,10 +134,13 @@ class Runtime:
             log.warning("synclab: resumed %d running periods from the database", resumed)
         deliveries.start()
         accounts = Accounts(database, settings.admin_token)
-        return cls(
+        runtime = cls(
             settings, database, writer, hub, groups, accounts, settings.admin_token or generated, node, deliveries,
             serving=serving,
         )
+        if serving is not None:
+            runtime._renewing = asyncio.create_task(_renewed(serving), name="synclab-serving-mark")
+        return runtime
 
     async def close(self) -> None:
         """The end of the lifespan: nothing new is computed, what was submitted is stored, then the database closes.
@@ -149,6 +155,8 @@ class Runtime:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.shutdown_timeout
+        if self._renewing is not None:
+            self._renewing.cancel()
         self.groups.close()
         if self.deliveries is not None:
             await self.deliveries.close()
@@ -166,3 +174,13 @@ class Runtime:
             finally:
                 if self.serving is not None:  # the last: no schema change while anything was stored
                     await asyncio.to_thread(self.serving.close)
+
+
+async def _renewed(serving: ServingMark, every: float = RENEW_EVERY) -> None:
+    """Every ``every`` seconds: the server's mark on its PostgreSQL database held, or taken again."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await asyncio.to_thread(serving.renew)
+        except Exception:  # never the end of the renewals: the next one tries again
+            log.exception("synclab: the look at this server's mark on the database failed")

@@ -130,7 +130,7 @@ from .schema import (
     upgrade_schema,
 )
 from .seats import GroupSpec, Seat, client_ids, client_seq, last_state_query, load_group, load_seat
-from .serving import SERVING_LOCK, ServingMark, hold_serving
+from .serving import RENEW_EVERY, SERVING_LOCK, ServingMark, hold_serving
 from .snapshot import monitor_state
 from .stalls import WRITER_NAME, end_stalled_writers, writer_connection
 from .statuses import (
@@ -188,6 +188,7 @@ __all__ = [
     "FIRST_TOKEN",
     "NO_GROUP",
     "RELEASES",
+    "RENEW_EVERY",
     "ROLES",
     "SERVING_LOCK",
     "STANDIN",

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
+import threading
 import time
 
 from sqlalchemy import Engine, create_engine, text
@@ -41,6 +43,8 @@ from sqlalchemy.pool import NullPool
 from ..exceptions import SchemaError, ServerRunning
 from .engine import normalise_url
 
+log = logging.getLogger("synclab")
+
 #: the PostgreSQL advisory lock every running server holds shared (its schema's name the second key)
 SERVING_LOCK = 0x5C1AC
 #: seconds a command waits for the SQLite file's lock that another command holds for a moment
@@ -48,7 +52,10 @@ SERVING_LOCK = 0x5C1AC
 COMMAND_WAIT = 2.0
 #: seconds a server waits for a ``db`` command's schema change to end before it gives up
 SERVER_WAIT = 30.0
+#: seconds between a server's looks at its mark's session (:meth:`ServingMark.renew`)
+RENEW_EVERY = 5.0
 _KEYS = "hashtext(current_schema())"
+_KEY = {"key": SERVING_LOCK}
 #: the lock's sessions (PostgreSQL), holding it or waiting for it (a server starting): its two
 #: keys in ``pg_locks`` (classid, objid as an oid, objsubid 2)
 _HOLDERS = text(
@@ -61,22 +68,63 @@ _HOLDERS = text(
 
 
 class ServingMark:
-    """A server process's mark on its PostgreSQL database: a session that holds :data:`SERVING_LOCK` shared."""
+    """A server process's mark on its PostgreSQL database: a session that holds :data:`SERVING_LOCK` shared.
+
+    The session may end under the server (PostgreSQL restarted, the session terminated): the
+    server then calls :meth:`renew` every :data:`RENEW_EVERY` seconds, which takes the mark again
+    on a new session.
+    """
 
     def __init__(self, engine: Engine, conn: Connection) -> None:
         self._engine = engine
-        self._conn = conn
+        self._conn: Connection | None = conn
+        #: one at a time: a renewal on its thread and the close at the lifespan's end
+        self._turn = threading.Lock()
+
+    def renew(self) -> bool:
+        """Blocking (a thread): the mark held still, or taken again; whether it is held now."""
+        with self._turn:
+            if self._conn is not None:
+                try:
+                    self._conn.exec_driver_sql("SELECT 1")
+                    self._conn.commit()
+                    return True
+                except SQLAlchemyError:
+                    with contextlib.suppress(SQLAlchemyError):
+                        self._conn.close()
+                    self._conn = None
+                    log.warning("synclab: lost this server's mark on the database (its session ended); taking it again")
+            try:
+                conn = self._engine.connect()
+            except SQLAlchemyError:
+                return False  # the database away: tried again at the next renewal
+            try:
+                # not waiting: a command holding it exclusively is changing the schema under this server
+                taken = conn.execute(text(f"SELECT pg_try_advisory_lock_shared(:key, {_KEYS})"), _KEY).scalar()
+                conn.commit()
+            except SQLAlchemyError:
+                taken = False
+            if not taken:
+                with contextlib.suppress(SQLAlchemyError):
+                    conn.close()
+                return False
+            self._conn = conn
+            log.warning("synclab: took this server's mark on the database again")
+            return True
 
     def close(self) -> None:
         """Let the mark go (the end of the server's lifespan); closing the session ends the lock.
 
         A session PostgreSQL ended meanwhile (a restart) is closed as quietly: nothing to reset.
         """
-        try:
-            with contextlib.suppress(SQLAlchemyError):
-                self._conn.close()
-        finally:
-            self._engine.dispose()
+        with self._turn:
+            try:
+                if self._conn is not None:
+                    with contextlib.suppress(SQLAlchemyError):
+                        self._conn.close()
+                    self._conn = None
+            finally:
+                self._engine.dispose()
 
 
 def hold_serving(url: str, wait: float = SERVER_WAIT) -> ServingMark | None:
@@ -91,13 +139,14 @@ def hold_serving(url: str, wait: float = SERVER_WAIT) -> ServingMark | None:
     if parsed.get_backend_name() != "postgresql":
         return None
     # no rollback at its close: the session holds nothing but the lock, and may be gone by then
-    engine = create_engine(parsed, poolclass=NullPool, pool_reset_on_return=None)
+    # and a renewal's connect gives up as the database's connections do not answer
+    engine = create_engine(parsed, poolclass=NullPool, pool_reset_on_return=None, connect_args={"connect_timeout": 5})
     try:
         conn = engine.connect()
         try:
             # waiting in the lock's queue (seen in pg_locks), for at most ``wait``
             conn.exec_driver_sql(f"SET lock_timeout = {max(1, round(wait * 1000))}")
-            conn.execute(text(f"SELECT pg_advisory_lock_shared(:key, {_KEYS})"), {"key": SERVING_LOCK})
+            conn.execute(text(f"SELECT pg_advisory_lock_shared(:key, {_KEYS})"), _KEY)
             conn.exec_driver_sql("SET lock_timeout = 0")
             conn.commit()  # a session's lock: kept outside any transaction (never idle in one)
         except OperationalError as exc:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import Connection
 
 from server.storage import head, history, make_engine
@@ -169,3 +169,43 @@ def _waiting_servers(conn: Connection, key: int) -> int:
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = :key"
         " AND objsubid = 2 AND objid = (hashtext(current_schema())::bigint & 4294967295)::oid"
     ), {"key": key}).scalar_one())
+
+
+def test_a_server_whose_mark_session_ended_takes_the_mark_again(tmp_path: Path, postgres_url: str) -> None:
+    """PostgreSQL: the session that holds a running server's mark is ended (as a restart of the
+    database ends it); within the renewal's period the server holds it again on a new session, and
+    ``db downgrade`` is refused again."""
+    from server.storage import RENEW_EVERY, SERVING_LOCK
+
+    env = {"DATABASE_URL": postgres_url, "SYNCLAB_ADMIN_TOKEN": "a-token-for-the-test"}
+    assert run(tmp_path, "db", "upgrade", **env).returncode == 0
+    before_head = history()[0][1]
+    assert before_head is not None
+    port = free_port()
+    engine = make_engine(postgres_url)
+    try:
+        with started(tmp_path, "serve", "--port", str(port), **env) as server:
+            wait_until_healthy(f"http://127.0.0.1:{port}", wait=90)
+            first = _mark_sessions(engine, SERVING_LOCK)
+            assert len(first) == 1, first
+            with engine.begin() as conn:
+                assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first[0]}).scalar()
+            deadline = time.monotonic() + timeout(RENEW_EVERY * 4)
+            while not (again := _mark_sessions(engine, SERVING_LOCK)) or again == first:
+                assert server.process.poll() is None, server.stderr()
+                assert time.monotonic() < deadline, f"the mark was not taken again: {again}; {server.stderr()}"
+                time.sleep(0.1)
+            refused = run(tmp_path, "db", "downgrade", before_head, "--yes", **env)
+            assert refused.returncode == 2 and f"(its session {again[0]}" in refused.stderr, refused.stderr
+            assert "lost this server's mark on the database" in server.stderr_path.read_text()
+    finally:
+        engine.dispose()
+
+
+def _mark_sessions(engine: Engine, key: int) -> list[int]:
+    """The sessions holding the servers' mark on this schema."""
+    with engine.connect() as conn:
+        return [int(pid) for pid in conn.execute(text(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = :key"
+            " AND objsubid = 2 AND objid = (hashtext(current_schema())::bigint & 4294967295)::oid ORDER BY pid"
+        ), {"key": key}).scalars()]
