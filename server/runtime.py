@@ -98,7 +98,7 @@ class Runtime:
             generated = await database.write(generated_token, settings)
         except Exception:
             if serving is not None:
-                serving.close()
+                await asyncio.to_thread(serving.close)
             database.close()
             raise
         if not settings.clustered:  # see server.storage.leftover: a cluster's worker cannot tell
