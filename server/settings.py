@@ -157,6 +157,10 @@ class Settings:
     cluster_name: str = "synclab"
     #: seconds a group's lease lasts without renewal: a dead worker's groups move on within it
     lease_seconds: float = 3.0
+    #: seconds a cluster's worker not heard from is gone (its heartbeat's TTL in Redis); it beats
+    #: five times as often, and the connections it left open are closed once it stayed gone as
+    #: long again (see :class:`server.cluster.heartbeats.BeatTimes`)
+    heartbeat_seconds: float = 5.0
     #: PostgreSQL: seconds any statement of the server waits for a lock before it fails (a table
     #: locked by DDL, a migration, ``LOCK TABLE``): a REST read answers 503, a batch is refused
     #: and its decisions are sent again by their clients; 0 leaves the database's own setting
@@ -276,6 +280,7 @@ class Settings:
             shutdown_timeout=_number(env, "SYNCLAB_SHUTDOWN_TIMEOUT", 30.0, minimum=0, maximum=24 * 3600),
             cluster_name=_name(env, "SYNCLAB_CLUSTER", "synclab"),
             lease_seconds=_number(env, "SYNCLAB_LEASE_SECONDS", 3.0, minimum=0.5, maximum=60),
+            heartbeat_seconds=_number(env, "SYNCLAB_HEARTBEAT_SECONDS", 5.0, minimum=0.5, maximum=60),
             lock_timeout=_number(env, "SYNCLAB_LOCK_TIMEOUT", 10.0, minimum=0, maximum=3600),
             busy_lag=_number(env, "SYNCLAB_BUSY_LAG", 0.1, minimum=0, maximum=60),
             delivery_retry=_number(env, "SYNCLAB_DELIVERY_RETRY", 2.0, minimum=0.01, maximum=3600),

@@ -1,11 +1,12 @@
 """This worker among the others: its heartbeat, the workers heard from, what a gone worker left.
 
-Every worker writes a heartbeat every :data:`HEARTBEAT_EVERY` seconds (``GET /api/server`` lists
-them: :meth:`Heartbeats.workers`); one not heard from for :data:`HEARTBEAT_TTL` seconds is gone.
-Each worker closes the connections that a worker gone for :data:`GONE_AFTER` seconds left open
-(:meth:`Heartbeats._sweep`), has its own sockets reconnect when another closed their connections
-while it was unheard of (:meth:`Heartbeats._reconnect_swept`), and on PostgreSQL ends the database
-sessions of writers stopped inside a batch (:meth:`Heartbeats._end_stalled`).
+Every worker writes a heartbeat every :attr:`BeatTimes.every` seconds (``GET /api/server`` lists
+them: :meth:`Heartbeats.workers`); one not heard from for :attr:`BeatTimes.ttl` seconds
+(``SYNCLAB_HEARTBEAT_SECONDS``, 5) is gone.
+Each worker closes the connections that a worker gone for :attr:`BeatTimes.gone_after` seconds
+left open (:meth:`Heartbeats._sweep`), has its own sockets reconnect when another closed their
+connections while it was unheard of (:meth:`Heartbeats._reconnect_swept`), and on PostgreSQL ends
+the database sessions of writers stopped inside a batch (:meth:`Heartbeats._end_stalled`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -38,18 +40,40 @@ if TYPE_CHECKING:
     from ..routing import LiveGroups
 
 log = logging.getLogger("synclab.cluster")
-#: seconds between two heartbeats; a worker not heard from for :data:`HEARTBEAT_TTL` is gone
-HEARTBEAT_EVERY = 1.0
-HEARTBEAT_TTL = 5
-#: seconds between two looks for connections that a gone worker left open (see :meth:`Heartbeats._sweep`)
-SWEEP_EVERY = 2.0
-#: seconds a worker holding open connections must stay unheard of (its heartbeat expired) before
-#: they are closed: a blip of Redis is not a death
-GONE_AFTER = 5.0
-#: seconds after a heartbeat gap during which this worker looks, at each heartbeat, for its sockets
-#: whose connections another worker closed meanwhile (a sweep that began before the gap ended
-#: may close them a moment after the first look)
-RECHECK_FOR = 3 * SWEEP_EVERY
+#: the default of ``SYNCLAB_HEARTBEAT_SECONDS``: seconds a worker not heard from is gone after
+HEARTBEAT_TTL = 5.0
+
+
+@dataclass(frozen=True)
+class BeatTimes:
+    """The heartbeat's times, each in proportion to its TTL (``SYNCLAB_HEARTBEAT_SECONDS``): at
+    the default 5 s, a beat every second, a sweep every 2 s (±50 %), gone after 5 s more."""
+
+    #: seconds a heartbeat lasts in Redis: a worker not heard from for as long is gone
+    ttl: float = HEARTBEAT_TTL
+
+    @property
+    def every(self) -> float:
+        """Seconds between two heartbeats: five to a TTL, so a beat or two lost is no death."""
+        return self.ttl / 5
+
+    @property
+    def sweep_every(self) -> float:
+        """Seconds between two looks for connections that a gone worker left open (:meth:`Heartbeats._sweep`)."""
+        return self.ttl * 2 / 5
+
+    @property
+    def gone_after(self) -> float:
+        """Seconds a worker holding open connections must stay unheard of (its heartbeat expired)
+        before they are closed: a blip of Redis is not a death."""
+        return self.ttl
+
+    @property
+    def recheck_for(self) -> float:
+        """Seconds after a heartbeat gap during which this worker looks, at each heartbeat, for its
+        sockets whose connections another worker closed meanwhile (a sweep that began before the
+        gap ended may close them a moment after the first look)."""
+        return 3 * self.sweep_every
 
 
 class Heartbeats:
@@ -63,6 +87,7 @@ class Heartbeats:
     router: LiveGroups | None
     held: dict[int, Lease]
     meter: LagMeter
+    beat_times: BeatTimes
     _absent: dict[str | None, float]
     _recheck_until: float
     _rechecking: asyncio.Task[None] | None
@@ -86,14 +111,14 @@ class Heartbeats:
                 pass
             else:
                 now = time.monotonic()
-                if beaten is not None and now - beaten >= HEARTBEAT_TTL:
+                if beaten is not None and now - beaten >= self.beat_times.ttl:
                     # unheard of long enough for the others to find this worker gone
-                    self._recheck_until = now + RECHECK_FOR
+                    self._recheck_until = now + self.beat_times.recheck_for
                 beaten = now
                 if now < self._recheck_until and (self._rechecking is None or self._rechecking.done()):
                     # a task of its own: a slow database must not hold the next heartbeat back
                     self._rechecking = asyncio.get_running_loop().create_task(self._reconnect_swept())
-            await asyncio.sleep(HEARTBEAT_EVERY)
+            await asyncio.sleep(self.beat_times.every)
 
     async def _reconnect_swept(self) -> None:
         """Have the sockets whose connections another worker closed reconnect.
@@ -133,15 +158,15 @@ class Heartbeats:
         }
         key = self._key(f"worker:{self.worker}")
         async with self.hub.client.pipeline(transaction=False) as pipe:
-            pipe.set(key, dumps(beat), ex=HEARTBEAT_TTL)
+            pipe.set(key, dumps(beat), px=max(1, round(self.beat_times.ttl * 1000)))
             pipe.sadd(self._key("workers"), self.worker)
             await pipe.execute()
 
     async def _sweep_loop(self) -> None:
-        await self._every(SWEEP_EVERY, self._sweep, "connections a gone worker left open")
+        await self._every(self.beat_times.sweep_every, self._sweep, "connections a gone worker left open")
 
     async def _sweep(self) -> None:
-        """Close the connections of the workers gone for :data:`GONE_AFTER` seconds.
+        """Close the connections of the workers gone for :attr:`BeatTimes.gone_after` seconds.
 
         A worker killed with kill -9 (or a host lost) stores no close for its sockets: its
         participants would show as connected for ever. Whoever holds open connections without a
@@ -160,7 +185,7 @@ class Heartbeats:
         now = time.monotonic()
         self._absent = {w: self._absent.get(w, now) for w in holders if w not in live}
         for worker, since in list(self._absent.items()):
-            if now - since < GONE_AFTER:
+            if now - since < self.beat_times.gone_after:
                 continue
             closed = await self.database.write(close_connections_of, worker, time.time())
             self._absent.pop(worker, None)

@@ -47,7 +47,7 @@ from redis.exceptions import RedisError
 from ..exceptions import NotPersisted, Unavailable
 from ..hub.redis import RedisHub
 from ..storage import Database, claim_group, group_epoch
-from .heartbeats import Heartbeats
+from .heartbeats import BeatTimes, Heartbeats
 from .inbox import Answers, Inbox
 from .leases import Lease, Leases
 from .load import LagMeter
@@ -93,6 +93,8 @@ class Node(Heartbeats, Placement, Answers):
         self.requests = Requests(self.hub, self.worker)
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
+        #: how often it beats, and when another worker is gone (``SYNCLAB_HEARTBEAT_SECONDS``)
+        self.beat_times = BeatTimes(settings.heartbeat_seconds)
         #: the workers holding open connections not heard of, since when (monotonic seconds)
         self._absent: dict[str | None, float] = {}
         #: until when (monotonic seconds) to look for this worker's sockets closed by another

@@ -26,7 +26,7 @@ from groups import Phase
 
 from ..exceptions import NotPersisted
 from ..storage import Database, live_group_ids
-from .heartbeats import HEARTBEAT_TTL
+from .heartbeats import BeatTimes
 from .leases import Lease, Leases
 from .load import LagMeter
 
@@ -53,6 +53,7 @@ class Placement:
     held: dict[int, Lease]
     router: LiveGroups | None
     meter: LagMeter
+    beat_times: BeatTimes
     busy_lag: float
     _busy_since: float | None
     _claims: dict[int, asyncio.Future[str]]
@@ -107,7 +108,7 @@ class Placement:
         now = time.time()
         fit = [
             b for b in beats
-            if b.get("worker") != self.worker and b.get("busy") is False and now - float(b.get("at", 0)) < HEARTBEAT_TTL
+            if b.get("worker") != self.worker and b.get("busy") is False and now - float(b.get("at", 0)) < self.beat_times.ttl
         ]
         if not fit:
             return None

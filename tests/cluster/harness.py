@@ -34,6 +34,9 @@ TOKEN = "cluster-token"
 SYNCLAB = [sys.executable, "-c", "from server.cli import main; raise SystemExit(main())"]
 #: the lease of the test clusters: short, so a dead worker's groups move on quickly
 LEASE = 2.0
+#: the heartbeat's TTL of the test clusters (``SYNCLAB_HEARTBEAT_SECONDS``): a beat every 0.4 s, a
+#: dead worker gone 2 s after its last beat and its connections closed 2 s later (at 5 s, 10 to 15 s)
+HEARTBEAT = 2.0
 RETRY_CODES = {"unavailable", "not_persisted"}
 
 
@@ -65,7 +68,8 @@ class Cluster:
         self.env = {k: v for k, v in os.environ.items() if k not in CLEARED}
         self.env.update(
             DATABASE_URL=database_url, REDIS_URL=redis_url, SYNCLAB_CLUSTER=prefix, SYNCLAB_ADMIN_TOKEN=TOKEN,
-            SYNCLAB_LEASE_SECONDS=str(LEASE), SYNCLAB_SHUTDOWN_TIMEOUT="10", PYTHONUNBUFFERED="1",
+            SYNCLAB_LEASE_SECONDS=str(LEASE), SYNCLAB_HEARTBEAT_SECONDS=str(HEARTBEAT), SYNCLAB_SHUTDOWN_TIMEOUT="10",
+            PYTHONUNBUFFERED="1",
         )
         self.workers: dict[str, Worker] = {}
         #: the tracebacks a test expects in a worker's log (a game failing on purpose), by name

@@ -20,6 +20,7 @@ from websockets.asyncio.client import connect
 
 from server.storage import connections, experiments, make_engine, participants
 from tests.cluster.harness import (
+    HEARTBEAT,
     LEASE,
     SYNCLAB,
     TOKEN,
@@ -263,8 +264,10 @@ async def test_the_connections_of_a_worker_killed_with_kill_9_are_closed_by_anot
     rows = connection_rows(cluster, exp["code"])
     closed = rows[gone.code]
     assert closed["close_code"] == 1006, closed
-    # found gone once its heartbeat expired (5 s) and it stayed unheard of (5 s more), give or take a look
-    assert killed_at + 5 <= closed["disconnected_at"].timestamp() <= killed_at + 25, (closed, killed_at)
+    # found gone once its heartbeat expired (HEARTBEAT after its last beat) and it stayed unheard of
+    # as long again, give or take two looks (every 0.4 to 1.2 s): at 5 s, the default, 9 s at the least
+    assert killed_at + HEARTBEAT <= closed["disconnected_at"].timestamp() <= killed_at + 2 * HEARTBEAT + timeout(3.5), (
+        closed, killed_at)
     assert rows[stays.code]["disconnected_at"] is None and rows[stays.code]["close_code"] is None, rows
     assert await who_is_connected(cluster, exp["code"]) == {gone.code: False, stays.code: True}
     assert "closed 1 connections that worker" in cluster.logs("w2")
@@ -294,11 +297,12 @@ async def test_rows_without_a_worker_stay_open_while_a_worker_of_an_earlier_buil
     try:
         beat = {"worker": "old-build", "host": "elsewhere", "pid": 1, "started": time.time(), "groups": 0, "sockets": 1,
                 "writer": {"batches": 0, "writes": 0, "events": 0}}
-        heard_until = time.monotonic() + 14  # the sweep's 5 s of absence, then a few looks (every 1 to 3 s)
+        # the sweep's HEARTBEAT of absence, then some six looks (every 0.4 to 1.2 s); beaten as a worker does
+        heard_until = time.monotonic() + 2 * HEARTBEAT + 3
         while time.monotonic() < heard_until:
-            client.set(f"{prefix}:worker:old-build", orjson.dumps({**beat, "at": time.time()}), ex=5)
+            client.set(f"{prefix}:worker:old-build", orjson.dumps({**beat, "at": time.time()}), px=int(HEARTBEAT * 1000))
             client.sadd(f"{prefix}:workers", "old-build")
-            await asyncio.sleep(1)
+            await asyncio.sleep(HEARTBEAT / 5)
         rows = connection_rows(cluster, exp["code"])
         assert rows[unnamed.code]["disconnected_at"] is None, rows  # an earlier build's: left open
         client.delete(f"{prefix}:worker:old-build")
