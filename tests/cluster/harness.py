@@ -30,6 +30,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from tests.server.harness import timeout
 from tests.server.test_cli import CLEARED, free_port
 
+#: this checkout: the workers import the test games (tests/cluster/games.py) from it
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "cluster-token"
 SYNCLAB = [sys.executable, "-c", "from server.cli import main; raise SystemExit(main())"]
 #: the lease of the test clusters: short, so a dead worker's groups move on quickly
@@ -74,6 +76,8 @@ class Cluster:
         self.workers: dict[str, Worker] = {}
         #: the tracebacks a test expects in a worker's log (a game failing on purpose), by name
         self.tracebacks: dict[str, int] = {}
+        #: where the test's part of each worker's log begins (workers shared by tests: :func:`shared_pair`)
+        self.since: dict[str, int] = {}
 
     def start(self, name: str, port: int | None = None, *options: str) -> Worker:
         """``synclab serve --port P OPTIONS`` as worker ``name`` (again on its port if it ran before)."""
@@ -85,6 +89,13 @@ class Cluster:
                 stdout=log, stderr=subprocess.STDOUT,
             )
         return worker
+
+    def up(self, *names: str) -> None:
+        """Workers ``names`` serving: those not running are started (all at once), then each is waited for."""
+        for name in names:
+            if name not in self.workers or not self.workers[name].alive:
+                self.start(name)
+        self.healthy(*names)
 
     def healthy(self, *names: str, wait: float = 20) -> None:
         for name in names:
@@ -111,7 +122,13 @@ class Cluster:
         return worker.process.wait(timeout(wait))
 
     def logs(self, name: str) -> str:
-        return self.workers[name].log.read_text(errors="replace")[-4000:]
+        return self.log_text(name)[-4000:]
+
+    def log_text(self, name: str) -> str:
+        """Worker ``name``'s log, this test's part (all of it unless the workers are shared)."""
+        with self.workers[name].log.open("rb") as log:
+            log.seek(self.since.get(name, 0))
+            return log.read().decode(errors="replace")
 
     def stop_all(self) -> None:
         for worker in self.workers.values():
@@ -265,7 +282,39 @@ def running_cluster(tmp_path: Path, postgres_url: str, redis_url: str, redis_pre
         yield made
     finally:
         made.stop_all()
-    for name, worker in made.workers.items():  # no worker failed on anything along the way
-        expected = made.tracebacks.get(name, 0)  # (but what the test expects: counted in the whole log)
-        text = worker.log.read_text(errors="replace") if expected else made.logs(name)
-        assert text.count("Traceback") == expected, made.logs(name)
+    check_tracebacks(made)
+
+
+def check_tracebacks(cluster: Cluster) -> None:
+    """No worker failed on anything along the way (but what the test expects: counted in the test's whole log)."""
+    for name in cluster.workers:
+        expected = cluster.tracebacks.get(name, 0)
+        text = cluster.log_text(name) if expected else cluster.logs(name)
+        assert text.count("Traceback") == expected, cluster.logs(name)
+
+
+def shared_pair(tmp_path: Path, database_url: str, redis_url: str, prefix: str) -> Iterator[Cluster]:
+    """Workers w1 and w2 for every test of a test process that only plays on them (starts, kills,
+    stops or restarts none): started once (two workers' start cost 3-4 s a test, 10-20 s on a
+    loaded machine), ended after the last. The game of tests/cluster/games.py is importable."""
+    made = Cluster(tmp_path, database_url, redis_url, prefix)
+    made.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), made.env.get("PYTHONPATH", "")) if p)
+    try:
+        yield made
+    finally:
+        made.stop_all()
+
+
+def pair_for_a_test(shared: Cluster) -> Iterator[Cluster]:
+    """The ``pair`` fixture's body: the shared workers up (started again if one ended), the test's part
+    of their logs marked; after the test, both still up and no traceback in that part but those expected."""
+    shared.up("w1", "w2")
+    shared.since = {name: worker.log.stat().st_size for name, worker in shared.workers.items()}
+    shared.tracebacks = {}
+    try:
+        yield shared
+        ended = [name for name, worker in shared.workers.items() if not worker.alive]
+        assert not ended, f"a test on the shared workers ended {ended}: {[shared.logs(n) for n in ended]}"
+        check_tracebacks(shared)
+    finally:
+        shared.since, shared.tracebacks = {}, {}

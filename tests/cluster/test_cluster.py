@@ -105,12 +105,10 @@ async def settle(people: list[Participant], wait: float = 10) -> None:
     await until(lambda: all(not p.pending for p in people), wait, "decisions still unanswered")
 
 
-async def test_members_on_two_workers_play_one_group_as_in_one_process(cluster: Cluster) -> None:
+async def test_members_on_two_workers_play_one_group_as_in_one_process(pair: Cluster) -> None:
     """Row on one worker, col on the other: both get every frame of the group in the same seq order,
     each its acks; the log checks out; GET /api/server lists both workers."""
-    for name in ("w1", "w2"):
-        cluster.start(name)
-    cluster.healthy("w1", "w2")
+    cluster = pair
     exp = await create(cluster, "w1", game="bimatrix", participants=2, group_size=2, period_length=3, num_subperiods=3)
     codes = [p["code"] for p in exp["participants"]]
     row = Participant(codes[0], [cluster.workers["w1"].ws])
@@ -135,9 +133,7 @@ async def test_members_on_two_workers_play_one_group_as_in_one_process(cluster: 
 async def split_pair(cluster: Cluster, **body: Any) -> tuple[dict[str, Any], Participant, Participant, int]:
     """Two workers and a bimatrix pair: row on w1 (which serves the group: row joined first, and
     reconnects to w2 when w1 goes), col on w2. Returns the experiment, row, col and the group id."""
-    for name in ("w1", "w2"):
-        cluster.start(name)
-    cluster.healthy("w1", "w2")
+    cluster.up("w1", "w2")
     exp = await create(cluster, "w1", game="bimatrix", participants=2, group_size=2, **body)
     codes = [p["code"] for p in exp["participants"]]
     row = Participant(codes[0], [cluster.workers["w1"].ws, cluster.workers["w2"].ws])
@@ -226,9 +222,7 @@ async def who_is_connected(cluster: Cluster, experiment_code: str) -> dict[str, 
 async def one_on_each(cluster: Cluster) -> tuple[dict[str, Any], Participant, Participant]:
     """Workers w1 and w2 and a bimatrix pair, one member only ever through w1 and the other only
     through w2, both connections stored open. Returns the experiment and the two members."""
-    for name in ("w1", "w2"):
-        cluster.start(name)
-    cluster.healthy("w1", "w2")
+    cluster.up("w1", "w2")
     exp = await create(cluster, "w2", game="bimatrix", participants=2, group_size=2, period_length=120)
     codes = [p["code"] for p in exp["participants"]]
     on_w1 = Participant(codes[0], [cluster.workers["w1"].ws])
@@ -419,13 +413,11 @@ async def test_a_rolling_restart_of_three_workers_loses_nothing_and_the_period_e
     assert (end["actual_at"] - end["scheduled_at"]).total_seconds() <= 0.25, end
 
 
-async def test_members_of_each_group_joining_at_once_on_two_workers_are_all_let_in(cluster: Cluster) -> None:
+async def test_members_of_each_group_joining_at_once_on_two_workers_are_all_let_in(pair: Cluster) -> None:
     """Both members of every group connect in the same moment, one to each worker: whichever worker
     takes the group, the other's join waits for it to be loaded there instead of being refused
     ("not served here", the socket closed 1013); every group starts and stores its members' decisions."""
-    for name in ("w1", "w2"):
-        cluster.start(name)
-    cluster.healthy("w1", "w2")
+    cluster = pair
     exp = await create(cluster, "w1", game="bimatrix", participants=16, group_size=2, period_length=30)
     codes = [p["code"] for p in exp["participants"]]
     people = [Participant(code, [cluster.workers["w1" if i % 2 == 0 else "w2"].ws]) for i, code in enumerate(codes)]
@@ -445,13 +437,11 @@ async def test_members_of_each_group_joining_at_once_on_two_workers_are_all_let_
     assert "could not join" not in cluster.logs("w1") + cluster.logs("w2")
 
 
-async def test_ending_mid_experiment_on_one_worker_tells_the_members_on_every_worker(cluster: Cluster) -> None:
+async def test_ending_mid_experiment_on_one_worker_tells_the_members_on_every_worker(pair: Cluster) -> None:
     """``end`` asked of w2 in block 1 of 2: the members of a group playing across both workers and
     of a group still waiting each get ``experiment {"status": "cancelled"}`` after their
     ``period_end`` within seconds (the pause before block 2 is a minute), and no new ``hello``."""
-    for name in ("w1", "w2"):
-        cluster.start(name)
-    cluster.healthy("w1", "w2")
+    cluster = pair
     exp = await create(cluster, "w1", game="bimatrix", participants=4, group_size=2, blocks=2, period_length=60,
                        block_pause=60)
     codes = [p["code"] for p in exp["participants"]]
@@ -473,9 +463,10 @@ async def test_ending_mid_experiment_on_one_worker_tells_the_members_on_every_wo
         await person.stop()
 
 
-async def test_a_monitor_on_one_worker_follows_a_group_served_by_another(cluster: Cluster) -> None:
+async def test_a_monitor_on_one_worker_follows_a_group_served_by_another(pair: Cluster) -> None:
     """The monitor's socket on w2, the group served by w1: its snapshot, then every stored event and
     the connections of both members live, and stats counting what it was sent."""
+    cluster = pair
     exp, row, col, _group = await split_pair(cluster, period_length=4, num_subperiods=2)
     async with connect(
         f"{cluster.workers['w2'].ws}/ws/monitor/{exp['code']}", open_timeout=timeout(5)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import connect
@@ -12,8 +10,6 @@ from tests.cluster.harness import Cluster
 from tests.cluster.test_cluster import create, owner_of, until
 from tests.server.harness import Client, timeout, until_state
 
-#: this checkout: the workers import the game from it
-ROOT = Path(__file__).resolve().parents[2]
 GAME = "tests.cluster.games:FailsOnSeven"
 
 
@@ -26,7 +22,7 @@ async def answer(client: Client, frame_id: str) -> dict[str, Any]:
 
 
 async def test_a_game_failing_at_the_groups_worker_is_answered_and_logged_there_as_in_one_process(
-    cluster: Cluster,
+    pair: Cluster,
 ) -> None:
     """b on the worker that does not serve the group (a joined first, on w1). b's frame that the game fails on gets
     ``game_error`` with one process's message, and the experimenter's pause asked of b's worker,
@@ -34,10 +30,7 @@ async def test_a_game_failing_at_the_groups_worker_is_answered_and_logged_there_
     its traceback, where the game ran, as one process logs it. b got ``internal``, the group's
     worker logged "cluster: a request failed" for both, and b's worker logged the pause's failure
     again with a traceback of its own."""
-    cluster.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), cluster.env.get("PYTHONPATH", "")) if p)
-    for name in ("w1", "w2"):
-        cluster.start(name)
-    cluster.healthy("w1", "w2")
+    cluster = pair  # (its workers import the game: tests/cluster/harness.py's ROOT)
     exp = await create(cluster, "w1", game=GAME, participants=2, group_size=2, period_length=60)
     codes = [p["code"] for p in exp["participants"]]
     a = Client(await connect(f"{cluster.workers['w1'].ws}/ws/p/{codes[0]}", open_timeout=timeout(5)))
@@ -65,7 +58,7 @@ async def test_a_game_failing_at_the_groups_worker_is_answered_and_logged_there_
     pause_line = (f"group {group}: the game FailsOnSeven ({GAME}) failed in the experimenter's pause: "
                   "ZeroDivisionError: three on purpose; the group is left as it was")
     await until(lambda: pause_line in cluster.logs(serves), 5, "the pause's failure logged where the game ran")
-    there, here = (cluster.workers[name].log.read_text(errors="replace") for name in (serves, other))
+    there, here = (cluster.log_text(name) for name in (serves, other))
     assert there.count(frame_line) == 1 and there.count("RuntimeError: seven on purpose") == 1, there
     assert there.count(pause_line) == 1 and there.count("ZeroDivisionError: three on purpose") == 2, there  # (its traceback)
     assert "a request failed" not in there + here, there + here

@@ -17,12 +17,10 @@ def _token(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=timeout(30), check=False)
 
 
-def test_a_token_revoked_once_is_refused_by_every_worker_within_two_seconds(cluster: Cluster) -> None:
+def test_a_token_revoked_once_is_refused_by_every_worker_within_two_seconds(pair: Cluster) -> None:
     """``synclab token create`` while two workers serve: both accept the token at once; after
     ``synclab token revoke`` both refuse it within two seconds (each reads the database)."""
-    for name in ("w1", "w2"):
-        cluster.start(name)
-    cluster.healthy("w1", "w2")
+    cluster = pair
     made = _token(cluster, "create", "ta-anna", "--role", "watch")
     assert made.returncode == 0, made.stderr
     token = made.stdout.strip()
