@@ -161,20 +161,31 @@ def add_flow(flow: dict[str, float], scale: int, rates: Mapping[str, float], ela
     float's range scales every integral down one more step instead: a member's score is the
     time average of finite payoffs (:func:`flow_score`), a finite number, and a payoff of 1e308 a
     second for two seconds made its integral, and so its score, infinity. At scale 0 (any payoff
-    short of that) it is ``flow + rate * elapsed``, as ever."""
+    short of that) it is ``flow + rate * elapsed``, as ever. (A decision's path: one test a member
+    here, the scaling in :func:`_scaled_down`.)"""
     step = math.ldexp(elapsed, -FLOW_STEP * scale) if scale else elapsed
     for p, rate in rates.items():
         total = flow.get(p, 0.0) + rate * step
-        for _ in range(64):  # (past a float's range: a step or two, each divides by 2**64)
-            if total - total == 0.0:  # finite (inf - inf and nan - nan are nan)
-                break
-            scale += 1
-            for q, value in flow.items():
-                flow[q] = math.ldexp(value, -FLOW_STEP)
-            step = math.ldexp(elapsed, -FLOW_STEP * scale)
-            total = flow.get(p, 0.0) + rate * step
+        if total - total != 0.0:  # past a float's range (inf - inf and nan - nan are nan)
+            scale, step, total = _scaled_down(flow, scale, p, rate, elapsed)
         flow[p] = total
     return scale
+
+
+def _scaled_down(flow: dict[str, float], scale: int, p: str, rate: float, elapsed: float) -> tuple[int, float, float]:
+    """:func:`add_flow`'s sum for ``p`` that passed a float's range: every integral scaled down a
+    step at a time (each divides by 2**64; a step or two) until it is finite; the scale, the step
+    and ``p``'s new integral."""
+    step, total = elapsed, math.inf
+    for _ in range(64):
+        scale += 1
+        for q, value in flow.items():
+            flow[q] = math.ldexp(value, -FLOW_STEP)
+        step = math.ldexp(elapsed, -FLOW_STEP * scale)
+        total = flow.get(p, 0.0) + rate * step
+        if total - total == 0.0:
+            break
+    return scale, step, total
 
 
 def flow_score(flow: float, scale: int, length: float) -> float:
