@@ -38,6 +38,7 @@ from .queries import (
     runtime,
 )
 from .storage import (
+    TIMING,
     count_deliveries,
     count_events,
     count_experiments,
@@ -54,7 +55,6 @@ from .storage import (
     list_sessions,
     period_history,
 )
-from .storage.catalog import TIMING
 
 #: the statuses an experiment goes through (``?status=`` filters by one)
 STATUSES = ("pending", "running", "done", "cancelled", "failed")

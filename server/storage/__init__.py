@@ -60,6 +60,7 @@ from .asof import (
 )
 from .batch import claim_group, commit_writes, group_epoch
 from .catalog import (
+    TIMING,
     GroupPlace,
     NewBlock,
     NewExperiment,
@@ -194,6 +195,7 @@ __all__ = [
     "STANDIN",
     "STATUSES",
     "STOOD_IN",
+    "TIMING",
     "WRITER_NAME",
     "ApplyFailed",
     "Arrival",

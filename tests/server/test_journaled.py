@@ -711,8 +711,8 @@ async def test_a_time_the_database_cannot_store_is_refused_before_the_journal_ta
     """An experiment whose period ends past the year 9999 (a period_length of 1e12 s, as an
     earlier release took it): its start is refused and nothing of it is journaled, where it was
     acknowledged and then could never be applied, halting storage for good, every start after it
-    too. The group is left as it was (not retried: it would fail again), the answer lists no group
-    started. Another experiment plays on meanwhile, and the server starts again."""
+    too. The group is left as it was (not retried: it would fail again), the answer a 500 that
+    lists no group started and names the one it failed in. Another experiment plays on meanwhile, and the server starts again."""
     async with running_server(sqlite_url, journal="on") as server:
         huge, fine = await server.create(participants=2, group_size=2), await server.create(participants=2, group_size=2)
         look = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=timeout(10))
@@ -723,8 +723,10 @@ async def test_a_time_the_database_cannot_store_is_refused_before_the_journal_ta
         finally:
             look.close()
         started = await server.http.post(f"/api/experiments/{huge['code']}/start")
-        assert started.status_code == 200, started.text
-        assert started.json() == {"action": "start", "groups": [], "status": "pending"}
+        assert started.status_code == 500, started.text
+        answer = started.json()
+        assert (answer["action"], answer["groups"], len(answer["failed"])) == ("start", [], 1), answer
+        assert "a time the database cannot store" in answer["error"], answer
         assert (await server.http.get("/healthz")).json() == {"status": "ok"}
         a, b = [await server.connect(p["code"]) for p in fine["participants"]]
         for client in (a, b):
