@@ -77,7 +77,8 @@ PAGE_ROWS = 2000
 
 #: the CSV columns of each table, in order; ``completion`` is flattened into three columns
 CSV_COLUMNS: dict[str, tuple[str, ...]] = {
-    "events": ("seq", "timestamp", "group", "participant", "channel", "value", "bot"),
+    # ``recipient`` (an extension of CONTRACT §2's event) last: the older columns keep their places
+    "events": ("seq", "timestamp", "group", "participant", "channel", "value", "bot", "recipient"),
     "results": ("participant", "block", "subperiod", "decision", "score", "seq"),
     "sessions": ("participant", "block", "group", "started_at", "finished_at", "final_score", "json_data"),
     "participants": (

@@ -245,8 +245,8 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
         if events and self._hub.listening(topic):
             at, lat = ms(now), round((self._clock() - now) * 1000, 3)
             rows = [
-                {"seq": seq, "ts": at, "group": self.id, "channel": ev.channel, "value": ev.payload, "latency": lat,
-                 "bot": new.bot, "participant": next(iter(ev.to)) if ev.channel == RESULT and ev.to else ev.participant}
+                {"seq": seq, "ts": at, "group": self.id, "participant": ev.participant, "channel": ev.channel, "value": ev.payload,
+                 "latency": lat, "bot": new.bot, "recipient": next(iter(ev.to)) if ev.channel == RESULT and ev.to else None}
                 for ev, seq, new in zip(events, stored.seqs, stored.events, strict=True)
             ]
             self._hub.publish(topic, orjson.dumps(rows).decode())

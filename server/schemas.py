@@ -97,7 +97,9 @@ def _row_schemas() -> dict[str, JSONSchema]:
     return {
         "Event": closed_object(
             {"seq": SEQ, "timestamp": TIME, "group": nullable(INT), "participant": nullable(STRING),
-             "channel": STRING, "value": ANY, "bot": {"type": "boolean"}}
+             "channel": STRING, "value": ANY, "bot": {"type": "boolean"},
+             # an extension of CONTRACT §2's event: the participant it was sent to alone (a result's)
+             "recipient": nullable(STRING)}
         ),
         "Session": closed_object(session),
         "Result": closed_object({"participant": STRING, "block": session["block"], **scored}),

@@ -1,8 +1,9 @@
 """Reading the event log: events of an experiment in ``seq`` order, as the REST API lists them.
 
-An event's ``participant`` is the one who sent it, or for a ``result`` event (sent by the
-server) the participant whose result it is, as its ``results`` row names it; ``None`` for the
-server's other events.
+An event's ``participant`` is the one who sent it, ``None`` for every event the server sent
+(CONTRACT §2). ``recipient``, an extension of the contract's event, is the participant the event
+was sent to alone: for a ``result`` event (the server's) the participant whose result it is, as
+its ``results`` row names it; ``None`` for every other event.
 """
 
 from __future__ import annotations
@@ -53,14 +54,14 @@ def list_events(engine: Engine, experiment_id: int, after_seq: int, offset: int,
                 "seq": r["seq"],
                 "timestamp": iso(r["timestamp"]),
                 "group": r["group_id"],
-                "participant": r["participant"] if r["participant"] is not None else scored.get(r["seq"]),
+                "participant": r["participant"],
                 "channel": r["channel"],
                 "value": r["value"],
                 "bot": bool(r["bot"]),
+                "recipient": scored.get(r["seq"]),
             }
             for r in rows
         ]
-
 
 
 def _scored(conn: Connection, experiment_id: int, seqs: list[int]) -> dict[int, str]:

@@ -40,7 +40,7 @@ from tests.server.harness import (
 
 ISO_UTC_MICROSECONDS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 URL_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
-ROW_FIELDS = {"seq", "timestamp", "group", "participant", "channel", "value", "bot"}
+ROW_FIELDS = {"seq", "timestamp", "group", "participant", "channel", "value", "bot", "recipient"}
 PAGE_FIELDS = {"count", "num_pages", "current_page", "next", "previous", "results"}
 PRISONERS_DILEMMA = {"AA": [3, 3], "AB": [0, 5], "BA": [5, 0], "BB": [1, 1]}
 VALID = {"game": "bimatrix", "participants": 2, "group_size": 2}
@@ -607,6 +607,7 @@ async def test_events_come_as_a_page_of_rows_with_every_field(server: Harness) -
         assert set(row) == ROW_FIELDS
         assert ISO_UTC_MICROSECONDS.match(row["timestamp"]), row["timestamp"]
         assert row["participant"] is None or row["participant"] in codes
+        assert row["recipient"] is None or (row["recipient"] in codes and row["channel"] == "result")
         assert isinstance(row["channel"], str)
         groups.add(row["group"])
     assert len(groups) == 1

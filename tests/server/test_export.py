@@ -562,23 +562,28 @@ def test_a_groups_period_is_taken_back_to_any_seq_through_its_state_events(engin
                 assert "USING INDEX ix_events_group_state" in found, (statement, found)
 
 
-async def test_a_result_event_names_the_participant_whose_result_it_is_in_the_events_export(
+async def test_a_result_event_names_its_recipient_and_no_participant_in_the_events_export(
     any_server: Harness,
 ) -> None:
-    """Each ``result`` event (the server's) has in its ``participant`` column the participant its
-    ``results`` row names (``null`` before), in the CSV, the JSON and the API's list alike; the
-    server's other events still have none, and the columns are the same."""
+    """Each ``result`` event (the server's) names in ``recipient`` the participant its ``results``
+    row names, in the CSV (its last column: the others keep their places), the JSON and the API's
+    list alike; ``participant`` stays null for every event the server sent, results included
+    (CONTRACT §2), and ``recipient`` is null for every other event."""
     server = any_server
     exp = await played(server)
     code = exp["code"]
     scored = {r["seq"]: r["participant"] for r in await listed(server, code, "results")}
     assert len(scored) == 2 * 2 * 2  # two players, two blocks, two subperiods
     header, from_csv = parsed_csv((await get_bytes(server, f"/api/experiments/{code}/export.csv", table="events")).decode())
-    assert header == ["seq", "timestamp", "group", "participant", "channel", "value", "bot"]
     from_json = orjson.loads(await get_bytes(server, f"/api/experiments/{code}/export.json", table="events"))
-    for rows in (from_csv, from_json, await listed(server, code, "events")):
-        results = {e["seq"]: e["participant"] for e in rows if e["channel"] == "result"}
-        assert results == scored
-        people = {p["code"] for p in exp["participants"]}
-        assert all(e["participant"] is None for e in rows if e["channel"] in ("state", "group_decisions", "subperiod"))
+    people = {p["code"] for p in exp["participants"]}
+    every = (from_csv, from_json, await listed(server, code, "events"))
+    for rows in every:  # the contract's floor: the server's events, results too, have no participant
+        sent = [e for e in rows if e["channel"] != "decisions"]  # the players sent decisions alone
+        assert {e["channel"] for e in sent} >= {"state", "group_decisions", "subperiod", "result"}
+        assert [e for e in sent if e["participant"] is not None] == []
         assert {e["participant"] for e in rows if e["channel"] == "decisions"} == people
+    assert header == ["seq", "timestamp", "group", "participant", "channel", "value", "bot", "recipient"]
+    for rows in every:
+        assert {e["seq"]: e["recipient"] for e in rows if e["channel"] == "result"} == scored
+        assert all(e["recipient"] is None for e in rows if e["channel"] != "result")

@@ -264,11 +264,12 @@ async def test_two_monitors_count_what_each_was_sent_and_their_meter_goes_with_t
             gc.collect()
 
 
-async def test_a_result_event_reaches_the_monitor_naming_its_participant_as_the_event_log_does(
+async def test_a_result_event_reaches_the_monitor_naming_its_recipient_as_the_event_log_does(
     server: Harness,
 ) -> None:
-    """The monitor's live rows of ``result`` events name the participant whose result it is, as
-    ``GET …/events`` does (they said none), and every live row equals the stored one but its time."""
+    """The monitor's live rows of ``result`` events name the participant whose result it is in
+    ``recipient``, as ``GET …/events`` does, and no ``participant`` (the server sent them); every
+    live row equals the stored one but its time."""
     exp = await server.create(participants=2, group_size=2, period_length=0.8, num_subperiods=2)
     code = exp["code"]
     mon = await monitor(server, code)
@@ -279,9 +280,10 @@ async def test_a_result_event_reaches_the_monitor_naming_its_participant_as_the_
     live = await rows_until(mon, lambda rs: sum(r["channel"] == "result" for r in rs) == 4)
     stored = {e["seq"]: e for e in await server.events(code)}
     results = [r for r in live if r["channel"] == "result"]
-    assert {r["participant"] for r in results} == {p["code"] for p in exp["participants"]}
+    assert {r["participant"] for r in results} == {None}  # the server's (CONTRACT §2)
+    assert {r["recipient"] for r in results} == {p["code"] for p in exp["participants"]}
     for r in live:
         kept = stored[r["seq"]]
-        assert (r["participant"], r["channel"], r["value"], r["group"]) == (
-            kept["participant"], kept["channel"], kept["value"], kept["group"]
+        assert (r["participant"], r["recipient"], r["channel"], r["value"], r["group"], r["bot"]) == (
+            kept["participant"], kept["recipient"], kept["channel"], kept["value"], kept["group"], kept["bot"]
         ), r

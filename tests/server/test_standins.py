@@ -129,7 +129,7 @@ async def test_a_dropout_is_played_by_a_bot_until_they_come_back(any_server: Har
 
     csv_events = (await server.http.get(f"/api/experiments/{code}/export.csv", params={"table": "events"})).text
     rows = list(csv.DictReader(io.StringIO(csv_events)))
-    assert list(rows[0])[-1] == "bot"
+    assert list(rows[0])[6:] == ["bot", "recipient"]  # bot kept its place; recipient came after
     assert {r["bot"] for r in rows if r["participant"] == c and r["channel"] == "decisions"} == {"true"}
     csv_people = (await server.http.get(f"/api/experiments/{code}/export.csv", params={"table": "participants"})).text
     assert {r["code"]: r["status"] for r in csv.DictReader(io.StringIO(csv_people))} == {

@@ -1,8 +1,8 @@
 """A result is indexed by its experiment and its event's ``seq``.
 
 A ``result`` event is the server's, sent to the participant whose result it is; the event log
-(``GET /api/experiments/{code}/events``, the ``events`` export) names that participant from the
-event's ``results`` row, looked up by ``seq`` for each page. The index
+(``GET /api/experiments/{code}/events``, the ``events`` export) names that participant as the
+event's ``recipient`` from its ``results`` row, looked up by ``seq`` for each page. The index
 ``ix_results_experiment_id_seq`` (experiment, seq) makes that one range of a page's results, not
 every result of the experiment. No row changes; the downgrade drops it.
 
