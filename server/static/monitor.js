@@ -946,11 +946,20 @@ class LiveExperiment {
       h("td", {}, String(e.seq)),
       h("td", {}, formatTime(e.ts)),
       h("td", {}, String(e.group ?? "—")),
-      h("td", {}, e.participant ? `${this.label(e.participant)}${e.bot ? " (bot)" : ""}` : "server"),
+      h("td", {}, this.who(e)),
       h("td", {}, e.channel),
       h("td", { class: "value", title: JSON.stringify(e.value) ?? "" }, this.eventValue(e)),
       h("td", {}, formatNumber(e.latency)),
     );
+  }
+
+  /**
+   * Who an event is from: its participant (a bot standing in, marked), or the server, with the
+   * participant it sent the event to alone (`recipient`: a result's) after an arrow.
+   */
+  who(e) {
+    if (e.participant) return `${this.label(e.participant)}${e.bot ? " (bot)" : ""}`;
+    return e.recipient ? `server → ${this.label(e.recipient)}` : "server";
   }
 
   /**

@@ -352,8 +352,9 @@ async def test_monitor_opened_on_a_finished_experiment_shows_its_latest_stored_e
     server: Harness, page: Page
 ) -> None:
     """A finished two-block experiment: the monitor opened afterwards lists its last 25 stored events,
-    the newest first, as the events API has them (it showed none: only events arriving live); its
-    blocks are numbered 1 and 2, in the blocks table and on each group, as on the participant page."""
+    the newest first, as the events API has them (it showed none: only events arriving live), a
+    result as the server's to its recipient; its blocks are numbered 1 and 2, in the blocks table
+    and on each group, as on the participant page."""
     exp = await server.create(game="bimatrix", participants=2, group_size=2, blocks=2, period_length=0.6,
                               num_subperiods=2, block_pause=0.2)
     code = exp["code"]
@@ -374,6 +375,13 @@ async def test_monitor_opened_on_a_finished_experiment_shows_its_latest_stored_e
     assert seqs == [e["seq"] for e in reversed(stored[-25:])]
     newest = stored[-1]
     await expect(rows.first).to_contain_text(newest["channel"])
+    # a result is the server's, shown with its recipient; the server's other events as the server's
+    labels = {p["code"]: p["label"] for p in exp["participants"]}
+    shown = [e for e in stored[-25:] if e["channel"] in ("result", "state")]
+    assert {e["channel"] for e in shown} == {"result", "state"}
+    for e in shown:
+        who = f"server → {labels[e['recipient']]}" if e["channel"] == "result" else "server"
+        await expect(page.locator(f'#x-log tbody tr[data-seq="{e["seq"]}"] td').nth(3)).to_have_text(who)
     await expect(page.locator("#x-blocks tbody tr td:first-child")).to_have_text(["1", "2"])
     headers = [await h.text_content() for h in await page.locator("article.group h4 .help").all()]
     assert sorted(h.split(" · ")[0] for h in headers if h) == ["block 1", "block 2"], headers
