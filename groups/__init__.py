@@ -47,6 +47,7 @@ from .state import (
 )
 from .values import (
     MAX_AMOUNT,
+    config_integer,
     config_number,
     is_number,
     require_choice,
@@ -96,6 +97,7 @@ __all__ = [
     "UnknownGame",
     "add_flow",
     "available_games",
+    "config_integer",
     "config_number",
     "current_block",
     "describe_fault",

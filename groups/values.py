@@ -85,6 +85,16 @@ def require_choice(decision: Any, choices: Sequence[Any]) -> Any:
     raise InvalidDecision(f"expected one of {shown(list(choices))}, got {shown(decision)}")
 
 
+def config_integer(value: Any, field: str, low: int, high: int) -> int:
+    """A helper for ``validate_config``: ``value`` as an ``int`` in ``[low, high]`` (a number of
+    rounds, an effort level to start at), or :class:`ConfigError` naming ``field``. A whole number
+    written without a fraction, as the config schema's ``integer``: ``3``, not ``3.0``, never
+    ``true``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(field, f"expected an integer from {low} to {high}, got {shown(value)}")
+    return value
+
+
 def config_number(
     value: Any, field: str, low: float = -MAX_AMOUNT, high: float = MAX_AMOUNT, *, above_low: bool = False
 ) -> float:

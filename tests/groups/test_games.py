@@ -16,6 +16,7 @@ from groups import (
     ConfigError,
     InvalidDecision,
     PublicGoods,
+    config_integer,
     config_number,
     require_number,
     shown,
@@ -445,3 +446,18 @@ def test_config_number_bounds(value: Any, low: float, above_low: bool, accepted:
         with pytest.raises(ConfigError) as info:
             config_number(value, "config.x", low, above_low=above_low)
         assert info.value.field == "config.x"
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [(1, True), (7, True), (4, True), (0, False), (8, False), (3.0, False), (True, False), ("3", False), (None, False)],
+)
+def test_config_integer_takes_an_int_in_its_bounds_and_names_the_field(value: Any, accepted: bool) -> None:
+    """config_integer takes an int in [low, high]; 3.0 and true (which == 1) are refused, naming the field."""
+    if accepted:
+        assert config_integer(value, "config.start", 1, 7) == value
+    else:
+        with pytest.raises(ConfigError) as info:
+            config_integer(value, "config.start", 1, 7)
+        assert info.value.field == "config.start"
+        assert "expected an integer from 1 to 7" in str(info.value)
