@@ -168,6 +168,10 @@ class Settings:
     #: a cluster's worker whose event loop ran this many seconds late, on average over the last
     #: two seconds, is busy: a group nobody serves yet goes to a worker that is not; 0 turns it off
     busy_lag: float = 0.1
+    #: seconds a busy worker stays busy before it hands a group it serves to a worker that is
+    #: not, and then seconds between two such hand-overs while it stays busy (±50 %)
+    shed_after: float = 5.0
+    shed_every: float = 2.0
     #: seconds before a failed delivery to oTree is tried again, doubled per attempt up to the max
     delivery_retry: float = 2.0
     delivery_retry_max: float = 300.0
@@ -283,6 +287,8 @@ class Settings:
             heartbeat_seconds=_number(env, "SYNCLAB_HEARTBEAT_SECONDS", 5.0, minimum=0.5, maximum=60),
             lock_timeout=_number(env, "SYNCLAB_LOCK_TIMEOUT", 10.0, minimum=0, maximum=3600),
             busy_lag=_number(env, "SYNCLAB_BUSY_LAG", 0.1, minimum=0, maximum=60),
+            shed_after=_number(env, "SYNCLAB_SHED_AFTER", 5.0, minimum=0.5, maximum=3600),
+            shed_every=_number(env, "SYNCLAB_SHED_EVERY", 2.0, minimum=0.1, maximum=600),
             delivery_retry=_number(env, "SYNCLAB_DELIVERY_RETRY", 2.0, minimum=0.01, maximum=3600),
             delivery_retry_max=_number(env, "SYNCLAB_DELIVERY_RETRY_MAX", 300.0, minimum=0.01, maximum=24 * 3600),
             delivery_poll=_number(env, "SYNCLAB_DELIVERY_POLL", 2.0, minimum=0.05, maximum=3600),

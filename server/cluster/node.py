@@ -15,9 +15,8 @@ lists them). On SIGTERM a worker hands its leases over at once (:meth:`Node.drai
 
 A busy worker (its event loop late past ``SYNCLAB_BUSY_LAG``, :mod:`.load`) takes no group
 nobody serves: it asks the least late worker that is not busy to take it, and leaves orphans to
-the others; with every worker busy it takes the group itself. Busy for
-:data:`.placement.SHED_AFTER` seconds, it hands groups it serves over to such a worker, one every
-:data:`.placement.SHED_EVERY` seconds.
+the others; with every worker busy it takes the group itself. Busy for ``SYNCLAB_SHED_AFTER``
+seconds, it hands groups it serves over to such a worker, one every ``SYNCLAB_SHED_EVERY`` seconds.
 Whenever a group gets a new authority, every worker tells it which members are connected there
 (:meth:`Node.taken`): the group it loads from the database knows no sockets.
 
@@ -102,6 +101,8 @@ class Node(Heartbeats, Placement, Answers):
         #: how late this worker's loop runs; past ``busy_lag`` it is busy (see :meth:`owner`)
         self.meter = LagMeter()
         self.busy_lag = settings.busy_lag
+        #: busy this long, it hands a group over, then another every ``shed_every`` (:meth:`_shed`)
+        self.shed_after, self.shed_every = settings.shed_after, settings.shed_every
         #: since when (monotonic seconds) this worker has been busy; ``None``: it is not
         self._busy_since: float | None = None
         self._rechecking: asyncio.Task[None] | None = None

@@ -4,8 +4,8 @@ and running groups nobody serves are claimed.
 A busy worker (its event loop late past ``SYNCLAB_BUSY_LAG``, :mod:`.load`) takes no group
 nobody serves: it asks the least late worker that is not busy to take it
 (:meth:`Placement._place`), and leaves orphans to the others; with every worker busy it takes the
-group itself. Busy for :data:`SHED_AFTER` seconds, it hands groups it serves over to such a
-worker, one every :data:`SHED_EVERY` seconds (:meth:`Placement._shed`). Every
+group itself. Busy for ``SYNCLAB_SHED_AFTER`` seconds (5), it hands groups it serves over to such
+a worker, one every ``SYNCLAB_SHED_EVERY`` seconds (2, ±50 %; :meth:`Placement._shed`). Every
 :data:`CLAIM_EVERY` seconds a worker looks for running groups whose lease is gone (their worker
 died) and claims them (:meth:`Placement._claim_orphans`).
 """
@@ -37,8 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("synclab.cluster")
 #: seconds between two looks for running groups nobody serves
 CLAIM_EVERY = 0.5
-#: seconds a worker stays busy before it hands a group it serves to a worker that is not, and
-#: then between two such hand-overs while it stays busy (see :meth:`Placement._shed`)
+#: the defaults of ``SYNCLAB_SHED_AFTER`` and ``SYNCLAB_SHED_EVERY``: seconds a worker stays busy
+#: before it hands a group it serves to a worker that is not, and then between two such
+#: hand-overs while it stays busy (see :meth:`Placement._shed`)
 SHED_AFTER = 5.0
 SHED_EVERY = 2.0
 
@@ -55,6 +56,9 @@ class Placement:
     meter: LagMeter
     beat_times: BeatTimes
     busy_lag: float
+    #: ``SYNCLAB_SHED_AFTER`` and ``SYNCLAB_SHED_EVERY`` (see :meth:`_shed`)
+    shed_after: float
+    shed_every: float
     _busy_since: float | None
     _claims: dict[int, asyncio.Future[str]]
     _draining: bool
@@ -115,10 +119,10 @@ class Placement:
         return str(min(fit, key=lambda b: (float(b.get("lag_ms", 0)), int(b.get("groups", 0))))["worker"])
 
     async def _shed_loop(self) -> None:
-        await self._every(SHED_EVERY, self._shed, "a group to hand over")
+        await self._every(self.shed_every, self._shed, "a group to hand over")
 
     async def _shed(self) -> None:
-        """Busy for :data:`SHED_AFTER` seconds: hand a group over to the least late worker that is not.
+        """Busy for :attr:`shed_after` seconds: hand a group over to the least late worker that is not.
 
         New groups already go elsewhere (:meth:`owner`); this relieves a worker that took too many
         before (the others were down, a worker was added since). One group a look, of those still
@@ -130,7 +134,7 @@ class Placement:
         now = time.monotonic()
         if self._busy_since is None:
             self._busy_since = now
-        if now - self._busy_since < SHED_AFTER or len(self.held) < 2 or self._draining:
+        if now - self._busy_since < self.shed_after or len(self.held) < 2 or self._draining:
             return
         other = await self._idlest()
         if other is None:

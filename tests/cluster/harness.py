@@ -39,6 +39,11 @@ LEASE = 2.0
 #: the heartbeat's TTL of the test clusters (``SYNCLAB_HEARTBEAT_SECONDS``): a beat every 0.4 s, a
 #: dead worker gone 2 s after its last beat and its connections closed 2 s later (at 5 s, 10 to 15 s)
 HEARTBEAT = 2.0
+#: a busy worker of the test clusters hands a group over once busy for ``SHED_AFTER`` seconds, then
+#: one every ``SHED_EVERY`` (±50 %) (``SYNCLAB_SHED_AFTER``, ``SYNCLAB_SHED_EVERY``; at 5 and 2, the
+#: defaults, tests/cluster/test_busy.py waited some 9 s on them)
+SHED_AFTER = 2.0
+SHED_EVERY = 0.5
 RETRY_CODES = {"unavailable", "not_persisted"}
 
 
@@ -71,7 +76,7 @@ class Cluster:
         self.env.update(
             DATABASE_URL=database_url, REDIS_URL=redis_url, SYNCLAB_CLUSTER=prefix, SYNCLAB_ADMIN_TOKEN=TOKEN,
             SYNCLAB_LEASE_SECONDS=str(LEASE), SYNCLAB_HEARTBEAT_SECONDS=str(HEARTBEAT), SYNCLAB_SHUTDOWN_TIMEOUT="10",
-            PYTHONUNBUFFERED="1",
+            SYNCLAB_SHED_AFTER=str(SHED_AFTER), SYNCLAB_SHED_EVERY=str(SHED_EVERY), PYTHONUNBUFFERED="1",
         )
         self.workers: dict[str, Worker] = {}
         #: the tracebacks a test expects in a worker's log (a game failing on purpose), by name

@@ -20,9 +20,8 @@ import jsonschema_rs
 import pytest
 
 from server.cluster.load import LagMeter
-from server.cluster.placement import SHED_AFTER, SHED_EVERY
 from server.openapi import document
-from tests.cluster.harness import Cluster, Participant
+from tests.cluster.harness import SHED_AFTER, SHED_EVERY, Cluster, Participant
 from tests.cluster.test_cluster import check_stored, create, owner_of, until
 from tests.cluster.test_standins import owner_of_or_none, stored
 from tests.server.harness import timeout
@@ -123,7 +122,8 @@ async def test_a_busy_worker_leaves_new_groups_to_one_that_is_not(cluster: Clust
 
 async def test_a_worker_busy_for_seconds_hands_a_group_over_and_its_members_play_on(cluster: Cluster) -> None:
     """Two pairs on w1 (members only ever through w1), taken while it was the only worker; then
-    w2 starts and w1 is kept busy: after ``SHED_AFTER`` w1 hands one group over to w2 (and keeps
+    w2 starts and w1 is kept busy: after ``SHED_AFTER`` (the harness's ``SYNCLAB_SHED_AFTER``, 2 s)
+    w1 hands one group over to w2 (and keeps
     its last). The moved group's members play on through w1; w2 knows they are connected (no bot
     plays for them, ``dropout_after`` being 1 s); every acknowledged decision is stored once."""
     cluster.env["SYNCLAB_BUSY_LAG"] = str(BUSY_LAG)
