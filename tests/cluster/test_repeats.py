@@ -1,4 +1,7 @@
-"""A frame id sent again in a cluster: acknowledged with its stored ``seq``, wherever the member plays now."""
+"""A frame id sent again in a cluster: acknowledged with its stored ``seq``, wherever the member plays now.
+
+The members play on w1 of the shared pair (``pair``, tests/cluster/conftest.py): a worker of its
+own cost each test its start, 1 to 5 s of the 8 to 12 it took."""
 
 from __future__ import annotations
 
@@ -51,9 +54,8 @@ class MovedOn:
 
 @contextlib.asynccontextmanager
 async def moved_on(cluster: Cluster) -> AsyncIterator[MovedOn]:
-    """:class:`MovedOn` on one worker, y in its next group's running period; the sockets closed after."""
-    cluster.start("w1")
-    cluster.healthy("w1")
+    """:class:`MovedOn` on w1 (every member connected there), y in its next group's running period;
+    the sockets closed after."""
     for _ in range(20):  # until block 1 does not repeat block 0's pairs (a third of the shuffles do)
         exp = await create(cluster, "w1", game="bimatrix", participants=4, group_size=2, blocks=2, period_length=2,
                            block_pause=0.2, matching="random")
@@ -111,12 +113,13 @@ def next_block_decisions(cluster: Cluster, moved: MovedOn) -> tuple[dict[str, li
 
 
 async def test_a_frame_sent_again_in_the_next_block_is_acknowledged_though_its_group_loaded_the_ids_before(
-    cluster: Cluster,
+    pair: Cluster,
 ) -> None:
     """y sends ``y-1`` again in the next block (its ack as if lost): it is acknowledged with its
     stored seq and not stored or applied again. The group's ids of y, loaded when the worker took
     the group, before y's frame was stored, did not hold it: the write reached the database, whose
     unique index refused it, and y got ``game_error``."""
+    cluster = pair
     async with moved_on(cluster) as moved:
         y = moved.clients[moved.y]
         await y.send("decisions", 0.25, "y-1")
@@ -131,13 +134,14 @@ async def test_a_frame_sent_again_in_the_next_block_is_acknowledged_though_its_g
 
 
 async def test_a_frame_sent_again_with_new_ones_in_the_next_block_leaves_them_stored_at_once(
-    cluster: Cluster,
+    pair: Cluster,
 ) -> None:
     """y sends ``y-1`` again in the next block and a new decision right behind it, as a page sends
     what it kept after a reconnect: the repeat is answered with its stored seq, and the new one is
     acknowledged at its first try. The group's ids of y were read when the worker took the group,
     before y's frame was stored: the repeat was written, the database's unique index refused it,
     and the write of y's group after it failed with it (``not_persisted``, to be sent again)."""
+    cluster = pair
     async with moved_on(cluster) as moved:
         y = moved.clients[moved.y]
         await y.send("decisions", 0.25, "y-1")
