@@ -57,7 +57,7 @@ async def moved_on(cluster: Cluster) -> AsyncIterator[MovedOn]:
     """:class:`MovedOn` on w1 (every member connected there), y in its next group's running period;
     the sockets closed after."""
     for _ in range(20):  # until block 1 does not repeat block 0's pairs (a third of the shuffles do)
-        exp = await create(cluster, "w1", game="bimatrix", participants=4, group_size=2, blocks=2, period_length=2,
+        exp = await create(cluster, "w1", game="bimatrix", participants=4, group_size=2, blocks=2, period_length=1.5,
                            block_pause=0.2, matching="random")
         groups = block_groups(cluster, exp["code"])
         crossed = crossing(groups)
