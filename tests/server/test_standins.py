@@ -76,6 +76,14 @@ def counted(stats: dict[str, Any], *names: str) -> tuple[Any, ...]:
     return tuple(stats.get(name) for name in names)
 
 
+@pytest.fixture
+def brisk_bots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stand-ins decide (and see their period end, to follow to the next block) every 0.1 to 0.3 s,
+    not 0.5 to 1.5: the server runs in this process, and the periods need be no longer than the
+    test's own steps in them."""
+    monkeypatch.setattr(standins, "PACE", 0.2)
+
+
 def verified(database_url: str, code: str) -> None:
     engine = make_engine(database_url)
     try:
@@ -85,12 +93,13 @@ def verified(database_url: str, code: str) -> None:
     assert report.problems == [], report.problems
 
 
+@pytest.mark.usefixtures("brisk_bots")
 async def test_a_dropout_is_played_by_a_bot_until_they_come_back(any_server: Harness, database_url: str) -> None:
     """Two of three leave a running period: bots play for both (events bot=true), the group runs on;
     one comes back and its bot stops at once; statuses finished, replaced, dropped; verify passes."""
     server = any_server
     exp = await server.create(
-        game="public_goods", participants=3, group_size=3, period_length=5, online={"dropout_after": 1}
+        game="public_goods", participants=3, group_size=3, period_length=3, online={"dropout_after": 0.5}
     )
     code = exp["code"]
     a, b, c = (p["code"] for p in exp["participants"])
@@ -162,14 +171,15 @@ async def test_after_a_restart_a_dropouts_clock_counts_from_their_stored_departu
     )
 
 
+@pytest.mark.usefixtures("brisk_bots")
 async def test_a_filled_seat_lets_the_period_start_and_its_bot_plays_every_block(
     any_server: Harness, database_url: str
 ) -> None:
     """stand_in(..., "fill") on a seat nobody connected: the period starts with the two humans, the
     bot plays this block and the next one (its events bot=true); its status is bot."""
     server = any_server
-    exp = await server.create(
-        game="public_goods", participants=3, group_size=3, blocks=2, period_length=2, block_pause=0.2
+    exp = await server.create(  # nothing happens in the periods but the bot's decisions
+        game="public_goods", participants=3, group_size=3, blocks=2, period_length=1.5, block_pause=0.2
     )
     code = exp["code"]
     a, b, c = (p["code"] for p in exp["participants"])
@@ -235,10 +245,11 @@ async def test_stats_count_the_seats_bots_played_apart_from_the_participants_who
     assert await server.runtime.database.read(in_the_block) == 50.0
 
 
+@pytest.mark.usefixtures("brisk_bots")
 async def test_a_dropouts_bot_follows_them_to_their_next_block(server: Harness) -> None:
     """A member leaves in block 0 for good: its bot plays block 0 and then block 1, whose group starts
     with the other member alone; every block ends; the member is dropped."""
-    exp = await server.create(game="public_goods", participants=2, group_size=2, blocks=2, period_length=2,
+    exp = await server.create(game="public_goods", participants=2, group_size=2, blocks=2, period_length=1.5,
                               block_pause=0.2, online={"dropout_after": 0.5})
     code = exp["code"]
     a, b = (p["code"] for p in exp["participants"])
@@ -270,7 +281,7 @@ async def test_a_game_that_pauses_on_disconnect_goes_on_with_a_bot_online(server
 
 async def test_offline_experiments_get_no_bots(server: Harness) -> None:
     """Without online settings a member who leaves is never replaced: their seat stays empty."""
-    exp = await server.create(game="public_goods", participants=2, group_size=2, period_length=2)
+    exp = await server.create(game="public_goods", participants=2, group_size=2, period_length=1)
     a, b = (p["code"] for p in exp["participants"])
     ca, cb = [await server.connect(p) for p in (a, b)]
     await until_state(ca, "period_start")
@@ -333,6 +344,7 @@ async def test_statuses_follow_their_rules_in_the_writers_transaction(any_server
     assert (of(fifth), of(sixth)) == ("cancelled", "dropped")
 
 
+@pytest.mark.usefixtures("brisk_bots")
 async def test_a_dropouts_frame_sent_again_in_their_next_block_is_acknowledged_with_its_stored_seq(
     any_server: Harness,
 ) -> None:
@@ -344,7 +356,7 @@ async def test_a_dropouts_frame_sent_again_in_their_next_block_is_acknowledged_w
     on PostgreSQL the database refused it (``game_error``), on SQLite the journal acknowledged it
     with a new seq and its apply halted storage."""
     server = any_server
-    exp = await server.create(game="public_goods", participants=2, group_size=2, blocks=2, period_length=4,
+    exp = await server.create(game="public_goods", participants=2, group_size=2, blocks=2, period_length=2.5,
                               block_pause=0.2, online={"dropout_after": 0.3})
     code = exp["code"]
     a, b = (p["code"] for p in exp["participants"])
@@ -379,9 +391,9 @@ def among(score: float, compared: list[float]) -> float:
 
 
 async def three_in_two_blocks(server: Harness) -> tuple[str, tuple[str, str, str], tuple[Any, Any, Any]]:
-    """A group of three in two blocks of 3 s (a dropout stood in for after 0.3 s), all connected and
+    """A group of three in two blocks of 2 s (a dropout stood in for after 0.3 s), all connected and
     the first period started: the experiment's code, the participants' codes and their clients."""
-    exp = await server.create(game="public_goods", participants=3, group_size=3, blocks=2, period_length=3,
+    exp = await server.create(game="public_goods", participants=3, group_size=3, blocks=2, period_length=2,
                               block_pause=0.3, online={"dropout_after": 0.3})
     a, b, c = (p["code"] for p in exp["participants"])
     ca, cb, cc = [await server.connect(p) for p in (a, b, c)]
@@ -389,6 +401,7 @@ async def three_in_two_blocks(server: Harness) -> tuple[str, tuple[str, str, str
     return exp["code"], (a, b, c), (ca, cb, cc)
 
 
+@pytest.mark.usefixtures("brisk_bots")
 async def test_a_blocks_percentile_among_the_finished_goes_by_who_played_its_seat_not_the_status_now(
     any_server: Harness,
 ) -> None:
@@ -431,6 +444,7 @@ async def test_a_blocks_percentile_among_the_finished_goes_by_who_played_its_sea
     assert len({scores[b, 0], scores[c, 0]}) == 2  # (so the comparisons differ)
 
 
+@pytest.mark.usefixtures("brisk_bots")
 async def test_a_participant_finished_only_if_no_bot_held_their_seat_at_a_blocks_end(any_server: Harness) -> None:
     """Two blocks, all three ``replaced`` but a. b leaves block 0 and is back before its end: they
     played every block themselves and finished. c leaves at once, a bot plays block 0 to its end,
