@@ -43,7 +43,7 @@ from server.storage import (
 from server.storage.journal import HEADER_SIZE, Journal, scan
 from server.storage.journaled import APPLY_NICE
 from server.storage.recovery import decode, encode, lock_database
-from tests.server.harness import running_server, timeout, until_state
+from tests.server.harness import eventually, running_server, timeout, until_state
 from tests.server.test_checkpoint import first_group_and_member
 from tests.server.test_cli import free_port, run, started, wait_until_healthy
 from tests.server.test_durability import TOKEN, killed_after_acks, schema_and_spec
@@ -767,7 +767,8 @@ async def test_a_game_whose_payoff_is_nan_stops_its_own_group_not_the_server(
         assert (await a.expect("ack"))["payload"]["id"] == "nan"
         row, _col = [await server.connect(p["code"]) for p in good["participants"]]
         await until_state(row, "period_start")
-        await asyncio.sleep(2.5)  # the period's end was due at 0.5 s: tried then, 0.5, 1 and 2 s later
+        # the period's end was due at 0.5 s: tried then, 0.5 and 1 s later (and 2 s after that)
+        await eventually(lambda: len([r for r in caplog.records if "failed on a tick" in r.getMessage()]) >= 3)
         await row.send("decisions", 0.4, frame_id="meanwhile")
         assert (await row.expect("ack"))["payload"]["id"] == "meanwhile"
         assert (await server.http.get("/healthz")).json() == {"status": "ok"}

@@ -175,9 +175,9 @@ async def test_a_member_s_frames_refused_one_after_another_are_logged_once_then_
 ) -> None:
     """A member whose every frame makes a write that cannot be stored (the game keeps a set) gets
     ``game_error`` at each; the log has a line for the first, then at most one line every
-    :data:`server.hooks.REFUSED_LOG_EVERY` s (3 here) for the group, counting those since.
+    :data:`server.hooks.REFUSED_LOG_EVERY` s (1.5 here) for the group, counting those since.
     Before, an error line per frame: a client sending such frames flooded the log at its rate."""
-    monkeypatch.setattr(hooks, "REFUSED_LOG_EVERY", 3.0)
+    monkeypatch.setattr(hooks, "REFUSED_LOG_EVERY", 1.5)
     caplog.set_level(logging.WARNING)
     exp = await server.create(game=f"{__name__}:Hoarder", participants=2, group_size=2, period_length=600)
     a, b = [await server.connect(p["code"]) for p in exp["participants"]]
@@ -195,7 +195,7 @@ async def test_a_member_s_frames_refused_one_after_another_are_logged_once_then_
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"group {group}: a write of the game Hoarder cannot be stored") and "set" in lines[0]
     assert "more such" not in lines[0]
-    await asyncio.sleep(3.1)
+    await asyncio.sleep(1.6)
     await a.send("hoard", [9], "bad-later")
     assert (await answer(a, "bad-later"))["payload"]["code"] == "game_error"
     lines = refused_lines()
