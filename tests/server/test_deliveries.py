@@ -11,6 +11,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,11 +44,27 @@ from server.storage import (
     prepare_schema,
     sessions,
 )
-from tests.otree_server import REST_KEY, free_port, running_otree
+from tests.otree_server import REST_KEY, OTree, free_port, running_otree
 from tests.server.harness import Harness, running_server, timeout, until_state
 
 KEY = "the-rest-key-of-this-test"
 FAST = {"delivery_retry": 0.2, "delivery_retry_max": 0.8, "delivery_poll": 0.2, "delivery_timeout": 2.0}
+
+
+@pytest.fixture(scope="module")
+def one_otree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OTree]:
+    """One oTree for the module's tests (its start, ~3 s, was most of each test's time); each
+    test makes a session of its own in it, so they share no participant."""
+    with running_otree(tmp_path_factory.mktemp("deliveries")) as server:
+        yield server
+
+
+@pytest.fixture
+def otree(one_otree: OTree) -> OTree:
+    """The module's oTree, up (started again if a test that stops it failed before its own start)."""
+    if one_otree.process is None or one_otree.process.poll() is not None:
+        one_otree.start()
+    return one_otree
 
 
 async def _play(server: Harness, otree_url: str, labels: list[str], *, period: float = 1.0) -> dict[str, Any]:
@@ -90,26 +107,25 @@ async def _until_delivered(server: Harness, code: str, count: int, wait: float =
 
 
 async def test_the_score_lands_in_otrees_participant_vars(
-    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+    otree: OTree, sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Both members' scores, statuses and the experiment reach oTree's participant.vars; the key is nowhere."""
     caplog.set_level(logging.DEBUG)
-    with running_otree(tmp_path) as otree:
-        session = await asyncio.to_thread(otree.create_session, 2, synclab_join_url="http://127.0.0.1:9/join/x")
-        labels = [p["code"] for p in await asyncio.to_thread(otree.participants, session)]
-        async with running_server(sqlite_url, **FAST) as server:
-            exp = await _play(server, otree.base, labels)
-            rows = await _until_delivered(server, exp["code"], 2)
-            progress = (await server.http.get(f"/api/experiments/{exp['code']}/participants")).json()["results"]
-            scores = {p["code"]: p["final_score"] for p in progress}
-            answers = [
-                (await server.http.get(path)).text
-                for path in (f"/api/experiments/{exp['code']}", f"/api/experiments/{exp['code']}/deliveries",
-                             "/api/experiments", f"/api/experiments/{exp['code']}/export.json")
-            ]
-        found = {p["code"]: p for p in await asyncio.to_thread(
-            otree.participants, session, "synclab_score", "synclab_status", "synclab_experiment"
-        )}
+    session = await asyncio.to_thread(otree.create_session, 2, synclab_join_url="http://127.0.0.1:9/join/x")
+    labels = [p["code"] for p in await asyncio.to_thread(otree.participants, session)]
+    async with running_server(sqlite_url, **FAST) as server:
+        exp = await _play(server, otree.base, labels)
+        rows = await _until_delivered(server, exp["code"], 2)
+        progress = (await server.http.get(f"/api/experiments/{exp['code']}/participants")).json()["results"]
+        scores = {p["code"]: p["final_score"] for p in progress}
+        answers = [
+            (await server.http.get(path)).text
+            for path in (f"/api/experiments/{exp['code']}", f"/api/experiments/{exp['code']}/deliveries",
+                         "/api/experiments", f"/api/experiments/{exp['code']}/export.json")
+        ]
+    found = {p["code"]: p for p in await asyncio.to_thread(
+        otree.participants, session, "synclab_score", "synclab_status", "synclab_experiment"
+    )}
     by_label = {r["label"]: r for r in rows}
     for person, label in zip(exp["participants"], labels, strict=True):
         assert found[label]["synclab_score"] == pytest.approx(scores[person["code"]])
@@ -124,38 +140,37 @@ async def test_the_score_lands_in_otrees_participant_vars(
         assert REST_KEY not in answer
 
 
-async def test_otree_down_at_first_is_retried_with_backoff_until_it_lands(tmp_path: Path, sqlite_url: str) -> None:
+async def test_otree_down_at_first_is_retried_with_backoff_until_it_lands(otree: OTree, sqlite_url: str) -> None:
     """oTree stopped: attempts and the last error grow, spaced by a growing backoff; once it is up the score lands."""
-    with running_otree(tmp_path) as otree:
-        session = await asyncio.to_thread(otree.create_session, 2, synclab_join_url="http://127.0.0.1:9/join/x")
-        labels = [p["code"] for p in await asyncio.to_thread(otree.participants, session)]
-        await asyncio.to_thread(otree.stop)
-        async with running_server(sqlite_url, **FAST) as server:
-            exp = await _play(server, otree.base, labels)
-            seen: list[tuple[int, float]] = []  # (attempts, when the count was first seen)
-            deadline = time.monotonic() + timeout(15)
-            while time.monotonic() < deadline:
-                rows = await _deliveries(server, exp["code"])
-                first = next((r for r in rows if r["label"] == labels[0]), None)
-                if first is not None and (not seen or seen[-1][0] != first["attempts"]):
-                    seen.append((first["attempts"], time.monotonic()))
-                if len(rows) == 2 and all(r["attempts"] >= 4 for r in rows):
-                    break
-                await asyncio.sleep(0.05)
-            assert all(r["status"] == "failing" for r in rows), rows
-            assert all("ConnectError" in r["last_error"] for r in rows), rows
-            assert all(r["delivered_at"] is None for r in rows)
-            # the backoff grows: 0.2, 0.4, 0.8 (the cap) seconds after each failed attempt
-            assert [backoff(server.runtime.settings, n) for n in (1, 2, 3, 4)] == [0.2, 0.4, 0.8, 0.8]
-            attempts = [a for a, _ in seen]
-            assert attempts == sorted(attempts) and attempts[-1] >= 4
-            # from the first attempt to the fourth: at least the three pauses between them (0.2 + 0.4 + 0.8 s)
-            at = dict(reversed(seen))
-            assert at[min(a for a in at if a >= 4)] - at[min(a for a in at if a >= 1)] >= 1.4 * 0.9
-            await asyncio.to_thread(otree.start)
-            rows = await _until_delivered(server, exp["code"], 2)
-        assert all(r["attempts"] >= 5 and r["last_error"] for r in rows)  # the last failure is kept
-        found = {p["code"]: p for p in await asyncio.to_thread(otree.participants, session, "synclab_score")}
+    session = await asyncio.to_thread(otree.create_session, 2, synclab_join_url="http://127.0.0.1:9/join/x")
+    labels = [p["code"] for p in await asyncio.to_thread(otree.participants, session)]
+    await asyncio.to_thread(otree.stop)
+    async with running_server(sqlite_url, **FAST) as server:
+        exp = await _play(server, otree.base, labels)
+        seen: list[tuple[int, float]] = []  # (attempts, when the count was first seen)
+        deadline = time.monotonic() + timeout(15)
+        while time.monotonic() < deadline:
+            rows = await _deliveries(server, exp["code"])
+            first = next((r for r in rows if r["label"] == labels[0]), None)
+            if first is not None and (not seen or seen[-1][0] != first["attempts"]):
+                seen.append((first["attempts"], time.monotonic()))
+            if len(rows) == 2 and all(r["attempts"] >= 4 for r in rows):
+                break
+            await asyncio.sleep(0.05)
+        assert all(r["status"] == "failing" for r in rows), rows
+        assert all("ConnectError" in r["last_error"] for r in rows), rows
+        assert all(r["delivered_at"] is None for r in rows)
+        # the backoff grows: 0.2, 0.4, 0.8 (the cap) seconds after each failed attempt
+        assert [backoff(server.runtime.settings, n) for n in (1, 2, 3, 4)] == [0.2, 0.4, 0.8, 0.8]
+        attempts = [a for a, _ in seen]
+        assert attempts == sorted(attempts) and attempts[-1] >= 4
+        # from the first attempt to the fourth: at least the three pauses between them (0.2 + 0.4 + 0.8 s)
+        at = dict(reversed(seen))
+        assert at[min(a for a in at if a >= 4)] - at[min(a for a in at if a >= 1)] >= 1.4 * 0.9
+        await asyncio.to_thread(otree.start)
+        rows = await _until_delivered(server, exp["code"], 2)
+    assert all(r["attempts"] >= 5 and r["last_error"] for r in rows)  # the last failure is kept
+    found = {p["code"]: p for p in await asyncio.to_thread(otree.participants, session, "synclab_score")}
     assert sorted(found[label]["synclab_score"] for label in labels) == [0.0, 5.0]
 
 
