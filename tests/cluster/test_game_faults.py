@@ -63,4 +63,10 @@ async def test_a_game_failing_at_the_groups_worker_is_answered_and_logged_there_
     assert there.count(pause_line) == 1 and there.count("ZeroDivisionError: three on purpose") == 2, there  # (its traceback)
     assert "a request failed" not in there + here, there + here
     assert "the game" not in here, here
+    # b's 3 would fail the period's end 60 s on, on the shared workers, in another test's part of
+    # their logs: ended now, without the game (logged with no traceback)
+    async with cluster.http(other) as http:
+        ended = await http.post(f"/api/experiments/{exp['code']}/end")
+    assert ended.status_code == 200, ended.text
+    await until(lambda: "the period is ended without it" in cluster.logs(serves), 5, "the end without the game logged")
     cluster.tracebacks[serves] = 2  # the fixture checks: these two, and none elsewhere
