@@ -22,7 +22,10 @@ call, not two.
 
 The other way round, ``take_texts`` hands each text message to the app as it is read (see
 :meth:`FrameProtocol.take_texts`), not through the queue behind ``receive``: no task is woken
-and no ``receive`` runs for a participant's frame.
+and no ``receive`` runs for a participant's frame. A whole text frame that arrives where
+``websockets``' parser stands between two frames is read here too (:meth:`FrameProtocol._take_frames`:
+its header, its mask and its UTF-8, a tenth of the parser's cost); anything else (control frames,
+fragments, a frame cut by the network, whatever follows them) goes through the parser as before.
 
 A frame written here is one unfragmented, uncompressed text frame, which is valid whatever
 extensions the handshake agreed (per-message deflate is off anyway); ``websockets``' own state
@@ -43,6 +46,14 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from websockets.protocol import State
+from websockets.streams import StreamReader
+
+try:  # websockets' own C unmasking, as its parser uses
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - a build without its C extension
+    from websockets.utils import apply_mask
+
 #: whether this uvicorn has the sans-I/O protocol that :class:`FrameProtocol` builds on
 SANSIO: bool
 if TYPE_CHECKING:
@@ -59,6 +70,9 @@ else:
         _Base, SANSIO = object, False
 
 log = logging.getLogger("synclab.frames")
+
+#: where ``websockets``' parser waits between two frames (:meth:`FrameProtocol._between_frames`)
+_AT_EOF = StreamReader.at_eof.__code__
 
 #: the ASGI scope's extension: ``{"write": Callable[[bytes], bool], "take_texts": Callable[[Callable[[str], None] | None], None],
 #: "lost_code": Callable[[], int | None]}``
@@ -85,8 +99,15 @@ class FrameProtocol(_Base):
         "disconnected", "close_sent", "handshake_complete", "initial_response", "writable", "transport", "queue", "logger",
         "conn",
     )
+    #: what :meth:`_take_frames` reads of ``websockets``' protocol (``conn``) and of its reader
+    PARSER_USED: ClassVar[tuple[str, ...]] = (
+        "parser", "state", "parser_exc", "current_size", "extensions", "max_message_size", "reader.buffer",
+    )
     #: whether this class's sockets have all of :attr:`USED` (unset: not looked at yet; see :meth:`_fits`)
     _fit: ClassVar[bool | None] = None
+    #: whether whole text frames are read here (:meth:`_take_frames`): the sockets have all of
+    #: :attr:`PARSER_USED` (set with :attr:`_fit`; ``False``: every byte goes to the parser)
+    _reads: ClassVar[bool] = False
     #: frames kept while corked, written by :meth:`flush`
     _held: list[bytes] | None = None
     #: the app's taker of text messages (:meth:`take_texts`), or ``None``: every message is queued
@@ -115,6 +136,13 @@ class FrameProtocol(_Base):
                     "messages through receive (slower, nothing lost); synclab may need a newer release",
                     ", ".join(missing),
                 )
+            unread = [name for name in cls.PARSER_USED if not _has(getattr(self, "conn", None), name)]
+            cls._reads = fit and not unread
+            if fit and unread:
+                log.warning(
+                    "this websockets' protocol has no %s: every frame goes through its parser (slower, "
+                    "nothing lost); synclab may need a newer release", ", ".join(unread),
+                )
         return fit
 
     def lost_code(self) -> int | None:
@@ -139,6 +167,71 @@ class FrameProtocol(_Base):
         After a close was sent nothing reaches the app either way.
         """
         self._on_text = on_text
+
+    def data_received(self, data: bytes) -> None:
+        taken = self._take_frames(data) if self._on_text is not None and self._reads else 0
+        if taken < len(data):
+            super().data_received(data[taken:] if taken else data)
+
+    def _take_frames(self, data: bytes) -> int:
+        """Hand ``data``'s leading whole text frames to the app's taker at once; how many bytes they took.
+
+        What ``websockets``' parser and :meth:`handle_text` would do with them, without the
+        parser's generators, its ``Frame`` objects and uvicorn's events (a seventh of the loop's
+        work for a decision, bench/README.md). Only a final, unfragmented, masked text frame
+        (first byte ``0x81``: no reserved bit, no extension) with a 7- or 16-bit length within the
+        protocol's limit, whose text is UTF-8, read where the parser stands between two frames
+        with nothing buffered, while :meth:`handle_text` would take it too; the first that is
+        not (a ping, a close, a binary or fragmented message, a frame cut by the read) and
+        everything after it go to the parser, which then reads from a frame's start as before.
+        """
+        pos, end = 0, len(data)
+        while self._between_frames():
+            if end - pos < 6 or data[pos] != _TEXT:
+                return pos
+            length = data[pos + 1] - 0x80  # the mask bit set, as from every client
+            if length < 0:
+                return pos
+            head = pos + 2
+            if length == 126:
+                if end - pos < 8:
+                    return pos
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                head = pos + 4
+            elif length == 127:
+                return pos
+            limit = self.conn.max_message_size
+            stop = head + 4 + length
+            if stop > end or (limit is not None and length > limit):
+                return pos
+            try:
+                text = apply_mask(data[head + 4 : stop], data[head : head + 4]).decode()
+            except UnicodeDecodeError:  # the parser's way: the socket is closed with 1007
+                return pos
+            pos = stop
+            on_text = self._on_text
+            assert on_text is not None  # _between_frames
+            try:
+                on_text(text)
+            except Exception:  # the app's fault: logged, the socket served on (as a task's would be)
+                self.logger.exception("the app failed on a text message")
+        return pos
+
+    def _between_frames(self) -> bool:
+        """Whether the next bytes start a frame that :meth:`handle_text` would hand to the taker."""
+        conn = self.conn
+        return (
+            self._on_text is not None
+            and not self._fragmented
+            and not self.close_sent
+            and conn.state is State.OPEN
+            and conn.parser_exc is None
+            and conn.current_size is None
+            and not conn.extensions
+            and not conn.reader.buffer
+            and _waits_in(conn.parser) is _AT_EOF  # the parser's loop, before a frame's first byte
+            and self.queue.empty()
+        )
 
     def handle_text(self, event: Any) -> None:
         on_text = self._on_text
@@ -250,6 +343,26 @@ def frame_of(text: str) -> bytes:
     frame = text_frame(text)
     _last = (text, frame)
     return frame
+
+
+def _waits_in(generator: Any) -> Any:
+    """The code where a suspended generator (``websockets``' parser) waits: the innermost of
+    what it yields from (a few levels: the server's parse, the protocol's, the reader's)."""
+    for _ in range(8):
+        inner = getattr(generator, "gi_yieldfrom", None)
+        if inner is None:
+            break
+        generator = inner
+    return getattr(generator, "gi_code", None)
+
+
+def _has(obj: Any, dotted: str) -> bool:
+    """Whether ``obj`` has the attribute path ``dotted`` (``"reader.buffer"``)."""
+    for name in dotted.split("."):
+        if not hasattr(obj, name):
+            return False
+        obj = getattr(obj, name)
+    return True
 
 
 def _offered(scope: Any, name: str) -> Any:

@@ -9,9 +9,12 @@ pressure: every frame, in order, none twice."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 from typing import Any
 
+import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
@@ -225,6 +228,108 @@ async def test_text_frames_are_handled_as_they_are_read_and_the_rest_through_rec
     await b.close()
 
 
+def client_frame(text: str | bytes, opcode: Opcode = Opcode.TEXT) -> bytes:
+    """A frame as a client sends it (masked), made by ``websockets``."""
+    data = text.encode() if isinstance(text, str) else text
+    return Frame(opcode, data).serialize(mask=True)
+
+
+async def test_whole_text_frames_are_read_without_the_parser_and_the_rest_with_it(server: Harness) -> None:
+    """A whole text frame is read here (``websockets``' parser is not fed); a ping still goes to
+    the parser, and its pong comes back; decisions go on after it, read here again."""
+    (experiment, a_code, _), a, b = await two_playing(server)
+    protocol = protocol_of(server_side(server, a_code))
+    fed: list[bytes] = []
+    receive_data = protocol.conn.receive_data
+
+    def counted(data: bytes) -> None:
+        fed.append(bytes(data))
+        receive_data(data)
+
+    protocol.conn.receive_data = counted  # type: ignore[method-assign]
+    for n in range(3):
+        await a.send("decisions", n, frame_id=f"w{n}")
+        assert (await a.expect("ack"))["payload"]["id"] == f"w{n}"
+    assert fed == []
+    pong = await a.ws.ping(b"still there")
+    await asyncio.wait_for(pong, 5)
+    assert len(fed) == 1 and fed[0][0] == 0x89  # the ping alone (FIN, opcode 9)
+    await a.send("decisions", 3, frame_id="w3")
+    assert (await a.expect("ack"))["payload"]["id"] == "w3"
+    assert len(fed) == 1
+    stored = [e["value"] for e in await server.events(experiment) if e["channel"] == "decisions"]
+    assert stored == [0, 1, 2, 3]
+    await b.close()
+
+
+async def test_frames_cut_anywhere_by_the_network_are_each_read_once_whole_and_in_order(server: Harness) -> None:
+    """The bytes of twelve decisions (some with a 16-bit length) and a ping between them come in
+    pieces of 1 to 300 bytes: each decision is stored and acknowledged once, in order; the parser
+    reads the cut ones, and once it stands between two frames again, whole ones are read here."""
+    (experiment, a_code, _), a, b = await two_playing(server)
+    texts = [
+        orjson.dumps({"channel": "decisions", "payload": n / 2, "id": f"c{n}"}).decode() + " " * (200 if n % 3 == 0 else 0)
+        for n in range(1, 13)
+    ]
+    frames = [client_frame(t) for t in texts]
+    assert {len(f) > 127 for f in frames} == {True, False}
+    # two whole frames, then ten frames and a ping cut anywhere, then two whole frames
+    middle = b"".join(frames[2:6]) + client_frame(b"p", Opcode.PING) + b"".join(frames[6:10])
+    protocol = protocol_of(server_side(server, a_code))
+    fed: list[int] = []
+    receive_data = protocol.conn.receive_data
+
+    def counted(data: bytes) -> None:
+        fed.append(len(data))
+        receive_data(data)
+
+    protocol.conn.receive_data = counted  # type: ignore[method-assign]
+    transport: Any = a.ws.transport
+    for whole in frames[:2]:
+        transport.write(whole)
+        await asyncio.sleep(0.002)
+    sizes = itertools.cycle([1, 2, 3, 5, 8, 13, 64, 300, 6, 7])
+    pos = 0
+    while pos < len(middle):
+        size = next(sizes)
+        transport.write(middle[pos : pos + size])
+        pos += size
+        await asyncio.sleep(0.002)
+    for whole in frames[10:]:
+        transport.write(whole)
+        await asyncio.sleep(0.002)
+    acks = [(await a.expect("ack"))["payload"]["id"] for _ in texts]
+    assert acks == [f"c{n}" for n in range(1, 13)]
+    stored = [e["value"] for e in await server.events(experiment) if e["channel"] == "decisions"]
+    assert stored == [n / 2 for n in range(1, 13)]
+    assert sum(fed) == len(middle), "the whole frames read here, the cut ones and the ping by the parser"
+    await b.close()
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (client_frame(b'{"channel": "decisions", "payload": 1}\xff'), 1007),
+        (bytes((0x81, 5)) + b"hello", 1002),  # not masked
+        (bytes((0xC1, 0x80 | 2)) + b"\0\0\0\0" + b"{}", 1002),  # a reserved bit without an extension
+    ],
+    ids=["not-utf8", "unmasked", "rsv1"],
+)
+async def test_a_frame_the_fast_read_does_not_take_is_refused_as_websockets_refuses_it(
+    server: Harness, frame: bytes, code: int
+) -> None:
+    _, a, b = await two_playing(server)
+    await a.send("decisions", 1, frame_id="before")
+    assert (await a.expect("ack"))["payload"]["id"] == "before"
+    transport: Any = a.ws.transport
+    transport.write(frame)
+    with pytest.raises(ConnectionClosed) as closed:
+        for _ in range(50):
+            await a.next(wait=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == code
+    await b.close()
+
+
 class RenamedProtocol(FrameProtocol):
     """FrameProtocol on a uvicorn that renamed something it reads (as a release might)."""
 
@@ -265,3 +370,33 @@ async def test_without_the_direct_way_every_frame_goes_the_ordinary_way(
         assert len(warnings) == 1 and "a_name_this_uvicorn_does_not_have" in warnings[0].getMessage()
     else:
         assert not warnings
+
+
+class UnreadProtocol(FrameProtocol):
+    """FrameProtocol on a websockets that renamed something its read of whole frames uses."""
+
+    PARSER_USED = (*FrameProtocol.PARSER_USED, "reader.a_name_this_websockets_does_not_have")
+
+
+async def test_without_what_the_read_uses_every_frame_goes_through_the_parser(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="synclab.frames")
+    async with running_server(sqlite_url, ws=UnreadProtocol) as server:
+        (_, a_code, _), a, b = await two_playing(server)
+        protocol = protocol_of(server_side(server, a_code))  # frames still written directly
+        assert protocol._on_text is not None and not protocol._reads
+        fed: list[int] = []
+        receive_data = protocol.conn.receive_data
+
+        def counted(data: bytes) -> None:
+            fed.append(len(data))
+            receive_data(data)
+
+        protocol.conn.receive_data = counted  # type: ignore[method-assign]
+        for n in range(3):
+            await a.send("decisions", n, frame_id=f"u{n}")
+            assert (await a.expect("ack"))["payload"]["id"] == f"u{n}"
+        assert len(fed) == 3
+        assert "a_name_this_websockets_does_not_have" in caplog.text
+        await b.close()
