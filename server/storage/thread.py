@@ -85,7 +85,10 @@ class WriterThread:
         self._between = between
         self._name = name
         self._items: deque[Any] = deque()
-        self._cond = threading.Condition(threading.Lock())
+        #: the condition's lock, which the hot paths take themselves (a ``with`` on the lock is C,
+        #: on the ``Condition`` two calls of Python each time); waits and notifies as ever
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._idle = False
         self._halted = False
         self._stopping = False
@@ -236,7 +239,7 @@ class WriterThread:
 
     def _wake(self) -> None:
         self._waking = None
-        with self._cond:
+        with self._lock:
             self._cond.notify()
 
     # ------------------------------------------------------------------ the thread's side
@@ -244,7 +247,7 @@ class WriterThread:
     def _next(self) -> Any:
         """The next job or batch (a list); ``None``: stop."""
         gathered = False
-        with self._cond:
+        with self._lock:  # the condition's: _wait and _gather wait on it
             while True:
                 self._idle = True
                 if self._dropping:
