@@ -125,17 +125,19 @@ class JournalFirst:
         be stored (:mod:`.unstorable`; the counters are put back, the batch goes again without
         it), or the journal could not take them.
         """
-        self._check()
-        if any(w.epoch is not None for w in writes):
-            raise RuntimeError("a fenced write needs the direct writer (a cluster runs on PostgreSQL)")
+        if self.failed is not None:
+            self._check()
+        for write in writes:
+            if write.epoch is not None:
+                raise RuntimeError("a fenced write needs the direct writer (a cluster runs on PostgreSQL)")
         counters = self._counters
         try:
             for write in writes:
                 if write.events:
-                    eid = write.experiment_id
+                    eid, n = write.experiment_id, len(write.events)
                     last = counters[eid] if eid in counters else self._stored_seq(eid)
-                    write.seqs = list(range(last + 1, last + 1 + len(write.events)))
-                    counters[eid] = last + len(write.events)
+                    write.seqs = list(range(last + 1, last + 1 + n))
+                    counters[eid] = last + n
             storable(writes)
             payload = encode(writes)
         except BaseException:
@@ -143,17 +145,23 @@ class JournalFirst:
             # journal, cannot tell them), for the batch to go again without what it cannot store
             _unnumber(counters, writes)
             raise
+        journal = self.journal
         try:
-            record = self.journal.append(payload)
+            record = journal.append(payload)
         except BaseException:
             self._counters.clear()  # numbers handed out but not taken; the journal refuses what follows
             raise
-        with self._cond:
+        # the condition's lock by its own methods: a ``with`` on the Condition is two calls of Python
+        cond = self._cond
+        cond.acquire()
+        try:
             self._pending.append((record, writes))
             self.appended += 1
             if len(self._pending) == 1:
-                self._cond.notify_all()
-        if self.journal.offset >= self.journal.size:
+                cond.notify_all()
+        finally:
+            cond.release()
+        if journal.offset >= journal.size:
             self._restart()
 
     def job(self, fn: Callable[[], T]) -> T:
