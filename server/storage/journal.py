@@ -39,7 +39,7 @@ import struct
 import threading
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 HEADER_SIZE = 4096
 DEFAULT_SIZE = 64 * 1024 * 1024
@@ -77,9 +77,11 @@ class DamagedHeader(JournalError):
         self.first_salt = first_salt
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One valid record: its pass, where it starts and ends in the file, its payload."""
+class Record(NamedTuple):
+    """One valid record: its pass, where it starts and ends in the file, its payload.
+
+    A named tuple, as immutable as a frozen dataclass and made in a third of its time (the
+    writer thread makes one a batch: :meth:`Journal.append`)."""
 
     pass_: int
     offset: int
@@ -288,17 +290,20 @@ class Journal:
 
     def append(self, payload: bytes) -> Record:
         """Write one record and fdatasync it: once this returns, it survives a crash."""
-        if not payload:
-            raise ValueError("a journal record's payload must not be empty")
-        if len(payload) > MAX_RECORD:
-            raise ValueError(f"a journal record is at most {MAX_RECORD} bytes, not {len(payload)}")
+        length = len(payload)
+        if not 0 < length <= MAX_RECORD:
+            if not payload:
+                raise ValueError("a journal record's payload must not be empty")
+            raise ValueError(f"a journal record is at most {MAX_RECORD} bytes, not {length}")
         with self._mutex:
-            fd = self._usable()
-            record = _RECORD.pack(len(payload), self._salt, _record_crc(self._salt, payload))
-            buf = record + payload
+            fd = self._fd
+            if fd is None or self.broken:
+                fd = self._usable()  # raises
+            salt, start = self._salt, self._offset
+            # header and payload in one write: a crash tears it at worst (the crc sees it)
+            buf = _RECORD.pack(length, salt, zlib.crc32(payload, zlib.crc32(_SALTED.pack(salt, length)))) + payload
             try:
-                # header and payload in one write: a crash tears it at worst (the crc sees it)
-                written = os.pwrite(fd, buf, self._offset)
+                written = os.pwrite(fd, buf, start)
                 if written != len(buf):
                     raise OSError(f"short write to the journal: {written} of {len(buf)} bytes")
                 os.fdatasync(fd)
@@ -307,8 +312,8 @@ class Journal:
                 # the error: a later sync could succeed without the data, so stop here for good
                 self.broken = True
                 raise
-            start, self._offset = self._offset, self._offset + len(buf)
-            return Record(self._pass, start, self._offset, payload)
+            self._offset = end = start + len(buf)
+            return Record(self._pass, start, end, payload)
 
     def restart(self) -> None:
         """Begin a new pass at the top; the caller has applied and synced every record."""
