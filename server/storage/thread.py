@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from ..exceptions import NotPersisted
+from .wakeup import Wakeup
 from .writes import Write
 
 log = logging.getLogger("synclab.writer")
@@ -85,11 +86,8 @@ class WriterThread:
         self._between = between
         self._name = name
         self._items: deque[Any] = deque()
-        #: the condition's lock, which the hot paths take themselves (a ``with`` on the lock is C,
-        #: on the ``Condition`` two calls of Python each time); waits and notifies as ever
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self._idle = False
+        self._wakeup = Wakeup(threading.Lock())  # a Condition's wait and notify, lighter
+        self._lock = self._wakeup.lock
         self._halted = False
         self._stopping = False
         #: past :meth:`stop`'s timeout: refuse whatever is queued after the commit under way
@@ -97,7 +95,7 @@ class WriterThread:
         self._thread: threading.Thread | None = None
         self._done: Done | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._max_batch = 2000
+        self._max_batch, self._idle = 2000, False
         #: seconds a batch waits for company while writes come in a stream (see :meth:`_gather`)
         self._delay = 0.0
         #: whether the last batch had company (more than one write): the stream is on
@@ -147,7 +145,7 @@ class WriterThread:
         function of :meth:`stop` stays queued. Returns the writes, in order, for the loop to fail.
         With ``only`` (a batch stored but for some writes): the writes it picks, and no job.
         """
-        with self._cond:
+        with self._lock:
             if only is not None:
                 picked = [i for i in self._items if not isinstance(i, _Job) and only(i)]
                 for write in picked:
@@ -160,9 +158,9 @@ class WriterThread:
 
     def resume(self) -> None:
         """Go on after a failed batch."""
-        with self._cond:
+        with self._lock:
             self._halted = False
-            self._cond.notify()
+            self._wakeup.notify()
 
     def stop(self, run: Callable[[], None] | None = None, *, timeout: float | None = None) -> int:
         """Run what is queued, then ``run()`` on the thread (if given), then end the thread; return once it has.
@@ -175,12 +173,12 @@ class WriterThread:
         time). Writes queued behind a failed batch that the loop has not withdrawn yet are
         refused by the thread itself: the loop may be the very caller waiting here.
         """
-        with self._cond:
+        with self._lock:
             thread = self._thread if self._thread is not None and self._thread.is_alive() else None
             if run is not None and thread is not None:
                 self._items.append(_Job(run))
             self._stopping = True
-            self._cond.notify()
+            self._wakeup.notify()
         if thread is None:
             if run is not None:
                 run()
@@ -188,10 +186,10 @@ class WriterThread:
         thread.join(timeout)
         if not thread.is_alive():
             return 0
-        with self._cond:  # the thread takes from the queue under this lock: these are exactly the ones it drops
+        with self._lock:  # the thread takes from the queue under this lock: these are exactly the ones it drops
             left = [i for i in self._items if not isinstance(i, _Job)]
             self._dropping = True
-            self._cond.notify()
+            self._wakeup.notify()
         log.error("shutdown: %d writes (%d events) were left unstored after %g s; the commit under way finishes first",
                   len(left), sum(len(i.write.events) for i in left), timeout)
         thread.join()
@@ -202,7 +200,7 @@ class WriterThread:
             raise RuntimeError("the writer thread is stopped")
         self._items.append(item)
         if self._thread is None:
-            with self._cond:
+            with self._lock:
                 if self._thread is None:
                     # not a daemon: the interpreter waits for it rather than stopping it mid-commit
                     self._thread = threading.Thread(target=self._run, name=self._name, daemon=False)
@@ -240,14 +238,14 @@ class WriterThread:
     def _wake(self) -> None:
         self._waking = None
         with self._lock:
-            self._cond.notify()
+            self._wakeup.notify()
 
     # ------------------------------------------------------------------ the thread's side
 
     def _next(self) -> Any:
         """The next job or batch (a list); ``None``: stop."""
         gathered = False
-        with self._lock:  # the condition's: _wait and _gather wait on it
+        with self._lock:
             while True:
                 self._idle = True
                 if self._dropping:
@@ -301,11 +299,11 @@ class WriterThread:
         wait = self._delay - max(0.0, time.perf_counter() - self._queued_since - self._delay)
         if wait <= 0:
             return
-        self._cond.release()
+        self._lock.release()
         try:
             time.sleep(wait)
         finally:
-            self._cond.acquire()
+            self._lock.acquire()
 
     def _wait(self) -> None:
         """Until notified (under the lock); meanwhile watch whether the main thread has ended.
@@ -313,9 +311,8 @@ class WriterThread:
         The interpreter waits for this thread before it exits, so a process whose main thread
         ended without :meth:`stop` would wait for ever: the thread stops by itself then. A
         timed-out wait leaves the queue to the wake-up due (:meth:`_wake_soon`); with none due,
-        a notify was lost to the timeout (``Condition`` allows it): back to the queue.
-        """
-        while not self._cond.wait(WATCH_EVERY):
+        back to the queue (a guard: :class:`.wakeup.Wakeup` loses no wake-up to a timeout)."""
+        while not self._wakeup.wait(WATCH_EVERY):
             if self._items and self._waking is None:
                 return
             if not threading.main_thread().is_alive():
@@ -364,7 +361,7 @@ class WriterThread:
         try:
             self._commit([item.write for item in batch])
         except BaseException as exc:
-            with self._cond:
+            with self._lock:
                 self._halted = True  # until the loop has withdrawn what was computed on top of it
             _post(self._loop, self._done, batch, exc)
             return
