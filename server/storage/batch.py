@@ -265,11 +265,12 @@ def _store(cursor: Any, sql: BatchStatements, by: SeqStatements, writes: Sequenc
     ``seqs``: each write's events' ``seq``, or what ``by``'s statements take for it.
     """
     time, as_json = sql.time, sql.json
+    known = time.known  # looked up here, the call only on a miss (see StoredTimes)
     by.events.run(cursor, [
         (
             write.experiment_id,
             s,
-            time(ev.timestamp),
+            known.get(ev.timestamp) or time(ev.timestamp),
             ev.group_id,
             ev.participant_id,
             ev.channel,
@@ -352,12 +353,13 @@ def _store_group_states(
                 last = previous[1]
             latest[write.group.group_id] = (write.group, last)
     time, as_json = sql.time, sql.json
+    known = time.known  # looked up here, the call only on a miss (see StoredTimes)
     by.group.run(cursor, [
         (
             g.phase,
-            time(g.started_at),
-            time(g.ends_at),
-            time(g.ended_at),
+            known.get(g.started_at) or time(g.started_at),
+            known.get(g.ends_at) or time(g.ends_at),
+            known.get(g.ended_at) or time(g.ended_at),
             g.subperiod,
             as_json(g.decisions),
             as_json(g.vars),
