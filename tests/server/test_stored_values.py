@@ -7,7 +7,7 @@ import random
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import JSON, DateTime
+from sqlalchemy import JSON, DateTime, bindparam
 
 from server.storage import make_engine
 from server.storage.prepared import StoredTimes, sqlite_time
@@ -76,3 +76,67 @@ def test_sqlite_binds_none_and_bools_as_before_through_registered_adapters() -> 
     finally:
         conn.close()
     assert stored == [(None, "null", 1, "integer", 0, "integer"), (1, "integer", 0, "integer", None, "null")]
+
+
+def test_sqlite_rows_inserted_many_a_statement_are_the_rows_one_at_a_time(tmp_path: Path) -> None:
+    """On SQLite a batch's INSERT of several rows goes as statements of many rows each (64, 32, …,
+    1: the powers of two they add up to), and stores what the one-row statement run row by row
+    (``executemany``) stores: the same rows, values and types, in the same order of ids."""
+    from sqlalchemy import insert
+
+    from server.storage import create_schema
+    from server.storage.prepared import Prepared
+    from server.storage.tables import events
+
+    columns = ("experiment_id", "seq", "timestamp", "group_id", "participant_id", "channel", "value", "client_id", "bot")
+    stored: dict[str, list[tuple[object, ...]]] = {}
+    for how in ("one by one", "many a statement"):
+        rng = random.Random(3)  # the same rows both ways
+        engine = make_engine(f"sqlite:///{tmp_path / (how + '.db')}")
+        try:
+            create_schema(engine)
+            prepared = Prepared(insert(events).inline().values({c: bindparam(c) for c in columns}), engine.dialect, columns)
+            raw = engine.raw_connection()
+            try:
+                raw.execute("PRAGMA foreign_keys=OFF")  # no experiment, group or participant rows
+                cursor = raw.cursor()
+                seq = 0
+                for count in (2, 3, 64, 65, 100, 127, 1, 200):
+                    rows = []
+                    for _ in range(count):
+                        seq += 1
+                        rows.append((1, seq, f"2026-12-05 16:{seq % 60:02d}:00.{seq:06d}", rng.choice([None, 7]),
+                                     rng.choice([None, 3]), "decisions", str(rng.random()), rng.choice([None, f"c{seq}"]),
+                                     rng.choice([True, False])))
+                    if how == "one by one":
+                        cursor.executemany(prepared.sql, rows)
+                    else:
+                        statements: list[str] = []
+                        prepared.run(_Counting(cursor, statements), rows)
+                        sizes = [s.count("(?") for s in statements]
+                        assert sum(sizes) == count and sizes == sorted(sizes, reverse=True), sizes
+                        assert all(size & (size - 1) == 0 and size <= 64 for size in sizes), sizes
+                raw.commit()
+                stored[how] = [tuple(row) for row in raw.execute(
+                    "SELECT *, typeof(timestamp), typeof(value), typeof(bot) FROM events ORDER BY id").fetchall()]
+            finally:
+                raw.close()
+        finally:
+            engine.dispose()
+    assert len(stored["one by one"]) == 562
+    assert stored["many a statement"] == stored["one by one"]
+
+
+class _Counting:
+    """A cursor that keeps the text of each statement it runs."""
+
+    def __init__(self, cursor: object, statements: list[str]) -> None:
+        self._cursor, self._statements = cursor, statements
+
+    def execute(self, sql: str, parameters: object) -> object:
+        self._statements.append(sql)
+        return self._cursor.execute(sql, parameters)  # type: ignore[attr-defined]
+
+    def executemany(self, sql: str, rows: object) -> object:
+        self._statements.append(sql)
+        return self._cursor.executemany(sql, rows)  # type: ignore[attr-defined]
