@@ -57,6 +57,15 @@ MAX_AMOUNT = 1e9
 
 def require_number(decision: Any, low: float, high: float) -> float:
     """A helper for ``validate_decision``: ``decision`` as a float in ``[low, high]``."""
+    kind = type(decision)
+    if kind is float or kind is int:  # a decision's common case (a bool is neither), looked at cheaply
+        try:
+            value = float(decision)  # (a float itself)
+        except OverflowError:  # an int beyond any float
+            value = math.nan
+        if low <= value <= high and value - value == 0.0:  # in range and finite (inf - inf is nan)
+            return value
+        raise InvalidDecision(f"expected a number in [{low}, {high}], got {shown(decision)}")
     if not is_number(decision):
         raise InvalidDecision(f"expected a number in [{low}, {high}], got {shown(decision)}")
     value = float(decision)
