@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import enum
 import math
+import random
 import struct
 from typing import Any
 
 import pytest
 
 from groups import InvalidDecision, require_number
+from groups.public_goods import PublicGoods
 from groups.values import is_number, shown
 
 
@@ -51,3 +53,17 @@ def test_require_number_gives_what_it_gave(decision: Any, low: float, high: floa
     else:
         value = require_number(decision, low, high)
         assert type(value) is float and struct.pack("<d", value) == struct.pack("<d", expected)
+
+
+def test_public_goods_payoffs_are_its_payoff_bit_for_bit() -> None:
+    """``payoffs`` (every decision's) and ``payoff`` (verify's, the page's) give the same floats."""
+    rng = random.Random(21)
+    for size in (2, 4, 7):
+        members = [f"m{i}" for i in range(size)]
+        group = PublicGoods(members, config={"endowment": rng.choice([100, 7.3, 1e9]), "mpcr": rng.random()})
+        for _ in range(200):
+            decisions = {m: rng.choice([0, 1, rng.random() * 100, rng.uniform(0, 1e9)]) for m in members}
+            rates = group.payoffs(decisions)
+            assert list(rates) == members
+            for m in members:
+                assert struct.pack("<d", rates[m]) == struct.pack("<d", group.payoff(m, decisions))
