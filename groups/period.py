@@ -151,15 +151,15 @@ class Period(GameHooks):
         A fault names the hook that gave the value to the core: ``payoffs`` when the game
         overrides it, else ``payoff`` (the base's ``payoffs`` only asks it for each member)."""
         rates = self.payoffs(decisions)
-        if type(rates) is dict:  # at every decision: the common case, a finite float each, looked at cheaply
-            checked: dict[str, float] = {}
-            for p in self.members:
-                rate = rates.get(p)
+        if type(rates) is dict and tuple(rates) == self.members:
+            # at every decision: the common case, the members in their order and nothing else (as
+            # the copy below is made), a finite float each: looked at cheaply, given as it is (the
+            # core keeps none of it)
+            for rate in rates.values():
                 if type(rate) is not float or rate - rate != 0.0:  # (inf - inf and nan - nan are nan)
                     break
-                checked[p] = rate
             else:
-                return checked
+                return rates
         hook = "payoff" if type(self).payoffs is GameHooks.payoffs else "payoffs"
         if not isinstance(rates, Mapping) or any(p not in rates for p in self.members):
             raise GameFault(
@@ -196,8 +196,8 @@ class Period(GameHooks):
     def _accrue(self, until: float | None = None) -> None:
         """Continuous time: add each member's flow payoff since ``flow_at`` to its integral."""
         state = self.state
-        if not self.timing.continuous or state.flow_at is None or state.phase is not Phase.RUNNING:
-            return
+        if state.flow_at is None or self.timing.num_subperiods is not None or state.phase is not Phase.RUNNING:
+            return  # (not continuous: Timing.continuous, a property, inlined at every decision)
         until = self.now if until is None else until
         elapsed = until - state.flow_at
         if elapsed > 0:
