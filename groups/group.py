@@ -56,7 +56,7 @@ from .exceptions import (
     UnknownChannel,
 )
 from .faults import GAME_FAULT
-from .messages import NOBODY, Event, Tick
+from .messages import NOBODY, Event, Tick, new_event
 from .period import Period
 from .state import PAUSED_BY_DISCONNECT, PAUSED_BY_EXPERIMENTER, GroupState, Phase, Timing
 from .values import MAX_AMOUNT, config_number, is_number, require_number, shown
@@ -326,9 +326,9 @@ class DecisionGroup(Period):
             )
         value = self.validate_decision(participant, decision)
         self._accrue()
-        self.state.decisions[participant] = value
-        self._outbox.append(Event(DECISIONS, value, participant, NOBODY))
         state, limit = self.state, self.timing.rate_limit
+        state.decisions[participant] = value
+        self._outbox.append(new_event(Event, (DECISIONS, value, participant, NOBODY, None)))  # Event(DECISIONS, …)
         if limit is None or state.broadcast_at is None or self.now >= state.broadcast_at + limit:
             self._broadcast()
         else:

@@ -17,7 +17,7 @@ from typing import Any
 from .channels import GROUP_DECISIONS, PERIOD, PERIOD_END, PERIOD_START, RESULT, STATE, SUBPERIOD
 from .exceptions import GameFault, InvalidState
 from .hooks import GameHooks
-from .messages import Event, Tick
+from .messages import Event, Tick, new_event
 from .state import GroupState, Phase, add_flow, flow_score
 from .values import is_number, shown
 
@@ -90,9 +90,11 @@ class Period(GameHooks):
                 self._end_period(due)
 
     def _broadcast(self) -> None:
-        self.state.broadcast_at = self.now
-        self.state.broadcast_due = False
-        self._outbox.append(Event(GROUP_DECISIONS, self.group_decisions))
+        state = self.state
+        state.broadcast_at = self.now
+        state.broadcast_due = False
+        # Event(GROUP_DECISIONS, self.group_decisions), at every decision: the copy and the event made directly
+        self._outbox.append(new_event(Event, (GROUP_DECISIONS, state.decisions.copy(), None, None, None)))
 
     def _broadcast_deadline(self) -> float | None:
         state, limit = self.state, self.timing.rate_limit

@@ -12,7 +12,17 @@ from typing import Any
 
 import pytest
 
-from groups import DECISIONS, DecisionGroup, GameFault, InvalidDecision, Timing, require_number
+from groups import (
+    DECISIONS,
+    NOBODY,
+    DecisionGroup,
+    Event,
+    GameFault,
+    InvalidDecision,
+    Timing,
+    require_number,
+)
+from groups.messages import new_event
 from groups.public_goods import PublicGoods
 from groups.values import is_number, shown
 
@@ -54,6 +64,12 @@ def test_require_number_gives_what_it_gave(decision: Any, low: float, high: floa
     else:
         value = require_number(decision, low, high)
         assert type(value) is float and struct.pack("<d", value) == struct.pack("<d", expected)
+
+
+def test_new_event_is_the_event_its_fields_make() -> None:
+    made = new_event(Event, (DECISIONS, 2.5, "a", NOBODY, None))
+    assert type(made) is Event and made == Event(DECISIONS, 2.5, "a", NOBODY)
+    assert (made.channel, made.payload, made.participant, made.to, made.tick) == (DECISIONS, 2.5, "a", NOBODY, None)
 
 
 class Giving(DecisionGroup):
