@@ -283,10 +283,13 @@ class DecisionGroup(Period):
 
     def _begin(self, participant: str | None, now: float) -> int:
         """Start an action at ``now``: apply what is due; returns where the action's own output starts."""
-        if participant is not None:
-            self._member(participant)
+        if participant is not None and participant not in self.members:
+            self._member(participant)  # (raises)
         self.now = now
-        self._catch_up()
+        if self.state.phase is Phase.RUNNING:  # (at every decision: the one look _catch_up begins with, first)
+            due = self.next_deadline()
+            if due is not None and not now < due:  # (as _catch_up asks it)
+                self._catch_up()
         return len(self._outbox)
 
     def _member(self, participant: str) -> None:

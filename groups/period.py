@@ -36,10 +36,13 @@ class Period(GameHooks):
         state = self.state
         if state.phase is not Phase.RUNNING:
             return None
-        scheduled = self.subperiod_deadline(state.subperiod + 1) if self._subperiods_left() else state.ends_at
-        flush = self._broadcast_deadline()
-        if flush is not None and (scheduled is None or flush < scheduled):
-            return flush
+        # (asked before and after every action: _subperiods_left and _broadcast_deadline, inlined)
+        n = self.timing.num_subperiods
+        scheduled = state.ends_at if n is None or state.subperiod >= n else self.subperiod_deadline(state.subperiod + 1)
+        if state.broadcast_due:
+            flush = self._broadcast_deadline()
+            if flush is not None and (scheduled is None or flush < scheduled):
+                return flush
         return scheduled
 
     def subperiod_deadline(self, k: int) -> float:
