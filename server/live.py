@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
+from math import floor
 from time import perf_counter
 from typing import Any
 
@@ -35,8 +36,8 @@ from .hub import Hub, group_topic, monitor_presence_topic, monitor_topic
 from .lookups import Held, LookUps
 from .presence import CloseMember, Presence, Seats
 from .storage import ConnectionChange, GroupSpec, GroupUpdate, NewEvent, NewResult, NewTick, Write
-from .ticks import RETRY_AFTER, Clock, Ticks, to_microseconds
-from .wire import encode, ms
+from .ticks import RETRY_AFTER, Clock, Ticks
+from .wire import encode, event_frame, ms
 
 log = logging.getLogger("synclab.live")
 
@@ -112,7 +113,7 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
         self._writer = writer
         self._hub = hub
         # stored times have microseconds: a frame's ts must equal what a restart reads back
-        self._clock: Clock = lambda: to_microseconds(clock())
+        self._clock: Clock = lambda: floor(clock() * 1e6 + 0.5) / 1e6  # (to_microseconds written out: a call less)
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
         #: the loop the group runs on, once known (``asyncio.get_running_loop`` asks the kernel
@@ -136,14 +137,14 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
 
     def act(
         self,
-        action: Callable[[], list[Event]],
-        *,
+        action: Callable[..., list[Event]],
+        *args: Any,
         client_id: str | None = None,
         connection: ConnectionChange | None = None,
         bot: bool = False,
         settled: Callable[[list[int] | None], None] | None = None,
     ) -> asyncio.Future[list[int]]:
-        """Run ``action`` on the core, store its events, publish them once stored.
+        """Run ``action(*args)`` on the core, store its events, publish them once stored.
 
         Raises what the core raises (a refused action changes nothing). The future resolves
         to the events' ``seq``s after the commit, or fails with :class:`NotPersisted` (with
@@ -161,7 +162,7 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
             return refused
         began = perf_counter()  # the one cost of watching for slow games: a pair per action
         try:
-            events = action()
+            events = action(*args)
         except BaseException:
             took = perf_counter() - began
             if took > SLOW_ACTION:
@@ -174,7 +175,7 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
         took = perf_counter() - began
         if took > SLOW_ACTION:
             self.watch.slow(took)
-        future: asyncio.Future[list[int]] = self._running_loop().create_future()
+        future: asyncio.Future[list[int]] = (self._loop or self._running_loop()).create_future()
         if not events and connection is None:
             future.set_result([])
             self._reschedule()
@@ -192,14 +193,14 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
                     log.warning("group %s: %s %d ran %.3f s late", self.id, due.kind, due.index, due.actual_at - due.scheduled_at)
             if not self._tick_failures:  # (a failing game's wait is kept, whatever else is stored)
                 self._retry_at = None
-            prev = self.last_seq
+            prev, ended = self.last_seq, False
             for ev, seq in zip(events, stored.seqs, strict=True):
                 self.last_seq = seq
                 if ev.channel == STATE:
                     self.last_state = {"seq": seq, "ts": now, "value": ev.payload}
+                    ended = ended or ev.payload == "period_end"
                 if ev.to is None or ev.to:  # NOBODY (empty): recorded, not sent
-                    frame = encode(ev.channel, ev.payload, seq=seq, ts=now)
-                    self._hub.publish(self.topic, frame, ev.to, seq=seq, prev=prev)
+                    self._hub.publish(self.topic, event_frame(ev.channel, ev.payload, seq, now), ev.to, seq=seq, prev=prev)
                     prev = seq
             # with a client id, the client's own event: the only one the core stamps with it
             seqs = stored.seqs if client_id is None else [stored.seqs[own_event(events)]]
@@ -207,10 +208,9 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
                 future.set_result(seqs)
             if settled is not None:
                 settled(seqs)
-            self._to_monitors(events, stored, now, connection)
-            if self._run_ended is not None and self.spec.last_block and any(
-                ev.channel == STATE and ev.payload == "period_end" for ev in events
-            ):  # the members' runs are over: their scores go back where they came from
+            if connection is not None or self._hub.listening(self._monitor_topic):  # (nobody watches, mostly)
+                self._to_monitors(events, stored, now, connection)
+            if ended and self._run_ended is not None and self.spec.last_block:  # the members' runs are over: their scores go back
                 self._run_ended(self.experiment_id, list(self.member_ids.values()))
 
         def failed(exc: NotPersisted) -> None:
@@ -342,11 +342,11 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
             known = None if new else ids.get(client_id)
             if known is MAYBE:  # an old id, or one the filter mistakes for it: the database knows
                 return self._look_up(ids, participant, channel, payload, client_id, bot, answer)
-        if isinstance(known, asyncio.Future):
+        if known is not None and isinstance(known, asyncio.Future):  # (None, a new id, nearly always: not asked)
             if answer is not None:
                 known.add_done_callback(answer)
             return known
-        if isinstance(known, int):
+        if known is not None and isinstance(known, int):
             done: asyncio.Future[list[int]] = self._running_loop().create_future()
             done.set_result([known])
             if answer is not None:
@@ -365,7 +365,7 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
                     answer(future)
 
         future = self.act(
-            lambda: self.core.receive(participant, channel, payload, self._clock()),
+            self.core.receive, participant, channel, payload, self._clock(),  # (no lambda made per frame)
             client_id=client_id, bot=bot, settled=settle,
         )
         if future.done():  # settled without a write (nothing to store, or no longer this group's authority)
