@@ -25,6 +25,19 @@ def test_the_filter_never_misses_an_id_it_was_given_and_rarely_claims_another() 
     assert 1 not in seen and "anything" not in IdFilter()
 
 
+def test_an_ids_bits_are_a_pair_by_each_12_bits_of_its_mixed_hash() -> None:
+    """``_mask`` writes its five pairs out: the bits of the loop over ``PROBES // 2`` it replaced."""
+    def looped(h: int) -> int:
+        bits, mask = ((h * clientids._MIX) & clientids._WORD) >> 4, 0
+        for _ in range(clientids.PROBES // 2):
+            mask |= clientids._PAIRS[bits & 4095]
+            bits >>= 12
+        return mask
+
+    hashes = [0, 1, clientids._WORD, *(hash(f"id-{i}") & clientids._WORD for i in range(20_000))]
+    assert [clientids._mask(h) for h in hashes] == [looped(h) for h in hashes]
+
+
 def test_the_last_ids_are_kept_exactly_and_older_ones_are_maybe(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(clientids, "KEPT", 3)
     ids = ClientIds()
