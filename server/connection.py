@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Coroutine, Generator
 from typing import Any
 
+import orjson
 from starlette.websockets import WebSocket
 
 from groups import RefusedAction
@@ -74,6 +75,8 @@ class ClientConnection:
         #: why a send started at once failed (the client is gone): the sender task ends with it
         self._broken: BaseException | None = None
         self._tokens = float(settings.frame_burst)
+        #: the rate limit's refill per second and its cap (read at every frame)
+        self._rate, self._burst = settings.frames_per_second, float(settings.frame_burst)
         self._refilled = time.monotonic()
         self._refused_in_a_row = 0
         #: the socket's direct way for a ready frame (see :mod:`server.frames`), if the server has one
@@ -90,7 +93,11 @@ class ClientConnection:
                     return
                 self._held.append((to, data))
                 return
-            self.send(data)
+            # send(data), its common case written out (every member's copy of every frame)
+            if self._out or self._sending or self.close_code is not None or self._broken is not None:
+                self._send_later(data)
+            elif self._write is None or not self._write(frame_of(data)):
+                self._send_now(data)
 
     def hold(self) -> None:
         """Keep the group's frames until :meth:`release` (a join's answer is on its way)."""
@@ -106,10 +113,14 @@ class ClientConnection:
                 self.deliver(to, data)
 
     def send(self, data: str) -> None:
-        if self.close_code is not None or self._broken is not None:
-            return
-        if not self._out and not self._sending:
+        if self._out or self._sending or self.close_code is not None or self._broken is not None:
+            self._send_later(data)
+        elif self._write is None or not self._write(frame_of(data)):  # (the direct way: see _send_now)
             self._send_now(data)
+
+    def _send_later(self, data: str) -> None:
+        """Queue the frame behind those waiting (none is sent once the socket is closing or broken)."""
+        if self.close_code is not None or self._broken is not None:
             return
         if len(self._out) >= self._settings.send_queue_frames:
             self._out.clear()
@@ -129,14 +140,13 @@ class ClientConnection:
         """Write the frame now, nothing being queued before it, without a turn of the sender task.
 
         Where the server offers it, the frame made once for the whole broadcast is written to the
-        socket directly (:mod:`server.frames`). Otherwise, or when that has to wait, the ASGI send:
+        socket directly (:mod:`server.frames`), by the caller (:meth:`send`, :meth:`deliver`).
+        Otherwise, or when that has to wait, here the ASGI send:
         it returns without waiting unless the transport's buffer is full (uvicorn's
         flow control), so it is run here up to its first wait: it almost always finishes, and
         the frame is on the socket with no task woken for it. If it waits, the sender task
         finishes it and sends what queued behind it meanwhile, in order.
         """
-        if self._write is not None and self._write(frame_of(data)):
-            return
         sending = self.websocket.send_text(data)
         try:
             awaited = sending.send(None)
@@ -243,14 +253,15 @@ class ClientConnection:
         if future.cancelled():
             return
         exc = future.exception()
-        if isinstance(exc, NotPersisted):
+        if exc is None:  # (stored: the common case first, the ack written out as encode makes it)
+            if frame_id is not None:
+                self.send(orjson.dumps({"channel": "ack", "payload": {"id": frame_id, "seq": future.result()[0]}}).decode())
+        elif isinstance(exc, NotPersisted):
             self.send(error(exc.code, str(exc), frame_id))
         elif isinstance(exc, RefusedAction):  # refused by the group's authority on another worker
             self.send(error(exc.code, exc.message, frame_id))
-        elif exc is not None:
+        else:
             self.send(error("internal", f"the frame failed: {type(exc).__name__}", frame_id))
-        elif frame_id is not None:
-            self.send(encode("ack", {"id": frame_id, "seq": future.result()[0]}))
 
     def _pong(self, payload: Any, timestamp: Any) -> None:
         if self.route == REDWOOD:  # otree-redwood echoes the timestamp beside the channel
@@ -262,14 +273,17 @@ class ClientConnection:
 
     def _take_token(self) -> bool:
         now = time.monotonic()
-        rate, burst = self._settings.frames_per_second, self._settings.frame_burst
-        self._tokens = min(float(burst), self._tokens + (now - self._refilled) * rate)
+        tokens = self._tokens + (now - self._refilled) * self._rate
+        if tokens > self._burst:
+            tokens = self._burst
         self._refilled = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
             self._refused_in_a_row = 0
             return True
+        self._tokens = tokens
         self._refused_in_a_row += 1
+        rate, burst = self._settings.frames_per_second, self._settings.frame_burst
         if self._refused_in_a_row > burst:
             self.close(WS_4029_FLOODING, "flooding: far over the frame rate")
         else:

@@ -62,7 +62,8 @@ class ClientFrame(NamedTuple):
 
 def parse(text: str, max_bytes: int) -> ClientFrame:
     """A client's text frame, or :class:`FrameError` saying what was expected."""
-    if len(text) > max_bytes or (len(text) * 4 > max_bytes and len(text.encode()) > max_bytes):
+    size = len(text)
+    if size > max_bytes or (size * 4 > max_bytes and len(text.encode()) > max_bytes):
         raise FrameError("too_large", f"expected a frame of at most {max_bytes} bytes, got {len(text.encode())}")
     try:
         frame = orjson.loads(text)
@@ -83,8 +84,8 @@ def parse(text: str, max_bytes: int) -> ClientFrame:
             "bad_id", f"expected 'id' to be a string of 1 to {MAX_CLIENT_ID} characters without NUL, got {shown(frame_id)}"
         )
     payload = frame.get("payload")
-    # a frame can only nest that deep with as many brackets, which str.count finds at C speed
-    if text.count("[") + text.count("{") > MAX_DEPTH and nested_deeper(payload, MAX_DEPTH):
+    # a frame can only nest that deep with as many brackets (so characters), which str.count finds at C speed
+    if size > MAX_DEPTH and text.count("[") + text.count("{") > MAX_DEPTH and nested_deeper(payload, MAX_DEPTH):
         raise FrameError("bad_frame", f"expected a payload nested at most {MAX_DEPTH} levels deep", frame_id)
     return ClientFrame(channel, payload, frame_id, frame.get("timestamp"))
 
