@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import pytest
 
+from server.clientids import KEPT
+
+
+def _inner(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench.instructions", "--inner", *args], capture_output=True, text=True, timeout=120
+    )
+
 
 @pytest.mark.parametrize("args", [["loop", "40"], ["writer", "40", "--batch", "4", "--made-for", "80"]])
 def test_the_counted_workload_runs(args: list[str]) -> None:
     """Each part's inner run (what callgrind counts) completes on its own SQLite file."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.instructions", "--inner", *args], capture_output=True, text=True, timeout=120
-    )
+    done = _inner(*args)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_the_path_writes_every_member_its_frames() -> None:
+    """The path's inner run sends each decision as a member's frame through their connection and
+    checks that every member was written their group's frames and each sender their acks (it
+    fails otherwise); each member has their older ids in the filter, as in a long run."""
+    done = _inner("path", "40", "--batch", "3", "--old-ids", "150")
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = re.search(r"path: 40 decisions, (\d+) frames written: (\d+) of the group's .* (\d+)-(\d+) ids known", done.stdout)
+    assert said is not None, done.stdout
+    frames, each, fewest = int(said[1]), int(said[2]), int(said[3])
+    assert each >= 1 and frames == 40 * (4 * each + 1)  # groups of four, and the ack
+    assert fewest > 2 * KEPT  # past what is kept as it is: the older ones in the filter
