@@ -93,11 +93,7 @@ class ClientConnection:
                     return
                 self._held.append((to, data))
                 return
-            # send(data), its common case written out (every member's copy of every frame)
-            if self._out or self._sending or self.close_code is not None or self._broken is not None:
-                self._send_later(data)
-            elif self._write is None or not self._write(frame_of(data)):
-                self._send_now(data)
+            self.send(data)
 
     def hold(self) -> None:
         """Keep the group's frames until :meth:`release` (a join's answer is on its way)."""

@@ -175,7 +175,7 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
         took = perf_counter() - began
         if took > SLOW_ACTION:
             self.watch.slow(took)
-        future: asyncio.Future[list[int]] = (self._loop or self._running_loop()).create_future()
+        future: asyncio.Future[list[int]] = self._running_loop().create_future()
         if not events and connection is None:
             future.set_result([])
             self._reschedule()

@@ -310,7 +310,7 @@ class Journal:
                 fd = self._usable()  # raises
             salt, start = self._salt, self._offset
             # header and payload in one write: a crash tears it at worst (the crc sees it)
-            buf = _RECORD.pack(length, salt, crc32(payload, crc32(_SALTED.pack(salt, length)))) + payload
+            buf = _RECORD.pack(length, salt, _record_crc(salt, payload)) + payload
             try:
                 written = os.pwrite(fd, buf, start)
                 if written != len(buf):

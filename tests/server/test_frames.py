@@ -234,11 +234,8 @@ def client_frame(text: str | bytes, opcode: Opcode = Opcode.TEXT) -> bytes:
     return Frame(opcode, data).serialize(mask=True)
 
 
-async def test_whole_text_frames_are_read_without_the_parser_and_the_rest_with_it(server: Harness) -> None:
-    """A whole text frame is read here (``websockets``' parser is not fed); a ping still goes to
-    the parser, and its pong comes back; decisions go on after it, read here again."""
-    (experiment, a_code, _), a, b = await two_playing(server)
-    protocol = protocol_of(server_side(server, a_code))
+def parser_feeds(protocol: FrameProtocol) -> list[bytes]:
+    """What the socket's ``websockets`` parser is fed from now on, each piece as it comes."""
     fed: list[bytes] = []
     receive_data = protocol.conn.receive_data
 
@@ -247,6 +244,14 @@ async def test_whole_text_frames_are_read_without_the_parser_and_the_rest_with_i
         receive_data(data)
 
     protocol.conn.receive_data = counted  # type: ignore[method-assign]
+    return fed
+
+
+async def test_whole_text_frames_are_read_without_the_parser_and_the_rest_with_it(server: Harness) -> None:
+    """A whole text frame is read here (``websockets``' parser is not fed); a ping still goes to
+    the parser, and its pong comes back; decisions go on after it, read here again."""
+    (experiment, a_code, _), a, b = await two_playing(server)
+    fed = parser_feeds(protocol_of(server_side(server, a_code)))
     for n in range(3):
         await a.send("decisions", n, frame_id=f"w{n}")
         assert (await a.expect("ack"))["payload"]["id"] == f"w{n}"
@@ -275,15 +280,7 @@ async def test_frames_cut_anywhere_by_the_network_are_each_read_once_whole_and_i
     assert {len(f) > 127 for f in frames} == {True, False}
     # two whole frames, then ten frames and a ping cut anywhere, then two whole frames
     middle = b"".join(frames[2:6]) + client_frame(b"p", Opcode.PING) + b"".join(frames[6:10])
-    protocol = protocol_of(server_side(server, a_code))
-    fed: list[int] = []
-    receive_data = protocol.conn.receive_data
-
-    def counted(data: bytes) -> None:
-        fed.append(len(data))
-        receive_data(data)
-
-    protocol.conn.receive_data = counted  # type: ignore[method-assign]
+    fed = parser_feeds(protocol_of(server_side(server, a_code)))
     transport: Any = a.ws.transport
     for whole in frames[:2]:
         transport.write(whole)
@@ -302,7 +299,7 @@ async def test_frames_cut_anywhere_by_the_network_are_each_read_once_whole_and_i
     assert acks == [f"c{n}" for n in range(1, 13)]
     stored = [e["value"] for e in await server.events(experiment) if e["channel"] == "decisions"]
     assert stored == [n / 2 for n in range(1, 13)]
-    assert sum(fed) == len(middle), "the whole frames read here, the cut ones and the ping by the parser"
+    assert sum(map(len, fed)) == len(middle), "the whole frames read here, the cut ones and the ping by the parser"
     await b.close()
 
 
@@ -386,14 +383,7 @@ async def test_without_what_the_read_uses_every_frame_goes_through_the_parser(
         (_, a_code, _), a, b = await two_playing(server)
         protocol = protocol_of(server_side(server, a_code))  # frames still written directly
         assert protocol._on_text is not None and not protocol._reads
-        fed: list[int] = []
-        receive_data = protocol.conn.receive_data
-
-        def counted(data: bytes) -> None:
-            fed.append(len(data))
-            receive_data(data)
-
-        protocol.conn.receive_data = counted  # type: ignore[method-assign]
+        fed = parser_feeds(protocol)
         for n in range(3):
             await a.send("decisions", n, frame_id=f"u{n}")
             assert (await a.expect("ack"))["payload"]["id"] == f"u{n}"
