@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from groups import GAME_FAULT
+
 from .bot import CLOSE_TIMEOUT, STOPPED, Bot
 from .exceptions import SynclabError
 
@@ -179,18 +181,36 @@ async def _experiment(api: _Api, code: str) -> dict[str, Any]:
     return body
 
 
-async def _participants(api: _Api, code: str) -> list[dict[str, Any]]:
-    path = f"/api/experiments/{urllib.parse.quote(code, safe='')}/participants"
-    people: list[dict[str, Any]] = []
+async def _pages(api: _Api, code: str, what: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every row of ``GET /api/experiments/{code}/{what}`` (at most :data:`MAX_PAGES` pages)."""
+    path = f"/api/experiments/{urllib.parse.quote(code, safe='')}/{what}"
+    rows: list[dict[str, Any]] = []
     for page in range(1, MAX_PAGES + 1):
         try:
-            body = await api.get(path, {"page": page, "page_size": PAGE_SIZE})
+            body = await api.get(path, {**(params or {}), "page": page, "page_size": PAGE_SIZE})
         except _HttpError as exc:
             raise BotsError(f"GET {path}: {exc}") from None
-        people.extend(body["results"])
+        rows.extend(body["results"])
         if not body.get("next"):
-            return people
-    raise BotsError(f"GET {path}: more than {MAX_PAGES} pages of participants")
+            return rows
+    raise BotsError(f"GET {path}: more than {MAX_PAGES} pages of {what}")
+
+
+async def _recorded_faults(api: _Api, code: str, after_seq: int) -> list[str]:
+    """The game's failures the server recorded past ``after_seq`` (its ``game_fault`` events: in
+    a tick, at a period's start or end, in an experimenter's action; no bot is told of them), a
+    line for each kind (when, the hook, the exception's type) with a count of the others."""
+    kinds: dict[tuple[Any, ...], tuple[str, int]] = {}
+    for event in await _pages(api, code, "events", {"channel": GAME_FAULT, "after_seq": after_seq}):
+        fault = event["value"] if isinstance(event["value"], dict) else {"message": event["value"]}
+        kind = (fault.get("during"), fault.get("hook"), fault.get("error"))
+        hook = f"the game's {fault['hook']}" if fault.get("hook") else "the game"
+        first, n = kinds.get(kind, (
+            f"group {event['group']}: {hook} failed during {fault.get('during') or 'a step of the core'} "
+            f"(recorded by the server): {fault.get('error') or 'error'}: {fault.get('message')}", 0,
+        ))
+        kinds[kind] = (first, n + 1)
+    return [first if n == 1 else f"{first}; {n - 1} more such failure{'s' if n > 2 else ''}" for first, n in kinds.values()]
 
 
 # --------------------------------------------------------------------------- the run
@@ -249,7 +269,7 @@ async def run_bots(
     api = _Api(base, token)
     started = time.monotonic()
     experiment = await _experiment(api, code)
-    people = await _participants(api, code)
+    people = await _pages(api, code, "participants")
     absent = [str(p["code"]) for p in people if not p.get("connected")]
     report = BotReport(
         code, participants=len(people), connected=len(people) - len(absent), status=experiment.get("status")
@@ -341,6 +361,10 @@ async def run_bots(
         for error_code, n in bot.refused.items():
             report.refused[error_code] = report.refused.get(error_code, 0) + n
     report.errors.extend(_game_faults(bots))
+    try:
+        report.errors.extend(await _recorded_faults(api, code, int(experiment.get("last_seq") or 0)))
+    except BotsError as exc:
+        report.errors.append(f"reading the game's failures the server recorded failed: {exc}")
     try:
         report.status = (await _experiment(api, code)).get("status")
     except BotsError:

@@ -31,6 +31,7 @@ from .queries import (
     paginated,
     path_experiment,
     query_bool,
+    query_channel,
     query_int,
     query_value,
     require_admin,
@@ -204,11 +205,12 @@ async def events(request: Request) -> Response:
     require_watch(request)
     row = await path_experiment(request)
     after_seq = query_int(request, "after_seq", 0, 0)
+    channel = query_channel(request)
     page, page_size = page_params(request)
     db = runtime(request).database
-    count = await db.read(count_events, row["id"], after_seq)
+    count = await db.read(count_events, row["id"], after_seq, channel)
     check_page(page, count, page_size)
-    results = await db.read(list_events, row["id"], after_seq, (page - 1) * page_size, page_size)
+    results = await db.read(list_events, row["id"], after_seq, (page - 1) * page_size, page_size, channel)
     return JSON(paginated(request, count, page, page_size, results))
 
 

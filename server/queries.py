@@ -18,6 +18,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from groups import shown
+from groups.messages import channel_problem
 
 from .accounts import SCOPE_KEY, Account, Refused
 from .exceptions import BadRequest, Forbidden, NotFound, Unauthorized
@@ -113,6 +114,15 @@ def query_int(request: Request, name: str, default: int, low: int, high: int = M
             f"{name}: expected an integer from {low} to {high}, got {raw if len(raw) <= 20 else shown(raw)}", field=name
         )
     return value
+
+
+def query_channel(request: Request) -> str | None:
+    """``?channel=``: the one channel asked for, or ``None`` for every channel; 400 for a name no
+    channel can have (:func:`groups.channel_problem`)."""
+    raw = query_value(request, "channel")
+    if raw is not None and (problem := channel_problem(raw)) is not None:
+        raise BadRequest(f"channel: {problem}", field="channel")
+    return raw
 
 
 def query_bool(request: Request, name: str) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, select
+from sqlalchemy import ColumnElement, Connection, Engine, and_, func, select
 
 from groups import RESULT
 
@@ -18,19 +18,26 @@ from .tables import events, participants, results, sessions
 from .times import iso
 
 
-def count_events(engine: Engine, experiment_id: int, after_seq: int) -> int:
+def _after(experiment_id: int, after_seq: int, channel: str | None) -> ColumnElement[bool]:
+    """An experiment's events past ``after_seq`` (one range of its ``seq`` index), of ``channel`` alone if given."""
+    where = and_(events.c.experiment_id == experiment_id, events.c.seq > after_seq)
+    return where if channel is None else and_(where, events.c.channel == channel)
+
+
+def count_events(engine: Engine, experiment_id: int, after_seq: int, channel: str | None = None) -> int:
     with engine.connect() as conn:
         return int(
             conn.execute(
-                select(func.count())
-                .select_from(events)
-                .where(and_(events.c.experiment_id == experiment_id, events.c.seq > after_seq))
+                select(func.count()).select_from(events).where(_after(experiment_id, after_seq, channel))
             ).scalar_one()
         )
 
 
-def list_events(engine: Engine, experiment_id: int, after_seq: int, offset: int, limit: int) -> list[dict[str, Any]]:
-    """Events of an experiment in ``seq`` order, with participant codes and group ids."""
+def list_events(
+    engine: Engine, experiment_id: int, after_seq: int, offset: int, limit: int, channel: str | None = None
+) -> list[dict[str, Any]]:
+    """Events of an experiment in ``seq`` order, with participant codes and group ids; of
+    ``channel`` alone if given (read along the range of ``seq``: a rare channel costs a scan of it)."""
     with engine.connect() as conn:
         rows = conn.execute(
             select(
@@ -43,7 +50,7 @@ def list_events(engine: Engine, experiment_id: int, after_seq: int, offset: int,
                 events.c.bot,
             )
             .select_from(events.outerjoin(participants, participants.c.id == events.c.participant_id))
-            .where(and_(events.c.experiment_id == experiment_id, events.c.seq > after_seq))
+            .where(_after(experiment_id, after_seq, channel))
             .order_by(events.c.seq)
             .offset(offset)
             .limit(limit)

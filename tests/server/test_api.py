@@ -768,6 +768,37 @@ async def test_next_links_keep_the_after_seq_filter(server: Harness) -> None:
     assert seen == list(range(after + 1, total + 1))
 
 
+async def test_channel_keeps_only_that_channels_events_with_after_seq_and_the_next_links(server: Harness) -> None:
+    """``?channel=`` (an extension): the events of that channel alone, counted alone, with after_seq
+    and through the ``next`` links; a channel nobody used is one empty page."""
+    exp, total = await play(server)
+    everything = (await server.http.get(events_url(exp), params={"page_size": 1000})).json()["results"]
+    for channel in sorted({row["channel"] for row in everything}):
+        expected = [row for row in everything if row["channel"] == channel]
+        page = (await server.http.get(events_url(exp), params={"channel": channel, "page_size": 1000})).json()
+        assert page["results"] == expected and page["count"] == len(expected), channel
+    decisions = [row["seq"] for row in everything if row["channel"] == "decisions"]
+    assert len(decisions) >= 3
+    url: str | None = f"{server.base}{events_url(exp)}?channel=decisions&after_seq={decisions[0]}&page_size=1"
+    seen: list[int] = []
+    for _ in range(total + 1):
+        if url is None:
+            break
+        page = (await server.http.get(url)).json()
+        seen.extend(row["seq"] for row in page["results"])
+        url = page["next"]
+    assert seen == decisions[1:]
+    page = (await server.http.get(events_url(exp), params={"channel": "nobody_sends_this"})).json()
+    assert page["count"] == 0 and page["results"] == []
+
+
+@pytest.mark.parametrize("value", ["x" * 65, "a\x00b"], ids=["too long", "nul"])
+async def test_a_channel_no_event_can_have_is_400_naming_channel(server: Harness, value: str) -> None:
+    exp = await server.create()
+    response = await server.http.get(events_url(exp), params={"channel": value})
+    assert_refused(response, "channel")
+
+
 NOT_ASCII_INTEGERS = ["1_0", "+1", " 1", "1 ", "\u0661", "\uff11", "\u00b2", "0x1", "1e1", "-0_1"]
 
 

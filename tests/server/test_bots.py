@@ -12,6 +12,7 @@ import pytest
 
 from groups import DecisionGroup
 from groups.public_goods import PublicGoods
+from server import ticks
 from server.bot import FINISHED, Bot
 from server.bots import BotReport, run_bots
 from server.cli import main
@@ -221,6 +222,29 @@ async def test_a_game_failing_in_every_bot_is_one_error_line_with_a_count(server
     assert report.errors[0].startswith("participant "), report.errors
     assert "RaisingBot.bot_decision failed, so this bot holds still: RuntimeError('no idea for " in report.errors[0]
     assert report.errors[0].endswith("; 7 more such failures (4 bots in all)"), report.errors
+
+
+async def test_the_games_failures_only_the_server_sees_are_reported_with_a_count(
+    server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A payoff that always raises fails in the scheduler's tick, where no bot is told of it: the
+    server records it (``game_fault``) and, its period's end long past (1 s here), ends the group
+    without its game. The run reports the recorded failures, the first in full and a count of the
+    others, and none from before the run. It used to report no error at all."""
+    monkeypatch.setattr(ticks, "GAME_FAULT_END_AFTER", 1.0)  # the server runs in this process
+    exp = await server.create(game="tests.server.test_game_faults:Broken", participants=2, group_size=2,
+                              period_length=1, num_subperiods=1)
+
+    report = await bots(server, exp["code"])
+
+    assert report.ok and report.status == "cancelled", report.summary()
+    group = (await server.events(exp["code"]))[0]["group"]
+    assert report.errors == [
+        f"group {group}: the game's payoff failed during tick (recorded by the server): "
+        "ZeroDivisionError: broken on purpose; 1 more such failure"
+    ], report.errors
+    again = await run_bots(server.base, exp["code"], TOKEN)  # ended: nothing played, nothing new reported
+    assert again.errors == [] and again.bots == 0
 
 
 # --------------------------------------------------------------------------- the command
