@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from websockets.asyncio.client import connect
@@ -26,8 +27,8 @@ async def test_a_game_failing_at_the_groups_worker_is_answered_and_logged_there_
 ) -> None:
     """b on the worker that does not serve the group (a joined first, on w1). b's frame that the game fails on gets
     ``game_error`` with one process's message, and the experimenter's pause asked of b's worker,
-    which the game fails on, answers 500 naming the group; each failure is logged once, with
-    its traceback, where the game ran, as one process logs it. b got ``internal``, the group's
+    which the game fails on, answers 500 naming the group and is stored as a ``game_fault`` event
+    once; each failure is logged once, with its traceback, where the game ran, as one process logs it. b got ``internal``, the group's
     worker logged "cluster: a request failed" for both, and b's worker logged the pause's failure
     again with a traceback of its own."""
     cluster = pair  # (its workers import the game: tests/cluster/harness.py's ROOT)
@@ -51,6 +52,16 @@ async def test_a_game_failing_at_the_groups_worker_is_answered_and_logged_there_
         assert paused.status_code == 500, paused.text  # the game failed on it: left as it was, as in one process
         assert paused.json()["groups"] == [] and paused.json()["failed"] == [group], paused.text
         assert owner_of(cluster, group) == serves
+        # the failure is stored once, by the group's worker, as one process stores it
+        async with cluster.http(other) as http:
+            for _ in range(int(timeout(5) / 0.05)):
+                recorded = (await http.get(f"/api/experiments/{exp['code']}/events",
+                                           params={"channel": "game_fault"})).json()["results"]
+                if recorded:
+                    break
+                await asyncio.sleep(0.05)
+        assert [(e["group"], e["value"]["during"], e["value"]["error"]) for e in recorded] == [
+            (group, "pause", "ZeroDivisionError")], recorded
     finally:
         for client in (a, b):
             await client.close()

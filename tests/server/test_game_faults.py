@@ -164,6 +164,15 @@ class RaisingStart(PublicGoods):
         raise RuntimeError("cannot start")
 
 
+async def until_events(server: Harness, code: str, count: int, wait: float = 5) -> list[dict[str, Any]]:
+    """The experiment's events once there are ``count`` of them at least (polled, bounded)."""
+    for _ in range(int(timeout(wait) / 0.05)):
+        if len(events := await server.events(code)) >= count:
+            return events
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"experiment {code} never stored {count} events")
+
+
 def faults(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r["value"] for r in rows if r["channel"] == "game_fault"]
 
@@ -750,9 +759,10 @@ async def test_the_experimenters_start_or_pause_that_the_game_fails_on_answers_5
     """The experimenter starts a group whose game fails on the start, and pauses one whose payoff
     fails at the pause's accrual: each call answers 500 naming the group the game failed in (the
     others acted on), the group is left as it was (waiting; running), nothing of the action is
-    stored, and the failure is logged once where the game ran, in the game-failure line with its
-    traceback. It answered 200 with the group left out of the list, and the start's half-made
-    period (``period_start``, decisions, its game never told) was stored and ran."""
+    stored but the failure, as a ``game_fault`` event (as a tick's), and it is logged once where
+    the game ran, in the game-failure line with its traceback. It answered 200 with the group left
+    out of the list, and the start's half-made period (``period_start``, decisions, its game never
+    told) was stored and ran; later the failure was in the log alone."""
     caplog.set_level(logging.ERROR)
     exp = await server.create(game="tests.server.test_game_faults:RaisingStart", participants=2, group_size=2,
                               period_length=60)
@@ -765,7 +775,10 @@ async def test_the_experimenters_start_or_pause_that_the_game_fails_on_answers_5
         "error": f"start failed in 1 of 1 groups, each left as it was: group {group}: "
                  "the game failed on the experimenter's start: RuntimeError",
         "action": "start", "groups": [], "failed": [group]}
-    assert [e["channel"] for e in await server.events(code)] == []
+    stored = await until_events(server, code, 1)
+    assert [(e["group"], e["channel"], e["participant"]) for e in stored] == [(group, "game_fault", None)]
+    assert stored[0]["value"] == {"hook": "when_all_players_ready", "error": "RuntimeError", "message": "cannot start",
+                                  "during": "start", "ended": False}
     assert [g["phase"] for g in (await snapshot_of(server, code))["groups"]] == ["waiting"]
     line = (f"group {group}: the game RaisingStart (tests.server.test_game_faults:RaisingStart) failed in the "
             "experimenter's start: RuntimeError: cannot start; the group is left as it was")
@@ -790,4 +803,7 @@ async def test_the_experimenters_start_or_pause_that_the_game_fails_on_answers_5
     assert phases == {failing: "running", other: "paused"}
     stored = [(e["group"], e["channel"]) for e in (await server.events(code))[before:]]
     assert (failing, "control") not in stored and (other, "control") in stored, stored
+    faulted = [e for e in (await until_events(server, code, before + 2))[before:] if e["channel"] == "game_fault"]
+    assert [(e["group"], e["value"]["during"], e["value"]["error"]) for e in faulted] == [
+        (failing, "pause", "ZeroDivisionError")]
     assert sum("failed in the experimenter's pause: ZeroDivisionError" in r.getMessage() for r in caplog.records) == 1
