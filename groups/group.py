@@ -260,7 +260,8 @@ class DecisionGroup(Period):
             if handler is None:
                 raise UnknownChannel(f"the game declares {shown(channel)} but has no on_{channel}")
             self._outbox.append(Event(channel, payload, participant, NOBODY))
-            handler(participant, payload)
+            with self._all_or_nothing():  # what the handler changed before it raised is put back
+                handler(participant, payload)
         except BaseException:
             self._refuse(mark)
             raise
@@ -302,7 +303,7 @@ class DecisionGroup(Period):
         raises, or gives what the core refuses), its state and output are put back as they were
         before the step, and the failure raised. What fell due stays (``carried``); what the game
         keeps of its own outside :attr:`state` is the game's. A copy of the state: for the
-        actions that are rare (arrivals, departures, the experimenter's), not a decision's."""
+        actions that are rare (arrivals, departures, the experimenter's, a game's own channel), not a decision's."""
         mark, saved = len(self._outbox), self.state.copy()
         try:
             yield

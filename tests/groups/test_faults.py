@@ -246,3 +246,28 @@ def test_a_period_start_the_game_fails_on_leaves_the_group_waiting_as_it_was(gam
     assert group.connected == {"a", "b"}
     assert group.tick(T0 + 10) == []  # nothing of the failed start comes out with a later action
     assert group.phase is Phase.WAITING
+
+
+class HalfDoneChat(PublicGoods):
+    """Its chat handler keeps a var and sends, then raises."""
+
+    channels = frozenset({"chat"})
+
+    def on_chat(self, participant: str, payload: Any) -> None:
+        self.state.vars["said"] = payload
+        self.send("echo", payload)
+        raise ValueError("too long")
+
+
+def test_a_channel_handler_that_raises_leaves_no_trace_of_what_it_did_before() -> None:
+    """What the handler kept (a var) is put back with its frame refused. It stayed in the core,
+    unstored, and went out with the next action's write and state."""
+    group = HalfDoneChat(["a", "b"], timing=Timing(period_length=4.0))
+    group.connect("a", T0)
+    group.connect("b", T0)
+    before = group.state.copy()
+    with pytest.raises(ValueError, match="too long"):
+        group.receive("a", "chat", "hello", T0 + 1)
+    assert group.state == before and "said" not in group.state.vars
+    assert [e.channel for e in group.receive("a", "decisions", 3, T0 + 2)] == ["decisions", GROUP_DECISIONS]
+    assert "said" not in group.state.vars
