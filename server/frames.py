@@ -15,7 +15,7 @@ closed): the caller then sends it the ordinary way, which waits for the buffer o
 queues what comes after it (:meth:`server.connection.ClientConnection.send`). Under another
 server the extension is absent and every frame goes the ordinary way.
 
-While :func:`corked` is in force (the callbacks of one committed batch of writes, see
+While :class:`corked` is in force (the callbacks of one committed batch of writes, see
 :class:`server.storage.EventWriter`), frames written this way are kept per socket and written
 together when it ends: a decision's sender gets the group's frame and its ``ack`` in one system
 call, not two.
@@ -39,11 +39,10 @@ than failing on a broadcast; a uvicorn without the sans-I/O protocol at all gets
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from websockets.protocol import State
@@ -85,8 +84,14 @@ WS_MAX_SIZE = 1024 * 1024
 _TEXT = 0x81
 
 
-#: this thread's cork (:func:`corked`): the sockets holding frames, or ``None`` when frames go at once
-_cork = threading.local()
+class _Cork(threading.local):
+    """This thread's cork (:class:`corked`)."""
+
+    #: the sockets holding frames, or ``None`` when frames go at once
+    holding: list[FrameProtocol] | None = None
+
+
+_cork = _Cork()
 
 
 class FrameProtocol(_Base):
@@ -271,7 +276,7 @@ class FrameProtocol(_Base):
             or self.transport.is_closing()
         ):
             return False
-        holding: list[FrameProtocol] | None = getattr(_cork, "holding", None)
+        holding = _cork.holding
         if holding is None:
             self.transport.write(frame)
         elif self._held is None:
@@ -288,25 +293,30 @@ class FrameProtocol(_Base):
             self.transport.write(held[0] if len(held) == 1 else b"".join(held))
 
 
-@contextlib.contextmanager
-def corked() -> Iterator[None]:
+class corked:
     """Frames written the direct way meanwhile (on this thread) go out at the end, one write per socket.
 
     Nothing that could make a socket's frame wait (its own writes) happens while they are kept,
     so each socket's frames stay in order with whatever it sends after. Nested: the outermost ends it.
+    (A class: a ``contextlib.contextmanager``'s generator and objects were two fifths of a batch's callback.)
     """
-    if getattr(_cork, "holding", None) is not None:
-        yield
-        return
-    holding: list[FrameProtocol] = []
-    _cork.holding = holding
-    try:
-        yield
-    finally:
-        _cork.holding = None
-        for protocol in holding:
-            with contextlib.suppress(Exception):  # a socket gone meanwhile: its frames go with it
+
+    __slots__ = ("_outer",)
+
+    def __enter__(self) -> None:
+        self._outer = _cork.holding is None
+        if self._outer:
+            _cork.holding = []
+
+    def __exit__(self, *_: object) -> None:
+        if not self._outer:
+            return
+        holding, _cork.holding = _cork.holding, None
+        for protocol in holding or ():
+            try:  # noqa: SIM105  (no contextlib.suppress: three calls of Python per socket)
                 protocol.flush()
+            except Exception:  # a socket gone meanwhile: its frames go with it, the others go on
+                pass
 
 
 #: uvicorn's WebSocket options of ``synclab serve`` (and of the tests' servers and the bench's relay)

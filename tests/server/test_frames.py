@@ -390,3 +390,32 @@ async def test_without_what_the_read_uses_every_frame_goes_through_the_parser(
         assert len(fed) == 3
         assert "a_name_this_websockets_does_not_have" in caplog.text
         await b.close()
+
+
+def test_a_cork_flushes_every_socket_at_its_outermost_end_though_one_fails() -> None:
+    """Nested corks hold until the outermost ends; a socket whose flush fails does not keep the others' frames."""
+    from server import frames
+
+    class Socket:
+        def __init__(self, fails: bool) -> None:
+            self.fails, self.flushed = fails, 0
+
+        def flush(self) -> None:
+            self.flushed += 1
+            if self.fails:
+                raise OSError("gone")
+
+    sockets = [Socket(fails=False), Socket(fails=True), Socket(fails=False)]
+    with corked():
+        holding = frames._cork.holding
+        assert holding == []
+        with corked():
+            assert frames._cork.holding is holding  # nested: the same cork
+            holding.extend(sockets)  # type: ignore[arg-type]
+        assert [s.flushed for s in sockets] == [0, 0, 0]
+    assert [s.flushed for s in sockets] == [1, 1, 1]
+    assert frames._cork.holding is None
+    with pytest.raises(ValueError), corked():  # ended by an exception: flushed all the same
+        frames._cork.holding.append(sockets[0])  # type: ignore[union-attr, arg-type]
+        raise ValueError
+    assert sockets[0].flushed == 2 and frames._cork.holding is None
