@@ -25,6 +25,8 @@ from typing import Any, Final
 #: stored ids kept as they are, per member, at least (at most twice as many): a retry after a
 #: reconnect repeats the last few
 KEPT = 64
+#: the most masks of ids looked up that :class:`ClientIds` keeps (each about 100 bytes)
+MASKS_KEPT = 4 * KEPT
 #: the filter's first size (ids); each next one holds four times as many
 FIRST_CAPACITY = 1024
 #: bits of the filter an id is given (measured: 0.06 % false positives over five parts)
@@ -76,14 +78,15 @@ class IdFilter:
         self._room = 0
         self.count = 0
 
-    def add(self, key: str) -> None:
+    def add(self, key: str, mask: int | None = None) -> None:
+        """Add ``key``; ``mask``: its :func:`_mask`, if made already (when it was looked up)."""
         if self._room == 0:
             capacity = FIRST_CAPACITY * 4 ** len(self._parts)
             self._parts.append(array("Q", bytes(8 * capacity * BITS_PER_ID // 64)))
             self._room = capacity
         words = self._parts[-1]
         h = hash(key) & _WORD
-        words[h % len(words)] |= _mask(h)
+        words[h % len(words)] |= _mask(h) if mask is None else mask
         self._room -= 1
         self.count += 1
 
@@ -91,7 +94,10 @@ class IdFilter:
         if not self._parts or not isinstance(key, str):
             return False
         h = hash(key) & _WORD
-        mask = _mask(h)
+        return self.holds(h, _mask(h))
+
+    def holds(self, h: int, mask: int) -> bool:
+        """Whether an id of hash ``h`` (``hash(id) & _WORD``) and ``mask`` (its :func:`_mask`) may have been added."""
         for words in self._parts:  # noqa: SIM110  (a loop: any() over a generator cost ~3,000 instructions a look, one a decision)
             if words[h % len(words)] & mask == mask:
                 return True
@@ -114,6 +120,10 @@ class ClientIds:
         self._ids: dict[str, int | asyncio.Future[Any]] = {}
         self._older = IdFilter()
         self._forgets = forgets
+        #: the :func:`_mask` of ids looked up and not found, until they go to the filter (or are
+        #: forgotten): two fifths of the filter's work per decision, made once, not again when the
+        #: id is added (a cache: cleared past :data:`MASKS_KEPT`, an id without one is masked anew)
+        self._masks: dict[str, int] = {}
         for key, seq in stored:
             self.stored(key, seq)
 
@@ -122,7 +132,14 @@ class ClientIds:
         found = self._ids.get(key)
         if found is not None:
             return found
-        return MAYBE if key in self._older else None
+        if not self._older.count:
+            return None
+        h = hash(key) & _WORD
+        mask = _mask(h)
+        if self._older.holds(h, mask):
+            return MAYBE
+        self._masks[key] = mask  # a new id, nearly always: stored soon, added to the filter later
+        return None
 
     def under_way(self, key: str, future: asyncio.Future[Any]) -> None:
         """The frame with this id is being stored (or looked up): repeats meanwhile wait for ``future``."""
@@ -137,15 +154,18 @@ class ClientIds:
         """
         self._ids[key] = seq
         if self._forgets and len(self._ids) > 2 * KEPT:
-            ids = self._ids
+            ids, masks = self._ids, self._masks
             for old in list(ids)[: len(ids) - KEPT]:
                 if not isinstance(ids[old], asyncio.Future):
                     del ids[old]
-                    self._older.add(old)
+                    self._older.add(old, masks.pop(old, None))
+            if len(masks) > MASKS_KEPT:  # ids looked up that never settled here: not kept for ever
+                masks.clear()
 
     def forget(self, key: str) -> None:
         """The frame with this id was not stored: a retry may try again."""
         self._ids.pop(key, None)
+        self._masks.pop(key, None)
 
     def __len__(self) -> int:
         """The ids it knows of: kept ones and those in the filter."""

@@ -81,3 +81,35 @@ def test_ids_loaded_from_the_database_keep_the_newest_exactly(monkeypatch: pytes
     assert (ids.get("c8"), ids.get("c7")) == (8, 7)
     assert ids.get("c1") is MAYBE
     assert len(ids) == 8
+
+
+def test_an_id_looked_up_goes_to_the_filter_by_the_mask_made_then_and_such_masks_stay_few(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The mask made when a new id is looked up is the one added later (made once a decision,
+    not twice); masks of ids looked up that never settle are not kept for ever."""
+    monkeypatch.setattr(clientids, "KEPT", 4)
+    monkeypatch.setattr(clientids, "MASKS_KEPT", 16)
+    made: list[int] = []
+    mask = clientids._mask
+
+    def counted(h: int) -> int:
+        made.append(h)
+        return mask(h)
+
+    monkeypatch.setattr(clientids, "_mask", counted)
+    ids = ClientIds([(f"old{seq}", seq) for seq in range(20)])  # the filter in use
+    made.clear()
+    for seq in range(100, 400):
+        assert ids.get(f"c{seq}") is None
+        ids.stored(f"c{seq}", seq)
+    # one mask an id, its look-up's, added with it (the loaded ids kept as they were get theirs as they go)
+    assert 300 <= len(made) <= 300 + 2 * 4
+    assert all(ids.get(f"c{seq}") is MAYBE for seq in range(100, 380))  # none missed
+    for seq in range(1000, 1100):  # looked up, never stored nor forgotten (say the group was taken over)
+        assert ids.get(f"lost{seq}") is None
+        ids.stored(f"c{seq}", seq)
+    assert len(ids._masks) <= 16 + 2 * 4
+    ids.get("gone")
+    ids.forget("gone")
+    assert "gone" not in ids._masks
