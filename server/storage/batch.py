@@ -266,6 +266,7 @@ def _store(cursor: Any, sql: BatchStatements, by: SeqStatements, writes: Sequenc
     """
     time, as_json = sql.time, sql.json
     known = time.known  # looked up here, the call only on a miss (see StoredTimes)
+    texts = iter(sql.json_texts([ev.value for write in writes for ev in write.events]))
     by.events.run(cursor, [
         (
             write.experiment_id,
@@ -274,7 +275,7 @@ def _store(cursor: Any, sql: BatchStatements, by: SeqStatements, writes: Sequenc
             ev.group_id,
             ev.participant_id,
             ev.channel,
-            as_json(ev.value),
+            next(texts),
             ev.client_id,
             ev.bot,
         )
@@ -352,18 +353,19 @@ def _store_group_states(
             if last is None and previous is not None:
                 last = previous[1]
             latest[write.group.group_id] = (write.group, last)
-    time, as_json = sql.time, sql.json
+    time = sql.time
     known = time.known  # looked up here, the call only on a miss (see StoredTimes)
+    texts = iter(sql.json_texts([value for g, _ in latest.values() for value in (g.decisions, g.vars, g.clock)]))
     by.group.run(cursor, [
         (
             g.phase,
             known.get(g.started_at) or time(g.started_at),
             known.get(g.ends_at) or time(g.ends_at),
-            known.get(g.ended_at) or time(g.ended_at),
+            None if g.ended_at is None else known.get(g.ended_at) or time(g.ended_at),  # (None: no call)
             g.subperiod,
-            as_json(g.decisions),
-            as_json(g.vars),
-            as_json(g.clock),
+            next(texts),
+            next(texts),
+            next(texts),
             last,
             g.group_id,
         )

@@ -8,6 +8,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
 
 import psycopg
@@ -103,7 +104,7 @@ class Prepared:
             sql = self._many.get(size)
             if sql is None:
                 sql = self._many[size] = f"{head} VALUES {', '.join([row] * size)}"
-            cursor.execute(sql, [value for each in rows[done:done + size] for value in each])
+            cursor.execute(sql, list(chain.from_iterable(rows[done:done + size])))  # (in C: a comprehension ran Python per value)
             done += size
 
     def rows(self, cursor: Any, row: tuple[Any, ...]) -> list[Any]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy import JSON, BigInteger, Engine, bindparam, func, insert, select, update
 
+from .engine import json_dumps
 from .prepared import Prepared, StoredTimes
 from .tables import connections, events, experiments, groups, results, ticks
 
@@ -40,6 +42,8 @@ class BatchStatements:
             dialect._json_serializer if dialect.name == "sqlite" and dialect._json_serializer is not None
             else JSON().dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
         )
+        #: SQLite with synclab's serializer: :meth:`json_texts` makes its text itself
+        self._orjson_text = dialect.name == "sqlite" and self.json is json_dumps
         self.next_seq = prepare(
             update(experiments)
             .where(experiments.c.id == bindparam("eid"))
@@ -92,6 +96,16 @@ class BatchStatements:
                 lambda experiment, name: select(experiments.c.last_seq).where(experiments.c.id == experiment)
                 .scalar_subquery() - bindparam(name, type_=BigInteger)
             )
+
+    def json_texts(self, values: Iterable[Any]) -> list[Any]:
+        """Each value as :attr:`json` makes it, in one call for many: on SQLite with synclab's
+        serializer, orjson's text as :func:`.engine.json_dumps` makes it, without that Python
+        function's call per value (five a decision, some 700 instructions each, on the journal's apply)."""
+        if self._orjson_text:
+            dumps = orjson.dumps
+            return [dumps(value).decode() for value in values]
+        as_json = self.json
+        return [as_json(value) for value in values]
 
     #: PostgreSQL: locks the rows of the groups in ``ids`` whose epoch is the one at the same
     #: place in ``epochs`` (in the groups' order, as :meth:`fence` does) and fails with a
