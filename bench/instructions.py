@@ -21,7 +21,15 @@ the instructions (user space) each takes per decision:
   so that their older ids are in the id filter (:mod:`server.clientids`), as in a long run;
 - ``writer``: what the writer thread does for a batch of ``--batch`` such writes: the statements,
   the rows and the commit, on SQLite with ``synchronous=OFF`` (``fdatasync`` is the kernel's work,
-  and not counted by callgrind anyway).
+  and not counted by callgrind anyway);
+- ``journal``: what the journal's writer thread does for a batch of ``--batch`` such writes, with
+  the journal-first storage SQLite servers use by default (``server/storage/journaled.py``):
+  ``JournalFirst.commit``, the events numbered, checked (``storable``), encoded and appended to a
+  journal file in the run's directory, written and ``fdatasync``ed (the kernel's work not counted);
+- ``apply``: what its apply thread does for the same writes, ``--apply-batch`` decisions at a time
+  (default 20: the apply gathers 10 ms, some 20 decisions at 2,000/s): ``apply_journaled`` on the
+  run's database, ``synchronous=NORMAL``, with the journal's marker, as ``JournalFirst._run`` calls it.
+  Both on one thread, the apply thread stopped (see :mod:`bench.instructions_storage`).
 
 Each count is the difference of two runs, ``--small`` and ``--large`` decisions, so the start-up
 is left out. ``PYTHONHASHSEED=0`` makes a run repeat its count to a few hundred instructions. The
@@ -49,8 +57,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+from bench.instructions_storage import JOURNALED_PARTS, store_journaled
+
 #: the parts, in the order ``--part all`` counts them
-PARTS = ("loop", "path", "writer")
+PARTS = ("loop", "path", "writer", *JOURNALED_PARTS)
 #: what the server sets (server.cli.GC_THRESHOLD)
 GC_THRESHOLD = 10_000
 #: writes made before the writer's count starts: the statements warm, the tables past their first pages
@@ -59,24 +69,25 @@ WARM_BATCHES = 100
 OLD_IDS = 300
 
 
-async def _workload(part: str, decisions: int, batch: int, made_for: int, old_ids: int) -> None:
+async def _workload(part: str, decisions: int, batch: int, made_for: int, old_ids: int, apply_batch: int) -> None:
     """Make ``decisions`` decisions' work of ``part`` (the ``--inner`` run, under callgrind).
 
     The writer's part makes the writes of ``made_for`` decisions in every run (making them is the
-    loop's work, the same in both runs) and commits those of ``decisions``; the path's makes the
+    loop's work, the same in both runs) and commits those of ``decisions``, as do the journal's
+    parts (the database then opened with its journal, as a SQLite server's); the path's makes the
     frames' texts of ``made_for`` and sends those of ``decisions``."""
     import server.live
     from server.storage import Database
 
     vars(server.live)["SLOW_ACTION"] = math.inf  # (the name live.py reads, imported from server.hooks)
     directory = Path(tempfile.mkdtemp(prefix="synclab-instructions-"))
-    db = Database(f"sqlite:///{directory / 'instructions.db'}")
+    db = Database(f"sqlite:///{directory / 'instructions.db'}", journal=part in JOURNALED_PARTS)
     try:
         live, seats = await _groups(db, old_ids if part == "path" else 0)
         if part == "path":
             _path(live, seats, decisions, batch, made_for)
         else:
-            _group_part(db, seats, part, decisions, batch, made_for)
+            _group_part(db, seats, part, decisions, (batch, apply_batch), made_for)
         live.close()
     finally:
         db.close()
@@ -117,9 +128,14 @@ async def _groups(db: Any, old_ids: int) -> tuple[Any, list[tuple[Any, str]]]:
     return live, seats
 
 
-def _group_part(db: Any, seats: list[tuple[Any, str]], part: str, decisions: int, batch: int, made_for: int) -> None:
-    """The ``loop`` part (each decision from its group's ``receive`` on), or the ``writer``'s."""
+def _group_part(
+    db: Any, seats: list[tuple[Any, str]], part: str, decisions: int, sizes: tuple[int, int], made_for: int
+) -> None:
+    """The ``loop`` part (each decision from its group's ``receive`` on), or the ``writer``'s, the
+    ``journal``'s or the ``apply``'s (``sizes``: ``--batch`` and ``--apply-batch``)."""
     from server.storage import Write, commit_writes, writer_connection
+
+    batch, apply_batch = sizes
 
     made: list[Write] = []
     numbers = iter(range(10**6, 10**9))
@@ -129,7 +145,7 @@ def _group_part(db: Any, seats: list[tuple[Any, str]], part: str, decisions: int
 
         def submit(self, write: Write, on_commit: Any, _on_fail: Any) -> None:
             write.seqs = [next(numbers) for _ in write.events]
-            if part == "writer":
+            if part != "loop":
                 made.append(write)
             on_commit(write)
 
@@ -142,7 +158,10 @@ def _group_part(db: Any, seats: list[tuple[Any, str]], part: str, decisions: int
     for k in range(1, n + 1):
         group, code = seats[rng.randrange(len(seats))]
         group.receive(code, "decisions", k % 100, f"c{k}")
-    if part == "writer":
+    if part in JOURNALED_PARTS:
+        # the warm batches are in both runs: the difference leaves them out
+        store_journaled(db, made, part, WARM_BATCHES + decisions // batch, batch, apply_batch)
+    elif part == "writer":
         conn = writer_connection(db.engine)
         conn.exec_driver_sql("PRAGMA synchronous=OFF")
         conn.commit()
@@ -284,7 +303,8 @@ def _count(part: str, decisions: int, args: argparse.Namespace) -> int:
         done = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.out",
              sys.executable, "-m", "bench.instructions", "--inner", part, str(decisions),
-             "--batch", str(args.batch), "--made-for", str(args.large), "--old-ids", str(args.old_ids)],
+             "--batch", str(args.batch), "--made-for", str(args.large), "--old-ids", str(args.old_ids),
+             "--apply-batch", str(args.apply_batch)],
             env={**os.environ, "PYTHONHASHSEED": "0"}, capture_output=True, text=True, check=False, timeout=1800,
         )
     found = re.search(r"Collected : (\d+)", done.stderr)
@@ -296,7 +316,9 @@ def _count(part: str, decisions: int, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__.split("\n")[0])
     parser.add_argument("--part", choices=(*PARTS, "all"), default="all", help="what to count (default all, one after the other)")
-    parser.add_argument("--batch", type=int, default=4, help="writes per commit for the path's and the writer's parts (default 4)")
+    parser.add_argument("--batch", type=int, default=4, help="writes per commit for the path's, the writer's and the journal's parts (default 4)")
+    parser.add_argument("--apply-batch", type=int, default=20,
+                        help="decisions per apply for the apply's part, in whole batches (default 20: 10 ms at 2,000/s)")
     parser.add_argument("--old-ids", type=int, default=OLD_IDS,
                         help=f"ids each member has stored before, for the path's part (default {OLD_IDS}; 0: none, no id filter)")
     parser.add_argument("--small", type=int, default=1200, help="decisions of the smaller run (default 1,200)")
@@ -304,15 +326,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--inner", nargs=2, metavar=("PART", "DECISIONS"), help=argparse.SUPPRESS)
     parser.add_argument("--made-for", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.batch < 1 or args.old_ids < 0:
-        parser.error("--batch must be >= 1 and --old-ids >= 0")
+    if args.batch < 1 or args.old_ids < 0 or args.apply_batch < 1:
+        parser.error("--batch and --apply-batch must be >= 1 and --old-ids >= 0")
     if args.inner:
         if args.inner[0] not in PARTS:
             parser.error(f"--inner: no part {args.inner[0]!r}")
         import uvloop  # the server's loop (uvicorn takes uvloop when it is installed)
 
         uvloop.install()
-        asyncio.run(_workload(args.inner[0], int(args.inner[1]), args.batch, args.made_for, args.old_ids))
+        asyncio.run(_workload(args.inner[0], int(args.inner[1]), args.batch, args.made_for, args.old_ids, args.apply_batch))
         return 0
     if shutil.which("valgrind") is None:
         print("bench.instructions: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
@@ -320,10 +342,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for part in PARTS if args.part == "all" else (args.part,):
         small, large = (_count(part, n, args) for n in (args.small, args.large))
         per = (large - small) / (args.large - args.small)
-        print(f"{part:6s} {per:10,.0f} instructions per decision" + {
+        print(f"{part:7s} {per:10,.0f} instructions per decision" + {
             "loop": " (from the group's receive on)",
             "path": f" (from the participant's frame on; batches of {args.batch}, {args.old_ids} ids stored before)",
             "writer": f" (batches of {args.batch})",
+            "journal": f" (batches of {args.batch})",
+            "apply": f" (applies of {-(-args.apply_batch // args.batch) * args.batch} decisions, batches of {args.batch})",
         }[part])
     return 0
 

@@ -118,7 +118,10 @@ from .outcomes import (
     session_row,
     stored_score,
 )
+from .recovery import MARKER as JOURNAL_MARKER
 from .recovery import check_startable, reading, recover_file, sqlite_file
+from .recovery import marker as journal_marker
+from .repeats import apply_journaled
 from .schema import (
     BASELINE,
     SchemaState,
@@ -187,6 +190,7 @@ __all__ = [
     "ENV_ACCOUNT",
     "FINAL_STATUSES",
     "FIRST_TOKEN",
+    "JOURNAL_MARKER",
     "NO_GROUP",
     "RELEASES",
     "RENEW_EVERY",
@@ -226,6 +230,7 @@ __all__ = [
     "WriterThread",
     "add_otree_deliveries",
     "add_token",
+    "apply_journaled",
     "block_final_scores",
     "block_status",
     "blocks",
@@ -279,6 +284,7 @@ __all__ = [
     "hold_serving",
     "insert_experiment",
     "iso",
+    "journal_marker",
     "label_seat",
     "last_state_query",
     "list_deliveries",

@@ -17,7 +17,12 @@ def _inner(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("args", [["loop", "40"], ["writer", "40", "--batch", "4", "--made-for", "80"]])
+@pytest.mark.parametrize("args", [
+    ["loop", "40"],
+    ["writer", "40", "--batch", "4", "--made-for", "80"],
+    ["journal", "40", "--batch", "4", "--made-for", "80"],
+    ["apply", "40", "--batch", "4", "--made-for", "80"],
+])
 def test_the_counted_workload_runs(args: list[str]) -> None:
     """Each part's inner run (what callgrind counts) completes on its own SQLite file."""
     done = _inner(*args)
@@ -35,3 +40,21 @@ def test_the_path_writes_every_member_its_frames() -> None:
     frames, each, fewest = int(said[1]), int(said[2]), int(said[3])
     assert each >= 1 and frames == 40 * (4 * each + 1)  # groups of four, and the ack
     assert fewest > 2 * KEPT  # past what is kept as it is: the older ones in the filter
+
+
+@pytest.mark.parametrize("part", ["journal", "apply"])
+def test_the_journal_parts_store_the_groups_writes(part: str) -> None:
+    """The journal's parts commit the writes the live groups made through the journal-first
+    storage, the apply thread's turns taken on the same thread: every event numbered in a row
+    by the journal; the apply's all in the database under those numbers with the last apply's
+    marker, the journal's none (the run checks it and fails otherwise). A batch of three and
+    applies of seven decisions: each apply takes three whole batches, the last one fewer."""
+    done = _inner(part, "42", "--batch", "3", "--apply-batch", "7", "--made-for", "60")
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = re.search(rf"{part}: (\d+) batches, (\d+) events numbered (\d+)-(\d+); (\d+) held by the database, "
+                     r"its marker (\d+):(\d+):(\d+)", done.stdout)
+    assert said is not None, done.stdout
+    batches, events, first, last, held = (int(said[i]) for i in range(1, 6))
+    assert batches == 100 + 42 // 3  # the warm batches, and the run's
+    assert events == last - first + 1 and events >= batches * 3
+    assert held == (events if part == "apply" else 0)

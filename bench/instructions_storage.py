@@ -1,0 +1,92 @@
+"""The journal-first storage's parts of ``python -m bench.instructions``: ``journal`` and ``apply``.
+
+A SQLite server stores first in its journal by default (``server/storage/journaled.py``): the
+writer thread numbers a batch's events, checks them (``storable``), encodes them (orjson) and
+appends them to the journal with one write and one ``fdatasync`` (``JournalFirst.commit``); the
+apply thread stores what came in the last 10 ms in one transaction, ``synchronous=NORMAL``, with
+the journal's marker (``apply_journaled``). Here both run on one thread, in turn, on the run's
+database opened as the server opens it (``Database(..., journal=True)``: its journal in the
+run's temporary directory): the apply thread is stopped once the set-up is applied, and this
+module takes its place, so that nothing races and the count repeats. The writes are the ones
+the live groups made for the ``writer`` part (:func:`bench.instructions._group_part`).
+
+- ``journal``: ``JournalFirst.commit`` of each batch of ``--batch`` writes (the append's write
+  and ``fdatasync`` are system calls: their user-space side is counted, not the kernel's);
+- ``apply``: the records applied ``--apply-batch`` decisions at a time (whole batches: at least
+  that many), ``apply_journaled`` on a connection of its own set to ``synchronous=NORMAL``, as
+  ``JournalFirst._run`` does. The WAL is not checkpointed meanwhile (the server's checkpoints are
+  another thread's work), as in the ``writer`` part. What ``_run`` does around it (the condition's
+  lock and counters, the callback after an apply that finishes a checkpoint) is left out.
+
+In both parts every batch of the ``writer`` part's ``made_for`` decisions goes through ``commit``
+in both runs when the apply is counted (the difference leaves the commits out); when the
+journal is counted, the batches of ``decisions`` only. Either way the apply's turn takes the
+pending records as the apply thread does, at each ``--apply-batch``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: the parts of this module
+JOURNALED_PARTS = ("journal", "apply")
+
+
+def store_journaled(db: Any, made: list[Any], part: str, counted: int, batch: int, apply_batch: int) -> None:
+    """Commit ``made`` in batches of ``batch`` to ``db``'s journal and apply them (see the module).
+
+    ``counted``: the batches whose ``part`` is done (the warm ones and the run's decisions').
+    """
+    from server.storage import JOURNAL_MARKER, apply_journaled, journal_marker
+
+    first = db.journaled
+    if first is None:
+        raise RuntimeError("the journal's parts need the database opened with its journal")
+    first.drain()  # the set-up's writes, applied by the apply thread
+    first.stop()  # from here on this thread applies, in turn with the commits
+    journal = first.journal
+    batches = [made[i : i + batch] for i in range(0, len(made), batch)]
+    per_apply = -(-apply_batch // batch)  # whole batches, at least ``apply_batch`` decisions
+    conn = db.engine.connect()
+    # the apply thread's connection: its commits are not synced one by one (the journal is)
+    conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
+    conn.commit()
+    stop = counted if part == "journal" else len(batches)
+    turns = range(0, stop, per_apply)
+    marked = None  # the marker of the last apply
+    begin = journal.offset
+    try:
+        for start in turns:
+            for writes in batches[start : min(start + per_apply, stop)]:
+                first.commit(writes)
+            if start == 0 and begin + 2 * (journal.offset - begin) * len(turns) > journal.size:
+                # a full journal restarts once the apply thread caught up: stopped here, it never would
+                raise RuntimeError(f"the journal ({journal.size} bytes) is too small for the run")
+            # the apply thread's take: what is pending, the list left empty for the writer
+            taken, first._pending = first._pending, []
+            if part == "apply" and start < counted:
+                taken = taken[: counted - start]
+                writes = [w for _, ws in taken for w in ws]
+                marked = journal_marker(journal, taken[-1][0].end)
+                apply_journaled(conn, writes, (JOURNAL_MARKER, marked))
+        _check(conn, part, batches[:counted], marked)
+    finally:
+        conn.close()
+
+
+def _check(conn: Any, part: str, batches: list[list[Any]], marked: str | None) -> None:
+    """Every event of the ``batches`` counted (the warm ones too) was numbered by the journal and,
+    in the apply's part, is in the database under its number, with the last apply's marker; none
+    of them in the journal's (nothing applied). Printed; raises otherwise."""
+    from server.storage import JOURNAL_MARKER
+
+    seqs = [seq for writes in batches for w in writes for seq in w.seqs]
+    held, last = conn.exec_driver_sql("SELECT count(*), max(seq) FROM events WHERE seq >= ?", (min(seqs),)).one()
+    stored = conn.exec_driver_sql("SELECT value FROM meta WHERE key = ?", (JOURNAL_MARKER,)).scalar()
+    applied = part == "apply"
+    numbered = seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    if not numbered or held != (len(seqs) if applied else 0) or (applied and (last != seqs[-1] or stored != marked)):
+        raise RuntimeError(f"{part}: not stored as numbered: {held} events of {len(seqs)} held, to seq {last} "
+                           f"(numbered to {seqs[-1]}{'' if numbered else ', not in a row'}), marker {stored} for {marked}")
+    print(f"{part}: {len(batches)} batches, {len(seqs)} events numbered {seqs[0]}-{seqs[-1]}; "
+          f"{held} held by the database, its marker {stored}")
