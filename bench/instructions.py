@@ -57,7 +57,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
-from bench.instructions_storage import JOURNALED_PARTS, store_journaled
+from bench.instructions_storage import JOURNALED_PARTS, stop_apply, store_journaled
 
 #: the parts, in the order ``--part all`` counts them
 PARTS = ("loop", "path", "writer", *JOURNALED_PARTS)
@@ -84,6 +84,8 @@ async def _workload(part: str, decisions: int, batch: int, made_for: int, old_id
     db = Database(f"sqlite:///{directory / 'instructions.db'}", journal=part in JOURNALED_PARTS)
     try:
         live, seats = await _groups(db, old_ids if part == "path" else 0)
+        if part in JOURNALED_PARTS:
+            stop_apply(db)
         if part == "path":
             _path(live, seats, decisions, batch, made_for)
         else:

@@ -6,9 +6,10 @@ appends them to the journal with one write and one ``fdatasync`` (``JournalFirst
 apply thread stores what came in the last 10 ms in one transaction, ``synchronous=NORMAL``, with
 the journal's marker (``apply_journaled``). Here both run on one thread, in turn, on the run's
 database opened as the server opens it (``Database(..., journal=True)``: its journal in the
-run's temporary directory): the apply thread is stopped once the set-up is applied, and this
-module takes its place, so that nothing races and the count repeats. The writes are the ones
-the live groups made for the ``writer`` part (:func:`bench.instructions._group_part`).
+run's temporary directory): the apply thread is stopped once the set-up is applied, before the
+writes are made, and this module takes its place, so that nothing races and the count repeats.
+The writes are the ones the live groups made for the ``writer`` part
+(:func:`bench.instructions._group_part`).
 
 - ``journal``: ``JournalFirst.commit`` of each batch of ``--batch`` writes (the append's write
   and ``fdatasync`` are system calls: their user-space side is counted, not the kernel's);
@@ -32,6 +33,21 @@ from typing import Any
 JOURNALED_PARTS = ("journal", "apply")
 
 
+def stop_apply(db: Any) -> None:
+    """Once the set-up's writes are applied, end ``db``'s writer and apply threads, as its
+    ``close`` does: the parts take their place (the apply's) or call what they would (the writer's).
+
+    Before the writes are made, not after: idle, each thread wakes every half second (to see
+    whether the main thread has ended), and under callgrind the run's wall time, hence the
+    number of wake-ups, is not the same from one run to the next (the ``journal`` part's count
+    moved by some 1,300 instructions a decision from one run to the next with them)."""
+    first = db.journaled
+    if first is None:
+        raise RuntimeError("the journal's parts need the database opened with its journal")
+    first.drain()
+    db.writer.stop(first.stop)  # (``close`` stops them again: nothing left to do then)
+
+
 def store_journaled(db: Any, made: list[Any], part: str, counted: int, batch: int, apply_batch: int) -> None:
     """Commit ``made`` in batches of ``batch`` to ``db``'s journal and apply them (see the module).
 
@@ -39,11 +55,7 @@ def store_journaled(db: Any, made: list[Any], part: str, counted: int, batch: in
     """
     from server.storage import JOURNAL_MARKER, apply_journaled, journal_marker
 
-    first = db.journaled
-    if first is None:
-        raise RuntimeError("the journal's parts need the database opened with its journal")
-    first.drain()  # the set-up's writes, applied by the apply thread
-    first.stop()  # from here on this thread applies, in turn with the commits
+    first = db.journaled  # its apply thread stopped (:func:`stop_apply`): this thread applies
     journal = first.journal
     batches = [made[i : i + batch] for i in range(0, len(made), batch)]
     per_apply = -(-apply_batch // batch)  # whole batches, at least ``apply_batch`` decisions
