@@ -756,16 +756,21 @@ async def test_next_links_keep_the_after_seq_filter(server: Harness) -> None:
     """Following ``next`` from a filtered first page stays filtered and visits each later event once."""
     exp, total = await play(server)
     after = 3
-    url: str | None = f"{server.base}{events_url(exp)}?after_seq={after}&page_size=2"
+    seen = await follow_next(server, f"{server.base}{events_url(exp)}?after_seq={after}&page_size=2", total + 1)
+    assert seen == list(range(after + 1, total + 1))
+
+
+async def follow_next(server: Harness, url: str | None, most: int) -> list[int]:
+    """The ``seq``s of every page from ``url`` on, by the ``next`` links (at most ``most`` pages)."""
     seen: list[int] = []
-    for _ in range(total + 1):
+    for _ in range(most):
         if url is None:
             break
         page = (await server.http.get(url)).json()
         seen.extend(row["seq"] for row in page["results"])
         url = page["next"]
     assert url is None
-    assert seen == list(range(after + 1, total + 1))
+    return seen
 
 
 async def test_channel_keeps_only_that_channels_events_with_after_seq_and_the_next_links(server: Harness) -> None:
@@ -779,15 +784,8 @@ async def test_channel_keeps_only_that_channels_events_with_after_seq_and_the_ne
         assert page["results"] == expected and page["count"] == len(expected), channel
     decisions = [row["seq"] for row in everything if row["channel"] == "decisions"]
     assert len(decisions) >= 3
-    url: str | None = f"{server.base}{events_url(exp)}?channel=decisions&after_seq={decisions[0]}&page_size=1"
-    seen: list[int] = []
-    for _ in range(total + 1):
-        if url is None:
-            break
-        page = (await server.http.get(url)).json()
-        seen.extend(row["seq"] for row in page["results"])
-        url = page["next"]
-    assert seen == decisions[1:]
+    url = f"{server.base}{events_url(exp)}?channel=decisions&after_seq={decisions[0]}&page_size=1"
+    assert await follow_next(server, url, total + 1) == decisions[1:]
     page = (await server.http.get(events_url(exp), params={"channel": "nobody_sends_this"})).json()
     assert page["count"] == 0 and page["results"] == []
 
