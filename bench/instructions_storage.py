@@ -24,8 +24,10 @@ in both runs when the apply is counted (the difference leaves the commits out); 
 journal is counted, the batches of ``decisions`` only. Either way the apply's turn takes the
 pending records as the apply thread does, at each ``--apply-batch``.
 
-These counts repeat less well than the loop's: within some 5 % (``journal``) and 1 % (``apply``)
-on a busy machine at ae2fb21, cause not found (bench/README.md, "The journal's threads counted").
+These counts repeat less well than the loop's. With the live groups on the wall clock they moved
+by some 5 % (``journal``) and 1 % (``apply``) from one run to the next; on a steady clock
+(:func:`bench.instructions._steady_clock`) by about 1 % and 0.4 % (bench/README.md, "The
+journal's threads counted").
 """
 
 from __future__ import annotations
