@@ -210,7 +210,7 @@ async def _recorded_faults(api: _Api, code: str, after_seq: int) -> list[str]:
             f"(recorded by the server): {fault.get('error') or 'error'}: {fault.get('message')}", 0,
         ))
         kinds[kind] = (first, n + 1)
-    return [first if n == 1 else f"{first}; {n - 1} more such failure{'s' if n > 2 else ''}" for first, n in kinds.values()]
+    return [_counted(first, n) for first, n in kinds.values()]
 
 
 # --------------------------------------------------------------------------- the run
@@ -239,10 +239,14 @@ def _game_faults(bots: list[Bot]) -> list[str]:
             known = faults.get(kind)
             faults[kind] = (first, n, 1) if known is None else (known[0], known[1] + n, known[2] + 1)
     return [
-        first if n == 1 else f"{first}; {n - 1} more such failure{'s' if n > 2 else ''} "
-        f"({among} bot{'s' if among > 1 else ''} in all)"
+        _counted(first, n) + ("" if n == 1 else f" ({among} bot{'s' if among > 1 else ''} in all)")
         for first, n, among in faults.values()
     ]
+
+
+def _counted(first: str, n: int) -> str:
+    """``first``, the line of the first of ``n`` failures of a kind, with a count of the others."""
+    return first if n == 1 else f"{first}; {n - 1} more such failure{'s' if n > 2 else ''}"
 
 
 async def run_bots(

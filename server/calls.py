@@ -9,11 +9,10 @@ there. :class:`Node` is what the router uses of this worker in a cluster.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from groups import GAME_FAULT, NOBODY, Event, InvalidState, RefusedAction, describe_fault
+from groups import InvalidState, RefusedAction
 
 from .exceptions import GameFailed, NotPersisted, Unavailable
 from .futures import consume
@@ -21,8 +20,6 @@ from .hooks import frame_failed, in_control
 from .live import LiveGroup
 from .standins import REASONS, StandIns
 from .views import Member, change_from
-
-log = logging.getLogger("synclab.calls")
 
 #: the operations that run the game's code, whose failure the asker gets as :class:`GameFailed`
 RUNS_THE_GAME = ("receive", "control", "standin")
@@ -187,19 +184,8 @@ def _game_failed(live: LiveGroup, op: str, body: dict[str, Any], exc: Exception)
         frame_failed(live.id, live.game, body["p"], exc)
         return GameFailed(f"the game failed on this frame: {kind}")
     live.watch.hook_failed(exc, in_control(body["a"]), "the group is left as it was")
-    _record(live, exc, body["a"])
+    live.record_fault(exc, body["a"])  # stored as a tick's failure is; nothing else of the action
     return GameFailed(f"the game failed on the experimenter's {body['a']}: {kind}")
-
-
-def _record(live: LiveGroup, exc: Exception, action: str) -> None:
-    """The experimenter's ``action`` the game failed on, stored as a tick's failure is: a
-    ``game_fault`` event sent to nobody (``during`` the action's name, ``ended`` false), which the
-    monitor's feed, the export and ``synclab bots`` show. Nothing else of the action is stored."""
-    fault = {**describe_fault(live.core, exc, action), "ended": False}
-    try:
-        live.act(lambda: [Event(GAME_FAULT, fault, None, NOBODY)]).add_done_callback(consume)
-    except Exception as again:  # (the group's core refused it: the failure stays in the log alone)
-        log.warning("group %s: the game's failure on the experimenter's %s was not recorded: %s", live.id, action, again)
 
 
 async def _awaited(value: Any) -> Any:

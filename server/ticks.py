@@ -124,13 +124,19 @@ class Ticks:
         if self._tick_failures == 1:  # (a write that could not be stored has no traceback to show)
             log.error("group %s: the game %s failed on a tick; tried again in %g s, then less often: %s",
                       self.id, type(self.core).__name__, wait, exc, exc_info=exc if exc.__traceback__ else None)
-            fault = {**describe_fault(self.core, exc, "tick"), "ended": False}
-            self.act(lambda: [Event(GAME_FAULT, fault, None, NOBODY)]).add_done_callback(consume)
+            self.record_fault(exc, "tick")
         else:
             log.error("group %s: the game %s failed on a tick again (%d in a row), tried again in %g s: %s",
                       self.id, type(self.core).__name__, self._tick_failures, wait, exc)
         self._reschedule()
         return None
+
+    def record_fault(self, exc: Exception, during: str) -> None:
+        """Store the game's failure ``during`` a step that changed nothing (a tick tried again
+        later, the experimenter's action left undone: ``server.calls``) as a ``game_fault`` event
+        sent to nobody, ``ended`` false: the monitor's feed, the exports and ``synclab bots`` show it."""
+        fault = {**describe_fault(self.core, exc, during), "ended": False}
+        self.act(lambda: [Event(GAME_FAULT, fault, None, NOBODY)]).add_done_callback(consume)
 
     def _end_faulted(self, exc: Exception, during: str, now: float) -> list[Event]:
         """The events of the period's end without the game, which failed with ``exc`` (logged)."""
