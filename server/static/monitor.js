@@ -520,10 +520,7 @@ class LiveExperiment {
       }
     }
     for (const id of [...this.groups.keys()]) if (!seen.has(id)) this.dropGroup(id);
-    if (!this.logFilled) {
-      this.logFilled = true; // once per page: after a reconnect the log keeps the rows it has
-      this.fillLog(this.lastSeq);
-    }
+    this.fillLog(this.lastSeq); // every snapshot: after a reconnect, what was stored while away
     this.renderSummary();
     this.renderBlocks();
     this.renderParticipants();
@@ -963,27 +960,32 @@ class LiveExperiment {
   }
 
   /**
-   * The latest events stored up to `uptoSeq` (what the snapshot covered), below the ones that came
-   * live since: a page opened on a finished experiment, or mid-run, shows what happened last (the
-   * socket only sends what is stored after its snapshot). `seq` has no gaps, so they are the
-   * events after `uptoSeq - LOG_ROWS`.
+   * The latest events stored up to `uptoSeq` (what a snapshot covered), merged into the log by
+   * `seq`: a page opened on a finished experiment, or mid-run, shows what happened last, and one
+   * that reconnected to a fresh snapshot (4008) what was stored while it was away (the socket
+   * only sends what is stored after its snapshot). `seq` has no gaps, so they are the events
+   * after `uptoSeq - LOG_ROWS`. A row the page has already (live, with its latency) is kept.
    */
   async fillLog(uptoSeq) {
     if (!uptoSeq) return;
     const after = Math.max(0, uptoSeq - LOG_ROWS);
+    let found;
     try {
-      const found = await api(`api/experiments/${encodeURIComponent(this.code)}/events?after_seq=${after}&page_size=${LOG_ROWS}`);
-      const stored = found.results
-        .filter((r) => r.seq <= uptoSeq)
-        .map((r) => ({ ...r, ts: Date.parse(r.timestamp.replace(/(\.\d{3})\d*/, "$1")), latency: null }));
-      const body = $("#x-log tbody");
-      const shown = new Set([...body.rows].map((row) => row.dataset.seq));
-      body.append(...stored.reverse().filter((e) => !shown.has(String(e.seq))).map((e) => this.logRow(e)));
-      while (body.rows.length > LOG_ROWS) body.deleteRow(-1);
-      $("#x-log").dataset.filled = "true";
+      found = await api(`api/experiments/${encodeURIComponent(this.code)}/events?after_seq=${after}&page_size=${LOG_ROWS}`);
     } catch (error) {
       showError(error);
+      return;
     }
+    const body = $("#x-log tbody");
+    const rows = new Map([...body.rows].map((row) => [Number(row.dataset.seq), row]));
+    for (const r of found.results) {
+      if (r.seq > uptoSeq || rows.has(r.seq)) continue;
+      const ts = Date.parse(r.timestamp.replace(/(\.\d{3})\d*/, "$1"));
+      rows.set(r.seq, this.logRow({ ...r, ts, latency: null }));
+    }
+    const newest = [...rows].sort(([a], [b]) => b - a).slice(0, LOG_ROWS);
+    body.replaceChildren(...newest.map(([, row]) => row));
+    $("#x-log").dataset.filled = "true";
   }
 
   /** An event's value for the log, with participants' labels for their codes. */

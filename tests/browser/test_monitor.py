@@ -397,3 +397,32 @@ async def test_a_waiting_groups_chart_spans_its_periods_configured_length(server
     await expect(group).to_have_attribute("data-phase", "waiting", timeout=WAIT_MS)
     await expect(group.locator(".countdown")).to_have_text("waiting for every member")
     await expect(group.locator("canvas")).to_have_attribute("data-axis-seconds", "45", timeout=WAIT_MS)
+
+
+async def test_monitor_cut_off_for_falling_behind_lists_the_events_stored_while_it_was_away(
+    server: Harness, page: Page, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closed 4008, the page reconnects: its latest events hold every stored event, in seq order,
+    the ones stored between the cut and the new snapshot too (they were missing: the log was
+    filled from the events API only at the first snapshot)."""
+    exp = await server.create(period_length=60)
+    await page.goto(f"{server.base}/monitor?experiment={exp['code']}#token={TOKEN}")
+    live = page.locator("#live-state")
+    await expect(live).to_have_attribute("data-snapshots", "1", timeout=WAIT_MS)
+    clients = [await server.connect(person["code"]) for person in exp["participants"]]
+    group = page.locator("article.group").first
+    await expect(group).to_have_attribute("data-phase", "running", timeout=WAIT_MS)
+
+    monkeypatch.setattr(monitor, "MAX_BUFFERED", 0)  # the next stored write is one too many
+    await clients[0].send("decisions", 0.8, "a")
+    await expect(live).to_have_attribute("data-last-close", "4008", timeout=WAIT_MS)
+    monkeypatch.undo()
+    await expect(live).to_have_attribute("data-snapshots", "2", timeout=WAIT_MS)
+    await expect(group.locator(".chart-summary")).to_contain_text("0.80", timeout=WAIT_MS)
+
+    stored = await server.events(exp["code"])
+    decision = next(e for e in stored if e["channel"] == "decisions")
+    expected = [str(e["seq"]) for e in reversed(stored[-25:])]
+    assert str(decision["seq"]) in expected
+    await expect(page.locator("#x-log tbody tr td:first-child")).to_have_text(expected, timeout=WAIT_MS)
+
