@@ -453,7 +453,9 @@ class LiveExperiment {
     this.deliveries = watchDeliveries(this.code);
   }
 
+  /** Stop; what this experiment's requests bring back later no longer touches the page. */
   close() {
+    this.closed = true;
     clearInterval(this.timer);
     if (this.deliveries) this.deliveries.stop();
     if (this.socket) this.socket.close();
@@ -621,6 +623,7 @@ class LiveExperiment {
     this.renderStatus();
     try {
       const detail = await api(`api/experiments/${encodeURIComponent(this.code)}`);
+      if (this.closed) return;
       this.detail = { ...this.detail, ...detail };
       this.status = detail.status;
       this.renderSummary();
@@ -973,9 +976,10 @@ class LiveExperiment {
     try {
       found = await api(`api/experiments/${encodeURIComponent(this.code)}/events?after_seq=${after}&page_size=${LOG_ROWS}`);
     } catch (error) {
-      showError(error);
+      if (!this.closed) showError(error);
       return;
     }
+    if (this.closed) return; // the page went on to another experiment meanwhile: not its log
     const body = $("#x-log tbody");
     const rows = new Map([...body.rows].map((row) => [Number(row.dataset.seq), row]));
     for (const r of found.results) {

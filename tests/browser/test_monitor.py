@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import Page, Route, expect
 
 from server import monitor
 from server.storage import add_token, revoke_token
@@ -426,3 +426,75 @@ async def test_monitor_cut_off_for_falling_behind_lists_the_events_stored_while_
     assert str(decision["seq"]) in expected
     await expect(page.locator("#x-log tbody tr td:first-child")).to_have_text(expected, timeout=WAIT_MS)
 
+
+async def test_monitor_shows_no_latest_events_of_the_experiment_it_left(server: Harness, page: Page) -> None:
+    """The experimenter opens experiment A, then goes to B before A's latest events came back from
+    the server: B's log holds none of A's rows (A's answer, late, was added to B's log)."""
+    first = await server.create(period_length=60)
+    clients = [await server.connect(p["code"]) for p in first["participants"]]
+    await until_state(clients[0], "period_start")
+    await decide(clients[0], 0.75, "a")
+    assert len(await server.events(first["code"])) > 2
+    second = await server.create(period_length=60)  # nobody came: no event stored
+
+    asked = asyncio.Event()
+    answered = asyncio.Event()
+
+    async def hold(route: Route) -> None:
+        asked.set()
+        await answered.wait()
+        await route.continue_()
+
+    await page.route(re.compile(rf"/api/experiments/{first['code']}/events\?"), hold)
+    await page.goto(f"{server.base}/monitor?experiment={first['code']}#token={TOKEN}")
+    await expect(page.locator("#live-state")).to_have_text("Live", timeout=WAIT_MS)
+    await asyncio.wait_for(asked.wait(), timeout(10))
+
+    await page.locator("#back-link").click()
+    await page.locator(f'#experiments a:text-is("{second["code"]}")').click()
+    await expect(page.locator("#x-code")).to_have_text(second["code"])
+    await expect(page.locator("#live-state")).to_have_text("Live", timeout=WAIT_MS)
+    async with page.expect_response(re.compile(rf"/api/experiments/{first['code']}/events\?")) as late:
+        answered.set()
+    assert (await late.value).ok
+    await page.evaluate("new Promise((done) => setTimeout(done, 100))")  # the page has read the answer
+    await expect(page.locator("#x-log tbody tr")).to_have_count(0)
+
+
+async def test_monitor_shows_no_status_of_the_experiment_it_left(server: Harness, page: Page) -> None:
+    """Experiment A starts while its monitor is open; the experimenter goes to B before A's detail,
+    which the page asks for at a change of status, came back: B's summary and status stay B's
+    (A's answer, late, put A's game and status on B's page)."""
+    first = await server.create(game="public_goods", participants=3, group_size=3, period_length=60)
+    second = await server.create(game="bimatrix", period_length=60)
+    detail_url = re.compile(rf"/api/experiments/{first['code']}$")
+    asked = asyncio.Event()
+    answered = asyncio.Event()
+    calls = 0
+
+    async def hold_the_second(route: Route) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 1:  # the page's first look passes; the one after the status changed waits
+            asked.set()
+            await answered.wait()
+        await route.continue_()
+
+    await page.route(detail_url, hold_the_second)
+    await page.goto(f"{server.base}/monitor?experiment={first['code']}#token={TOKEN}")
+    await expect(page.locator("#live-state")).to_have_text("Live", timeout=WAIT_MS)
+    for person in first["participants"]:
+        await server.connect(person["code"])
+    await asyncio.wait_for(asked.wait(), timeout(10))
+
+    await page.locator("#back-link").click()
+    await page.locator(f'#experiments a:text-is("{second["code"]}")').click()
+    await expect(page.locator("#live-state")).to_have_text("Live", timeout=WAIT_MS)
+    await expect(page.locator("#x-summary")).to_contain_text("bimatrix")
+    async with page.expect_response(detail_url) as late:
+        answered.set()
+    assert (await late.value).ok
+    await page.evaluate("new Promise((done) => setTimeout(done, 100))")  # the page has read the answer
+    await expect(page.locator("#x-status")).to_have_text("pending")
+    await expect(page.locator("#x-summary")).to_contain_text("bimatrix")
+    await expect(page.locator("#x-summary")).not_to_contain_text("public_goods")
