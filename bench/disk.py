@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from .load import percentiles
+from .measures import percentiles
 
 #: the file is this large and written from its start again when full, as the log starts over
 SPAN = 4 << 20

@@ -1,17 +1,15 @@
 """The open-loop load generator: real WebSocket participants on a fixed send schedule.
 
-One process, one event loop. Send ``j`` (0-based) is due at ``T0 + j / (N * R)``: it is
-participant ``j % N``'s decision number ``k = j // N + 1``, so the offered load is uniform and
-each participant sends every ``1 / R`` seconds. The sender never waits for a reply; when it falls
-behind it sends what is due at once, and how late each send left is its *send lag* (a saturated
-generator shows there, not as a slower offered rate).
+One process, one event loop. :func:`run_load` creates the experiment, connects every
+participant, waits until every group has started, offers the load on its schedule and reads back
+what the target stored; :func:`hold_idle` opens sockets and only holds them. Its parts:
 
-Each decision's value is its number ``k`` (``public_goods`` with an endowment of 1e9 accepts any
-of them), and ``group_decisions`` carries the whole group's current decisions, so a member's
-receipt of value ``k`` from sender ``s`` identifies the send. Sends of one participant are
-numbered in order and each accepted decision is broadcast by itself, so a member that sees
-``k`` from ``s`` after ``k' < k`` counts ``k`` as received then; a ``k`` skipped over was lost
-for that member.
+- :mod:`bench.sockets`: the participants' sockets, their frames stamped, read and written whole;
+- :mod:`bench.schedule`: the schedule of sends, and the CPU time and memory used over it;
+- :mod:`bench.record`: what is offered (:class:`Load`), what each participant receives
+  (:class:`Peer`), and the run's record and its summary (:class:`Run`);
+- :mod:`bench.measures`: percentiles, and the part of a send's lag that is the generator's own;
+- :mod:`bench.api`: the target's REST API.
 
 Against a cluster every group is spread over the workers: member ``m`` of group ``g`` connects
 to worker ``(g + m * W // G) % W`` (:func:`worker_of`), and the first member of every group
@@ -25,582 +23,45 @@ See ``bench/README.md`` for what every measure means.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
-import gc
-import math
-import os
-import re
 import time
-import urllib.error
-import urllib.request
-from array import array
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.frames import Frame, Opcode
-from websockets.protocol import State
-from websockets.speedups import apply_mask
-from websockets.streams import StreamReader
 
-from .proc import Cluster, Target, rss_bytes, thread_times, threads_used
-from .services import Meter, Processes, Reading, RedisServer, used
+from .api import ENDOWMENT, Api
+from .measures import own_lags, percentiles
+from .proc import Cluster, Target, rss_bytes
+from .record import Load, Peer, Run
+from .schedule import send_all
+from .services import Meter
+from .sockets import HELLO_TIMEOUT, OPEN_TIMEOUT, StampedConnection, masked_text_frame, open_socket
 
-#: the endowment of the benchmark's public goods game: every decision number is a valid contribution
-ENDOWMENT = 1e9
+#: this module's own names, and those that lived here before the modules above held them (the
+#: tests and other callers import them from here still)
+__all__ = [
+    "ENDOWMENT",
+    "Api",
+    "Load",
+    "StampedConnection",
+    "hold_idle",
+    "masked_text_frame",
+    "own_lags",
+    "percentiles",
+    "run_load",
+    "worker_of",
+]
+
+#: the old name of :func:`.sockets.open_socket`, which tests/bench/test_generator_frames.py imports
+_open = open_socket
+
 #: the period outlasts connecting, the run and the grace by this much (it is ended after the run)
 PERIOD_MARGIN = 120.0
 CONNECT_BATCH = 200
-OPEN_TIMEOUT = 30.0
-HELLO_TIMEOUT = 30.0
 START_TIMEOUT = 60.0
-HTTP_TIMEOUT = 60.0
-#: the schedule begins this long after every group has started
-LEAD_SECONDS = 0.5
-WS_MAX_SIZE = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Load:
-    """What to offer: N participants in groups of G, R decisions/s each, for D seconds."""
-
-    participants: int
-    group_size: int
-    rate: float
-    duration: float
-    #: seconds per subperiod (server only; ``None``: continuous time)
-    subperiod: float | None = None
-    #: how long after the last send receipts are still waited for
-    grace: float = 3.0
-    #: a monitor reads the experiment live throughout (server only: ``WS /ws/monitor/{code}``), as
-    #: a lab's experimenter does
-    monitor: bool = False
-
-    def __post_init__(self) -> None:
-        if self.participants < 1 or self.group_size < 2 or self.participants % self.group_size:
-            raise ValueError(
-                f"expected participants a multiple of group_size >= 2, got {self.participants} and {self.group_size}"
-            )
-        if not (self.rate > 0 and self.duration > 0):
-            raise ValueError(f"expected a rate and a duration > 0, got {self.rate} and {self.duration}")
-
-    @property
-    def sends_per_participant(self) -> int:
-        return max(1, round(self.rate * self.duration))
-
-    @property
-    def total(self) -> int:
-        return self.participants * self.sends_per_participant
-
-
-class StampedConnection(ClientConnection):
-    """A client socket that notes when the bytes of each text frame were read off the socket.
-
-    A burst of frames read at once all get the time of that read, so the time the generator
-    spends handling the first frames of a burst is not counted as latency of the last ones.
-
-    Once it takes frames as they are read (:attr:`on_text`) and ``websockets``' parser stands
-    between two frames, the socket reads the frames itself (:meth:`_take_frames`): a whole,
-    unmasked, unfragmented text frame goes to :attr:`on_text` at once, and any other frame (a
-    close, a ping, a fragment, one over the size limit or not UTF-8) whole to ``websockets``, which
-    so only ever sees whole frames and handles those as before. ``websockets``' parsing and its
-    connection's bookkeeping were a third of the generator's CPU at 3,000 decisions a second
-    (py-spy), where the generator lagged its schedule by over 2 ms at p99 on a slow machine.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.stamps: deque[float] = deque()
-        self._read_at = 0.0
-        #: takes each whole text frame as it is read, with its stamp, once set (after the hello):
-        #: no message assembled and no reader task woken per frame, so the generator keeps its
-        #: schedule at 3,000 decisions a second. While frames queued before are still unread,
-        #: what comes queues behind them: the order holds.
-        self.on_text: Callable[[str, float], None] | None = None
-        #: bytes read and not yet a whole frame, once the socket reads frames itself (else ``None``)
-        self._unparsed: bytearray | None = None
-        #: text frames the socket read itself, and frames it passed whole to ``websockets``
-        self.direct = 0
-        self.passed = 0
-        #: when set, every read's handling is noted here as its start and end (perf_counter
-        #: seconds, flat): the time the generator spent on what the target sent (see
-        #: :func:`own_lags`); the run's sockets share one
-        self.spans: array[float] | None = None
-
-    def data_received(self, data: bytes) -> None:
-        self._read_at = start = time.perf_counter()
-        try:
-            self._received(data)
-        finally:
-            if self.spans is not None:
-                self.spans.append(start)
-                self.spans.append(time.perf_counter())
-
-    def _received(self, data: bytes) -> None:
-        if self._unparsed is None:
-            if not self._between_frames():
-                super().data_received(data)
-                return
-            self._unparsed = bytearray()
-        self._unparsed += data
-        self._take_frames()
-
-    def eof_received(self) -> None:
-        if self._unparsed:  # a frame cut short: websockets says so as it would have
-            self._pass(bytes(self._unparsed))
-            self._unparsed.clear()
-        super().eof_received()
-
-    def _between_frames(self) -> bool:
-        """Whether the socket may read frames itself from now on: frames are taken as they are
-        read, none is queued, and ``websockets``' parser waits for the first byte of a frame (it
-        holds no bytes, and waits in :meth:`StreamReader.at_eof`, where its loop begins a frame)."""
-        protocol = self.protocol
-        if (
-            self.on_text is None
-            or self.stamps
-            or protocol.state is not State.OPEN
-            or protocol.current_size is not None
-            or protocol.reader.buffer
-        ):
-            return False
-        waiting: Any = protocol.parser
-        while getattr(waiting, "gi_yieldfrom", None) is not None:
-            waiting = waiting.gi_yieldfrom
-        return getattr(waiting, "gi_code", None) is StreamReader.at_eof.__code__
-
-    def _take_frames(self) -> None:
-        """Every whole frame read so far: text to :attr:`on_text`, the rest to ``websockets``."""
-        assert self._unparsed is not None
-        buffer, at = self._unparsed, 0
-        size = len(buffer)
-        while size - at >= 2:
-            head1, head2 = buffer[at], buffer[at + 1]
-            length, start = head2 & 0x7F, at + 2
-            if length == 126:
-                if size - start < 2:
-                    break
-                length, start = int.from_bytes(buffer[start:start + 2], "big"), start + 2
-            elif length == 127:
-                if size - start < 8:
-                    break
-                length, start = int.from_bytes(buffer[start:start + 8], "big"), start + 8
-            if head2 & 0x80 or length > WS_MAX_SIZE:
-                # a masked frame from a server, or one over the limit: websockets fails the
-                # connection as it would have; whatever follows is its to read, too
-                self._pass(bytes(buffer[at:]))
-                buffer.clear()
-                return
-            end = start + length
-            if end > size:
-                break
-            text = None
-            on_text = self.on_text
-            if head1 == 0x81 and on_text is not None and not self.stamps and self.protocol.current_size is None:
-                with contextlib.suppress(UnicodeDecodeError):
-                    text = buffer[start:end].decode()
-            if text is not None:
-                assert on_text is not None
-                self.direct += 1
-                on_text(text, self._read_at)
-            else:
-                self._pass(bytes(buffer[at:end]))
-            at = end
-        del buffer[:at]
-
-    def _pass(self, data: bytes) -> None:
-        self.passed += 1
-        super().data_received(data)
-
-    def process_event(self, event: Any) -> None:
-        if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
-            on_text = self.on_text
-            if on_text is not None and event.fin and not self.stamps:
-                on_text(bytes(event.data).decode(), self._read_at)
-                return
-            self.stamps.append(self._read_at)
-        super().process_event(event)
-
-    def write_frame(self, frame: bytes) -> bool:
-        """Write a whole, masked client frame (:func:`masked_text_frame`) to the socket at once;
-        ``False`` (nothing written) when it must go the ordinary way: the socket is not open, a
-        fragmented message is being sent, or the transport still holds unsent bytes."""
-        transport = self.transport
-        if (
-            self.protocol.state is not State.OPEN
-            or self.protocol.expect_continuation_frame
-            or transport.is_closing()
-            or transport.get_write_buffer_size()
-        ):
-            return False
-        transport.write(frame)
-        return True
-
-
-def masked_text_frame(payload: bytes, key: bytes) -> bytes:
-    """A whole client text frame of ``payload`` masked with the 4 bytes of ``key`` (RFC 6455 5.2)."""
-    length = len(payload)
-    if length < 126:
-        head = bytes((0x81, 0x80 | length))
-    elif length < 1 << 16:
-        head = bytes((0x81, 0x80 | 126)) + length.to_bytes(2, "big")
-    else:
-        head = bytes((0x81, 0x80 | 127)) + length.to_bytes(8, "big")
-    return head + key + apply_mask(payload, key)
-
-
-class Api:
-    """The REST API through urllib on a thread (the benchmark needs no HTTP client package)."""
-
-    def __init__(self, base: str, token: str) -> None:
-        self.base = base
-        self.token = token
-
-    async def call(self, method: str, path: str, body: Any = None) -> Any:
-        return await asyncio.to_thread(self._call, method, path, body)
-
-    def _call(self, method: str, path: str, body: Any) -> Any:
-        data = None if body is None else orjson.dumps(body)
-        request = urllib.request.Request(self.base + path, data=data, method=method)
-        request.add_header("Authorization", f"Bearer {self.token}")
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
-                return orjson.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            raise RuntimeError(f"{method} {path}: HTTP {exc.code}: {exc.read()[:500]!r}") from None
-
-    async def create(self, load: Load, period_length: float) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "game": "public_goods",
-            "participants": load.participants,
-            "group_size": load.group_size,
-            "period_length": period_length,
-            "block_pause": 0,
-            "config": {"endowment": ENDOWMENT},
-        }
-        if load.subperiod is not None:
-            body["num_subperiods"] = max(1, round(period_length / load.subperiod))
-        created: dict[str, Any] = await self.call("POST", "/api/experiments", body)
-        return created
-
-    async def decisions(self, code: str) -> set[tuple[str, int]]:
-        """Every stored ``decisions`` event of experiment ``code`` as (participant, value), read page by page."""
-        stored: set[tuple[str, int]] = set()
-        after = 0
-        while True:
-            page = await self.call("GET", f"/api/experiments/{code}/events?after_seq={after}&page_size=1000")
-            for row in page["results"]:
-                after = max(after, int(row["seq"]))
-                if row["channel"] == "decisions" and row["participant"] is not None:
-                    stored.add((row["participant"], int(row["value"])))
-            if page["next"] is None or not page["results"]:
-                return stored
-
-
-class Peer:
-    """One participant's socket in the generator and what it received."""
-
-    def __init__(self, index: int, code: str, ws: StampedConnection, run: Run, members: list[str]) -> None:
-        self.index = index
-        self.code = code
-        self.ws = ws
-        self.run = run
-        #: the group's member codes as the hello named them
-        self.members = members
-        self.started = asyncio.Event()
-        #: per sender index: the highest decision number seen from it
-        self.last: dict[int, int] = {}
-        #: (sender index, decision number, receipt time)
-        self.receipts: list[tuple[int, int, float]] = []
-        self.task: asyncio.Task[None] | None = None
-
-    async def read(self) -> None:
-        """What came before the socket took frames as they are read, then nothing but its close."""
-        stamps = self.ws.stamps
-        self.ws.on_text = self.take
-        with contextlib.suppress(Exception):
-            async for raw in self.ws:
-                self.take(raw, stamps.popleft())
-
-    def take(self, raw: str | bytes, now: float) -> None:
-        """One frame read at ``now``."""
-        run = self.run
-        frame = orjson.loads(raw)
-        channel = frame.get("channel")
-        run.channels[channel] += 1
-        if channel == "group_decisions":
-            index_of, last, receipts = run.index_of, self.last, self.receipts
-            for code, value in frame["payload"].items():
-                sender = index_of.get(code)
-                if sender is None or not isinstance(value, int | float):
-                    continue
-                k = int(value)
-                if k > last.get(sender, 0):
-                    last[sender] = k
-                    receipts.append((sender, k, now))
-                    run.received += 1
-                    if run.received >= run.expected:
-                        run.check_complete()
-        elif channel == "ack":
-            k = int(frame["payload"]["id"])
-            run.acks.append((self.index, k, now))
-            if len(run.acks) >= run.load.total:
-                run.check_complete()
-        elif channel == "error":
-            run.error(frame["payload"])
-        elif channel == "state" and frame.get("payload") == "period_start":
-            self.started.set()
-
-
-#: distinct messages kept per error code
-MESSAGES_KEPT = 5
-_NUMBER = re.compile(r"\d+(\.\d+)?")
-
-
-#: a commit that took longer (ms) is slow (the server's buckets are named by their upper bound, then "more")
-SLOW_COMMIT_MS = 20
-
-
-def slow_bucket(name: str) -> bool:
-    return name == "more" or int(name) > SLOW_COMMIT_MS
-
-
-@dataclass
-class Run:
-    """The raw record of one load run; :meth:`summary` reduces it."""
-
-    target: str
-    load: Load
-    codes: list[str] = field(default_factory=list)
-    index_of: dict[str, int] = field(default_factory=dict)
-    #: per send j: when it was due, when it left (perf_counter seconds; NaN: not sent)
-    due: array[float] = field(default_factory=lambda: array("d"))
-    sent_at: array[float] = field(default_factory=lambda: array("d"))
-    #: the generator's handling of what it read during the sends, as (start, end) flat and in
-    #: order (:attr:`StampedConnection.spans`)
-    read_spans: array[float] = field(default_factory=lambda: array("d"))
-    #: per send j: its whole masked frame (see :meth:`StampedConnection.write_frame`)
-    masked: list[bytes] = field(default_factory=list)
-    #: per participant: its group's members (indices), itself included
-    groups: list[list[int]] = field(default_factory=list)
-    peers: list[Peer] = field(default_factory=list)
-    #: receipts counted so far, and how many there are when every member got every send
-    received: int = 0
-    expected: int = -1
-    complete: asyncio.Event = field(default_factory=asyncio.Event)
-    acks: list[tuple[int, int, float]] = field(default_factory=list)
-    errors: Counter[str] = field(default_factory=Counter)
-    #: frames received after the first hello, per channel: a ``hello`` here is a member greeted
-    #: again (a cluster worker resending the group's state after it saw a gap, or a reconnect)
-    channels: Counter[str | None] = field(default_factory=Counter)
-    #: per error code, the first few distinct messages (their numbers replaced by N, so a message
-    #: naming a group or a worker counts once)
-    error_messages: dict[str, Counter[str]] = field(default_factory=dict)
-    experiment: str | None = None
-    t0: float = 0.0
-    wall0: float = 0.0
-    last_send: float = 0.0
-    wall_end: float = 0.0
-    window: float = 0.0
-    target_cpu: float | None = None
-    target_rss: int | None = None
-    target_peak_rss: int | None = None
-    generator_cpu: float = 0.0
-    #: what the monitor read (``Load.monitor``): frames, bytes, event rows; ``None``: no monitor
-    monitor: dict[str, int] | None = None
-    #: sends written as whole frames by the generator (the rest through websockets' ``send``)
-    written_directly: int = 0
-    #: (participant code, value) of every stored decision (server only)
-    stored: set[tuple[str, int]] | None = None
-    #: seconds each subperiod tick ran after it was due (server with subperiods only)
-    tick_lateness: list[float] | None = None
-    #: the server's writer over the sends (server only): batches, writes and events committed, and
-    #: ``commit_ms``, the commits by wall time (see server.storage.EventWriter.commit_ms); a
-    #: cluster's workers' summed
-    writer: dict[str, Any] | None = None
-    #: CPU seconds per process kind over the window (``target``: the target's processes; ``redis``,
-    #: ``postgres``, ``postgres-bg`` when measured)
-    cpu: dict[str, float] = field(default_factory=dict)
-    #: commands Redis processed over the window (every client's), when Redis is measured
-    redis_commands: int | None = None
-    #: a one-process target's threads over the window (:func:`.proc.threads_used`): its main
-    #: thread (the event loop), the others together, and the busiest other (a server's writer)
-    threads: dict[str, dict[str, float]] | None = None
-    #: per worker of a cluster: the groups it served at the end of the sends
-    groups_served: list[int] | None = None
-
-    def error(self, payload: dict[str, Any]) -> None:
-        """An error frame: counted by its code, and a sample of its messages kept."""
-        code = str(payload.get("code"))
-        self.errors[code] += 1
-        messages = self.error_messages.setdefault(code, Counter())
-        message = _NUMBER.sub("N", str(payload.get("message")))[:200]
-        if message in messages or len(messages) < MESSAGES_KEPT:
-            messages[message] += 1
-
-    def check_complete(self) -> None:
-        """Set :attr:`complete` once every member received every send and every send was acknowledged."""
-        if 0 <= self.expected <= self.received and len(self.acks) >= self.load.total:
-            self.complete.set()
-
-    def send_index(self, sender: int, k: int) -> int:
-        return (k - 1) * self.load.participants + sender
-
-    def summary(self) -> dict[str, Any]:
-        """Rates, latencies, losses and resource use of the run (see bench/README.md)."""
-        load, n = self.load, self.load.participants
-        total = load.total
-        sent = [j for j in range(total) if not math.isnan(self.sent_at[j])]
-        latencies: list[float] = []
-        reached = array("I", bytes(4 * total))
-        last_receipt = self.t0
-        for peer in self.peers:
-            for sender, k, t in peer.receipts:
-                if not 1 <= k <= load.sends_per_participant:
-                    continue
-                j = self.send_index(sender, k)
-                if math.isnan(self.sent_at[j]):
-                    continue
-                reached[j] += 1
-                latencies.append(t - self.sent_at[j])
-                last_receipt = max(last_receipt, t)
-        acked = {self.send_index(i, k) for i, k, _ in self.acks if 1 <= k <= load.sends_per_participant}
-        ack_latencies = [t - self.sent_at[self.send_index(i, k)] for i, k, t in self.acks if 1 <= k <= load.sends_per_participant]
-        expected = {j: len(self.groups[j % n]) for j in sent}
-        lost = sum(1 for j in sent if reached[j] < expected[j])
-        complete = sum(1 for j in sent if reached[j] >= expected[j])
-        lost_deliveries = sum(expected[j] - reached[j] for j in sent)
-        seen = {j for j in sent if reached[j] > 0} | acked
-        result: dict[str, Any] = {
-            "target": self.target,
-            "participants": n,
-            "group_size": load.group_size,
-            "rate": load.rate,
-            "duration": load.duration,
-            "subperiod": load.subperiod,
-            "experiment": self.experiment,
-            "sent": len(sent),
-            "offered_per_s": len(sent) / max(self.last_send - self.t0, 1e-9) if len(sent) > 1 else 0.0,
-            "delivered": total - lost if sent else 0,
-            "delivered_per_s": complete / max(last_receipt - self.t0, 1e-9),
-            "deliveries": len(latencies),
-            "latency_ms": percentiles(latencies),
-            "ack_latency_ms": percentiles(ack_latencies),
-            "acked": len(acked),
-            "lost": lost,
-            "lost_deliveries": lost_deliveries,
-            "unsent": total - len(sent),
-            "errors": dict(self.errors),
-            "frames": {str(channel): count for channel, count in self.channels.items()},
-            "error_messages": {code: dict(messages) for code, messages in self.error_messages.items()},
-            "send_lag_ms": percentiles([self.sent_at[j] - self.due[j] for j in sent]),
-            "own_send_lag_ms": percentiles(own_lags([self.due[j] for j in sent], [self.sent_at[j] for j in sent], self.read_spans)),
-            "generator_cpu": self.generator_cpu,
-            "monitor": self.monitor,
-            # the frames the generator read and wrote itself, and those it left to websockets
-            # (StampedConnection): a run whose sockets never read a frame themselves says so here
-            "generator_frames": {
-                "read_directly": sum(peer.ws.direct for peer in self.peers),
-                "passed_to_websockets": sum(peer.ws.passed for peer in self.peers),
-                "written_directly": self.written_directly,
-            },
-            "target_cpu": self.target_cpu,
-            "target_rss_mb": None if self.target_rss is None else self.target_rss / 2**20,
-            "target_peak_rss_mb": None if self.target_peak_rss is None else self.target_peak_rss / 2**20,
-            "cpu_seconds": dict(self.cpu),
-            # µs of CPU time per decision received by every member of its group, per process kind
-            "cpu_us_per_decision": {kind: seconds * 1e6 / complete for kind, seconds in self.cpu.items()} if complete else {},
-            "redis_commands_per_decision": None if self.redis_commands is None or not complete else self.redis_commands / complete,
-            # a one-process target's CPU (µs) and context switches per decision, by thread: the
-            # event loop ("main"), every other thread, the busiest other (a server's writer)
-            "threads_per_decision": None if self.threads is None or not complete else {
-                part: {
-                    "user_us": spent["user"] * 1e6 / complete,
-                    "system_us": spent["system"] * 1e6 / complete,
-                    "voluntary": spent["voluntary"] / complete,
-                    "involuntary": spent["involuntary"] / complete,
-                }
-                for part, spent in self.threads.items()
-            },
-            "groups_served": self.groups_served,
-            "unpersisted": None,
-            "not_stored": None,
-            "tick_lateness_ms": None,
-            "writer": None,
-        }
-        if self.writer is not None:
-            w = self.writer
-            # the processes' CPU per transaction the writers committed: PostgreSQL's is mostly per commit
-            result["cpu_us_per_commit"] = {kind: seconds * 1e6 / w["batches"] for kind, seconds in self.cpu.items()} if w["batches"] else {}
-            slow = [bucket for bucket, n in w["commit_ms"].items() if n and slow_bucket(bucket)]
-            result["writer"] = {
-                **w,
-                "writes_per_batch": w["writes"] / w["batches"] if w["batches"] else None,
-                "slow_commits": sum(w["commit_ms"][bucket] for bucket in slow),
-                "slowest_commit_bucket": slow[-1] if slow else None,
-            }
-        if self.stored is not None:
-            missing = [j for j in sent if (self.codes[j % n], j // n + 1) not in self.stored]
-            result["not_stored"] = len(missing)
-            result["unpersisted"] = sum(1 for j in missing if j in seen)
-        if self.tick_lateness is not None:
-            result["tick_lateness_ms"] = percentiles(self.tick_lateness)
-            result["ticks"] = len(self.tick_lateness)
-        return result
-
-
-def own_lags(due: Sequence[float], sent: Sequence[float], spans: Sequence[float]) -> list[float]:
-    """Each send's lag (``sent - due``, seconds) less the time the generator spent meanwhile on
-    handling what it read (``spans``: starts and ends, flat, in order, not overlapping).
-
-    The generator's loop runs a due send only after the reads it is handling: when the target
-    releases a burst of frames at once (after a commit that waited for the disk, say), the
-    sends behind it leave late because of the target. What is left is the generator's own lag:
-    its loop's timers, its sends, and a machine that did not run it.
-    """
-    starts, ends = spans[0::2], spans[1::2]
-    handled = [0.0]
-    for a, b in zip(starts, ends, strict=True):
-        handled.append(handled[-1] + (b - a))
-
-    def before(t: float) -> float:
-        """Time spent handling reads before ``t``."""
-        i = bisect.bisect_right(starts, t)
-        return handled[i] - (max(0.0, ends[i - 1] - t) if i else 0.0)
-
-    return [max(0.0, (s - d) - (before(s) - before(d))) for d, s in zip(due, sent, strict=True)]
-
-
-def percentiles(values: Sequence[float]) -> dict[str, float] | None:
-    """p50, p90, p99 and max of ``values`` (seconds) in milliseconds (nearest rank)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-
-    def rank(p: float) -> float:
-        return ordered[min(len(ordered) - 1, max(0, math.ceil(p * len(ordered)) - 1))] * 1000
-
-    return {"p50": rank(0.50), "p90": rank(0.90), "p99": rank(0.99), "max": ordered[-1] * 1000, "n": len(ordered)}
-
-
-async def _open(url: str) -> StampedConnection:
-    ws = await connect(
-        url,
-        create_connection=StampedConnection,
-        max_size=WS_MAX_SIZE,
-        max_queue=None,  # never stop reading: a backed-up reader would look like server latency
-        compression=None,
-        open_timeout=OPEN_TIMEOUT,
-        close_timeout=2.0,
-    )
-    assert isinstance(ws, StampedConnection)
-    return ws
 
 
 async def in_batches(items: Sequence[Any], batch: int, make: Callable[[Any], Awaitable[Any]]) -> list[Any]:
@@ -644,7 +105,7 @@ async def run_load(target: Target | Cluster, load: Load, *, measure_target: bool
     run.index_of = {code: i for i, code in enumerate(run.codes)}
 
     async def join(i: int) -> Peer:
-        ws = await _open(ws_bases[worker_of(i, g, len(ws_bases))] + paths[i])
+        ws = await open_socket(ws_bases[worker_of(i, g, len(ws_bases))] + paths[i])
         hello = orjson.loads(await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT))
         ws.stamps.popleft()
         if hello.get("channel") != "hello":
@@ -683,7 +144,7 @@ async def run_load(target: Target | Cluster, load: Load, *, measure_target: bool
         if load.monitor and stores and run.experiment is not None:
             run.monitor = {"frames": 0, "bytes": 0, "rows": 0}
             watching = await _watch(f"{ws_bases[0]}/ws/monitor/{run.experiment}", target.token, run.monitor)
-        await _send_all(run, target, measure_target, meters)
+        await send_all(run, target, measure_target, meters)
         if status0 is not None:
             status1 = [await a.call("GET", "/api/server") for a in apis]
             run.writer = _writer_delta([s["writer"] for s in status0], [s["writer"] for s in status1])
@@ -752,87 +213,6 @@ def _writer_delta(before: Sequence[dict[str, Any]], after: Sequence[dict[str, An
     return out
 
 
-async def _send_all(run: Run, target: Target | Cluster, measure_target: bool, meters: Sequence[Meter] = ()) -> None:
-    load, n = run.load, run.load.participants
-    total = load.total
-    run.due = array("d", [math.nan]) * total
-    run.sent_at = array("d", [math.nan]) * total
-    frames = [orjson.dumps({"channel": "decisions", "payload": k, "id": str(k)}).decode()
-              for k in range(1, load.sends_per_participant + 1)]
-    # every send's frame made before the schedule, each masked with a key of its own
-    keys = os.urandom(4 * total)
-    payloads = [frame.encode() for frame in frames]
-    run.masked = [masked_text_frame(payloads[j // n], keys[4 * j:4 * j + 4]) for j in range(total)]
-    run.expected = sum(len(run.groups[j % n]) for j in range(total))
-    gc.collect()
-    gc.disable()  # a full collection over the receipts would stall the schedule for milliseconds
-    for peer in run.peers:
-        peer.ws.spans = run.read_spans
-    try:
-        await _schedule(run, frames, target, measure_target, meters)
-    finally:
-        run.masked = []  # sent: not kept for the rest of the run
-        for peer in run.peers:
-            peer.ws.spans = None
-        gc.enable()
-
-
-async def _schedule(run: Run, frames: list[str], target: Target | Cluster, measure_target: bool,
-                    meters: Sequence[Meter] = ()) -> None:
-    load, n = run.load, run.load.participants
-    total, interval = load.total, 1.0 / (load.participants * load.rate)
-    sockets = [peer.ws for peer in run.peers]
-    clock = time.perf_counter
-    # read before the schedule starts: the readings (a query to PostgreSQL and one to Redis for the
-    # services) are not in the generator's CPU time nor in the way of the first sends
-    kinds: list[Meter] = [Processes("target", target.pids)] if measure_target else []
-    kinds += meters
-    before: dict[str, Reading] = {m.kind: m.read() for m in kinds}
-    one_process = target.pids[0] if measure_target and len(target.pids) == 1 else None
-    threads0 = thread_times(one_process) if one_process is not None else {}
-    redis = next((m for m in meters if isinstance(m, RedisServer)), None)
-    commands0 = redis.commands() if redis is not None else 0
-    cpu0 = time.process_time()
-    run.wall0 = time.time() + LEAD_SECONDS
-    run.t0 = t0 = clock() + LEAD_SECONDS
-    due, sent_at, masked = run.due, run.sent_at, run.masked
-    for j in range(total):
-        when = t0 + j * interval
-        due[j] = when
-        wait = when - clock()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        sent_at[j] = clock()
-        socket = sockets[j % n]
-        if socket.write_frame(masked[j]):
-            run.written_directly += 1
-            continue
-        try:
-            await socket.send(frames[j // n])
-        except Exception:
-            sent_at[j] = math.nan
-    run.last_send = clock()
-    # receipts still due: wait for them, up to the grace
-    run.check_complete()
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(run.complete.wait(), load.grace)
-    end = clock()
-    run.wall_end = run.wall0 + (end - t0)
-    run.window = end - t0
-    run.generator_cpu = (time.process_time() - cpu0) / run.window
-    run.cpu = {m.kind: used(before[m.kind], m.read()) for m in kinds}
-    if one_process is not None:
-        with contextlib.suppress(OSError):
-            run.threads = threads_used(one_process, threads0, thread_times(one_process))
-    if redis is not None:
-        run.redis_commands = redis.commands() - commands0
-    if measure_target:
-        # a cluster's workers together: CPU may pass 100 % (one core), memory is their sum
-        run.target_cpu = run.cpu["target"] / run.window
-        run.target_rss = sum(rss_bytes(pid) for pid in target.pids)
-        run.target_peak_rss = sum(rss_bytes(pid, "VmHWM") for pid in target.pids)
-
-
 async def close_all(peers: Sequence[Peer]) -> None:
     async def close(peer: Peer) -> None:
         with contextlib.suppress(Exception):
@@ -891,7 +271,7 @@ async def hold_idle(target: Target, count: int, group_size: int = 2, batch: int 
 
     async def one(path: str) -> None:
         try:
-            ws = await _open(ws_base + path)
+            ws = await open_socket(ws_base + path)
             await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT)
             sockets.append(ws)
         except Exception as exc:

@@ -53,7 +53,8 @@ from server.storage import (
     insert_experiment,
 )
 
-from .load import ENDOWMENT, percentiles
+from .api import ENDOWMENT
+from .measures import percentiles
 from .services import Services, postgres_schema
 
 

@@ -1,5 +1,5 @@
 """The generator's own frames: what it reads past ``websockets``' parser and what it writes past its
-``send`` (bench/load.py, :class:`StampedConnection`), against a real ``websockets`` server.
+``send`` (bench/sockets.py, :class:`StampedConnection`), against a real ``websockets`` server.
 
 The frames read are fed to the client's ``data_received`` (what the event loop calls with what the
 socket read) in chunks of every size, so that every place a frame can be cut is met: the texts
@@ -71,7 +71,7 @@ async def a_server() -> AsyncIterator[Server]:
 
 
 async def taking(ws: StampedConnection) -> list[str]:
-    """The client after its hello, taking frames as the generator's peers do (:meth:`bench.load.Peer.read`)."""
+    """The client after its hello, taking frames as the generator's peers do (:meth:`bench.record.Peer.read`)."""
     assert await ws.recv() == "hello"
     ws.stamps.popleft()
     got: list[str] = []
