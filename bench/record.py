@@ -247,7 +247,7 @@ class Run:
             "experiment": self.experiment,
             "sent": len(sent),
             "offered_per_s": len(sent) / max(self.last_send - self.t0, 1e-9) if len(sent) > 1 else 0.0,
-            "delivered": total - lost if sent else 0,
+            "delivered": complete,
             "delivered_per_s": complete / max(last_receipt - self.t0, 1e-9),
             "deliveries": len(latencies),
             "latency_ms": percentiles(latencies),

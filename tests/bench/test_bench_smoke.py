@@ -55,7 +55,7 @@ async def test_relay_delivers_everything_and_a_dropped_decision_is_lost() -> Non
     clean = clean_run.summary()
     assert clean["sent"] == 40, clean
     assert clean["lost"] == 0 and clean["lost_deliveries"] == 0, clean
-    assert clean["deliveries"] == 160 and clean["acked"] == 40, clean
+    assert clean["deliveries"] == 160 and clean["acked"] == 40 and clean["delivered"] == 40, clean
     assert clean["unpersisted"] is None  # the relay stores nothing, so nothing is checked
     assert clean["generator_frames"]["written_directly"] == 40, clean
     assert clean["generator_frames"]["read_directly"] == 200, clean  # 160 deliveries and 40 acks
@@ -70,7 +70,7 @@ async def test_relay_delivers_everything_and_a_dropped_decision_is_lost() -> Non
     # the relay dropped its 7th, 14th, ... 35th decision: 5 decisions, 20 deliveries, 5 acks
     assert dropping["sent"] == 40, dropping
     assert dropping["lost"] == 5 and dropping["lost_deliveries"] == 20, dropping
-    assert dropping["deliveries"] == 140 and dropping["acked"] == 35, dropping
+    assert dropping["deliveries"] == 140 and dropping["acked"] == 35 and dropping["delivered"] == 35, dropping
 
 
 @pytest.mark.parametrize("frames", [False, True], ids=["ordinary", "frames"])
