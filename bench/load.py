@@ -213,10 +213,15 @@ def _writer_delta(before: Sequence[dict[str, Any]], after: Sequence[dict[str, An
     return out
 
 
+async def close_socket(ws: ClientConnection) -> None:
+    """Close ``ws``, waiting at most 5 s for the closing handshake; a socket already gone is no error."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(ws.close(), 5.0)
+
+
 async def close_all(peers: Sequence[Peer]) -> None:
     async def close(peer: Peer) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(peer.ws.close(), 5.0)
+        await close_socket(peer.ws)
         if peer.task is not None:
             peer.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -250,8 +255,13 @@ def tick_lateness(target: Target, experiment: str, since: float, until: float) -
     return out
 
 
-async def hold_idle(target: Target, count: int, group_size: int = 2, batch: int = 250) -> dict[str, Any]:
-    """Open ``count`` sockets (each reads its hello), hold them, and read the target's memory."""
+async def hold_idle(target: Target, count: int, group_size: int = 2, batch: int = 250,
+                    hello_timeout: float = HELLO_TIMEOUT) -> dict[str, Any]:
+    """Open ``count`` sockets (each reads its hello), hold them, and read the target's memory.
+
+    A socket that opens but is not greeted within ``hello_timeout`` is a failure, and is closed at
+    once: the target must not hold it while its memory is read, as ``held`` does not count it.
+    """
     api = Api(target.base, target.token)
     ws_base = target.base.replace("http://", "ws://")
     experiment = None
@@ -270,12 +280,15 @@ async def hold_idle(target: Target, count: int, group_size: int = 2, batch: int 
     started = time.perf_counter()
 
     async def one(path: str) -> None:
+        ws = None
         try:
             ws = await open_socket(ws_base + path)
-            await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT)
+            await asyncio.wait_for(ws.recv(), hello_timeout)
             sockets.append(ws)
         except Exception as exc:
             failures[type(exc).__name__] += 1
+            if ws is not None:
+                await close_socket(ws)
 
     try:
         await in_batches(paths, batch, one)
@@ -296,8 +309,4 @@ async def hold_idle(target: Target, count: int, group_size: int = 2, batch: int 
             "target_peak_rss_mb": rss_bytes(target.pid, "VmHWM") / 2**20,
         }
     finally:
-        async def close(ws: ClientConnection) -> None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 5.0)
-
-        await in_batches(sockets, 500, close)
+        await in_batches(sockets, 500, close_socket)

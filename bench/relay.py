@@ -8,9 +8,11 @@ database, no hub. ``WS /ws/{group}/{code}`` joins group ``group`` as ``code`` an
 ``group_decisions`` to every member, then an ``ack`` (``{"id", "seq"}``) when the frame has an
 ``id``.
 
-``python -m bench.relay --port 0 [--drop-every K] [--fsync FILE]``: with ``--drop-every K`` every
-K-th decision is silently dropped (neither broadcast nor acknowledged), so the benchmark's loss
-count can be tested. With ``--fsync FILE`` the relay stores before it broadcasts, the least a
+``python -m bench.relay --port 0 [--drop-every K] [--silent-every K] [--fsync FILE]``: with
+``--drop-every K`` every K-th decision is silently dropped (neither broadcast nor acknowledged), so
+the benchmark's loss count can be tested; with ``--silent-every K`` every K-th socket is accepted
+and held but never greeted (no ``hello``, no group), so what the benchmark does with a socket whose
+hello never comes can be tested. With ``--fsync FILE`` the relay stores before it broadcasts, the least a
 durable server can do: each decision frame is appended to ``FILE`` and broadcast only once an
 ``fdatasync`` has covered it, by a thread that commits whatever is queued at once (group commit,
 woken at the end of the loop's turn as the server's writer is). No SQLite, no game: the floor of
@@ -136,8 +138,10 @@ def _run_all(callbacks: list[Callable[[], None]]) -> None:
 class Relay:
     """Groups by name: each member's current decision and its socket."""
 
-    def __init__(self, drop_every: int = 0, log: Log | None = None, frames: bool = False) -> None:
+    def __init__(self, drop_every: int = 0, log: Log | None = None, frames: bool = False, silent_every: int = 0) -> None:
         self.drop_every = drop_every
+        self.silent_every = silent_every
+        self.accepted = 0
         self.frames = frames
         self.log = log
         self.received = 0
@@ -148,6 +152,13 @@ class Relay:
         group = str(websocket.path_params["group"])
         code = str(websocket.path_params["code"])
         await websocket.accept()
+        self.accepted += 1
+        if self.silent_every and self.accepted % self.silent_every == 0:
+            # held open, read until the client goes, never greeted
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+                while True:
+                    await websocket.receive_text()
+            return
         member = Member(websocket, self.frames)
         members = self.groups.setdefault(group, {})
         members[code] = member
@@ -200,8 +211,8 @@ class Relay:
             sender.send(encode("ack", {"id": frame_id, "seq": seq}))
 
 
-def create_app(drop_every: int = 0, log: str | None = None, frames: bool = False) -> Starlette:
-    relay = Relay(drop_every, None if log is None else Log(log, corking=frames), frames)
+def create_app(drop_every: int = 0, log: str | None = None, frames: bool = False, silent_every: int = 0) -> Starlette:
+    relay = Relay(drop_every, None if log is None else Log(log, corking=frames), frames, silent_every)
     return Starlette(routes=[WebSocketRoute("/ws/{group}/{code}", relay.socket)])
 
 
@@ -210,20 +221,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--drop-every", type=int, default=0, help="drop every K-th decision (0: none)")
+    parser.add_argument("--silent-every", type=int, default=0,
+                        help="accept every K-th socket but never send it a hello (0: none)")
     parser.add_argument("--fsync", metavar="FILE", help="store each decision in FILE (fdatasync) before broadcasting it")
     parser.add_argument("--frames", action="store_true",
                         help="send and receive as the server does (server.frames): each frame written at once, "
                         "made once per broadcast, a stored batch's together; text frames handled as they are read")
     args = parser.parse_args(argv)
-    if args.drop_every < 0:
-        parser.error(f"--drop-every: expected 0 or more, got {args.drop_every}")
+    for option in ("drop_every", "silent_every"):
+        if getattr(args, option) < 0:
+            parser.error(f"--{option.replace('_', '-')}: expected 0 or more, got {getattr(args, option)}")
     # the collector as server.cli.tune_gc sets it, and the options of server.cli._serve: the
     # floor has the server's own process settings and WebSocket stack
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
     uvicorn.run(
-        create_app(args.drop_every, args.fsync, args.frames),
+        create_app(args.drop_every, args.fsync, args.frames, args.silent_every),
         host=args.host,
         port=args.port,
         **WEBSOCKET_OPTIONS,
