@@ -30,7 +30,7 @@ from .recovery import (
     LOCK_WAIT,
     as_schema_error,
     journal_of,
-    lock_database,
+    lock_served,
     mend_header,
     recover,
     sqlite_file,
@@ -84,7 +84,7 @@ class Database:
         #: SQLite file: the ``flock`` held on it, exclusive with a journal (see :func:`.recovery.lock_database`)
         self._lock: int | None = None
         if self.sqlite_file is not None:
-            self._lock = lock_database(self.sqlite_file, exclusive=journal, wait=lock_wait, why=journal_why)
+            self._lock = lock_served(self.sqlite_file, exclusive=journal, wait=lock_wait, why=journal_why)
         if journal:
             if self.sqlite_file is None or not synced:
                 self._unlock()

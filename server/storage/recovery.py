@@ -29,6 +29,7 @@ from .engine import make_engine
 from .journal import DamagedHeader, Journal, JournalBusy, JournalError, Record, new_salt, scan
 from .repeats import apply_journaled
 from .schema import schema_state
+from .serving import SERVER_WAIT, changing_too_long, schema_change_under_way, waiting_for_change
 from .tables import meta
 from .writes import ConnectionChange, GroupUpdate, NewEvent, NewResult, NewTick, Write
 
@@ -60,7 +61,9 @@ def journal_of(path: str) -> str:
 # ---------------------------------------------------------------------------- the database's lock
 
 
-def lock_database(path: str, *, exclusive: bool, wait: float = LOCK_WAIT, why: str | None = None) -> int:
+def lock_database(
+    path: str, *, exclusive: bool, wait: float = LOCK_WAIT, why: str | None = None, change_wait: float = 0.0
+) -> int:
     """An ``flock`` on the SQLite file ``path`` (made empty if absent): its descriptor, which holds it.
 
     Shared for a direct writer (several processes may write one database, each numbering from
@@ -68,6 +71,10 @@ def lock_database(path: str, *, exclusive: bool, wait: float = LOCK_WAIT, why: s
     locks the file with ``fcntl`` record locks, which an ``flock`` does not touch. Waits up to
     ``wait`` seconds for another process's recovery, then raises :class:`SettingsError`, which
     says ``why`` (:attr:`.Settings.journal_in_force`) this process wants the lock it wants.
+    A server (``change_wait``: :data:`.serving.SERVER_WAIT`) whose lock a ``db`` command holds
+    to change the schema (:func:`.serving.schema_change_under_way`) says so and waits for it up
+    to ``change_wait`` seconds more, then raises :class:`SchemaError`; its own ``wait`` begins
+    again once the change is over (the command then applies a journal, say).
     The lock :func:`check_startable` kept for this process's server is taken over as it is.
     """
     kept = _kept.pop(path, None)
@@ -81,15 +88,32 @@ def lock_database(path: str, *, exclusive: bool, wait: float = LOCK_WAIT, why: s
     except OSError as exc:
         raise SettingsError(f"DATABASE_URL: cannot open the SQLite file {path!r}: {exc.strerror}") from exc
     deadline = time.monotonic() + wait
+    changing_since: float | None = None
     while True:
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
             return fd
         except BlockingIOError:
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            changing = schema_change_under_way(path) if change_wait > 0 else None
+            if changing is not None:
+                if changing_since is None:
+                    changing_since = now
+                    log.warning(waiting_for_change(repr(path), changing, change_wait))
+                if now - changing_since >= change_wait:
+                    os.close(fd)
+                    raise SchemaError(changing_too_long(repr(path), change_wait)) from None
+                deadline = now + wait
+            elif now >= deadline:
                 os.close(fd)
                 raise SettingsError(_lock_refused(path, exclusive, why)) from None
             time.sleep(0.05)
+
+
+def lock_served(path: str, *, exclusive: bool, wait: float = LOCK_WAIT, why: str | None = None) -> int:
+    """:func:`lock_database` for a server: it waits for a ``db`` command's schema change as long as
+    a server on PostgreSQL does (:data:`.serving.SERVER_WAIT`)."""
+    return lock_database(path, exclusive=exclusive, wait=wait, why=why, change_wait=SERVER_WAIT)
 
 
 def _lock_refused(path: str, exclusive: bool, why: str | None) -> str:
@@ -120,8 +144,9 @@ def check_startable(url: str, journal: bool, *, keep: bool = False, why: str | N
     path = sqlite_file(url)
     if path is None:
         return
-    # briefly: a command's recovery holds it for a moment; the server's own lock waits longer
-    fd = lock_database(path, exclusive=journal, wait=2.0, why=why)
+    # briefly: a command's recovery holds it for a moment (the server's own lock waits longer);
+    # a command's schema change as long as on PostgreSQL
+    fd = lock_served(path, exclusive=journal, wait=2.0, why=why)
     try:
         if os.path.exists(journal_of(path)):
             with as_schema_error(), contextlib.suppress(DamagedHeader):  # the server's start mends it

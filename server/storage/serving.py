@@ -10,8 +10,11 @@ changed) while anybody holds one:
 - SQLite file: the ``flock`` every server holds on the database file from its start to its end
   (:func:`.recovery.lock_database`: shared for a direct writer, exclusive with the journal). The
   command tries that lock exclusively, in its migration's transaction, and keeps it until the
-  transaction is over: a server that starts meanwhile waits for it (and is refused once its own
-  wait is over), and one that took it first makes the command refuse.
+  transaction is over; one that took it first makes the command refuse. Holding it, the command
+  also locks a file beside the database (:data:`CHANGING_SUFFIX`, :func:`mark_schema_change`),
+  which tells a server that finds the database's lock held why it is: a schema change, which it
+  waits for as long as a PostgreSQL server does (:data:`SERVER_WAIT`), saying so, rather than
+  another server, which refuses it after a short wait (one process per journal's database).
 - PostgreSQL: a session's advisory lock (:data:`SERVING_LOCK` and the schema, as the schema lock
   is per schema), shared, on a connection of its own that each server process (each worker of a
   cluster) keeps open (:func:`hold_serving`). PostgreSQL lets it go when that session ends, and a
@@ -52,6 +55,8 @@ SERVING_LOCK = 0x5C1AC
 COMMAND_WAIT = 2.0
 #: seconds a server waits for a ``db`` command's schema change to end before it gives up
 SERVER_WAIT = 30.0
+#: what is added to a SQLite file's name for the file whose ``flock`` says a ``db`` command changes its schema
+CHANGING_SUFFIX = ".synclab-schema-change"
 #: seconds between a server's looks at its mark's session (:meth:`ServingMark.renew`)
 RENEW_EVERY = 5.0
 _KEYS = "hashtext(current_schema())"
@@ -153,15 +158,67 @@ def hold_serving(url: str, wait: float = SERVER_WAIT) -> ServingMark | None:
             conn.close()
             if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
                 raise
-            raise SchemaError(
-                f"a `synclab db` command has been changing the schema of the database "
-                f"{engine.url.render_as_string(hide_password=True)} for over {wait:g} s: start the server once "
-                "it has finished"
-            ) from None
+            raise SchemaError(changing_too_long(engine.url.render_as_string(hide_password=True), wait)) from None
         return ServingMark(engine, conn)
     except BaseException:
         engine.dispose()
         raise
+
+
+def changing_too_long(where: str, wait: float) -> str:
+    """Why a server gives up waiting for a ``db`` command's schema change (either database)."""
+    return (f"a `synclab db` command has been changing the schema of the database {where} for over {wait:g} s: "
+            "start the server once it has finished")
+
+
+def waiting_for_change(where: str, pids: list[int], wait: float) -> str:
+    """What a server says as it starts waiting for a ``db`` command's schema change."""
+    by = f" ({_processes(pids)})" if pids else ""
+    return (f"synclab: a `synclab db` command{by} is changing the schema of the database {where}: "
+            f"this server waits for it to finish (up to {wait:g} s)")
+
+
+def mark_schema_change(path: str) -> int:
+    """A ``db`` command's mark that it changes the schema of the SQLite file ``path``: the
+    descriptor of the file beside it (:data:`CHANGING_SUFFIX`), locked exclusively.
+
+    :func:`unmark_schema_change` removes the file and lets the lock go; a command killed leaves the
+    file unlocked, which marks nothing. The file locked must be the one under the name: the
+    command before this one may have removed it in the moment between, and it is made anew.
+    """
+    name = path + CHANGING_SUFFIX
+    while True:
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a server's look holds it shared for a moment only
+        with contextlib.suppress(FileNotFoundError):
+            named, held = os.stat(name), os.fstat(fd)
+            if (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+                return fd
+        os.close(fd)
+
+
+def unmark_schema_change(path: str, fd: int) -> None:
+    """The end of :func:`mark_schema_change`'s mark: the file removed, then its lock let go."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path + CHANGING_SUFFIX)
+    os.close(fd)
+
+
+def schema_change_under_way(path: str) -> list[int] | None:
+    """The processes of a ``db`` command changing the schema of the SQLite file ``path`` now
+    (``[]`` where ``/proc/locks`` cannot tell), or ``None`` when none is."""
+    try:
+        fd = os.open(path + CHANGING_SUFFIX, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _flock_holders(fd)
+    else:
+        return None  # a mark its command's kill left behind, or one just removed
+    finally:
+        os.close(fd)
 
 
 class NoServers:
@@ -176,6 +233,8 @@ class NoServers:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._fd: int | None = None
+        #: the file that marks the schema change (:func:`mark_schema_change`), its path and descriptor
+        self._marked: tuple[str, int] | None = None
 
     def check(self, conn: Connection, where: str) -> None:
         """Raise :class:`ServerRunning` if a server runs on the database; else keep servers from starting."""
@@ -190,18 +249,18 @@ class NoServers:
         path = self._engine.url.database
         if conn.dialect.name != "sqlite" or path in (None, "", ":memory:") or path.startswith("file:"):
             return  # a database in this process's memory: no other process can run on it
-        self._fd = os.open(os.path.abspath(path), os.O_RDWR | os.O_CLOEXEC)
+        path = os.path.abspath(path)
+        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         deadline = time.monotonic() + COMMAND_WAIT
         while True:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
+                break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    pids = _flock_holders(self._fd)
-                    held = f"process{'es' if len(pids) > 1 else ''} {', '.join(map(str, pids))}" if pids else ""
-                    raise ServerRunning(_refusal(where, held)) from None
+                    raise ServerRunning(_refusal(where, _processes(_flock_holders(self._fd)))) from None
                 time.sleep(0.05)
+        self._marked = (path, mark_schema_change(path))
 
     def close(self) -> None:
         if self._fd is None:
@@ -209,6 +268,9 @@ class NoServers:
         self._engine.dispose()
         os.close(self._fd)
         self._fd = None
+        if self._marked is not None:  # after the database's lock: a server that waits takes that one next
+            unmark_schema_change(*self._marked)
+            self._marked = None
 
 
 def _refusal(where: str, held_by: str) -> str:
@@ -216,6 +278,11 @@ def _refusal(where: str, held_by: str) -> str:
         f"a synclab server is running on the database {where}{f' ({held_by})' if held_by else ''}: "
         "stop it (every process of it) and run this again; nothing was changed"
     )
+
+
+def _processes(pids: list[int]) -> str:
+    """``process 12`` or ``processes 12, 34``; '' for none known."""
+    return f"process{'es' if len(pids) > 1 else ''} {', '.join(map(str, pids))}" if pids else ""
 
 
 def _flock_holders(fd: int) -> list[int]:

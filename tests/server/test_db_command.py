@@ -3,8 +3,12 @@ schema change refused while a server runs on the database."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import signal
+import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -12,9 +16,11 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import Connection
 
+from server.exceptions import SchemaError
 from server.storage import head, history, make_engine
+from server.storage.recovery import lock_database
 from tests.server.harness import timeout
-from tests.server.test_cli import free_port, run, started, wait_until_healthy
+from tests.server.test_cli import Running, free_port, run, started, wait_until_healthy
 from tests.server.test_downgrade import db, snapshot
 from tests.server.test_migrations import newer_synclab, release_database
 
@@ -209,3 +215,93 @@ def _mark_sessions(engine: Engine, key: int) -> list[int]:
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = :key"
             " AND objsubid = 2 AND objid = (hashtext(current_schema())::bigint & 4294967295)::oid ORDER BY pid"
         ), {"key": key}).scalars()]
+
+
+# --------------------------------------------------------------------------- SQLite: a server started mid-upgrade
+
+
+def _until_the_file_is_held(path: Path, command: Running) -> None:
+    """Until a process holds the ``flock`` of the SQLite file ``path`` (a command inside its migration)."""
+    deadline = time.monotonic() + timeout(30)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except BlockingIOError:
+                return
+            assert command.process.poll() is None, command.stderr()
+            assert time.monotonic() < deadline, f"the command never held the file; {command.stderr()}"
+            time.sleep(0.05)
+    finally:
+        os.close(fd)
+
+
+def test_a_server_starting_on_sqlite_while_db_upgrade_changes_the_schema_waits_for_it_then_serves(
+    tmp_path: Path,
+) -> None:
+    """SQLite: a ``db upgrade`` whose migration takes longer (8 s) than the 2 s a server waits for
+    the file's lock; a ``synclab serve`` of the new synclab started meanwhile (a platform's ``web``
+    after its ``release``) says that it waits for the schema change and for which process, waits,
+    and serves the revision the command left. Until 2026-12-05 it was refused after 2 s ("another
+    synclab process has the database"), exit 2. A server started beside that running server is
+    still refused as before, without waiting: no mark of the finished change is left behind."""
+    path = tmp_path / "synclab.db"
+    env = {"DATABASE_URL": f"sqlite:///{path}", "SYNCLAB_ADMIN_TOKEN": "a-token-for-the-test"}
+    assert run(tmp_path, "db", "upgrade", **env).returncode == 0
+    newer = newer_synclab(tmp_path, pause=8.0)
+    for name in ("upgrading", "serving", "beside"):
+        (tmp_path / name).mkdir()
+    port = free_port()
+    with started(tmp_path / "upgrading", "db", "upgrade", **env, **newer) as upgrade:
+        _until_the_file_is_held(path, upgrade)
+        with started(tmp_path / "serving", "serve", "--port", str(port), **env, **newer) as server:
+            deadline = time.monotonic() + timeout(20)
+            while "waits for it" not in server.stderr():
+                assert server.process.poll() is None, server.stderr()
+                assert time.monotonic() < deadline, f"the server never said it waits; {server.stderr()}"
+                time.sleep(0.05)
+            assert upgrade.process.poll() is None, "the upgrade ended before the server waited for it"
+            said = next(line for line in server.stderr().splitlines() if "waits for it" in line)
+            assert f"(process {upgrade.process.pid})" in said and str(path) in said, said
+            assert upgrade.process.wait(timeout(30)) == 0, upgrade.stderr()
+            assert wait_until_healthy(f"http://127.0.0.1:{port}", wait=60).status_code == 200
+            with closing(sqlite3.connect(path)) as look:
+                assert look.execute("SELECT version_num FROM alembic_version").fetchall() == [("0099_throwaway",)]
+            beside = run(tmp_path / "beside", "serve", "--port", str(free_port()), **env, **newer)
+            assert beside.returncode == 2, beside.stdout + beside.stderr
+            assert beside.stderr.startswith("synclab: another synclab process has the database"), beside.stderr
+            assert "waits for it" not in beside.stderr
+            assert server.process.poll() is None, server.stderr()
+
+
+def test_a_server_gives_up_on_a_schema_change_past_its_wait_and_a_killed_upgrade_keeps_none_waiting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite: a server's wait for a ``db upgrade`` changing the schema is bounded (here 1 s, 30 s
+    when it serves): past it, a one-line :class:`SchemaError` that says so. The command killed
+    (SIGKILL, mid-migration: nothing changed) leaves its mark's file behind, unlocked: it keeps no
+    server waiting, and one starts at once on the revision the database kept."""
+    from server.storage.serving import CHANGING_SUFFIX  # here: the test before runs without it too
+
+    path = tmp_path / "synclab.db"
+    env = {"DATABASE_URL": f"sqlite:///{path}", "SYNCLAB_ADMIN_TOKEN": "a-token-for-the-test"}
+    assert run(tmp_path, "db", "upgrade", **env).returncode == 0
+    newer = newer_synclab(tmp_path, pause=60.0)
+    (tmp_path / "upgrading").mkdir()
+    with started(tmp_path / "upgrading", "db", "upgrade", **env, **newer) as upgrade:
+        _until_the_file_is_held(path, upgrade)
+        with pytest.raises(SchemaError, match=r"^a `synclab db` command has been changing the schema of the "
+                           r"database '.*synclab.db' for over 1 s: start the server once it has finished$"):
+            lock_database(str(path), exclusive=True, wait=0.1, change_wait=1.0)
+        assert f"(process {upgrade.process.pid}) is changing the schema" in caplog.text
+        upgrade.process.kill()
+        assert upgrade.process.wait(timeout(10)) == -signal.SIGKILL
+    assert Path(str(path) + CHANGING_SUFFIX).exists()  # left behind by the kill
+    port = free_port()
+    with started(tmp_path, "serve", "--port", str(port), **env) as server:
+        assert wait_until_healthy(f"http://127.0.0.1:{port}", wait=60).status_code == 200
+        assert "waits for it" not in server.stderr()
+    with closing(sqlite3.connect(path)) as look:
+        assert look.execute("SELECT version_num FROM alembic_version").fetchall() == [(head(),)]
