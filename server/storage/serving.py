@@ -20,8 +20,8 @@ changed) while anybody holds one:
   cluster) keeps open (:func:`hold_serving`). PostgreSQL lets it go when that session ends, and a
   killed process's session ends when its socket is closed (a host that vanished: when TCP
   keepalives give up). The command takes it exclusively in its migration's transaction
-  (``pg_try_advisory_xact_lock``): a server starting meanwhile waits for the commit, then finds
-  the new revision; one that runs makes the command refuse, naming its sessions.
+  (``pg_try_advisory_xact_lock``): a server starting meanwhile says so and waits for the commit,
+  then finds the new revision; one that runs makes the command refuse, naming its sessions.
 
 The command looks only once it has the schema lock and knows it has something to do: two
 commands take turns as before, and one with nothing to do (``already at …``) runs beside the
@@ -63,13 +63,16 @@ _KEYS = "hashtext(current_schema())"
 _KEY = {"key": SERVING_LOCK}
 #: the lock's sessions (PostgreSQL), holding it or waiting for it (a server starting): its two
 #: keys in ``pg_locks`` (classid, objid as an oid, objsubid 2)
-_HOLDERS = text(
+_LOCKERS = (
     "SELECT l.pid, host(a.client_addr) FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
     " WHERE l.locktype = 'advisory' AND l.classid = :key AND l.objsubid = 2"
     f" AND l.objid = ({_KEYS}::bigint & 4294967295)::oid"
     " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-    " AND l.pid <> pg_backend_pid() ORDER BY l.pid"
+    " AND l.pid <> pg_backend_pid()"
 )
+_HOLDERS = text(_LOCKERS + " ORDER BY l.pid")
+#: the sessions that hold it (a command changing the schema holds it alone), not those waiting
+_GRANTED = text(_LOCKERS + " AND l.granted ORDER BY l.pid")
 
 
 class ServingMark:
@@ -136,8 +139,8 @@ def hold_serving(url: str, wait: float = SERVER_WAIT) -> ServingMark | None:
     """This server's mark on the database of ``url`` (blocking: run it on a thread); ``None`` but on PostgreSQL.
 
     Taken before the server reads the schema's revision. A ``db`` command changing the schema
-    holds the lock exclusively until its commit: this waits for it in the lock's queue, up to
-    ``wait`` seconds, then raises :class:`SchemaError`. (On SQLite the server's mark is its
+    holds the lock exclusively until its commit: this says so (the command's session) and waits
+    for it in the lock's queue, up to ``wait`` seconds, then raises :class:`SchemaError`. (On SQLite the server's mark is its
     ``flock`` on the file.)
     """
     parsed = normalise_url(url)
@@ -147,18 +150,22 @@ def hold_serving(url: str, wait: float = SERVER_WAIT) -> ServingMark | None:
     # and a renewal's connect gives up as the database's connections do not answer
     engine = create_engine(parsed, poolclass=NullPool, pool_reset_on_return=None, connect_args={"connect_timeout": 5})
     try:
+        where = engine.url.render_as_string(hide_password=True)
         conn = engine.connect()
         try:
-            # waiting in the lock's queue (seen in pg_locks), for at most ``wait``
-            conn.exec_driver_sql(f"SET lock_timeout = {max(1, round(wait * 1000))}")
-            conn.execute(text(f"SELECT pg_advisory_lock_shared(:key, {_KEYS})"), _KEY)
-            conn.exec_driver_sql("SET lock_timeout = 0")
+            if not conn.execute(text(f"SELECT pg_try_advisory_lock_shared(:key, {_KEYS})"), _KEY).scalar():
+                sessions = [str(pid) for pid, _ in conn.execute(_GRANTED, _KEY)]
+                log.warning(waiting_for_change(where, f"its session {', '.join(sessions)}" if sessions else "", wait))
+                # waiting in the lock's queue (seen in pg_locks), for at most ``wait``
+                conn.exec_driver_sql(f"SET lock_timeout = {max(1, round(wait * 1000))}")
+                conn.execute(text(f"SELECT pg_advisory_lock_shared(:key, {_KEYS})"), _KEY)
+                conn.exec_driver_sql("SET lock_timeout = 0")
             conn.commit()  # a session's lock: kept outside any transaction (never idle in one)
         except OperationalError as exc:
             conn.close()
             if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
                 raise
-            raise SchemaError(changing_too_long(engine.url.render_as_string(hide_password=True), wait)) from None
+            raise SchemaError(changing_too_long(where, wait)) from None
         return ServingMark(engine, conn)
     except BaseException:
         engine.dispose()
@@ -171,9 +178,10 @@ def changing_too_long(where: str, wait: float) -> str:
             "start the server once it has finished")
 
 
-def waiting_for_change(where: str, pids: list[int], wait: float) -> str:
-    """What a server says as it starts waiting for a ``db`` command's schema change."""
-    by = f" ({_processes(pids)})" if pids else ""
+def waiting_for_change(where: str, held_by: str, wait: float) -> str:
+    """What a server says as it starts waiting for a ``db`` command's schema change; ``held_by``
+    names the command's process or session ('' if unknown)."""
+    by = f" ({held_by})" if held_by else ""
     return (f"synclab: a `synclab db` command{by} is changing the schema of the database {where}: "
             f"this server waits for it to finish (up to {wait:g} s)")
 
@@ -204,9 +212,9 @@ def unmark_schema_change(path: str, fd: int) -> None:
     os.close(fd)
 
 
-def schema_change_under_way(path: str) -> list[int] | None:
-    """The processes of a ``db`` command changing the schema of the SQLite file ``path`` now
-    (``[]`` where ``/proc/locks`` cannot tell), or ``None`` when none is."""
+def schema_change_under_way(path: str) -> str | None:
+    """The process of a ``db`` command changing the schema of the SQLite file ``path`` now, in
+    words (``process 12``; '' where ``/proc/locks`` cannot tell), or ``None`` when none is."""
     try:
         fd = os.open(path + CHANGING_SUFFIX, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -214,7 +222,7 @@ def schema_change_under_way(path: str) -> list[int] | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return _flock_holders(fd)
+        return _processes(_flock_holders(fd))
     else:
         return None  # a mark its command's kill left behind, or one just removed
     finally:

@@ -142,8 +142,9 @@ def test_a_server_starting_while_a_db_command_changes_the_schema_waits_and_finds
 ) -> None:
     """PostgreSQL: while a ``db`` command's transaction holds the servers' mark exclusively (as it
     does from its look to its commit) and has taken the schema back a revision, a ``synclab
-    serve`` starting waits in the mark's queue; once the command commits, the server reads the
-    revision it left and refuses to serve it (exit 3, one line naming ``synclab db upgrade``)."""
+    serve`` starting says that it waits, naming the command's session, and waits in the mark's
+    queue; once the command commits, the server reads the revision it left and refuses to serve it
+    (exit 3, one line naming ``synclab db upgrade``)."""
     from server.storage import SERVING_LOCK
 
     env = {"DATABASE_URL": postgres_url, "SYNCLAB_ADMIN_TOKEN": "a-token-for-the-test"}
@@ -160,6 +161,11 @@ def test_a_server_starting_while_a_db_command_changes_the_schema_waits_and_finds
                     assert server.process.poll() is None, server.stderr()
                     assert time.monotonic() < deadline, f"the server never waited for the mark; {server.stderr()}"
                     time.sleep(0.05)
+                command = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+                said = [line for line in server.stderr_path.read_text().splitlines() if "is changing the schema" in line]
+                assert said == [f"synclab: a `synclab db` command (its session {command}) is changing the schema of "
+                                f"the database {engine.url.render_as_string(hide_password=True)}: "
+                                "this server waits for it to finish (up to 30 s)"], server.stderr()
                 conn.commit()
                 assert server.process.wait(timeout(30)) == 3, server.stderr()
                 stderr = server.stderr_path.read_text()
@@ -263,7 +269,7 @@ def test_a_server_starting_on_sqlite_while_db_upgrade_changes_the_schema_waits_f
                 assert time.monotonic() < deadline, f"the server never said it waits; {server.stderr()}"
                 time.sleep(0.05)
             assert upgrade.process.poll() is None, "the upgrade ended before the server waited for it"
-            said = next(line for line in server.stderr().splitlines() if "waits for it" in line)
+            said = next(line for line in server.stderr_path.read_text().splitlines() if "waits for it" in line)
             assert f"(process {upgrade.process.pid})" in said and str(path) in said, said
             assert upgrade.process.wait(timeout(30)) == 0, upgrade.stderr()
             assert wait_until_healthy(f"http://127.0.0.1:{port}", wait=60).status_code == 200
