@@ -272,6 +272,7 @@ def test_a_server_starting_on_sqlite_while_db_upgrade_changes_the_schema_waits_f
             said = next(line for line in server.stderr_path.read_text().splitlines() if "waits for it" in line)
             assert f"(process {upgrade.process.pid})" in said and str(path) in said, said
             assert upgrade.process.wait(timeout(30)) == 0, upgrade.stderr()
+            assert not Path(f"{path}.synclab-schema-change").exists()  # its mark, as README names it, removed
             assert wait_until_healthy(f"http://127.0.0.1:{port}", wait=60).status_code == 200
             with closing(sqlite3.connect(path)) as look:
                 assert look.execute("SELECT version_num FROM alembic_version").fetchall() == [("0099_throwaway",)]
