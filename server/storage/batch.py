@@ -14,7 +14,7 @@ from psycopg.errors import DivisionByZero
 from sqlalchemy import Engine, and_, select, update
 from sqlalchemy.engine import Connection
 
-from .periods import changes_a_period, store_periods
+from .periods import rows_only, store_periods
 from .prepared import drained_pipeline
 from .statements import BatchStatements, SeqStatements, batch_statements
 from .statuses import set_statuses
@@ -40,7 +40,7 @@ def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:
     pipeline of its own, and psycopg warned of one a refused row aborted while it was sent.
     """
     sql = batch_statements(conn.engine)
-    if not any(w.statuses or changes_a_period(w) for w in writes):
+    if rows_only(writes):
         if sql.pipelined is not None:
             _commit_pipelined(conn, sql, sql.pipelined, writes)
             return
@@ -74,7 +74,7 @@ def apply_numbered(conn: Connection, writes: Sequence[Write], marker: tuple[str,
     neither goes on the driver's connection alone, as :func:`_commit_direct`'s.
     """
     sql = batch_statements(conn.engine)
-    if not any(w.statuses or changes_a_period(w) for w in writes):
+    if rows_only(writes):
         with _on_the_driver(conn) as (raw, cursor):
             _store_renumbered(cursor, sql, writes, marker)
             raw.commit()

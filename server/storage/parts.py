@@ -34,7 +34,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from .batch import store_numbered, store_pipelined, unfenced
-from .periods import changes_a_period, store_periods
+from .periods import rows_only, store_periods
 from .prepared import drained_pipeline
 from .statements import BatchStatements, batch_statements
 from .statuses import set_statuses
@@ -102,7 +102,7 @@ class _Parts:
             return
         sql, cursor = self._sql, self._cursor
         try:
-            if sql.pipelined is not None and not any(w.statuses or changes_a_period(w) for w in writes):
+            if sql.pipelined is not None and rows_only(writes):
                 end = functools.partial(cursor.execute, RELEASE)
                 store_pipelined(self._raw, cursor, sql, sql.pipelined, writes, {}, end, begin=SAVEPOINT)
                 return

@@ -160,3 +160,15 @@ def _ends_faulted(value: Any) -> bool:
 def changes_a_period(write: Write) -> bool:
     """Whether ``write`` starts or ends a period (:func:`store_periods` has something to do)."""
     return any(ev.channel == "state" and ev.value in ("period_start", "period_end") for ev in write.events)
+
+
+def rows_only(writes: Sequence[Write]) -> bool:
+    """Whether ``writes`` set no status and start or end no period: their rows are all there is.
+
+    Asked of every batch: here the events' channels are gathered first, and the writes looked
+    at one by one only when one is ``state``. A call of :func:`changes_a_period` per write, with
+    its generator, cost the journal's apply 2,000 instructions a decision more
+    (``python -m bench.instructions --part apply``: 132,748 → 130,720)."""
+    if any([w.statuses for w in writes]):
+        return False
+    return "state" not in {ev.channel for w in writes for ev in w.events} or not any(map(changes_a_period, writes))
