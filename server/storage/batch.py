@@ -264,7 +264,7 @@ def _store(cursor: Any, sql: BatchStatements, by: SeqStatements, writes: Sequenc
 
     ``seqs``: each write's events' ``seq``, or what ``by``'s statements take for it.
     """
-    time, as_json = sql.time, sql.json
+    time, as_json, flag = sql.time, sql.json, sql.flag
     known = time.known  # looked up here, the call only on a miss (see StoredTimes)
     texts = iter(sql.json_texts([ev.value for write in writes for ev in write.events]))
     by.events.run(cursor, [
@@ -277,7 +277,7 @@ def _store(cursor: Any, sql: BatchStatements, by: SeqStatements, writes: Sequenc
             ev.channel,
             next(texts),
             ev.client_id,
-            ev.bot,
+            flag[ev.bot],
         )
         for write, numbers in zip(writes, seqs, strict=True)
         for ev, s in zip(write.events, numbers, strict=True)
@@ -290,7 +290,7 @@ def _store(cursor: Any, sql: BatchStatements, by: SeqStatements, writes: Sequenc
         for r in w.results
     ])
     sql.ticks.run(cursor, [
-        (w.experiment_id, t.group_id, t.kind, t.index, time(t.scheduled_at), time(t.actual_at), t.late, as_json(t.snapshot))
+        (w.experiment_id, t.group_id, t.kind, t.index, time(t.scheduled_at), time(t.actual_at), flag[t.late], as_json(t.snapshot))
         for w in writes
         for t in w.ticks
     ])

@@ -42,6 +42,11 @@ class BatchStatements:
             dialect._json_serializer if dialect.name == "sqlite" and dialect._json_serializer is not None
             else JSON().dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
         )
+        #: a bool as the driver takes it, ``flag[value]``: on SQLite the integer it stores, which
+        #: the driver binds at once (a bool it looks up as an adapter first, :mod:`.engine`: the
+        #: journal's apply, two a decision, took 3,600 instructions a decision more), elsewhere
+        #: the bool (PostgreSQL refuses an integer for a boolean column)
+        self.flag: tuple[Any, Any] = (0, 1) if dialect.name == "sqlite" else (False, True)
         #: SQLite with synclab's serializer: :meth:`json_texts` makes its text itself
         self._orjson_text = dialect.name == "sqlite" and self.json is json_dumps
         self.next_seq = prepare(
