@@ -265,13 +265,13 @@ def _store(cursor: Any, sql: BatchStatements, by: SeqStatements, writes: Sequenc
     ``seqs``: each write's events' ``seq``, or what ``by``'s statements take for it.
     """
     time, as_json, flag = sql.time, sql.json, sql.flag
-    known = time.known  # looked up here, the call only on a miss (see StoredTimes)
+    known, made = time.known, time.made  # looked up here, the call only on a miss (see StoredTimes)
     texts = iter(sql.json_texts([ev.value for write in writes for ev in write.events]))
     by.events.run(cursor, [
         (
             write.experiment_id,
             s,
-            known.get(ev.timestamp) or time(ev.timestamp),
+            known.get(ev.timestamp) or made(ev.timestamp),
             ev.group_id,
             ev.participant_id,
             ev.channel,
