@@ -71,6 +71,14 @@ class Event(NamedTuple):
     def broadcast(self) -> bool:
         return self.to is None
 
+    @property
+    def recipient(self) -> str | None:
+        """The one participant it is sent to alone (a result, a game's ``send(…, to=[member])``),
+        which the event log stores; ``None`` when sent to the group, to nobody, or to several
+        (whom the log does not name: one column holds one participant)."""
+        to = self.to
+        return next(iter(to)) if to is not None and len(to) == 1 else None
+
 
 #: ``new_event(Event, (channel, payload, participant, to, tick))``, every field given: the ``Event``
 #: that ``Event(...)`` makes, without its ``__new__``, a function in Python that packs the

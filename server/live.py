@@ -246,7 +246,7 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
             at, lat = ms(now), round((self._clock() - now) * 1000, 3)
             rows = [
                 {"seq": seq, "ts": at, "group": self.id, "participant": ev.participant, "channel": ev.channel, "value": ev.payload,
-                 "latency": lat, "bot": new.bot, "recipient": next(iter(ev.to)) if ev.channel == RESULT and ev.to else None}
+                 "latency": lat, "bot": new.bot, "recipient": ev.recipient}
                 for ev, seq, new in zip(events, stored.seqs, stored.events, strict=True)
             ]
             self._hub.publish(topic, orjson.dumps(rows).decode())
@@ -280,12 +280,12 @@ class LiveGroup(Ticks, Presence, Control, LookUps, Greeting):
         scored: list[NewResult] = []
         timed: list[NewTick] = []
         for i, ev in enumerate(events):
-            if ev.participant is None:
-                stored.append(NewEvent(ev.channel, ev.payload, now, group_id))
-                if ev.channel == RESULT and ev.to:
+            if ev.participant is None:  # every field given, no keyword: the cheaper call (a decision's group_decisions)
+                alone = None if ev.to is None else ev.recipient  # the one member it went to (`to` read first: the group's, mostly)
+                stored.append(NewEvent(ev.channel, ev.payload, now, group_id, None, None, False, None if alone is None else member_ids[alone]))
+                if ev.channel == RESULT and alone is not None:
                     p = ev.payload
-                    session = self.session_ids[next(iter(ev.to))]
-                    scored.append(NewResult(i, session, p["subperiod"], p["decision"], float(p["score"])))
+                    scored.append(NewResult(i, self.session_ids[alone], p["subperiod"], p["decision"], float(p["score"])))
             else:
                 stored.append(NewEvent(ev.channel, ev.payload, now, group_id, member_ids[ev.participant], client_id, bot))
             due = ev.tick

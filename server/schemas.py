@@ -98,7 +98,8 @@ def _row_schemas() -> dict[str, JSONSchema]:
         "Event": closed_object(
             {"seq": SEQ, "timestamp": TIME, "group": nullable(INT), "participant": nullable(STRING),
              "channel": STRING, "value": ANY, "bot": {"type": "boolean"},
-             # an extension of CONTRACT §2's event: the participant it was sent to alone (a result's)
+             # an extension of CONTRACT §2's event: the participant the server sent it to alone (a
+             # result's, a game's send(…, to=[member])'s)
              "recipient": nullable(STRING)}
         ),
         "Session": closed_object(session),

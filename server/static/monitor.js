@@ -955,7 +955,7 @@ class LiveExperiment {
 
   /**
    * Who an event is from: its participant (a bot standing in, marked), or the server, with the
-   * participant it sent the event to alone (`recipient`: a result's) after an arrow.
+   * participant it sent the event to alone (`recipient`: a result's, a game's private message) after an arrow.
    */
   who(e) {
     if (e.participant) return `${this.label(e.participant)}${e.bot ? " (bot)" : ""}`;

@@ -277,7 +277,7 @@ def _store(cursor: Any, sql: BatchStatements, by: SeqStatements, writes: Sequenc
             ev.channel,
             next(texts),
             ev.client_id,
-            flag[ev.bot],
+            flag[ev.bot], ev.recipient_id,
         )
         for write, numbers in zip(writes, seqs, strict=True)
         for ev, s in zip(write.events, numbers, strict=True)

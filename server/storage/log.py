@@ -1,9 +1,14 @@
 """Reading the event log: events of an experiment in ``seq`` order, as the REST API lists them.
 
 An event's ``participant`` is the one who sent it, ``None`` for every event the server sent
-(CONTRACT §2). ``recipient``, an extension of the contract's event, is the participant the event
-was sent to alone: for a ``result`` event (the server's) the participant whose result it is, as
-its ``results`` row names it; ``None`` for every other event.
+(CONTRACT §2). ``recipient``, an extension of the contract's event, is the participant the server
+sent the event to alone, as stored with it (``events.recipient_id``): the participant whose result
+a ``result`` event is, or the one member a game's ``send(…, to=[member])`` went to; ``None`` for an
+event sent to the group, to several members, to nobody, or by a participant.
+
+A ``result`` event stored without it (a journal's record of a server before the column, applied
+after ``synclab db upgrade``, whose migration filled the rows already there) is named from its
+``results`` row, as the log named every result's before: the same participant.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from groups import RESULT
 
 from .tables import events, participants, results, sessions
 from .times import iso
+
+#: the participants once more, as the events' recipients
+_recipients = participants.alias("recipients")
 
 
 def _after(experiment_id: int, after_seq: int, channel: str | None) -> ColumnElement[bool]:
@@ -48,14 +56,20 @@ def list_events(
                 events.c.channel,
                 events.c.value,
                 events.c.bot,
+                _recipients.c.code.label("recipient"),
             )
-            .select_from(events.outerjoin(participants, participants.c.id == events.c.participant_id))
+            .select_from(
+                events.outerjoin(participants, participants.c.id == events.c.participant_id)
+                .outerjoin(_recipients, _recipients.c.id == events.c.recipient_id)
+            )
             .where(_after(experiment_id, after_seq, channel))
             .order_by(events.c.seq)
             .offset(offset)
             .limit(limit)
         ).mappings().all()
-        scored = _scored(conn, experiment_id, [r["seq"] for r in rows if r["channel"] == RESULT and r["participant"] is None])
+        scored = _scored(conn, experiment_id, [
+            r["seq"] for r in rows if r["channel"] == RESULT and r["participant"] is None and r["recipient"] is None
+        ])
         return [
             {
                 "seq": r["seq"],
@@ -65,15 +79,15 @@ def list_events(
                 "channel": r["channel"],
                 "value": r["value"],
                 "bot": bool(r["bot"]),
-                "recipient": scored.get(r["seq"]),
+                "recipient": r["recipient"] or scored.get(r["seq"]),
             }
             for r in rows
         ]
 
 
 def _scored(conn: Connection, experiment_id: int, seqs: list[int]) -> dict[int, str]:
-    """Whose result each of the ``result`` events ``seqs`` reported: its ``results`` row's
-    participant code (one range of ``ix_results_experiment_id_seq``)."""
+    """Whose result each of the ``result`` events ``seqs`` (stored without their recipient)
+    reported: its ``results`` row's participant code (one range of ``ix_results_experiment_id_seq``)."""
     if not seqs:
         return {}
     found = conn.execute(

@@ -144,7 +144,7 @@ class BatchStatements:
 
 
 _EVENT_COLUMNS = (
-    "experiment_id", "seq", "timestamp", "group_id", "participant_id", "channel", "value", "client_id", "bot"
+    "experiment_id", "seq", "timestamp", "group_id", "participant_id", "channel", "value", "client_id", "bot", "recipient_id"
 )
 _RESULT_COLUMNS = ("session_id", "experiment_id", "seq", "subperiod", "decision", "score")
 _TICK_COLUMNS = ("experiment_id", "group_id", "kind", "index", "scheduled_at", "actual_at", "late", "snapshot")

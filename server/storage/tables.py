@@ -239,6 +239,9 @@ class Event(SQLModel, table=True):
     client_id: str | None = Field(default=None, max_length=64)
     #: made by a server-side bot (a lobby's fill, a dropout's stand-in), not by the participant
     bot: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default="0"))
+    #: the one participant the server sent it to alone (a result, a game's ``send(…, to=[member])``);
+    #: ``None`` for an event sent to the group, to several members, to nobody, or by a participant
+    recipient_id: int | None = Field(default=None, foreign_key="participants.id")
 
 
 class Session(SQLModel, table=True):

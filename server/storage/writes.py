@@ -22,6 +22,9 @@ class NewEvent:
     client_id: str | None = None
     #: made by a server-side bot standing in for the participant (``server.standins``)
     bot: bool = False
+    #: the one participant the server sent it to alone (:attr:`groups.Event.recipient`); a journal's
+    #: record written before this field decodes with ``None`` (``.recovery.decode``)
+    recipient_id: int | None = None
 
 
 @dataclass

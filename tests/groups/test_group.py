@@ -402,6 +402,15 @@ def test_a_custom_channel_records_the_frame_then_the_handlers_messages() -> None
     assert group.state == before
 
 
+def test_an_event_names_its_recipient_only_when_sent_to_one_member_alone() -> None:
+    """``Event.recipient`` (what the event log stores): the one member in ``to``; none for the
+    group, for nobody (a frame recorded), or for several members."""
+    group = running(make(Chat))
+    frame, to_all, receipt = group.receive("b", "chat", "hello", 2.0)
+    assert (frame.recipient, to_all.recipient, receipt.recipient) == (None, None, "b")
+    assert Event("chat", "hi", None, frozenset({"a", "b"})).recipient is None
+
+
 class Relay(DecisionGroup):
     """A game whose ``relay`` handler sends on the channel the frame names."""
 

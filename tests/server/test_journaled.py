@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from groups import PublicGoods
@@ -99,6 +100,20 @@ def test_a_record_holds_the_writes_as_they_were_numbered() -> None:
     write.seqs = [12]
     (back,) = decode(encode([write]))
     assert dataclasses.asdict(back) == dataclasses.asdict(write) and back.seqs == [12] and back.events[0].value == {"x": [1, 0.5]}
+
+
+def test_a_record_keeps_a_tips_recipient_and_one_written_before_recipients_reads_as_naming_none() -> None:
+    """An event's ``recipient_id`` comes back from its record; a record a server wrote before
+    events had one (no such field: a journal left by a crash, applied after ``synclab db upgrade``)
+    reads as naming no recipient."""
+    write = Write(7, [NewEvent("tip", "psst", 1.25, 3, recipient_id=5), NewEvent("tip", "all", 1.25, 3)])
+    write.seqs = [12, 13]
+    assert [e.recipient_id for e in decode(encode([write]))[0].events] == [5, None]
+    version, (old,) = orjson.loads(encode([write]))
+    for event in old["events"]:
+        del event["recipient_id"]
+    (back,) = decode(orjson.dumps([version, [old]]))
+    assert [(e.channel, e.value, e.recipient_id) for e in back.events] == [("tip", "psst", None), ("tip", "all", None)]
 
 
 async def submitted(writer: EventWriter, write: Write) -> Write:

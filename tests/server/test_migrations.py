@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import httpx
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, String, create_engine, inspect, select, text, update
+from sqlalchemy import Engine, String, create_engine, func, insert, inspect, select, text, update
 from sqlalchemy.engine import make_url
 
 from server.cli import main
@@ -30,12 +31,15 @@ from server.storage import (
     deliveries,
     differences,
     downgrade_schema,
+    events,
     head,
     list_deliveries,
+    list_events,
     make_engine,
     normalise_url,
     participants,
     prepare_schema,
+    results,
     schema_state,
     sessions,
     upgrade_schema,
@@ -252,7 +256,8 @@ def test_a_database_of_release_0_1_0_upgrades_keeping_every_row_and_every_page(
     tmp_path: Path, database_url: str
 ) -> None:
     """``synclab db upgrade`` stamps the release's database (no version table) and upgrades it: every
-    row of every table is still there unchanged, ``synclab verify`` passes for both experiments,
+    row of every table is still there unchanged (each ``result`` event names its recipient, whose
+    result it is, in the column added since), ``synclab verify`` passes for both experiments,
     and a server on it answers every REST page and export as the release did."""
     url = release_database(tmp_path, database_url)
     engine = make_engine(url)
@@ -272,6 +277,7 @@ def test_a_database_of_release_0_1_0_upgrades_keeping_every_row_and_every_page(
         assert schema_state(engine).current
         assert every_row(engine, old_columns) == before
         assert differences(engine) == []
+        assert result_recipients(engine) == (whose_results(engine), len(before["events"]) - len(before["results"]))
     finally:
         engine.dispose()
     for code in codes(url):
@@ -316,6 +322,28 @@ def test_serve_refuses_the_release_database_in_one_line_and_serve_upgrade_upgrad
         listed = httpx.get(f"http://127.0.0.1:{port}/api/experiments", headers={"Authorization": f"Bearer {TOKEN}"})
         assert sorted(e["code"] for e in listed.json()["results"]) == sorted(codes(url))
         assert any("upgraded the database" in line for line in running.seen + _drain(running))
+
+
+def result_recipients(engine: Engine) -> tuple[dict[tuple[int, int], int], int]:
+    """The recipient each ``result`` event names, by (experiment, seq); and how many other events name none."""
+    with engine.connect() as conn:
+        named = conn.execute(
+            select(events.c.experiment_id, events.c.seq, events.c.recipient_id).where(events.c.channel == "result")
+        ).all()
+        others = conn.execute(
+            select(func.count()).select_from(events).where(events.c.channel != "result", events.c.recipient_id.is_(None))
+        ).scalar_one()
+    return {(e, s): r for e, s, r in named}, others
+
+
+def whose_results(engine: Engine) -> dict[tuple[int, int], int]:
+    """The participant of each result, by its event's (experiment, seq)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(results.c.experiment_id, results.c.seq, sessions.c.participant_id)
+            .join(sessions, sessions.c.id == results.c.session_id)
+        ).all()
+    return {(e, s): p for e, s, p in rows}
 
 
 def _drain(running: Any) -> list[str]:
@@ -662,5 +690,48 @@ def test_0014_indexes_results_by_experiment_and_seq_and_its_downgrade_drops_that
         with engine.connect() as conn:
             assert "ix_results_experiment_id_seq" in {i["name"] for i in inspect(conn).get_indexes("results")}
             assert conn.execute(text("SELECT count(*) FROM sessions")).scalar_one() == held
+    finally:
+        engine.dispose()
+
+
+def test_0015_names_each_results_recipient_and_its_downgrade_asks_before_dropping_a_games_own(
+    tmp_path: Path, database_url: str
+) -> None:
+    """0015 adds ``events.recipient_id``, filled for each ``result`` event of the release's database
+    from its ``results`` row. Its downgrade, while a game's private message names its recipient,
+    asks first, then drops the column; back up, the results' recipients are filled again (the
+    private message's is lost) and the schema is the application's. A ``result`` event stored
+    without it (a journal's record of a server before the column) is named from its ``results``
+    row in the event log."""
+    url = release_database(tmp_path, database_url)
+    engine = make_engine(url)
+    try:
+        upgrade_schema(engine)
+        whose = whose_results(engine)
+        assert result_recipients(engine)[0] == whose
+        (experiment_id, seq), person = next(iter(whose.items()))
+        with engine.begin() as conn:
+            conn.execute(insert(events).values(
+                experiment_id=experiment_id, seq=10**6, timestamp=datetime.now(UTC), channel="tip", value="psst",
+                bot=False, recipient_id=person,
+            ))
+        with pytest.raises(DataWouldBeLost, match=r"the recipient of 1 event\(s\) a game sent to one member"):
+            downgrade_schema(engine, "0014_results_seq_index", lose=False)
+        assert schema_state(engine).revision == head()
+        downgrade_schema(engine, "0014_results_seq_index", lose=True)
+        assert schema_state(engine).revision == "0014_results_seq_index"
+        assert "recipient_id" not in column_names(engine)["events"]
+        upgrade_schema(engine)
+        assert schema_state(engine).revision == head() and differences(engine) == []
+        assert result_recipients(engine)[0] == whose
+        with engine.begin() as conn:
+            assert conn.execute(select(events.c.recipient_id).where(events.c.channel == "tip")).scalar_one() is None
+            conn.execute(update(events).where(events.c.channel == "result").values(recipient_id=None))
+            code_of = dict(conn.execute(select(participants.c.id, participants.c.code)).all())
+        logged = list_events(engine, experiment_id, 0, 0, 10**6)
+        assert {r["seq"]: r["recipient"] for r in logged if r["channel"] == "result"} == {
+            s: code_of[p] for (e, s), p in whose.items() if e == experiment_id
+        }
+        assert seq in {r["seq"] for r in logged} and all(r["recipient"] is None for r in logged if r["channel"] != "result")
     finally:
         engine.dispose()
