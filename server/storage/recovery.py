@@ -207,7 +207,8 @@ def sync_database(path: str, held: int) -> None:
 
 def encode(writes: Sequence[Write]) -> bytes:
     """A record's payload: the version and the writes, numbered, as JSON (orjson: dataclasses as objects)."""
-    return orjson.dumps([PAYLOAD_VERSION, list(writes)])
+    # (the writer's batch, a list, as it is: no copy)
+    return orjson.dumps([PAYLOAD_VERSION, writes if type(writes) is list else list(writes)])
 
 
 def decode(payload: bytes) -> list[Write]:

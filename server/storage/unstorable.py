@@ -360,26 +360,38 @@ def storable(writes: Sequence[Write]) -> None:
     client id stored before, a row that is not there), which the journal, ahead of it, cannot
     look up: the server keeps those right (:mod:`server.clientids`), and an apply they fail halts."""
     for write in writes:
-        for result in write.results:
-            if not math.isfinite(result.score):
-                raise ValueError(f"a score the database cannot store: {result.score!r}")
-            _integer(result.subperiod, "a result's subperiod")
-        group, connection = write.group, write.connection
-        if group is None:
-            times = []
-        else:
-            times = [group.started_at, group.ends_at, group.ended_at]
-            if type(group.subperiod) is not int or not _INT_MIN <= group.subperiod <= _INT_MAX:  # (inline: every write's)
-                _integer(group.subperiod, "the group's subperiod")
-        if connection is not None:
-            times += (connection.opened, connection.closed)
-            _integer(connection.close_code, "a connection's close code")
-        for tick in write.ticks:
-            times.append(tick.scheduled_at)
-            _integer(tick.index, "a tick's index")
-        for value in times:
-            if value is not None and not _EARLIEST <= value <= _LATEST:  # NaN is refused too
-                raise ValueError(f"a time the database cannot store: {value!r} seconds since the epoch")
+        group = write.group
+        if group is not None and write.connection is None and not write.results and not write.ticks:
+            # an action's write (the group's state alone) passed in one expression, the journal's
+            # writer looks at every write; anything it does not pass is looked at value by value
+            subperiod, started, ends, ended = group.subperiod, group.started_at, group.ends_at, group.ended_at
+            if (type(subperiod) is int and _INT_MIN <= subperiod <= _INT_MAX and (started is None or _EARLIEST <= started <= _LATEST)
+                    and (ends is None or _EARLIEST <= ends <= _LATEST) and (ended is None or _EARLIEST <= ended <= _LATEST)):
+                continue
+        _look(write)
+
+
+def _look(write: Write) -> None:
+    """:func:`storable` of one write, value by value: raises for the first it refuses."""
+    for result in write.results:
+        if not math.isfinite(result.score):
+            raise ValueError(f"a score the database cannot store: {result.score!r}")
+        _integer(result.subperiod, "a result's subperiod")
+    group, connection = write.group, write.connection
+    if group is None:
+        times = []
+    else:
+        times = [group.started_at, group.ends_at, group.ended_at]
+        _integer(group.subperiod, "the group's subperiod")
+    if connection is not None:
+        times += (connection.opened, connection.closed)
+        _integer(connection.close_code, "a connection's close code")
+    for tick in write.ticks:
+        times.append(tick.scheduled_at)
+        _integer(tick.index, "a tick's index")
+    for value in times:
+        if value is not None and not _EARLIEST <= value <= _LATEST:  # NaN is refused too
+            raise ValueError(f"a time the database cannot store: {value!r} seconds since the epoch")
 
 
 def _integer(value: Any, where: str) -> None:

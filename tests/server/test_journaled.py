@@ -116,6 +116,29 @@ def test_a_record_keeps_a_tips_recipient_and_one_written_before_recipients_reads
     assert [(e.channel, e.value, e.recipient_id) for e in back.events] == [("tip", "psst", None), ("tip", "all", None)]
 
 
+async def test_a_batch_s_writes_are_numbered_in_a_row_whatever_their_number_of_events(tmp_path: Path) -> None:
+    """The journal numbers each write's events after the last of its experiment's, in the order
+    they were queued, one, two (a decision's) or more: each write's ``seqs`` the next
+    ``len(events)`` numbers; a write without events gets none."""
+    async with storing(tmp_path / "db.sqlite") as s:
+        first = await s.decide(0.5)
+        sizes = [2, 1, 0, 3, 2, 5, 1, 2]
+        batch = [
+            Write(s.experiment_id, [NewEvent("decisions", k / 10, 1e9, s.group_id, s.participant_id) for k in range(n)])
+            for n in sizes
+        ]
+        done = [asyncio.get_running_loop().create_future() for _ in batch]
+        for write, stored in zip(batch, done, strict=True):  # (queued at once: committed in one or a few batches)
+            s.writer.submit(write, stored.set_result, stored.set_exception)
+        await asyncio.wait_for(asyncio.gather(*done), timeout(5))
+        expected, last = [], first[-1]
+        for n in sizes:
+            expected.append(list(range(last + 1, last + 1 + n)))
+            last += n
+        assert [w.seqs for w in batch] == expected
+        assert await s.decide(0.6) == [last + 1]
+
+
 async def submitted(writer: EventWriter, write: Write) -> Write:
     done: asyncio.Future[Write] = asyncio.get_running_loop().create_future()
     writer.submit(write, done.set_result, done.set_exception)
