@@ -43,7 +43,7 @@ import logging
 import struct
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from websockets.protocol import State
 from websockets.streams import StreamReader
@@ -101,8 +101,7 @@ class FrameProtocol(_Base):
     #: what the class reads of uvicorn's protocol (its state, its transport, its queue of messages
     #: for the app) beyond the methods it overrides
     USED: ClassVar[tuple[str, ...]] = (
-        "disconnected", "close_sent", "handshake_complete", "initial_response", "writable", "transport", "queue", "logger",
-        "conn",
+        "disconnected", "close_sent", "handshake_complete", "initial_response", "transport", "queue", "logger", "conn",
     )
     #: what :meth:`_take_frames` reads of ``websockets``' protocol (``conn``) and of its reader
     PARSER_USED: ClassVar[tuple[str, ...]] = (
@@ -119,6 +118,9 @@ class FrameProtocol(_Base):
     _on_text: Callable[[str], None] | None = None
     #: a fragmented message is being received: it, and what follows it, go through the queue
     _fragmented = False
+    #: the transport's buffer is past its high-water mark (:meth:`pause_writing`, as uvicorn's ``writable``
+    #: cleared): an attribute, read at every frame (``writable.is_set()``, a call of Python, ~160 instructions)
+    _paused = False
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -264,17 +266,10 @@ class FrameProtocol(_Base):
         super().handle_cont(event)
 
     def write_frame(self, frame: bytes) -> bool:
-        """Write ``frame`` now if it can go at once; ``False`` (nothing written) when it has to wait
-        for the buffer to drain, or the socket is not open for data (before the handshake's end,
-        after a close was sent or the connection was lost)."""
-        if (
-            self.disconnected
-            or self.close_sent
-            or not self.handshake_complete
-            or self.initial_response is not None
-            or not self.writable.is_set()
-            or self.transport.is_closing()
-        ):
+        """Write ``frame`` now if it can go at once; ``False`` (nothing written) when it has to wait for the
+        buffer to drain, or the socket is not open for data (before the handshake's end, after a close)."""
+        if (self.disconnected or self.close_sent or not self.handshake_complete or self.initial_response is not None
+                or self._paused or self.transport.is_closing()):
             return False
         holding = _cork.holding
         if holding is None:
@@ -285,6 +280,14 @@ class FrameProtocol(_Base):
         else:
             self._held.append(frame)
         return True
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        super().resume_writing()
 
     def flush(self) -> None:
         """Write the frames kept while corked, in one piece (nothing if the socket closed meanwhile)."""
@@ -382,8 +385,7 @@ def _offered(scope: Any, name: str) -> Any:
 
 def frame_writer(scope: Any) -> Callable[[bytes], bool] | None:
     """The socket's direct writer (:meth:`FrameProtocol.write_frame`), if the server offers it."""
-    writer: Callable[[bytes], bool] | None = _offered(scope, "write")
-    return writer
+    return cast("Callable[[bytes], bool] | None", _offered(scope, "write"))
 
 
 def lost_code(scope: Any) -> int | None:
@@ -395,5 +397,4 @@ def lost_code(scope: Any) -> int | None:
 
 def frame_taker(scope: Any) -> Callable[[Callable[[str], None] | None], None] | None:
     """The socket's :meth:`FrameProtocol.take_texts`, if the server offers it."""
-    taker: Callable[[Callable[[str], None] | None], None] | None = _offered(scope, "take_texts")
-    return taker
+    return cast("Callable[[Callable[[str], None] | None], None] | None", _offered(scope, "take_texts"))
