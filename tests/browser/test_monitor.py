@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
-from playwright.async_api import Page, Route, expect
+from playwright.async_api import Locator, Page, Route, expect
 
 from server import monitor
 from server.storage import add_token, revoke_token
@@ -129,23 +130,32 @@ async def test_monitor_names_the_field_the_server_refused(server: Harness, page:
     assert "experiment=" not in page.url
 
 
-async def test_monitor_cut_off_for_falling_behind_reconnects_to_a_fresh_snapshot(
+async def cut_off_for_falling_behind(
     server: Harness, page: Page, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Closed 4008, the page reconnects by itself and shows what happened meanwhile."""
+) -> tuple[dict[str, Any], list[Any], Locator, Locator]:
+    """A monitor open on a running experiment, closed 4008 for falling behind (the first member's
+    decision 0.8 one write too many): the experiment, its members' clients, the page's live state
+    and its first group."""
     exp = await server.create(period_length=60)
     await page.goto(f"{server.base}/monitor?experiment={exp['code']}#token={TOKEN}")
     live = page.locator("#live-state")
     await expect(live).to_have_attribute("data-snapshots", "1", timeout=WAIT_MS)
-    people = exp["participants"]
-    clients = [await server.connect(person["code"]) for person in people]
+    clients = [await server.connect(person["code"]) for person in exp["participants"]]
     group = page.locator("article.group").first
     await expect(group).to_have_attribute("data-phase", "running", timeout=WAIT_MS)
-
     monkeypatch.setattr(monitor, "MAX_BUFFERED", 0)  # the next stored write is one too many
     await clients[0].send("decisions", 0.8, "a")
     await expect(live).to_have_attribute("data-last-close", "4008", timeout=WAIT_MS)
     monkeypatch.undo()
+    return exp, clients, live, group
+
+
+async def test_monitor_cut_off_for_falling_behind_reconnects_to_a_fresh_snapshot(
+    server: Harness, page: Page, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closed 4008, the page reconnects by itself and shows what happened meanwhile."""
+    exp, clients, live, group = await cut_off_for_falling_behind(server, page, monkeypatch)
+    people = exp["participants"]
     await clients[1].send("decisions", 0.3, "b")
 
     await expect(live).to_have_attribute("data-snapshots", "2", timeout=WAIT_MS)
@@ -405,18 +415,7 @@ async def test_monitor_cut_off_for_falling_behind_lists_the_events_stored_while_
     """Closed 4008, the page reconnects: its latest events hold every stored event, in seq order,
     the ones stored between the cut and the new snapshot too (they were missing: the log was
     filled from the events API only at the first snapshot)."""
-    exp = await server.create(period_length=60)
-    await page.goto(f"{server.base}/monitor?experiment={exp['code']}#token={TOKEN}")
-    live = page.locator("#live-state")
-    await expect(live).to_have_attribute("data-snapshots", "1", timeout=WAIT_MS)
-    clients = [await server.connect(person["code"]) for person in exp["participants"]]
-    group = page.locator("article.group").first
-    await expect(group).to_have_attribute("data-phase", "running", timeout=WAIT_MS)
-
-    monkeypatch.setattr(monitor, "MAX_BUFFERED", 0)  # the next stored write is one too many
-    await clients[0].send("decisions", 0.8, "a")
-    await expect(live).to_have_attribute("data-last-close", "4008", timeout=WAIT_MS)
-    monkeypatch.undo()
+    exp, _clients, live, group = await cut_off_for_falling_behind(server, page, monkeypatch)
     await expect(live).to_have_attribute("data-snapshots", "2", timeout=WAIT_MS)
     await expect(group.locator(".chart-summary")).to_contain_text("0.80", timeout=WAIT_MS)
 
