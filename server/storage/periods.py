@@ -41,16 +41,26 @@ _BLOCK_RUNNING = (
 #: overflows (PostgreSQL refuses one, SQLite makes it infinity); the same sum as unscaled but for
 #: scores below 2**-958, which the scaling makes subnormal
 _SCALE = 2.0**-64
-#: what a session earned, scaled down: bonus + Σ its results
+#: what a session earned, scaled down: bonus + Σ its results, in a table of one row that
+#: :data:`_EARNED` selects from, so that the sum is made once though its CASE reads it twice (put
+#: into the CASE as an expression, twice, it was made twice: each session's results read twice)
 _SCALED = (
-    select(blocks.c.bonus_points * _SCALE).where(blocks.c.id == sessions.c.block_id).scalar_subquery()
-    + select(func.coalesce(func.sum(results.c.score * _SCALE), 0.0))
+    select(
+        (
+            select(blocks.c.bonus_points * _SCALE).where(blocks.c.id == sessions.c.block_id)
+            .correlate(sessions).scalar_subquery()
+            + func.coalesce(func.sum(results.c.score * _SCALE), 0.0)
+        ).label("scaled")
+    )
     .where(results.c.session_id == sessions.c.id)
-    .scalar_subquery()
+    .correlate(sessions)
+    .subquery("earned")
 )
 #: what a session earned: bonus + Σ its results; NULL when that is past a float's range (or no
 #: number), never infinity: no finite score (``storage.stored_score``)
-_EARNED = case((func.abs(_SCALED) <= sys.float_info.max * _SCALE, _SCALED / _SCALE), else_=null())
+_EARNED = select(
+    case((func.abs(_SCALED.c.scaled) <= sys.float_info.max * _SCALE, _SCALED.c.scaled / _SCALE), else_=null())
+).scalar_subquery()
 _STARTED_IN_GROUP = and_(sessions.c.group_id == bindparam("gid"), sessions.c.started_at.is_not(None))
 #: final_score = bonus + Σ results (NULL past a float's range), for the group's sessions that started
 _SESSIONS_FINISHED = update(sessions).where(_STARTED_IN_GROUP).values(finished_at=bindparam("at"), final_score=_EARNED)
