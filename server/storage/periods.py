@@ -41,15 +41,27 @@ _BLOCK_RUNNING = (
 #: overflows (PostgreSQL refuses one, SQLite makes it infinity); the same sum as unscaled but for
 #: scores below 2**-958, which the scaling makes subnormal
 _SCALE = 2.0**-64
+#: the largest magnitude whose scaled value rounds to zero (2**-1075 and below round to zero, ties
+#: to even): a float's product, on SQLite, is that zero with the score's sign; PostgreSQL refuses
+#: the same product (``value out of range: underflow``), and with it the period's end, for good
+_SCALED_TO_ZERO = 2.0**-1011
+
+
+def _scaled(value: Any) -> Any:
+    """``value`` scaled down by :data:`_SCALE`, as a float's product on either database: a score
+    too small to scale is that zero (``value * 0.0``, its sign kept), which PostgreSQL takes."""
+    return case((func.abs(value) <= _SCALED_TO_ZERO, value * 0.0), else_=value * _SCALE)
+
+
 #: what a session earned, scaled down: bonus + Σ its results, in a table of one row that
 #: :data:`_EARNED` selects from, so that the sum is made once though its CASE reads it twice (put
 #: into the CASE as an expression, twice, it was made twice: each session's results read twice)
 _SCALED = (
     select(
         (
-            select(blocks.c.bonus_points * _SCALE).where(blocks.c.id == sessions.c.block_id)
+            select(_scaled(blocks.c.bonus_points)).where(blocks.c.id == sessions.c.block_id)
             .correlate(sessions).scalar_subquery()
-            + func.coalesce(func.sum(results.c.score * _SCALE), 0.0)
+            + func.coalesce(func.sum(_scaled(results.c.score)), 0.0)
         ).label("scaled")
     )
     .where(results.c.session_id == sessions.c.id)

@@ -1,7 +1,9 @@
 """A period's end scores its group's sessions (``final_score`` = bonus + Σ its results,
 :mod:`server.storage.periods`) in one statement that reads each session's results once, and
 stores what the former statement, which put that sum into its CASE twice (each session's
-results read and summed twice), stored: bit for bit, NULL past a float's range, never infinity."""
+results read and summed twice), stored: bit for bit, NULL past a float's range, never infinity.
+A score too small to scale (:data:`TOO_SMALL`) counts as a zero of its sign on both databases:
+PostgreSQL refused the former statement's product, and with it the period's end."""
 
 from __future__ import annotations
 
@@ -39,16 +41,21 @@ EDGES = (
     0.0, -0.0, 1.0, -1.0, 0.1, 1.5, 1e9, -1e9, BIGGEST, -BIGGEST, BIGGEST / 2, BIGGEST / 3, 1e308, -1e308, 2.0**1023,
     2.0**-958, -(2.0**-958), 2.0**-959, 2.0**-1000, -(2.0**-1010),
 )
-#: scores so small that scaled they are zero: PostgreSQL refuses the product (``underflow``)
-#: where SQLite makes it zero; the explicit examples below have them (a random one in most
-#: examples would leave few whose scores PostgreSQL stores)
-TOO_SMALL = (2.0**-1011, sys.float_info.min, 5e-324, -5e-324, 3 * 2.0**-1074)
+#: scores so small that scaled they are zero (2**-1011 and below): PostgreSQL refused the former
+#: statement's product (``value out of range: underflow``), where SQLite made it that zero
+TOO_SMALL = (2.0**-1011, -(2.0**-1011), sys.float_info.min, 5e-324, -5e-324, 3 * 2.0**-1074)
 scores = st.one_of(
-    st.sampled_from(EDGES),
-    st.floats(allow_nan=False, allow_infinity=False).filter(lambda x: x == 0 or abs(x) >= 2.0**-1010),
-    st.builds(math.copysign, st.floats(min_value=2.0**-1010, max_value=2.0**-958), st.sampled_from((1.0, -1.0))),
+    st.sampled_from(EDGES + TOO_SMALL),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.builds(math.copysign, st.floats(min_value=0.0, max_value=2.0**-958), st.sampled_from((1.0, -1.0))),
     st.floats(min_value=-1e6, max_value=1e6),
 )
+
+
+def _as_scaled(score: float) -> float:
+    """A score as the former statement's product took it on SQLite (a float's): one too small to
+    scale, a zero of its sign."""
+    return math.copysign(0.0, score) if abs(score) <= 2.0**-1011 else score
 
 
 @dataclass(slots=True)
@@ -107,29 +114,40 @@ def _final_scores(conn: Connection, group: Group) -> list[str | None]:
 @example(bonus=BIGGEST, sets=[[], [1.0], [-BIGGEST], [BIGGEST]], played=False)
 @example(bonus=-(2.0**-958), sets=[[2.0**-958, 2.0**-959], [2.0**-1010] * 3, [-0.0], [0.0, -0.0]], played=True)
 @example(bonus=0.0, sets=[[1.0, TOO_SMALL[0]], [], [], []], played=True)
-@example(bonus=TOO_SMALL[1], sets=[[], [], [], []], played=False)
+@example(bonus=TOO_SMALL[2], sets=[[], [], [], []], played=False)
+@example(bonus=-(2.0**-1011), sets=[[-(2.0**-1011)], [TOO_SMALL[4]], [2.0**-1010, -(2.0**-1011)], []], played=True)
 @example(bonus=1.0, sets=[list(TOO_SMALL), [1.0], [BIGGEST] * 2, []], played=True)
 @example(bonus=1.5, sets=[[1e308] * 3, [-1e308] * 3, [1e308, -1e308] * 2, [0.1] * 10], played=True)
 def test_a_period_s_end_stores_the_scores_the_former_statement_stored_bit_for_bit(
     engine: Engine, group: Group, bonus: float, sets: list[list[float]], played: bool
 ) -> None:
     """Random and edge-case bonuses and results (past a float's range, subnormal once scaled,
-    none at all): the period's end, played or not, stores each session's final score as the
-    former expression made it, bit for bit, NULL where that was NULL, and never infinity; where
-    the former statement was refused (PostgreSQL: a score so small that scaled it underflows to
-    zero, ``value out of range: underflow``), the period's end is refused the same way."""
+    too small to scale, none at all): the period's end, played or not, stores each session's
+    final score as the former expression made it, bit for bit, NULL where that was NULL, and
+    never infinity. The former expression is given each score too small to scale as the zero of
+    its sign that SQLite's product made of it (PostgreSQL refused that product, ``value out of
+    range: underflow``, and the period's end with it); on SQLite it is given the scores as they are too."""
     with engine.connect() as conn, conn.begin() as transaction:
-        _store_results(conn, group, bonus, sets)
-        former = _refused_or_stored(conn, group, lambda: conn.execute(
-            update(sessions).where(sessions.c.group_id == group.group_id).values(final_score=_FORMER_EARNED)
-        ))
+
+        def former_on(bonus: float, sets: list[list[float]]) -> list[str | None] | str:
+            _store_results(conn, group, bonus, sets)
+            return _refused_or_stored(conn, group, lambda: conn.execute(
+                update(sessions).where(sessions.c.group_id == group.group_id).values(final_score=_FORMER_EARNED)
+            ))
+
+        former = former_on(_as_scaled(bonus), [[_as_scaled(score) for score in scores] for scores in sets])
+        if engine.dialect.name == "sqlite":
+            assert former_on(bonus, sets) == former
+        else:
+            _store_results(conn, group, bonus, sets)
         # a score the period's end did not write stays this, which no case above makes
         conn.execute(update(sessions).where(sessions.c.group_id == group.group_id).values(final_score=-7.25))
         now = _refused_or_stored(conn, group, lambda: period_ended(
             conn, group.experiment_id, group.group_id, AT + 60, played=played
         ))
+        assert not isinstance(former, str), former
         assert now == former, (bonus, sets)
-        assert isinstance(former, str) or all(s is None or math.isfinite(float.fromhex(s)) for s in former)
+        assert all(s is None or math.isfinite(float.fromhex(s)) for s in former)
         transaction.rollback()
 
 
