@@ -36,6 +36,7 @@ from .storage import (
     recover_file,
     schema_state,
     upgrade_schema,
+    wait_for_change,
 )
 
 DB_ACTIONS = ("upgrade", "downgrade", "current", "history", "check")
@@ -82,6 +83,9 @@ def run_db(settings: Settings, action: str, revision: str | None = None, *, yes:
 def _upgrade(settings: Settings) -> int:
     engine = make_engine(settings.database_url)
     try:
+        # another command's change under way: waited for and said, as the other commands do (the
+        # schema lock alone would keep this one waiting without a word, and on PostgreSQL unbounded)
+        wait_for_change(settings.database_url)
         before, after = upgrade_schema(engine, alone=True)
         recovered = recover_file(engine, settings.database_url)
     except SchemaError as exc:

@@ -27,6 +27,7 @@ from .storage import (
     prepare_schema,
     reading,
     revoke_token,
+    wait_for_change,
 )
 
 TOKEN_ACTIONS = ("create", "list", "revoke")
@@ -78,6 +79,7 @@ def run_token(settings: Settings, action: str, name: str | None = None, role: st
 
 
 def _create(settings: Settings, name: str, role: str) -> int:
+    wait_for_change(settings.database_url)  # as reading() does: a schema change under way is waited for
     engine = make_engine(settings.database_url)  # a new database is made, as serve makes one
     try:
         prepare_schema(engine)

@@ -91,7 +91,7 @@ from .deliveries import (
     next_delivery_at,
 )
 from .downgrading import RELEASES, DataWouldBeLost, Step, downgrade_schema
-from .engine import make_engine, normalise_url
+from .engine import make_engine, normalise_url, sqlite_file
 from .journal import DEFAULT_SIZE as DEFAULT_JOURNAL_SIZE
 from .journaled import ApplyFailed
 from .leftover import (
@@ -119,7 +119,7 @@ from .outcomes import (
     stored_score,
 )
 from .recovery import MARKER as JOURNAL_MARKER
-from .recovery import check_startable, reading, recover_file, sqlite_file
+from .recovery import check_startable, reading, recover_file
 from .recovery import marker as journal_marker
 from .repeats import apply_journaled
 from .schema import (
@@ -134,7 +134,7 @@ from .schema import (
     upgrade_schema,
 )
 from .seats import GroupSpec, Seat, client_ids, client_seq, last_state_query, load_group, load_seat
-from .serving import RENEW_EVERY, SERVING_LOCK, ServingMark, hold_serving
+from .serving import RENEW_EVERY, SERVING_LOCK, ServingMark, hold_serving, wait_for_change
 from .snapshot import monitor_state
 from .stalls import WRITER_NAME, end_stalled_writers, writer_connection
 from .statuses import (
@@ -339,6 +339,7 @@ __all__ = [
     "token_used",
     "tokens",
     "upgrade_schema",
+    "wait_for_change",
     "workers_with_open_connections",
     "writer_connection",
 ]

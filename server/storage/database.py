@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 
 from ..exceptions import SettingsError
 from .batch import commit_writes
-from .engine import make_engine
+from .engine import make_engine, sqlite_file
 from .journal import DEFAULT_SIZE, Journal
 from .journaled import APPLY_EVERY, JournalFirst
 from .parts import in_parts, rolled_back
@@ -33,7 +33,6 @@ from .recovery import (
     lock_served,
     mend_header,
     recover,
-    sqlite_file,
 )
 from .stalls import writer_connection
 from .thread import WriterThread

@@ -4,6 +4,7 @@ commands that only read take theirs from :func:`.recovery.reading`)."""
 from __future__ import annotations
 
 import functools
+import os
 import sqlite3
 import time
 from typing import Any
@@ -28,6 +29,15 @@ def normalise_url(url: str) -> URL:
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
+
+
+def sqlite_file(url: str) -> str | None:
+    """The absolute path of a SQLite file database; ``None`` for another database or SQLite in memory."""
+    parsed = make_url(url)
+    path = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or path in ("", ":memory:") or path.startswith("file:"):
+        return None
+    return os.path.abspath(path)
 
 
 def make_engine(url: str, *, lock_timeout: float | None = None, synced: bool = True, **options: Any) -> Engine:

@@ -25,11 +25,17 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..exceptions import SchemaError, SettingsError
-from .engine import make_engine
+from .engine import make_engine, sqlite_file
 from .journal import DamagedHeader, Journal, JournalBusy, JournalError, Record, new_salt, scan
 from .repeats import apply_journaled
 from .schema import schema_state
-from .serving import SERVER_WAIT, changing_too_long, schema_change_under_way, waiting_for_change
+from .serving import (
+    SERVER_WAIT,
+    changing_too_long,
+    schema_change_under_way,
+    wait_for_change,
+    waiting_for_change,
+)
 from .tables import meta
 from .writes import ConnectionChange, GroupUpdate, NewEvent, NewResult, NewTick, Write
 
@@ -42,15 +48,6 @@ MARKER = "journal_applied"
 PAYLOAD_VERSION = 1
 #: seconds a process waits for the database's lock (another's recovery) before it gives up
 LOCK_WAIT = 10.0
-
-
-def sqlite_file(url: str) -> str | None:
-    """The absolute path of a SQLite file database; ``None`` for another database or SQLite in memory."""
-    parsed = make_url(url)
-    path = parsed.database or ""
-    if parsed.get_backend_name() != "sqlite" or path in ("", ":memory:") or path.startswith("file:"):
-        return None
-    return os.path.abspath(path)
 
 
 def journal_of(path: str) -> str:
@@ -348,11 +345,14 @@ def recover_file(engine: Engine, url: str) -> int | None:
 
 @contextmanager
 def reading(url: str) -> Iterator[Engine]:
-    """An engine on an existing database, for the commands that only read (export, verify).
+    """An engine on an existing database, for the commands that read it (export, verify, token, db…).
 
     A SQLite database that no server holds has what its journal (``SYNCLAB_JOURNAL=on``) kept
     applied first, when its schema is this synclab's (:func:`recover_file`): what a
     server acknowledged before a crash is read as well.
+
+    A ``db`` command changing the schema meanwhile is waited for first, as a server waits for it
+    (:func:`.serving.wait_for_change`: up to 30 s, then :class:`SchemaError`).
 
     A SQLite file that does not exist is a :class:`SettingsError`, never created; a database
     error while reading becomes one too, naming the database without its password.
@@ -362,6 +362,7 @@ def reading(url: str) -> Iterator[Engine]:
         raise SettingsError(f"DATABASE_URL: no SQLite database at {make_url(url).database!r}")
     engine = make_engine(url)
     try:
+        wait_for_change(url)  # a `db` command's schema change under way: its new schema is read
         if path is not None and os.path.exists(journal_of(path)) and schema_state(engine).current:
             recover_file(engine, url)  # db upgrade does it once the schema is this synclab's
         yield engine

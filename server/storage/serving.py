@@ -23,6 +23,10 @@ changed) while anybody holds one:
   (``pg_try_advisory_xact_lock``): a server starting meanwhile says so and waits for the commit,
   then finds the new revision; one that runs makes the command refuse, naming its sessions.
 
+The commands that open the database (``export``, ``verify``, ``token``, ``db``…) wait for a
+schema change under way before they read anything, as a server starting does, but hold nothing
+after it (:func:`wait_for_change`).
+
 The command looks only once it has the schema lock and knows it has something to do: two
 commands take turns as before, and one with nothing to do (``already at …``) runs beside the
 servers, so a release phase that runs ``db upgrade`` while the old servers still serve passes
@@ -35,16 +39,18 @@ import contextlib
 import fcntl
 import logging
 import os
+import sys
 import threading
 import time
+from collections.abc import Callable
 
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from ..exceptions import SchemaError, ServerRunning
-from .engine import normalise_url
+from .engine import normalise_url, sqlite_file
 
 log = logging.getLogger("synclab")
 
@@ -73,6 +79,8 @@ _LOCKERS = (
 _HOLDERS = text(_LOCKERS + " ORDER BY l.pid")
 #: the sessions that hold it (a command changing the schema holds it alone), not those waiting
 _GRANTED = text(_LOCKERS + " AND l.granted ORDER BY l.pid")
+#: the session that holds it exclusively: a ``db`` command changing the schema (servers hold it shared)
+_CHANGING = text(_LOCKERS + " AND l.granted AND l.mode = 'ExclusiveLock' ORDER BY l.pid")
 
 
 class ServingMark:
@@ -172,18 +180,77 @@ def hold_serving(url: str, wait: float = SERVER_WAIT) -> ServingMark | None:
         raise
 
 
-def changing_too_long(where: str, wait: float) -> str:
-    """Why a server gives up waiting for a ``db`` command's schema change (either database)."""
+def changing_too_long(where: str, wait: float, then: str = "start the server") -> str:
+    """Why a server (or, ``then`` "run this command again", a command) gives up waiting for a
+    ``db`` command's schema change (either database)."""
     return (f"a `synclab db` command has been changing the schema of the database {where} for over {wait:g} s: "
-            "start the server once it has finished")
+            f"{then} once it has finished")
 
 
-def waiting_for_change(where: str, held_by: str, wait: float) -> str:
-    """What a server says as it starts waiting for a ``db`` command's schema change; ``held_by``
-    names the command's process or session ('' if unknown)."""
+def waiting_for_change(where: str, held_by: str, wait: float, who: str = "this server") -> str:
+    """What a server (or ``who``) says as it starts waiting for a ``db`` command's schema change;
+    ``held_by`` names the command's process or session ('' if unknown)."""
     by = f" ({held_by})" if held_by else ""
     return (f"synclab: a `synclab db` command{by} is changing the schema of the database {where}: "
-            f"this server waits for it to finish (up to {wait:g} s)")
+            f"{who} waits for it to finish (up to {wait:g} s)")
+
+
+def wait_for_change(url: str, wait: float = SERVER_WAIT, say: Callable[[str], None] | None = None) -> None:
+    """Before a command opens the database of ``url`` (``export``, ``verify``, ``token``, ``db``…):
+    a ``db`` command changing its schema now is waited for, as a server waits for it.
+
+    The wait is said once (``say``; stderr by default), naming the command's process (SQLite) or
+    session (PostgreSQL); past ``wait`` seconds, :class:`SchemaError`. The caller then reads the
+    schema the change left, never the one it replaces: on SQLite the change's mark
+    (:func:`mark_schema_change`) is let go only after its commit, and on PostgreSQL the lock it
+    holds exclusively (:data:`SERVING_LOCK`) ends with its transaction. Nothing is held after it:
+    a schema change that starts later is not kept out. Blocking.
+    """
+    announce = say or _to_stderr
+    path = sqlite_file(url)
+    if path is not None:
+        where = repr(path)
+        changing = schema_change_under_way(path)
+        if changing is None:
+            return
+        announce(waiting_for_change(where, changing, wait, who="this command"))
+        deadline = time.monotonic() + wait
+        while schema_change_under_way(path) is not None:
+            if time.monotonic() >= deadline:
+                raise SchemaError(changing_too_long(where, wait, then="run this command again"))
+            time.sleep(0.05)
+        return
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        _wait_on_postgres(parsed, wait, announce)
+
+
+def _wait_on_postgres(parsed: URL, wait: float, announce: Callable[[str], None]) -> None:
+    """:func:`wait_for_change` on PostgreSQL: a session holding the servers' mark exclusively is a
+    ``db`` command's change, waited for in the lock's queue and let go at once (never held
+    beyond this look: a running server's mark is shared, and a command's would not be seen)."""
+    engine = create_engine(parsed, poolclass=NullPool, connect_args={"connect_timeout": 5})
+    where = engine.url.render_as_string(hide_password=True)
+    try:
+        with engine.connect() as conn:
+            sessions = [str(pid) for pid in conn.execute(_CHANGING, _KEY).scalars()]
+            if not sessions:
+                return
+            announce(waiting_for_change(where, f"its session {', '.join(sessions)}", wait, who="this command"))
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, round(wait * 1000))}")
+            try:  # in the queue behind the change; let go with the transaction, at once
+                conn.execute(text(f"SELECT pg_advisory_xact_lock_shared(:key, {_KEYS})"), _KEY)
+            except OperationalError as exc:
+                if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+                    raise
+                raise SchemaError(changing_too_long(where, wait, then="run this command again")) from None
+            conn.rollback()
+    finally:
+        engine.dispose()
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def mark_schema_change(path: str) -> int:

@@ -45,6 +45,7 @@ from server.storage import (
     upgrade_schema,
 )
 from server.storage.schema import MIGRATIONS, SCHEMA_LOCK
+from server.storage.serving import SERVING_LOCK
 from server.storage.tables import metadata
 from tests.conftest import POSTGRES_URL
 from tests.server.harness import timeout
@@ -439,8 +440,9 @@ def test_a_newer_synclab_refuses_this_database_until_db_upgrade_then_serves_it(t
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_two_processes_upgrading_at_once_take_turns(tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
     """Two ``db upgrade`` at once, the first holding the schema lock in a slow migration: the second
-    waits (on PostgreSQL it is seen waiting on the advisory lock) and ends after the first, finding
-    nothing left to do; the database is upgraded once and every row is there."""
+    waits (on PostgreSQL it is seen waiting on an advisory lock: the servers' mark the first holds
+    exclusively, as every command waits for a change under way, or the schema lock) and ends after
+    the first, finding nothing left to do; the database is upgraded once and every row is there."""
     url = release_database(tmp_path, "sqlite://" if kind == "sqlite" else str(request.getfixturevalue("postgres_url")))
     engine = make_engine(url)
     before, old_columns = every_row(engine), column_names(engine)
@@ -470,17 +472,18 @@ def test_two_processes_upgrading_at_once_take_turns(tmp_path: Path, kind: str, r
 
 
 def _until_waiting_on_the_schema_lock(wait: float = 15.0) -> None:
-    """Until a session waits for the advisory lock of schema changes (``pg_locks``, not granted)."""
+    """Until a session waits for the advisory lock of schema changes, or for the servers' mark a
+    change holds exclusively (``pg_locks``, not granted)."""
     admin = create_engine(normalise_url(POSTGRES_URL))
     deadline = time.monotonic() + timeout(wait)
     try:
         while True:
             with admin.connect() as conn:
                 waiting = conn.execute(
-                    # the two-key lock (schema changes, this schema): classid the key, objsubid 2
-                    text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :key"
-                         " AND objsubid = 2 AND NOT granted"),
-                    {"key": SCHEMA_LOCK},
+                    # the two-key locks (schema changes or servers, this schema): classid the key, objsubid 2
+                    text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                         " AND classid IN (:key, :mark) AND objsubid = 2 AND NOT granted"),
+                    {"key": SCHEMA_LOCK, "mark": SERVING_LOCK},
                 ).scalar_one()
             if waiting:
                 return

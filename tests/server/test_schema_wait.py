@@ -1,0 +1,172 @@
+"""The commands that open a database (``export``, ``verify``, ``token``, ``db``) started while
+``synclab db upgrade`` changes its schema: each waits for the change, as a server does, saying so
+once, then reads the schema it left; or gives up in one line after the server's 30 s.
+
+The upgrade is a real ``synclab db upgrade`` of a newer synclab (:func:`newer_synclab`) whose
+migration sleeps inside its transaction, with the schema lock and the servers' mark held."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+from sqlalchemy import text
+
+from server.experiments import parse_request, plan
+from server.storage import SERVING_LOCK, insert_experiment, make_engine
+from tests.server.harness import timeout
+from tests.server.test_cli import SYNCLAB, Running, environment, run, started
+from tests.server.test_db_command import _until_the_file_is_held
+from tests.server.test_migrations import newer_synclab
+
+#: what a command says, once, as it starts to wait
+WAITS = "this command waits for it to finish (up to 30 s)"
+
+
+@dataclass
+class _Command:
+    """A ``synclab`` command run to its end, its stdout and stderr in files (nothing read while it runs)."""
+
+    process: subprocess.Popen[bytes]
+    here: Path
+
+    def stdout(self) -> str:
+        return (self.here / "stdout").read_text()
+
+    def stderr(self) -> str:
+        return (self.here / "stderr").read_text()
+
+    def end(self, wait: float) -> int:
+        return self.process.wait(timeout(wait))
+
+
+@contextlib.contextmanager
+def _commands(tmp_path: Path, runs: dict[str, list[str]], env: dict[str, str]) -> Iterator[dict[str, _Command]]:
+    """Start each of ``runs`` (name: its arguments) at once, each in a directory of its own; killed at the end."""
+    started_ = {}
+    try:
+        for name, args in runs.items():
+            here = tmp_path / name
+            here.mkdir()
+            with (here / "stdout").open("wb") as out, (here / "stderr").open("wb") as err:
+                process = subprocess.Popen([*SYNCLAB, *args], cwd=here, env=environment(here, **env), stdout=out, stderr=err)
+            started_[name] = _Command(process, here)
+        yield started_
+    finally:
+        for command in started_.values():
+            if command.process.poll() is None:
+                command.process.kill()
+                command.process.wait(timeout(10))
+
+
+def _setting_up(tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> tuple[dict[str, str], str]:
+    """A database at this synclab's revision with one experiment: the environment and its code."""
+    url = f"sqlite:///{tmp_path}/synclab.db" if kind == "sqlite" else request.getfixturevalue("postgres_url")
+    env = {"DATABASE_URL": url, "SYNCLAB_ADMIN_TOKEN": "a-token-for-the-test"}
+    made = run(tmp_path, "db", "upgrade", **env)
+    assert made.returncode == 0, made.stderr
+    spec = plan(parse_request({"game": "bimatrix", "participants": 2, "group_size": 2, "period_length": 60}))
+    engine = make_engine(url)
+    try:
+        insert_experiment(engine, spec)
+    finally:
+        engine.dispose()
+    return env, spec.code
+
+
+def _until_changing(tmp_path: Path, url: str, upgrade: Running) -> str:
+    """Until the upgrade holds its change (in its migration's transaction): its process or session, in words."""
+    if url.startswith("sqlite"):
+        _until_the_file_is_held(tmp_path / "synclab.db", upgrade)
+        return f"process {upgrade.process.pid}"
+    engine = make_engine(url)
+    deadline = time.monotonic() + timeout(30)
+    try:
+        while True:
+            with engine.connect() as conn:
+                holder = conn.execute(text(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock'"
+                    " AND classid = :key AND objsubid = 2"
+                    " AND objid = (hashtext(current_schema())::bigint & 4294967295)::oid"
+                ), {"key": SERVING_LOCK}).scalar()
+            if holder is not None:
+                return f"its session {holder}"
+            assert upgrade.process.poll() is None, upgrade.stderr()
+            assert time.monotonic() < deadline, f"the upgrade never held the servers' mark; {upgrade.stderr()}"
+            time.sleep(0.1)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_commands_started_while_db_upgrade_changes_the_schema_wait_for_it_then_read_the_new_one(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """``export``, ``verify``, ``token list`` and a second ``db upgrade`` of the newer synclab,
+    started while its ``db upgrade`` is inside its migration: each says once on stderr that it
+    waits, naming the upgrade's process (SQLite) or session (PostgreSQL), waits, and then runs on
+    the new schema (exit 0; the second upgrade finds it at the new revision already). Until
+    2026-12-05 they read the old schema at once and exited 2 (``no such column:
+    experiments.throwaway``, ``table 'experiments' lacks ['throwaway']``, ``this synclab needs
+    0099_throwaway``); the second upgrade waited without a word."""
+    env, code = _setting_up(tmp_path, kind, request)
+    newer = newer_synclab(tmp_path, pause=20.0)
+    (tmp_path / "upgrading").mkdir()
+    runs = {"export": ["export", code], "verify": ["verify", code], "tokens": ["token", "list"],
+            "again": ["db", "upgrade"]}
+    with started(tmp_path / "upgrading", "db", "upgrade", **env, **newer) as upgrade:
+        holder = _until_changing(tmp_path, env["DATABASE_URL"], upgrade)
+        with _commands(tmp_path, runs, {**env, **newer}) as commands:
+            deadline = time.monotonic() + timeout(30)
+            for name, command in commands.items():
+                while WAITS not in command.stderr():
+                    assert command.process.poll() is None, (name, command.stdout(), command.stderr())
+                    assert time.monotonic() < deadline, f"{name} never said it waits; {command.stderr()}"
+                    time.sleep(0.05)
+            assert upgrade.process.poll() is None, "the upgrade ended before every command waited for it"
+            assert upgrade.process.wait(timeout(40)) == 0, upgrade.stderr()
+            ends = {name: command.end(30) for name, command in commands.items()}
+            for name, command in commands.items():
+                said = command.stderr().splitlines()
+                assert ends[name] == 0 and len(said) == 1, (name, ends[name], command.stdout(), said)
+                assert said[0].startswith(f"synclab: a `synclab db` command ({holder}) is changing the schema"), said
+    exported = orjson.loads(commands["export"].stdout())
+    assert exported["experiment"]["code"] == code
+    assert f"synclab verify {code}:" in commands["verify"].stdout()
+    assert commands["tokens"].stdout().startswith("name")
+    assert "is already at 0099_throwaway" in commands["again"].stdout()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_command_gives_up_on_a_schema_change_past_the_servers_wait_in_one_line(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """``export`` started while a ``db upgrade`` changes the schema for longer than a server waits
+    (30 s) exits 2 with one line past the line that said it waits, and writes nothing to stdout;
+    the upgrade goes on. Until 2026-12-05 it read the old schema at once: exit 2, ``no such
+    column: experiments.throwaway`` (or, on PostgreSQL, ``column … does not exist``)."""
+    env, code = _setting_up(tmp_path, kind, request)
+    newer = newer_synclab(tmp_path, pause=60.0)
+    (tmp_path / "upgrading").mkdir()
+    with started(tmp_path / "upgrading", "db", "upgrade", **env, **newer) as upgrade:
+        _until_changing(tmp_path, env["DATABASE_URL"], upgrade)
+        begun = time.monotonic()
+        with _commands(tmp_path, {"export": ["export", code]}, {**env, **newer}) as commands:
+            export = commands["export"]
+            assert export.end(50) == 2, export.stderr()
+        assert time.monotonic() - begun >= 30
+        said = export.stderr().splitlines()
+        assert len(said) == 2 and WAITS in said[0], said
+        assert said[1].startswith("synclab: a `synclab db` command has been changing the schema of the database "), said
+        assert said[1].endswith(" for over 30 s: run this command again once it has finished"), said
+        assert export.stdout() == ""
+        assert upgrade.process.poll() is None, upgrade.stderr()
+        upgrade.process.send_signal(signal.SIGKILL)
+        upgrade.process.wait(timeout(10))
