@@ -34,6 +34,7 @@ from .storage import (
     insert_experiment,
     make_engine,
     prepare_schema,
+    wait_for_change,
 )
 from .tokencommand import TOKEN_ACTIONS, run_token
 from .verify import run_verify
@@ -55,6 +56,9 @@ def _prepare(settings: Settings, upgrade: bool, *, serving_here: bool) -> str | 
     """
     settings.check()
     check_startable(settings.database_url, settings.journaled, keep=serving_here, why=settings.journal_in_force)
+    # PostgreSQL: a `db` command's change under way is waited for before the revision is read here
+    # (the app's own mark waits too, but only after this look; SQLite's waited in check_startable)
+    wait_for_change(settings.database_url, server=True)
     engine = make_engine(settings.database_url)
     try:
         before = prepare_schema(engine, upgrade=upgrade)

@@ -195,7 +195,9 @@ def waiting_for_change(where: str, held_by: str, wait: float, who: str = "this s
             f"{who} waits for it to finish (up to {wait:g} s)")
 
 
-def wait_for_change(url: str, wait: float = SERVER_WAIT, say: Callable[[str], None] | None = None) -> None:
+def wait_for_change(
+    url: str, wait: float = SERVER_WAIT, say: Callable[[str], None] | None = None, *, server: bool = False
+) -> None:
     """Before a command opens the database of ``url`` (``export``, ``verify``, ``token``, ``db``…):
     a ``db`` command changing its schema now is waited for, as a server waits for it.
 
@@ -204,28 +206,30 @@ def wait_for_change(url: str, wait: float = SERVER_WAIT, say: Callable[[str], No
     schema the change left, never the one it replaces: on SQLite the change's mark
     (:func:`mark_schema_change`) is let go only after its commit, and on PostgreSQL the lock it
     holds exclusively (:data:`SERVING_LOCK`) ends with its transaction. Nothing is held after it:
-    a schema change that starts later is not kept out. Blocking.
+    a schema change that starts later is not kept out. Blocking. ``server``: ``synclab serve``
+    before it reads the revision (its words are a server's).
     """
     announce = say or _to_stderr
+    words = ("this server", "start the server") if server else ("this command", "run this command again")
     path = sqlite_file(url)
     if path is not None:
         where = repr(path)
         changing = schema_change_under_way(path)
         if changing is None:
             return
-        announce(waiting_for_change(where, changing, wait, who="this command"))
+        announce(waiting_for_change(where, changing, wait, who=words[0]))
         deadline = time.monotonic() + wait
         while schema_change_under_way(path) is not None:
             if time.monotonic() >= deadline:
-                raise SchemaError(changing_too_long(where, wait, then="run this command again"))
+                raise SchemaError(changing_too_long(where, wait, then=words[1]))
             time.sleep(0.05)
         return
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "postgresql":
-        _wait_on_postgres(parsed, wait, announce)
+        _wait_on_postgres(parsed, wait, announce, words)
 
 
-def _wait_on_postgres(parsed: URL, wait: float, announce: Callable[[str], None]) -> None:
+def _wait_on_postgres(parsed: URL, wait: float, announce: Callable[[str], None], words: tuple[str, str]) -> None:
     """:func:`wait_for_change` on PostgreSQL: a session holding the servers' mark exclusively is a
     ``db`` command's change, waited for in the lock's queue and let go at once (never held
     beyond this look: a running server's mark is shared, and a command's would not be seen)."""
@@ -236,14 +240,14 @@ def _wait_on_postgres(parsed: URL, wait: float, announce: Callable[[str], None])
             sessions = [str(pid) for pid in conn.execute(_CHANGING, _KEY).scalars()]
             if not sessions:
                 return
-            announce(waiting_for_change(where, f"its session {', '.join(sessions)}", wait, who="this command"))
+            announce(waiting_for_change(where, f"its session {', '.join(sessions)}", wait, who=words[0]))
             conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, round(wait * 1000))}")
             try:  # in the queue behind the change; let go with the transaction, at once
                 conn.execute(text(f"SELECT pg_advisory_xact_lock_shared(:key, {_KEYS})"), _KEY)
             except OperationalError as exc:
                 if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
                     raise
-                raise SchemaError(changing_too_long(where, wait, then="run this command again")) from None
+                raise SchemaError(changing_too_long(where, wait, then=words[1])) from None
             conn.rollback()
     finally:
         engine.dispose()

@@ -144,7 +144,9 @@ def test_a_server_starting_while_a_db_command_changes_the_schema_waits_and_finds
     does from its look to its commit) and has taken the schema back a revision, a ``synclab
     serve`` starting says that it waits, naming the command's session, and waits in the mark's
     queue; once the command commits, the server reads the revision it left and refuses to serve it
-    (exit 3, one line naming ``synclab db upgrade``)."""
+    (exit 2, as ``serve`` refuses a database behind, one line naming ``synclab db upgrade``: it
+    waits before its first look at the revision; until 2026-12-05 only the app's start waited,
+    which refused it with exit 3)."""
     from server.storage import SERVING_LOCK
 
     env = {"DATABASE_URL": postgres_url, "SYNCLAB_ADMIN_TOKEN": "a-token-for-the-test"}
@@ -167,7 +169,7 @@ def test_a_server_starting_while_a_db_command_changes_the_schema_waits_and_finds
                                 f"the database {engine.url.render_as_string(hide_password=True)}: "
                                 "this server waits for it to finish (up to 30 s)"], server.stderr()
                 conn.commit()
-                assert server.process.wait(timeout(30)) == 3, server.stderr()
+                assert server.process.wait(timeout(30)) == 2, server.stderr()
                 stderr = server.stderr_path.read_text()
                 assert f"is at revision {before_head}; this synclab needs {head()}" in stderr, stderr
                 assert "synclab db upgrade" in stderr

@@ -22,7 +22,15 @@ from sqlalchemy import text
 from server.experiments import parse_request, plan
 from server.storage import SERVING_LOCK, insert_experiment, make_engine
 from tests.server.harness import timeout
-from tests.server.test_cli import SYNCLAB, Running, environment, run, started
+from tests.server.test_cli import (
+    SYNCLAB,
+    Running,
+    environment,
+    free_port,
+    run,
+    started,
+    wait_until_healthy,
+)
 from tests.server.test_db_command import _until_the_file_is_held
 from tests.server.test_migrations import newer_synclab
 
@@ -170,3 +178,32 @@ def test_a_command_gives_up_on_a_schema_change_past_the_servers_wait_in_one_line
         assert upgrade.process.poll() is None, upgrade.stderr()
         upgrade.process.send_signal(signal.SIGKILL)
         upgrade.process.wait(timeout(10))
+
+
+def test_serve_on_postgres_started_while_db_upgrade_changes_the_schema_waits_for_it_then_serves(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """PostgreSQL: ``synclab serve`` of the newer synclab, started while its ``db upgrade`` is inside
+    its migration, says once that it waits (naming the upgrade's session), waits, and serves the
+    revision the upgrade left, as the README says. Until 2026-12-05 its look at the revision before
+    the app's start read the old one at once and refused it (exit 2, ``this synclab needs
+    0099_throwaway``): only the app's own start waited, and it was never reached."""
+    env = {"DATABASE_URL": postgres_url, "SYNCLAB_ADMIN_TOKEN": "a-token-for-the-test"}
+    assert run(tmp_path, "db", "upgrade", **env).returncode == 0
+    newer = newer_synclab(tmp_path, pause=15.0)
+    for name in ("upgrading", "serving"):
+        (tmp_path / name).mkdir()
+    port = free_port()
+    with started(tmp_path / "upgrading", "db", "upgrade", **env, **newer) as upgrade:
+        holder = _until_changing(tmp_path, postgres_url, upgrade)
+        with started(tmp_path / "serving", "serve", "--port", str(port), **env, **newer) as server:
+            deadline = time.monotonic() + timeout(30)
+            while "this server waits for it" not in server.stderr():
+                assert server.process.poll() is None, server.stderr()
+                assert time.monotonic() < deadline, f"the server never said it waits; {server.stderr()}"
+                time.sleep(0.05)
+            assert upgrade.process.poll() is None, "the upgrade ended before the server waited for it"
+            assert upgrade.process.wait(timeout(40)) == 0, upgrade.stderr()
+            assert wait_until_healthy(f"http://127.0.0.1:{port}", wait=60).status_code == 200
+            said = [line for line in server.stderr_path.read_text().splitlines() if "is changing the schema" in line]
+            assert len(said) == 1 and f"({holder})" in said[0], said
