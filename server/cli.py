@@ -21,11 +21,11 @@ from uvicorn.supervisors import Multiprocess
 
 from .botscommand import run_bots_command
 from .dbcommand import DB_ACTIONS, run_db
-from .exceptions import SchemaError, SettingsError
+from .exceptions import SchemaError, SettingsError, StoppedWaiting
 from .experiments import parse_request, plan
 from .export import FORMATS, TABLES, run_export
 from .frames import WEBSOCKET_OPTIONS
-from .runtime import generated_token
+from .runtime import generated_token, stopped_while_waiting
 from .settings import Settings
 from .storage import (
     check_startable,
@@ -55,10 +55,11 @@ def _prepare(settings: Settings, upgrade: bool, *, serving_here: bool) -> str | 
     file's lock from the check on (:func:`check_startable`).
     """
     settings.check()
-    check_startable(settings.database_url, settings.journaled, keep=serving_here, why=settings.journal_in_force)
-    # PostgreSQL: a `db` command's change under way is waited for before the revision is read here
-    # (the app's own mark waits too, but only after this look; SQLite's waited in check_startable)
-    wait_for_change(settings.database_url, server=True)
+    with stopped_while_waiting():  # either wait, up to 30 s: SIGTERM or Ctrl-C ends it in one line
+        check_startable(settings.database_url, settings.journaled, keep=serving_here, why=settings.journal_in_force)
+        # PostgreSQL: a `db` command's change under way is waited for before the revision is read
+        # here (the app's own mark waits too, but only after this look; SQLite's waited just above)
+        wait_for_change(settings.database_url, server=True)
     engine = make_engine(settings.database_url)
     try:
         before = prepare_schema(engine, upgrade=upgrade)
@@ -283,6 +284,9 @@ def _run(argv: Sequence[str] | None) -> int:
         if args.command == "demo":
             _demo(settings, base)
         return _serve(settings, args.host, port, args.workers)
+    except StoppedWaiting as exc:  # as asked, before anything started: a stop, not a failure
+        print(f"synclab: {exc}", file=sys.stderr)
+        return 0
     except (SettingsError, SchemaError) as exc:
         print(f"synclab: {exc}", file=sys.stderr)
         return 2

@@ -4,7 +4,8 @@
     ├── SettingsError        a bad environment value; the process refuses to start
     ├── SchemaError          the database cannot be used or upgraded by this synclab
     │   ├── SchemaBehind     the database is at an older revision: ``synclab db upgrade``
-    │   └── ServerRunning    ``synclab db`` would change the schema under a server running on it
+    │   ├── ServerRunning    ``synclab db`` would change the schema under a server running on it
+    │   └── StoppedWaiting   SIGTERM or SIGINT ended a server's wait for its database at its start
     ├── ApiError             a refused HTTP request: ``status``, ``field``, ``message``
     │   ├── BadRequest       400, names the bad field
     │   ├── Unauthorized     401, no token
@@ -67,6 +68,11 @@ class SchemaBehind(SchemaError):
 
 class ServerRunning(SchemaError):
     """``synclab db upgrade`` or ``downgrade`` found a server running on the database; nothing changed."""
+
+
+class StoppedWaiting(SchemaError):
+    """SIGTERM or SIGINT came while a server waited for its database at its start (a ``db``
+    command's schema change, another process's lock): it stops there, nothing started."""
 
 
 class ApiError(SynclabError):

@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import FrameType
 from weakref import WeakValueDictionary
 
 from sqlalchemy import Engine
@@ -16,16 +20,19 @@ from groups import available_games
 from .accounts import Accounts
 from .cluster import Node
 from .deliveries import Deliveries
+from .exceptions import StoppedWaiting
 from .frames import corked
 from .hub import Hub, MemoryHub
 from .meter import Meter
 from .routing import LiveGroups
 from .settings import Settings
 from .storage import (
+    LOCK_WAIT,
     RENEW_EVERY,
     Database,
     EventWriter,
     ServingMark,
+    check_startable,
     close_connections_left_open,
     first_token,
     hold_serving,
@@ -34,6 +41,32 @@ from .storage import (
 from .viewfiles import missing_view
 
 log = logging.getLogger("synclab")
+
+
+@contextlib.contextmanager
+def stopped_while_waiting() -> Iterator[None]:
+    """SIGTERM and SIGINT end a server's wait for its database at its start at once (a ``db``
+    command's schema change, up to 30 s; another process's lock): :class:`StoppedWaiting`.
+
+    The wait blocks the main thread: ``synclab serve``'s before uvicorn starts, or the app's
+    startup on its event loop (``uvicorn server.app:app``), where uvicorn's handlers only note
+    the signal: the server went on waiting, then started, and only then stopped. Off the main
+    thread nothing changes (signals are the main thread's).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        raise StoppedWaiting(f"stopped by {signal.Signals(signum).name} while waiting for the database; "
+                             "nothing was started")
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def generated_token(engine: Engine, settings: Settings) -> str | None:
@@ -74,6 +107,12 @@ class Runtime:
     async def open(cls, settings: Settings) -> Runtime:
         settings.check()
         # a writer stopped inside a transaction holds its groups' rows no longer than a lease
+        with stopped_while_waiting():
+            # its SQLite file's lock (a `db` command's schema change: up to 30 s), waited for on the
+            # event loop under `uvicorn server.app:app` (`synclab serve` waited before, and keeps it),
+            # then kept for the Database; no longer than the Database itself waits for it
+            check_startable(settings.database_url, settings.journaled, keep=True, why=settings.journal_in_force,
+                            wait=LOCK_WAIT)
         database = Database(
             settings.database_url,
             stall_timeout=settings.lease_seconds,

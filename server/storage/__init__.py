@@ -118,8 +118,8 @@ from .outcomes import (
     session_row,
     stored_score,
 )
+from .recovery import LOCK_WAIT, check_startable, reading, recover_file
 from .recovery import MARKER as JOURNAL_MARKER
-from .recovery import check_startable, reading, recover_file
 from .recovery import marker as journal_marker
 from .repeats import apply_journaled
 from .schema import (
@@ -191,6 +191,7 @@ __all__ = [
     "FINAL_STATUSES",
     "FIRST_TOKEN",
     "JOURNAL_MARKER",
+    "LOCK_WAIT",
     "NO_GROUP",
     "RELEASES",
     "RENEW_EVERY",

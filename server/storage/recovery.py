@@ -129,7 +129,9 @@ def _lock_refused(path: str, exclusive: bool, why: str | None) -> str:
 _kept: dict[str, tuple[int, bool]] = {}
 
 
-def check_startable(url: str, journal: bool, *, keep: bool = False, why: str | None = None) -> None:
+def check_startable(
+    url: str, journal: bool, *, keep: bool = False, why: str | None = None, wait: float = 2.0
+) -> None:
     """Before a server starts: the lock it will take on its SQLite file is free, and a journal
     beside it is readable; else the reason in one line.
 
@@ -141,9 +143,9 @@ def check_startable(url: str, journal: bool, *, keep: bool = False, why: str | N
     path = sqlite_file(url)
     if path is None:
         return
-    # briefly: a command's recovery holds it for a moment (the server's own lock waits longer);
-    # a command's schema change as long as on PostgreSQL
-    fd = lock_served(path, exclusive=journal, wait=2.0, why=why)
+    # ``wait`` briefly (serve): a command's recovery holds it for a moment (the server's own lock
+    # waits longer); a command's schema change as long as on PostgreSQL
+    fd = lock_served(path, exclusive=journal, wait=wait, why=why)
     try:
         if os.path.exists(journal_of(path)):
             with as_schema_error(), contextlib.suppress(DamagedHeader):  # the server's start mends it

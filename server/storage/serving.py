@@ -248,6 +248,9 @@ def _wait_on_postgres(parsed: URL, wait: float, announce: Callable[[str], None],
                 if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
                     raise
                 raise SchemaError(changing_too_long(where, wait, then=words[1])) from None
+            except BaseException:  # a signal's stop (serve): the session is mid-statement, not to be rolled back
+                conn.invalidate()
+                raise
             conn.rollback()
     finally:
         engine.dispose()

@@ -57,14 +57,16 @@ class _Command:
 
 @contextlib.contextmanager
 def _commands(tmp_path: Path, runs: dict[str, list[str]], env: dict[str, str]) -> Iterator[dict[str, _Command]]:
-    """Start each of ``runs`` (name: its arguments) at once, each in a directory of its own; killed at the end."""
+    """Start each of ``runs`` (name: the arguments of ``synclab``, or a whole command line when the
+    first is the interpreter) at once, each in a directory of its own; killed at the end."""
     started_ = {}
     try:
         for name, args in runs.items():
             here = tmp_path / name
             here.mkdir()
             with (here / "stdout").open("wb") as out, (here / "stderr").open("wb") as err:
-                process = subprocess.Popen([*SYNCLAB, *args], cwd=here, env=environment(here, **env), stdout=out, stderr=err)
+                argv = args if args[:1] == SYNCLAB[:1] else [*SYNCLAB, *args]
+                process = subprocess.Popen(argv, cwd=here, env=environment(here, **env), stdout=out, stderr=err)
             started_[name] = _Command(process, here)
         yield started_
     finally:
@@ -207,3 +209,44 @@ def test_serve_on_postgres_started_while_db_upgrade_changes_the_schema_waits_for
             assert wait_until_healthy(f"http://127.0.0.1:{port}", wait=60).status_code == 200
             said = [line for line in server.stderr_path.read_text().splitlines() if "is changing the schema" in line]
             assert len(said) == 1 and f"({holder})" in said[0], said
+
+
+@pytest.mark.parametrize(("kind", "how", "sig"), [
+    ("sqlite", "serve", signal.SIGTERM),
+    ("sqlite", "serve", signal.SIGINT),
+    ("sqlite", "uvicorn", signal.SIGTERM),
+    ("postgres", "serve", signal.SIGTERM),
+])
+def test_a_server_waiting_for_a_schema_change_stops_at_once_on_sigterm_or_sigint(
+    tmp_path: Path, kind: str, how: str, sig: signal.Signals, request: pytest.FixtureRequest
+) -> None:
+    """A server waiting for a ``db upgrade``'s schema change at its start (``synclab serve``
+    before uvicorn starts; ``uvicorn server.app:app`` in the app's startup, on its event loop)
+    stops within seconds of SIGTERM or SIGINT, saying so in one line, nothing started: ``serve``
+    exits 0 (a stop, as after serving), uvicorn 3 (its startup failed). The upgrade goes on.
+    Until 2026-12-05 ``serve`` died of the signal without a word (SIGTERM) or with a
+    ``KeyboardInterrupt`` traceback (SIGINT), and uvicorn waited until the change was over,
+    started, and only then stopped."""
+    env, _ = _setting_up(tmp_path, kind, request)
+    newer = newer_synclab(tmp_path, pause=40.0)
+    (tmp_path / "upgrading").mkdir()
+    port = str(free_port())
+    args = ["serve", "--port", port] if how == "serve" else [SYNCLAB[0], "-m", "uvicorn", "server.app:app", "--port", port]
+    with started(tmp_path / "upgrading", "db", "upgrade", **env, **newer) as upgrade:
+        _until_changing(tmp_path, env["DATABASE_URL"], upgrade)
+        with _commands(tmp_path, {how: args}, {**env, **newer}) as commands:
+            server = commands[how]
+            deadline = time.monotonic() + timeout(30)
+            while "this server waits for it" not in server.stderr():
+                assert server.process.poll() is None, server.stderr()
+                assert time.monotonic() < deadline, f"the server never said it waits; {server.stderr()}"
+                time.sleep(0.05)
+            server.process.send_signal(sig)
+            status = server.end(10)
+            said = server.stderr()
+            assert status == (0 if how == "serve" else 3), (status, said)
+            assert f"synclab: stopped by {sig.name} while waiting for the database; nothing was started" in said, said
+            assert "Traceback" not in said and "Application startup complete" not in said, said
+        assert upgrade.process.poll() is None, upgrade.stderr()
+        upgrade.process.send_signal(signal.SIGKILL)
+        upgrade.process.wait(timeout(10))
