@@ -37,6 +37,7 @@ from .storage import (
     first_token,
     hold_serving,
     prepare_schema,
+    wait_for_change,
 )
 from .viewfiles import missing_view
 
@@ -106,13 +107,16 @@ class Runtime:
     @classmethod
     async def open(cls, settings: Settings) -> Runtime:
         settings.check()
-        # a writer stopped inside a transaction holds its groups' rows no longer than a lease
         with stopped_while_waiting():
             # its SQLite file's lock (a `db` command's schema change: up to 30 s), waited for on the
             # event loop under `uvicorn server.app:app` (`synclab serve` waited before, and keeps it),
             # then kept for the Database; no longer than the Database itself waits for it
             check_startable(settings.database_url, settings.journaled, keep=True, why=settings.journal_in_force,
                             wait=LOCK_WAIT)
+            # PostgreSQL: the same wait, here rather than in hold_serving's on a thread, which a
+            # signal could not end (the mark is taken after it, at once unless another change began)
+            wait_for_change(settings.database_url, server=True)
+        # a writer stopped inside a transaction holds its groups' rows no longer than a lease
         database = Database(
             settings.database_url,
             stall_timeout=settings.lease_seconds,

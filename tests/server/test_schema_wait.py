@@ -216,6 +216,7 @@ def test_serve_on_postgres_started_while_db_upgrade_changes_the_schema_waits_for
     ("sqlite", "serve", signal.SIGINT),
     ("sqlite", "uvicorn", signal.SIGTERM),
     ("postgres", "serve", signal.SIGTERM),
+    ("postgres", "uvicorn", signal.SIGTERM),
 ])
 def test_a_server_waiting_for_a_schema_change_stops_at_once_on_sigterm_or_sigint(
     tmp_path: Path, kind: str, how: str, sig: signal.Signals, request: pytest.FixtureRequest
