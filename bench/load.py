@@ -46,7 +46,9 @@ __all__ = [
     "ENDOWMENT",
     "Api",
     "Load",
+    "NotGreeted",
     "StampedConnection",
+    "greeting",
     "hold_idle",
     "masked_text_frame",
     "own_lags",
@@ -62,6 +64,28 @@ _open = open_socket
 PERIOD_MARGIN = 120.0
 CONNECT_BATCH = 200
 START_TIMEOUT = 60.0
+
+
+class NotGreeted(RuntimeError):
+    """A socket's first frame was not the target's hello to its participant."""
+
+
+async def greeting(ws: StampedConnection, participant: str, within: float) -> dict[str, Any]:
+    """The payload of ``ws``'s first frame, the target's hello to ``participant`` (the server and
+    the relay alike send ``{"channel": "hello", "payload": {"participant", ...}}`` first, as a JSON
+    text frame), in ``within`` seconds at most, else ``TimeoutError``; any other frame is
+    :class:`NotGreeted` (the socket is the caller's to close)."""
+    raw = await asyncio.wait_for(ws.recv(), within)
+    hello: Any = None
+    if isinstance(raw, str):
+        ws.stamps.popleft()  # (a text frame's, read by websockets: stamped)
+        with contextlib.suppress(orjson.JSONDecodeError):
+            hello = orjson.loads(raw)
+    payload = hello.get("payload") if isinstance(hello, dict) and hello.get("channel") == "hello" else None
+    if not isinstance(payload, dict) or payload.get("participant") != participant:
+        kind = "text" if isinstance(raw, str) else "binary"
+        raise NotGreeted(f"expected the hello to {participant!r} first, got a {kind} frame {raw!r:.200}")
+    return payload
 
 
 async def in_batches(items: Sequence[Any], batch: int, make: Callable[[Any], Awaitable[Any]]) -> list[Any]:
@@ -106,11 +130,11 @@ async def run_load(target: Target | Cluster, load: Load, *, measure_target: bool
 
     async def join(i: int) -> Peer:
         ws = await open_socket(ws_bases[worker_of(i, g, len(ws_bases))] + paths[i])
-        hello = orjson.loads(await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT))
-        ws.stamps.popleft()
-        if hello.get("channel") != "hello":
-            raise RuntimeError(f"participant {i}: expected a hello first, got {hello!r:.200}")
-        payload = hello.get("payload") or {}
+        try:
+            payload = await greeting(ws, run.codes[i], HELLO_TIMEOUT)
+        except NotGreeted as exc:
+            await close_socket(ws)
+            raise NotGreeted(f"participant {i}: {exc}") from None
         peer = Peer(i, run.codes[i], ws, run, list(payload.get("members") or []))
         peer.task = asyncio.create_task(peer.read())
         if target.kind == "relay":
@@ -259,8 +283,10 @@ async def hold_idle(target: Target, count: int, group_size: int = 2, batch: int 
                     hello_timeout: float = HELLO_TIMEOUT) -> dict[str, Any]:
     """Open ``count`` sockets (each reads its hello), hold them, and read the target's memory.
 
-    A socket that opens but is not greeted within ``hello_timeout`` is a failure, and is closed at
-    once: the target must not hold it while its memory is read, as ``held`` does not count it.
+    A socket that opens but is not greeted within ``hello_timeout`` is a failure (``TimeoutError``),
+    and so is one whose first frame is anything but the target's hello to its participant
+    (:class:`NotGreeted`): either is closed at once, as the target must not hold it while its
+    memory is read, since ``held`` does not count it.
     """
     api = Api(target.base, target.token)
     ws_base = target.base.replace("http://", "ws://")
@@ -270,20 +296,22 @@ async def hold_idle(target: Target, count: int, group_size: int = 2, batch: int 
             "game": "bimatrix", "participants": count, "group_size": group_size, "period_length": 3600, "block_pause": 0,
         })
         experiment = created["code"]
-        paths = [f"/ws/p/{p['code']}" for p in created["participants"]]
+        codes = [str(p["code"]) for p in created["participants"]]
+        paths = [f"/ws/p/{code}" for code in codes]
     else:
-        paths = [f"/ws/{i // group_size}/p{i}" for i in range(count)]
+        codes = [f"p{i}" for i in range(count)]
+        paths = [f"/ws/{i // group_size}/{code}" for i, code in enumerate(codes)]
     await asyncio.sleep(1.0)
     before = rss_bytes(target.pid)
     sockets: list[ClientConnection] = []
     failures: Counter[str] = Counter()
     started = time.perf_counter()
 
-    async def one(path: str) -> None:
+    async def one(i: int) -> None:
         ws = None
         try:
-            ws = await open_socket(ws_base + path)
-            await asyncio.wait_for(ws.recv(), hello_timeout)
+            ws = await open_socket(ws_base + paths[i])
+            await greeting(ws, codes[i], hello_timeout)
             sockets.append(ws)
         except Exception as exc:
             failures[type(exc).__name__] += 1
@@ -291,7 +319,7 @@ async def hold_idle(target: Target, count: int, group_size: int = 2, batch: int 
                 await close_socket(ws)
 
     try:
-        await in_batches(paths, batch, one)
+        await in_batches(range(count), batch, one)
         opened = time.perf_counter() - started
         await asyncio.sleep(3.0)  # let the connect events settle
         held = sum(1 for ws in sockets if ws.close_code is None)

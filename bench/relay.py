@@ -8,15 +8,17 @@ database, no hub. ``WS /ws/{group}/{code}`` joins group ``group`` as ``code`` an
 ``group_decisions`` to every member, then an ``ack`` (``{"id", "seq"}``) when the frame has an
 ``id``.
 
-``python -m bench.relay --port 0 [--drop-every K] [--silent-every K] [--fsync FILE]``: with
-``--drop-every K`` every K-th decision is silently dropped (neither broadcast nor acknowledged), so
-the benchmark's loss count can be tested; with ``--silent-every K`` every K-th socket is accepted
-and held but never greeted (no ``hello``, no group), so what the benchmark does with a socket whose
-hello never comes can be tested. With ``--fsync FILE`` the relay stores before it broadcasts, the least a
-durable server can do: each decision frame is appended to ``FILE`` and broadcast only once an
-``fdatasync`` has covered it, by a thread that commits whatever is queued at once (group commit,
-woken at the end of the loop's turn as the server's writer is). No SQLite, no game: the floor of
-storing before broadcasting on this disk.
+``python -m bench.relay --port 0 [--drop-every K] [--silent-every K] [--misgreet-every K] [--fsync FILE]``:
+with ``--drop-every K`` every K-th decision is silently dropped (neither broadcast nor
+acknowledged), so the benchmark's loss count can be tested; with ``--silent-every K`` every K-th
+socket is accepted and held but never greeted (no ``hello``, no group), so what the benchmark does
+with a socket whose hello never comes can be tested; with ``--misgreet-every K`` every K-th socket
+is held likewise, its first frame something other than its hello (:func:`misgreeting`). With
+``--fsync FILE`` the relay stores before it broadcasts, the least a durable server can do: each
+decision frame is appended to ``FILE`` and broadcast only once an ``fdatasync`` has covered it, by
+a thread that commits whatever is queued at once (group commit, woken at the end of the loop's
+turn as the server's writer is). No SQLite, no game: the floor of storing before broadcasting on
+this disk.
 """
 
 from __future__ import annotations
@@ -47,6 +49,19 @@ GC_THRESHOLD = 10_000
 
 def encode(channel: str, payload: Any) -> str:
     return orjson.dumps({"channel": channel, "payload": payload}).decode()
+
+
+def misgreeting(turn: int, group: str, code: str) -> str | bytes:
+    """What ``--misgreet-every`` sends ``code`` first instead of its hello, the ``turn``-th time
+    (in turn): another channel's frame, a text that is not JSON, its hello in a binary frame,
+    another participant's hello."""
+    hello = {"participant": code, "group": group, "members": [code]}
+    return (
+        encode("state", "period_start"),
+        "hello",
+        encode("hello", hello).encode(),
+        encode("hello", {**hello, "participant": f"not {code}"}),
+    )[turn % 4]
 
 
 class Member:
@@ -138,9 +153,12 @@ def _run_all(callbacks: list[Callable[[], None]]) -> None:
 class Relay:
     """Groups by name: each member's current decision and its socket."""
 
-    def __init__(self, drop_every: int = 0, log: Log | None = None, frames: bool = False, silent_every: int = 0) -> None:
+    def __init__(self, drop_every: int = 0, log: Log | None = None, frames: bool = False, silent_every: int = 0,
+                 misgreet_every: int = 0) -> None:
         self.drop_every = drop_every
         self.silent_every = silent_every
+        self.misgreet_every = misgreet_every
+        self.misgreeted = 0
         self.accepted = 0
         self.frames = frames
         self.log = log
@@ -153,9 +171,14 @@ class Relay:
         code = str(websocket.path_params["code"])
         await websocket.accept()
         self.accepted += 1
-        if self.silent_every and self.accepted % self.silent_every == 0:
+        misgreet = self.misgreet_every and self.accepted % self.misgreet_every == 0
+        if misgreet or (self.silent_every and self.accepted % self.silent_every == 0):
             # held open, read until the client goes, never greeted
             with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+                if misgreet:
+                    first = misgreeting(self.misgreeted, group, code)
+                    self.misgreeted += 1
+                    await (websocket.send_bytes(first) if isinstance(first, bytes) else websocket.send_text(first))
                 while True:
                     await websocket.receive_text()
             return
@@ -211,8 +234,9 @@ class Relay:
             sender.send(encode("ack", {"id": frame_id, "seq": seq}))
 
 
-def create_app(drop_every: int = 0, log: str | None = None, frames: bool = False, silent_every: int = 0) -> Starlette:
-    relay = Relay(drop_every, None if log is None else Log(log, corking=frames), frames, silent_every)
+def create_app(drop_every: int = 0, log: str | None = None, frames: bool = False, silent_every: int = 0,
+               misgreet_every: int = 0) -> Starlette:
+    relay = Relay(drop_every, None if log is None else Log(log, corking=frames), frames, silent_every, misgreet_every)
     return Starlette(routes=[WebSocketRoute("/ws/{group}/{code}", relay.socket)])
 
 
@@ -223,12 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--drop-every", type=int, default=0, help="drop every K-th decision (0: none)")
     parser.add_argument("--silent-every", type=int, default=0,
                         help="accept every K-th socket but never send it a hello (0: none)")
+    parser.add_argument("--misgreet-every", type=int, default=0,
+                        help="accept every K-th socket and send it something else than its hello first (0: none)")
     parser.add_argument("--fsync", metavar="FILE", help="store each decision in FILE (fdatasync) before broadcasting it")
     parser.add_argument("--frames", action="store_true",
                         help="send and receive as the server does (server.frames): each frame written at once, "
                         "made once per broadcast, a stored batch's together; text frames handled as they are read")
     args = parser.parse_args(argv)
-    for option in ("drop_every", "silent_every"):
+    for option in ("drop_every", "silent_every", "misgreet_every"):
         if getattr(args, option) < 0:
             parser.error(f"--{option.replace('_', '-')}: expected 0 or more, got {getattr(args, option)}")
     # the collector as server.cli.tune_gc sets it, and the options of server.cli._serve: the
@@ -237,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
     uvicorn.run(
-        create_app(args.drop_every, args.fsync, args.frames, args.silent_every),
+        create_app(args.drop_every, args.fsync, args.frames, args.silent_every, args.misgreet_every),
         host=args.host,
         port=args.port,
         **WEBSOCKET_OPTIONS,

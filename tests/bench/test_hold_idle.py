@@ -38,3 +38,17 @@ async def test_an_idle_socket_whose_hello_does_not_come_is_counted_a_failure_and
             with contextlib.suppress(TimeoutError):  # the closings may take the target a moment
                 await eventually(lambda: connections_held(relay) == 0)
             assert connections_held(relay) == 0
+
+
+async def test_an_idle_socket_whose_first_frame_is_not_its_hello_is_counted_a_failure_and_closed() -> None:
+    """Every fourth socket's first frame is something else (another channel's frame, a text that is
+    not JSON, its hello in a binary frame, another participant's hello): a failure each, and
+    closed; only the sockets the target greeted are held."""
+    with running("relay", None, ["--misgreet-every", "4"]) as relay:
+        async with asyncio.timeout(timeout(60)):
+            row = await hold_idle(relay, 16, hello_timeout=timeout(5))
+            assert row["wanted"] == 16 and row["held"] == 12, row
+            assert row["failures"] == {"NotGreeted": 4}, row
+            with contextlib.suppress(TimeoutError):  # the closings may take the target a moment
+                await eventually(lambda: connections_held(relay) == 0)
+            assert connections_held(relay) == 0
