@@ -86,19 +86,25 @@ class Peer:
         self.ws.on_text = self.take
         with contextlib.suppress(Exception):
             async for raw in self.ws:
-                self.take(raw, stamps.popleft())
+                # (only a text frame is stamped: a binary one, unreadable, has no stamp to take)
+                self.take(raw, stamps.popleft() if isinstance(raw, str) else math.nan)
 
     def take(self, raw: str | bytes, now: float) -> None:
-        """One frame read at ``now``."""
+        """One frame read at ``now``. One that is not the wire's (:func:`_readable`) is counted in
+        :attr:`Run.unreadable` and nothing else: it never stops the socket's reading (this runs
+        in the socket's ``data_received``, where an exception would fail the connection)."""
         run = self.run
-        frame = orjson.loads(raw)
-        channel = frame.get("channel")
+        frame = _readable(raw)
+        if frame is None:
+            run.unreadable += 1
+            return
+        channel, payload = frame
         run.channels[channel] += 1
         if channel == "group_decisions":
             index_of, last, receipts = run.index_of, self.last, self.receipts
-            for code, value in frame["payload"].items():
+            for code, value in payload.items():
                 sender = index_of.get(code)
-                if sender is None or not isinstance(value, int | float):
+                if sender is None or not isinstance(value, int | float) or not math.isfinite(value):
                     continue
                 k = int(value)
                 if k > last.get(sender, 0):
@@ -108,14 +114,47 @@ class Peer:
                     if run.received >= run.expected:
                         run.check_complete()
         elif channel == "ack":
-            k = int(frame["payload"]["id"])
-            run.acks.append((self.index, k, now))
-            if len(run.acks) >= run.load.total:
-                run.check_complete()
+            number = _send_number(payload.get("id"))
+            if number is not None:  # (always, as :func:`_readable` checked)
+                run.acks.append((self.index, number, now))
+                if len(run.acks) >= run.load.total:
+                    run.check_complete()
         elif channel == "error":
-            run.error(frame["payload"])
-        elif channel == "state" and frame.get("payload") == "period_start":
+            run.error(payload)
+        elif channel == "state" and payload == "period_start":
             self.started.set()
+
+
+#: the channels whose payload is an object (``{"code": value}``, ``{"id", "seq"}``, ``{"code", "message"}``)
+_OBJECTS = frozenset(("group_decisions", "ack", "error"))
+
+
+def _readable(raw: str | bytes) -> tuple[str, Any] | None:
+    """``raw``'s channel and payload when it is a frame of the wire: a text frame of a JSON object
+    with a string ``channel``, an object for a payload where the generator reads one, and an
+    ``ack``'s ``id`` a decision number; else ``None``."""
+    if not isinstance(raw, str):
+        return None
+    try:
+        frame = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(frame, dict) or not isinstance(frame.get("channel"), str):
+        return None
+    channel: str = frame["channel"]
+    payload: Any = frame.get("payload")
+    if channel in _OBJECTS and not isinstance(payload, dict):
+        return None
+    if channel == "ack" and _send_number(payload.get("id")) is None:
+        return None
+    return channel, payload
+
+
+def _send_number(frame_id: Any) -> int | None:
+    """The decision number ``k`` a frame's ``id`` names (the generator's ids are ``"k"``), or ``None``."""
+    if isinstance(frame_id, str) and frame_id.isascii() and frame_id.isdigit():
+        return int(frame_id)
+    return frame_id if isinstance(frame_id, int) and not isinstance(frame_id, bool) else None
 
 
 #: distinct messages kept per error code
@@ -156,6 +195,9 @@ class Run:
     complete: asyncio.Event = field(default_factory=asyncio.Event)
     acks: list[tuple[int, int, float]] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
+    #: frames that were not the wire's (:func:`_readable`: not JSON, not an object, binary, or an
+    #: ``ack`` whose ``id`` names no send): counted, never read
+    unreadable: int = 0
     #: frames received after the first hello, per channel: a ``hello`` here is a member greeted
     #: again (a cluster worker resending the group's state after it saw a gap, or a reconnect)
     channels: Counter[str | None] = field(default_factory=Counter)
@@ -258,6 +300,7 @@ class Run:
             "unsent": total - len(sent),
             "errors": dict(self.errors),
             "frames": {str(channel): count for channel, count in self.channels.items()},
+            "unreadable_frames": self.unreadable,
             "error_messages": {code: dict(messages) for code, messages in self.error_messages.items()},
             "send_lag_ms": percentiles([self.sent_at[j] - self.due[j] for j in sent]),
             "own_send_lag_ms": percentiles(own_lags([self.due[j] for j in sent], [self.sent_at[j] for j in sent], self.read_spans)),

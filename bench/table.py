@@ -1,5 +1,6 @@
 """The runs of a matrix as the fixed-width table ``python -m bench`` prints, with a line of its own
-for each idle run, disk run, run with error frames, and run on PostgreSQL or a cluster (its costs).
+for each idle run, disk run, run with error frames or unreadable frames, and run on PostgreSQL or a
+cluster (its costs).
 
 Apart from the verdicts (``bench/verdicts.py``), whose rule for a disturbed run it marks with ``!``.
 """
@@ -89,6 +90,9 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
             for code, messages in (r.get("error_messages") or {}).items():
                 for message, count in sorted(messages.items(), key=lambda m: -m[1]):
                     out.append(f"    {code} x{count}: {message}")
+        if r.get("unreadable_frames"):
+            out.append(f"{r['name']}: {r['unreadable_frames']} frames unreadable (not a JSON text frame of the wire's "
+                       "shape), counted and passed over")
         out.extend(_costs(r))
     return "\n".join(out)
 
