@@ -120,7 +120,7 @@ class Peer:
                 if len(run.acks) >= run.load.total:
                     run.check_complete()
         elif channel == "error":
-            run.error(payload)
+            run.error(payload, self.index)
         elif channel == "state" and payload == "period_start":
             self.started.set()
 
@@ -194,6 +194,8 @@ class Run:
     expected: int = -1
     complete: asyncio.Event = field(default_factory=asyncio.Event)
     acks: list[tuple[int, int, float]] = field(default_factory=list)
+    #: (sender index, decision number) of every send an error frame refused (named by its ``id``)
+    refused: set[tuple[int, int]] = field(default_factory=set)
     errors: Counter[str] = field(default_factory=Counter)
     #: frames that were not the wire's (:func:`_readable`: not JSON, not an object, binary, or an
     #: ``ack`` whose ``id`` names no send): counted, never read
@@ -237,8 +239,12 @@ class Run:
     #: per worker of a cluster: the groups it served at the end of the sends
     groups_served: list[int] | None = None
 
-    def error(self, payload: dict[str, Any]) -> None:
-        """An error frame: counted by its code, and a sample of its messages kept."""
+    def error(self, payload: dict[str, Any], sender: int | None = None) -> None:
+        """An error frame ``sender``'s socket read: counted by its code, a sample of its messages
+        kept, and the send it names by its ``id`` (if any) refused."""
+        number = _send_number(payload.get("id"))
+        if sender is not None and number is not None:
+            self.refused.add((sender, number))
         code = str(payload.get("code"))
         self.errors[code] += 1
         messages = self.error_messages.setdefault(code, Counter())
@@ -272,13 +278,21 @@ class Run:
                 reached[j] += 1
                 latencies.append(t - self.sent_at[j])
                 last_receipt = max(last_receipt, t)
-        acked = {self.send_index(i, k) for i, k, _ in self.acks if 1 <= k <= load.sends_per_participant}
-        ack_latencies = [t - self.sent_at[self.send_index(i, k)] for i, k, t in self.acks if 1 <= k <= load.sends_per_participant]
+        sends = range(1, load.sends_per_participant + 1)
+        refused = {self.send_index(i, k) for i, k in self.refused if k in sends}
+        # an ack is a send's latency only if the send left (else it has no time: NaN) and no error
+        # frame refused it; its first ack only (a repeated id is acknowledged again)
+        acknowledged: dict[int, float] = {}
+        for i, k, t in self.acks:
+            if k in sends:
+                acknowledged.setdefault(self.send_index(i, k), t)
+        acked = {j: t for j, t in acknowledged.items() if j not in refused and not math.isnan(self.sent_at[j])}
+        ack_latencies = [t - self.sent_at[j] for j, t in acked.items()]
         expected = {j: len(self.groups[j % n]) for j in sent}
         lost = sum(1 for j in sent if reached[j] < expected[j])
         complete = sum(1 for j in sent if reached[j] >= expected[j])
         lost_deliveries = sum(expected[j] - reached[j] for j in sent)
-        seen = {j for j in sent if reached[j] > 0} | acked
+        seen = {j for j in sent if reached[j] > 0} | acknowledged.keys()
         result: dict[str, Any] = {
             "target": self.target,
             "participants": n,
@@ -295,6 +309,7 @@ class Run:
             "latency_ms": percentiles(latencies),
             "ack_latency_ms": percentiles(ack_latencies),
             "acked": len(acked),
+            "refused": len(refused),
             "lost": lost,
             "lost_deliveries": lost_deliveries,
             "unsent": total - len(sent),

@@ -86,7 +86,8 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
                 f"connected in {r['connect_seconds']:.1f} s"
             )
         if r.get("errors"):
-            out.append(f"{r['name']}: error frames {r['errors']}")
+            refused = f", {r['refused']} sends refused by their id (no ack latency)" if r.get("refused") else ""
+            out.append(f"{r['name']}: error frames {r['errors']}{refused}")
             for code, messages in (r.get("error_messages") or {}).items():
                 for message, count in sorted(messages.items(), key=lambda m: -m[1]):
                     out.append(f"    {code} x{count}: {message}")

@@ -3,11 +3,15 @@ filled in by hand as the schedule and the peers fill them in a run."""
 
 from __future__ import annotations
 
+import json
 import math
 from array import array
 
+import pytest
+
 from bench.load import Load
 from bench.record import Run
+from bench.table import table
 
 
 def test_a_send_that_never_left_is_not_counted_delivered() -> None:
@@ -20,3 +24,40 @@ def test_a_send_that_never_left_is_not_counted_delivered() -> None:
     summary = run.summary()
     assert summary["sent"] == 1 and summary["unsent"] == 1 and summary["lost"] == 1, summary
     assert summary["delivered"] == 0, summary
+
+
+def a_run_of_three_sends(sent_at: list[float]) -> Run:
+    """Three participants in one group, one send each, due 0.1 s apart from 1.0."""
+    run = Run("relay", Load(participants=3, group_size=3, rate=1.0, duration=1.0))
+    run.t0 = run.last_send = 1.0
+    run.due = array("d", [1.0, 1.1, 1.2])
+    run.sent_at = array("d", sent_at)
+    run.groups = [[0, 1, 2]] * 3
+    return run
+
+
+def test_an_ack_of_a_send_that_never_left_is_no_latency_and_no_nan() -> None:
+    """The second send's socket refused it (no time it left), yet an ack names it: the ack
+    latencies are the first send's alone, and the JSON has no NaN."""
+    run = a_run_of_three_sends([1.0, math.nan, 1.2])
+    run.acks = [(0, 1, 1.004), (1, 1, 1.5)]
+    summary = run.summary()
+    assert summary["ack_latency_ms"] == pytest.approx({"p50": 4.0, "p90": 4.0, "p99": 4.0, "max": 4.0, "n": 1})
+    assert summary["acked"] == 1 and summary["unsent"] == 1, summary
+    json.dumps(summary, allow_nan=False)  # raises on a NaN
+    assert "nan" not in table([{**summary, "name": "run"}]).lower()
+
+
+def test_a_send_an_error_frame_refused_is_counted_refused_never_as_an_ack_latency() -> None:
+    """The third send is refused by an error frame naming its id (and acknowledged all the same,
+    as a confused target might): refused, not acked, no latency; an ack repeated for the first
+    send counts once, from its first."""
+    run = a_run_of_three_sends([1.0, 1.1, 1.2])
+    run.acks = [(0, 1, 1.004), (0, 1, 1.5), (1, 1, 1.103), (2, 1, 1.3)]
+    run.error({"code": "not_running", "message": "the period is over", "id": "1"}, 2)
+    run.error({"code": "rate_limited", "message": "too fast"}, 1)  # no id: no send named
+    summary = run.summary()
+    assert summary["refused"] == 1 and summary["acked"] == 2, summary
+    assert summary["ack_latency_ms"] == pytest.approx({"p50": 3.0, "p90": 4.0, "p99": 4.0, "max": 4.0, "n": 2})
+    assert summary["errors"] == {"not_running": 1, "rate_limited": 1}
+    assert "1 sends refused" in table([{**summary, "name": "run"}])
