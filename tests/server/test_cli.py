@@ -148,15 +148,25 @@ def started(tmp_path: Path, *args: str, **env: str) -> Iterator[Running]:
         process.stdout.close()
 
 
-def wait_until_healthy(base: str, wait: float = 15) -> httpx.Response:
-    """Poll ``/healthz`` until it answers (the links are printed before the server listens)."""
+#: seconds a started server has to answer: its imports, schema check and journal take about 8 s on
+#: the test machine idle, 16 to 20 s with four busy processes on its two cores (15 s was too short)
+HEALTHY_SECONDS = 90.0
+
+
+def wait_until_healthy(base: str, wait: float = HEALTHY_SECONDS, server: Running | None = None) -> httpx.Response:
+    """Poll ``/healthz`` until it answers (the links are printed before the server listens); a
+    ``server`` that exits meanwhile fails at once, with its stderr, instead of at the bound."""
     deadline = time.monotonic() + timeout(wait)
     while True:
         try:
             return httpx.get(f"{base}/healthz", timeout=timeout(2))
-        except httpx.TransportError:
+        except httpx.TransportError as exc:
+            if server is not None and server.process.poll() is not None:
+                raise AssertionError(
+                    f"the server exited ({server.process.returncode}) before answering at {base}; {server.stderr()}"
+                ) from exc
             if time.monotonic() > deadline:
-                raise
+                raise AssertionError(f"no answer at {base}/healthz within {timeout(wait):g} s: {exc!r}") from exc
             time.sleep(0.05)
 
 

@@ -105,8 +105,7 @@ def test_db_upgrade_and_downgrade_refuse_while_a_server_runs_and_a_killed_one_do
     assert before_head is not None
     port = free_port()
     with started(tmp_path, "serve", "--port", str(port), **env) as server:
-        # generous: the start of a server, its journal made, took over 15 s on this machine under load
-        wait_until_healthy(f"http://127.0.0.1:{port}", wait=90)
+        wait_until_healthy(f"http://127.0.0.1:{port}", server=server)
         before = snapshot(url)
         for args, extra in ((["upgrade"], newer), (["downgrade", before_head, "--yes"], {})):
             refused = run(tmp_path, "db", *args, **env, **extra)
@@ -199,7 +198,7 @@ def test_a_server_whose_mark_session_ended_takes_the_mark_again(tmp_path: Path, 
     engine = make_engine(postgres_url)
     try:
         with started(tmp_path, "serve", "--port", str(port), **env) as server:
-            wait_until_healthy(f"http://127.0.0.1:{port}", wait=90)
+            wait_until_healthy(f"http://127.0.0.1:{port}", server=server)
             first = _mark_sessions(engine, SERVING_LOCK)
             assert len(first) == 1, first
             with engine.begin() as conn:
@@ -275,7 +274,7 @@ def test_a_server_starting_on_sqlite_while_db_upgrade_changes_the_schema_waits_f
             assert f"(process {upgrade.process.pid})" in said and str(path) in said, said
             assert upgrade.process.wait(timeout(30)) == 0, upgrade.stderr()
             assert not Path(f"{path}.synclab-schema-change").exists()  # its mark, as README names it, removed
-            assert wait_until_healthy(f"http://127.0.0.1:{port}", wait=60).status_code == 200
+            assert wait_until_healthy(f"http://127.0.0.1:{port}", server=server).status_code == 200
             with closing(sqlite3.connect(path)) as look:
                 assert look.execute("SELECT version_num FROM alembic_version").fetchall() == [("0099_throwaway",)]
             beside = run(tmp_path / "beside", "serve", "--port", str(free_port()), **env, **newer)
@@ -310,7 +309,7 @@ def test_a_server_gives_up_on_a_schema_change_past_its_wait_and_a_killed_upgrade
     assert Path(str(path) + CHANGING_SUFFIX).exists()  # left behind by the kill
     port = free_port()
     with started(tmp_path, "serve", "--port", str(port), **env) as server:
-        assert wait_until_healthy(f"http://127.0.0.1:{port}", wait=60).status_code == 200
+        assert wait_until_healthy(f"http://127.0.0.1:{port}", server=server).status_code == 200
         assert "waits for it" not in server.stderr()
     with closing(sqlite3.connect(path)) as look:
         assert look.execute("SELECT version_num FROM alembic_version").fetchall() == [(head(),)]

@@ -182,7 +182,7 @@ async def killed_after_acks(tmp_path: Path, sends: int, **env: str) -> Killed:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=timeout(5)) as http:
         with started(tmp_path, "serve", "--port", str(port), SYNCLAB_ADMIN_TOKEN=TOKEN, **env) as server:
-            wait_until_healthy(base)
+            wait_until_healthy(base, server=server)
             status = (await http.get("/api/server")).json()
             created = await http.post(
                 "/api/experiments",

@@ -303,7 +303,7 @@ async def test_a_damaged_journal_header_is_rebuilt_and_nothing_acknowledged_is_l
     damage_header(copy, how)
     port = free_port()
     with started(tmp_path, "serve", "--port", str(port), DATABASE_URL=f"sqlite:///{copy}") as server:
-        assert wait_until_healthy(f"http://127.0.0.1:{port}").status_code == 200
+        assert wait_until_healthy(f"http://127.0.0.1:{port}", server=server).status_code == 200
         assert "rebuilt as pass" in server.stderr()
         assert "applied 2 writes" in server.stderr()
     assert decisions(copy) == acked
@@ -601,7 +601,7 @@ async def test_a_killed_server_s_acknowledged_decisions_are_verified_exported_an
     assert sum(1 for line in exported.stdout.splitlines() if ",decisions," in line) == len(acked)
     port = free_port()
     with started(tmp_path, "serve", "--port", str(port), SYNCLAB_ADMIN_TOKEN=TOKEN, **env) as again:
-        assert wait_until_healthy(f"http://127.0.0.1:{port}").status_code == 200
+        assert wait_until_healthy(f"http://127.0.0.1:{port}", server=again).status_code == 200
         assert not re.search(r"applied \d+ writes", again.stderr())
 
 
@@ -609,8 +609,8 @@ def test_a_second_server_on_a_journal_s_database_is_refused_in_one_line(tmp_path
     """Before it starts (after a wait of 2 s for a command's recovery to end): the first
     holds the database alone; a direct writer is refused as another journal's would be (in process above)."""
     port = free_port()
-    with started(tmp_path, "serve", "--port", str(port), SYNCLAB_JOURNAL="on"):
-        wait_until_healthy(f"http://127.0.0.1:{port}")
+    with started(tmp_path, "serve", "--port", str(port), SYNCLAB_JOURNAL="on") as first:
+        wait_until_healthy(f"http://127.0.0.1:{port}", server=first)
         second = run(tmp_path, "serve", "--port", str(free_port()))
         assert second.returncode == 2, second.stderr
         assert second.stderr.startswith("synclab: another synclab process has the database"), second.stderr
@@ -653,7 +653,7 @@ async def test_another_process_reading_the_database_beside_a_journal_server_sees
     base = f"http://127.0.0.1:{port}"
     database = tmp_path / "synclab.db"
     with started(tmp_path, "serve", "--port", str(port), SYNCLAB_JOURNAL="on", SYNCLAB_ADMIN_TOKEN=TOKEN) as server:
-        wait_until_healthy(base)
+        wait_until_healthy(base, server=server)
         async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"},
                                      timeout=timeout(5)) as http:
             for made in range(1, 4):
