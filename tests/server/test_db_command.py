@@ -20,9 +20,16 @@ from server.exceptions import SchemaError
 from server.storage import head, history, make_engine
 from server.storage.recovery import lock_database
 from tests.server.harness import timeout
-from tests.server.test_cli import Running, free_port, run, started, wait_until_healthy
+from tests.server.test_cli import (
+    HEALTHY_SECONDS,
+    Running,
+    free_port,
+    run,
+    started,
+    wait_until_healthy,
+)
 from tests.server.test_downgrade import db, snapshot
-from tests.server.test_migrations import newer_synclab, release_database
+from tests.server.test_migrations import Hold, newer_synclab, release_database
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
@@ -157,7 +164,7 @@ def test_a_server_starting_while_a_db_command_changes_the_schema_waits_and_finds
             conn.execute(text("SELECT pg_advisory_xact_lock(:key, hashtext(current_schema()))"), {"key": SERVING_LOCK})
             conn.execute(text("UPDATE alembic_version SET version_num = :rev"), {"rev": before_head})
             with started(tmp_path, "serve", "--port", str(free_port()), **env) as server:
-                deadline = time.monotonic() + timeout(20)
+                deadline = time.monotonic() + timeout(HEALTHY_SECONDS)  # its start: imports first
                 while not _waiting_servers(conn, SERVING_LOCK):
                     assert server.process.poll() is None, server.stderr()
                     assert time.monotonic() < deadline, f"the server never waited for the mark; {server.stderr()}"
@@ -229,7 +236,7 @@ def _mark_sessions(engine: Engine, key: int) -> list[int]:
 
 def _until_the_file_is_held(path: Path, command: Running) -> None:
     """Until a process holds the ``flock`` of the SQLite file ``path`` (a command inside its migration)."""
-    deadline = time.monotonic() + timeout(30)
+    deadline = time.monotonic() + timeout(HEALTHY_SECONDS)
     fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         while True:
@@ -248,8 +255,8 @@ def _until_the_file_is_held(path: Path, command: Running) -> None:
 def test_a_server_starting_on_sqlite_while_db_upgrade_changes_the_schema_waits_for_it_then_serves(
     tmp_path: Path,
 ) -> None:
-    """SQLite: a ``db upgrade`` whose migration takes longer (8 s) than the 2 s a server waits for
-    the file's lock; a ``synclab serve`` of the new synclab started meanwhile (a platform's ``web``
+    """SQLite: a ``db upgrade`` whose migration takes longer (until the test lets it go) than the
+    2 s a server waits for the file's lock; a ``synclab serve`` of the new synclab started meanwhile (a platform's ``web``
     after its ``release``) says that it waits for the schema change and for which process, waits,
     and serves the revision the command left. Until 2026-12-05 it was refused after 2 s ("another
     synclab process has the database"), exit 2. A server started beside that running server is
@@ -257,14 +264,16 @@ def test_a_server_starting_on_sqlite_while_db_upgrade_changes_the_schema_waits_f
     path = tmp_path / "synclab.db"
     env = {"DATABASE_URL": f"sqlite:///{path}", "SYNCLAB_ADMIN_TOKEN": "a-token-for-the-test"}
     assert run(tmp_path, "db", "upgrade", **env).returncode == 0
-    newer = newer_synclab(tmp_path, pause=8.0)
+    hold = Hold(tmp_path / "hold")
+    newer = newer_synclab(tmp_path, hold)
     for name in ("upgrading", "serving", "beside"):
         (tmp_path / name).mkdir()
     port = free_port()
     with started(tmp_path / "upgrading", "db", "upgrade", **env, **newer) as upgrade:
+        hold.until_holding(upgrade)
         _until_the_file_is_held(path, upgrade)
         with started(tmp_path / "serving", "serve", "--port", str(port), **env, **newer) as server:
-            deadline = time.monotonic() + timeout(20)
+            deadline = time.monotonic() + timeout(HEALTHY_SECONDS)  # its start: imports first
             while "waits for it" not in server.stderr():
                 assert server.process.poll() is None, server.stderr()
                 assert time.monotonic() < deadline, f"the server never said it waits; {server.stderr()}"
@@ -272,6 +281,7 @@ def test_a_server_starting_on_sqlite_while_db_upgrade_changes_the_schema_waits_f
             assert upgrade.process.poll() is None, "the upgrade ended before the server waited for it"
             said = next(line for line in server.stderr_path.read_text().splitlines() if "waits for it" in line)
             assert f"(process {upgrade.process.pid})" in said and str(path) in said, said
+            hold.release()
             assert upgrade.process.wait(timeout(30)) == 0, upgrade.stderr()
             assert not Path(f"{path}.synclab-schema-change").exists()  # its mark, as README names it, removed
             assert wait_until_healthy(f"http://127.0.0.1:{port}", server=server).status_code == 200
@@ -296,9 +306,11 @@ def test_a_server_gives_up_on_a_schema_change_past_its_wait_and_a_killed_upgrade
     path = tmp_path / "synclab.db"
     env = {"DATABASE_URL": f"sqlite:///{path}", "SYNCLAB_ADMIN_TOKEN": "a-token-for-the-test"}
     assert run(tmp_path, "db", "upgrade", **env).returncode == 0
-    newer = newer_synclab(tmp_path, pause=60.0)
+    hold = Hold(tmp_path / "hold")  # never released: the command is killed inside its migration
+    newer = newer_synclab(tmp_path, hold)
     (tmp_path / "upgrading").mkdir()
     with started(tmp_path / "upgrading", "db", "upgrade", **env, **newer) as upgrade:
+        hold.until_holding(upgrade)
         _until_the_file_is_held(path, upgrade)
         with pytest.raises(SchemaError, match=r"^a `synclab db` command has been changing the schema of the "
                            r"database '.*synclab.db' for over 1 s: start the server once it has finished$"):

@@ -7,9 +7,11 @@ same two finished two-block experiments, with every REST page that release serve
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
 import re
 import shutil
 import time
@@ -49,7 +51,7 @@ from server.storage.serving import SERVING_LOCK
 from server.storage.tables import metadata
 from tests.conftest import POSTGRES_URL
 from tests.server.harness import timeout
-from tests.server.test_cli import free_port, run, started, wait_until_healthy
+from tests.server.test_cli import Running, free_port, run, started, wait_until_healthy
 from tests.server.test_deliveries import _experiment_with_delivery
 
 RELEASE = Path(__file__).resolve().parent.parent / "fixtures" / "release-0.1.0"
@@ -160,6 +162,7 @@ Revises: {down}
 """
 
 import time
+from pathlib import Path
 
 import sqlalchemy as sa
 from alembic import op
@@ -168,10 +171,17 @@ revision = "0099_throwaway"
 down_revision = "{down}"
 branch_labels = None
 depends_on = None
+HOLD = {hold!r}
 
 
 def upgrade() -> None:
-    time.sleep({pause})  # long enough for a second process to arrive while this one holds the lock
+    if HOLD:  # a test's handshake (tests/server/test_migrations.py: Hold): say it runs, then wait
+        Path(HOLD, "holding").touch()
+        deadline = time.monotonic() + 300
+        while not Path(HOLD, "release").exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test never released the migration")
+            time.sleep(0.02)
     with op.batch_alter_table("experiments") as batch:
         batch.add_column(sa.Column("throwaway", sa.String(length=20), nullable=True))
 
@@ -182,8 +192,31 @@ def downgrade() -> None:
 '''
 
 
-def newer_synclab(tmp_path: Path, pause: float = 0.0) -> dict[str, str]:
-    """A copy of this synclab whose tables have one more column, with the migration that adds it.
+class Hold:
+    """The throwaway migration held: once running (the schema lock held) it says so, and goes on
+    only once released, so a test times another process against it by what happened, not by a
+    sleep (a fixed pause: on a loaded machine a process started next could still be importing when
+    it ended, or a first one not yet have taken the lock when the second came)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir()
+
+    def until_holding(self, command: Running, wait: float = 90) -> None:
+        """Until ``command`` runs the migration (it holds the schema lock)."""
+        deadline = time.monotonic() + timeout(wait)
+        while not (self.folder / "holding").exists():
+            assert command.process.poll() is None, f"the command ended before its migration ran; {command.stderr()}"
+            assert time.monotonic() < deadline, f"the migration did not run within {timeout(wait):g} s; {command.stderr()}"
+            time.sleep(0.02)
+
+    def release(self) -> None:
+        (self.folder / "release").touch()
+
+
+def newer_synclab(tmp_path: Path, hold: Hold | None = None) -> dict[str, str]:
+    """A copy of this synclab whose tables have one more column, with the migration that adds it
+    (which, with ``hold``, waits in its transaction until released).
 
     Returns the environment that runs the copy (its ``server`` and ``groups`` packages first on the
     path: the copied server imports this checkout's core, not an installed one's).
@@ -192,7 +225,8 @@ def newer_synclab(tmp_path: Path, pause: float = 0.0) -> dict[str, str]:
     for package in ("server", "groups"):
         shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     versions = source / "server" / "storage" / "migrations" / "versions"
-    (versions / "0099_throwaway.py").write_text(THROWAWAY.format(down=head(), pause=pause))
+    held = str(hold.folder) if hold is not None else ""
+    (versions / "0099_throwaway.py").write_text(THROWAWAY.format(down=head(), hold=held))
     tables = source / "server" / "storage" / "tables.py"
     declared = tables.read_text()
     anchor = "\n\n\nclass Block(SQLModel"  # the end of the experiments' table
@@ -447,14 +481,18 @@ def test_two_processes_upgrading_at_once_take_turns(tmp_path: Path, kind: str, r
     engine = make_engine(url)
     before, old_columns = every_row(engine), column_names(engine)
     engine.dispose()
-    env = {"DATABASE_URL": url, **newer_synclab(tmp_path, pause=2.0)}
+    hold = Hold(tmp_path / "hold")
+    env = {"DATABASE_URL": url, **newer_synclab(tmp_path, hold)}
     for name in ("first", "second"):
         (tmp_path / name).mkdir()
     with started(tmp_path / "first", "db", "upgrade", **env) as first:
-        time.sleep(timeout(1.0))  # by now inside its slow migration, holding the lock
+        hold.until_holding(first)
         with started(tmp_path / "second", "db", "upgrade", **env) as second:
             if kind == "postgres":
-                _until_waiting_on_the_schema_lock()
+                _until_waiting_on_the_schema_lock(second)
+            else:
+                _until_it_opens(second, Path(make_url(url).database or ""))
+            hold.release()
             assert first.process.wait(timeout(30)) == 0, first.stderr()
             first_ended = time.monotonic()
             assert second.process.wait(timeout(30)) == 0, second.stderr()
@@ -471,7 +509,25 @@ def test_two_processes_upgrading_at_once_take_turns(tmp_path: Path, kind: str, r
         engine.dispose()
 
 
-def _until_waiting_on_the_schema_lock(wait: float = 15.0) -> None:
+def _until_it_opens(command: Running, path: Path, wait: float = 90.0) -> None:
+    """Until ``command`` waits for the change under way: it has said so on stderr (every command
+    waits for the change's mark, ``serving.wait_for_change``), or it has the SQLite file ``path``
+    open (``db upgrade`` opens it for the transaction that takes the write lock at once, ``BEGIN
+    IMMEDIATE``, and waits there, its ``busy_timeout``, while another holds it)."""
+    deadline = time.monotonic() + timeout(wait)
+    fds = Path(f"/proc/{command.process.pid}/fd")
+    while True:
+        if "waits for it to finish" in command.stderr_path.read_text(errors="replace"):
+            return
+        with contextlib.suppress(OSError):  # a descriptor closed while listed
+            if any(Path(os.readlink(fd)) == path.resolve() for fd in fds.iterdir()):
+                return
+        assert command.process.poll() is None, f"the second upgrade ended before it opened {path}; {command.stderr()}"
+        assert time.monotonic() < deadline, f"the second upgrade never opened {path}; {command.stderr()}"
+        time.sleep(0.02)
+
+
+def _until_waiting_on_the_schema_lock(command: Running, wait: float = 90.0) -> None:
     """Until a session waits for the advisory lock of schema changes, or for the servers' mark a
     change holds exclusively (``pg_locks``, not granted)."""
     admin = create_engine(normalise_url(POSTGRES_URL))
@@ -487,7 +543,8 @@ def _until_waiting_on_the_schema_lock(wait: float = 15.0) -> None:
                 ).scalar_one()
             if waiting:
                 return
-            assert time.monotonic() < deadline, "the second upgrade never waited on the schema lock"
+            assert command.process.poll() is None, f"the second upgrade ended without waiting; {command.stderr()}"
+            assert time.monotonic() < deadline, f"the second upgrade never waited on the schema lock; {command.stderr()}"
             time.sleep(0.05)
     finally:
         admin.dispose()
