@@ -44,7 +44,7 @@ from server.storage import (
     insert_experiment,
     make_engine,
 )
-from tests.server.harness import TOKEN, holding_writes, timeout, until_queued
+from tests.server.harness import TOKEN, eventually, holding_writes, timeout, until_queued
 from tests.server.test_cli import free_port, started, wait_until_healthy
 
 
@@ -192,6 +192,8 @@ RATE = 40.0
 LOAD = 1.0
 #: with the commit held: seconds of frames queued behind it before the signal, and of the hold after
 HELD_BEFORE, HELD_AFTER = 0.3, 1.0
+#: seconds each participant's socket is read, and sent to, at most: the whole test's bound
+READ_SECONDS = 90.0
 
 
 @dataclass(eq=False)
@@ -275,13 +277,24 @@ async def under_load(port: int, people: list[Participant]) -> tuple[str, list[as
             max_size=WS_MAX_SIZE, max_queue=None, open_timeout=timeout(5), close_timeout=timeout(2),
         )
         people.append(Participant(person["code"], ws))
-    readers = [asyncio.ensure_future(p.read(wait=30)) for p in people]
+    readers = [asyncio.ensure_future(p.read(wait=READ_SECONDS)) for p in people]
     async with asyncio.timeout(timeout(10)):
         for p in people:
             await p.started.wait()  # both groups' periods run: every member is connected
-    senders = [asyncio.ensure_future(p.send(most=int(RATE * 20))) for p in people]
+    senders = [asyncio.ensure_future(p.send(most=int(RATE * READ_SECONDS))) for p in people]
     await asyncio.sleep(LOAD)
+    # and half of what was sent acknowledged: a loaded machine's server acks late, and the signal
+    # right after LOAD seconds then came with too little load before it
+    await until_sent_or_acked(people, acked=int(RATE * LOAD * len(people) / 2))
     return created.json()["code"], readers, senders
+
+
+async def until_sent_or_acked(people: list[Participant], *, sent: int = 0, acked: int = 0, wait: float = 30) -> None:
+    """Until the participants have sent (from now on) and have had acknowledged that many decisions in all."""
+    before = sum(len(p.sent) for p in people)
+    await eventually(
+        lambda: sum(len(p.sent) for p in people) - before >= sent and sum(len(p.acked) for p in people) >= acked, wait
+    )
 
 
 async def stopped_under_load(tmp_path: Path, database_url: str, held: bool, **env: str) -> None:
@@ -295,8 +308,8 @@ async def stopped_under_load(tmp_path: Path, database_url: str, held: bool, **en
         code, readers, senders = await under_load(port, people)
         acked_before = sum(len(p.acked) for p in people)
         with holding_writes(database_url) if held else contextlib.nullcontext():
-            if held:
-                await asyncio.sleep(HELD_BEFORE)  # frames keep coming, none is committed now
+            if held:  # frames keep coming (counted by what was sent: a loaded machine sends late), none is committed now
+                await until_sent_or_acked(people, sent=int(RATE * HELD_BEFORE * len(people)))
             running.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
             await asyncio.wait_for(asyncio.gather(*senders, *readers), timeout(20))
