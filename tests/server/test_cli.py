@@ -23,6 +23,15 @@ from tests.server.harness import timeout
 
 #: the console script's entry point, run by this interpreter
 SYNCLAB = [sys.executable, "-c", "from server.cli import main; raise SystemExit(main())"]
+#: the same, its imports done first, run once the file named by its first argument exists (bounded)
+CUED = [sys.executable, "-c", (
+    "import pathlib, sys, time; from server.cli import main\n"
+    "cue, deadline = pathlib.Path(sys.argv.pop(1)), time.monotonic() + 600\n"
+    "while not cue.exists():\n"
+    "    if time.monotonic() > deadline: raise SystemExit('no cue came')\n"
+    "    time.sleep(0.01)\n"
+    "raise SystemExit(main())"
+)]
 #: variables of the developer's shell that would change what the command does
 CLEARED = (
     "DATABASE_URL",
@@ -118,12 +127,17 @@ class Running:
 
 
 @contextlib.contextmanager
-def started(tmp_path: Path, *args: str, **env: str) -> Iterator[Running]:
-    """Start ``synclab ARGS``; on exit, SIGTERM then (after a bounded wait) SIGKILL it."""
+def started(tmp_path: Path, *args: str, cue: Path | None = None, **env: str) -> Iterator[Running]:
+    """Start ``synclab ARGS``; on exit, SIGTERM then (after a bounded wait) SIGKILL it.
+
+    With ``cue``: the process imports synclab at once but runs the command only once the file
+    ``cue`` exists (``cue.touch()``): its start then takes no import time, which on a loaded
+    machine is most of it, where a test needs it to start within a time.
+    """
     stderr_path = tmp_path / "stderr.txt"
     with stderr_path.open("w") as stderr:
         process = subprocess.Popen(
-            [*SYNCLAB, *args],
+            [*SYNCLAB, *args] if cue is None else [*CUED, str(cue), *args],
             cwd=tmp_path,
             env=environment(tmp_path, **env),
             stdout=subprocess.PIPE,

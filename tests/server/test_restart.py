@@ -18,7 +18,11 @@ from tests.server.harness import Client, timeout
 from tests.server.test_cli import free_port, started, wait_until_healthy
 
 TOKEN = "restart-token"
-LENGTH, N = 10.0, 5  # ticks at 2, 4, 6, 8 and 10 s
+#: ticks at 4, 8, 12, 16 and 20 s: the server is killed before the second and must answer again
+#: before the last (at 10 s long, a loaded machine's restart could take past the end)
+LENGTH, N = 20.0, 5
+#: seconds from the period's start to its second tick, the one missed while the server is down
+SECOND_TICK = 2 * LENGTH / N
 
 
 async def participant(base: str, code: str) -> Client:
@@ -46,34 +50,40 @@ async def test_a_killed_server_resumes_its_periods_on_restart(tmp_path: Path, da
     acked: dict[str, tuple[int, float]] = {}
 
     http = httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=timeout(5))
-    with started(tmp_path, "serve", "--port", str(port), **env) as first:
-        wait_until_healthy(base)
-        created = await http.post(
-            "/api/experiments",
-            json={"game": "bimatrix", "participants": 2, "group_size": 2, "period_length": LENGTH,
-                  "num_subperiods": N},
-        )
-        assert created.status_code == 201, created.text
-        exp = created.json()
-        codes = [p["code"] for p in exp["participants"]]
-        row, col = [await participant(base, c) for c in codes]
-        start = await until(row, "state", "period_start")
-        t0 = start["ts"] / 1000
-        for i, value in enumerate((0.1, 0.9, 1.0)):
-            await row.send("decisions", value, f"r{i}")
-            acked[f"r{i}"] = ((await until(row, "ack"))["payload"]["seq"], value)
-        first_tick = await until(row, "subperiod")
-        assert first_tick["payload"]["index"] == 0
-        await col.send("decisions", 0.0, "c0")
-        acked["c0"] = ((await until(col, "ack"))["payload"]["seq"], 0.0)
-        first.process.send_signal(signal.SIGKILL)
-        first.process.wait(timeout(5))
-        assert time.time() < t0 + 4.0, "the test machine is too slow to kill before the second tick"
+    (tmp_path / "again").mkdir()
+    cue = tmp_path / "again" / "cue"
+    # the restart's process, started now and cued once the first is down: its imports, most of a
+    # start on a loaded machine, would otherwise make it answer after the period's end
+    with started(tmp_path / "again", "serve", "--port", str(port), cue=cue, **env) as again:
+        with started(tmp_path, "serve", "--port", str(port), **env) as first:
+            wait_until_healthy(base, server=first)
+            created = await http.post(
+                "/api/experiments",
+                json={"game": "bimatrix", "participants": 2, "group_size": 2, "period_length": LENGTH,
+                      "num_subperiods": N},
+            )
+            assert created.status_code == 201, created.text
+            exp = created.json()
+            codes = [p["code"] for p in exp["participants"]]
+            row, col = [await participant(base, c) for c in codes]
+            start = await until(row, "state", "period_start")
+            t0 = start["ts"] / 1000
+            for i, value in enumerate((0.1, 0.9, 1.0)):
+                await row.send("decisions", value, f"r{i}")
+                acked[f"r{i}"] = ((await until(row, "ack"))["payload"]["seq"], value)
+            first_tick = await until(row, "subperiod")
+            assert first_tick["payload"]["index"] == 0
+            await col.send("decisions", 0.0, "c0")
+            acked["c0"] = ((await until(col, "ack"))["payload"]["seq"], 0.0)
+            first.process.send_signal(signal.SIGKILL)
+            first.process.wait(timeout(5))
+            assert time.time() < t0 + SECOND_TICK, "the test machine is too slow to kill before the second tick"
 
-    killed_at = time.time()
-    await asyncio.sleep(max(0.0, t0 + 4.3 - time.time()))  # the second tick passes while the server is down
-    with started(tmp_path, "serve", "--port", str(port), **env):
-        wait_until_healthy(base)
+        killed_at = time.time()
+        # the second tick passes while the server is down
+        await asyncio.sleep(max(0.0, t0 + SECOND_TICK + 0.3 - time.time()))
+        cue.touch()
+        wait_until_healthy(base, server=again)
         ready_at = time.time()
         # the killed run stored no close: its connections are closed at the start, code 1006,
         # and nobody shows as connected until they come back
@@ -121,7 +131,7 @@ async def test_a_killed_server_resumes_its_periods_on_restart(tmp_path: Path, da
         assert not ticks[0]["late"]
         assert ticks[1]["late"] and ticks[1]["actual_at"] - ticks[1]["scheduled_at"] >= 0.3
         # the ticks due once the restarted server answers come at their times: on a loaded machine
-        # its start may take past the third tick (6 s), which is then late too; the end never is
+        # its start may take past the third tick (12 s), which is then late too; the end never is
         on_time = [t for t in ticks[2:] if t["scheduled_at"] > ready_at + 0.2]
         assert len(on_time) >= 2, f"the restart took {ready_at - killed_at:.1f} s: nothing left to check"
         for t in on_time:
