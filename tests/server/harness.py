@@ -147,10 +147,13 @@ async def running_server(database_url: str, *, ws: Any = None, **settings: Any) 
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", **options)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(timeout(10)):
+    # generous: the lifespan makes the schema (every migration) before uvicorn listens, 2 s with two
+    # busy loops beside this process, more on a machine running three workers and other suites
+    async with asyncio.timeout(timeout(START_SECONDS)):
         while not server.started:
             if task.done():
                 task.result()
+                raise AssertionError("the test server ended before it started (its lifespan failed? see the log)")
             await asyncio.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     base = f"http://127.0.0.1:{port}"
@@ -218,6 +221,8 @@ async def until_queued(database: Any, count: int, wait: float = 5.0) -> None:
     raise AssertionError(f"expected {count} items queued for the writer, {database.writer.queued()} after {wait} s")
 
 
+#: seconds a test server has to start (its schema made, its socket listening) before it is a failure
+START_SECONDS = 60.0
 #: seconds a test server has to stop (its sockets closed, its lifespan ended) before it is a failure
 STOP_SECONDS = 20.0
 
