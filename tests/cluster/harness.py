@@ -28,7 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from tests.server.harness import timeout
-from tests.server.test_cli import CLEARED, free_port
+from tests.server.test_cli import CLEARED, HEALTHY_SECONDS, free_port
 
 #: this checkout: the workers import the test games (tests/cluster/games.py) from it
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +102,7 @@ class Cluster:
                 self.start(name)
         self.healthy(*names)
 
-    def healthy(self, *names: str, wait: float = 20) -> None:
+    def healthy(self, *names: str, wait: float = HEALTHY_SECONDS) -> None:
         for name in names:
             worker = self.workers[name]
             deadline = time.monotonic() + timeout(wait)

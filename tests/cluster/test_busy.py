@@ -22,8 +22,8 @@ import pytest
 from server.cluster.load import LagMeter
 from server.openapi import document
 from tests.cluster.harness import SHED_AFTER, SHED_EVERY, Cluster, Participant
-from tests.cluster.test_cluster import check_stored, create, owner_of, until
-from tests.cluster.test_standins import owner_of_or_none, stored
+from tests.cluster.test_cluster import check_stored, create, owner_of, owner_of_or_none, until
+from tests.cluster.test_standins import stored
 from tests.server.harness import timeout
 
 BUSY_LAG = 0.03

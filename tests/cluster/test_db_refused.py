@@ -21,7 +21,7 @@ def test_db_downgrade_is_refused_while_any_worker_of_a_cluster_runs(cluster: Clu
     last one still blocks it; once it is stopped too, the downgrade runs."""
     cluster.start("a", None, "--workers", "2")
     cluster.start("b")
-    cluster.healthy("a", "b", wait=90)
+    cluster.healthy("a", "b")
     url = cluster.env["DATABASE_URL"]
     engine = make_engine(url)
     before_head = history()[0][1]

@@ -12,7 +12,14 @@ from sqlalchemy import text
 
 from server.storage import make_engine
 from tests.cluster.harness import Cluster
-from tests.cluster.test_cluster import check_the_log, owner_of, play, settle, split_pair, until
+from tests.cluster.test_cluster import (
+    check_the_log,
+    owner_of_or_none,
+    play,
+    settle,
+    split_pair,
+    until,
+)
 
 
 def stored(cluster: Cluster, code: str) -> list[dict[str, Any]]:
@@ -85,8 +92,3 @@ async def test_a_member_still_connected_through_another_worker_gets_no_bot_after
     assert status(cluster, col.code) != "dropped"
 
 
-def owner_of_or_none(cluster: Cluster, group_id: int) -> str | None:
-    try:
-        return owner_of(cluster, group_id)
-    except (AssertionError, StopIteration):
-        return None
