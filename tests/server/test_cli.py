@@ -49,6 +49,9 @@ CLEARED = (
 #: MiB of a test server's journal: the default's 64, written at the first start, made a whole
 #: suite write about 25 GB
 TEST_JOURNAL_MB = "4"
+#: seconds a started server has to answer: its imports, schema check and journal take about 8 s on
+#: the test machine idle, 16 to 20 s with four busy processes on its two cores (15 s was too short)
+HEALTHY_SECONDS = 90.0
 PARTICIPANT_LINK = re.compile(r"^\s+(\S+): (http://\S+/p/([A-Za-z0-9_-]+))$")
 #: the monitor's link; the token, when one was generated, in the fragment (never sent to the server)
 MONITOR_LINE = re.compile(r"monitor at (http://\S+/monitor)(?:#token=([A-Za-z0-9_-]+))?$")
@@ -73,8 +76,9 @@ def environment(tmp_path: Path, **values: str) -> dict[str, str]:
     return env
 
 
-def run(tmp_path: Path, *args: str, wait: float = 30, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run ``synclab ARGS`` to its end, in ``tmp_path`` (so no stray ``.env`` is read)."""
+def run(tmp_path: Path, *args: str, wait: float = HEALTHY_SECONDS, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``synclab ARGS`` to its end, in ``tmp_path`` (so no stray ``.env`` is read), within
+    ``wait`` seconds: a command imports as much as a server, and on a loaded machine as slowly."""
     return subprocess.run(
         [*SYNCLAB, *args],
         cwd=tmp_path,
@@ -160,11 +164,6 @@ def started(tmp_path: Path, *args: str, cue: Path | None = None, **env: str) -> 
         reader.join(timeout(5))
         assert process.stdout is not None
         process.stdout.close()
-
-
-#: seconds a started server has to answer: its imports, schema check and journal take about 8 s on
-#: the test machine idle, 16 to 20 s with four busy processes on its two cores (15 s was too short)
-HEALTHY_SECONDS = 90.0
 
 
 def wait_until_healthy(base: str, wait: float = HEALTHY_SECONDS, server: Running | None = None) -> httpx.Response:
@@ -347,8 +346,8 @@ def test_a_bad_environment_value_exits_2_naming_the_variable(
     env = {name: value}
     args = ["serve"] if name == "PORT" else ["serve", "--port", str(free_port())]
     try:
-        # refused before anything is served: seconds, but a loaded machine has taken over 8 to start Python
-        result = run(tmp_path, *args, wait=20, **env)
+        # refused before anything is served: seconds, but a loaded machine took over 20 to import synclab
+        result = run(tmp_path, *args, **env)
     except subprocess.TimeoutExpired as exc:
         # it started serving instead of refusing; the subprocess was killed by run()
         pytest.fail(f"synclab served with {name}={value!r}: {exc.stdout!r}")
@@ -361,7 +360,7 @@ def test_a_port_above_65535_exits_2_naming_port(tmp_path: Path) -> None:
     """PORT=70000-ish is refused with exit 2 naming PORT instead of serving on a wrapped port."""
     wrapped = free_port()
     with started(tmp_path, "serve", PORT=str(wrapped + 65536)) as running:
-        deadline = time.monotonic() + timeout(8)
+        deadline = time.monotonic() + timeout(HEALTHY_SECONDS)  # until it exits: its imports first
         while running.process.poll() is None and time.monotonic() < deadline:
             with contextlib.suppress(httpx.TransportError):
                 httpx.get(f"http://127.0.0.1:{wrapped}/healthz", timeout=timeout(1))
@@ -373,7 +372,7 @@ def test_a_port_above_65535_exits_2_naming_port(tmp_path: Path) -> None:
 
 def test_a_port_option_above_65535_exits_2_naming_the_option(tmp_path: Path) -> None:
     """``--port 70000`` is refused with exit 2 and a message naming --port."""
-    result = run(tmp_path, "serve", "--port", "70000", wait=8)
+    result = run(tmp_path, "serve", "--port", "70000")
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "--port" in result.stderr
     assert "Traceback" not in result.stderr

@@ -339,7 +339,7 @@ def test_serve_refuses_the_release_database_in_one_line_and_serve_upgrade_upgrad
     """``synclab serve`` on the release's database exits 2 with one line naming the revision it is
     at, the one it needs and the command; nothing is changed; ``serve --upgrade`` upgrades and serves."""
     url = release_database(tmp_path, database_url)
-    refused = run(tmp_path, "serve", "--port", str(free_port()), DATABASE_URL=url, wait=20)
+    refused = run(tmp_path, "serve", "--port", str(free_port()), DATABASE_URL=url)
     assert refused.returncode == 2, (refused.stdout, refused.stderr)
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1, refused.stderr
@@ -449,7 +449,7 @@ def test_a_newer_synclab_refuses_this_database_until_db_upgrade_then_serves_it(t
         assert created.status_code == 201, created.text
 
     newer = newer_synclab(tmp_path)
-    refused = run(tmp_path, "serve", "--port", str(free_port()), DATABASE_URL=url, wait=20, **newer)
+    refused = run(tmp_path, "serve", "--port", str(free_port()), DATABASE_URL=url, **newer)
     assert refused.returncode == 2, (refused.stdout, refused.stderr)
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert f"is at revision {head()}; this synclab needs 0099_throwaway" in refused.stderr
@@ -466,7 +466,7 @@ def test_a_newer_synclab_refuses_this_database_until_db_upgrade_then_serves_it(t
         listed = httpx.get(f"{base}/api/experiments", headers={"Authorization": f"Bearer {TOKEN}"})
         assert [e["code"] for e in listed.json()["results"]] == [created.json()["code"]]
 
-    ahead = run(tmp_path, "serve", "--port", str(free_port()), DATABASE_URL=url, wait=20)
+    ahead = run(tmp_path, "serve", "--port", str(free_port()), DATABASE_URL=url)
     assert ahead.returncode == 2, (ahead.stdout, ahead.stderr)
     assert "0099_throwaway, which this synclab does not know" in ahead.stderr
 
