@@ -105,7 +105,7 @@ class Running:
             self.lines.put(line.rstrip("\n"))
         self.lines.put(None)
 
-    def wait_for(self, pattern: re.Pattern[str], wait: float = 15) -> re.Match[str]:
+    def wait_for(self, pattern: re.Pattern[str], wait: float = HEALTHY_SECONDS) -> re.Match[str]:
         """The first stdout line (from now on) that matches ``pattern``."""
         deadline = time.monotonic() + timeout(wait)
         while True:
@@ -433,7 +433,7 @@ def test_python_m_server_cli_is_the_synclab_command(tmp_path: Path) -> None:
     script installed); it exited 0 doing nothing, so a refusal or a server never came."""
     result = subprocess.run(
         [sys.executable, "-m", "server.cli", "fly"], cwd=tmp_path, env=environment(tmp_path),
-        capture_output=True, text=True, timeout=timeout(30), check=False,
+        capture_output=True, text=True, timeout=timeout(HEALTHY_SECONDS), check=False,
     )
     assert result.returncode == 2 and "usage: synclab" in result.stderr, (result.returncode, result.stderr)
 
@@ -484,7 +484,7 @@ def test_an_export_whose_reader_closed_the_pipe_ends_without_a_traceback(tmp_pat
     process.stdout.close()
     stderr = process.stderr.read()
     process.stderr.close()
-    assert process.wait(timeout(30)) == 141, stderr
+    assert process.wait(timeout(HEALTHY_SECONDS)) == 141, stderr
     assert stderr == "", stderr
 
 
@@ -502,7 +502,7 @@ def test_a_broken_pipe_that_is_not_stdouts_keeps_its_traceback(tmp_path: Path) -
         "raise SystemExit(cli.main([]))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=environment(tmp_path),
-                          capture_output=True, text=True, timeout=timeout(30), check=False)
+                          capture_output=True, text=True, timeout=timeout(HEALTHY_SECONDS), check=False)
     assert done.returncode == 1 and "BrokenPipeError" in done.stderr, (done.returncode, done.stderr)
 
 
@@ -551,7 +551,7 @@ def refused_at_startup(tmp_path: Path, args: list[str], **env: str) -> str:
         env=environment(tmp_path, **env),
         capture_output=True,
         text=True,
-        timeout=timeout(30),
+        timeout=timeout(HEALTHY_SECONDS),
         check=False,
     )
     assert result.returncode == 3, result.stderr
