@@ -3,7 +3,8 @@
 once, then reads the schema it left; or gives up in one line after the server's 30 s.
 
 The upgrade is a real ``synclab db upgrade`` of a newer synclab (:func:`newer_synclab`) whose
-migration sleeps inside its transaction, with the schema lock and the servers' mark held."""
+migration waits inside its transaction, with the schema lock and the servers' mark held, until the
+test releases it (:class:`Hold`)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from tests.server.test_cli import (
     wait_until_healthy,
 )
 from tests.server.test_db_command import _until_the_file_is_held
-from tests.server.test_migrations import newer_synclab
+from tests.server.test_migrations import Hold, newer_synclab
 
 #: what a command says, once, as it starts to wait
 WAITS = "this command waits for it to finish (up to 30 s)"
@@ -127,11 +128,13 @@ def test_commands_started_while_db_upgrade_changes_the_schema_wait_for_it_then_r
     experiments.throwaway``, ``table 'experiments' lacks ['throwaway']``, ``this synclab needs
     0099_throwaway``); the second upgrade waited without a word."""
     env, code = _setting_up(tmp_path, kind, request)
-    newer = newer_synclab(tmp_path, pause=20.0)
+    hold = Hold(tmp_path / "hold")
+    newer = newer_synclab(tmp_path, hold)
     (tmp_path / "upgrading").mkdir()
     runs = {"export": ["export", code], "verify": ["verify", code], "tokens": ["token", "list"],
             "again": ["db", "upgrade"]}
     with started(tmp_path / "upgrading", "db", "upgrade", **env, **newer) as upgrade:
+        hold.until_holding(upgrade)
         holder = _until_changing(tmp_path, env["DATABASE_URL"], upgrade)
         with _commands(tmp_path, runs, {**env, **newer}) as commands:
             deadline = time.monotonic() + timeout(30)
@@ -141,6 +144,7 @@ def test_commands_started_while_db_upgrade_changes_the_schema_wait_for_it_then_r
                     assert time.monotonic() < deadline, f"{name} never said it waits; {command.stderr()}"
                     time.sleep(0.05)
             assert upgrade.process.poll() is None, "the upgrade ended before every command waited for it"
+            hold.release()
             assert upgrade.process.wait(timeout(40)) == 0, upgrade.stderr()
             ends = {name: command.end(30) for name, command in commands.items()}
             for name, command in commands.items():
@@ -163,9 +167,11 @@ def test_a_command_gives_up_on_a_schema_change_past_the_servers_wait_in_one_line
     the upgrade goes on. Until 2026-12-05 it read the old schema at once: exit 2, ``no such
     column: experiments.throwaway`` (or, on PostgreSQL, ``column … does not exist``)."""
     env, code = _setting_up(tmp_path, kind, request)
-    newer = newer_synclab(tmp_path, pause=60.0)
+    hold = Hold(tmp_path / "hold")  # never released: the upgrade is killed at the end
+    newer = newer_synclab(tmp_path, hold)
     (tmp_path / "upgrading").mkdir()
     with started(tmp_path / "upgrading", "db", "upgrade", **env, **newer) as upgrade:
+        hold.until_holding(upgrade)
         _until_changing(tmp_path, env["DATABASE_URL"], upgrade)
         begun = time.monotonic()
         with _commands(tmp_path, {"export": ["export", code]}, {**env, **newer}) as commands:
@@ -192,11 +198,13 @@ def test_serve_on_postgres_started_while_db_upgrade_changes_the_schema_waits_for
     0099_throwaway``): only the app's own start waited, and it was never reached."""
     env = {"DATABASE_URL": postgres_url, "SYNCLAB_ADMIN_TOKEN": "a-token-for-the-test"}
     assert run(tmp_path, "db", "upgrade", **env).returncode == 0
-    newer = newer_synclab(tmp_path, pause=15.0)
+    hold = Hold(tmp_path / "hold")
+    newer = newer_synclab(tmp_path, hold)
     for name in ("upgrading", "serving"):
         (tmp_path / name).mkdir()
     port = free_port()
     with started(tmp_path / "upgrading", "db", "upgrade", **env, **newer) as upgrade:
+        hold.until_holding(upgrade)
         holder = _until_changing(tmp_path, postgres_url, upgrade)
         with started(tmp_path / "serving", "serve", "--port", str(port), **env, **newer) as server:
             deadline = time.monotonic() + timeout(30)
@@ -205,6 +213,7 @@ def test_serve_on_postgres_started_while_db_upgrade_changes_the_schema_waits_for
                 assert time.monotonic() < deadline, f"the server never said it waits; {server.stderr()}"
                 time.sleep(0.05)
             assert upgrade.process.poll() is None, "the upgrade ended before the server waited for it"
+            hold.release()
             assert upgrade.process.wait(timeout(40)) == 0, upgrade.stderr()
             assert wait_until_healthy(f"http://127.0.0.1:{port}", wait=60).status_code == 200
             said = [line for line in server.stderr_path.read_text().splitlines() if "is changing the schema" in line]
@@ -229,11 +238,13 @@ def test_a_server_waiting_for_a_schema_change_stops_at_once_on_sigterm_or_sigint
     ``KeyboardInterrupt`` traceback (SIGINT), and uvicorn waited until the change was over,
     started, and only then stopped."""
     env, _ = _setting_up(tmp_path, kind, request)
-    newer = newer_synclab(tmp_path, pause=40.0)
+    hold = Hold(tmp_path / "hold")  # never released: the upgrade is killed at the end
+    newer = newer_synclab(tmp_path, hold)
     (tmp_path / "upgrading").mkdir()
     port = str(free_port())
     args = ["serve", "--port", port] if how == "serve" else [SYNCLAB[0], "-m", "uvicorn", "server.app:app", "--port", port]
     with started(tmp_path / "upgrading", "db", "upgrade", **env, **newer) as upgrade:
+        hold.until_holding(upgrade)
         _until_changing(tmp_path, env["DATABASE_URL"], upgrade)
         with _commands(tmp_path, {how: args}, {**env, **newer}) as commands:
             server = commands[how]
