@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+import pytest
+
 from bench.load import hold_idle
 from bench.proc import Target, running
 from tests.server.harness import eventually, timeout
@@ -27,28 +29,25 @@ def connections_held(target: Target) -> int:
     return count
 
 
-async def test_an_idle_socket_whose_hello_does_not_come_is_counted_a_failure_and_closed() -> None:
-    """Every third socket is accepted but never greeted: a failure, and closed, not left open for
-    the target to hold through the memory reading (and after the run) while ``held`` omits it."""
-    with running("relay", None, ["--silent-every", "3"]) as relay:
+@pytest.mark.parametrize(("relay_option", "count", "wait", "failure"), [
+    # every third socket is accepted but never greeted
+    (["--silent-every", "3"], 12, 2, "TimeoutError"),
+    # every fourth socket's first frame is something else: another channel's frame, a text that is
+    # not JSON, its hello in a binary frame, another participant's hello
+    (["--misgreet-every", "4"], 16, 5, "NotGreeted"),
+], ids=["hello-never-comes", "first-frame-not-its-hello"])
+async def test_an_idle_socket_not_greeted_is_counted_a_failure_and_closed(
+    relay_option: list[str], count: int, wait: float, failure: str
+) -> None:
+    """A socket the target does not greet with its own hello (none comes, or another frame comes
+    first) is a failure, and closed, not left open for the target to hold through the memory
+    reading (and after the run) while ``held`` omits it; only the sockets it greeted are held."""
+    every = int(relay_option[1])
+    with running("relay", None, relay_option) as relay:
         async with asyncio.timeout(timeout(60)):
-            row = await hold_idle(relay, 12, hello_timeout=timeout(2))
-            assert row["wanted"] == 12 and row["held"] == 8, row
-            assert row["failures"] == {"TimeoutError": 4}, row
-            with contextlib.suppress(TimeoutError):  # the closings may take the target a moment
-                await eventually(lambda: connections_held(relay) == 0)
-            assert connections_held(relay) == 0
-
-
-async def test_an_idle_socket_whose_first_frame_is_not_its_hello_is_counted_a_failure_and_closed() -> None:
-    """Every fourth socket's first frame is something else (another channel's frame, a text that is
-    not JSON, its hello in a binary frame, another participant's hello): a failure each, and
-    closed; only the sockets the target greeted are held."""
-    with running("relay", None, ["--misgreet-every", "4"]) as relay:
-        async with asyncio.timeout(timeout(60)):
-            row = await hold_idle(relay, 16, hello_timeout=timeout(5))
-            assert row["wanted"] == 16 and row["held"] == 12, row
-            assert row["failures"] == {"NotGreeted": 4}, row
+            row = await hold_idle(relay, count, hello_timeout=timeout(wait))
+            assert row["wanted"] == count and row["held"] == count - count // every, row
+            assert row["failures"] == {failure: count // every}, row
             with contextlib.suppress(TimeoutError):  # the closings may take the target a moment
                 await eventually(lambda: connections_held(relay) == 0)
             assert connections_held(relay) == 0
