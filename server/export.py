@@ -59,7 +59,7 @@ from .storage import (
     list_results,
     participants,
     periods_as_of,
-    reading,
+    reading_current,
     results_by_session,
     session_query,
     session_row,
@@ -378,7 +378,7 @@ def run_export(settings: Settings, code: str, table: str | None, fmt: str | None
     if chosen == "csv" and table is None:
         print(f"synclab: --format csv needs --table, one of {', '.join(TABLES)}", file=sys.stderr)
         return 2
-    with reading(settings.database_url) as engine:
+    with reading_current(settings.database_url) as engine:
         row = experiment_row(engine, code)
         if row is None:
             print(f"synclab: no experiment with code {code!r}", file=sys.stderr)

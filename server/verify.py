@@ -29,7 +29,7 @@ from groups import RESULT, GroupError, load_game
 from .findings import Report, VerifyError, place
 from .replay import Replay, replay
 from .settings import Settings
-from .storage import reading, score_sum
+from .storage import reading_current, score_sum
 from .storedlog import StoredEvent, StoredLog, check_schema, load_log, snapshot
 
 #: relative tolerance of every score comparison (sums may be added up in another order)
@@ -222,7 +222,7 @@ def run_verify(settings: Settings, code: str, *, as_json: bool = False) -> int:
     for the caller (``synclab`` exits 2 on them like its other commands).
     """
     try:
-        with reading(settings.database_url) as engine:
+        with reading_current(settings.database_url) as engine:
             report = verify(engine, code)
     except VerifyError as exc:
         print(f"synclab: {exc}", file=sys.stderr)

@@ -6,6 +6,7 @@
     schema       where a database stands against the migrations (Alembic), and upgrading it
     downgrading  back to an earlier revision, in one transaction, refused when values would be lost
     serving      a running server's mark on its database, which keeps ``synclab db``'s changes out
+    readers      export's and verify's mark, and the revision checked before they read
     meta         server-wide key-value settings
     tokens       the experimenters' tokens: names, roles, SHA-256 digests (never a token)
     catalog      experiments: creating and listing them, their groups, their status
@@ -118,6 +119,7 @@ from .outcomes import (
     session_row,
     stored_score,
 )
+from .readers import reading_current
 from .recovery import LOCK_WAIT, check_startable, reading, recover_file
 from .recovery import MARKER as JOURNAL_MARKER
 from .recovery import marker as journal_marker
@@ -315,6 +317,7 @@ __all__ = [
     "periods_as_of",
     "prepare_schema",
     "reading",
+    "reading_current",
     "recover_file",
     "results",
     "results_by_session",
