@@ -24,8 +24,9 @@ changed) while anybody holds one:
   then finds the new revision; one that runs makes the command refuse, naming its sessions.
 
 The commands that open the database (``export``, ``verify``, ``token``, ``db``…) wait for a
-schema change under way before they read anything, as a server starting does, but hold nothing
-after it (:func:`wait_for_change`).
+schema change under way before they read anything, as a server starting does
+(:func:`wait_for_change`); ``export`` and ``verify`` then hold a server's mark while they read
+(:mod:`.readers`), the others nothing.
 
 The command looks only once it has the schema lock and knows it has something to do: two
 commands take turns as before, and one with nothing to do (``already at …``) runs beside the
@@ -357,8 +358,9 @@ class NoServers:
 
 def _refusal(where: str, held_by: str) -> str:
     return (
-        f"a synclab server is running on the database {where}{f' ({held_by})' if held_by else ''}: "
-        "stop it (every process of it) and run this again; nothing was changed"
+        f"a synclab server is running on the database {where}{f' ({held_by})' if held_by else ''}, "
+        "or an export or verify reads it: stop the server (every process of it) or let the command "
+        "end, and run this again; nothing was changed"
     )
 
 

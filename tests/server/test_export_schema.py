@@ -1,11 +1,15 @@
-"""``synclab export`` and ``synclab verify`` on a schema that is not this synclab's: refused
-before anything is written."""
+"""``synclab export`` and ``synclab verify`` on a schema that is not this synclab's, or that a
+``db upgrade`` would change while they read: refused before anything is written, and counted as
+a reader that ``db upgrade`` must respect, as a running server is."""
 
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import time
 from pathlib import Path
 
+import orjson
 import pytest
 from sqlalchemy import insert, text, update
 
@@ -22,6 +26,9 @@ from server.storage import (
     make_engine,
     upgrade_schema,
 )
+from tests.server.harness import timeout
+from tests.server.test_cli import SYNCLAB, environment, run
+from tests.server.test_migrations import newer_synclab
 
 #: every form of ``synclab export CODE …`` and of ``synclab verify CODE …``
 FORMS = [
@@ -104,3 +111,53 @@ def test_export_and_verify_refuse_a_database_a_newer_synclab_upgraded_before_wri
         engine.dispose()
     _refused_in_one_line(capfdbinary, code, "at revision 0099_throwaway, which this synclab does not know",
                          f"its newest is {head()}")
+
+
+@pytest.mark.parametrize("form", [["export", "--table", "events"], ["export"]])
+def test_db_upgrade_refuses_while_an_export_reads_and_upgrades_once_it_ended(
+    tmp_path: Path, database_url: str, form: list[str]
+) -> None:
+    """A real ``synclab export`` held in the middle of its output (stdout a pipe nobody reads yet,
+    past the pipe's capacity) and a real ``db upgrade`` of a newer synclab started meanwhile: the
+    upgrade exits 2 in one line naming the export (its process on SQLite), changing nothing; the
+    export then ends whole (exit 0) and the upgrade then passes. Until 2026-12-06 the upgrade
+    changed the schema under the export."""
+    env = {"DATABASE_URL": database_url, "SYNCLAB_ADMIN_TOKEN": "a-token-for-the-test"}
+    code = _experiment(database_url, events_=2000)  # ~400 KB of output: past a pipe's 64 KB
+    here = tmp_path / "export"
+    here.mkdir()
+    with subprocess.Popen([*SYNCLAB, form[0], code, *form[1:]], cwd=here, env=environment(here, **env),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as exporting:
+        try:
+            assert exporting.stdout is not None and exporting.stderr is not None
+            first = exporting.stdout.read(1)  # it has begun writing: the mark was taken before
+            assert first, exporting.stderr.read()
+            deadline = time.monotonic() + timeout(30)
+            while True:  # until it is held in a write, the pipe full (bounded)
+                with open(f"/proc/{exporting.pid}/wchan") as wchan:
+                    if "pipe" in wchan.read():
+                        break
+                assert exporting.poll() is None and time.monotonic() < deadline, "the export never filled the pipe"
+                time.sleep(0.05)
+            upgrading = tmp_path / "upgrade"
+            upgrading.mkdir()
+            newer = newer_synclab(tmp_path)
+            refused = run(upgrading, "db", "upgrade", **env, **newer)
+            said = refused.stderr.splitlines()
+            assert refused.returncode == 2 and len(said) == 1, (refused.returncode, said)
+            assert "or an export or verify reads it" in said[0] and said[0].endswith("nothing was changed"), said
+            if database_url.startswith("sqlite"):
+                assert f"(process {exporting.pid})" in said[0], said
+            rest = exporting.stdout.read()
+            assert exporting.wait(timeout(60)) == 0, exporting.stderr.read()
+        finally:
+            if exporting.poll() is None:
+                exporting.kill()
+                exporting.wait(timeout(10))
+    output = first + rest
+    if form == ["export"]:
+        assert len(orjson.loads(output)["events"]) == 2000
+    else:
+        assert len(output.decode().splitlines()) == 2001
+    upgraded = run(upgrading, "db", "upgrade", **env, **newer)
+    assert upgraded.returncode == 0 and "to 0099_throwaway" in upgraded.stdout, upgraded.stderr
