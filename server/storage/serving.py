@@ -10,8 +10,8 @@ changed) while anybody holds one:
 - SQLite file: the ``flock`` every server holds on the database file from its start to its end
   (:func:`.recovery.lock_database`: shared for a direct writer, exclusive with the journal). The
   command tries that lock exclusively, in its migration's transaction, and keeps it until the
-  transaction is over; one that took it first makes the command refuse. Holding it, the command
-  also locks a file beside the database (:data:`CHANGING_SUFFIX`, :func:`mark_schema_change`),
+  transaction is over; one that took it first makes the command refuse. Before it tries it, the
+  command locks a file beside the database (:data:`CHANGING_SUFFIX`, :func:`mark_schema_change`),
   which tells a server that finds the database's lock held why it is: a schema change, which it
   waits for as long as a PostgreSQL server does (:data:`SERVER_WAIT`), saying so, rather than
   another server, which refuses it after a short wait (one process per journal's database).
@@ -334,6 +334,9 @@ class NoServers:
             return  # a database in this process's memory: no other process can run on it
         path = os.path.abspath(path)
         self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        # marked before the file's lock is tried: a command that finds that lock held then always
+        # finds the mark too, and waits for the change rather than read beside it
+        self._marked = (path, mark_schema_change(path))
         deadline = time.monotonic() + COMMAND_WAIT
         while True:
             try:
@@ -343,7 +346,6 @@ class NoServers:
                 if time.monotonic() >= deadline:
                     raise ServerRunning(_refusal(where, _processes(_flock_holders(self._fd)))) from None
                 time.sleep(0.05)
-        self._marked = (path, mark_schema_change(path))
 
     def close(self) -> None:
         if self._fd is None:

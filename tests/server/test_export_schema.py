@@ -4,9 +4,13 @@ a reader that ``db upgrade`` must respect, as a running server is."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -161,3 +165,79 @@ def test_db_upgrade_refuses_while_an_export_reads_and_upgrades_once_it_ended(
         assert len(output.decode().splitlines()) == 2001
     upgraded = run(upgrading, "db", "upgrade", **env, **newer)
     assert upgraded.returncode == 0 and "to 0099_throwaway" in upgraded.stdout, upgraded.stderr
+
+
+#: a process that holds an ``flock`` shared on the file of its first argument until the file of its
+#: third exists (bounded), having made the file of its second once it holds it
+_SHARING = [sys.executable, "-c", (
+    "import fcntl, os, pathlib, sys, time\n"
+    "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+    "fcntl.flock(fd, fcntl.LOCK_SH)\n"
+    "pathlib.Path(sys.argv[2]).touch()\n"
+    "deadline = time.monotonic() + 120\n"
+    "while not pathlib.Path(sys.argv[3]).exists() and time.monotonic() < deadline:\n"
+    "    time.sleep(0.02)\n"
+)]
+
+
+def _waiting_on(path: Path, pid: int) -> bool:
+    """Whether ``pid`` waits for an ``flock`` on ``path`` (a ``->`` line of ``/proc/locks``)."""
+    st = path.stat()
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields and "FLOCK" in fields and device in fields and str(pid) in fields:
+            return True
+    return False
+
+
+def test_an_export_started_as_db_upgrade_begins_its_change_on_sqlite_is_not_changed_under(tmp_path: Path) -> None:
+    """The window of the SQLite mark: a ``db upgrade`` of a newer synclab held just as it marks
+    its change (the mark's file is held shared by another process, so its exclusive lock waits),
+    and a long export started then. The upgrade marks its change before it tries the database's
+    lock, so the export, which found no change under way, holds its reader's mark and the upgrade
+    refuses (exit 2, naming it). Until 2026-12-06 the upgrade held the database's lock before it
+    marked the change: the export, finding the lock held and no mark, read without a mark of its
+    own, and the upgrade changed the schema under it (exit 0)."""
+    url = f"sqlite:///{tmp_path}/synclab.db"
+    env = {"DATABASE_URL": url, "SYNCLAB_ADMIN_TOKEN": "a-token-for-the-test"}
+    code = _experiment(url, events_=2000)
+    marker = tmp_path / "synclab.db.synclab-schema-change"
+    newer = newer_synclab(tmp_path)
+    with contextlib.ExitStack() as stack:
+        sharing = stack.enter_context(subprocess.Popen([*_SHARING, str(marker), str(tmp_path / "shared"),
+                                                        str(tmp_path / "let-go")]))
+        stack.callback(lambda: (tmp_path / "let-go").touch())
+        _until(lambda: (tmp_path / "shared").exists(), "the helper never held the mark's file")
+        upgrade_dir = tmp_path / "upgrade"
+        upgrade_dir.mkdir()
+        upgrade = stack.enter_context(subprocess.Popen(
+            [*SYNCLAB, "db", "upgrade"], cwd=upgrade_dir, env=environment(upgrade_dir, **env, **newer),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        stack.callback(lambda: upgrade.kill() if upgrade.poll() is None else None)
+        _until(lambda: _waiting_on(marker, upgrade.pid), "the upgrade never waited for the mark's file")
+        export_dir = tmp_path / "export"
+        export_dir.mkdir()
+        exporting = stack.enter_context(subprocess.Popen(
+            [*SYNCLAB, "export", code, "--table", "events"], cwd=export_dir, env=environment(export_dir, **env),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        stack.callback(lambda: exporting.kill() if exporting.poll() is None else None)
+        assert exporting.stdout is not None and exporting.stderr is not None
+        first = exporting.stdout.read(1)
+        assert first, exporting.stderr.read()
+        _until(lambda: "pipe" in Path(f"/proc/{exporting.pid}/wchan").read_text(), "the export never filled the pipe")
+        (tmp_path / "let-go").touch()
+        out, err = upgrade.communicate(timeout=timeout(60))
+        assert upgrade.returncode == 2, (out, err)
+        assert f"(process {exporting.pid})" in err and "or an export or verify reads it" in err, err
+        rest = exporting.stdout.read()
+        assert exporting.wait(timeout(60)) == 0, exporting.stderr.read()
+        assert sharing.wait(timeout(30)) == 0
+    assert len((first + rest).decode().splitlines()) == 2001
+
+
+def _until(done: Callable[[], bool], why: str, wait: float = 60) -> None:
+    deadline = time.monotonic() + timeout(wait)
+    while not done():
+        assert time.monotonic() < deadline, why
+        time.sleep(0.02)
