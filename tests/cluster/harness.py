@@ -28,7 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from tests.server.harness import timeout
-from tests.server.test_cli import CLEARED, HEALTHY_SECONDS, free_port
+from tests.server.test_cli import CLEARED, CUED, HEALTHY_SECONDS, free_port
 
 #: this checkout: the workers import the test games (tests/cluster/games.py) from it
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +53,8 @@ class Worker:
     port: int
     log: Path
     process: subprocess.Popen[bytes] | None = None
+    #: the worker's next process, started by :meth:`Cluster.ahead` and waiting for its cue file
+    ahead: tuple[subprocess.Popen[bytes], Path] | None = None
 
     @property
     def base(self) -> str:
@@ -83,6 +85,8 @@ class Cluster:
         self.tracebacks: dict[str, int] = {}
         #: where the test's part of each worker's log begins (workers shared by tests: :func:`shared_pair`)
         self.since: dict[str, int] = {}
+        #: processes started by :meth:`ahead`, for their cue files' names
+        self.cues = 0
 
     def start(self, name: str, port: int | None = None, *options: str) -> Worker:
         """``synclab serve --port P OPTIONS`` as worker ``name`` (again on its port if it ran before)."""
@@ -93,6 +97,40 @@ class Cluster:
                 [*SYNCLAB, "serve", "--port", str(worker.port), *options], cwd=self.tmp_path, env=self.env,
                 stdout=log, stderr=subprocess.STDOUT,
             )
+        return worker
+
+    def ahead(self, name: str) -> None:
+        """Start worker ``name``'s next process now, on its port, its imports done at once but its
+        ``synclab serve`` run only when :meth:`cue` says: on a loaded machine the imports are most
+        of a start (8 to 20 s), too long where a test needs the worker back within a time."""
+        worker = self.workers[name]
+        self.cues += 1
+        cue = self.tmp_path / f"{name}.cue{self.cues}"
+        with worker.log.open("ab") as log:
+            process = subprocess.Popen(
+                [*CUED, str(cue), "serve", "--port", str(worker.port)], cwd=self.tmp_path, env=self.env,
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        worker.ahead = (process, cue)
+
+    def imported(self, *names: str, wait: float = HEALTHY_SECONDS) -> None:
+        """Until the processes started ahead for workers ``names`` have done their imports."""
+        deadline = time.monotonic() + timeout(wait)
+        for name in names:
+            ahead = self.workers[name].ahead
+            assert ahead is not None, f"no process started ahead for {name}"
+            while not Path(f"{ahead[1]}.imported").exists():
+                if time.monotonic() > deadline or ahead[0].poll() is not None:
+                    raise AssertionError(f"the process ahead for {name} did not import: {self.logs(name)}")
+                time.sleep(0.05)
+
+    def cue(self, name: str) -> Worker:
+        """The process started ahead for worker ``name`` runs ``synclab serve``: it is now the worker's."""
+        worker = self.workers[name]
+        assert worker.ahead is not None and not worker.alive, f"{name}: nothing ahead, or still running"
+        worker.process, cue = worker.ahead
+        worker.ahead = None
+        cue.touch()
         return worker
 
     def up(self, *names: str) -> None:
@@ -137,6 +175,10 @@ class Cluster:
 
     def stop_all(self) -> None:
         for worker in self.workers.values():
+            if worker.ahead is not None:  # never cued: it ends at SIGTERM (Python's default)
+                worker.ahead[0].terminate()
+                worker.ahead[0].wait(timeout(20))
+                worker.ahead = None
             if worker.process is not None and worker.process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.send_signal(signal.SIGCONT)

@@ -23,10 +23,12 @@ from tests.server.harness import timeout
 
 #: the console script's entry point, run by this interpreter
 SYNCLAB = [sys.executable, "-c", "from server.cli import main; raise SystemExit(main())"]
-#: the same, its imports done first, run once the file named by its first argument exists (bounded)
+#: the same, its imports done first (then it creates the file named by its first argument plus
+#: ``.imported``), run once the file named by its first argument exists (bounded)
 CUED = [sys.executable, "-c", (
     "import pathlib, sys, time; from server.cli import main\n"
     "cue, deadline = pathlib.Path(sys.argv.pop(1)), time.monotonic() + 600\n"
+    "pathlib.Path(f'{cue}.imported').touch()\n"
     "while not cue.exists():\n"
     "    if time.monotonic() > deadline: raise SystemExit('no cue came')\n"
     "    time.sleep(0.01)\n"
