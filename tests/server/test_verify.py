@@ -54,7 +54,11 @@ async def play_subperiods(pair: list[Client]) -> None:
     await until_state(row, "period_start")
     await decide(row, 1.0, "r0")
     await decide(col, 0.0, "c0")
-    await asyncio.sleep(1.1)  # past the 1 s subperiod tick, with a second to spare before the end
+    # past the 1 s subperiod tick: its frame, seen perhaps while the ack was awaited (a fixed 1.1 s
+    # from the ack put c1 after the period's end when the ack came 0.9 s late on a loaded machine)
+    async with asyncio.timeout(timeout(5)):
+        while not any(f["channel"] == "subperiod" for f in col.frames):
+            await col.next()
     await decide(col, 1.0, "c1")
     for client in pair:
         await until_state(client, "period_end")
