@@ -67,7 +67,8 @@ START_TIMEOUT = 60.0
 
 
 class NotGreeted(RuntimeError):
-    """A socket's first frame was not the target's hello to its participant."""
+    """A socket's first frame was not the target's hello to its participant (or, from
+    :func:`run_load`, some sockets' hellos did not come, or not first)."""
 
 
 async def greeting(ws: StampedConnection, participant: str, within: float) -> dict[str, Any]:
@@ -104,10 +105,13 @@ def worker_of(index: int, group_size: int, workers: int) -> int:
 
 
 async def run_load(target: Target | Cluster, load: Load, *, measure_target: bool = True,
-                   meters: Sequence[Meter] = ()) -> Run:
+                   meters: Sequence[Meter] = (), hello_timeout: float = HELLO_TIMEOUT) -> Run:
     """Offer ``load`` to ``target`` (a server, the relay or a cluster) and record everything.
 
     ``meters``: other process kinds whose CPU time is read over the sends too (Redis, PostgreSQL).
+    A socket not greeted within ``hello_timeout`` (``TimeoutError``), or whose first frame is not
+    its hello (:class:`NotGreeted`), is a failure, closed at once; once its batch of connections
+    is in, the run ends with :class:`NotGreeted` counting the failures by kind.
     """
     run = Run(target.kind, load)
     stores = target.kind != "relay"
@@ -128,30 +132,42 @@ async def run_load(target: Target | Cluster, load: Load, *, measure_target: bool
         paths = [f"/ws/{i // g}/{code}" for i, code in enumerate(run.codes)]
     run.index_of = {code: i for i, code in enumerate(run.codes)}
 
-    async def join(i: int) -> Peer:
+    failures: Counter[str] = Counter()
+    first_failure: list[str] = []
+
+    async def join(i: int) -> None:
         ws = await open_socket(ws_bases[worker_of(i, g, len(ws_bases))] + paths[i])
         try:
-            payload = await greeting(ws, run.codes[i], HELLO_TIMEOUT)
-        except NotGreeted as exc:
+            payload = await greeting(ws, run.codes[i], hello_timeout)
+        except (NotGreeted, TimeoutError) as exc:
+            # closed now: the target must not hold it (nor its group wait for it) until the run ends
             await close_socket(ws)
-            raise NotGreeted(f"participant {i}: {exc}") from None
+            failures[type(exc).__name__] += 1
+            if not first_failure:
+                first_failure.append(f"participant {i}: {exc or f'no hello within {hello_timeout:g} s'}")
+            return
         peer = Peer(i, run.codes[i], ws, run, list(payload.get("members") or []))
         peer.task = asyncio.create_task(peer.read())
         if target.kind == "relay":
             peer.started.set()
-        return peer
+        run.peers.append(peer)  # at once: closed after the run, whatever ends it
+
+    async def join_all(indices: Sequence[int]) -> None:
+        await in_batches(indices, CONNECT_BATCH, join)
+        if failures:
+            count = sum(failures.values())
+            raise NotGreeted(f"{count} sockets not greeted {dict(failures)}; the first, {first_failure[0]}")
 
     watching: tuple[ClientConnection, asyncio.Task[None]] | None = None
     try:
         if spread:
             # each group's first member first: its worker (alternating with the group) takes the
             # group when it connects, and has by the time the hello comes; then everybody else
-            firsts = [i for i in range(n) if i % g == 0]
-            peers = await in_batches(firsts, CONNECT_BATCH, join)
-            peers += await in_batches([i for i in range(n) if i % g], CONNECT_BATCH, join)
-            run.peers = sorted(peers, key=lambda peer: peer.index)
+            await join_all([i for i in range(n) if i % g == 0])
+            await join_all([i for i in range(n) if i % g])
         else:
-            run.peers = await in_batches(range(n), CONNECT_BATCH, join)
+            await join_all(range(n))
+        run.peers.sort(key=lambda peer: peer.index)
         if stores:
             # the server's hello names the members; the relay's groups are i // G by construction
             run.groups = [[] for _ in range(n)]

@@ -1,5 +1,6 @@
 """The idle run (``bench.load.hold_idle``) against the real relay: the sockets it counts as held are
-the ones the target holds, so that the memory read per connection is per connection held.
+the ones the target holds, so that the memory read per connection is per connection held. And a
+load run's (``bench.load.run_load``) socket that is not greeted: a failure, closed at once.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.load import hold_idle
+from bench.load import Load, NotGreeted, hold_idle, run_load
 from bench.proc import Target, running
 from tests.server.harness import eventually, timeout
 
@@ -48,6 +49,20 @@ async def test_an_idle_socket_not_greeted_is_counted_a_failure_and_closed(
             row = await hold_idle(relay, count, hello_timeout=timeout(wait))
             assert row["wanted"] == count and row["held"] == count - count // every, row
             assert row["failures"] == {failure: count // every}, row
+            with contextlib.suppress(TimeoutError):  # the closings may take the target a moment
+                await eventually(lambda: connections_held(relay) == 0)
+            assert connections_held(relay) == 0
+
+
+async def test_a_load_run_s_socket_whose_hello_does_not_come_is_counted_a_failure_and_closed() -> None:
+    """Every third socket of a load run is accepted but never greeted: the run ends once its
+    connections are in, with the failures counted (``TimeoutError``), and no socket is left open
+    for the target to hold, the silent ones nor the greeted ones."""
+    load = Load(participants=8, group_size=4, rate=5.0, duration=1.0, grace=timeout(5))
+    with running("relay", None, ["--silent-every", "3"]) as relay:
+        async with asyncio.timeout(timeout(60)):
+            with pytest.raises(NotGreeted, match=r"2 sockets not greeted \{'TimeoutError': 2\}"):
+                await run_load(relay, load, hello_timeout=timeout(2))
             with contextlib.suppress(TimeoutError):  # the closings may take the target a moment
                 await eventually(lambda: connections_held(relay) == 0)
             assert connections_held(relay) == 0
