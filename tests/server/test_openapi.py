@@ -33,6 +33,7 @@ from server.experiments import MAX_BLOCKS, MAX_PARTICIPANTS
 from server.openapi import PATH, document
 from server.settings import Settings
 from tests.server.harness import TOKEN, Harness, running_server, timeout
+from tests.server.test_cli import HEALTHY_SECONDS
 
 #: participants times blocks of a generated experiment, past which the test lowers ``blocks``:
 #: the create request inserts a session per participant and block, and the server allows
@@ -106,7 +107,8 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
     thread = threading.Thread(target=_serve, args=(url, ready, stop), name="openapi-server", daemon=True)
     thread.start()
     try:
-        got = ready.get(timeout=timeout(30))
+        # past running_server's own bound (60 s), which names what it waited for
+        got = ready.get(timeout=timeout(HEALTHY_SECONDS))
         if isinstance(got, BaseException):
             raise got
         SEEDED[:] = [got]

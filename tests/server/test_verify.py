@@ -27,6 +27,7 @@ from server.storage import create_schema, make_engine
 from server.verify import verify
 from tests.server.harness import Client, Harness, running_server, timeout, until_state
 from tests.server.test_blocks import decide
+from tests.server.test_cli import HEALTHY_SECONDS
 
 PD = {"AA": [3, 3], "AB": [0, 5], "BA": [5, 0], "BB": [1, 1]}
 #: the console script's entry point, run by this interpreter (as tests/server/test_cli.py does)
@@ -187,7 +188,7 @@ def test_played_experiments_verify_and_every_alteration_is_named(
         assert status == 2 and out == "" and "no experiment with code 'no-such-code'" in err
         finished = subprocess.run(
             [*SYNCLAB, "verify", made["goods"]["code"]], capture_output=True, text=True, check=False,
-            timeout=timeout(30), env={"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"}, cwd=Path.cwd(),
+            timeout=timeout(HEALTHY_SECONDS), env={"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"}, cwd=Path.cwd(),
         )
         assert finished.returncode == 0, finished.stderr
         assert finished.stdout.rstrip().endswith(": OK") and "3 unfinished" in finished.stdout
