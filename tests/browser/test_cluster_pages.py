@@ -203,6 +203,10 @@ async def test_two_pages_on_two_workers_carry_on_when_the_groups_worker_is_kille
     for name in ("w1", "w2"):
         cluster.start(name)
     await asyncio.to_thread(cluster.healthy, "w1", "w2")
+    # w1's restart, started now and cued once w1 is killed: its imports (8 to 20 s on a loaded
+    # machine) would otherwise bring it back after the period's end
+    cluster.ahead("w1")
+    await asyncio.to_thread(cluster.imported, "w1")
     w1, w2 = cluster.workers["w1"], cluster.workers["w2"]
     mark("workers up")
     exp = await create(cluster, "w1", game="bimatrix", participants=2, group_size=2, period_length=PERIOD,
@@ -255,7 +259,7 @@ async def test_two_pages_on_two_workers_carry_on_when_the_groups_worker_is_kille
 
     # w1 comes back on its port a second later (a load balancer would have sent the page to w2)
     await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - killed)))
-    cluster.start("w1", w1.port)
+    cluster.cue("w1")
     await asyncio.to_thread(cluster.healthy, "w1")
     mark("w1 healthy again")
     await until(lambda: len(row.received("hello")) >= 2, PERIOD, "row's page back through the restarted w1")
