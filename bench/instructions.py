@@ -57,7 +57,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
-from bench.instructions_storage import JOURNALED_PARTS, stop_apply, store_journaled
+from bench.instructions_storage import JOURNALED_PARTS, stop_apply, store_directly, store_journaled
 
 #: the parts, in the order ``--part all`` counts them
 PARTS = ("loop", "path", "writer", *JOURNALED_PARTS)
@@ -144,7 +144,7 @@ def _group_part(
 ) -> None:
     """The ``loop`` part (each decision from its group's ``receive`` on), or the ``writer``'s, the
     ``journal``'s or the ``apply``'s (``sizes``: ``--batch`` and ``--apply-batch``)."""
-    from server.storage import Write, commit_writes, writer_connection
+    from server.storage import Write
 
     batch, apply_batch = sizes
 
@@ -173,14 +173,8 @@ def _group_part(
         # the warm batches are in both runs: the difference leaves them out
         store_journaled(db, made, part, WARM_BATCHES + decisions // batch, batch, apply_batch)
     elif part == "writer":
-        conn = writer_connection(db.engine)
-        conn.exec_driver_sql("PRAGMA synchronous=OFF")
-        conn.commit()
-        batches = [made[i:i + batch] for i in range(0, len(made), batch)]
         # the warm batches are in both runs: the difference leaves them out
-        for writes in batches[:WARM_BATCHES + decisions // batch]:
-            commit_writes(conn, writes)
-        conn.close()
+        store_directly(db, made, WARM_BATCHES + decisions // batch, batch)
 
 
 def _steady_collector() -> None:

@@ -1,4 +1,10 @@
-"""The journal-first storage's parts of ``python -m bench.instructions``: ``journal`` and ``apply``.
+"""The storage's parts of ``python -m bench.instructions``: ``writer``, ``journal`` and ``apply``.
+
+``writer`` (:func:`store_directly`): ``commit_writes`` of each batch of ``--batch`` writes on the
+writer's connection, ``synchronous=OFF``. Each batch's writes are dropped once committed, and
+those never committed before the count begins, as the server's writer thread holds a write only
+until its commit: until 2026-12-06 every write was kept to the end, as in the journal's parts
+before (bench/README.md, "The writer's writes dropped once committed").
 
 A SQLite server stores first in its journal by default (``server/storage/journaled.py``): the
 writer thread numbers a batch's events, checks them (``storable``), encodes them (orjson) and
@@ -55,6 +61,39 @@ def stop_apply(db: Any) -> None:
         raise RuntimeError("the journal's parts need the database opened with its journal")
     first.drain()
     db.writer.stop(first.stop)  # (``close`` stops them again: nothing left to do then)
+
+
+def store_directly(db: Any, made: list[Any], counted: int, batch: int) -> None:
+    """Commit the first ``counted`` batches of ``batch`` of ``made`` on ``db``'s writer connection
+    (the ``writer`` part), each dropped once committed; then check that all their events are stored."""
+    from server.storage import commit_writes, writer_connection
+
+    batches = [made[i : i + batch] for i in range(0, len(made), batch)]
+    made.clear()  # (the caller's list: the batches hold the writes alone now)
+    del batches[counted:]  # never committed: dropped before the count, as the committed ones after it
+    conn = writer_connection(db.engine)
+    conn.exec_driver_sql("PRAGMA synchronous=OFF")
+    conn.commit()
+    try:
+        before = int(conn.exec_driver_sql("SELECT count(*) FROM events").scalar_one())
+        events = 0
+        for at in range(len(batches)):
+            writes, batches[at] = batches[at], []
+            commit_writes(conn, writes)
+            events += sum(len(write.events) for write in writes)
+        writes = []
+        _check_stored(conn, len(batches), events, before)
+    finally:
+        conn.close()
+
+
+def _check_stored(conn: Any, batches: int, events: int, before: int) -> None:
+    """The ``events`` of the ``writer`` part's ``batches`` are in the database (``before``: the
+    events it held before them). Printed; raises otherwise."""
+    held = int(conn.exec_driver_sql("SELECT count(*) FROM events").scalar_one()) - before
+    if held != events:
+        raise RuntimeError(f"writer: {held} events stored of the {events} committed in {batches} batches")
+    print(f"writer: {batches} batches, {events} events stored")
 
 
 def store_journaled(db: Any, made: list[Any], part: str, counted: int, batch: int, apply_batch: int) -> None:

@@ -83,3 +83,19 @@ def test_the_journal_parts_drop_each_write_once_it_is_committed(part: str) -> No
     done = subprocess.run([sys.executable, "-c", _HELD_AT_THE_CHECK, part], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "writes held: 0\n" in done.stdout, done.stdout
+
+
+#: the writer part's inner run, and how many writes the collector still tracks when it checks what
+#: it stored (after the last commit)
+_HELD_AT_THE_WRITER_S_CHECK = _HELD_AT_THE_CHECK.replace("storage._check", "storage._check_stored")
+
+
+def test_the_writer_part_drops_each_write_once_it_is_committed() -> None:
+    """As the server's writer thread, which holds a write only until its commit, and as the
+    journal's parts: by the end none of the part's writes is alive, and its events are all stored."""
+    done = subprocess.run([sys.executable, "-c", _HELD_AT_THE_WRITER_S_CHECK, "writer"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "writes held: 0\n" in done.stdout, done.stdout
+    said = re.search(r"writer: (\d+) batches, (\d+) events stored", done.stdout)
+    assert said is not None and int(said[1]) == 100 + 42 // 3 and int(said[2]) >= 3 * int(said[1]), done.stdout
