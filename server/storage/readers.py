@@ -27,9 +27,13 @@ from sqlalchemy import Engine
 
 from ..exceptions import SchemaError
 from .engine import normalise_url, sqlite_file
+from .readmark import mark_reading
 from .recovery import reading
 from .schema import schema_state
 from .serving import hold_serving, wait_for_change
+
+#: the reader's mark held with each database file's descriptor (:func:`_share_file`)
+_marks: dict[int, int] = {}
 
 
 @contextlib.contextmanager
@@ -58,6 +62,9 @@ def reading_current(url: str) -> Iterator[Engine]:
             engine.dispose()
             if held is not None:
                 os.close(held)
+                mark_fd = _marks.pop(held, None)
+                if mark_fd is not None:
+                    os.close(mark_fd)
             if mark is not None:
                 mark.close()
 
@@ -66,15 +73,24 @@ def _share_file(path: str, url: str) -> int | None:
     """The database file's descriptor holding an ``flock`` shared; ``None`` when another process
     holds it exclusively: a server with the journal, or a ``db`` command (waited for, then tried again)."""
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    # the reader's own mark first: a server that finds the file's lock taken then finds it, and
+    # waits for this command rather than being refused as beside another server (:mod:`.readmark`)
+    mark = mark_reading(path)
     try:
         for _ in range(2):
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                if mark is not None:
+                    _marks[fd] = mark
                 return fd
             except BlockingIOError:
                 wait_for_change(url)  # a schema change under way ends first; a server's lock does not
         os.close(fd)
+        if mark is not None:
+            os.close(mark)
         return None
     except BaseException:
         os.close(fd)
+        if mark is not None:
+            os.close(mark)
         raise

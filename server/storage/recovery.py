@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..exceptions import SchemaError, SettingsError
 from .engine import make_engine, sqlite_file
 from .journal import DamagedHeader, Journal, JournalBusy, JournalError, Record, new_salt, scan
+from .readmark import reading_under_way
 from .repeats import apply_journaled
 from .schema import schema_state
 from .serving import (
@@ -86,6 +87,7 @@ def lock_database(
         raise SettingsError(f"DATABASE_URL: cannot open the SQLite file {path!r}: {exc.strerror}") from exc
     deadline = time.monotonic() + wait
     changing_since: float | None = None
+    reading_since: float | None = None
     while True:
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
@@ -93,6 +95,8 @@ def lock_database(
         except BlockingIOError:
             now = time.monotonic()
             changing = schema_change_under_way(path) if change_wait > 0 else None
+            # a command reading it (export, verify): only a journal's exclusive lock waits for one
+            reader = reading_under_way(path) if change_wait > 0 and exclusive and changing is None else None
             if changing is not None:
                 if changing_since is None:
                     changing_since = now
@@ -100,6 +104,14 @@ def lock_database(
                 if now - changing_since >= change_wait:
                     os.close(fd)
                     raise SchemaError(changing_too_long(repr(path), change_wait)) from None
+                deadline = now + wait
+            elif reader is not None:
+                if reading_since is None:
+                    reading_since = now
+                    log.warning(_waiting_for_reader(path, reader, change_wait))
+                if now - reading_since >= change_wait:
+                    os.close(fd)
+                    raise SettingsError(_reading_too_long(path, change_wait)) from None
                 deadline = now + wait
             elif now >= deadline:
                 os.close(fd)
@@ -111,6 +123,17 @@ def lock_served(path: str, *, exclusive: bool, wait: float = LOCK_WAIT, why: str
     """:func:`lock_database` for a server: it waits for a ``db`` command's schema change as long as
     a server on PostgreSQL does (:data:`.serving.SERVER_WAIT`)."""
     return lock_database(path, exclusive=exclusive, wait=wait, why=why, change_wait=SERVER_WAIT)
+
+
+def _waiting_for_reader(path: str, held_by: str, wait: float) -> str:
+    by = f" ({held_by})" if held_by else ""
+    return (f"synclab: a `synclab export` or `verify`{by} is reading the database {path!r}: "
+            f"this server waits for it to finish (up to {wait:g} s)")
+
+
+def _reading_too_long(path: str, wait: float) -> str:
+    return (f"a `synclab export` or `verify` has been reading the database {path!r} for over {wait:g} s, and with "
+            "the journal one process serves a SQLite database, alone: start the server once it has finished")
 
 
 def _lock_refused(path: str, exclusive: bool, why: str | None) -> str:

@@ -31,7 +31,15 @@ from server.storage import (
     upgrade_schema,
 )
 from tests.server.harness import timeout
-from tests.server.test_cli import SYNCLAB, environment, run
+from tests.server.test_cli import (
+    HEALTHY_SECONDS,
+    SYNCLAB,
+    environment,
+    free_port,
+    run,
+    started,
+    wait_until_healthy,
+)
 from tests.server.test_migrations import newer_synclab
 
 #: every form of ``synclab export CODE …`` and of ``synclab verify CODE …``
@@ -241,3 +249,41 @@ def _until(done: Callable[[], bool], why: str, wait: float = 60) -> None:
     while not done():
         assert time.monotonic() < deadline, why
         time.sleep(0.02)
+
+
+def test_a_server_started_while_an_export_reads_its_sqlite_file_waits_for_it_then_serves(tmp_path: Path) -> None:
+    """SQLite with the journal (the default, which holds the file alone): a real ``synclab serve``
+    started while a long export is held in the middle of its output says once that it waits,
+    naming the export's process, and serves once the export has ended whole. Until 2026-12-06 it
+    was refused after 2 s, as beside another server ("another synclab process has the database
+    … stop the other first"), since the export holds the file's lock shared while it reads."""
+    url = f"sqlite:///{tmp_path}/synclab.db"
+    env = {"DATABASE_URL": url, "SYNCLAB_ADMIN_TOKEN": "a-token-for-the-test"}
+    code = _experiment(url, events_=2000)
+    for name in ("export", "serve"):
+        (tmp_path / name).mkdir()
+    port = free_port()
+    with subprocess.Popen([*SYNCLAB, "export", code, "--table", "events"], cwd=tmp_path / "export",
+                          env=environment(tmp_path / "export", **env),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as exporting:
+        try:
+            assert exporting.stdout is not None and exporting.stderr is not None
+            first = exporting.stdout.read(1)  # it has begun writing: its marks were taken before
+            assert first, exporting.stderr.read()
+            _until(lambda: "pipe" in Path(f"/proc/{exporting.pid}/wchan").read_text(), "the export never filled the pipe")
+            with started(tmp_path / "serve", "serve", "--port", str(port), **env) as server:
+                _until(lambda: "is reading the database" in server.stderr_path.read_text(),
+                       f"the server never said it waits; {server.stderr()}", wait=HEALTHY_SECONDS)
+                time.sleep(3)  # past the 2 s after which it was refused
+                assert server.process.poll() is None, server.stderr()
+                rest = exporting.stdout.read()
+                assert exporting.wait(timeout(60)) == 0, exporting.stderr.read()
+                assert wait_until_healthy(f"http://127.0.0.1:{port}").status_code == 200
+                said = [line for line in server.stderr_path.read_text().splitlines() if "is reading the database" in line]
+                assert len(said) == 1 and f"(process {exporting.pid})" in said[0], said
+                assert "this server waits for it to finish (up to 30 s)" in said[0], said
+        finally:
+            if exporting.poll() is None:
+                exporting.kill()
+                exporting.wait(timeout(10))
+    assert len((first + rest).decode().splitlines()) == 2001
