@@ -15,7 +15,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-from .serving import _flock_holders, _processes
+from .serving import marked_by
 
 READING_SUFFIX = ".synclab-reading"
 
@@ -34,15 +34,4 @@ def mark_reading(path: str) -> int | None:
 def reading_under_way(path: str) -> str | None:
     """The processes of the commands reading the SQLite file ``path`` now, in words (``process 12``;
     '' where ``/proc/locks`` cannot tell), or ``None`` when none is."""
-    try:
-        fd = os.open(path + READING_SUFFIX, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return _processes(_flock_holders(fd))
-    else:
-        return None
-    finally:
-        os.close(fd)
+    return marked_by(path + READING_SUFFIX, fcntl.LOCK_EX)

@@ -289,17 +289,25 @@ def unmark_schema_change(path: str, fd: int) -> None:
 
 def schema_change_under_way(path: str) -> str | None:
     """The process of a ``db`` command changing the schema of the SQLite file ``path`` now, in
-    words (``process 12``; '' where ``/proc/locks`` cannot tell), or ``None`` when none is."""
+    words (``process 12``; '' where ``/proc/locks`` cannot tell), or ``None`` when none is (a mark
+    its command's kill left behind, or one just removed, is no change)."""
+    return marked_by(path + CHANGING_SUFFIX, fcntl.LOCK_SH)
+
+
+def marked_by(mark: str, probe: int) -> str | None:
+    """The processes holding the ``flock`` on the file ``mark`` that keeps ``probe`` (``LOCK_SH``:
+    an exclusive holder; ``LOCK_EX``: any) from being had at once, in words, or ``None`` if nobody
+    (no file, or the lock had and let go at once)."""
     try:
-        fd = os.open(path + CHANGING_SUFFIX, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(mark, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, probe | fcntl.LOCK_NB)
     except BlockingIOError:
         return _processes(_flock_holders(fd))
     else:
-        return None  # a mark its command's kill left behind, or one just removed
+        return None
     finally:
         os.close(fd)
 
