@@ -97,7 +97,9 @@ async def test_a_busy_worker_leaves_new_groups_to_one_that_is_not(cluster: Clust
     with starved(cluster, "w1"):
         late = await wait_for_beat(cluster, "w1", busy=True, wait=15)
         assert late["lag_ms"] >= BUSY_LAG * 1000, late
-        assert not (await beat_of(cluster, "w2"))["busy"]
+        # the test's condition, not what it tests: w2 not busy (a loaded machine may run its loop
+        # late for a beat too; CI saw one such beat with the suite and other tests running)
+        await wait_for_beat(cluster, "w2", busy=False, wait=15)
         people, group_id, _ = await pair_through_w1(cluster)
         assert owner_of(cluster, group_id) == "w2"
         # the pair plays through w1, its group served by w2
