@@ -421,16 +421,18 @@ async def test_a_block_ended_without_its_game_shows_its_stored_score_in_the_late
     total. It showed no score for block 1 and left it out of the total, which the page's own
     "Earned" had counted."""
     exp = await server.create(game="tests.server.test_blocks:Fragile", participants=2, group_size=2, blocks=2,
-                              period_length=2, num_subperiods=4, bonus_points=1, block_pause=0.3)
+                              period_length=8, num_subperiods=4, bonus_points=1, block_pause=0.3)
     code, (mine, other) = exp["code"], [p["code"] for p in exp["participants"]]
     person = await open_participant(exp["participants"][0]["url"])
     breaker = await server.connect(other)
     group = (await breaker.expect("hello"))["payload"]["group"]
     await until_state(breaker, "period_start")
-    await breaker.expect("subperiod", wait=3)  # subperiod 0 scored at 0.5 s
+    # subperiods of 2 s: the 7 must come within subperiod 1 (with 0.5 s ones, a start 0.6 s late
+    # on a loaded machine scored subperiod 1 before it came, and "Earned" read 5.00)
+    await breaker.expect("subperiod", wait=10)  # subperiod 0 scored at 2 s
     await decide(breaker, 7, "seven")
     await expect(person.page.locator("#earned")).to_have_text("2.50")
-    await until_faulted(server, code)  # subperiod 1, due at 1 s, fails on the 7
+    await until_faulted(server, code, wait=10)  # subperiod 1, due at 4 s, fails on the 7
     assert (await server.http.post(f"/api/experiments/{code}/end", params={"group": group})).status_code == 200
     await expect(person.page.locator("#block")).to_have_text("Block 2 of 2", timeout=WAIT_MS)
     await expect(person.page.locator("#screen-play")).to_be_visible(timeout=WAIT_MS)
