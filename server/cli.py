@@ -34,6 +34,7 @@ from .storage import (
     insert_experiment,
     make_engine,
     prepare_schema,
+    set_schema_wait,
     wait_for_change,
 )
 from .tokencommand import TOKEN_ACTIONS, run_token
@@ -259,6 +260,7 @@ def _run(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
+        set_schema_wait(settings.schema_wait)
         if args.command == "export":
             return run_export(settings, args.code, args.table, args.format)
         if args.command == "bots":

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import signal
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import FrameType
@@ -37,11 +40,15 @@ from .storage import (
     first_token,
     hold_serving,
     prepare_schema,
+    set_schema_wait,
     wait_for_change,
 )
 from .viewfiles import missing_view
 
 log = logging.getLogger("synclab")
+#: seconds into a shutdown after which it logs where its tasks and threads are (it may go on up to
+#: ``SYNCLAB_SHUTDOWN_TIMEOUT`` for the writes queued, and should be over well before)
+SLOW_SHUTDOWN = 10.0
 
 
 @contextlib.contextmanager
@@ -107,6 +114,7 @@ class Runtime:
     @classmethod
     async def open(cls, settings: Settings) -> Runtime:
         settings.check()
+        set_schema_wait(settings.schema_wait)
         with stopped_while_waiting():
             # its SQLite file's lock (a `db` command's schema change: up to 30 s), waited for on the
             # event loop under `uvicorn server.app:app` (`synclab serve` waited before, and keeps it),
@@ -198,6 +206,13 @@ class Runtime:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.shutdown_timeout
+        slow = loop.call_later(SLOW_SHUTDOWN, _say_where_the_shutdown_waits)
+        try:
+            await self._close(loop, deadline)
+        finally:
+            slow.cancel()
+
+    async def _close(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
         if self._renewing is not None:
             self._renewing.cancel()
         self.groups.close()
@@ -217,6 +232,18 @@ class Runtime:
             finally:
                 if self.serving is not None:  # the last: no schema change while anything was stored
                     await asyncio.to_thread(self.serving.close)
+
+
+def _say_where_the_shutdown_waits() -> None:
+    """The shutdown has taken :data:`SLOW_SHUTDOWN` seconds: where each task and thread is, for the log."""
+    where = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=8, file=where)
+    frames = sys._current_frames()
+    for thread in threading.enumerate():
+        if thread.ident in frames and thread is not threading.current_thread():
+            where.write(f"Thread {thread.name}:\n{''.join(traceback.format_stack(frames[thread.ident], limit=8))}")
+    log.warning("synclab: the shutdown has taken over %g s; its tasks and threads:\n%s", SLOW_SHUTDOWN, where.getvalue())
 
 
 async def _renewed(serving: ServingMark, every: float = RENEW_EVERY) -> None:

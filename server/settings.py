@@ -153,6 +153,9 @@ class Settings:
     #: seconds a shutdown waits for the requests and sockets under way, then for the writes
     #: queued; past it what is still queued is refused and logged (the commit under way finishes)
     shutdown_timeout: float = 30.0
+    #: seconds a server or command waits for a ``db`` command's schema change (or a journal server
+    #: for an export's read) before it gives up in one line
+    schema_wait: float = 30.0
     #: the cluster's name: the prefix of its keys and channels in Redis (several clusters, one Redis)
     cluster_name: str = "synclab"
     #: seconds a group's lease lasts without renewal: a dead worker's groups move on within it
@@ -282,6 +285,7 @@ class Settings:
             apply_every=_number(env, "SYNCLAB_APPLY_EVERY", 0.01, minimum=0.001, maximum=60),
             journal_size=int(_number(env, "SYNCLAB_JOURNAL_SIZE", DEFAULT_JOURNAL_SIZE // MIB, minimum=1, maximum=65536)) * MIB,
             shutdown_timeout=_number(env, "SYNCLAB_SHUTDOWN_TIMEOUT", 30.0, minimum=0, maximum=24 * 3600),
+            schema_wait=_number(env, "SYNCLAB_SCHEMA_WAIT", 30.0, minimum=0, maximum=24 * 3600),
             cluster_name=_name(env, "SYNCLAB_CLUSTER", "synclab"),
             lease_seconds=_number(env, "SYNCLAB_LEASE_SECONDS", 3.0, minimum=0.5, maximum=60),
             heartbeat_seconds=_number(env, "SYNCLAB_HEARTBEAT_SECONDS", 5.0, minimum=0.5, maximum=60),

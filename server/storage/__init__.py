@@ -136,7 +136,14 @@ from .schema import (
     upgrade_schema,
 )
 from .seats import GroupSpec, Seat, client_ids, client_seq, last_state_query, load_group, load_seat
-from .serving import RENEW_EVERY, SERVING_LOCK, ServingMark, hold_serving, wait_for_change
+from .serving import (
+    RENEW_EVERY,
+    SERVING_LOCK,
+    ServingMark,
+    hold_serving,
+    set_schema_wait,
+    wait_for_change,
+)
 from .snapshot import monitor_state
 from .stalls import WRITER_NAME, end_stalled_writers, writer_connection
 from .statuses import (
@@ -332,6 +339,7 @@ __all__ = [
     "session_standings",
     "sessions",
     "set_experiment_status",
+    "set_schema_wait",
     "set_statuses",
     "sqlite_file",
     "stored_meta",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-from .serving import marked_by
+from .flocks import marked_by
 
 READING_SUFFIX = ".synclab-reading"
 

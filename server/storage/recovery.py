@@ -31,9 +31,9 @@ from .readmark import reading_under_way
 from .repeats import apply_journaled
 from .schema import schema_state
 from .serving import (
-    SERVER_WAIT,
     changing_too_long,
     schema_change_under_way,
+    schema_wait,
     wait_for_change,
     waiting_for_change,
 )
@@ -121,8 +121,8 @@ def lock_database(
 
 def lock_served(path: str, *, exclusive: bool, wait: float = LOCK_WAIT, why: str | None = None) -> int:
     """:func:`lock_database` for a server: it waits for a ``db`` command's schema change as long as
-    a server on PostgreSQL does (:data:`.serving.SERVER_WAIT`)."""
-    return lock_database(path, exclusive=exclusive, wait=wait, why=why, change_wait=SERVER_WAIT)
+    a server on PostgreSQL does (:func:`.serving.schema_wait`)."""
+    return lock_database(path, exclusive=exclusive, wait=wait, why=why, change_wait=schema_wait())
 
 
 def _waiting_for_reader(path: str, held_by: str, wait: float) -> str:

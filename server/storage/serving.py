@@ -52,6 +52,7 @@ from sqlalchemy.pool import NullPool
 
 from ..exceptions import SchemaError, ServerRunning
 from .engine import normalise_url, sqlite_file
+from .flocks import flock_holders, marked_by, processes
 
 log = logging.getLogger("synclab")
 
@@ -60,8 +61,10 @@ SERVING_LOCK = 0x5C1AC
 #: seconds a command waits for the SQLite file's lock that another command holds for a moment
 #: (``export`` applying a journal); a server holds it for its whole run
 COMMAND_WAIT = 2.0
-#: seconds a server waits for a ``db`` command's schema change to end before it gives up
+#: seconds a server or command waits for a ``db`` command's schema change to end before it gives
+#: up, unless ``SYNCLAB_SCHEMA_WAIT`` says otherwise (:func:`set_schema_wait`, :func:`schema_wait`)
 SERVER_WAIT = 30.0
+_schema_wait = SERVER_WAIT
 #: what is added to a SQLite file's name for the file whose ``flock`` says a ``db`` command changes its schema
 CHANGING_SUFFIX = ".synclab-schema-change"
 #: seconds between a server's looks at its mark's session (:meth:`ServingMark.renew`)
@@ -144,7 +147,7 @@ class ServingMark:
                 self._engine.dispose()
 
 
-def hold_serving(url: str, wait: float = SERVER_WAIT) -> ServingMark | None:
+def hold_serving(url: str, wait: float | None = None) -> ServingMark | None:
     """This server's mark on the database of ``url`` (blocking: run it on a thread); ``None`` but on PostgreSQL.
 
     Taken before the server reads the schema's revision. A ``db`` command changing the schema
@@ -155,6 +158,7 @@ def hold_serving(url: str, wait: float = SERVER_WAIT) -> ServingMark | None:
     parsed = normalise_url(url)
     if parsed.get_backend_name() != "postgresql":
         return None
+    wait = schema_wait() if wait is None else wait
     # no rollback at its close: the session holds nothing but the lock, and may be gone by then
     # and a renewal's connect gives up as the database's connections do not answer
     engine = create_engine(parsed, poolclass=NullPool, pool_reset_on_return=None, connect_args={"connect_timeout": 5})
@@ -181,6 +185,16 @@ def hold_serving(url: str, wait: float = SERVER_WAIT) -> ServingMark | None:
         raise
 
 
+def set_schema_wait(seconds: float) -> None:
+    """How long this process waits for a schema change (``SYNCLAB_SCHEMA_WAIT``, read with the settings)."""
+    global _schema_wait
+    _schema_wait = seconds
+
+
+def schema_wait() -> float:
+    return _schema_wait
+
+
 def changing_too_long(where: str, wait: float, then: str = "start the server") -> str:
     """Why a server (or, ``then`` "run this command again", a command) gives up waiting for a
     ``db`` command's schema change (either database)."""
@@ -197,7 +211,7 @@ def waiting_for_change(where: str, held_by: str, wait: float, who: str = "this s
 
 
 def wait_for_change(
-    url: str, wait: float = SERVER_WAIT, say: Callable[[str], None] | None = None, *, server: bool = False
+    url: str, wait: float | None = None, say: Callable[[str], None] | None = None, *, server: bool = False
 ) -> None:
     """Before a command opens the database of ``url`` (``export``, ``verify``, ``token``, ``db``…):
     a ``db`` command changing its schema now is waited for, as a server waits for it.
@@ -210,7 +224,7 @@ def wait_for_change(
     a schema change that starts later is not kept out. Blocking. ``server``: ``synclab serve``
     before it reads the revision (its words are a server's).
     """
-    announce = say or _to_stderr
+    announce, wait = say or _to_stderr, schema_wait() if wait is None else wait
     words = ("this server", "start the server") if server else ("this command", "run this command again")
     path = sqlite_file(url)
     if path is not None:
@@ -294,24 +308,6 @@ def schema_change_under_way(path: str) -> str | None:
     return marked_by(path + CHANGING_SUFFIX, fcntl.LOCK_SH)
 
 
-def marked_by(mark: str, probe: int) -> str | None:
-    """The processes holding the ``flock`` on the file ``mark`` that keeps ``probe`` (``LOCK_SH``:
-    an exclusive holder; ``LOCK_EX``: any) from being had at once, in words, or ``None`` if nobody
-    (no file, or the lock had and let go at once)."""
-    try:
-        fd = os.open(mark, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, probe | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return _processes(_flock_holders(fd))
-    else:
-        return None
-    finally:
-        os.close(fd)
-
-
 class NoServers:
     """A ``db`` command's look for running servers, in its migration's transaction (:meth:`check`).
 
@@ -352,7 +348,7 @@ class NoServers:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise ServerRunning(_refusal(where, _processes(_flock_holders(self._fd)))) from None
+                    raise ServerRunning(_refusal(where, processes(flock_holders(self._fd)))) from None
                 time.sleep(0.05)
 
     def close(self) -> None:
@@ -372,27 +368,3 @@ def _refusal(where: str, held_by: str) -> str:
         "or an export or verify reads it: stop the server (every process of it) or let the command "
         "end, and run this again; nothing was changed"
     )
-
-
-def _processes(pids: list[int]) -> str:
-    """``process 12`` or ``processes 12, 34``; '' for none known."""
-    return f"process{'es' if len(pids) > 1 else ''} {', '.join(map(str, pids))}" if pids else ""
-
-
-def _flock_holders(fd: int) -> list[int]:
-    """The processes that hold an ``flock`` on the file of ``fd``, as Linux's ``/proc/locks`` says; [] elsewhere."""
-    st = os.fstat(fd)
-    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    try:
-        with open("/proc/locks") as locks:
-            lines = locks.read().splitlines()
-    except OSError:
-        return []
-    pids = set()
-    for line in lines:
-        fields = line.split()
-        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; a waiter's line has "->" after the number
-        fields = [f for f in fields if f != "->"]
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device and fields[4].isdigit():
-            pids.add(int(fields[4]))
-    return sorted(pids - {os.getpid()})

@@ -47,6 +47,7 @@ CLEARED = (
     "SYNCLAB_SEND_QUEUE",
     "SYNCLAB_WRITER_MAX_BATCH",
     "SYNCLAB_SHUTDOWN_TIMEOUT",
+    "SYNCLAB_SCHEMA_WAIT",
 )
 #: MiB of a test server's journal: the default's 64, written at the first start, made a whole
 #: suite write about 25 GB
@@ -313,6 +314,8 @@ BAD_ENVIRONMENT = [
     pytest.param("SYNCLAB_WRITER_MAX_BATCH", "many", id="writer-max-batch-word"),
     pytest.param("SYNCLAB_SHUTDOWN_TIMEOUT", "soon", id="shutdown-timeout-word"),
     pytest.param("SYNCLAB_SHUTDOWN_TIMEOUT", "-1", id="shutdown-timeout-negative"),
+    pytest.param("SYNCLAB_SCHEMA_WAIT", "a minute", id="schema-wait-words"),
+    pytest.param("SYNCLAB_SCHEMA_WAIT", "-1", id="schema-wait-negative"),
     pytest.param("PORT", "abc", id="port-abc"),
     pytest.param("PORT", "-1", id="port-negative"),
     pytest.param("SYNCLAB_FRAME_BURST", "inf", id="frame-burst-inf"),

@@ -162,10 +162,10 @@ def test_commands_started_while_db_upgrade_changes_the_schema_wait_for_it_then_r
 def test_a_command_gives_up_on_a_schema_change_past_the_servers_wait_in_one_line(
     tmp_path: Path, kind: str, request: pytest.FixtureRequest
 ) -> None:
-    """``export`` started while a ``db upgrade`` changes the schema for longer than a server waits
-    (30 s) exits 2 with one line past the line that said it waits, and writes nothing to stdout;
-    the upgrade goes on. Until 2026-12-05 it read the old schema at once: exit 2, ``no such
-    column: experiments.throwaway`` (or, on PostgreSQL, ``column … does not exist``)."""
+    """``export`` started while a ``db upgrade`` changes the schema for longer than it waits (30 s;
+    here ``SYNCLAB_SCHEMA_WAIT=3``) exits 2 with one line past the line that said it waits, and
+    writes nothing to stdout; the upgrade goes on. Until 2026-12-05 it read the old schema at once:
+    exit 2, ``no such column: experiments.throwaway`` (or, on PostgreSQL, ``column … does not exist``)."""
     env, code = _setting_up(tmp_path, kind, request)
     hold = Hold(tmp_path / "hold")  # never released: the upgrade is killed at the end
     newer = newer_synclab(tmp_path, hold)
@@ -174,14 +174,15 @@ def test_a_command_gives_up_on_a_schema_change_past_the_servers_wait_in_one_line
         hold.until_holding(upgrade)
         _until_changing(tmp_path, env["DATABASE_URL"], upgrade)
         begun = time.monotonic()
-        with _commands(tmp_path, {"export": ["export", code]}, {**env, **newer}) as commands:
+        waiting = {**env, **newer, "SYNCLAB_SCHEMA_WAIT": "3"}
+        with _commands(tmp_path, {"export": ["export", code]}, waiting) as commands:
             export = commands["export"]
-            assert export.end(50) == 2, export.stderr()
-        assert time.monotonic() - begun >= 30
+            assert export.end(30) == 2, export.stderr()
+        assert time.monotonic() - begun >= 3
         said = export.stderr().splitlines()
-        assert len(said) == 2 and WAITS in said[0], said
+        assert len(said) == 2 and WAITS.replace("30 s", "3 s") in said[0], said
         assert said[1].startswith("synclab: a `synclab db` command has been changing the schema of the database "), said
-        assert said[1].endswith(" for over 30 s: run this command again once it has finished"), said
+        assert said[1].endswith(" for over 3 s: run this command again once it has finished"), said
         assert export.stdout() == ""
         assert upgrade.process.poll() is None, upgrade.stderr()
         upgrade.process.send_signal(signal.SIGKILL)

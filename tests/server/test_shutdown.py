@@ -28,6 +28,7 @@ from sqlalchemy import select
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+import server.runtime as runtime_module
 from server.exceptions import NotPersisted
 from server.experiments import parse_request, plan
 from server.frames import WS_MAX_SIZE
@@ -135,6 +136,31 @@ async def test_past_the_shutdown_timeout_the_queued_writes_are_refused_and_count
     assert outcomes.committed == [0]
     assert [str(exc) for exc in outcomes.failed] == ["the event could not be stored: the server stopped before it could be stored"] * 3
     assert _stored(database_url, experiment_id) == [0]
+
+
+async def test_a_shutdown_that_takes_long_logs_where_its_tasks_and_threads_wait(
+    database_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shutdown still under way after ``SLOW_SHUTDOWN`` seconds (10; here 0.3) logs the stacks of
+    its tasks (the close waiting for the writer) and threads (the writer in its held commit), once.
+    A cluster's worker was seen not to end after SIGTERM, with nothing in its log to say where."""
+    monkeypatch.setattr(runtime_module, "SLOW_SHUTDOWN", 0.3)
+    experiment_id = _new_experiment(database_url)
+    rt = await Runtime.open(Settings(database_url=database_url, admin_token=TOKEN, journal="off"))
+    outcomes = Outcomes()
+    closing: asyncio.Future[None] | None = None
+    try:
+        with holding_writes(database_url):
+            await _held_and_queued(rt, experiment_id, outcomes, behind=1)
+            closing = asyncio.ensure_future(rt.close())
+            await asyncio.sleep(0.8)
+            said = [r.getMessage() for r in caplog.records if "the shutdown has taken" in r.getMessage()]
+            assert len(said) == 1, said
+            assert said[0].startswith("synclab: the shutdown has taken over 0.3 s; its tasks and threads:\n"), said
+            assert "in close" in said[0] and "Thread synclab-writer" in said[0], said
+    finally:
+        await asyncio.wait_for(closing if closing is not None else rt.close(), timeout(15))
+    assert outcomes.committed == [0, 1] and outcomes.failed == []
 
 
 #: a process that queues three writes and lets its main thread end without closing the database
