@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -32,6 +33,12 @@ from tests.server.harness import Harness, running_server
 POSTGRES_URL = os.environ.get("SYNCLAB_TEST_POSTGRES_URL", "postgresql://127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("SYNCLAB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Bytecode cached, whatever the machine says (its PYTHONDONTWRITEBYTECODE=1): each test process
+# rewrote the asserts of every test module anew (10 s of CPU at each of the three workers' start)
+# and each of the ~300 synclab processes the suite starts compiled synclab from source (~0.15 s)
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 def _postgres_or_skip() -> None:
