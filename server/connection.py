@@ -38,6 +38,7 @@ from .hooks import frame_failed
 from .routing import LiveGroups
 from .settings import Settings
 from .storage import ConnectionChange, Seat
+from .tasks import ended
 from .views import GroupView
 from .wire import encode, error, ms, parse, redwood_ping
 
@@ -196,11 +197,7 @@ class ClientConnection:
         finally:
             if take_texts is not None:
                 take_texts(None)
-            for task in (sender, receiver):
-                task.cancel()
-            for task in (sender, receiver):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await ended((sender, receiver))
 
     async def _receiver(self) -> None:
         while True:

@@ -44,6 +44,7 @@ from .storage import (
     next_delivery_at,
     to_epoch,
 )
+from .tasks import ended
 
 log = logging.getLogger("synclab.deliveries")
 #: oTree's header for its REST key (``otree/views/cbv.py``: ``REST_KEY_HEADER``)
@@ -97,12 +98,7 @@ class Deliveries:
         taken again by any worker once its lease has passed). Runs that end from now on are
         left to the next start's sweep."""
         self._closed = True
-        tasks = [t for t in (self._task, *self._attempts, *self._stores) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await ended([self._task, *self._attempts, *self._stores])
         if self._http is not None:
             await self._http.aclose()
 

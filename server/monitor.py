@@ -24,7 +24,6 @@ fresh snapshot.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from datetime import datetime
 from typing import Any
@@ -45,6 +44,7 @@ from .meter import Meter
 from .progress import participant_progress
 from .runtime import Runtime
 from .storage import experiment_participants, experiment_row, experiment_timing, monitor_state
+from .tasks import ended
 from .wire import encode, ms
 
 #: seconds between two ``events`` frames
@@ -141,9 +141,7 @@ async def monitor_socket(websocket: WebSocket) -> None:
         try:
             await _send_loop(rt, monitor, row, receiver, token)
         finally:
-            receiver.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await receiver
+            await ended([receiver])
     except (WebSocketDisconnect, RuntimeError):
         pass  # the page went away while we sent
     finally:

@@ -46,6 +46,7 @@ from redis.exceptions import RedisError
 from ..exceptions import NotPersisted, Unavailable
 from ..hub.redis import RedisHub
 from ..storage import Database, claim_group, group_epoch
+from ..tasks import ended
 from .heartbeats import BeatTimes, Heartbeats
 from .inbox import Answers, Inbox
 from .leases import Lease, Leases
@@ -153,13 +154,7 @@ class Node(Heartbeats, Placement, Answers):
             self.hub.publish(CLUSTER_TOPIC, dumps({"op": "released", "g": group_id}))
 
     async def close(self) -> None:
-        if self._rechecking is not None:
-            self._tasks.append(self._rechecking)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await ended([*self._tasks, self._rechecking])
         self.requests.close()
         await self.hub.close()
 

@@ -33,6 +33,7 @@ import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from ..tasks import ended
 from .base import Resync, Subscriber
 from .resp import RespConnection
 
@@ -95,11 +96,7 @@ class RedisHub:
         self._wake.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._tasks[1]), 2.0) if self._tasks else None
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await ended(self._tasks)
         if self._listener is not None:
             self._listener.close()
         with contextlib.suppress(Exception):

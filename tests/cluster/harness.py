@@ -183,13 +183,16 @@ class Cluster:
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.send_signal(signal.SIGCONT)
                     worker.process.send_signal(signal.SIGTERM)
-        for worker in self.workers.values():
+        hung = []
+        for name, worker in self.workers.items():
             if worker.process is not None:
                 try:
                     worker.process.wait(timeout(20))
-                except subprocess.TimeoutExpired:
+                except subprocess.TimeoutExpired:  # its shutdown logs where it waits after 10 s
                     worker.process.kill()
                     worker.process.wait(timeout(10))
+                    hung.append(f"worker {name} did not end within 20 s of SIGTERM: {self.logs(name)}")
+        assert not hung, "\n".join(hung)
 
     def http(self, name: str) -> httpx.AsyncClient:
         return httpx.AsyncClient(
