@@ -49,7 +49,7 @@ def reading_current(url: str) -> Iterator[Engine]:
             if path is not None:
                 held = _share_file(path, url)
             elif normalise_url(url).get_backend_name() == "postgresql":
-                mark = hold_serving(url)
+                mark = hold_serving(url, server=False)
             # read under the mark: a change that took it first has committed (or was waited for)
             state = schema_state(engine)
             if not state.current:

@@ -147,14 +147,15 @@ class ServingMark:
                 self._engine.dispose()
 
 
-def hold_serving(url: str, wait: float | None = None) -> ServingMark | None:
+def hold_serving(url: str, wait: float | None = None, *, server: bool = True) -> ServingMark | None:
     """This server's mark on the database of ``url`` (blocking: run it on a thread); ``None`` but on PostgreSQL.
 
     Taken before the server reads the schema's revision. A ``db`` command changing the schema
     holds the lock exclusively until its commit: this says so (the command's session) and waits
     for it in the lock's queue, up to ``wait`` seconds, then raises :class:`SchemaError`. (On SQLite the server's mark is its
-    ``flock`` on the file.)
+    ``flock`` on the file.) ``server=False``: a command's mark while it reads (its words are a command's).
     """
+    who, then = ("this server", "start the server") if server else ("this command", "run this command again")
     parsed = normalise_url(url)
     if parsed.get_backend_name() != "postgresql":
         return None
@@ -168,7 +169,8 @@ def hold_serving(url: str, wait: float | None = None) -> ServingMark | None:
         try:
             if not conn.execute(text(f"SELECT pg_try_advisory_lock_shared(:key, {_KEYS})"), _KEY).scalar():
                 sessions = [str(pid) for pid, _ in conn.execute(_GRANTED, _KEY)]
-                log.warning(waiting_for_change(where, f"its session {', '.join(sessions)}" if sessions else "", wait))
+                held_by = f"its session {', '.join(sessions)}" if sessions else ""
+                log.warning(waiting_for_change(where, held_by, wait, who=who))
                 # waiting in the lock's queue (seen in pg_locks), for at most ``wait``
                 conn.exec_driver_sql(f"SET lock_timeout = {max(1, round(wait * 1000))}")
                 conn.execute(text(f"SELECT pg_advisory_lock_shared(:key, {_KEYS})"), _KEY)
@@ -178,7 +180,7 @@ def hold_serving(url: str, wait: float | None = None) -> ServingMark | None:
             conn.close()
             if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
                 raise
-            raise SchemaError(changing_too_long(where, wait)) from None
+            raise SchemaError(changing_too_long(where, wait, then=then)) from None
         return ServingMark(engine, conn)
     except BaseException:
         engine.dispose()

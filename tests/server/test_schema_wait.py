@@ -20,8 +20,9 @@ import orjson
 import pytest
 from sqlalchemy import text
 
+from server.exceptions import SchemaError
 from server.experiments import parse_request, plan
-from server.storage import SERVING_LOCK, insert_experiment, make_engine
+from server.storage import SERVING_LOCK, hold_serving, insert_experiment, make_engine
 from tests.server.harness import timeout
 from tests.server.test_cli import (
     SYNCLAB,
@@ -263,3 +264,23 @@ def test_a_server_waiting_for_a_schema_change_stops_at_once_on_sigterm_or_sigint
         assert upgrade.process.poll() is None, upgrade.stderr()
         upgrade.process.send_signal(signal.SIGKILL)
         upgrade.process.wait(timeout(10))
+
+
+def test_a_commands_mark_on_postgres_waits_for_a_change_and_gives_up_in_a_commands_words(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL: a schema change that begins between an export's look for one and its mark (the
+    servers' mark, held shared while it reads) is waited for there too, and given up on in a
+    command's words. Until 2026-12-06 they were a server's: "this server waits", then "start the
+    server once it has finished"."""
+    engine = make_engine(postgres_url)
+    try:
+        with engine.connect() as change:  # a `db` command's hold on the mark: exclusive
+            change.execute(text("SELECT pg_advisory_lock(:key, hashtext(current_schema()))"), {"key": SERVING_LOCK})
+            with pytest.raises(SchemaError, match=r" for over 0\.5 s: run this command again once it has finished$"):
+                hold_serving(postgres_url, 0.5, server=False)
+            change.execute(text("SELECT pg_advisory_unlock_all()"))
+    finally:
+        engine.dispose()
+    assert "is changing the schema of the database" in caplog.text
+    assert "this command waits for it to finish (up to 0.5 s)" in caplog.text
