@@ -154,6 +154,15 @@ class Cluster:
                     raise AssertionError(f"worker {name} did not come up: {self.logs(name)}")
                 time.sleep(0.05)
 
+    async def serving(self, *names: str, wait: float = HEALTHY_SECONDS) -> None:
+        """:meth:`healthy` on a thread: an async test's participants play on meanwhile (called on
+        the event loop, it held their frames, pings and decisions up for as long as a start takes)."""
+        await asyncio.to_thread(self.healthy, *names, wait=wait)
+
+    async def exited(self, name: str, wait: float = 20) -> int:
+        """:meth:`wait` on a thread (see :meth:`serving`)."""
+        return await asyncio.to_thread(self.wait, name, wait)
+
     def signal(self, name: str, sig: signal.Signals) -> None:
         worker = self.workers[name]
         assert worker.process is not None

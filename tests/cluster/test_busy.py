@@ -136,7 +136,7 @@ async def test_a_worker_busy_for_seconds_hands_a_group_over_and_its_members_play
     pairs = [await pair_through_w1(cluster, via="w1", online={"dropout_after": 1}) for _ in range(2)]
     assert [owner_of(cluster, g) for _, g, _ in pairs] == ["w1", "w1"]
     cluster.start("w2")
-    cluster.healthy("w2")
+    await cluster.serving("w2")
     with starved(cluster, "w1"):
         await wait_for_beat(cluster, "w1", busy=True, wait=15)
         await until(lambda: "w2" in [owner_of_or_none(cluster, g) for _, g, _ in pairs], 10 + SHED_AFTER,

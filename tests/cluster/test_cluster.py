@@ -413,9 +413,9 @@ async def test_a_rolling_restart_of_three_workers_loses_nothing_and_the_period_e
     await asyncio.sleep(1.5)
     for name in names:
         cluster.signal(name, signal.SIGTERM)
-        assert cluster.wait(name) == 0, cluster.logs(name)
+        assert await cluster.exited(name) == 0, cluster.logs(name)
         cluster.cue(name)
-        cluster.healthy(name)
+        await cluster.serving(name)
         await asyncio.sleep(1.5)
     await player
     await settle(people)
