@@ -56,7 +56,7 @@ def _prepare(settings: Settings, upgrade: bool, *, serving_here: bool) -> str | 
     file's lock from the check on (:func:`check_startable`).
     """
     settings.check()
-    with stopped_while_waiting():  # either wait, up to 30 s: SIGTERM or Ctrl-C ends it in one line
+    with stopped_while_waiting():  # either wait, up to SYNCLAB_SCHEMA_WAIT (30 s): SIGTERM or Ctrl-C ends it in one line
         check_startable(settings.database_url, settings.journaled, keep=serving_here, why=settings.journal_in_force)
         # PostgreSQL: a `db` command's change under way is waited for before the revision is read
         # here (the app's own mark waits too, but only after this look; SQLite's waited just above)

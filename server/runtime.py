@@ -54,7 +54,7 @@ SLOW_SHUTDOWN = 10.0
 @contextlib.contextmanager
 def stopped_while_waiting() -> Iterator[None]:
     """SIGTERM and SIGINT end a server's wait for its database at its start at once (a ``db``
-    command's schema change, up to 30 s; another process's lock): :class:`StoppedWaiting`.
+    command's schema change, up to ``SYNCLAB_SCHEMA_WAIT``; another process's lock): :class:`StoppedWaiting`.
 
     The wait blocks the main thread: ``synclab serve``'s before uvicorn starts, or the app's
     startup on its event loop (``uvicorn server.app:app``), where uvicorn's handlers only note
@@ -116,7 +116,7 @@ class Runtime:
         settings.check()
         set_schema_wait(settings.schema_wait)
         with stopped_while_waiting():
-            # its SQLite file's lock (a `db` command's schema change: up to 30 s), waited for on the
+            # its SQLite file's lock (a `db` command's schema change: up to SYNCLAB_SCHEMA_WAIT), waited for on the
             # event loop under `uvicorn server.app:app` (`synclab serve` waited before, and keeps it),
             # then kept for the Database; no longer than the Database itself waits for it
             check_startable(settings.database_url, settings.journaled, keep=True, why=settings.journal_in_force,

@@ -5,7 +5,7 @@
 A server with the journal takes that file's lock exclusively, so it cannot start while a command
 reads. Without this mark it could not tell a reading command from another server, and was refused
 after two seconds, as beside another server ("stop the other first"). With it, the server says which
-process reads and waits for it, up to :data:`.serving.SERVER_WAIT`, as it waits for a ``db``
+process reads and waits for it, up to :func:`.serving.schema_wait`, as it waits for a ``db``
 command's schema change (:func:`.recovery.lock_database`). The file stays once made (empty; many
 readers share it, and none can tell it is the last).
 """

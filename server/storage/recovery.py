@@ -69,7 +69,7 @@ def lock_database(
     locks the file with ``fcntl`` record locks, which an ``flock`` does not touch. Waits up to
     ``wait`` seconds for another process's recovery, then raises :class:`SettingsError`, which
     says ``why`` (:attr:`.Settings.journal_in_force`) this process wants the lock it wants.
-    A server (``change_wait``: :data:`.serving.SERVER_WAIT`) whose lock a ``db`` command holds
+    A server (``change_wait``: :func:`.serving.schema_wait`) whose lock a ``db`` command holds
     to change the schema (:func:`.serving.schema_change_under_way`) says so and waits for it up
     to ``change_wait`` seconds more, then raises :class:`SchemaError`; its own ``wait`` begins
     again once the change is over (the command then applies a journal, say).
@@ -377,7 +377,7 @@ def reading(url: str) -> Iterator[Engine]:
     server acknowledged before a crash is read as well.
 
     A ``db`` command changing the schema meanwhile is waited for first, as a server waits for it
-    (:func:`.serving.wait_for_change`: up to 30 s, then :class:`SchemaError`).
+    (:func:`.serving.wait_for_change`: up to ``SYNCLAB_SCHEMA_WAIT``, 30 s, then :class:`SchemaError`).
 
     A SQLite file that does not exist is a :class:`SettingsError`, never created; a database
     error while reading becomes one too, naming the database without its password.

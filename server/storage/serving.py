@@ -13,7 +13,7 @@ changed) while anybody holds one:
   transaction is over; one that took it first makes the command refuse. Before it tries it, the
   command locks a file beside the database (:data:`CHANGING_SUFFIX`, :func:`mark_schema_change`),
   which tells a server that finds the database's lock held why it is: a schema change, which it
-  waits for as long as a PostgreSQL server does (:data:`SERVER_WAIT`), saying so, rather than
+  waits for as long as a PostgreSQL server does (:func:`schema_wait`), saying so, rather than
   another server, which refuses it after a short wait (one process per journal's database).
 - PostgreSQL: a session's advisory lock (:data:`SERVING_LOCK` and the schema, as the schema lock
   is per schema), shared, on a connection of its own that each server process (each worker of a
