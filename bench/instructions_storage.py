@@ -9,8 +9,8 @@ before (bench/README.md, "The writer's writes dropped once committed").
 A SQLite server stores first in its journal by default (``server/storage/journaled.py``): the
 writer thread numbers a batch's events, checks them (``storable``), encodes them (orjson) and
 appends them to the journal with one write and one ``fdatasync`` (``JournalFirst.commit``); the
-apply thread stores what came in the last 10 ms in one transaction, ``synchronous=NORMAL``, with
-the journal's marker (``apply_journaled``). Here both run on one thread, in turn, on the run's
+apply thread stores what came in the last 10 ms, with the journal's marker (``apply_journaled``),
+in a transaction it commits once a second, ``synchronous=NORMAL`` (``server/storage/applying.py``). Here both run on one thread, in turn, on the run's
 database opened as the server opens it (``Database(..., journal=True)``: its journal in the
 run's temporary directory): the apply thread is stopped once the set-up is applied, before the
 writes are made, and this module takes its place, so that nothing races and the count repeats.
@@ -21,7 +21,9 @@ The writes are the ones the live groups made for the ``writer`` part
   and ``fdatasync`` are system calls: their user-space side is counted, not the kernel's);
 - ``apply``: the records applied ``--apply-batch`` decisions at a time (whole batches: at least
   that many), ``apply_journaled`` on a connection of its own set to ``synchronous=NORMAL``, as
-  ``JournalFirst._run`` does. The WAL is not checkpointed meanwhile (the server's checkpoints are
+  ``ApplyThread._apply`` does, the transaction committed every ``COMMIT_EVERY / APPLY_EVERY``
+  applies (100: a second's, as the server's at 2,000 decisions a second); until 2026-12-06 each
+  apply committed, as the server's did then. The WAL is not checkpointed meanwhile (the server's checkpoints are
   another thread's work), as in the ``writer`` part. What ``_run`` does around it (the condition's
   lock and counters, the callback after an apply that finishes a checkpoint) is left out.
 
@@ -42,6 +44,7 @@ journal's threads counted").
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 #: the parts of this module
@@ -101,7 +104,13 @@ def store_journaled(db: Any, made: list[Any], part: str, counted: int, batch: in
 
     ``counted``: the batches whose ``part`` is done (the warm ones and the run's decisions').
     """
-    from server.storage import JOURNAL_MARKER, apply_journaled, journal_marker
+    from server.storage import (
+        APPLY_COMMIT_EVERY,
+        APPLY_EVERY,
+        JOURNAL_MARKER,
+        apply_journaled,
+        journal_marker,
+    )
 
     first = db.journaled  # its apply thread stopped (:func:`stop_apply`): this thread applies
     journal = first.journal
@@ -118,7 +127,10 @@ def store_journaled(db: Any, made: list[Any], part: str, counted: int, batch: in
     # batch kept to the end made the collector's passes over them a share of the count
     del batches[stop:]
     turns = range(0, stop, per_apply)
+    commit_every = round(APPLY_COMMIT_EVERY / APPLY_EVERY)  # applies to a commit, as the server's at 10 ms
     marked = None  # the marker of the last apply
+    held: list[Any] = []  # the writes of the transaction still open
+    turn = 0  # applies counted
     seqs: list[int] = []  # the numbers of the counted batches' events, for the check
     begin = journal.offset
     try:
@@ -137,8 +149,14 @@ def store_journaled(db: Any, made: list[Any], part: str, counted: int, batch: in
             if part == "apply" and start < counted:
                 taken = taken[: counted - start]
                 marked = journal_marker(journal, taken[-1][0].end)
-                apply_journaled(conn, [w for _, ws in taken for w in ws], (JOURNAL_MARKER, marked))
-            taken = []
+                writes = [w for _, ws in taken for w in ws]
+                apply_journaled(conn, writes, (JOURNAL_MARKER, marked), held=functools.partial(tuple, held), commit=False)
+                held += writes
+                turn += 1
+                if turn % commit_every == 0 or start + per_apply >= min(counted, stop):
+                    conn.connection.dbapi_connection.commit()
+                    held = []
+            taken = writes = []
         _check(conn, part, min(counted, len(batches)), seqs, marked)
     finally:
         conn.close()

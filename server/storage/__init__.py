@@ -34,6 +34,8 @@ the package imports these names from ``server.storage``, never from the modules 
 
 from __future__ import annotations
 
+from .applying import APPLY_EVERY, ApplyFailed
+from .applying import COMMIT_EVERY as APPLY_COMMIT_EVERY
 from .arrivals import (
     BOT,
     NO_GROUP,
@@ -94,7 +96,6 @@ from .deliveries import (
 from .downgrading import RELEASES, DataWouldBeLost, Step, downgrade_schema
 from .engine import make_engine, normalise_url, sqlite_file
 from .journal import DEFAULT_SIZE as DEFAULT_JOURNAL_SIZE
-from .journaled import ApplyFailed
 from .leftover import (
     close_connections_left_open,
     close_connections_of,
@@ -192,6 +193,8 @@ from .writer import EventWriter
 from .writes import ConnectionChange, GroupUpdate, NewEvent, NewResult, NewTick, Write
 
 __all__ = [
+    "APPLY_COMMIT_EVERY",
+    "APPLY_EVERY",
     "BASELINE",
     "BOT",
     "COMMIT_BUCKET_NAMES",

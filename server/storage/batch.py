@@ -61,23 +61,23 @@ def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:
         set_statuses(conn, [s for w in writes for s in w.statuses])
 
 
-def apply_numbered(conn: Connection, writes: Sequence[Write], marker: tuple[str, str]) -> None:
+def apply_numbered(conn: Connection, writes: Sequence[Write], marker: tuple[str, str], *, commit: bool = True) -> None:
     """Store ``writes`` numbered before (a journal's, :mod:`.journaled`: each :attr:`Write.seqs`
     set) in one transaction on SQLite's ``conn``, with the ``meta`` row ``marker`` (key, value).
-
     Each experiment's counter is raised by the batch's events as :func:`commit_writes` does,
     and must land on the last ``seq`` the batch gives it: else the numbers the journal handed
     out are not the database's (another process wrote to it meanwhile), and nothing is stored.
     Period starts and ends and statuses are stored as :func:`commit_writes` stores them: they
     read the rows as the writes before left them, so applying in the same order gives the same.
     Fencing epochs are not checked (one process per database: :mod:`.journaled`). A batch with
-    neither goes on the driver's connection alone, as :func:`_commit_direct`'s.
-    """
+    neither goes on the driver's connection alone, as :func:`_commit_direct`'s; ``commit`` false
+    leaves its transaction open for more (a batch with either commits it, and all before it)."""
     sql = batch_statements(conn.engine)
     if rows_only(writes):
         with _on_the_driver(conn) as (raw, cursor):
             _store_renumbered(cursor, sql, writes, marker)
-            raw.commit()
+            if commit:
+                raw.commit()
         return
     with conn.begin():
         cursor = conn.connection.cursor()

@@ -21,10 +21,11 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 
 from ..exceptions import SettingsError
+from .applying import APPLY_EVERY
 from .batch import commit_writes
 from .engine import make_engine, sqlite_file
 from .journal import DEFAULT_SIZE, Journal
-from .journaled import APPLY_EVERY, JournalFirst
+from .journaled import JournalFirst
 from .parts import in_parts, rolled_back
 from .recovery import (
     LOCK_WAIT,

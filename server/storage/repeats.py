@@ -18,7 +18,7 @@ import copy
 import dataclasses
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import and_, select
 from sqlalchemy.engine import Connection
@@ -34,16 +34,22 @@ log = logging.getLogger("synclab.journal")
 _REPEATED_ID = "events.participant_id, events.client_id"
 
 
-def apply_journaled(conn: Connection, writes: Sequence[Write], marker: tuple[str, str]) -> None:
-    """:func:`.batch.apply_numbered`, storing an event whose client id is stored already without it."""
+def apply_journaled(conn: Connection, writes: Sequence[Write], marker: tuple[str, str], *,
+                    held: Callable[[], Sequence[Write]] = tuple, commit: bool = True) -> None:
+    """:func:`.batch.apply_numbered`, storing an event whose client id is stored already without it.
+
+    ``held``: the writes applied before in the transaction still open on ``conn`` (``commit``
+    false leaves it open: :mod:`.applying`), asked for only when needed: the refusal of a
+    repeated id rolls them back with it, so they go again with ``writes``.
+    """
     try:
-        apply_numbered(conn, writes, marker)
+        apply_numbered(conn, writes, marker, commit=commit)
     except (sqlite3.IntegrityError, IntegrityError) as exc:
         if _REPEATED_ID not in str(exc):
             raise
         if conn.in_transaction():
             conn.rollback()
-        apply_numbered(conn, _without_stored_ids(conn, writes), marker)
+        apply_numbered(conn, _without_stored_ids(conn, [*held(), *writes]), marker, commit=commit)
 
 
 def _without_stored_ids(conn: Connection, writes: Sequence[Write]) -> list[Write]:

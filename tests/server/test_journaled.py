@@ -41,8 +41,8 @@ from server.storage import (
     check_startable,
     insert_experiment,
 )
+from server.storage.applying import APPLY_NICE
 from server.storage.journal import HEADER_SIZE, Journal, scan
-from server.storage.journaled import APPLY_NICE
 from server.storage.recovery import decode, encode, lock_database
 from tests.server.harness import eventually, running_server, timeout, until_state
 from tests.server.test_checkpoint import first_group_and_member
@@ -532,6 +532,10 @@ async def test_storage_halted_by_a_failed_apply_goes_on_once_the_apply_succeeds(
             await until_state(client, "period_start")
         a_code = exp["participants"][0]["code"]
         events_url = f"/api/experiments/{exp['code']}/events"
+        # what the period's start wrote is applied first (a read waits for it): else, its apply
+        # delayed past the rename on a busy machine, storage halts before the decision is taken
+        # and the decision is refused, not acknowledged
+        await server.events(exp["code"])
         look = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=timeout(10))
         try:
             look.execute("ALTER TABLE events RENAME TO events_away")
