@@ -13,19 +13,14 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
-import uvicorn
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
-from uvicorn.supervisors import Multiprocess
 
-from .botscommand import run_bots_command
 from .dbcommand import DB_ACTIONS, run_db
 from .exceptions import SchemaError, SettingsError, StoppedWaiting
-from .experiments import parse_request, plan
 from .export import FORMATS, TABLES, run_export
-from .frames import WEBSOCKET_OPTIONS
-from .runtime import generated_token, stopped_while_waiting
 from .settings import Settings
 from .storage import (
     check_startable,
@@ -38,7 +33,13 @@ from .storage import (
     wait_for_change,
 )
 from .tokencommand import TOKEN_ACTIONS, run_token
-from .verify import run_verify
+
+if TYPE_CHECKING:
+    import uvicorn
+
+# What serves (uvicorn, the app's runtime, Redis's client), the bots (httpx) and `verify`'s replay
+# are imported by the command that needs them: each synclab command started in its own process paid
+# some 0.4 s of CPU for them (`token list` 1.3-1.4 s, now 0.9-1.0), and `export`, `db` and `token` need none.
 
 #: young objects allocated (net) before the collector runs; CPython's default is 700
 GC_THRESHOLD = 10_000
@@ -55,6 +56,8 @@ def _prepare(settings: Settings, upgrade: bool, *, serving_here: bool) -> str | 
     ``serving_here``: the server runs in this process (one worker), which keeps the SQLite
     file's lock from the check on (:func:`check_startable`).
     """
+    from .runtime import generated_token, stopped_while_waiting
+
     settings.check()
     with stopped_while_waiting():  # either wait, up to SYNCLAB_SCHEMA_WAIT (30 s): SIGTERM or Ctrl-C ends it in one line
         check_startable(settings.database_url, settings.journaled, keep=serving_here, why=settings.journal_in_force)
@@ -120,6 +123,11 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
     app's lifespan ends (:meth:`server.runtime.Runtime.close`): the live groups stop, the
     writes they submitted are stored, the writer thread ends.
     """
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from .frames import WEBSOCKET_OPTIONS
+
     _check_workers(settings, workers)
     tune_gc()
     config = uvicorn.Config(
@@ -264,10 +272,14 @@ def _run(argv: Sequence[str] | None) -> int:
         if args.command == "export":
             return run_export(settings, args.code, args.table, args.format)
         if args.command == "bots":
+            from .botscommand import run_bots_command
+
             return run_bots_command(
                 settings, args.code, url=args.url, token=args.token, rate=args.rate, seed=args.seed, timeout=args.timeout
             )
         if args.command == "verify":
+            from .verify import run_verify
+
             return run_verify(settings, args.code, as_json=args.json)
         if args.command == "db":
             return run_db(settings, args.action, args.revision, yes=args.yes)
@@ -303,6 +315,8 @@ def _run(argv: Sequence[str] | None) -> int:
 
 
 def _demo(settings: Settings, base: str) -> None:
+    from .experiments import parse_request, plan
+
     spec = plan(parse_request({"game": "bimatrix", "participants": 4, "group_size": 2, "period_length": 120}))
     engine = make_engine(settings.database_url)
     try:

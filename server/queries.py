@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import HTTPConnection, Request
@@ -23,8 +23,10 @@ from groups.messages import channel_problem
 from .accounts import SCOPE_KEY, Account, Refused
 from .exceptions import BadRequest, Forbidden, NotFound, Unauthorized
 from .progress import group_in_experiment
-from .runtime import Runtime
 from .storage import experiment_row
+
+if TYPE_CHECKING:  # the app's runtime imports what serves (Redis's client…): `synclab export` needs none of it
+    from .runtime import Runtime
 
 #: the largest integer a query value may be: a 64-bit column holds it
 MAX_QUERY_INT = 2**63 - 1
