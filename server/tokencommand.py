@@ -25,7 +25,7 @@ from .storage import (
     list_tokens,
     make_engine,
     prepare_schema,
-    reading,
+    reading_current,
     revoke_token,
     wait_for_change,
 )
@@ -49,8 +49,7 @@ def run_token(settings: Settings, action: str, name: str | None = None, role: st
         return 2
     role = role or "admin"
     if action == "list":
-        with reading(settings.database_url) as engine:
-            prepare_schema(engine)
+        with reading_current(settings.database_url) as engine:
             rows = list_tokens(engine)
         _print_list(rows, as_json)
         return 0
@@ -65,8 +64,7 @@ def run_token(settings: Settings, action: str, name: str | None = None, role: st
         return 2
     if action == "create":
         return _create(settings, name, role)
-    with reading(settings.database_url) as engine:
-        prepare_schema(engine)
+    with reading_current(settings.database_url) as engine:
         if revoke_token(engine, name):
             print(f"synclab: revoked the token {name!r}; every worker refuses it within two seconds", file=sys.stderr)
             return 0
@@ -79,17 +77,22 @@ def run_token(settings: Settings, action: str, name: str | None = None, role: st
 
 
 def _create(settings: Settings, name: str, role: str) -> int:
-    wait_for_change(settings.database_url)  # as reading() does: a schema change under way is waited for
-    engine = make_engine(settings.database_url)  # a new database is made, as serve makes one
+    url = settings.database_url
+    wait_for_change(url)  # as reading() does: a schema change under way is waited for
+    engine = make_engine(url)  # a new database is made, as serve makes one
     try:
         prepare_schema(engine)
-        token = add_token(engine, name, role)
-        where = engine.url.render_as_string(hide_password=True)
+    finally:
+        engine.dispose()
+    try:
+        # the token stored under a reader's mark, as list and revoke read and write: a `db upgrade`
+        # or `downgrade` begun meanwhile refuses, one under way is waited for (:mod:`.storage.readers`)
+        with reading_current(url) as engine:
+            token = add_token(engine, name, role)
+            where = engine.url.render_as_string(hide_password=True)
     except TokenExists as exc:
         print(f"synclab: {exc}", file=sys.stderr)
         return 1
-    finally:
-        engine.dispose()
     print(token, flush=True)
     print(
         f"synclab: made the token {name!r} with the role {role} in {where}; it is shown this once "

@@ -1,5 +1,5 @@
-"""A command that reads an experiment's data (``export``, ``verify``): the schema checked before
-anything is written, and a reader's mark held while it reads.
+"""A command that reads an experiment's data (``export``, ``verify``) or the tokens (``token``):
+the schema checked before anything is written, and a reader's mark held while it reads.
 
 ``synclab export`` streams page by page, each page its own query: on a schema this synclab cannot
 read (a database downgraded, or upgraded by a newer synclab) a page's query failed only once the

@@ -1,4 +1,4 @@
-"""The mark of a command reading a SQLite database (``export``, ``verify``; :mod:`.readers`):
+"""The mark of a command reading a SQLite database (``export``, ``verify``, ``token``; :mod:`.readers`):
 ``<db>.synclab-reading``, held with a shared ``flock`` for the command's run, beside the shared
 ``flock`` it holds on the database's file.
 

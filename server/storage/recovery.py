@@ -127,12 +127,12 @@ def lock_served(path: str, *, exclusive: bool, wait: float = LOCK_WAIT, why: str
 
 def _waiting_for_reader(path: str, held_by: str, wait: float) -> str:
     by = f" ({held_by})" if held_by else ""
-    return (f"synclab: a `synclab export` or `verify`{by} is reading the database {path!r}: "
+    return (f"synclab: a `synclab export`, `verify` or `token`{by} is reading the database {path!r}: "
             f"this server waits for it to finish (up to {wait:g} s)")
 
 
 def _reading_too_long(path: str, wait: float) -> str:
-    return (f"a `synclab export` or `verify` has been reading the database {path!r} for over {wait:g} s, and with "
+    return (f"a `synclab export`, `verify` or `token` has been reading the database {path!r} for over {wait:g} s, and with "
             "the journal one process serves a SQLite database, alone: start the server once it has finished")
 
 

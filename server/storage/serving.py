@@ -25,7 +25,7 @@ changed) while anybody holds one:
 
 The commands that open the database (``export``, ``verify``, ``token``, ``db``…) wait for a
 schema change under way before they read anything, as a server starting does
-(:func:`wait_for_change`); ``export`` and ``verify`` then hold a server's mark while they read
+(:func:`wait_for_change`); ``export``, ``verify`` and ``token`` then hold a server's mark while they read
 (:mod:`.readers`), the others nothing.
 
 The command looks only once it has the schema lock and knows it has something to do: two
@@ -254,21 +254,26 @@ def _wait_on_postgres(parsed: URL, wait: float, announce: Callable[[str], None],
     where = engine.url.render_as_string(hide_password=True)
     try:
         with engine.connect() as conn:
-            sessions = [str(pid) for pid in conn.execute(_CHANGING, _KEY).scalars()]
-            if not sessions:
-                return
-            announce(waiting_for_change(where, f"its session {', '.join(sessions)}", wait, who=words[0]))
-            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, round(wait * 1000))}")
-            try:  # in the queue behind the change; let go with the transaction, at once
-                conn.execute(text(f"SELECT pg_advisory_xact_lock_shared(:key, {_KEYS})"), _KEY)
-            except OperationalError as exc:
-                if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
-                    raise
-                raise SchemaError(changing_too_long(where, wait, then=words[1])) from None
-            except BaseException:  # a signal's stop (serve): the session is mid-statement, not to be rolled back
+            try:
+                sessions = [str(pid) for pid in conn.execute(_CHANGING, _KEY).scalars()]
+                if not sessions:
+                    return
+                announce(waiting_for_change(where, f"its session {', '.join(sessions)}", wait, who=words[0]))
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, round(wait * 1000))}")
+                try:  # in the queue behind the change; let go with the transaction, at once
+                    conn.execute(text(f"SELECT pg_advisory_xact_lock_shared(:key, {_KEYS})"), _KEY)
+                except OperationalError as exc:
+                    if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+                        raise
+                    raise SchemaError(changing_too_long(where, wait, then=words[1])) from None
+                conn.rollback()
+            except BaseException:
+                # a signal's stop (serve, uvicorn's startup) may come in the middle of any of these
+                # statements, not only the lock's (the lock's timeout set just after the line that
+                # says the server waits): a session mid-statement is closed, never rolled back
+                # (psycopg: "another command is already in progress", which hid the stop)
                 conn.invalidate()
                 raise
-            conn.rollback()
     finally:
         engine.dispose()
 
@@ -367,6 +372,6 @@ class NoServers:
 def _refusal(where: str, held_by: str) -> str:
     return (
         f"a synclab server is running on the database {where}{f' ({held_by})' if held_by else ''}, "
-        "or an export or verify reads it: stop the server (every process of it) or let the command "
+        "or a command (export, verify, token) reads it: stop the server (every process of it) or let the command "
         "end, and run this again; nothing was changed"
     )

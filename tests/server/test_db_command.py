@@ -121,7 +121,7 @@ def test_db_upgrade_and_downgrade_refuse_while_a_server_runs_and_a_killed_one_do
             lines = refused.stderr.strip().splitlines()
             assert len(lines) == 1, refused.stderr
             assert lines[0].startswith("synclab: a synclab server is running on the database "), lines
-            assert lines[0].endswith(", or an export or verify reads it: stop the server (every process of it) "
+            assert lines[0].endswith(", or a command (export, verify, token) reads it: stop the server (every process of it) "
                                          "or let the command end, and run this again; nothing was changed")
             held = f"(process {server.process.pid})" if kind != "postgres" else "(its session "
             assert held in lines[0], lines

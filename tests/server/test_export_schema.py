@@ -157,7 +157,7 @@ def test_db_upgrade_refuses_while_an_export_reads_and_upgrades_once_it_ended(
             refused = run(upgrading, "db", "upgrade", **env, **newer)
             said = refused.stderr.splitlines()
             assert refused.returncode == 2 and len(said) == 1, (refused.returncode, said)
-            assert "or an export or verify reads it" in said[0] and said[0].endswith("nothing was changed"), said
+            assert "or a command (export, verify, token) reads it" in said[0] and said[0].endswith("nothing was changed"), said
             if database_url.startswith("sqlite"):
                 assert f"(process {exporting.pid})" in said[0], said
             rest = exporting.stdout.read()
@@ -237,7 +237,7 @@ def test_an_export_started_as_db_upgrade_begins_its_change_on_sqlite_is_not_chan
         (tmp_path / "let-go").touch()
         out, err = upgrade.communicate(timeout=timeout(60))
         assert upgrade.returncode == 2, (out, err)
-        assert f"(process {exporting.pid})" in err and "or an export or verify reads it" in err, err
+        assert f"(process {exporting.pid})" in err and "or a command (export, verify, token) reads it" in err, err
         rest = exporting.stdout.read()
         assert exporting.wait(timeout(60)) == 0, exporting.stderr.read()
         assert sharing.wait(timeout(30)) == 0

@@ -9,8 +9,10 @@ test releases it (:class:`Hold`)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,11 +20,18 @@ from pathlib import Path
 
 import orjson
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Engine, event, text
 
-from server.exceptions import SchemaError
+from server.exceptions import SchemaError, StoppedWaiting
 from server.experiments import parse_request, plan
-from server.storage import SERVING_LOCK, hold_serving, insert_experiment, make_engine
+from server.runtime import stopped_while_waiting
+from server.storage import (
+    SERVING_LOCK,
+    hold_serving,
+    insert_experiment,
+    make_engine,
+    wait_for_change,
+)
 from tests.server.harness import timeout
 from tests.server.test_cli import (
     SYNCLAB,
@@ -284,3 +293,37 @@ def test_a_commands_mark_on_postgres_waits_for_a_change_and_gives_up_in_a_comman
         engine.dispose()
     assert "is changing the schema of the database" in caplog.text
     assert "this command waits for it to finish (up to 0.5 s)" in caplog.text
+
+
+def test_a_stop_in_the_middle_of_any_statement_of_the_wait_on_postgres_is_the_stop(postgres_url: str) -> None:
+    """PostgreSQL: SIGTERM to a server waiting for a schema change comes in the middle of whichever
+    statement the wait runs, not only the lock's: here the lock's timeout, set just after the line
+    that says the server waits (made to take 5 s). The stop is :class:`StoppedWaiting`, at once,
+    its session closed, not rolled back. Before, the rollback of a session mid-statement failed
+    (psycopg: "another command is already in progress") and that error hid the stop: a test run
+    of ``uvicorn server.app:app`` in a busy suite printed a traceback where the line was due."""
+    assert threading.current_thread() is threading.main_thread(), "a signal's handler is the main thread's"
+
+    def slow_timeout(_conn: object, _cursor: object, statement: str, parameters: object, *_: object) -> tuple[str, object]:
+        if statement.startswith("SET LOCAL lock_timeout"):
+            return "SELECT pg_sleep(5)", parameters
+        return statement, parameters
+
+    engine = make_engine(postgres_url)
+    event.listen(Engine, "before_cursor_execute", slow_timeout, retval=True)
+    try:
+        with engine.connect() as change:  # a `db` command's hold on the mark: exclusive
+            change.execute(text("SELECT pg_advisory_lock(:key, hashtext(current_schema()))"), {"key": SERVING_LOCK})
+            said: list[str] = []
+            stop = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+            began = time.monotonic()
+            with stopped_while_waiting(), pytest.raises(StoppedWaiting, match=r"^stopped by SIGTERM while waiting"):
+                stop.start()
+                wait_for_change(postgres_url, 30, said.append, server=True)
+            stop.join()
+            assert time.monotonic() - began < 4, "the stop waited for the statement"
+            assert len(said) == 1 and "this server waits for it" in said[0], said
+            change.execute(text("SELECT pg_advisory_unlock_all()"))
+    finally:
+        event.remove(Engine, "before_cursor_execute", slow_timeout)
+        engine.dispose()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -330,6 +331,31 @@ def test_role_is_refused_for_list_and_revoke_which_ignored_it(
         assert [(t["name"], t["role"], t["revoked_at"]) for t in list_tokens(engine)] == [("boss", "admin", None)]
     finally:
         engine.dispose()
+
+
+def test_list_and_revoke_refuse_a_database_without_synclab_tables_and_make_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``token list`` and ``token revoke`` read and write under a reader's mark, at this synclab's
+    revision (as ``export`` and ``verify``): on a SQLite file that is no synclab database they
+    refuse in one line (exit 2) and leave it as it was. Until 2026-12-06 they made synclab's
+    tables in it, as ``serve`` and ``token create`` make a new database."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (body TEXT)")
+    conn.commit()
+    conn.close()
+    for args in (("token", "list"), ("token", "revoke", "boss")):
+        status, out, err = _command(capsys, monkeypatch, f"sqlite:///{path}", *args)
+        assert (status, out) == (2, ""), (args, err)
+        assert "has no table 'experiments'" in err and "is DATABASE_URL a synclab database?" in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    conn = sqlite3.connect(path)
+    try:
+        assert [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["notes"]
+    finally:
+        conn.close()
 
 
 def test_a_bad_token_name_is_refused_saying_what_a_name_may_be(
