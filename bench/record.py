@@ -289,9 +289,10 @@ class Run:
         acked = {j: t for j, t in acknowledged.items() if j not in refused and not math.isnan(self.sent_at[j])}
         ack_latencies = [t - self.sent_at[j] for j, t in acked.items()]
         expected = {j: len(self.groups[j % n]) for j in sent}
-        lost = sum(1 for j in sent if reached[j] < expected[j])
+        # a send an error frame refused was answered, not lost: it is counted as refused instead
+        lost = sum(1 for j in sent if j not in refused and reached[j] < expected[j])
         complete = sum(1 for j in sent if reached[j] >= expected[j])
-        lost_deliveries = sum(expected[j] - reached[j] for j in sent)
+        lost_deliveries = sum(expected[j] - reached[j] for j in sent if j not in refused)
         seen = {j for j in sent if reached[j] > 0} | acknowledged.keys()
         result: dict[str, Any] = {
             "target": self.target,

@@ -95,11 +95,12 @@ def verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
         out.append(f"{'MET   ' if ok else 'MISSED'} {what}: {got}")
 
     def server_run(rate: str, r: dict[str, Any]) -> None:
-        """One server case's latency and counts: p99 <= 25 ms, p50 <= 3 ms, 0 lost, 0 unpersisted."""
+        """One server case's latency and counts: p99 <= 25 ms, p50 <= 3 ms, 0 lost, 0 refused, 0 unpersisted."""
         lat = r["latency_ms"]
         check(f"{rate}/s p99 <= 25 ms", lat["p99"] <= 25, f"{lat['p99']:.1f} ms", r)
         check(f"{rate}/s p50 <= 3 ms", lat["p50"] <= 3, f"{lat['p50']:.1f} ms", r)
         check(f"{rate}/s 0 lost", r["lost"] == 0, str(r["lost"]))
+        check(f"{rate}/s 0 refused", r.get("refused", 0) == 0, str(r.get("refused", 0)))
         check(f"{rate}/s 0 unpersisted", r["unpersisted"] == 0, str(r["unpersisted"]))
 
     s = by.get("server-2000")
@@ -172,6 +173,7 @@ def verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
         p99 = r["latency_ms"]["p99"]
         check(f"{name} ({what}) p99 <= {limit:g} ms", p99 <= limit, f"{p99:.1f} ms", r)
         check(f"{name} 0 lost", r["lost"] == 0, f"{r['lost']} of {r['sent']} sends")
+        check(f"{name} 0 refused", r.get("refused", 0) == 0, f"{r.get('refused', 0)} of {r['sent']} sends")
         check(f"{name} 0 unpersisted", r["unpersisted"] == 0,
               f"{r['unpersisted']} (not stored at all: {r['not_stored']} of {r['sent']})")
     return out

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import math
 from array import array
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
 from bench.load import Load
-from bench.record import Run
+from bench.record import Peer, Run
 from bench.table import table
+from bench.verdicts import verdicts
 
 
 def test_a_send_that_never_left_is_not_counted_delivered() -> None:
@@ -61,3 +64,20 @@ def test_a_send_an_error_frame_refused_is_counted_refused_never_as_an_ack_latenc
     assert summary["ack_latency_ms"] == pytest.approx({"p50": 3.0, "p90": 4.0, "p99": 4.0, "max": 4.0, "n": 2})
     assert summary["errors"] == {"not_running": 1, "rate_limited": 1}
     assert "1 sends refused" in table([{**summary, "name": "run"}])
+
+
+def test_a_refused_send_is_not_lost_and_the_verdicts_count_it_apart() -> None:
+    """The second of three sends is refused by an error frame naming its id and reaches nobody;
+    the others reach all three: nothing lost (the refused one was answered), one refused, and the
+    verdicts miss on ``0 refused`` while ``0 lost`` is met. Before, it was counted lost too."""
+    run = a_run_of_three_sends([1.0, 1.1, 1.2])
+    socket = SimpleNamespace(direct=0, passed=0)
+    run.peers = [cast(Peer, SimpleNamespace(receipts=[(0, 1, 1.003), (2, 1, 1.203)], ws=socket)) for _ in range(3)]
+    run.acks = [(0, 1, 1.004), (2, 1, 1.204)]
+    run.error({"code": "not_persisted", "message": "not stored", "id": "1"}, 1)
+    summary = run.summary()
+    assert summary["lost"] == 0 and summary["lost_deliveries"] == 0 and summary["refused"] == 1, summary
+    assert summary["delivered"] == 2 and summary["deliveries"] == 6, summary
+    lines = verdicts([{**summary, "name": "server-2000", "repeat": 1, "unpersisted": 0,
+                       "send_lag_ms": {"p99": 1.0}}])
+    assert "MET    2,000/s 0 lost: 0" in lines and "MISSED 2,000/s 0 refused: 1" in lines, lines
