@@ -26,6 +26,10 @@ TOKEN = "test-admin-token"
 FACTOR = float(os.environ.get("SYNCLAB_TEST_TIMEOUT_FACTOR", "1"))
 
 
+#: seconds the harness's REST client waits for an answer (see :func:`running_server`)
+HTTP_SECONDS = 20.0
+
+
 def timeout(seconds: float) -> float:
     return seconds * FACTOR
 
@@ -161,7 +165,12 @@ async def running_server(database_url: str, *, ws: Any = None, **settings: Any) 
     # idle connections are dropped before the server's keep-alive (5 s) ends them: a request sent
     # on a connection the server is closing at that moment would fail (httpx.ReadError)
     limits = httpx.Limits(keepalive_expiry=1.0)
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {token}"}, limits=limits) as http:
+    # not httpx's 5 s: a call that writes waits for syncs of the disk one after the other (an
+    # experiment's end: its status, then each group's control event), and on a CI machine whose
+    # disk the other tests keep busy that once took over 5 s; a server that hangs still fails
+    wait = httpx.Timeout(timeout(HTTP_SECONDS))
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {token}"}, limits=limits,
+                                 timeout=wait) as http:
         harness = Harness(base, app.state.runtime, http)
         try:
             yield harness

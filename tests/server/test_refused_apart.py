@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -520,14 +521,49 @@ async def test_a_batch_whose_parts_take_too_long_fails_the_rest_as_a_failed_batc
         w.db.close()
 
 
+#: PostgreSQL: each event numbered from ``{seq}`` on waits, in its transaction, for the advisory
+#: lock ``{key}`` that the test holds until it lets the inserts go on
+_GATED_INSERTS = """
+CREATE FUNCTION gated_insert() RETURNS trigger AS $$
+BEGIN
+    IF NEW.seq >= {seq} THEN
+        PERFORM pg_advisory_xact_lock_shared({key});
+    END IF;
+    RETURN NEW;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER gated_insert BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION gated_insert();
+"""
+
+
+def _waiting_on(engine: Engine, key: int) -> int | None:
+    """The backend waiting for the advisory lock ``key``, if one is."""
+    with engine.connect() as conn:
+        pid = conn.exec_driver_sql(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+            "AND ((classid::bigint << 32) | objid::bigint) = %(key)s", {"key": key}).scalar()
+        return None if pid is None else int(pid)
+
+
+def _held_back_by(engine: Engine, pid: int) -> int:
+    """How many backends wait for a lock that backend ``pid`` holds."""
+    with engine.connect() as conn:
+        return int(conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE %(pid)s = ANY(pg_blocking_pids(pid))", {"pid": pid}).scalar_one())
+
+
 async def test_a_group_taken_over_between_the_parts_transactions_is_fenced_in_the_next(postgres_url: str) -> None:
     """On PostgreSQL, a group taken over by another worker while a batch is stored in parts (its
     claim waits for the group's row, which the parts' transaction holds, and gets it at one of
     their commits): its writes stored before the claim are acknowledged, those after are
     :class:`NotAuthority` (fenced anew by the next transaction), and what is stored of the group
-    is exactly what was acknowledged; the other group's writes are all stored."""
+    is exactly what was acknowledged; the other group's writes are all stored.
+
+    The parts are held at a known place (an insert waits for an advisory lock the test holds)
+    until the claim waits for them or is through; before, the claim raced the parts, and in one
+    CI run they were all stored before it."""
     w = await writing(postgres_url)
     engine = make_engine(postgres_url)
+    key = secrets.randbits(62)
     try:
         g1 = w.groups[0]
         assert claim_group(engine, g1, 1)
@@ -535,15 +571,19 @@ async def test_a_group_taken_over_between_the_parts_transactions_is_fenced_in_th
         for _, write in batch:
             if write.group is not None and write.group.group_id == g1:
                 write.epoch = 1
-        parts = asyncio.ensure_future(w.one_batch(batch))
-
-        def committed(engine: Engine) -> int:
-            with engine.connect() as conn:
-                return int(conn.exec_driver_sql("SELECT count(*) FROM events").scalar_one())
-
-        await eventually(lambda: parts.done() or committed(engine) > 40, 10)  # (25 stored before the batch)
-        claimed = await asyncio.to_thread(claim_group, engine, g1, 2)
-        await parts
+        run_sql(postgres_url, _GATED_INSERTS.format(seq=26 + 20, key=key))  # (25 stored before the batch)
+        with engine.connect() as gate:
+            gate.exec_driver_sql("SELECT pg_advisory_lock(%(key)s)", {"key": key})
+            parts = asyncio.ensure_future(w.one_batch(batch))
+            await eventually(lambda: _waiting_on(engine, key) is not None, 10)
+            parts_session = _waiting_on(engine, key)  # (held there until the gate opens)
+            assert parts_session is not None
+            claiming = asyncio.ensure_future(asyncio.to_thread(claim_group, engine, g1, 2))
+            await eventually(lambda: claiming.done() or _held_back_by(engine, parts_session) > 0, 10)
+            assert not parts.done()
+            gate.exec_driver_sql("SELECT pg_advisory_unlock(%(key)s)", {"key": key})
+            claimed = await claiming
+            await parts
         assert claimed
         ours = [(name, w.outcomes[name]) for name, write in batch if write.epoch == 1]
         acknowledged = [o[0] for _, o in ours if isinstance(o, list)]

@@ -50,12 +50,12 @@ async def one_group(server: Harness, exp: dict[str, Any]) -> list[Client]:
 
 
 async def play_subperiods(pair: list[Client]) -> None:
-    """Row A from the start; col B in subperiod 0, then A in subperiod 1 (ticks at 1 and 2 s)."""
+    """Row A from the start; col B in subperiod 0, then A in subperiod 1 (ticks at 2 and 4 s)."""
     row, col = pair
     await until_state(row, "period_start")
     await decide(row, 1.0, "r0")
     await decide(col, 0.0, "c0")
-    # past the 1 s subperiod tick: its frame, seen perhaps while the ack was awaited (a fixed 1.1 s
+    # past the 2 s subperiod tick: its frame, seen perhaps while the ack was awaited (a fixed 1.1 s
     # from the ack put c1 after the period's end when the ack came 0.9 s late on a loaded machine)
     async with asyncio.timeout(timeout(5)):
         while not any(f["channel"] == "subperiod" for f in col.frames):
@@ -110,12 +110,13 @@ async def play_everything(url: str) -> dict[str, dict[str, Any]]:
     """Play the four experiments at once; returns each one's creation answer by name."""
     async with running_server(url) as server:
         made = {
-            # periods of 2 s: the decisions land where they are meant to even when this busy machine
-            # stalls a few 100 ms (a decision after the end would be refused)
-            "pairs": await server.create(period_length=2, num_subperiods=2, bonus_points=1.5, config={"payoffs": PD}),
-            "flow": await server.create(period_length=2, config={"payoffs": PD}),
+            # periods of 4 s: the decisions land where they are meant to even when this busy machine
+            # stalls for a second (a decision after the end would be refused; at 2 s the pairs' last
+            # decision had the 1 s between the subperiod's tick and the end)
+            "pairs": await server.create(period_length=4, num_subperiods=2, bonus_points=1.5, config={"payoffs": PD}),
+            "flow": await server.create(period_length=4, config={"payoffs": PD}),
             "goods": await server.create(
-                game="public_goods", participants=6, group_size=3, period_length=2, num_subperiods=4,
+                game="public_goods", participants=6, group_size=3, period_length=4, num_subperiods=4,
                 config={"endowment": 20, "mpcr": 0.4},
             ),
             "ended": await server.create(game="public_goods", participants=3, group_size=3, period_length=30),

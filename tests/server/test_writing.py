@@ -24,7 +24,7 @@ from server.storage import (
     insert_experiment,
     make_engine,
 )
-from tests.server.harness import holding_writes, timeout, until_queued
+from tests.server.harness import eventually, holding_writes, timeout, until_queued
 
 
 @dataclass(eq=False)
@@ -254,7 +254,10 @@ async def test_stop_runs_what_is_queued_then_the_last_function() -> None:
 async def test_stop_waits_for_the_queue_and_past_its_timeout_refuses_what_is_left_after_the_commit_under_way(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """stop(timeout): the held commit finishes and is reported; the writes and jobs behind it get NotPersisted."""
+    """stop(timeout): the held commit finishes and is reported; the writes and jobs behind it get NotPersisted.
+
+    Each step waited for, not slept through: on a busy CI machine the stop's thread had not said
+    it within 0.5 s."""
     rec = Recorder()
     thread = WriterThread(rec.commit, lambda: None)
     loop = asyncio.get_running_loop()
@@ -263,14 +266,14 @@ async def test_stop_waits_for_the_queue_and_past_its_timeout_refuses_what_is_lef
     ran: list[str] = []
     rec.gate.clear()
     thread.submit(item(1))
-    await asyncio.sleep(0.05)  # taken: its commit waits at the gate
+    await eventually(lambda: thread.queued() == 0)  # taken: its commit waits at the gate
     thread.submit(item(2))
     job = thread.call(lambda: ran.append("job"))
     thread.submit(item(3))
     stopping = asyncio.ensure_future(asyncio.to_thread(thread.stop, lambda: ran.append("last"), timeout=0.2))
-    await asyncio.sleep(0.5)
-    assert not stopping.done(), "stop waits for the commit under way, past its timeout too"
+    await eventually(lambda: "were left unstored" in caplog.text)
     assert "2 writes (2 events) were left unstored after 0.2 s" in caplog.text
+    assert not stopping.done(), "stop waits for the commit under way, past its timeout too"
     rec.gate.set()
     assert await asyncio.wait_for(stopping, timeout(5)) == 2
     with pytest.raises(NotPersisted, match="not run: the server stopped before it could be stored"):
