@@ -131,10 +131,13 @@ class Node(Heartbeats, Placement, Answers):
             log.error("cluster: Redis is unreachable (%s); serving nothing until it answers", self.hub.reason)
 
     async def drain(self) -> None:
-        """Hand every group over at once (SIGTERM): stop claiming, give the leases up, say so."""
+        """Hand every group over at once (SIGTERM): stop claiming, give the leases up, say so.
+
+        The loops are ended first, each cancelled again while it goes on (:func:`server.tasks.ended`):
+        a heartbeat whose Redis call swallowed a single cancel beat again after this had taken
+        the worker out of Redis, and the cluster heard of a worker that had left."""
         self._draining = True
-        for task in self._tasks:
-            task.cancel()
+        await ended([*self._tasks, self._rechecking])
         for group_id in list(self.held):
             await self._hand_over(group_id)
         with contextlib.suppress(RedisError, OSError):
