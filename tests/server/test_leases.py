@@ -41,17 +41,19 @@ async def test_one_worker_holds_a_group_and_the_next_holder_gets_a_higher_epoch(
 async def test_a_lease_not_renewed_lapses_and_its_old_holder_learns_it_lost_it(
     client: aioredis.Redis, redis_prefix: str
 ) -> None:
-    """With a 0.3 s ttl: renewed, it lasts; not renewed, another worker takes the group with a
-    higher epoch, and the old holder's renewal says it is lost and its local validity is over."""
-    a = Leases(client, "a", prefix=redis_prefix, ttl=0.3, margin=0.1)
-    b = Leases(client, "b", prefix=redis_prefix, ttl=0.3, margin=0.1)
+    """With a 1 s ttl: renewed, it lasts; not renewed, another worker takes the group with a
+    higher epoch, and the old holder's renewal says it is lost and its local validity is over.
+    (Renewed every 0.3 s: a stall of this process under 0.7 s, which a busy CI machine can make,
+    does not let it lapse; at a 0.3 s ttl renewed every 0.15 s, one of 0.15 s would have.)"""
+    a = Leases(client, "a", prefix=redis_prefix, ttl=1.0, margin=0.2)
+    b = Leases(client, "b", prefix=redis_prefix, ttl=1.0, margin=0.2)
     lease = await a.acquire(1)
     assert lease is not None
     for _ in range(3):
-        await asyncio.sleep(0.15)
+        await asyncio.sleep(0.3)
         assert await a.renew([lease]) == []
     assert await b.acquire(1) is None
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(1.2)
     assert not a.valid(lease)
     taken = await b.acquire(1)
     assert taken is not None and taken.epoch > lease.epoch
