@@ -61,7 +61,7 @@ from .asof import (
     periods_as_of,
     session_standings,
 )
-from .batch import claim_group, commit_writes, group_epoch
+from .batch import commit_writes
 from .catalog import (
     TIMING,
     GroupPlace,
@@ -95,6 +95,7 @@ from .deliveries import (
 )
 from .downgrading import RELEASES, DataWouldBeLost, Step, downgrade_schema
 from .engine import make_engine, normalise_url, sqlite_file
+from .epochs import claim_group, group_epoch
 from .journal import DEFAULT_SIZE as DEFAULT_JOURNAL_SIZE
 from .leftover import (
     close_connections_left_open,

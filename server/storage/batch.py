@@ -11,14 +11,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from psycopg.errors import DivisionByZero
-from sqlalchemy import Engine, and_, select, update
 from sqlalchemy.engine import Connection
 
 from .periods import rows_only, store_periods
 from .prepared import drained_pipeline
 from .statements import BatchStatements, SeqStatements, batch_statements
 from .statuses import set_statuses
-from .tables import groups
 from .writes import ConnectionChange, GroupUpdate, Write
 
 
@@ -319,26 +317,6 @@ def unfenced(cursor: Any, sql: BatchStatements, writes: Sequence[Write]) -> list
         else:
             kept.append(write)
     return kept
-
-
-def group_epoch(engine: Engine, group_id: int) -> int:
-    """The fencing epoch the database holds for the group (0: never claimed)."""
-    with engine.connect() as conn:
-        found = conn.execute(select(groups.c.epoch).where(groups.c.id == group_id)).scalar()
-        return int(found or 0)
-
-
-def claim_group(engine: Engine, group_id: int, epoch: int) -> bool:
-    """Raise the group's fencing epoch to ``epoch`` (a new authority's); False if it is not higher.
-
-    Waits for a batch of the old authority that holds the group's row; from the commit on, the
-    old authority's writes are fenced (:func:`commit_writes`).
-    """
-    with engine.begin() as conn:
-        claimed = conn.execute(
-            update(groups).where(and_(groups.c.id == group_id, groups.c.epoch < epoch)).values(epoch=epoch)
-        )
-        return bool(claimed.rowcount == 1)
 
 
 def _store_group_states(
