@@ -9,7 +9,7 @@ before (bench/README.md, "The writer's writes dropped once committed").
 A SQLite server stores first in its journal by default (``server/storage/journaled.py``): the
 writer thread numbers a batch's events, checks them (``storable``), encodes them (orjson) and
 appends them to the journal with one write and one ``fdatasync`` (``JournalFirst.commit``); the
-apply thread stores what came in the last 10 ms, with the journal's marker (``apply_journaled``),
+apply thread stores what came in the last 10 ms, with the journal's marker (``apply_numbered``),
 in a transaction it commits once a second, ``synchronous=NORMAL`` (``server/storage/applying.py``). Here both run on one thread, in turn, on the run's
 database opened as the server opens it (``Database(..., journal=True)``: its journal in the
 run's temporary directory): the apply thread is stopped once the set-up is applied, before the
@@ -20,9 +20,10 @@ The writes are the ones the live groups made for the ``writer`` part
 - ``journal``: ``JournalFirst.commit`` of each batch of ``--batch`` writes (the append's write
   and ``fdatasync`` are system calls: their user-space side is counted, not the kernel's);
 - ``apply``: the records applied ``--apply-batch`` decisions at a time (whole batches: at least
-  that many), ``apply_journaled`` on a connection of its own set to ``synchronous=NORMAL``, as
+  that many), ``apply_numbered`` on a connection of its own set to ``synchronous=NORMAL``, as
   ``ApplyThread._apply`` does, the transaction committed every ``COMMIT_EVERY / APPLY_EVERY``
-  applies (100: a second's, as the server's at 2,000 decisions a second); until 2026-12-06 each
+  applies (100: a second's, as the server's at 2,000 decisions a second), the client ids added
+  before every fifth commit (``ADD_EVERY``, ``server/storage/frameids.py``); until 2026-12-06 each
   apply committed, as the server's did then. The WAL is not checkpointed meanwhile (the server's checkpoints are
   another thread's work), as in the ``writer`` part. What ``_run`` does around it (the condition's
   lock and counters, the callback after an apply that finishes a checkpoint) is left out.
@@ -44,7 +45,6 @@ journal's threads counted").
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 #: the parts of this module
@@ -107,8 +107,10 @@ def store_journaled(db: Any, made: list[Any], part: str, counted: int, batch: in
     from server.storage import (
         APPLY_COMMIT_EVERY,
         APPLY_EVERY,
+        CLIENT_IDS_ADD_EVERY,
         JOURNAL_MARKER,
-        apply_journaled,
+        add_deferred,
+        apply_numbered,
         journal_marker,
     )
 
@@ -128,8 +130,9 @@ def store_journaled(db: Any, made: list[Any], part: str, counted: int, batch: in
     del batches[stop:]
     turns = range(0, stop, per_apply)
     commit_every = round(APPLY_COMMIT_EVERY / APPLY_EVERY)  # applies to a commit, as the server's at 10 ms
+    add_every = round(CLIENT_IDS_ADD_EVERY / APPLY_COMMIT_EVERY)  # commits to an addition of the client ids
     marked = None  # the marker of the last apply
-    held: list[Any] = []  # the writes of the transaction still open
+    commits = 0  # the apply's commits counted
     turn = 0  # applies counted
     seqs: list[int] = []  # the numbers of the counted batches' events, for the check
     begin = journal.offset
@@ -150,12 +153,17 @@ def store_journaled(db: Any, made: list[Any], part: str, counted: int, batch: in
                 taken = taken[: counted - start]
                 marked = journal_marker(journal, taken[-1][0].end)
                 writes = [w for _, ws in taken for w in ws]
-                apply_journaled(conn, writes, (JOURNAL_MARKER, marked), held=functools.partial(tuple, held), commit=False)
-                held += writes
+                apply_numbered(conn, writes, (JOURNAL_MARKER, marked), commit=False)
                 turn += 1
-                if turn % commit_every == 0 or start + per_apply >= min(counted, stop):
-                    conn.connection.dbapi_connection.commit()
-                    held = []
+                last = start + per_apply >= min(counted, stop)
+                if turn % commit_every == 0 or last:
+                    raw = conn.connection.dbapi_connection
+                    commits += 1
+                    if commits % add_every == 0 or last:  # the client ids, as the server's apply adds them
+                        cursor = raw.cursor()
+                        add_deferred(cursor)
+                        cursor.close()
+                    raw.commit()
             taken = writes = []
         _check(conn, part, min(counted, len(batches)), seqs, marked)
     finally:

@@ -9,8 +9,8 @@ decisions a second (bench/README.md, "Memory over time").
 stored ones as they are. Older ids go into an :class:`IdFilter`, about seven bytes each, which
 tells at once that an id was never sent (nearly every id a client sends) and otherwise says
 :data:`MAYBE`: a repeat of an old frame, or, rarely, a new id that shares its bits. The caller
-then asks the database, whose unique index of client ids holds the answer
-(``server.live.LiveGroup.receive``).
+then asks the database, whose table ``client_ids`` (with the events a journal has not added
+there yet: ``server.storage.frameids``) holds the answer (``server.live.LiveGroup.receive``).
 
 Pure: no I/O, no clock.
 """

@@ -10,7 +10,7 @@ frame with an id (:meth:`LookUps.ids_needed`), not when the group is loaded: in 
 worker may load a member's next group while they still play their block, and the frames they
 store there meanwhile would be unknown here. Their frames wait behind the load, in order.
 
-A frame whose write the database refused (its unique index of client ids) is looked up too: the
+A frame whose write the database refused (the key of its ``client_ids``) is looked up too: the
 ids here may not know a frame stored before (:meth:`LookUps._stored_before`), a last guard.
 
 However a read or look-up ends (its answer, a failure, its task cancelled: the group retired, the
@@ -220,7 +220,7 @@ class LookUps:
 
         A last guard: the ids here are read when the member first comes (:meth:`ids_needed`), and
         should they miss a frame stored before (stored, its ack lost, sent again here), the
-        database's unique index refuses it. A look-up that gives no answer (cancelled, or the
+        key of the database's ``client_ids`` refuses it. A look-up that gives no answer (cancelled, or the
         database gone) leaves that unknown: the frame is refused with :class:`NotPersisted`, to be
         sent again, as a frame whose read or look-up failed is (:meth:`_unchecked`)."""
         lookup, participant = self._lookup, events[own_event(events)].participant

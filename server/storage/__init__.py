@@ -61,7 +61,7 @@ from .asof import (
     periods_as_of,
     session_standings,
 )
-from .batch import commit_writes
+from .batch import apply_numbered, commit_writes
 from .catalog import (
     TIMING,
     GroupPlace,
@@ -96,6 +96,8 @@ from .deliveries import (
 from .downgrading import RELEASES, DataWouldBeLost, Step, downgrade_schema
 from .engine import make_engine, normalise_url, sqlite_file
 from .epochs import claim_group, group_epoch
+from .frameids import ADD_EVERY as CLIENT_IDS_ADD_EVERY
+from .frameids import add_deferred
 from .journal import DEFAULT_SIZE as DEFAULT_JOURNAL_SIZE
 from .leftover import (
     close_connections_left_open,
@@ -125,7 +127,6 @@ from .readers import reading_current
 from .recovery import LOCK_WAIT, check_startable, reading, recover_file
 from .recovery import MARKER as JOURNAL_MARKER
 from .recovery import marker as journal_marker
-from .repeats import apply_journaled
 from .schema import (
     BASELINE,
     SchemaState,
@@ -198,6 +199,7 @@ __all__ = [
     "APPLY_EVERY",
     "BASELINE",
     "BOT",
+    "CLIENT_IDS_ADD_EVERY",
     "COMMIT_BUCKET_NAMES",
     "DEFAULT_JOURNAL_SIZE",
     "ENV_ACCOUNT",
@@ -242,9 +244,10 @@ __all__ = [
     "TokenExists",
     "Write",
     "WriterThread",
+    "add_deferred",
     "add_otree_deliveries",
     "add_token",
-    "apply_journaled",
+    "apply_numbered",
     "block_final_scores",
     "block_status",
     "blocks",

@@ -7,9 +7,11 @@ with the journal's position it reached (the ``meta`` row :data:`.recovery.MARKER
 transaction that stays open over its applies: it is committed :data:`COMMIT_EVERY` seconds after
 it began, or at once when the loop's reads wait for it (:meth:`ApplyThread.caught_up`), a job or
 a write beside the batches needs the database to itself (:meth:`ApplyThread._alone`), or the
-thread stops. Its commits are not synced one by one (``synchronous=NORMAL``): the journal keeps
-every acknowledged write until the database holds it synced. Only a commit counts a record as
-applied (:attr:`ApplyThread.applied`): a read never sees less than what was acknowledged before it.
+thread stops. Every :data:`.frameids.ADD_EVERY` seconds a commit adds the client ids of the
+events applied since to ``client_ids``, in one sorted statement (:mod:`.frameids`). Its commits
+are not synced one by one (``synchronous=NORMAL``): the journal keeps every acknowledged write
+until the database holds it synced. Only a commit counts a record as applied
+(:attr:`ApplyThread.applied`): a read never sees less than what was acknowledged before it.
 
 A failed apply or commit loses the open transaction, and what it held is applied again: while
 it fails storage is halted (:class:`ApplyFailed`), tried again every :data:`RETRY_EVERY` seconds.
@@ -30,9 +32,10 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 
+from .batch import apply_numbered
+from .frameids import ADD_EVERY, add_deferred
 from .journal import Journal, Record
 from .recovery import MARKER, decode, marker
-from .repeats import apply_journaled
 from .writes import Write
 
 log = logging.getLogger("synclab.journal")
@@ -91,7 +94,7 @@ class ApplyThread:
         #: the apply's connection, its transaction open over several applies (see :meth:`_apply`)
         self._connection: Connection | None = None
         #: the records applied in that transaction, not committed. Not their writes: a record's
-        #: payload holds them, read again only when they go again (a failure, a repeated id).
+        #: payload holds them, read again only when they go again (a failure).
         #: A second of writes kept as objects (some 15 a decision the collector tracks) had the
         #: young collection run three times a second at 2,000 decisions/s, and move them all to
         #: the older generation, whose collections then took up to 30 ms: the decisions' tail
@@ -99,6 +102,8 @@ class ApplyThread:
         self._open: list[Record] = []
         #: when that transaction is to be committed (``time.monotonic``), while one is open
         self._commit_due: float | None = None
+        #: when the next commit is to add the client ids of the events applied (:mod:`.frameids`)
+        self._ids_due = time.monotonic() + ADD_EVERY
         #: the apply thread's turn was asked for (a read, a drain): it commits what it stores at once
         self._asked = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -201,7 +206,7 @@ class ApplyThread:
                     taken = self._take()
                     if taken is None:
                         with self._writing:
-                            self._commit_open()  # the end: what is open is stored first
+                            self._commit_open(last=True)  # the end: what is open is stored first
                         return
                 elif self._halted_wait():
                     taken = failed
@@ -246,7 +251,6 @@ class ApplyThread:
         if taken:
             if not self._open:
                 self._commit_due = time.monotonic() + COMMIT_EVERY
-            before = len(self._open)
             # in the transaction from here, before anything can fail: a failure loses them with it,
             # and they go again with the rest (``_drop_open``)
             self._open += [record for record, _ in taken]
@@ -257,20 +261,26 @@ class ApplyThread:
                 connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
                 connection.commit()
             writes = [w for _, ws in taken for w in ws]
-            apply_journaled(connection, writes, (MARKER, marker(self.journal, taken[-1][0].end)),
-                            held=lambda: _writes_of(self._open[:before]), commit=False)
+            apply_numbered(connection, writes, (MARKER, marker(self.journal, taken[-1][0].end)), commit=False)
         due = self._commit_due
         if self._open and (at_once or due is None or time.monotonic() >= due):
             self._commit_open()
 
-    def _commit_open(self) -> None:
-        """With ``_writing`` held: commit what the applies stored since the last commit; the reads
-        waiting for it go on."""
-        if not self._open:
-            return
+    def _commit_open(self, *, last: bool = False) -> None:
+        """With ``_writing`` held: commit what the applies stored since the last commit (and the
+        client ids when due, or ``last``: the thread's end); the reads waiting for it go on."""
         connection = self._connection
-        assert connection is not None
+        if connection is None or not (self._open or last):
+            return
         raw: Any = connection.connection.dbapi_connection
+        now = time.monotonic()
+        if now >= self._ids_due or last:  # the client ids the applies stored since the last time
+            cursor = raw.cursor()
+            try:
+                add_deferred(cursor)
+            finally:
+                cursor.close()
+            self._ids_due = now + ADD_EVERY
         if raw.in_transaction:  # else a batch that began or ended a period committed it already
             raw.commit()
         done = len(self._open)
@@ -320,11 +330,6 @@ class ApplyThread:
             self._stopping = True
             self._cond.notify_all()
         self._thread.join()
-
-
-def _writes_of(records: list[Record]) -> list[Write]:
-    """The writes of ``records``, read again from their payloads."""
-    return [write for record in records for write in decode(record.payload)]
 
 
 def _dropped(connection: Connection | None) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from psycopg.errors import DivisionByZero
 from sqlalchemy.engine import Connection
 
+from .frameids import defer_client_ids
 from .periods import rows_only, store_periods
 from .prepared import drained_pipeline
 from .statements import BatchStatements, SeqStatements, batch_statements
@@ -69,7 +70,8 @@ def apply_numbered(conn: Connection, writes: Sequence[Write], marker: tuple[str,
     read the rows as the writes before left them, so applying in the same order gives the same.
     Fencing epochs are not checked (one process per database: :mod:`.journaled`). A batch with
     neither goes on the driver's connection alone, as :func:`_commit_direct`'s; ``commit`` false
-    leaves its transaction open for more (a batch with either commits it, and all before it)."""
+    leaves its transaction open for more (a batch with either commits it, and all before it).
+    The events' client ids go to ``client_ids`` later, in bulk (:mod:`.frameids`)."""
     sql = batch_statements(conn.engine)
     if rows_only(writes):
         with _on_the_driver(conn) as (raw, cursor):
@@ -99,7 +101,9 @@ def _store_renumbered(cursor: Any, sql: BatchStatements, writes: Sequence[Write]
                 f"experiment {experiment_id}: its counter came to {raised} where the journal's "
                 f"numbers end at {last}: another process wrote to the database"
             )
-    _store(cursor, sql, sql.numbered, writes, [w.seqs for w in writes])
+    if any(ev.client_id is not None for write in writes for ev in write.events):
+        defer_client_ids(cursor)
+    _store(cursor, sql, sql.numbered, writes, [w.seqs for w in writes], client_ids=False)
     cursor.execute(_SET_META, marker)
 
 
@@ -257,14 +261,26 @@ def store_pipelined(
         write.seqs = [last - b for b in back]
 
 
-def _store(cursor: Any, sql: BatchStatements, by: SeqStatements, writes: Sequence[Write], seqs: Sequence[list[int]]) -> None:
-    """The rows of ``writes``: events, groups' states, connections, results, ticks.
+def _store(
+    cursor: Any, sql: BatchStatements, by: SeqStatements, writes: Sequence[Write], seqs: Sequence[list[int]], *,
+    client_ids: bool = True,
+) -> None:
+    """The rows of ``writes``: events, groups' states, connections, results, ticks, and the
+    client ids of the events that carry one (a repeated one refuses the batch), unless not
+    ``client_ids`` (the journal's apply: :mod:`.frameids` adds them later, in bulk).
 
     ``seqs``: each write's events' ``seq``, or what ``by``'s statements take for it.
     """
     time, as_json, flag = sql.time, sql.json, sql.flag
     known, made = time.known, time.made  # looked up here, the call only on a miss (see StoredTimes)
     texts = iter(sql.json_texts([ev.value for write in writes for ev in write.events]))
+    if client_ids:  # first: a repeated id refuses the batch before any other row is tried
+        by.client_ids.run(cursor, [
+            (ev.participant_id, ev.client_id, write.experiment_id, s)
+            for write, numbers in zip(writes, seqs, strict=True)
+            for ev, s in zip(write.events, numbers, strict=True)
+            if ev.client_id is not None and ev.participant_id is not None
+        ])
     by.events.run(cursor, [
         (
             write.experiment_id,

@@ -24,6 +24,7 @@ from ..exceptions import SettingsError
 from .applying import APPLY_EVERY
 from .batch import commit_writes
 from .engine import make_engine, sqlite_file
+from .frameids import catch_up
 from .journal import DEFAULT_SIZE, Journal
 from .journaled import JournalFirst
 from .parts import in_parts, rolled_back
@@ -280,12 +281,10 @@ class Database:
 
     async def recover(self) -> int:
         """SQLite: apply what a journal holds that the database does not (a run stopped by a crash
-        or a power loss), before anything else reads or writes; the writes applied.
-
-        Also without a journal of this process's own: a server started with ``SYNCLAB_JOURNAL=off``
-        after one that ran with it applies what that one left, under the journal's lock (another
-        process starting at once waits for it, then finds nothing left).
-        """
+        or a power loss), before anything else reads or writes; the writes applied. Also without
+        a journal of this process's own: a server started with ``SYNCLAB_JOURNAL=off`` after one
+        that ran with it applies what that one left, under the journal's lock (another process
+        starting at once waits for it, then finds nothing left), and the client ids it left to add."""
         path = self.sqlite_file
         if path is None:
             return 0
@@ -297,6 +296,7 @@ class Database:
             if first is not None:
                 return first.job(lambda: recover(self.engine, first.journal, path, held))
             if not os.path.exists(journal_of(path)):
+                catch_up(self.engine)  # (a journal's apply may have left client ids to add: :mod:`.frameids`)
                 return 0
             with as_schema_error(), Journal.open(journal_of(path), wait=True, mend=mend_header(self.engine)) as journal:
                 return recover(self.engine, journal, path, held)

@@ -25,10 +25,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..exceptions import SchemaError, SettingsError
+from .batch import apply_numbered
 from .engine import make_engine, sqlite_file
+from .frameids import catch_up
 from .journal import DamagedHeader, Journal, JournalBusy, JournalError, Record, new_salt, scan
 from .readmark import reading_under_way
-from .repeats import apply_journaled
 from .schema import schema_state
 from .serving import (
     changing_too_long,
@@ -320,14 +321,14 @@ def mend_header(engine: Engine) -> Callable[[DamagedHeader], tuple[int, int]]:
 
 
 def recover(engine: Engine, journal: Journal, path: str, held: int, *, start_over: bool = True) -> int:
-    """Apply what ``journal`` holds past the database's marker, sync, start a new pass; the writes applied.
+    """Apply what ``journal`` holds past the database's marker, add the client ids left to add
+    (:func:`.frameids.catch_up`), sync, start a new pass; the writes applied.
 
     Each record in a transaction of its own, in order: as the apply thread stored them (a
     record's writes numbered on top of the one's before it). The database's lock is the caller's:
-    ``held`` its descriptor (:func:`sync_database`).
-    With nothing to apply and not ``start_over`` (a command's look), neither file is written.
-    A server starts over anyway: the records read at open are let go of.
-    """
+    ``held`` its descriptor (:func:`sync_database`). With nothing to apply and not ``start_over``
+    (a command's look), neither file is written; a server starts over anyway (letting go of the
+    records read at open)."""
     applied = 0
     records = unapplied(engine, journal)
     if not records and not start_over:
@@ -335,10 +336,11 @@ def recover(engine: Engine, journal: Journal, path: str, held: int, *, start_ove
     with engine.connect() as conn:
         for record in records:
             writes = decode(record.payload)
-            apply_journaled(conn, writes, (MARKER, marker(journal, record.end)))
+            apply_numbered(conn, writes, (MARKER, marker(journal, record.end)))
             applied += len(writes)
     if records:
         log.warning("synclab: applied %d writes (%d records) from the journal %s", applied, len(records), journal.path)
+    catch_up(engine)
     sync_database(path, held)
     journal.restart()
     return applied

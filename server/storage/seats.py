@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, select, text
+from sqlalchemy import Engine, and_, func, select, text, union_all
 from sqlalchemy.engine import Connection
 
 from groups import GroupState, Phase, current_block
 
+from .frameids import not_added
 from .tables import (
     STATE_ONLY,
     blocks,
@@ -22,6 +23,7 @@ from .tables import (
     participants,
     sessions,
 )
+from .tables import client_ids as stored_ids
 from .times import to_epoch
 
 
@@ -205,19 +207,30 @@ def load_seat(engine: Engine, code: str, now: float) -> Seat | None:
 def client_ids(engine: Engine, participant_id: int) -> list[tuple[str, int]]:
     """Every client frame id this participant sent that is stored, with its ``seq``, oldest first."""
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(events.c.client_id, events.c.seq)
-            .where(and_(events.c.participant_id == participant_id, events.c.client_id.is_not(None)))
-            .order_by(events.c.seq)
-        )
-        return [(str(cid), int(seq)) for cid, seq in rows]
+        rows = conn.execute(_ids_of(participant_id))
+        first: dict[str, int] = {}
+        for cid, seq in rows:
+            if cid not in first or seq < first[cid]:  # (a repeat the journal's apply has not dropped yet)
+                first[cid] = int(seq)
+    return sorted(first.items(), key=lambda row: row[1])
 
 
 def client_seq(engine: Engine, participant_id: int, client_id: str) -> int | None:
     """The ``seq`` of this participant's stored frame with ``client_id``; ``None``: none is stored."""
     with engine.connect() as conn:
-        found = conn.execute(
-            select(events.c.seq).where(and_(events.c.participant_id == participant_id, events.c.client_id == client_id))
-        ).scalar()
-    return None if found is None else int(found)
+        found = [int(seq) for _, seq in conn.execute(_ids_of(participant_id, client_id))]
+    return min(found) if found else None
+
+
+def _ids_of(participant_id: int, client_id: str | None = None) -> Any:
+    """A participant's ids (or one of them) and their ``seq``: ``client_ids``'s rows, and the
+    events' that the journal's apply has not added there yet (:mod:`.frameids`)."""
+    added = select(stored_ids.c.client_id, stored_ids.c.seq).where(stored_ids.c.participant_id == participant_id)
+    pending = select(events.c.client_id, events.c.seq).where(
+        not_added(), events.c.participant_id == participant_id, events.c.client_id.is_not(None)
+    )
+    if client_id is not None:
+        added = added.where(stored_ids.c.client_id == client_id)
+        pending = pending.where(events.c.client_id == client_id)
+    return union_all(added, pending)
 

@@ -12,16 +12,17 @@ from sqlalchemy import JSON, BigInteger, Engine, bindparam, func, insert, select
 
 from .engine import json_dumps
 from .prepared import Prepared, StoredTimes
-from .tables import connections, events, experiments, groups, results, ticks
+from .tables import client_ids, connections, events, experiments, groups, results, ticks
 
 
 @dataclass(frozen=True, slots=True)
 class SeqStatements:
-    """The statements whose rows carry a ``seq``: events, groups' states, results."""
+    """The statements whose rows carry a ``seq``: events, groups' states, results, client ids."""
 
     events: Prepared
     group: Prepared
     results: Prepared
+    client_ids: Prepared
 
 
 class BatchStatements:
@@ -86,6 +87,7 @@ class BatchStatements:
                     (*_GROUP_COLUMNS, "last_seq", "gid"),
                 ),
                 inserting_with_seq(results, _RESULT_COLUMNS),
+                inserting_with_seq(client_ids, _CLIENT_ID_COLUMNS),
             )
 
         #: the rows carry each ``seq`` itself
@@ -146,6 +148,8 @@ class BatchStatements:
 _EVENT_COLUMNS = (
     "experiment_id", "seq", "timestamp", "group_id", "participant_id", "channel", "value", "client_id", "bot", "recipient_id"
 )
+#: in the table's order (SQLite inserts many rows in one statement only then: :class:`.prepared.Prepared`)
+_CLIENT_ID_COLUMNS = ("participant_id", "client_id", "experiment_id", "seq")
 _RESULT_COLUMNS = ("session_id", "experiment_id", "seq", "subperiod", "decision", "score")
 _TICK_COLUMNS = ("experiment_id", "group_id", "kind", "index", "scheduled_at", "actual_at", "late", "snapshot")
 _CONNECTION_COLUMNS = (

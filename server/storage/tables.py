@@ -36,8 +36,6 @@ _BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
 STATE_ONLY = "channel = 'state'"
 #: a stand-in's comings and goings (``ix_events_standin``): who held a seat at a period's end
 STANDIN_ONLY = "channel = 'standin'"
-#: the events that carry a client's id (``ix_events_client_id``)
-CLIENT_SENT = "client_id IS NOT NULL"
 #: the connections not closed yet (``ix_connections_open``)
 STILL_OPEN = "disconnected_at IS NULL"
 
@@ -198,16 +196,8 @@ class Event(SQLModel, table=True):
     __tablename__ = "events"
     __table_args__ = (
         UniqueConstraint("experiment_id", "seq"),
-        # Only the events a client sent carry its id: the others (a broadcast, a tick, a state)
-        # are left out of the index, which saved each commit the page they shared.
-        Index(
-            "ix_events_client_id",
-            "participant_id",
-            "client_id",
-            unique=True,
-            sqlite_where=text(CLIENT_SENT),
-            postgresql_where=text(CLIENT_SENT),
-        ),
+        # A client's ids are kept once each by the table ``client_ids``, not by an index of this
+        # table (0016_client_ids): see :class:`ClientId`.
         # A group's last ``state`` event (seats.load_group) is all that is looked up
         # by group: indexing every event by group cost each commit a page per group in the batch.
         Index(
@@ -242,6 +232,27 @@ class Event(SQLModel, table=True):
     #: the one participant the server sent it to alone (a result, a game's ``send(…, to=[member])``);
     #: ``None`` for an event sent to the group, to several members, to nobody, or by a participant
     recipient_id: int | None = Field(default=None, foreign_key="participants.id")
+
+
+class ClientId(SQLModel, table=True):
+    """A client frame's id, once per participant, and the ``seq`` its event was stored under.
+
+    The wire's promise: a repeated ``"id"`` is stored once and answered with the first ``seq``.
+    ``events.client_id`` keeps each event's id for the log; this table is what holds them
+    unique and answers the look-ups. Its rows are written with the event's, in the same
+    transaction, except by the journal's apply on SQLite, which adds them in bulk, sorted,
+    every few seconds (:mod:`.clientids`): an index of ``events`` keyed by participant had each
+    commit write one of its pages for every participant who sent, the larger part of what a
+    commit wrote once a session ran for a while (bench/README.md, "The client ids apart").
+    Without a row id on SQLite: the key is the row.
+    """
+
+    __tablename__ = "client_ids"
+    __table_args__ = {"sqlite_with_rowid": False}
+    participant_id: int = Field(foreign_key="participants.id", primary_key=True, sa_column_kwargs={"autoincrement": False})
+    client_id: str = Field(primary_key=True, max_length=64)
+    experiment_id: int = Field(foreign_key="experiments.id")
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
 class Session(SQLModel, table=True):
@@ -336,6 +347,7 @@ groups = _tables[Group.__tablename__]
 memberships = _tables[Membership.__tablename__]
 connections = _tables[Connection.__tablename__]
 events = _tables[Event.__tablename__]
+client_ids = _tables[ClientId.__tablename__]
 meta = _tables[Meta.__tablename__]
 sessions = _tables[Session.__tablename__]
 results = _tables[Result.__tablename__]

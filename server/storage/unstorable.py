@@ -11,7 +11,7 @@ the ones that cannot be, and without the later writes of their groups, which res
 (:meth:`.writer.EventWriter._done`), which then also withdraws what those groups have queued.
 
 The database may refuse one write's data for a reason of its own, which no look at the write
-alone finds: a client id its participant stored before (a unique index), on PostgreSQL an
+alone finds: a client id its participant stored before (the key of ``client_ids``), on PostgreSQL an
 integer past a column's range or a text past its length (a NUL character, which its text
 cannot hold, is refused where it comes in: ``server.wire``, ``groups.messages``). Such a
 failure is the driver's data error (:func:`refused_by_database`); the batch is then stored in

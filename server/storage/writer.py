@@ -10,7 +10,7 @@ is refused too (its awaiter gets :class:`NotPersisted`, the function is not run)
 rest on those writes. What is queued after the failure was handled runs as usual.
 
 A batch that failed on writes the database cannot take (a game's value that is no JSON, a client
-id its unique index refuses) is stored without them (:mod:`.unstorable`): only they fail
+id the key of ``client_ids`` refuses) is stored without them (:mod:`.unstorable`): only they fail
 (:class:`Unstorable`), with the later writes of their groups in the batch and in the queue,
 computed on top of them (:class:`NotPersisted`); every other write is committed and called back
 as usual, in order, and the jobs run. Should the database fail meanwhile, or the parts take too

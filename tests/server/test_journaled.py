@@ -20,6 +20,7 @@ import signal
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,16 +32,19 @@ import orjson
 import pytest
 
 from groups import PublicGoods
-from server.exceptions import SettingsError
+from server.exceptions import NotPersisted, SettingsError
 from server.settings import Settings, journal_supported
 from server.storage import (
     Database,
     EventWriter,
     NewEvent,
     Write,
+    applying,
     check_startable,
+    client_seq,
     insert_experiment,
 )
+from server.storage import client_ids as client_stored_ids
 from server.storage.applying import APPLY_NICE
 from server.storage.journal import HEADER_SIZE, Journal, scan
 from server.storage.recovery import decode, encode, lock_database
@@ -485,14 +489,28 @@ def client_ids(path: Path) -> dict[int, str | None]:
         conn.close()
 
 
+def added_ids(path: Path) -> tuple[dict[str, int], int | None]:
+    """The client ids ``client_ids`` holds (id: seq), and where the journal's additions stand
+    (the ``meta`` row ``client_ids_after``; ``None``: none left to add)."""
+    conn = sqlite3.connect(path)
+    try:
+        held = {str(c): int(s) for c, s in conn.execute("SELECT client_id, seq FROM client_ids")}
+        after = conn.execute("SELECT value FROM meta WHERE key = 'client_ids_after'").fetchall()
+        return held, int(after[0][0]) if after else None
+    finally:
+        conn.close()
+
+
 async def test_a_journaled_frame_repeating_a_stored_client_id_is_stored_without_it_not_halting_storage(
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The live group answers a repeated client id before the writer sees it; should a write the
-    journal acknowledged repeat one all the same, its apply keeps the event, under the seq it was
-    answered with, without the id, and storage goes on (it used to halt for good: the apply was
-    refused by the unique index at every try). The same for two such writes in one apply, and for
-    the apply of a start after a power loss."""
+    journal acknowledged repeat one all the same, the apply keeps the event, under the seq it was
+    answered with, and once it adds the events' ids to ``client_ids`` (every few seconds, and
+    at its end) the repeat is stored without its id, logged, and storage goes on (it used to
+    halt for good: the apply was refused by the unique index at every try). Until then a
+    look-up answers the first's ``seq``. The same for two such writes in one apply, and for the
+    apply of a start after a power loss."""
     path = tmp_path / "r.db"
     caplog.set_level(logging.ERROR, logger="synclab.journal")
     async with storing(path, journal=True, journal_size=SMALL) as first:
@@ -500,9 +518,12 @@ async def test_a_journaled_frame_repeating_a_stored_client_id_is_stored_without_
         assert await first.stored(path) == {1: 1.0}
         assert await first.decide(2.0, "same") == [2]  # past the live group's look: the writer alone
         assert await first.stored(path) == {1: 1.0, 2: 2.0}
-        assert client_ids(path) == {1: "same", 2: None}
+        assert await first.db.read(client_seq, first.participant_id, "same") == 1
+        assert await first.db.read(client_stored_ids, first.participant_id) == [("same", 1)]
         assert await first.decide(3.0, "next") == [3]
         assert await first.stored(path) == {1: 1.0, 2: 2.0, 3: 3.0}
+    assert client_ids(path) == {1: "same", 2: None, 3: "next"}
+    assert added_ids(path) == ({"same": 1, "next": 3}, 3)
     assert "repeats the client id 'same' stored already (seq 1)" in caplog.text
     # two in one apply, and again at a start's recovery (the apply held back for an hour)
     async with storing(path, first, journal=True, journal_size=SMALL, apply_every=3600) as second:
@@ -513,10 +534,51 @@ async def test_a_journaled_frame_repeating_a_stored_client_id_is_stored_without_
         assert await second.stored(path) == {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0, 5: 5.0, 6: 6.0}
     assert client_ids(path) == {1: "same", 2: None, 3: "next", 4: "twice", 5: None, 6: None}
     copy = tmp_path / "lost" / "r.db"
+    assert added_ids(copy) == ({"same": 1, "next": 3}, 3)  # the journal held the rest
     async with storing(copy, first, journal=True, journal_size=SMALL) as again:
         assert await again.db.recover() == 3
         assert client_ids(copy) == {1: "same", 2: None, 3: "next", 4: "twice", 5: None, 6: None}
+        assert added_ids(copy) == ({"same": 1, "next": 3, "twice": 4}, None)
         assert await again.decide(7.0, "new") == [7]
+
+
+async def test_a_journal_server_adds_its_events_client_ids_every_few_seconds_and_a_start_adds_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The apply stores events without their ``client_ids`` rows and adds them in bulk every
+    ``ADD_EVERY`` seconds (here 0.5): look-ups find an id at once all the same. A power loss
+    before an addition leaves the ids to the next start, which adds them, with the journal or
+    without it; a server without the journal then refuses a repeat of one as it refuses any."""
+    monkeypatch.setattr(applying, "ADD_EVERY", 0.5)
+    path = tmp_path / "a.db"
+    async with storing(path, journal=True, journal_size=SMALL) as first:
+        assert await first.decide(1.0, "one") == [1]
+        assert await first.stored(path) == {1: 1.0}
+        held, after = added_ids(path)
+        assert after is not None and "one" not in held  # committed, not added yet
+        assert await first.db.read(client_seq, first.participant_id, "one") == 1
+        deadline = time.monotonic() + timeout(10)
+        while added_ids(path)[0] != {"one": 1}:
+            assert time.monotonic() < deadline, "the client id was not added"
+            await first.decide(0.0)  # (a commit adds them once they are due)
+            await first.stored(path)
+            await asyncio.sleep(0.1)
+        count = len(decisions(path))
+        assert await first.decide(2.0, "two") == [count + 1]
+        await first.stored(path)
+        copy_database(path, tmp_path / "lost")
+        copy_database(path, tmp_path / "lost-direct")
+    for where, journal in (("lost", True), ("lost-direct", False)):
+        copy = tmp_path / where / "a.db"
+        assert "two" not in added_ids(copy)[0]
+        async with storing(copy, first, journal=journal, journal_size=SMALL) as again:
+            await again.db.recover()
+            assert added_ids(copy) == ({"one": 1, "two": count + 1}, None)
+            if not journal:  # the id added with its event: a repeat is refused
+                with pytest.raises(NotPersisted):
+                    await again.decide(3.0, "two")
+                assert await again.decide(3.0, "three") == [count + 2]
+                assert added_ids(copy)[0]["three"] == count + 2
 
 
 async def test_storage_halted_by_a_failed_apply_goes_on_once_the_apply_succeeds(sqlite_url: str) -> None:

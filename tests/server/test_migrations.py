@@ -48,7 +48,7 @@ from server.storage import (
 )
 from server.storage.schema import MIGRATIONS, SCHEMA_LOCK
 from server.storage.serving import SERVING_LOCK
-from server.storage.tables import metadata
+from server.storage.tables import client_ids, metadata
 from tests.conftest import POSTGRES_URL
 from tests.server.harness import timeout
 from tests.server.test_cli import Running, free_port, run, started, wait_until_healthy
@@ -271,15 +271,15 @@ def test_the_comparison_sees_a_table_changed_without_a_migration(database_url: s
 
 def test_the_comparison_sees_an_index_made_whole_that_should_be_partial(database_url: str) -> None:
     """Alembic's comparison does not read an index's ``WHERE``: ours does, so a migration that
-    leaves the client-id index whole (as before 0006) is reported."""
+    leaves the index of stand-in events whole is reported."""
     engine = make_engine(database_url)
     try:
         prepare_schema(engine)
         assert differences(engine) == []
         with engine.begin() as conn:
-            conn.execute(text("DROP INDEX ix_events_client_id"))
-            conn.execute(text("CREATE UNIQUE INDEX ix_events_client_id ON events (participant_id, client_id)"))
-        assert differences(engine) == ["partial index here, not in the database: ix_events_client_id"]
+            conn.execute(text("DROP INDEX ix_events_standin"))
+            conn.execute(text("CREATE INDEX ix_events_standin ON events (group_id, seq)"))
+        assert differences(engine) == ["partial index here, not in the database: ix_events_standin"]
     finally:
         engine.dispose()
 
@@ -793,5 +793,61 @@ def test_0015_names_each_results_recipient_and_its_downgrade_asks_before_droppin
             s: code_of[p] for (e, s), p in whose.items() if e == experiment_id
         }
         assert seq in {r["seq"] for r in logged} and all(r["recipient"] is None for r in logged if r["channel"] != "result")
+    finally:
+        engine.dispose()
+
+
+def held_client_ids(engine: Engine, table: str) -> dict[tuple[int, str], int]:
+    """Each (participant, client id) of ``table`` (``client_ids``, or ``events`` where it has one), with its ``seq``."""
+    sent = "" if table == "client_ids" else " WHERE client_id IS NOT NULL"
+    with engine.connect() as conn:
+        rows = conn.execute(text(f"SELECT participant_id, client_id, seq FROM {table}{sent}")).all()
+    return {(int(p), str(c)): int(s) for p, c, s in rows}
+
+
+def test_0016_keeps_client_ids_in_a_table_of_their_own_and_its_downgrade_makes_the_index_again(
+    tmp_path: Path, database_url: str
+) -> None:
+    """0016 fills ``client_ids`` from the release database's events and drops the index
+    ``ix_events_client_id``; the table refuses a repeated id as the index did. On SQLite its
+    downgrade first adds the ids a journal's apply left to add (past the ``meta`` row
+    ``client_ids_after``), a repeat among them stored without its id, then drops the table and
+    makes the index again; back up, the table holds every id, and the schema is the application's."""
+    url = release_database(tmp_path, database_url)
+    engine = make_engine(url)
+    try:
+        sent = held_client_ids(engine, "events")
+        assert len(sent) > 10
+        upgrade_schema(engine)
+        assert held_client_ids(engine, "client_ids") == sent
+        assert "ix_events_client_id" not in indexes(engine, "events")
+        participant, client_id = next(iter(sent))
+        with engine.connect() as conn:
+            experiment = conn.execute(select(participants.c.experiment_id).where(participants.c.id == participant)).scalar_one()
+            last = conn.execute(select(func.max(events.c.seq)).where(events.c.experiment_id == experiment)).scalar_one()
+        row = {"experiment_id": experiment, "timestamp": datetime.now(UTC), "participant_id": participant,
+               "channel": "decisions", "value": 1, "bot": False}
+        with pytest.raises(Exception, match=r"(?i)unique|duplicate"), engine.begin() as conn:
+            conn.execute(insert(client_ids).values(participant_id=participant, client_id=client_id, experiment_id=experiment, seq=0))
+        if engine.dialect.name == "sqlite":  # the journal's apply: events stored, their ids to be added
+            with engine.begin() as conn:
+                conn.execute(text("INSERT INTO meta (key, value) SELECT 'client_ids_after', max(id) FROM events"))
+                conn.execute(insert(events).values(**row, seq=last + 1, client_id="after the mark"))
+                conn.execute(insert(events).values(**row, seq=last + 2, client_id=client_id))  # a repeat
+            added = {(participant, "after the mark"): last + 1}
+        else:
+            added = {}
+        downgrade_schema(engine, "0015_event_recipient", lose=False)  # nothing lost: asks for nothing
+        assert schema_state(engine).revision == "0015_event_recipient"
+        assert "ix_events_client_id" in indexes(engine, "events") and "client_ids" not in column_names(engine)
+        assert held_client_ids(engine, "events") == {**sent, **added}
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM meta WHERE key = 'client_ids_after'")).scalar_one() == 0
+            if added:
+                assert conn.execute(select(events.c.client_id).where(events.c.seq == last + 2,
+                                                                     events.c.experiment_id == experiment)).scalar_one() is None
+        upgrade_schema(engine)
+        assert schema_state(engine).revision == head() and differences(engine) == []
+        assert held_client_ids(engine, "client_ids") == {**sent, **added}
     finally:
         engine.dispose()
