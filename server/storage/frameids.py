@@ -27,6 +27,7 @@ for good). PostgreSQL takes no journal: there every id goes with its event.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
 from sqlalchemy import BigInteger, ColumnElement, Engine, cast, select
@@ -43,13 +44,13 @@ ADD_EVERY = 5.0
 #: SQLite: :data:`AFTER` set to the last event's ``id`` unless it is set
 _DEFER = "INSERT OR IGNORE INTO meta (key, value) SELECT ?, coalesce(max(id), 0) FROM events"
 _RANGE = "id > ? AND id <= ? AND client_id IS NOT NULL AND participant_id IS NOT NULL"
-#: the ids of a range of events, the first of each kept (in the key's order: the table's pages in turn)
+#: the ids of a range of events (in the key's order: the table's pages in turn); ``OR IGNORE``
+#: added, the first of each kept
 _ADD = (
-    "INSERT OR IGNORE INTO client_ids (participant_id, client_id, experiment_id, seq)"
+    "INSERT{} INTO client_ids (participant_id, client_id, experiment_id, seq)"
     f" SELECT participant_id, client_id, experiment_id, seq FROM events WHERE {_RANGE}"
     " ORDER BY participant_id, client_id, seq"
 )
-_COUNT = f"SELECT count(*) FROM events WHERE {_RANGE}"
 #: the events of a range whose id ``client_ids`` holds for another event
 _REPEATS = (
     "SELECT e.id, e.seq, e.participant_id, e.client_id, c.seq FROM events AS e"
@@ -77,8 +78,10 @@ def add_deferred(cursor: Any) -> int:
     last = cursor.execute("SELECT max(id) FROM events").fetchall()[0][0]
     if last is None or last <= after:
         return 0
-    added = cursor.execute(_ADD, (after, last)).rowcount
-    if added < cursor.execute(_COUNT, (after, last)).fetchall()[0][0]:  # stored already, or a repeat
+    try:  # (a statement refused is undone alone: the transaction goes on)
+        added = cursor.execute(_ADD.format(""), (after, last)).rowcount
+    except sqlite3.IntegrityError:  # an id stored already (by the writer with its event), or a repeat
+        added = cursor.execute(_ADD.format(" OR IGNORE"), (after, last)).rowcount
         for event_id, seq, participant_id, client_id, first in cursor.execute(_REPEATS, (after, last)).fetchall():
             log.error(
                 "synclab: the journal's event seq %d of participant %d repeats the client id %r stored already "
