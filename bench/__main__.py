@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--idle", type=int, default=10_000, help="idle connections to hold (default 10000)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply participant counts (e.g. 0.1 for a quick look)")
     parser.add_argument("--only", help="comma-separated run names (disk,relay-1000,server-1000,relay-2000,relay-fsync-2000,"
-                        "relay-fsync-frames-2000,server-2000,server-3000,server-monitor-2000,server-crash-2000,server-direct-2000,server-direct-3000,ticks-1000,idle,server-pg-2000,cluster-2000)")
+                        "relay-fsync-frames-2000,server-2000,server-3000,server-monitor-2000,server-crash-2000,relay-fsync-busy-1000,server-busy-1000,server-direct-2000,server-direct-3000,ticks-1000,idle,server-pg-2000,cluster-2000)")
     parser.add_argument("--out", help="JSON lines file (default bench/results/<timestamp>.jsonl)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the target and the generator to cores")
     parser.add_argument("--cluster-pin", choices=("target", "none"), default="target",

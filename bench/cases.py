@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from .busy import spinning
 from .load import Load, hold_idle, run_load
 from .proc import run_pinned, running, running_cluster
 from .services import Services, measuring, postgres_schema, redis_prefix
@@ -33,6 +34,8 @@ class Case:
     workers: int = 0
     #: the target's environment besides the bench's own (``SYNCLAB_*`` of the caller never reach it)
     env: tuple[tuple[str, str], ...] = ()
+    #: processes that spin on the target's core through the run: a busy machine (:mod:`bench.busy`)
+    busy: int = 0
 
 
 def matrix(duration: float, idle: int, scale: float = 1.0) -> list[Case]:
@@ -56,6 +59,9 @@ def matrix(duration: float, idle: int, scale: float = 1.0) -> list[Case]:
         Case("server-crash-2000", "server", Load(n(400), 4, 5.0, duration), env=(("SYNCLAB_DURABILITY", "crash"),)),
         # SYNCLAB_JOURNAL=off: the direct commit, each batch synced into SQLite before it is
         # acknowledged (the default before 2026-12-04's fourth session; the journal's is ``server-2000``)
+        # a neighbour that wants the whole of the target's core, at the same priority (bench.busy)
+        Case("relay-fsync-busy-1000", "relay", Load(n(200), 4, 5.0, duration), extra=("--fsync", "decisions.log"), busy=1),
+        Case("server-busy-1000", "server", Load(n(200), 4, 5.0, duration), busy=1),
         Case("server-direct-2000", "server", Load(n(400), 4, 5.0, duration), env=(("SYNCLAB_JOURNAL", "off"),)),
         Case("server-direct-3000", "server", Load(n(600), 4, 5.0, duration), env=(("SYNCLAB_JOURNAL", "off"),)),
         Case("ticks-1000", "server", Load(n(200), 4, 5.0, duration, subperiod=0.5)),
@@ -95,7 +101,7 @@ async def run_case(case: Case, target_core: int | None, services: Services | Non
             else:
                 row = (await run_load(target, case.load, meters=meters)).summary()
         return {"name": case.name, "database": "postgres", **row}
-    with running(case.target, target_core, list(case.extra), env=dict(case.env)) as target:
+    with running(case.target, target_core, list(case.extra), env=dict(case.env)) as target, spinning(case.busy, target_core):
         if case.load is None:
             row = await hold_idle(target, case.idle)
         else:

@@ -229,14 +229,14 @@ def _pythonpath() -> str:
     return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
 
-def _pinned(command: list[str], core: int | None) -> list[str]:
+def pinned_command(command: list[str], core: int | None) -> list[str]:
     """``command`` under ``taskset -c core`` when there is a core and ``taskset``."""
     return ["taskset", "-c", str(core), *command] if core is not None and shutil.which("taskset") else command
 
 
 def run_pinned(module: str, args: list[str], core: int | None, timeout: float = 120.0) -> str:
     """``python -m module *args`` pinned to ``core``; its standard output (it must exit 0)."""
-    command = _pinned([sys.executable, "-m", module, *args], core)
+    command = pinned_command([sys.executable, "-m", module, *args], core)
     done = subprocess.run(command, env={**os.environ, "PYTHONPATH": _pythonpath()}, capture_output=True,
                           timeout=timeout, check=False)
     if done.returncode != 0:
@@ -261,7 +261,7 @@ def running(
         PYTHONUNBUFFERED="1",
     )
     environ.update(env or {})
-    command = _pinned(_command(kind, extra or []), core)
+    command = pinned_command(_command(kind, extra or []), core)
     log = workdir / f"{kind}.log"
     with log.open("wb") as out:
         # the working directory is the empty workdir: no stray .env changes the settings
