@@ -22,8 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -49,10 +47,6 @@ APPLY_EVERY = 0.01
 COMMIT_EVERY = 1.0
 #: seconds between the idle apply thread's looks at whether the main thread has ended
 WATCH_EVERY = 0.5
-#: how much the apply thread raises its own ``nice`` (Linux): on a core it shares with the event
-#: loop and the writer thread, they run first when they wake, and it still gets a twentieth of the
-#: core when both want all of it (bench/README.md, "The apply thread's priority")
-APPLY_NICE = 10
 #: seconds between tries of an apply that failed (storage halted meanwhile)
 RETRY_EVERY = 1.0
 
@@ -197,7 +191,10 @@ class ApplyThread:
             return taken
 
     def _run(self) -> None:
-        lower_priority(APPLY_NICE)
+        # at the process's own priority: at a lower one (``nice`` 10, until 2026-12-06) the event
+        # loop, forced to hand this thread the interpreter, waited until the kernel ran it, and
+        # on a machine that other processes kept busy that took hundreds of milliseconds, every
+        # decision waiting (bench/README.md, "The apply thread back at the process's priority")
         #: records whose apply failed: tried again every RETRY_EVERY seconds while storage is halted
         failed: list[tuple[Record, list[Write]]] | None = None
         try:
@@ -338,15 +335,3 @@ def _dropped(connection: Connection | None) -> None:
         with contextlib.suppress(Exception):
             connection.invalidate()
             connection.close()
-
-
-def lower_priority(by: int) -> None:
-    """Raise the calling thread's ``nice`` by ``by`` (at most to 19), on Linux, where a thread has its own.
-
-    Elsewhere, or where the system refuses, nothing: the thread runs at its process's priority.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError):
-        me = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + by))

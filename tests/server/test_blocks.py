@@ -172,7 +172,7 @@ async def test_pause_and_resume_move_the_end_by_the_pause(server: Harness) -> No
 
     A period of 4 s: the pause must come before the period's end. In a CI run the pause found no
     running group in a 1.5 s period; on a machine that busy the end can come first (the control's
-    reads wait for the journal's apply, a thread at ``nice`` 10, and the test's loop is shared)."""
+    reads wait for the journal's apply, and the test's loop is shared)."""
     length = 4.0
     exp = await server.create(participants=2, group_size=2, period_length=length)
     code = exp["code"]

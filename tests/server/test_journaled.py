@@ -45,7 +45,6 @@ from server.storage import (
     insert_experiment,
 )
 from server.storage import client_ids as client_stored_ids
-from server.storage.applying import APPLY_NICE
 from server.storage.journal import HEADER_SIZE, Journal, scan
 from server.storage.recovery import decode, encode, lock_database
 from tests.server.harness import eventually, running_server, timeout, until_state
@@ -314,8 +313,11 @@ async def test_a_damaged_journal_header_is_rebuilt_and_nothing_acknowledged_is_l
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread has a priority of its own on Linux only")
-async def test_the_apply_thread_gives_way_to_the_writer_and_the_loop(tmp_path: Path) -> None:
-    """The apply thread lowers its own priority; the event loop's and the writer's stay the process's."""
+async def test_the_apply_thread_runs_at_the_priority_of_the_loop_and_the_writer(tmp_path: Path) -> None:
+    """The apply thread keeps the process's priority, as the event loop and the writer do: at a
+    lower one, the loop that hands it the interpreter waited for the kernel to run it, which on a
+    busy machine took hundreds of milliseconds (bench/README.md, "The apply thread back at the
+    process's priority")."""
     def nice(thread: threading.Thread | None) -> int:
         assert thread is not None and thread.native_id is not None
         return os.getpriority(os.PRIO_PROCESS, thread.native_id)
@@ -326,7 +328,7 @@ async def test_the_apply_thread_gives_way_to_the_writer_and_the_loop(tmp_path: P
         assert await first.stored(tmp_path / "j.db") == {acked[0]: 1.0}  # applied: its thread runs
         journaled = first.db.journaled
         assert journaled is not None
-        assert APPLY_NICE > 0 and nice(journaled._thread) == min(19, own + APPLY_NICE)
+        assert nice(journaled._thread) == own
         writer = first.db.writer._thread
         assert nice(writer) == own
         assert nice(threading.current_thread()) == own
