@@ -105,7 +105,7 @@ async def test_bots_play_a_two_block_public_goods_experiment_to_done(server: Har
 
 async def test_bots_play_a_users_game_with_its_own_strategy(server: Harness, sqlite_url: str) -> None:
     """The stag hunt of docs/writing-a-game.md, named by import path: its bots send its strings."""
-    exp = await server.create(game="examples.stag_hunt:StagHunt", participants=3, group_size=3, period_length=1.5)
+    exp = await server.create(game="examples.stag_hunt:StagHunt", participants=3, group_size=3, period_length=2.5)
 
     report = await bots(server, exp["code"], seed=3)
 
@@ -118,7 +118,7 @@ async def test_bots_play_a_users_game_with_its_own_strategy(server: Harness, sql
 
 async def test_bots_play_the_min_effort_example_and_verify_recomputes_its_scores(server: Harness, sqlite_url: str) -> None:
     """The guide's second example, named by import path: its bots send efforts from 1 to 7."""
-    exp = await server.create(game="examples.min_effort:MinEffort", participants=4, group_size=2, period_length=1.5)
+    exp = await server.create(game="examples.min_effort:MinEffort", participants=4, group_size=2, period_length=2.5)
 
     report = await bots(server, exp["code"], seed=5)
 
@@ -130,7 +130,7 @@ async def test_bots_play_the_min_effort_example_and_verify_recomputes_its_scores
 
 
 async def test_a_connected_human_is_not_played(server: Harness) -> None:
-    exp = await server.create(game="bimatrix", participants=2, group_size=2, period_length=1.5)
+    exp = await server.create(game="bimatrix", participants=2, group_size=2, period_length=2.5)
     code = exp["code"]
     person, other = (p["code"] for p in exp["participants"])
     human = await server.connect(person)
@@ -271,7 +271,7 @@ async def test_the_command_plays_with_a_watch_token_of_its_own_and_deletes_it(
 ) -> None:
     """Without --token or SYNCLAB_ADMIN_TOKEN the bots make a ``watch`` token for the run (stored
     tokens are hashes: none can be read back) and delete it when they end."""
-    exp = await server.create(game="public_goods", participants=3, group_size=3, period_length=1.5)
+    exp = await server.create(game="public_goods", participants=3, group_size=3, period_length=2.5)
 
     assert await synclab("bots", exp["code"], "--url", server.base, "--rate", "3", "--seed", "1") == 0
 
