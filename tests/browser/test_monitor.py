@@ -365,7 +365,9 @@ async def test_monitor_opened_on_a_finished_experiment_shows_its_latest_stored_e
     the newest first, as the events API has them (it showed none: only events arriving live), a
     result as the server's to its recipient; its blocks are numbered 1 and 2, in the blocks table
     and on each group, as on the participant page."""
-    exp = await server.create(game="bimatrix", participants=2, group_size=2, blocks=2, period_length=0.6,
+    # periods of 2 s: a decision sent at period_start must come before the end, and on a busy
+    # machine (the suite beside a process writing to the disk) one of 0.6 s ended first
+    exp = await server.create(game="bimatrix", participants=2, group_size=2, blocks=2, period_length=2,
                               num_subperiods=2, block_pause=0.2)
     code = exp["code"]
     clients = [await server.connect(p["code"]) for p in exp["participants"]]
