@@ -57,11 +57,11 @@ def matrix(duration: float, idle: int, scale: float = 1.0) -> list[Case]:
         Case("server-monitor-2000", "server", Load(n(400), 4, 5.0, duration, monitor=True)),
         # SYNCLAB_DURABILITY=crash: commits not synced one by one (nor waited for company)
         Case("server-crash-2000", "server", Load(n(400), 4, 5.0, duration), env=(("SYNCLAB_DURABILITY", "crash"),)),
-        # SYNCLAB_JOURNAL=off: the direct commit, each batch synced into SQLite before it is
-        # acknowledged (the default before 2026-12-04's fourth session; the journal's is ``server-2000``)
         # a neighbour that wants the whole of the target's core, at the same priority (bench.busy)
         Case("relay-fsync-busy-1000", "relay", Load(n(200), 4, 5.0, duration), extra=("--fsync", "decisions.log"), busy=1),
         Case("server-busy-1000", "server", Load(n(200), 4, 5.0, duration), busy=1),
+        # SYNCLAB_JOURNAL=off: the direct commit, each batch synced into SQLite before it is
+        # acknowledged (the default before 2026-12-04's fourth session; the journal's is ``server-2000``)
         Case("server-direct-2000", "server", Load(n(400), 4, 5.0, duration), env=(("SYNCLAB_JOURNAL", "off"),)),
         Case("server-direct-3000", "server", Load(n(600), 4, 5.0, duration), env=(("SYNCLAB_JOURNAL", "off"),)),
         Case("ticks-1000", "server", Load(n(200), 4, 5.0, duration, subperiod=0.5)),
@@ -74,8 +74,13 @@ def matrix(duration: float, idle: int, scale: float = 1.0) -> list[Case]:
 async def run_case(case: Case, target_core: int | None, services: Services | None = None,
                    cluster_core: int | None = None) -> dict[str, Any]:
     """One run of ``case``: its target started (and its PostgreSQL schema and Redis prefix made), the
-    load offered, everything stopped and removed again. A cluster's workers go on ``cluster_core``."""
-    services = services or Services()
+    load offered, everything stopped and removed again. A cluster's workers go on ``cluster_core``;
+    the case's spinning neighbours (``busy``) on ``target_core`` from before the start to the end."""
+    with spinning(case.busy, target_core):
+        return await _run(case, target_core, services or Services(), cluster_core)
+
+
+async def _run(case: Case, target_core: int | None, services: Services, cluster_core: int | None) -> dict[str, Any]:
     if case.target == "disk":
         out = await asyncio.to_thread(run_pinned, "bench.disk", ["--json", "--dir", tempfile.gettempdir()], target_core)
         return {"name": case.name, "target": case.target, **orjson.loads(out)}
@@ -101,7 +106,7 @@ async def run_case(case: Case, target_core: int | None, services: Services | Non
             else:
                 row = (await run_load(target, case.load, meters=meters)).summary()
         return {"name": case.name, "database": "postgres", **row}
-    with running(case.target, target_core, list(case.extra), env=dict(case.env)) as target, spinning(case.busy, target_core):
+    with running(case.target, target_core, list(case.extra), env=dict(case.env)) as target:
         if case.load is None:
             row = await hold_idle(target, case.idle)
         else:
