@@ -38,6 +38,7 @@ from .exceptions import ApiError, NotPersisted, one_line_refusal
 from .headers import SecurityHeaders
 from .monitor import monitor_socket
 from .runtime import Runtime
+from .scheduling import short_slice
 from .settings import Settings
 from .storage import ApplyFailed, load_seat, participant_game, period_history
 from .viewfiles import view_file
@@ -117,6 +118,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redaction.install()
+        short_slice()  # before any thread of the server starts: they inherit it (server/scheduling.py)
         rt = await Runtime.open(settings or Settings.from_env())
         app.state.runtime = rt
         try:
