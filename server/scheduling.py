@@ -11,9 +11,10 @@ once. Its share of the core does not change, only how soon it gets it.
 
 :func:`short_slice` asks for the shortest, 0.1 ms, for the calling thread; the threads it starts
 afterwards inherit it. The app's lifespan calls it before it opens anything, so that the loop,
-the writer, the apply and every other thread of the server have it (bench/README.md, "A short
-slice for the server's threads"). Elsewhere (another system, an older kernel that ignores the
-field, a policy other than the ordinary one set by the operator) it changes nothing.
+the writer, the apply and every other thread of the server have it (bench/README.md, "What the
+apply costs the tail, and a short slice for the server's threads"). Elsewhere (another system,
+an older kernel that ignores the field, a policy other than the ordinary one set by the
+operator) it changes nothing.
 """
 
 from __future__ import annotations
