@@ -9,7 +9,7 @@ from typing import Any, ClassVar, NamedTuple
 import pytest
 from sqlalchemy import Engine, text
 
-from groups import PublicGoods
+from groups import LATE_AFTER, PublicGoods
 from server.storage import list_ticks
 from tests.server.harness import Client, Harness, timeout, until_state
 
@@ -100,7 +100,11 @@ async def test_two_blocks_back_to_back_score_by_the_payoff_table(server: Harness
     for group_id in {moved["payload"]["group"], (row.frames[0]["payload"])["group"]}:
         ticks = await server.runtime.database.read(list_ticks, group_id)
         assert [(t["kind"], t["index"]) for t in ticks] == [("subperiod", 0), ("subperiod", 1), ("period_end", 0)]
-        assert all(abs(t["actual_at"] - t["scheduled_at"]) <= 0.05 and not t["late"] for t in ticks)
+        # never early, and stored late exactly when it ran over LATE_AFTER: how late a tick runs is
+        # the machine's (the benchmark's ticks-1000 measures it); a loaded machine ran one 0.22 s late
+        for t in ticks:
+            assert t["actual_at"] >= t["scheduled_at"], t
+            assert t["late"] == (t["actual_at"] - t["scheduled_at"] > LATE_AFTER), t
 
 
 LENGTH = 3.0
