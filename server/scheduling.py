@@ -46,7 +46,7 @@ def short_slice(slice_ns: int = SLICE_NS) -> bool:
     if os.sched_getscheduler(0) != os.SCHED_OTHER:  # the operator chose another policy: theirs
         return False
     libc = ctypes.CDLL(None, use_errno=True)
-    nice = os.getpriority(os.PRIO_PROCESS, threading_id())
+    nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     attr = ctypes.create_string_buffer(_ATTR.pack(_ATTR.size, os.SCHED_OTHER, 0, nice, 0, slice_ns, 0, 0))
     if libc.syscall(number, 0, attr, 0) != 0:
         log.debug("sched_setattr refused a slice of %d ns: errno %d", slice_ns, ctypes.get_errno())
@@ -54,15 +54,11 @@ def short_slice(slice_ns: int = SLICE_NS) -> bool:
     return True
 
 
-def threading_id() -> int:
-    """The calling thread's id in the kernel (what ``/proc/<pid>/task/<tid>`` names)."""
-    return threading.get_native_id()
-
-
-def thread_slice(tid: int | None = None) -> int | None:
-    """The slice, in nanoseconds, the kernel gives a thread of this process (the calling one by
-    default), as ``/proc`` reports it; ``None`` where it does not (not Linux, an older kernel)."""
-    path = f"/proc/self/task/{threading_id() if tid is None else tid}/sched"
+def thread_slice(tid: int | None = None, pid: int | str = "self") -> int | None:
+    """The slice, in nanoseconds, the kernel gives thread ``tid`` (the kernel's id; the calling
+    thread by default) of process ``pid`` (this one by default), as ``/proc`` reports it; ``None``
+    where it does not (not Linux, an older kernel, the thread gone)."""
+    path = f"/proc/{pid}/task/{threading.get_native_id() if tid is None else tid}/sched"
     try:
         with open(path, encoding="ascii", errors="replace") as f:
             for line in f:

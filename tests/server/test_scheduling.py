@@ -7,7 +7,7 @@ import platform
 import threading
 from pathlib import Path
 
-from server.scheduling import SLICE_NS, short_slice, thread_slice, threading_id
+from server.scheduling import SLICE_NS, short_slice, thread_slice
 from tests.server.test_cli import free_port, started, wait_until_healthy
 
 
@@ -23,7 +23,7 @@ def test_a_thread_that_asks_gets_the_shortest_slice_and_keeps_its_nice() -> None
     seen: dict[str, object] = {}
 
     def ask() -> None:
-        tid = threading_id()
+        tid = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, tid, 5)  # raising it needs no privilege; this thread ends after
         # a slice of 1 ms first: this process may have asked for the short one already (an app's
         # lifespan run by an earlier test), and a thread inherits it
@@ -56,15 +56,10 @@ def test_every_thread_of_a_serving_process_has_the_short_slice(tmp_path: Path) -
     port = free_port()
     with started(tmp_path, "serve", "--port", str(port)) as server:
         wait_until_healthy(f"http://127.0.0.1:{port}", server=server)
-        tasks = Path(f"/proc/{server.process.pid}/task")
-        slices = {}
-        for task in sorted(tasks.iterdir()):
-            try:
-                text = (task / "sched").read_text(errors="replace")
-            except OSError:  # the thread ended meanwhile
-                continue
-            found = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("se.slice")]
-            slices[task.name] = int(found[0]) if found else None
+        pid = server.process.pid
+        tids = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+        # None: a thread that ended meanwhile (or a kernel that does not say)
+        slices = {tid: found for tid in tids if (found := thread_slice(tid, pid)) is not None}
     assert slices, "no thread of the server was read"
     if _kernel_takes_slices():
         assert set(slices.values()) == {SLICE_NS}, slices
