@@ -22,8 +22,9 @@ The writes are the ones the live groups made for the ``writer`` part
 - ``apply``: the records applied ``--apply-batch`` decisions at a time (whole batches: at least
   that many), ``apply_numbered`` on a connection of its own set to ``synchronous=NORMAL``, as
   ``ApplyThread._apply`` does, the transaction committed every ``COMMIT_EVERY / APPLY_EVERY``
-  applies (100: a second's, as the server's at 2,000 decisions a second), the client ids added
-  before every fifth commit (``ADD_EVERY``, ``server/storage/frameids.py``); until 2026-12-06 each
+  applies (100: a second's, as the server's at 2,000 decisions a second), the groups' states the
+  applies held written before each commit (since 2026-12-07: each apply wrote its own before,
+  ``server/storage/groupstates.py``), the client ids added before every fifth commit (``ADD_EVERY``, ``server/storage/frameids.py``); until 2026-12-06 each
   apply committed, as the server's did then. The WAL is not checkpointed meanwhile (the server's checkpoints are
   another thread's work), as in the ``writer`` part. What ``_run`` does around it (the condition's
   lock and counters, the callback after an apply that finishes a checkpoint) is left out.
@@ -113,6 +114,8 @@ def store_journaled(db: Any, made: list[Any], part: str, counted: int, batch: in
         apply_numbered,
         journal_marker,
     )
+    from server.storage.groupstates import HeldStates
+    from server.storage.statements import batch_statements
 
     first = db.journaled  # its apply thread stopped (:func:`stop_apply`): this thread applies
     journal = first.journal
@@ -131,6 +134,7 @@ def store_journaled(db: Any, made: list[Any], part: str, counted: int, batch: in
     turns = range(0, stop, per_apply)
     commit_every = round(APPLY_COMMIT_EVERY / APPLY_EVERY)  # applies to a commit, as the server's at 10 ms
     add_every = round(CLIENT_IDS_ADD_EVERY / APPLY_COMMIT_EVERY)  # commits to an addition of the client ids
+    held = HeldStates()  # the groups' states, written once before each commit
     marked = None  # the marker of the last apply
     commits = 0  # the apply's commits counted
     turn = 0  # applies counted
@@ -153,16 +157,17 @@ def store_journaled(db: Any, made: list[Any], part: str, counted: int, batch: in
                 taken = taken[: counted - start]
                 marked = journal_marker(journal, taken[-1][0].end)
                 writes = [w for _, ws in taken for w in ws]
-                apply_numbered(conn, writes, (JOURNAL_MARKER, marked), commit=False)
+                apply_numbered(conn, writes, (JOURNAL_MARKER, marked), commit=False, held=held)
                 turn += 1
                 last = start + per_apply >= min(counted, stop)
                 if turn % commit_every == 0 or last:
                     raw = conn.connection.dbapi_connection
                     commits += 1
+                    cursor = raw.cursor()
+                    held.store(cursor, batch_statements(db.engine))  # the groups' states, as the server's apply
                     if commits % add_every == 0 or last:  # the client ids, as the server's apply adds them
-                        cursor = raw.cursor()
                         add_deferred(cursor)
-                        cursor.close()
+                    cursor.close()
                     raw.commit()
             taken = writes = []
         _check(conn, part, min(counted, len(batches)), seqs, marked)

@@ -7,7 +7,8 @@ with the journal's position it reached (the ``meta`` row :data:`.recovery.MARKER
 transaction that stays open over its applies: it is committed :data:`COMMIT_EVERY` seconds after
 it began, or at once when the loop's reads wait for it (:meth:`ApplyThread.caught_up`), a job or
 a write beside the batches needs the database to itself (:meth:`ApplyThread._alone`), or the
-thread stops. Every :data:`.frameids.ADD_EVERY` seconds a commit adds the client ids of the
+thread stops. The groups' rows are written once, before the commit, each with its group's last
+state (:mod:`.groupstates`). Every :data:`.frameids.ADD_EVERY` seconds a commit adds the client ids of the
 events applied since to ``client_ids``, in one sorted statement (:mod:`.frameids`). Its commits
 are not synced one by one (``synchronous=NORMAL``): the journal keeps every acknowledged write
 until the database holds it synced. Only a commit counts a record as applied
@@ -32,8 +33,10 @@ from sqlalchemy.engine import Connection
 
 from .batch import apply_numbered
 from .frameids import ADD_EVERY, add_deferred
+from .groupstates import HeldStates
 from .journal import Journal, Record
 from .recovery import MARKER, decode, marker
+from .statements import batch_statements
 from .writes import Write
 
 log = logging.getLogger("synclab.journal")
@@ -94,6 +97,9 @@ class ApplyThread:
         #: the older generation, whose collections then took up to 30 ms: the decisions' tail
         #: (bench/README.md, "The open transaction's writes and the collector")
         self._open: list[Record] = []
+        #: the groups' states that transaction's applies stored, written once before its commit
+        #: (:mod:`.groupstates`)
+        self._states = HeldStates()
         #: when that transaction is to be committed (``time.monotonic``), while one is open
         self._commit_due: float | None = None
         #: when the next commit is to add the client ids of the events applied (:mod:`.frameids`)
@@ -258,25 +264,32 @@ class ApplyThread:
                 connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
                 connection.commit()
             writes = [w for _, ws in taken for w in ws]
-            apply_numbered(connection, writes, (MARKER, marker(self.journal, taken[-1][0].end)), commit=False)
+            apply_numbered(
+                connection, writes, (MARKER, marker(self.journal, taken[-1][0].end)), commit=False, held=self._states
+            )
         due = self._commit_due
         if self._open and (at_once or due is None or time.monotonic() >= due):
             self._commit_open()
 
     def _commit_open(self, *, last: bool = False) -> None:
-        """With ``_writing`` held: commit what the applies stored since the last commit (and the
-        client ids when due, or ``last``: the thread's end); the reads waiting for it go on."""
+        """With ``_writing`` held: commit what the applies stored since the last commit, with the
+        groups' states they held (and the client ids when due, or ``last``: the thread's end); the
+        reads waiting for it go on."""
         connection = self._connection
         if connection is None or not (self._open or last):
             return
         raw: Any = connection.connection.dbapi_connection
         now = time.monotonic()
-        if now >= self._ids_due or last:  # the client ids the applies stored since the last time
+        ids = now >= self._ids_due or last  # the client ids the applies stored since the last time
+        if ids or self._states.latest:
             cursor = raw.cursor()
             try:
-                add_deferred(cursor)
+                self._states.store(cursor, batch_statements(self._engine))
+                if ids:
+                    add_deferred(cursor)
             finally:
                 cursor.close()
+        if ids:
             self._ids_due = now + ADD_EVERY
         if raw.in_transaction:  # else a batch that began or ended a period committed it already
             raw.commit()
@@ -296,6 +309,7 @@ class ApplyThread:
         what that held, to be applied again."""
         lost = [(record, decode(record.payload)) for record in self._open]
         self._open, self._commit_due = [], None
+        self._states.clear()
         _dropped(self._connection)
         self._connection = None
         return lost

@@ -14,11 +14,12 @@ from psycopg.errors import DivisionByZero
 from sqlalchemy.engine import Connection
 
 from .frameids import defer_client_ids
+from .groupstates import HeldStates, latest_states, store_states
 from .periods import rows_only, store_periods
 from .prepared import drained_pipeline
 from .statements import BatchStatements, SeqStatements, batch_statements
 from .statuses import set_statuses
-from .writes import ConnectionChange, GroupUpdate, Write
+from .writes import ConnectionChange, Write
 
 
 def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:
@@ -60,7 +61,10 @@ def commit_writes(conn: Connection, writes: Sequence[Write]) -> None:
         set_statuses(conn, [s for w in writes for s in w.statuses])
 
 
-def apply_numbered(conn: Connection, writes: Sequence[Write], marker: tuple[str, str], *, commit: bool = True) -> None:
+def apply_numbered(
+    conn: Connection, writes: Sequence[Write], marker: tuple[str, str], *, commit: bool = True,
+    held: HeldStates | None = None,
+) -> None:
     """Store ``writes`` numbered before (a journal's, :mod:`.journaled`: each :attr:`Write.seqs`
     set) in one transaction on SQLite's ``conn``, with the ``meta`` row ``marker`` (key, value).
     Each experiment's counter is raised by the batch's events as :func:`commit_writes` does,
@@ -71,18 +75,24 @@ def apply_numbered(conn: Connection, writes: Sequence[Write], marker: tuple[str,
     Fencing epochs are not checked (one process per database: :mod:`.journaled`). A batch with
     neither goes on the driver's connection alone, as :func:`_commit_direct`'s; ``commit`` false
     leaves its transaction open for more (a batch with either commits it, and all before it).
+    ``held``: the groups' states go there, written by whoever commits, before (see
+    :mod:`.groupstates`); a batch that commits writes them, the ones held before first.
     The events' client ids go to ``client_ids`` later, in bulk (:mod:`.frameids`)."""
     sql = batch_statements(conn.engine)
     if rows_only(writes):
         with _on_the_driver(conn) as (raw, cursor):
-            _store_renumbered(cursor, sql, writes, marker)
+            _store_renumbered(cursor, sql, writes, marker, held)
             if commit:
+                if held is not None:
+                    held.store(cursor, sql)
                 raw.commit()
         return
     with conn.begin():
         cursor = conn.connection.cursor()
         try:
-            _store_renumbered(cursor, sql, writes, marker)
+            if held is not None:  # the periods' and statuses' statements read the groups' rows
+                held.store(cursor, sql)
+            _store_renumbered(cursor, sql, writes, marker, None)
         finally:
             cursor.close()
         store_periods(conn, writes)
@@ -93,7 +103,9 @@ def apply_numbered(conn: Connection, writes: Sequence[Write], marker: tuple[str,
 _SET_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 
 
-def _store_renumbered(cursor: Any, sql: BatchStatements, writes: Sequence[Write], marker: tuple[str, str]) -> None:
+def _store_renumbered(
+    cursor: Any, sql: BatchStatements, writes: Sequence[Write], marker: tuple[str, str], held: HeldStates | None
+) -> None:
     for experiment_id, (count, last) in sorted(_numbered_counts(writes).items()):
         raised = sql.next_seq.one(cursor, (experiment_id, count))
         if int(raised) != last:
@@ -103,7 +115,7 @@ def _store_renumbered(cursor: Any, sql: BatchStatements, writes: Sequence[Write]
             )
     if any(ev.client_id is not None for write in writes for ev in write.events):
         defer_client_ids(cursor)
-    _store(cursor, sql, sql.numbered, writes, [w.seqs for w in writes], client_ids=False)
+    _store(cursor, sql, sql.numbered, writes, [w.seqs for w in writes], client_ids=False, held=held)
     cursor.execute(_SET_META, marker)
 
 
@@ -263,13 +275,14 @@ def store_pipelined(
 
 def _store(
     cursor: Any, sql: BatchStatements, by: SeqStatements, writes: Sequence[Write], seqs: Sequence[list[int]], *,
-    client_ids: bool = True,
+    client_ids: bool = True, held: HeldStates | None = None,
 ) -> None:
     """The rows of ``writes``: events, groups' states, connections, results, ticks, and the
     client ids of the events that carry one (a repeated one refuses the batch), unless not
     ``client_ids`` (the journal's apply: :mod:`.frameids` adds them later, in bulk).
 
-    ``seqs``: each write's events' ``seq``, or what ``by``'s statements take for it.
+    ``seqs``: each write's events' ``seq``, or what ``by``'s statements take for it. ``held``:
+    the groups' states are held there, not written (the journal's apply: :mod:`.groupstates`).
     """
     time, as_json, flag = sql.time, sql.json, sql.flag
     known, made = time.known, time.made  # looked up here, the call only on a miss (see StoredTimes)
@@ -296,7 +309,10 @@ def _store(
         for write, numbers in zip(writes, seqs, strict=True)
         for ev, s in zip(write.events, numbers, strict=True)
     ])
-    _store_group_states(cursor, sql, by, writes, seqs)
+    if held is None:
+        store_states(cursor, sql, by, latest_states(writes, seqs))
+    else:
+        held.hold(writes, seqs)
     _store_connections(cursor, sql, [w.connection for w in writes if w.connection is not None])
     by.results.run(cursor, [
         (r.session_id, w.experiment_id, numbers[r.event], r.subperiod, as_json(r.decision), r.score)
@@ -333,38 +349,6 @@ def unfenced(cursor: Any, sql: BatchStatements, writes: Sequence[Write]) -> list
         else:
             kept.append(write)
     return kept
-
-
-def _store_group_states(
-    cursor: Any, sql: BatchStatements, by: SeqStatements, writes: Sequence[Write], seqs: Sequence[list[int]]
-) -> None:
-    """Each group's state after its last write of the batch (one row per group)."""
-    latest: dict[int, tuple[GroupUpdate, int | None]] = {}
-    for write, numbers in zip(writes, seqs, strict=True):
-        if write.group is not None:
-            last = numbers[-1] if numbers else None
-            previous = latest.get(write.group.group_id)
-            if last is None and previous is not None:
-                last = previous[1]
-            latest[write.group.group_id] = (write.group, last)
-    time = sql.time
-    known = time.known  # looked up here, the call only on a miss (see StoredTimes)
-    texts = iter(sql.json_texts([value for g, _ in latest.values() for value in (g.decisions, g.vars, g.clock)]))
-    by.group.run(cursor, [
-        (
-            g.phase,
-            known.get(g.started_at) or time(g.started_at),
-            known.get(g.ends_at) or time(g.ends_at),
-            None if g.ended_at is None else known.get(g.ended_at) or time(g.ended_at),  # (None: no call)
-            g.subperiod,
-            next(texts),
-            next(texts),
-            next(texts),
-            last,
-            g.group_id,
-        )
-        for g, last in latest.values()
-    ])
 
 
 def _store_connections(cursor: Any, sql: BatchStatements, changes: Sequence[ConnectionChange]) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -33,7 +34,9 @@ from server.storage import (
     to_datetime,
 )
 from server.storage.frameids import catch_up
+from server.storage.groupstates import HeldStates
 from server.storage.periods import store_periods
+from server.storage.statements import batch_statements
 from server.storage.statuses import set_statuses
 from server.storage.tables import (
     client_ids,
@@ -131,7 +134,8 @@ def _batches(made: list[list[GroupSpec]]) -> list[list[Write]]:
         )),
         decision(b1, 0, 0.75, AT + 61, "c-4"),
     ]
-    return [start, plain, end]
+    # the rows-only batches apart: an apply holds their groups' states for its commit
+    return [start, plain[:-1], plain[-1:], end[:2], end[2:3], end[3:]]
 
 
 def _row_by_row(conn: Connection, writes: Sequence[Write], marker: tuple[str, str]) -> None:
@@ -201,16 +205,30 @@ def _held(path: Path) -> dict[str, list[tuple[Any, ...]]]:
     return held
 
 
-def test_the_journal_s_apply_stores_what_one_sqlalchemy_statement_per_row_stores(tmp_path: Path) -> None:
-    """Three applies over two experiments (events with and without participant, client id and
+def _held_apply(held: HeldStates) -> Callable[[Connection, Sequence[Write], tuple[str, str]], None]:
+    """``apply_numbered`` as the apply thread calls it: the transaction left open, the groups' states held."""
+
+    def store(conn: Connection, writes: Sequence[Write], marker: tuple[str, str]) -> None:
+        apply_numbered(conn, writes, marker, commit=False, held=held)
+
+    return store
+
+
+@pytest.mark.parametrize("commits", ["each apply", "once, the states held"])
+def test_the_journal_s_apply_stores_what_one_sqlalchemy_statement_per_row_stores(tmp_path: Path, commits: str) -> None:
+    """Six applies over two experiments (events with and without participant, client id and
     bot, a group's state twice in one apply and once without an event, connections opened, cut
     to their columns and closed, results, ticks late or not, a period's start and end, statuses):
-    the database the apply made and the one made row by row hold the same rows, value for value."""
+    the database the apply made and the one made row by row hold the same rows, value for value.
+    So too when the applies' transaction stays open and their groups' states are held for its
+    commit, as the apply thread's are (:mod:`server.storage.groupstates`): a batch that starts or
+    ends a period or sets a status writes those held before it first."""
     made = _experiments(tmp_path / "apply.db")
     with sqlite3.connect(tmp_path / "apply.db") as source, sqlite3.connect(tmp_path / "row by row.db") as copy:
         source.backup(copy)
+    held = HeldStates()
     how: dict[str, Callable[[Connection, Sequence[Write], tuple[str, str]], None]] = {
-        "apply": apply_numbered, "row by row": _row_by_row,
+        "apply": apply_numbered if commits == "each apply" else _held_apply(held), "row by row": _row_by_row,
     }
     for name, store in how.items():
         engine = make_engine(f"sqlite:///{tmp_path / (name + '.db')}")
@@ -218,6 +236,14 @@ def test_the_journal_s_apply_stores_what_one_sqlalchemy_statement_per_row_stores
             with engine.connect() as conn:
                 for n, writes in enumerate(_batches(made)):
                     store(conn, writes, (JOURNAL_MARKER, f"1:{n}:{n * 100}"))
+                if name == "apply" and commits != "each apply":
+                    assert set(held.latest) == {made[1][0].group_id}  # the last apply's group, not written yet
+                    raw: Any = conn.connection.dbapi_connection
+                    cursor = raw.cursor()
+                    held.store(cursor, batch_statements(engine))
+                    cursor.close()
+                    raw.commit()
+                    assert not held.latest
             if name == "apply":
                 assert catch_up(engine) == 5  # the client ids, added as a start adds what the apply left
         finally:
