@@ -37,6 +37,7 @@ from server.settings import Settings, journal_supported
 from server.storage import (
     Database,
     EventWriter,
+    GroupUpdate,
     NewEvent,
     Write,
     applying,
@@ -359,6 +360,52 @@ def tear_last_record(journal_file: str) -> None:
 
 def file_size(path: str) -> int:
     return os.path.getsize(path)
+
+
+def group_row(path: Path, group_id: int) -> tuple[Any, ...]:
+    """A group's phase, decisions, vars and ``last_seq`` as the file holds them (another connection)."""
+    conn = sqlite3.connect(path)
+    try:
+        phase, decided, held, last = conn.execute(
+            "SELECT phase, decisions, vars, last_seq FROM groups WHERE id = ?", (group_id,)
+        ).fetchone()
+        return phase, orjson.loads(decided), orjson.loads(held), last
+    finally:
+        conn.close()
+
+
+def stated(s: Storing, i: int, *, event: bool = True) -> Write:
+    """A write of ``s``'s group: its first member's decision ``i`` (unless not ``event``) and the state ``x: i``."""
+    state = GroupUpdate(s.group_id, "running", 1e9, 1e9 + 60, None, 0, {"x": i}, {"n": i})
+    events = [NewEvent("decisions", float(i), 1e9 + i, s.group_id, s.participant_id, f"s{i}")] if event else []
+    return Write(s.experiment_id, events, state)
+
+
+async def test_the_apply_writes_a_group_s_last_state_at_its_commit_and_a_read_sees_it(tmp_path: Path) -> None:
+    """The apply holds each group's state over its open transaction and writes the last one before
+    the commit (``server/storage/groupstates.py``): a read, which has the apply commit, sees the
+    group's last state and its last event's ``seq``, also after a write without an event; and a
+    power loss before the apply leaves it to the next start, from the journal."""
+    path = tmp_path / "states.db"
+    async with storing(path, journal=True, journal_size=SMALL, apply_every=0.002) as first:
+        seqs = []
+        for i in range(20):  # several applies, each in the transaction the first began
+            seqs += (await submitted(first.writer, stated(first, i))).seqs
+            await asyncio.sleep(0.003)
+        await submitted(first.writer, stated(first, 20, event=False))  # no event: its seq kept
+        assert await first.db.read(lambda engine: group_row(path, first.group_id)) == (
+            "running", {"x": 20}, {"n": 20}, seqs[-1]
+        )
+    path = tmp_path / "lost.db"
+    async with storing(path, journal=True, journal_size=SMALL, apply_every=3600) as second:
+        seqs = [seq for i in range(3) for seq in (await submitted(second.writer, stated(second, i))).seqs]
+        copy_database(path, tmp_path / "lost")
+    copy = tmp_path / "lost" / "lost.db"
+    async with storing(copy, second, journal=True, journal_size=SMALL) as third:
+        assert await third.db.recover() == 3
+        assert await third.db.read(lambda engine: group_row(copy, second.group_id)) == (
+            "running", {"x": 2}, {"n": 2}, seqs[-1]
+        )
 
 
 async def test_writes_jobs_and_reads_interleaved_keep_every_experiment_s_seq_gapless(tmp_path: Path) -> None:
