@@ -110,12 +110,11 @@ def store_journaled(db: Any, made: list[Any], part: str, counted: int, batch: in
         APPLY_EVERY,
         CLIENT_IDS_ADD_EVERY,
         JOURNAL_MARKER,
+        HeldStates,
         add_deferred,
         apply_numbered,
         journal_marker,
     )
-    from server.storage.groupstates import HeldStates
-    from server.storage.statements import batch_statements
 
     first = db.journaled  # its apply thread stopped (:func:`stop_apply`): this thread applies
     journal = first.journal
@@ -164,7 +163,7 @@ def store_journaled(db: Any, made: list[Any], part: str, counted: int, batch: in
                     raw = conn.connection.dbapi_connection
                     commits += 1
                     cursor = raw.cursor()
-                    held.store(cursor, batch_statements(db.engine))  # the groups' states, as the server's apply
+                    held.store(cursor, db.engine)  # the groups' states, as the server's apply
                     if commits % add_every == 0 or last:  # the client ids, as the server's apply adds them
                         add_deferred(cursor)
                     cursor.close()

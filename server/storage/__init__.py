@@ -98,6 +98,7 @@ from .engine import make_engine, normalise_url, sqlite_file
 from .epochs import claim_group, group_epoch
 from .frameids import ADD_EVERY as CLIENT_IDS_ADD_EVERY
 from .frameids import add_deferred
+from .groupstates import HeldStates
 from .journal import DEFAULT_SIZE as DEFAULT_JOURNAL_SIZE
 from .leftover import (
     close_connections_left_open,
@@ -228,6 +229,7 @@ __all__ = [
     "GroupPlace",
     "GroupSpec",
     "GroupUpdate",
+    "HeldStates",
     "Lobby",
     "LobbySeat",
     "NewBlock",

@@ -36,7 +36,6 @@ from .frameids import ADD_EVERY, add_deferred
 from .groupstates import HeldStates
 from .journal import Journal, Record
 from .recovery import MARKER, decode, marker
-from .statements import batch_statements
 from .writes import Write
 
 log = logging.getLogger("synclab.journal")
@@ -284,7 +283,7 @@ class ApplyThread:
         if ids or self._states.latest:
             cursor = raw.cursor()
             try:
-                self._states.store(cursor, batch_statements(self._engine))
+                self._states.store(cursor, self._engine)
                 if ids:
                     add_deferred(cursor)
             finally:

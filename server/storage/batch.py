@@ -84,14 +84,14 @@ def apply_numbered(
             _store_renumbered(cursor, sql, writes, marker, held)
             if commit:
                 if held is not None:
-                    held.store(cursor, sql)
+                    held.store(cursor, conn.engine)
                 raw.commit()
         return
     with conn.begin():
         cursor = conn.connection.cursor()
         try:
             if held is not None:  # the periods' and statuses' statements read the groups' rows
-                held.store(cursor, sql)
+                held.store(cursor, conn.engine)
             _store_renumbered(cursor, sql, writes, marker, None)
         finally:
             cursor.close()

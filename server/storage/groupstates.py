@@ -13,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .statements import BatchStatements, SeqStatements
+from sqlalchemy import Engine
+
+from .statements import BatchStatements, SeqStatements, batch_statements
 from .writes import GroupUpdate, Write
 
 #: group id → its latest state and the ``seq`` of its last event (``None``: none stored with it)
@@ -70,13 +72,15 @@ class HeldStates:
     def hold(self, writes: Sequence[Write], seqs: Sequence[list[int]]) -> None:
         latest_states(writes, seqs, self.latest)
 
-    def store(self, cursor: Any, sql: BatchStatements) -> None:
-        """Write the states held, in the transaction ``cursor`` is in; none held after.
+    def store(self, cursor: Any, engine: Engine) -> None:
+        """Write the states held, in the transaction ``cursor`` (on ``engine``) is in; none held after.
 
         Let go first: if the statement fails the transaction is lost, and the states with it
         (what it held is applied again, and holds them again)."""
         latest, self.latest = self.latest, {}
-        store_states(cursor, sql, sql.numbered, latest)
+        if latest:
+            sql = batch_statements(engine)
+            store_states(cursor, sql, sql.numbered, latest)
 
     def clear(self) -> None:
         """The transaction lost: its states with it."""

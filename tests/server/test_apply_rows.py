@@ -36,7 +36,6 @@ from server.storage import (
 from server.storage.frameids import catch_up
 from server.storage.groupstates import HeldStates
 from server.storage.periods import store_periods
-from server.storage.statements import batch_statements
 from server.storage.statuses import set_statuses
 from server.storage.tables import (
     client_ids,
@@ -240,7 +239,7 @@ def test_the_journal_s_apply_stores_what_one_sqlalchemy_statement_per_row_stores
                     assert set(held.latest) == {made[1][0].group_id}  # the last apply's group, not written yet
                     raw: Any = conn.connection.dbapi_connection
                     cursor = raw.cursor()
-                    held.store(cursor, batch_statements(engine))
+                    held.store(cursor, engine)
                     cursor.close()
                     raw.commit()
                     assert not held.latest
