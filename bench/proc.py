@@ -9,6 +9,7 @@ processes on ports of their own, sharing one PostgreSQL schema and one Redis pre
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import resource
@@ -265,7 +266,9 @@ def running(
     log = workdir / f"{kind}.log"
     with log.open("wb") as out:
         # the working directory is the empty workdir: no stray .env changes the settings
-        process = subprocess.Popen(command, cwd=workdir, env=environ, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, cwd=workdir, env=environ, stdout=out, stderr=subprocess.STDOUT, preexec_fn=ended_with_parent
+        )
     if core is not None and not shutil.which("taskset"):
         os.sched_setaffinity(process.pid, {core})
     target = Target(kind, process, "", token, workdir, log, environ["DATABASE_URL"] if kind == "server" else "")
@@ -290,6 +293,21 @@ def running(
             print(f"the {kind}'s files are kept for a look: {workdir}", file=sys.stderr)
         else:  # a run's database is tens of megabytes: a matrix with repeats would fill the temp dir
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+#: Linux's ``prctl`` option that has a signal sent to a process when its parent ends
+PR_SET_PDEATHSIG = 1
+
+
+def ended_with_parent() -> None:
+    """In a target's child before it runs the command: it is sent SIGTERM (a server ends as at a
+    shutdown) when the bench ends, however it ends. A bench killed (a ``pkill``) left its server
+    running on the target's core, idle, holding half a gigabyte, through every run after: a matrix
+    and two verdicts of 2026-12-06 (bench/README.md, "The groups' rows once a commit"). On
+    Linux only (elsewhere nothing: the bench's own stop is all there is)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
