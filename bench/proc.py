@@ -295,16 +295,13 @@ def running(
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-#: Linux's ``prctl`` option that has a signal sent to a process when its parent ends
-PR_SET_PDEATHSIG = 1
+PR_SET_PDEATHSIG = 1  # Linux's prctl: a signal to the process when its parent ends
 
 
 def ended_with_parent() -> None:
-    """In a target's child before it runs the command: it is sent SIGTERM (a server ends as at a
-    shutdown) when the bench ends, however it ends. A bench killed (a ``pkill``) left its server
-    running on the target's core, idle, holding half a gigabyte, through every run after: a matrix
-    and two verdicts of 2026-12-06 (bench/README.md, "The groups' rows once a commit"). On
-    Linux only (elsewhere nothing: the bench's own stop is all there is)."""
+    """In a target's child: SIGTERM when the bench ends, however it ends (Linux only). A killed
+    bench left its idle server on the target's core through a matrix and a verdict after it
+    (bench/README.md, "The groups' rows once a commit")."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
