@@ -47,6 +47,26 @@ SHED_EVERY = 0.5
 RETRY_CODES = {"unavailable", "not_persisted"}
 
 
+#: ``synclab serve``'s exit status when its port is taken (``server.cli.PortRefused``)
+PORT_REFUSED = 3
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds the socket listening on 127.0.0.1:``port`` (Linux's ``/proc``)."""
+    local = f"0100007F:{port:04X}"
+    inodes = set()
+    with open("/proc/net/tcp") as table:
+        for line in list(table)[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[3] == "0A":  # LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    try:
+        held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    except OSError:  # ended meanwhile
+        return False
+    return bool(inodes & held)
+
+
 @dataclass
 class Worker:
     name: str
@@ -55,6 +75,10 @@ class Worker:
     process: subprocess.Popen[bytes] | None = None
     #: the worker's next process, started by :meth:`Cluster.ahead` and waiting for its cue file
     ahead: tuple[subprocess.Popen[bytes], Path] | None = None
+    #: its port chosen by the harness (``free_port``), not by the test
+    chosen: bool = True
+    #: it has answered ``/healthz`` from its own process once (:meth:`Cluster.healthy`)
+    served: bool = False
 
     @property
     def base(self) -> str:
@@ -90,7 +114,7 @@ class Cluster:
 
     def start(self, name: str, port: int | None = None, *options: str) -> Worker:
         """``synclab serve --port P OPTIONS`` as worker ``name`` (again on its port if it ran before)."""
-        worker = self.workers.get(name) or Worker(name, port or free_port(), self.tmp_path / f"{name}.log")
+        worker = self.workers.get(name) or Worker(name, port or free_port(), self.tmp_path / f"{name}.log", chosen=port is None)
         self.workers[name] = worker
         with worker.log.open("ab") as log:
             worker.process = subprocess.Popen(
@@ -141,15 +165,29 @@ class Cluster:
         self.healthy(*names)
 
     def healthy(self, *names: str, wait: float = HEALTHY_SECONDS) -> None:
+        """Until workers ``names`` answer ``/healthz``, each from its own process. Another test
+        process's server could take a worker's port between ``free_port`` and the worker's bind,
+        and answered for it (with another token: the test's calls were refused); a worker that has
+        not served yet on a port the harness chose starts again on another (three times at most)."""
         for name in names:
             worker = self.workers[name]
             deadline = time.monotonic() + timeout(wait)
+            moves = 0
             while True:
                 try:
-                    if httpx.get(f"{worker.base}/healthz", timeout=timeout(2)).status_code == 200:
-                        break
+                    answered = httpx.get(f"{worker.base}/healthz", timeout=timeout(2)).status_code == 200
                 except httpx.TransportError:
-                    pass
+                    answered = False
+                if answered and worker.process is not None and listens(worker.process.pid, worker.port):
+                    worker.served = True
+                    break
+                taken = not worker.alive and worker.process is not None and worker.process.returncode == PORT_REFUSED
+                if taken and worker.chosen and not worker.served and moves < 3:
+                    moves += 1
+                    worker.port = free_port()
+                    self.start(name)
+                    deadline = time.monotonic() + timeout(wait)
+                    continue
                 if time.monotonic() > deadline or not worker.alive:
                     raise AssertionError(f"worker {name} did not come up: {self.logs(name)}")
                 time.sleep(0.05)
