@@ -28,7 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from tests.server.harness import timeout
-from tests.server.test_cli import CLEARED, CUED, HEALTHY_SECONDS, free_port
+from tests.server.test_cli import CLEARED, CUED, HEALTHY_SECONDS, free_port, listens
 
 #: this checkout: the workers import the test games (tests/cluster/games.py) from it
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,22 +49,6 @@ RETRY_CODES = {"unavailable", "not_persisted"}
 
 #: ``synclab serve``'s exit status when its port is taken (``server.cli.PortRefused``)
 PORT_REFUSED = 3
-
-
-def listens(pid: int, port: int) -> bool:
-    """Whether process ``pid`` holds the socket listening on 127.0.0.1:``port`` (Linux's ``/proc``)."""
-    local = f"0100007F:{port:04X}"
-    inodes = set()
-    with open("/proc/net/tcp") as table:
-        for line in list(table)[1:]:
-            fields = line.split()
-            if fields[1] == local and fields[3] == "0A":  # LISTEN
-                inodes.add(f"socket:[{fields[9]}]")
-    try:
-        held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
-    except OSError:  # ended meanwhile
-        return False
-    return bool(inodes & held)
 
 
 @dataclass

@@ -2,44 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import httpx
 
-from tests.cluster.harness import TOKEN, Cluster, Worker, listens
+from tests.cluster.harness import TOKEN, Cluster, Worker
 from tests.server.harness import timeout
-
-
-class _Healthy(BaseHTTPRequestHandler):
-    """Another test process's server, as far as ``/healthz`` tells: 200 to everything."""
-
-    def do_GET(self) -> None:
-        body = b'{"status": "ok"}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def another_server() -> Iterator[int]:
-    """A server of another process's kind listening on a loopback port: the port."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Healthy)
-    thread = threading.Thread(target=server.serve_forever, name="another-server", daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout(5))
+from tests.server.test_cli import another_server, listens
 
 
 def test_a_worker_whose_port_another_server_took_starts_on_another(cluster: Cluster) -> None:

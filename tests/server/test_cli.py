@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -171,19 +172,73 @@ def started(tmp_path: Path, *args: str, cue: Path | None = None, **env: str) -> 
 
 def wait_until_healthy(base: str, wait: float = HEALTHY_SECONDS, server: Running | None = None) -> httpx.Response:
     """Poll ``/healthz`` until it answers (the links are printed before the server listens); a
-    ``server`` that exits meanwhile fails at once, with its stderr, instead of at the bound."""
+    ``server`` that exits meanwhile fails at once, with its stderr, instead of at the bound. Given
+    the ``server``, only its own answer counts: another test process's server could take the port
+    between :func:`free_port` and the server's bind, and answer in its place."""
     deadline = time.monotonic() + timeout(wait)
+    port = int(base.rsplit(":", 1)[1])
     while True:
         try:
-            return httpx.get(f"{base}/healthz", timeout=timeout(2))
+            answer = httpx.get(f"{base}/healthz", timeout=timeout(2))
         except httpx.TransportError as exc:
-            if server is not None and server.process.poll() is not None:
-                raise AssertionError(
-                    f"the server exited ({server.process.returncode}) before answering at {base}; {server.stderr()}"
-                ) from exc
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no answer at {base}/healthz within {timeout(wait):g} s: {exc!r}") from exc
-            time.sleep(0.05)
+            answer, failure = None, exc
+        else:
+            failure = None
+        if answer is not None and (server is None or listens(server.process.pid, port)):
+            return answer
+        if server is not None and server.process.poll() is not None:
+            raise AssertionError(
+                f"the server exited ({server.process.returncode}) before answering at {base}"
+                + ("" if answer is None else " (another process answers there)") + f"; {server.stderr()}"
+            ) from failure
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no answer of the server's at {base}/healthz within {timeout(wait):g} s: {failure!r}") from failure
+        time.sleep(0.05)
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds the socket listening on 127.0.0.1:``port`` (Linux's ``/proc``)."""
+    local = f"0100007F:{port:04X}"
+    inodes = set()
+    with open("/proc/net/tcp") as table:
+        for line in list(table)[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[3] == "0A":  # LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    try:
+        held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    except OSError:  # ended meanwhile
+        return False
+    return bool(inodes & held)
+
+
+class _Healthy(BaseHTTPRequestHandler):
+    """Another test process's server, as far as ``/healthz`` tells: 200 to everything."""
+
+    def do_GET(self) -> None:
+        body = b'{"status": "ok"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def another_server() -> Iterator[int]:
+    """A server of another process's kind listening on a loopback port: the port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Healthy)
+    thread = threading.Thread(target=server.serve_forever, name="another-server", daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout(5))
 
 
 @dataclass
@@ -564,3 +619,16 @@ def refused_at_startup(tmp_path: Path, args: list[str], **env: str) -> str:
     refusal = [line for line in result.stderr.splitlines() if "synclab:" in line]
     assert len(refusal) == 1, result.stderr
     return refusal[0]
+
+
+def test_a_server_refused_its_port_is_not_taken_for_the_one_that_answers_there(tmp_path: Path) -> None:
+    """Another process listens on the port a test chose, and answers ``/healthz``: the server
+    started there is refused it (exit 3), and the wait for it says so, where it returned the
+    other's answer as the server's."""
+    refused = r"the server exited \(3\) before answering .*another process answers there"
+    with (
+        another_server() as taken,
+        started(tmp_path, "serve", "--port", str(taken)) as server,
+        pytest.raises(AssertionError, match=refused),
+    ):
+        wait_until_healthy(f"http://127.0.0.1:{taken}", server=server)
