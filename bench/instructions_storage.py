@@ -111,8 +111,8 @@ def store_journaled(db: Any, made: list[Any], part: str, counted: int, batch: in
         CLIENT_IDS_ADD_EVERY,
         JOURNAL_MARKER,
         HeldStates,
-        add_deferred,
         apply_numbered,
+        commit_applied,
         journal_marker,
     )
 
@@ -160,14 +160,10 @@ def store_journaled(db: Any, made: list[Any], part: str, counted: int, batch: in
                 turn += 1
                 last = start + per_apply >= min(counted, stop)
                 if turn % commit_every == 0 or last:
-                    raw = conn.connection.dbapi_connection
                     commits += 1
-                    cursor = raw.cursor()
-                    held.store(cursor, db.engine)  # the groups' states, as the server's apply
-                    if commits % add_every == 0 or last:  # the client ids, as the server's apply adds them
-                        add_deferred(cursor)
-                    cursor.close()
-                    raw.commit()
+                    # the groups' states, and the client ids every add_every commits, as the server's apply
+                    ids = commits % add_every == 0 or last
+                    commit_applied(conn.connection.dbapi_connection, db.engine, held, ids=ids)
             taken = writes = []
         _check(conn, part, min(counted, len(batches)), seqs, marked)
     finally:

@@ -296,15 +296,16 @@ def running(
 
 
 PR_SET_PDEATHSIG = 1  # Linux's prctl: a signal to the process when its parent ends
+#: looked up here, not in the child: a forked child of a process with threads must not take the loader's lock
+_PRCTL = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None
 
 
 def ended_with_parent() -> None:
     """In a target's child: SIGTERM when the bench ends, however it ends (Linux only). A killed
     bench left its idle server on the target's core through a matrix and a verdict after it
     (bench/README.md, "The groups' rows once a commit")."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

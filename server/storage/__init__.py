@@ -34,7 +34,7 @@ the package imports these names from ``server.storage``, never from the modules 
 
 from __future__ import annotations
 
-from .applying import APPLY_EVERY, ApplyFailed
+from .applying import APPLY_EVERY, ApplyFailed, commit_applied
 from .applying import COMMIT_EVERY as APPLY_COMMIT_EVERY
 from .arrivals import (
     BOT,
@@ -97,7 +97,6 @@ from .downgrading import RELEASES, DataWouldBeLost, Step, downgrade_schema
 from .engine import make_engine, normalise_url, sqlite_file
 from .epochs import claim_group, group_epoch
 from .frameids import ADD_EVERY as CLIENT_IDS_ADD_EVERY
-from .frameids import add_deferred
 from .groupstates import HeldStates
 from .journal import DEFAULT_SIZE as DEFAULT_JOURNAL_SIZE
 from .leftover import (
@@ -246,7 +245,6 @@ __all__ = [
     "TokenExists",
     "Write",
     "WriterThread",
-    "add_deferred",
     "add_otree_deliveries",
     "add_token",
     "apply_numbered",
@@ -266,6 +264,7 @@ __all__ = [
     "close_connections_of",
     "close_lobby",
     "closed_among",
+    "commit_applied",
     "commit_writes",
     "completion_code",
     "connections",

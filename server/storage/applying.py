@@ -277,21 +277,11 @@ class ApplyThread:
         connection = self._connection
         if connection is None or not (self._open or last):
             return
-        raw: Any = connection.connection.dbapi_connection
         now = time.monotonic()
         ids = now >= self._ids_due or last  # the client ids the applies stored since the last time
-        if ids or self._states.latest:
-            cursor = raw.cursor()
-            try:
-                self._states.store(cursor, self._engine)
-                if ids:
-                    add_deferred(cursor)
-            finally:
-                cursor.close()
+        commit_applied(connection.connection.dbapi_connection, self._engine, self._states, ids=ids)
         if ids:
             self._ids_due = now + ADD_EVERY
-        if raw.in_transaction:  # else a batch that began or ended a period committed it already
-            raw.commit()
         done = len(self._open)
         self._open, self._commit_due = [], None
         with self._cond:
@@ -340,6 +330,22 @@ class ApplyThread:
             self._stopping = True
             self._cond.notify_all()
         self._thread.join()
+
+
+def commit_applied(raw: Any, engine: Engine, states: HeldStates, *, ids: bool) -> None:
+    """The apply's commit on the driver's connection ``raw`` (of ``engine``): the groups' states
+    its applies held written first, and with ``ids`` the client ids they stored added; what
+    :meth:`ApplyThread._commit_open` and ``python -m bench.instructions --part apply`` do."""
+    if ids or states.latest:
+        cursor = raw.cursor()
+        try:
+            states.store(cursor, engine)
+            if ids:
+                add_deferred(cursor)
+        finally:
+            cursor.close()
+    if raw.in_transaction:  # else a batch that began or ended a period committed it already
+        raw.commit()
 
 
 def _dropped(connection: Connection | None) -> None:
